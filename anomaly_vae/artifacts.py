@@ -1,0 +1,123 @@
+"""The model directory format: ``weights.safetensors`` plus ``model.json``. Never pickle.
+
+Loading reads JSON and safetensors only, so a model file can never run code. ``model.json``
+records the format version, the checksum of the weights, and everything needed to score:
+schema, preprocessing state, config, calibration, package and library versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from anomaly_vae.errors import ModelFileError
+
+FORMAT_NAME = "anomaly-vae-model"
+FORMAT_VERSION = 1
+META_FILE = "model.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+def save_artifact(
+    path: str | Path, *, metadata: dict[str, Any], weights: dict[str, torch.Tensor]
+) -> str:
+    """Write a model directory atomically enough (temp files, then rename); return its hash."""
+    directory = Path(path)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelFileError(f"cannot create model directory {directory}: {exc.strerror}") from None
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
+    weights_tmp = _temp_in(directory, ".weights")
+    save_file(tensors, str(weights_tmp))
+    weights_sha = _sha256_file(weights_tmp)
+    meta = dict(metadata)
+    meta["format"] = FORMAT_NAME
+    meta["format_version"] = FORMAT_VERSION
+    meta["weights_sha256"] = weights_sha
+    text = json.dumps(_finite(meta), indent=1, sort_keys=True, allow_nan=False)
+    meta_tmp = _temp_in(directory, ".json")
+    meta_tmp.write_text(text + "\n", encoding="utf-8")
+    os.replace(weights_tmp, directory / WEIGHTS_FILE)
+    os.replace(meta_tmp, directory / META_FILE)
+    return content_hash(text.encode("utf-8"))
+
+
+def load_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], str]:
+    """Read and check a model directory: ``(metadata, weights, content hash)``."""
+    directory = Path(path)
+    meta_path = directory / META_FILE
+    weights_path = directory / WEIGHTS_FILE
+    if not directory.is_dir():
+        raise ModelFileError(
+            f"model directory {directory} does not exist: train one with "
+            f"'anomaly-vae train DATA.csv --model-dir {directory}'"
+        )
+    if not meta_path.is_file() or not weights_path.is_file():
+        missing = META_FILE if not meta_path.is_file() else WEIGHTS_FILE
+        raise ModelFileError(f"{directory} is not a model directory: {missing} is missing")
+    raw = meta_path.read_bytes()
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(
+            f"{meta_path} is corrupt ({exc}): restore it or retrain the model"
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise ModelFileError(f"{meta_path} is not an anomaly-vae model description")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{meta_path} has model format version {version!r}; this anomaly-vae reads version "
+            f"{FORMAT_VERSION}: use a matching anomaly-vae release or retrain the model"
+        )
+    actual = _sha256_file(weights_path)
+    if actual != meta.get("weights_sha256"):
+        raise ModelFileError(
+            f"{weights_path} does not match the checksum in {META_FILE} (corrupt or replaced): "
+            "restore the directory or retrain the model"
+        )
+    try:
+        weights = load_file(str(weights_path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{weights_path} cannot be read ({exc}): retrain the model") from None
+    return meta, weights, content_hash(raw.rstrip(b"\n"))
+
+
+def content_hash(meta_bytes: bytes) -> str:
+    """A model version's identity: the hash of its metadata, which holds the weights' checksum."""
+    return hashlib.sha256(meta_bytes).hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _temp_in(directory: Path, suffix: str) -> Path:
+    fd, name = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    os.close(fd)
+    return Path(name)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

@@ -1,0 +1,180 @@
+"""Validated settings: model, training, scoring, columns, and the pipeline file that holds them.
+
+Everything an operator changes lives in a pipeline file (``pipelines/*.yaml``), validated here by
+pydantic. Command-line flags override it. Nothing is read from the environment at import time:
+settings are built once at the edge (CLI, API) and passed down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from anomaly_vae.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """Shape of the VAE. ``latent_dim=None`` picks a size from the number of input features."""
+
+    hidden_dims: list[int] = Field(default_factory=lambda: [128, 64], min_length=1)
+    latent_dim: int | None = Field(default=None, ge=1)
+    beta: float = Field(default=1.0, ge=0.0)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    min_log_var: float = Field(default=-6.0, le=0.0)
+
+    @field_validator("hidden_dims")
+    @classmethod
+    def _positive_widths(cls, value: list[int]) -> list[int]:
+        if any(width < 1 for width in value):
+            raise ValueError(f"every hidden width must be >= 1, got {value}")
+        return value
+
+
+class TrainingConfig(_Strict):
+    """The fit loop. ``epochs=None`` and ``batch_size=None`` are sized from the data."""
+
+    epochs: int | None = Field(default=None, ge=1)
+    batch_size: int | None = Field(default=None, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    validation_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
+    patience: int = Field(default=20, ge=1)
+    kl_warmup_epochs: int = Field(default=10, ge=0)
+    grad_clip: float = Field(default=5.0, gt=0.0)
+    target_steps: int = Field(default=4000, ge=1)
+    max_epochs: int = Field(default=400, ge=1)
+    seed: int = 0
+    device: str = "auto"
+    mixed_precision: bool = True
+    num_threads: int | None = Field(default=None, ge=1)
+    progress: bool = True
+
+
+class ScoringConfig(_Strict):
+    """How records are scored. ``n_samples`` is K for the Monte Carlo ELBO."""
+
+    n_samples: int = Field(default=8, ge=1)
+    score_kind: Literal["neg_elbo", "nll_iw", "recon_error"] = "neg_elbo"
+    importance_weighted: bool = False
+    batch_size: int = Field(default=8192, ge=1)
+    top_features: int = Field(default=3, ge=0)
+    threshold_quantile: float = Field(default=0.995, gt=0.0, lt=1.0)
+    chunk_size: int = Field(default=100_000, ge=1)
+
+
+class ColumnsConfig(_Strict):
+    """Which columns are features, identifiers, timestamps or labels.
+
+    ``numeric`` / ``categorical`` force a column's kind; otherwise the kind is inferred.
+    ``features`` restricts the features to that list.
+    """
+
+    features: list[str] | None = None
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+    ignore: list[str] = Field(default_factory=list)
+    id: list[str] = Field(default_factory=list)
+    timestamp: str | None = None
+    entity: str | None = None
+    label: str | None = None
+    max_categories: int = Field(default=50, ge=2)
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> ColumnsConfig:
+        both = set(self.numeric) & set(self.categorical)
+        if both:
+            raise ValueError(f"columns listed as both numeric and categorical: {sorted(both)}")
+        return self
+
+    def non_features(self) -> list[str]:
+        """Columns that are never features: ignored, ids, timestamp, entity, label."""
+        out = list(self.ignore) + list(self.id)
+        for name in (self.timestamp, self.entity, self.label):
+            if name:
+                out.append(name)
+        return out
+
+    def passthrough(self) -> list[str]:
+        """Columns copied from the input to the score output, in order."""
+        out = list(self.id)
+        for name in (self.entity, self.timestamp):
+            if name and name not in out:
+                out.append(name)
+        return out
+
+
+class CsvConfig(_Strict):
+    sep: str = ","
+    encoding: str = "utf-8"
+
+
+class PipelineConfig(_Strict):
+    """One pipeline file: what an operator edits to change columns, model, threshold, I/O."""
+
+    name: str = "default"
+    columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    csv: CsvConfig = Field(default_factory=CsvConfig)
+    # Sections owned by later stages (database, stream, thresholds) are kept as plain dicts here so
+    # that one file serves every command; each stage validates its own section.
+    database: dict[str, Any] | None = None
+    kafka: dict[str, Any] | None = None
+    thresholds: dict[str, Any] | None = None
+    alerts: dict[str, Any] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not value or not all(c.isalnum() or c in "-_." for c in value):
+            raise ValueError(f"name must be letters, digits, '-', '_' or '.', got {value!r}")
+        return value
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> PipelineConfig:
+        """Read and validate a pipeline file; every problem becomes one ConfigError line."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"pipeline file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"pipeline file {path} cannot be read: {exc}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise ConfigError(
+                f"pipeline file {path}{where} is not valid YAML: fix its syntax"
+            ) from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"pipeline file {path} must hold a mapping at the top level")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"pipeline file {path}: {format_validation_error(exc)}") from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line from a pydantic error: 'training.epochs: Input should be >= 1 (got 0)'."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "value"
+        got = err.get("input")
+        got_text = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
+        parts.append(f"{loc}: {err['msg']}{got_text}")
+    return "; ".join(parts)
+
+
+Device = Literal["auto", "cpu", "cuda"]

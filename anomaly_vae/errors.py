@@ -1,0 +1,40 @@
+"""One base exception for the package.
+
+Every error a user can cause is an :class:`AnomalyVAEError` whose message is a single line naming
+the file, row, column or parameter, the rule it broke and what to do about it. The CLI prints that
+line and exits non-zero; it never shows a traceback for these.
+"""
+
+from __future__ import annotations
+
+
+class AnomalyVAEError(Exception):
+    """Base class for every error raised on purpose by anomaly-vae."""
+
+
+class ConfigError(AnomalyVAEError, ValueError):
+    """A parameter, pipeline file or setting is invalid."""
+
+
+class InputFileError(AnomalyVAEError):
+    """An input file is missing, empty, not a CSV, or read with the wrong separator."""
+
+
+class SchemaError(AnomalyVAEError):
+    """The input does not match the feature schema (a feature column is missing, say)."""
+
+
+class InvalidRecordsError(AnomalyVAEError):
+    """Some records could not be scored; ``rejects`` holds each one's row and reason."""
+
+    def __init__(self, message: str, rejects: object = None) -> None:
+        super().__init__(message)
+        self.rejects = rejects
+
+
+class ModelFileError(AnomalyVAEError):
+    """A model directory is missing, corrupt, or of an unknown format version."""
+
+
+class NotFittedError(AnomalyVAEError):
+    """The estimator is used before ``fit`` (or ``load``)."""

@@ -1,0 +1,587 @@
+"""``AnomalyVAE``: the scikit-learn-style face of the package.
+
+Score direction, everywhere: **higher means more anomalous**. ``score`` is the negative ELBO in
+nats (or the score kind chosen), ``decision_function`` is that score minus ``threshold_`` (positive
+means anomalous) and ``predict`` returns 1 for anomalies and 0 for normal records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ValidationError
+from sklearn.base import BaseEstimator
+
+from anomaly_vae._version import __version__
+from anomaly_vae.artifacts import load_artifact, save_artifact
+from anomaly_vae.config import (
+    ColumnsConfig,
+    ModelConfig,
+    PipelineConfig,
+    ScoringConfig,
+    TrainingConfig,
+    format_validation_error,
+)
+from anomaly_vae.errors import (
+    ConfigError,
+    InvalidRecordsError,
+    ModelFileError,
+    NotFittedError,
+    SchemaError,
+)
+from anomaly_vae.features import EncodedBatch, FeatureSchema, Preprocessor
+from anomaly_vae.model import VAE, LikelihoodLayout
+from anomaly_vae.scoring import (
+    ScoreArrays,
+    Scorer,
+    contribution_shares,
+    top_features_list,
+    top_features_text,
+)
+from anomaly_vae.training import fit_vae, resolve_device, set_threads, split_indices
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_POINTS = 10_001
+MIN_TRAINING_ROWS = 10
+
+# Flat estimator parameters and the config field each one overrides.
+_PARAM_FIELDS: dict[str, tuple[str, str]] = {
+    "hidden_dims": ("model", "hidden_dims"),
+    "latent_dim": ("model", "latent_dim"),
+    "beta": ("model", "beta"),
+    "epochs": ("training", "epochs"),
+    "batch_size": ("training", "batch_size"),
+    "learning_rate": ("training", "learning_rate"),
+    "device": ("training", "device"),
+    "seed": ("training", "seed"),
+    "n_samples": ("scoring", "n_samples"),
+    "score_kind": ("scoring", "score_kind"),
+    "threshold_quantile": ("scoring", "threshold_quantile"),
+}
+
+
+@dataclass
+class ScoreBatch:
+    """What scoring a batch of records gives: scores for valid rows, reasons for the rest.
+
+    ``contributions`` holds each feature column's share of the record's excess over its usual
+    level (rows sum to 1, or 0 when nothing stands out).
+    ``scores`` is indexed like the input (valid rows only) with columns ``score``,
+    ``recon_error``, ``kl``, ``nll_iw`` (when computed), ``percentile`` and ``is_anomaly``.
+    ``rejects`` is indexed like the input (rejected rows only) with ``reason`` and ``raw``.
+    """
+
+    scores: pd.DataFrame
+    rejects: pd.DataFrame
+    contributions: np.ndarray | None
+    feature_names: list[str]
+
+    def top_features_text(self, k: int) -> np.ndarray:
+        if self.contributions is None:
+            return np.full(len(self.scores), "", dtype=object)
+        return top_features_text(self.contributions, self.feature_names, k)
+
+    def top_features_list(self, k: int) -> list[list[tuple[str, float]]]:
+        if self.contributions is None:
+            return [[] for _ in range(len(self.scores))]
+        return top_features_list(self.contributions, self.feature_names, k)
+
+
+class AnomalyVAE(BaseEstimator):
+    """A variational autoencoder anomaly detector for tabular records.
+
+    Parameters left as ``None`` take their value from ``config`` (a ``PipelineConfig``), else the
+    built-in default. ``columns`` (a ``ColumnsConfig`` or a dict of its fields) says which
+    columns are ids, timestamps, labels, ignored, or forced numeric/categorical.
+
+    Fitted attributes end in ``_``: ``schema_``, ``preprocessor_``, ``model_``, ``threshold_``,
+    ``calibration_`` (sorted held-out normal scores), ``config_``, ``training_summary_``,
+    ``n_features_in_``, ``feature_names_in_``, ``model_hash_`` (after save or load).
+    """
+
+    def __init__(
+        self,
+        *,
+        hidden_dims: list[int] | tuple[int, ...] | None = None,
+        latent_dim: int | None = None,
+        beta: float | None = None,
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        learning_rate: float | None = None,
+        n_samples: int | None = None,
+        score_kind: str | None = None,
+        threshold_quantile: float | None = None,
+        columns: ColumnsConfig | dict[str, Any] | None = None,
+        device: str | None = None,
+        seed: int | None = None,
+        verbose: bool = False,
+        config: PipelineConfig | None = None,
+    ) -> None:
+        self.hidden_dims = hidden_dims
+        self.latent_dim = latent_dim
+        self.beta = beta
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.n_samples = n_samples
+        self.score_kind = score_kind
+        self.threshold_quantile = threshold_quantile
+        self.columns = columns
+        self.device = device
+        self.seed = seed
+        self.verbose = verbose
+        self.config = config
+
+    # ================================================================ configuration
+    def _resolve_config(self) -> PipelineConfig:
+        base = self.config.model_copy(deep=True) if self.config is not None else PipelineConfig()
+        if not isinstance(base, PipelineConfig):
+            raise ConfigError(
+                "The 'config' parameter must be a PipelineConfig. "
+                f"Got {type(base).__name__} instead."
+            )
+        sections: dict[str, dict[str, Any]] = {
+            "model": base.model.model_dump(),
+            "training": base.training.model_dump(),
+            "scoring": base.scoring.model_dump(),
+        }
+        for param, (section, field_name) in _PARAM_FIELDS.items():
+            value = getattr(self, param)
+            if value is not None:
+                sections[section][field_name] = list(value) if param == "hidden_dims" else value
+        sections["training"]["progress"] = bool(self.verbose)
+        classes: dict[str, type[BaseModel]] = {
+            "model": ModelConfig,
+            "training": TrainingConfig,
+            "scoring": ScoringConfig,
+        }
+        built: dict[str, Any] = {}
+        for section, cls in classes.items():
+            try:
+                built[section] = cls.model_validate(sections[section])
+            except ValidationError as exc:
+                raise ConfigError(_param_message(exc, section)) from None
+        columns = base.columns
+        if self.columns is not None:
+            try:
+                columns = (
+                    self.columns
+                    if isinstance(self.columns, ColumnsConfig)
+                    else ColumnsConfig.model_validate(self.columns)
+                )
+            except ValidationError as exc:
+                raise ConfigError(
+                    f"The 'columns' parameter: {format_validation_error(exc)}"
+                ) from None
+        extra = base.model_dump(exclude={"model", "training", "scoring", "columns"})
+        resolved = PipelineConfig(columns=columns, **built, **extra)
+        if resolved.scoring.score_kind == "nll_iw":
+            resolved.scoring.importance_weighted = True
+        return resolved
+
+    # ======================================================================= fitting
+    def fit(self, X: pd.DataFrame | np.ndarray, y: Any = None) -> AnomalyVAE:
+        """Learn the schema, scaling and VAE from normal records; return ``self``.
+
+        Rows whose label (``columns.label`` in ``X``, or ``y``) marks them anomalous are left
+        out of training. Rows with unparseable values are left out with a warning.
+        """
+        cfg = self._resolve_config()
+        frame = _as_frame(X)
+        set_threads(cfg.training.num_threads)
+        frame = self._drop_labelled_anomalies(frame, y, cfg.columns)
+        schema = FeatureSchema.infer(frame, cfg.columns)
+        clean, rejects = schema.validate(frame, source="training data")
+        if len(rejects):
+            first = rejects.iloc[0]
+            logger.warning(
+                "%d training rows left out (first: row %s: %s)",
+                len(rejects),
+                rejects.index[0],
+                first["reason"],
+            )
+        if len(clean) < MIN_TRAINING_ROWS:
+            raise SchemaError(
+                f"training data has {len(clean)} valid rows; a model needs at least "
+                f"{MIN_TRAINING_ROWS} rows of normal data"
+            )
+        device = resolve_device(cfg.training.device)
+        pre = Preprocessor.fit(clean, schema, max_categories=cfg.columns.max_categories)
+        encoded = pre.transform(clean)
+        layout = pre.layout
+        train_idx, val_idx = split_indices(
+            len(clean), cfg.training.validation_fraction, cfg.training.seed
+        )
+        train = EncodedBatch(encoded.x[train_idx], encoded.observed[train_idx])
+        val = EncodedBatch(encoded.x[val_idx], encoded.observed[val_idx])
+        latent = cfg.model.latent_dim or default_latent_dim(layout.n_blocks)
+        torch.manual_seed(cfg.training.seed)
+        model = VAE(
+            n_numeric=layout.n_numeric,
+            cat_sizes=layout.cat_sizes,
+            hidden_dims=cfg.model.hidden_dims,
+            latent_dim=latent,
+            dropout=cfg.model.dropout,
+            min_log_var=cfg.model.min_log_var,
+        )
+        result = fit_vae(
+            model,
+            train,
+            val,
+            LikelihoodLayout(layout.n_numeric, tuple(layout.cat_sizes)),
+            cfg=cfg.training,
+            beta=cfg.model.beta,
+            device=device,
+        )
+        self.config_ = cfg
+        self.score_kind_: str = cfg.scoring.score_kind
+        self.schema_ = schema
+        self.preprocessor_ = pre
+        self.model_ = model
+        self.latent_dim_ = latent
+        self.device_ = device
+        self.n_features_in_ = len(schema.names)
+        self.feature_names_in_ = np.asarray(schema.names, dtype=object)
+        self._scorers: dict[tuple[Any, ...], Scorer] = {}
+        calib_batch = val if len(val_idx) else train
+        arrays = self._scorer().score(calib_batch)
+        calibration = np.sort(arrays.primary(self.score_kind_))
+        self._set_calibration(calibration, cfg.scoring.threshold_quantile)
+        self.feature_baseline_ = (
+            np.median(arrays.contributions, axis=0).astype(np.float64)
+            if arrays.contributions is not None and len(arrays.contributions)
+            else np.zeros(len(schema.names))
+        )
+        self.training_summary_: dict[str, Any] = {
+            "rows": len(frame),
+            "rows_rejected": len(rejects),
+            "rows_train": len(train_idx),
+            "rows_validation": len(val_idx),
+            "data_sha256": _frame_hash(clean),
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "best_val_loss": result.best_val_loss,
+            "batch_size": result.batch_size,
+            "seconds": round(result.seconds, 3),
+            "device": result.device,
+            "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        self.model_hash_: str | None = None
+        return self
+
+    def _drop_labelled_anomalies(
+        self, frame: pd.DataFrame, y: Any, columns: ColumnsConfig
+    ) -> pd.DataFrame:
+        labels = None
+        if y is not None:
+            labels = label_to_binary(pd.Series(np.asarray(y)), name="y")
+            if len(labels) != len(frame):
+                raise ConfigError(f"y has {len(labels)} values but X has {len(frame)} rows")
+            labels.index = frame.index
+        elif columns.label and columns.label in frame.columns:
+            labels = label_to_binary(frame[columns.label], name=columns.label)
+        if labels is None:
+            return frame
+        anomalous = labels.fillna(0).to_numpy() == 1
+        if anomalous.any():
+            logger.info("left %d labelled anomalies out of training", int(anomalous.sum()))
+        return frame.loc[~anomalous]
+
+    def _set_calibration(self, sorted_scores: np.ndarray, quantile: float) -> None:
+        finite = sorted_scores[np.isfinite(sorted_scores)]
+        if len(finite) == 0:
+            raise SchemaError("calibration failed: no finite scores on held-out data")
+        self.threshold_ = float(np.quantile(finite, quantile))
+        if len(finite) > CALIBRATION_POINTS:
+            finite = np.quantile(finite, np.linspace(0.0, 1.0, CALIBRATION_POINTS))
+        self.calibration_ = finite.astype(np.float64)
+        self.threshold_quantile_ = float(quantile)
+
+    # ======================================================================= scoring
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise NotFittedError("this AnomalyVAE is not fitted: call fit() or AnomalyVAE.load()")
+
+    def _scorer(self, *, mode: str = "full", importance_weighted: bool | None = None) -> Scorer:
+        cfg = self.config_.scoring
+        iw = cfg.importance_weighted if importance_weighted is None else importance_weighted
+        key = (mode, iw, cfg.n_samples, str(self.device_), cfg.batch_size)
+        scorer = self._scorers.get(key)
+        if scorer is None:
+            self.model_.to(self.device_)
+            scorer = Scorer(
+                self.model_,
+                self.preprocessor_.layout,
+                n_samples=cfg.n_samples,
+                seed=self.config_.training.seed,
+                device=self.device_,
+                batch_size=cfg.batch_size,
+                importance_weighted=iw,
+                contributions=mode == "full" and cfg.top_features > 0,
+                mode="recon" if mode == "recon" else "full",
+                mixed_precision=self.config_.training.mixed_precision,
+            )
+            self._scorers[key] = scorer
+        return scorer
+
+    def percentile(self, scores: np.ndarray) -> np.ndarray:
+        """Where each score falls among held-out normal scores, 0 to 100."""
+        self._check_fitted()
+        ranks = np.searchsorted(self.calibration_, scores, side="right")
+        return 100.0 * ranks / len(self.calibration_)
+
+    def score_batch(
+        self,
+        X: pd.DataFrame | np.ndarray,
+        *,
+        threshold: float | None = None,
+        source: str = "input",
+    ) -> ScoreBatch:
+        """Validate and score records; invalid rows come back in ``rejects``, not as errors.
+
+        Raises ``SchemaError`` when a feature column is missing altogether.
+        """
+        self._check_fitted()
+        frame = _as_frame(X, expected=list(self.feature_names_in_))
+        clean, rejects = self.schema_.validate(frame, source=source)
+        encoded = self.preprocessor_.transform(clean)
+        arrays = self._scorer().score(encoded)
+        scores = self._score_frame(arrays, clean.index, threshold)
+        shares = (
+            contribution_shares(arrays.contributions, self.feature_baseline_)
+            if arrays.contributions is not None
+            else None
+        )
+        return ScoreBatch(
+            scores=scores,
+            rejects=rejects,
+            contributions=shares,
+            feature_names=list(self.schema_.names),
+        )
+
+    def _score_frame(
+        self, arrays: ScoreArrays, index: pd.Index, threshold: float | None
+    ) -> pd.DataFrame:
+        primary = arrays.primary(self.score_kind_)
+        limit = self.threshold_ if threshold is None else float(threshold)
+        data: dict[str, Any] = {
+            "score": primary,
+            "recon_error": arrays.recon_error,
+            "kl": arrays.kl,
+        }
+        if arrays.nll_iw is not None:
+            data["nll_iw"] = arrays.nll_iw
+        data["percentile"] = self.percentile(primary)
+        data["is_anomaly"] = (primary > limit).astype(np.int8)
+        return pd.DataFrame(data, index=index)
+
+    def score(self, X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
+        """Score every row; a frame indexed like ``X`` with ``score`` (higher = more anomalous),
+        ``recon_error``, ``kl``, ``percentile``, ``is_anomaly`` and ``top_features``.
+
+        Raises ``InvalidRecordsError`` (with ``.rejects``) if any row cannot be scored.
+        """
+        batch = self.score_batch(X)
+        if len(batch.rejects):
+            first_row = batch.rejects.index[0]
+            raise InvalidRecordsError(
+                f"{len(batch.rejects)} rows cannot be scored (first: row {first_row}: "
+                f"{batch.rejects.iloc[0]['reason']}); fix them, or call score_batch() to get "
+                "the others scored and the rejects listed",
+                rejects=batch.rejects,
+            )
+        out = batch.scores.copy()
+        out["top_features"] = batch.top_features_text(self.config_.scoring.top_features)
+        return out
+
+    def anomaly_score(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """The score of each row as an array; higher means more anomalous."""
+        return self.score(X)["score"].to_numpy()
+
+    def decision_function(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """``score - threshold_``: positive means anomalous."""
+        return self.anomaly_score(X) - self.threshold_
+
+    def predict(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """1 for anomalous rows (score above ``threshold_``), 0 for normal ones."""
+        return (self.anomaly_score(X) > self.threshold_).astype(np.int64)
+
+    def score_arrays(
+        self, X: pd.DataFrame | np.ndarray, *, mode: str = "full", importance_weighted: bool = False
+    ) -> ScoreArrays:
+        """Raw per-record terms for valid input (benchmarks, research); rows must all be valid."""
+        self._check_fitted()
+        frame = _as_frame(X, expected=list(self.feature_names_in_))
+        clean, rejects = self.schema_.validate(frame)
+        if len(rejects):
+            raise InvalidRecordsError(f"{len(rejects)} rows cannot be scored", rejects=rejects)
+        encoded = self.preprocessor_.transform(clean)
+        return self._scorer(mode=mode, importance_weighted=importance_weighted).score(encoded)
+
+    # =================================================================== persistence
+    def save(self, path: str | Path) -> str:
+        """Write the model directory; returns the model's content hash."""
+        self._check_fitted()
+        metadata = {
+            "package_version": __version__,
+            "torch_version": torch.__version__,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "name": self.config_.name,
+            "config": self.config_.model_dump(mode="json"),
+            "score_kind": self.score_kind_,
+            "schema": self.schema_.to_dict(),
+            "preprocessor": self.preprocessor_.to_dict(),
+            "network": {
+                "n_numeric": self.model_.n_numeric,
+                "cat_sizes": self.model_.cat_sizes,
+                "hidden_dims": list(self.config_.model.hidden_dims),
+                "latent_dim": self.latent_dim_,
+                "dropout": self.config_.model.dropout,
+                "min_log_var": self.config_.model.min_log_var,
+            },
+            "calibration": {
+                "scores": self.calibration_.tolist(),
+                "threshold": self.threshold_,
+                "threshold_quantile": self.threshold_quantile_,
+                "feature_baseline": self.feature_baseline_.tolist(),
+            },
+            "training": self.training_summary_,
+        }
+        self.model_hash_ = save_artifact(path, metadata=metadata, weights=self.model_.state_dict())
+        return self.model_hash_
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | None = None) -> AnomalyVAE:
+        """Load a model directory written by ``save``. Never executes code from the files."""
+        meta, weights, digest = load_artifact(path)
+        try:
+            cfg = PipelineConfig.model_validate(meta["config"])
+            if device is not None:
+                cfg.training.device = device
+            est = cls(config=cfg)
+            est.config_ = cfg
+            est.score_kind_ = str(meta["score_kind"])
+            est.schema_ = FeatureSchema.from_dict(meta["schema"])
+            est.preprocessor_ = Preprocessor.from_dict(meta["preprocessor"], est.schema_)
+            net = meta["network"]
+            model = VAE(
+                n_numeric=int(net["n_numeric"]),
+                cat_sizes=[int(s) for s in net["cat_sizes"]],
+                hidden_dims=[int(h) for h in net["hidden_dims"]],
+                latent_dim=int(net["latent_dim"]),
+                dropout=float(net["dropout"]),
+                min_log_var=float(net["min_log_var"]),
+            )
+            model.load_state_dict(weights, strict=True)
+            calib = meta["calibration"]
+            est.calibration_ = np.asarray(calib["scores"], dtype=np.float64)
+            est.threshold_ = float(calib["threshold"])
+            est.threshold_quantile_ = float(calib["threshold_quantile"])
+            est.feature_baseline_ = np.asarray(calib["feature_baseline"], dtype=np.float64)
+            if est.feature_baseline_.shape != (len(est.schema_.names),):
+                raise ValueError("feature_baseline does not match the schema")
+            est.training_summary_ = dict(meta.get("training", {}))
+        except ModelFileError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, ValidationError) as exc:
+            raise ModelFileError(
+                f"{path}: the model description is inconsistent ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}): retrain the model"
+            ) from None
+        layout = est.preprocessor_.layout
+        if layout.n_numeric != model.n_numeric or list(layout.cat_sizes) != model.cat_sizes:
+            raise ModelFileError(f"{path}: the weights do not fit the stored feature layout")
+        if len(est.calibration_) == 0 or not math.isfinite(est.threshold_):
+            raise ModelFileError(f"{path}: the stored calibration is empty or not finite")
+        est.model_ = model.eval()
+        est.latent_dim_ = model.latent_dim
+        est.device_ = resolve_device(cfg.training.device)
+        est.n_features_in_ = len(est.schema_.names)
+        est.feature_names_in_ = np.asarray(est.schema_.names, dtype=object)
+        est._scorers = {}
+        est.model_hash_ = digest
+        return est
+
+    @property
+    def name(self) -> str:
+        cfg = getattr(self, "config_", None) or self.config
+        return cfg.name if cfg is not None else "default"
+
+
+# ============================================================================ helpers
+def default_latent_dim(n_blocks: int) -> int:
+    """Half the number of features, between 2 and 32."""
+    return int(min(32, max(2, math.ceil(n_blocks / 2))))
+
+
+def _as_frame(X: pd.DataFrame | np.ndarray, expected: list[str] | None = None) -> pd.DataFrame:
+    if isinstance(X, pd.DataFrame):
+        return X
+    array = np.asarray(X)
+    if array.ndim != 2:
+        raise ConfigError(
+            f"X must be a DataFrame or a 2-D array; got an array of shape {array.shape}"
+        )
+    names = [f"x{i}" for i in range(array.shape[1])]
+    if expected is not None and len(expected) == array.shape[1]:
+        names = list(expected)
+    return pd.DataFrame(array, columns=names)
+
+
+def _frame_hash(frame: pd.DataFrame) -> str:
+    hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    return hashlib.sha256(hashed.tobytes()).hexdigest()
+
+
+_TRUE = {"1", "true", "yes", "y", "t", "anomaly", "anomalous", "abnormal", "outlier", "fault"}
+_FALSE = {"0", "false", "no", "n", "f", "normal", "ok", "nominal", "inlier", ""}
+
+
+def label_to_binary(series: pd.Series, *, name: str) -> pd.Series:
+    """Labels as 1 (anomaly), 0 (normal) or NA: numbers (non-zero is anomalous), booleans, or
+    words such as 'anomaly' / 'normal'. Raises ConfigError naming the first unknown value."""
+    if pd.api.types.is_bool_dtype(series):
+        return series.astype("Int64")
+    if pd.api.types.is_numeric_dtype(series):
+        values = series.astype("float64")
+        return (values != 0).astype("Int64").where(values.notna())
+    text = series.astype("string").str.strip().str.lower()
+    out = pd.Series(pd.NA, index=series.index, dtype="Int64")
+    out[text.isin(list(_TRUE)).fillna(False).to_numpy(dtype=bool)] = 1
+    out[text.isin(list(_FALSE)).fillna(False).to_numpy(dtype=bool)] = 0
+    numeric = pd.to_numeric(text, errors="coerce")
+    is_num = numeric.notna().to_numpy()
+    out[is_num] = (numeric[is_num] != 0).astype("Int64")
+    unknown = text.notna().to_numpy() & out.isna().to_numpy()
+    if unknown.any():
+        first = series[unknown].iloc[0]
+        raise ConfigError(
+            f"label column {name!r} has value {first!r}, which is neither normal (0, false, "
+            "normal) nor anomalous (1, true, anomaly)"
+        )
+    return out
+
+
+def _param_message(exc: ValidationError, section: str) -> str:
+    err = exc.errors()[0]
+    field_name = str(err["loc"][0]) if err["loc"] else section
+    param = next(
+        (p for p, (s, f) in _PARAM_FIELDS.items() if s == section and f == field_name), None
+    )
+    label = f"The {param!r} parameter" if param else f"The {section}.{field_name} setting"
+    return f"{label} {_lower_first(err['msg'])}. Got {err.get('input')!r} instead."
+
+
+def _lower_first(text: str) -> str:
+    text = text.replace("Input should be", "must be").replace("Value error, ", "")
+    return text[:1].lower() + text[1:] if text else text

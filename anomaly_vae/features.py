@@ -1,0 +1,507 @@
+"""Feature schema and preprocessing: pure functions of DataFrames, no files, no network.
+
+``FeatureSchema`` says which columns are features and of which kind; it is inferred once, at
+training time, and saved with the model. ``FeatureSchema.validate`` splits incoming records into
+rows that can be scored and rejected rows with a reason each. ``Preprocessor`` turns valid rows
+into the float32 matrix the network reads:
+
+* numeric columns are centred on the median and scaled by the inter-quartile range (robust to
+  outliers in the training data); a missing value is imputed with the median, left out of the
+  likelihood (``observed`` is 0 there), and, when the column had missing values in training, shown
+  to the network through a two-class missing-indicator feature;
+* categorical columns are one-hot encoded with an ``<unknown>`` bucket in slot 0 for values never
+  seen in training (or too rare to keep).
+
+The encoded layout is ``[numeric | categorical blocks | missing-indicator blocks]``;
+``FeatureLayout`` records it, so the likelihood and the per-column attribution can find each block.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from anomaly_vae.config import ColumnsConfig
+from anomaly_vae.errors import ConfigError, SchemaError
+
+logger = logging.getLogger(__name__)
+
+ColumnKind = Literal["numeric", "categorical"]
+UNKNOWN = "<unknown>"
+MISSING = "<missing>"
+# A standardised value beyond this is as anomalous as it gets; clipping keeps float32 finite.
+CLIP = 1e4
+# Rows sampled to infer column kinds: enough to be sure, cheap on wide files.
+INFER_SAMPLE_ROWS = 20_000
+NUMERIC_PARSE_SHARE = 0.95
+# Text that means "no value" in a numeric column.
+_NA_WORDS = ["nan", "na", "n/a", "null", "none"]
+
+
+@dataclass(frozen=True)
+class FeatureColumn:
+    name: str
+    kind: ColumnKind
+
+
+@dataclass
+class FeatureSchema:
+    """The feature columns a model reads, in order, with their kinds."""
+
+    columns: list[FeatureColumn]
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def numeric(self) -> list[str]:
+        return [c.name for c in self.columns if c.kind == "numeric"]
+
+    @property
+    def categorical(self) -> list[str]:
+        return [c.name for c in self.columns if c.kind == "categorical"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"columns": [{"name": c.name, "kind": c.kind} for c in self.columns]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureSchema:
+        cols = []
+        for item in data["columns"]:
+            if item["kind"] not in ("numeric", "categorical"):
+                raise ValueError(f"unknown column kind {item['kind']!r}")
+            cols.append(FeatureColumn(name=str(item["name"]), kind=item["kind"]))
+        return cls(columns=cols)
+
+    # ------------------------------------------------------------------ inference
+    @classmethod
+    def infer(cls, frame: pd.DataFrame, columns: ColumnsConfig) -> FeatureSchema:
+        """Infer feature columns and kinds from training data.
+
+        Numeric dtypes are numeric; text columns whose values almost all parse as numbers are
+        numeric (the rest are rejected rows); other text columns with at most
+        ``columns.max_categories`` distinct values are categorical. Columns that look like row
+        identifiers or timestamps are left out with a warning naming them.
+        """
+        present = [str(c) for c in frame.columns]
+        excluded = set(columns.non_features())
+        for name in [*columns.numeric, *columns.categorical, *(columns.features or [])]:
+            if name not in present:
+                raise SchemaError(
+                    f"column {name!r} named in the pipeline is not in the training data "
+                    f"(columns there: {_preview(present)})"
+                )
+            if name in excluded:
+                raise ConfigError(
+                    f"column {name!r} is both a feature and an ignored/id/label column: pick one"
+                )
+        candidates = (
+            list(columns.features)
+            if columns.features is not None
+            else [c for c in present if c not in excluded]
+        )
+        sample = frame.head(INFER_SAMPLE_ROWS)
+        cols: list[FeatureColumn] = []
+        for name in candidates:
+            if name in columns.numeric:
+                cols.append(FeatureColumn(name, "numeric"))
+                continue
+            if name in columns.categorical:
+                cols.append(FeatureColumn(name, "categorical"))
+                continue
+            explicit = columns.features is not None
+            kind = _infer_kind(sample[name], name, columns.max_categories, explicit=explicit)
+            if kind is not None:
+                cols.append(FeatureColumn(name, kind))
+        if not cols:
+            raise SchemaError(
+                "no feature columns left after leaving out ids, labels and ignored columns "
+                f"(columns in the data: {_preview(present)})"
+            )
+        return cls(columns=cols)
+
+    # ----------------------------------------------------------------- validation
+    def check_columns(self, present: Iterable[Any], *, source: str = "input") -> None:
+        """Raise SchemaError naming every feature column missing from ``present``."""
+        have = {str(c) for c in present}
+        missing = [n for n in self.names if n not in have]
+        if not missing:
+            return
+        header = [str(c) for c in present]
+        hint = _separator_hint(header, self.names)
+        plural = "s" if len(missing) > 1 else ""
+        raise SchemaError(
+            f"{source}: feature column{plural} {', '.join(repr(m) for m in missing)} "
+            f"missing (the model reads {len(self.names)} features; columns found: "
+            f"{_preview(header)}){hint}"
+        )
+
+    def validate(
+        self, frame: pd.DataFrame, *, source: str = "input"
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Split ``frame`` into (valid feature rows, rejected rows).
+
+        Valid rows come back as a frame of the feature columns, numeric ones as float64 (NaN for
+        missing) and categorical ones as object strings (None for missing), with the input's
+        index. Rejected rows come back as a frame indexed like the input with columns
+        ``reason`` and ``raw`` (the row's values as JSON). Extra columns are ignored.
+        """
+        self.check_columns(frame.columns, source=source)
+        n = len(frame)
+        problems: list[tuple[np.ndarray, np.ndarray]] = []  # (bad row mask, reason per row)
+        out: dict[str, Any] = {}
+        for col in self.columns:
+            series = frame[col.name]
+            if col.kind == "numeric":
+                values, bad, reasons = _to_float(series, col.name)
+                out[col.name] = values
+                if bad is not None:
+                    problems.append((bad, reasons))
+            else:
+                out[col.name] = _to_category_text(series)
+        bad_any = np.zeros(n, dtype=bool)
+        for bad, _ in problems:
+            bad_any |= bad
+        clean = pd.DataFrame(out, index=frame.index)
+        if not bad_any.any():
+            return clean, _empty_rejects()
+        reason_text = np.full(n, "", dtype=object)
+        for bad, reasons in problems:
+            idx = np.flatnonzero(bad)
+            for i in idx:
+                reason_text[i] = f"{reason_text[i]}; {reasons[i]}" if reason_text[i] else reasons[i]
+        rejected_rows = frame.iloc[np.flatnonzero(bad_any)]
+        rejects = pd.DataFrame(
+            {
+                "reason": reason_text[bad_any],
+                "raw": [_row_json(r) for r in rejected_rows.to_dict(orient="records")],
+            },
+            index=rejected_rows.index,
+        )
+        return clean.iloc[np.flatnonzero(~bad_any)], rejects
+
+
+def _empty_rejects() -> pd.DataFrame:
+    return pd.DataFrame({"reason": pd.Series([], dtype=object), "raw": pd.Series([], dtype=object)})
+
+
+def _row_json(row: dict[Any, Any]) -> str:
+    clean: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            clean[str(key)] = None if math.isnan(value) else str(value)
+        elif isinstance(value, (np.integer, np.floating, np.bool_)):
+            clean[str(key)] = value.item()
+        elif value is None or isinstance(value, (str, int, float, bool)):
+            clean[str(key)] = value
+        elif value is pd.NA or value is pd.NaT:
+            clean[str(key)] = None
+        else:
+            clean[str(key)] = str(value)
+    return json.dumps(clean, ensure_ascii=False, allow_nan=False)
+
+
+def _to_float(series: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Parse a column as float64; return (values, bad-row mask or None, reason per row)."""
+    if pd.api.types.is_bool_dtype(series):
+        values = series.astype("float64").to_numpy()
+    elif pd.api.types.is_numeric_dtype(series):
+        values = series.to_numpy(dtype="float64", na_value=np.nan)
+    else:
+        parsed = pd.to_numeric(series, errors="coerce")
+        values = parsed.to_numpy(dtype="float64", na_value=np.nan)
+        given = series.notna().to_numpy()
+        text = series.astype("string").str.strip()
+        given = given & (text.fillna("") != "").to_numpy()
+        unparsed = given & np.isnan(values)
+        # A 'nan' or 'NaN' string is a missing value, not garbage.
+        if unparsed.any():
+            lowered = text.str.lower().to_numpy(dtype=object, na_value="")
+            unparsed &= ~np.isin(lowered, _NA_WORDS)
+        if unparsed.any():
+            reasons = np.full(len(series), "", dtype=object)
+            raw = series.to_numpy(dtype=object)
+            for i in np.flatnonzero(unparsed):
+                reasons[i] = f"column {name!r}: {_short(raw[i])} is not a number"
+            inf = np.isinf(values)
+            for i in np.flatnonzero(inf):
+                reasons[i] = f"column {name!r}: {values[i]} is not a finite number"
+            return values, unparsed | inf, reasons
+    inf = np.isinf(values)
+    if inf.any():
+        reasons = np.full(len(series), "", dtype=object)
+        for i in np.flatnonzero(inf):
+            reasons[i] = f"column {name!r}: {values[i]} is not a finite number"
+        return values, inf, reasons
+    return values, None, np.empty(0, dtype=object)
+
+
+def _short(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "...'"
+
+
+def _to_category_text(series: pd.Series) -> np.ndarray:
+    """Categories compare as text: 3, 3.0 and '3' are one category; missing stays None."""
+    raw = series.to_numpy(dtype=object)
+    out = np.empty(len(raw), dtype=object)
+    for i, value in enumerate(raw):
+        out[i] = _category_key(value)
+    return out
+
+
+def _category_key(value: object) -> str | None:
+    if value is None or value is pd.NA:
+        return None
+    if isinstance(value, (float, np.floating)):
+        if math.isnan(value):
+            return None
+        if float(value).is_integer():
+            return str(int(value))
+        return repr(float(value))
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return str(value)
+
+
+def _infer_kind(
+    series: pd.Series, name: str, max_categories: int, *, explicit: bool
+) -> ColumnKind | None:
+    non_null = series.dropna()
+    if pd.api.types.is_bool_dtype(series):
+        return "numeric"
+    if pd.api.types.is_numeric_dtype(series):
+        if not explicit and _looks_like_row_id(non_null):
+            logger.warning(
+                "column %r looks like a row identifier (unique increasing integers) and is not "
+                "used as a feature; list it under columns.features to use it anyway",
+                name,
+            )
+            return None
+        return "numeric"
+    if pd.api.types.is_datetime64_any_dtype(series):
+        if explicit:
+            raise SchemaError(f"column {name!r} holds timestamps, which cannot be a feature")
+        logger.warning("column %r holds timestamps and is not used as a feature", name)
+        return None
+    if len(non_null) == 0:
+        if explicit:
+            return "numeric"
+        logger.warning("column %r is empty in the training data and is not used", name)
+        return None
+    text = non_null.astype(str).str.strip()
+    given = non_null[~text.str.lower().isin(["", *_NA_WORDS])]
+    parsed = pd.to_numeric(given, errors="coerce")
+    if len(given) and parsed.notna().mean() >= NUMERIC_PARSE_SHARE:
+        return "numeric"
+    n_distinct = non_null.astype(str).nunique()
+    if n_distinct <= max_categories:
+        return "categorical"
+    if _looks_like_time(non_null):
+        if explicit:
+            raise SchemaError(f"column {name!r} holds timestamps, which cannot be a feature")
+        logger.warning(
+            "column %r looks like timestamps and is not used as a feature; name it as "
+            "columns.timestamp to keep it in the output",
+            name,
+        )
+        return None
+    message = (
+        f"column {name!r} has {n_distinct} distinct text values (more than "
+        f"max_categories={max_categories})"
+    )
+    if explicit:
+        raise SchemaError(f"{message}: raise max_categories or drop it from the features")
+    logger.warning(
+        "%s and is not used as a feature; list it under columns.categorical to use it", message
+    )
+    return None
+
+
+def _looks_like_row_id(values: pd.Series) -> bool:
+    if len(values) < 100 or not pd.api.types.is_integer_dtype(values):
+        return False
+    arr = values.to_numpy()
+    return bool(np.all(np.diff(arr) == 1))
+
+
+def _looks_like_time(values: pd.Series) -> bool:
+    head = values.astype(str).head(200)
+    try:
+        parsed = pd.to_datetime(head, errors="coerce", format="mixed")
+    except (ValueError, TypeError):
+        return False
+    return bool(parsed.notna().mean() > 0.9)
+
+
+def _preview(names: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _separator_hint(header: list[str], expected: list[str]) -> str:
+    if len(header) != 1:
+        return ""
+    only = header[0]
+    for sep, label in ((";", ";"), ("\t", "\\t"), ("|", "|"), (",", ",")):
+        if sep in only and any(e in only.split(sep) for e in expected):
+            return f"; the header looks {label!r}-separated: try --sep '{label}'"
+    return "; only one column was found: is the separator right (--sep)?"
+
+
+# ====================================================================== preprocessing
+@dataclass
+class FeatureLayout:
+    """Where each block sits in the encoded matrix, and which input column it explains."""
+
+    n_numeric: int
+    cat_sizes: list[int]
+    block_columns: list[int]  # for each block (numeric first, then categorical): column index
+    column_names: list[str]
+
+    @property
+    def input_dim(self) -> int:
+        return self.n_numeric + sum(self.cat_sizes)
+
+    @property
+    def n_blocks(self) -> int:
+        return self.n_numeric + len(self.cat_sizes)
+
+
+@dataclass
+class EncodedBatch:
+    x: np.ndarray  # float32 [n, input_dim], C-contiguous
+    observed: np.ndarray  # float32 [n, n_numeric]: 1 where the numeric value was present
+
+
+@dataclass
+class Preprocessor:
+    """Learned scaling and encodings; JSON-serialisable state."""
+
+    schema: FeatureSchema
+    center: dict[str, float] = field(default_factory=dict)
+    scale: dict[str, float] = field(default_factory=dict)
+    with_indicator: list[str] = field(default_factory=list)
+    categories: dict[str, list[str]] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------- fitting
+    @classmethod
+    def fit(
+        cls, clean: pd.DataFrame, schema: FeatureSchema, *, max_categories: int = 50
+    ) -> Preprocessor:
+        """Learn centre/scale per numeric column and the kept categories per categorical one.
+
+        ``clean`` is the output of ``schema.validate``.
+        """
+        if len(clean) == 0:
+            raise SchemaError("no valid training rows to learn from")
+        pre = cls(schema=schema)
+        for name in schema.numeric:
+            values = clean[name].to_numpy(dtype="float64")
+            present = values[~np.isnan(values)]
+            if len(present) == 0:
+                center, scale = 0.0, 1.0
+            else:
+                center = float(np.median(present))
+                q75, q25 = np.percentile(present, [75, 25])
+                scale = float(q75 - q25) / 1.349
+                if not math.isfinite(scale) or scale <= 1e-12:
+                    scale = float(np.std(present))
+                if not math.isfinite(scale) or scale <= 1e-12:
+                    scale = 1.0
+            pre.center[name] = center
+            pre.scale[name] = scale
+            if len(present) < len(values):
+                pre.with_indicator.append(name)
+        for name in schema.categorical:
+            counts = pd.Series(clean[name]).fillna(MISSING).value_counts()
+            kept = [str(v) for v in counts.index[: max_categories - 1]]
+            pre.categories[name] = sorted(kept)
+        return pre
+
+    # ----------------------------------------------------------------- transform
+    @property
+    def layout(self) -> FeatureLayout:
+        names = self.schema.names
+        index = {n: i for i, n in enumerate(names)}
+        numeric = self.schema.numeric
+        blocks = [index[n] for n in numeric]
+        sizes: list[int] = []
+        for name in self.schema.categorical:
+            sizes.append(len(self.categories[name]) + 1)
+            blocks.append(index[name])
+        for name in self.with_indicator:
+            sizes.append(2)
+            blocks.append(index[name])
+        return FeatureLayout(
+            n_numeric=len(numeric), cat_sizes=sizes, block_columns=blocks, column_names=names
+        )
+
+    def transform(self, clean: pd.DataFrame) -> EncodedBatch:
+        """Encode validated rows (``schema.validate`` output) as float32."""
+        layout = self.layout
+        n = len(clean)
+        x = np.zeros((n, layout.input_dim), dtype=np.float32)
+        observed = np.ones((n, layout.n_numeric), dtype=np.float32)
+        for j, name in enumerate(self.schema.numeric):
+            values = clean[name].to_numpy(dtype="float64")
+            missing = np.isnan(values)
+            scaled = (values - self.center[name]) / self.scale[name]
+            np.clip(scaled, -CLIP, CLIP, out=scaled)
+            scaled[missing] = 0.0
+            x[:, j] = scaled
+            if missing.any():
+                observed[missing, j] = 0.0
+        offset = layout.n_numeric
+        for name in self.schema.categorical:
+            cats = self.categories[name]
+            lookup = {c: i + 1 for i, c in enumerate(cats)}
+            values = clean[name].to_numpy(dtype=object)
+            codes = np.fromiter(
+                (lookup.get(MISSING if v is None else v, 0) for v in values),
+                dtype=np.int64,
+                count=n,
+            )
+            x[np.arange(n), offset + codes] = 1.0
+            offset += len(cats) + 1
+        for name in self.with_indicator:
+            missing = np.isnan(clean[name].to_numpy(dtype="float64"))
+            x[np.arange(n), offset + missing.astype(np.int64)] = 1.0
+            offset += 2
+        return EncodedBatch(x=x, observed=observed)
+
+    # ---------------------------------------------------------------- persistence
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "center": self.center,
+            "scale": self.scale,
+            "with_indicator": self.with_indicator,
+            "categories": self.categories,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], schema: FeatureSchema) -> Preprocessor:
+        pre = cls(
+            schema=schema,
+            center={str(k): float(v) for k, v in data["center"].items()},
+            scale={str(k): float(v) for k, v in data["scale"].items()},
+            with_indicator=[str(v) for v in data["with_indicator"]],
+            categories={str(k): [str(c) for c in v] for k, v in data["categories"].items()},
+        )
+        for name in schema.numeric:
+            if name not in pre.center or name not in pre.scale:
+                raise ValueError(f"no scaling stored for numeric column {name!r}")
+        for name in schema.categorical:
+            if name not in pre.categories:
+                raise ValueError(f"no categories stored for categorical column {name!r}")
+        return pre

@@ -1,0 +1,170 @@
+"""The VAE and its likelihood terms: pure torch, no files, no pandas, no I/O.
+
+Inputs are the encoded matrix of ``features.Preprocessor``: ``n_numeric`` standardised numeric
+columns followed by one-hot blocks (``cat_sizes``). The decoder gives a mean for each numeric
+column,
+with one learned log-variance per numeric column (Gaussian likelihood), and logits for each
+categorical block (categorical likelihood).
+
+All per-record terms are in nats, and for every one of them **higher means more anomalous**.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _mlp(sizes: Sequence[int], dropout: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for fan_in, fan_out in itertools.pairwise(sizes):
+        layers.append(nn.Linear(fan_in, fan_out))
+        layers.append(nn.SiLU())
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+class VAE(nn.Module):
+    """An MLP VAE with a mixed Gaussian / categorical likelihood."""
+
+    def __init__(
+        self,
+        *,
+        n_numeric: int,
+        cat_sizes: Sequence[int],
+        hidden_dims: Sequence[int],
+        latent_dim: int,
+        dropout: float = 0.0,
+        min_log_var: float = -6.0,
+    ) -> None:
+        super().__init__()
+        self.n_numeric = int(n_numeric)
+        self.cat_sizes = [int(s) for s in cat_sizes]
+        self.input_dim = self.n_numeric + sum(self.cat_sizes)
+        self.latent_dim = int(latent_dim)
+        self.min_log_var = float(min_log_var)
+        hidden = [int(h) for h in hidden_dims]
+        self.encoder = _mlp([self.input_dim, *hidden], dropout)
+        self.enc_mu = nn.Linear(hidden[-1], self.latent_dim)
+        self.enc_log_var = nn.Linear(hidden[-1], self.latent_dim)
+        self.decoder = _mlp([self.latent_dim, *reversed(hidden)], dropout)
+        self.dec_out = nn.Linear(hidden[0], self.input_dim)
+        # One learned log-variance per numeric column: the Gaussian likelihood's noise level.
+        self.log_var_x = nn.Parameter(torch.zeros(self.n_numeric))
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.encoder(x)
+        return self.enc_mu(h), self.enc_log_var(h).clamp(-12.0, 8.0)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Decoder output: numeric means followed by categorical logits, ``[..., input_dim]``."""
+        return self.dec_out(self.decoder(z))
+
+    def noise_log_var(self) -> Tensor:
+        return self.log_var_x.clamp(min=self.min_log_var)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Encode, sample one z by reparameterisation, decode: ``(out, mu, log_var)``."""
+        mu, log_var = self.encode(x)
+        z = mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
+        return self.decode(z), mu, log_var
+
+
+# ============================================================================ loss terms
+def kl_divergence(mu: Tensor, log_var: Tensor) -> Tensor:
+    """KL(q(z|x) || N(0, I)) per record, in nats: 0.5 * sum(mu^2 + var - 1 - log var)."""
+    return 0.5 * torch.sum(mu * mu + torch.exp(log_var) - 1.0 - log_var, dim=-1)
+
+
+@dataclass(frozen=True)
+class LikelihoodLayout:
+    n_numeric: int
+    cat_sizes: tuple[int, ...]
+
+
+def feature_nll(
+    x: Tensor,
+    observed: Tensor,
+    out: Tensor,
+    noise_log_var: Tensor,
+    layout: LikelihoodLayout,
+) -> tuple[Tensor, Tensor]:
+    """Negative log-likelihood of each block of ``x`` given decoder output ``out``.
+
+    Returns ``(nll, excess)``, each ``[..., n_blocks]``: ``nll`` is the full term that enters the
+    ELBO; ``excess`` is its data-dependent, non-negative part (the squared-error term for numeric
+    columns, ``-log p`` for categorical blocks), used to say which columns made a record anomalous.
+    A numeric value that was missing (``observed == 0``) contributes nothing.
+    ``x`` may have fewer leading dimensions than ``out`` (it broadcasts over samples).
+    """
+    k = layout.n_numeric
+    parts_nll: list[Tensor] = []
+    parts_excess: list[Tensor] = []
+    if k:
+        diff = x[..., :k] - out[..., :k]
+        sq = 0.5 * diff * diff * torch.exp(-noise_log_var)
+        const = 0.5 * (LOG_2PI + noise_log_var)
+        parts_excess.append(sq * observed)
+        parts_nll.append((sq + const) * observed)
+    start = k
+    for size in layout.cat_sizes:
+        logp = torch.log_softmax(out[..., start : start + size], dim=-1)
+        term = -(x[..., start : start + size] * logp).sum(dim=-1, keepdim=True)
+        parts_nll.append(term)
+        parts_excess.append(term)
+        start += size
+    return torch.cat(parts_nll, dim=-1), torch.cat(parts_excess, dim=-1)
+
+
+def reconstruction_error(
+    x: Tensor, observed: Tensor, out: Tensor, layout: LikelihoodLayout
+) -> Tensor:
+    """Mean squared error per record in standardised units.
+
+    Numeric columns compare the value with the decoded mean (missing values left out);
+    categorical blocks compare the one-hot vector with the decoded probabilities.
+    """
+    k = layout.n_numeric
+    total = torch.zeros(x.shape[:-1], dtype=out.dtype, device=out.device)
+    count = torch.zeros_like(total)
+    if k:
+        diff = (x[..., :k] - out[..., :k]) * observed
+        total = total + (diff * diff).sum(dim=-1)
+        count = count + observed.sum(dim=-1)
+    start = k
+    for size in layout.cat_sizes:
+        probs = torch.softmax(out[..., start : start + size], dim=-1)
+        diff = x[..., start : start + size] - probs
+        total = total + (diff * diff).sum(dim=-1)
+        count = count + size
+        start += size
+    return total / count.clamp(min=1.0)
+
+
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    return -0.5 * (z * z + LOG_2PI).sum(dim=-1)
+
+
+def gaussian_log_prob(z: Tensor, mu: Tensor, log_var: Tensor) -> Tensor:
+    diff = z - mu
+    return -0.5 * (diff * diff * torch.exp(-log_var) + log_var + LOG_2PI).sum(dim=-1)
+
+
+def fixed_noise(n_samples: int, latent_dim: int, *, seed: int) -> Tensor:
+    """K standard-normal vectors, the same every time for the same arguments.
+
+    Scoring uses these instead of fresh random draws, so that a record scores the same twice and
+    the same whether scored alone or in a batch. They come from a scrambled Sobol sequence, which
+    covers the latent space more evenly than independent draws for small K.
+    """
+    engine = torch.quasirandom.SobolEngine(dimension=latent_dim, scramble=True, seed=seed)
+    u = engine.draw(n_samples, dtype=torch.float64).clamp(1e-6, 1.0 - 1e-6)
+    return (math.sqrt(2.0) * torch.special.erfinv(2.0 * u - 1.0)).to(torch.float32)

@@ -1,0 +1,228 @@
+"""Batched scoring of encoded records on the chosen device: the one place scores are computed.
+
+Every per-record term is in nats (or standardised units for ``recon_error``), and for each of them
+**higher means more anomalous**. Scoring is deterministic: the Monte Carlo samples come from
+``model.fixed_noise``, every mini-batch is padded to a multiple of ``ROW_BLOCK`` rows so the
+matrix kernels see the same shapes, and no layer mixes records; a record therefore scores the
+same twice, alone or in any batch, whole file or chunked.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from anomaly_vae.features import EncodedBatch, FeatureLayout
+from anomaly_vae.model import (
+    VAE,
+    LikelihoodLayout,
+    feature_nll,
+    fixed_noise,
+    gaussian_log_prob,
+    kl_divergence,
+    reconstruction_error,
+    standard_normal_log_prob,
+)
+
+ScoreKind = Literal["neg_elbo", "nll_iw", "recon_error"]
+SCORE_KINDS: tuple[str, ...] = ("neg_elbo", "nll_iw", "recon_error")
+ROW_BLOCK = 64
+
+
+@dataclass
+class ScoreArrays:
+    """Per-record terms, each ``float64[n]``.
+
+    ``contributions`` is ``float32[n, n_columns]``: each input column's share of the
+    reconstruction term before any baseline is taken off (nats, not yet normalised).
+    """
+
+    neg_elbo: np.ndarray
+    recon_error: np.ndarray
+    kl: np.ndarray
+    nll_iw: np.ndarray | None
+    contributions: np.ndarray | None
+
+    def primary(self, kind: str) -> np.ndarray:
+        if kind == "neg_elbo":
+            return self.neg_elbo
+        if kind == "recon_error":
+            return self.recon_error
+        if kind == "nll_iw":
+            if self.nll_iw is None:
+                raise ValueError("nll_iw was not computed: score with importance_weighted=True")
+            return self.nll_iw
+        raise ValueError(f"unknown score kind {kind!r}; use one of {SCORE_KINDS}")
+
+
+class Scorer:
+    """Scores encoded batches with one model on one device.
+
+    ``n_samples`` is K for the Monte Carlo ELBO and for the importance-weighted estimate.
+    ``mode="recon"`` computes only the reconstruction error (one encoder and one decoder pass).
+    """
+
+    def __init__(
+        self,
+        model: VAE,
+        layout: FeatureLayout,
+        *,
+        n_samples: int,
+        seed: int,
+        device: torch.device,
+        batch_size: int = 8192,
+        importance_weighted: bool = False,
+        contributions: bool = True,
+        mode: Literal["full", "recon"] = "full",
+        mixed_precision: bool = False,
+    ) -> None:
+        self.model = model
+        self.layout = layout
+        self.lik_layout = LikelihoodLayout(layout.n_numeric, tuple(layout.cat_sizes))
+        self.device = device
+        self.batch_size = max(ROW_BLOCK, batch_size // ROW_BLOCK * ROW_BLOCK)
+        self.importance_weighted = importance_weighted
+        self.want_contributions = contributions
+        self.mode = mode
+        self.eps = fixed_noise(n_samples, model.latent_dim, seed=seed).to(device)
+        self.block_index = torch.as_tensor(layout.block_columns, dtype=torch.long, device=device)
+        self.n_columns = len(layout.column_names)
+        self.autocast = mixed_precision and device.type == "cuda"
+
+    @torch.inference_mode()
+    def score(self, batch: EncodedBatch) -> ScoreArrays:
+        n = batch.x.shape[0]
+        parts: dict[str, list[np.ndarray]] = {
+            "neg_elbo": [],
+            "recon_error": [],
+            "kl": [],
+            "nll_iw": [],
+            "contrib": [],
+        }
+        self.model.eval()
+        for start in range(0, n, self.batch_size):
+            stop = min(n, start + self.batch_size)
+            x = _padded(batch.x[start:stop], self.device)
+            obs = _padded(batch.observed[start:stop], self.device)
+            rows = stop - start
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+                out = self._score_block(x, obs)
+            for key, value in out.items():
+                parts[key].append(value[:rows].float().cpu().numpy())
+        return ScoreArrays(
+            neg_elbo=_cat(parts["neg_elbo"], n).astype(np.float64),
+            recon_error=_cat(parts["recon_error"], n).astype(np.float64),
+            kl=_cat(parts["kl"], n).astype(np.float64),
+            nll_iw=_cat(parts["nll_iw"], n).astype(np.float64)
+            if parts["nll_iw"] or (n == 0 and self.importance_weighted)
+            else None,
+            contributions=(
+                _cat(parts["contrib"], n, width=self.n_columns) if self.want_contributions else None
+            ),
+        )
+
+    def _score_block(self, x: Tensor, obs: Tensor) -> dict[str, Tensor]:
+        model, layout = self.model, self.lik_layout
+        mu, log_var = model.encode(x)
+        recon = reconstruction_error(x, obs, model.decode(mu), layout)
+        if self.mode == "recon":
+            zeros = torch.zeros_like(recon)
+            out = {"recon_error": recon, "neg_elbo": zeros, "kl": zeros}
+            if self.want_contributions:
+                out["contrib"] = torch.zeros(x.shape[0], self.n_columns, device=x.device)
+            return out
+        kl = kl_divergence(mu, log_var)
+        std = torch.exp(0.5 * log_var)
+        z = mu.unsqueeze(0) + std.unsqueeze(0) * self.eps.unsqueeze(1)  # [K, n, L]
+        nll, excess = feature_nll(x, obs, model.decode(z), model.noise_log_var(), layout)
+        recon_k = nll.sum(dim=-1)  # [K, n]
+        result = {"neg_elbo": recon_k.mean(dim=0) + kl, "recon_error": recon, "kl": kl}
+        if self.importance_weighted:
+            log_w = (
+                -recon_k
+                + standard_normal_log_prob(z)
+                - gaussian_log_prob(z, mu.unsqueeze(0), log_var.unsqueeze(0))
+            )
+            k = log_w.shape[0]
+            result["nll_iw"] = -(torch.logsumexp(log_w, dim=0) - math.log(k))
+        if self.want_contributions:
+            per_block = excess.mean(dim=0)  # [n, n_blocks]
+            per_col = torch.zeros(
+                x.shape[0], self.n_columns, dtype=per_block.dtype, device=x.device
+            )
+            per_col.index_add_(1, self.block_index, per_block)
+            result["contrib"] = per_col
+        return result
+
+
+def _padded(array: np.ndarray, device: torch.device) -> Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    pad = (-tensor.shape[0]) % ROW_BLOCK
+    if pad:
+        tensor = torch.cat([tensor, tensor.new_zeros((pad, *tensor.shape[1:]))])
+    return tensor.to(device, non_blocking=True)
+
+
+def _cat(parts: list[np.ndarray], n: int, width: int | None = None) -> np.ndarray:
+    if parts:
+        return np.concatenate(parts)
+    shape = (n,) if width is None else (n, width)
+    return np.zeros(shape, dtype=np.float32)
+
+
+def contribution_shares(raw: np.ndarray, baseline: np.ndarray | None) -> np.ndarray:
+    """Each column's share of what lifts a record above its usual level, summing to 1 per row.
+
+    ``baseline`` is each column's median contribution on held-out normal data: a column that
+    always costs a few nats (a hard-to-predict category, say) does not explain an anomaly.
+    """
+    lifted = raw if baseline is None else np.maximum(raw - baseline[None, :], 0.0)
+    total = lifted.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shares = np.where(total > 0, lifted / np.where(total > 0, total, 1.0), 0.0)
+    return shares.astype(np.float32)
+
+
+def top_features_text(
+    contributions: np.ndarray, names: list[str], k: int, *, min_share: float = 0.005
+) -> np.ndarray:
+    """'col:share;col:share' for the k columns that explain most of each record's score."""
+    n, width = contributions.shape
+    k = min(k, width)
+    if n == 0 or k == 0:
+        return np.full(n, "", dtype=object)
+    order = np.argsort(-contributions, axis=1, kind="stable")[:, :k]
+    shares = np.take_along_axis(contributions, order, axis=1)
+    name_arr = np.asarray(names, dtype=object)
+    out = np.full(n, "", dtype=object)
+    for j in range(k):
+        keep = shares[:, j] >= min_share
+        piece = name_arr[order[:, j]] + ":" + np.char.mod("%.2f", shares[:, j]).astype(object)
+        sep = np.where(out == "", "", ";")
+        out = np.where(keep, out + sep + piece, out)
+    return out
+
+
+def top_features_list(
+    contributions: np.ndarray, names: list[str], k: int, *, min_share: float = 0.005
+) -> list[list[tuple[str, float]]]:
+    """The same as ``top_features_text`` as Python lists of (column, share), for JSON sinks."""
+    n, width = contributions.shape
+    k = min(k, width)
+    if n == 0 or k == 0:
+        return [[] for _ in range(n)]
+    order = np.argsort(-contributions, axis=1, kind="stable")[:, :k]
+    shares = np.take_along_axis(contributions, order, axis=1)
+    return [
+        [
+            (names[c], round(float(s), 4))
+            for c, s in zip(row_cols, row_shares, strict=False)
+            if s >= min_share
+        ]
+        for row_cols, row_shares in zip(order, shares, strict=False)
+    ]

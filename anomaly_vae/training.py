@@ -1,0 +1,202 @@
+"""The fit loop: mini-batches from one tensor, KL warm-up, gradient clipping, early stopping.
+
+Data is held as one tensor on the training device and shuffled with a seeded generator, which is
+both fast (no DataLoader per-row overhead) and reproducible: the same data, config and seed give
+the same weights on the same machine.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from anomaly_vae.config import TrainingConfig
+from anomaly_vae.features import EncodedBatch
+from anomaly_vae.model import VAE, LikelihoodLayout, feature_nll, fixed_noise, kl_divergence
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    batch_size: int
+    seconds: float
+    device: str
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' is CUDA when present, else CPU; 'cuda' without a GPU is an error."""
+    from anomaly_vae.errors import ConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was asked for but no CUDA GPU is available: use 'cpu'")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"device {name!r} is not a torch device: use 'auto', 'cpu' or 'cuda'"
+        ) from None
+
+
+def auto_batch_size(n_train: int) -> int:
+    """About 32 steps an epoch on small data, up to 1024 rows a step on large data."""
+    target = max(1, n_train // 32)
+    power = 2 ** round(math.log2(target)) if target > 1 else 1
+    return int(min(1024, max(32, power)))
+
+
+def auto_epochs(n_train: int, batch_size: int, cfg: TrainingConfig) -> int:
+    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+    return int(min(cfg.max_epochs, max(10, math.ceil(cfg.target_steps / steps_per_epoch))))
+
+
+def fit_vae(
+    model: VAE,
+    train: EncodedBatch,
+    val: EncodedBatch,
+    layout: LikelihoodLayout,
+    *,
+    cfg: TrainingConfig,
+    beta: float,
+    device: torch.device,
+) -> TrainResult:
+    """Train ``model`` in place and leave the weights of the best validation epoch in it."""
+    started = time.perf_counter()
+    n_train = train.x.shape[0]
+    batch_size = cfg.batch_size or auto_batch_size(n_train)
+    batch_size = min(batch_size, n_train)
+    epochs = cfg.epochs or auto_epochs(n_train, batch_size, cfg)
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    warmup_steps = cfg.kl_warmup_epochs * steps_per_epoch
+
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(cfg.seed)
+    model.to(device)
+    x_train = torch.from_numpy(train.x).to(device)
+    o_train = torch.from_numpy(train.observed).to(device)
+    x_val = torch.from_numpy(val.x).to(device)
+    o_val = torch.from_numpy(val.observed).to(device)
+    val_eps = fixed_noise(1, model.latent_dim, seed=cfg.seed)[0].to(device)
+
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, foreach=True
+    )
+    use_amp = cfg.mixed_precision and device.type == "cuda"
+    amp_dtype = torch.bfloat16
+
+    best_state = copy.deepcopy(model.state_dict())
+    best_loss, best_epoch, bad_epochs = math.inf, 0, 0
+    history: list[dict[str, float]] = []
+    step = 0
+    bar = tqdm(
+        range(1, epochs + 1),
+        desc="training",
+        unit="epoch",
+        disable=not cfg.progress,
+        leave=False,
+    )
+    epoch = 0
+    for epoch in bar:
+        model.train()
+        order = torch.randperm(n_train, generator=gen).to(device)
+        running, seen = 0.0, 0
+        for start in range(0, n_train, batch_size):
+            idx = order[start : start + batch_size]
+            xb, ob = x_train[idx], o_train[idx]
+            weight = beta * min(1.0, step / warmup_steps) if warmup_steps else beta
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                out, mu, log_var = model(xb)
+            nll, _ = feature_nll(xb, ob, out.float(), model.noise_log_var(), layout)
+            kl = kl_divergence(mu.float(), log_var.float())
+            loss = (nll.sum(dim=-1) + weight * kl).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            running += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            step += 1
+        train_loss = running / max(seen, 1)
+        val_loss = _validation_loss(model, x_val, o_val, layout, val_eps, beta)
+        if not math.isfinite(val_loss) and x_val.shape[0] == 0:
+            val_loss = train_loss  # too few rows to hold some out: watch the training loss
+        history.append({"epoch": float(epoch), "train_loss": train_loss, "val_loss": val_loss})
+        bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
+        if not math.isfinite(train_loss):
+            logger.warning(
+                "training loss is not finite at epoch %d; keeping the best weights", epoch
+            )
+            break
+        warmed_up = step >= warmup_steps
+        if val_loss < best_loss - 1e-4 * abs(best_loss if math.isfinite(best_loss) else 1.0):
+            best_loss, best_epoch, bad_epochs = val_loss, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        elif warmed_up:
+            bad_epochs += 1
+            if bad_epochs >= cfg.patience:
+                logger.info("early stop at epoch %d (best %d)", epoch, best_epoch)
+                break
+    bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(
+        epochs_run=epoch,
+        best_epoch=best_epoch,
+        best_val_loss=float(best_loss),
+        batch_size=batch_size,
+        seconds=time.perf_counter() - started,
+        device=str(device),
+        history=history,
+    )
+
+
+@torch.no_grad()
+def _validation_loss(
+    model: VAE,
+    x: torch.Tensor,
+    observed: torch.Tensor,
+    layout: LikelihoodLayout,
+    eps: torch.Tensor,
+    beta: float,
+) -> float:
+    """The beta-ELBO on validation rows with one fixed noise vector: deterministic per epoch."""
+    if x.shape[0] == 0:
+        return math.nan
+    model.eval()
+    total = 0.0
+    for start in range(0, x.shape[0], 16384):
+        xb, ob = x[start : start + 16384], observed[start : start + 16384]
+        mu, log_var = model.encode(xb)
+        z = mu + torch.exp(0.5 * log_var) * eps
+        nll, _ = feature_nll(xb, ob, model.decode(z), model.noise_log_var(), layout)
+        total += float((nll.sum(dim=-1) + beta * kl_divergence(mu, log_var)).sum())
+    return total / x.shape[0]
+
+
+def set_threads(num_threads: int | None) -> None:
+    if num_threads:
+        torch.set_num_threads(int(num_threads))
+
+
+def split_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random (train, validation) split; validation gets at least one row when n > 1."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    n_val = round(n * fraction)
+    n_val = min(max(n_val, 1 if n > 1 else 0), n - 1) if n > 1 else 0
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
