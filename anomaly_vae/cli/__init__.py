@@ -1,0 +1,54 @@
+"""The ``anomaly-vae`` command.
+
+Each group of commands lives in its own module and registers itself on ``app``. Errors a user
+can cause (``AnomalyVAEError``) are printed as one line, with exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from anomaly_vae.errors import AnomalyVAEError
+
+app = typer.Typer(
+    name="anomaly-vae",
+    help="Anomaly detection for tabular and sensor data with variational autoencoders.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+EXIT_USER_ERROR = 2
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script."""
+    try:
+        app(args=argv, prog_name="anomaly-vae")
+    except AnomalyVAEError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USER_ERROR)
+    except OSError as exc:
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+# Command modules register themselves on ``app``; imported last, after ``app`` exists.
+from anomaly_vae.cli import core  # noqa: E402, F401

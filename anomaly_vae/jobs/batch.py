@@ -1,0 +1,252 @@
+"""Batch scoring of a CSV export: read in chunks, validate, score, hand each chunk to the sinks.
+
+Memory is bounded by the chunk size whatever the file size. Every input row ends up either in the
+scores or in the rejects, with its 0-based data row number, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from anomaly_vae.errors import ConfigError
+from anomaly_vae.estimator import AnomalyVAE, ScoreBatch, label_to_binary
+from anomaly_vae.sources.csv import CsvSource
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_SCORE_COLUMNS = ["score", "recon_error", "percentile", "is_anomaly", "top_features"]
+
+
+@dataclass
+class ScoredChunk:
+    """One chunk's results: ``output`` (one row per scored record, CSV-ready), the raw
+    ``batch``, the input ``frame`` and all rejects (validation and structural)."""
+
+    output: pd.DataFrame
+    batch: ScoreBatch
+    frame: pd.DataFrame
+    rejects: pd.DataFrame
+
+
+class Sink(Protocol):
+    def write(self, chunk: ScoredChunk) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class BatchSummary:
+    source: str
+    rows_read: int = 0
+    rows_scored: int = 0
+    rows_flagged: int = 0
+    rows_rejected: int = 0
+    seconds: float = 0.0
+    threshold: float = float("nan")
+    metrics: dict[str, float] | None = None
+    metrics_note: str = ""
+    outputs: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        rate = self.rows_read / self.seconds if self.seconds > 0 else 0.0
+        out = [
+            f"{self.source}: {self.rows_read} rows read, {self.rows_scored} scored, "
+            f"{self.rows_flagged} flagged as anomalous (threshold {self.threshold:.4g}), "
+            f"{self.rows_rejected} rejected, in {self.seconds:.1f} s ({rate:,.0f} rows/s)"
+        ]
+        if self.metrics:
+            m = self.metrics
+            out.append(
+                f"against the labels: ROC-AUC {m['roc_auc']:.3f}, PR-AUC {m['pr_auc']:.3f}, "
+                f"precision {m['precision']:.3f}, recall {m['recall']:.3f} at the threshold "
+                f"({int(m['n_anomalies'])} labelled anomalies in {int(m['n_labelled'])} rows)"
+            )
+        elif self.metrics_note:
+            out.append(self.metrics_note)
+        out.extend(f"wrote {path}" for path in self.outputs)
+        return out
+
+
+class CsvScoreWriter:
+    """Writes the score rows of each chunk to one CSV file, header once."""
+
+    def __init__(self, path: Path, *, sep: str = ",") -> None:
+        self.path = Path(path)
+        self.sep = sep
+        self._handle = _open_for_write(self.path)
+        self._header = True
+
+    def write(self, chunk: ScoredChunk) -> None:
+        chunk.output.to_csv(
+            self._handle, sep=self.sep, index=False, header=self._header, float_format="%.6g"
+        )
+        self._header = False
+
+    def close(self) -> None:
+        if self._header:  # nothing scored: still leave a file with the header
+            pd.DataFrame(columns=["row", *OUTPUT_SCORE_COLUMNS]).to_csv(
+                self._handle, sep=self.sep, index=False
+            )
+        self._handle.close()
+
+
+class CsvRejectsWriter:
+    """Writes rejected rows (row, reason, raw) to a CSV file; created only if there are any."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._handle: Any = None
+        self.count = 0
+
+    def write(self, chunk: ScoredChunk) -> None:
+        if chunk.rejects.empty:
+            return
+        if self._handle is None:
+            self._handle = _open_for_write(self.path)
+            header = True
+        else:
+            header = False
+        frame = chunk.rejects.rename_axis("row").reset_index()
+        frame.to_csv(self._handle, index=False, header=header, columns=["row", "reason", "raw"])
+        self.count += len(frame)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+
+def _open_for_write(path: Path) -> Any:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "w", encoding="utf-8", newline="")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def default_rejects_path(out: Path) -> Path:
+    name = out.name
+    for suffix in (".csv.gz", ".csv"):
+        if name.endswith(suffix):
+            return out.with_name(name[: -len(suffix)] + ".rejects.csv")
+    return out.with_name(name + ".rejects.csv")
+
+
+def score_csv(
+    model: AnomalyVAE,
+    source: CsvSource,
+    *,
+    sinks: list[Sink],
+    passthrough: list[str] | None = None,
+    label_column: str | None = None,
+    threshold: float | None = None,
+    progress: bool = False,
+) -> BatchSummary:
+    """Score every row of ``source`` and hand each chunk's results to ``sinks``."""
+    started = time.perf_counter()
+    header = source.header()
+    model.schema_.check_columns(header, source=source.label)
+    passthrough = [c for c in (passthrough or []) if c in header]
+    label = label_column if label_column and label_column in header else None
+    top_k = model.config_.scoring.top_features
+    limit = model.threshold_ if threshold is None else float(threshold)
+    summary = BatchSummary(source=source.label, threshold=limit)
+    scores_seen: list[np.ndarray] = []
+    labels_seen: list[np.ndarray] = []
+    bar = tqdm(
+        total=None if source.compressed else source.size,
+        unit="B",
+        unit_scale=True,
+        desc="scoring",
+        disable=not progress,
+        leave=False,
+    )
+    try:
+        for chunk in source.chunks():
+            frame = chunk.frame
+            batch = model.score_batch(frame, threshold=threshold, source=source.label)
+            out = _output_frame(frame, batch, passthrough, label, top_k)
+            rejects = (
+                pd.concat([chunk.rejects, batch.rejects]) if len(chunk.rejects) else batch.rejects
+            )
+            scored = ScoredChunk(output=out, batch=batch, frame=frame, rejects=rejects.sort_index())
+            for sink in sinks:
+                sink.write(scored)
+            summary.rows_read += len(frame) + len(chunk.rejects)
+            summary.rows_scored += len(batch.scores)
+            summary.rows_flagged += int(batch.scores["is_anomaly"].sum())
+            summary.rows_rejected += len(rejects)
+            if label is not None:
+                labels = label_to_binary(frame.loc[batch.scores.index, label], name=label)
+                scores_seen.append(batch.scores["score"].to_numpy())
+                labels_seen.append(labels.to_numpy(dtype="float64", na_value=np.nan))
+            bar.update(max(0, source.position() - bar.n) if not source.compressed else 0)
+    finally:
+        bar.close()
+        for sink in sinks:
+            sink.close()
+    summary.seconds = time.perf_counter() - started
+    if label is not None:
+        summary.metrics, summary.metrics_note = label_metrics(
+            np.concatenate(scores_seen) if scores_seen else np.empty(0),
+            np.concatenate(labels_seen) if labels_seen else np.empty(0),
+            limit,
+        )
+    return summary
+
+
+def _output_frame(
+    frame: pd.DataFrame, batch: ScoreBatch, passthrough: list[str], label: str | None, top_k: int
+) -> pd.DataFrame:
+    scores = batch.scores
+    data: dict[str, Any] = {"row": scores.index.to_numpy()}
+    for name in passthrough:
+        data[name] = frame.loc[scores.index, name].to_numpy()
+    if label is not None and label not in passthrough:
+        data[label] = frame.loc[scores.index, label].to_numpy()
+    data["score"] = scores["score"].to_numpy()
+    data["recon_error"] = scores["recon_error"].to_numpy()
+    data["percentile"] = scores["percentile"].to_numpy()
+    data["is_anomaly"] = scores["is_anomaly"].to_numpy()
+    data["top_features"] = batch.top_features_text(top_k)
+    if "nll_iw" in scores:
+        data["nll_iw"] = scores["nll_iw"].to_numpy()
+    return pd.DataFrame(data)
+
+
+def label_metrics(
+    scores: np.ndarray, labels: np.ndarray, threshold: float
+) -> tuple[dict[str, float] | None, str]:
+    """ROC-AUC, PR-AUC, precision and recall at ``threshold``; (None, why) when undefined."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    known = ~np.isnan(labels)
+    y = labels[known].astype(np.int64)
+    s = scores[known]
+    if len(y) == 0:
+        return None, "the label column has no values: no detection metrics"
+    if y.min() == y.max():
+        kind = "anomalies" if y[0] == 1 else "normal rows"
+        return None, f"the label column holds only {kind}: ROC-AUC and PR-AUC need both classes"
+    flagged = s > threshold
+    tp = int(np.sum(flagged & (y == 1)))
+    precision = tp / int(flagged.sum()) if flagged.any() else 0.0
+    recall = tp / int(np.sum(y == 1))
+    return (
+        {
+            "roc_auc": float(roc_auc_score(y, s)),
+            "pr_auc": float(average_precision_score(y, s)),
+            "precision": float(precision),
+            "recall": float(recall),
+            "n_labelled": float(len(y)),
+            "n_anomalies": float(np.sum(y == 1)),
+        },
+        "",
+    )

@@ -1,0 +1,200 @@
+"""Chunked CSV reading with clear errors: memory stays bounded whatever the file size.
+
+Each chunk is a DataFrame indexed by the 0-based data row number (the header is not a row).
+Lines with more fields than the header are not lost: they come back as rejects with their row
+number and reason, and the row numbers of the lines after them stay right.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+
+from anomaly_vae.errors import InputFileError
+
+_COMPRESSED = (".gz", ".bz2", ".zip", ".xz", ".zst", ".tar")
+_BAD_LINE = re.compile(r"[Ss]kipping line (\d+): (.*)")
+
+
+@dataclass
+class CsvChunk:
+    frame: pd.DataFrame  # indexed by data row number
+    rejects: pd.DataFrame  # structural rejects (too many fields): reason, raw; indexed by row
+
+
+@dataclass
+class CsvSource:
+    """A CSV file read in chunks. ``label`` names it in messages (defaults to the path)."""
+
+    path: Path
+    sep: str = ","
+    encoding: str = "utf-8"
+    chunk_size: int = 100_000
+    label: str = ""
+    _handle: IO[bytes] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        self.label = self.label or str(self.path)
+
+    @property
+    def compressed(self) -> bool:
+        return self.path.name.lower().endswith(_COMPRESSED)
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+    def position(self) -> int:
+        """Bytes consumed so far (approximate: the parser reads ahead), for progress bars."""
+        if self._handle is None or self._handle.closed:
+            return 0
+        try:
+            return self._handle.tell()
+        except (OSError, ValueError):
+            return 0
+
+    def check(self) -> None:
+        """Fail early with one line if the file is missing, empty or not CSV text."""
+        if not self.path.exists():
+            raise InputFileError(f"{self.label} does not exist")
+        if self.path.is_dir():
+            raise InputFileError(f"{self.label} is a directory, not a CSV file")
+        if self.size == 0:
+            raise InputFileError(f"{self.label} is empty: expected a header line and data rows")
+        if self.compressed:
+            return
+        with open(self.path, "rb") as handle:
+            head = handle.read(65536)
+        if b"\x00" in head:
+            raise InputFileError(f"{self.label} is not a CSV text file (it holds binary data)")
+        try:
+            head.decode(self.encoding)
+        except UnicodeDecodeError as exc:
+            if exc.start < len(head) - 4:  # not just a character cut at the end of the block
+                raise InputFileError(
+                    f"{self.label} is not {self.encoding} text (bad byte at offset {exc.start}): "
+                    "is it a CSV file? set csv.encoding in the pipeline if it uses another encoding"
+                ) from None
+        except LookupError:
+            raise InputFileError(
+                f"unknown text encoding {self.encoding!r} for {self.label}"
+            ) from None
+        if not head.strip():
+            raise InputFileError(f"{self.label} is empty: expected a header line and data rows")
+
+    def header(self) -> list[str]:
+        """The column names, read without loading data."""
+        self.check()
+        frame = self._read(nrows=0)
+        assert isinstance(frame, pd.DataFrame)
+        return [str(c) for c in frame.columns]
+
+    def chunks(self, *, usecols: list[str] | None = None) -> Iterator[CsvChunk]:
+        """Yield chunks in file order; rows keep their data row numbers as the index."""
+        self.check()
+        next_row = 0
+        with open(self.path, "rb") as handle:
+            self._handle = handle
+            reader = self._read(handle=handle, chunksize=self.chunk_size, usecols=usecols)
+            assert not isinstance(reader, pd.DataFrame)
+            while True:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", pd.errors.ParserWarning)
+                    try:
+                        frame = next(reader)
+                    except StopIteration:
+                        break
+                    except pd.errors.ParserError as exc:
+                        raise InputFileError(
+                            f"{self.label}: malformed CSV: {_first_line(exc)}"
+                        ) from None
+                    except UnicodeDecodeError as exc:
+                        raise InputFileError(
+                            f"{self.label} is not {self.encoding} text ({exc.reason} at byte "
+                            f"{exc.start} of a block): is it a CSV file?"
+                        ) from None
+                    except (ValueError, OSError, EOFError) as exc:
+                        raise InputFileError(
+                            f"{self.label} cannot be read: {_first_line(exc)}"
+                        ) from None
+                bad_rows, reasons = _bad_lines(caught)
+                rows = _row_numbers(next_row, len(frame), bad_rows)
+                frame.index = pd.Index(rows, name="row")
+                rejects = pd.DataFrame(
+                    {"reason": reasons, "raw": [None] * len(reasons)},
+                    index=pd.Index(bad_rows, name="row"),
+                    dtype=object,
+                )
+                next_row = (int(rows[-1]) + 1) if len(rows) else next_row + len(bad_rows)
+                if len(bad_rows) and len(rows):
+                    next_row = max(next_row, int(max(bad_rows)) + 1)
+                yield CsvChunk(frame=frame, rejects=rejects)
+        self._handle = None
+
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+    def _read(self, handle: IO[bytes] | None = None, **kwargs: Any) -> Any:
+        source: Any = handle if handle is not None else self.path
+        options: dict[str, Any] = {
+            "sep": self.sep,
+            "encoding": self.encoding,
+            "on_bad_lines": "warn",
+            "low_memory": False,
+        }
+        if handle is not None and self.compressed:
+            source = self.path  # let pandas open it with the right decompressor
+        try:
+            return pd.read_csv(source, **options, **kwargs)
+        except pd.errors.EmptyDataError:
+            raise InputFileError(
+                f"{self.label} is empty: expected a header line and data rows"
+            ) from None
+        except pd.errors.ParserError as exc:
+            raise InputFileError(f"{self.label}: malformed CSV: {_first_line(exc)}") from None
+        except UnicodeDecodeError:
+            raise InputFileError(
+                f"{self.label} is not {self.encoding} text: is it a CSV file?"
+            ) from None
+        except ValueError as exc:
+            raise InputFileError(f"{self.label} cannot be read: {_first_line(exc)}") from None
+        except (OSError, EOFError) as exc:
+            raise InputFileError(f"{self.label} cannot be read: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _bad_lines(caught: list[warnings.WarningMessage]) -> tuple[list[int], list[str]]:
+    rows: list[int] = []
+    reasons: list[str] = []
+    for item in caught:
+        for line in str(item.message).splitlines():
+            match = _BAD_LINE.search(line)
+            if match:
+                line_no = int(match.group(1))
+                rows.append(line_no - 2)  # line 1 is the header; data row 0 is line 2
+                reasons.append(f"line {line_no}: {match.group(2).strip()}")
+    return rows, reasons
+
+
+def _row_numbers(start: int, count: int, bad_rows: list[int]) -> np.ndarray:
+    if not bad_rows:
+        return np.arange(start, start + count, dtype=np.int64)
+    candidates = np.arange(start, start + count + len(bad_rows), dtype=np.int64)
+    return np.setdiff1d(candidates, np.asarray(bad_rows, dtype=np.int64))[:count]
