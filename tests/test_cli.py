@@ -1,0 +1,261 @@
+"""The command line end to end, in subprocesses, as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly_vae.cli import main
+from anomaly_vae.datasets import make_pump_data
+from tests.conftest import REPO
+
+PIPELINE = REPO / "pipelines" / "pumps.yaml"
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "anomaly_vae", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
+
+
+def assert_user_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def run_inline(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The same entry point in this process: quicker for the many error cases."""
+    code = 0
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("cli")
+    make_pump_data(3000, seed=1).to_csv(work / "normal.csv", index=False)
+    result = run(
+        "train",
+        str(work / "normal.csv"),
+        "--model-dir",
+        str(work / "model"),
+        "--pipeline",
+        str(PIPELINE),
+        "--epochs",
+        "15",
+        "--seed",
+        "1",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "model saved to" in result.stdout
+    return work
+
+
+def test_train_then_score_writes_every_row_once(trained: Path) -> None:
+    export = make_pump_data(1500, anomaly_rate=0.03, seed=2)
+    export = export.astype({"flow": object})
+    export.loc[3, "flow"] = "oops"
+    export.to_csv(trained / "export.csv", index=False)
+    out = trained / "scores.csv"
+    result = run(
+        "score",
+        str(trained / "export.csv"),
+        "--model-dir",
+        str(trained / "model"),
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "1500 rows read, 1499 scored" in result.stdout
+    assert "ROC-AUC" in result.stdout
+    assert "PR-AUC" in result.stdout
+    scores = pd.read_csv(out)
+    assert list(scores.columns) == [
+        "row",
+        "event_id",
+        "pump_id",
+        "ts",
+        "label",
+        "score",
+        "recon_error",
+        "percentile",
+        "is_anomaly",
+        "top_features",
+    ]
+    rejects = pd.read_csv(trained / "scores.rejects.csv")
+    assert rejects["row"].tolist() == [3]
+    assert "'oops' is not a number" in rejects["reason"].iloc[0]
+    assert sorted([*scores["row"], *rejects["row"]]) == list(range(1500))
+
+
+def test_chunked_scoring_equals_whole(trained: Path) -> None:
+    make_pump_data(700, anomaly_rate=0.05, seed=3).to_csv(trained / "e2.csv", index=False)
+    whole, chunked = trained / "whole.csv", trained / "chunked.csv"
+    for out, size in ((whole, "100000"), (chunked, "37")):
+        result = run(
+            "score",
+            str(trained / "e2.csv"),
+            "--model-dir",
+            str(trained / "model"),
+            "--out",
+            str(out),
+            "--chunk-size",
+            size,
+        )
+        assert result.returncode == 0, result.stderr
+    assert whole.read_bytes() == chunked.read_bytes()
+
+
+def test_semicolon_file_with_sep(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_inline(capsys, *args)
+
+    make_pump_data(50, seed=4).to_csv(trained / "semi.csv", index=False, sep=";")
+    result = run(
+        "score",
+        str(trained / "semi.csv"),
+        "--model-dir",
+        str(trained / "model"),
+        "--out",
+        str(trained / "semi.scores.csv"),
+    )
+    assert_user_error(result, "semi.csv", "--sep ';'")
+    result = run(
+        "score",
+        str(trained / "semi.csv"),
+        "--model-dir",
+        str(trained / "model"),
+        "--out",
+        str(trained / "semi.scores.csv"),
+        "--sep",
+        ";",
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(pd.read_csv(trained / "semi.scores.csv")) == 50
+
+
+def test_bad_input_in_a_subprocess_exits_2_with_one_line(trained: Path) -> None:
+    bad = trained / "garbage.csv"
+    bad.write_bytes(b"\x00\x01\x02binary")
+    assert_user_error(run("score", str(bad), "--model-dir", str(trained / "model")), "not a CSV")
+
+
+def test_bad_inputs_get_one_line_errors(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_inline(capsys, *args)
+
+    model = str(trained / "model")
+    empty = trained / "empty.csv"
+    empty.write_text("")
+    assert_user_error(run("score", str(empty), "--model-dir", model), "empty.csv", "empty")
+    binary = trained / "image.csv"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    assert_user_error(run("score", str(binary), "--model-dir", model), "image.csv", "not a CSV")
+    missing = trained / "missing.csv"
+    make_pump_data(20, seed=5).drop(columns=["vibration"]).to_csv(missing, index=False)
+    out = trained / "never.csv"
+    assert_user_error(
+        run("score", str(missing), "--model-dir", model, "--out", str(out)), "'vibration'", "missing"
+    )
+    assert not out.exists()  # nothing written before the header is checked
+    assert_user_error(
+        run("score", str(trained / "nope.csv"), "--model-dir", model), "nope.csv", "does not exist"
+    )
+    assert_user_error(
+        run("score", str(missing), "--model-dir", str(trained / "no-model")),
+        "no-model",
+        "does not exist",
+    )
+    assert_user_error(run("train", str(empty), "--model-dir", str(trained / "m2")), "empty")
+    header_only = trained / "header.csv"
+    header_only.write_text("a,b,c\n")
+    assert_user_error(
+        run("train", str(header_only), "--model-dir", str(trained / "m3")), "no data rows"
+    )
+    semi = trained / "semi-train.csv"
+    make_pump_data(50, seed=4).to_csv(semi, index=False, sep=";")
+    assert_user_error(run("train", str(semi), "--model-dir", str(trained / "m4")), "--sep ';'")
+    bad_yaml = trained / "bad.yaml"
+    bad_yaml.write_text("training:\n  epochs: 0\n")
+    assert_user_error(
+        run(
+            "train",
+            str(trained / "normal.csv"),
+            "--model-dir",
+            str(trained / "m5"),
+            "--pipeline",
+            str(bad_yaml),
+        ),
+        "bad.yaml",
+        "training.epochs",
+    )
+
+
+def test_too_many_fields_is_a_reject_not_a_crash(trained: Path) -> None:
+    frame = make_pump_data(30, seed=6)
+    text = frame.to_csv(index=False).splitlines()
+    text[4] = text[4] + ",extra,fields"  # line 5 of the file: data row 3
+    bad = trained / "ragged.csv"
+    bad.write_text("\n".join(text) + "\n")
+    out = trained / "ragged.scores.csv"
+    result = run(
+        "score",
+        str(bad),
+        "--model-dir",
+        str(trained / "model"),
+        "--out",
+        str(out),
+        "--chunk-size",
+        "8",
+    )
+    assert result.returncode == 0, result.stderr
+    scores = pd.read_csv(out)
+    rejects = pd.read_csv(trained / "ragged.scores.rejects.csv")
+    assert rejects["row"].tolist() == [3]
+    assert "expected" in rejects["reason"].iloc[0]
+    assert sorted([*scores["row"], 3]) == list(range(30))
+    # Row numbers after the bad line still match the file.
+    assert scores.set_index("row").loc[10, "event_id"] == frame.loc[10, "event_id"]
+
+
+def test_demo_runs(tmp_path: Path) -> None:
+    result = run(
+        "demo", "--workdir", str(tmp_path / "d"), "--rows", "2000", "--epochs", "10", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "flagged as anomalous" in result.stdout
+    assert "ROC-AUC" in result.stdout
+    assert (tmp_path / "d" / "scores.csv").is_file()
+    assert (tmp_path / "d" / "model" / "model.json").is_file()
+    scores = pd.read_csv(tmp_path / "d" / "scores.csv")
+    assert np.isfinite(scores["score"]).all()
+
+
+def test_info_and_help(trained: Path) -> None:
+    result = run("info", "--model-dir", str(trained / "model"))
+    assert result.returncode == 0
+    assert "feature station: categorical" in result.stdout
+    result = run("--help")
+    assert result.returncode == 0
+    assert "train" in result.stdout
+    assert "score" in result.stdout

@@ -1,0 +1,189 @@
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from anomaly_vae import AnomalyVAE, load_model
+from anomaly_vae.errors import ConfigError, InvalidRecordsError, ModelFileError, NotFittedError
+from tests.conftest import correlated_normal, with_anomalies
+
+
+def test_detects_injected_anomalies(trained_model: AnomalyVAE) -> None:
+    frame, labels = with_anomalies(1000, 100, seed=10)
+    scores = trained_model.score(frame)
+    assert roc_auc_score(labels, scores["score"]) > 0.95
+    assert set(scores.columns) >= {
+        "score",
+        "recon_error",
+        "kl",
+        "percentile",
+        "is_anomaly",
+        "top_features",
+    }
+    # Calibrated threshold: few false alarms on normal rows, most anomalies caught.
+    assert scores["is_anomaly"][labels == 0].mean() < 0.03
+    assert scores["is_anomaly"][labels == 1].mean() > 0.5
+    assert ((scores["percentile"] >= 0) & (scores["percentile"] <= 100)).all()
+
+
+def test_kl_term_does_not_vanish(trained_model: AnomalyVAE) -> None:
+    scores = trained_model.score(correlated_normal(500, seed=5))
+    assert scores["kl"].mean() > 0.5  # the latent code carries information
+
+
+def test_scores_are_deterministic_and_batch_independent(trained_model: AnomalyVAE) -> None:
+    frame, _ = with_anomalies(700, 30, seed=3)
+    first = trained_model.score(frame)
+    second = trained_model.score(frame)
+    pd.testing.assert_frame_equal(first, second)
+    pieces = pd.concat(
+        trained_model.score(frame.iloc[i : i + 33]) for i in range(0, len(frame), 33)
+    )
+    np.testing.assert_array_equal(pieces["score"].to_numpy(), first["score"].to_numpy())
+    single = trained_model.score(frame.iloc[[17]])
+    assert single["score"].iloc[0] == first["score"].iloc[17]
+
+
+def test_api_directions(trained_model: AnomalyVAE) -> None:
+    frame, labels = with_anomalies(300, 30, seed=4)
+    decision = trained_model.decision_function(frame)
+    predicted = trained_model.predict(frame)
+    assert np.array_equal(predicted, (decision > 0).astype(int))
+    assert decision[labels == 1].mean() > decision[labels == 0].mean()
+
+
+def test_top_features_name_the_broken_column(trained_model: AnomalyVAE) -> None:
+    frame = correlated_normal(50, seed=6)
+    frame.loc[:, "s3"] = frame["s3"] + 25.0
+    top = trained_model.score(frame)["top_features"]
+    assert (top.str.split(":").str[0] == "s3").mean() > 0.9
+
+
+def test_save_load_gives_identical_scores(trained_model: AnomalyVAE, tmp_path: Path) -> None:
+    frame, _ = with_anomalies(400, 20, seed=7)
+    digest = trained_model.save(tmp_path / "m")
+    loaded = load_model(str(tmp_path / "m"))
+    assert loaded.model_hash_ == digest
+    pd.testing.assert_frame_equal(trained_model.score(frame), loaded.score(frame))
+    assert loaded.threshold_ == trained_model.threshold_
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["format_version"] == 1
+    assert meta["schema"]["columns"][0]["name"] == "s0"
+
+
+def test_training_is_reproducible() -> None:
+    data = correlated_normal(400, seed=1)
+    a = AnomalyVAE(epochs=5, seed=3).fit(data)
+    b = AnomalyVAE(epochs=5, seed=3).fit(data)
+    c = AnomalyVAE(epochs=5, seed=4).fit(data)
+    for key, value in a.model_.state_dict().items():
+        assert torch.equal(value, b.model_.state_dict()[key])
+    assert not torch.equal(a.model_.enc_mu.weight, c.model_.enc_mu.weight)
+
+
+def test_labelled_anomalies_are_left_out_of_training() -> None:
+    frame, labels = with_anomalies(300, 40, seed=2)
+    frame["label"] = labels.astype(int)
+    model = AnomalyVAE(epochs=2, columns={"label": "label"}).fit(frame)
+    assert "label" not in model.schema_.names
+    s = model.training_summary_
+    assert s["rows_train"] + s["rows_validation"] == 300
+
+
+def test_parameter_errors_name_the_parameter() -> None:
+    data = correlated_normal(50, seed=0)
+    with pytest.raises(
+        ConfigError,
+        match=r"The 'latent_dim' parameter must be greater than or equal to 1. Got 0 instead",
+    ):
+        AnomalyVAE(latent_dim=0).fit(data)
+    with pytest.raises(ConfigError, match="score_kind"):
+        AnomalyVAE(score_kind="nope").fit(data)
+    with pytest.raises(ConfigError, match="columns"):
+        AnomalyVAE(columns={"bogus": 1}).fit(data)
+
+
+def test_constructor_only_stores() -> None:
+    model = AnomalyVAE(latent_dim=-5, device="no-such-device")
+    assert model.get_params()["latent_dim"] == -5
+    with pytest.raises(NotFittedError):
+        model.score(correlated_normal(5, seed=0))
+
+
+def test_score_raises_on_invalid_rows_and_score_batch_keeps_them(trained_model: AnomalyVAE) -> None:
+    frame = correlated_normal(10, seed=9).astype({"s1": object})
+    frame.loc[4, "s1"] = "broken"
+    with pytest.raises(InvalidRecordsError, match=r"row 4: column 's1': 'broken' is not a number"):
+        trained_model.score(frame)
+    batch = trained_model.score_batch(frame)
+    assert list(batch.rejects.index) == [4]
+    assert len(batch.scores) == 9
+
+
+def test_importance_weighted_score_kind(tmp_path: Path) -> None:
+    data = correlated_normal(300, seed=1)
+    model = AnomalyVAE(epochs=3, score_kind="nll_iw", n_samples=4).fit(data)
+    scores = model.score(data.head(20))
+    assert "nll_iw" in scores
+    np.testing.assert_array_equal(scores["score"].to_numpy(), scores["nll_iw"].to_numpy())
+    model.save(tmp_path / "iw")
+    assert AnomalyVAE.load(tmp_path / "iw").score(data.head(20))["score"].equals(scores["score"])
+
+
+def test_numpy_input() -> None:
+    x = correlated_normal(300, seed=0).drop(columns="kind").to_numpy()
+    model = AnomalyVAE(epochs=3).fit(x)
+    assert model.anomaly_score(x[:5]).shape == (5,)
+
+
+# ------------------------------------------------------------------------ model files
+def test_missing_directory_and_corrupt_files(trained_model: AnomalyVAE, tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match="does not exist"):
+        AnomalyVAE.load(tmp_path / "nowhere")
+    path = tmp_path / "m"
+    trained_model.save(path)
+    weights = path / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="checksum"):
+        AnomalyVAE.load(path)
+    (path / "model.json").write_text("{not json")
+    with pytest.raises(ModelFileError, match="corrupt"):
+        AnomalyVAE.load(path)
+
+
+def test_unknown_format_version(trained_model: AnomalyVAE, tmp_path: Path) -> None:
+    path = tmp_path / "m"
+    trained_model.save(path)
+    meta = json.loads((path / "model.json").read_text())
+    meta["format_version"] = 99
+    (path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="format version 99"):
+        AnomalyVAE.load(path)
+
+
+class _Boom:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (exec, ("raise SystemExit('pickle code ran')",))
+
+
+def test_loading_never_unpickles(trained_model: AnomalyVAE, tmp_path: Path) -> None:
+    path = tmp_path / "m"
+    trained_model.save(path)
+    payload = pickle.dumps({"weights": _Boom()})
+    (path / "weights.safetensors").write_bytes(payload)
+    meta = json.loads((path / "model.json").read_text())
+    import hashlib
+
+    meta["weights_sha256"] = hashlib.sha256(payload).hexdigest()  # even with a matching checksum
+    (path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="cannot be read"):
+        AnomalyVAE.load(path)

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly_vae.config import ColumnsConfig
+from anomaly_vae.errors import SchemaError
+from anomaly_vae.features import FeatureSchema, Preprocessor
+
+
+def _frame() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    n = 200
+    return pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "ts": pd.date_range("2026-01-01", periods=n, freq="min").astype(str),
+            "temp": rng.normal(20, 2, n),
+            "mode": rng.choice(["auto", "manual"], n),
+            "label": np.zeros(n, dtype=int),
+            "note": [f"free text {i}" for i in range(n)],
+        }
+    )
+
+
+def test_infer_kinds_and_leave_out_ids_labels_timestamps(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(_frame(), ColumnsConfig(label="label"))
+    assert schema.numeric == ["temp"]
+    assert schema.categorical == ["mode"]
+    text = caplog.text
+    assert "'id' looks like a row identifier" in text
+    assert "'ts'" in text
+    assert "'note' has 200 distinct text values" in text
+
+
+def test_explicit_kinds_and_ignore() -> None:
+    cols = ColumnsConfig(ignore=["note", "ts", "label"], categorical=["id"], numeric=["temp"])
+    schema = FeatureSchema.infer(_frame(), cols)
+    assert schema.categorical == ["id", "mode"]
+    assert "note" not in schema.names
+
+
+def test_numeric_text_column_is_numeric_and_bad_cells_are_rejected_with_reasons() -> None:
+    frame = pd.DataFrame(
+        {"a": ["1.5", "2", "oops", "", "inf", "nan"] + ["3"] * 40, "b": [1.0] * 46}
+    )
+    schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.numeric == ["a", "b"]
+    clean, rejects = schema.validate(frame)
+    assert list(rejects.index) == [2, 4]
+    assert rejects.loc[2, "reason"] == "column 'a': 'oops' is not a number"
+    assert rejects.loc[4, "reason"] == "column 'a': inf is not a finite number"
+    assert json.loads(str(rejects.loc[2, "raw"])) == {"a": "oops", "b": 1.0}
+    assert np.isnan(clean["a"].loc[3])
+    assert np.isnan(clean["a"].loc[5])
+    assert len(clean) + len(rejects) == len(frame)
+
+
+def test_float_infinity_in_numeric_dtype_is_rejected() -> None:
+    frame = pd.DataFrame({"a": [1.0, np.inf, -np.inf, 2.0]})
+    schema = FeatureSchema.infer(frame, ColumnsConfig())
+    _, rejects = schema.validate(frame)
+    assert list(rejects.index) == [1, 2]
+
+
+def test_missing_feature_column_names_it_and_suggests_separator() -> None:
+    schema = FeatureSchema.infer(pd.DataFrame({"a": [1.0] * 5, "b": [2.0] * 5}), ColumnsConfig())
+    with pytest.raises(SchemaError, match=r"feature column 'b' missing"):
+        schema.validate(pd.DataFrame({"a": [1.0]}), source="x.csv")
+    with pytest.raises(SchemaError, match=r"try --sep ';'"):
+        schema.check_columns(["a;b"], source="x.csv")
+
+
+def test_extra_columns_are_ignored() -> None:
+    schema = FeatureSchema.infer(pd.DataFrame({"a": [1.0] * 5}), ColumnsConfig())
+    clean, rejects = schema.validate(pd.DataFrame({"z": ["x"], "a": [3.0]}))
+    assert list(clean.columns) == ["a"]
+    assert rejects.empty
+
+
+def test_preprocessor_robust_scaling_unknown_bucket_and_missing_indicator() -> None:
+    rng = np.random.default_rng(1)
+    train = pd.DataFrame({"x": np.r_[rng.normal(10, 2, 999), [1e6]], "c": ["a", "b"] * 500})
+    train.loc[5, "x"] = np.nan
+    schema = FeatureSchema.infer(train, ColumnsConfig())
+    clean, _ = schema.validate(train)
+    pre = Preprocessor.fit(clean, schema)
+    # The outlier does not inflate the scale: IQR-based.
+    assert pre.scale["x"] == pytest.approx(2.0, rel=0.15)
+    assert pre.with_indicator == ["x"]
+    layout = pre.layout
+    assert layout.n_numeric == 1
+    assert layout.cat_sizes == [3, 2]
+    test = pd.DataFrame({"x": [pre.center["x"], np.nan], "c": ["b", "never-seen"]})
+    enc = pre.transform(schema.validate(test)[0])
+    assert enc.x.dtype == np.float32
+    assert enc.x.flags["C_CONTIGUOUS"]
+    assert enc.x[0].tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 0.0]
+    assert enc.x[1].tolist() == [0.0, 1.0, 0.0, 0.0, 0.0, 1.0]  # unknown bucket; missing flag
+    assert enc.observed[:, 0].tolist() == [1.0, 0.0]
+    again = Preprocessor.from_dict(json.loads(json.dumps(pre.to_dict())), schema)
+    assert np.array_equal(again.transform(schema.validate(test)[0]).x, enc.x)
+
+
+def test_categories_compare_as_text() -> None:
+    train = pd.DataFrame({"c": [1, 2, 3] * 10})
+    schema = FeatureSchema.infer(train, ColumnsConfig(categorical=["c"]))
+    pre = Preprocessor.fit(schema.validate(train)[0], schema)
+    enc = pre.transform(schema.validate(pd.DataFrame({"c": ["2", 2.0, "x"]}))[0])
+    assert enc.x[0].tolist() == enc.x[1].tolist()
+    assert enc.x[2, 0] == 1.0  # unknown
