@@ -175,7 +175,9 @@ def test_bad_inputs_get_one_line_errors(trained: Path, capsys: pytest.CaptureFix
     make_pump_data(20, seed=5).drop(columns=["vibration"]).to_csv(missing, index=False)
     out = trained / "never.csv"
     assert_user_error(
-        run("score", str(missing), "--model-dir", model, "--out", str(out)), "'vibration'", "missing"
+        run("score", str(missing), "--model-dir", model, "--out", str(out)),
+        "'vibration'",
+        "missing",
     )
     assert not out.exists()  # nothing written before the header is checked
     assert_user_error(
