@@ -115,6 +115,34 @@ class CsvConfig(_Strict):
     encoding: str = "utf-8"
 
 
+class KafkaConfig(_Strict):
+    """The stream scorer's Kafka settings. ``client`` passes extra options to kafka-python
+    (``security_protocol``, ``sasl_mechanism``, ``ssl_cafile``...); secrets belong in the
+    environment: ``ANOMALY_VAE_KAFKA_SASL_PASSWORD`` fills ``sasl_plain_password``.
+    """
+
+    bootstrap_servers: str = "localhost:9092"
+    topic: str | None = None
+    group_id: str = "anomaly-vae"
+    client_id: str = "anomaly-vae"
+    alerts_topic: str | None = None
+    dead_letter_topic: str | None = None
+    entity_field: str | None = None  # default: columns.entity; the message key when absent
+    key_is_entity: bool = True
+    max_batch_records: int = Field(default=5000, ge=1)
+    max_batch_wait_ms: int = Field(default=200, ge=1)
+    max_message_bytes: int = Field(default=1_000_000, ge=1)
+    session_timeout_ms: int = Field(default=10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    max_poll_interval_ms: int = Field(default=300_000, ge=1000)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    connect_backoff_max_s: float = Field(default=30.0, gt=0)
+    metrics_interval_s: float = Field(default=10.0, gt=0)
+    threshold_refresh_s: float = Field(default=2.0, gt=0)
+    num_threads: int = Field(default=1, ge=1)
+    client: dict[str, Any] = Field(default_factory=dict)
+
+
 class PipelineConfig(_Strict):
     """One pipeline file: what an operator edits to change columns, model, threshold, I/O."""
 
@@ -127,7 +155,7 @@ class PipelineConfig(_Strict):
     # Sections owned by later stages (database, stream, thresholds) are kept as plain dicts here so
     # that one file serves every command; each stage validates its own section.
     database: dict[str, Any] | None = None
-    kafka: dict[str, Any] | None = None
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     thresholds: dict[str, Any] | None = None
     alerts: dict[str, Any] | None = None
 

@@ -32,6 +32,8 @@ def setup_logging(verbose: bool = False) -> None:
         stream=sys.stderr,
         force=True,
     )
+    # kafka-python logs every connection at INFO: keep its warnings, not its chatter.
+    logging.getLogger("kafka").setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,4 +53,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # Command modules register themselves on ``app``; imported last, after ``app`` exists.
-from anomaly_vae.cli import core  # noqa: E402, F401
+from anomaly_vae.cli import core, stream  # noqa: E402, F401

@@ -1,0 +1,533 @@
+"""The stream scorer's run loop: Kafka micro-batches in, scores, alerts and rejects out.
+
+Order of a batch, which is what makes it lose nothing and double nothing:
+
+1. poll a micro-batch (``max_batch_records`` / ``max_batch_wait_ms``);
+2. decode and validate; every message becomes either a scored record or a reject;
+3. score (one function for batch and stream: ``AnomalyVAE.score_batch``);
+4. the sink writes scores, alerts and rejects in one transaction, idempotently keyed by
+   ``topic:partition:offset`` + model version; a failure here is retried, nothing is committed;
+5. alerts and rejects are published to their topics when configured (at least once);
+6. only then are the offsets committed. A crash anywhere before replays at most this batch, and
+   the idempotent keys turn the replay into no duplicate rows.
+
+Stop conditions (``max_messages``, ``idle_timeout``, a stop event set by SIGTERM / SIGINT) make
+the endless loop testable; the batch in hand is always finished and committed first.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from anomaly_vae.config import PipelineConfig
+from anomaly_vae.estimator import AnomalyVAE, ScoreBatch
+from anomaly_vae.sources.kafka import (
+    ENTITY,
+    EVENT_TIME,
+    SOURCE_KEY,
+    DecodedBatch,
+    client_options,
+    connect_with_retry,
+    decode_messages,
+    flatten,
+    next_offsets,
+    redacted,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamBatch:
+    """One micro-batch, scored: what a sink writes.
+
+    ``records`` holds the valid records (fields plus ``_source_key``, ``_entity``,
+    ``_event_time``), aligned row for row with ``scores.scores``; ``rejects`` is indexed by
+    source key with ``reason``, ``raw``, ``topic``, ``partition``, ``offset``.
+    """
+
+    records: pd.DataFrame
+    scores: ScoreBatch
+    rejects: pd.DataFrame
+    threshold: float
+    threshold_version: int | None
+    critical: float | None = None
+
+
+@dataclass
+class WriteResult:
+    scores_written: int = 0
+    rejects_written: int = 0
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+
+
+class StreamSink(Protocol):
+    """Where scored batches go. ``write`` returns only once the batch is durable."""
+
+    def write(self, batch: StreamBatch) -> WriteResult: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class ThresholdInForce:
+    value: float
+    version: int | None = None
+    critical: float | None = None
+
+
+class ThresholdSource(Protocol):
+    """Gives the threshold in force for a model; the scorer asks again every few seconds."""
+
+    def current(self) -> ThresholdInForce: ...
+
+
+@dataclass
+class StreamStats:
+    consumed: int = 0
+    scored: int = 0
+    flagged: int = 0
+    rejected: int = 0
+    batches: int = 0
+    commits_failed: int = 0
+    write_retries: int = 0
+    lag: int | None = None
+    started: float = field(default_factory=time.monotonic)
+    latency_ms: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        lat = np.asarray(self.latency_ms[-10_000:], dtype=float)
+        return {
+            "consumed": self.consumed,
+            "scored": self.scored,
+            "flagged": self.flagged,
+            "rejected": self.rejected,
+            "batches": self.batches,
+            "commits_failed": self.commits_failed,
+            "write_retries": self.write_retries,
+            "lag": self.lag,
+            "latency_p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
+            "latency_p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
+        }
+
+
+class StreamScorer:
+    """Consumes ``cfg.kafka.topic`` in group ``cfg.kafka.group_id`` and scores it with ``model``."""
+
+    def __init__(
+        self,
+        model: AnomalyVAE,
+        cfg: PipelineConfig,
+        sink: StreamSink,
+        *,
+        thresholds: ThresholdSource | None = None,
+        consumer_factory: Callable[[], Any] | None = None,
+        producer_factory: Callable[[], Any] | None = None,
+    ) -> None:
+        if not cfg.kafka.topic:
+            from anomaly_vae.errors import ConfigError
+
+            raise ConfigError("no Kafka topic to read: set kafka.topic in the pipeline or --topic")
+        self.model = model
+        self.cfg = cfg
+        self.sink = sink
+        self.thresholds = thresholds
+        self._consumer_factory = consumer_factory
+        self._producer_factory = producer_factory
+        self.stop_event = threading.Event()
+        self.stats = StreamStats()
+        self._threshold = ThresholdInForce(value=model.threshold_)
+        self._threshold_checked = -math.inf
+        self._pending: dict[tuple[str, int], int] = {}
+        self._consumer: Any = None
+        self._producer: Any = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def install_signal_handlers(self) -> None:
+        """SIGTERM / SIGINT: finish the batch in hand, commit, close."""
+
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            logger.info("signal %d: finishing the batch in hand, then stopping", signum)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _connect(self) -> bool:
+        kafka = self.cfg.kafka
+        options = client_options(kafka)
+        logger.info("connecting to Kafka: %s", redacted(options))
+
+        def make_consumer() -> Any:
+            if self._consumer_factory is not None:
+                return self._consumer_factory()
+            from kafka import KafkaConsumer
+
+            return KafkaConsumer(
+                **options,
+                group_id=kafka.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset=kafka.auto_offset_reset,
+                session_timeout_ms=kafka.session_timeout_ms,
+                heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+                max_poll_interval_ms=kafka.max_poll_interval_ms,
+                max_poll_records=kafka.max_batch_records,
+            )
+
+        consumer = connect_with_retry(
+            make_consumer,
+            what="consumer",
+            bootstrap=kafka.bootstrap_servers,
+            stop=self.stop_event,
+            backoff_max_s=kafka.connect_backoff_max_s,
+        )
+        if consumer is None:
+            return False
+        self._consumer = consumer
+        consumer.subscribe([kafka.topic], listener=_rebalance_listener(self))
+        if kafka.alerts_topic or kafka.dead_letter_topic:
+
+            def make_producer() -> Any:
+                if self._producer_factory is not None:
+                    return self._producer_factory()
+                from kafka import KafkaProducer
+
+                return KafkaProducer(**options, acks="all", linger_ms=5)
+
+            self._producer = connect_with_retry(
+                make_producer,
+                what="producer",
+                bootstrap=kafka.bootstrap_servers,
+                stop=self.stop_event,
+                backoff_max_s=kafka.connect_backoff_max_s,
+            )
+        return True
+
+    def run(
+        self, *, max_messages: int | None = None, idle_timeout: float | None = None
+    ) -> StreamStats:
+        """Run until a stop condition; return the counters."""
+        if not self._connect():
+            return self.stats
+        consumer = self._consumer
+        kafka = self.cfg.kafka
+        started = last_record = time.monotonic()
+        assigned = False
+        # The idle clock starts once partitions are assigned (a group join takes a while).
+        join_grace = 1.5 * kafka.session_timeout_ms / 1000.0
+        last_log = time.monotonic()
+        logged_at = (0, time.monotonic())
+        try:
+            while not self.stop_event.is_set():
+                remaining = None if max_messages is None else max_messages - self.stats.consumed
+                if remaining is not None and remaining <= 0:
+                    break
+                limit = (
+                    kafka.max_batch_records
+                    if remaining is None
+                    else min(remaining, kafka.max_batch_records)
+                )
+                polled = consumer.poll(timeout_ms=kafka.max_batch_wait_ms, max_records=limit)
+                records = flatten(polled)
+                now = time.monotonic()
+                if not assigned and consumer.assignment():
+                    assigned = True
+                    last_record = now
+                if records:
+                    last_record = now
+                    try:
+                        self._process(records)
+                    except _StoppedError:
+                        logger.warning(
+                            "stopped while the database was unreachable: the last %d records "
+                            "were not committed and will be scored again on restart",
+                            len(records),
+                        )
+                        break
+                elif idle_timeout is not None and (
+                    (assigned and now - last_record >= idle_timeout)
+                    or (not assigned and now - started >= idle_timeout + join_grace)
+                ):
+                    logger.info("no message for %.1f s: stopping", idle_timeout)
+                    break
+                if self._pending:
+                    self._commit()
+                if now - last_log >= kafka.metrics_interval_s:
+                    logged_at = self._log_metrics(logged_at)
+                    last_log = now
+        finally:
+            self._close()
+        return self.stats
+
+    def _close(self) -> None:
+        if self._pending and self._consumer is not None:
+            self._commit()
+        if self._producer is not None:
+            try:
+                self._producer.flush(timeout=10)
+                self._producer.close(timeout=5)
+            except Exception as exc:  # closing must not hide the real outcome
+                logger.warning("closing the producer: %s", exc)
+        if self._consumer is not None:
+            try:
+                self._consumer.close(autocommit=False)
+            except Exception as exc:
+                logger.warning("closing the consumer: %s", exc)
+        self.sink.close()
+
+    # ------------------------------------------------------------------ one batch
+    def _process(self, records: list[Any]) -> None:
+        started = time.monotonic()
+        batch = self.score_records(records)
+        result = self._write_with_retry(batch)
+        self._publish(batch, result)
+        for key, offset in next_offsets(records).items():
+            self._pending[key] = max(self._pending.get(key, -1), offset)
+        self.stats.consumed += len(records)
+        self.stats.scored += len(batch.scores.scores)
+        self.stats.flagged += int(batch.scores.scores["is_anomaly"].sum())
+        self.stats.rejected += len(batch.rejects)
+        self.stats.batches += 1
+        now_ms = time.time() * 1000.0
+        stamps = [float(r.timestamp) for r in records if getattr(r, "timestamp", None)]
+        if stamps:
+            self.stats.latency_ms.extend(
+                [now_ms - s for s in stamps[:: max(1, len(stamps) // 100)]]
+            )
+            if len(self.stats.latency_ms) > 20_000:
+                del self.stats.latency_ms[:10_000]
+        logger.debug("batch of %d scored in %.3f s", len(records), time.monotonic() - started)
+
+    def score_records(self, records: list[Any]) -> StreamBatch:
+        """Decode, validate and score a micro-batch (no I/O): the testable middle."""
+        columns = self.cfg.columns
+        kafka = self.cfg.kafka
+        entity_field = kafka.entity_field or columns.entity
+        decoded: DecodedBatch = decode_messages(
+            records,
+            features=self.model.schema_.names,
+            fields=[c for c in columns.passthrough() if c],
+            entity_field=entity_field,
+            time_field=columns.timestamp,
+            key_is_entity=kafka.key_is_entity,
+            max_bytes=kafka.max_message_bytes,
+        )
+        threshold = self._current_threshold()
+        frame = decoded.frame
+        scored = self.model.score_batch(frame, threshold=threshold.value, source="message")
+        valid = frame.loc[scored.scores.index]
+        rejects = decoded.rejects
+        if len(scored.rejects):
+            bad = frame.loc[scored.rejects.index]
+            extra = pd.DataFrame(
+                {
+                    "reason": scored.rejects["reason"].to_numpy(),
+                    "raw": scored.rejects["raw"].to_numpy(),
+                    "topic": [k.rsplit(":", 2)[0] for k in bad[SOURCE_KEY]],
+                    "partition": [int(k.rsplit(":", 2)[1]) for k in bad[SOURCE_KEY]],
+                    "offset": [int(k.rsplit(":", 2)[2]) for k in bad[SOURCE_KEY]],
+                },
+                index=pd.Index(bad[SOURCE_KEY].to_numpy(), name=SOURCE_KEY),
+            )
+            rejects = pd.concat([rejects, extra]) if len(rejects) else extra
+        return StreamBatch(
+            records=valid.reset_index(drop=True),
+            scores=_reindexed(scored),
+            rejects=rejects,
+            threshold=threshold.value,
+            threshold_version=threshold.version,
+            critical=threshold.critical,
+        )
+
+    def _current_threshold(self) -> ThresholdInForce:
+        if self.thresholds is None:
+            return self._threshold
+        now = time.monotonic()
+        if now - self._threshold_checked >= self.cfg.kafka.threshold_refresh_s:
+            self._threshold_checked = now
+            try:
+                latest = self.thresholds.current()
+            except Exception as exc:  # keep the last known threshold; say so
+                logger.warning(
+                    "could not read the threshold in force (keeping %s): %s",
+                    self._threshold.value,
+                    exc,
+                )
+            else:
+                if (
+                    latest.version != self._threshold.version
+                    or latest.value != self._threshold.value
+                ):
+                    logger.info(
+                        "threshold in force is now %.6g (version %s, was %.6g)",
+                        latest.value,
+                        latest.version,
+                        self._threshold.value,
+                    )
+                self._threshold = latest
+        return self._threshold
+
+    def _write_with_retry(self, batch: StreamBatch) -> WriteResult:
+        """Write until durable: on failure keep the offsets uncommitted and retry with backoff."""
+        delay = 0.5
+        while True:
+            try:
+                return self.sink.write(batch)
+            except Exception as exc:
+                if not _is_transient(exc):
+                    raise
+                self.stats.write_retries += 1
+                logger.warning(
+                    "writing a batch of %d records failed (%s); nothing committed, "
+                    "retrying in %.1f s",
+                    len(batch.records) + len(batch.rejects),
+                    _first_line(exc),
+                    delay,
+                )
+                if self.stop_event.wait(delay):
+                    raise _StoppedError from exc
+                delay = min(self.cfg.kafka.connect_backoff_max_s, delay * 2)
+
+    def _publish(self, batch: StreamBatch, result: WriteResult) -> None:
+        producer = self._producer
+        kafka = self.cfg.kafka
+        if producer is None:
+            return
+        if kafka.alerts_topic:
+            for alert in result.alerts:
+                producer.send(kafka.alerts_topic, orjson.dumps(alert, default=str))
+        if kafka.dead_letter_topic and len(batch.rejects):
+            for key, row in batch.rejects.iterrows():
+                payload = {"source_key": key, "reason": row["reason"], "raw": row["raw"]}
+                producer.send(kafka.dead_letter_topic, orjson.dumps(payload, default=str))
+        producer.flush(timeout=30)
+
+    def _commit(self) -> None:
+        from kafka.errors import KafkaError
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        consumer = self._consumer
+        owned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        offsets = {
+            TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
+            for (topic, partition), offset in self._pending.items()
+            if (topic, partition) in owned
+        }
+        if not offsets:
+            self._pending.clear()
+            return
+        try:
+            consumer.commit(offsets)
+        except KafkaError as exc:
+            # The records come again (to us or to the partition's new owner) and the idempotent
+            # writes absorb them: a failed commit costs time, never data.
+            self.stats.commits_failed += 1
+            logger.warning(
+                "offset commit failed (%s); the batch will be replayed", _first_line(exc)
+            )
+            return
+        self._pending.clear()
+
+    def _log_metrics(self, previous: tuple[int, float]) -> tuple[int, float]:
+        now = time.monotonic()
+        count, then = previous
+        rate = (self.stats.consumed - count) / max(now - then, 1e-9)
+        self.stats.lag = self._lag()
+        logger.info(
+            "%.0f records/s, lag %s, %d scored, %d flagged, %d rejected",
+            rate,
+            self.stats.lag,
+            self.stats.scored,
+            self.stats.flagged,
+            self.stats.rejected,
+        )
+        return self.stats.consumed, now
+
+    def _lag(self) -> int | None:
+        consumer = self._consumer
+        total = 0
+        try:
+            for tp in consumer.assignment():
+                high = consumer.highwater(tp)
+                if high is None:
+                    return None
+                total += max(0, int(high) - int(consumer.position(tp)))
+        except Exception:
+            return None
+        return total
+
+
+class _StoppedError(Exception):
+    """Asked to stop while a batch could not be made durable: leave it uncommitted."""
+
+
+def _rebalance_listener(scorer: StreamScorer) -> Any:
+    """Commit what is durable before partitions move to another scorer."""
+    from kafka import ConsumerRebalanceListener
+
+    class Listener(ConsumerRebalanceListener):
+        def on_partitions_revoked(self, revoked: Any) -> None:
+            if scorer._pending:
+                scorer._commit()
+            logger.info("partitions revoked: %s", _names(revoked))
+
+        def on_partitions_assigned(self, assigned: Any) -> None:
+            logger.info("partitions assigned: %s", _names(assigned))
+
+    return Listener()
+
+
+def _names(partitions: Any) -> list[str]:
+    return sorted(f"{tp.topic}:{tp.partition}" for tp in partitions)
+
+
+def _reindexed(batch: ScoreBatch) -> ScoreBatch:
+    return ScoreBatch(
+        scores=batch.scores.reset_index(drop=True),
+        rejects=batch.rejects,
+        contributions=batch.contributions,
+        feature_names=batch.feature_names,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Database connection trouble is worth retrying; programming errors are not."""
+    try:
+        from sqlalchemy.exc import DisconnectionError, OperationalError
+    except ImportError:  # pragma: no cover - sqlalchemy is a dependency
+        return isinstance(exc, (ConnectionError, TimeoutError))
+    return isinstance(exc, (OperationalError, DisconnectionError, ConnectionError, TimeoutError))
+
+
+__all__ = [
+    "ENTITY",
+    "EVENT_TIME",
+    "SOURCE_KEY",
+    "StreamBatch",
+    "StreamScorer",
+    "StreamSink",
+    "StreamStats",
+    "ThresholdInForce",
+    "ThresholdSource",
+    "WriteResult",
+]

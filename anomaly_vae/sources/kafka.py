@@ -1,0 +1,282 @@
+"""Kafka in: consumer set-up with retry, and the decoding of a polled micro-batch.
+
+A message is one JSON object whose fields are the feature columns plus the optional id, entity
+and timestamp fields the pipeline names; the message key may carry the entity. Decoding turns a
+micro-batch into a DataFrame of candidate records (one per message that is a JSON object with
+every feature field) and rejects (everything else) with the reason, each keyed by its stable
+source key ``topic:partition:offset``. Feature values are checked later, by the same
+``FeatureSchema.validate`` that batch scoring uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from anomaly_vae.config import KafkaConfig
+from anomaly_vae.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+PASSWORD_ENV = "ANOMALY_VAE_KAFKA_SASL_PASSWORD"
+SOURCE_KEY = "_source_key"
+ENTITY = "_entity"
+EVENT_TIME = "_event_time"
+RAW_PREVIEW_BYTES = 10_000
+_NON_FINITE_WORDS = ["nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"]
+
+
+@dataclass
+class Message:
+    """What the decoder needs of a consumed record (kafka-python's ConsumerRecord fits)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int  # ms since the epoch, as Kafka stamps it
+
+
+def source_key(topic: str, partition: int, offset: int) -> str:
+    return f"{topic}:{partition}:{offset}"
+
+
+@dataclass
+class DecodedBatch:
+    """``frame``: one row per well-formed message, with the JSON fields plus ``_source_key``,
+    ``_entity`` and ``_event_time`` (UTC); ``rejects``: indexed by source key, with
+    ``reason``, ``raw`` (the message text, cut at 10 kB), ``topic``, ``partition``, ``offset``."""
+
+    frame: pd.DataFrame
+    rejects: pd.DataFrame
+
+
+def decode_messages(
+    messages: Sequence[Any],
+    *,
+    features: Sequence[str],
+    fields: Sequence[str] = (),
+    entity_field: str | None = None,
+    time_field: str | None = None,
+    key_is_entity: bool = True,
+    max_bytes: int = 1_000_000,
+) -> DecodedBatch:
+    """Decode a micro-batch of Kafka messages (see module doc)."""
+    keep = list(dict.fromkeys([*features, *fields]))
+    wanted = set(features)
+    objects: list[dict[str, Any]] = []
+    keys: list[str] = []
+    entities: list[str | None] = []
+    stamps: list[int] = []
+    reject_rows: list[tuple[str, str, str | None, str, int, int]] = []
+    for msg in messages:
+        key = source_key(msg.topic, msg.partition, msg.offset)
+        value = msg.value
+        if value is None:
+            reject_rows.append(
+                (key, "empty message (no value)", None, msg.topic, msg.partition, msg.offset)
+            )
+            continue
+        if len(value) > max_bytes:
+            reject_rows.append(
+                (
+                    key,
+                    f"message of {len(value)} bytes is over max_message_bytes={max_bytes}",
+                    _preview(value),
+                    msg.topic,
+                    msg.partition,
+                    msg.offset,
+                )
+            )
+            continue
+        try:
+            obj = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            reason = f"invalid JSON: {str(exc).splitlines()[0]}"
+            reject_rows.append((key, reason, _preview(value), msg.topic, msg.partition, msg.offset))
+            continue
+        if not isinstance(obj, dict):
+            reason = f"top level is a JSON {_json_type(obj)}, expected an object"
+            reject_rows.append((key, reason, _preview(value), msg.topic, msg.partition, msg.offset))
+            continue
+        missing = wanted.difference(obj.keys())
+        if missing:
+            names = ", ".join(repr(m) for m in sorted(missing))
+            reason = f"feature field{'s' if len(missing) > 1 else ''} {names} missing"
+            reject_rows.append((key, reason, _preview(value), msg.topic, msg.partition, msg.offset))
+            continue
+        objects.append(obj)
+        keys.append(key)
+        entity = obj.get(entity_field) if entity_field else None
+        if entity is None and key_is_entity and msg.key is not None:
+            entity = msg.key.decode("utf-8", errors="replace")
+        entities.append(None if entity is None else str(entity))
+        stamps.append(int(msg.timestamp))
+    frame = pd.DataFrame({name: [obj.get(name) for obj in objects] for name in keep})
+    if not keep:
+        frame = pd.DataFrame(index=pd.RangeIndex(len(objects)))
+    # JSON has null for "no value"; a NaN or infinity spelled out as text is poison.
+    bad_text = np.zeros(len(frame), dtype=bool)
+    bad_reason = np.full(len(frame), "", dtype=object)
+    for name in features:
+        column = frame[name]
+        if column.dtype != object:
+            continue
+        lowered = column.map(lambda v: v.strip().lower() if isinstance(v, str) else "")
+        hit = lowered.isin(_NON_FINITE_WORDS).to_numpy()
+        for i in np.flatnonzero(hit & ~bad_text):
+            bad_reason[i] = f"field {name!r}: {column.iloc[i]!r} is not a finite number"
+        bad_text |= hit
+    if bad_text.any():
+        for i in np.flatnonzero(bad_text):
+            topic, partition, offset = keys[i].rsplit(":", 2)
+            reject_rows.append(
+                (
+                    keys[i],
+                    bad_reason[i],
+                    orjson.dumps(objects[i]).decode(),
+                    topic,
+                    int(partition),
+                    int(offset),
+                )
+            )
+        keep_rows = ~bad_text
+        frame = frame.loc[keep_rows].reset_index(drop=True)
+        keys = [k for k, ok in zip(keys, keep_rows, strict=True) if ok]
+        entities = [e for e, ok in zip(entities, keep_rows, strict=True) if ok]
+        stamps = [s for s, ok in zip(stamps, keep_rows, strict=True) if ok]
+    frame[SOURCE_KEY] = keys
+    frame[ENTITY] = pd.Series(entities, index=frame.index, dtype=object)
+    frame[EVENT_TIME] = _event_times(frame, time_field, np.asarray(stamps, dtype=np.int64))
+    rejects = pd.DataFrame(
+        reject_rows, columns=[SOURCE_KEY, "reason", "raw", "topic", "partition", "offset"]
+    ).set_index(SOURCE_KEY)
+    return DecodedBatch(frame=frame, rejects=rejects)
+
+
+def _event_times(frame: pd.DataFrame, time_field: str | None, stamps: np.ndarray) -> pd.Series:
+    kafka_time = pd.to_datetime(stamps, unit="ms", utc=True)
+    if not time_field or time_field not in frame.columns or len(frame) == 0:
+        return pd.Series(kafka_time, index=frame.index)
+    raw = frame[time_field]
+    if pd.api.types.is_numeric_dtype(raw):
+        # Epoch numbers: seconds or milliseconds, told apart by size.
+        values = raw.astype("float64")
+        unit_ms = values.abs().median() > 1e11
+        parsed = pd.to_datetime(values, unit="ms" if unit_ms else "s", utc=True, errors="coerce")
+    else:
+        parsed = pd.to_datetime(raw, utc=True, errors="coerce", format="mixed")
+    parsed = pd.Series(parsed, index=frame.index)
+    return parsed.where(parsed.notna(), pd.Series(kafka_time, index=frame.index))
+
+
+def _json_type(obj: object) -> str:
+    if isinstance(obj, list):
+        return "array"
+    if isinstance(obj, str):
+        return "string"
+    if isinstance(obj, bool):
+        return "boolean"
+    if obj is None:
+        return "null"
+    return "number"
+
+
+def _preview(value: bytes) -> str:
+    text = value[:RAW_PREVIEW_BYTES].decode("utf-8", errors="replace")
+    return text if len(value) <= RAW_PREVIEW_BYTES else text + "...(cut)"
+
+
+# ============================================================================ clients
+def client_options(cfg: KafkaConfig) -> dict[str, Any]:
+    """kafka-python options shared by consumers and producers; the password from the env."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": [s.strip() for s in cfg.bootstrap_servers.split(",") if s.strip()],
+        "client_id": cfg.client_id,
+        # One bootstrap attempt is short; connect_with_retry backs off between attempts.
+        "bootstrap_timeout_ms": 5000,
+    }
+    options.update(cfg.client)
+    password = os.environ.get(PASSWORD_ENV)
+    if password:
+        options["sasl_plain_password"] = password
+    return options
+
+
+def redacted(options: dict[str, Any]) -> dict[str, Any]:
+    """Options safe to log: anything that looks like a secret is replaced."""
+    return {
+        k: ("***" if any(s in k for s in ("password", "secret", "token", "key")) else v)
+        for k, v in options.items()
+    }
+
+
+def connect_with_retry(
+    factory: Any,
+    *,
+    what: str,
+    bootstrap: str,
+    stop: threading.Event | None = None,
+    backoff_max_s: float = 30.0,
+    give_up_after_s: float | None = None,
+) -> Any:
+    """Call ``factory()`` until the broker answers, backing off 0.5 s, 1 s, 2 s... (capped).
+
+    Logs each retry with the bootstrap address. Returns None if ``stop`` is set meanwhile.
+    """
+    from kafka.errors import KafkaConfigurationError, KafkaError
+
+    delay = 0.5
+    started = time.monotonic()
+    while True:
+        try:
+            return factory()
+        except KafkaConfigurationError as exc:
+            raise ConfigError(f"Kafka client settings are invalid: {exc}") from None
+        except (KafkaError, OSError) as exc:
+            waited = time.monotonic() - started
+            if give_up_after_s is not None and waited >= give_up_after_s:
+                raise ConfigError(
+                    f"Kafka broker at {bootstrap} not reachable after {waited:.0f} s "
+                    f"({type(exc).__name__}): check --bootstrap and that the broker runs"
+                ) from None
+            logger.warning(
+                "%s: broker at %s not reachable (%s); retrying in %.1f s",
+                what,
+                bootstrap,
+                type(exc).__name__,
+                delay,
+            )
+            if stop is not None:
+                if stop.wait(delay):
+                    return None
+            else:
+                time.sleep(delay)
+            delay = min(backoff_max_s, delay * 2)
+
+
+def flatten(polled: dict[Any, list[Any]]) -> list[Any]:
+    """The records of one ``poll()`` in partition order, offsets ascending within each."""
+    out: list[Any] = []
+    for tp in sorted(polled, key=lambda t: (t.topic, t.partition)):
+        out.extend(polled[tp])
+    return out
+
+
+def next_offsets(records: Iterable[Any]) -> dict[tuple[str, int], int]:
+    """For each (topic, partition) the offset to commit: the last record's offset + 1."""
+    out: dict[tuple[str, int], int] = {}
+    for rec in records:
+        key = (rec.topic, rec.partition)
+        out[key] = max(out.get(key, -1), int(rec.offset) + 1)
+    return out

@@ -1,0 +1,199 @@
+"""The stream scorer on a real broker (Tansu), with an in-memory sink: the Kafka half."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import TopicPartition
+
+from anomaly_vae import AnomalyVAE
+from anomaly_vae.config import KafkaConfig, PipelineConfig
+from anomaly_vae.datasets import make_pump_data
+from anomaly_vae.devbroker import DevBroker
+from anomaly_vae.jobs.stream import StreamBatch, StreamScorer, WriteResult
+from anomaly_vae.sources.kafka import SOURCE_KEY, Message, decode_messages
+from tests.conftest import create_topic, fresh_name
+
+FEATURES = ["a", "b"]
+
+
+def msg(value: bytes | None, offset: int = 0, key: bytes | None = None) -> Message:
+    return Message("t", 0, offset, key, value, 1_700_000_000_000)
+
+
+def test_decode_sorts_poison_from_records() -> None:
+    messages = [
+        msg(b'{"a": 1, "b": 2, "dev": "x"}', 0, key=b"pump-7"),
+        msg(b"{not json", 1),
+        msg(b"[1, 2]", 2),
+        msg(b'{"a": 1}', 3),
+        msg(None, 4),
+        msg(b'{"a": 1, "b": "' + b"x" * 200 + b'"}', 5),
+        msg(b'{"a": "NaN", "b": 1}', 6),
+        msg(b'{"a": null, "b": "oops"}', 7),
+    ]
+    out = decode_messages(messages, features=FEATURES, fields=["dev"], max_bytes=100)
+    assert out.frame[SOURCE_KEY].tolist() == ["t:0:0", "t:0:7"]
+    assert out.frame["_entity"].tolist() == ["pump-7", None]
+    reasons = out.rejects["reason"].to_dict()
+    assert reasons["t:0:1"].startswith("invalid JSON")
+    assert reasons["t:0:2"] == "top level is a JSON array, expected an object"
+    assert reasons["t:0:3"] == "feature field 'b' missing"
+    assert reasons["t:0:4"] == "empty message (no value)"
+    assert "over max_message_bytes=100" in reasons["t:0:5"]
+    assert reasons["t:0:6"] == "field 'a': 'NaN' is not a finite number"
+    assert out.rejects.loc["t:0:1", "raw"] == "{not json"
+    assert set(out.rejects["offset"]) == {1, 2, 3, 4, 5, 6}
+
+
+def test_decode_event_time_from_field_or_kafka() -> None:
+    messages = [
+        msg(b'{"a": 1, "b": 2, "ts": "2026-11-01T10:00:00Z"}', 0),
+        msg(b'{"a": 1, "b": 2, "ts": null}', 1),
+    ]
+    out = decode_messages(messages, features=FEATURES, fields=["ts"], time_field="ts")
+    times = out.frame["_event_time"].tolist()
+    assert times[0] == pd.Timestamp("2026-11-01T10:00:00Z")
+    assert times[1] == pd.Timestamp(1_700_000_000_000, unit="ms", tz="UTC")
+
+
+@dataclass
+class MemorySink:
+    batches: list[StreamBatch]
+    fail_times: int = 0
+    closed: bool = False
+
+    def write(self, batch: StreamBatch) -> WriteResult:
+        if self.fail_times > 0:
+            self.fail_times -= 1
+            raise ConnectionError("database down (simulated)")
+        self.batches.append(batch)
+        return WriteResult(scores_written=len(batch.records), rejects_written=len(batch.rejects))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def keys(self) -> list[str]:
+        out: list[str] = []
+        for b in self.batches:
+            out.extend(b.records[SOURCE_KEY].tolist())
+            out.extend(b.rejects.index.tolist())
+        return out
+
+
+@pytest.fixture(scope="module")
+def stream_model(pump_model: tuple[AnomalyVAE, object]) -> AnomalyVAE:
+    return pump_model[0]
+
+
+def stream_config(model: AnomalyVAE, bootstrap: str, topic: str, **kafka: object) -> PipelineConfig:
+    cfg = model.config_.model_copy(deep=True)
+    cfg.kafka = KafkaConfig(
+        bootstrap_servers=bootstrap,
+        topic=topic,
+        group_id=fresh_name("g"),
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+        max_batch_wait_ms=100,
+        **kafka,  # type: ignore[arg-type]
+    )
+    return cfg
+
+
+def produce(
+    bootstrap: str, topic: str, values: list[bytes], keys: list[bytes] | None = None
+) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    for i, value in enumerate(values):
+        producer.send(topic, value=value, key=None if keys is None else keys[i])
+    producer.flush()
+    producer.close()
+
+
+def pump_values(n: int, seed: int) -> tuple[list[bytes], list[bytes]]:
+    frame = make_pump_data(n, anomaly_rate=0.05, seed=seed)
+    records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+    return [json.dumps(r).encode() for r in records], [str(r["pump_id"]).encode() for r in records]
+
+
+def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return sum(consumer.committed(TopicPartition(topic, p)) or 0 for p in range(partitions))
+    finally:
+        consumer.close()
+
+
+def test_every_message_comes_out_exactly_once(broker: DevBroker, stream_model: AnomalyVAE) -> None:
+    topic = create_topic(broker.bootstrap, partitions=3)
+    values, keys = pump_values(600, seed=11)
+    poison = [b"{oops", b"42", b'{"rpm": 1}', b'{"rpm": "NaN"}']
+    produce(broker.bootstrap, topic, values + poison, keys + [b"x"] * len(poison))
+    cfg = stream_config(stream_model, broker.bootstrap, topic)
+    sink = MemorySink([])
+    stats = StreamScorer(stream_model, cfg, sink).run(idle_timeout=3.0)
+    assert sink.closed
+    keys_out = sink.keys()
+    assert len(keys_out) == len(set(keys_out)) == 604
+    assert stats.consumed == 604
+    assert stats.rejected == 4
+    assert stats.scored == 600
+    assert committed_total(broker.bootstrap, cfg.kafka.group_id, topic, 3) == 604
+    scored = pd.concat([b.records for b in sink.batches])
+    assert set(scored["_entity"]) == {"P1", "P2", "P3", "P4"}
+
+
+def test_stop_and_resume_replays_nothing_and_loses_nothing(
+    broker: DevBroker, stream_model: AnomalyVAE
+) -> None:
+    topic = create_topic(broker.bootstrap, partitions=2)
+    values, keys = pump_values(500, seed=12)
+    produce(broker.bootstrap, topic, values, keys)
+    cfg = stream_config(stream_model, broker.bootstrap, topic, max_batch_records=64)
+    first, second = MemorySink([]), MemorySink([])
+    stats = StreamScorer(stream_model, cfg, first).run(max_messages=150)
+    assert stats.consumed == 150
+    StreamScorer(stream_model, cfg, second).run(idle_timeout=3.0)
+    all_keys = first.keys() + second.keys()
+    assert len(all_keys) == len(set(all_keys)) == 500
+
+
+def test_database_outage_is_retried_without_commit(
+    broker: DevBroker, stream_model: AnomalyVAE
+) -> None:
+    topic = create_topic(broker.bootstrap)
+    values, keys = pump_values(50, seed=13)
+    produce(broker.bootstrap, topic, values, keys)
+    cfg = stream_config(stream_model, broker.bootstrap, topic)
+    sink = MemorySink([], fail_times=2)
+    stats = StreamScorer(stream_model, cfg, sink).run(idle_timeout=2.0)
+    assert stats.write_retries == 2
+    assert len(sink.keys()) == 50
+
+
+def test_sigterm_like_stop_finishes_the_batch(broker: DevBroker, stream_model: AnomalyVAE) -> None:
+    topic = create_topic(broker.bootstrap)
+    cfg = stream_config(stream_model, broker.bootstrap, topic)
+    sink = MemorySink([])
+    scorer = StreamScorer(stream_model, cfg, sink)
+    runner = threading.Thread(target=scorer.run)
+    runner.start()
+    time.sleep(4.0)
+    values, keys = pump_values(40, seed=14)
+    produce(broker.bootstrap, topic, values, keys)
+    deadline = time.monotonic() + 20
+    while len(sink.keys()) < 40 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stopped_at = time.monotonic()
+    scorer.stop()
+    runner.join(timeout=10)
+    assert not runner.is_alive()
+    assert time.monotonic() - stopped_at < 5.0
+    assert len(sink.keys()) == 40
+    assert committed_total(broker.bootstrap, cfg.kafka.group_id, topic, 1) == 40
