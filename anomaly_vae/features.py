@@ -251,10 +251,22 @@ def _short(value: object, limit: int = 40) -> str:
 
 def _to_category_text(series: pd.Series) -> np.ndarray:
     """Categories compare as text: 3, 3.0 and '3' are one category; missing stays None."""
-    raw = series.to_numpy(dtype=object)
-    out = np.empty(len(raw), dtype=object)
-    for i, value in enumerate(raw):
-        out[i] = _category_key(value)
+    missing = series.isna().to_numpy()
+    if pd.api.types.is_bool_dtype(series):
+        out = np.where(series.to_numpy(dtype=bool), "true", "false").astype(object)
+    elif pd.api.types.is_numeric_dtype(series):
+        values = series.to_numpy(dtype="float64", na_value=np.nan)
+        whole = np.isfinite(values) & (values == np.round(values))
+        out = np.empty(len(values), dtype=object)
+        out[whole] = values[whole].astype(np.int64).astype(str).astype(object)
+        for i in np.flatnonzero(~whole & ~missing):
+            out[i] = _category_key(values[i])
+    elif pd.api.types.infer_dtype(series, skipna=True) in ("string", "empty"):
+        out = series.to_numpy(dtype=object).copy()  # missing ones become None below
+    else:
+        raw = series.to_numpy(dtype=object)
+        out = np.fromiter((_category_key(v) for v in raw), dtype=object, count=len(raw))
+    out[missing] = None
     return out
 
 
@@ -465,13 +477,12 @@ class Preprocessor:
         offset = layout.n_numeric
         for name in self.schema.categorical:
             cats = self.categories[name]
-            lookup = {c: i + 1 for i, c in enumerate(cats)}
             values = clean[name].to_numpy(dtype=object)
-            codes = np.fromiter(
-                (lookup.get(MISSING if v is None else v, 0) for v in values),
-                dtype=np.int64,
-                count=n,
-            )
+            missing = pd.isna(values)
+            if missing.any():
+                values = np.where(missing, MISSING, values)
+            # get_indexer gives -1 for values outside the kept categories: the unknown slot.
+            codes = pd.Index(cats, dtype=object).get_indexer(values).astype(np.int64) + 1
             x[np.arange(n), offset + codes] = 1.0
             offset += len(cats) + 1
         for name in self.with_indicator:
