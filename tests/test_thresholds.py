@@ -1,0 +1,172 @@
+"""Threshold policies on known distributions, and alert rules on hand-made sequences."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly_vae.errors import ConfigError
+from anomaly_vae.thresholds import (
+    AlertRule,
+    AlertTracker,
+    Thresholds,
+    confusion_at,
+    contamination_threshold,
+    evt_threshold,
+    false_alarm_threshold,
+    preview,
+    quantile_threshold,
+    tune_from_labels,
+)
+
+
+def test_quantile_and_false_alarm_rate_agree_on_a_uniform_sample() -> None:
+    scores = np.linspace(0, 100, 100_001)
+    assert quantile_threshold(scores, 0.99) == pytest.approx(99.0)
+    assert false_alarm_threshold(scores, 0.01) == pytest.approx(99.0)
+    assert np.mean(scores > false_alarm_threshold(scores, 0.05)) == pytest.approx(0.05, abs=1e-4)
+
+
+def test_contamination_flags_that_share_of_the_data() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=20_000)
+    t = contamination_threshold(scores, 0.02)
+    assert np.mean(scores > t) == pytest.approx(0.02, abs=1e-3)
+
+
+def test_evt_threshold_on_exponential_scores_lands_near_the_analytic_quantile() -> None:
+    rng = np.random.default_rng(1)
+    scores = rng.exponential(1.0, 200_000)
+    risk = 1e-5  # beyond what the empirical quantile of 200k points can resolve well
+    fit = evt_threshold(scores, risk)
+    analytic = -math.log(risk)  # P(X > z) = exp(-z) for Exp(1)
+    assert fit.threshold == pytest.approx(analytic, rel=0.05)
+    assert abs(fit.shape) < 0.05  # the exponential tail has shape 0
+    assert fit.scale == pytest.approx(1.0, rel=0.1)
+
+
+def test_evt_on_a_heavy_tail_estimates_a_positive_shape() -> None:
+    rng = np.random.default_rng(2)
+    scores = rng.pareto(3.0, 200_000)  # Lomax: GPD tail with shape 1/3
+    fit = evt_threshold(scores, 1e-4)
+    assert fit.shape == pytest.approx(1 / 3, abs=0.08)
+    analytic = (1e-4) ** (-1 / 3.0) - 1.0  # P(X > z) = (1 + z) ** -3
+    assert fit.threshold == pytest.approx(analytic, rel=0.1)
+
+
+def test_policy_inputs_are_checked() -> None:
+    with pytest.raises(ConfigError, match="quantile"):
+        quantile_threshold([1.0, 2.0], 1.5)
+    with pytest.raises(ConfigError, match="no finite scores"):
+        quantile_threshold([float("nan")], 0.5)
+    with pytest.raises(ConfigError, match="only 0 scores above"):
+        evt_threshold(np.ones(100), 1e-4)
+
+
+def _brute_force_best_f1(scores: np.ndarray, labels: np.ndarray) -> float:
+    best = 0.0
+    for t in np.r_[np.unique(scores), -np.inf]:
+        best = max(best, confusion_at(scores, labels, t)["f1"])
+    return best
+
+
+def test_tuned_f1_threshold_is_the_best_one() -> None:
+    rng = np.random.default_rng(3)
+    labels = (rng.random(2000) < 0.1).astype(int)
+    scores = rng.normal(size=2000) + 1.5 * labels
+    scores = np.round(scores, 1)  # ties on purpose
+    result = tune_from_labels(scores, labels, objective="f1")
+    assert result.f1 == pytest.approx(_brute_force_best_f1(scores, labels))
+    assert confusion_at(scores, labels, result.threshold)["f1"] == pytest.approx(result.f1)
+
+
+def test_tuned_recall_under_false_alarm_cap() -> None:
+    rng = np.random.default_rng(4)
+    labels = (rng.random(5000) < 0.05).astype(int)
+    scores = rng.normal(size=5000) + 2.0 * labels
+    result = tune_from_labels(
+        scores, labels, objective="max_false_alarm_rate", max_false_alarm_rate=0.01
+    )
+    check = confusion_at(scores, labels, result.threshold)
+    assert check["false_alarm_rate"] <= 0.01
+    # Any lower threshold (one more record flagged) breaks the cap or gains no recall.
+    lower = np.max(scores[scores <= result.threshold]) - 1e-9
+    worse = confusion_at(scores, labels, lower)
+    assert worse["false_alarm_rate"] > 0.01 or worse["recall"] <= check["recall"]
+
+
+def test_tuned_alert_budget_per_day() -> None:
+    times = pd.date_range("2026-11-01", periods=10 * 24, freq="h", tz="UTC")  # 10 days
+    scores = np.arange(len(times), dtype=float)
+    result = tune_from_labels(
+        scores,
+        np.zeros(len(times), dtype=int),
+        objective="alerts_per_day",
+        alerts_per_day=2,
+        timestamps=times,
+    )
+    assert np.sum(scores > result.threshold) <= 2 * (len(times) - 1) / 24
+    assert np.sum(scores > result.threshold) >= 19
+
+
+def test_severity_levels() -> None:
+    t = Thresholds(warning=1.0, critical=5.0)
+    assert t.severity(np.array([0.5, 1.0, 1.5, 5.0, 9.0])).tolist() == [0, 0, 1, 1, 2]
+    with pytest.raises(ConfigError, match="critical"):
+        Thresholds(warning=2.0, critical=1.0)
+
+
+def test_alert_rule_debounce_cooldown_and_resolve() -> None:
+    rule = AlertRule(k=2, n=3, cooldown_s=60, resolve_after=2)
+    tracker = AlertTracker(rule)
+    t0 = pd.Timestamp("2026-11-01T00:00:00Z")
+    seq = [1, 0, 0, 1, 1, 1, 0, 0, 1, 1, 1]
+    times = [t0 + pd.Timedelta(seconds=10 * i) for i in range(len(seq))]
+    events = tracker.update(["p1"] * len(seq), np.array(seq), times)
+    kinds = [(e.kind, e.index) for e in events]
+    # one crossing alone does not open (k=2 of n=3); two of the last three do, at index 4;
+    # two normal records resolve it at index 7; the crossings at 9-10 fall in the cool-down
+    # (60 s after the alert opened at 40 s ends at 100 s: index 10 is at 100 s, not before)
+    assert kinds == [("open", 4), ("resolve", 7), ("open", 10)]
+
+
+def test_alerts_are_per_entity_and_escalate() -> None:
+    tracker = AlertTracker(AlertRule())
+    events = tracker.update(["a", "b", "a", "b"], np.array([1, 0, 2, 0]))
+    assert [(e.kind, e.entity, e.severity) for e in events] == [
+        ("open", "a", 1),
+        ("escalate", "a", 2),
+    ]
+    assert tracker.is_open("a")
+    assert not tracker.is_open("b")
+
+
+def test_preview_counts_alerts_per_day_and_entity_and_scores_labels() -> None:
+    frame = pd.DataFrame(
+        {
+            "score": [0.1, 5.0, 0.2, 6.0, 0.1, 7.0],
+            "entity": ["a", "a", "a", "b", "b", "a"],
+            "time": pd.to_datetime(
+                [
+                    "2026-11-01T01:00Z",
+                    "2026-11-01T02:00Z",
+                    "2026-11-01T03:00Z",
+                    "2026-11-02T01:00Z",
+                    "2026-11-02T02:00Z",
+                    "2026-11-02T03:00Z",
+                ]
+            ),
+        }
+    )
+    labels = np.array([0, 1, 0, 1, 0, 0])
+    result = preview(frame, Thresholds(warning=1.0), AlertRule(), labels=labels)
+    assert result.flagged == 3
+    assert result.alerts == 3
+    assert result.alerts_per_day.to_dict() == {"2026-11-01": 1, "2026-11-02": 2}
+    assert result.alerts_per_entity.to_dict() == {"a": 2, "b": 1}
+    assert result.metrics is not None
+    assert result.metrics["precision"] == pytest.approx(2 / 3)
+    assert result.metrics["recall"] == pytest.approx(1.0)
