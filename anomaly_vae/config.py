@@ -143,6 +143,24 @@ class KafkaConfig(_Strict):
     client: dict[str, Any] = Field(default_factory=dict)
 
 
+class DatabaseConfig(_Strict):
+    """Where results go. ``url``: ``sqlite:///file.db`` or ``postgresql://user@host/db``.
+
+    Overridden by ``--db`` and by the ``ANOMALY_VAE_DATABASE_URL`` environment variable, which
+    is the better place for a URL with a password: the pipeline file is often committed. The
+    section is never saved into a model directory.
+    """
+
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("url must not be empty: leave it out to use the default")
+        return value
+
+
 class PipelineConfig(_Strict):
     """One pipeline file: what an operator edits to change columns, model, threshold, I/O."""
 
@@ -152,10 +170,10 @@ class PipelineConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     csv: CsvConfig = Field(default_factory=CsvConfig)
-    # Sections owned by later stages (database, stream, thresholds) are kept as plain dicts here so
-    # that one file serves every command; each stage validates its own section.
-    database: dict[str, Any] | None = None
+    database: DatabaseConfig | None = None
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    # Sections owned by later stages (thresholds, alerts) are kept as plain dicts here so that
+    # one file serves every command; each stage validates its own section.
     thresholds: dict[str, Any] | None = None
     alerts: dict[str, Any] | None = None
 

@@ -38,3 +38,20 @@ class ModelFileError(AnomalyVAEError):
 
 class NotFittedError(AnomalyVAEError):
     """The estimator is used before ``fit`` (or ``load``)."""
+
+
+class DatabaseError(AnomalyVAEError):
+    """The results database cannot be used: a bad URL, an unreachable server, a refused login,
+    or a schema that is not the one this version of anomaly-vae expects."""
+
+
+class DatabaseURLError(DatabaseError, ConfigError):
+    """A database URL is malformed or names a database kind anomaly-vae does not support."""
+
+
+class DatabaseConnectionError(DatabaseError):
+    """The database server cannot be reached, or it refused the connection."""
+
+
+class SchemaVersionError(DatabaseError):
+    """The database schema is behind (or ahead of) this version's migrations."""

@@ -1,0 +1,211 @@
+"""Database URLs, engines and the checks made before anything is read or written.
+
+Where the URL comes from, first found wins: ``--db``, the ``ANOMALY_VAE_DATABASE_URL``
+environment variable, the pipeline file's ``database.url``, else ``sqlite:///anomaly_vae.db`` in
+the working directory. ``postgresql://`` and ``postgres://`` URLs use the psycopg 3 driver.
+
+A URL is never shown with its password: every message and log line uses :func:`masked`.
+Connection problems become one :class:`DatabaseConnectionError` line naming the host.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+
+from anomaly_vae.errors import DatabaseConnectionError, DatabaseURLError
+
+logger = logging.getLogger(__name__)
+
+ENV_VAR = "ANOMALY_VAE_DATABASE_URL"
+DEFAULT_URL = "sqlite:///anomaly_vae.db"
+CONNECT_TIMEOUT_S = 10
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+_DRIVERS = {
+    "sqlite": "sqlite",
+    "sqlite+pysqlite": "sqlite",
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+}
+_PASSWORD_IN_TEXT = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+
+
+@dataclass(frozen=True)
+class DatabaseTarget:
+    """A parsed database URL and where it came from (for messages)."""
+
+    url: URL
+    origin: str
+
+    @property
+    def display(self) -> str:
+        return masked(self.url)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.get_backend_name() == "sqlite"
+
+    @property
+    def where(self) -> str:
+        """The host (and port) or file, for messages."""
+        if self.is_sqlite:
+            return self.url.database or ":memory:"
+        host = self.url.host or "localhost"
+        return f"{host}:{self.url.port or 5432}"
+
+
+def masked(url: URL | str) -> str:
+    """The URL as text with its password replaced by ``***``."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    return _PASSWORD_IN_TEXT.sub(r"\1***@", url)
+
+
+def resolve_database_url(
+    cli_url: str | None,
+    *,
+    environ: Mapping[str, str],
+    pipeline_url: str | None = None,
+    pipeline_path: Path | str | None = None,
+) -> DatabaseTarget:
+    """Pick the URL by precedence (``--db``, environment, pipeline file, default) and parse it."""
+    if cli_url:
+        return DatabaseTarget(parse_database_url(cli_url, origin="--db"), "--db")
+    if environ.get(ENV_VAR):
+        return DatabaseTarget(parse_database_url(environ[ENV_VAR], origin=ENV_VAR), ENV_VAR)
+    if pipeline_url:
+        origin = f"pipeline file {pipeline_path}" if pipeline_path else "the pipeline"
+        return DatabaseTarget(parse_database_url(pipeline_url, origin=origin), origin)
+    return DatabaseTarget(parse_database_url(DEFAULT_URL, origin="default"), "default")
+
+
+def parse_database_url(text: str, *, origin: str = "--db") -> URL:
+    """Parse a URL; ``postgresql://`` maps to psycopg 3. Raises ``DatabaseURLError``."""
+    shown = masked(text.strip())
+    try:
+        url = make_url(text.strip())
+    except (ArgumentError, ValueError) as exc:
+        why = "a port must be a number" if isinstance(exc, ValueError) else "not a URL"
+        raise DatabaseURLError(
+            f"malformed database URL {shown!r} (from {origin}): {why}; expected "
+            "sqlite:///path/to/file.db or postgresql://user:password@host:5432/database"
+        ) from None
+    driver = _DRIVERS.get(url.drivername)
+    if driver is None:
+        raise DatabaseURLError(
+            f"unsupported database {url.drivername!r} in {masked(url)!r} (from {origin}): "
+            "anomaly-vae stores results in SQLite (sqlite:///file.db) or PostgreSQL "
+            "(postgresql://user:password@host:5432/database)"
+        )
+    url = url.set(drivername=driver)
+    if driver.startswith("postgresql") and not url.database:
+        raise DatabaseURLError(
+            f"database URL {masked(url)!r} (from {origin}) names no database: "
+            "add one after the host, e.g. postgresql://user@host:5432/anomalies"
+        )
+    return url
+
+
+def create_database_engine(url: URL) -> Engine:
+    """An engine for ``url``; SQLite files get WAL, foreign keys and a busy timeout."""
+    if url.get_backend_name() == "sqlite":
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "anomaly-vae"},
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers (the list commands, an API) work while a scorer writes; NORMAL
+    # synchronous is durable across application crashes in WAL mode and much faster than FULL.
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    finally:
+        cursor.close()
+
+
+def open_database(target: DatabaseTarget, *, check_schema: bool = True) -> Engine:
+    """Build the engine, connect once (clear errors), and check the schema is current."""
+    if target.is_sqlite and target.url.database not in (None, "", ":memory:"):
+        folder = Path(target.url.database).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise DatabaseConnectionError(
+                f"cannot open the SQLite database {target.url.database}: folder {folder} "
+                "does not exist"
+            )
+    engine = create_database_engine(target.url)
+    try:
+        with engine.connect() as connection:
+            if check_schema:
+                from anomaly_vae.storage.migrate import require_current_schema
+
+                require_current_schema(connection, target)
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise connection_error(exc, target) from None
+    except BaseException:
+        engine.dispose()
+        raise
+    logger.info("using database %s (from %s)", target.display, target.origin)
+    return engine
+
+
+def connection_error(exc: BaseException, target: DatabaseTarget) -> DatabaseConnectionError:
+    """One line for a failed connection or statement, naming the host; never the password."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    text = str(orig).strip()
+    lower = text.lower()
+    where = target.where
+    user = target.url.username or "(default user)"
+    if target.is_sqlite:
+        detail = _last_line(text)
+        return DatabaseConnectionError(f"cannot use the SQLite database {where}: {detail}")
+    if "password authentication failed" in lower or "no password supplied" in lower:
+        why = f"password authentication failed for user {user!r}: check the password in the URL"
+    elif "does not exist" in lower and "database" in lower:
+        why = (
+            f"database {target.url.database!r} does not exist there: create it "
+            f"(createdb {target.url.database}) or fix the URL"
+        )
+    elif "role" in lower and "does not exist" in lower:
+        why = f"user {user!r} does not exist on that server"
+    elif "connection refused" in lower:
+        why = "connection refused: is PostgreSQL running there, on that port?"
+    elif "could not translate host name" in lower or "name or service not known" in lower:
+        why = "the host name cannot be resolved"
+    elif "timeout" in lower or "timed out" in lower:
+        why = f"no answer within {CONNECT_TIMEOUT_S} s: check the host, port and firewall"
+    else:
+        why = _last_line(text)
+    message = f"cannot connect to PostgreSQL at {where} ({target.display}): {why}"
+    return DatabaseConnectionError(_scrub(message, target))
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"
+
+
+def _scrub(message: str, target: DatabaseTarget) -> str:
+    password = target.url.password
+    if password:
+        message = message.replace(str(password), "***")
+    return message

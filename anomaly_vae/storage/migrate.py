@@ -1,0 +1,88 @@
+"""Running the Alembic migrations from code, and checking a database is at their head.
+
+The migration scripts ship in the package (``anomaly_vae/migrations``), so ``db upgrade`` works
+from any directory once anomaly-vae is installed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection, Engine
+
+from anomaly_vae.errors import SchemaVersionError
+from anomaly_vae.storage.engine import DatabaseTarget
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def head_revision() -> str:
+    head = _scripts().get_current_head()
+    assert head is not None, "no migrations found"
+    return head
+
+
+def current_revision(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | None]:
+    """Migrate up to ``revision``; returns (revision before, revision after)."""
+    with engine.begin() as connection:
+        before = current_revision(connection)
+        command.upgrade(alembic_config(connection), revision)
+        after = current_revision(connection)
+    return before, after
+
+
+def downgrade(engine: Engine, revision: str) -> tuple[str | None, str | None]:
+    """Migrate down to ``revision`` (``base`` removes every table)."""
+    with engine.begin() as connection:
+        before = current_revision(connection)
+        command.downgrade(alembic_config(connection), revision)
+        after = current_revision(connection)
+    return before, after
+
+
+def require_current_schema(connection: Connection, target: DatabaseTarget) -> None:
+    """Refuse a database whose schema is not at this version's head, saying what to run."""
+    current = current_revision(connection)
+    scripts = _scripts()
+    head = scripts.get_current_head()
+    if current == head:
+        return
+    db_flag = f" --db {target.display}" if target.origin == "--db" else ""
+    if current is None:
+        raise SchemaVersionError(
+            f"the database {target.display} has no anomaly-vae schema yet: "
+            f"run 'anomaly-vae db upgrade{db_flag}' first"
+        )
+    known = {script.revision for script in scripts.walk_revisions()}
+    if current not in known:
+        raise SchemaVersionError(
+            f"the database {target.display} is at schema revision {current}, newer than this "
+            f"anomaly-vae knows (head {head}): upgrade anomaly-vae"
+        )
+    raise SchemaVersionError(
+        f"the database {target.display} is at schema revision {current}, behind this "
+        f"anomaly-vae (head {head}): run 'anomaly-vae db upgrade{db_flag}' to migrate it"
+    )
