@@ -44,6 +44,7 @@ from anomaly_vae.scoring import (
     ScoreArrays,
     Scorer,
     contribution_shares,
+    top_features_json,
     top_features_list,
     top_features_text,
 )
@@ -90,6 +91,12 @@ class ScoreBatch:
         if self.contributions is None:
             return np.full(len(self.scores), "", dtype=object)
         return top_features_text(self.contributions, self.feature_names, k)
+
+    def top_features_json(self, k: int) -> np.ndarray:
+        """Per record, JSON text of the ``[column, share]`` pairs (for the database)."""
+        if self.contributions is None:
+            return np.full(len(self.scores), "[]", dtype=object)
+        return top_features_json(self.contributions, self.feature_names, k)
 
     def top_features_list(self, k: int) -> list[list[tuple[str, float]]]:
         if self.contributions is None:
@@ -437,7 +444,9 @@ class AnomalyVAE(BaseEstimator):
             "torch_version": torch.__version__,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "name": self.config_.name,
-            "config": self.config_.model_dump(mode="json"),
+            # The database section is where results go, not part of the model (and its URL
+            # may hold a password): it is never written to model.json.
+            "config": self.config_.model_dump(mode="json", exclude={"database"}),
             "score_kind": self.score_kind_,
             "schema": self.schema_.to_dict(),
             "preprocessor": self.preprocessor_.to_dict(),

@@ -1,0 +1,633 @@
+"""Every read and write of the results database. Keyword-only functions on an explicit
+``Connection``; nothing is global. All SQL goes through SQLAlchemy with bound parameters.
+
+The hot path is :func:`write_results`: one call writes one batch of scored records, their
+rejects and the alerts they open in ONE transaction, idempotently (``ON CONFLICT DO NOTHING`` on
+the ``(source_key, model_id)`` keys), so a batch replayed after a crash adds only what is
+missing. Batch jobs and the stream scorer both call it. It runs the dialect's compiled
+``INSERT ... ON CONFLICT DO NOTHING`` through the driver's ``executemany`` with rows built
+column-wise from arrays (no ORM objects, no per-row dictionaries), which keeps it close to a
+bare ``executemany`` (see ``benchmarks/db_write.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Insert, Table, and_, bindparam, func, insert, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Dialect, Row
+
+from anomaly_vae.errors import ConfigError
+from anomaly_vae.storage.tables import (
+    Alert,
+    DeadLetter,
+    Model,
+    Score,
+    ScoringRun,
+    Threshold,
+)
+
+logger = logging.getLogger(__name__)
+
+SCORE_COLUMNS = ("source_key", "score", "recon_error", "percentile", "is_anomaly")
+OPTIONAL_SCORE_COLUMNS = ("entity_key", "event_time", "severity", "top_features")
+REJECT_COLUMNS = ("source_key", "reason", "raw")
+CALIBRATED_POLICY = "calibrated"
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def csv_source_key_prefix(sha256_hex: str) -> str:
+    """Keys of a CSV export's rows: ``file-sha256:<64 hex digits of the file>:<data row>``.
+
+    The row is the 0-based data row number (the header is not a row), so the same file gives
+    the same keys wherever it lies and whatever it is called."""
+    return f"file-sha256:{sha256_hex}:"
+
+
+def stream_source_key(topic: str, partition: int, offset: int) -> str:
+    """Key of a Kafka record: ``topic:partition:offset``."""
+    return f"{topic}:{partition}:{offset}"
+
+
+# ==================================================================== models, thresholds
+@dataclass(frozen=True)
+class ModelVersion:
+    """What registering a model version records (see ``storage.sink.model_version_of``)."""
+
+    name: str
+    content_hash: str
+    path: str | None
+    score_kind: str
+    threshold: float
+    threshold_quantile: float
+    feature_schema: dict[str, Any]
+    training_summary: dict[str, Any]
+    calibration: dict[str, Any]
+    package_version: str | None
+    created_at: datetime | None
+
+    @property
+    def version(self) -> str:
+        return self.content_hash[:12]
+
+
+def register_model(connection: Connection, *, model: ModelVersion) -> int:
+    """Record a model version (once per content hash); returns its ``models.id``."""
+    stmt = _insert_ignore(connection.dialect, Model.__table__, ["content_hash"]).values(
+        name=model.name,
+        version=model.version,
+        content_hash=model.content_hash,
+        path=model.path,
+        score_kind=model.score_kind,
+        feature_schema=model.feature_schema,
+        training_summary=model.training_summary,
+        calibration=model.calibration,
+        package_version=model.package_version,
+        created_at=model.created_at,
+        registered_at=utc_now(),
+    )
+    connection.execute(stmt)
+    model_id = connection.scalar(select(Model.id).where(Model.content_hash == model.content_hash))
+    assert model_id is not None
+    return int(model_id)
+
+
+def threshold_in_force(connection: Connection, *, model_name: str) -> Row[Any] | None:
+    """The newest threshold version of ``model_name``, or None."""
+    return connection.execute(
+        select(Threshold)
+        .where(Threshold.model_name == model_name)
+        .order_by(Threshold.version.desc())
+        .limit(1)
+    ).first()
+
+
+def add_threshold(
+    connection: Connection,
+    *,
+    model_name: str,
+    policy: str,
+    value: float,
+    critical_value: float | None = None,
+    parameters: dict[str, Any] | None = None,
+    created_by: str,
+    reason: str,
+) -> Row[Any]:
+    """Append a new threshold version for ``model_name``; it is in force from now on."""
+    if critical_value is not None and critical_value < value:
+        raise ConfigError(
+            f"critical value {critical_value:g} is below the threshold {value:g}: "
+            "a critical record must also cross the threshold"
+        )
+    latest = connection.scalar(
+        select(func.max(Threshold.version)).where(Threshold.model_name == model_name)
+    )
+    connection.execute(
+        insert(Threshold).values(
+            model_name=model_name,
+            version=int(latest or 0) + 1,
+            policy=policy,
+            value=float(value),
+            critical_value=critical_value,
+            parameters=parameters or {},
+            created_by=created_by,
+            reason=reason,
+            created_at=utc_now(),
+        )
+    )
+    row = threshold_in_force(connection, model_name=model_name)
+    assert row is not None
+    return row
+
+
+def ensure_calibrated_threshold(
+    connection: Connection, *, model: ModelVersion, created_by: str
+) -> Row[Any]:
+    """The threshold in force for ``model.name``, creating one from the model's calibration
+    when the name has none, or when the one in force was calibrated on another model version.
+    A threshold an operator set (any other policy) stays in force."""
+    current = threshold_in_force(connection, model_name=model.name)
+    if current is not None and (
+        current.policy != CALIBRATED_POLICY
+        or current.parameters.get("model_version") == model.version
+    ):
+        return current
+    return add_threshold(
+        connection,
+        model_name=model.name,
+        policy=CALIBRATED_POLICY,
+        value=model.threshold,
+        parameters={"quantile": model.threshold_quantile, "model_version": model.version},
+        created_by=created_by,
+        reason=(
+            f"quantile {model.threshold_quantile:g} of held-out normal scores of model "
+            f"version {model.version}"
+        ),
+    )
+
+
+def list_thresholds(connection: Connection, *, model_name: str) -> list[Row[Any]]:
+    """Every threshold version of ``model_name``, newest first."""
+    return list(
+        connection.execute(
+            select(Threshold)
+            .where(Threshold.model_name == model_name)
+            .order_by(Threshold.version.desc())
+        )
+    )
+
+
+def list_models(connection: Connection) -> list[Row[Any]]:
+    """Registered model versions, newest first, with how many records each scored."""
+    counts = (
+        select(Score.model_id, func.count().label("scores")).group_by(Score.model_id).subquery()
+    )
+    return list(
+        connection.execute(
+            select(
+                Model.id,
+                Model.name,
+                Model.version,
+                Model.score_kind,
+                Model.path,
+                Model.created_at,
+                Model.registered_at,
+                func.coalesce(counts.c.scores, 0).label("scores"),
+            )
+            .outerjoin(counts, counts.c.model_id == Model.id)
+            .order_by(Model.registered_at.desc(), Model.id.desc())
+        )
+    )
+
+
+def model_versions(connection: Connection, *, name: str) -> list[Row[Any]]:
+    """Every registered version of the model ``name``, newest first."""
+    return list(
+        connection.execute(
+            select(Model).where(Model.name == name).order_by(Model.registered_at.desc())
+        )
+    )
+
+
+# ========================================================================== runs
+def start_run(
+    connection: Connection,
+    *,
+    kind: str,
+    source: str,
+    model_id: int,
+    threshold_value: float,
+    threshold_id: int | None = None,
+    source_sha256: str | None = None,
+) -> int:
+    """Record the start of a batch job or stream session; returns the run id."""
+    result = connection.execute(
+        insert(ScoringRun)
+        .values(
+            kind=kind,
+            source=source,
+            source_sha256=source_sha256,
+            model_id=model_id,
+            threshold_id=threshold_id,
+            threshold_value=float(threshold_value),
+            status="running",
+            started_at=utc_now(),
+            rows_read=0,
+            rows_scored=0,
+            rows_flagged=0,
+            rows_rejected=0,
+            rows_inserted=0,
+        )
+        .returning(ScoringRun.id)
+    )
+    return int(result.scalar_one())
+
+
+def finish_run(
+    connection: Connection,
+    *,
+    run_id: int,
+    status: str,
+    rows_read: int | None = None,
+    error: str | None = None,
+) -> None:
+    """Mark a run ``succeeded`` or ``failed``; counts were kept up to date chunk by chunk."""
+    values: dict[str, Any] = {"status": status, "finished_at": utc_now(), "error": error}
+    if rows_read is not None:
+        values["rows_read"] = int(rows_read)
+    connection.execute(update(ScoringRun).where(ScoringRun.id == run_id).values(**values))
+
+
+def list_runs(connection: Connection, *, limit: int = 20) -> list[Row[Any]]:
+    """The latest runs, newest first, with their model's name and version."""
+    return list(
+        connection.execute(
+            select(
+                ScoringRun.id,
+                ScoringRun.kind,
+                ScoringRun.status,
+                Model.name.label("model"),
+                Model.version.label("model_version"),
+                ScoringRun.source,
+                ScoringRun.started_at,
+                ScoringRun.finished_at,
+                ScoringRun.rows_read,
+                ScoringRun.rows_scored,
+                ScoringRun.rows_flagged,
+                ScoringRun.rows_rejected,
+                ScoringRun.rows_inserted,
+                ScoringRun.threshold_value,
+            )
+            .join(Model, Model.id == ScoringRun.model_id)
+            .order_by(ScoringRun.started_at.desc(), ScoringRun.id.desc())
+            .limit(limit)
+        )
+    )
+
+
+# ================================================================= the write path
+@dataclass(frozen=True)
+class WriteCounts:
+    """What one ``write_results`` call did. ``*_inserted`` exclude rows already present."""
+
+    scores_given: int
+    scores_inserted: int
+    flagged: int
+    dead_letters_given: int
+    dead_letters_inserted: int
+    alerts_opened: int
+
+
+def write_results(
+    connection: Connection,
+    *,
+    run_id: int,
+    model_id: int,
+    records: pd.DataFrame,
+    rejects: pd.DataFrame | None = None,
+    threshold_id: int | None = None,
+    scored_at: datetime | None = None,
+) -> WriteCounts:
+    """Write a batch of scored records, their rejects and the alerts they open, in ONE
+    transaction; rows whose ``(source_key, model_id)`` is already stored are left as they are.
+
+    ``records`` has one row per scored record with ``source_key``, ``score``,
+    ``recon_error``, ``percentile``, ``is_anomaly`` and optionally ``entity_key``,
+    ``event_time`` (datetimes; naive ones are taken as UTC), ``severity`` (``warning`` /
+    ``critical`` / None; default ``warning`` for flagged records) and ``top_features`` (JSON
+    text, or lists of ``[column, share]``). ``rejects`` has ``source_key``, ``reason`` and
+    ``raw`` (text). The run's counts grow in the same transaction.
+
+    If ``connection`` is already in a transaction, the caller owns it (and commits it, e.g.
+    before committing Kafka offsets); otherwise this call begins and commits its own.
+    """
+    _require_columns(records, SCORE_COLUMNS, "records")
+    if rejects is not None:
+        _require_columns(rejects, REJECT_COLUMNS, "rejects")
+    now = scored_at or utc_now()
+    with _transaction(connection):
+        dialect = connection.dialect
+        score_rows, flagged_keys = _score_rows(records, dialect, run_id, model_id, now)
+        scores_inserted = _execute_many(connection, _insert_sql(dialect, "scores"), score_rows)
+        dead_inserted = 0
+        n_rejects = 0 if rejects is None else len(rejects)
+        if rejects is not None and n_rejects:
+            dead_rows = _dead_letter_rows(rejects, dialect, run_id, model_id, now)
+            dead_inserted = _execute_many(
+                connection, _insert_sql(dialect, "dead_letters"), dead_rows
+            )
+        alerts = open_alerts(
+            connection,
+            model_id=model_id,
+            source_keys=flagged_keys,
+            threshold_id=threshold_id,
+            opened_at=now,
+        )
+        connection.execute(
+            update(ScoringRun)
+            .where(ScoringRun.id == run_id)
+            .values(
+                rows_scored=ScoringRun.rows_scored + len(records),
+                rows_flagged=ScoringRun.rows_flagged + len(flagged_keys),
+                rows_rejected=ScoringRun.rows_rejected + n_rejects,
+                rows_inserted=ScoringRun.rows_inserted + scores_inserted,
+            )
+        )
+    return WriteCounts(
+        scores_given=len(records),
+        scores_inserted=scores_inserted,
+        flagged=len(flagged_keys),
+        dead_letters_given=n_rejects,
+        dead_letters_inserted=dead_inserted,
+        alerts_opened=alerts,
+    )
+
+
+def open_alerts(
+    connection: Connection,
+    *,
+    model_id: int,
+    source_keys: Sequence[str],
+    threshold_id: int | None,
+    opened_at: datetime,
+) -> int:
+    """Open one alert per flagged score row (none twice for the same row); returns how many.
+
+    The one place that decides which flagged records open alerts: alert rules (debounce,
+    cool-down) will replace this function.
+    """
+    if not len(source_keys):
+        return 0
+    chosen = select(
+        Score.id,
+        Score.model_id,
+        literal(threshold_id, Alert.threshold_id.type).label("threshold_id"),
+        Score.entity_key,
+        literal("open").label("state"),
+        func.coalesce(Score.severity, "warning").label("severity"),
+        literal(opened_at, Alert.opened_at.type).label("opened_at"),
+    ).where(
+        and_(
+            Score.model_id == model_id,
+            Score.source_key.in_(_bound_list("keys")),
+            Score.is_anomaly.is_(True),
+        )
+    )
+    stmt = _insert_ignore(connection.dialect, Alert.__table__, ["score_id"]).from_select(
+        ["score_id", "model_id", "threshold_id", "entity_key", "state", "severity", "opened_at"],
+        chosen,
+    )
+    opened = 0
+    keys = list(source_keys)
+    for start in range(0, len(keys), 500):  # stays under every driver's parameter limit
+        result = connection.execute(stmt, {"keys": keys[start : start + 500]})
+        opened += max(result.rowcount, 0)
+    return opened
+
+
+def _bound_list(name: str) -> Any:
+    return bindparam(name, expanding=True)
+
+
+@contextmanager
+def _transaction(connection: Connection) -> Iterator[None]:
+    if connection.in_transaction():
+        yield
+        return
+    with connection.begin():
+        yield
+
+
+def _require_columns(frame: pd.DataFrame, names: Sequence[str], what: str) -> None:
+    missing = [name for name in names if name not in frame.columns]
+    if missing:
+        raise ConfigError(f"{what} lack the column(s) {missing}: expected {list(names)}")
+
+
+def _insert_ignore(dialect: Dialect, table: Table | Any, keys: list[str]) -> Insert:
+    if dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=keys)
+    if dialect.name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=keys)
+    raise ConfigError(f"unsupported database dialect {dialect.name!r}")
+
+
+_INSERT_COLUMNS = {
+    "scores": (
+        "source_key",
+        "model_id",
+        "run_id",
+        "entity_key",
+        "event_time",
+        "scored_at",
+        "score",
+        "recon_error",
+        "percentile",
+        "is_anomaly",
+        "severity",
+        "top_features",
+    ),
+    "dead_letters": ("source_key", "model_id", "run_id", "reason", "raw", "rejected_at"),
+}
+
+
+def _insert_sql(dialect: Dialect, table_name: str) -> str:
+    return _compiled_insert(dialect.name, table_name)
+
+
+@lru_cache(maxsize=8)
+def _compiled_insert(dialect_name: str, table_name: str) -> str:
+    """``INSERT ... ON CONFLICT DO NOTHING`` with positional placeholders, compiled by
+    SQLAlchemy for the dialect (psycopg takes ``%s``), for the driver's ``executemany``."""
+    table = {"scores": Score.__table__, "dead_letters": DeadLetter.__table__}[table_name]
+    columns = _INSERT_COLUMNS[table_name]
+    unique = ["source_key", "model_id"]
+    if dialect_name == "postgresql":
+        from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
+
+        compile_dialect: Dialect = psycopg_dialect(paramstyle="format")
+    else:
+        from sqlalchemy.dialects.sqlite.pysqlite import dialect as sqlite_dialect
+
+        compile_dialect = sqlite_dialect(paramstyle="qmark")
+    stmt = _insert_ignore(compile_dialect, table, unique)
+    compiled = stmt.compile(dialect=compile_dialect, column_keys=list(columns))
+    order = getattr(compiled, "positiontup", None)
+    assert order is None or tuple(order) == columns, order
+    return str(compiled)
+
+
+def _execute_many(connection: Connection, sql: str, rows: list[tuple[Any, ...]]) -> int:
+    if not rows:
+        return 0
+    result = connection.exec_driver_sql(sql, rows)
+    return max(int(result.rowcount), 0)
+
+
+def _score_rows(
+    records: pd.DataFrame, dialect: Dialect, run_id: int, model_id: int, now: datetime
+) -> tuple[list[tuple[Any, ...]], list[str]]:
+    n = len(records)
+    keys = _texts(records["source_key"], "source_key")
+    flags = records["is_anomaly"].to_numpy(dtype=bool, na_value=False)
+    if "severity" in records:
+        severity = records["severity"].astype(object).where(records["severity"].notna(), None)
+        severity_list = severity.tolist()
+    else:
+        severity_list = ["warning" if flag else None for flag in flags.tolist()]
+    columns = (
+        keys,
+        [model_id] * n,
+        [run_id] * n,
+        _optional_texts(records, "entity_key", n),
+        _timestamps(records.get("event_time"), n, dialect),
+        [_timestamp_value(now, dialect)] * n,
+        records["score"].to_numpy(dtype=np.float64).tolist(),
+        records["recon_error"].to_numpy(dtype=np.float64).tolist(),
+        records["percentile"].to_numpy(dtype=np.float64).tolist(),
+        flags.astype(int).tolist() if dialect.name == "sqlite" else flags.tolist(),
+        severity_list,
+        _json_texts(records.get("top_features"), n),
+    )
+    flagged = [key for key, flag in zip(keys, flags.tolist(), strict=True) if flag]
+    return list(zip(*columns, strict=True)), flagged
+
+
+def _dead_letter_rows(
+    rejects: pd.DataFrame, dialect: Dialect, run_id: int, model_id: int, now: datetime
+) -> list[tuple[Any, ...]]:
+    n = len(rejects)
+    columns = (
+        _texts(rejects["source_key"], "source_key"),
+        [model_id] * n,
+        [run_id] * n,
+        rejects["reason"].astype(str).tolist(),
+        _optional_texts(rejects, "raw", n),
+        [_timestamp_value(now, dialect)] * n,
+    )
+    return list(zip(*columns, strict=True))
+
+
+def _texts(series: pd.Series, name: str) -> list[str]:
+    if series.isna().any():
+        raise ConfigError(f"{name} must be set for every record ({int(series.isna().sum())} empty)")
+    return series.astype(str).tolist()
+
+
+def _optional_texts(frame: pd.DataFrame, name: str, n: int) -> list[Any]:
+    if name not in frame:
+        return [None] * n
+    series = frame[name]
+    return series.astype(str).where(series.notna(), None).tolist()
+
+
+_SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's own SQLite DATETIME format
+
+
+def _timestamp_value(value: datetime, dialect: Dialect) -> Any:
+    value = value.astimezone(timezone.utc)
+    return value.strftime(_SQLITE_TIME_FORMAT) if dialect.name == "sqlite" else value
+
+
+def _timestamps(series: pd.Series | None, n: int, dialect: Dialect) -> list[Any]:
+    """UTC timestamps as the driver takes them: text in SQLAlchemy's format for SQLite,
+    ISO 8601 with offset for PostgreSQL (cast to timestamptz by the statement)."""
+    if series is None:
+        return [None] * n
+    values = pd.to_datetime(series, utc=True, errors="coerce")
+    fmt = _SQLITE_TIME_FORMAT if dialect.name == "sqlite" else _SQLITE_TIME_FORMAT + "+00:00"
+    text = values.dt.strftime(fmt)
+    return text.astype(object).where(values.notna(), None).tolist()
+
+
+def _json_texts(series: pd.Series | None, n: int) -> list[Any]:
+    if series is None:
+        return [None] * n
+    values = series.tolist()
+    return [
+        value
+        if value is None or isinstance(value, str)
+        else json.dumps(value, separators=(",", ":"))
+        for value in values
+    ]
+
+
+# ====================================================================== queries
+def list_anomalies(
+    connection: Connection,
+    *,
+    model_name: str | None = None,
+    since: datetime | None = None,
+    limit: int = 50,
+) -> list[Row[Any]]:
+    """Flagged records, newest first: when (event time, else scoring time), which model,
+    entity and key, score, percentile, severity, top features and the alert's state.
+
+    ``since`` compares with the event time where there is one, else the scoring time."""
+    when = func.coalesce(Score.event_time, Score.scored_at)
+    stmt = (
+        select(
+            when.label("time"),
+            Model.name.label("model"),
+            Model.version.label("model_version"),
+            Score.entity_key,
+            Score.source_key,
+            Score.score,
+            Score.percentile,
+            Score.severity,
+            Score.top_features,
+            Alert.state.label("alert_state"),
+            Score.scored_at,
+        )
+        .join(Model, Model.id == Score.model_id)
+        .outerjoin(Alert, Alert.score_id == Score.id)
+        .where(Score.is_anomaly.is_(True))
+        .order_by(when.desc(), Score.id.desc())
+        .limit(limit)
+    )
+    if model_name is not None:
+        stmt = stmt.where(Model.name == model_name)
+    if since is not None:
+        stmt = stmt.where(when >= since)
+    return list(connection.execute(stmt))
+
+
+def count_rows(connection: Connection, *, table: str) -> int:
+    """Rows in one of the tables (for summaries and tests)."""
+    tables = {t.name: t for t in Model.metadata.sorted_tables}
+    if table not in tables:
+        raise ConfigError(f"no table {table!r}; tables: {sorted(tables)}")
+    return int(connection.scalar(select(func.count()).select_from(tables[table])) or 0)

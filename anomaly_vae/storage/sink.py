@@ -1,0 +1,230 @@
+"""The database sink of batch scoring: each chunk's scores, rejects and alerts in one
+transaction, through :func:`anomaly_vae.storage.repository.write_results`.
+
+A run is registered first (:func:`start_batch_run`: the model version, the threshold in force,
+a ``scoring_runs`` row), then :class:`DatabaseSink` writes chunk by chunk. Killed part way, a
+run leaves whole chunks behind and its status ``running``; scoring the file again fills in what
+is missing and duplicates nothing, because every row's key is the file's content hash and its
+row number.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy.engine import Connection
+
+from anomaly_vae._version import __version__
+from anomaly_vae.storage import repository as repo
+
+if TYPE_CHECKING:
+    from anomaly_vae.estimator import AnomalyVAE
+    from anomaly_vae.jobs.batch import BatchSummary, ScoredChunk
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_SUMMARY_QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.995, 0.999)
+
+
+def model_version_of(model: AnomalyVAE, *, path: Path | str | None) -> repo.ModelVersion:
+    """What the ``models`` table records about a saved or loaded model."""
+    if model.model_hash_ is None:
+        raise ValueError("the model has no content hash: save() or load() it first")
+    summary = dict(model.training_summary_)
+    calib = model.calibration_
+    trained_at = summary.get("trained_at")
+    return repo.ModelVersion(
+        name=model.name,
+        content_hash=str(model.model_hash_),
+        path=str(Path(path).resolve()) if path is not None else None,
+        score_kind=model.score_kind_,
+        threshold=float(model.threshold_),
+        threshold_quantile=float(model.threshold_quantile_),
+        feature_schema=model.schema_.to_dict(),
+        training_summary=summary,
+        calibration={
+            "threshold": float(model.threshold_),
+            "threshold_quantile": float(model.threshold_quantile_),
+            "points": len(calib),
+            "quantiles": {
+                f"{q:g}": float(np.quantile(calib, q)) for q in CALIBRATION_SUMMARY_QUANTILES
+            },
+        },
+        package_version=__version__,
+        created_at=datetime.fromisoformat(trained_at) if trained_at else None,
+    )
+
+
+@dataclass(frozen=True)
+class BatchRun:
+    """A started run: the ids its rows refer to and the threshold it flags with."""
+
+    run_id: int
+    model_id: int
+    model_version: str
+    threshold_id: int | None
+    threshold: float
+    critical: float | None
+
+
+def start_batch_run(
+    connection: Connection,
+    *,
+    model: AnomalyVAE,
+    model_dir: Path | str | None,
+    source: str,
+    source_sha256: str,
+    threshold: float | None = None,
+) -> BatchRun:
+    """Register the model version, find the threshold in force (``threshold`` overrides it
+    for this run only) and record a ``running`` scoring run, in one transaction."""
+    version = model_version_of(model, path=model_dir)
+    with connection.begin():
+        model_id = repo.register_model(connection, model=version)
+        in_force = repo.ensure_calibrated_threshold(
+            connection, model=version, created_by="anomaly-vae score"
+        )
+        if threshold is None:
+            value, critical, threshold_id = (
+                float(in_force.value),
+                in_force.critical_value,
+                int(in_force.id),
+            )
+        else:
+            value, critical, threshold_id = float(threshold), None, None
+        run_id = repo.start_run(
+            connection,
+            kind="batch",
+            source=source,
+            source_sha256=source_sha256,
+            model_id=model_id,
+            threshold_value=value,
+            threshold_id=threshold_id,
+        )
+    logger.info(
+        "run %d: model %s version %s, threshold %.4g", run_id, version.name, version.version, value
+    )
+    return BatchRun(
+        run_id=run_id,
+        model_id=model_id,
+        model_version=version.version,
+        threshold_id=threshold_id,
+        threshold=value,
+        critical=None if critical is None else float(critical),
+    )
+
+
+class DatabaseSink:
+    """A batch-scoring ``Sink``: one transaction per chunk. Call :meth:`finish` when the job
+    has succeeded; :meth:`close` without it records the run as failed."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        *,
+        run: BatchRun,
+        key_prefix: str,
+        top_features: int,
+        entity_column: str | None = None,
+        timestamp_column: str | None = None,
+    ) -> None:
+        self.connection = connection
+        self.run = run
+        self.key_prefix = key_prefix
+        self.top_features = top_features
+        self.entity_column = entity_column
+        self.timestamp_column = timestamp_column
+        self.inserted = 0
+        self.written = 0
+        self.alerts_opened = 0
+        self.dead_letters = 0
+        self._finished = False
+
+    def write(self, chunk: ScoredChunk) -> None:
+        counts = repo.write_results(
+            self.connection,
+            run_id=self.run.run_id,
+            model_id=self.run.model_id,
+            records=self.records(chunk),
+            rejects=self.rejects(chunk),
+            threshold_id=self.run.threshold_id,
+        )
+        self.written += counts.scores_given
+        self.inserted += counts.scores_inserted
+        self.alerts_opened += counts.alerts_opened
+        self.dead_letters += counts.dead_letters_given
+
+    def records(self, chunk: ScoredChunk) -> pd.DataFrame:
+        """The chunk's scored rows as ``write_results`` takes them."""
+        scores = chunk.batch.scores
+        rows = scores.index
+        data: dict[str, Any] = {
+            "source_key": self._keys(rows),
+            "score": scores["score"].to_numpy(),
+            "recon_error": scores["recon_error"].to_numpy(),
+            "percentile": scores["percentile"].to_numpy(),
+            "is_anomaly": scores["is_anomaly"].to_numpy(dtype=bool),
+            "severity": self._severity(scores),
+            "top_features": chunk.batch.top_features_json(self.top_features),
+        }
+        frame = chunk.frame
+        if self.entity_column and self.entity_column in frame:
+            data["entity_key"] = frame.loc[rows, self.entity_column].to_numpy()
+        if self.timestamp_column and self.timestamp_column in frame:
+            data["event_time"] = pd.to_datetime(
+                frame.loc[rows, self.timestamp_column], utc=True, errors="coerce", format="mixed"
+            ).to_numpy()
+        return pd.DataFrame(data)
+
+    def rejects(self, chunk: ScoredChunk) -> pd.DataFrame:
+        rejects = chunk.rejects
+        return pd.DataFrame(
+            {
+                "source_key": self._keys(rejects.index),
+                "reason": rejects["reason"].astype(str).to_numpy(),
+                "raw": rejects["raw"].to_numpy() if "raw" in rejects else None,
+            }
+        )
+
+    def _keys(self, rows: pd.Index) -> np.ndarray:
+        return self.key_prefix + rows.to_numpy().astype(str).astype(object)
+
+    def _severity(self, scores: pd.DataFrame) -> np.ndarray:
+        flagged = scores["is_anomaly"].to_numpy(dtype=bool)
+        severity = np.full(len(flagged), None, dtype=object)
+        severity[flagged] = "warning"
+        if self.run.critical is not None:
+            critical = flagged & (scores["score"].to_numpy() > self.run.critical)
+            severity[critical] = "critical"
+        return severity
+
+    def finish(self, summary: BatchSummary) -> None:
+        """Record the run as succeeded with the rows read."""
+        with self.connection.begin():
+            repo.finish_run(
+                self.connection,
+                run_id=self.run.run_id,
+                status="succeeded",
+                rows_read=summary.rows_read,
+            )
+        self._finished = True
+
+    def close(self) -> None:
+        if self._finished:
+            return
+        if self.connection.in_transaction():
+            self.connection.rollback()
+        with self.connection.begin():
+            repo.finish_run(
+                self.connection,
+                run_id=self.run.run_id,
+                status="failed",
+                error="the job stopped before the end of the file",
+            )
+        self._finished = True
