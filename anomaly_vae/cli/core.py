@@ -15,9 +15,12 @@ from anomaly_vae.errors import ConfigError, InputFileError
 
 if TYPE_CHECKING:
     import pandas as pd
+    from sqlalchemy.engine import Connection
 
     from anomaly_vae.estimator import AnomalyVAE
-    from anomaly_vae.jobs.batch import BatchSummary
+    from anomaly_vae.jobs.batch import BatchSummary, CsvRejectsWriter
+    from anomaly_vae.sources.csv import CsvSource
+    from anomaly_vae.storage.engine import DatabaseTarget
 
 logger = logging.getLogger(__name__)
 
@@ -161,10 +164,16 @@ def score(
     ),
     chunk_size: int | None = typer.Option(None, "--chunk-size", help="Rows per chunk."),
     device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    db: str | None = typer.Option(
+        None,
+        "--db",
+        help="Write results to this database (also when $ANOMALY_VAE_DATABASE_URL or the "
+        "--pipeline file's database.url is set); then CSV output only with --out.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more."),
 ) -> None:
-    """Score a CSV export; write one row of scores per input row."""
+    """Score a CSV export; write one row of scores per input row (to CSV and/or a database)."""
     setup_logging(verbose)
     from anomaly_vae.estimator import AnomalyVAE
     from anomaly_vae.jobs.batch import (
@@ -179,9 +188,11 @@ def score(
     cfg = PipelineConfig.from_yaml(pipeline) if pipeline else model.config_
     if chunk_size is not None and chunk_size < 1:
         raise ConfigError(f"--chunk-size must be >= 1, got {chunk_size}")
+    target = _score_database(db, pipeline, cfg)
+    csv_out = out is not None or target is None
     out = out or Path(_stem(data) + ".scores.csv")
     rejects = rejects or default_rejects_path(out)
-    if out.resolve() == data.resolve():
+    if csv_out and out.resolve() == data.resolve():
         raise ConfigError(f"--out {out} would overwrite the input: choose another file")
     source = CsvSource(
         data,
@@ -189,8 +200,26 @@ def score(
         encoding=cfg.csv.encoding,
         chunk_size=chunk_size or cfg.scoring.chunk_size,
     )
-    # Check the header before any output file is created.
+    # Check the header (and the database) before any output is created.
     model.schema_.check_columns(source.header(), source=source.label)
+    if target is not None:
+        from anomaly_vae.cli.db import connected
+
+        with connected(target) as connection:
+            summary = _score_into_database(
+                connection,
+                model,
+                source,
+                model_dir=model_dir,
+                cfg=cfg,
+                csv_paths=(out, rejects) if csv_out else None,
+                label_column=label_column,
+                threshold=threshold,
+                quiet=quiet,
+                target_display=target.display,
+            )
+        _print_summary(summary)
+        return
     score_writer = CsvScoreWriter(out)
     rejects_writer = CsvRejectsWriter(rejects)
     summary = score_csv(
@@ -202,10 +231,94 @@ def score(
         threshold=threshold,
         progress=_show_progress(quiet),
     )
+    _add_csv_outputs(summary, out, rejects, rejects_writer)
+    _print_summary(summary)
+
+
+def _add_csv_outputs(
+    summary: BatchSummary, out: Path, rejects: Path, rejects_writer: CsvRejectsWriter
+) -> None:
     summary.outputs.append(str(out))
     if rejects_writer.count:
         summary.outputs.append(f"{rejects} ({rejects_writer.count} rejected rows with reasons)")
-    _print_summary(summary)
+
+
+def _score_database(
+    db: str | None, pipeline: Path | None, cfg: PipelineConfig
+) -> DatabaseTarget | None:
+    """The database to write to, or None (CSV only): ``--db``, else the environment variable,
+    else the pipeline file's ``database.url``."""
+    import os
+
+    from anomaly_vae.cli.db import database_target
+    from anomaly_vae.storage.engine import ENV_VAR
+
+    pipeline_url = cfg.database.url if cfg.database else None
+    if not (db or os.environ.get(ENV_VAR) or pipeline_url):
+        return None
+    return database_target(db, pipeline, pipeline_url=pipeline_url)
+
+
+def _score_into_database(
+    connection: Connection,
+    model: AnomalyVAE,
+    source: CsvSource,
+    *,
+    model_dir: Path,
+    cfg: PipelineConfig,
+    csv_paths: tuple[Path, Path] | None,
+    label_column: str | None,
+    threshold: float | None,
+    quiet: bool,
+    target_display: str,
+) -> BatchSummary:
+    """Register the model and the run, then score chunk by chunk, one transaction each."""
+    from anomaly_vae.jobs.batch import CsvRejectsWriter, CsvScoreWriter, Sink, score_csv
+    from anomaly_vae.storage.repository import csv_source_key_prefix
+    from anomaly_vae.storage.sink import DatabaseSink, start_batch_run
+
+    digest = source.sha256()
+    run = start_batch_run(
+        connection,
+        model=model,
+        model_dir=model_dir,
+        source=str(source.path.resolve()),
+        source_sha256=digest,
+        threshold=threshold,
+    )
+    sink = DatabaseSink(
+        connection,
+        run=run,
+        key_prefix=csv_source_key_prefix(digest),
+        top_features=model.config_.scoring.top_features,
+        entity_column=cfg.columns.entity,
+        timestamp_column=cfg.columns.timestamp,
+    )
+    sinks: list[Sink] = [sink]
+    rejects_writer = None
+    if csv_paths is not None:
+        rejects_writer = CsvRejectsWriter(csv_paths[1])
+        sinks = [CsvScoreWriter(csv_paths[0]), rejects_writer, sink]
+    summary = score_csv(
+        model,
+        source,
+        sinks=sinks,
+        passthrough=cfg.columns.passthrough(),
+        label_column=label_column or cfg.columns.label,
+        threshold=run.threshold,
+        progress=_show_progress(quiet),
+    )
+    sink.finish(summary)
+    if csv_paths is not None and rejects_writer is not None:
+        _add_csv_outputs(summary, csv_paths[0], csv_paths[1], rejects_writer)
+    already = sink.written - sink.inserted
+    summary.outputs.append(
+        f"{target_display}: run {run.run_id}, {sink.inserted} score rows added"
+        + (f" ({already} already there)" if already else "")
+        + f", {sink.dead_letters} rejected rows in dead_letters, "
+        f"{sink.alerts_opened} alerts opened (model {model.name} version {run.model_version})"
+    )
+    return summary
 
 
 def _stem(path: Path) -> str:

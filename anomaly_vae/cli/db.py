@@ -1,0 +1,349 @@
+"""``db``, ``models``, ``anomalies`` and ``runs``: the results database from the command line.
+
+The database URL comes from ``--db``, else ``ANOMALY_VAE_DATABASE_URL``, else the pipeline
+file's ``database.url`` (``--pipeline``), else ``sqlite:///anomaly_vae.db`` in the working
+directory. Every command but ``db upgrade`` / ``db downgrade`` / ``db current`` refuses a
+database whose schema is not current, saying to run ``anomaly-vae db upgrade``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import date, datetime, timezone
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from anomaly_vae.cli import app, setup_logging
+from anomaly_vae.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from anomaly_vae.storage.engine import DatabaseTarget
+
+db_app = typer.Typer(help="Create, migrate and inspect the results database.", no_args_is_help=True)
+models_app = typer.Typer(help="Registered model versions.", no_args_is_help=True)
+anomalies_app = typer.Typer(help="Records flagged as anomalous.", no_args_is_help=True)
+runs_app = typer.Typer(help="Scoring runs (batch jobs, stream sessions).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(models_app, name="models")
+app.add_typer(anomalies_app, name="anomalies")
+app.add_typer(runs_app, name="runs")
+
+DB_HELP = (
+    "Database URL (sqlite:///file.db or postgresql://user:password@host:5432/db); "
+    "default: $ANOMALY_VAE_DATABASE_URL, else the pipeline's database.url, "
+    "else sqlite:///anomaly_vae.db"
+)
+PIPELINE_HELP = "Pipeline YAML file whose database.url to use."
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+def database_target(
+    db: str | None, pipeline: Path | None, *, pipeline_url: str | None = None
+) -> DatabaseTarget:
+    """The database URL by precedence: ``--db``, environment, pipeline file, default."""
+    from anomaly_vae.config import PipelineConfig
+    from anomaly_vae.storage.engine import resolve_database_url
+
+    if pipeline is not None and pipeline_url is None:
+        cfg = PipelineConfig.from_yaml(pipeline)
+        pipeline_url = cfg.database.url if cfg.database else None
+    return resolve_database_url(
+        db, environ=os.environ, pipeline_url=pipeline_url, pipeline_path=pipeline
+    )
+
+
+@contextmanager
+def connected(target: DatabaseTarget, *, check_schema: bool = True) -> Iterator[Connection]:
+    """A connection to a checked database; driver errors become one-line errors."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from anomaly_vae.storage.engine import connection_error, open_database
+
+    engine = open_database(target, check_schema=check_schema)
+    try:
+        with engine.connect() as connection:
+            yield connection
+    except SQLAlchemyError as exc:
+        raise connection_error(exc, target) from None
+    finally:
+        engine.dispose()
+
+
+# ======================================================================== db ...
+@db_app.command("upgrade")
+def db_upgrade(
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+    revision: str = typer.Option("head", "--revision", help="Target revision."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more."),
+) -> None:
+    """Create the schema, or migrate it to the latest revision."""
+    setup_logging(verbose)
+    from anomaly_vae.storage import migrate
+
+    target = database_target(db, pipeline)
+    with _migrating(target) as engine:
+        before, after = migrate.upgrade(engine, revision)
+    if before == after:
+        typer.echo(f"{target.display}: schema already at revision {after}")
+    else:
+        typer.echo(f"{target.display}: schema migrated from {before or 'empty'} to {after}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: str = typer.Argument(..., help="Target revision: an id, -1, or base (drop all)."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more."),
+) -> None:
+    """Migrate the schema down (``base`` drops every table and its data)."""
+    setup_logging(verbose)
+    from anomaly_vae.storage import migrate
+
+    target = database_target(db, pipeline)
+    with _migrating(target) as engine:
+        before, after = migrate.downgrade(engine, revision)
+    typer.echo(f"{target.display}: schema migrated down from {before} to {after or 'base'}")
+
+
+@db_app.command("current")
+def db_current(
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+) -> None:
+    """Show the schema revision of the database and whether it is current."""
+    setup_logging(False)
+    from anomaly_vae.storage import migrate
+
+    target = database_target(db, pipeline)
+    head = migrate.head_revision()
+    with connected(target, check_schema=False) as connection:
+        current = migrate.current_revision(connection)
+    state = "up to date" if current == head else "behind: run 'anomaly-vae db upgrade'"
+    typer.echo(f"{target.display}: revision {current or 'none'} (latest {head}): {state}")
+
+
+@contextmanager
+def _migrating(target: DatabaseTarget) -> Iterator[Any]:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from anomaly_vae.storage.engine import connection_error, open_database
+
+    engine = open_database(target, check_schema=False)
+    try:
+        yield engine
+    except SQLAlchemyError as exc:
+        raise connection_error(exc, target) from None
+    finally:
+        engine.dispose()
+
+
+# ==================================================================== models ...
+@models_app.command("list")
+def models_list(
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
+) -> None:
+    """Registered model versions, newest first."""
+    setup_logging(False)
+    from anomaly_vae.storage import repository as repo
+
+    with connected(database_target(db, pipeline)) as connection:
+        rows = [row._asdict() for row in repo.list_models(connection)]
+    columns = ["name", "version", "score_kind", "scores", "created_at", "registered_at", "path"]
+    emit(rows, columns, fmt, empty="no models registered yet: score with --db to register one")
+
+
+@models_app.command("show")
+def models_show(
+    name: str = typer.Argument(..., help="Model name (the pipeline's name)."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+) -> None:
+    """A model's versions and its threshold history (the newest version is in force)."""
+    setup_logging(False)
+    from anomaly_vae.storage import repository as repo
+
+    with connected(database_target(db, pipeline)) as connection:
+        versions = repo.model_versions(connection, name=name)
+        thresholds = repo.list_thresholds(connection, model_name=name)
+    if not versions:
+        raise ConfigError(f"no model named {name!r} is registered: see 'anomaly-vae models list'")
+    typer.echo(f"model {name}: {len(versions)} version(s)")
+    for v in versions:
+        summary = v.training_summary or {}
+        typer.echo(
+            f"  version {v.version} ({v.score_kind}), trained {_text(v.created_at)} on "
+            f"{summary.get('rows_train', '?')} rows, registered {_text(v.registered_at)}"
+        )
+        typer.echo(f"    path {v.path}; calibrated threshold {v.calibration.get('threshold'):.6g}")
+        features = v.feature_schema.get("columns", [])
+        if features:
+            names = ", ".join(f"{c.get('name')} ({c.get('kind')})" for c in features)
+            typer.echo(f"    features: {names}")
+    if not thresholds:
+        typer.echo("thresholds: none yet")
+        return
+    typer.echo("thresholds (newest first; the first is in force):")
+    for t in thresholds:
+        critical = f", critical {t.critical_value:.6g}" if t.critical_value is not None else ""
+        typer.echo(
+            f"  v{t.version} {t.policy}: {t.value:.6g}{critical}, {_text(t.created_at)} by "
+            f"{t.created_by}: {t.reason}"
+        )
+
+
+# ================================================================= anomalies ...
+@anomalies_app.command("list")
+def anomalies_list(
+    model: str | None = typer.Option(None, "--model", help="Only this model name."),
+    since: str | None = typer.Option(
+        None, "--since", help="Only records from this date or time on (YYYY-MM-DD, ISO 8601)."
+    ),
+    limit: int = typer.Option(50, "--limit", help="At most this many rows."),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+) -> None:
+    """Flagged records, newest first (by event time, else scoring time)."""
+    setup_logging(False)
+    from anomaly_vae.storage import repository as repo
+
+    if limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    start = parse_since(since) if since else None
+    with connected(database_target(db, pipeline)) as connection:
+        rows = [
+            row._asdict()
+            for row in repo.list_anomalies(connection, model_name=model, since=start, limit=limit)
+        ]
+    columns = [
+        "time",
+        "model",
+        "model_version",
+        "entity_key",
+        "score",
+        "percentile",
+        "severity",
+        "alert_state",
+        "top_features",
+        "source_key",
+    ]
+    emit(rows, columns, fmt, empty="no anomalies found")
+
+
+def parse_since(text: str) -> datetime:
+    """A date or ISO 8601 time; without a time zone it is UTC."""
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(
+            f"--since {text!r} is not a date or time: use YYYY-MM-DD or YYYY-MM-DDTHH:MM[+00:00]"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+# ====================================================================== runs ...
+@runs_app.command("list")
+def runs_list(
+    limit: int = typer.Option(20, "--limit", help="At most this many runs."),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+) -> None:
+    """Scoring runs, newest first, with their counts and status."""
+    setup_logging(False)
+    from anomaly_vae.storage import repository as repo
+
+    if limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    with connected(database_target(db, pipeline)) as connection:
+        rows = [row._asdict() for row in repo.list_runs(connection, limit=limit)]
+    columns = [
+        "id",
+        "kind",
+        "status",
+        "model",
+        "model_version",
+        "started_at",
+        "finished_at",
+        "rows_read",
+        "rows_scored",
+        "rows_flagged",
+        "rows_rejected",
+        "rows_inserted",
+        "source",
+    ]
+    emit(rows, columns, fmt, empty="no scoring runs yet")
+
+
+# ==================================================================== output
+def emit(
+    rows: list[dict[str, Any]], columns: Sequence[str], fmt: OutputFormat, *, empty: str
+) -> None:
+    """Rows as an aligned table, CSV or JSON on standard output."""
+    if fmt is OutputFormat.json:
+        typer.echo(json.dumps([{c: _json(row[c]) for c in columns} for row in rows], indent=1))
+        return
+    if fmt is OutputFormat.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([_csv(row[c]) for c in columns])
+        sys.stdout.flush()
+        return
+    if not rows:
+        typer.echo(empty)
+        return
+    cells = [[_text(row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    typer.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for r in cells:
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S") + "Z"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):  # top features
+        return ";".join(f"{pair[0]}:{float(pair[1]):.2f}" for pair in value)
+    return str(value)
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    return value
+
+
+def _csv(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return value
