@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import secrets
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pandas as pd
@@ -66,7 +68,7 @@ def pump_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[AnomalyVAE, Pa
 
 
 # ----------------------------------------------------------------------- real services
-def service_unavailable(what: str, why: str) -> None:
+def service_unavailable(what: str, why: str) -> NoReturn:
     """Skip outside CI; under CI=true a missing service fails the run instead."""
     message = f"{what} unavailable: {why}"
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
@@ -103,3 +105,148 @@ def create_topic(bootstrap: str, partitions: int = 1) -> str:
     finally:
         admin.close()
     return name
+
+
+# ============================================================ databases (integration tier)
+POSTGRES_ADMIN_URL = os.environ.get(
+    "ANOMALY_VAE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture(scope="session")
+def postgres_databases() -> Iterator[Callable[[], str]]:
+    """A factory of fresh, empty PostgreSQL databases (random names), all dropped at the end."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
+    admin_url = make_url(POSTGRES_ADMIN_URL)
+    engine = create_engine(
+        admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5}
+    )
+    try:
+        with engine.connect():
+            pass
+    except OperationalError as exc:
+        engine.dispose()
+        first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        service_unavailable(
+            f"PostgreSQL at {admin_url.host}:{admin_url.port}", f"not reachable: {first}"
+        )
+    created: list[str] = []
+
+    def make() -> str:
+        name = f"anomaly_vae_test_{secrets.token_hex(6)}"
+        with engine.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return admin_url.set(database=name).render_as_string(hide_password=False)
+
+    yield make
+    with engine.connect() as connection:
+        for name in created:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database of each kind: a SQLite file, and a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'results.db'}"
+    factory = request.getfixturevalue("postgres_databases")
+    return str(factory())
+
+
+@pytest.fixture
+def db_url(empty_db_url: str) -> str:
+    """A fresh database of each kind, migrated to the latest schema."""
+    from anomaly_vae.storage.engine import create_database_engine, parse_database_url
+    from anomaly_vae.storage.migrate import upgrade
+
+    engine = create_database_engine(parse_database_url(empty_db_url))
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    return empty_db_url
+
+
+@pytest.fixture(scope="session")
+def password_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """A scratch PostgreSQL server that checks passwords (the shared one trusts everyone):
+    initdb with scram-sha-256 as the ``postgres`` user, on a free loopback port. User
+    ``alice``, password ``right-pw``."""
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    bin_dirs = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+    runuser = shutil.which("runuser")
+    if not bin_dirs or runuser is None or os.geteuid() != 0:
+        service_unavailable(
+            "a password-checking PostgreSQL", "needs root, runuser and the server binaries"
+        )
+    bin_dir = bin_dirs[-1]
+    folder = Path(tempfile.mkdtemp(prefix="anomaly-vae-pg-"))
+    shutil.chown(folder, "postgres")
+    (folder / "pw").write_text("right-pw\n")
+    shutil.chown(folder / "pw", "postgres")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def as_postgres(*args: str) -> None:
+        subprocess.run(
+            [runuser, "-u", "postgres", "--", *args],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    data = folder / "data"
+    try:
+        as_postgres(
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "alice",
+            "--auth=scram-sha-256",
+            f"--pwfile={folder / 'pw'}",
+        )
+        as_postgres(
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(folder / "log"),
+            "-o",
+            f"-p {port} -k {folder} -c listen_addresses=127.0.0.1",
+            "start",
+        )
+    except subprocess.CalledProcessError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        service_unavailable("a password-checking PostgreSQL", exc.stderr.decode()[-300:])
+    try:
+        yield "127.0.0.1", port
+    finally:
+        subprocess.run(
+            [
+                runuser,
+                "-u",
+                "postgres",
+                "--",
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-m",
+                "immediate",
+                "stop",
+            ],
+            capture_output=True,
+            timeout=60,
+        )
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,276 @@
+"""The database from the command line, as a user runs it, on SQLite and PostgreSQL: upgrade,
+score twice, crash part way and score again, list what was stored."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from sqlalchemy import func, select
+
+from anomaly_vae import AnomalyVAE
+from anomaly_vae.datasets import make_pump_data
+from anomaly_vae.storage import repository as repo
+from anomaly_vae.storage.engine import create_database_engine, parse_database_url
+from anomaly_vae.storage.tables import Score, ScoringRun
+from tests.test_cli import assert_user_error, run_inline
+
+pytestmark = pytest.mark.integration
+
+
+def count(url: str, table: str) -> int:
+    engine = create_database_engine(parse_database_url(url))
+    try:
+        with engine.connect() as connection:
+            return repo.count_rows(connection, table=table)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    frame = make_pump_data(1500, anomaly_rate=0.03, seed=2).astype({"flow": object})
+    frame.loc[3, "flow"] = "oops"
+    path = tmp_path_factory.mktemp("export") / "export.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    return run_inline(capsys, *args)
+
+
+def test_score_twice_keeps_one_row_per_record(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, model_dir = pump_model
+    monkeypatch.chdir(tmp_path)  # no CSV may appear here: --db without --out: database only
+    first = cli(capsys, "score", str(export), "--model-dir", str(model_dir), "--db", db_url)
+    assert first.returncode == 0, first.stderr
+    assert "1499 score rows added" in first.stdout
+    assert "1 rejected rows in dead_letters" in first.stdout
+    assert not [p for p in tmp_path.iterdir() if ".csv" in p.name]
+    second = cli(capsys, "score", str(export), "--model-dir", str(model_dir), "--db", db_url)
+    assert second.returncode == 0, second.stderr
+    assert "0 score rows added (1499 already there)" in second.stdout
+    assert count(db_url, "scores") == 1499
+    assert count(db_url, "dead_letters") == 1
+    assert count(db_url, "models") == 1
+    flagged = int(first.stdout.split(" scored, ")[1].split(" flagged")[0])
+    assert count(db_url, "alerts") == flagged > 0
+    # With --out the CSV files are written too, and still nothing is duplicated.
+    out = tmp_path / "scores.csv"
+    third = cli(
+        capsys,
+        "score",
+        str(export),
+        "--model-dir",
+        str(model_dir),
+        "--db",
+        db_url,
+        "--out",
+        str(out),
+    )
+    assert third.returncode == 0, third.stderr
+    assert len(pd.read_csv(out)) == 1499
+    assert count(db_url, "scores") == 1499
+
+    runs = cli(capsys, "runs", "list", "--db", db_url, "--format", "json")
+    listed = json.loads(runs.stdout)
+    assert [r["status"] for r in listed] == ["succeeded"] * 3
+    assert [r["rows_inserted"] for r in listed] == [0, 0, 1499]
+    assert listed[0]["rows_read"] == 1500
+
+    models = cli(capsys, "models", "list", "--db", db_url)
+    assert models.returncode == 0, models.stderr
+    assert models.stdout.splitlines()[0].split()[:4] == ["name", "version", "score_kind", "scores"]
+    assert "pumps" in models.stdout
+    assert "1499" in models.stdout
+    shown = cli(capsys, "models", "show", "pumps", "--db", db_url)
+    assert "v1 calibrated" in shown.stdout
+    assert "features: station (categorical)" in shown.stdout
+    missing = cli(capsys, "models", "show", "nope", "--db", db_url)
+    assert_user_error(missing, "no model named 'nope'")
+
+    table = cli(capsys, "anomalies", "list", "--db", db_url, "--limit", "5")
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:3] == ["time", "model", "model_version"]
+    assert len(lines) == 6
+    as_json = json.loads(
+        cli(
+            capsys, "anomalies", "list", "--db", db_url, "--format", "json", "--limit", "500"
+        ).stdout
+    )
+    assert len(as_json) == flagged
+    assert {a["alert_state"] for a in as_json} == {"open"}
+    assert all(isinstance(a["top_features"], list) for a in as_json)
+    times = [a["time"] for a in as_json]
+    assert times == sorted(times, reverse=True)
+    as_csv = pd.read_csv(
+        io.StringIO(
+            cli(
+                capsys, "anomalies", "list", "--db", db_url, "--format", "csv", "--limit", "500"
+            ).stdout
+        )
+    )
+    assert len(as_csv) == flagged
+    assert as_csv["source_key"].str.match(r"file-sha256:[0-9a-f]{64}:\d+$").all()
+    since = sorted(times)[len(times) // 2]
+    later = json.loads(
+        cli(
+            capsys, "anomalies", "list", "--db", db_url, "--format", "json", "--since", since
+        ).stdout
+    )
+    assert 0 < len(later) < flagged
+    assert all(a["time"] >= since for a in later)
+    other = cli(capsys, "anomalies", "list", "--db", db_url, "--model", "other")
+    assert other.stdout.strip() == "no anomalies found"
+    bad_since = cli(capsys, "anomalies", "list", "--db", db_url, "--since", "yesterday")
+    assert_user_error(bad_since, "--since 'yesterday'")
+
+
+def test_killed_run_then_rerun_stores_every_row_exactly_once(
+    db_url: str,
+    pump_model: tuple[AnomalyVAE, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, model_dir = pump_model
+    big = tmp_path / "big.csv"
+    frame = make_pump_data(12_000, anomaly_rate=0.01, seed=7).astype({"rpm": object})
+    frame.loc[[5, 10_000], "rpm"] = "broken"
+    frame.to_csv(big, index=False)
+    args = [str(big), "--model-dir", str(model_dir), "--db", db_url, "--chunk-size", "100", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "anomaly_vae", "score", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    while count(db_url, "scores") == 0:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the scorer wrote nothing in 120 s"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    after_kill = count(db_url, "scores")
+    assert 0 < after_kill < 11_998, "killed too late to test anything: make the file bigger"
+
+    result = cli(capsys, "score", *args)
+    assert result.returncode == 0, result.stderr
+    engine = create_database_engine(parse_database_url(db_url))
+    try:
+        with engine.connect() as connection:
+            total, distinct = connection.execute(
+                select(func.count(), func.count(func.distinct(Score.source_key)))
+            ).one()
+            runs = connection.execute(select(ScoringRun).order_by(ScoringRun.id)).all()
+    finally:
+        engine.dispose()
+    assert total == distinct == 11_998
+    assert count(db_url, "dead_letters") == 2
+    assert [r.status for r in runs] == ["running", "succeeded"]  # the killed run says so
+    assert runs[0].rows_inserted == after_kill  # counts committed with the rows
+    assert runs[1].rows_inserted == 11_998 - after_kill
+
+
+def test_commands_refuse_a_database_behind_the_migrations(
+    empty_db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, model_dir = pump_model
+    for args in (
+        ("runs", "list"),
+        ("anomalies", "list"),
+        ("models", "list"),
+        ("score", str(export), "--model-dir", str(model_dir)),
+    ):
+        result = cli(capsys, *args, "--db", empty_db_url)
+        assert_user_error(result, "run 'anomaly-vae db upgrade --db")
+    assert "revision none" in cli(capsys, "db", "current", "--db", empty_db_url).stdout
+    upgraded = cli(capsys, "db", "upgrade", "--db", empty_db_url)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "migrated from empty to 0001" in upgraded.stdout
+    assert "already at revision 0001" in cli(capsys, "db", "upgrade", "--db", empty_db_url).stdout
+    assert "up to date" in cli(capsys, "db", "current", "--db", empty_db_url).stdout
+    assert cli(capsys, "runs", "list", "--db", empty_db_url).stdout.strip() == "no scoring runs yet"
+    down = cli(capsys, "db", "downgrade", "base", "--db", empty_db_url)
+    assert "down from 0001 to base" in down.stdout
+
+
+def test_upgrade_from_another_directory_uses_the_env_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The migrations are found from any working directory; the URL comes from the
+    environment, and the default is a file in the working directory."""
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'env.db'}"
+    monkeypatch.setenv("ANOMALY_VAE_DATABASE_URL", url)
+    from_env = cli(capsys, "db", "upgrade")
+    assert from_env.returncode == 0, from_env.stderr
+    assert (tmp_path / "env.db").exists()
+    monkeypatch.delenv("ANOMALY_VAE_DATABASE_URL")
+    default = cli(capsys, "db", "upgrade")
+    assert default.returncode == 0, default.stderr
+    assert "sqlite:///anomaly_vae.db" in default.stdout
+    assert (tmp_path / "anomaly_vae.db").exists()
+
+
+def test_pipeline_database_url_is_used_and_never_saved_with_the_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline = tmp_path / "p.yaml"
+    url = f"sqlite:///{tmp_path / 'from-pipeline.db'}"
+    pipeline.write_text(f"name: p\ndatabase:\n  url: {url}\n")
+    result = cli(capsys, "db", "upgrade", "--pipeline", str(pipeline))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "from-pipeline.db").exists()
+    from anomaly_vae.config import PipelineConfig
+    from tests.conftest import correlated_normal
+
+    cfg = PipelineConfig.from_yaml(pipeline)
+    cfg.database.url = "postgresql://bob:s3cret@db.example/anomalies"  # type: ignore[union-attr]
+    model = AnomalyVAE(config=cfg, epochs=2).fit(correlated_normal(200, seed=0))
+    model.save(tmp_path / "model")
+    saved = (tmp_path / "model" / "model.json").read_text()
+    assert "s3cret" not in saved
+    assert "db.example" not in saved
+
+
+def test_connection_errors_are_one_line_with_the_password_masked(
+    capsys: pytest.CaptureFixture[str], postgres_databases: object
+) -> None:
+    refused = cli(capsys, "runs", "list", "--db", "postgresql://bob:s3cret@127.0.0.1:1/x")
+    assert_user_error(refused, "127.0.0.1:1", "connection refused", "bob:***@")
+    malformed = cli(capsys, "db", "upgrade", "--db", "postgresql://bob:s3cret@host:port/x")
+    assert_user_error(malformed, "malformed database URL", "bob:***@")
+    for result in (refused, malformed):
+        assert "s3cret" not in result.stdout + result.stderr
+    # Verbose logging names the database without its password (trust auth ignores it).
+    url = "postgresql://postgres:s3cret@127.0.0.1:5432/postgres"
+    logged = cli(capsys, "db", "current", "--db", url)
+    assert logged.returncode == 0, logged.stderr
+    verbose = cli(
+        capsys, "db", "upgrade", "-v", "--db", url.replace("/postgres", "/nonexistent_db")
+    )
+    assert_user_error(verbose, "does not exist")
+    assert "s3cret" not in logged.stdout + logged.stderr + verbose.stdout + verbose.stderr
+    assert "postgres:***@" in logged.stdout

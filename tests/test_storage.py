@@ -1,0 +1,361 @@
+"""The results database on real SQLite files and a real PostgreSQL: migrations against the
+ORM metadata, idempotent bulk writes, thresholds, URL precedence and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, select
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from anomaly_vae.errors import DatabaseConnectionError, DatabaseURLError, SchemaVersionError
+from anomaly_vae.scoring import top_features_json, top_features_list
+from anomaly_vae.storage import repository as repo
+from anomaly_vae.storage.engine import (
+    DEFAULT_URL,
+    ENV_VAR,
+    DatabaseTarget,
+    create_database_engine,
+    masked,
+    open_database,
+    parse_database_url,
+    resolve_database_url,
+)
+from anomaly_vae.storage.migrate import downgrade, upgrade
+from anomaly_vae.storage.tables import Alert, Base, Score, ScoringRun
+
+pytestmark = pytest.mark.integration
+
+
+def engine_for(url: str) -> Engine:
+    return create_database_engine(parse_database_url(url))
+
+
+def target_for(url: str) -> DatabaseTarget:
+    return DatabaseTarget(parse_database_url(url), "--db")
+
+
+def schema_differences(engine: Engine) -> list[object]:
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, Base.metadata))
+
+
+def model_version(name: str = "pumps", content_hash: str = "a" * 64) -> repo.ModelVersion:
+    return repo.ModelVersion(
+        name=name,
+        content_hash=content_hash,
+        path="/models/pumps",
+        score_kind="neg_elbo",
+        threshold=10.0,
+        threshold_quantile=0.995,
+        feature_schema={"columns": [{"name": "flow", "kind": "numeric"}]},
+        training_summary={"rows_train": 100},
+        calibration={"threshold": 10.0},
+        package_version="0.1.0",
+        created_at=datetime(2026, 11, 1, tzinfo=timezone.utc),
+    )
+
+
+def records(keys: list[str], scores: list[float]) -> pd.DataFrame:
+    n = len(keys)
+    flagged = np.asarray(scores) > 10.0
+    return pd.DataFrame(
+        {
+            "source_key": keys,
+            "entity_key": [f"P{i % 2}" for i in range(n)],
+            "event_time": pd.date_range(
+                "2026-11-20 01:00", periods=n, freq="min", tz="Europe/Berlin"
+            ),
+            "score": scores,
+            "recon_error": np.linspace(0, 1, n),
+            "percentile": np.linspace(50, 100, n),
+            "is_anomaly": flagged,
+            "top_features": top_features_json(
+                np.eye(n, 3, dtype=np.float32), ["flow", "rpm", "temp"], 2
+            ),
+        }
+    )
+
+
+# ================================================================== migrations
+def test_migrated_schema_equals_the_orm_metadata(db_url: str) -> None:
+    engine = engine_for(db_url)
+    try:
+        assert schema_differences(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_downgrade_to_base_and_back_up(db_url: str) -> None:
+    engine = engine_for(db_url)
+    try:
+        assert downgrade(engine, "base") == ("0001", None)
+        left = set(inspect(engine).get_table_names()) - {"alembic_version"}
+        assert left == set()
+        assert upgrade(engine) == (None, "0001")
+        assert schema_differences(engine) == []
+        assert {"models", "scores", "alerts", "dead_letters", "thresholds", "scoring_runs"} <= set(
+            inspect(engine).get_table_names()
+        )
+    finally:
+        engine.dispose()
+
+
+def test_a_database_behind_the_migrations_is_refused(empty_db_url: str) -> None:
+    with pytest.raises(SchemaVersionError, match=r"run 'anomaly-vae db upgrade --db "):
+        open_database(target_for(empty_db_url))
+    engine = engine_for(empty_db_url)
+    try:
+        upgrade(engine)
+        open_database(target_for(empty_db_url)).dispose()  # current: accepted
+        with engine.begin() as connection:
+            connection.exec_driver_sql("UPDATE alembic_version SET version_num = 'ffff9999'")
+        with pytest.raises(SchemaVersionError, match="newer than this anomaly-vae knows"):
+            open_database(target_for(empty_db_url))
+        with engine.begin() as connection:
+            connection.exec_driver_sql("UPDATE alembic_version SET version_num = '0001'")
+        downgrade(engine, "base")
+        with pytest.raises(SchemaVersionError, match="no anomaly-vae schema yet"):
+            open_database(target_for(empty_db_url))
+    finally:
+        engine.dispose()
+
+
+# ================================================================ write path
+def start(connection: Connection, version: repo.ModelVersion) -> tuple[int, int, int]:
+    with connection.begin():
+        model_id = repo.register_model(connection, model=version)
+        threshold = repo.ensure_calibrated_threshold(connection, model=version, created_by="test")
+        run_id = repo.start_run(
+            connection,
+            kind="batch",
+            source="export.csv",
+            model_id=model_id,
+            threshold_value=threshold.value,
+            threshold_id=threshold.id,
+        )
+    return model_id, run_id, int(threshold.id)
+
+
+def test_write_results_is_idempotent_and_atomic(db_url: str) -> None:
+    engine = engine_for(db_url)
+    prefix = repo.csv_source_key_prefix("f" * 64)
+    keys = [f"{prefix}{row}" for row in range(6)]
+    batch = records(keys, [1.0, 12.0, 3.0, 25.0, 2.0, 11.0])
+    batch.loc[5, "severity"] = "critical"
+    rejects = pd.DataFrame(
+        {"source_key": [f"{prefix}6"], "reason": ["'x' is not a number"], "raw": ['{"flow": "x"}']}
+    )
+    try:
+        with engine.connect() as connection:
+            model_id, run_id, threshold_id = start(connection, model_version())
+            first = repo.write_results(
+                connection,
+                run_id=run_id,
+                model_id=model_id,
+                records=batch,
+                rejects=rejects,
+                threshold_id=threshold_id,
+            )
+            assert first == repo.WriteCounts(6, 6, 3, 1, 1, 3)
+            # The same batch again, and an overlapping one: nothing twice.
+            again = repo.write_results(
+                connection, run_id=run_id, model_id=model_id, records=batch, rejects=rejects
+            )
+            assert again == repo.WriteCounts(6, 0, 3, 1, 0, 0)
+            more = records([*keys[4:], f"{prefix}7"], [2.0, 11.0, 30.0])
+            third = repo.write_results(
+                connection,
+                run_id=run_id,
+                model_id=model_id,
+                records=more,
+                threshold_id=threshold_id,
+            )
+            assert (third.scores_inserted, third.alerts_opened) == (1, 1)
+            assert repo.count_rows(connection, table="scores") == 7
+            assert repo.count_rows(connection, table="alerts") == 4
+            assert repo.count_rows(connection, table="dead_letters") == 1
+            run = connection.execute(select(ScoringRun).where(ScoringRun.id == run_id)).one()
+            assert (run.rows_scored, run.rows_inserted, run.rows_rejected) == (15, 7, 2)
+            stored = connection.execute(select(Score).where(Score.source_key == keys[1])).one()
+            assert stored.top_features == [["rpm", 1.0]]
+            # 01:01 in Berlin (UTC+1) is 00:01 UTC; both dialects give it back aware, in UTC.
+            assert stored.event_time == datetime(2026, 11, 20, 0, 1, tzinfo=timezone.utc)
+            assert stored.event_time.utcoffset().total_seconds() == 0
+            assert stored.is_anomaly is True
+            assert stored.severity == "warning"
+            alerts = connection.execute(select(Alert).order_by(Alert.id)).all()
+            assert [a.state for a in alerts] == ["open"] * 4
+            assert [a.severity for a in alerts][:3] == ["warning", "warning", "critical"]
+            assert alerts[0].threshold_id == threshold_id
+            # A write needs its own transaction (the reads above began one) ...
+            with pytest.raises(RuntimeError, match="no transaction in progress"):
+                repo.write_results(connection, run_id=run_id, model_id=model_id, records=batch)
+            connection.rollback()
+            # ... and a failing write leaves nothing behind.
+            broken = records([f"{prefix}8", f"{prefix}9"], [50.0, 1.0])
+            broken.loc[1, "severity"] = "not-a-severity"
+            broken.loc[1, "is_anomaly"] = True
+            with pytest.raises(IntegrityError):
+                repo.write_results(connection, run_id=run_id, model_id=model_id, records=broken)
+            assert repo.count_rows(connection, table="scores") == 7
+            assert repo.count_rows(connection, table="alerts") == 4
+    finally:
+        engine.dispose()
+
+
+def test_write_results_names_missing_columns(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    engine = engine_for(url)
+    upgrade(engine)
+    with engine.connect() as connection, pytest.raises(Exception, match="'is_anomaly'"):
+        repo.write_results(
+            connection,
+            run_id=1,
+            model_id=1,
+            records=pd.DataFrame(
+                {"source_key": ["a"], "score": [1.0], "recon_error": [0.1], "percentile": [50.0]}
+            ),
+        )
+    engine.dispose()
+
+
+def test_thresholds_are_versioned_and_the_newest_is_in_force(db_url: str) -> None:
+    engine = engine_for(db_url)
+    try:
+        with engine.begin() as connection:
+            v1 = model_version()
+            repo.register_model(connection, model=v1)
+            first = repo.ensure_calibrated_threshold(connection, model=v1, created_by="test")
+            assert (first.version, first.policy, first.value) == (1, "calibrated", 10.0)
+            same = repo.ensure_calibrated_threshold(connection, model=v1, created_by="test")
+            assert same.id == first.id
+            # A retrained model version brings its own calibrated threshold ...
+            v2 = model_version(content_hash="b" * 64)
+            second = repo.ensure_calibrated_threshold(connection, model=v2, created_by="test")
+            assert second.version == 2
+            assert second.parameters["model_version"] == "b" * 12
+            # ... but never replaces one an operator set.
+            manual = repo.add_threshold(
+                connection,
+                model_name="pumps",
+                policy="fixed",
+                value=14.0,
+                critical_value=20.0,
+                created_by="alice",
+                reason="too many alerts on P3",
+            )
+            assert manual.version == 3
+            v3 = model_version(content_hash="c" * 64)
+            kept = repo.ensure_calibrated_threshold(connection, model=v3, created_by="test")
+            assert kept.id == manual.id
+            history = repo.list_thresholds(connection, model_name="pumps")
+            assert [t.version for t in history] == [3, 2, 1]
+            assert repo.list_thresholds(connection, model_name="other") == []
+    finally:
+        engine.dispose()
+
+
+def test_top_features_json_matches_the_lists() -> None:
+    rng = np.random.default_rng(0)
+    shares = rng.random((50, 5)).astype(np.float32)
+    shares[3] = 0
+    shares /= np.maximum(shares.sum(axis=1, keepdims=True), 1e-9)
+    names = ["flow", 'odd "name"', "rpm", "temp", "vibration"]
+    texts = top_features_json(shares, names, 3)
+    lists = top_features_list(shares, names, 3)
+    assert [json.loads(t) for t in texts] == [[[c, s] for c, s in row] for row in lists]
+    assert json.loads(texts[3]) == []
+
+
+# ===================================================================== URLs
+def test_url_precedence() -> None:
+    env = {ENV_VAR: "postgresql://env@db.example/anomalies"}
+    chosen = resolve_database_url("sqlite:///cli.db", environ=env, pipeline_url="sqlite:///p.db")
+    assert (chosen.origin, chosen.url.database) == ("--db", "cli.db")
+    chosen = resolve_database_url(None, environ=env, pipeline_url="sqlite:///p.db")
+    assert chosen.origin == ENV_VAR
+    assert chosen.url.drivername == "postgresql+psycopg"  # plain postgresql:// takes psycopg 3
+    chosen = resolve_database_url(
+        None, environ={}, pipeline_url="sqlite:///p.db", pipeline_path="pipe.yaml"
+    )
+    assert (chosen.origin, chosen.url.database) == ("pipeline file pipe.yaml", "p.db")
+    chosen = resolve_database_url(None, environ={ENV_VAR: ""})
+    assert (chosen.origin, chosen.display) == ("default", DEFAULT_URL)
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("not a url", "malformed database URL"),
+        ("postgresql://bob:s3cret@db.example:port/anomalies", "a port must be a number"),
+        ("mysql://bob:s3cret@db.example/anomalies", "unsupported database 'mysql'"),
+        ("postgresql://bob:s3cret@db.example:5432", "names no database"),
+    ],
+)
+def test_bad_urls_give_one_masked_line(url: str, needle: str) -> None:
+    with pytest.raises(DatabaseURLError) as caught:
+        parse_database_url(url)
+    message = str(caught.value)
+    assert needle in message
+    assert "s3cret" not in message
+    assert "\n" not in message
+
+
+def test_masked_hides_the_password() -> None:
+    assert masked(parse_database_url("postgresql://bob:s3cret@h/db")) == (
+        "postgresql+psycopg://bob:***@h/db"
+    )
+    assert masked("postgresql://bob:s3cret@h:x/db") == "postgresql://bob:***@h:x/db"
+
+
+def test_unreachable_server_is_one_line_naming_the_host(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    target = target_for("postgresql://bob:s3cret@127.0.0.1:1/anomalies")
+    with pytest.raises(DatabaseConnectionError) as caught:
+        open_database(target)
+    message = str(caught.value)
+    assert "127.0.0.1:1" in message
+    assert "connection refused" in message
+    assert "bob:***@" in message
+    assert "s3cret" not in message + caplog.text
+    assert "\n" not in message
+
+
+def test_missing_sqlite_folder_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(DatabaseConnectionError, match="does not exist"):
+        open_database(target_for(f"sqlite:///{tmp_path / 'nowhere' / 'r.db'}"))
+
+
+def test_missing_postgres_database_is_one_line(postgres_databases: object) -> None:
+    target = target_for("postgresql://postgres@127.0.0.1:5432/anomaly_vae_no_such_db")
+    with pytest.raises(DatabaseConnectionError, match="'anomaly_vae_no_such_db' does not exist"):
+        open_database(target)
+
+
+def test_wrong_password_is_one_masked_line(password_postgres: tuple[str, int]) -> None:
+    host, port = password_postgres
+    target = target_for(f"postgresql://alice:wrong-s3cret@{host}:{port}/postgres")
+    with pytest.raises(DatabaseConnectionError) as caught:
+        open_database(target)
+    message = str(caught.value)
+    assert f"{host}:{port}" in message
+    assert "password authentication failed for user 'alice'" in message
+    assert "wrong-s3cret" not in message
+    assert "\n" not in message
+    # The right password gets in (the server really checks it).
+    good = target_for(f"postgresql://alice:right-pw@{host}:{port}/postgres")
+    with pytest.raises(SchemaVersionError):
+        open_database(good)
