@@ -226,7 +226,8 @@ def main() -> None:
     args = parser.parse_args()
     results: dict[str, Any] = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "python": platform.python_version(),
         "sqlalchemy": sqlalchemy.__version__,
         "databases": {},
     }
