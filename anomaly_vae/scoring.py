@@ -236,22 +236,32 @@ def top_features_text(
 def top_features_json(
     contributions: np.ndarray, names: list[str], k: int, *, min_share: float = 0.005
 ) -> np.ndarray:
-    """The same as ``top_features_list``, as JSON text per record (``[["col",0.61],...]``),
-    built column-wise: what the database sink stores, without a ``json.dumps`` per row."""
+    """The same as ``top_features_list``, as JSON text per record (``[["col",0.6123],...]``),
+    built column-wise as ``top_features_text`` is: what the database stores, without a
+    ``json.dumps`` per row."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     n, width = contributions.shape
     k = min(k, width)
     if n == 0 or k == 0:
         return np.full(n, "[]", dtype=object)
-    order = np.argsort(-contributions, axis=1, kind="stable")[:, :k]
-    shares = np.take_along_axis(contributions, order, axis=1)
-    name_arr = np.asarray(["[" + json.dumps(name) + "," for name in names], dtype=object)
-    out = np.full(n, "", dtype=object)
-    for j in range(k):
-        keep = shares[:, j] >= min_share
-        piece = name_arr[order[:, j]] + np.char.mod("%.4f", shares[:, j]).astype(object) + "]"
-        sep = np.where(out == "", "", ",")
-        out = np.where(keep, out + sep + piece, out)
-    return "[" + out + "]"
+    cols, shares = _top_k(contributions, k)
+    prefixes = np.asarray(["[" + json.dumps(name) + "," for name in names], dtype=object)
+    pieces = [
+        pa.array(
+            prefixes[cols[:, j]] + np.char.mod("%.4f", shares[:, j]).astype(object) + "]",
+            type=pa.string(),
+            mask=shares[:, j] < min_share,
+        )
+        for j in range(k)
+    ]
+    # As in top_features_text: left-out pieces are always the last ones (shares are sorted).
+    joined = pc.binary_join_element_wise(*pieces, ",", null_handling="replace", null_replacement="")
+    trimmed = np.asarray(
+        pc.utf8_rtrim(joined, characters=",").to_numpy(zero_copy_only=False), dtype=object
+    )
+    return "[" + trimmed + "]"
 
 
 def top_features_list(

@@ -100,7 +100,7 @@ def test_score_twice_keeps_one_row_per_record(
     assert "pumps" in models.stdout
     assert "1499" in models.stdout
     shown = cli(capsys, "models", "show", "pumps", "--db", db_url)
-    assert "v1 calibrated" in shown.stdout
+    assert "v1 quantile: warning" in shown.stdout
     assert "features: station (categorical)" in shown.stdout
     missing = cli(capsys, "models", "show", "nope", "--db", db_url)
     assert_user_error(missing, "no model named 'nope'")

@@ -141,7 +141,7 @@ def start(connection: Connection, version: repo.ModelVersion) -> tuple[int, int,
             kind="batch",
             source="export.csv",
             model_id=model_id,
-            threshold_value=threshold.value,
+            threshold_value=threshold.warning,
             threshold_id=threshold.id,
         )
     return model_id, run_id, int(threshold.id)
@@ -237,7 +237,8 @@ def test_thresholds_are_versioned_and_the_newest_is_in_force(db_url: str) -> Non
             v1 = model_version()
             repo.register_model(connection, model=v1)
             first = repo.ensure_calibrated_threshold(connection, model=v1, created_by="test")
-            assert (first.version, first.policy, first.value) == (1, "calibrated", 10.0)
+            assert (first.version, first.policy, first.warning) == (1, "quantile", 10.0)
+            assert first.parameters["from"] == "model calibration"
             same = repo.ensure_calibrated_threshold(connection, model=v1, created_by="test")
             assert same.id == first.id
             # A retrained model version brings its own calibrated threshold ...
@@ -250,8 +251,8 @@ def test_thresholds_are_versioned_and_the_newest_is_in_force(db_url: str) -> Non
                 connection,
                 model_name="pumps",
                 policy="fixed",
-                value=14.0,
-                critical_value=20.0,
+                warning=14.0,
+                critical=20.0,
                 created_by="alice",
                 reason="too many alerts on P3",
             )

@@ -203,10 +203,10 @@ def models_show(
         return
     typer.echo("thresholds (newest first; the first is in force):")
     for t in thresholds:
-        critical = f", critical {t.critical_value:.6g}" if t.critical_value is not None else ""
+        critical = f", critical {t.critical:.6g}" if t.critical is not None else ""
         typer.echo(
-            f"  v{t.version} {t.policy}: {t.value:.6g}{critical}, {_text(t.created_at)} by "
-            f"{t.created_by}: {t.reason}"
+            f"  v{t.version} {t.policy}: warning {t.warning:.6g}{critical}, "
+            f"{_text(t.created_at)} by {t.created_by}: {t.reason}"
         )
 
 

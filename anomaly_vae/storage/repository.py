@@ -54,7 +54,10 @@ logger = logging.getLogger(__name__)
 SCORE_COLUMNS = ("source_key", "score", "recon_error", "percentile", "is_anomaly")
 OPTIONAL_SCORE_COLUMNS = ("entity_key", "event_time", "severity", "top_features")
 REJECT_COLUMNS = ("source_key", "reason", "raw")
-CALIBRATED_POLICY = "calibrated"
+# A threshold taken from a model's calibration: the quantile policy, marked in its parameters
+# so that a retrained model version brings its own (an operator's thresholds are never replaced).
+CALIBRATED_POLICY = "quantile"
+FROM_CALIBRATION = "model calibration"
 
 
 def utc_now() -> datetime:
@@ -132,17 +135,17 @@ def add_threshold(
     *,
     model_name: str,
     policy: str,
-    value: float,
-    critical_value: float | None = None,
+    warning: float,
+    critical: float | None = None,
     parameters: dict[str, Any] | None = None,
     created_by: str,
     reason: str,
 ) -> Row[Any]:
     """Append a new threshold version for ``model_name``; it is in force from now on."""
-    if critical_value is not None and critical_value < value:
+    if critical is not None and critical < warning:
         raise ConfigError(
-            f"critical value {critical_value:g} is below the threshold {value:g}: "
-            "a critical record must also cross the threshold"
+            f"the critical threshold ({critical:g}) must be at or above the warning threshold "
+            f"({warning:g})"
         )
     latest = connection.scalar(
         select(func.max(Threshold.version)).where(Threshold.model_name == model_name)
@@ -152,8 +155,8 @@ def add_threshold(
             model_name=model_name,
             version=int(latest or 0) + 1,
             policy=policy,
-            value=float(value),
-            critical_value=critical_value,
+            warning=float(warning),
+            critical=None if critical is None else float(critical),
             parameters=parameters or {},
             created_by=created_by,
             reason=reason,
@@ -173,7 +176,7 @@ def ensure_calibrated_threshold(
     A threshold an operator set (any other policy) stays in force."""
     current = threshold_in_force(connection, model_name=model.name)
     if current is not None and (
-        current.policy != CALIBRATED_POLICY
+        current.parameters.get("from") != FROM_CALIBRATION
         or current.parameters.get("model_version") == model.version
     ):
         return current
@@ -181,8 +184,12 @@ def ensure_calibrated_threshold(
         connection,
         model_name=model.name,
         policy=CALIBRATED_POLICY,
-        value=model.threshold,
-        parameters={"quantile": model.threshold_quantile, "model_version": model.version},
+        warning=model.threshold,
+        parameters={
+            "quantile": model.threshold_quantile,
+            "model_version": model.version,
+            "from": FROM_CALIBRATION,
+        },
         created_by=created_by,
         reason=(
             f"quantile {model.threshold_quantile:g} of held-out normal scores of model "

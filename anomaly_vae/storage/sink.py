@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection
 
 from anomaly_vae._version import __version__
 from anomaly_vae.storage import repository as repo
+from anomaly_vae.thresholds import SEVERITY_NAMES, Thresholds
 
 if TYPE_CHECKING:
     from anomaly_vae.estimator import AnomalyVAE
@@ -30,6 +31,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CALIBRATION_SUMMARY_QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.995, 0.999)
+# Severity levels as stored: None (normal), 'warning', 'critical'.
+SEVERITY_LABELS = np.asarray(
+    [None if level == 0 else SEVERITY_NAMES[level] for level in sorted(SEVERITY_NAMES)],
+    dtype=object,
+)
 
 
 def model_version_of(model: AnomalyVAE, *, path: Path | str | None) -> repo.ModelVersion:
@@ -92,8 +98,8 @@ def start_batch_run(
         )
         if threshold is None:
             value, critical, threshold_id = (
-                float(in_force.value),
-                in_force.critical_value,
+                float(in_force.warning),
+                in_force.critical,
                 int(in_force.id),
             )
         else:
@@ -196,13 +202,10 @@ class DatabaseSink:
         return self.key_prefix + rows.to_numpy().astype(str).astype(object)
 
     def _severity(self, scores: pd.DataFrame) -> np.ndarray:
-        flagged = scores["is_anomaly"].to_numpy(dtype=bool)
-        severity = np.full(len(flagged), None, dtype=object)
-        severity[flagged] = "warning"
-        if self.run.critical is not None:
-            critical = flagged & (scores["score"].to_numpy() > self.run.critical)
-            severity[critical] = "critical"
-        return severity
+        levels = Thresholds(warning=self.run.threshold, critical=self.run.critical).severity(
+            scores["score"].to_numpy()
+        )
+        return SEVERITY_LABELS[levels]
 
     def finish(self, summary: BatchSummary) -> None:
         """Record the run as succeeded with the rows read."""

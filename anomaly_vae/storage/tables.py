@@ -112,9 +112,11 @@ class Model(Base):
 
 
 class Threshold(Base):
-    """One version of a model name's alert threshold. The newest version is in force; older
-    versions stay as history. ``value`` flags a record (severity ``warning``);
-    ``critical_value``, when set, raises the severity to ``critical``."""
+    """One version of a model name's alert threshold (``thresholds.Thresholds``). The newest
+    version is in force; older versions stay as history. A score above ``warning`` flags the
+    record (severity ``warning``); above ``critical``, when set, its severity is ``critical``.
+    ``policy`` is one of ``thresholds.PolicyKind`` (value, quantile, false_alarm_rate,
+    contamination, evt, labels) with its settings in ``parameters``."""
 
     __tablename__ = "thresholds"
     __table_args__ = (UniqueConstraint("model_name", "version"),)
@@ -123,8 +125,8 @@ class Threshold(Base):
     model_name: Mapped[str] = mapped_column(String(200))
     version: Mapped[int] = mapped_column(Integer)
     policy: Mapped[str] = mapped_column(String(40))
-    value: Mapped[float] = mapped_column(Float)
-    critical_value: Mapped[float | None] = mapped_column(Float)
+    warning: Mapped[float] = mapped_column(Float)
+    critical: Mapped[float | None] = mapped_column(Float)
     parameters: Mapped[dict[str, Any]] = mapped_column(JsonType)
     created_by: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str] = mapped_column(Text)
@@ -205,7 +207,7 @@ class Alert(Base):
     entity_key: Mapped[str | None] = mapped_column(String(200), index=True)
     state: Mapped[str] = mapped_column(String(16))
     severity: Mapped[str] = mapped_column(String(16))
-    rule: Mapped[str | None] = mapped_column(String(200))
+    rule: Mapped[dict[str, Any] | None] = mapped_column(JsonType)  # the AlertRule, when one
     opened_at: Mapped[datetime]
     acknowledged_at: Mapped[datetime | None]
     acknowledged_by: Mapped[str | None] = mapped_column(String(200))
