@@ -129,7 +129,7 @@ def measure(url: str, rows: int, repeat: int) -> dict[str, Any]:
             run_id = repo.start_run(
                 connection, kind="batch", source="bench", model_id=model_id, threshold_value=1.0
             )
-        sql = repo._insert_sql(connection.dialect, "scores")
+        sql = repo.insert_statement(connection.dialect.name, "scores")
         for i in range(repeat):
             # bare
             tuples = bare_rows(make_records(rows, tag="b", seed=i), connection, run_id, model_id)

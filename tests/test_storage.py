@@ -360,3 +360,15 @@ def test_wrong_password_is_one_masked_line(password_postgres: tuple[str, int]) -
     good = target_for(f"postgresql://alice:right-pw@{host}:{port}/postgres")
     with pytest.raises(SchemaVersionError):
         open_database(good)
+
+
+def test_timestamp_texts_match_numpy_over_the_whole_range() -> None:
+    rng = np.random.default_rng(0)
+    micros = rng.integers(-62_135_596_800_000_000, 253_402_300_799_999_999, 50_000)
+    micros[:4] = [0, -1, 951_782_400_000_000, 253_402_300_799_999_999]  # 2000-02-29, 9999
+    expected = np.char.replace(
+        np.datetime_as_string(micros.astype("datetime64[us]"), unit="us"), "T", " "
+    )
+    assert (repo.utc_timestamp_texts(micros) == expected).all()
+    with pytest.raises(ValueError, match="years 1 to 9999"):
+        repo.utc_timestamp_texts(np.array([253_402_300_800_000_000]))

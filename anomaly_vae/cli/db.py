@@ -25,7 +25,7 @@ from anomaly_vae.cli import app, setup_logging
 from anomaly_vae.errors import ConfigError
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
+    from sqlalchemy.engine import Connection, Engine
 
     from anomaly_vae.storage.engine import DatabaseTarget
 
@@ -68,20 +68,26 @@ def database_target(
 
 
 @contextmanager
-def connected(target: DatabaseTarget, *, check_schema: bool = True) -> Iterator[Connection]:
-    """A connection to a checked database; driver errors become one-line errors."""
+def opened(target: DatabaseTarget, *, check_schema: bool = True) -> Iterator[Engine]:
+    """An engine on a checked database; driver errors become one-line errors."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from anomaly_vae.storage.engine import connection_error, open_database
 
     engine = open_database(target, check_schema=check_schema)
     try:
-        with engine.connect() as connection:
-            yield connection
+        yield engine
     except SQLAlchemyError as exc:
         raise connection_error(exc, target) from None
     finally:
         engine.dispose()
+
+
+@contextmanager
+def connected(target: DatabaseTarget, *, check_schema: bool = True) -> Iterator[Connection]:
+    """A connection to a checked database (see ``opened``)."""
+    with opened(target, check_schema=check_schema) as engine, engine.connect() as connection:
+        yield connection
 
 
 # ======================================================================== db ...
@@ -97,7 +103,7 @@ def db_upgrade(
     from anomaly_vae.storage import migrate
 
     target = database_target(db, pipeline)
-    with _migrating(target) as engine:
+    with opened(target, check_schema=False) as engine:
         before, after = migrate.upgrade(engine, revision)
     if before == after:
         typer.echo(f"{target.display}: schema already at revision {after}")
@@ -117,7 +123,7 @@ def db_downgrade(
     from anomaly_vae.storage import migrate
 
     target = database_target(db, pipeline)
-    with _migrating(target) as engine:
+    with opened(target, check_schema=False) as engine:
         before, after = migrate.downgrade(engine, revision)
     typer.echo(f"{target.display}: schema migrated down from {before} to {after or 'base'}")
 
@@ -137,21 +143,6 @@ def db_current(
         current = migrate.current_revision(connection)
     state = "up to date" if current == head else "behind: run 'anomaly-vae db upgrade'"
     typer.echo(f"{target.display}: revision {current or 'none'} (latest {head}): {state}")
-
-
-@contextmanager
-def _migrating(target: DatabaseTarget) -> Iterator[Any]:
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from anomaly_vae.storage.engine import connection_error, open_database
-
-    engine = open_database(target, check_schema=False)
-    try:
-        yield engine
-    except SQLAlchemyError as exc:
-        raise connection_error(exc, target) from None
-    finally:
-        engine.dispose()
 
 
 # ==================================================================== models ...
