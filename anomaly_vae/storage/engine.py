@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
-from anomaly_vae.errors import DatabaseConnectionError, DatabaseURLError
+from anomaly_vae.errors import DatabaseConnectionError, DatabaseURLError, SchemaVersionError
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +116,12 @@ def parse_database_url(text: str, *, origin: str = "--db") -> URL:
     return url
 
 
+def upgrade_hint(target: DatabaseTarget) -> str:
+    """The command that creates or migrates ``target`` (its URL shown with ``--db`` only when
+    that is where it came from; the password masked)."""
+    return "anomaly-vae db upgrade" + (f" --db {target.display}" if target.origin == "--db" else "")
+
+
 def create_database_engine(url: URL) -> Engine:
     """An engine for ``url``; SQLite files get WAL, foreign keys and a busy timeout."""
     if url.get_backend_name() == "sqlite":
@@ -145,11 +151,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def open_database(target: DatabaseTarget, *, check_schema: bool = True) -> Engine:
     """Build the engine, connect once (clear errors), and check the schema is current."""
     if target.is_sqlite and target.url.database not in (None, "", ":memory:"):
-        folder = Path(target.url.database).expanduser().resolve().parent
-        if not folder.is_dir():
+        path = Path(target.url.database).expanduser().resolve()
+        if not path.parent.is_dir():
             raise DatabaseConnectionError(
-                f"cannot open the SQLite database {target.url.database}: folder {folder} "
+                f"cannot open the SQLite database {target.url.database}: folder {path.parent} "
                 "does not exist"
+            )
+        if check_schema and not path.exists():  # say so, rather than leave an empty file
+            raise SchemaVersionError(
+                f"there is no database file {target.url.database} yet: "
+                f"run '{upgrade_hint(target)}' to create it"
             )
     engine = create_database_engine(target.url)
     try:

@@ -16,7 +16,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 
 from anomaly_vae.errors import SchemaVersionError
-from anomaly_vae.storage.engine import DatabaseTarget
+from anomaly_vae.storage.engine import DatabaseTarget, upgrade_hint
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +70,10 @@ def require_current_schema(connection: Connection, target: DatabaseTarget) -> No
     head = scripts.get_current_head()
     if current == head:
         return
-    db_flag = f" --db {target.display}" if target.origin == "--db" else ""
     if current is None:
         raise SchemaVersionError(
             f"the database {target.display} has no anomaly-vae schema yet: "
-            f"run 'anomaly-vae db upgrade{db_flag}' first"
+            f"run '{upgrade_hint(target)}' first"
         )
     known = {script.revision for script in scripts.walk_revisions()}
     if current not in known:
@@ -84,5 +83,5 @@ def require_current_schema(connection: Connection, target: DatabaseTarget) -> No
         )
     raise SchemaVersionError(
         f"the database {target.display} is at schema revision {current}, behind this "
-        f"anomaly-vae (head {head}): run 'anomaly-vae db upgrade{db_flag}' to migrate it"
+        f"anomaly-vae (head {head}): run '{upgrade_hint(target)}' to migrate it"
     )
