@@ -626,6 +626,8 @@ def _dead_letter_rows(
 
 
 def _texts(series: pd.Series, name: str) -> list[str]:
+    if pd.api.types.infer_dtype(series, skipna=False) == "string":  # the usual case, quickly
+        return series.tolist()
     if series.isna().any():
         raise ConfigError(f"{name} must be set for every record ({int(series.isna().sum())} empty)")
     return series.astype(str).tolist()
@@ -729,6 +731,8 @@ def _json_texts(series: pd.Series | None, n: int) -> list[Any]:
     if series is None:
         return [None] * n
     values = series.tolist()
+    if pd.api.types.infer_dtype(series, skipna=False) == "string":  # JSON text already
+        return values
     return [
         value
         if value is None or isinstance(value, str)
