@@ -177,6 +177,12 @@ class PipelineConfig(_Strict):
     thresholds: dict[str, Any] | None = None
     alerts: dict[str, Any] | None = None
 
+    @field_validator("kafka", mode="before")
+    @classmethod
+    def _empty_kafka_section(cls, value: Any) -> Any:
+        # An empty `kafka:` section in YAML (or a model file from before it existed) is null.
+        return {} if value is None else value
+
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
