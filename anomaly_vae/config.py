@@ -165,6 +165,7 @@ class PipelineConfig(_Strict):
     """One pipeline file: what an operator edits to change columns, model, threshold, I/O."""
 
     name: str = "default"
+    model_dir: str | None = None  # where `stream` finds the model (--model-dir overrides)
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)

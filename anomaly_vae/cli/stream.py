@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 
 import typer
@@ -96,4 +97,99 @@ def simulate(
     typer.echo(
         f"sent {result.sent} messages ({result.anomalies} labelled anomalous) in "
         f"{result.seconds:.1f} s ({result.sent / max(result.seconds, 1e-9):,.0f}/s)"
+    )
+
+
+@app.command()
+def stream(
+    pipeline: Path | None = typer.Option(None, "--pipeline", help="Pipeline YAML file."),
+    model_dir: Path | None = typer.Option(
+        None, "--model-dir", help="Model directory (default: the pipeline's model_dir)."
+    ),
+    bootstrap: str | None = typer.Option(None, "--bootstrap", help="Kafka bootstrap servers."),
+    topic: str | None = typer.Option(None, "--topic", help="Topic to score."),
+    group: str | None = typer.Option(None, "--group", help="Consumer group id."),
+    db: str | None = typer.Option(None, "--db", help="Database URL (see 'db --help')."),
+    alerts_topic: str | None = typer.Option(None, "--alerts-topic", help="Publish alerts here."),
+    dead_letter_topic: str | None = typer.Option(
+        None, "--dead-letter-topic", help="Publish rejected messages here."
+    ),
+    max_messages: int | None = typer.Option(
+        None, "--max-messages", help="Stop after this many messages."
+    ),
+    idle_timeout: float | None = typer.Option(
+        None, "--idle-timeout", help="Stop after this many seconds without a message."
+    ),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Records per micro-batch."),
+    session_timeout_ms: int | None = typer.Option(
+        None, "--session-timeout-ms", help="Consumer group session timeout (default 10000)."
+    ),
+    threads: int | None = typer.Option(None, "--threads", help="Torch threads (default 1)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more."),
+) -> None:
+    """Score a Kafka topic continuously into the results database."""
+    setup_logging(True)
+    if not verbose:
+        logging.getLogger("anomaly_vae").setLevel(logging.INFO)
+    import torch
+
+    from anomaly_vae.cli.db import database_target, opened
+    from anomaly_vae.config import PipelineConfig
+    from anomaly_vae.estimator import AnomalyVAE
+    from anomaly_vae.jobs.stream import StreamScorer
+    from anomaly_vae.storage.stream import DatabaseThresholdSource, StreamDatabaseSink
+
+    file_cfg = PipelineConfig.from_yaml(pipeline) if pipeline else None
+    directory = model_dir or (Path(file_cfg.model_dir) if file_cfg and file_cfg.model_dir else None)
+    if directory is None:
+        raise ConfigError(
+            "no model to score with: pass --model-dir or set model_dir in the pipeline"
+        )
+    model = AnomalyVAE.load(directory)
+    cfg = model.config_.model_copy(deep=True)
+    if file_cfg is not None:
+        cfg.kafka = file_cfg.kafka.model_copy(deep=True)
+        cfg.columns = file_cfg.columns.model_copy(deep=True)
+    kafka = cfg.kafka
+    for name, value in (
+        ("bootstrap_servers", bootstrap),
+        ("topic", topic),
+        ("group_id", group),
+        ("alerts_topic", alerts_topic),
+        ("dead_letter_topic", dead_letter_topic),
+        ("max_batch_records", batch_size),
+        ("session_timeout_ms", session_timeout_ms),
+        ("num_threads", threads),
+    ):
+        if value is not None:
+            try:
+                setattr(kafka, name, value)
+            except ValueError as exc:
+                raise ConfigError(f"--{name.replace('_', '-')}: {exc}") from None
+    if max_messages is not None and max_messages < 1:
+        raise ConfigError(f"--max-messages must be >= 1, got {max_messages}")
+    torch.set_num_threads(kafka.num_threads)
+    target = database_target(
+        db, pipeline, pipeline_url=file_cfg.database.url if file_cfg and file_cfg.database else None
+    )
+    with opened(target) as engine:
+        sink = StreamDatabaseSink(
+            engine, model=model, model_dir=directory, source=f"kafka:{kafka.topic}"
+        )
+        scorer = StreamScorer(
+            model, cfg, sink, thresholds=DatabaseThresholdSource(engine, model_name=model.name)
+        )
+        sink.stats = scorer.stats
+        scorer.install_signal_handlers()
+        logger.info(
+            "scoring topic %s (group %s) with model %s into %s",
+            kafka.topic,
+            kafka.group_id,
+            model.name,
+            target.display,
+        )
+        stats = scorer.run(max_messages=max_messages, idle_timeout=idle_timeout)
+    typer.echo(
+        f"stream stopped: {stats.consumed} messages, {stats.scored} scored, {stats.flagged} "
+        f"flagged, {stats.rejected} rejected ({stats.batches} batches)"
     )

@@ -64,6 +64,7 @@ class StreamBatch:
     threshold: float
     threshold_version: int | None
     critical: float | None = None
+    threshold_id: int | None = None
 
 
 @dataclass
@@ -83,9 +84,12 @@ class StreamSink(Protocol):
 
 @dataclass
 class ThresholdInForce:
+    """``version`` counts the model's threshold versions; ``id`` is the stored row's id."""
+
     value: float
     version: int | None = None
     critical: float | None = None
+    id: int | None = None
 
 
 class ThresholdSource(Protocol):
@@ -229,7 +233,8 @@ class StreamScorer:
         started = last_record = time.monotonic()
         assigned = False
         # The idle clock starts once partitions are assigned (a group join takes a while).
-        join_grace = 1.5 * kafka.session_timeout_ms / 1000.0
+        # A member killed without leaving holds its partitions until its session times out.
+        join_grace = 4.0 * kafka.session_timeout_ms / 1000.0
         last_log = time.monotonic()
         logged_at = (0, time.monotonic())
         try:
@@ -352,6 +357,7 @@ class StreamScorer:
             threshold=threshold.value,
             threshold_version=threshold.version,
             critical=threshold.critical,
+            threshold_id=threshold.id,
         )
 
     def _current_threshold(self) -> ThresholdInForce:

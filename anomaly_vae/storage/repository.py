@@ -329,6 +329,7 @@ class WriteCounts:
     dead_letters_given: int
     dead_letters_inserted: int
     alerts_opened: int
+    alerts: tuple[dict[str, Any], ...] = ()
 
 
 def write_results(
@@ -369,7 +370,7 @@ def write_results(
         if rejects is not None and n_rejects:
             dead_rows = _dead_letter_rows(rejects, dialect, run_id, model_id, now)
             dead_inserted = _insert_rows(connection, "dead_letters", dead_rows)
-        alerts = open_alerts(
+        opened = open_alerts(
             connection,
             model_id=model_id,
             source_keys=flagged_keys,
@@ -392,7 +393,8 @@ def write_results(
         flagged=len(flagged_keys),
         dead_letters_given=n_rejects,
         dead_letters_inserted=dead_inserted,
-        alerts_opened=alerts,
+        alerts_opened=len(opened),
+        alerts=tuple(opened),
     )
 
 
@@ -403,14 +405,16 @@ def open_alerts(
     source_keys: Sequence[str],
     threshold_id: int | None,
     opened_at: datetime,
-) -> int:
-    """Open one alert per flagged score row (none twice for the same row); returns how many.
+) -> list[dict[str, Any]]:
+    """Open one alert per flagged score row (none twice for the same row); returns the alerts
+    opened (id, model, entity, severity, opened at, and the score row's key, score and event
+    time), for publishing.
 
     The one place that decides which flagged records open alerts: alert rules (debounce,
     cool-down) will replace this function.
     """
     if not len(source_keys):
-        return 0
+        return []
     chosen = select(
         Score.id,
         Score.model_id,
@@ -442,11 +446,40 @@ def open_alerts(
         )
         .returning(Alert.id)  # counts what was inserted (rowcount is not reliable here)
     )
-    opened = 0
+    ids: list[int] = []
     keys = list(source_keys)
     for start in range(0, len(keys), 500):  # stays under every driver's parameter limit
-        opened += len(connection.execute(stmt, {"keys": keys[start : start + 500]}).all())
-    return opened
+        ids.extend(int(r[0]) for r in connection.execute(stmt, {"keys": keys[start : start + 500]}))
+    return alert_details(connection, alert_ids=ids)
+
+
+def alert_details(connection: Connection, *, alert_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """Alerts with the key, score and event time of the score row that opened them."""
+    out: list[dict[str, Any]] = []
+    query = (
+        select(
+            Alert.id.label("alert_id"),
+            Model.name.label("model"),
+            Model.version.label("model_version"),
+            Alert.entity_key,
+            Alert.severity,
+            Alert.state,
+            Alert.opened_at,
+            Score.source_key,
+            Score.score,
+            Score.event_time,
+            Score.top_features,
+        )
+        .join(Score, Score.id == Alert.score_id)
+        .join(Model, Model.id == Alert.model_id)
+        .where(Alert.id.in_(bindparam("ids", expanding=True)))
+        .order_by(Alert.id)
+    )
+    ids = list(alert_ids)
+    for start in range(0, len(ids), 500):
+        for row in connection.execute(query, {"ids": ids[start : start + 500]}):
+            out.append(dict(row._mapping))
+    return out
 
 
 @contextmanager

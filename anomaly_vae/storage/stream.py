@@ -1,0 +1,159 @@
+"""The database side of the stream scorer: its sink and the live threshold it reads.
+
+``StreamDatabaseSink`` writes each micro-batch (scores, rejects, alerts) in one transaction
+through ``repository.write_results``, keyed ``topic:partition:offset`` + model, so a replayed
+batch adds nothing twice. It takes a fresh pooled connection per batch: after a database
+outage the next write simply reconnects. ``DatabaseThresholdSource`` tells the scorer the
+threshold in force, which an operator may change at any time.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy.engine import Engine
+
+from anomaly_vae.jobs.stream import ThresholdInForce, WriteResult
+from anomaly_vae.sources.kafka import ENTITY, EVENT_TIME, SOURCE_KEY
+from anomaly_vae.storage import repository as repo
+from anomaly_vae.storage.sink import SEVERITY_LABELS, model_version_of
+from anomaly_vae.thresholds import Thresholds
+
+if TYPE_CHECKING:
+    from anomaly_vae.estimator import AnomalyVAE
+    from anomaly_vae.jobs.stream import StreamBatch, StreamStats
+
+logger = logging.getLogger(__name__)
+
+
+class StreamDatabaseSink:
+    """Registers the model and a ``stream`` scoring run, then writes batch after batch."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        model: AnomalyVAE,
+        model_dir: Path | str | None,
+        source: str,
+    ) -> None:
+        self.engine = engine
+        self.model = model
+        self.top_features = model.config_.scoring.top_features
+        version = model_version_of(model, path=model_dir)
+        with engine.connect() as connection, connection.begin():
+            self.model_id = repo.register_model(connection, model=version)
+            in_force = repo.ensure_calibrated_threshold(
+                connection, model=version, created_by="anomaly-vae stream"
+            )
+            self.run_id = repo.start_run(
+                connection,
+                kind="stream",
+                source=source,
+                model_id=self.model_id,
+                threshold_value=float(in_force.warning),
+                threshold_id=int(in_force.id),
+            )
+        self.model_version = version.version
+        self.stats: StreamStats | None = None
+        logger.info(
+            "stream run %d: model %s version %s", self.run_id, version.name, version.version
+        )
+
+    def write(self, batch: StreamBatch) -> WriteResult:
+        records = self.records(batch)
+        rejects = self.rejects(batch)
+        with self.engine.connect() as connection:
+            counts = repo.write_results(
+                connection,
+                run_id=self.run_id,
+                model_id=self.model_id,
+                records=records,
+                rejects=rejects,
+                threshold_id=batch.threshold_id,
+            )
+        return WriteResult(
+            scores_written=counts.scores_inserted,
+            rejects_written=counts.dead_letters_inserted,
+            alerts=[_public(alert) for alert in counts.alerts],
+        )
+
+    def records(self, batch: StreamBatch) -> pd.DataFrame:
+        scores = batch.scores.scores
+        frame = batch.records
+        levels = Thresholds(warning=batch.threshold, critical=batch.critical).severity(
+            scores["score"].to_numpy()
+        )
+        return pd.DataFrame(
+            {
+                "source_key": frame[SOURCE_KEY].to_numpy(dtype=object),
+                "score": scores["score"].to_numpy(),
+                "recon_error": scores["recon_error"].to_numpy(),
+                "percentile": scores["percentile"].to_numpy(),
+                "is_anomaly": scores["is_anomaly"].to_numpy(dtype=bool),
+                "severity": SEVERITY_LABELS[levels],
+                "top_features": batch.scores.top_features_json(self.top_features),
+                "entity_key": frame[ENTITY].to_numpy(dtype=object),
+                "event_time": pd.to_datetime(frame[EVENT_TIME], utc=True).to_numpy(),
+            }
+        )
+
+    def rejects(self, batch: StreamBatch) -> pd.DataFrame:
+        rejects = batch.rejects
+        return pd.DataFrame(
+            {
+                "source_key": rejects.index.to_numpy(dtype=object),
+                "reason": rejects["reason"].astype(str).to_numpy(),
+                "raw": rejects["raw"].to_numpy(dtype=object),
+            }
+        )
+
+    def close(self) -> None:
+        try:
+            with self.engine.connect() as connection, connection.begin():
+                stats = self.stats
+                repo.finish_run(
+                    connection,
+                    run_id=self.run_id,
+                    status="succeeded",
+                    rows_read=stats.consumed if stats is not None else None,
+                )
+        except Exception as exc:  # the database may be the reason we stop
+            logger.warning("could not record the end of stream run %d: %s", self.run_id, exc)
+
+
+class DatabaseThresholdSource:
+    """The newest threshold version of a model name, read on demand."""
+
+    def __init__(self, engine: Engine, *, model_name: str) -> None:
+        self.engine = engine
+        self.model_name = model_name
+
+    def current(self) -> ThresholdInForce:
+        with self.engine.connect() as connection:
+            row = repo.threshold_in_force(connection, model_name=self.model_name)
+        if row is None:
+            raise LookupError(f"no threshold stored for model {self.model_name!r}")
+        return ThresholdInForce(
+            value=float(row.warning),
+            version=int(row.version),
+            critical=None if row.critical is None else float(row.critical),
+            id=int(row.id),
+        )
+
+
+def _public(alert: dict[str, Any]) -> dict[str, Any]:
+    """An alert as JSON-ready values for the alerts topic."""
+    out: dict[str, Any] = {}
+    for key, value in alert.items():
+        if hasattr(value, "isoformat"):
+            out[key] = value.isoformat()
+        elif isinstance(value, (np.floating, np.integer)):
+            out[key] = value.item()
+        else:
+            out[key] = value
+    return out

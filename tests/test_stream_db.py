@@ -1,0 +1,443 @@
+"""The stream scorer end to end: a real broker (Tansu), real databases, real processes.
+
+N messages in, N rows out (scores + dead letters), exactly; SIGKILL and restart; two scorer
+processes in one group; the broker stopped and started again; a threshold changed while running;
+a message from another Kafka client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from anomaly_vae import AnomalyVAE
+from anomaly_vae.config import KafkaConfig
+from anomaly_vae.datasets import make_pump_data
+from anomaly_vae.devbroker import DevBroker, free_port, port_open
+from anomaly_vae.jobs.stream import StreamScorer
+from anomaly_vae.storage import repository as repo
+from anomaly_vae.storage.engine import create_database_engine, parse_database_url
+from anomaly_vae.storage.stream import DatabaseThresholdSource, StreamDatabaseSink
+from tests.conftest import create_topic, fresh_name, service_unavailable
+
+pytestmark = pytest.mark.integration
+
+
+def pump_messages(n: int, *, seed: int, first_id: int = 0) -> tuple[list[bytes], list[bytes]]:
+    frame = make_pump_data(n, anomaly_rate=0.03, seed=seed, first_event_id=first_id)
+    records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+    return [json.dumps(r).encode() for r in records], [str(r["pump_id"]).encode() for r in records]
+
+
+def produce(
+    bootstrap: str,
+    topic: str,
+    values: list[bytes],
+    keys: list[bytes] | None = None,
+    *,
+    rate: float | None = None,
+) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=4_000_000)
+    started = time.monotonic()
+    for i, value in enumerate(values):
+        if rate is not None:
+            ahead = i / rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+        producer.send(topic, value=value, key=None if keys is None else keys[i])
+    producer.flush()
+    producer.close()
+
+
+def query(url: str, sql: str) -> list[tuple[Any, ...]]:
+    engine = create_database_engine(parse_database_url(url))
+    try:
+        with engine.connect() as connection:
+            return [tuple(r) for r in connection.exec_driver_sql(sql)]
+    finally:
+        engine.dispose()
+
+
+def stored_keys(url: str) -> tuple[list[str], list[str]]:
+    scores = [str(r[0]) for r in query(url, "SELECT source_key FROM scores")]
+    dead = [str(r[0]) for r in query(url, "SELECT source_key FROM dead_letters")]
+    return scores, dead
+
+
+def scorer_process(
+    model_dir: Path, url: str, bootstrap: str, topic: str, group: str, *extra: str
+) -> subprocess.Popen[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "anomaly_vae",
+            "stream",
+            "--model-dir",
+            str(model_dir),
+            "--db",
+            url,
+            "--bootstrap",
+            bootstrap,
+            "--topic",
+            topic,
+            "--group",
+            group,
+            "--session-timeout-ms",
+            "6000",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+
+
+def wait_for(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def expected_keys(topic: str, counts: dict[int, int]) -> set[str]:
+    return {f"{topic}:{p}:{o}" for p, n in counts.items() for o in range(n)}
+
+
+def partition_counts(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        from kafka.structs import TopicPartition
+
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
+        consumer.seek_to_beginning()
+        counts = dict.fromkeys(parts, 0)
+        idle = 0
+        while idle < 3:
+            polled = consumer.poll(timeout_ms=500)
+            if not polled:
+                idle += 1
+            for tp, recs in polled.items():
+                counts[tp.partition] = max(counts[tp.partition], recs[-1].offset + 1)
+        return counts
+    finally:
+        consumer.close()
+
+
+# ============================================================================== tests
+def test_n_messages_in_n_rows_out_with_poison(
+    broker: DevBroker, db_url: str, pump_model: tuple[AnomalyVAE, Path]
+) -> None:
+    _, model_dir = pump_model
+    topic = create_topic(broker.bootstrap, partitions=3)
+    values, keys = pump_messages(800, seed=21)
+    poison = [
+        b"{not json",
+        b"[1,2,3]",
+        b'{"rpm": 1500}',
+        b'{"rpm": "NaN", "flow": 1}',
+        json.dumps({**json.loads(values[0]), "flow": "broken"}).encode(),
+        b'{"rpm": "' + b"x" * 1_200_000 + b'"}',
+    ]
+    produce(broker.bootstrap, topic, values + poison, keys + [b"odd"] * len(poison))
+    alerts_topic = fresh_name("alerts")
+    dlq_topic = fresh_name("dlq")
+    proc = scorer_process(
+        model_dir,
+        db_url,
+        broker.bootstrap,
+        topic,
+        fresh_name("g"),
+        "--idle-timeout",
+        "3",
+        "--alerts-topic",
+        alerts_topic,
+        "--dead-letter-topic",
+        dlq_topic,
+    )
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    scores, dead = stored_keys(db_url)
+    assert len(scores) == 800
+    assert len(dead) == len(poison)
+    assert set(scores) | set(dead) == expected_keys(
+        topic, partition_counts(broker.bootstrap, topic)
+    )
+    reasons = {str(r[0]) for r in query(db_url, "SELECT reason FROM dead_letters")}
+    assert any("invalid JSON" in r for r in reasons)
+    assert any("'broken' is not a number" in r for r in reasons)
+    assert any("max_message_bytes" in r for r in reasons)
+    n_alerts = query(db_url, "SELECT count(*) FROM alerts")[0][0]
+    assert n_alerts > 0
+    published = consume_all(broker.bootstrap, alerts_topic)
+    assert len(published) == n_alerts
+    assert {"alert_id", "entity_key", "score", "source_key"} <= set(json.loads(published[0]))
+    assert len(consume_all(broker.bootstrap, dlq_topic)) == len(poison)
+    runs = query(db_url, "SELECT kind, status, rows_scored, rows_rejected FROM scoring_runs")
+    assert runs == [("stream", "succeeded", 800, len(poison))]
+
+
+def consume_all(bootstrap: str, topic: str) -> list[bytes]:
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=3000
+    )
+    try:
+        return [m.value for m in consumer]
+    finally:
+        consumer.close()
+
+
+def test_sigkill_mid_stream_then_restart_scores_every_record_once(
+    broker: DevBroker, postgres_databases: object, pump_model: tuple[AnomalyVAE, Path]
+) -> None:
+    url = _migrated(postgres_databases)
+    _, model_dir = pump_model
+    topic = create_topic(broker.bootstrap, partitions=2)
+    values, keys = pump_messages(4000, seed=22)
+    produce(broker.bootstrap, topic, values, keys)
+    group = fresh_name("g")
+    proc = scorer_process(model_dir, url, broker.bootstrap, topic, group, "--batch-size", "100")
+    wait_for(lambda: query(url, "SELECT count(*) FROM scores")[0][0] >= 600, 60, "first rows")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    partial = query(url, "SELECT count(*) FROM scores")[0][0]
+    assert 600 <= partial < 4000
+    again = scorer_process(model_dir, url, broker.bootstrap, topic, group, "--idle-timeout", "3")
+    out, _ = again.communicate(timeout=180)
+    assert again.returncode == 0, out
+    scores, dead = stored_keys(url)
+    assert len(scores) == len(set(scores)) == 4000, out[-3000:]
+    assert not dead
+    assert set(scores) == expected_keys(topic, partition_counts(broker.bootstrap, topic))
+
+
+def test_two_scorer_processes_in_one_group_score_every_record_once(
+    broker: DevBroker, postgres_databases: object, pump_model: tuple[AnomalyVAE, Path]
+) -> None:
+    url = _migrated(postgres_databases)
+    _, model_dir = pump_model
+    topic = create_topic(broker.bootstrap, partitions=4)
+    group = fresh_name("g")
+    first = scorer_process(
+        model_dir, url, broker.bootstrap, topic, group, "--idle-timeout", "8", "--batch-size", "200"
+    )
+    values, keys = pump_messages(3000, seed=23)
+    producer = threading.Thread(
+        target=produce, args=(broker.bootstrap, topic, values, keys), kwargs={"rate": 500.0}
+    )
+    producer.start()
+    time.sleep(2.0)
+    second = scorer_process(
+        model_dir, url, broker.bootstrap, topic, group, "--idle-timeout", "8", "--batch-size", "200"
+    )  # joins mid-stream: a rebalance
+    producer.join()
+    out1, _ = first.communicate(timeout=180)
+    out2, _ = second.communicate(timeout=180)
+    assert first.returncode == 0, out1
+    assert second.returncode == 0, out2
+    scores, _ = stored_keys(url)
+    assert len(scores) == len(set(scores)) == 3000
+    per_run = query(url, "SELECT rows_scored FROM scoring_runs ORDER BY id")
+    assert len(per_run) == 2
+    assert all(int(str(n[0])) > 0 for n in per_run)  # both processes took part
+
+
+def _migrated(factory: object) -> str:
+    from anomaly_vae.storage.migrate import upgrade
+
+    url = str(factory())  # type: ignore[operator]
+    engine = create_database_engine(parse_database_url(url))
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    return url
+
+
+def scorer_thread(
+    model: AnomalyVAE, model_dir: Path, url: str, bootstrap: str, topic: str, **kafka: Any
+) -> tuple[StreamScorer, threading.Thread, Any]:
+    engine = create_database_engine(parse_database_url(url))
+    cfg = model.config_.model_copy(deep=True)
+    cfg.kafka = KafkaConfig(
+        bootstrap_servers=bootstrap,
+        topic=topic,
+        group_id=fresh_name("g"),
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+        max_batch_wait_ms=100,
+        **kafka,
+    )
+    sink = StreamDatabaseSink(engine, model=model, model_dir=model_dir, source=f"kafka:{topic}")
+    scorer = StreamScorer(
+        model, cfg, sink, thresholds=DatabaseThresholdSource(engine, model_name=model.name)
+    )
+    sink.stats = scorer.stats
+    thread = threading.Thread(target=scorer.run, kwargs={"idle_timeout": 60.0})
+    thread.start()
+    return scorer, thread, engine
+
+
+def test_threshold_changed_while_running_applies_to_later_records(
+    broker: DevBroker, db_url: str, pump_model: tuple[AnomalyVAE, Path]
+) -> None:
+    model, model_dir = pump_model
+    topic = create_topic(broker.bootstrap)
+    scorer, thread, engine = scorer_thread(
+        model, model_dir, db_url, broker.bootstrap, topic, threshold_refresh_s=0.5
+    )
+    try:
+        first, first_keys = pump_messages(300, seed=24)
+        produce(broker.bootstrap, topic, first, first_keys)
+        wait_for(lambda: len(stored_keys(db_url)[0]) >= 300, 60, "the first records")
+        with engine.connect() as connection, connection.begin():
+            repo.add_threshold(
+                connection,
+                model_name=model.name,
+                policy="value",
+                warning=-1e9,
+                critical=None,
+                parameters={},
+                created_by="test",
+                reason="lower it while running",
+            )
+        time.sleep(1.5)
+        second, second_keys = pump_messages(300, seed=25, first_id=300)
+        produce(broker.bootstrap, topic, second, second_keys)
+        wait_for(lambda: len(stored_keys(db_url)[0]) >= 600, 60, "the later records")
+    finally:
+        scorer.stop()
+        thread.join(timeout=20)
+        engine.dispose()
+    rows = query(db_url, "SELECT source_key, is_anomaly FROM scores")
+    flags = {str(k): bool(v) for k, v in rows}
+    offsets = {k: int(k.rsplit(":", 1)[1]) for k in flags}
+    early = [flags[k] for k in flags if offsets[k] < 300]
+    late = [flags[k] for k in flags if offsets[k] >= 300]
+    assert sum(early) < 0.2 * len(early)  # the calibrated threshold
+    assert all(late)  # everything crosses the lowered threshold
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    from anomaly_vae.storage.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    engine = create_database_engine(parse_database_url(url))
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    return url
+
+
+def test_message_from_another_client_scores_the_same(
+    broker: DevBroker, sqlite_url: str, pump_model: tuple[AnomalyVAE, Path]
+) -> None:
+    db_url = sqlite_url
+    confluent = pytest.importorskip("confluent_kafka")
+    _model, model_dir = pump_model
+    topic = create_topic(broker.bootstrap)
+    payload = pump_messages(1, seed=26)[0][0]
+    produce(broker.bootstrap, topic, [payload], [b"P1"])
+    other = confluent.Producer({"bootstrap.servers": broker.bootstrap})
+    other.produce(topic, value=payload, key=b"P1")
+    other.flush(10)
+    proc = scorer_process(
+        model_dir, db_url, broker.bootstrap, topic, fresh_name("g"), "--idle-timeout", "3"
+    )
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    rows = query(
+        db_url, "SELECT source_key, score, recon_error, entity_key FROM scores ORDER BY source_key"
+    )
+    assert len(rows) == 2
+    assert rows[0][1:] == rows[1][1:]
+
+
+# ------------------------------------------------------------------- broker restart
+@pytest.fixture
+def durable_broker(tmp_path: Path) -> Iterator[tuple[DevBroker, dict[str, str]]]:
+    """Tansu on S3 storage (a local moto server), so data survives a broker restart."""
+    moto = Path(sys.executable).parent / "moto_server"
+    if not moto.exists():
+        service_unavailable("moto_server (S3 emulator)", "install moto[server]")
+    port = free_port()
+    server = subprocess.Popen(
+        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: port_open("127.0.0.1", port), 20, "the S3 emulator")
+        import boto3
+
+        env = {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT": f"http://127.0.0.1:{port}",
+            "AWS_ALLOW_HTTP": "true",
+        }
+        boto3.client(
+            "s3",
+            endpoint_url=env["AWS_ENDPOINT"],
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+            region_name="us-east-1",
+        ).create_bucket(Bucket="tansu")
+        dev = DevBroker(storage="s3://tansu/", env=env, log_path=tmp_path / "tansu.log").start()
+        yield dev, env
+        dev.stop()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_broker_restart_mid_stream_loses_nothing(
+    durable_broker: tuple[DevBroker, dict[str, str]],
+    sqlite_url: str,
+    pump_model: tuple[AnomalyVAE, Path],
+) -> None:
+    db_url = sqlite_url
+    dev, _env = durable_broker
+    model, model_dir = pump_model
+    topic = create_topic(dev.bootstrap, partitions=2)
+    first, first_keys = pump_messages(400, seed=27)
+    produce(dev.bootstrap, topic, first, first_keys)
+    scorer, thread, engine = scorer_thread(model, model_dir, db_url, dev.bootstrap, topic)
+    try:
+        wait_for(lambda: len(stored_keys(db_url)[0]) >= 400, 90, "records before the restart")
+        dev.stop()  # SIGTERM: the broker goes away mid-stream
+        time.sleep(2.0)
+        dev.start()
+        second, second_keys = pump_messages(400, seed=28, first_id=400)
+        produce(dev.bootstrap, topic, second, second_keys)
+        wait_for(lambda: len(stored_keys(db_url)[0]) >= 800, 120, "records after the restart")
+    finally:
+        scorer.stop()
+        thread.join(timeout=30)
+        engine.dispose()
+    scores, dead = stored_keys(db_url)
+    assert len(scores) == len(set(scores)) == 800
+    assert not dead
+    frame = pd.Series(scores).str.rsplit(":", n=1).str[1].astype(int)
+    assert frame.max() < 800
