@@ -3,6 +3,7 @@ ORM metadata, idempotent bulk writes, thresholds, URL precedence and one-line er
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from datetime import datetime, timezone
@@ -167,12 +168,14 @@ def test_write_results_is_idempotent_and_atomic(db_url: str) -> None:
                 rejects=rejects,
                 threshold_id=threshold_id,
             )
-            assert first == repo.WriteCounts(6, 6, 3, 1, 1, 3)
+            assert first.alerts_opened == len(first.alerts) == 3
+            assert {a["entity_key"] for a in first.alerts} <= {"P1", "P2", "P3", "P4", None}
+            assert dataclasses.replace(first, alerts=()) == repo.WriteCounts(6, 6, 3, 1, 1, 3)
             # The same batch again, and an overlapping one: nothing twice.
             again = repo.write_results(
                 connection, run_id=run_id, model_id=model_id, records=batch, rejects=rejects
             )
-            assert again == repo.WriteCounts(6, 0, 3, 1, 0, 0)
+            assert again == repo.WriteCounts(6, 0, 3, 1, 0, 0)  # nothing opens twice
             more = records([*keys[4:], f"{prefix}7"], [2.0, 11.0, 30.0])
             third = repo.write_results(
                 connection,
