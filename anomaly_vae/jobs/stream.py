@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from queue import Empty, Queue
 from types import FrameType
 from typing import Any, Protocol
 
@@ -109,6 +110,8 @@ class StreamStats:
     write_retries: int = 0
     lag: int | None = None
     started: float = field(default_factory=time.monotonic)
+    first_batch_at: float | None = None  # monotonic time the first batch began
+    last_batch_at: float | None = None  # monotonic time the last batch was durable
     latency_ms: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -157,6 +160,7 @@ class StreamScorer:
         self._pending: dict[tuple[str, int], int] = {}
         self._consumer: Any = None
         self._producer: Any = None
+        self._worker: _BatchWorker | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def install_signal_handlers(self) -> None:
@@ -225,13 +229,20 @@ class StreamScorer:
     def run(
         self, *, max_messages: int | None = None, idle_timeout: float | None = None
     ) -> StreamStats:
-        """Run until a stop condition; return the counters."""
+        """Run until a stop condition; return the counters.
+
+        This thread polls Kafka and commits; a worker thread scores and writes, up to
+        ``IN_FLIGHT`` batches behind, so that consuming, scoring and writing overlap. Offsets
+        are committed only for batches the worker has made durable, in order.
+        """
         if not self._connect():
             return self.stats
         consumer = self._consumer
         kafka = self.cfg.kafka
+        worker = self._worker = _BatchWorker(self)
         started = last_record = time.monotonic()
-        assigned = False
+        assigned = paused = False
+        polled_total = 0
         # The idle clock starts once partitions are assigned (a group join takes a while).
         # A member killed without leaving holds its partitions until its session times out.
         join_grace = 4.0 * kafka.session_timeout_ms / 1000.0
@@ -239,7 +250,10 @@ class StreamScorer:
         logged_at = (0, time.monotonic())
         try:
             while not self.stop_event.is_set():
-                remaining = None if max_messages is None else max_messages - self.stats.consumed
+                self._collect(worker)
+                if worker.error is not None:
+                    break
+                remaining = None if max_messages is None else max_messages - polled_total
                 if remaining is not None and remaining <= 0:
                     break
                 limit = (
@@ -247,6 +261,18 @@ class StreamScorer:
                     if remaining is None
                     else min(remaining, kafka.max_batch_records)
                 )
+                if worker.full():
+                    # Keep polling (group membership) but fetch nothing until the worker
+                    # catches up, e.g. while the database is unreachable.
+                    if not paused:
+                        consumer.pause(*consumer.assignment())
+                        paused = True
+                    consumer.poll(timeout_ms=50, max_records=1)
+                    worker.wait_for_room(timeout=0.2)
+                    continue
+                if paused:
+                    consumer.resume(*consumer.paused())
+                    paused = False
                 polled = consumer.poll(timeout_ms=kafka.max_batch_wait_ms, max_records=limit)
                 records = flatten(polled)
                 now = time.monotonic()
@@ -255,15 +281,10 @@ class StreamScorer:
                     last_record = now
                 if records:
                     last_record = now
-                    try:
-                        self._process(records)
-                    except _StoppedError:
-                        logger.warning(
-                            "stopped while the database was unreachable: the last %d records "
-                            "were not committed and will be scored again on restart",
-                            len(records),
-                        )
-                        break
+                    polled_total += len(records)
+                    worker.submit(records)
+                elif worker.in_flight:
+                    last_record = now  # not idle while a batch is still being written
                 elif idle_timeout is not None and (
                     (assigned and now - last_record >= idle_timeout)
                     or (not assigned and now - started >= idle_timeout + join_grace)
@@ -275,9 +296,25 @@ class StreamScorer:
                 if now - last_log >= kafka.metrics_interval_s:
                     logged_at = self._log_metrics(logged_at)
                     last_log = now
+            worker.finish()  # the batches in hand are scored, written and then committed
+            self._collect(worker)
+            if isinstance(worker.error, _StoppedError):
+                logger.warning(
+                    "stopped while the database was unreachable: %d records were not committed "
+                    "and will be scored again on restart",
+                    worker.error.records,
+                )
+            elif worker.error is not None:
+                raise worker.error
         finally:
+            worker.abort()
             self._close()
         return self.stats
+
+    def _collect(self, worker: _BatchWorker) -> None:
+        for offsets in worker.completed():
+            for key, offset in offsets.items():
+                self._pending[key] = max(self._pending.get(key, -1), offset)
 
     def _close(self) -> None:
         if self._pending and self._consumer is not None:
@@ -296,13 +333,18 @@ class StreamScorer:
         self.sink.close()
 
     # ------------------------------------------------------------------ one batch
-    def _process(self, records: list[Any]) -> None:
+    def _process(self, records: list[Any]) -> dict[tuple[str, int], int]:
+        """Score, write and publish one batch; return the offsets it makes committable."""
         started = time.monotonic()
+        if self.stats.first_batch_at is None:
+            self.stats.first_batch_at = started
         batch = self.score_records(records)
-        result = self._write_with_retry(batch)
+        try:
+            result = self._write_with_retry(batch)
+        except _StoppedError as exc:
+            exc.records = len(records)
+            raise
         self._publish(batch, result)
-        for key, offset in next_offsets(records).items():
-            self._pending[key] = max(self._pending.get(key, -1), offset)
         self.stats.consumed += len(records)
         self.stats.scored += len(batch.scores.scores)
         self.stats.flagged += int(batch.scores.scores["is_anomaly"].sum())
@@ -316,7 +358,11 @@ class StreamScorer:
             )
             if len(self.stats.latency_ms) > 20_000:
                 del self.stats.latency_ms[:10_000]
-        logger.debug("batch of %d scored in %.3f s", len(records), time.monotonic() - started)
+        self.stats.last_batch_at = time.monotonic()
+        logger.debug(
+            "batch of %d scored in %.3f s", len(records), self.stats.last_batch_at - started
+        )
+        return next_offsets(records)
 
     def score_records(self, records: list[Any]) -> StreamBatch:
         """Decode, validate and score a micro-batch (no I/O): the testable middle."""
@@ -331,6 +377,7 @@ class StreamScorer:
             time_field=columns.timestamp,
             key_is_entity=kafka.key_is_entity,
             max_bytes=kafka.max_message_bytes,
+            numeric=self.model.schema_.numeric,
         )
         threshold = self._current_threshold()
         frame = decoded.frame
@@ -481,6 +528,81 @@ class StreamScorer:
 class _StoppedError(Exception):
     """Asked to stop while a batch could not be made durable: leave it uncommitted."""
 
+    records = 0
+
+
+IN_FLIGHT = 2
+_SENTINEL = object()
+
+
+class _BatchWorker:
+    """Scores and writes batches in order in its own thread, at most ``IN_FLIGHT`` ahead of
+    the committed offsets; reports each durable batch's offsets back to the polling thread."""
+
+    def __init__(self, scorer: StreamScorer) -> None:
+        self.scorer = scorer
+        self.inbox: Queue[Any] = Queue()
+        self.outbox: Queue[dict[tuple[str, int], int]] = Queue()
+        self.error: BaseException | None = None
+        self.in_flight = 0
+        self._room = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="stream-worker", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            records = self.inbox.get()
+            if records is _SENTINEL:
+                return
+            if self.error is None:
+                try:
+                    self.outbox.put(self.scorer._process(records))
+                except BaseException as exc:
+                    self.error = exc
+            with self._room:
+                self.in_flight -= 1
+                self._room.notify_all()
+
+    def full(self) -> bool:
+        return self.in_flight >= IN_FLIGHT
+
+    def submit(self, records: list[Any]) -> None:
+        with self._room:
+            self.in_flight += 1
+        self.inbox.put(records)
+
+    def wait_for_room(self, timeout: float) -> None:
+        with self._room:
+            if self.in_flight >= IN_FLIGHT:
+                self._room.wait(timeout)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every submitted batch is done (or failed); False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._room:
+            while self.in_flight > 0:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._room.wait(left)
+        return True
+
+    def completed(self) -> list[dict[tuple[str, int], int]]:
+        out = []
+        while True:
+            try:
+                out.append(self.outbox.get_nowait())
+            except Empty:
+                return out
+
+    def finish(self) -> None:
+        self.drain()
+
+    def abort(self) -> None:
+        if self.thread.is_alive():
+            self.inbox.put(_SENTINEL)
+            self.thread.join(timeout=30)
+
 
 def _rebalance_listener(scorer: StreamScorer) -> Any:
     """Commit what is durable before partitions move to another scorer."""
@@ -488,6 +610,14 @@ def _rebalance_listener(scorer: StreamScorer) -> Any:
 
     class Listener(ConsumerRebalanceListener):
         def on_partitions_revoked(self, revoked: Any) -> None:
+            worker = scorer._worker
+            if worker is not None and not worker.drain(timeout=30.0):
+                logger.warning(
+                    "batches still being written while partitions move: they will "
+                    "be replayed by the new owner, and the replay adds no duplicate"
+                )
+            if worker is not None:
+                scorer._collect(worker)
             if scorer._pending:
                 scorer._commit()
             logger.info("partitions revoked: %s", _names(revoked))

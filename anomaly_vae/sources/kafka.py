@@ -70,10 +70,12 @@ def decode_messages(
     time_field: str | None = None,
     key_is_entity: bool = True,
     max_bytes: int = 1_000_000,
+    numeric: Sequence[str] | None = None,
 ) -> DecodedBatch:
-    """Decode a micro-batch of Kafka messages (see module doc)."""
+    """Decode a micro-batch of Kafka messages (see module doc). ``numeric`` names the numeric
+    features (default: all), where ``"NaN"`` or ``"inf"`` spelled as text is poison."""
     keep = list(dict.fromkeys([*features, *fields]))
-    wanted = set(features)
+    wanted = frozenset(features)
     objects: list[dict[str, Any]] = []
     keys: list[str] = []
     entities: list[str | None] = []
@@ -109,8 +111,8 @@ def decode_messages(
             reason = f"top level is a JSON {_json_type(obj)}, expected an object"
             reject_rows.append((key, reason, _preview(value), msg.topic, msg.partition, msg.offset))
             continue
-        missing = wanted.difference(obj.keys())
-        if missing:
+        if not wanted <= obj.keys():
+            missing = wanted.difference(obj.keys())
             names = ", ".join(repr(m) for m in sorted(missing))
             reason = f"feature field{'s' if len(missing) > 1 else ''} {names} missing"
             reject_rows.append((key, reason, _preview(value), msg.topic, msg.partition, msg.offset))
@@ -128,7 +130,7 @@ def decode_messages(
     # JSON has null for "no value"; a NaN or infinity spelled out as text is poison.
     bad_text = np.zeros(len(frame), dtype=bool)
     bad_reason = np.full(len(frame), "", dtype=object)
-    for name in features:
+    for name in features if numeric is None else numeric:
         column = frame[name]
         if column.dtype != object:
             continue

