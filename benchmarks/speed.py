@@ -76,7 +76,8 @@ def model_scoring(model: AnomalyVAE, *, rows: int, repeat: int) -> list[dict[str
     layout = model.preprocessor_.layout
     net = model.model_.to(device).eval()
     x_dev = torch.from_numpy(batch.x).to(device)
-    bs = model.config_.scoring.batch_size
+    # A GPU wants far larger batches than a CPU to be kept busy.
+    bs = 65_536 if device.type == "cuda" else model.config_.scoring.batch_size
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     amp = device.type == "cuda"
 
