@@ -143,6 +143,25 @@ class KafkaConfig(_Strict):
     client: dict[str, Any] = Field(default_factory=dict)
 
 
+class AlertsConfig(_Strict):
+    """The alert rule (``thresholds.AlertRule``): an alert opens when ``k`` of an entity's last
+    ``n`` records crossed the threshold, unless its previous alert opened less than
+    ``cooldown_s`` seconds before (event time); it resolves after ``resolve_after`` normal
+    records in a row. The pipeline's rule goes with the thresholds calibrated from a model;
+    once an operator sets a threshold or rule (CLI or API), theirs stays in force."""
+
+    k: int = Field(default=1, ge=1)
+    n: int = Field(default=1, ge=1)
+    cooldown_s: float = Field(default=0.0, ge=0.0)
+    resolve_after: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _k_within_n(self) -> AlertsConfig:
+        if self.k > self.n:
+            raise ValueError(f"k ({self.k}) must not exceed n ({self.n}): k of the last n records")
+        return self
+
+
 class DatabaseConfig(_Strict):
     """Where results go. ``url``: ``sqlite:///file.db`` or ``postgresql://user@host/db``.
 
@@ -173,10 +192,9 @@ class PipelineConfig(_Strict):
     csv: CsvConfig = Field(default_factory=CsvConfig)
     database: DatabaseConfig | None = None
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
-    # Sections owned by later stages (thresholds, alerts) are kept as plain dicts here so that
-    # one file serves every command; each stage validates its own section.
+    # Owned by a later stage: kept as a plain dict so that one file serves every command.
     thresholds: dict[str, Any] | None = None
-    alerts: dict[str, Any] | None = None
+    alerts: AlertsConfig | None = None
 
     @field_validator("kafka", mode="before")
     @classmethod

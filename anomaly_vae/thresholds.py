@@ -316,8 +316,30 @@ class AlertRule:
             return cls()
         unknown = set(data) - {"k", "n", "cooldown_s", "resolve_after"}
         if unknown:
-            raise ConfigError(f"unknown alert rule settings: {sorted(unknown)}")
-        return cls(**{key: data[key] for key in data})
+            raise ConfigError(
+                f"unknown alert rule settings: {sorted(unknown)}; known: k, n, cooldown_s, "
+                "resolve_after"
+            )
+        default = cls()
+        try:
+            return cls(
+                k=_whole(data.get("k", default.k)),
+                n=_whole(data.get("n", default.n)),
+                cooldown_s=float(data.get("cooldown_s", default.cooldown_s)),
+                resolve_after=_whole(data.get("resolve_after", default.resolve_after)),
+            )
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"alert rule settings must be numbers (k, n, resolve_after whole), got {data}"
+            ) from None
+
+    def describe(self) -> str:
+        """'2 of 3 records, cool-down 300 s, resolved after 5 normal records'."""
+        cooldown = f", cool-down {self.cooldown_s:g} s" if self.cooldown_s else ""
+        return (
+            f"{self.k} of {self.n} record{'s' if self.n > 1 else ''}{cooldown}, resolved after "
+            f"{self.resolve_after} normal record{'s' if self.resolve_after > 1 else ''}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -326,6 +348,12 @@ class AlertRule:
             "cooldown_s": self.cooldown_s,
             "resolve_after": self.resolve_after,
         }
+
+
+def _whole(value: Any) -> int:
+    if isinstance(value, bool) or float(value) != int(float(value)):
+        raise ValueError(value)
+    return int(float(value))
 
 
 @dataclass
@@ -358,6 +386,26 @@ class AlertTracker:
     def is_open(self, entity: str) -> bool:
         state = self.states.get(entity)
         return state is not None and state.open_severity > 0
+
+    def seed(
+        self,
+        entity: str,
+        *,
+        recent: Sequence[bool] = (),
+        open_severity: int = SEVERITY_NORMAL,
+        normal_streak: int = 0,
+        last_opened: float | None = None,
+    ) -> None:
+        """Start ``entity`` from a known state instead of a blank one: its last records'
+        crossings (oldest first), the severity of its open alert (0: none), the normal records
+        since that alert's last crossing, and when (epoch seconds) its last alert opened.
+        This is how the write path carries the rule across batches and processes."""
+        self.states[entity] = _EntityState(
+            recent=deque((bool(c) for c in recent), maxlen=self.rule.n),
+            open_severity=int(open_severity),
+            normal_streak=int(normal_streak) if open_severity else 0,
+            last_opened=last_opened,
+        )
 
     def update(
         self,
@@ -447,10 +495,14 @@ def preview(
     rule: AlertRule | None = None,
     *,
     labels: np.ndarray | pd.Series | None = None,
+    tracker: AlertTracker | None = None,
 ) -> Preview:
     """Replay ``scores`` (columns ``score``, optional ``entity`` and ``time``) in time order
     under ``thresholds`` and ``rule``: alerts per day and per entity, and precision / recall /
-    F1 of the record-level decisions when ``labels`` (0/1, aligned with ``scores``) are given."""
+    F1 of the record-level decisions when ``labels`` (0/1, aligned with ``scores``) are given.
+
+    ``tracker`` (with ``rule``) starts the replay from known entity states (see
+    ``AlertTracker.seed``) rather than blank ones."""
     frame = scores.copy()
     if "entity" not in frame:
         frame["entity"] = ""
@@ -464,7 +516,8 @@ def preview(
         frame["label"] = np.asarray(labels)
     frame = frame.iloc[order].reset_index(drop=True)
     severity = thresholds.severity(frame["score"].to_numpy())
-    tracker = AlertTracker(rule or AlertRule())
+    if tracker is None:
+        tracker = AlertTracker(rule or AlertRule())
     times = frame["time"] if frame["time"].notna().any() else None
     events = tracker.update(frame["entity"].tolist(), severity, times)
     opened = [e for e in events if e.kind == "open"]

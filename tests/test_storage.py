@@ -100,10 +100,10 @@ def test_migrated_schema_equals_the_orm_metadata(db_url: str) -> None:
 def test_downgrade_to_base_and_back_up(db_url: str) -> None:
     engine = engine_for(db_url)
     try:
-        assert downgrade(engine, "base") == ("0001", None)
+        assert downgrade(engine, "base") == ("0002", None)
         left = set(inspect(engine).get_table_names()) - {"alembic_version"}
         assert left == set()
-        assert upgrade(engine) == (None, "0001")
+        assert upgrade(engine) == (None, "0002")
         assert schema_differences(engine) == []
         assert {"models", "scores", "alerts", "dead_letters", "thresholds", "scoring_runs"} <= set(
             inspect(engine).get_table_names()
@@ -168,9 +168,13 @@ def test_write_results_is_idempotent_and_atomic(db_url: str) -> None:
                 rejects=rejects,
                 threshold_id=threshold_id,
             )
-            assert first.alerts_opened == len(first.alerts) == 3
-            assert {a["entity_key"] for a in first.alerts} <= {"P1", "P2", "P3", "P4", None}
-            assert dataclasses.replace(first, alerts=()) == repo.WriteCounts(6, 6, 3, 1, 1, 3)
+            # P1 crosses three times in a row: one alert (the default rule), escalated to
+            # critical by its third record; P0 never crosses.
+            assert first.alerts_opened == len(first.alerts) == 1
+            assert [a["entity_key"] for a in first.alerts] == ["P1"]
+            assert dataclasses.replace(first, alerts=()) == repo.WriteCounts(
+                6, 6, 3, 1, 1, 1, alerts_escalated=1
+            )
             # The same batch again, and an overlapping one: nothing twice.
             again = repo.write_results(
                 connection, run_id=run_id, model_id=model_id, records=batch, rejects=rejects
@@ -184,9 +188,9 @@ def test_write_results_is_idempotent_and_atomic(db_url: str) -> None:
                 records=more,
                 threshold_id=threshold_id,
             )
-            assert (third.scores_inserted, third.alerts_opened) == (1, 1)
+            assert (third.scores_inserted, third.alerts_opened) == (1, 1)  # P0 crosses
             assert repo.count_rows(connection, table="scores") == 7
-            assert repo.count_rows(connection, table="alerts") == 4
+            assert repo.count_rows(connection, table="alerts") == 2
             assert repo.count_rows(connection, table="dead_letters") == 1
             run = connection.execute(select(ScoringRun).where(ScoringRun.id == run_id)).one()
             assert (run.rows_scored, run.rows_inserted, run.rows_rejected) == (15, 7, 2)
@@ -198,21 +202,30 @@ def test_write_results_is_idempotent_and_atomic(db_url: str) -> None:
             assert stored.is_anomaly is True
             assert stored.severity == "warning"
             alerts = connection.execute(select(Alert).order_by(Alert.id)).all()
-            assert [a.state for a in alerts] == ["open"] * 4
-            assert [a.severity for a in alerts][:3] == ["warning", "warning", "critical"]
+            assert [a.state for a in alerts] == ["open"] * 2
+            assert [(a.entity_key, a.severity) for a in alerts] == [
+                ("P1", "critical"),
+                ("P0", "warning"),
+            ]
             assert alerts[0].threshold_id == threshold_id
+            assert alerts[0].rule == {"k": 1, "n": 1, "cooldown_s": 0.0, "resolve_after": 1}
             # A write needs its own transaction (the reads above began one) ...
             with pytest.raises(RuntimeError, match="no transaction in progress"):
                 repo.write_results(connection, run_id=run_id, model_id=model_id, records=batch)
             connection.rollback()
             # ... and a failing write leaves nothing behind.
             broken = records([f"{prefix}8", f"{prefix}9"], [50.0, 1.0])
-            broken.loc[1, "severity"] = "not-a-severity"
-            broken.loc[1, "is_anomaly"] = True
+            broken["entity_key"] = "P7"  # opens an alert, on a threshold that does not exist
             with pytest.raises(IntegrityError):
-                repo.write_results(connection, run_id=run_id, model_id=model_id, records=broken)
+                repo.write_results(
+                    connection,
+                    run_id=run_id,
+                    model_id=model_id,
+                    records=broken,
+                    threshold_id=threshold_id + 1000,
+                )
             assert repo.count_rows(connection, table="scores") == 7
-            assert repo.count_rows(connection, table="alerts") == 4
+            assert repo.count_rows(connection, table="alerts") == 2
     finally:
         engine.dispose()
 

@@ -285,6 +285,7 @@ def _score_into_database(
         source=str(source.path.resolve()),
         source_sha256=digest,
         threshold=threshold,
+        alert_rule=cfg.alerts.model_dump() if cfg.alerts else None,
     )
     sink = DatabaseSink(
         connection,

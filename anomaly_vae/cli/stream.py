@@ -150,6 +150,8 @@ def stream(
     if file_cfg is not None:
         cfg.kafka = file_cfg.kafka.model_copy(deep=True)
         cfg.columns = file_cfg.columns.model_copy(deep=True)
+        if file_cfg.alerts is not None:
+            cfg.alerts = file_cfg.alerts.model_copy()
     kafka = cfg.kafka
     for name, value in (
         ("bootstrap_servers", bootstrap),
@@ -174,7 +176,11 @@ def stream(
     )
     with opened(target) as engine:
         sink = StreamDatabaseSink(
-            engine, model=model, model_dir=directory, source=f"kafka:{kafka.topic}"
+            engine,
+            model=model,
+            model_dir=directory,
+            source=f"kafka:{kafka.topic}",
+            alert_rule=cfg.alerts.model_dump() if cfg.alerts else None,
         )
         scorer = StreamScorer(
             model, cfg, sink, thresholds=DatabaseThresholdSource(engine, model_name=model.name)

@@ -66,6 +66,7 @@ class StreamBatch:
     threshold_version: int | None
     critical: float | None = None
     threshold_id: int | None = None
+    alert_rule: dict[str, Any] | None = None
 
 
 @dataclass
@@ -85,12 +86,14 @@ class StreamSink(Protocol):
 
 @dataclass
 class ThresholdInForce:
-    """``version`` counts the model's threshold versions; ``id`` is the stored row's id."""
+    """``version`` counts the model's threshold versions; ``id`` is the stored row's id;
+    ``alert_rule`` is the version's ``AlertRule.to_dict()`` (None: the default rule)."""
 
     value: float
     version: int | None = None
     critical: float | None = None
     id: int | None = None
+    alert_rule: dict[str, Any] | None = None
 
 
 class ThresholdSource(Protocol):
@@ -405,6 +408,7 @@ class StreamScorer:
             threshold_version=threshold.version,
             critical=threshold.critical,
             threshold_id=threshold.id,
+            alert_rule=threshold.alert_rule,
         )
 
     def _current_threshold(self) -> ThresholdInForce:

@@ -27,12 +27,10 @@ import pandas as pd
 from sqlalchemy import (
     Insert,
     Table,
-    and_,
     bindparam,
     column,
     func,
     insert,
-    literal,
     select,
     table,
     update,
@@ -41,6 +39,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect, Row
 
 from anomaly_vae.errors import ConfigError
+from anomaly_vae.storage.alerting import alert_details, apply_alert_rule, not_written_by
 from anomaly_vae.storage.tables import (
     Alert,
     DeadLetter,
@@ -49,6 +48,7 @@ from anomaly_vae.storage.tables import (
     ScoringRun,
     Threshold,
 )
+from anomaly_vae.thresholds import AlertRule
 
 logger = logging.getLogger(__name__)
 
@@ -116,9 +116,32 @@ def register_model(connection: Connection, *, model: ModelVersion) -> int:
         registered_at=utc_now(),
     )
     connection.execute(stmt)
-    model_id = connection.scalar(select(Model.id).where(Model.content_hash == model.content_hash))
-    assert model_id is not None
-    return int(model_id)
+    row = connection.execute(
+        select(Model.id, Model.calibration).where(Model.content_hash == model.content_hash)
+    ).one()
+    if "scores" not in row.calibration and "scores" in model.calibration:
+        # Registered by an older version without its calibration scores: add them (the same
+        # model files, so the same scores: nothing recorded about the past changes).
+        connection.execute(
+            update(Model).where(Model.id == row.id).values(calibration=model.calibration)
+        )
+    return int(row.id)
+
+
+def calibration_scores(connection: Connection, *, model_id: int) -> np.ndarray:
+    """The held-out normal scores of a registered model version (sorted), which the quantile,
+    false-alarm-rate and EVT policies compute from."""
+    row = connection.execute(
+        select(Model.name, Model.version, Model.calibration).where(Model.id == model_id)
+    ).one()
+    scores = row.calibration.get("scores")
+    if not scores:
+        raise ConfigError(
+            f"model {row.name} version {row.version} was registered without its calibration "
+            "scores: score anything with its model directory once (anomaly-vae score ... --db) "
+            "to register them"
+        )
+    return np.asarray(scores, dtype=np.float64)
 
 
 def threshold_in_force(connection: Connection, *, model_name: str) -> Row[Any] | None:
@@ -139,10 +162,12 @@ def add_threshold(
     warning: float,
     critical: float | None = None,
     parameters: dict[str, Any] | None = None,
+    alert_rule: dict[str, Any] | None = None,
     created_by: str,
     reason: str,
 ) -> Row[Any]:
-    """Append a new threshold version for ``model_name``; it is in force from now on."""
+    """Append a new threshold version for ``model_name``; it is in force from now on.
+    ``alert_rule`` (``AlertRule.to_dict()``) goes with it; None means the default rule."""
     if critical is not None and critical < warning:
         raise ConfigError(
             f"the critical threshold ({critical:g}) must be at or above the warning threshold "
@@ -159,6 +184,7 @@ def add_threshold(
             warning=float(warning),
             critical=None if critical is None else float(critical),
             parameters=parameters or {},
+            alert_rule=None if alert_rule is None else AlertRule.from_dict(alert_rule).to_dict(),
             created_by=created_by,
             reason=reason,
             created_at=utc_now(),
@@ -170,15 +196,24 @@ def add_threshold(
 
 
 def ensure_calibrated_threshold(
-    connection: Connection, *, model: ModelVersion, created_by: str
+    connection: Connection,
+    *,
+    model: ModelVersion,
+    created_by: str,
+    alert_rule: dict[str, Any] | None = None,
 ) -> Row[Any]:
     """The threshold in force for ``model.name``, creating one from the model's calibration
-    when the name has none, or when the one in force was calibrated on another model version.
-    A threshold an operator set (any other policy) stays in force."""
+    when the name has none, or when the one in force was calibrated on another model version
+    or carries another alert rule than the pipeline's ``alert_rule`` (None: the default).
+    A threshold an operator set (any other policy, or any rule) stays in force."""
     current = threshold_in_force(connection, model_name=model.name)
+    rule = AlertRule.from_dict(alert_rule).to_dict()
     if current is not None and (
         current.parameters.get("from") != FROM_CALIBRATION
-        or current.parameters.get("model_version") == model.version
+        or (
+            current.parameters.get("model_version") == model.version
+            and AlertRule.from_dict(current.alert_rule).to_dict() == rule
+        )
     ):
         return current
     return add_threshold(
@@ -191,6 +226,7 @@ def ensure_calibrated_threshold(
             "model_version": model.version,
             "from": FROM_CALIBRATION,
         },
+        alert_rule=rule,
         created_by=created_by,
         reason=(
             f"quantile {model.threshold_quantile:g} of held-out normal scores of model "
@@ -330,6 +366,8 @@ class WriteCounts:
     dead_letters_inserted: int
     alerts_opened: int
     alerts: tuple[dict[str, Any], ...] = ()
+    alerts_escalated: int = 0
+    alerts_resolved: int = 0
 
 
 def write_results(
@@ -340,10 +378,15 @@ def write_results(
     records: pd.DataFrame,
     rejects: pd.DataFrame | None = None,
     threshold_id: int | None = None,
+    alert_rule: AlertRule | None = None,
     scored_at: datetime | None = None,
 ) -> WriteCounts:
     """Write a batch of scored records, their rejects and the alerts they open, in ONE
     transaction; rows whose ``(source_key, model_id)`` is already stored are left as they are.
+
+    ``alert_rule`` (default: an alert per run of crossings of an entity) judges the records
+    this call inserts, from the entity's state as stored (``storage.alerting``): it opens,
+    escalates and resolves alerts in the same transaction, so a replay opens nothing twice.
 
     ``records`` has one row per scored record with ``source_key``, ``score``,
     ``recon_error``, ``percentile``, ``is_anomaly`` and optionally ``entity_key``,
@@ -370,13 +413,17 @@ def write_results(
         if rejects is not None and n_rejects:
             dead_rows = _dead_letter_rows(rejects, dialect, run_id, model_id, now)
             dead_inserted = _insert_rows(connection, "dead_letters", dead_rows)
-        opened = open_alerts(
+        changes = apply_alert_rule(
             connection,
             model_id=model_id,
-            source_keys=flagged_keys,
+            records=records,
+            new=_inserted_mask(connection, records, scores_inserted, model_id, run_id, now),
+            rule=alert_rule or AlertRule(),
             threshold_id=threshold_id,
-            opened_at=now,
+            now=now,
+            history_filter=not_written_by(run_id, now),
         )
+        opened = alert_details(connection, alert_ids=changes.opened)
         connection.execute(
             update(ScoringRun)
             .where(ScoringRun.id == run_id)
@@ -395,91 +442,40 @@ def write_results(
         dead_letters_inserted=dead_inserted,
         alerts_opened=len(opened),
         alerts=tuple(opened),
+        alerts_escalated=len(changes.escalated),
+        alerts_resolved=len(changes.resolved),
     )
 
 
-def open_alerts(
+def _inserted_mask(
     connection: Connection,
-    *,
+    records: pd.DataFrame,
+    inserted: int,
     model_id: int,
-    source_keys: Sequence[str],
-    threshold_id: int | None,
-    opened_at: datetime,
-) -> list[dict[str, Any]]:
-    """Open one alert per flagged score row (none twice for the same row); returns the alerts
-    opened (id, model, entity, severity, opened at, and the score row's key, score and event
-    time), for publishing.
-
-    The one place that decides which flagged records open alerts: alert rules (debounce,
-    cool-down) will replace this function.
-    """
-    if not len(source_keys):
-        return []
-    chosen = select(
-        Score.id,
-        Score.model_id,
-        literal(threshold_id, Alert.threshold_id.type).label("threshold_id"),
-        Score.entity_key,
-        literal("open").label("state"),
-        func.coalesce(Score.severity, "warning").label("severity"),
-        literal(opened_at, Alert.opened_at.type).label("opened_at"),
-    ).where(
-        and_(
-            Score.model_id == model_id,
-            Score.source_key.in_(bindparam("keys", expanding=True)),
-            Score.is_anomaly.is_(True),
-        )
+    run_id: int,
+    now: datetime,
+) -> np.ndarray:
+    """Which of ``records`` this write inserted: all or none in the usual cases (a new batch,
+    a replayed one); else the keys now stored with this run and write time."""
+    n = len(records)
+    keys = records["source_key"].astype(str)
+    if inserted == 0:
+        return np.zeros(n, dtype=bool)
+    if inserted == n and not keys.duplicated().any():
+        return np.ones(n, dtype=bool)
+    mine: set[str] = set()
+    query = select(Score.source_key).where(
+        Score.model_id == model_id,
+        Score.run_id == run_id,
+        Score.scored_at == now,
+        Score.source_key.in_(bindparam("keys", expanding=True)),
     )
-    stmt = (
-        _insert_ignore(connection.dialect, Alert.__table__, ["score_id"])
-        .from_select(
-            [
-                "score_id",
-                "model_id",
-                "threshold_id",
-                "entity_key",
-                "state",
-                "severity",
-                "opened_at",
-            ],
-            chosen,
+    unique = keys.drop_duplicates().tolist()
+    for start in range(0, len(unique), 500):
+        mine.update(
+            str(r[0]) for r in connection.execute(query, {"keys": unique[start : start + 500]})
         )
-        .returning(Alert.id)  # counts what was inserted (rowcount is not reliable here)
-    )
-    ids: list[int] = []
-    keys = list(source_keys)
-    for start in range(0, len(keys), 500):  # stays under every driver's parameter limit
-        ids.extend(int(r[0]) for r in connection.execute(stmt, {"keys": keys[start : start + 500]}))
-    return alert_details(connection, alert_ids=ids)
-
-
-def alert_details(connection: Connection, *, alert_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """Alerts with the key, score and event time of the score row that opened them."""
-    out: list[dict[str, Any]] = []
-    query = (
-        select(
-            Alert.id.label("alert_id"),
-            Model.name.label("model"),
-            Model.version.label("model_version"),
-            Alert.entity_key,
-            Alert.severity,
-            Alert.state,
-            Alert.opened_at,
-            Score.source_key,
-            Score.score,
-            Score.event_time,
-            Score.top_features,
-        )
-        .join(Score, Score.id == Alert.score_id)
-        .join(Model, Model.id == Alert.model_id)
-        .where(Alert.id.in_(bindparam("ids", expanding=True)))
-        .order_by(Alert.id)
-    )
-    ids = list(alert_ids)
-    for start in range(0, len(ids), 500):
-        for row in connection.execute(query, {"ids": ids[start : start + 500]}):
-            out.append(dict(row._mapping))
-    return out
+    return (keys.isin(mine) & ~keys.duplicated()).to_numpy()
 
 
 @contextmanager

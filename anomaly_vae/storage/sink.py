@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 
 from anomaly_vae._version import __version__
 from anomaly_vae.storage import repository as repo
-from anomaly_vae.thresholds import SEVERITY_NAMES, Thresholds
+from anomaly_vae.thresholds import SEVERITY_NAMES, AlertRule, Thresholds
 
 if TYPE_CHECKING:
     from anomaly_vae.estimator import AnomalyVAE
@@ -61,6 +61,10 @@ def model_version_of(model: AnomalyVAE, *, path: Path | str | None) -> repo.Mode
             "quantiles": {
                 f"{q:g}": float(np.quantile(calib, q)) for q in CALIBRATION_SUMMARY_QUANTILES
             },
+            # The held-out normal scores themselves (sorted; at most CALIBRATION_POINTS, evenly
+            # spaced quantiles when there were more): the quantile, false-alarm-rate and EVT
+            # policies compute from them, so the database needs no access to the model files.
+            "scores": [float(v) for v in calib],
         },
         package_version=__version__,
         created_at=datetime.fromisoformat(trained_at) if trained_at else None,
@@ -77,6 +81,7 @@ class BatchRun:
     threshold_id: int | None
     threshold: float
     critical: float | None
+    alert_rule: AlertRule
 
 
 def start_batch_run(
@@ -87,14 +92,16 @@ def start_batch_run(
     source: str,
     source_sha256: str,
     threshold: float | None = None,
+    alert_rule: dict[str, Any] | None = None,
 ) -> BatchRun:
     """Register the model version, find the threshold in force (``threshold`` overrides it
-    for this run only) and record a ``running`` scoring run, in one transaction."""
+    for this run only) and record a ``running`` scoring run, in one transaction.
+    ``alert_rule``: the pipeline's ``alerts`` section (see ``ensure_calibrated_threshold``)."""
     version = model_version_of(model, path=model_dir)
     with connection.begin():
         model_id = repo.register_model(connection, model=version)
         in_force = repo.ensure_calibrated_threshold(
-            connection, model=version, created_by="anomaly-vae score"
+            connection, model=version, created_by="anomaly-vae score", alert_rule=alert_rule
         )
         if threshold is None:
             value, critical, threshold_id = (
@@ -123,6 +130,7 @@ def start_batch_run(
         threshold_id=threshold_id,
         threshold=value,
         critical=None if critical is None else float(critical),
+        alert_rule=AlertRule.from_dict(in_force.alert_rule),
     )
 
 
@@ -160,6 +168,7 @@ class DatabaseSink:
             records=self.records(chunk),
             rejects=self.rejects(chunk),
             threshold_id=self.run.threshold_id,
+            alert_rule=self.run.alert_rule,
         )
         self.written += counts.scores_given
         self.inserted += counts.scores_inserted

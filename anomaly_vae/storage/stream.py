@@ -21,7 +21,7 @@ from anomaly_vae.jobs.stream import ThresholdInForce, WriteResult
 from anomaly_vae.sources.kafka import ENTITY, EVENT_TIME, SOURCE_KEY
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.storage.sink import SEVERITY_LABELS, model_version_of
-from anomaly_vae.thresholds import Thresholds
+from anomaly_vae.thresholds import AlertRule, Thresholds
 
 if TYPE_CHECKING:
     from anomaly_vae.estimator import AnomalyVAE
@@ -40,6 +40,7 @@ class StreamDatabaseSink:
         model: AnomalyVAE,
         model_dir: Path | str | None,
         source: str,
+        alert_rule: dict[str, Any] | None = None,
     ) -> None:
         self.engine = engine
         self.model = model
@@ -48,7 +49,7 @@ class StreamDatabaseSink:
         with engine.connect() as connection, connection.begin():
             self.model_id = repo.register_model(connection, model=version)
             in_force = repo.ensure_calibrated_threshold(
-                connection, model=version, created_by="anomaly-vae stream"
+                connection, model=version, created_by="anomaly-vae stream", alert_rule=alert_rule
             )
             self.run_id = repo.start_run(
                 connection,
@@ -75,6 +76,7 @@ class StreamDatabaseSink:
                 records=records,
                 rejects=rejects,
                 threshold_id=batch.threshold_id,
+                alert_rule=AlertRule.from_dict(batch.alert_rule),
             )
         return WriteResult(
             scores_written=counts.scores_inserted,
@@ -143,6 +145,7 @@ class DatabaseThresholdSource:
             version=int(row.version),
             critical=None if row.critical is None else float(row.critical),
             id=int(row.id),
+            alert_rule=row.alert_rule,
         )
 
 

@@ -11,7 +11,8 @@ Tables:
 - ``thresholds``: versioned per model name; the newest version is the one in force.
 - ``scoring_runs``: one per batch job or stream session, with its counts and status.
 - ``scores``: one row per scored record, unique on (source_key, model_id).
-- ``alerts``: opened when a record crosses the threshold in force; linked to its score row.
+- ``alerts``: opened by the alert rule in force (k of the last n records of an entity crossed the
+  threshold, outside the cool-down); linked to the score row that opened it.
 - ``dead_letters``: every rejected record with its raw content and reason, unique on
   (source_key, model_id).
 """
@@ -128,6 +129,8 @@ class Threshold(Base):
     warning: Mapped[float] = mapped_column(Float)
     critical: Mapped[float | None] = mapped_column(Float)
     parameters: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    # The alert rule of this version (``thresholds.AlertRule.to_dict()``); null: the default.
+    alert_rule: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
     created_by: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime]
@@ -160,6 +163,13 @@ class ScoringRun(Base):
     rows_rejected: Mapped[int] = mapped_column(BigInteger, default=0)
     rows_inserted: Mapped[int] = mapped_column(BigInteger, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # What only the scorer process knows, reported every metrics interval by a stream run (so
+    # that the API process can serve it): consumer lag, produce-to-row latency, rate.
+    lag: Mapped[int | None] = mapped_column(BigInteger)
+    latency_p50_ms: Mapped[float | None] = mapped_column(Float)
+    latency_p99_ms: Mapped[float | None] = mapped_column(Float)
+    records_per_s: Mapped[float | None] = mapped_column(Float)
+    metrics_at: Mapped[datetime | None]
 
 
 class Score(Base):
@@ -172,6 +182,8 @@ class Score(Base):
     __table_args__ = (
         UniqueConstraint("source_key", "model_id"),
         Index(None, "model_id", "is_anomaly", "scored_at"),
+        # An entity's latest records, which the alert rule reads on every write.
+        Index(None, "model_id", "entity_key", "event_time", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigIdType, primary_key=True)
@@ -190,8 +202,11 @@ class Score(Base):
 
 
 class Alert(Base):
-    """An alert on an entity, opened by the score row that crossed the threshold in force.
-    State moves open -> acknowledged -> resolved; who and when are kept for each step."""
+    """An alert on an entity, opened by the score row that completed the alert rule (``rule``:
+    k of the entity's last n records crossed the threshold in force, outside the cool-down).
+    State moves open -> acknowledged -> resolved (by a person, or by the rule after enough
+    normal records: ``resolved_by`` is then ``alert-rule`` and ``resolved_score_id`` the record);
+    a critical record escalates an open warning (``escalated_at``, ``escalated_score_id``)."""
 
     __tablename__ = "alerts"
     __table_args__ = (
@@ -214,6 +229,13 @@ class Alert(Base):
     resolved_at: Mapped[datetime | None]
     resolved_by: Mapped[str | None] = mapped_column(String(200))
     note: Mapped[str | None] = mapped_column(Text)
+    escalated_at: Mapped[datetime | None]
+    escalated_score_id: Mapped[int | None] = mapped_column(
+        ForeignKey("scores.id", ondelete="SET NULL")
+    )
+    resolved_score_id: Mapped[int | None] = mapped_column(
+        ForeignKey("scores.id", ondelete="SET NULL")
+    )
 
 
 class DeadLetter(Base):

@@ -1,0 +1,462 @@
+"""Alert rules in the write path: which newly stored records open, escalate or resolve alerts.
+
+The decision is ``thresholds.AlertTracker`` (the same code that ``preview`` replays), started
+for each entity from what the database holds, inside the transaction that stores the records:
+
+* the entity's last ``max(n, resolve_after)`` stored records (by event time, then id; records
+  without an event time by id): their crossings fill the k-of-n window, and the normal records
+  after its open alert's last crossing count towards resolving it;
+* the entity's newest alert: open or acknowledged means an alert is in progress (a crossing
+  joins it, a critical one escalates it); its opening record's time starts the cool-down.
+
+Only records this call actually inserted are judged, so a replayed batch (its rows already
+stored) opens nothing twice, and a batch cut differently on replay judges only the new rows.
+Because the state lives in the database, batch jobs, stream sessions and several scorer
+processes sharing a topic all take the same decisions. Several processes writing the same
+entities at once are serialised: SQLite allows one writer at a time, and on PostgreSQL each
+transaction takes transaction-level advisory locks on the entities' buckets (sorted, so two
+writers never wait on each other in a cycle) before it reads their state.
+
+Records are judged in event-time order within a batch and after those already stored: a record
+that arrives after later records of its entity is judged after them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    bindparam,
+    func,
+    insert,
+    not_,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import aliased
+
+from anomaly_vae.storage.tables import Alert, Model, Score
+from anomaly_vae.thresholds import (
+    SEVERITY_CRITICAL,
+    SEVERITY_NAMES,
+    SEVERITY_NORMAL,
+    SEVERITY_WARNING,
+    AlertRule,
+    AlertTracker,
+)
+
+RULE_RESOLVER = "alert-rule"  # alerts.resolved_by when the rule resolved an alert
+ACTIVE_STATES = ("open", "acknowledged")
+LOCK_BUCKETS = 256  # advisory locks per model on PostgreSQL: bounded, whatever the entities
+_KEYS_PER_QUERY = 500
+_SEVERITY_LEVELS = {"warning": SEVERITY_WARNING, "critical": SEVERITY_CRITICAL}
+
+
+@dataclass
+class AlertChanges:
+    """What the rule did in one write: alerts opened (ids), escalated and resolved."""
+
+    opened: list[int] = field(default_factory=list)
+    escalated: list[int] = field(default_factory=list)
+    resolved: list[int] = field(default_factory=list)
+
+
+# ================================================================ the write path
+def apply_alert_rule(
+    connection: Connection,
+    *,
+    model_id: int,
+    records: pd.DataFrame,
+    new: np.ndarray,
+    rule: AlertRule,
+    threshold_id: int | None,
+    now: datetime,
+    history_filter: ColumnElement[bool],
+) -> AlertChanges:
+    """Judge the newly stored ``records[new]`` under ``rule``; write what it decides.
+
+    ``records`` is the batch as given to ``write_results`` (``source_key``, ``is_anomaly``,
+    optional ``severity``, ``entity_key``, ``event_time``); ``new`` marks the rows this
+    transaction inserted; ``history_filter`` selects the stored rows that are not among them.
+    """
+    changes = AlertChanges()
+    if not new.any():
+        return changes
+    batch = _batch_frame(records, new, now)
+    active = _entities_with_active_alerts(connection, model_id)
+    flagged = set(batch.loc[batch["level"] > 0, "entity"])
+    candidates = sorted(flagged | (set(batch["entity"]) & active), key=_entity_sort_key)
+    if not candidates:
+        return changes
+    if connection.dialect.name == "postgresql":
+        _lock_entities(connection, model_id, candidates)
+    timed = batch.groupby("entity", sort=False, dropna=False)["timed"].all().to_dict()
+    tracker = AlertTracker(rule)
+    alert_of: dict[str, int] = {}
+    for entity, state in seed_states(
+        connection,
+        model_id=model_id,
+        entities={e: bool(timed.get(e, True)) for e in candidates},
+        rule=rule,
+        history_filter=history_filter,
+    ).items():
+        tracker.seed(
+            _tracker_key(entity),
+            recent=state.recent,
+            open_severity=state.open_severity,
+            normal_streak=state.normal_streak,
+            last_opened=state.last_opened,
+        )
+        if state.alert_id is not None and state.open_severity:
+            alert_of[_tracker_key(entity)] = state.alert_id
+    todo = batch[batch["entity"].isin(candidates)]
+    events = tracker.update(
+        [_tracker_key(e) for e in todo["entity"]],
+        todo["level"].to_numpy(),
+        todo["time"],
+    )
+    if not events:
+        return changes
+    keys = todo["source_key"].to_numpy(dtype=object)
+    score_ids = _score_ids(connection, model_id, sorted({keys[e.index] for e in events}))
+    entities = {_tracker_key(e): e for e in candidates}
+    for event in events:
+        score_id = score_ids[keys[event.index]]
+        if event.kind == "open":
+            alert_id = _open(
+                connection,
+                model_id=model_id,
+                score_id=score_id,
+                entity=entities[event.entity],
+                severity=event.severity,
+                rule=rule,
+                threshold_id=threshold_id,
+                now=now,
+            )
+            alert_of[event.entity] = alert_id
+            changes.opened.append(alert_id)
+        elif event.entity in alert_of:
+            alert_id = alert_of[event.entity]
+            if event.kind == "escalate":
+                connection.execute(
+                    update(Alert)
+                    .where(Alert.id == alert_id, Alert.state.in_(ACTIVE_STATES))
+                    .values(
+                        severity=SEVERITY_NAMES[SEVERITY_CRITICAL],
+                        escalated_at=now,
+                        escalated_score_id=score_id,
+                    )
+                )
+                changes.escalated.append(alert_id)
+            else:
+                connection.execute(
+                    update(Alert)
+                    .where(Alert.id == alert_id, Alert.state.in_(ACTIVE_STATES))
+                    .values(
+                        state="resolved",
+                        resolved_at=now,
+                        resolved_by=RULE_RESOLVER,
+                        resolved_score_id=score_id,
+                        note=f"resolved by the alert rule after {rule.resolve_after} normal "
+                        f"record{'s' if rule.resolve_after > 1 else ''}",
+                    )
+                )
+                changes.resolved.append(alert_id)
+                del alert_of[event.entity]
+    return changes
+
+
+def _batch_frame(records: pd.DataFrame, new: np.ndarray, now: datetime) -> pd.DataFrame:
+    """The new records as the tracker takes them, in judging order: entity, level (0 normal,
+    1 warning, 2 critical), time (event time, else the write time) and whether it is an
+    event time."""
+    n = len(records)
+    flags = records["is_anomaly"].to_numpy(dtype=bool, na_value=False)
+    level = flags.astype(np.int8)
+    if "severity" in records:
+        critical = records["severity"].to_numpy(dtype=object) == "critical"
+        level[flags & critical] = SEVERITY_CRITICAL
+    entity = (
+        records["entity_key"].astype(object).where(records["entity_key"].notna(), None)
+        if "entity_key" in records
+        else pd.Series([None] * n, index=records.index, dtype=object)
+    )
+    entity = entity.map(lambda v: v if v is None else str(v))
+    if "event_time" in records:
+        event_time = pd.to_datetime(
+            records["event_time"], utc=True, errors="coerce", format="mixed"
+        )
+    else:
+        event_time = pd.Series(pd.NaT, index=records.index, dtype="datetime64[ns, UTC]")
+    frame = pd.DataFrame(
+        {
+            "source_key": records["source_key"].astype(str).to_numpy(dtype=object),
+            "entity": entity.to_numpy(dtype=object),
+            "level": level,
+            "timed": event_time.notna().to_numpy(),
+            "time": event_time.fillna(pd.Timestamp(now)).to_numpy(),
+            "position": np.arange(n),
+        }
+    )
+    frame = frame[new].drop_duplicates("source_key")
+    return frame.sort_values(["time", "position"], kind="stable").reset_index(drop=True)
+
+
+def _entities_with_active_alerts(connection: Connection, model_id: int) -> set[str | None]:
+    rows = connection.execute(
+        select(Alert.entity_key)
+        .where(Alert.state.in_(ACTIVE_STATES), Alert.model_id == model_id)
+        .distinct()
+    )
+    return {row[0] for row in rows}
+
+
+def _lock_entities(connection: Connection, model_id: int, entities: Sequence[str | None]) -> None:
+    """Transaction-level advisory locks on the entities' buckets, in ascending order."""
+    buckets = sorted({_bucket(entity) for entity in entities})
+    connection.execute(
+        text(
+            "SELECT count(pg_advisory_xact_lock(:model_id, b)) "
+            "FROM unnest(CAST(:buckets AS integer[])) WITH ORDINALITY AS u(b, i)"
+        ),
+        {"model_id": int(model_id), "buckets": buckets},
+    )
+
+
+def _bucket(entity: str | None) -> int:
+    digest = hashlib.blake2b(("" if entity is None else entity).encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") % LOCK_BUCKETS
+
+
+def _score_ids(connection: Connection, model_id: int, keys: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    query = select(Score.source_key, Score.id).where(
+        Score.model_id == model_id, Score.source_key.in_(bindparam("keys", expanding=True))
+    )
+    for start in range(0, len(keys), _KEYS_PER_QUERY):
+        for key, score_id in connection.execute(
+            query, {"keys": keys[start : start + _KEYS_PER_QUERY]}
+        ):
+            out[str(key)] = int(score_id)
+    return out
+
+
+def _open(
+    connection: Connection,
+    *,
+    model_id: int,
+    score_id: int,
+    entity: str | None,
+    severity: int,
+    rule: AlertRule,
+    threshold_id: int | None,
+    now: datetime,
+) -> int:
+    result = connection.execute(
+        insert(Alert)
+        .values(
+            score_id=score_id,
+            model_id=model_id,
+            threshold_id=threshold_id,
+            entity_key=entity,
+            state="open",
+            severity=SEVERITY_NAMES[severity],
+            rule=rule.to_dict(),
+            opened_at=now,
+        )
+        .returning(Alert.id)
+    )
+    return int(result.scalar_one())
+
+
+# ================================================================ entity states
+@dataclass(frozen=True)
+class EntityState:
+    """Where an entity stands for the alert rule (see ``AlertTracker.seed``)."""
+
+    recent: tuple[bool, ...] = ()
+    open_severity: int = SEVERITY_NORMAL
+    normal_streak: int = 0
+    last_opened: float | None = None
+    alert_id: int | None = None
+
+
+def seed_states(
+    connection: Connection,
+    *,
+    model_id: int,
+    entities: dict[str | None, bool],
+    rule: AlertRule,
+    history_filter: ColumnElement[bool],
+    as_of: datetime | None = None,
+) -> dict[str | None, EntityState]:
+    """Each entity's state from the stored records that ``history_filter`` keeps (``entities``
+    maps an entity to whether its records have event times) and its newest alert opened by
+    one of them: in progress now or, with ``as_of``, at that time."""
+    newest = _newest_alerts(connection, model_id, list(entities), history_filter, as_of)
+    window = max(rule.n, rule.resolve_after)
+    out: dict[str | None, EntityState] = {}
+    for entity, timed in entities.items():
+        rows = _last_records(connection, model_id, entity, timed, window, history_filter)
+        rows.reverse()  # oldest first
+        levels = [_level(r.is_anomaly, r.severity) for r in rows]
+        alert = newest.get(entity)
+        open_severity, streak, last_opened, alert_id = SEVERITY_NORMAL, 0, None, None
+        if alert is not None:
+            last_opened = alert["opened_time"].timestamp()
+            if alert["active"]:
+                alert_id = alert["id"]
+                open_severity = _SEVERITY_LEVELS.get(alert["severity"], SEVERITY_WARNING)
+                ids = [r.id for r in rows]
+                since = ids.index(alert["score_id"]) + 1 if alert["score_id"] in ids else 0
+                for level in reversed(levels[since:]):
+                    if level > 0:
+                        break
+                    streak += 1
+        out[entity] = EntityState(
+            recent=tuple(level > 0 for level in levels[-rule.n :]),
+            open_severity=open_severity,
+            normal_streak=min(streak, rule.resolve_after),
+            last_opened=last_opened,
+            alert_id=alert_id,
+        )
+    return out
+
+
+def _last_records(
+    connection: Connection,
+    model_id: int,
+    entity: str | None,
+    timed: bool,
+    limit: int,
+    history_filter: ColumnElement[bool],
+) -> list[Any]:
+    stmt = select(Score.id, Score.is_anomaly, Score.severity).where(
+        Score.model_id == model_id, _entity_is(Score.entity_key, entity), history_filter
+    )
+    if timed:  # the index (model_id, entity_key, event_time, id), read backwards
+        stmt = stmt.where(Score.event_time.is_not(None)).order_by(
+            Score.event_time.desc(), Score.id.desc()
+        )
+    else:
+        stmt = stmt.where(Score.event_time.is_(None)).order_by(Score.id.desc())
+    return list(connection.execute(stmt.limit(limit)))
+
+
+def _newest_alerts(
+    connection: Connection,
+    model_id: int,
+    entities: list[str | None],
+    history_filter: ColumnElement[bool],
+    as_of: datetime | None,
+) -> dict[str | None, dict[str, Any]]:
+    """Each entity's newest alert opened by a record that ``history_filter`` keeps, and
+    whether it was in progress (now, or at ``as_of`` when given: not yet resolved then)."""
+    named = [e for e in entities if e is not None]
+    conditions: list[ColumnElement[bool]] = []
+    if named:
+        conditions.append(Alert.entity_key.in_(named))
+    if None in entities:
+        conditions.append(Alert.entity_key.is_(None))
+    if not conditions:
+        return {}
+    who = or_(*conditions)
+    newest = (
+        select(func.max(Alert.id))
+        .join(Score, Score.id == Alert.score_id)
+        .where(Alert.model_id == model_id, who, history_filter)
+        .group_by(Alert.entity_key)
+    )
+    resolving = aliased(Score)
+    rows = connection.execute(
+        select(
+            Alert.id,
+            Alert.entity_key,
+            Alert.state,
+            Alert.severity,
+            Alert.score_id,
+            func.coalesce(Score.event_time, Score.scored_at).label("opened_time"),
+            func.coalesce(resolving.event_time, Alert.resolved_at).label("resolved_time"),
+        )
+        .join(Score, Score.id == Alert.score_id)
+        .outerjoin(resolving, resolving.id == Alert.resolved_score_id)
+        .where(Alert.id.in_(newest))
+    )
+    out: dict[str | None, dict[str, Any]] = {}
+    for row in rows:
+        active = row.state in ACTIVE_STATES
+        if as_of is not None and not active and row.resolved_time is not None:
+            active = pd.Timestamp(row.resolved_time) >= pd.Timestamp(as_of)
+        out[row.entity_key] = {
+            "id": int(row.id),
+            "severity": row.severity,
+            "score_id": int(row.score_id),
+            "opened_time": pd.Timestamp(row.opened_time),
+            "active": active,
+        }
+    return out
+
+
+def _level(is_anomaly: bool, severity: str | None) -> int:
+    if not is_anomaly:
+        return SEVERITY_NORMAL
+    return _SEVERITY_LEVELS.get(severity or "warning", SEVERITY_WARNING)
+
+
+def _entity_is(column: Any, entity: str | None) -> ColumnElement[bool]:
+    return column.is_(None) if entity is None else column == entity
+
+
+def _tracker_key(entity: str | None) -> str:
+    """The tracker's name for an entity (``None``, no entity, is the empty name)."""
+    return "" if entity is None else entity
+
+
+def _entity_sort_key(entity: str | None) -> tuple[int, str]:
+    return (0, "") if entity is None else (1, entity)
+
+
+def not_written_by(run_id: int, now: datetime) -> ColumnElement[bool]:
+    """Stored rows other than those this write (run ``run_id`` at ``now``) inserted."""
+    return not_(and_(Score.run_id == run_id, Score.scored_at == now))
+
+
+# ==================================================================== details
+def alert_details(connection: Connection, *, alert_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """Alerts with the key, score and event time of the score row that opened them."""
+    out: list[dict[str, Any]] = []
+    query = (
+        select(
+            Alert.id.label("alert_id"),
+            Model.name.label("model"),
+            Model.version.label("model_version"),
+            Alert.entity_key,
+            Alert.severity,
+            Alert.state,
+            Alert.opened_at,
+            Score.source_key,
+            Score.score,
+            Score.event_time,
+            Score.top_features,
+        )
+        .join(Score, Score.id == Alert.score_id)
+        .join(Model, Model.id == Alert.model_id)
+        .where(Alert.id.in_(bindparam("ids", expanding=True)))
+        .order_by(Alert.id)
+    )
+    ids = list(alert_ids)
+    for start in range(0, len(ids), _KEYS_PER_QUERY):
+        for row in connection.execute(query, {"ids": ids[start : start + _KEYS_PER_QUERY]}):
+            out.append(dict(row._mapping))
+    return out
