@@ -95,7 +95,7 @@ def write_in_batches(
     return model_id, run_id
 
 
-def decisions(connection: Connection) -> list[tuple[str, str | None, str, str | None]]:
+def decisions(connection: Connection) -> list[tuple[str, str | None, str, str]]:
     """(opening key, resolving key, severity, state) of every alert, oldest first."""
     rows = connection.exec_driver_sql(
         "SELECT o.source_key, r.source_key, a.severity, a.state FROM alerts a "
