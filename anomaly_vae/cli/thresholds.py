@@ -1,0 +1,671 @@
+"""``thresholds`` and ``alerts``: see, preview, tune and set thresholds; act on alerts.
+
+Every change is a new threshold version with who (``--by``, else the OS user), why
+(``--reason``) and when; stored scores and past alerts are never rewritten. Policies:
+
+* ``--value X``: a fixed threshold;
+* ``--quantile Q`` / ``--false-alarm-rate R``: of the model's held-out normal scores;
+* ``--contamination C``: the top C share of the model's stored scores (``--since``);
+* ``--evt --risk P``: peaks over threshold (SPOT), P(normal score > threshold) = P.
+
+``--critical`` takes the same choices as ``NAME=VALUE`` (or a bare number for a value):
+``--critical 60``, ``--critical quantile=0.9999``, ``--critical evt=1e-6``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+import typer
+
+from anomaly_vae.cli import app, setup_logging
+from anomaly_vae.cli.db import DB_HELP, PIPELINE_HELP, OutputFormat, emit, parse_since
+from anomaly_vae.errors import ConfigError
+
+thresholds_app = typer.Typer(
+    help="See, preview, tune and set alert thresholds (every change is a new version).",
+    no_args_is_help=True,
+)
+alerts_app = typer.Typer(help="Alerts: list, acknowledge, resolve.", no_args_is_help=True)
+app.add_typer(thresholds_app, name="thresholds")
+app.add_typer(alerts_app, name="alerts")
+
+MODEL_HELP = "Model name (the pipeline's name)."
+CRITICAL_HELP = (
+    "Critical level, the same choices as NAME=VALUE: 60 (a value), quantile=0.9999, "
+    "false-alarm-rate=1e-5, contamination=0.001, evt=1e-6 (the risk)."
+)
+
+
+class Objective(str, Enum):
+    f1 = "f1"
+
+
+class AlertState(str, Enum):
+    open = "open"
+    acknowledged = "acknowledged"
+    resolved = "resolved"
+    active = "active"
+
+
+# ================================================================== option parsing
+def _policy(
+    value: float | None,
+    quantile: float | None,
+    false_alarm_rate: float | None,
+    contamination: float | None,
+    evt: bool,
+    risk: float | None,
+    since: datetime | None,
+) -> Any:
+    from anomaly_vae.storage.tuning import policy_spec
+
+    given = [
+        name
+        for name, v in (
+            ("--value", value),
+            ("--quantile", quantile),
+            ("--false-alarm-rate", false_alarm_rate),
+            ("--contamination", contamination),
+        )
+        if v is not None
+    ] + (["--evt"] if evt else [])
+    if len(given) > 1:
+        raise ConfigError(f"give one threshold policy, not {' and '.join(given)}")
+    if risk is not None and not evt:
+        raise ConfigError("--risk goes with --evt (peaks over threshold)")
+    if value is not None:
+        return policy_spec({"policy": "value", "value": value})
+    if quantile is not None:
+        return policy_spec({"policy": "quantile", "quantile": quantile})
+    if false_alarm_rate is not None:
+        return policy_spec({"policy": "false_alarm_rate", "rate": false_alarm_rate})
+    if contamination is not None:
+        return policy_spec(
+            {"policy": "contamination", "contamination": contamination, "since": since}
+        )
+    if evt:
+        if risk is None:
+            raise ConfigError("--evt needs --risk P: the probability a normal score exceeds it")
+        return policy_spec({"policy": "evt", "risk": risk})
+    return None
+
+
+_CRITICAL_NAMES = {
+    "value": ("value", "value"),
+    "quantile": ("quantile", "quantile"),
+    "false-alarm-rate": ("false_alarm_rate", "rate"),
+    "false_alarm_rate": ("false_alarm_rate", "rate"),
+    "contamination": ("contamination", "contamination"),
+    "evt": ("evt", "risk"),
+}
+
+
+def _critical(text: str | None, since: datetime | None) -> Any:
+    from anomaly_vae.storage.tuning import policy_spec
+
+    if text is None:
+        return None
+    name, _, number = text.partition("=")
+    if not number:
+        name, number = "value", text
+    key = name.strip().lower()
+    if key not in _CRITICAL_NAMES:
+        raise ConfigError(
+            f"--critical {text!r}: expected NAME=VALUE with NAME one of "
+            f"{', '.join(sorted(set(_CRITICAL_NAMES) - {'false_alarm_rate'}))}, "
+            "or a number"
+        )
+    try:
+        parsed = float(number)
+    except ValueError:
+        raise ConfigError(f"--critical {text!r}: {number!r} is not a number") from None
+    policy, field = _CRITICAL_NAMES[key]
+    data: dict[str, Any] = {"policy": policy, field: parsed}
+    if policy == "contamination":
+        data["since"] = since
+    return policy_spec(data)
+
+
+def _rule(
+    current: dict[str, Any] | None,
+    debounce: str | None,
+    cooldown: float | None,
+    resolve_after: int | None,
+) -> Any:
+    """The alert rule with the options given changed (None: no option given)."""
+    from anomaly_vae.storage.tuning import alert_rule_of
+    from anomaly_vae.thresholds import AlertRule
+
+    if debounce is None and cooldown is None and resolve_after is None:
+        return None
+    data = AlertRule.from_dict(current).to_dict()
+    if debounce is not None:
+        k, sep, n = debounce.partition("/")
+        if not sep or not k.strip().isdigit() or not n.strip().isdigit():
+            raise ConfigError(f"--debounce {debounce!r}: write K/N, e.g. 2/3 (2 of the last 3)")
+        data["k"], data["n"] = int(k), int(n)
+    if cooldown is not None:
+        data["cooldown_s"] = cooldown
+    if resolve_after is not None:
+        data["resolve_after"] = resolve_after
+    return alert_rule_of(data)
+
+
+def _since(text: str | None) -> datetime | None:
+    return parse_since(text) if text else None
+
+
+def _who(by: str | None) -> str:
+    if by:
+        return by
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name (a container without /etc/passwd entry)
+        return "unknown"
+
+
+def _target(db: str | None, pipeline: Path | None) -> Any:
+    from anomaly_vae.cli.db import database_target
+
+    return database_target(db, pipeline)
+
+
+def _threshold_dict(row: Any) -> dict[str, Any]:
+    from anomaly_vae.thresholds import AlertRule
+
+    return {
+        "version": row.version,
+        "policy": row.policy,
+        "warning": row.warning,
+        "critical": row.critical,
+        "alert_rule": AlertRule.from_dict(row.alert_rule).describe(),
+        "created_at": row.created_at,
+        "created_by": row.created_by,
+        "reason": row.reason,
+        "parameters": row.parameters,
+    }
+
+
+# ====================================================================== thresholds
+@thresholds_app.command("show")
+def thresholds_show(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+) -> None:
+    """The threshold in force for MODEL, its alert rule, and what it means on normal data."""
+    setup_logging(False)
+    import numpy as np
+
+    from anomaly_vae.cli.db import connected
+    from anomaly_vae.storage import repository as repo
+    from anomaly_vae.storage.tuning import latest_model
+
+    with connected(_target(db, pipeline)) as connection:
+        version = latest_model(connection, name=model)
+        row = repo.threshold_in_force(connection, model_name=model)
+        try:
+            normal = repo.calibration_scores(connection, model_id=version.id)
+        except ConfigError:
+            normal = None
+    if row is None:
+        raise ConfigError(f"model {model!r} has no threshold yet: score with it, or set one")
+    shown = _threshold_dict(row)
+    shown["model_version"] = version.version
+    if normal is not None:
+        shown["normal_false_alarm_rate"] = float(np.mean(normal > row.warning))
+    if fmt is OutputFormat.json:
+        typer.echo(json.dumps(shown, default=str, indent=1))
+        return
+    critical = f", critical {row.critical:.6g}" if row.critical is not None else ""
+    typer.echo(
+        f"{model}: threshold v{row.version} in force ({row.policy}): "
+        f"warning {row.warning:.6g}{critical}"
+    )
+    typer.echo(f"  alert rule: {shown['alert_rule']}")
+    typer.echo(f"  set {_when(row.created_at)} by {row.created_by}: {row.reason}")
+    if normal is not None:
+        typer.echo(
+            f"  on held-out normal data of model version {version.version}: "
+            f"{100 * shown['normal_false_alarm_rate']:.3g} % of records cross it"
+        )
+
+
+@thresholds_app.command("history")
+def thresholds_history(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+) -> None:
+    """Every threshold version of MODEL, newest (in force) first: who, why, when."""
+    setup_logging(False)
+    from anomaly_vae.cli.db import connected
+    from anomaly_vae.storage import repository as repo
+
+    with connected(_target(db, pipeline)) as connection:
+        rows = [_threshold_dict(r) for r in repo.list_thresholds(connection, model_name=model)]
+    columns = [
+        "version",
+        "policy",
+        "warning",
+        "critical",
+        "alert_rule",
+        "created_at",
+        "created_by",
+        "reason",
+    ]
+    emit(rows, columns, fmt, empty=f"no thresholds stored for model {model!r}")
+
+
+@thresholds_app.command("set")
+def thresholds_set(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    value: float | None = typer.Option(None, "--value", help="A fixed threshold."),
+    quantile: float | None = typer.Option(
+        None, "--quantile", help="Quantile of held-out normal scores."
+    ),
+    false_alarm_rate: float | None = typer.Option(
+        None, "--false-alarm-rate", help="Share of normal records that may cross."
+    ),
+    contamination: float | None = typer.Option(
+        None, "--contamination", help="Share of the stored scores (see --since) to flag."
+    ),
+    evt: bool = typer.Option(False, "--evt", help="Peaks over threshold (SPOT); needs --risk."),
+    risk: float | None = typer.Option(
+        None, "--risk", help="With --evt: P(normal score > threshold)."
+    ),
+    critical: str | None = typer.Option(None, "--critical", help=CRITICAL_HELP),
+    no_critical: bool = typer.Option(False, "--no-critical", help="Drop the critical level."),
+    debounce: str | None = typer.Option(
+        None, "--debounce", help="Alert rule: K/N, alert when K of the last N records cross."
+    ),
+    cooldown: float | None = typer.Option(
+        None, "--cooldown", help="Alert rule: seconds between two alerts of an entity."
+    ),
+    resolve_after: int | None = typer.Option(
+        None, "--resolve-after", help="Alert rule: normal records in a row that resolve an alert."
+    ),
+    since: str | None = typer.Option(
+        None, "--since", help="With --contamination: stored scores from this date on."
+    ),
+    reason: str = typer.Option(..., "--reason", help="Why (kept in the history)."),
+    by: str | None = typer.Option(None, "--by", help="Who (default: your user name)."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+) -> None:
+    """Put a new threshold version in force (live scorers apply it within seconds). What is
+    not given (critical level, alert rule) is carried over from the version in force."""
+    setup_logging(False)
+    from anomaly_vae.cli.db import connected
+    from anomaly_vae.storage import repository as repo
+    from anomaly_vae.storage.tuning import ThresholdChange, set_threshold
+
+    start = _since(since)
+    warning = _policy(value, quantile, false_alarm_rate, contamination, evt, risk, start)
+    critical_spec = _critical(critical, start)
+    if critical_spec is not None and no_critical:
+        raise ConfigError("give --critical or --no-critical, not both")
+    with connected(_target(db, pipeline)) as connection, connection.begin():
+        current = repo.threshold_in_force(connection, model_name=model)
+        rule = _rule(current.alert_rule if current else None, debounce, cooldown, resolve_after)
+        if warning is None and critical_spec is None and not no_critical and rule is None:
+            raise ConfigError(
+                "nothing to change: give a policy (--value, --quantile, --false-alarm-rate, "
+                "--contamination, --evt --risk), --critical / --no-critical, or an alert rule "
+                "option (--debounce, --cooldown, --resolve-after)"
+            )
+        row = set_threshold(
+            connection,
+            model_name=model,
+            change=ThresholdChange(
+                warning=warning, critical=critical_spec, clear_critical=no_critical, alert_rule=rule
+            ),
+            created_by=_who(by),
+            reason=reason,
+        )
+        shown = _threshold_dict(row)
+    critical_text = f", critical {row.critical:.6g}" if row.critical is not None else ""
+    typer.echo(
+        f"{model}: threshold v{row.version} in force ({row.policy}): warning {row.warning:.6g}"
+        f"{critical_text}; alert rule {shown['alert_rule']}"
+    )
+
+
+@thresholds_app.command("preview")
+def thresholds_preview(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    value: float | None = typer.Option(None, "--value", help="A fixed threshold."),
+    quantile: float | None = typer.Option(
+        None, "--quantile", help="Quantile of held-out normal scores."
+    ),
+    false_alarm_rate: float | None = typer.Option(
+        None, "--false-alarm-rate", help="Share of normal records that may cross."
+    ),
+    contamination: float | None = typer.Option(
+        None, "--contamination", help="Share of the stored scores (see --since) to flag."
+    ),
+    evt: bool = typer.Option(False, "--evt", help="Peaks over threshold (SPOT); needs --risk."),
+    risk: float | None = typer.Option(
+        None, "--risk", help="With --evt: P(normal score > threshold)."
+    ),
+    critical: str | None = typer.Option(None, "--critical", help=CRITICAL_HELP),
+    no_critical: bool = typer.Option(False, "--no-critical", help="Without a critical level."),
+    debounce: str | None = typer.Option(None, "--debounce", help="Alert rule: K/N."),
+    cooldown: float | None = typer.Option(
+        None, "--cooldown", help="Alert rule: cool-down in seconds."
+    ),
+    resolve_after: int | None = typer.Option(
+        None, "--resolve-after", help="Alert rule: normal records that resolve."
+    ),
+    since: str | None = typer.Option(
+        None, "--since", help="Stored scores from this date or time on."
+    ),
+    until: str | None = typer.Option(
+        None, "--until", help="Stored scores before this date or time."
+    ),
+    labels: Path | None = typer.Option(
+        None, "--labels", help="Labels (see 'tune --help'): precision, recall, F1."
+    ),
+    label_column: str = typer.Option(
+        "label", "--label-column", help="The labels file's label column."
+    ),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Also draw the preview to this PNG file."
+    ),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+) -> None:
+    """What a threshold (and alert rule) would have done to the stored scores: records flagged,
+    alerts per day and per entity, and precision / recall / F1 with --labels. Without a policy:
+    the threshold in force (e.g. to try another alert rule)."""
+    setup_logging(False)
+    from anomaly_vae.cli.db import connected
+    from anomaly_vae.storage import repository as repo
+    from anomaly_vae.storage.tuning import ThresholdChange, preview_threshold, read_labels
+
+    start, end = _since(since), _since(until)
+    warning = _policy(value, quantile, false_alarm_rate, contamination, evt, risk, start)
+    critical_spec = _critical(critical, start)
+    label_set = read_labels(labels, label_column=label_column) if labels else None
+    with connected(_target(db, pipeline)) as connection:
+        current = repo.threshold_in_force(connection, model_name=model)
+        rule = _rule(current.alert_rule if current else None, debounce, cooldown, resolve_after)
+        result = preview_threshold(
+            connection,
+            model_name=model,
+            change=ThresholdChange(
+                warning=warning, critical=critical_spec, clear_critical=no_critical, alert_rule=rule
+            ),
+            since=start,
+            until=end,
+            labels=label_set,
+        )
+    if plot is not None:
+        from anomaly_vae.plots import preview_plot
+
+        preview_plot(result, plot)
+    summary = result.as_dict()
+    if fmt is OutputFormat.json:
+        typer.echo(json.dumps(summary, default=str, indent=1))
+        return
+    _print_preview(summary, plot)
+
+
+def _print_preview(summary: dict[str, Any], plot: Path | None) -> None:
+    proposed, current = summary["proposed"], summary["current"]
+    period = " since " + summary["since"] if summary["since"] else ""
+    period += " until " + summary["until"] if summary["until"] else ""
+    typer.echo(
+        f"{summary['model']} (model version {summary['model_version']}), "
+        f"{summary['records']:,} stored scores{period}"
+    )
+    crit = f", critical {proposed['critical']:.6g}" if proposed["critical"] is not None else ""
+    typer.echo(f"  proposed: warning {proposed['warning']:.6g}{crit}")
+    if current is not None:
+        crit = f", critical {current['critical']:.6g}" if current["critical"] is not None else ""
+        typer.echo(f"  in force: warning {current['warning']:.6g}{crit}")
+    typer.echo(
+        f"  would flag {summary['flagged']:,} records and open {summary['alerts']:,} alerts "
+        f"({summary['escalations']} escalated, {summary['resolutions']} resolved by the rule); "
+        f"at the time: {summary['at_the_time']['flagged']:,} flagged, "
+        f"{summary['at_the_time']['alerts']:,} alerts"
+    )
+    per_day = summary["alerts_per_day"]
+    if per_day:
+        days = ", ".join(f"{day} {n}" for day, n in list(per_day.items())[-14:])
+        typer.echo(f"  alerts per day: {days}")
+    per_entity = summary["alerts_per_entity"]
+    if per_entity:
+        top = sorted(per_entity.items(), key=lambda kv: -kv[1])[:10]
+        typer.echo("  alerts per entity: " + ", ".join(f"{e or '(none)'} {n}" for e, n in top))
+    metrics = summary["metrics"]
+    if metrics:
+        typer.echo(
+            f"  on {summary['labelled_records']:,} labelled records: precision "
+            f"{metrics['precision']:.3f}, recall {metrics['recall']:.3f}, F1 {metrics['f1']:.3f}, "
+            f"false-alarm rate {metrics['false_alarm_rate']:.4f}"
+        )
+    if plot is not None:
+        typer.echo(f"  plot: {plot}")
+
+
+@thresholds_app.command("tune")
+def thresholds_tune(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    labels: Path = typer.Option(
+        ...,
+        "--labels",
+        help="CSV of labels: incident windows (entity,start,end), per-record labels "
+        "(source_key,label or entity,time,label), or the scored export with its label column.",
+    ),
+    objective: Objective | None = typer.Option(None, "--objective", help="f1: the best F1."),
+    max_false_alarm_rate: float | None = typer.Option(
+        None, "--max-false-alarm-rate", help="The best recall with at most this false-alarm rate."
+    ),
+    alerts_per_day: float | None = typer.Option(
+        None,
+        "--alerts-per-day",
+        help="The lowest threshold within this many flagged records a day.",
+    ),
+    label_column: str = typer.Option(
+        "label", "--label-column", help="The labels file's label column."
+    ),
+    key_column: str = typer.Option(
+        "source_key", "--key-column", help="The labels file's key column."
+    ),
+    since: str | None = typer.Option(
+        None, "--since", help="Stored scores from this date or time on."
+    ),
+    apply: bool = typer.Option(
+        False, "--apply", help="Put the tuned threshold in force (a new version)."
+    ),
+    reason: str | None = typer.Option(
+        None, "--reason", help="With --apply: why (default: the tuning)."
+    ),
+    by: str | None = typer.Option(
+        None, "--by", help="With --apply: who (default: your user name)."
+    ),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+) -> None:
+    """The threshold that best fits labelled stored scores (and, with --apply, put it in force).
+
+    Labels (CSV, by header): 'entity,start,end' incident windows (records of that entity,
+    or of all when entity is empty, with event time in [start, end] are anomalous, the rest
+    normal); 'source_key,label' per record; 'entity,time,label' per record by event time;
+    otherwise the scored export file itself with its label column (rows keyed as 'score --db'
+    stored them). Labels are 1/0 (true/false, yes/no)."""
+    setup_logging(False)
+    from anomaly_vae.cli.db import connected
+    from anomaly_vae.storage.tuning import read_labels, set_threshold, tune, tuned_change
+
+    chosen = [
+        name
+        for name, v in (
+            ("--objective", objective),
+            ("--max-false-alarm-rate", max_false_alarm_rate),
+            ("--alerts-per-day", alerts_per_day),
+        )
+        if v is not None
+    ]
+    if len(chosen) != 1:
+        raise ConfigError(
+            "give one objective: --objective f1, --max-false-alarm-rate R or --alerts-per-day N"
+        )
+    kind = (
+        "f1"
+        if objective is not None
+        else "max_false_alarm_rate"
+        if max_false_alarm_rate is not None
+        else "alerts_per_day"
+    )
+    label_set = read_labels(labels, label_column=label_column, key_column=key_column)
+    with connected(_target(db, pipeline)) as connection, connection.begin():
+        tuned = tune(
+            connection,
+            model_name=model,
+            labels=label_set,
+            objective=kind,  # type: ignore[arg-type]
+            max_false_alarm_rate=max_false_alarm_rate,
+            alerts_per_day=alerts_per_day,
+            since=_since(since),
+        )
+        applied = None
+        if apply:
+            applied = set_threshold(
+                connection,
+                model_name=model,
+                change=tuned_change(tuned, labels=label_set),
+                created_by=_who(by),
+                reason=reason or f"tuned on {labels.name} ({kind})",
+            )
+    out = tuned.as_dict()
+    if applied is not None:
+        out["applied_version"] = applied.version
+    if fmt is OutputFormat.json:
+        typer.echo(json.dumps(out, default=str, indent=1))
+        return
+    per_day = (
+        f", {out['alerts_per_day']:.3g} flagged a day" if out["alerts_per_day"] is not None else ""
+    )
+    typer.echo(
+        f"{model}: tuned threshold {tuned.value:.6g} ({kind}) on {tuned.labelled:,} labelled "
+        f"records: precision {out['precision']:.3f}, recall {out['recall']:.3f}, F1 "
+        f"{out['f1']:.3f}, false-alarm rate {out['false_alarm_rate']:.4f}{per_day}"
+    )
+    if applied is not None:
+        typer.echo(f"  now in force as threshold v{applied.version}")
+    else:
+        typer.echo("  not applied: add --apply to put it in force")
+
+
+# ========================================================================= alerts
+@alerts_app.command("list")
+def alerts_list(
+    state: AlertState | None = typer.Option(
+        None, "--state", help="open, acknowledged, resolved, or active (open or acknowledged)."
+    ),
+    model: str | None = typer.Option(None, "--model", help="Only this model name."),
+    entity: str | None = typer.Option(None, "--entity", help="Only this entity."),
+    since: str | None = typer.Option(None, "--since", help="Opened from this date or time on."),
+    limit: int = typer.Option(50, "--limit", help="At most this many alerts."),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+) -> None:
+    """Alerts, newest first."""
+    setup_logging(False)
+    from anomaly_vae.cli.db import connected
+    from anomaly_vae.storage.tuning import list_alerts
+
+    if limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    with connected(_target(db, pipeline)) as connection:
+        rows = list_alerts(
+            connection,
+            state=state.value if state else None,
+            model_name=model,
+            entity=entity,
+            since=_since(since),
+            limit=limit,
+        )
+    columns = [
+        "id",
+        "state",
+        "severity",
+        "model",
+        "entity_key",
+        "time",
+        "score",
+        "opened_at",
+        "acknowledged_by",
+        "resolved_by",
+        "source_key",
+    ]
+    emit(rows, columns, fmt, empty="no alerts found")
+
+
+def _act(
+    alert_id: int,
+    action: Literal["acknowledge", "resolve"],
+    by: str | None,
+    note: str | None,
+    db: str | None,
+    pipeline: Path | None,
+) -> None:
+    setup_logging(False)
+    from anomaly_vae.cli.db import connected
+    from anomaly_vae.storage.tuning import act_on_alert
+
+    with connected(_target(db, pipeline)) as connection, connection.begin():
+        try:
+            row = act_on_alert(
+                connection,
+                alert_id=alert_id,
+                action=action,
+                by=_who(by),
+                note=note,
+            )
+        except LookupError as exc:
+            raise ConfigError(str(exc)) from None
+    typer.echo(
+        f"alert {row.id} ({row.entity_key or 'no entity'}, {row.severity}) is now {row.state}"
+    )
+
+
+@alerts_app.command("ack")
+def alerts_ack(
+    alert_id: int = typer.Argument(..., help="Alert id (see 'alerts list')."),
+    by: str | None = typer.Option(None, "--by", help="Who (default: your user name)."),
+    note: str | None = typer.Option(None, "--note", help="A note kept with the alert."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+) -> None:
+    """Acknowledge an open alert (it stays in progress until resolved)."""
+    _act(alert_id, "acknowledge", by, note, db, pipeline)
+
+
+@alerts_app.command("resolve")
+def alerts_resolve(
+    alert_id: int = typer.Argument(..., help="Alert id (see 'alerts list')."),
+    by: str | None = typer.Option(None, "--by", help="Who (default: your user name)."),
+    note: str | None = typer.Option(None, "--note", help="A note kept with the alert."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+) -> None:
+    """Resolve an alert (the entity's next crossings may open a new one)."""
+    _act(alert_id, "resolve", by, note, db, pipeline)
+
+
+def _when(value: datetime) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%SZ")

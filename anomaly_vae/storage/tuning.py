@@ -1,0 +1,804 @@
+"""Thresholds and alerts on stored data, for the CLI and the HTTP API alike.
+
+* policies computed from a registered model version: quantile, false-alarm rate and EVT from its
+  held-out normal scores (stored with the ``models`` row), contamination from its stored scores;
+* new threshold versions (who, why, when; what is not given is carried over from the version in
+  force; stored scores and past alerts are never touched);
+* previews: what a proposed threshold and alert rule would have done to the stored scores, from
+  the state the entities were in at ``since``;
+* tuning from labels (per-record labels or incident windows, see :func:`read_labels`);
+* operators' alert actions: acknowledge, resolve.
+
+Functions are keyword-only on an explicit ``Connection``; policies themselves are the pure
+functions of ``anomaly_vae.thresholds``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import Connection, Row
+
+from anomaly_vae.config import AlertsConfig, format_validation_error
+from anomaly_vae.errors import ConfigError, InputFileError
+from anomaly_vae.storage import repository as repo
+from anomaly_vae.storage.alerting import ACTIVE_STATES, seed_states
+from anomaly_vae.storage.tables import Alert, Model, Score
+from anomaly_vae.thresholds import (
+    AlertRule,
+    AlertTracker,
+    Preview,
+    Thresholds,
+    contamination_threshold,
+    evt_threshold,
+    false_alarm_threshold,
+    preview,
+    quantile_threshold,
+    tune_from_labels,
+)
+
+FROM_NORMAL_SCORES = "held-out normal scores"
+FROM_STORED_SCORES = "stored scores"
+
+
+# ==================================================================== policy specs
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ValuePolicy(_Spec):
+    """A fixed threshold."""
+
+    policy: Literal["value"] = "value"
+    value: float
+
+    @field_validator("value")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+
+class QuantilePolicy(_Spec):
+    """This quantile of the model's held-out normal scores."""
+
+    policy: Literal["quantile"] = "quantile"
+    quantile: float = Field(gt=0.0, lt=1.0)
+
+
+class FalseAlarmRatePolicy(_Spec):
+    """Crossed by about this share of normal records (the 1 - rate quantile)."""
+
+    policy: Literal["false_alarm_rate"] = "false_alarm_rate"
+    rate: float = Field(gt=0.0, lt=1.0)
+
+
+class ContaminationPolicy(_Spec):
+    """Crossed by this share of the model's stored scores (since ``since``, when given)."""
+
+    policy: Literal["contamination"] = "contamination"
+    contamination: float = Field(gt=0.0, lt=0.5)
+    since: datetime | None = None
+
+
+class EvtPolicy(_Spec):
+    """Peaks over threshold (SPOT): the score normal records exceed with probability ``risk``."""
+
+    policy: Literal["evt"] = "evt"
+    risk: float = Field(gt=0.0, lt=1.0)
+    initial_quantile: float = Field(default=0.98, ge=0.5, lt=1.0)
+
+
+PolicySpec = Annotated[
+    ValuePolicy | QuantilePolicy | FalseAlarmRatePolicy | ContaminationPolicy | EvtPolicy,
+    Field(discriminator="policy"),
+]
+POLICY_SPEC: TypeAdapter[PolicySpec] = TypeAdapter(PolicySpec)
+
+
+def policy_spec(data: dict[str, Any]) -> PolicySpec:
+    """A policy spec from plain values ({'policy': 'quantile', 'quantile': 0.999}, ...)."""
+    try:
+        return POLICY_SPEC.validate_python(data)
+    except ValidationError as exc:
+        raise ConfigError(f"threshold policy: {format_validation_error(exc)}") from None
+
+
+# ======================================================================= models
+def latest_model(connection: Connection, *, name: str) -> Row[Any]:
+    """The newest registered version of the model ``name`` (its scores and calibration are
+    what policies and previews use)."""
+    row: Row[Any] | None = connection.execute(
+        select(Model)
+        .where(Model.name == name)
+        .order_by(Model.registered_at.desc(), Model.id.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        raise ConfigError(
+            f"no model named {name!r} is registered: score with it first (--db), "
+            "see 'anomaly-vae models list'"
+        )
+    return row
+
+
+@dataclass(frozen=True)
+class ComputedThreshold:
+    value: float
+    policy: str
+    parameters: dict[str, Any]
+
+
+def compute_threshold(
+    connection: Connection, *, model_id: int, spec: PolicySpec
+) -> ComputedThreshold:
+    """The threshold ``spec`` gives for a registered model version."""
+    model = connection.execute(select(Model.name, Model.version).where(Model.id == model_id)).one()
+    base = {"model_version": model.version}
+    if isinstance(spec, ValuePolicy):
+        return ComputedThreshold(spec.value, "value", {"value": spec.value})
+    if isinstance(spec, ContaminationPolicy):
+        scores = stored_scores(connection, model_id=model_id, since=spec.since)["score"]
+        if len(scores) < 100:
+            raise ConfigError(
+                f"contamination needs stored scores of model {model.name} version "
+                f"{model.version}: only {len(scores)} found"
+                + (f" since {spec.since.isoformat()}" if spec.since else "")
+                + "; score more data first, or use another policy"
+            )
+        value = contamination_threshold(scores.to_numpy(), spec.contamination)
+        return ComputedThreshold(
+            value,
+            "contamination",
+            {
+                **base,
+                "contamination": spec.contamination,
+                "since": spec.since.isoformat() if spec.since else None,
+                "scores": len(scores),
+                "from": FROM_STORED_SCORES,
+            },
+        )
+    normal = repo.calibration_scores(connection, model_id=model_id)
+    params = {**base, "normal_scores": len(normal), "from": FROM_NORMAL_SCORES}
+    if isinstance(spec, QuantilePolicy):
+        value = quantile_threshold(normal, spec.quantile)
+        return ComputedThreshold(value, "quantile", {**params, "quantile": spec.quantile})
+    if isinstance(spec, FalseAlarmRatePolicy):
+        value = false_alarm_threshold(normal, spec.rate)
+        return ComputedThreshold(value, "false_alarm_rate", {**params, "rate": spec.rate})
+    fit = evt_threshold(normal, spec.risk, initial_quantile=spec.initial_quantile)
+    return ComputedThreshold(
+        fit.threshold,
+        "evt",
+        {
+            **params,
+            "risk": spec.risk,
+            "initial_quantile": spec.initial_quantile,
+            "initial_threshold": fit.initial_threshold,
+            "shape": fit.shape,
+            "scale": fit.scale,
+            "peaks": fit.n_peaks,
+        },
+    )
+
+
+# ============================================================ threshold versions
+@dataclass(frozen=True)
+class ThresholdChange:
+    """What a new version changes; None leaves that part as it is in force."""
+
+    warning: PolicySpec | ComputedThreshold | None = None
+    critical: PolicySpec | None = None
+    clear_critical: bool = False
+    alert_rule: AlertRule | None = None
+
+
+def set_threshold(
+    connection: Connection,
+    *,
+    model_name: str,
+    change: ThresholdChange,
+    created_by: str,
+    reason: str,
+) -> Row[Any]:
+    """Append a threshold version for ``model_name`` (in force from now on; live scorers pick
+    it up within ``kafka.threshold_refresh_s``). Runs in the caller's transaction."""
+    if not reason or not reason.strip():
+        raise ConfigError("a threshold change needs a reason (--reason): say why, for the history")
+    if not created_by or not created_by.strip():
+        raise ConfigError("a threshold change needs who made it (--by)")
+    model = latest_model(connection, name=model_name)
+    current = repo.threshold_in_force(connection, model_name=model_name)
+    parameters: dict[str, Any] = {}
+    if change.warning is not None:
+        warning = _computed(connection, model.id, change.warning)
+        policy, value = warning.policy, warning.value
+        parameters = dict(warning.parameters)
+    elif current is not None:
+        policy, value = current.policy, float(current.warning)
+        # Carried over; no longer "from model calibration": an operator's version is never
+        # replaced by a newer model version's calibration.
+        parameters = {
+            k: v
+            for k, v in current.parameters.items()
+            if k != "critical" and not (k == "from" and v == repo.FROM_CALIBRATION)
+        }
+    else:
+        raise ConfigError(f"model {model_name!r} has no threshold yet: give a warning policy")
+    critical: float | None = None
+    if change.critical is not None:
+        computed = compute_threshold(connection, model_id=model.id, spec=change.critical)
+        critical = computed.value
+        parameters["critical"] = {"policy": computed.policy, **computed.parameters}
+    elif not change.clear_critical and current is not None and current.critical is not None:
+        critical = float(current.critical)
+        if isinstance(current.parameters.get("critical"), dict):
+            parameters["critical"] = current.parameters["critical"]
+    if critical is not None and critical < value:
+        raise ConfigError(
+            f"the critical threshold ({critical:.6g}) would be below the warning threshold "
+            f"({value:.6g}): give a higher --critical, or --no-critical"
+        )
+    rule = change.alert_rule
+    if rule is None:
+        rule = AlertRule.from_dict(current.alert_rule if current is not None else None)
+    return repo.add_threshold(
+        connection,
+        model_name=model_name,
+        policy=policy,
+        warning=value,
+        critical=critical,
+        parameters=parameters,
+        alert_rule=rule.to_dict(),
+        created_by=created_by.strip(),
+        reason=reason.strip(),
+    )
+
+
+def _computed(
+    connection: Connection, model_id: int, spec: PolicySpec | ComputedThreshold
+) -> ComputedThreshold:
+    if isinstance(spec, ComputedThreshold):
+        return spec
+    return compute_threshold(connection, model_id=model_id, spec=spec)
+
+
+def alert_rule_of(data: dict[str, Any] | AlertsConfig | None) -> AlertRule:
+    """An ``AlertRule`` from the pipeline / API form, validated."""
+    if data is None:
+        return AlertRule()
+    if isinstance(data, AlertsConfig):
+        return AlertRule(**data.model_dump())
+    try:
+        return AlertRule(**AlertsConfig.model_validate(data).model_dump())
+    except ValidationError as exc:
+        raise ConfigError(f"alert rule: {format_validation_error(exc)}") from None
+
+
+# ================================================================ stored scores
+def stored_scores(
+    connection: Connection,
+    *,
+    model_id: int,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> pd.DataFrame:
+    """A model version's stored scores in judging order (event time, else scoring time, then
+    id): id, source_key, entity, time, event_time, score, is_anomaly, severity."""
+    when = func.coalesce(Score.event_time, Score.scored_at)
+    stmt = (
+        select(
+            Score.id,
+            Score.source_key,
+            Score.entity_key.label("entity"),
+            when.label("time"),
+            Score.event_time,
+            Score.score,
+            Score.is_anomaly,
+            Score.severity,
+        )
+        .where(Score.model_id == model_id)
+        .order_by(when, Score.id)
+    )
+    if since is not None:
+        stmt = stmt.where(when >= since)
+    if until is not None:
+        stmt = stmt.where(when < until)
+    rows = connection.execute(stmt).all()
+    frame = pd.DataFrame(
+        rows,
+        columns=[
+            "id",
+            "source_key",
+            "entity",
+            "time",
+            "event_time",
+            "score",
+            "is_anomaly",
+            "severity",
+        ],
+    )
+    frame["time"] = pd.to_datetime(frame["time"], utc=True)
+    frame["event_time"] = pd.to_datetime(frame["event_time"], utc=True)
+    frame["score"] = frame["score"].astype(np.float64)
+    frame["is_anomaly"] = frame["is_anomaly"].astype(bool)
+    return frame
+
+
+# ======================================================================= preview
+@dataclass
+class ThresholdPreview:
+    """A proposed threshold and rule replayed on stored scores, beside what happened."""
+
+    model_name: str
+    model_version: str
+    since: datetime | None
+    until: datetime | None
+    proposed: Thresholds
+    rule: AlertRule
+    current: Thresholds | None
+    current_rule: AlertRule | None
+    result: Preview
+    scores: pd.DataFrame
+    flagged_at_the_time: int
+    alerts_at_the_time: int
+    labelled: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        result = self.result.as_dict()
+        return {
+            "model": self.model_name,
+            "model_version": self.model_version,
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+            "proposed": {
+                "warning": self.proposed.warning,
+                "critical": self.proposed.critical,
+                "alert_rule": self.rule.to_dict(),
+            },
+            "current": None
+            if self.current is None
+            else {
+                "warning": self.current.warning,
+                "critical": self.current.critical,
+                "alert_rule": None if self.current_rule is None else self.current_rule.to_dict(),
+            },
+            "records": result["records"],
+            "flagged": result["flagged"],
+            "alerts": result["alerts"],
+            "alerts_per_day": result["alerts_per_day"],
+            "alerts_per_entity": result["alerts_per_entity"],
+            "escalations": sum(1 for e in self.result.events if e.kind == "escalate"),
+            "resolutions": sum(1 for e in self.result.events if e.kind == "resolve"),
+            "metrics": result["metrics"],
+            "labelled_records": self.labelled,
+            "at_the_time": {
+                "flagged": self.flagged_at_the_time,
+                "alerts": self.alerts_at_the_time,
+            },
+        }
+
+
+def preview_threshold(
+    connection: Connection,
+    *,
+    model_name: str,
+    change: ThresholdChange,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    labels: LabelSet | None = None,
+) -> ThresholdPreview:
+    """What ``change`` (against the version in force) would have done to the newest model
+    version's stored scores in [since, until): records flagged, alerts opened (per day, per
+    entity), escalations and resolutions, and precision / recall / F1 where ``labels`` say.
+
+    With ``since``, every entity starts from the state it was in then (its records before
+    ``since`` as they were decided, and its alert in progress then), as the write path would
+    have: so the preview of a threshold set at ``since`` is what then happened."""
+    model = latest_model(connection, name=model_name)
+    current = repo.threshold_in_force(connection, model_name=model_name)
+    if change.warning is not None:
+        warning = _computed(connection, model.id, change.warning).value
+    elif current is not None:
+        warning = float(current.warning)
+    else:
+        raise ConfigError(f"model {model_name!r} has no threshold yet: give a policy to preview")
+    critical: float | None = None
+    if change.critical is not None:
+        critical = compute_threshold(connection, model_id=model.id, spec=change.critical).value
+    elif not change.clear_critical and current is not None and current.critical is not None:
+        critical = float(current.critical)
+    if critical is not None and critical < warning:
+        raise ConfigError(
+            f"the critical threshold ({critical:.6g}) would be below the warning threshold "
+            f"({warning:.6g})"
+        )
+    proposed = Thresholds(warning=warning, critical=critical)
+    current_rule = AlertRule.from_dict(current.alert_rule) if current is not None else None
+    rule = change.alert_rule or current_rule or AlertRule()
+    frame = stored_scores(connection, model_id=model.id, since=since, until=until)
+    tracker = AlertTracker(rule)
+    if since is not None and len(frame):
+        none = "\x00"  # no entity
+        timed = frame["event_time"].notna().groupby(frame["entity"].fillna(none)).all()
+        when = func.coalesce(Score.event_time, Score.scored_at)
+        states = seed_states(
+            connection,
+            model_id=model.id,
+            entities={(None if e == none else str(e)): bool(t) for e, t in timed.items()},
+            rule=rule,
+            history_filter=when < since,
+            as_of=since,
+        )
+        for entity, state in states.items():
+            tracker.seed(
+                "" if entity is None else entity,
+                recent=state.recent,
+                open_severity=state.open_severity,
+                normal_streak=state.normal_streak,
+                last_opened=state.last_opened,
+            )
+    label_values = None
+    labelled = 0
+    if labels is not None:
+        label_values = labels.for_scores(frame)
+        labelled = int(np.isfinite(label_values).sum())
+        if labelled == 0:
+            raise ConfigError(
+                f"none of the labels in {labels.source} matches a stored score of model "
+                f"{model_name} version {model.version} in that period: check the keys or times"
+            )
+    replay = frame[["score", "entity", "time"]].copy()
+    replay["entity"] = replay["entity"].where(replay["entity"].notna(), "")
+    result = preview(
+        replay,
+        proposed,
+        rule,
+        labels=None if label_values is None else pd.Series(label_values),
+        tracker=tracker,
+    )
+    return ThresholdPreview(
+        model_name=model_name,
+        model_version=str(model.version),
+        since=since,
+        until=until,
+        proposed=proposed,
+        rule=rule,
+        current=None
+        if current is None
+        else Thresholds(
+            warning=float(current.warning),
+            critical=None if current.critical is None else float(current.critical),
+            version=int(current.version),
+        ),
+        current_rule=current_rule,
+        result=result,
+        scores=frame,
+        flagged_at_the_time=int(frame["is_anomaly"].sum()),
+        alerts_at_the_time=_alerts_opened_by(
+            connection, model_id=model.id, since=since, until=until
+        ),
+        labelled=labelled,
+    )
+
+
+def _alerts_opened_by(
+    connection: Connection, *, model_id: int, since: datetime | None, until: datetime | None
+) -> int:
+    when = func.coalesce(Score.event_time, Score.scored_at)
+    stmt = (
+        select(func.count())
+        .select_from(Alert)
+        .join(Score, Score.id == Alert.score_id)
+        .where(Alert.model_id == model_id)
+    )
+    if since is not None:
+        stmt = stmt.where(when >= since)
+    if until is not None:
+        stmt = stmt.where(when < until)
+    return int(connection.scalar(stmt) or 0)
+
+
+# ======================================================================== labels
+@dataclass
+class LabelSet:
+    """Labels for stored scores, in one of the forms :func:`read_labels` reads."""
+
+    source: str
+    kind: Literal["source_key", "entity_time", "windows"]
+    frame: pd.DataFrame
+
+    def for_scores(self, scores: pd.DataFrame) -> np.ndarray:
+        """1.0 / 0.0 per stored score (``stored_scores`` frame), NaN where unknown."""
+        out = np.full(len(scores), np.nan)
+        if self.kind == "source_key":
+            mapping = dict(zip(self.frame["source_key"], self.frame["label"], strict=True))
+            out[:] = scores["source_key"].map(mapping).astype(float).to_numpy()
+        elif self.kind == "entity_time":
+            keyed = self.frame.set_index(["entity", "time"])["label"]
+            keyed = keyed[~keyed.index.duplicated(keep="last")]
+            index = pd.MultiIndex.from_arrays(
+                [
+                    scores["entity"].astype(object).where(scores["entity"].notna(), ""),
+                    scores["time"],
+                ]
+            )
+            out[:] = keyed.reindex(index).astype(float).to_numpy()
+        else:
+            out[:] = 0.0
+            times = scores["time"]
+            for window in self.frame.itertuples(index=False):
+                inside = (times >= window.start) & (times <= window.end)
+                if isinstance(window.entity, str) and window.entity:
+                    inside &= scores["entity"] == window.entity
+                out[inside.to_numpy()] = 1.0
+        return out
+
+
+def read_labels(
+    path: Path | str,
+    *,
+    label_column: str = "label",
+    key_column: str = "source_key",
+    sep: str = ",",
+) -> LabelSet:
+    """Labels from a CSV file, by its header:
+
+    * ``start``, ``end`` (and optionally ``entity``): incident windows; the records of that
+      entity (of every entity when empty) with event time in [start, end] are anomalous, all
+      others normal;
+    * ``source_key`` (or ``key_column``) and ``label``: one label per record by its key
+      (``file-sha256:<hex>:<row>``, ``topic:partition:offset``);
+    * ``entity``, ``time`` and ``label``: one label per record by entity and event time;
+    * otherwise the scored export itself with its label column: rows keyed by the file's
+      content hash and row number, as ``score --db`` stored them.
+
+    Labels are 1 (anomalous) or 0 (normal); true/false and yes/no are read too.
+    """
+    from anomaly_vae.sources.csv import CsvSource
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"labels file {path} does not exist")
+    try:
+        frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise InputFileError(f"labels file {path} is not a readable CSV: {exc}") from None
+    columns = {c.strip().lower(): c for c in frame.columns}
+    if "start" in columns and "end" in columns:
+        windows = pd.DataFrame(
+            {
+                "entity": frame[columns["entity"]].str.strip()
+                if "entity" in columns
+                else [""] * len(frame),
+                "start": _times(frame[columns["start"]], path, "start"),
+                "end": _times(frame[columns["end"]], path, "end"),
+            }
+        )
+        if (windows["end"] < windows["start"]).any():
+            row = int(np.flatnonzero(windows["end"] < windows["start"])[0]) + 2
+            raise InputFileError(f"labels file {path} line {row}: the window ends before it starts")
+        return LabelSet(str(path), "windows", windows)
+    if label_column.lower() not in columns:
+        raise InputFileError(
+            f"labels file {path} has no {label_column!r} column and no start/end columns: "
+            "give per-record labels (source_key,label or entity,time,label) or incident "
+            "windows (entity,start,end); see 'anomaly-vae thresholds tune --help'"
+        )
+    labels = _binary(frame[columns[label_column.lower()]], path)
+    if key_column.lower() in columns:
+        keyed = pd.DataFrame({"source_key": frame[columns[key_column.lower()]], "label": labels})
+        return LabelSet(str(path), "source_key", keyed)
+    if "time" in columns:
+        by_time = pd.DataFrame(
+            {
+                "entity": frame[columns["entity"]].str.strip() if "entity" in columns else "",
+                "time": _times(frame[columns["time"]], path, "time"),
+                "label": labels,
+            }
+        )
+        return LabelSet(str(path), "entity_time", by_time)
+    prefix = repo.csv_source_key_prefix(CsvSource(path, sep=sep).sha256())
+    rows = pd.DataFrame(
+        {"source_key": [f"{prefix}{i}" for i in range(len(frame))], "label": labels}
+    )
+    return LabelSet(str(path), "source_key", rows)
+
+
+def _times(values: pd.Series, path: Path, name: str) -> pd.Series:
+    parsed = pd.to_datetime(values.str.strip(), utc=True, errors="coerce", format="mixed")
+    if parsed.isna().any():
+        row = int(np.flatnonzero(parsed.isna().to_numpy())[0]) + 2
+        raise InputFileError(
+            f"labels file {path} line {row}: {name} {values.iloc[row - 2]!r} is not a date or "
+            "time (use ISO 8601, e.g. 2026-11-20T08:00:00Z)"
+        )
+    return parsed
+
+
+_TRUE = {"1", "1.0", "true", "yes", "y", "anomaly", "anomalous"}
+_FALSE = {"0", "0.0", "false", "no", "n", "normal", ""}
+
+
+def _binary(values: pd.Series, path: Path) -> np.ndarray:
+    lowered = values.str.strip().str.lower()
+    bad = ~lowered.isin(_TRUE | _FALSE)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0]) + 2
+        raise InputFileError(
+            f"labels file {path} line {row}: label {values.iloc[row - 2]!r} is not 0 or 1"
+        )
+    return lowered.isin(_TRUE).to_numpy(dtype=np.int64)
+
+
+# ========================================================================= tuning
+@dataclass
+class Tuned:
+    value: float
+    objective: str
+    metrics: dict[str, Any]
+    labelled: int
+    model_version: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "threshold": self.value,
+            "objective": self.objective,
+            "labelled_records": self.labelled,
+            "model_version": self.model_version,
+            **self.metrics,
+        }
+
+
+def tune(
+    connection: Connection,
+    *,
+    model_name: str,
+    labels: LabelSet,
+    objective: Literal["f1", "max_false_alarm_rate", "alerts_per_day"],
+    max_false_alarm_rate: float | None = None,
+    alerts_per_day: float | None = None,
+    since: datetime | None = None,
+) -> Tuned:
+    """The threshold that is best for ``objective`` on the labelled stored scores."""
+    model = latest_model(connection, name=model_name)
+    frame = stored_scores(connection, model_id=model.id, since=since)
+    values = labels.for_scores(frame)
+    known = np.isfinite(values)
+    if not known.any():
+        raise ConfigError(
+            f"none of the labels in {labels.source} matches a stored score of model {model_name} "
+            f"version {model.version}: check the keys or times"
+        )
+    result = tune_from_labels(
+        frame["score"].to_numpy()[known],
+        values[known].astype(np.int64),
+        objective=objective,
+        max_false_alarm_rate=max_false_alarm_rate,
+        alerts_per_day=alerts_per_day,
+        timestamps=frame["time"][known].reset_index(drop=True),
+    )
+    metrics = {
+        "precision": result.precision,
+        "recall": result.recall,
+        "f1": result.f1,
+        "false_alarm_rate": result.false_alarm_rate,
+        "alerts_per_day": result.alerts_per_day,
+    }
+    return Tuned(result.threshold, objective, metrics, int(known.sum()), str(model.version))
+
+
+def tuned_change(tuned: Tuned, *, labels: LabelSet) -> ThresholdChange:
+    """The new version ``tune --apply`` writes: policy ``labels``, with what it scored."""
+    return ThresholdChange(
+        warning=ComputedThreshold(
+            tuned.value,
+            "labels",
+            {
+                "model_version": tuned.model_version,
+                "labels": labels.source,
+                "labels_kind": labels.kind,
+                **tuned.as_dict(),
+            },
+        )
+    )
+
+
+# ================================================================== alert actions
+ALERT_ACTIONS = {"acknowledge": "acknowledged", "resolve": "resolved"}
+
+
+def act_on_alert(
+    connection: Connection,
+    *,
+    alert_id: int,
+    action: Literal["acknowledge", "resolve"],
+    by: str,
+    note: str | None = None,
+) -> Row[Any]:
+    """Acknowledge or resolve an alert (in the caller's transaction); returns it.
+    Acknowledging a resolved alert, or anything twice, is refused with a clear message."""
+    row = connection.execute(select(Alert).where(Alert.id == alert_id)).first()
+    if row is None:
+        raise LookupError(f"no alert {alert_id}: see 'anomaly-vae alerts list'")
+    now = repo.utc_now()
+    if action == "acknowledge":
+        if row.state != "open":
+            raise ConfigError(
+                f"alert {alert_id} is {row.state}: only an open alert can be acknowledged"
+            )
+        values: dict[str, Any] = {
+            "state": "acknowledged",
+            "acknowledged_at": now,
+            "acknowledged_by": by,
+        }
+    else:
+        if row.state == "resolved":
+            raise ConfigError(f"alert {alert_id} is already resolved")
+        values = {"state": "resolved", "resolved_at": now, "resolved_by": by}
+    if note:
+        values["note"] = note
+    connection.execute(
+        update(Alert).where(Alert.id == alert_id, Alert.state == row.state).values(**values)
+    )
+    return connection.execute(select(Alert).where(Alert.id == alert_id)).one()
+
+
+def list_alerts(
+    connection: Connection,
+    *,
+    state: str | None = None,
+    model_name: str | None = None,
+    entity: str | None = None,
+    since: datetime | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Alerts, newest first, with their model, opening record and rule."""
+    when = func.coalesce(Score.event_time, Score.scored_at)
+    stmt = (
+        select(
+            Alert.id,
+            Model.name.label("model"),
+            Model.version.label("model_version"),
+            Alert.entity_key,
+            Alert.state,
+            Alert.severity,
+            when.label("time"),
+            Score.score,
+            Score.source_key,
+            Alert.opened_at,
+            Alert.acknowledged_at,
+            Alert.acknowledged_by,
+            Alert.resolved_at,
+            Alert.resolved_by,
+            Alert.escalated_at,
+            Alert.threshold_id,
+            Alert.rule,
+            Alert.note,
+        )
+        .join(Score, Score.id == Alert.score_id)
+        .join(Model, Model.id == Alert.model_id)
+        .order_by(Alert.opened_at.desc(), Alert.id.desc())
+        .limit(limit)
+    )
+    if state is not None:
+        if state == "active":
+            stmt = stmt.where(Alert.state.in_(ACTIVE_STATES))
+        else:
+            stmt = stmt.where(Alert.state == state)
+    if model_name is not None:
+        stmt = stmt.where(Model.name == model_name)
+    if entity is not None:
+        stmt = stmt.where(Alert.entity_key == entity)
+    if since is not None:
+        stmt = stmt.where(Alert.opened_at >= since)
+    return [dict(row._mapping) for row in connection.execute(stmt)]

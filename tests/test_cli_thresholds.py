@@ -1,0 +1,262 @@
+"""Thresholds and alerts from the command line, on SQLite and PostgreSQL: show, set (every
+policy), history, preview (with a plot), tune from labels (per record and incident windows),
+and acknowledging and resolving alerts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly_vae import AnomalyVAE
+from anomaly_vae.datasets import make_pump_data
+from anomaly_vae.thresholds import confusion_at, evt_threshold
+from tests.test_cli import assert_user_error, run_inline
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("export") / "export.csv"
+    make_pump_data(1200, anomaly_rate=0.05, seed=3).to_csv(path, index=False)
+    return path
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    return run_inline(capsys, *args)
+
+
+def ok(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    result = cli(capsys, *args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def as_json(capsys: pytest.CaptureFixture[str], *args: str) -> object:
+    return json.loads(ok(capsys, *args, "--format", "json"))
+
+
+def test_thresholds_and_alerts_from_the_command_line(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model, model_dir = pump_model
+    db = ("--db", db_url)
+    ok(capsys, "score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    shown = as_json(capsys, "thresholds", "show", "pumps", *db)
+    assert isinstance(shown, dict)
+    assert (shown["version"], shown["policy"]) == (1, "quantile")
+    assert shown["warning"] == pytest.approx(model.threshold_)
+    assert shown["normal_false_alarm_rate"] == pytest.approx(0.005, abs=0.002)
+
+    # Policies from the held-out normal scores stored with the model row.
+    normal = model.calibration_
+    out = ok(
+        capsys,
+        "thresholds",
+        "set",
+        "pumps",
+        "--quantile",
+        "0.99",
+        "--critical",
+        "evt=1e-4",
+        "--debounce",
+        "2/3",
+        "--cooldown",
+        "60",
+        "--reason",
+        "after incident 42",
+        "--by",
+        "alice",
+        *db,
+    )
+    assert "threshold v2 in force (quantile)" in out
+    shown = as_json(capsys, "thresholds", "show", "pumps", *db)
+    assert isinstance(shown, dict)
+    assert shown["warning"] == pytest.approx(np.quantile(normal, 0.99))
+    assert shown["critical"] == pytest.approx(evt_threshold(normal, 1e-4).threshold)
+    assert shown["alert_rule"].startswith("2 of 3 records, cool-down 60 s")
+    ok(capsys, "thresholds", "set", "pumps", "--false-alarm-rate", "0.02", "--reason", "r", *db)
+    shown = as_json(capsys, "thresholds", "show", "pumps", *db)
+    assert isinstance(shown, dict)
+    assert shown["warning"] == pytest.approx(np.quantile(normal, 0.98))
+    assert shown["critical"] is not None  # carried over, as is the rule
+    assert shown["alert_rule"].startswith("2 of 3")
+    ok(
+        capsys,
+        "thresholds",
+        "set",
+        "pumps",
+        "--evt",
+        "--risk",
+        "1e-3",
+        "--no-critical",
+        "--reason",
+        "r",
+        *db,
+    )
+    ok(capsys, "thresholds", "set", "pumps", "--contamination", "0.05", "--reason", "r", *db)
+    ok(
+        capsys,
+        "thresholds",
+        "set",
+        "pumps",
+        "--value",
+        "12.5",
+        "--debounce",
+        "1/1",
+        "--reason",
+        "r",
+        *db,
+    )
+    history = as_json(capsys, "thresholds", "history", "pumps", *db)
+    assert isinstance(history, list)
+    assert [h["version"] for h in history] == [6, 5, 4, 3, 2, 1]
+    assert [h["policy"] for h in history] == [
+        "value",
+        "contamination",
+        "evt",
+        "false_alarm_rate",
+        "quantile",
+        "quantile",
+    ]
+    assert history[4]["created_by"] == "alice"
+    assert history[4]["reason"] == "after incident 42"
+    assert history[0]["warning"] == 12.5
+
+    # Preview: a lower threshold flags more; contamination flags its share; a plot is drawn.
+    plot = tmp_path / "preview.png"
+    preview = as_json(
+        capsys, "thresholds", "preview", "pumps", "--quantile", "0.9", "--plot", str(plot), *db
+    )
+    assert isinstance(preview, dict)
+    assert preview["records"] == 1200
+    scores = pd.read_csv(export)  # the export's rows, to check counts against
+    assert preview["flagged"] > preview["at_the_time"]["flagged"] > 0
+    assert plot.stat().st_size > 20_000
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    share = as_json(capsys, "thresholds", "preview", "pumps", "--contamination", "0.05", *db)
+    assert isinstance(share, dict)
+    assert share["flagged"] == pytest.approx(0.05 * 1200, abs=2)
+    labelled = as_json(capsys, "thresholds", "preview", "pumps", "--labels", str(export), *db)
+    assert isinstance(labelled, dict)
+    assert labelled["labelled_records"] == 1200
+    assert 0 < labelled["metrics"]["recall"] <= 1
+
+    # Tune from the scored export's own labels, then from incident windows.
+    tuned = as_json(
+        capsys, "thresholds", "tune", "pumps", "--labels", str(export), "--objective", "f1", *db
+    )
+    assert isinstance(tuned, dict)
+    stored = model.score(scores.drop(columns=["label"]))["score"].to_numpy()
+    best = max(
+        confusion_at(stored, scores["label"].to_numpy(), t)["f1"] for t in np.r_[stored, -np.inf]
+    )
+    assert tuned["f1"] == pytest.approx(best)
+    windows = tmp_path / "incidents.csv"
+    anomalous = scores[scores["label"] == 1]
+    pd.DataFrame(
+        {"entity": anomalous["pump_id"], "start": anomalous["ts"], "end": anomalous["ts"]}
+    ).to_csv(windows, index=False)
+    applied = ok(
+        capsys,
+        "thresholds",
+        "tune",
+        "pumps",
+        "--labels",
+        str(windows),
+        "--max-false-alarm-rate",
+        "0.01",
+        "--apply",
+        *db,
+    )
+    assert "now in force as threshold v7" in applied
+    shown = as_json(capsys, "thresholds", "show", "pumps", *db)
+    assert isinstance(shown, dict)
+    assert shown["policy"] == "labels"
+    assert shown["parameters"]["false_alarm_rate"] <= 0.01
+    assert shown["reason"] == "tuned on incidents.csv (max_false_alarm_rate)"
+
+    # Alerts: with a rule that never resolves by itself, a second export leaves them open.
+    ok(capsys, "thresholds", "set", "pumps", "--resolve-after", "100000", "--reason", "r", *db)
+    second = tmp_path / "second.csv"
+    later = make_pump_data(300, anomaly_rate=0.2, seed=4, start="2026-11-02T00:00:00Z")
+    later.to_csv(second, index=False)
+    ok(capsys, "score", str(second), "--model-dir", str(model_dir), *db, "--quiet")
+    alerts = as_json(capsys, "alerts", "list", "--state", "open", *db)
+    assert isinstance(alerts, list)
+    assert alerts
+    assert {a["source_key"].split(":")[1] for a in alerts} == {_sha256(second)}
+    assert all(a["model"] == "pumps" for a in alerts)
+    first = str(alerts[0]["id"])
+    assert "is now acknowledged" in ok(capsys, "alerts", "ack", first, "--by", "bob", *db)
+    assert_user_error(cli(capsys, "alerts", "ack", first, *db), f"alert {first} is acknowledged")
+    assert "is now resolved" in ok(capsys, "alerts", "resolve", first, "--note", "pump fixed", *db)
+    resolved = as_json(capsys, "alerts", "list", "--state", "resolved", *db)
+    assert isinstance(resolved, list)
+    by_hand = [a for a in resolved if a["resolved_by"] != "alert-rule"]
+    assert [(a["id"], a["acknowledged_by"]) for a in by_hand] == [(int(first), "bob")]
+    assert len(resolved) > 1  # the first export's alerts, resolved by the rule
+    assert_user_error(cli(capsys, "alerts", "resolve", "999999", *db), "no alert 999999")
+
+    # Mistakes are one line, naming what to do.
+    assert_user_error(
+        cli(
+            capsys,
+            "thresholds",
+            "set",
+            "pumps",
+            "--value",
+            "1",
+            "--quantile",
+            "0.9",
+            "--reason",
+            "r",
+            *db,
+        ),
+        "give one threshold policy",
+    )
+    assert_user_error(
+        cli(capsys, "thresholds", "set", "pumps", "--quantile", "1.5", "--reason", "r", *db),
+        "quantile: Input should be less than 1",
+    )
+    assert_user_error(
+        cli(capsys, "thresholds", "set", "pumps", "--critical", "median=3", "--reason", "r", *db),
+        "--critical 'median=3'",
+    )
+    assert_user_error(
+        cli(
+            capsys,
+            "thresholds",
+            "set",
+            "pumps",
+            "--value",
+            "1",
+            "--critical",
+            "0.5",
+            "--reason",
+            "r",
+            *db,
+        ),
+        "below the warning threshold",
+    )
+    assert_user_error(cli(capsys, "thresholds", "show", "nope", *db), "no model named 'nope'")
+    assert_user_error(
+        cli(capsys, "thresholds", "tune", "pumps", "--labels", str(export), *db),
+        "give one objective",
+    )
+    assert len(as_json(capsys, "thresholds", "history", "pumps", *db)) == 8  # type: ignore[arg-type]
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
