@@ -16,6 +16,10 @@ class ConfigError(AnomalyVAEError, ValueError):
     """A parameter, pipeline file or setting is invalid."""
 
 
+class NotFoundError(AnomalyVAEError, LookupError):
+    """A model, threshold or alert that the request names does not exist."""
+
+
 class InputFileError(AnomalyVAEError):
     """An input file is missing, empty, not a CSV, or read with the wrong separator."""
 

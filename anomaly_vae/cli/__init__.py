@@ -53,4 +53,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # Command modules register themselves on ``app``; imported last, after ``app`` exists.
-from anomaly_vae.cli import core, db, stream, thresholds  # noqa: E402, F401
+from anomaly_vae.cli import core, db, serve, stream, thresholds  # noqa: E402, F401

@@ -183,7 +183,11 @@ def stream(
             alert_rule=cfg.alerts.model_dump() if cfg.alerts else None,
         )
         scorer = StreamScorer(
-            model, cfg, sink, thresholds=DatabaseThresholdSource(engine, model_name=model.name)
+            model,
+            cfg,
+            sink,
+            thresholds=DatabaseThresholdSource(engine, model_name=model.name),
+            on_metrics=sink.report_metrics,
         )
         sink.stats = scorer.stats
         scorer.install_signal_handlers()

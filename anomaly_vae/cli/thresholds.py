@@ -628,16 +628,7 @@ def _act(
     from anomaly_vae.storage.tuning import act_on_alert
 
     with connected(_target(db, pipeline)) as connection, connection.begin():
-        try:
-            row = act_on_alert(
-                connection,
-                alert_id=alert_id,
-                action=action,
-                by=_who(by),
-                note=note,
-            )
-        except LookupError as exc:
-            raise ConfigError(str(exc)) from None
+        row = act_on_alert(connection, alert_id=alert_id, action=action, by=_who(by), note=note)
     typer.echo(
         f"alert {row.id} ({row.entity_key or 'no entity'}, {row.severity}) is now {row.state}"
     )

@@ -145,6 +145,7 @@ class StreamScorer:
         thresholds: ThresholdSource | None = None,
         consumer_factory: Callable[[], Any] | None = None,
         producer_factory: Callable[[], Any] | None = None,
+        on_metrics: Callable[[StreamStats, float], None] | None = None,
     ) -> None:
         if not cfg.kafka.topic:
             from anomaly_vae.errors import ConfigError
@@ -156,6 +157,9 @@ class StreamScorer:
         self.thresholds = thresholds
         self._consumer_factory = consumer_factory
         self._producer_factory = producer_factory
+        # Called every metrics interval with the counters and the recent rate (records/s):
+        # how lag and latency, which only this process knows, reach the database and the API.
+        self._on_metrics = on_metrics
         self.stop_event = threading.Event()
         self.stats = StreamStats()
         self._threshold = ThresholdInForce(value=model.threshold_)
@@ -513,6 +517,11 @@ class StreamScorer:
             self.stats.flagged,
             self.stats.rejected,
         )
+        if self._on_metrics is not None:
+            try:
+                self._on_metrics(self.stats, rate)
+            except Exception as exc:  # reporting must never stop the scoring
+                logger.warning("could not report the metrics: %s", _first_line(exc))
         return self.stats.consumed, now
 
     def _lag(self) -> int | None:

@@ -327,6 +327,29 @@ def finish_run(
     connection.execute(update(ScoringRun).where(ScoringRun.id == run_id).values(**values))
 
 
+def report_run_metrics(
+    connection: Connection,
+    *,
+    run_id: int,
+    lag: int | None,
+    latency_p50_ms: float | None,
+    latency_p99_ms: float | None,
+    records_per_s: float | None,
+) -> None:
+    """A stream run's latest lag, latency and rate (the scorer reports them periodically)."""
+    connection.execute(
+        update(ScoringRun)
+        .where(ScoringRun.id == run_id)
+        .values(
+            lag=lag,
+            latency_p50_ms=latency_p50_ms,
+            latency_p99_ms=latency_p99_ms,
+            records_per_s=records_per_s,
+            metrics_at=utc_now(),
+        )
+    )
+
+
 def list_runs(connection: Connection, *, limit: int = 20) -> list[Row[Any]]:
     """The latest runs, newest first, with their model's name and version."""
     return list(
@@ -776,6 +799,8 @@ def list_anomalies(
     *,
     model_name: str | None = None,
     since: datetime | None = None,
+    until: datetime | None = None,
+    entity: str | None = None,
     limit: int = 50,
 ) -> list[Row[Any]]:
     """Flagged records, newest first: when (event time, else scoring time), which model,
@@ -807,6 +832,10 @@ def list_anomalies(
         stmt = stmt.where(Model.name == model_name)
     if since is not None:
         stmt = stmt.where(when >= since)
+    if until is not None:
+        stmt = stmt.where(when < until)
+    if entity is not None:
+        stmt = stmt.where(Score.entity_key == entity)
     return list(connection.execute(stmt))
 
 

@@ -114,6 +114,20 @@ class StreamDatabaseSink:
             }
         )
 
+    def report_metrics(self, stats: StreamStats, records_per_s: float) -> None:
+        """Record what only this process knows (lag, latency, rate) on its run's row, for the
+        API's ``/metrics``; the ``on_metrics`` hook of ``StreamScorer``."""
+        figures = stats.as_dict()
+        with self.engine.connect() as connection, connection.begin():
+            repo.report_run_metrics(
+                connection,
+                run_id=self.run_id,
+                lag=figures["lag"],
+                latency_p50_ms=figures["latency_p50_ms"],
+                latency_p99_ms=figures["latency_p99_ms"],
+                records_per_s=records_per_s,
+            )
+
     def close(self) -> None:
         try:
             with self.engine.connect() as connection, connection.begin():

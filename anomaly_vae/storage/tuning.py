@@ -28,7 +28,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection, Row
 
 from anomaly_vae.config import AlertsConfig, format_validation_error
-from anomaly_vae.errors import ConfigError, InputFileError
+from anomaly_vae.errors import ConfigError, InputFileError, NotFoundError
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.storage.alerting import ACTIVE_STATES, seed_states
 from anomaly_vae.storage.tables import Alert, Model, Score
@@ -124,7 +124,7 @@ def latest_model(connection: Connection, *, name: str) -> Row[Any]:
         .limit(1)
     ).first()
     if row is None:
-        raise ConfigError(
+        raise NotFoundError(
             f"no model named {name!r} is registered: score with it first (--db), "
             "see 'anomaly-vae models list'"
         )
@@ -729,7 +729,7 @@ def act_on_alert(
     Acknowledging a resolved alert, or anything twice, is refused with a clear message."""
     row = connection.execute(select(Alert).where(Alert.id == alert_id)).first()
     if row is None:
-        raise LookupError(f"no alert {alert_id}: see 'anomaly-vae alerts list'")
+        raise NotFoundError(f"no alert {alert_id}: see 'anomaly-vae alerts list'")
     now = repo.utc_now()
     if action == "acknowledge":
         if row.state != "open":
@@ -761,6 +761,7 @@ def list_alerts(
     entity: str | None = None,
     since: datetime | None = None,
     limit: int = 50,
+    alert_id: int | None = None,
 ) -> list[dict[str, Any]]:
     """Alerts, newest first, with their model, opening record and rule."""
     when = func.coalesce(Score.event_time, Score.scored_at)
@@ -801,4 +802,6 @@ def list_alerts(
         stmt = stmt.where(Alert.entity_key == entity)
     if since is not None:
         stmt = stmt.where(Alert.opened_at >= since)
+    if alert_id is not None:
+        stmt = stmt.where(Alert.id == alert_id)
     return [dict(row._mapping) for row in connection.execute(stmt)]

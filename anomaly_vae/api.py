@@ -1,0 +1,633 @@
+"""The HTTP API (FastAPI; OpenAPI docs at ``/docs``), served by ``anomaly-vae serve``.
+
+Read: models, thresholds (in force and history), previews, anomalies, alerts, ``/health`` and
+``/metrics`` (Prometheus text). Write (a new threshold version, acknowledging or resolving an
+alert): only with ``Authorization: Bearer <token>`` matching ``ANOMALY_VAE_API_TOKEN``
+(compared in constant time; never logged). Without a token configured the API is read-only and
+every write gets 403.
+
+Nothing is built at import time: :class:`ApiSettings` is read once at start-up and
+:func:`create_app` takes it, with an engine on a checked database.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from anomaly_vae._version import __version__
+from anomaly_vae.config import AlertsConfig
+from anomaly_vae.errors import ConfigError, InputFileError, NotFoundError
+from anomaly_vae.storage import repository as repo
+from anomaly_vae.storage.engine import DatabaseTarget
+from anomaly_vae.storage.tables import Alert, Model, ScoringRun, Threshold
+from anomaly_vae.storage.tuning import (
+    PolicySpec,
+    ThresholdChange,
+    act_on_alert,
+    alert_rule_of,
+    list_alerts,
+    preview_threshold,
+    set_threshold,
+)
+from anomaly_vae.thresholds import AlertRule
+
+logger = logging.getLogger(__name__)
+
+TOKEN_ENV = "ANOMALY_VAE_API_TOKEN"
+MIN_TOKEN_LENGTH = 16
+_PLACEHOLDERS = {"changeme", "change-me", "changethis", "secret", "token", "password", "xxx"}
+# A stream run's metrics older than this are not served as current (a scorer killed hard
+# leaves its run 'running').
+STALE_METRICS_S = 600
+
+
+# ===================================================================== settings
+@dataclass(frozen=True)
+class ApiSettings:
+    """What the API runs with, read once at start-up."""
+
+    database: DatabaseTarget
+    token: str | None
+
+    @property
+    def read_only(self) -> bool:
+        return self.token is None
+
+    @classmethod
+    def from_environment(cls, database: DatabaseTarget, environ: Mapping[str, str]) -> ApiSettings:
+        """``ANOMALY_VAE_API_TOKEN`` (unset or empty: read-only). A short or placeholder token
+        is refused: the server would take writes from anyone who guesses it."""
+        token = (environ.get(TOKEN_ENV) or "").strip() or None
+        if token is not None and (len(token) < MIN_TOKEN_LENGTH or token.lower() in _PLACEHOLDERS):
+            raise ConfigError(
+                f"{TOKEN_ENV} is too short or a placeholder: use at least {MIN_TOKEN_LENGTH} "
+                "random characters (python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                "), or unset it to serve read-only"
+            )
+        return cls(database=database, token=token)
+
+    def __repr__(self) -> str:  # never show the token
+        return f"ApiSettings(database={self.database.display!r}, read_only={self.read_only})"
+
+
+# ====================================================================== schemas
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelPublic(BaseModel):
+    name: str
+    version: str
+    score_kind: str
+    scores: int
+    path: str | None
+    created_at: datetime | None
+    registered_at: datetime
+
+
+class ThresholdPublic(BaseModel):
+    """One threshold version of a model name (the newest is in force)."""
+
+    model: str
+    version: int
+    policy: str
+    warning: float
+    critical: float | None
+    alert_rule: AlertsConfig
+    parameters: dict[str, Any]
+    created_by: str
+    reason: str
+    created_at: datetime
+
+
+class ModelDetail(BaseModel):
+    name: str
+    versions: list[ModelPublic]
+    threshold: ThresholdPublic | None
+
+
+class ThresholdCreate(_Schema):
+    """A new threshold version. ``critical``: left out, the one in force is kept; ``null``,
+    there is none. ``alert_rule`` left out: the rule in force is kept."""
+
+    warning: PolicySpec
+    critical: PolicySpec | None = None
+    alert_rule: AlertsConfig | None = None
+    reason: str = Field(min_length=1, max_length=2000)
+    created_by: str = Field(default="api", min_length=1, max_length=200)
+
+
+class ThresholdUpdate(_Schema):
+    """A new version that changes only what is given (at least one of warning, critical,
+    alert_rule); the rest is carried over from the version in force."""
+
+    warning: PolicySpec | None = None
+    critical: PolicySpec | None = None
+    alert_rule: AlertsConfig | None = None
+    reason: str = Field(min_length=1, max_length=2000)
+    created_by: str = Field(default="api", min_length=1, max_length=200)
+
+
+class ThresholdPreviewRequest(_Schema):
+    """What to replay on the stored scores: a policy (left out: the one in force), a critical
+    level (as in ``ThresholdCreate``), an alert rule, and the period [since, until)."""
+
+    warning: PolicySpec | None = None
+    critical: PolicySpec | None = None
+    alert_rule: AlertsConfig | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+class Levels(BaseModel):
+    warning: float
+    critical: float | None
+    alert_rule: AlertsConfig | None
+
+
+class AtTheTime(BaseModel):
+    flagged: int
+    alerts: int
+
+
+class ThresholdPreviewPublic(BaseModel):
+    model: str
+    model_version: str
+    since: datetime | None
+    until: datetime | None
+    proposed: Levels
+    current: Levels | None
+    records: int
+    flagged: int
+    alerts: int
+    escalations: int
+    resolutions: int
+    alerts_per_day: dict[str, int]
+    alerts_per_entity: dict[str, int]
+    at_the_time: AtTheTime
+
+
+class AnomalyPublic(BaseModel):
+    time: datetime
+    model: str
+    model_version: str
+    entity_key: str | None
+    source_key: str
+    score: float
+    percentile: float
+    severity: str | None
+    top_features: list[Any] | None
+    alert_state: str | None
+
+
+class AlertPublic(BaseModel):
+    id: int
+    model: str
+    model_version: str
+    entity_key: str | None
+    state: str
+    severity: str
+    time: datetime
+    score: float
+    source_key: str
+    opened_at: datetime
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    resolved_at: datetime | None
+    resolved_by: str | None
+    escalated_at: datetime | None
+    threshold_id: int | None
+    rule: dict[str, Any] | None
+    note: str | None
+
+
+class AlertAction(_Schema):
+    by: str = Field(default="api", min_length=1, max_length=200)
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str
+    database: str
+    read_only: bool
+
+
+# ================================================================== dependencies
+def get_connection(request: Request) -> Iterator[Connection]:
+    """A connection from the app's engine for one request."""
+    engine: Engine = request.app.state.engine
+    with engine.connect() as connection:
+        yield connection
+
+
+def require_writer(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+    """Refuse writes without the configured bearer token (403 when none is configured)."""
+    settings: ApiSettings = request.app.state.settings
+    if settings.token is None:
+        raise HTTPException(
+            403, f"this API serves read-only: set {TOKEN_ENV} where it runs to allow changes"
+        )
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), settings.token.encode()
+    ):
+        raise HTTPException(
+            401,
+            "a change needs 'Authorization: Bearer <token>' with the server's token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+Conn = Annotated[Connection, Depends(get_connection)]
+Writer = Depends(require_writer)
+
+
+# ========================================================================== app
+def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
+    """The API on ``engine`` (built and checked by the caller)."""
+    app = FastAPI(
+        title="anomaly-vae",
+        version=__version__,
+        description="Thresholds, alerts, anomalies and models of the anomaly-vae results "
+        "database. Writes need `Authorization: Bearer <token>` (ANOMALY_VAE_API_TOKEN).",
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+
+    @app.exception_handler(NotFoundError)
+    async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(ConfigError)
+    async def _bad_request(_request: Request, exc: ConfigError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(InputFileError)
+    async def _bad_input(_request: Request, exc: InputFileError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _database(_request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        logger.warning("database error: %s", str(exc).splitlines()[0][:300])
+        return JSONResponse(
+            {"detail": f"the results database ({settings.database.where}) is unavailable"},
+            status_code=503,
+        )
+
+    # ---------------------------------------------------------------- health, metrics
+    @app.get("/health", response_model=Health, tags=["service"])
+    def health(conn: Conn) -> Health:
+        """Up, and the database answers."""
+        conn.execute(select(1))
+        return Health(
+            status="ok",
+            version=__version__,
+            database=settings.database.display,
+            read_only=settings.read_only,
+        )
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["service"])
+    def metrics(conn: Conn) -> PlainTextResponse:
+        """Prometheus text format: records scored / flagged / rejected, alerts, thresholds in
+        force, and each running stream scorer's lag, latency and rate."""
+        return PlainTextResponse(
+            prometheus_text(conn), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    # ---------------------------------------------------------------------- models
+    @app.get("/models", response_model=list[ModelPublic], tags=["models"])
+    def models(conn: Conn) -> list[ModelPublic]:
+        """Registered model versions, newest first."""
+        return [ModelPublic.model_validate(r._asdict()) for r in repo.list_models(conn)]
+
+    @app.get("/models/{name}", response_model=ModelDetail, tags=["models"])
+    def model_detail(name: str, conn: Conn) -> ModelDetail:
+        """A model name's versions and the threshold in force."""
+        versions = [
+            ModelPublic.model_validate(r._asdict())
+            for r in repo.list_models(conn)
+            if r.name == name
+        ]
+        if not versions:
+            raise NotFoundError(f"no model named {name!r} is registered")
+        row = repo.threshold_in_force(conn, model_name=name)
+        return ModelDetail(
+            name=name, versions=versions, threshold=None if row is None else _threshold(row)
+        )
+
+    # ------------------------------------------------------------------ thresholds
+    @app.get("/models/{name}/threshold", response_model=ThresholdPublic, tags=["thresholds"])
+    def threshold(name: str, conn: Conn) -> ThresholdPublic:
+        """The threshold in force."""
+        row = repo.threshold_in_force(conn, model_name=name)
+        if row is None:
+            raise NotFoundError(f"model {name!r} has no threshold")
+        return _threshold(row)
+
+    @app.get("/models/{name}/thresholds", response_model=list[ThresholdPublic], tags=["thresholds"])
+    def threshold_history(name: str, conn: Conn) -> list[ThresholdPublic]:
+        """Every threshold version, newest (in force) first."""
+        return [_threshold(r) for r in repo.list_thresholds(conn, model_name=name)]
+
+    @app.post(
+        "/models/{name}/thresholds",
+        response_model=ThresholdPublic,
+        status_code=201,
+        tags=["thresholds"],
+        dependencies=[Writer],
+    )
+    def create_threshold(name: str, body: ThresholdCreate, conn: Conn) -> ThresholdPublic:
+        """Put a new threshold version in force (live scorers apply it within seconds)."""
+        return _new_version(conn, name, body)
+
+    @app.patch(
+        "/models/{name}/thresholds",
+        response_model=ThresholdPublic,
+        status_code=201,
+        tags=["thresholds"],
+        dependencies=[Writer],
+    )
+    def update_threshold(name: str, body: ThresholdUpdate, conn: Conn) -> ThresholdPublic:
+        """A new version changing only what is given (e.g. just the alert rule)."""
+        if not {"warning", "critical", "alert_rule"} & body.model_fields_set:
+            raise ConfigError("nothing to change: give warning, critical or alert_rule")
+        return _new_version(conn, name, body)
+
+    @app.post(
+        "/models/{name}/thresholds/preview",
+        response_model=ThresholdPreviewPublic,
+        tags=["thresholds"],
+    )
+    def preview(name: str, body: ThresholdPreviewRequest, conn: Conn) -> ThresholdPreviewPublic:
+        """What a threshold and alert rule would have done to the stored scores (read-only)."""
+        result = preview_threshold(
+            conn,
+            model_name=name,
+            change=_change(body),
+            since=body.since,
+            until=body.until,
+        )
+        return ThresholdPreviewPublic.model_validate(result.as_dict())
+
+    # ------------------------------------------------------------ anomalies, alerts
+    @app.get("/anomalies", response_model=list[AnomalyPublic], tags=["anomalies"])
+    def anomalies(
+        conn: Conn,
+        model: str | None = None,
+        entity: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
+    ) -> list[AnomalyPublic]:
+        """Flagged records, newest first (event time, else scoring time)."""
+        rows = repo.list_anomalies(
+            conn, model_name=model, since=since, until=until, entity=entity, limit=limit
+        )
+        return [AnomalyPublic.model_validate(r._asdict()) for r in rows]
+
+    @app.get("/alerts", response_model=list[AlertPublic], tags=["alerts"])
+    def alerts(
+        conn: Conn,
+        state: Literal["open", "acknowledged", "resolved", "active"] | None = None,
+        model: str | None = None,
+        entity: str | None = None,
+        since: datetime | None = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
+    ) -> list[AlertPublic]:
+        """Alerts, newest first; ``state=active``: open or acknowledged."""
+        rows = list_alerts(
+            conn, state=state, model_name=model, entity=entity, since=since, limit=limit
+        )
+        return [AlertPublic.model_validate(r) for r in rows]
+
+    @app.get("/alerts/{alert_id}", response_model=AlertPublic, tags=["alerts"])
+    def alert(alert_id: int, conn: Conn) -> AlertPublic:
+        rows = list_alerts(conn, alert_id=alert_id, limit=1)
+        if not rows:
+            raise NotFoundError(f"no alert {alert_id}")
+        return AlertPublic.model_validate(rows[0])
+
+    @app.post(
+        "/alerts/{alert_id}/acknowledge",
+        response_model=AlertPublic,
+        tags=["alerts"],
+        dependencies=[Writer],
+    )
+    def acknowledge(alert_id: int, conn: Conn, body: AlertAction | None = None) -> AlertPublic:
+        """Acknowledge an open alert."""
+        return _act(conn, alert_id, "acknowledge", body or AlertAction())
+
+    @app.post(
+        "/alerts/{alert_id}/resolve",
+        response_model=AlertPublic,
+        tags=["alerts"],
+        dependencies=[Writer],
+    )
+    def resolve(alert_id: int, conn: Conn, body: AlertAction | None = None) -> AlertPublic:
+        """Resolve an alert."""
+        return _act(conn, alert_id, "resolve", body or AlertAction())
+
+    return app
+
+
+def _change(body: ThresholdCreate | ThresholdUpdate | ThresholdPreviewRequest) -> ThresholdChange:
+    return ThresholdChange(
+        warning=body.warning,
+        critical=body.critical,
+        clear_critical="critical" in body.model_fields_set and body.critical is None,
+        alert_rule=None if body.alert_rule is None else alert_rule_of(body.alert_rule),
+    )
+
+
+def _new_version(
+    conn: Connection, name: str, body: ThresholdCreate | ThresholdUpdate
+) -> ThresholdPublic:
+    with conn.begin():
+        row = set_threshold(
+            conn,
+            model_name=name,
+            change=_change(body),
+            created_by=body.created_by,
+            reason=body.reason,
+        )
+    logger.info("model %s: threshold v%d set by %s", name, row.version, body.created_by)
+    return _threshold(row)
+
+
+def _act(
+    conn: Connection,
+    alert_id: int,
+    action: Literal["acknowledge", "resolve"],
+    body: AlertAction,
+) -> AlertPublic:
+    with conn.begin():
+        act_on_alert(conn, alert_id=alert_id, action=action, by=body.by, note=body.note)
+    return AlertPublic.model_validate(list_alerts(conn, alert_id=alert_id, limit=1)[0])
+
+
+def _threshold(row: Any) -> ThresholdPublic:
+    return ThresholdPublic(
+        model=row.model_name,
+        version=row.version,
+        policy=row.policy,
+        warning=row.warning,
+        critical=row.critical,
+        alert_rule=AlertsConfig(**AlertRule.from_dict(row.alert_rule).to_dict()),
+        parameters=row.parameters,
+        created_by=row.created_by,
+        reason=row.reason,
+        created_at=row.created_at,
+    )
+
+
+# ======================================================================= metrics
+def prometheus_text(conn: Connection) -> str:
+    """The metrics in Prometheus' text exposition format (version 0.0.4)."""
+    out = _Exposition()
+    runs = conn.execute(
+        select(
+            Model.name,
+            ScoringRun.kind,
+            func.sum(ScoringRun.rows_scored),
+            func.sum(ScoringRun.rows_flagged),
+            func.sum(ScoringRun.rows_rejected),
+        )
+        .join(Model, Model.id == ScoringRun.model_id)
+        .group_by(Model.name, ScoringRun.kind)
+        .order_by(Model.name, ScoringRun.kind)
+    ).all()
+    for name, column, help_text in (
+        ("anomaly_vae_records_scored_total", 2, "Records scored."),
+        ("anomaly_vae_records_flagged_total", 3, "Records that crossed the threshold in force."),
+        ("anomaly_vae_records_rejected_total", 4, "Records rejected (dead letters)."),
+    ):
+        out.family(name, "counter", help_text)
+        for counts in runs:
+            out.sample(name, {"model": counts[0], "kind": counts[1]}, float(counts[column] or 0))
+    alerts = conn.execute(
+        select(Model.name, Alert.state, func.count())
+        .join(Model, Model.id == Alert.model_id)
+        .group_by(Model.name, Alert.state)
+        .order_by(Model.name, Alert.state)
+    ).all()
+    out.family("anomaly_vae_alerts", "gauge", "Alerts by state.")
+    for model, state, count in alerts:
+        out.sample("anomaly_vae_alerts", {"model": model, "state": state}, count)
+    newest = (
+        select(Threshold.model_name, func.max(Threshold.version).label("version"))
+        .group_by(Threshold.model_name)
+        .subquery()
+    )
+    thresholds = conn.execute(
+        select(Threshold.model_name, Threshold.warning, Threshold.critical, Threshold.version)
+        .join(
+            newest,
+            (newest.c.model_name == Threshold.model_name) & (newest.c.version == Threshold.version),
+        )
+        .order_by(Threshold.model_name)
+    ).all()
+    out.family("anomaly_vae_threshold", "gauge", "Threshold in force.")
+    for model, warning, critical, _ in thresholds:
+        out.sample("anomaly_vae_threshold", {"model": model, "severity": "warning"}, warning)
+        if critical is not None:
+            out.sample("anomaly_vae_threshold", {"model": model, "severity": "critical"}, critical)
+    out.family("anomaly_vae_threshold_version", "gauge", "Version of the threshold in force.")
+    for model, _, _, version in thresholds:
+        out.sample("anomaly_vae_threshold_version", {"model": model}, version)
+    now = repo.utc_now()
+    streams = [
+        row
+        for row in conn.execute(
+            select(
+                ScoringRun.id,
+                Model.name,
+                ScoringRun.lag,
+                ScoringRun.latency_p50_ms,
+                ScoringRun.latency_p99_ms,
+                ScoringRun.records_per_s,
+                ScoringRun.metrics_at,
+            )
+            .join(Model, Model.id == ScoringRun.model_id)
+            .where(
+                ScoringRun.kind == "stream",
+                ScoringRun.status == "running",
+                ScoringRun.metrics_at.is_not(None),
+            )
+            .order_by(ScoringRun.id)
+        )
+        if (now - row.metrics_at).total_seconds() <= STALE_METRICS_S
+    ]
+    gauges = (
+        ("anomaly_vae_stream_lag_records", "Records behind the end of the topic.", "lag", 1.0),
+        (
+            "anomaly_vae_stream_latency_p50_seconds",
+            "Median produce-to-database latency.",
+            "latency_p50_ms",
+            1e-3,
+        ),
+        (
+            "anomaly_vae_stream_latency_p99_seconds",
+            "99th percentile produce-to-database latency.",
+            "latency_p99_ms",
+            1e-3,
+        ),
+        ("anomaly_vae_stream_records_per_second", "Recent scoring rate.", "records_per_s", 1.0),
+    )
+    for name, help_text, attribute, scale in gauges:
+        out.family(name, "gauge", help_text)
+        for row in streams:
+            value = getattr(row, attribute)
+            if value is not None:
+                out.sample(name, {"model": row.name, "run": str(row.id)}, value * scale)
+    out.family(
+        "anomaly_vae_stream_metrics_age_seconds", "gauge", "Seconds since the scorer reported."
+    )
+    for row in streams:
+        out.sample(
+            "anomaly_vae_stream_metrics_age_seconds",
+            {"model": row.name, "run": str(row.id)},
+            (now - row.metrics_at).total_seconds(),
+        )
+    return out.text()
+
+
+class _Exposition:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_text: str) -> None:
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} {kind}")
+
+    def sample(self, name: str, labels: dict[str, Any], value: Any) -> None:
+        text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
+        number = float(value)
+        shown = (
+            "NaN"
+            if math.isnan(number)
+            else repr(number)
+            if math.isfinite(number)
+            else ("+Inf" if number > 0 else "-Inf")
+        )
+        self.lines.append(f"{name}{{{text}}} {shown}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

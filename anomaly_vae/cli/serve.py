@@ -1,0 +1,46 @@
+"""``serve``: the HTTP API (see ``anomaly_vae.api``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import typer
+
+from anomaly_vae.cli import app, setup_logging
+from anomaly_vae.cli.db import DB_HELP, PIPELINE_HELP
+
+logger = logging.getLogger(__name__)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+) -> None:
+    """Serve the HTTP API (OpenAPI docs at /docs). Changes need the bearer token in
+    ANOMALY_VAE_API_TOKEN; without it the API is read-only."""
+    setup_logging(True)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    import uvicorn
+
+    from anomaly_vae.api import ApiSettings, create_app
+    from anomaly_vae.cli.db import database_target, opened
+
+    settings = ApiSettings.from_environment(database_target(db, pipeline), os.environ)
+    with opened(settings.database) as engine:
+        logger.info(
+            "serving http://%s:%d (docs at /docs) on %s, %s",
+            host,
+            port,
+            settings.database.display,
+            "read-only (no ANOMALY_VAE_API_TOKEN)"
+            if settings.read_only
+            else "writes need the token",
+        )
+        uvicorn.run(
+            create_app(settings, engine), host=host, port=port, log_level="info", access_log=True
+        )

@@ -1,0 +1,272 @@
+"""The HTTP API as a client sees it: a real ``anomaly-vae serve`` process (uvicorn) on a free
+loopback port, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from anomaly_vae import AnomalyVAE
+from anomaly_vae.datasets import make_pump_data
+from anomaly_vae.devbroker import free_port
+from tests.test_cli import run_inline
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "test-token-0123456789abcdef"
+
+
+class Server:
+    def __init__(self, url: str, process: subprocess.Popen[str]) -> None:
+        self.url = url
+        self.process = process
+        self.client = httpx.Client(base_url=url, timeout=30)
+
+    def output(self) -> str:
+        self.process.terminate()
+        out, _ = self.process.communicate(timeout=20)
+        return out
+
+
+def start_server(db_url: str, token: str | None) -> Server:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "ANOMALY_VAE_API_TOKEN"}
+    if token is not None:
+        env["ANOMALY_VAE_API_TOKEN"] = token
+    process = subprocess.Popen(
+        [sys.executable, "-m", "anomaly_vae", "serve", "--port", str(port), "--db", db_url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the server exited: {process.communicate()[0]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return Server(url, process)
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.kill()
+    raise AssertionError("the server did not answer /health within 60 s")
+
+
+def stop(server: Server) -> str:
+    server.client.close()
+    return server.output()
+
+
+@pytest.fixture
+def scored_db(
+    db_url: str,
+    pump_model: tuple[AnomalyVAE, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> str:
+    _, model_dir = pump_model
+    export = tmp_path / "export.csv"
+    make_pump_data(800, anomaly_rate=0.05, seed=8).to_csv(export, index=False)
+    result = run_inline(
+        capsys, "score", str(export), "--model-dir", str(model_dir), "--db", db_url, "--quiet"
+    )
+    assert result.returncode == 0, result.stderr
+    return db_url
+
+
+@pytest.fixture
+def server(scored_db: str) -> Iterator[Server]:
+    running = start_server(scored_db, TOKEN)
+    yield running
+    stop(running)
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_read_set_preview_and_act_over_http(server: Server) -> None:
+    api = server.client
+    assert api.get("/health").json()["read_only"] is False
+    assert api.get("/docs").status_code == 200
+    paths = api.get("/openapi.json").json()["paths"]
+    assert {"/models/{name}/thresholds", "/alerts/{alert_id}/acknowledge", "/metrics"} <= set(paths)
+
+    models = api.get("/models").json()
+    assert [(m["name"], m["scores"]) for m in models] == [("pumps", 800)]
+    detail = api.get("/models/pumps").json()
+    assert detail["threshold"]["version"] == 1
+    assert api.get("/models/nope").status_code == 404
+    first = api.get("/models/pumps/threshold").json()
+    assert first["policy"] == "quantile"
+    assert first["alert_rule"] == {"k": 1, "n": 1, "cooldown_s": 0.0, "resolve_after": 1}
+
+    # Preview (read-only, no token needed).
+    lower = api.post(
+        "/models/pumps/thresholds/preview",
+        json={"warning": {"policy": "quantile", "quantile": 0.9}},
+    )
+    assert lower.status_code == 200, lower.text
+    body = lower.json()
+    assert body["records"] == 800
+    assert body["flagged"] > body["at_the_time"]["flagged"] > 0
+    assert body["proposed"]["warning"] < first["warning"]
+
+    # Writes without the token, or with a wrong one, are refused and change nothing.
+    change = {"warning": {"policy": "evt", "risk": 1e-4}, "reason": "after incident 42"}
+    assert api.post("/models/pumps/thresholds", json=change).status_code == 401
+    wrong = {"Authorization": "Bearer not-the-token-at-all"}
+    refused = api.post("/models/pumps/thresholds", json=change, headers=wrong)
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"] == "Bearer"
+    assert len(api.get("/models/pumps/thresholds").json()) == 1
+
+    # Malformed bodies: 422 with a message, never a 500.
+    for bad in (
+        {"reason": "no policy"},
+        {"warning": {"policy": "median", "value": 3}, "reason": "r"},
+        {"warning": {"policy": "quantile", "quantile": 1.5}, "reason": "r"},
+        {"warning": {"policy": "value", "value": 3}, "reason": ""},
+        {"warning": {"policy": "value", "value": 3}, "reason": "r", "color": "red"},
+        {"warning": {"policy": "value", "value": 3}, "reason": "r", "alert_rule": {"k": 3, "n": 2}},
+    ):
+        response = api.post("/models/pumps/thresholds", json=bad, headers=AUTH)
+        assert response.status_code == 422, (bad, response.text)
+        assert response.json()["detail"]
+    not_json = api.post(
+        "/models/pumps/thresholds",
+        content=b"{not json",
+        headers={**AUTH, "Content-Type": "application/json"},
+    )
+    assert not_json.status_code == 422
+    # Well-formed but impossible: 400 with the reason.
+    too_risky = api.post(
+        "/models/pumps/thresholds",
+        json={"warning": {"policy": "evt", "risk": 0.5}, "reason": "r"},
+        headers=AUTH,
+    )
+    assert too_risky.status_code == 400
+    assert "risk 0.5 is not in the tail" in too_risky.json()["detail"]
+    assert api.post("/models/nope/thresholds", json=change, headers=AUTH).status_code == 404
+    assert len(api.get("/models/pumps/thresholds").json()) == 1
+
+    # A new version, then only the alert rule, then no critical level.
+    created = api.post(
+        "/models/pumps/thresholds",
+        json={**change, "critical": {"policy": "evt", "risk": 1e-5}, "created_by": "alice"},
+        headers=AUTH,
+    )
+    assert created.status_code == 201, created.text
+    v2 = created.json()
+    assert (v2["version"], v2["policy"], v2["created_by"]) == (2, "evt", "alice")
+    assert v2["critical"] > v2["warning"]
+    rule = {"k": 2, "n": 3, "cooldown_s": 30, "resolve_after": 5}
+    patched = api.patch(
+        "/models/pumps/thresholds", json={"alert_rule": rule, "reason": "debounce"}, headers=AUTH
+    )
+    assert patched.status_code == 201, patched.text
+    v3 = patched.json()
+    assert (v3["version"], v3["warning"], v3["critical"]) == (3, v2["warning"], v2["critical"])
+    assert v3["alert_rule"] == {**rule, "cooldown_s": 30.0}
+    cleared = api.patch(
+        "/models/pumps/thresholds", json={"critical": None, "reason": "r"}, headers=AUTH
+    ).json()
+    assert (cleared["version"], cleared["critical"], cleared["alert_rule"]["k"]) == (4, None, 2)
+    nothing = api.patch("/models/pumps/thresholds", json={"reason": "r"}, headers=AUTH)
+    assert nothing.status_code == 400
+    history = api.get("/models/pumps/thresholds").json()
+    assert [h["version"] for h in history] == [4, 3, 2, 1]
+
+    # Anomalies and alerts.
+    anomalies = api.get("/anomalies", params={"model": "pumps", "limit": 5}).json()
+    assert len(anomalies) == 5
+    times = [a["time"] for a in anomalies]
+    assert times == sorted(times, reverse=True)
+    later = api.get("/anomalies", params={"since": times[2]}).json()
+    assert all(a["time"] >= times[2] for a in later)
+    assert api.get("/anomalies", params={"since": "yesterday-ish"}).status_code == 422
+    assert api.get("/anomalies", params={"limit": 0}).status_code == 422
+    alerts = api.get("/alerts", params={"model": "pumps", "limit": 500}).json()
+    assert alerts
+    alert_id = alerts[0]["id"]
+    assert api.post(f"/alerts/{alert_id}/acknowledge").status_code == 401
+    if alerts[0]["state"] == "open":
+        acked = api.post(f"/alerts/{alert_id}/acknowledge", json={"by": "bob"}, headers=AUTH)
+        assert acked.status_code == 200, acked.text
+        assert (acked.json()["state"], acked.json()["acknowledged_by"]) == ("acknowledged", "bob")
+    resolved = api.post(
+        f"/alerts/{alert_id}/resolve", json={"by": "bob", "note": "fixed"}, headers=AUTH
+    )
+    if alerts[0]["state"] == "resolved":
+        assert resolved.status_code == 400
+    else:
+        assert resolved.status_code == 200, resolved.text
+        assert api.get(f"/alerts/{alert_id}").json()["state"] == "resolved"
+    again = api.post(f"/alerts/{alert_id}/resolve", headers=AUTH)
+    assert again.status_code == 400
+    assert "already resolved" in again.json()["detail"]
+    assert api.get("/alerts/999999").status_code == 404
+    assert api.post("/alerts/999999/resolve", headers=AUTH).status_code == 404
+    assert api.get("/alerts", params={"state": "gone"}).status_code == 422
+
+    # Metrics in the Prometheus text format.
+    metrics = api.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(metrics.text)}
+    scored = {s.labels["kind"]: s.value for s in families["anomaly_vae_records_scored"].samples}
+    assert scored == {"batch": 800.0}
+    thresholds = {s.labels["severity"]: s.value for s in families["anomaly_vae_threshold"].samples}
+    assert thresholds == {"warning": v2["warning"]}
+    assert sum(s.value for s in families["anomaly_vae_alerts"].samples) == len(alerts)
+
+    assert TOKEN not in stop(server)
+
+
+def test_without_a_token_the_api_is_read_only(scored_db: str) -> None:
+    server = start_server(scored_db, None)
+    try:
+        api = server.client
+        assert api.get("/health").json()["read_only"] is True
+        change = {"warning": {"policy": "value", "value": 1.0}, "reason": "r"}
+        refused = api.post("/models/pumps/thresholds", json=change, headers=AUTH)
+        assert refused.status_code == 403
+        assert "ANOMALY_VAE_API_TOKEN" in refused.json()["detail"]
+        assert api.post("/alerts/1/resolve", headers=AUTH).status_code == 403
+        assert len(api.get("/models/pumps/thresholds").json()) == 1
+        assert api.get("/alerts").status_code == 200
+    finally:
+        stop(server)
+
+
+def test_a_weak_token_is_refused_at_start(
+    scored_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = {**os.environ, "ANOMALY_VAE_API_TOKEN": "changeme"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "anomaly_vae",
+            "serve",
+            "--port",
+            str(free_port()),
+            "--db",
+            scored_db,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "ANOMALY_VAE_API_TOKEN is too short or a placeholder" in result.stderr
+    assert "changeme" not in result.stderr
