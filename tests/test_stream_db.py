@@ -35,8 +35,10 @@ from tests.conftest import create_topic, fresh_name, service_unavailable
 pytestmark = pytest.mark.integration
 
 
-def pump_messages(n: int, *, seed: int, first_id: int = 0) -> tuple[list[bytes], list[bytes]]:
-    frame = make_pump_data(n, anomaly_rate=0.03, seed=seed, first_event_id=first_id)
+def pump_messages(
+    n: int, *, seed: int, first_id: int = 0, start: str = "2026-11-01T00:00:00Z"
+) -> tuple[list[bytes], list[bytes]]:
+    frame = make_pump_data(n, anomaly_rate=0.03, seed=seed, first_event_id=first_id, start=start)
     records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
     return [json.dumps(r).encode() for r in records], [str(r["pump_id"]).encode() for r in records]
 
