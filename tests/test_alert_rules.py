@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection, Engine
 
+from anomaly_vae.config import AlertsConfig
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.storage.engine import create_database_engine, parse_database_url
 from anomaly_vae.storage.tables import Alert
@@ -293,3 +295,49 @@ def test_concurrent_writers_never_open_two_alerts_for_one_entity(
         engine.dispose()
     assert len(per_entity) == rounds
     assert {int(n) for _, n in per_entity} == {1}
+
+
+def test_the_pipeline_rule_goes_with_calibrated_thresholds_until_an_operator_sets_one(
+    db_url: str,
+) -> None:
+    engine = engine_for(db_url)
+    other = AlertRule(k=3, n=5, cooldown_s=600.0, resolve_after=10)
+    try:
+        with engine.connect() as connection:
+            start(connection, RULE)
+            start(connection, RULE)  # the same rule: no new version
+            start(connection, other)  # the pipeline's rule changed: a new calibrated version
+            with connection.begin():
+                repo.add_threshold(
+                    connection,
+                    model_name="pumps",
+                    policy="value",
+                    warning=12.0,
+                    alert_rule=RULE.to_dict(),
+                    created_by="ops",
+                    reason="by hand",
+                )
+            start(connection, other)  # an operator's version stays in force
+            history = repo.list_thresholds(connection, model_name="pumps")
+    finally:
+        engine.dispose()
+    assert [(t.version, t.policy, AlertRule.from_dict(t.alert_rule)) for t in history] == [
+        (3, "value", RULE),
+        (2, "quantile", other),
+        (1, "quantile", RULE),
+    ]
+
+
+def test_the_pipeline_alerts_section_is_checked(tmp_path: Path) -> None:
+    from anomaly_vae.config import PipelineConfig
+    from anomaly_vae.errors import ConfigError
+
+    path = tmp_path / "p.yaml"
+    path.write_text("alerts:\n  k: 3\n  n: 2\n")
+    with pytest.raises(ConfigError, match=r"alerts: Value error, k \(3\) must not exceed n \(2\)"):
+        PipelineConfig.from_yaml(path)
+    path.write_text("alerts:\n  k: 1\n  window: 2\n")
+    with pytest.raises(ConfigError, match=r"alerts\.window: Extra inputs are not permitted"):
+        PipelineConfig.from_yaml(path)
+    path.write_text("alerts:\n  k: 2\n  n: 3\n  cooldown_s: 30\n")
+    assert PipelineConfig.from_yaml(path).alerts == AlertsConfig(k=2, n=3, cooldown_s=30.0)
