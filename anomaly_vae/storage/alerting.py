@@ -187,12 +187,11 @@ def _batch_frame(records: pd.DataFrame, new: np.ndarray, now: datetime) -> pd.Da
     if "severity" in records:
         critical = records["severity"].to_numpy(dtype=object) == "critical"
         level[flags & critical] = SEVERITY_CRITICAL
-    entity = (
-        records["entity_key"].astype(object).where(records["entity_key"].notna(), None)
-        if "entity_key" in records
-        else pd.Series([None] * n, index=records.index, dtype=object)
-    )
-    entity = entity.map(lambda v: v if v is None else str(v))
+    if "entity_key" in records:  # as stored: text, or None
+        raw = records["entity_key"]
+        entity = raw.astype(str).astype(object).where(raw.notna(), None)
+    else:
+        entity = pd.Series([None] * n, index=records.index, dtype=object)
     if "event_time" in records:
         event_time = pd.to_datetime(
             records["event_time"], utc=True, errors="coerce", format="mixed"
