@@ -70,7 +70,10 @@ def test_score_twice_keeps_one_row_per_record(
     assert count(db_url, "dead_letters") == 1
     assert count(db_url, "models") == 1
     flagged = int(first.stdout.split(" scored, ")[1].split(" flagged")[0])
-    assert count(db_url, "alerts") == flagged > 0
+    # The alert rule (one alert per run of crossings of a pump) opened some; the second
+    # scoring of the same file opened none.
+    alerts = count(db_url, "alerts")
+    assert 0 < alerts <= flagged
     # With --out the CSV files are written too, and still nothing is duplicated.
     out = tmp_path / "scores.csv"
     third = cli(
@@ -87,6 +90,7 @@ def test_score_twice_keeps_one_row_per_record(
     assert third.returncode == 0, third.stderr
     assert len(pd.read_csv(out)) == 1499
     assert count(db_url, "scores") == 1499
+    assert count(db_url, "alerts") == alerts
 
     runs = cli(capsys, "runs", "list", "--db", db_url, "--format", "json")
     listed = json.loads(runs.stdout)
@@ -115,7 +119,9 @@ def test_score_twice_keeps_one_row_per_record(
         ).stdout
     )
     assert len(as_json) == flagged
-    assert {a["alert_state"] for a in as_json} == {"open"}
+    states = [a["alert_state"] for a in as_json]  # on the records that opened an alert
+    assert sum(state is not None for state in states) == alerts
+    assert set(states) <= {"open", "resolved", None}
     assert all(isinstance(a["top_features"], list) for a in as_json)
     times = [a["time"] for a in as_json]
     assert times == sorted(times, reverse=True)
@@ -210,12 +216,12 @@ def test_commands_refuse_a_database_behind_the_migrations(
     assert "revision none" in cli(capsys, "db", "current", "--db", empty_db_url).stdout
     upgraded = cli(capsys, "db", "upgrade", "--db", empty_db_url)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "migrated from empty to 0001" in upgraded.stdout
-    assert "already at revision 0001" in cli(capsys, "db", "upgrade", "--db", empty_db_url).stdout
+    assert "migrated from empty to 0002" in upgraded.stdout
+    assert "already at revision 0002" in cli(capsys, "db", "upgrade", "--db", empty_db_url).stdout
     assert "up to date" in cli(capsys, "db", "current", "--db", empty_db_url).stdout
     assert cli(capsys, "runs", "list", "--db", empty_db_url).stdout.strip() == "no scoring runs yet"
     down = cli(capsys, "db", "downgrade", "base", "--db", empty_db_url)
-    assert "down from 0001 to base" in down.stdout
+    assert "down from 0002 to base" in down.stdout
 
 
 def test_upgrade_from_another_directory_uses_the_env_url(

@@ -388,3 +388,24 @@ def test_timestamp_texts_match_numpy_over_the_whole_range() -> None:
     assert (repo.utc_timestamp_texts(micros) == expected).all()
     with pytest.raises(ValueError, match="years 1 to 9999"):
         repo.utc_timestamp_texts(np.array([253_402_300_800_000_000]))
+
+
+def test_upgrade_from_0001_keeps_the_thresholds(db_url: str) -> None:
+    engine = engine_for(db_url)
+    try:
+        downgrade(engine, "base")
+        upgrade(engine, "0001")
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO thresholds (model_name, version, policy, warning, critical, "
+                "parameters, created_by, reason, created_at) VALUES ('pumps', 1, 'value', 9.5, "
+                "NULL, '{}', 'ops', 'before 0002', '2026-11-01 00:00:00+00:00')"
+            )
+        assert upgrade(engine) == ("0001", "0002")
+        assert schema_differences(engine) == []
+        with engine.connect() as connection:
+            row = repo.threshold_in_force(connection, model_name="pumps")
+        assert row is not None
+        assert (row.warning, row.reason, row.alert_rule) == (9.5, "before 0002", None)
+    finally:
+        engine.dispose()
