@@ -416,32 +416,42 @@ class AlertTracker:
         """Feed records in time order; return the alert events they cause."""
         events: list[AlertEvent] = []
         rule = self.rule
-        stamps = (
-            pd.to_datetime(pd.Series(times), utc=True, errors="coerce")
-            if times is not None
-            else None
-        )
-        for i, (entity_raw, sev) in enumerate(zip(entities, severities, strict=True)):
+        n = len(severities)
+        levels = np.asarray(severities, dtype=np.int64).tolist()
+        # Plain numbers (epoch seconds, NaN where unknown): this loop runs over every record
+        # of a write, so nothing pandas inside it.
+        seconds = [math.nan] * n
+        nanos: list[int] = [0] * n
+        if times is not None:
+            stamps = pd.to_datetime(pd.Series(times), utc=True, errors="coerce")
+            known = stamps.notna().to_numpy()
+            raw = stamps.dt.tz_convert(None).to_numpy(dtype="datetime64[ns]").view(np.int64)
+            nanos = raw.tolist()
+            seconds = np.where(known, raw / 1e9, np.nan).tolist()
+
+        def when(i: int) -> pd.Timestamp | None:
+            return None if math.isnan(seconds[i]) else pd.Timestamp(nanos[i], tz="UTC")
+
+        for i, (entity_raw, sev, now) in enumerate(zip(entities, levels, seconds, strict=True)):
             entity = "" if entity_raw is None or entity_raw != entity_raw else str(entity_raw)
             state = self.states.get(entity)
             if state is None:
                 state = _EntityState(recent=deque(maxlen=rule.n))
                 self.states[entity] = state
-            crossed = int(sev) > 0
+            crossed = sev > 0
             state.recent.append(crossed)
-            ts = stamps.iloc[i] if stamps is not None else None
-            now = ts.timestamp() if ts is not None and not pd.isna(ts) else None
-            when = None if ts is None or pd.isna(ts) else ts
             if state.open_severity > 0:
                 if crossed:
                     state.normal_streak = 0
-                    if int(sev) > state.open_severity:
-                        state.open_severity = int(sev)
-                        events.append(AlertEvent("escalate", entity, i, when, int(sev)))
+                    if sev > state.open_severity:
+                        state.open_severity = sev
+                        events.append(AlertEvent("escalate", entity, i, when(i), sev))
                 else:
                     state.normal_streak += 1
                     if state.normal_streak >= rule.resolve_after:
-                        events.append(AlertEvent("resolve", entity, i, when, state.open_severity))
+                        events.append(
+                            AlertEvent("resolve", entity, i, when(i), state.open_severity)
+                        )
                         state.open_severity = 0
                         state.normal_streak = 0
                 continue
@@ -450,14 +460,14 @@ class AlertTracker:
             if (
                 rule.cooldown_s > 0
                 and state.last_opened is not None
-                and now is not None
+                and not math.isnan(now)
                 and now - state.last_opened < rule.cooldown_s
             ):
                 continue
-            state.open_severity = int(sev)
+            state.open_severity = sev
             state.normal_streak = 0
-            state.last_opened = now
-            events.append(AlertEvent("open", entity, i, when, int(sev)))
+            state.last_opened = None if math.isnan(now) else now
+            events.append(AlertEvent("open", entity, i, when(i), sev))
         return events
 
 

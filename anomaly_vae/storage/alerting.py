@@ -122,7 +122,7 @@ def apply_alert_rule(
             alert_of[_tracker_key(entity)] = state.alert_id
     todo = batch[batch["entity"].isin(candidates)]
     events = tracker.update(
-        [_tracker_key(e) for e in todo["entity"]],
+        todo["entity"].where(todo["entity"].notna(), "").tolist(),
         todo["level"].to_numpy(),
         todo["time"],
     )
@@ -131,49 +131,68 @@ def apply_alert_rule(
     keys = todo["source_key"].to_numpy(dtype=object)
     score_ids = _score_ids(connection, model_id, sorted({keys[e.index] for e in events}))
     entities = {_tracker_key(e): e for e in candidates}
+    # Few statements, whatever the events: every opening in one insert (ids back, in order),
+    # then every escalation and every resolution in one executemany each.
+    openings = [e for e in events if e.kind == "open"]
+    opened_ids = _open_all(
+        connection,
+        [
+            {
+                "score_id": score_ids[keys[e.index]],
+                "model_id": model_id,
+                "threshold_id": threshold_id,
+                "entity_key": entities[e.entity],
+                "state": "open",
+                "severity": SEVERITY_NAMES[e.severity],
+                "rule": rule.to_dict(),
+                "opened_at": now,
+            }
+            for e in openings
+        ],
+    )
+    opened_by = dict(zip((id(e) for e in openings), opened_ids, strict=True))
+    escalations: list[dict[str, Any]] = []
+    resolutions: list[dict[str, Any]] = []
     for event in events:
         score_id = score_ids[keys[event.index]]
         if event.kind == "open":
-            alert_id = _open(
-                connection,
-                model_id=model_id,
-                score_id=score_id,
-                entity=entities[event.entity],
-                severity=event.severity,
-                rule=rule,
-                threshold_id=threshold_id,
-                now=now,
-            )
-            alert_of[event.entity] = alert_id
-            changes.opened.append(alert_id)
+            alert_of[event.entity] = opened_by[id(event)]
+            changes.opened.append(opened_by[id(event)])
         elif event.entity in alert_of:
             alert_id = alert_of[event.entity]
             if event.kind == "escalate":
-                connection.execute(
-                    update(Alert)
-                    .where(Alert.id == alert_id, Alert.state.in_(ACTIVE_STATES))
-                    .values(
-                        severity=SEVERITY_NAMES[SEVERITY_CRITICAL],
-                        escalated_at=now,
-                        escalated_score_id=score_id,
-                    )
-                )
+                escalations.append({"alert": alert_id, "score": score_id})
                 changes.escalated.append(alert_id)
             else:
-                connection.execute(
-                    update(Alert)
-                    .where(Alert.id == alert_id, Alert.state.in_(ACTIVE_STATES))
-                    .values(
-                        state="resolved",
-                        resolved_at=now,
-                        resolved_by=RULE_RESOLVER,
-                        resolved_score_id=score_id,
-                        note=f"resolved by the alert rule after {rule.resolve_after} normal "
-                        f"record{'s' if rule.resolve_after > 1 else ''}",
-                    )
-                )
+                resolutions.append({"alert": alert_id, "score": score_id})
                 changes.resolved.append(alert_id)
                 del alert_of[event.entity]
+    in_progress = and_(Alert.id == bindparam("alert"), Alert.state != "resolved")
+    if escalations:  # before resolutions: an alert may escalate, then resolve, in one batch
+        connection.execute(
+            update(Alert)
+            .where(in_progress)
+            .values(
+                severity=SEVERITY_NAMES[SEVERITY_CRITICAL],
+                escalated_at=now,
+                escalated_score_id=bindparam("score"),
+            ),
+            escalations,
+        )
+    if resolutions:
+        connection.execute(
+            update(Alert)
+            .where(in_progress)
+            .values(
+                state="resolved",
+                resolved_at=now,
+                resolved_by=RULE_RESOLVER,
+                resolved_score_id=bindparam("score"),
+                note=f"resolved by the alert rule after {rule.resolve_after} normal "
+                f"record{'s' if rule.resolve_after > 1 else ''}",
+            ),
+            resolutions,
+        )
     return changes
 
 
@@ -204,7 +223,9 @@ def _batch_frame(records: pd.DataFrame, new: np.ndarray, now: datetime) -> pd.Da
             "entity": entity.to_numpy(dtype=object),
             "level": level,
             "timed": event_time.notna().to_numpy(),
-            "time": event_time.fillna(pd.Timestamp(now)).to_numpy(),
+            "time": event_time.dt.tz_convert(None)
+            .fillna(pd.Timestamp(now).tz_convert(None))
+            .to_numpy(dtype="datetime64[ns]"),  # UTC
             "position": np.arange(n),
         }
     )
@@ -251,32 +272,14 @@ def _score_ids(connection: Connection, model_id: int, keys: list[str]) -> dict[s
     return out
 
 
-def _open(
-    connection: Connection,
-    *,
-    model_id: int,
-    score_id: int,
-    entity: str | None,
-    severity: int,
-    rule: AlertRule,
-    threshold_id: int | None,
-    now: datetime,
-) -> int:
+def _open_all(connection: Connection, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert the alerts; their ids, in the order of ``rows``."""
+    if not rows:
+        return []
     result = connection.execute(
-        insert(Alert)
-        .values(
-            score_id=score_id,
-            model_id=model_id,
-            threshold_id=threshold_id,
-            entity_key=entity,
-            state="open",
-            severity=SEVERITY_NAMES[severity],
-            rule=rule.to_dict(),
-            opened_at=now,
-        )
-        .returning(Alert.id)
+        insert(Alert).returning(Alert.id, sort_by_parameter_order=True), rows
     )
-    return int(result.scalar_one())
+    return [int(r[0]) for r in result]
 
 
 # ================================================================ entity states
