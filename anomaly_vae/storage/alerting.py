@@ -27,6 +27,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -34,13 +35,16 @@ import pandas as pd
 from sqlalchemy import (
     ColumnElement,
     and_,
+    any_,
     bindparam,
     func,
     insert,
+    literal,
     not_,
     or_,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy.engine import Connection
@@ -60,6 +64,7 @@ RULE_RESOLVER = "alert-rule"  # alerts.resolved_by when the rule resolved an ale
 ACTIVE_STATES = ("open", "acknowledged")
 LOCK_BUCKETS = 256  # advisory locks per model on PostgreSQL: bounded, whatever the entities
 _KEYS_PER_QUERY = 500
+_ENTITIES_PER_QUERY = 100
 _SEVERITY_LEVELS = {"warning": SEVERITY_WARNING, "critical": SEVERITY_CRITICAL}
 
 
@@ -260,6 +265,19 @@ def _bucket(entity: str | None) -> int:
 
 
 def _score_ids(connection: Connection, model_id: int, keys: list[str]) -> dict[str, int]:
+    """The stored ids of these keys' score rows."""
+    if not keys:
+        return {}
+    if connection.dialect.name == "postgresql":
+        # One statement, planned for these keys each time: psycopg prepares a statement run
+        # five times, and PostgreSQL's generic plan for it scans the whole table.
+        raw = connection.connection.driver_connection
+        assert raw is not None
+        with raw.cursor() as cursor:
+            cursor.execute(
+                _score_ids_statement(), {"model_id": model_id, "keys": keys}, prepare=False
+            )
+            return {str(key): int(score_id) for key, score_id in cursor.fetchall()}
     out: dict[str, int] = {}
     query = select(Score.source_key, Score.id).where(
         Score.model_id == model_id, Score.source_key.in_(bindparam("keys", expanding=True))
@@ -270,6 +288,18 @@ def _score_ids(connection: Connection, model_id: int, keys: list[str]) -> dict[s
         ):
             out[str(key)] = int(score_id)
     return out
+
+
+@lru_cache(maxsize=1)
+def _score_ids_statement() -> str:
+    from sqlalchemy.dialects.postgresql import ARRAY
+    from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
+
+    stmt = select(Score.source_key, Score.id).where(
+        Score.model_id == bindparam("model_id"),
+        Score.source_key == any_(bindparam("keys", type_=ARRAY(Score.source_key.type))),
+    )
+    return str(stmt.compile(dialect=psycopg_dialect()))
 
 
 def _open_all(connection: Connection, rows: list[dict[str, Any]]) -> list[int]:
@@ -308,9 +338,10 @@ def seed_states(
     one of them: in progress now or, with ``as_of``, at that time."""
     newest = _newest_alerts(connection, model_id, list(entities), history_filter, as_of)
     window = max(rule.n, rule.resolve_after)
+    recent = _last_records(connection, model_id, entities, window, history_filter)
     out: dict[str | None, EntityState] = {}
-    for entity, timed in entities.items():
-        rows = _last_records(connection, model_id, entity, timed, window, history_filter)
+    for entity in entities:
+        rows = recent.get(entity, [])
         rows.reverse()  # oldest first
         levels = [_level(r.is_anomaly, r.severity) for r in rows]
         alert = newest.get(entity)
@@ -339,21 +370,39 @@ def seed_states(
 def _last_records(
     connection: Connection,
     model_id: int,
-    entity: str | None,
-    timed: bool,
+    entities: dict[str | None, bool],
     limit: int,
     history_filter: ColumnElement[bool],
-) -> list[Any]:
-    stmt = select(Score.id, Score.is_anomaly, Score.severity).where(
-        Score.model_id == model_id, _entity_is(Score.entity_key, entity), history_filter
-    )
-    if timed:  # the index (model_id, entity_key, event_time, id), read backwards
-        stmt = stmt.where(Score.event_time.is_not(None)).order_by(
-            Score.event_time.desc(), Score.id.desc()
-        )
-    else:
-        stmt = stmt.where(Score.event_time.is_(None)).order_by(Score.id.desc())
-    return list(connection.execute(stmt.limit(limit)))
+) -> dict[str | None, list[Any]]:
+    """Each entity's last ``limit`` stored records (newest first) that ``history_filter``
+    keeps: one statement for many entities (a UNION ALL of per-entity LIMIT queries, each
+    reading the index (model_id, entity_key, event_time, id) backwards)."""
+    parts = []
+    for position, (entity, timed) in enumerate(entities.items()):
+        part = select(
+            literal(position).label("entity_position"),
+            Score.id,
+            Score.event_time,
+            Score.is_anomaly,
+            Score.severity,
+        ).where(Score.model_id == model_id, _entity_is(Score.entity_key, entity), history_filter)
+        if timed:
+            part = part.where(Score.event_time.is_not(None)).order_by(
+                Score.event_time.desc(), Score.id.desc()
+            )
+        else:
+            part = part.where(Score.event_time.is_(None)).order_by(Score.id.desc())
+        parts.append(select(part.limit(limit).subquery()))
+    names = list(entities)
+    out: dict[str | None, list[Any]] = {}
+    for start in range(0, len(parts), _ENTITIES_PER_QUERY):
+        chunk = parts[start : start + _ENTITIES_PER_QUERY]
+        stmt = chunk[0] if len(chunk) == 1 else union_all(*chunk)
+        for row in connection.execute(stmt):
+            out.setdefault(names[row.entity_position], []).append(row)
+    for rows in out.values():  # a UNION ALL promises no order: newest first again
+        rows.sort(key=lambda r: (r.event_time is not None, r.event_time or 0, r.id), reverse=True)
+    return out
 
 
 def _newest_alerts(
