@@ -109,20 +109,15 @@ def apply_alert_rule(
     timed = batch.groupby("entity", sort=False, dropna=False)["timed"].all().to_dict()
     tracker = AlertTracker(rule)
     alert_of: dict[str, int] = {}
-    for entity, state in seed_states(
+    states = seed_states(
         connection,
         model_id=model_id,
         entities={e: bool(timed.get(e, True)) for e in candidates},
         rule=rule,
         history_filter=history_filter,
-    ).items():
-        tracker.seed(
-            _tracker_key(entity),
-            recent=state.recent,
-            open_severity=state.open_severity,
-            normal_streak=state.normal_streak,
-            last_opened=state.last_opened,
-        )
+    )
+    seed_tracker(tracker, states)
+    for entity, state in states.items():
         if state.alert_id is not None and state.open_severity:
             alert_of[_tracker_key(entity)] = state.alert_id
     todo = batch[batch["entity"].isin(candidates)]
@@ -365,6 +360,18 @@ def seed_states(
             alert_id=alert_id,
         )
     return out
+
+
+def seed_tracker(tracker: AlertTracker, states: dict[str | None, EntityState]) -> None:
+    """Start ``tracker``'s entities from ``states`` (see ``seed_states``)."""
+    for entity, state in states.items():
+        tracker.seed(
+            _tracker_key(entity),
+            recent=state.recent,
+            open_severity=state.open_severity,
+            normal_streak=state.normal_streak,
+            last_opened=state.last_opened,
+        )
 
 
 def _last_records(

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection, Row
 from anomaly_vae.config import AlertsConfig, format_validation_error
 from anomaly_vae.errors import ConfigError, InputFileError, NotFoundError
 from anomaly_vae.storage import repository as repo
-from anomaly_vae.storage.alerting import ACTIVE_STATES, seed_states
+from anomaly_vae.storage.alerting import ACTIVE_STATES, seed_states, seed_tracker
 from anomaly_vae.storage.tables import Alert, Model, Score
 from anomaly_vae.thresholds import (
     AlertRule,
@@ -202,23 +202,20 @@ class ThresholdChange:
     alert_rule: AlertRule | None = None
 
 
-def set_threshold(
-    connection: Connection,
-    *,
-    model_name: str,
-    change: ThresholdChange,
-    created_by: str,
-    reason: str,
-) -> Row[Any]:
-    """Append a threshold version for ``model_name`` (in force from now on; live scorers pick
-    it up within ``kafka.threshold_refresh_s``). Runs in the caller's transaction."""
-    if not reason or not reason.strip():
-        raise ConfigError("a threshold change needs a reason (--reason): say why, for the history")
-    if not created_by or not created_by.strip():
-        raise ConfigError("a threshold change needs who made it (--by)")
-    model = latest_model(connection, name=model_name)
-    current = repo.threshold_in_force(connection, model_name=model_name)
-    parameters: dict[str, Any] = {}
+@dataclass(frozen=True)
+class _Version:
+    """The levels, policy, parameters and rule a change gives against the version in force."""
+
+    policy: str
+    warning: float
+    critical: float | None
+    parameters: dict[str, Any]
+    rule: AlertRule
+
+
+def _apply_change(
+    connection: Connection, model: Row[Any], current: Row[Any] | None, change: ThresholdChange
+) -> _Version:
     if change.warning is not None:
         warning = _computed(connection, model.id, change.warning)
         policy, value = warning.policy, warning.value
@@ -233,7 +230,7 @@ def set_threshold(
             if k != "critical" and not (k == "from" and v == repo.FROM_CALIBRATION)
         }
     else:
-        raise ConfigError(f"model {model_name!r} has no threshold yet: give a warning policy")
+        raise ConfigError(f"model {model.name!r} has no threshold yet: give a warning policy")
     critical: float | None = None
     if change.critical is not None:
         computed = compute_threshold(connection, model_id=model.id, spec=change.critical)
@@ -251,14 +248,34 @@ def set_threshold(
     rule = change.alert_rule
     if rule is None:
         rule = AlertRule.from_dict(current.alert_rule if current is not None else None)
+    return _Version(policy, value, critical, parameters, rule)
+
+
+def set_threshold(
+    connection: Connection,
+    *,
+    model_name: str,
+    change: ThresholdChange,
+    created_by: str,
+    reason: str,
+) -> Row[Any]:
+    """Append a threshold version for ``model_name`` (in force from now on; live scorers pick
+    it up within ``kafka.threshold_refresh_s``). Runs in the caller's transaction."""
+    if not reason or not reason.strip():
+        raise ConfigError("a threshold change needs a reason (--reason): say why, for the history")
+    if not created_by or not created_by.strip():
+        raise ConfigError("a threshold change needs who made it (--by)")
+    model = latest_model(connection, name=model_name)
+    current = repo.threshold_in_force(connection, model_name=model_name)
+    version = _apply_change(connection, model, current, change)
     return repo.add_threshold(
         connection,
         model_name=model_name,
-        policy=policy,
-        warning=value,
-        critical=critical,
-        parameters=parameters,
-        alert_rule=rule.to_dict(),
+        policy=version.policy,
+        warning=version.warning,
+        critical=version.critical,
+        parameters=version.parameters,
+        alert_rule=version.rule.to_dict(),
         created_by=created_by.strip(),
         reason=reason.strip(),
     )
@@ -406,25 +423,10 @@ def preview_threshold(
     have: so the preview of a threshold set at ``since`` is what then happened."""
     model = latest_model(connection, name=model_name)
     current = repo.threshold_in_force(connection, model_name=model_name)
-    if change.warning is not None:
-        warning = _computed(connection, model.id, change.warning).value
-    elif current is not None:
-        warning = float(current.warning)
-    else:
-        raise ConfigError(f"model {model_name!r} has no threshold yet: give a policy to preview")
-    critical: float | None = None
-    if change.critical is not None:
-        critical = compute_threshold(connection, model_id=model.id, spec=change.critical).value
-    elif not change.clear_critical and current is not None and current.critical is not None:
-        critical = float(current.critical)
-    if critical is not None and critical < warning:
-        raise ConfigError(
-            f"the critical threshold ({critical:.6g}) would be below the warning threshold "
-            f"({warning:.6g})"
-        )
-    proposed = Thresholds(warning=warning, critical=critical)
+    version = _apply_change(connection, model, current, change)
+    proposed = Thresholds(warning=version.warning, critical=version.critical)
     current_rule = AlertRule.from_dict(current.alert_rule) if current is not None else None
-    rule = change.alert_rule or current_rule or AlertRule()
+    rule = version.rule
     frame = stored_scores(connection, model_id=model.id, since=since, until=until)
     tracker = AlertTracker(rule)
     if since is not None and len(frame):
@@ -439,14 +441,7 @@ def preview_threshold(
             history_filter=when < since,
             as_of=since,
         )
-        for entity, state in states.items():
-            tracker.seed(
-                "" if entity is None else entity,
-                recent=state.recent,
-                open_severity=state.open_severity,
-                normal_streak=state.normal_streak,
-                last_opened=state.last_opened,
-            )
+        seed_tracker(tracker, states)
     label_values = None
     labelled = 0
     if labels is not None:
