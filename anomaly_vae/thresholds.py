@@ -432,7 +432,8 @@ class AlertTracker:
         def when(i: int) -> pd.Timestamp | None:
             return None if math.isnan(seconds[i]) else pd.Timestamp(nanos[i], tz="UTC")
 
-        for i, (entity_raw, sev, now) in enumerate(zip(entities, levels, seconds, strict=True)):
+        for i in self._worth_visiting(entities, levels):
+            entity_raw, sev, now = entities[i], levels[i], seconds[i]
             entity = "" if entity_raw is None or entity_raw != entity_raw else str(entity_raw)
             state = self.states.get(entity)
             if state is None:
@@ -469,6 +470,26 @@ class AlertTracker:
             state.last_opened = None if math.isnan(now) else now
             events.append(AlertEvent("open", entity, i, when(i), sev))
         return events
+
+    def _worth_visiting(self, entities: Sequence[Any], levels: list[int]) -> list[int]:
+        """Indices of the records that can change an entity's state, in order.
+
+        A normal record more than ``max(n, resolve_after)`` records after its entity's last
+        crossing (and past the entity's first that many records, which may end an alert in
+        progress) finds the entity with no open alert and an all-normal window: it changes
+        nothing, so the loop can skip it. On long normal stretches that is most records.
+        """
+        n = len(levels)
+        window = max(self.rule.n, self.rule.resolve_after)
+        if n <= 4 * window:
+            return list(range(n))
+        codes = pd.factorize(pd.Series(entities, dtype=object), use_na_sentinel=False)[0]
+        crossing = np.asarray(levels) > 0
+        position = pd.Series(codes).groupby(codes).cumcount().to_numpy()
+        last = pd.Series(np.where(crossing, position, np.nan)).groupby(codes).ffill().to_numpy()
+        since = position - last  # NaN before the entity's first crossing in this batch
+        keep = crossing | (position < window) | (since <= window)
+        return np.flatnonzero(keep).tolist()
 
 
 # ======================================================================= preview

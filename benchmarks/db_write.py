@@ -237,7 +237,7 @@ def main() -> None:
         results["databases"]["SQLite (WAL, synchronous=NORMAL)"] = measure(
             f"sqlite:///{folder}/bench.db", args.rows, args.repeat
         )
-    created = postgres_database(args.postgres)
+    created = postgres_database(args.postgres) if args.postgres else None  # "" skips it
     if created is not None:
         url, drop = created
         try:

@@ -170,3 +170,35 @@ def test_preview_counts_alerts_per_day_and_entity_and_scores_labels() -> None:
     assert result.metrics is not None
     assert result.metrics["precision"] == pytest.approx(2 / 3)
     assert result.metrics["recall"] == pytest.approx(1.0)
+
+
+def test_skipping_quiet_records_changes_no_decision() -> None:
+    """The tracker skips normal records far from any crossing: same events, same states."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        rule = AlertRule(
+            k=int(rng.integers(1, 4)),
+            n=4,
+            cooldown_s=float(rng.choice([0, 30])),
+            resolve_after=int(rng.integers(1, 6)),
+        )
+        n = int(rng.integers(50, 400))
+        entities = [None if e == "-" else e for e in rng.choice(["a", "b", "c", "-"], size=n)]
+        crossing = rng.random(n) < rng.choice([0.01, 0.05, 0.3])
+        levels = crossing.astype(int) * rng.choice([1, 2], size=n)
+        times = list(pd.date_range("2026-11-01", periods=n, freq="s", tz="UTC"))
+        fast, slow = AlertTracker(rule), AlertTracker(rule)
+        slow._worth_visiting = lambda entities, levels: list(range(len(levels)))  # type: ignore[method-assign]
+        got = [
+            (e.kind, e.entity, e.index, e.severity) for e in fast.update(entities, levels, times)
+        ]
+        want = [
+            (e.kind, e.entity, e.index, e.severity) for e in slow.update(entities, levels, times)
+        ]
+        assert got == want
+        for key, state in slow.states.items():
+            other = fast.states[key]
+            assert list(other.recent) == list(state.recent)
+            assert other.open_severity == state.open_severity
+            assert other.normal_streak == state.normal_streak
+            assert other.last_opened == state.last_opened

@@ -100,8 +100,11 @@ def apply_alert_rule(
         return changes
     batch = _batch_frame(records, new, now)
     active = _entities_with_active_alerts(connection, model_id)
-    flagged = set(batch.loc[batch["level"] > 0, "entity"])
-    candidates = sorted(flagged | (set(batch["entity"]) & active), key=_entity_sort_key)
+    # Hash-based uniques on the arrays: iterating a 100k-row Series into a set is slow.
+    entity_values = batch["entity"].to_numpy(dtype=object)
+    flagged = set(pd.unique(entity_values[batch["level"].to_numpy() > 0]).tolist())
+    present = set(pd.unique(entity_values).tolist())
+    candidates = sorted(flagged | (present & active), key=_entity_sort_key)
     if not candidates:
         return changes
     if connection.dialect.name == "postgresql":
@@ -208,9 +211,16 @@ def _batch_frame(records: pd.DataFrame, new: np.ndarray, now: datetime) -> pd.Da
         level[flags & critical] = SEVERITY_CRITICAL
     if "entity_key" in records:  # as stored: text, or None
         raw = records["entity_key"]
-        entity = raw.astype(str).astype(object).where(raw.notna(), None)
+        values = raw.to_numpy(dtype=object)
+        if not isinstance(raw.dtype, pd.StringDtype) and pd.api.types.infer_dtype(
+            raw, skipna=True
+        ) not in ("string", "empty"):
+            values = raw.astype(str).to_numpy(dtype=object)
+        values = values.copy()
+        values[raw.isna().to_numpy()] = None
+        entity = pd.Series(values, dtype=object)
     else:
-        entity = pd.Series([None] * n, index=records.index, dtype=object)
+        entity = pd.Series([None] * n, dtype=object)
     if "event_time" in records:
         event_time = pd.to_datetime(
             records["event_time"], utc=True, errors="coerce", format="mixed"
@@ -219,7 +229,7 @@ def _batch_frame(records: pd.DataFrame, new: np.ndarray, now: datetime) -> pd.Da
         event_time = pd.Series(pd.NaT, index=records.index, dtype="datetime64[ns, UTC]")
     frame = pd.DataFrame(
         {
-            "source_key": records["source_key"].astype(str).to_numpy(dtype=object),
+            "source_key": _as_text(records["source_key"]),
             "entity": entity.to_numpy(dtype=object),
             "level": level,
             "timed": event_time.notna().to_numpy(),
@@ -229,8 +239,19 @@ def _batch_frame(records: pd.DataFrame, new: np.ndarray, now: datetime) -> pd.Da
             "position": np.arange(n),
         }
     )
-    frame = frame[new].drop_duplicates("source_key")
+    if not new.all():  # every record inserted: no key can be there twice
+        frame = frame[new]
+        if not frame["source_key"].is_unique:
+            frame = frame.drop_duplicates("source_key")
     return frame.sort_values(["time", "position"], kind="stable").reset_index(drop=True)
+
+
+def _as_text(series: pd.Series) -> np.ndarray:
+    if isinstance(series.dtype, pd.StringDtype) or (
+        pd.api.types.infer_dtype(series, skipna=True) == "string"
+    ):
+        return series.to_numpy(dtype=object)
+    return series.astype(str).to_numpy(dtype=object)
 
 
 def _entities_with_active_alerts(connection: Connection, model_id: int) -> set[str | None]:
