@@ -535,7 +535,10 @@ def default_latent_dim(n_blocks: int) -> int:
 
 def _as_frame(X: pd.DataFrame | np.ndarray, expected: list[str] | None = None) -> pd.DataFrame:
     if isinstance(X, pd.DataFrame):
-        return X
+        if all(isinstance(c, str) for c in X.columns):
+            return X
+        # Column names are text everywhere else (schemas, CSV headers, JSON messages).
+        return X.rename(columns=str)
     array = np.asarray(X)
     if array.ndim != 2:
         raise ConfigError(

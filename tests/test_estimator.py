@@ -187,3 +187,12 @@ def test_loading_never_unpickles(trained_model: AnomalyVAE, tmp_path: Path) -> N
     (path / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ModelFileError, match="cannot be read"):
         AnomalyVAE.load(path)
+
+
+def test_frames_with_integer_column_names() -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(300, 3)))  # columns 0, 1, 2 (integers)
+    model = AnomalyVAE(epochs=2, seed=0).fit(frame)
+    assert list(model.feature_names_in_) == ["0", "1", "2"]
+    scores = model.score(frame.head(5))
+    assert len(scores) == 5
