@@ -58,15 +58,19 @@ class TrainingConfig(_Strict):
 
 
 class ScoringConfig(_Strict):
-    """How records are scored. ``n_samples`` is K for the Monte Carlo ELBO."""
+    """How records are scored. ``n_samples`` is K for the Monte Carlo ELBO (K=1 ranks as well as
+    K=8 on the benchmark sets, at a third of the cost: see benchmarks/README.md).
+    ``num_threads``: torch threads of a batch job; ``None`` leaves one core to parsing and
+    writing (all cores but one, at least one)."""
 
-    n_samples: int = Field(default=8, ge=1)
+    n_samples: int = Field(default=1, ge=1)
     score_kind: Literal["neg_elbo", "nll_iw", "recon_error"] = "neg_elbo"
     importance_weighted: bool = False
     batch_size: int = Field(default=8192, ge=1)
     top_features: int = Field(default=3, ge=0)
     threshold_quantile: float = Field(default=0.995, gt=0.0, lt=1.0)
     chunk_size: int = Field(default=100_000, ge=1)
+    num_threads: int | None = Field(default=None, ge=1)
 
 
 class ColumnsConfig(_Strict):

@@ -12,6 +12,7 @@ import logging
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,9 @@ class ScoreBatch:
     """What scoring a batch of records gives: scores for valid rows, reasons for the rest.
 
     ``contributions`` holds each feature column's share of the record's excess over its usual
-    level (rows sum to 1, or 0 when nothing stands out).
+    level (rows sum to 1, or 0 when nothing stands out); it is worked out from
+    ``raw_contributions`` (nats per column) and ``baseline`` on first use, so a pipeline can
+    leave that work to the thread that writes the results.
     ``scores`` is indexed like the input (valid rows only) with columns ``score``,
     ``recon_error``, ``kl``, ``nll_iw`` (when computed), ``percentile`` and ``is_anomaly``.
     ``rejects`` is indexed like the input (rejected rows only) with ``reason`` and ``raw``.
@@ -84,8 +87,15 @@ class ScoreBatch:
 
     scores: pd.DataFrame
     rejects: pd.DataFrame
-    contributions: np.ndarray | None
+    raw_contributions: np.ndarray | None
     feature_names: list[str]
+    baseline: np.ndarray | None = None
+
+    @cached_property
+    def contributions(self) -> np.ndarray | None:
+        if self.raw_contributions is None:
+            return None
+        return contribution_shares(self.raw_contributions, self.baseline)
 
     def top_features_text(self, k: int) -> np.ndarray:
         if self.contributions is None:
@@ -364,16 +374,12 @@ class AnomalyVAE(BaseEstimator):
         encoded = self.preprocessor_.transform(clean)
         arrays = self._scorer().score(encoded)
         scores = self._score_frame(arrays, clean.index, threshold)
-        shares = (
-            contribution_shares(arrays.contributions, self.feature_baseline_)
-            if arrays.contributions is not None
-            else None
-        )
         return ScoreBatch(
             scores=scores,
             rejects=rejects,
-            contributions=shares,
+            raw_contributions=arrays.contributions,
             feature_names=list(self.schema_.names),
+            baseline=self.feature_baseline_,
         )
 
     def _score_frame(

@@ -465,15 +465,21 @@ class Preprocessor:
         n = len(clean)
         x = np.zeros((n, layout.input_dim), dtype=np.float32)
         observed = np.ones((n, layout.n_numeric), dtype=np.float32)
-        for j, name in enumerate(self.schema.numeric):
-            values = clean[name].to_numpy(dtype="float64")
+        numeric = self.schema.numeric
+        if numeric:
+            # One 2-D pass over all numeric columns (a column at a time writes x with a stride).
+            values = np.empty((n, len(numeric)), dtype=np.float64, order="F")
+            for j, name in enumerate(numeric):
+                values[:, j] = clean[name].to_numpy(dtype="float64")
+            center = np.asarray([self.center[name] for name in numeric])
+            scale = np.asarray([self.scale[name] for name in numeric])
             missing = np.isnan(values)
-            scaled = (values - self.center[name]) / self.scale[name]
-            np.clip(scaled, -CLIP, CLIP, out=scaled)
-            scaled[missing] = 0.0
-            x[:, j] = scaled
-            if missing.any():
-                observed[missing, j] = 0.0
+            values -= center
+            values /= scale
+            np.clip(values, -CLIP, CLIP, out=values)
+            values[missing] = 0.0
+            x[:, : len(numeric)] = values
+            observed[missing] = 0.0
         offset = layout.n_numeric
         for name in self.schema.categorical:
             cats = self.categories[name]

@@ -7,16 +7,19 @@ scores or in the rejects, with its 0-based data row number, never silently dropp
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from queue import Empty, Full, Queue
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from anomaly_vae.errors import ConfigError
@@ -30,14 +33,29 @@ OUTPUT_SCORE_COLUMNS = ["score", "recon_error", "percentile", "is_anomaly", "top
 
 
 @dataclass
-class ScoredChunk:
-    """One chunk's results: ``output`` (one row per scored record, CSV-ready), the raw
-    ``batch``, the input ``frame`` and all rejects (validation and structural)."""
+class OutputColumns:
+    """What a scores file holds besides the scores: passed-through columns, the label, and how
+    many top features to name."""
 
-    output: pd.DataFrame
+    passthrough: list[str]
+    label: str | None
+    top_k: int
+
+
+@dataclass
+class ScoredChunk:
+    """One chunk's results: the raw ``batch``, the input ``frame``, all rejects (validation and
+    structural) and ``output`` (one row per scored record, CSV-ready), built on first use: in
+    the writer thread, not on the scoring path."""
+
     batch: ScoreBatch
     frame: pd.DataFrame
     rejects: pd.DataFrame
+    columns: OutputColumns
+
+    @cached_property
+    def output(self) -> pd.DataFrame:
+        return _output_frame(self.frame, self.batch, self.columns)
 
 
 class Sink(Protocol):
@@ -175,7 +193,7 @@ def score_csv(
     model.schema_.check_columns(header, source=source.label)
     passthrough = [c for c in (passthrough or []) if c in header]
     label = label_column if label_column and label_column in header else None
-    top_k = model.config_.scoring.top_features
+    columns = OutputColumns(passthrough, label, model.config_.scoring.top_features)
     limit = model.threshold_ if threshold is None else float(threshold)
     summary = BatchSummary(source=source.label, threshold=limit)
     scores_seen: list[np.ndarray] = []
@@ -189,17 +207,18 @@ def score_csv(
         leave=False,
     )
     writer = _SinkWorker(sinks)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(scoring_threads(model.config_.scoring.num_threads))
     try:
         # Three stages overlap: parsing (a reader thread), scoring (here; torch releases the
         # GIL) and writing (a writer thread). Each queue holds two chunks: memory stays bounded.
         for chunk in _in_background(source.chunks(), depth=2):
             frame = chunk.frame
             batch = model.score_batch(frame, threshold=threshold, source=source.label)
-            out = _output_frame(frame, batch, passthrough, label, top_k)
             rejects = (
                 pd.concat([chunk.rejects, batch.rejects]) if len(chunk.rejects) else batch.rejects
             )
-            scored = ScoredChunk(output=out, batch=batch, frame=frame, rejects=rejects.sort_index())
+            scored = ScoredChunk(batch, frame, rejects.sort_index(), columns)
             writer.put(scored)
             summary.rows_read += len(frame) + len(chunk.rejects)
             summary.rows_scored += len(batch.scores)
@@ -212,6 +231,7 @@ def score_csv(
             bar.update(max(0, source.position() - bar.n) if not source.compressed else 0)
         writer.finish()
     finally:
+        torch.set_num_threads(threads_before)
         bar.close()
         writer.abort()
         for sink in sinks:
@@ -224,6 +244,15 @@ def score_csv(
             limit,
         )
     return summary
+
+
+def scoring_threads(configured: int | None) -> int:
+    """Torch threads for a batch job: as configured, else every core but the one that parses
+    and writes (two torch threads beside a busy parser run slower than one)."""
+    if configured:
+        return configured
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) - 1)
 
 
 _DONE = object()
@@ -316,20 +345,19 @@ class _SinkWorker:
             raise error
 
 
-def _output_frame(
-    frame: pd.DataFrame, batch: ScoreBatch, passthrough: list[str], label: str | None, top_k: int
-) -> pd.DataFrame:
+def _output_frame(frame: pd.DataFrame, batch: ScoreBatch, columns: OutputColumns) -> pd.DataFrame:
     scores = batch.scores
+    label = columns.label
     data: dict[str, Any] = {"row": scores.index.to_numpy()}
-    for name in passthrough:
+    for name in columns.passthrough:
         data[name] = frame.loc[scores.index, name].to_numpy()
-    if label is not None and label not in passthrough:
+    if label is not None and label not in columns.passthrough:
         data[label] = frame.loc[scores.index, label].to_numpy()
     data["score"] = scores["score"].to_numpy()
     data["recon_error"] = scores["recon_error"].to_numpy()
     data["percentile"] = scores["percentile"].to_numpy()
     data["is_anomaly"] = scores["is_anomaly"].to_numpy()
-    data["top_features"] = batch.top_features_text(top_k)
+    data["top_features"] = batch.top_features_text(columns.top_k)
     if "nll_iw" in scores:
         data["nll_iw"] = scores["nll_iw"].to_numpy()
     return pd.DataFrame(data)

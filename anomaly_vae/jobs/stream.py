@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from queue import Empty, Queue
 from types import FrameType
 from typing import Any, Protocol
@@ -646,12 +646,7 @@ def _names(partitions: Any) -> list[str]:
 
 
 def _reindexed(batch: ScoreBatch) -> ScoreBatch:
-    return ScoreBatch(
-        scores=batch.scores.reset_index(drop=True),
-        rejects=batch.rejects,
-        contributions=batch.contributions,
-        feature_names=batch.feature_names,
-    )
+    return replace(batch, scores=batch.scores.reset_index(drop=True))
 
 
 def _first_line(exc: BaseException) -> str:
