@@ -468,17 +468,17 @@ class Preprocessor:
         numeric = self.schema.numeric
         if numeric:
             # One 2-D pass over all numeric columns (a column at a time writes x with a stride).
-            values = np.empty((n, len(numeric)), dtype=np.float64, order="F")
+            numbers = np.empty((n, len(numeric)), dtype=np.float64, order="F")
             for j, name in enumerate(numeric):
-                values[:, j] = clean[name].to_numpy(dtype="float64")
+                numbers[:, j] = clean[name].to_numpy(dtype="float64")
             center = np.asarray([self.center[name] for name in numeric])
             scale = np.asarray([self.scale[name] for name in numeric])
-            missing = np.isnan(values)
-            values -= center
-            values /= scale
-            np.clip(values, -CLIP, CLIP, out=values)
-            values[missing] = 0.0
-            x[:, : len(numeric)] = values
+            missing = np.isnan(numbers)
+            numbers -= center
+            numbers /= scale
+            np.clip(numbers, -CLIP, CLIP, out=numbers)
+            numbers[missing] = 0.0
+            x[:, : len(numeric)] = numbers
             observed[missing] = 0.0
         offset = layout.n_numeric
         for name in self.schema.categorical:
