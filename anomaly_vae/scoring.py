@@ -9,10 +9,11 @@ same twice, alone or in any batch, whole file or chunked.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -218,13 +219,11 @@ def top_features_text(
         return np.full(n, "", dtype=object)
     cols, shares = _top_k(contributions, k)
     hundredths = np.clip(np.rint(shares * 100.0), 0, 100).astype(np.int64)
-    table = np.asarray(
-        [f"{name}:{h / 100:.2f}" for name in names for h in range(101)], dtype=object
-    )
-    pieces = []
-    for j in range(k):
-        codes = cols[:, j] * 101 + hundredths[:, j]
-        pieces.append(pa.array(table[codes], type=pa.string(), mask=shares[:, j] < min_share))
+    table = pa.array([f"{name}:{h / 100:.2f}" for name in names for h in range(101)], pa.string())
+    pieces = [
+        pc.take(table, pa.array(cols[:, j] * 101 + hundredths[:, j], mask=shares[:, j] < min_share))
+        for j in range(k)
+    ]
     # Shares are sorted, so the pieces left out (null) are always the last ones: join with ""
     # in their place and trim the trailing separators. (null_handling="skip" drops all-null
     # rows in some pyarrow versions.)
@@ -247,21 +246,33 @@ def top_features_json(
     if n == 0 or k == 0:
         return np.full(n, "[]", dtype=object)
     cols, shares = _top_k(contributions, k)
-    prefixes = np.asarray(["[" + json.dumps(name) + "," for name in names], dtype=object)
+    prefixes = pa.array(["[" + json.dumps(name) + "," for name in names], pa.string())
+    numbers = _share_texts()
+    ten_thousandths = np.clip(np.rint(shares.astype(np.float64) * 10_000.0), 0, 10_000)
     pieces = [
-        pa.array(
-            prefixes[cols[:, j]] + np.char.mod("%.4f", shares[:, j]).astype(object) + "]",
-            type=pa.string(),
-            mask=shares[:, j] < min_share,
+        pc.binary_join_element_wise(
+            pc.take(prefixes, cols[:, j]),
+            pc.take(
+                numbers,
+                pa.array(ten_thousandths[:, j].astype(np.int64), mask=shares[:, j] < min_share),
+            ),
+            "",
         )
         for j in range(k)
     ]
     # As in top_features_text: left-out pieces are always the last ones (shares are sorted).
     joined = pc.binary_join_element_wise(*pieces, ",", null_handling="replace", null_replacement="")
-    trimmed = np.asarray(
-        pc.utf8_rtrim(joined, characters=",").to_numpy(zero_copy_only=False), dtype=object
-    )
-    return "[" + trimmed + "]"
+    trimmed = pc.utf8_rtrim(joined, characters=",")
+    wrapped = pc.binary_join_element_wise("[", trimmed, "]", "")
+    return np.asarray(wrapped.to_numpy(zero_copy_only=False), dtype=object)
+
+
+@functools.cache
+def _share_texts() -> Any:
+    """'0.0000]' to '1.0000]': a share's JSON text with the pair's closing bracket."""
+    import pyarrow as pa
+
+    return pa.array([f"{i / 10_000:.4f}]" for i in range(10_001)], pa.string())
 
 
 def top_features_list(
