@@ -69,7 +69,7 @@ class ScoringConfig(_Strict):
     batch_size: int = Field(default=8192, ge=1)
     top_features: int = Field(default=3, ge=0)
     threshold_quantile: float = Field(default=0.995, gt=0.0, lt=1.0)
-    chunk_size: int = Field(default=100_000, ge=1)
+    chunk_size: int = Field(default=50_000, ge=1)
     num_threads: int | None = Field(default=None, ge=1)
 
 
