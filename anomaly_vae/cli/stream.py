@@ -131,8 +131,6 @@ def stream(
     setup_logging(True)
     if not verbose:
         logging.getLogger("anomaly_vae").setLevel(logging.INFO)
-    import torch
-
     from anomaly_vae.cli.db import database_target, opened
     from anomaly_vae.config import PipelineConfig
     from anomaly_vae.estimator import AnomalyVAE
@@ -170,7 +168,6 @@ def stream(
                 raise ConfigError(f"--{name.replace('_', '-')}: {exc}") from None
     if max_messages is not None and max_messages < 1:
         raise ConfigError(f"--max-messages must be >= 1, got {max_messages}")
-    torch.set_num_threads(kafka.num_threads)
     target = database_target(
         db, pipeline, pipeline_url=file_cfg.database.url if file_cfg and file_cfg.database else None
     )

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 import pandas as pd
+import torch
 
 from anomaly_vae.config import PipelineConfig
 from anomaly_vae.estimator import AnomalyVAE, ScoreBatch
@@ -246,6 +247,9 @@ class StreamScorer:
             return self.stats
         consumer = self._consumer
         kafka = self.cfg.kafka
+        threads_before = torch.get_num_threads()
+        # Polling and writing need a core too; two torch threads beside them run slower.
+        torch.set_num_threads(kafka.num_threads)
         worker = self._worker = _BatchWorker(self)
         started = last_record = time.monotonic()
         assigned = paused = False
@@ -316,6 +320,7 @@ class StreamScorer:
         finally:
             worker.abort()
             self._close()
+            torch.set_num_threads(threads_before)
         return self.stats
 
     def _collect(self, worker: _BatchWorker) -> None:
