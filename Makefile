@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: venv demo test lint typecheck unit bench clean
+.PHONY: venv demo test lint typecheck unit bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,5 +31,15 @@ unit: venv
 
 test: lint typecheck unit
 
+# Every benchmark, full size, results into benchmarks/results/ (tens of minutes).
+bench: venv
+	$(PY) -m benchmarks
+
+# The quick modes (under ten minutes here; CI runs them): numbers printed, results checked for
+# form only, written outside the tree.
+BENCH_OUT ?= build/bench-quick
+bench-quick: venv
+	$(PY) -m benchmarks --quick --out $(BENCH_OUT)
+
 clean:
-	rm -rf $(VENV) demo .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) demo build .mypy_cache .ruff_cache .pytest_cache

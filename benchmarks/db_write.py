@@ -214,10 +214,12 @@ def postgres_database(admin: str) -> tuple[str, Any] | None:
     return url.set(database=name).render_as_string(hide_password=False), drop
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=None, help="rows per batch (100,000)")
+    parser.add_argument("--repeat", type=int, default=None, help="repeats, the median kept (3)")
+    parser.add_argument("--quick", action="store_true", help="20,000 rows, one repeat (CI)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for db_write.json")
     parser.add_argument(
         "--postgres",
         default=os.environ.get(
@@ -225,8 +227,12 @@ def main() -> None:
         ),
         help="an admin URL: a scratch database is created there and dropped after",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.rows = args.rows or (20_000 if args.quick else 100_000)
+    args.repeat = args.repeat or (1 if args.quick else 3)
     results: dict[str, Any] = {
+        "benchmark": "db_write",
+        "quick": args.quick,
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
@@ -252,8 +258,8 @@ def main() -> None:
     for db, result in results["databases"].items():
         for method, m in result["methods"].items():
             print(f"| {db} | {method} | {m['rows_per_s']:,} | {100 * m['vs_bare']:.0f} % |")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "db_write.json"
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "db_write.json"
     path.write_text(json.dumps(results, indent=1) + "\n")
     print(f"\nwrote {path}")
 

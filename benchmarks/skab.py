@@ -239,11 +239,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="4 files, shorter training")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     result = run(args.data, args.detector, args.quick, args.seed)
     result.update(
+        benchmark="skab",
         detector=args.detector,
         quick=args.quick,
         seed=args.seed,
@@ -255,10 +257,10 @@ def main(argv: list[str] | None = None) -> None:
     published = pd.read_csv(PUBLISHED)
     text = markdown(result, published)
     print(text)
-    RESULTS.mkdir(exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     stem = "skab_quick" if args.quick else "skab"
-    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / f"{stem}.md").write_text(text)
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / f"{stem}.md").write_text(text)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,130 @@
+"""The benchmark suite: what runs, with which arguments, and what a well-formed result holds.
+
+Each benchmark writes ``<stem>.json`` (and a Markdown table) into the results folder. The check
+here is structural: required keys present, the measured figures finite numbers above zero. It
+never judges the figures themselves (CI prints them; the README and closing notes discuss them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+Check = Callable[[dict[str, Any]], list[str]]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    module: str
+    stem: str  # the JSON file, without .json, in full mode
+    check: Check
+    quick_args: list[str] = field(default_factory=lambda: ["--quick"])
+    full_args: list[str] = field(default_factory=list)
+    quick_stem: str | None = None  # when the quick mode writes another file
+
+    def path(self, folder: Path, *, quick: bool) -> Path:
+        stem = self.quick_stem if quick and self.quick_stem else self.stem
+        return folder / f"{stem}.json"
+
+
+def positive(value: Any, where: str) -> list[str]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return [f"{where}: expected a number, got {value!r}"]
+    if not math.isfinite(value) or value <= 0:
+        return [f"{where}: expected a finite number above zero, got {value!r}"]
+    return []
+
+
+def non_empty_list(data: dict[str, Any], key: str, where: str) -> tuple[list[Any], list[str]]:
+    value = data.get(key)
+    if not isinstance(value, list) or not value:
+        return [], [f"{where}: {key!r} must be a non-empty list"]
+    return value, []
+
+
+def check_speed(data: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    cases, p = non_empty_list(data, "model_scoring", "speed")
+    problems += p
+    for i, row in enumerate(cases):
+        problems += positive(row.get("rows_per_s"), f"speed.model_scoring[{i}].rows_per_s")
+    files, p = non_empty_list(data, "csv_scoring", "speed")
+    problems += p
+    for i, row in enumerate(files):
+        for key in ("rows", "bare_read_rows_per_s", "score_rows_per_s", "ratio", "peak_rss_mib"):
+            problems += positive(row.get(key), f"speed.csv_scoring[{i}].{key}")
+    return problems
+
+
+def check_stream(data: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    rows, p = non_empty_list(data, "rows", "stream")
+    problems += p
+    for i, row in enumerate(rows):
+        for key in ("bare_rate", "scorer_rate", "ratio", "p50_ms", "p99_ms"):
+            problems += positive(row.get(key), f"stream.rows[{i}].{key}")
+    return problems
+
+
+def check_db_write(data: dict[str, Any]) -> list[str]:
+    databases = data.get("databases")
+    if not isinstance(databases, dict) or not databases:
+        return ["db_write: 'databases' must be a non-empty mapping"]
+    problems: list[str] = []
+    for db, result in databases.items():
+        methods = result.get("methods") if isinstance(result, dict) else None
+        if not isinstance(methods, dict) or "bare executemany" not in methods:
+            problems.append(f"db_write[{db}]: no 'bare executemany' baseline among the methods")
+            continue
+        for method, m in methods.items():
+            problems += positive(m.get("rows_per_s"), f"db_write[{db}][{method}].rows_per_s")
+            problems += positive(m.get("vs_bare"), f"db_write[{db}][{method}].vs_bare")
+    return problems
+
+
+def check_skab(data: dict[str, Any]) -> list[str]:
+    policies = data.get("policies")
+    if not isinstance(policies, dict) or not policies:
+        return ["skab: 'policies' must be a non-empty mapping"]
+    problems: list[str] = []
+    for name, row in policies.items():
+        for key in ("F1", "FAR_pct", "MAR_pct"):
+            value = row.get(key) if isinstance(row, dict) else None
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                problems.append(f"skab.policies[{name}].{key}: expected a number >= 0")
+    return problems
+
+
+SUITE: list[Benchmark] = [
+    Benchmark("speed", "speed", "speed", check_speed),
+    Benchmark("db_write", "db_write", "db_write", check_db_write),
+    Benchmark("stream", "stream", "stream", check_stream),
+    Benchmark("skab", "skab", "skab", check_skab, quick_stem="skab_quick"),
+]
+
+
+def check_folder(folder: Path, benchmarks: list[Benchmark], *, quick: bool) -> list[str]:
+    """Problems with the result files of ``benchmarks`` in ``folder`` (empty: all well formed)."""
+    problems: list[str] = []
+    for bench in benchmarks:
+        path = bench.path(folder, quick=quick)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            problems.append(f"{bench.name}: no result file {path}")
+            continue
+        except json.JSONDecodeError as exc:
+            problems.append(f"{bench.name}: {path} is not JSON ({exc})")
+            continue
+        if not isinstance(data, dict):
+            problems.append(f"{bench.name}: {path} must hold a JSON object")
+            continue
+        problems += bench.check(data)
+    return problems
