@@ -196,3 +196,37 @@ def test_frames_with_integer_column_names() -> None:
     assert list(model.feature_names_in_) == ["0", "1", "2"]
     scores = model.score(frame.head(5))
     assert len(scores) == 5
+
+
+def test_batch_job_scores_with_its_own_thread_count(
+    trained_model: AnomalyVAE, tmp_path: Path
+) -> None:
+    """score_csv runs torch with scoring.num_threads (writers see it) and restores the count."""
+    from anomaly_vae.jobs.batch import ScoredChunk, score_csv, scoring_threads
+    from anomaly_vae.sources.csv import CsvSource
+
+    path = tmp_path / "export.csv"
+    correlated_normal(300, seed=5).to_csv(path, index=False)
+    seen: list[int] = []
+
+    class Recorder:
+        def write(self, chunk: ScoredChunk) -> None:
+            seen.append(torch.get_num_threads())
+            assert len(chunk.output) == len(chunk.batch.scores)
+
+        def close(self) -> None:
+            pass
+
+    before = torch.get_num_threads()
+    model = trained_model
+    configured = model.config_.scoring.num_threads
+    try:
+        model.config_.scoring.num_threads = 1
+        summary = score_csv(model, CsvSource(path, chunk_size=100), sinks=[Recorder()])
+    finally:
+        model.config_.scoring.num_threads = configured
+    assert summary.rows_scored == 300
+    assert seen == [1, 1, 1]
+    assert torch.get_num_threads() == before
+    assert scoring_threads(3) == 3
+    assert scoring_threads(None) >= 1
