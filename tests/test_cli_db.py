@@ -203,12 +203,10 @@ def test_commands_refuse_a_database_behind_the_migrations(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     _, model_dir = pump_model
-    for args in (
-        ("runs", "list"),
-        ("anomalies", "list"),
-        ("models", "list"),
-        ("score", str(export), "--model-dir", str(model_dir)),
-    ):
+    commands: list[tuple[str, ...]] = [("runs", "list"), ("anomalies", "list"), ("models", "list")]
+    if not empty_db_url.startswith("sqlite:///"):  # a missing SQLite file is created instead
+        commands.append(("score", str(export), "--model-dir", str(model_dir)))
+    for args in commands:
         result = cli(capsys, *args, "--db", empty_db_url)
         assert_user_error(result, "run 'anomaly-vae db upgrade --db")
     if empty_db_url.startswith("sqlite:///"):  # refused without leaving an empty file behind
@@ -222,6 +220,27 @@ def test_commands_refuse_a_database_behind_the_migrations(
     assert cli(capsys, "runs", "list", "--db", empty_db_url).stdout.strip() == "no scoring runs yet"
     down = cli(capsys, "db", "downgrade", "base", "--db", empty_db_url)
     assert "down from 0002 to base" in down.stdout
+
+
+def test_score_creates_a_missing_sqlite_database(
+    tmp_path: Path,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """SQLite needs no set-up: a job that writes results creates the file at the latest schema
+    (the list commands still refuse a missing file: they would only read an empty one)."""
+    _, model_dir = pump_model
+    url = f"sqlite:///{tmp_path / 'new' / 'results.db'}"
+    (tmp_path / "new").mkdir()
+    scored = cli(capsys, "score", str(export), "--model-dir", str(model_dir), "--db", url)
+    assert scored.returncode == 0, scored.stderr
+    assert "score rows added" in scored.stdout
+    assert "up to date" in cli(capsys, "db", "current", "--db", url).stdout
+    assert count(url, "scores") > 0
+    missing = f"sqlite:///{tmp_path / 'other.db'}"
+    assert_user_error(cli(capsys, "runs", "list", "--db", missing), "db upgrade --db")
+    assert not (tmp_path / "other.db").exists()
 
 
 def test_upgrade_from_another_directory_uses_the_env_url(

@@ -205,7 +205,7 @@ def score(
     if target is not None:
         from anomaly_vae.cli.db import connected
 
-        with connected(target) as connection:
+        with connected(target, create_missing=True) as connection:
             summary = _score_into_database(
                 connection,
                 model,

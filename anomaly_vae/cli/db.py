@@ -68,13 +68,16 @@ def database_target(
 
 
 @contextmanager
-def opened(target: DatabaseTarget, *, check_schema: bool = True) -> Iterator[Engine]:
-    """An engine on a checked database; driver errors become one-line errors."""
+def opened(
+    target: DatabaseTarget, *, check_schema: bool = True, create_missing: bool = False
+) -> Iterator[Engine]:
+    """An engine on a checked database; driver errors become one-line errors.
+    ``create_missing``: create a SQLite file that does not exist yet (jobs that write)."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from anomaly_vae.storage.engine import connection_error, open_database
 
-    engine = open_database(target, check_schema=check_schema)
+    engine = open_database(target, check_schema=check_schema, create_missing=create_missing)
     try:
         yield engine
     except SQLAlchemyError as exc:
@@ -84,9 +87,14 @@ def opened(target: DatabaseTarget, *, check_schema: bool = True) -> Iterator[Eng
 
 
 @contextmanager
-def connected(target: DatabaseTarget, *, check_schema: bool = True) -> Iterator[Connection]:
+def connected(
+    target: DatabaseTarget, *, check_schema: bool = True, create_missing: bool = False
+) -> Iterator[Connection]:
     """A connection to a checked database (see ``opened``)."""
-    with opened(target, check_schema=check_schema) as engine, engine.connect() as connection:
+    with (
+        opened(target, check_schema=check_schema, create_missing=create_missing) as engine,
+        engine.connect() as connection,
+    ):
         yield connection
 
 

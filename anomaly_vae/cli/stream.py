@@ -171,7 +171,7 @@ def stream(
     target = database_target(
         db, pipeline, pipeline_url=file_cfg.database.url if file_cfg and file_cfg.database else None
     )
-    with opened(target) as engine:
+    with opened(target, create_missing=True) as engine:
         sink = StreamDatabaseSink(
             engine,
             model=model,

@@ -148,8 +148,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
-def open_database(target: DatabaseTarget, *, check_schema: bool = True) -> Engine:
-    """Build the engine, connect once (clear errors), and check the schema is current."""
+def open_database(
+    target: DatabaseTarget, *, check_schema: bool = True, create_missing: bool = False
+) -> Engine:
+    """Build the engine, connect once (clear errors), and check the schema is current.
+
+    ``create_missing``: a SQLite file that does not exist yet is created at the latest schema
+    (what a job that writes results wants: SQLite needs no set-up). Without it, a missing file
+    is an error that says how to create it (a command that only reads has nothing to read).
+    """
     if target.is_sqlite and target.url.database not in (None, "", ":memory:"):
         path = Path(target.url.database).expanduser().resolve()
         if not path.parent.is_dir():
@@ -157,11 +164,13 @@ def open_database(target: DatabaseTarget, *, check_schema: bool = True) -> Engin
                 f"cannot open the SQLite database {target.url.database}: folder {path.parent} "
                 "does not exist"
             )
-        if check_schema and not path.exists():  # say so, rather than leave an empty file
-            raise SchemaVersionError(
-                f"there is no database file {target.url.database} yet: "
-                f"run '{upgrade_hint(target)}' to create it"
-            )
+        if check_schema and not path.exists():
+            if not create_missing:  # say so, rather than leave an empty file
+                raise SchemaVersionError(
+                    f"there is no database file {target.url.database} yet: "
+                    f"run '{upgrade_hint(target)}' to create it"
+                )
+            _create_sqlite(target)
     engine = create_database_engine(target.url)
     try:
         with engine.connect() as connection:
@@ -177,6 +186,19 @@ def open_database(target: DatabaseTarget, *, check_schema: bool = True) -> Engin
         raise
     logger.info("using database %s (from %s)", target.display, target.origin)
     return engine
+
+
+def _create_sqlite(target: DatabaseTarget) -> None:
+    from anomaly_vae.storage.migrate import upgrade
+
+    engine = create_database_engine(target.url)
+    try:
+        upgrade(engine)
+    except SQLAlchemyError as exc:
+        raise connection_error(exc, target) from None
+    finally:
+        engine.dispose()
+    logger.info("created the SQLite database %s at the latest schema", target.display)
 
 
 def connection_error(exc: BaseException, target: DatabaseTarget) -> DatabaseConnectionError:
