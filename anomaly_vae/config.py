@@ -38,7 +38,9 @@ class ModelConfig(_Strict):
 
 
 class TrainingConfig(_Strict):
-    """The fit loop. ``epochs=None`` and ``batch_size=None`` are sized from the data."""
+    """The fit loop. ``epochs=None`` and ``batch_size=None`` are sized from the data.
+    ``num_threads``: torch threads while fitting, 1 unless set (the network is small: more
+    threads gain little on a CPU and lose badly when other work shares the cores)."""
 
     epochs: int | None = Field(default=None, ge=1)
     batch_size: int | None = Field(default=None, ge=1)

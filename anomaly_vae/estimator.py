@@ -49,7 +49,7 @@ from anomaly_vae.scoring import (
     top_features_list,
     top_features_text,
 )
-from anomaly_vae.training import fit_vae, resolve_device, set_threads, split_indices
+from anomaly_vae.training import fit_vae, resolve_device, split_indices, torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -214,8 +214,13 @@ class AnomalyVAE(BaseEstimator):
         out of training. Rows with unparseable values are left out with a warning.
         """
         cfg = self._resolve_config()
+        # One torch thread unless configured: the network is small, so more threads gain
+        # little, and they lose badly (10x seen) when other work shares the cores.
+        with torch_threads(cfg.training.num_threads or 1):
+            return self._fit(cfg, X, y)
+
+    def _fit(self, cfg: PipelineConfig, X: pd.DataFrame | np.ndarray, y: Any) -> AnomalyVAE:
         frame = _as_frame(X)
-        set_threads(cfg.training.num_threads)
         frame = self._drop_labelled_anomalies(frame, y, cfg.columns)
         schema = FeatureSchema.infer(frame, cfg.columns)
         clean, rejects = schema.validate(frame, source="training data")

@@ -11,6 +11,8 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -188,9 +190,15 @@ def _validation_loss(
     return total / x.shape[0]
 
 
-def set_threads(num_threads: int | None) -> None:
-    if num_threads:
-        torch.set_num_threads(int(num_threads))
+@contextmanager
+def torch_threads(num_threads: int) -> Iterator[None]:
+    """Run the block with ``num_threads`` torch threads, then restore the count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(num_threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def split_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

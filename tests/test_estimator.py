@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -230,3 +231,21 @@ def test_batch_job_scores_with_its_own_thread_count(
     assert torch.get_num_threads() == before
     assert scoring_threads(3) == 3
     assert scoring_threads(None) >= 1
+
+
+def test_fit_uses_its_own_thread_count_and_restores_it() -> None:
+    from anomaly_vae.config import PipelineConfig, TrainingConfig
+
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    frame = correlated_normal(300, seed=2).drop(columns="kind")
+
+    class Spy(AnomalyVAE):
+        def _fit(self, cfg: PipelineConfig, X: Any, y: Any) -> AnomalyVAE:
+            seen.append(torch.get_num_threads())
+            return super()._fit(cfg, X, y)
+
+    Spy(epochs=1, seed=0).fit(frame)
+    Spy(epochs=1, seed=0, config=PipelineConfig(training=TrainingConfig(num_threads=2))).fit(frame)
+    assert seen == [1, 2]
+    assert torch.get_num_threads() == before
