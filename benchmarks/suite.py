@@ -42,35 +42,33 @@ def positive(value: Any, where: str) -> list[str]:
     return []
 
 
-def non_empty_list(data: dict[str, Any], key: str, where: str) -> tuple[list[Any], list[str]]:
-    value = data.get(key)
-    if not isinstance(value, list) or not value:
-        return [], [f"{where}: {key!r} must be a non-empty list"]
-    return value, []
+def rows_with_positive(
+    data: dict[str, Any], key: str, fields: tuple[str, ...], where: str
+) -> list[str]:
+    """``data[key]`` is a non-empty list of objects whose ``fields`` are numbers above zero."""
+    rows = data.get(key)
+    if not isinstance(rows, list) or not rows:
+        return [f"{where}: {key!r} must be a non-empty list"]
+    problems: list[str] = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            problems.append(f"{where}.{key}[{i}]: expected an object")
+            continue
+        for field_name in fields:
+            problems += positive(row.get(field_name), f"{where}.{key}[{i}].{field_name}")
+    return problems
 
 
 def check_speed(data: dict[str, Any]) -> list[str]:
-    problems: list[str] = []
-    cases, p = non_empty_list(data, "model_scoring", "speed")
-    problems += p
-    for i, row in enumerate(cases):
-        problems += positive(row.get("rows_per_s"), f"speed.model_scoring[{i}].rows_per_s")
-    files, p = non_empty_list(data, "csv_scoring", "speed")
-    problems += p
-    for i, row in enumerate(files):
-        for key in ("rows", "bare_read_rows_per_s", "score_rows_per_s", "ratio", "peak_rss_mib"):
-            problems += positive(row.get(key), f"speed.csv_scoring[{i}].{key}")
-    return problems
+    csv_fields = ("rows", "bare_read_rows_per_s", "score_rows_per_s", "ratio", "peak_rss_mib")
+    return rows_with_positive(data, "model_scoring", ("rows_per_s",), "speed") + (
+        rows_with_positive(data, "csv_scoring", csv_fields, "speed")
+    )
 
 
 def check_stream(data: dict[str, Any]) -> list[str]:
-    problems: list[str] = []
-    rows, p = non_empty_list(data, "rows", "stream")
-    problems += p
-    for i, row in enumerate(rows):
-        for key in ("bare_rate", "scorer_rate", "ratio", "p50_ms", "p99_ms"):
-            problems += positive(row.get(key), f"stream.rows[{i}].{key}")
-    return problems
+    fields = ("bare_rate", "scorer_rate", "ratio", "p50_ms", "p99_ms")
+    return rows_with_positive(data, "rows", fields, "stream")
 
 
 def check_db_write(data: dict[str, Any]) -> list[str]:
