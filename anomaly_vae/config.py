@@ -60,8 +60,9 @@ class TrainingConfig(_Strict):
 
 
 class ScoringConfig(_Strict):
-    """How records are scored. ``n_samples`` is K for the Monte Carlo ELBO (K=1 ranks as well as
-    K=8 on the benchmark sets, at a third of the cost: see benchmarks/README.md).
+    """How records are scored. ``n_samples`` is K for the Monte Carlo ELBO; K=1 (the default) is
+    the one-point rule at the posterior mean: it ranks as well as K=8 quasi-random points on the
+    benchmark sets at a third of the cost (see benchmarks/README.md).
     ``num_threads``: torch threads of a batch job; ``None`` leaves one core to parsing and
     writing (all cores but one, at least one)."""
 

@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from anomaly_vae import AnomalyVAE, __version__
+from anomaly_vae.jobs.batch import scoring_threads
 from anomaly_vae.scoring import Scorer
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -261,7 +262,14 @@ def main(argv: list[str] | None = None) -> int:
         else ([200_000] if args.quick else [2_000_000, 8_000_000])
     )
     score_rows = 50_000 if args.quick else (1_000_000 if args.device == "cuda" else 200_000)
-    print(f"speed benchmark on {args.device} ({'quick' if args.quick else 'full'})", flush=True)
+    # The threads a batch job scores with (every core but one): torch's default of all cores
+    # beside other work measures the oversubscription, not the scorer.
+    torch.set_num_threads(scoring_threads(None))
+    print(
+        f"speed benchmark on {args.device} ({'quick' if args.quick else 'full'}, "
+        f"{torch.get_num_threads()} torch thread(s))",
+        flush=True,
+    )
     model = fitted_model(args.device)
     print("model scoring alone:", flush=True)
     scoring = model_scoring(model, rows=score_rows, repeat=2 if args.quick else 3)

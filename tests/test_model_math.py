@@ -134,6 +134,25 @@ def test_elbo_and_importance_weighted_nll_match_closed_form() -> None:
         assert elbo.kl[i] == pytest.approx(kl_expected, rel=1e-5)
 
 
+def test_one_sample_elbo_is_the_one_point_rule_at_the_posterior_mean() -> None:
+    """K=1: z at the posterior mean (1-point Gauss-Hermite), by hand for x = z + noise."""
+    s2 = 0.5
+    model = _LinearGaussianVAE(s2)
+    layout = FeatureLayout(n_numeric=1, cat_sizes=[], block_columns=[0], column_names=["x"])
+    xs = [0.0, 1.0, -2.5, 4.0]
+    batch = EncodedBatch(
+        x=torch.tensor(xs).reshape(-1, 1).numpy(), observed=torch.ones(len(xs), 1).numpy()
+    )
+    arrays = Scorer(model, layout, n_samples=1, seed=0, device=torch.device("cpu")).score(batch)
+    for i, x in enumerate(xs):
+        mean, var = x / (1 + s2), s2 / (1 + s2)
+        nll_at_mean = 0.5 * (LOG_2PI + math.log(s2) + (x - mean) ** 2 / s2)
+        kl = 0.5 * (mean**2 + var - 1.0 - math.log(var))
+        assert arrays.neg_elbo[i] == pytest.approx(nll_at_mean + kl, rel=1e-5)
+        # The expectation over q adds var / (2 s2) to the reconstruction term (K -> infinity).
+        assert arrays.neg_elbo[i] == pytest.approx(_exact_nll(x, s2) - var / (2 * s2), rel=1e-5)
+
+
 def test_importance_weighted_bound_is_never_looser_than_the_elbo() -> None:
     torch.manual_seed(0)
     model = VAE(n_numeric=3, cat_sizes=[2], hidden_dims=[8], latent_dim=2)
