@@ -149,7 +149,11 @@ def scoring_subprocess(
         f"s = score_csv(m, CsvSource({str(path)!r}, chunk_size={chunk_size}),"
         f" sinks=[CsvScoreWriter(__import__('pathlib').Path({str(out)!r}))])\n"
         "el = time.perf_counter() - t\n"
-        "rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        # VmHWM, the peak of this process's own memory map: ru_maxrss would also count the
+        # parent's memory at fork time (Linux keeps it across exec).
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')]\n"
+        "rss = int(hwm[0].split()[1]) / 1024 if hwm else "
+        "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
         "print(el, rss, s.rows_scored)\n"
     )
     result = subprocess.run(
