@@ -326,7 +326,7 @@ class WindowState:
         ``size - 1`` before it; never more than ``size - 1 + max_buffered``."""
         keep_before = self.spec.size - 1
         horizon = ent.max_time - self.spec.lateness_s
-        first_inside = int(np.searchsorted(ent.times, horizon, side="left"))
+        first_inside = int(np.searchsorted(ent.times, horizon, side="right"))
         start = max(0, first_inside - keep_before)
         cap = keep_before + self.spec.max_buffered
         if len(ent.times) - start > cap:

@@ -90,7 +90,36 @@ def rowwise_vae(train: pd.DataFrame, seed: int, quick: bool) -> Fitted:
     return Fitted(score=model.anomaly_score, normal_scores=model.calibration_)
 
 
-DETECTORS: dict[str, Callable[[pd.DataFrame, int, bool], Fitted]] = {"vae-rowwise": rowwise_vae}
+def window_vae(size: int) -> Callable[[pd.DataFrame, int, bool], Fitted]:
+    """A VAE over the last ``size`` rows (``window: {size: N}``, one series, arrival order),
+    the flattened window into the MLP encoder. The latest half of the training windows is held
+    out (early stopping and calibration). Test rows are scored after the training rows have gone
+    through the same window state, so the first test row already has a full window."""
+
+    def build(train: pd.DataFrame, seed: int, quick: bool) -> Fitted:
+        cfg = PipelineConfig.model_validate({"window": {"size": size}})
+        cfg.training.validation_fraction = 0.5
+        cfg.training.seed = seed
+        cfg.training.progress = False
+        if quick:
+            cfg.training.max_epochs = 60
+        model = AnomalyVAE(config=cfg).fit(train)
+
+        def score(test: pd.DataFrame) -> np.ndarray:
+            frame = pd.concat([train, test], ignore_index=True)
+            batch = model.score_batch(frame, windows=model.new_window_state())
+            return batch.scores["score"].to_numpy()[len(train) :]
+
+        return Fitted(score=score, normal_scores=model.calibration_)
+
+    return build
+
+
+DETECTORS: dict[str, Callable[[pd.DataFrame, int, bool], Fitted]] = {
+    "vae-rowwise": rowwise_vae,
+    "vae-window60": window_vae(60),
+    "vae-window20": window_vae(20),
+}
 
 
 def in_alert(crossed: np.ndarray, rule: AlertRule) -> np.ndarray:
@@ -258,7 +287,8 @@ def main(argv: list[str] | None = None) -> None:
     text = markdown(result, published)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "skab_quick" if args.quick else "skab"
+    stem = "skab" if args.detector == "vae-rowwise" else f"skab_{args.detector}"
+    stem = f"{stem}_quick" if args.quick else stem
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / f"{stem}.md").write_text(text)
 
