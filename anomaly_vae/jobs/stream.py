@@ -661,7 +661,17 @@ def _rebalance_listener(scorer: StreamScorer) -> Any:
             if worker is not None:
                 scorer._collect(worker)
             if scorer._pending:
-                scorer._commit()
+                try:
+                    scorer._commit()
+                except Exception as exc:
+                    # kafka-python 3 refuses a blocking commit inside a (sync) listener: the new
+                    # owner replays these records, and the idempotent writes (and a windowed
+                    # model's stored sequence numbers) turn the replay into no change.
+                    logger.warning(
+                        "offsets not committed before the partitions move (%s): the new owner "
+                        "replays the records after the last commit",
+                        _first_line(exc),
+                    )
             logger.info("partitions revoked: %s", _names(revoked))
 
         def on_partitions_assigned(self, assigned: Any) -> None:
