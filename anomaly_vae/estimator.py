@@ -512,16 +512,12 @@ class AnomalyVAE(BaseEstimator):
         scores = self._score_frame(arrays, clean.index, threshold)
         scores["window_status"] = assembled.status_names()
         scores.loc[assembled.status != OK, "is_anomaly"] = np.int8(0)
-        shares = (
-            contribution_shares(arrays.contributions, self.feature_baseline_)
-            if arrays.contributions is not None
-            else None
-        )
         return ScoreBatch(
             scores=scores,
             rejects=rejects,
-            contributions=shares,
+            raw_contributions=arrays.contributions,
             feature_names=list(self.schema_.names),
+            baseline=self.feature_baseline_,
         )
 
     def _score_frame(

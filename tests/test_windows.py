@@ -161,6 +161,7 @@ def test_bytes_round_trip_with_missing_values_and_sequences() -> None:
     assert np.array_equal(back.times, ent.times)
     assert np.array_equal(back.rows, ent.rows)
     assert back.observed is not None
+    assert ent.observed is not None
     assert np.array_equal(back.observed, ent.observed)
     assert back.last_seq == {"t:0": 2}
     assert back.max_time == ent.max_time
