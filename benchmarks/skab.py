@@ -90,7 +90,9 @@ def rowwise_vae(train: pd.DataFrame, seed: int, quick: bool) -> Fitted:
     return Fitted(score=model.anomaly_score, normal_scores=model.calibration_)
 
 
-def window_vae(size: int) -> Callable[[pd.DataFrame, int, bool], Fitted]:
+def window_vae(
+    size: int, *, hidden: list[int] | None = None, dropout: float = 0.0, weight_decay: float = 0.0
+) -> Callable[[pd.DataFrame, int, bool], Fitted]:
     """A VAE over the last ``size`` rows (``window: {size: N}``, one series, arrival order),
     the flattened window into the MLP encoder. The latest half of the training windows is held
     out (early stopping and calibration). Test rows are scored after the training rows have gone
@@ -98,6 +100,10 @@ def window_vae(size: int) -> Callable[[pd.DataFrame, int, bool], Fitted]:
 
     def build(train: pd.DataFrame, seed: int, quick: bool) -> Fitted:
         cfg = PipelineConfig.model_validate({"window": {"size": size}})
+        if hidden is not None:
+            cfg.model.hidden_dims = hidden
+        cfg.model.dropout = dropout
+        cfg.training.weight_decay = weight_decay
         cfg.training.validation_fraction = 0.5
         cfg.training.seed = seed
         cfg.training.progress = False
@@ -119,6 +125,8 @@ DETECTORS: dict[str, Callable[[pd.DataFrame, int, bool], Fitted]] = {
     "vae-rowwise": rowwise_vae,
     "vae-window60": window_vae(60),
     "vae-window20": window_vae(20),
+    "vae-window10": window_vae(10),
+    "vae-window60-small": window_vae(60, hidden=[64], dropout=0.1, weight_decay=1e-3),
 }
 
 
