@@ -146,7 +146,18 @@ def in_alert(crossed: np.ndarray, rule: AlertRule) -> np.ndarray:
     return out
 
 
-def policies(fitted: Fitted, scores: np.ndarray) -> dict[str, np.ndarray]:
+def calibrated_margin(detector: str) -> float | None:
+    """The margin ``skab_calibrate.py`` chose for ``detector`` on the anomaly-free run."""
+    path = RESULTS / "skab_calibration.json"
+    if not path.exists():
+        return None
+    chosen = json.loads(path.read_text()).get("detectors", {}).get(detector)
+    return None if chosen is None else float(chosen["chosen_margin"])
+
+
+def policies(
+    fitted: Fitted, scores: np.ndarray, margin: float | None = None
+) -> dict[str, np.ndarray]:
     normal = fitted.normal_scores
     levels = {
         "quantile 0.995 (default)": quantile_threshold(normal, 0.995),
@@ -157,9 +168,17 @@ def policies(fitted: Fitted, scores: np.ndarray) -> dict[str, np.ndarray]:
     for name, level in levels.items():
         crossed = Thresholds(warning=level).severity(scores) > 0
         out[name] = crossed.astype(np.int64)
+    if margin is not None:
+        q, median = np.quantile(normal, 0.99), np.median(normal)
+        levels[f"q0.99 + {margin:g} x (q0.99 - median), margin from anomaly-free"] = float(
+            q + margin * (q - median)
+        )
     rule = f"{RULE.k} of {RULE.n}, resolve after {RULE.resolve_after}"
     out[f"quantile 0.99 + alert rule ({rule})"] = in_alert(out["quantile 0.99"], RULE)
     out[f"EVT risk 1e-3 + alert rule ({rule})"] = in_alert(out["EVT risk 1e-3"], RULE)
+    for name in list(out):
+        if name.startswith("q0.99 + "):
+            out[f"{name} + alert rule ({rule})"] = in_alert(out[name], RULE)
     return out
 
 
@@ -193,6 +212,7 @@ def skab_files(data: Path, quick: bool) -> list[Path]:
 
 def run(data: Path, detector: str, quick: bool, seed: int) -> dict[str, Any]:
     build = DETECTORS[detector]
+    margin = calibrated_margin(detector)
     totals: dict[str, dict[str, int]] = {}
     oracle = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
     aucs: list[float] = []
@@ -204,7 +224,7 @@ def run(data: Path, detector: str, quick: bool, seed: int) -> dict[str, Any]:
         truth = frame["anomaly"].to_numpy(dtype=np.int64)[TRAIN_ROWS:]
         fitted = build(features.iloc[:TRAIN_ROWS], seed, quick)
         scores = fitted.score(features.iloc[TRAIN_ROWS:])
-        decided = policies(fitted, scores)
+        decided = policies(fitted, scores, margin)
         row: dict[str, Any] = {"file": f"{path.parent.name}/{path.name}", "test_rows": len(truth)}
         for name, pred in decided.items():
             counts = confusion(pred, truth)

@@ -32,7 +32,7 @@ import torch
 from benchmarks.skab import DATA, DETECTORS, RESULTS, TRAIN_ROWS
 
 PIECE_ROWS = 1150
-MARGINS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+MARGINS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 QUANTILE = 0.99
 TARGET_FAR = 0.05
 
