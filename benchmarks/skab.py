@@ -91,7 +91,12 @@ def rowwise_vae(train: pd.DataFrame, seed: int, quick: bool) -> Fitted:
 
 
 def window_vae(
-    size: int, *, hidden: list[int] | None = None, dropout: float = 0.0, weight_decay: float = 0.0
+    size: int,
+    *,
+    hidden: list[int] | None = None,
+    dropout: float = 0.0,
+    weight_decay: float = 0.0,
+    score_kind: str = "neg_elbo",
 ) -> Callable[[pd.DataFrame, int, bool], Fitted]:
     """A VAE over the last ``size`` rows (``window: {size: N}``, one series, arrival order),
     the flattened window into the MLP encoder. The latest half of the training windows is held
@@ -103,6 +108,7 @@ def window_vae(
         if hidden is not None:
             cfg.model.hidden_dims = hidden
         cfg.model.dropout = dropout
+        cfg.scoring.score_kind = score_kind  # type: ignore[assignment]
         cfg.training.weight_decay = weight_decay
         cfg.training.validation_fraction = 0.5
         cfg.training.seed = seed
@@ -126,6 +132,7 @@ DETECTORS: dict[str, Callable[[pd.DataFrame, int, bool], Fitted]] = {
     "vae-window60": window_vae(60),
     "vae-window20": window_vae(20),
     "vae-window10": window_vae(10),
+    "vae-window60-recon": window_vae(60, score_kind="recon_error"),
     "vae-window60-small": window_vae(60, hidden=[64], dropout=0.1, weight_decay=1e-3),
 }
 
@@ -164,15 +171,15 @@ def policies(
         "quantile 0.99": quantile_threshold(normal, 0.99),
         "EVT risk 1e-3": evt_threshold(normal, 1e-3, initial_quantile=0.9).threshold,
     }
-    out: dict[str, np.ndarray] = {}
-    for name, level in levels.items():
-        crossed = Thresholds(warning=level).severity(scores) > 0
-        out[name] = crossed.astype(np.int64)
     if margin is not None:
         q, median = np.quantile(normal, 0.99), np.median(normal)
         levels[f"q0.99 + {margin:g} x (q0.99 - median), margin from anomaly-free"] = float(
             q + margin * (q - median)
         )
+    out: dict[str, np.ndarray] = {}
+    for name, level in levels.items():
+        crossed = Thresholds(warning=level).severity(scores) > 0
+        out[name] = crossed.astype(np.int64)
     rule = f"{RULE.k} of {RULE.n}, resolve after {RULE.resolve_after}"
     out[f"quantile 0.99 + alert rule ({rule})"] = in_alert(out["quantile 0.99"], RULE)
     out[f"EVT risk 1e-3 + alert rule ({rule})"] = in_alert(out["EVT risk 1e-3"], RULE)
