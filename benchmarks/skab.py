@@ -22,12 +22,17 @@ For reference only (it reads the test labels, so it is not a leaderboard entry):
 each file's best-F1 threshold, i.e. what the scores could give with a perfect threshold; and
 the mean per-file ROC-AUC of the scores.
 
-The detector is the current row-wise VAE (``AnomalyVAE`` on one row at a time); ``DETECTORS``
-names the model-building step so that a windowed model can be swapped in.
+* ``q0.99 + m x (q0.99 - median)``: a margin above the calibrated level, ``m`` chosen per
+  detector on the anomaly-free run only (``skab_calibrate.py``, ``skab_calibration.json``).
+
+Detectors (``DETECTORS``): ``vae-rowwise`` (``AnomalyVAE`` on one row at a time) and the
+windowed VAE (``window: {size: N}``: ``vae-window60``, ``vae-window20``, ...), whose test rows are
+scored after the training rows went through the same window state.
 
     python benchmarks/skab.py [--quick] [--detector vae-rowwise] [--data ../shared/data/skab]
 
-Prints a Markdown table; writes benchmarks/results/skab.json and skab.md.
+Prints a Markdown table; writes benchmarks/results/skab.json and skab.md (skab_<detector>.* for
+the other detectors).
 """
 
 from __future__ import annotations

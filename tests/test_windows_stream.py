@@ -149,6 +149,8 @@ def test_csv_export_and_kafka_give_the_same_scores_record_for_record(
     )
     output, _ = proc.communicate(timeout=180)
     assert proc.returncode == 0, output
+    late = int((batch["window_status"] == "late").sum())
+    assert f", {late} late (scored on their own)" in output  # counted by the stream scorer too
     assert_same_scores(stored_scores(url), keys, batch)
     flagged = {str(k): bool(v) for k, v in query(url, "SELECT source_key, is_anomaly FROM scores")}
     assert [flagged[k] for k in keys] == batch["is_anomaly"].astype(bool).tolist()
@@ -182,7 +184,7 @@ def test_rebalance_between_two_scorers_scores_as_if_uninterrupted(
 ) -> None:
     url = _migrated(postgres_databases)
     model, model_dir = window_model
-    frame = messy_pumps(3000, seed=43, n_pumps=12)
+    frame = messy_pumps(2000, seed=43, n_pumps=12)
     topic = create_topic(broker.bootstrap, partitions=4)
     group = fresh_name("g")
     args = ("--idle-timeout", "8", "--batch-size", "100")

@@ -47,7 +47,7 @@ from anomaly_vae.sources.kafka import (
     next_offsets,
     redacted,
 )
-from anomaly_vae.windows import WindowState
+from anomaly_vae.windows import WindowCounters, WindowState
 
 logger = logging.getLogger(__name__)
 
@@ -443,6 +443,10 @@ class StreamScorer:
             windows.clear()
         windows.loader = getattr(self.sink, "load_window_states", None)
         return windows
+
+    def window_counters(self) -> WindowCounters | None:
+        """A windowed model's counts since start: warming up, late, replayed, gaps."""
+        return None if self._windows is None else self._windows.counters
 
     def _current_threshold(self) -> ThresholdInForce:
         if self.thresholds is None:
