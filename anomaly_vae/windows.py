@@ -462,9 +462,7 @@ def event_seconds(values: Iterable[object]) -> tuple[np.ndarray, np.ndarray]:
         parsed = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
         if parsed.isna().any():  # other layouts ("2026-11-01 10:00:00+02:00", RFC 2822...)
             missed = parsed.isna().to_numpy()
-            parsed[missed] = pd.to_datetime(
-                text[missed], utc=True, errors="coerce", format="mixed"
-            )
+            parsed[missed] = pd.to_datetime(text[missed], utc=True, errors="coerce", format="mixed")
         ok = parsed.notna().to_numpy()
         ns = parsed.to_numpy(dtype="datetime64[ns]").astype(np.int64)
         seconds = np.where(ok, ns / 1e9, np.nan)
