@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -189,14 +188,12 @@ def test_rebalance_between_two_scorers_scores_as_if_uninterrupted(
     group = fresh_name("g")
     args = ("--idle-timeout", "8", "--batch-size", "100")
     first = scorer_process(model_dir, url, broker.bootstrap, topic, group, *args)
-    keys: list[str] = []
-    producer = threading.Thread(
-        target=lambda: keys.extend(produce_keyed(broker.bootstrap, topic, frame, rate=100.0))
-    )
-    producer.start()
-    wait_for(lambda: query(url, "SELECT count(*) FROM scores")[0][0] >= 200, 90, "first rows")
+    keys = produce_keyed(broker.bootstrap, topic, frame.iloc[:1000])
+    wait_for(lambda: query(url, "SELECT count(*) FROM scores")[0][0] >= 500, 90, "first rows")
     second = scorer_process(model_dir, url, broker.bootstrap, topic, group, *args)  # rebalance
-    producer.join()
+    wait_for(lambda: query(url, "SELECT count(*) FROM scoring_runs")[0][0] == 2, 90, "second run")
+    # The rest flows for 10 s while the second scorer joins and partitions move.
+    keys += produce_keyed(broker.bootstrap, topic, frame.iloc[1000:], rate=100.0)
     out1, _ = first.communicate(timeout=180)
     out2, _ = second.communicate(timeout=180)
     assert first.returncode == 0, out1
