@@ -169,6 +169,36 @@ class AlertsConfig(_Strict):
         return self
 
 
+class WindowConfig(_Strict):
+    """Score each record with the ``size - 1`` records of its entity before it (``windows.py``).
+
+    ``entity`` names the series a record belongs to (one series when absent) and ``time`` its
+    event time (ISO 8601 text or seconds; arrival order when absent). They are the same columns
+    as ``columns.entity`` / ``columns.timestamp``, which they fill in when those are not set.
+    Records up to ``lateness_s`` seconds behind their entity's newest one are put in time order;
+    older ones are scored on their own as ``late`` and never flagged. A gap longer than
+    ``max_gap_s`` restarts the window. Until a record has a full window it is ``warming_up``
+    (scored, never flagged). ``max_buffered`` bounds the records kept for reordering.
+    """
+
+    size: int = Field(ge=1, le=10_000)
+    entity: str | None = None
+    time: str | None = None
+    lateness_s: float = Field(default=0.0, ge=0.0)
+    max_gap_s: float | None = Field(default=None, gt=0.0)
+    max_buffered: int = Field(default=1000, ge=0)
+
+    def spec(self) -> Any:
+        from anomaly_vae.windows import WindowSpec
+
+        return WindowSpec(
+            size=self.size,
+            lateness_s=self.lateness_s,
+            max_gap_s=self.max_gap_s,
+            max_buffered=self.max_buffered,
+        )
+
+
 class DatabaseConfig(_Strict):
     """Where results go. ``url``: ``sqlite:///file.db`` or ``postgresql://user@host/db``.
 
@@ -202,6 +232,26 @@ class PipelineConfig(_Strict):
     # Owned by a later stage: kept as a plain dict so that one file serves every command.
     thresholds: dict[str, Any] | None = None
     alerts: AlertsConfig | None = None
+    window: WindowConfig | None = None
+
+    @model_validator(mode="after")
+    def _window_columns(self) -> PipelineConfig:
+        window = self.window
+        if window is None:
+            return self
+        for field_name, column_field in (("entity", "entity"), ("time", "timestamp")):
+            mine = getattr(window, field_name)
+            theirs = getattr(self.columns, column_field)
+            if mine and theirs and mine != theirs:
+                raise ValueError(
+                    f"window.{field_name} ({mine!r}) and columns.{column_field} ({theirs!r}) "
+                    "must name the same column"
+                )
+            if mine and not theirs:
+                self.columns.__dict__[column_field] = mine
+            if theirs and not mine:
+                window.__dict__[field_name] = theirs
+        return self
 
     @field_validator("kafka", mode="before")
     @classmethod

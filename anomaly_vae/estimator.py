@@ -8,6 +8,7 @@ means anomalous) and ``predict`` returns 1 for anomalies and 0 for normal record
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from anomaly_vae.errors import (
     NotFittedError,
     SchemaError,
 )
-from anomaly_vae.features import EncodedBatch, FeatureSchema, Preprocessor
+from anomaly_vae.features import EncodedBatch, FeatureLayout, FeatureSchema, Preprocessor
 from anomaly_vae.model import VAE, LikelihoodLayout
 from anomaly_vae.scoring import (
     ScoreArrays,
@@ -50,6 +51,13 @@ from anomaly_vae.scoring import (
     top_features_text,
 )
 from anomaly_vae.training import fit_vae, resolve_device, split_indices, torch_threads
+from anomaly_vae.windows import (
+    OK,
+    WindowState,
+    event_seconds,
+    flatten_windows,
+    window_layout,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -241,9 +249,20 @@ class AnomalyVAE(BaseEstimator):
         pre = Preprocessor.fit(clean, schema, max_categories=cfg.columns.max_categories)
         encoded = pre.transform(clean)
         layout = pre.layout
-        train_idx, val_idx = split_indices(
-            len(clean), cfg.training.validation_fraction, cfg.training.seed
-        )
+        n_examples = len(clean)
+        if cfg.window is not None:
+            encoded, layout = self._training_windows(frame, clean, encoded, pre, cfg)
+            n_examples = encoded.x.shape[0]
+            # Windows overlap: hold out the latest ones, not a random sample of them.
+            n_val = min(
+                max(round(n_examples * cfg.training.validation_fraction), 1), n_examples - 1
+            )
+            train_idx = np.arange(n_examples - n_val)
+            val_idx = np.arange(n_examples - n_val, n_examples)
+        else:
+            train_idx, val_idx = split_indices(
+                n_examples, cfg.training.validation_fraction, cfg.training.seed
+            )
         train = EncodedBatch(encoded.x[train_idx], encoded.observed[train_idx])
         val = EncodedBatch(encoded.x[val_idx], encoded.observed[val_idx])
         latent = cfg.model.latent_dim or default_latent_dim(layout.n_blocks)
@@ -288,6 +307,7 @@ class AnomalyVAE(BaseEstimator):
             "rows": len(frame),
             "rows_rejected": len(rejects),
             "rows_train": len(train_idx),
+            "windows": n_examples if cfg.window is not None else None,
             "rows_validation": len(val_idx),
             "data_sha256": _frame_hash(clean),
             "epochs_run": result.epochs_run,
@@ -319,6 +339,57 @@ class AnomalyVAE(BaseEstimator):
             logger.info("left %d labelled anomalies out of training", int(anomalous.sum()))
         return frame.loc[~anomalous]
 
+    def _training_windows(
+        self,
+        frame: pd.DataFrame,
+        clean: pd.DataFrame,
+        encoded: EncodedBatch,
+        pre: Preprocessor,
+        cfg: PipelineConfig,
+    ) -> tuple[EncodedBatch, FeatureLayout]:
+        """Full windows of the training rows (file order, per entity, the scoring rules)."""
+        assert cfg.window is not None
+        entities, times, bad = _window_keys(frame.loc[clean.index], cfg)
+        if bad.any():
+            logger.warning("%d training rows have no valid event time: left out", int(bad.sum()))
+            keep = ~bad
+            encoded = EncodedBatch(encoded.x[keep], encoded.observed[keep])
+            entities = entities[keep]
+            times = None if times is None else times[keep]
+        layout = pre.layout
+        state = WindowState(cfg.window.spec(), width=layout.input_dim, n_numeric=layout.n_numeric)
+        assembled = state.assemble(encoded, entities.tolist(), times)
+        full = assembled.status == OK
+        if int(full.sum()) < MIN_TRAINING_ROWS:
+            raise SchemaError(
+                f"training data gives {int(full.sum())} full windows of {cfg.window.size} "
+                f"records; a windowed model needs at least {MIN_TRAINING_ROWS}: give it more "
+                "rows per entity or a smaller window.size"
+            )
+        flat = flatten_windows(assembled.x[full], assembled.observed[full], layout.n_numeric)
+        return flat, window_layout(layout, cfg.window.size)
+
+    @property
+    def windowed(self) -> bool:
+        """True when records are scored with a window of their entity's previous records."""
+        self._check_fitted()
+        return self.config_.window is not None
+
+    def new_window_state(self) -> WindowState | None:
+        """An empty per-entity window state for this model (None for a row-wise model): carry
+        it from one ``score_batch`` call to the next to score a series in pieces."""
+        self._check_fitted()
+        window = self.config_.window
+        if window is None:
+            return None
+        layout = self.preprocessor_.layout
+        return WindowState(window.spec(), width=layout.input_dim, n_numeric=layout.n_numeric)
+
+    def _layout(self) -> FeatureLayout:
+        layout = self.preprocessor_.layout
+        window = self.config_.window
+        return layout if window is None else window_layout(layout, window.size)
+
     def _set_calibration(self, sorted_scores: np.ndarray, quantile: float) -> None:
         finite = sorted_scores[np.isfinite(sorted_scores)]
         if len(finite) == 0:
@@ -343,7 +414,7 @@ class AnomalyVAE(BaseEstimator):
             self.model_.to(self.device_)
             scorer = Scorer(
                 self.model_,
-                self.preprocessor_.layout,
+                self._layout(),
                 n_samples=cfg.n_samples,
                 seed=self.config_.training.seed,
                 device=self.device_,
@@ -368,17 +439,79 @@ class AnomalyVAE(BaseEstimator):
         *,
         threshold: float | None = None,
         source: str = "input",
+        windows: WindowState | None = None,
     ) -> ScoreBatch:
         """Validate and score records; invalid rows come back in ``rejects``, not as errors.
+
+        A windowed model (``window`` in the pipeline) scores each record with its entity's
+        previous records from ``windows`` (``new_window_state()``; records in arrival order,
+        the state moves past them) or, when None, from this call's records alone. Its scores
+        have a ``window_status`` column (``ok``, ``warming_up``, ``late``, ``replayed``); only
+        ``ok`` records can be flagged.
 
         Raises ``SchemaError`` when a feature column is missing altogether.
         """
         self._check_fitted()
         frame = _as_frame(X, expected=list(self.feature_names_in_))
         clean, rejects = self.schema_.validate(frame, source=source)
+        if self.config_.window is not None:
+            return self._score_windows(frame, clean, rejects, threshold, windows)
         encoded = self.preprocessor_.transform(clean)
         arrays = self._scorer().score(encoded)
         scores = self._score_frame(arrays, clean.index, threshold)
+        return ScoreBatch(
+            scores=scores,
+            rejects=rejects,
+            raw_contributions=arrays.contributions,
+            feature_names=list(self.schema_.names),
+            baseline=self.feature_baseline_,
+        )
+
+    def _score_windows(
+        self,
+        frame: pd.DataFrame,
+        clean: pd.DataFrame,
+        rejects: pd.DataFrame,
+        threshold: float | None,
+        windows: WindowState | None,
+    ) -> ScoreBatch:
+        """``score_batch`` for a windowed model: records without an event time are rejected,
+        the others get their window from ``windows`` and are scored by the one ``Scorer``."""
+        cfg = self.config_
+        assert cfg.window is not None
+        if not frame.index.is_unique:
+            raise ConfigError("a windowed model scores frames with a unique index")
+        state = windows if windows is not None else self.new_window_state()
+        assert state is not None
+        rows = frame.loc[clean.index]
+        entities, times, bad = _window_keys(rows, cfg)
+        if bad.any():
+            column = cfg.window.time
+            bad_rows = rows.iloc[np.flatnonzero(bad)]
+            extra = pd.DataFrame(
+                {
+                    "reason": [
+                        f"window time column {column!r}: {v!r} is not a time"
+                        for v in bad_rows[column].tolist()
+                    ],
+                    "raw": [json.dumps(r, default=str) for r in bad_rows.to_dict("records")],
+                },
+                index=bad_rows.index,
+            )
+            rejects = pd.concat([rejects, extra]) if len(rejects) else extra
+            keep = ~bad
+            clean, rows, entities = clean.iloc[keep], rows.iloc[keep], entities[keep]
+            times = None if times is None else times[keep]
+        streams, seqs = _stream_positions(rows)
+        encoded = self.preprocessor_.transform(clean)
+        layout = self.preprocessor_.layout
+        assembled = state.assemble(encoded, entities.tolist(), times, streams=streams, seqs=seqs)
+        arrays = self._scorer().score(
+            flatten_windows(assembled.x, assembled.observed, layout.n_numeric)
+        )
+        scores = self._score_frame(arrays, clean.index, threshold)
+        scores["window_status"] = assembled.status_names()
+        scores.loc[assembled.status != OK, "is_anomaly"] = np.int8(0)
         return ScoreBatch(
             scores=scores,
             rejects=rejects,
@@ -444,6 +577,13 @@ class AnomalyVAE(BaseEstimator):
         if len(rejects):
             raise InvalidRecordsError(f"{len(rejects)} rows cannot be scored", rejects=rejects)
         encoded = self.preprocessor_.transform(clean)
+        state = self.new_window_state()
+        if state is not None:
+            entities, times, _bad = _window_keys(frame.loc[clean.index], self.config_)
+            assembled = state.assemble(encoded, entities.tolist(), times)
+            encoded = flatten_windows(
+                assembled.x, assembled.observed, self.preprocessor_.layout.n_numeric
+            )
         return self._scorer(mode=mode, importance_weighted=importance_weighted).score(encoded)
 
     # =================================================================== persistence
@@ -518,7 +658,7 @@ class AnomalyVAE(BaseEstimator):
                 f"{path}: the model description is inconsistent ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}): retrain the model"
             ) from None
-        layout = est.preprocessor_.layout
+        layout = est._layout()
         if layout.n_numeric != model.n_numeric or list(layout.cat_sizes) != model.cat_sizes:
             raise ModelFileError(f"{path}: the weights do not fit the stored feature layout")
         if len(est.calibration_) == 0 or not math.isfinite(est.threshold_):
@@ -539,6 +679,45 @@ class AnomalyVAE(BaseEstimator):
 
 
 # ============================================================================ helpers
+def _window_keys(
+    rows: pd.DataFrame, cfg: PipelineConfig
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Entity (text; ``_entity`` when a stream source gave one, else the entity column, else
+    one series), event time in seconds (None: arrival order) and a mask of rows whose time is
+    missing or not a time."""
+    window = cfg.window
+    assert window is not None
+    n = len(rows)
+    if "_entity" in rows.columns:
+        raw = rows["_entity"]
+    elif window.entity and window.entity in rows.columns:
+        raw = rows[window.entity]
+    else:
+        raw = pd.Series([""] * n, index=rows.index, dtype=object)
+    entities = np.asarray(["" if _is_null(v) else str(v) for v in raw.tolist()], dtype=object)
+    if not window.time:
+        return entities, None, np.zeros(n, dtype=bool)
+    if window.time not in rows.columns:
+        raise SchemaError(
+            f"the window's time column {window.time!r} is not in the input: add it, or remove "
+            "window.time from the pipeline"
+        )
+    times, bad = event_seconds(rows[window.time].tolist())
+    return entities, times, bad
+
+
+def _is_null(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _stream_positions(rows: pd.DataFrame) -> tuple[list[str] | None, np.ndarray | None]:
+    """``topic:partition`` and offset of each record from a Kafka source, else (None, None)."""
+    if "_source_key" not in rows.columns:
+        return None, None
+    parts = [str(k).rsplit(":", 1) for k in rows["_source_key"].tolist()]
+    return [p[0] for p in parts], np.asarray([int(p[1]) for p in parts], dtype=np.int64)
+
+
 def default_latent_dim(n_blocks: int) -> int:
     """Half the number of features, between 2 and 32."""
     return int(min(32, max(2, math.ceil(n_blocks / 2))))

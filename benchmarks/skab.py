@@ -22,12 +22,17 @@ For reference only (it reads the test labels, so it is not a leaderboard entry):
 each file's best-F1 threshold, i.e. what the scores could give with a perfect threshold; and
 the mean per-file ROC-AUC of the scores.
 
-The detector is the current row-wise VAE (``AnomalyVAE`` on one row at a time); ``DETECTORS``
-names the model-building step so that a windowed model can be swapped in.
+* ``q0.99 + m x (q0.99 - median)``: a margin above the calibrated level, ``m`` chosen per
+  detector on the anomaly-free run only (``skab_calibrate.py``, ``skab_calibration.json``).
+
+Detectors (``DETECTORS``): ``vae-rowwise`` (``AnomalyVAE`` on one row at a time) and the
+windowed VAE (``window: {size: N}``: ``vae-window60``, ``vae-window20``, ...), whose test rows are
+scored after the training rows went through the same window state.
 
     python benchmarks/skab.py [--quick] [--detector vae-rowwise] [--data ../shared/data/skab]
 
-Prints a Markdown table; writes benchmarks/results/skab.json and skab.md.
+Prints a Markdown table; writes benchmarks/results/skab.json and skab.md (skab_<detector>.* for
+the other detectors).
 """
 
 from __future__ import annotations
@@ -90,7 +95,51 @@ def rowwise_vae(train: pd.DataFrame, seed: int, quick: bool) -> Fitted:
     return Fitted(score=model.anomaly_score, normal_scores=model.calibration_)
 
 
-DETECTORS: dict[str, Callable[[pd.DataFrame, int, bool], Fitted]] = {"vae-rowwise": rowwise_vae}
+def window_vae(
+    size: int,
+    *,
+    hidden: list[int] | None = None,
+    dropout: float = 0.0,
+    weight_decay: float = 0.0,
+    score_kind: str = "neg_elbo",
+) -> Callable[[pd.DataFrame, int, bool], Fitted]:
+    """A VAE over the last ``size`` rows (``window: {size: N}``, one series, arrival order),
+    the flattened window into the MLP encoder. The latest half of the training windows is held
+    out (early stopping and calibration). Test rows are scored after the training rows have gone
+    through the same window state, so the first test row already has a full window."""
+
+    def build(train: pd.DataFrame, seed: int, quick: bool) -> Fitted:
+        cfg = PipelineConfig.model_validate({"window": {"size": size}})
+        if hidden is not None:
+            cfg.model.hidden_dims = hidden
+        cfg.model.dropout = dropout
+        cfg.scoring.score_kind = score_kind  # type: ignore[assignment]
+        cfg.training.weight_decay = weight_decay
+        cfg.training.validation_fraction = 0.5
+        cfg.training.seed = seed
+        cfg.training.progress = False
+        if quick:
+            cfg.training.max_epochs = 60
+        model = AnomalyVAE(config=cfg).fit(train)
+
+        def score(test: pd.DataFrame) -> np.ndarray:
+            frame = pd.concat([train, test], ignore_index=True)
+            batch = model.score_batch(frame, windows=model.new_window_state())
+            return batch.scores["score"].to_numpy()[len(train) :]
+
+        return Fitted(score=score, normal_scores=model.calibration_)
+
+    return build
+
+
+DETECTORS: dict[str, Callable[[pd.DataFrame, int, bool], Fitted]] = {
+    "vae-rowwise": rowwise_vae,
+    "vae-window60": window_vae(60),
+    "vae-window20": window_vae(20),
+    "vae-window10": window_vae(10),
+    "vae-window60-recon": window_vae(60, score_kind="recon_error"),
+    "vae-window60-small": window_vae(60, hidden=[64], dropout=0.1, weight_decay=1e-3),
+}
 
 
 def in_alert(crossed: np.ndarray, rule: AlertRule) -> np.ndarray:
@@ -109,13 +158,29 @@ def in_alert(crossed: np.ndarray, rule: AlertRule) -> np.ndarray:
     return out
 
 
-def policies(fitted: Fitted, scores: np.ndarray) -> dict[str, np.ndarray]:
+def calibrated_margin(detector: str) -> float | None:
+    """The margin ``skab_calibrate.py`` chose for ``detector`` on the anomaly-free run."""
+    path = RESULTS / "skab_calibration.json"
+    if not path.exists():
+        return None
+    chosen = json.loads(path.read_text()).get("detectors", {}).get(detector)
+    return None if chosen is None else float(chosen["chosen_margin"])
+
+
+def policies(
+    fitted: Fitted, scores: np.ndarray, margin: float | None = None
+) -> dict[str, np.ndarray]:
     normal = fitted.normal_scores
     levels = {
         "quantile 0.995 (default)": quantile_threshold(normal, 0.995),
         "quantile 0.99": quantile_threshold(normal, 0.99),
         "EVT risk 1e-3": evt_threshold(normal, 1e-3, initial_quantile=0.9).threshold,
     }
+    if margin is not None:
+        q, median = np.quantile(normal, 0.99), np.median(normal)
+        levels[f"q0.99 + {margin:g} x (q0.99 - median), margin from anomaly-free"] = float(
+            q + margin * (q - median)
+        )
     out: dict[str, np.ndarray] = {}
     for name, level in levels.items():
         crossed = Thresholds(warning=level).severity(scores) > 0
@@ -123,6 +188,9 @@ def policies(fitted: Fitted, scores: np.ndarray) -> dict[str, np.ndarray]:
     rule = f"{RULE.k} of {RULE.n}, resolve after {RULE.resolve_after}"
     out[f"quantile 0.99 + alert rule ({rule})"] = in_alert(out["quantile 0.99"], RULE)
     out[f"EVT risk 1e-3 + alert rule ({rule})"] = in_alert(out["EVT risk 1e-3"], RULE)
+    for name in list(out):
+        if name.startswith("q0.99 + "):
+            out[f"{name} + alert rule ({rule})"] = in_alert(out[name], RULE)
     return out
 
 
@@ -156,6 +224,7 @@ def skab_files(data: Path, quick: bool) -> list[Path]:
 
 def run(data: Path, detector: str, quick: bool, seed: int) -> dict[str, Any]:
     build = DETECTORS[detector]
+    margin = calibrated_margin(detector)
     totals: dict[str, dict[str, int]] = {}
     oracle = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
     aucs: list[float] = []
@@ -167,7 +236,7 @@ def run(data: Path, detector: str, quick: bool, seed: int) -> dict[str, Any]:
         truth = frame["anomaly"].to_numpy(dtype=np.int64)[TRAIN_ROWS:]
         fitted = build(features.iloc[:TRAIN_ROWS], seed, quick)
         scores = fitted.score(features.iloc[TRAIN_ROWS:])
-        decided = policies(fitted, scores)
+        decided = policies(fitted, scores, margin)
         row: dict[str, Any] = {"file": f"{path.parent.name}/{path.name}", "test_rows": len(truth)}
         for name, pred in decided.items():
             counts = confusion(pred, truth)
@@ -258,7 +327,8 @@ def main(argv: list[str] | None = None) -> None:
     text = markdown(result, published)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "skab_quick" if args.quick else "skab"
+    stem = "skab" if args.detector == "vae-rowwise" else f"skab_{args.detector}"
+    stem = f"{stem}_quick" if args.quick else stem
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / f"{stem}.md").write_text(text)
 

@@ -100,11 +100,34 @@ def check_skab(data: dict[str, Any]) -> list[str]:
     return problems
 
 
+def check_windows_memory(data: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    for key in ("entities", "state_traced_mib", "state_traced_bytes_per_entity", "rss_after_mib"):
+        problems += positive(data.get(key), f"windows_memory.{key}")
+    return problems
+
+
 SUITE: list[Benchmark] = [
     Benchmark("speed", "speed", "speed", check_speed),
     Benchmark("db_write", "db_write", "db_write", check_db_write),
     Benchmark("stream", "stream", "stream", check_stream),
     Benchmark("skab", "skab", "skab", check_skab, quick_stem="skab_quick"),
+    Benchmark(
+        "skab_windows",
+        "skab",
+        "skab_vae-window60",
+        check_skab,
+        quick_args=["--quick", "--detector", "vae-window60"],
+        full_args=["--detector", "vae-window60"],
+        quick_stem="skab_vae-window60_quick",
+    ),
+    Benchmark(
+        "windows_memory",
+        "windows_memory",
+        "windows_memory",
+        check_windows_memory,
+        quick_stem="windows_memory_quick",
+    ),
 ]
 
 

@@ -31,7 +31,7 @@ from anomaly_vae.storage.engine import (
     parse_database_url,
     resolve_database_url,
 )
-from anomaly_vae.storage.migrate import downgrade, upgrade
+from anomaly_vae.storage.migrate import downgrade, head_revision, upgrade
 from anomaly_vae.storage.tables import Alert, Base, Score, ScoringRun
 
 pytestmark = pytest.mark.integration
@@ -100,10 +100,10 @@ def test_migrated_schema_equals_the_orm_metadata(db_url: str) -> None:
 def test_downgrade_to_base_and_back_up(db_url: str) -> None:
     engine = engine_for(db_url)
     try:
-        assert downgrade(engine, "base") == ("0002", None)
+        assert downgrade(engine, "base") == ("0003", None)
         left = set(inspect(engine).get_table_names()) - {"alembic_version"}
         assert left == set()
-        assert upgrade(engine) == (None, "0002")
+        assert upgrade(engine) == (None, "0003")
         assert schema_differences(engine) == []
         assert {"models", "scores", "alerts", "dead_letters", "thresholds", "scoring_runs"} <= set(
             inspect(engine).get_table_names()
@@ -124,7 +124,9 @@ def test_a_database_behind_the_migrations_is_refused(empty_db_url: str) -> None:
         with pytest.raises(SchemaVersionError, match="newer than this anomaly-vae knows"):
             open_database(target_for(empty_db_url))
         with engine.begin() as connection:
-            connection.exec_driver_sql("UPDATE alembic_version SET version_num = '0001'")
+            connection.exec_driver_sql(
+                f"UPDATE alembic_version SET version_num = '{head_revision()}'"
+            )
         downgrade(engine, "base")
         with pytest.raises(SchemaVersionError, match="no anomaly-vae schema yet"):
             open_database(target_for(empty_db_url))
@@ -401,7 +403,7 @@ def test_upgrade_from_0001_keeps_the_thresholds(db_url: str) -> None:
                 "parameters, created_by, reason, created_at) VALUES ('pumps', 1, 'value', 9.5, "
                 "NULL, '{}', 'ops', 'before 0002', '2026-11-01 00:00:00+00:00')"
             )
-        assert upgrade(engine) == ("0001", "0002")
+        assert upgrade(engine) == ("0001", "0003")
         assert schema_differences(engine) == []
         with engine.connect() as connection:
             row = repo.threshold_in_force(connection, model_name="pumps")

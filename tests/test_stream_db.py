@@ -243,7 +243,7 @@ def test_two_scorer_processes_in_one_group_score_every_record_once(
     )
     values, keys = pump_messages(3000, seed=23)
     producer = threading.Thread(
-        target=produce, args=(broker.bootstrap, topic, values, keys), kwargs={"rate": 500.0}
+        target=produce, args=(broker.bootstrap, topic, values, keys), kwargs={"rate": 200.0}
     )
     producer.start()
     time.sleep(2.0)

@@ -200,3 +200,10 @@ def stream(
         f"stream stopped: {stats.consumed} messages, {stats.scored} scored, {stats.flagged} "
         f"flagged, {stats.rejected} rejected ({stats.batches} batches)"
     )
+    windows = scorer.window_counters()
+    if windows is not None:
+        typer.echo(
+            f"windows: {windows.warming_up} warming up, {windows.late} late (scored on their "
+            f"own), {windows.replayed} replayed, {windows.gaps} gaps, "
+            f"{windows.dropped_from_buffer} dropped from full reorder buffers"
+        )

@@ -209,12 +209,15 @@ def score_csv(
     writer = _SinkWorker(sinks)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(scoring_threads(model.config_.scoring.num_threads))
+    windows = model.new_window_state()  # a windowed model: carried from chunk to chunk
     try:
         # Three stages overlap: parsing (a reader thread), scoring (here; torch releases the
         # GIL) and writing (a writer thread). Each queue holds two chunks: memory stays bounded.
         for chunk in _in_background(source.chunks(), depth=2):
             frame = chunk.frame
-            batch = model.score_batch(frame, threshold=threshold, source=source.label)
+            batch = model.score_batch(
+                frame, threshold=threshold, source=source.label, windows=windows
+            )
             rejects = (
                 pd.concat([chunk.rejects, batch.rejects]) if len(chunk.rejects) else batch.rejects
             )
@@ -358,6 +361,8 @@ def _output_frame(frame: pd.DataFrame, batch: ScoreBatch, columns: OutputColumns
     data["percentile"] = scores["percentile"].to_numpy()
     data["is_anomaly"] = scores["is_anomaly"].to_numpy()
     data["top_features"] = batch.top_features_text(columns.top_k)
+    if "window_status" in scores:
+        data["window_status"] = scores["window_status"].to_numpy()
     if "nll_iw" in scores:
         data["nll_iw"] = scores["nll_iw"].to_numpy()
     return pd.DataFrame(data)

@@ -47,6 +47,7 @@ from anomaly_vae.sources.kafka import (
     next_offsets,
     redacted,
 )
+from anomaly_vae.windows import WindowCounters, WindowState
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ class StreamBatch:
     critical: float | None = None
     threshold_id: int | None = None
     alert_rule: dict[str, Any] | None = None
+    # A windowed model: the serialised window state of each entity this batch changed, to be
+    # made durable with its scores (see windows.py and StreamScorer._window_state).
+    window_states: dict[str, bytes] | None = None
 
 
 @dataclass
@@ -169,6 +173,10 @@ class StreamScorer:
         self._consumer: Any = None
         self._producer: Any = None
         self._worker: _BatchWorker | None = None
+        # A windowed model's per-entity state (None for a row-wise model); forgotten when
+        # partitions move, then read back from the sink for each entity as it comes.
+        self._windows = model.new_window_state()
+        self._windows_moved = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
     def install_signal_handlers(self) -> None:
@@ -393,7 +401,10 @@ class StreamScorer:
         )
         threshold = self._current_threshold()
         frame = decoded.frame
-        scored = self.model.score_batch(frame, threshold=threshold.value, source="message")
+        windows = self._window_state()
+        scored = self.model.score_batch(
+            frame, threshold=threshold.value, source="message", windows=windows
+        )
         valid = frame.loc[scored.scores.index]
         rejects = decoded.rejects
         if len(scored.rejects):
@@ -418,7 +429,24 @@ class StreamScorer:
             critical=threshold.critical,
             threshold_id=threshold.id,
             alert_rule=threshold.alert_rule,
+            window_states=None if windows is None else windows.take_dirty(),
         )
+
+    def _window_state(self) -> WindowState | None:
+        """The window state to score the next batch with: after a rebalance, emptied, so that
+        each entity's state is read back from the sink (another process may have moved it on)."""
+        windows = self._windows
+        if windows is None:
+            return None
+        if self._windows_moved.is_set():
+            self._windows_moved.clear()
+            windows.clear()
+        windows.loader = getattr(self.sink, "load_window_states", None)
+        return windows
+
+    def window_counters(self) -> WindowCounters | None:
+        """A windowed model's counts since start: warming up, late, replayed, gaps."""
+        return None if self._windows is None else self._windows.counters
 
     def _current_threshold(self) -> ThresholdInForce:
         if self.thresholds is None:
@@ -637,10 +665,21 @@ def _rebalance_listener(scorer: StreamScorer) -> Any:
             if worker is not None:
                 scorer._collect(worker)
             if scorer._pending:
-                scorer._commit()
+                try:
+                    scorer._commit()
+                except Exception as exc:
+                    # kafka-python 3 refuses a blocking commit inside a (sync) listener: the new
+                    # owner replays these records, and the idempotent writes (and a windowed
+                    # model's stored sequence numbers) turn the replay into no change.
+                    logger.warning(
+                        "offsets not committed before the partitions move (%s): the new owner "
+                        "replays the records after the last commit",
+                        _first_line(exc),
+                    )
             logger.info("partitions revoked: %s", _names(revoked))
 
         def on_partitions_assigned(self, assigned: Any) -> None:
+            scorer._windows_moved.set()
             logger.info("partitions assigned: %s", _names(assigned))
 
     return Listener()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -48,6 +48,7 @@ from anomaly_vae.storage.tables import (
     ScoringRun,
     Threshold,
 )
+from anomaly_vae.storage.window_states import save_window_states
 from anomaly_vae.thresholds import AlertRule
 
 logger = logging.getLogger(__name__)
@@ -403,6 +404,7 @@ def write_results(
     threshold_id: int | None = None,
     alert_rule: AlertRule | None = None,
     scored_at: datetime | None = None,
+    window_states: Mapping[str, bytes] | None = None,
 ) -> WriteCounts:
     """Write a batch of scored records, their rejects and the alerts they open, in ONE
     transaction; rows whose ``(source_key, model_id)`` is already stored are left as they are.
@@ -416,7 +418,8 @@ def write_results(
     ``event_time`` (datetimes; naive ones are taken as UTC), ``severity`` (``warning`` /
     ``critical`` / None; default ``warning`` for flagged records) and ``top_features`` (JSON
     text, or lists of ``[column, share]``). ``rejects`` has ``source_key``, ``reason`` and
-    ``raw`` (text). The run's counts grow in the same transaction.
+    ``raw`` (text). The run's counts grow in the same transaction. ``window_states`` (a windowed
+    model's serialised state per entity after this batch) is stored in the same transaction.
 
     The call begins and commits its own transaction, so the rows are durable when it returns
     (a stream scorer commits its offsets after it). ``connection`` must have no transaction
@@ -447,6 +450,8 @@ def write_results(
             history_filter=not_written_by(run_id, now),
         )
         opened = alert_details(connection, alert_ids=changes.opened)
+        if window_states:
+            save_window_states(connection, model_id=model_id, states=window_states, now=now)
         connection.execute(
             update(ScoringRun)
             .where(ScoringRun.id == run_id)

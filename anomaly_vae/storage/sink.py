@@ -38,6 +38,14 @@ SEVERITY_LABELS = np.asarray(
 )
 
 
+def only_full_windows(scores: pd.DataFrame, levels: np.ndarray) -> np.ndarray:
+    """A windowed model flags only records with a full window: the others (``warming_up``,
+    ``late``, ``replayed``) get no severity, as they get ``is_anomaly`` 0."""
+    if "window_status" not in scores.columns:
+        return levels
+    return np.where(scores["window_status"].to_numpy() == "ok", levels, 0)
+
+
 def model_version_of(model: AnomalyVAE, *, path: Path | str | None) -> repo.ModelVersion:
     """What the ``models`` table records about a saved or loaded model."""
     if model.model_hash_ is None:
@@ -214,7 +222,7 @@ class DatabaseSink:
         levels = Thresholds(warning=self.run.threshold, critical=self.run.critical).severity(
             scores["score"].to_numpy()
         )
-        return SEVERITY_LABELS[levels]
+        return SEVERITY_LABELS[only_full_windows(scores, levels)]
 
     def finish(self, summary: BatchSummary) -> None:
         """Record the run as succeeded with the rows read."""

@@ -20,7 +20,8 @@ from sqlalchemy.engine import Engine
 from anomaly_vae.jobs.stream import ThresholdInForce, WriteResult
 from anomaly_vae.sources.kafka import ENTITY, EVENT_TIME, SOURCE_KEY
 from anomaly_vae.storage import repository as repo
-from anomaly_vae.storage.sink import SEVERITY_LABELS, model_version_of
+from anomaly_vae.storage.sink import SEVERITY_LABELS, model_version_of, only_full_windows
+from anomaly_vae.storage.window_states import load_window_states
 from anomaly_vae.thresholds import AlertRule, Thresholds
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ class StreamDatabaseSink:
                 rejects=rejects,
                 threshold_id=batch.threshold_id,
                 alert_rule=AlertRule.from_dict(batch.alert_rule),
+                window_states=batch.window_states,
             )
         return WriteResult(
             scores_written=counts.scores_inserted,
@@ -90,6 +92,7 @@ class StreamDatabaseSink:
         levels = Thresholds(warning=batch.threshold, critical=batch.critical).severity(
             scores["score"].to_numpy()
         )
+        levels = only_full_windows(scores, levels)
         return pd.DataFrame(
             {
                 "source_key": frame[SOURCE_KEY].to_numpy(dtype=object),
@@ -103,6 +106,12 @@ class StreamDatabaseSink:
                 "event_time": pd.to_datetime(frame[EVENT_TIME], utc=True).to_numpy(),
             }
         )
+
+    def load_window_states(self, entities: list[str]) -> dict[str, bytes]:
+        """The stored window state of entities this scorer has not seen (a windowed model):
+        what the batches before a restart or a rebalance left, committed with their scores."""
+        with self.engine.connect() as connection:
+            return load_window_states(connection, model_id=self.model_id, entities=entities)
 
     def rejects(self, batch: StreamBatch) -> pd.DataFrame:
         rejects = batch.rejects

@@ -15,6 +15,7 @@ Tables:
   threshold, outside the cool-down); linked to the score row that opened it.
 - ``dead_letters``: every rejected record with its raw content and reason, unique on
   (source_key, model_id).
+- ``window_states``: a windowed model's recent records per entity (the stream scorer's state).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -252,3 +254,17 @@ class DeadLetter(Base):
     reason: Mapped[str] = mapped_column(Text)
     raw: Mapped[str | None] = mapped_column(Text)
     rejected_at: Mapped[datetime]
+
+
+class WindowStateRow(Base):
+    """A windowed model's state for one entity (``windows.entity_to_bytes``): its recent encoded
+    records, newest event time and last applied offsets. The stream scorer writes it in the
+    transaction that writes the scores of the records that changed it, before committing their
+    offsets, and reads it back for an entity it has not seen (after a restart or a rebalance)."""
+
+    __tablename__ = "window_states"
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    entity_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    state: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime]

@@ -1,0 +1,471 @@
+"""Windows of recent records per entity: pure numpy, no files, no network, no database.
+
+A windowed model scores each record together with the ``size - 1`` records of the same entity
+that precede it in event time. ``WindowState`` keeps, per entity, the last records it needs
+(encoded rows, not raw text) and turns a batch of encoded records into a batch of windows. The
+batch job (CSV chunks) and the stream scorer (Kafka micro-batches) drive the same state, one
+record after another in arrival order, so a record gets the same window, hence the same score,
+whichever way it came and however its input was cut into batches.
+
+The rules (``WindowSpec``), all in event time (seconds; arrival order when there is no time
+column):
+
+* **order**: a record's window holds the ``size - 1`` records of its entity received before it
+  whose time is at or before its own, in time order; records with the same time keep their
+  arrival order (a duplicate timestamp is an ordinary record that comes after the earlier one);
+* **lateness**: a record older than ``lateness_s`` behind the newest time seen for its entity
+  is *late*: it is scored on its own (a window of itself, repeated), never flagged, counted,
+  and not added to the entity's window. A record within ``lateness_s`` takes its place in time
+  order: its window holds the records before it in time, and the records after it see it
+  where it belongs. Records already scored are not scored again;
+* **gaps**: when two consecutive records of an entity are more than ``max_gap_s`` apart, the
+  window restarts at the later one (the records before the gap are not part of its window);
+* **warming up**: a record with fewer than ``size - 1`` records before it (a new entity, or
+  just after a gap) is scored on its window padded at the oldest end with copies of its oldest
+  record, marked ``warming_up`` and never flagged;
+* **replays**: a record from a sequenced source (a Kafka partition's offsets) at or before the
+  last sequence number applied to its entity from that source was already applied (a replay
+  after a crash): the state is left alone and the record is marked ``replayed`` (its stored
+  score, written the first time, stays).
+
+Memory per entity is bounded: the last ``size - 1`` records before the lateness horizon plus
+those inside it, at most ``size - 1 + max_buffered`` records (the oldest go first).
+
+``WindowState.to_bytes`` / ``from_bytes`` serialise one entity's state, so that a stream scorer
+can persist it with the scores of the batch that produced it and rebuild it after a restart.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import struct
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from anomaly_vae.features import EncodedBatch, FeatureLayout
+
+OK, WARMING_UP, LATE, REPLAYED = 0, 1, 2, 3
+STATUS_NAMES = np.asarray(["ok", "warming_up", "late", "replayed"], dtype=object)
+_FORMAT = 1
+_HEADER = struct.Struct("<BIIIBd")  # format, rows, width, n_numeric, has_observed, max_time
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """``size`` records per window (the record and the ``size - 1`` before it)."""
+
+    size: int
+    lateness_s: float = 0.0
+    max_gap_s: float | None = None
+    max_buffered: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"window size must be >= 1, got {self.size}")
+        if self.lateness_s < 0 or not math.isfinite(self.lateness_s):
+            raise ValueError(f"lateness_s must be >= 0, got {self.lateness_s}")
+        if self.max_gap_s is not None and not self.max_gap_s > 0:
+            raise ValueError(f"max_gap_s must be > 0, got {self.max_gap_s}")
+
+
+class EntityWindow:
+    """One entity's recent records, sorted by time (arrival order among equal times)."""
+
+    __slots__ = ("last_seq", "max_time", "observed", "rows", "times")
+
+    def __init__(self, width: int, n_numeric: int) -> None:
+        self.times = np.empty(0, dtype=np.float64)
+        self.rows = np.empty((0, width), dtype=np.float32)
+        self.observed: np.ndarray | None = None  # None: every numeric value was present
+        self.max_time = -math.inf
+        self.last_seq: dict[str, int] = {}
+
+    def nbytes(self) -> int:
+        extra = 0 if self.observed is None else self.observed.nbytes
+        return self.times.nbytes + self.rows.nbytes + extra
+
+    def observed_or_ones(self, n_numeric: int) -> np.ndarray:
+        if self.observed is None:
+            return np.ones((len(self.times), n_numeric), dtype=np.float32)
+        return self.observed
+
+
+@dataclass
+class AssembledWindows:
+    """Windows for a batch of records, in input order: ``x`` ``[n, size, width]``,
+    ``observed`` ``[n, size, n_numeric]`` and ``status`` (``OK``, ``WARMING_UP``, ``LATE``,
+    ``REPLAYED``) per record."""
+
+    x: np.ndarray
+    observed: np.ndarray
+    status: np.ndarray
+
+    def status_names(self) -> np.ndarray:
+        return STATUS_NAMES[self.status]
+
+
+@dataclass
+class WindowCounters:
+    records: int = 0
+    warming_up: int = 0
+    late: int = 0
+    replayed: int = 0
+    gaps: int = 0
+    dropped_from_buffer: int = 0
+
+
+Loader = Callable[[list[str]], Mapping[str, bytes]]
+
+
+@dataclass
+class WindowState:
+    """Every entity's window; feed it records in arrival order with ``assemble``.
+
+    ``loader`` (optional) is asked for the stored state of entities this object has not seen
+    (a stream scorer after a restart or a rebalance); ``dirty`` names the entities changed since
+    the last ``take_dirty`` (what to persist with the batch's scores).
+    """
+
+    spec: WindowSpec
+    width: int
+    n_numeric: int
+    loader: Loader | None = None
+    entities: dict[str, EntityWindow] = field(default_factory=dict)
+    dirty: set[str] = field(default_factory=set)
+    counters: WindowCounters = field(default_factory=WindowCounters)
+
+    # ------------------------------------------------------------------ feeding
+    def assemble(
+        self,
+        batch: EncodedBatch,
+        entities: Sequence[str],
+        times: np.ndarray | None = None,
+        *,
+        streams: Sequence[str] | None = None,
+        seqs: np.ndarray | None = None,
+    ) -> AssembledWindows:
+        """Windows for ``batch`` (records in arrival order) and the state moved past them.
+
+        ``times``: event times in seconds (float64), or None (arrival order). ``streams`` and
+        ``seqs``: the source stream (e.g. ``topic:partition``) and sequence number of each
+        record, for replay detection; None when the source cannot replay.
+        """
+        n = batch.x.shape[0]
+        size, width, k = self.spec.size, self.width, self.n_numeric
+        if batch.x.shape[1] != width:
+            raise ValueError(f"encoded rows have {batch.x.shape[1]} columns, expected {width}")
+        out_x = np.empty((n, size, width), dtype=np.float32)
+        out_obs = np.empty((n, size, k), dtype=np.float32)
+        status = np.zeros(n, dtype=np.int8)
+        if n == 0:
+            return AssembledWindows(out_x, out_obs, status)
+        keys = np.asarray([str(e) for e in entities], dtype=object)
+        self._load_missing(keys)
+        groups: dict[str, list[int]] = {}
+        for i, key in enumerate(keys.tolist()):
+            groups.setdefault(key, []).append(i)
+        for key, members in groups.items():
+            idx = np.asarray(members, dtype=np.int64)
+            ent = self.entities.get(key)
+            if ent is None:
+                ent = self.entities[key] = EntityWindow(width, k)
+            t = self._times_for(ent, idx, times)
+            stream_of = None if streams is None else [str(streams[i]) for i in members]
+            seq_of = None if seqs is None else np.asarray(seqs)[idx].astype(np.int64)
+            if self._in_order(ent, t, stream_of, seq_of):
+                self._append_run(ent, batch, idx, t, out_x, out_obs, status)
+                if stream_of is not None and seq_of is not None:
+                    for s, q in zip(stream_of, seq_of.tolist(), strict=True):
+                        ent.last_seq[s] = max(ent.last_seq.get(s, -1), q)
+            else:
+                for j, i in enumerate(members):
+                    self._push_one(
+                        ent,
+                        batch,
+                        int(i),
+                        float(t[j]),
+                        None if stream_of is None else stream_of[j],
+                        None if seq_of is None else int(seq_of[j]),
+                        out_x,
+                        out_obs,
+                        status,
+                    )
+            self._prune(ent)
+            self.dirty.add(key)
+        self.counters.records += n
+        self.counters.warming_up += int(np.sum(status == WARMING_UP))
+        self.counters.late += int(np.sum(status == LATE))
+        self.counters.replayed += int(np.sum(status == REPLAYED))
+        return AssembledWindows(out_x, out_obs, status)
+
+    def _times_for(
+        self, ent: EntityWindow, idx: np.ndarray, times: np.ndarray | None
+    ) -> np.ndarray:
+        if times is not None:
+            return np.asarray(times, dtype=np.float64)[idx]
+        # Arrival order: a counter per entity, continued across batches.
+        start = ent.max_time + 1.0 if math.isfinite(ent.max_time) else 0.0
+        return start + np.arange(len(idx), dtype=np.float64)
+
+    @staticmethod
+    def _in_order(
+        ent: EntityWindow, t: np.ndarray, streams: list[str] | None, seqs: np.ndarray | None
+    ) -> bool:
+        """True when the run can be appended as it is: sorted, none before the newest time."""
+        if len(t) and t[0] < ent.max_time:
+            return False
+        if len(t) > 1 and np.any(np.diff(t) < 0):
+            return False
+        if streams is not None and seqs is not None:
+            for s, q in zip(streams, seqs.tolist(), strict=True):
+                if q <= ent.last_seq.get(s, -1):
+                    return False
+        return True
+
+    def _append_run(
+        self,
+        ent: EntityWindow,
+        batch: EncodedBatch,
+        idx: np.ndarray,
+        t: np.ndarray,
+        out_x: np.ndarray,
+        out_obs: np.ndarray,
+        status: np.ndarray,
+    ) -> None:
+        """The common case, vectorised: records in time order, none late."""
+        size, k = self.spec.size, self.n_numeric
+        m = len(ent.times)
+        times = np.concatenate([ent.times, t])
+        rows = np.concatenate([ent.rows, batch.x[idx]])
+        new_obs = batch.observed[idx]
+        if ent.observed is None and bool(np.all(new_obs == 1.0)):
+            observed = None
+        else:
+            observed = np.concatenate([ent.observed_or_ones(k), new_obs])
+        total = len(times)
+        starts = self._segment_starts(times)
+        pos = np.arange(m, total, dtype=np.int64)
+        first = np.maximum(pos - (size - 1), starts[pos])
+        steps = np.arange(size - 1, -1, -1, dtype=np.int64)  # oldest first
+        gather = np.maximum(pos[:, None] - steps[None, :], first[:, None])
+        out_x[idx] = rows[gather]
+        if observed is None:
+            out_obs[idx] = 1.0
+        else:
+            out_obs[idx] = observed[gather]
+        status[idx] = np.where(pos - first == size - 1, OK, WARMING_UP)
+        self.counters.gaps += int(np.sum(starts[m:] == pos) - np.sum(pos == 0))
+        ent.times, ent.rows, ent.observed = times, rows, observed
+        ent.max_time = float(times[-1])
+
+    def _segment_starts(self, times: np.ndarray) -> np.ndarray:
+        """For each position, where its gap-free run begins."""
+        n = len(times)
+        gap = self.spec.max_gap_s
+        if gap is None or n == 0:
+            return np.zeros(n, dtype=np.int64)
+        breaks = np.zeros(n, dtype=bool)
+        breaks[0] = True
+        breaks[1:] = np.diff(times) > gap
+        marks = np.where(breaks, np.arange(n, dtype=np.int64), 0)
+        return np.maximum.accumulate(marks)
+
+    def _push_one(
+        self,
+        ent: EntityWindow,
+        batch: EncodedBatch,
+        i: int,
+        t: float,
+        stream: str | None,
+        seq: int | None,
+        out_x: np.ndarray,
+        out_obs: np.ndarray,
+        status: np.ndarray,
+    ) -> None:
+        """The general case, one record: replays, late records, inserts in time order."""
+        size, k = self.spec.size, self.n_numeric
+        row = batch.x[i]
+        obs = batch.observed[i]
+        if stream is not None and seq is not None and seq <= ent.last_seq.get(stream, -1):
+            out_x[i] = row
+            out_obs[i] = obs
+            status[i] = REPLAYED
+            return
+        if stream is not None and seq is not None:
+            ent.last_seq[stream] = seq
+        if t < ent.max_time - self.spec.lateness_s:
+            out_x[i] = row
+            out_obs[i] = obs
+            status[i] = LATE
+            return
+        pos = bisect.bisect_right(ent.times.tolist(), t)
+        times = np.insert(ent.times, pos, t)
+        rows = np.insert(ent.rows, pos, row, axis=0)
+        if ent.observed is None and bool(np.all(obs == 1.0)):
+            observed = None
+        else:
+            observed = np.insert(ent.observed_or_ones(k), pos, obs, axis=0)
+        starts = self._segment_starts(times)
+        first = max(pos - (size - 1), int(starts[pos]))
+        steps = np.arange(size - 1, -1, -1, dtype=np.int64)
+        gather = np.maximum(pos - steps, first)
+        out_x[i] = rows[gather]
+        out_obs[i] = 1.0 if observed is None else observed[gather]
+        status[i] = OK if pos - first == size - 1 else WARMING_UP
+        if pos > 0 and starts[pos] == pos:
+            self.counters.gaps += 1
+        ent.times, ent.rows, ent.observed = times, rows, observed
+        ent.max_time = max(ent.max_time, t)
+
+    def _prune(self, ent: EntityWindow) -> None:
+        """Keep the records a future window can use: those inside the lateness horizon and the
+        ``size - 1`` before it; never more than ``size - 1 + max_buffered``."""
+        keep_before = self.spec.size - 1
+        horizon = ent.max_time - self.spec.lateness_s
+        first_inside = int(np.searchsorted(ent.times, horizon, side="right"))
+        start = max(0, first_inside - keep_before)
+        cap = keep_before + self.spec.max_buffered
+        if len(ent.times) - start > cap:
+            self.counters.dropped_from_buffer += len(ent.times) - start - cap
+            start = len(ent.times) - cap
+        if start > 0:
+            ent.times = ent.times[start:].copy()
+            ent.rows = ent.rows[start:].copy()
+            if ent.observed is not None:
+                ent.observed = ent.observed[start:].copy()
+                if bool(np.all(ent.observed == 1.0)):
+                    ent.observed = None
+        elif ent.rows.base is not None:
+            ent.rows = ent.rows.copy()
+
+    # ------------------------------------------------------------- persistence
+    def _load_missing(self, keys: np.ndarray) -> None:
+        if self.loader is None:
+            return
+        unknown = sorted({str(k) for k in keys.tolist()} - self.entities.keys())
+        if not unknown:
+            return
+        for key, blob in self.loader(unknown).items():
+            self.entities[key] = entity_from_bytes(blob, self.width, self.n_numeric)
+
+    def take_dirty(self) -> dict[str, bytes]:
+        """The serialised state of every entity changed since the last call."""
+        out = {key: entity_to_bytes(self.entities[key]) for key in sorted(self.dirty)}
+        self.dirty.clear()
+        return out
+
+    def clear(self) -> None:
+        """Forget every entity (their stored state is loaded again when they come back)."""
+        self.entities.clear()
+        self.dirty.clear()
+
+    def to_bytes(self) -> dict[str, bytes]:
+        return {key: entity_to_bytes(ent) for key, ent in self.entities.items()}
+
+    def restore(self, states: Mapping[str, bytes]) -> None:
+        for key, blob in states.items():
+            self.entities[key] = entity_from_bytes(blob, self.width, self.n_numeric)
+
+    def nbytes(self) -> int:
+        """The arrays' bytes (what grows with entities), without Python object overheads."""
+        return sum(ent.nbytes() for ent in self.entities.values())
+
+
+def entity_to_bytes(ent: EntityWindow) -> bytes:
+    """Header, then times (float64), rows (float32), observed (float32, when any value was
+    missing) and the last sequence numbers (JSON)."""
+    rows, width = ent.rows.shape
+    k = 0 if ent.observed is None else ent.observed.shape[1]
+    seq = json.dumps(ent.last_seq, sort_keys=True, separators=(",", ":")).encode()
+    parts = [
+        _HEADER.pack(_FORMAT, rows, width, k, ent.observed is not None, ent.max_time),
+        np.ascontiguousarray(ent.times, dtype="<f8").tobytes(),
+        np.ascontiguousarray(ent.rows, dtype="<f4").tobytes(),
+    ]
+    if ent.observed is not None:
+        parts.append(np.ascontiguousarray(ent.observed, dtype="<f4").tobytes())
+    parts.append(seq)
+    return b"".join(parts)
+
+
+def entity_from_bytes(blob: bytes, width: int, n_numeric: int) -> EntityWindow:
+    fmt, rows, stored_width, k, has_obs, max_time = _HEADER.unpack_from(blob, 0)
+    if fmt != _FORMAT:
+        raise ValueError(f"window state format {fmt} is not known (expected {_FORMAT})")
+    if stored_width != width or (has_obs and k != n_numeric):
+        raise ValueError(
+            f"stored window state has rows of {stored_width} columns, the model {width}"
+        )
+    offset = _HEADER.size
+    ent = EntityWindow(width, n_numeric)
+    ent.times = np.frombuffer(blob, dtype="<f8", count=rows, offset=offset).astype(np.float64)
+    offset += 8 * rows
+    ent.rows = (
+        np.frombuffer(blob, dtype="<f4", count=rows * width, offset=offset)
+        .reshape(rows, width)
+        .astype(np.float32)
+    )
+    offset += 4 * rows * width
+    if has_obs:
+        ent.observed = (
+            np.frombuffer(blob, dtype="<f4", count=rows * k, offset=offset)
+            .reshape(rows, k)
+            .astype(np.float32)
+        )
+        offset += 4 * rows * k
+    ent.max_time = float(max_time)
+    ent.last_seq = {str(s): int(q) for s, q in json.loads(blob[offset:].decode()).items()}
+    return ent
+
+
+# ------------------------------------------------------------------ model input layout
+def window_layout(layout: FeatureLayout, size: int) -> FeatureLayout:
+    """The layout of a flattened window: every step's numeric columns first (oldest step
+    first), then every step's categorical blocks. Each block still names its input column, so
+    per-column attribution sums a column's terms over the window's steps."""
+    k = layout.n_numeric
+    return FeatureLayout(
+        n_numeric=k * size,
+        cat_sizes=list(layout.cat_sizes) * size,
+        block_columns=list(layout.block_columns[:k]) * size + list(layout.block_columns[k:]) * size,
+        column_names=list(layout.column_names),
+    )
+
+
+def flatten_windows(x: np.ndarray, observed: np.ndarray, n_numeric: int) -> EncodedBatch:
+    """``[n, size, width]`` windows -> the flat rows ``window_layout`` describes."""
+    n, size, width = x.shape
+    numeric = x[:, :, :n_numeric].reshape(n, size * n_numeric)
+    cats = x[:, :, n_numeric:].reshape(n, size * (width - n_numeric))
+    flat = np.ascontiguousarray(np.concatenate([numeric, cats], axis=1), dtype=np.float32)
+    obs = np.ascontiguousarray(observed.reshape(n, size * n_numeric), dtype=np.float32)
+    return EncodedBatch(x=flat, observed=obs)
+
+
+def event_seconds(values: Iterable[object]) -> tuple[np.ndarray, np.ndarray]:
+    """Event times as float seconds since the epoch, and a mask of the values that are not a
+    time. Numbers are taken as seconds; text as ISO 8601 (naive = UTC), or a number in text."""
+    import pandas as pd
+
+    raw = pd.Series(list(values), dtype=object)
+    out = np.full(len(raw), np.nan, dtype=np.float64)
+    numeric = pd.to_numeric(raw, errors="coerce")
+    is_num = numeric.notna().to_numpy()
+    out[is_num] = numeric[is_num].to_numpy(dtype=np.float64)
+    rest = ~is_num & raw.notna().to_numpy()
+    if rest.any():
+        text = raw[rest].astype(str)
+        parsed = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
+        if parsed.isna().any():  # other layouts ("2026-11-01 10:00:00+02:00", RFC 2822...)
+            missed = parsed.isna().to_numpy()
+            parsed[missed] = pd.to_datetime(text[missed], utc=True, errors="coerce", format="mixed")
+        ok = parsed.notna().to_numpy()
+        ns = parsed.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+        seconds = np.where(ok, ns / 1e9, np.nan)
+        out[np.flatnonzero(rest)] = seconds
+    bad = ~np.isfinite(out)
+    return out, bad

@@ -1,0 +1,336 @@
+"""Windows per entity (``anomaly_vae.windows``) and the windowed model (real torch)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly_vae import AnomalyVAE
+from anomaly_vae.config import KafkaConfig, PipelineConfig
+from anomaly_vae.datasets import make_pump_data
+from anomaly_vae.errors import ConfigError
+from anomaly_vae.features import EncodedBatch
+from anomaly_vae.jobs.stream import StreamBatch, StreamScorer, WriteResult
+from anomaly_vae.sources.kafka import Message
+from anomaly_vae.windows import (
+    LATE,
+    OK,
+    REPLAYED,
+    WARMING_UP,
+    WindowSpec,
+    WindowState,
+    entity_from_bytes,
+    entity_to_bytes,
+    event_seconds,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def rows(values: list[float]) -> EncodedBatch:
+    """One numeric column holding ``values`` (the value identifies the record)."""
+    x = np.asarray(values, dtype=np.float32).reshape(-1, 1)
+    return EncodedBatch(x=x, observed=np.ones_like(x))
+
+
+def state(size: int = 3, **kw: object) -> WindowState:
+    return WindowState(WindowSpec(size=size, **kw), width=1, n_numeric=1)  # type: ignore[arg-type]
+
+
+def windows_of(result: object) -> list[list[float]]:
+    return [[float(v) for v in w[:, 0]] for w in result.x]  # type: ignore[attr-defined]
+
+
+def test_window_holds_the_previous_records_of_the_same_entity_in_time_order() -> None:
+    st = state(3)
+    out = st.assemble(rows([1, 10, 2, 20, 3, 30]), ["a", "b"] * 3, np.arange(6.0))
+    assert windows_of(out) == [
+        [1, 1, 1],
+        [10, 10, 10],
+        [1, 1, 2],
+        [10, 10, 20],
+        [1, 2, 3],
+        [10, 20, 30],
+    ]
+    assert out.status.tolist() == [WARMING_UP] * 4 + [OK, OK]
+
+
+def test_warming_up_pads_with_the_oldest_record_and_is_never_flagged() -> None:
+    st = state(4)
+    out = st.assemble(rows([5, 6]), ["a", "a"], np.array([0.0, 1.0]))
+    assert windows_of(out) == [[5, 5, 5, 5], [5, 5, 5, 6]]
+    assert out.status.tolist() == [WARMING_UP, WARMING_UP]
+    assert st.counters.warming_up == 2
+
+
+def test_late_record_within_lateness_is_put_in_order() -> None:
+    st = state(3, lateness_s=10.0)
+    st.assemble(rows([1, 2, 4]), ["a"] * 3, np.array([0.0, 10.0, 30.0]))
+    late = st.assemble(rows([3]), ["a"], np.array([25.0]))  # 5 s behind the newest
+    assert windows_of(late) == [[1, 2, 3]]
+    assert late.status.tolist() == [OK]
+    after = st.assemble(rows([5]), ["a"], np.array([40.0]))
+    assert windows_of(after) == [[3, 4, 5]]  # the late record sits where it belongs
+
+
+def test_record_beyond_lateness_is_scored_on_its_own_and_counted() -> None:
+    st = state(3, lateness_s=2.0)
+    st.assemble(rows([1, 2, 3]), ["a"] * 3, np.array([0.0, 10.0, 20.0]))
+    late = st.assemble(rows([9]), ["a"], np.array([5.0]))
+    assert windows_of(late) == [[9, 9, 9]]
+    assert late.status.tolist() == [LATE]
+    assert st.counters.late == 1
+    after = st.assemble(rows([4]), ["a"], np.array([30.0]))
+    assert windows_of(after) == [[2, 3, 4]]  # the late record did not enter the window
+
+
+def test_gap_longer_than_the_limit_restarts_the_window() -> None:
+    st = state(3, max_gap_s=60.0)
+    out = st.assemble(rows([1, 2, 3, 4, 5]), ["a"] * 5, np.array([0.0, 10, 20, 500, 510]))
+    assert windows_of(out)[3:] == [[4, 4, 4], [4, 4, 5]]
+    assert out.status.tolist() == [WARMING_UP, WARMING_UP, OK, WARMING_UP, WARMING_UP]
+    assert st.counters.gaps == 1
+
+
+def test_duplicate_timestamps_keep_arrival_order() -> None:
+    st = state(3)
+    out = st.assemble(rows([1, 2, 3, 4]), ["a"] * 4, np.array([0.0, 5.0, 5.0, 5.0]))
+    assert windows_of(out) == [[1, 1, 1], [1, 1, 2], [1, 2, 3], [2, 3, 4]]
+    assert out.status.tolist() == [WARMING_UP, WARMING_UP, OK, OK]
+
+
+def test_no_time_column_means_arrival_order_across_batches() -> None:
+    st = state(3)
+    st.assemble(rows([1, 2]), ["a", "a"])
+    out = st.assemble(rows([3]), ["a"])
+    assert windows_of(out) == [[1, 2, 3]]
+
+
+def messy_stream(n: int, seed: int) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Three entities, jittered times (some late, some very late), duplicates and gaps."""
+    rng = np.random.default_rng(seed)
+    entities = [f"e{int(i)}" for i in rng.integers(0, 3, n)]
+    times = np.arange(n, dtype=np.float64) * 10.0 + rng.normal(0, 15, n).round()
+    times[rng.random(n) < 0.05] += 400.0  # gaps ahead
+    times[rng.random(n) < 0.05] -= 200.0  # far behind
+    values = rng.normal(size=n).astype(np.float32)
+    return values, entities, times
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 50])
+def test_any_chunking_gives_the_same_windows_as_one_pass(chunk: int) -> None:
+    values, entities, times = messy_stream(300, seed=1)
+    spec = {"size": 5, "lateness_s": 20.0, "max_gap_s": 150.0}
+    whole = state(**spec).assemble(rows(values.tolist()), entities, times)  # type: ignore[arg-type]
+    st = state(**spec)  # type: ignore[arg-type]
+    parts = [
+        st.assemble(
+            rows(values[i : i + chunk].tolist()), entities[i : i + chunk], times[i : i + chunk]
+        )
+        for i in range(0, len(values), chunk)
+    ]
+    assert np.array_equal(np.concatenate([p.x for p in parts]), whole.x)
+    assert np.array_equal(np.concatenate([p.status for p in parts]), whole.status)
+    assert {int(s) for s in whole.status} >= {OK, WARMING_UP, LATE}
+
+
+def test_state_round_trip_continues_exactly_as_uninterrupted() -> None:
+    values, entities, times = messy_stream(200, seed=2)
+    spec = {"size": 4, "lateness_s": 20.0, "max_gap_s": 150.0}
+    whole = state(**spec).assemble(rows(values.tolist()), entities, times)  # type: ignore[arg-type]
+    first = state(**spec)  # type: ignore[arg-type]
+    a = first.assemble(rows(values[:120].tolist()), entities[:120], times[:120])
+    stored = first.take_dirty()
+    assert set(stored) == set(entities[:120])
+    assert not first.dirty
+    second = state(**spec)  # type: ignore[arg-type]
+    second.loader = lambda keys: {k: stored[k] for k in keys if k in stored}
+    b = second.assemble(rows(values[120:].tolist()), entities[120:], times[120:])
+    assert np.array_equal(np.concatenate([a.x, b.x]), whole.x)
+    assert np.array_equal(np.concatenate([a.status, b.status]), whole.status)
+
+
+def test_bytes_round_trip_with_missing_values_and_sequences() -> None:
+    st = state(3)
+    batch = rows([1, 2, 3])
+    batch.observed[1, 0] = 0.0
+    st.assemble(batch, ["a"] * 3, np.array([0.0, 1, 2]), streams=["t:0"] * 3, seqs=np.arange(3))
+    ent = st.entities["a"]
+    back = entity_from_bytes(entity_to_bytes(ent), width=1, n_numeric=1)
+    assert np.array_equal(back.times, ent.times)
+    assert np.array_equal(back.rows, ent.rows)
+    assert back.observed is not None
+    assert ent.observed is not None
+    assert np.array_equal(back.observed, ent.observed)
+    assert back.last_seq == {"t:0": 2}
+    assert back.max_time == ent.max_time
+    with pytest.raises(ValueError, match="columns"):
+        entity_from_bytes(entity_to_bytes(ent), width=2, n_numeric=1)
+
+
+def test_replayed_records_leave_the_state_alone() -> None:
+    st = state(3)
+    st.assemble(rows([1, 2, 3]), ["a"] * 3, np.arange(3.0), streams=["t:0"] * 3, seqs=np.arange(3))
+    again = st.assemble(
+        rows([2, 3]), ["a"] * 2, np.arange(1.0, 3.0), streams=["t:0"] * 2, seqs=np.arange(1, 3)
+    )
+    assert again.status.tolist() == [REPLAYED, REPLAYED]
+    nxt = st.assemble(rows([4]), ["a"], np.array([3.0]), streams=["t:0"], seqs=np.array([3]))
+    assert windows_of(nxt) == [[2, 3, 4]]
+    assert nxt.status.tolist() == [OK]
+
+
+def test_memory_per_entity_is_bounded() -> None:
+    st = state(5, lateness_s=0.0)
+    st.assemble(rows(list(range(1000))), ["a"] * 1000, np.arange(1000.0))
+    assert len(st.entities["a"].times) == 4
+    wide = state(5, lateness_s=1e9, max_buffered=10)
+    wide.assemble(rows(list(range(1000))), ["a"] * 1000, np.arange(1000.0))
+    assert len(wide.entities["a"].times) == 14
+    assert wide.counters.dropped_from_buffer == 1000 - 14
+
+
+def test_event_seconds_reads_iso_text_and_numbers_alike() -> None:
+    seconds, bad = event_seconds(["2026-11-01T00:00:10Z", 10, "1761955210", None, "soon"])
+    assert seconds[0] == pd.Timestamp("2026-11-01T00:00:10Z").timestamp()
+    assert seconds[1] == 10.0
+    assert seconds[2] == 1761955210.0
+    assert bad.tolist() == [False, False, False, True, True]
+
+
+def test_window_columns_must_agree_with_the_columns_section() -> None:
+    cfg = PipelineConfig.model_validate({"window": {"size": 5, "entity": "dev", "time": "t"}})
+    assert cfg.columns.entity == "dev"
+    assert cfg.columns.timestamp == "t"
+    with pytest.raises(ValueError, match="same column"):
+        PipelineConfig.model_validate(
+            {"columns": {"entity": "pump"}, "window": {"size": 5, "entity": "dev"}}
+        )
+    path = REPO / "tests" / "_bad_window.yaml"
+    path.write_text("window:\n  size: 0\n")
+    try:
+        with pytest.raises(ConfigError, match=r"window\.size"):
+            PipelineConfig.from_yaml(path)
+    finally:
+        path.unlink()
+
+
+# ============================================================== the windowed model (torch)
+@pytest.fixture(scope="module")
+def window_model() -> AnomalyVAE:
+    cfg = PipelineConfig.from_yaml(REPO / "pipelines" / "pumps_windows.yaml")
+    cfg.training.epochs = 8
+    cfg.training.progress = False
+    return AnomalyVAE(config=cfg).fit(make_pump_data(1600, seed=1))
+
+
+def test_windowed_scores_do_not_depend_on_how_the_input_is_cut(window_model: AnomalyVAE) -> None:
+    data = make_pump_data(300, seed=5, anomaly_rate=0.05)
+    whole = window_model.score_batch(data, windows=window_model.new_window_state())
+    st = window_model.new_window_state()
+    parts = [window_model.score_batch(data.iloc[i : i + 41], windows=st) for i in range(0, 300, 41)]
+    joined = pd.concat([p.scores for p in parts])
+    assert np.array_equal(joined["score"].to_numpy(), whole.scores["score"].to_numpy())
+    assert (joined["window_status"] == whole.scores["window_status"]).all()
+
+
+def test_warming_up_records_are_scored_not_flagged_and_named(window_model: AnomalyVAE) -> None:
+    data = make_pump_data(200, seed=6, anomaly_rate=0.1)
+    batch = window_model.score_batch(data, threshold=-1e9)
+    status = batch.scores["window_status"]
+    size = window_model.config_.window.size  # type: ignore[union-attr]
+    assert (status == "warming_up").sum() == 4 * (size - 1)  # four pumps
+    assert len(batch.scores) == len(data)  # nothing dropped
+    assert (batch.scores.loc[status == "warming_up", "is_anomaly"] == 0).all()
+    assert (batch.scores.loc[status == "ok", "is_anomaly"] == 1).all()
+    names = {name for row in batch.top_features_list(3) for name, _ in row}
+    assert names
+    assert names <= set(window_model.schema_.names)
+
+
+def test_records_without_a_valid_time_are_rejected_with_a_reason(window_model: AnomalyVAE) -> None:
+    data = make_pump_data(50, seed=7)
+    data.loc[3, "ts"] = "not a time"
+    batch = window_model.score_batch(data)
+    assert list(batch.rejects.index) == [3]
+    assert "window time column 'ts'" in batch.rejects.iloc[0]["reason"]
+    assert len(batch.scores) == 49
+
+
+def test_windowed_model_saved_and_loaded_scores_the_same(
+    window_model: AnomalyVAE, tmp_path: Path
+) -> None:
+    window_model.save(tmp_path / "m")
+    loaded = AnomalyVAE.load(tmp_path / "m")
+    data = make_pump_data(120, seed=8)
+    a = window_model.score_batch(data)
+    b = loaded.score_batch(data)
+    assert np.array_equal(a.scores["score"].to_numpy(), b.scores["score"].to_numpy())
+    assert loaded.windowed
+    assert loaded.config_.window == window_model.config_.window
+
+
+def test_window_sees_temporal_anomalies_a_row_model_cannot(window_model: AnomalyVAE) -> None:
+    """Shuffling one pump's readings in time keeps every row plausible on its own; the windowed
+    model, which knows how a pump's readings follow each other, scores the shuffle higher."""
+    data = make_pump_data(800, seed=9)
+    one = data[data["pump_id"] == data["pump_id"].iloc[0]].reset_index(drop=True)
+    shuffled = one.copy()
+    cols = ["rpm", "flow", "pressure_in", "pressure_out", "current", "temperature", "vibration"]
+    rng = np.random.default_rng(0)
+    shuffled[cols] = one[cols].to_numpy()[rng.permutation(len(one))]
+    normal = window_model.score_batch(one).scores
+    odd = window_model.score_batch(shuffled).scores
+    ok = (normal["window_status"] == "ok").to_numpy()
+    assert np.median(odd["score"].to_numpy()[ok]) > np.median(normal["score"].to_numpy()[ok])
+
+
+class _StateStore:
+    """A stream sink that keeps what a database would: the window states written with each
+    batch, read back for entities a scorer does not hold."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, bytes] = {}
+
+    def write(self, batch: StreamBatch) -> WriteResult:
+        self.states.update(batch.window_states or {})
+        return WriteResult(scores_written=len(batch.records))
+
+    def load_window_states(self, entities: list[str]) -> dict[str, bytes]:
+        return {key: self.states[key] for key in entities if key in self.states}
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_partition_moving_away_and_back_continues_from_the_stored_state(
+    window_model: AnomalyVAE,
+) -> None:
+    """Scorer A scores a partition, B takes it over, then A gets it back: A must not go on
+    from what it held before (stale), but from what B stored."""
+    data = make_pump_data(240, seed=10)
+    records = data.astype(object).where(data.notna(), None).to_dict(orient="records")
+    values = [json.dumps(r).encode() for r in records]
+    messages = [
+        Message("t", 0, i, str(data["pump_id"].iloc[i]).encode(), v, 1_700_000_000_000)
+        for i, v in enumerate(values)
+    ]
+    cfg = window_model.config_.model_copy(deep=True)
+    cfg.kafka = KafkaConfig(topic="t")
+    store = _StateStore()
+    a = StreamScorer(window_model, cfg, store)
+    b = StreamScorer(window_model, cfg, store)
+    scores = []
+    for scorer, part in ((a, messages[:80]), (b, messages[80:160]), (a, messages[160:])):
+        scorer._windows_moved.set()  # what the rebalance listener does on assignment
+        batch = scorer.score_records(part)
+        store.write(batch)
+        scores.append(batch.scores.scores["score"].to_numpy())
+    expected = window_model.score_batch(data).scores["score"].to_numpy()
+    got = np.concatenate(scores)
+    assert len(got) == len(expected)
+    assert np.flatnonzero(got != expected).tolist() == []
