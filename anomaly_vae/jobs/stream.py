@@ -511,7 +511,7 @@ class StreamScorer:
                 producer.send(kafka.dead_letter_topic, orjson.dumps(payload, default=str))
         producer.flush(timeout=30)
 
-    def _commit(self) -> None:
+    def _commit(self, *, wait: bool = True) -> None:
         from kafka.errors import KafkaError
         from kafka.structs import OffsetAndMetadata, TopicPartition
 
@@ -526,7 +526,10 @@ class StreamScorer:
             self._pending.clear()
             return
         try:
-            consumer.commit(offsets)
+            if wait:
+                consumer.commit(offsets)
+            else:
+                consumer.commit_async(offsets, callback=self._async_commit_done)
         except KafkaError as exc:
             # The records come again (to us or to the partition's new owner) and the idempotent
             # writes absorb them: a failed commit costs time, never data.
@@ -536,6 +539,15 @@ class StreamScorer:
             )
             return
         self._pending.clear()
+
+    def _async_commit_done(self, offsets: Any, response: Any) -> None:
+        if isinstance(response, BaseException):
+            self.stats.commits_failed += 1
+            logger.info(
+                "offset commit before a rebalance failed (%s): the partitions' new owner "
+                "replays the records after the last commit",
+                _first_line(response),
+            )
 
     def _log_metrics(self, previous: tuple[int, float]) -> tuple[int, float]:
         now = time.monotonic()
@@ -665,17 +677,11 @@ def _rebalance_listener(scorer: StreamScorer) -> Any:
             if worker is not None:
                 scorer._collect(worker)
             if scorer._pending:
-                try:
-                    scorer._commit()
-                except Exception as exc:
-                    # kafka-python 3 refuses a blocking commit inside a (sync) listener: the new
-                    # owner replays these records, and the idempotent writes (and a windowed
-                    # model's stored sequence numbers) turn the replay into no change.
-                    logger.warning(
-                        "offsets not committed before the partitions move (%s): the new owner "
-                        "replays the records after the last commit",
-                        _first_line(exc),
-                    )
+                # The listener runs on kafka-python's IO thread, where a blocking commit is
+                # refused: commit without waiting. Should it fail, the new owner replays the
+                # records after the last commit, and the idempotent writes (and a windowed
+                # model's stored sequence numbers) turn the replay into no change.
+                scorer._commit(wait=False)
             logger.info("partitions revoked: %s", _names(revoked))
 
         def on_partitions_assigned(self, assigned: Any) -> None:
