@@ -52,6 +52,9 @@ class TrainingConfig(_Strict):
     grad_clip: float = Field(default=5.0, gt=0.0)
     target_steps: int = Field(default=4000, ge=1)
     max_epochs: int = Field(default=400, ge=1)
+    # On large data, train on a bounded number of rows seen rather than a number of epochs: the
+    # model stops improving long before ten passes over a million rows.
+    max_rows_seen: int = Field(default=1_000_000, ge=1)
     seed: int = 0
     device: str = "auto"
     mixed_precision: bool = True

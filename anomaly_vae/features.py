@@ -6,9 +6,10 @@ rows that can be scored and rejected rows with a reason each. ``Preprocessor`` t
 into the float32 matrix the network reads:
 
 * numeric columns are centred on the median and scaled by the inter-quartile range (robust to
-  outliers in the training data); a missing value is imputed with the median, left out of the
-  likelihood (``observed`` is 0 there), and, when the column had missing values in training, shown
-  to the network through a two-class missing-indicator feature;
+  outliers in the training data), floored at a third of a winsorised standard deviation; a
+  missing value is imputed with the median, left out of the likelihood (``observed`` is 0 there),
+  and, when the column had missing values in training, shown to the network through a two-class
+  missing-indicator feature;
 * categorical columns are one-hot encoded with an ``<unknown>`` bucket in slot 0 for values never
   seen in training (or too rare to keep).
 
@@ -372,6 +373,26 @@ def _separator_hint(header: list[str], expected: list[str]) -> str:
 
 
 # ====================================================================== preprocessing
+def robust_scale(present: np.ndarray) -> float:
+    """The inter-quartile range (as a normal standard deviation), floored at a third of the
+    standard deviation of the values winsorised at the 1st and 99th percentiles.
+
+    The IQR alone is robust to outliers in the training data but collapses on columns that are
+    nearly constant with a spread-out minority (counts, flags, sparse pixels): such a column
+    would come out tens of times wider than the others and dominate every score. The floor keeps
+    the robustness (winsorising stops a few extreme values from inflating it).
+    """
+    q01, q25, q75, q99 = np.percentile(present, [1, 25, 75, 99])
+    iqr_scale = float(q75 - q25) / 1.349
+    spread = float(np.std(np.clip(present, q01, q99)))
+    scale = max(iqr_scale, spread / 3.0) if math.isfinite(spread) else iqr_scale
+    if not math.isfinite(scale) or scale <= 1e-12:
+        scale = float(np.std(present))
+    if not math.isfinite(scale) or scale <= 1e-12:
+        scale = 1.0
+    return scale
+
+
 @dataclass
 class FeatureLayout:
     """Where each block sits in the encoded matrix, and which input column it explains."""
@@ -425,12 +446,7 @@ class Preprocessor:
                 center, scale = 0.0, 1.0
             else:
                 center = float(np.median(present))
-                q75, q25 = np.percentile(present, [75, 25])
-                scale = float(q75 - q25) / 1.349
-                if not math.isfinite(scale) or scale <= 1e-12:
-                    scale = float(np.std(present))
-                if not math.isfinite(scale) or scale <= 1e-12:
-                    scale = 1.0
+                scale = robust_scale(present)
             pre.center[name] = center
             pre.scale[name] = scale
             if len(present) < len(values):

@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 import sklearn
 import torch
+from scipy.spatial.distance import cdist
 from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -144,13 +145,14 @@ def fit_ocsvm(x: np.ndarray, seed: int) -> Fitted:
 
 
 def fit_pca(x: np.ndarray, seed: int) -> Fitted:
-    """PCA reconstruction error: squared distance to the subspace keeping 95 % of the training
-    variance (in the standardised units of the protocol)."""
-    pca = PCA(n_components=0.95, svd_solver="full", random_state=seed).fit(x)
+    """PCA with PyOD's defaults (the published PCA column): every component kept, the score is
+    the sum over components of the row's distance to the component, divided by the component's
+    share of the variance, so the minor directions weigh most."""
+    pca = PCA(svd_solver="full", random_state=seed).fit(x)
+    weights = np.maximum(pca.explained_variance_ratio_, 1e-12)
 
     def score(data: np.ndarray) -> np.ndarray:
-        back = pca.inverse_transform(pca.transform(data))
-        return np.asarray(((data - back) ** 2).sum(axis=1), dtype=np.float64)
+        return np.asarray((cdist(data, pca.components_) / weights).sum(axis=1), dtype=np.float64)
 
     return Fitted(score=score, train_scores=score(x))
 
@@ -169,9 +171,9 @@ def fit_pyod_vae(x: np.ndarray, seed: int) -> Fitted:
     PyOD samples z when scoring, so its scores change between two calls; the benchmark scores
     once per fit, as a user would.
     """
-    from pyod.models.vae import VAE as PyodVAE
+    from pyod.models import vae as pyod_vae
 
-    detector = PyodVAE(random_state=seed, verbose=0)
+    detector = pyod_vae.VAE(random_state=seed, verbose=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         detector.fit(x)
@@ -488,8 +490,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    datasets = args.datasets.split(",") if args.datasets else list(
-        QUICK_DATASETS if args.quick else DATASETS
+    datasets = (
+        args.datasets.split(",")
+        if args.datasets
+        else list(QUICK_DATASETS if args.quick else DATASETS)
     )
     unknown = [d for d in datasets if d not in DATASETS]
     if unknown:
