@@ -306,6 +306,29 @@ def run(
     return out
 
 
+def merge(
+    previous: dict[str, Any], protocols: dict[str, Any], methods: list[str], seeds: list[int]
+) -> tuple[dict[str, Any], list[str]]:
+    """The methods of ``previous`` that were not run now, beside the ones that were."""
+    if previous["seeds"] != seeds:
+        raise SystemExit(f"--merge: the previous result has seeds {previous['seeds']}, not {seeds}")
+    kept = [m for m in previous["methods"] if m not in methods]
+    for protocol, sets in protocols.items():
+        for name, entry in sets.items():
+            old = previous["protocols"].get(protocol, {}).get(name)
+            if old is None or any(m not in old["methods"] for m in kept):
+                raise SystemExit(f"--merge: the previous result lacks {protocol}/{name}")
+            entry["methods"] = {
+                **{m: old["methods"][m] for m in kept},
+                **entry["methods"],
+            }
+    order = [m for m in DETECTORS if m in kept or m in methods]
+    for sets in protocols.values():
+        for entry in sets.values():
+            entry["methods"] = {m: entry["methods"][m] for m in order}
+    return protocols, order
+
+
 def summarise(runs: list[dict[str, float]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in (*METRICS, "seconds"):
@@ -487,7 +510,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--data", type=Path, default=DATA, help="the adbench folder")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        help="a previous result (same seeds): its other methods' numbers are kept, only "
+        "--methods are run again (splits are deterministic, so they are the same)",
+    )
+    parser.add_argument("--check", type=Path, help="only check that a result file is well formed")
     args = parser.parse_args(argv)
+    if args.check:
+        check_result(json.loads(args.check.read_text()))
+        print(f"{args.check}: well formed")
+        return
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     datasets = (
@@ -511,6 +545,8 @@ def main(argv: list[str] | None = None) -> None:
         methods.insert(0, "anomaly-vae")
     started = time.perf_counter()
     protocols = run(datasets, seeds, methods, args.data)
+    if args.merge:
+        protocols, methods = merge(json.loads(args.merge.read_text()), protocols, methods, seeds)
     published = published_table()
     result: dict[str, Any] = {
         "benchmark": "detection",

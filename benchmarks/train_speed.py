@@ -272,7 +272,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (every run)")
     parser.add_argument("--no-pyod", action="store_true", help="leave PyOD's VAE out")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--check", type=Path, help="only check that a result file is well formed")
     args = parser.parse_args(argv)
+    if args.check:
+        check_result(json.loads(args.check.read_text()))
+        print(f"{args.check}: well formed")
+        return
     torch.set_num_threads(args.threads)
     rows = args.rows or (QUICK_ROWS if args.quick else FULL_ROWS)
     version = pyod_version()
