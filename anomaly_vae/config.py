@@ -38,7 +38,9 @@ class ModelConfig(_Strict):
 
 
 class TrainingConfig(_Strict):
-    """The fit loop. ``epochs=None`` and ``batch_size=None`` are sized from the data.
+    """The fit loop. ``epochs=None`` and ``batch_size=None`` are sized from the data; with
+    ``epochs=None``, large data trains on at most ``max_rows_seen`` rows, at up to 3x
+    ``learning_rate`` when that leaves fewer than ``target_steps`` steps.
     ``num_threads``: torch threads while fitting, 1 unless set (the network is small: more
     threads gain little on a CPU and lose badly when other work shares the cores)."""
 

@@ -110,7 +110,7 @@ def fit_vae(
     val_eps = fixed_noise(1, model.latent_dim, seed=cfg.seed)[0].to(device)
 
     flat = _FlatParameters(model)
-    optimizer = _adam(flat.param, cfg, device)
+    optimizer = _adam(flat.param, cfg, auto_learning_rate(cfg, epochs * steps_per_epoch))
     use_amp = cfg.mixed_precision and device.type == "cuda"
     amp_dtype = torch.bfloat16
 
@@ -188,16 +188,27 @@ def fit_vae(
     )
 
 
-def _adam(param: torch.Tensor, cfg: TrainingConfig, device: torch.device) -> torch.optim.Adam:
+def auto_learning_rate(cfg: TrainingConfig, planned_steps: int) -> float:
+    """``learning_rate``, raised up to 3x when the row budget leaves fewer than ``target_steps``
+    steps (large data, epochs sized automatically).
+
+    Adam moves each weight by about the learning rate per step, so the learned noise
+    log-variances (starting at 0, ending near log of the residual variance, -4 or lower) need
+    thousands of steps at 1e-3: a short run on large data ended with them far from their optimum
+    and the ELBO ranked anomalies worse than the plain reconstruction error (ROC-AUC 0.94 against
+    0.99 on 200k x 32; 0.989 at 3e-3 for the same time).
+    """
+    if cfg.epochs is not None or planned_steps >= cfg.target_steps:
+        return cfg.learning_rate
+    return cfg.learning_rate * min(3.0, cfg.target_steps / max(planned_steps, 1))
+
+
+def _adam(param: torch.Tensor, cfg: TrainingConfig, lr: float) -> torch.optim.Adam:
     """Adam with the fused kernel where this torch has one for the device."""
     try:
-        return torch.optim.Adam(
-            [param], lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True
-        )
+        return torch.optim.Adam([param], lr=lr, weight_decay=cfg.weight_decay, fused=True)
     except (RuntimeError, TypeError):
-        return torch.optim.Adam(
-            [param], lr=cfg.learning_rate, weight_decay=cfg.weight_decay, foreach=True
-        )
+        return torch.optim.Adam([param], lr=lr, weight_decay=cfg.weight_decay, foreach=True)
 
 
 class _FlatParameters:
