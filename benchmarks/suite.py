@@ -107,6 +107,29 @@ def check_windows_memory(data: dict[str, Any]) -> list[str]:
     return problems
 
 
+def check_detection(data: dict[str, Any]) -> list[str]:
+    from benchmarks.detection import check_result
+
+    return _problems_of(check_result, data, "detection")
+
+
+def check_train_speed(data: dict[str, Any]) -> list[str]:
+    from benchmarks.train_speed import check_result
+
+    return _problems_of(check_result, data, "train_speed")
+
+
+def _problems_of(
+    check: Callable[[dict[str, Any]], None], data: dict[str, Any], name: str
+) -> list[str]:
+    """A benchmark's own check (which raises on the first problem) as a list of problems."""
+    try:
+        check(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return [f"{name}: {exc}"]
+    return []
+
+
 SUITE: list[Benchmark] = [
     Benchmark("speed", "speed", "speed", check_speed),
     Benchmark("db_write", "db_write", "db_write", check_db_write),
@@ -127,6 +150,14 @@ SUITE: list[Benchmark] = [
         "windows_memory",
         check_windows_memory,
         quick_stem="windows_memory_quick",
+    ),
+    Benchmark("detection", "detection", "detection", check_detection, quick_stem="detection_quick"),
+    Benchmark(
+        "train_speed",
+        "train_speed",
+        "train_speed",
+        check_train_speed,
+        quick_stem="train_speed_quick",
     ),
 ]
 
