@@ -394,9 +394,9 @@ class AnomalyVAE(BaseEstimator):
         finite = sorted_scores[np.isfinite(sorted_scores)]
         if len(finite) == 0:
             raise SchemaError("calibration failed: no finite scores on held-out data")
-        self.threshold_ = float(np.quantile(finite, quantile))
+        self.threshold_ = float(_sorted_quantiles(finite, np.asarray([quantile]))[0])
         if len(finite) > CALIBRATION_POINTS:
-            finite = np.quantile(finite, np.linspace(0.0, 1.0, CALIBRATION_POINTS))
+            finite = _sorted_quantiles(finite, np.linspace(0.0, 1.0, CALIBRATION_POINTS))
         self.calibration_ = finite.astype(np.float64)
         self.threshold_quantile_ = float(quantile)
 
@@ -721,6 +721,14 @@ def _stream_positions(rows: pd.DataFrame) -> tuple[list[str] | None, np.ndarray 
 def default_latent_dim(n_blocks: int) -> int:
     """Half the number of features, between 2 and 32."""
     return int(min(32, max(2, math.ceil(n_blocks / 2))))
+
+
+def _sorted_quantiles(sorted_values: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``np.quantile(sorted_values, q)`` (linear method) for values already sorted: an
+    interpolation instead of one partition per quantile (0.7 s -> 1 ms for 10,001 quantiles of
+    40k scores)."""
+    positions = q * (len(sorted_values) - 1)
+    return np.interp(positions, np.arange(len(sorted_values)), sorted_values)
 
 
 def _as_frame(X: pd.DataFrame | np.ndarray, expected: list[str] | None = None) -> pd.DataFrame:

@@ -135,7 +135,8 @@ def fit_vae(
         seen = 0
         for start in range(0, n_train, batch_size):
             idx = order[start : start + batch_size]
-            xb, ob = x_train[idx], o_train[idx]
+            xb = x_train[idx]
+            ob = xb if numeric_only else o_train[idx]  # the mask is not read when all observed
             weight = beta * min(1.0, step / warmup_steps) if warmup_steps else beta
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 out, mu, log_var = model(xb)
