@@ -16,7 +16,7 @@ For each database (a SQLite file in WAL mode; PostgreSQL when reachable) on ONE 
 
 Repetitions alternate between the methods, fresh keys each time; medians are reported.
 
-    python benchmarks/db_write.py [--rows 100000] [--repeat 3] [--postgres URL]
+    python -m benchmarks.db_write [--rows 100000] [--repeat 3] [--postgres URL]
 
 Prints a Markdown table and writes benchmarks/results/db_write.json.
 """

@@ -29,7 +29,7 @@ Detectors (``DETECTORS``): ``vae-rowwise`` (``AnomalyVAE`` on one row at a time)
 windowed VAE (``window: {size: N}``: ``vae-window60``, ``vae-window20``, ...), whose test rows are
 scored after the training rows went through the same window state.
 
-    python benchmarks/skab.py [--quick] [--detector vae-rowwise] [--data ../shared/data/skab]
+    python -m benchmarks.skab [--quick] [--detector vae-rowwise] [--data ../shared/data/skab]
 
 Prints a Markdown table; writes benchmarks/results/skab.json and skab.md (skab_<detector>.* for
 the other detectors).

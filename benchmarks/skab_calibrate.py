@@ -12,7 +12,7 @@ quantile): scale-free, so the same margin reads for every file. The chosen margi
 smallest one whose pooled false-alarm rate on the anomaly-free pieces is at most
 ``TARGET_FAR`` (5 %, fixed before looking at any test file), for each detector.
 
-    python benchmarks/skab_calibrate.py [--detector vae-window60] [--out benchmarks/results]
+    python -m benchmarks.skab_calibrate [--detector vae-window60] [--out benchmarks/results]
 
 Writes skab_calibration.json (the FAR of every candidate; the chosen margin per detector).
 """

@@ -14,7 +14,7 @@ Figures: the arrays' bytes (``WindowState.nbytes``), everything the state alloca
 after, and the serialised size per entity (what ``window_states`` stores). No model is
 involved: the state does not depend on it, only on ``size`` and the encoded width.
 
-    python benchmarks/windows_memory.py [--quick] [--entities 100000] [--size 60] [--width 8]
+    python -m benchmarks.windows_memory [--quick] [--entities 100000] [--size 60] [--width 8]
 
 Prints a Markdown table; writes benchmarks/results/windows_memory.json and .md.
 """
