@@ -56,6 +56,7 @@ from sklearn.svm import OneClassSVM
 
 from anomaly_vae import AnomalyVAE
 from anomaly_vae._version import __version__
+from benchmarks.suite import write_result
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -564,10 +565,7 @@ def main(argv: list[str] | None = None) -> None:
     check_result(result)
     text = markdown(result, published)
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "detection_quick" if args.quick else "detection"
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / f"{stem}.md").write_text(text)
+    write_result(args.out, "detection_quick" if args.quick else "detection", result, text)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ from anomaly_vae.thresholds import (
     quantile_threshold,
     tune_from_labels,
 )
+from benchmarks.suite import write_result
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -326,11 +327,9 @@ def main(argv: list[str] | None = None) -> None:
     published = pd.read_csv(PUBLISHED)
     text = markdown(result, published)
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "skab" if args.detector == "vae-rowwise" else f"skab_{args.detector}"
     stem = f"{stem}_quick" if args.quick else stem
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / f"{stem}.md").write_text(text)
+    write_result(args.out, stem, result, text)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ Writes ``benchmarks/results/speed.json`` and ``speed.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -33,6 +32,7 @@ import torch
 from anomaly_vae import AnomalyVAE, __version__
 from anomaly_vae.jobs.batch import scoring_threads
 from anomaly_vae.scoring import Scorer
+from benchmarks.suite import write_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 N_FEATURES = 32
@@ -288,11 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         "model_scoring": scoring,
         "csv_scoring": csv_rows,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.device == "cpu" else f"-{args.device}"
-    (args.out / f"speed{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / f"speed{suffix}.md").write_text(to_markdown(result))
-    print(f"wrote {args.out / f'speed{suffix}.json'} and .md", flush=True)
+    path = write_result(args.out, f"speed{suffix}", result, to_markdown(result))
+    print(f"wrote {path} and .md", flush=True)
     return 0
 
 

@@ -162,6 +162,15 @@ SUITE: list[Benchmark] = [
 ]
 
 
+def write_result(folder: Path, stem: str, result: dict[str, Any], markdown: str) -> Path:
+    """``<stem>.json`` and ``<stem>.md`` in ``folder`` (created); the JSON file's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{stem}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    (folder / f"{stem}.md").write_text(markdown)
+    return path
+
+
 def check_folder(folder: Path, benchmarks: list[Benchmark], *, quick: bool) -> list[str]:
     """Problems with the result files of ``benchmarks`` in ``folder`` (empty: all well formed)."""
     problems: list[str] = []

@@ -46,6 +46,7 @@ from torch import nn
 from anomaly_vae import AnomalyVAE
 from anomaly_vae._version import __version__
 from benchmarks.speed import N_FEATURES, synthetic
+from benchmarks.suite import write_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL_ROWS, QUICK_ROWS = 200_000, 20_000
@@ -309,10 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     check_result(result)
     text = markdown(result)
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "train_speed_quick" if args.quick else "train_speed"
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / f"{stem}.md").write_text(text)
+    write_result(args.out, "train_speed_quick" if args.quick else "train_speed", result, text)
 
 
 if __name__ == "__main__":

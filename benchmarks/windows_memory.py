@@ -22,7 +22,6 @@ Prints a Markdown table; writes benchmarks/results/windows_memory.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import time
@@ -35,6 +34,7 @@ import numpy as np
 
 from anomaly_vae.features import EncodedBatch
 from anomaly_vae.windows import WindowSpec, WindowState, entity_to_bytes
+from benchmarks.suite import write_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCH = 5000
@@ -151,10 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     text = markdown(result)
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "windows_memory_quick" if args.quick else "windows_memory"
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / f"{stem}.md").write_text(text)
+    write_result(args.out, stem, result, text)
 
 
 if __name__ == "__main__":
