@@ -458,14 +458,7 @@ class AnomalyVAE(BaseEstimator):
             return self._score_windows(frame, clean, rejects, threshold, windows)
         encoded = self.preprocessor_.transform(clean)
         arrays = self._scorer().score(encoded)
-        scores = self._score_frame(arrays, clean.index, threshold)
-        return ScoreBatch(
-            scores=scores,
-            rejects=rejects,
-            raw_contributions=arrays.contributions,
-            feature_names=list(self.schema_.names),
-            baseline=self.feature_baseline_,
-        )
+        return self._batch(arrays, self._score_frame(arrays, clean.index, threshold), rejects)
 
     def _score_windows(
         self,
@@ -512,6 +505,11 @@ class AnomalyVAE(BaseEstimator):
         scores = self._score_frame(arrays, clean.index, threshold)
         scores["window_status"] = assembled.status_names()
         scores.loc[assembled.status != OK, "is_anomaly"] = np.int8(0)
+        return self._batch(arrays, scores, rejects)
+
+    def _batch(
+        self, arrays: ScoreArrays, scores: pd.DataFrame, rejects: pd.DataFrame
+    ) -> ScoreBatch:
         return ScoreBatch(
             scores=scores,
             rejects=rejects,
