@@ -19,12 +19,12 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from anomaly_vae.errors import ConfigError
 from anomaly_vae.estimator import AnomalyVAE, ScoreBatch, label_to_binary
 from anomaly_vae.sources.csv import CsvSource
+from anomaly_vae.training import torch_threads
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -207,34 +207,34 @@ def score_csv(
         leave=False,
     )
     writer = _SinkWorker(sinks)
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(scoring_threads(model.config_.scoring.num_threads))
     windows = model.new_window_state()  # a windowed model: carried from chunk to chunk
     try:
-        # Three stages overlap: parsing (a reader thread), scoring (here; torch releases the
-        # GIL) and writing (a writer thread). Each queue holds two chunks: memory stays bounded.
-        for chunk in _in_background(source.chunks(), depth=2):
-            frame = chunk.frame
-            batch = model.score_batch(
-                frame, threshold=threshold, source=source.label, windows=windows
-            )
-            rejects = (
-                pd.concat([chunk.rejects, batch.rejects]) if len(chunk.rejects) else batch.rejects
-            )
-            scored = ScoredChunk(batch, frame, rejects.sort_index(), columns)
-            writer.put(scored)
-            summary.rows_read += len(frame) + len(chunk.rejects)
-            summary.rows_scored += len(batch.scores)
-            summary.rows_flagged += int(batch.scores["is_anomaly"].sum())
-            summary.rows_rejected += len(rejects)
-            if label is not None:
-                labels = label_to_binary(frame.loc[batch.scores.index, label], name=label)
-                scores_seen.append(batch.scores["score"].to_numpy())
-                labels_seen.append(labels.to_numpy(dtype="float64", na_value=np.nan))
-            bar.update(max(0, source.position() - bar.n) if not source.compressed else 0)
-        writer.finish()
+        with torch_threads(scoring_threads(model.config_.scoring.num_threads)):
+            # Three stages overlap: parsing (a reader thread), scoring (here; torch releases the
+            # GIL) and writing (a writer thread). Each queue holds two chunks: memory stays bounded.
+            for chunk in _in_background(source.chunks(), depth=2):
+                frame = chunk.frame
+                batch = model.score_batch(
+                    frame, threshold=threshold, source=source.label, windows=windows
+                )
+                rejects = (
+                    pd.concat([chunk.rejects, batch.rejects])
+                    if len(chunk.rejects)
+                    else batch.rejects
+                )
+                scored = ScoredChunk(batch, frame, rejects.sort_index(), columns)
+                writer.put(scored)
+                summary.rows_read += len(frame) + len(chunk.rejects)
+                summary.rows_scored += len(batch.scores)
+                summary.rows_flagged += int(batch.scores["is_anomaly"].sum())
+                summary.rows_rejected += len(rejects)
+                if label is not None:
+                    labels = label_to_binary(frame.loc[batch.scores.index, label], name=label)
+                    scores_seen.append(batch.scores["score"].to_numpy())
+                    labels_seen.append(labels.to_numpy(dtype="float64", na_value=np.nan))
+                bar.update(max(0, source.position() - bar.n) if not source.compressed else 0)
+            writer.finish()
     finally:
-        torch.set_num_threads(threads_before)
         bar.close()
         writer.abort()
         for sink in sinks:

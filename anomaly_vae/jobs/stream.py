@@ -31,7 +31,6 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 import pandas as pd
-import torch
 
 from anomaly_vae.config import PipelineConfig
 from anomaly_vae.estimator import AnomalyVAE, ScoreBatch
@@ -47,6 +46,7 @@ from anomaly_vae.sources.kafka import (
     next_offsets,
     redacted,
 )
+from anomaly_vae.training import torch_threads
 from anomaly_vae.windows import WindowCounters, WindowState
 
 logger = logging.getLogger(__name__)
@@ -255,9 +255,6 @@ class StreamScorer:
             return self.stats
         consumer = self._consumer
         kafka = self.cfg.kafka
-        threads_before = torch.get_num_threads()
-        # Polling and writing need a core too; two torch threads beside them run slower.
-        torch.set_num_threads(kafka.num_threads)
         worker = self._worker = _BatchWorker(self)
         started = last_record = time.monotonic()
         assigned = paused = False
@@ -268,67 +265,68 @@ class StreamScorer:
         last_log = time.monotonic()
         logged_at = (0, time.monotonic())
         try:
-            while not self.stop_event.is_set():
+            # Polling and writing need a core too; two torch threads beside them run slower.
+            with torch_threads(kafka.num_threads):
+                while not self.stop_event.is_set():
+                    self._collect(worker)
+                    if worker.error is not None:
+                        break
+                    remaining = None if max_messages is None else max_messages - polled_total
+                    if remaining is not None and remaining <= 0:
+                        break
+                    limit = (
+                        kafka.max_batch_records
+                        if remaining is None
+                        else min(remaining, kafka.max_batch_records)
+                    )
+                    if worker.full():
+                        # Keep polling (group membership) but fetch nothing until the worker
+                        # catches up, e.g. while the database is unreachable.
+                        if not paused:
+                            consumer.pause(*consumer.assignment())
+                            paused = True
+                        consumer.poll(timeout_ms=50, max_records=1)
+                        worker.wait_for_room(timeout=0.2)
+                        continue
+                    if paused:
+                        consumer.resume(*consumer.paused())
+                        paused = False
+                    polled = consumer.poll(timeout_ms=kafka.max_batch_wait_ms, max_records=limit)
+                    records = flatten(polled)
+                    now = time.monotonic()
+                    if not assigned and consumer.assignment():
+                        assigned = True
+                        last_record = now
+                    if records:
+                        last_record = now
+                        polled_total += len(records)
+                        worker.submit(records)
+                    elif worker.in_flight:
+                        last_record = now  # not idle while a batch is still being written
+                    elif idle_timeout is not None and (
+                        (assigned and now - last_record >= idle_timeout)
+                        or (not assigned and now - started >= idle_timeout + join_grace)
+                    ):
+                        logger.info("no message for %.1f s: stopping", idle_timeout)
+                        break
+                    if self._pending:
+                        self._commit()
+                    if now - last_log >= kafka.metrics_interval_s:
+                        logged_at = self._log_metrics(logged_at)
+                        last_log = now
+                worker.finish()  # the batches in hand are scored, written and then committed
                 self._collect(worker)
-                if worker.error is not None:
-                    break
-                remaining = None if max_messages is None else max_messages - polled_total
-                if remaining is not None and remaining <= 0:
-                    break
-                limit = (
-                    kafka.max_batch_records
-                    if remaining is None
-                    else min(remaining, kafka.max_batch_records)
-                )
-                if worker.full():
-                    # Keep polling (group membership) but fetch nothing until the worker
-                    # catches up, e.g. while the database is unreachable.
-                    if not paused:
-                        consumer.pause(*consumer.assignment())
-                        paused = True
-                    consumer.poll(timeout_ms=50, max_records=1)
-                    worker.wait_for_room(timeout=0.2)
-                    continue
-                if paused:
-                    consumer.resume(*consumer.paused())
-                    paused = False
-                polled = consumer.poll(timeout_ms=kafka.max_batch_wait_ms, max_records=limit)
-                records = flatten(polled)
-                now = time.monotonic()
-                if not assigned and consumer.assignment():
-                    assigned = True
-                    last_record = now
-                if records:
-                    last_record = now
-                    polled_total += len(records)
-                    worker.submit(records)
-                elif worker.in_flight:
-                    last_record = now  # not idle while a batch is still being written
-                elif idle_timeout is not None and (
-                    (assigned and now - last_record >= idle_timeout)
-                    or (not assigned and now - started >= idle_timeout + join_grace)
-                ):
-                    logger.info("no message for %.1f s: stopping", idle_timeout)
-                    break
-                if self._pending:
-                    self._commit()
-                if now - last_log >= kafka.metrics_interval_s:
-                    logged_at = self._log_metrics(logged_at)
-                    last_log = now
-            worker.finish()  # the batches in hand are scored, written and then committed
-            self._collect(worker)
-            if isinstance(worker.error, _StoppedError):
-                logger.warning(
-                    "stopped while the database was unreachable: %d records were not committed "
-                    "and will be scored again on restart",
-                    worker.error.records,
-                )
-            elif worker.error is not None:
-                raise worker.error
+                if isinstance(worker.error, _StoppedError):
+                    logger.warning(
+                        "stopped while the database was unreachable: %d records were not committed "
+                        "and will be scored again on restart",
+                        worker.error.records,
+                    )
+                elif worker.error is not None:
+                    raise worker.error
         finally:
             worker.abort()
             self._close()
-            torch.set_num_threads(threads_before)
         return self.stats
 
     def _collect(self, worker: _BatchWorker) -> None:
