@@ -416,23 +416,23 @@ class AlertTracker:
         """Feed records in time order; return the alert events they cause."""
         events: list[AlertEvent] = []
         rule = self.rule
-        n = len(severities)
         levels = np.asarray(severities, dtype=np.int64).tolist()
-        # Plain numbers (epoch seconds, NaN where unknown): this loop runs over every record
-        # of a write, so nothing pandas inside it.
-        seconds = [math.nan] * n
-        nanos: list[int] = [0] * n
-        if times is not None:
-            stamps = pd.to_datetime(pd.Series(times), utc=True, errors="coerce")
+        visit = self._worth_visiting(entities, levels)
+        # Plain numbers (epoch seconds, NaN where unknown) for the records visited: this loop
+        # runs over them one by one, so nothing pandas inside it.
+        seconds: dict[int, float] = dict.fromkeys(visit, math.nan)
+        nanos: dict[int, int] = dict.fromkeys(visit, 0)
+        if times is not None and visit:
+            stamps = pd.to_datetime(pd.Series(times), utc=True, errors="coerce").iloc[visit]
             known = stamps.notna().to_numpy()
             raw = stamps.dt.tz_convert(None).to_numpy(dtype="datetime64[ns]").view(np.int64)
-            nanos = raw.tolist()
-            seconds = np.where(known, raw / 1e9, np.nan).tolist()
+            nanos = dict(zip(visit, raw.tolist(), strict=True))
+            seconds = dict(zip(visit, np.where(known, raw / 1e9, np.nan).tolist(), strict=True))
 
         def when(i: int) -> pd.Timestamp | None:
             return None if math.isnan(seconds[i]) else pd.Timestamp(nanos[i], tz="UTC")
 
-        for i in self._worth_visiting(entities, levels):
+        for i in visit:
             entity_raw, sev, now = entities[i], levels[i], seconds[i]
             entity = "" if entity_raw is None or entity_raw != entity_raw else str(entity_raw)
             state = self.states.get(entity)

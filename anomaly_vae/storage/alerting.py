@@ -118,6 +118,7 @@ def apply_alert_rule(
         entities={e: bool(timed.get(e, True)) for e in candidates},
         rule=rule,
         history_filter=history_filter,
+        alerts_filtered=False,
     )
     seed_tracker(tracker, states)
     for entity, state in states.items():
@@ -131,8 +132,11 @@ def apply_alert_rule(
     )
     if not events:
         return changes
-    keys = todo["source_key"].to_numpy(dtype=object)
-    score_ids = _score_ids(connection, model_id, sorted({keys[e.index] for e in events}))
+    # Each event's record, by its position in ``records``: only these keys are read.
+    where = todo["position"].to_numpy()[[e.index for e in events]]
+    event_keys = _as_text(records["source_key"].iloc[where]).tolist()
+    score_ids = _score_ids(connection, model_id, sorted(set(event_keys)))
+    score_of = {id(e): score_ids[key] for e, key in zip(events, event_keys, strict=True)}
     entities = {_tracker_key(e): e for e in candidates}
     # Few statements, whatever the events: every opening in one insert (ids back, in order),
     # then every escalation and every resolution in one executemany each.
@@ -141,7 +145,7 @@ def apply_alert_rule(
         connection,
         [
             {
-                "score_id": score_ids[keys[e.index]],
+                "score_id": score_of[id(e)],
                 "model_id": model_id,
                 "threshold_id": threshold_id,
                 "entity_key": entities[e.entity],
@@ -157,7 +161,7 @@ def apply_alert_rule(
     escalations: list[dict[str, Any]] = []
     resolutions: list[dict[str, Any]] = []
     for event in events:
-        score_id = score_ids[keys[event.index]]
+        score_id = score_of[id(event)]
         if event.kind == "open":
             alert_of[event.entity] = opened_by[id(event)]
             changes.opened.append(opened_by[id(event)])
@@ -206,9 +210,10 @@ def _batch_frame(records: pd.DataFrame, new: np.ndarray, now: datetime) -> pd.Da
     n = len(records)
     flags = records["is_anomaly"].to_numpy(dtype=bool, na_value=False)
     level = flags.astype(np.int8)
-    if "severity" in records:
-        critical = records["severity"].to_numpy(dtype=object) == "critical"
-        level[flags & critical] = SEVERITY_CRITICAL
+    if "severity" in records and flags.any():
+        flagged = np.flatnonzero(flags)
+        critical = records["severity"].to_numpy(dtype=object)[flagged] == "critical"
+        level[flagged[critical]] = SEVERITY_CRITICAL
     if "entity_key" in records:  # as stored: text, or None
         raw = records["entity_key"]
         values = raw.to_numpy(dtype=object)
@@ -229,7 +234,6 @@ def _batch_frame(records: pd.DataFrame, new: np.ndarray, now: datetime) -> pd.Da
         event_time = pd.Series(pd.NaT, index=records.index, dtype="datetime64[ns, UTC]")
     frame = pd.DataFrame(
         {
-            "source_key": _as_text(records["source_key"]),
             "entity": entity.to_numpy(dtype=object),
             "level": level,
             "timed": event_time.notna().to_numpy(),
@@ -241,8 +245,9 @@ def _batch_frame(records: pd.DataFrame, new: np.ndarray, now: datetime) -> pd.Da
     )
     if not new.all():  # every record inserted: no key can be there twice
         frame = frame[new]
-        if not frame["source_key"].is_unique:
-            frame = frame.drop_duplicates("source_key")
+        keys = _as_text(records["source_key"])[frame["position"].to_numpy()]
+        if not pd.Series(keys).is_unique:
+            frame = frame[~pd.Series(keys).duplicated().to_numpy()]
     return frame.sort_values(["time", "position"], kind="stable").reset_index(drop=True)
 
 
@@ -348,11 +353,16 @@ def seed_states(
     rule: AlertRule,
     history_filter: ColumnElement[bool],
     as_of: datetime | None = None,
+    alerts_filtered: bool = True,
 ) -> dict[str | None, EntityState]:
     """Each entity's state from the stored records that ``history_filter`` keeps (``entities``
     maps an entity to whether its records have event times) and its newest alert opened by
-    one of them: in progress now or, with ``as_of``, at that time."""
-    newest = _newest_alerts(connection, model_id, list(entities), history_filter, as_of)
+    one of them: in progress now or, with ``as_of``, at that time. ``alerts_filtered=False``
+    takes the newest alert whatever record opened it (the write path: the records it has just
+    inserted have opened no alert yet), which spares a join of every alert with its score."""
+    newest = _newest_alerts(
+        connection, model_id, list(entities), history_filter if alerts_filtered else None, as_of
+    )
     window = max(rule.n, rule.resolve_after)
     recent = _last_records(connection, model_id, entities, window, history_filter)
     out: dict[str | None, EntityState] = {}
@@ -437,11 +447,12 @@ def _newest_alerts(
     connection: Connection,
     model_id: int,
     entities: list[str | None],
-    history_filter: ColumnElement[bool],
+    history_filter: ColumnElement[bool] | None,
     as_of: datetime | None,
 ) -> dict[str | None, dict[str, Any]]:
-    """Each entity's newest alert opened by a record that ``history_filter`` keeps, and
-    whether it was in progress (now, or at ``as_of`` when given: not yet resolved then)."""
+    """Each entity's newest alert opened by a record that ``history_filter`` keeps (any
+    record when None), and whether it was in progress (now, or at ``as_of`` when given: not
+    yet resolved then)."""
     named = [e for e in entities if e is not None]
     conditions: list[ColumnElement[bool]] = []
     if named:
@@ -451,12 +462,10 @@ def _newest_alerts(
     if not conditions:
         return {}
     who = or_(*conditions)
-    newest = (
-        select(func.max(Alert.id))
-        .join(Score, Score.id == Alert.score_id)
-        .where(Alert.model_id == model_id, who, history_filter)
-        .group_by(Alert.entity_key)
-    )
+    newest = select(func.max(Alert.id)).where(Alert.model_id == model_id, who)
+    if history_filter is not None:
+        newest = newest.join(Score, Score.id == Alert.score_id).where(history_filter)
+    newest = newest.group_by(Alert.entity_key)
     resolving = aliased(Score)
     rows = connection.execute(
         select(

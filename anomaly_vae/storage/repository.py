@@ -39,7 +39,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect, Row
 
 from anomaly_vae.errors import ConfigError
-from anomaly_vae.storage.alerting import alert_details, apply_alert_rule, not_written_by
+from anomaly_vae.storage.alerting import alert_details as fetch_alert_details
+from anomaly_vae.storage.alerting import apply_alert_rule, not_written_by
 from anomaly_vae.storage.tables import (
     Alert,
     DeadLetter,
@@ -405,6 +406,7 @@ def write_results(
     alert_rule: AlertRule | None = None,
     scored_at: datetime | None = None,
     window_states: Mapping[str, bytes] | None = None,
+    alert_details: bool = True,
 ) -> WriteCounts:
     """Write a batch of scored records, their rejects and the alerts they open, in ONE
     transaction; rows whose ``(source_key, model_id)`` is already stored are left as they are.
@@ -420,6 +422,8 @@ def write_results(
     text, or lists of ``[column, share]``). ``rejects`` has ``source_key``, ``reason`` and
     ``raw`` (text). The run's counts grow in the same transaction. ``window_states`` (a windowed
     model's serialised state per entity after this batch) is stored in the same transaction.
+    ``alert_details=False`` leaves ``WriteCounts.alerts`` empty (the alerts opened are still
+    counted): a caller that publishes nothing need not read them back.
 
     The call begins and commits its own transaction, so the rows are durable when it returns
     (a stream scorer commits its offsets after it). ``connection`` must have no transaction
@@ -429,16 +433,15 @@ def write_results(
     if rejects is not None:
         _require_columns(rejects, REJECT_COLUMNS, "rejects")
     now = scored_at or utc_now()
-    with _transaction(connection):
+    with _gc_paused(), _transaction(connection):
         dialect = connection.dialect
-        with _gc_paused():
-            score_rows, flagged_keys = _score_rows(records, dialect, run_id, model_id, now)
-        scores_inserted = _insert_rows(connection, "scores", score_rows)
+        score_rows, flagged_keys = _score_rows(records, dialect, run_id, model_id, now)
+        scores_inserted = _insert_rows(connection, "scores", score_rows, len(records))
         dead_inserted = 0
         n_rejects = 0 if rejects is None else len(rejects)
         if rejects is not None and n_rejects:
             dead_rows = _dead_letter_rows(rejects, dialect, run_id, model_id, now)
-            dead_inserted = _insert_rows(connection, "dead_letters", dead_rows)
+            dead_inserted = _insert_rows(connection, "dead_letters", dead_rows, n_rejects)
         changes = apply_alert_rule(
             connection,
             model_id=model_id,
@@ -449,7 +452,11 @@ def write_results(
             now=now,
             history_filter=not_written_by(run_id, now),
         )
-        opened = alert_details(connection, alert_ids=changes.opened)
+        opened = (
+            fetch_alert_details(connection, alert_ids=changes.opened)
+            if alert_details
+            else [{"alert_id": alert_id} for alert_id in changes.opened]
+        )
         if window_states:
             save_window_states(connection, model_id=model_id, states=window_states, now=now)
         connection.execute(
@@ -469,7 +476,7 @@ def write_results(
         dead_letters_given=n_rejects,
         dead_letters_inserted=dead_inserted,
         alerts_opened=len(opened),
-        alerts=tuple(opened),
+        alerts=tuple(opened) if alert_details else (),
         alerts_escalated=len(changes.escalated),
         alerts_resolved=len(changes.resolved),
     )
@@ -486,11 +493,11 @@ def _inserted_mask(
     """Which of ``records`` this write inserted: all or none in the usual cases (a new batch,
     a replayed one); else the keys now stored with this run and write time."""
     n = len(records)
-    keys = records["source_key"].astype(str)
     if inserted == 0:
         return np.zeros(n, dtype=bool)
-    if inserted == n and not keys.duplicated().any():
+    if inserted == n:  # a key twice in the batch is inserted once: n new rows, n unique keys
         return np.ones(n, dtype=bool)
+    keys = records["source_key"].astype(str)
     mine: set[str] = set()
     query = select(Score.source_key).where(
         Score.model_id == model_id,
@@ -508,9 +515,10 @@ def _inserted_mask(
 
 @contextmanager
 def _gc_paused() -> Iterator[None]:
-    """Building 100k row tuples would trigger the cyclic garbage collector over and over
-    (each collection walks every tracked object in the process): tuples of numbers and
-    strings hold no cycles, so collection waits until they are built."""
+    """A write builds a row tuple per record (100k in a batch job's chunk): each would count
+    towards the cyclic garbage collector's next run, and a full collection walks every tracked
+    object in the process (a long-running job's heap included) several times per chunk. Tuples
+    of numbers and strings hold no cycles, so collection waits until the write returns."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -587,20 +595,33 @@ def insert_statement(dialect_name: str, table_name: str) -> str:
     return str(compiled)
 
 
-def _insert_rows(connection: Connection, table_name: str, rows: list[tuple[Any, ...]]) -> int:
+def _insert_rows(
+    connection: Connection, table_name: str, rows: Iterator[tuple[Any, ...]], n: int
+) -> int:
     """Insert rows (in ``_INSERT_COLUMNS`` order), skipping keys already stored; returns how
     many were new. SQLite: the driver's ``executemany``. PostgreSQL: ``COPY`` into a temporary
     staging table, then one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` (several times
-    faster than ``executemany``, which pays a round of protocol messages per row)."""
-    if not rows:
+    faster than ``executemany``, which pays a round of protocol messages per row).
+
+    ``rows`` is an iterator: each tuple is built as the driver takes it and freed once bound,
+    so a 100k-row write leaves no 100k tuples for the garbage collector to walk."""
+    if not n:
         return 0
     if connection.dialect.name == "postgresql":
         return _copy_then_insert(connection, table_name, rows)
-    result = connection.exec_driver_sql(insert_statement("sqlite", table_name), rows)
-    return max(int(result.rowcount), 0)
+    raw = connection.connection.driver_connection  # sqlite3, inside this transaction
+    assert raw is not None
+    cursor = raw.cursor()
+    try:
+        cursor.executemany(insert_statement("sqlite", table_name), rows)
+        return max(int(cursor.rowcount), 0)
+    finally:
+        cursor.close()
 
 
-def _copy_then_insert(connection: Connection, table_name: str, rows: list[tuple[Any, ...]]) -> int:
+def _copy_then_insert(
+    connection: Connection, table_name: str, rows: Iterator[tuple[Any, ...]]
+) -> int:
     create, copy_sql, insert_sql = _staging_statements(table_name)
     raw = connection.connection.driver_connection  # psycopg, inside this transaction
     assert raw is not None
@@ -637,7 +658,7 @@ def _staging_statements(table_name: str) -> tuple[str, str, str]:
 
 def _score_rows(
     records: pd.DataFrame, dialect: Dialect, run_id: int, model_id: int, now: datetime
-) -> tuple[list[tuple[Any, ...]], list[str]]:
+) -> tuple[Iterator[tuple[Any, ...]], list[str]]:
     n = len(records)
     keys = _texts(records["source_key"], "source_key")
     flags = records["is_anomaly"].to_numpy(dtype=bool, na_value=False)
@@ -664,12 +685,12 @@ def _score_rows(
         _json_texts(records.get("top_features"), n),
     )
     flagged = np.asarray(keys, dtype=object)[flags].tolist()
-    return list(zip(*columns, strict=True)), flagged
+    return zip(*columns, strict=True), flagged
 
 
 def _dead_letter_rows(
     rejects: pd.DataFrame, dialect: Dialect, run_id: int, model_id: int, now: datetime
-) -> list[tuple[Any, ...]]:
+) -> Iterator[tuple[Any, ...]]:
     n = len(rejects)
     columns = (
         _texts(rejects["source_key"], "source_key"),
@@ -679,7 +700,7 @@ def _dead_letter_rows(
         _optional_texts(rejects, "raw", n),
         [_timestamp_value(now, dialect)] * n,
     )
-    return list(zip(*columns, strict=True))
+    return zip(*columns, strict=True)
 
 
 def _texts(series: pd.Series, name: str) -> list[str]:

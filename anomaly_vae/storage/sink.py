@@ -177,6 +177,7 @@ class DatabaseSink:
             rejects=self.rejects(chunk),
             threshold_id=self.run.threshold_id,
             alert_rule=self.run.alert_rule,
+            alert_details=False,  # a batch job publishes no alerts
         )
         self.written += counts.scores_given
         self.inserted += counts.scores_inserted
