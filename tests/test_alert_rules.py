@@ -341,3 +341,52 @@ def test_the_pipeline_alerts_section_is_checked(tmp_path: Path) -> None:
         PipelineConfig.from_yaml(path)
     path.write_text("alerts:\n  k: 2\n  n: 3\n  cooldown_s: 30\n")
     assert PipelineConfig.from_yaml(path).alerts == AlertsConfig(k=2, n=3, cooldown_s=30.0)
+
+
+def test_alert_details_are_read_back_only_when_wanted(db_url: str) -> None:
+    frame = stream_of_records(120, seed=8)
+    engine = engine_for(db_url)
+    try:
+        with engine.connect() as connection:
+            model_id, run_id = start(connection)
+            quiet = repo.write_results(
+                connection,
+                run_id=run_id,
+                model_id=model_id,
+                records=frame.iloc[:60],
+                alert_rule=RULE,
+                alert_details=False,
+            )
+            told = repo.write_results(
+                connection,
+                run_id=run_id,
+                model_id=model_id,
+                records=frame.iloc[60:],
+                alert_rule=RULE,
+            )
+            stored = decisions(connection)
+    finally:
+        engine.dispose()
+    assert quiet.alerts_opened > 0 and quiet.alerts == ()
+    assert told.alerts_opened == len(told.alerts) > 0
+    opened_keys = {str(alert["source_key"]) for alert in told.alerts}
+    assert opened_keys <= set(frame["source_key"].iloc[60:])
+    assert len(stored) == quiet.alerts_opened + told.alerts_opened
+    assert [g[:3] for g in stored] == expected(frame)
+
+
+def test_a_key_twice_in_one_batch_is_stored_and_judged_once(db_url: str) -> None:
+    frame = stream_of_records(90, seed=9)
+    doubled = pd.concat([frame.iloc[:45], frame.iloc[40:45], frame.iloc[45:]], ignore_index=True)
+    engine = engine_for(db_url)
+    try:
+        with engine.connect() as connection:
+            model_id, run_id = start(connection)
+            counts = repo.write_results(
+                connection, run_id=run_id, model_id=model_id, records=doubled, alert_rule=RULE
+            )
+            got = decisions(connection)
+    finally:
+        engine.dispose()
+    assert (counts.scores_given, counts.scores_inserted) == (95, 90)
+    assert [g[:3] for g in got] == expected(frame)
