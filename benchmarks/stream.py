@@ -84,8 +84,40 @@ def create_topic(bootstrap: str) -> str:
     return name
 
 
-def bare_consume(bootstrap: str, topic: str, n: int) -> float:
-    """kafka-python consume + json.loads of every message: messages per second."""
+class CpuClock:
+    """CPU seconds (user + system) spent by this process (all its threads) and by the broker
+    process, between ``start`` and ``stop``: what a message costs in CPU, whatever the load."""
+
+    def __init__(self, broker_pid: int | None) -> None:
+        self.broker_pid = broker_pid
+        self.here = self.broker = 0.0
+
+    def _broker_seconds(self) -> float:
+        if self.broker_pid is None:
+            return 0.0
+        try:
+            fields = Path(f"/proc/{self.broker_pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def start(self) -> None:
+        self.here, self.broker = time.process_time(), self._broker_seconds()
+
+    def stop(self, messages: int) -> dict[str, float]:
+        here = time.process_time() - self.here
+        broker = self._broker_seconds() - self.broker
+        return {
+            "cpu_us_per_msg": 1e6 * here / max(messages, 1),
+            "broker_cpu_us_per_msg": 1e6 * broker / max(messages, 1),
+        }
+
+
+def bare_consume(
+    bootstrap: str, topic: str, n: int, clock: CpuClock | None = None
+) -> tuple[float, dict[str, float]]:
+    """kafka-python consume + json.loads of every message: messages per second, and the CPU
+    it took per message (this process; the broker)."""
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(
@@ -99,17 +131,20 @@ def bare_consume(bootstrap: str, topic: str, n: int) -> float:
     )
     seen = 0
     started = None
+    clock = clock or CpuClock(None)
     while seen < n:
         polled = consumer.poll(timeout_ms=500, max_records=5000)
         for records in polled.values():
             if started is None:
                 started = time.perf_counter()
+                clock.start()
             for record in records:
                 json.loads(record.value)
             seen += len(records)
     elapsed = time.perf_counter() - (started or time.perf_counter())
+    cpu = clock.stop(n)
     consumer.close()
-    return n / elapsed
+    return n / elapsed, cpu
 
 
 def scorer_run(
@@ -122,8 +157,10 @@ def scorer_run(
     *,
     idle_timeout: float | None = None,
     stop_after: threading.Event | None = None,
+    clock: CpuClock | None = None,
 ) -> dict[str, Any]:
-    """The stream scorer into ``url``; returns the rate from the first record to the last."""
+    """The stream scorer into ``url``; returns the rate from the first record to the last and
+    the CPU per message (from the scorer's start: the group join is a small part of it)."""
     from anomaly_vae.jobs.stream import StreamScorer
     from anomaly_vae.storage.engine import create_database_engine, parse_database_url
     from anomaly_vae.storage.stream import DatabaseThresholdSource, StreamDatabaseSink
@@ -149,12 +186,20 @@ def scorer_run(
             scorer.stop()
 
         threading.Thread(target=stop_later, daemon=True).start()
+    clock = clock or CpuClock(None)
+    clock.start()
     stats = scorer.run(max_messages=n, idle_timeout=idle_timeout)
+    cpu = clock.stop(stats.consumed)
     engine.dispose()
     if stats.first_batch_at is None or stats.last_batch_at is None:
         return {"messages": 0, "seconds": float("nan"), "rate": 0.0}
     elapsed = stats.last_batch_at - stats.first_batch_at
-    return {"messages": stats.consumed, "seconds": elapsed, "rate": stats.consumed / elapsed}
+    return {
+        "messages": stats.consumed,
+        "seconds": elapsed,
+        "rate": stats.consumed / elapsed,
+        **cpu,
+    }
 
 
 def latency(url: str, topic: str) -> dict[str, float]:
@@ -240,8 +285,14 @@ def main(argv: list[str] | None = None) -> int:
         values = payloads(n, seed=2)
         topic = create_topic(broker.bootstrap)
         produce(broker.bootstrap, topic, values)
-        bare = bare_consume(broker.bootstrap, topic, n)
-        print(f"  (a) bare kafka-python consume + json.loads: {bare:,.0f} messages/s", flush=True)
+        pid = broker.process.pid if broker.process is not None else None
+        bare, bare_cpu = bare_consume(broker.bootstrap, topic, n, CpuClock(pid))
+        print(
+            f"  (a) bare kafka-python consume + json.loads: {bare:,.0f} messages/s; CPU per "
+            f"message {bare_cpu['cpu_us_per_msg']:.1f} µs here, "
+            f"{bare_cpu['broker_cpu_us_per_msg']:.1f} µs in the broker",
+            flush=True,
+        )
         targets = [("SQLite", migrated(f"sqlite:///{Path(tmp) / 'results.db'}"), None)]
         if args.postgres:
             try:
@@ -251,10 +302,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  PostgreSQL skipped: {type(exc).__name__}: {exc}", flush=True)
         for label, url, drop in targets:
             try:
-                run = scorer_run(model, model_dir, url, broker.bootstrap, topic, n)
+                run = scorer_run(
+                    model, model_dir, url, broker.bootstrap, topic, n, clock=CpuClock(pid)
+                )
                 print(
                     f"  (b) scorer into {label}: {run['rate']:,.0f} messages/s "
-                    f"({run['rate'] / bare:.0%} of bare)",
+                    f"({run['rate'] / bare:.0%} of bare); CPU per message "
+                    f"{run['cpu_us_per_msg']:.1f} µs in the scorer, "
+                    f"{run['broker_cpu_us_per_msg']:.1f} µs in the broker",
                     flush=True,
                 )
                 half = 0.5 * run["rate"]
@@ -283,7 +338,10 @@ def main(argv: list[str] | None = None) -> int:
                     {
                         "database": label,
                         "bare_rate": bare,
+                        "bare_cpu_us_per_msg": bare_cpu["cpu_us_per_msg"],
                         "scorer_rate": run["rate"],
+                        "scorer_cpu_us_per_msg": run["cpu_us_per_msg"],
+                        "broker_cpu_us_per_msg": run["broker_cpu_us_per_msg"],
                         "ratio": run["rate"] / bare,
                         "latency_rate": half,
                         **lat,
@@ -314,15 +372,26 @@ def main(argv: list[str] | None = None) -> int:
         f"load {result['machine']['load_average'][0]:.1f})",
         "",
         "| database | bare consume + json.loads (msg/s) | scorer end to end (msg/s) | ratio | "
-        "latency p50 / p99 at half rate |",
-        "| --- | ---: | ---: | ---: | --- |",
+        "latency p50 / p99 at half rate | CPU µs/msg: bare, scorer, broker | cores for 80 % |",
+        "| --- | ---: | ---: | ---: | --- | --- | ---: |",
     ]
     for r in rows:
+        # The CPU that 80 % of the bare rate takes: the scorer's and the broker's per message.
+        cores = 0.8 * r["bare_rate"] * (r["scorer_cpu_us_per_msg"] + r["broker_cpu_us_per_msg"])
         lines.append(
             f"| {r['database']} | {r['bare_rate']:,.0f} | {r['scorer_rate']:,.0f} | "
             f"{r['ratio']:.0%} | {r['p50_ms']:.0f} / {r['p99_ms']:.0f} ms at "
-            f"{r['latency_rate']:,.0f} msg/s |"
+            f"{r['latency_rate']:,.0f} msg/s | {r['bare_cpu_us_per_msg']:.1f}, "
+            f"{r['scorer_cpu_us_per_msg']:.1f}, {r['broker_cpu_us_per_msg']:.1f} | "
+            f"{cores / 1e6:.2f} |"
         )
+    lines += [
+        "",
+        "CPU per message: user + system seconds of the consuming process (all threads) and of "
+        "the broker, over the run. 'Cores for 80 %': what 80 % of the bare rate would take on "
+        "this machine at those costs (the database server's own CPU, for PostgreSQL, not "
+        f"counted); this machine has {os.cpu_count()}.",
+    ]
     (args.out / "stream.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out / 'stream.json'} and .md", flush=True)
     return 0

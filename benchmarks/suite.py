@@ -67,7 +67,7 @@ def check_speed(data: dict[str, Any]) -> list[str]:
 
 
 def check_stream(data: dict[str, Any]) -> list[str]:
-    fields = ("bare_rate", "scorer_rate", "ratio", "p50_ms", "p99_ms")
+    fields = ("bare_rate", "scorer_rate", "ratio", "p50_ms", "p99_ms", "scorer_cpu_us_per_msg")
     return rows_with_positive(data, "rows", fields, "stream")
 
 
