@@ -367,7 +367,8 @@ def test_alert_details_are_read_back_only_when_wanted(db_url: str) -> None:
             stored = decisions(connection)
     finally:
         engine.dispose()
-    assert quiet.alerts_opened > 0 and quiet.alerts == ()
+    assert quiet.alerts_opened > 0
+    assert quiet.alerts == ()
     assert told.alerts_opened == len(told.alerts) > 0
     opened_keys = {str(alert["source_key"]) for alert in told.alerts}
     assert opened_keys <= set(frame["source_key"].iloc[60:])
