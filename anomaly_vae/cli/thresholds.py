@@ -19,7 +19,7 @@ import json
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -40,6 +40,43 @@ CRITICAL_HELP = (
     "Critical level, the same choices as NAME=VALUE: 60 (a value), quantile=0.9999, "
     "false-alarm-rate=1e-5, contamination=0.001, evt=1e-6 (the risk)."
 )
+
+
+# Options that several commands share, declared once.
+ModelArg = Annotated[str, typer.Argument(help=MODEL_HELP)]
+DbOpt = Annotated[str | None, typer.Option("--db", help=DB_HELP)]
+PipelineOpt = Annotated[Path | None, typer.Option("--pipeline", help=PIPELINE_HELP)]
+ValueOpt = Annotated[float | None, typer.Option("--value", help="A fixed threshold.")]
+QuantileOpt = Annotated[
+    float | None, typer.Option("--quantile", help="Quantile of held-out normal scores.")
+]
+FalseAlarmOpt = Annotated[
+    float | None,
+    typer.Option("--false-alarm-rate", help="Share of normal records that may cross."),
+]
+ContaminationOpt = Annotated[
+    float | None,
+    typer.Option("--contamination", help="Share of the stored scores (see --since) to flag."),
+]
+EvtOpt = Annotated[bool, typer.Option("--evt", help="Peaks over threshold (SPOT); needs --risk.")]
+RiskOpt = Annotated[
+    float | None, typer.Option("--risk", help="With --evt: P(normal score > threshold).")
+]
+CriticalOpt = Annotated[str | None, typer.Option("--critical", help=CRITICAL_HELP)]
+DebounceOpt = Annotated[
+    str | None,
+    typer.Option("--debounce", help="Alert rule: K/N, alert when K of the last N records cross."),
+]
+CooldownOpt = Annotated[
+    float | None,
+    typer.Option("--cooldown", help="Alert rule: seconds between two alerts of an entity."),
+]
+ResolveAfterOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--resolve-after", help="Alert rule: normal records in a row that resolve an alert."
+    ),
+]
 
 
 class Objective(str, Enum):
@@ -195,10 +232,10 @@ def _threshold_dict(row: Any) -> dict[str, Any]:
 # ====================================================================== thresholds
 @thresholds_app.command("show")
 def thresholds_show(
-    model: str = typer.Argument(..., help=MODEL_HELP),
+    model: ModelArg,
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json."),
-    db: str | None = typer.Option(None, "--db", help=DB_HELP),
-    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+    db: DbOpt = None,
+    pipeline: PipelineOpt = None,
 ) -> None:
     """The threshold in force for MODEL, its alert rule, and what it means on normal data."""
     setup_logging(False)
@@ -240,10 +277,10 @@ def thresholds_show(
 
 @thresholds_app.command("history")
 def thresholds_history(
-    model: str = typer.Argument(..., help=MODEL_HELP),
+    model: ModelArg,
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
-    db: str | None = typer.Option(None, "--db", help=DB_HELP),
-    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+    db: DbOpt = None,
+    pipeline: PipelineOpt = None,
 ) -> None:
     """Every threshold version of MODEL, newest (in force) first: who, why, when."""
     setup_logging(False)
@@ -267,39 +304,25 @@ def thresholds_history(
 
 @thresholds_app.command("set")
 def thresholds_set(
-    model: str = typer.Argument(..., help=MODEL_HELP),
-    value: float | None = typer.Option(None, "--value", help="A fixed threshold."),
-    quantile: float | None = typer.Option(
-        None, "--quantile", help="Quantile of held-out normal scores."
-    ),
-    false_alarm_rate: float | None = typer.Option(
-        None, "--false-alarm-rate", help="Share of normal records that may cross."
-    ),
-    contamination: float | None = typer.Option(
-        None, "--contamination", help="Share of the stored scores (see --since) to flag."
-    ),
-    evt: bool = typer.Option(False, "--evt", help="Peaks over threshold (SPOT); needs --risk."),
-    risk: float | None = typer.Option(
-        None, "--risk", help="With --evt: P(normal score > threshold)."
-    ),
-    critical: str | None = typer.Option(None, "--critical", help=CRITICAL_HELP),
+    model: ModelArg,
+    value: ValueOpt = None,
+    quantile: QuantileOpt = None,
+    false_alarm_rate: FalseAlarmOpt = None,
+    contamination: ContaminationOpt = None,
+    evt: EvtOpt = False,
+    risk: RiskOpt = None,
+    critical: CriticalOpt = None,
     no_critical: bool = typer.Option(False, "--no-critical", help="Drop the critical level."),
-    debounce: str | None = typer.Option(
-        None, "--debounce", help="Alert rule: K/N, alert when K of the last N records cross."
-    ),
-    cooldown: float | None = typer.Option(
-        None, "--cooldown", help="Alert rule: seconds between two alerts of an entity."
-    ),
-    resolve_after: int | None = typer.Option(
-        None, "--resolve-after", help="Alert rule: normal records in a row that resolve an alert."
-    ),
+    debounce: DebounceOpt = None,
+    cooldown: CooldownOpt = None,
+    resolve_after: ResolveAfterOpt = None,
     since: str | None = typer.Option(
         None, "--since", help="With --contamination: stored scores from this date on."
     ),
     reason: str = typer.Option(..., "--reason", help="Why (kept in the history)."),
     by: str | None = typer.Option(None, "--by", help="Who (default: your user name)."),
-    db: str | None = typer.Option(None, "--db", help=DB_HELP),
-    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+    db: DbOpt = None,
+    pipeline: PipelineOpt = None,
 ) -> None:
     """Put a new threshold version in force (live scorers apply it within seconds). What is
     not given (critical level, alert rule) is carried over from the version in force."""
@@ -341,30 +364,18 @@ def thresholds_set(
 
 @thresholds_app.command("preview")
 def thresholds_preview(
-    model: str = typer.Argument(..., help=MODEL_HELP),
-    value: float | None = typer.Option(None, "--value", help="A fixed threshold."),
-    quantile: float | None = typer.Option(
-        None, "--quantile", help="Quantile of held-out normal scores."
-    ),
-    false_alarm_rate: float | None = typer.Option(
-        None, "--false-alarm-rate", help="Share of normal records that may cross."
-    ),
-    contamination: float | None = typer.Option(
-        None, "--contamination", help="Share of the stored scores (see --since) to flag."
-    ),
-    evt: bool = typer.Option(False, "--evt", help="Peaks over threshold (SPOT); needs --risk."),
-    risk: float | None = typer.Option(
-        None, "--risk", help="With --evt: P(normal score > threshold)."
-    ),
-    critical: str | None = typer.Option(None, "--critical", help=CRITICAL_HELP),
+    model: ModelArg,
+    value: ValueOpt = None,
+    quantile: QuantileOpt = None,
+    false_alarm_rate: FalseAlarmOpt = None,
+    contamination: ContaminationOpt = None,
+    evt: EvtOpt = False,
+    risk: RiskOpt = None,
+    critical: CriticalOpt = None,
     no_critical: bool = typer.Option(False, "--no-critical", help="Without a critical level."),
-    debounce: str | None = typer.Option(None, "--debounce", help="Alert rule: K/N."),
-    cooldown: float | None = typer.Option(
-        None, "--cooldown", help="Alert rule: cool-down in seconds."
-    ),
-    resolve_after: int | None = typer.Option(
-        None, "--resolve-after", help="Alert rule: normal records that resolve."
-    ),
+    debounce: DebounceOpt = None,
+    cooldown: CooldownOpt = None,
+    resolve_after: ResolveAfterOpt = None,
     since: str | None = typer.Option(
         None, "--since", help="Stored scores from this date or time on."
     ),
@@ -381,8 +392,8 @@ def thresholds_preview(
         None, "--plot", help="Also draw the preview to this PNG file."
     ),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json."),
-    db: str | None = typer.Option(None, "--db", help=DB_HELP),
-    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+    db: DbOpt = None,
+    pipeline: PipelineOpt = None,
 ) -> None:
     """What a threshold (and alert rule) would have done to the stored scores: records flagged,
     alerts per day and per entity, and precision / recall / F1 with --labels. Without a policy:
@@ -460,7 +471,7 @@ def _print_preview(summary: dict[str, Any], plot: Path | None) -> None:
 
 @thresholds_app.command("tune")
 def thresholds_tune(
-    model: str = typer.Argument(..., help=MODEL_HELP),
+    model: ModelArg,
     labels: Path = typer.Option(
         ...,
         "--labels",
@@ -495,8 +506,8 @@ def thresholds_tune(
         None, "--by", help="With --apply: who (default: your user name)."
     ),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json."),
-    db: str | None = typer.Option(None, "--db", help=DB_HELP),
-    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+    db: DbOpt = None,
+    pipeline: PipelineOpt = None,
 ) -> None:
     """The threshold that best fits labelled stored scores (and, with --apply, put it in force).
 
@@ -580,8 +591,8 @@ def alerts_list(
     since: str | None = typer.Option(None, "--since", help="Opened from this date or time on."),
     limit: int = typer.Option(50, "--limit", help="At most this many alerts."),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
-    db: str | None = typer.Option(None, "--db", help=DB_HELP),
-    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+    db: DbOpt = None,
+    pipeline: PipelineOpt = None,
 ) -> None:
     """Alerts, newest first."""
     setup_logging(False)
@@ -639,8 +650,8 @@ def alerts_ack(
     alert_id: int = typer.Argument(..., help="Alert id (see 'alerts list')."),
     by: str | None = typer.Option(None, "--by", help="Who (default: your user name)."),
     note: str | None = typer.Option(None, "--note", help="A note kept with the alert."),
-    db: str | None = typer.Option(None, "--db", help=DB_HELP),
-    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+    db: DbOpt = None,
+    pipeline: PipelineOpt = None,
 ) -> None:
     """Acknowledge an open alert (it stays in progress until resolved)."""
     _act(alert_id, "acknowledge", by, note, db, pipeline)
@@ -651,8 +662,8 @@ def alerts_resolve(
     alert_id: int = typer.Argument(..., help="Alert id (see 'alerts list')."),
     by: str | None = typer.Option(None, "--by", help="Who (default: your user name)."),
     note: str | None = typer.Option(None, "--note", help="A note kept with the alert."),
-    db: str | None = typer.Option(None, "--db", help=DB_HELP),
-    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+    db: DbOpt = None,
+    pipeline: PipelineOpt = None,
 ) -> None:
     """Resolve an alert (the entity's next crossings may open a new one)."""
     _act(alert_id, "resolve", by, note, db, pipeline)
