@@ -100,6 +100,7 @@ def bare_rows(
             flags.astype(int).tolist() if sqlite else flags.tolist(),
             frame["severity"].tolist(),
             frame["top_features"].tolist(),
+            [None] * n,  # window_status: a row-wise model's
             strict=True,
         )
     )

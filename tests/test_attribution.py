@@ -71,6 +71,7 @@ def test_leaving_a_column_out_removes_exactly_its_terms(order_model: AnomalyVAE)
     names = order_model.schema_.names
     j = names.index("weight_kg")
     first = scorer.model.encoder[0]
+    assert isinstance(first, torch.nn.Linear)
     saved = first.weight.detach().clone()
     try:
         layout = order_model.preprocessor_.layout

@@ -16,6 +16,7 @@ from anomaly_vae.errors import ConfigError
 from anomaly_vae.features import EncodedBatch
 from anomaly_vae.jobs.stream import StreamBatch, StreamScorer, WriteResult
 from anomaly_vae.sources.kafka import Message
+from anomaly_vae.storage.engine import create_database_engine, parse_database_url
 from anomaly_vae.windows import (
     LATE,
     OK,
@@ -27,6 +28,7 @@ from anomaly_vae.windows import (
     entity_to_bytes,
     event_seconds,
 )
+from tests.test_cli import run_inline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -334,3 +336,27 @@ def test_a_partition_moving_away_and_back_continues_from_the_stored_state(
     got = np.concatenate(scores)
     assert len(got) == len(expected)
     assert np.flatnonzero(got != expected).tolist() == []
+
+
+def test_a_batch_job_stores_each_records_window_status(
+    window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    window_model.save(tmp_path / "m")
+    data = make_pump_data(400, seed=9, anomaly_rate=0.05)
+    export = tmp_path / "export.csv"
+    data.to_csv(export, index=False)
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    done = run_inline(capsys, "score", str(export), "--model-dir", str(tmp_path / "m"), "--db", url)
+    assert done.returncode == 0, done.stderr
+    expected = window_model.score_batch(data, windows=window_model.new_window_state()).scores
+    engine = create_database_engine(parse_database_url(url))
+    try:
+        with engine.connect() as connection:
+            rows = connection.exec_driver_sql(
+                "SELECT source_key, window_status FROM scores ORDER BY id"
+            ).all()
+    finally:
+        engine.dispose()
+    by_row = {int(key.rsplit(":", 1)[1]): status for key, status in rows}
+    assert [by_row[i] for i in range(len(data))] == expected["window_status"].tolist()
+    assert {"ok", "warming_up"} <= set(by_row.values())

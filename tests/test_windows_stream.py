@@ -153,6 +153,8 @@ def test_csv_export_and_kafka_give_the_same_scores_record_for_record(
     assert_same_scores(stored_scores(url), keys, batch)
     flagged = {str(k): bool(v) for k, v in query(url, "SELECT source_key, is_anomaly FROM scores")}
     assert [flagged[k] for k in keys] == batch["is_anomaly"].astype(bool).tolist()
+    stored_status = dict(query(url, "SELECT source_key, window_status FROM scores"))
+    assert [stored_status[k] for k in keys] == batch["window_status"].tolist()
     entities = {str(r[0]) for r in query(url, "SELECT entity_key FROM window_states")}
     assert entities == {str(p) for p in frame["pump_id"].unique()}
 

@@ -55,7 +55,13 @@ from anomaly_vae.thresholds import AlertRule
 logger = logging.getLogger(__name__)
 
 SCORE_COLUMNS = ("source_key", "score", "recon_error", "percentile", "is_anomaly")
-OPTIONAL_SCORE_COLUMNS = ("entity_key", "event_time", "severity", "top_features")
+OPTIONAL_SCORE_COLUMNS = (
+    "entity_key",
+    "event_time",
+    "severity",
+    "top_features",
+    "window_status",
+)
 REJECT_COLUMNS = ("source_key", "reason", "raw")
 # A threshold taken from a model's calibration: the quantile policy, marked in its parameters
 # so that a retrained model version brings its own (an operator's thresholds are never replaced).
@@ -418,8 +424,9 @@ def write_results(
     ``records`` has one row per scored record with ``source_key``, ``score``,
     ``recon_error``, ``percentile``, ``is_anomaly`` and optionally ``entity_key``,
     ``event_time`` (datetimes; naive ones are taken as UTC), ``severity`` (``warning`` /
-    ``critical`` / None; default ``warning`` for flagged records) and ``top_features`` (JSON
-    text, or lists of ``[column, share]``). ``rejects`` has ``source_key``, ``reason`` and
+    ``critical`` / None; default ``warning`` for flagged records), ``top_features`` (JSON
+    text, or lists of ``[column, share]``) and ``window_status`` (a windowed model's).
+    ``rejects`` has ``source_key``, ``reason`` and
     ``raw`` (text). The run's counts grow in the same transaction. ``window_states`` (a windowed
     model's serialised state per entity after this batch) is stored in the same transaction.
     ``alert_details=False`` leaves ``WriteCounts.alerts`` empty (the alerts opened are still
@@ -567,6 +574,7 @@ _INSERT_COLUMNS = {
         "is_anomaly",
         "severity",
         "top_features",
+        "window_status",
     ),
     "dead_letters": ("source_key", "model_id", "run_id", "reason", "raw", "rejected_at"),
 }
@@ -683,6 +691,7 @@ def _score_rows(
         flags.astype(int).tolist() if dialect.name == "sqlite" else flags.tolist(),
         severity.tolist(),
         _json_texts(records.get("top_features"), n),
+        _optional_texts(records, "window_status", n),
     )
     flagged = np.asarray(keys, dtype=object)[flags].tolist()
     return zip(*columns, strict=True), flagged

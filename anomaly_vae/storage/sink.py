@@ -197,6 +197,8 @@ class DatabaseSink:
             "severity": self._severity(scores),
             "top_features": chunk.batch.top_features_json(self.top_features),
         }
+        if "window_status" in scores:
+            data["window_status"] = scores["window_status"].to_numpy(dtype=object)
         frame = chunk.frame
         if self.entity_column and self.entity_column in frame:
             data["entity_key"] = frame.loc[rows, self.entity_column].to_numpy()

@@ -93,7 +93,7 @@ class StreamDatabaseSink:
             scores["score"].to_numpy()
         )
         levels = only_full_windows(scores, levels)
-        return pd.DataFrame(
+        records = pd.DataFrame(
             {
                 "source_key": frame[SOURCE_KEY].to_numpy(dtype=object),
                 "score": scores["score"].to_numpy(),
@@ -106,6 +106,9 @@ class StreamDatabaseSink:
                 "event_time": pd.to_datetime(frame[EVENT_TIME], utc=True).to_numpy(),
             }
         )
+        if "window_status" in scores:
+            records["window_status"] = scores["window_status"].to_numpy(dtype=object)
+        return records
 
     def load_window_states(self, entities: list[str]) -> dict[str, bytes]:
         """The stored window state of entities this scorer has not seen (a windowed model):

@@ -201,6 +201,8 @@ class Score(Base):
     is_anomaly: Mapped[bool]
     severity: Mapped[str | None] = mapped_column(String(16))
     top_features: Mapped[list[Any] | None] = mapped_column(JsonType)
+    # A windowed model's record: ok, warming_up (not yet a full window), late, replayed.
+    window_status: Mapped[str | None] = mapped_column(String(16))
 
 
 class Alert(Base):
