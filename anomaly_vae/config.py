@@ -152,6 +152,7 @@ class KafkaConfig(_Strict):
     metrics_interval_s: float = Field(default=10.0, gt=0)
     threshold_refresh_s: float = Field(default=2.0, gt=0)
     num_threads: int = Field(default=1, ge=1)
+    processes: int = Field(default=1, ge=1)  # scorer processes in the group, on one machine
     client: dict[str, Any] = Field(default_factory=dict)
 
 

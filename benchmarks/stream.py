@@ -202,6 +202,66 @@ def scorer_run(
     }
 
 
+def scorer_processes(
+    model_dir: Path, url: str, bootstrap: str, topic: str, processes: int
+) -> dict[str, Any]:
+    """``anomaly-vae stream --processes N`` (a command, as users run it) until the topic is
+    done; the rate from the database: the rows written after the first batch over the time from
+    the first batch's write to the last one's."""
+    import subprocess
+    import sys
+
+    from sqlalchemy import text
+
+    from anomaly_vae.storage.engine import create_database_engine, parse_database_url
+
+    command = [
+        sys.executable,
+        "-m",
+        "anomaly_vae",
+        "stream",
+        "--model-dir",
+        str(model_dir),
+        "--db",
+        url,
+        "--bootstrap",
+        bootstrap,
+        "--topic",
+        topic,
+        "--group",
+        f"scorers-{uuid.uuid4().hex[:8]}",
+        "--session-timeout-ms",
+        "6000",
+        "--idle-timeout",
+        "4",
+        "--processes",
+        str(processes),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"stream --processes {processes} failed: {done.stderr[-2000:]}")
+    engine = create_database_engine(parse_database_url(url))
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT scored_at, count(*) FROM scores WHERE source_key LIKE :p "
+                "GROUP BY scored_at ORDER BY scored_at"
+            ),
+            {"p": f"{topic}:%"},
+        ).all()
+    engine.dispose()
+    import pandas as pd
+
+    stamps = pd.to_datetime(pd.Series([r[0] for r in rows]), utc=True, format="mixed")
+    counts = [int(r[1]) for r in rows]
+    seconds = (stamps.iloc[-1] - stamps.iloc[0]).total_seconds()
+    return {
+        "messages": sum(counts),
+        "seconds": seconds,
+        "rate": sum(counts[1:]) / seconds if seconds > 0 else 0.0,
+    }
+
+
 def latency(url: str, topic: str) -> dict[str, float]:
     from anomaly_vae.storage.engine import create_database_engine, parse_database_url
 
@@ -266,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
         default="postgresql://postgres@127.0.0.1:5432/postgres",
         help="admin URL where a scratch database is created ('' to skip)",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="also run 'stream --processes N' (default: the cores; 1 skips it)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     n = args.messages or (30_000 if args.quick else 200_000)
@@ -312,6 +378,18 @@ def main(argv: list[str] | None = None) -> int:
                     f"{run['broker_cpu_us_per_msg']:.1f} µs in the broker",
                     flush=True,
                 )
+                multi: dict[str, Any] = {}
+                if args.processes > 1:
+                    multi_topic = create_topic(broker.bootstrap)
+                    produce(broker.bootstrap, multi_topic, values)
+                    multi = scorer_processes(
+                        model_dir, url, broker.bootstrap, multi_topic, args.processes
+                    )
+                    print(
+                        f"  (b) stream --processes {args.processes} into {label}: "
+                        f"{multi['rate']:,.0f} messages/s ({multi['rate'] / bare:.0%} of bare)",
+                        flush=True,
+                    )
                 half = 0.5 * run["rate"]
                 lat_topic = create_topic(broker.bootstrap)
                 seconds = 8.0 if args.quick else 20.0
@@ -344,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
                         "broker_cpu_us_per_msg": run["broker_cpu_us_per_msg"],
                         "ratio": run["rate"] / bare,
                         "latency_rate": half,
+                        "processes": args.processes if multi else 1,
+                        "processes_rate": multi.get("rate", run["rate"]),
+                        "processes_ratio": multi.get("rate", run["rate"]) / bare,
                         **lat,
                     }
                 )
@@ -372,8 +453,9 @@ def main(argv: list[str] | None = None) -> int:
         f"load {result['machine']['load_average'][0]:.1f})",
         "",
         "| database | bare consume + json.loads (msg/s) | scorer end to end (msg/s) | ratio | "
-        "latency p50 / p99 at half rate | CPU µs/msg: bare, scorer, broker | cores for 80 % |",
-        "| --- | ---: | ---: | ---: | --- | --- | ---: |",
+        "latency p50 / p99 at half rate | CPU µs/msg: bare, scorer, broker | cores for 80 % | "
+        "`--processes N`: msg/s, ratio |",
+        "| --- | ---: | ---: | ---: | --- | --- | ---: | --- |",
     ]
     for r in rows:
         # The CPU that 80 % of the bare rate takes: the scorer's and the broker's per message.
@@ -383,14 +465,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['ratio']:.0%} | {r['p50_ms']:.0f} / {r['p99_ms']:.0f} ms at "
             f"{r['latency_rate']:,.0f} msg/s | {r['bare_cpu_us_per_msg']:.1f}, "
             f"{r['scorer_cpu_us_per_msg']:.1f}, {r['broker_cpu_us_per_msg']:.1f} | "
-            f"{cores / 1e6:.2f} |"
+            f"{cores / 1e6:.2f} | N={r['processes']}: {r['processes_rate']:,.0f}, "
+            f"{r['processes_ratio']:.0%} |"
         )
     lines += [
         "",
         "CPU per message: user + system seconds of the consuming process (all threads) and of "
         "the broker, over the run. 'Cores for 80 %': what 80 % of the bare rate would take on "
         "this machine at those costs (the database server's own CPU, for PostgreSQL, not "
-        f"counted); this machine has {os.cpu_count()}.",
+        f"counted); this machine has {os.cpu_count()}. `--processes N`: the `stream` command "
+        "with N scorer processes in one group (the rate from the rows' write times, after the "
+        "first batch).",
     ]
     (args.out / "stream.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out / 'stream.json'} and .md", flush=True)

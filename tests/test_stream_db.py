@@ -262,6 +262,58 @@ def test_two_scorer_processes_in_one_group_score_every_record_once(
     assert all(int(str(n[0])) > 0 for n in per_run)  # both processes took part
 
 
+def test_processes_option_runs_a_group_of_scorers_and_stops_them_together(
+    broker: DevBroker, sqlite_url: str, pump_model: tuple[AnomalyVAE, Path]
+) -> None:
+    """``--processes 2``: two children in one group share the partitions; SIGTERM to the
+    command stops both cleanly (each commits what it wrote); a restart finishes the topic."""
+    _, model_dir = pump_model
+    topic = create_topic(broker.bootstrap, partitions=4)
+    values, keys = pump_messages(6000, seed=24)
+    producer = threading.Thread(
+        target=produce, args=(broker.bootstrap, topic, values, keys), kwargs={"rate": 600.0}
+    )
+    producer.start()
+    group = fresh_name("g")
+    extra = ("--batch-size", "200", "--processes", "2")
+    proc = scorer_process(model_dir, sqlite_url, broker.bootstrap, topic, group, *extra)
+    wait_for(
+        lambda: len(query(sqlite_url, "SELECT DISTINCT run_id FROM scores")) == 2,
+        90,
+        "both processes writing",
+    )
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "[1/2]" in out, out[-2000:]
+    assert "[2/2]" in out, out[-2000:]
+    assert "2 scorer processes stopped" in out
+    runs = query(sqlite_url, "SELECT status FROM scoring_runs")
+    assert len(runs) == 2
+    assert {str(r[0]) for r in runs} != {"running"}, runs
+    producer.join()
+    again = scorer_process(
+        model_dir, sqlite_url, broker.bootstrap, topic, group, "--idle-timeout", "3", *extra
+    )
+    out, _ = again.communicate(timeout=180)
+    assert again.returncode == 0, out
+    scores, _ = stored_keys(sqlite_url)
+    assert len(scores) == len(set(scores)) == 6000
+    assert set(scores) == expected_keys(topic, partition_counts(broker.bootstrap, topic))
+
+
+def test_processes_option_refuses_max_messages(
+    sqlite_url: str, pump_model: tuple[AnomalyVAE, Path]
+) -> None:
+    _, model_dir = pump_model
+    proc = scorer_process(
+        model_dir, sqlite_url, "127.0.0.1:1", "t", "g", "--processes", "2", "--max-messages", "5"
+    )
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2, out
+    assert "--max-messages counts one process's messages" in out
+
+
 def _migrated(factory: object) -> str:
     from anomaly_vae.storage.migrate import upgrade
 

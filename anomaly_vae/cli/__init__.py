@@ -25,10 +25,11 @@ app = typer.Typer(
 EXIT_USER_ERROR = 2
 
 
-def setup_logging(verbose: bool = False) -> None:
+def setup_logging(verbose: bool = False, *, prefix: str = "") -> None:
+    """Log lines to stderr; ``prefix`` starts each one (a scorer process's ``[i/N] ``)."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
+        format=prefix.replace("%", "%%") + "%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
         force=True,
     )
@@ -36,8 +37,13 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("kafka").setLevel(logging.WARNING)
 
 
+# The command line as given to ``main``: what ``stream --processes N`` starts each child with.
+ARGV: list[str] = []
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
+    ARGV[:] = sys.argv[1:] if argv is None else list(argv)
     try:
         app(args=argv, prog_name="anomaly-vae")
     except AnomalyVAEError as exc:

@@ -10,7 +10,7 @@ from types import FrameType
 
 import typer
 
-from anomaly_vae.cli import app, setup_logging
+from anomaly_vae.cli import ARGV, app, setup_logging
 from anomaly_vae.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -125,10 +125,18 @@ def stream(
         None, "--session-timeout-ms", help="Consumer group session timeout (default 10000)."
     ),
     threads: int | None = typer.Option(None, "--threads", help="Torch threads (default 1)."),
+    processes: int | None = typer.Option(
+        None,
+        "--processes",
+        help="Scorer processes in the group, on this machine (default 1; about a core each).",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more."),
 ) -> None:
     """Score a Kafka topic continuously into the results database."""
-    setup_logging(True)
+    from anomaly_vae.jobs.processes import child_label, run_processes
+
+    label = child_label()
+    setup_logging(True, prefix=f"[{label}] " if label else "")
     if not verbose:
         logging.getLogger("anomaly_vae").setLevel(logging.INFO)
     from anomaly_vae.cli.db import database_target, opened
@@ -168,6 +176,22 @@ def stream(
                 raise ConfigError(f"--{name.replace('_', '-')}: {exc}") from None
     if max_messages is not None and max_messages < 1:
         raise ConfigError(f"--max-messages must be >= 1, got {max_messages}")
+    if processes is not None:
+        if processes < 1:
+            raise ConfigError(f"--processes must be >= 1, got {processes}")
+        kafka.processes = processes
+    if kafka.processes > 1 and label is None:
+        if max_messages is not None:
+            raise ConfigError(
+                "--max-messages counts one process's messages: with --processes above 1, stop "
+                "the scorers with --idle-timeout or a signal"
+            )
+        logger.info("starting %d scorer processes in group %s", kafka.processes, kafka.group_id)
+        status = run_processes(ARGV, kafka.processes)
+        typer.echo(f"{kafka.processes} scorer processes stopped")
+        if status:
+            raise typer.Exit(status)
+        return
     target = database_target(
         db, pipeline, pipeline_url=file_cfg.database.url if file_cfg and file_cfg.database else None
     )
