@@ -141,7 +141,7 @@ class KafkaConfig(_Strict):
     dead_letter_topic: str | None = None
     entity_field: str | None = None  # default: columns.entity; the message key when absent
     key_is_entity: bool = True
-    max_batch_records: int = Field(default=5000, ge=1)
+    max_batch_records: int = Field(default=20_000, ge=1)  # a backlog: fewer, larger writes
     max_batch_wait_ms: int = Field(default=200, ge=1)
     max_message_bytes: int = Field(default=1_000_000, ge=1)
     session_timeout_ms: int = Field(default=10_000, ge=1000)
