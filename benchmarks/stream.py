@@ -85,31 +85,49 @@ def create_topic(bootstrap: str) -> str:
 
 
 class CpuClock:
-    """CPU seconds (user + system) spent by this process (all its threads) and by the broker
-    process, between ``start`` and ``stop``: what a message costs in CPU, whatever the load."""
+    """CPU seconds (user + system) spent by this process (all its threads), by the broker
+    process and by the PostgreSQL server's processes, between ``start`` and ``stop``: what a
+    message costs in CPU, whatever the load."""
 
     def __init__(self, broker_pid: int | None) -> None:
         self.broker_pid = broker_pid
-        self.here = self.broker = 0.0
+        self.here = self.broker = self.database = 0.0
+
+    @staticmethod
+    def _seconds(pid: int | str) -> tuple[str, float]:
+        try:
+            text = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return "", 0.0
+        name = text[text.find("(") + 1 : text.rfind(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        return name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def _broker_seconds(self) -> float:
-        if self.broker_pid is None:
-            return 0.0
-        try:
-            fields = Path(f"/proc/{self.broker_pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0 if self.broker_pid is None else self._seconds(self.broker_pid)[1]
+
+    def _database_seconds(self) -> float:
+        """Every ``postgres`` process on this machine (the server and its backends)."""
+        total = 0.0
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                name, seconds = self._seconds(entry.name)
+                if name == "postgres":
+                    total += seconds
+        return total
 
     def start(self) -> None:
         self.here, self.broker = time.process_time(), self._broker_seconds()
+        self.database = self._database_seconds()
 
     def stop(self, messages: int) -> dict[str, float]:
         here = time.process_time() - self.here
         broker = self._broker_seconds() - self.broker
+        database = max(self._database_seconds() - self.database, 0.0)
         return {
             "cpu_us_per_msg": 1e6 * here / max(messages, 1),
             "broker_cpu_us_per_msg": 1e6 * broker / max(messages, 1),
+            "database_cpu_us_per_msg": 1e6 * database / max(messages, 1),
         }
 
 
@@ -375,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"  (b) scorer into {label}: {run['rate']:,.0f} messages/s "
                     f"({run['rate'] / bare:.0%} of bare); CPU per message "
                     f"{run['cpu_us_per_msg']:.1f} µs in the scorer, "
-                    f"{run['broker_cpu_us_per_msg']:.1f} µs in the broker",
+                    f"{run['broker_cpu_us_per_msg']:.1f} µs in the broker, "
+                    f"{run['database_cpu_us_per_msg']:.1f} µs in the PostgreSQL server",
                     flush=True,
                 )
                 multi: dict[str, Any] = {}
@@ -420,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
                         "scorer_rate": run["rate"],
                         "scorer_cpu_us_per_msg": run["cpu_us_per_msg"],
                         "broker_cpu_us_per_msg": run["broker_cpu_us_per_msg"],
+                        "database_cpu_us_per_msg": run["database_cpu_us_per_msg"],
                         "ratio": run["rate"] / bare,
                         "latency_rate": half,
                         "processes": args.processes if multi else 1,
@@ -453,29 +473,35 @@ def main(argv: list[str] | None = None) -> int:
         f"load {result['machine']['load_average'][0]:.1f})",
         "",
         "| database | bare consume + json.loads (msg/s) | scorer end to end (msg/s) | ratio | "
-        "latency p50 / p99 at half rate | CPU µs/msg: bare, scorer, broker | cores for 80 % | "
+        "latency p50 / p99 at half rate | CPU µs/msg: bare, scorer, broker, database | "
+        "cores for 80 % | "
         "`--processes N`: msg/s, ratio |",
         "| --- | ---: | ---: | ---: | --- | --- | ---: | --- |",
     ]
     for r in rows:
-        # The CPU that 80 % of the bare rate takes: the scorer's and the broker's per message.
-        cores = 0.8 * r["bare_rate"] * (r["scorer_cpu_us_per_msg"] + r["broker_cpu_us_per_msg"])
+        # The CPU that 80 % of the bare rate takes: the scorer's, the broker's and the
+        # database server's per message.
+        per_msg = (
+            r["scorer_cpu_us_per_msg"] + r["broker_cpu_us_per_msg"] + r["database_cpu_us_per_msg"]
+        )
+        cores = 0.8 * r["bare_rate"] * per_msg
         lines.append(
             f"| {r['database']} | {r['bare_rate']:,.0f} | {r['scorer_rate']:,.0f} | "
             f"{r['ratio']:.0%} | {r['p50_ms']:.0f} / {r['p99_ms']:.0f} ms at "
             f"{r['latency_rate']:,.0f} msg/s | {r['bare_cpu_us_per_msg']:.1f}, "
-            f"{r['scorer_cpu_us_per_msg']:.1f}, {r['broker_cpu_us_per_msg']:.1f} | "
-            f"{cores / 1e6:.2f} | N={r['processes']}: {r['processes_rate']:,.0f}, "
+            f"{r['scorer_cpu_us_per_msg']:.1f}, {r['broker_cpu_us_per_msg']:.1f}, "
+            f"{r['database_cpu_us_per_msg']:.1f} | {cores / 1e6:.2f} | "
+            f"N={r['processes']}: {r['processes_rate']:,.0f}, "
             f"{r['processes_ratio']:.0%} |"
         )
     lines += [
         "",
-        "CPU per message: user + system seconds of the consuming process (all threads) and of "
-        "the broker, over the run. 'Cores for 80 %': what 80 % of the bare rate would take on "
-        "this machine at those costs (the database server's own CPU, for PostgreSQL, not "
-        f"counted); this machine has {os.cpu_count()}. `--processes N`: the `stream` command "
-        "with N scorer processes in one group (the rate from the rows' write times, after the "
-        "first batch).",
+        "CPU per message: user + system seconds of the consuming process (all threads), of "
+        "the broker and of the PostgreSQL server's processes (SQLite runs inside the scorer), "
+        "over the run. 'Cores for 80 %': what 80 % of the bare rate would take on this "
+        f"machine at those costs; this machine has {os.cpu_count()}. `--processes N`: the "
+        "`stream` command with N scorer processes in one group (the rate from the rows' write "
+        "times, after the first batch).",
     ]
     (args.out / "stream.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out / 'stream.json'} and .md", flush=True)
