@@ -205,7 +205,7 @@ class Scorer:
             obs = _padded(batch.observed[first:last], self.device)
             rows = x.shape[0]
             cols = torch.zeros(rows, m, dtype=torch.long, device=self.device)
-            cols[: last - first] = torch.as_tensor(columns[first:last], device=self.device)
+            cols[: last - first] = torch.tensor(np.array(columns[first:last]), device=self.device)
             mu, log_var = model.encode(x)
             decoded = model.decode(mu)
             whole = self._excess(x, obs, decoded, mu, log_var).sum(dim=-1)  # [rows]

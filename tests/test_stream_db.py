@@ -266,7 +266,7 @@ def test_processes_option_runs_a_group_of_scorers_and_stops_them_together(
     broker: DevBroker, sqlite_url: str, pump_model: tuple[AnomalyVAE, Path]
 ) -> None:
     """``--processes 2``: two children in one group share the partitions; SIGTERM to the
-    command stops both cleanly (each commits what it wrote); a restart finishes the topic."""
+    command stops both cleanly; a second run finishes the topic, every record once."""
     _, model_dir = pump_model
     topic = create_topic(broker.bootstrap, partitions=4)
     values, keys = pump_messages(6000, seed=24)
@@ -274,9 +274,8 @@ def test_processes_option_runs_a_group_of_scorers_and_stops_them_together(
         target=produce, args=(broker.bootstrap, topic, values, keys), kwargs={"rate": 600.0}
     )
     producer.start()
-    group = fresh_name("g")
     extra = ("--batch-size", "200", "--processes", "2")
-    proc = scorer_process(model_dir, sqlite_url, broker.bootstrap, topic, group, *extra)
+    proc = scorer_process(model_dir, sqlite_url, broker.bootstrap, topic, fresh_name("g"), *extra)
     wait_for(
         lambda: len(query(sqlite_url, "SELECT DISTINCT run_id FROM scores")) == 2,
         90,
@@ -292,13 +291,23 @@ def test_processes_option_runs_a_group_of_scorers_and_stops_them_together(
     assert len(runs) == 2
     assert {str(r[0]) for r in runs} != {"running"}, runs
     producer.join()
+    # A fresh group: Tansu can wedge a group for good when a member closes during a rejoin
+    # (../shared/KAFKA.md, trap 3), which SIGTERM mid-rebalance may do. From the earliest
+    # offsets again, the stored records are skipped and the rest written once.
     again = scorer_process(
-        model_dir, sqlite_url, broker.bootstrap, topic, group, "--idle-timeout", "3", *extra
+        model_dir,
+        sqlite_url,
+        broker.bootstrap,
+        topic,
+        fresh_name("g"),
+        "--idle-timeout",
+        "6",
+        *extra,
     )
     out, _ = again.communicate(timeout=180)
     assert again.returncode == 0, out
     scores, _ = stored_keys(sqlite_url)
-    assert len(scores) == len(set(scores)) == 6000
+    assert len(scores) == len(set(scores)) == 6000, out[-4000:]
     assert set(scores) == expected_keys(topic, partition_counts(broker.bootstrap, topic))
 
 

@@ -258,6 +258,7 @@ class StreamScorer:
         worker = self._worker = _BatchWorker(self)
         started = last_record = time.monotonic()
         assigned = paused = False
+        assignment: set[Any] = set()
         polled_total = 0
         # The idle clock starts once partitions are assigned (a group join takes a while).
         # A member killed without leaving holds its partitions until its session times out.
@@ -294,9 +295,13 @@ class StreamScorer:
                     polled = consumer.poll(timeout_ms=kafka.max_batch_wait_ms, max_records=limit)
                     records = flatten(polled)
                     now = time.monotonic()
-                    if not assigned and consumer.assignment():
-                        assigned = True
-                        last_record = now
+                    current = set(consumer.assignment())
+                    if current != assignment:
+                        # A new assignment (a rebalance, e.g. another group member joining or
+                        # leaving) restarts the idle clock: the records may not flow yet.
+                        assignment = current
+                        assigned = bool(current)
+                        started = last_record = now
                     if records:
                         last_record = now
                         polled_total += len(records)
