@@ -28,8 +28,13 @@ class ModelConfig(_Strict):
     beta: float = Field(default=1.0, ge=0.0)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     min_log_var: float = Field(default=-6.0, le=0.0)
+    # "conv" (windowed models only): 1-D convolutions over the window's steps, weights shared
+    # across time, instead of the MLP over the flattened window (``model.VAE``).
+    encoder: Literal["mlp", "conv"] = "mlp"
+    conv_channels: list[int] = Field(default_factory=lambda: [32, 16], min_length=1)
+    conv_kernel: int = Field(default=7, ge=1, le=99)
 
-    @field_validator("hidden_dims")
+    @field_validator("hidden_dims", "conv_channels")
     @classmethod
     def _positive_widths(cls, value: list[int]) -> list[int]:
         if any(width < 1 for width in value):
@@ -244,6 +249,8 @@ class PipelineConfig(_Strict):
     def _window_columns(self) -> PipelineConfig:
         window = self.window
         if window is None:
+            if self.model.encoder == "conv":
+                raise ValueError("model.encoder 'conv' needs a window (window: {size: N})")
             return self
         for field_name, column_field in (("entity", "entity"), ("time", "timestamp")):
             mine = getattr(window, field_name)

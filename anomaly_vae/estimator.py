@@ -277,6 +277,10 @@ class AnomalyVAE(BaseEstimator):
             latent_dim=latent,
             dropout=cfg.model.dropout,
             min_log_var=cfg.model.min_log_var,
+            encoder=cfg.model.encoder,
+            window_steps=1 if cfg.window is None else cfg.window.size,
+            conv_channels=cfg.model.conv_channels,
+            conv_kernel=cfg.model.conv_kernel,
         )
         result = fit_vae(
             model,
@@ -642,6 +646,10 @@ class AnomalyVAE(BaseEstimator):
                 "latent_dim": self.latent_dim_,
                 "dropout": self.config_.model.dropout,
                 "min_log_var": self.config_.model.min_log_var,
+                "encoder": self.config_.model.encoder,
+                "window_steps": 1 if self.config_.window is None else self.config_.window.size,
+                "conv_channels": list(self.config_.model.conv_channels),
+                "conv_kernel": self.config_.model.conv_kernel,
             },
             "calibration": {
                 "scores": self.calibration_.tolist(),
@@ -675,6 +683,11 @@ class AnomalyVAE(BaseEstimator):
                 latent_dim=int(net["latent_dim"]),
                 dropout=float(net["dropout"]),
                 min_log_var=float(net["min_log_var"]),
+                # Model files from before the conv encoder existed are MLPs.
+                encoder=str(net.get("encoder", "mlp")),
+                window_steps=int(net.get("window_steps", 1)),
+                conv_channels=[int(c) for c in net.get("conv_channels", [32, 16])],
+                conv_kernel=int(net.get("conv_kernel", 7)),
             )
             model.load_state_dict(weights, strict=True)
             calib = meta["calibration"]

@@ -32,8 +32,49 @@ def _mlp(sizes: Sequence[int], dropout: float) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+ENCODERS = ("mlp", "conv")
+
+
+class _Steps(nn.Module):
+    """Flat window rows (``windows.window_layout``: every step's numeric columns, then every
+    step's categorical blocks, oldest step first) <-> ``[n, channels, steps]`` for 1-D
+    convolutions, one channel per encoded column."""
+
+    def __init__(self, n_numeric: int, n_cat: int, steps: int) -> None:
+        super().__init__()
+        if steps < 1 or n_numeric % steps or n_cat % steps:
+            raise ValueError(
+                f"a conv encoder needs whole window steps: {n_numeric} numeric and {n_cat} "
+                f"categorical inputs do not split into {steps} steps"
+            )
+        self.steps = steps
+        self.k = n_numeric // steps
+        self.c = n_cat // steps
+
+    def to_channels(self, flat: Tensor) -> Tensor:
+        n = flat.shape[0]
+        numeric = flat[:, : self.k * self.steps].reshape(n, self.steps, self.k)
+        cats = flat[:, self.k * self.steps :].reshape(n, self.steps, self.c)
+        return torch.cat([numeric, cats], dim=-1).transpose(1, 2)
+
+    def to_flat(self, channels: Tensor) -> Tensor:
+        n = channels.shape[0]
+        steps = channels.transpose(1, 2)
+        numeric = steps[:, :, : self.k].reshape(n, self.steps * self.k)
+        cats = steps[:, :, self.k :].reshape(n, self.steps * self.c)
+        return torch.cat([numeric, cats], dim=-1)
+
+
 class VAE(nn.Module):
-    """An MLP VAE with a mixed Gaussian / categorical likelihood."""
+    """A VAE with a mixed Gaussian / categorical likelihood.
+
+    ``encoder="mlp"`` (default): MLPs over the input row (a flattened window for windowed
+    models). ``encoder="conv"``: for windows of ``window_steps`` steps, 1-D convolutions over
+    time (``conv_channels``, kernel ``conv_kernel``, stride 2 each) with weights shared across
+    steps, then linear maps to the latent; the decoder mirrors them (upsampling + convolution).
+    Both take and give the same flat layout, so the likelihood and the per-column attribution
+    are the same code for either.
+    """
 
     def __init__(
         self,
@@ -44,29 +85,92 @@ class VAE(nn.Module):
         latent_dim: int,
         dropout: float = 0.0,
         min_log_var: float = -6.0,
+        encoder: str = "mlp",
+        window_steps: int = 1,
+        conv_channels: Sequence[int] = (32, 16),
+        conv_kernel: int = 7,
     ) -> None:
         super().__init__()
+        if encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
         self.n_numeric = int(n_numeric)
         self.cat_sizes = [int(s) for s in cat_sizes]
         self.input_dim = self.n_numeric + sum(self.cat_sizes)
         self.latent_dim = int(latent_dim)
         self.min_log_var = float(min_log_var)
+        self.encoder_kind = encoder
         hidden = [int(h) for h in hidden_dims]
-        self.encoder = _mlp([self.input_dim, *hidden], dropout)
-        self.enc_mu = nn.Linear(hidden[-1], self.latent_dim)
-        self.enc_log_var = nn.Linear(hidden[-1], self.latent_dim)
-        self.decoder = _mlp([self.latent_dim, *reversed(hidden)], dropout)
-        self.dec_out = nn.Linear(hidden[0], self.input_dim)
+        if encoder == "mlp":
+            self.encoder = _mlp([self.input_dim, *hidden], dropout)
+            self.enc_mu = nn.Linear(hidden[-1], self.latent_dim)
+            self.enc_log_var = nn.Linear(hidden[-1], self.latent_dim)
+            self.decoder = _mlp([self.latent_dim, *reversed(hidden)], dropout)
+            self.dec_out = nn.Linear(hidden[0], self.input_dim)
+        else:
+            self._build_conv(int(window_steps), [int(c) for c in conv_channels], conv_kernel)
+            self._conv_dropout = float(dropout)
         # One learned log-variance per numeric column: the Gaussian likelihood's noise level.
         self.log_var_x = nn.Parameter(torch.zeros(self.n_numeric))
 
+    def _build_conv(self, steps: int, channels: list[int], kernel: int) -> None:
+        if not channels or any(c < 1 for c in channels) or kernel < 1:
+            raise ValueError(f"bad conv shape: channels {channels}, kernel {kernel}")
+        self.steps = _Steps(self.n_numeric, self.input_dim - self.n_numeric, steps)
+        width = self.steps.k + self.steps.c
+        pad = kernel // 2
+        lengths = [steps]
+        for _ in channels:
+            lengths.append((lengths[-1] + 2 * pad - kernel) // 2 + 1)
+        if lengths[-1] < 1:
+            raise ValueError(f"a window of {steps} steps is too short for {len(channels)} convs")
+        self.conv_lengths = lengths
+        ins = [width, *channels[:-1]]
+        self.conv_enc = nn.ModuleList(
+            nn.Conv1d(c_in, c_out, kernel, stride=2, padding=pad)
+            for c_in, c_out in zip(ins, channels, strict=True)
+        )
+        flat = channels[-1] * lengths[-1]
+        self.enc_mu = nn.Linear(flat, self.latent_dim)
+        self.enc_log_var = nn.Linear(flat, self.latent_dim)
+        self.dec_in = nn.Linear(self.latent_dim, flat)
+        outs = [*reversed(channels[:-1]), width]
+        self.conv_dec = nn.ModuleList(
+            nn.Conv1d(c_in, c_out, kernel, padding=pad)
+            for c_in, c_out in zip(reversed(channels), outs, strict=True)
+        )
+        self._channels = channels
+
+    def _act(self, h: Tensor) -> Tensor:
+        h = nn.functional.silu(h)
+        if self._conv_dropout > 0:
+            h = nn.functional.dropout(h, self._conv_dropout, self.training)
+        return h
+
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.encoder(x)
+        if self.encoder_kind == "mlp":
+            h = self.encoder(x)
+        else:
+            lead = x.shape[:-1]
+            h = self.steps.to_channels(x.reshape(-1, self.input_dim))
+            for conv in self.conv_enc:
+                h = self._act(conv(h))
+            h = h.flatten(1).reshape(*lead, -1)
         return self.enc_mu(h), self.enc_log_var(h).clamp(-12.0, 8.0)
 
     def decode(self, z: Tensor) -> Tensor:
         """Decoder output: numeric means followed by categorical logits, ``[..., input_dim]``."""
-        return self.dec_out(self.decoder(z))
+        if self.encoder_kind == "mlp":
+            return self.dec_out(self.decoder(z))
+        lead = z.shape[:-1]
+        h = self._act(self.dec_in(z.reshape(-1, self.latent_dim)))
+        h = h.reshape(h.shape[0], self._channels[-1], self.conv_lengths[-1])
+        targets = list(reversed(self.conv_lengths[:-1]))
+        last = len(self.conv_dec) - 1
+        for i, (conv, length) in enumerate(zip(self.conv_dec, targets, strict=True)):
+            h = conv(nn.functional.interpolate(h, size=length, mode="nearest"))
+            if i < last:
+                h = self._act(h)
+        return self.steps.to_flat(h).reshape(*lead, self.input_dim)
 
     def noise_log_var(self) -> Tensor:
         return self.log_var_x.clamp(min=self.min_log_var)

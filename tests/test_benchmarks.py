@@ -34,3 +34,28 @@ def test_malformed_results_are_named(tmp_path: Path) -> None:
     assert any(p.startswith("db_write: no result file") for p in problems), problems
     assert any(p.startswith("skab:") for p in problems), problems
     assert len(problems) == 4, problems
+
+
+def test_skab_persistence_rules_match_their_definitions() -> None:
+    """Causal: a row is flagged when the windows ending at it and at the m - 1 rows before it
+    all crossed; late: when the windows ending at it and at the m - 1 rows after it all
+    crossed (the published Conv-AE notebook's rule, written out as its loop)."""
+    import numpy as np
+
+    from benchmarks.skab import decision_rules
+
+    window = 6
+    m = window - 1
+    rng = np.random.default_rng(3)
+    crossed = (rng.random(400) < 0.8).astype(np.int64)
+    crossed[100:160] = 1
+    rules = decision_rules(window)
+    causal = rules[f"persistence {m} (causal)"](crossed)
+    late = rules[f"persistence {m}, decided {m - 1} rows late (Conv-AE's rule)"](crossed)
+    n = len(crossed)
+    want_causal = [int(i >= m - 1 and crossed[i - m + 1 : i + 1].all()) for i in range(n)]
+    want_late = [int(i + m <= n and crossed[i : i + m].all()) for i in range(n)]
+    assert causal.tolist() == want_causal
+    assert late.tolist() == want_late
+    assert late[100:156].all()
+    assert causal[104:160].all()

@@ -168,3 +168,51 @@ def test_importance_weighted_bound_is_never_looser_than_the_elbo() -> None:
     assert arrays.nll_iw is not None
     # Same samples: log mean(w) >= mean(log w) (Jensen), so nll_iw <= neg_elbo.
     assert (arrays.nll_iw <= arrays.neg_elbo + 1e-4).all()
+
+
+# ============================================================== the conv encoder for windows
+def test_conv_encoder_reads_each_column_as_a_channel_over_the_window_steps() -> None:
+    from anomaly_vae.model import _Steps
+    from anomaly_vae.windows import flatten_windows
+
+    n, size, k, c = 3, 5, 2, 3  # 2 numeric columns, one categorical block of 3
+    windows = torch.randn(n, size, k + c).numpy()
+    flat = flatten_windows(windows, torch.ones(n, size, k).numpy(), k)
+    steps = _Steps(n_numeric=k * size, n_cat=c * size, steps=size)
+    channels = steps.to_channels(torch.from_numpy(flat.x))
+    assert channels.shape == (n, k + c, size)
+    assert torch.equal(channels, torch.from_numpy(windows).transpose(1, 2))
+    assert torch.equal(steps.to_flat(channels), torch.from_numpy(flat.x))
+
+
+def test_conv_vae_decodes_to_the_flat_layout_for_any_leading_shape() -> None:
+    torch.manual_seed(0)
+    size = 12
+    model = VAE(
+        n_numeric=2 * size,
+        cat_sizes=[3] * size,
+        hidden_dims=[8],
+        latent_dim=4,
+        encoder="conv",
+        window_steps=size,
+        conv_channels=[6, 5],
+        conv_kernel=3,
+    ).eval()
+    x = torch.randn(7, model.input_dim)
+    mu, log_var = model.encode(x)
+    assert mu.shape == log_var.shape == (7, 4)
+    z = torch.randn(3, 7, 4)
+    out = model.decode(z)
+    assert out.shape == (3, 7, model.input_dim)
+    assert torch.allclose(out[1], model.decode(z[1]), atol=1e-6)
+    # One record scores the same alone as in a batch.
+    assert torch.allclose(model.encode(x[2:3])[0], mu[2:3], atol=1e-6)
+
+
+def test_conv_vae_needs_whole_window_steps() -> None:
+    with pytest.raises(ValueError, match="whole window steps"):
+        VAE(
+            n_numeric=7, cat_sizes=[], hidden_dims=[8], latent_dim=2, encoder="conv", window_steps=2
+        )
+    with pytest.raises(ValueError, match="encoder"):
+        VAE(n_numeric=2, cat_sizes=[], hidden_dims=[8], latent_dim=2, encoder="lstm")

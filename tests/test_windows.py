@@ -291,6 +291,77 @@ def test_window_sees_temporal_anomalies_a_row_model_cannot(window_model: Anomaly
     assert np.median(odd["score"].to_numpy()[ok]) > np.median(normal["score"].to_numpy()[ok])
 
 
+# ============================================================== the conv encoder option
+@pytest.fixture(scope="module")
+def conv_model() -> AnomalyVAE:
+    cfg = PipelineConfig.from_yaml(REPO / "pipelines" / "pumps_windows.yaml")
+    cfg.model.encoder = "conv"
+    cfg.model.conv_channels = [16, 8]
+    cfg.model.conv_kernel = 3
+    cfg.training.epochs = 8
+    cfg.training.progress = False
+    return AnomalyVAE(config=cfg).fit(make_pump_data(1600, seed=1))
+
+
+def test_conv_model_saves_loads_and_scores_the_same_however_the_input_is_cut(
+    conv_model: AnomalyVAE, tmp_path: Path
+) -> None:
+    assert conv_model.model_.encoder_kind == "conv"
+    conv_model.save(tmp_path / "m")
+    network = json.loads((tmp_path / "m" / "model.json").read_text())["network"]
+    assert network["encoder"] == "conv"
+    assert network["window_steps"] == 8
+    assert network["conv_channels"] == [16, 8]
+    loaded = AnomalyVAE.load(tmp_path / "m")
+    assert loaded.model_.encoder_kind == "conv"
+    data = make_pump_data(300, seed=5, anomaly_rate=0.05)
+    whole = conv_model.score_batch(data, windows=conv_model.new_window_state())
+    st = loaded.new_window_state()
+    parts = [loaded.score_batch(data.iloc[i : i + 41], windows=st) for i in range(0, 300, 41)]
+    joined = pd.concat([p.scores for p in parts])
+    assert np.array_equal(joined["score"].to_numpy(), whole.scores["score"].to_numpy())
+    names = {name for row in whole.top_features_list(3) for name, _ in row}
+    assert names
+    assert names <= set(conv_model.schema_.names)  # attribution names input columns
+
+
+def test_conv_model_sees_temporal_anomalies(conv_model: AnomalyVAE) -> None:
+    data = make_pump_data(800, seed=9)
+    one = data[data["pump_id"] == data["pump_id"].iloc[0]].reset_index(drop=True)
+    shuffled = one.copy()
+    cols = ["rpm", "flow", "pressure_in", "pressure_out", "current", "temperature", "vibration"]
+    shuffled[cols] = one[cols].to_numpy()[np.random.default_rng(0).permutation(len(one))]
+    normal = conv_model.score_batch(one).scores
+    odd = conv_model.score_batch(shuffled).scores
+    ok = (normal["window_status"] == "ok").to_numpy()
+    assert np.median(odd["score"].to_numpy()[ok]) > np.median(normal["score"].to_numpy()[ok])
+
+
+def test_conv_encoder_needs_a_window() -> None:
+    with pytest.raises(ValueError, match="needs a window"):
+        PipelineConfig.model_validate({"model": {"encoder": "conv"}})
+    with pytest.raises(ValueError, match="encoder"):
+        PipelineConfig.model_validate({"model": {"encoder": "lstm"}, "window": {"size": 4}})
+
+
+def test_model_files_from_before_the_conv_option_load_as_mlp(
+    window_model: AnomalyVAE, tmp_path: Path
+) -> None:
+    window_model.save(tmp_path / "m")
+    meta_path = tmp_path / "m" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    for key in ("encoder", "window_steps", "conv_channels", "conv_kernel"):
+        meta["network"].pop(key)
+    meta_path.write_text(json.dumps(meta))
+    loaded = AnomalyVAE.load(tmp_path / "m")
+    assert loaded.model_.encoder_kind == "mlp"
+    data = make_pump_data(60, seed=8)
+    assert np.array_equal(
+        loaded.score_batch(data).scores["score"].to_numpy(),
+        window_model.score_batch(data).scores["score"].to_numpy(),
+    )
+
+
 class _StateStore:
     """A stream sink that keeps what a database would: the window states written with each
     batch, read back for entities a scorer does not hold."""
