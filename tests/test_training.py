@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anomaly_vae.model import LikelihoodLayout, feature_nll, kl_divergence
+from anomaly_vae.model import Dropout, LikelihoodLayout, feature_nll, kl_divergence
 from anomaly_vae.training import _FlatAdam, numeric_elbo
 
 
@@ -72,3 +72,20 @@ def test_flat_adam_follows_torch_adam(
         ref_opt.step()
     torch.testing.assert_close(ours.data, ref.data)
     assert not torch.equal(ours.data, start)
+
+
+def test_dropout_keeps_one_minus_p_scaled_and_is_identity_in_eval() -> None:
+    torch.manual_seed(0)
+    layer = Dropout(0.2)
+    x = torch.ones(400, 500, requires_grad=True)
+    y = layer(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.8) < 0.005
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1.25))
+    y.sum().backward()
+    assert x.grad is not None
+    torch.testing.assert_close(x.grad, y.detach())  # the gradient is the scaled mask
+    layer.eval()
+    assert layer(x) is x
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(1.0)
