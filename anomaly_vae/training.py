@@ -142,7 +142,7 @@ def fit_vae(
         running = torch.zeros((), device=device)
         for start in range(0, n_train, batch_size):
             idx = order[start : start + batch_size]
-            xb = x_train[idx]
+            xb = x_train.index_select(0, idx)
             weight = beta * min(1.0, step / warmup_steps) if warmup_steps else beta
             with autocast():
                 out, mu, log_var = model(xb)
@@ -157,7 +157,9 @@ def fit_vae(
                     min_log_var=model.min_log_var,
                 )
             else:
-                nll, _ = feature_nll(xb, o_train[idx], out.float(), model.noise_log_var(), layout)
+                nll, _ = feature_nll(
+                    xb, o_train.index_select(0, idx), out.float(), model.noise_log_var(), layout
+                )
                 kl = kl_divergence(mu.float(), log_var.float())
                 loss = (nll.sum(dim=-1) + weight * kl).mean()
             flat.zero_grad()
