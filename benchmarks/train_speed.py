@@ -12,7 +12,9 @@ Two comparisons:
   row budget, early stopping; calibration included) against PyOD's ``VAE`` with its defaults
   (batch 32, encoder 128-64-32, latent 2, dropout 0.2) but 10 epochs instead of its 30;
 * **like for like**: the same data, widths and batch size as PyOD's (128-64-32, latent 2,
-  dropout 0.2, batch 32, 10 epochs), run through anomaly-vae's training loop.
+  dropout 0.2, batch 32, 10 epochs), run through anomaly-vae's training loop. anomaly-vae holds
+  20 % of the rows out for validation and calibration, so in 10 epochs it trains on 80 % of the
+  rows PyOD does: the ratio per row trained on is reported beside the one in time.
 
 A plain PyTorch loop (the data as one tensor, the default widths, batch 1024, as many rows seen
 as anomaly-vae's default fit) is printed as the floor: what the machine gives for that work.
@@ -45,6 +47,7 @@ from torch import nn
 
 from anomaly_vae import AnomalyVAE
 from anomaly_vae._version import __version__
+from anomaly_vae.config import PipelineConfig
 from benchmarks.speed import N_FEATURES, synthetic
 from benchmarks.suite import write_result
 
@@ -57,6 +60,7 @@ PYOD_SHAPE: dict[str, Any] = {
     "batch_size": 32,
     "epochs": PYOD_EPOCHS,
 }
+PYOD_DROPOUT = 0.2  # PyOD's dropout_rate; not an estimator parameter: set through the config
 
 
 def test_set(n_normal: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -74,9 +78,16 @@ def test_set(n_normal: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def timed_anomaly_vae(x: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, **params: Any):
+def timed_anomaly_vae(
+    x: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    config: PipelineConfig | None = None,
+    **params: Any,
+) -> dict[str, Any]:
     started = time.perf_counter()
-    model = AnomalyVAE(seed=0, verbose=False, **params).fit(x)
+    model = AnomalyVAE(seed=0, verbose=False, config=config, **params).fit(x)
     seconds = time.perf_counter() - started
     auc = float(roc_auc_score(y_test, model.anomaly_score(x_test)))
     summary = model.training_summary_
@@ -200,7 +211,12 @@ def run(rows: int, *, with_pyod: bool) -> dict[str, Any]:
         "plain PyTorch loop",
         timed_plain_torch(x, x_test, y_test, rows_seen=out["anomaly-vae defaults"]["rows_seen"]),
     )
-    report("anomaly-vae, PyOD's shape", timed_anomaly_vae(x, x_test, y_test, **PYOD_SHAPE))
+    pyod_like = PipelineConfig()
+    pyod_like.model.dropout = PYOD_DROPOUT
+    report(
+        "anomaly-vae, PyOD's shape",
+        timed_anomaly_vae(x, x_test, y_test, config=pyod_like, **PYOD_SHAPE),
+    )
     if with_pyod:
         report("PyOD VAE defaults", timed_pyod(x, x_test, y_test))
     return out
@@ -219,10 +235,17 @@ def ratios(runs: dict[str, Any]) -> dict[str, Any]:
         out["defaults_speedup_vs_pyod"] = round(pyod["seconds"] / ours["seconds"], 1)
         out["defaults_roc_auc_gain_vs_pyod"] = round(ours["roc_auc"] - pyod["roc_auc"], 4)
         out["like_for_like_speedup_vs_pyod"] = round(pyod["seconds"] / like["seconds"], 1)
+        # anomaly-vae trains on the rows not held out: compare the time per row trained on too.
+        out["like_for_like_speedup_per_row_vs_pyod"] = round(
+            (pyod["seconds"] / pyod["rows_seen"]) / (like["seconds"] / like["rows_seen"]), 1
+        )
         out["goal_defaults_25x_and_better_auc"] = bool(
             out["defaults_speedup_vs_pyod"] >= 25 and ours["roc_auc"] > pyod["roc_auc"]
         )
         out["goal_like_for_like_3x"] = bool(out["like_for_like_speedup_vs_pyod"] >= 3)
+        out["goal_like_for_like_3x_per_row"] = bool(
+            out["like_for_like_speedup_per_row_vs_pyod"] >= 3
+        )
     out["defaults_under_10_s"] = bool(ours["seconds"] < 10)
     return out
 
@@ -259,8 +282,10 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"Defaults against defaults: anomaly-vae {r['defaults_speedup_vs_pyod']}x faster than "
             f"PyOD's VAE (goal >= 25x), ROC-AUC {r['defaults_roc_auc_gain_vs_pyod']:+.4f}. "
-            f"Like for like (PyOD's widths, batch 32, 10 epochs): "
-            f"{r['like_for_like_speedup_vs_pyod']}x faster (goal >= 3x)."
+            f"Like for like (PyOD's widths, dropout 0.2, batch 32, 10 epochs): "
+            f"{r['like_for_like_speedup_vs_pyod']}x faster (goal >= 3x); anomaly-vae trains on "
+            "the 80 % of the rows it does not hold out for validation, so per row trained on: "
+            f"{r.get('like_for_like_speedup_per_row_vs_pyod', '?')}x."
         )
     else:
         lines.append("PyOD is not installed here: its rows and the ratios against it are absent.")

@@ -1,0 +1,91 @@
+"""The training loop's hand-written pieces against the torch operations they replace."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from anomaly_vae.model import Dropout, LikelihoodLayout, feature_nll, kl_divergence
+from anomaly_vae.training import _FlatAdam, numeric_elbo
+
+
+def _reference_loss(inputs: list[torch.Tensor], weight: float, min_log_var: float) -> torch.Tensor:
+    x, out, log_var_x, mu, log_var = inputs
+    noise = log_var_x.clamp(min=min_log_var)
+    nll, _ = feature_nll(x, torch.ones_like(x), out, noise, LikelihoodLayout(x.shape[1], ()))
+    return (nll.sum(dim=-1) + weight * kl_divergence(mu, log_var)).mean()
+
+
+def _inputs(seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(7, 5, generator=gen, dtype=torch.float64)
+    out = torch.randn(7, 5, generator=gen, dtype=torch.float64)
+    # One noise log-variance below the floor: clamped, so it gets no gradient.
+    log_var_x = torch.tensor([0.3, -1.0, -7.5, 0.0, 1.2], dtype=torch.float64)
+    mu = torch.randn(7, 3, generator=gen, dtype=torch.float64)
+    log_var = torch.randn(7, 3, generator=gen, dtype=torch.float64)
+    return [t.requires_grad_(i > 0) for i, t in enumerate((x, out, log_var_x, mu, log_var))]
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.37, 1.0])
+def test_numeric_elbo_value_and_gradients_match_the_composed_loss(weight: float) -> None:
+    ours_in, ref_in = _inputs(), _inputs()
+    ours = numeric_elbo(*ours_in, weight=weight, min_log_var=-6.0)
+    ref = _reference_loss(ref_in, weight, -6.0)
+    torch.testing.assert_close(ours, ref)
+    ours.backward()
+    ref.backward()
+    for a, b in zip(ours_in[1:], ref_in[1:], strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
+    clamped = ours_in[2].grad
+    assert clamped is not None
+    assert clamped[2] == 0.0  # below the floor: no gradient
+
+
+def test_numeric_elbo_gradients_pass_gradcheck() -> None:
+    x, out, log_var_x, mu, log_var = _inputs(1)
+    log_var_x = log_var_x.detach().clone().fill_(0.2).requires_grad_(True)  # off the kink
+    assert torch.autograd.gradcheck(
+        lambda o, n, m, v: numeric_elbo(x, o, n, m, v, weight=0.5, min_log_var=-6.0),
+        (out, log_var_x, mu, log_var),
+    )
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+@pytest.mark.parametrize("fused", [True, False])
+def test_flat_adam_follows_torch_adam(
+    weight_decay: float, fused: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not fused:  # as on a torch without the fused kernel
+        monkeypatch.setattr(_FlatAdam, "_fused_kernel_works", lambda self, device: False)
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(50, generator=gen)
+    ours = torch.nn.Parameter(start.clone())
+    ref = torch.nn.Parameter(start.clone())
+    opt = _FlatAdam(ours, 3e-3, weight_decay)
+    assert (opt.fallback is None) == fused
+    ref_opt = torch.optim.Adam([ref], lr=3e-3, weight_decay=weight_decay)
+    for _ in range(5):
+        grad = torch.randn(50, generator=gen)
+        ours.grad, ref.grad = grad.clone(), grad.clone()
+        opt.step()
+        ref_opt.step()
+    torch.testing.assert_close(ours.data, ref.data)
+    assert not torch.equal(ours.data, start)
+
+
+def test_dropout_keeps_one_minus_p_scaled_and_is_identity_in_eval() -> None:
+    torch.manual_seed(0)
+    layer = Dropout(0.2)
+    x = torch.ones(400, 500, requires_grad=True)
+    y = layer(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.8) < 0.005
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1.25))
+    y.sum().backward()
+    assert x.grad is not None
+    torch.testing.assert_close(x.grad, y.detach())  # the gradient is the scaled mask
+    layer.eval()
+    assert layer(x) is x
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(1.0)
