@@ -81,8 +81,9 @@ def decode_messages(
     entities: list[str | None] = []
     stamps: list[int] = []
     reject_rows: list[tuple[str, str, str | None, str, int, int]] = []
+    loads = orjson.loads
     for msg in messages:
-        key = source_key(msg.topic, msg.partition, msg.offset)
+        key = f"{msg.topic}:{msg.partition}:{msg.offset}"  # source_key(), inlined: per message
         value = msg.value
         if value is None:
             reject_rows.append(
@@ -102,7 +103,7 @@ def decode_messages(
             )
             continue
         try:
-            obj = orjson.loads(value)
+            obj = loads(value)
         except orjson.JSONDecodeError as exc:
             reason = f"invalid JSON: {str(exc).splitlines()[0]}"
             reject_rows.append((key, reason, _preview(value), msg.topic, msg.partition, msg.offset))
@@ -124,7 +125,15 @@ def decode_messages(
             entity = msg.key.decode("utf-8", errors="replace")
         entities.append(None if entity is None else str(entity))
         stamps.append(int(msg.timestamp))
-    frame = pd.DataFrame({name: [obj.get(name) for obj in objects] for name in keep})
+    frame = pd.DataFrame(
+        {
+            # Feature fields are in every object kept; the others may be absent.
+            name: [obj[name] for obj in objects]
+            if name in wanted
+            else [obj.get(name) for obj in objects]
+            for name in keep
+        }
+    )
     if not keep:
         frame = pd.DataFrame(index=pd.RangeIndex(len(objects)))
     # JSON has null for "no value"; a NaN or infinity spelled out as text is poison.
@@ -278,7 +287,10 @@ def flatten(polled: dict[Any, list[Any]]) -> list[Any]:
 def next_offsets(records: Iterable[Any]) -> dict[tuple[str, int], int]:
     """For each (topic, partition) the offset to commit: the last record's offset + 1."""
     out: dict[tuple[str, int], int] = {}
+    get = out.get
     for rec in records:
         key = (rec.topic, rec.partition)
-        out[key] = max(out.get(key, -1), int(rec.offset) + 1)
+        offset = rec.offset + 1
+        if offset > get(key, -1):
+            out[key] = offset
     return out
