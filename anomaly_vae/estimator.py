@@ -108,10 +108,12 @@ class ScoreBatch:
             return None
         return contribution_shares(self.raw_contributions, self.baseline)
 
-    def top_features_text(self, k: int) -> np.ndarray:
+    def top_features_text(self, k: int, *, arrow: bool = False) -> Any:
+        """Per record, ``col:share;...`` (numpy ``str``; ``arrow=True``: Arrow-backed)."""
         if self.contributions is None:
-            return np.full(len(self.scores), "", dtype=object)
-        return top_features_text(self.contributions, self.feature_names, k)
+            empty = np.full(len(self.scores), "", dtype=object)
+            return pd.array(empty, dtype=pd.StringDtype("pyarrow")) if arrow else empty
+        return top_features_text(self.contributions, self.feature_names, k, arrow=arrow)
 
     def top_features_json(self, k: int) -> np.ndarray:
         """Per record, JSON text of the ``[column, share]`` pairs (for the database)."""

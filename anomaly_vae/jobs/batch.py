@@ -360,7 +360,7 @@ def _output_frame(frame: pd.DataFrame, batch: ScoreBatch, columns: OutputColumns
     data["recon_error"] = scores["recon_error"].to_numpy()
     data["percentile"] = scores["percentile"].to_numpy()
     data["is_anomaly"] = scores["is_anomaly"].to_numpy()
-    data["top_features"] = batch.top_features_text(columns.top_k)
+    data["top_features"] = batch.top_features_text(columns.top_k, arrow=True)
     if "window_status" in scores:
         data["window_status"] = scores["window_status"].to_numpy()
     if "nll_iw" in scores:
