@@ -245,9 +245,9 @@ def _batch_frame(records: pd.DataFrame, new: np.ndarray, now: datetime) -> pd.Da
     )
     if not new.all():  # every record inserted: no key can be there twice
         frame = frame[new]
-        keys = _as_text(records["source_key"])[frame["position"].to_numpy()]
-        if not pd.Series(keys).is_unique:
-            frame = frame[~pd.Series(keys).duplicated().to_numpy()]
+        keys = pd.Series(_as_text(records["source_key"].iloc[frame["position"].to_numpy()]))
+        if not keys.is_unique:
+            frame = frame[~keys.duplicated().to_numpy()]
     return frame.sort_values(["time", "position"], kind="stable").reset_index(drop=True)
 
 
