@@ -459,11 +459,7 @@ def write_results(
             now=now,
             history_filter=not_written_by(run_id, now),
         )
-        opened = (
-            fetch_alert_details(connection, alert_ids=changes.opened)
-            if alert_details
-            else [{"alert_id": alert_id} for alert_id in changes.opened]
-        )
+        opened = fetch_alert_details(connection, alert_ids=changes.opened) if alert_details else []
         if window_states:
             save_window_states(connection, model_id=model_id, states=window_states, now=now)
         connection.execute(
@@ -482,8 +478,8 @@ def write_results(
         flagged=len(flagged_keys),
         dead_letters_given=n_rejects,
         dead_letters_inserted=dead_inserted,
-        alerts_opened=len(opened),
-        alerts=tuple(opened) if alert_details else (),
+        alerts_opened=len(changes.opened),
+        alerts=tuple(opened),
         alerts_escalated=len(changes.escalated),
         alerts_resolved=len(changes.resolved),
     )
