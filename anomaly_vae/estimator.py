@@ -110,10 +110,11 @@ class ScoreBatch:
 
     def top_features_text(self, k: int, *, arrow: bool = False) -> Any:
         """Per record, ``col:share;...`` (numpy ``str``; ``arrow=True``: Arrow-backed)."""
-        if self.contributions is None:
-            empty = np.full(len(self.scores), "", dtype=object)
-            return pd.array(empty, dtype=pd.StringDtype("pyarrow")) if arrow else empty
-        return top_features_text(self.contributions, self.feature_names, k, arrow=arrow)
+        # No contributions: a zero-width matrix, which top_features_text turns into "" per row.
+        contributions = self.contributions
+        if contributions is None:
+            contributions = np.zeros((len(self.scores), 0), dtype=np.float32)
+        return top_features_text(contributions, self.feature_names, k, arrow=arrow)
 
     def top_features_json(self, k: int) -> np.ndarray:
         """Per record, JSON text of the ``[column, share]`` pairs (for the database)."""
