@@ -256,12 +256,17 @@ def contribution_shares(raw: np.ndarray, baseline: np.ndarray | None) -> np.ndar
 
     ``baseline`` is each column's median contribution on held-out normal data: a column that
     always costs a few nats (a hard-to-predict category, say) does not explain an anomaly.
+    float32 throughout, in place on one copy: this runs on every scored record.
     """
-    lifted = raw if baseline is None else np.maximum(raw - baseline[None, :], 0.0)
+    lifted = np.array(raw, dtype=np.float32, copy=True)
+    if baseline is not None:
+        lifted -= np.asarray(baseline, dtype=np.float32)[None, :]
+    np.maximum(lifted, 0.0, out=lifted)
     total = lifted.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        shares = np.where(total > 0, lifted / np.where(total > 0, total, 1.0), 0.0)
-    return shares.astype(np.float32)
+    nothing = ~(total[:, 0] > 0)  # NaN totals too
+    np.divide(lifted, total, out=lifted, where=~nothing[:, None])
+    lifted[nothing] = 0.0
+    return lifted
 
 
 def _top_k(contributions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -88,3 +88,24 @@ def test_leaving_a_column_out_removes_exactly_its_terms(order_model: AnomalyVAE)
     finally:
         with torch.no_grad():
             first.weight.copy_(saved)
+
+
+def test_contribution_shares_lift_over_the_baseline() -> None:
+    from anomaly_vae.scoring import contribution_shares
+
+    raw = np.array(
+        [
+            [3.0, 1.0, 2.0],  # lifts 2, 0 (below its baseline), 1
+            [0.5, 0.5, 0.5],  # nothing above the baseline
+            [np.nan, 4.0, 1.0],  # a NaN lift: no shares rather than NaN shares
+        ],
+        dtype=np.float32,
+    )
+    baseline = np.array([1.0, 2.0, 1.0])
+    shares = contribution_shares(raw, baseline)
+    assert shares.dtype == np.float32
+    np.testing.assert_allclose(shares[0], [2 / 3, 0.0, 1 / 3], rtol=1e-6)
+    np.testing.assert_array_equal(shares[1:], 0.0)
+    unlifted = contribution_shares(raw[:1], None)[0]
+    np.testing.assert_allclose(unlifted, [0.5, 1 / 6, 1 / 3], rtol=1e-6)
+    assert raw[0, 0] == 3.0  # the input is left alone

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from anomaly_vae.errors import ConfigError
 from anomaly_vae.estimator import AnomalyVAE, ScoreBatch, label_to_binary
+from anomaly_vae.jobs.memory import reuse_freed_memory
 from anomaly_vae.sources.csv import CsvSource
 from anomaly_vae.training import torch_threads
 
@@ -187,8 +188,12 @@ def score_csv(
     threshold: float | None = None,
     progress: bool = False,
 ) -> BatchSummary:
-    """Score every row of ``source`` and hand each chunk's results to ``sinks``."""
+    """Score every row of ``source`` and hand each chunk's results to ``sinks``.
+
+    Sets the process's glibc allocator to reuse freed buffers (``jobs.memory``).
+    """
     started = time.perf_counter()
+    reuse_freed_memory()
     header = source.header()
     model.schema_.check_columns(header, source=source.label)
     passthrough = [c for c in (passthrough or []) if c in header]

@@ -153,7 +153,6 @@ class CsvSource:
             "sep": self.sep,
             "encoding": self.encoding,
             "on_bad_lines": "warn",
-            "low_memory": False,
         }
         if handle is not None and self.compressed:
             source = self.path  # let pandas open it with the right decompressor
