@@ -214,12 +214,12 @@ def test_commands_refuse_a_database_behind_the_migrations(
     assert "revision none" in cli(capsys, "db", "current", "--db", empty_db_url).stdout
     upgraded = cli(capsys, "db", "upgrade", "--db", empty_db_url)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "migrated from empty to 0004" in upgraded.stdout
-    assert "already at revision 0004" in cli(capsys, "db", "upgrade", "--db", empty_db_url).stdout
+    assert "migrated from empty to 0005" in upgraded.stdout
+    assert "already at revision 0005" in cli(capsys, "db", "upgrade", "--db", empty_db_url).stdout
     assert "up to date" in cli(capsys, "db", "current", "--db", empty_db_url).stdout
     assert cli(capsys, "runs", "list", "--db", empty_db_url).stdout.strip() == "no scoring runs yet"
     down = cli(capsys, "db", "downgrade", "base", "--db", empty_db_url)
-    assert "down from 0004 to base" in down.stdout
+    assert "down from 0005 to base" in down.stdout
 
 
 def test_score_creates_a_missing_sqlite_database(

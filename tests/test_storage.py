@@ -100,10 +100,10 @@ def test_migrated_schema_equals_the_orm_metadata(db_url: str) -> None:
 def test_downgrade_to_base_and_back_up(db_url: str) -> None:
     engine = engine_for(db_url)
     try:
-        assert downgrade(engine, "base") == ("0004", None)
+        assert downgrade(engine, "base") == ("0005", None)
         left = set(inspect(engine).get_table_names()) - {"alembic_version"}
         assert left == set()
-        assert upgrade(engine) == (None, "0004")
+        assert upgrade(engine) == (None, "0005")
         assert schema_differences(engine) == []
         assert {"models", "scores", "alerts", "dead_letters", "thresholds", "scoring_runs"} <= set(
             inspect(engine).get_table_names()
@@ -403,7 +403,7 @@ def test_upgrade_from_0001_keeps_the_thresholds(db_url: str) -> None:
                 "parameters, created_by, reason, created_at) VALUES ('pumps', 1, 'value', 9.5, "
                 "NULL, '{}', 'ops', 'before 0002', '2026-11-01 00:00:00+00:00')"
             )
-        assert upgrade(engine) == ("0001", "0004")
+        assert upgrade(engine) == ("0001", "0005")
         assert schema_differences(engine) == []
         with engine.connect() as connection:
             row = repo.threshold_in_force(connection, model_name="pumps")
