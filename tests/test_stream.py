@@ -130,6 +130,69 @@ def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> 
         consumer.close()
 
 
+class _StagedScorer:
+    """Stands in for StreamScorer in _BatchWorker: records what each stage saw."""
+
+    def __init__(self, fail_scoring: int | None = None) -> None:
+        self.events: list[str] = []
+        self.second_scored = threading.Event()
+        self.fail_scoring = fail_scoring
+
+    def _score_stage(self, records: list[int]) -> tuple[str, float]:
+        if records[0] == self.fail_scoring:
+            raise ValueError("scoring failed")
+        self.events.append(f"scored {records[0]}")
+        if records[0] == 2:
+            self.second_scored.set()
+        return f"batch {records[0]}", 0.0
+
+    def _write_stage(self, records: list[int], batch: str, started: float) -> dict:
+        if records[0] == 1:
+            # Batch 2 is scored while batch 1 is still being written: the stages overlap.
+            assert self.second_scored.wait(10)
+        self.events.append(f"wrote {records[0]}")
+        return {("t", 0): records[0] + 1}
+
+
+def test_batches_are_scored_while_the_previous_one_is_written() -> None:
+    from anomaly_vae.jobs.stream import _BatchWorker
+
+    scorer = _StagedScorer()
+    worker = _BatchWorker(scorer)  # type: ignore[arg-type]
+    try:
+        for first in (1, 2, 3):
+            worker.submit([first])
+        assert worker.drain(timeout=20)
+        assert worker.error is None
+        assert worker.completed() == [{("t", 0): 2}, {("t", 0): 3}, {("t", 0): 4}]
+        assert scorer.events.index("scored 2") < scorer.events.index("wrote 1")
+        assert [e for e in scorer.events if e.startswith("wrote")] == [
+            "wrote 1",
+            "wrote 2",
+            "wrote 3",
+        ]
+    finally:
+        worker.abort()
+
+
+def test_a_failed_batch_stops_the_ones_behind_it() -> None:
+    from anomaly_vae.jobs.stream import _BatchWorker
+
+    scorer = _StagedScorer(fail_scoring=2)
+    scorer.second_scored.set()
+    worker = _BatchWorker(scorer)  # type: ignore[arg-type]
+    try:
+        for first in (1, 2, 3):
+            worker.submit([first])
+        assert worker.drain(timeout=20)
+        assert isinstance(worker.error, ValueError)
+        assert worker.completed() == [{("t", 0): 2}]  # batch 3 is never made committable
+        assert "wrote 3" not in scorer.events
+        assert worker.in_flight == 0
+    finally:
+        worker.abort()
+
+
 def test_every_message_comes_out_exactly_once(broker: DevBroker, stream_model: AnomalyVAE) -> None:
     topic = create_topic(broker.bootstrap, partitions=3)
     values, keys = pump_values(600, seed=11)

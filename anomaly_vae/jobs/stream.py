@@ -356,12 +356,17 @@ class StreamScorer:
         self.sink.close()
 
     # ------------------------------------------------------------------ one batch
-    def _process(self, records: list[Any]) -> dict[tuple[str, int], int]:
-        """Score, write and publish one batch; return the offsets it makes committable."""
+    def _score_stage(self, records: list[Any]) -> tuple[StreamBatch, float]:
+        """The first half of a batch (no I/O): decode, validate and score."""
         started = time.monotonic()
         if self.stats.first_batch_at is None:
             self.stats.first_batch_at = started
-        batch = self.score_records(records)
+        return self.score_records(records), started
+
+    def _write_stage(
+        self, records: list[Any], batch: StreamBatch, started: float
+    ) -> dict[tuple[str, int], int]:
+        """The second half: write and publish; return the offsets it makes committable."""
         try:
             result = self._write_with_retry(batch)
         except _StoppedError as exc:
@@ -383,7 +388,9 @@ class StreamScorer:
                 del self.stats.latency_ms[:10_000]
         self.stats.last_batch_at = time.monotonic()
         logger.debug(
-            "batch of %d scored in %.3f s", len(records), self.stats.last_batch_at - started
+            "batch of %d scored and written in %.3f s",
+            len(records),
+            self.stats.last_batch_at - started,
         )
         return next_offsets(records)
 
@@ -592,34 +599,70 @@ class _StoppedError(Exception):
     records = 0
 
 
-IN_FLIGHT = 2
+@dataclass
+class _Failed:
+    exc: BaseException
+
+
+IN_FLIGHT = 3  # batches between poll and commit: one being written, one scored, one waiting
 _SENTINEL = object()
 
 
 class _BatchWorker:
-    """Scores and writes batches in order in its own thread, at most ``IN_FLIGHT`` ahead of
-    the committed offsets; reports each durable batch's offsets back to the polling thread."""
+    """Scores and writes batches in order, at most ``IN_FLIGHT`` ahead of the committed offsets;
+    reports each durable batch's offsets back to the polling thread.
+
+    Two threads, so that scoring the next batch overlaps writing this one (the database server
+    works while the writer waits): ``stream-scorer`` decodes, validates and scores;
+    ``stream-writer`` writes, publishes and reports, in the order the batches came. After a
+    failure in either, the batches behind it are dropped uncommitted (replayed on restart).
+    """
 
     def __init__(self, scorer: StreamScorer) -> None:
         self.scorer = scorer
         self.inbox: Queue[Any] = Queue()
+        self.scored: Queue[Any] = Queue()
         self.outbox: Queue[dict[tuple[str, int], int]] = Queue()
         self.error: BaseException | None = None
         self.in_flight = 0
         self._room = threading.Condition()
-        self.thread = threading.Thread(target=self._run, name="stream-worker", daemon=True)
+        self.thread = threading.Thread(target=self._score, name="stream-scorer", daemon=True)
+        self.writer = threading.Thread(target=self._write, name="stream-writer", daemon=True)
         self.thread.start()
+        self.writer.start()
 
-    def _run(self) -> None:
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+
+    def _score(self) -> None:
+        failed = False
         while True:
             records = self.inbox.get()
             if records is _SENTINEL:
+                self.scored.put(_SENTINEL)
                 return
-            if self.error is None:
+            item: Any = None  # skipped: still counted down by the writer
+            if not failed and self.error is None:
                 try:
-                    self.outbox.put(self.scorer._process(records))
+                    item = (records, *self.scorer._score_stage(records))
                 except BaseException as exc:
-                    self.error = exc
+                    # Raised when the writer reaches it: the batches before it are written.
+                    item, failed = _Failed(exc), True
+            self.scored.put(item)
+
+    def _write(self) -> None:
+        while True:
+            item = self.scored.get()
+            if item is _SENTINEL:
+                return
+            if isinstance(item, _Failed):
+                self._fail(item.exc)
+            elif item is not None and self.error is None:
+                try:
+                    self.outbox.put(self.scorer._write_stage(*item))
+                except BaseException as exc:
+                    self._fail(exc)
             with self._room:
                 self.in_flight -= 1
                 self._room.notify_all()
@@ -663,6 +706,7 @@ class _BatchWorker:
         if self.thread.is_alive():
             self.inbox.put(_SENTINEL)
             self.thread.join(timeout=30)
+        self.writer.join(timeout=30)
 
 
 def _rebalance_listener(scorer: StreamScorer) -> Any:
