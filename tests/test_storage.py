@@ -32,7 +32,7 @@ from anomaly_vae.storage.engine import (
     resolve_database_url,
 )
 from anomaly_vae.storage.migrate import downgrade, head_revision, upgrade
-from anomaly_vae.storage.tables import Alert, Base, Score, ScoringRun
+from anomaly_vae.storage.tables import Alert, Base, DeadLetter, Score, ScoringRun
 
 pytestmark = pytest.mark.integration
 
@@ -148,6 +148,49 @@ def start(connection: Connection, version: repo.ModelVersion) -> tuple[int, int,
             threshold_id=threshold.id,
         )
     return model_id, run_id, int(threshold.id)
+
+
+def test_written_values_come_back_exactly(db_url: str) -> None:
+    """Text with separators, quotes, new lines and non-ASCII, an empty entity next to a
+    missing one, floats that need 17 digits, JSON with quotes: stored as given."""
+    engine = engine_for(db_url)
+    awkward = ['pump "7", east', "line\nbreak", "", None, "Zürich ✓"]
+    keys = [f"topic:0:{i}" for i in range(5)]
+    scores = [0.1 + 0.2, 1 / 3, 1e-300, 12.5, -0.0]
+    batch = records(keys, scores)
+    batch["entity_key"] = pd.Series(awkward, dtype=object)
+    batch.loc[3, "event_time"] = pd.NaT
+    batch["top_features"] = [None, '[["a,\\"b\\"",0.5]]', None, '[["é",1.0]]', None]
+    rejects = pd.DataFrame(
+        {
+            "source_key": ["topic:0:9", "topic:0:10"],
+            "reason": ["column \"flow\": 'x,y' is not a number", "bad JSON"],
+            "raw": ['{"flow": "x,y"}\n', None],
+        }
+    )
+    try:
+        with engine.connect() as connection:
+            model_id, run_id, _ = start(connection, model_version())
+            repo.write_results(
+                connection, run_id=run_id, model_id=model_id, records=batch, rejects=rejects
+            )
+            rows = connection.execute(select(Score).order_by(Score.id)).all()
+            dead = connection.execute(select(DeadLetter).order_by(DeadLetter.id)).all()
+            connection.rollback()
+        assert [r.source_key for r in rows] == keys
+        assert [r.entity_key for r in rows] == awkward
+        assert [r.score for r in rows] == scores
+        assert rows[3].event_time is None
+        assert rows[0].event_time is not None
+        assert [r.is_anomaly for r in rows] == [False, False, False, True, False]
+        assert rows[1].top_features == [['a,"b"', 0.5]]
+        assert rows[0].top_features is None
+        assert [(d.reason, d.raw) for d in dead] == [
+            ('column "flow": \'x,y\' is not a number', '{"flow": "x,y"}\n'),
+            ("bad JSON", None),
+        ]
+    finally:
+        engine.dispose()
 
 
 def test_write_results_is_idempotent_and_atomic(db_url: str) -> None:

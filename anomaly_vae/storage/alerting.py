@@ -234,7 +234,8 @@ def _batch_frame(records: pd.DataFrame, new: np.ndarray, now: datetime) -> pd.Da
         event_time = pd.Series(pd.NaT, index=records.index, dtype="datetime64[ns, UTC]")
     frame = pd.DataFrame(
         {
-            "entity": entity.to_numpy(dtype=object),
+            # object dtype kept: pandas 3 would infer its str dtype, turning None into NaN.
+            "entity": pd.Series(entity.to_numpy(dtype=object), dtype=object),
             "level": level,
             "timed": event_time.notna().to_numpy(),
             "time": event_time.dt.tz_convert(None)

@@ -4,10 +4,11 @@
 The hot path is :func:`write_results`: one call writes one batch of scored records, their
 rejects and the alerts they open in ONE transaction, idempotently (``ON CONFLICT DO NOTHING`` on
 the ``(source_key, model_id)`` keys), so a batch replayed after a crash adds only what is
-missing. Batch jobs and the stream scorer both call it. It runs the dialect's compiled
-``INSERT ... ON CONFLICT DO NOTHING`` through the driver's ``executemany`` with rows built
-column-wise from arrays (no ORM objects, no per-row dictionaries), which keeps it close to a
-bare ``executemany`` (see ``benchmarks/db_write.py``).
+missing. Batch jobs and the stream scorer both call it. Rows are built column-wise from
+arrays (no ORM objects, no per-row dictionaries); SQLite takes them through the driver's
+``executemany`` of the compiled ``INSERT ... ON CONFLICT DO NOTHING``, PostgreSQL as one CSV
+``COPY`` into a staging table and one ``INSERT ... SELECT`` from it (see
+``benchmarks/db_write.py``).
 """
 
 from __future__ import annotations
@@ -442,8 +443,8 @@ def write_results(
     now = scored_at or utc_now()
     with _gc_paused(), _transaction(connection):
         dialect = connection.dialect
-        score_rows, flagged_keys = _score_rows(records, dialect, run_id, model_id, now)
-        scores_inserted = _insert_rows(connection, "scores", score_rows, len(records))
+        score_columns, flagged_keys = _score_rows(records, dialect, run_id, model_id, now)
+        scores_inserted = _insert_rows(connection, "scores", score_columns, len(records))
         dead_inserted = 0
         n_rejects = 0 if rejects is None else len(rejects)
         if rejects is not None and n_rejects:
@@ -556,6 +557,9 @@ def _insert_ignore(dialect: Dialect, table: Table | Any, keys: list[str]) -> Ins
     raise ConfigError(f"unsupported database dialect {dialect.name!r}")
 
 
+# A batch's rows as columns in ``_INSERT_COLUMNS`` order: numpy arrays or lists.
+Columns = tuple["np.ndarray | list[Any]", ...]
+
 _INSERT_COLUMNS = {
     "scores": (
         "source_key",
@@ -599,43 +603,69 @@ def insert_statement(dialect_name: str, table_name: str) -> str:
     return str(compiled)
 
 
-def _insert_rows(
-    connection: Connection, table_name: str, rows: Iterator[tuple[Any, ...]], n: int
-) -> int:
-    """Insert rows (in ``_INSERT_COLUMNS`` order), skipping keys already stored; returns how
-    many were new. SQLite: the driver's ``executemany``. PostgreSQL: ``COPY`` into a temporary
+def _insert_rows(connection: Connection, table_name: str, columns: Columns, n: int) -> int:
+    """Insert rows given as columns (in ``_INSERT_COLUMNS`` order), skipping keys already
+    stored; returns how many were new. SQLite: the driver's ``executemany`` over row tuples
+    built as it takes them. PostgreSQL: the columns formatted as CSV by pyarrow (in C, without
+    holding the GIL, so the scorer's other threads run meanwhile), ``COPY`` into a temporary
     staging table, then one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` (several times
-    faster than ``executemany``, which pays a round of protocol messages per row).
-
-    ``rows`` is an iterator: each tuple is built as the driver takes it and freed once bound,
-    so a 100k-row write leaves no 100k tuples for the garbage collector to walk."""
+    faster than ``executemany``, which pays a round of protocol messages per row)."""
     if not n:
         return 0
     if connection.dialect.name == "postgresql":
-        return _copy_then_insert(connection, table_name, rows)
+        return _copy_then_insert(connection, table_name, columns)
     raw = connection.connection.driver_connection  # sqlite3, inside this transaction
     assert raw is not None
     cursor = raw.cursor()
+    lists = [c.tolist() if isinstance(c, np.ndarray) else c for c in columns]
     try:
-        cursor.executemany(insert_statement("sqlite", table_name), rows)
+        # Tuples made as the driver takes them and freed once bound: a 100k-row write leaves
+        # no 100k tuples for the garbage collector to walk.
+        cursor.executemany(insert_statement("sqlite", table_name), zip(*lists, strict=True))
         return max(int(cursor.rowcount), 0)
     finally:
         cursor.close()
 
 
-def _copy_then_insert(
-    connection: Connection, table_name: str, rows: Iterator[tuple[Any, ...]]
-) -> int:
+def _copy_then_insert(connection: Connection, table_name: str, columns: Columns) -> int:
     create, copy_sql, insert_sql = _staging_statements(table_name)
+    payload = _csv_payload(table_name, columns)
     raw = connection.connection.driver_connection  # psycopg, inside this transaction
     assert raw is not None
     with raw.cursor() as cursor:
         cursor.execute(create)
         with cursor.copy(copy_sql) as copy:
-            for row in rows:
-                copy.write_row(row)
+            copy.write(payload)
         cursor.execute(insert_sql)
         return max(int(cursor.rowcount), 0)
+
+
+_ARROW_TYPES = {
+    "model_id": "int64",
+    "run_id": "int64",
+    "score": "float64",
+    "recon_error": "float64",
+    "percentile": "float64",
+    "is_anomaly": "bool",
+}
+
+
+def _csv_payload(table_name: str, columns: Columns) -> bytes:
+    """The rows as CSV for ``COPY ... (FORMAT csv)``: every value quoted, nulls unquoted and
+    empty, which is how PostgreSQL tells an empty text from a null. Floats are written in
+    their shortest round-trip form, so the stored values are exactly the scored ones."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    names = _INSERT_COLUMNS[table_name]
+    arrays = [
+        pa.array(values, type=pa.type_for_alias(_ARROW_TYPES.get(name, "string")), from_pandas=True)
+        for name, values in zip(names, columns, strict=True)
+    ]
+    sink = pa.BufferOutputStream()
+    options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
+    pacsv.write_csv(pa.Table.from_arrays(arrays, names=list(names)), sink, write_options=options)
+    return sink.getvalue().to_pybytes()
 
 
 @lru_cache(maxsize=4)
@@ -657,12 +687,13 @@ def _staging_statements(table_name: str) -> tuple[str, str, str]:
     stmt = _insert_ignore(dialect, target, ["source_key", "model_id"]).from_select(
         list(columns), select(*staged.c)
     )
-    return create, f"COPY {stage} ({names}) FROM STDIN", str(stmt.compile(dialect=dialect))
+    copy = f"COPY {stage} ({names}) FROM STDIN (FORMAT csv)"
+    return create, copy, str(stmt.compile(dialect=dialect))
 
 
 def _score_rows(
     records: pd.DataFrame, dialect: Dialect, run_id: int, model_id: int, now: datetime
-) -> tuple[Iterator[tuple[Any, ...]], list[str]]:
+) -> tuple[Columns, list[str]]:
     n = len(records)
     keys = _texts(records["source_key"], "source_key")
     flags = records["is_anomaly"].to_numpy(dtype=bool, na_value=False)
@@ -674,38 +705,37 @@ def _score_rows(
     unset = pd.isna(severity)
     severity[unset] = None
     severity[unset & flags] = "warning"  # a flagged record without a severity is a warning
-    columns = (
+    columns: Columns = (
         keys,
-        [model_id] * n,
-        [run_id] * n,
+        np.full(n, model_id, dtype=np.int64),
+        np.full(n, run_id, dtype=np.int64),
         _optional_texts(records, "entity_key", n),
         _timestamps(records.get("event_time"), n, dialect),
-        [_timestamp_value(now, dialect)] * n,
-        records["score"].to_numpy(dtype=np.float64).tolist(),
-        records["recon_error"].to_numpy(dtype=np.float64).tolist(),
-        records["percentile"].to_numpy(dtype=np.float64).tolist(),
-        flags.astype(int).tolist() if dialect.name == "sqlite" else flags.tolist(),
+        [_timestamp_text(now, dialect)] * n,
+        records["score"].to_numpy(dtype=np.float64),
+        records["recon_error"].to_numpy(dtype=np.float64),
+        records["percentile"].to_numpy(dtype=np.float64),
+        flags.astype(np.int64) if dialect.name == "sqlite" else flags,
         severity.tolist(),
         _json_texts(records.get("top_features"), n),
         _optional_texts(records, "window_status", n),
     )
     flagged = np.asarray(keys, dtype=object)[flags].tolist()
-    return zip(*columns, strict=True), flagged
+    return columns, flagged
 
 
 def _dead_letter_rows(
     rejects: pd.DataFrame, dialect: Dialect, run_id: int, model_id: int, now: datetime
-) -> Iterator[tuple[Any, ...]]:
+) -> Columns:
     n = len(rejects)
-    columns = (
+    return (
         _texts(rejects["source_key"], "source_key"),
-        [model_id] * n,
-        [run_id] * n,
+        np.full(n, model_id, dtype=np.int64),
+        np.full(n, run_id, dtype=np.int64),
         rejects["reason"].astype(str).tolist(),
         _optional_texts(rejects, "raw", n),
-        [_timestamp_value(now, dialect)] * n,
+        [_timestamp_text(now, dialect)] * n,
     )
-    return zip(*columns, strict=True)
 
 
 def _texts(series: pd.Series, name: str) -> list[str]:
@@ -720,15 +750,19 @@ def _optional_texts(frame: pd.DataFrame, name: str, n: int) -> list[Any]:
     if name not in frame:
         return [None] * n
     series = frame[name]
-    return series.astype(str).where(series.notna(), None).tolist()
+    # None, never NaN, for a missing value: pandas 3's where() would give NaN.
+    texts = series.astype(str).to_numpy(dtype=object)
+    texts[series.isna().to_numpy()] = None
+    return texts.tolist()
 
 
 _SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's own SQLite DATETIME format
 
 
-def _timestamp_value(value: datetime, dialect: Dialect) -> Any:
-    value = value.astimezone(timezone.utc)
-    return value.strftime(_SQLITE_TIME_FORMAT) if dialect.name == "sqlite" else value
+def _timestamp_text(value: datetime, dialect: Dialect) -> str:
+    """One UTC time as ``_timestamps`` writes them."""
+    text = value.astimezone(timezone.utc).strftime(_SQLITE_TIME_FORMAT)
+    return text if dialect.name == "sqlite" else text + "+00:00"
 
 
 def _timestamps(series: pd.Series | None, n: int, dialect: Dialect) -> list[Any]:
@@ -814,11 +848,14 @@ def _json_texts(series: pd.Series | None, n: int) -> list[Any]:
     if series is None:
         return [None] * n
     values = series.tolist()
-    if pd.api.types.infer_dtype(series, skipna=False) == "string":  # JSON text already
+    kind = pd.api.types.infer_dtype(series, skipna=False)
+    if kind == "string":  # JSON text already, nothing missing
         return values
     return [
         value
-        if value is None or isinstance(value, str)
+        if isinstance(value, str)
+        else None
+        if value is None or (isinstance(value, float) and value != value)  # None or NaN
         else json.dumps(value, separators=(",", ":"))
         for value in values
     ]
