@@ -307,7 +307,7 @@ def top_features_text(
         return np.full(n, "", dtype=object)
     cols, shares = _top_k(contributions, k)
     hundredths = np.clip(np.rint(shares * 100.0), 0, 100).astype(np.int64)
-    table = pa.array([f"{name}:{h / 100:.2f}" for name in names for h in range(101)], pa.string())
+    table = _piece_texts(tuple(names))
     pieces = [
         pc.take(table, pa.array(cols[:, j] * 101 + hundredths[:, j], mask=shares[:, j] < min_share))
         for j in range(k)
@@ -355,6 +355,14 @@ def top_features_json(
     trimmed = pc.utf8_rtrim(joined, characters=",")
     wrapped = pc.binary_join_element_wise("[", trimmed, "]", "")
     return np.asarray(wrapped.to_numpy(zero_copy_only=False), dtype=object)
+
+
+@functools.lru_cache(maxsize=16)
+def _piece_texts(names: tuple[str, ...]) -> Any:
+    """'col:0.00' to 'col:1.00' for every column, in column order (101 per column)."""
+    import pyarrow as pa
+
+    return pa.array([f"{name}:{h / 100:.2f}" for name in names for h in range(101)], pa.string())
 
 
 @functools.cache

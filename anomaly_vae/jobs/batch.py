@@ -120,7 +120,8 @@ class CsvScoreWriter:
         frame = frame.astype(dict.fromkeys(floats, "float32"))
         options = pacsv.WriteOptions(include_header=self._header, delimiter=self.sep)
         try:
-            table = pa.Table.from_pandas(frame, preserve_index=False)
+            # One thread: a pool per chunk costs more than it saves on a few columns.
+            table = pa.Table.from_pandas(frame, preserve_index=False, nthreads=1)
             pacsv.write_csv(table, self._handle, write_options=options)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             # A column pyarrow cannot type (mixed Python objects): let pandas format it.

@@ -20,6 +20,7 @@ import pandas as pd
 
 from anomaly_vae.errors import InputFileError
 
+FIRST_CHUNK_ROWS = 5000
 _COMPRESSED = (".gz", ".bz2", ".zip", ".xz", ".zst", ".tar")
 _BAD_LINE = re.compile(r"[Ss]kipping line (\d+): (.*)")
 
@@ -106,11 +107,14 @@ class CsvSource:
             self._handle = handle
             reader = self._read(handle=handle, chunksize=self.chunk_size, usecols=usecols)
             assert not isinstance(reader, pd.DataFrame)
+            # A small first chunk: what follows it (scoring, writing) starts sooner.
+            first: int | None = min(self.chunk_size, FIRST_CHUNK_ROWS)
             while True:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", pd.errors.ParserWarning)
                     try:
-                        frame = next(reader)
+                        frame = reader.get_chunk(first) if first else next(reader)
+                        first = None
                     except StopIteration:
                         break
                     except pd.errors.ParserError as exc:

@@ -1,0 +1,94 @@
+"""Extra score terms beside the ELBO (diagnostic for benchmarks/README.md, finding 6).
+
+    python -m benchmarks.score_terms --datasets cardio,satellite,wilt --seeds 0,1
+
+Trains anomaly-vae with its defaults on each split (the `plain` protocol of
+``benchmarks.detection``), then scores the test rows with the ELBO alone and with one more term
+added: the 5th-neighbour distance in latent space (posterior means), the 5th-neighbour distance in
+the model's scaled inputs, a Ledoit-Wolf Mahalanobis distance in the scaled inputs, and the last
+two together. Each term is standardised by its own training scores (median and IQR), so nothing
+is fitted on test labels. Prints ROC-AUC x 100, the mean over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.covariance import LedoitWolf
+from sklearn.metrics import roc_auc_score
+from sklearn.neighbors import NearestNeighbors
+
+from anomaly_vae import AnomalyVAE
+from benchmarks.detection import load, make_split
+
+K = 5
+
+
+def _inputs_and_latents(model: AnomalyVAE, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    frame = pd.DataFrame(x, columns=model.feature_names_in_)
+    clean, _ = model.schema_.validate(frame, source="benchmark")
+    encoded = model.preprocessor_.transform(clean)
+    with torch.inference_mode():
+        model.model_.eval()
+        mu, _ = model.model_.encode(torch.as_tensor(encoded.x))
+    return encoded.x, mu.numpy()
+
+
+def _knn(reference: np.ndarray) -> Callable[[np.ndarray, bool], np.ndarray]:
+    index = NearestNeighbors(n_neighbors=K + 1).fit(reference)
+
+    def distance(points: np.ndarray, own: bool) -> np.ndarray:
+        # A training row is its own nearest neighbour: skip it.
+        d, _ = index.kneighbors(points, n_neighbors=K + 1 if own else K)
+        return np.asarray(d[:, -1])
+
+    return distance
+
+
+def _standardised(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+    q25, q50, q75 = np.quantile(train, [0.25, 0.5, 0.75])
+    return np.asarray((test - q50) / max(q75 - q25, 1e-12))
+
+
+def terms(name: str, seed: int) -> dict[str, float]:
+    x, y = load(name)
+    split = make_split(x, y, seed, "plain")
+    model = AnomalyVAE(seed=seed, verbose=False).fit(split.x_train)
+    elbo = _standardised(model.anomaly_score(split.x_train), model.anomaly_score(split.x_test))
+    in_train, z_train = _inputs_and_latents(model, split.x_train)
+    in_test, z_test = _inputs_and_latents(model, split.x_test)
+    latent_knn, input_knn = _knn(z_train), _knn(in_train)
+    covariance = LedoitWolf().fit(in_train)
+    extra = {
+        "latent 5-NN": _standardised(latent_knn(z_train, True), latent_knn(z_test, False)),
+        "input 5-NN": _standardised(input_knn(in_train, True), input_knn(in_test, False)),
+        "Mahalanobis": _standardised(
+            covariance.mahalanobis(in_train), covariance.mahalanobis(in_test)
+        ),
+    }
+    extra["input 5-NN + Mahalanobis"] = extra["input 5-NN"] + extra["Mahalanobis"]
+    out = {"ELBO": 100.0 * float(roc_auc_score(split.y_test, elbo))}
+    for label, term in extra.items():
+        out[f"ELBO + {label}"] = 100.0 * float(roc_auc_score(split.y_test, elbo + term))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="cardio,satellite,wilt,vowels,mnist,annthyroid")
+    parser.add_argument("--seeds", default="0,1")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for name in args.datasets.split(","):
+        runs = pd.DataFrame([terms(name, seed) for seed in seeds])
+        print(name, "  ".join(f"{k} {v:.1f}" for k, v in runs.mean().items()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
