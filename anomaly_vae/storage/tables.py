@@ -203,7 +203,7 @@ class Score(Base):
     # key with one query per inserted row, which was 40 % of the server's time per score row.
     # The repository, the only writer, takes both ids from rows it has just written.
     model_id: Mapped[int] = mapped_column(Integer)
-    run_id: Mapped[int] = mapped_column(Integer, index=True)
+    run_id: Mapped[int] = mapped_column(Integer)  # no index: nothing reads scores by run
     entity_key: Mapped[str | None] = mapped_column(String(200))
     event_time: Mapped[datetime | None]
     scored_at: Mapped[datetime]
