@@ -186,7 +186,7 @@ def test_written_values_come_back_exactly(db_url: str) -> None:
         assert rows[1].top_features == [['a,"b"', 0.5]]
         assert rows[0].top_features is None
         assert [(d.reason, d.raw) for d in dead] == [
-            ('column "flow": \'x,y\' is not a number', '{"flow": "x,y"}\n'),
+            ("column \"flow\": 'x,y' is not a number", '{"flow": "x,y"}\n'),
             ("bad JSON", None),
         ]
     finally:
