@@ -606,10 +606,10 @@ def insert_statement(dialect_name: str, table_name: str) -> str:
 def _insert_rows(connection: Connection, table_name: str, columns: Columns, n: int) -> int:
     """Insert rows given as columns (in ``_INSERT_COLUMNS`` order), skipping keys already
     stored; returns how many were new. SQLite: the driver's ``executemany`` over row tuples
-    built as it takes them. PostgreSQL: the columns formatted as CSV by pyarrow (in C, without
-    holding the GIL, so the scorer's other threads run meanwhile), ``COPY`` into a temporary
-    staging table, then one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` (several times
-    faster than ``executemany``, which pays a round of protocol messages per row)."""
+    built as it takes them. PostgreSQL: the columns formatted as CSV by pyarrow's writer (C++,
+    outside the interpreter lock, so the scorer's other threads run meanwhile), ``COPY`` into a
+    temporary staging table, then one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` (several
+    times faster than ``executemany``, which pays a round of protocol messages per row)."""
     if not n:
         return 0
     if connection.dialect.name == "postgresql":
