@@ -713,9 +713,9 @@ class AnomalyVAE(BaseEstimator):
             raise ModelFileError(f"{path}: the weights do not fit the stored feature layout")
         if len(est.calibration_) == 0 or not math.isfinite(est.threshold_):
             raise ModelFileError(f"{path}: the stored calibration is empty or not finite")
-        est.model_ = model.eval()
-        est.latent_dim_ = model.latent_dim
         est.device_ = resolve_device(cfg.training.device)
+        est.model_ = model.to(est.device_).eval()  # a loaded model is ready where it scores
+        est.latent_dim_ = model.latent_dim
         est.n_features_in_ = len(est.schema_.names)
         est.feature_names_in_ = np.asarray(est.schema_.names, dtype=object)
         est._scorers = {}

@@ -3,8 +3,10 @@
 Every per-record term is in nats (or standardised units for ``recon_error``), and for each of them
 **higher means more anomalous**. Scoring is deterministic: the Monte Carlo samples come from
 ``model.fixed_noise`` (K=1: the posterior mean), every mini-batch is padded to a multiple of
-``ROW_BLOCK`` rows so the matrix kernels see the same shapes, and no layer mixes records; a
-record therefore scores the same twice, alone or in any batch, whole file or chunked.
+``ROW_BLOCK`` rows so the matrix kernels see the same shapes (on a GPU, to the whole batch size:
+cuBLAS picks its kernel, and so its order of summation, by the number of rows), and no layer
+mixes records; a record therefore scores the same twice, alone or in any batch, whole file or
+chunked.
 """
 
 from __future__ import annotations
@@ -89,6 +91,8 @@ class Scorer:
         self.lik_layout = LikelihoodLayout(layout.n_numeric, tuple(layout.cat_sizes))
         self.device = device
         self.batch_size = max(ROW_BLOCK, batch_size // ROW_BLOCK * ROW_BLOCK)
+        # A GPU computes a padded row for next to nothing, and one shape means one kernel.
+        self.fixed_rows = device.type == "cuda"
         self.importance_weighted = importance_weighted
         self.want_contributions = contributions
         self.mode = mode
@@ -118,8 +122,9 @@ class Scorer:
         self.model.eval()
         for start in range(0, n, self.batch_size):
             stop = min(n, start + self.batch_size)
-            x = _padded(batch.x[start:stop], self.device)
-            obs = _padded(batch.observed[start:stop], self.device)
+            to = self.batch_size if self.fixed_rows else None
+            x = _padded(batch.x[start:stop], self.device, to=to)
+            obs = _padded(batch.observed[start:stop], self.device, to=to)
             rows = stop - start
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
                 out = self._score_block(x, obs)
@@ -202,8 +207,9 @@ class Scorer:
         for first in range(0, n, rows_per_pass):
             last = min(n, first + rows_per_pass)
             # Padded like ``score``: the same shapes whatever the batch, the same numbers.
-            x = _padded(batch.x[first:last], self.device)
-            obs = _padded(batch.observed[first:last], self.device)
+            to = rows_per_pass if self.fixed_rows else None
+            x = _padded(batch.x[first:last], self.device, to=to)
+            obs = _padded(batch.observed[first:last], self.device, to=to)
             rows = x.shape[0]
             cols = torch.zeros(rows, m, dtype=torch.long, device=self.device)
             cols[: last - first] = torch.tensor(np.array(columns[first:last]), device=self.device)
@@ -236,9 +242,11 @@ class Scorer:
         return torch.cat([excess, kl_divergence(mu, log_var).unsqueeze(-1)], dim=-1)
 
 
-def _padded(array: np.ndarray, device: torch.device) -> Tensor:
+def _padded(array: np.ndarray, device: torch.device, *, to: int | None = None) -> Tensor:
+    """``array`` on ``device``, zero rows added up to ``to`` rows (None: a multiple of
+    ``ROW_BLOCK``)."""
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-    pad = (-tensor.shape[0]) % ROW_BLOCK
+    pad = (-tensor.shape[0]) % ROW_BLOCK if to is None else to - tensor.shape[0]
     if pad:
         tensor = torch.cat([tensor, tensor.new_zeros((pad, *tensor.shape[1:]))])
     return tensor.to(device, non_blocking=True)
