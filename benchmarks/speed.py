@@ -224,7 +224,8 @@ def machine() -> dict[str, Any]:
 def to_markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [
-        f"# Speed ({m['date']}, {m['cpu_count']} CPUs, device {result['device']}, "
+        f"# Speed ({m['date']}, {m['cpu_count']} CPUs, device {result['device']}"
+        f"{' (' + m['gpu'] + ')' if 'gpu' in m else ''}, "
         f"torch {m['torch']}, load {m['load_average'][0]:.1f})",
         "",
         "## Model scoring alone (no I/O)",
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.rows
         else ([200_000] if args.quick else [2_000_000, 8_000_000])
     )
-    score_rows = 50_000 if args.quick else (1_000_000 if args.device == "cuda" else 200_000)
+    score_rows = 50_000 if args.quick else (4_000_000 if args.device == "cuda" else 200_000)
     # The threads a batch job scores with (every core but one): torch's default of all cores
     # beside other work measures the oversubscription, not the scorer.
     torch.set_num_threads(scoring_threads(None))

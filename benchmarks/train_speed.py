@@ -20,10 +20,10 @@ A plain PyTorch loop (the data as one tensor, the default widths, batch 1024, as
 as anomaly-vae's default fit) is printed as the floor: what the machine gives for that work.
 When PyOD is not installed its rows are left out and said so.
 
-    python -m benchmarks.train_speed [--quick] [--rows 200000] [--threads 1]
+    python -m benchmarks.train_speed [--quick] [--rows 200000] [--threads 1] [--device cuda]
 
 Writes benchmarks/results/train_speed.json and train_speed.md (train_speed_quick.* with
---quick).
+--quick, train_speed-cuda.* on a GPU, where bf16 mixed precision is on as by default).
 """
 
 from __future__ import annotations
@@ -149,19 +149,24 @@ class _PlainVAE(nn.Module):
 
 
 def timed_plain_torch(
-    x: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *, rows_seen: int
+    x: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    rows_seen: int,
+    device: torch.device = torch.device("cpu"),
 ) -> dict[str, Any]:
     """A bare loop: standardised data as one tensor, MSE + KL, Adam, batch 1024."""
     torch.manual_seed(0)
     started = time.perf_counter()
     mean, std = x.mean(axis=0), x.std(axis=0) + 1e-12
-    data = torch.from_numpy(((x - mean) / std).astype(np.float32))
-    model = _PlainVAE(x.shape[1])
+    data = torch.from_numpy(((x - mean) / std).astype(np.float32)).to(device)
+    model = _PlainVAE(x.shape[1]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     batch = 1024
     epochs = max(1, math.ceil(rows_seen / len(data)))
     for _ in range(epochs):
-        order = torch.randperm(len(data))
+        order = torch.randperm(len(data), device=device)
         for start in range(0, len(data), batch):
             xb = data[order[start : start + batch]]
             out, mu, log_var = model(xb)
@@ -170,11 +175,13 @@ def timed_plain_torch(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     with torch.no_grad():
-        test = torch.from_numpy(((x_test - mean) / std).astype(np.float32))
+        test = torch.from_numpy(((x_test - mean) / std).astype(np.float32)).to(device)
         h = model.enc(test)
-        err = ((model.dec(model.mu(h)) - test) ** 2).sum(-1).numpy()
+        err = ((model.dec(model.mu(h)) - test) ** 2).sum(-1).cpu().numpy()
     return {
         "seconds": round(seconds, 2),
         "roc_auc": round(float(roc_auc_score(y_test, err)), 4),
@@ -184,15 +191,18 @@ def timed_plain_torch(
     }
 
 
-def warm_up() -> None:
+def warm_up(device: torch.device) -> None:
     """Pay the process's one-time costs before any timing: the first optimiser a process
-    creates imports torch._dynamo (about 2 s here), whichever run comes first."""
-    param = torch.zeros(1, requires_grad=True)
+    creates imports torch._dynamo (about 2 s here), whichever run comes first; on a GPU, the
+    CUDA context and the first kernels' loading."""
+    param = torch.zeros(1, requires_grad=True, device=device)
     torch.optim.Adam([param]).step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
-def run(rows: int, *, with_pyod: bool) -> dict[str, Any]:
-    warm_up()
+def run(rows: int, *, with_pyod: bool, device: str = "cpu") -> dict[str, Any]:
+    warm_up(torch.device(device))
     x = synthetic(rows, seed=1).to_numpy()
     x_test, y_test = test_set(max(2_000, rows // 10), seed=7)
     out: dict[str, Any] = {}
@@ -206,16 +216,22 @@ def run(rows: int, *, with_pyod: bool) -> dict[str, Any]:
             flush=True,
         )
 
-    report("anomaly-vae defaults", timed_anomaly_vae(x, x_test, y_test))
+    report("anomaly-vae defaults", timed_anomaly_vae(x, x_test, y_test, device=device))
     report(
         "plain PyTorch loop",
-        timed_plain_torch(x, x_test, y_test, rows_seen=out["anomaly-vae defaults"]["rows_seen"]),
+        timed_plain_torch(
+            x,
+            x_test,
+            y_test,
+            rows_seen=out["anomaly-vae defaults"]["rows_seen"],
+            device=torch.device(device),
+        ),
     )
     pyod_like = PipelineConfig()
     pyod_like.model.dropout = PYOD_DROPOUT
     report(
         "anomaly-vae, PyOD's shape",
-        timed_anomaly_vae(x, x_test, y_test, config=pyod_like, **PYOD_SHAPE),
+        timed_anomaly_vae(x, x_test, y_test, config=pyod_like, device=device, **PYOD_SHAPE),
     )
     if with_pyod:
         report("PyOD VAE defaults", timed_pyod(x, x_test, y_test))
@@ -288,7 +304,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"{r.get('like_for_like_speedup_per_row_vs_pyod', '?')}x."
         )
     else:
-        lines.append("PyOD is not installed here: its rows and the ratios against it are absent.")
+        lines.append("PyOD's VAE was not run here: its rows and the ratios against it are absent.")
     lines += [
         f"anomaly-vae's default fit (calibration included) takes "
         f"{r['defaults_vs_plain_torch_time']}x the time of the bare loop doing the same number "
@@ -305,6 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_ROWS:,} rows")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (every run)")
     parser.add_argument("--no-pyod", action="store_true", help="leave PyOD's VAE out")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (anomaly-vae and the loop)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--check", type=Path, help="only check that a result file is well formed")
     args = parser.parse_args(argv)
@@ -312,13 +329,15 @@ def main(argv: list[str] | None = None) -> None:
         check_result(json.loads(args.check.read_text()))
         print(f"{args.check}: well formed")
         return
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU here")
     torch.set_num_threads(args.threads)
     rows = args.rows or (QUICK_ROWS if args.quick else FULL_ROWS)
     version = pyod_version()
     with_pyod = version is not None and not args.no_pyod
     if version is None:
         print("PyOD is not installed: its VAE is left out", file=sys.stderr)
-    runs = run(rows, with_pyod=with_pyod)
+    runs = run(rows, with_pyod=with_pyod, device=args.device)
     result: dict[str, Any] = {
         "benchmark": "train_speed",
         "quick": args.quick,
@@ -328,14 +347,17 @@ def main(argv: list[str] | None = None) -> None:
         "runs": runs,
         "ratios": ratios(runs),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread(s)",
+        "device": args.device,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread(s)"
+        + (f", {torch.cuda.get_device_name(0)}" if args.device == "cuda" else ""),
         "versions": f"anomaly-vae {__version__}, torch {torch.__version__}, "
         f"pyod {version or 'not installed'}",
     }
     check_result(result)
     text = markdown(result)
     print(text)
-    write_result(args.out, "train_speed_quick" if args.quick else "train_speed", result, text)
+    name = "train_speed_quick" if args.quick else "train_speed"
+    write_result(args.out, name + ("" if args.device == "cpu" else f"-{args.device}"), result, text)
 
 
 if __name__ == "__main__":
