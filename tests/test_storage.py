@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -193,6 +193,16 @@ def test_written_values_come_back_exactly(db_url: str) -> None:
         engine.dispose()
 
 
+def staging_table_exists(connection: Connection) -> bool | None:
+    """Whether this PostgreSQL session made the replay path's staging table (None: SQLite)."""
+    if connection.dialect.name != "postgresql":
+        return None
+    query = text("SELECT to_regclass('pg_temp.anomaly_vae_incoming_scores') IS NOT NULL")
+    exists = bool(connection.execute(query).scalar())
+    connection.rollback()  # the next write needs its own transaction
+    return exists
+
+
 def test_write_results_is_idempotent_and_atomic(db_url: str) -> None:
     engine = engine_for(db_url)
     prefix = repo.csv_source_key_prefix("f" * 64)
@@ -220,11 +230,14 @@ def test_write_results_is_idempotent_and_atomic(db_url: str) -> None:
             assert dataclasses.replace(first, alerts=()) == repo.WriteCounts(
                 6, 6, 3, 1, 1, 1, alerts_escalated=1
             )
+            # PostgreSQL: a fresh batch is copied straight into the table, no staging table.
+            assert staging_table_exists(connection) in (False, None)
             # The same batch again, and an overlapping one: nothing twice.
             again = repo.write_results(
                 connection, run_id=run_id, model_id=model_id, records=batch, rejects=rejects
             )
             assert again == repo.WriteCounts(6, 0, 3, 1, 0, 0)  # nothing opens twice
+            assert staging_table_exists(connection) in (True, None)  # the replay's way in
             more = records([*keys[4:], f"{prefix}7"], [2.0, 11.0, 30.0])
             third = repo.write_results(
                 connection,

@@ -7,8 +7,8 @@ the ``(source_key, model_id)`` keys), so a batch replayed after a crash adds onl
 missing. Batch jobs and the stream scorer both call it. Rows are built column-wise from
 arrays (no ORM objects, no per-row dictionaries); SQLite takes them through the driver's
 ``executemany`` of the compiled ``INSERT ... ON CONFLICT DO NOTHING``, PostgreSQL as one CSV
-``COPY`` into a staging table and one ``INSERT ... SELECT`` from it (see
-``benchmarks/db_write.py``).
+``COPY`` into the table (in a savepoint; when a key is already there, into a staging table and
+one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` from it; see ``benchmarks/db_write.py``).
 """
 
 from __future__ import annotations
@@ -607,9 +607,9 @@ def _insert_rows(connection: Connection, table_name: str, columns: Columns, n: i
     """Insert rows given as columns (in ``_INSERT_COLUMNS`` order), skipping keys already
     stored; returns how many were new. SQLite: the driver's ``executemany`` over row tuples
     built as it takes them. PostgreSQL: the columns formatted as CSV by pyarrow's writer (C++,
-    outside the interpreter lock, so the scorer's other threads run meanwhile), ``COPY`` into a
-    temporary staging table, then one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` (several
-    times faster than ``executemany``, which pays a round of protocol messages per row)."""
+    outside the interpreter lock, so the scorer's other threads run meanwhile) and ``COPY``-ed
+    (``_copy_then_insert``; several times faster than ``executemany``, which pays a round of
+    protocol messages per row)."""
     if not n:
         return 0
     if connection.dialect.name == "postgresql":
@@ -628,11 +628,27 @@ def _insert_rows(connection: Connection, table_name: str, columns: Columns, n: i
 
 
 def _copy_then_insert(connection: Connection, table_name: str, columns: Columns) -> int:
-    create, copy_sql, insert_sql = _staging_statements(table_name)
+    """PostgreSQL: ``COPY`` straight into the table inside a savepoint; only when a key is
+    already stored (a replay after a crash or a rebalance: the unique index refuses the whole
+    ``COPY``) roll back to the savepoint and go through the staging table and ``ON CONFLICT DO
+    NOTHING``. A fresh batch, the usual case, so costs the server one pass over the rows
+    instead of three (staging heap, read back, speculative insertion)."""
+    import psycopg
+
+    direct_sql, create, copy_sql, insert_sql = _staging_statements(table_name)
     payload = _csv_payload(table_name, columns)
     raw = connection.connection.driver_connection  # psycopg, inside this transaction
     assert raw is not None
     with raw.cursor() as cursor:
+        cursor.execute("SAVEPOINT anomaly_vae_copy")
+        try:
+            with cursor.copy(direct_sql) as copy:
+                copy.write(payload)
+        except psycopg.errors.UniqueViolation:
+            cursor.execute("ROLLBACK TO SAVEPOINT anomaly_vae_copy")
+        else:
+            cursor.execute("RELEASE SAVEPOINT anomaly_vae_copy")
+            return len(columns[0])
         cursor.execute(create)
         with cursor.copy(copy_sql) as copy:
             copy.write(payload)
@@ -669,9 +685,10 @@ def _csv_payload(table_name: str, columns: Columns) -> bytes:
 
 
 @lru_cache(maxsize=4)
-def _staging_statements(table_name: str) -> tuple[str, str, str]:
-    """The fixed statements of the PostgreSQL path: a per-session temporary table emptied at
-    each commit, ``COPY`` into it, and the insert from it; no value is ever put in SQL text."""
+def _staging_statements(table_name: str) -> tuple[str, str, str, str]:
+    """The fixed statements of the PostgreSQL path: ``COPY`` into the table itself, and for a
+    replay a per-session temporary table emptied at each commit, ``COPY`` into it, and the
+    insert from it; no value is ever put in SQL text."""
     from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 
     target = {"scores": Score.__table__, "dead_letters": DeadLetter.__table__}[table_name]
@@ -688,7 +705,8 @@ def _staging_statements(table_name: str) -> tuple[str, str, str]:
         list(columns), select(*staged.c)
     )
     copy = f"COPY {stage} ({names}) FROM STDIN (FORMAT csv)"
-    return create, copy, str(stmt.compile(dialect=dialect))
+    direct = f"COPY {table_name} ({names}) FROM STDIN (FORMAT csv)"
+    return direct, create, copy, str(stmt.compile(dialect=dialect))
 
 
 def _score_rows(
