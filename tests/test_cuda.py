@@ -1,6 +1,7 @@
 """On a CUDA GPU (skipped without one): the same model and the same guarantees as on the CPU.
 
-The rest of the suite runs on the GPU too where one is present (``device: auto``); these tests
+The rest of the suite runs on the GPU too where one is present (``device: auto``: the windowed
+and conv models of test_windows.py, batch/stream parity in test_windows_stream.py); these tests
 hold what only a GPU can break: cuBLAS picking its kernel by the number of rows, bf16 autocast
 against the CPU's float32, weights moving between devices through the model file.
 """
@@ -16,9 +17,7 @@ import torch
 from scipy.stats import spearmanr
 
 from anomaly_vae import AnomalyVAE
-from anomaly_vae.config import PipelineConfig
-from anomaly_vae.datasets import make_pump_data
-from tests.conftest import REPO, correlated_normal, with_anomalies
+from tests.conftest import correlated_normal, with_anomalies
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -86,19 +85,3 @@ def test_every_score_term_and_leave_one_out_run_on_the_gpu(gpu_model: AnomalyVAE
     names = {name for row in batch.top_features_list(2) for name, _ in row}
     assert names <= set(gpu_model.schema_.names)
     assert names
-
-
-def test_windowed_conv_model_trains_and_scores_the_same_however_cut_on_the_gpu() -> None:
-    cfg = PipelineConfig.from_yaml(REPO / "pipelines" / "pumps_windows.yaml")
-    cfg.model.encoder = "conv"
-    cfg.training.epochs = 4
-    cfg.training.progress = False
-    cfg.training.device = "cuda"
-    model = AnomalyVAE(config=cfg).fit(make_pump_data(1600, seed=1))
-    data = make_pump_data(300, seed=5, anomaly_rate=0.05)
-    whole = model.score_batch(data, windows=model.new_window_state())
-    state = model.new_window_state()
-    parts = [model.score_batch(data.iloc[i : i + 41], windows=state) for i in range(0, 300, 41)]
-    joined = pd.concat([p.scores for p in parts])
-    assert np.array_equal(joined["score"].to_numpy(), whole.scores["score"].to_numpy())
-    assert (joined["window_status"] == whole.scores["window_status"]).all()
