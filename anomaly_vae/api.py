@@ -36,6 +36,7 @@ from anomaly_vae.storage.tables import Alert, Model, ScoringRun, Threshold
 from anomaly_vae.storage.tuning import (
     PolicySpec,
     ThresholdChange,
+    UtcDatetime,
     act_on_alert,
     alert_rule_of,
     list_alerts,
@@ -148,8 +149,8 @@ class ThresholdPreviewRequest(_Schema):
     warning: PolicySpec | None = None
     critical: PolicySpec | None = None
     alert_rule: AlertsConfig | None = None
-    since: datetime | None = None
-    until: datetime | None = None
+    since: UtcDatetime | None = None
+    until: UtcDatetime | None = None
 
 
 class Levels(BaseModel):
@@ -389,8 +390,8 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         conn: Conn,
         model: str | None = None,
         entity: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: UtcDatetime | None = None,
+        until: UtcDatetime | None = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
     ) -> list[AnomalyPublic]:
         """Flagged records, newest first (event time, else scoring time)."""
@@ -405,7 +406,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         state: Literal["open", "acknowledged", "resolved", "active"] | None = None,
         model: str | None = None,
         entity: str | None = None,
-        since: datetime | None = None,
+        since: UtcDatetime | None = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
     ) -> list[AlertPublic]:
         """Alerts, newest first; ``state=active``: open or acknowledged."""
