@@ -292,3 +292,20 @@ def test_times_without_a_time_zone_are_utc(server: Server) -> None:
     assert preview.status_code == 200, preview.text
     assert preview.json()["records"] == 800
     assert preview.json()["since"].startswith("2000-01-01T00:00:00")
+
+
+def test_a_nan_or_infinity_in_a_body_is_a_422(server: Server) -> None:
+    # Python's json reads NaN and 1e999 (as nan and inf); the error must still be a 422 with
+    # a message, not a 500 from echoing the value back.
+    for number in ("NaN", "1e999", "-Infinity"):
+        body = '{"warning": {"policy": "value", "value": ' + number + '}, "reason": "r"}'
+        response = server.client.post(
+            "/models/pumps/thresholds",
+            content=body,
+            headers={**AUTH, "Content-Type": "application/json"},
+        )
+        assert response.status_code == 422, response.text
+        (error,) = response.json()["detail"]
+        assert error["loc"] == ["body", "warning", "value", "value"]
+        assert "finite" in error["msg"]
+    assert len(server.client.get("/models/pumps/thresholds").json()) == 1
