@@ -363,6 +363,9 @@ def test_url_precedence() -> None:
         ("postgresql://bob:s3cret@db.example:port/anomalies", "a port must be a number"),
         ("mysql://bob:s3cret@db.example/anomalies", "unsupported database 'mysql'"),
         ("postgresql://bob:s3cret@db.example:5432", "names no database"),
+        ("bob:s3cret@db.example/anomalies", "malformed database URL"),
+        ("postgresql://bob:s3cret@s3cret2@db.example/anomalies", "must be written %40"),
+        ("postgres://bob:s3cret@s3cret2@db.example:x/anomalies", "a port must be a number"),
     ],
 )
 def test_bad_urls_give_one_masked_line(url: str, needle: str) -> None:
