@@ -213,6 +213,29 @@ def test_bad_inputs_get_one_line_errors(trained: Path, capsys: pytest.CaptureFix
     )
 
 
+def test_a_threshold_that_is_not_a_finite_number_is_refused(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --threshold nan used to flag nothing, silently; with --db it failed on a NOT NULL column.
+    export = trained / "few.csv"
+    make_pump_data(20, seed=6).to_csv(export, index=False)
+    for value in ("nan", "inf", "-inf"):
+        out = trained / f"never-{value}.csv"
+        result = run_inline(
+            capsys,
+            "score",
+            str(export),
+            "--model-dir",
+            str(trained / "model"),
+            "--out",
+            str(out),
+            "--threshold",
+            value,
+        )
+        assert_user_error(result, "--threshold must be a finite number")
+        assert not out.exists()
+
+
 def test_too_many_fields_is_a_reject_not_a_crash(trained: Path) -> None:
     frame = make_pump_data(30, seed=6)
     text = frame.to_csv(index=False).splitlines()

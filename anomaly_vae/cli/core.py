@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -188,6 +189,9 @@ def score(
     cfg = PipelineConfig.from_yaml(pipeline) if pipeline else model.config_
     if chunk_size is not None and chunk_size < 1:
         raise ConfigError(f"--chunk-size must be >= 1, got {chunk_size}")
+    if threshold is not None and not math.isfinite(threshold):
+        # nan would flag nothing, silently (every comparison with it is false)
+        raise ConfigError(f"--threshold must be a finite number, got {threshold}")
     target = _score_database(db, pipeline, cfg)
     csv_out = out is not None or target is None
     out = out or Path(_stem(data) + ".scores.csv")
