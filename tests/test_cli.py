@@ -236,6 +236,25 @@ def test_a_threshold_that_is_not_a_finite_number_is_refused(
         assert not out.exists()
 
 
+def test_a_pipeline_without_a_name_names_the_model_after_its_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As without --pipeline: not 'default' for every such model, which would then share
+    # thresholds and results in the database.
+    data = tmp_path / "normal.csv"
+    make_pump_data(200, seed=3).to_csv(data, index=False)
+    pipeline = tmp_path / "unnamed.yaml"
+    pipeline.write_text("columns:\n  ignore: [ts, pump_id, label]\n")
+    named = tmp_path / "named.yaml"
+    named.write_text("name: chosen\n")
+    for file, model_dir, name in ((pipeline, "pumps-a", "pumps-a"), (named, "b", "chosen")):
+        args = ["train", str(data), "--model-dir", str(tmp_path / model_dir), "-q"]
+        result = run_inline(capsys, *args, "--pipeline", str(file), "--epochs", "1")
+        assert result.returncode == 0, result.stderr
+        info = run_inline(capsys, "info", "--model-dir", str(tmp_path / model_dir))
+        assert info.stdout.startswith(f"model '{name}' version"), info.stdout
+
+
 def test_too_many_fields_is_a_reject_not_a_crash(trained: Path) -> None:
     frame = make_pump_data(30, seed=6)
     text = frame.to_csv(index=False).splitlines()

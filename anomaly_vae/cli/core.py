@@ -43,10 +43,16 @@ def _sep(value: str | None) -> str | None:
 
 
 def load_pipeline(path: Path | None, *, default_name: str = "default") -> PipelineConfig:
-    if path is not None:
-        return PipelineConfig.from_yaml(path)
+    """The pipeline file (or the defaults); a model it does not name is named ``default_name``
+    (the model directory's name), with or without a file: two models never share the name
+    'default', and with it their thresholds and results in the database."""
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in default_name) or "default"
-    return PipelineConfig(name=safe)
+    if path is None:
+        return PipelineConfig(name=safe)
+    cfg = PipelineConfig.from_yaml(path)
+    if "name" not in cfg.model_fields_set:
+        cfg.name = safe
+    return cfg
 
 
 def read_training_csv(path: Path, *, sep: str, encoding: str) -> pd.DataFrame:
