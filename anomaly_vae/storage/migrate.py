@@ -15,9 +15,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy.engine import Connection, Engine
 
-from anomaly_vae.errors import SchemaVersionError
+from anomaly_vae.errors import ConfigError, SchemaVersionError
 from anomaly_vae.storage.engine import DatabaseTarget, upgrade_hint
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | N
     """Migrate up to ``revision``; returns (revision before, revision after)."""
     with _migrating(engine) as connection:
         before = current_revision(connection)
-        command.upgrade(alembic_config(connection), revision)
+        with _known_revision(revision):
+            command.upgrade(alembic_config(connection), revision)
         after = current_revision(connection)
     return before, after
 
@@ -60,9 +62,23 @@ def downgrade(engine: Engine, revision: str) -> tuple[str | None, str | None]:
     """Migrate down to ``revision`` (``base`` removes every table)."""
     with _migrating(engine) as connection:
         before = current_revision(connection)
-        command.downgrade(alembic_config(connection), revision)
+        with _known_revision(revision):
+            command.downgrade(alembic_config(connection), revision)
         after = current_revision(connection)
     return before, after
+
+
+@contextmanager
+def _known_revision(revision: str) -> Iterator[None]:
+    """Alembic's error for a revision it cannot resolve, as one line naming the revisions."""
+    try:
+        yield
+    except CommandError as exc:
+        known = [script.revision for script in reversed(list(_scripts().walk_revisions()))]
+        raise ConfigError(
+            f"cannot migrate to revision {revision!r}: {exc} "
+            f"(revisions: base, {', '.join(known)}, head; or -N to go down N steps)"
+        ) from None
 
 
 @contextmanager
