@@ -255,6 +255,16 @@ def test_a_pipeline_without_a_name_names_the_model_after_its_directory(
         assert info.stdout.startswith(f"model '{name}' version"), info.stdout
 
 
+def test_a_file_given_as_model_dir_is_not_said_to_be_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    export = tmp_path / "export.csv"
+    make_pump_data(5, seed=2).to_csv(export, index=False)
+    for args in (("score", str(export), "--model-dir"), ("info", "--model-dir")):
+        result = run_inline(capsys, *args, str(export))
+        assert_user_error(result, "export.csv is a file, not a model directory")
+
+
 def test_too_many_fields_is_a_reject_not_a_crash(trained: Path) -> None:
     frame = make_pump_data(30, seed=6)
     text = frame.to_csv(index=False).splitlines()
