@@ -265,6 +265,43 @@ def test_a_file_given_as_model_dir_is_not_said_to_be_missing(
         assert_user_error(result, "export.csv is a file, not a model directory")
 
 
+def test_copied_columns_named_like_score_columns_are_not_overwritten(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An id column called 'row' and an entity column called 'score' were silently replaced by
+    # the row number and the score in the scores file: the input's values were lost.
+    data = make_pump_data(200, seed=3).rename(columns={"pump_id": "score"})
+    data.insert(0, "row", [f"r{i}" for i in range(len(data))])
+    export = tmp_path / "export.csv"
+    data.to_csv(export, index=False)
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("columns:\n  id: [row]\n  entity: score\n  timestamp: ts\n  label: label\n")
+    model = str(tmp_path / "model")
+    trained = run_inline(
+        capsys,
+        "train",
+        str(export),
+        "--model-dir",
+        model,
+        "--pipeline",
+        str(pipeline),
+        "--epochs",
+        "1",
+        "-q",
+    )
+    assert trained.returncode == 0, trained.stderr
+    out = tmp_path / "scores.csv"
+    scored = run_inline(capsys, "score", str(export), "--model-dir", model, "--out", str(out))
+    assert scored.returncode == 0, scored.stderr
+    assert "'row' has the name of a score column: copied as 'row_input'" in scored.stderr
+    scores = pd.read_csv(out)
+    assert list(scores.columns[:5]) == ["row", "row_input", "score_input", "ts", "label"]
+    assert scores["row"].tolist() == list(range(200))
+    assert scores["row_input"].tolist() == data["row"].tolist()
+    assert scores["score_input"].tolist() == data["score"].tolist()
+    assert scores["score"].dtype == float
+
+
 def test_too_many_fields_is_a_reject_not_a_crash(trained: Path) -> None:
     frame = make_pump_data(30, seed=6)
     text = frame.to_csv(index=False).splitlines()
