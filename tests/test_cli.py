@@ -302,6 +302,35 @@ def test_copied_columns_named_like_score_columns_are_not_overwritten(
     assert scores["score"].dtype == float
 
 
+def test_a_utf16_export_is_read_with_csv_encoding(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Excel's 'Unicode text' is UTF-16: its NUL bytes made every such file 'binary data',
+    # even with csv.encoding: utf-16 in the pipeline, as the error message advises.
+    export = make_pump_data(30, seed=7)
+    utf8, utf16 = trained / "u8.csv", trained / "u16.csv"
+    export.to_csv(utf8, index=False)
+    export.to_csv(utf16, index=False, encoding="utf-16")
+    model = str(trained / "model")
+    refused = run_inline(
+        capsys, "score", str(utf16), "--model-dir", model, "--out", str(trained / "never.csv")
+    )
+    assert_user_error(refused, "u16.csv is UTF-16 text", "csv.encoding: utf-16")
+    pipeline = trained / "utf16.yaml"
+    text = PIPELINE.read_text().replace('csv:\n  sep: ","', "csv:\n  encoding: utf-16")
+    assert "utf-16" in text
+    pipeline.write_text(text)
+    outs = []
+    for path, extra in ((utf8, ()), (utf16, ("--pipeline", str(pipeline)))):
+        out = trained / f"{path.stem}.scores.csv"
+        result = run_inline(
+            capsys, "score", str(path), "--model-dir", model, "--out", str(out), *extra
+        )
+        assert result.returncode == 0, result.stderr
+        outs.append(out.read_text())
+    assert outs[0] == outs[1]
+
+
 def test_too_many_fields_is_a_reject_not_a_crash(trained: Path) -> None:
     frame = make_pump_data(30, seed=6)
     text = frame.to_csv(index=False).splitlines()
