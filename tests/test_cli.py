@@ -331,6 +331,16 @@ def test_a_utf16_export_is_read_with_csv_encoding(
     assert outs[0] == outs[1]
 
 
+def test_serve_on_an_impossible_port_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # was uvicorn's traceback: OverflowError: bind(): port must be 0-65535
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    for port in ("99999", "-1"):
+        result = run_inline(capsys, "serve", "--port", port, "--db", db)
+        assert_user_error(result, f"--port must be 0 to 65535, got {port}")
+
+
 def test_too_many_fields_is_a_reject_not_a_crash(trained: Path) -> None:
     frame = make_pump_data(30, seed=6)
     text = frame.to_csv(index=False).splitlines()
