@@ -21,6 +21,8 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
@@ -36,6 +38,7 @@ from anomaly_vae.storage.tables import Alert, Model, ScoringRun, Threshold
 from anomaly_vae.storage.tuning import (
     PolicySpec,
     ThresholdChange,
+    UtcDatetime,
     act_on_alert,
     alert_rule_of,
     list_alerts,
@@ -148,8 +151,8 @@ class ThresholdPreviewRequest(_Schema):
     warning: PolicySpec | None = None
     critical: PolicySpec | None = None
     alert_rule: AlertsConfig | None = None
-    since: datetime | None = None
-    until: datetime | None = None
+    since: UtcDatetime | None = None
+    until: UtcDatetime | None = None
 
 
 class Levels(BaseModel):
@@ -267,6 +270,13 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = engine
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes the input, and a NaN or an infinity in it (JSON allows
+        # neither) made the response itself fail: a 500 instead of the 422.
+        detail = _json_safe(jsonable_encoder(exc.errors()))
+        return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(NotFoundError)
     async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
@@ -389,8 +399,8 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         conn: Conn,
         model: str | None = None,
         entity: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: UtcDatetime | None = None,
+        until: UtcDatetime | None = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
     ) -> list[AnomalyPublic]:
         """Flagged records, newest first (event time, else scoring time)."""
@@ -405,7 +415,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         state: Literal["open", "acknowledged", "resolved", "active"] | None = None,
         model: str | None = None,
         entity: str | None = None,
-        since: datetime | None = None,
+        since: UtcDatetime | None = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
     ) -> list[AlertPublic]:
         """Alerts, newest first; ``state=active``: open or acknowledged."""
@@ -442,6 +452,17 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         return _act(conn, alert_id, "resolve", body or AlertAction())
 
     return app
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by its text ('nan', 'inf')."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _change(body: ThresholdCreate | ThresholdUpdate | ThresholdPreviewRequest) -> ThresholdChange:

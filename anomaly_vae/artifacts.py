@@ -57,6 +57,11 @@ def load_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
     directory = Path(path)
     meta_path = directory / META_FILE
     weights_path = directory / WEIGHTS_FILE
+    if directory.exists() and not directory.is_dir():
+        raise ModelFileError(
+            f"{directory} is a file, not a model directory: pass the directory that "
+            "'anomaly-vae train' wrote (with model.json and weights.safetensors)"
+        )
     if not directory.is_dir():
         raise ModelFileError(
             f"model directory {directory} does not exist: train one with "

@@ -223,9 +223,17 @@ def _to_float(series: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray | No
         text = series.astype("string").str.strip()
         given = given & (text.fillna("") != "").to_numpy()
         unparsed = given & np.isnan(values)
-        # A 'nan' or 'NaN' string is a missing value, not garbage.
         if unparsed.any():
             lowered = text.str.lower().to_numpy(dtype=object, na_value="")
+            # True / False are 1 / 0, as when pandas reads the whole column as booleans (one
+            # stray value in a chunk leaves them as text).
+            for word, number in (("true", 1.0), ("false", 0.0)):
+                hit = unparsed & (lowered == word)
+                if hit.any():
+                    values = values.copy() if not values.flags.writeable else values
+                    values[hit] = number
+                    unparsed &= ~hit
+            # A 'nan' or 'NaN' string is a missing value, not garbage.
             unparsed &= ~np.isin(lowered, _NA_WORDS)
         if unparsed.any():
             reasons = np.full(len(series), "", dtype=object)

@@ -270,3 +270,42 @@ def test_a_weak_token_is_refused_at_start(
     assert result.returncode == 2
     assert "ANOMALY_VAE_API_TOKEN is too short or a placeholder" in result.stderr
     assert "changeme" not in result.stderr
+
+
+def test_times_without_a_time_zone_are_utc(server: Server) -> None:
+    # As on the command line (--since 2026-11-01): a date, or a time without a zone, is UTC,
+    # not a database error (503).
+    api = server.client
+    plain = api.get("/anomalies", params={"since": "2000-01-01", "limit": 5})
+    assert plain.status_code == 200, plain.text
+    zoned = api.get("/anomalies", params={"since": "2000-01-01T00:00:00Z", "limit": 5})
+    assert plain.json()
+    assert plain.json() == zoned.json()
+    assert api.get("/anomalies", params={"until": "2000-01-01T00:00"}).json() == []
+    assert api.get("/alerts", params={"since": "2000-01-01T00:00:00"}).status_code == 200
+    body = {
+        "warning": {"policy": "contamination", "contamination": 0.05, "since": "2000-01-01"},
+        "since": "2000-01-01",
+        "until": "2100-01-01T00:00:00",
+    }
+    preview = api.post("/models/pumps/thresholds/preview", json=body)
+    assert preview.status_code == 200, preview.text
+    assert preview.json()["records"] == 800
+    assert preview.json()["since"].startswith("2000-01-01T00:00:00")
+
+
+def test_a_nan_or_infinity_in_a_body_is_a_422(server: Server) -> None:
+    # Python's json reads NaN and 1e999 (as nan and inf); the error must still be a 422 with
+    # a message, not a 500 from echoing the value back.
+    for number in ("NaN", "1e999", "-Infinity"):
+        body = '{"warning": {"policy": "value", "value": ' + number + '}, "reason": "r"}'
+        response = server.client.post(
+            "/models/pumps/thresholds",
+            content=body,
+            headers={**AUTH, "Content-Type": "application/json"},
+        )
+        assert response.status_code == 422, response.text
+        (error,) = response.json()["detail"]
+        assert error["loc"] == ["body", "warning", "value", "value"]
+        assert "finite" in error["msg"]
+    assert len(server.client.get("/models/pumps/thresholds").json()) == 1

@@ -213,6 +213,134 @@ def test_bad_inputs_get_one_line_errors(trained: Path, capsys: pytest.CaptureFix
     )
 
 
+def test_a_threshold_that_is_not_a_finite_number_is_refused(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --threshold nan used to flag nothing, silently; with --db it failed on a NOT NULL column.
+    export = trained / "few.csv"
+    make_pump_data(20, seed=6).to_csv(export, index=False)
+    for value in ("nan", "inf", "-inf"):
+        out = trained / f"never-{value}.csv"
+        result = run_inline(
+            capsys,
+            "score",
+            str(export),
+            "--model-dir",
+            str(trained / "model"),
+            "--out",
+            str(out),
+            "--threshold",
+            value,
+        )
+        assert_user_error(result, "--threshold must be a finite number")
+        assert not out.exists()
+
+
+def test_a_pipeline_without_a_name_names_the_model_after_its_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As without --pipeline: not 'default' for every such model, which would then share
+    # thresholds and results in the database.
+    data = tmp_path / "normal.csv"
+    make_pump_data(200, seed=3).to_csv(data, index=False)
+    pipeline = tmp_path / "unnamed.yaml"
+    pipeline.write_text("columns:\n  ignore: [ts, pump_id, label]\n")
+    named = tmp_path / "named.yaml"
+    named.write_text("name: chosen\n")
+    for file, model_dir, name in ((pipeline, "pumps-a", "pumps-a"), (named, "b", "chosen")):
+        args = ["train", str(data), "--model-dir", str(tmp_path / model_dir), "-q"]
+        result = run_inline(capsys, *args, "--pipeline", str(file), "--epochs", "1")
+        assert result.returncode == 0, result.stderr
+        info = run_inline(capsys, "info", "--model-dir", str(tmp_path / model_dir))
+        assert info.stdout.startswith(f"model '{name}' version"), info.stdout
+
+
+def test_a_file_given_as_model_dir_is_not_said_to_be_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    export = tmp_path / "export.csv"
+    make_pump_data(5, seed=2).to_csv(export, index=False)
+    for args in (("score", str(export), "--model-dir"), ("info", "--model-dir")):
+        result = run_inline(capsys, *args, str(export))
+        assert_user_error(result, "export.csv is a file, not a model directory")
+
+
+def test_copied_columns_named_like_score_columns_are_not_overwritten(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An id column called 'row' and an entity column called 'score' were silently replaced by
+    # the row number and the score in the scores file: the input's values were lost.
+    data = make_pump_data(200, seed=3).rename(columns={"pump_id": "score"})
+    data.insert(0, "row", [f"r{i}" for i in range(len(data))])
+    export = tmp_path / "export.csv"
+    data.to_csv(export, index=False)
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("columns:\n  id: [row]\n  entity: score\n  timestamp: ts\n  label: label\n")
+    model = str(tmp_path / "model")
+    trained = run_inline(
+        capsys,
+        "train",
+        str(export),
+        "--model-dir",
+        model,
+        "--pipeline",
+        str(pipeline),
+        "--epochs",
+        "1",
+        "-q",
+    )
+    assert trained.returncode == 0, trained.stderr
+    out = tmp_path / "scores.csv"
+    scored = run_inline(capsys, "score", str(export), "--model-dir", model, "--out", str(out))
+    assert scored.returncode == 0, scored.stderr
+    assert "'row' has the name of a score column: copied as 'row_input'" in scored.stderr
+    scores = pd.read_csv(out)
+    assert list(scores.columns[:5]) == ["row", "row_input", "score_input", "ts", "label"]
+    assert scores["row"].tolist() == list(range(200))
+    assert scores["row_input"].tolist() == data["row"].tolist()
+    assert scores["score_input"].tolist() == data["score"].tolist()
+    assert scores["score"].dtype == float
+
+
+def test_a_utf16_export_is_read_with_csv_encoding(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Excel's 'Unicode text' is UTF-16: its NUL bytes made every such file 'binary data',
+    # even with csv.encoding: utf-16 in the pipeline, as the error message advises.
+    export = make_pump_data(30, seed=7)
+    utf8, utf16 = trained / "u8.csv", trained / "u16.csv"
+    export.to_csv(utf8, index=False)
+    export.to_csv(utf16, index=False, encoding="utf-16")
+    model = str(trained / "model")
+    refused = run_inline(
+        capsys, "score", str(utf16), "--model-dir", model, "--out", str(trained / "never.csv")
+    )
+    assert_user_error(refused, "u16.csv is UTF-16 text", "csv.encoding: utf-16")
+    pipeline = trained / "utf16.yaml"
+    text = PIPELINE.read_text().replace('csv:\n  sep: ","', "csv:\n  encoding: utf-16")
+    assert "utf-16" in text
+    pipeline.write_text(text)
+    outs = []
+    for path, extra in ((utf8, ()), (utf16, ("--pipeline", str(pipeline)))):
+        out = trained / f"{path.stem}.scores.csv"
+        result = run_inline(
+            capsys, "score", str(path), "--model-dir", model, "--out", str(out), *extra
+        )
+        assert result.returncode == 0, result.stderr
+        outs.append(out.read_text())
+    assert outs[0] == outs[1]
+
+
+def test_serve_on_an_impossible_port_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # was uvicorn's traceback: OverflowError: bind(): port must be 0-65535
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    for port in ("99999", "-1"):
+        result = run_inline(capsys, "serve", "--port", port, "--db", db)
+        assert_user_error(result, f"--port must be 0 to 65535, got {port}")
+
+
 def test_too_many_fields_is_a_reject_not_a_crash(trained: Path) -> None:
     frame = make_pump_data(30, seed=6)
     text = frame.to_csv(index=False).splitlines()

@@ -222,6 +222,23 @@ def test_commands_refuse_a_database_behind_the_migrations(
     assert "down from 0005 to base" in down.stdout
 
 
+def test_an_unknown_revision_is_one_line(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    for args in (("downgrade", "bogus"), ("downgrade", "+1"), ("upgrade", "--revision", "0009")):
+        result = cli(capsys, "db", *args, "--db", db_url)
+        assert_user_error(result, "cannot migrate", "revisions: base, 0001,", "0005, head")
+    assert "revision 0005" in cli(capsys, "db", "current", "--db", db_url).stdout
+
+
+def test_downgrade_minus_one_is_one_step_down(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As its help says ('an id, -1, or base'): not "No such option: -1".
+    down = cli(capsys, "db", "downgrade", "-1", "--db", db_url)
+    assert down.returncode == 0, down.stderr
+    assert "down from 0005 to 0004" in down.stdout
+    assert "from 0004 to 0005" in cli(capsys, "db", "upgrade", "--db", db_url).stdout
+
+
 def test_score_creates_a_missing_sqlite_database(
     tmp_path: Path,
     export: Path,

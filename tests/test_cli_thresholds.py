@@ -260,3 +260,37 @@ def _sha256(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_tune_apply_can_drop_a_critical_level_below_the_tuned_threshold(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The critical level in force is carried over; when the tuned warning lands above it, the
+    # error says "--no-critical", which 'tune' did not have: --apply could not be done at all.
+    _, model_dir = pump_model
+    db = ("--db", db_url)
+    ok(capsys, "score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    ok(
+        capsys,
+        "thresholds",
+        "set",
+        "pumps",
+        "--value",
+        "1",
+        "--critical",
+        "2",
+        "--reason",
+        "r",
+        *db,
+    )
+    tune = ("thresholds", "tune", "pumps", "--labels", str(export), "--objective", "f1")
+    refused = cli(capsys, *tune, "--apply", *db)
+    assert_user_error(refused, "would be below the warning threshold", "--no-critical")
+    applied = ok(capsys, *tune, "--apply", "--no-critical", *db)
+    assert "now in force as threshold v3" in applied
+    shown = as_json(capsys, "thresholds", "show", "pumps", *db)
+    assert isinstance(shown, dict)
+    assert (shown["policy"], shown["critical"]) == ("labels", None)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import json
 import logging
 
@@ -59,6 +60,21 @@ def test_numeric_text_column_is_numeric_and_bad_cells_are_rejected_with_reasons(
     assert np.isnan(clean["a"].loc[3])
     assert np.isnan(clean["a"].loc[5])
     assert len(clean) + len(rejects) == len(frame)
+
+
+def test_boolean_column_with_one_stray_value_rejects_only_that_row() -> None:
+    # A True/False column is numeric (pandas reads it as bool). When one chunk of an export
+    # holds a stray value, pandas reads that chunk's column as text: the True/False rows must
+    # still be 1/0, not all rejected, so results do not depend on where chunks are cut.
+    train = pd.read_csv(io.StringIO("x,flag\n" + "".join(f"{i},{i % 2 == 0}\n" for i in range(40))))
+    schema = FeatureSchema.infer(train, ColumnsConfig())
+    assert schema.numeric == ["x", "flag"]
+    export = pd.read_csv(io.StringIO("x,flag\n1,True\n2,False\n3,yes\n4,\n5,TRUE\n"))
+    clean, rejects = schema.validate(export)
+    assert list(rejects.index) == [2]
+    assert rejects.loc[2, "reason"] == "column 'flag': 'yes' is not a number"
+    assert clean["flag"].loc[[0, 1, 4]].tolist() == [1.0, 0.0, 1.0]
+    assert np.isnan(clean["flag"].loc[3])
 
 
 def test_float_infinity_in_numeric_dtype_is_rejected() -> None:

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, select, text
+from sqlalchemy import func, inspect, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -108,6 +108,37 @@ def test_downgrade_to_base_and_back_up(db_url: str) -> None:
         assert {"models", "scores", "alerts", "dead_letters", "thresholds", "scoring_runs"} <= set(
             inspect(engine).get_table_names()
         )
+    finally:
+        engine.dispose()
+
+
+def test_downgrade_and_upgrade_keep_the_data_of_a_used_database(db_url: str) -> None:
+    # On SQLite, batch mode copies a table and drops the old one: with foreign keys on, the
+    # drop failed on a table that rows of another table refer to ('FOREIGN KEY constraint
+    # failed'), after the steps before it had been committed (half migrated, and stuck).
+    engine = engine_for(db_url)
+    keys = [f"topic:0:{i}" for i in range(6)]
+    try:
+        with engine.connect() as connection:
+            model_id, run_id, _ = start(connection, model_version())
+            written = repo.write_results(
+                connection,
+                run_id=run_id,
+                model_id=model_id,
+                records=records(keys, [1.0, 12.0, 3.0, 25.0, 2.0, 11.0]),
+                rejects=None,
+            )
+        assert written.alerts_opened >= 1
+        assert downgrade(engine, "0001") == ("0005", "0001")
+        assert upgrade(engine) == ("0001", "0005")
+        assert schema_differences(engine) == []
+        with engine.connect() as connection:
+            stored = connection.execute(select(Score.source_key).order_by(Score.id)).scalars()
+            assert list(stored) == keys
+            assert connection.execute(select(func.count()).select_from(Alert)).scalar_one() >= 1
+            if engine.dialect.name == "sqlite":
+                assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
+                assert connection.exec_driver_sql("PRAGMA foreign_key_check").all() == []
     finally:
         engine.dispose()
 
@@ -376,6 +407,9 @@ def test_url_precedence() -> None:
         ("postgresql://bob:s3cret@db.example:port/anomalies", "a port must be a number"),
         ("mysql://bob:s3cret@db.example/anomalies", "unsupported database 'mysql'"),
         ("postgresql://bob:s3cret@db.example:5432", "names no database"),
+        ("bob:s3cret@db.example/anomalies", "malformed database URL"),
+        ("postgresql://bob:s3cret@s3cret2@db.example/anomalies", "must be written %40"),
+        ("postgres://bob:s3cret@s3cret2@db.example:x/anomalies", "a port must be a number"),
     ],
 )
 def test_bad_urls_give_one_masked_line(url: str, needle: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,10 +43,16 @@ def _sep(value: str | None) -> str | None:
 
 
 def load_pipeline(path: Path | None, *, default_name: str = "default") -> PipelineConfig:
-    if path is not None:
-        return PipelineConfig.from_yaml(path)
+    """The pipeline file (or the defaults); a model it does not name is named ``default_name``
+    (the model directory's name), with or without a file: two models never share the name
+    'default', and with it their thresholds and results in the database."""
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in default_name) or "default"
-    return PipelineConfig(name=safe)
+    if path is None:
+        return PipelineConfig(name=safe)
+    cfg = PipelineConfig.from_yaml(path)
+    if "name" not in cfg.model_fields_set:
+        cfg.name = safe
+    return cfg
 
 
 def read_training_csv(path: Path, *, sep: str, encoding: str) -> pd.DataFrame:
@@ -188,6 +195,9 @@ def score(
     cfg = PipelineConfig.from_yaml(pipeline) if pipeline else model.config_
     if chunk_size is not None and chunk_size < 1:
         raise ConfigError(f"--chunk-size must be >= 1, got {chunk_size}")
+    if threshold is not None and not math.isfinite(threshold):
+        # nan would flag nothing, silently (every comparison with it is false)
+        raise ConfigError(f"--threshold must be a finite number, got {threshold}")
     target = _score_database(db, pipeline, cfg)
     csv_out = out is not None or target is None
     out = out or Path(_stem(data) + ".scores.csv")

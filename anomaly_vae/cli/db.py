@@ -119,7 +119,8 @@ def db_upgrade(
         typer.echo(f"{target.display}: schema migrated from {before or 'empty'} to {after}")
 
 
-@db_app.command("downgrade")
+# "-1" (one step down) is a revision, not an unknown option
+@db_app.command("downgrade", context_settings={"ignore_unknown_options": True})
 def db_downgrade(
     revision: str = typer.Argument(..., help="Target revision: an id, -1, or base (drop all)."),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),

@@ -10,6 +10,7 @@ import typer
 
 from anomaly_vae.cli import app, setup_logging
 from anomaly_vae.cli.db import DB_HELP, PIPELINE_HELP
+from anomaly_vae.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,8 @@ def serve(
     """Serve the HTTP API (OpenAPI docs at /docs). Changes need the bearer token in
     ANOMALY_VAE_API_TOKEN; without it the API is read-only."""
     setup_logging(True)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be 0 to 65535, got {port}")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     import uvicorn
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import getpass
 import json
+from dataclasses import replace
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
@@ -505,6 +506,11 @@ def thresholds_tune(
     by: str | None = typer.Option(
         None, "--by", help="With --apply: who (default: your user name)."
     ),
+    no_critical: bool = typer.Option(
+        False,
+        "--no-critical",
+        help="With --apply: drop the critical level (kept from the version in force otherwise).",
+    ),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json."),
     db: DbOpt = None,
     pipeline: PipelineOpt = None,
@@ -556,7 +562,7 @@ def thresholds_tune(
             applied = set_threshold(
                 connection,
                 model_name=model,
-                change=tuned_change(tuned, labels=label_set),
+                change=replace(tuned_change(tuned, labels=label_set), clear_critical=no_critical),
                 created_by=_who(by),
                 reason=reason or f"tuned on {labels.name} ({kind})",
             )

@@ -200,6 +200,13 @@ def score_csv(
     passthrough = [c for c in (passthrough or []) if c in header]
     label = label_column if label_column and label_column in header else None
     columns = OutputColumns(passthrough, label, model.config_.scoring.top_features)
+    for name in dict.fromkeys([*passthrough, *([label] if label else [])]):
+        if name in SCORE_COLUMNS:
+            logger.warning(
+                "input column %r has the name of a score column: copied as %r",
+                name,
+                f"{name}_input",
+            )
     limit = model.threshold_ if threshold is None else float(threshold)
     summary = BatchSummary(source=source.label, threshold=limit)
     scores_seen: list[np.ndarray] = []
@@ -354,14 +361,24 @@ class _SinkWorker:
             raise error
 
 
+# What the scores file adds to the copied input columns; an input column of one of these
+# names is copied as NAME_input rather than overwritten.
+SCORE_COLUMNS = frozenset(
+    {"row", "score", "recon_error", "percentile", "is_anomaly", "top_features", "window_status"}
+    | {"nll_iw"}
+)
+
+
 def _output_frame(frame: pd.DataFrame, batch: ScoreBatch, columns: OutputColumns) -> pd.DataFrame:
     scores = batch.scores
     label = columns.label
     data: dict[str, Any] = {"row": scores.index.to_numpy()}
-    for name in columns.passthrough:
-        data[name] = frame.loc[scores.index, name].to_numpy()
+    copied = [*columns.passthrough]
     if label is not None and label not in columns.passthrough:
-        data[label] = frame.loc[scores.index, label].to_numpy()
+        copied.append(label)
+    for name in copied:
+        out_name = f"{name}_input" if name in SCORE_COLUMNS else name
+        data[out_name] = frame.loc[scores.index, name].to_numpy()
     data["score"] = scores["score"].to_numpy()
     data["recon_error"] = scores["recon_error"].to_numpy()
     data["percentile"] = scores["percentile"].to_numpy()

@@ -7,6 +7,7 @@ number and reason, and the row numbers of the lines after them stay right.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import re
 import warnings
@@ -75,20 +76,30 @@ class CsvSource:
             return
         with open(self.path, "rb") as handle:
             head = handle.read(65536)
-        if b"\x00" in head:
-            raise InputFileError(f"{self.label} is not a CSV text file (it holds binary data)")
+        bad_at: int | None = None
         try:
-            head.decode(self.encoding)
+            text = head.decode(self.encoding)
         except UnicodeDecodeError as exc:
+            text = head[: exc.start].decode(self.encoding, errors="ignore")
             if exc.start < len(head) - 4:  # not just a character cut at the end of the block
-                raise InputFileError(
-                    f"{self.label} is not {self.encoding} text (bad byte at offset {exc.start}): "
-                    "is it a CSV file? set csv.encoding in the pipeline if it uses another encoding"
-                ) from None
+                bad_at = exc.start
         except LookupError:
             raise InputFileError(
                 f"unknown text encoding {self.encoding!r} for {self.label}"
             ) from None
+        # NUL bytes are binary data, unless the encoding decodes them away (UTF-16).
+        if bad_at is not None or "\x00" in text:
+            if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                raise InputFileError(
+                    f"{self.label} is UTF-16 text, not {self.encoding}: set csv.encoding: "
+                    "utf-16 in the pipeline"
+                )
+            if b"\x00" in head:
+                raise InputFileError(f"{self.label} is not a CSV text file (it holds binary data)")
+            raise InputFileError(
+                f"{self.label} is not {self.encoding} text (bad byte at offset {bad_at}): "
+                "is it a CSV file? set csv.encoding in the pipeline if it uses another encoding"
+            )
         if not head.strip():
             raise InputFileError(f"{self.label} is empty: expected a header line and data rows")
 

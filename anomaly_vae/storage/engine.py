@@ -37,7 +37,9 @@ _DRIVERS = {
     "postgres": "postgresql+psycopg",
     "postgresql+psycopg": "postgresql+psycopg",
 }
-_PASSWORD_IN_TEXT = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+# user:password@ after the scheme, or at the start of a URL written without one; the password
+# runs to the last '@' (one may be in it, unescaped).
+_PASSWORD_IN_TEXT = re.compile(r"((?:^(?!\S*://)|://)[^:/@\s]*:)[^\s]*@")
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,13 @@ def parse_database_url(text: str, *, origin: str = "--db") -> URL:
             f"unsupported database {url.drivername!r} in {masked(url)!r} (from {origin}): "
             "anomaly-vae stores results in SQLite (sqlite:///file.db) or PostgreSQL "
             "(postgresql://user:password@host:5432/database)"
+        )
+    if url.host and "@" in url.host:
+        # The password (or user name) holds an unescaped '@': the text after it would be
+        # taken as the host, and shown in messages.
+        raise DatabaseURLError(
+            f"malformed database URL {shown!r} (from {origin}): an '@' in the user name or "
+            "password must be written %40, e.g. postgresql://user:pa%40ss@host:5432/database"
         )
     url = url.set(drivername=driver)
     if driver.startswith("postgresql") and not url.database:

@@ -7,15 +7,18 @@ from any directory once anomaly-vae is installed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy.engine import Connection, Engine
 
-from anomaly_vae.errors import SchemaVersionError
+from anomaly_vae.errors import ConfigError, SchemaVersionError
 from anomaly_vae.storage.engine import DatabaseTarget, upgrade_hint
 
 logger = logging.getLogger(__name__)
@@ -47,20 +50,67 @@ def current_revision(connection: Connection) -> str | None:
 
 def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | None]:
     """Migrate up to ``revision``; returns (revision before, revision after)."""
-    with engine.begin() as connection:
+    with _migrating(engine) as connection:
         before = current_revision(connection)
-        command.upgrade(alembic_config(connection), revision)
+        with _known_revision(revision):
+            command.upgrade(alembic_config(connection), revision)
         after = current_revision(connection)
     return before, after
 
 
 def downgrade(engine: Engine, revision: str) -> tuple[str | None, str | None]:
     """Migrate down to ``revision`` (``base`` removes every table)."""
-    with engine.begin() as connection:
+    with _migrating(engine) as connection:
         before = current_revision(connection)
-        command.downgrade(alembic_config(connection), revision)
+        with _known_revision(revision):
+            command.downgrade(alembic_config(connection), revision)
         after = current_revision(connection)
     return before, after
+
+
+@contextmanager
+def _known_revision(revision: str) -> Iterator[None]:
+    """Alembic's error for a revision it cannot resolve, as one line naming the revisions."""
+    try:
+        yield
+    except CommandError as exc:
+        known = [script.revision for script in reversed(list(_scripts().walk_revisions()))]
+        raise ConfigError(
+            f"cannot migrate to revision {revision!r}: {exc} "
+            f"(revisions: base, {', '.join(known)}, head; or -N to go down N steps)"
+        ) from None
+
+
+@contextmanager
+def _migrating(engine: Engine) -> Iterator[Connection]:
+    """A connection in one transaction for a migration: all of it or nothing.
+
+    SQLite: batch mode copies a table and drops the old one, which fails with foreign keys on
+    while other tables' rows refer to it, so they are off during the migration (checked
+    before the commit, and on again after it); and Python's sqlite3 runs DDL outside a
+    transaction unless one was begun explicitly, so one is.
+    """
+    with engine.connect() as connection:
+        if connection.dialect.name != "sqlite":
+            with connection.begin():
+                yield connection
+            return
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")  # no effect in a transaction
+        connection.commit()
+        try:
+            connection.exec_driver_sql("BEGIN")
+            try:
+                yield connection
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").first()
+                if broken is not None:
+                    raise RuntimeError(f"migration broke a foreign key: {tuple(broken)}")
+            except BaseException:
+                connection.rollback()
+                raise
+            connection.commit()
+        finally:
+            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            connection.commit()
 
 
 def require_current_schema(connection: Connection, target: DatabaseTarget) -> None:

@@ -17,13 +17,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection, Row
 
@@ -50,6 +58,15 @@ FROM_STORED_SCORES = "stored scores"
 
 
 # ==================================================================== policy specs
+def as_utc(value: datetime) -> datetime:
+    """A time without a time zone is UTC (as ``--since`` on the command line)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
+"""A datetime field or query parameter: a date or a time without a time zone is UTC."""
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -87,7 +104,7 @@ class ContaminationPolicy(_Spec):
 
     policy: Literal["contamination"] = "contamination"
     contamination: float = Field(gt=0.0, lt=0.5)
-    since: datetime | None = None
+    since: UtcDatetime | None = None
 
 
 class EvtPolicy(_Spec):
