@@ -299,6 +299,11 @@ def _infer_kind(
     series: pd.Series, name: str, max_categories: int, *, explicit: bool
 ) -> ColumnKind | None:
     non_null = series.dropna()
+    if len(non_null) == 0:  # before the dtype checks: an empty CSV column is read as float
+        if explicit:
+            return "numeric"
+        logger.warning("column %r is empty in the training data and is not used", name)
+        return None
     if pd.api.types.is_bool_dtype(series):
         return "numeric"
     if pd.api.types.is_numeric_dtype(series):
@@ -314,11 +319,6 @@ def _infer_kind(
         if explicit:
             raise SchemaError(f"column {name!r} holds timestamps, which cannot be a feature")
         logger.warning("column %r holds timestamps and is not used as a feature", name)
-        return None
-    if len(non_null) == 0:
-        if explicit:
-            return "numeric"
-        logger.warning("column %r is empty in the training data and is not used", name)
         return None
     text = non_null.astype(str).str.strip()
     given = non_null[~text.str.lower().isin(["", *_NA_WORDS])]

@@ -39,6 +39,17 @@ def test_infer_kinds_and_leave_out_ids_labels_timestamps(caplog: pytest.LogCaptu
     assert "'note' has 200 distinct text values" in text
 
 
+def test_an_empty_column_of_a_csv_is_not_a_feature(caplog: pytest.LogCaptureFixture) -> None:
+    text = "temp,empty,mode\n" + "".join(f"{20 + i % 7},,{'ab'[i % 2]}\n" for i in range(50))
+    frame = pd.read_csv(io.StringIO(text))  # the empty column is read as float NaN
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.names == ["temp", "mode"]
+    assert "'empty' is empty in the training data and is not used" in caplog.text
+    explicit = FeatureSchema.infer(frame, ColumnsConfig(numeric=["temp", "empty"]))
+    assert "empty" in explicit.numeric  # named by the user: kept
+
+
 def test_explicit_kinds_and_ignore() -> None:
     cols = ColumnsConfig(ignore=["note", "ts", "label"], categorical=["id"], numeric=["temp"])
     schema = FeatureSchema.infer(_frame(), cols)
