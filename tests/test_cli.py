@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -213,6 +214,42 @@ def test_bad_inputs_get_one_line_errors(trained: Path, capsys: pytest.CaptureFix
     )
 
 
+def test_a_misspelt_label_column_is_refused_not_ignored(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It used to be ignored: train then learnt the labelled anomalies as normal.
+    export = trained / "labelled.csv"
+    make_pump_data(40, seed=7, anomaly_rate=0.1).to_csv(export, index=False)
+    result = run_inline(
+        capsys,
+        "train",
+        str(export),
+        "--model-dir",
+        str(trained / "never"),
+        "--label-column",
+        "lable",
+        "--epochs",
+        "1",
+    )
+    assert_user_error(result, "--label-column 'lable'")
+    assert "has no such column" in result.stderr
+    assert not (trained / "never").exists()
+    out = trained / "never.scores.csv"
+    result = run_inline(
+        capsys,
+        "score",
+        str(export),
+        "--model-dir",
+        str(trained / "model"),
+        "--out",
+        str(out),
+        "--label-column",
+        "lable",
+    )
+    assert_user_error(result, "--label-column 'lable'")
+    assert not out.exists()
+
+
 def test_a_threshold_that_is_not_a_finite_number_is_refused(
     trained: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -345,6 +382,7 @@ def test_too_many_fields_is_a_reject_not_a_crash(trained: Path) -> None:
     frame = make_pump_data(30, seed=6)
     text = frame.to_csv(index=False).splitlines()
     text[4] = text[4] + ",extra,fields"  # line 5 of the file: data row 3
+    text[20] = text[20] + ",x"  # data row 19, in a later chunk
     bad = trained / "ragged.csv"
     bad.write_text("\n".join(text) + "\n")
     out = trained / "ragged.scores.csv"
@@ -361,9 +399,12 @@ def test_too_many_fields_is_a_reject_not_a_crash(trained: Path) -> None:
     assert result.returncode == 0, result.stderr
     scores = pd.read_csv(out)
     rejects = pd.read_csv(trained / "ragged.scores.rejects.csv")
-    assert rejects["row"].tolist() == [3]
+    assert rejects["row"].tolist() == [3, 19]
     assert "expected" in rejects["reason"].iloc[0]
-    assert sorted([*scores["row"], 3]) == list(range(30))
+    # The values of the line, as the other rejects carry them (they were empty).
+    assert json.loads(rejects["raw"].iloc[0]) == text[4].split(",")
+    assert json.loads(rejects["raw"].iloc[1]) == text[20].split(",")
+    assert sorted([*scores["row"], 3, 19]) == list(range(30))
     # Row numbers after the bad line still match the file.
     assert scores.set_index("row").loc[10, "event_id"] == frame.loc[10, "event_id"]
 

@@ -127,9 +127,21 @@ def train(
     if sep is not None:
         cfg.csv.sep = _sep(sep) or ","
     frame = read_training_csv(data, sep=cfg.csv.sep, encoding=cfg.csv.encoding)
+    # A misspelt label would train on the labelled anomalies without a word.
+    _require_column(label_column, list(frame.columns), "--label-column", data)
+    for name in _split(ignore_columns) if ignore_columns else []:
+        if name not in frame.columns:
+            logger.warning("--ignore-columns: %s has no column %r", data, name)
     model = AnomalyVAE(config=cfg, verbose=_show_progress(quiet)).fit(frame)
     digest = model.save(model_dir)
     _print_training(model, data, model_dir, digest)
+
+
+def _require_column(name: str | None, columns: list[str], option: str, data: Path) -> None:
+    """A column named on the command line must be in the file."""
+    if name and name not in columns:
+        shown = ", ".join(repr(c) for c in columns[:20]) + (", ..." if len(columns) > 20 else "")
+        raise ConfigError(f"{option} {name!r}: {data} has no such column (columns: {shown})")
 
 
 def _print_training(model: AnomalyVAE, data: Path, model_dir: Path, digest: str) -> None:
@@ -212,6 +224,7 @@ def score(
     )
     # Check the header (and the database) before any output is created.
     model.schema_.check_columns(source.header(), source=source.label)
+    _require_column(label_column, source.header(), "--label-column", data)
     if target is not None:
         from anomaly_vae.cli.db import connected
 

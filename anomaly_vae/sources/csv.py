@@ -7,8 +7,14 @@ number and reason, and the row numbers of the lines after them stay right.
 
 from __future__ import annotations
 
+import bz2
 import codecs
+import contextlib
+import csv
+import gzip
 import hashlib
+import json
+import lzma
 import re
 import warnings
 from collections.abc import Iterator
@@ -114,7 +120,9 @@ class CsvSource:
         """Yield chunks in file order; rows keep their data row numbers as the index."""
         self.check()
         next_row = 0
-        with open(self.path, "rb") as handle:
+        raw_lines: _LineFinder | None = None  # the text of lines with too many fields
+        with open(self.path, "rb") as handle, contextlib.ExitStack() as stack:
+            stack.callback(lambda: raw_lines.close() if raw_lines else None)
             self._handle = handle
             reader = self._read(handle=handle, chunksize=self.chunk_size, usecols=usecols)
             assert not isinstance(reader, pd.DataFrame)
@@ -144,8 +152,13 @@ class CsvSource:
                 bad_rows, reasons = _bad_lines(caught)
                 rows = _row_numbers(next_row, len(frame), bad_rows)
                 frame.index = pd.Index(rows, name="row")
+                if bad_rows and raw_lines is None:
+                    raw_lines = _LineFinder(self.path, self.encoding, self.sep)
                 rejects = pd.DataFrame(
-                    {"reason": reasons, "raw": [None] * len(reasons)},
+                    {
+                        "reason": reasons,
+                        "raw": raw_lines.lines([r + 2 for r in bad_rows]) if raw_lines else [],
+                    },
                     index=pd.Index(bad_rows, name="row"),
                     dtype=object,
                 )
@@ -187,6 +200,51 @@ class CsvSource:
             raise InputFileError(f"{self.label} cannot be read: {_first_line(exc)}") from None
         except (OSError, EOFError) as exc:
             raise InputFileError(f"{self.label} cannot be read: {_first_line(exc)}") from None
+
+
+class _LineFinder:
+    """The fields of given records (the header is record 1, as in the parser's "line N") of a
+    possibly compressed file, as JSON lists, read by Python's csv module on a second handle
+    that only moves forward: used for the rare lines the parser skips, so that their values
+    land in the rejects."""
+
+    MAX_CHARS = 10_000
+
+    def __init__(self, path: Path, encoding: str, sep: str) -> None:
+        name = path.name.lower()
+        opener: Any = open
+        if name.endswith(".gz"):
+            opener = gzip.open
+        elif name.endswith(".bz2"):
+            opener = bz2.open
+        elif name.endswith(".xz"):
+            opener = lzma.open
+        self._handle: IO[str] | None = None
+        self._records: Iterator[list[str]] = iter(())
+        if not name.endswith((".zip", ".zst", ".tar")) and len(sep) == 1:
+            self._handle = opener(path, "rt", encoding=encoding, errors="replace", newline="")
+            self._records = csv.reader(self._handle, delimiter=sep)
+        self._at = 0  # records read so far
+
+    def lines(self, numbers: list[int]) -> list[str | None]:
+        """Records ``numbers`` (1-based, increasing, after any asked before) as JSON text."""
+        out: list[str | None] = []
+        for number in numbers:
+            text: str | None = None
+            while self._at < number:
+                try:
+                    fields = next(self._records)
+                except (StopIteration, csv.Error):
+                    break
+                self._at += 1
+                if self._at == number:
+                    text = json.dumps(fields, ensure_ascii=False)[: self.MAX_CHARS]
+            out.append(text)
+        return out
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
 
 
 def _first_line(exc: BaseException) -> str:
