@@ -235,19 +235,17 @@ def test_a_misspelt_label_column_is_refused_not_ignored(
     assert "has no such column" in result.stderr
     assert not (trained / "never").exists()
     out = trained / "never.scores.csv"
-    result = run_inline(
-        capsys,
-        "score",
-        str(export),
-        "--model-dir",
-        str(trained / "model"),
-        "--out",
-        str(out),
-        "--label-column",
-        "lable",
-    )
+    result = score_inline(capsys, trained, export, out, "--label-column", "lable")
     assert_user_error(result, "--label-column 'lable'")
     assert not out.exists()
+
+
+def score_inline(
+    capsys: pytest.CaptureFixture[str], trained: Path, export: Path, out: Path, *more: str
+) -> subprocess.CompletedProcess[str]:
+    """``score EXPORT`` with the module's model into ``out``, in this process."""
+    model = str(trained / "model")
+    return run_inline(capsys, "score", str(export), "--model-dir", model, "--out", str(out), *more)
 
 
 def test_a_threshold_that_is_not_a_finite_number_is_refused(
@@ -258,17 +256,7 @@ def test_a_threshold_that_is_not_a_finite_number_is_refused(
     make_pump_data(20, seed=6).to_csv(export, index=False)
     for value in ("nan", "inf", "-inf"):
         out = trained / f"never-{value}.csv"
-        result = run_inline(
-            capsys,
-            "score",
-            str(export),
-            "--model-dir",
-            str(trained / "model"),
-            "--out",
-            str(out),
-            "--threshold",
-            value,
-        )
+        result = score_inline(capsys, trained, export, out, "--threshold", value)
         assert_user_error(result, "--threshold must be a finite number")
         assert not out.exists()
 
