@@ -240,6 +240,22 @@ def test_database_outage_is_retried_without_commit(
     assert len(sink.keys()) == 50
 
 
+def test_a_rejected_record_keeps_only_the_message_fields(stream_model: AnomalyVAE) -> None:
+    # The raw JSON of a record that failed validation held the decoder's own columns
+    # (_source_key, _entity, _event_time) besides the message's fields.
+    cfg = stream_config(stream_model, "127.0.0.1:9", "t")
+    record = make_pump_data(1, seed=3).astype(object).to_dict(orient="records")[0]
+    record["rpm"] = "oops"
+    message = msg(json.dumps(record).encode(), 0, key=b"P1")
+    out = StreamScorer(stream_model, cfg, MemorySink([])).score_records([message])
+    assert out.rejects.loc["t:0:0", "reason"] == "column 'rpm': 'oops' is not a number"
+    raw = json.loads(str(out.rejects.loc["t:0:0", "raw"]))
+    assert not [name for name in raw if name.startswith("_")]
+    assert set(stream_model.schema_.names) <= set(raw) <= set(record)
+    assert raw["rpm"] == "oops"
+    assert raw["flow"] == record["flow"]
+
+
 def test_sigterm_like_stop_finishes_the_batch(broker: DevBroker, stream_model: AnomalyVAE) -> None:
     topic = create_topic(broker.bootstrap)
     cfg = stream_config(stream_model, broker.bootstrap, topic)

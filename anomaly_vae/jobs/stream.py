@@ -17,6 +17,7 @@ the endless loop testable; the batch in hand is always finished and committed fi
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import signal
@@ -422,7 +423,7 @@ class StreamScorer:
             extra = pd.DataFrame(
                 {
                     "reason": scored.rejects["reason"].to_numpy(),
-                    "raw": scored.rejects["raw"].to_numpy(),
+                    "raw": [_message_fields(raw) for raw in scored.rejects["raw"]],
                     "topic": [k.rsplit(":", 2)[0] for k in bad[SOURCE_KEY]],
                     "partition": [int(k.rsplit(":", 2)[1]) for k in bad[SOURCE_KEY]],
                     "offset": [int(k.rsplit(":", 2)[2]) for k in bad[SOURCE_KEY]],
@@ -740,6 +741,25 @@ def _rebalance_listener(scorer: StreamScorer) -> Any:
 
 def _names(partitions: Any) -> list[str]:
     return sorted(f"{tp.topic}:{tp.partition}" for tp in partitions)
+
+
+_INTERNAL = (SOURCE_KEY, ENTITY, EVENT_TIME)
+
+
+def _message_fields(raw: Any) -> Any:
+    """A rejected record's raw JSON without the columns the decoder added (source key, entity,
+    event time): the dead letter shows the message's own fields."""
+    if not isinstance(raw, str):
+        return raw
+    try:
+        fields = json.loads(raw)
+    except ValueError:
+        return raw
+    if not isinstance(fields, dict):
+        return raw
+    for name in _INTERNAL:
+        fields.pop(name, None)
+    return json.dumps(fields, ensure_ascii=False)
 
 
 def _reindexed(batch: ScoreBatch) -> ScoreBatch:
