@@ -394,9 +394,13 @@ def robust_scale(present: np.ndarray) -> float:
     iqr_scale = float(q75 - q25) / 1.349
     spread = float(np.std(np.clip(present, q01, q99)))
     scale = max(iqr_scale, spread / 3.0) if math.isfinite(spread) else iqr_scale
-    if not math.isfinite(scale) or scale <= 1e-12:
+    # "No spread" is relative to the values' size: a column of picoamps (1e-13) has a real
+    # spread far under any absolute cut-off, while rounding noise on 0.3 is not a spread.
+    size = float(np.max(np.abs([q01, q99])))
+    floor = 1e-9 * size if math.isfinite(size) and size > 0 else 0.0
+    if not math.isfinite(scale) or scale <= floor:
         scale = float(np.std(present))
-    if not math.isfinite(scale) or scale <= 1e-12:
+    if not math.isfinite(scale) or scale <= floor:
         scale = 1.0
     return scale
 

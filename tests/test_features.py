@@ -10,7 +10,7 @@ import pytest
 
 from anomaly_vae.config import ColumnsConfig
 from anomaly_vae.errors import SchemaError
-from anomaly_vae.features import FeatureSchema, Preprocessor
+from anomaly_vae.features import FeatureSchema, Preprocessor, robust_scale
 
 
 def _frame() -> pd.DataFrame:
@@ -48,6 +48,16 @@ def test_an_empty_column_of_a_csv_is_not_a_feature(caplog: pytest.LogCaptureFixt
     assert "'empty' is empty in the training data and is not used" in caplog.text
     explicit = FeatureSchema.infer(frame, ColumnsConfig(numeric=["temp", "empty"]))
     assert "empty" in explicit.numeric  # named by the user: kept
+
+
+def test_a_column_of_tiny_values_keeps_its_spread() -> None:
+    # Picoamps: the spread (1e-13) was under an absolute cut-off of 1e-12, so the column was
+    # taken as constant (scale 1) and every value scored alike.
+    rng = np.random.default_rng(0)
+    assert robust_scale(rng.normal(0, 1, 1000) * 1e-13) == pytest.approx(1e-13, rel=0.1)
+    assert robust_scale(np.full(100, 5.0)) == 1.0  # constant
+    assert robust_scale(np.full(100, 0.3) + rng.normal(0, 1e-17, 100)) == 1.0  # rounding noise
+    assert robust_scale(np.zeros(50)) == 1.0
 
 
 def test_explicit_kinds_and_ignore() -> None:
