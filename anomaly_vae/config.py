@@ -130,6 +130,16 @@ class ColumnsConfig(_Strict):
 class CsvConfig(_Strict):
     sep: str = ","
     encoding: str = "utf-8"
+    decimal: Literal[".", ","] = "."  # "," for exports written with decimal commas
+
+    @model_validator(mode="after")
+    def _decimal_is_not_the_separator(self) -> CsvConfig:
+        if self.decimal == self.sep:
+            raise ValueError(
+                f"csv.decimal and csv.sep are both {self.sep!r}: a decimal-comma export is "
+                "usually ';'-separated (sep: ';')"
+            )
+        return self
 
 
 class KafkaConfig(_Strict):

@@ -109,6 +109,39 @@ def test_train_then_score_writes_every_row_once(trained: Path) -> None:
     assert sorted([*scores["row"], *rejects["row"]]) == list(range(1500))
 
 
+def test_a_decimal_comma_export_trains_and_scores_like_the_dot_one(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Without a decimal setting its numbers were text: columns dropped or every row rejected.
+    data = make_pump_data(300, anomaly_rate=0.05, seed=8)
+    dot, comma = trained / "dot.csv", trained / "comma.csv"
+    data.to_csv(dot, index=False)
+    data.to_csv(comma, index=False, sep=";", decimal=",")
+    assert "," in comma.read_text().splitlines()[1]
+    results = []
+    for path, more in ((dot, ()), (comma, ("--sep", ";", "--decimal", ","))):
+        out = path.with_suffix(".scores.csv")
+        result = score_inline(capsys, trained, path, out, *more)
+        assert result.returncode == 0, result.stderr
+        results.append(pd.read_csv(out))
+    assert len(results[1]) == len(data)
+    assert np.array_equal(results[0]["score"].to_numpy(), results[1]["score"].to_numpy())
+    for model_dir, path, more in (
+        ("m-dot", dot, ()),
+        ("m-comma", comma, ("--sep", ";", "--decimal", ",")),
+    ):
+        args = ["train", str(path), "--model-dir", str(trained / model_dir), "--epochs", "1"]
+        result = run_inline(capsys, *args, "-q", *more)
+        assert result.returncode == 0, result.stderr
+    schemas = [
+        json.loads((trained / name / "model.json").read_text())["schema"]
+        for name in ("m-dot", "m-comma")
+    ]
+    assert schemas[0] == schemas[1]  # the same features, the numbers read as numbers
+    bad = score_inline(capsys, trained, comma, trained / "x.csv", "--decimal", ",")
+    assert_user_error(bad, "--decimal ','", "usually ';'-separated")
+
+
 def test_chunked_scoring_equals_whole(trained: Path) -> None:
     make_pump_data(700, anomaly_rate=0.05, seed=3).to_csv(trained / "e2.csv", index=False)
     whole, chunked = trained / "whole.csv", trained / "chunked.csv"

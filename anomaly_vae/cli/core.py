@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from pydantic import ValidationError
 
 from anomaly_vae.cli import app, setup_logging
-from anomaly_vae.config import PipelineConfig
+from anomaly_vae.config import CsvConfig, PipelineConfig
 from anomaly_vae.errors import ConfigError, InputFileError
 
 if TYPE_CHECKING:
@@ -42,6 +43,15 @@ def _sep(value: str | None) -> str | None:
     return "\t" if value in ("\\t", "tab", "TAB") else value
 
 
+def _with_decimal(csv: CsvConfig, decimal: str) -> CsvConfig:
+    """``csv`` with the decimal mark given on the command line, checked like the file's."""
+    try:
+        return CsvConfig.model_validate({**csv.model_dump(), "decimal": decimal})
+    except ValidationError as exc:
+        problem = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"--decimal {decimal!r}: {problem}") from None
+
+
 def load_pipeline(path: Path | None, *, default_name: str = "default") -> PipelineConfig:
     """The pipeline file (or the defaults); a model it does not name is named ``default_name``
     (the model directory's name), with or without a file: two models never share the name
@@ -55,13 +65,13 @@ def load_pipeline(path: Path | None, *, default_name: str = "default") -> Pipeli
     return cfg
 
 
-def read_training_csv(path: Path, *, sep: str, encoding: str) -> pd.DataFrame:
+def read_training_csv(path: Path, *, sep: str, encoding: str, decimal: str = ".") -> pd.DataFrame:
     """Read a whole training file (training needs it in memory) with the CSV source's checks."""
     import pandas as pd
 
     from anomaly_vae.sources.csv import CsvSource
 
-    source = CsvSource(path, sep=sep, encoding=encoding, chunk_size=200_000)
+    source = CsvSource(path, sep=sep, encoding=encoding, chunk_size=200_000, decimal=decimal)
     header = source.header()
     if len(header) == 1:
         only = header[0]
@@ -103,6 +113,9 @@ def train(
     epochs: int | None = typer.Option(None, "--epochs", help="Epochs (default: sized from data)."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed."),
     sep: str | None = typer.Option(None, "--sep", help="CSV separator (default ',')."),
+    decimal: str | None = typer.Option(
+        None, "--decimal", help="Decimal mark: '.' (default) or ',' (with --sep ';')."
+    ),
     device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more."),
@@ -126,7 +139,11 @@ def train(
         cfg.training.device = device
     if sep is not None:
         cfg.csv.sep = _sep(sep) or ","
-    frame = read_training_csv(data, sep=cfg.csv.sep, encoding=cfg.csv.encoding)
+    if decimal is not None:
+        cfg.csv = _with_decimal(cfg.csv, decimal)
+    frame = read_training_csv(
+        data, sep=cfg.csv.sep, encoding=cfg.csv.encoding, decimal=cfg.csv.decimal
+    )
     # A misspelt label would train on the labelled anomalies without a word.
     _require_column(label_column, list(frame.columns), "--label-column", data)
     for name in _split(ignore_columns) if ignore_columns else []:
@@ -177,6 +194,9 @@ def score(
         None, "--pipeline", help="Pipeline YAML (columns to copy, label); default: the model's."
     ),
     sep: str | None = typer.Option(None, "--sep", help="CSV separator (default: the model's)."),
+    decimal: str | None = typer.Option(
+        None, "--decimal", help="Decimal mark, '.' or ',' (default: the model's)."
+    ),
     label_column: str | None = typer.Option(None, "--label-column", help="Evaluate against it."),
     threshold: float | None = typer.Option(
         None, "--threshold", help="Score threshold (default: the model's calibrated one)."
@@ -216,11 +236,15 @@ def score(
     rejects = rejects or default_rejects_path(out)
     if csv_out and out.resolve() == data.resolve():
         raise ConfigError(f"--out {out} would overwrite the input: choose another file")
+    csv_cfg = cfg.csv.model_copy(update={"sep": _sep(sep) or cfg.csv.sep})
+    if decimal is not None:
+        csv_cfg = _with_decimal(csv_cfg, decimal)
     source = CsvSource(
         data,
-        sep=_sep(sep) or cfg.csv.sep,
-        encoding=cfg.csv.encoding,
+        sep=csv_cfg.sep,
+        encoding=csv_cfg.encoding,
         chunk_size=chunk_size or cfg.scoring.chunk_size,
+        decimal=csv_cfg.decimal,
     )
     # Check the header (and the database) before any output is created.
     model.schema_.check_columns(source.header(), source=source.label)

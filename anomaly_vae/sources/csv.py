@@ -46,6 +46,7 @@ class CsvSource:
     sep: str = ","
     encoding: str = "utf-8"
     chunk_size: int = 100_000
+    decimal: str = "."
     label: str = ""
     _handle: IO[bytes] | None = field(default=None, init=False, repr=False)
 
@@ -180,6 +181,7 @@ class CsvSource:
         options: dict[str, Any] = {
             "sep": self.sep,
             "encoding": self.encoding,
+            "decimal": self.decimal,
             "on_bad_lines": "warn",
         }
         if handle is not None and self.compressed:
