@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,6 +35,7 @@ from anomaly_vae.storage.engine import (
 )
 from anomaly_vae.storage.migrate import downgrade, head_revision, upgrade
 from anomaly_vae.storage.tables import Alert, Base, DeadLetter, Score, ScoringRun
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -139,6 +142,45 @@ def test_downgrade_and_upgrade_keep_the_data_of_a_used_database(db_url: str) -> 
             if engine.dialect.name == "sqlite":
                 assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
                 assert connection.exec_driver_sql("PRAGMA foreign_key_check").all() == []
+    finally:
+        engine.dispose()
+
+
+def test_the_alembic_command_migrates_a_used_sqlite_database_too(tmp_path: Path) -> None:
+    # From a clone, `alembic -x db=URL downgrade 0001` ran without the foreign-key handling of
+    # `anomaly-vae db` and failed half-way on a database with alerts.
+    url = f"sqlite:///{tmp_path / 'used.db'}"
+    engine = engine_for(url)
+    try:
+        upgrade(engine)
+        with engine.connect() as connection:
+            model_id, run_id, _ = start(connection, model_version())
+            keys = [f"topic:0:{i}" for i in range(4)]
+            repo.write_results(
+                connection,
+                run_id=run_id,
+                model_id=model_id,
+                records=records(keys, [1.0, 12.0, 3.0, 25.0]),
+                rejects=None,
+            )
+    finally:
+        engine.dispose()
+    for step in ("downgrade", "upgrade"):
+        revision = "0001" if step == "downgrade" else "head"
+        result = subprocess.run(
+            [sys.executable, "-m", "alembic", "-x", f"db={url}", step, revision],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+    engine = engine_for(url)
+    try:
+        assert schema_differences(engine) == []
+        with engine.connect() as connection:
+            stored = connection.execute(select(Score.source_key).order_by(Score.id)).scalars()
+            assert list(stored) == keys
     finally:
         engine.dispose()
 

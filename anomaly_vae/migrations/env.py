@@ -15,6 +15,7 @@ from anomaly_vae.storage.engine import (
     create_database_engine,
     parse_database_url,
 )
+from anomaly_vae.storage.migrate import migrating
 from anomaly_vae.storage.tables import Base
 
 config = context.config
@@ -40,7 +41,8 @@ def run_migrations_online() -> None:
     text = context.get_x_argument(as_dictionary=True).get("db") or os.environ.get(ENV_VAR)
     engine = create_database_engine(parse_database_url(text or DEFAULT_URL))
     try:
-        with engine.begin() as conn:
+        # As `anomaly-vae db`: one transaction, and on SQLite foreign keys off during it.
+        with migrating(engine) as conn:
             _configure(conn)
     finally:
         engine.dispose()

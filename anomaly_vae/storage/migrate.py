@@ -50,7 +50,7 @@ def current_revision(connection: Connection) -> str | None:
 
 def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | None]:
     """Migrate up to ``revision``; returns (revision before, revision after)."""
-    with _migrating(engine) as connection:
+    with migrating(engine) as connection:
         before = current_revision(connection)
         with _known_revision(revision):
             command.upgrade(alembic_config(connection), revision)
@@ -60,7 +60,7 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | N
 
 def downgrade(engine: Engine, revision: str) -> tuple[str | None, str | None]:
     """Migrate down to ``revision`` (``base`` removes every table)."""
-    with _migrating(engine) as connection:
+    with migrating(engine) as connection:
         before = current_revision(connection)
         with _known_revision(revision):
             command.downgrade(alembic_config(connection), revision)
@@ -82,7 +82,7 @@ def _known_revision(revision: str) -> Iterator[None]:
 
 
 @contextmanager
-def _migrating(engine: Engine) -> Iterator[Connection]:
+def migrating(engine: Engine) -> Iterator[Connection]:
     """A connection in one transaction for a migration: all of it or nothing.
 
     SQLite: batch mode copies a table and drops the old one, which fails with foreign keys on
