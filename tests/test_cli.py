@@ -273,6 +273,16 @@ def test_a_misspelt_label_column_is_refused_not_ignored(
     assert not out.exists()
 
 
+def test_a_tab_separated_file_gets_the_tab_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "tabs.csv"
+    make_pump_data(20, seed=2).to_csv(data, index=False, sep="\t")
+    result = run_inline(capsys, "train", str(data), "--model-dir", str(tmp_path / "m"))
+    # One backslash, as the user types it (the hint used to show '\\t').
+    assert_user_error(result, "looks '\\t'-separated: try --sep '\\t'")
+
+
 def score_inline(
     capsys: pytest.CaptureFixture[str], trained: Path, export: Path, out: Path, *more: str
 ) -> subprocess.CompletedProcess[str]:

@@ -143,7 +143,7 @@ def test_score_twice_keeps_one_row_per_record(
     assert 0 < len(later) < flagged
     assert all(a["time"] >= since for a in later)
     other = cli(capsys, "anomalies", "list", "--db", db_url, "--model", "other")
-    assert other.stdout.strip() == "no anomalies found"
+    assert_user_error(other, "no model named 'other' is registered")  # not "none found"
     bad_since = cli(capsys, "anomalies", "list", "--db", db_url, "--since", "yesterday")
     assert_user_error(bad_since, "--since 'yesterday'")
 

@@ -79,7 +79,7 @@ def read_training_csv(path: Path, *, sep: str, encoding: str, decimal: str = "."
             if candidate != sep and candidate in only:
                 raise InputFileError(
                     f"{path}: only one column found ({only[:60]!r}); the header looks "
-                    f"{label!r}-separated: try --sep '{label}'"
+                    f"'{label}'-separated: try --sep '{label}'"
                 )
     frames = []
     n_bad = 0

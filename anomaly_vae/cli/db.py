@@ -230,6 +230,11 @@ def anomalies_list(
         raise ConfigError(f"--limit must be >= 1, got {limit}")
     start = parse_since(since) if since else None
     with connected(database_target(db, pipeline)) as connection:
+        if model is not None and not repo.model_versions(connection, name=model):
+            # Not "no anomalies found", which would read as a clean bill for a misspelt name.
+            raise ConfigError(
+                f"no model named {model!r} is registered: see 'anomaly-vae models list'"
+            )
         rows = [
             row._asdict()
             for row in repo.list_anomalies(connection, model_name=model, since=start, limit=limit)
