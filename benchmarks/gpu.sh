@@ -15,5 +15,7 @@ fi
 PYTHONUNBUFFERED=1 "$PY" -m benchmarks.speed --device cuda --rows "${ROWS:-2000000}" "$@"
 # Training: anomaly-vae's default fit and a bare PyTorch loop on the GPU (PyOD is left out: its
 # batch-32 default is a CPU comparison, made by benchmarks.train_speed on the CPU).
-PYTHONUNBUFFERED=1 "$PY" -m benchmarks.train_speed --device cuda --no-pyod \
+# The run in PyOD's shape (batch 32) is left out too: launch-bound, it did not finish in 150 s
+# on an H200.
+PYTHONUNBUFFERED=1 "$PY" -m benchmarks.train_speed --device cuda --no-pyod --no-like-for-like \
     --rows "${TRAIN_ROWS:-200000}" --threads "${TRAIN_THREADS:-1}"

@@ -14,7 +14,8 @@ export PYTHONUNBUFFERED=1
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     timeout "${CUDA_TESTS_S:-120}" "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py
 } 2>&1 | tee "$LOG/test_cuda.log"
-ROWS=${ROWS:-2000000,8000000} timeout "${SUITE_S:-260}" bash benchmarks/gpu.sh 2>&1 |
+# 2M rows: writing the 8M-row file alone outlasted the step's limit on an H200 machine's CPU.
+ROWS=${ROWS:-2000000} timeout "${SUITE_S:-260}" bash benchmarks/gpu.sh 2>&1 |
     tee "$LOG/gpu_suite.log"
 cp benchmarks/results/speed-cuda.* benchmarks/results/train_speed-cuda.* "$LOG/" 2>/dev/null
 timeout "${TESTS_S:-120}" "$PY" -m pytest -q -p no:cacheprovider --timeout 90 \
