@@ -475,6 +475,22 @@ def event_seconds(values: Iterable[object]) -> tuple[np.ndarray, np.ndarray]:
     return out, bad
 
 
+def entity_text(value: object) -> str | None:
+    """An entity as the text it is keyed by; None when missing. A whole number read as a float
+    (a CSV column of numbers with a gap is read as floats) is written without ``.0``, so that
+    pump 3 is ``"3"`` in every chunk of a file and in a Kafka message alike."""
+    import pandas as pd
+
+    if value is None or value is pd.NA:
+        return None
+    if isinstance(value, (float, np.floating)):
+        if math.isnan(value):
+            return None
+        if value.is_integer():
+            return str(int(value))
+    return str(value)
+
+
 def event_timestamps(values: pd.Series | Sequence[object]) -> pd.Series:
     """Event times as UTC timestamps (a ``datetime64[ns, UTC]`` Series indexed like
     ``values``), NaT where a value is not a time: what the ``event_time`` of a stored score is.

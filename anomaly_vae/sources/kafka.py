@@ -24,7 +24,7 @@ import pandas as pd
 
 from anomaly_vae.config import KafkaConfig
 from anomaly_vae.errors import ConfigError
-from anomaly_vae.windows import event_timestamps
+from anomaly_vae.windows import entity_text, event_timestamps
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def decode_messages(
         entity = obj.get(entity_field) if entity_field else None
         if entity is None and key_is_entity and msg.key is not None:
             entity = msg.key.decode("utf-8", errors="replace")
-        entities.append(None if entity is None else str(entity))
+        entities.append(entity_text(entity))
         stamps.append(int(msg.timestamp))
     frame = pd.DataFrame(
         {
