@@ -54,6 +54,7 @@ from anomaly_vae.training import fit_vae, resolve_device, split_indices, torch_t
 from anomaly_vae.windows import (
     OK,
     WindowState,
+    entity_text,
     event_seconds,
     flatten_windows,
     window_layout,
@@ -744,7 +745,7 @@ def _window_keys(
         raw = rows[window.entity]
     else:
         raw = pd.Series([""] * n, index=rows.index, dtype=object)
-    entities = np.asarray(["" if _is_null(v) else str(v) for v in raw.tolist()], dtype=object)
+    entities = np.asarray([entity_text(v) or "" for v in raw.tolist()], dtype=object)
     if not window.time:
         return entities, None, np.zeros(n, dtype=bool)
     if window.time not in rows.columns:
@@ -754,10 +755,6 @@ def _window_keys(
         )
     times, bad = event_seconds(rows[window.time].tolist())
     return entities, times, bad
-
-
-def _is_null(value: object) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _stream_positions(rows: pd.DataFrame) -> tuple[list[str] | None, np.ndarray | None]:

@@ -43,10 +43,14 @@ import math
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from anomaly_vae.features import EncodedBatch, FeatureLayout
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 OK, WARMING_UP, LATE, REPLAYED = 0, 1, 2, 3
 STATUS_NAMES = np.asarray(["ok", "warming_up", "late", "replayed"], dtype=object)
@@ -469,3 +473,60 @@ def event_seconds(values: Iterable[object]) -> tuple[np.ndarray, np.ndarray]:
         out[np.flatnonzero(rest)] = seconds
     bad = ~np.isfinite(out)
     return out, bad
+
+
+def entity_text(value: object) -> str | None:
+    """An entity as the text it is keyed by; None when missing. A whole number read as a float
+    (a CSV column of numbers with a gap is read as floats) is written without ``.0``, so that
+    pump 3 is ``"3"`` in every chunk of a file and in a Kafka message alike."""
+    import pandas as pd
+
+    if value is None or value is pd.NA:
+        return None
+    if isinstance(value, (float, np.floating)):
+        if math.isnan(value):
+            return None
+        if value.is_integer():
+            return str(int(value))
+    return str(value)
+
+
+def event_timestamps(values: pd.Series | Sequence[object]) -> pd.Series:
+    """Event times as UTC timestamps (a ``datetime64[ns, UTC]`` Series indexed like
+    ``values``), NaT where a value is not a time: what the ``event_time`` of a stored score is.
+    Numbers (or numbers in text) are seconds since the epoch, or milliseconds when above 1e11
+    (past the year 5138 in seconds); other text is ISO 8601 (naive = UTC)
+    or another layout pandas reads. Used alike for CSV rows and Kafka messages."""
+    import pandas as pd
+
+    raw = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
+    out = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns, UTC]")
+    if pd.api.types.is_bool_dtype(raw):
+        return out
+    if pd.api.types.is_numeric_dtype(raw):
+        numeric = raw.astype("float64")
+        text_rows = pd.Series(False, index=raw.index)
+    else:
+        present = raw.notna() & ~raw.map(lambda v: isinstance(v, bool))
+        numeric = pd.to_numeric(raw.where(present), errors="coerce")
+        text_rows = present & numeric.isna()
+    is_num = numeric.notna() & np.isfinite(numeric)
+    if is_num.any():
+        number = numeric[is_num]
+        in_ms = number.abs() > 1e11
+        if (~in_ms).any():
+            out[is_num & ~in_ms] = pd.to_datetime(
+                number[~in_ms], unit="s", utc=True, errors="coerce"
+            )
+        if in_ms.any():
+            out[is_num & in_ms] = pd.to_datetime(
+                number[in_ms], unit="ms", utc=True, errors="coerce"
+            )
+    if text_rows.any():
+        text = raw[text_rows].astype(str)
+        parsed = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
+        missed = parsed.isna()
+        if missed.any():  # other layouts ("2026-11-01 10:00:00+02:00", RFC 2822...)
+            parsed[missed] = pd.to_datetime(text[missed], utc=True, errors="coerce", format="mixed")
+        out[text_rows] = parsed
+    return out

@@ -318,3 +318,27 @@ def test_connection_errors_are_one_line_with_the_password_masked(
     assert_user_error(verbose, "does not exist")
     assert "s3cret" not in logged.stdout + logged.stderr + verbose.stdout + verbose.stderr
     assert "postgres:***@" in logged.stdout
+
+
+def test_epoch_second_timestamps_are_stored_as_the_times_they_are(
+    pump_model: tuple[AnomalyVAE, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The timestamp column of an export in epoch seconds (as a Kafka message may carry it, and
+    # as a window reads it) was stored as nanoseconds: every event_time 1970-01-01 00:00:01.
+    _, model_dir = pump_model
+    frame = make_pump_data(12, seed=3)
+    iso = pd.to_datetime(frame["ts"], utc=True)
+    frame["ts"] = (iso - pd.Timestamp("1970-01-01", tz="UTC")).dt.total_seconds()
+    path = tmp_path / "epoch.csv"
+    frame.to_csv(path, index=False)
+    url = f"sqlite:///{tmp_path / 'epoch.db'}"
+    result = cli(capsys, "score", str(path), "--model-dir", str(model_dir), "--db", url)
+    assert result.returncode == 0, result.stderr
+    engine = create_database_engine(parse_database_url(url))
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(select(Score.source_key, Score.event_time)).all()
+    finally:
+        engine.dispose()
+    stored = {int(key.rsplit(":", 1)[1]): when for key, when in rows}
+    assert [stored[i] for i in range(12)] == iso.dt.to_pydatetime().tolist()

@@ -63,6 +63,24 @@ def test_decode_event_time_from_field_or_kafka() -> None:
     assert times[1] == pd.Timestamp(1_700_000_000_000, unit="ms", tz="UTC")
 
 
+def test_decode_event_time_numbers_beside_text_are_epoch_seconds() -> None:
+    # One batch with an ISO time and epoch numbers: the numbers were read as nanoseconds
+    # (1970-01-01 00:00:01.79...) once the column held text as well.
+    messages = [
+        msg(b'{"a": 1, "b": 2, "ts": "2026-11-02T00:00:00Z"}', 0),
+        msg(b'{"a": 1, "b": 2, "ts": 1793577602.5}', 1),
+        msg(b'{"a": 1, "b": 2, "ts": "1793577605"}', 2),
+        msg(b'{"a": 1, "b": 2, "ts": 1793577606000}', 3),  # milliseconds, by its size
+    ]
+    out = decode_messages(messages, features=FEATURES, fields=["ts"], time_field="ts")
+    assert out.frame["_event_time"].tolist() == [
+        pd.Timestamp("2026-11-02T00:00:00Z"),
+        pd.Timestamp("2026-11-02T00:00:02.5Z"),
+        pd.Timestamp("2026-11-02T00:00:05Z"),
+        pd.Timestamp("2026-11-02T00:00:06Z"),
+    ]
+
+
 @dataclass
 class MemorySink:
     batches: list[StreamBatch]

@@ -24,6 +24,7 @@ import pandas as pd
 
 from anomaly_vae.config import KafkaConfig
 from anomaly_vae.errors import ConfigError
+from anomaly_vae.windows import entity_text, event_timestamps
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def decode_messages(
         entity = obj.get(entity_field) if entity_field else None
         if entity is None and key_is_entity and msg.key is not None:
             entity = msg.key.decode("utf-8", errors="replace")
-        entities.append(None if entity is None else str(entity))
+        entities.append(entity_text(entity))
         stamps.append(int(msg.timestamp))
     frame = pd.DataFrame(
         {
@@ -179,14 +180,7 @@ def _event_times(frame: pd.DataFrame, time_field: str | None, stamps: np.ndarray
     kafka_time = pd.to_datetime(stamps, unit="ms", utc=True)
     if not time_field or time_field not in frame.columns or len(frame) == 0:
         return pd.Series(kafka_time, index=frame.index)
-    raw = frame[time_field]
-    if pd.api.types.is_numeric_dtype(raw):
-        # Epoch numbers: seconds or milliseconds, told apart by size.
-        values = raw.astype("float64")
-        unit_ms = values.abs().median() > 1e11
-        parsed = pd.to_datetime(values, unit="ms" if unit_ms else "s", utc=True, errors="coerce")
-    else:
-        parsed = pd.to_datetime(raw, utc=True, errors="coerce", format="mixed")
+    parsed = event_timestamps(frame[time_field])
     parsed = pd.Series(parsed, index=frame.index)
     return parsed.where(parsed.notna(), pd.Series(kafka_time, index=frame.index))
 

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 from anomaly_vae._version import __version__
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.thresholds import SEVERITY_NAMES, AlertRule, Thresholds
+from anomaly_vae.windows import entity_text, event_timestamps
 
 if TYPE_CHECKING:
     from anomaly_vae.estimator import AnomalyVAE
@@ -201,11 +202,11 @@ class DatabaseSink:
             data["window_status"] = scores["window_status"].to_numpy(dtype=object)
         frame = chunk.frame
         if self.entity_column and self.entity_column in frame:
-            data["entity_key"] = frame.loc[rows, self.entity_column].to_numpy()
+            entities = frame.loc[rows, self.entity_column].tolist()
+            data["entity_key"] = np.asarray([entity_text(v) for v in entities], dtype=object)
         if self.timestamp_column and self.timestamp_column in frame:
-            data["event_time"] = pd.to_datetime(  # .array: no boxing of every value
-                frame.loc[rows, self.timestamp_column], utc=True, errors="coerce", format="mixed"
-            ).array
+            # Epoch numbers are seconds (or ms), as for a Kafka message; .array: no boxing.
+            data["event_time"] = event_timestamps(frame.loc[rows, self.timestamp_column]).array
         return pd.DataFrame(data)
 
     def rejects(self, chunk: ScoredChunk) -> pd.DataFrame:
