@@ -313,7 +313,17 @@ class StreamScorer:
                         (assigned and now - last_record >= idle_timeout)
                         or (not assigned and now - started >= idle_timeout + join_grace)
                     ):
-                        logger.info("no message for %.1f s: stopping", idle_timeout)
+                        if assigned:
+                            logger.info("no message for %.1f s: stopping", idle_timeout)
+                        else:
+                            logger.warning(
+                                "no partition of %s was assigned to this scorer in %.1f s: "
+                                "stopping (the group %r may be rebalancing, or its other "
+                                "members hold every partition)",
+                                kafka.topic,
+                                now - started,
+                                kafka.group_id,
+                            )
                         break
                     if self._pending:
                         self._commit()
