@@ -462,11 +462,7 @@ def event_seconds(values: Iterable[object]) -> tuple[np.ndarray, np.ndarray]:
     out[is_num] = numeric[is_num].to_numpy(dtype=np.float64)
     rest = ~is_num & raw.notna().to_numpy()
     if rest.any():
-        text = raw[rest].astype(str)
-        parsed = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
-        if parsed.isna().any():  # other layouts ("2026-11-01 10:00:00+02:00", RFC 2822...)
-            missed = parsed.isna().to_numpy()
-            parsed[missed] = pd.to_datetime(text[missed], utc=True, errors="coerce", format="mixed")
+        parsed = _time_text(raw[rest].astype(str))
         ok = parsed.notna().to_numpy()
         ns = parsed.to_numpy(dtype="datetime64[ns]").astype(np.int64)
         seconds = np.where(ok, ns / 1e9, np.nan)
@@ -523,10 +519,18 @@ def event_timestamps(values: pd.Series | Sequence[object]) -> pd.Series:
                 number[in_ms], unit="ms", utc=True, errors="coerce"
             )
     if text_rows.any():
-        text = raw[text_rows].astype(str)
-        parsed = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
-        missed = parsed.isna()
-        if missed.any():  # other layouts ("2026-11-01 10:00:00+02:00", RFC 2822...)
-            parsed[missed] = pd.to_datetime(text[missed], utc=True, errors="coerce", format="mixed")
-        out[text_rows] = parsed
+        out[text_rows] = _time_text(raw[text_rows].astype(str))
     return out
+
+
+def _time_text(text: pd.Series) -> pd.Series:
+    """Times written as text, UTC (naive = UTC); NaT where the text is not a time. ISO 8601
+    first (fast), then the other layouts pandas reads ("2026-11-01 10:00:00+02:00", RFC 2822...)
+    for what that missed."""
+    import pandas as pd
+
+    parsed = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
+    missed = parsed.isna()
+    if missed.any():
+        parsed[missed] = pd.to_datetime(text[missed], utc=True, errors="coerce", format="mixed")
+    return parsed
