@@ -43,13 +43,19 @@ def _sep(value: str | None) -> str | None:
     return "\t" if value in ("\\t", "tab", "TAB") else value
 
 
-def _with_decimal(csv: CsvConfig, decimal: str) -> CsvConfig:
-    """``csv`` with the decimal mark given on the command line, checked like the file's."""
+def _csv_with(csv: CsvConfig, *, sep: str | None, decimal: str | None) -> CsvConfig:
+    """``csv`` with the separator and decimal mark given on the command line (None: as in
+    ``csv``), checked together like a pipeline file's."""
+    pairs = (("sep", sep), ("decimal", decimal))
+    changes = {name: value for name, value in pairs if value is not None}
+    if not changes:
+        return csv
     try:
-        return CsvConfig.model_validate({**csv.model_dump(), "decimal": decimal})
+        return CsvConfig.model_validate({**csv.model_dump(), **changes})
     except ValidationError as exc:
         problem = exc.errors()[0]["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"--decimal {decimal!r}: {problem}") from None
+        given = " ".join(f"--{name} {value!r}" for name, value in changes.items())
+        raise ConfigError(f"{given}: {problem}") from None
 
 
 def load_pipeline(path: Path | None, *, default_name: str = "default") -> PipelineConfig:
@@ -137,10 +143,7 @@ def train(
         cfg.training.seed = seed
     if device:
         cfg.training.device = device
-    if sep is not None:
-        cfg.csv.sep = _sep(sep) or ","
-    if decimal is not None:
-        cfg.csv = _with_decimal(cfg.csv, decimal)
+    cfg.csv = _csv_with(cfg.csv, sep=None if sep is None else _sep(sep) or ",", decimal=decimal)
     frame = read_training_csv(
         data, sep=cfg.csv.sep, encoding=cfg.csv.encoding, decimal=cfg.csv.decimal
     )
@@ -236,9 +239,7 @@ def score(
     rejects = rejects or default_rejects_path(out)
     if csv_out and out.resolve() == data.resolve():
         raise ConfigError(f"--out {out} would overwrite the input: choose another file")
-    csv_cfg = cfg.csv.model_copy(update={"sep": _sep(sep) or cfg.csv.sep})
-    if decimal is not None:
-        csv_cfg = _with_decimal(csv_cfg, decimal)
+    csv_cfg = _csv_with(cfg.csv, sep=_sep(sep) or None, decimal=decimal)
     source = CsvSource(
         data,
         sep=csv_cfg.sep,
@@ -247,8 +248,9 @@ def score(
         decimal=csv_cfg.decimal,
     )
     # Check the header (and the database) before any output is created.
-    model.schema_.check_columns(source.header(), source=source.label)
-    _require_column(label_column, source.header(), "--label-column", data)
+    header = source.header()
+    model.schema_.check_columns(header, source=source.label)
+    _require_column(label_column, header, "--label-column", data)
     if target is not None:
         from anomaly_vae.cli.db import connected
 
