@@ -120,9 +120,9 @@ class Scorer:
             "contrib": [],
         }
         self.model.eval()
+        to = self.batch_size if self.fixed_rows else None
         for start in range(0, n, self.batch_size):
             stop = min(n, start + self.batch_size)
-            to = self.batch_size if self.fixed_rows else None
             x = _padded(batch.x[start:stop], self.device, to=to)
             obs = _padded(batch.observed[start:stop], self.device, to=to)
             rows = stop - start
@@ -204,10 +204,10 @@ class Scorer:
             spans.append((k + b, start, start + size))
             start += size
         rows_per_pass = max(ROW_BLOCK, self.batch_size // m // ROW_BLOCK * ROW_BLOCK)
+        to = rows_per_pass if self.fixed_rows else None
         for first in range(0, n, rows_per_pass):
             last = min(n, first + rows_per_pass)
             # Padded like ``score``: the same shapes whatever the batch, the same numbers.
-            to = rows_per_pass if self.fixed_rows else None
             x = _padded(batch.x[first:last], self.device, to=to)
             obs = _padded(batch.observed[first:last], self.device, to=to)
             rows = x.shape[0]

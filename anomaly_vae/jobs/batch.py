@@ -364,8 +364,16 @@ class _SinkWorker:
 # What the scores file adds to the copied input columns; an input column of one of these
 # names is copied as NAME_input rather than overwritten.
 SCORE_COLUMNS = frozenset(
-    {"row", "score", "recon_error", "percentile", "is_anomaly", "top_features", "window_status"}
-    | {"nll_iw"}
+    {
+        "row",
+        "score",
+        "recon_error",
+        "percentile",
+        "is_anomaly",
+        "top_features",
+        "window_status",
+        "nll_iw",
+    }
 )
 
 
