@@ -194,8 +194,9 @@ class WindowConfig(_Strict):
     """Score each record with the ``size - 1`` records of its entity before it (``windows.py``).
 
     ``entity`` names the series a record belongs to (one series when absent) and ``time`` its
-    event time (ISO 8601 text or seconds; arrival order when absent). They are the same columns
-    as ``columns.entity`` / ``columns.timestamp``, which they fill in when those are not set.
+    event time (ISO 8601 text, or epoch seconds or milliseconds; arrival order when absent).
+    They are the same columns as ``columns.entity`` / ``columns.timestamp``, which they fill in
+    when those are not set.
     Records up to ``lateness_s`` seconds behind their entity's newest one are put in time order;
     older ones are scored on their own as ``late`` and never flagged. A gap longer than
     ``max_gap_s`` restarts the window. Until a record has a full window it is ``warming_up``

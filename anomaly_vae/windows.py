@@ -452,14 +452,16 @@ def flatten_windows(x: np.ndarray, observed: np.ndarray, n_numeric: int) -> Enco
 
 def event_seconds(values: Iterable[object]) -> tuple[np.ndarray, np.ndarray]:
     """Event times as float seconds since the epoch, and a mask of the values that are not a
-    time. Numbers are taken as seconds; text as ISO 8601 (naive = UTC), or a number in text."""
+    time. Numbers (or numbers in text) are seconds, or milliseconds when above 1e11, as
+    ``event_timestamps`` reads them; other text is ISO 8601 (naive = UTC)."""
     import pandas as pd
 
     raw = pd.Series(list(values), dtype=object)
     out = np.full(len(raw), np.nan, dtype=np.float64)
     numeric = pd.to_numeric(raw, errors="coerce")
     is_num = numeric.notna().to_numpy()
-    out[is_num] = numeric[is_num].to_numpy(dtype=np.float64)
+    number = numeric[is_num].to_numpy(dtype=np.float64)
+    out[is_num] = np.where(np.abs(number) > 1e11, number / 1000.0, number)
     rest = ~is_num & raw.notna().to_numpy()
     if rest.any():
         parsed = _time_text(raw[rest].astype(str))

@@ -202,6 +202,10 @@ def test_event_seconds_reads_iso_text_and_numbers_alike() -> None:
     assert seconds[1] == 10.0
     assert seconds[2] == 1761955210.0
     assert bad.tolist() == [False, False, False, True, True]
+    # Epoch milliseconds (what Kafka clients stamp) are read as event_timestamps reads them.
+    ms, bad = event_seconds([1761955210500, "1761955210500", 1761955210.5])
+    assert ms.tolist() == [1761955210.5] * 3
+    assert not bad.any()
 
 
 def test_window_columns_must_agree_with_the_columns_section() -> None:
@@ -252,6 +256,23 @@ def test_warming_up_records_are_scored_not_flagged_and_named(window_model: Anoma
     names = {name for row in batch.top_features_list(3) for name, _ in row}
     assert names
     assert names <= set(window_model.schema_.names)
+
+
+def test_epoch_millisecond_times_window_like_the_same_times_as_text(
+    window_model: AnomalyVAE,
+) -> None:
+    # max_gap_s and lateness_s are seconds whatever unit the time column is written in: epoch
+    # milliseconds read as seconds made every 2.5 s step a 2,500 s gap, so no window ever
+    # filled ("warming_up" for ever).
+    data = make_pump_data(240, seed=8, anomaly_rate=0.05)
+    epoch = pd.Timestamp(0, tz="UTC")
+    as_ms = data.assign(ts=(pd.to_datetime(data["ts"], utc=True) - epoch) // pd.Timedelta("1ms"))
+    assert as_ms["ts"].min() > 1e12
+    text = window_model.score_batch(data, windows=window_model.new_window_state())
+    millis = window_model.score_batch(as_ms, windows=window_model.new_window_state())
+    assert (millis.scores["window_status"] == "ok").sum() > 0
+    assert (millis.scores["window_status"] == text.scores["window_status"]).all()
+    assert np.array_equal(millis.scores["score"].to_numpy(), text.scores["score"].to_numpy())
 
 
 def test_records_without_a_valid_time_are_rejected_with_a_reason(window_model: AnomalyVAE) -> None:
