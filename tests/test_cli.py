@@ -188,6 +188,34 @@ def test_semicolon_file_with_sep(trained: Path, capsys: pytest.CaptureFixture[st
     assert len(pd.read_csv(trained / "semi.scores.csv")) == 50
 
 
+def test_a_file_with_spaces_after_its_commas_scores_as_the_plain_file(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "a, b, c" exports: the columns were named " b" and " c" (missing from the model) and
+    # categories read " north", not "north".
+    frame = make_pump_data(40, seed=9, anomaly_rate=0.1)
+    plain, spaced = trained / "plain.csv", trained / "spaced.csv"
+    frame.to_csv(plain, index=False)
+    spaced.write_text(
+        "\n".join(", ".join(line.split(",")) for line in plain.read_text().splitlines()) + "\n"
+    )
+    for path in (plain, spaced):
+        result = run_inline(
+            capsys,
+            "score",
+            str(path),
+            "--model-dir",
+            str(trained / "model"),
+            "--out",
+            str(path.with_suffix(".scores.csv")),
+        )
+        assert result.returncode == 0, result.stderr
+    a = pd.read_csv(plain.with_suffix(".scores.csv"))
+    b = pd.read_csv(spaced.with_suffix(".scores.csv"))
+    assert len(b) == 40
+    pd.testing.assert_frame_equal(a, b)
+
+
 def test_bad_input_in_a_subprocess_exits_2_with_one_line(trained: Path) -> None:
     bad = trained / "garbage.csv"
     bad.write_bytes(b"\x00\x01\x02binary")

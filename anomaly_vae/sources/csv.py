@@ -49,6 +49,7 @@ class CsvSource:
     decimal: str = "."
     label: str = ""
     _handle: IO[bytes] | None = field(default=None, init=False, repr=False)
+    _spaced: bool | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -113,6 +114,7 @@ class CsvSource:
     def header(self) -> list[str]:
         """The column names, read without loading data."""
         self.check()
+        self.spaced()
         frame = self._read(nrows=0)
         assert isinstance(frame, pd.DataFrame)
         return [str(c) for c in frame.columns]
@@ -120,6 +122,7 @@ class CsvSource:
     def chunks(self, *, usecols: list[str] | None = None) -> Iterator[CsvChunk]:
         """Yield chunks in file order; rows keep their data row numbers as the index."""
         self.check()
+        self.spaced()
         next_row = 0
         raw_lines: _LineFinder | None = None  # the text of lines with too many fields
         with open(self.path, "rb") as handle, contextlib.ExitStack() as stack:
@@ -154,7 +157,9 @@ class CsvSource:
                 rows = _row_numbers(next_row, len(frame), bad_rows)
                 frame.index = pd.Index(rows, name="row")
                 if bad_rows and raw_lines is None:
-                    raw_lines = _LineFinder(self.path, self.encoding, self.sep)
+                    raw_lines = _LineFinder(
+                        self.path, self.encoding, self.sep, skip_space=self.spaced()
+                    )
                 rejects = pd.DataFrame(
                     {
                         "reason": reasons,
@@ -176,6 +181,17 @@ class CsvSource:
                 digest.update(block)
         return digest.hexdigest()
 
+    def spaced(self) -> bool:
+        """Whether the header has spaces after its separators (``a, b, c``, as some tools
+        export): then spaces after every separator are skipped, so that the columns are named
+        ``b`` and ``c`` and the values read ``P1``, not `` P1``. Read once, from the header."""
+        if self._spaced is None:
+            self._spaced = False
+            frame = self._read(nrows=0)
+            names = [str(c) for c in frame.columns[1:]]
+            self._spaced = self.sep != " " and any(n[:1] in (" ", "\t") for n in names)
+        return self._spaced
+
     def _read(self, handle: IO[bytes] | None = None, **kwargs: Any) -> Any:
         source: Any = handle if handle is not None else self.path
         options: dict[str, Any] = {
@@ -183,6 +199,7 @@ class CsvSource:
             "encoding": self.encoding,
             "decimal": self.decimal,
             "on_bad_lines": "warn",
+            "skipinitialspace": bool(self._spaced),
         }
         if handle is not None and self.compressed:
             source = self.path  # let pandas open it with the right decompressor
@@ -212,7 +229,7 @@ class _LineFinder:
 
     MAX_CHARS = 10_000
 
-    def __init__(self, path: Path, encoding: str, sep: str) -> None:
+    def __init__(self, path: Path, encoding: str, sep: str, *, skip_space: bool = False) -> None:
         name = path.name.lower()
         opener: Any = open
         if name.endswith(".gz"):
@@ -225,7 +242,7 @@ class _LineFinder:
         self._records: Iterator[list[str]] = iter(())
         if not name.endswith((".zip", ".zst", ".tar")) and len(sep) == 1:
             self._handle = opener(path, "rt", encoding=encoding, errors="replace", newline="")
-            self._records = csv.reader(self._handle, delimiter=sep)
+            self._records = csv.reader(self._handle, delimiter=sep, skipinitialspace=skip_space)
         self._at = 0  # records read so far
 
     def lines(self, numbers: list[int]) -> list[str | None]:
