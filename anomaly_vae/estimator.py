@@ -811,12 +811,14 @@ def label_to_binary(series: pd.Series, *, name: str) -> pd.Series:
         return series.astype("Int64")
     if pd.api.types.is_numeric_dtype(series):
         values = series.astype("float64")
+        _no_negative_labels(values, name)
         return (values != 0).astype("Int64").where(values.notna())
     text = series.astype("string").str.strip().str.lower()
     out = pd.Series(pd.NA, index=series.index, dtype="Int64")
     out[text.isin(list(_TRUE)).fillna(False).to_numpy(dtype=bool)] = 1
     out[text.isin(list(_FALSE)).fillna(False).to_numpy(dtype=bool)] = 0
     numeric = pd.to_numeric(text, errors="coerce")
+    _no_negative_labels(numeric, name)
     is_num = numeric.notna().to_numpy()
     out[is_num] = (numeric[is_num] != 0).astype("Int64")
     unknown = text.notna().to_numpy() & out.isna().to_numpy()
@@ -827,6 +829,17 @@ def label_to_binary(series: pd.Series, *, name: str) -> pd.Series:
             "normal) nor anomalous (1, true, anomaly)"
         )
     return out
+
+
+def _no_negative_labels(values: pd.Series, name: str) -> None:
+    """A -1 / 1 label (scikit-learn's predict: -1 = outlier) would read as all anomalous."""
+    negative = values < 0
+    if negative.any():
+        raise ConfigError(
+            f"label column {name!r} has the negative value {values[negative].iloc[0]:g}: "
+            "write 1 (or true, anomaly) for anomalies and 0 (false, normal) for normal rows; "
+            "a -1 / 1 label, as scikit-learn's predict gives, is ambiguous"
+        )
 
 
 def _param_message(exc: ValidationError, section: str) -> str:

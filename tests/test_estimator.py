@@ -98,6 +98,16 @@ def test_labelled_anomalies_are_left_out_of_training() -> None:
     assert s["rows_train"] + s["rows_validation"] == 300
 
 
+def test_a_minus_one_plus_one_label_is_refused_not_read_as_all_anomalous() -> None:
+    # scikit-learn's convention (-1 = outlier, 1 = inlier) read as "non-zero = anomaly" left
+    # every row out of training.
+    frame, labels = with_anomalies(300, 40, seed=2)
+    for sign in (labels.astype(int) * -2 + 1, [str(v) for v in labels.astype(int) * -2 + 1]):
+        frame["label"] = sign
+        with pytest.raises(ConfigError, match=r"label column 'label' has the negative value -1"):
+            AnomalyVAE(epochs=2, columns={"label": "label"}).fit(frame)
+
+
 def test_parameter_errors_name_the_parameter() -> None:
     data = correlated_normal(50, seed=0)
     with pytest.raises(
