@@ -40,8 +40,10 @@ class ModelFileError(AnomalyVAEError):
     """A model directory is missing, corrupt, or of an unknown format version."""
 
 
-class NotFittedError(AnomalyVAEError):
-    """The estimator is used before ``fit`` (or ``load``)."""
+class NotFittedError(AnomalyVAEError, ValueError, AttributeError):
+    """The estimator is used before ``fit`` (or ``load``). Also a ValueError and an
+    AttributeError, as scikit-learn's own: ``hasattr``, ``dir()`` and tab completion on an
+    unfitted estimator read a fitted-only property as absent instead of failing."""
 
 
 class DatabaseError(AnomalyVAEError):

@@ -126,6 +126,10 @@ def test_constructor_only_stores() -> None:
     assert model.get_params()["latent_dim"] == -5
     with pytest.raises(NotFittedError):
         model.score(correlated_normal(5, seed=0))
+    # dir() (a notebook's tab completion) and hasattr() read fitted-only properties as absent;
+    # dir() raised NotFittedError.
+    assert "fit" in dir(model)
+    assert not hasattr(model, "windowed")
 
 
 def test_score_raises_on_invalid_rows_and_score_batch_keeps_them(trained_model: AnomalyVAE) -> None:
