@@ -236,7 +236,14 @@ class AnomalyVAE(BaseEstimator):
 
     def _fit(self, cfg: PipelineConfig, X: pd.DataFrame | np.ndarray, y: Any) -> AnomalyVAE:
         frame = _as_frame(X)
+        rows = len(frame)
         frame = self._drop_labelled_anomalies(frame, y, cfg.columns)
+        if len(frame) < MIN_TRAINING_ROWS:  # before the columns are judged on no rows at all
+            labelled = f" ({rows - len(frame)} labelled anomalous left out)" if rows else ""
+            raise SchemaError(
+                f"training data has {len(frame)} rows{labelled}; a model needs at least "
+                f"{MIN_TRAINING_ROWS} rows of normal data"
+            )
         schema = FeatureSchema.infer(frame, cfg.columns)
         clean, rejects = schema.validate(frame, source="training data")
         if len(rejects):

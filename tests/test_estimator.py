@@ -12,7 +12,13 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from anomaly_vae import AnomalyVAE, load_model
-from anomaly_vae.errors import ConfigError, InvalidRecordsError, ModelFileError, NotFittedError
+from anomaly_vae.errors import (
+    ConfigError,
+    InvalidRecordsError,
+    ModelFileError,
+    NotFittedError,
+    SchemaError,
+)
 from tests.conftest import correlated_normal, with_anomalies
 
 
@@ -106,6 +112,17 @@ def test_a_minus_one_plus_one_label_is_refused_not_read_as_all_anomalous() -> No
         frame["label"] = sign
         with pytest.raises(ConfigError, match=r"label column 'label' has the negative value -1"):
             AnomalyVAE(epochs=2, columns={"label": "label"}).fit(frame)
+
+
+def test_too_few_training_rows_is_said_as_such() -> None:
+    # An empty frame (or one whose rows are all labelled anomalous) was reported as "column
+    # ... is empty" for every column and then "no feature columns left".
+    frame = correlated_normal(40, seed=1)
+    with pytest.raises(SchemaError, match=r"training data has 0 rows; a model needs at least"):
+        AnomalyVAE(epochs=1).fit(frame.iloc[:0])
+    frame["label"] = [1] * 35 + [0] * 5
+    with pytest.raises(SchemaError, match=r"has 5 rows \(35 labelled anomalous left out\)"):
+        AnomalyVAE(epochs=1, columns={"label": "label"}).fit(frame)
 
 
 def test_parameter_errors_name_the_parameter() -> None:
