@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -214,6 +215,54 @@ def test_a_file_with_spaces_after_its_commas_scores_as_the_plain_file(
     b = pd.read_csv(spaced.with_suffix(".scores.csv"))
     assert len(b) == 40
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_standard_input_and_output_with_dash(trained: Path) -> None:
+    # "-" was a file name: "--out -" wrote a file called "-", "score -" said the input would be
+    # overwritten.
+    frame = make_pump_data(60, seed=11, anomaly_rate=0.1).astype({"rpm": object})
+    frame.loc[5, "rpm"] = "fast"  # one reject: it still lands in a file
+    path = trained / "piped.csv"
+    frame.to_csv(path, index=False)
+    model = str(trained / "model")
+    by_file = subprocess.run(
+        [sys.executable, "-m", "anomaly_vae", "score", str(path), "--model-dir", model, "-q"],
+        capture_output=True,
+        cwd=trained,
+        timeout=300,
+    )
+    assert by_file.returncode == 0, by_file.stderr
+    expected = (trained / "piped.scores.csv").read_bytes()
+    for args, stdin in (
+        (["score", "-", "--model-dir", model, "-q"], path.read_bytes()),
+        (["score", str(path), "--model-dir", model, "--out", "-", "-q"], None),
+        (["score", "-", "--model-dir", model, "-q"], gzip.compress(path.read_bytes())),
+    ):
+        (trained / "piped.scores.rejects.csv").unlink(missing_ok=True)
+        (trained / "stdin.scores.rejects.csv").unlink(missing_ok=True)
+        piped = subprocess.run(
+            [sys.executable, "-m", "anomaly_vae", *args],
+            input=stdin,
+            capture_output=True,
+            cwd=trained,
+            timeout=300,
+        )
+        assert piped.returncode == 0, piped.stderr
+        assert piped.stdout == expected  # the scores only: the summary went to stderr
+        assert b"standard output" in piped.stderr
+        name = "stdin" if args[1] == "-" else "piped"
+        rejects = pd.read_csv(trained / f"{name}.scores.rejects.csv")
+        assert rejects["row"].tolist() == [5]
+    assert not (trained / "-").exists()
+    trained_on_stdin = subprocess.run(
+        [sys.executable, "-m", "anomaly_vae", "train", "-", "--model-dir", "m-stdin", "-q"],
+        input=(trained / "normal.csv").read_bytes(),
+        capture_output=True,
+        cwd=trained,
+        timeout=300,
+    )
+    assert trained_on_stdin.returncode == 0, trained_on_stdin.stderr
+    assert (trained / "m-stdin").is_dir()
 
 
 def test_bad_input_in_a_subprocess_exits_2_with_one_line(trained: Path) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,13 +73,19 @@ def load_pipeline(path: Path | None, *, default_name: str = "default") -> Pipeli
     return cfg
 
 
-def read_training_csv(path: Path, *, sep: str, encoding: str, decimal: str = ".") -> pd.DataFrame:
-    """Read a whole training file (training needs it in memory) with the CSV source's checks."""
+def read_training_csv(
+    path: Path, *, sep: str, encoding: str, decimal: str = ".", label: str = ""
+) -> pd.DataFrame:
+    """Read a whole training file (training needs it in memory) with the CSV source's checks;
+    ``label`` names it in messages (default: the path)."""
     import pandas as pd
 
     from anomaly_vae.sources.csv import CsvSource
 
-    source = CsvSource(path, sep=sep, encoding=encoding, chunk_size=200_000, decimal=decimal)
+    source = CsvSource(
+        path, sep=sep, encoding=encoding, chunk_size=200_000, decimal=decimal, label=label
+    )
+    path = Path(source.label)
     header = source.header()
     if len(header) == 1:
         only = header[0]
@@ -104,7 +112,7 @@ def read_training_csv(path: Path, *, sep: str, encoding: str, decimal: str = "."
 
 @app.command()
 def train(
-    data: Path = typer.Argument(..., help="CSV file of normal records to learn from."),
+    data: Path = typer.Argument(..., help="CSV file of normal records to learn from ('-': stdin)."),
     model_dir: Path = typer.Option(..., "--model-dir", help="Directory to write the model to."),
     pipeline: Path | None = typer.Option(None, "--pipeline", help="Pipeline YAML file."),
     ignore_columns: str | None = typer.Option(
@@ -144,9 +152,16 @@ def train(
     if device:
         cfg.training.device = device
     cfg.csv = _csv_with(cfg.csv, sep=None if sep is None else _sep(sep) or ",", decimal=decimal)
-    frame = read_training_csv(
-        data, sep=cfg.csv.sep, encoding=cfg.csv.encoding, decimal=cfg.csv.decimal
-    )
+    with _input_file(data) as path:
+        frame = read_training_csv(
+            path,
+            sep=cfg.csv.sep,
+            encoding=cfg.csv.encoding,
+            decimal=cfg.csv.decimal,
+            label=str(STDIN) if _is_dash(data) else "",
+        )
+    if _is_dash(data):
+        data = STDIN
     # A misspelt label would train on the labelled anomalies without a word.
     _require_column(label_column, list(frame.columns), "--label-column", data)
     for name in _split(ignore_columns) if ignore_columns else []:
@@ -185,10 +200,13 @@ def _print_training(model: AnomalyVAE, data: Path, model_dir: Path, digest: str)
 
 @app.command()
 def score(
-    data: Path = typer.Argument(..., help="CSV export to score."),
+    data: Path = typer.Argument(..., help="CSV export to score ('-': standard input)."),
     model_dir: Path = typer.Option(..., "--model-dir", help="Model directory (from train)."),
     out: Path | None = typer.Option(
-        None, "--out", help="Output CSV (default: DATA's name with .scores.csv)."
+        None,
+        "--out",
+        help="Output CSV (default: DATA's name with .scores.csv; '-': standard output, the "
+        "default for DATA '-').",
     ),
     rejects: Path | None = typer.Option(
         None, "--rejects", help="Rejected rows CSV (default: next to --out, .rejects.csv)."
@@ -215,8 +233,73 @@ def score(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more."),
 ) -> None:
-    """Score a CSV export; write one row of scores per input row (to CSV and/or a database)."""
+    """Score a CSV export; write one row of scores per input row (to CSV and/or a database).
+
+    DATA ``-`` reads standard input; ``--out -`` writes the scores to standard output (then the
+    summary goes to standard error)."""
     setup_logging(verbose)
+    with _input_file(data) as path:
+        _score_file(
+            path,
+            shown=STDIN if _is_dash(data) else data,
+            model_dir=model_dir,
+            out=out,
+            rejects=rejects,
+            pipeline=pipeline,
+            sep=sep,
+            decimal=decimal,
+            label_column=label_column,
+            threshold=threshold,
+            chunk_size=chunk_size,
+            device=device,
+            db=db,
+            quiet=quiet,
+        )
+
+
+STDIN = Path("<stdin>")
+
+
+def _is_dash(path: Path | None) -> bool:
+    return path is not None and str(path) == "-"
+
+
+@contextlib.contextmanager
+def _input_file(data: Path) -> Iterator[Path]:
+    """``data`` itself, or for ``-`` standard input copied to a temporary file (removed after):
+    the reader needs a file it can read twice (the header first, a rejected line's text)."""
+    if not _is_dash(data):
+        yield data
+        return
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="anomaly-vae-stdin-") as tmp:
+        head = sys.stdin.buffer.peek(2)[:2] if hasattr(sys.stdin.buffer, "peek") else b""
+        path = Path(tmp) / ("stdin.csv.gz" if head == b"\x1f\x8b" else "stdin.csv")
+        with open(path, "wb") as handle:
+            shutil.copyfileobj(sys.stdin.buffer, handle, 1 << 20)
+        yield path
+
+
+def _score_file(
+    data: Path,
+    *,
+    shown: Path,
+    model_dir: Path,
+    out: Path | None,
+    rejects: Path | None,
+    pipeline: Path | None,
+    sep: str | None,
+    decimal: str | None,
+    label_column: str | None,
+    threshold: float | None,
+    chunk_size: int | None,
+    device: str | None,
+    db: str | None,
+    quiet: bool,
+) -> None:
+    """``score`` on a file; ``shown`` names it in messages (``<stdin>``)."""
     from anomaly_vae.estimator import AnomalyVAE
     from anomaly_vae.jobs.batch import (
         CsvRejectsWriter,
@@ -235,9 +318,14 @@ def score(
         raise ConfigError(f"--threshold must be a finite number, got {threshold}")
     target = _score_database(db, pipeline, cfg)
     csv_out = out is not None or target is None
-    out = out or Path(_stem(data) + ".scores.csv")
-    rejects = rejects or default_rejects_path(out)
-    if csv_out and out.resolve() == data.resolve():
+    stem = "stdin" if shown == STDIN else _stem(shown)
+    if out is None and shown == STDIN and csv_out:
+        out = Path("-")  # a filter: standard input in, standard output out
+    out = out or Path(stem + ".scores.csv")
+    to_stdout = _is_dash(out)
+    # Scores to standard output: the rejects still go to a file, in the working directory.
+    rejects = rejects or default_rejects_path(Path(stem + ".scores.csv") if to_stdout else out)
+    if csv_out and not to_stdout and out.resolve() == data.resolve():
         raise ConfigError(f"--out {out} would overwrite the input: choose another file")
     csv_cfg = _csv_with(cfg.csv, sep=_sep(sep) or None, decimal=decimal)
     source = CsvSource(
@@ -246,11 +334,12 @@ def score(
         encoding=csv_cfg.encoding,
         chunk_size=chunk_size or cfg.scoring.chunk_size,
         decimal=csv_cfg.decimal,
+        label=str(shown),
     )
     # Check the header (and the database) before any output is created.
     header = source.header()
     model.schema_.check_columns(header, source=source.label)
-    _require_column(label_column, header, "--label-column", data)
+    _require_column(label_column, header, "--label-column", shown)
     if target is not None:
         from anomaly_vae.cli.db import connected
 
@@ -267,7 +356,7 @@ def score(
                 quiet=quiet,
                 target_display=target.display,
             )
-        _print_summary(summary)
+        _print_summary(summary, err=to_stdout)
         return
     score_writer = CsvScoreWriter(out)
     rejects_writer = CsvRejectsWriter(rejects)
@@ -281,13 +370,13 @@ def score(
         progress=_show_progress(quiet),
     )
     _add_csv_outputs(summary, out, rejects, rejects_writer)
-    _print_summary(summary)
+    _print_summary(summary, err=to_stdout)
 
 
 def _add_csv_outputs(
     summary: BatchSummary, out: Path, rejects: Path, rejects_writer: CsvRejectsWriter
 ) -> None:
-    summary.outputs.append(str(out))
+    summary.outputs.append("the scores to standard output" if _is_dash(out) else str(out))
     if rejects_writer.count:
         summary.outputs.append(f"{rejects} ({rejects_writer.count} rejected rows with reasons)")
 
@@ -379,9 +468,10 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def _print_summary(summary: BatchSummary) -> None:
+def _print_summary(summary: BatchSummary, *, err: bool = False) -> None:
+    """The summary lines; to standard error when the scores go to standard output."""
     for line in summary.lines():
-        typer.echo(line)
+        typer.echo(line, err=err)
 
 
 @app.command()

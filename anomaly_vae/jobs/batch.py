@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -108,7 +109,10 @@ class CsvScoreWriter:
     def __init__(self, path: Path, *, sep: str = ",") -> None:
         self.path = Path(path)
         self.sep = sep
-        self._handle = _open_for_write(self.path, binary=True)
+        self._stdout = str(path) == "-"  # standard output: written, flushed, never closed
+        self._handle = (
+            sys.stdout.buffer if self._stdout else _open_for_write(self.path, binary=True)
+        )
         self._header = True
 
     def write(self, chunk: ScoredChunk) -> None:
@@ -133,7 +137,10 @@ class CsvScoreWriter:
         if self._header:  # nothing scored: still leave a file with the header
             header = self.sep.join(["row", *OUTPUT_SCORE_COLUMNS]) + "\n"
             self._handle.write(header.encode("utf-8"))
-        self._handle.close()
+        if self._stdout:
+            self._handle.flush()
+        else:
+            self._handle.close()
 
 
 class CsvRejectsWriter:
