@@ -265,6 +265,14 @@ def test_standard_input_and_output_with_dash(trained: Path) -> None:
     assert (trained / "m-stdin").is_dir()
 
 
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from anomaly_vae import __version__
+
+    result = run_inline(capsys, "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"anomaly-vae {__version__}"
+
+
 def test_bad_input_in_a_subprocess_exits_2_with_one_line(trained: Path) -> None:
     bad = trained / "garbage.csv"
     bad.write_bytes(b"\x00\x01\x02binary")

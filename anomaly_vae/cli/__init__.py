@@ -25,6 +25,27 @@ app = typer.Typer(
 EXIT_USER_ERROR = 2
 
 
+def _version(value: bool) -> None:
+    if value:
+        from anomaly_vae._version import __version__
+
+        typer.echo(f"anomaly-vae {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_version,
+        is_eager=True,
+        help="Print the version and exit.",
+    ),
+) -> None:
+    """Anomaly detection for tabular and sensor data with variational autoencoders."""
+
+
 def setup_logging(verbose: bool = False, *, prefix: str = "") -> None:
     """Log lines to stderr; ``prefix`` starts each one (a scorer process's ``[i/N] ``)."""
     logging.basicConfig(
