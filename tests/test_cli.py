@@ -263,6 +263,27 @@ def test_standard_input_and_output_with_dash(trained: Path) -> None:
     )
     assert trained_on_stdin.returncode == 0, trained_on_stdin.stderr
     assert (trained / "m-stdin").is_dir()
+    url = f"sqlite:///{trained / 'stdin.db'}"
+    into_db = subprocess.run(
+        [sys.executable, "-m", "anomaly_vae", "score", "-", "--model-dir", model, "--db", url],
+        input=path.read_bytes(),
+        capture_output=True,
+        cwd=trained,
+        timeout=300,
+    )
+    assert into_db.returncode == 0, into_db.stderr
+    runs = run_inline_db_runs(url)
+    assert runs == ["<stdin>"]  # not the temporary copy's path
+
+
+def run_inline_db_runs(url: str) -> list[str]:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        sources = [r[0] for r in connection.execute(text("SELECT source FROM scoring_runs"))]
+    engine.dispose()
+    return sources
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

@@ -420,7 +420,8 @@ def _score_into_database(
         connection,
         model=model,
         model_dir=model_dir,
-        source=str(source.path.resolve()),
+        # A file by its absolute path; standard input as "<stdin>", not its temporary copy.
+        source=source.label if source.label == str(STDIN) else str(source.path.resolve()),
         source_sha256=digest,
         threshold=threshold,
         alert_rule=cfg.alerts.model_dump() if cfg.alerts else None,
