@@ -272,11 +272,11 @@ def test_standard_input_and_output_with_dash(trained: Path) -> None:
         timeout=300,
     )
     assert into_db.returncode == 0, into_db.stderr
-    runs = run_inline_db_runs(url)
+    runs = stored_run_sources(url)
     assert runs == ["<stdin>"]  # not the temporary copy's path
 
 
-def run_inline_db_runs(url: str) -> list[str]:
+def stored_run_sources(url: str) -> list[str]:
     from sqlalchemy import create_engine, text
 
     engine = create_engine(url)
