@@ -1,10 +1,11 @@
 """The HTTP API (FastAPI; OpenAPI docs at ``/docs``), served by ``anomaly-vae serve``.
 
 Read: models, thresholds (in force and history), previews, anomalies, alerts, ``/health`` and
-``/metrics`` (Prometheus text). Write (a new threshold version, acknowledging or resolving an
-alert): only with ``Authorization: Bearer <token>`` matching ``ANOMALY_VAE_API_TOKEN``
-(compared in constant time; never logged). Without a token configured the API is read-only and
-every write gets 403.
+``/metrics`` (Prometheus text); ``POST /models/{name}/score`` scores records now under the
+threshold in force (a registered version, loaded from its model directory; nothing stored).
+Write (a new threshold version, acknowledging or resolving an alert): only with
+``Authorization: Bearer <token>`` matching ``ANOMALY_VAE_API_TOKEN`` (compared in constant
+time; never logged). Without a token configured the API is read-only and every write gets 403.
 
 Nothing is built at import time: :class:`ApiSettings` is read once at start-up and
 :func:`create_app` takes it, with an engine on a checked database.
@@ -31,7 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from anomaly_vae._version import __version__
 from anomaly_vae.config import AlertsConfig
-from anomaly_vae.errors import ConfigError, InputFileError, NotFoundError
+from anomaly_vae.errors import ConfigError, InputFileError, NotFoundError, SchemaError
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.storage.engine import DatabaseTarget
 from anomaly_vae.storage.tables import Alert, Model, ScoringRun, Threshold
@@ -55,6 +56,8 @@ _PLACEHOLDERS = {"changeme", "change-me", "changethis", "secret", "token", "pass
 # A stream run's metrics older than this are not served as current (a scorer killed hard
 # leaves its run 'running').
 STALE_METRICS_S = 600
+MAX_SCORE_RECORDS = 10_000  # per POST /models/{name}/score
+MODEL_CACHE_SIZE = 4  # model versions kept loaded for scoring
 
 
 # ===================================================================== settings
@@ -222,6 +225,46 @@ class AlertAction(_Schema):
     note: str | None = Field(default=None, max_length=2000)
 
 
+class ScoreRequest(_Schema):
+    """Records to score now, each a JSON object of feature fields (null: a missing value). A
+    windowed model scores each record with the records before it of its entity in this
+    request (in the order given), as a CSV of them would be scored."""
+
+    records: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_SCORE_RECORDS)
+    version: str | None = Field(
+        default=None, description="A registered version (default: the newest)"
+    )
+
+
+class ScoredRecord(BaseModel):
+    index: int
+    score: float
+    recon_error: float
+    percentile: float
+    is_anomaly: bool
+    severity: Literal["warning", "critical"] | None
+    top_features: list[tuple[str, float]]
+    window_status: str | None = None
+
+
+class RejectedRecord(BaseModel):
+    index: int
+    reason: str
+
+
+class ScoreResponse(BaseModel):
+    """Scores under the threshold in force (nothing is stored: the stream and batch jobs
+    store theirs); every record is either in ``scores`` or in ``rejects``, by its index."""
+
+    model: str
+    model_version: str
+    threshold: float
+    critical: float | None
+    threshold_version: int | None
+    scores: list[ScoredRecord]
+    rejects: list[RejectedRecord]
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     version: str
@@ -281,6 +324,14 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
     @app.exception_handler(NotFoundError)
     async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(ModelUnavailableError)
+    async def _unavailable(_request: Request, exc: ModelUnavailableError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(SchemaError)
+    async def _schema(_request: Request, exc: SchemaError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
 
     @app.exception_handler(ConfigError)
     async def _bad_request(_request: Request, exc: ConfigError) -> JSONResponse:
@@ -393,6 +444,21 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         )
         return ThresholdPreviewPublic.model_validate(result.as_dict())
 
+    # --------------------------------------------------------------------- scoring
+    models_loaded = _ModelCache(MODEL_CACHE_SIZE)
+
+    @app.post("/models/{name}/score", response_model=ScoreResponse, tags=["models"])
+    def score(name: str, body: ScoreRequest, conn: Conn) -> ScoreResponse:
+        """Score records now with a registered model version, loaded from its model directory
+        on this server, under the threshold in force. Nothing is written."""
+        version = _registered_version(conn, name, body.version)
+        row = repo.threshold_in_force(conn, model_name=name)
+        conn.rollback()  # no transaction held while the model scores
+        model = models_loaded.get(version.path, version.content_hash, name)
+        warning = float(row.warning) if row is not None else float(model.threshold_)
+        critical = None if row is None or row.critical is None else float(row.critical)
+        return _score_records(model, body.records, warning, critical, row, version)
+
     # ------------------------------------------------------------ anomalies, alerts
     @app.get("/anomalies", response_model=list[AnomalyPublic], tags=["anomalies"])
     def anomalies(
@@ -463,6 +529,122 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
     return value
+
+
+def _registered_version(conn: Connection, name: str, version: str | None) -> Any:
+    """The newest registered version of ``name``, or the one whose version is ``version``."""
+    rows = repo.model_versions(conn, name=name)
+    if not rows:
+        raise NotFoundError(f"no model named {name!r} is registered")
+    if version is None:
+        return rows[0]
+    for row in rows:
+        if row.version == version or row.content_hash.startswith(version):
+            return row
+    known = ", ".join(r.version for r in rows[:10])
+    raise NotFoundError(f"model {name!r} has no version {version!r} (registered: {known})")
+
+
+class _ModelCache:
+    """Loaded models by content hash, the ``size`` most recently used (a load reads the model
+    directory's weights and JSON only: no code from the file runs)."""
+
+    def __init__(self, size: int) -> None:
+        import threading
+        from collections import OrderedDict
+
+        self.size = size
+        self.models: OrderedDict[str, Any] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, path: str | None, content_hash: str, name: str) -> Any:
+        from anomaly_vae.errors import ModelFileError
+        from anomaly_vae.estimator import AnomalyVAE
+
+        with self.lock:
+            if content_hash in self.models:
+                self.models.move_to_end(content_hash)
+                return self.models[content_hash]
+            if not path:
+                raise ModelUnavailableError(f"model {name!r} was registered without a directory")
+            try:
+                model = AnomalyVAE.load(path, device="cpu")
+            except ModelFileError as exc:
+                raise ModelUnavailableError(
+                    f"model {name!r}: its directory {path} cannot be loaded on this server ({exc})"
+                ) from None
+            if model.model_hash_ != content_hash:
+                raise ModelUnavailableError(
+                    f"model {name!r}: {path} now holds another version "
+                    f"({str(model.model_hash_)[:12]}, not {content_hash[:12]})"
+                )
+            self.models[content_hash] = model
+            while len(self.models) > self.size:
+                self.models.popitem(last=False)
+            return model
+
+
+class ModelUnavailableError(NotFoundError):
+    """A registered model version whose directory this server cannot load (409)."""
+
+
+def _score_records(
+    model: Any,
+    records: list[dict[str, Any]],
+    warning: float,
+    critical: float | None,
+    threshold_row: Any,
+    version: Any,
+) -> ScoreResponse:
+    import pandas as pd
+
+    from anomaly_vae.storage.sink import SEVERITY_LABELS, only_full_windows
+    from anomaly_vae.thresholds import Thresholds
+
+    features = model.schema_.names
+    rejects = [
+        RejectedRecord(index=i, reason=_missing_fields(record, features))
+        for i, record in enumerate(records)
+        if not set(features) <= record.keys()
+    ]
+    missing = {r.index for r in rejects}
+    kept = [i for i in range(len(records)) if i not in missing]
+    frame = pd.DataFrame.from_records([records[i] for i in kept], index=kept)
+    scored = model.score_batch(frame, threshold=warning, source="request")
+    for index, reason in scored.rejects["reason"].items():
+        rejects.append(RejectedRecord(index=int(index), reason=str(reason)))
+    table = scored.scores
+    levels = Thresholds(warning=warning, critical=critical).severity(table["score"].to_numpy())
+    severity = SEVERITY_LABELS[only_full_windows(table, levels)]
+    tops = scored.top_features_list(model.config_.scoring.top_features)
+    status = table.get("window_status")
+    out = [
+        ScoredRecord(
+            index=int(index),
+            score=float(row.score),
+            recon_error=float(row.recon_error),
+            percentile=float(row.percentile),
+            is_anomaly=bool(row.is_anomaly),
+            severity=severity[k],
+            top_features=[(str(c), round(float(v), 4)) for c, v in tops[k]],
+            window_status=None if status is None else str(status.iloc[k]),
+        )
+        for k, (index, row) in enumerate(table.iterrows())
+    ]
+    return ScoreResponse(
+        model=version.name,
+        model_version=version.version,
+        threshold=warning,
+        critical=critical,
+        threshold_version=None if threshold_row is None else int(threshold_row.version),
+        scores=out,
+        rejects=sorted(rejects, key=lambda r: r.index),
+    )
+
+
+def _missing_fields(record: dict[str, Any], features: list[str]) -> str:
+    missing = [repr(f) for f in features if f not in record]
+    return f"feature field{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing"
 
 
 def _change(body: ThresholdCreate | ThresholdUpdate | ThresholdPreviewRequest) -> ThresholdChange:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -309,3 +310,83 @@ def test_a_nan_or_infinity_in_a_body_is_a_422(server: Server) -> None:
         assert error["loc"] == ["body", "warning", "value", "value"]
         assert "finite" in error["msg"]
     assert len(server.client.get("/models/pumps/thresholds").json()) == 1
+
+
+def test_scoring_records_now_under_the_threshold_in_force(
+    server: Server,
+    pump_model: tuple[AnomalyVAE, Path],
+    scored_db: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    model, _ = pump_model
+    frame = make_pump_data(60, anomaly_rate=0.1, seed=12)
+    records = json.loads(frame.to_json(orient="records"))
+    records[3].pop("rpm")  # a feature field missing
+    records[7]["flow"] = "fast"  # not a number
+    records[9]["vibration"] = None  # a missing value, scored as one
+    api = server.client
+    in_force = api.get("/models/pumps/threshold").json()
+    response = api.post("/models/pumps/score", json={"records": records})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["threshold"] == in_force["warning"]
+    assert body["threshold_version"] == in_force["version"]
+    assert body["model_version"] == api.get("/models/pumps").json()["versions"][0]["version"]
+    rejects = {r["index"]: r["reason"] for r in body["rejects"]}
+    assert set(rejects) == {3, 7}
+    assert "'rpm'" in rejects[3]
+    assert "flow" in rejects[7]
+    scored = body["scores"]
+    assert sorted([s["index"] for s in scored] + list(rejects)) == list(range(60))
+    # The same scores as the model gives in Python, flagged at the threshold in force.
+    kept = [r for i, r in enumerate(records) if i not in (3, 7)]
+    same = pd.DataFrame.from_records(kept, index=[i for i in range(60) if i not in (3, 7)])
+    expected = model.score_batch(same, threshold=in_force["warning"])
+    got = {s["index"]: s for s in scored}
+    for index, row in expected.scores.iterrows():
+        assert got[index]["score"] == pytest.approx(float(row["score"]), rel=1e-5)
+        assert got[index]["is_anomaly"] == bool(row["is_anomaly"])
+    assert got[9]["score"] > 0
+    flagged = [s for s in scored if s["is_anomaly"]]
+    assert flagged
+    assert all(s["severity"] == "warning" and s["top_features"] for s in flagged)
+    # A new threshold applies to the next request, without a restart.
+    lowest = min(s["score"] for s in scored)
+    change = api.post(
+        "/models/pumps/thresholds",
+        json={"warning": {"policy": "value", "value": lowest - 1}, "reason": "test"},
+        headers=AUTH,
+    )
+    assert change.status_code == 201, change.text
+    again = api.post("/models/pumps/score", json={"records": records}).json()
+    assert again["threshold_version"] == in_force["version"] + 1
+    assert all(s["is_anomaly"] for s in again["scores"])
+    # Unknown names and versions are 404; an empty or oversized body 422.
+    assert api.post("/models/nope/score", json={"records": records}).status_code == 404
+    unknown = api.post("/models/pumps/score", json={"records": records, "version": "abc"})
+    assert unknown.status_code == 404
+    assert "registered:" in unknown.json()["detail"]
+    assert api.post("/models/pumps/score", json={"records": []}).status_code == 422
+    too_many = {"records": [records[0]] * 10_001}
+    assert api.post("/models/pumps/score", json=too_many).status_code == 422
+    # A registered model whose directory is gone from this server: 409, saying so.
+    from anomaly_vae.config import PipelineConfig
+
+    small = AnomalyVAE(config=PipelineConfig(name="gone"), epochs=1)
+    small.fit(frame.drop(columns=["ts", "label"]).iloc[:50])
+    small.save(tmp_path / "gone")
+    export = tmp_path / "gone.csv"
+    frame.to_csv(export, index=False)
+    result = run_inline(
+        capsys, "score", str(export), "--model-dir", str(tmp_path / "gone"), "--db", scored_db
+    )
+    assert result.returncode == 0, result.stderr
+    import shutil
+
+    shutil.rmtree(tmp_path / "gone")
+    gone = api.post("/models/gone/score", json={"records": records[:2]})
+    assert gone.status_code == 409
+    assert "cannot be loaded" in gone.json()["detail"]
