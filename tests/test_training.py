@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anomaly_vae.model import Dropout, LikelihoodLayout, feature_nll, kl_divergence
-from anomaly_vae.training import _FlatAdam, numeric_elbo
+from anomaly_vae.model import VAE, Dropout, LikelihoodLayout, feature_nll, kl_divergence
+from anomaly_vae.training import _FlatAdam, _FlatParameters, _MlpStep, numeric_elbo
 
 
 def _reference_loss(inputs: list[torch.Tensor], weight: float, min_log_var: float) -> torch.Tensor:
@@ -89,3 +89,50 @@ def test_dropout_keeps_one_minus_p_scaled_and_is_identity_in_eval() -> None:
     assert layer(x) is x
     with pytest.raises(ValueError, match="dropout probability"):
         Dropout(1.0)
+
+
+def _step_by_autograd(model: VAE, x: torch.Tensor, weight: float) -> torch.Tensor:
+    out, mu, log_var = model(x)
+    loss = numeric_elbo(
+        x, out, model.log_var_x, mu, log_var, weight=weight, min_log_var=model.min_log_var
+    )
+    loss.backward()
+    return loss.detach()
+
+
+@pytest.mark.parametrize(
+    ("hidden", "dropout", "weight"),
+    [([128, 64, 32], 0.2, 1.0), ([16], 0.0, 0.3), ([24, 12], 0.5, 0.0)],
+)
+def test_written_out_step_gives_autograds_loss_and_gradients(
+    hidden: list[int], dropout: float, weight: float
+) -> None:
+    torch.manual_seed(0)
+    model = VAE(n_numeric=6, cat_sizes=[], hidden_dims=hidden, latent_dim=2, dropout=dropout)
+    with torch.no_grad():  # some units past the log-variance clamps, one noise term too
+        model.enc_log_var.bias[0] = 9.0
+        model.enc_log_var.bias[1] = -13.0
+        model.log_var_x[2] = -7.0
+    model.train()
+    x = torch.randn(33, 6)
+    flat = _FlatParameters(model)
+    step = _MlpStep.for_model(model)
+    assert step is not None
+    torch.manual_seed(1)  # the same dropout masks and noise for both
+    flat.zero_grad()
+    expected_loss = _step_by_autograd(model, x, weight)
+    expected = flat.grad.clone()
+    torch.manual_seed(1)
+    flat.grad.fill_(float("nan"))  # every gradient must be written
+    loss = step.step(x, weight)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(flat.grad, expected, rtol=1e-4, atol=1e-6)
+    assert expected.abs().sum() > 0
+    flat.release()
+
+
+def test_written_out_step_is_not_used_where_it_does_not_apply() -> None:
+    conv = VAE(
+        n_numeric=24, cat_sizes=[], hidden_dims=[8], latent_dim=2, encoder="conv", window_steps=8
+    )
+    assert _MlpStep.for_model(conv) is None
