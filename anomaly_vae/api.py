@@ -16,7 +16,7 @@ from __future__ import annotations
 import hmac
 import logging
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -321,25 +321,15 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         detail = _json_safe(jsonable_encoder(exc.errors()))
         return JSONResponse({"detail": detail}, status_code=422)
 
-    @app.exception_handler(NotFoundError)
-    async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
-
-    @app.exception_handler(ModelUnavailableError)
-    async def _unavailable(_request: Request, exc: ModelUnavailableError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
-
-    @app.exception_handler(SchemaError)
-    async def _schema(_request: Request, exc: SchemaError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
-
-    @app.exception_handler(ConfigError)
-    async def _bad_request(_request: Request, exc: ConfigError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=400)
-
-    @app.exception_handler(InputFileError)
-    async def _bad_input(_request: Request, exc: InputFileError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+    # A user's error as its one-line message in "detail" (the most specific class wins).
+    for error, status in (
+        (NotFoundError, 404),
+        (ModelUnavailableError, 409),
+        (SchemaError, 422),
+        (ConfigError, 400),
+        (InputFileError, 400),
+    ):
+        app.add_exception_handler(error, _detail_response(status))
 
     @app.exception_handler(SQLAlchemyError)
     async def _database(_request: Request, exc: SQLAlchemyError) -> JSONResponse:
@@ -518,6 +508,13 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         return _act(conn, alert_id, "resolve", body or AlertAction())
 
     return app
+
+
+def _detail_response(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def respond(_request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    return respond
 
 
 def _json_safe(value: Any) -> Any:
