@@ -8,7 +8,6 @@ means anomalous) and ``predict`` returns 1 for anomalies and 0 for normal record
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -40,7 +39,13 @@ from anomaly_vae.errors import (
     NotFittedError,
     SchemaError,
 )
-from anomaly_vae.features import EncodedBatch, FeatureLayout, FeatureSchema, Preprocessor
+from anomaly_vae.features import (
+    EncodedBatch,
+    FeatureLayout,
+    FeatureSchema,
+    Preprocessor,
+    row_json,
+)
 from anomaly_vae.model import VAE, LikelihoodLayout
 from anomaly_vae.scoring import (
     ScoreArrays,
@@ -497,10 +502,11 @@ class AnomalyVAE(BaseEstimator):
             extra = pd.DataFrame(
                 {
                     "reason": [
-                        f"window time column {column!r}: {v!r} is not a time"
+                        f"window time column {column!r}: "
+                        + ("missing" if entity_text(v) is None else f"{v!r} is not a time")
                         for v in bad_rows[column].tolist()
                     ],
-                    "raw": [json.dumps(r, default=str) for r in bad_rows.to_dict("records")],
+                    "raw": [row_json(r) for r in bad_rows.to_dict("records")],
                 },
                 index=bad_rows.index,
             )

@@ -266,6 +266,27 @@ def test_records_without_a_valid_time_are_rejected_with_a_reason(window_model: A
     assert len(batch.scores) == 49
 
 
+def test_a_record_with_no_time_is_rejected_as_missing_with_strict_json(
+    window_model: AnomalyVAE,
+) -> None:
+    # The raw values go to dead_letters.raw as JSON text: NaN there is not JSON (PostgreSQL's
+    # raw::jsonb and strict parsers refuse it), so a missing value is null, as for other rejects.
+    data = make_pump_data(50, seed=7)
+    data.loc[3, "ts"] = None
+    data.loc[3, "flow"] = np.nan
+    batch = window_model.score_batch(data)
+    assert list(batch.rejects.index) == [3]
+    assert batch.rejects.iloc[0]["reason"] == "window time column 'ts': missing"
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    raw = json.loads(batch.rejects.iloc[0]["raw"], parse_constant=refuse)
+    assert raw["ts"] is None
+    assert raw["flow"] is None
+    assert raw["pump_id"] == data.loc[3, "pump_id"]
+
+
 def test_epoch_milliseconds_give_the_same_windows_as_iso_times(window_model: AnomalyVAE) -> None:
     # Epoch numbers above 1e11 are milliseconds for windows as for stored event times: read as
     # seconds, 5 s steps were 5000 s gaps past max_gap_s and every record stayed warming_up.
