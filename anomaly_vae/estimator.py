@@ -391,6 +391,22 @@ class AnomalyVAE(BaseEstimator):
         self._check_fitted()
         return self.config_.window is not None
 
+    def check_columns(self, present: Any, *, source: str = "input") -> None:
+        """Raise SchemaError when a column the model reads is not in ``present`` (a header):
+        a feature column, or a windowed model's time or entity column."""
+        self._check_fitted()
+        self.schema_.check_columns(present, source=source)
+        window = self.config_.window
+        if window is None:
+            return
+        have = {str(c) for c in present}
+        for what, name in (("time", window.time), ("entity", window.entity)):
+            if name and name not in have:
+                raise SchemaError(
+                    f"{source}: the window's {what} column {name!r} is missing: add it, or "
+                    f"remove window.{what} from the pipeline"
+                )
+
     def new_window_state(self) -> WindowState | None:
         """An empty per-entity window state for this model (None for a row-wise model): carry
         it from one ``score_batch`` call to the next to score a series in pieces."""
@@ -749,6 +765,12 @@ def _window_keys(
         raw = rows["_entity"]
     elif window.entity and window.entity in rows.columns:
         raw = rows[window.entity]
+    elif window.entity:
+        # Without it every entity's records would make one series, their windows mixed.
+        raise SchemaError(
+            f"the window's entity column {window.entity!r} is not in the input: add it, or "
+            "remove window.entity from the pipeline (one series for all records)"
+        )
     else:
         raw = pd.Series([""] * n, index=rows.index, dtype=object)
     entities = np.asarray([entity_text(v) or "" for v in raw.tolist()], dtype=object)

@@ -12,7 +12,7 @@ import pytest
 from anomaly_vae import AnomalyVAE
 from anomaly_vae.config import KafkaConfig, PipelineConfig
 from anomaly_vae.datasets import make_pump_data
-from anomaly_vae.errors import ConfigError
+from anomaly_vae.errors import ConfigError, SchemaError
 from anomaly_vae.features import EncodedBatch
 from anomaly_vae.jobs.stream import StreamBatch, StreamScorer, WriteResult
 from anomaly_vae.sources.kafka import Message
@@ -499,3 +499,26 @@ def test_numeric_entities_with_a_gap_keep_their_windows_across_chunks(
     finally:
         engine.dispose()
     assert {k for (k,) in keys} == {"1", "2", "3", "4", None}
+
+
+@pytest.mark.parametrize("column", ["pump_id", "ts"])
+def test_an_export_without_the_windows_entity_or_time_column_is_refused_before_any_output(
+    window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str], column: str
+) -> None:
+    # Without its entity column every pump's records made one series (their windows mixed,
+    # scored without a word); without its time column the job failed after creating its output.
+    window_model.save(tmp_path / "m")
+    export = tmp_path / "export.csv"
+    make_pump_data(100, seed=9).drop(columns=[column]).to_csv(export, index=False)
+    out = tmp_path / "scores.csv"
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    args = ["score", str(export), "--model-dir", str(tmp_path / "m"), "--out", str(out)]
+    done = run_inline(capsys, *args, "--db", url)
+    assert done.returncode == 2
+    assert f"export.csv: the window's {'entity' if column == 'pump_id' else 'time'} column" in (
+        done.stderr
+    )
+    assert f"{column!r} is missing" in done.stderr
+    assert not out.exists()
+    with pytest.raises(SchemaError, match="entity column 'pump_id'"):
+        window_model.score_batch(make_pump_data(20, seed=9).drop(columns=["pump_id"]))
