@@ -309,3 +309,17 @@ def test_a_nan_or_infinity_in_a_body_is_a_422(server: Server) -> None:
         assert error["loc"] == ["body", "warning", "value", "value"]
         assert "finite" in error["msg"]
     assert len(server.client.get("/models/pumps/thresholds").json()) == 1
+
+
+def test_an_alert_id_beyond_64_bits_is_a_404(server: Server) -> None:
+    # The SQLite driver raised OverflowError on such an id: a 500 from the API (and a traceback
+    # from 'alerts ack'), where any other unknown alert is a 404.
+    huge = str(2**64)
+    for method, path in (
+        ("GET", f"/alerts/{huge}"),
+        ("POST", f"/alerts/{huge}/acknowledge"),
+        ("POST", f"/alerts/-{huge}/resolve"),
+    ):
+        response = server.client.request(method, path, headers=AUTH)
+        assert response.status_code == 404, response.text
+        assert response.json()["detail"].startswith("no alert ")
