@@ -404,6 +404,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
     ) -> list[AnomalyPublic]:
         """Flagged records, newest first (event time, else scoring time)."""
+        _require_model(conn, model)
         rows = repo.list_anomalies(
             conn, model_name=model, since=since, until=until, entity=entity, limit=limit
         )
@@ -419,6 +420,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
     ) -> list[AlertPublic]:
         """Alerts, newest first; ``state=active``: open or acknowledged."""
+        _require_model(conn, model)
         rows = list_alerts(
             conn, state=state, model_name=model, entity=entity, since=since, limit=limit
         )
@@ -452,6 +454,13 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         return _act(conn, alert_id, "resolve", body or AlertAction())
 
     return app
+
+
+def _require_model(conn: Connection, name: str | None) -> None:
+    """A filter on a model name nobody registered is a 404, not an empty list, which would read
+    as a clean bill for a misspelt name."""
+    if name is not None and not repo.model_versions(conn, name=name):
+        raise NotFoundError(f"no model named {name!r} is registered")
 
 
 def _json_safe(value: Any) -> Any:

@@ -323,3 +323,12 @@ def test_an_alert_id_beyond_64_bits_is_a_404(server: Server) -> None:
         response = server.client.request(method, path, headers=AUTH)
         assert response.status_code == 404, response.text
         assert response.json()["detail"].startswith("no alert ")
+
+
+def test_listing_by_an_unregistered_model_name_is_a_404(server: Server) -> None:
+    # An empty list for a misspelt name read as "no anomalies, no alerts": a clean bill.
+    for path in ("/anomalies", "/alerts"):
+        response = server.client.get(path, params={"model": "pumsp"})
+        assert response.status_code == 404, response.text
+        assert response.json()["detail"] == "no model named 'pumsp' is registered"
+        assert server.client.get(path, params={"model": "pumps"}).status_code == 200
