@@ -115,6 +115,17 @@ class CsvSource:
         self.check()
         frame = self._read(nrows=0)
         assert isinstance(frame, pd.DataFrame)
+        # pandas renames a repeated name to NAME.1: which of the two is meant cannot be known.
+        first = self._read(nrows=1, header=None, dtype=str, keep_default_na=False)
+        names = [str(v).strip() for v in first.iloc[0].tolist()] if len(first) else []
+        seen: dict[str, int] = {}
+        for position, name in enumerate(names, start=1):
+            if name and name in seen:
+                raise InputFileError(
+                    f"{self.label}: column {name!r} appears twice in the header (columns "
+                    f"{seen[name]} and {position}): rename or remove one"
+                )
+            seen.setdefault(name, position)
         return [str(c) for c in frame.columns]
 
     def chunks(self, *, usecols: list[str] | None = None) -> Iterator[CsvChunk]:
