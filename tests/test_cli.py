@@ -314,6 +314,18 @@ def test_a_header_with_a_column_name_twice_is_refused(
     assert_user_error(trained_twice, message)
 
 
+def test_a_pipe_as_input_is_named_as_one_not_as_empty(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 'train <(zcat normal.csv.gz)' said "/dev/fd/63 is empty": a pipe has no size, and the
+    # file is read more than once (header, then chunks).
+    pipe = tmp_path / "pipe.csv"
+    os.mkfifo(pipe)
+    message = "pipe.csv is not a regular file (a pipe?): it is read more than once"
+    assert_user_error(run_inline(capsys, "train", str(pipe), "--model-dir", str(tmp_path)), message)
+    assert_user_error(score_inline(capsys, trained, pipe, tmp_path / "scores.csv"), message)
+
+
 def test_a_threshold_that_is_not_a_finite_number_is_refused(
     trained: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

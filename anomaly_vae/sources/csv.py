@@ -77,6 +77,12 @@ class CsvSource:
             raise InputFileError(f"{self.label} does not exist")
         if self.path.is_dir():
             raise InputFileError(f"{self.label} is a directory, not a CSV file")
+        if not self.path.is_file():
+            # A pipe (<(zcat ...), /dev/stdin) reads once; the file is read more than once.
+            raise InputFileError(
+                f"{self.label} is not a regular file (a pipe?): it is read more than once, so "
+                "save it to a file first (a .gz file is read as it is)"
+            )
         if self.size == 0:
             raise InputFileError(f"{self.label} is empty: expected a header line and data rows")
         if self.compressed:
