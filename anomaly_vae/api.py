@@ -460,6 +460,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
     ) -> list[AnomalyPublic]:
         """Flagged records, newest first (event time, else scoring time)."""
+        _require_model(conn, model)
         rows = repo.list_anomalies(
             conn, model_name=model, since=since, until=until, entity=entity, limit=limit
         )
@@ -475,6 +476,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
     ) -> list[AlertPublic]:
         """Alerts, newest first; ``state=active``: open or acknowledged."""
+        _require_model(conn, model)
         rows = list_alerts(
             conn, state=state, model_name=model, entity=entity, since=since, limit=limit
         )
@@ -515,6 +517,13 @@ def _detail_response(status: int) -> Callable[[Request, Exception], Awaitable[JS
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
     return respond
+
+
+def _require_model(conn: Connection, name: str | None) -> None:
+    """A filter on a model name nobody registered is a 404, not an empty list, which would read
+    as a clean bill for a misspelt name."""
+    if name is not None and not repo.model_versions(conn, name=name):
+        raise NotFoundError(f"no model named {name!r} is registered")
 
 
 def _json_safe(value: Any) -> Any:

@@ -8,7 +8,6 @@ means anomalous) and ``predict`` returns 1 for anomalies and 0 for normal record
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -40,7 +39,13 @@ from anomaly_vae.errors import (
     NotFittedError,
     SchemaError,
 )
-from anomaly_vae.features import EncodedBatch, FeatureLayout, FeatureSchema, Preprocessor
+from anomaly_vae.features import (
+    EncodedBatch,
+    FeatureLayout,
+    FeatureSchema,
+    Preprocessor,
+    row_json,
+)
 from anomaly_vae.model import VAE, LikelihoodLayout
 from anomaly_vae.scoring import (
     ScoreArrays,
@@ -393,6 +398,22 @@ class AnomalyVAE(BaseEstimator):
         self._check_fitted()
         return self.config_.window is not None
 
+    def check_columns(self, present: Any, *, source: str = "input") -> None:
+        """Raise SchemaError when a column the model reads is not in ``present`` (a header):
+        a feature column, or a windowed model's time or entity column."""
+        self._check_fitted()
+        self.schema_.check_columns(present, source=source)
+        window = self.config_.window
+        if window is None:
+            return
+        have = {str(c) for c in present}
+        for what, name in (("time", window.time), ("entity", window.entity)):
+            if name and name not in have:
+                raise SchemaError(
+                    f"{source}: the window's {what} column {name!r} is missing: add it, or "
+                    f"remove window.{what} from the pipeline"
+                )
+
     def new_window_state(self) -> WindowState | None:
         """An empty per-entity window state for this model (None for a row-wise model): carry
         it from one ``score_batch`` call to the next to score a series in pieces."""
@@ -504,10 +525,11 @@ class AnomalyVAE(BaseEstimator):
             extra = pd.DataFrame(
                 {
                     "reason": [
-                        f"window time column {column!r}: {v!r} is not a time"
+                        f"window time column {column!r}: "
+                        + ("missing" if entity_text(v) is None else f"{v!r} is not a time")
                         for v in bad_rows[column].tolist()
                     ],
-                    "raw": [json.dumps(r, default=str) for r in bad_rows.to_dict("records")],
+                    "raw": [row_json(r) for r in bad_rows.to_dict("records")],
                 },
                 index=bad_rows.index,
             )
@@ -750,6 +772,12 @@ def _window_keys(
         raw = rows["_entity"]
     elif window.entity and window.entity in rows.columns:
         raw = rows[window.entity]
+    elif window.entity:
+        # Without it every entity's records would make one series, their windows mixed.
+        raise SchemaError(
+            f"the window's entity column {window.entity!r} is not in the input: add it, or "
+            "remove window.entity from the pipeline (one series for all records)"
+        )
     else:
         raw = pd.Series([""] * n, index=rows.index, dtype=object)
     entities = np.asarray([entity_text(v) or "" for v in raw.tolist()], dtype=object)

@@ -183,7 +183,7 @@ class FeatureSchema:
         rejects = pd.DataFrame(
             {
                 "reason": reason_text[bad_any],
-                "raw": [_row_json(r) for r in rejected_rows.to_dict(orient="records")],
+                "raw": [row_json(r) for r in rejected_rows.to_dict(orient="records")],
             },
             index=rejected_rows.index,
         )
@@ -194,7 +194,8 @@ def _empty_rejects() -> pd.DataFrame:
     return pd.DataFrame({"reason": pd.Series([], dtype=object), "raw": pd.Series([], dtype=object)})
 
 
-def _row_json(row: dict[Any, Any]) -> str:
+def row_json(row: dict[Any, Any]) -> str:
+    """A rejected row's values as strict JSON: a missing value is null, infinity its text."""
     clean: dict[str, Any] = {}
     for key, value in row.items():
         if isinstance(value, float) and not math.isfinite(value):

@@ -450,10 +450,14 @@ def flatten_windows(x: np.ndarray, observed: np.ndarray, n_numeric: int) -> Enco
     return EncodedBatch(x=flat, observed=obs)
 
 
+# An epoch number above this is in milliseconds (in seconds it would be past the year 5138).
+_MS_ABOVE = 1e11
+
+
 def event_seconds(values: Iterable[object]) -> tuple[np.ndarray, np.ndarray]:
     """Event times as float seconds since the epoch, and a mask of the values that are not a
-    time. Numbers (or numbers in text) are seconds, or milliseconds when above 1e11, as
-    ``event_timestamps`` reads them; other text is ISO 8601 (naive = UTC)."""
+    time. Numbers are read as ``event_timestamps`` reads them (seconds, or milliseconds above
+    1e11); text as ISO 8601 (naive = UTC), or a number in text."""
     import pandas as pd
 
     raw = pd.Series(list(values), dtype=object)
@@ -461,7 +465,7 @@ def event_seconds(values: Iterable[object]) -> tuple[np.ndarray, np.ndarray]:
     numeric = pd.to_numeric(raw, errors="coerce")
     is_num = numeric.notna().to_numpy()
     number = numeric[is_num].to_numpy(dtype=np.float64)
-    out[is_num] = np.where(np.abs(number) > 1e11, number / 1000.0, number)
+    out[is_num] = np.where(np.abs(number) > _MS_ABOVE, number / 1000.0, number)
     rest = ~is_num & raw.notna().to_numpy()
     if rest.any():
         parsed = _time_text(raw[rest].astype(str))
@@ -511,7 +515,7 @@ def event_timestamps(values: pd.Series | Sequence[object]) -> pd.Series:
     is_num = numeric.notna() & np.isfinite(numeric)
     if is_num.any():
         number = numeric[is_num]
-        in_ms = number.abs() > 1e11
+        in_ms = number.abs() > _MS_ABOVE
         if (~in_ms).any():
             out[is_num & ~in_ms] = pd.to_datetime(
                 number[~in_ms], unit="s", utc=True, errors="coerce"

@@ -390,3 +390,26 @@ def test_scoring_records_now_under_the_threshold_in_force(
     gone = api.post("/models/gone/score", json={"records": records[:2]})
     assert gone.status_code == 409
     assert "cannot be loaded" in gone.json()["detail"]
+
+
+def test_an_alert_id_beyond_64_bits_is_a_404(server: Server) -> None:
+    # The SQLite driver raised OverflowError on such an id: a 500 from the API (and a traceback
+    # from 'alerts ack'), where any other unknown alert is a 404.
+    huge = str(2**64)
+    for method, path in (
+        ("GET", f"/alerts/{huge}"),
+        ("POST", f"/alerts/{huge}/acknowledge"),
+        ("POST", f"/alerts/-{huge}/resolve"),
+    ):
+        response = server.client.request(method, path, headers=AUTH)
+        assert response.status_code == 404, response.text
+        assert response.json()["detail"].startswith("no alert ")
+
+
+def test_listing_by_an_unregistered_model_name_is_a_404(server: Server) -> None:
+    # An empty list for a misspelt name read as "no anomalies, no alerts": a clean bill.
+    for path in ("/anomalies", "/alerts"):
+        response = server.client.get(path, params={"model": "pumsp"})
+        assert response.status_code == 404, response.text
+        assert response.json()["detail"] == "no model named 'pumsp' is registered"
+        assert server.client.get(path, params={"model": "pumps"}).status_code == 200

@@ -397,6 +397,41 @@ def score_inline(
     return run_inline(capsys, "score", str(export), "--model-dir", model, "--out", str(out), *more)
 
 
+def test_a_header_with_a_column_name_twice_is_refused(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # pandas reads the second 'flow' as 'flow.1': score used the first without a word, and
+    # train learned both as two features.
+    data = make_pump_data(40, seed=6)
+    text = data.to_csv(index=False).splitlines()
+    text[0] += ",flow"
+    text[1:] = [line + ",999" for line in text[1:]]
+    export = tmp_path / "twice.csv"
+    export.write_text("\n".join(text) + "\n")
+    position = list(data.columns).index("flow") + 1
+    message = (
+        f"twice.csv: column 'flow' appears twice in the header (columns {position} and "
+        f"{len(data.columns) + 1})"
+    )
+    out = tmp_path / "scores.csv"
+    assert_user_error(score_inline(capsys, trained, export, out), message)
+    assert not out.exists()
+    trained_twice = run_inline(capsys, "train", str(export), "--model-dir", str(tmp_path / "m"))
+    assert_user_error(trained_twice, message)
+
+
+def test_a_pipe_as_input_is_named_as_one_not_as_empty(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 'train <(zcat normal.csv.gz)' said "/dev/fd/63 is empty": a pipe has no size, and the
+    # file is read more than once (header, then chunks).
+    pipe = tmp_path / "pipe.csv"
+    os.mkfifo(pipe)
+    message = "pipe.csv is not a regular file (a pipe?): it is read more than once; give '-'"
+    assert_user_error(run_inline(capsys, "train", str(pipe), "--model-dir", str(tmp_path)), message)
+    assert_user_error(score_inline(capsys, trained, pipe, tmp_path / "scores.csv"), message)
+
+
 def test_a_threshold_that_is_not_a_finite_number_is_refused(
     trained: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

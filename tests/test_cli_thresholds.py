@@ -206,6 +206,11 @@ def test_thresholds_and_alerts_from_the_command_line(
     assert [(a["id"], a["acknowledged_by"]) for a in by_hand] == [(int(first), "bob")]
     assert len(resolved) > 1  # the first export's alerts, resolved by the rule
     assert_user_error(cli(capsys, "alerts", "resolve", "999999", *db), "no alert 999999")
+    huge = str(2**64)  # beyond a 64-bit id: the driver's OverflowError was a traceback
+    assert_user_error(cli(capsys, "alerts", "ack", huge, *db), f"no alert {huge}")
+    assert_user_error(
+        cli(capsys, "alerts", "list", "--model", "pumsp", *db), "no model named 'pumsp'"
+    )
 
     # Mistakes are one line, naming what to do.
     assert_user_error(

@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -19,6 +20,7 @@ from anomaly_vae.devbroker import DevBroker
 from anomaly_vae.jobs.stream import StreamBatch, StreamScorer, WriteResult
 from anomaly_vae.sources.kafka import SOURCE_KEY, Message, decode_messages
 from tests.conftest import create_topic, fresh_name
+from tests.test_cli import run_inline
 
 FEATURES = ["a", "b"]
 
@@ -294,3 +296,47 @@ def test_sigterm_like_stop_finishes_the_batch(broker: DevBroker, stream_model: A
     assert time.monotonic() - stopped_at < 5.0
     assert len(sink.keys()) == 40
     assert committed_total(broker.bootstrap, cfg.kafka.group_id, topic, 1) == 40
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-size", "0"], "--batch-size 0: Input should be greater than or equal to 1"),
+        (["--threads", "0"], "--threads 0: Input should be greater than or equal to 1"),
+        (["--session-timeout-ms", "5"], "--session-timeout-ms 5: Input should be greater"),
+        (["--idle-timeout", "0"], "--idle-timeout must be a number of seconds > 0"),
+    ],
+)
+def test_stream_options_out_of_range_are_one_line_naming_the_flag(
+    pump_model: tuple[AnomalyVAE, object],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    # --batch-size 0 was a pydantic report over four lines naming '--max-batch-records', a
+    # flag that does not exist; --idle-timeout 0 stopped at once, having read nothing.
+    model_dir = str(pump_model[1])
+    where = ["--bootstrap", "127.0.0.1:1", "--db", f"sqlite:///{tmp_path / 'r.db'}"]
+    done = run_inline(capsys, "stream", "--model-dir", model_dir, "--topic", "t", *where, *args)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {message}")
+    assert "validation error" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--pumps", "0"], "--pumps must be >= 1, got 0"),
+        (["--partitions", "0"], "--partitions must be >= 1, got 0"),
+        (["--count", "-1"], "--count must be >= 1, got -1"),
+        (["--duration", "-1"], "--duration must be a number of seconds > 0"),
+    ],
+)
+def test_simulate_options_out_of_range_are_refused_before_connecting(
+    capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    # --pumps 0 was a ValueError traceback; --count -1 or --duration -1 sent nothing, exit 0.
+    done = run_inline(capsys, "simulate", "--bootstrap", "127.0.0.1:1", *args)
+    assert done.returncode == 2
+    assert f"error: {message}" in done.stderr

@@ -12,7 +12,7 @@ import pytest
 from anomaly_vae import AnomalyVAE
 from anomaly_vae.config import KafkaConfig, PipelineConfig
 from anomaly_vae.datasets import make_pump_data
-from anomaly_vae.errors import ConfigError
+from anomaly_vae.errors import ConfigError, SchemaError
 from anomaly_vae.features import EncodedBatch
 from anomaly_vae.jobs.stream import StreamBatch, StreamScorer, WriteResult
 from anomaly_vae.sources.kafka import Message
@@ -258,23 +258,6 @@ def test_warming_up_records_are_scored_not_flagged_and_named(window_model: Anoma
     assert names <= set(window_model.schema_.names)
 
 
-def test_epoch_millisecond_times_window_like_the_same_times_as_text(
-    window_model: AnomalyVAE,
-) -> None:
-    # max_gap_s and lateness_s are seconds whatever unit the time column is written in: epoch
-    # milliseconds read as seconds made every 2.5 s step a 2,500 s gap, so no window ever
-    # filled ("warming_up" for ever).
-    data = make_pump_data(240, seed=8, anomaly_rate=0.05)
-    epoch = pd.Timestamp(0, tz="UTC")
-    as_ms = data.assign(ts=(pd.to_datetime(data["ts"], utc=True) - epoch) // pd.Timedelta("1ms"))
-    assert as_ms["ts"].min() > 1e12
-    text = window_model.score_batch(data, windows=window_model.new_window_state())
-    millis = window_model.score_batch(as_ms, windows=window_model.new_window_state())
-    assert (millis.scores["window_status"] == "ok").sum() > 0
-    assert (millis.scores["window_status"] == text.scores["window_status"]).all()
-    assert np.array_equal(millis.scores["score"].to_numpy(), text.scores["score"].to_numpy())
-
-
 def test_records_without_a_valid_time_are_rejected_with_a_reason(window_model: AnomalyVAE) -> None:
     data = make_pump_data(50, seed=7)
     data.loc[3, "ts"] = "not a time"
@@ -282,6 +265,41 @@ def test_records_without_a_valid_time_are_rejected_with_a_reason(window_model: A
     assert list(batch.rejects.index) == [3]
     assert "window time column 'ts'" in batch.rejects.iloc[0]["reason"]
     assert len(batch.scores) == 49
+
+
+def test_a_record_with_no_time_is_rejected_as_missing_with_strict_json(
+    window_model: AnomalyVAE,
+) -> None:
+    # The raw values go to dead_letters.raw as JSON text: NaN there is not JSON (PostgreSQL's
+    # raw::jsonb and strict parsers refuse it), so a missing value is null, as for other rejects.
+    data = make_pump_data(50, seed=7)
+    data.loc[3, "ts"] = None
+    data.loc[3, "flow"] = np.nan
+    batch = window_model.score_batch(data)
+    assert list(batch.rejects.index) == [3]
+    assert batch.rejects.iloc[0]["reason"] == "window time column 'ts': missing"
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    raw = json.loads(batch.rejects.iloc[0]["raw"], parse_constant=refuse)
+    assert raw["ts"] is None
+    assert raw["flow"] is None
+    assert raw["pump_id"] == data.loc[3, "pump_id"]
+
+
+def test_epoch_milliseconds_give_the_same_windows_as_iso_times(window_model: AnomalyVAE) -> None:
+    # Epoch numbers above 1e11 are milliseconds for windows as for stored event times: read as
+    # seconds, 5 s steps were 5000 s gaps past max_gap_s and every record stayed warming_up.
+    data = make_pump_data(120, seed=8)
+    ms = data.assign(
+        ts=pd.to_datetime(data["ts"], utc=True).map(lambda t: int(t.timestamp() * 1000))
+    )
+    iso = window_model.score_batch(data).scores
+    in_ms = window_model.score_batch(ms).scores
+    assert (iso["window_status"] == "ok").sum() > 0
+    assert in_ms["window_status"].tolist() == iso["window_status"].tolist()
+    assert np.array_equal(in_ms["score"].to_numpy(), iso["score"].to_numpy())
 
 
 def test_windowed_model_saved_and_loaded_scores_the_same(
@@ -482,3 +500,26 @@ def test_numeric_entities_with_a_gap_keep_their_windows_across_chunks(
     finally:
         engine.dispose()
     assert {k for (k,) in keys} == {"1", "2", "3", "4", None}
+
+
+@pytest.mark.parametrize("column", ["pump_id", "ts"])
+def test_an_export_without_the_windows_entity_or_time_column_is_refused_before_any_output(
+    window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str], column: str
+) -> None:
+    # Without its entity column every pump's records made one series (their windows mixed,
+    # scored without a word); without its time column the job failed after creating its output.
+    window_model.save(tmp_path / "m")
+    export = tmp_path / "export.csv"
+    make_pump_data(100, seed=9).drop(columns=[column]).to_csv(export, index=False)
+    out = tmp_path / "scores.csv"
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    args = ["score", str(export), "--model-dir", str(tmp_path / "m"), "--out", str(out)]
+    done = run_inline(capsys, *args, "--db", url)
+    assert done.returncode == 2
+    assert f"export.csv: the window's {'entity' if column == 'pump_id' else 'time'} column" in (
+        done.stderr
+    )
+    assert f"{column!r} is missing" in done.stderr
+    assert not out.exists()
+    with pytest.raises(SchemaError, match="entity column 'pump_id'"):
+        window_model.score_batch(make_pump_data(20, seed=9).drop(columns=["pump_id"]))

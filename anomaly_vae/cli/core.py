@@ -338,7 +338,7 @@ def _score_file(
     )
     # Check the header (and the database) before any output is created.
     header = source.header()
-    model.schema_.check_columns(header, source=source.label)
+    model.check_columns(header, source=source.label)
     _require_column(label_column, header, "--label-column", shown)
     if target is not None:
         from anomaly_vae.cli.db import connected

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import FrameType
 
 import typer
+from pydantic import ValidationError
 
 from anomaly_vae.cli import ARGV, app, setup_logging
 from anomaly_vae.errors import ConfigError
@@ -70,6 +71,11 @@ def simulate(
         raise ConfigError(f"--rate must be > 0, got {rate}")
     if not 0 <= anomaly_rate < 0.5:
         raise ConfigError(f"--anomaly-rate must be in [0, 0.5), got {anomaly_rate}")
+    for flag, number in (("--pumps", pumps), ("--partitions", partitions), ("--count", count)):
+        if number is not None and number < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {number}")
+    if duration is not None and not duration > 0:
+        raise ConfigError(f"--duration must be a number of seconds > 0, got {duration}")
     options = client_options(KafkaConfig(bootstrap_servers=bootstrap, client_id="anomaly-vae-sim"))
     admin = connect_with_retry(
         lambda: KafkaAdminClient(**options), what="admin", bootstrap=bootstrap, give_up_after_s=30
@@ -159,23 +165,26 @@ def stream(
         if file_cfg.alerts is not None:
             cfg.alerts = file_cfg.alerts.model_copy()
     kafka = cfg.kafka
-    for name, value in (
-        ("bootstrap_servers", bootstrap),
-        ("topic", topic),
-        ("group_id", group),
-        ("alerts_topic", alerts_topic),
-        ("dead_letter_topic", dead_letter_topic),
-        ("max_batch_records", batch_size),
-        ("session_timeout_ms", session_timeout_ms),
-        ("num_threads", threads),
+    for name, flag, value in (
+        ("bootstrap_servers", "--bootstrap", bootstrap),
+        ("topic", "--topic", topic),
+        ("group_id", "--group", group),
+        ("alerts_topic", "--alerts-topic", alerts_topic),
+        ("dead_letter_topic", "--dead-letter-topic", dead_letter_topic),
+        ("max_batch_records", "--batch-size", batch_size),
+        ("session_timeout_ms", "--session-timeout-ms", session_timeout_ms),
+        ("num_threads", "--threads", threads),
     ):
         if value is not None:
             try:
                 setattr(kafka, name, value)
-            except ValueError as exc:
-                raise ConfigError(f"--{name.replace('_', '-')}: {exc}") from None
+            except ValidationError as exc:
+                problems = "; ".join(e["msg"] for e in exc.errors())
+                raise ConfigError(f"{flag} {value}: {problems}") from None
     if max_messages is not None and max_messages < 1:
         raise ConfigError(f"--max-messages must be >= 1, got {max_messages}")
+    if idle_timeout is not None and not idle_timeout > 0:
+        raise ConfigError(f"--idle-timeout must be a number of seconds > 0, got {idle_timeout}")
     if processes is not None:
         if processes < 1:
             raise ConfigError(f"--processes must be >= 1, got {processes}")

@@ -603,11 +603,17 @@ def alerts_list(
     """Alerts, newest first."""
     setup_logging(False)
     from anomaly_vae.cli.db import connected
+    from anomaly_vae.storage import repository as repo
     from anomaly_vae.storage.tuning import list_alerts
 
     if limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
     with connected(_target(db, pipeline)) as connection:
+        if model is not None and not repo.model_versions(connection, name=model):
+            # Not "no alerts found", which would read as a clean bill for a misspelt name.
+            raise ConfigError(
+                f"no model named {model!r} is registered: see 'anomaly-vae models list'"
+            )
         rows = list_alerts(
             connection,
             state=state.value if state else None,

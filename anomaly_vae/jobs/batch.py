@@ -203,7 +203,7 @@ def score_csv(
     started = time.perf_counter()
     reuse_freed_memory()
     header = source.header()
-    model.schema_.check_columns(header, source=source.label)
+    model.check_columns(header, source=source.label)
     passthrough = [c for c in (passthrough or []) if c in header]
     label = label_column if label_column and label_column in header else None
     columns = OutputColumns(passthrough, label, model.config_.scoring.top_features)

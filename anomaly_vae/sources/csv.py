@@ -78,6 +78,13 @@ class CsvSource:
             raise InputFileError(f"{self.label} does not exist")
         if self.path.is_dir():
             raise InputFileError(f"{self.label} is a directory, not a CSV file")
+        if not self.path.is_file():
+            # A pipe (<(zcat ...), /dev/stdin) reads once; the file is read more than once.
+            raise InputFileError(
+                f"{self.label} is not a regular file (a pipe?): it is read more than once; "
+                "give '-' to read standard input, or save it to a file first (a .gz file is "
+                "read as it is)"
+            )
         if self.size == 0:
             raise InputFileError(f"{self.label} is empty: expected a header line and data rows")
         if self.compressed:
@@ -117,6 +124,17 @@ class CsvSource:
         self.spaced()
         frame = self._read(nrows=0)
         assert isinstance(frame, pd.DataFrame)
+        # pandas renames a repeated name to NAME.1: which of the two is meant cannot be known.
+        first = self._read(nrows=1, header=None, dtype=str, keep_default_na=False)
+        names = [str(v).strip() for v in first.iloc[0].tolist()] if len(first) else []
+        seen: dict[str, int] = {}
+        for position, name in enumerate(names, start=1):
+            if name and name in seen:
+                raise InputFileError(
+                    f"{self.label}: column {name!r} appears twice in the header (columns "
+                    f"{seen[name]} and {position}): rename or remove one"
+                )
+            seen.setdefault(name, position)
         return [str(c) for c in frame.columns]
 
     def chunks(self, *, usecols: list[str] | None = None) -> Iterator[CsvChunk]:

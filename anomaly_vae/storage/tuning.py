@@ -727,6 +727,9 @@ def tuned_change(tuned: Tuned, *, labels: LabelSet) -> ThresholdChange:
 
 # ================================================================== alert actions
 ALERT_ACTIONS = {"acknowledge": "acknowledged", "resolve": "resolved"}
+# Alert ids are 64-bit integers: a number outside that range names no alert (the drivers
+# raise OverflowError on it rather than finding nothing).
+_ALERT_IDS = range(-(2**63), 2**63)
 
 
 def act_on_alert(
@@ -739,7 +742,9 @@ def act_on_alert(
 ) -> Row[Any]:
     """Acknowledge or resolve an alert (in the caller's transaction); returns it.
     Acknowledging a resolved alert, or anything twice, is refused with a clear message."""
-    row = connection.execute(select(Alert).where(Alert.id == alert_id)).first()
+    row = None
+    if alert_id in _ALERT_IDS:
+        row = connection.execute(select(Alert).where(Alert.id == alert_id)).first()
     if row is None:
         raise NotFoundError(f"no alert {alert_id}: see 'anomaly-vae alerts list'")
     now = repo.utc_now()
@@ -776,6 +781,8 @@ def list_alerts(
     alert_id: int | None = None,
 ) -> list[dict[str, Any]]:
     """Alerts, newest first, with their model, opening record and rule."""
+    if alert_id is not None and alert_id not in _ALERT_IDS:
+        return []
     when = func.coalesce(Score.event_time, Score.scored_at)
     stmt = (
         select(
