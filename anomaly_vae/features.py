@@ -104,6 +104,7 @@ class FeatureSchema:
                 raise ConfigError(
                     f"column {name!r} is both a feature and an ignored/id/label column: pick one"
                 )
+        _warn_absent([*columns.ignore, *columns.id], present)
         candidates = (
             list(columns.features)
             if columns.features is not None
@@ -364,6 +365,23 @@ def _looks_like_time(values: pd.Series) -> bool:
     except (ValueError, TypeError):
         return False
     return bool(parsed.notna().mean() > 0.9)
+
+
+def _warn_absent(names: Iterable[str], present: list[str]) -> None:
+    """A column to leave out that is not there is most likely misspelt, and the column meant
+    becomes a feature: say so, with the closest name."""
+    import difflib
+
+    for name in names:
+        if name not in present:
+            close = difflib.get_close_matches(name, present, n=1)
+            hint = f": did you mean {close[0]!r}?" if close else ""
+            logger.warning(
+                "column %r is to be left out (columns.ignore / columns.id / --ignore-columns) "
+                "but the training data has no such column%s",
+                name,
+                hint,
+            )
 
 
 def _preview(names: Sequence[str], limit: int = 8) -> str:

@@ -39,6 +39,17 @@ def test_infer_kinds_and_leave_out_ids_labels_timestamps(caplog: pytest.LogCaptu
     assert "'note' has 200 distinct text values" in text
 
 
+def test_a_misspelt_column_to_leave_out_is_named_with_the_closest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # columns.ignore: [tempp] left 'temp' in the features without a word.
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(_frame(), ColumnsConfig(label="label", ignore=["tempp"]))
+    assert "temp" in schema.numeric
+    assert "'tempp' is to be left out" in caplog.text
+    assert "did you mean 'temp'?" in caplog.text
+
+
 def test_an_empty_column_of_a_csv_is_not_a_feature(caplog: pytest.LogCaptureFixture) -> None:
     text = "temp,empty,mode\n" + "".join(f"{20 + i % 7},,{'ab'[i % 2]}\n" for i in range(50))
     frame = pd.read_csv(io.StringIO(text))  # the empty column is read as float NaN

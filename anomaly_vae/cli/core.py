@@ -164,9 +164,6 @@ def train(
         data = STDIN
     # A misspelt label would train on the labelled anomalies without a word.
     _require_column(label_column, list(frame.columns), "--label-column", data)
-    for name in _split(ignore_columns) if ignore_columns else []:
-        if name not in frame.columns:
-            logger.warning("--ignore-columns: %s has no column %r", data, name)
     model = AnomalyVAE(config=cfg, verbose=_show_progress(quiet)).fit(frame)
     digest = model.save(model_dir)
     _print_training(model, data, model_dir, digest)
