@@ -472,6 +472,29 @@ def test_a_batch_job_stores_each_records_window_status(
     assert {"ok", "warming_up"} <= set(by_row.values())
 
 
+def test_the_summary_counts_window_statuses_and_asks_about_an_unsorted_file(
+    window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A file in another order (newest first) left most records late, never flagged, and the
+    # summary did not say so.
+    window_model.save(tmp_path / "m")
+    data = make_pump_data(400, seed=9, anomaly_rate=0.05)
+    lines = {}
+    for name, frame in (("sorted", data), ("reversed", data.iloc[::-1])):
+        export = tmp_path / f"{name}.csv"
+        frame.to_csv(export, index=False)
+        done = run_inline(capsys, "score", str(export), "--model-dir", str(tmp_path / "m"), "-q")
+        assert done.returncode == 0, done.stderr
+        lines[name] = [line for line in done.stdout.splitlines() if line.startswith("windows:")]
+    (in_order,) = lines["sorted"]
+    assert "0 late" in in_order
+    assert "time order" not in in_order
+    (backwards,) = lines["reversed"]
+    late = int(backwards.split(" late")[0].rsplit(" ", 1)[1])
+    assert late > 300
+    assert "is the file in time order per entity?" in backwards
+
+
 def test_numeric_entities_with_a_gap_keep_their_windows_across_chunks(
     window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

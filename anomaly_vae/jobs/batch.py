@@ -27,6 +27,7 @@ from anomaly_vae.estimator import AnomalyVAE, ScoreBatch, label_to_binary
 from anomaly_vae.jobs.memory import reuse_freed_memory
 from anomaly_vae.sources.csv import CsvSource
 from anomaly_vae.training import torch_threads
+from anomaly_vae.windows import WindowCounters
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -78,6 +79,7 @@ class BatchSummary:
     metrics: dict[str, float] | None = None
     metrics_note: str = ""
     outputs: list[str] = field(default_factory=list)
+    windows: WindowCounters | None = None  # a windowed model's
 
     def lines(self) -> list[str]:
         rate = self.rows_read / self.seconds if self.seconds > 0 else 0.0
@@ -95,8 +97,23 @@ class BatchSummary:
             )
         elif self.metrics_note:
             out.append(self.metrics_note)
+        if self.windows is not None:
+            out.append(self._window_line(self.windows))
         out.extend(f"wrote {path}" for path in self.outputs)
         return out
+
+    @staticmethod
+    def _window_line(w: WindowCounters) -> str:
+        line = (
+            f"windows: {w.warming_up} records warming up (scored, never flagged), {w.late} late "
+            f"(scored on their own, never flagged), {w.gaps} gaps restarted a window"
+        )
+        if w.late > max(10, 0.01 * w.records):
+            line += (
+                "; many late records: is the file in time order per entity? (sort it by the "
+                "time column, or raise window.lateness_s)"
+            )
+        return line
 
 
 class CsvScoreWriter:
@@ -260,6 +277,8 @@ def score_csv(
         for sink in sinks:
             sink.close()
     summary.seconds = time.perf_counter() - started
+    if windows is not None:
+        summary.windows = windows.counters
     if label is not None:
         summary.metrics, summary.metrics_note = label_metrics(
             np.concatenate(scores_seen) if scores_seen else np.empty(0),
