@@ -236,6 +236,13 @@ DETECTORS: dict[str, Callable[[pd.DataFrame, int, bool], Fitted]] = {
     "vae-window60-recon-train360": window_vae(
         60, score_kind="recon_error", validation_fraction=0.1, calibrate_on="training"
     ),
+    # Shorter windows, the same rule (SKAB finding 9).
+    **{
+        f"vae-window{size}-recon-train360": window_vae(
+            size, score_kind="recon_error", validation_fraction=0.1, calibrate_on="training"
+        )
+        for size in (30, 45)
+    },
     # The same, scored by the newest rows of each window only (README, SKAB finding 7).
     **{
         f"vae-window60-recon-train360-newest{steps}": window_vae(
