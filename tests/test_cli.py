@@ -286,6 +286,22 @@ def stored_run_sources(url: str) -> list[str]:
     return sources
 
 
+def test_an_export_without_the_entity_and_time_columns_is_scored_with_a_warning(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Scored without a word before: alerts then lost their per-pump grouping.
+    export = trained / "bare.csv"
+    make_pump_data(30, seed=13).drop(columns=["pump_id", "ts"]).to_csv(export, index=False)
+    out = trained / "bare.scores.csv"
+    result = run_inline(
+        capsys, "score", str(export), "--model-dir", str(trained / "model"), "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "has no entity column 'pump_id'" in result.stderr
+    assert "has no timestamp column 'ts'" in result.stderr
+    assert len(pd.read_csv(out)) == 30
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     from anomaly_vae import __version__
 

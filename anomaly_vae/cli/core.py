@@ -337,6 +337,7 @@ def _score_file(
     header = source.header()
     model.check_columns(header, source=source.label)
     _require_column(label_column, header, "--label-column", shown)
+    _warn_missing_passthrough(cfg, header, source.label)
     if target is not None:
         from anomaly_vae.cli.db import connected
 
@@ -368,6 +369,24 @@ def _score_file(
     )
     _add_csv_outputs(summary, out, rejects, rejects_writer)
     _print_summary(summary, err=to_stdout)
+
+
+def _warn_missing_passthrough(cfg: PipelineConfig, header: list[str], label: str) -> None:
+    """The pipeline's entity and timestamp columns are not needed to score, but without them
+    alerts are not kept per entity and scores carry no event time: say so once."""
+    for what, name, loss in (
+        ("entity", cfg.columns.entity, "alerts are not kept per entity"),
+        ("timestamp", cfg.columns.timestamp, "scores carry no event time"),
+    ):
+        if name and name not in header:
+            logger.warning(
+                "%s has no %s column %r (columns.%s in the pipeline): %s",
+                label,
+                what,
+                name,
+                what,
+                loss,
+            )
 
 
 def _add_csv_outputs(
