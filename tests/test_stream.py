@@ -54,6 +54,23 @@ def test_decode_sorts_poison_from_records() -> None:
     assert set(out.rejects["offset"]) == {1, 2, 3, 4, 5, 6}
 
 
+def test_decode_entities_from_odd_keys_and_fields() -> None:
+    # Two keys that are not UTF-8 were both read as one entity ("\ufffd"), and an entity field
+    # holding an array was stored as Python's text of it.
+    messages = [
+        msg(b'{"a": 1, "b": 2}', 0, key=b"\xff"),
+        msg(b'{"a": 1, "b": 2}', 1, key=b"\xfe"),
+        msg(b'{"a": 1, "b": 2, "dev": ["x"]}', 2),
+        msg(b'{"a": 1, "b": 2, "dev": {"id": 1}}', 3),
+        msg(b'{"a": 1, "b": 2, "dev": 7}', 4, key=b"ignored"),
+    ]
+    out = decode_messages(messages, features=FEATURES, fields=["dev"], entity_field="dev")
+    assert out.frame["_entity"].tolist() == ["\\xff", "\\xfe", "7"]
+    reasons = out.rejects["reason"].to_dict()
+    assert reasons["t:0:2"] == "entity field 'dev' is a JSON array: expected text or a number"
+    assert reasons["t:0:3"] == "entity field 'dev' is a JSON object: expected text or a number"
+
+
 def test_decode_event_time_from_field_or_kafka() -> None:
     messages = [
         msg(b'{"a": 1, "b": 2, "ts": "2026-11-01T10:00:00Z"}', 0),

@@ -119,11 +119,19 @@ def decode_messages(
             reason = f"feature field{'s' if len(missing) > 1 else ''} {names} missing"
             reject_rows.append((key, reason, _preview(value), msg.topic, msg.partition, msg.offset))
             continue
+        entity = obj.get(entity_field) if entity_field else None
+        if isinstance(entity, (list, dict)):
+            reason = (
+                f"entity field {entity_field!r} is a JSON {_json_type(entity)}: "
+                "expected text or a number"
+            )
+            reject_rows.append((key, reason, _preview(value), msg.topic, msg.partition, msg.offset))
+            continue
         objects.append(obj)
         keys.append(key)
-        entity = obj.get(entity_field) if entity_field else None
         if entity is None and key_is_entity and msg.key is not None:
-            entity = msg.key.decode("utf-8", errors="replace")
+            # Bytes that are not UTF-8 as escapes: two different keys stay two entities.
+            entity = msg.key.decode("utf-8", errors="backslashreplace")
         entities.append(entity_text(entity))
         stamps.append(int(msg.timestamp))
     frame = pd.DataFrame(
@@ -188,6 +196,8 @@ def _event_times(frame: pd.DataFrame, time_field: str | None, stamps: np.ndarray
 def _json_type(obj: object) -> str:
     if isinstance(obj, list):
         return "array"
+    if isinstance(obj, dict):
+        return "object"
     if isinstance(obj, str):
         return "string"
     if isinstance(obj, bool):
