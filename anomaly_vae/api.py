@@ -615,8 +615,11 @@ def _score_records(
     ]
     missing = {r.index for r in rejects}
     kept = [i for i in range(len(records)) if i not in missing]
-    frame = pd.DataFrame.from_records([records[i] for i in kept], index=kept)
-    scored = model.score_batch(frame, threshold=warning, source="request")
+    if not kept:  # nothing to score: every record lacks a feature field
+        kept_frame = pd.DataFrame({name: [] for name in features})
+    else:
+        kept_frame = pd.DataFrame.from_records([records[i] for i in kept], index=kept)
+    scored = model.score_batch(kept_frame, threshold=warning, source="request")
     for index, reason in scored.rejects["reason"].items():
         rejects.append(RejectedRecord(index=int(index), reason=str(reason)))
     table = scored.scores

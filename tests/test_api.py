@@ -370,6 +370,10 @@ def test_scoring_records_now_under_the_threshold_in_force(
     assert unknown.status_code == 404
     assert "registered:" in unknown.json()["detail"]
     assert api.post("/models/pumps/score", json={"records": []}).status_code == 422
+    none_whole = api.post("/models/pumps/score", json={"records": [{"rpm": 1.0}] * 3})
+    assert none_whole.status_code == 200, none_whole.text
+    assert [r["index"] for r in none_whole.json()["rejects"]] == [0, 1, 2]
+    assert none_whole.json()["scores"] == []
     too_many = {"records": [records[0]] * 10_001}
     assert api.post("/models/pumps/score", json=too_many).status_code == 422
     # A registered model whose directory is gone from this server: 409, saying so.
