@@ -483,7 +483,10 @@ def test_the_summary_counts_window_statuses_and_asks_about_an_unsorted_file(
     for name, frame in (("sorted", data), ("reversed", data.iloc[::-1])):
         export = tmp_path / f"{name}.csv"
         frame.to_csv(export, index=False)
-        done = run_inline(capsys, "score", str(export), "--model-dir", str(tmp_path / "m"), "-q")
+        out = str(tmp_path / f"{name}.scores.csv")
+        done = run_inline(
+            capsys, "score", str(export), "--model-dir", str(tmp_path / "m"), "--out", out, "-q"
+        )
         assert done.returncode == 0, done.stderr
         lines[name] = [line for line in done.stdout.splitlines() if line.startswith("windows:")]
     (in_order,) = lines["sorted"]
