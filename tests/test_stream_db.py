@@ -512,3 +512,34 @@ def test_broker_restart_mid_stream_loses_nothing(
     assert not dead
     frame = pd.Series(scores).str.rsplit(":", n=1).str[1].astype(int)
     assert frame.max() < 800
+
+
+def test_a_message_whose_entity_or_raw_text_the_database_cannot_hold_is_a_dead_letter(
+    broker: DevBroker, db_url: str, pump_model: tuple[AnomalyVAE, Path]
+) -> None:
+    # A message whose entity is 300 characters long, or one keyed by an entity with a NUL
+    # character, and a non-JSON message holding a NUL byte stopped the PostgreSQL scorer with
+    # a traceback (varchar(200) / "invalid byte sequence ... 0x00"), and again at every
+    # restart: the poison message was replayed forever. They are rejected like other poison.
+    _, model_dir = pump_model
+    topic = create_topic(broker.bootstrap)
+    values, keys = pump_messages(52, seed=26)
+    long_entity = {**json.loads(values[50]), "pump_id": "p" * 300}
+    keyed_only = {**json.loads(values[51]), "pump_id": None}  # the entity is the message key
+    poison_values = [json.dumps(long_entity).encode(), json.dumps(keyed_only).encode()]
+    poison_values.append(b"not json \x00 at all")
+    values, keys = values[:50], keys[:50]
+    poison_keys = [b"pump-7", b"pump\x00-7", b"pump-7"]
+    produce(broker.bootstrap, topic, values + poison_values, keys + poison_keys)
+    proc = scorer_process(
+        model_dir, db_url, broker.bootstrap, topic, fresh_name("g"), "--idle-timeout", "3"
+    )
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "53 messages, 50 scored" in out
+    dead = dict(query(db_url, "SELECT source_key, reason FROM dead_letters"))
+    assert "300 characters long, over the 200" in str(dead[f"{topic}:0:50"])
+    assert "NUL character" in str(dead[f"{topic}:0:51"])
+    assert "invalid JSON" in str(dead[f"{topic}:0:52"])
+    raw = query(db_url, f"SELECT raw FROM dead_letters WHERE source_key = '{topic}:0:52'")
+    assert raw == [("not json \ufffd at all",)]
