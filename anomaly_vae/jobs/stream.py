@@ -209,7 +209,11 @@ class StreamScorer:
                 enable_auto_commit=False,
                 auto_offset_reset=kafka.auto_offset_reset,
                 session_timeout_ms=kafka.session_timeout_ms,
-                heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+                # At most a third of the session timeout, as Kafka advises: a shorter
+                # --session-timeout-ms alone must not make the client refuse its settings.
+                heartbeat_interval_ms=min(
+                    kafka.heartbeat_interval_ms, max(100, kafka.session_timeout_ms // 3)
+                ),
                 max_poll_interval_ms=kafka.max_poll_interval_ms,
                 max_poll_records=kafka.max_batch_records,
             )
