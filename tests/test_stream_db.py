@@ -572,3 +572,63 @@ def test_a_short_session_timeout_alone_is_enough(
     assert proc.returncode == 0, out
     assert "stream stopped: 20 messages, 20 scored" in out
     assert "heartbeat" not in out.lower()
+
+
+@pytest.fixture
+def user_who_may_not_insert_scores(postgres_databases: object) -> Iterator[str]:
+    """A migrated PostgreSQL database and the URL of a user with every privilege on it but
+    INSERT on ``scores`` (a role with a random name, dropped at the end)."""
+    from sqlalchemy.engine import make_url
+
+    url = _migrated(postgres_databases)
+    role = fresh_name("no_insert").replace("-", "_")
+    engine = create_database_engine(parse_database_url(url))
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+            connection.exec_driver_sql(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+            connection.exec_driver_sql(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+            connection.exec_driver_sql(f"REVOKE INSERT ON scores FROM {role}")
+        yield make_url(url).set(username=role).render_as_string(hide_password=False)
+    finally:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"DROP OWNED BY {role}")
+            connection.exec_driver_sql(f"DROP ROLE {role}")
+        engine.dispose()
+
+
+def test_a_write_the_database_refuses_is_one_line_and_a_failed_run(
+    broker: DevBroker,
+    user_who_may_not_insert_scores: str,
+    pump_model: tuple[AnomalyVAE, Path],
+    tmp_path: Path,
+) -> None:
+    # A user who may not insert into scores: the stream scorer (and score --db) died with a
+    # psycopg traceback ("permission denied for table scores"), and the stream session's run
+    # was recorded as succeeded. Now: one line naming the user and the table, exit status 2,
+    # and the run failed with the reason.
+    url = user_who_may_not_insert_scores
+    _, model_dir = pump_model
+    topic = create_topic(broker.bootstrap)
+    values, keys = pump_messages(20, seed=28)
+    produce(broker.bootstrap, topic, values, keys)
+    proc = scorer_process(model_dir, url, broker.bootstrap, topic, fresh_name("g"))
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out
+    assert "refused user" in out
+    assert "permission denied for table scores" in out
+    runs = query(url, "SELECT kind, status, error FROM scoring_runs")
+    assert runs == [("stream", "failed", "permission denied for table scores")]
+    export = tmp_path / "export.csv"
+    make_pump_data(30, seed=5).to_csv(export, index=False)
+    command = ["score", str(export), "--model-dir", str(model_dir), "--db", url]
+    batch = subprocess.run(
+        [sys.executable, "-m", "anomaly_vae", *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert batch.returncode == 2, batch.stderr
+    assert "Traceback" not in batch.stderr
+    assert "permission denied for table scores" in batch.stderr

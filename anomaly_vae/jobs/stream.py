@@ -270,6 +270,7 @@ class StreamScorer:
         join_grace = 4.0 * kafka.session_timeout_ms / 1000.0
         last_log = time.monotonic()
         logged_at = (0, time.monotonic())
+        failure: BaseException | None = None
         try:
             # Polling and writing need a core too; two torch threads beside them run slower.
             with torch_threads(kafka.num_threads):
@@ -344,9 +345,12 @@ class StreamScorer:
                     )
                 elif worker.error is not None:
                     raise worker.error
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
             worker.abort()
-            self._close()
+            self._close(failure)
         return self.stats
 
     def _collect(self, worker: _BatchWorker) -> None:
@@ -354,7 +358,7 @@ class StreamScorer:
             for key, offset in offsets.items():
                 self._pending[key] = max(self._pending.get(key, -1), offset)
 
-    def _close(self) -> None:
+    def _close(self, failure: BaseException | None = None) -> None:
         if self._pending and self._consumer is not None:
             self._commit()
         if self._producer is not None:
@@ -368,6 +372,9 @@ class StreamScorer:
                 self._consumer.close(autocommit=False)
             except Exception as exc:
                 logger.warning("closing the consumer: %s", exc)
+        record_failure = getattr(self.sink, "record_failure", None)
+        if failure is not None and record_failure is not None:
+            record_failure(_first_line(failure))  # the session's run: failed, not succeeded
         self.sink.close()
 
     # ------------------------------------------------------------------ one batch
