@@ -17,7 +17,6 @@ the endless loop testable; the batch in hand is always finished and committed fi
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import signal
@@ -40,6 +39,7 @@ from anomaly_vae.sources.kafka import (
     EVENT_TIME,
     SOURCE_KEY,
     DecodedBatch,
+    _preview,
     client_options,
     connect_with_retry,
     decode_messages,
@@ -441,10 +441,18 @@ class StreamScorer:
         rejects = decoded.rejects
         if len(scored.rejects):
             bad = frame.loc[scored.rejects.index]
+            # The dead letter holds the message as it came, every field and nested value kept,
+            # not the decoded row (the pipeline's fields only, objects turned into text).
+            wanted = set(bad[SOURCE_KEY])
+            originals = {
+                key: rec.value
+                for rec in records
+                if (key := f"{rec.topic}:{rec.partition}:{rec.offset}") in wanted
+            }
             extra = pd.DataFrame(
                 {
                     "reason": scored.rejects["reason"].to_numpy(),
-                    "raw": [_message_fields(raw) for raw in scored.rejects["raw"]],
+                    "raw": [_preview(originals[key]) for key in bad[SOURCE_KEY]],
                     "topic": [k.rsplit(":", 2)[0] for k in bad[SOURCE_KEY]],
                     "partition": [int(k.rsplit(":", 2)[1]) for k in bad[SOURCE_KEY]],
                     "offset": [int(k.rsplit(":", 2)[2]) for k in bad[SOURCE_KEY]],
@@ -762,25 +770,6 @@ def _rebalance_listener(scorer: StreamScorer) -> Any:
 
 def _names(partitions: Any) -> list[str]:
     return sorted(f"{tp.topic}:{tp.partition}" for tp in partitions)
-
-
-_INTERNAL = (SOURCE_KEY, ENTITY, EVENT_TIME)
-
-
-def _message_fields(raw: Any) -> Any:
-    """A rejected record's raw JSON without the columns the decoder added (source key, entity,
-    event time): the dead letter shows the message's own fields."""
-    if not isinstance(raw, str):
-        return raw
-    try:
-        fields = json.loads(raw)
-    except ValueError:
-        return raw
-    if not isinstance(fields, dict):
-        return raw
-    for name in _INTERNAL:
-        fields.pop(name, None)
-    return json.dumps(fields, ensure_ascii=False)
 
 
 def _reindexed(batch: ScoreBatch) -> ScoreBatch:
