@@ -7,6 +7,7 @@ settings are built once at the edge (CLI, API) and passed down.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from anomaly_vae.errors import ConfigError
+
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
 class _Strict(BaseModel):
@@ -169,6 +172,19 @@ class KafkaConfig(_Strict):
     num_threads: int = Field(default=1, ge=1)
     processes: int = Field(default=1, ge=1)  # scorer processes in the group, on one machine
     client: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("topic", "alerts_topic", "dead_letter_topic")
+    @classmethod
+    def _kafka_topic_name(cls, value: str | None) -> str | None:
+        """Kafka's rule for topic names, checked before any client (which raises mid-run)."""
+        if value is None:
+            return value
+        if not _TOPIC_NAME.fullmatch(value) or value in (".", ".."):
+            raise ValueError(
+                f"{value!r} is not a Kafka topic name: 1 to 249 of ASCII letters, digits, "
+                "'.', '_' and '-'"
+            )
+        return value
 
 
 class AlertsConfig(_Strict):

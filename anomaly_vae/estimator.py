@@ -57,8 +57,10 @@ from anomaly_vae.scoring import (
 )
 from anomaly_vae.training import fit_vae, resolve_device, split_indices, torch_threads
 from anomaly_vae.windows import (
+    ENTITY_MAX_CHARS,
     OK,
     WindowState,
+    entity_problem,
     entity_text,
     event_seconds,
     flatten_windows,
@@ -493,6 +495,7 @@ class AnomalyVAE(BaseEstimator):
         self._check_fitted()
         frame = _as_frame(X, expected=list(self.feature_names_in_))
         clean, rejects = self.schema_.validate(frame, source=source)
+        clean, rejects = self._reject_bad_entities(frame, clean, rejects)
         if self.config_.window is not None:
             return self._score_windows(frame, clean, rejects, threshold, windows)
         encoded = self.preprocessor_.transform(clean)
@@ -500,6 +503,37 @@ class AnomalyVAE(BaseEstimator):
         scores = self._score_frame(arrays, clean.index, threshold)
         self._explain_flagged(arrays, scores, encoded)
         return self._batch(arrays, scores, rejects)
+
+    def _reject_bad_entities(
+        self, frame: pd.DataFrame, clean: pd.DataFrame, rejects: pd.DataFrame
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Records whose entity key cannot be stored (``entity_problem``: too long, a NUL
+        character) join the rejects, so that one such record never fails a database write.
+        The entity is ``_entity`` (a stream source's) or the pipeline's entity column."""
+        column = "_entity" if "_entity" in frame.columns else self.config_.columns.entity
+        if not column or column not in frame.columns or not len(clean):
+            return clean, rejects
+        series = frame[column]
+        if series.dtype != object and not isinstance(series.dtype, pd.StringDtype):
+            return clean, rejects  # numbers: always short, never a NUL
+        values = series.loc[clean.index].tolist()
+        texts = [v for v in values if isinstance(v, str)]
+        if max(map(len, texts), default=0) <= ENTITY_MAX_CHARS and "\x00" not in "".join(texts):
+            return clean, rejects  # the usual case, without a call per record
+        reasons = [entity_problem(v) if isinstance(v, str) else None for v in values]
+        bad = np.asarray([r is not None for r in reasons], dtype=bool)
+        if not bad.any():
+            return clean, rejects
+        bad_rows = frame.loc[clean.index[bad]]
+        extra = pd.DataFrame(
+            {
+                "reason": [r for r in reasons if r is not None],
+                "raw": [row_json(r) for r in bad_rows.to_dict("records")],
+            },
+            index=bad_rows.index,
+        )
+        rejects = pd.concat([rejects, extra]).sort_index() if len(rejects) else extra
+        return clean.loc[~bad], rejects
 
     def _score_windows(
         self,

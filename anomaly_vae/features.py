@@ -521,8 +521,11 @@ class Preprocessor:
             center = np.asarray([self.center[name] for name in numeric])
             scale = np.asarray([self.scale[name] for name in numeric])
             missing = np.isnan(numbers)
-            numbers -= center
-            numbers /= scale
+            # A huge finite value (1e308 in a column of scale under 1) overflows to infinity
+            # here, which the clip bounds: no RuntimeWarning in the scorer's output.
+            with np.errstate(over="ignore"):
+                numbers -= center
+                numbers /= scale
             np.clip(numbers, -CLIP, CLIP, out=numbers)
             numbers[missing] = 0.0
             x[:, : len(numeric)] = numbers

@@ -493,6 +493,26 @@ def entity_text(value: object) -> str | None:
     return str(value)
 
 
+# The longest entity key the results database keeps (``String(200)`` in ``storage.tables``).
+ENTITY_MAX_CHARS = 200
+
+
+def entity_problem(text: str | None) -> str | None:
+    """Why an entity key (``entity_text``) cannot be stored, or None: longer than
+    ``ENTITY_MAX_CHARS``, or holding a NUL character (PostgreSQL text cannot). Such a record is
+    rejected with this reason rather than failing the whole batch's write."""
+    if text is None:
+        return None
+    if len(text) > ENTITY_MAX_CHARS:
+        return (
+            f"entity {text[:40]!r}... is {len(text)} characters long, over the "
+            f"{ENTITY_MAX_CHARS} an entity key may have"
+        )
+    if "\x00" in text:
+        return f"entity {text[:60]!r} holds a NUL character"
+    return None
+
+
 def event_timestamps(values: pd.Series | Sequence[object]) -> pd.Series:
     """Event times as UTC timestamps (a ``datetime64[ns, UTC]`` Series indexed like
     ``values``), NaT where a value is not a time: what the ``event_time`` of a stored score is.

@@ -13,8 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from anomaly_vae import AnomalyVAE
 from anomaly_vae.cli import main
 from anomaly_vae.datasets import make_pump_data
+from anomaly_vae.devbroker import DevBroker
 from tests.conftest import REPO
 
 PIPELINE = REPO / "pipelines" / "pumps.yaml"
@@ -618,3 +620,34 @@ def test_info_and_help(trained: Path) -> None:
     assert result.returncode == 0
     assert "train" in result.stdout
     assert "score" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "needle"),
+    [
+        ("--batch-size", "0", "--batch-size 0: Input should be greater than or equal to 1"),
+        ("--session-timeout-ms", "5", "--session-timeout-ms 5: Input should be greater"),
+        ("--topic", "bad topic!", "'bad topic!' is not a Kafka topic name"),
+        ("--dead-letter-topic", "dead/letters", "'dead/letters' is not a Kafka topic name"),
+    ],
+)
+def test_a_bad_stream_option_is_one_line_naming_the_option(
+    broker: DevBroker,
+    pump_model: tuple[AnomalyVAE, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    option: str,
+    value: str,
+    needle: str,
+) -> None:
+    # --batch-size 0 gave pydantic's four-line error naming '--max-batch-records', an option
+    # that does not exist; a topic name Kafka refuses ("bad topic!") got past the options and
+    # stopped the scorer with kafka-python's ValueError traceback once it subscribed.
+    _, model_dir = pump_model
+    args = ["stream", "--model-dir", str(model_dir), "--bootstrap", broker.bootstrap, "--topic"]
+    args += ["sensors", "--db", f"sqlite:///{tmp_path / 'results.db'}", "--idle-timeout", "1"]
+    args += ["--session-timeout-ms", "6000", option, value]  # the last one given counts
+    result = run_inline(capsys, *args)
+    assert_user_error(result, needle)
+    assert "validation error" not in result.stderr
+    assert "pydantic" not in result.stderr

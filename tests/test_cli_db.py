@@ -342,3 +342,31 @@ def test_epoch_second_timestamps_are_stored_as_the_times_they_are(
         engine.dispose()
     stored = {int(key.rsplit(":", 1)[1]): when for key, when in rows}
     assert [stored[i] for i in range(12)] == iso.dt.to_pydatetime().tolist()
+
+
+def test_a_row_whose_entity_is_too_long_to_store_is_rejected_not_a_traceback(
+    db_url: str,
+    pump_model: tuple[AnomalyVAE, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A pump id of 300 characters made PostgreSQL refuse the chunk's COPY (varchar(200)): a
+    # traceback, and no row of the file stored. Now that row is rejected with the reason.
+    _, model_dir = pump_model
+    frame = make_pump_data(30, seed=4).astype({"pump_id": object})
+    frame.loc[7, "pump_id"] = "P" * 300
+    path = tmp_path / "long_entity.csv"
+    frame.to_csv(path, index=False)
+    result = cli(capsys, "score", str(path), "--model-dir", str(model_dir), "--db", db_url)
+    assert result.returncode == 0, result.stderr
+    assert "29 score rows added" in result.stdout
+    assert count(db_url, "scores") == 29
+    engine = create_database_engine(parse_database_url(db_url))
+    try:
+        with engine.connect() as connection:
+            rows = connection.exec_driver_sql("SELECT source_key, reason FROM dead_letters").all()
+    finally:
+        engine.dispose()
+    assert len(rows) == 1
+    assert rows[0][0].endswith(":7")
+    assert "300 characters long" in rows[0][1]

@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,7 @@ import pytest
 
 from anomaly_vae.config import ColumnsConfig
 from anomaly_vae.errors import SchemaError
-from anomaly_vae.features import FeatureSchema, Preprocessor, robust_scale
+from anomaly_vae.features import CLIP, FeatureSchema, Preprocessor, robust_scale
 
 
 def _frame() -> pd.DataFrame:
@@ -153,6 +154,22 @@ def test_preprocessor_robust_scaling_unknown_bucket_and_missing_indicator() -> N
     assert enc.observed[:, 0].tolist() == [1.0, 0.0]
     again = Preprocessor.from_dict(json.loads(json.dumps(pre.to_dict())), schema)
     assert np.array_equal(again.transform(schema.validate(test)[0]).x, enc.x)
+
+
+def test_a_huge_finite_value_is_clipped_without_a_runtime_warning() -> None:
+    # 1e308 in a Kafka message (a finite JSON number) printed "RuntimeWarning: overflow
+    # encountered in divide" into the stream scorer's log: the column's scale is under 1.
+    rng = np.random.default_rng(2)
+    train = pd.DataFrame({"x": rng.normal(6, 0.3, 500)})
+    schema = FeatureSchema.infer(train, ColumnsConfig())
+    pre = Preprocessor.fit(schema.validate(train)[0], schema)
+    assert pre.scale["x"] < 1
+    test = pd.DataFrame({"x": [1e308, -1e308, 6.0]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        enc = pre.transform(schema.validate(test)[0])
+    assert enc.x[:, 0].tolist()[:2] == [CLIP, -CLIP]
+    assert enc.observed[:, 0].tolist() == [1.0, 1.0, 1.0]
 
 
 def test_categories_compare_as_text() -> None:

@@ -293,6 +293,20 @@ def test_a_rejected_record_keeps_only_the_message_fields(stream_model: AnomalyVA
     assert raw["flow"] == record["flow"]
 
 
+def test_a_rejected_record_keeps_the_message_as_it_came(stream_model: AnomalyVAE) -> None:
+    # A message rejected by validation (a feature given as a JSON object) went to the dead
+    # letters re-serialised from the decoded row: the object as Python text ("{'v': 6}"), and
+    # every field the pipeline does not name (here "note") gone. Now the message as it came.
+    cfg = stream_config(stream_model, "127.0.0.1:9", "t")
+    record = make_pump_data(1, seed=4).astype(object).to_dict(orient="records")[0]
+    record["rpm"] = {"value": 1500, "unit": "rpm"}
+    record["note"] = "kept"
+    value = json.dumps(record).encode()
+    out = StreamScorer(stream_model, cfg, MemorySink([])).score_records([msg(value, 0)])
+    assert str(out.rejects.loc["t:0:0", "reason"]).startswith("column 'rpm': {'value': 1500")
+    assert out.rejects.loc["t:0:0", "raw"] == value.decode()
+
+
 def test_sigterm_like_stop_finishes_the_batch(broker: DevBroker, stream_model: AnomalyVAE) -> None:
     topic = create_topic(broker.bootstrap)
     cfg = stream_config(stream_model, broker.bootstrap, topic)

@@ -75,13 +75,18 @@ def opened(
     ``create_missing``: create a SQLite file that does not exist yet (jobs that write)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from anomaly_vae.storage.engine import connection_error, open_database
+    from anomaly_vae.storage.engine import connection_error, is_driver_error, open_database
 
     engine = open_database(target, check_schema=check_schema, create_missing=create_missing)
     try:
         yield engine
     except SQLAlchemyError as exc:
         raise connection_error(exc, target) from None
+    except Exception as exc:
+        # The bulk writes use the driver's own cursor (COPY, executemany): its errors too.
+        if is_driver_error(exc):
+            raise connection_error(exc, target) from None
+        raise
     finally:
         engine.dispose()
 

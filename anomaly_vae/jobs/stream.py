@@ -17,7 +17,6 @@ the endless loop testable; the batch in hand is always finished and committed fi
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import signal
@@ -40,6 +39,7 @@ from anomaly_vae.sources.kafka import (
     EVENT_TIME,
     SOURCE_KEY,
     DecodedBatch,
+    _preview,
     client_options,
     connect_with_retry,
     decode_messages,
@@ -209,7 +209,11 @@ class StreamScorer:
                 enable_auto_commit=False,
                 auto_offset_reset=kafka.auto_offset_reset,
                 session_timeout_ms=kafka.session_timeout_ms,
-                heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+                # At most a third of the session timeout, as Kafka advises: a shorter
+                # --session-timeout-ms alone must not make the client refuse its settings.
+                heartbeat_interval_ms=min(
+                    kafka.heartbeat_interval_ms, max(100, kafka.session_timeout_ms // 3)
+                ),
                 max_poll_interval_ms=kafka.max_poll_interval_ms,
                 max_poll_records=kafka.max_batch_records,
             )
@@ -266,6 +270,7 @@ class StreamScorer:
         join_grace = 4.0 * kafka.session_timeout_ms / 1000.0
         last_log = time.monotonic()
         logged_at = (0, time.monotonic())
+        failure: BaseException | None = None
         try:
             # Polling and writing need a core too; two torch threads beside them run slower.
             with torch_threads(kafka.num_threads):
@@ -340,9 +345,12 @@ class StreamScorer:
                     )
                 elif worker.error is not None:
                     raise worker.error
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
             worker.abort()
-            self._close()
+            self._close(failure)
         return self.stats
 
     def _collect(self, worker: _BatchWorker) -> None:
@@ -350,7 +358,7 @@ class StreamScorer:
             for key, offset in offsets.items():
                 self._pending[key] = max(self._pending.get(key, -1), offset)
 
-    def _close(self) -> None:
+    def _close(self, failure: BaseException | None = None) -> None:
         if self._pending and self._consumer is not None:
             self._commit()
         if self._producer is not None:
@@ -364,6 +372,9 @@ class StreamScorer:
                 self._consumer.close(autocommit=False)
             except Exception as exc:
                 logger.warning("closing the consumer: %s", exc)
+        record_failure = getattr(self.sink, "record_failure", None)
+        if failure is not None and record_failure is not None:
+            record_failure(_first_line(failure))  # the session's run: failed, not succeeded
         self.sink.close()
 
     # ------------------------------------------------------------------ one batch
@@ -430,10 +441,18 @@ class StreamScorer:
         rejects = decoded.rejects
         if len(scored.rejects):
             bad = frame.loc[scored.rejects.index]
+            # The dead letter holds the message as it came, every field and nested value kept,
+            # not the decoded row (the pipeline's fields only, objects turned into text).
+            wanted = set(bad[SOURCE_KEY])
+            originals = {
+                key: rec.value
+                for rec in records
+                if (key := f"{rec.topic}:{rec.partition}:{rec.offset}") in wanted
+            }
             extra = pd.DataFrame(
                 {
                     "reason": scored.rejects["reason"].to_numpy(),
-                    "raw": [_message_fields(raw) for raw in scored.rejects["raw"]],
+                    "raw": [_preview(originals[key]) for key in bad[SOURCE_KEY]],
                     "topic": [k.rsplit(":", 2)[0] for k in bad[SOURCE_KEY]],
                     "partition": [int(k.rsplit(":", 2)[1]) for k in bad[SOURCE_KEY]],
                     "offset": [int(k.rsplit(":", 2)[2]) for k in bad[SOURCE_KEY]],
@@ -751,25 +770,6 @@ def _rebalance_listener(scorer: StreamScorer) -> Any:
 
 def _names(partitions: Any) -> list[str]:
     return sorted(f"{tp.topic}:{tp.partition}" for tp in partitions)
-
-
-_INTERNAL = (SOURCE_KEY, ENTITY, EVENT_TIME)
-
-
-def _message_fields(raw: Any) -> Any:
-    """A rejected record's raw JSON without the columns the decoder added (source key, entity,
-    event time): the dead letter shows the message's own fields."""
-    if not isinstance(raw, str):
-        return raw
-    try:
-        fields = json.loads(raw)
-    except ValueError:
-        return raw
-    if not isinstance(fields, dict):
-        return raw
-    for name in _INTERNAL:
-        fields.pop(name, None)
-    return json.dumps(fields, ensure_ascii=False)
 
 
 def _reindexed(batch: ScoreBatch) -> ScoreBatch:

@@ -208,7 +208,8 @@ def _json_type(obj: object) -> str:
 
 
 def _preview(value: bytes) -> str:
-    text = value[:RAW_PREVIEW_BYTES].decode("utf-8", errors="replace")
+    # Bytes that are not UTF-8, and NUL (which PostgreSQL text cannot hold), become U+FFFD.
+    text = value[:RAW_PREVIEW_BYTES].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
     return text if len(value) <= RAW_PREVIEW_BYTES else text + "...(cut)"
 
 

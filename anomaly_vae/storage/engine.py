@@ -210,6 +210,20 @@ def _create_sqlite(target: DatabaseTarget) -> None:
     logger.info("created the SQLite database %s at the latest schema", target.display)
 
 
+def is_driver_error(exc: BaseException) -> bool:
+    """An error of the database driver itself (sqlite3, psycopg), which SQLAlchemy has not
+    wrapped: what the bulk writes, on the driver's own cursor, raise."""
+    import sqlite3
+
+    if isinstance(exc, sqlite3.Error):
+        return True
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    return isinstance(exc, psycopg.Error)
+
+
 def connection_error(exc: BaseException, target: DatabaseTarget) -> DatabaseConnectionError:
     """One line for a failed connection or statement, naming the host; never the password."""
     orig = exc.orig if isinstance(exc, DBAPIError) else exc
@@ -220,6 +234,13 @@ def connection_error(exc: BaseException, target: DatabaseTarget) -> DatabaseConn
     if target.is_sqlite:
         detail = _last_line(text)
         return DatabaseConnectionError(f"cannot use the SQLite database {where}: {detail}")
+    if "permission denied" in lower or "must be owner" in lower:
+        message = (
+            f"PostgreSQL at {where} ({target.display}) refused user {user!r}: "
+            f"{_last_line(text)}: grant it the privileges on anomaly-vae's tables (a job writes "
+            "to them; migrations need their owner), or use another user"
+        )
+        return DatabaseConnectionError(_scrub(message, target))
     if "password authentication failed" in lower or "no password supplied" in lower:
         why = f"password authentication failed for user {user!r}: check the password in the URL"
     elif "does not exist" in lower and "database" in lower:

@@ -62,6 +62,7 @@ class StreamDatabaseSink:
             )
         self.model_version = version.version
         self.stats: StreamStats | None = None
+        self.error: str | None = None
         logger.info(
             "stream run %d: model %s version %s", self.run_id, version.name, version.version
         )
@@ -141,6 +142,10 @@ class StreamDatabaseSink:
                 records_per_s=records_per_s,
             )
 
+    def record_failure(self, error: str) -> None:
+        """The session stops on an error: :meth:`close` records the run as failed with it."""
+        self.error = error
+
     def close(self) -> None:
         try:
             with self.engine.connect() as connection, connection.begin():
@@ -148,8 +153,9 @@ class StreamDatabaseSink:
                 repo.finish_run(
                     connection,
                     run_id=self.run_id,
-                    status="succeeded",
+                    status="succeeded" if self.error is None else "failed",
                     rows_read=stats.consumed if stats is not None else None,
+                    error=self.error,
                 )
         except Exception as exc:  # the database may be the reason we stop
             logger.warning("could not record the end of stream run %d: %s", self.run_id, exc)
