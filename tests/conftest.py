@@ -7,7 +7,7 @@ import secrets
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -65,6 +65,18 @@ def pump_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[AnomalyVAE, Pa
     path = tmp_path_factory.mktemp("models") / "pumps"
     model.save(path)
     return model, path
+
+
+def query(url: str, sql: str) -> list[tuple[Any, ...]]:
+    """The rows of ``sql`` on the database at ``url`` (SQLite or PostgreSQL)."""
+    from anomaly_vae.storage.engine import create_database_engine, parse_database_url
+
+    engine = create_database_engine(parse_database_url(url))
+    try:
+        with engine.connect() as connection:
+            return [tuple(r) for r in connection.exec_driver_sql(sql)]
+    finally:
+        engine.dispose()
 
 
 # ----------------------------------------------------------------------- real services

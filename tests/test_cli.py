@@ -17,7 +17,7 @@ from anomaly_vae import AnomalyVAE
 from anomaly_vae.cli import main
 from anomaly_vae.datasets import make_pump_data
 from anomaly_vae.devbroker import DevBroker
-from tests.conftest import REPO
+from tests.conftest import REPO, query
 
 PIPELINE = REPO / "pipelines" / "pumps.yaml"
 
@@ -274,18 +274,8 @@ def test_standard_input_and_output_with_dash(trained: Path) -> None:
         timeout=300,
     )
     assert into_db.returncode == 0, into_db.stderr
-    runs = stored_run_sources(url)
+    runs = [r[0] for r in query(url, "SELECT source FROM scoring_runs")]
     assert runs == ["<stdin>"]  # not the temporary copy's path
-
-
-def stored_run_sources(url: str) -> list[str]:
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(url)
-    with engine.connect() as connection:
-        sources = [r[0] for r in connection.execute(text("SELECT source FROM scoring_runs"))]
-    engine.dispose()
-    return sources
 
 
 def test_an_export_without_the_entity_and_time_columns_is_scored_with_a_warning(

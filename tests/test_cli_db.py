@@ -21,6 +21,7 @@ from anomaly_vae.datasets import make_pump_data
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.storage.engine import create_database_engine, parse_database_url
 from anomaly_vae.storage.tables import Score, ScoringRun
+from tests.conftest import query
 from tests.test_cli import assert_user_error, run_inline
 
 pytestmark = pytest.mark.integration
@@ -361,12 +362,7 @@ def test_a_row_whose_entity_is_too_long_to_store_is_rejected_not_a_traceback(
     assert result.returncode == 0, result.stderr
     assert "29 score rows added" in result.stdout
     assert count(db_url, "scores") == 29
-    engine = create_database_engine(parse_database_url(db_url))
-    try:
-        with engine.connect() as connection:
-            rows = connection.exec_driver_sql("SELECT source_key, reason FROM dead_letters").all()
-    finally:
-        engine.dispose()
+    rows = query(db_url, "SELECT source_key, reason FROM dead_letters")
     assert len(rows) == 1
     assert rows[0][0].endswith(":7")
     assert "300 characters long" in rows[0][1]

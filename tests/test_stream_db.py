@@ -30,7 +30,7 @@ from anomaly_vae.jobs.stream import StreamScorer
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.storage.engine import create_database_engine, parse_database_url
 from anomaly_vae.storage.stream import DatabaseThresholdSource, StreamDatabaseSink
-from tests.conftest import create_topic, fresh_name, service_unavailable
+from tests.conftest import create_topic, fresh_name, query, service_unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -61,15 +61,6 @@ def produce(
         producer.send(topic, value=value, key=None if keys is None else keys[i])
     producer.flush()
     producer.close()
-
-
-def query(url: str, sql: str) -> list[tuple[Any, ...]]:
-    engine = create_database_engine(parse_database_url(url))
-    try:
-        with engine.connect() as connection:
-            return [tuple(r) for r in connection.exec_driver_sql(sql)]
-    finally:
-        engine.dispose()
 
 
 def stored_keys(url: str) -> tuple[list[str], list[str]]:
