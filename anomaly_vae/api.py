@@ -522,8 +522,8 @@ def _detail_response(status: int) -> Callable[[Request, Exception], Awaitable[JS
 def _require_model(conn: Connection, name: str | None) -> None:
     """A filter on a model name nobody registered is a 404, not an empty list, which would read
     as a clean bill for a misspelt name."""
-    if name is not None and not repo.model_versions(conn, name=name):
-        raise NotFoundError(f"no model named {name!r} is registered")
+    if name is not None:
+        repo.registered_versions(conn, name=name)
 
 
 def _json_safe(value: Any) -> Any:
@@ -539,9 +539,7 @@ def _json_safe(value: Any) -> Any:
 
 def _registered_version(conn: Connection, name: str, version: str | None) -> Any:
     """The newest registered version of ``name``, or the one whose version is ``version``."""
-    rows = repo.model_versions(conn, name=name)
-    if not rows:
-        raise NotFoundError(f"no model named {name!r} is registered")
+    rows = repo.registered_versions(conn, name=name)
     if version is None:
         return rows[0]
     for row in rows:

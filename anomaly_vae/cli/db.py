@@ -187,10 +187,10 @@ def models_show(
     from anomaly_vae.storage import repository as repo
 
     with connected(database_target(db, pipeline)) as connection:
-        versions = repo.model_versions(connection, name=name)
+        versions = repo.registered_versions(
+            connection, name=name, hint=": see 'anomaly-vae models list'"
+        )
         thresholds = repo.list_thresholds(connection, model_name=name)
-    if not versions:
-        raise ConfigError(f"no model named {name!r} is registered: see 'anomaly-vae models list'")
     typer.echo(f"model {name}: {len(versions)} version(s)")
     for v in versions:
         summary = v.training_summary or {}
@@ -235,11 +235,8 @@ def anomalies_list(
         raise ConfigError(f"--limit must be >= 1, got {limit}")
     start = parse_since(since) if since else None
     with connected(database_target(db, pipeline)) as connection:
-        if model is not None and not repo.model_versions(connection, name=model):
-            # Not "no anomalies found", which would read as a clean bill for a misspelt name.
-            raise ConfigError(
-                f"no model named {model!r} is registered: see 'anomaly-vae models list'"
-            )
+        if model is not None:  # not "no anomalies found" for a misspelt name
+            repo.registered_versions(connection, name=model, hint=": see 'anomaly-vae models list'")
         rows = [
             row._asdict()
             for row in repo.list_anomalies(connection, model_name=model, since=start, limit=limit)

@@ -609,11 +609,8 @@ def alerts_list(
     if limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
     with connected(_target(db, pipeline)) as connection:
-        if model is not None and not repo.model_versions(connection, name=model):
-            # Not "no alerts found", which would read as a clean bill for a misspelt name.
-            raise ConfigError(
-                f"no model named {model!r} is registered: see 'anomaly-vae models list'"
-            )
+        if model is not None:  # not "no alerts found" for a misspelt name
+            repo.registered_versions(connection, name=model, hint=": see 'anomaly-vae models list'")
         rows = list_alerts(
             connection,
             state=state.value if state else None,

@@ -39,7 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect, Row
 
-from anomaly_vae.errors import ConfigError
+from anomaly_vae.errors import ConfigError, NotFoundError
 from anomaly_vae.storage.alerting import alert_details as fetch_alert_details
 from anomaly_vae.storage.alerting import apply_alert_rule, not_written_by
 from anomaly_vae.storage.tables import (
@@ -285,6 +285,15 @@ def model_versions(connection: Connection, *, name: str) -> list[Row[Any]]:
             select(Model).where(Model.name == name).order_by(Model.registered_at.desc())
         )
     )
+
+
+def registered_versions(connection: Connection, *, name: str, hint: str = "") -> list[Row[Any]]:
+    """``model_versions``, or NotFoundError when nobody registered ``name``: a filter on a
+    misspelt name must not read as an empty, clean result. ``hint`` ends the message."""
+    versions = model_versions(connection, name=name)
+    if not versions:
+        raise NotFoundError(f"no model named {name!r} is registered{hint}")
+    return versions
 
 
 # ========================================================================== runs
