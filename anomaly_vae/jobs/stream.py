@@ -39,11 +39,11 @@ from anomaly_vae.sources.kafka import (
     EVENT_TIME,
     SOURCE_KEY,
     DecodedBatch,
-    _preview,
     client_options,
     connect_with_retry,
     decode_messages,
     flatten,
+    message_text,
     next_offsets,
     redacted,
 )
@@ -452,7 +452,7 @@ class StreamScorer:
             extra = pd.DataFrame(
                 {
                     "reason": scored.rejects["reason"].to_numpy(),
-                    "raw": [_preview(originals[key]) for key in bad[SOURCE_KEY]],
+                    "raw": [message_text(originals[key]) for key in bad[SOURCE_KEY]],
                     "topic": [k.rsplit(":", 2)[0] for k in bad[SOURCE_KEY]],
                     "partition": [int(k.rsplit(":", 2)[1]) for k in bad[SOURCE_KEY]],
                     "offset": [int(k.rsplit(":", 2)[2]) for k in bad[SOURCE_KEY]],

@@ -82,42 +82,33 @@ def decode_messages(
     entities: list[str | None] = []
     stamps: list[int] = []
     reject_rows: list[tuple[str, str, str | None, str, int, int]] = []
+
+    def reject(msg: Any, key: str, reason: str) -> None:
+        raw = None if msg.value is None else message_text(msg.value)
+        reject_rows.append((key, reason, raw, msg.topic, msg.partition, msg.offset))
+
     loads = orjson.loads
     for msg in messages:
         key = f"{msg.topic}:{msg.partition}:{msg.offset}"  # source_key(), inlined: per message
         value = msg.value
         if value is None:
-            reject_rows.append(
-                (key, "empty message (no value)", None, msg.topic, msg.partition, msg.offset)
-            )
+            reject(msg, key, "empty message (no value)")
             continue
         if len(value) > max_bytes:
-            reject_rows.append(
-                (
-                    key,
-                    f"message of {len(value)} bytes is over max_message_bytes={max_bytes}",
-                    _preview(value),
-                    msg.topic,
-                    msg.partition,
-                    msg.offset,
-                )
-            )
+            reject(msg, key, f"message of {len(value)} bytes is over max_message_bytes={max_bytes}")
             continue
         try:
             obj = loads(value)
         except orjson.JSONDecodeError as exc:
-            reason = f"invalid JSON: {str(exc).splitlines()[0]}"
-            reject_rows.append((key, reason, _preview(value), msg.topic, msg.partition, msg.offset))
+            reject(msg, key, f"invalid JSON: {str(exc).splitlines()[0]}")
             continue
         if not isinstance(obj, dict):
-            reason = f"top level is a JSON {_json_type(obj)}, expected an object"
-            reject_rows.append((key, reason, _preview(value), msg.topic, msg.partition, msg.offset))
+            reject(msg, key, f"top level is a JSON {_json_type(obj)}, expected an object")
             continue
         if not wanted <= obj.keys():
             missing = wanted.difference(obj.keys())
             names = ", ".join(repr(m) for m in sorted(missing))
-            reason = f"feature field{'s' if len(missing) > 1 else ''} {names} missing"
-            reject_rows.append((key, reason, _preview(value), msg.topic, msg.partition, msg.offset))
+            reject(msg, key, f"feature field{'s' if len(missing) > 1 else ''} {names} missing")
             continue
         entity = obj.get(entity_field) if entity_field else None
         if isinstance(entity, (list, dict)):
@@ -125,7 +116,7 @@ def decode_messages(
                 f"entity field {entity_field!r} is a JSON {_json_type(entity)}: "
                 "expected text or a number"
             )
-            reject_rows.append((key, reason, _preview(value), msg.topic, msg.partition, msg.offset))
+            reject(msg, key, reason)
             continue
         objects.append(obj)
         keys.append(key)
@@ -207,7 +198,8 @@ def _json_type(obj: object) -> str:
     return "number"
 
 
-def _preview(value: bytes) -> str:
+def message_text(value: bytes) -> str:
+    """A message's bytes as the text a dead letter keeps (cut at 10 kB)."""
     # Bytes that are not UTF-8, and NUL (which PostgreSQL text cannot hold), become U+FFFD.
     text = value[:RAW_PREVIEW_BYTES].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
     return text if len(value) <= RAW_PREVIEW_BYTES else text + "...(cut)"
