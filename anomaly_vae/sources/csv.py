@@ -50,6 +50,7 @@ class CsvSource:
     label: str = ""
     _handle: IO[bytes] | None = field(default=None, init=False, repr=False)
     _spaced: bool | None = field(default=None, init=False, repr=False)
+    _raw_header: list[str] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -125,8 +126,7 @@ class CsvSource:
         frame = self._read(nrows=0)
         assert isinstance(frame, pd.DataFrame)
         # pandas renames a repeated name to NAME.1: which of the two is meant cannot be known.
-        first = self._read(nrows=1, header=None, dtype=str, keep_default_na=False)
-        names = [str(v).strip() for v in first.iloc[0].tolist()] if len(first) else []
+        names = [name.strip() for name in self._raw_header or []]
         seen: dict[str, int] = {}
         for position, name in enumerate(names, start=1):
             if name and name in seen:
@@ -205,10 +205,16 @@ class CsvSource:
         ``b`` and ``c`` and the values read ``P1``, not `` P1``. Read once, from the header."""
         if self._spaced is None:
             self._spaced = False
-            frame = self._read(nrows=0)
-            names = [str(c) for c in frame.columns[1:]]
-            self._spaced = self.sep != " " and any(n[:1] in (" ", "\t") for n in names)
+            names = self._header_line()
+            self._spaced = self.sep != " " and any(n[:1] in (" ", "\t") for n in names[1:])
+            # The header's names as the data will be read: past the spaces, when skipped.
+            self._raw_header = self._header_line() if self._spaced else names
         return self._spaced
+
+    def _header_line(self) -> list[str]:
+        """The header line's fields as written (no names made up or made unique by pandas)."""
+        first = self._read(nrows=1, header=None, dtype=str, keep_default_na=False)
+        return [str(v) for v in first.iloc[0].tolist()] if len(first) else []
 
     def _read(self, handle: IO[bytes] | None = None, **kwargs: Any) -> Any:
         source: Any = handle if handle is not None else self.path
