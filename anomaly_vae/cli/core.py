@@ -152,21 +152,20 @@ def train(
     if device:
         cfg.training.device = device
     cfg.csv = _csv_with(cfg.csv, sep=None if sep is None else _sep(sep) or ",", decimal=decimal)
+    shown = _shown(data)
     with _input_file(data) as path:
         frame = read_training_csv(
             path,
             sep=cfg.csv.sep,
             encoding=cfg.csv.encoding,
             decimal=cfg.csv.decimal,
-            label=str(STDIN) if _is_dash(data) else "",
+            label=str(shown),
         )
-    if _is_dash(data):
-        data = STDIN
     # A misspelt label would train on the labelled anomalies without a word.
-    _require_column(label_column, list(frame.columns), "--label-column", data)
+    _require_column(label_column, list(frame.columns), "--label-column", shown)
     model = AnomalyVAE(config=cfg, verbose=_show_progress(quiet)).fit(frame)
     digest = model.save(model_dir)
-    _print_training(model, data, model_dir, digest)
+    _print_training(model, shown, model_dir, digest)
 
 
 def _require_column(name: str | None, columns: list[str], option: str, data: Path) -> None:
@@ -238,7 +237,7 @@ def score(
     with _input_file(data) as path:
         _score_file(
             path,
-            shown=STDIN if _is_dash(data) else data,
+            shown=_shown(data),
             model_dir=model_dir,
             out=out,
             rejects=rejects,
@@ -259,6 +258,11 @@ STDIN = Path("<stdin>")
 
 def _is_dash(path: Path | None) -> bool:
     return path is not None and str(path) == "-"
+
+
+def _shown(data: Path) -> Path:
+    """How messages name the input: ``<stdin>`` for ``-``."""
+    return STDIN if _is_dash(data) else data
 
 
 @contextlib.contextmanager
