@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 
 LOG_2PI = math.log(2.0 * math.pi)
+# The range the encoder's log-variances are clamped to.
+LATENT_LOG_VAR_MIN, LATENT_LOG_VAR_MAX = -12.0, 8.0
 
 
 class Dropout(nn.Module):
@@ -180,7 +182,7 @@ class VAE(nn.Module):
             for conv in self.conv_enc:
                 h = self._act(conv(h))
             h = h.flatten(1).reshape(*lead, -1)
-        return self.enc_mu(h), self.enc_log_var(h).clamp(-12.0, 8.0)
+        return self.enc_mu(h), self.enc_log_var(h).clamp(LATENT_LOG_VAR_MIN, LATENT_LOG_VAR_MAX)
 
     def decode(self, z: Tensor) -> Tensor:
         """Decoder output: numeric means followed by categorical logits, ``[..., input_dim]``."""

@@ -24,6 +24,8 @@ from tqdm.auto import tqdm
 from anomaly_vae.config import TrainingConfig
 from anomaly_vae.features import EncodedBatch
 from anomaly_vae.model import (
+    LATENT_LOG_VAR_MAX,
+    LATENT_LOG_VAR_MIN,
     LOG_2PI,
     VAE,
     Dropout,
@@ -370,27 +372,49 @@ class _NumericElbo(torch.autograd.Function):
         weight: float,
         min_log_var: float,
     ) -> torch.Tensor:
-        n = x.shape[0]
-        noise_log_var = log_var_x.clamp(min=min_log_var)
-        inv_var = torch.exp(-noise_log_var)
-        diff = out - x
-        sq_sum = (diff * diff).sum(dim=0)  # per column, over the batch
-        var = torch.exp(log_var)
-        nll = 0.5 * (torch.dot(sq_sum, inv_var) + n * (LOG_2PI * x.shape[-1] + noise_log_var.sum()))
-        kl = 0.5 * ((mu * mu).sum() + var.sum() - log_var.sum() - mu.numel())
-        ctx.save_for_backward(diff, inv_var, sq_sum, log_var_x >= min_log_var, mu, var)
-        ctx.weight, ctx.n = weight, n
-        return (nll + weight * kl) / n
+        loss, saved = _elbo_value(x, out, log_var_x, mu, log_var, weight, min_log_var)
+        ctx.save_for_backward(*saved)
+        ctx.weight, ctx.n = weight, x.shape[0]
+        return loss
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        diff, inv_var, sq_sum, unclamped, mu, var = ctx.saved_tensors
-        g = grad / ctx.n
-        grad_out = diff * (inv_var * g)
-        grad_log_var_x = (0.5 * g) * (ctx.n - sq_sum * inv_var) * unclamped
-        grad_mu = mu * (g * ctx.weight)
-        grad_log_var = (var - 1.0) * (0.5 * ctx.weight * g)
-        return None, grad_out, grad_log_var_x, grad_mu, grad_log_var, None, None
+        grads = _elbo_grads(ctx.saved_tensors, ctx.n, ctx.weight, grad / ctx.n)
+        return None, *grads, None, None
+
+
+def _elbo_value(
+    x: torch.Tensor,
+    out: torch.Tensor,
+    log_var_x: torch.Tensor,
+    mu: torch.Tensor,
+    log_var: torch.Tensor,
+    weight: float,
+    min_log_var: float,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """``numeric_elbo``'s value, and what ``_elbo_grads`` needs of the forward pass."""
+    n = x.shape[0]
+    noise_log_var = log_var_x.clamp(min=min_log_var)
+    inv_var = torch.exp(-noise_log_var)
+    diff = out - x
+    sq_sum = (diff * diff).sum(dim=0)  # per column, over the batch
+    var = torch.exp(log_var)
+    nll = 0.5 * (torch.dot(sq_sum, inv_var) + n * (LOG_2PI * x.shape[-1] + noise_log_var.sum()))
+    kl = 0.5 * ((mu * mu).sum() + var.sum() - log_var.sum() - mu.numel())
+    return (nll + weight * kl) / n, (diff, inv_var, sq_sum, log_var_x >= min_log_var, mu, var)
+
+
+def _elbo_grads(
+    saved: tuple[torch.Tensor, ...], n: int, weight: float, g: torch.Tensor | float
+) -> tuple[torch.Tensor, ...]:
+    """The gradients of ``numeric_elbo`` times ``g * n`` with respect to the decoder output,
+    the noise log-variances, ``mu`` and ``log_var`` (the KL term's part of the last two)."""
+    diff, inv_var, sq_sum, unclamped, mu, var = saved
+    grad_out = diff * (inv_var * g)
+    grad_log_var_x = (0.5 * g) * (n - sq_sum * inv_var) * unclamped
+    grad_mu = mu * (g * weight)
+    grad_log_var = (var - 1.0) * (0.5 * weight * g)
+    return grad_out, grad_log_var_x, grad_mu, grad_log_var
 
 
 class _MlpStep:
@@ -458,7 +482,7 @@ class _MlpStep:
             encoded.append(saved)
         mu = torch.addmm(model.enc_mu.bias, h, model.enc_mu.weight.t())
         raw_log_var = torch.addmm(model.enc_log_var.bias, h, model.enc_log_var.weight.t())
-        log_var = raw_log_var.clamp(-12.0, 8.0)  # as VAE.encode
+        log_var = raw_log_var.clamp(LATENT_LOG_VAR_MIN, LATENT_LOG_VAR_MAX)  # as VAE.encode
         std = torch.exp(0.5 * log_var)
         eps = torch.randn_like(mu)
         g, decoded = mu + std * eps, []
@@ -467,34 +491,24 @@ class _MlpStep:
             decoded.append(saved)
         out = torch.addmm(model.dec_out.bias, g, model.dec_out.weight.t())
 
-        # The loss and its gradients, as _NumericElbo (the batch mean).
-        n, width = x.shape
+        # The loss and its gradients, as numeric_elbo (the batch mean).
+        n = x.shape[0]
         log_var_x = model.log_var_x
-        noise_log_var = log_var_x.clamp(min=model.min_log_var)
-        inv_var = torch.exp(-noise_log_var)
-        diff = out - x
-        sq_sum = (diff * diff).sum(dim=0)
-        var = torch.exp(log_var)
-        nll = 0.5 * (torch.dot(sq_sum, inv_var) + n * (LOG_2PI * width + noise_log_var.sum()))
-        kl = 0.5 * ((mu * mu).sum() + var.sum() - log_var.sum() - mu.numel())
-        loss = (nll + weight * kl) / n
-        scale = 1.0 / n
-        assert log_var_x.grad is not None
-        torch.mul(
-            (0.5 * scale) * (n - sq_sum * inv_var),
-            log_var_x >= model.min_log_var,
-            out=log_var_x.grad,
+        loss, saved = _elbo_value(x, out, log_var_x, mu, log_var, weight, model.min_log_var)
+        grad_out, grad_log_var_x, kl_grad_mu, kl_grad_log_var = _elbo_grads(
+            saved, n, weight, 1.0 / n
         )
-        grad_out = diff.mul_(inv_var * scale)
+        assert log_var_x.grad is not None
+        log_var_x.grad.copy_(grad_log_var_x)
 
         _linear_grads(model.dec_out, grad_out, g)
         grad = torch.mm(grad_out, model.dec_out.weight)
         for linear, saved in zip(reversed(self.decoder), reversed(decoded), strict=True):
             grad = self._back(linear, grad, saved, first=False)
         # z = mu + exp(log_var / 2) * eps, and the KL term's own gradients.
-        grad_mu = grad + mu * (weight * scale)
-        grad_log_var = (grad * eps * std * 0.5 + (var - 1.0) * (0.5 * weight * scale)) * (
-            (raw_log_var >= -12.0) & (raw_log_var <= 8.0)
+        grad_mu = grad + kl_grad_mu
+        grad_log_var = (grad * eps * std * 0.5 + kl_grad_log_var) * (
+            (raw_log_var >= LATENT_LOG_VAR_MIN) & (raw_log_var <= LATENT_LOG_VAR_MAX)
         )
         _linear_grads(model.enc_mu, grad_mu, h)
         _linear_grads(model.enc_log_var, grad_log_var, h)
