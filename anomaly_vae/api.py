@@ -602,8 +602,7 @@ def _score_records(
 ) -> ScoreResponse:
     import pandas as pd
 
-    from anomaly_vae.storage.sink import SEVERITY_LABELS, only_full_windows
-    from anomaly_vae.thresholds import Thresholds
+    from anomaly_vae.storage.sink import severity_labels
 
     features = model.schema_.names
     rejects = [
@@ -621,8 +620,7 @@ def _score_records(
     for index, reason in scored.rejects["reason"].items():
         rejects.append(RejectedRecord(index=int(index), reason=str(reason)))
     table = scored.scores
-    levels = Thresholds(warning=warning, critical=critical).severity(table["score"].to_numpy())
-    severity = SEVERITY_LABELS[only_full_windows(table, levels)]
+    severity = severity_labels(table, warning, critical)
     tops = scored.top_features_list(model.config_.scoring.top_features)
     status = table.get("window_status")
     out = [

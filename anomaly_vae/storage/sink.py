@@ -47,6 +47,13 @@ def only_full_windows(scores: pd.DataFrame, levels: np.ndarray) -> np.ndarray:
     return np.where(scores["window_status"].to_numpy() == "ok", levels, 0)
 
 
+def severity_labels(scores: pd.DataFrame, warning: float, critical: float | None) -> np.ndarray:
+    """Each scored record's severity as stored (None, 'warning', 'critical') under these
+    levels; only records with a full window get one (``only_full_windows``)."""
+    levels = Thresholds(warning=warning, critical=critical).severity(scores["score"].to_numpy())
+    return SEVERITY_LABELS[only_full_windows(scores, levels)]
+
+
 def model_version_of(model: AnomalyVAE, *, path: Path | str | None) -> repo.ModelVersion:
     """What the ``models`` table records about a saved or loaded model."""
     if model.model_hash_ is None:
@@ -223,10 +230,7 @@ class DatabaseSink:
         return self.key_prefix + rows.to_numpy().astype(str).astype(object)
 
     def _severity(self, scores: pd.DataFrame) -> np.ndarray:
-        levels = Thresholds(warning=self.run.threshold, critical=self.run.critical).severity(
-            scores["score"].to_numpy()
-        )
-        return SEVERITY_LABELS[only_full_windows(scores, levels)]
+        return severity_labels(scores, self.run.threshold, self.run.critical)
 
     def finish(self, summary: BatchSummary) -> None:
         """Record the run as succeeded with the rows read."""

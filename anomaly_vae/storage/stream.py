@@ -20,9 +20,9 @@ from sqlalchemy.engine import Engine
 from anomaly_vae.jobs.stream import ThresholdInForce, WriteResult
 from anomaly_vae.sources.kafka import ENTITY, EVENT_TIME, SOURCE_KEY
 from anomaly_vae.storage import repository as repo
-from anomaly_vae.storage.sink import SEVERITY_LABELS, model_version_of, only_full_windows
+from anomaly_vae.storage.sink import model_version_of, severity_labels
 from anomaly_vae.storage.window_states import load_window_states
-from anomaly_vae.thresholds import AlertRule, Thresholds
+from anomaly_vae.thresholds import AlertRule
 
 if TYPE_CHECKING:
     from anomaly_vae.estimator import AnomalyVAE
@@ -90,10 +90,6 @@ class StreamDatabaseSink:
     def records(self, batch: StreamBatch) -> pd.DataFrame:
         scores = batch.scores.scores
         frame = batch.records
-        levels = Thresholds(warning=batch.threshold, critical=batch.critical).severity(
-            scores["score"].to_numpy()
-        )
-        levels = only_full_windows(scores, levels)
         records = pd.DataFrame(
             {
                 "source_key": frame[SOURCE_KEY].to_numpy(dtype=object),
@@ -101,7 +97,7 @@ class StreamDatabaseSink:
                 "recon_error": scores["recon_error"].to_numpy(),
                 "percentile": scores["percentile"].to_numpy(),
                 "is_anomaly": scores["is_anomaly"].to_numpy(dtype=bool),
-                "severity": SEVERITY_LABELS[levels],
+                "severity": severity_labels(scores, batch.threshold, batch.critical),
                 "top_features": batch.scores.top_features_json(self.top_features),
                 "entity_key": frame[ENTITY].to_numpy(dtype=object),
                 # .array keeps datetime64[ns, UTC]; .to_numpy() would box every value.
