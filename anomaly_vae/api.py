@@ -602,11 +602,14 @@ def _score_records(
 ) -> ScoreResponse:
     import pandas as pd
 
+    from anomaly_vae.sources.kafka import missing_fields_reason
     from anomaly_vae.storage.sink import severity_labels
 
     features = model.schema_.names
     rejects = [
-        RejectedRecord(index=i, reason=_missing_fields(record, features))
+        RejectedRecord(
+            index=i, reason=missing_fields_reason([f for f in features if f not in record])
+        )
         for i, record in enumerate(records)
         if not set(features) <= record.keys()
     ]
@@ -645,11 +648,6 @@ def _score_records(
         scores=out,
         rejects=sorted(rejects, key=lambda r: r.index),
     )
-
-
-def _missing_fields(record: dict[str, Any], features: list[str]) -> str:
-    missing = [repr(f) for f in features if f not in record]
-    return f"feature field{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing"
 
 
 def _change(body: ThresholdCreate | ThresholdUpdate | ThresholdPreviewRequest) -> ThresholdChange:

@@ -106,9 +106,7 @@ def decode_messages(
             reject(msg, key, f"top level is a JSON {_json_type(obj)}, expected an object")
             continue
         if not wanted <= obj.keys():
-            missing = wanted.difference(obj.keys())
-            names = ", ".join(repr(m) for m in sorted(missing))
-            reject(msg, key, f"feature field{'s' if len(missing) > 1 else ''} {names} missing")
+            reject(msg, key, missing_fields_reason(sorted(wanted.difference(obj.keys()))))
             continue
         entity = obj.get(entity_field) if entity_field else None
         if isinstance(entity, (list, dict)):
@@ -182,6 +180,12 @@ def _event_times(frame: pd.DataFrame, time_field: str | None, stamps: np.ndarray
     parsed = event_timestamps(frame[time_field])
     parsed = pd.Series(parsed, index=frame.index)
     return parsed.where(parsed.notna(), pd.Series(kafka_time, index=frame.index))
+
+
+def missing_fields_reason(names: Sequence[str]) -> str:
+    """The reason a record without these feature fields is rejected (in the order given)."""
+    shown = ", ".join(repr(name) for name in names)
+    return f"feature field{'s' if len(names) > 1 else ''} {shown} missing"
 
 
 def _json_type(obj: object) -> str:
