@@ -46,6 +46,7 @@ from anomaly_vae.sources.kafka import (
     message_text,
     next_offsets,
     redacted,
+    source_key,
 )
 from anomaly_vae.training import torch_threads
 from anomaly_vae.windows import WindowCounters, WindowState
@@ -447,7 +448,7 @@ class StreamScorer:
             originals = {
                 key: rec.value
                 for rec in records
-                if (key := f"{rec.topic}:{rec.partition}:{rec.offset}") in wanted
+                if (key := source_key(rec.topic, rec.partition, rec.offset)) in wanted
             }
             extra = pd.DataFrame(
                 {
