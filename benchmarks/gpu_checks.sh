@@ -18,6 +18,6 @@ export PYTHONUNBUFFERED=1
 ROWS=${ROWS:-2000000} timeout "${SUITE_S:-260}" bash benchmarks/gpu.sh 2>&1 |
     tee "$LOG/gpu_suite.log"
 cp benchmarks/results/speed-cuda.* benchmarks/results/train_speed-cuda.* "$LOG/" 2>/dev/null
-timeout "${TESTS_S:-120}" "$PY" -m pytest -q -p no:cacheprovider --timeout 90 \
+timeout "${TESTS_S:-300}" "$PY" -m pytest -q -p no:cacheprovider --timeout 200 \
     tests/test_windows_stream.py tests/test_cli.py tests/test_windows.py 2>&1 |
     tee "$LOG/tests_on_gpu.log"
