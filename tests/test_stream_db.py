@@ -149,8 +149,14 @@ def test_n_messages_in_n_rows_out_with_poison(
         b'{"rpm": "NaN", "flow": 1}',
         json.dumps({**json.loads(values[0]), "flow": "broken"}).encode(),
         b'{"rpm": "' + b"x" * 1_200_000 + b'"}',
+        b'\xff\xfe{"rpm": 1}',  # not UTF-8
     ]
-    produce(broker.bootstrap, topic, values + poison, keys + [b"odd"] * len(poison))
+    produce(broker.bootstrap, topic, values, keys)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, max_request_size=4_000_000)
+    for value in poison:
+        producer.send(topic, value=value, key=b"odd", headers=[("trace-id", b"t-1")])
+    producer.flush()
+    producer.close()
     alerts_topic = fresh_name("alerts")
     dlq_topic = fresh_name("dlq")
     proc = scorer_process(
@@ -183,9 +189,38 @@ def test_n_messages_in_n_rows_out_with_poison(
     published = consume_all(broker.bootstrap, alerts_topic)
     assert len(published) == n_alerts
     assert {"alert_id", "entity_key", "score", "source_key"} <= set(json.loads(published[0]))
-    assert len(consume_all(broker.bootstrap, dlq_topic)) == len(poison)
+    # The dead-letter topic gets each message as it came (key, bytes, own headers), with the
+    # reason and the source in headers; an oversized value is cut, with its length in a header.
+    letters = consume_all_records(broker.bootstrap, dlq_topic)
+    assert len(letters) == len(poison)
+    stored_reasons = dict(query(db_url, "SELECT source_key, reason FROM dead_letters"))
+    oversized = max(poison, key=len)
+    seen_values = []
+    for letter in letters:
+        headers = dict(letter.headers)
+        assert letter.key == b"odd"
+        assert headers["trace-id"] == b"t-1"
+        key = headers["anomaly-vae.error.source-key"].decode()
+        assert headers["anomaly-vae.error.reason"].decode() == stored_reasons[key]
+        assert key.startswith(f"{topic}:{headers['anomaly-vae.error.partition'].decode()}:")
+        if "anomaly-vae.error.value-bytes" in headers:
+            assert int(headers["anomaly-vae.error.value-bytes"]) == len(oversized)
+            assert letter.value == oversized[:10_000]
+        else:
+            seen_values.append(letter.value)
+    assert sorted(seen_values) == sorted(v for v in poison if v is not oversized)
     runs = query(db_url, "SELECT kind, status, rows_scored, rows_rejected FROM scoring_runs")
     assert runs == [("stream", "succeeded", 800, len(poison))]
+
+
+def consume_all_records(bootstrap: str, topic: str) -> list[Any]:
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=3000
+    )
+    try:
+        return list(consumer)
+    finally:
+        consumer.close()
 
 
 def consume_all(bootstrap: str, topic: str) -> list[bytes]:

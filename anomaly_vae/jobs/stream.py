@@ -41,6 +41,7 @@ from anomaly_vae.sources.kafka import (
     DecodedBatch,
     client_options,
     connect_with_retry,
+    dead_letter_message,
     decode_messages,
     flatten,
     message_text,
@@ -395,7 +396,7 @@ class StreamScorer:
         except _StoppedError as exc:
             exc.records = len(records)
             raise
-        self._publish(batch, result)
+        self._publish(batch, result, records)
         self.stats.consumed += len(records)
         self.stats.scored += len(batch.scores.scores)
         self.stats.flagged += int(batch.scores.scores["is_anomaly"].sum())
@@ -538,7 +539,7 @@ class StreamScorer:
                     raise _StoppedError from exc
                 delay = min(self.cfg.kafka.connect_backoff_max_s, delay * 2)
 
-    def _publish(self, batch: StreamBatch, result: WriteResult) -> None:
+    def _publish(self, batch: StreamBatch, result: WriteResult, records: list[Any]) -> None:
         producer = self._producer
         kafka = self.cfg.kafka
         if producer is None:
@@ -547,9 +548,20 @@ class StreamScorer:
             for alert in result.alerts:
                 producer.send(kafka.alerts_topic, orjson.dumps(alert, default=str))
         if kafka.dead_letter_topic and len(batch.rejects):
-            for key, row in batch.rejects.iterrows():
-                payload = {"source_key": key, "reason": row["reason"], "raw": row["raw"]}
-                producer.send(kafka.dead_letter_topic, orjson.dumps(payload, default=str))
+            wanted = set(batch.rejects.index)
+            originals = {
+                key: rec
+                for rec in records
+                if (key := source_key(rec.topic, rec.partition, rec.offset)) in wanted
+            }
+            # What the producer may send, less room for the record's key and headers.
+            limit = int(getattr(producer, "config", {}).get("max_request_size", 1_048_576))
+            for reject_key, reason in batch.rejects["reason"].items():
+                key = str(reject_key)
+                msg_key, value, headers = dead_letter_message(
+                    key, str(reason), originals.get(key), max_bytes=limit - 65_536
+                )
+                producer.send(kafka.dead_letter_topic, value=value, key=msg_key, headers=headers)
         producer.flush(timeout=30)
 
     def _commit(self, *, wait: bool = True) -> None:

@@ -209,6 +209,40 @@ def message_text(value: bytes) -> str:
     return text if len(value) <= RAW_PREVIEW_BYTES else text + "...(cut)"
 
 
+DEAD_LETTER_HEADER = "anomaly-vae.error."
+
+
+def dead_letter_message(
+    key: str, reason: str, original: Any | None, *, max_bytes: int
+) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """What the dead-letter topic receives for a rejected message: ``(key, value, headers)``.
+
+    The message as it came, so that it can be replayed once fixed: its own key, its value's
+    bytes unchanged (not UTF-8, NUL, whatever they hold) and its own headers, plus headers
+    ``anomaly-vae.error.reason``, ``.source-key``, ``.topic``, ``.partition`` and ``.offset``
+    (the convention of Kafka Connect's dead-letter queues). A value over ``max_bytes`` (what the
+    producer may send) goes as its first 10 kB with the header ``anomaly-vae.error.value-bytes``
+    giving its whole length. ``original``: the consumed record (None: the value is empty)."""
+    topic, partition, offset = key.rsplit(":", 2)
+    headers = [
+        (f"{DEAD_LETTER_HEADER}reason", reason.encode()),
+        (f"{DEAD_LETTER_HEADER}source-key", key.encode()),
+        (f"{DEAD_LETTER_HEADER}topic", topic.encode()),
+        (f"{DEAD_LETTER_HEADER}partition", partition.encode()),
+        (f"{DEAD_LETTER_HEADER}offset", offset.encode()),
+    ]
+    if original is None:
+        return None, b"", headers  # a Kafka record needs a key or a value
+    value = original.value
+    if value is not None and len(value) > max_bytes:
+        headers.append((f"{DEAD_LETTER_HEADER}value-bytes", str(len(value)).encode()))
+        value = value[:RAW_PREVIEW_BYTES]
+    if value is None and original.key is None:
+        value = b""
+    own = [(str(k), bytes(v or b"")) for k, v in (getattr(original, "headers", None) or [])]
+    return original.key, value, own + headers
+
+
 # ============================================================================ clients
 def client_options(cfg: KafkaConfig) -> dict[str, Any]:
     """kafka-python options shared by consumers and producers; the password from the env."""
