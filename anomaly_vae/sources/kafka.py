@@ -204,8 +204,14 @@ def _json_type(obj: object) -> str:
 
 def message_text(value: bytes) -> str:
     """A message's bytes as the text a dead letter keeps (cut at 10 kB)."""
-    # Bytes that are not UTF-8, and NUL (which PostgreSQL text cannot hold), become U+FFFD.
-    text = value[:RAW_PREVIEW_BYTES].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+    # Bytes that are not UTF-8, and NUL (which PostgreSQL text cannot hold), are written as
+    # escapes (\xff, \x00), the way the entity of a key that is not UTF-8 is: what the
+    # message held stays readable, not one replacement character for any byte.
+    text = (
+        value[:RAW_PREVIEW_BYTES]
+        .decode("utf-8", errors="backslashreplace")
+        .replace("\x00", "\\x00")
+    )
     return text if len(value) <= RAW_PREVIEW_BYTES else text + "...(cut)"
 
 
