@@ -658,3 +658,91 @@ def test_a_write_the_database_refuses_is_one_line_and_a_failed_run(
     assert batch.returncode == 2, batch.stderr
     assert "Traceback" not in batch.stderr
     assert "permission denied for table scores" in batch.stderr
+
+
+def test_a_connection_lost_in_the_middle_of_a_write_is_retried(
+    broker: DevBroker, postgres_databases: object, pump_model: tuple[AnomalyVAE, Path]
+) -> None:
+    # The server ends the connection after the pool's ping and before the batch's COPY (a
+    # restart, an administrator, a failover): the batch is retried on a new connection.
+    from sqlalchemy import event, text
+
+    url = _migrated(postgres_databases)
+    model, model_dir = pump_model
+    topic = create_topic(broker.bootstrap)
+    values, keys = pump_messages(200, seed=29)
+    produce(broker.bootstrap, topic, values, keys)
+    engine = create_database_engine(parse_database_url(url))
+    admin = create_database_engine(parse_database_url(url))
+    sink = StreamDatabaseSink(engine, model=model, model_dir=model_dir, source=f"kafka:{topic}")
+    ended: list[int] = []
+
+    def end_the_first_writes_connection(dbapi_connection: Any, *_: Any) -> None:
+        if not ended:
+            ended.append(dbapi_connection.info.backend_pid)
+            with admin.connect() as connection:
+                connection.execute(text("SELECT pg_terminate_backend(:p)"), {"p": ended[0]})
+
+    event.listen(engine, "checkout", end_the_first_writes_connection)
+    cfg = model.config_.model_copy(deep=True)
+    cfg.kafka = KafkaConfig(
+        bootstrap_servers=broker.bootstrap, topic=topic, group_id=fresh_name("g")
+    )
+    try:
+        stats = StreamScorer(model, cfg, sink).run(idle_timeout=3.0)
+    finally:
+        engine.dispose()
+        admin.dispose()
+    assert ended
+    assert stats.write_retries >= 1
+    scores, dead = stored_keys(url)
+    assert len(scores) == len(set(scores)) == 200
+    assert not dead
+
+
+def test_a_sqlite_file_locked_past_the_busy_timeout_is_retried(
+    broker: DevBroker,
+    sqlite_url: str,
+    pump_model: tuple[AnomalyVAE, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Another program held the SQLite file's write lock longer than the busy timeout (a
+    # long maintenance job, a sqlite3 shell left in a transaction): the driver's "database is
+    # locked", raised outside SQLAlchemy on the insert path, stopped the scorer.
+    import sqlite3
+
+    from anomaly_vae.storage import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "SQLITE_BUSY_TIMEOUT_MS", 300)
+    model, model_dir = pump_model
+    topic = create_topic(broker.bootstrap)
+    values, keys = pump_messages(100, seed=30)
+    produce(broker.bootstrap, topic, values, keys)
+    engine = create_database_engine(parse_database_url(sqlite_url))
+    sink = StreamDatabaseSink(engine, model=model, model_dir=model_dir, source=f"kafka:{topic}")
+    holder = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock, held until the scorer has retried
+    cfg = model.config_.model_copy(deep=True)
+    cfg.kafka = KafkaConfig(
+        bootstrap_servers=broker.bootstrap, topic=topic, group_id=fresh_name("g")
+    )
+    scorer = StreamScorer(model, cfg, sink)
+    runner = threading.Thread(target=scorer.run, kwargs={"idle_timeout": 3.0})
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while scorer.stats.write_retries < 1 and runner.is_alive():
+            assert time.monotonic() < deadline, "the scorer never retried"
+            time.sleep(0.05)
+        holder.execute("COMMIT")
+        runner.join(timeout=60)
+    finally:
+        scorer.stop()
+        runner.join(timeout=10)
+        engine.dispose()
+        holder.close()
+    stats = scorer.stats
+    assert stats.write_retries >= 1
+    scores, dead = stored_keys(sqlite_url)
+    assert len(scores) == len(set(scores)) == 100
+    assert not dead

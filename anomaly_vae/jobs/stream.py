@@ -795,12 +795,25 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _is_transient(exc: BaseException) -> bool:
-    """Database connection trouble is worth retrying; programming errors are not."""
+    """Database connection trouble is worth retrying; programming errors are not. The
+    repository's inserts run on the driver's own connection (sqlite3's ``executemany``,
+    psycopg's ``COPY``), so the drivers' errors count as well as SQLAlchemy's wrapping of them:
+    psycopg's OperationalError (a lost connection, a server shutting down), and SQLite's file
+    locked or busy past the busy timeout (another program holding its write lock)."""
+    import sqlite3
+
+    from sqlalchemy.exc import DisconnectionError, OperationalError
+
+    if isinstance(exc, (OperationalError, DisconnectionError, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+        return "locked" in text or "busy" in text
     try:
-        from sqlalchemy.exc import DisconnectionError, OperationalError
-    except ImportError:  # pragma: no cover - sqlalchemy is a dependency
-        return isinstance(exc, (ConnectionError, TimeoutError))
-    return isinstance(exc, (OperationalError, DisconnectionError, ConnectionError, TimeoutError))
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    return isinstance(exc, psycopg.OperationalError)
 
 
 __all__ = [
