@@ -302,6 +302,32 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert result.stdout.strip() == f"anomaly-vae {__version__}"
 
 
+def test_help_and_the_database_commands_do_not_load_torch(tmp_path: Path) -> None:
+    # `import anomaly_vae` loaded PyTorch and scikit-learn (4 to 6 s here) before any command
+    # ran: `--help`, `thresholds set` or `alerts ack` waited on a model library they never
+    # use, and a Ctrl-C in those seconds printed an import traceback.
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    code = (
+        "import sys\n"
+        "from anomaly_vae.cli import main\n"
+        "for args in (['--help'], ['db', 'upgrade', '--db', sys.argv[1]],"
+        " ['alerts', 'list', '--db', sys.argv[1]], ['models', 'list', '--db', sys.argv[1]]):\n"
+        "    try:\n"
+        "        main(args)\n"
+        "    except SystemExit as exc:\n"
+        "        assert not exc.code, (args, exc.code)\n"
+        "print('LOADED', sorted(m for m in ('torch', 'sklearn') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, db], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "LOADED []" in done.stdout, done.stdout[-500:]
+    import anomaly_vae
+
+    assert anomaly_vae.AnomalyVAE.__name__ == "AnomalyVAE"  # still there, when asked for
+
+
 def test_bad_input_in_a_subprocess_exits_2_with_one_line(trained: Path) -> None:
     bad = trained / "garbage.csv"
     bad.write_bytes(b"\x00\x01\x02binary")
