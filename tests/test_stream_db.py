@@ -313,6 +313,8 @@ def test_processes_option_runs_a_group_of_scorers_and_stops_them_together(
     assert "[1/2]" in out, out[-2000:]
     assert "[2/2]" in out, out[-2000:]
     assert "2 scorer processes stopped" in out
+    assert "[1/2] stream stopped:" in out, out[-2000:]
+    assert "[2/2] stream stopped:" in out, out[-2000:]
     runs = query(sqlite_url, "SELECT status FROM scoring_runs")
     assert len(runs) == 2
     assert {str(r[0]) for r in runs} != {"running"}, runs

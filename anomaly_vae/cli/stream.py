@@ -229,14 +229,16 @@ def stream(
             target.display,
         )
         stats = scorer.run(max_messages=max_messages, idle_timeout=idle_timeout)
+    # A scorer process of --processes N says which one it is, as its log lines do.
+    shown = f"[{label}] " if label else ""
     typer.echo(
-        f"stream stopped: {stats.consumed} messages, {stats.scored} scored, {stats.flagged} "
-        f"flagged, {stats.rejected} rejected ({stats.batches} batches)"
+        f"{shown}stream stopped: {stats.consumed} messages, {stats.scored} scored, "
+        f"{stats.flagged} flagged, {stats.rejected} rejected ({stats.batches} batches)"
     )
     windows = scorer.window_counters()
     if windows is not None:
         typer.echo(
-            f"windows: {windows.warming_up} warming up, {windows.late} late (scored on their "
-            f"own), {windows.replayed} replayed, {windows.gaps} gaps, "
+            f"{shown}windows: {windows.warming_up} warming up, {windows.late} late (scored on "
+            f"their own), {windows.replayed} replayed, {windows.gaps} gaps, "
             f"{windows.dropped_from_buffer} dropped from full reorder buffers"
         )

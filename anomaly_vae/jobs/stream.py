@@ -505,7 +505,12 @@ class StreamScorer:
                     exc,
                 )
             else:
-                if (
+                if self._threshold.version is None and latest.version is not None:
+                    # The first read: the stored threshold, not a change of the model's own.
+                    logger.info(
+                        "threshold in force: %.6g (version %s)", latest.value, latest.version
+                    )
+                elif (
                     latest.version != self._threshold.version
                     or latest.value != self._threshold.value
                 ):
