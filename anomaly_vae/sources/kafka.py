@@ -228,7 +228,8 @@ def dead_letter_message(
     ``anomaly-vae.error.reason``, ``.source-key``, ``.topic``, ``.partition`` and ``.offset``
     (the convention of Kafka Connect's dead-letter queues). A value over ``max_bytes`` (what the
     producer may send) goes as its first 10 kB with the header ``anomaly-vae.error.value-bytes``
-    giving its whole length. ``original``: the consumed record (None: the value is empty)."""
+    giving its whole length. ``original``: the consumed record; without it (None) the letter is
+    an empty value with the error headers alone."""
     topic, partition, offset = key.rsplit(":", 2)
     headers = [
         (f"{DEAD_LETTER_HEADER}reason", reason.encode()),
