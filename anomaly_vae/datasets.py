@@ -23,6 +23,18 @@ import pandas as pd
 SENSORS = ["rpm", "flow", "pressure_in", "pressure_out", "current", "temperature", "vibration"]
 ANOMALY_KINDS = ["cavitation", "bearing_wear", "blocked_valve", "stuck_sensor", "spike"]
 STATIONS = ["north", "south", "east"]
+FLEET_SEED = 10_007
+
+
+def pump_constants(n_pumps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each pump's size (0.9 to 1.1) and demand-cycle phase, fixed by its number alone: pump
+    P3 is the same machine in every data set (training rows, an export, the simulator's stream),
+    whatever the seed or the number of pumps, so a model trained on one sees the same pumps in
+    the others."""
+    draws = np.array(
+        [np.random.default_rng([FLEET_SEED, i]).uniform(size=2) for i in range(n_pumps)]
+    ).reshape(n_pumps, 2)
+    return 0.9 + 0.2 * draws[:, 0], 2 * np.pi * draws[:, 1]
 
 
 def make_pump_data(
@@ -35,26 +47,31 @@ def make_pump_data(
     start: str = "2026-11-01T00:00:00Z",
     interval_s: float = 10.0,
     first_event_id: int = 0,
+    first_row: int = 0,
 ) -> pd.DataFrame:
     """Rows in time order, pumps interleaved; ``label`` is 1 on anomalous rows.
 
     Columns: ``event_id``, ``ts`` (ISO 8601, UTC), ``pump_id``, ``station``, the sensors in
-    ``SENSORS``, ``label`` and ``anomaly_kind`` (empty on normal rows).
+    ``SENSORS``, ``label`` and ``anomaly_kind`` (empty on normal rows). ``first_row``: where
+    these rows sit in a longer stream (the simulator's blocks), so that the pumps' turns and
+    demand cycles go on across blocks instead of starting again. ``seed`` draws the noise and
+    the anomalies; the pumps themselves are the same whatever the seed (``pump_constants``).
     """
     if n_rows < 0 or n_pumps < 1:
         raise ValueError("n_rows must be >= 0 and n_pumps >= 1")
     if not 0.0 <= anomaly_rate < 0.5:
         raise ValueError("anomaly_rate must be in [0, 0.5)")
     rng = np.random.default_rng(seed)
-    pump = np.arange(n_rows) % n_pumps
-    step = np.arange(n_rows) // n_pumps
+    row = first_row + np.arange(n_rows)
+    pump = row % n_pumps
+    step = row // n_pumps
     t0 = pd.Timestamp(start)
     ts = t0 + pd.to_timedelta(np.arange(n_rows) * (interval_s / n_pumps), unit="s")
 
-    # Per-pump constants: each pump is a little different.
-    pump_rng = np.random.default_rng(seed + 10_007)
-    size = pump_rng.uniform(0.9, 1.1, n_pumps)[pump]
-    phase = pump_rng.uniform(0, 2 * np.pi, n_pumps)[pump]
+    # Per-pump constants: each pump is a little different, and the same in every data set.
+    sizes, phases = pump_constants(n_pumps)
+    size = sizes[pump]
+    phase = phases[pump]
     station_of_pump = np.array([STATIONS[i % len(STATIONS)] for i in range(n_pumps)], dtype=object)
 
     cycle = np.sin(2 * np.pi * step / 720.0 + phase) + 0.3 * np.sin(2 * np.pi * step / 97.0 + phase)
@@ -117,11 +134,11 @@ def _inject(
         what = ANOMALY_KINDS[int(rng.integers(len(ANOMALY_KINDS)))]
         length = int(rng.integers(1, 8)) if what != "spike" else 1
         p = int(rng.integers(n_pumps))
-        start = int(rng.integers(n)) // n_pumps * n_pumps + p
-        rows = np.arange(start, min(n, start + length * n_pumps), n_pumps)
-        rows = rows[pump[rows] == p]
-        if len(rows) == 0:
+        own = np.flatnonzero(pump == p)  # the pump's rows, in time order
+        if len(own) == 0:
             continue
+        first = int(rng.integers(len(own)))
+        rows = own[first : first + length]
         k = len(rows)
         if what == "cavitation":
             values["pressure_in"][rows] -= rng.uniform(0.35, 0.7, k)

@@ -51,6 +51,7 @@ def pump_messages(
             start=block_start.isoformat(),
             interval_s=interval,
             first_event_id=block_index * BLOCK,
+            first_row=block_index * BLOCK,
         )
         for record in frame.to_dict(orient="records"):
             clean = {k: (None if isinstance(v, float) and v != v else v) for k, v in record.items()}
@@ -66,7 +67,7 @@ def simulate(
     anomaly_rate: float = 0.01,
     count: int | None = None,
     duration: float | None = None,
-    n_pumps: int = 8,
+    n_pumps: int = 4,
     seed: int = 0,
     stop: Any = None,
 ) -> SimulationResult:

@@ -54,7 +54,9 @@ def simulate(
     anomaly_rate: float = typer.Option(0.01, "--anomaly-rate", help="Share of anomalous records."),
     count: int | None = typer.Option(None, "--count", help="Stop after this many messages."),
     duration: float | None = typer.Option(None, "--duration", help="Stop after this many seconds."),
-    pumps: int = typer.Option(8, "--pumps", help="Number of pumps (entities)."),
+    pumps: int = typer.Option(
+        4, "--pumps", help="Number of pumps (entities): P1 to PN, the demo's model knows 4."
+    ),
     partitions: int = typer.Option(4, "--partitions", help="Partitions if the topic is created."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
 ) -> None:
