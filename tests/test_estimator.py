@@ -221,6 +221,75 @@ def test_loading_never_unpickles(trained_model: AnomalyVAE, tmp_path: Path) -> N
         AnomalyVAE.load(path)
 
 
+def _edit_scale(meta: dict[str, Any]) -> None:
+    name = next(iter(meta["preprocessor"]["scale"]))
+    meta["preprocessor"]["scale"][name] = 0.0
+
+
+def _edit_calibration_order(meta: dict[str, Any]) -> None:
+    meta["calibration"]["scores"] = meta["calibration"]["scores"][::-1]
+
+
+def _edit_calibration_null(meta: dict[str, Any]) -> None:
+    meta["calibration"]["scores"][0] = None
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m["network"].update(hidden_dims=[]), "IndexError"),
+        (lambda m: m.update(score_kind="evil"), "unknown score kind 'evil'"),
+        (_edit_scale, "scale must be a finite number above 0"),
+        (lambda m: m["calibration"].update(threshold_quantile=7), "threshold_quantile"),
+        (_edit_calibration_order, "not a sorted list"),
+        (_edit_calibration_null, "calibration is empty or not finite"),
+    ],
+)
+def test_an_edited_model_description_is_refused(
+    trained_model: AnomalyVAE, tmp_path: Path, edit: Any, message: str
+) -> None:
+    """A hand-edited model.json is refused at load with a ModelFileError (one line in the CLI),
+    not a traceback at scoring time nor silently wrong scores."""
+    path = tmp_path / "m"
+    trained_model.save(path)
+    meta = json.loads((path / "model.json").read_text())
+    edit(meta)
+    (path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match=message):
+        AnomalyVAE.load(path)
+
+
+def test_weights_that_do_not_fit_or_are_not_finite_are_refused(
+    trained_model: AnomalyVAE, tmp_path: Path
+) -> None:
+    """Replaced weights with a matching checksum: NaN values, or tensors of another shape, are
+    refused with a message that says which, not scored as NaN or a bare torch error."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "m"
+    trained_model.save(path)
+    weights_path = path / "weights.safetensors"
+    original = load_file(str(weights_path))
+    first = next(iter(original))
+
+    def replace(weights: dict[str, torch.Tensor]) -> None:
+        save_file(weights, str(weights_path))
+        meta = json.loads((path / "model.json").read_text())
+        meta["weights_sha256"] = hashlib.sha256(weights_path.read_bytes()).hexdigest()
+        (path / "model.json").write_text(json.dumps(meta))
+
+    replace({**original, first: original[first] * float("nan")})
+    with pytest.raises(ModelFileError, match="NaN or infinite"):
+        AnomalyVAE.load(path)
+    replace({**original, first: torch.zeros(3, 3)})
+    with pytest.raises(
+        ModelFileError, match=f"does not fit the network.*size mismatch for {first}"
+    ):
+        AnomalyVAE.load(path)
+
+
 def test_frames_with_integer_column_names() -> None:
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(rng.normal(size=(300, 3)))  # columns 0, 1, 2 (integers)
