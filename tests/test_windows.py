@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
 from anomaly_vae import AnomalyVAE
 from anomaly_vae.config import KafkaConfig, PipelineConfig
@@ -223,6 +225,29 @@ def test_window_columns_must_agree_with_the_columns_section() -> None:
             PipelineConfig.from_yaml(path)
     finally:
         path.unlink()
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        {"window": {"size": 5, "lateness_s": float("inf")}},
+        {"window": {"size": 5, "max_gap_s": float("inf")}},
+        {"training": {"learning_rate": float("inf")}},
+        {"model": {"beta": float("inf")}},
+        {"alerts": {"cooldown_s": float("nan")}},
+    ],
+)
+def test_a_pipeline_refuses_infinite_or_nan_settings(section: dict[str, Any]) -> None:
+    # YAML reads ".inf" as a float: lateness_s: .inf failed with a traceback in WindowSpec, and
+    # learning_rate: .inf trained and saved a model without a word.
+    with pytest.raises(ValidationError, match="finite number"):
+        PipelineConfig.model_validate(section)
+
+
+def test_a_pipeline_refuses_a_latent_size_the_scorer_cannot_draw_for() -> None:
+    # latent_dim: 100000 trained, then failed with a SobolEngine traceback.
+    with pytest.raises(ValidationError, match="latent_dim"):
+        PipelineConfig.model_validate({"model": {"latent_dim": 100_000}})
 
 
 # ============================================================== the windowed model (torch)
