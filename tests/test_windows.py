@@ -553,6 +553,30 @@ def test_numeric_entities_with_a_gap_keep_their_windows_across_chunks(
     assert {k for (k,) in keys} == {"1", "2", "3", "4", None}
 
 
+def test_entities_and_ids_are_read_as_the_file_writes_them_in_every_chunk(
+    window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Pump "007" beside pump "P2": a chunk holding only pump 007's rows was read as numbers, so
+    # the pump was entity "7" there and "007" in the other chunks (its window restarted, scores
+    # depended on the chunk size), and the id column lost its leading zeros in the output.
+    window_model.save(tmp_path / "m")
+    data = make_pump_data(240, seed=9)
+    data["pump_id"] = data["pump_id"].where(data["pump_id"] != "P1", "007")
+    data["event_id"] = [f"{i:05d}" for i in range(len(data))]
+    data = pd.concat([data[data["pump_id"] != "007"], data[data["pump_id"] == "007"]])
+    export = tmp_path / "export.csv"
+    data.to_csv(export, index=False)
+    model = str(tmp_path / "m")
+    for out, chunk in (("one.csv", "1000"), ("chunked.csv", "50")):
+        args = ["score", str(export), "--model-dir", model, "--out", str(tmp_path / out)]
+        done = run_inline(capsys, *args, "--chunk-size", chunk)
+        assert done.returncode == 0, done.stderr
+    one, chunked = (pd.read_csv(tmp_path / n, dtype=str) for n in ("one.csv", "chunked.csv"))
+    pd.testing.assert_frame_equal(one, chunked)
+    assert one["event_id"].tolist() == data["event_id"].tolist()
+    assert set(one["pump_id"]) == set(data["pump_id"])
+
+
 @pytest.mark.parametrize("column", ["pump_id", "ts"])
 def test_an_export_without_the_windows_entity_or_time_column_is_refused_before_any_output(
     window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str], column: str

@@ -74,10 +74,17 @@ def load_pipeline(path: Path | None, *, default_name: str = "default") -> Pipeli
 
 
 def read_training_csv(
-    path: Path, *, sep: str, encoding: str, decimal: str = ".", label: str = ""
+    path: Path,
+    *,
+    sep: str,
+    encoding: str,
+    decimal: str = ".",
+    label: str = "",
+    text_columns: list[str] | None = None,
 ) -> pd.DataFrame:
     """Read a whole training file (training needs it in memory) with the CSV source's checks;
-    ``label`` names it in messages (default: the path)."""
+    ``label`` names it in messages (default: the path); ``text_columns`` (ids, entity,
+    timestamp) are read as text, as scoring reads them."""
     import pandas as pd
 
     from anomaly_vae.sources.csv import CsvSource
@@ -97,7 +104,7 @@ def read_training_csv(
                 )
     frames = []
     n_bad = 0
-    for chunk in source.chunks():
+    for chunk in source.chunks(text_columns=text_columns or ()):
         frames.append(chunk.frame)
         if len(chunk.rejects):
             n_bad += len(chunk.rejects)
@@ -137,6 +144,7 @@ def train(
     """Train a model on normal data and save it to --model-dir."""
     setup_logging(verbose)
     from anomaly_vae.estimator import AnomalyVAE
+    from anomaly_vae.jobs.batch import key_columns
 
     cfg = load_pipeline(pipeline, default_name=model_dir.resolve().name)
     if ignore_columns:
@@ -160,6 +168,7 @@ def train(
             encoding=cfg.csv.encoding,
             decimal=cfg.csv.decimal,
             label=str(shown),
+            text_columns=key_columns(cfg),
         )
     # A misspelt label would train on the labelled anomalies without a word.
     _require_column(label_column, list(frame.columns), "--label-column", shown)
@@ -531,7 +540,7 @@ def demo(
 
     from anomaly_vae.datasets import make_pump_data
     from anomaly_vae.estimator import AnomalyVAE
-    from anomaly_vae.jobs.batch import CsvRejectsWriter, CsvScoreWriter, score_csv
+    from anomaly_vae.jobs.batch import CsvRejectsWriter, CsvScoreWriter, key_columns, score_csv
     from anomaly_vae.sources.csv import CsvSource
 
     if rows < 100:
@@ -559,7 +568,9 @@ def demo(
     typer.echo(
         f"\n$ anomaly-vae train {normal_csv} --model-dir {workdir / 'model'} --pipeline {pipeline}"
     )
-    frame = read_training_csv(normal_csv, sep=cfg.csv.sep, encoding=cfg.csv.encoding)
+    frame = read_training_csv(
+        normal_csv, sep=cfg.csv.sep, encoding=cfg.csv.encoding, text_columns=key_columns(cfg)
+    )
     model = AnomalyVAE(config=cfg, verbose=_show_progress(quiet)).fit(frame)
     digest = model.save(workdir / "model")
     _print_training(model, normal_csv, workdir / "model", digest)
