@@ -290,6 +290,30 @@ def test_weights_that_do_not_fit_or_are_not_finite_are_refused(
         AnomalyVAE.load(path)
 
 
+def test_model_files_get_the_users_permissions_and_an_unreadable_one_is_one_line(
+    trained_model: AnomalyVAE, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files were created 0600 (mkstemp) whatever the umask, so the service that scores
+    could not read a model another user trained; an unreadable file was a traceback."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        trained_model.save(tmp_path / "m")
+    finally:
+        os.umask(old)
+    for name in ("model.json", "weights.safetensors"):
+        assert (tmp_path / "m" / name).stat().st_mode & 0o777 == 0o644, name
+    assert not list((tmp_path / "m").glob(".tmp-*"))
+
+    def denied(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(ModelFileError, match=r"cannot read .*model.json: Permission denied"):
+        AnomalyVAE.load(tmp_path / "m")
+
+
 def test_frames_with_integer_column_names() -> None:
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(rng.normal(size=(300, 3)))  # columns 0, 1, 2 (integers)
