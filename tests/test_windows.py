@@ -553,6 +553,21 @@ def test_numeric_entities_with_a_gap_keep_their_windows_across_chunks(
     assert {k for (k,) in keys} == {"1", "2", "3", "4", None}
 
 
+def test_info_shows_the_window_and_the_columns_scoring_needs(
+    window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # info said nothing of the window: nothing told a user that an export needs pump_id and ts.
+    window_model.save(tmp_path / "m")
+    done = run_inline(capsys, "info", "--model-dir", str(tmp_path / "m"))
+    assert done.returncode == 0, done.stderr
+    assert (
+        "window: 8 records per entity (column 'pump_id'), in event time (column 'ts'), "
+        "lateness 30 s, a gap over 120 s restarts it"
+    ) in done.stdout
+    assert "columns: id event_id; entity pump_id; timestamp ts; label label" in done.stdout
+    assert "csv: sep ',', decimal '.'" in done.stdout
+
+
 def test_entities_and_ids_are_read_as_the_file_writes_them_in_every_chunk(
     window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

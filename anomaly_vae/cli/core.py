@@ -524,6 +524,37 @@ def info(
         f"score: {model.score_kind_}; threshold {model.threshold_:.4g} at quantile "
         f"{model.threshold_quantile_:g} of held-out normal scores"
     )
+    for line in _pipeline_lines(model.config_):
+        typer.echo(line)
+
+
+def _pipeline_lines(cfg: PipelineConfig) -> list[str]:
+    """What scoring with the model needs beside its features: the window, the columns the
+    pipeline names, and how the CSV files are written."""
+    lines = []
+    window = cfg.window
+    if window is not None:
+        gap = f", a gap over {window.max_gap_s:g} s restarts it" if window.max_gap_s else ""
+        lines.append(
+            f"window: {window.size} records per "
+            + (f"entity (column {window.entity!r})" if window.entity else "series (one for all)")
+            + (f", in event time (column {window.time!r})" if window.time else ", arrival order")
+            + f", lateness {window.lateness_s:g} s{gap}"
+            + (f", encoder {cfg.model.encoder}" if cfg.model.encoder != "mlp" else "")
+        )
+    columns = cfg.columns
+    named = [
+        ("id", ", ".join(columns.id)),
+        ("entity", columns.entity),
+        ("timestamp", columns.timestamp),
+        ("label", columns.label),
+        ("ignored", ", ".join(columns.ignore)),
+    ]
+    shown = "; ".join(f"{what} {value}" for what, value in named if value)
+    if shown:
+        lines.append(f"columns: {shown}")
+    lines.append(f"csv: sep {cfg.csv.sep!r}, decimal {cfg.csv.decimal!r}")
+    return lines
 
 
 @app.command()
