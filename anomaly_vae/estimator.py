@@ -387,10 +387,24 @@ class AnomalyVAE(BaseEstimator):
         assembled = state.assemble(encoded, entities.tolist(), times)
         full = assembled.status == OK
         if int(full.sum()) < MIN_TRAINING_ROWS:
+            # Say what cut the windows short: too few rows, gaps, or a file out of time order.
+            counts = state.counters
+            why = []
+            if counts.gaps:
+                why.append(
+                    f"{counts.gaps} gaps over window.max_gap_s ({cfg.window.max_gap_s:g} s) "
+                    "restarted a window"
+                )
+            if counts.late:
+                why.append(
+                    f"{counts.late} rows were more than window.lateness_s "
+                    f"({cfg.window.lateness_s:g} s) behind their entity's newest (is the file "
+                    "in time order?)"
+                )
             raise SchemaError(
                 f"training data gives {int(full.sum())} full windows of {cfg.window.size} "
                 f"records; a windowed model needs at least {MIN_TRAINING_ROWS}: give it more "
-                "rows per entity or a smaller window.size"
+                "rows per entity or a smaller window.size" + (f" ({'; '.join(why)})" if why else "")
             )
         flat = flatten_windows(assembled.x[full], assembled.observed[full], layout.n_numeric)
         return flat, window_layout(layout, cfg.window.size)

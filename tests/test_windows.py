@@ -553,6 +553,22 @@ def test_numeric_entities_with_a_gap_keep_their_windows_across_chunks(
     assert {k for (k,) in keys} == {"1", "2", "3", "4", None}
 
 
+def test_too_few_training_windows_says_whether_gaps_or_time_order_cut_them() -> None:
+    # The message only said "give it more rows or a smaller window.size", also when every row
+    # was there but a short max_gap_s or a file in reverse time order left no full window.
+    data = make_pump_data(400, seed=2)
+    cfg = PipelineConfig.from_yaml(REPO / "pipelines" / "pumps_windows.yaml")
+    cfg.training.epochs = 1
+    cfg.training.progress = False
+    gaps = cfg.model_copy(deep=True)
+    assert gaps.window is not None
+    gaps.window.max_gap_s = 1.0
+    with pytest.raises(SchemaError, match=r"gaps over window\.max_gap_s \(1 s\) restarted"):
+        AnomalyVAE(config=gaps).fit(data)
+    with pytest.raises(SchemaError, match=r"behind their entity's newest \(is the file in time"):
+        AnomalyVAE(config=cfg).fit(data.iloc[::-1])
+
+
 def test_info_shows_the_window_and_the_columns_scoring_needs(
     window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
