@@ -406,6 +406,15 @@ class AnomalyVAE(BaseEstimator):
                 f"records; a windowed model needs at least {MIN_TRAINING_ROWS}: give it more "
                 "rows per entity or a smaller window.size" + (f" ({'; '.join(why)})" if why else "")
             )
+        if state.counters.late:
+            # Late rows train nothing; a file out of time order would lose them without a word.
+            logger.warning(
+                "%d of %d training rows were more than window.lateness_s (%g s) behind their "
+                "entity's newest and are left out: is the file in time order per entity?",
+                state.counters.late,
+                len(entities),
+                cfg.window.lateness_s,
+            )
         flat = flatten_windows(assembled.x[full], assembled.observed[full], layout.n_numeric)
         return flat, window_layout(layout, cfg.window.size)
 

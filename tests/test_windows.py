@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -567,6 +568,21 @@ def test_too_few_training_windows_says_whether_gaps_or_time_order_cut_them() -> 
         AnomalyVAE(config=gaps).fit(data)
     with pytest.raises(SchemaError, match=r"behind their entity's newest \(is the file in time"):
         AnomalyVAE(config=cfg).fit(data.iloc[::-1])
+
+
+def test_late_training_rows_are_not_left_out_silently(caplog: pytest.LogCaptureFixture) -> None:
+    # A training file whose second half runs backwards in time trained on half its rows and
+    # said "0 rows rejected".
+    data = make_pump_data(600, seed=2)
+    half = len(data) // 2
+    data = pd.concat([data.iloc[:half], data.iloc[half:].iloc[::-1]])
+    cfg = PipelineConfig.from_yaml(REPO / "pipelines" / "pumps_windows.yaml")
+    cfg.training.epochs = 1
+    cfg.training.progress = False
+    with caplog.at_level(logging.WARNING):
+        AnomalyVAE(config=cfg).fit(data)
+    assert "training rows were more than window.lateness_s (30 s) behind" in caplog.text
+    assert "is the file in time order per entity?" in caplog.text
 
 
 def test_info_shows_the_window_and_the_columns_scoring_needs(
