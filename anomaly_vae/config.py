@@ -72,7 +72,8 @@ class TrainingConfig(_Strict):
     # On large data, train on a bounded number of rows seen rather than a number of epochs: the
     # model stops improving long before ten passes over a million rows.
     max_rows_seen: int = Field(default=1_000_000, ge=1)
-    seed: int = 0
+    # What numpy's and torch's generators take: an unsigned 64-bit number.
+    seed: int = Field(default=0, ge=0, le=2**64 - 1)
     device: str = "auto"
     mixed_precision: bool = True
     num_threads: int | None = Field(default=None, ge=1)

@@ -156,7 +156,11 @@ def train(
             raise ConfigError(f"--epochs must be >= 1, got {epochs}")
         cfg.training.epochs = epochs
     if seed is not None:
-        cfg.training.seed = seed
+        try:
+            cfg.training.seed = seed
+        except ValidationError as exc:
+            problems = "; ".join(e["msg"] for e in exc.errors())
+            raise ConfigError(f"--seed {seed}: {problems}") from None
     if device:
         cfg.training.device = device
     cfg.csv = _csv_with(cfg.csv, sep=None if sep is None else _sep(sep) or ",", decimal=decimal)
