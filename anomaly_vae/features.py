@@ -358,6 +358,19 @@ def _infer_kind(
     )
     if explicit:
         raise SchemaError(f"{message}: raise max_categories or drop it from the features")
+    share = float(parsed.notna().mean()) if len(given) else 0.0
+    if share >= 0.5:
+        # Mostly numbers with some text ("offline"): categories are not what it needs.
+        example = str(given[parsed.isna()].iloc[0])
+        logger.warning(
+            "column %r holds numbers but %.0f%% of its values are text such as %r, so it is not "
+            "used as a feature; list it under columns.numeric to use it (rows with text there "
+            "are then rejected)",
+            name,
+            100 * (1 - share),
+            example,
+        )
+        return None
     logger.warning(
         "%s and is not used as a feature; list it under columns.categorical to use it", message
     )

@@ -84,6 +84,23 @@ def test_numbers_with_a_decimal_comma_are_named_with_the_option_to_read_them(
     assert "timestamps" not in caplog.text
 
 
+def test_a_numeric_column_with_some_text_points_to_columns_numeric(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 10 % "offline" in a sensor column: the warning said it had 901 distinct text values and
+    # to list it under columns.categorical.
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=1000).astype(object)
+    values[::10] = "offline"
+    frame = pd.DataFrame({"x": values, "y": rng.normal(size=1000)})
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.names == ["y"]
+    assert "'x' holds numbers but 10% of its values are text such as 'offline'" in caplog.text
+    assert "list it under columns.numeric" in caplog.text
+    assert "columns.categorical" not in caplog.text
+
+
 def test_a_misspelt_column_to_leave_out_is_named_with_the_closest(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
