@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -242,6 +243,8 @@ def _to_float(series: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray | No
             raw = series.to_numpy(dtype=object)
             for i in np.flatnonzero(unparsed):
                 reasons[i] = f"column {name!r}: {_short(raw[i])} is not a number"
+                if _COMMA_NUMBER_RE.match(str(raw[i])):
+                    reasons[i] += " (a decimal comma? --decimal ',')"
             inf = np.isinf(values)
             for i in np.flatnonzero(inf):
                 reasons[i] = f"column {name!r}: {values[i]} is not a finite number"
@@ -392,6 +395,7 @@ _DATE_TEXT = (
 )
 # A number written with a decimal (or thousands) comma: 99,5 or -0,25.
 _COMMA_NUMBER = r"^\s*[-+]?\d*,\d+\s*$"
+_COMMA_NUMBER_RE = re.compile(_COMMA_NUMBER)
 
 
 def _looks_like_date_text(values: pd.Series) -> bool:

@@ -156,6 +156,19 @@ def test_numeric_text_column_is_numeric_and_bad_cells_are_rejected_with_reasons(
     assert len(clean) + len(rejects) == len(frame)
 
 
+def test_a_number_with_a_decimal_comma_is_rejected_with_the_option_to_read_it() -> None:
+    # A ';' export with decimal commas scored without --decimal ',': every row was rejected
+    # with "'99,5' is not a number" and nothing said how to read the file.
+    schema = FeatureSchema.infer(pd.DataFrame({"a": [1.0, 2.0] * 20}), ColumnsConfig())
+    _, rejects = schema.validate(pd.DataFrame({"a": ["99,5", "1.5x", "-0,25"]}))
+    assert (
+        rejects.loc[0, "reason"]
+        == "column 'a': '99,5' is not a number (a decimal comma? --decimal ',')"
+    )
+    assert rejects.loc[1, "reason"] == "column 'a': '1.5x' is not a number"
+    assert str(rejects.loc[2, "reason"]).endswith("(a decimal comma? --decimal ',')")
+
+
 def test_boolean_column_with_one_stray_value_rejects_only_that_row() -> None:
     # A True/False column is numeric (pandas reads it as bool). When one chunk of an export
     # holds a stray value, pandas reads that chunk's column as text: the True/False rows must
