@@ -324,6 +324,18 @@ class AnomalyVAE(BaseEstimator):
         arrays = self._scorer().score(calib_batch)
         calibration = np.sort(arrays.primary(self.score_kind_))
         self._set_calibration(calibration, cfg.scoring.threshold_quantile)
+        needed = math.ceil(1.0 / (1.0 - cfg.scoring.threshold_quantile))
+        if len(calibration) < needed:
+            # The 0.995 quantile of 2 scores is their maximum: a guess, not a calibration.
+            logger.warning(
+                "the threshold is the %g quantile of only %d held-out normal rows (%d or more "
+                "are needed to estimate it): the share of normal records it flags may be far "
+                "from %.3g%%; train on more normal data, or lower scoring.threshold_quantile",
+                cfg.scoring.threshold_quantile,
+                len(calibration),
+                needed,
+                100 * (1 - cfg.scoring.threshold_quantile),
+            )
         self.feature_baseline_ = (
             np.median(arrays.contributions, axis=0).astype(np.float64)
             if arrays.contributions is not None and len(arrays.contributions)

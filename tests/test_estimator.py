@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 from pathlib import Path
 from typing import Any
@@ -312,6 +313,22 @@ def test_model_files_get_the_users_permissions_and_an_unreadable_one_is_one_line
     monkeypatch.setattr(Path, "read_bytes", denied)
     with pytest.raises(ModelFileError, match=r"cannot read .*model.json: Permission denied"):
         AnomalyVAE.load(tmp_path / "m")
+
+
+def test_a_threshold_from_too_few_held_out_rows_is_said_to_be_rough(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 10 rows of training data: the 0.995 quantile of 2 held-out scores (their maximum) was the
+    # threshold, without a word.
+    frame = correlated_normal(10, seed=1).drop(columns="kind")
+    with caplog.at_level(logging.WARNING):
+        AnomalyVAE(epochs=2, seed=0).fit(frame)
+    assert "the threshold is the 0.995 quantile of only 2 held-out normal rows" in caplog.text
+    assert "200 or more are needed" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        AnomalyVAE(epochs=2, seed=0).fit(correlated_normal(1000, seed=1).drop(columns="kind"))
+    assert "held-out normal rows" not in caplog.text
 
 
 def test_frames_with_integer_column_names() -> None:
