@@ -11,13 +11,13 @@ import hashlib
 import json
 import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from anomaly_vae.errors import ModelFileError
 
@@ -38,7 +38,7 @@ def save_artifact(
         raise ModelFileError(f"cannot create model directory {directory}: {exc.strerror}") from None
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
     weights_tmp = _temp_in(directory, ".weights")
-    save_file(tensors, str(weights_tmp))
+    weights_tmp.write_bytes(save(tensors))  # into our file: its permissions, not 0600
     weights_sha = _sha256_file(weights_tmp)
     meta = dict(metadata)
     meta["format"] = FORMAT_NAME
@@ -70,7 +70,13 @@ def load_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
     if not meta_path.is_file() or not weights_path.is_file():
         missing = META_FILE if not meta_path.is_file() else WEIGHTS_FILE
         raise ModelFileError(f"{directory} is not a model directory: {missing} is missing")
-    raw = meta_path.read_bytes()
+    try:
+        raw = meta_path.read_bytes()
+        actual = _sha256_file(weights_path)
+    except OSError as exc:
+        raise ModelFileError(
+            f"cannot read {exc.filename or directory}: {exc.strerror or exc}"
+        ) from None
     try:
         meta = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -85,7 +91,6 @@ def load_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
             f"{meta_path} has model format version {version!r}; this anomaly-vae reads version "
             f"{FORMAT_VERSION}: use a matching anomaly-vae release or retrain the model"
         )
-    actual = _sha256_file(weights_path)
     if actual != meta.get("weights_sha256"):
         raise ModelFileError(
             f"{weights_path} does not match the checksum in {META_FILE} (corrupt or replaced): "
@@ -112,9 +117,22 @@ def _sha256_file(path: Path) -> str:
 
 
 def _temp_in(directory: Path, suffix: str) -> Path:
-    fd, name = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
-    os.close(fd)
-    return Path(name)
+    """A new empty file in ``directory``, with the permissions of any file the user creates
+    (0666 less the umask): ``mkstemp``'s 0600 would survive the rename, and a model trained by
+    one user could not be read by the service that scores with it."""
+    for _ in range(100):
+        path = directory / f".tmp-{secrets.token_hex(8)}{suffix}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise ModelFileError(
+                f"cannot write to model directory {directory}: {exc.strerror or exc}"
+            ) from None
+        os.close(fd)
+        return path
+    raise ModelFileError(f"cannot create a temporary file in {directory}")
 
 
 def _finite(value: Any) -> Any:

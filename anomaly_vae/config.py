@@ -20,14 +20,21 @@ _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No infinity or NaN in any setting: YAML reads ".inf" and ".nan" as floats, and every
+    # number here is a size, a rate or a duration (lateness_s: .inf would fail deep in the
+    # window code; learning_rate: .inf would train a model of NaN weights).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# The largest latent size the scorer's quasi-random draws support (torch's SobolEngine.MAXDIM).
+MAX_LATENT_DIM = 21_201
 
 
 class ModelConfig(_Strict):
     """Shape of the VAE. ``latent_dim=None`` picks a size from the number of input features."""
 
     hidden_dims: list[int] = Field(default_factory=lambda: [128, 64], min_length=1)
-    latent_dim: int | None = Field(default=None, ge=1)
+    latent_dim: int | None = Field(default=None, ge=1, le=MAX_LATENT_DIM)
     beta: float = Field(default=1.0, ge=0.0)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     min_log_var: float = Field(default=-6.0, le=0.0)
@@ -65,7 +72,8 @@ class TrainingConfig(_Strict):
     # On large data, train on a bounded number of rows seen rather than a number of epochs: the
     # model stops improving long before ten passes over a million rows.
     max_rows_seen: int = Field(default=1_000_000, ge=1)
-    seed: int = 0
+    # What numpy's and torch's generators take: an unsigned 64-bit number.
+    seed: int = Field(default=0, ge=0, le=2**64 - 1)
     device: str = "auto"
     mixed_precision: bool = True
     num_threads: int | None = Field(default=None, ge=1)

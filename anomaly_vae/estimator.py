@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from sklearn.base import BaseEstimator
 
 from anomaly_vae._version import __version__
-from anomaly_vae.artifacts import load_artifact, save_artifact
+from anomaly_vae.artifacts import WEIGHTS_FILE, load_artifact, save_artifact
 from anomaly_vae.config import (
     ColumnsConfig,
     ModelConfig,
@@ -48,6 +48,7 @@ from anomaly_vae.features import (
 )
 from anomaly_vae.model import VAE, LikelihoodLayout
 from anomaly_vae.scoring import (
+    SCORE_KINDS,
     ScoreArrays,
     Scorer,
     contribution_shares,
@@ -323,6 +324,18 @@ class AnomalyVAE(BaseEstimator):
         arrays = self._scorer().score(calib_batch)
         calibration = np.sort(arrays.primary(self.score_kind_))
         self._set_calibration(calibration, cfg.scoring.threshold_quantile)
+        needed = math.ceil(1.0 / (1.0 - cfg.scoring.threshold_quantile))
+        if len(calibration) < needed:
+            # The 0.995 quantile of 2 scores is their maximum: a guess, not a calibration.
+            logger.warning(
+                "the threshold is the %g quantile of only %d held-out normal rows (%d or more "
+                "are needed to estimate it): the share of normal records it flags may be far "
+                "from %.3g%%; train on more normal data, or lower scoring.threshold_quantile",
+                cfg.scoring.threshold_quantile,
+                len(calibration),
+                needed,
+                100 * (1 - cfg.scoring.threshold_quantile),
+            )
         self.feature_baseline_ = (
             np.median(arrays.contributions, axis=0).astype(np.float64)
             if arrays.contributions is not None and len(arrays.contributions)
@@ -386,10 +399,33 @@ class AnomalyVAE(BaseEstimator):
         assembled = state.assemble(encoded, entities.tolist(), times)
         full = assembled.status == OK
         if int(full.sum()) < MIN_TRAINING_ROWS:
+            # Say what cut the windows short: too few rows, gaps, or a file out of time order.
+            counts = state.counters
+            why = []
+            if counts.gaps:
+                why.append(
+                    f"{counts.gaps} gaps over window.max_gap_s ({cfg.window.max_gap_s:g} s) "
+                    "restarted a window"
+                )
+            if counts.late:
+                why.append(
+                    f"{counts.late} rows were more than window.lateness_s "
+                    f"({cfg.window.lateness_s:g} s) behind their entity's newest (is the file "
+                    "in time order?)"
+                )
             raise SchemaError(
                 f"training data gives {int(full.sum())} full windows of {cfg.window.size} "
                 f"records; a windowed model needs at least {MIN_TRAINING_ROWS}: give it more "
-                "rows per entity or a smaller window.size"
+                "rows per entity or a smaller window.size" + (f" ({'; '.join(why)})" if why else "")
+            )
+        if state.counters.late:
+            # Late rows train nothing; a file out of time order would lose them without a word.
+            logger.warning(
+                "%d of %d training rows were more than window.lateness_s (%g s) behind their "
+                "entity's newest and are left out: is the file in time order per entity?",
+                state.counters.late,
+                len(entities),
+                cfg.window.lateness_s,
             )
         flat = flatten_windows(assembled.x[full], assembled.observed[full], layout.n_numeric)
         return flat, window_layout(layout, cfg.window.size)
@@ -740,8 +776,11 @@ class AnomalyVAE(BaseEstimator):
             est = cls(config=cfg)
             est.config_ = cfg
             est.score_kind_ = str(meta["score_kind"])
+            if est.score_kind_ not in SCORE_KINDS:
+                raise ValueError(f"unknown score kind {est.score_kind_!r}")
             est.schema_ = FeatureSchema.from_dict(meta["schema"])
             est.preprocessor_ = Preprocessor.from_dict(meta["preprocessor"], est.schema_)
+            _check_scaling(est.preprocessor_)
             net = meta["network"]
             model = VAE(
                 n_numeric=int(net["n_numeric"]),
@@ -756,18 +795,34 @@ class AnomalyVAE(BaseEstimator):
                 conv_channels=[int(c) for c in net.get("conv_channels", [32, 16])],
                 conv_kernel=int(net.get("conv_kernel", 7)),
             )
-            model.load_state_dict(weights, strict=True)
+            bad = [
+                k for k, v in weights.items() if v.is_floating_point() and not v.isfinite().all()
+            ]
+            if bad:
+                raise ValueError(f"weight {bad[0]!r} holds NaN or infinite values")
+            try:
+                model.load_state_dict(weights, strict=True)
+            except RuntimeError as exc:
+                lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+                detail = lines[1] if len(lines) > 1 else lines[0] if lines else ""
+                raise ValueError(
+                    f"{WEIGHTS_FILE} does not fit the network in model.json ({detail})"
+                ) from None
             calib = meta["calibration"]
             est.calibration_ = np.asarray(calib["scores"], dtype=np.float64)
             est.threshold_ = float(calib["threshold"])
             est.threshold_quantile_ = float(calib["threshold_quantile"])
+            if not 0.0 < est.threshold_quantile_ < 1.0:
+                raise ValueError(f"threshold_quantile {est.threshold_quantile_} is not in (0, 1)")
+            if est.calibration_.ndim != 1 or np.any(np.diff(est.calibration_) < 0):
+                raise ValueError("the calibration scores are not a sorted list")
             est.feature_baseline_ = np.asarray(calib["feature_baseline"], dtype=np.float64)
             if est.feature_baseline_.shape != (len(est.schema_.names),):
                 raise ValueError("feature_baseline does not match the schema")
             est.training_summary_ = dict(meta.get("training", {}))
         except ModelFileError:
             raise
-        except (KeyError, TypeError, ValueError, RuntimeError, ValidationError) as exc:
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, ValidationError) as exc:
             raise ModelFileError(
                 f"{path}: the model description is inconsistent ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}): retrain the model"
@@ -775,7 +830,11 @@ class AnomalyVAE(BaseEstimator):
         layout = est._layout()
         if layout.n_numeric != model.n_numeric or list(layout.cat_sizes) != model.cat_sizes:
             raise ModelFileError(f"{path}: the weights do not fit the stored feature layout")
-        if len(est.calibration_) == 0 or not math.isfinite(est.threshold_):
+        if (
+            len(est.calibration_) == 0
+            or not np.isfinite(est.calibration_).all()
+            or not math.isfinite(est.threshold_)
+        ):
             raise ModelFileError(f"{path}: the stored calibration is empty or not finite")
         est.device_ = resolve_device(cfg.training.device)
         est.model_ = model.to(est.device_).eval()  # a loaded model is ready where it scores
@@ -832,6 +891,18 @@ def _stream_positions(rows: pd.DataFrame) -> tuple[list[str] | None, np.ndarray 
         return None, None
     parts = [str(k).rsplit(":", 1) for k in rows["_source_key"].tolist()]
     return [p[0] for p in parts], np.asarray([int(p[1]) for p in parts], dtype=np.int64)
+
+
+def _check_scaling(pre: Preprocessor) -> None:
+    """A stored centre must be finite and a stored scale finite and positive: anything else
+    (an edited model.json) would score every record as missing or wildly anomalous."""
+    for name in pre.schema.numeric:
+        center, scale = pre.center[name], pre.scale[name]
+        if not math.isfinite(center) or not (math.isfinite(scale) and scale > 0):
+            raise ValueError(
+                f"column {name!r} has centre {center} and scale {scale} (a scale must be a "
+                "finite number above 0)"
+            )
 
 
 def default_latent_dim(n_blocks: int) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -242,6 +243,8 @@ def _to_float(series: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray | No
             raw = series.to_numpy(dtype=object)
             for i in np.flatnonzero(unparsed):
                 reasons[i] = f"column {name!r}: {_short(raw[i])} is not a number"
+                if _COMMA_NUMBER_RE.match(str(raw[i])):
+                    reasons[i] += " (a decimal comma? --decimal ',')"
             inf = np.isinf(values)
             for i in np.flatnonzero(inf):
                 reasons[i] = f"column {name!r}: {values[i]} is not a finite number"
@@ -327,10 +330,21 @@ def _infer_kind(
     parsed = pd.to_numeric(given, errors="coerce")
     if len(given) and parsed.notna().mean() >= NUMERIC_PARSE_SHARE:
         return "numeric"
+    if not explicit and _looks_like_comma_numbers(given):
+        example = str(given[given.astype(str).str.contains(",")].iloc[0])
+        logger.warning(
+            "column %r holds numbers written with a comma (%r) and is not used as a feature: "
+            "if the comma is the decimal mark, read the file with --decimal ',' (csv.decimal "
+            "in the pipeline)",
+            name,
+            example,
+        )
+        return None
     n_distinct = non_null.astype(str).nunique()
-    if n_distinct <= max_categories:
-        return "categorical"
-    if _looks_like_time(non_null):
+    # Dates written as text are timestamps even when there are few of them (a month of days):
+    # as categories, every later date would be an unknown value, scored as anomalous.
+    few = n_distinct <= max_categories
+    if (not few or _looks_like_date_text(non_null)) and _looks_like_time(non_null):
         if explicit:
             raise SchemaError(f"column {name!r} holds timestamps, which cannot be a feature")
         logger.warning(
@@ -339,12 +353,27 @@ def _infer_kind(
             name,
         )
         return None
+    if few:
+        return "categorical"
     message = (
         f"column {name!r} has {n_distinct} distinct text values (more than "
         f"max_categories={max_categories})"
     )
     if explicit:
         raise SchemaError(f"{message}: raise max_categories or drop it from the features")
+    share = float(parsed.notna().mean()) if len(given) else 0.0
+    if share >= 0.5:
+        # Mostly numbers with some text ("offline"): categories are not what it needs.
+        example = str(given[parsed.isna()].iloc[0])
+        logger.warning(
+            "column %r holds numbers but %.0f%% of its values are text such as %r, so it is not "
+            "used as a feature; list it under columns.numeric to use it (rows with text there "
+            "are then rejected)",
+            name,
+            100 * (1 - share),
+            example,
+        )
+        return None
     logger.warning(
         "%s and is not used as a feature; list it under columns.categorical to use it", message
     )
@@ -356,6 +385,32 @@ def _looks_like_row_id(values: pd.Series) -> bool:
         return False
     arr = values.to_numpy()
     return bool(np.all(np.diff(arr) == 1))
+
+
+# A date as text: 2026-11-01, 2026/11/01, 11/1/26, 01.11.2026, with or without a time of day
+# (not a version number such as 1.10.12).
+_DATE_TEXT = (
+    r"^\s*(?:\d{4}([-/.])\d{1,2}\1\d{1,2}|\d{1,2}([-/])\d{1,2}\2\d{2,4}|\d{1,2}\.\d{1,2}\.\d{4})"
+    r"(?:[T ]\d.*)?$"
+)
+# A number written with a decimal (or thousands) comma: 99,5 or -0,25.
+_COMMA_NUMBER = r"^\s*[-+]?\d*,\d+\s*$"
+_COMMA_NUMBER_RE = re.compile(_COMMA_NUMBER)
+
+
+def _looks_like_date_text(values: pd.Series) -> bool:
+    head = values.astype(str).head(200)
+    return bool(head.str.match(_DATE_TEXT).mean() > 0.9)
+
+
+def _looks_like_comma_numbers(values: pd.Series) -> bool:
+    """Most values are numbers once a comma is read as the decimal mark, and some have one."""
+    if len(values) == 0:
+        return False
+    text = values.astype(str).str.strip()
+    with_comma = text.str.match(_COMMA_NUMBER)
+    numbers = with_comma | pd.to_numeric(text, errors="coerce").notna()
+    return bool(with_comma.any() and numbers.mean() >= NUMERIC_PARSE_SHARE)
 
 
 def _looks_like_time(values: pd.Series) -> bool:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import re
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -477,10 +478,14 @@ def event_seconds(values: Iterable[object]) -> tuple[np.ndarray, np.ndarray]:
     return out, bad
 
 
+_WHOLE_FLOAT_TEXT = re.compile(r"(-?\d+)\.0+")
+
+
 def entity_text(value: object) -> str | None:
-    """An entity as the text it is keyed by; None when missing. A whole number read as a float
-    (a CSV column of numbers with a gap is read as floats) is written without ``.0``, so that
-    pump 3 is ``"3"`` in every chunk of a file and in a Kafka message alike."""
+    """An entity as the text it is keyed by; None when missing. A whole number written as a
+    float (``3.0``: a float in a Kafka message, or a CSV column of numbers with a gap as pandas
+    writes it) is keyed without ``.0``, so that pump 3 is ``"3"`` in a CSV file and in a Kafka
+    message alike; other text, ``"007"`` included, is kept as it is."""
     import pandas as pd
 
     if value is None or value is pd.NA:
@@ -490,6 +495,10 @@ def entity_text(value: object) -> str | None:
             return None
         if value.is_integer():
             return str(int(value))
+    if isinstance(value, str):
+        whole = _WHOLE_FLOAT_TEXT.fullmatch(value)
+        if whole:
+            return whole.group(1)
     return str(value)
 
 

@@ -387,6 +387,25 @@ def test_bad_inputs_get_one_line_errors(trained: Path, capsys: pytest.CaptureFix
     )
 
 
+@pytest.mark.parametrize(
+    ("seed", "needle"), [("-5", "greater than or equal to 0"), (str(2**64), "less than or equal")]
+)
+def test_a_seed_the_generators_cannot_take_is_one_line(
+    trained: Path, capsys: pytest.CaptureFixture[str], seed: str, needle: str
+) -> None:
+    # --seed -5 and --seed 2**64 were numpy / torch tracebacks after the file was read.
+    done = run_inline(
+        capsys,
+        "train",
+        str(trained / "normal.csv"),
+        "--model-dir",
+        str(trained / "ms"),
+        "--seed",
+        seed,
+    )
+    assert_user_error(done, f"--seed {seed}", needle)
+
+
 def test_a_misspelt_label_column_is_refused_not_ignored(
     trained: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

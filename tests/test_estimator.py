@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 from pathlib import Path
 from typing import Any
@@ -219,6 +220,115 @@ def test_loading_never_unpickles(trained_model: AnomalyVAE, tmp_path: Path) -> N
     (path / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ModelFileError, match="cannot be read"):
         AnomalyVAE.load(path)
+
+
+def _edit_scale(meta: dict[str, Any]) -> None:
+    name = next(iter(meta["preprocessor"]["scale"]))
+    meta["preprocessor"]["scale"][name] = 0.0
+
+
+def _edit_calibration_order(meta: dict[str, Any]) -> None:
+    meta["calibration"]["scores"] = meta["calibration"]["scores"][::-1]
+
+
+def _edit_calibration_null(meta: dict[str, Any]) -> None:
+    meta["calibration"]["scores"][0] = None
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m["network"].update(hidden_dims=[]), "IndexError"),
+        (lambda m: m.update(score_kind="evil"), "unknown score kind 'evil'"),
+        (_edit_scale, "scale must be a finite number above 0"),
+        (lambda m: m["calibration"].update(threshold_quantile=7), "threshold_quantile"),
+        (_edit_calibration_order, "not a sorted list"),
+        (_edit_calibration_null, "calibration is empty or not finite"),
+    ],
+)
+def test_an_edited_model_description_is_refused(
+    trained_model: AnomalyVAE, tmp_path: Path, edit: Any, message: str
+) -> None:
+    """A hand-edited model.json is refused at load with a ModelFileError (one line in the CLI),
+    not a traceback at scoring time nor silently wrong scores."""
+    path = tmp_path / "m"
+    trained_model.save(path)
+    meta = json.loads((path / "model.json").read_text())
+    edit(meta)
+    (path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match=message):
+        AnomalyVAE.load(path)
+
+
+def test_weights_that_do_not_fit_or_are_not_finite_are_refused(
+    trained_model: AnomalyVAE, tmp_path: Path
+) -> None:
+    """Replaced weights with a matching checksum: NaN values, or tensors of another shape, are
+    refused with a message that says which, not scored as NaN or a bare torch error."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "m"
+    trained_model.save(path)
+    weights_path = path / "weights.safetensors"
+    original = load_file(str(weights_path))
+    first = next(iter(original))
+
+    def replace(weights: dict[str, torch.Tensor]) -> None:
+        save_file(weights, str(weights_path))
+        meta = json.loads((path / "model.json").read_text())
+        meta["weights_sha256"] = hashlib.sha256(weights_path.read_bytes()).hexdigest()
+        (path / "model.json").write_text(json.dumps(meta))
+
+    replace({**original, first: original[first] * float("nan")})
+    with pytest.raises(ModelFileError, match="NaN or infinite"):
+        AnomalyVAE.load(path)
+    replace({**original, first: torch.zeros(3, 3)})
+    with pytest.raises(
+        ModelFileError, match=f"does not fit the network.*size mismatch for {first}"
+    ):
+        AnomalyVAE.load(path)
+
+
+def test_model_files_get_the_users_permissions_and_an_unreadable_one_is_one_line(
+    trained_model: AnomalyVAE, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files were created 0600 (mkstemp) whatever the umask, so the service that scores
+    could not read a model another user trained; an unreadable file was a traceback."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        trained_model.save(tmp_path / "m")
+    finally:
+        os.umask(old)
+    for name in ("model.json", "weights.safetensors"):
+        assert (tmp_path / "m" / name).stat().st_mode & 0o777 == 0o644, name
+    assert not list((tmp_path / "m").glob(".tmp-*"))
+
+    def denied(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(ModelFileError, match=r"cannot read .*model.json: Permission denied"):
+        AnomalyVAE.load(tmp_path / "m")
+
+
+def test_a_threshold_from_too_few_held_out_rows_is_said_to_be_rough(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 10 rows of training data: the 0.995 quantile of 2 held-out scores (their maximum) was the
+    # threshold, without a word.
+    frame = correlated_normal(10, seed=1).drop(columns="kind")
+    with caplog.at_level(logging.WARNING):
+        AnomalyVAE(epochs=2, seed=0).fit(frame)
+    assert "the threshold is the 0.995 quantile of only 2 held-out normal rows" in caplog.text
+    assert "200 or more are needed" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        AnomalyVAE(epochs=2, seed=0).fit(correlated_normal(1000, seed=1).drop(columns="kind"))
+    assert "held-out normal rows" not in caplog.text
 
 
 def test_frames_with_integer_column_names() -> None:

@@ -40,6 +40,67 @@ def test_infer_kinds_and_leave_out_ids_labels_timestamps(caplog: pytest.LogCaptu
     assert "'note' has 200 distinct text values" in text
 
 
+def test_dates_as_text_are_timestamps_even_when_there_are_few_of_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A day column of a month's export (30 distinct dates) became a categorical feature: every
+    # record of the next month had an unknown category and scored as anomalous.
+    rng = np.random.default_rng(0)
+    n = 600
+    days = pd.date_range("2025-01-01", periods=n, freq="h").strftime("%Y-%m-%d")
+    frame = pd.DataFrame(
+        {
+            "day": days,
+            "stamp": pd.date_range("2025-01-01", periods=n, freq="D").strftime("%d/%m/%Y")[:n],
+            "month": rng.choice(["Jan", "Feb", "Mar"], n),
+            "firmware": rng.choice(["1.10.12", "1.10.13"], n),
+            "temp": rng.normal(20, 2, n),
+        }
+    )
+    frame["stamp"] = frame["stamp"].where(frame.index % 20 == 0).ffill()  # 30 distinct
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.categorical == ["month", "firmware"]
+    assert schema.numeric == ["temp"]
+    assert "'day' looks like timestamps" in caplog.text
+    assert "'stamp' looks like timestamps" in caplog.text
+
+
+def test_numbers_with_a_decimal_comma_are_named_with_the_option_to_read_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A ';'-separated export with decimal commas read without --decimal ',': its numbers were
+    # said to "look like timestamps" (dateutil reads 20,5 as a day) or became categories.
+    text = "temp;const;mode\n" + "".join(
+        f"{20 + i % 7},{i % 10};5,0;{'ab'[i % 2]}\n" for i in range(200)
+    )
+    frame = pd.read_csv(io.StringIO(text), sep=";")
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.names == ["mode"]
+    assert "'temp' holds numbers written with a comma ('20,0')" in caplog.text
+    assert "'const' holds numbers written with a comma ('5,0')" in caplog.text
+    assert "--decimal ','" in caplog.text
+    assert "timestamps" not in caplog.text
+
+
+def test_a_numeric_column_with_some_text_points_to_columns_numeric(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 10 % "offline" in a sensor column: the warning said it had 901 distinct text values and
+    # to list it under columns.categorical.
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=1000).astype(object)
+    values[::10] = "offline"
+    frame = pd.DataFrame({"x": values, "y": rng.normal(size=1000)})
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.names == ["y"]
+    assert "'x' holds numbers but 10% of its values are text such as 'offline'" in caplog.text
+    assert "list it under columns.numeric" in caplog.text
+    assert "columns.categorical" not in caplog.text
+
+
 def test_a_misspelt_column_to_leave_out_is_named_with_the_closest(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -93,6 +154,19 @@ def test_numeric_text_column_is_numeric_and_bad_cells_are_rejected_with_reasons(
     assert np.isnan(clean["a"].loc[3])
     assert np.isnan(clean["a"].loc[5])
     assert len(clean) + len(rejects) == len(frame)
+
+
+def test_a_number_with_a_decimal_comma_is_rejected_with_the_option_to_read_it() -> None:
+    # A ';' export with decimal commas scored without --decimal ',': every row was rejected
+    # with "'99,5' is not a number" and nothing said how to read the file.
+    schema = FeatureSchema.infer(pd.DataFrame({"a": [1.0, 2.0] * 20}), ColumnsConfig())
+    _, rejects = schema.validate(pd.DataFrame({"a": ["99,5", "1.5x", "-0,25"]}))
+    assert (
+        rejects.loc[0, "reason"]
+        == "column 'a': '99,5' is not a number (a decimal comma? --decimal ',')"
+    )
+    assert rejects.loc[1, "reason"] == "column 'a': '1.5x' is not a number"
+    assert str(rejects.loc[2, "reason"]).endswith("(a decimal comma? --decimal ',')")
 
 
 def test_boolean_column_with_one_stray_value_rejects_only_that_row() -> None:

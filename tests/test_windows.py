@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
 from anomaly_vae import AnomalyVAE
 from anomaly_vae.config import KafkaConfig, PipelineConfig
@@ -223,6 +226,29 @@ def test_window_columns_must_agree_with_the_columns_section() -> None:
             PipelineConfig.from_yaml(path)
     finally:
         path.unlink()
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        {"window": {"size": 5, "lateness_s": float("inf")}},
+        {"window": {"size": 5, "max_gap_s": float("inf")}},
+        {"training": {"learning_rate": float("inf")}},
+        {"model": {"beta": float("inf")}},
+        {"alerts": {"cooldown_s": float("nan")}},
+    ],
+)
+def test_a_pipeline_refuses_infinite_or_nan_settings(section: dict[str, Any]) -> None:
+    # YAML reads ".inf" as a float: lateness_s: .inf failed with a traceback in WindowSpec, and
+    # learning_rate: .inf trained and saved a model without a word.
+    with pytest.raises(ValidationError, match="finite number"):
+        PipelineConfig.model_validate(section)
+
+
+def test_a_pipeline_refuses_a_latent_size_the_scorer_cannot_draw_for() -> None:
+    # latent_dim: 100000 trained, then failed with a SobolEngine traceback.
+    with pytest.raises(ValidationError, match="latent_dim"):
+        PipelineConfig.model_validate({"model": {"latent_dim": 100_000}})
 
 
 # ============================================================== the windowed model (torch)
@@ -498,16 +524,21 @@ def test_the_summary_counts_window_statuses_and_asks_about_an_unsorted_file(
     assert "is the file in time order per entity?" in backwards
 
 
+@pytest.mark.parametrize("written", ["int", "float"])
 def test_numeric_entities_with_a_gap_keep_their_windows_across_chunks(
-    window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str], written: str
 ) -> None:
     # Pump ids 1..4 in a CSV, one of them missing in the second chunk: pandas reads that chunk's
     # column as floats, and pump 3 became entity "3.0" there but "3" in the first chunk, so
-    # every window restarted at the chunk boundary (and the database kept "3.0").
+    # every window restarted at the chunk boundary (and the database kept "3.0"). Written as
+    # floats ("3.0", as pandas writes a column of numbers with a gap), pump 3 is still "3", as
+    # in a Kafka message.
     window_model.save(tmp_path / "m")
     data = make_pump_data(240, seed=9)
     data["pump_id"] = data["pump_id"].str[1:].astype(object)
     data.loc[200, "pump_id"] = None
+    if written == "float":
+        data["pump_id"] = data["pump_id"].astype("float64")
     export = tmp_path / "export.csv"
     data.to_csv(export, index=False)
     model = str(tmp_path / "m")
@@ -526,6 +557,76 @@ def test_numeric_entities_with_a_gap_keep_their_windows_across_chunks(
     finally:
         engine.dispose()
     assert {k for (k,) in keys} == {"1", "2", "3", "4", None}
+
+
+def test_too_few_training_windows_says_whether_gaps_or_time_order_cut_them() -> None:
+    # The message only said "give it more rows or a smaller window.size", also when every row
+    # was there but a short max_gap_s or a file in reverse time order left no full window.
+    data = make_pump_data(400, seed=2)
+    cfg = PipelineConfig.from_yaml(REPO / "pipelines" / "pumps_windows.yaml")
+    cfg.training.epochs = 1
+    cfg.training.progress = False
+    gaps = cfg.model_copy(deep=True)
+    assert gaps.window is not None
+    gaps.window.max_gap_s = 1.0
+    with pytest.raises(SchemaError, match=r"gaps over window\.max_gap_s \(1 s\) restarted"):
+        AnomalyVAE(config=gaps).fit(data)
+    with pytest.raises(SchemaError, match=r"behind their entity's newest \(is the file in time"):
+        AnomalyVAE(config=cfg).fit(data.iloc[::-1])
+
+
+def test_late_training_rows_are_not_left_out_silently(caplog: pytest.LogCaptureFixture) -> None:
+    # A training file whose second half runs backwards in time trained on half its rows and
+    # said "0 rows rejected".
+    data = make_pump_data(600, seed=2)
+    half = len(data) // 2
+    data = pd.concat([data.iloc[:half], data.iloc[half:].iloc[::-1]])
+    cfg = PipelineConfig.from_yaml(REPO / "pipelines" / "pumps_windows.yaml")
+    cfg.training.epochs = 1
+    cfg.training.progress = False
+    with caplog.at_level(logging.WARNING):
+        AnomalyVAE(config=cfg).fit(data)
+    assert "training rows were more than window.lateness_s (30 s) behind" in caplog.text
+    assert "is the file in time order per entity?" in caplog.text
+
+
+def test_info_shows_the_window_and_the_columns_scoring_needs(
+    window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # info said nothing of the window: nothing told a user that an export needs pump_id and ts.
+    window_model.save(tmp_path / "m")
+    done = run_inline(capsys, "info", "--model-dir", str(tmp_path / "m"))
+    assert done.returncode == 0, done.stderr
+    assert (
+        "window: 8 records per entity (column 'pump_id'), in event time (column 'ts'), "
+        "lateness 30 s, a gap over 120 s restarts it"
+    ) in done.stdout
+    assert "columns: id event_id; entity pump_id; timestamp ts; label label" in done.stdout
+    assert "csv: sep ',', decimal '.'" in done.stdout
+
+
+def test_entities_and_ids_are_read_as_the_file_writes_them_in_every_chunk(
+    window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Pump "007" beside pump "P2": a chunk holding only pump 007's rows was read as numbers, so
+    # the pump was entity "7" there and "007" in the other chunks (its window restarted, scores
+    # depended on the chunk size), and the id column lost its leading zeros in the output.
+    window_model.save(tmp_path / "m")
+    data = make_pump_data(240, seed=9)
+    data["pump_id"] = data["pump_id"].where(data["pump_id"] != "P1", "007")
+    data["event_id"] = [f"{i:05d}" for i in range(len(data))]
+    data = pd.concat([data[data["pump_id"] != "007"], data[data["pump_id"] == "007"]])
+    export = tmp_path / "export.csv"
+    data.to_csv(export, index=False)
+    model = str(tmp_path / "m")
+    for out, chunk in (("one.csv", "1000"), ("chunked.csv", "50")):
+        args = ["score", str(export), "--model-dir", model, "--out", str(tmp_path / out)]
+        done = run_inline(capsys, *args, "--chunk-size", chunk)
+        assert done.returncode == 0, done.stderr
+    one, chunked = (pd.read_csv(tmp_path / n, dtype=str) for n in ("one.csv", "chunked.csv"))
+    pd.testing.assert_frame_equal(one, chunked)
+    assert one["event_id"].tolist() == data["event_id"].tolist()
+    assert set(one["pump_id"]) == set(data["pump_id"])
 
 
 @pytest.mark.parametrize("column", ["pump_id", "ts"])

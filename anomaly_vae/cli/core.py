@@ -74,10 +74,17 @@ def load_pipeline(path: Path | None, *, default_name: str = "default") -> Pipeli
 
 
 def read_training_csv(
-    path: Path, *, sep: str, encoding: str, decimal: str = ".", label: str = ""
+    path: Path,
+    *,
+    sep: str,
+    encoding: str,
+    decimal: str = ".",
+    label: str = "",
+    text_columns: list[str] | None = None,
 ) -> pd.DataFrame:
     """Read a whole training file (training needs it in memory) with the CSV source's checks;
-    ``label`` names it in messages (default: the path)."""
+    ``label`` names it in messages (default: the path); ``text_columns`` (ids, entity,
+    timestamp) are read as text, as scoring reads them."""
     import pandas as pd
 
     from anomaly_vae.sources.csv import CsvSource
@@ -97,7 +104,7 @@ def read_training_csv(
                 )
     frames = []
     n_bad = 0
-    for chunk in source.chunks():
+    for chunk in source.chunks(text_columns=text_columns or ()):
         frames.append(chunk.frame)
         if len(chunk.rejects):
             n_bad += len(chunk.rejects)
@@ -137,6 +144,7 @@ def train(
     """Train a model on normal data and save it to --model-dir."""
     setup_logging(verbose)
     from anomaly_vae.estimator import AnomalyVAE
+    from anomaly_vae.jobs.batch import key_columns
 
     cfg = load_pipeline(pipeline, default_name=model_dir.resolve().name)
     if ignore_columns:
@@ -148,7 +156,11 @@ def train(
             raise ConfigError(f"--epochs must be >= 1, got {epochs}")
         cfg.training.epochs = epochs
     if seed is not None:
-        cfg.training.seed = seed
+        try:
+            cfg.training.seed = seed
+        except ValidationError as exc:
+            problems = "; ".join(e["msg"] for e in exc.errors())
+            raise ConfigError(f"--seed {seed}: {problems}") from None
     if device:
         cfg.training.device = device
     cfg.csv = _csv_with(cfg.csv, sep=None if sep is None else _sep(sep) or ",", decimal=decimal)
@@ -160,6 +172,7 @@ def train(
             encoding=cfg.csv.encoding,
             decimal=cfg.csv.decimal,
             label=str(shown),
+            text_columns=key_columns(cfg),
         )
     # A misspelt label would train on the labelled anomalies without a word.
     _require_column(label_column, list(frame.columns), "--label-column", shown)
@@ -515,6 +528,37 @@ def info(
         f"score: {model.score_kind_}; threshold {model.threshold_:.4g} at quantile "
         f"{model.threshold_quantile_:g} of held-out normal scores"
     )
+    for line in _pipeline_lines(model.config_):
+        typer.echo(line)
+
+
+def _pipeline_lines(cfg: PipelineConfig) -> list[str]:
+    """What scoring with the model needs beside its features: the window, the columns the
+    pipeline names, and how the CSV files are written."""
+    lines = []
+    window = cfg.window
+    if window is not None:
+        gap = f", a gap over {window.max_gap_s:g} s restarts it" if window.max_gap_s else ""
+        lines.append(
+            f"window: {window.size} records per "
+            + (f"entity (column {window.entity!r})" if window.entity else "series (one for all)")
+            + (f", in event time (column {window.time!r})" if window.time else ", arrival order")
+            + f", lateness {window.lateness_s:g} s{gap}"
+            + (f", encoder {cfg.model.encoder}" if cfg.model.encoder != "mlp" else "")
+        )
+    columns = cfg.columns
+    named = [
+        ("id", ", ".join(columns.id)),
+        ("entity", columns.entity),
+        ("timestamp", columns.timestamp),
+        ("label", columns.label),
+        ("ignored", ", ".join(columns.ignore)),
+    ]
+    shown = "; ".join(f"{what} {value}" for what, value in named if value)
+    if shown:
+        lines.append(f"columns: {shown}")
+    lines.append(f"csv: sep {cfg.csv.sep!r}, decimal {cfg.csv.decimal!r}")
+    return lines
 
 
 @app.command()
@@ -531,7 +575,7 @@ def demo(
 
     from anomaly_vae.datasets import make_pump_data
     from anomaly_vae.estimator import AnomalyVAE
-    from anomaly_vae.jobs.batch import CsvRejectsWriter, CsvScoreWriter, score_csv
+    from anomaly_vae.jobs.batch import CsvRejectsWriter, CsvScoreWriter, key_columns, score_csv
     from anomaly_vae.sources.csv import CsvSource
 
     if rows < 100:
@@ -559,7 +603,9 @@ def demo(
     typer.echo(
         f"\n$ anomaly-vae train {normal_csv} --model-dir {workdir / 'model'} --pipeline {pipeline}"
     )
-    frame = read_training_csv(normal_csv, sep=cfg.csv.sep, encoding=cfg.csv.encoding)
+    frame = read_training_csv(
+        normal_csv, sep=cfg.csv.sep, encoding=cfg.csv.encoding, text_columns=key_columns(cfg)
+    )
     model = AnomalyVAE(config=cfg, verbose=_show_progress(quiet)).fit(frame)
     digest = model.save(workdir / "model")
     _print_training(model, normal_csv, workdir / "model", digest)

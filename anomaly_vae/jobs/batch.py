@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from anomaly_vae.config import PipelineConfig
 from anomaly_vae.errors import ConfigError
 from anomaly_vae.estimator import AnomalyVAE, ScoreBatch, label_to_binary
 from anomaly_vae.jobs.memory import reuse_freed_memory
@@ -249,7 +250,10 @@ def score_csv(
         with torch_threads(scoring_threads(model.config_.scoring.num_threads)):
             # Three stages overlap: parsing (a reader thread), scoring (here; torch releases the
             # GIL) and writing (a writer thread). Each queue holds two chunks: memory stays bounded.
-            for chunk in _in_background(source.chunks(), depth=2):
+            features = set(model.schema_.names)
+            text = [c for c in key_columns(model.config_, passthrough) if c not in features]
+            chunks = source.chunks(text_columns=text)
+            for chunk in _in_background(chunks, depth=2):
                 frame = chunk.frame
                 batch = model.score_batch(
                     frame, threshold=threshold, source=source.label, windows=windows
@@ -286,6 +290,18 @@ def score_csv(
             limit,
         )
     return summary
+
+
+def key_columns(cfg: PipelineConfig, passthrough: Iterable[str] = ()) -> list[str]:
+    """The columns read as text from a CSV file: those copied to the output and the pipeline's
+    ids, entity and timestamp (and the window's), never a feature. Read as the file writes
+    them, an id ``007`` is not copied as ``7``, and an entity is one key in every chunk (a chunk
+    where it looks numeric made it ``7`` there and ``007`` elsewhere: two windows)."""
+    named = [*passthrough, *cfg.columns.passthrough()]
+    if cfg.window is not None:
+        named += [name for name in (cfg.window.entity, cfg.window.time) if name]
+    features = {*(cfg.columns.features or []), *cfg.columns.numeric, *cfg.columns.categorical}
+    return [name for name in dict.fromkeys(named) if name not in features]
 
 
 def scoring_threads(configured: int | None) -> int:

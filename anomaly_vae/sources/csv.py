@@ -17,7 +17,7 @@ import json
 import lzma
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -137,16 +137,26 @@ class CsvSource:
             seen.setdefault(name, position)
         return [str(c) for c in frame.columns]
 
-    def chunks(self, *, usecols: list[str] | None = None) -> Iterator[CsvChunk]:
-        """Yield chunks in file order; rows keep their data row numbers as the index."""
+    def chunks(
+        self, *, usecols: list[str] | None = None, text_columns: Iterable[str] = ()
+    ) -> Iterator[CsvChunk]:
+        """Yield chunks in file order; rows keep their data row numbers as the index.
+
+        ``text_columns`` (ids, entities, timestamps: copied or used as keys, never features) are
+        read as the text the file holds, not as whatever type each chunk's values suggest: an
+        id ``007`` stays ``007``, and an entity is the same key in every chunk."""
         self.check()
         self.spaced()
+        text = set(text_columns)
+        dtype = {name: str for name in self.header() if name in text} if text else None
         next_row = 0
         raw_lines: _LineFinder | None = None  # the text of lines with too many fields
         with open(self.path, "rb") as handle, contextlib.ExitStack() as stack:
             stack.callback(lambda: raw_lines.close() if raw_lines else None)
             self._handle = handle
-            reader = self._read(handle=handle, chunksize=self.chunk_size, usecols=usecols)
+            reader = self._read(
+                handle=handle, chunksize=self.chunk_size, usecols=usecols, dtype=dtype
+            )
             assert not isinstance(reader, pd.DataFrame)
             # A small first chunk: what follows it (scoring, writing) starts sooner.
             first: int | None = min(self.chunk_size, FIRST_CHUNK_ROWS)
