@@ -87,7 +87,7 @@ class ScoringConfig(_Strict):
     ``num_threads``: torch threads of a batch job; ``None`` leaves one core to parsing and
     writing (all cores but one, at least one)."""
 
-    n_samples: int = Field(default=1, ge=1)
+    n_samples: int = Field(default=1, ge=1, le=4096)
     score_kind: Literal["neg_elbo", "nll_iw", "recon_error"] = "neg_elbo"
     importance_weighted: bool = False
     batch_size: int = Field(default=8192, ge=1)

@@ -686,3 +686,18 @@ def test_a_bad_stream_option_is_one_line_naming_the_option(
     assert_user_error(result, needle)
     assert "validation error" not in result.stderr
     assert "pydantic" not in result.stderr
+
+
+def test_a_pipeline_window_the_model_was_not_trained_with_is_named(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `score --pipeline` with a file whose window: differs from the model's used the model's
+    # without a word: the user believed the export was scored over windows.
+    windows = REPO / "pipelines" / "pumps_windows.yaml"
+    export = trained / "normal.csv"
+    out = trained / "by-window-pipeline.csv"
+    args = ["score", str(export), "--model-dir", str(trained / "model"), "--out", str(out)]
+    result = run_inline(capsys, *args, "--pipeline", str(windows), "-q")
+    assert result.returncode == 0, result.stderr
+    assert "differs from the model's (none); the model's is used" in result.stderr
+    assert "size: " in result.stderr

@@ -14,7 +14,7 @@ import typer
 from pydantic import ValidationError
 
 from anomaly_vae.cli import app, setup_logging
-from anomaly_vae.config import CsvConfig, PipelineConfig
+from anomaly_vae.config import CsvConfig, PipelineConfig, WindowConfig
 from anomaly_vae.errors import ConfigError, InputFileError
 
 if TYPE_CHECKING:
@@ -330,6 +330,15 @@ def _score_file(
     if threshold is not None and not math.isfinite(threshold):
         # nan would flag nothing, silently (every comparison with it is false)
         raise ConfigError(f"--threshold must be a finite number, got {threshold}")
+    if pipeline and cfg.window != model.config_.window:
+        # A model scores with the window it was trained with: it cannot take another.
+        logger.warning(
+            "%s: window %s differs from the model's (%s); the model's is used (a window is set "
+            "when training)",
+            pipeline,
+            _window_text(cfg.window),
+            _window_text(model.config_.window),
+        )
     target = _score_database(db, pipeline, cfg)
     csv_out = out is not None or target is None
     stem = "stdin" if shown == STDIN else _stem(shown)
@@ -386,6 +395,13 @@ def _score_file(
     )
     _add_csv_outputs(summary, out, rejects, rejects_writer)
     _print_summary(summary, err=to_stdout)
+
+
+def _window_text(window: WindowConfig | None) -> str:
+    if window is None:
+        return "none"
+    shown = window.model_dump(exclude_defaults=True)
+    return "{" + ", ".join(f"{key}: {value}" for key, value in shown.items()) + "}"
 
 
 def _warn_missing_passthrough(cfg: PipelineConfig, header: list[str], label: str) -> None:

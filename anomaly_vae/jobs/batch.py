@@ -107,7 +107,8 @@ class BatchSummary:
     def _window_line(w: WindowCounters) -> str:
         line = (
             f"windows: {w.warming_up} records warming up (scored, never flagged), {w.late} late "
-            f"(scored on their own, never flagged), {w.gaps} gaps restarted a window"
+            f"(scored on their own, never flagged), {w.gaps} "
+            f"gap{'' if w.gaps == 1 else 's'} restarted a window"
         )
         if w.late > max(10, 0.01 * w.records):
             line += (
