@@ -387,9 +387,14 @@ class AnomalyVAE(BaseEstimator):
     ) -> tuple[EncodedBatch, FeatureLayout]:
         """Full windows of the training rows (file order, per entity, the scoring rules)."""
         assert cfg.window is not None
-        entities, times, bad = _window_keys(frame.loc[clean.index], cfg)
+        entities, times, reasons = _window_keys(frame.loc[clean.index], cfg)
+        bad = reasons != None  # noqa: E711 - elementwise on an object array
         if bad.any():
-            logger.warning("%d training rows have no valid event time: left out", int(bad.sum()))
+            logger.warning(
+                "%d training rows have no valid event time or no entity: left out (%s)",
+                int(bad.sum()),
+                reasons[bad][0],
+            )
             keep = ~bad
             encoded = EncodedBatch(encoded.x[keep], encoded.observed[keep])
             entities = entities[keep]
@@ -588,17 +593,13 @@ class AnomalyVAE(BaseEstimator):
         state = windows if windows is not None else self.new_window_state()
         assert state is not None
         rows = frame.loc[clean.index]
-        entities, times, bad = _window_keys(rows, cfg)
+        entities, times, reasons = _window_keys(rows, cfg)
+        bad = reasons != None  # noqa: E711 - elementwise on an object array
         if bad.any():
-            column = cfg.window.time
             bad_rows = rows.iloc[np.flatnonzero(bad)]
             extra = pd.DataFrame(
                 {
-                    "reason": [
-                        f"window time column {column!r}: "
-                        + ("missing" if entity_text(v) is None else f"{v!r} is not a time")
-                        for v in bad_rows[column].tolist()
-                    ],
+                    "reason": reasons[bad].tolist(),
                     "raw": [row_json(r) for r in bad_rows.to_dict("records")],
                 },
                 index=bad_rows.index,
@@ -720,7 +721,7 @@ class AnomalyVAE(BaseEstimator):
         encoded = self.preprocessor_.transform(clean)
         state = self.new_window_state()
         if state is not None:
-            entities, times, _bad = _window_keys(frame.loc[clean.index], self.config_)
+            entities, times, _reasons = _window_keys(frame.loc[clean.index], self.config_)
             assembled = state.assemble(encoded, entities.tolist(), times)
             encoded = flatten_windows(
                 assembled.x, assembled.observed, self.preprocessor_.layout.n_numeric
@@ -856,8 +857,9 @@ def _window_keys(
     rows: pd.DataFrame, cfg: PipelineConfig
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Entity (text; ``_entity`` when a stream source gave one, else the entity column, else
-    one series), event time in seconds (None: arrival order) and a mask of rows whose time is
-    missing or not a time."""
+    one series), event time in seconds (None: arrival order), and for each row the reason it
+    cannot be windowed, or None: its time is missing or not a time, or the window names an
+    entity column and the row has none (it would join an unnamed series of its own)."""
     window = cfg.window
     assert window is not None
     n = len(rows)
@@ -873,16 +875,27 @@ def _window_keys(
         )
     else:
         raw = pd.Series([""] * n, index=rows.index, dtype=object)
-    entities = np.asarray([entity_text(v) or "" for v in raw.tolist()], dtype=object)
+    texts = [entity_text(v) for v in raw.tolist()]
+    entities = np.asarray([t or "" for t in texts], dtype=object)
+    reasons = np.full(n, None, dtype=object)
+    if window.entity:
+        for i in np.flatnonzero(np.asarray([not t for t in texts], dtype=bool)):  # None or ""
+            reasons[i] = f"window entity column {window.entity!r}: missing"
     if not window.time:
-        return entities, None, np.zeros(n, dtype=bool)
+        return entities, None, reasons
     if window.time not in rows.columns:
         raise SchemaError(
             f"the window's time column {window.time!r} is not in the input: add it, or remove "
             "window.time from the pipeline"
         )
-    times, bad = event_seconds(rows[window.time].tolist())
-    return entities, times, bad
+    values = rows[window.time].tolist()
+    times, bad = event_seconds(values)
+    for i in np.flatnonzero(bad):
+        if reasons[i] is None:
+            reasons[i] = f"window time column {window.time!r}: " + (
+                "missing" if entity_text(values[i]) is None else f"{values[i]!r} is not a time"
+            )
+    return entities, times, reasons
 
 
 def _stream_positions(rows: pd.DataFrame) -> tuple[list[str] | None, np.ndarray | None]:

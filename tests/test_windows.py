@@ -293,6 +293,23 @@ def test_records_without_a_valid_time_are_rejected_with_a_reason(window_model: A
     assert len(batch.scores) == 49
 
 
+def test_a_record_with_no_entity_is_rejected_not_put_in_a_series_of_its_own(
+    window_model: AnomalyVAE,
+) -> None:
+    # A row whose entity cell was empty joined an unnamed series ("") with every other such
+    # row, whatever machine it came from: its window mixed them. Like a missing time, it is a
+    # reject with its reason, in a batch as in a stream (a message with no entity field or key).
+    data = make_pump_data(60, seed=8)
+    data["pump_id"] = data["pump_id"].astype(object)
+    data.loc[[5, 9], "pump_id"] = [None, ""]
+    batch = window_model.score_batch(data)
+    assert list(batch.rejects.index) == [5, 9]
+    assert set(batch.rejects["reason"]) == {"window entity column 'pump_id': missing"}
+    assert len(batch.scores) == 58
+    stream = data.assign(_entity=data["pump_id"].where(data["pump_id"] != "", None))
+    assert list(window_model.score_batch(stream).rejects.index) == [5, 9]
+
+
 def test_a_record_with_no_time_is_rejected_as_missing_with_strict_json(
     window_model: AnomalyVAE,
 ) -> None:
@@ -556,7 +573,9 @@ def test_numeric_entities_with_a_gap_keep_their_windows_across_chunks(
             keys = connection.exec_driver_sql("SELECT DISTINCT entity_key FROM scores").all()
     finally:
         engine.dispose()
-    assert {k for (k,) in keys} == {"1", "2", "3", "4", None}
+    # The row with no pump is a reject (a window needs its entity), not an entity of None.
+    assert {k for (k,) in keys} == {"1", "2", "3", "4"}
+    assert len(one) == 239
 
 
 def test_too_few_training_windows_says_whether_gaps_or_time_order_cut_them() -> None:
