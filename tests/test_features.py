@@ -163,10 +163,11 @@ def test_a_number_with_a_decimal_comma_is_rejected_with_the_option_to_read_it() 
     _, rejects = schema.validate(pd.DataFrame({"a": ["99,5", "1.5x", "-0,25"]}))
     assert (
         rejects.loc[0, "reason"]
-        == "column 'a': '99,5' is not a number (a decimal comma? --decimal ',')"
+        == "column 'a': '99,5' is not a number (a decimal comma? a CSV is read with --decimal ',')"
     )
     assert rejects.loc[1, "reason"] == "column 'a': '1.5x' is not a number"
-    assert str(rejects.loc[2, "reason"]).endswith("(a decimal comma? --decimal ',')")
+    hint = "(a decimal comma? a CSV is read with --decimal ',')"
+    assert str(rejects.loc[2, "reason"]).endswith(hint)
 
 
 def test_boolean_column_with_one_stray_value_rejects_only_that_row() -> None:
