@@ -525,6 +525,7 @@ class Preprocessor:
         if len(clean) == 0:
             raise SchemaError("no valid training rows to learn from")
         pre = cls(schema=schema)
+        constant: list[str] = []
         for name in schema.numeric:
             values = clean[name].to_numpy(dtype="float64")
             present = values[~np.isnan(values)]
@@ -533,6 +534,8 @@ class Preprocessor:
             else:
                 center = float(np.median(present))
                 scale = robust_scale(present)
+                if len(present) > 1 and float(np.ptp(present)) == 0.0:
+                    constant.append(f"{name}={present[0]:g}")
             pre.center[name] = center
             pre.scale[name] = scale
             if len(present) < len(values):
@@ -541,6 +544,16 @@ class Preprocessor:
             counts = pd.Series(clean[name]).fillna(MISSING).value_counts()
             kept = [str(v) for v in counts.index[: max_categories - 1]]
             pre.categories[name] = sorted(kept)
+        if constant:
+            # A column that never moved in training has no spread to scale by: any other value
+            # there stands out by its distance in the column's own units.
+            logger.warning(
+                "%d numeric column(s) never change in the training rows (%s): a record with "
+                "another value there scores as anomalous; drop them (columns.ignore) if they "
+                "do not matter",
+                len(constant),
+                ", ".join(constant[:5]) + (", ..." if len(constant) > 5 else ""),
+            )
         return pre
 
     # ----------------------------------------------------------------- transform

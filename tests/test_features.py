@@ -254,3 +254,15 @@ def test_categories_compare_as_text() -> None:
     enc = pre.transform(schema.validate(pd.DataFrame({"c": ["2", 2.0, "x"]}))[0])
     assert enc.x[0].tolist() == enc.x[1].tolist()
     assert enc.x[2, 0] == 1.0  # unknown
+
+
+def test_a_column_constant_in_training_is_named(caplog: pytest.LogCaptureFixture) -> None:
+    # It stayed a feature scaled by 1 in its own units, without a word: a later change of a
+    # setpoint flagged every record, and nobody had been told the column never moved.
+    frame = _frame().assign(setpoint=5.0)
+    schema = FeatureSchema.infer(frame, ColumnsConfig(label="label"))
+    clean, _ = schema.validate(frame)
+    with caplog.at_level(logging.WARNING):
+        Preprocessor.fit(clean, schema)
+    assert "1 numeric column(s) never change in the training rows (setpoint=5)" in caplog.text
+    assert "temp" not in caplog.text
