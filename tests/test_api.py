@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pandas as pd
@@ -417,3 +418,41 @@ def test_listing_by_an_unregistered_model_name_is_a_404(server: Server) -> None:
         assert response.status_code == 404, response.text
         assert response.json()["detail"] == "no model named 'pumsp' is registered"
         assert server.client.get(path, params={"model": "pumps"}).status_code == 200
+
+
+def test_a_patch_changes_only_the_alert_rule_settings_it_names(server: Server) -> None:
+    # PATCH {"alert_rule": {"cooldown_s": 600}} put k, n and resolve_after back to their
+    # defaults (1, 1, 1), where 'thresholds set --cooldown 600' keeps them: a partial rule in a
+    # PATCH (or a preview) changes the settings it names, the others stay as in force.
+    api = server.client
+
+    def patch(rule: dict[str, Any]) -> httpx.Response:
+        return api.patch(
+            "/models/pumps/thresholds", json={"alert_rule": rule, "reason": "r"}, headers=AUTH
+        )
+
+    full = {"k": 2, "n": 3, "cooldown_s": 30.0, "resolve_after": 5}
+    assert patch(full).json()["alert_rule"] == full
+    cooled = patch({"cooldown_s": 600})
+    assert cooled.status_code == 201, cooled.text
+    assert cooled.json()["alert_rule"] == {**full, "cooldown_s": 600.0}
+    # k alone against the n in force (not against a default n of 1).
+    raised = patch({"k": 3})
+    assert raised.status_code == 201, raised.text
+    assert raised.json()["alert_rule"] == {**full, "k": 3, "cooldown_s": 600.0}
+    too_many = patch({"k": 4})
+    assert too_many.status_code == 400
+    assert "k (4) must not exceed n (3)" in too_many.json()["detail"]
+    assert patch({}).status_code == 400  # nothing to change
+    assert len(api.get("/models/pumps/thresholds").json()) == 4
+
+    preview = api.post(
+        "/models/pumps/thresholds/preview", json={"alert_rule": {"resolve_after": 9}}
+    )
+    assert preview.status_code == 200, preview.text
+    assert preview.json()["proposed"]["alert_rule"] == {
+        "k": 3,
+        "n": 3,
+        "cooldown_s": 600.0,
+        "resolve_after": 9,
+    }

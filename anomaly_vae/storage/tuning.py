@@ -16,6 +16,7 @@ functions of ``anomaly_vae.thresholds``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -211,12 +212,16 @@ def compute_threshold(
 # ============================================================ threshold versions
 @dataclass(frozen=True)
 class ThresholdChange:
-    """What a new version changes; None leaves that part as it is in force."""
+    """What a new version changes; None leaves that part as it is in force.
+
+    ``alert_rule`` replaces the rule in force; ``alert_rule_changes`` changes only the settings
+    it names (``k``, ``n``, ``cooldown_s``, ``resolve_after``) and keeps the others."""
 
     warning: PolicySpec | ComputedThreshold | None = None
     critical: PolicySpec | None = None
     clear_critical: bool = False
     alert_rule: AlertRule | None = None
+    alert_rule_changes: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -265,6 +270,8 @@ def _apply_change(
     rule = change.alert_rule
     if rule is None:
         rule = AlertRule.from_dict(current.alert_rule if current is not None else None)
+        if change.alert_rule_changes:
+            rule = alert_rule_of({**rule.to_dict(), **change.alert_rule_changes})
     return _Version(policy, value, critical, parameters, rule)
 
 
