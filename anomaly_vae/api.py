@@ -395,6 +395,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
     @app.get("/models/{name}/threshold", response_model=ThresholdPublic, tags=["thresholds"])
     def threshold(name: str, conn: Conn) -> ThresholdPublic:
         """The threshold in force."""
+        _require_model(conn, name)
         row = repo.threshold_in_force(conn, model_name=name)
         if row is None:
             raise NotFoundError(f"model {name!r} has no threshold")
@@ -403,6 +404,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
     @app.get("/models/{name}/thresholds", response_model=list[ThresholdPublic], tags=["thresholds"])
     def threshold_history(name: str, conn: Conn) -> list[ThresholdPublic]:
         """Every threshold version, newest (in force) first."""
+        _require_model(conn, name)
         return [_threshold(r) for r in repo.list_thresholds(conn, model_name=name)]
 
     @app.post(

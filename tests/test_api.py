@@ -418,6 +418,13 @@ def test_listing_by_an_unregistered_model_name_is_a_404(server: Server) -> None:
         assert response.status_code == 404, response.text
         assert response.json()["detail"] == "no model named 'pumsp' is registered"
         assert server.client.get(path, params={"model": "pumps"}).status_code == 200
+    # The thresholds of a name nobody registered: an empty history read as "never set", and
+    # the threshold in force as "model 'pumsp' has no threshold".
+    for path in ("/models/{}/thresholds", "/models/{}/threshold"):
+        response = server.client.get(path.format("pumsp"))
+        assert response.status_code == 404, response.text
+        assert response.json()["detail"] == "no model named 'pumsp' is registered"
+        assert server.client.get(path.format("pumps")).status_code == 200
 
 
 def test_a_patch_changes_only_the_alert_rule_settings_it_names(server: Server) -> None:

@@ -299,3 +299,25 @@ def test_tune_apply_can_drop_a_critical_level_below_the_tuned_threshold(
     shown = as_json(capsys, "thresholds", "show", "pumps", *db)
     assert isinstance(shown, dict)
     assert (shown["policy"], shown["critical"]) == ("labels", None)
+
+
+def test_the_history_of_an_unregistered_model_name_is_an_error(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 'thresholds history pumsp' printed "no thresholds stored for model 'pumsp'" with exit
+    # status 0 (and the API's GET /models/pumsp/thresholds an empty list), where 'show',
+    # 'alerts list --model' and the API's other model paths say the name is not registered.
+    _, model_dir = pump_model
+    db = ("--db", db_url)
+    ok(capsys, "score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    assert_user_error(
+        cli(capsys, "thresholds", "history", "pumsp", *db),
+        "no model named 'pumsp' is registered",
+        "models list",
+    )
+    history = as_json(capsys, "thresholds", "history", "pumps", *db)
+    assert isinstance(history, list)
+    assert [h["version"] for h in history] == [1]

@@ -289,6 +289,8 @@ def thresholds_history(
     from anomaly_vae.storage import repository as repo
 
     with connected(_target(db, pipeline)) as connection:
+        # not "no thresholds stored" for a misspelt name
+        repo.registered_versions(connection, name=model, hint=": see 'anomaly-vae models list'")
         rows = [_threshold_dict(r) for r in repo.list_thresholds(connection, model_name=model)]
     columns = [
         "version",
