@@ -230,6 +230,39 @@ def test_an_unknown_revision_is_one_line(db_url: str, capsys: pytest.CaptureFixt
     assert "revision 0005" in cli(capsys, "db", "current", "--db", db_url).stdout
 
 
+def test_a_database_a_newer_version_migrated_is_not_called_behind(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 'db current' said "behind: run 'anomaly-vae db upgrade'", and 'db upgrade' then failed
+    # with Alembic's "Can't locate revision identified by 'ffff9999'": the way out is a newer
+    # anomaly-vae, as every other command says.
+    engine = create_database_engine(parse_database_url(db_url))
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("UPDATE alembic_version SET version_num = 'ffff9999'")
+    finally:
+        engine.dispose()
+    current = cli(capsys, "db", "current", "--db", db_url)
+    assert current.returncode == 0, current.stderr
+    assert "revision ffff9999 (latest 0005): newer than this anomaly-vae knows" in current.stdout
+    assert "behind" not in current.stdout
+    for args in (("upgrade",), ("downgrade", "-1")):
+        assert_user_error(
+            cli(capsys, "db", *args, "--db", db_url),
+            "at schema revision ffff9999, newer than this anomaly-vae knows (head 0005)",
+            "upgrade anomaly-vae",
+        )
+    assert "revision ffff9999" in cli(capsys, "db", "current", "--db", db_url).stdout
+
+
+def test_db_current_names_the_database_to_upgrade(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli(capsys, "db", "downgrade", "-1", "--db", db_url).returncode == 0
+    behind = cli(capsys, "db", "current", "--db", db_url).stdout
+    assert "behind: run 'anomaly-vae db upgrade --db " in behind
+
+
 def test_downgrade_minus_one_is_one_step_down(
     db_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

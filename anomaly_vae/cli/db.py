@@ -150,12 +150,19 @@ def db_current(
     """Show the schema revision of the database and whether it is current."""
     setup_logging(False)
     from anomaly_vae.storage import migrate
+    from anomaly_vae.storage.engine import upgrade_hint
 
     target = database_target(db, pipeline)
     head = migrate.head_revision()
     with connected(target, check_schema=False) as connection:
         current = migrate.current_revision(connection)
-    state = "up to date" if current == head else "behind: run 'anomaly-vae db upgrade'"
+    if current == head:
+        state = "up to date"
+    elif not migrate.is_known_revision(current):
+        # Not "behind": 'db upgrade' cannot migrate a revision this version has no script for.
+        state = "newer than this anomaly-vae knows: upgrade anomaly-vae"
+    else:
+        state = f"behind: run '{upgrade_hint(target)}'"
     typer.echo(f"{target.display}: revision {current or 'none'} (latest {head}): {state}")
 
 
