@@ -463,3 +463,10 @@ def test_a_patch_changes_only_the_alert_rule_settings_it_names(server: Server) -
         "cooldown_s": 600.0,
         "resolve_after": 9,
     }
+
+
+def test_a_preview_until_at_or_before_since_is_a_400(server: Server) -> None:
+    body = {"since": "2026-11-13", "until": "2026-11-13"}
+    response = server.client.post("/models/pumps/thresholds/preview", json=body)
+    assert response.status_code == 400, response.text
+    assert "is not after since" in response.json()["detail"]

@@ -321,3 +321,28 @@ def test_the_history_of_an_unregistered_model_name_is_an_error(
     history = as_json(capsys, "thresholds", "history", "pumps", *db)
     assert isinstance(history, list)
     assert [h["version"] for h in history] == [1]
+
+
+def test_preview_until_is_named_and_checked_against_since(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A bad --until was reported as "--since 'yesterday' is not a date", and an --until at or
+    # before --since previewed an empty period as "would flag 0 records" (exit 0).
+    _, model_dir = pump_model
+    db = ("--db", db_url)
+    ok(capsys, "score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    preview = ("thresholds", "preview", "pumps", "--quantile", "0.99", *db)
+    assert_user_error(
+        cli(capsys, *preview, "--since", "2026-11-01", "--until", "yesterday"),
+        "--until 'yesterday' is not a date or time",
+    )
+    assert_user_error(
+        cli(capsys, *preview, "--since", "2026-11-13", "--until", "2026-11-12"),
+        "--until 2026-11-12 is not after --since 2026-11-13",
+    )
+    shown = as_json(capsys, *preview, "--since", "2000-01-01", "--until", "2100-01-01")
+    assert isinstance(shown, dict)
+    assert shown["records"] == 1200

@@ -263,13 +263,13 @@ def anomalies_list(
     emit(rows, columns, fmt, empty="no anomalies found")
 
 
-def parse_since(text: str) -> datetime:
-    """A date or ISO 8601 time; without a time zone it is UTC."""
+def parse_since(text: str, option: str = "--since") -> datetime:
+    """A date or ISO 8601 time (given with ``option``); without a time zone it is UTC."""
     try:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise ConfigError(
-            f"--since {text!r} is not a date or time: use YYYY-MM-DD or YYYY-MM-DDTHH:MM[+00:00]"
+            f"{option} {text!r} is not a date or time: use YYYY-MM-DD or YYYY-MM-DDTHH:MM[+00:00]"
         ) from None
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 

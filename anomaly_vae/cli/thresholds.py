@@ -195,8 +195,8 @@ def _rule(
     return alert_rule_of(data)
 
 
-def _since(text: str | None) -> datetime | None:
-    return parse_since(text) if text else None
+def _since(text: str | None, option: str = "--since") -> datetime | None:
+    return parse_since(text, option) if text else None
 
 
 def _who(by: str | None) -> str:
@@ -406,7 +406,9 @@ def thresholds_preview(
     from anomaly_vae.storage import repository as repo
     from anomaly_vae.storage.tuning import ThresholdChange, preview_threshold, read_labels
 
-    start, end = _since(since), _since(until)
+    start, end = _since(since), _since(until, "--until")
+    if start is not None and end is not None and end <= start:
+        raise ConfigError(f"--until {until} is not after --since {since}: no scores between them")
     warning = _policy(value, quantile, false_alarm_rate, contamination, evt, risk, start)
     critical_spec = _critical(critical, start)
     label_set = read_labels(labels, label_column=label_column) if labels else None

@@ -445,6 +445,11 @@ def preview_threshold(
     With ``since``, every entity starts from the state it was in then (its records before
     ``since`` as they were decided, and its alert in progress then), as the write path would
     have: so the preview of a threshold set at ``since`` is what then happened."""
+    if since is not None and until is not None and until <= since:
+        raise ConfigError(
+            f"until ({until.isoformat()}) is not after since ({since.isoformat()}): "
+            "the period holds no scores"
+        )
     model = latest_model(connection, name=model_name)
     current = repo.threshold_in_force(connection, model_name=model_name)
     version = _apply_change(connection, model, current, change)
