@@ -346,3 +346,28 @@ def test_preview_until_is_named_and_checked_against_since(
     shown = as_json(capsys, *preview, "--since", "2000-01-01", "--until", "2100-01-01")
     assert isinstance(shown, dict)
     assert shown["records"] == 1200
+
+
+def test_an_export_written_with_semicolons_labels_its_own_records(
+    db_url: str,
+    pump_model: tuple[AnomalyVAE, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 'score --sep ";"' stores the file's records, but 'tune' and 'preview' read labels with
+    # ',' only: the export could not label its own records ("has no 'label' column").
+    _, model_dir = pump_model
+    db = ("--db", db_url)
+    export = tmp_path / "export_semicolons.csv"
+    make_pump_data(600, anomaly_rate=0.05, seed=11).to_csv(export, index=False, sep=";")
+    ok(capsys, "score", str(export), "--model-dir", str(model_dir), "--sep", ";", *db, "-q")
+    tune = ("thresholds", "tune", "pumps", "--labels", str(export), "--objective", "f1", *db)
+    assert_user_error(cli(capsys, *tune), "has no 'label' column", "try --sep ';'")
+    tuned = as_json(capsys, *tune, "--sep", ";")
+    assert isinstance(tuned, dict)
+    assert tuned["labelled_records"] == 600
+    preview = as_json(
+        capsys, "thresholds", "preview", "pumps", "--labels", str(export), "--sep", ";", *db
+    )
+    assert isinstance(preview, dict)
+    assert preview["labelled_records"] == 600

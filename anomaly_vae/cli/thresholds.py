@@ -72,6 +72,9 @@ CooldownOpt = Annotated[
     float | None,
     typer.Option("--cooldown", help="Alert rule: seconds between two alerts of an entity."),
 ]
+LabelsSepOpt = Annotated[
+    str, typer.Option("--sep", help="The labels file's separator (default ',').")
+]
 ResolveAfterOpt = Annotated[
     int | None,
     typer.Option(
@@ -391,6 +394,7 @@ def thresholds_preview(
     label_column: str = typer.Option(
         "label", "--label-column", help="The labels file's label column."
     ),
+    sep: LabelsSepOpt = ",",
     plot: Path | None = typer.Option(
         None, "--plot", help="Also draw the preview to this PNG file."
     ),
@@ -411,7 +415,7 @@ def thresholds_preview(
         raise ConfigError(f"--until {until} is not after --since {since}: no scores between them")
     warning = _policy(value, quantile, false_alarm_rate, contamination, evt, risk, start)
     critical_spec = _critical(critical, start)
-    label_set = read_labels(labels, label_column=label_column) if labels else None
+    label_set = read_labels(labels, label_column=label_column, sep=sep) if labels else None
     with connected(_target(db, pipeline)) as connection:
         current = repo.threshold_in_force(connection, model_name=model)
         rule = _rule(current.alert_rule if current else None, debounce, cooldown, resolve_after)
@@ -498,6 +502,7 @@ def thresholds_tune(
     key_column: str = typer.Option(
         "source_key", "--key-column", help="The labels file's key column."
     ),
+    sep: LabelsSepOpt = ",",
     since: str | None = typer.Option(
         None, "--since", help="Stored scores from this date or time on."
     ),
@@ -550,7 +555,7 @@ def thresholds_tune(
         if max_false_alarm_rate is not None
         else "alerts_per_day"
     )
-    label_set = read_labels(labels, label_column=label_column, key_column=key_column)
+    label_set = read_labels(labels, label_column=label_column, key_column=key_column, sep=sep)
     with connected(_target(db, pipeline)) as connection, connection.begin():
         tuned = tune(
             connection,

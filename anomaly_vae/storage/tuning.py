@@ -617,6 +617,7 @@ def read_labels(
             f"labels file {path} has no {label_column!r} column and no start/end columns: "
             "give per-record labels (source_key,label or entity,time,label) or incident "
             "windows (entity,start,end); see 'anomaly-vae thresholds tune --help'"
+            + _separator_hint(list(columns), sep, [label_column, key_column, "start", "end"])
         )
     labels = _binary(frame[columns[label_column.lower()]], path)
     if key_column.lower() in columns:
@@ -636,6 +637,18 @@ def read_labels(
         {"source_key": [f"{prefix}{i}" for i in range(len(frame))], "label": labels}
     )
     return LabelSet(str(path), "source_key", rows)
+
+
+def _separator_hint(header: list[str], sep: str, expected: list[str]) -> str:
+    """When the header was read as one column that another separator would split into the
+    expected names (an export written with ';'), the --sep to give."""
+    if len(header) != 1:
+        return ""
+    wanted = {e.lower() for e in expected}
+    for other, shown in ((";", ";"), ("\t", "\\t"), ("|", "|"), (",", ",")):
+        if other != sep and wanted & {n.strip() for n in header[0].split(other)}:
+            return f"; the header looks {shown!r}-separated: try --sep '{shown}'"
+    return ""
 
 
 def _times(values: pd.Series, path: Path, name: str) -> pd.Series:
