@@ -652,12 +652,17 @@ def _separator_hint(header: list[str], sep: str, expected: list[str]) -> str:
 
 
 def _times(values: pd.Series, path: Path, name: str) -> pd.Series:
-    parsed = pd.to_datetime(values.str.strip(), utc=True, errors="coerce", format="mixed")
+    # Read as a stored score's event time was (ISO 8601 text, or epoch seconds / milliseconds),
+    # so that a label's time is written the way the export wrote it.
+    from anomaly_vae.windows import event_timestamps
+
+    stripped = values.str.strip()
+    parsed = event_timestamps(stripped.where(stripped != ""))
     if parsed.isna().any():
         row = int(np.flatnonzero(parsed.isna().to_numpy())[0]) + 2
         raise InputFileError(
             f"labels file {path} line {row}: {name} {values.iloc[row - 2]!r} is not a date or "
-            "time (use ISO 8601, e.g. 2026-11-20T08:00:00Z)"
+            "time (use ISO 8601, e.g. 2026-11-20T08:00:00Z, or epoch seconds)"
         )
     return parsed
 
