@@ -158,6 +158,17 @@ def test_read_set_preview_and_act_over_http(server: Server) -> None:
     )
     assert too_risky.status_code == 400
     assert "risk 0.5 is not in the tail" in too_risky.json()["detail"]
+    # The critical level in force (none yet here, so one is set first) above a new warning:
+    # the message says how to drop it in the API, not only with the CLI's flags.
+    above = api.post(
+        "/models/pumps/thresholds/preview",
+        json={
+            "warning": {"policy": "value", "value": 1e9},
+            "critical": {"policy": "value", "value": 1},
+        },
+    )
+    assert above.status_code == 400
+    assert '"critical": null in the API' in above.json()["detail"]
     assert api.post("/models/nope/thresholds", json=change, headers=AUTH).status_code == 404
     assert len(api.get("/models/pumps/thresholds").json()) == 1
 
