@@ -35,7 +35,7 @@ from anomaly_vae.config import AlertsConfig
 from anomaly_vae.errors import ConfigError, InputFileError, NotFoundError, SchemaError
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.storage.engine import DatabaseTarget
-from anomaly_vae.storage.tables import Alert, Model, ScoringRun, Threshold
+from anomaly_vae.storage.tables import ALERT_STATES, Alert, Model, ScoringRun, Threshold
 from anomaly_vae.storage.tuning import (
     PolicySpec,
     ThresholdChange,
@@ -753,8 +753,14 @@ def prometheus_text(conn: Connection) -> str:
         .order_by(Model.name, Alert.state)
     ).all()
     out.family("anomaly_vae_alerts", "gauge", "Alerts by state.")
-    for model, state, count in alerts:
-        out.sample("anomaly_vae_alerts", {"model": model, "state": state}, count)
+    # Every state of every registered model, 0 where none: a series that vanishes when the
+    # last open alert is resolved reads as "no data" in a graph, and never as "back to 0".
+    per_state = {(model, state): count for model, state, count in alerts}
+    names = sorted(set(conn.scalars(select(Model.name).distinct())) | {m for m, _ in per_state})
+    for model in names:
+        for state in ALERT_STATES:
+            value = per_state.get((model, state), 0)
+            out.sample("anomaly_vae_alerts", {"model": model, "state": state}, value)
     newest = (
         select(Threshold.model_name, func.max(Threshold.version).label("version"))
         .group_by(Threshold.model_name)

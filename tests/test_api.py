@@ -240,6 +240,11 @@ def test_read_set_preview_and_act_over_http(server: Server) -> None:
     thresholds = {s.labels["severity"]: s.value for s in families["anomaly_vae_threshold"].samples}
     assert thresholds == {"warning": v2["warning"]}
     assert sum(s.value for s in families["anomaly_vae_alerts"].samples) == len(alerts)
+    # Every state is a series, 0 where no alert is in it (none is acknowledged here: one was
+    # acknowledged, then resolved), rather than a series that vanishes.
+    by_state = {s.labels["state"]: s.value for s in families["anomaly_vae_alerts"].samples}
+    assert set(by_state) == {"open", "acknowledged", "resolved"}
+    assert by_state["acknowledged"] == 0
 
     assert TOKEN not in stop(server)
 
