@@ -147,6 +147,46 @@ def test_score_twice_keeps_one_row_per_record(
     assert_user_error(other, "no model named 'other' is registered")  # not "none found"
     bad_since = cli(capsys, "anomalies", "list", "--db", db_url, "--since", "yesterday")
     assert_user_error(bad_since, "--since 'yesterday'")
+    # --until and --entity, as GET /anomalies has them (and 'alerts list' has --entity).
+    earlier = json.loads(
+        cli(
+            capsys,
+            "anomalies",
+            "list",
+            "--db",
+            db_url,
+            "--format",
+            "json",
+            "--until",
+            since,
+            "--limit",
+            "500",
+        ).stdout
+    )
+    assert len(earlier) + len(later) == flagged
+    assert all(a["time"] < since for a in earlier)
+    entity = as_json[0]["entity_key"]
+    assert entity
+    one = json.loads(
+        cli(
+            capsys,
+            "anomalies",
+            "list",
+            "--db",
+            db_url,
+            "--format",
+            "json",
+            "--entity",
+            entity,
+            "--limit",
+            "500",
+        ).stdout
+    )
+    assert one
+    assert {a["entity_key"] for a in one} == {entity}
+    assert len(one) == sum(a["entity_key"] == entity for a in as_json)
+    bad_until = cli(capsys, "anomalies", "list", "--db", db_url, "--until", "tomorrow")
+    assert_user_error(bad_until, "--until 'tomorrow'")
 
 
 def test_killed_run_then_rerun_stores_every_row_exactly_once(

@@ -229,6 +229,10 @@ def anomalies_list(
     since: str | None = typer.Option(
         None, "--since", help="Only records from this date or time on (YYYY-MM-DD, ISO 8601)."
     ),
+    until: str | None = typer.Option(
+        None, "--until", help="Only records before this date or time (YYYY-MM-DD, ISO 8601)."
+    ),
+    entity: str | None = typer.Option(None, "--entity", help="Only this entity."),
     limit: int = typer.Option(50, "--limit", help="At most this many rows."),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
@@ -241,12 +245,15 @@ def anomalies_list(
     if limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
     start = parse_since(since) if since else None
+    end = parse_since(until, "--until") if until else None
     with connected(database_target(db, pipeline)) as connection:
         if model is not None:  # not "no anomalies found" for a misspelt name
             repo.registered_versions(connection, name=model, hint=": see 'anomaly-vae models list'")
         rows = [
             row._asdict()
-            for row in repo.list_anomalies(connection, model_name=model, since=start, limit=limit)
+            for row in repo.list_anomalies(
+                connection, model_name=model, since=start, until=end, entity=entity, limit=limit
+            )
         ]
     columns = [
         "time",
