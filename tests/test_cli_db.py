@@ -263,6 +263,15 @@ def test_commands_refuse_a_database_behind_the_migrations(
     assert "down from 0005 to base" in down.stdout
 
 
+def test_a_sqlite_url_without_a_file_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    # 'db upgrade --db sqlite:///' said "schema migrated from empty to 0005" (in memory), then
+    # 'score --db sqlite:///' said to run 'db upgrade --db sqlite:///': a loop.
+    for args in (("db", "upgrade"), ("runs", "list")):
+        assert_user_error(
+            cli(capsys, *args, "--db", "sqlite:///"), "names no SQLite file", "sqlite:///results.db"
+        )
+
+
 def test_an_unknown_revision_is_one_line(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     for args in (("downgrade", "bogus"), ("downgrade", "+1"), ("upgrade", "--revision", "0009")):
         result = cli(capsys, "db", *args, "--db", db_url)
