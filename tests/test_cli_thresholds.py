@@ -371,3 +371,21 @@ def test_an_export_written_with_semicolons_labels_its_own_records(
     )
     assert isinstance(preview, dict)
     assert preview["labelled_records"] == 600
+
+
+def test_a_plot_path_matplotlib_cannot_write_is_one_line_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # '--plot preview.txt' was a traceback (matplotlib's ValueError) after the preview was
+    # computed; '--plot FOLDER' wrote FOLDER.png and said "plot: FOLDER". The database here
+    # does not exist: the path is checked first.
+    preview = ("thresholds", "preview", "pumps", "--db", f"sqlite:///{tmp_path / 'none.db'}")
+    assert_user_error(
+        cli(capsys, *preview, "--plot", str(tmp_path / "preview.txt")),
+        "'.txt' is not a picture format; use .png",
+    )
+    assert_user_error(cli(capsys, *preview, "--plot", str(tmp_path)), "is a folder")
+    assert_user_error(
+        cli(capsys, *preview, "--plot", str(tmp_path / "nope" / "p.png")), "does not exist"
+    )
+    assert not list(tmp_path.iterdir())

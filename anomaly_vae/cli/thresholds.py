@@ -410,6 +410,10 @@ def thresholds_preview(
     from anomaly_vae.storage import repository as repo
     from anomaly_vae.storage.tuning import ThresholdChange, preview_threshold, read_labels
 
+    if plot is not None:  # before the work, not a traceback after it
+        from anomaly_vae.plots import plot_path
+
+        plot = plot_path(plot)
     start, end = _since(since), _since(until, "--until")
     if start is not None and end is not None and end <= start:
         raise ConfigError(f"--until {until} is not after --since {since}: no scores between them")
