@@ -389,3 +389,14 @@ def test_a_plot_path_matplotlib_cannot_write_is_one_line_before_any_work(
         cli(capsys, *preview, "--plot", str(tmp_path / "nope" / "p.png")), "does not exist"
     )
     assert not list(tmp_path.iterdir())
+
+
+def test_set_since_without_contamination_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 'thresholds set M --value 5 --since 2026-11-01' ignored --since in silence (it only
+    # chooses the stored scores a contamination is computed from); checked before connecting.
+    db = ("--db", f"sqlite:///{tmp_path / 'none.db'}")
+    set_ = ("thresholds", "set", "pumps", "--reason", "r", "--since", "2026-11-01", *db)
+    for policy in (("--value", "5"), ("--quantile", "0.99", "--critical", "60")):
+        assert_user_error(cli(capsys, *set_, *policy), "--since goes with --contamination")

@@ -342,6 +342,15 @@ def thresholds_set(
     critical_spec = _critical(critical, start)
     if critical_spec is not None and no_critical:
         raise ConfigError("give --critical or --no-critical, not both")
+    if start is not None and "contamination" not in {
+        getattr(warning, "policy", None),
+        getattr(critical_spec, "policy", None),
+    }:
+        # Not ignored in silence: a threshold is in force from now on, whatever --since says.
+        raise ConfigError(
+            "--since goes with --contamination (or --critical contamination=C): the stored "
+            "scores it is computed from; a new threshold is in force from now on"
+        )
     with connected(_target(db, pipeline)) as connection, connection.begin():
         current = repo.threshold_in_force(connection, model_name=model)
         rule = _rule(current.alert_rule if current else None, debounce, cooldown, resolve_after)
