@@ -400,3 +400,30 @@ def test_set_since_without_contamination_is_refused(
     set_ = ("thresholds", "set", "pumps", "--reason", "r", "--since", "2026-11-01", *db)
     for policy in (("--value", "5"), ("--quantile", "0.99", "--critical", "60")):
         assert_user_error(cli(capsys, *set_, *policy), "--since goes with --contamination")
+
+
+def test_a_blank_name_on_an_alert_action_is_refused(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 'alerts ack ID --by "  "' (or "by": "  " in the API) stored a blank acknowledged_by:
+    # the audit trail said nothing of who acted. 'thresholds set --by "  "' is refused too.
+    _, model_dir = pump_model
+    db = ("--db", db_url)
+    ok(capsys, "score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    alerts = as_json(capsys, "alerts", "list", "--limit", "1", *db)
+    assert isinstance(alerts, list)
+    assert alerts
+    alert_id = str(alerts[0]["id"])
+    for action in ("ack", "resolve"):
+        assert_user_error(cli(capsys, "alerts", action, alert_id, "--by", "  ", *db), "blank")
+    after = as_json(capsys, "alerts", "list", "--limit", "1", *db)
+    assert after == alerts
+    assert_user_error(
+        cli(
+            capsys, "thresholds", "set", "pumps", "--value", "9", "--reason", "r", "--by", " ", *db
+        ),
+        "needs who made it",
+    )

@@ -287,9 +287,14 @@ def set_threshold(
     """Append a threshold version for ``model_name`` (in force from now on; live scorers pick
     it up within ``kafka.threshold_refresh_s``). Runs in the caller's transaction."""
     if not reason or not reason.strip():
-        raise ConfigError("a threshold change needs a reason (--reason): say why, for the history")
+        raise ConfigError(
+            'a threshold change needs a reason (--reason, "reason" in the API): say why, for '
+            "the history"
+        )
     if not created_by or not created_by.strip():
-        raise ConfigError("a threshold change needs who made it (--by)")
+        raise ConfigError(
+            'a threshold change needs who made it (--by, "created_by" in the API), not a blank'
+        )
     model = latest_model(connection, name=model_name)
     current = repo.threshold_in_force(connection, model_name=model_name)
     version = _apply_change(connection, model, current, change)
@@ -773,6 +778,12 @@ def act_on_alert(
 ) -> Row[Any]:
     """Acknowledge or resolve an alert (in the caller's transaction); returns it.
     Acknowledging a resolved alert, or anything twice, is refused with a clear message."""
+    by = by.strip()
+    if not by:  # the audit trail would say nothing
+        raise ConfigError(
+            f'who takes the action on alert {alert_id} is blank: give a name (--by, "by" in '
+            "the API)"
+        )
     row = None
     if alert_id in _ALERT_IDS:
         row = connection.execute(select(Alert).where(Alert.id == alert_id)).first()
