@@ -35,7 +35,7 @@ from anomaly_vae.config import AlertsConfig
 from anomaly_vae.errors import ConfigError, InputFileError, NotFoundError, SchemaError
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.storage.engine import DatabaseTarget
-from anomaly_vae.storage.tables import Alert, Model, ScoringRun, Threshold
+from anomaly_vae.storage.tables import ALERT_STATES, Alert, Model, ScoringRun, Threshold
 from anomaly_vae.storage.tuning import (
     PolicySpec,
     ThresholdChange,
@@ -136,24 +136,35 @@ class ThresholdCreate(_Schema):
     created_by: str = Field(default="api", min_length=1, max_length=200)
 
 
+class AlertRuleUpdate(_Schema):
+    """Settings of the alert rule in force to change; those left out keep their value."""
+
+    k: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1)
+    cooldown_s: float | None = Field(default=None, ge=0.0)
+    resolve_after: int | None = Field(default=None, ge=1)
+
+
 class ThresholdUpdate(_Schema):
     """A new version that changes only what is given (at least one of warning, critical,
-    alert_rule); the rest is carried over from the version in force."""
+    alert_rule, and in alert_rule only the settings given); the rest is carried over from the
+    version in force."""
 
     warning: PolicySpec | None = None
     critical: PolicySpec | None = None
-    alert_rule: AlertsConfig | None = None
+    alert_rule: AlertRuleUpdate | None = None
     reason: str = Field(min_length=1, max_length=2000)
     created_by: str = Field(default="api", min_length=1, max_length=200)
 
 
 class ThresholdPreviewRequest(_Schema):
     """What to replay on the stored scores: a policy (left out: the one in force), a critical
-    level (as in ``ThresholdCreate``), an alert rule, and the period [since, until)."""
+    level (as in ``ThresholdCreate``), changes to the alert rule in force (as in
+    ``ThresholdUpdate``), and the period [since, until)."""
 
     warning: PolicySpec | None = None
     critical: PolicySpec | None = None
-    alert_rule: AlertsConfig | None = None
+    alert_rule: AlertRuleUpdate | None = None
     since: UtcDatetime | None = None
     until: UtcDatetime | None = None
 
@@ -384,6 +395,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
     @app.get("/models/{name}/threshold", response_model=ThresholdPublic, tags=["thresholds"])
     def threshold(name: str, conn: Conn) -> ThresholdPublic:
         """The threshold in force."""
+        _require_model(conn, name)
         row = repo.threshold_in_force(conn, model_name=name)
         if row is None:
             raise NotFoundError(f"model {name!r} has no threshold")
@@ -392,6 +404,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
     @app.get("/models/{name}/thresholds", response_model=list[ThresholdPublic], tags=["thresholds"])
     def threshold_history(name: str, conn: Conn) -> list[ThresholdPublic]:
         """Every threshold version, newest (in force) first."""
+        _require_model(conn, name)
         return [_threshold(r) for r in repo.list_thresholds(conn, model_name=name)]
 
     @app.post(
@@ -414,7 +427,10 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
     )
     def update_threshold(name: str, body: ThresholdUpdate, conn: Conn) -> ThresholdPublic:
         """A new version changing only what is given (e.g. just the alert rule)."""
-        if not {"warning", "critical", "alert_rule"} & body.model_fields_set:
+        given = {"warning", "critical", "alert_rule"} & body.model_fields_set
+        if body.alert_rule is None or not body.alert_rule.model_dump(exclude_none=True):
+            given.discard("alert_rule")  # null or {} changes no setting
+        if not given:
             raise ConfigError("nothing to change: give warning, critical or alert_rule")
         return _new_version(conn, name, body)
 
@@ -651,11 +667,17 @@ def _score_records(
 
 
 def _change(body: ThresholdCreate | ThresholdUpdate | ThresholdPreviewRequest) -> ThresholdChange:
+    rule = body.alert_rule
     return ThresholdChange(
         warning=body.warning,
         critical=body.critical,
         clear_critical="critical" in body.model_fields_set and body.critical is None,
-        alert_rule=None if body.alert_rule is None else alert_rule_of(body.alert_rule),
+        # A whole rule (POST) replaces the one in force; a PATCH or a preview changes only
+        # the settings it names, as the CLI's --debounce / --cooldown / --resolve-after do.
+        alert_rule=alert_rule_of(rule) if isinstance(rule, AlertsConfig) else None,
+        alert_rule_changes=rule.model_dump(exclude_none=True)
+        if isinstance(rule, AlertRuleUpdate)
+        else None,
     )
 
 
@@ -731,8 +753,14 @@ def prometheus_text(conn: Connection) -> str:
         .order_by(Model.name, Alert.state)
     ).all()
     out.family("anomaly_vae_alerts", "gauge", "Alerts by state.")
-    for model, state, count in alerts:
-        out.sample("anomaly_vae_alerts", {"model": model, "state": state}, count)
+    # Every state of every registered model, 0 where none: a series that vanishes when the
+    # last open alert is resolved reads as "no data" in a graph, and never as "back to 0".
+    per_state = {(model, state): count for model, state, count in alerts}
+    names = sorted(set(conn.scalars(select(Model.name).distinct())) | {m for m, _ in per_state})
+    for model in names:
+        for state in ALERT_STATES:
+            value = per_state.get((model, state), 0)
+            out.sample("anomaly_vae_alerts", {"model": model, "state": state}, value)
     newest = (
         select(Threshold.model_name, func.max(Threshold.version).label("version"))
         .group_by(Threshold.model_name)

@@ -18,6 +18,29 @@ if TYPE_CHECKING:
 CURRENT, PROPOSED = "#1f5fbf", "#d62728"
 
 
+def plot_path(path: Path | str) -> Path:
+    """The file a picture asked for as ``path`` is written to, checked before any work: a
+    picture format matplotlib writes (no suffix: ``.png``), in a folder that exists."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from anomaly_vae.errors import ConfigError, InputFileError
+
+    path = Path(path)
+    if path.is_dir():
+        raise InputFileError(f"--plot {path} is a folder: give a file, e.g. {path / 'preview.png'}")
+    if not path.suffix:
+        path = path.with_suffix(".png")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        raise ConfigError(
+            f"--plot {path}: {path.suffix!r} is not a picture format; use .png, or one of "
+            f"{', '.join('.' + f for f in sorted(formats))}"
+        )
+    if not path.parent.is_dir():
+        raise InputFileError(f"--plot {path}: folder {path.parent} does not exist")
+    return path
+
+
 def preview_plot(preview: ThresholdPreview, path: Path | str) -> Path:
     """Write the preview's picture to ``path`` (PNG); returns the path."""
     import matplotlib

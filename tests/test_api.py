@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pandas as pd
@@ -157,6 +158,17 @@ def test_read_set_preview_and_act_over_http(server: Server) -> None:
     )
     assert too_risky.status_code == 400
     assert "risk 0.5 is not in the tail" in too_risky.json()["detail"]
+    # The critical level in force (none yet here, so one is set first) above a new warning:
+    # the message says how to drop it in the API, not only with the CLI's flags.
+    above = api.post(
+        "/models/pumps/thresholds/preview",
+        json={
+            "warning": {"policy": "value", "value": 1e9},
+            "critical": {"policy": "value", "value": 1},
+        },
+    )
+    assert above.status_code == 400
+    assert '"critical": null in the API' in above.json()["detail"]
     assert api.post("/models/nope/thresholds", json=change, headers=AUTH).status_code == 404
     assert len(api.get("/models/pumps/thresholds").json()) == 1
 
@@ -228,6 +240,11 @@ def test_read_set_preview_and_act_over_http(server: Server) -> None:
     thresholds = {s.labels["severity"]: s.value for s in families["anomaly_vae_threshold"].samples}
     assert thresholds == {"warning": v2["warning"]}
     assert sum(s.value for s in families["anomaly_vae_alerts"].samples) == len(alerts)
+    # Every state is a series, 0 where no alert is in it (none is acknowledged here: one was
+    # acknowledged, then resolved), rather than a series that vanishes.
+    by_state = {s.labels["state"]: s.value for s in families["anomaly_vae_alerts"].samples}
+    assert set(by_state) == {"open", "acknowledged", "resolved"}
+    assert by_state["acknowledged"] == 0
 
     assert TOKEN not in stop(server)
 
@@ -417,3 +434,55 @@ def test_listing_by_an_unregistered_model_name_is_a_404(server: Server) -> None:
         assert response.status_code == 404, response.text
         assert response.json()["detail"] == "no model named 'pumsp' is registered"
         assert server.client.get(path, params={"model": "pumps"}).status_code == 200
+    # The thresholds of a name nobody registered: an empty history read as "never set", and
+    # the threshold in force as "model 'pumsp' has no threshold".
+    for path in ("/models/{}/thresholds", "/models/{}/threshold"):
+        response = server.client.get(path.format("pumsp"))
+        assert response.status_code == 404, response.text
+        assert response.json()["detail"] == "no model named 'pumsp' is registered"
+        assert server.client.get(path.format("pumps")).status_code == 200
+
+
+def test_a_patch_changes_only_the_alert_rule_settings_it_names(server: Server) -> None:
+    # PATCH {"alert_rule": {"cooldown_s": 600}} put k, n and resolve_after back to their
+    # defaults (1, 1, 1), where 'thresholds set --cooldown 600' keeps them: a partial rule in a
+    # PATCH (or a preview) changes the settings it names, the others stay as in force.
+    api = server.client
+
+    def patch(rule: dict[str, Any]) -> httpx.Response:
+        return api.patch(
+            "/models/pumps/thresholds", json={"alert_rule": rule, "reason": "r"}, headers=AUTH
+        )
+
+    full = {"k": 2, "n": 3, "cooldown_s": 30.0, "resolve_after": 5}
+    assert patch(full).json()["alert_rule"] == full
+    cooled = patch({"cooldown_s": 600})
+    assert cooled.status_code == 201, cooled.text
+    assert cooled.json()["alert_rule"] == {**full, "cooldown_s": 600.0}
+    # k alone against the n in force (not against a default n of 1).
+    raised = patch({"k": 3})
+    assert raised.status_code == 201, raised.text
+    assert raised.json()["alert_rule"] == {**full, "k": 3, "cooldown_s": 600.0}
+    too_many = patch({"k": 4})
+    assert too_many.status_code == 400
+    assert "k (4) must not exceed n (3)" in too_many.json()["detail"]
+    assert patch({}).status_code == 400  # nothing to change
+    assert len(api.get("/models/pumps/thresholds").json()) == 4
+
+    preview = api.post(
+        "/models/pumps/thresholds/preview", json={"alert_rule": {"resolve_after": 9}}
+    )
+    assert preview.status_code == 200, preview.text
+    assert preview.json()["proposed"]["alert_rule"] == {
+        "k": 3,
+        "n": 3,
+        "cooldown_s": 600.0,
+        "resolve_after": 9,
+    }
+
+
+def test_a_preview_until_at_or_before_since_is_a_400(server: Server) -> None:
+    body = {"since": "2026-11-13", "until": "2026-11-13"}
+    response = server.client.post("/models/pumps/thresholds/preview", json=body)
+    assert response.status_code == 400, response.text
+    assert "is not after since" in response.json()["detail"]

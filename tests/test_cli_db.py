@@ -147,6 +147,46 @@ def test_score_twice_keeps_one_row_per_record(
     assert_user_error(other, "no model named 'other' is registered")  # not "none found"
     bad_since = cli(capsys, "anomalies", "list", "--db", db_url, "--since", "yesterday")
     assert_user_error(bad_since, "--since 'yesterday'")
+    # --until and --entity, as GET /anomalies has them (and 'alerts list' has --entity).
+    earlier = json.loads(
+        cli(
+            capsys,
+            "anomalies",
+            "list",
+            "--db",
+            db_url,
+            "--format",
+            "json",
+            "--until",
+            since,
+            "--limit",
+            "500",
+        ).stdout
+    )
+    assert len(earlier) + len(later) == flagged
+    assert all(a["time"] < since for a in earlier)
+    entity = as_json[0]["entity_key"]
+    assert entity
+    one = json.loads(
+        cli(
+            capsys,
+            "anomalies",
+            "list",
+            "--db",
+            db_url,
+            "--format",
+            "json",
+            "--entity",
+            entity,
+            "--limit",
+            "500",
+        ).stdout
+    )
+    assert one
+    assert {a["entity_key"] for a in one} == {entity}
+    assert len(one) == sum(a["entity_key"] == entity for a in as_json)
+    bad_until = cli(capsys, "anomalies", "list", "--db", db_url, "--until", "tomorrow")
+    assert_user_error(bad_until, "--until 'tomorrow'")
 
 
 def test_killed_run_then_rerun_stores_every_row_exactly_once(
@@ -223,11 +263,53 @@ def test_commands_refuse_a_database_behind_the_migrations(
     assert "down from 0005 to base" in down.stdout
 
 
+def test_a_sqlite_url_without_a_file_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    # 'db upgrade --db sqlite:///' said "schema migrated from empty to 0005" (in memory), then
+    # 'score --db sqlite:///' said to run 'db upgrade --db sqlite:///': a loop.
+    for args in (("db", "upgrade"), ("runs", "list")):
+        assert_user_error(
+            cli(capsys, *args, "--db", "sqlite:///"), "names no SQLite file", "sqlite:///results.db"
+        )
+
+
 def test_an_unknown_revision_is_one_line(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     for args in (("downgrade", "bogus"), ("downgrade", "+1"), ("upgrade", "--revision", "0009")):
         result = cli(capsys, "db", *args, "--db", db_url)
         assert_user_error(result, "cannot migrate", "revisions: base, 0001,", "0005, head")
     assert "revision 0005" in cli(capsys, "db", "current", "--db", db_url).stdout
+
+
+def test_a_database_a_newer_version_migrated_is_not_called_behind(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 'db current' said "behind: run 'anomaly-vae db upgrade'", and 'db upgrade' then failed
+    # with Alembic's "Can't locate revision identified by 'ffff9999'": the way out is a newer
+    # anomaly-vae, as every other command says.
+    engine = create_database_engine(parse_database_url(db_url))
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("UPDATE alembic_version SET version_num = 'ffff9999'")
+    finally:
+        engine.dispose()
+    current = cli(capsys, "db", "current", "--db", db_url)
+    assert current.returncode == 0, current.stderr
+    assert "revision ffff9999 (latest 0005): newer than this anomaly-vae knows" in current.stdout
+    assert "behind" not in current.stdout
+    for args in (("upgrade",), ("downgrade", "-1")):
+        assert_user_error(
+            cli(capsys, "db", *args, "--db", db_url),
+            "at schema revision ffff9999, newer than this anomaly-vae knows (head 0005)",
+            "upgrade anomaly-vae",
+        )
+    assert "revision ffff9999" in cli(capsys, "db", "current", "--db", db_url).stdout
+
+
+def test_db_current_names_the_database_to_upgrade(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli(capsys, "db", "downgrade", "-1", "--db", db_url).returncode == 0
+    behind = cli(capsys, "db", "current", "--db", db_url).stdout
+    assert "behind: run 'anomaly-vae db upgrade --db " in behind
 
 
 def test_downgrade_minus_one_is_one_step_down(

@@ -299,3 +299,131 @@ def test_tune_apply_can_drop_a_critical_level_below_the_tuned_threshold(
     shown = as_json(capsys, "thresholds", "show", "pumps", *db)
     assert isinstance(shown, dict)
     assert (shown["policy"], shown["critical"]) == ("labels", None)
+
+
+def test_the_history_of_an_unregistered_model_name_is_an_error(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 'thresholds history pumsp' printed "no thresholds stored for model 'pumsp'" with exit
+    # status 0 (and the API's GET /models/pumsp/thresholds an empty list), where 'show',
+    # 'alerts list --model' and the API's other model paths say the name is not registered.
+    _, model_dir = pump_model
+    db = ("--db", db_url)
+    ok(capsys, "score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    assert_user_error(
+        cli(capsys, "thresholds", "history", "pumsp", *db),
+        "no model named 'pumsp' is registered",
+        "models list",
+    )
+    history = as_json(capsys, "thresholds", "history", "pumps", *db)
+    assert isinstance(history, list)
+    assert [h["version"] for h in history] == [1]
+
+
+def test_preview_until_is_named_and_checked_against_since(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A bad --until was reported as "--since 'yesterday' is not a date", and an --until at or
+    # before --since previewed an empty period as "would flag 0 records" (exit 0).
+    _, model_dir = pump_model
+    db = ("--db", db_url)
+    ok(capsys, "score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    preview = ("thresholds", "preview", "pumps", "--quantile", "0.99", *db)
+    assert_user_error(
+        cli(capsys, *preview, "--since", "2026-11-01", "--until", "yesterday"),
+        "--until 'yesterday' is not a date or time",
+    )
+    assert_user_error(
+        cli(capsys, *preview, "--since", "2026-11-13", "--until", "2026-11-12"),
+        "--until 2026-11-12 is not after --since 2026-11-13",
+    )
+    shown = as_json(capsys, *preview, "--since", "2000-01-01", "--until", "2100-01-01")
+    assert isinstance(shown, dict)
+    assert shown["records"] == 1200
+
+
+def test_an_export_written_with_semicolons_labels_its_own_records(
+    db_url: str,
+    pump_model: tuple[AnomalyVAE, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 'score --sep ";"' stores the file's records, but 'tune' and 'preview' read labels with
+    # ',' only: the export could not label its own records ("has no 'label' column").
+    _, model_dir = pump_model
+    db = ("--db", db_url)
+    export = tmp_path / "export_semicolons.csv"
+    make_pump_data(600, anomaly_rate=0.05, seed=11).to_csv(export, index=False, sep=";")
+    ok(capsys, "score", str(export), "--model-dir", str(model_dir), "--sep", ";", *db, "-q")
+    tune = ("thresholds", "tune", "pumps", "--labels", str(export), "--objective", "f1", *db)
+    assert_user_error(cli(capsys, *tune), "has no 'label' column", "try --sep ';'")
+    tuned = as_json(capsys, *tune, "--sep", ";")
+    assert isinstance(tuned, dict)
+    assert tuned["labelled_records"] == 600
+    preview = as_json(
+        capsys, "thresholds", "preview", "pumps", "--labels", str(export), "--sep", ";", *db
+    )
+    assert isinstance(preview, dict)
+    assert preview["labelled_records"] == 600
+
+
+def test_a_plot_path_matplotlib_cannot_write_is_one_line_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # '--plot preview.txt' was a traceback (matplotlib's ValueError) after the preview was
+    # computed; '--plot FOLDER' wrote FOLDER.png and said "plot: FOLDER". The database here
+    # does not exist: the path is checked first.
+    preview = ("thresholds", "preview", "pumps", "--db", f"sqlite:///{tmp_path / 'none.db'}")
+    assert_user_error(
+        cli(capsys, *preview, "--plot", str(tmp_path / "preview.txt")),
+        "'.txt' is not a picture format; use .png",
+    )
+    assert_user_error(cli(capsys, *preview, "--plot", str(tmp_path)), "is a folder")
+    assert_user_error(
+        cli(capsys, *preview, "--plot", str(tmp_path / "nope" / "p.png")), "does not exist"
+    )
+    assert not list(tmp_path.iterdir())
+
+
+def test_set_since_without_contamination_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 'thresholds set M --value 5 --since 2026-11-01' ignored --since in silence (it only
+    # chooses the stored scores a contamination is computed from); checked before connecting.
+    db = ("--db", f"sqlite:///{tmp_path / 'none.db'}")
+    set_ = ("thresholds", "set", "pumps", "--reason", "r", "--since", "2026-11-01", *db)
+    for policy in (("--value", "5"), ("--quantile", "0.99", "--critical", "60")):
+        assert_user_error(cli(capsys, *set_, *policy), "--since goes with --contamination")
+
+
+def test_a_blank_name_on_an_alert_action_is_refused(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 'alerts ack ID --by "  "' (or "by": "  " in the API) stored a blank acknowledged_by:
+    # the audit trail said nothing of who acted. 'thresholds set --by "  "' is refused too.
+    _, model_dir = pump_model
+    db = ("--db", db_url)
+    ok(capsys, "score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    alerts = as_json(capsys, "alerts", "list", "--limit", "1", *db)
+    assert isinstance(alerts, list)
+    assert alerts
+    alert_id = str(alerts[0]["id"])
+    for action in ("ack", "resolve"):
+        assert_user_error(cli(capsys, "alerts", action, alert_id, "--by", "  ", *db), "blank")
+    after = as_json(capsys, "alerts", "list", "--limit", "1", *db)
+    assert after == alerts
+    assert_user_error(
+        cli(
+            capsys, "thresholds", "set", "pumps", "--value", "9", "--reason", "r", "--by", " ", *db
+        ),
+        "needs who made it",
+    )

@@ -452,6 +452,10 @@ def test_url_precedence() -> None:
         ("bob:s3cret@db.example/anomalies", "malformed database URL"),
         ("postgresql://bob:s3cret@s3cret2@db.example/anomalies", "must be written %40"),
         ("postgres://bob:s3cret@s3cret2@db.example:x/anomalies", "a port must be a number"),
+        # No file: an in-memory database, "migrated" by 'db upgrade' and gone when it ended.
+        ("sqlite://", "names no SQLite file"),
+        ("sqlite:///", "names no SQLite file"),
+        ("sqlite:///:memory:", "names no SQLite file"),
     ],
 )
 def test_bad_urls_give_one_masked_line(url: str, needle: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -202,3 +203,42 @@ def test_skipping_quiet_records_changes_no_decision() -> None:
             assert other.open_severity == state.open_severity
             assert other.normal_streak == state.normal_streak
             assert other.last_opened == state.last_opened
+
+
+def test_label_times_are_read_as_stored_event_times_are(tmp_path: Path) -> None:
+    # An export with epoch-second timestamps is stored with those event times, but labels
+    # written the same way were refused ("time '1797724800' is not a date or time"): label
+    # times are read by the one reading of a time that CSV jobs and Kafka share.
+    from anomaly_vae.errors import InputFileError
+    from anomaly_vae.storage.tuning import read_labels
+    from anomaly_vae.windows import event_timestamps
+
+    when = pd.Timestamp("2026-12-20T08:00:00Z")
+    seconds = int(when.timestamp())
+    per_record = tmp_path / "per_record.csv"
+    per_record.write_text(
+        f"entity,time,label\nP1,{seconds},1\nP2,{seconds * 1000},0\nP3,2026-12-20T08:00:00Z,1\n"
+    )
+    labels = read_labels(per_record)
+    assert labels.kind == "entity_time"
+    assert list(labels.frame["time"]) == [when] * 3
+    stored = pd.DataFrame(
+        {
+            "source_key": ["a", "b", "c", "d"],
+            "entity": ["P1", "P2", "P3", "P1"],
+            "time": event_timestamps(pd.Series([str(seconds)] * 3 + [str(seconds + 10)])),
+        }
+    )
+    assert np.array_equal(labels.for_scores(stored), [1.0, 0.0, 1.0, np.nan], equal_nan=True)
+
+    windows = tmp_path / "windows.csv"
+    windows.write_text(f"entity,start,end\nP1,{seconds},{seconds + 5}\n")
+    assert list(labels_of(read_labels(windows).for_scores(stored))) == [1.0, 0.0, 0.0, 0.0]
+    empty = tmp_path / "empty_start.csv"
+    empty.write_text(f"entity,start,end\nP1,,{seconds}\n")
+    with pytest.raises(InputFileError, match="line 2: start '' is not a date or time"):
+        read_labels(empty)
+
+
+def labels_of(values: np.ndarray) -> list[float]:
+    return [float(v) for v in values]

@@ -150,12 +150,19 @@ def db_current(
     """Show the schema revision of the database and whether it is current."""
     setup_logging(False)
     from anomaly_vae.storage import migrate
+    from anomaly_vae.storage.engine import upgrade_hint
 
     target = database_target(db, pipeline)
     head = migrate.head_revision()
     with connected(target, check_schema=False) as connection:
         current = migrate.current_revision(connection)
-    state = "up to date" if current == head else "behind: run 'anomaly-vae db upgrade'"
+    if current == head:
+        state = "up to date"
+    elif not migrate.is_known_revision(current):
+        # Not "behind": 'db upgrade' cannot migrate a revision this version has no script for.
+        state = "newer than this anomaly-vae knows: upgrade anomaly-vae"
+    else:
+        state = f"behind: run '{upgrade_hint(target)}'"
     typer.echo(f"{target.display}: revision {current or 'none'} (latest {head}): {state}")
 
 
@@ -222,6 +229,10 @@ def anomalies_list(
     since: str | None = typer.Option(
         None, "--since", help="Only records from this date or time on (YYYY-MM-DD, ISO 8601)."
     ),
+    until: str | None = typer.Option(
+        None, "--until", help="Only records before this date or time (YYYY-MM-DD, ISO 8601)."
+    ),
+    entity: str | None = typer.Option(None, "--entity", help="Only this entity."),
     limit: int = typer.Option(50, "--limit", help="At most this many rows."),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
@@ -234,12 +245,15 @@ def anomalies_list(
     if limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
     start = parse_since(since) if since else None
+    end = parse_since(until, "--until") if until else None
     with connected(database_target(db, pipeline)) as connection:
         if model is not None:  # not "no anomalies found" for a misspelt name
             repo.registered_versions(connection, name=model, hint=": see 'anomaly-vae models list'")
         rows = [
             row._asdict()
-            for row in repo.list_anomalies(connection, model_name=model, since=start, limit=limit)
+            for row in repo.list_anomalies(
+                connection, model_name=model, since=start, until=end, entity=entity, limit=limit
+            )
         ]
     columns = [
         "time",
@@ -256,13 +270,13 @@ def anomalies_list(
     emit(rows, columns, fmt, empty="no anomalies found")
 
 
-def parse_since(text: str) -> datetime:
-    """A date or ISO 8601 time; without a time zone it is UTC."""
+def parse_since(text: str, option: str = "--since") -> datetime:
+    """A date or ISO 8601 time (given with ``option``); without a time zone it is UTC."""
     try:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise ConfigError(
-            f"--since {text!r} is not a date or time: use YYYY-MM-DD or YYYY-MM-DDTHH:MM[+00:00]"
+            f"{option} {text!r} is not a date or time: use YYYY-MM-DD or YYYY-MM-DDTHH:MM[+00:00]"
         ) from None
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 

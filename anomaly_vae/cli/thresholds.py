@@ -72,6 +72,9 @@ CooldownOpt = Annotated[
     float | None,
     typer.Option("--cooldown", help="Alert rule: seconds between two alerts of an entity."),
 ]
+LabelsSepOpt = Annotated[
+    str, typer.Option("--sep", help="The labels file's separator (default ',').")
+]
 ResolveAfterOpt = Annotated[
     int | None,
     typer.Option(
@@ -195,8 +198,8 @@ def _rule(
     return alert_rule_of(data)
 
 
-def _since(text: str | None) -> datetime | None:
-    return parse_since(text) if text else None
+def _since(text: str | None, option: str = "--since") -> datetime | None:
+    return parse_since(text, option) if text else None
 
 
 def _who(by: str | None) -> str:
@@ -289,6 +292,8 @@ def thresholds_history(
     from anomaly_vae.storage import repository as repo
 
     with connected(_target(db, pipeline)) as connection:
+        # not "no thresholds stored" for a misspelt name
+        repo.registered_versions(connection, name=model, hint=": see 'anomaly-vae models list'")
         rows = [_threshold_dict(r) for r in repo.list_thresholds(connection, model_name=model)]
     columns = [
         "version",
@@ -337,6 +342,15 @@ def thresholds_set(
     critical_spec = _critical(critical, start)
     if critical_spec is not None and no_critical:
         raise ConfigError("give --critical or --no-critical, not both")
+    if start is not None and "contamination" not in {
+        getattr(warning, "policy", None),
+        getattr(critical_spec, "policy", None),
+    }:
+        # Not ignored in silence: a threshold is in force from now on, whatever --since says.
+        raise ConfigError(
+            "--since goes with --contamination (or --critical contamination=C): the stored "
+            "scores it is computed from; a new threshold is in force from now on"
+        )
     with connected(_target(db, pipeline)) as connection, connection.begin():
         current = repo.threshold_in_force(connection, model_name=model)
         rule = _rule(current.alert_rule if current else None, debounce, cooldown, resolve_after)
@@ -389,6 +403,7 @@ def thresholds_preview(
     label_column: str = typer.Option(
         "label", "--label-column", help="The labels file's label column."
     ),
+    sep: LabelsSepOpt = ",",
     plot: Path | None = typer.Option(
         None, "--plot", help="Also draw the preview to this PNG file."
     ),
@@ -404,10 +419,16 @@ def thresholds_preview(
     from anomaly_vae.storage import repository as repo
     from anomaly_vae.storage.tuning import ThresholdChange, preview_threshold, read_labels
 
-    start, end = _since(since), _since(until)
+    if plot is not None:  # before the work, not a traceback after it
+        from anomaly_vae.plots import plot_path
+
+        plot = plot_path(plot)
+    start, end = _since(since), _since(until, "--until")
+    if start is not None and end is not None and end <= start:
+        raise ConfigError(f"--until {until} is not after --since {since}: no scores between them")
     warning = _policy(value, quantile, false_alarm_rate, contamination, evt, risk, start)
     critical_spec = _critical(critical, start)
-    label_set = read_labels(labels, label_column=label_column) if labels else None
+    label_set = read_labels(labels, label_column=label_column, sep=sep) if labels else None
     with connected(_target(db, pipeline)) as connection:
         current = repo.threshold_in_force(connection, model_name=model)
         rule = _rule(current.alert_rule if current else None, debounce, cooldown, resolve_after)
@@ -494,6 +515,7 @@ def thresholds_tune(
     key_column: str = typer.Option(
         "source_key", "--key-column", help="The labels file's key column."
     ),
+    sep: LabelsSepOpt = ",",
     since: str | None = typer.Option(
         None, "--since", help="Stored scores from this date or time on."
     ),
@@ -546,7 +568,7 @@ def thresholds_tune(
         if max_false_alarm_rate is not None
         else "alerts_per_day"
     )
-    label_set = read_labels(labels, label_column=label_column, key_column=key_column)
+    label_set = read_labels(labels, label_column=label_column, key_column=key_column, sep=sep)
     with connected(_target(db, pipeline)) as connection, connection.begin():
         tuned = tune(
             connection,

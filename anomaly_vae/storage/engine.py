@@ -117,6 +117,14 @@ def parse_database_url(text: str, *, origin: str = "--db") -> URL:
             "password must be written %40, e.g. postgresql://user:pa%40ss@host:5432/database"
         )
     url = url.set(drivername=driver)
+    if driver == "sqlite" and url.database in (None, "", ":memory:"):
+        # An in-memory database is gone when the command ends: 'db upgrade' "migrated" it,
+        # and every later command found no schema there and said to run 'db upgrade'.
+        raise DatabaseURLError(
+            f"database URL {masked(url)!r} (from {origin}) names no SQLite file: give one, e.g. "
+            "sqlite:///results.db (relative) or sqlite:////var/lib/anomaly-vae/results.db "
+            "(absolute); an in-memory database would be gone when the command ends"
+        )
     if driver.startswith("postgresql") and not url.database:
         raise DatabaseURLError(
             f"database URL {masked(url)!r} (from {origin}) names no database: "

@@ -48,10 +48,33 @@ def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
+def is_known_revision(revision: str | None) -> bool:
+    """Whether this version's migrations know ``revision`` (None, no schema, is known)."""
+    return revision is None or revision in {s.revision for s in _scripts().walk_revisions()}
+
+
+def newer_schema_message(what: str, revision: str) -> str:
+    """What to say of a database a newer anomaly-vae migrated (to a revision unknown here)."""
+    return (
+        f"{what} is at schema revision {revision}, newer than this anomaly-vae knows "
+        f"(head {head_revision()}): upgrade anomaly-vae"
+    )
+
+
+def _require_known(connection: Connection) -> str | None:
+    # Alembic's own error for a revision it has no script for names neither the database nor
+    # the way out ("Can't locate revision identified by '...'").
+    current = current_revision(connection)
+    if not is_known_revision(current):
+        assert current is not None
+        raise SchemaVersionError(newer_schema_message("the database", current))
+    return current
+
+
 def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | None]:
     """Migrate up to ``revision``; returns (revision before, revision after)."""
     with migrating(engine) as connection:
-        before = current_revision(connection)
+        before = _require_known(connection)
         with _known_revision(revision):
             command.upgrade(alembic_config(connection), revision)
         after = current_revision(connection)
@@ -61,7 +84,7 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | N
 def downgrade(engine: Engine, revision: str) -> tuple[str | None, str | None]:
     """Migrate down to ``revision`` (``base`` removes every table)."""
     with migrating(engine) as connection:
-        before = current_revision(connection)
+        before = _require_known(connection)
         with _known_revision(revision):
             command.downgrade(alembic_config(connection), revision)
         after = current_revision(connection)
@@ -125,12 +148,8 @@ def require_current_schema(connection: Connection, target: DatabaseTarget) -> No
             f"the database {target.display} has no anomaly-vae schema yet: "
             f"run '{upgrade_hint(target)}' first"
         )
-    known = {script.revision for script in scripts.walk_revisions()}
-    if current not in known:
-        raise SchemaVersionError(
-            f"the database {target.display} is at schema revision {current}, newer than this "
-            f"anomaly-vae knows (head {head}): upgrade anomaly-vae"
-        )
+    if not is_known_revision(current):
+        raise SchemaVersionError(newer_schema_message(f"the database {target.display}", current))
     raise SchemaVersionError(
         f"the database {target.display} is at schema revision {current}, behind this "
         f"anomaly-vae (head {head}): run '{upgrade_hint(target)}' to migrate it"

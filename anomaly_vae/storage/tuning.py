@@ -16,6 +16,7 @@ functions of ``anomaly_vae.thresholds``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -211,12 +212,16 @@ def compute_threshold(
 # ============================================================ threshold versions
 @dataclass(frozen=True)
 class ThresholdChange:
-    """What a new version changes; None leaves that part as it is in force."""
+    """What a new version changes; None leaves that part as it is in force.
+
+    ``alert_rule`` replaces the rule in force; ``alert_rule_changes`` changes only the settings
+    it names (``k``, ``n``, ``cooldown_s``, ``resolve_after``) and keeps the others."""
 
     warning: PolicySpec | ComputedThreshold | None = None
     critical: PolicySpec | None = None
     clear_critical: bool = False
     alert_rule: AlertRule | None = None
+    alert_rule_changes: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -260,11 +265,14 @@ def _apply_change(
     if critical is not None and critical < value:
         raise ConfigError(
             f"the critical threshold ({critical:.6g}) would be below the warning threshold "
-            f"({value:.6g}): give a higher --critical, or --no-critical"
+            f"({value:.6g}): give a higher critical level, or none (--no-critical on the "
+            'command line, "critical": null in the API)'
         )
     rule = change.alert_rule
     if rule is None:
         rule = AlertRule.from_dict(current.alert_rule if current is not None else None)
+        if change.alert_rule_changes:
+            rule = alert_rule_of({**rule.to_dict(), **change.alert_rule_changes})
     return _Version(policy, value, critical, parameters, rule)
 
 
@@ -279,9 +287,14 @@ def set_threshold(
     """Append a threshold version for ``model_name`` (in force from now on; live scorers pick
     it up within ``kafka.threshold_refresh_s``). Runs in the caller's transaction."""
     if not reason or not reason.strip():
-        raise ConfigError("a threshold change needs a reason (--reason): say why, for the history")
+        raise ConfigError(
+            'a threshold change needs a reason (--reason, "reason" in the API): say why, for '
+            "the history"
+        )
     if not created_by or not created_by.strip():
-        raise ConfigError("a threshold change needs who made it (--by)")
+        raise ConfigError(
+            'a threshold change needs who made it (--by, "created_by" in the API), not a blank'
+        )
     model = latest_model(connection, name=model_name)
     current = repo.threshold_in_force(connection, model_name=model_name)
     version = _apply_change(connection, model, current, change)
@@ -438,6 +451,11 @@ def preview_threshold(
     With ``since``, every entity starts from the state it was in then (its records before
     ``since`` as they were decided, and its alert in progress then), as the write path would
     have: so the preview of a threshold set at ``since`` is what then happened."""
+    if since is not None and until is not None and until <= since:
+        raise ConfigError(
+            f"until ({until.isoformat()}) is not after since ({since.isoformat()}): "
+            "the period holds no scores"
+        )
     model = latest_model(connection, name=model_name)
     current = repo.threshold_in_force(connection, model_name=model_name)
     version = _apply_change(connection, model, current, change)
@@ -605,6 +623,7 @@ def read_labels(
             f"labels file {path} has no {label_column!r} column and no start/end columns: "
             "give per-record labels (source_key,label or entity,time,label) or incident "
             "windows (entity,start,end); see 'anomaly-vae thresholds tune --help'"
+            + _separator_hint(list(columns), sep, [label_column, key_column, "start", "end"])
         )
     labels = _binary(frame[columns[label_column.lower()]], path)
     if key_column.lower() in columns:
@@ -626,13 +645,30 @@ def read_labels(
     return LabelSet(str(path), "source_key", rows)
 
 
+def _separator_hint(header: list[str], sep: str, expected: list[str]) -> str:
+    """When the header was read as one column that another separator would split into the
+    expected names (an export written with ';'), the --sep to give."""
+    if len(header) != 1:
+        return ""
+    wanted = {e.lower() for e in expected}
+    for other, shown in ((";", ";"), ("\t", "\\t"), ("|", "|"), (",", ",")):
+        if other != sep and wanted & {n.strip() for n in header[0].split(other)}:
+            return f"; the header looks {shown!r}-separated: try --sep '{shown}'"
+    return ""
+
+
 def _times(values: pd.Series, path: Path, name: str) -> pd.Series:
-    parsed = pd.to_datetime(values.str.strip(), utc=True, errors="coerce", format="mixed")
+    # Read as a stored score's event time was (ISO 8601 text, or epoch seconds / milliseconds),
+    # so that a label's time is written the way the export wrote it.
+    from anomaly_vae.windows import event_timestamps
+
+    stripped = values.str.strip()
+    parsed = event_timestamps(stripped.where(stripped != ""))
     if parsed.isna().any():
         row = int(np.flatnonzero(parsed.isna().to_numpy())[0]) + 2
         raise InputFileError(
             f"labels file {path} line {row}: {name} {values.iloc[row - 2]!r} is not a date or "
-            "time (use ISO 8601, e.g. 2026-11-20T08:00:00Z)"
+            "time (use ISO 8601, e.g. 2026-11-20T08:00:00Z, or epoch seconds)"
         )
     return parsed
 
@@ -742,6 +778,12 @@ def act_on_alert(
 ) -> Row[Any]:
     """Acknowledge or resolve an alert (in the caller's transaction); returns it.
     Acknowledging a resolved alert, or anything twice, is refused with a clear message."""
+    by = by.strip()
+    if not by:  # the audit trail would say nothing
+        raise ConfigError(
+            f'who takes the action on alert {alert_id} is blank: give a name (--by, "by" in '
+            "the API)"
+        )
     row = None
     if alert_id in _ALERT_IDS:
         row = connection.execute(select(Alert).where(Alert.id == alert_id)).first()
