@@ -391,3 +391,62 @@ def test_a_key_twice_in_one_batch_is_stored_and_judged_once(db_url: str) -> None
         engine.dispose()
     assert (counts.scores_given, counts.scores_inserted) == (95, 90)
     assert [g[:3] for g in got] == expected(frame)
+
+
+def test_an_alert_changed_between_the_read_and_the_update_is_said_not_claimed(
+    db_url: str,
+) -> None:
+    # The alert rule of a running scorer (or another operator) resolved the alert after
+    # act_on_alert read it and before its update: the update changed nothing, yet the CLI
+    # said "is now acknowledged" and the API answered 200.
+    from sqlalchemy import Update, event
+
+    from anomaly_vae.errors import ConfigError
+    from anomaly_vae.storage.tuning import act_on_alert
+
+    t0 = pd.Timestamp("2026-11-20T00:00Z")
+    records = pd.DataFrame(
+        {
+            "source_key": ["k0", "k1"],
+            "entity_key": ["P1", "P1"],
+            "event_time": [t0, t0 + pd.Timedelta(seconds=1)],
+            "score": [12.0, 1.0],
+            "recon_error": [0.0, 0.0],
+            "percentile": [0.0, 0.0],
+            "is_anomaly": [True, False],
+        }
+    )
+    rule = AlertRule(k=1, n=1, cooldown_s=0.0, resolve_after=3)
+    engine, other = engine_for(db_url), engine_for(db_url)
+    try:
+        with engine.connect() as connection:
+            model_id, run_id = start(connection, rule)
+            repo.write_results(
+                connection, run_id=run_id, model_id=model_id, records=records, alert_rule=rule
+            )
+            alert_id = connection.execute(select(Alert.id)).scalar_one()
+            connection.commit()
+
+            done: list[bool] = []
+
+            def resolve_first(conn: Connection, clause: object, *_: object) -> None:
+                if isinstance(clause, Update) and not done:
+                    done.append(True)
+                    with other.connect() as elsewhere, elsewhere.begin():
+                        elsewhere.execute(
+                            update(Alert)
+                            .where(Alert.id == alert_id)
+                            .values(state="resolved", resolved_by="alert-rule")
+                        )
+
+            event.listen(engine, "before_execute", resolve_first)
+            with (
+                pytest.raises(ConfigError, match=r"changed meanwhile .*it is now resolved"),
+                connection.begin(),
+            ):
+                act_on_alert(connection, alert_id=alert_id, action="acknowledge", by="ops")
+            state = connection.execute(select(Alert.state)).scalar_one()
+            assert state == "resolved"
+    finally:
+        engine.dispose()
+        other.dispose()

@@ -806,9 +806,17 @@ def act_on_alert(
         values = {"state": "resolved", "resolved_at": now, "resolved_by": by}
     if note:
         values["note"] = note
-    connection.execute(
+    changed = connection.execute(
         update(Alert).where(Alert.id == alert_id, Alert.state == row.state).values(**values)
     )
+    if changed.rowcount == 0:
+        # Someone else (the alert rule of a running scorer, another operator) moved the alert
+        # between the read and the update: nothing was changed here, so do not say it was.
+        now_state = connection.execute(select(Alert.state).where(Alert.id == alert_id)).scalar()
+        raise ConfigError(
+            f"alert {alert_id} changed meanwhile (it was {row.state}, it is now {now_state}): "
+            "look at it again ('anomaly-vae alerts list')"
+        )
     return connection.execute(select(Alert).where(Alert.id == alert_id)).one()
 
 
