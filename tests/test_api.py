@@ -265,6 +265,27 @@ def test_without_a_token_the_api_is_read_only(scored_db: str) -> None:
         stop(server)
 
 
+def test_a_port_in_use_is_one_line_at_start(scored_db: str) -> None:
+    # uvicorn's own "ERROR: [Errno 98] ... address already in use" and exit status 3 came after
+    # the start-up lines; now one line naming the address and what to do, exit 2.
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "anomaly_vae", "serve", "--port", str(port), "--db", scored_db],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "choose another --port" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_weak_token_is_refused_at_start(
     scored_db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -27,6 +27,7 @@ def serve(
     setup_logging(True)
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port must be 0 to 65535, got {port}")
+    _check_can_listen(host, port)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     import uvicorn
 
@@ -47,3 +48,21 @@ def serve(
         uvicorn.run(
             create_app(settings, engine), host=host, port=port, log_level="info", access_log=True
         )
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """Bind the address as the server will (address reuse on): a port in use, or a host that
+    is not this machine's, is one line here rather than uvicorn's own error after start-up."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}: choose another --port or "
+            "--host (or stop what listens there)"
+        ) from None
