@@ -145,6 +145,31 @@ def test_a_decimal_comma_export_trains_and_scores_like_the_dot_one(
     assert_user_error(bad, "--decimal ','", "usually ';'-separated")
 
 
+def test_a_decimal_comma_export_with_a_stray_text_value_rejects_only_that_row(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One 'n/a' left the parser reading the whole column of its chunk as text, and every row
+    # of the chunk (the whole export, when it fits one chunk) was rejected for its decimal comma.
+    data = make_pump_data(300, anomaly_rate=0.05, seed=9)
+    dot, comma = trained / "stray-dot.csv", trained / "stray-comma.csv"
+    data.to_csv(dot, index=False)
+    column = str(data.select_dtypes("float").columns[0])
+    data[column] = [f"{v}".replace(".", ",") for v in data[column]]  # as to_csv would write
+    data.loc[5, column] = "n/a (sensor offline)"
+    data.to_csv(comma, index=False, sep=";", decimal=",")
+    results = []
+    for path, more in ((dot, ()), (comma, ("--sep", ";", "--decimal", ","))):
+        out = path.with_suffix(".scores.csv")
+        result = score_inline(capsys, trained, path, out, *more)
+        assert result.returncode == 0, result.stderr
+        results.append(pd.read_csv(out).set_index("row"))
+    rejects = pd.read_csv(comma.with_suffix(".scores.rejects.csv"))
+    assert rejects["row"].tolist() == [5]
+    assert "'n/a (sensor offline)' is not a number" in rejects["reason"].iloc[0]
+    expected = results[0].drop(index=5)["score"]
+    assert np.array_equal(results[1]["score"].to_numpy(), expected.to_numpy())
+
+
 def test_chunked_scoring_equals_whole(trained: Path) -> None:
     make_pump_data(700, anomaly_rate=0.05, seed=3).to_csv(trained / "e2.csv", index=False)
     whole, chunked = trained / "whole.csv", trained / "chunked.csv"
