@@ -713,6 +713,27 @@ def test_a_bad_stream_option_is_one_line_naming_the_option(
     assert "pydantic" not in result.stderr
 
 
+def test_stream_logs_its_own_progress_without_alembic_chatter(
+    broker: DevBroker,
+    pump_model: tuple[AnomalyVAE, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Every stream session began with nine to twenty 'INFO alembic.runtime...' lines (plugin
+    # set-up, "Context impl SQLiteImpl", each migration when the SQLite file was new).
+    _, model_dir = pump_model
+    args = ["stream", "--model-dir", str(model_dir), "--bootstrap", broker.bootstrap, "--topic"]
+    args += ["quiet-start", "--db", f"sqlite:///{tmp_path / 'results.db'}", "--idle-timeout", "1"]
+    result = run_inline(capsys, *args, "--session-timeout-ms", "6000")
+    assert result.returncode == 0, result.stderr
+    assert "alembic" not in result.stderr
+    assert "INFO anomaly_vae.cli.stream: scoring topic quiet-start" in result.stderr
+    assert "stream stopped: 0 messages" in result.stdout + result.stderr
+    verbose = run_inline(capsys, *args, "--session-timeout-ms", "6000", "-v")
+    assert verbose.returncode == 0, verbose.stderr
+    assert "INFO alembic" in verbose.stderr
+
+
 def test_a_pipeline_window_the_model_was_not_trained_with_is_named(
     trained: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -144,9 +144,10 @@ def stream(
     from anomaly_vae.jobs.processes import child_label, run_processes
 
     label = child_label()
-    setup_logging(True, prefix=f"[{label}] " if label else "")
-    if not verbose:
-        logging.getLogger("anomaly_vae").setLevel(logging.INFO)
+    # The scorer's own progress at INFO; other libraries' chatter (alembic's nine lines per
+    # schema check) only with --verbose.
+    setup_logging(verbose, prefix=f"[{label}] " if label else "")
+    logging.getLogger("anomaly_vae").setLevel(logging.INFO)
     from anomaly_vae.cli.db import database_target, opened
     from anomaly_vae.config import PipelineConfig
     from anomaly_vae.estimator import AnomalyVAE
