@@ -734,6 +734,21 @@ def test_stream_logs_its_own_progress_without_alembic_chatter(
     assert "INFO alembic" in verbose.stderr
 
 
+def test_stream_without_a_topic_is_refused_before_the_database_is_touched(
+    pump_model: tuple[AnomalyVAE, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `stream --pipeline pipelines/pumps.yaml --model-dir M` (no kafka.topic there) created the
+    # SQLite file, registered the model and started a stream run, then stopped on the missing
+    # topic: the run stayed 'running' in scoring_runs for good.
+    _, model_dir = pump_model
+    db = tmp_path / "results.db"
+    pipeline = str(REPO / "pipelines" / "pumps.yaml")
+    args = ["stream", "--pipeline", pipeline, "--model-dir", str(model_dir), "--db"]
+    result = run_inline(capsys, *args, f"sqlite:///{db}", "--bootstrap", "127.0.0.1:1")
+    assert_user_error(result, "no Kafka topic to read: set kafka.topic in the pipeline or --topic")
+    assert not db.exists()
+
+
 def test_a_pipeline_window_the_model_was_not_trained_with_is_named(
     trained: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
