@@ -260,7 +260,8 @@ def _apply_change(
     if critical is not None and critical < value:
         raise ConfigError(
             f"the critical threshold ({critical:.6g}) would be below the warning threshold "
-            f"({value:.6g}): give a higher --critical, or --no-critical"
+            f"({value:.6g}): give a higher critical level, or none (--no-critical on the "
+            'command line, "critical": null in the API)'
         )
     rule = change.alert_rule
     if rule is None:
