@@ -145,6 +145,31 @@ def test_a_decimal_comma_export_trains_and_scores_like_the_dot_one(
     assert_user_error(bad, "--decimal ','", "usually ';'-separated")
 
 
+def test_a_decimal_comma_export_with_a_stray_text_value_rejects_only_that_row(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One 'n/a' left the parser reading the whole column of its chunk as text, and every row
+    # of the chunk (the whole export, when it fits one chunk) was rejected for its decimal comma.
+    data = make_pump_data(300, anomaly_rate=0.05, seed=9)
+    dot, comma = trained / "stray-dot.csv", trained / "stray-comma.csv"
+    data.to_csv(dot, index=False)
+    column = str(data.select_dtypes("float").columns[0])
+    data[column] = [f"{v}".replace(".", ",") for v in data[column]]  # as to_csv would write
+    data.loc[5, column] = "n/a (sensor offline)"
+    data.to_csv(comma, index=False, sep=";", decimal=",")
+    results = []
+    for path, more in ((dot, ()), (comma, ("--sep", ";", "--decimal", ","))):
+        out = path.with_suffix(".scores.csv")
+        result = score_inline(capsys, trained, path, out, *more)
+        assert result.returncode == 0, result.stderr
+        results.append(pd.read_csv(out).set_index("row"))
+    rejects = pd.read_csv(comma.with_suffix(".scores.rejects.csv"))
+    assert rejects["row"].tolist() == [5]
+    assert "'n/a (sensor offline)' is not a number" in rejects["reason"].iloc[0]
+    expected = results[0].drop(index=5)["score"]
+    assert np.array_equal(results[1]["score"].to_numpy(), expected.to_numpy())
+
+
 def test_chunked_scoring_equals_whole(trained: Path) -> None:
     make_pump_data(700, anomaly_rate=0.05, seed=3).to_csv(trained / "e2.csv", index=False)
     whole, chunked = trained / "whole.csv", trained / "chunked.csv"
@@ -686,6 +711,42 @@ def test_a_bad_stream_option_is_one_line_naming_the_option(
     assert_user_error(result, needle)
     assert "validation error" not in result.stderr
     assert "pydantic" not in result.stderr
+
+
+def test_stream_logs_its_own_progress_without_alembic_chatter(
+    broker: DevBroker,
+    pump_model: tuple[AnomalyVAE, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Every stream session began with nine to twenty 'INFO alembic.runtime...' lines (plugin
+    # set-up, "Context impl SQLiteImpl", each migration when the SQLite file was new).
+    _, model_dir = pump_model
+    args = ["stream", "--model-dir", str(model_dir), "--bootstrap", broker.bootstrap, "--topic"]
+    args += ["quiet-start", "--db", f"sqlite:///{tmp_path / 'results.db'}", "--idle-timeout", "1"]
+    result = run_inline(capsys, *args, "--session-timeout-ms", "6000")
+    assert result.returncode == 0, result.stderr
+    assert "alembic" not in result.stderr
+    assert "INFO anomaly_vae.cli.stream: scoring topic quiet-start" in result.stderr
+    assert "stream stopped: 0 messages" in result.stdout + result.stderr
+    verbose = run_inline(capsys, *args, "--session-timeout-ms", "6000", "-v")
+    assert verbose.returncode == 0, verbose.stderr
+    assert "INFO alembic" in verbose.stderr
+
+
+def test_stream_without_a_topic_is_refused_before_the_database_is_touched(
+    pump_model: tuple[AnomalyVAE, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `stream --pipeline pipelines/pumps.yaml --model-dir M` (no kafka.topic there) created the
+    # SQLite file, registered the model and started a stream run, then stopped on the missing
+    # topic: the run stayed 'running' in scoring_runs for good.
+    _, model_dir = pump_model
+    db = tmp_path / "results.db"
+    pipeline = str(REPO / "pipelines" / "pumps.yaml")
+    args = ["stream", "--pipeline", pipeline, "--model-dir", str(model_dir), "--db"]
+    result = run_inline(capsys, *args, f"sqlite:///{db}", "--bootstrap", "127.0.0.1:1")
+    assert_user_error(result, "no Kafka topic to read: set kafka.topic in the pipeline or --topic")
+    assert not db.exists()
 
 
 def test_a_pipeline_window_the_model_was_not_trained_with_is_named(

@@ -144,9 +144,10 @@ def stream(
     from anomaly_vae.jobs.processes import child_label, run_processes
 
     label = child_label()
-    setup_logging(True, prefix=f"[{label}] " if label else "")
-    if not verbose:
-        logging.getLogger("anomaly_vae").setLevel(logging.INFO)
+    # The scorer's own progress at INFO; other libraries' chatter (alembic's nine lines per
+    # schema check) only with --verbose.
+    setup_logging(verbose, prefix=f"[{label}] " if label else "")
+    logging.getLogger("anomaly_vae").setLevel(logging.INFO)
     from anomaly_vae.cli.db import database_target, opened
     from anomaly_vae.config import PipelineConfig
     from anomaly_vae.estimator import AnomalyVAE
@@ -183,6 +184,9 @@ def stream(
             except ValidationError as exc:
                 problems = "; ".join(e["msg"] for e in exc.errors())
                 raise ConfigError(f"{flag} {value}: {problems}") from None
+    if not kafka.topic:
+        # Before the database: a stream run registered there would stay 'running' for good.
+        raise ConfigError("no Kafka topic to read: set kafka.topic in the pipeline or --topic")
     if max_messages is not None and max_messages < 1:
         raise ConfigError(f"--max-messages must be >= 1, got {max_messages}")
     if idle_timeout is not None and not idle_timeout > 0:

@@ -196,6 +196,8 @@ class CsvSource:
                     index=pd.Index(bad_rows, name="row"),
                     dtype=object,
                 )
+                if self.decimal != ".":
+                    _parse_decimal_marks(frame, self.decimal, skip=text)
                 next_row = (int(rows[-1]) + 1) if len(rows) else next_row + len(bad_rows)
                 if len(bad_rows) and len(rows):
                     next_row = max(next_row, int(max(bad_rows)) + 1)
@@ -298,6 +300,34 @@ class _LineFinder:
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
+
+
+def _parse_decimal_marks(frame: pd.DataFrame, decimal: str, *, skip: set[str]) -> None:
+    """Numbers written with ``decimal`` in columns the parser left as text, in place.
+
+    The parser reads ``1,5`` as 1.5 only when every value of the column in the chunk is a
+    number: one stray value (``n/a``) leaves the whole column as text, and then every row of
+    the chunk would be rejected for its decimal comma. Here the numbers of such a column are
+    read as the parser reads them, and only the stray values stay text (and are rejected), so
+    that a row's fate does not depend on the chunk it falls in. ``skip``: columns read as text
+    on purpose (ids, entities, timestamps)."""
+    pattern = _decimal_number_pattern(decimal)
+    for name in frame.columns:
+        column = frame[name]
+        if name in skip or not (
+            pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column)
+        ):
+            continue
+        hit = column.str.match(pattern, na=False).to_numpy(dtype=bool)
+        if hit.any():
+            values = column.to_numpy(dtype=object).copy()
+            values[hit] = [float(v.strip().replace(decimal, ".")) for v in values[hit]]
+            frame[name] = pd.Series(values, index=frame.index, dtype=object)
+
+
+def _decimal_number_pattern(decimal: str) -> re.Pattern[str]:
+    mark = re.escape(decimal)
+    return re.compile(rf"^\s*[-+]?(?:\d+{mark}?\d*|{mark}\d+)(?:[eE][-+]?\d+)?\s*$")
 
 
 def _first_line(exc: BaseException) -> str:
