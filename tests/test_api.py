@@ -192,8 +192,8 @@ def test_read_set_preview_and_act_over_http(server: Server) -> None:
     assert v3["alert_rule"] == {**rule, "cooldown_s": 30.0}
     # A warning above the critical level carried over: the way out is named for the API (it
     # said "give a higher --critical, or --no-critical", flags an HTTP client does not have).
-    above = {"warning": {"policy": "value", "value": v2["critical"] + 1}, "reason": "r"}
-    refused = api.post("/models/pumps/thresholds", json=above, headers=AUTH)
+    too_high = {"warning": {"policy": "value", "value": v2["critical"] + 1}, "reason": "r"}
+    refused = api.post("/models/pumps/thresholds", json=too_high, headers=AUTH)
     assert refused.status_code == 400
     assert '"critical": null in the API' in refused.json()["detail"]
     cleared = api.patch(
