@@ -244,7 +244,7 @@ def score(
 ) -> None:
     """Score a CSV export; write one row of scores per input row (to CSV and/or a database).
 
-    DATA ``-`` reads standard input; ``--out -`` writes the scores to standard output (then the
+    DATA '-' reads standard input; '--out -' writes the scores to standard output (then the
     summary goes to standard error)."""
     setup_logging(verbose)
     with _input_file(data) as path:

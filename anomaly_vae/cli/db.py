@@ -132,7 +132,7 @@ def db_downgrade(
     pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more."),
 ) -> None:
-    """Migrate the schema down (``base`` drops every table and its data)."""
+    """Migrate the schema down ('base' drops every table and its data)."""
     setup_logging(verbose)
     from anomaly_vae.storage import migrate
 
