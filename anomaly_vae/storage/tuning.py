@@ -143,8 +143,8 @@ def latest_model(connection: Connection, *, name: str) -> Row[Any]:
     ).first()
     if row is None:
         raise NotFoundError(
-            f"no model named {name!r} is registered: score with it first (--db), "
-            "see 'anomaly-vae models list'"
+            f"no model named {name!r} is registered (a model is registered when it first "
+            "scores into this database): 'anomaly-vae models list' or GET /models lists them"
         )
     return row
 
