@@ -45,9 +45,9 @@ from anomaly_vae.sources.kafka import (
     decode_messages,
     flatten,
     message_text,
+    messages_by_key,
     next_offsets,
     redacted,
-    source_key,
 )
 from anomaly_vae.training import torch_threads
 from anomaly_vae.windows import WindowCounters, WindowState
@@ -445,16 +445,11 @@ class StreamScorer:
             bad = frame.loc[scored.rejects.index]
             # The dead letter holds the message as it came, every field and nested value kept,
             # not the decoded row (the pipeline's fields only, objects turned into text).
-            wanted = set(bad[SOURCE_KEY])
-            originals = {
-                key: rec.value
-                for rec in records
-                if (key := source_key(rec.topic, rec.partition, rec.offset)) in wanted
-            }
+            originals = messages_by_key(records, bad[SOURCE_KEY])
             extra = pd.DataFrame(
                 {
                     "reason": scored.rejects["reason"].to_numpy(),
-                    "raw": [message_text(originals[key]) for key in bad[SOURCE_KEY]],
+                    "raw": [message_text(originals[key].value) for key in bad[SOURCE_KEY]],
                     "topic": [k.rsplit(":", 2)[0] for k in bad[SOURCE_KEY]],
                     "partition": [int(k.rsplit(":", 2)[1]) for k in bad[SOURCE_KEY]],
                     "offset": [int(k.rsplit(":", 2)[2]) for k in bad[SOURCE_KEY]],
@@ -553,12 +548,7 @@ class StreamScorer:
             for alert in result.alerts:
                 producer.send(kafka.alerts_topic, orjson.dumps(alert, default=str))
         if kafka.dead_letter_topic and len(batch.rejects):
-            wanted = set(batch.rejects.index)
-            originals = {
-                key: rec
-                for rec in records
-                if (key := source_key(rec.topic, rec.partition, rec.offset)) in wanted
-            }
+            originals = messages_by_key(records, batch.rejects.index)
             # What the producer may send, less room for the record's key and headers.
             limit = int(getattr(producer, "config", {}).get("max_request_size", 1_048_576))
             for reject_key, reason in batch.rejects["reason"].items():

@@ -52,6 +52,17 @@ def source_key(topic: str, partition: int, offset: int) -> str:
     return f"{topic}:{partition}:{offset}"
 
 
+def messages_by_key(messages: Iterable[Any], keys: Iterable[Any]) -> dict[str, Any]:
+    """The consumed messages whose source keys are among ``keys`` (a batch's rejects), by key:
+    what a dead letter needs of the message as it came."""
+    wanted = {str(key) for key in keys}
+    return {
+        key: msg
+        for msg in messages
+        if (key := source_key(msg.topic, msg.partition, msg.offset)) in wanted
+    }
+
+
 @dataclass
 class DecodedBatch:
     """``frame``: one row per well-formed message, with the JSON fields plus ``_source_key``,
