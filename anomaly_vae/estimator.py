@@ -565,14 +565,7 @@ class AnomalyVAE(BaseEstimator):
         bad = np.asarray([r is not None for r in reasons], dtype=bool)
         if not bad.any():
             return clean, rejects
-        bad_rows = frame.loc[clean.index[bad]]
-        extra = pd.DataFrame(
-            {
-                "reason": [r for r in reasons if r is not None],
-                "raw": [row_json(r) for r in bad_rows.to_dict("records")],
-            },
-            index=bad_rows.index,
-        )
+        extra = _rejects_of(frame.loc[clean.index[bad]], [r for r in reasons if r is not None])
         rejects = pd.concat([rejects, extra]).sort_index() if len(rejects) else extra
         return clean.loc[~bad], rejects
 
@@ -596,14 +589,7 @@ class AnomalyVAE(BaseEstimator):
         entities, times, reasons = _window_keys(rows, cfg)
         bad = reasons != None  # noqa: E711 - elementwise on an object array
         if bad.any():
-            bad_rows = rows.iloc[np.flatnonzero(bad)]
-            extra = pd.DataFrame(
-                {
-                    "reason": reasons[bad].tolist(),
-                    "raw": [row_json(r) for r in bad_rows.to_dict("records")],
-                },
-                index=bad_rows.index,
-            )
+            extra = _rejects_of(rows.iloc[np.flatnonzero(bad)], reasons[bad].tolist())
             rejects = pd.concat([rejects, extra]) if len(rejects) else extra
             keep = ~bad
             clean, rows, entities = clean.iloc[keep], rows.iloc[keep], entities[keep]
@@ -853,6 +839,14 @@ class AnomalyVAE(BaseEstimator):
 
 
 # ============================================================================ helpers
+def _rejects_of(rows: pd.DataFrame, reasons: list[str]) -> pd.DataFrame:
+    """Rejects (``reason``, ``raw``: the row's values as strict JSON) for ``rows``, by index."""
+    return pd.DataFrame(
+        {"reason": reasons, "raw": [row_json(r) for r in rows.to_dict("records")]},
+        index=rows.index,
+    )
+
+
 def _window_keys(
     rows: pd.DataFrame, cfg: PipelineConfig
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
