@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from benchmarks.suite import RESULTS, SUITE, check_folder
 
@@ -94,3 +95,50 @@ def test_train_speed_like_for_like_ratio_per_row_counts_the_held_out_rows() -> N
         "versions": "v",
     }
     assert "per row trained on: 2.4x" in markdown(result)
+
+
+def test_skab_counts_every_row_as_the_published_notebooks_do(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Beside the protocol's test rows, every row of each file is decided by the same detector
+    and rule and counted, the training rows too (SKAB's notebooks pass whole files to
+    ``chp_score``): a false alarm among the training rows counts, and so do their true
+    negatives."""
+    import numpy as np
+    import pandas as pd
+
+    from benchmarks import skab
+
+    rows = 600
+    folder = tmp_path / "valve1"
+    folder.mkdir()
+    labels = np.zeros(rows, dtype=np.int64)
+    labels[450:500] = 1
+    for name in ("0", "1"):
+        frame = pd.DataFrame(
+            {
+                "datetime": pd.date_range("2020-01-01", periods=rows, freq="s").astype(str),
+                "a": np.arange(rows, dtype=np.float64),
+                "anomaly": labels.astype(np.float64),
+                "changepoint": 0.0,
+            }
+        )
+        frame.to_csv(folder / f"{name}.csv", sep=";", index=False)
+
+    def detector(train: pd.DataFrame, seed: int, quick: bool) -> skab.Fitted:
+        def score_all(test: pd.DataFrame) -> np.ndarray:
+            scores = np.zeros(len(train) + len(test))
+            scores[100] = 1.0  # a false alarm among the training rows
+            scores[len(train) :] = labels[len(train) :]
+            return scores
+
+        normal = np.random.default_rng(seed).uniform(0.0, 0.1, 200)
+        return skab.Fitted(score_all=score_all, normal_scores=normal, train_rows=len(train))
+
+    monkeypatch.setitem(skab.DETECTORS, "fake", detector)
+    result = skab.run(tmp_path, "fake", quick=False, seed=0)
+    test_only = result["policies"]["quantile 0.99"]
+    every = result["every_row"]["quantile 0.99"]
+    assert (test_only["tp"], test_only["fp"], test_only["fn"], test_only["tn"]) == (100, 0, 0, 300)
+    assert (every["tp"], every["fp"], every["fn"], every["tn"]) == (100, 2, 0, 1098)
+    assert every["FAR_pct"] == 100.0 * 2 / 1100
