@@ -329,6 +329,58 @@ def test_sigterm_like_stop_finishes_the_batch(broker: DevBroker, stream_model: A
     assert committed_total(broker.bootstrap, cfg.kafka.group_id, topic, 1) == 40
 
 
+class _RecordingSink(MemorySink):
+    failure: str | None = None
+
+    def record_failure(self, error: str) -> None:
+        self.failure = error
+
+
+def _unreachable() -> object:
+    from kafka.errors import KafkaTimeoutError
+
+    raise KafkaTimeoutError("Unable to bootstrap")
+
+
+def test_an_idle_timeout_also_ends_the_wait_for_a_broker_that_never_answers(
+    stream_model: AnomalyVAE,
+) -> None:
+    # With a wrong --bootstrap, 'stream --idle-timeout 3' retried for good (only a signal
+    # ended it), and its run stayed 'running' in the database: the idle clock did not run
+    # before the first connection. Now the session gives up after the idle timeout, with a
+    # line naming the address, and its run is finished as failed.
+    from anomaly_vae.errors import ConfigError
+
+    cfg = stream_config(stream_model, "127.0.0.1:1", "t", connect_backoff_max_s=0.2)
+    sink = _RecordingSink([])
+    scorer = StreamScorer(stream_model, cfg, sink, consumer_factory=_unreachable)
+    started = time.monotonic()
+    safety = threading.Timer(15.0, scorer.stop)  # a scorer that waits for good fails, not hangs
+    safety.start()
+    try:
+        with pytest.raises(ConfigError, match=r"broker at 127\.0\.0\.1:1 not reachable after"):
+            scorer.run(idle_timeout=1.0)
+    finally:
+        safety.cancel()
+    assert time.monotonic() - started < 10
+    assert sink.closed
+    assert sink.failure is not None
+    assert "not reachable" in sink.failure
+
+
+def test_a_stop_while_waiting_for_the_broker_closes_the_session(stream_model: AnomalyVAE) -> None:
+    # SIGTERM while the broker was down returned without closing the sink: the session's run
+    # stayed 'running' for good.
+    cfg = stream_config(stream_model, "127.0.0.1:1", "t", connect_backoff_max_s=0.2)
+    sink = _RecordingSink([])
+    scorer = StreamScorer(stream_model, cfg, sink, consumer_factory=_unreachable)
+    threading.Timer(0.5, scorer.stop).start()
+    stats = scorer.run()
+    assert stats.consumed == 0
+    assert sink.closed
+    assert sink.failure is None
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -126,7 +126,9 @@ def stream(
         None, "--max-messages", help="Stop after this many messages."
     ),
     idle_timeout: float | None = typer.Option(
-        None, "--idle-timeout", help="Stop after this many seconds without a message."
+        None,
+        "--idle-timeout",
+        help="Stop after this many seconds without a message (an error: without a broker).",
     ),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Records per micro-batch."),
     session_timeout_ms: int | None = typer.Option(

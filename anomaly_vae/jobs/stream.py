@@ -195,7 +195,10 @@ class StreamScorer:
     def stop(self) -> None:
         self.stop_event.set()
 
-    def _connect(self) -> bool:
+    def _connect(self, *, give_up_after_s: float | None = None) -> bool:
+        """Connect (retrying while the broker is not up) and subscribe; False when stopped
+        meanwhile. ``give_up_after_s``: raise ConfigError once the broker has not answered for
+        that long (a session with an idle timeout must end, not wait for a broker for good)."""
         kafka = self.cfg.kafka
         options = client_options(kafka)
         logger.info("connecting to Kafka: %s", redacted(options))
@@ -226,6 +229,7 @@ class StreamScorer:
             bootstrap=kafka.bootstrap_servers,
             stop=self.stop_event,
             backoff_max_s=kafka.connect_backoff_max_s,
+            give_up_after_s=give_up_after_s,
         )
         if consumer is None:
             return False
@@ -246,6 +250,7 @@ class StreamScorer:
                 bootstrap=kafka.bootstrap_servers,
                 stop=self.stop_event,
                 backoff_max_s=kafka.connect_backoff_max_s,
+                give_up_after_s=give_up_after_s,
             )
         return True
 
@@ -257,8 +262,17 @@ class StreamScorer:
         This thread polls Kafka and commits; a worker thread scores and writes, up to
         ``IN_FLIGHT`` batches behind, so that consuming, scoring and writing overlap. Offsets
         are committed only for batches the worker has made durable, in order.
+
+        With ``idle_timeout``, a broker that does not answer for that long stops the session
+        with a ConfigError, as a topic without messages for that long stops it.
         """
-        if not self._connect():
+        try:
+            connected = self._connect(give_up_after_s=idle_timeout)
+        except BaseException as exc:
+            self._close(exc)  # the session's run is finished (failed), not left 'running'
+            raise
+        if not connected:  # stopped (a signal) while waiting for the broker
+            self._close()
             return self.stats
         consumer = self._consumer
         kafka = self.cfg.kafka
