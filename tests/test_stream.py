@@ -329,6 +329,72 @@ def test_sigterm_like_stop_finishes_the_batch(broker: DevBroker, stream_model: A
     assert committed_total(broker.bootstrap, cfg.kafka.group_id, topic, 1) == 40
 
 
+@dataclass
+class _Consumed:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "headers", "cut"),
+    [
+        (b"k" * 1_200_000, b"{}", [("trace", b"t-1")], "key-bytes"),
+        (b"P1", b"not json", [("big", b"h" * 1_100_000), ("trace", b"t-1")], "header-bytes"),
+        (b"P1", b"x", [(f"h{i}", b"v" * 9_000) for i in range(200)], "headers-dropped"),
+        (b"k" * 9_000, b"v" * 980_000, [], "value-bytes"),
+    ],
+)
+def test_a_dead_letter_fits_the_producer_whatever_the_key_and_headers_hold(
+    key: bytes, value: bytes, headers: list[tuple[str, bytes]], cut: str
+) -> None:
+    # Only the value was cut to fit: a poison message with a 1.2 MB key or a 1.1 MB header
+    # made the producer raise MessageSizeTooLargeError in the middle of the batch, so the
+    # stream stopped with a traceback, and again on every restart (the batch is replayed).
+    from kafka.record.default_records import DefaultRecordBatchBuilder
+
+    from anomaly_vae.sources.kafka import dead_letter_message
+
+    limit = 1_048_576 - 65_536  # what the scorer gives: the producer's default, less room
+    original = _Consumed("t", 0, 7, key, value, headers)
+    out_key, out_value, out_headers = dead_letter_message(
+        "t:0:7", "some reason", original, max_bytes=limit
+    )
+    size = DefaultRecordBatchBuilder.estimate_size_in_bytes(out_key, out_value, out_headers)
+    assert size <= limit
+    named = dict(out_headers)
+    assert named["anomaly-vae.error.source-key"] == b"t:0:7"
+    assert f"anomaly-vae.error.{cut}" in named
+    assert (out_key or b"") == key[: len(out_key or b"")]  # what is kept is the start
+    assert out_value == value[: len(out_value or b"")]
+    if cut == "key-bytes":
+        assert int(named["anomaly-vae.error.key-bytes"]) == len(key)
+        assert named["trace"] == b"t-1"  # what fitted is kept as it came
+        assert out_value == value
+    if cut == "header-bytes":
+        assert named["anomaly-vae.error.header-bytes"] == b"big=1100000"
+        assert named["trace"] == b"t-1"
+        assert out_key == key
+    if cut == "headers-dropped":
+        assert named["anomaly-vae.error.headers-dropped"] == b"200"
+        assert out_value == value
+
+
+def test_a_dead_letter_that_fits_is_the_message_unchanged() -> None:
+    from anomaly_vae.sources.kafka import dead_letter_message
+
+    original = _Consumed("t", 0, 7, b"P1", b"v" * 500_000, [("trace", b"t-1")])
+    out_key, out_value, out_headers = dead_letter_message(
+        "t:0:7", "r", original, max_bytes=1_000_000
+    )
+    assert (out_key, out_value) == (b"P1", original.value)
+    assert out_headers[0] == ("trace", b"t-1")
+    assert not [k for k, _ in out_headers if k.endswith(("-bytes", "-dropped"))]
+
+
 class _RecordingSink(MemorySink):
     failure: str | None = None
 
