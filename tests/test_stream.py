@@ -473,6 +473,35 @@ def test_stream_options_out_of_range_are_one_line_naming_the_flag(
     assert "validation error" not in done.stderr
 
 
+@pytest.mark.parametrize("flag", ["--dead-letter-topic", "--alerts-topic"])
+def test_an_output_topic_that_is_the_scored_topic_is_refused_before_anything_starts(
+    pump_model: tuple[AnomalyVAE, object],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    flag: str,
+) -> None:
+    # '--dead-letter-topic sensors' on topic sensors ran without end: each rejected message
+    # went back into the topic, was consumed, rejected and published again (254 rejects of 2
+    # messages in 40 s, headers piling up).
+    db = tmp_path / "r.db"
+    where = ["--bootstrap", "127.0.0.1:1", "--db", f"sqlite:///{db}", "--topic", "sensors"]
+    model_dir = str(pump_model[1])
+    args = ["--model-dir", model_dir, *where, "--idle-timeout", "1", flag, "sensors"]
+    done = run_inline(capsys, "stream", *args)
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {flag} sensors (kafka.")
+    assert "is the topic being scored" in last
+    assert not db.exists()  # refused before a run was registered
+    fine = stream_config(pump_model[0], "127.0.0.1:1", "sensors", dead_letter_topic="sensors.dlq")
+    StreamScorer(pump_model[0], fine, MemorySink([]))
+    looped = stream_config(pump_model[0], "127.0.0.1:1", "sensors", alerts_topic="sensors")
+    from anomaly_vae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="is the topic being scored"):
+        StreamScorer(pump_model[0], looped, MemorySink([]))
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -159,6 +159,7 @@ class StreamScorer:
             from anomaly_vae.errors import ConfigError
 
             raise ConfigError("no Kafka topic to read: set kafka.topic in the pipeline or --topic")
+        cfg.kafka.check_output_topics()
         self.model = model
         self.cfg = cfg
         self.sink = sink
