@@ -395,6 +395,43 @@ def test_a_dead_letter_that_fits_is_the_message_unchanged() -> None:
     assert not [k for k, _ in out_headers if k.endswith(("-bytes", "-dropped"))]
 
 
+class _RefusingProducer:
+    """A producer whose records the broker refuses: send() succeeds, the future fails."""
+
+    def __init__(self) -> None:
+        self.config = {"max_request_size": 1_048_576}
+        self.flushed = 0
+
+    def send(self, topic: str, value: bytes | None = None, **_: object) -> object:
+        from kafka.errors import TopicAuthorizationFailedError
+        from kafka.future import Future
+
+        return Future().failure(TopicAuthorizationFailedError(topic))
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.flushed += 1
+
+
+def test_a_dead_letter_the_broker_refuses_is_logged_not_lost_without_a_word(
+    stream_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
+) -> None:
+    # flush() returns once every record is done, refused ones included: a dead-letter topic
+    # the scorer may not write to lost every letter with nothing in the log.
+    cfg = stream_config(stream_model, "127.0.0.1:9", "t", dead_letter_topic="t.dlq")
+    scorer = StreamScorer(stream_model, cfg, MemorySink([]))
+    producer = _RefusingProducer()
+    scorer._producer = producer
+    records = [msg(b"{not json", 0), msg(b"[1]", 1)]
+    batch = scorer.score_records(records)
+    with caplog.at_level("ERROR", logger="anomaly_vae.jobs.stream"):
+        scorer._publish(batch, WriteResult(), records)
+    assert producer.flushed == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1
+    assert errors[0].startswith("2 record(s) could not be published to topic t.dlq")
+    assert "TopicAuthorizationFailedError" in errors[0]
+
+
 class _RecordingSink(MemorySink):
     failure: str | None = None
 

@@ -559,9 +559,11 @@ class StreamScorer:
         kafka = self.cfg.kafka
         if producer is None:
             return
+        sent: list[tuple[str, Any]] = []  # (topic, future): a failed send is only known here
         if kafka.alerts_topic:
             for alert in result.alerts:
-                producer.send(kafka.alerts_topic, orjson.dumps(alert, default=str))
+                future = producer.send(kafka.alerts_topic, orjson.dumps(alert, default=str))
+                sent.append((kafka.alerts_topic, future))
         if kafka.dead_letter_topic and len(batch.rejects):
             originals = messages_by_key(records, batch.rejects.index)
             # What the producer may send, less room for the record's key and headers.
@@ -571,8 +573,12 @@ class StreamScorer:
                 msg_key, value, headers = dead_letter_message(
                     key, str(reason), originals.get(key), max_bytes=limit - 65_536
                 )
-                producer.send(kafka.dead_letter_topic, value=value, key=msg_key, headers=headers)
+                future = producer.send(
+                    kafka.dead_letter_topic, value=value, key=msg_key, headers=headers
+                )
+                sent.append((kafka.dead_letter_topic, future))
         producer.flush(timeout=30)
+        _log_failed_sends(sent)
 
     def _commit(self, *, wait: bool = True) -> None:
         from kafka.errors import KafkaError
@@ -789,6 +795,24 @@ def _rebalance_listener(scorer: StreamScorer) -> Any:
             logger.info("partitions assigned: %s", _names(assigned))
 
     return Listener()
+
+
+def _log_failed_sends(sent: list[tuple[str, Any]]) -> None:
+    """A record the producer gave up on (the broker refused it, or its retries ran out) is
+    only known from its future: ``flush`` returns as well. Say so, per topic, rather than
+    lose it without a word; the database keeps every alert and dead letter regardless."""
+    failed: dict[str, list[BaseException]] = {}
+    for topic, future in sent:
+        if getattr(future, "failed", lambda: False)():
+            failed.setdefault(topic, []).append(future.exception)
+    for topic, errors in failed.items():
+        logger.error(
+            "%d record(s) could not be published to topic %s (first: %s); they are in the "
+            "database (alerts, dead_letters)",
+            len(errors),
+            topic,
+            _first_line(errors[0]),
+        )
 
 
 def _names(partitions: Any) -> list[str]:
