@@ -194,6 +194,22 @@ class KafkaConfig(_Strict):
             )
         return value
 
+    def check_output_topics(self) -> None:
+        """Refuse an alerts or dead-letter topic that is the topic being scored: a rejected
+        message published back to it is consumed, rejected and published again without end
+        (and alerts would come back as records that are rejected). Checked once every setting
+        is in place, not field by field: flags override a pipeline's topics one at a time."""
+        for name, flag in (
+            ("dead_letter_topic", "--dead-letter-topic"),
+            ("alerts_topic", "--alerts-topic"),
+        ):
+            value = getattr(self, name)
+            if value is not None and value == self.topic:
+                raise ConfigError(
+                    f"{flag} {value} (kafka.{name}) is the topic being scored: what is "
+                    "published there would be consumed again; name another topic"
+                )
+
 
 class AlertsConfig(_Strict):
     """The alert rule (``thresholds.AlertRule``): an alert opens when ``k`` of an entity's last

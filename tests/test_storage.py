@@ -8,6 +8,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -492,6 +493,63 @@ def test_unreachable_server_is_one_line_naming_the_host(
 def test_missing_sqlite_folder_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(DatabaseConnectionError, match="does not exist"):
         open_database(target_for(f"sqlite:///{tmp_path / 'nowhere' / 'r.db'}"))
+
+
+_CREATE_SCRIPT = """
+import sys, time
+from anomaly_vae.storage.engine import DatabaseTarget, open_database, parse_database_url
+target = DatabaseTarget(parse_database_url(sys.argv[1]), "--db")
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all start together
+open_database(target, create_missing=True).dispose()
+"""
+
+
+def test_processes_creating_one_sqlite_file_at_once_all_use_it(tmp_path: Path) -> None:
+    """``stream --processes N`` on a SQLite file that does not exist yet: N processes create it
+    at the same moment. Each must end up using one database at the latest schema (a process
+    failing 'database is locked', or reading a half-migrated file, stopped a scorer)."""
+    path = tmp_path / "shared.db"
+    url = f"sqlite:///{path}"
+    start_at = time.time() + 3.0
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CREATE_SCRIPT, url, str(start_at)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outcomes = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0] * 4, [err for _, err in outcomes]
+    with engine_for(url).connect() as connection:
+        assert MigrationContext.configure(connection).get_current_revision() == head_revision()
+    assert sorted(p.name for p in tmp_path.iterdir() if "creating" in p.name) == []
+
+
+def test_a_created_sqlite_file_appears_only_once_migrated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The schema is built under another name: while it is migrated, the database's own name
+    holds nothing another process could open half-built."""
+    import anomaly_vae.storage.migrate as migrate
+
+    path = tmp_path / "results.db"
+    seen: list[bool] = []
+    real_upgrade = migrate.upgrade
+
+    def watching(engine: Engine, revision: str = "head") -> tuple[str | None, str | None]:
+        out = real_upgrade(engine, revision)
+        seen.append(path.exists())
+        return out
+
+    monkeypatch.setattr(migrate, "upgrade", watching)
+    open_database(target_for(f"sqlite:///{path}"), create_missing=True).dispose()
+    assert seen == [False]
+    assert [p.name for p in tmp_path.iterdir()] == ["results.db"]  # nothing left beside it
+    with engine_for(f"sqlite:///{path}").connect() as connection:
+        assert MigrationContext.configure(connection).get_current_revision() == head_revision()
 
 
 def test_missing_postgres_database_is_one_line(postgres_databases: object) -> None:

@@ -329,6 +329,161 @@ def test_sigterm_like_stop_finishes_the_batch(broker: DevBroker, stream_model: A
     assert committed_total(broker.bootstrap, cfg.kafka.group_id, topic, 1) == 40
 
 
+@dataclass
+class _Consumed:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "headers", "cut"),
+    [
+        (b"k" * 1_200_000, b"{}", [("trace", b"t-1")], "key-bytes"),
+        (b"P1", b"not json", [("big", b"h" * 1_100_000), ("trace", b"t-1")], "header-bytes"),
+        (b"P1", b"x", [(f"h{i}", b"v" * 9_000) for i in range(200)], "headers-dropped"),
+        (b"k" * 9_000, b"v" * 980_000, [], "value-bytes"),
+    ],
+)
+def test_a_dead_letter_fits_the_producer_whatever_the_key_and_headers_hold(
+    key: bytes, value: bytes, headers: list[tuple[str, bytes]], cut: str
+) -> None:
+    # Only the value was cut to fit: a poison message with a 1.2 MB key or a 1.1 MB header
+    # made the producer raise MessageSizeTooLargeError in the middle of the batch, so the
+    # stream stopped with a traceback, and again on every restart (the batch is replayed).
+    from kafka.record.default_records import DefaultRecordBatchBuilder
+
+    from anomaly_vae.sources.kafka import dead_letter_message
+
+    limit = 1_048_576 - 65_536  # what the scorer gives: the producer's default, less room
+    original = _Consumed("t", 0, 7, key, value, headers)
+    out_key, out_value, out_headers = dead_letter_message(
+        "t:0:7", "some reason", original, max_bytes=limit
+    )
+    size = DefaultRecordBatchBuilder.estimate_size_in_bytes(out_key, out_value, out_headers)
+    assert size <= limit
+    named = dict(out_headers)
+    assert named["anomaly-vae.error.source-key"] == b"t:0:7"
+    assert f"anomaly-vae.error.{cut}" in named
+    assert (out_key or b"") == key[: len(out_key or b"")]  # what is kept is the start
+    assert out_value == value[: len(out_value or b"")]
+    if cut == "key-bytes":
+        assert int(named["anomaly-vae.error.key-bytes"]) == len(key)
+        assert named["trace"] == b"t-1"  # what fitted is kept as it came
+        assert out_value == value
+    if cut == "header-bytes":
+        assert named["anomaly-vae.error.header-bytes"] == b"big=1100000"
+        assert named["trace"] == b"t-1"
+        assert out_key == key
+    if cut == "headers-dropped":
+        assert named["anomaly-vae.error.headers-dropped"] == b"200"
+        assert out_value == value
+
+
+def test_a_dead_letter_that_fits_is_the_message_unchanged() -> None:
+    from anomaly_vae.sources.kafka import dead_letter_message
+
+    original = _Consumed("t", 0, 7, b"P1", b"v" * 500_000, [("trace", b"t-1")])
+    out_key, out_value, out_headers = dead_letter_message(
+        "t:0:7", "r", original, max_bytes=1_000_000
+    )
+    assert (out_key, out_value) == (b"P1", original.value)
+    assert out_headers[0] == ("trace", b"t-1")
+    assert not [k for k, _ in out_headers if k.endswith(("-bytes", "-dropped"))]
+
+
+class _RefusingProducer:
+    """A producer whose records the broker refuses: send() succeeds, the future fails."""
+
+    def __init__(self) -> None:
+        self.config = {"max_request_size": 1_048_576}
+        self.flushed = 0
+
+    def send(self, topic: str, value: bytes | None = None, **_: object) -> object:
+        from kafka.errors import TopicAuthorizationFailedError
+        from kafka.future import Future
+
+        return Future().failure(TopicAuthorizationFailedError(topic))
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.flushed += 1
+
+
+def test_a_dead_letter_the_broker_refuses_is_logged_not_lost_without_a_word(
+    stream_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
+) -> None:
+    # flush() returns once every record is done, refused ones included: a dead-letter topic
+    # the scorer may not write to lost every letter with nothing in the log.
+    cfg = stream_config(stream_model, "127.0.0.1:9", "t", dead_letter_topic="t.dlq")
+    scorer = StreamScorer(stream_model, cfg, MemorySink([]))
+    producer = _RefusingProducer()
+    scorer._producer = producer
+    records = [msg(b"{not json", 0), msg(b"[1]", 1)]
+    batch = scorer.score_records(records)
+    with caplog.at_level("ERROR", logger="anomaly_vae.jobs.stream"):
+        scorer._publish(batch, WriteResult(), records)
+    assert producer.flushed == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1
+    assert errors[0].startswith("2 record(s) could not be published to topic t.dlq")
+    assert "TopicAuthorizationFailedError" in errors[0]
+
+
+class _RecordingSink(MemorySink):
+    failure: str | None = None
+
+    def record_failure(self, error: str) -> None:
+        self.failure = error
+
+
+def _unreachable() -> object:
+    from kafka.errors import KafkaTimeoutError
+
+    raise KafkaTimeoutError("Unable to bootstrap")
+
+
+def test_an_idle_timeout_also_ends_the_wait_for_a_broker_that_never_answers(
+    stream_model: AnomalyVAE,
+) -> None:
+    # With a wrong --bootstrap, 'stream --idle-timeout 3' retried for good (only a signal
+    # ended it), and its run stayed 'running' in the database: the idle clock did not run
+    # before the first connection. Now the session gives up after the idle timeout, with a
+    # line naming the address, and its run is finished as failed.
+    from anomaly_vae.errors import ConfigError
+
+    cfg = stream_config(stream_model, "127.0.0.1:1", "t", connect_backoff_max_s=0.2)
+    sink = _RecordingSink([])
+    scorer = StreamScorer(stream_model, cfg, sink, consumer_factory=_unreachable)
+    started = time.monotonic()
+    safety = threading.Timer(15.0, scorer.stop)  # a scorer that waits for good fails, not hangs
+    safety.start()
+    try:
+        with pytest.raises(ConfigError, match=r"broker at 127\.0\.0\.1:1 not reachable after"):
+            scorer.run(idle_timeout=1.0)
+    finally:
+        safety.cancel()
+    assert time.monotonic() - started < 10
+    assert sink.closed
+    assert sink.failure is not None
+    assert "not reachable" in sink.failure
+
+
+def test_a_stop_while_waiting_for_the_broker_closes_the_session(stream_model: AnomalyVAE) -> None:
+    # SIGTERM while the broker was down returned without closing the sink: the session's run
+    # stayed 'running' for good.
+    cfg = stream_config(stream_model, "127.0.0.1:1", "t", connect_backoff_max_s=0.2)
+    sink = _RecordingSink([])
+    scorer = StreamScorer(stream_model, cfg, sink, consumer_factory=_unreachable)
+    threading.Timer(0.5, scorer.stop).start()
+    stats = scorer.run()
+    assert stats.consumed == 0
+    assert sink.closed
+    assert sink.failure is None
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -353,6 +508,35 @@ def test_stream_options_out_of_range_are_one_line_naming_the_flag(
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: {message}")
     assert "validation error" not in done.stderr
+
+
+@pytest.mark.parametrize("flag", ["--dead-letter-topic", "--alerts-topic"])
+def test_an_output_topic_that_is_the_scored_topic_is_refused_before_anything_starts(
+    pump_model: tuple[AnomalyVAE, object],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    flag: str,
+) -> None:
+    # '--dead-letter-topic sensors' on topic sensors ran without end: each rejected message
+    # went back into the topic, was consumed, rejected and published again (254 rejects of 2
+    # messages in 40 s, headers piling up).
+    db = tmp_path / "r.db"
+    where = ["--bootstrap", "127.0.0.1:1", "--db", f"sqlite:///{db}", "--topic", "sensors"]
+    model_dir = str(pump_model[1])
+    args = ["--model-dir", model_dir, *where, "--idle-timeout", "1", flag, "sensors"]
+    done = run_inline(capsys, "stream", *args)
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {flag} sensors (kafka.")
+    assert "is the topic being scored" in last
+    assert not db.exists()  # refused before a run was registered
+    fine = stream_config(pump_model[0], "127.0.0.1:1", "sensors", dead_letter_topic="sensors.dlq")
+    StreamScorer(pump_model[0], fine, MemorySink([]))
+    looped = stream_config(pump_model[0], "127.0.0.1:1", "sensors", alerts_topic="sensors")
+    from anomaly_vae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="is the topic being scored"):
+        StreamScorer(pump_model[0], looped, MemorySink([]))
 
 
 @pytest.mark.parametrize(

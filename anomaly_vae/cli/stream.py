@@ -126,7 +126,9 @@ def stream(
         None, "--max-messages", help="Stop after this many messages."
     ),
     idle_timeout: float | None = typer.Option(
-        None, "--idle-timeout", help="Stop after this many seconds without a message."
+        None,
+        "--idle-timeout",
+        help="Stop after this many seconds without a message (an error: without a broker).",
     ),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Records per micro-batch."),
     session_timeout_ms: int | None = typer.Option(
@@ -187,6 +189,7 @@ def stream(
     if not kafka.topic:
         # Before the database: a stream run registered there would stay 'running' for good.
         raise ConfigError("no Kafka topic to read: set kafka.topic in the pipeline or --topic")
+    kafka.check_output_topics()
     if max_messages is not None and max_messages < 1:
         raise ConfigError(f"--max-messages must be >= 1, got {max_messages}")
     if idle_timeout is not None and not idle_timeout > 0:

@@ -159,6 +159,7 @@ class StreamScorer:
             from anomaly_vae.errors import ConfigError
 
             raise ConfigError("no Kafka topic to read: set kafka.topic in the pipeline or --topic")
+        cfg.kafka.check_output_topics()
         self.model = model
         self.cfg = cfg
         self.sink = sink
@@ -195,7 +196,10 @@ class StreamScorer:
     def stop(self) -> None:
         self.stop_event.set()
 
-    def _connect(self) -> bool:
+    def _connect(self, *, give_up_after_s: float | None = None) -> bool:
+        """Connect (retrying while the broker is not up) and subscribe; False when stopped
+        meanwhile. ``give_up_after_s``: raise ConfigError once the broker has not answered for
+        that long (a session with an idle timeout must end, not wait for a broker for good)."""
         kafka = self.cfg.kafka
         options = client_options(kafka)
         logger.info("connecting to Kafka: %s", redacted(options))
@@ -226,6 +230,7 @@ class StreamScorer:
             bootstrap=kafka.bootstrap_servers,
             stop=self.stop_event,
             backoff_max_s=kafka.connect_backoff_max_s,
+            give_up_after_s=give_up_after_s,
         )
         if consumer is None:
             return False
@@ -246,6 +251,7 @@ class StreamScorer:
                 bootstrap=kafka.bootstrap_servers,
                 stop=self.stop_event,
                 backoff_max_s=kafka.connect_backoff_max_s,
+                give_up_after_s=give_up_after_s,
             )
         return True
 
@@ -257,8 +263,17 @@ class StreamScorer:
         This thread polls Kafka and commits; a worker thread scores and writes, up to
         ``IN_FLIGHT`` batches behind, so that consuming, scoring and writing overlap. Offsets
         are committed only for batches the worker has made durable, in order.
+
+        With ``idle_timeout``, a broker that does not answer for that long stops the session
+        with a ConfigError, as a topic without messages for that long stops it.
         """
-        if not self._connect():
+        try:
+            connected = self._connect(give_up_after_s=idle_timeout)
+        except BaseException as exc:
+            self._close(exc)  # the session's run is finished (failed), not left 'running'
+            raise
+        if not connected:  # stopped (a signal) while waiting for the broker
+            self._close()
             return self.stats
         consumer = self._consumer
         kafka = self.cfg.kafka
@@ -544,9 +559,11 @@ class StreamScorer:
         kafka = self.cfg.kafka
         if producer is None:
             return
+        sent: list[tuple[str, Any]] = []  # (topic, future): a failed send is only known here
         if kafka.alerts_topic:
             for alert in result.alerts:
-                producer.send(kafka.alerts_topic, orjson.dumps(alert, default=str))
+                future = producer.send(kafka.alerts_topic, orjson.dumps(alert, default=str))
+                sent.append((kafka.alerts_topic, future))
         if kafka.dead_letter_topic and len(batch.rejects):
             originals = messages_by_key(records, batch.rejects.index)
             # What the producer may send, less room for the record's key and headers.
@@ -556,8 +573,12 @@ class StreamScorer:
                 msg_key, value, headers = dead_letter_message(
                     key, str(reason), originals.get(key), max_bytes=limit - 65_536
                 )
-                producer.send(kafka.dead_letter_topic, value=value, key=msg_key, headers=headers)
+                future = producer.send(
+                    kafka.dead_letter_topic, value=value, key=msg_key, headers=headers
+                )
+                sent.append((kafka.dead_letter_topic, future))
         producer.flush(timeout=30)
+        _log_failed_sends(sent)
 
     def _commit(self, *, wait: bool = True) -> None:
         from kafka.errors import KafkaError
@@ -774,6 +795,24 @@ def _rebalance_listener(scorer: StreamScorer) -> Any:
             logger.info("partitions assigned: %s", _names(assigned))
 
     return Listener()
+
+
+def _log_failed_sends(sent: list[tuple[str, Any]]) -> None:
+    """A record the producer gave up on (the broker refused it, or its retries ran out) is
+    only known from its future: ``flush`` returns as well. Say so, per topic, rather than
+    lose it without a word; the database keeps every alert and dead letter regardless."""
+    failed: dict[str, list[BaseException]] = {}
+    for topic, future in sent:
+        if getattr(future, "failed", lambda: False)():
+            failed.setdefault(topic, []).append(future.exception)
+    for topic, errors in failed.items():
+        logger.error(
+            "%d record(s) could not be published to topic %s (first: %s); they are in the "
+            "database (alerts, dead_letters)",
+            len(errors),
+            topic,
+            _first_line(errors[0]),
+        )
 
 
 def _names(partitions: Any) -> list[str]:

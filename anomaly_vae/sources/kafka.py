@@ -239,8 +239,11 @@ def dead_letter_message(
     ``anomaly-vae.error.reason``, ``.source-key``, ``.topic``, ``.partition`` and ``.offset``
     (the convention of Kafka Connect's dead-letter queues). A value over ``max_bytes`` (what the
     producer may send) goes as its first 10 kB with the header ``anomaly-vae.error.value-bytes``
-    giving its whole length. ``original``: the consumed record; without it (None) the letter is
-    an empty value with the error headers alone."""
+    giving its whole length. The key and the message's own headers count too, so that the letter
+    as a whole fits: a key that would not is cut the same way (``.key-bytes``), then own header
+    values over 10 kB (``.header-bytes``: ``name=length`` of each), then the own headers are
+    left out (``.headers-dropped``: how many), then the value is cut. ``original``: the consumed
+    record; without it (None) the letter is an empty value with the error headers alone."""
     topic, partition, offset = key.rsplit(":", 2)
     headers = [
         (f"{DEAD_LETTER_HEADER}reason", reason.encode()),
@@ -252,13 +255,39 @@ def dead_letter_message(
     if original is None:
         return None, b"", headers  # a Kafka record needs a key or a value
     value = original.value
-    if value is not None and len(value) > max_bytes:
-        headers.append((f"{DEAD_LETTER_HEADER}value-bytes", str(len(value)).encode()))
-        value = value[:RAW_PREVIEW_BYTES]
-    if value is None and original.key is None:
-        value = b""
+    msg_key = original.key
     own = [(str(k), bytes(v or b"")) for k, v in (getattr(original, "headers", None) or [])]
-    return original.key, value, own + headers
+
+    def cut_value() -> None:
+        nonlocal value
+        if value is not None and len(value) > RAW_PREVIEW_BYTES:
+            headers.append((f"{DEAD_LETTER_HEADER}value-bytes", str(len(value)).encode()))
+            value = value[:RAW_PREVIEW_BYTES]
+
+    def size() -> int:
+        named = sum(len(k.encode()) + len(v) for k, v in own + headers)
+        return len(msg_key or b"") + len(value or b"") + named
+
+    if value is not None and len(value) > max_bytes:
+        cut_value()
+    # A key or headers the producer cannot send would raise in the middle of the batch, on
+    # every replay of it: the poison message would stop the stream for good.
+    if size() > max_bytes and msg_key is not None and len(msg_key) > RAW_PREVIEW_BYTES:
+        headers.append((f"{DEAD_LETTER_HEADER}key-bytes", str(len(msg_key)).encode()))
+        msg_key = msg_key[:RAW_PREVIEW_BYTES]
+    if size() > max_bytes and any(len(v) > RAW_PREVIEW_BYTES for _, v in own):
+        long = [(k, v) for k, v in own if len(v) > RAW_PREVIEW_BYTES]
+        cuts = ",".join(f"{k}={len(v)}" for k, v in long)
+        headers.append((f"{DEAD_LETTER_HEADER}header-bytes", cuts.encode()))
+        own = [(k, v[:RAW_PREVIEW_BYTES]) for k, v in own]
+    if size() > max_bytes and own:
+        headers.append((f"{DEAD_LETTER_HEADER}headers-dropped", str(len(own)).encode()))
+        own = []
+    if size() > max_bytes:
+        cut_value()
+    if value is None and msg_key is None:
+        value = b""
+    return msg_key, value, own + headers
 
 
 # ============================================================================ clients

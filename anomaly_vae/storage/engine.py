@@ -11,7 +11,9 @@ Connection problems become one :class:`DatabaseConnectionError` line naming the 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,15 +208,34 @@ def open_database(
 
 
 def _create_sqlite(target: DatabaseTarget) -> None:
+    """Create the SQLite file at the latest schema, safe against other processes creating it
+    at the same moment (``stream --processes N`` starts N at once): the schema is built in a
+    file of this process's own, which then takes the database's name only if no other process
+    got there first (a hard link, which never replaces a file). The database's name therefore
+    never holds a half-migrated file, and the loser simply uses the winner's."""
     from anomaly_vae.storage.migrate import upgrade
 
-    engine = create_database_engine(target.url)
+    path = Path(str(target.url.database)).expanduser().resolve()
+    building = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.creating")
+    engine = create_database_engine(target.url.set(database=str(building)))
     try:
-        upgrade(engine)
-    except SQLAlchemyError as exc:
-        raise connection_error(exc, target) from None
+        try:
+            upgrade(engine)
+        except SQLAlchemyError as exc:
+            raise connection_error(exc, target) from None
+        finally:
+            engine.dispose()  # the last connection closed: the WAL is checkpointed into it
+        try:
+            os.link(building, path)
+        except FileExistsError:
+            return  # another process created it meanwhile: use theirs
+        except OSError:  # a file system without hard links
+            if path.exists():
+                return
+            os.replace(building, path)
     finally:
-        engine.dispose()
+        for leftover in (building, *(Path(f"{building}{end}") for end in ("-wal", "-shm"))):
+            leftover.unlink(missing_ok=True)
     logger.info("created the SQLite database %s at the latest schema", target.display)
 
 
