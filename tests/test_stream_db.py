@@ -186,9 +186,11 @@ def test_n_messages_in_n_rows_out_with_poison(
     assert any("max_message_bytes" in r for r in reasons)
     n_alerts = query(db_url, "SELECT count(*) FROM alerts")[0][0]
     assert n_alerts > 0
-    published = consume_all(broker.bootstrap, alerts_topic)
+    published = consume_all_records(broker.bootstrap, alerts_topic)
     assert len(published) == n_alerts
-    assert {"alert_id", "entity_key", "score", "source_key"} <= set(json.loads(published[0]))
+    assert {"alert_id", "entity_key", "score", "source_key"} <= set(json.loads(published[0].value))
+    # Keyed by entity, so that one entity's alerts stay in order in one partition.
+    assert all(m.key == json.loads(m.value)["entity_key"].encode() for m in published)
     # The dead-letter topic gets each message as it came (key, bytes, own headers), with the
     # reason and the source in headers; an oversized value is cut, with its length in a header.
     letters = consume_all_records(broker.bootstrap, dlq_topic)
@@ -219,16 +221,6 @@ def consume_all_records(bootstrap: str, topic: str) -> list[Any]:
     )
     try:
         return list(consumer)
-    finally:
-        consumer.close()
-
-
-def consume_all(bootstrap: str, topic: str) -> list[bytes]:
-    consumer = KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=3000
-    )
-    try:
-        return [m.value for m in consumer]
     finally:
         consumer.close()
 

@@ -562,7 +562,13 @@ class StreamScorer:
         sent: list[tuple[str, Any]] = []  # (topic, future): a failed send is only known here
         if kafka.alerts_topic:
             for alert in result.alerts:
-                future = producer.send(kafka.alerts_topic, orjson.dumps(alert, default=str))
+                # Keyed by entity: one entity's alerts land in one partition, in order.
+                entity = alert.get("entity_key")
+                future = producer.send(
+                    kafka.alerts_topic,
+                    orjson.dumps(alert, default=str),
+                    key=None if entity is None else str(entity).encode("utf-8"),
+                )
                 sent.append((kafka.alerts_topic, future))
         if kafka.dead_letter_topic and len(batch.rejects):
             originals = messages_by_key(records, batch.rejects.index)
