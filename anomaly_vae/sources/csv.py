@@ -181,18 +181,17 @@ class CsvSource:
                         raise InputFileError(
                             f"{self.label} cannot be read: {_first_line(exc)}"
                         ) from None
-                bad_rows, reasons = _bad_lines(caught)
-                rows = _row_numbers(next_row, len(frame), bad_rows)
-                frame.index = pd.Index(rows, name="row")
-                if bad_rows and raw_lines is None:
+                bad_lines, reasons = _bad_lines(caught)
+                if bad_lines and raw_lines is None:
                     raw_lines = _LineFinder(
                         self.path, self.encoding, self.sep, skip_space=self.spaced()
                     )
+                found = raw_lines.lines(bad_lines) if raw_lines else []
+                bad_rows = [row for row, _ in found]
+                rows = _row_numbers(next_row, len(frame), bad_rows)
+                frame.index = pd.Index(rows, name="row")
                 rejects = pd.DataFrame(
-                    {
-                        "reason": reasons,
-                        "raw": raw_lines.lines([r + 2 for r in bad_rows]) if raw_lines else [],
-                    },
+                    {"reason": reasons, "raw": [raw for _, raw in found]},
                     index=pd.Index(bad_rows, name="row"),
                     dtype=object,
                 )
@@ -258,10 +257,14 @@ class CsvSource:
 
 
 class _LineFinder:
-    """The fields of given records (the header is record 1, as in the parser's "line N") of a
-    possibly compressed file, as JSON lists, read by Python's csv module on a second handle
-    that only moves forward: used for the rare lines the parser skips, so that their values
-    land in the rejects."""
+    """The data row number and the fields (as a JSON list) of given records of a possibly
+    compressed file (the parser's "line N": the header is record 1 when no blank line comes
+    before it), read by Python's csv module on a second handle that only moves forward: used
+    for the rare lines the parser skips, so that their values land in the rejects under the
+    row number they have in the file.
+
+    The parser counts blank lines in its "line N" but skips them as rows, so the data row is
+    the number of non-blank records before the line, less the header."""
 
     MAX_CHARS = 10_000
 
@@ -280,21 +283,28 @@ class _LineFinder:
             self._handle = opener(path, "rt", encoding=encoding, errors="replace", newline="")
             self._records = csv.reader(self._handle, delimiter=sep, skipinitialspace=skip_space)
         self._at = 0  # records read so far
+        self._blank = 0  # blank ones among them (no row of the parser's)
+        self._lost = False  # the records could not be followed: rows from line numbers
 
-    def lines(self, numbers: list[int]) -> list[str | None]:
-        """Records ``numbers`` (1-based, increasing, after any asked before) as JSON text."""
-        out: list[str | None] = []
+    def lines(self, numbers: list[int]) -> list[tuple[int, str | None]]:
+        """(data row, fields as JSON text) of records ``numbers`` (1-based, increasing, after
+        any asked before); when the file cannot be followed, the row as if no line were
+        blank and no text."""
+        out: list[tuple[int, str | None]] = []
         for number in numbers:
             text: str | None = None
-            while self._at < number:
+            while not self._lost and self._at < number:
                 try:
                     fields = next(self._records)
                 except (StopIteration, csv.Error):
+                    self._lost = True
                     break
                 self._at += 1
                 if self._at == number:
                     text = json.dumps(fields, ensure_ascii=False)[: self.MAX_CHARS]
-            out.append(text)
+                elif len(fields) <= 1 and not "".join(fields).strip(" \t"):
+                    self._blank += 1  # spaces or tabs alone, not separators: no row
+            out.append((number - 2 - self._blank, text))
         return out
 
     def close(self) -> None:
@@ -336,16 +346,17 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _bad_lines(caught: list[warnings.WarningMessage]) -> tuple[list[int], list[str]]:
-    rows: list[int] = []
+    """The parser's numbers of the lines it skipped (the header's is 1), with the reasons."""
+    lines: list[int] = []
     reasons: list[str] = []
     for item in caught:
         for line in str(item.message).splitlines():
             match = _BAD_LINE.search(line)
             if match:
                 line_no = int(match.group(1))
-                rows.append(line_no - 2)  # line 1 is the header; data row 0 is line 2
+                lines.append(line_no)
                 reasons.append(f"line {line_no}: {match.group(2).strip()}")
-    return rows, reasons
+    return lines, reasons
 
 
 def _row_numbers(start: int, count: int, bad_rows: list[int]) -> np.ndarray:
