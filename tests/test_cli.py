@@ -412,6 +412,27 @@ def test_bad_inputs_get_one_line_errors(trained: Path, capsys: pytest.CaptureFix
     )
 
 
+def test_outputs_that_would_overwrite_the_input_or_each_other_are_refused(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    export = make_pump_data(40, seed=7).astype({"flow": object})
+    export.loc[3, "flow"] = "offline"  # one reject, so that a rejects file is written
+    data = trained / "overwrite.csv"
+    export.to_csv(data, index=False)
+    before = data.read_bytes()
+    model = str(trained / "model")
+    out = str(trained / "overwrite.out.csv")
+    for args, needle in (
+        (["--out", str(data)], "--out"),
+        (["--out", out, "--rejects", str(data)], "--rejects"),
+        (["--out", out, "--rejects", out], "is the scores file"),
+    ):
+        result = run_inline(capsys, "score", str(data), "--model-dir", model, *args)
+        assert_user_error(result, needle)
+        assert data.read_bytes() == before
+    assert not Path(out).exists()
+
+
 @pytest.mark.parametrize(
     ("seed", "needle"), [("-5", "greater than or equal to 0"), (str(2**64), "less than or equal")]
 )

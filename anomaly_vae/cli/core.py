@@ -348,8 +348,8 @@ def _score_file(
     to_stdout = _is_dash(out)
     # Scores to standard output: the rejects still go to a file, in the working directory.
     rejects = rejects or default_rejects_path(Path(stem + ".scores.csv") if to_stdout else out)
-    if csv_out and not to_stdout and out.resolve() == data.resolve():
-        raise ConfigError(f"--out {out} would overwrite the input: choose another file")
+    if csv_out:
+        _check_outputs(data, None if to_stdout else out, rejects)
     csv_cfg = _csv_with(cfg.csv, sep=_sep(sep) or None, decimal=decimal)
     source = CsvSource(
         data,
@@ -395,6 +395,20 @@ def _score_file(
     )
     _add_csv_outputs(summary, out, rejects, rejects_writer)
     _print_summary(summary, err=to_stdout)
+
+
+def _check_outputs(data: Path, out: Path | None, rejects: Path) -> None:
+    """The scores file (None: standard output) and the rejects file must be neither the input,
+    which is still being read while they are written, nor each other."""
+    if out is not None and out.resolve() == data.resolve():
+        raise ConfigError(f"--out {out} would overwrite the input: choose another file")
+    if rejects.resolve() == data.resolve():
+        raise ConfigError(f"--rejects {rejects} would overwrite the input: choose another file")
+    if out is not None and rejects.resolve() == out.resolve():
+        raise ConfigError(
+            f"--rejects {rejects} is the scores file (--out): the rejects would overwrite the "
+            "scores; choose another file"
+        )
 
 
 def _window_text(window: WindowConfig | None) -> str:
