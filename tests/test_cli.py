@@ -639,6 +639,58 @@ def test_a_utf16_export_is_read_with_csv_encoding(
     assert outs[0] == outs[1]
 
 
+def test_a_cp1252_export_trains_and_scores_with_encoding(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Excel on Windows writes cp1252: the error advised csv.encoding in a pipeline, and a
+    # --pipeline replaces the model's (ids, label and alert rule dropped with it): there was
+    # no way to give the encoding alone.
+    export = make_pump_data(300, seed=7)
+    export["station"] = export["station"].map({"north": "Nörd", "south": "Süd"}).fillna("Öst")
+    utf8, cp1252 = trained / "enc8.csv", trained / "enc1252.csv"
+    export.to_csv(utf8, index=False)
+    export.to_csv(cp1252, index=False, encoding="cp1252")
+    model = str(trained / "model")
+    refused = run_inline(
+        capsys, "score", str(cp1252), "--model-dir", model, "--out", str(trained / "never.csv")
+    )
+    assert_user_error(refused, "enc1252.csv is not utf-8 text", "--encoding")
+    outs = []
+    for path, extra in ((utf8, ()), (cp1252, ("--encoding", "cp1252"))):
+        out = trained / f"{path.stem}.scores.csv"
+        result = run_inline(
+            capsys, "score", str(path), "--model-dir", model, "--out", str(out), *extra
+        )
+        assert result.returncode == 0, result.stderr
+        outs.append(out.read_text())
+    assert outs[0] == outs[1]
+    assert '"event_id"' in outs[0]  # the model's pipeline still in force
+    unknown = run_inline(capsys, "score", str(cp1252), "--model-dir", model, "--encoding", "x")
+    assert_user_error(unknown, "--encoding 'x'", "unknown text encoding")
+    # A model trained with --encoding reads its exports with it.
+    trained_1252 = str(trained / "model-1252")
+    result = run_inline(
+        capsys,
+        "train",
+        str(cp1252),
+        "--model-dir",
+        trained_1252,
+        "--epochs",
+        "2",
+        "--encoding",
+        "cp1252",
+        "-q",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "encoding 'cp1252'" in run_inline(capsys, "info", "--model-dir", trained_1252).stdout
+    out = trained / "enc-remembered.scores.csv"
+    result = run_inline(
+        capsys, "score", str(cp1252), "--model-dir", trained_1252, "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(pd.read_csv(out)) == len(export)
+
+
 def test_serve_on_an_impossible_port_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

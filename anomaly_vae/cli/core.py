@@ -45,10 +45,22 @@ def _sep(value: str | None) -> str | None:
     return "\t" if value in ("\\t", "tab", "TAB") else value
 
 
-def _csv_with(csv: CsvConfig, *, sep: str | None, decimal: str | None) -> CsvConfig:
-    """``csv`` with the separator and decimal mark given on the command line (None: as in
-    ``csv``), checked together like a pipeline file's."""
-    pairs = (("sep", sep), ("decimal", decimal))
+def _csv_with(
+    csv: CsvConfig, *, sep: str | None, decimal: str | None, encoding: str | None = None
+) -> CsvConfig:
+    """``csv`` with the separator, decimal mark and text encoding given on the command line
+    (None: as in ``csv``), checked together like a pipeline file's."""
+    if encoding is not None:
+        import codecs
+
+        try:
+            encoding = codecs.lookup(encoding).name
+        except LookupError:
+            raise ConfigError(
+                f"--encoding {encoding!r}: unknown text encoding (e.g. utf-8, cp1252, latin-1, "
+                "utf-16)"
+            ) from None
+    pairs = (("sep", sep), ("decimal", decimal), ("encoding", encoding))
     changes = {name: value for name, value in pairs if value is not None}
     if not changes:
         return csv
@@ -137,6 +149,12 @@ def train(
     decimal: str | None = typer.Option(
         None, "--decimal", help="Decimal mark: '.' (default) or ',' (with --sep ';')."
     ),
+    encoding: str | None = typer.Option(
+        None,
+        "--encoding",
+        help="Text encoding of the file (default utf-8; e.g. cp1252, latin-1, utf-16); the "
+        "model remembers it for scoring.",
+    ),
     device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more."),
@@ -163,7 +181,9 @@ def train(
             raise ConfigError(f"--seed {seed}: {problems}") from None
     if device:
         cfg.training.device = device
-    cfg.csv = _csv_with(cfg.csv, sep=None if sep is None else _sep(sep) or ",", decimal=decimal)
+    cfg.csv = _csv_with(
+        cfg.csv, sep=None if sep is None else _sep(sep) or ",", decimal=decimal, encoding=encoding
+    )
     shown = _shown(data)
     with _input_file(data) as path:
         frame = read_training_csv(
@@ -227,6 +247,9 @@ def score(
     decimal: str | None = typer.Option(
         None, "--decimal", help="Decimal mark, '.' or ',' (default: the model's)."
     ),
+    encoding: str | None = typer.Option(
+        None, "--encoding", help="Text encoding, e.g. utf-8, cp1252 (default: the model's)."
+    ),
     label_column: str | None = typer.Option(None, "--label-column", help="Evaluate against it."),
     threshold: float | None = typer.Option(
         None, "--threshold", help="Score threshold (default: the model's calibrated one)."
@@ -257,6 +280,7 @@ def score(
             pipeline=pipeline,
             sep=sep,
             decimal=decimal,
+            encoding=encoding,
             label_column=label_column,
             threshold=threshold,
             chunk_size=chunk_size,
@@ -306,6 +330,7 @@ def _score_file(
     pipeline: Path | None,
     sep: str | None,
     decimal: str | None,
+    encoding: str | None,
     label_column: str | None,
     threshold: float | None,
     chunk_size: int | None,
@@ -350,7 +375,7 @@ def _score_file(
     rejects = rejects or default_rejects_path(Path(stem + ".scores.csv") if to_stdout else out)
     if csv_out:
         _check_outputs(data, None if to_stdout else out, rejects)
-    csv_cfg = _csv_with(cfg.csv, sep=_sep(sep) or None, decimal=decimal)
+    csv_cfg = _csv_with(cfg.csv, sep=_sep(sep) or None, decimal=decimal, encoding=encoding)
     source = CsvSource(
         data,
         sep=csv_cfg.sep,
@@ -587,7 +612,9 @@ def _pipeline_lines(cfg: PipelineConfig) -> list[str]:
     shown = "; ".join(f"{what} {value}" for what, value in named if value)
     if shown:
         lines.append(f"columns: {shown}")
-    lines.append(f"csv: sep {cfg.csv.sep!r}, decimal {cfg.csv.decimal!r}")
+    lines.append(
+        f"csv: sep {cfg.csv.sep!r}, decimal {cfg.csv.decimal!r}, encoding {cfg.csv.encoding!r}"
+    )
     return lines
 
 

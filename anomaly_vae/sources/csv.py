@@ -30,6 +30,10 @@ from anomaly_vae.errors import InputFileError
 FIRST_CHUNK_ROWS = 5000
 _COMPRESSED = (".gz", ".bz2", ".zip", ".xz", ".zst", ".tar")
 _BAD_LINE = re.compile(r"[Ss]kipping line (\d+): (.*)")
+_ENCODING_HINT = (
+    "if it uses another encoding, give it with --encoding (Excel on Windows writes cp1252; "
+    "csv.encoding in a pipeline)"
+)
 
 
 @dataclass
@@ -107,14 +111,14 @@ class CsvSource:
         if bad_at is not None or "\x00" in text:
             if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
                 raise InputFileError(
-                    f"{self.label} is UTF-16 text, not {self.encoding}: set csv.encoding: "
-                    "utf-16 in the pipeline"
+                    f"{self.label} is UTF-16 text, not {self.encoding}: give --encoding utf-16 "
+                    "(csv.encoding: utf-16 in a pipeline)"
                 )
             if b"\x00" in head:
                 raise InputFileError(f"{self.label} is not a CSV text file (it holds binary data)")
             raise InputFileError(
                 f"{self.label} is not {self.encoding} text (bad byte at offset {bad_at}): "
-                "is it a CSV file? set csv.encoding in the pipeline if it uses another encoding"
+                f"is it a CSV file? {_ENCODING_HINT}"
             )
         if not head.strip():
             raise InputFileError(f"{self.label} is empty: expected a header line and data rows")
@@ -175,7 +179,8 @@ class CsvSource:
                     except UnicodeDecodeError as exc:
                         raise InputFileError(
                             f"{self.label} is not {self.encoding} text ({exc.reason} at byte "
-                            f"{exc.start} of a block): is it a CSV file?"
+                            f"{exc.start} of a block, at data row {next_row} or after): "
+                            f"{_ENCODING_HINT}"
                         ) from None
                     except (ValueError, OSError, EOFError) as exc:
                         raise InputFileError(
@@ -248,7 +253,7 @@ class CsvSource:
             raise InputFileError(f"{self.label}: malformed CSV: {_first_line(exc)}") from None
         except UnicodeDecodeError:
             raise InputFileError(
-                f"{self.label} is not {self.encoding} text: is it a CSV file?"
+                f"{self.label} is not {self.encoding} text: is it a CSV file? {_ENCODING_HINT}"
             ) from None
         except ValueError as exc:
             raise InputFileError(f"{self.label} cannot be read: {_first_line(exc)}") from None
