@@ -433,6 +433,19 @@ def test_outputs_that_would_overwrite_the_input_or_each_other_are_refused(
     assert not Path(out).exists()
 
 
+def test_an_unknown_label_value_names_the_file_and_its_row(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    export = make_pump_data(30, seed=7).astype({"label": object})
+    export.loc[17, "label"] = "?"
+    data = trained / "odd-label.csv"
+    export.to_csv(data, index=False)
+    result = run_inline(
+        capsys, "score", str(data), "--model-dir", str(trained / "model"), "--chunk-size", "8"
+    )
+    assert_user_error(result, f"{data}: label column 'label'", "'?' (row 17)")
+
+
 @pytest.mark.parametrize(
     ("seed", "needle"), [("-5", "greater than or equal to 0"), (str(2**64), "less than or equal")]
 )

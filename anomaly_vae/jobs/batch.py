@@ -271,7 +271,9 @@ def score_csv(
                 summary.rows_flagged += int(batch.scores["is_anomaly"].sum())
                 summary.rows_rejected += len(rejects)
                 if label is not None:
-                    labels = label_to_binary(frame.loc[batch.scores.index, label], name=label)
+                    labels = label_to_binary(
+                        frame.loc[batch.scores.index, label], name=label, source=source.label
+                    )
                     scores_seen.append(batch.scores["score"].to_numpy())
                     labels_seen.append(labels.to_numpy(dtype="float64", na_value=np.nan))
                 bar.update(max(0, source.position() - bar.n) if not source.compressed else 0)
