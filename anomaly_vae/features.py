@@ -361,6 +361,17 @@ def _infer_kind(
     )
     if explicit:
         raise SchemaError(f"{message}: raise max_categories or drop it from the features")
+    formatted = _formatted_number_example(given)
+    if formatted is not None:
+        # "12,345.67", "12.5%": numbers a thousands separator or a unit keeps as text.
+        logger.warning(
+            "column %r holds numbers written with thousands separators or a unit (%r), which "
+            "are read as text, so it is not used as a feature; export it as plain numbers "
+            "(12345.67, 12.5) to use it",
+            name,
+            formatted,
+        )
+        return None
     share = float(parsed.notna().mean()) if len(given) else 0.0
     if share >= 0.5:
         # Mostly numbers with some text ("offline"): categories are not what it needs.
@@ -411,6 +422,26 @@ def _looks_like_comma_numbers(values: pd.Series) -> bool:
     with_comma = text.str.match(_COMMA_NUMBER)
     numbers = with_comma | pd.to_numeric(text, errors="coerce").notna()
     return bool(with_comma.any() and numbers.mean() >= NUMERIC_PARSE_SHARE)
+
+
+# A number with thousands separators, a currency sign or a percent sign: 12,345.67, $1,200, 12.5%
+_FORMATTED_NUMBER = re.compile(
+    r"^\s*[-+]?[$€£]?\s*(?:\d{1,3}(?:[,\u00a0 ']\d{3})+|\d+)(?:\.\d+)?\s*%?\s*$"
+)
+
+
+def _formatted_number_example(values: pd.Series) -> str | None:
+    """A value with a thousands separator or a unit, when almost all values are numbers read
+    that way and some are written so; else None."""
+    if len(values) == 0:
+        return None
+    text = values.astype(str).str.strip()
+    fits = text.str.match(_FORMATTED_NUMBER)
+    plain = pd.to_numeric(text, errors="coerce").notna()
+    written = fits & ~plain
+    if not written.any() or fits.mean() < NUMERIC_PARSE_SHARE:
+        return None
+    return str(text[written].iloc[0])
 
 
 def _looks_like_time(values: pd.Series) -> bool:

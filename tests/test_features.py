@@ -101,6 +101,30 @@ def test_a_numeric_column_with_some_text_points_to_columns_numeric(
     assert "columns.categorical" not in caplog.text
 
 
+def test_numbers_with_thousands_separators_or_units_are_named_as_such(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A spreadsheet export: "12,345.67" and "18.5%" were "distinct text values" to be listed
+    # under columns.categorical, which would make every new amount an unknown category.
+    rng = np.random.default_rng(0)
+    amounts = rng.normal(12_000, 3_000, 500)
+    frame = pd.DataFrame(
+        {
+            "revenue": [f"{v:,.2f}" for v in amounts],
+            "margin": [f"{v:.1f}%" for v in rng.uniform(5, 30, 500)],
+            "units": rng.integers(100, 5000, 500),
+        }
+    )
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.names == ["units"]
+    said = "holds numbers written with thousands separators or a unit"
+    assert f"'revenue' {said} ('{frame.revenue[0]}')" in caplog.text
+    assert f"'margin' {said} ('{frame.margin[0]}')" in caplog.text
+    assert "plain numbers" in caplog.text
+    assert "columns.categorical" not in caplog.text
+
+
 def test_a_misspelt_column_to_leave_out_is_named_with_the_closest(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
