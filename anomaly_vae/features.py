@@ -140,9 +140,11 @@ class FeatureSchema:
             return
         header = [str(c) for c in present]
         hint = _separator_hint(header, self.names)
+        if not hint and len(missing) == len(self.names):
+            hint = _no_header_hint(header)
         plural = "s" if len(missing) > 1 else ""
         raise SchemaError(
-            f"{source}: feature column{plural} {', '.join(repr(m) for m in missing)} "
+            f"{source}: feature column{plural} {_preview(missing, limit=20)} "
             f"missing (the model reads {len(self.names)} features; columns found: "
             f"{_preview(header)}){hint}"
         )
@@ -481,8 +483,35 @@ def _separator_hint(header: list[str], expected: list[str]) -> str:
     only = header[0]
     for sep, label in ((";", ";"), ("\t", "\\t"), ("|", "|"), (",", ",")):
         if sep in only and any(e in only.split(sep) for e in expected):
-            return f"; the header looks {label!r}-separated: try --sep '{label}'"
+            return f"; the header looks '{label}'-separated: try --sep '{label}'"
     return "; only one column was found: is the separator right (--sep)?"
+
+
+def looks_like_data(header: Sequence[str]) -> bool:
+    """Whether a header line holds values rather than names: half or more of them numbers with
+    a fraction, or true / false (whole numbers not counted: 0, 1, 2... are names pandas gives
+    columns, and some exports keep them)."""
+
+    def is_value(name: str) -> bool:
+        text = name.strip()
+        if text.lower() in ("true", "false"):
+            return True
+        try:
+            float(text)
+        except ValueError:
+            return False
+        return not text.lstrip("+-").isdigit()
+
+    return bool(header) and sum(is_value(str(n)) for n in header) * 2 >= len(header)
+
+
+def _no_header_hint(header: list[str]) -> str:
+    if not looks_like_data(header):
+        return ""
+    return (
+        "; the first line looks like data, not column names: the file needs a header line "
+        "with the columns the model was trained on (anomaly-vae info --model-dir ... lists them)"
+    )
 
 
 # ====================================================================== preprocessing

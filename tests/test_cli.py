@@ -501,6 +501,23 @@ def test_a_tab_separated_file_gets_the_tab_hint(
     assert_user_error(result, "looks '\\t'-separated: try --sep '\\t'")
 
 
+def test_training_on_a_file_without_a_header_line_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "no-header.csv"
+    frame = make_pump_data(300, seed=2).drop(columns=["ts", "pump_id", "station", "anomaly_kind"])
+    frame.to_csv(data, index=False, header=False)
+    # event_id 0 and label 0: it was "column '0' appears twice in the header".
+    result = run_inline(capsys, "train", str(data), "--model-dir", str(tmp_path / "m"))
+    assert_user_error(result, "no-header.csv: the first line looks like data", "header line")
+    frame.drop(columns=["label"]).to_csv(data, index=False, header=False)
+    result = run_inline(
+        capsys, "train", str(data), "--model-dir", str(tmp_path / "m"), "--epochs", "1", "-q"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "the first line looks like data, not column names" in result.stderr
+
+
 def score_inline(
     capsys: pytest.CaptureFixture[str], trained: Path, export: Path, out: Path, *more: str
 ) -> subprocess.CompletedProcess[str]:

@@ -222,6 +222,24 @@ def test_missing_feature_column_names_it_and_suggests_separator() -> None:
         schema.validate(pd.DataFrame({"a": [1.0]}), source="x.csv")
     with pytest.raises(SchemaError, match=r"try --sep ';'"):
         schema.check_columns(["a;b"], source="x.csv")
+    # One backslash, as the user types it (the hint showed '\\t').
+    with pytest.raises(SchemaError, match=r"looks '\\t'-separated: try --sep '\\t'"):
+        schema.check_columns(["a\tb"], source="x.csv")
+
+
+def test_a_file_without_a_header_line_or_another_schema_is_said_in_a_short_line() -> None:
+    names = [f"s{i}" for i in range(300)]
+    schema = FeatureSchema.infer(pd.DataFrame({n: [1.0, 2.0] for n in names}), ColumnsConfig())
+    # Its first line of values taken for names: it was only "feature columns ... missing".
+    with pytest.raises(SchemaError, match=r"first line looks like data.*needs a header line"):
+        schema.check_columns(["7", "10.691", "-0.2", "True", "south"], source="x.csv")
+    # Another model's file: 20 of the missing names, not 300.
+    with pytest.raises(SchemaError) as caught:
+        schema.check_columns(["id", "temp", "0", "1"], source="x.csv")
+    message = str(caught.value)
+    assert "'s19', ... (300 in all) missing" in message
+    assert "'s20'" not in message
+    assert "first line" not in message  # names, whole numbers included
 
 
 def test_extra_columns_are_ignored() -> None:

@@ -114,6 +114,15 @@ def read_training_csv(
                     f"{path}: only one column found ({only[:60]!r}); the header looks "
                     f"'{label}'-separated: try --sep '{label}'"
                 )
+    from anomaly_vae.features import looks_like_data
+
+    if looks_like_data(header):
+        logger.warning(
+            "%s: the first line looks like data, not column names (%s): the model's columns "
+            "are named after it; give the file a header line",
+            path,
+            ", ".join(repr(name) for name in header[:5]) + (", ..." if len(header) > 5 else ""),
+        )
     frames = []
     n_bad = 0
     for chunk in source.chunks(text_columns=text_columns or ()):

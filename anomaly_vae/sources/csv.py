@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly_vae.errors import InputFileError
+from anomaly_vae.features import looks_like_data
 
 FIRST_CHUNK_ROWS = 5000
 _COMPRESSED = (".gz", ".bz2", ".zip", ".xz", ".zst", ".tar")
@@ -134,6 +135,12 @@ class CsvSource:
         seen: dict[str, int] = {}
         for position, name in enumerate(names, start=1):
             if name and name in seen:
+                if looks_like_data(names):
+                    raise InputFileError(
+                        f"{self.label}: the first line looks like data, not column names "
+                        f"({', '.join(repr(n) for n in names[:5])}, ...): give the file a "
+                        "header line naming its columns"
+                    )
                 raise InputFileError(
                     f"{self.label}: column {name!r} appears twice in the header (columns "
                     f"{seen[name]} and {position}): rename or remove one"
