@@ -530,6 +530,7 @@ def _score_into_database(
         top_features=model.config_.scoring.top_features,
         entity_column=cfg.columns.entity,
         timestamp_column=cfg.columns.timestamp,
+        source=source.label,
     )
     sinks: list[Sink] = [sink]
     rejects_writer = None
@@ -554,6 +555,12 @@ def _score_into_database(
         + (f" ({already} already there)" if already else "")
         + f", {sink.dead_letters} rejected rows in dead_letters, "
         f"{sink.alerts_opened} alerts opened (model {model.name} version {run.model_version})"
+        + (
+            f"; {sink.unread_times} scores without an event time (their {cfg.columns.timestamp!r} "
+            "is not a time)"
+            if sink.unread_times
+            else ""
+        )
     )
     return summary
 
