@@ -412,6 +412,16 @@ def test_bad_inputs_get_one_line_errors(trained: Path, capsys: pytest.CaptureFix
     )
 
 
+def test_a_compressed_file_named_csv_is_named_as_compressed(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A downloaded export.csv that is gzip data: it was "not a CSV text file (binary data)".
+    data = trained / "downloaded.csv"
+    data.write_bytes(gzip.compress(make_pump_data(20, seed=3).to_csv(index=False).encode()))
+    result = run_inline(capsys, "score", str(data), "--model-dir", str(trained / "model"))
+    assert_user_error(result, "downloaded.csv is gzip-compressed", ".csv.gz")
+
+
 def test_outputs_that_would_overwrite_the_input_or_each_other_are_refused(
     trained: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -30,6 +30,14 @@ from anomaly_vae.features import looks_like_data
 
 FIRST_CHUNK_ROWS = 5000
 _COMPRESSED = (".gz", ".bz2", ".zip", ".xz", ".zst", ".tar")
+# What a compressed file starts with, for one whose name does not say it is compressed.
+_COMPRESSED_MAGIC = (
+    (b"\x1f\x8b", "gzip", ".csv.gz"),
+    (b"PK\x03\x04", "zip", ".csv.zip"),
+    (b"BZh", "bzip2", ".csv.bz2"),
+    (b"\xfd7zXZ\x00", "xz", ".csv.xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd", ".csv.zst"),
+)
 _BAD_LINE = re.compile(r"[Ss]kipping line (\d+): (.*)")
 _ENCODING_HINT = (
     "if it uses another encoding, give it with --encoding (Excel on Windows writes cp1252; "
@@ -115,6 +123,12 @@ class CsvSource:
                     f"{self.label} is UTF-16 text, not {self.encoding}: give --encoding utf-16 "
                     "(csv.encoding: utf-16 in a pipeline)"
                 )
+            for magic, kind, suffix in _COMPRESSED_MAGIC:
+                if head.startswith(magic):
+                    raise InputFileError(
+                        f"{self.label} is {kind}-compressed, not CSV text: name it with "
+                        f"{suffix} at the end (e.g. export{suffix}), which is read as it is"
+                    )
             if b"\x00" in head:
                 raise InputFileError(f"{self.label} is not a CSV text file (it holds binary data)")
             raise InputFileError(
