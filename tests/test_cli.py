@@ -454,6 +454,10 @@ def test_an_unknown_label_value_names_the_file_and_its_row(
         capsys, "score", str(data), "--model-dir", str(trained / "model"), "--chunk-size", "8"
     )
     assert_user_error(result, f"{data}: label column 'label'", "'?' (row 17)")
+    result = run_inline(
+        capsys, "train", str(data), "--model-dir", str(trained / "never"), "--label-column", "label"
+    )
+    assert_user_error(result, f"{data}: label column 'label'", "'?' (row 17)")
 
 
 @pytest.mark.parametrize(

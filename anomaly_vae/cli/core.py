@@ -170,7 +170,7 @@ def train(
 ) -> None:
     """Train a model on normal data and save it to --model-dir."""
     setup_logging(verbose)
-    from anomaly_vae.estimator import AnomalyVAE
+    from anomaly_vae.estimator import AnomalyVAE, label_to_binary
     from anomaly_vae.jobs.batch import key_columns
 
     cfg = load_pipeline(pipeline, default_name=model_dir.resolve().name)
@@ -205,6 +205,9 @@ def train(
         )
     # A misspelt label would train on the labelled anomalies without a word.
     _require_column(label_column, list(frame.columns), "--label-column", shown)
+    if cfg.columns.label and cfg.columns.label in frame:
+        # Checked here too, so that an odd label value is named with the file it is in.
+        label_to_binary(frame[cfg.columns.label], name=cfg.columns.label, source=str(shown))
     model = AnomalyVAE(config=cfg, verbose=_show_progress(quiet)).fit(frame)
     digest = model.save(model_dir)
     _print_training(model, shown, model_dir, digest)
