@@ -436,6 +436,8 @@ def test_outputs_that_would_overwrite_the_input_or_each_other_are_refused(
         (["--out", str(data)], "--out"),
         (["--out", out, "--rejects", str(data)], "--rejects"),
         (["--out", out, "--rejects", out], "is the scores file"),
+        (["--out", out, "--rejects", str(trained)], "is a directory"),
+        (["--out", str(data / "x.csv")], "overwrite.csv is a file, not a directory"),
     ):
         result = run_inline(capsys, "score", str(data), "--model-dir", model, *args)
         assert_user_error(result, needle)

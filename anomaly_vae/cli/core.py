@@ -446,6 +446,11 @@ def _check_outputs(data: Path, out: Path | None, rejects: Path) -> None:
             f"--rejects {rejects} is the scores file (--out): the rejects would overwrite the "
             "scores; choose another file"
         )
+    from anomaly_vae.jobs.batch import check_writable
+
+    # The rejects file is created at the first reject: a path it cannot have is said now,
+    # not part way through the file.
+    check_writable(rejects)
 
 
 def _window_text(window: WindowConfig | None) -> str:

@@ -188,6 +188,7 @@ class CsvRejectsWriter:
 
 
 def _open_for_write(path: Path, *, binary: bool = False) -> Any:
+    check_writable(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if binary:
@@ -195,6 +196,17 @@ def _open_for_write(path: Path, *, binary: bool = False) -> Any:
         return open(path, "w", encoding="utf-8", newline="")
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def check_writable(path: Path) -> None:
+    """Refuse, in one line, an output path that is a directory or lies under a file."""
+    if path.is_dir():
+        raise ConfigError(f"cannot write {path}: it is a directory (give a file name)")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"cannot write {path}: {parent} is a file, not a directory")
+            return
 
 
 def default_rejects_path(out: Path) -> Path:
