@@ -6,7 +6,10 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
+from pydantic import ValidationError
 
+from anomaly_vae.config import CsvConfig
 from anomaly_vae.sources.csv import CsvSource
 
 
@@ -32,3 +35,12 @@ def test_blank_lines_do_not_shift_the_rows_of_lines_with_too_many_fields(tmp_pat
     assert [json.loads(raw)[0] for raw in rejects["raw"]] == ["5", "10"]
     assert frame["id"].tolist() == [i for i in range(12) if i not in (5, 10)]
     assert frame.index.tolist() == frame["id"].tolist()
+
+
+@pytest.mark.parametrize("sep", ["||", "", "\n", '"'])
+def test_a_separator_that_is_not_one_character_is_refused(sep: str) -> None:
+    # '||' was read as a regular expression that splits between every character: the error
+    # was "column '|' appears twice in the header".
+    with pytest.raises(ValidationError, match=r"csv\.sep must be one character"):
+        CsvConfig(sep=sep)
+    assert CsvConfig(sep="\t").sep == "\t"
