@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from anomaly_vae.config import CsvConfig
+from anomaly_vae.errors import InputFileError
 from anomaly_vae.sources.csv import CsvSource
 
 
@@ -44,3 +45,21 @@ def test_a_separator_that_is_not_one_character_is_refused(sep: str) -> None:
     with pytest.raises(ValidationError, match=r"csv\.sep must be one character"):
         CsvConfig(sep=sep)
     assert CsvConfig(sep="\t").sep == "\t"
+
+
+def test_a_first_data_line_with_too_many_fields_is_refused_not_taken_for_an_index(
+    tmp_path: Path,
+) -> None:
+    # pandas made the first column the index of the whole file: every column shifted by one
+    # (the ids read as temperatures...), and later lines with too many fields were kept.
+    path = tmp_path / "first.csv"
+    path.write_text("id,temp,site\n0,20.5,north,extra\n1,21.0,south\n2,19.5,north,x\n")
+    with pytest.raises(InputFileError, match=r"first\.csv: the first data line has more fields"):
+        CsvSource(path).header()
+    with pytest.raises(InputFileError, match="fix or remove that line"):
+        list(CsvSource(path).chunks())
+    # Further down, such a line is a reject and the columns stay where they are.
+    path.write_text("id,temp,site\n0,20.5,north\n1,21.0,south,extra\n2,19.5,north\n")
+    frame, rejects = read_all(CsvSource(path))
+    assert frame.to_dict("list") == {"id": [0, 2], "temp": [20.5, 19.5], "site": ["north"] * 2}
+    assert rejects.index.tolist() == [1]

@@ -39,6 +39,7 @@ _COMPRESSED_MAGIC = (
     (b"\x28\xb5\x2f\xfd", "zstd", ".csv.zst"),
 )
 _BAD_LINE = re.compile(r"[Ss]kipping line (\d+): (.*)")
+_FIRST_LINE_TOO_LONG = "Length of header or names does not match length of data"
 _ENCODING_HINT = (
     "if it uses another encoding, give it with --encoding (Excel on Windows writes cp1252; "
     "csv.encoding in a pipeline)"
@@ -142,8 +143,11 @@ class CsvSource:
         """The column names, read without loading data."""
         self.check()
         self.spaced()
-        frame = self._read(nrows=0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            frame = self._read(nrows=1)
         assert isinstance(frame, pd.DataFrame)
+        self._check_first_line(caught, len(frame.columns))
         # pandas renames a repeated name to NAME.1: which of the two is meant cannot be known.
         names = [name.strip() for name in self._raw_header or []]
         seen: dict[str, int] = {}
@@ -207,6 +211,7 @@ class CsvSource:
                         raise InputFileError(
                             f"{self.label} cannot be read: {_first_line(exc)}"
                         ) from None
+                self._check_first_line(caught, len(frame.columns))
                 bad_lines, reasons = _bad_lines(caught)
                 if bad_lines and raw_lines is None:
                     raw_lines = _LineFinder(
@@ -228,6 +233,18 @@ class CsvSource:
                     next_row = max(next_row, int(max(bad_rows)) + 1)
                 yield CsvChunk(frame=frame, rejects=rejects)
         self._handle = None
+
+    def _check_first_line(self, caught: list[warnings.WarningMessage], columns: int) -> None:
+        """The parser fits every line to the first data line's fields when that one is
+        longer than the header (index_col False keeps its extra fields from becoming the index,
+        which shifted every column of the file): lines as long are then cut short, not
+        rejected. Such a file is refused, naming the line to fix."""
+        if any(_FIRST_LINE_TOO_LONG in str(item.message) for item in caught):
+            raise InputFileError(
+                f"{self.label}: the first data line has more fields than the header ({columns} "
+                "columns), so the lines cannot be matched to the columns: fix or remove that "
+                "line (a longer line further down is only rejected)"
+            )
 
     def sha256(self) -> str:
         digest = hashlib.sha256()
@@ -260,6 +277,9 @@ class CsvSource:
             "encoding": self.encoding,
             "decimal": self.decimal,
             "on_bad_lines": "warn",
+            # Never the first column as an index: pandas does that to a whole file when its
+            # first data line has one more field than the header, every column shifted by one.
+            "index_col": False,
             "skipinitialspace": bool(self._spaced),
         }
         if handle is not None and self.compressed:
