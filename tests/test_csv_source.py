@@ -63,3 +63,24 @@ def test_a_first_data_line_with_too_many_fields_is_refused_not_taken_for_an_inde
     frame, rejects = read_all(CsvSource(path))
     assert frame.to_dict("list") == {"id": [0, 2], "temp": [20.5, 19.5], "site": ["north"] * 2}
     assert rejects.index.tolist() == [1]
+
+
+def test_data_lines_ending_with_a_separator_the_header_lacks_keep_their_columns(
+    tmp_path: Path,
+) -> None:
+    # "1,2,3," under "a,b,c" (some exporters end every data line with the separator): the
+    # first column became the index and every value moved one column to the left.
+    path = tmp_path / "trailing.csv"
+    path.write_bytes(
+        b"id,temp,site\r\n0,20.5,north,\r\n1,21.0,south,\r\n2,19.5,north,x,y\r\n3,18.0,east,\r\n"
+    )
+    source = CsvSource(path, chunk_size=2)
+    assert source.header() == ["id", "temp", "site"]
+    frame, rejects = read_all(source)
+    assert frame.to_dict("list") == {
+        "id": [0, 1, 3],
+        "temp": [20.5, 21.0, 18.0],
+        "site": ["north", "south", "east"],
+    }
+    assert frame.index.tolist() == [0, 1, 3]
+    assert rejects.index.tolist() == [2]

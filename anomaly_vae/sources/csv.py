@@ -65,6 +65,7 @@ class CsvSource:
     _handle: IO[bytes] | None = field(default=None, init=False, repr=False)
     _spaced: bool | None = field(default=None, init=False, repr=False)
     _raw_header: list[str] | None = field(default=None, init=False, repr=False)
+    _trailing_sep: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -238,13 +239,21 @@ class CsvSource:
         """The parser fits every line to the first data line's fields when that one is
         longer than the header (index_col False keeps its extra fields from becoming the index,
         which shifted every column of the file): lines as long are then cut short, not
-        rejected. Such a file is refused, naming the line to fix."""
-        if any(_FIRST_LINE_TOO_LONG in str(item.message) for item in caught):
-            raise InputFileError(
-                f"{self.label}: the first data line has more fields than the header ({columns} "
-                "columns), so the lines cannot be matched to the columns: fix or remove that "
-                "line (a longer line further down is only rejected)"
-            )
+        rejected. When the extra fields are empty, the data lines end with a separator the
+        header lacks ("1,2,3,"): cutting them is right. Otherwise the file is refused, naming
+        the line to fix."""
+        if self._trailing_sep or not any(_FIRST_LINE_TOO_LONG in str(m.message) for m in caught):
+            return
+        first = self._read(nrows=1, header=None, skiprows=1, dtype=str, keep_default_na=False)
+        extra = [str(v) for v in first.iloc[0].tolist()[columns:]] if len(first) else []
+        if extra and not "".join(extra).strip():
+            self._trailing_sep = True
+            return
+        raise InputFileError(
+            f"{self.label}: the first data line has more fields than the header ({columns} "
+            "columns), so the lines cannot be matched to the columns: fix or remove that "
+            "line (a longer line further down is only rejected)"
+        )
 
     def sha256(self) -> str:
         digest = hashlib.sha256()
