@@ -69,10 +69,11 @@ def test_data_lines_ending_with_a_separator_the_header_lacks_keep_their_columns(
     tmp_path: Path,
 ) -> None:
     # "1,2,3," under "a,b,c" (some exporters end every data line with the separator): the
-    # first column became the index and every value moved one column to the left.
+    # first column became the index and every value moved one column to the left. A value in
+    # that last place further down (z) is past the header, and left out like the empty ones.
     path = tmp_path / "trailing.csv"
     path.write_bytes(
-        b"id,temp,site\r\n0,20.5,north,\r\n1,21.0,south,\r\n2,19.5,north,x,y\r\n3,18.0,east,\r\n"
+        b"id,temp,site\r\n0,20.5,north,\r\n1,21.0,south,\r\n2,19.5,north,x,y\r\n3,18.0,east,z\r\n"
     )
     source = CsvSource(path, chunk_size=2)
     assert source.header() == ["id", "temp", "site"]
