@@ -308,7 +308,9 @@ def test_an_export_without_the_entity_and_time_columns_is_scored_with_a_warning(
 ) -> None:
     # Scored without a word before: alerts then lost their per-pump grouping.
     export = trained / "bare.csv"
-    make_pump_data(30, seed=13).drop(columns=["pump_id", "ts"]).to_csv(export, index=False)
+    make_pump_data(30, seed=13).drop(columns=["pump_id", "ts", "event_id"]).to_csv(
+        export, index=False
+    )
     out = trained / "bare.scores.csv"
     result = run_inline(
         capsys, "score", str(export), "--model-dir", str(trained / "model"), "--out", str(out)
@@ -316,6 +318,8 @@ def test_an_export_without_the_entity_and_time_columns_is_scored_with_a_warning(
     assert result.returncode == 0, result.stderr
     assert "has no entity column 'pump_id'" in result.stderr
     assert "has no timestamp column 'ts'" in result.stderr
+    # Nor was an id column said to be missing: the scores could not be joined back.
+    assert "has no id column 'event_id' (columns.id in the pipeline)" in result.stderr
     assert len(pd.read_csv(out)) == 30
 
 

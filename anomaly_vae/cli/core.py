@@ -461,9 +461,12 @@ def _window_text(window: WindowConfig | None) -> str:
 
 
 def _warn_missing_passthrough(cfg: PipelineConfig, header: list[str], label: str) -> None:
-    """The pipeline's entity and timestamp columns are not needed to score, but without them
-    alerts are not kept per entity and scores carry no event time: say so once."""
+    """The pipeline's id, entity and timestamp columns are not needed to score, but without
+    them the scores carry only the row number, alerts are not kept per entity and scores carry
+    no event time: say so once."""
+    ids = [("id", name, "the scores carry the row number but not it") for name in cfg.columns.id]
     for what, name, loss in (
+        *ids,
         ("entity", cfg.columns.entity, "alerts are not kept per entity"),
         ("timestamp", cfg.columns.timestamp, "scores carry no event time"),
     ):
