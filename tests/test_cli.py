@@ -426,6 +426,22 @@ def test_a_compressed_file_named_csv_is_named_as_compressed(
     assert_user_error(result, "downloaded.csv is gzip-compressed", ".csv.gz")
 
 
+def test_outputs_named_gz_are_gzip_files(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # --out scores.csv.gz was plain text under that name: zcat and read_csv refused it.
+    export = make_pump_data(40, seed=7).astype({"flow": object})
+    export.loc[3, "flow"] = "offline"
+    data = trained / "to-gzip.csv"
+    export.to_csv(data, index=False)
+    model = str(trained / "model")
+    plain, packed = trained / "plain.scores.csv", trained / "packed.scores.csv.gz"
+    for out in (plain, packed):
+        result = run_inline(capsys, "score", str(data), "--model-dir", model, "--out", str(out))
+        assert result.returncode == 0, result.stderr
+    assert gzip.decompress(packed.read_bytes()) == plain.read_bytes()
+    # Its rejects beside it, named without the .csv.gz.
+    assert (trained / "packed.scores.rejects.csv").exists()
+
+
 def test_outputs_that_would_overwrite_the_input_or_each_other_are_refused(
     trained: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
