@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import json
 import os
@@ -264,6 +265,8 @@ def test_standard_input_and_output_with_dash(trained: Path) -> None:
         (["score", "-", "--model-dir", model, "-q"], path.read_bytes()),
         (["score", str(path), "--model-dir", model, "--out", "-", "-q"], None),
         (["score", "-", "--model-dir", model, "-q"], gzip.compress(path.read_bytes())),
+        # Only gzip was recognised: bzip2 data piped in was "binary data".
+        (["score", "-", "--model-dir", model, "-q"], bz2.compress(path.read_bytes())),
     ):
         (trained / "piped.scores.rejects.csv").unlink(missing_ok=True)
         (trained / "stdin.scores.rejects.csv").unlink(missing_ok=True)

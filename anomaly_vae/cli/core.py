@@ -325,8 +325,10 @@ def _input_file(data: Path) -> Iterator[Path]:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="anomaly-vae-stdin-") as tmp:
-        head = sys.stdin.buffer.peek(2)[:2] if hasattr(sys.stdin.buffer, "peek") else b""
-        path = Path(tmp) / ("stdin.csv.gz" if head == b"\x1f\x8b" else "stdin.csv")
+        from anomaly_vae.sources.csv import compressed_suffix
+
+        head = sys.stdin.buffer.peek(8)[:8] if hasattr(sys.stdin.buffer, "peek") else b""
+        path = Path(tmp) / ("stdin" + (compressed_suffix(head) or ".csv"))
         with open(path, "wb") as handle:
             shutil.copyfileobj(sys.stdin.buffer, handle, 1 << 20)
         yield path

@@ -311,6 +311,14 @@ class CsvSource:
             raise InputFileError(f"{self.label} cannot be read: {_first_line(exc)}") from None
 
 
+def compressed_suffix(head: bytes) -> str | None:
+    """The file name ending (".csv.gz"...) of compressed data that starts with ``head``."""
+    for magic, _, suffix in _COMPRESSED_MAGIC:
+        if head.startswith(magic):
+            return suffix
+    return None
+
+
 class _LineFinder:
     """The data row number and the fields (as a JSON list) of given records of a possibly
     compressed file (the parser's "line N": the header is record 1 when no blank line comes
