@@ -144,7 +144,13 @@ class CsvConfig(_Strict):
     decimal: Literal[".", ","] = "."  # "," for exports written with decimal commas
 
     @model_validator(mode="after")
-    def _decimal_is_not_the_separator(self) -> CsvConfig:
+    def _one_character_separator_not_the_decimal(self) -> CsvConfig:
+        if len(self.sep) != 1 or self.sep in '"\r\n':
+            # The parser reads a longer one as a regular expression ('||' splits everywhere).
+            raise ValueError(
+                f"csv.sep must be one character other than a quote or a line break, such as "
+                f"',', ';', '|' or a tab ('\\t'); got {self.sep!r}"
+            )
         if self.decimal == self.sep:
             raise ValueError(
                 f"csv.decimal and csv.sep are both {self.sep!r}: a decimal-comma export is "

@@ -140,9 +140,11 @@ class FeatureSchema:
             return
         header = [str(c) for c in present]
         hint = _separator_hint(header, self.names)
+        if not hint and len(missing) == len(self.names):
+            hint = _no_header_hint(header)
         plural = "s" if len(missing) > 1 else ""
         raise SchemaError(
-            f"{source}: feature column{plural} {', '.join(repr(m) for m in missing)} "
+            f"{source}: feature column{plural} {_preview(missing, limit=20)} "
             f"missing (the model reads {len(self.names)} features; columns found: "
             f"{_preview(header)}){hint}"
         )
@@ -361,6 +363,17 @@ def _infer_kind(
     )
     if explicit:
         raise SchemaError(f"{message}: raise max_categories or drop it from the features")
+    formatted = _formatted_number_example(given)
+    if formatted is not None:
+        # "12,345.67", "12.5%": numbers a thousands separator or a unit keeps as text.
+        logger.warning(
+            "column %r holds numbers written with thousands separators or a unit (%r), which "
+            "are read as text, so it is not used as a feature; export it as plain numbers "
+            "(12345.67, 12.5) to use it",
+            name,
+            formatted,
+        )
+        return None
     share = float(parsed.notna().mean()) if len(given) else 0.0
     if share >= 0.5:
         # Mostly numbers with some text ("offline"): categories are not what it needs.
@@ -413,6 +426,26 @@ def _looks_like_comma_numbers(values: pd.Series) -> bool:
     return bool(with_comma.any() and numbers.mean() >= NUMERIC_PARSE_SHARE)
 
 
+# A number with thousands separators, a currency sign or a percent sign: 12,345.67, $1,200, 12.5%
+_FORMATTED_NUMBER = re.compile(
+    r"^\s*[-+]?[$€£]?\s*(?:\d{1,3}(?:[,\u00a0 ']\d{3})+|\d+)(?:\.\d+)?\s*%?\s*$"
+)
+
+
+def _formatted_number_example(values: pd.Series) -> str | None:
+    """A value with a thousands separator or a unit, when almost all values are numbers read
+    that way and some are written so; else None."""
+    if len(values) == 0:
+        return None
+    text = values.astype(str).str.strip()
+    fits = text.str.match(_FORMATTED_NUMBER)
+    plain = pd.to_numeric(text, errors="coerce").notna()
+    written = fits & ~plain
+    if not written.any() or fits.mean() < NUMERIC_PARSE_SHARE:
+        return None
+    return str(text[written].iloc[0])
+
+
 def _looks_like_time(values: pd.Series) -> bool:
     head = values.astype(str).head(200)
     try:
@@ -450,8 +483,35 @@ def _separator_hint(header: list[str], expected: list[str]) -> str:
     only = header[0]
     for sep, label in ((";", ";"), ("\t", "\\t"), ("|", "|"), (",", ",")):
         if sep in only and any(e in only.split(sep) for e in expected):
-            return f"; the header looks {label!r}-separated: try --sep '{label}'"
+            return f"; the header looks '{label}'-separated: try --sep '{label}'"
     return "; only one column was found: is the separator right (--sep)?"
+
+
+def looks_like_data(header: Sequence[str]) -> bool:
+    """Whether a header line holds values rather than names: half or more of them numbers with
+    a fraction, or true / false (whole numbers not counted: 0, 1, 2... are names pandas gives
+    columns, and some exports keep them)."""
+
+    def is_value(name: str) -> bool:
+        text = name.strip()
+        if text.lower() in ("true", "false"):
+            return True
+        try:
+            float(text)
+        except ValueError:
+            return False
+        return not text.lstrip("+-").isdigit()
+
+    return bool(header) and sum(is_value(str(n)) for n in header) * 2 >= len(header)
+
+
+def _no_header_hint(header: list[str]) -> str:
+    if not looks_like_data(header):
+        return ""
+    return (
+        "; the first line looks like data, not column names: the file needs a header line "
+        "with the columns the model was trained on (anomaly-vae info --model-dir ... lists them)"
+    )
 
 
 # ====================================================================== preprocessing

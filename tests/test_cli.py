@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import json
 import os
@@ -264,6 +265,8 @@ def test_standard_input_and_output_with_dash(trained: Path) -> None:
         (["score", "-", "--model-dir", model, "-q"], path.read_bytes()),
         (["score", str(path), "--model-dir", model, "--out", "-", "-q"], None),
         (["score", "-", "--model-dir", model, "-q"], gzip.compress(path.read_bytes())),
+        # Only gzip was recognised: bzip2 data piped in was "binary data".
+        (["score", "-", "--model-dir", model, "-q"], bz2.compress(path.read_bytes())),
     ):
         (trained / "piped.scores.rejects.csv").unlink(missing_ok=True)
         (trained / "stdin.scores.rejects.csv").unlink(missing_ok=True)
@@ -308,7 +311,9 @@ def test_an_export_without_the_entity_and_time_columns_is_scored_with_a_warning(
 ) -> None:
     # Scored without a word before: alerts then lost their per-pump grouping.
     export = trained / "bare.csv"
-    make_pump_data(30, seed=13).drop(columns=["pump_id", "ts"]).to_csv(export, index=False)
+    make_pump_data(30, seed=13).drop(columns=["pump_id", "ts", "event_id"]).to_csv(
+        export, index=False
+    )
     out = trained / "bare.scores.csv"
     result = run_inline(
         capsys, "score", str(export), "--model-dir", str(trained / "model"), "--out", str(out)
@@ -316,6 +321,8 @@ def test_an_export_without_the_entity_and_time_columns_is_scored_with_a_warning(
     assert result.returncode == 0, result.stderr
     assert "has no entity column 'pump_id'" in result.stderr
     assert "has no timestamp column 'ts'" in result.stderr
+    # Nor was an id column said to be missing: the scores could not be joined back.
+    assert "has no id column 'event_id' (columns.id in the pipeline)" in result.stderr
     assert len(pd.read_csv(out)) == 30
 
 
@@ -412,6 +419,72 @@ def test_bad_inputs_get_one_line_errors(trained: Path, capsys: pytest.CaptureFix
     )
 
 
+def test_a_compressed_file_named_csv_is_named_as_compressed(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A downloaded export.csv that is gzip data: it was "not a CSV text file (binary data)".
+    data = trained / "downloaded.csv"
+    data.write_bytes(gzip.compress(make_pump_data(20, seed=3).to_csv(index=False).encode()))
+    result = run_inline(capsys, "score", str(data), "--model-dir", str(trained / "model"))
+    assert_user_error(result, "downloaded.csv is gzip-compressed", ".csv.gz")
+
+
+def test_outputs_named_gz_are_gzip_files(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # --out scores.csv.gz was plain text under that name: zcat and read_csv refused it.
+    export = make_pump_data(40, seed=7).astype({"flow": object})
+    export.loc[3, "flow"] = "offline"
+    data = trained / "to-gzip.csv"
+    export.to_csv(data, index=False)
+    model = str(trained / "model")
+    plain, packed = trained / "plain.scores.csv", trained / "packed.scores.csv.gz"
+    for out in (plain, packed):
+        result = run_inline(capsys, "score", str(data), "--model-dir", model, "--out", str(out))
+        assert result.returncode == 0, result.stderr
+    assert gzip.decompress(packed.read_bytes()) == plain.read_bytes()
+    # Its rejects beside it, named without the .csv.gz.
+    assert (trained / "packed.scores.rejects.csv").exists()
+
+
+def test_outputs_that_would_overwrite_the_input_or_each_other_are_refused(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    export = make_pump_data(40, seed=7).astype({"flow": object})
+    export.loc[3, "flow"] = "offline"  # one reject, so that a rejects file is written
+    data = trained / "overwrite.csv"
+    export.to_csv(data, index=False)
+    before = data.read_bytes()
+    model = str(trained / "model")
+    out = str(trained / "overwrite.out.csv")
+    for args, needle in (
+        (["--out", str(data)], "--out"),
+        (["--out", out, "--rejects", str(data)], "--rejects"),
+        (["--out", out, "--rejects", out], "is the scores file"),
+        (["--out", out, "--rejects", str(trained)], "is a directory"),
+        (["--out", str(data / "x.csv")], "overwrite.csv is a file, not a directory"),
+    ):
+        result = run_inline(capsys, "score", str(data), "--model-dir", model, *args)
+        assert_user_error(result, needle)
+        assert data.read_bytes() == before
+    assert not Path(out).exists()
+
+
+def test_an_unknown_label_value_names_the_file_and_its_row(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    export = make_pump_data(30, seed=7).astype({"label": object})
+    export.loc[17, "label"] = "?"
+    data = trained / "odd-label.csv"
+    export.to_csv(data, index=False)
+    result = run_inline(
+        capsys, "score", str(data), "--model-dir", str(trained / "model"), "--chunk-size", "8"
+    )
+    assert_user_error(result, f"{data}: label column 'label'", "'?' (row 17)")
+    result = run_inline(
+        capsys, "train", str(data), "--model-dir", str(trained / "never"), "--label-column", "label"
+    )
+    assert_user_error(result, f"{data}: label column 'label'", "'?' (row 17)")
+
+
 @pytest.mark.parametrize(
     ("seed", "needle"), [("-5", "greater than or equal to 0"), (str(2**64), "less than or equal")]
 )
@@ -465,6 +538,23 @@ def test_a_tab_separated_file_gets_the_tab_hint(
     result = run_inline(capsys, "train", str(data), "--model-dir", str(tmp_path / "m"))
     # One backslash, as the user types it (the hint used to show '\\t').
     assert_user_error(result, "looks '\\t'-separated: try --sep '\\t'")
+
+
+def test_training_on_a_file_without_a_header_line_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "no-header.csv"
+    frame = make_pump_data(300, seed=2).drop(columns=["ts", "pump_id", "station", "anomaly_kind"])
+    frame.to_csv(data, index=False, header=False)
+    # event_id 0 and label 0: it was "column '0' appears twice in the header".
+    result = run_inline(capsys, "train", str(data), "--model-dir", str(tmp_path / "m"))
+    assert_user_error(result, "no-header.csv: the first line looks like data", "header line")
+    frame.drop(columns=["label"]).to_csv(data, index=False, header=False)
+    result = run_inline(
+        capsys, "train", str(data), "--model-dir", str(tmp_path / "m"), "--epochs", "1", "-q"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "the first line looks like data, not column names" in result.stderr
 
 
 def score_inline(
@@ -616,6 +706,58 @@ def test_a_utf16_export_is_read_with_csv_encoding(
         assert result.returncode == 0, result.stderr
         outs.append(out.read_text())
     assert outs[0] == outs[1]
+
+
+def test_a_cp1252_export_trains_and_scores_with_encoding(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Excel on Windows writes cp1252: the error advised csv.encoding in a pipeline, and a
+    # --pipeline replaces the model's (ids, label and alert rule dropped with it): there was
+    # no way to give the encoding alone.
+    export = make_pump_data(300, seed=7)
+    export["station"] = export["station"].map({"north": "Nörd", "south": "Süd"}).fillna("Öst")
+    utf8, cp1252 = trained / "enc8.csv", trained / "enc1252.csv"
+    export.to_csv(utf8, index=False)
+    export.to_csv(cp1252, index=False, encoding="cp1252")
+    model = str(trained / "model")
+    refused = run_inline(
+        capsys, "score", str(cp1252), "--model-dir", model, "--out", str(trained / "never.csv")
+    )
+    assert_user_error(refused, "enc1252.csv is not utf-8 text", "--encoding")
+    outs = []
+    for path, extra in ((utf8, ()), (cp1252, ("--encoding", "cp1252"))):
+        out = trained / f"{path.stem}.scores.csv"
+        result = run_inline(
+            capsys, "score", str(path), "--model-dir", model, "--out", str(out), *extra
+        )
+        assert result.returncode == 0, result.stderr
+        outs.append(out.read_text())
+    assert outs[0] == outs[1]
+    assert '"event_id"' in outs[0]  # the model's pipeline still in force
+    unknown = run_inline(capsys, "score", str(cp1252), "--model-dir", model, "--encoding", "x")
+    assert_user_error(unknown, "--encoding 'x'", "unknown text encoding")
+    # A model trained with --encoding reads its exports with it.
+    trained_1252 = str(trained / "model-1252")
+    result = run_inline(
+        capsys,
+        "train",
+        str(cp1252),
+        "--model-dir",
+        trained_1252,
+        "--epochs",
+        "2",
+        "--encoding",
+        "cp1252",
+        "-q",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "encoding 'cp1252'" in run_inline(capsys, "info", "--model-dir", trained_1252).stdout
+    out = trained / "enc-remembered.scores.csv"
+    result = run_inline(
+        capsys, "score", str(cp1252), "--model-dir", trained_1252, "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(pd.read_csv(out)) == len(export)
 
 
 def test_serve_on_an_impossible_port_is_one_line(

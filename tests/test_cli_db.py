@@ -427,6 +427,38 @@ def test_epoch_second_timestamps_are_stored_as_the_times_they_are(
     assert [stored[i] for i in range(12)] == iso.dt.to_pydatetime().tolist()
 
 
+def test_timestamps_that_are_not_times_are_counted_and_named_not_dropped_silently(
+    pump_model: tuple[AnomalyVAE, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A time zone name pandas cannot read ("CET") or a stray word: the score was stored with
+    # no event time (alert cool-downs and time queries skip it) and nothing said so.
+    _, model_dir = pump_model
+    frame = make_pump_data(30, seed=3)
+    frame.loc[[4, 21], "ts"] = ["2026-11-20 09:00:10 CET", "not recorded"]
+    frame.loc[7, "ts"] = None  # an empty cell is no time, not an unreadable one
+    path = tmp_path / "times.csv"
+    frame.to_csv(path, index=False)
+    url = f"sqlite:///{tmp_path / 'times.db'}"
+    result = cli(
+        capsys,
+        "score",
+        str(path),
+        "--model-dir",
+        str(model_dir),
+        "--db",
+        url,
+        "--chunk-size",
+        "8",
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        "'ts' holds values that are not times (first: '2026-11-20 09:00:10 CET' at data row 4)"
+        in result.stderr
+    )
+    assert "2 scores without an event time" in result.stdout
+    assert query(url, "SELECT count(*) FROM scores WHERE event_time IS NULL") == [(3,)]
+
+
 def test_a_row_whose_entity_is_too_long_to_store_is_rejected_not_a_traceback(
     db_url: str,
     pump_model: tuple[AnomalyVAE, Path],

@@ -101,6 +101,30 @@ def test_a_numeric_column_with_some_text_points_to_columns_numeric(
     assert "columns.categorical" not in caplog.text
 
 
+def test_numbers_with_thousands_separators_or_units_are_named_as_such(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A spreadsheet export: "12,345.67" and "18.5%" were "distinct text values" to be listed
+    # under columns.categorical, which would make every new amount an unknown category.
+    rng = np.random.default_rng(0)
+    amounts = rng.normal(12_000, 3_000, 500)
+    frame = pd.DataFrame(
+        {
+            "revenue": [f"{v:,.2f}" for v in amounts],
+            "margin": [f"{v:.1f}%" for v in rng.uniform(5, 30, 500)],
+            "units": rng.integers(100, 5000, 500),
+        }
+    )
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.names == ["units"]
+    said = "holds numbers written with thousands separators or a unit"
+    assert f"'revenue' {said} ('{frame.revenue[0]}')" in caplog.text
+    assert f"'margin' {said} ('{frame.margin[0]}')" in caplog.text
+    assert "plain numbers" in caplog.text
+    assert "columns.categorical" not in caplog.text
+
+
 def test_a_misspelt_column_to_leave_out_is_named_with_the_closest(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -198,6 +222,24 @@ def test_missing_feature_column_names_it_and_suggests_separator() -> None:
         schema.validate(pd.DataFrame({"a": [1.0]}), source="x.csv")
     with pytest.raises(SchemaError, match=r"try --sep ';'"):
         schema.check_columns(["a;b"], source="x.csv")
+    # One backslash, as the user types it (the hint showed '\\t').
+    with pytest.raises(SchemaError, match=r"looks '\\t'-separated: try --sep '\\t'"):
+        schema.check_columns(["a\tb"], source="x.csv")
+
+
+def test_a_file_without_a_header_line_or_another_schema_is_said_in_a_short_line() -> None:
+    names = [f"s{i}" for i in range(300)]
+    schema = FeatureSchema.infer(pd.DataFrame({n: [1.0, 2.0] for n in names}), ColumnsConfig())
+    # Its first line of values taken for names: it was only "feature columns ... missing".
+    with pytest.raises(SchemaError, match=r"first line looks like data.*needs a header line"):
+        schema.check_columns(["7", "10.691", "-0.2", "True", "south"], source="x.csv")
+    # Another model's file: 20 of the missing names, not 300.
+    with pytest.raises(SchemaError) as caught:
+        schema.check_columns(["id", "temp", "0", "1"], source="x.csv")
+    message = str(caught.value)
+    assert "'s19', ... (300 in all) missing" in message
+    assert "'s20'" not in message
+    assert "first line" not in message  # names, whole numbers included
 
 
 def test_extra_columns_are_ignored() -> None:

@@ -45,10 +45,22 @@ def _sep(value: str | None) -> str | None:
     return "\t" if value in ("\\t", "tab", "TAB") else value
 
 
-def _csv_with(csv: CsvConfig, *, sep: str | None, decimal: str | None) -> CsvConfig:
-    """``csv`` with the separator and decimal mark given on the command line (None: as in
-    ``csv``), checked together like a pipeline file's."""
-    pairs = (("sep", sep), ("decimal", decimal))
+def _csv_with(
+    csv: CsvConfig, *, sep: str | None, decimal: str | None, encoding: str | None = None
+) -> CsvConfig:
+    """``csv`` with the separator, decimal mark and text encoding given on the command line
+    (None: as in ``csv``), checked together like a pipeline file's."""
+    if encoding is not None:
+        import codecs
+
+        try:
+            encoding = codecs.lookup(encoding).name
+        except LookupError:
+            raise ConfigError(
+                f"--encoding {encoding!r}: unknown text encoding (e.g. utf-8, cp1252, latin-1, "
+                "utf-16)"
+            ) from None
+    pairs = (("sep", sep), ("decimal", decimal), ("encoding", encoding))
     changes = {name: value for name, value in pairs if value is not None}
     if not changes:
         return csv
@@ -102,6 +114,15 @@ def read_training_csv(
                     f"{path}: only one column found ({only[:60]!r}); the header looks "
                     f"'{label}'-separated: try --sep '{label}'"
                 )
+    from anomaly_vae.features import looks_like_data
+
+    if looks_like_data(header):
+        logger.warning(
+            "%s: the first line looks like data, not column names (%s): the model's columns "
+            "are named after it; give the file a header line",
+            path,
+            ", ".join(repr(name) for name in header[:5]) + (", ..." if len(header) > 5 else ""),
+        )
     frames = []
     n_bad = 0
     for chunk in source.chunks(text_columns=text_columns or ()):
@@ -137,13 +158,19 @@ def train(
     decimal: str | None = typer.Option(
         None, "--decimal", help="Decimal mark: '.' (default) or ',' (with --sep ';')."
     ),
+    encoding: str | None = typer.Option(
+        None,
+        "--encoding",
+        help="Text encoding of the file (default utf-8; e.g. cp1252, latin-1, utf-16); the "
+        "model remembers it for scoring.",
+    ),
     device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more."),
 ) -> None:
     """Train a model on normal data and save it to --model-dir."""
     setup_logging(verbose)
-    from anomaly_vae.estimator import AnomalyVAE
+    from anomaly_vae.estimator import AnomalyVAE, label_to_binary
     from anomaly_vae.jobs.batch import key_columns
 
     cfg = load_pipeline(pipeline, default_name=model_dir.resolve().name)
@@ -163,7 +190,9 @@ def train(
             raise ConfigError(f"--seed {seed}: {problems}") from None
     if device:
         cfg.training.device = device
-    cfg.csv = _csv_with(cfg.csv, sep=None if sep is None else _sep(sep) or ",", decimal=decimal)
+    cfg.csv = _csv_with(
+        cfg.csv, sep=None if sep is None else _sep(sep) or ",", decimal=decimal, encoding=encoding
+    )
     shown = _shown(data)
     with _input_file(data) as path:
         frame = read_training_csv(
@@ -176,6 +205,9 @@ def train(
         )
     # A misspelt label would train on the labelled anomalies without a word.
     _require_column(label_column, list(frame.columns), "--label-column", shown)
+    if cfg.columns.label and cfg.columns.label in frame:
+        # Checked here too, so that an odd label value is named with the file it is in.
+        label_to_binary(frame[cfg.columns.label], name=cfg.columns.label, source=str(shown))
     model = AnomalyVAE(config=cfg, verbose=_show_progress(quiet)).fit(frame)
     digest = model.save(model_dir)
     _print_training(model, shown, model_dir, digest)
@@ -227,6 +259,9 @@ def score(
     decimal: str | None = typer.Option(
         None, "--decimal", help="Decimal mark, '.' or ',' (default: the model's)."
     ),
+    encoding: str | None = typer.Option(
+        None, "--encoding", help="Text encoding, e.g. utf-8, cp1252 (default: the model's)."
+    ),
     label_column: str | None = typer.Option(None, "--label-column", help="Evaluate against it."),
     threshold: float | None = typer.Option(
         None, "--threshold", help="Score threshold (default: the model's calibrated one)."
@@ -257,6 +292,7 @@ def score(
             pipeline=pipeline,
             sep=sep,
             decimal=decimal,
+            encoding=encoding,
             label_column=label_column,
             threshold=threshold,
             chunk_size=chunk_size,
@@ -289,8 +325,10 @@ def _input_file(data: Path) -> Iterator[Path]:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="anomaly-vae-stdin-") as tmp:
-        head = sys.stdin.buffer.peek(2)[:2] if hasattr(sys.stdin.buffer, "peek") else b""
-        path = Path(tmp) / ("stdin.csv.gz" if head == b"\x1f\x8b" else "stdin.csv")
+        from anomaly_vae.sources.csv import compressed_suffix
+
+        head = sys.stdin.buffer.peek(8)[:8] if hasattr(sys.stdin.buffer, "peek") else b""
+        path = Path(tmp) / ("stdin" + (compressed_suffix(head) or ".csv"))
         with open(path, "wb") as handle:
             shutil.copyfileobj(sys.stdin.buffer, handle, 1 << 20)
         yield path
@@ -306,6 +344,7 @@ def _score_file(
     pipeline: Path | None,
     sep: str | None,
     decimal: str | None,
+    encoding: str | None,
     label_column: str | None,
     threshold: float | None,
     chunk_size: int | None,
@@ -348,9 +387,9 @@ def _score_file(
     to_stdout = _is_dash(out)
     # Scores to standard output: the rejects still go to a file, in the working directory.
     rejects = rejects or default_rejects_path(Path(stem + ".scores.csv") if to_stdout else out)
-    if csv_out and not to_stdout and out.resolve() == data.resolve():
-        raise ConfigError(f"--out {out} would overwrite the input: choose another file")
-    csv_cfg = _csv_with(cfg.csv, sep=_sep(sep) or None, decimal=decimal)
+    if csv_out:
+        _check_outputs(data, None if to_stdout else out, rejects)
+    csv_cfg = _csv_with(cfg.csv, sep=_sep(sep) or None, decimal=decimal, encoding=encoding)
     source = CsvSource(
         data,
         sep=csv_cfg.sep,
@@ -397,6 +436,25 @@ def _score_file(
     _print_summary(summary, err=to_stdout)
 
 
+def _check_outputs(data: Path, out: Path | None, rejects: Path) -> None:
+    """The scores file (None: standard output) and the rejects file must be neither the input,
+    which is still being read while they are written, nor each other."""
+    if out is not None and out.resolve() == data.resolve():
+        raise ConfigError(f"--out {out} would overwrite the input: choose another file")
+    if rejects.resolve() == data.resolve():
+        raise ConfigError(f"--rejects {rejects} would overwrite the input: choose another file")
+    if out is not None and rejects.resolve() == out.resolve():
+        raise ConfigError(
+            f"--rejects {rejects} is the scores file (--out): the rejects would overwrite the "
+            "scores; choose another file"
+        )
+    from anomaly_vae.jobs.batch import check_writable
+
+    # The rejects file is created at the first reject: a path it cannot have is said now,
+    # not part way through the file.
+    check_writable(rejects)
+
+
 def _window_text(window: WindowConfig | None) -> str:
     if window is None:
         return "none"
@@ -405,9 +463,12 @@ def _window_text(window: WindowConfig | None) -> str:
 
 
 def _warn_missing_passthrough(cfg: PipelineConfig, header: list[str], label: str) -> None:
-    """The pipeline's entity and timestamp columns are not needed to score, but without them
-    alerts are not kept per entity and scores carry no event time: say so once."""
+    """The pipeline's id, entity and timestamp columns are not needed to score, but without
+    them the scores carry only the row number, alerts are not kept per entity and scores carry
+    no event time: say so once."""
+    ids = [("id", name, "the scores carry the row number but not it") for name in cfg.columns.id]
     for what, name, loss in (
+        *ids,
         ("entity", cfg.columns.entity, "alerts are not kept per entity"),
         ("timestamp", cfg.columns.timestamp, "scores carry no event time"),
     ):
@@ -482,6 +543,7 @@ def _score_into_database(
         top_features=model.config_.scoring.top_features,
         entity_column=cfg.columns.entity,
         timestamp_column=cfg.columns.timestamp,
+        source=source.label,
     )
     sinks: list[Sink] = [sink]
     rejects_writer = None
@@ -506,6 +568,12 @@ def _score_into_database(
         + (f" ({already} already there)" if already else "")
         + f", {sink.dead_letters} rejected rows in dead_letters, "
         f"{sink.alerts_opened} alerts opened (model {model.name} version {run.model_version})"
+        + (
+            f"; {sink.unread_times} scores without an event time (their {cfg.columns.timestamp!r} "
+            "is not a time)"
+            if sink.unread_times
+            else ""
+        )
     )
     return summary
 
@@ -573,7 +641,9 @@ def _pipeline_lines(cfg: PipelineConfig) -> list[str]:
     shown = "; ".join(f"{what} {value}" for what, value in named if value)
     if shown:
         lines.append(f"columns: {shown}")
-    lines.append(f"csv: sep {cfg.csv.sep!r}, decimal {cfg.csv.decimal!r}")
+    lines.append(
+        f"csv: sep {cfg.csv.sep!r}, decimal {cfg.csv.decimal!r}, encoding {cfg.csv.encoding!r}"
+    )
     return lines
 
 

@@ -6,7 +6,11 @@ scores or in the rejects, with its 0-based data row number, never silently dropp
 
 from __future__ import annotations
 
+import bz2
+import functools
+import gzip
 import logging
+import lzma
 import os
 import sys
 import threading
@@ -188,18 +192,36 @@ class CsvRejectsWriter:
 
 
 def _open_for_write(path: Path, *, binary: bool = False) -> Any:
+    check_writable(path)
+    # A name ending in .gz, .bz2 or .xz gets what it says (it was plain text under that name).
+    opener: Any = {
+        ".gz": functools.partial(gzip.open, compresslevel=6),  # 9, the default, is 3x slower
+        ".bz2": bz2.open,
+        ".xz": lzma.open,
+    }.get(path.suffix.lower(), open)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if binary:
-            return open(path, "wb")
-        return open(path, "w", encoding="utf-8", newline="")
+            return opener(path, "wb")
+        return opener(path, "wt", encoding="utf-8", newline="")
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
 
 
+def check_writable(path: Path) -> None:
+    """Refuse, in one line, an output path that is a directory or lies under a file."""
+    if path.is_dir():
+        raise ConfigError(f"cannot write {path}: it is a directory (give a file name)")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"cannot write {path}: {parent} is a file, not a directory")
+            return
+
+
 def default_rejects_path(out: Path) -> Path:
     name = out.name
-    for suffix in (".csv.gz", ".csv"):
+    for suffix in (".csv.gz", ".csv.bz2", ".csv.xz", ".csv"):
         if name.endswith(suffix):
             return out.with_name(name[: -len(suffix)] + ".rejects.csv")
     return out.with_name(name + ".rejects.csv")
@@ -271,7 +293,9 @@ def score_csv(
                 summary.rows_flagged += int(batch.scores["is_anomaly"].sum())
                 summary.rows_rejected += len(rejects)
                 if label is not None:
-                    labels = label_to_binary(frame.loc[batch.scores.index, label], name=label)
+                    labels = label_to_binary(
+                        frame.loc[batch.scores.index, label], name=label, source=source.label
+                    )
                     scores_seen.append(batch.scores["score"].to_numpy())
                     labels_seen.append(labels.to_numpy(dtype="float64", na_value=np.nan))
                 bar.update(max(0, source.position() - bar.n) if not source.compressed else 0)

@@ -26,10 +26,24 @@ import numpy as np
 import pandas as pd
 
 from anomaly_vae.errors import InputFileError
+from anomaly_vae.features import looks_like_data
 
 FIRST_CHUNK_ROWS = 5000
 _COMPRESSED = (".gz", ".bz2", ".zip", ".xz", ".zst", ".tar")
+# What a compressed file starts with, for one whose name does not say it is compressed.
+_COMPRESSED_MAGIC = (
+    (b"\x1f\x8b", "gzip", ".csv.gz"),
+    (b"PK\x03\x04", "zip", ".csv.zip"),
+    (b"BZh", "bzip2", ".csv.bz2"),
+    (b"\xfd7zXZ\x00", "xz", ".csv.xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd", ".csv.zst"),
+)
 _BAD_LINE = re.compile(r"[Ss]kipping line (\d+): (.*)")
+_FIRST_LINE_TOO_LONG = "Length of header or names does not match length of data"
+_ENCODING_HINT = (
+    "if it uses another encoding, give it with --encoding (Excel on Windows writes cp1252; "
+    "csv.encoding in a pipeline)"
+)
 
 
 @dataclass
@@ -51,6 +65,7 @@ class CsvSource:
     _handle: IO[bytes] | None = field(default=None, init=False, repr=False)
     _spaced: bool | None = field(default=None, init=False, repr=False)
     _raw_header: list[str] | None = field(default=None, init=False, repr=False)
+    _trailing_sep: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -107,14 +122,20 @@ class CsvSource:
         if bad_at is not None or "\x00" in text:
             if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
                 raise InputFileError(
-                    f"{self.label} is UTF-16 text, not {self.encoding}: set csv.encoding: "
-                    "utf-16 in the pipeline"
+                    f"{self.label} is UTF-16 text, not {self.encoding}: give --encoding utf-16 "
+                    "(csv.encoding: utf-16 in a pipeline)"
                 )
+            for magic, kind, suffix in _COMPRESSED_MAGIC:
+                if head.startswith(magic):
+                    raise InputFileError(
+                        f"{self.label} is {kind}-compressed, not CSV text: name it with "
+                        f"{suffix} at the end (e.g. export{suffix}), which is read as it is"
+                    )
             if b"\x00" in head:
                 raise InputFileError(f"{self.label} is not a CSV text file (it holds binary data)")
             raise InputFileError(
                 f"{self.label} is not {self.encoding} text (bad byte at offset {bad_at}): "
-                "is it a CSV file? set csv.encoding in the pipeline if it uses another encoding"
+                f"is it a CSV file? {_ENCODING_HINT}"
             )
         if not head.strip():
             raise InputFileError(f"{self.label} is empty: expected a header line and data rows")
@@ -123,13 +144,22 @@ class CsvSource:
         """The column names, read without loading data."""
         self.check()
         self.spaced()
-        frame = self._read(nrows=0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            frame = self._read(nrows=1)
         assert isinstance(frame, pd.DataFrame)
+        self._check_first_line(caught, len(frame.columns))
         # pandas renames a repeated name to NAME.1: which of the two is meant cannot be known.
         names = [name.strip() for name in self._raw_header or []]
         seen: dict[str, int] = {}
         for position, name in enumerate(names, start=1):
             if name and name in seen:
+                if looks_like_data(names):
+                    raise InputFileError(
+                        f"{self.label}: the first line looks like data, not column names "
+                        f"({', '.join(repr(n) for n in names[:5])}, ...): give the file a "
+                        "header line naming its columns"
+                    )
                 raise InputFileError(
                     f"{self.label}: column {name!r} appears twice in the header (columns "
                     f"{seen[name]} and {position}): rename or remove one"
@@ -175,24 +205,25 @@ class CsvSource:
                     except UnicodeDecodeError as exc:
                         raise InputFileError(
                             f"{self.label} is not {self.encoding} text ({exc.reason} at byte "
-                            f"{exc.start} of a block): is it a CSV file?"
+                            f"{exc.start} of a block, at data row {next_row} or after): "
+                            f"{_ENCODING_HINT}"
                         ) from None
                     except (ValueError, OSError, EOFError) as exc:
                         raise InputFileError(
                             f"{self.label} cannot be read: {_first_line(exc)}"
                         ) from None
-                bad_rows, reasons = _bad_lines(caught)
-                rows = _row_numbers(next_row, len(frame), bad_rows)
-                frame.index = pd.Index(rows, name="row")
-                if bad_rows and raw_lines is None:
+                self._check_first_line(caught, len(frame.columns))
+                bad_lines, reasons = _bad_lines(caught)
+                if bad_lines and raw_lines is None:
                     raw_lines = _LineFinder(
                         self.path, self.encoding, self.sep, skip_space=self.spaced()
                     )
+                found = raw_lines.lines(bad_lines) if raw_lines else []
+                bad_rows = [row for row, _ in found]
+                rows = _row_numbers(next_row, len(frame), bad_rows)
+                frame.index = pd.Index(rows, name="row")
                 rejects = pd.DataFrame(
-                    {
-                        "reason": reasons,
-                        "raw": raw_lines.lines([r + 2 for r in bad_rows]) if raw_lines else [],
-                    },
+                    {"reason": reasons, "raw": [raw for _, raw in found]},
                     index=pd.Index(bad_rows, name="row"),
                     dtype=object,
                 )
@@ -203,6 +234,26 @@ class CsvSource:
                     next_row = max(next_row, int(max(bad_rows)) + 1)
                 yield CsvChunk(frame=frame, rejects=rejects)
         self._handle = None
+
+    def _check_first_line(self, caught: list[warnings.WarningMessage], columns: int) -> None:
+        """The parser fits every line to the first data line's fields when that one is
+        longer than the header (index_col False keeps its extra fields from becoming the index,
+        which shifted every column of the file): lines as long are then cut short, not
+        rejected. When the extra fields are empty, the data lines end with a separator the
+        header lacks ("1,2,3,"): cutting them is right. Otherwise the file is refused, naming
+        the line to fix."""
+        if self._trailing_sep or not any(_FIRST_LINE_TOO_LONG in str(m.message) for m in caught):
+            return
+        first = self._read(nrows=1, header=None, skiprows=1, dtype=str, keep_default_na=False)
+        extra = [str(v) for v in first.iloc[0].tolist()[columns:]] if len(first) else []
+        if extra and not "".join(extra).strip():
+            self._trailing_sep = True
+            return
+        raise InputFileError(
+            f"{self.label}: the first data line has more fields than the header ({columns} "
+            "columns), so the lines cannot be matched to the columns: fix or remove that "
+            "line (a longer line further down is only rejected)"
+        )
 
     def sha256(self) -> str:
         digest = hashlib.sha256()
@@ -235,6 +286,9 @@ class CsvSource:
             "encoding": self.encoding,
             "decimal": self.decimal,
             "on_bad_lines": "warn",
+            # Never the first column as an index: pandas does that to a whole file when its
+            # first data line has one more field than the header, every column shifted by one.
+            "index_col": False,
             "skipinitialspace": bool(self._spaced),
         }
         if handle is not None and self.compressed:
@@ -249,7 +303,7 @@ class CsvSource:
             raise InputFileError(f"{self.label}: malformed CSV: {_first_line(exc)}") from None
         except UnicodeDecodeError:
             raise InputFileError(
-                f"{self.label} is not {self.encoding} text: is it a CSV file?"
+                f"{self.label} is not {self.encoding} text: is it a CSV file? {_ENCODING_HINT}"
             ) from None
         except ValueError as exc:
             raise InputFileError(f"{self.label} cannot be read: {_first_line(exc)}") from None
@@ -257,11 +311,23 @@ class CsvSource:
             raise InputFileError(f"{self.label} cannot be read: {_first_line(exc)}") from None
 
 
+def compressed_suffix(head: bytes) -> str | None:
+    """The file name ending (".csv.gz"...) of compressed data that starts with ``head``."""
+    for magic, _, suffix in _COMPRESSED_MAGIC:
+        if head.startswith(magic):
+            return suffix
+    return None
+
+
 class _LineFinder:
-    """The fields of given records (the header is record 1, as in the parser's "line N") of a
-    possibly compressed file, as JSON lists, read by Python's csv module on a second handle
-    that only moves forward: used for the rare lines the parser skips, so that their values
-    land in the rejects."""
+    """The data row number and the fields (as a JSON list) of given records of a possibly
+    compressed file (the parser's "line N": the header is record 1 when no blank line comes
+    before it), read by Python's csv module on a second handle that only moves forward: used
+    for the rare lines the parser skips, so that their values land in the rejects under the
+    row number they have in the file.
+
+    The parser counts blank lines in its "line N" but skips them as rows, so the data row is
+    the number of non-blank records before the line, less the header."""
 
     MAX_CHARS = 10_000
 
@@ -280,21 +346,28 @@ class _LineFinder:
             self._handle = opener(path, "rt", encoding=encoding, errors="replace", newline="")
             self._records = csv.reader(self._handle, delimiter=sep, skipinitialspace=skip_space)
         self._at = 0  # records read so far
+        self._blank = 0  # blank ones among them (no row of the parser's)
+        self._lost = False  # the records could not be followed: rows from line numbers
 
-    def lines(self, numbers: list[int]) -> list[str | None]:
-        """Records ``numbers`` (1-based, increasing, after any asked before) as JSON text."""
-        out: list[str | None] = []
+    def lines(self, numbers: list[int]) -> list[tuple[int, str | None]]:
+        """(data row, fields as JSON text) of records ``numbers`` (1-based, increasing, after
+        any asked before); when the file cannot be followed, the row as if no line were
+        blank and no text."""
+        out: list[tuple[int, str | None]] = []
         for number in numbers:
             text: str | None = None
-            while self._at < number:
+            while not self._lost and self._at < number:
                 try:
                     fields = next(self._records)
                 except (StopIteration, csv.Error):
+                    self._lost = True
                     break
                 self._at += 1
                 if self._at == number:
                     text = json.dumps(fields, ensure_ascii=False)[: self.MAX_CHARS]
-            out.append(text)
+                elif len(fields) <= 1 and not "".join(fields).strip(" \t"):
+                    self._blank += 1  # spaces or tabs alone, not separators: no row
+            out.append((number - 2 - self._blank, text))
         return out
 
     def close(self) -> None:
@@ -336,16 +409,17 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _bad_lines(caught: list[warnings.WarningMessage]) -> tuple[list[int], list[str]]:
-    rows: list[int] = []
+    """The parser's numbers of the lines it skipped (the header's is 1), with the reasons."""
+    lines: list[int] = []
     reasons: list[str] = []
     for item in caught:
         for line in str(item.message).splitlines():
             match = _BAD_LINE.search(line)
             if match:
                 line_no = int(match.group(1))
-                rows.append(line_no - 2)  # line 1 is the header; data row 0 is line 2
+                lines.append(line_no)
                 reasons.append(f"line {line_no}: {match.group(2).strip()}")
-    return rows, reasons
+    return lines, reasons
 
 
 def _row_numbers(start: int, count: int, bad_rows: list[int]) -> np.ndarray:

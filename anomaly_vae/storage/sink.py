@@ -163,8 +163,10 @@ class DatabaseSink:
         top_features: int,
         entity_column: str | None = None,
         timestamp_column: str | None = None,
+        source: str = "input",
     ) -> None:
         self.connection = connection
+        self.source = source
         self.run = run
         self.key_prefix = key_prefix
         self.top_features = top_features
@@ -174,6 +176,7 @@ class DatabaseSink:
         self.written = 0
         self.alerts_opened = 0
         self.dead_letters = 0
+        self.unread_times = 0  # scores stored without an event time: their time not readable
         self._finished = False
 
     def write(self, chunk: ScoredChunk) -> None:
@@ -213,8 +216,31 @@ class DatabaseSink:
             data["entity_key"] = np.asarray([entity_text(v) for v in entities], dtype=object)
         if self.timestamp_column and self.timestamp_column in frame:
             # Epoch numbers are seconds (or ms), as for a Kafka message; .array: no boxing.
-            data["event_time"] = event_timestamps(frame.loc[rows, self.timestamp_column]).array
+            given = frame.loc[rows, self.timestamp_column]
+            times = event_timestamps(given)
+            self._note_unread_times(given, times)
+            data["event_time"] = times.array
         return pd.DataFrame(data)
+
+    def _note_unread_times(self, given: pd.Series, times: pd.Series) -> None:
+        """Count the records whose time cell holds something that is not a time (stored
+        without an event time); the first is named once, with its row."""
+        text = given.astype("string").str.strip()
+        unread = (given.notna() & text.fillna("").ne("") & times.isna()).to_numpy(dtype=bool)
+        if not unread.any():
+            return
+        if not self.unread_times:
+            row = given.index[unread][0]
+            logger.warning(
+                "%s: the timestamp column %r holds values that are not times (first: %r at data "
+                "row %s); such scores are stored without an event time. Write ISO 8601 "
+                "(2026-11-20T09:00:00+01:00) or epoch seconds",
+                self.source,
+                self.timestamp_column,
+                given[row],
+                row,
+            )
+        self.unread_times += int(unread.sum())
 
     def rejects(self, chunk: ScoredChunk) -> pd.DataFrame:
         rejects = chunk.rejects

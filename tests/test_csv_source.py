@@ -1,0 +1,87 @@
+"""CsvSource on its own: row numbers, rejects and errors for files as exports write them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+
+from anomaly_vae.config import CsvConfig
+from anomaly_vae.errors import InputFileError
+from anomaly_vae.sources.csv import CsvSource
+
+
+def read_all(source: CsvSource) -> tuple[pd.DataFrame, pd.DataFrame]:
+    chunks = list(source.chunks())
+    return (
+        pd.concat([c.frame for c in chunks]),
+        pd.concat([c.rejects for c in chunks]),
+    )
+
+
+def test_blank_lines_do_not_shift_the_rows_of_lines_with_too_many_fields(tmp_path: Path) -> None:
+    # The parser skips blank lines but counts them in its "line N": a reject after one was
+    # given the next row's number, and the scored row after it the reject's.
+    rows = [f"{i},{i * 1.5}" for i in range(12)]
+    rows[5] += ",extra"
+    rows[10] += ",x"
+    lines = ["", "id,value", *rows[:3], "", "   ", *rows[3:8], "", *rows[8:]]
+    path = tmp_path / "blanks.csv"
+    path.write_text("\n".join(lines) + "\n\n")
+    frame, rejects = read_all(CsvSource(path, chunk_size=4))
+    assert rejects.index.tolist() == [5, 10]
+    assert [json.loads(raw)[0] for raw in rejects["raw"]] == ["5", "10"]
+    assert frame["id"].tolist() == [i for i in range(12) if i not in (5, 10)]
+    assert frame.index.tolist() == frame["id"].tolist()
+
+
+@pytest.mark.parametrize("sep", ["||", "", "\n", '"'])
+def test_a_separator_that_is_not_one_character_is_refused(sep: str) -> None:
+    # '||' was read as a regular expression that splits between every character: the error
+    # was "column '|' appears twice in the header".
+    with pytest.raises(ValidationError, match=r"csv\.sep must be one character"):
+        CsvConfig(sep=sep)
+    assert CsvConfig(sep="\t").sep == "\t"
+
+
+def test_a_first_data_line_with_too_many_fields_is_refused_not_taken_for_an_index(
+    tmp_path: Path,
+) -> None:
+    # pandas made the first column the index of the whole file: every column shifted by one
+    # (the ids read as temperatures...), and later lines with too many fields were kept.
+    path = tmp_path / "first.csv"
+    path.write_text("id,temp,site\n0,20.5,north,extra\n1,21.0,south\n2,19.5,north,x\n")
+    with pytest.raises(InputFileError, match=r"first\.csv: the first data line has more fields"):
+        CsvSource(path).header()
+    with pytest.raises(InputFileError, match="fix or remove that line"):
+        list(CsvSource(path).chunks())
+    # Further down, such a line is a reject and the columns stay where they are.
+    path.write_text("id,temp,site\n0,20.5,north\n1,21.0,south,extra\n2,19.5,north\n")
+    frame, rejects = read_all(CsvSource(path))
+    assert frame.to_dict("list") == {"id": [0, 2], "temp": [20.5, 19.5], "site": ["north"] * 2}
+    assert rejects.index.tolist() == [1]
+
+
+def test_data_lines_ending_with_a_separator_the_header_lacks_keep_their_columns(
+    tmp_path: Path,
+) -> None:
+    # "1,2,3," under "a,b,c" (some exporters end every data line with the separator): the
+    # first column became the index and every value moved one column to the left. A value in
+    # that last place further down (z) is past the header, and left out like the empty ones.
+    path = tmp_path / "trailing.csv"
+    path.write_bytes(
+        b"id,temp,site\r\n0,20.5,north,\r\n1,21.0,south,\r\n2,19.5,north,x,y\r\n3,18.0,east,z\r\n"
+    )
+    source = CsvSource(path, chunk_size=2)
+    assert source.header() == ["id", "temp", "site"]
+    frame, rejects = read_all(source)
+    assert frame.to_dict("list") == {
+        "id": [0, 1, 3],
+        "temp": [20.5, 21.0, 18.0],
+        "site": ["north", "south", "east"],
+    }
+    assert frame.index.tolist() == [0, 1, 3]
+    assert rejects.index.tolist() == [2]
