@@ -175,6 +175,19 @@ class FeatureSchema:
         bad_any = np.zeros(n, dtype=bool)
         for bad, _ in problems:
             bad_any |= bad
+        if self.columns:
+            # A record without a single feature value has nothing to score: filled in from the
+            # training data it would be scored as an invented record (and often flagged).
+            observed = bad_any.copy()  # a row already rejected keeps its own reason
+            for values in out.values():
+                observed |= pd.notna(values)
+            if not observed.all():
+                reason = (
+                    f"no feature has a value (all {len(self.columns)} are empty or null): "
+                    "nothing to score; check that the record carries the feature columns"
+                )
+                problems.append((~observed, np.full(n, reason, dtype=object)))
+                bad_any |= ~observed
         clean = pd.DataFrame(out, index=frame.index)
         if not bad_any.any():
             return clean, _empty_rejects()

@@ -308,3 +308,28 @@ def test_a_column_constant_in_training_is_named(caplog: pytest.LogCaptureFixture
         Preprocessor.fit(clean, schema)
     assert "1 numeric column(s) never change in the training rows (setpoint=5)" in caplog.text
     assert "temp" not in caplog.text
+
+
+def test_a_record_without_any_feature_value_is_rejected_not_invented() -> None:
+    # Every feature empty or null (a JSON message of nulls, a CSV row of empty cells): filled
+    # in from the training data, it was scored as a record nobody sent, and often flagged.
+    rng = np.random.default_rng(0)
+    train = pd.DataFrame(
+        {"a": rng.normal(size=60), "b": rng.normal(size=60), "mode": ["x", "y"] * 30}
+    )
+    schema = FeatureSchema.infer(train, ColumnsConfig())
+    frame = pd.DataFrame(
+        {
+            "a": [np.nan, 1.0, None, "oops"],
+            "b": [None, np.nan, np.nan, None],
+            "mode": [None, None, "x", None],
+        }
+    )
+    clean, rejects = schema.validate(frame)
+    assert list(clean.index) == [1, 2]
+    assert list(rejects.index) == [0, 3]
+    assert rejects.loc[0, "reason"] == (
+        "no feature has a value (all 3 are empty or null): nothing to score; check that the "
+        "record carries the feature columns"
+    )
+    assert rejects.loc[3, "reason"] == "column 'a': 'oops' is not a number"
