@@ -363,6 +363,21 @@ class PipelineConfig(_Strict):
         except ValidationError as exc:
             raise ConfigError(f"pipeline file {path}: {format_validation_error(exc)}") from None
 
+    def over(
+        self, base: PipelineConfig, *, source: str | Path = "the pipeline file"
+    ) -> PipelineConfig:
+        """``base`` (a model's own pipeline) with the top-level sections this one sets in their
+        place: what a pipeline file leaves out is the model's, not the defaults (a file with only
+        ``kafka:`` kept no entity, id or timestamp column)."""
+        data = base.model_dump()
+        data.update(self.model_dump(include=set(self.model_fields_set)))
+        try:
+            return PipelineConfig.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(
+                f"{source} over the model's own settings: {format_validation_error(exc)}"
+            ) from None
+
 
 def format_validation_error(exc: ValidationError) -> str:
     """One line from a pydantic error: 'training.epochs: Input should be >= 1 (got 0)'."""

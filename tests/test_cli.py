@@ -904,3 +904,52 @@ def test_a_pipeline_window_the_model_was_not_trained_with_is_named(
     assert result.returncode == 0, result.stderr
     assert "differs from the model's (none); the model's is used" in result.stderr
     assert "size: " in result.stderr
+
+
+def test_a_pipeline_file_keeps_the_model_settings_it_does_not_set(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `score --pipeline` with a file of one section (here the chunk size) took every other
+    # section from the defaults: the model's id, entity, timestamp and label columns were gone
+    # from the output, without a word.
+    minimal = trained / "minimal.yaml"
+    minimal.write_text("scoring:\n  chunk_size: 700\n")
+    export = trained / "normal.csv"
+    model = str(trained / "model")
+    outs = []
+    for extra in ((), ("--pipeline", str(minimal))):
+        out = trained / f"minimal-{len(extra)}.csv"
+        result = run_inline(
+            capsys, "score", str(export), "--model-dir", model, "--out", str(out), "-q", *extra
+        )
+        assert result.returncode == 0, result.stderr
+        outs.append(pd.read_csv(out))
+    assert list(outs[1].columns) == list(outs[0].columns)
+    assert {"event_id", "pump_id", "ts", "label"} <= set(outs[1].columns)
+    pd.testing.assert_frame_equal(outs[0], outs[1])
+
+
+def test_a_pipeline_over_a_model_replaces_only_the_sections_it_sets() -> None:
+    # What `stream --pipeline` and `score --pipeline` apply: a file with only kafka: kept no
+    # entity column, so alerts were no longer kept per pump.
+    from anomaly_vae.config import PipelineConfig
+    from anomaly_vae.errors import ConfigError
+
+    model = PipelineConfig.model_validate(
+        {
+            "name": "pumps",
+            "columns": {"entity": "pump_id", "timestamp": "ts", "id": ["event_id"]},
+            "alerts": {"k": 2, "n": 3},
+        }
+    )
+    file = PipelineConfig.model_validate({"kafka": {"topic": "sensors"}})
+    merged = file.over(model, source="p.yaml")
+    assert merged.columns == model.columns
+    assert merged.alerts == model.alerts
+    assert merged.kafka.topic == "sensors"
+    assert merged.name == "pumps"
+    windowed = model.model_dump()
+    windowed["window"] = {"size": 5, "entity": "pump_id"}
+    other = PipelineConfig.model_validate({"columns": {"entity": "device"}})
+    with pytest.raises(ConfigError, match=r"^p.yaml over the model's own settings: .*window"):
+        other.over(PipelineConfig.model_validate(windowed), source="p.yaml")

@@ -363,7 +363,12 @@ def _score_file(
     from anomaly_vae.sources.csv import CsvSource
 
     model = AnomalyVAE.load(model_dir, device=device)
-    cfg = PipelineConfig.from_yaml(pipeline) if pipeline else model.config_
+    # What the pipeline file does not set (its columns, its csv section...) is the model's own.
+    cfg = (
+        PipelineConfig.from_yaml(pipeline).over(model.config_, source=pipeline)
+        if pipeline
+        else model.config_
+    )
     if chunk_size is not None and chunk_size < 1:
         raise ConfigError(f"--chunk-size must be >= 1, got {chunk_size}")
     if threshold is not None and not math.isfinite(threshold):

@@ -165,10 +165,12 @@ def stream(
     model = AnomalyVAE.load(directory)
     cfg = model.config_.model_copy(deep=True)
     if file_cfg is not None:
-        cfg.kafka = file_cfg.kafka.model_copy(deep=True)
-        cfg.columns = file_cfg.columns.model_copy(deep=True)
-        if file_cfg.alerts is not None:
-            cfg.alerts = file_cfg.alerts.model_copy()
+        # The sections the file sets replace the model's own; what it leaves out (a file with
+        # only kafka: and model_dir:) keeps the model's columns, entity and alert rule.
+        merged = file_cfg.over(cfg, source=pipeline or "the pipeline file")
+        cfg.kafka = merged.kafka
+        cfg.columns = merged.columns
+        cfg.alerts = merged.alerts
     kafka = cfg.kafka
     for name, flag, value in (
         ("bootstrap_servers", "--bootstrap", bootstrap),
