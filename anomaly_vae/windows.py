@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import logging
 import math
 import re
 import struct
@@ -560,12 +561,51 @@ def event_timestamps(values: pd.Series | Sequence[object]) -> pd.Series:
 
 def _time_text(text: pd.Series) -> pd.Series:
     """Times written as text, UTC (naive = UTC); NaT where the text is not a time. ISO 8601
-    first (fast), then the other layouts pandas reads ("2026-11-01 10:00:00+02:00", RFC 2822...)
-    for what that missed."""
+    first (fast), then the other layouts pandas reads ("2026-11-01 10:00:00+02:00", RFC 2822,
+    "05/11/2026 10:00"...) for what that missed, numeric dates in one order (``_day_first``)."""
     import pandas as pd
 
     parsed = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
     missed = parsed.isna()
     if missed.any():
-        parsed[missed] = pd.to_datetime(text[missed], utc=True, errors="coerce", format="mixed")
+        rest = text[missed]
+        parsed[missed] = pd.to_datetime(
+            rest, utc=True, errors="coerce", format="mixed", dayfirst=_day_first(rest)
+        )
     return parsed
+
+
+# A date of numbers with the year last: 05/11/2026, 5.11.26, 05-11-2026 10:00.
+_NUMERIC_DATE = re.compile(r"^\s*(\d{1,2})([./-])(\d{1,2})\2\d{2,4}(?:\D|$)")
+_warned_ambiguous_dates = False
+
+
+def _day_first(text: pd.Series) -> bool:
+    """Whether the numeric dates among ``text`` put the day first. Read one by one, 20/11/2026
+    came out day first and 05/11/2026 month first: one file's times out of order. So one order
+    for all: day first when a value can only be read so (a first number above 12), month first
+    when a second number is above 12; otherwise day first for dotted dates (05.11.2026, the
+    convention) and month first for the others, as pandas reads them, said once."""
+    import pandas as pd
+
+    global _warned_ambiguous_dates
+    parts = text.str.extract(_NUMERIC_DATE)
+    known = parts[0].notna()
+    if not known.any():
+        return False
+    first = pd.to_numeric(parts[0][known])
+    second = pd.to_numeric(parts[2][known])
+    if bool((first > 12).any()):
+        return True
+    if bool((second > 12).any()):
+        return False
+    if bool((parts[1][known] == ".").all()):
+        return True
+    if not _warned_ambiguous_dates:
+        _warned_ambiguous_dates = True
+        logging.getLogger(__name__).warning(
+            "times like %r could put the day or the month first and none has a number above "
+            "12 to tell: read month first; write times as ISO 8601 (2026-11-05 10:00) to be sure",
+            str(text[known].iloc[0]),
+        )
+    return False

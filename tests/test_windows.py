@@ -669,3 +669,27 @@ def test_an_export_without_the_windows_entity_or_time_column_is_refused_before_a
     assert not out.exists()
     with pytest.raises(SchemaError, match="entity column 'pump_id'"):
         window_model.score_batch(make_pump_data(20, seed=9).drop(columns=["pump_id"]))
+
+
+def test_numeric_dates_are_read_in_one_order_for_the_whole_column(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Read value by value, 20/11/2026 came out day first and 05/11/2026 month first (May):
+    # a European export's times out of order, its windows assembled in the wrong order.
+    from anomaly_vae import windows
+    from anomaly_vae.windows import event_timestamps
+
+    def days(values: list[str]) -> list[str]:
+        return [t.strftime("%Y-%m-%d") for t in event_timestamps(pd.Series(values))]
+
+    assert days(["05/11/2026 10:00", "20/11/2026 10:00"]) == ["2026-11-05", "2026-11-20"]
+    assert days(["11/20/2026", "05/11/2026"]) == ["2026-11-20", "2026-05-11"]
+    assert days(["05.11.2026 10:00", "06.11.2026"]) == ["2026-11-05", "2026-11-06"]
+    assert days(["2026-11-05T10:00:00Z", "20/11/2026"]) == ["2026-11-05", "2026-11-20"]
+    seconds, bad = windows.event_seconds(["05/11/2026 10:00", "13/11/2026 10:00"])
+    assert not bad.any()
+    assert seconds[1] - seconds[0] == 8 * 86400
+    windows._warned_ambiguous_dates = False
+    with caplog.at_level(logging.WARNING, logger="anomaly_vae.windows"):
+        assert days(["05/11/2026", "06/11/2026"]) == ["2026-05-11", "2026-06-11"]
+    assert "could put the day or the month first" in caplog.text
