@@ -474,6 +474,37 @@ def test_masked_hides_the_password() -> None:
     assert masked("postgresql://bob:s3cret@h:x/db") == "postgresql://bob:***@h:x/db"
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://bob@h/db?password=s3cret",
+        "postgresql://bob@h/db?sslmode=require&PASSWORD=s3cret&application_name=x",
+        "postgresql://bob@h/db?sslpassword=s3cret",
+    ],
+)
+def test_masked_hides_a_password_given_as_a_query_parameter(url: str) -> None:
+    # libpq takes ?password=...: the URL connects, and its display must not show it.
+    target = target_for(url)
+    assert "s3cret" not in target.display
+    assert "=***" in target.display
+    assert "s3cret" not in masked(url)
+    assert "s3cret" not in masked(url.replace("/db?", ":x/db?"))  # unparsable: still masked
+
+
+def test_a_query_parameter_password_is_masked_in_connection_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    target = target_for("postgresql://bob@127.0.0.1:1/anomalies?password=s3cret")
+    with pytest.raises(DatabaseConnectionError) as caught:
+        open_database(target)
+    assert "connection refused" in str(caught.value)
+    assert "s3cret" not in str(caught.value) + caplog.text
+    with pytest.raises(DatabaseURLError) as bad:
+        parse_database_url("postgresql://bob@h:port/db?password=s3cret")
+    assert "s3cret" not in str(bad.value)
+
+
 def test_unreachable_server_is_one_line_naming_the_host(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

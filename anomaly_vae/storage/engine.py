@@ -40,6 +40,9 @@ _DRIVERS = {
 # user:password@ after the scheme, or at the start of a URL written without one; the password
 # runs to the last '@' (one may be in it, unescaped).
 _PASSWORD_IN_TEXT = re.compile(r"((?:^(?!\S*://)|://)[^:/@\s]*:)[^\s]*@")
+# libpq also takes a password as a query parameter: ...?password=... (or sslpassword, the
+# client key's passphrase).
+_PASSWORD_IN_QUERY = re.compile(r"([?&](?:ssl)?password=)[^&#\s]*", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -67,10 +70,13 @@ class DatabaseTarget:
 
 
 def masked(url: URL | str) -> str:
-    """The URL as text with its password replaced by ``***``."""
+    """The URL as text with its password (after the user name, or as a ``password`` or
+    ``sslpassword`` query parameter) replaced by ``***``."""
     if isinstance(url, URL):
-        return url.render_as_string(hide_password=True)
-    return _PASSWORD_IN_TEXT.sub(r"\1***@", url)
+        text = url.render_as_string(hide_password=True)
+    else:
+        text = _PASSWORD_IN_TEXT.sub(r"\1***@", url)
+    return _PASSWORD_IN_QUERY.sub(r"\1***", text)
 
 
 def resolve_database_url(
@@ -276,7 +282,13 @@ def _last_line(text: str) -> str:
 
 
 def _scrub(message: str, target: DatabaseTarget) -> str:
-    password = target.url.password
-    if password:
-        message = message.replace(str(password), "***")
+    secrets = [target.url.password] + [
+        value
+        for key, values in target.url.query.items()
+        if key.lower() in ("password", "sslpassword")
+        for value in ((values,) if isinstance(values, str) else values)
+    ]
+    for secret in secrets:
+        if secret:
+            message = message.replace(str(secret), "***")
     return message
