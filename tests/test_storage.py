@@ -414,6 +414,54 @@ def test_thresholds_are_versioned_and_the_newest_is_in_force(db_url: str) -> Non
         engine.dispose()
 
 
+def test_two_writers_of_a_threshold_version_take_turns(db_url: str) -> None:
+    """A second change made while a first one is uncommitted (two API processes, a CLI and
+    an API) waits for it and becomes the next version, not a unique-key failure (which the
+    API answered as 'database unavailable', 503)."""
+    import threading
+
+    from anomaly_vae.storage.tuning import ThresholdChange, ValuePolicy, set_threshold
+
+    engine = engine_for(db_url)
+    other = engine_for(db_url)
+    try:
+        with engine.begin() as connection:
+            repo.register_model(connection, model=model_version())
+            repo.ensure_calibrated_threshold(connection, model=model_version(), created_by="t")
+
+        def change(connection: Connection, value: float) -> None:
+            set_threshold(
+                connection,
+                model_name="pumps",
+                change=ThresholdChange(warning=ValuePolicy(value=value)),
+                created_by="ops",
+                reason=f"to {value}",
+            )
+
+        errors: list[BaseException] = []
+
+        def second() -> None:
+            try:
+                with other.begin() as connection:
+                    change(connection, 12.0)
+            except BaseException as exc:  # reported by the assertion below
+                errors.append(exc)
+
+        with engine.begin() as connection:
+            change(connection, 11.0)
+            racer = threading.Thread(target=second)
+            racer.start()
+            racer.join(timeout=1.0)  # it waits for this transaction
+        racer.join(timeout=60)
+        assert errors == []
+        with engine.connect() as connection:
+            history = repo.list_thresholds(connection, model_name="pumps")
+        assert [(t.version, t.warning) for t in history] == [(3, 12.0), (2, 11.0), (1, 10.0)]
+    finally:
+        engine.dispose()
+        other.dispose()
+
+
 def test_top_features_json_matches_the_lists() -> None:
     rng = np.random.default_rng(0)
     shares = rng.random((50, 5)).astype(np.float32)
