@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from anomaly_vae._version import __version__
 from anomaly_vae.config import AlertsConfig
@@ -341,6 +341,19 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         (InputFileError, 400),
     ):
         app.add_exception_handler(error, _detail_response(status))
+
+    @app.exception_handler(DataError)
+    async def _unstorable(_request: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value of the request (PostgreSQL: a NUL character in text,
+        # a number out of a column's range): the client's to fix, not an outage (503).
+        why = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
+        return JSONResponse(
+            {
+                "detail": "a value in this request cannot go to the results database: "
+                f"{why[0] if why else 'refused'}; send it without that value"
+            },
+            status_code=422,
+        )
 
     @app.exception_handler(SQLAlchemyError)
     async def _database(_request: Request, exc: SQLAlchemyError) -> JSONResponse:

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from anomaly_vae import AnomalyVAE
 from anomaly_vae.datasets import make_pump_data
 from anomaly_vae.devbroker import free_port
+from anomaly_vae.storage.engine import create_database_engine, parse_database_url
 from tests.test_cli import run_inline
 
 pytestmark = pytest.mark.integration
@@ -452,6 +453,41 @@ def test_an_alert_id_beyond_64_bits_is_a_404(server: Server) -> None:
         response = server.client.request(method, path, headers=AUTH)
         assert response.status_code == 404, response.text
         assert response.json()["detail"].startswith("no alert ")
+
+
+def test_a_nul_character_in_a_request_is_the_clients_error_not_an_outage(
+    server: Server, scored_db: str
+) -> None:
+    # PostgreSQL text cannot hold NUL: the driver refuses the value, and the API answered
+    # 503 "the results database is unavailable" (an outage, to a monitor) for the client's
+    # own bad input. SQLite stores it.
+    api = server.client
+    change = {"warning": {"policy": "value", "value": 40.0}, "reason": "x"}
+    alert_id = api.get("/alerts", params={"limit": 1}).json()[0]["id"]
+    engine = create_database_engine(parse_database_url(scored_db))
+    with engine.begin() as connection:  # open again, to be acted on
+        connection.exec_driver_sql(
+            f"UPDATE alerts SET state = 'open', resolved_at = NULL, resolved_by = NULL "
+            f"WHERE id = {alert_id}"
+        )
+    engine.dispose()
+    responses = [
+        api.post("/models/pumps/thresholds", json={**change, "reason": "a\x00b"}, headers=AUTH),
+        api.post("/models/pumps/thresholds", json={**change, "created_by": "a\x00"}, headers=AUTH),
+        api.post(f"/alerts/{alert_id}/resolve", json={"note": "\x00"}, headers=AUTH),
+        api.get("/anomalies", params={"entity": "P\x001"}),
+        api.get("/alerts", params={"entity": "P\x001"}),
+        api.get("/anomalies", params={"model": "pu\x00mps"}),
+        api.get("/models/pu%00mps/thresholds"),
+    ]
+    for response in responses:
+        assert response.status_code < 500, response.text
+        if scored_db.startswith("postgresql"):
+            assert response.status_code == 422, response.text
+            detail = response.json()["detail"]
+            assert "cannot go to the results database" in detail
+            assert "NUL" in detail
+    assert api.get("/health").status_code == 200
 
 
 def test_listing_by_an_unregistered_model_name_is_a_404(server: Server) -> None:
