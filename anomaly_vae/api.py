@@ -631,17 +631,23 @@ def _score_records(
 ) -> ScoreResponse:
     import pandas as pd
 
-    from anomaly_vae.sources.kafka import missing_fields_reason
+    from anomaly_vae.sources.kafka import missing_fields_reason, non_finite_reason
     from anomaly_vae.storage.sink import severity_labels
 
     features = model.schema_.names
-    rejects = [
-        RejectedRecord(
-            index=i, reason=missing_fields_reason([f for f in features if f not in record])
-        )
-        for i, record in enumerate(records)
-        if not set(features) <= record.keys()
-    ]
+    numeric = model.schema_.numeric
+    rejects = []
+    for i, record in enumerate(records):
+        reason: str | None
+        if not set(features) <= record.keys():
+            reason = missing_fields_reason([f for f in features if f not in record])
+        else:  # as the Kafka decoder: a NaN is poison, not a missing value (that is null)
+            reason = next(
+                (why for f in numeric if (why := non_finite_reason(f, record[f])) is not None),
+                None,
+            )
+        if reason is not None:
+            rejects.append(RejectedRecord(index=i, reason=reason))
     missing = {r.index for r in rejects}
     kept = [i for i in range(len(records)) if i not in missing]
     if not kept:  # nothing to score: every record lacks a feature field

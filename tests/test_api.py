@@ -3,6 +3,7 @@ loopback port, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -439,6 +440,38 @@ def test_scoring_records_now_under_the_threshold_in_force(
     gone = api.post("/models/gone/score", json={"records": records[:2]})
     assert gone.status_code == 409
     assert "cannot be loaded" in gone.json()["detail"]
+
+
+def test_a_nan_in_a_record_to_score_is_rejected_as_the_stream_rejects_it(
+    server: Server, pump_model: tuple[AnomalyVAE, Path]
+) -> None:
+    # Python's JSON reader takes NaN, and the text "NaN" read as a number is one too: both were
+    # scored as a missing value, where the stream scorer dead-letters the same message (null
+    # is the missing value).
+    from anomaly_vae.sources.kafka import Message, decode_messages
+
+    record = json.loads(make_pump_data(1, seed=3).to_json(orient="records"))[0]
+    texts = [
+        json.dumps({**record, "flow": float("nan")}),
+        json.dumps({**record, "flow": "NaN"}),
+        json.dumps({**record, "flow": " -Infinity"}),
+        json.dumps({**record, "flow": None}),
+    ]
+    body = '{"records": [' + ", ".join(texts) + "]}"
+    response = server.client.post(
+        "/models/pumps/score", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 200, response.text
+    rejects = {r["index"]: r["reason"] for r in response.json()["rejects"]}
+    assert set(rejects) == {0, 1, 2}
+    assert all("'flow'" in reason for reason in rejects.values())
+    assert [s["index"] for s in response.json()["scores"]] == [3]  # null: a missing value
+    # The stream scorer's decoder on the same texts (bar the NaN number, which is not JSON).
+    features = pump_model[0].schema_.names
+    messages = [Message("t", 0, i, None, text.encode(), 0) for i, text in enumerate(texts)]
+    decoded = decode_messages(messages[1:], features=features)
+    assert len(decoded.rejects) == 2
+    assert len(decoded.frame) == 1
 
 
 def test_an_alert_id_beyond_64_bits_is_a_404(server: Server) -> None:
