@@ -14,6 +14,7 @@ Nothing is built at import time: :class:`ApiSettings` is read once at start-up a
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -58,6 +59,7 @@ _PLACEHOLDERS = {"changeme", "change-me", "changethis", "secret", "token", "pass
 STALE_METRICS_S = 600
 MAX_SCORE_RECORDS = 10_000  # per POST /models/{name}/score
 MODEL_CACHE_SIZE = 4  # model versions kept loaded for scoring
+MAX_ECHOED_INPUT = 200  # characters of a rejected input shown back in a 422
 
 
 # ===================================================================== settings
@@ -243,7 +245,10 @@ class ScoreRequest(_Schema):
 
     records: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_SCORE_RECORDS)
     version: str | None = Field(
-        default=None, description="A registered version (default: the newest)"
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="A registered version or a prefix of its content hash (default: the newest)",
     )
 
 
@@ -329,7 +334,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's own handler echoes the input, and a NaN or an infinity in it (JSON allows
         # neither) made the response itself fail: a 500 instead of the 422.
-        detail = _json_safe(jsonable_encoder(exc.errors()))
+        detail = [_short_input(error) for error in _json_safe(jsonable_encoder(exc.errors()))]
         return JSONResponse({"detail": detail}, status_code=422)
 
     # A user's error as its one-line message in "detail" (the most specific class wins).
@@ -555,6 +560,18 @@ def _require_model(conn: Connection, name: str | None) -> None:
         repo.registered_versions(conn, name=name)
 
 
+def _short_input(error: Any) -> Any:
+    """A validation error with its ``input`` cut to its first ``MAX_ECHOED_INPUT`` characters
+    of JSON: the whole input (10,001 records, a reason of megabytes) came back in the 422."""
+    if not isinstance(error, dict) or "input" not in error:
+        return error
+    text = json.dumps(error["input"], ensure_ascii=False)
+    if len(text) <= MAX_ECHOED_INPUT:
+        return error
+    shown = f"{text[:MAX_ECHOED_INPUT]}... ({len(text):,} characters of JSON, not all shown)"
+    return {**error, "input": shown}
+
+
 def _json_safe(value: Any) -> Any:
     """``value`` with every NaN or infinity replaced by its text ('nan', 'inf')."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -571,9 +588,16 @@ def _registered_version(conn: Connection, name: str, version: str | None) -> Any
     rows = repo.registered_versions(conn, name=name)
     if version is None:
         return rows[0]
-    for row in rows:
-        if row.version == version or row.content_hash.startswith(version):
-            return row
+    exact = [row for row in rows if row.version == version or row.content_hash == version]
+    matches = exact or [row for row in rows if row.content_hash.startswith(version.lower())]
+    if len(matches) > 1:
+        shown = ", ".join(r.version for r in matches[:10])
+        raise ConfigError(
+            f"version {version!r} of model {name!r} is ambiguous: it begins {len(matches)} "
+            f"versions ({shown}); give more of its digits"
+        )
+    if matches:
+        return matches[0]
     known = ", ".join(r.version for r in rows[:10])
     raise NotFoundError(f"model {name!r} has no version {version!r} (registered: {known})")
 

@@ -474,6 +474,47 @@ def test_a_nan_in_a_record_to_score_is_rejected_as_the_stream_rejects_it(
     assert len(decoded.frame) == 1
 
 
+def test_a_rejected_input_is_not_echoed_whole(server: Server, scored_db: str) -> None:
+    # A 422 echoed its whole input: 10,001 records, or a reason of megabytes, came back in
+    # the response; a version of megabytes came back in a 404's message.
+    api = server.client
+    record = json.loads(make_pump_data(1, seed=3).to_json(orient="records"))[0]
+    too_many = api.post("/models/pumps/score", json={"records": [record] * 10_001})
+    assert too_many.status_code == 422
+    assert len(too_many.content) < 2_000
+    assert "10,001" in too_many.text or "10001" in too_many.text
+    long_reason = api.post(
+        "/models/pumps/thresholds",
+        json={"warning": {"policy": "value", "value": 40.0}, "reason": "r" * 1_000_000},
+        headers=AUTH,
+    )
+    assert long_reason.status_code == 422
+    assert len(long_reason.content) < 2_000
+    assert "not all shown" in long_reason.text
+    for version in ("v" * 1_000_000, ""):
+        bad = api.post("/models/pumps/score", json={"records": [record], "version": version})
+        assert bad.status_code == 422
+        assert len(bad.content) < 2_000
+    # A prefix of a content hash names one version; one that begins two is refused.
+    newest = api.get("/models/pumps").json()["versions"][0]["version"]
+    engine = create_database_engine(parse_database_url(scored_db))
+    with engine.begin() as connection:  # a second version whose hash begins the same
+        connection.exec_driver_sql(
+            "INSERT INTO models (name, version, content_hash, path, score_kind, feature_schema, "
+            "training_summary, calibration, package_version, created_at, registered_at) "
+            f"SELECT name, '{newest[:4]}ffffffff', '{newest[:4]}{'f' * 60}', path, score_kind, "
+            "feature_schema, training_summary, calibration, package_version, created_at, "
+            "registered_at FROM models"
+        )
+    engine.dispose()
+    by_prefix = api.post("/models/pumps/score", json={"records": [record], "version": newest[:6]})
+    assert by_prefix.status_code == 200, by_prefix.text
+    assert by_prefix.json()["model_version"] == newest
+    both = api.post("/models/pumps/score", json={"records": [record], "version": newest[:4]})
+    assert both.status_code == 400, both.text
+    assert "ambiguous" in both.json()["detail"]
+
+
 def test_an_alert_id_beyond_64_bits_is_a_404(server: Server) -> None:
     # The SQLite driver raised OverflowError on such an id: a 500 from the API (and a traceback
     # from 'alerts ack'), where any other unknown alert is a 404.
