@@ -8,6 +8,7 @@ import json
 import logging
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -571,6 +572,34 @@ def test_unreachable_server_is_one_line_naming_the_host(
 def test_missing_sqlite_folder_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(DatabaseConnectionError, match="does not exist"):
         open_database(target_for(f"sqlite:///{tmp_path / 'nowhere' / 'r.db'}"))
+
+
+def test_a_connection_cut_part_way_is_one_line_saying_to_run_again(
+    postgres_databases: Callable[[], str],
+) -> None:
+    # pg_terminate_backend (an administrator, a failover) under a running command: "cannot
+    # connect ...: the connection is lost" said nothing of what to do.
+    from sqlalchemy.exc import DBAPIError
+
+    from anomaly_vae.storage.engine import connection_error
+
+    target = target_for(postgres_databases())
+    engine = create_database_engine(target.url)
+    admin = create_database_engine(target.url)
+    try:
+        with engine.connect() as connection:
+            pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            with admin.connect() as other:
+                other.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+            with pytest.raises(DBAPIError) as caught:
+                connection.exec_driver_sql("SELECT 1")
+    finally:
+        engine.dispose()
+        admin.dispose()
+    message = str(connection_error(caught.value, target))
+    assert message.startswith(f"lost the connection to PostgreSQL at {target.where} (")
+    assert "run the command again" in message
+    assert "\n" not in message
 
 
 def test_missing_postgres_database_is_one_line(postgres_databases: object) -> None:

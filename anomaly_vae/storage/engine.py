@@ -268,6 +268,23 @@ def connection_error(exc: BaseException, target: DatabaseTarget) -> DatabaseConn
         why = "connection refused: is PostgreSQL running there, on that port?"
     elif "could not translate host name" in lower or "name or service not known" in lower:
         why = "the host name cannot be resolved"
+    elif any(
+        sign in lower
+        for sign in (
+            "connection is lost",
+            "server closed the connection",
+            "terminating connection",
+            "connection is closed",
+        )
+    ):
+        # Connected, then cut off (a server restart, an administrator, a failover).
+        message = (
+            f"lost the connection to PostgreSQL at {where} ({target.display}) part way "
+            "(server restarted, or the connection ended by an administrator): run the command "
+            "again once the server answers; what a job committed stays, and scoring the same "
+            "input again fills in only what is missing"
+        )
+        return DatabaseConnectionError(_scrub(message, target))
     elif "timeout" in lower or "timed out" in lower:
         why = f"no answer within {CONNECT_TIMEOUT_S} s: check the host, port and firewall"
     else:
