@@ -281,6 +281,28 @@ class ScoreResponse(BaseModel):
     rejects: list[RejectedRecord]
 
 
+class ErrorDetail(BaseModel):
+    """An error: what went wrong and what to do, in one line."""
+
+    detail: str
+
+
+_ERRORS = {
+    400: "A well-formed but impossible request (EVT risk outside the tail, critical below "
+    "warning, an alert already resolved...)",
+    401: "A change without the server's bearer token (Authorization: Bearer <token>)",
+    403: "The API serves read-only: no ANOMALY_VAE_API_TOKEN where it runs",
+    404: "No such model, model version or alert",
+    409: "The registered model version's directory cannot be loaded on this server",
+    503: "The results database is unavailable",
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for these error statuses (each a JSON body with ``detail``)."""
+    return {code: {"model": ErrorDetail, "description": _ERRORS[code]} for code in codes}
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     version: str
@@ -326,6 +348,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         version=__version__,
         description="Thresholds, alerts, anomalies and models of the anomaly-vae results "
         "database. Writes need `Authorization: Bearer <token>` (ANOMALY_VAE_API_TOKEN).",
+        responses=_errors(503),
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -394,7 +417,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         """Registered model versions, newest first."""
         return [ModelPublic.model_validate(r._asdict()) for r in repo.list_models(conn)]
 
-    @app.get("/models/{name}", response_model=ModelDetail, tags=["models"])
+    @app.get("/models/{name}", response_model=ModelDetail, tags=["models"], responses=_errors(404))
     def model_detail(name: str, conn: Conn) -> ModelDetail:
         """A model name's versions and the threshold in force."""
         versions = [
@@ -410,7 +433,12 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         )
 
     # ------------------------------------------------------------------ thresholds
-    @app.get("/models/{name}/threshold", response_model=ThresholdPublic, tags=["thresholds"])
+    @app.get(
+        "/models/{name}/threshold",
+        response_model=ThresholdPublic,
+        tags=["thresholds"],
+        responses=_errors(404),
+    )
     def threshold(name: str, conn: Conn) -> ThresholdPublic:
         """The threshold in force."""
         _require_model(conn, name)
@@ -419,7 +447,12 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
             raise NotFoundError(f"model {name!r} has no threshold")
         return _threshold(row)
 
-    @app.get("/models/{name}/thresholds", response_model=list[ThresholdPublic], tags=["thresholds"])
+    @app.get(
+        "/models/{name}/thresholds",
+        response_model=list[ThresholdPublic],
+        tags=["thresholds"],
+        responses=_errors(404),
+    )
     def threshold_history(name: str, conn: Conn) -> list[ThresholdPublic]:
         """Every threshold version, newest (in force) first."""
         _require_model(conn, name)
@@ -431,6 +464,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         status_code=201,
         tags=["thresholds"],
         dependencies=[Writer],
+        responses=_errors(400, 401, 403, 404),
     )
     def create_threshold(name: str, body: ThresholdCreate, conn: Conn) -> ThresholdPublic:
         """Put a new threshold version in force (live scorers apply it within seconds)."""
@@ -442,6 +476,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         status_code=201,
         tags=["thresholds"],
         dependencies=[Writer],
+        responses=_errors(400, 401, 403, 404),
     )
     def update_threshold(name: str, body: ThresholdUpdate, conn: Conn) -> ThresholdPublic:
         """A new version changing only what is given (e.g. just the alert rule)."""
@@ -456,6 +491,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         "/models/{name}/thresholds/preview",
         response_model=ThresholdPreviewPublic,
         tags=["thresholds"],
+        responses=_errors(400, 404),
     )
     def preview(name: str, body: ThresholdPreviewRequest, conn: Conn) -> ThresholdPreviewPublic:
         """What a threshold and alert rule would have done to the stored scores (read-only)."""
@@ -471,7 +507,12 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
     # --------------------------------------------------------------------- scoring
     models_loaded = _ModelCache(MODEL_CACHE_SIZE)
 
-    @app.post("/models/{name}/score", response_model=ScoreResponse, tags=["models"])
+    @app.post(
+        "/models/{name}/score",
+        response_model=ScoreResponse,
+        tags=["models"],
+        responses=_errors(400, 404, 409),
+    )
     def score(name: str, body: ScoreRequest, conn: Conn) -> ScoreResponse:
         """Score records now with a registered model version, loaded from its model directory
         on this server, under the threshold in force. Nothing is written."""
@@ -484,7 +525,12 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         return _score_records(model, body.records, warning, critical, row, version)
 
     # ------------------------------------------------------------ anomalies, alerts
-    @app.get("/anomalies", response_model=list[AnomalyPublic], tags=["anomalies"])
+    @app.get(
+        "/anomalies",
+        response_model=list[AnomalyPublic],
+        tags=["anomalies"],
+        responses=_errors(404),
+    )
     def anomalies(
         conn: Conn,
         model: str | None = None,
@@ -500,7 +546,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         )
         return [AnomalyPublic.model_validate(r._asdict()) for r in rows]
 
-    @app.get("/alerts", response_model=list[AlertPublic], tags=["alerts"])
+    @app.get("/alerts", response_model=list[AlertPublic], tags=["alerts"], responses=_errors(404))
     def alerts(
         conn: Conn,
         state: Literal["open", "acknowledged", "resolved", "active"] | None = None,
@@ -516,7 +562,12 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         )
         return [AlertPublic.model_validate(r) for r in rows]
 
-    @app.get("/alerts/{alert_id}", response_model=AlertPublic, tags=["alerts"])
+    @app.get(
+        "/alerts/{alert_id}",
+        response_model=AlertPublic,
+        tags=["alerts"],
+        responses=_errors(404),
+    )
     def alert(alert_id: int, conn: Conn) -> AlertPublic:
         rows = list_alerts(conn, alert_id=alert_id, limit=1)
         if not rows:
@@ -528,6 +579,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         response_model=AlertPublic,
         tags=["alerts"],
         dependencies=[Writer],
+        responses=_errors(400, 401, 403, 404),
     )
     def acknowledge(alert_id: int, conn: Conn, body: AlertAction | None = None) -> AlertPublic:
         """Acknowledge an open alert."""
@@ -538,6 +590,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         response_model=AlertPublic,
         tags=["alerts"],
         dependencies=[Writer],
+        responses=_errors(400, 401, 403, 404),
     )
     def resolve(alert_id: int, conn: Conn, body: AlertAction | None = None) -> AlertPublic:
         """Resolve an alert."""
