@@ -386,10 +386,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
     @app.exception_handler(SQLAlchemyError)
     async def _database(_request: Request, exc: SQLAlchemyError) -> JSONResponse:
         logger.warning("database error: %s", str(exc).splitlines()[0][:300])
-        return JSONResponse(
-            {"detail": f"the results database ({settings.database.where}) is unavailable"},
-            status_code=503,
-        )
+        return JSONResponse({"detail": _database_trouble(exc, settings.database)}, status_code=503)
 
     # ---------------------------------------------------------------- health, metrics
     @app.get("/health", response_model=Health, tags=["service"])
@@ -597,6 +594,19 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         return _act(conn, alert_id, "resolve", body or AlertAction())
 
     return app
+
+
+def _database_trouble(exc: SQLAlchemyError, target: DatabaseTarget) -> str:
+    """What a 503 says: the database is down, or, where it answered but refused, why (the
+    API's database user lacks a privilege, a standby takes no writes), so that an operator
+    fixes that instead of waiting for an outage to end."""
+    from anomaly_vae.storage.engine import connection_error
+
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).lower()
+    if any(s in text for s in ("permission denied", "must be owner", "read-only transaction")):
+        return f"the results database refused this: {connection_error(exc, target)}"
+    return f"the results database ({target.where}) is unavailable"
 
 
 def _detail_response(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -513,6 +513,72 @@ def test_a_rejected_input_is_not_echoed_whole(server: Server, scored_db: str) ->
     both = api.post("/models/pumps/score", json={"records": [record], "version": newest[:4]})
     assert both.status_code == 400, both.text
     assert "ambiguous" in both.json()["detail"]
+
+
+@pytest.mark.parametrize("denial", ["privilege", "read-only"])
+def test_a_database_that_refuses_writes_says_why_not_unavailable(
+    denial: str,
+    postgres_databases: Callable[[], str],
+    pump_model: tuple[AnomalyVAE, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # An API served with a least-privilege user (or on a standby) answered every change with
+    # "the results database is unavailable", as if it were down, while reads worked.
+    from sqlalchemy.engine import make_url
+
+    from anomaly_vae.storage.migrate import upgrade
+    from tests.conftest import fresh_name
+
+    url = postgres_databases()
+    engine = create_database_engine(parse_database_url(url))
+    upgrade(engine)
+    export = tmp_path / "export.csv"
+    make_pump_data(200, anomaly_rate=0.05, seed=8).to_csv(export, index=False)
+    _, model_dir = pump_model
+    scored = run_inline(
+        capsys, "score", str(export), "--model-dir", str(model_dir), "--db", url, "--quiet"
+    )
+    assert scored.returncode == 0, scored.stderr
+    role = fresh_name("api_ro").replace("-", "_")
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+        connection.exec_driver_sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+        if denial == "read-only":
+            connection.exec_driver_sql(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+            connection.exec_driver_sql(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+            connection.exec_driver_sql(f"ALTER ROLE {role} SET default_transaction_read_only = on")
+    role_url = make_url(url).set(username=role).render_as_string(False)
+    server = start_server(role_url, TOKEN)
+    try:
+        assert server.client.get("/models/pumps/thresholds").status_code == 200
+        change = server.client.post(
+            "/models/pumps/thresholds",
+            json={"warning": {"policy": "value", "value": 40.0}, "reason": "x"},
+            headers=AUTH,
+        )
+        cli = run_inline(
+            capsys, "thresholds", "set", "pumps", "--value", "40", "--reason", "x", "--db", role_url
+        )
+    finally:
+        stop(server)
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"DROP OWNED BY {role}")
+            connection.exec_driver_sql(f"DROP ROLE {role}")
+        engine.dispose()
+    assert change.status_code == 503, change.text
+    detail = change.json()["detail"]
+    if denial == "privilege":
+        assert "permission denied for table thresholds" in detail
+        assert f"refused user '{role}'" in detail
+        assert "grant it the privileges" in detail
+    else:
+        assert "takes no changes (a read-only transaction" in detail
+        assert "point the URL at the primary" in detail
+    assert "\n" not in detail
+    # The command line says the same, in one line.
+    assert cli.returncode == 2
+    assert detail.removeprefix("the results database refused this: ") in cli.stderr
 
 
 def test_the_openapi_schema_documents_the_error_responses(tmp_path: Path) -> None:

@@ -255,6 +255,12 @@ def connection_error(exc: BaseException, target: DatabaseTarget) -> DatabaseConn
             "to them; migrations need their owner), or use another user"
         )
         return DatabaseConnectionError(_scrub(message, target))
+    if "read-only transaction" in lower:  # a hot standby, or default_transaction_read_only
+        message = (
+            f"PostgreSQL at {where} ({target.display}) takes no changes (a read-only "
+            "transaction: a standby?): point the URL at the primary"
+        )
+        return DatabaseConnectionError(_scrub(message, target))
     if "password authentication failed" in lower or "no password supplied" in lower:
         why = f"password authentication failed for user {user!r}: check the password in the URL"
     elif "does not exist" in lower and "database" in lower:
