@@ -14,6 +14,7 @@ Nothing is built at import time: :class:`ApiSettings` is read once at start-up a
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -28,7 +29,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from anomaly_vae._version import __version__
 from anomaly_vae.config import AlertsConfig
@@ -58,6 +59,7 @@ _PLACEHOLDERS = {"changeme", "change-me", "changethis", "secret", "token", "pass
 STALE_METRICS_S = 600
 MAX_SCORE_RECORDS = 10_000  # per POST /models/{name}/score
 MODEL_CACHE_SIZE = 4  # model versions kept loaded for scoring
+MAX_ECHOED_INPUT = 200  # characters of a rejected input shown back in a 422
 
 
 # ===================================================================== settings
@@ -243,7 +245,10 @@ class ScoreRequest(_Schema):
 
     records: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_SCORE_RECORDS)
     version: str | None = Field(
-        default=None, description="A registered version (default: the newest)"
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="A registered version or a prefix of its content hash (default: the newest)",
     )
 
 
@@ -274,6 +279,28 @@ class ScoreResponse(BaseModel):
     threshold_version: int | None
     scores: list[ScoredRecord]
     rejects: list[RejectedRecord]
+
+
+class ErrorDetail(BaseModel):
+    """An error: what went wrong and what to do, in one line."""
+
+    detail: str
+
+
+_ERRORS = {
+    400: "A well-formed but impossible request (EVT risk outside the tail, critical below "
+    "warning, an alert already resolved...)",
+    401: "A change without the server's bearer token (Authorization: Bearer <token>)",
+    403: "The API serves read-only: no ANOMALY_VAE_API_TOKEN where it runs",
+    404: "No such model, model version or alert",
+    409: "The registered model version's directory cannot be loaded on this server",
+    503: "The results database is unavailable",
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for these error statuses (each a JSON body with ``detail``)."""
+    return {code: {"model": ErrorDetail, "description": _ERRORS[code]} for code in codes}
 
 
 class Health(BaseModel):
@@ -321,6 +348,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         version=__version__,
         description="Thresholds, alerts, anomalies and models of the anomaly-vae results "
         "database. Writes need `Authorization: Bearer <token>` (ANOMALY_VAE_API_TOKEN).",
+        responses=_errors(503),
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -329,7 +357,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's own handler echoes the input, and a NaN or an infinity in it (JSON allows
         # neither) made the response itself fail: a 500 instead of the 422.
-        detail = _json_safe(jsonable_encoder(exc.errors()))
+        detail = [_short_input(error) for error in _json_safe(jsonable_encoder(exc.errors()))]
         return JSONResponse({"detail": detail}, status_code=422)
 
     # A user's error as its one-line message in "detail" (the most specific class wins).
@@ -342,13 +370,23 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
     ):
         app.add_exception_handler(error, _detail_response(status))
 
+    @app.exception_handler(DataError)
+    async def _unstorable(_request: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value of the request (PostgreSQL: a NUL character in text,
+        # a number out of a column's range): the client's to fix, not an outage (503).
+        why = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
+        return JSONResponse(
+            {
+                "detail": "a value in this request cannot go to the results database: "
+                f"{why[0] if why else 'refused'}; send it without that value"
+            },
+            status_code=422,
+        )
+
     @app.exception_handler(SQLAlchemyError)
     async def _database(_request: Request, exc: SQLAlchemyError) -> JSONResponse:
         logger.warning("database error: %s", str(exc).splitlines()[0][:300])
-        return JSONResponse(
-            {"detail": f"the results database ({settings.database.where}) is unavailable"},
-            status_code=503,
-        )
+        return JSONResponse({"detail": _database_trouble(exc, settings.database)}, status_code=503)
 
     # ---------------------------------------------------------------- health, metrics
     @app.get("/health", response_model=Health, tags=["service"])
@@ -376,7 +414,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         """Registered model versions, newest first."""
         return [ModelPublic.model_validate(r._asdict()) for r in repo.list_models(conn)]
 
-    @app.get("/models/{name}", response_model=ModelDetail, tags=["models"])
+    @app.get("/models/{name}", response_model=ModelDetail, tags=["models"], responses=_errors(404))
     def model_detail(name: str, conn: Conn) -> ModelDetail:
         """A model name's versions and the threshold in force."""
         versions = [
@@ -392,7 +430,12 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         )
 
     # ------------------------------------------------------------------ thresholds
-    @app.get("/models/{name}/threshold", response_model=ThresholdPublic, tags=["thresholds"])
+    @app.get(
+        "/models/{name}/threshold",
+        response_model=ThresholdPublic,
+        tags=["thresholds"],
+        responses=_errors(404),
+    )
     def threshold(name: str, conn: Conn) -> ThresholdPublic:
         """The threshold in force."""
         _require_model(conn, name)
@@ -401,7 +444,12 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
             raise NotFoundError(f"model {name!r} has no threshold")
         return _threshold(row)
 
-    @app.get("/models/{name}/thresholds", response_model=list[ThresholdPublic], tags=["thresholds"])
+    @app.get(
+        "/models/{name}/thresholds",
+        response_model=list[ThresholdPublic],
+        tags=["thresholds"],
+        responses=_errors(404),
+    )
     def threshold_history(name: str, conn: Conn) -> list[ThresholdPublic]:
         """Every threshold version, newest (in force) first."""
         _require_model(conn, name)
@@ -413,6 +461,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         status_code=201,
         tags=["thresholds"],
         dependencies=[Writer],
+        responses=_errors(400, 401, 403, 404),
     )
     def create_threshold(name: str, body: ThresholdCreate, conn: Conn) -> ThresholdPublic:
         """Put a new threshold version in force (live scorers apply it within seconds)."""
@@ -424,6 +473,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         status_code=201,
         tags=["thresholds"],
         dependencies=[Writer],
+        responses=_errors(400, 401, 403, 404),
     )
     def update_threshold(name: str, body: ThresholdUpdate, conn: Conn) -> ThresholdPublic:
         """A new version changing only what is given (e.g. just the alert rule)."""
@@ -438,6 +488,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         "/models/{name}/thresholds/preview",
         response_model=ThresholdPreviewPublic,
         tags=["thresholds"],
+        responses=_errors(400, 404),
     )
     def preview(name: str, body: ThresholdPreviewRequest, conn: Conn) -> ThresholdPreviewPublic:
         """What a threshold and alert rule would have done to the stored scores (read-only)."""
@@ -453,7 +504,12 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
     # --------------------------------------------------------------------- scoring
     models_loaded = _ModelCache(MODEL_CACHE_SIZE)
 
-    @app.post("/models/{name}/score", response_model=ScoreResponse, tags=["models"])
+    @app.post(
+        "/models/{name}/score",
+        response_model=ScoreResponse,
+        tags=["models"],
+        responses=_errors(400, 404, 409),
+    )
     def score(name: str, body: ScoreRequest, conn: Conn) -> ScoreResponse:
         """Score records now with a registered model version, loaded from its model directory
         on this server, under the threshold in force. Nothing is written."""
@@ -466,7 +522,12 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         return _score_records(model, body.records, warning, critical, row, version)
 
     # ------------------------------------------------------------ anomalies, alerts
-    @app.get("/anomalies", response_model=list[AnomalyPublic], tags=["anomalies"])
+    @app.get(
+        "/anomalies",
+        response_model=list[AnomalyPublic],
+        tags=["anomalies"],
+        responses=_errors(404),
+    )
     def anomalies(
         conn: Conn,
         model: str | None = None,
@@ -482,7 +543,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         )
         return [AnomalyPublic.model_validate(r._asdict()) for r in rows]
 
-    @app.get("/alerts", response_model=list[AlertPublic], tags=["alerts"])
+    @app.get("/alerts", response_model=list[AlertPublic], tags=["alerts"], responses=_errors(404))
     def alerts(
         conn: Conn,
         state: Literal["open", "acknowledged", "resolved", "active"] | None = None,
@@ -498,7 +559,12 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         )
         return [AlertPublic.model_validate(r) for r in rows]
 
-    @app.get("/alerts/{alert_id}", response_model=AlertPublic, tags=["alerts"])
+    @app.get(
+        "/alerts/{alert_id}",
+        response_model=AlertPublic,
+        tags=["alerts"],
+        responses=_errors(404),
+    )
     def alert(alert_id: int, conn: Conn) -> AlertPublic:
         rows = list_alerts(conn, alert_id=alert_id, limit=1)
         if not rows:
@@ -510,6 +576,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         response_model=AlertPublic,
         tags=["alerts"],
         dependencies=[Writer],
+        responses=_errors(400, 401, 403, 404),
     )
     def acknowledge(alert_id: int, conn: Conn, body: AlertAction | None = None) -> AlertPublic:
         """Acknowledge an open alert."""
@@ -520,12 +587,26 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         response_model=AlertPublic,
         tags=["alerts"],
         dependencies=[Writer],
+        responses=_errors(400, 401, 403, 404),
     )
     def resolve(alert_id: int, conn: Conn, body: AlertAction | None = None) -> AlertPublic:
         """Resolve an alert."""
         return _act(conn, alert_id, "resolve", body or AlertAction())
 
     return app
+
+
+def _database_trouble(exc: SQLAlchemyError, target: DatabaseTarget) -> str:
+    """What a 503 says: the database is down, or, where it answered but refused, why (the
+    API's database user lacks a privilege, a standby takes no writes), so that an operator
+    fixes that instead of waiting for an outage to end."""
+    from anomaly_vae.storage.engine import connection_error
+
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).lower()
+    if any(s in text for s in ("permission denied", "must be owner", "read-only transaction")):
+        return f"the results database refused this: {connection_error(exc, target)}"
+    return f"the results database ({target.where}) is unavailable"
 
 
 def _detail_response(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
@@ -540,6 +621,18 @@ def _require_model(conn: Connection, name: str | None) -> None:
     as a clean bill for a misspelt name."""
     if name is not None:
         repo.registered_versions(conn, name=name)
+
+
+def _short_input(error: Any) -> Any:
+    """A validation error with its ``input`` cut to its first ``MAX_ECHOED_INPUT`` characters
+    of JSON: the whole input (10,001 records, a reason of megabytes) came back in the 422."""
+    if not isinstance(error, dict) or "input" not in error:
+        return error
+    text = json.dumps(error["input"], ensure_ascii=False)
+    if len(text) <= MAX_ECHOED_INPUT:
+        return error
+    shown = f"{text[:MAX_ECHOED_INPUT]}... ({len(text):,} characters of JSON, not all shown)"
+    return {**error, "input": shown}
 
 
 def _json_safe(value: Any) -> Any:
@@ -558,9 +651,16 @@ def _registered_version(conn: Connection, name: str, version: str | None) -> Any
     rows = repo.registered_versions(conn, name=name)
     if version is None:
         return rows[0]
-    for row in rows:
-        if row.version == version or row.content_hash.startswith(version):
-            return row
+    exact = [row for row in rows if row.version == version or row.content_hash == version]
+    matches = exact or [row for row in rows if row.content_hash.startswith(version.lower())]
+    if len(matches) > 1:
+        shown = ", ".join(r.version for r in matches[:10])
+        raise ConfigError(
+            f"version {version!r} of model {name!r} is ambiguous: it begins {len(matches)} "
+            f"versions ({shown}); give more of its digits"
+        )
+    if matches:
+        return matches[0]
     known = ", ".join(r.version for r in rows[:10])
     raise NotFoundError(f"model {name!r} has no version {version!r} (registered: {known})")
 
@@ -618,17 +718,23 @@ def _score_records(
 ) -> ScoreResponse:
     import pandas as pd
 
-    from anomaly_vae.sources.kafka import missing_fields_reason
+    from anomaly_vae.sources.kafka import missing_fields_reason, non_finite_reason
     from anomaly_vae.storage.sink import severity_labels
 
     features = model.schema_.names
-    rejects = [
-        RejectedRecord(
-            index=i, reason=missing_fields_reason([f for f in features if f not in record])
-        )
-        for i, record in enumerate(records)
-        if not set(features) <= record.keys()
-    ]
+    numeric = model.schema_.numeric
+    rejects = []
+    for i, record in enumerate(records):
+        reason: str | None
+        if not set(features) <= record.keys():
+            reason = missing_fields_reason([f for f in features if f not in record])
+        else:  # as the Kafka decoder: a NaN is poison, not a missing value (that is null)
+            reason = next(
+                (why for f in numeric if (why := non_finite_reason(f, record[f])) is not None),
+                None,
+            )
+        if reason is not None:
+            rejects.append(RejectedRecord(index=i, reason=reason))
     missing = {r.index for r in rejects}
     kept = [i for i in range(len(records)) if i not in missing]
     if not kept:  # nothing to score: every record lacks a feature field

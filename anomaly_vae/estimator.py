@@ -725,7 +725,7 @@ class AnomalyVAE(BaseEstimator):
             "name": self.config_.name,
             # The database section is where results go, not part of the model (and its URL
             # may hold a password): it is never written to model.json.
-            "config": self.config_.model_dump(mode="json", exclude={"database"}),
+            "config": _storable_config(self.config_),
             "score_kind": self.score_kind_,
             "schema": self.schema_.to_dict(),
             "preprocessor": self.preprocessor_.to_dict(),
@@ -1009,3 +1009,28 @@ def _param_message(exc: ValidationError, section: str) -> str:
 def _lower_first(text: str) -> str:
     text = text.replace("Input should be", "must be").replace("Value error, ", "")
     return text[:1].lower() + text[1:] if text else text
+
+
+# Words in a kafka.client option's name that mark it as a secret (sasl_plain_password,
+# ssl_password, an OAuth token...): never written to model.json.
+_SECRET_OPTION_WORDS = ("password", "secret", "token")
+
+
+def _storable_config(config: PipelineConfig) -> dict[str, Any]:
+    """The pipeline as model.json keeps it: without the database section (where results go,
+    not part of the model; its URL may hold a password) and without secrets among the Kafka
+    client options (a model directory is copied and shared; the stream scorer takes the SASL
+    password from ANOMALY_VAE_KAFKA_SASL_PASSWORD, others from ``stream --pipeline``)."""
+    data = config.model_dump(mode="json", exclude={"database"})
+    client = (data.get("kafka") or {}).get("client") or {}
+    secrets = sorted(k for k in client if any(w in k.lower() for w in _SECRET_OPTION_WORDS))
+    for name in secrets:
+        del client[name]
+    if secrets:
+        logger.warning(
+            "kafka.client %s not written to the model directory (a secret): the stream scorer "
+            "takes the SASL password from ANOMALY_VAE_KAFKA_SASL_PASSWORD, any other secret "
+            "from 'stream --pipeline FILE'",
+            ", ".join(secrets),
+        )
+    return data

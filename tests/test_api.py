@@ -3,11 +3,12 @@ loopback port, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from anomaly_vae import AnomalyVAE
 from anomaly_vae.datasets import make_pump_data
 from anomaly_vae.devbroker import free_port
+from anomaly_vae.storage.engine import create_database_engine, parse_database_url
 from tests.test_cli import run_inline
 
 pytestmark = pytest.mark.integration
@@ -440,6 +442,172 @@ def test_scoring_records_now_under_the_threshold_in_force(
     assert "cannot be loaded" in gone.json()["detail"]
 
 
+def test_a_nan_in_a_record_to_score_is_rejected_as_the_stream_rejects_it(
+    server: Server, pump_model: tuple[AnomalyVAE, Path]
+) -> None:
+    # Python's JSON reader takes NaN, and the text "NaN" read as a number is one too: both were
+    # scored as a missing value, where the stream scorer dead-letters the same message (null
+    # is the missing value).
+    from anomaly_vae.sources.kafka import Message, decode_messages
+
+    record = json.loads(make_pump_data(1, seed=3).to_json(orient="records"))[0]
+    texts = [
+        json.dumps({**record, "flow": float("nan")}),
+        json.dumps({**record, "flow": "NaN"}),
+        json.dumps({**record, "flow": " -Infinity"}),
+        json.dumps({**record, "flow": None}),
+    ]
+    body = '{"records": [' + ", ".join(texts) + "]}"
+    response = server.client.post(
+        "/models/pumps/score", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 200, response.text
+    rejects = {r["index"]: r["reason"] for r in response.json()["rejects"]}
+    assert set(rejects) == {0, 1, 2}
+    assert all("'flow'" in reason for reason in rejects.values())
+    assert [s["index"] for s in response.json()["scores"]] == [3]  # null: a missing value
+    # The stream scorer's decoder on the same texts (bar the NaN number, which is not JSON).
+    features = pump_model[0].schema_.names
+    messages = [Message("t", 0, i, None, text.encode(), 0) for i, text in enumerate(texts)]
+    decoded = decode_messages(messages[1:], features=features)
+    assert len(decoded.rejects) == 2
+    assert len(decoded.frame) == 1
+
+
+def test_a_rejected_input_is_not_echoed_whole(server: Server, scored_db: str) -> None:
+    # A 422 echoed its whole input: 10,001 records, or a reason of megabytes, came back in
+    # the response; a version of megabytes came back in a 404's message.
+    api = server.client
+    record = json.loads(make_pump_data(1, seed=3).to_json(orient="records"))[0]
+    too_many = api.post("/models/pumps/score", json={"records": [record] * 10_001})
+    assert too_many.status_code == 422
+    assert len(too_many.content) < 2_000
+    assert "10,001" in too_many.text or "10001" in too_many.text
+    long_reason = api.post(
+        "/models/pumps/thresholds",
+        json={"warning": {"policy": "value", "value": 40.0}, "reason": "r" * 1_000_000},
+        headers=AUTH,
+    )
+    assert long_reason.status_code == 422
+    assert len(long_reason.content) < 2_000
+    assert "not all shown" in long_reason.text
+    for version in ("v" * 1_000_000, ""):
+        bad = api.post("/models/pumps/score", json={"records": [record], "version": version})
+        assert bad.status_code == 422
+        assert len(bad.content) < 2_000
+    # A prefix of a content hash names one version; one that begins two is refused.
+    newest = api.get("/models/pumps").json()["versions"][0]["version"]
+    engine = create_database_engine(parse_database_url(scored_db))
+    with engine.begin() as connection:  # a second version whose hash begins the same
+        connection.exec_driver_sql(
+            "INSERT INTO models (name, version, content_hash, path, score_kind, feature_schema, "
+            "training_summary, calibration, package_version, created_at, registered_at) "
+            f"SELECT name, '{newest[:4]}ffffffff', '{newest[:4]}{'f' * 60}', path, score_kind, "
+            "feature_schema, training_summary, calibration, package_version, created_at, "
+            "registered_at FROM models"
+        )
+    engine.dispose()
+    by_prefix = api.post("/models/pumps/score", json={"records": [record], "version": newest[:6]})
+    assert by_prefix.status_code == 200, by_prefix.text
+    assert by_prefix.json()["model_version"] == newest
+    both = api.post("/models/pumps/score", json={"records": [record], "version": newest[:4]})
+    assert both.status_code == 400, both.text
+    assert "ambiguous" in both.json()["detail"]
+
+
+@pytest.mark.parametrize("denial", ["privilege", "read-only"])
+def test_a_database_that_refuses_writes_says_why_not_unavailable(
+    denial: str,
+    postgres_databases: Callable[[], str],
+    pump_model: tuple[AnomalyVAE, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # An API served with a least-privilege user (or on a standby) answered every change with
+    # "the results database is unavailable", as if it were down, while reads worked.
+    from sqlalchemy.engine import make_url
+
+    from anomaly_vae.storage.migrate import upgrade
+    from tests.conftest import fresh_name
+
+    url = postgres_databases()
+    engine = create_database_engine(parse_database_url(url))
+    upgrade(engine)
+    export = tmp_path / "export.csv"
+    make_pump_data(200, anomaly_rate=0.05, seed=8).to_csv(export, index=False)
+    _, model_dir = pump_model
+    scored = run_inline(
+        capsys, "score", str(export), "--model-dir", str(model_dir), "--db", url, "--quiet"
+    )
+    assert scored.returncode == 0, scored.stderr
+    role = fresh_name("api_ro").replace("-", "_")
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+        connection.exec_driver_sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+        if denial == "read-only":
+            connection.exec_driver_sql(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+            connection.exec_driver_sql(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+            connection.exec_driver_sql(f"ALTER ROLE {role} SET default_transaction_read_only = on")
+    role_url = make_url(url).set(username=role).render_as_string(False)
+    server = start_server(role_url, TOKEN)
+    try:
+        assert server.client.get("/models/pumps/thresholds").status_code == 200
+        change = server.client.post(
+            "/models/pumps/thresholds",
+            json={"warning": {"policy": "value", "value": 40.0}, "reason": "x"},
+            headers=AUTH,
+        )
+        cli = run_inline(
+            capsys, "thresholds", "set", "pumps", "--value", "40", "--reason", "x", "--db", role_url
+        )
+    finally:
+        stop(server)
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"DROP OWNED BY {role}")
+            connection.exec_driver_sql(f"DROP ROLE {role}")
+        engine.dispose()
+    assert change.status_code == 503, change.text
+    detail = change.json()["detail"]
+    if denial == "privilege":
+        assert "permission denied for table thresholds" in detail
+        assert f"refused user '{role}'" in detail
+        assert "grant it the privileges" in detail
+    else:
+        assert "takes no changes (a read-only transaction" in detail
+        assert "point the URL at the primary" in detail
+    assert "\n" not in detail
+    # The command line says the same, in one line.
+    assert cli.returncode == 2
+    assert detail.removeprefix("the results database refused this: ") in cli.stderr
+
+
+def test_the_openapi_schema_documents_the_error_responses(tmp_path: Path) -> None:
+    # Only 200 and 422 were documented: a client generated from /openapi.json knew nothing of
+    # the 401 / 403 / 404 / 409 / 503 the README lists, nor of their {"detail": ...} body.
+    from anomaly_vae.api import ApiSettings, create_app
+    from anomaly_vae.storage.engine import DatabaseTarget
+
+    target = DatabaseTarget(parse_database_url(f"sqlite:///{tmp_path / 'r.db'}"), "--db")
+    engine = create_database_engine(target.url)
+    try:
+        schema = create_app(ApiSettings(database=target, token=None), engine).openapi()
+    finally:
+        engine.dispose()
+    paths = schema["paths"]
+
+    def codes(path: str, method: str) -> set[str]:
+        return set(paths[path][method]["responses"])
+
+    assert {"401", "403", "400", "404", "503"} <= codes("/models/{name}/thresholds", "post")
+    assert {"401", "403", "400", "404"} <= codes("/models/{name}/thresholds", "patch")
+    assert {"401", "403", "400", "404"} <= codes("/alerts/{alert_id}/acknowledge", "post")
+    assert {"404", "409", "503"} <= codes("/models/{name}/score", "post")
+    assert {"404", "503"} <= codes("/anomalies", "get")
+    assert "503" in codes("/health", "get")
+    body = paths["/models/{name}"]["get"]["responses"]["404"]["content"]["application/json"]
+    assert body["schema"]["$ref"].endswith("/ErrorDetail")
+
+
 def test_an_alert_id_beyond_64_bits_is_a_404(server: Server) -> None:
     # The SQLite driver raised OverflowError on such an id: a 500 from the API (and a traceback
     # from 'alerts ack'), where any other unknown alert is a 404.
@@ -452,6 +620,41 @@ def test_an_alert_id_beyond_64_bits_is_a_404(server: Server) -> None:
         response = server.client.request(method, path, headers=AUTH)
         assert response.status_code == 404, response.text
         assert response.json()["detail"].startswith("no alert ")
+
+
+def test_a_nul_character_in_a_request_is_the_clients_error_not_an_outage(
+    server: Server, scored_db: str
+) -> None:
+    # PostgreSQL text cannot hold NUL: the driver refuses the value, and the API answered
+    # 503 "the results database is unavailable" (an outage, to a monitor) for the client's
+    # own bad input. SQLite stores it.
+    api = server.client
+    change = {"warning": {"policy": "value", "value": 40.0}, "reason": "x"}
+    alert_id = api.get("/alerts", params={"limit": 1}).json()[0]["id"]
+    engine = create_database_engine(parse_database_url(scored_db))
+    with engine.begin() as connection:  # open again, to be acted on
+        connection.exec_driver_sql(
+            f"UPDATE alerts SET state = 'open', resolved_at = NULL, resolved_by = NULL "
+            f"WHERE id = {alert_id}"
+        )
+    engine.dispose()
+    responses = [
+        api.post("/models/pumps/thresholds", json={**change, "reason": "a\x00b"}, headers=AUTH),
+        api.post("/models/pumps/thresholds", json={**change, "created_by": "a\x00"}, headers=AUTH),
+        api.post(f"/alerts/{alert_id}/resolve", json={"note": "\x00"}, headers=AUTH),
+        api.get("/anomalies", params={"entity": "P\x001"}),
+        api.get("/alerts", params={"entity": "P\x001"}),
+        api.get("/anomalies", params={"model": "pu\x00mps"}),
+        api.get("/models/pu%00mps/thresholds"),
+    ]
+    for response in responses:
+        assert response.status_code < 500, response.text
+        if scored_db.startswith("postgresql"):
+            assert response.status_code == 422, response.text
+            detail = response.json()["detail"]
+            assert "cannot go to the results database" in detail
+            assert "NUL" in detail
+    assert api.get("/health").status_code == 200
 
 
 def test_listing_by_an_unregistered_model_name_is_a_404(server: Server) -> None:

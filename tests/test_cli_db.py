@@ -382,6 +382,44 @@ def test_pipeline_database_url_is_used_and_never_saved_with_the_model(
     assert "db.example" not in saved
 
 
+def test_kafka_client_secrets_are_never_saved_with_the_model(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The stream scorer reads kafka.client from the model directory: a SASL password written
+    # in the pipeline file went into model.json, in clear, wherever the directory was copied.
+    from anomaly_vae.config import PipelineConfig
+    from tests.conftest import correlated_normal
+
+    cfg = PipelineConfig.model_validate(
+        {
+            "name": "p",
+            "kafka": {
+                "topic": "t",
+                "client": {
+                    "security_protocol": "SASL_SSL",
+                    "sasl_mechanism": "PLAIN",
+                    "sasl_plain_username": "scorer",
+                    "sasl_plain_password": "kafka-s3cret",
+                    "ssl_password": "key-s3cret",
+                    "ssl_cafile": "/etc/ca.pem",
+                },
+            },
+        }
+    )
+    model = AnomalyVAE(config=cfg, epochs=2).fit(correlated_normal(200, seed=0))
+    model.save(tmp_path / "model")
+    assert "s3cret" not in (tmp_path / "model" / "model.json").read_text()
+    assert "sasl_plain_password, ssl_password not written" in caplog.text
+    client = AnomalyVAE.load(tmp_path / "model").config_.kafka.client
+    assert client == {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "PLAIN",
+        "sasl_plain_username": "scorer",
+        "ssl_cafile": "/etc/ca.pem",
+    }
+    assert model.config_.kafka.client["sasl_plain_password"] == "kafka-s3cret"  # untouched
+
+
 def test_connection_errors_are_one_line_with_the_password_masked(
     capsys: pytest.CaptureFixture[str], postgres_databases: object
 ) -> None:

@@ -9,6 +9,7 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -415,6 +416,54 @@ def test_thresholds_are_versioned_and_the_newest_is_in_force(db_url: str) -> Non
         engine.dispose()
 
 
+def test_two_writers_of_a_threshold_version_take_turns(db_url: str) -> None:
+    """A second change made while a first one is uncommitted (two API processes, a CLI and
+    an API) waits for it and becomes the next version, not a unique-key failure (which the
+    API answered as 'database unavailable', 503)."""
+    import threading
+
+    from anomaly_vae.storage.tuning import ThresholdChange, ValuePolicy, set_threshold
+
+    engine = engine_for(db_url)
+    other = engine_for(db_url)
+    try:
+        with engine.begin() as connection:
+            repo.register_model(connection, model=model_version())
+            repo.ensure_calibrated_threshold(connection, model=model_version(), created_by="t")
+
+        def change(connection: Connection, value: float) -> None:
+            set_threshold(
+                connection,
+                model_name="pumps",
+                change=ThresholdChange(warning=ValuePolicy(value=value)),
+                created_by="ops",
+                reason=f"to {value}",
+            )
+
+        errors: list[BaseException] = []
+
+        def second() -> None:
+            try:
+                with other.begin() as connection:
+                    change(connection, 12.0)
+            except BaseException as exc:  # reported by the assertion below
+                errors.append(exc)
+
+        with engine.begin() as connection:
+            change(connection, 11.0)
+            racer = threading.Thread(target=second)
+            racer.start()
+            racer.join(timeout=1.0)  # it waits for this transaction
+        racer.join(timeout=60)
+        assert errors == []
+        with engine.connect() as connection:
+            history = repo.list_thresholds(connection, model_name="pumps")
+        assert [(t.version, t.warning) for t in history] == [(3, 12.0), (2, 11.0), (1, 10.0)]
+    finally:
+        engine.dispose()
+        other.dispose()
+
+
 def test_top_features_json_matches_the_lists() -> None:
     rng = np.random.default_rng(0)
     shares = rng.random((50, 5)).astype(np.float32)
@@ -473,6 +522,37 @@ def test_masked_hides_the_password() -> None:
         "postgresql+psycopg://bob:***@h/db"
     )
     assert masked("postgresql://bob:s3cret@h:x/db") == "postgresql://bob:***@h:x/db"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://bob@h/db?password=s3cret",
+        "postgresql://bob@h/db?sslmode=require&PASSWORD=s3cret&application_name=x",
+        "postgresql://bob@h/db?sslpassword=s3cret",
+    ],
+)
+def test_masked_hides_a_password_given_as_a_query_parameter(url: str) -> None:
+    # libpq takes ?password=...: the URL connects, and its display must not show it.
+    target = target_for(url)
+    assert "s3cret" not in target.display
+    assert "=***" in target.display
+    assert "s3cret" not in masked(url)
+    assert "s3cret" not in masked(url.replace("/db?", ":x/db?"))  # unparsable: still masked
+
+
+def test_a_query_parameter_password_is_masked_in_connection_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    target = target_for("postgresql://bob@127.0.0.1:1/anomalies?password=s3cret")
+    with pytest.raises(DatabaseConnectionError) as caught:
+        open_database(target)
+    assert "connection refused" in str(caught.value)
+    assert "s3cret" not in str(caught.value) + caplog.text
+    with pytest.raises(DatabaseURLError) as bad:
+        parse_database_url("postgresql://bob@h:port/db?password=s3cret")
+    assert "s3cret" not in str(bad.value)
 
 
 def test_unreachable_server_is_one_line_naming_the_host(
@@ -550,6 +630,34 @@ def test_a_created_sqlite_file_appears_only_once_migrated(
     assert [p.name for p in tmp_path.iterdir()] == ["results.db"]  # nothing left beside it
     with engine_for(f"sqlite:///{path}").connect() as connection:
         assert MigrationContext.configure(connection).get_current_revision() == head_revision()
+
+
+def test_a_connection_cut_part_way_is_one_line_saying_to_run_again(
+    postgres_databases: Callable[[], str],
+) -> None:
+    # pg_terminate_backend (an administrator, a failover) under a running command: "cannot
+    # connect ...: the connection is lost" said nothing of what to do.
+    from sqlalchemy.exc import DBAPIError
+
+    from anomaly_vae.storage.engine import connection_error
+
+    target = target_for(postgres_databases())
+    engine = create_database_engine(target.url)
+    admin = create_database_engine(target.url)
+    try:
+        with engine.connect() as connection:
+            pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            with admin.connect() as other:
+                other.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+            with pytest.raises(DBAPIError) as caught:
+                connection.exec_driver_sql("SELECT 1")
+    finally:
+        engine.dispose()
+        admin.dispose()
+    message = str(connection_error(caught.value, target))
+    assert message.startswith(f"lost the connection to PostgreSQL at {target.where} (")
+    assert "run the command again" in message
+    assert "\n" not in message
 
 
 def test_missing_postgres_database_is_one_line(postgres_databases: object) -> None:

@@ -352,6 +352,8 @@ def thresholds_set(
             "scores it is computed from; a new threshold is in force from now on"
         )
     with connected(_target(db, pipeline)) as connection, connection.begin():
+        # The rule below is built on the version in force: nobody adds one until this commits.
+        repo.lock_thresholds(connection, model_name=model)
         current = repo.threshold_in_force(connection, model_name=model)
         rule = _rule(current.alert_rule if current else None, debounce, cooldown, resolve_after)
         if warning is None and critical_spec is None and not no_critical and rule is None:

@@ -11,6 +11,7 @@ source key ``topic:partition:offset``. Feature values are checked later, by the 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -150,7 +151,9 @@ def decode_messages(
     bad_reason = np.full(len(frame), "", dtype=object)
     for name in features if numeric is None else numeric:
         column = frame[name]
-        if column.dtype != object:
+        if pd.api.types.is_numeric_dtype(column.dtype):
+            # Only numbers (and nulls). Text is object, or pandas 3's string dtype when every
+            # value of the batch is text or null: "NaN" alone in a batch was read as missing.
             continue
         lowered = column.map(lambda v: v.strip().lower() if isinstance(v, str) else "")
         hit = lowered.isin(_NON_FINITE_WORDS).to_numpy()
@@ -191,6 +194,17 @@ def _event_times(frame: pd.DataFrame, time_field: str | None, stamps: np.ndarray
     parsed = event_timestamps(frame[time_field])
     parsed = pd.Series(parsed, index=frame.index)
     return parsed.where(parsed.notna(), pd.Series(kafka_time, index=frame.index))
+
+
+def non_finite_reason(name: str, value: object) -> str | None:
+    """Why a numeric feature's JSON value is poison (a NaN or infinity spelled as text; a NaN
+    number, which Python's JSON reader takes though JSON has none), else None. JSON's null
+    is a missing value, not poison."""
+    if isinstance(value, str) and value.strip().lower() in _NON_FINITE_WORDS:
+        return f"field {name!r}: {value!r} is not a finite number"
+    if isinstance(value, float) and math.isnan(value):
+        return f"field {name!r}: NaN is not a number (null is a missing value)"
+    return None
 
 
 def missing_fields_reason(names: Sequence[str]) -> str:

@@ -42,6 +42,9 @@ _DRIVERS = {
 # user:password@ after the scheme, or at the start of a URL written without one; the password
 # runs to the last '@' (one may be in it, unescaped).
 _PASSWORD_IN_TEXT = re.compile(r"((?:^(?!\S*://)|://)[^:/@\s]*:)[^\s]*@")
+# libpq also takes a password as a query parameter: ...?password=... (or sslpassword, the
+# client key's passphrase).
+_PASSWORD_IN_QUERY = re.compile(r"([?&](?:ssl)?password=)[^&#\s]*", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -69,10 +72,13 @@ class DatabaseTarget:
 
 
 def masked(url: URL | str) -> str:
-    """The URL as text with its password replaced by ``***``."""
+    """The URL as text with its password (after the user name, or as a ``password`` or
+    ``sslpassword`` query parameter) replaced by ``***``."""
     if isinstance(url, URL):
-        return url.render_as_string(hide_password=True)
-    return _PASSWORD_IN_TEXT.sub(r"\1***@", url)
+        text = url.render_as_string(hide_password=True)
+    else:
+        text = _PASSWORD_IN_TEXT.sub(r"\1***@", url)
+    return _PASSWORD_IN_QUERY.sub(r"\1***", text)
 
 
 def resolve_database_url(
@@ -270,6 +276,12 @@ def connection_error(exc: BaseException, target: DatabaseTarget) -> DatabaseConn
             "to them; migrations need their owner), or use another user"
         )
         return DatabaseConnectionError(_scrub(message, target))
+    if "read-only transaction" in lower:  # a hot standby, or default_transaction_read_only
+        message = (
+            f"PostgreSQL at {where} ({target.display}) takes no changes (a read-only "
+            "transaction: a standby?): point the URL at the primary"
+        )
+        return DatabaseConnectionError(_scrub(message, target))
     if "password authentication failed" in lower or "no password supplied" in lower:
         why = f"password authentication failed for user {user!r}: check the password in the URL"
     elif "does not exist" in lower and "database" in lower:
@@ -283,6 +295,23 @@ def connection_error(exc: BaseException, target: DatabaseTarget) -> DatabaseConn
         why = "connection refused: is PostgreSQL running there, on that port?"
     elif "could not translate host name" in lower or "name or service not known" in lower:
         why = "the host name cannot be resolved"
+    elif any(
+        sign in lower
+        for sign in (
+            "connection is lost",
+            "server closed the connection",
+            "terminating connection",
+            "connection is closed",
+        )
+    ):
+        # Connected, then cut off (a server restart, an administrator, a failover).
+        message = (
+            f"lost the connection to PostgreSQL at {where} ({target.display}) part way "
+            "(server restarted, or the connection ended by an administrator): run the command "
+            "again once the server answers; what a job committed stays, and scoring the same "
+            "input again fills in only what is missing"
+        )
+        return DatabaseConnectionError(_scrub(message, target))
     elif "timeout" in lower or "timed out" in lower:
         why = f"no answer within {CONNECT_TIMEOUT_S} s: check the host, port and firewall"
     else:
@@ -297,7 +326,13 @@ def _last_line(text: str) -> str:
 
 
 def _scrub(message: str, target: DatabaseTarget) -> str:
-    password = target.url.password
-    if password:
-        message = message.replace(str(password), "***")
+    secrets = [target.url.password] + [
+        value
+        for key, values in target.url.query.items()
+        if key.lower() in ("password", "sslpassword")
+        for value in ((values,) if isinstance(values, str) else values)
+    ]
+    for secret in secrets:
+        if secret:
+            message = message.replace(str(secret), "***")
     return message

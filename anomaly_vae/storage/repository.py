@@ -14,6 +14,7 @@ one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` from it; see ``benchmarks/d
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
@@ -34,6 +35,7 @@ from sqlalchemy import (
     insert,
     select,
     table,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -163,6 +165,25 @@ def threshold_in_force(connection: Connection, *, model_name: str) -> Row[Any] |
     ).first()
 
 
+def lock_thresholds(connection: Connection, *, model_name: str) -> None:
+    """Take, until the end of the caller's transaction, the right to add a threshold version
+    of ``model_name``: two writers (two API processes, a CLI and a scorer) would otherwise both
+    read version N in force and both insert N + 1, and one fail on the unique key. Call it
+    before reading the version in force that a change is based on.
+
+    PostgreSQL: a transaction-level advisory lock on a 64-bit hash of the name (the one-key
+    form, apart from the alert rule's two-key locks). SQLite: a write that takes the database's
+    write lock now (waiting for another writer's commit), so what is read next is current."""
+    if connection.dialect.name == "postgresql":
+        digest = hashlib.sha256(f"anomaly-vae thresholds {model_name}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    else:
+        connection.execute(
+            update(Threshold).where(Threshold.id < 0).values(version=Threshold.version)
+        )
+
+
 def add_threshold(
     connection: Connection,
     *,
@@ -182,6 +203,7 @@ def add_threshold(
             f"the critical threshold ({critical:g}) must be at or above the warning threshold "
             f"({warning:g})"
         )
+    lock_thresholds(connection, model_name=model_name)
     latest = connection.scalar(
         select(func.max(Threshold.version)).where(Threshold.model_name == model_name)
     )
@@ -215,6 +237,7 @@ def ensure_calibrated_threshold(
     when the name has none, or when the one in force was calibrated on another model version
     or carries another alert rule than the pipeline's ``alert_rule`` (None: the default).
     A threshold an operator set (any other policy, or any rule) stays in force."""
+    lock_thresholds(connection, model_name=model.name)
     current = threshold_in_force(connection, model_name=model.name)
     rule = AlertRule.from_dict(alert_rule).to_dict()
     if current is not None and (

@@ -296,6 +296,7 @@ def set_threshold(
             'a threshold change needs who made it (--by, "created_by" in the API), not a blank'
         )
     model = latest_model(connection, name=model_name)
+    repo.lock_thresholds(connection, model_name=model_name)  # `current` stays the one in force
     current = repo.threshold_in_force(connection, model_name=model_name)
     version = _apply_change(connection, model, current, change)
     return repo.add_threshold(
@@ -457,6 +458,7 @@ def preview_threshold(
             "the period holds no scores"
         )
     model = latest_model(connection, name=model_name)
+    repo.lock_thresholds(connection, model_name=model_name)  # `current` stays the one in force
     current = repo.threshold_in_force(connection, model_name=model_name)
     version = _apply_change(connection, model, current, change)
     proposed = Thresholds(warning=version.warning, critical=version.critical)
