@@ -518,3 +518,28 @@ def test_a_row_whose_entity_is_too_long_to_store_is_rejected_not_a_traceback(
     assert len(rows) == 1
     assert rows[0][0].endswith(":7")
     assert "300 characters long" in rows[0][1]
+
+
+def test_a_job_that_fails_part_way_records_its_rows_and_why(
+    pump_model: tuple[AnomalyVAE, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A byte that is not UTF-8 deep in the file: the run was marked failed with 0 rows read
+    # beside thousands stored, and an error that did not say what stopped it.
+    _, model_dir = pump_model
+    path = tmp_path / "late-bad-byte.csv"
+    make_pump_data(3000, seed=4).to_csv(path, index=False)
+    data = path.read_bytes()
+    cut = data.index(b"\n", len(data) - 2000) + 1
+    path.write_bytes(data[:cut] + b"\xff" + data[cut:])
+    url = f"sqlite:///{tmp_path / 'failed.db'}"
+    args = ["score", str(path), "--model-dir", str(model_dir), "--db", url]
+    result = cli(capsys, *args, "--chunk-size", "500")
+    assert result.returncode != 0
+    ((status, rows_read, error),) = query(url, "SELECT status, rows_read, error FROM scoring_runs")
+    stored = query(url, "SELECT count(*) FROM scores")[0][0]
+    stored += query(url, "SELECT count(*) FROM dead_letters")[0][0]
+    assert status == "failed"
+    assert 0 < stored < 3000
+    assert rows_read == stored
+    assert error.startswith("the job stopped before the end of the file: ")
+    assert "utf-8" in error.lower()

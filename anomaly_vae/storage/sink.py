@@ -11,6 +11,7 @@ row number.
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -270,8 +271,18 @@ class DatabaseSink:
         self._finished = True
 
     def close(self) -> None:
+        """Without :meth:`finish`: the run failed. Its rows read are those of the chunks
+        stored (scored or rejected), and its error says what stopped the job when this is
+        called while an exception ends it (``score_csv``'s ``finally``)."""
         if self._finished:
             return
+        stopped = sys.exc_info()[1]
+        error = "the job stopped before the end of the file"
+        if isinstance(stopped, KeyboardInterrupt):
+            error += ": interrupted"
+        elif stopped is not None:
+            lines = str(stopped).strip().splitlines()
+            error += f": {lines[0][:500] if lines else type(stopped).__name__}"
         if self.connection.in_transaction():
             self.connection.rollback()
         with self.connection.begin():
@@ -279,6 +290,7 @@ class DatabaseSink:
                 self.connection,
                 run_id=self.run.run_id,
                 status="failed",
-                error="the job stopped before the end of the file",
+                error=error,
+                rows_read=self.written + self.dead_letters,
             )
         self._finished = True
