@@ -679,6 +679,21 @@ def test_copied_columns_named_like_score_columns_are_not_overwritten(
     assert scores["score"].dtype == float
 
 
+def scored_texts(
+    capsys: pytest.CaptureFixture[str], model: str, *runs: tuple[Path, tuple[str, ...]]
+) -> list[str]:
+    """The scores file text of each (input, extra arguments) run, written beside the input."""
+    outs = []
+    for path, extra in runs:
+        out = path.with_name(f"{path.stem}.scores.csv")
+        result = run_inline(
+            capsys, "score", str(path), "--model-dir", model, "--out", str(out), *extra
+        )
+        assert result.returncode == 0, result.stderr
+        outs.append(out.read_text())
+    return outs
+
+
 def test_a_utf16_export_is_read_with_csv_encoding(
     trained: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -697,14 +712,7 @@ def test_a_utf16_export_is_read_with_csv_encoding(
     text = PIPELINE.read_text().replace('csv:\n  sep: ","', "csv:\n  encoding: utf-16")
     assert "utf-16" in text
     pipeline.write_text(text)
-    outs = []
-    for path, extra in ((utf8, ()), (utf16, ("--pipeline", str(pipeline)))):
-        out = trained / f"{path.stem}.scores.csv"
-        result = run_inline(
-            capsys, "score", str(path), "--model-dir", model, "--out", str(out), *extra
-        )
-        assert result.returncode == 0, result.stderr
-        outs.append(out.read_text())
+    outs = scored_texts(capsys, model, (utf8, ()), (utf16, ("--pipeline", str(pipeline))))
     assert outs[0] == outs[1]
 
 
@@ -724,14 +732,7 @@ def test_a_cp1252_export_trains_and_scores_with_encoding(
         capsys, "score", str(cp1252), "--model-dir", model, "--out", str(trained / "never.csv")
     )
     assert_user_error(refused, "enc1252.csv is not utf-8 text", "--encoding")
-    outs = []
-    for path, extra in ((utf8, ()), (cp1252, ("--encoding", "cp1252"))):
-        out = trained / f"{path.stem}.scores.csv"
-        result = run_inline(
-            capsys, "score", str(path), "--model-dir", model, "--out", str(out), *extra
-        )
-        assert result.returncode == 0, result.stderr
-        outs.append(out.read_text())
+    outs = scored_texts(capsys, model, (utf8, ()), (cp1252, ("--encoding", "cp1252")))
     assert outs[0] == outs[1]
     assert '"event_id"' in outs[0]  # the model's pipeline still in force
     unknown = run_inline(capsys, "score", str(cp1252), "--model-dir", model, "--encoding", "x")
