@@ -720,8 +720,8 @@ def test_a_cp1252_export_trains_and_scores_with_encoding(
     trained: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Excel on Windows writes cp1252: the error advised csv.encoding in a pipeline, and a
-    # --pipeline replaces the model's (ids, label and alert rule dropped with it): there was
-    # no way to give the encoding alone.
+    # --pipeline then replaced the model's (ids, label and alert rule dropped with it): there
+    # was no way to give the encoding alone.
     export = make_pump_data(300, seed=7)
     export["station"] = export["station"].map({"north": "Nörd", "south": "Süd"}).fillna("Öst")
     utf8, cp1252 = trained / "enc8.csv", trained / "enc1252.csv"
