@@ -954,3 +954,18 @@ def test_a_pipeline_over_a_model_replaces_only_the_sections_it_sets() -> None:
     other = PipelineConfig.model_validate({"columns": {"entity": "device"}})
     with pytest.raises(ConfigError, match=r"^p.yaml over the model's own settings: .*window"):
         other.over(PipelineConfig.model_validate(windowed), source="p.yaml")
+
+
+def test_an_error_of_one_of_several_scorer_processes_says_which(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `stream --processes 3`: a child's log lines carry [i/3], but its final error line did
+    # not, so which scorer had stopped could not be told.
+    from anomaly_vae.cli import main
+    from anomaly_vae.jobs.processes import CHILD_ENV
+
+    monkeypatch.setenv(CHILD_ENV, "2/3")
+    with pytest.raises(SystemExit) as stopped:
+        main(["stream", "--model-dir", str(tmp_path / "no-model"), "--topic", "t"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.startswith("[2/3] error: ")

@@ -65,17 +65,22 @@ ARGV: list[str] = []
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
     ARGV[:] = sys.argv[1:] if argv is None else list(argv)
+    from anomaly_vae.jobs.processes import child_label
+
+    # A scorer started by `stream --processes N` says which one it is, as its log lines do.
+    label = child_label()
+    prefix = f"[{label}] " if label else ""
     try:
         app(args=argv, prog_name="anomaly-vae")
     except AnomalyVAEError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"{prefix}error: {exc}", err=True)
         sys.exit(EXIT_USER_ERROR)
     except OSError as exc:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        typer.echo(f"{prefix}error: {exc.strerror or exc}{where}", err=True)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+        typer.echo(f"{prefix}interrupted", err=True)
         sys.exit(130)
 
 
