@@ -294,6 +294,7 @@ _ERRORS = {
     403: "The API serves read-only: no ANOMALY_VAE_API_TOKEN where it runs",
     404: "No such model, model version or alert",
     409: "The registered model version's directory cannot be loaded on this server",
+    413: "A request body over 32 MiB",
     503: "The results database is unavailable",
 }
 
@@ -340,6 +341,46 @@ Conn = Annotated[Connection, Depends(get_connection)]
 Writer = Depends(require_writer)
 
 
+# A request body over this is refused (413) before it is read whole: 10,000 records to score
+# of a few kilobytes each fit several times over.
+MAX_BODY_BYTES = 32 * 2**20
+
+
+class _BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes is a 413, told by its
+    Content-Length before any of it is read, or, sent in chunks, as soon as the bytes received
+    pass the limit (the route reading it gets the 413 as an HTTPException)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    def _detail(self) -> str:
+        return f"the request body is over {self.limit // 2**20} MiB: send fewer records per request"
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            response = JSONResponse({"detail": self._detail()}, status_code=413)
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message.get("type") == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise HTTPException(413, self._detail())
+            return message
+
+        await self.app(scope, limited, send)
+
+
 # ========================================================================== app
 def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
     """The API on ``engine`` (built and checked by the caller)."""
@@ -352,6 +393,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

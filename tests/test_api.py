@@ -716,3 +716,24 @@ def test_a_preview_until_at_or_before_since_is_a_400(server: Server) -> None:
     response = server.client.post("/models/pumps/thresholds/preview", json=body)
     assert response.status_code == 400, response.text
     assert "is not after since" in response.json()["detail"]
+
+
+def test_a_request_body_over_the_limit_is_a_413_whole_or_in_chunks(server: Server) -> None:
+    # No limit: a 50 MB string was taken in and parsed, whatever its use.
+    from anomaly_vae.api import MAX_BODY_BYTES
+
+    big = b'{"records": [' + b" " * MAX_BODY_BYTES + b"]}"
+    headers = {**AUTH, "Content-Type": "application/json"}
+    whole = server.client.post("/models/pumps/score", content=big, headers=headers)
+    assert whole.status_code == 413, whole.text
+    assert "over 32 MiB" in whole.json()["detail"]
+
+    def pieces() -> Iterator[bytes]:  # no Content-Length: chunked transfer encoding
+        for start in range(0, len(big), 1 << 20):
+            yield big[start : start + (1 << 20)]
+
+    chunked = server.client.post("/models/pumps/score", content=pieces(), headers=headers)
+    assert chunked.status_code == 413, chunked.text
+    assert "over 32 MiB" in chunked.json()["detail"]
+    small = server.client.post("/models/pumps/score", json={"records": []}, headers=AUTH)
+    assert small.status_code != 413
