@@ -44,7 +44,10 @@ _DRIVERS = {
 _PASSWORD_IN_TEXT = re.compile(r"((?:^(?!\S*://)|://)[^:/@\s]*:)[^\s]*@")
 # libpq also takes a password as a query parameter: ...?password=... (or sslpassword, the
 # client key's passphrase).
-_PASSWORD_IN_QUERY = re.compile(r"([?&](?:ssl)?password=)[^&#\s]*", re.IGNORECASE)
+_SECRET_QUERY_KEYS = ("password", "sslpassword")
+_PASSWORD_IN_QUERY = re.compile(
+    rf"([?&](?:{'|'.join(_SECRET_QUERY_KEYS)})=)[^&#\s]*", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
@@ -329,7 +332,7 @@ def _scrub(message: str, target: DatabaseTarget) -> str:
     secrets = [target.url.password] + [
         value
         for key, values in target.url.query.items()
-        if key.lower() in ("password", "sslpassword")
+        if key.lower() in _SECRET_QUERY_KEYS
         for value in ((values,) if isinstance(values, str) else values)
     ]
     for secret in secrets:
