@@ -60,6 +60,9 @@ STALE_METRICS_S = 600
 MAX_SCORE_RECORDS = 10_000  # per POST /models/{name}/score
 MODEL_CACHE_SIZE = 4  # model versions kept loaded for scoring
 MAX_ECHOED_INPUT = 200  # characters of a rejected input shown back in a 422
+# A request body over this is refused (413) before it is read whole: 10,000 records to score
+# of a few kilobytes each fit several times over.
+MAX_BODY_BYTES = 32 * 2**20
 
 
 # ===================================================================== settings
@@ -294,7 +297,7 @@ _ERRORS = {
     403: "The API serves read-only: no ANOMALY_VAE_API_TOKEN where it runs",
     404: "No such model, model version or alert",
     409: "The registered model version's directory cannot be loaded on this server",
-    413: "A request body over 32 MiB",
+    413: f"A request body over {MAX_BODY_BYTES // 2**20} MiB",
     503: "The results database is unavailable",
 }
 
@@ -339,11 +342,6 @@ def require_writer(request: Request, authorization: Annotated[str | None, Header
 
 Conn = Annotated[Connection, Depends(get_connection)]
 Writer = Depends(require_writer)
-
-
-# A request body over this is refused (413) before it is read whole: 10,000 records to score
-# of a few kilobytes each fit several times over.
-MAX_BODY_BYTES = 32 * 2**20
 
 
 class _BodyLimit:
