@@ -7,9 +7,10 @@ into the float32 matrix the network reads:
 
 * numeric columns are centred on the median and scaled by the inter-quartile range (robust to
   outliers in the training data), floored at a third of a winsorised standard deviation; a
-  missing value is imputed with the median, left out of the likelihood (``observed`` is 0 there),
+  missing value is set to the median and left out of the likelihood (``observed`` is 0 there),
   and, when the column had missing values in training, shown to the network through a two-class
-  missing-indicator feature;
+  missing-indicator feature (otherwise ``scoring.Scorer.impute`` fills the gap from the other
+  columns before a record is scored);
 * categorical columns are one-hot encoded with an ``<unknown>`` bucket in slot 0 for values never
   seen in training (or too rare to keep).
 

@@ -256,12 +256,17 @@ def feature_nll(
 
 
 def reconstruction_error(
-    x: Tensor, observed: Tensor, out: Tensor, layout: LikelihoodLayout
+    x: Tensor,
+    observed: Tensor,
+    out: Tensor,
+    layout: LikelihoodLayout,
+    skip: frozenset[int] = frozenset(),
 ) -> Tensor:
     """Mean squared error per record in standardised units.
 
     Numeric columns compare the value with the decoded mean (missing values left out);
-    categorical blocks compare the one-hot vector with the decoded probabilities.
+    categorical blocks compare the one-hot vector with the decoded probabilities, but the
+    blocks numbered in ``skip`` (0 = the first categorical block), which are left out.
     """
     k = layout.n_numeric
     total = torch.zeros(x.shape[:-1], dtype=out.dtype, device=out.device)
@@ -271,11 +276,12 @@ def reconstruction_error(
         total = total + (diff * diff).sum(dim=-1)
         count = count + observed.sum(dim=-1)
     start = k
-    for size in layout.cat_sizes:
-        probs = torch.softmax(out[..., start : start + size], dim=-1)
-        diff = x[..., start : start + size] - probs
-        total = total + (diff * diff).sum(dim=-1)
-        count = count + size
+    for b, size in enumerate(layout.cat_sizes):
+        if b not in skip:
+            probs = torch.softmax(out[..., start : start + size], dim=-1)
+            diff = x[..., start : start + size] - probs
+            total = total + (diff * diff).sum(dim=-1)
+            count = count + size
         start += size
     return total / count.clamp(min=1.0)
 

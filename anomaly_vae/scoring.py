@@ -24,6 +24,7 @@ from torch import Tensor
 
 from anomaly_vae.features import EncodedBatch, FeatureLayout
 from anomaly_vae.model import (
+    LOG_2PI,
     VAE,
     LikelihoodLayout,
     feature_nll,
@@ -37,6 +38,8 @@ from anomaly_vae.model import (
 ScoreKind = Literal["neg_elbo", "nll_iw", "recon_error"]
 SCORE_KINDS: tuple[str, ...] = ("neg_elbo", "nll_iw", "recon_error")
 ROW_BLOCK = 64
+# Encoder-decoder rounds that fill in a missing numeric value (``Scorer.impute``).
+IMPUTE_ROUNDS = 5
 
 
 @dataclass
@@ -107,6 +110,13 @@ class Scorer:
         ).to(device)
         self.block_index = torch.as_tensor(layout.block_columns, dtype=torch.long, device=device)
         self.n_columns = len(layout.column_names)
+        self.imputable = torch.as_tensor(
+            imputable_inputs(layout), dtype=torch.bool, device=device
+        ).view(1, -1)
+        # Missing-indicator blocks are inputs, not evidence: they leave every score term.
+        indicators = indicator_blocks(layout)
+        self.block_weight = torch.as_tensor(~indicators, dtype=torch.float32, device=device)
+        self.skip_blocks = frozenset(int(b) - layout.n_numeric for b in np.flatnonzero(indicators))
         self.autocast = mixed_precision and device.type == "cuda"
 
     @torch.inference_mode()
@@ -142,11 +152,47 @@ class Scorer:
             ),
         )
 
+    @torch.inference_mode()
+    def impute(self, x: Tensor, obs: Tensor) -> Tensor:
+        """``x`` with each missing numeric value of a column that had none in training replaced
+        by the model's own guess: ``IMPUTE_ROUNDS`` rounds of encoding the record and putting
+        the decoded mean in the gap.
+
+        The median that ``Preprocessor.transform`` puts there is what a normal record would
+        hold on average, not what this record's other columns say it holds: the encoder reads
+        it as a real reading at odds with the rest, the latent code moves, and the other
+        columns are reconstructed worse, so one sensor dropping out raised the score of a
+        normal record by several nats and flagged many. A column that had missing values in
+        training keeps its median: the network learned it with its missing-indicator input.
+        Only the rows with such a gap go through the rounds (padded like ``score``, so a
+        record imputes the same in any batch); the rest of ``x`` is returned unchanged.
+        """
+        k = self.lik_layout.n_numeric
+        if not k:
+            return x
+        gaps = (obs[:, :k] == 0) & self.imputable
+        rows = gaps.any(dim=1).nonzero().squeeze(1)
+        if not rows.numel():
+            return x
+        n = rows.numel()
+        to = self.batch_size if self.fixed_rows else n + (-n) % ROW_BLOCK
+        sub = x.new_zeros((to, x.shape[1]))
+        sub[:n] = x[rows]
+        gap = gaps.new_zeros((to, k))
+        gap[:n] = gaps[rows]
+        for _ in range(IMPUTE_ROUNDS):
+            mu, _ = self.model.encode(sub)
+            sub[:, :k] = torch.where(gap, self.model.decode(mu)[:, :k], sub[:, :k])
+        x = x.clone()
+        x[rows] = sub[:n]
+        return x
+
     def _score_block(self, x: Tensor, obs: Tensor) -> dict[str, Tensor]:
         model, layout = self.model, self.lik_layout
+        x = self.impute(x, obs)
         mu, log_var = model.encode(x)
         at_mu = model.decode(mu)
-        recon = reconstruction_error(x, obs, at_mu, layout)
+        recon = reconstruction_error(x, obs, at_mu, layout, self.skip_blocks)
         if self.mode == "recon":
             zeros = torch.zeros_like(recon)
             out = {"recon_error": recon, "neg_elbo": zeros, "kl": zeros}
@@ -157,8 +203,16 @@ class Scorer:
         std = torch.exp(0.5 * log_var)
         z = mu.unsqueeze(0) + std.unsqueeze(0) * self.eps.unsqueeze(1)  # [K, n, L]
         decoded = at_mu.unsqueeze(0) if self.at_mean else model.decode(z)
-        nll, excess = feature_nll(x, obs, decoded, model.noise_log_var(), layout)
-        recon_k = nll.sum(dim=-1)  # [K, n]
+        noise_log_var = model.noise_log_var()
+        nll, excess = feature_nll(x, obs, decoded, noise_log_var, layout)
+        excess = excess * self.block_weight
+        recon_k = (nll * self.block_weight).sum(dim=-1)  # [K, n]
+        if layout.n_numeric:
+            # A missing value counts as a typical one: the entropy of the model's Gaussian for
+            # it, E[-log p(x | z)] over the values the model expects there. Left out, it took
+            # its (usually negative) term out of the sum and so raised the score.
+            entropy = 0.5 * (LOG_2PI + 1.0 + noise_log_var)
+            recon_k = recon_k + ((1.0 - obs[:, : layout.n_numeric]) * entropy).sum(dim=-1)
         result = {"neg_elbo": recon_k.mean(dim=0) + kl, "recon_error": recon, "kl": kl}
         if self.importance_weighted:
             log_w = (
@@ -183,9 +237,10 @@ class Scorer:
         ``columns`` is ``int[n, m]`` (for each record, the m columns to try); returns
         ``float32[n, m]`` on the scale of ``ScoreArrays.contributions``.
 
-        A column is left out the way a missing value is: its numeric inputs are set to the
-        training median and marked unobserved, its categorical blocks are given the decoder's
-        own guess, and its likelihood terms leave the sum. Its contribution is how much the
+        A column is left out the way a missing value is: its numeric inputs are marked
+        unobserved and filled in by ``impute`` (the training median where the column has a
+        missing indicator), its categorical blocks are given the decoder's own guess, and its
+        likelihood terms leave the sum. Its contribution is how much the
         record's excess (the data-dependent likelihood terms plus the KL, at the posterior
         mean) falls without it. Where one extreme value drags the latent code and so spoils the
         reconstruction of other columns, this names the extreme value, which the per-term split
@@ -229,6 +284,7 @@ class Scorer:
                 owned = gone[:, block]
                 if bool(owned.any()):
                     xs[owned, lo:hi] = torch.softmax(guess[owned, lo:hi], dim=-1)
+            xs = self.impute(xs, obs_s)
             mu_s, log_var_s = model.encode(xs)
             terms = self._excess(xs, obs_s, model.decode(mu_s), mu_s, log_var_s)
             kept = (terms[:, :-1] * (~gone)).sum(dim=-1) + terms[:, -1]  # [rows*m]
@@ -239,7 +295,27 @@ class Scorer:
     def _excess(self, x: Tensor, obs: Tensor, out: Tensor, mu: Tensor, log_var: Tensor) -> Tensor:
         """The data-dependent likelihood term of each block and the KL, ``[n, n_blocks + 1]``."""
         _, excess = feature_nll(x, obs, out, self.model.noise_log_var(), self.lik_layout)
+        excess = excess * self.block_weight
         return torch.cat([excess, kl_divergence(mu, log_var).unsqueeze(-1)], dim=-1)
+
+
+def indicator_blocks(layout: FeatureLayout) -> np.ndarray:
+    """``bool[n_blocks]``: the missing-indicator blocks (categorical blocks that explain a
+    numeric column)."""
+    k = layout.n_numeric
+    numeric_columns = set(layout.block_columns[:k])
+    return np.array(
+        [b >= k and c in numeric_columns for b, c in enumerate(layout.block_columns)], dtype=bool
+    )
+
+
+def imputable_inputs(layout: FeatureLayout) -> np.ndarray:
+    """``bool[n_numeric]``: the numeric inputs whose column has no missing-indicator block (it
+    had no missing value in training), where ``Scorer.impute`` fills a gap."""
+    k = layout.n_numeric
+    numeric_columns = set(layout.block_columns[:k])
+    flagged = {c for c in layout.block_columns[k:] if c in numeric_columns}
+    return np.array([c not in flagged for c in layout.block_columns[:k]], dtype=bool)
 
 
 def _padded(array: np.ndarray, device: torch.device, *, to: int | None = None) -> Tensor:
