@@ -12,7 +12,8 @@ into the float32 matrix the network reads:
   missing-indicator feature (otherwise ``scoring.Scorer.impute`` fills the gap from the other
   columns before a record is scored);
 * categorical columns are one-hot encoded with an ``<unknown>`` bucket in slot 0 for values never
-  seen in training (or too rare to keep).
+  seen in training (or too rare to keep); a missing value is the category ``<missing>`` when
+  training had it, otherwise an all-zero block that ``scoring.Scorer.impute`` fills.
 
 The encoded layout is ``[numeric | categorical blocks | missing-indicator blocks]``;
 ``FeatureLayout`` records it, so the likelihood and the per-column attribution can find each block.
@@ -681,7 +682,13 @@ class Preprocessor:
                 values = np.where(missing, MISSING, values)
             # get_indexer gives -1 for values outside the kept categories: the unknown slot.
             codes = pd.Index(cats, dtype=object).get_indexer(values).astype(np.int64) + 1
-            x[np.arange(n), offset + codes] = 1.0
+            if missing.any() and MISSING not in cats:
+                # No missing value in training: a gap, not an unknown value. The block stays
+                # empty and ``scoring.Scorer.impute`` fills it from the other columns.
+                rows = np.flatnonzero(~missing)
+                x[rows, offset + codes[rows]] = 1.0
+            else:
+                x[np.arange(n), offset + codes] = 1.0
             offset += len(cats) + 1
         for name in self.with_indicator:
             missing = np.isnan(clean[name].to_numpy(dtype="float64"))

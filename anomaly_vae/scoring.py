@@ -117,6 +117,19 @@ class Scorer:
         indicators = indicator_blocks(layout)
         self.block_weight = torch.as_tensor(~indicators, dtype=torch.float32, device=device)
         self.skip_blocks = frozenset(int(b) - layout.n_numeric for b in np.flatnonzero(indicators))
+        # The categorical blocks that may be a gap (all zeros: a missing value of a column
+        # that had none in training), and which inputs each is made of.
+        k = layout.n_numeric
+        self.cat_spans: list[tuple[int, int]] = []
+        offset = k
+        for b, size in enumerate(layout.cat_sizes):
+            if not indicators[k + b]:
+                self.cat_spans.append((offset, offset + size))
+            offset += size
+        members = torch.zeros(layout.input_dim - k, len(self.cat_spans))
+        for i, (lo, hi) in enumerate(self.cat_spans):
+            members[lo - k : hi - k, i] = 1.0
+        self.cat_members = members.to(device)
         self.autocast = mixed_precision and device.type == "cuda"
 
     @torch.inference_mode()
@@ -137,7 +150,7 @@ class Scorer:
             obs = _padded(batch.observed[start:stop], self.device, to=to)
             rows = stop - start
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-                out = self._score_block(x, obs)
+                out = self._score_block(x, obs, rows)
             for key, value in out.items():
                 parts[key].append(value[:rows].float().cpu().numpy())
         return ScoreArrays(
@@ -153,43 +166,62 @@ class Scorer:
         )
 
     @torch.inference_mode()
-    def impute(self, x: Tensor, obs: Tensor) -> Tensor:
-        """``x`` with each missing numeric value of a column that had none in training replaced
-        by the model's own guess: ``IMPUTE_ROUNDS`` rounds of encoding the record and putting
-        the decoded mean in the gap.
+    def impute(self, x: Tensor, obs: Tensor, n_valid: int | None = None) -> Tensor:
+        """``x`` with its gaps filled by the model's own guess: ``IMPUTE_ROUNDS`` rounds of
+        encoding the record and putting the decoded value in each gap (for a numeric value its
+        decoded mean; for a categorical block left empty by ``Preprocessor.transform``, its
+        decoded probabilities, so that its likelihood term is the entropy of its categorical
+        distribution). ``n_valid``: the rows of ``x`` that are records (the rest is padding).
 
-        The median that ``Preprocessor.transform`` puts there is what a normal record would
-        hold on average, not what this record's other columns say it holds: the encoder reads
-        it as a real reading at odds with the rest, the latent code moves, and the other
-        columns are reconstructed worse, so one sensor dropping out raised the score of a
-        normal record by several nats and flagged many. A column that had missing values in
-        training keeps its median: the network learned it with its missing-indicator input.
-        Only the rows with such a gap go through the rounds (padded like ``score``, so a
+        The median that ``Preprocessor.transform`` puts in a numeric gap is what a normal
+        record would hold on average, not what this record's other columns say it holds: the
+        encoder reads it as a real reading at odds with the rest, the latent code moves, and
+        the other columns are reconstructed worse, so one sensor dropping out raised the score
+        of a normal record by several nats and flagged many. A numeric column that had missing
+        values in training keeps its median: the network learned it with its missing-indicator
+        input. Only the rows with a gap go through the rounds (padded like ``score``, so a
         record imputes the same in any batch); the rest of ``x`` is returned unchanged.
         """
         k = self.lik_layout.n_numeric
-        if not k:
+        valid = x.shape[0] if n_valid is None else n_valid
+        if not valid or not (k or self.cat_spans):
             return x
-        gaps = (obs[:, :k] == 0) & self.imputable
-        rows = gaps.any(dim=1).nonzero().squeeze(1)
-        if not rows.numel():
-            return x
+        gaps = (obs[:valid, :k] == 0) & self.imputable
+        wanted = gaps.any(dim=1)
+        empty = None
+        if self.cat_spans:
+            empty = x[:valid, k:] @ self.cat_members == 0
+            wanted |= empty.any(dim=1)
+        rows = wanted.nonzero().squeeze(1)
         n = rows.numel()
-        to = self.batch_size if self.fixed_rows else n + (-n) % ROW_BLOCK
+        if not n:
+            return x
+        to = self.batch_size if self.fixed_rows and n <= self.batch_size else n + (-n) % ROW_BLOCK
         sub = x.new_zeros((to, x.shape[1]))
         sub[:n] = x[rows]
         gap = gaps.new_zeros((to, k))
         gap[:n] = gaps[rows]
+        hole = None
+        if empty is not None:
+            hole = empty.new_zeros((to, empty.shape[1]))
+            hole[:n] = empty[rows]
         for _ in range(IMPUTE_ROUNDS):
             mu, _ = self.model.encode(sub)
-            sub[:, :k] = torch.where(gap, self.model.decode(mu)[:, :k], sub[:, :k])
+            decoded = self.model.decode(mu)
+            if k:
+                sub[:, :k] = torch.where(gap, decoded[:, :k], sub[:, :k])
+            if hole is not None:
+                for i, (lo, hi) in enumerate(self.cat_spans):
+                    if bool(hole[:, i].any()):
+                        probs = torch.softmax(decoded[:, lo:hi], dim=-1)
+                        sub[:, lo:hi] = torch.where(hole[:, i : i + 1], probs, sub[:, lo:hi])
         x = x.clone()
         x[rows] = sub[:n]
         return x
 
-    def _score_block(self, x: Tensor, obs: Tensor) -> dict[str, Tensor]:
+    def _score_block(self, x: Tensor, obs: Tensor, n_valid: int) -> dict[str, Tensor]:
         model, layout = self.model, self.lik_layout
-        x = self.impute(x, obs)
+        x = self.impute(x, obs, n_valid)
         mu, log_var = model.encode(x)
         at_mu = model.decode(mu)
         recon = reconstruction_error(x, obs, at_mu, layout, self.skip_blocks)
@@ -268,6 +300,7 @@ class Scorer:
             rows = x.shape[0]
             cols = torch.zeros(rows, m, dtype=torch.long, device=self.device)
             cols[: last - first] = torch.tensor(np.array(columns[first:last]), device=self.device)
+            x = self.impute(x, obs, last - first)
             mu, log_var = model.encode(x)
             decoded = model.decode(mu)
             whole = self._excess(x, obs, decoded, mu, log_var).sum(dim=-1)  # [rows]
@@ -284,7 +317,7 @@ class Scorer:
                 owned = gone[:, block]
                 if bool(owned.any()):
                     xs[owned, lo:hi] = torch.softmax(guess[owned, lo:hi], dim=-1)
-            xs = self.impute(xs, obs_s)
+            xs = self.impute(xs, obs_s, (last - first) * m)
             mu_s, log_var_s = model.encode(xs)
             terms = self._excess(xs, obs_s, model.decode(mu_s), mu_s, log_var_s)
             kept = (terms[:, :-1] * (~gone)).sum(dim=-1) + terms[:, -1]  # [rows*m]

@@ -424,6 +424,27 @@ def test_one_missing_sensor_value_does_not_make_a_normal_record_anomalous(
         assert flagged <= full_flagged + 0.01, (column, flagged, full_flagged)
 
 
+def test_a_blank_category_is_a_gap_and_a_new_one_still_stands_out(
+    pump_model: tuple[AnomalyVAE, Path],
+) -> None:
+    """A categorical column with no blank in training: a blank there is filled from the other
+    columns (it used to be the ``<unknown>`` bucket, and flagged every record), while a value
+    never seen stays the novelty it is."""
+    from anomaly_vae.datasets import SENSORS, make_pump_data
+
+    model, _ = pump_model
+    assert "<missing>" not in model.preprocessor_.categories["station"]
+    data = make_pump_data(3000, seed=8)
+    normal = data[(data["label"] == 0) & data[SENSORS].notna().all(axis=1)]
+    full_flagged = float(np.mean(model.score(normal)["score"].to_numpy() > model.threshold_))
+    rise, flagged = _gap_effect(model, normal, "station")
+    assert rise < 1.0
+    assert flagged <= full_flagged + 0.03
+    novel = normal.assign(station="a station never seen")
+    scores = model.score(novel)["score"].to_numpy()
+    assert np.mean(scores > model.threshold_) > 0.9
+
+
 def test_a_record_with_a_gap_scores_the_same_alone_and_in_any_batch(
     trained_model: AnomalyVAE,
 ) -> None:
