@@ -292,11 +292,17 @@ def _to_category_text(series: pd.Series) -> np.ndarray:
         out[whole] = values[whole].astype(np.int64).astype(str).astype(object)
         for i in np.flatnonzero(~whole & ~missing):
             out[i] = _category_key(values[i])
-    elif pd.api.types.infer_dtype(series, skipna=True) in ("string", "empty"):
-        out = series.to_numpy(dtype=object).copy()  # missing ones become None below
+    elif pd.api.types.infer_dtype(series, skipna=True) == "empty":
+        out = np.full(len(series), None, dtype=object)
+    elif pd.api.types.infer_dtype(series, skipna=True) == "string":
+        # Surrounding blanks are padding, not part of the value ('north ' is 'north'); a value
+        # of blanks only is missing.
+        out = series.str.strip().to_numpy(dtype=object)
+        missing = missing | (out == "")
     else:
         raw = series.to_numpy(dtype=object)
         out = np.fromiter((_category_key(v) for v in raw), dtype=object, count=len(raw))
+        missing = missing | (out == "")
     out[missing] = None
     return out
 
@@ -314,7 +320,7 @@ def _category_key(value: object) -> str | None:
         return "true" if value else "false"
     if isinstance(value, (int, np.integer)):
         return str(int(value))
-    return str(value)
+    return str(value).strip()
 
 
 def _infer_kind(
@@ -587,6 +593,31 @@ class Preprocessor:
     scale: dict[str, float] = field(default_factory=dict)
     with_indicator: list[str] = field(default_factory=list)
     categories: dict[str, list[str]] = field(default_factory=dict)
+    # Values never seen in training already named in a warning, per column (not saved).
+    _warned: dict[str, set[str]] = field(default_factory=dict, repr=False, compare=False)
+
+    def _warn_unseen(self, name: str, values: np.ndarray, cats: list[str]) -> None:
+        """A warning naming values of ``name`` never seen in training (each value once, up to
+        five per column): they score as the ``<unknown>`` category, which usually flags the
+        record, and a different spelling of a known value is the usual cause."""
+        warned = self._warned.setdefault(name, set())
+        if len(warned) >= 5:
+            return
+        new = [v for v in dict.fromkeys(str(v) for v in values) if v not in warned]
+        new = new[: 5 - len(warned)]
+        if not new:
+            return
+        warned.update(new)
+        known = [c for c in cats if c != MISSING]
+        shown = ", ".join(repr(c) for c in known[:10]) + (", ..." if len(known) > 10 else "")
+        logger.warning(
+            "column %r: %s never seen in training, scored as an unknown category (a novelty, "
+            "usually flagged); known values: %s. If it is a known value spelled differently, "
+            "fix the input or retrain with it",
+            name,
+            ", ".join(repr(v) for v in new),
+            shown or "none",
+        )
 
     # ------------------------------------------------------------------- fitting
     @classmethod
@@ -681,7 +712,14 @@ class Preprocessor:
             if missing.any():
                 values = np.where(missing, MISSING, values)
             # get_indexer gives -1 for values outside the kept categories: the unknown slot.
-            codes = pd.Index(cats, dtype=object).get_indexer(values).astype(np.int64) + 1
+            # Compared without surrounding blanks, as incoming values are (a model trained
+            # before they were trimmed may hold 'north ').
+            trimmed = [c.strip() for c in cats]
+            index = pd.Index(trimmed if len(set(trimmed)) == len(cats) else cats, dtype=object)
+            codes = index.get_indexer(values).astype(np.int64) + 1
+            unseen = (codes == 0) & ~missing
+            if unseen.any():
+                self._warn_unseen(name, values[unseen], cats)
             if missing.any() and MISSING not in cats:
                 # No missing value in training: a gap, not an unknown value. The block stays
                 # empty and ``scoring.Scorer.impute`` fills it from the other columns.

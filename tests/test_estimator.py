@@ -478,3 +478,26 @@ def test_a_gap_is_filled_from_the_other_columns(trained_model: AnomalyVAE) -> No
     guess = filled[:, 2].numpy()
     assert np.mean(np.abs(guess - truth)) < 0.5 * np.mean(np.abs(truth))
     np.testing.assert_array_equal(filled[:, 3:].numpy(), encoded.x[:, 3:])
+
+
+def test_blanks_around_a_category_do_not_make_it_unknown(
+    trained_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
+) -> None:
+    """'hi ' (an export that pads its fields) is the category 'hi', '  ' is a blank; a value
+    never seen is named once in a warning with the known values."""
+    data = correlated_normal(200, seed=13)
+    plain = trained_model.score(data)["score"].to_numpy()
+    padded = data.assign(kind=" " + data["kind"] + "  ")
+    np.testing.assert_array_equal(trained_model.score(padded)["score"].to_numpy(), plain)
+    blank = data.assign(kind="   ")
+    gap = data.assign(kind=None)
+    np.testing.assert_array_equal(
+        trained_model.score(blank)["score"].to_numpy(), trained_model.score(gap)["score"].to_numpy()
+    )
+    with caplog.at_level(logging.WARNING, logger="anomaly_vae"):
+        trained_model.score(data.assign(kind="HI-13"))
+        trained_model.score(data.assign(kind="HI-13"))
+    warned = [r.getMessage() for r in caplog.records if "never seen in training" in r.getMessage()]
+    assert len(warned) == 1
+    assert "column 'kind': 'HI-13' never seen" in warned[0]
+    assert "'hi', 'lo'" in warned[0]
