@@ -597,9 +597,10 @@ class Preprocessor:
     _warned: dict[str, set[str]] = field(default_factory=dict, repr=False, compare=False)
 
     def _warn_unseen(self, name: str, values: np.ndarray, cats: list[str]) -> None:
-        """A warning naming values of ``name`` never seen in training (each value once, up to
-        five per column): they score as the ``<unknown>`` category, which usually flags the
-        record, and a different spelling of a known value is the usual cause."""
+        """A warning naming values of ``name`` outside the categories learned in training (each
+        value once, up to five per column): they score as the ``<unknown>`` category, which
+        usually flags the record, and a different spelling of a known value is the usual
+        cause."""
         warned = self._warned.setdefault(name, set())
         if len(warned) >= 5:
             return
@@ -611,9 +612,9 @@ class Preprocessor:
         known = [c for c in cats if c != MISSING]
         shown = ", ".join(repr(c) for c in known[:10]) + (", ..." if len(known) > 10 else "")
         logger.warning(
-            "column %r: %s never seen in training, scored as an unknown category (a novelty, "
-            "usually flagged); known values: %s. If it is a known value spelled differently, "
-            "fix the input or retrain with it",
+            "column %r: %s not among the values learned in training, scored as the unknown "
+            "category (a novelty, usually flagged); known values: %s. If it is a known value "
+            "spelled differently, fix the input or retrain with it",
             name,
             ", ".join(repr(v) for v in new),
             shown or "none",
