@@ -877,6 +877,35 @@ def test_stream_logs_its_own_progress_without_alembic_chatter(
     assert "INFO alembic" in verbose.stderr
 
 
+def test_a_broker_that_is_down_gives_each_kafka_python_line_once(
+    pump_model: tuple[AnomalyVAE, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # kafka-python logged five ERROR and WARNING lines per connection attempt, a few a second,
+    # burying the scorer's own 'not reachable; retrying' line.
+    import re
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    _, model_dir = pump_model
+    args = ["stream", "--model-dir", str(model_dir), "--bootstrap", f"127.0.0.1:{port}"]
+    args += ["--topic", "t", "--db", f"sqlite:///{tmp_path / 'results.db'}"]
+    result = run_inline(capsys, *args, "--idle-timeout", "6")
+    assert_user_error(result, f"broker at 127.0.0.1:{port} not reachable")
+    kafka_lines = [
+        re.sub(r"[0-9.]+", "N", line)
+        for line in result.stderr.splitlines()
+        if re.match(r"(ERROR|WARNING) kafka[.:]", line)
+    ]
+    assert kafka_lines, result.stderr  # the first of each kind still shows
+    assert len(kafka_lines) == len(set(kafka_lines)), result.stderr
+    assert all("repeats of this line held back" in line for line in kafka_lines)
+    assert "anomaly_vae.sources.kafka: consumer: broker at" in result.stderr
+
+
 def test_stream_without_a_topic_is_refused_before_the_database_is_touched(
     pump_model: tuple[AnomalyVAE, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

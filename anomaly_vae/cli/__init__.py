@@ -56,6 +56,33 @@ def setup_logging(verbose: bool = False, *, prefix: str = "") -> None:
     )
     # kafka-python logs every connection at INFO: keep its warnings, not its chatter.
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(KafkaRepeats())
+
+
+class KafkaRepeats(logging.Filter):
+    """Lets through one line of each kind (the same message template) from kafka-python per
+    ``hold_s`` seconds. While a broker is down it logs five ERROR and WARNING lines per retry,
+    a few a second, which buried the scorer's own line saying what it does about it; the first
+    of each kind still shows, with a word that the repeats are held back."""
+
+    def __init__(self, hold_s: float = 60.0) -> None:
+        super().__init__()
+        self.hold_s = hold_s
+        self.last: dict[tuple[str, object], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (record.name == "kafka" or record.name.startswith("kafka.")):
+            return True
+        key = (record.name, record.msg)
+        last = self.last.get(key)
+        if last is not None and record.created - last < self.hold_s:
+            return False
+        self.last[key] = record.created
+        note = f" (kafka-python; repeats of this line held back for {self.hold_s:g} s)"
+        if isinstance(record.msg, str) and not record.msg.endswith(note):
+            record.msg += note
+        return True
 
 
 # The command line as given to ``main``: what ``stream --processes N`` starts each child with.
