@@ -331,6 +331,42 @@ def test_processes_option_runs_a_group_of_scorers_and_stops_them_together(
     assert set(scores) == expected_keys(topic, partition_counts(broker.bootstrap, topic))
 
 
+def test_a_signal_while_the_scorer_processes_start_stops_them_cleanly(
+    broker: DevBroker, sqlite_url: str, pump_model: tuple[AnomalyVAE, Path]
+) -> None:
+    """SIGTERM just after ``--processes 2`` started its children, while they load: they were
+    killed by the signal's default action part way (the command exited 143, a run registered
+    by then stayed 'running'), and a child started after the signal was never told to stop, so
+    the command ran on for good."""
+    import re
+
+    _, model_dir = pump_model
+    topic = create_topic(broker.bootstrap, partitions=2)
+    proc = scorer_process(
+        model_dir, sqlite_url, broker.bootstrap, topic, fresh_name("g"), "--processes", "2"
+    )
+    assert proc.stdout is not None
+    seen = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        seen.append(line)
+        if "started 2 scorer processes" in line or not line:
+            break
+    pids = [int(p) for p in re.findall(r"\d+", seen[-1].split("pids", 1)[-1])]
+    assert len(pids) == 2, seen
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    out = "".join(seen) + out
+    assert proc.returncode == 0, out
+    assert "2 scorer processes stopped" in out
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    runs = query(sqlite_url, "SELECT status FROM scoring_runs")
+    assert all(str(r[0]) != "running" for r in runs), runs
+
+
 def test_processes_option_refuses_max_messages(
     sqlite_url: str, pump_model: tuple[AnomalyVAE, Path]
 ) -> None:

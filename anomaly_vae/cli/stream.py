@@ -146,6 +146,13 @@ def stream(
     from anomaly_vae.jobs.processes import child_label, run_processes
 
     label = child_label()
+    # A stop asked for while the model loads and the database opens (a supervisor passing on
+    # SIGTERM to a scorer it has just started): noted here, honoured once the scorer exists.
+    # Without it the signal's default action killed the process part way (status 143, and a
+    # stream run registered in the database stayed 'running').
+    stop_early = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _s, _f: stop_early.set())
     # The scorer's own progress at INFO; other libraries' chatter (alembic's nine lines per
     # schema check) only with --verbose.
     setup_logging(verbose, prefix=f"[{label}] " if label else "")
@@ -206,11 +213,17 @@ def stream(
                 "--max-messages counts one process's messages: with --processes above 1, stop "
                 "the scorers with --idle-timeout or a signal"
             )
+        if stop_early.is_set():
+            typer.echo("stream stopped before it started")
+            return
         logger.info("starting %d scorer processes in group %s", kafka.processes, kafka.group_id)
         status = run_processes(ARGV, kafka.processes)
         typer.echo(f"{kafka.processes} scorer processes stopped")
         if status:
             raise typer.Exit(status)
+        return
+    if stop_early.is_set():
+        typer.echo(f"{f'[{label}] ' if label else ''}stream stopped before it started")
         return
     target = database_target(
         db, pipeline, pipeline_url=file_cfg.database.url if file_cfg and file_cfg.database else None
@@ -232,6 +245,8 @@ def stream(
         )
         sink.stats = scorer.stats
         scorer.install_signal_handlers()
+        if stop_early.is_set():
+            scorer.stop()
         logger.info(
             "scoring topic %s (group %s) with model %s into %s",
             kafka.topic,

@@ -9,7 +9,9 @@ idempotent keys, so a rebalance loses and doubles nothing.
 The supervisor starts each child with the same command line and ``ANOMALY_VAE_STREAM_PROCESS``
 set to ``i/N`` (a child never starts children of its own), forwards SIGTERM and SIGINT to them
 (each finishes the batch in hand, commits and exits), and exits with the first non-zero status
-of a child, else 0. A child that dies leaves its partitions to the others (the group moves
+of a child, else 0. A signal while the children start: no more are started, each one started is
+told to stop, and one that the signal ended before it could catch it (still loading) counts as
+a clean stop. A child that dies leaves its partitions to the others (the group moves
 them); the supervisor says so and keeps the others running. On Linux the children are asked
 to stop (SIGTERM) if the supervisor itself is killed.
 """
@@ -64,15 +66,21 @@ def run_processes(args: Sequence[str], n: int, *, poll_s: float = 0.2) -> int:
     status = 0
     try:
         for i in range(n):
+            if stopping:  # a signal came while the others started: start no more
+                break
             env = {**os.environ, CHILD_ENV: f"{i + 1}/{n}"}
-            children.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "anomaly_vae", *args],
-                    env=env,
-                    preexec_fn=_stop_with_parent if sys.platform == "linux" else None,
-                )
+            child = subprocess.Popen(
+                [sys.executable, "-m", "anomaly_vae", *args],
+                env=env,
+                preexec_fn=_stop_with_parent if sys.platform == "linux" else None,
             )
-        logger.info("started %d scorer processes (pids %s)", n, [c.pid for c in children])
+            children.append(child)
+            if stopping:  # the signal came while this one started: forward() missed it
+                with contextlib.suppress(ProcessLookupError):
+                    child.send_signal(signal.SIGTERM)
+        logger.info(
+            "started %d scorer processes (pids %s)", len(children), [c.pid for c in children]
+        )
         reported: set[int] = set()
         while True:
             running = 0
@@ -82,6 +90,10 @@ def run_processes(args: Sequence[str], n: int, *, poll_s: float = 0.2) -> int:
                     running += 1
                 elif i not in reported:
                     reported.add(i)
+                    if stopping and code in (-signal.SIGTERM, -signal.SIGINT):
+                        # Stopped by the signal passed on, before it could catch it (still
+                        # starting up): nothing was read, a clean stop.
+                        continue
                     if code != 0:
                         status = status or (code if code > 0 else 128 - code)
                         if not stopping:
