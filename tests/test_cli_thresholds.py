@@ -427,3 +427,23 @@ def test_a_blank_name_on_an_alert_action_is_refused(
         ),
         "needs who made it",
     )
+
+
+def test_the_one_threshold_reports_take_table_or_json_not_csv(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 'thresholds show / preview / tune --format csv' was accepted (their help said "table or
+    # json" beside a <table|csv|json> choice) and printed the table: a script asking for CSV
+    # got text it could not parse. The choice is refused before any database is opened.
+    db = ("--db", f"sqlite:///{tmp_path / 'none.db'}")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("source_key,label\nk,1\n")
+    for command in (
+        ("show", "pumps"),
+        ("preview", "pumps"),
+        ("tune", "pumps", "--labels", str(labels), "--objective", "f1"),
+    ):
+        result = cli(capsys, "thresholds", *command, "--format", "csv", *db)
+        assert result.returncode == 2, result.stderr
+        assert "'csv' is not one of 'table', 'json'" in result.stderr, result.stderr
+        assert not (tmp_path / "none.db").exists()

@@ -25,7 +25,14 @@ from typing import Annotated, Any, Literal
 import typer
 
 from anomaly_vae.cli import app, setup_logging
-from anomaly_vae.cli.db import DB_HELP, PIPELINE_HELP, OutputFormat, emit, parse_since
+from anomaly_vae.cli.db import (
+    DB_HELP,
+    PIPELINE_HELP,
+    OutputFormat,
+    ReportFormat,
+    emit,
+    parse_since,
+)
 from anomaly_vae.errors import ConfigError
 
 thresholds_app = typer.Typer(
@@ -237,7 +244,7 @@ def _threshold_dict(row: Any) -> dict[str, Any]:
 @thresholds_app.command("show")
 def thresholds_show(
     model: ModelArg,
-    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json."),
+    fmt: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table or json."),
     db: DbOpt = None,
     pipeline: PipelineOpt = None,
 ) -> None:
@@ -262,7 +269,7 @@ def thresholds_show(
     shown["model_version"] = version.version
     if normal is not None:
         shown["normal_false_alarm_rate"] = float(np.mean(normal > row.warning))
-    if fmt is OutputFormat.json:
+    if fmt is ReportFormat.json:
         typer.echo(json.dumps(shown, default=str, indent=1))
         return
     critical = f", critical {row.critical:.6g}" if row.critical is not None else ""
@@ -409,7 +416,7 @@ def thresholds_preview(
     plot: Path | None = typer.Option(
         None, "--plot", help="Also draw the preview to this PNG file."
     ),
-    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json."),
+    fmt: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table or json."),
     db: DbOpt = None,
     pipeline: PipelineOpt = None,
 ) -> None:
@@ -449,7 +456,7 @@ def thresholds_preview(
 
         preview_plot(result, plot)
     summary = result.as_dict()
-    if fmt is OutputFormat.json:
+    if fmt is ReportFormat.json:
         typer.echo(json.dumps(summary, default=str, indent=1))
         return
     _print_preview(summary, plot)
@@ -535,7 +542,7 @@ def thresholds_tune(
         "--no-critical",
         help="With --apply: drop the critical level (kept from the version in force otherwise).",
     ),
-    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json."),
+    fmt: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table or json."),
     db: DbOpt = None,
     pipeline: PipelineOpt = None,
 ) -> None:
@@ -593,7 +600,7 @@ def thresholds_tune(
     out = tuned.as_dict()
     if applied is not None:
         out["applied_version"] = applied.version
-    if fmt is OutputFormat.json:
+    if fmt is ReportFormat.json:
         typer.echo(json.dumps(out, default=str, indent=1))
         return
     per_day = (
