@@ -79,6 +79,7 @@ CooldownOpt = Annotated[
     float | None,
     typer.Option("--cooldown", help="Alert rule: seconds between two alerts of an entity."),
 ]
+KeyColumnOpt = Annotated[str, typer.Option("--key-column", help="The labels file's key column.")]
 LabelsSepOpt = Annotated[
     str, typer.Option("--sep", help="The labels file's separator (default ',').")
 ]
@@ -412,6 +413,7 @@ def thresholds_preview(
     label_column: str = typer.Option(
         "label", "--label-column", help="The labels file's label column."
     ),
+    key_column: KeyColumnOpt = "source_key",
     sep: LabelsSepOpt = ",",
     plot: Path | None = typer.Option(
         None, "--plot", help="Also draw the preview to this PNG file."
@@ -437,7 +439,11 @@ def thresholds_preview(
         raise ConfigError(f"--until {until} is not after --since {since}: no scores between them")
     warning = _policy(value, quantile, false_alarm_rate, contamination, evt, risk, start)
     critical_spec = _critical(critical, start)
-    label_set = read_labels(labels, label_column=label_column, sep=sep) if labels else None
+    label_set = (
+        read_labels(labels, label_column=label_column, key_column=key_column, sep=sep)
+        if labels
+        else None
+    )
     with connected(_target(db, pipeline)) as connection:
         current = repo.threshold_in_force(connection, model_name=model)
         rule = _rule(current.alert_rule if current else None, debounce, cooldown, resolve_after)
@@ -521,9 +527,7 @@ def thresholds_tune(
     label_column: str = typer.Option(
         "label", "--label-column", help="The labels file's label column."
     ),
-    key_column: str = typer.Option(
-        "source_key", "--key-column", help="The labels file's key column."
-    ),
+    key_column: KeyColumnOpt = "source_key",
     sep: LabelsSepOpt = ",",
     since: str | None = typer.Option(
         None, "--since", help="Stored scores from this date or time on."
