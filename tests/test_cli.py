@@ -969,3 +969,20 @@ def test_an_error_of_one_of_several_scorer_processes_says_which(
         main(["stream", "--model-dir", str(tmp_path / "no-model"), "--topic", "t"])
     assert stopped.value.code == 2
     assert capsys.readouterr().err.startswith("[2/3] error: ")
+
+
+def test_the_help_of_stream_and_dev_broker_says_what_the_options_take(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 'stream --db' sent the reader to 'db --help', which lists the db commands and says
+    # nothing of URLs; 'dev-broker --port' said "(127.0.0.1)" beside a --host option.
+    def option_help(command: str, option: str, after: str) -> str:
+        result = run_inline(capsys, command, "--help")
+        assert result.returncode == 0
+        text = " ".join(result.stdout.split())
+        return text[text.index(option) : text.index(after)]
+
+    db_help = option_help("stream", "--db", "--alerts-topic")
+    assert "sqlite:///file.db" in db_help
+    assert "$ANOMALY_VAE_DATABASE_URL" in db_help
+    assert "127.0.0.1" not in option_help("dev-broker", "--port", "--host")

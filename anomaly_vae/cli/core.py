@@ -266,7 +266,9 @@ def score(
     threshold: float | None = typer.Option(
         None, "--threshold", help="Score threshold (default: the model's calibrated one)."
     ),
-    chunk_size: int | None = typer.Option(None, "--chunk-size", help="Rows per chunk."),
+    chunk_size: int | None = typer.Option(
+        None, "--chunk-size", help="Rows per chunk (default: the model's scoring.chunk_size)."
+    ),
     device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
     db: str | None = typer.Option(
         None,

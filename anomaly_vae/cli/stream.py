@@ -12,6 +12,7 @@ import typer
 from pydantic import ValidationError
 
 from anomaly_vae.cli import ARGV, app, setup_logging
+from anomaly_vae.cli.db import DB_HELP
 from anomaly_vae.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -19,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 @app.command("dev-broker")
 def dev_broker(
-    port: int = typer.Option(9092, "--port", help="Port to listen on (127.0.0.1)."),
+    port: int = typer.Option(9092, "--port", help="Port to listen on."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     storage: str = typer.Option(
         "memory://tansu/", "--storage", help="Tansu storage engine (memory by default)."
@@ -117,7 +118,7 @@ def stream(
     bootstrap: str | None = typer.Option(None, "--bootstrap", help="Kafka bootstrap servers."),
     topic: str | None = typer.Option(None, "--topic", help="Topic to score."),
     group: str | None = typer.Option(None, "--group", help="Consumer group id."),
-    db: str | None = typer.Option(None, "--db", help="Database URL (see 'db --help')."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
     alerts_topic: str | None = typer.Option(None, "--alerts-topic", help="Publish alerts here."),
     dead_letter_topic: str | None = typer.Option(
         None, "--dead-letter-topic", help="Publish rejected messages here."
@@ -130,7 +131,11 @@ def stream(
         "--idle-timeout",
         help="Stop after this many seconds without a message (an error: without a broker).",
     ),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Records per micro-batch."),
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        help="Records per micro-batch (default: kafka.max_batch_records, 20000).",
+    ),
     session_timeout_ms: int | None = typer.Option(
         None, "--session-timeout-ms", help="Consumer group session timeout (default 10000)."
     ),

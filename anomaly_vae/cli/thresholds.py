@@ -80,9 +80,7 @@ CooldownOpt = Annotated[
     typer.Option("--cooldown", help="Alert rule: seconds between two alerts of an entity."),
 ]
 KeyColumnOpt = Annotated[str, typer.Option("--key-column", help="The labels file's key column.")]
-LabelsSepOpt = Annotated[
-    str, typer.Option("--sep", help="The labels file's separator (default ',').")
-]
+LabelsSepOpt = Annotated[str, typer.Option("--sep", help="The labels file's separator.")]
 ResolveAfterOpt = Annotated[
     int | None,
     typer.Option(
