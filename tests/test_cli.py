@@ -907,6 +907,28 @@ def test_a_pipeline_window_the_model_was_not_trained_with_is_named(
     assert "size: " in result.stderr
 
 
+def test_scoring_settings_a_pipeline_file_cannot_change_are_named(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `score --pipeline` with `scoring: {top_features: 1, threshold_quantile: 0.5}` scored with
+    # the model's 3 top features and calibrated threshold without a word, where the README
+    # says the sections a file sets replace the model's. Only chunk_size is taken; the rest is
+    # named.
+    pipeline = trained / "scoring-only.yaml"
+    pipeline.write_text("scoring:\n  top_features: 1\n  threshold_quantile: 0.5\n  chunk_size: 7\n")
+    export = trained / "normal.csv"
+    out = trained / "by-scoring-pipeline.csv"
+    args = ["score", str(export), "--model-dir", str(trained / "model"), "--out", str(out)]
+    result = run_inline(capsys, *args, "--pipeline", str(pipeline), "-q")
+    assert result.returncode == 0, result.stderr
+    warning = next(line for line in result.stderr.splitlines() if "scoring." in line)
+    assert "scoring.threshold_quantile 0.5, scoring.top_features 1 differ" in warning
+    assert "the model's are used" in warning
+    assert "chunk_size 7" not in warning
+    tops = pd.read_csv(out)["top_features"].dropna()
+    assert tops.str.count(":").max() == 3
+
+
 def test_a_pipeline_file_keeps_the_model_settings_it_does_not_set(
     trained: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -267,7 +267,9 @@ def score(
         None, "--threshold", help="Score threshold (default: the model's calibrated one)."
     ),
     chunk_size: int | None = typer.Option(
-        None, "--chunk-size", help="Rows per chunk (default: the model's scoring.chunk_size)."
+        None,
+        "--chunk-size",
+        help="Rows per chunk (default: scoring.chunk_size of --pipeline, else the model's).",
     ),
     device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
     db: str | None = typer.Option(
@@ -366,25 +368,16 @@ def _score_file(
 
     model = AnomalyVAE.load(model_dir, device=device)
     # What the pipeline file does not set (its columns, its csv section...) is the model's own.
-    cfg = (
-        PipelineConfig.from_yaml(pipeline).over(model.config_, source=pipeline)
-        if pipeline
-        else model.config_
-    )
+    file_cfg = PipelineConfig.from_yaml(pipeline) if pipeline else None
+    cfg = model.config_
+    if pipeline and file_cfg:
+        cfg = file_cfg.over(model.config_, source=pipeline)
+        warn_trained_settings(pipeline, file_cfg, model.config_)
     if chunk_size is not None and chunk_size < 1:
         raise ConfigError(f"--chunk-size must be >= 1, got {chunk_size}")
     if threshold is not None and not math.isfinite(threshold):
         # nan would flag nothing, silently (every comparison with it is false)
         raise ConfigError(f"--threshold must be a finite number, got {threshold}")
-    if pipeline and cfg.window != model.config_.window:
-        # A model scores with the window it was trained with: it cannot take another.
-        logger.warning(
-            "%s: window %s differs from the model's (%s); the model's is used (a window is set "
-            "when training)",
-            pipeline,
-            _window_text(cfg.window),
-            _window_text(model.config_.window),
-        )
     target = _score_database(db, pipeline, cfg)
     csv_out = out is not None or target is None
     stem = "stdin" if shown == STDIN else _stem(shown)
@@ -460,6 +453,44 @@ def _check_outputs(data: Path, out: Path | None, rejects: Path) -> None:
     # The rejects file is created at the first reject: a path it cannot have is said now,
     # not part way through the file.
     check_writable(rejects)
+
+
+# Scoring settings a pipeline file may change at scoring time; the others are the model's own.
+SCORING_TIME_SETTINGS = frozenset({"chunk_size"})
+
+
+def warn_trained_settings(pipeline: Path, file_cfg: PipelineConfig, model: PipelineConfig) -> None:
+    """Name the settings of a pipeline file given to ``score`` or ``stream`` that the model does
+    not take: a model scores with the window and the scoring settings (K, score kind, top
+    features, threads...) it was trained with, whatever the file says."""
+    if "window" in file_cfg.model_fields_set and file_cfg.window != model.window:
+        # A model scores with the window it was trained with: it cannot take another.
+        logger.warning(
+            "%s: window %s differs from the model's (%s); the model's is used (a window is set "
+            "when training)",
+            pipeline,
+            _window_text(file_cfg.window),
+            _window_text(model.window),
+        )
+    if "scoring" not in file_cfg.model_fields_set:
+        return
+    given, own = file_cfg.scoring, model.scoring
+    changed = sorted(
+        name
+        for name in given.model_fields_set - SCORING_TIME_SETTINGS
+        if getattr(given, name) != getattr(own, name)
+    )
+    if changed:
+        logger.warning(
+            "%s: %s differ%s from the model's (%s); the model's %s used (scoring settings are "
+            "set when training, all but %s)",
+            pipeline,
+            ", ".join(f"scoring.{name} {getattr(given, name)!r}" for name in changed),
+            "s" if len(changed) == 1 else "",
+            ", ".join(f"{getattr(own, name)!r}" for name in changed),
+            "is" if len(changed) == 1 else "are",
+            ", ".join(sorted(SCORING_TIME_SETTINGS)),
+        )
 
 
 def _window_text(window: WindowConfig | None) -> str:

@@ -155,6 +155,7 @@ def stream(
     # schema check) only with --verbose.
     setup_logging(verbose, prefix=f"[{label}] " if label else "")
     logging.getLogger("anomaly_vae").setLevel(logging.INFO)
+    from anomaly_vae.cli.core import warn_trained_settings
     from anomaly_vae.cli.db import database_target, opened
     from anomaly_vae.config import PipelineConfig
     from anomaly_vae.estimator import AnomalyVAE
@@ -173,6 +174,8 @@ def stream(
         # The sections the file sets replace the model's own; what it leaves out (a file with
         # only kafka: and model_dir:) keeps the model's columns, entity and alert rule.
         merged = file_cfg.over(cfg, source=pipeline or "the pipeline file")
+        if pipeline is not None:
+            warn_trained_settings(pipeline, file_cfg, model.config_)
         cfg.kafka = merged.kafka
         cfg.columns = merged.columns
         cfg.alerts = merged.alerts
