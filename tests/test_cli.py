@@ -815,6 +815,26 @@ def test_demo_runs(tmp_path: Path) -> None:
     assert np.isfinite(scores["score"]).all()
 
 
+def test_demo_writes_its_files_as_its_pipeline_reads_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 'demo --pipeline FILE' with `csv: {sep: ";", decimal: ","}` wrote normal.csv with commas
+    # and then read it with the file's ';': "only one column found", exit 2.
+    text = (REPO / "pipelines" / "pumps.yaml").read_text()
+    text = text.replace('  sep: ","', '  sep: ";"').replace('  decimal: "."', '  decimal: ","')
+    pipeline = tmp_path / "semicolons.yaml"
+    pipeline.write_text(text)
+    work = tmp_path / "d"
+    args = ["demo", "--workdir", str(work), "--rows", "500", "--epochs", "2", "-q"]
+    result = run_inline(capsys, *args, "--pipeline", str(pipeline))
+    assert result.returncode == 0, result.stderr
+    assert "flagged as anomalous" in result.stdout
+    header, first = (work / "normal.csv").read_text().splitlines()[:2]
+    assert header.startswith("event_id;ts;pump_id;")
+    assert "," in first.split(";")[4]  # rpm, with a decimal comma
+    assert len(pd.read_csv(work / "scores.csv")) > 990
+
+
 def test_info_and_help(trained: Path) -> None:
     result = run("info", "--model-dir", str(trained / "model"))
     assert result.returncode == 0

@@ -689,7 +689,9 @@ def _pipeline_lines(cfg: PipelineConfig) -> list[str]:
 def demo(
     workdir: Path = typer.Option(Path("demo"), "--workdir", help="Where to write the demo files."),
     rows: int = typer.Option(20_000, "--rows", help="Normal rows to train on."),
-    pipeline: Path | None = typer.Option(None, "--pipeline", help="Pipeline YAML file."),
+    pipeline: Path | None = typer.Option(
+        None, "--pipeline", help="Pipeline YAML file (default: pipelines/pumps.yaml)."
+    ),
     epochs: int | None = typer.Option(None, "--epochs", help="Fewer epochs for a quicker demo."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -710,7 +712,14 @@ def demo(
         cfg.training.epochs = epochs
     workdir.mkdir(parents=True, exist_ok=True)
     normal_csv, export_csv = workdir / "normal.csv", workdir / "export.csv"
-    make_pump_data(rows, seed=1).to_csv(normal_csv, index=False)
+
+    # The files are written as the pipeline's csv section says, so that it reads them back.
+    def write(frame: pd.DataFrame, path: Path) -> None:
+        frame.to_csv(
+            path, index=False, sep=cfg.csv.sep, decimal=cfg.csv.decimal, encoding=cfg.csv.encoding
+        )
+
+    write(make_pump_data(rows, seed=1), normal_csv)
     export = make_pump_data(
         max(1000, rows // 4),
         anomaly_rate=0.03,
@@ -721,14 +730,18 @@ def demo(
     # A few rows as real exports have them: text where a number belongs, an infinite reading.
     export = export.astype({"flow": object})
     export.loc[[7, 500], "flow"] = ["n/a (sensor offline)", "inf"]
-    export.to_csv(export_csv, index=False)
+    write(export, export_csv)
     typer.echo(f"wrote {normal_csv} ({rows} normal rows) and {export_csv} ({len(export)} rows)")
 
     typer.echo(
         f"\n$ anomaly-vae train {normal_csv} --model-dir {workdir / 'model'} --pipeline {pipeline}"
     )
     frame = read_training_csv(
-        normal_csv, sep=cfg.csv.sep, encoding=cfg.csv.encoding, text_columns=key_columns(cfg)
+        normal_csv,
+        sep=cfg.csv.sep,
+        encoding=cfg.csv.encoding,
+        decimal=cfg.csv.decimal,
+        text_columns=key_columns(cfg),
     )
     model = AnomalyVAE(config=cfg, verbose=_show_progress(quiet)).fit(frame)
     digest = model.save(workdir / "model")
@@ -740,7 +753,7 @@ def demo(
     writer = CsvRejectsWriter(rejects)
     summary = score_csv(
         model,
-        CsvSource(export_csv, sep=cfg.csv.sep),
+        CsvSource(export_csv, sep=cfg.csv.sep, encoding=cfg.csv.encoding, decimal=cfg.csv.decimal),
         sinks=[CsvScoreWriter(out), writer],
         passthrough=cfg.columns.passthrough(),
         label_column=cfg.columns.label,
@@ -751,7 +764,7 @@ def demo(
         summary.outputs.append(f"{rejects} ({writer.count} rejected rows with reasons)")
     _print_summary(summary)
 
-    scores = pd.read_csv(out)
+    scores = pd.read_csv(out)  # written by CsvScoreWriter: always ',' and '.'
     top = scores.sort_values("score", ascending=False).head(5)
     typer.echo("\nthe five most anomalous records:")
     with pd.option_context("display.width", 160, "display.max_columns", 20):
