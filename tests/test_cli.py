@@ -1013,7 +1013,7 @@ def test_an_error_of_one_of_several_scorer_processes_says_which(
     assert capsys.readouterr().err.startswith("[2/3] error: ")
 
 
-def test_the_help_of_stream_and_dev_broker_says_what_the_options_take(
+def test_the_help_of_stream_dev_broker_and_score_says_what_the_options_take(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # 'stream --db' sent the reader to 'db --help', which lists the db commands and says
@@ -1024,6 +1024,9 @@ def test_the_help_of_stream_and_dev_broker_says_what_the_options_take(
         text = " ".join(result.stdout.split())
         return text[text.index(option) : text.index(after)]
 
+    # 'score --threshold' said its default was the model's calibrated threshold; into a
+    # database the default is the threshold in force there.
+    assert "in force" in option_help("score", "--threshold", "--chunk-size")
     db_help = option_help("stream", "--db", "--alerts-topic")
     assert "sqlite:///file.db" in db_help
     assert "$ANOMALY_VAE_DATABASE_URL" in db_help

@@ -264,7 +264,10 @@ def score(
     ),
     label_column: str | None = typer.Option(None, "--label-column", help="Evaluate against it."),
     threshold: float | None = typer.Option(
-        None, "--threshold", help="Score threshold (default: the model's calibrated one)."
+        None,
+        "--threshold",
+        help="Score threshold (default: with a database, the one in force there; else the "
+        "model's calibrated one).",
     ),
     chunk_size: int | None = typer.Option(
         None,
