@@ -1027,6 +1027,9 @@ def test_the_help_of_stream_dev_broker_and_score_says_what_the_options_take(
     # 'score --threshold' said its default was the model's calibrated threshold; into a
     # database the default is the threshold in force there.
     assert "in force" in option_help("score", "--threshold", "--chunk-size")
+    # ... and '--pipeline' that it took the columns to copy and the label, where a file's csv,
+    # alerts and database sections count too, and its window and scoring settings do not.
+    assert "database" in option_help("score", "--pipeline", "--sep")
     db_help = option_help("stream", "--db", "--alerts-topic")
     assert "sqlite:///file.db" in db_help
     assert "$ANOMALY_VAE_DATABASE_URL" in db_help

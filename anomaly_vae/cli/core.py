@@ -253,7 +253,11 @@ def score(
         None, "--rejects", help="Rejected rows CSV (default: next to --out, .rejects.csv)."
     ),
     pipeline: Path | None = typer.Option(
-        None, "--pipeline", help="Pipeline YAML (columns to copy, label); default: the model's."
+        None,
+        "--pipeline",
+        help="Pipeline YAML whose columns, csv, alerts and database sections (and "
+        "scoring.chunk_size) replace the model's; the model's window and other scoring "
+        "settings stay.",
     ),
     sep: str | None = typer.Option(None, "--sep", help="CSV separator (default: the model's)."),
     decimal: str | None = typer.Option(
