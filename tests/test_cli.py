@@ -475,8 +475,9 @@ def test_an_unknown_label_value_names_the_file_and_its_row(
     export.loc[17, "label"] = "?"
     data = trained / "odd-label.csv"
     export.to_csv(data, index=False)
+    out = ("--out", str(trained / "odd-label.scores.csv"))  # not in the working directory
     result = run_inline(
-        capsys, "score", str(data), "--model-dir", str(trained / "model"), "--chunk-size", "8"
+        capsys, "score", str(data), "--model-dir", str(trained / "model"), "--chunk-size", "8", *out
     )
     assert_user_error(result, f"{data}: label column 'label'", "'?' (row 17)")
     result = run_inline(
