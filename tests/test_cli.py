@@ -1031,6 +1031,8 @@ def test_the_help_of_stream_dev_broker_and_score_says_what_the_options_take(
     # ... and '--pipeline' that it took the columns to copy and the label, where a file's csv,
     # alerts and database sections count too, and its window and scoring settings do not.
     assert "database" in option_help("score", "--pipeline", "--sep")
+    # ... and that the default scores file is written in the working directory, not beside DATA.
+    assert "current directory" in option_help("score", "--out", "--rejects")
     db_help = option_help("stream", "--db", "--alerts-topic")
     assert "sqlite:///file.db" in db_help
     assert "$ANOMALY_VAE_DATABASE_URL" in db_help

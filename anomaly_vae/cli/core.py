@@ -246,8 +246,8 @@ def score(
     out: Path | None = typer.Option(
         None,
         "--out",
-        help="Output CSV (default: DATA's name with .scores.csv; '-': standard output, the "
-        "default for DATA '-').",
+        help="Output CSV (default: DATA's file name with .scores.csv, in the current directory; "
+        "'-': standard output, the default for DATA '-').",
     ),
     rejects: Path | None = typer.Option(
         None, "--rejects", help="Rejected rows CSV (default: next to --out, .rejects.csv)."
