@@ -934,9 +934,11 @@ def test_scoring_settings_a_pipeline_file_cannot_change_are_named(
     # `score --pipeline` with `scoring: {top_features: 1, threshold_quantile: 0.5}` scored with
     # the model's 3 top features and calibrated threshold without a word, where the README
     # says the sections a file sets replace the model's. Only chunk_size is taken; the rest is
-    # named.
+    # named, as is a name (results are kept under the model's).
     pipeline = trained / "scoring-only.yaml"
-    pipeline.write_text("scoring:\n  top_features: 1\n  threshold_quantile: 0.5\n  chunk_size: 7\n")
+    pipeline.write_text(
+        "name: other\nscoring:\n  top_features: 1\n  threshold_quantile: 0.5\n  chunk_size: 7\n"
+    )
     export = trained / "normal.csv"
     out = trained / "by-scoring-pipeline.csv"
     args = ["score", str(export), "--model-dir", str(trained / "model"), "--out", str(out)]
@@ -946,6 +948,8 @@ def test_scoring_settings_a_pipeline_file_cannot_change_are_named(
     assert "scoring.threshold_quantile 0.5, scoring.top_features 1 differ" in warning
     assert "the model's are used" in warning
     assert "chunk_size 7" not in warning
+    # The name too: results were still kept under the model's, the file's name: unused.
+    assert "name 'other' differs from the model's ('pumps')" in result.stderr
     tops = pd.read_csv(out)["top_features"].dropna()
     assert tops.str.count(":").max() == 3
 

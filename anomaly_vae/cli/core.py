@@ -469,7 +469,16 @@ SCORING_TIME_SETTINGS = frozenset({"chunk_size"})
 def warn_trained_settings(pipeline: Path, file_cfg: PipelineConfig, model: PipelineConfig) -> None:
     """Name the settings of a pipeline file given to ``score`` or ``stream`` that the model does
     not take: a model scores with the window and the scoring settings (K, score kind, top
-    features, threads...) it was trained with, whatever the file says."""
+    features, threads...) it was trained with, whatever the file says, and under its name."""
+    if "name" in file_cfg.model_fields_set and file_cfg.name != model.name:
+        # Results, thresholds and alerts are kept under the name the model was trained with.
+        logger.warning(
+            "%s: name %r differs from the model's (%r); the model's is used (a name is set when "
+            "training)",
+            pipeline,
+            file_cfg.name,
+            model.name,
+        )
     if "window" in file_cfg.model_fields_set and file_cfg.window != model.window:
         # A model scores with the window it was trained with: it cannot take another.
         logger.warning(
