@@ -501,7 +501,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         status_code=201,
         tags=["thresholds"],
         dependencies=[Writer],
-        responses=_errors(400, 401, 403, 404),
+        responses=_errors(400, 401, 403, 404, 413),
     )
     def create_threshold(name: str, body: ThresholdCreate, conn: Conn) -> ThresholdPublic:
         """Put a new threshold version in force (live scorers apply it within seconds)."""
@@ -513,7 +513,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         status_code=201,
         tags=["thresholds"],
         dependencies=[Writer],
-        responses=_errors(400, 401, 403, 404),
+        responses=_errors(400, 401, 403, 404, 413),
     )
     def update_threshold(name: str, body: ThresholdUpdate, conn: Conn) -> ThresholdPublic:
         """A new version changing only what is given (e.g. just the alert rule)."""
@@ -528,7 +528,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         "/models/{name}/thresholds/preview",
         response_model=ThresholdPreviewPublic,
         tags=["thresholds"],
-        responses=_errors(400, 404),
+        responses=_errors(400, 404, 413),
     )
     def preview(name: str, body: ThresholdPreviewRequest, conn: Conn) -> ThresholdPreviewPublic:
         """What a threshold and alert rule would have done to the stored scores (read-only)."""
@@ -548,7 +548,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         "/models/{name}/score",
         response_model=ScoreResponse,
         tags=["models"],
-        responses=_errors(400, 404, 409),
+        responses=_errors(400, 404, 409, 413),
     )
     def score(name: str, body: ScoreRequest, conn: Conn) -> ScoreResponse:
         """Score records now with a registered model version, loaded from its model directory
@@ -616,7 +616,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         response_model=AlertPublic,
         tags=["alerts"],
         dependencies=[Writer],
-        responses=_errors(400, 401, 403, 404),
+        responses=_errors(400, 401, 403, 404, 413),
     )
     def acknowledge(alert_id: int, conn: Conn, body: AlertAction | None = None) -> AlertPublic:
         """Acknowledge an open alert."""
@@ -627,7 +627,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         response_model=AlertPublic,
         tags=["alerts"],
         dependencies=[Writer],
-        responses=_errors(400, 401, 403, 404),
+        responses=_errors(400, 401, 403, 404, 413),
     )
     def resolve(alert_id: int, conn: Conn, body: AlertAction | None = None) -> AlertPublic:
         """Resolve an alert."""

@@ -737,3 +737,27 @@ def test_a_request_body_over_the_limit_is_a_413_whole_or_in_chunks(server: Serve
     assert "over 32 MiB" in chunked.json()["detail"]
     small = server.client.post("/models/pumps/score", json={"records": []}, headers=AUTH)
     assert small.status_code != 413
+
+
+def test_the_openapi_schema_documents_the_413_where_a_request_has_a_body(tmp_path: Path) -> None:
+    # The body limit's 413 had a description (from MAX_BODY_BYTES) that no operation used: a
+    # client generated from /openapi.json knew nothing of it, though the README lists it.
+    from anomaly_vae.api import MAX_BODY_BYTES, ApiSettings, create_app
+    from anomaly_vae.storage.engine import DatabaseTarget
+
+    target = DatabaseTarget(parse_database_url(f"sqlite:///{tmp_path / 'r.db'}"), "--db")
+    engine = create_database_engine(target.url)
+    try:
+        schema = create_app(ApiSettings(database=target, token=None), engine).openapi()
+    finally:
+        engine.dispose()
+    with_body = [
+        (path, method, operation["responses"])
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+        if "requestBody" in operation
+    ]
+    assert len(with_body) == 6  # thresholds POST / PATCH / preview, score, acknowledge, resolve
+    for path, method, responses in with_body:
+        assert "413" in responses, (method, path)
+        assert f"{MAX_BODY_BYTES // 2**20} MiB" in responses["413"]["description"]

@@ -475,8 +475,9 @@ def test_an_unknown_label_value_names_the_file_and_its_row(
     export.loc[17, "label"] = "?"
     data = trained / "odd-label.csv"
     export.to_csv(data, index=False)
+    out = ("--out", str(trained / "odd-label.scores.csv"))  # not in the working directory
     result = run_inline(
-        capsys, "score", str(data), "--model-dir", str(trained / "model"), "--chunk-size", "8"
+        capsys, "score", str(data), "--model-dir", str(trained / "model"), "--chunk-size", "8", *out
     )
     assert_user_error(result, f"{data}: label column 'label'", "'?' (row 17)")
     result = run_inline(
@@ -815,6 +816,26 @@ def test_demo_runs(tmp_path: Path) -> None:
     assert np.isfinite(scores["score"]).all()
 
 
+def test_demo_writes_its_files_as_its_pipeline_reads_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 'demo --pipeline FILE' with `csv: {sep: ";", decimal: ","}` wrote normal.csv with commas
+    # and then read it with the file's ';': "only one column found", exit 2.
+    text = (REPO / "pipelines" / "pumps.yaml").read_text()
+    text = text.replace('  sep: ","', '  sep: ";"').replace('  decimal: "."', '  decimal: ","')
+    pipeline = tmp_path / "semicolons.yaml"
+    pipeline.write_text(text)
+    work = tmp_path / "d"
+    args = ["demo", "--workdir", str(work), "--rows", "500", "--epochs", "2", "-q"]
+    result = run_inline(capsys, *args, "--pipeline", str(pipeline))
+    assert result.returncode == 0, result.stderr
+    assert "flagged as anomalous" in result.stdout
+    header, first = (work / "normal.csv").read_text().splitlines()[:2]
+    assert header.startswith("event_id;ts;pump_id;")
+    assert "," in first.split(";")[4]  # rpm, with a decimal comma
+    assert len(pd.read_csv(work / "scores.csv")) > 990
+
+
 def test_info_and_help(trained: Path) -> None:
     result = run("info", "--model-dir", str(trained / "model"))
     assert result.returncode == 0
@@ -936,6 +957,32 @@ def test_a_pipeline_window_the_model_was_not_trained_with_is_named(
     assert "size: " in result.stderr
 
 
+def test_scoring_settings_a_pipeline_file_cannot_change_are_named(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `score --pipeline` with `scoring: {top_features: 1, threshold_quantile: 0.5}` scored with
+    # the model's 3 top features and calibrated threshold without a word, where the README
+    # says the sections a file sets replace the model's. Only chunk_size is taken; the rest is
+    # named, as is a name (results are kept under the model's).
+    pipeline = trained / "scoring-only.yaml"
+    pipeline.write_text(
+        "name: other\nscoring:\n  top_features: 1\n  threshold_quantile: 0.5\n  chunk_size: 7\n"
+    )
+    export = trained / "normal.csv"
+    out = trained / "by-scoring-pipeline.csv"
+    args = ["score", str(export), "--model-dir", str(trained / "model"), "--out", str(out)]
+    result = run_inline(capsys, *args, "--pipeline", str(pipeline), "-q")
+    assert result.returncode == 0, result.stderr
+    warning = next(line for line in result.stderr.splitlines() if "scoring." in line)
+    assert "scoring.threshold_quantile 0.5, scoring.top_features 1 differ" in warning
+    assert "the model's are used" in warning
+    assert "chunk_size 7" not in warning
+    # The name too: results were still kept under the model's, the file's name: unused.
+    assert "name 'other' differs from the model's ('pumps')" in result.stderr
+    tops = pd.read_csv(out)["top_features"].dropna()
+    assert tops.str.count(":").max() == 3
+
+
 def test_a_pipeline_file_keeps_the_model_settings_it_does_not_set(
     trained: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -998,3 +1045,28 @@ def test_an_error_of_one_of_several_scorer_processes_says_which(
         main(["stream", "--model-dir", str(tmp_path / "no-model"), "--topic", "t"])
     assert stopped.value.code == 2
     assert capsys.readouterr().err.startswith("[2/3] error: ")
+
+
+def test_the_help_of_stream_dev_broker_and_score_says_what_the_options_take(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 'stream --db' sent the reader to 'db --help', which lists the db commands and says
+    # nothing of URLs; 'dev-broker --port' said "(127.0.0.1)" beside a --host option.
+    def option_help(command: str, option: str, after: str) -> str:
+        result = run_inline(capsys, command, "--help")
+        assert result.returncode == 0
+        text = " ".join(result.stdout.split())
+        return text[text.index(option) : text.index(after)]
+
+    # 'score --threshold' said its default was the model's calibrated threshold; into a
+    # database the default is the threshold in force there.
+    assert "in force" in option_help("score", "--threshold", "--chunk-size")
+    # ... and '--pipeline' that it took the columns to copy and the label, where a file's csv,
+    # alerts and database sections count too, and its window and scoring settings do not.
+    assert "database" in option_help("score", "--pipeline", "--sep")
+    # ... and that the default scores file is written in the working directory, not beside DATA.
+    assert "current directory" in option_help("score", "--out", "--rejects")
+    db_help = option_help("stream", "--db", "--alerts-topic")
+    assert "sqlite:///file.db" in db_help
+    assert "$ANOMALY_VAE_DATABASE_URL" in db_help
+    assert "127.0.0.1" not in option_help("dev-broker", "--port", "--host")

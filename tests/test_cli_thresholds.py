@@ -427,3 +427,60 @@ def test_a_blank_name_on_an_alert_action_is_refused(
         ),
         "needs who made it",
     )
+
+
+def test_the_one_threshold_reports_take_table_or_json_not_csv(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 'thresholds show / preview / tune --format csv' was accepted (their help said "table or
+    # json" beside a <table|csv|json> choice) and printed the table: a script asking for CSV
+    # got text it could not parse. The choice is refused before any database is opened.
+    db = ("--db", f"sqlite:///{tmp_path / 'none.db'}")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("source_key,label\nk,1\n")
+    for command in (
+        ("show", "pumps"),
+        ("preview", "pumps"),
+        ("tune", "pumps", "--labels", str(labels), "--objective", "f1"),
+    ):
+        result = cli(capsys, "thresholds", *command, "--format", "csv", *db)
+        assert result.returncode == 2, result.stderr
+        assert "'csv' is not one of 'table', 'json'" in result.stderr, result.stderr
+        assert not (tmp_path / "none.db").exists()
+
+
+def test_preview_reads_per_record_labels_under_another_key_column(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The labels for 'preview' and 'tune' are one format, with '--key-column NAME' for a
+    # per-record file whose key column is not 'source_key' (README, "Labels"); only 'tune'
+    # took the flag, and 'preview --key-column' was "No such option".
+    import hashlib
+
+    _, model_dir = pump_model
+    db = ("--db", db_url)
+    ok(capsys, "score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    digest = hashlib.sha256(export.read_bytes()).hexdigest()
+    truth = pd.read_csv(export)["label"]
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame(
+        {"record": [f"file-sha256:{digest}:{row}" for row in truth.index], "label": truth}
+    ).to_csv(labels, index=False)
+    shown = as_json(
+        capsys,
+        "thresholds",
+        "preview",
+        "pumps",
+        "--labels",
+        str(labels),
+        "--key-column",
+        "record",
+        *db,
+    )
+    assert isinstance(shown, dict)
+    assert shown["labelled_records"] == shown["records"] > 0
+    assert shown["metrics"]["recall"] > 0

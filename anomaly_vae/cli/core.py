@@ -246,14 +246,18 @@ def score(
     out: Path | None = typer.Option(
         None,
         "--out",
-        help="Output CSV (default: DATA's name with .scores.csv; '-': standard output, the "
-        "default for DATA '-').",
+        help="Output CSV (default: DATA's file name with .scores.csv, in the current directory; "
+        "'-': standard output, the default for DATA '-').",
     ),
     rejects: Path | None = typer.Option(
         None, "--rejects", help="Rejected rows CSV (default: next to --out, .rejects.csv)."
     ),
     pipeline: Path | None = typer.Option(
-        None, "--pipeline", help="Pipeline YAML (columns to copy, label); default: the model's."
+        None,
+        "--pipeline",
+        help="Pipeline YAML whose columns, csv, alerts and database sections (and "
+        "scoring.chunk_size) replace the model's; the model's window and other scoring "
+        "settings stay.",
     ),
     sep: str | None = typer.Option(None, "--sep", help="CSV separator (default: the model's)."),
     decimal: str | None = typer.Option(
@@ -264,9 +268,16 @@ def score(
     ),
     label_column: str | None = typer.Option(None, "--label-column", help="Evaluate against it."),
     threshold: float | None = typer.Option(
-        None, "--threshold", help="Score threshold (default: the model's calibrated one)."
+        None,
+        "--threshold",
+        help="Score threshold (default: with a database, the one in force there; else the "
+        "model's calibrated one).",
     ),
-    chunk_size: int | None = typer.Option(None, "--chunk-size", help="Rows per chunk."),
+    chunk_size: int | None = typer.Option(
+        None,
+        "--chunk-size",
+        help="Rows per chunk (default: scoring.chunk_size of --pipeline, else the model's).",
+    ),
     device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
     db: str | None = typer.Option(
         None,
@@ -364,25 +375,16 @@ def _score_file(
 
     model = AnomalyVAE.load(model_dir, device=device)
     # What the pipeline file does not set (its columns, its csv section...) is the model's own.
-    cfg = (
-        PipelineConfig.from_yaml(pipeline).over(model.config_, source=pipeline)
-        if pipeline
-        else model.config_
-    )
+    file_cfg = PipelineConfig.from_yaml(pipeline) if pipeline else None
+    cfg = model.config_
+    if pipeline and file_cfg:
+        cfg = file_cfg.over(model.config_, source=pipeline)
+        warn_trained_settings(pipeline, file_cfg, model.config_)
     if chunk_size is not None and chunk_size < 1:
         raise ConfigError(f"--chunk-size must be >= 1, got {chunk_size}")
     if threshold is not None and not math.isfinite(threshold):
         # nan would flag nothing, silently (every comparison with it is false)
         raise ConfigError(f"--threshold must be a finite number, got {threshold}")
-    if pipeline and cfg.window != model.config_.window:
-        # A model scores with the window it was trained with: it cannot take another.
-        logger.warning(
-            "%s: window %s differs from the model's (%s); the model's is used (a window is set "
-            "when training)",
-            pipeline,
-            _window_text(cfg.window),
-            _window_text(model.config_.window),
-        )
     target = _score_database(db, pipeline, cfg)
     csv_out = out is not None or target is None
     stem = "stdin" if shown == STDIN else _stem(shown)
@@ -458,6 +460,53 @@ def _check_outputs(data: Path, out: Path | None, rejects: Path) -> None:
     # The rejects file is created at the first reject: a path it cannot have is said now,
     # not part way through the file.
     check_writable(rejects)
+
+
+# Scoring settings a pipeline file may change at scoring time; the others are the model's own.
+SCORING_TIME_SETTINGS = frozenset({"chunk_size"})
+
+
+def warn_trained_settings(pipeline: Path, file_cfg: PipelineConfig, model: PipelineConfig) -> None:
+    """Name the settings of a pipeline file given to ``score`` or ``stream`` that the model does
+    not take: a model scores with the window and the scoring settings (K, score kind, top
+    features, threads...) it was trained with, whatever the file says, and under its name."""
+    if "name" in file_cfg.model_fields_set and file_cfg.name != model.name:
+        # Results, thresholds and alerts are kept under the name the model was trained with.
+        logger.warning(
+            "%s: name %r differs from the model's (%r); the model's is used (a name is set when "
+            "training)",
+            pipeline,
+            file_cfg.name,
+            model.name,
+        )
+    if "window" in file_cfg.model_fields_set and file_cfg.window != model.window:
+        # A model scores with the window it was trained with: it cannot take another.
+        logger.warning(
+            "%s: window %s differs from the model's (%s); the model's is used (a window is set "
+            "when training)",
+            pipeline,
+            _window_text(file_cfg.window),
+            _window_text(model.window),
+        )
+    if "scoring" not in file_cfg.model_fields_set:
+        return
+    given, own = file_cfg.scoring, model.scoring
+    changed = sorted(
+        name
+        for name in given.model_fields_set - SCORING_TIME_SETTINGS
+        if getattr(given, name) != getattr(own, name)
+    )
+    if changed:
+        logger.warning(
+            "%s: %s differ%s from the model's (%s); the model's %s used (scoring settings are "
+            "set when training, all but %s)",
+            pipeline,
+            ", ".join(f"scoring.{name} {getattr(given, name)!r}" for name in changed),
+            "s" if len(changed) == 1 else "",
+            ", ".join(f"{getattr(own, name)!r}" for name in changed),
+            "is" if len(changed) == 1 else "are",
+            ", ".join(sorted(SCORING_TIME_SETTINGS)),
+        )
 
 
 def _window_text(window: WindowConfig | None) -> str:
@@ -656,7 +705,9 @@ def _pipeline_lines(cfg: PipelineConfig) -> list[str]:
 def demo(
     workdir: Path = typer.Option(Path("demo"), "--workdir", help="Where to write the demo files."),
     rows: int = typer.Option(20_000, "--rows", help="Normal rows to train on."),
-    pipeline: Path | None = typer.Option(None, "--pipeline", help="Pipeline YAML file."),
+    pipeline: Path | None = typer.Option(
+        None, "--pipeline", help="Pipeline YAML file (default: pipelines/pumps.yaml)."
+    ),
     epochs: int | None = typer.Option(None, "--epochs", help="Fewer epochs for a quicker demo."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -677,7 +728,14 @@ def demo(
         cfg.training.epochs = epochs
     workdir.mkdir(parents=True, exist_ok=True)
     normal_csv, export_csv = workdir / "normal.csv", workdir / "export.csv"
-    make_pump_data(rows, seed=1).to_csv(normal_csv, index=False)
+
+    # The files are written as the pipeline's csv section says, so that it reads them back.
+    def write(frame: pd.DataFrame, path: Path) -> None:
+        frame.to_csv(
+            path, index=False, sep=cfg.csv.sep, decimal=cfg.csv.decimal, encoding=cfg.csv.encoding
+        )
+
+    write(make_pump_data(rows, seed=1), normal_csv)
     export = make_pump_data(
         max(1000, rows // 4),
         anomaly_rate=0.03,
@@ -688,14 +746,18 @@ def demo(
     # A few rows as real exports have them: text where a number belongs, an infinite reading.
     export = export.astype({"flow": object})
     export.loc[[7, 500], "flow"] = ["n/a (sensor offline)", "inf"]
-    export.to_csv(export_csv, index=False)
+    write(export, export_csv)
     typer.echo(f"wrote {normal_csv} ({rows} normal rows) and {export_csv} ({len(export)} rows)")
 
     typer.echo(
         f"\n$ anomaly-vae train {normal_csv} --model-dir {workdir / 'model'} --pipeline {pipeline}"
     )
     frame = read_training_csv(
-        normal_csv, sep=cfg.csv.sep, encoding=cfg.csv.encoding, text_columns=key_columns(cfg)
+        normal_csv,
+        sep=cfg.csv.sep,
+        encoding=cfg.csv.encoding,
+        decimal=cfg.csv.decimal,
+        text_columns=key_columns(cfg),
     )
     model = AnomalyVAE(config=cfg, verbose=_show_progress(quiet)).fit(frame)
     digest = model.save(workdir / "model")
@@ -707,7 +769,7 @@ def demo(
     writer = CsvRejectsWriter(rejects)
     summary = score_csv(
         model,
-        CsvSource(export_csv, sep=cfg.csv.sep),
+        CsvSource(export_csv, sep=cfg.csv.sep, encoding=cfg.csv.encoding, decimal=cfg.csv.decimal),
         sinks=[CsvScoreWriter(out), writer],
         passthrough=cfg.columns.passthrough(),
         label_column=cfg.columns.label,
@@ -718,7 +780,7 @@ def demo(
         summary.outputs.append(f"{rejects} ({writer.count} rejected rows with reasons)")
     _print_summary(summary)
 
-    scores = pd.read_csv(out)
+    scores = pd.read_csv(out)  # written by CsvScoreWriter: always ',' and '.'
     top = scores.sort_values("score", ascending=False).head(5)
     typer.echo("\nthe five most anomalous records:")
     with pd.option_context("display.width", 160, "display.max_columns", 20):

@@ -52,6 +52,13 @@ class OutputFormat(str, Enum):
     json = "json"
 
 
+class ReportFormat(str, Enum):
+    """The reports of one threshold (show, preview, tune): a table or JSON, no CSV form."""
+
+    table = "table"
+    json = "json"
+
+
 def database_target(
     db: str | None, pipeline: Path | None, *, pipeline_url: str | None = None
 ) -> DatabaseTarget:

@@ -12,6 +12,7 @@ import typer
 from pydantic import ValidationError
 
 from anomaly_vae.cli import ARGV, app, setup_logging
+from anomaly_vae.cli.db import DB_HELP
 from anomaly_vae.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -19,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 @app.command("dev-broker")
 def dev_broker(
-    port: int = typer.Option(9092, "--port", help="Port to listen on (127.0.0.1)."),
+    port: int = typer.Option(9092, "--port", help="Port to listen on."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     storage: str = typer.Option(
         "memory://tansu/", "--storage", help="Tansu storage engine (memory by default)."
@@ -117,7 +118,7 @@ def stream(
     bootstrap: str | None = typer.Option(None, "--bootstrap", help="Kafka bootstrap servers."),
     topic: str | None = typer.Option(None, "--topic", help="Topic to score."),
     group: str | None = typer.Option(None, "--group", help="Consumer group id."),
-    db: str | None = typer.Option(None, "--db", help="Database URL (see 'db --help')."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
     alerts_topic: str | None = typer.Option(None, "--alerts-topic", help="Publish alerts here."),
     dead_letter_topic: str | None = typer.Option(
         None, "--dead-letter-topic", help="Publish rejected messages here."
@@ -130,7 +131,11 @@ def stream(
         "--idle-timeout",
         help="Stop after this many seconds without a message (an error: without a broker).",
     ),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Records per micro-batch."),
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        help="Records per micro-batch (default: kafka.max_batch_records, 20000).",
+    ),
     session_timeout_ms: int | None = typer.Option(
         None, "--session-timeout-ms", help="Consumer group session timeout (default 10000)."
     ),
@@ -157,6 +162,7 @@ def stream(
     # schema check) only with --verbose.
     setup_logging(verbose, prefix=f"[{label}] " if label else "")
     logging.getLogger("anomaly_vae").setLevel(logging.INFO)
+    from anomaly_vae.cli.core import warn_trained_settings
     from anomaly_vae.cli.db import database_target, opened
     from anomaly_vae.config import PipelineConfig
     from anomaly_vae.estimator import AnomalyVAE
@@ -175,6 +181,8 @@ def stream(
         # The sections the file sets replace the model's own; what it leaves out (a file with
         # only kafka: and model_dir:) keeps the model's columns, entity and alert rule.
         merged = file_cfg.over(cfg, source=pipeline or "the pipeline file")
+        if pipeline is not None:
+            warn_trained_settings(pipeline, file_cfg, model.config_)
         cfg.kafka = merged.kafka
         cfg.columns = merged.columns
         cfg.alerts = merged.alerts

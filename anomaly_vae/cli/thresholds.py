@@ -25,7 +25,14 @@ from typing import Annotated, Any, Literal
 import typer
 
 from anomaly_vae.cli import app, setup_logging
-from anomaly_vae.cli.db import DB_HELP, PIPELINE_HELP, OutputFormat, emit, parse_since
+from anomaly_vae.cli.db import (
+    DB_HELP,
+    PIPELINE_HELP,
+    OutputFormat,
+    ReportFormat,
+    emit,
+    parse_since,
+)
 from anomaly_vae.errors import ConfigError
 
 thresholds_app = typer.Typer(
@@ -72,9 +79,8 @@ CooldownOpt = Annotated[
     float | None,
     typer.Option("--cooldown", help="Alert rule: seconds between two alerts of an entity."),
 ]
-LabelsSepOpt = Annotated[
-    str, typer.Option("--sep", help="The labels file's separator (default ',').")
-]
+KeyColumnOpt = Annotated[str, typer.Option("--key-column", help="The labels file's key column.")]
+LabelsSepOpt = Annotated[str, typer.Option("--sep", help="The labels file's separator.")]
 ResolveAfterOpt = Annotated[
     int | None,
     typer.Option(
@@ -237,7 +243,7 @@ def _threshold_dict(row: Any) -> dict[str, Any]:
 @thresholds_app.command("show")
 def thresholds_show(
     model: ModelArg,
-    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json."),
+    fmt: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table or json."),
     db: DbOpt = None,
     pipeline: PipelineOpt = None,
 ) -> None:
@@ -262,7 +268,7 @@ def thresholds_show(
     shown["model_version"] = version.version
     if normal is not None:
         shown["normal_false_alarm_rate"] = float(np.mean(normal > row.warning))
-    if fmt is OutputFormat.json:
+    if fmt is ReportFormat.json:
         typer.echo(json.dumps(shown, default=str, indent=1))
         return
     critical = f", critical {row.critical:.6g}" if row.critical is not None else ""
@@ -405,11 +411,12 @@ def thresholds_preview(
     label_column: str = typer.Option(
         "label", "--label-column", help="The labels file's label column."
     ),
+    key_column: KeyColumnOpt = "source_key",
     sep: LabelsSepOpt = ",",
     plot: Path | None = typer.Option(
         None, "--plot", help="Also draw the preview to this PNG file."
     ),
-    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json."),
+    fmt: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table or json."),
     db: DbOpt = None,
     pipeline: PipelineOpt = None,
 ) -> None:
@@ -430,7 +437,11 @@ def thresholds_preview(
         raise ConfigError(f"--until {until} is not after --since {since}: no scores between them")
     warning = _policy(value, quantile, false_alarm_rate, contamination, evt, risk, start)
     critical_spec = _critical(critical, start)
-    label_set = read_labels(labels, label_column=label_column, sep=sep) if labels else None
+    label_set = (
+        read_labels(labels, label_column=label_column, key_column=key_column, sep=sep)
+        if labels
+        else None
+    )
     with connected(_target(db, pipeline)) as connection:
         current = repo.threshold_in_force(connection, model_name=model)
         rule = _rule(current.alert_rule if current else None, debounce, cooldown, resolve_after)
@@ -449,7 +460,7 @@ def thresholds_preview(
 
         preview_plot(result, plot)
     summary = result.as_dict()
-    if fmt is OutputFormat.json:
+    if fmt is ReportFormat.json:
         typer.echo(json.dumps(summary, default=str, indent=1))
         return
     _print_preview(summary, plot)
@@ -514,9 +525,7 @@ def thresholds_tune(
     label_column: str = typer.Option(
         "label", "--label-column", help="The labels file's label column."
     ),
-    key_column: str = typer.Option(
-        "source_key", "--key-column", help="The labels file's key column."
-    ),
+    key_column: KeyColumnOpt = "source_key",
     sep: LabelsSepOpt = ",",
     since: str | None = typer.Option(
         None, "--since", help="Stored scores from this date or time on."
@@ -535,7 +544,7 @@ def thresholds_tune(
         "--no-critical",
         help="With --apply: drop the critical level (kept from the version in force otherwise).",
     ),
-    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table or json."),
+    fmt: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table or json."),
     db: DbOpt = None,
     pipeline: PipelineOpt = None,
 ) -> None:
@@ -593,7 +602,7 @@ def thresholds_tune(
     out = tuned.as_dict()
     if applied is not None:
         out["applied_version"] = applied.version
-    if fmt is OutputFormat.json:
+    if fmt is ReportFormat.json:
         typer.echo(json.dumps(out, default=str, indent=1))
         return
     per_day = (
