@@ -480,6 +480,12 @@ def test_an_unknown_label_value_names_the_file_and_its_row(
         capsys, "score", str(data), "--model-dir", str(trained / "model"), "--chunk-size", "8", *out
     )
     assert_user_error(result, f"{data}: label column 'label'", "'?' (row 17)")
+    # The run failed part way: no scores file under the name asked for looks complete; the
+    # rows written before the failure are kept under '.partial', and a warning says so.
+    assert not (trained / "odd-label.scores.csv").exists()
+    partial = trained / "odd-label.scores.csv.partial"
+    assert 0 < len(pd.read_csv(partial)) < 30, partial.read_text()
+    assert f"are in {partial}" in result.stderr
     result = run_inline(
         capsys, "train", str(data), "--model-dir", str(trained / "never"), "--label-column", "label"
     )

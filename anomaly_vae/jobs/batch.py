@@ -133,10 +133,16 @@ class CsvScoreWriter:
         self.path = Path(path)
         self.sep = sep
         self._stdout = str(path) == "-"  # standard output: written, flushed, never closed
+        # Written under a '.partial' name and renamed when the run succeeds: a run that fails
+        # part way leaves no file under the name asked for that looks complete.
+        self.partial = self.path.with_name(self.path.name + ".partial")
         self._handle = (
-            sys.stdout.buffer if self._stdout else _open_for_write(self.path, binary=True)
+            sys.stdout.buffer
+            if self._stdout
+            else _open_for_write(self.partial, binary=True, like=self.path)
         )
         self._header = True
+        self.rows = 0
 
     def write(self, chunk: ScoredChunk) -> None:
         import pyarrow as pa
@@ -155,15 +161,29 @@ class CsvScoreWriter:
             text = frame.to_csv(sep=self.sep, index=False, header=self._header)
             self._handle.write(text.encode("utf-8"))
         self._header = False
+        self.rows += len(frame)
 
     def close(self) -> None:
-        if self._header:  # nothing scored: still leave a file with the header
+        """Called in a ``finally``: renames the file into place unless an exception is on its
+        way out (then the rows written so far stay in the '.partial' file, and a warning says
+        so)."""
+        failed = sys.exc_info()[0] is not None
+        if self._header and not failed:  # nothing scored: still leave a file with the header
             header = self.sep.join(["row", *OUTPUT_SCORE_COLUMNS]) + "\n"
             self._handle.write(header.encode("utf-8"))
         if self._stdout:
             self._handle.flush()
+            return
+        self._handle.close()
+        if failed:
+            logger.warning(
+                "the run failed: the %d score rows written so far are in %s; %s was not written",
+                self.rows,
+                self.partial,
+                self.path,
+            )
         else:
-            self._handle.close()
+            os.replace(self.partial, self.path)
 
 
 class CsvRejectsWriter:
@@ -191,14 +211,15 @@ class CsvRejectsWriter:
             self._handle.close()
 
 
-def _open_for_write(path: Path, *, binary: bool = False) -> Any:
-    check_writable(path)
+def _open_for_write(path: Path, *, binary: bool = False, like: Path | None = None) -> Any:
+    """``path`` opened for writing, compressed as the name ``like`` (default ``path``) says."""
+    check_writable(path if like is None else like)
     # A name ending in .gz, .bz2 or .xz gets what it says (it was plain text under that name).
     opener: Any = {
         ".gz": functools.partial(gzip.open, compresslevel=6),  # 9, the default, is 3x slower
         ".bz2": bz2.open,
         ".xz": lzma.open,
-    }.get(path.suffix.lower(), open)
+    }.get((path if like is None else like).suffix.lower(), open)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if binary:
