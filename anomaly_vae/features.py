@@ -292,13 +292,16 @@ def _to_category_text(series: pd.Series) -> np.ndarray:
         out[whole] = values[whole].astype(np.int64).astype(str).astype(object)
         for i in np.flatnonzero(~whole & ~missing):
             out[i] = _category_key(values[i])
-    elif pd.api.types.infer_dtype(series, skipna=True) == "empty":
+    elif (inferred := pd.api.types.infer_dtype(series, skipna=True)) == "empty":
         out = np.full(len(series), None, dtype=object)
-    elif pd.api.types.infer_dtype(series, skipna=True) == "string":
+    elif inferred == "string":
         # Surrounding blanks are padding, not part of the value ('north ' is 'north'); a value
-        # of blanks only is missing.
-        out = series.str.strip().to_numpy(dtype=object)
-        missing = missing | (out == "")
+        # of blanks only is missing. Trimmed once per distinct value (a batch has few): a
+        # per-row strip cost a stream scorer 0.16 µs a record and column.
+        codes, uniques = pd.factorize(series)  # missing: code -1, the last entry below
+        trimmed = [str(v).strip() or None for v in uniques]
+        out = np.array([*trimmed, None], dtype=object).take(codes)
+        return out  # None where missing or blank
     else:
         raw = series.to_numpy(dtype=object)
         out = np.fromiter((_category_key(v) for v in raw), dtype=object, count=len(raw))

@@ -273,6 +273,31 @@ def test_preprocessor_robust_scaling_unknown_bucket_and_missing_indicator() -> N
     assert np.array_equal(again.transform(schema.validate(test)[0]).x, enc.x)
 
 
+@pytest.mark.parametrize("dtype", [object, "str"])
+def test_category_text_is_trimmed_in_either_string_dtype(dtype: object) -> None:
+    """An object column of text (a DataFrame built by hand, read with dtype=object) and
+    pandas' string dtype give the same categories: blanks around a value trimmed, a value of
+    blanks only and a null missing, the input left as it was."""
+    train = pd.DataFrame({"x": np.arange(40.0), "c": ["a", "b"] * 20})
+    schema = FeatureSchema.infer(train, ColumnsConfig(categorical=["c"]))
+    pre = Preprocessor.fit(schema.validate(train)[0], schema)
+    raw = ["a ", " b", "   ", None, "a"]
+    test = pd.DataFrame({"x": [1.0] * 5, "c": pd.Series(raw, dtype=dtype)})  # type: ignore[call-overload]
+    clean, rejects = schema.validate(test)
+    assert rejects.empty
+    assert [None if pd.isna(v) else v for v in clean["c"]] == ["a", "b", None, None, "a"]
+    assert test["c"].tolist()[:3] == raw[:3]
+    enc = pre.transform(clean)
+    # Slots: [<unknown>, a, b]; a blank is an empty block (a gap), not the unknown slot.
+    assert enc.x[:, 1:].tolist() == [
+        [0.0, 1.0, 0.0],
+        [0.0, 0.0, 1.0],
+        [0.0, 0.0, 0.0],
+        [0.0, 0.0, 0.0],
+        [0.0, 1.0, 0.0],
+    ]
+
+
 def test_a_huge_finite_value_is_clipped_without_a_runtime_warning() -> None:
     # 1e308 in a Kafka message (a finite JSON number) printed "RuntimeWarning: overflow
     # encountered in divide" into the stream scorer's log: the column's scale is under 1.
