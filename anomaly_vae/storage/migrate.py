@@ -82,12 +82,15 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | N
 
 
 def downgrade(engine: Engine, revision: str) -> tuple[str | None, str | None]:
-    """Migrate down to ``revision`` (``base`` removes every table)."""
+    """Migrate down to ``revision`` (``base`` removes every table, Alembic's version table
+    too: it left that one, empty)."""
     with migrating(engine) as connection:
         before = _require_known(connection)
         with _known_revision(revision):
             command.downgrade(alembic_config(connection), revision)
         after = current_revision(connection)
+        if after is None:
+            connection.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
     return before, after
 
 
