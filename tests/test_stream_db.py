@@ -367,6 +367,33 @@ def test_a_signal_while_the_scorer_processes_start_stops_them_cleanly(
     assert all(str(r[0]) != "running" for r in runs), runs
 
 
+def test_processes_option_warns_of_a_pipeline_file_once(
+    broker: DevBroker, sqlite_url: str, pump_model: tuple[AnomalyVAE, Path], tmp_path: Path
+) -> None:
+    """The supervisor names what a --pipeline file cannot change; its children did it again,
+    one warning line per process."""
+    _, model_dir = pump_model
+    pipeline = tmp_path / "scoring.yaml"
+    pipeline.write_text("scoring:\n  top_features: 1\n")
+    topic = create_topic(broker.bootstrap, partitions=2)
+    proc = scorer_process(
+        model_dir,
+        sqlite_url,
+        broker.bootstrap,
+        topic,
+        fresh_name("g"),
+        "--pipeline",
+        str(pipeline),
+        "--processes",
+        "2",
+        "--idle-timeout",
+        "3",
+    )
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert out.count("scoring.top_features 1 differ") == 1, out
+
+
 def test_processes_option_refuses_max_messages(
     sqlite_url: str, pump_model: tuple[AnomalyVAE, Path]
 ) -> None:

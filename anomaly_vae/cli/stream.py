@@ -181,7 +181,7 @@ def stream(
         # The sections the file sets replace the model's own; what it leaves out (a file with
         # only kafka: and model_dir:) keeps the model's columns, entity and alert rule.
         merged = file_cfg.over(cfg, source=pipeline or "the pipeline file")
-        if pipeline is not None:
+        if pipeline is not None and label is None:  # a child's supervisor said it already
             warn_trained_settings(pipeline, file_cfg, model.config_)
         cfg.kafka = merged.kafka
         cfg.columns = merged.columns
