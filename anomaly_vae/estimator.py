@@ -110,6 +110,8 @@ class ScoreBatch:
     raw_contributions: np.ndarray | None
     feature_names: list[str]
     baseline: np.ndarray | None = None
+    # Scored records with at least one feature value missing (filled in by the scorer).
+    gaps: int = 0
 
     @cached_property
     def contributions(self) -> np.ndarray | None:
@@ -543,7 +545,16 @@ class AnomalyVAE(BaseEstimator):
         arrays = self._scorer().score(encoded)
         scores = self._score_frame(arrays, clean.index, threshold)
         self._explain_flagged(arrays, scores, encoded)
-        return self._batch(arrays, scores, rejects)
+        return self._batch(arrays, scores, rejects, gaps=self._gaps(clean, encoded))
+
+    def _gaps(self, clean: pd.DataFrame, encoded: EncodedBatch) -> int:
+        """How many of the records in ``clean`` miss a feature value."""
+        if not len(clean):
+            return 0
+        missing = (encoded.observed == 0).any(axis=1)
+        for name in self.schema_.categorical:
+            missing |= pd.isna(clean[name].to_numpy(dtype=object))
+        return int(missing.sum())
 
     def _reject_bad_entities(
         self, frame: pd.DataFrame, clean: pd.DataFrame, rejects: pd.DataFrame
@@ -604,7 +615,7 @@ class AnomalyVAE(BaseEstimator):
         scores["window_status"] = assembled.status_names()
         scores.loc[assembled.status != OK, "is_anomaly"] = np.int8(0)
         self._explain_flagged(arrays, scores, flat)
-        return self._batch(arrays, scores, rejects)
+        return self._batch(arrays, scores, rejects, gaps=self._gaps(clean, encoded))
 
     def _explain_flagged(
         self, arrays: ScoreArrays, scores: pd.DataFrame, encoded: EncodedBatch
@@ -638,7 +649,7 @@ class AnomalyVAE(BaseEstimator):
         contributions[flagged] = one_pass
 
     def _batch(
-        self, arrays: ScoreArrays, scores: pd.DataFrame, rejects: pd.DataFrame
+        self, arrays: ScoreArrays, scores: pd.DataFrame, rejects: pd.DataFrame, *, gaps: int
     ) -> ScoreBatch:
         return ScoreBatch(
             scores=scores,
@@ -646,6 +657,7 @@ class AnomalyVAE(BaseEstimator):
             raw_contributions=arrays.contributions,
             feature_names=list(self.schema_.names),
             baseline=self.feature_baseline_,
+            gaps=gaps,
         )
 
     def _score_frame(

@@ -468,6 +468,21 @@ def test_outputs_that_would_overwrite_the_input_or_each_other_are_refused(
     assert not Path(out).exists()
 
 
+def test_the_summary_counts_the_records_scored_with_a_missing_value(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    export = make_pump_data(40, seed=9, missing_rate=0.0)
+    export.loc[[4, 7], "vibration"] = np.nan
+    export.loc[7, "flow"] = np.nan
+    data = trained / "gaps.csv"
+    export.to_csv(data, index=False)
+    out = ("--out", str(trained / "gaps.scores.csv"))
+    result = run_inline(capsys, "score", str(data), "--model-dir", str(trained / "model"), *out)
+    assert result.returncode == 0, result.stderr
+    assert "40 scored" in result.stdout
+    assert "2 with a missing value filled in" in result.stdout
+
+
 def test_an_unknown_label_value_names_the_file_and_its_row(
     trained: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

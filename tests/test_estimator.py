@@ -452,6 +452,9 @@ def test_a_record_with_a_gap_scores_the_same_alone_and_in_any_batch(
     data.loc[[3, 150, 299], "s2"] = np.nan
     data.loc[150, "s5"] = np.nan
     whole = trained_model.score(data)
+    data_kind = data.assign(kind=data["kind"].astype(object))
+    data_kind.loc[10, "kind"] = None
+    assert trained_model.score_batch(data_kind).gaps == 4  # rows 3, 10, 150, 299
     for i in (3, 150, 299):
         alone = trained_model.score(data.iloc[[i]])
         assert alone["score"].iloc[0] == whole["score"].iloc[i]

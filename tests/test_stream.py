@@ -258,6 +258,11 @@ def test_every_message_comes_out_exactly_once(broker: DevBroker, stream_model: A
     assert len(keys_out) == len(set(keys_out)) == 604
     assert stats.consumed == 604
     assert stats.rejected == 4
+    # Records with a null feature value are scored, the value filled in, and counted.
+    frame = make_pump_data(600, anomaly_rate=0.05, seed=11)
+    with_gaps = int(frame[stream_model.schema_.names].isna().any(axis=1).sum())
+    assert with_gaps > 0
+    assert stats.gaps == with_gaps
     assert stats.scored == 600
     assert committed_total(broker.bootstrap, cfg.kafka.group_id, topic, 3) == 604
     scored = pd.concat([b.records for b in sink.batches])

@@ -79,6 +79,7 @@ class BatchSummary:
     rows_scored: int = 0
     rows_flagged: int = 0
     rows_rejected: int = 0
+    rows_with_gaps: int = 0  # scored with a missing feature value filled in
     seconds: float = 0.0
     threshold: float = float("nan")
     metrics: dict[str, float] | None = None
@@ -91,7 +92,13 @@ class BatchSummary:
         out = [
             f"{self.source}: {self.rows_read} rows read, {self.rows_scored} scored, "
             f"{self.rows_flagged} flagged as anomalous (threshold {self.threshold:.4g}), "
-            f"{self.rows_rejected} rejected, in {self.seconds:.1f} s ({rate:,.0f} rows/s)"
+            f"{self.rows_rejected} rejected, "
+            + (
+                f"{self.rows_with_gaps} with a missing value filled in, "
+                if self.rows_with_gaps
+                else ""
+            )
+            + f"in {self.seconds:.1f} s ({rate:,.0f} rows/s)"
         ]
         if self.metrics:
             m = self.metrics
@@ -313,6 +320,7 @@ def score_csv(
                 summary.rows_scored += len(batch.scores)
                 summary.rows_flagged += int(batch.scores["is_anomaly"].sum())
                 summary.rows_rejected += len(rejects)
+                summary.rows_with_gaps += batch.gaps
                 if label is not None:
                     labels = label_to_binary(
                         frame.loc[batch.scores.index, label], name=label, source=source.label

@@ -116,6 +116,7 @@ class StreamStats:
     scored: int = 0
     flagged: int = 0
     rejected: int = 0
+    gaps: int = 0  # scored with a missing feature value filled in
     batches: int = 0
     commits_failed: int = 0
     write_retries: int = 0
@@ -132,6 +133,7 @@ class StreamStats:
             "scored": self.scored,
             "flagged": self.flagged,
             "rejected": self.rejected,
+            "gaps": self.gaps,
             "batches": self.batches,
             "commits_failed": self.commits_failed,
             "write_retries": self.write_retries,
@@ -416,6 +418,7 @@ class StreamScorer:
         self.stats.scored += len(batch.scores.scores)
         self.stats.flagged += int(batch.scores.scores["is_anomaly"].sum())
         self.stats.rejected += len(batch.rejects)
+        self.stats.gaps += batch.scores.gaps
         self.stats.batches += 1
         now_ms = time.time() * 1000.0
         # About 100 records a batch are enough for the latency percentiles.
@@ -630,12 +633,13 @@ class StreamScorer:
         rate = (self.stats.consumed - count) / max(now - then, 1e-9)
         self.stats.lag = self._lag()
         logger.info(
-            "%.0f records/s, lag %s, %d scored, %d flagged, %d rejected",
+            "%.0f records/s, lag %s, %d scored, %d flagged, %d rejected%s",
             rate,
             self.stats.lag,
             self.stats.scored,
             self.stats.flagged,
             self.stats.rejected,
+            f", {self.stats.gaps} with a missing value filled in" if self.stats.gaps else "",
         )
         if self._on_metrics is not None:
             try:
