@@ -61,10 +61,12 @@ from anomaly_vae.windows import (
     ENTITY_MAX_CHARS,
     OK,
     WindowState,
+    contradicts_date_order,
     entity_problem,
     entity_text,
     event_seconds,
     flatten_windows,
+    numeric_date_order,
     window_layout,
 )
 
@@ -273,6 +275,7 @@ class AnomalyVAE(BaseEstimator):
         layout = pre.layout
         n_examples = len(clean)
         if cfg.window is not None:
+            _decide_date_order(frame.loc[clean.index], cfg)
             encoded, layout = self._training_windows(frame, clean, encoded, pre, cfg)
             n_examples = encoded.x.shape[0]
             # Windows overlap: hold out the latest ones, not a random sample of them.
@@ -883,13 +886,48 @@ def _window_keys(
             "window.time from the pipeline"
         )
     values = rows[window.time].tolist()
-    times, bad = event_seconds(values)
+    times, bad = event_seconds(values, day_first=window.day_first)
+    order = None if window.day_first is None else ("day" if window.day_first else "month")
     for i in np.flatnonzero(bad):
         if reasons[i] is None:
-            reasons[i] = f"window time column {window.time!r}: " + (
-                "missing" if entity_text(values[i]) is None else f"{values[i]!r} is not a time"
-            )
+            value = values[i]
+            if entity_text(value) is None:
+                why = "missing"
+            elif (
+                order is not None
+                and isinstance(value, str)
+                and contradicts_date_order(pd.Series([value]), bool(window.day_first))[0]
+            ):
+                why = (
+                    f"{value!r} cannot be read {order} first, the order this model reads "
+                    f"numeric dates in (window.day_first: {str(window.day_first).lower()}, "
+                    "from its pipeline or its training data's times): train it with "
+                    f"window.day_first: {str(not window.day_first).lower()}, or write times "
+                    "as ISO 8601"
+                )
+            else:
+                why = f"{value!r} is not a time"
+            reasons[i] = f"window time column {window.time!r}: {why}"
     return entities, times, reasons
+
+
+def _decide_date_order(rows: pd.DataFrame, cfg: PipelineConfig) -> None:
+    """Set ``window.day_first`` from the training rows' times when the pipeline leaves it
+    null and they hold numeric dates (05/11/2026): the model then reads every export and
+    every Kafka batch in that one order, not in an order each batch decides for itself."""
+    window = cfg.window
+    if window is None or window.day_first is not None or not window.time:
+        return
+    if window.time not in rows.columns:
+        return  # _window_keys says so
+    order = numeric_date_order(rows[window.time].tolist())
+    if order is not None:
+        window.day_first = order
+        logger.info(
+            "window.time %r holds numeric dates: read %s first from now on",
+            window.time,
+            "day" if order else "month",
+        )
 
 
 def _stream_positions(rows: pd.DataFrame) -> tuple[list[str] | None, np.ndarray | None]:

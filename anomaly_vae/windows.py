@@ -456,10 +456,13 @@ def flatten_windows(x: np.ndarray, observed: np.ndarray, n_numeric: int) -> Enco
 _MS_ABOVE = 1e11
 
 
-def event_seconds(values: Iterable[object]) -> tuple[np.ndarray, np.ndarray]:
+def event_seconds(
+    values: Iterable[object], *, day_first: bool | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Event times as float seconds since the epoch, and a mask of the values that are not a
     time. Numbers are read as ``event_timestamps`` reads them (seconds, or milliseconds above
-    1e11); text as ISO 8601 (naive = UTC), or a number in text."""
+    1e11); text as ISO 8601 (naive = UTC), or a number in text. ``day_first``: the order of
+    numeric dates (``_time_text``)."""
     import pandas as pd
 
     raw = pd.Series(list(values), dtype=object)
@@ -470,7 +473,7 @@ def event_seconds(values: Iterable[object]) -> tuple[np.ndarray, np.ndarray]:
     out[is_num] = np.where(np.abs(number) > _MS_ABOVE, number / 1000.0, number)
     rest = ~is_num & raw.notna().to_numpy()
     if rest.any():
-        parsed = _time_text(raw[rest].astype(str))
+        parsed = _time_text(raw[rest].astype(str), day_first=day_first)
         ok = parsed.notna().to_numpy()
         ns = parsed.to_numpy(dtype="datetime64[ns]").astype(np.int64)
         seconds = np.where(ok, ns / 1e9, np.nan)
@@ -523,12 +526,15 @@ def entity_problem(text: str | None) -> str | None:
     return None
 
 
-def event_timestamps(values: pd.Series | Sequence[object]) -> pd.Series:
+def event_timestamps(
+    values: pd.Series | Sequence[object], *, day_first: bool | None = None
+) -> pd.Series:
     """Event times as UTC timestamps (a ``datetime64[ns, UTC]`` Series indexed like
     ``values``), NaT where a value is not a time: what the ``event_time`` of a stored score is.
     Numbers (or numbers in text) are seconds since the epoch, or milliseconds when above 1e11
     (past the year 5138 in seconds); other text is ISO 8601 (naive = UTC)
-    or another layout pandas reads. Used alike for CSV rows and Kafka messages."""
+    or another layout pandas reads, numeric dates in the order ``day_first`` gives
+    (``_time_text``). Used alike for CSV rows and Kafka messages."""
     import pandas as pd
 
     raw = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
@@ -555,14 +561,17 @@ def event_timestamps(values: pd.Series | Sequence[object]) -> pd.Series:
                 number[in_ms], unit="ms", utc=True, errors="coerce"
             )
     if text_rows.any():
-        out[text_rows] = _time_text(raw[text_rows].astype(str))
+        out[text_rows] = _time_text(raw[text_rows].astype(str), day_first=day_first)
     return out
 
 
-def _time_text(text: pd.Series) -> pd.Series:
+def _time_text(text: pd.Series, *, day_first: bool | None = None) -> pd.Series:
     """Times written as text, UTC (naive = UTC); NaT where the text is not a time. ISO 8601
     first (fast), then the other layouts pandas reads ("2026-11-01 10:00:00+02:00", RFC 2822,
-    "05/11/2026 10:00"...) for what that missed, numeric dates in one order (``_day_first``)."""
+    "05/11/2026 10:00"...) for what that missed, numeric dates day first when ``day_first``,
+    month first when False (a date that cannot be read in that order, 13/11/2026 month first,
+    is not a time: read the other way it would be out of order with the others), and when None
+    in one order for these values (``_day_first``)."""
     import pandas as pd
 
     parsed = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
@@ -570,14 +579,46 @@ def _time_text(text: pd.Series) -> pd.Series:
     if missed.any():
         rest = text[missed]
         parsed[missed] = pd.to_datetime(
-            rest, utc=True, errors="coerce", format="mixed", dayfirst=_day_first(rest)
+            rest,
+            utc=True,
+            errors="coerce",
+            format="mixed",
+            dayfirst=_day_first(rest) if day_first is None else day_first,
         )
+        if day_first is not None:
+            wrong = contradicts_date_order(rest, day_first)
+            if wrong.any():
+                parsed = parsed.mask(parsed.index.isin(rest.index[wrong]))
     return parsed
+
+
+def contradicts_date_order(text: pd.Series, day_first: bool) -> np.ndarray:
+    """Which of ``text`` are numeric dates that cannot be read in the order ``day_first``
+    gives: a month above 12 (13/11/2026 read month first, 11/13/2026 read day first)."""
+    import pandas as pd
+
+    parts = text.astype(str).str.extract(_NUMERIC_DATE)
+    month = pd.to_numeric(parts[2] if day_first else parts[0], errors="coerce")
+    return (month > 12).fillna(False).to_numpy(dtype=bool)
 
 
 # A date of numbers with the year last: 05/11/2026, 5.11.26, 05-11-2026 10:00.
 _NUMERIC_DATE = re.compile(r"^\s*(\d{1,2})([./-])(\d{1,2})\2\d{2,4}(?:\D|$)")
 _warned_ambiguous_dates = False
+
+
+def numeric_date_order(values: Iterable[object]) -> bool | None:
+    """The order ``_day_first`` reads the numeric dates among ``values`` in (True: day first),
+    or None when there are none (ISO 8601 text, epoch numbers). A model decides it once, on
+    its training data's times, so that every chunk of an export and every Kafka batch reads
+    05/11/2026 alike: decided batch by batch, a batch holding only days up to 12 was read
+    month first and the next one, holding 13/11/2026, day first."""
+    import pandas as pd
+
+    text = pd.Series([v for v in values if isinstance(v, str)], dtype=object)
+    if not len(text) or not text.str.extract(_NUMERIC_DATE)[0].notna().any():
+        return None
+    return _day_first(text)
 
 
 def _day_first(text: pd.Series) -> bool:
@@ -605,7 +646,9 @@ def _day_first(text: pd.Series) -> bool:
         _warned_ambiguous_dates = True
         logging.getLogger(__name__).warning(
             "times like %r could put the day or the month first and none has a number above "
-            "12 to tell: read month first; write times as ISO 8601 (2026-11-05 10:00) to be sure",
+            "12 to tell: read month first; if they are day first, set window.day_first: true "
+            "in the pipeline the model is trained with, or write times as ISO 8601 "
+            "(2026-11-05 10:00) to be sure",
             str(text[known].iloc[0]),
         )
     return False

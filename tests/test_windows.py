@@ -693,3 +693,99 @@ def test_numeric_dates_are_read_in_one_order_for_the_whole_column(
     with caplog.at_level(logging.WARNING, logger="anomaly_vae.windows"):
         assert days(["05/11/2026", "06/11/2026"]) == ["2026-05-11", "2026-06-11"]
     assert "could put the day or the month first" in caplog.text
+
+
+def _day_first_times(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its times written as a European export writes them (13/11/2026 23:00)."""
+    stamps = pd.to_datetime(frame["ts"], utc=True)
+    return frame.assign(ts=stamps.dt.strftime("%d/%m/%Y %H:%M:%S"))
+
+
+@pytest.fixture(scope="module")
+def day_first_model() -> AnomalyVAE:
+    # Training times cross midnight into the 13th: day first, said by the data itself.
+    cfg = PipelineConfig.from_yaml(REPO / "pipelines" / "pumps_windows.yaml")
+    cfg.training.epochs = 2
+    cfg.training.progress = False
+    train = _day_first_times(make_pump_data(1600, seed=1, start="2026-11-12T23:00:00Z"))
+    return AnomalyVAE(config=cfg).fit(train)
+
+
+def test_numeric_dates_are_read_in_the_models_order_in_every_chunk_and_stored_alike(
+    day_first_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The order of 12/11/2026 was decided chunk by chunk: a chunk holding only days up to 12
+    # was read month first (December 11), the next one, with 13/11/2026, day first
+    # (November 13): every record after the first chunk was 'late' (scored on its own, never
+    # flagged), the scores depended on --chunk-size, and the stored event times jumped a month.
+    assert day_first_model.config_.window is not None
+    assert day_first_model.config_.window.day_first is True  # learned, and saved with the model
+    data = make_pump_data(600, seed=5, anomaly_rate=0.05, start="2026-11-12T23:50:00Z")
+    truth = pd.to_datetime(data["ts"], utc=True).dt.floor("s")  # as the export writes them
+    export = _day_first_times(data)
+    whole = day_first_model.score_batch(export, windows=day_first_model.new_window_state())
+    st = day_first_model.new_window_state()
+    parts = [
+        day_first_model.score_batch(export.iloc[i : i + 100], windows=st)
+        for i in range(0, 600, 100)
+    ]
+    joined = pd.concat([p.scores for p in parts])
+    assert set(joined["window_status"]) == {"ok", "warming_up"}
+    assert (joined["window_status"] == whole.scores["window_status"]).all()
+    assert np.array_equal(joined["score"].to_numpy(), whole.scores["score"].to_numpy())
+
+    day_first_model.save(tmp_path / "m")
+    loaded = AnomalyVAE.load(tmp_path / "m")
+    assert loaded.config_.window == day_first_model.config_.window
+    path = tmp_path / "export.csv"
+    export.to_csv(path, index=False)
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    out = str(tmp_path / "scores.csv")
+    args = ["score", str(path), "--model-dir", str(tmp_path / "m"), "--out", out]
+    done = run_inline(capsys, *args, "--chunk-size", "100", "--db", url, "-q")
+    assert done.returncode == 0, done.stderr
+    assert "differs from the model's" not in done.stderr
+    # The pipeline it was trained with (day_first left out) is not another window.
+    pipeline = REPO / "pipelines" / "pumps_windows.yaml"
+    again = run_inline(capsys, *args, "--pipeline", str(pipeline), "-q")
+    assert again.returncode == 0, again.stderr
+    assert "differs from the model's" not in again.stderr
+    info = run_inline(capsys, "info", "--model-dir", str(tmp_path / "m"))
+    assert ", dates like 05/11/2026 read day first" in info.stdout
+    scored = pd.read_csv(out)  # scores as the CSV writes them (float32 text)
+    assert scored["window_status"].tolist() == whole.scores["window_status"].tolist()
+    assert np.allclose(scored["score"].to_numpy(), whole.scores["score"].to_numpy(), rtol=1e-6)
+    engine = create_database_engine(parse_database_url(url))
+    try:
+        with engine.connect() as connection:
+            rows = connection.exec_driver_sql("SELECT source_key, event_time FROM scores").all()
+    finally:
+        engine.dispose()
+    stored = {int(key.rsplit(":", 1)[1]): pd.Timestamp(t) for key, t in rows}
+    assert len(stored) == 600
+    for i in (0, 99, 100, 240, 599):
+        assert stored[i].tz_localize(None) == truth[i].tz_localize(None), i
+
+
+def test_a_date_that_contradicts_the_models_order_is_rejected_saying_what_to_do() -> None:
+    # A model trained on dates that are day first only by convention (no day above 12 in the
+    # training file) reads them month first, said at training; an export then holding
+    # 13/11/2026 is not read as November 13 beside 12/11/2026 as December 11.
+    cfg = PipelineConfig.from_yaml(REPO / "pipelines" / "pumps_windows.yaml")
+    cfg.training.epochs = 1
+    cfg.training.progress = False
+    train = _day_first_times(make_pump_data(1600, seed=1, start="2026-11-01T00:00:00Z"))
+    model = AnomalyVAE(config=cfg).fit(train)
+    assert model.config_.window is not None
+    assert model.config_.window.day_first is False
+    export = _day_first_times(make_pump_data(40, seed=5, start="2026-11-12T23:59:00Z"))
+    batch = model.score_batch(export)
+    late = export["ts"].str.startswith("13/")
+    assert list(batch.rejects.index) == list(export.index[late])
+    reason = batch.rejects.iloc[0]["reason"]
+    assert "cannot be read month first" in reason
+    assert "window.day_first: true" in reason
+    # Set in the pipeline, the order is the one given.
+    cfg.window.day_first = True  # type: ignore[union-attr]
+    told = AnomalyVAE(config=cfg).fit(train)
+    assert len(told.score_batch(export).rejects) == 0

@@ -479,7 +479,11 @@ def warn_trained_settings(pipeline: Path, file_cfg: PipelineConfig, model: Pipel
             file_cfg.name,
             model.name,
         )
-    if "window" in file_cfg.model_fields_set and file_cfg.window != model.window:
+    window_given = file_cfg.window
+    if window_given is not None and window_given.day_first is None and model.window is not None:
+        # Left null, the order of numeric dates was learned in training: no difference.
+        window_given = window_given.model_copy(update={"day_first": model.window.day_first})
+    if "window" in file_cfg.model_fields_set and window_given != model.window:
         # A model scores with the window it was trained with: it cannot take another.
         logger.warning(
             "%s: window %s differs from the model's (%s); the model's is used (a window is set "
@@ -597,6 +601,7 @@ def _score_into_database(
         top_features=model.config_.scoring.top_features,
         entity_column=cfg.columns.entity,
         timestamp_column=cfg.columns.timestamp,
+        day_first=None if model.config_.window is None else model.config_.window.day_first,
         source=source.label,
     )
     sinks: list[Sink] = [sink]
@@ -682,6 +687,11 @@ def _pipeline_lines(cfg: PipelineConfig) -> list[str]:
             + (f"entity (column {window.entity!r})" if window.entity else "series (one for all)")
             + (f", in event time (column {window.time!r})" if window.time else ", arrival order")
             + f", lateness {window.lateness_s:g} s{gap}"
+            + (
+                ""
+                if window.day_first is None
+                else f", dates like 05/11/2026 read {'day' if window.day_first else 'month'} first"
+            )
             + (f", encoder {cfg.model.encoder}" if cfg.model.encoder != "mlp" else "")
         )
     columns = cfg.columns

@@ -444,6 +444,7 @@ class StreamScorer:
             fields=[c for c in columns.passthrough() if c],
             entity_field=entity_field,
             time_field=columns.timestamp,
+            day_first=None if self.cfg.window is None else self.cfg.window.day_first,
             key_is_entity=kafka.key_is_entity,
             max_bytes=kafka.max_message_bytes,
             numeric=self.model.schema_.numeric,
