@@ -789,3 +789,55 @@ def test_a_date_that_contradicts_the_models_order_is_rejected_saying_what_to_do(
     cfg.window.day_first = True  # type: ignore[union-attr]
     told = AnomalyVAE(config=cfg).fit(train)
     assert len(told.score_batch(export).rejects) == 0
+
+
+def test_threshold_preview_tune_and_contamination_leave_out_records_no_threshold_flags(
+    window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A windowed model's warming-up and late records are never flagged (the scorer and the
+    # write path say so), but the threshold commands judged every stored score alike:
+    # 'preview --value 0' said it would flag all 400 records and open alerts on warming-up
+    # ones, 'tune' ranked them (a threshold tuned to catch records it can never flag), and
+    # '--contamination' took its top share from scores no threshold applies to.
+    window_model.save(tmp_path / "m")
+    data = make_pump_data(400, seed=11, anomaly_rate=0.05)
+    export = tmp_path / "export.csv"
+    data.to_csv(export, index=False)
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    model = str(tmp_path / "m")
+    done = run_inline(capsys, "score", str(export), "--model-dir", model, "--db", url, "-q")
+    assert done.returncode == 0, done.stderr
+    engine = create_database_engine(parse_database_url(url))
+    try:
+        with engine.connect() as connection:
+            stored = connection.exec_driver_sql(
+                "SELECT source_key, score, window_status FROM scores"
+            ).all()
+    finally:
+        engine.dispose()
+    frame = pd.DataFrame(stored, columns=["source_key", "score", "window_status"])
+    ok = frame["window_status"] == "ok"
+    assert 0 < (~ok).sum() < len(frame)
+    name = window_model.config_.name
+
+    args = ["thresholds", "preview", name, "--db", url, "--format", "json"]
+    done = run_inline(capsys, *args, "--value", "-1000000")
+    assert done.returncode == 0, done.stderr
+    everything = json.loads(done.stdout)
+    assert everything["records"] == len(frame)
+    assert everything["flagged"] == int(ok.sum())
+
+    done = run_inline(capsys, *args, "--contamination", "0.1")
+    assert done.returncode == 0, done.stderr
+    top = json.loads(done.stdout)["proposed"]["warning"]
+    assert top == pytest.approx(float(np.quantile(frame.loc[ok, "score"], 0.9)))
+
+    # Labels that call exactly the warming-up records anomalous: no threshold catches one.
+    labels = tmp_path / "labels.csv"
+    frame.assign(label=(~ok).astype(int))[["source_key", "label"]].to_csv(labels, index=False)
+    tune = ["thresholds", "tune", name, "--db", url, "--labels", str(labels), "--format", "json"]
+    done = run_inline(capsys, *tune, "--objective", "f1")
+    assert done.returncode == 0, done.stderr
+    tuned = json.loads(done.stdout)
+    assert tuned["recall"] == 0.0
+    assert tuned["false_alarm_rate"] == 0.0
