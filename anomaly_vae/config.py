@@ -240,7 +240,8 @@ class WindowConfig(_Strict):
     """Score each record with the ``size - 1`` records of its entity before it (``windows.py``).
 
     ``entity`` names the series a record belongs to (one series when absent) and ``time`` its
-    event time (ISO 8601 text, or epoch seconds or milliseconds; arrival order when absent).
+    event time (ISO 8601 text, or epoch seconds, milliseconds, microseconds or nanoseconds, told
+    apart by magnitude; arrival order when absent).
     They are the same columns as ``columns.entity`` / ``columns.timestamp``, which they fill in
     when those are not set.
     Records up to ``lateness_s`` seconds behind their entity's newest one are put in time order;

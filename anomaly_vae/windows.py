@@ -45,7 +45,7 @@ import re
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -452,17 +452,30 @@ def flatten_windows(x: np.ndarray, observed: np.ndarray, n_numeric: int) -> Enco
     return EncodedBatch(x=flat, observed=obs)
 
 
-# An epoch number above this is in milliseconds (in seconds it would be past the year 5138).
-_MS_ABOVE = 1e11
+# An epoch number above 1e11 is in milliseconds (in seconds it would be past the year 5138),
+# above 1e14 in microseconds and above 1e17 in nanoseconds (each past the year 5138 in the unit
+# below): what Java (ms), PostgreSQL or Python exports (us) and Go or pandas (ns) write.
+_EPOCH_UNITS = ((1e17, 1e9), (1e14, 1e6), (1e11, 1e3))
+# The latest time a stored event time (nanoseconds in 64 bits) can hold, in seconds.
+_MAX_SECONDS = 9_223_372_036.0
+
+
+def _epoch_divisors(number: np.ndarray) -> np.ndarray:
+    """Per epoch number, what divides it into seconds (1, 1e3, 1e6 or 1e9), by magnitude."""
+    size = np.abs(number)
+    out = np.ones(len(number), dtype=np.float64)
+    for above, divisor in reversed(_EPOCH_UNITS):
+        out[size > above] = divisor
+    return out
 
 
 def event_seconds(
     values: Iterable[object], *, day_first: bool | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Event times as float seconds since the epoch, and a mask of the values that are not a
-    time. Numbers are read as ``event_timestamps`` reads them (seconds, or milliseconds above
-    1e11); text as ISO 8601 (naive = UTC), or a number in text. ``day_first``: the order of
-    numeric dates (``_time_text``)."""
+    time. Numbers are read as ``event_timestamps`` reads them (seconds, or milliseconds,
+    microseconds, nanoseconds by magnitude); text as ISO 8601 (naive = UTC), or a number in
+    text. ``day_first``: the order of numeric dates (``_time_text``)."""
     import pandas as pd
 
     raw = pd.Series(list(values), dtype=object)
@@ -470,7 +483,7 @@ def event_seconds(
     numeric = pd.to_numeric(raw, errors="coerce")
     is_num = numeric.notna().to_numpy()
     number = numeric[is_num].to_numpy(dtype=np.float64)
-    out[is_num] = np.where(np.abs(number) > _MS_ABOVE, number / 1000.0, number)
+    out[is_num] = number / _epoch_divisors(number)
     rest = ~is_num & raw.notna().to_numpy()
     if rest.any():
         parsed = _time_text(raw[rest].astype(str), day_first=day_first)
@@ -478,7 +491,7 @@ def event_seconds(
         ns = parsed.to_numpy(dtype="datetime64[ns]").astype(np.int64)
         seconds = np.where(ok, ns / 1e9, np.nan)
         out[np.flatnonzero(rest)] = seconds
-    bad = ~np.isfinite(out)
+    bad = ~(np.abs(out) < _MAX_SECONDS)  # NaN, or past what a stored event time holds
     return out, bad
 
 
@@ -532,8 +545,9 @@ def event_timestamps(
     """Event times as UTC timestamps (a ``datetime64[ns, UTC]`` Series indexed like
     ``values``), NaT where a value is not a time: what the ``event_time`` of a stored score is.
     Numbers (or numbers in text) are seconds since the epoch, or milliseconds when above 1e11
-    (past the year 5138 in seconds); other text is ISO 8601 (naive = UTC)
-    or another layout pandas reads, numeric dates in the order ``day_first`` gives
+    (past the year 5138 in seconds), microseconds above 1e14, nanoseconds above 1e17; a number
+    past the year 2262 (beyond a 64-bit nanosecond time) is not a time; other text is ISO 8601
+    (naive = UTC) or another layout pandas reads, numeric dates in the order ``day_first`` gives
     (``_time_text``). Used alike for CSV rows and Kafka messages."""
     import pandas as pd
 
@@ -551,15 +565,21 @@ def event_timestamps(
     is_num = numeric.notna() & np.isfinite(numeric)
     if is_num.any():
         number = numeric[is_num]
-        in_ms = number.abs() > _MS_ABOVE
-        if (~in_ms).any():
-            out[is_num & ~in_ms] = pd.to_datetime(
-                number[~in_ms], unit="s", utc=True, errors="coerce"
-            )
-        if in_ms.any():
-            out[is_num & in_ms] = pd.to_datetime(
-                number[in_ms], unit="ms", utc=True, errors="coerce"
-            )
+        divisors = _epoch_divisors(number.to_numpy(dtype=np.float64))
+        fits = np.abs(number.to_numpy(dtype=np.float64) / divisors) < _MAX_SECONDS
+        rows = number.index
+        units: tuple[tuple[Literal["s", "ms", "us", "ns"], float], ...] = (
+            ("s", 1.0),
+            ("ms", 1e3),
+            ("us", 1e6),
+            ("ns", 1e9),
+        )
+        for unit, divisor in units:
+            pick = fits & (divisors == divisor)
+            if pick.any():
+                out[rows[pick]] = pd.to_datetime(
+                    number[pick], unit=unit, utc=True, errors="coerce"
+                ).dt.as_unit("ns")
     if text_rows.any():
         out[text_rows] = _time_text(raw[text_rows].astype(str), day_first=day_first)
     return out

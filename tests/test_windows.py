@@ -841,3 +841,54 @@ def test_threshold_preview_tune_and_contamination_leave_out_records_no_threshold
     tuned = json.loads(done.stdout)
     assert tuned["recall"] == 0.0
     assert tuned["false_alarm_rate"] == 0.0
+
+
+@pytest.mark.parametrize("unit", ["us", "ns"])
+def test_epoch_micro_and_nanoseconds_give_the_same_windows_as_iso_times(
+    window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str], unit: str
+) -> None:
+    # Epoch numbers from PostgreSQL or Python (microseconds) or Go and pandas (nanoseconds)
+    # were read as milliseconds: 10 s steps were hours apart, past max_gap_s, so every record
+    # stayed warming_up and none could be flagged; with --db the job died with a traceback
+    # (OutOfBoundsDatetime) storing their event times.
+    data = make_pump_data(120, seed=8)
+    stamps = pd.to_datetime(data["ts"], utc=True)
+    since = stamps - pd.Timestamp("1970-01-01", tz="UTC")
+    per_second = {"us": 1_000_000, "ns": 1_000_000_000}[unit]
+    epoch = data.assign(ts=(since // pd.Timedelta(seconds=1 / per_second)).astype("int64"))
+    assert epoch["ts"].iloc[0] == int(stamps.iloc[0].timestamp()) * per_second
+    iso = window_model.score_batch(data).scores
+    assert (iso["window_status"] == "ok").sum() > 0
+    numbers = window_model.score_batch(epoch).scores
+    assert numbers["window_status"].tolist() == iso["window_status"].tolist()
+    assert np.array_equal(numbers["score"].to_numpy(), iso["score"].to_numpy())
+
+    window_model.save(tmp_path / "m")
+    export = tmp_path / "export.csv"
+    epoch.to_csv(export, index=False)
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    args = ["score", str(export), "--model-dir", str(tmp_path / "m"), "--db", url, "-q"]
+    done = run_inline(capsys, *args)
+    assert done.returncode == 0, done.stderr
+    engine = create_database_engine(parse_database_url(url))
+    try:
+        with engine.connect() as connection:
+            rows = connection.exec_driver_sql("SELECT source_key, event_time FROM scores").all()
+    finally:
+        engine.dispose()
+    stored = {int(key.rsplit(":", 1)[1]): pd.Timestamp(t) for key, t in rows}
+    assert len(stored) == len(data)
+    for i in (0, 57, 119):
+        assert abs(stored[i].tz_localize(None) - stamps[i].tz_localize(None)) < pd.Timedelta(
+            1, unit="ms"
+        )
+
+
+def test_an_epoch_number_past_what_an_event_time_holds_is_rejected(
+    window_model: AnomalyVAE,
+) -> None:
+    data = make_pump_data(30, seed=8).astype({"ts": object})
+    data.loc[4, "ts"] = 9e16  # microseconds: the year 4822, past a 64-bit nanosecond time
+    batch = window_model.score_batch(data)
+    assert list(batch.rejects.index) == [4]
+    assert "is not a time" in batch.rejects.iloc[0]["reason"]

@@ -671,7 +671,7 @@ def _separator_hint(header: list[str], sep: str, expected: list[str]) -> str:
 
 
 def _times(values: pd.Series, path: Path, name: str) -> pd.Series:
-    # Read as a stored score's event time was (ISO 8601 text, or epoch seconds / milliseconds),
+    # Read as a stored score's event time was (ISO 8601 text, or epoch seconds / ms / us / ns),
     # so that a label's time is written the way the export wrote it.
     from anomaly_vae.windows import event_timestamps
 
