@@ -247,7 +247,8 @@ class WindowConfig(_Strict):
     Records up to ``lateness_s`` seconds behind their entity's newest one are put in time order;
     older ones are scored on their own as ``late`` and never flagged. A gap longer than
     ``max_gap_s`` restarts the window. Until a record has a full window it is ``warming_up``
-    (scored, never flagged). ``max_buffered`` bounds the records kept for reordering.
+    (scored, never flagged). ``max_buffered`` bounds the records kept for reordering: a record
+    behind more than that many newer ones of its entity is late too.
     ``day_first``: how times written as numeric dates with the year last (05/11/2026) are read,
     day first (true) or month first (false); left null, training decides it from the training
     data's times and the model keeps it, so that every chunk and every Kafka batch reads them

@@ -13,11 +13,12 @@ column):
 * **order**: a record's window holds the ``size - 1`` records of its entity received before it
   whose time is at or before its own, in time order; records with the same time keep their
   arrival order (a duplicate timestamp is an ordinary record that comes after the earlier one);
-* **lateness**: a record older than ``lateness_s`` behind the newest time seen for its entity
-  is *late*: it is scored on its own (a window of itself, repeated), never flagged, counted,
-  and not added to the entity's window. A record within ``lateness_s`` takes its place in time
-  order: its window holds the records before it in time, and the records after it see it
-  where it belongs. Records already scored are not scored again;
+* **lateness**: a record older than ``lateness_s`` behind the newest time seen for its entity,
+  or behind more than ``max_buffered`` newer records of it, is *late*: it is scored on its own
+  (a window of itself, repeated), never flagged, counted, and not added to the entity's window.
+  A record within ``lateness_s`` takes its place in time order: its window holds the records
+  before it in time, and the records after it see it where it belongs. Records already scored
+  are not scored again;
 * **gaps**: when two consecutive records of an entity are more than ``max_gap_s`` apart, the
   window restarts at the later one (the records before the gap are not part of its window);
 * **warming up**: a record with fewer than ``size - 1`` records before it (a new entity, or
@@ -29,7 +30,9 @@ column):
   score, written the first time, stays).
 
 Memory per entity is bounded: the last ``size - 1`` records before the lateness horizon plus
-those inside it, at most ``size - 1 + max_buffered`` records (the oldest go first).
+those inside it, at most ``size - 1 + max_buffered`` records (the oldest go first; a record
+that would sit behind more than ``max_buffered`` newer ones is late, so that what was pruned
+never matters).
 
 ``WindowState.to_bytes`` / ``from_bytes`` serialise one entity's state, so that a stream scorer
 can persist it with the scores of the batch that produced it and rebuild it after a restart.
@@ -303,12 +306,14 @@ class WindowState:
             return
         if stream is not None and seq is not None:
             ent.last_seq[stream] = seq
-        if t < ent.max_time - self.spec.lateness_s:
+        pos = bisect.bisect_right(ent.times.tolist(), t)
+        if t < ent.max_time - self.spec.lateness_s or len(ent.times) - pos > self.spec.max_buffered:
+            # Behind more than max_buffered newer records: late too, whatever the buffer still
+            # holds (pruned at batch ends), so that how the input was cut never matters.
             out_x[i] = row
             out_obs[i] = obs
             status[i] = LATE
             return
-        pos = bisect.bisect_right(ent.times.tolist(), t)
         times = np.insert(ent.times, pos, t)
         rows = np.insert(ent.rows, pos, row, axis=0)
         if ent.observed is None and bool(np.all(obs == 1.0)):
@@ -334,7 +339,9 @@ class WindowState:
         horizon = ent.max_time - self.spec.lateness_s
         first_inside = int(np.searchsorted(ent.times, horizon, side="right"))
         start = max(0, first_inside - keep_before)
-        cap = keep_before + self.spec.max_buffered
+        # One record more than max_buffered even for a window of 1: what tells a record behind
+        # max_buffered newer ones (late) from one that is not.
+        cap = max(keep_before, 1) + self.spec.max_buffered
         if len(ent.times) - start > cap:
             self.counters.dropped_from_buffer += len(ent.times) - start - cap
             start = len(ent.times) - cap

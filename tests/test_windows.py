@@ -143,6 +143,32 @@ def test_any_chunking_gives_the_same_windows_as_one_pass(chunk: int) -> None:
     assert {int(s) for s in whole.status} >= {OK, WARMING_UP, LATE}
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 50])
+def test_the_buffer_limit_gives_the_same_windows_however_the_input_is_cut(chunk: int) -> None:
+    # With a long lateness, the buffer's cap (max_buffered) decided: it was applied at the end
+    # of each batch only, so a record arriving behind more than max_buffered newer ones found
+    # its predecessors still there in one big batch and already gone when the input came in
+    # chunks (or Kafka micro-batches): other windows, other scores. Such a record is late.
+    values, entities, times = messy_stream(300, seed=3)
+    spec = {"size": 4, "lateness_s": 1e6, "max_buffered": 6}
+    whole = state(**spec).assemble(rows(values.tolist()), entities, times)  # type: ignore[arg-type]
+    st = state(**spec)  # type: ignore[arg-type]
+    parts = [
+        st.assemble(
+            rows(values[i : i + chunk].tolist()), entities[i : i + chunk], times[i : i + chunk]
+        )
+        for i in range(0, len(values), chunk)
+    ]
+    assert np.array_equal(np.concatenate([p.status for p in parts]), whole.status)
+    assert np.array_equal(np.concatenate([p.x for p in parts]), whole.x)
+    assert LATE in {int(s) for s in whole.status}
+    one = state(size=3, lateness_s=1e6, max_buffered=2)
+    one.assemble(rows([1, 2, 3, 4, 5]), ["a"] * 5, np.arange(5.0))
+    behind = one.assemble(rows([9, 8]), ["a"] * 2, np.array([1.5, 2.5]))
+    assert behind.status.tolist() == [LATE, OK]  # 3 newer records, then 2
+    assert windows_of(behind) == [[9, 9, 9], [2, 3, 8]]
+
+
 def test_state_round_trip_continues_exactly_as_uninterrupted() -> None:
     values, entities, times = messy_stream(200, seed=2)
     spec = {"size": 4, "lateness_s": 20.0, "max_gap_s": 150.0}
