@@ -274,9 +274,10 @@ class AnomalyVAE(BaseEstimator):
         encoded = pre.transform(clean)
         layout = pre.layout
         n_examples = len(clean)
+        unwindowed = 0  # rows with no valid event time or no entity (a windowed model's)
         if cfg.window is not None:
             _decide_date_order(frame.loc[clean.index], cfg)
-            encoded, layout = self._training_windows(frame, clean, encoded, pre, cfg)
+            encoded, layout, unwindowed = self._training_windows(frame, clean, encoded, pre, cfg)
             n_examples = encoded.x.shape[0]
             # Windows overlap: hold out the latest ones, not a random sample of them.
             n_val = min(
@@ -346,7 +347,7 @@ class AnomalyVAE(BaseEstimator):
         )
         self.training_summary_: dict[str, Any] = {
             "rows": len(frame),
-            "rows_rejected": len(rejects),
+            "rows_rejected": len(rejects) + unwindowed,
             "rows_train": len(train_idx),
             "windows": n_examples if cfg.window is not None else None,
             "rows_validation": len(val_idx),
@@ -387,15 +388,18 @@ class AnomalyVAE(BaseEstimator):
         encoded: EncodedBatch,
         pre: Preprocessor,
         cfg: PipelineConfig,
-    ) -> tuple[EncodedBatch, FeatureLayout]:
-        """Full windows of the training rows (file order, per entity, the scoring rules)."""
+    ) -> tuple[EncodedBatch, FeatureLayout, int]:
+        """Full windows of the training rows (file order, per entity, the scoring rules), and
+        how many rows were left out for want of a valid event time or an entity."""
         assert cfg.window is not None
         entities, times, reasons = _window_keys(frame.loc[clean.index], cfg)
         bad = reasons != None  # noqa: E711 - elementwise on an object array
         if bad.any():
             logger.warning(
-                "%d training rows have no valid event time or no entity: left out (%s)",
+                "%d training rows have no valid event time or no entity: left out (first: "
+                "row %s: %s)",
                 int(bad.sum()),
+                clean.index[np.flatnonzero(bad)[0]],
                 reasons[bad][0],
             )
             keep = ~bad
@@ -436,7 +440,7 @@ class AnomalyVAE(BaseEstimator):
                 cfg.window.lateness_s,
             )
         flat = flatten_windows(assembled.x[full], assembled.observed[full], layout.n_numeric)
-        return flat, window_layout(layout, cfg.window.size)
+        return flat, window_layout(layout, cfg.window.size), int(bad.sum())
 
     @property
     def windowed(self) -> bool:

@@ -918,3 +918,40 @@ def test_an_epoch_number_past_what_an_event_time_holds_is_rejected(
     batch = window_model.score_batch(data)
     assert list(batch.rejects.index) == [4]
     assert "is not a time" in batch.rejects.iloc[0]["reason"]
+
+
+def test_training_says_how_many_rows_made_windows_and_how_many_were_left_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A windowed model's training said "trained on 2366 rows ... 0 rows rejected" for a file of
+    # 2400 rows of which 6 had no time or no pump (left out) and 28 no full window: the
+    # counts were windows called rows, and the rows left out were not counted as rejected.
+    data = make_pump_data(600, seed=1)
+    data.loc[[5, 50], "ts"] = None
+    data.loc[[7], "ts"] = "garbage"
+    data["pump_id"] = data["pump_id"].astype(object)
+    data.loc[[9], "pump_id"] = None
+    train = tmp_path / "train.csv"
+    data.to_csv(train, index=False)
+    pipeline = tmp_path / "pipeline.yaml"
+    text = (REPO / "pipelines" / "pumps_windows.yaml").read_text()
+    pipeline.write_text(text.replace("epochs: null", "epochs: 1"))
+    model = str(tmp_path / "m")
+    done = run_inline(
+        capsys, "train", str(train), "--model-dir", model, "--pipeline", str(pipeline)
+    )
+    assert done.returncode == 0, done.stderr
+    assert "4 training rows have no valid event time or no entity: left out (first: row 5:" in (
+        done.stderr
+    )
+    # 4 pumps: 7 rows each before a full window, and one more where a left-out row was.
+    full = 600 - 4 - 4 * 7
+    assert (
+        f"trained 'pumps-windows' on {full} full windows of 8 records from 600 rows of {train} "
+    ) in done.stdout
+    assert "; 4 rows rejected; 28 rows without a full window: the first 7 of each entity" in (
+        done.stdout
+    )
+    assert "held-out normal windows" in done.stdout
+    info = run_inline(capsys, "info", "--model-dir", model)
+    assert "full windows of 600 rows (+" in info.stdout
