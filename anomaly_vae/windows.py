@@ -146,6 +146,9 @@ class WindowState:
     entities: dict[str, EntityWindow] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
     counters: WindowCounters = field(default_factory=WindowCounters)
+    # Entities whose records came from more than one source stream (Kafka partition): their
+    # window is whole only while one scorer reads every one of those streams.
+    split: set[str] = field(default_factory=set)
 
     # ------------------------------------------------------------------ feeding
     def assemble(
@@ -205,6 +208,8 @@ class WindowState:
                     )
             self._prune(ent)
             self.dirty.add(key)
+            if len(ent.last_seq) > 1:
+                self.split.add(key)
         self.counters.records += n
         self.counters.warming_up += int(np.sum(status == WARMING_UP))
         self.counters.late += int(np.sum(status == LATE))

@@ -517,6 +517,40 @@ def test_a_partition_moving_away_and_back_continues_from_the_stored_state(
     assert np.flatnonzero(got != expected).tolist() == []
 
 
+def test_an_entity_spread_over_partitions_is_said_once(
+    window_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Messages keyed by something else than the pump (here: the event id) spread each pump over
+    # the partitions. Each scorer process then windows only the part it reads: with
+    # --processes 2, or after a rebalance, the windows (and scores) depended on which process
+    # read what, and the windows stored for a pump by one overwrote the other's, without a word.
+    data = make_pump_data(80, seed=10)
+    records = data.astype(object).where(data.notna(), None).to_dict(orient="records")
+    cfg = window_model.config_.model_copy(deep=True)
+    cfg.kafka = KafkaConfig(topic="t")
+
+    def messages(partition_of: Any) -> list[Message]:
+        return [
+            Message("t", partition_of(i), i, str(i).encode(), json.dumps(r).encode(), 0)
+            for i, r in enumerate(records)
+        ]
+
+    by_pump = {"P1": 0, "P2": 1, "P3": 2, "P4": 0}
+    keyed = StreamScorer(window_model, cfg, _StateStore())
+    with caplog.at_level(logging.WARNING, logger="anomaly_vae.jobs.stream"):
+        keyed.score_records(messages(lambda i: by_pump[str(records[i]["pump_id"])]))
+    assert "partitions" not in caplog.text
+    spread = StreamScorer(window_model, cfg, _StateStore())
+    with caplog.at_level(logging.WARNING, logger="anomaly_vae.jobs.stream"):
+        spread.score_records(messages(lambda i: i % 3))
+        spread.score_records(messages(lambda i: i % 3))
+    assert caplog.text.count("arrives on") == 1
+    assert "entity 'P1' arrives on 3 partitions (t:0, t:1, t:2), and 3 more entities" in (
+        caplog.text
+    )
+    assert "produce them with the entity as the message key" in caplog.text
+
+
 def test_a_batch_job_stores_each_records_window_status(
     window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
