@@ -492,11 +492,13 @@ def event_seconds(
 
     raw = pd.Series(list(values), dtype=object)
     out = np.full(len(raw), np.nan, dtype=np.float64)
-    numeric = pd.to_numeric(raw, errors="coerce")
+    # true / false (JSON) are not times, as event_timestamps reads them: not 1 and 0 seconds.
+    flags = raw.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(dtype=bool)
+    numeric = pd.to_numeric(raw.mask(flags), errors="coerce")
     is_num = numeric.notna().to_numpy()
     number = numeric[is_num].to_numpy(dtype=np.float64)
     out[is_num] = number / _epoch_divisors(number)
-    rest = ~is_num & raw.notna().to_numpy()
+    rest = ~is_num & raw.notna().to_numpy() & ~flags
     if rest.any():
         parsed = _time_text(raw[rest].astype(str), day_first=day_first)
         ok = parsed.notna().to_numpy()

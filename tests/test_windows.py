@@ -989,3 +989,16 @@ def test_training_says_how_many_rows_made_windows_and_how_many_were_left_out(
     assert "held-out normal windows" in done.stdout
     info = run_inline(capsys, "info", "--model-dir", model)
     assert "full windows of 600 rows (+" in info.stdout
+
+
+def test_a_true_or_false_time_is_rejected_not_read_as_1970(window_model: AnomalyVAE) -> None:
+    # A JSON true in the time field was windowed at 1 s after the epoch (false at 0) while its
+    # stored event time was none: in a new pump's series, the next real record came 56 years
+    # later, after a 'gap'.
+    data = make_pump_data(40, seed=7).astype({"ts": object})
+    data.loc[3, "ts"] = True
+    data.loc[9, "ts"] = False
+    batch = window_model.score_batch(data)
+    assert list(batch.rejects.index) == [3, 9]
+    assert batch.rejects.loc[3, "reason"] == "window time column 'ts': True is not a time"
+    assert len(batch.scores) == 38
