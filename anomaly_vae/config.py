@@ -240,13 +240,19 @@ class WindowConfig(_Strict):
     """Score each record with the ``size - 1`` records of its entity before it (``windows.py``).
 
     ``entity`` names the series a record belongs to (one series when absent) and ``time`` its
-    event time (ISO 8601 text, or epoch seconds or milliseconds; arrival order when absent).
+    event time (ISO 8601 text, or epoch seconds, milliseconds, microseconds or nanoseconds, told
+    apart by magnitude; arrival order when absent).
     They are the same columns as ``columns.entity`` / ``columns.timestamp``, which they fill in
     when those are not set.
     Records up to ``lateness_s`` seconds behind their entity's newest one are put in time order;
     older ones are scored on their own as ``late`` and never flagged. A gap longer than
     ``max_gap_s`` restarts the window. Until a record has a full window it is ``warming_up``
-    (scored, never flagged). ``max_buffered`` bounds the records kept for reordering.
+    (scored, never flagged). ``max_buffered`` bounds the records kept for reordering: a record
+    behind more than that many newer ones of its entity is late too.
+    ``day_first``: how times written as numeric dates with the year last (05/11/2026) are read,
+    day first (true) or month first (false); left null, training decides it from the training
+    data's times and the model keeps it, so that every chunk and every Kafka batch reads them
+    in one order (``windows.numeric_date_order``).
     """
 
     size: int = Field(ge=1, le=10_000)
@@ -255,6 +261,7 @@ class WindowConfig(_Strict):
     lateness_s: float = Field(default=0.0, ge=0.0)
     max_gap_s: float | None = Field(default=None, gt=0.0)
     max_buffered: int = Field(default=1000, ge=0)
+    day_first: bool | None = None
 
     def spec(self) -> Any:
         from anomaly_vae.windows import WindowSpec

@@ -61,10 +61,12 @@ from anomaly_vae.windows import (
     ENTITY_MAX_CHARS,
     OK,
     WindowState,
+    contradicts_date_order,
     entity_problem,
     entity_text,
     event_seconds,
     flatten_windows,
+    numeric_date_order,
     window_layout,
 )
 
@@ -274,8 +276,10 @@ class AnomalyVAE(BaseEstimator):
         encoded = pre.transform(clean)
         layout = pre.layout
         n_examples = len(clean)
+        unwindowed = 0  # rows with no valid event time or no entity (a windowed model's)
         if cfg.window is not None:
-            encoded, layout = self._training_windows(frame, clean, encoded, pre, cfg)
+            _decide_date_order(frame.loc[clean.index], cfg)
+            encoded, layout, unwindowed = self._training_windows(frame, clean, encoded, pre, cfg)
             n_examples = encoded.x.shape[0]
             # Windows overlap: hold out the latest ones, not a random sample of them.
             n_val = min(
@@ -345,7 +349,7 @@ class AnomalyVAE(BaseEstimator):
         )
         self.training_summary_: dict[str, Any] = {
             "rows": len(frame),
-            "rows_rejected": len(rejects),
+            "rows_rejected": len(rejects) + unwindowed,
             "rows_train": len(train_idx),
             "windows": n_examples if cfg.window is not None else None,
             "rows_validation": len(val_idx),
@@ -386,15 +390,18 @@ class AnomalyVAE(BaseEstimator):
         encoded: EncodedBatch,
         pre: Preprocessor,
         cfg: PipelineConfig,
-    ) -> tuple[EncodedBatch, FeatureLayout]:
-        """Full windows of the training rows (file order, per entity, the scoring rules)."""
+    ) -> tuple[EncodedBatch, FeatureLayout, int]:
+        """Full windows of the training rows (file order, per entity, the scoring rules), and
+        how many rows were left out for want of a valid event time or an entity."""
         assert cfg.window is not None
         entities, times, reasons = _window_keys(frame.loc[clean.index], cfg)
         bad = reasons != None  # noqa: E711 - elementwise on an object array
         if bad.any():
             logger.warning(
-                "%d training rows have no valid event time or no entity: left out (%s)",
+                "%d training rows have no valid event time or no entity: left out (first: "
+                "row %s: %s)",
                 int(bad.sum()),
+                clean.index[np.flatnonzero(bad)[0]],
                 reasons[bad][0],
             )
             keep = ~bad
@@ -435,7 +442,7 @@ class AnomalyVAE(BaseEstimator):
                 cfg.window.lateness_s,
             )
         flat = flatten_windows(assembled.x[full], assembled.observed[full], layout.n_numeric)
-        return flat, window_layout(layout, cfg.window.size)
+        return flat, window_layout(layout, cfg.window.size), int(bad.sum())
 
     @property
     def windowed(self) -> bool:
@@ -895,13 +902,48 @@ def _window_keys(
             "window.time from the pipeline"
         )
     values = rows[window.time].tolist()
-    times, bad = event_seconds(values)
+    times, bad = event_seconds(values, day_first=window.day_first)
+    order = None if window.day_first is None else ("day" if window.day_first else "month")
     for i in np.flatnonzero(bad):
         if reasons[i] is None:
-            reasons[i] = f"window time column {window.time!r}: " + (
-                "missing" if entity_text(values[i]) is None else f"{values[i]!r} is not a time"
-            )
+            value = values[i]
+            if entity_text(value) is None:
+                why = "missing"
+            elif (
+                order is not None
+                and isinstance(value, str)
+                and contradicts_date_order(pd.Series([value]), bool(window.day_first))[0]
+            ):
+                why = (
+                    f"{value!r} cannot be read {order} first, the order this model reads "
+                    f"numeric dates in (window.day_first: {str(window.day_first).lower()}, "
+                    "from its pipeline or its training data's times): train it with "
+                    f"window.day_first: {str(not window.day_first).lower()}, or write times "
+                    "as ISO 8601"
+                )
+            else:
+                why = f"{value!r} is not a time"
+            reasons[i] = f"window time column {window.time!r}: {why}"
     return entities, times, reasons
+
+
+def _decide_date_order(rows: pd.DataFrame, cfg: PipelineConfig) -> None:
+    """Set ``window.day_first`` from the training rows' times when the pipeline leaves it
+    null and they hold numeric dates (05/11/2026): the model then reads every export and
+    every Kafka batch in that one order, not in an order each batch decides for itself."""
+    window = cfg.window
+    if window is None or window.day_first is not None or not window.time:
+        return
+    if window.time not in rows.columns:
+        return  # _window_keys says so
+    order = numeric_date_order(rows[window.time].tolist())
+    if order is not None:
+        window.day_first = order
+        logger.info(
+            "window.time %r holds numeric dates: read %s first from now on",
+            window.time,
+            "day" if order else "month",
+        )
 
 
 def _stream_positions(rows: pd.DataFrame) -> tuple[list[str] | None, np.ndarray | None]:

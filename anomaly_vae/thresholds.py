@@ -180,6 +180,7 @@ def tune_from_labels(
     max_false_alarm_rate: float | None = None,
     alerts_per_day: float | None = None,
     timestamps: Sequence[Any] | pd.Series | pd.Index | None = None,
+    flaggable: Sequence[bool] | np.ndarray | None = None,
 ) -> TuneResult:
     """The threshold that is best for ``objective`` on labelled scores.
 
@@ -188,17 +189,29 @@ def tune_from_labels(
       (ties: the highest threshold);
     * ``alerts_per_day``: the lowest threshold whose flagged records per day (over the span of
       ``timestamps``) stay within the budget; labels then only score the result.
+
+    ``flaggable`` (default: all) marks the records a threshold can flag; the others (a
+    windowed model's warming-up and late records) are never flagged, whatever the threshold:
+    they count as missed anomalies or true negatives, not as records to rank.
     """
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
     if len(s) != len(y):
         raise ConfigError(f"{len(s)} scores but {len(y)} labels")
+    can = np.ones(len(s), dtype=bool) if flaggable is None else np.asarray(flaggable, dtype=bool)
+    if len(can) != len(s):
+        raise ConfigError(f"{len(s)} scores but {len(can)} flaggable marks")
     keep = np.isfinite(s)
-    s, y = s[keep], y[keep]
+    s, y, can = s[keep], y[keep], can[keep]
     if len(s) == 0:
         raise ConfigError("no labelled scores to tune on")
     if objective in ("f1", "max_false_alarm_rate") and (y.min() == y.max()):
         raise ConfigError("tuning needs both normal (0) and anomalous (1) labels")
+    positives = max(int(np.sum(y == 1)), 1)
+    negatives = max(int(np.sum(y == 0)), 1)
+    if not can.any():
+        raise ConfigError("no labelled score can be flagged (every one is warming up or late)")
+    s, y = s[can], y[can]
     order = np.argsort(-s, kind="stable")
     s_sorted, y_sorted = s[order], y[order]
     # Flagging the top i records (i = 0..n): cumulative true and false positives.
@@ -211,8 +224,6 @@ def tune_from_labels(
     thresholds = np.empty(n + 1)
     thresholds[0] = s_sorted[0]  # flag nothing: threshold at the top score
     thresholds[1:] = np.nextafter(s_sorted, -np.inf)  # flag the top i: just below the i-th
-    positives = max(int(np.sum(y == 1)), 1)
-    negatives = max(int(np.sum(y == 0)), 1)
     recall = tp / positives
     precision = np.divide(tp, tp + fp, out=np.zeros(n + 1), where=(tp + fp) > 0)
     f1 = np.divide(

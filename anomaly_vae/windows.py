@@ -13,11 +13,12 @@ column):
 * **order**: a record's window holds the ``size - 1`` records of its entity received before it
   whose time is at or before its own, in time order; records with the same time keep their
   arrival order (a duplicate timestamp is an ordinary record that comes after the earlier one);
-* **lateness**: a record older than ``lateness_s`` behind the newest time seen for its entity
-  is *late*: it is scored on its own (a window of itself, repeated), never flagged, counted,
-  and not added to the entity's window. A record within ``lateness_s`` takes its place in time
-  order: its window holds the records before it in time, and the records after it see it
-  where it belongs. Records already scored are not scored again;
+* **lateness**: a record older than ``lateness_s`` behind the newest time seen for its entity,
+  or behind more than ``max_buffered`` newer records of it, is *late*: it is scored on its own
+  (a window of itself, repeated), never flagged, counted, and not added to the entity's window.
+  A record within ``lateness_s`` takes its place in time order: its window holds the records
+  before it in time, and the records after it see it where it belongs. Records already scored
+  are not scored again;
 * **gaps**: when two consecutive records of an entity are more than ``max_gap_s`` apart, the
   window restarts at the later one (the records before the gap are not part of its window);
 * **warming up**: a record with fewer than ``size - 1`` records before it (a new entity, or
@@ -29,7 +30,9 @@ column):
   score, written the first time, stays).
 
 Memory per entity is bounded: the last ``size - 1`` records before the lateness horizon plus
-those inside it, at most ``size - 1 + max_buffered`` records (the oldest go first).
+those inside it, at most ``size - 1 + max_buffered`` records (the oldest go first; a record
+that would sit behind more than ``max_buffered`` newer ones is late, so that what was pruned
+never matters).
 
 ``WindowState.to_bytes`` / ``from_bytes`` serialise one entity's state, so that a stream scorer
 can persist it with the scores of the batch that produced it and rebuild it after a restart.
@@ -45,7 +48,7 @@ import re
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -143,6 +146,9 @@ class WindowState:
     entities: dict[str, EntityWindow] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
     counters: WindowCounters = field(default_factory=WindowCounters)
+    # Entities whose records came from more than one source stream (Kafka partition): their
+    # window is whole only while one scorer reads every one of those streams.
+    split: set[str] = field(default_factory=set)
 
     # ------------------------------------------------------------------ feeding
     def assemble(
@@ -202,6 +208,8 @@ class WindowState:
                     )
             self._prune(ent)
             self.dirty.add(key)
+            if len(ent.last_seq) > 1:
+                self.split.add(key)
         self.counters.records += n
         self.counters.warming_up += int(np.sum(status == WARMING_UP))
         self.counters.late += int(np.sum(status == LATE))
@@ -303,12 +311,14 @@ class WindowState:
             return
         if stream is not None and seq is not None:
             ent.last_seq[stream] = seq
-        if t < ent.max_time - self.spec.lateness_s:
+        pos = bisect.bisect_right(ent.times.tolist(), t)
+        if t < ent.max_time - self.spec.lateness_s or len(ent.times) - pos > self.spec.max_buffered:
+            # Behind more than max_buffered newer records: late too, whatever the buffer still
+            # holds (pruned at batch ends), so that how the input was cut never matters.
             out_x[i] = row
             out_obs[i] = obs
             status[i] = LATE
             return
-        pos = bisect.bisect_right(ent.times.tolist(), t)
         times = np.insert(ent.times, pos, t)
         rows = np.insert(ent.rows, pos, row, axis=0)
         if ent.observed is None and bool(np.all(obs == 1.0)):
@@ -334,7 +344,9 @@ class WindowState:
         horizon = ent.max_time - self.spec.lateness_s
         first_inside = int(np.searchsorted(ent.times, horizon, side="right"))
         start = max(0, first_inside - keep_before)
-        cap = keep_before + self.spec.max_buffered
+        # One record more than max_buffered even for a window of 1: what tells a record behind
+        # max_buffered newer ones (late) from one that is not.
+        cap = max(keep_before, 1) + self.spec.max_buffered
         if len(ent.times) - start > cap:
             self.counters.dropped_from_buffer += len(ent.times) - start - cap
             start = len(ent.times) - cap
@@ -452,30 +464,48 @@ def flatten_windows(x: np.ndarray, observed: np.ndarray, n_numeric: int) -> Enco
     return EncodedBatch(x=flat, observed=obs)
 
 
-# An epoch number above this is in milliseconds (in seconds it would be past the year 5138).
-_MS_ABOVE = 1e11
+# An epoch number above 1e11 is in milliseconds (in seconds it would be past the year 5138),
+# above 1e14 in microseconds and above 1e17 in nanoseconds (each past the year 5138 in the unit
+# below): what Java (ms), PostgreSQL or Python exports (us) and Go or pandas (ns) write.
+_EPOCH_UNITS = ((1e17, 1e9), (1e14, 1e6), (1e11, 1e3))
+# The latest time a stored event time (nanoseconds in 64 bits) can hold, in seconds.
+_MAX_SECONDS = 9_223_372_036.0
 
 
-def event_seconds(values: Iterable[object]) -> tuple[np.ndarray, np.ndarray]:
+def _epoch_divisors(number: np.ndarray) -> np.ndarray:
+    """Per epoch number, what divides it into seconds (1, 1e3, 1e6 or 1e9), by magnitude."""
+    size = np.abs(number)
+    out = np.ones(len(number), dtype=np.float64)
+    for above, divisor in reversed(_EPOCH_UNITS):
+        out[size > above] = divisor
+    return out
+
+
+def event_seconds(
+    values: Iterable[object], *, day_first: bool | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Event times as float seconds since the epoch, and a mask of the values that are not a
-    time. Numbers are read as ``event_timestamps`` reads them (seconds, or milliseconds above
-    1e11); text as ISO 8601 (naive = UTC), or a number in text."""
+    time. Numbers are read as ``event_timestamps`` reads them (seconds, or milliseconds,
+    microseconds, nanoseconds by magnitude); text as ISO 8601 (naive = UTC), or a number in
+    text. ``day_first``: the order of numeric dates (``_time_text``)."""
     import pandas as pd
 
     raw = pd.Series(list(values), dtype=object)
     out = np.full(len(raw), np.nan, dtype=np.float64)
-    numeric = pd.to_numeric(raw, errors="coerce")
+    # true / false (JSON) are not times, as event_timestamps reads them: not 1 and 0 seconds.
+    flags = raw.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(dtype=bool)
+    numeric = pd.to_numeric(raw.mask(flags), errors="coerce")
     is_num = numeric.notna().to_numpy()
     number = numeric[is_num].to_numpy(dtype=np.float64)
-    out[is_num] = np.where(np.abs(number) > _MS_ABOVE, number / 1000.0, number)
-    rest = ~is_num & raw.notna().to_numpy()
+    out[is_num] = number / _epoch_divisors(number)
+    rest = ~is_num & raw.notna().to_numpy() & ~flags
     if rest.any():
-        parsed = _time_text(raw[rest].astype(str))
+        parsed = _time_text(raw[rest].astype(str), day_first=day_first)
         ok = parsed.notna().to_numpy()
         ns = parsed.to_numpy(dtype="datetime64[ns]").astype(np.int64)
         seconds = np.where(ok, ns / 1e9, np.nan)
         out[np.flatnonzero(rest)] = seconds
-    bad = ~np.isfinite(out)
+    bad = ~(np.abs(out) < _MAX_SECONDS)  # NaN, or past what a stored event time holds
     return out, bad
 
 
@@ -523,12 +553,16 @@ def entity_problem(text: str | None) -> str | None:
     return None
 
 
-def event_timestamps(values: pd.Series | Sequence[object]) -> pd.Series:
+def event_timestamps(
+    values: pd.Series | Sequence[object], *, day_first: bool | None = None
+) -> pd.Series:
     """Event times as UTC timestamps (a ``datetime64[ns, UTC]`` Series indexed like
     ``values``), NaT where a value is not a time: what the ``event_time`` of a stored score is.
     Numbers (or numbers in text) are seconds since the epoch, or milliseconds when above 1e11
-    (past the year 5138 in seconds); other text is ISO 8601 (naive = UTC)
-    or another layout pandas reads. Used alike for CSV rows and Kafka messages."""
+    (past the year 5138 in seconds), microseconds above 1e14, nanoseconds above 1e17; a number
+    past the year 2262 (beyond a 64-bit nanosecond time) is not a time; other text is ISO 8601
+    (naive = UTC) or another layout pandas reads, numeric dates in the order ``day_first`` gives
+    (``_time_text``). Used alike for CSV rows and Kafka messages."""
     import pandas as pd
 
     raw = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
@@ -545,24 +579,33 @@ def event_timestamps(values: pd.Series | Sequence[object]) -> pd.Series:
     is_num = numeric.notna() & np.isfinite(numeric)
     if is_num.any():
         number = numeric[is_num]
-        in_ms = number.abs() > _MS_ABOVE
-        if (~in_ms).any():
-            out[is_num & ~in_ms] = pd.to_datetime(
-                number[~in_ms], unit="s", utc=True, errors="coerce"
-            )
-        if in_ms.any():
-            out[is_num & in_ms] = pd.to_datetime(
-                number[in_ms], unit="ms", utc=True, errors="coerce"
-            )
+        divisors = _epoch_divisors(number.to_numpy(dtype=np.float64))
+        fits = np.abs(number.to_numpy(dtype=np.float64) / divisors) < _MAX_SECONDS
+        rows = number.index
+        units: tuple[tuple[Literal["s", "ms", "us", "ns"], float], ...] = (
+            ("s", 1.0),
+            ("ms", 1e3),
+            ("us", 1e6),
+            ("ns", 1e9),
+        )
+        for unit, divisor in units:
+            pick = fits & (divisors == divisor)
+            if pick.any():
+                out[rows[pick]] = pd.to_datetime(
+                    number[pick], unit=unit, utc=True, errors="coerce"
+                ).dt.as_unit("ns")
     if text_rows.any():
-        out[text_rows] = _time_text(raw[text_rows].astype(str))
+        out[text_rows] = _time_text(raw[text_rows].astype(str), day_first=day_first)
     return out
 
 
-def _time_text(text: pd.Series) -> pd.Series:
+def _time_text(text: pd.Series, *, day_first: bool | None = None) -> pd.Series:
     """Times written as text, UTC (naive = UTC); NaT where the text is not a time. ISO 8601
     first (fast), then the other layouts pandas reads ("2026-11-01 10:00:00+02:00", RFC 2822,
-    "05/11/2026 10:00"...) for what that missed, numeric dates in one order (``_day_first``)."""
+    "05/11/2026 10:00"...) for what that missed, numeric dates day first when ``day_first``,
+    month first when False (a date that cannot be read in that order, 13/11/2026 month first,
+    is not a time: read the other way it would be out of order with the others), and when None
+    in one order for these values (``_day_first``)."""
     import pandas as pd
 
     parsed = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
@@ -570,14 +613,46 @@ def _time_text(text: pd.Series) -> pd.Series:
     if missed.any():
         rest = text[missed]
         parsed[missed] = pd.to_datetime(
-            rest, utc=True, errors="coerce", format="mixed", dayfirst=_day_first(rest)
+            rest,
+            utc=True,
+            errors="coerce",
+            format="mixed",
+            dayfirst=_day_first(rest) if day_first is None else day_first,
         )
+        if day_first is not None:
+            wrong = contradicts_date_order(rest, day_first)
+            if wrong.any():
+                parsed = parsed.mask(parsed.index.isin(rest.index[wrong]))
     return parsed
+
+
+def contradicts_date_order(text: pd.Series, day_first: bool) -> np.ndarray:
+    """Which of ``text`` are numeric dates that cannot be read in the order ``day_first``
+    gives: a month above 12 (13/11/2026 read month first, 11/13/2026 read day first)."""
+    import pandas as pd
+
+    parts = text.astype(str).str.extract(_NUMERIC_DATE)
+    month = pd.to_numeric(parts[2] if day_first else parts[0], errors="coerce")
+    return (month > 12).fillna(False).to_numpy(dtype=bool)
 
 
 # A date of numbers with the year last: 05/11/2026, 5.11.26, 05-11-2026 10:00.
 _NUMERIC_DATE = re.compile(r"^\s*(\d{1,2})([./-])(\d{1,2})\2\d{2,4}(?:\D|$)")
 _warned_ambiguous_dates = False
+
+
+def numeric_date_order(values: Iterable[object]) -> bool | None:
+    """The order ``_day_first`` reads the numeric dates among ``values`` in (True: day first),
+    or None when there are none (ISO 8601 text, epoch numbers). A model decides it once, on
+    its training data's times, so that every chunk of an export and every Kafka batch reads
+    05/11/2026 alike: decided batch by batch, a batch holding only days up to 12 was read
+    month first and the next one, holding 13/11/2026, day first."""
+    import pandas as pd
+
+    text = pd.Series([v for v in values if isinstance(v, str)], dtype=object)
+    if not len(text) or not text.str.extract(_NUMERIC_DATE)[0].notna().any():
+        return None
+    return _day_first(text)
 
 
 def _day_first(text: pd.Series) -> bool:
@@ -605,7 +680,9 @@ def _day_first(text: pd.Series) -> bool:
         _warned_ambiguous_dates = True
         logging.getLogger(__name__).warning(
             "times like %r could put the day or the month first and none has a number above "
-            "12 to tell: read month first; write times as ISO 8601 (2026-11-05 10:00) to be sure",
+            "12 to tell: read month first; if they are day first, set window.day_first: true "
+            "in the pipeline the model is trained with, or write times as ISO 8601 "
+            "(2026-11-05 10:00) to be sure",
             str(text[known].iloc[0]),
         )
     return False

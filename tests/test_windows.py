@@ -143,6 +143,32 @@ def test_any_chunking_gives_the_same_windows_as_one_pass(chunk: int) -> None:
     assert {int(s) for s in whole.status} >= {OK, WARMING_UP, LATE}
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 50])
+def test_the_buffer_limit_gives_the_same_windows_however_the_input_is_cut(chunk: int) -> None:
+    # With a long lateness, the buffer's cap (max_buffered) decided: it was applied at the end
+    # of each batch only, so a record arriving behind more than max_buffered newer ones found
+    # its predecessors still there in one big batch and already gone when the input came in
+    # chunks (or Kafka micro-batches): other windows, other scores. Such a record is late.
+    values, entities, times = messy_stream(300, seed=3)
+    spec = {"size": 4, "lateness_s": 1e6, "max_buffered": 6}
+    whole = state(**spec).assemble(rows(values.tolist()), entities, times)  # type: ignore[arg-type]
+    st = state(**spec)  # type: ignore[arg-type]
+    parts = [
+        st.assemble(
+            rows(values[i : i + chunk].tolist()), entities[i : i + chunk], times[i : i + chunk]
+        )
+        for i in range(0, len(values), chunk)
+    ]
+    assert np.array_equal(np.concatenate([p.status for p in parts]), whole.status)
+    assert np.array_equal(np.concatenate([p.x for p in parts]), whole.x)
+    assert LATE in {int(s) for s in whole.status}
+    one = state(size=3, lateness_s=1e6, max_buffered=2)
+    one.assemble(rows([1, 2, 3, 4, 5]), ["a"] * 5, np.arange(5.0))
+    behind = one.assemble(rows([9, 8]), ["a"] * 2, np.array([1.5, 2.5]))
+    assert behind.status.tolist() == [LATE, OK]  # 3 newer records, then 2
+    assert windows_of(behind) == [[9, 9, 9], [2, 3, 8]]
+
+
 def test_state_round_trip_continues_exactly_as_uninterrupted() -> None:
     values, entities, times = messy_stream(200, seed=2)
     spec = {"size": 4, "lateness_s": 20.0, "max_gap_s": 150.0}
@@ -491,6 +517,40 @@ def test_a_partition_moving_away_and_back_continues_from_the_stored_state(
     assert np.flatnonzero(got != expected).tolist() == []
 
 
+def test_an_entity_spread_over_partitions_is_said_once(
+    window_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Messages keyed by something else than the pump (here: the event id) spread each pump over
+    # the partitions. Each scorer process then windows only the part it reads: with
+    # --processes 2, or after a rebalance, the windows (and scores) depended on which process
+    # read what, and the windows stored for a pump by one overwrote the other's, without a word.
+    data = make_pump_data(80, seed=10)
+    records = data.astype(object).where(data.notna(), None).to_dict(orient="records")
+    cfg = window_model.config_.model_copy(deep=True)
+    cfg.kafka = KafkaConfig(topic="t")
+
+    def messages(partition_of: Any) -> list[Message]:
+        return [
+            Message("t", partition_of(i), i, str(i).encode(), json.dumps(r).encode(), 0)
+            for i, r in enumerate(records)
+        ]
+
+    by_pump = {"P1": 0, "P2": 1, "P3": 2, "P4": 0}
+    keyed = StreamScorer(window_model, cfg, _StateStore())
+    with caplog.at_level(logging.WARNING, logger="anomaly_vae.jobs.stream"):
+        keyed.score_records(messages(lambda i: by_pump[str(records[i]["pump_id"])]))
+    assert "partitions" not in caplog.text
+    spread = StreamScorer(window_model, cfg, _StateStore())
+    with caplog.at_level(logging.WARNING, logger="anomaly_vae.jobs.stream"):
+        spread.score_records(messages(lambda i: i % 3))
+        spread.score_records(messages(lambda i: i % 3))
+    assert caplog.text.count("arrives on") == 1
+    assert "entity 'P1' arrives on 3 partitions (t:0, t:1, t:2), and 3 more entities" in (
+        caplog.text
+    )
+    assert "produce them with the entity as the message key" in caplog.text
+
+
 def test_a_batch_job_stores_each_records_window_status(
     window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -693,3 +753,252 @@ def test_numeric_dates_are_read_in_one_order_for_the_whole_column(
     with caplog.at_level(logging.WARNING, logger="anomaly_vae.windows"):
         assert days(["05/11/2026", "06/11/2026"]) == ["2026-05-11", "2026-06-11"]
     assert "could put the day or the month first" in caplog.text
+
+
+def _day_first_times(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its times written as a European export writes them (13/11/2026 23:00)."""
+    stamps = pd.to_datetime(frame["ts"], utc=True)
+    return frame.assign(ts=stamps.dt.strftime("%d/%m/%Y %H:%M:%S"))
+
+
+@pytest.fixture(scope="module")
+def day_first_model() -> AnomalyVAE:
+    # Training times cross midnight into the 13th: day first, said by the data itself.
+    cfg = PipelineConfig.from_yaml(REPO / "pipelines" / "pumps_windows.yaml")
+    cfg.training.epochs = 2
+    cfg.training.progress = False
+    train = _day_first_times(make_pump_data(1600, seed=1, start="2026-11-12T23:00:00Z"))
+    return AnomalyVAE(config=cfg).fit(train)
+
+
+def test_numeric_dates_are_read_in_the_models_order_in_every_chunk_and_stored_alike(
+    day_first_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The order of 12/11/2026 was decided chunk by chunk: a chunk holding only days up to 12
+    # was read month first (December 11), the next one, with 13/11/2026, day first
+    # (November 13): every record after the first chunk was 'late' (scored on its own, never
+    # flagged), the scores depended on --chunk-size, and the stored event times jumped a month.
+    assert day_first_model.config_.window is not None
+    assert day_first_model.config_.window.day_first is True  # learned, and saved with the model
+    data = make_pump_data(600, seed=5, anomaly_rate=0.05, start="2026-11-12T23:50:00Z")
+    truth = pd.to_datetime(data["ts"], utc=True).dt.floor("s")  # as the export writes them
+    export = _day_first_times(data)
+    whole = day_first_model.score_batch(export, windows=day_first_model.new_window_state())
+    st = day_first_model.new_window_state()
+    parts = [
+        day_first_model.score_batch(export.iloc[i : i + 100], windows=st)
+        for i in range(0, 600, 100)
+    ]
+    joined = pd.concat([p.scores for p in parts])
+    assert set(joined["window_status"]) == {"ok", "warming_up"}
+    assert (joined["window_status"] == whole.scores["window_status"]).all()
+    assert np.array_equal(joined["score"].to_numpy(), whole.scores["score"].to_numpy())
+
+    day_first_model.save(tmp_path / "m")
+    loaded = AnomalyVAE.load(tmp_path / "m")
+    assert loaded.config_.window == day_first_model.config_.window
+    path = tmp_path / "export.csv"
+    export.to_csv(path, index=False)
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    out = str(tmp_path / "scores.csv")
+    args = ["score", str(path), "--model-dir", str(tmp_path / "m"), "--out", out]
+    done = run_inline(capsys, *args, "--chunk-size", "100", "--db", url, "-q")
+    assert done.returncode == 0, done.stderr
+    assert "differs from the model's" not in done.stderr
+    # The pipeline it was trained with (day_first left out) is not another window.
+    pipeline = REPO / "pipelines" / "pumps_windows.yaml"
+    again = run_inline(capsys, *args, "--pipeline", str(pipeline), "-q")
+    assert again.returncode == 0, again.stderr
+    assert "differs from the model's" not in again.stderr
+    info = run_inline(capsys, "info", "--model-dir", str(tmp_path / "m"))
+    assert ", dates like 05/11/2026 read day first" in info.stdout
+    scored = pd.read_csv(out)  # scores as the CSV writes them (float32 text)
+    assert scored["window_status"].tolist() == whole.scores["window_status"].tolist()
+    assert np.allclose(scored["score"].to_numpy(), whole.scores["score"].to_numpy(), rtol=1e-6)
+    engine = create_database_engine(parse_database_url(url))
+    try:
+        with engine.connect() as connection:
+            rows = connection.exec_driver_sql("SELECT source_key, event_time FROM scores").all()
+    finally:
+        engine.dispose()
+    stored = {int(key.rsplit(":", 1)[1]): pd.Timestamp(t) for key, t in rows}
+    assert len(stored) == 600
+    for i in (0, 99, 100, 240, 599):
+        assert stored[i].tz_localize(None) == truth[i].tz_localize(None), i
+
+
+def test_a_date_that_contradicts_the_models_order_is_rejected_saying_what_to_do() -> None:
+    # A model trained on dates that are day first only by convention (no day above 12 in the
+    # training file) reads them month first, said at training; an export then holding
+    # 13/11/2026 is not read as November 13 beside 12/11/2026 as December 11.
+    cfg = PipelineConfig.from_yaml(REPO / "pipelines" / "pumps_windows.yaml")
+    cfg.training.epochs = 1
+    cfg.training.progress = False
+    train = _day_first_times(make_pump_data(1600, seed=1, start="2026-11-01T00:00:00Z"))
+    model = AnomalyVAE(config=cfg).fit(train)
+    assert model.config_.window is not None
+    assert model.config_.window.day_first is False
+    export = _day_first_times(make_pump_data(40, seed=5, start="2026-11-12T23:59:00Z"))
+    batch = model.score_batch(export)
+    late = export["ts"].str.startswith("13/")
+    assert list(batch.rejects.index) == list(export.index[late])
+    reason = batch.rejects.iloc[0]["reason"]
+    assert "cannot be read month first" in reason
+    assert "window.day_first: true" in reason
+    # Set in the pipeline, the order is the one given.
+    cfg.window.day_first = True  # type: ignore[union-attr]
+    told = AnomalyVAE(config=cfg).fit(train)
+    assert len(told.score_batch(export).rejects) == 0
+
+
+def test_threshold_preview_tune_and_contamination_leave_out_records_no_threshold_flags(
+    window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A windowed model's warming-up and late records are never flagged (the scorer and the
+    # write path say so), but the threshold commands judged every stored score alike:
+    # 'preview --value 0' said it would flag all 400 records and open alerts on warming-up
+    # ones, 'tune' ranked them (a threshold tuned to catch records it can never flag), and
+    # '--contamination' took its top share from scores no threshold applies to.
+    window_model.save(tmp_path / "m")
+    data = make_pump_data(400, seed=11, anomaly_rate=0.05)
+    export = tmp_path / "export.csv"
+    data.to_csv(export, index=False)
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    model = str(tmp_path / "m")
+    done = run_inline(capsys, "score", str(export), "--model-dir", model, "--db", url, "-q")
+    assert done.returncode == 0, done.stderr
+    engine = create_database_engine(parse_database_url(url))
+    try:
+        with engine.connect() as connection:
+            stored = connection.exec_driver_sql(
+                "SELECT source_key, score, window_status FROM scores"
+            ).all()
+    finally:
+        engine.dispose()
+    frame = pd.DataFrame(stored, columns=["source_key", "score", "window_status"])
+    ok = frame["window_status"] == "ok"
+    assert 0 < (~ok).sum() < len(frame)
+    name = window_model.config_.name
+
+    args = ["thresholds", "preview", name, "--db", url, "--format", "json"]
+    done = run_inline(capsys, *args, "--value", "-1000000")
+    assert done.returncode == 0, done.stderr
+    everything = json.loads(done.stdout)
+    assert everything["records"] == len(frame)
+    assert everything["flagged"] == int(ok.sum())
+
+    done = run_inline(capsys, *args, "--contamination", "0.1")
+    assert done.returncode == 0, done.stderr
+    top = json.loads(done.stdout)["proposed"]["warning"]
+    assert top == pytest.approx(float(np.quantile(frame.loc[ok, "score"], 0.9)))
+
+    # Labels that call exactly the warming-up records anomalous: no threshold catches one.
+    labels = tmp_path / "labels.csv"
+    frame.assign(label=(~ok).astype(int))[["source_key", "label"]].to_csv(labels, index=False)
+    tune = ["thresholds", "tune", name, "--db", url, "--labels", str(labels), "--format", "json"]
+    done = run_inline(capsys, *tune, "--objective", "f1")
+    assert done.returncode == 0, done.stderr
+    tuned = json.loads(done.stdout)
+    assert tuned["recall"] == 0.0
+    assert tuned["false_alarm_rate"] == 0.0
+
+
+@pytest.mark.parametrize("unit", ["us", "ns"])
+def test_epoch_micro_and_nanoseconds_give_the_same_windows_as_iso_times(
+    window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str], unit: str
+) -> None:
+    # Epoch numbers from PostgreSQL or Python (microseconds) or Go and pandas (nanoseconds)
+    # were read as milliseconds: 10 s steps were hours apart, past max_gap_s, so every record
+    # stayed warming_up and none could be flagged; with --db the job died with a traceback
+    # (OutOfBoundsDatetime) storing their event times.
+    data = make_pump_data(120, seed=8)
+    stamps = pd.to_datetime(data["ts"], utc=True)
+    since = stamps - pd.Timestamp("1970-01-01", tz="UTC")
+    per_second = {"us": 1_000_000, "ns": 1_000_000_000}[unit]
+    epoch = data.assign(ts=(since // pd.Timedelta(seconds=1 / per_second)).astype("int64"))
+    assert epoch["ts"].iloc[0] == int(stamps.iloc[0].timestamp()) * per_second
+    iso = window_model.score_batch(data).scores
+    assert (iso["window_status"] == "ok").sum() > 0
+    numbers = window_model.score_batch(epoch).scores
+    assert numbers["window_status"].tolist() == iso["window_status"].tolist()
+    assert np.array_equal(numbers["score"].to_numpy(), iso["score"].to_numpy())
+
+    window_model.save(tmp_path / "m")
+    export = tmp_path / "export.csv"
+    epoch.to_csv(export, index=False)
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    args = ["score", str(export), "--model-dir", str(tmp_path / "m"), "--db", url, "-q"]
+    done = run_inline(capsys, *args)
+    assert done.returncode == 0, done.stderr
+    engine = create_database_engine(parse_database_url(url))
+    try:
+        with engine.connect() as connection:
+            rows = connection.exec_driver_sql("SELECT source_key, event_time FROM scores").all()
+    finally:
+        engine.dispose()
+    stored = {int(key.rsplit(":", 1)[1]): pd.Timestamp(t) for key, t in rows}
+    assert len(stored) == len(data)
+    for i in (0, 57, 119):
+        assert abs(stored[i].tz_localize(None) - stamps[i].tz_localize(None)) < pd.Timedelta(
+            1, unit="ms"
+        )
+
+
+def test_an_epoch_number_past_what_an_event_time_holds_is_rejected(
+    window_model: AnomalyVAE,
+) -> None:
+    data = make_pump_data(30, seed=8).astype({"ts": object})
+    data.loc[4, "ts"] = 9e16  # microseconds: the year 4822, past a 64-bit nanosecond time
+    batch = window_model.score_batch(data)
+    assert list(batch.rejects.index) == [4]
+    assert "is not a time" in batch.rejects.iloc[0]["reason"]
+
+
+def test_training_says_how_many_rows_made_windows_and_how_many_were_left_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A windowed model's training said "trained on 2366 rows ... 0 rows rejected" for a file of
+    # 2400 rows of which 6 had no time or no pump (left out) and 28 no full window: the
+    # counts were windows called rows, and the rows left out were not counted as rejected.
+    data = make_pump_data(600, seed=1)
+    data.loc[[5, 50], "ts"] = None
+    data.loc[[7], "ts"] = "garbage"
+    data["pump_id"] = data["pump_id"].astype(object)
+    data.loc[[9], "pump_id"] = None
+    train = tmp_path / "train.csv"
+    data.to_csv(train, index=False)
+    pipeline = tmp_path / "pipeline.yaml"
+    text = (REPO / "pipelines" / "pumps_windows.yaml").read_text()
+    pipeline.write_text(text.replace("epochs: null", "epochs: 1"))
+    model = str(tmp_path / "m")
+    done = run_inline(
+        capsys, "train", str(train), "--model-dir", model, "--pipeline", str(pipeline)
+    )
+    assert done.returncode == 0, done.stderr
+    assert "4 training rows have no valid event time or no entity: left out (first: row 5:" in (
+        done.stderr
+    )
+    # 4 pumps: 7 rows each before a full window, and one more where a left-out row was.
+    full = 600 - 4 - 4 * 7
+    assert (
+        f"trained 'pumps-windows' on {full} full windows of 8 records from 600 rows of {train} "
+    ) in done.stdout
+    assert "; 4 rows rejected; 28 rows without a full window: the first 7 of each entity" in (
+        done.stdout
+    )
+    assert "held-out normal windows" in done.stdout
+    info = run_inline(capsys, "info", "--model-dir", model)
+    assert "full windows of 600 rows (+" in info.stdout
+
+
+def test_a_true_or_false_time_is_rejected_not_read_as_1970(window_model: AnomalyVAE) -> None:
+    # A JSON true in the time field was windowed at 1 s after the epoch (false at 0) while its
+    # stored event time was none: in a new pump's series, the next real record came 56 years
+    # later, after a 'gap'.
+    data = make_pump_data(40, seed=7).astype({"ts": object})
+    data.loc[3, "ts"] = True
+    data.loc[9, "ts"] = False
+    batch = window_model.score_batch(data)
+    assert list(batch.rejects.index) == [3, 9]
+    assert batch.rejects.loc[3, "reason"] == "window time column 'ts': True is not a time"
+    assert len(batch.scores) == 38

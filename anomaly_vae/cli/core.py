@@ -223,18 +223,33 @@ def _require_column(name: str | None, columns: list[str], option: str, data: Pat
 def _print_training(model: AnomalyVAE, data: Path, model_dir: Path, digest: str) -> None:
     s = model.training_summary_
     schema = model.schema_
-    typer.echo(
-        f"trained '{model.name}' on {s['rows_train'] + s['rows_validation']} rows of {data} "
-        f"({len(schema.numeric)} numeric, {len(schema.categorical)} categorical features; "
-        f"{s['rows_rejected']} rows rejected)"
+    features = (
+        f"{len(schema.numeric)} numeric, {len(schema.categorical)} categorical features; "
+        f"{s['rows_rejected']} rows rejected"
     )
+    window = model.config_.window
+    if window is not None:
+        # Examples are windows: a row with no full window of its entity's records before it
+        # (warming up, after a gap, late) trains nothing, and the counts said "rows".
+        short = s["rows"] - s["rows_rejected"] - s["windows"]
+        typer.echo(
+            f"trained '{model.name}' on {s['windows']} full windows of {window.size} records "
+            f"from {s['rows']} rows of {data} ({features}; {short} rows without a full window: "
+            f"the first {window.size - 1} of each entity, after a gap, or late)"
+        )
+    else:
+        typer.echo(
+            f"trained '{model.name}' on {s['rows_train'] + s['rows_validation']} rows of {data} "
+            f"({features})"
+        )
+    held_out = "windows" if window is not None else "rows"
     typer.echo(
         f"{s['epochs_run']} epochs (best {s['best_epoch']}), validation loss "
         f"{s['best_val_loss']:.3f} nats, {s['seconds']:.1f} s on {s['device']}"
     )
     typer.echo(
         f"threshold {model.threshold_:.4g} ({100 * model.threshold_quantile_:g}th percentile of "
-        f"{s['rows_validation']} held-out normal rows)"
+        f"{s['rows_validation']} held-out normal {held_out})"
     )
     typer.echo(f"model saved to {model_dir} (version {digest[:12]})")
 
@@ -479,7 +494,11 @@ def warn_trained_settings(pipeline: Path, file_cfg: PipelineConfig, model: Pipel
             file_cfg.name,
             model.name,
         )
-    if "window" in file_cfg.model_fields_set and file_cfg.window != model.window:
+    window_given = file_cfg.window
+    if window_given is not None and window_given.day_first is None and model.window is not None:
+        # Left null, the order of numeric dates was learned in training: no difference.
+        window_given = window_given.model_copy(update={"day_first": model.window.day_first})
+    if "window" in file_cfg.model_fields_set and window_given != model.window:
         # A model scores with the window it was trained with: it cannot take another.
         logger.warning(
             "%s: window %s differs from the model's (%s); the model's is used (a window is set "
@@ -597,6 +616,7 @@ def _score_into_database(
         top_features=model.config_.scoring.top_features,
         entity_column=cfg.columns.entity,
         timestamp_column=cfg.columns.timestamp,
+        day_first=None if model.config_.window is None else model.config_.window.day_first,
         source=source.label,
     )
     sinks: list[Sink] = [sink]
@@ -658,8 +678,11 @@ def info(
     typer.echo(f"model '{model.name}' version {str(model.model_hash_)[:12]} ({model_dir})")
     for col in model.schema_.columns:
         typer.echo(f"  feature {col.name}: {col.kind}")
+    examples = "rows"
+    if model.config_.window is not None and s.get("windows") is not None:
+        examples = f"full windows of {s.get('rows', '?')} rows"
     typer.echo(
-        f"trained {s.get('trained_at', '?')} on {s.get('rows_train', '?')} rows "
+        f"trained {s.get('trained_at', '?')} on {s.get('rows_train', '?')} {examples} "
         f"(+{s.get('rows_validation', '?')} held out), {s.get('epochs_run', '?')} epochs"
     )
     typer.echo(
@@ -682,6 +705,11 @@ def _pipeline_lines(cfg: PipelineConfig) -> list[str]:
             + (f"entity (column {window.entity!r})" if window.entity else "series (one for all)")
             + (f", in event time (column {window.time!r})" if window.time else ", arrival order")
             + f", lateness {window.lateness_s:g} s{gap}"
+            + (
+                ""
+                if window.day_first is None
+                else f", dates like 05/11/2026 read {'day' if window.day_first else 'month'} first"
+            )
             + (f", encoder {cfg.model.encoder}" if cfg.model.encoder != "mlp" else "")
         )
     columns = cfg.columns

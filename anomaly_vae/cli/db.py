@@ -208,9 +208,10 @@ def models_show(
     typer.echo(f"model {name}: {len(versions)} version(s)")
     for v in versions:
         summary = v.training_summary or {}
+        examples = "rows" if summary.get("windows") is None else "full windows"
         typer.echo(
             f"  version {v.version} ({v.score_kind}), trained {_text(v.created_at)} on "
-            f"{summary.get('rows_train', '?')} rows, registered {_text(v.registered_at)}"
+            f"{summary.get('rows_train', '?')} {examples}, registered {_text(v.registered_at)}"
         )
         typer.echo(f"    path {v.path}; calibrated threshold {v.calibration.get('threshold'):.6g}")
         features = v.feature_schema.get("columns", [])

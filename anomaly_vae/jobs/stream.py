@@ -183,6 +183,7 @@ class StreamScorer:
         # partitions move, then read back from the sink for each entity as it comes.
         self._windows = model.new_window_state()
         self._windows_moved = threading.Event()
+        self._warned_split = False
 
     # ------------------------------------------------------------------ lifecycle
     def install_signal_handlers(self) -> None:
@@ -447,6 +448,7 @@ class StreamScorer:
             fields=[c for c in columns.passthrough() if c],
             entity_field=entity_field,
             time_field=columns.timestamp,
+            day_first=None if self.cfg.window is None else self.cfg.window.day_first,
             key_is_entity=kafka.key_is_entity,
             max_bytes=kafka.max_message_bytes,
             numeric=self.model.schema_.numeric,
@@ -457,6 +459,8 @@ class StreamScorer:
         scored = self.model.score_batch(
             frame, threshold=threshold.value, source="message", windows=windows
         )
+        if windows is not None and windows.split and not self._warned_split:
+            self._warn_split(windows)
         valid = frame.loc[scored.scores.index]
         rejects = decoded.rejects
         if len(scored.rejects):
@@ -485,6 +489,24 @@ class StreamScorer:
             threshold_id=threshold.id,
             alert_rule=threshold.alert_rule,
             window_states=None if windows is None else windows.take_dirty(),
+        )
+
+    def _warn_split(self, windows: WindowState) -> None:
+        """Say once that an entity's messages come from more than one partition: each scorer
+        process builds the window of what it reads, so with --processes N, or after partitions
+        move, its windows (hence scores) depend on which process read what."""
+        self._warned_split = True
+        key = sorted(windows.split)[0]
+        streams = sorted(windows.entities[key].last_seq) if key in windows.entities else []
+        logger.warning(
+            "entity %r arrives on %d partitions (%s)%s: a windowed model needs all of an "
+            "entity's messages in one partition (scorer processes sharing the topic, or a "
+            "rebalance, would each build a part of its window); produce them with the entity as "
+            "the message key",
+            key,
+            len(streams),
+            ", ".join(streams),
+            "" if len(windows.split) == 1 else f", and {len(windows.split) - 1} more entities",
         )
 
     def _window_state(self) -> WindowState | None:

@@ -81,6 +81,7 @@ def decode_messages(
     fields: Sequence[str] = (),
     entity_field: str | None = None,
     time_field: str | None = None,
+    day_first: bool | None = None,
     key_is_entity: bool = True,
     max_bytes: int = 1_000_000,
     numeric: Sequence[str] | None = None,
@@ -180,18 +181,26 @@ def decode_messages(
         stamps = [s for s, ok in zip(stamps, keep_rows, strict=True) if ok]
     frame[SOURCE_KEY] = keys
     frame[ENTITY] = pd.Series(entities, index=frame.index, dtype=object)
-    frame[EVENT_TIME] = _event_times(frame, time_field, np.asarray(stamps, dtype=np.int64))
+    frame[EVENT_TIME] = _event_times(
+        frame, time_field, np.asarray(stamps, dtype=np.int64), day_first=day_first
+    )
     rejects = pd.DataFrame(
         reject_rows, columns=[SOURCE_KEY, "reason", "raw", "topic", "partition", "offset"]
     ).set_index(SOURCE_KEY)
     return DecodedBatch(frame=frame, rejects=rejects)
 
 
-def _event_times(frame: pd.DataFrame, time_field: str | None, stamps: np.ndarray) -> pd.Series:
+def _event_times(
+    frame: pd.DataFrame,
+    time_field: str | None,
+    stamps: np.ndarray,
+    *,
+    day_first: bool | None = None,
+) -> pd.Series:
     kafka_time = pd.to_datetime(stamps, unit="ms", utc=True)
     if not time_field or time_field not in frame.columns or len(frame) == 0:
         return pd.Series(kafka_time, index=frame.index)
-    parsed = event_timestamps(frame[time_field])
+    parsed = event_timestamps(frame[time_field], day_first=day_first)
     parsed = pd.Series(parsed, index=frame.index)
     return parsed.where(parsed.notna(), pd.Series(kafka_time, index=frame.index))
 

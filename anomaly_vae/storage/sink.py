@@ -164,6 +164,7 @@ class DatabaseSink:
         top_features: int,
         entity_column: str | None = None,
         timestamp_column: str | None = None,
+        day_first: bool | None = None,
         source: str = "input",
     ) -> None:
         self.connection = connection
@@ -173,6 +174,7 @@ class DatabaseSink:
         self.top_features = top_features
         self.entity_column = entity_column
         self.timestamp_column = timestamp_column
+        self.day_first = day_first  # a windowed model's order of numeric dates
         self.inserted = 0
         self.written = 0
         self.alerts_opened = 0
@@ -218,7 +220,7 @@ class DatabaseSink:
         if self.timestamp_column and self.timestamp_column in frame:
             # Epoch numbers are seconds (or ms), as for a Kafka message; .array: no boxing.
             given = frame.loc[rows, self.timestamp_column]
-            times = event_timestamps(given)
+            times = event_timestamps(given, day_first=self.day_first)
             self._note_unread_times(given, times)
             data["event_time"] = times.array
         return pd.DataFrame(data)

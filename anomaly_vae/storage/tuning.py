@@ -165,7 +165,9 @@ def compute_threshold(
     if isinstance(spec, ValuePolicy):
         return ComputedThreshold(spec.value, "value", {"value": spec.value})
     if isinstance(spec, ContaminationPolicy):
-        scores = stored_scores(connection, model_id=model_id, since=spec.since)["score"]
+        stored = stored_scores(connection, model_id=model_id, since=spec.since)
+        # A windowed model's warming-up and late records are never flagged: not in the top C.
+        scores = stored["score"][stored["can_flag"]]
         if len(scores) < 100:
             raise ConfigError(
                 f"contamination needs stored scores of model {model.name} version "
@@ -341,7 +343,9 @@ def stored_scores(
     until: datetime | None = None,
 ) -> pd.DataFrame:
     """A model version's stored scores in judging order (event time, else scoring time, then
-    id): id, source_key, entity, time, event_time, score, is_anomaly, severity."""
+    id): id, source_key, entity, time, event_time, score, is_anomaly, severity, window_status
+    and can_flag (False for a windowed model's records that no threshold flags: ``warming_up``
+    or ``late``, whose window was not a full one of its entity's records)."""
     when = func.coalesce(Score.event_time, Score.scored_at)
     stmt = (
         select(
@@ -353,6 +357,7 @@ def stored_scores(
             Score.score,
             Score.is_anomaly,
             Score.severity,
+            Score.window_status,
         )
         .where(Score.model_id == model_id)
         .order_by(when, Score.id)
@@ -373,12 +378,15 @@ def stored_scores(
             "score",
             "is_anomaly",
             "severity",
+            "window_status",
         ],
     )
     frame["time"] = pd.to_datetime(frame["time"], utc=True)
     frame["event_time"] = pd.to_datetime(frame["event_time"], utc=True)
     frame["score"] = frame["score"].astype(np.float64)
     frame["is_anomaly"] = frame["is_anomaly"].astype(bool)
+    status = frame["window_status"]
+    frame["can_flag"] = (status.isna() | (status == "ok")).to_numpy(dtype=bool)
     return frame
 
 
@@ -490,6 +498,9 @@ def preview_threshold(
                 f"{model_name} version {model.version} in that period: check the keys or times"
             )
     replay = frame[["score", "entity", "time"]].copy()
+    # As the write path decides (storage.sink.flag_levels): a windowed model's warming-up and
+    # late records are normal records whatever their score.
+    replay["score"] = replay["score"].where(frame["can_flag"], -np.inf)
     replay["entity"] = replay["entity"].where(replay["entity"].notna(), "")
     result = preview(
         replay,
@@ -660,7 +671,7 @@ def _separator_hint(header: list[str], sep: str, expected: list[str]) -> str:
 
 
 def _times(values: pd.Series, path: Path, name: str) -> pd.Series:
-    # Read as a stored score's event time was (ISO 8601 text, or epoch seconds / milliseconds),
+    # Read as a stored score's event time was (ISO 8601 text, or epoch seconds / ms / us / ns),
     # so that a label's time is written the way the export wrote it.
     from anomaly_vae.windows import event_timestamps
 
@@ -732,6 +743,7 @@ def tune(
     result = tune_from_labels(
         frame["score"].to_numpy()[known],
         values[known].astype(np.int64),
+        flaggable=frame["can_flag"].to_numpy()[known],
         objective=objective,
         max_false_alarm_rate=max_false_alarm_rate,
         alerts_per_day=alerts_per_day,
