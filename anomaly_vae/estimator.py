@@ -560,7 +560,7 @@ class AnomalyVAE(BaseEstimator):
             return 0
         missing = (encoded.observed == 0).any(axis=1)
         for name in self.schema_.categorical:
-            missing |= pd.isna(clean[name].to_numpy(dtype=object))
+            missing |= clean[name].isna().to_numpy()
         return int(missing.sum())
 
     def _reject_bad_entities(
