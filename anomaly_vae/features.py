@@ -329,8 +329,8 @@ def _infer_kind(
     if pd.api.types.is_numeric_dtype(series):
         if not explicit and _looks_like_row_id(non_null):
             logger.warning(
-                "column %r looks like a row identifier (unique increasing integers) and is not "
-                "used as a feature; list it under columns.features to use it anyway",
+                "column %r looks like a row identifier (unique whole numbers in sequence) and is "
+                "not used as a feature; list it under columns.features to use it anyway",
                 name,
             )
             return None
@@ -407,10 +407,20 @@ def _infer_kind(
 
 
 def _looks_like_row_id(values: pd.Series) -> bool:
-    if len(values) < 100 or not pd.api.types.is_integer_dtype(values):
+    """Unique whole numbers that run in sequence: increasing (or decreasing) in file order, with
+    or without gaps (rows deleted from the source, a sample, labelled anomalies left out of
+    training), or a shuffled run with few gaps. Such a column numbers the records: as a feature,
+    every later export (ids past the training range) would score as anomalous."""
+    if len(values) < 100 or pd.api.types.is_bool_dtype(values):
         return False
-    arr = values.to_numpy()
-    return bool(np.all(np.diff(arr) == 1))
+    arr = values.to_numpy(dtype="float64", na_value=np.nan)
+    if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+        return False
+    steps = np.diff(arr)
+    if np.all(steps > 0) or np.all(steps < 0):
+        return True
+    distinct = np.unique(arr)
+    return len(distinct) == len(arr) and distinct[-1] - distinct[0] + 1 <= 2 * len(arr)
 
 
 # A date as text: 2026-11-01, 2026/11/01, 11/1/26, 01.11.2026, with or without a time of day

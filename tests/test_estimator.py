@@ -390,3 +390,18 @@ def test_fit_uses_its_own_thread_count_and_restores_it() -> None:
     Spy(epochs=1, seed=0, config=PipelineConfig(training=TrainingConfig(num_threads=2))).fit(frame)
     assert seen == [1, 2]
     assert torch.get_num_threads() == before
+
+
+def test_an_id_column_is_no_feature_once_labelled_anomalies_are_left_out() -> None:
+    # With a label column, the labelled anomalies were dropped before the columns were judged:
+    # the id column then had gaps, became a feature, and every record of the next export (ids
+    # past the training range) was flagged, 'order id' its top feature.
+    rng = np.random.default_rng(0)
+    frame = correlated_normal(600, seed=1)
+    frame.insert(0, "order id", np.arange(len(frame)))
+    frame["label"] = (rng.random(len(frame)) < 0.05).astype(int)
+    model = AnomalyVAE(columns={"label": "label"}, epochs=5, seed=0).fit(frame)
+    assert "order id" not in model.schema_.names
+    later = correlated_normal(300, seed=2)
+    later.insert(0, "order id", np.arange(10_000, 10_300))
+    assert model.predict(later).mean() < 0.2

@@ -333,3 +333,40 @@ def test_a_record_without_any_feature_value_is_rejected_not_invented() -> None:
         "record carries the feature columns"
     )
     assert rejects.loc[3, "reason"] == "column 'a': 'oops' is not a number"
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        np.arange(1000, 1600, 3),  # gaps: every third record of a table
+        np.arange(500, 300, -1),  # newest first
+        np.random.default_rng(1).permutation(np.arange(7, 207)),  # shuffled
+        np.where(np.arange(200) == 5, np.nan, np.arange(200.0)),  # a missing id: read as float
+    ],
+    ids=["gaps", "decreasing", "shuffled", "with-a-missing-value"],
+)
+def test_ids_that_are_not_one_contiguous_run_are_still_row_identifiers(
+    ids: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Only ids increasing by exactly 1 were recognised: an id column with gaps (rows deleted,
+    # a sample, or labelled anomalies left out of training) became a numeric feature, and every
+    # record of a later export (ids past the training range) scored as anomalous.
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"order_id": ids, "temp": rng.normal(20, 2, len(ids))})
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.names == ["temp"]
+    assert "'order_id' looks like a row identifier" in caplog.text
+
+
+def test_whole_number_measurements_stay_features() -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "rpm": rng.integers(1000, 3000, 500),  # repeats, no order
+            "cents": rng.permutation(np.arange(0, 50_000, 37))[:500],  # unique but sparse
+            "temp": rng.normal(20, 2, 500),
+        }
+    )
+    schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.numeric == ["rpm", "cents", "temp"]
