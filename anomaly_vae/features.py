@@ -299,6 +299,42 @@ def _to_category_text(series: pd.Series) -> np.ndarray:
     return out
 
 
+# A number written as text, as a CSV cell or a JSON string holds it: 007, 1.50, -3, 2e3.
+_PLAIN_NUMBER_RE = re.compile(r"^\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*$")
+
+
+def _number_key(text: str) -> str | None:
+    """The category key of a code written as a number (``'007'``, ``'7.0'`` and ``7`` are
+    ``'7'``), or None for other text."""
+    if not _PLAIN_NUMBER_RE.match(text):
+        return None
+    value = float(text)
+    return _category_key(value) if math.isfinite(value) else None
+
+
+def _match_number_codes(codes: np.ndarray, values: np.ndarray, cats: list[str]) -> None:
+    """Give values outside ``cats`` the category that is the same number (in place).
+
+    A code column such as 007, 012, A12 is read as text from a file where some value is not a
+    number, and as numbers (7, 12) from a file or chunk where all are: one code must be one
+    category either way, not an unknown value that scores as anomalous. A number two kept
+    categories both stand for (``'7'`` and ``'007'``) stays unknown."""
+    by_number: dict[str, int] = {}
+    for i, cat in enumerate(cats):
+        key = _number_key(cat)
+        if key is not None:
+            by_number[key] = -1 if key in by_number else i + 1
+    if not by_number:
+        return
+    rows = np.flatnonzero(codes == 0)
+    distinct, which = np.unique(values[rows].astype(str), return_inverse=True)
+    matched = np.zeros(len(distinct), dtype=np.int64)  # 0: still unknown
+    for j, value in enumerate(distinct.tolist()):
+        key = _number_key(value)
+        matched[j] = max(by_number.get(key, 0), 0) if key is not None else 0
+    codes[rows] = matched[which.reshape(-1)]
+
+
 def _category_key(value: object) -> str | None:
     if value is None or value is pd.NA:
         return None
@@ -690,6 +726,8 @@ class Preprocessor:
                 values = np.where(missing, MISSING, values)
             # get_indexer gives -1 for values outside the kept categories: the unknown slot.
             codes = pd.Index(cats, dtype=object).get_indexer(values).astype(np.int64) + 1
+            if not codes.all():
+                _match_number_codes(codes, values, cats)
             x[np.arange(n), offset + codes] = 1.0
             offset += len(cats) + 1
         for name in self.with_indicator:

@@ -370,3 +370,48 @@ def test_whole_number_measurements_stay_features() -> None:
     )
     schema = FeatureSchema.infer(frame, ColumnsConfig())
     assert schema.numeric == ["rpm", "cents", "temp"]
+
+
+def test_a_code_read_as_a_number_is_the_category_it_was_as_text() -> None:
+    # A product code column (007, 012, A12) is text in a file where some code is not a number,
+    # and numbers (7, 12) in a file or chunk where all are: every record of such an export had
+    # an unknown category, scored as anomalous with the code column as its top feature.
+    rng = np.random.default_rng(0)
+    codes = rng.choice(["007", "012", "020", "A12"], 400)
+    train = pd.DataFrame({"temp": rng.normal(20, 2, 400), "product": codes})
+    schema = FeatureSchema.infer(train, ColumnsConfig())
+    assert schema.categorical == ["product"]
+    clean, _ = schema.validate(train)
+    pre = Preprocessor.fit(clean, schema)
+    as_text = pd.DataFrame({"temp": [20.0, 21.0, 19.0], "product": ["007", "012", "020"]})
+    from_file = pd.read_csv(io.StringIO(as_text.to_csv(index=False)))
+    assert from_file["product"].tolist() == [7, 12, 20]
+    for as_read in (
+        from_file,
+        as_text.assign(product=[7.0, 12.0, 20.0]),
+        as_text.assign(product=["7", "12.0", " 20"]),
+    ):
+        got = pre.transform(schema.validate(as_read)[0]).x
+        np.testing.assert_array_equal(got, pre.transform(schema.validate(as_text)[0]).x)
+    # The reverse: categories learnt from numbers, codes given as text.
+    numbers = train.assign(product=rng.choice([7, 12, 20], 400))
+    schema_n = FeatureSchema.infer(numbers, ColumnsConfig(categorical=["product"]))
+    pre_n = Preprocessor.fit(schema_n.validate(numbers)[0], schema_n)
+    np.testing.assert_array_equal(
+        pre_n.transform(schema_n.validate(as_text)[0]).x,
+        pre_n.transform(schema_n.validate(as_text.assign(product=[7, 12, 20]))[0]).x,
+    )
+    unknown_slot = len(schema.numeric)  # the first categorical block starts with <unknown>
+    other = pre.transform(schema.validate(as_text.assign(product=["99", "A13", "7x"]))[0]).x
+    assert (other[:, unknown_slot] == 1.0).all()
+
+
+def test_a_number_two_categories_stand_for_stays_unknown() -> None:
+    train = pd.DataFrame({"temp": np.arange(40.0) % 7, "code": ["7", "007", "B"] * 13 + ["B"]})
+    schema = FeatureSchema.infer(train, ColumnsConfig(categorical=["code"]))
+    pre = Preprocessor.fit(schema.validate(train)[0], schema)
+    frame = pd.DataFrame({"temp": [1.0, 1.0, 1.0], "code": ["7", "007", "7.0"]})
+    x = pre.transform(schema.validate(frame)[0]).x
+    block = x[:, len(schema.numeric) : len(schema.numeric) + len(pre.categories["code"]) + 1]
+    assert block.argmax(axis=1).tolist()[2] == 0  # '7.0': '7' or '007'? neither
+    assert block.argmax(axis=1).tolist()[0] != block.argmax(axis=1).tolist()[1]
