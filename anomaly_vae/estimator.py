@@ -927,10 +927,18 @@ def _sorted_quantiles(sorted_values: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 def _as_frame(X: pd.DataFrame | np.ndarray, expected: list[str] | None = None) -> pd.DataFrame:
     if isinstance(X, pd.DataFrame):
-        if all(isinstance(c, str) for c in X.columns):
-            return X
-        # Column names are text everywhere else (schemas, CSV headers, JSON messages).
-        return X.rename(columns=str)
+        frame = X if all(isinstance(c, str) for c in X.columns) else X.rename(columns=str)
+        # Column names are text everywhere else (schemas, CSV headers, JSON messages); a name
+        # twice would make frame[name] two columns (pandas then fails deep inside).
+        if not frame.columns.is_unique:
+            names = [str(c) for c in frame.columns]
+            twice = next(n for n in names if names.count(n) > 1)
+            where = [i + 1 for i, n in enumerate(names) if n == twice]
+            raise ConfigError(
+                f"X has the column name {twice!r} more than once (columns "
+                f"{', '.join(map(str, where))}): rename or remove all but one"
+            )
+        return frame
     array = np.asarray(X)
     if array.ndim != 2:
         raise ConfigError(

@@ -405,3 +405,17 @@ def test_an_id_column_is_no_feature_once_labelled_anomalies_are_left_out() -> No
     later = correlated_normal(300, seed=2)
     later.insert(0, "order id", np.arange(10_000, 10_300))
     assert model.predict(later).mean() < 0.2
+
+
+def test_a_column_name_twice_in_a_dataframe_is_named(trained_model: AnomalyVAE) -> None:
+    # fit raised AttributeError ("'DataFrame' object has no attribute 'str'") and score a
+    # TypeError from inside pandas; a CSV file with such a header is refused by name.
+    frame = correlated_normal(200, seed=3)
+    twice = frame.rename(columns={"s2": "s1"})
+    with pytest.raises(ConfigError, match=r"'s1' more than once \(columns 2, 3\)"):
+        AnomalyVAE(epochs=1, seed=0).fit(twice)
+    with pytest.raises(ConfigError, match=r"'s1' more than once"):
+        trained_model.score(twice)
+    numbered = pd.DataFrame(np.ones((20, 2)), columns=[0, "0"])  # the same once names are text
+    with pytest.raises(ConfigError, match=r"'0' more than once \(columns 1, 2\)"):
+        AnomalyVAE(epochs=1, seed=0).fit(numbered)
