@@ -246,10 +246,11 @@ class AnomalyVAE(BaseEstimator):
         frame = _as_frame(X)
         rows = len(frame)
         frame = self._drop_labelled_anomalies(frame, y, cfg.columns)
+        n_labelled = rows - len(frame)
         if len(frame) < MIN_TRAINING_ROWS:  # before the columns are judged on no rows at all
-            labelled = f" ({rows - len(frame)} labelled anomalous left out)" if rows else ""
+            labelled = f" ({n_labelled} labelled anomalous left out)" if n_labelled else ""
             raise SchemaError(
-                f"training data has {len(frame)} rows{labelled}; a model needs at least "
+                f"training data has {_rows(len(frame))}{labelled}; a model needs at least "
                 f"{MIN_TRAINING_ROWS} rows of normal data"
             )
         schema = FeatureSchema.infer(frame, cfg.columns)
@@ -264,7 +265,8 @@ class AnomalyVAE(BaseEstimator):
             )
         if len(clean) < MIN_TRAINING_ROWS:
             raise SchemaError(
-                f"training data has {len(clean)} valid rows; a model needs at least "
+                f"training data has {len(clean)} valid row{'' if len(clean) == 1 else 's'}; "
+                "a model needs at least "
                 f"{MIN_TRAINING_ROWS} rows of normal data"
             )
         device = resolve_device(cfg.training.device)
@@ -343,6 +345,7 @@ class AnomalyVAE(BaseEstimator):
         )
         self.training_summary_: dict[str, Any] = {
             "rows": len(frame),
+            "rows_labelled_anomalous": n_labelled,
             "rows_rejected": len(rejects),
             "rows_train": len(train_idx),
             "windows": n_examples if cfg.window is not None else None,
@@ -986,6 +989,10 @@ def label_to_binary(series: pd.Series, *, name: str, source: str | None = None) 
             "true, anomaly): correct it, or leave the cell empty (no label)"
         )
     return out
+
+
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
 
 
 def _where(source: str | None) -> str:

@@ -969,3 +969,28 @@ def test_an_error_of_one_of_several_scorer_processes_says_which(
         main(["stream", "--model-dir", str(tmp_path / "no-model"), "--topic", "t"])
     assert stopped.value.code == 2
     assert capsys.readouterr().err.startswith("[2/3] error: ")
+
+
+def test_train_says_how_many_labelled_anomalies_it_left_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The summary said "trained on N rows ... 0 rows rejected" and nothing else: the labelled
+    # rows left out of training were not accounted for (only an INFO log line).
+    data = tmp_path / "labelled.csv"
+    frame = make_pump_data(400, seed=3, anomaly_rate=0.0)
+    frame["label"] = (np.arange(len(frame)) % 4 == 0).astype(int)
+    frame.to_csv(data, index=False)
+    model_dir = tmp_path / "m"
+    args = ("train", str(data), "--model-dir", str(model_dir), "--label-column", "label")
+    result = run_inline(capsys, *args, "--epochs", "1", "-q")
+    assert result.returncode == 0, result.stderr
+    assert "trained 'm' on 300 rows of" in result.stdout
+    assert "0 rows rejected, 100 labelled anomalous rows left out)" in result.stdout
+    info = run_inline(capsys, "info", "--model-dir", str(model_dir))
+    assert "; 100 labelled anomalous rows left out" in info.stdout
+    frame.head(12).assign(label=[0] + [1] * 11).to_csv(data, index=False)
+    result = run_inline(capsys, *args)
+    assert_user_error(result, "training data has 1 row (11 labelled anomalous left out)")
+    frame.head(5).to_csv(data, index=False, columns=[c for c in frame if c != "label"])
+    result = run_inline(capsys, "train", str(data), "--model-dir", str(model_dir))
+    assert_user_error(result, "training data has 5 rows; a model needs")

@@ -223,10 +223,12 @@ def _require_column(name: str | None, columns: list[str], option: str, data: Pat
 def _print_training(model: AnomalyVAE, data: Path, model_dir: Path, digest: str) -> None:
     s = model.training_summary_
     schema = model.schema_
+    labelled = s.get("rows_labelled_anomalous", 0)
+    left_out = f", {labelled} labelled anomalous rows left out" if labelled else ""
     typer.echo(
         f"trained '{model.name}' on {s['rows_train'] + s['rows_validation']} rows of {data} "
         f"({len(schema.numeric)} numeric, {len(schema.categorical)} categorical features; "
-        f"{s['rows_rejected']} rows rejected)"
+        f"{s['rows_rejected']} rows rejected{left_out})"
     )
     typer.echo(
         f"{s['epochs_run']} epochs (best {s['best_epoch']}), validation loss "
@@ -609,9 +611,11 @@ def info(
     typer.echo(f"model '{model.name}' version {str(model.model_hash_)[:12]} ({model_dir})")
     for col in model.schema_.columns:
         typer.echo(f"  feature {col.name}: {col.kind}")
+    labelled = s.get("rows_labelled_anomalous")
     typer.echo(
         f"trained {s.get('trained_at', '?')} on {s.get('rows_train', '?')} rows "
         f"(+{s.get('rows_validation', '?')} held out), {s.get('epochs_run', '?')} epochs"
+        + (f"; {labelled} labelled anomalous rows left out" if labelled else "")
     )
     typer.echo(
         f"score: {model.score_kind_}; threshold {model.threshold_:.4g} at quantile "
