@@ -85,3 +85,22 @@ def test_data_lines_ending_with_a_separator_the_header_lacks_keep_their_columns(
     }
     assert frame.index.tolist() == [0, 1, 3]
     assert rejects.index.tolist() == [2]
+
+
+def test_parquet_and_excel_files_are_named_not_called_binary_data(tmp_path: Path) -> None:
+    # A Parquet file was "not a CSV text file (it holds binary data)", and an Excel workbook
+    # (a zip archive) was told to be renamed .csv.zip, which then failed to read as a CSV.
+    import zipfile
+
+    frame = pd.DataFrame({"a": [1.0, 2.0], "b": ["x", "y"]})
+    parquet = tmp_path / "export.parquet"
+    frame.to_parquet(parquet)
+    workbook = tmp_path / "export.xlsx"
+    with zipfile.ZipFile(workbook, "w") as archive:
+        archive.writestr("[Content_Types].xml", "<Types/>")
+        archive.writestr("xl/workbook.xml", "<workbook/>")
+    for path, kind in ((parquet, "a Parquet file"), (workbook, "an Excel workbook (.xlsx)")):
+        with pytest.raises(InputFileError) as caught:
+            CsvSource(path).header()
+        assert str(caught.value).startswith(f"{path} is {kind}, not CSV text: ")
+        assert "save it as CSV" in str(caught.value)
