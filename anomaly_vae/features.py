@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -142,6 +143,8 @@ class FeatureSchema:
         hint = _separator_hint(header, self.names)
         if not hint and len(missing) == len(self.names):
             hint = _no_header_hint(header)
+        if not hint:
+            hint = _near_names_hint(missing, header, self.names)
         plural = "s" if len(missing) > 1 else ""
         raise SchemaError(
             f"{source}: feature column{plural} {_preview(missing, limit=20)} "
@@ -544,6 +547,31 @@ def _separator_hint(header: list[str], expected: list[str]) -> str:
         if sep in only and any(e in only.split(sep) for e in expected):
             return f"; the header looks '{label}'-separated: try --sep '{label}'"
     return "; only one column was found: is the separator right (--sep)?"
+
+
+def _name_key(name: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", name).split()).casefold()
+
+
+def _near_names_hint(missing: list[str], header: list[str], features: list[str]) -> str:
+    """Missing columns that are in ``header`` but for spaces, case or Unicode form ('x ' and
+    'x', 'Temp' and 'temp'), which a message that quotes both hardly shows."""
+    present: dict[str, list[str]] = {}
+    for name in header:
+        if name not in features:  # a feature of its own is not another's misspelling
+            present.setdefault(_name_key(name), []).append(name)
+    pairs = [
+        f"{name!r} is {present[key][0]!r} there"
+        for name in missing
+        if len(present.get(key := _name_key(name), [])) == 1
+    ]
+    if not pairs:
+        return ""
+    shown = ", ".join(pairs[:5]) + (", ..." if len(pairs) > 5 else "")
+    return (
+        f"; {shown}: names differ only in spaces or case; rename the file's columns as the "
+        "model has them, or retrain the model on files with these names"
+    )
 
 
 def looks_like_data(header: Sequence[str]) -> bool:

@@ -415,3 +415,26 @@ def test_a_number_two_categories_stand_for_stays_unknown() -> None:
     block = x[:, len(schema.numeric) : len(schema.numeric) + len(pre.categories["code"]) + 1]
     assert block.argmax(axis=1).tolist()[2] == 0  # '7.0': '7' or '007'? neither
     assert block.argmax(axis=1).tolist()[0] != block.argmax(axis=1).tolist()[1]
+
+
+def test_a_missing_column_that_differs_only_in_spaces_or_case_is_pointed_out() -> None:
+    # "feature columns 'x ', 'Temp' missing (... columns found: 'x', 'y', 'temp')": the
+    # trailing space hardly shows in the message, and the column looked present.
+    rng = np.random.default_rng(0)
+    train = pd.DataFrame(rng.normal(size=(50, 4)), columns=["x ", "y", "Temp", "Flow  rate"])
+    schema = FeatureSchema.infer(train, ColumnsConfig())
+    export = train.rename(columns={"x ": "x", "Temp": "temp", "Flow  rate": "flow rate"})
+    with pytest.raises(SchemaError) as caught:
+        schema.validate(export, source="export.csv")
+    text = str(caught.value)
+    assert "feature columns 'x ', 'Temp', 'Flow  rate' missing" in text
+    assert "'x ' is 'x' there, 'Temp' is 'temp' there, 'Flow  rate' is 'flow rate' there" in text
+    assert "names differ only in spaces or case" in text
+    # No such hint for a column that is simply not there, nor one naming another feature.
+    with pytest.raises(SchemaError) as caught:
+        schema.validate(train.drop(columns=["y"]))
+    assert "differ only" not in str(caught.value)
+    both = FeatureSchema.infer(train.assign(x=1.5 * train["y"]), ColumnsConfig())
+    with pytest.raises(SchemaError) as caught:
+        both.validate(train.assign(x=1.0).drop(columns=["x "]))
+    assert "differ only" not in str(caught.value)
