@@ -455,7 +455,8 @@ def _looks_like_row_id(values: pd.Series) -> bool:
     arr = values.to_numpy(dtype="float64", na_value=np.nan)
     if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
         return False
-    steps = np.diff(arr)
+    with np.errstate(over="ignore", invalid="ignore"):  # 1e308 - (-1e308): not an id anyway
+        steps = np.diff(arr)
     if np.all(steps > 0) or np.all(steps < 0):
         return True
     distinct = np.unique(arr)
@@ -611,16 +612,20 @@ def robust_scale(present: np.ndarray) -> float:
     would come out tens of times wider than the others and dominate every score. The floor keeps
     the robustness (winsorising stops a few extreme values from inflating it).
     """
-    q01, q25, q75, q99 = np.percentile(present, [1, 25, 75, 99])
-    iqr_scale = float(q75 - q25) / 1.349
-    spread = float(np.std(np.clip(present, q01, q99)))
+    # Values near the float limit (1e300) overflow the squares and differences: an infinite
+    # spread, handled below, not a RuntimeWarning printed in the middle of 'anomaly-vae train'.
+    with np.errstate(over="ignore", invalid="ignore"):
+        q01, q25, q75, q99 = np.percentile(present, [1, 25, 75, 99])
+        iqr_scale = float(q75 - q25) / 1.349
+        spread = float(np.std(np.clip(present, q01, q99)))
     scale = max(iqr_scale, spread / 3.0) if math.isfinite(spread) else iqr_scale
     # "No spread" is relative to the values' size: a column of picoamps (1e-13) has a real
     # spread far under any absolute cut-off, while rounding noise on 0.3 is not a spread.
     size = float(np.max(np.abs([q01, q99])))
     floor = 1e-9 * size if math.isfinite(size) and size > 0 else 0.0
     if not math.isfinite(scale) or scale <= floor:
-        scale = float(np.std(present))
+        with np.errstate(over="ignore", invalid="ignore"):
+            scale = float(np.std(present))
     if not math.isfinite(scale) or scale <= floor:
         scale = 1.0
     return scale
@@ -681,7 +686,7 @@ class Preprocessor:
             else:
                 center = float(np.median(present))
                 scale = robust_scale(present)
-                if len(present) > 1 and float(np.ptp(present)) == 0.0:
+                if len(present) > 1 and present.min() == present.max():
                     constant.append(f"{name}={present[0]:g}")
             pre.center[name] = center
             pre.scale[name] = scale

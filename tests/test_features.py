@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import warnings
 
 import numpy as np
@@ -438,3 +439,18 @@ def test_a_missing_column_that_differs_only_in_spaces_or_case_is_pointed_out() -
     with pytest.raises(SchemaError) as caught:
         both.validate(train.assign(x=1.0).drop(columns=["x "]))
     assert "differ only" not in str(caught.value)
+
+
+def test_values_near_the_float_limit_scale_without_a_runtime_warning() -> None:
+    # np.std squared 1e300: "RuntimeWarning: overflow encountered in square" was printed, with
+    # numpy's source line, in the middle of 'anomaly-vae train'.
+    huge = np.array([1e300, -1e300, 3e299, -2e299] * 50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scale = robust_scale(huge)
+        robust_scale(np.array([1e308, -1e308] * 60))
+        frame = pd.DataFrame({"v": [1e308, -1e308] * 60, "w": np.arange(120.0) % 7})
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+        Preprocessor.fit(schema.validate(frame)[0], schema)
+    assert math.isfinite(scale)
+    assert scale > 1e299
