@@ -994,3 +994,21 @@ def test_train_says_how_many_labelled_anomalies_it_left_out(
     frame.head(5).to_csv(data, index=False, columns=[c for c in frame if c != "label"])
     result = run_inline(capsys, "train", str(data), "--model-dir", str(model_dir))
     assert_user_error(result, "training data has 5 rows; a model needs")
+
+
+def test_a_model_dir_that_is_a_file_is_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It was found out after the whole training run, as "cannot create model directory
+    # scores.csv: File exists".
+    data = tmp_path / "normal.csv"
+    make_pump_data(40, seed=1).to_csv(data, index=False)
+    taken = tmp_path / "scores.csv"
+    taken.write_text("row,score\n")
+    for model_dir, needle in (
+        (taken, f"--model-dir {taken} is a file, not a directory"),
+        (taken / "m", f"--model-dir {taken / 'm'}: {taken} is a file, not a directory"),
+    ):
+        result = run_inline(capsys, "train", str(data), "--model-dir", str(model_dir))
+        assert_user_error(result, needle)
+    assert taken.read_text() == "row,score\n"

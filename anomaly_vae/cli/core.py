@@ -173,6 +173,7 @@ def train(
     from anomaly_vae.estimator import AnomalyVAE, label_to_binary
     from anomaly_vae.jobs.batch import key_columns
 
+    _check_model_dir(model_dir)
     cfg = load_pipeline(pipeline, default_name=model_dir.resolve().name)
     if ignore_columns:
         cfg.columns.ignore = [*cfg.columns.ignore, *_split(ignore_columns)]
@@ -211,6 +212,27 @@ def train(
     model = AnomalyVAE(config=cfg, verbose=_show_progress(quiet)).fit(frame)
     digest = model.save(model_dir)
     _print_training(model, shown, model_dir, digest)
+
+
+def _check_model_dir(model_dir: Path) -> None:
+    """Refuse a --model-dir that cannot be written before training, not after it."""
+    import os
+
+    if model_dir.exists() and not model_dir.is_dir():
+        raise ConfigError(
+            f"--model-dir {model_dir} is a file, not a directory: give the directory to write "
+            "the model to (it is created when missing)"
+        )
+    existing = model_dir.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--model-dir {model_dir}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"--model-dir {model_dir}: {existing} is not writable by this user: give a "
+            "directory you can write to"
+        )
 
 
 def _require_column(name: str | None, columns: list[str], option: str, data: Path) -> None:
