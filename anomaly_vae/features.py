@@ -315,26 +315,32 @@ def _number_key(text: str) -> str | None:
     return _category_key(value) if math.isfinite(value) else None
 
 
-def _match_number_codes(codes: np.ndarray, values: np.ndarray, cats: list[str]) -> None:
-    """Give values outside ``cats`` the category that is the same number (in place).
+def _loose_key(text: str) -> str:
+    """What a category is matched by when it is not found as it is: a number's key (``'007'``,
+    ``'7.0'`` and ``7`` are ``'7'``), other text without the spaces around it."""
+    stripped = text.strip()
+    number = _number_key(stripped)
+    return number if number is not None else stripped
+
+
+def _match_loosely(codes: np.ndarray, values: np.ndarray, cats: list[str]) -> None:
+    """Give values outside ``cats`` the category they are but for how they are written (in
+    place): the same number, or the same text but for spaces around it.
 
     A code column such as 007, 012, A12 is read as text from a file where some value is not a
-    number, and as numbers (7, 12) from a file or chunk where all are: one code must be one
-    category either way, not an unknown value that scores as anomalous. A number two kept
-    categories both stand for (``'7'`` and ``'007'``) stays unknown."""
-    by_number: dict[str, int] = {}
+    number, and as numbers (7, 12) from a file or chunk where all are; a database export pads
+    text to its column's width ('Paris   '). One value must be one category either way, not an
+    unknown value that scores as anomalous. A value two kept categories both stand for (``'7'``
+    and ``'007'``) stays unknown."""
+    by_key: dict[str, int] = {}
     for i, cat in enumerate(cats):
-        key = _number_key(cat)
-        if key is not None:
-            by_number[key] = -1 if key in by_number else i + 1
-    if not by_number:
-        return
+        key = _loose_key(cat)
+        by_key[key] = -1 if key in by_key else i + 1
     rows = np.flatnonzero(codes == 0)
     distinct, which = np.unique(values[rows].astype(str), return_inverse=True)
     matched = np.zeros(len(distinct), dtype=np.int64)  # 0: still unknown
     for j, value in enumerate(distinct.tolist()):
-        key = _number_key(value)
-        matched[j] = max(by_number.get(key, 0), 0) if key is not None else 0
+        matched[j] = max(by_key.get(_loose_key(value), 0), 0)
     codes[rows] = matched[which.reshape(-1)]
 
 
@@ -760,7 +766,7 @@ class Preprocessor:
             # get_indexer gives -1 for values outside the kept categories: the unknown slot.
             codes = pd.Index(cats, dtype=object).get_indexer(values).astype(np.int64) + 1
             if not codes.all():
-                _match_number_codes(codes, values, cats)
+                _match_loosely(codes, values, cats)
             x[np.arange(n), offset + codes] = 1.0
             offset += len(cats) + 1
         for name in self.with_indicator:
