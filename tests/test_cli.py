@@ -1012,3 +1012,22 @@ def test_a_model_dir_that_is_a_file_is_refused_before_training(
         result = run_inline(capsys, "train", str(data), "--model-dir", str(model_dir))
         assert_user_error(result, needle)
     assert taken.read_text() == "row,score\n"
+
+
+def test_an_export_whose_every_row_is_rejected_says_why_in_the_summary(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "0 scored ... 1000 rejected" and then "the label column has no values", though it had
+    # them: the cause (one column written another way) was only in the rejects file.
+    export = make_pump_data(60, seed=4, anomaly_rate=0.1)
+    export["flow"] = export["flow"].map(lambda v: f"{v:.2f} l/s")
+    export.to_csv(tmp_path / "units.csv", index=False)
+    result = score_inline(capsys, trained, tmp_path / "units.csv", tmp_path / "units.scores.csv")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "60 rows read, 0 scored" in lines[0]
+    assert lines[1].startswith("no row could be scored: all 60 were rejected (the first, row 0: ")
+    assert "column 'flow': " in lines[1]
+    assert "is not a number" in lines[1]
+    assert lines[2] == "no row was scored: no detection metrics"
+    assert "label column has no values" not in result.stdout

@@ -85,6 +85,7 @@ class BatchSummary:
     metrics_note: str = ""
     outputs: list[str] = field(default_factory=list)
     windows: WindowCounters | None = None  # a windowed model's
+    first_reject: str = ""  # "row N: reason" of the first rejected row
 
     def lines(self) -> list[str]:
         rate = self.rows_read / self.seconds if self.seconds > 0 else 0.0
@@ -93,6 +94,13 @@ class BatchSummary:
             f"{self.rows_flagged} flagged as anomalous (threshold {self.threshold:.4g}), "
             f"{self.rows_rejected} rejected, in {self.seconds:.1f} s ({rate:,.0f} rows/s)"
         ]
+        if self.rows_scored == 0 and self.rows_rejected > 0:
+            # Every row rejected is most often one cause (a column of another kind than the
+            # model's): say it here, not only in the rejects file.
+            out.append(
+                f"no row could be scored: all {self.rows_rejected} were rejected (the first, "
+                f"{self.first_reject}); each row's reason is written with the rejects"
+            )
         if self.metrics:
             m = self.metrics
             out.append(
@@ -286,7 +294,10 @@ def score_csv(
                     if len(chunk.rejects)
                     else batch.rejects
                 )
-                scored = ScoredChunk(batch, frame, rejects.sort_index(), columns)
+                rejects = rejects.sort_index()
+                if len(rejects) and not summary.first_reject:
+                    summary.first_reject = f"row {rejects.index[0]}: {rejects['reason'].iloc[0]}"
+                scored = ScoredChunk(batch, frame, rejects, columns)
                 writer.put(scored)
                 summary.rows_read += len(frame) + len(chunk.rejects)
                 summary.rows_scored += len(batch.scores)
@@ -475,6 +486,8 @@ def label_metrics(
     known = ~np.isnan(labels)
     y = labels[known].astype(np.int64)
     s = scores[known]
+    if len(scores) == 0:
+        return None, "no row was scored: no detection metrics"
     if len(y) == 0:
         return None, "the label column has no values: no detection metrics"
     if y.min() == y.max():
