@@ -772,19 +772,28 @@ class AnomalyVAE(BaseEstimator):
             est.preprocessor_ = Preprocessor.from_dict(meta["preprocessor"], est.schema_)
             _check_scaling(est.preprocessor_)
             net = meta["network"]
-            model = VAE(
-                n_numeric=int(net["n_numeric"]),
-                cat_sizes=[int(s) for s in net["cat_sizes"]],
-                hidden_dims=[int(h) for h in net["hidden_dims"]],
-                latent_dim=int(net["latent_dim"]),
-                dropout=float(net["dropout"]),
-                min_log_var=float(net["min_log_var"]),
-                # Model files from before the conv encoder existed are MLPs.
-                encoder=str(net.get("encoder", "mlp")),
-                window_steps=int(net.get("window_steps", 1)),
-                conv_channels=[int(c) for c in net.get("conv_channels", [32, 16])],
-                conv_kernel=int(net.get("conv_kernel", 7)),
-            )
+
+            def network() -> VAE:
+                return VAE(
+                    n_numeric=int(net["n_numeric"]),
+                    cat_sizes=[int(s) for s in net["cat_sizes"]],
+                    hidden_dims=[int(h) for h in net["hidden_dims"]],
+                    latent_dim=int(net["latent_dim"]),
+                    dropout=float(net["dropout"]),
+                    min_log_var=float(net["min_log_var"]),
+                    # Model files from before the conv encoder existed are MLPs.
+                    encoder=str(net.get("encoder", "mlp")),
+                    window_steps=int(net.get("window_steps", 1)),
+                    conv_channels=[int(c) for c in net.get("conv_channels", [32, 16])],
+                    conv_kernel=int(net.get("conv_kernel", 7)),
+                )
+
+            # The network's shape first, without memory: sizes edited in model.json (a latent
+            # dimension of 10**9) must not allocate what the weights do not hold.
+            with torch.device("meta"):
+                outline = network()
+            _check_weight_shapes(outline, weights)
+            model = network()
             bad = [
                 k for k, v in weights.items() if v.is_floating_point() and not v.isfinite().all()
             ]
@@ -842,6 +851,23 @@ class AnomalyVAE(BaseEstimator):
 
 
 # ============================================================================ helpers
+def _check_weight_shapes(outline: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """ValueError unless ``weights`` hold exactly the tensors of ``outline``, shape by shape."""
+    expected = {k: tuple(v.shape) for k, v in outline.state_dict().items()}
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    if missing or extra:
+        what = f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}"
+        raise ValueError(f"{WEIGHTS_FILE} does not fit the network in model.json ({what})")
+    for key, want in expected.items():
+        got = tuple(weights[key].shape)
+        if got != want:
+            raise ValueError(
+                f"{WEIGHTS_FILE} does not fit the network in model.json (size mismatch for "
+                f"{key}: {list(got)} in the weights, {list(want)} in the network)"
+            )
+
+
 def _rejects_of(rows: pd.DataFrame, reasons: list[str]) -> pd.DataFrame:
     """Rejects (``reason``, ``raw``: the row's values as strict JSON) for ``rows``, by index."""
     return pd.DataFrame(

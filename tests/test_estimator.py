@@ -193,6 +193,17 @@ def test_missing_directory_and_corrupt_files(trained_model: AnomalyVAE, tmp_path
         AnomalyVAE.load(path)
 
 
+def test_a_deeply_nested_model_json_is_corrupt_not_a_recursion_error(
+    trained_model: AnomalyVAE, tmp_path: Path
+) -> None:
+    # json.loads raised RecursionError, which came out of 'anomaly-vae info' as a traceback.
+    path = tmp_path / "m"
+    trained_model.save(path)
+    (path / "model.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ModelFileError, match=r"model.json is corrupt \(maximum recursion"):
+        AnomalyVAE.load(path)
+
+
 def test_unknown_format_version(trained_model: AnomalyVAE, tmp_path: Path) -> None:
     path = tmp_path / "m"
     trained_model.save(path)
@@ -244,6 +255,13 @@ def _edit_calibration_null(meta: dict[str, Any]) -> None:
         (lambda m: m["calibration"].update(threshold_quantile=7), "threshold_quantile"),
         (_edit_calibration_order, "not a sorted list"),
         (_edit_calibration_null, "calibration is empty or not finite"),
+        # Sizes the weights do not have were allocated before the weights were compared:
+        # 10**9 tried to take 256 GB (a smaller edit could take the machine's memory).
+        (
+            lambda m: m["network"].update(latent_dim=10**9),
+            r"size mismatch for enc_mu.weight: \[\d+, \d+\] in the weights",
+        ),
+        (lambda m: m["network"].update(hidden_dims=[10**8, 10**8]), "does not fit the network"),
     ],
 )
 def test_an_edited_model_description_is_refused(
