@@ -1031,3 +1031,32 @@ def test_an_export_whose_every_row_is_rejected_says_why_in_the_summary(
     assert "is not a number" in lines[1]
     assert lines[2] == "no row was scored: no detection metrics"
     assert "label column has no values" not in result.stdout
+
+
+def test_the_scoring_section_of_a_pipeline_given_to_score_is_applied_or_warned_about(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # score --pipeline took only chunk_size from its scoring section: top_features 1 still
+    # wrote three columns, and threshold_quantile 0.9 left the threshold where it was, without
+    # a word.
+    export = make_pump_data(300, seed=5, anomaly_rate=0.05)
+    export.to_csv(tmp_path / "export.csv", index=False)
+    pipeline = tmp_path / "scoring.yaml"
+    pipeline.write_text("scoring:\n  top_features: 1\n  threshold_quantile: 0.9\n")
+    out = tmp_path / "scores.csv"
+    result = score_inline(
+        capsys, trained, tmp_path / "export.csv", out, "--pipeline", str(pipeline)
+    )
+    assert result.returncode == 0, result.stderr
+    tops = pd.read_csv(out)["top_features"].dropna()
+    assert len(tops) > 0
+    assert not tops.str.contains(";").any()
+    assert (
+        f"{pipeline}: scoring.threshold_quantile 0.9 (the model's: 0.995): set when training, "
+        "the model's is used; give --threshold"
+    ) in result.stderr
+    assert "top_features" not in result.stderr
+    plain = score_inline(capsys, trained, tmp_path / "export.csv", tmp_path / "plain.csv")
+    counts = [r.stdout.splitlines()[0].split(" in ")[0] for r in (plain, result)]
+    assert counts[0] == counts[1]  # the same rows flagged, at the model's threshold
+    assert pd.read_csv(tmp_path / "plain.csv")["top_features"].str.contains(";").any()

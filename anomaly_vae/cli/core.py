@@ -388,11 +388,11 @@ def _score_file(
 
     model = AnomalyVAE.load(model_dir, device=device)
     # What the pipeline file does not set (its columns, its csv section...) is the model's own.
-    cfg = (
-        PipelineConfig.from_yaml(pipeline).over(model.config_, source=pipeline)
-        if pipeline
-        else model.config_
-    )
+    cfg = model.config_
+    if pipeline:
+        file_cfg = PipelineConfig.from_yaml(pipeline)
+        cfg = file_cfg.over(model.config_, source=pipeline)
+        _apply_scoring_section(model, file_cfg, pipeline)
     if chunk_size is not None and chunk_size < 1:
         raise ConfigError(f"--chunk-size must be >= 1, got {chunk_size}")
     if threshold is not None and not math.isfinite(threshold):
@@ -463,6 +463,38 @@ def _score_file(
     )
     _add_csv_outputs(summary, out, rejects, rejects_writer)
     _print_summary(summary, err=to_stdout)
+
+
+# Scoring settings that change only the output or the speed, not a score: a pipeline file given
+# to `score` sets them. The others (n_samples, score_kind, importance_weighted,
+# threshold_quantile) are what the model's calibration was made with.
+_SCORING_AT_SCORE_TIME = ("top_features", "batch_size", "num_threads", "chunk_size")
+
+
+def _apply_scoring_section(model: AnomalyVAE, file_cfg: PipelineConfig, source: Path) -> None:
+    """The ``scoring:`` settings of a pipeline file given to ``score``: applied where they
+    change only the output or the speed; the others stay the model's, with a warning that
+    names them (they were ignored without a word: ``top_features: 1`` still wrote three)."""
+    if "scoring" not in file_cfg.model_fields_set:
+        return
+    given = file_cfg.scoring
+    own = model.config_.scoring
+    named = [k for k in type(given).model_fields if k in given.model_fields_set]
+    applied = {k: getattr(given, k) for k in named if k in _SCORING_AT_SCORE_TIME}
+    if applied:
+        model.config_ = model.config_.model_copy(update={"scoring": own.model_copy(update=applied)})
+    fixed = [
+        f"{k} {getattr(given, k)!r} (the model's: {getattr(own, k)!r})"
+        for k in named
+        if k not in applied and getattr(given, k) != getattr(own, k)
+    ]
+    if fixed:
+        logger.warning(
+            "%s: scoring.%s: set when training, the model's is used; give --threshold to score "
+            "at another threshold (with --db: 'anomaly-vae thresholds set'), or retrain",
+            source,
+            "; scoring.".join(fixed),
+        )
 
 
 def _check_outputs(data: Path, out: Path | None, rejects: Path) -> None:
