@@ -122,6 +122,17 @@ class FeatureSchema:
                 cols.append(FeatureColumn(name, "categorical"))
                 continue
             explicit = columns.features is not None
+            if not explicit and _looks_like_label(name, sample[name]):
+                logger.warning(
+                    "column %r looks like a label (its name, values 0/1) and is not used as a "
+                    "feature: a label as a feature scores the labelled records by their label; "
+                    "give --label-column %s (columns.label) to leave its anomalies out of "
+                    "training and to evaluate against it, or list it under columns.features to "
+                    "use it as a feature",
+                    name,
+                    name,
+                )
+                continue
             kind = _infer_kind(sample[name], name, columns.max_categories, explicit=explicit)
             if kind is not None:
                 cols.append(FeatureColumn(name, kind))
@@ -449,6 +460,33 @@ def _infer_kind(
         "%s and is not used as a feature; list it under columns.categorical to use it", message
     )
     return None
+
+
+# Column names that mean "this record is an anomaly" (compared without case, spaces or dashes).
+_LABEL_NAMES = {
+    "label",
+    "labels",
+    "anomaly",
+    "anomalous",
+    "is_anomaly",
+    "is_anomalous",
+    "anomaly_label",
+    "outlier",
+    "is_outlier",
+    "ground_truth",
+}
+_LABEL_VALUES = {"0", "1", "0.0", "1.0", "true", "false", "normal", "anomaly", "anomalous"}
+
+
+def _looks_like_label(name: str, values: pd.Series) -> bool:
+    """A column named like an anomaly label whose values are 0 / 1 (or true / false)."""
+    key = re.sub(r"[\s\-]+", "_", name.strip().casefold())
+    if key not in _LABEL_NAMES:
+        return False
+    distinct = values.dropna().unique()
+    if not 0 < len(distinct) <= 4:
+        return False
+    return {str(v).strip().casefold() for v in distinct} <= _LABEL_VALUES
 
 
 def _looks_like_row_id(values: pd.Series) -> bool:

@@ -472,3 +472,44 @@ def test_a_category_padded_with_spaces_is_the_category() -> None:
     )
     other = plain.assign(city=["paris", "New  York", "Zurich"])  # other text stays unknown
     assert (pre.transform(schema.validate(other)[0]).x[:, 1] == 1.0).all()
+
+
+@pytest.mark.parametrize(
+    ("name", "values"),
+    [
+        ("label", [0, 1]),
+        ("Is Anomaly", [True, False]),
+        ("anomaly", ["normal", "anomaly"]),
+        ("is-outlier", [0.0, 1.0]),
+    ],
+)
+def test_a_label_column_not_named_as_one_is_no_feature(
+    name: str, values: list[object], caplog: pytest.LogCaptureFixture
+) -> None:
+    # 'anomaly-vae train normal.csv' without --label-column learnt a file's 'label' column as a
+    # feature: labelled records then scored high because of their label (ROC-AUC against that
+    # label flattered), and an export without the column could not be scored at all.
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"temp": rng.normal(20, 2, 300), name: rng.choice(np.array(values), 300)})
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.names == ["temp"]
+    assert f"column {name!r} looks like a label" in caplog.text
+    assert f"give --label-column {name} (columns.label)" in caplog.text
+
+
+def test_columns_named_like_labels_with_other_values_or_listed_stay_features() -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "temp": rng.normal(20, 2, 300),
+            "label": rng.choice(["pump", "fan", "valve"], 300),  # a label of another kind
+            "anomaly": rng.normal(size=300),  # a score from another system
+            "flag": rng.choice([0, 1], 300),  # not a label's name
+        }
+    )
+    assert FeatureSchema.infer(frame, ColumnsConfig()).names == ["temp", "label", "anomaly", "flag"]
+    binary = frame.assign(label=rng.choice([0, 1], 300))
+    listed = ColumnsConfig(features=["temp", "label"])
+    assert FeatureSchema.infer(binary, listed).names == ["temp", "label"]
+    assert FeatureSchema.infer(binary, ColumnsConfig(numeric=["label"])).names[1] == "label"
