@@ -16,6 +16,7 @@ import pytest
 
 from anomaly_vae import AnomalyVAE
 from anomaly_vae.cli import main
+from anomaly_vae.config import PipelineConfig
 from anomaly_vae.datasets import make_pump_data
 from anomaly_vae.devbroker import DevBroker
 from tests.conftest import REPO, query
@@ -1060,3 +1061,30 @@ def test_the_scoring_section_of_a_pipeline_given_to_score_is_applied_or_warned_a
     counts = [r.stdout.splitlines()[0].split(" in ")[0] for r in (plain, result)]
     assert counts[0] == counts[1]  # the same rows flagged, at the model's threshold
     assert pd.read_csv(tmp_path / "plain.csv")["top_features"].str.contains(";").any()
+
+
+def test_a_pipeline_key_set_twice_is_refused_with_both_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # YAML readers keep the last of two equal keys: a second 'columns:' section added at the end
+    # of a copy of pumps.yaml silently dropped the first one's label, ids and entity.
+    data = tmp_path / "normal.csv"
+    make_pump_data(40, seed=1).to_csv(data, index=False)
+    pipeline = tmp_path / "twice.yaml"
+    pipeline.write_text(
+        "columns:\n  label: label\n  id: [event_id]\ntraining:\n  epochs: 1\n"
+        "columns:\n  ignore: [anomaly_kind]\n"
+    )
+    args = ["train", str(data), "--model-dir", str(tmp_path / "m"), "--pipeline", str(pipeline)]
+    result = run_inline(capsys, *args)
+    assert_user_error(
+        result, f"pipeline file {pipeline} (line 6): 'columns' is set twice (first on line 1)"
+    )
+    assert not (tmp_path / "m").exists()
+    pipeline.write_text("training: {epochs: 1, seed: 2, epochs: 3}\n")  # in one line too
+    assert_user_error(run_inline(capsys, *args), "(line 1): 'epochs' is set twice")
+    # Anchors and merge keys ('<<') are still YAML's, and the shipped pipelines read as before.
+    pipeline.write_text("training:\n  <<: {epochs: 1}\n  seed: 3\n")
+    assert run_inline(capsys, *args, "-q").returncode == 0
+    for shipped in sorted((REPO / "pipelines").glob("*.yaml")):
+        PipelineConfig.from_yaml(shipped)
