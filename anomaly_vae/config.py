@@ -7,6 +7,7 @@ settings are built once at the edge (CLI, API) and passed down.
 
 from __future__ import annotations
 
+import codecs
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -155,6 +156,17 @@ class CsvConfig(_Strict):
             raise ValueError(
                 f"csv.decimal and csv.sep are both {self.sep!r}: a decimal-comma export is "
                 "usually ';'-separated (sep: ';')"
+            )
+        try:
+            text_encoding = getattr(codecs.lookup(self.encoding), "_is_text_encoding", True)
+        except LookupError:
+            text_encoding = False
+        if not text_encoding:
+            # Found out only when a file was opened, in a message that named the file, not
+            # the pipeline's setting.
+            raise ValueError(
+                f"csv.encoding {self.encoding!r} is not a text encoding (e.g. utf-8, cp1252, "
+                "latin-1, utf-16)"
             )
         return self
 

@@ -104,3 +104,16 @@ def test_parquet_and_excel_files_are_named_not_called_binary_data(tmp_path: Path
             CsvSource(path).header()
         assert str(caught.value).startswith(f"{path} is {kind}, not CSV text: ")
         assert "save it as CSV" in str(caught.value)
+
+
+@pytest.mark.parametrize("encoding", ["klingon", "base64", "rot13"])
+def test_a_pipeline_csv_encoding_that_is_no_text_encoding_is_refused_as_a_setting(
+    encoding: str,
+) -> None:
+    # 'csv: {encoding: klingon}' passed; the error came when the data file was opened, naming
+    # the data file ("unknown text encoding 'klingon' for normal.csv"), not the pipeline setting;
+    # 'base64' reached the reader and failed there.
+    with pytest.raises(ValidationError, match=f"csv.encoding '{encoding}' is not a text encoding"):
+        CsvConfig(encoding=encoding)
+    assert CsvConfig(encoding="cp1252").encoding == "cp1252"
+    assert CsvConfig(encoding="UTF-16").encoding == "UTF-16"
