@@ -1088,3 +1088,21 @@ def test_a_pipeline_key_set_twice_is_refused_with_both_lines(
     assert run_inline(capsys, *args, "-q").returncode == 0
     for shipped in sorted((REPO / "pipelines").glob("*.yaml")):
         PipelineConfig.from_yaml(shipped)
+
+
+def test_a_feature_column_empty_in_every_row_is_named_in_the_summary(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An export whose 'flow' column came out empty was scored without it (each value a missing
+    # one, imputed and left out of the likelihood) and the summary said nothing of it.
+    export = make_pump_data(200, seed=8, anomaly_rate=0.0)
+    export["flow"] = np.nan
+    export.to_csv(tmp_path / "noflow.csv", index=False)
+    result = score_inline(capsys, trained, tmp_path / "noflow.csv", tmp_path / "s.csv")
+    assert result.returncode == 0, result.stderr
+    assert (
+        "feature column 'flow' had no value in any row: the records were scored without it"
+    ) in result.stdout
+    make_pump_data(200, seed=8).to_csv(tmp_path / "full.csv", index=False)
+    result = score_inline(capsys, trained, tmp_path / "full.csv", tmp_path / "s.csv")
+    assert "had no value" not in result.stdout

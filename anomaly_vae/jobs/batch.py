@@ -86,6 +86,7 @@ class BatchSummary:
     outputs: list[str] = field(default_factory=list)
     windows: WindowCounters | None = None  # a windowed model's
     first_reject: str = ""  # "row N: reason" of the first rejected row
+    empty_features: list[str] = field(default_factory=list)  # no value in any row read
 
     def lines(self) -> list[str]:
         rate = self.rows_read / self.seconds if self.seconds > 0 else 0.0
@@ -94,6 +95,15 @@ class BatchSummary:
             f"{self.rows_flagged} flagged as anomalous (threshold {self.threshold:.4g}), "
             f"{self.rows_rejected} rejected, in {self.seconds:.1f} s ({rate:,.0f} rows/s)"
         ]
+        if self.empty_features:
+            names = ", ".join(repr(n) for n in self.empty_features[:10])
+            more = ", ..." if len(self.empty_features) > 10 else ""
+            many = len(self.empty_features) > 1
+            out.append(
+                f"feature column{'s' if many else ''} {names}{more} had no value in any row: the "
+                f"records were scored without {'them' if many else 'it'} (as missing values); is "
+                "the export complete?"
+            )
         if self.rows_scored == 0 and self.rows_rejected > 0:
             # Every row rejected is most often one cause (a column of another kind than the
             # model's): say it here, not only in the rejects file.
@@ -282,6 +292,8 @@ def score_csv(
             # Three stages overlap: parsing (a reader thread), scoring (here; torch releases the
             # GIL) and writing (a writer thread). Each queue holds two chunks: memory stays bounded.
             features = set(model.schema_.names)
+            feature_names = list(model.schema_.names)
+            seen_values = np.zeros(len(feature_names), dtype=np.int64)
             text = [c for c in key_columns(model.config_, passthrough) if c not in features]
             chunks = source.chunks(text_columns=text)
             for chunk in _in_background(chunks, depth=2):
@@ -300,6 +312,8 @@ def score_csv(
                 scored = ScoredChunk(batch, frame, rejects, columns)
                 writer.put(scored)
                 summary.rows_read += len(frame) + len(chunk.rejects)
+                if not seen_values.all():
+                    seen_values += frame[feature_names].notna().sum().to_numpy()
                 summary.rows_scored += len(batch.scores)
                 summary.rows_flagged += int(batch.scores["is_anomaly"].sum())
                 summary.rows_rejected += len(rejects)
@@ -311,6 +325,10 @@ def score_csv(
                     labels_seen.append(labels.to_numpy(dtype="float64", na_value=np.nan))
                 bar.update(max(0, source.position() - bar.n) if not source.compressed else 0)
             writer.finish()
+            if summary.rows_read:
+                summary.empty_features = [
+                    n for n, count in zip(feature_names, seen_values, strict=True) if count == 0
+                ]
     finally:
         bar.close()
         writer.abort()
