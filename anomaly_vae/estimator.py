@@ -763,6 +763,17 @@ class AnomalyVAE(BaseEstimator):
             cfg = PipelineConfig.model_validate(meta["config"])
             if device is not None:
                 cfg.training.device = device
+            elif cfg.training.device.startswith("cuda") and not torch.cuda.is_available():
+                # The device it was trained on is not a condition of scoring: a model trained
+                # with 'device: cuda' could not be loaded (not even by 'info', nor by 'stream',
+                # which has no --device) on a machine without a GPU.
+                logger.warning(
+                    "%s was trained with device %r; there is no CUDA GPU here: it scores on the "
+                    "CPU (the same scores up to float rounding)",
+                    path,
+                    cfg.training.device,
+                )
+                cfg.training.device = "cpu"
             est = cls(config=cfg)
             est.config_ = cfg
             est.score_kind_ = str(meta["score_kind"])

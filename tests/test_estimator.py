@@ -437,3 +437,27 @@ def test_a_column_name_twice_in_a_dataframe_is_named(trained_model: AnomalyVAE) 
     numbered = pd.DataFrame(np.ones((20, 2)), columns=[0, "0"])  # the same once names are text
     with pytest.raises(ConfigError, match=r"'0' more than once \(columns 1, 2\)"):
         AnomalyVAE(epochs=1, seed=0).fit(numbered)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the case of a machine without a GPU")
+def test_a_model_trained_on_cuda_loads_on_a_machine_without_a_gpu(
+    trained_model: AnomalyVAE, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 'device: cuda' in the training pipeline is stored with the model: loading it where there
+    # is no GPU failed ("device 'cuda' was asked for..."), for 'info' and 'stream' too, which
+    # have no --device to override it.
+    path = tmp_path / "m"
+    trained_model.save(path)
+    meta = json.loads((path / "model.json").read_text())
+    meta["config"]["training"]["device"] = "cuda"
+    (path / "model.json").write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING):
+        loaded = AnomalyVAE.load(path)
+    assert loaded.device_.type == "cpu"
+    assert "was trained with device 'cuda'; there is no CUDA GPU here" in caplog.text
+    frame, _ = with_anomalies(100, 10, seed=9)
+    np.testing.assert_allclose(
+        loaded.score(frame)["score"], trained_model.score(frame)["score"], rtol=1e-5
+    )
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        AnomalyVAE.load(path, device="cuda")  # asked for: still refused
