@@ -373,6 +373,18 @@ class AnomalyVAE(BaseEstimator):
             labels.index = frame.index
         elif columns.label and columns.label in frame.columns:
             labels = label_to_binary(frame[columns.label], name=columns.label)
+        elif columns.label:
+            # A misspelt label column trains on the labelled anomalies without a word (the
+            # --label-column flag is checked by the CLI; a pipeline's may be for exports only).
+            import difflib
+
+            close = difflib.get_close_matches(columns.label, [str(c) for c in frame.columns], 1)
+            logger.warning(
+                "the label column %r (columns.label) is not in the training data: no rows are "
+                "left out as labelled anomalies%s",
+                columns.label,
+                f"; did you mean {close[0]!r}?" if close else "",
+            )
         if labels is None:
             return frame
         anomalous = labels.fillna(0).to_numpy() == 1

@@ -461,3 +461,24 @@ def test_a_model_trained_on_cuda_loads_on_a_machine_without_a_gpu(
     )
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         AnomalyVAE.load(path, device="cuda")  # asked for: still refused
+
+
+def test_a_label_column_not_in_the_training_data_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # columns.label misspelt in a pipeline file ('faults' for 'fault') trained on the labelled
+    # anomalies as normal rows without a word; the --label-column flag was already checked.
+    rng = np.random.default_rng(0)
+    frame = correlated_normal(300, seed=1)
+    frame["fault"] = (rng.random(len(frame)) < 0.1).astype(int)
+    with caplog.at_level(logging.WARNING):
+        model = AnomalyVAE(columns={"label": "faults"}, epochs=1, seed=0).fit(frame)
+    assert (
+        "the label column 'faults' (columns.label) is not in the training data: no rows are "
+        "left out as labelled anomalies; did you mean 'fault'?"
+    ) in caplog.text
+    assert model.training_summary_["rows"] == 300
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        AnomalyVAE(columns={"label": "fault"}, epochs=1, seed=0).fit(frame)
+    assert "is not in the training data" not in caplog.text
