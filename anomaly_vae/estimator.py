@@ -1011,26 +1011,35 @@ _TRUE = {"1", "true", "yes", "y", "t", "anomaly", "anomalous", "abnormal", "outl
 _FALSE = {"0", "false", "no", "n", "f", "normal", "ok", "nominal", "inlier", ""}
 
 
-def label_to_binary(series: pd.Series, *, name: str, source: str | None = None) -> pd.Series:
+def label_to_binary(
+    series: pd.Series, *, name: str, source: str | None = None, strict: bool = True
+) -> pd.Series:
     """Labels as 1 (anomaly), 0 (normal) or NA: numbers (non-zero is anomalous), booleans, or
-    words such as 'anomaly' / 'normal'. Raises ConfigError naming the first unknown value and
-    its row (the index label: a CSV file's data row number), after ``source`` when given."""
+    words such as 'anomaly' / 'normal'. Raises ConfigError naming the first unknown (or
+    negative) value and its row (the index label: a CSV file's data row number), after
+    ``source`` when given; with ``strict=False`` such a value is NA instead."""
     if pd.api.types.is_bool_dtype(series):
         return series.astype("Int64")
     if pd.api.types.is_numeric_dtype(series):
         values = series.astype("float64")
-        _no_negative_labels(values, name, source)
+        if strict:
+            _no_negative_labels(values, name, source)
+        else:
+            values = values.where(~(values < 0))
         return (values != 0).astype("Int64").where(values.notna())
     text = series.astype("string").str.strip().str.lower()
     out = pd.Series(pd.NA, index=series.index, dtype="Int64")
     out[text.isin(list(_TRUE)).fillna(False).to_numpy(dtype=bool)] = 1
     out[text.isin(list(_FALSE)).fillna(False).to_numpy(dtype=bool)] = 0
     numeric = pd.to_numeric(text, errors="coerce")
-    _no_negative_labels(numeric, name, source)
+    if strict:
+        _no_negative_labels(numeric, name, source)
+    else:
+        numeric = numeric.where(~(numeric < 0))
     is_num = numeric.notna().to_numpy()
     out[is_num] = (numeric[is_num] != 0).astype("Int64")
     unknown = text.notna().to_numpy() & out.isna().to_numpy()
-    if unknown.any():
+    if strict and unknown.any():
         first = series[unknown]
         raise ConfigError(
             f"{_where(source)}label column {name!r} has value {first.iloc[0]!r} (row "

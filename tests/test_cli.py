@@ -1106,3 +1106,25 @@ def test_a_feature_column_empty_in_every_row_is_named_in_the_summary(
     make_pump_data(200, seed=8).to_csv(tmp_path / "full.csv", index=False)
     result = score_inline(capsys, trained, tmp_path / "full.csv", tmp_path / "s.csv")
     assert "had no value" not in result.stdout
+
+
+def test_a_label_value_that_is_no_label_is_left_out_of_the_metrics_not_fatal(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 'maybe' in the label column of row 250 stopped score there with an error, the scores file
+    # holding the rows before it (written chunk by chunk) as if it were the whole output.
+    export = make_pump_data(400, seed=9, anomaly_rate=0.05)
+    export["label"] = export["label"].astype(object)
+    export.loc[250, "label"] = "maybe"
+    export.loc[300, "label"] = -1
+    export.to_csv(tmp_path / "labels.csv", index=False)
+    out = tmp_path / "s.csv"
+    result = score_inline(capsys, trained, tmp_path / "labels.csv", out, "--chunk-size", "100")
+    assert result.returncode == 0, result.stderr
+    assert len(pd.read_csv(out)) == 400
+    assert (
+        "label column 'label': 2 values are neither normal (0, false, normal) nor anomalous "
+        "(1, true, anomaly), left out of the metrics (the first, row 250: 'maybe')"
+    ) in result.stdout
+    assert "ROC-AUC" in result.stdout  # on the other 398 rows
+    assert "in 398 rows)" in result.stdout

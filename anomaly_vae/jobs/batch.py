@@ -87,6 +87,9 @@ class BatchSummary:
     windows: WindowCounters | None = None  # a windowed model's
     first_reject: str = ""  # "row N: reason" of the first rejected row
     empty_features: list[str] = field(default_factory=list)  # no value in any row read
+    label_column: str | None = None
+    bad_labels: int = 0  # label values that are no label (left out of the metrics)
+    first_bad_label: str = ""  # "row N: 'value'"
 
     def lines(self) -> list[str]:
         rate = self.rows_read / self.seconds if self.seconds > 0 else 0.0
@@ -110,6 +113,13 @@ class BatchSummary:
             out.append(
                 f"no row could be scored: all {self.rows_rejected} were rejected (the first, "
                 f"{self.first_reject}); each row's reason is written with the rejects"
+            )
+        if self.bad_labels:
+            out.append(
+                f"label column {self.label_column!r}: {self.bad_labels} value"
+                f"{'s are' if self.bad_labels > 1 else ' is'} neither normal (0, false, normal) "
+                f"nor anomalous (1, true, anomaly), left out of the metrics (the first, "
+                f"{self.first_bad_label})"
             )
         if self.metrics:
             m = self.metrics
@@ -274,7 +284,7 @@ def score_csv(
                 f"{name}_input",
             )
     limit = model.threshold_ if threshold is None else float(threshold)
-    summary = BatchSummary(source=source.label, threshold=limit)
+    summary = BatchSummary(source=source.label, threshold=limit, label_column=label)
     scores_seen: list[np.ndarray] = []
     labels_seen: list[np.ndarray] = []
     bar = tqdm(
@@ -318,9 +328,17 @@ def score_csv(
                 summary.rows_flagged += int(batch.scores["is_anomaly"].sum())
                 summary.rows_rejected += len(rejects)
                 if label is not None:
-                    labels = label_to_binary(
-                        frame.loc[batch.scores.index, label], name=label, source=source.label
-                    )
+                    # Labels only evaluate: a value that is no label is left out of the
+                    # metrics and named in the summary, not an error that stops the job with
+                    # part of its output written.
+                    given = frame.loc[batch.scores.index, label]
+                    labels = label_to_binary(given, name=label, strict=False)
+                    bad = (given.notna() & labels.isna()).to_numpy()
+                    if bad.any():
+                        if not summary.bad_labels:
+                            first = given[bad]
+                            summary.first_bad_label = f"row {first.index[0]}: {first.iloc[0]!r}"
+                        summary.bad_labels += int(bad.sum())
                     scores_seen.append(batch.scores["score"].to_numpy())
                     labels_seen.append(labels.to_numpy(dtype="float64", na_value=np.nan))
                 bar.update(max(0, source.position() - bar.n) if not source.compressed else 0)
