@@ -79,7 +79,7 @@ def load_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
         ) from None
     try:
         meta = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ModelFileError(
             f"{meta_path} is corrupt ({exc}): restore it or retrain the model"
         ) from None

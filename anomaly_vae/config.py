@@ -7,6 +7,7 @@ settings are built once at the edge (CLI, API) and passed down.
 
 from __future__ import annotations
 
+import codecs
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -155,6 +156,17 @@ class CsvConfig(_Strict):
             raise ValueError(
                 f"csv.decimal and csv.sep are both {self.sep!r}: a decimal-comma export is "
                 "usually ';'-separated (sep: ';')"
+            )
+        try:
+            text_encoding = getattr(codecs.lookup(self.encoding), "_is_text_encoding", True)
+        except LookupError:
+            text_encoding = False
+        if not text_encoding:
+            # Found out only when a file was opened, in a message that named the file, not
+            # the pipeline's setting.
+            raise ValueError(
+                f"csv.encoding {self.encoding!r} is not a text encoding (e.g. utf-8, cp1252, "
+                "latin-1, utf-16)"
             )
         return self
 
@@ -354,7 +366,13 @@ class PipelineConfig(_Strict):
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"pipeline file {path} cannot be read: {exc}") from None
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no objects
+        except _DuplicateKeyError as exc:
+            raise ConfigError(
+                f"pipeline file {path} (line {exc.line}): {exc.key!r} is set twice (first on "
+                f"line {exc.first_line}); the second would replace the first without a word: "
+                "keep one"
+            ) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -384,6 +402,36 @@ class PipelineConfig(_Strict):
             raise ConfigError(
                 f"{source} over the model's own settings: {format_validation_error(exc)}"
             ) from None
+
+
+class _DuplicateKeyError(Exception):
+    def __init__(self, key: object, first_line: int, line: int) -> None:
+        super().__init__(key)
+        self.key, self.first_line, self.line = key, first_line, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key set twice in one mapping (PyYAML keeps the last: a
+    second ``columns:`` section at the end of a file dropped the first one's label)."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[object, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *defaults' may repeat
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            if key in seen:
+                raise _DuplicateKeyError(key, seen[key], line)
+            seen[key] = line
+        except TypeError:  # an unhashable key: the safe loader says what is wrong with it
+            break
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def format_validation_error(exc: ValidationError) -> str:

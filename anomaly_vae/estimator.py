@@ -250,10 +250,11 @@ class AnomalyVAE(BaseEstimator):
         frame = _as_frame(X)
         rows = len(frame)
         frame = self._drop_labelled_anomalies(frame, y, cfg.columns)
+        n_labelled = rows - len(frame)
         if len(frame) < MIN_TRAINING_ROWS:  # before the columns are judged on no rows at all
-            labelled = f" ({rows - len(frame)} labelled anomalous left out)" if rows else ""
+            labelled = f" ({n_labelled} labelled anomalous left out)" if n_labelled else ""
             raise SchemaError(
-                f"training data has {len(frame)} rows{labelled}; a model needs at least "
+                f"training data has {_rows(len(frame))}{labelled}; a model needs at least "
                 f"{MIN_TRAINING_ROWS} rows of normal data"
             )
         schema = FeatureSchema.infer(frame, cfg.columns)
@@ -268,7 +269,8 @@ class AnomalyVAE(BaseEstimator):
             )
         if len(clean) < MIN_TRAINING_ROWS:
             raise SchemaError(
-                f"training data has {len(clean)} valid rows; a model needs at least "
+                f"training data has {len(clean)} valid row{'' if len(clean) == 1 else 's'}; "
+                "a model needs at least "
                 f"{MIN_TRAINING_ROWS} rows of normal data"
             )
         device = resolve_device(cfg.training.device)
@@ -349,6 +351,7 @@ class AnomalyVAE(BaseEstimator):
         )
         self.training_summary_: dict[str, Any] = {
             "rows": len(frame),
+            "rows_labelled_anomalous": n_labelled,
             "rows_rejected": len(rejects) + unwindowed,
             "rows_train": len(train_idx),
             "windows": n_examples if cfg.window is not None else None,
@@ -376,6 +379,18 @@ class AnomalyVAE(BaseEstimator):
             labels.index = frame.index
         elif columns.label and columns.label in frame.columns:
             labels = label_to_binary(frame[columns.label], name=columns.label)
+        elif columns.label:
+            # A misspelt label column trains on the labelled anomalies without a word (the
+            # --label-column flag is checked by the CLI; a pipeline's may be for exports only).
+            import difflib
+
+            close = difflib.get_close_matches(columns.label, [str(c) for c in frame.columns], 1)
+            logger.warning(
+                "the label column %r (columns.label) is not in the training data: no rows are "
+                "left out as labelled anomalies%s",
+                columns.label,
+                f"; did you mean {close[0]!r}?" if close else "",
+            )
         if labels is None:
             return frame
         anomalous = labels.fillna(0).to_numpy() == 1
@@ -779,6 +794,17 @@ class AnomalyVAE(BaseEstimator):
             cfg = PipelineConfig.model_validate(meta["config"])
             if device is not None:
                 cfg.training.device = device
+            elif cfg.training.device.startswith("cuda") and not torch.cuda.is_available():
+                # The device it was trained on is not a condition of scoring: a model trained
+                # with 'device: cuda' could not be loaded (not even by 'info', nor by 'stream',
+                # which has no --device) on a machine without a GPU.
+                logger.warning(
+                    "%s was trained with device %r; there is no CUDA GPU here: it scores on the "
+                    "CPU (the same scores up to float rounding)",
+                    path,
+                    cfg.training.device,
+                )
+                cfg.training.device = "cpu"
             est = cls(config=cfg)
             est.config_ = cfg
             est.score_kind_ = str(meta["score_kind"])
@@ -788,19 +814,28 @@ class AnomalyVAE(BaseEstimator):
             est.preprocessor_ = Preprocessor.from_dict(meta["preprocessor"], est.schema_)
             _check_scaling(est.preprocessor_)
             net = meta["network"]
-            model = VAE(
-                n_numeric=int(net["n_numeric"]),
-                cat_sizes=[int(s) for s in net["cat_sizes"]],
-                hidden_dims=[int(h) for h in net["hidden_dims"]],
-                latent_dim=int(net["latent_dim"]),
-                dropout=float(net["dropout"]),
-                min_log_var=float(net["min_log_var"]),
-                # Model files from before the conv encoder existed are MLPs.
-                encoder=str(net.get("encoder", "mlp")),
-                window_steps=int(net.get("window_steps", 1)),
-                conv_channels=[int(c) for c in net.get("conv_channels", [32, 16])],
-                conv_kernel=int(net.get("conv_kernel", 7)),
-            )
+
+            def network() -> VAE:
+                return VAE(
+                    n_numeric=int(net["n_numeric"]),
+                    cat_sizes=[int(s) for s in net["cat_sizes"]],
+                    hidden_dims=[int(h) for h in net["hidden_dims"]],
+                    latent_dim=int(net["latent_dim"]),
+                    dropout=float(net["dropout"]),
+                    min_log_var=float(net["min_log_var"]),
+                    # Model files from before the conv encoder existed are MLPs.
+                    encoder=str(net.get("encoder", "mlp")),
+                    window_steps=int(net.get("window_steps", 1)),
+                    conv_channels=[int(c) for c in net.get("conv_channels", [32, 16])],
+                    conv_kernel=int(net.get("conv_kernel", 7)),
+                )
+
+            # The network's shape first, without memory: sizes edited in model.json (a latent
+            # dimension of 10**9) must not allocate what the weights do not hold.
+            with torch.device("meta"):
+                outline = network()
+            _check_weight_shapes(outline, weights)
+            model = network()
             bad = [
                 k for k, v in weights.items() if v.is_floating_point() and not v.isfinite().all()
             ]
@@ -858,6 +893,23 @@ class AnomalyVAE(BaseEstimator):
 
 
 # ============================================================================ helpers
+def _check_weight_shapes(outline: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """ValueError unless ``weights`` hold exactly the tensors of ``outline``, shape by shape."""
+    expected = {k: tuple(v.shape) for k, v in outline.state_dict().items()}
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    if missing or extra:
+        what = f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}"
+        raise ValueError(f"{WEIGHTS_FILE} does not fit the network in model.json ({what})")
+    for key, want in expected.items():
+        got = tuple(weights[key].shape)
+        if got != want:
+            raise ValueError(
+                f"{WEIGHTS_FILE} does not fit the network in model.json (size mismatch for "
+                f"{key}: {list(got)} in the weights, {list(want)} in the network)"
+            )
+
+
 def _rejects_of(rows: pd.DataFrame, reasons: list[str]) -> pd.DataFrame:
     """Rejects (``reason``, ``raw``: the row's values as strict JSON) for ``rows``, by index."""
     return pd.DataFrame(
@@ -981,10 +1033,18 @@ def _sorted_quantiles(sorted_values: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 def _as_frame(X: pd.DataFrame | np.ndarray, expected: list[str] | None = None) -> pd.DataFrame:
     if isinstance(X, pd.DataFrame):
-        if all(isinstance(c, str) for c in X.columns):
-            return X
-        # Column names are text everywhere else (schemas, CSV headers, JSON messages).
-        return X.rename(columns=str)
+        frame = X if all(isinstance(c, str) for c in X.columns) else X.rename(columns=str)
+        # Column names are text everywhere else (schemas, CSV headers, JSON messages); a name
+        # twice would make frame[name] two columns (pandas then fails deep inside).
+        if not frame.columns.is_unique:
+            names = [str(c) for c in frame.columns]
+            twice = next(n for n in names if names.count(n) > 1)
+            where = [i + 1 for i, n in enumerate(names) if n == twice]
+            raise ConfigError(
+                f"X has the column name {twice!r} more than once (columns "
+                f"{', '.join(map(str, where))}): rename or remove all but one"
+            )
+        return frame
     array = np.asarray(X)
     if array.ndim != 2:
         raise ConfigError(
@@ -1005,26 +1065,35 @@ _TRUE = {"1", "true", "yes", "y", "t", "anomaly", "anomalous", "abnormal", "outl
 _FALSE = {"0", "false", "no", "n", "f", "normal", "ok", "nominal", "inlier", ""}
 
 
-def label_to_binary(series: pd.Series, *, name: str, source: str | None = None) -> pd.Series:
+def label_to_binary(
+    series: pd.Series, *, name: str, source: str | None = None, strict: bool = True
+) -> pd.Series:
     """Labels as 1 (anomaly), 0 (normal) or NA: numbers (non-zero is anomalous), booleans, or
-    words such as 'anomaly' / 'normal'. Raises ConfigError naming the first unknown value and
-    its row (the index label: a CSV file's data row number), after ``source`` when given."""
+    words such as 'anomaly' / 'normal'. Raises ConfigError naming the first unknown (or
+    negative) value and its row (the index label: a CSV file's data row number), after
+    ``source`` when given; with ``strict=False`` such a value is NA instead."""
     if pd.api.types.is_bool_dtype(series):
         return series.astype("Int64")
     if pd.api.types.is_numeric_dtype(series):
         values = series.astype("float64")
-        _no_negative_labels(values, name, source)
+        if strict:
+            _no_negative_labels(values, name, source)
+        else:
+            values = values.where(~(values < 0))
         return (values != 0).astype("Int64").where(values.notna())
     text = series.astype("string").str.strip().str.lower()
     out = pd.Series(pd.NA, index=series.index, dtype="Int64")
     out[text.isin(list(_TRUE)).fillna(False).to_numpy(dtype=bool)] = 1
     out[text.isin(list(_FALSE)).fillna(False).to_numpy(dtype=bool)] = 0
     numeric = pd.to_numeric(text, errors="coerce")
-    _no_negative_labels(numeric, name, source)
+    if strict:
+        _no_negative_labels(numeric, name, source)
+    else:
+        numeric = numeric.where(~(numeric < 0))
     is_num = numeric.notna().to_numpy()
     out[is_num] = (numeric[is_num] != 0).astype("Int64")
     unknown = text.notna().to_numpy() & out.isna().to_numpy()
-    if unknown.any():
+    if strict and unknown.any():
         first = series[unknown]
         raise ConfigError(
             f"{_where(source)}label column {name!r} has value {first.iloc[0]!r} (row "
@@ -1032,6 +1101,10 @@ def label_to_binary(series: pd.Series, *, name: str, source: str | None = None) 
             "true, anomaly): correct it, or leave the cell empty (no label)"
         )
     return out
+
+
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
 
 
 def _where(source: str | None) -> str:

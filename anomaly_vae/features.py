@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -123,6 +124,17 @@ class FeatureSchema:
                 cols.append(FeatureColumn(name, "categorical"))
                 continue
             explicit = columns.features is not None
+            if not explicit and _looks_like_label(name, sample[name]):
+                logger.warning(
+                    "column %r looks like a label (its name, values 0/1) and is not used as a "
+                    "feature: a label as a feature scores the labelled records by their label; "
+                    "give --label-column %s (columns.label) to leave its anomalies out of "
+                    "training and to evaluate against it, or list it under columns.features to "
+                    "use it as a feature",
+                    name,
+                    name,
+                )
+                continue
             kind = _infer_kind(sample[name], name, columns.max_categories, explicit=explicit)
             if kind is not None:
                 cols.append(FeatureColumn(name, kind))
@@ -144,6 +156,8 @@ class FeatureSchema:
         hint = _separator_hint(header, self.names)
         if not hint and len(missing) == len(self.names):
             hint = _no_header_hint(header)
+        if not hint:
+            hint = _near_names_hint(missing, header, self.names)
         plural = "s" if len(missing) > 1 else ""
         raise SchemaError(
             f"{source}: feature column{plural} {_preview(missing, limit=20)} "
@@ -310,6 +324,48 @@ def _to_category_text(series: pd.Series) -> np.ndarray:
     return out
 
 
+# A number written as text, as a CSV cell or a JSON string holds it: 007, 1.50, -3, 2e3.
+_PLAIN_NUMBER_RE = re.compile(r"^\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*$")
+
+
+def _number_key(text: str) -> str | None:
+    """The category key of a code written as a number (``'007'``, ``'7.0'`` and ``7`` are
+    ``'7'``), or None for other text."""
+    if not _PLAIN_NUMBER_RE.match(text):
+        return None
+    value = float(text)
+    return _category_key(value) if math.isfinite(value) else None
+
+
+def _loose_key(text: str) -> str:
+    """What a category is matched by when it is not found as it is: a number's key (``'007'``,
+    ``'7.0'`` and ``7`` are ``'7'``), other text without the spaces around it."""
+    stripped = text.strip()
+    number = _number_key(stripped)
+    return number if number is not None else stripped
+
+
+def _match_loosely(codes: np.ndarray, values: np.ndarray, cats: list[str]) -> None:
+    """Give values outside ``cats`` the category they are but for how they are written (in
+    place): the same number, or the same text but for spaces around it.
+
+    A code column such as 007, 012, A12 is read as text from a file where some value is not a
+    number, and as numbers (7, 12) from a file or chunk where all are; a database export pads
+    text to its column's width ('Paris   '). One value must be one category either way, not an
+    unknown value that scores as anomalous. A value two kept categories both stand for (``'7'``
+    and ``'007'``) stays unknown."""
+    by_key: dict[str, int] = {}
+    for i, cat in enumerate(cats):
+        key = _loose_key(cat)
+        by_key[key] = -1 if key in by_key else i + 1
+    rows = np.flatnonzero(codes == 0)
+    distinct, which = np.unique(values[rows].astype(str), return_inverse=True)
+    matched = np.zeros(len(distinct), dtype=np.int64)  # 0: still unknown
+    for j, value in enumerate(distinct.tolist()):
+        matched[j] = max(by_key.get(_loose_key(value), 0), 0)
+    codes[rows] = matched[which.reshape(-1)]
+
+
 def _category_key(value: object) -> str | None:
     if value is None or value is pd.NA:
         return None
@@ -340,8 +396,8 @@ def _infer_kind(
     if pd.api.types.is_numeric_dtype(series):
         if not explicit and _looks_like_row_id(non_null):
             logger.warning(
-                "column %r looks like a row identifier (unique increasing integers) and is not "
-                "used as a feature; list it under columns.features to use it anyway",
+                "column %r looks like a row identifier (unique whole numbers in sequence) and is "
+                "not used as a feature; list it under columns.features to use it anyway",
                 name,
             )
             return None
@@ -417,11 +473,49 @@ def _infer_kind(
     return None
 
 
-def _looks_like_row_id(values: pd.Series) -> bool:
-    if len(values) < 100 or not pd.api.types.is_integer_dtype(values):
+# Column names that mean "this record is an anomaly" (compared without case, spaces or dashes).
+_LABEL_NAMES = {
+    "label",
+    "labels",
+    "anomaly",
+    "anomalous",
+    "is_anomaly",
+    "is_anomalous",
+    "anomaly_label",
+    "outlier",
+    "is_outlier",
+    "ground_truth",
+}
+_LABEL_VALUES = {"0", "1", "0.0", "1.0", "true", "false", "normal", "anomaly", "anomalous"}
+
+
+def _looks_like_label(name: str, values: pd.Series) -> bool:
+    """A column named like an anomaly label whose values are 0 / 1 (or true / false)."""
+    key = re.sub(r"[\s\-]+", "_", name.strip().casefold())
+    if key not in _LABEL_NAMES:
         return False
-    arr = values.to_numpy()
-    return bool(np.all(np.diff(arr) == 1))
+    distinct = values.dropna().unique()
+    if not 0 < len(distinct) <= 4:
+        return False
+    return {str(v).strip().casefold() for v in distinct} <= _LABEL_VALUES
+
+
+def _looks_like_row_id(values: pd.Series) -> bool:
+    """Unique whole numbers that run in sequence: increasing (or decreasing) in file order, with
+    or without gaps (rows deleted from the source, a sample, labelled anomalies left out of
+    training), or a shuffled run with few gaps. Such a column numbers the records: as a feature,
+    every later export (ids past the training range) would score as anomalous."""
+    if len(values) < 100 or pd.api.types.is_bool_dtype(values):
+        return False
+    arr = values.to_numpy(dtype="float64", na_value=np.nan)
+    if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+        return False
+    with np.errstate(over="ignore", invalid="ignore"):  # 1e308 - (-1e308): not an id anyway
+        steps = np.diff(arr)
+    if np.all(steps > 0) or np.all(steps < 0):
+        return True
+    distinct = np.unique(arr)
+    return len(distinct) == len(arr) and distinct[-1] - distinct[0] + 1 <= 2 * len(arr)
 
 
 # A date as text: 2026-11-01, 2026/11/01, 11/1/26, 01.11.2026, with or without a time of day
@@ -511,6 +605,31 @@ def _separator_hint(header: list[str], expected: list[str]) -> str:
     return "; only one column was found: is the separator right (--sep)?"
 
 
+def _name_key(name: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", name).split()).casefold()
+
+
+def _near_names_hint(missing: list[str], header: list[str], features: list[str]) -> str:
+    """Missing columns that are in ``header`` but for spaces, case or Unicode form ('x ' and
+    'x', 'Temp' and 'temp'), which a message that quotes both hardly shows."""
+    present: dict[str, list[str]] = {}
+    for name in header:
+        if name not in features:  # a feature of its own is not another's misspelling
+            present.setdefault(_name_key(name), []).append(name)
+    pairs = [
+        f"{name!r} is {present[key][0]!r} there"
+        for name in missing
+        if len(present.get(key := _name_key(name), [])) == 1
+    ]
+    if not pairs:
+        return ""
+    shown = ", ".join(pairs[:5]) + (", ..." if len(pairs) > 5 else "")
+    return (
+        f"; {shown}: names differ only in spaces or case; rename the file's columns as the "
+        "model has them, or retrain the model on files with these names"
+    )
+
+
 def looks_like_data(header: Sequence[str]) -> bool:
     """Whether a header line holds values rather than names: half or more of them numbers with
     a fraction, or true / false (whole numbers not counted: 0, 1, 2... are names pandas gives
@@ -548,16 +667,20 @@ def robust_scale(present: np.ndarray) -> float:
     would come out tens of times wider than the others and dominate every score. The floor keeps
     the robustness (winsorising stops a few extreme values from inflating it).
     """
-    q01, q25, q75, q99 = np.percentile(present, [1, 25, 75, 99])
-    iqr_scale = float(q75 - q25) / 1.349
-    spread = float(np.std(np.clip(present, q01, q99)))
+    # Values near the float limit (1e300) overflow the squares and differences: an infinite
+    # spread, handled below, not a RuntimeWarning printed in the middle of 'anomaly-vae train'.
+    with np.errstate(over="ignore", invalid="ignore"):
+        q01, q25, q75, q99 = np.percentile(present, [1, 25, 75, 99])
+        iqr_scale = float(q75 - q25) / 1.349
+        spread = float(np.std(np.clip(present, q01, q99)))
     scale = max(iqr_scale, spread / 3.0) if math.isfinite(spread) else iqr_scale
     # "No spread" is relative to the values' size: a column of picoamps (1e-13) has a real
     # spread far under any absolute cut-off, while rounding noise on 0.3 is not a spread.
     size = float(np.max(np.abs([q01, q99])))
     floor = 1e-9 * size if math.isfinite(size) and size > 0 else 0.0
     if not math.isfinite(scale) or scale <= floor:
-        scale = float(np.std(present))
+        with np.errstate(over="ignore", invalid="ignore"):
+            scale = float(np.std(present))
     if not math.isfinite(scale) or scale <= floor:
         scale = 1.0
     return scale
@@ -644,7 +767,7 @@ class Preprocessor:
             else:
                 center = float(np.median(present))
                 scale = robust_scale(present)
-                if len(present) > 1 and float(np.ptp(present)) == 0.0:
+                if len(present) > 1 and present.min() == present.max():
                     constant.append(f"{name}={present[0]:g}")
             pre.center[name] = center
             pre.scale[name] = scale
@@ -716,11 +839,9 @@ class Preprocessor:
             if missing.any():
                 values = np.where(missing, MISSING, values)
             # get_indexer gives -1 for values outside the kept categories: the unknown slot.
-            # Compared without surrounding blanks, as incoming values are (a model trained
-            # before they were trimmed may hold 'north ').
-            trimmed = [c.strip() for c in cats]
-            index = pd.Index(trimmed if len(set(trimmed)) == len(cats) else cats, dtype=object)
-            codes = index.get_indexer(values).astype(np.int64) + 1
+            codes = pd.Index(cats, dtype=object).get_indexer(values).astype(np.int64) + 1
+            if not codes.all():
+                _match_loosely(codes, values, cats)
             unseen = (codes == 0) & ~missing
             if unseen.any():
                 self._warn_unseen(name, values[unseen], cats)

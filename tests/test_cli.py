@@ -16,6 +16,7 @@ import pytest
 
 from anomaly_vae import AnomalyVAE
 from anomaly_vae.cli import main
+from anomaly_vae.config import PipelineConfig
 from anomaly_vae.datasets import make_pump_data
 from anomaly_vae.devbroker import DevBroker
 from tests.conftest import REPO, query
@@ -483,7 +484,7 @@ def test_the_summary_counts_the_records_scored_with_a_missing_value(
     assert "2 with a missing value filled in" in result.stdout
 
 
-def test_an_unknown_label_value_names_the_file_and_its_row(
+def test_an_unknown_label_value_is_named_with_its_row(
     trained: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     export = make_pump_data(30, seed=7).astype({"label": object})
@@ -494,13 +495,9 @@ def test_an_unknown_label_value_names_the_file_and_its_row(
     result = run_inline(
         capsys, "score", str(data), "--model-dir", str(trained / "model"), "--chunk-size", "8", *out
     )
-    assert_user_error(result, f"{data}: label column 'label'", "'?' (row 17)")
-    # The run failed part way: no scores file under the name asked for looks complete; the
-    # rows written before the failure are kept under '.partial', and a warning says so.
-    assert not (trained / "odd-label.scores.csv").exists()
-    partial = trained / "odd-label.scores.csv.partial"
-    assert 0 < len(pd.read_csv(partial)) < 30, partial.read_text()
-    assert f"are in {partial}" in result.stderr
+    # Scoring leaves such a label out of the metrics (and names it); training refuses it.
+    assert result.returncode == 0, result.stderr
+    assert "the first, row 17: '?'" in result.stdout
     result = run_inline(
         capsys, "train", str(data), "--model-dir", str(trained / "never"), "--label-column", "label"
     )
@@ -1091,3 +1088,161 @@ def test_the_help_of_stream_dev_broker_and_score_says_what_the_options_take(
     assert "sqlite:///file.db" in db_help
     assert "$ANOMALY_VAE_DATABASE_URL" in db_help
     assert "127.0.0.1" not in option_help("dev-broker", "--port", "--host")
+
+
+def test_train_says_how_many_labelled_anomalies_it_left_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The summary said "trained on N rows ... 0 rows rejected" and nothing else: the labelled
+    # rows left out of training were not accounted for (only an INFO log line).
+    data = tmp_path / "labelled.csv"
+    frame = make_pump_data(400, seed=3, anomaly_rate=0.0)
+    frame["label"] = (np.arange(len(frame)) % 4 == 0).astype(int)
+    frame.to_csv(data, index=False)
+    model_dir = tmp_path / "m"
+    args = ("train", str(data), "--model-dir", str(model_dir), "--label-column", "label")
+    result = run_inline(capsys, *args, "--epochs", "1", "-q")
+    assert result.returncode == 0, result.stderr
+    assert "trained 'm' on 300 rows of" in result.stdout
+    assert "0 rows rejected, 100 labelled anomalous rows left out)" in result.stdout
+    info = run_inline(capsys, "info", "--model-dir", str(model_dir))
+    assert "; 100 labelled anomalous rows left out" in info.stdout
+    frame.head(12).assign(label=[0] + [1] * 11).to_csv(data, index=False)
+    result = run_inline(capsys, *args)
+    assert_user_error(result, "training data has 1 row (11 labelled anomalous left out)")
+    frame.head(5).to_csv(data, index=False, columns=[c for c in frame if c != "label"])
+    result = run_inline(capsys, "train", str(data), "--model-dir", str(model_dir))
+    assert_user_error(result, "training data has 5 rows; a model needs")
+
+
+def test_a_model_dir_that_is_a_file_is_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It was found out after the whole training run, as "cannot create model directory
+    # scores.csv: File exists".
+    data = tmp_path / "normal.csv"
+    make_pump_data(40, seed=1).to_csv(data, index=False)
+    taken = tmp_path / "scores.csv"
+    taken.write_text("row,score\n")
+    for model_dir, needle in (
+        (taken, f"--model-dir {taken} is a file, not a directory"),
+        (taken / "m", f"--model-dir {taken / 'm'}: {taken} is a file, not a directory"),
+    ):
+        result = run_inline(capsys, "train", str(data), "--model-dir", str(model_dir))
+        assert_user_error(result, needle)
+    assert taken.read_text() == "row,score\n"
+
+
+def test_an_export_whose_every_row_is_rejected_says_why_in_the_summary(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "0 scored ... 1000 rejected" and then "the label column has no values", though it had
+    # them: the cause (one column written another way) was only in the rejects file.
+    export = make_pump_data(60, seed=4, anomaly_rate=0.1)
+    export["flow"] = export["flow"].map(lambda v: f"{v:.2f} l/s")
+    export.to_csv(tmp_path / "units.csv", index=False)
+    result = score_inline(capsys, trained, tmp_path / "units.csv", tmp_path / "units.scores.csv")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "60 rows read, 0 scored" in lines[0]
+    assert lines[1].startswith("no row could be scored: all 60 were rejected (the first, row 0: ")
+    assert "column 'flow': " in lines[1]
+    assert "is not a number" in lines[1]
+    assert lines[2] == "no row was scored: no detection metrics"
+    assert "label column has no values" not in result.stdout
+
+
+def test_the_scoring_section_of_a_pipeline_given_to_score_is_applied_or_warned_about(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # score --pipeline took only chunk_size from its scoring section: top_features 1 still
+    # wrote three columns, and threshold_quantile 0.9 left the threshold where it was, without
+    # a word.
+    export = make_pump_data(300, seed=5, anomaly_rate=0.05)
+    export.to_csv(tmp_path / "export.csv", index=False)
+    pipeline = tmp_path / "scoring.yaml"
+    pipeline.write_text("scoring:\n  top_features: 1\n  threshold_quantile: 0.9\n")
+    out = tmp_path / "scores.csv"
+    result = score_inline(
+        capsys, trained, tmp_path / "export.csv", out, "--pipeline", str(pipeline)
+    )
+    assert result.returncode == 0, result.stderr
+    tops = pd.read_csv(out)["top_features"].dropna()
+    assert len(tops) > 0
+    assert not tops.str.contains(";").any()
+    assert (
+        f"{pipeline}: scoring.threshold_quantile 0.9 (the model's: 0.995): set when training, "
+        "the model's is used; give --threshold"
+    ) in result.stderr
+    assert "top_features" not in result.stderr
+    plain = score_inline(capsys, trained, tmp_path / "export.csv", tmp_path / "plain.csv")
+    counts = [r.stdout.splitlines()[0].split(" in ")[0] for r in (plain, result)]
+    assert counts[0] == counts[1]  # the same rows flagged, at the model's threshold
+    assert pd.read_csv(tmp_path / "plain.csv")["top_features"].str.contains(";").any()
+
+
+def test_a_pipeline_key_set_twice_is_refused_with_both_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # YAML readers keep the last of two equal keys: a second 'columns:' section added at the end
+    # of a copy of pumps.yaml silently dropped the first one's label, ids and entity.
+    data = tmp_path / "normal.csv"
+    make_pump_data(40, seed=1).to_csv(data, index=False)
+    pipeline = tmp_path / "twice.yaml"
+    pipeline.write_text(
+        "columns:\n  label: label\n  id: [event_id]\ntraining:\n  epochs: 1\n"
+        "columns:\n  ignore: [anomaly_kind]\n"
+    )
+    args = ["train", str(data), "--model-dir", str(tmp_path / "m"), "--pipeline", str(pipeline)]
+    result = run_inline(capsys, *args)
+    assert_user_error(
+        result, f"pipeline file {pipeline} (line 6): 'columns' is set twice (first on line 1)"
+    )
+    assert not (tmp_path / "m").exists()
+    pipeline.write_text("training: {epochs: 1, seed: 2, epochs: 3}\n")  # in one line too
+    assert_user_error(run_inline(capsys, *args), "(line 1): 'epochs' is set twice")
+    # Anchors and merge keys ('<<') are still YAML's, and the shipped pipelines read as before.
+    pipeline.write_text("training:\n  <<: {epochs: 1}\n  seed: 3\n")
+    assert run_inline(capsys, *args, "-q").returncode == 0
+    for shipped in sorted((REPO / "pipelines").glob("*.yaml")):
+        PipelineConfig.from_yaml(shipped)
+
+
+def test_a_feature_column_empty_in_every_row_is_named_in_the_summary(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An export whose 'flow' column came out empty was scored without it (each value a missing
+    # one, imputed and left out of the likelihood) and the summary said nothing of it.
+    export = make_pump_data(200, seed=8, anomaly_rate=0.0)
+    export["flow"] = np.nan
+    export.to_csv(tmp_path / "noflow.csv", index=False)
+    result = score_inline(capsys, trained, tmp_path / "noflow.csv", tmp_path / "s.csv")
+    assert result.returncode == 0, result.stderr
+    assert (
+        "feature column 'flow' had no value in any row: the records were scored without it"
+    ) in result.stdout
+    make_pump_data(200, seed=8).to_csv(tmp_path / "full.csv", index=False)
+    result = score_inline(capsys, trained, tmp_path / "full.csv", tmp_path / "s.csv")
+    assert "had no value" not in result.stdout
+
+
+def test_a_label_value_that_is_no_label_is_left_out_of_the_metrics_not_fatal(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 'maybe' in the label column of row 250 stopped score there with an error, the scores file
+    # holding the rows before it (written chunk by chunk) as if it were the whole output.
+    export = make_pump_data(400, seed=9, anomaly_rate=0.05)
+    export["label"] = export["label"].astype(object)
+    export.loc[250, "label"] = "maybe"
+    export.loc[300, "label"] = -1
+    export.to_csv(tmp_path / "labels.csv", index=False)
+    out = tmp_path / "s.csv"
+    result = score_inline(capsys, trained, tmp_path / "labels.csv", out, "--chunk-size", "100")
+    assert result.returncode == 0, result.stderr
+    assert len(pd.read_csv(out)) == 400
+    assert (
+        "label column 'label': 2 values are neither normal (0, false, normal) nor anomalous "
+        "(1, true, anomaly), left out of the metrics (the first, row 250: 'maybe')"
+    ) in result.stdout
+    assert "ROC-AUC" in result.stdout  # on the other 398 rows
+    assert "in 398 rows)" in result.stdout

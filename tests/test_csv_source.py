@@ -85,3 +85,82 @@ def test_data_lines_ending_with_a_separator_the_header_lacks_keep_their_columns(
     }
     assert frame.index.tolist() == [0, 1, 3]
     assert rejects.index.tolist() == [2]
+
+
+def test_parquet_and_excel_files_are_named_not_called_binary_data(tmp_path: Path) -> None:
+    # A Parquet file was "not a CSV text file (it holds binary data)", and an Excel workbook
+    # (a zip archive) was told to be renamed .csv.zip, which then failed to read as a CSV.
+    import zipfile
+
+    frame = pd.DataFrame({"a": [1.0, 2.0], "b": ["x", "y"]})
+    parquet = tmp_path / "export.parquet"
+    frame.to_parquet(parquet)
+    workbook = tmp_path / "export.xlsx"
+    with zipfile.ZipFile(workbook, "w") as archive:
+        archive.writestr("[Content_Types].xml", "<Types/>")
+        archive.writestr("xl/workbook.xml", "<workbook/>")
+    for path, kind in ((parquet, "a Parquet file"), (workbook, "an Excel workbook (.xlsx)")):
+        with pytest.raises(InputFileError) as caught:
+            CsvSource(path).header()
+        assert str(caught.value).startswith(f"{path} is {kind}, not CSV text: ")
+        assert "save it as CSV" in str(caught.value)
+
+
+@pytest.mark.parametrize("encoding", ["klingon", "base64", "rot13"])
+def test_a_pipeline_csv_encoding_that_is_no_text_encoding_is_refused_as_a_setting(
+    encoding: str,
+) -> None:
+    # 'csv: {encoding: klingon}' passed; the error came when the data file was opened, naming
+    # the data file ("unknown text encoding 'klingon' for normal.csv"), not the pipeline setting;
+    # 'base64' reached the reader and failed there.
+    with pytest.raises(ValidationError, match=f"csv.encoding '{encoding}' is not a text encoding"):
+        CsvConfig(encoding=encoding)
+    assert CsvConfig(encoding="cp1252").encoding == "cp1252"
+    assert CsvConfig(encoding="UTF-16").encoding == "UTF-16"
+
+
+@pytest.mark.parametrize("name", ["scores.csv", "scores.csv.gz"])
+def test_a_scores_file_is_put_in_place_only_when_the_run_succeeds(
+    pump_model: tuple[object, Path], tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run that fails part way left a scores file under the name asked for, holding the
+    first chunks and nothing to say it was incomplete; now they stay in NAME.partial."""
+    from anomaly_vae.datasets import make_pump_data
+    from anomaly_vae.jobs.batch import CsvScoreWriter, ScoredChunk, score_csv
+
+    model, _ = pump_model
+    data = tmp_path / "export.csv"
+    make_pump_data(100, seed=3).to_csv(data, index=False)
+
+    class FailsOnSecondChunk:
+        def __init__(self) -> None:
+            self.chunks = 0
+
+        def write(self, chunk: ScoredChunk) -> None:
+            self.chunks += 1
+            if self.chunks == 2:
+                raise OSError("disk full (simulated)")
+
+        def close(self) -> None:
+            pass
+
+    out = tmp_path / name
+    with pytest.raises(OSError, match="disk full"):
+        score_csv(
+            model,  # type: ignore[arg-type]
+            CsvSource(data, chunk_size=30),
+            sinks=[CsvScoreWriter(out), FailsOnSecondChunk()],
+        )
+    assert not out.exists()
+    partial = tmp_path / f"{name}.partial"
+    compression = "gzip" if name.endswith(".gz") else None  # as the name asked for says
+    # The chunks written before the failure.
+    assert len(pd.read_csv(partial, compression=compression)) in (30, 60)
+    assert f"are in {partial}" in caplog.text
+    summary = score_csv(
+        model,  # type: ignore[arg-type]
+        CsvSource(data, chunk_size=30),
+        sinks=[CsvScoreWriter(out)],
+    )
+    assert summary.rows_scored == len(pd.read_csv(out)) == 100
+    assert not partial.exists()

@@ -193,6 +193,17 @@ def test_missing_directory_and_corrupt_files(trained_model: AnomalyVAE, tmp_path
         AnomalyVAE.load(path)
 
 
+def test_a_deeply_nested_model_json_is_corrupt_not_a_recursion_error(
+    trained_model: AnomalyVAE, tmp_path: Path
+) -> None:
+    # json.loads raised RecursionError, which came out of 'anomaly-vae info' as a traceback.
+    path = tmp_path / "m"
+    trained_model.save(path)
+    (path / "model.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ModelFileError, match=r"model.json is corrupt \(maximum recursion"):
+        AnomalyVAE.load(path)
+
+
 def test_unknown_format_version(trained_model: AnomalyVAE, tmp_path: Path) -> None:
     path = tmp_path / "m"
     trained_model.save(path)
@@ -244,6 +255,13 @@ def _edit_calibration_null(meta: dict[str, Any]) -> None:
         (lambda m: m["calibration"].update(threshold_quantile=7), "threshold_quantile"),
         (_edit_calibration_order, "not a sorted list"),
         (_edit_calibration_null, "calibration is empty or not finite"),
+        # Sizes the weights do not have were allocated before the weights were compared:
+        # 10**9 tried to take 256 GB (a smaller edit could take the machine's memory).
+        (
+            lambda m: m["network"].update(latent_dim=10**9),
+            r"size mismatch for enc_mu.weight: \[\d+, \d+\] in the weights",
+        ),
+        (lambda m: m["network"].update(hidden_dims=[10**8, 10**8]), "does not fit the network"),
     ],
 )
 def test_an_edited_model_description_is_refused(
@@ -504,3 +522,77 @@ def test_blanks_around_a_category_do_not_make_it_unknown(
     assert len(warned) == 1
     assert "column 'kind': 'HI-13' not among the values learned" in warned[0]
     assert "'hi', 'lo'" in warned[0]
+
+
+def test_an_id_column_is_no_feature_once_labelled_anomalies_are_left_out() -> None:
+    # With a label column, the labelled anomalies were dropped before the columns were judged:
+    # the id column then had gaps, became a feature, and every record of the next export (ids
+    # past the training range) was flagged, 'order id' its top feature.
+    rng = np.random.default_rng(0)
+    frame = correlated_normal(600, seed=1)
+    frame.insert(0, "order id", np.arange(len(frame)))
+    frame["label"] = (rng.random(len(frame)) < 0.05).astype(int)
+    model = AnomalyVAE(columns={"label": "label"}, epochs=5, seed=0).fit(frame)
+    assert "order id" not in model.schema_.names
+    later = correlated_normal(300, seed=2)
+    later.insert(0, "order id", np.arange(10_000, 10_300))
+    assert model.predict(later).mean() < 0.2
+
+
+def test_a_column_name_twice_in_a_dataframe_is_named(trained_model: AnomalyVAE) -> None:
+    # fit raised AttributeError ("'DataFrame' object has no attribute 'str'") and score a
+    # TypeError from inside pandas; a CSV file with such a header is refused by name.
+    frame = correlated_normal(200, seed=3)
+    twice = frame.rename(columns={"s2": "s1"})
+    with pytest.raises(ConfigError, match=r"'s1' more than once \(columns 2, 3\)"):
+        AnomalyVAE(epochs=1, seed=0).fit(twice)
+    with pytest.raises(ConfigError, match=r"'s1' more than once"):
+        trained_model.score(twice)
+    numbered = pd.DataFrame(np.ones((20, 2)), columns=[0, "0"])  # the same once names are text
+    with pytest.raises(ConfigError, match=r"'0' more than once \(columns 1, 2\)"):
+        AnomalyVAE(epochs=1, seed=0).fit(numbered)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the case of a machine without a GPU")
+def test_a_model_trained_on_cuda_loads_on_a_machine_without_a_gpu(
+    trained_model: AnomalyVAE, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 'device: cuda' in the training pipeline is stored with the model: loading it where there
+    # is no GPU failed ("device 'cuda' was asked for..."), for 'info' and 'stream' too, which
+    # have no --device to override it.
+    path = tmp_path / "m"
+    trained_model.save(path)
+    meta = json.loads((path / "model.json").read_text())
+    meta["config"]["training"]["device"] = "cuda"
+    (path / "model.json").write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING):
+        loaded = AnomalyVAE.load(path)
+    assert loaded.device_.type == "cpu"
+    assert "was trained with device 'cuda'; there is no CUDA GPU here" in caplog.text
+    frame, _ = with_anomalies(100, 10, seed=9)
+    np.testing.assert_allclose(
+        loaded.score(frame)["score"], trained_model.score(frame)["score"], rtol=1e-5
+    )
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        AnomalyVAE.load(path, device="cuda")  # asked for: still refused
+
+
+def test_a_label_column_not_in_the_training_data_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # columns.label misspelt in a pipeline file ('faults' for 'fault') trained on the labelled
+    # anomalies as normal rows without a word; the --label-column flag was already checked.
+    rng = np.random.default_rng(0)
+    frame = correlated_normal(300, seed=1)
+    frame["fault"] = (rng.random(len(frame)) < 0.1).astype(int)
+    with caplog.at_level(logging.WARNING):
+        model = AnomalyVAE(columns={"label": "faults"}, epochs=1, seed=0).fit(frame)
+    assert (
+        "the label column 'faults' (columns.label) is not in the training data: no rows are "
+        "left out as labelled anomalies; did you mean 'fault'?"
+    ) in caplog.text
+    assert model.training_summary_["rows"] == 300
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        AnomalyVAE(columns={"label": "fault"}, epochs=1, seed=0).fit(frame)
+    assert "is not in the training data" not in caplog.text

@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import warnings
 
 import numpy as np
@@ -358,3 +359,182 @@ def test_a_record_without_any_feature_value_is_rejected_not_invented() -> None:
         "record carries the feature columns"
     )
     assert rejects.loc[3, "reason"] == "column 'a': 'oops' is not a number"
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        np.arange(1000, 1600, 3),  # gaps: every third record of a table
+        np.arange(500, 300, -1),  # newest first
+        np.random.default_rng(1).permutation(np.arange(7, 207)),  # shuffled
+        np.where(np.arange(200) == 5, np.nan, np.arange(200.0)),  # a missing id: read as float
+    ],
+    ids=["gaps", "decreasing", "shuffled", "with-a-missing-value"],
+)
+def test_ids_that_are_not_one_contiguous_run_are_still_row_identifiers(
+    ids: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Only ids increasing by exactly 1 were recognised: an id column with gaps (rows deleted,
+    # a sample, or labelled anomalies left out of training) became a numeric feature, and every
+    # record of a later export (ids past the training range) scored as anomalous.
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"order_id": ids, "temp": rng.normal(20, 2, len(ids))})
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.names == ["temp"]
+    assert "'order_id' looks like a row identifier" in caplog.text
+
+
+def test_whole_number_measurements_stay_features() -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "rpm": rng.integers(1000, 3000, 500),  # repeats, no order
+            "cents": rng.permutation(np.arange(0, 50_000, 37))[:500],  # unique but sparse
+            "temp": rng.normal(20, 2, 500),
+        }
+    )
+    schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.numeric == ["rpm", "cents", "temp"]
+
+
+def test_a_code_read_as_a_number_is_the_category_it_was_as_text() -> None:
+    # A product code column (007, 012, A12) is text in a file where some code is not a number,
+    # and numbers (7, 12) in a file or chunk where all are: every record of such an export had
+    # an unknown category, scored as anomalous with the code column as its top feature.
+    rng = np.random.default_rng(0)
+    codes = rng.choice(["007", "012", "020", "A12"], 400)
+    train = pd.DataFrame({"temp": rng.normal(20, 2, 400), "product": codes})
+    schema = FeatureSchema.infer(train, ColumnsConfig())
+    assert schema.categorical == ["product"]
+    clean, _ = schema.validate(train)
+    pre = Preprocessor.fit(clean, schema)
+    as_text = pd.DataFrame({"temp": [20.0, 21.0, 19.0], "product": ["007", "012", "020"]})
+    from_file = pd.read_csv(io.StringIO(as_text.to_csv(index=False)))
+    assert from_file["product"].tolist() == [7, 12, 20]
+    for as_read in (
+        from_file,
+        as_text.assign(product=[7.0, 12.0, 20.0]),
+        as_text.assign(product=["7", "12.0", " 20"]),
+    ):
+        got = pre.transform(schema.validate(as_read)[0]).x
+        np.testing.assert_array_equal(got, pre.transform(schema.validate(as_text)[0]).x)
+    # The reverse: categories learnt from numbers, codes given as text.
+    numbers = train.assign(product=rng.choice([7, 12, 20], 400))
+    schema_n = FeatureSchema.infer(numbers, ColumnsConfig(categorical=["product"]))
+    pre_n = Preprocessor.fit(schema_n.validate(numbers)[0], schema_n)
+    np.testing.assert_array_equal(
+        pre_n.transform(schema_n.validate(as_text)[0]).x,
+        pre_n.transform(schema_n.validate(as_text.assign(product=[7, 12, 20]))[0]).x,
+    )
+    unknown_slot = len(schema.numeric)  # the first categorical block starts with <unknown>
+    other = pre.transform(schema.validate(as_text.assign(product=["99", "A13", "7x"]))[0]).x
+    assert (other[:, unknown_slot] == 1.0).all()
+
+
+def test_a_number_two_categories_stand_for_stays_unknown() -> None:
+    train = pd.DataFrame({"temp": np.arange(40.0) % 7, "code": ["7", "007", "B"] * 13 + ["B"]})
+    schema = FeatureSchema.infer(train, ColumnsConfig(categorical=["code"]))
+    pre = Preprocessor.fit(schema.validate(train)[0], schema)
+    frame = pd.DataFrame({"temp": [1.0, 1.0, 1.0], "code": ["7", "007", "7.0"]})
+    x = pre.transform(schema.validate(frame)[0]).x
+    block = x[:, len(schema.numeric) : len(schema.numeric) + len(pre.categories["code"]) + 1]
+    assert block.argmax(axis=1).tolist()[2] == 0  # '7.0': '7' or '007'? neither
+    assert block.argmax(axis=1).tolist()[0] != block.argmax(axis=1).tolist()[1]
+
+
+def test_a_missing_column_that_differs_only_in_spaces_or_case_is_pointed_out() -> None:
+    # "feature columns 'x ', 'Temp' missing (... columns found: 'x', 'y', 'temp')": the
+    # trailing space hardly shows in the message, and the column looked present.
+    rng = np.random.default_rng(0)
+    train = pd.DataFrame(rng.normal(size=(50, 4)), columns=["x ", "y", "Temp", "Flow  rate"])
+    schema = FeatureSchema.infer(train, ColumnsConfig())
+    export = train.rename(columns={"x ": "x", "Temp": "temp", "Flow  rate": "flow rate"})
+    with pytest.raises(SchemaError) as caught:
+        schema.validate(export, source="export.csv")
+    text = str(caught.value)
+    assert "feature columns 'x ', 'Temp', 'Flow  rate' missing" in text
+    assert "'x ' is 'x' there, 'Temp' is 'temp' there, 'Flow  rate' is 'flow rate' there" in text
+    assert "names differ only in spaces or case" in text
+    # No such hint for a column that is simply not there, nor one naming another feature.
+    with pytest.raises(SchemaError) as caught:
+        schema.validate(train.drop(columns=["y"]))
+    assert "differ only" not in str(caught.value)
+    both = FeatureSchema.infer(train.assign(x=1.5 * train["y"]), ColumnsConfig())
+    with pytest.raises(SchemaError) as caught:
+        both.validate(train.assign(x=1.0).drop(columns=["x "]))
+    assert "differ only" not in str(caught.value)
+
+
+def test_values_near_the_float_limit_scale_without_a_runtime_warning() -> None:
+    # np.std squared 1e300: "RuntimeWarning: overflow encountered in square" was printed, with
+    # numpy's source line, in the middle of 'anomaly-vae train'.
+    huge = np.array([1e300, -1e300, 3e299, -2e299] * 50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scale = robust_scale(huge)
+        robust_scale(np.array([1e308, -1e308] * 60))
+        frame = pd.DataFrame({"v": [1e308, -1e308] * 60, "w": np.arange(120.0) % 7})
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+        Preprocessor.fit(schema.validate(frame)[0], schema)
+    assert math.isfinite(scale)
+    assert scale > 1e299
+
+
+def test_a_category_padded_with_spaces_is_the_category() -> None:
+    # An export that pads text to its column's width ('Paris   ', as CHAR columns do) gave every
+    # record the unknown category: 74 of 1,000 normal records flagged instead of 10.
+    rng = np.random.default_rng(0)
+    train = pd.DataFrame(
+        {"temp": rng.normal(20, 2, 300), "city": rng.choice(["Paris", "New York", "Zürich"], 300)}
+    )
+    schema = FeatureSchema.infer(train, ColumnsConfig())
+    pre = Preprocessor.fit(schema.validate(train)[0], schema)
+    plain = pd.DataFrame({"temp": [20.0] * 3, "city": ["Paris", "New York", "Zürich"]})
+    padded = plain.assign(city=["Paris   ", " New York", "Zürich\t"])
+    np.testing.assert_array_equal(
+        pre.transform(schema.validate(padded)[0]).x, pre.transform(schema.validate(plain)[0]).x
+    )
+    other = plain.assign(city=["paris", "New  York", "Zurich"])  # other text stays unknown
+    assert (pre.transform(schema.validate(other)[0]).x[:, 1] == 1.0).all()
+
+
+@pytest.mark.parametrize(
+    ("name", "values"),
+    [
+        ("label", [0, 1]),
+        ("Is Anomaly", [True, False]),
+        ("anomaly", ["normal", "anomaly"]),
+        ("is-outlier", [0.0, 1.0]),
+    ],
+)
+def test_a_label_column_not_named_as_one_is_no_feature(
+    name: str, values: list[object], caplog: pytest.LogCaptureFixture
+) -> None:
+    # 'anomaly-vae train normal.csv' without --label-column learnt a file's 'label' column as a
+    # feature: labelled records then scored high because of their label (ROC-AUC against that
+    # label flattered), and an export without the column could not be scored at all.
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"temp": rng.normal(20, 2, 300), name: rng.choice(np.array(values), 300)})
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.names == ["temp"]
+    assert f"column {name!r} looks like a label" in caplog.text
+    assert f"give --label-column {name} (columns.label)" in caplog.text
+
+
+def test_columns_named_like_labels_with_other_values_or_listed_stay_features() -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "temp": rng.normal(20, 2, 300),
+            "label": rng.choice(["pump", "fan", "valve"], 300),  # a label of another kind
+            "anomaly": rng.normal(size=300),  # a score from another system
+            "flag": rng.choice([0, 1], 300),  # not a label's name
+        }
+    )
+    assert FeatureSchema.infer(frame, ColumnsConfig()).names == ["temp", "label", "anomaly", "flag"]
+    binary = frame.assign(label=rng.choice([0, 1], 300))
+    listed = ColumnsConfig(features=["temp", "label"])
+    assert FeatureSchema.infer(binary, listed).names == ["temp", "label"]
+    assert FeatureSchema.infer(binary, ColumnsConfig(numeric=["label"])).names[1] == "label"

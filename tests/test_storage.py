@@ -712,3 +712,45 @@ def test_upgrade_from_0001_keeps_the_thresholds(db_url: str) -> None:
         assert (row.warning, row.reason, row.alert_rule) == (9.5, "before 0002", None)
     finally:
         engine.dispose()
+
+
+def test_a_new_version_reading_other_features_under_the_same_name_is_warned(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two unrelated models trained into directories of the same name (runs/a/model and
+    # runs/b/model: both named 'model') registered as two versions of one model without a
+    # word, sharing the threshold an operator set for the first and its alerts.
+    def schema(*names: str) -> dict[str, object]:
+        return {"columns": [{"name": n, "kind": "numeric"} for n in names]}
+
+    first = dataclasses.replace(
+        model_version("model", "a" * 64), path="/runs/a/model", feature_schema=schema("flow")
+    )
+    retrained = dataclasses.replace(first, content_hash="b" * 64)  # same features
+    other = dataclasses.replace(
+        model_version("model", "c" * 64),
+        path="/runs/b/model",
+        feature_schema=schema("c0", "c1", "c2", "c3", "c4", "c5"),
+    )
+    engine = engine_for(db_url)
+    try:
+        with engine.connect() as connection, caplog.at_level(logging.WARNING):
+            for version in (first, retrained, first):
+                with connection.begin():
+                    repo.register_model(connection, model=version)
+            assert "reads other features" not in caplog.text
+            with connection.begin():
+                repo.register_model(connection, model=other)
+            warned = [r.getMessage() for r in caplog.records if "other features" in r.message]
+            assert len(warned) == 1
+            assert warned[0].startswith(
+                "model 'model' version cccccccccccc (/runs/b/model) reads other features than "
+                "version bbbbbbbbbbbb (/runs/a/model), the newest of that name (new 'c0', 'c1', "
+                "'c2', 'c3', 'c4', ...; no longer 'flow'): they share one threshold"
+            )
+            assert "'name:' in the pipeline file" in warned[0]
+            with connection.begin():  # registered once: scoring with it again says nothing
+                repo.register_model(connection, model=other)
+            assert sum("other features" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        engine.dispose()

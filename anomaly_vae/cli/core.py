@@ -173,6 +173,7 @@ def train(
     from anomaly_vae.estimator import AnomalyVAE, label_to_binary
     from anomaly_vae.jobs.batch import key_columns
 
+    _check_model_dir(model_dir)
     cfg = load_pipeline(pipeline, default_name=model_dir.resolve().name)
     if ignore_columns:
         cfg.columns.ignore = [*cfg.columns.ignore, *_split(ignore_columns)]
@@ -213,6 +214,27 @@ def train(
     _print_training(model, shown, model_dir, digest)
 
 
+def _check_model_dir(model_dir: Path) -> None:
+    """Refuse a --model-dir that cannot be written before training, not after it."""
+    import os
+
+    if model_dir.exists() and not model_dir.is_dir():
+        raise ConfigError(
+            f"--model-dir {model_dir} is a file, not a directory: give the directory to write "
+            "the model to (it is created when missing)"
+        )
+    existing = model_dir.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--model-dir {model_dir}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"--model-dir {model_dir}: {existing} is not writable by this user: give a "
+            "directory you can write to"
+        )
+
+
 def _require_column(name: str | None, columns: list[str], option: str, data: Path) -> None:
     """A column named on the command line must be in the file."""
     if name and name not in columns:
@@ -223,9 +245,11 @@ def _require_column(name: str | None, columns: list[str], option: str, data: Pat
 def _print_training(model: AnomalyVAE, data: Path, model_dir: Path, digest: str) -> None:
     s = model.training_summary_
     schema = model.schema_
+    labelled = s.get("rows_labelled_anomalous", 0)
+    left_out = f", {labelled} labelled anomalous rows left out" if labelled else ""
     features = (
         f"{len(schema.numeric)} numeric, {len(schema.categorical)} categorical features; "
-        f"{s['rows_rejected']} rows rejected"
+        f"{s['rows_rejected']} rows rejected{left_out}"
     )
     window = model.config_.window
     if window is not None:
@@ -390,11 +414,12 @@ def _score_file(
 
     model = AnomalyVAE.load(model_dir, device=device)
     # What the pipeline file does not set (its columns, its csv section...) is the model's own.
-    file_cfg = PipelineConfig.from_yaml(pipeline) if pipeline else None
     cfg = model.config_
-    if pipeline and file_cfg:
+    if pipeline:
+        file_cfg = PipelineConfig.from_yaml(pipeline)
         cfg = file_cfg.over(model.config_, source=pipeline)
-        warn_trained_settings(pipeline, file_cfg, model.config_)
+        warn_trained_settings(pipeline, file_cfg, model.config_, scoring=False)
+        _apply_scoring_section(model, file_cfg, pipeline)
     if chunk_size is not None and chunk_size < 1:
         raise ConfigError(f"--chunk-size must be >= 1, got {chunk_size}")
     if threshold is not None and not math.isfinite(threshold):
@@ -458,6 +483,38 @@ def _score_file(
     _print_summary(summary, err=to_stdout)
 
 
+# Scoring settings that change only the output or the speed, not a score: a pipeline file given
+# to `score` sets them. The others (n_samples, score_kind, importance_weighted,
+# threshold_quantile) are what the model's calibration was made with.
+_SCORING_AT_SCORE_TIME = ("top_features", "batch_size", "num_threads", "chunk_size")
+
+
+def _apply_scoring_section(model: AnomalyVAE, file_cfg: PipelineConfig, source: Path) -> None:
+    """The ``scoring:`` settings of a pipeline file given to ``score``: applied where they
+    change only the output or the speed; the others stay the model's, with a warning that
+    names them (they were ignored without a word: ``top_features: 1`` still wrote three)."""
+    if "scoring" not in file_cfg.model_fields_set:
+        return
+    given = file_cfg.scoring
+    own = model.config_.scoring
+    named = [k for k in type(given).model_fields if k in given.model_fields_set]
+    applied = {k: getattr(given, k) for k in named if k in _SCORING_AT_SCORE_TIME}
+    if applied:
+        model.config_ = model.config_.model_copy(update={"scoring": own.model_copy(update=applied)})
+    fixed = [
+        f"{k} {getattr(given, k)!r} (the model's: {getattr(own, k)!r})"
+        for k in named
+        if k not in applied and getattr(given, k) != getattr(own, k)
+    ]
+    if fixed:
+        logger.warning(
+            "%s: scoring.%s: set when training, the model's is used; give --threshold to score "
+            "at another threshold (with --db: 'anomaly-vae thresholds set'), or retrain",
+            source,
+            "; scoring.".join(fixed),
+        )
+
+
 def _check_outputs(data: Path, out: Path | None, rejects: Path) -> None:
     """The scores file (None: standard output) and the rejects file must be neither the input,
     which is still being read while they are written, nor each other."""
@@ -481,10 +538,14 @@ def _check_outputs(data: Path, out: Path | None, rejects: Path) -> None:
 SCORING_TIME_SETTINGS = frozenset({"chunk_size"})
 
 
-def warn_trained_settings(pipeline: Path, file_cfg: PipelineConfig, model: PipelineConfig) -> None:
+def warn_trained_settings(
+    pipeline: Path, file_cfg: PipelineConfig, model: PipelineConfig, *, scoring: bool = True
+) -> None:
     """Name the settings of a pipeline file given to ``score`` or ``stream`` that the model does
     not take: a model scores with the window and the scoring settings (K, score kind, top
-    features, threads...) it was trained with, whatever the file says, and under its name."""
+    features, threads...) it was trained with, whatever the file says, and under its name.
+    ``scoring=False``: the caller deals with the scoring section (``score`` applies part of
+    it, ``_apply_scoring_section``)."""
     if "name" in file_cfg.model_fields_set and file_cfg.name != model.name:
         # Results, thresholds and alerts are kept under the name the model was trained with.
         logger.warning(
@@ -507,7 +568,7 @@ def warn_trained_settings(pipeline: Path, file_cfg: PipelineConfig, model: Pipel
             _window_text(file_cfg.window),
             _window_text(model.window),
         )
-    if "scoring" not in file_cfg.model_fields_set:
+    if not scoring or "scoring" not in file_cfg.model_fields_set:
         return
     given, own = file_cfg.scoring, model.scoring
     changed = sorted(
@@ -681,9 +742,11 @@ def info(
     examples = "rows"
     if model.config_.window is not None and s.get("windows") is not None:
         examples = f"full windows of {s.get('rows', '?')} rows"
+    labelled = s.get("rows_labelled_anomalous")
     typer.echo(
         f"trained {s.get('trained_at', '?')} on {s.get('rows_train', '?')} {examples} "
         f"(+{s.get('rows_validation', '?')} held out), {s.get('epochs_run', '?')} epochs"
+        + (f"; {labelled} labelled anomalous rows left out" if labelled else "")
     )
     typer.echo(
         f"score: {model.score_kind_}; threshold {model.threshold_:.4g} at quantile "

@@ -86,6 +86,11 @@ class BatchSummary:
     metrics_note: str = ""
     outputs: list[str] = field(default_factory=list)
     windows: WindowCounters | None = None  # a windowed model's
+    first_reject: str = ""  # "row N: reason" of the first rejected row
+    empty_features: list[str] = field(default_factory=list)  # no value in any row read
+    label_column: str | None = None
+    bad_labels: int = 0  # label values that are no label (left out of the metrics)
+    first_bad_label: str = ""  # "row N: 'value'"
 
     def lines(self) -> list[str]:
         rate = self.rows_read / self.seconds if self.seconds > 0 else 0.0
@@ -100,6 +105,29 @@ class BatchSummary:
             )
             + f"in {self.seconds:.1f} s ({rate:,.0f} rows/s)"
         ]
+        if self.empty_features:
+            names = ", ".join(repr(n) for n in self.empty_features[:10])
+            more = ", ..." if len(self.empty_features) > 10 else ""
+            many = len(self.empty_features) > 1
+            out.append(
+                f"feature column{'s' if many else ''} {names}{more} had no value in any row: the "
+                f"records were scored without {'them' if many else 'it'} (as missing values); is "
+                "the export complete?"
+            )
+        if self.rows_scored == 0 and self.rows_rejected > 0:
+            # Every row rejected is most often one cause (a column of another kind than the
+            # model's): say it here, not only in the rejects file.
+            out.append(
+                f"no row could be scored: all {self.rows_rejected} were rejected (the first, "
+                f"{self.first_reject}); each row's reason is written with the rejects"
+            )
+        if self.bad_labels:
+            out.append(
+                f"label column {self.label_column!r}: {self.bad_labels} value"
+                f"{'s are' if self.bad_labels > 1 else ' is'} neither normal (0, false, normal) "
+                f"nor anomalous (1, true, anomaly), left out of the metrics (the first, "
+                f"{self.first_bad_label})"
+            )
         if self.metrics:
             m = self.metrics
             out.append(
@@ -284,7 +312,7 @@ def score_csv(
                 f"{name}_input",
             )
     limit = model.threshold_ if threshold is None else float(threshold)
-    summary = BatchSummary(source=source.label, threshold=limit)
+    summary = BatchSummary(source=source.label, threshold=limit, label_column=label)
     scores_seen: list[np.ndarray] = []
     labels_seen: list[np.ndarray] = []
     bar = tqdm(
@@ -302,6 +330,8 @@ def score_csv(
             # Three stages overlap: parsing (a reader thread), scoring (here; torch releases the
             # GIL) and writing (a writer thread). Each queue holds two chunks: memory stays bounded.
             features = set(model.schema_.names)
+            feature_names = list(model.schema_.names)
+            seen_values = np.zeros(len(feature_names), dtype=np.int64)
             text = [c for c in key_columns(model.config_, passthrough) if c not in features]
             chunks = source.chunks(text_columns=text)
             for chunk in _in_background(chunks, depth=2):
@@ -314,21 +344,38 @@ def score_csv(
                     if len(chunk.rejects)
                     else batch.rejects
                 )
-                scored = ScoredChunk(batch, frame, rejects.sort_index(), columns)
+                rejects = rejects.sort_index()
+                if len(rejects) and not summary.first_reject:
+                    summary.first_reject = f"row {rejects.index[0]}: {rejects['reason'].iloc[0]}"
+                scored = ScoredChunk(batch, frame, rejects, columns)
                 writer.put(scored)
                 summary.rows_read += len(frame) + len(chunk.rejects)
+                if not seen_values.all():
+                    seen_values += frame[feature_names].notna().sum().to_numpy()
                 summary.rows_scored += len(batch.scores)
                 summary.rows_flagged += int(batch.scores["is_anomaly"].sum())
                 summary.rows_rejected += len(rejects)
                 summary.rows_with_gaps += batch.gaps
                 if label is not None:
-                    labels = label_to_binary(
-                        frame.loc[batch.scores.index, label], name=label, source=source.label
-                    )
+                    # Labels only evaluate: a value that is no label is left out of the
+                    # metrics and named in the summary, not an error that stops the job with
+                    # part of its output written.
+                    given = frame.loc[batch.scores.index, label]
+                    labels = label_to_binary(given, name=label, strict=False)
+                    bad = (given.notna() & labels.isna()).to_numpy()
+                    if bad.any():
+                        if not summary.bad_labels:
+                            first = given[bad]
+                            summary.first_bad_label = f"row {first.index[0]}: {first.iloc[0]!r}"
+                        summary.bad_labels += int(bad.sum())
                     scores_seen.append(batch.scores["score"].to_numpy())
                     labels_seen.append(labels.to_numpy(dtype="float64", na_value=np.nan))
                 bar.update(max(0, source.position() - bar.n) if not source.compressed else 0)
             writer.finish()
+            if summary.rows_read:
+                summary.empty_features = [
+                    n for n, count in zip(feature_names, seen_values, strict=True) if count == 0
+                ]
     finally:
         bar.close()
         writer.abort()
@@ -504,6 +551,8 @@ def label_metrics(
     known = ~np.isnan(labels)
     y = labels[known].astype(np.int64)
     s = scores[known]
+    if len(scores) == 0:
+        return None, "no row was scored: no detection metrics"
     if len(y) == 0:
         return None, "the label column has no values: no detection metrics"
     if y.min() == y.max():

@@ -38,6 +38,25 @@ _COMPRESSED_MAGIC = (
     (b"\xfd7zXZ\x00", "xz", ".csv.xz"),
     (b"\x28\xb5\x2f\xfd", "zstd", ".csv.zst"),
 )
+# Table formats that are not CSV, by their first bytes: said by name, not as "binary data"
+# (and an Excel workbook, a zip archive, not as a CSV file to be named .csv.zip).
+_OTHER_FORMATS = (
+    (b"PAR1", "a Parquet file"),
+    (b"ARROW1", "an Arrow (Feather) file"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an Excel 97-2003 workbook (.xls)"),
+    (b"SQLite format 3\x00", "an SQLite database"),
+)
+
+
+def _other_format(head: bytes) -> str | None:
+    for magic, kind in _OTHER_FORMATS:
+        if head.startswith(magic):
+            return kind
+    if head.startswith(b"PK\x03\x04") and b"xl/" in head:
+        return "an Excel workbook (.xlsx)"
+    return None
+
+
 _BAD_LINE = re.compile(r"[Ss]kipping line (\d+): (.*)")
 _FIRST_LINE_TOO_LONG = "Length of header or names does not match length of data"
 _ENCODING_HINT = (
@@ -120,6 +139,12 @@ class CsvSource:
             ) from None
         # NUL bytes are binary data, unless the encoding decodes them away (UTF-16).
         if bad_at is not None or "\x00" in text:
+            kind = _other_format(head)
+            if kind is not None:
+                raise InputFileError(
+                    f"{self.label} is {kind}, not CSV text: anomaly-vae reads CSV files; save "
+                    "it as CSV (a header line, then one line per record) and give that file"
+                )
             if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
                 raise InputFileError(
                     f"{self.label} is UTF-16 text, not {self.encoding}: give --encoding utf-16 "

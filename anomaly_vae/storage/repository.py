@@ -113,6 +113,11 @@ class ModelVersion:
 
 def register_model(connection: Connection, *, model: ModelVersion) -> int:
     """Record a model version (once per content hash); returns its ``models.id``."""
+    known = connection.execute(
+        select(Model.id).where(Model.content_hash == model.content_hash)
+    ).first()
+    if known is None:
+        _warn_other_features(connection, model)
     stmt = _insert_ignore(connection.dialect, Model.__table__, ["content_hash"]).values(
         name=model.name,
         version=model.version,
@@ -137,6 +142,46 @@ def register_model(connection: Connection, *, model: ModelVersion) -> int:
             update(Model).where(Model.id == row.id).values(calibration=model.calibration)
         )
     return int(row.id)
+
+
+def _feature_names(schema: Mapping[str, Any] | None) -> list[str]:
+    columns = (schema or {}).get("columns") or []
+    return [str(c.get("name")) for c in columns if isinstance(c, Mapping)]
+
+
+def _warn_other_features(connection: Connection, model: ModelVersion) -> None:
+    """A new version of a name whose newest version reads other columns is most likely another
+    model that got the same name (the model directory's name, such as 'model', when the
+    pipeline names none): it would share that model's thresholds, alert rule and alerts."""
+    newest = connection.execute(
+        select(Model.version, Model.path, Model.feature_schema)
+        .where(Model.name == model.name)
+        .order_by(Model.registered_at.desc(), Model.id.desc())
+        .limit(1)
+    ).first()
+    if newest is None:
+        return
+    before, now = _feature_names(newest.feature_schema), _feature_names(model.feature_schema)
+    if set(before) == set(now):
+        return
+    added = [n for n in now if n not in before]
+    dropped = [n for n in before if n not in now]
+    changes = "; ".join(
+        f"{what} {', '.join(repr(n) for n in names[:5])}{', ...' if len(names) > 5 else ''}"
+        for what, names in (("new", added), ("no longer", dropped))
+        if names
+    )
+    logger.warning(
+        "model '%s' version %s (%s) reads other features than version %s (%s), the newest of "
+        "that name (%s): they share one threshold, alert rule and alerts; if it is another "
+        "model, give it its own name ('name:' in the pipeline file it is trained with)",
+        model.name,
+        model.version,
+        model.path or "no path",
+        newest.version,
+        newest.path or "no path",
+        changes,
+    )
 
 
 def calibration_scores(connection: Connection, *, model_id: int) -> np.ndarray:
