@@ -498,6 +498,8 @@ def event_seconds(
     is_num = numeric.notna().to_numpy()
     number = numeric[is_num].to_numpy(dtype=np.float64)
     out[is_num] = number / _epoch_divisors(number)
+    if len(number):
+        _warn_compact_dates(number)
     rest = ~is_num & raw.notna().to_numpy() & ~flags
     if rest.any():
         parsed = _time_text(raw[rest].astype(str), day_first=day_first)
@@ -507,6 +509,38 @@ def event_seconds(
         out[np.flatnonzero(rest)] = seconds
     bad = ~(np.abs(out) < _MAX_SECONDS)  # NaN, or past what a stored event time holds
     return out, bad
+
+
+_warned_compact = False
+
+
+def _warn_compact_dates(number: np.ndarray) -> None:
+    """Once per process: a warning when most numbers read as epoch times are dates written as
+    digits (20261112, 20261112230000). They are read as epoch seconds (August 1970) or
+    milliseconds (the year 2612), so the windows' gaps and lateness are wrong."""
+    import pandas as pd
+
+    global _warned_compact
+    if _warned_compact:
+        return
+    whole = number[(number == np.floor(number)) & (number > 0)]
+    day = np.where(whole < 1e9, whole, np.floor(whole / 1e6))  # YYYYMMDD[hhmmss] -> YYYYMMDD
+    digits = np.where((whole < 1e9) | ((whole >= 1e13) & (whole < 1e14)), day, 0.0)
+    year, month, dom = digits // 10_000, digits // 100 % 100, digits % 100
+    compact = (year >= 1900) & (year <= 2200) & (month >= 1) & (month <= 12) & (dom >= 1)
+    compact &= dom <= 31
+    if compact.sum() * 2 <= len(number):
+        return
+    _warned_compact = True
+    example = int(whole[compact][0])
+    logging.getLogger(__name__).warning(
+        "times like %d look like dates written as digits (YYYYMMDD or YYYYMMDDhhmmss), but a "
+        "number is read as an epoch time (%s): write them as ISO 8601 (%s) for windows, gaps "
+        "and lateness to be right",
+        example,
+        pd.Timestamp(example / float(_epoch_divisors(np.array([float(example)]))[0]), unit="s"),
+        pd.Timestamp(str(example)[:8]).date().isoformat(),
+    )
 
 
 _WHOLE_FLOAT_TEXT = re.compile(r"(-?\d+)\.0+")

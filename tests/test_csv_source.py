@@ -153,9 +153,9 @@ def test_a_scores_file_is_put_in_place_only_when_the_run_succeeds(
         )
     assert not out.exists()
     partial = tmp_path / f"{name}.partial"
-    compression = "gzip" if name.endswith(".gz") else None  # as the name asked for says
-    # The chunks written before the failure.
-    assert len(pd.read_csv(partial, compression=compression)) in (30, 60)
+    # The chunks written before the failure, compressed as the name asked for says.
+    written = pd.read_csv(partial, compression="gzip" if name.endswith(".gz") else None)
+    assert len(written) in (30, 60)
     assert f"are in {partial}" in caplog.text
     summary = score_csv(
         model,  # type: ignore[arg-type]

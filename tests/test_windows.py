@@ -1002,3 +1002,27 @@ def test_a_true_or_false_time_is_rejected_not_read_as_1970(window_model: Anomaly
     assert list(batch.rejects.index) == [3, 9]
     assert batch.rejects.loc[3, "reason"] == "window time column 'ts': True is not a time"
     assert len(batch.scores) == 38
+
+
+def test_dates_written_as_digits_are_pointed_out(caplog: pytest.LogCaptureFixture) -> None:
+    """20261112 (or 20261112230000) read as an epoch time is August 1970 (or the year 2612):
+    windows, gaps and lateness come out wrong without a word. A warning says so, once; real
+    epoch seconds and milliseconds are not taken for such dates."""
+    import anomaly_vae.windows as windows_module
+    from anomaly_vae.windows import event_seconds
+
+    windows_module._warned_compact = False
+    with caplog.at_level(logging.WARNING, logger="anomaly_vae.windows"):
+        event_seconds([1_764_000_000, 1_764_000_060])
+        event_seconds([1_764_000_000_000, 1_764_000_060_000])
+        assert "written as digits" not in caplog.text
+        event_seconds([20261112, 20261113, 20261114])
+        assert "times like 20261112 look like dates written as digits" in caplog.text
+        assert "(2026-11-12)" in caplog.text
+        caplog.clear()
+        event_seconds([20261112, 20261113])
+        assert caplog.text == ""  # once
+    windows_module._warned_compact = False
+    with caplog.at_level(logging.WARNING, logger="anomaly_vae.windows"):
+        event_seconds([20261112230000, 20261112230100])
+    assert "times like 20261112230000" in caplog.text
