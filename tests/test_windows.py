@@ -126,20 +126,29 @@ def messy_stream(n: int, seed: int) -> tuple[np.ndarray, list[str], np.ndarray]:
     return values, entities, times
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 50])
-def test_any_chunking_gives_the_same_windows_as_one_pass(chunk: int) -> None:
-    values, entities, times = messy_stream(300, seed=1)
-    spec = {"size": 5, "lateness_s": 20.0, "max_gap_s": 150.0}
-    whole = state(**spec).assemble(rows(values.tolist()), entities, times)  # type: ignore[arg-type]
-    st = state(**spec)  # type: ignore[arg-type]
+def whole_and_chunked(spec: dict[str, Any], seed: int, chunk: int) -> tuple[Any, Any]:
+    """The windows of a messy 300-record stream assembled in one pass, and in chunks of
+    ``chunk`` records through one state: (whole, parts concatenated), each with x and status."""
+    values, entities, times = messy_stream(300, seed=seed)
+    whole = state(**spec).assemble(rows(values.tolist()), entities, times)
+    st = state(**spec)
     parts = [
         st.assemble(
             rows(values[i : i + chunk].tolist()), entities[i : i + chunk], times[i : i + chunk]
         )
         for i in range(0, len(values), chunk)
     ]
-    assert np.array_equal(np.concatenate([p.x for p in parts]), whole.x)
-    assert np.array_equal(np.concatenate([p.status for p in parts]), whole.status)
+    x = np.concatenate([p.x for p in parts])
+    status = np.concatenate([p.status for p in parts])
+    return whole, (x, status)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 50])
+def test_any_chunking_gives_the_same_windows_as_one_pass(chunk: int) -> None:
+    spec = {"size": 5, "lateness_s": 20.0, "max_gap_s": 150.0}
+    whole, (x, status) = whole_and_chunked(spec, 1, chunk)
+    assert np.array_equal(x, whole.x)
+    assert np.array_equal(status, whole.status)
     assert {int(s) for s in whole.status} >= {OK, WARMING_UP, LATE}
 
 
@@ -149,18 +158,10 @@ def test_the_buffer_limit_gives_the_same_windows_however_the_input_is_cut(chunk:
     # of each batch only, so a record arriving behind more than max_buffered newer ones found
     # its predecessors still there in one big batch and already gone when the input came in
     # chunks (or Kafka micro-batches): other windows, other scores. Such a record is late.
-    values, entities, times = messy_stream(300, seed=3)
     spec = {"size": 4, "lateness_s": 1e6, "max_buffered": 6}
-    whole = state(**spec).assemble(rows(values.tolist()), entities, times)  # type: ignore[arg-type]
-    st = state(**spec)  # type: ignore[arg-type]
-    parts = [
-        st.assemble(
-            rows(values[i : i + chunk].tolist()), entities[i : i + chunk], times[i : i + chunk]
-        )
-        for i in range(0, len(values), chunk)
-    ]
-    assert np.array_equal(np.concatenate([p.status for p in parts]), whole.status)
-    assert np.array_equal(np.concatenate([p.x for p in parts]), whole.x)
+    whole, (x, status) = whole_and_chunked(spec, 3, chunk)
+    assert np.array_equal(status, whole.status)
+    assert np.array_equal(x, whole.x)
     assert LATE in {int(s) for s in whole.status}
     one = state(size=3, lateness_s=1e6, max_buffered=2)
     one.assemble(rows([1, 2, 3, 4, 5]), ["a"] * 5, np.arange(5.0))
