@@ -635,9 +635,15 @@ def test_a_short_session_timeout_alone_is_enough(
     # settings are invalid: Heartbeat interval must be lower than the session timeout (3000 v
     # 2000)", a setting the command line does not offer; 6000 logged kafka-python's warning
     # that the heartbeat was high. The heartbeat now follows the session timeout.
-    _, model_dir = pump_model
+    model, model_dir = pump_model
     topic = create_topic(broker.bootstrap)
     values, keys = pump_messages(20, seed=27)
+    gapped = json.loads(values[3])
+    gapped["vibration"] = None  # a sensor that did not report: scored, and counted
+    values[3] = json.dumps(gapped).encode()
+    with_gaps = sum(
+        any(json.loads(v).get(name) is None for name in model.schema_.names) for v in values
+    )
     produce(broker.bootstrap, topic, values, keys)
     group = fresh_name("g")
     proc = scorer_process(
@@ -654,6 +660,7 @@ def test_a_short_session_timeout_alone_is_enough(
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert "stream stopped: 20 messages, 20 scored" in out
+    assert f"rejected, {with_gaps} with a missing value filled in (" in out
     assert "heartbeat" not in out.lower()
 
 

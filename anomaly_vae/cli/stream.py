@@ -267,7 +267,9 @@ def stream(
     shown = f"[{label}] " if label else ""
     typer.echo(
         f"{shown}stream stopped: {stats.consumed} messages, {stats.scored} scored, "
-        f"{stats.flagged} flagged, {stats.rejected} rejected ({stats.batches} batches)"
+        f"{stats.flagged} flagged, {stats.rejected} rejected"
+        + (f", {stats.gaps} with a missing value filled in" if stats.gaps else "")
+        + f" ({stats.batches} batches)"
     )
     windows = scorer.window_counters()
     if windows is not None:
