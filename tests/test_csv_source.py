@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 import pytest
@@ -153,7 +154,7 @@ def test_a_scores_file_is_put_in_place_only_when_the_run_succeeds(
         )
     assert not out.exists()
     partial = tmp_path / f"{name}.partial"
-    compression = "gzip" if name.endswith(".gz") else None  # as the name asked for says
+    compression: Literal["gzip"] | None = "gzip" if name.endswith(".gz") else None  # as named
     # The chunks written before the failure.
     assert len(pd.read_csv(partial, compression=compression)) in (30, 60)
     assert f"are in {partial}" in caplog.text
