@@ -1248,3 +1248,15 @@ def test_a_label_value_that_is_no_label_is_left_out_of_the_metrics_not_fatal(
     ) in result.stdout
     assert "ROC-AUC" in result.stdout  # on the other 398 rows
     assert "in 398 rows)" in result.stdout
+
+
+def test_a_demo_workdir_that_is_a_file_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 'anomaly-vae demo --workdir notes.txt' said only "error: File exists (notes.txt)".
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine\n")
+    for workdir in (taken, taken / "demo"):
+        result = run_inline(capsys, "demo", "--workdir", str(workdir), "--rows", "100")
+        assert_user_error(result, f"--workdir {workdir}: {taken} is a file, not a directory")
+    assert taken.read_text() == "mine\n"
