@@ -46,6 +46,8 @@ CLIP = 1e4
 # Rows sampled to infer column kinds: enough to be sure, cheap on wide files.
 INFER_SAMPLE_ROWS = 20_000
 NUMERIC_PARSE_SHARE = 0.95
+# A text column with this many values or more, each different, is an identifier, not categories.
+MIN_ID_ROWS = 20
 # Text that means "no value" in a numeric column.
 _NA_WORDS = ["nan", "na", "n/a", "null", "none"]
 
@@ -433,6 +435,16 @@ def _infer_kind(
             "column %r looks like timestamps and is not used as a feature; name it as "
             "columns.timestamp to keep it in the output",
             name,
+        )
+        return None
+    if not explicit and few and len(non_null) >= MIN_ID_ROWS and n_distinct == len(non_null):
+        # Text ids of a small file (ORD-0001, ORD-0002...): under max_categories, but every value
+        # once; as categories, every later record's id is unknown and scores as anomalous.
+        logger.warning(
+            "column %r has a different value in each of its %d rows, like an identifier, and is "
+            "not used as a feature; list it under columns.categorical to use it anyway",
+            name,
+            n_distinct,
         )
         return None
     if few:

@@ -980,8 +980,9 @@ def test_scoring_settings_a_pipeline_file_cannot_change_are_named(
 ) -> None:
     # `score --pipeline` with `scoring: {top_features: 1, threshold_quantile: 0.5}` scored with
     # the model's 3 top features and calibrated threshold without a word, where the README
-    # says the sections a file sets replace the model's. Only chunk_size is taken; the rest is
-    # named, as is a name (results are kept under the model's).
+    # says the sections a file sets replace the model's. What changes only the output or the
+    # speed is taken (top_features, chunk_size); the rest is named, as is a name (results are
+    # kept under the model's).
     pipeline = trained / "scoring-only.yaml"
     pipeline.write_text(
         "name: other\nscoring:\n  top_features: 1\n  threshold_quantile: 0.5\n  chunk_size: 7\n"
@@ -1247,3 +1248,15 @@ def test_a_label_value_that_is_no_label_is_left_out_of_the_metrics_not_fatal(
     ) in result.stdout
     assert "ROC-AUC" in result.stdout  # on the other 398 rows
     assert "in 398 rows)" in result.stdout
+
+
+def test_a_demo_workdir_that_is_a_file_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 'anomaly-vae demo --workdir notes.txt' said only "error: File exists (notes.txt)".
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine\n")
+    for workdir in (taken, taken / "demo"):
+        result = run_inline(capsys, "demo", "--workdir", str(workdir), "--rows", "100")
+        assert_user_error(result, f"--workdir {workdir}: {taken} is a file, not a directory")
+    assert taken.read_text() == "mine\n"

@@ -538,3 +538,26 @@ def test_columns_named_like_labels_with_other_values_or_listed_stay_features() -
     listed = ColumnsConfig(features=["temp", "label"])
     assert FeatureSchema.infer(binary, listed).names == ["temp", "label"]
     assert FeatureSchema.infer(binary, ColumnsConfig(numeric=["label"])).names[1] == "label"
+
+
+def test_text_ids_of_a_small_file_are_no_categories(caplog: pytest.LogCaptureFixture) -> None:
+    # 40 rows with an order number each (ORD-0001...) became a categorical feature of 40 values
+    # seen once: every record of the next export had an unknown id and scored as anomalous.
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "order": [f"ORD-{i:04d}" for i in rng.permutation(40)],
+            "shop": rng.choice(["north", "south"], 40),
+            "amount": rng.normal(50, 5, 40),
+        }
+    )
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.names == ["shop", "amount"]
+    assert "column 'order' has a different value in each of its 40 rows" in caplog.text
+    listed = FeatureSchema.infer(frame, ColumnsConfig(categorical=["order"]))
+    assert listed.categorical == ["order", "shop"]
+    exact = FeatureSchema.infer(frame, ColumnsConfig(features=["order", "amount"]))
+    assert exact.categorical == ["order"]
+    few = FeatureSchema.infer(frame.head(12), ColumnsConfig())  # too few rows to tell
+    assert "order" in few.categorical

@@ -214,6 +214,14 @@ def train(
     _print_training(model, shown, model_dir, digest)
 
 
+def _existing_ancestor(path: Path) -> Path:
+    """``path`` if it exists, else the nearest folder above it that does (what mkdir meets)."""
+    existing = path.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing
+
+
 def _check_model_dir(model_dir: Path) -> None:
     """Refuse a --model-dir that cannot be written before training, not after it."""
     import os
@@ -223,9 +231,7 @@ def _check_model_dir(model_dir: Path) -> None:
             f"--model-dir {model_dir} is a file, not a directory: give the directory to write "
             "the model to (it is created when missing)"
         )
-    existing = model_dir.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = _existing_ancestor(model_dir)
     if not existing.is_dir():
         raise ConfigError(f"--model-dir {model_dir}: {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -817,6 +823,13 @@ def demo(
     cfg = PipelineConfig.from_yaml(pipeline)
     if epochs is not None:
         cfg.training.epochs = epochs
+    existing = _existing_ancestor(workdir)
+    if not existing.is_dir():
+        # mkdir's own "File exists (demo)" did not say that the path is a file.
+        raise ConfigError(
+            f"--workdir {workdir}: {existing} is a file, not a directory: give a directory for "
+            "the demo's files (it is created when missing)"
+        )
     workdir.mkdir(parents=True, exist_ok=True)
     normal_csv, export_csv = workdir / "normal.csv", workdir / "export.csv"
 
