@@ -371,11 +371,14 @@ def test_processes_option_warns_of_a_pipeline_file_once(
     broker: DevBroker, sqlite_url: str, pump_model: tuple[AnomalyVAE, Path], tmp_path: Path
 ) -> None:
     """The supervisor names what a --pipeline file cannot change; its children did it again,
-    one warning line per process."""
+    one warning line per process. What it can change (top_features) is taken, as by 'score':
+    the stream used to ignore it."""
     _, model_dir = pump_model
     pipeline = tmp_path / "scoring.yaml"
-    pipeline.write_text("scoring:\n  top_features: 1\n")
+    pipeline.write_text("scoring:\n  top_features: 1\n  threshold_quantile: 0.5\n")
     topic = create_topic(broker.bootstrap, partitions=2)
+    values, keys = pump_messages(300, seed=31)
+    produce(broker.bootstrap, topic, values, keys)
     proc = scorer_process(
         model_dir,
         sqlite_url,
@@ -391,7 +394,11 @@ def test_processes_option_warns_of_a_pipeline_file_once(
     )
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
-    assert out.count("scoring.top_features 1 differ") == 1, out
+    assert out.count("scoring.threshold_quantile 0.5 (the model's: 0.995)") == 1, out
+    assert "top_features" not in out  # taken, as 'score' takes it: it changes only the output
+    tops = query(sqlite_url, "SELECT top_features FROM scores WHERE is_anomaly = 1")
+    assert tops, out
+    assert all(len(json.loads(t) if isinstance(t, str) else t) == 1 for (t,) in tops), tops
 
 
 def test_processes_option_refuses_max_messages(

@@ -495,10 +495,13 @@ def _score_file(
 _SCORING_AT_SCORE_TIME = ("top_features", "batch_size", "num_threads", "chunk_size")
 
 
-def _apply_scoring_section(model: AnomalyVAE, file_cfg: PipelineConfig, source: Path) -> None:
-    """The ``scoring:`` settings of a pipeline file given to ``score``: applied where they
-    change only the output or the speed; the others stay the model's, with a warning that
-    names them (they were ignored without a word: ``top_features: 1`` still wrote three)."""
+def _apply_scoring_section(
+    model: AnomalyVAE, file_cfg: PipelineConfig, source: Path, *, warn: bool = True
+) -> None:
+    """The ``scoring:`` settings of a pipeline file given to ``score`` or ``stream``: applied
+    where they change only the output or the speed; the others stay the model's, with a
+    warning that names them (they were ignored without a word: ``top_features: 1`` still
+    wrote three). ``warn=False``: apply only (a scorer process whose supervisor warned)."""
     if "scoring" not in file_cfg.model_fields_set:
         return
     given = file_cfg.scoring
@@ -512,7 +515,7 @@ def _apply_scoring_section(model: AnomalyVAE, file_cfg: PipelineConfig, source: 
         for k in named
         if k not in applied and getattr(given, k) != getattr(own, k)
     ]
-    if fixed:
+    if fixed and warn:
         logger.warning(
             "%s: scoring.%s: set when training, the model's is used; give --threshold to score "
             "at another threshold (with --db: 'anomaly-vae thresholds set'), or retrain",

@@ -162,7 +162,7 @@ def stream(
     # schema check) only with --verbose.
     setup_logging(verbose, prefix=f"[{label}] " if label else "")
     logging.getLogger("anomaly_vae").setLevel(logging.INFO)
-    from anomaly_vae.cli.core import warn_trained_settings
+    from anomaly_vae.cli.core import _apply_scoring_section, warn_trained_settings
     from anomaly_vae.cli.db import database_target, opened
     from anomaly_vae.config import PipelineConfig
     from anomaly_vae.estimator import AnomalyVAE
@@ -176,13 +176,17 @@ def stream(
             "no model to score with: pass --model-dir or set model_dir in the pipeline"
         )
     model = AnomalyVAE.load(directory)
+    if file_cfg is not None and pipeline is not None:
+        # As 'score' does: the settings that change only the output or the speed are taken,
+        # the calibrated ones named (by the supervisor only: its children would repeat it).
+        _apply_scoring_section(model, file_cfg, pipeline, warn=label is None)
     cfg = model.config_.model_copy(deep=True)
     if file_cfg is not None:
         # The sections the file sets replace the model's own; what it leaves out (a file with
         # only kafka: and model_dir:) keeps the model's columns, entity and alert rule.
         merged = file_cfg.over(cfg, source=pipeline or "the pipeline file")
         if pipeline is not None and label is None:  # a child's supervisor said it already
-            warn_trained_settings(pipeline, file_cfg, model.config_)
+            warn_trained_settings(pipeline, file_cfg, model.config_, scoring=False)
         cfg.kafka = merged.kafka
         cfg.columns = merged.columns
         cfg.alerts = merged.alerts
