@@ -103,6 +103,18 @@ def test_thresholds_and_alerts_from_the_command_line(
         "r",
         *db,
     )
+    # The tail's start, which EVT's own error message says to lower, can be given here too
+    # (only the API took it): a preview at 0.9 differs from the default 0.98's threshold.
+    evt_args = ("thresholds", "preview", "pumps", "--evt", "--risk", "1e-3", *db)
+    at_90 = as_json(capsys, *evt_args, "--initial-quantile", "0.9")
+    assert isinstance(at_90, dict)
+    assert at_90["proposed"]["warning"] == pytest.approx(
+        evt_threshold(normal, 1e-3, initial_quantile=0.9).threshold
+    )
+    assert at_90["proposed"]["warning"] != pytest.approx(evt_threshold(normal, 1e-3).threshold)
+    refused = cli(capsys, "thresholds", "preview", "pumps", "--initial-quantile", "0.9", *db)
+    assert refused.returncode == 2
+    assert "--initial-quantile goes with --evt" in refused.stderr
     ok(capsys, "thresholds", "set", "pumps", "--contamination", "0.05", "--reason", "r", *db)
     ok(
         capsys,

@@ -70,6 +70,14 @@ EvtOpt = Annotated[bool, typer.Option("--evt", help="Peaks over threshold (SPOT)
 RiskOpt = Annotated[
     float | None, typer.Option("--risk", help="With --evt: P(normal score > threshold).")
 ]
+InitialQuantileOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--initial-quantile",
+        help="With --evt: the quantile of the normal scores above which the tail is fitted "
+        "(default 0.98; lower it when there are too few scores above it).",
+    ),
+]
 CriticalOpt = Annotated[str | None, typer.Option("--critical", help=CRITICAL_HELP)]
 DebounceOpt = Annotated[
     str | None,
@@ -109,6 +117,7 @@ def _policy(
     evt: bool,
     risk: float | None,
     since: datetime | None,
+    initial_quantile: float | None = None,
 ) -> Any:
     from anomaly_vae.storage.tuning import policy_spec
 
@@ -126,6 +135,8 @@ def _policy(
         raise ConfigError(f"give one threshold policy, not {' and '.join(given)}")
     if risk is not None and not evt:
         raise ConfigError("--risk goes with --evt (peaks over threshold)")
+    if initial_quantile is not None and not evt:
+        raise ConfigError("--initial-quantile goes with --evt (peaks over threshold)")
     if value is not None:
         return policy_spec({"policy": "value", "value": value})
     if quantile is not None:
@@ -139,7 +150,10 @@ def _policy(
     if evt:
         if risk is None:
             raise ConfigError("--evt needs --risk P: the probability a normal score exceeds it")
-        return policy_spec({"policy": "evt", "risk": risk})
+        spec: dict[str, Any] = {"policy": "evt", "risk": risk}
+        if initial_quantile is not None:
+            spec["initial_quantile"] = initial_quantile
+        return policy_spec(spec)
     return None
 
 
@@ -323,6 +337,7 @@ def thresholds_set(
     contamination: ContaminationOpt = None,
     evt: EvtOpt = False,
     risk: RiskOpt = None,
+    initial_quantile: InitialQuantileOpt = None,
     critical: CriticalOpt = None,
     no_critical: bool = typer.Option(False, "--no-critical", help="Drop the critical level."),
     debounce: DebounceOpt = None,
@@ -344,7 +359,9 @@ def thresholds_set(
     from anomaly_vae.storage.tuning import ThresholdChange, set_threshold
 
     start = _since(since)
-    warning = _policy(value, quantile, false_alarm_rate, contamination, evt, risk, start)
+    warning = _policy(
+        value, quantile, false_alarm_rate, contamination, evt, risk, start, initial_quantile
+    )
     critical_spec = _critical(critical, start)
     if critical_spec is not None and no_critical:
         raise ConfigError("give --critical or --no-critical, not both")
@@ -394,6 +411,7 @@ def thresholds_preview(
     contamination: ContaminationOpt = None,
     evt: EvtOpt = False,
     risk: RiskOpt = None,
+    initial_quantile: InitialQuantileOpt = None,
     critical: CriticalOpt = None,
     no_critical: bool = typer.Option(False, "--no-critical", help="Without a critical level."),
     debounce: DebounceOpt = None,
@@ -435,7 +453,9 @@ def thresholds_preview(
     start, end = _since(since), _since(until, "--until")
     if start is not None and end is not None and end <= start:
         raise ConfigError(f"--until {until} is not after --since {since}: no scores between them")
-    warning = _policy(value, quantile, false_alarm_rate, contamination, evt, risk, start)
+    warning = _policy(
+        value, quantile, false_alarm_rate, contamination, evt, risk, start, initial_quantile
+    )
     critical_spec = _critical(critical, start)
     label_set = (
         read_labels(labels, label_column=label_column, key_column=key_column, sep=sep)
