@@ -115,6 +115,12 @@ class ColumnsConfig(_Strict):
     label: str | None = None
     max_categories: int = Field(default=50, ge=2)
 
+    @field_validator("features", "numeric", "categorical", "ignore", "id", mode="before")
+    @classmethod
+    def _one_name_is_a_list_of_one(cls, value: Any) -> Any:
+        """``ignore: note`` is ``ignore: [note]`` (it was "Input should be a valid list")."""
+        return [value] if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _no_overlap(self) -> ColumnsConfig:
         both = set(self.numeric) & set(self.categorical)

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
 from anomaly_vae.config import ColumnsConfig
 from anomaly_vae.errors import SchemaError
@@ -561,3 +562,19 @@ def test_text_ids_of_a_small_file_are_no_categories(caplog: pytest.LogCaptureFix
     assert exact.categorical == ["order"]
     few = FeatureSchema.infer(frame.head(12), ColumnsConfig())  # too few rows to tell
     assert "order" in few.categorical
+
+
+def test_a_single_column_name_where_a_list_goes_is_a_list_of_one() -> None:
+    # 'ignore: note' in a pipeline file was "Input should be a valid list"; a name alone
+    # means that one column.
+    cfg = ColumnsConfig.model_validate(
+        {"ignore": "note", "id": "event_id", "categorical": "station", "features": "rpm"}
+    )
+    assert (cfg.ignore, cfg.id, cfg.categorical, cfg.features) == (
+        ["note"],
+        ["event_id"],
+        ["station"],
+        ["rpm"],
+    )
+    with pytest.raises(ValidationError):
+        ColumnsConfig.model_validate({"ignore": 3})
