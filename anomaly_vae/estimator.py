@@ -534,10 +534,13 @@ class AnomalyVAE(BaseEstimator):
         return scorer
 
     def percentile(self, scores: np.ndarray) -> np.ndarray:
-        """Where each score falls among held-out normal scores, 0 to 100."""
+        """Where each score falls among held-out normal scores, 0 to 100. A score equal to
+        some of them is placed in the middle of those (a model trained on constant data has
+        them all equal, and a normal record was at 100)."""
         self._check_fitted()
-        ranks = np.searchsorted(self.calibration_, scores, side="right")
-        return 100.0 * ranks / len(self.calibration_)
+        below = np.searchsorted(self.calibration_, scores, side="left")
+        upto = np.searchsorted(self.calibration_, scores, side="right")
+        return 50.0 * (below + upto) / len(self.calibration_)
 
     def score_batch(
         self,

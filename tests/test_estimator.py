@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import pickle
@@ -596,3 +597,15 @@ def test_a_label_column_not_in_the_training_data_is_warned_about(
     with caplog.at_level(logging.WARNING):
         AnomalyVAE(columns={"label": "fault"}, epochs=1, seed=0).fit(frame)
     assert "is not in the training data" not in caplog.text
+
+
+def test_a_score_tied_with_calibration_scores_is_placed_among_them(
+    trained_model: AnomalyVAE,
+) -> None:
+    # With every held-out score equal (a model of constant data), a normal record's score,
+    # equal to them, was at the 100th percentile.
+    model = copy.deepcopy(trained_model)
+    model.calibration_ = np.zeros(100)
+    assert model.percentile(np.array([-1.0, 0.0, 1.0])).tolist() == [0.0, 50.0, 100.0]
+    model.calibration_ = np.arange(100.0)
+    assert model.percentile(np.array([49.5, 99.5])).tolist() == [50.0, 100.0]
