@@ -164,3 +164,38 @@ def test_a_scores_file_is_put_in_place_only_when_the_run_succeeds(
     )
     assert summary.rows_scored == len(pd.read_csv(out)) == 100
     assert not partial.exists()
+
+
+def test_a_scores_file_that_is_a_pipe_or_a_link_is_written_in_place(
+    pump_model: tuple[object, Path], tmp_path: Path
+) -> None:
+    """Only a regular file is written under '.partial' and renamed: the rename replaced what
+    was there, so '--out /dev/null' (run as root) turned /dev/null into a file. A named pipe
+    and a symbolic link stay what they are."""
+    import os
+    import stat
+    import threading
+
+    from anomaly_vae.datasets import make_pump_data
+    from anomaly_vae.jobs.batch import CsvScoreWriter, score_csv
+
+    model, _ = pump_model
+    data = tmp_path / "export.csv"
+    make_pump_data(50, seed=4).to_csv(data, index=False)
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(pipe.read_bytes()))
+    reader.start()
+    score_csv(model, CsvSource(data), sinks=[CsvScoreWriter(pipe)])  # type: ignore[arg-type]
+    reader.join(30)
+    assert stat.S_ISFIFO(pipe.stat().st_mode)
+    assert received[0].count(b"\n") == 51  # header and 50 rows
+    assert not (tmp_path / "pipe.partial").exists()
+    target = tmp_path / "real.csv"
+    target.write_text("old\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    score_csv(model, CsvSource(data), sinks=[CsvScoreWriter(link)])  # type: ignore[arg-type]
+    assert link.is_symlink()
+    assert len(pd.read_csv(target)) == 50

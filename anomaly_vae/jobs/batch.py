@@ -169,8 +169,11 @@ class CsvScoreWriter:
         self.sep = sep
         self._stdout = str(path) == "-"  # standard output: written, flushed, never closed
         # Written under a '.partial' name and renamed when the run succeeds: a run that fails
-        # part way leaves no file under the name asked for that looks complete.
-        self.partial = self.path.with_name(self.path.name + ".partial")
+        # part way leaves no file under the name asked for that looks complete. Only a regular
+        # file (or a new one) is replaced so: /dev/null, a named pipe or a symbolic link is
+        # written as it is (renaming over /dev/null made it a file).
+        direct = self.path.is_symlink() or (self.path.exists() and not self.path.is_file())
+        self.partial = self.path if direct else self.path.with_name(self.path.name + ".partial")
         self._handle = (
             sys.stdout.buffer
             if self._stdout
@@ -210,6 +213,8 @@ class CsvScoreWriter:
             self._handle.flush()
             return
         self._handle.close()
+        if self.partial == self.path:  # written in place (a device, a pipe, a link)
+            return
         if failed:
             logger.warning(
                 "the run failed: the %d score rows written so far are in %s; %s was not written",
