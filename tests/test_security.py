@@ -42,3 +42,47 @@ def test_a_bad_pipeline_value_that_is_no_secret_is_still_shown(
     pipeline.write_text("training:\n  epochs: many\n")
     result = run_inline(capsys, "runs", "list", "--pipeline", str(pipeline))
     assert_user_error(result, "training.epochs", "'many'")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # A password with a space or a tab in a URL that does not parse (a bad port)
+        f"postgresql://bob:{SECRET[:3]} {SECRET[3:]}@db.example:port/anomalies",
+        f"postgresql://bob:{SECRET[:3]}\t{SECRET[3:]}@db.example:port/anomalies",
+        f"postgresql://bob:{SECRET[:3]} {SECRET[3:]}@x@db.example/anomalies",
+        # An unescaped '@' followed by a '/' in the password: host 'r3t', database 'x@...'
+        f"postgresql://bob:{SECRET}@{SECRET}/x@db.example:5432/anomalies",
+        # A '/' in the user name: host 'b', database 'ob:<password>@db.example/anomalies'
+        f"postgresql://b/ob:{SECRET}@db.example:5432/anomalies",
+        f"postgresql://b/ob:{SECRET}@db.example:port/anomalies",
+    ],
+)
+def test_a_malformed_url_never_shows_its_password(url: str) -> None:
+    from anomaly_vae.errors import DatabaseURLError
+    from anomaly_vae.storage.engine import masked, parse_database_url
+
+    with pytest.raises(DatabaseURLError) as caught:
+        parse_database_url(url)
+    message = str(caught.value)
+    assert "malformed database URL" in message
+    assert SECRET[3:] not in message, message
+    assert SECRET[3:] not in masked(url)
+
+
+def test_a_malformed_url_in_the_environment_never_shows_its_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "ANOMALY_VAE_DATABASE_URL", f"postgresql://bob:{SECRET}@{SECRET}/x@127.0.0.1:1/test"
+    )
+    result = run_inline(capsys, "runs", "list")
+    assert_user_error(result, "from ANOMALY_VAE_DATABASE_URL", "%40")
+    assert SECRET[3:] not in result.stderr + result.stdout
+
+
+def test_a_sqlite_file_name_may_hold_an_at_sign(tmp_path: Path) -> None:
+    from anomaly_vae.storage.engine import parse_database_url
+
+    url = parse_database_url(f"sqlite:///{tmp_path}/team@site.db")
+    assert url.database == f"{tmp_path}/team@site.db"
