@@ -86,3 +86,36 @@ def test_a_sqlite_file_name_may_hold_an_at_sign(tmp_path: Path) -> None:
 
     url = parse_database_url(f"sqlite:///{tmp_path}/team@site.db")
     assert url.database == f"{tmp_path}/team@site.db"
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import numpy as np
+    import pandas as pd
+
+    from anomaly_vae import AnomalyVAE
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    AnomalyVAE(epochs=1, seed=0, hidden_dims=(8,)).fit(frame).save(path)
+    return path
+
+
+def test_a_model_json_with_a_huge_integer_is_one_line(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from anomaly_vae import AnomalyVAE
+    from anomaly_vae.errors import ModelFileError
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tiny_model_dir, tampered)
+    meta = tampered / "model.json"
+    meta.write_text(
+        meta.read_text().replace('"training": {', '"training": {"x": ' + "9" * 5000 + ", ", 1)
+    )
+    with pytest.raises(ModelFileError, match="is corrupt"):
+        AnomalyVAE.load(tampered)
+    assert_user_error(run_inline(capsys, "info", "--model-dir", str(tampered)), "is corrupt")
