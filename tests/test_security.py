@@ -119,3 +119,23 @@ def test_a_model_json_with_a_huge_integer_is_one_line(
     with pytest.raises(ModelFileError, match="is corrupt"):
         AnomalyVAE.load(tampered)
     assert_user_error(run_inline(capsys, "info", "--model-dir", str(tampered)), "is corrupt")
+
+
+def test_a_misspelt_kafka_secret_never_reaches_the_log(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 'connecting to Kafka: {...}' showed every kafka.client value but those whose name holds
+    # a secret's word: a misspelt sasl_plain_pasword went to the log in clear.
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(
+        f"model_dir: {tiny_model_dir}\nkafka:\n  bootstrap_servers: 127.0.0.1:1\n  topic: t\n"
+        f"  client:\n    security_protocol: SASL_PLAINTEXT\n    sasl_plain_pasword: {SECRET}\n"
+    )
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    result = run_inline(
+        capsys, "stream", "--pipeline", str(pipeline), "--db", db, "--idle-timeout", "2"
+    )
+    assert result.returncode == 2, result.stderr
+    assert "connecting to Kafka" in result.stderr
+    assert "'security_protocol': 'SASL_PLAINTEXT'" in result.stderr  # harmless: shown
+    assert SECRET not in result.stderr + result.stdout
