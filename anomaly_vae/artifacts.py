@@ -79,7 +79,9 @@ def load_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
         ) from None
     try:
         meta = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError: bad UTF-8 or JSON, and an integer of over 4,300 digits, which Python
+        # refuses to convert (that one was a traceback from 'info' and a 500 from the API).
         raise ModelFileError(
             f"{meta_path} is corrupt ({exc}): restore it or retrain the model"
         ) from None

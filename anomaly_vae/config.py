@@ -440,6 +440,20 @@ def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
+# Where a pipeline file holds secrets: the database URL (its password), the Kafka client's
+# options (SASL, SSL), and any key whose name says so, wherever it was put by mistake
+# (kafka.sasl_plain_password instead of kafka.client.sasl_plain_password).
+_SECRET_WORDS = ("password", "secret", "token", "passwd", "credential")
+
+
+def _may_be_secret(loc: tuple[int | str, ...]) -> bool:
+    """Whether a value at ``loc`` in a pipeline may be a secret, never to be echoed back."""
+    names = [str(part).lower() for part in loc]
+    if names[:1] == ["database"] or names[:2] == ["kafka", "client"]:
+        return True
+    return any(word in name for name in names for word in _SECRET_WORDS)
+
+
 def format_validation_error(exc: ValidationError) -> str:
     """One line from a pydantic error: 'training.epochs: Input should be >= 1 (got 0)'."""
     parts = []
@@ -447,6 +461,8 @@ def format_validation_error(exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "value"
         got = err.get("input")
         got_text = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
+        if got_text and _may_be_secret(err["loc"]):
+            got_text = " (value not shown: it may hold a secret)"
         parts.append(f"{loc}: {err['msg']}{got_text}")
     return "; ".join(parts)
 

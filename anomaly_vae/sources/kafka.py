@@ -329,12 +329,44 @@ def client_options(cfg: KafkaConfig) -> dict[str, Any]:
     return options
 
 
-def redacted(options: dict[str, Any]) -> dict[str, Any]:
-    """Options safe to log: anything that looks like a secret is replaced."""
-    return {
-        k: ("***" if any(s in k for s in ("password", "secret", "token", "key")) else v)
-        for k, v in options.items()
+# kafka-python options whose values are never secrets, shown as they are in the log line;
+# the value of any other option (a password, a token provider, and a misspelt secret such as
+# sasl_plain_pasword, which no list of secret words catches) is logged as ***.
+_LOGGED_OPTIONS = frozenset(
+    {
+        "bootstrap_servers",
+        "client_id",
+        "bootstrap_timeout_ms",
+        "security_protocol",
+        "sasl_mechanism",
+        "sasl_plain_username",
+        "sasl_kerberos_service_name",
+        "sasl_kerberos_domain_name",
+        "ssl_check_hostname",
+        "ssl_cafile",
+        "ssl_certfile",
+        "ssl_crlfile",
+        "ssl_ciphers",
+        "api_version",
+        "request_timeout_ms",
+        "connections_max_idle_ms",
+        "reconnect_backoff_ms",
+        "reconnect_backoff_max_ms",
+        "retry_backoff_ms",
+        "metadata_max_age_ms",
+        "fetch_max_bytes",
+        "fetch_min_bytes",
+        "fetch_max_wait_ms",
+        "max_partition_fetch_bytes",
+        "compression_type",
+        "isolation_level",
     }
+)
+
+
+def redacted(options: dict[str, Any]) -> dict[str, Any]:
+    """Options safe to log: the value of any option not known to be harmless is ``***``."""
+    return {k: (v if k in _LOGGED_OPTIONS else "***") for k, v in options.items()}
 
 
 def connect_with_retry(

@@ -39,9 +39,6 @@ _DRIVERS = {
     "postgres": "postgresql+psycopg",
     "postgresql+psycopg": "postgresql+psycopg",
 }
-# user:password@ after the scheme, or at the start of a URL written without one; the password
-# runs to the last '@' (one may be in it, unescaped).
-_PASSWORD_IN_TEXT = re.compile(r"((?:^(?!\S*://)|://)[^:/@\s]*:)[^\s]*@")
 # libpq also takes a password as a query parameter: ...?password=... (or sslpassword, the
 # client key's passphrase).
 _SECRET_QUERY_KEYS = ("password", "sslpassword")
@@ -80,8 +77,22 @@ def masked(url: URL | str) -> str:
     if isinstance(url, URL):
         text = url.render_as_string(hide_password=True)
     else:
-        text = _PASSWORD_IN_TEXT.sub(r"\1***@", url)
+        text = _mask_userinfo(url)
     return _PASSWORD_IN_QUERY.sub(r"\1***", text)
+
+
+def _mask_userinfo(text: str) -> str:
+    """``text`` (a URL that may not parse) with everything between the first ':' after the
+    scheme (the end of the user name) and the LAST '@' replaced by ``***``: a password may hold
+    spaces, '/', ':' or an unescaped '@', and a user name a '/' (a typo). Where the query holds
+    an '@', more than the password is hidden, which a message can afford."""
+    scheme = text.find("://")
+    start = scheme + 3 if scheme >= 0 else 0
+    at = text.rfind("@")
+    colon = text.find(":", start, at) if at > start else -1
+    if colon < 0:
+        return text
+    return f"{text[: colon + 1]}***{text[at:]}"
 
 
 def resolve_database_url(
@@ -120,12 +131,13 @@ def parse_database_url(text: str, *, origin: str = "--db") -> URL:
             "anomaly-vae stores results in SQLite (sqlite:///file.db) or PostgreSQL "
             "(postgresql://user:password@host:5432/database)"
         )
-    if url.host and "@" in url.host:
-        # The password (or user name) holds an unescaped '@': the text after it would be
-        # taken as the host, and shown in messages.
+    if "@" in (url.host or "") or (driver != "sqlite" and "@" in (url.database or "")):
+        # The password (or user name) holds an unescaped '@' (or the user name a '/'): the
+        # text after it would be taken as the host or the database, and shown in messages
+        # (postgresql://bob:pa@ss/word@host/db: host 'ss', database 'word@host/db').
         raise DatabaseURLError(
             f"malformed database URL {shown!r} (from {origin}): an '@' in the user name or "
-            "password must be written %40, e.g. postgresql://user:pa%40ss@host:5432/database"
+            "password must be written %40 (and a '/' in the user name %2F), e.g. postgresql://user:pa%40ss@host:5432/database"
         )
     url = url.set(drivername=driver)
     if driver == "sqlite" and url.database in (None, "", ":memory:"):

@@ -1,0 +1,141 @@
+"""Secrets stay out of messages and logs; a tampered model directory is one line, never a
+traceback (README, "Security notes")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import assert_user_error, run_inline
+
+SECRET = "S3cr3t-pa55"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # A URL where a section was expected (database: {url: ...})
+        f"database: 'postgresql://bob:{SECRET}@127.0.0.1/test'\n",
+        # A password key one level off (it belongs under kafka.client)
+        f"kafka:\n  sasl_plain_password: {SECRET}\n",
+        f"database:\n  url: postgresql://bob@127.0.0.1/test\n  password: {SECRET}\n",
+        f"kafka:\n  client: 'sasl_plain_password={SECRET}'\n",
+        f"database:\n  url: ['postgresql://bob:{SECRET}@127.0.0.1/test']\n",
+        f"kafka:\n  client:\n    ssl_password: {SECRET}\n  bogus_token: {SECRET}\n",
+    ],
+)
+def test_a_bad_pipeline_file_never_echoes_a_secret(
+    text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(text)
+    result = run_inline(capsys, "runs", "list", "--pipeline", str(pipeline))
+    assert_user_error(result, f"pipeline file {pipeline}")
+    assert SECRET not in result.stderr + result.stdout
+
+
+def test_a_bad_pipeline_value_that_is_no_secret_is_still_shown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("training:\n  epochs: many\n")
+    result = run_inline(capsys, "runs", "list", "--pipeline", str(pipeline))
+    assert_user_error(result, "training.epochs", "'many'")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # A password with a space or a tab in a URL that does not parse (a bad port)
+        f"postgresql://bob:{SECRET[:3]} {SECRET[3:]}@db.example:port/anomalies",
+        f"postgresql://bob:{SECRET[:3]}\t{SECRET[3:]}@db.example:port/anomalies",
+        f"postgresql://bob:{SECRET[:3]} {SECRET[3:]}@x@db.example/anomalies",
+        # An unescaped '@' followed by a '/' in the password: host 'r3t', database 'x@...'
+        f"postgresql://bob:{SECRET}@{SECRET}/x@db.example:5432/anomalies",
+        # A '/' in the user name: host 'b', database 'ob:<password>@db.example/anomalies'
+        f"postgresql://b/ob:{SECRET}@db.example:5432/anomalies",
+        f"postgresql://b/ob:{SECRET}@db.example:port/anomalies",
+    ],
+)
+def test_a_malformed_url_never_shows_its_password(url: str) -> None:
+    from anomaly_vae.errors import DatabaseURLError
+    from anomaly_vae.storage.engine import masked, parse_database_url
+
+    with pytest.raises(DatabaseURLError) as caught:
+        parse_database_url(url)
+    message = str(caught.value)
+    assert "malformed database URL" in message
+    assert SECRET[3:] not in message, message
+    assert SECRET[3:] not in masked(url)
+
+
+def test_a_malformed_url_in_the_environment_never_shows_its_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "ANOMALY_VAE_DATABASE_URL", f"postgresql://bob:{SECRET}@{SECRET}/x@127.0.0.1:1/test"
+    )
+    result = run_inline(capsys, "runs", "list")
+    assert_user_error(result, "from ANOMALY_VAE_DATABASE_URL", "%40")
+    assert SECRET[3:] not in result.stderr + result.stdout
+
+
+def test_a_sqlite_file_name_may_hold_an_at_sign(tmp_path: Path) -> None:
+    from anomaly_vae.storage.engine import parse_database_url
+
+    url = parse_database_url(f"sqlite:///{tmp_path}/team@site.db")
+    assert url.database == f"{tmp_path}/team@site.db"
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import numpy as np
+    import pandas as pd
+
+    from anomaly_vae import AnomalyVAE
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    AnomalyVAE(epochs=1, seed=0, hidden_dims=(8,)).fit(frame).save(path)
+    return path
+
+
+def test_a_model_json_with_a_huge_integer_is_one_line(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from anomaly_vae import AnomalyVAE
+    from anomaly_vae.errors import ModelFileError
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tiny_model_dir, tampered)
+    meta = tampered / "model.json"
+    meta.write_text(
+        meta.read_text().replace('"training": {', '"training": {"x": ' + "9" * 5000 + ", ", 1)
+    )
+    with pytest.raises(ModelFileError, match="is corrupt"):
+        AnomalyVAE.load(tampered)
+    assert_user_error(run_inline(capsys, "info", "--model-dir", str(tampered)), "is corrupt")
+
+
+def test_a_misspelt_kafka_secret_never_reaches_the_log(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 'connecting to Kafka: {...}' showed every kafka.client value but those whose name holds
+    # a secret's word: a misspelt sasl_plain_pasword went to the log in clear.
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(
+        f"model_dir: {tiny_model_dir}\nkafka:\n  bootstrap_servers: 127.0.0.1:1\n  topic: t\n"
+        f"  client:\n    security_protocol: SASL_PLAINTEXT\n    sasl_plain_pasword: {SECRET}\n"
+    )
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    result = run_inline(
+        capsys, "stream", "--pipeline", str(pipeline), "--db", db, "--idle-timeout", "2"
+    )
+    assert result.returncode == 2, result.stderr
+    assert "connecting to Kafka" in result.stderr
+    assert "'security_protocol': 'SASL_PLAINTEXT'" in result.stderr  # harmless: shown
+    assert SECRET not in result.stderr + result.stdout
