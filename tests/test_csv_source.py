@@ -199,3 +199,21 @@ def test_a_scores_file_that_is_a_pipe_or_a_link_is_written_in_place(
     score_csv(model, CsvSource(data), sinks=[CsvScoreWriter(link)])  # type: ignore[arg-type]
     assert link.is_symlink()
     assert len(pd.read_csv(target)) == 50
+
+
+def test_a_link_planted_at_the_partial_name_is_not_written_through(
+    pump_model: tuple[object, Path], tmp_path: Path
+) -> None:
+    from anomaly_vae.datasets import make_pump_data
+    from anomaly_vae.jobs.batch import CsvScoreWriter, score_csv
+
+    model, _ = pump_model
+    data = tmp_path / "export.csv"
+    make_pump_data(20, seed=5).to_csv(data, index=False)
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me\n")
+    (tmp_path / "scores.csv.partial").symlink_to(victim)
+    out = tmp_path / "scores.csv"
+    score_csv(model, CsvSource(data), sinks=[CsvScoreWriter(out)])  # type: ignore[arg-type]
+    assert victim.read_text() == "keep me\n"
+    assert len(pd.read_csv(out)) == 20

@@ -174,6 +174,10 @@ class CsvScoreWriter:
         # written as it is (renaming over /dev/null made it a file).
         direct = self.path.is_symlink() or (self.path.exists() and not self.path.is_file())
         self.partial = self.path if direct else self.path.with_name(self.path.name + ".partial")
+        if not direct and self.partial.is_symlink():
+            # A link planted under the predictable '.partial' name would have the scores
+            # overwrite the file it points to: the name is ours, the link goes.
+            self.partial.unlink()
         self._handle = (
             sys.stdout.buffer
             if self._stdout
