@@ -581,18 +581,23 @@ def test_a_database_that_refuses_writes_says_why_not_unavailable(
     assert detail.removeprefix("the results database refused this: ") in cli.stderr
 
 
-def test_the_openapi_schema_documents_the_error_responses(tmp_path: Path) -> None:
-    # Only 200 and 422 were documented: a client generated from /openapi.json knew nothing of
-    # the 401 / 403 / 404 / 409 / 503 the README lists, nor of their {"detail": ...} body.
+def openapi_schema(tmp_path: Path) -> dict[str, Any]:
+    """The API's OpenAPI schema, from an app on a scratch SQLite database."""
     from anomaly_vae.api import ApiSettings, create_app
     from anomaly_vae.storage.engine import DatabaseTarget
 
     target = DatabaseTarget(parse_database_url(f"sqlite:///{tmp_path / 'r.db'}"), "--db")
     engine = create_database_engine(target.url)
     try:
-        schema = create_app(ApiSettings(database=target, token=None), engine).openapi()
+        return create_app(ApiSettings(database=target, token=None), engine).openapi()
     finally:
         engine.dispose()
+
+
+def test_the_openapi_schema_documents_the_error_responses(tmp_path: Path) -> None:
+    # Only 200 and 422 were documented: a client generated from /openapi.json knew nothing of
+    # the 401 / 403 / 404 / 409 / 503 the README lists, nor of their {"detail": ...} body.
+    schema = openapi_schema(tmp_path)
     paths = schema["paths"]
 
     def codes(path: str, method: str) -> set[str]:
@@ -742,15 +747,9 @@ def test_a_request_body_over_the_limit_is_a_413_whole_or_in_chunks(server: Serve
 def test_the_openapi_schema_documents_the_413_where_a_request_has_a_body(tmp_path: Path) -> None:
     # The body limit's 413 had a description (from MAX_BODY_BYTES) that no operation used: a
     # client generated from /openapi.json knew nothing of it, though the README lists it.
-    from anomaly_vae.api import MAX_BODY_BYTES, ApiSettings, create_app
-    from anomaly_vae.storage.engine import DatabaseTarget
+    from anomaly_vae.api import MAX_BODY_BYTES
 
-    target = DatabaseTarget(parse_database_url(f"sqlite:///{tmp_path / 'r.db'}"), "--db")
-    engine = create_database_engine(target.url)
-    try:
-        schema = create_app(ApiSettings(database=target, token=None), engine).openapi()
-    finally:
-        engine.dispose()
+    schema = openapi_schema(tmp_path)
     with_body = [
         (path, method, operation["responses"])
         for path, operations in schema["paths"].items()
