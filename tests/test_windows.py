@@ -552,25 +552,38 @@ def test_an_entity_spread_over_partitions_is_said_once(
     assert "produce them with the entity as the message key" in caplog.text
 
 
-def test_a_batch_job_stores_each_records_window_status(
-    window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    window_model.save(tmp_path / "m")
-    data = make_pump_data(400, seed=9, anomaly_rate=0.05)
+def scored_into_sqlite(
+    model: AnomalyVAE,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    seed: int,
+    sql: str,
+) -> tuple[pd.DataFrame, str, list[Any]]:
+    """``model`` saved, an export of 400 pump records scored into a SQLite file by the CLI,
+    and ``sql``'s rows from it: (the export, the database URL, the rows)."""
+    model.save(tmp_path / "m")
+    data = make_pump_data(400, seed=seed, anomaly_rate=0.05)
     export = tmp_path / "export.csv"
     data.to_csv(export, index=False)
     url = f"sqlite:///{tmp_path / 'results.db'}"
-    done = run_inline(capsys, "score", str(export), "--model-dir", str(tmp_path / "m"), "--db", url)
+    args = ("score", str(export), "--model-dir", str(tmp_path / "m"), "--db", url, "-q")
+    done = run_inline(capsys, *args)
     assert done.returncode == 0, done.stderr
-    expected = window_model.score_batch(data, windows=window_model.new_window_state()).scores
     engine = create_database_engine(parse_database_url(url))
     try:
         with engine.connect() as connection:
-            rows = connection.exec_driver_sql(
-                "SELECT source_key, window_status FROM scores ORDER BY id"
-            ).all()
+            rows = list(connection.exec_driver_sql(sql).all())
     finally:
         engine.dispose()
+    return data, url, rows
+
+
+def test_a_batch_job_stores_each_records_window_status(
+    window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sql = "SELECT source_key, window_status FROM scores ORDER BY id"
+    data, _, rows = scored_into_sqlite(window_model, tmp_path, capsys, 9, sql)
+    expected = window_model.score_batch(data, windows=window_model.new_window_state()).scores
     by_row = {int(key.rsplit(":", 1)[1]): status for key, status in rows}
     assert [by_row[i] for i in range(len(data))] == expected["window_status"].tolist()
     assert {"ok", "warming_up"} <= set(by_row.values())
@@ -860,22 +873,9 @@ def test_threshold_preview_tune_and_contamination_leave_out_records_no_threshold
     # 'preview --value 0' said it would flag all 400 records and open alerts on warming-up
     # ones, 'tune' ranked them (a threshold tuned to catch records it can never flag), and
     # '--contamination' took its top share from scores no threshold applies to.
-    window_model.save(tmp_path / "m")
-    data = make_pump_data(400, seed=11, anomaly_rate=0.05)
-    export = tmp_path / "export.csv"
-    data.to_csv(export, index=False)
-    url = f"sqlite:///{tmp_path / 'results.db'}"
-    model = str(tmp_path / "m")
-    done = run_inline(capsys, "score", str(export), "--model-dir", model, "--db", url, "-q")
-    assert done.returncode == 0, done.stderr
-    engine = create_database_engine(parse_database_url(url))
-    try:
-        with engine.connect() as connection:
-            stored = connection.exec_driver_sql(
-                "SELECT source_key, score, window_status FROM scores"
-            ).all()
-    finally:
-        engine.dispose()
+    _, url, stored = scored_into_sqlite(
+        window_model, tmp_path, capsys, 11, "SELECT source_key, score, window_status FROM scores"
+    )
     frame = pd.DataFrame(stored, columns=["source_key", "score", "window_status"])
     ok = frame["window_status"] == "ok"
     assert 0 < (~ok).sum() < len(frame)
