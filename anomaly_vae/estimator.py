@@ -698,12 +698,20 @@ class AnomalyVAE(BaseEstimator):
         data["is_anomaly"] = (primary > limit).astype(np.int8)
         return pd.DataFrame(data, index=index)
 
-    def score(self, X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
+    def score(self, X: pd.DataFrame | np.ndarray, y: Any = None) -> pd.DataFrame:
         """Score every row; a frame indexed like ``X`` with ``score`` (higher = more anomalous),
         ``recon_error``, ``kl``, ``percentile``, ``is_anomaly`` and ``top_features``.
 
         Raises ``InvalidRecordsError`` (with ``.rejects``) if any row cannot be scored.
+        ``y`` is refused: scikit-learn calls ``score(X, y)`` for a metric when no ``scoring``
+        is given (``cross_val_score``, ``GridSearchCV``), and per-row scores are none.
         """
+        if y is not None:
+            raise ConfigError(
+                "AnomalyVAE.score(X) gives per-row anomaly scores, not a metric, and takes no "
+                "labels: give scikit-learn a scoring (cross_val_score(..., scoring='roc_auc'), "
+                "GridSearchCV(..., scoring='average_precision')); it reads decision_function"
+            )
         batch = self.score_batch(X)
         if len(batch.rejects):
             first_row = batch.rejects.index[0]

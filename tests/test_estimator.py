@@ -139,6 +139,23 @@ def test_parameter_errors_name_the_parameter() -> None:
         AnomalyVAE(columns={"bogus": 1}).fit(data)
 
 
+def test_scikit_learn_default_scoring_says_to_give_a_scoring() -> None:
+    # cross_val_score / GridSearchCV without 'scoring' call score(X, y) for a metric: it failed
+    # with "score() takes 2 positional arguments but 3 were given", every fold became NaN and
+    # the grid search picked its first candidate.
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    frame, labels = with_anomalies(300, 40, seed=2)
+    x, y = frame.drop(columns="kind").to_numpy(), labels.astype(int)
+    model = AnomalyVAE(epochs=2, seed=0)
+    with pytest.raises(ConfigError, match=r"not a metric.*scoring='roc_auc'"):
+        cross_val_score(model, x, y, cv=2, error_score="raise")
+    with pytest.warns(UserWarning, match=r"scoring='roc_auc'"):
+        cross_val_score(model, x, y, cv=2)
+    aucs = cross_val_score(model, x, y, cv=StratifiedKFold(2), scoring="roc_auc")
+    assert np.all(aucs > 0.5)  # decision_function: positive = anomalous, as labels 1 are
+
+
 def test_constructor_only_stores() -> None:
     model = AnomalyVAE(latent_dim=-5, device="no-such-device")
     assert model.get_params()["latent_dim"] == -5
