@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ValidationError
+from scipy import sparse
 from sklearn.base import BaseEstimator
 
 from anomaly_vae._version import __version__
@@ -202,7 +203,9 @@ class AnomalyVAE(BaseEstimator):
         for param, (section, field_name) in _PARAM_FIELDS.items():
             value = getattr(self, param)
             if value is not None:
-                sections[section][field_name] = list(value) if param == "hidden_dims" else value
+                listed = param == "hidden_dims" and isinstance(value, (list, tuple, np.ndarray))
+                # Anything else (hidden_dims=64) is pydantic's to refuse, naming the parameter.
+                sections[section][field_name] = list(value) if listed else value
         sections["training"]["progress"] = bool(self.verbose)
         classes: dict[str, type[BaseModel]] = {
             "model": ModelConfig,
@@ -1053,11 +1056,26 @@ def _as_frame(X: pd.DataFrame | np.ndarray, expected: list[str] | None = None) -
                 f"{', '.join(map(str, where))}): rename or remove all but one"
             )
         return frame
-    array = np.asarray(X)
-    if array.ndim != 2:
+    if sparse.issparse(X):
+        # np.asarray of a sparse matrix is a 0-d object array: "got an array of shape ()".
         raise ConfigError(
-            f"X must be a DataFrame or a 2-D array; got an array of shape {array.shape}"
+            f"X is a scipy sparse {type(X).__name__}; AnomalyVAE reads dense rows: pass "
+            "X.toarray() (a missing value is NaN, not an absent entry)"
         )
+    if isinstance(X, pd.Series):
+        raise ConfigError(
+            "X is a Series; a record to score is a one-row DataFrame: pass df.iloc[[i]] "
+            "(not df.iloc[i]), or series.to_frame().T"
+        )
+    array = np.asarray(X)
+    if array.ndim == 1 and array.dtype != object:
+        raise ConfigError(
+            f"X must be 2-D (rows x features); got one row of {array.shape[0]} values: pass "
+            "X.reshape(1, -1) for a single record (or X.reshape(-1, 1) for one feature)"
+        )
+    if array.ndim != 2:
+        what = f"an array of shape {array.shape}" if array.ndim else f"a {type(X).__name__}"
+        raise ConfigError(f"X must be a DataFrame or a 2-D array; got {what}")
     names = [f"x{i}" for i in range(array.shape[1])]
     if expected is not None and len(expected) == array.shape[1]:
         names = list(expected)

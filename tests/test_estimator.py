@@ -156,6 +156,26 @@ def test_scikit_learn_default_scoring_says_to_give_a_scoring() -> None:
     assert np.all(aucs > 0.5)  # decision_function: positive = anomalous, as labels 1 are
 
 
+def test_input_of_the_wrong_shape_says_what_to_pass(trained_model: AnomalyVAE) -> None:
+    # A scipy sparse matrix was "got an array of shape ()", one row (df.iloc[0], x[0]) only
+    # "shape (9,)", and hidden_dims=64 a bare TypeError "'int' object is not iterable".
+    from scipy import sparse
+
+    frame = correlated_normal(5, seed=3)
+    numeric = frame.drop(columns="kind")
+    with pytest.raises(ConfigError, match=r"scipy sparse csr_matrix.*pass X\.toarray\(\)"):
+        trained_model.score(sparse.csr_matrix(numeric.to_numpy()))
+    with pytest.raises(ConfigError, match=r"X is a Series.*df\.iloc\[\[i\]\]"):
+        trained_model.score(frame.iloc[0])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"one row of 8 values: pass X\.reshape\(1, -1\)"):
+        AnomalyVAE(epochs=1).fit(numeric.to_numpy()[0])
+    with pytest.raises(ConfigError, match=r"got a dict"):
+        trained_model.score({"s0": 1.0})  # type: ignore[arg-type]
+    assert len(trained_model.score(frame.iloc[[0]])) == 1
+    with pytest.raises(ConfigError, match=r"The 'hidden_dims' parameter must be a valid list"):
+        AnomalyVAE(hidden_dims=64).fit(numeric)  # type: ignore[arg-type]
+
+
 def test_constructor_only_stores() -> None:
     model = AnomalyVAE(latent_dim=-5, device="no-such-device")
     assert model.get_params()["latent_dim"] == -5
