@@ -1045,6 +1045,14 @@ def _sorted_quantiles(sorted_values: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 def _as_frame(X: pd.DataFrame | np.ndarray, expected: list[str] | None = None) -> pd.DataFrame:
     if isinstance(X, pd.DataFrame):
+        if (
+            expected is not None
+            and expected == _array_names(len(expected))
+            and list(X.columns) == list(range(len(expected)))
+        ):
+            # A model fitted on an array (its columns x0, x1...) and a frame made from one
+            # (pd.DataFrame(array): columns 0, 1...): the same columns, by position.
+            return X.set_axis(expected, axis=1)
         frame = X if all(isinstance(c, str) for c in X.columns) else X.rename(columns=str)
         # Column names are text everywhere else (schemas, CSV headers, JSON messages); a name
         # twice would make frame[name] two columns (pandas then fails deep inside).
@@ -1077,10 +1085,15 @@ def _as_frame(X: pd.DataFrame | np.ndarray, expected: list[str] | None = None) -
     if array.ndim != 2:
         what = f"an array of shape {array.shape}" if array.ndim else f"a {type(X).__name__}"
         raise ConfigError(f"X must be a DataFrame or a 2-D array; got {what}")
-    names = [f"x{i}" for i in range(array.shape[1])]
+    names = _array_names(array.shape[1])
     if expected is not None and len(expected) == array.shape[1]:
         names = list(expected)
     return pd.DataFrame(array, columns=names)
+
+
+def _array_names(n: int) -> list[str]:
+    """The column names of an array given as X: x0, x1..."""
+    return [f"x{i}" for i in range(n)]
 
 
 def _frame_hash(frame: pd.DataFrame) -> str:

@@ -176,6 +176,19 @@ def test_input_of_the_wrong_shape_says_what_to_pass(trained_model: AnomalyVAE) -
         AnomalyVAE(hidden_dims=64).fit(numeric)  # type: ignore[arg-type]
 
 
+def test_a_model_fitted_on_an_array_scores_a_frame_made_from_one() -> None:
+    # fit(x) names the columns x0, x1...; predict(pd.DataFrame(x)) (columns 0, 1...) was
+    # "feature columns 'x0', ... missing (columns found: '0', ...)".
+    x = correlated_normal(300, seed=0).drop(columns="kind").to_numpy()
+    model = AnomalyVAE(epochs=2, seed=0).fit(x)
+    expected = model.anomaly_score(x[:20])
+    np.testing.assert_array_equal(model.anomaly_score(pd.DataFrame(x[:20])), expected)
+    np.testing.assert_array_equal(model.predict(pd.DataFrame(x[:20])), model.predict(x[:20]))
+    # Columns named otherwise are still read by name.
+    with pytest.raises(SchemaError, match=r"feature columns 'x0'"):
+        model.score(pd.DataFrame(x[:5], columns=[f"c{i}" for i in range(x.shape[1])]))
+
+
 def test_constructor_only_stores() -> None:
     model = AnomalyVAE(latent_dim=-5, device="no-such-device")
     assert model.get_params()["latent_dim"] == -5
