@@ -28,8 +28,9 @@ def label_to_binary(
         values = series.astype("float64")
         if strict:
             _no_negative_labels(values, name, source)
+            _no_fractional_labels(values, name, source)
         else:
-            values = values.where(~(values < 0))
+            values = values.where(~(values < 0) & ~_fractional(values))
         return (values != 0).astype("Int64").where(values.notna())
     text = series.astype("string").str.strip().str.lower()
     out = pd.Series(pd.NA, index=series.index, dtype="Int64")
@@ -38,8 +39,9 @@ def label_to_binary(
     numeric = pd.to_numeric(text, errors="coerce")
     if strict:
         _no_negative_labels(numeric, name, source)
+        _no_fractional_labels(numeric, name, source)
     else:
-        numeric = numeric.where(~(numeric < 0))
+        numeric = numeric.where(~(numeric < 0) & ~_fractional(numeric))
     is_num = numeric.notna().to_numpy()
     out[is_num] = (numeric[is_num] != 0).astype("Int64")
     unknown = text.notna().to_numpy() & out.isna().to_numpy()
@@ -66,4 +68,23 @@ def _no_negative_labels(values: pd.Series, name: str, source: str | None = None)
             f"{values[negative].iloc[0]:g} (row {values[negative].index[0]}): "
             "write 1 (or true, anomaly) for anomalies and 0 (false, normal) for normal rows; "
             "a -1 / 1 label, as scikit-learn's predict gives, is ambiguous"
+        )
+
+
+def _fractional(values: pd.Series) -> pd.Series:
+    """Numbers that are no class: 0.62, infinity (a score or a measurement, not a label)."""
+    finite = values.abs() < float("inf")
+    return values.notna() & (~finite | (values != values.round()))
+
+
+def _no_fractional_labels(values: pd.Series, name: str, source: str | None = None) -> None:
+    """A column of scores or measurements named as the label would read as all anomalous
+    (non-zero), every such row left out of training or counted as an anomaly."""
+    fractional = _fractional(values)
+    if fractional.any():
+        raise ConfigError(
+            f"{_where(source)}label column {name!r} has the value "
+            f"{values[fractional].iloc[0]:g} (row {values[fractional].index[0]}), which is no "
+            "label: write 1 (or true, anomaly) for anomalies and 0 (false, normal) for normal "
+            "rows; is it the right column?"
         )

@@ -115,6 +115,21 @@ def test_a_minus_one_plus_one_label_is_refused_not_read_as_all_anomalous() -> No
             AnomalyVAE(epochs=2, columns={"label": "label"}).fit(frame)
 
 
+def test_a_label_of_fractions_is_refused_not_read_as_all_anomalous() -> None:
+    # y holding scores or measurements (0.62, 0.13...) read as "non-zero = anomaly": every row
+    # but the zeros was left out of training as a labelled anomaly, without a word.
+    frame, _ = with_anomalies(300, 40, seed=2)
+    numeric = frame.drop(columns="kind")
+    with pytest.raises(ConfigError, match=r"label column 'y' has the value 0\.\d+ \(row 0\)"):
+        AnomalyVAE(epochs=1).fit(numeric, numeric["s0"].abs().to_numpy() + 0.01)
+    frame["label"] = [f"{v:.2f}" for v in numeric["s1"].abs() + 0.01]
+    with pytest.raises(ConfigError, match=r"label column 'label' has the value .* is it the right"):
+        AnomalyVAE(epochs=1, columns={"label": "label"}).fit(frame)
+    # Whole numbers are still classes: non-zero is anomalous.
+    model = AnomalyVAE(epochs=1).fit(numeric, np.r_[np.zeros(300), np.full(40, 2.0)])
+    assert model.training_summary_["rows_labelled_anomalous"] == 40
+
+
 def test_too_few_training_rows_is_said_as_such() -> None:
     # An empty frame (or one whose rows are all labelled anomalous) was reported as "column
     # ... is empty" for every column and then "no feature columns left".
