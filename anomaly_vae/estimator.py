@@ -355,6 +355,9 @@ class AnomalyVAE(BaseEstimator):
         )
         self.training_summary_: dict[str, Any] = {
             "rows": len(frame),
+            # Columns of an array given as X (None for a DataFrame): an array of another width
+            # is refused when scoring, not read by position as other columns.
+            "array_columns": None if isinstance(X, pd.DataFrame) else frame.shape[1],
             "rows_labelled_anomalous": n_labelled,
             "rows_rejected": len(rejects) + unwindowed,
             "rows_train": len(train_idx),
@@ -537,6 +540,12 @@ class AnomalyVAE(BaseEstimator):
             self._scorers[key] = scorer
         return scorer
 
+    def _array_columns(self) -> int | None:
+        """How many columns the array this model was fitted on had (None: a DataFrame, or a
+        model file from before this was recorded)."""
+        width = self.training_summary_.get("array_columns")
+        return int(width) if isinstance(width, int) else None
+
     def percentile(self, scores: np.ndarray) -> np.ndarray:
         """Where each score falls among held-out normal scores, 0 to 100."""
         self._check_fitted()
@@ -562,7 +571,7 @@ class AnomalyVAE(BaseEstimator):
         Raises ``SchemaError`` when a feature column is missing altogether.
         """
         self._check_fitted()
-        frame = _as_frame(X, expected=list(self.feature_names_in_))
+        frame = _as_frame(X, expected=list(self.feature_names_in_), width=self._array_columns())
         clean, rejects = self.schema_.validate(frame, source=source)
         clean, rejects = self._reject_bad_entities(frame, clean, rejects)
         if self.config_.window is not None:
@@ -746,7 +755,7 @@ class AnomalyVAE(BaseEstimator):
     ) -> ScoreArrays:
         """Raw per-record terms for valid input (benchmarks, research); rows must all be valid."""
         self._check_fitted()
-        frame = _as_frame(X, expected=list(self.feature_names_in_))
+        frame = _as_frame(X, expected=list(self.feature_names_in_), width=self._array_columns())
         clean, rejects = self.schema_.validate(frame)
         if len(rejects):
             raise InvalidRecordsError(f"{len(rejects)} rows cannot be scored", rejects=rejects)
@@ -1043,16 +1052,21 @@ def _sorted_quantiles(sorted_values: np.ndarray, q: np.ndarray) -> np.ndarray:
     return np.interp(positions, np.arange(len(sorted_values)), sorted_values)
 
 
-def _as_frame(X: pd.DataFrame | np.ndarray, expected: list[str] | None = None) -> pd.DataFrame:
+def _as_frame(
+    X: pd.DataFrame | np.ndarray, expected: list[str] | None = None, width: int | None = None
+) -> pd.DataFrame:
+    """X as a frame with text column names; an array's columns are x0, x1... (or ``expected``,
+    the model's features, when it has as many). ``width``: the columns of the array a model
+    was fitted on, which an array (or pd.DataFrame(array)) to score must have."""
     if isinstance(X, pd.DataFrame):
-        if (
-            expected is not None
-            and expected == _array_names(len(expected))
-            and list(X.columns) == list(range(len(expected)))
-        ):
+        positional = list(X.columns) == list(range(X.shape[1]))
+        if width is not None and positional:
             # A model fitted on an array (its columns x0, x1...) and a frame made from one
             # (pd.DataFrame(array): columns 0, 1...): the same columns, by position.
-            return X.set_axis(expected, axis=1)
+            _check_width(X.shape[1], width)
+            return X.set_axis(_array_names(width), axis=1)
+        if expected is not None and expected == _array_names(len(expected)) and positional:
+            return X.set_axis(_array_names(X.shape[1]), axis=1)
         frame = X if all(isinstance(c, str) for c in X.columns) else X.rename(columns=str)
         # Column names are text everywhere else (schemas, CSV headers, JSON messages); a name
         # twice would make frame[name] two columns (pandas then fails deep inside).
@@ -1085,10 +1099,21 @@ def _as_frame(X: pd.DataFrame | np.ndarray, expected: list[str] | None = None) -
     if array.ndim != 2:
         what = f"an array of shape {array.shape}" if array.ndim else f"a {type(X).__name__}"
         raise ConfigError(f"X must be a DataFrame or a 2-D array; got {what}")
+    if width is not None:
+        _check_width(array.shape[1], width)
     names = _array_names(array.shape[1])
     if expected is not None and len(expected) == array.shape[1]:
         names = list(expected)
     return pd.DataFrame(array, columns=names)
+
+
+def _check_width(given: int, width: int) -> None:
+    if given != width:
+        raise ConfigError(
+            f"X has {given} columns, but the model was fitted on an array of {width}: an "
+            "array's columns are read by position, so pass the same columns in the same order "
+            "(or fit and score DataFrames, whose columns are read by name)"
+        )
 
 
 def _array_names(n: int) -> list[str]:

@@ -204,6 +204,20 @@ def test_a_model_fitted_on_an_array_scores_a_frame_made_from_one() -> None:
         model.score(pd.DataFrame(x[:5], columns=[f"c{i}" for i in range(x.shape[1])]))
 
 
+def test_an_array_of_another_width_than_the_fitted_one_is_refused(tmp_path: Path) -> None:
+    # An array with one column more (a column inserted in front) was read by position, its
+    # first 8 columns scored as if they were the model's: no error, wrong scores.
+    x = correlated_normal(300, seed=0).drop(columns="kind").to_numpy()
+    model = AnomalyVAE(epochs=2, seed=0).fit(x)
+    model.save(tmp_path / "m")
+    wider = np.c_[np.zeros((5, 1)), x[:5]]
+    for fitted in (model, load_model(str(tmp_path / "m"))):
+        for given in (wider, x[:5, :7], pd.DataFrame(wider)):
+            with pytest.raises(ConfigError, match=r"X has \d columns, but the model was fitted on"):
+                fitted.predict(given)
+        np.testing.assert_array_equal(fitted.predict(x[:5]), model.predict(x[:5]))
+
+
 def test_constructor_only_stores() -> None:
     model = AnomalyVAE(latent_dim=-5, device="no-such-device")
     assert model.get_params()["latent_dim"] == -5
