@@ -380,7 +380,15 @@ class AnomalyVAE(BaseEstimator):
     ) -> pd.DataFrame:
         labels = None
         if y is not None:
-            labels = label_to_binary(pd.Series(np.asarray(y)), name="y")
+            values = np.asarray(y)
+            if values.ndim == 2 and values.shape[1] == 1:
+                values = values[:, 0]  # a column vector, or a one-column DataFrame, as sklearn
+            if values.ndim != 1:
+                raise ConfigError(
+                    f"y must be one label per row (a 1-D array, a list or a Series); got shape "
+                    f"{values.shape}"
+                )
+            labels = label_to_binary(pd.Series(values), name="y")
             if len(labels) != len(frame):
                 raise ConfigError(f"y has {len(labels)} values but X has {len(frame)} rows")
             labels.index = frame.index

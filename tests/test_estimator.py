@@ -130,6 +130,18 @@ def test_a_label_of_fractions_is_refused_not_read_as_all_anomalous() -> None:
     assert model.training_summary_["rows_labelled_anomalous"] == 40
 
 
+def test_y_as_a_column_vector_or_a_one_column_frame_is_read_as_labels() -> None:
+    # fit(x, y.reshape(-1, 1)) or fit(x, df[["label"]]), which scikit-learn accepts, was a
+    # pandas traceback: "Data must be 1-dimensional, got ndarray of shape (340, 1)".
+    frame, labels = with_anomalies(300, 40, seed=2)
+    x, y = frame.drop(columns="kind").to_numpy(), labels.astype(int)
+    for given in (y.reshape(-1, 1), pd.DataFrame({"label": y})):
+        model = AnomalyVAE(epochs=1).fit(x, given)
+        assert model.training_summary_["rows_labelled_anomalous"] == 40
+    with pytest.raises(ConfigError, match=r"y must be one label per row .* got shape \(340, 2\)"):
+        AnomalyVAE(epochs=1).fit(x, np.c_[y, y])
+
+
 def test_too_few_training_rows_is_said_as_such() -> None:
     # An empty frame (or one whose rows are all labelled anomalous) was reported as "column
     # ... is empty" for every column and then "no feature columns left".
