@@ -223,7 +223,7 @@ def test_an_array_of_another_width_than_the_fitted_one_is_refused(tmp_path: Path
     model = AnomalyVAE(epochs=2, seed=0).fit(x)
     model.save(tmp_path / "m")
     wider = np.c_[np.zeros((5, 1)), x[:5]]
-    for fitted in (model, load_model(str(tmp_path / "m"))):
+    for fitted in (model, load_model(tmp_path / "m")):  # a Path, as AnomalyVAE.load takes
         for given in (wider, x[:5, :7], pd.DataFrame(wider)):
             with pytest.raises(ConfigError, match=r"X has \d columns, but the model was fitted on"):
                 fitted.predict(given)
