@@ -230,6 +230,17 @@ def test_an_array_of_another_width_than_the_fitted_one_is_refused(tmp_path: Path
         np.testing.assert_array_equal(fitted.predict(x[:5]), model.predict(x[:5]))
 
 
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has Apple MPS")
+def test_a_device_this_machine_lacks_is_one_line_before_training() -> None:
+    # device='mps' on a machine without it failed inside training with torch's RuntimeError
+    # "PyTorch is not linked with support for mps devices".
+    data = correlated_normal(50, seed=0)
+    with pytest.raises(ConfigError, match=r"device 'mps' \(Apple MPS\) is not available here"):
+        AnomalyVAE(epochs=1, device="mps").fit(data)
+    with pytest.raises(ConfigError, match=r"device 'meta' is not supported: use 'auto'"):
+        AnomalyVAE(epochs=1, device="meta").fit(data)
+
+
 def test_constructor_only_stores() -> None:
     model = AnomalyVAE(latent_dim=-5, device="no-such-device")
     assert model.get_params()["latent_dim"] == -5
