@@ -823,15 +823,16 @@ class AnomalyVAE(BaseEstimator):
             cfg = PipelineConfig.model_validate(meta["config"])
             if device is not None:
                 cfg.training.device = device
-            elif cfg.training.device.startswith("cuda") and not torch.cuda.is_available():
+            elif missing := _missing_device(cfg.training.device):
                 # The device it was trained on is not a condition of scoring: a model trained
-                # with 'device: cuda' could not be loaded (not even by 'info', nor by 'stream',
-                # which has no --device) on a machine without a GPU.
+                # with 'device: cuda' (or 'mps', on a Mac) could not be loaded (not even by
+                # 'info', nor by 'stream', which has no --device) on a machine without one.
                 logger.warning(
-                    "%s was trained with device %r; there is no CUDA GPU here: it scores on the "
+                    "%s was trained with device %r; there is no %s here: it scores on the "
                     "CPU (the same scores up to float rounding)",
                     path,
                     cfg.training.device,
+                    missing,
                 )
                 cfg.training.device = "cpu"
             est = cls(config=cfg)
@@ -922,6 +923,15 @@ class AnomalyVAE(BaseEstimator):
 
 
 # ============================================================================ helpers
+def _missing_device(name: str) -> str:
+    """What a model's training device names that this machine lacks ('' when it is here)."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        return "CUDA GPU"
+    if name.startswith("mps") and not torch.backends.mps.is_available():
+        return "Apple MPS"
+    return ""
+
+
 def _check_weight_shapes(outline: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """ValueError unless ``weights`` hold exactly the tensors of ``outline``, shape by shape."""
     expected = {k: tuple(v.shape) for k, v in outline.state_dict().items()}

@@ -679,6 +679,26 @@ def test_a_model_trained_on_cuda_loads_on_a_machine_without_a_gpu(
         AnomalyVAE.load(path, device="cuda")  # asked for: still refused
 
 
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has Apple MPS")
+def test_a_model_trained_on_apple_mps_loads_elsewhere_on_the_cpu(
+    trained_model: AnomalyVAE, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A model trained on a Mac with device 'mps' failed to load anywhere else.
+    path = tmp_path / "m"
+    trained_model.save(path)
+    meta = json.loads((path / "model.json").read_text())
+    meta["config"]["training"]["device"] = "mps"
+    (path / "model.json").write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING):
+        loaded = AnomalyVAE.load(path)
+    assert loaded.device_.type == "cpu"
+    assert "was trained with device 'mps'; there is no Apple MPS here" in caplog.text
+    frame, _ = with_anomalies(50, 5, seed=9)
+    np.testing.assert_allclose(
+        loaded.score(frame)["score"], trained_model.score(frame)["score"], rtol=1e-5
+    )
+
+
 def test_a_label_column_not_in_the_training_data_is_warned_about(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
