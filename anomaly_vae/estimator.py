@@ -579,6 +579,14 @@ class AnomalyVAE(BaseEstimator):
         Raises ``SchemaError`` when a feature column is missing altogether.
         """
         self._check_fitted()
+        if threshold is not None:
+            try:
+                limit = float(threshold)
+            except (TypeError, ValueError):
+                limit = math.nan
+            if not math.isfinite(limit):
+                # NaN compared as never crossed: every record normal, without a word.
+                raise ConfigError(f"threshold must be a finite number, got {threshold!r}")
         frame = _as_frame(X, expected=list(self.feature_names_in_), width=self._array_columns())
         clean, rejects = self.schema_.validate(frame, source=source)
         clean, rejects = self._reject_bad_entities(frame, clean, rejects)

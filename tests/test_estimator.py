@@ -241,6 +241,17 @@ def test_a_device_this_machine_lacks_is_one_line_before_training() -> None:
         AnomalyVAE(epochs=1, device="meta").fit(data)
 
 
+def test_score_batch_refuses_a_threshold_that_is_no_number(trained_model: AnomalyVAE) -> None:
+    # threshold=nan flagged no record (NaN is never crossed), -inf every one, 'abc' was
+    # float()'s "could not convert string to float"; the CLI's --threshold refuses them.
+    frame = correlated_normal(5, seed=4)
+    for bad in (float("nan"), -np.inf, "abc"):
+        with pytest.raises(ConfigError, match=r"threshold must be a finite number, got"):
+            trained_model.score_batch(frame, threshold=bad)  # type: ignore[arg-type]
+    flagged = trained_model.score_batch(frame, threshold=-1e9).scores["is_anomaly"]
+    assert flagged.tolist() == [1] * 5
+
+
 def test_constructor_only_stores() -> None:
     model = AnomalyVAE(latent_dim=-5, device="no-such-device")
     assert model.get_params()["latent_dim"] == -5
