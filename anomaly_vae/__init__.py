@@ -8,6 +8,7 @@ command line's help, database, threshold and alert commands do not load PyTorch.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anomaly_vae._version import __version__
@@ -35,7 +36,7 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-def load_model(path: str, *, device: str | None = None) -> AnomalyVAE:
+def load_model(path: str | Path, *, device: str | None = None) -> AnomalyVAE:
     """Load a model directory written by ``AnomalyVAE.save`` (never runs code from it)."""
     from anomaly_vae.estimator import AnomalyVAE
 

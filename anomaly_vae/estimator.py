@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ValidationError
+from scipy import sparse
 from sklearn.base import BaseEstimator
 
 from anomaly_vae._version import __version__
@@ -46,6 +47,7 @@ from anomaly_vae.features import (
     Preprocessor,
     row_json,
 )
+from anomaly_vae.labels import label_to_binary
 from anomaly_vae.model import VAE, LikelihoodLayout
 from anomaly_vae.scoring import (
     SCORE_KINDS,
@@ -202,7 +204,9 @@ class AnomalyVAE(BaseEstimator):
         for param, (section, field_name) in _PARAM_FIELDS.items():
             value = getattr(self, param)
             if value is not None:
-                sections[section][field_name] = list(value) if param == "hidden_dims" else value
+                listed = param == "hidden_dims" and isinstance(value, (list, tuple, np.ndarray))
+                # Anything else (hidden_dims=64) is pydantic's to refuse, naming the parameter.
+                sections[section][field_name] = list(value) if listed else value
         sections["training"]["progress"] = bool(self.verbose)
         classes: dict[str, type[BaseModel]] = {
             "model": ModelConfig,
@@ -351,6 +355,9 @@ class AnomalyVAE(BaseEstimator):
         )
         self.training_summary_: dict[str, Any] = {
             "rows": len(frame),
+            # Columns of an array given as X (None for a DataFrame): an array of another width
+            # is refused when scoring, not read by position as other columns.
+            "array_columns": None if isinstance(X, pd.DataFrame) else frame.shape[1],
             "rows_labelled_anomalous": n_labelled,
             "rows_rejected": len(rejects) + unwindowed,
             "rows_train": len(train_idx),
@@ -373,7 +380,15 @@ class AnomalyVAE(BaseEstimator):
     ) -> pd.DataFrame:
         labels = None
         if y is not None:
-            labels = label_to_binary(pd.Series(np.asarray(y)), name="y")
+            values = np.asarray(y)
+            if values.ndim == 2 and values.shape[1] == 1:
+                values = values[:, 0]  # a column vector, or a one-column DataFrame, as sklearn
+            if values.ndim != 1:
+                raise ConfigError(
+                    f"y must be one label per row (a 1-D array, a list or a Series); got shape "
+                    f"{values.shape}"
+                )
+            labels = label_to_binary(pd.Series(values), name="y")
             if len(labels) != len(frame):
                 raise ConfigError(f"y has {len(labels)} values but X has {len(frame)} rows")
             labels.index = frame.index
@@ -533,6 +548,12 @@ class AnomalyVAE(BaseEstimator):
             self._scorers[key] = scorer
         return scorer
 
+    def _array_columns(self) -> int | None:
+        """How many columns the array this model was fitted on had (None: a DataFrame, or a
+        model file from before this was recorded)."""
+        width = self.training_summary_.get("array_columns")
+        return int(width) if isinstance(width, int) else None
+
     def percentile(self, scores: np.ndarray) -> np.ndarray:
         """Where each score falls among held-out normal scores, 0 to 100. A score equal to
         some of them is placed in the middle of those (a model trained on constant data has
@@ -561,7 +582,15 @@ class AnomalyVAE(BaseEstimator):
         Raises ``SchemaError`` when a feature column is missing altogether.
         """
         self._check_fitted()
-        frame = _as_frame(X, expected=list(self.feature_names_in_))
+        if threshold is not None:
+            try:
+                limit = float(threshold)
+            except (TypeError, ValueError):
+                limit = math.nan
+            if not math.isfinite(limit):
+                # NaN compared as never crossed: every record normal, without a word.
+                raise ConfigError(f"threshold must be a finite number, got {threshold!r}")
+        frame = _as_frame(X, expected=list(self.feature_names_in_), width=self._array_columns())
         clean, rejects = self.schema_.validate(frame, source=source)
         clean, rejects = self._reject_bad_entities(frame, clean, rejects)
         if self.config_.window is not None:
@@ -701,12 +730,20 @@ class AnomalyVAE(BaseEstimator):
         data["is_anomaly"] = (primary > limit).astype(np.int8)
         return pd.DataFrame(data, index=index)
 
-    def score(self, X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
+    def score(self, X: pd.DataFrame | np.ndarray, y: Any = None) -> pd.DataFrame:
         """Score every row; a frame indexed like ``X`` with ``score`` (higher = more anomalous),
         ``recon_error``, ``kl``, ``percentile``, ``is_anomaly`` and ``top_features``.
 
         Raises ``InvalidRecordsError`` (with ``.rejects``) if any row cannot be scored.
+        ``y`` is refused: scikit-learn calls ``score(X, y)`` for a metric when no ``scoring``
+        is given (``cross_val_score``, ``GridSearchCV``), and per-row scores are none.
         """
+        if y is not None:
+            raise ConfigError(
+                "AnomalyVAE.score(X) gives per-row anomaly scores, not a metric, and takes no "
+                "labels: give scikit-learn a scoring (cross_val_score(..., scoring='roc_auc'), "
+                "GridSearchCV(..., scoring='average_precision')); it reads decision_function"
+            )
         batch = self.score_batch(X)
         if len(batch.rejects):
             first_row = batch.rejects.index[0]
@@ -737,7 +774,7 @@ class AnomalyVAE(BaseEstimator):
     ) -> ScoreArrays:
         """Raw per-record terms for valid input (benchmarks, research); rows must all be valid."""
         self._check_fitted()
-        frame = _as_frame(X, expected=list(self.feature_names_in_))
+        frame = _as_frame(X, expected=list(self.feature_names_in_), width=self._array_columns())
         clean, rejects = self.schema_.validate(frame)
         if len(rejects):
             raise InvalidRecordsError(f"{len(rejects)} rows cannot be scored", rejects=rejects)
@@ -797,15 +834,16 @@ class AnomalyVAE(BaseEstimator):
             cfg = PipelineConfig.model_validate(meta["config"])
             if device is not None:
                 cfg.training.device = device
-            elif cfg.training.device.startswith("cuda") and not torch.cuda.is_available():
+            elif missing := _missing_device(cfg.training.device):
                 # The device it was trained on is not a condition of scoring: a model trained
-                # with 'device: cuda' could not be loaded (not even by 'info', nor by 'stream',
-                # which has no --device) on a machine without a GPU.
+                # with 'device: cuda' (or 'mps', on a Mac) could not be loaded (not even by
+                # 'info', nor by 'stream', which has no --device) on a machine without one.
                 logger.warning(
-                    "%s was trained with device %r; there is no CUDA GPU here: it scores on the "
+                    "%s was trained with device %r; there is no %s here: it scores on the "
                     "CPU (the same scores up to float rounding)",
                     path,
                     cfg.training.device,
+                    missing,
                 )
                 cfg.training.device = "cpu"
             est = cls(config=cfg)
@@ -896,6 +934,15 @@ class AnomalyVAE(BaseEstimator):
 
 
 # ============================================================================ helpers
+def _missing_device(name: str) -> str:
+    """What a model's training device names that this machine lacks ('' when it is here)."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        return "CUDA GPU"
+    if name.startswith("mps") and not torch.backends.mps.is_available():
+        return "Apple MPS"
+    return ""
+
+
 def _check_weight_shapes(outline: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """ValueError unless ``weights`` hold exactly the tensors of ``outline``, shape by shape."""
     expected = {k: tuple(v.shape) for k, v in outline.state_dict().items()}
@@ -1034,8 +1081,21 @@ def _sorted_quantiles(sorted_values: np.ndarray, q: np.ndarray) -> np.ndarray:
     return np.interp(positions, np.arange(len(sorted_values)), sorted_values)
 
 
-def _as_frame(X: pd.DataFrame | np.ndarray, expected: list[str] | None = None) -> pd.DataFrame:
+def _as_frame(
+    X: pd.DataFrame | np.ndarray, expected: list[str] | None = None, width: int | None = None
+) -> pd.DataFrame:
+    """X as a frame with text column names; an array's columns are x0, x1... (or ``expected``,
+    the model's features, when it has as many). ``width``: the columns of the array a model
+    was fitted on, which an array (or pd.DataFrame(array)) to score must have."""
     if isinstance(X, pd.DataFrame):
+        positional = list(X.columns) == list(range(X.shape[1]))
+        if width is not None and positional:
+            # A model fitted on an array (its columns x0, x1...) and a frame made from one
+            # (pd.DataFrame(array): columns 0, 1...): the same columns, by position.
+            _check_width(X.shape[1], width)
+            return X.set_axis(_array_names(width), axis=1)
+        if expected is not None and expected == _array_names(len(expected)) and positional:
+            return X.set_axis(_array_names(X.shape[1]), axis=1)
         frame = X if all(isinstance(c, str) for c in X.columns) else X.rename(columns=str)
         # Column names are text everywhere else (schemas, CSV headers, JSON messages); a name
         # twice would make frame[name] two columns (pandas then fails deep inside).
@@ -1048,15 +1108,46 @@ def _as_frame(X: pd.DataFrame | np.ndarray, expected: list[str] | None = None) -
                 f"{', '.join(map(str, where))}): rename or remove all but one"
             )
         return frame
-    array = np.asarray(X)
-    if array.ndim != 2:
+    if sparse.issparse(X):
+        # np.asarray of a sparse matrix is a 0-d object array: "got an array of shape ()".
         raise ConfigError(
-            f"X must be a DataFrame or a 2-D array; got an array of shape {array.shape}"
+            f"X is a scipy sparse {type(X).__name__}; AnomalyVAE reads dense rows: pass "
+            "X.toarray() (a missing value is NaN, not an absent entry)"
         )
-    names = [f"x{i}" for i in range(array.shape[1])]
+    if isinstance(X, pd.Series):
+        raise ConfigError(
+            "X is a Series; a record to score is a one-row DataFrame: pass df.iloc[[i]] "
+            "(not df.iloc[i]), or series.to_frame().T"
+        )
+    array = np.asarray(X)
+    if array.ndim == 1 and array.dtype != object:
+        raise ConfigError(
+            f"X must be 2-D (rows x features); got one row of {array.shape[0]} values: pass "
+            "X.reshape(1, -1) for a single record (or X.reshape(-1, 1) for one feature)"
+        )
+    if array.ndim != 2:
+        what = f"an array of shape {array.shape}" if array.ndim else f"a {type(X).__name__}"
+        raise ConfigError(f"X must be a DataFrame or a 2-D array; got {what}")
+    if width is not None:
+        _check_width(array.shape[1], width)
+    names = _array_names(array.shape[1])
     if expected is not None and len(expected) == array.shape[1]:
         names = list(expected)
     return pd.DataFrame(array, columns=names)
+
+
+def _check_width(given: int, width: int) -> None:
+    if given != width:
+        raise ConfigError(
+            f"X has {given} columns, but the model was fitted on an array of {width}: an "
+            "array's columns are read by position, so pass the same columns in the same order "
+            "(or fit and score DataFrames, whose columns are read by name)"
+        )
+
+
+def _array_names(n: int) -> list[str]:
+    """The column names of an array given as X: x0, x1..."""
+    return [f"x{i}" for i in range(n)]
 
 
 def _frame_hash(frame: pd.DataFrame) -> str:
@@ -1064,66 +1155,8 @@ def _frame_hash(frame: pd.DataFrame) -> str:
     return hashlib.sha256(hashed.tobytes()).hexdigest()
 
 
-_TRUE = {"1", "true", "yes", "y", "t", "anomaly", "anomalous", "abnormal", "outlier", "fault"}
-_FALSE = {"0", "false", "no", "n", "f", "normal", "ok", "nominal", "inlier", ""}
-
-
-def label_to_binary(
-    series: pd.Series, *, name: str, source: str | None = None, strict: bool = True
-) -> pd.Series:
-    """Labels as 1 (anomaly), 0 (normal) or NA: numbers (non-zero is anomalous), booleans, or
-    words such as 'anomaly' / 'normal'. Raises ConfigError naming the first unknown (or
-    negative) value and its row (the index label: a CSV file's data row number), after
-    ``source`` when given; with ``strict=False`` such a value is NA instead."""
-    if pd.api.types.is_bool_dtype(series):
-        return series.astype("Int64")
-    if pd.api.types.is_numeric_dtype(series):
-        values = series.astype("float64")
-        if strict:
-            _no_negative_labels(values, name, source)
-        else:
-            values = values.where(~(values < 0))
-        return (values != 0).astype("Int64").where(values.notna())
-    text = series.astype("string").str.strip().str.lower()
-    out = pd.Series(pd.NA, index=series.index, dtype="Int64")
-    out[text.isin(list(_TRUE)).fillna(False).to_numpy(dtype=bool)] = 1
-    out[text.isin(list(_FALSE)).fillna(False).to_numpy(dtype=bool)] = 0
-    numeric = pd.to_numeric(text, errors="coerce")
-    if strict:
-        _no_negative_labels(numeric, name, source)
-    else:
-        numeric = numeric.where(~(numeric < 0))
-    is_num = numeric.notna().to_numpy()
-    out[is_num] = (numeric[is_num] != 0).astype("Int64")
-    unknown = text.notna().to_numpy() & out.isna().to_numpy()
-    if strict and unknown.any():
-        first = series[unknown]
-        raise ConfigError(
-            f"{_where(source)}label column {name!r} has value {first.iloc[0]!r} (row "
-            f"{first.index[0]}), which is neither normal (0, false, normal) nor anomalous (1, "
-            "true, anomaly): correct it, or leave the cell empty (no label)"
-        )
-    return out
-
-
 def _rows(n: int) -> str:
     return f"{n} row" if n == 1 else f"{n} rows"
-
-
-def _where(source: str | None) -> str:
-    return f"{source}: " if source else ""
-
-
-def _no_negative_labels(values: pd.Series, name: str, source: str | None = None) -> None:
-    """A -1 / 1 label (scikit-learn's predict: -1 = outlier) would read as all anomalous."""
-    negative = values < 0
-    if negative.any():
-        raise ConfigError(
-            f"{_where(source)}label column {name!r} has the negative value "
-            f"{values[negative].iloc[0]:g} (row {values[negative].index[0]}): "
-            "write 1 (or true, anomaly) for anomalies and 0 (false, normal) for normal rows; "
-            "a -1 / 1 label, as scikit-learn's predict gives, is ambiguous"
-        )
 
 
 def _param_message(exc: ValidationError, section: str) -> str:

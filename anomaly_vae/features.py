@@ -497,6 +497,15 @@ _LABEL_NAMES = {
     "outlier",
     "is_outlier",
     "ground_truth",
+    # The label columns of the common public data sets: Kaggle's credit-card fraud ('Class'),
+    # scikit-learn / ADBench arrays written out ('y', 'target'), intrusion and fraud data.
+    "class",
+    "target",
+    "y",
+    "fraud",
+    "is_fraud",
+    "attack",
+    "is_attack",
 }
 _LABEL_VALUES = {"0", "1", "0.0", "1.0", "true", "false", "normal", "anomaly", "anomalous"}
 

@@ -58,11 +58,18 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} was asked for but no CUDA GPU is available: use 'cpu'")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise ConfigError(
             f"device {name!r} is not a torch device: use 'auto', 'cpu' or 'cuda'"
         ) from None
+    # torch.device('mps') (or 'meta', 'xpu'...) is made without a check; the first tensor put
+    # there failed deep in training with "PyTorch is not linked with support for mps devices".
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r} (Apple MPS) is not available here: use 'cpu'")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {name!r} is not supported: use 'auto', 'cpu' or 'cuda'")
+    return device
 
 
 def auto_batch_size(n_train: int) -> int:

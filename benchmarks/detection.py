@@ -533,12 +533,21 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [d for d in datasets if d not in DATASETS]
     if unknown:
         parser.error(f"unknown data set(s) {unknown}: choose from {', '.join(DATASETS)}")
-    seeds = (
-        [int(s) for s in args.seeds.split(",")]
-        if args.seeds
-        else list(QUICK_SEEDS if args.quick else range(5))
-    )
+    try:
+        seeds = (
+            [int(s) for s in args.seeds.split(",")]
+            if args.seeds
+            else list(QUICK_SEEDS if args.quick else range(5))
+        )
+    except ValueError:
+        parser.error(f"--seeds {args.seeds!r}: give whole numbers separated by commas, e.g. 0,1,2")
     methods = args.methods.split(",") if args.methods else list(DETECTORS)
+    # Checked before any fit: an unknown name was a KeyError after the other methods had run.
+    unknown = [m for m in methods if m not in DETECTORS]
+    if unknown:
+        parser.error(f"unknown method(s) {unknown}: choose from {', '.join(DETECTORS)}")
+    if args.merge and not args.merge.is_file():
+        parser.error(f"--merge {args.merge}: no such file (a previous result, e.g. detection.json)")
     if "pyod-vae" in methods and not pyod_available():
         print("PyOD is not installed: the pyod-vae column is left out", file=sys.stderr)
         methods.remove("pyod-vae")

@@ -1250,6 +1250,39 @@ def test_a_label_value_that_is_no_label_is_left_out_of_the_metrics_not_fatal(
     assert "in 398 rows)" in result.stdout
 
 
+def test_a_minus_one_plus_one_label_column_is_named_as_such_in_the_summary(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Labels in scikit-learn's convention (-1 = outlier, 1 = inlier) gave "(the first, row 3:
+    # np.int64(-1))" and then "the label column holds only anomalies", and nothing on why.
+    export = make_pump_data(300, seed=9, anomaly_rate=0.05)
+    export["label"] = np.where(export["label"] == 1, -1, 1)
+    export.to_csv(tmp_path / "pm.csv", index=False)
+    result = score_inline(capsys, trained, tmp_path / "pm.csv", tmp_path / "s.csv")
+    assert result.returncode == 0, result.stderr
+    first = int(np.flatnonzero(export["label"].to_numpy() == -1)[0])
+    assert f"left out of the metrics (the first, row {first}: -1); a -1 / 1 label, as " in (
+        result.stdout
+    )
+    assert "write 1 for anomalies and 0 for normal rows" in result.stdout
+    assert "np.int64" not in result.stdout
+
+
+def test_a_label_column_of_fractions_is_left_out_of_the_metrics(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --label-column naming a column of measurements (a feature, another tool's score) read
+    # every non-zero value as a labelled anomaly: "1927 labelled anomalies in 1933 rows".
+    export = make_pump_data(300, seed=9, anomaly_rate=0.05)
+    export["label"] = np.random.default_rng(0).uniform(0.01, 1.0, len(export)).round(3)
+    export.to_csv(tmp_path / "frac.csv", index=False)
+    result = score_inline(capsys, trained, tmp_path / "frac.csv", tmp_path / "s.csv")
+    assert result.returncode == 0, result.stderr
+    assert "label column 'label': 300 values are neither normal" in result.stdout
+    assert "the label column has no values: no detection metrics" in result.stdout
+    assert "labelled anomalies" not in result.stdout
+
+
 def test_a_demo_workdir_that_is_a_file_is_named(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -114,6 +114,26 @@ def test_detection_result_is_well_formed(tmp_path: Path, monkeypatch: pytest.Mon
         detection.check_result(broken)
 
 
+def test_unknown_methods_seeds_or_merge_file_stop_before_any_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # '--methods knn,bogus' fitted anomaly-vae and kNN first, then died with KeyError: 'bogus';
+    # '--seeds a' and a missing '--merge' file were tracebacks too.
+    fitted: list[str] = []
+    monkeypatch.setitem(detection.DETECTORS, "anomaly-vae", lambda *a: fitted.append("vae"))
+    base = ["--datasets", "thyroid", "--data", str(tmp_path), "--out", str(tmp_path / "out")]
+    for extra, needle in (
+        (["--methods", "knn,bogus"], "unknown method(s) ['bogus']: choose from anomaly-vae"),
+        (["--seeds", "a"], "--seeds 'a': give whole numbers"),
+        (["--merge", str(tmp_path / "old.json")], "old.json: no such file"),
+    ):
+        with pytest.raises(SystemExit) as stopped:
+            detection.main(base + extra)
+        assert stopped.value.code == 2
+        assert needle in capsys.readouterr().err
+    assert fitted == []
+
+
 @pytest.mark.parametrize(
     ("stem", "check"),
     [

@@ -116,6 +116,33 @@ def test_a_minus_one_plus_one_label_is_refused_not_read_as_all_anomalous() -> No
             AnomalyVAE(epochs=2, columns={"label": "label"}).fit(frame)
 
 
+def test_a_label_of_fractions_is_refused_not_read_as_all_anomalous() -> None:
+    # y holding scores or measurements (0.62, 0.13...) read as "non-zero = anomaly": every row
+    # but the zeros was left out of training as a labelled anomaly, without a word.
+    frame, _ = with_anomalies(300, 40, seed=2)
+    numeric = frame.drop(columns="kind")
+    with pytest.raises(ConfigError, match=r"label column 'y' has the value 0\.\d+ \(row 0\)"):
+        AnomalyVAE(epochs=1).fit(numeric, numeric["s0"].abs().to_numpy() + 0.01)
+    frame["label"] = [f"{v:.2f}" for v in numeric["s1"].abs() + 0.01]
+    with pytest.raises(ConfigError, match=r"label column 'label' has the value .* is it the right"):
+        AnomalyVAE(epochs=1, columns={"label": "label"}).fit(frame)
+    # Whole numbers are still classes: non-zero is anomalous.
+    model = AnomalyVAE(epochs=1).fit(numeric, np.r_[np.zeros(300), np.full(40, 2.0)])
+    assert model.training_summary_["rows_labelled_anomalous"] == 40
+
+
+def test_y_as_a_column_vector_or_a_one_column_frame_is_read_as_labels() -> None:
+    # fit(x, y.reshape(-1, 1)) or fit(x, df[["label"]]), which scikit-learn accepts, was a
+    # pandas traceback: "Data must be 1-dimensional, got ndarray of shape (340, 1)".
+    frame, labels = with_anomalies(300, 40, seed=2)
+    x, y = frame.drop(columns="kind").to_numpy(), labels.astype(int)
+    for given in (y.reshape(-1, 1), pd.DataFrame({"label": y})):
+        model = AnomalyVAE(epochs=1).fit(x, given)
+        assert model.training_summary_["rows_labelled_anomalous"] == 40
+    with pytest.raises(ConfigError, match=r"y must be one label per row .* got shape \(340, 2\)"):
+        AnomalyVAE(epochs=1).fit(x, np.c_[y, y])
+
+
 def test_too_few_training_rows_is_said_as_such() -> None:
     # An empty frame (or one whose rows are all labelled anomalous) was reported as "column
     # ... is empty" for every column and then "no feature columns left".
@@ -138,6 +165,92 @@ def test_parameter_errors_name_the_parameter() -> None:
         AnomalyVAE(score_kind="nope").fit(data)
     with pytest.raises(ConfigError, match="columns"):
         AnomalyVAE(columns={"bogus": 1}).fit(data)
+
+
+def test_scikit_learn_default_scoring_says_to_give_a_scoring() -> None:
+    # cross_val_score / GridSearchCV without 'scoring' call score(X, y) for a metric: it failed
+    # with "score() takes 2 positional arguments but 3 were given", every fold became NaN and
+    # the grid search picked its first candidate.
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    frame, labels = with_anomalies(300, 40, seed=2)
+    x, y = frame.drop(columns="kind").to_numpy(), labels.astype(int)
+    model = AnomalyVAE(epochs=2, seed=0)
+    with pytest.raises(ConfigError, match=r"not a metric.*scoring='roc_auc'"):
+        cross_val_score(model, x, y, cv=2, error_score="raise")
+    with pytest.warns(UserWarning, match=r"scoring='roc_auc'"):
+        cross_val_score(model, x, y, cv=2)
+    aucs = cross_val_score(model, x, y, cv=StratifiedKFold(2), scoring="roc_auc")
+    assert np.all(aucs > 0.5)  # decision_function: positive = anomalous, as labels 1 are
+
+
+def test_input_of_the_wrong_shape_says_what_to_pass(trained_model: AnomalyVAE) -> None:
+    # A scipy sparse matrix was "got an array of shape ()", one row (df.iloc[0], x[0]) only
+    # "shape (9,)", and hidden_dims=64 a bare TypeError "'int' object is not iterable".
+    from scipy import sparse
+
+    frame = correlated_normal(5, seed=3)
+    numeric = frame.drop(columns="kind")
+    with pytest.raises(ConfigError, match=r"scipy sparse csr_matrix.*pass X\.toarray\(\)"):
+        trained_model.score(sparse.csr_matrix(numeric.to_numpy()))
+    with pytest.raises(ConfigError, match=r"X is a Series.*df\.iloc\[\[i\]\]"):
+        trained_model.score(frame.iloc[0])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"one row of 8 values: pass X\.reshape\(1, -1\)"):
+        AnomalyVAE(epochs=1).fit(numeric.to_numpy()[0])
+    with pytest.raises(ConfigError, match=r"got a dict"):
+        trained_model.score({"s0": 1.0})  # type: ignore[arg-type]
+    assert len(trained_model.score(frame.iloc[[0]])) == 1
+    with pytest.raises(ConfigError, match=r"The 'hidden_dims' parameter must be a valid list"):
+        AnomalyVAE(hidden_dims=64).fit(numeric)  # type: ignore[arg-type]
+
+
+def test_a_model_fitted_on_an_array_scores_a_frame_made_from_one() -> None:
+    # fit(x) names the columns x0, x1...; predict(pd.DataFrame(x)) (columns 0, 1...) was
+    # "feature columns 'x0', ... missing (columns found: '0', ...)".
+    x = correlated_normal(300, seed=0).drop(columns="kind").to_numpy()
+    model = AnomalyVAE(epochs=2, seed=0).fit(x)
+    expected = model.anomaly_score(x[:20])
+    np.testing.assert_array_equal(model.anomaly_score(pd.DataFrame(x[:20])), expected)
+    np.testing.assert_array_equal(model.predict(pd.DataFrame(x[:20])), model.predict(x[:20]))
+    # Columns named otherwise are still read by name.
+    with pytest.raises(SchemaError, match=r"feature columns 'x0'"):
+        model.score(pd.DataFrame(x[:5], columns=[f"c{i}" for i in range(x.shape[1])]))
+
+
+def test_an_array_of_another_width_than_the_fitted_one_is_refused(tmp_path: Path) -> None:
+    # An array with one column more (a column inserted in front) was read by position, its
+    # first 8 columns scored as if they were the model's: no error, wrong scores.
+    x = correlated_normal(300, seed=0).drop(columns="kind").to_numpy()
+    model = AnomalyVAE(epochs=2, seed=0).fit(x)
+    model.save(tmp_path / "m")
+    wider = np.c_[np.zeros((5, 1)), x[:5]]
+    for fitted in (model, load_model(tmp_path / "m")):  # a Path, as AnomalyVAE.load takes
+        for given in (wider, x[:5, :7], pd.DataFrame(wider)):
+            with pytest.raises(ConfigError, match=r"X has \d columns, but the model was fitted on"):
+                fitted.predict(given)
+        np.testing.assert_array_equal(fitted.predict(x[:5]), model.predict(x[:5]))
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has Apple MPS")
+def test_a_device_this_machine_lacks_is_one_line_before_training() -> None:
+    # device='mps' on a machine without it failed inside training with torch's RuntimeError
+    # "PyTorch is not linked with support for mps devices".
+    data = correlated_normal(50, seed=0)
+    with pytest.raises(ConfigError, match=r"device 'mps' \(Apple MPS\) is not available here"):
+        AnomalyVAE(epochs=1, device="mps").fit(data)
+    with pytest.raises(ConfigError, match=r"device 'meta' is not supported: use 'auto'"):
+        AnomalyVAE(epochs=1, device="meta").fit(data)
+
+
+def test_score_batch_refuses_a_threshold_that_is_no_number(trained_model: AnomalyVAE) -> None:
+    # threshold=nan flagged no record (NaN is never crossed), -inf every one, 'abc' was
+    # float()'s "could not convert string to float"; the CLI's --threshold refuses them.
+    frame = correlated_normal(5, seed=4)
+    for bad in (float("nan"), -np.inf, "abc"):
+        with pytest.raises(ConfigError, match=r"threshold must be a finite number, got"):
+            trained_model.score_batch(frame, threshold=bad)  # type: ignore[arg-type]
+    flagged = trained_model.score_batch(frame, threshold=-1e9).scores["is_anomaly"]
+    assert flagged.tolist() == [1] * 5
 
 
 def test_constructor_only_stores() -> None:
@@ -576,6 +689,26 @@ def test_a_model_trained_on_cuda_loads_on_a_machine_without_a_gpu(
     )
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         AnomalyVAE.load(path, device="cuda")  # asked for: still refused
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has Apple MPS")
+def test_a_model_trained_on_apple_mps_loads_elsewhere_on_the_cpu(
+    trained_model: AnomalyVAE, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A model trained on a Mac with device 'mps' failed to load anywhere else.
+    path = tmp_path / "m"
+    trained_model.save(path)
+    meta = json.loads((path / "model.json").read_text())
+    meta["config"]["training"]["device"] = "mps"
+    (path / "model.json").write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING):
+        loaded = AnomalyVAE.load(path)
+    assert loaded.device_.type == "cpu"
+    assert "was trained with device 'mps'; there is no Apple MPS here" in caplog.text
+    frame, _ = with_anomalies(50, 5, seed=9)
+    np.testing.assert_allclose(
+        loaded.score(frame)["score"], trained_model.score(frame)["score"], rtol=1e-5
+    )
 
 
 def test_a_label_column_not_in_the_training_data_is_warned_about(

@@ -91,6 +91,7 @@ class BatchSummary:
     label_column: str | None = None
     bad_labels: int = 0  # label values that are no label (left out of the metrics)
     first_bad_label: str = ""  # "row N: 'value'"
+    negative_labels: int = 0  # of bad_labels, negative numbers (scikit-learn's -1 = outlier)
 
     def lines(self) -> list[str]:
         rate = self.rows_read / self.seconds if self.seconds > 0 else 0.0
@@ -127,6 +128,12 @@ class BatchSummary:
                 f"{'s are' if self.bad_labels > 1 else ' is'} neither normal (0, false, normal) "
                 f"nor anomalous (1, true, anomaly), left out of the metrics (the first, "
                 f"{self.first_bad_label})"
+                + (
+                    "; a -1 / 1 label, as scikit-learn's predict gives, is ambiguous (is 1 "
+                    "normal?): write 1 for anomalies and 0 for normal rows"
+                    if self.negative_labels
+                    else ""
+                )
             )
         if self.metrics:
             m = self.metrics
@@ -375,8 +382,13 @@ def score_csv(
                     if bad.any():
                         if not summary.bad_labels:
                             first = given[bad]
-                            summary.first_bad_label = f"row {first.index[0]}: {first.iloc[0]!r}"
+                            value = first.iloc[0]
+                            if isinstance(value, np.generic):  # -1, not np.int64(-1)
+                                value = value.item()
+                            summary.first_bad_label = f"row {first.index[0]}: {value!r}"
                         summary.bad_labels += int(bad.sum())
+                        numbers = pd.to_numeric(given[bad], errors="coerce")
+                        summary.negative_labels += int((numbers < 0).sum())
                     scores_seen.append(batch.scores["score"].to_numpy())
                     labels_seen.append(labels.to_numpy(dtype="float64", na_value=np.nan))
                 bar.update(max(0, source.position() - bar.n) if not source.compressed else 0)

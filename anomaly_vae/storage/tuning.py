@@ -496,6 +496,7 @@ def preview_threshold(
             raise ConfigError(
                 f"none of the labels in {labels.source} matches a stored score of model "
                 f"{model_name} version {model.version} in that period: check the keys or times"
+                f"{labels.unmatched_hint}"
             )
     replay = frame[["score", "entity", "time"]].copy()
     # As the write path decides (storage.sink.flag_levels): a windowed model's warming-up and
@@ -559,6 +560,9 @@ class LabelSet:
     source: str
     kind: Literal["source_key", "entity_time", "windows"]
     frame: pd.DataFrame
+    # An export read as its own labels: said when none of them matches (an edited copy of the
+    # scored file, or a file of ids and labels, has other content and so other keys).
+    unmatched_hint: str = ""
 
     def for_scores(self, scores: pd.DataFrame) -> np.ndarray:
         """1.0 / 0.0 per stored score (``stored_scores`` frame), NaN where unknown."""
@@ -655,7 +659,12 @@ def read_labels(
     rows = pd.DataFrame(
         {"source_key": [f"{prefix}{i}" for i in range(len(frame))], "label": labels}
     )
-    return LabelSet(str(path), "source_key", rows)
+    hint = (
+        f" ({path} has no {key_column!r} or time column, so it is read as the scored export "
+        "itself, its rows keyed by its content hash: score exactly this file with --db, or "
+        f"give keys ({key_column},label) or entity,time,label)"
+    )
+    return LabelSet(str(path), "source_key", rows, unmatched_hint=hint)
 
 
 def _separator_hint(header: list[str], sep: str, expected: list[str]) -> str:
@@ -686,19 +695,35 @@ def _times(values: pd.Series, path: Path, name: str) -> pd.Series:
     return parsed
 
 
-_TRUE = {"1", "1.0", "true", "yes", "y", "anomaly", "anomalous"}
-_FALSE = {"0", "0.0", "false", "no", "n", "normal", ""}
+# Cells read as no label, as pandas reads them in a scored export (score --label-column).
+_NO_LABEL = {"", "na", "n/a", "nan", "null", "none", "<na>", "#n/a"}
 
 
 def _binary(values: pd.Series, path: Path) -> np.ndarray:
-    lowered = values.str.strip().str.lower()
-    bad = ~lowered.isin(_TRUE | _FALSE)
+    """1.0 (anomalous), 0.0 (normal) or NaN (no label: a blank cell) per row, read as
+    ``score --label-column`` reads the same column (``labels.label_to_binary``), so that an
+    export labels its records alike for both; any other value is refused with its line."""
+    from anomaly_vae.labels import label_to_binary
+
+    stripped = values.str.strip()
+    given = stripped.where(~stripped.str.lower().isin(_NO_LABEL))
+    binary = label_to_binary(given.reset_index(drop=True), name="label", strict=False)
+    bad = given.notna().to_numpy() & binary.isna().to_numpy()
     if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0]) + 2
-        raise InputFileError(
-            f"labels file {path} line {row}: label {values.iloc[row - 2]!r} is not 0 or 1"
+        row = int(np.flatnonzero(bad)[0])
+        value = values.iloc[row]
+        negative = pd.to_numeric(pd.Series([value]), errors="coerce").lt(0).iloc[0]
+        why = (
+            "a -1 / 1 label, as scikit-learn's predict gives, is ambiguous: write 1 for "
+            "anomalies and 0 for normal rows"
+            if negative
+            else "write 1 (true, anomaly) or 0 (false, normal), or leave the cell empty for no "
+            "label"
         )
-    return lowered.isin(_TRUE).to_numpy(dtype=np.int64)
+        raise InputFileError(
+            f"labels file {path} line {row + 2}: label {value!r} is not a label: {why}"
+        )
+    return binary.to_numpy(dtype="float64", na_value=np.nan)
 
 
 # ========================================================================= tuning
@@ -738,7 +763,7 @@ def tune(
     if not known.any():
         raise ConfigError(
             f"none of the labels in {labels.source} matches a stored score of model {model_name} "
-            f"version {model.version}: check the keys or times"
+            f"version {model.version}: check the keys or times{labels.unmatched_hint}"
         )
     result = tune_from_labels(
         frame["score"].to_numpy()[known],
