@@ -744,6 +744,13 @@ class AnomalyVAE(BaseEstimator):
                 "labels: give scikit-learn a scoring (cross_val_score(..., scoring='roc_auc'), "
                 "GridSearchCV(..., scoring='average_precision')); it reads decision_function"
             )
+        batch = self._every_row(X)
+        out = batch.scores.copy()
+        out["top_features"] = batch.top_features_text(self.config_.scoring.top_features)
+        return out
+
+    def _every_row(self, X: pd.DataFrame | np.ndarray) -> ScoreBatch:
+        """``score_batch(X)``, or ``InvalidRecordsError`` if any row cannot be scored."""
         batch = self.score_batch(X)
         if len(batch.rejects):
             first_row = batch.rejects.index[0]
@@ -753,13 +760,12 @@ class AnomalyVAE(BaseEstimator):
                 "the others scored and the rejects listed",
                 rejects=batch.rejects,
             )
-        out = batch.scores.copy()
-        out["top_features"] = batch.top_features_text(self.config_.scoring.top_features)
-        return out
+        return batch
 
     def anomaly_score(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """The score of each row as an array; higher means more anomalous."""
-        return self.score(X)["score"].to_numpy()
+        """The score of each row as an array; higher means more anomalous (no top-features
+        text is built: ``predict`` and ``decision_function`` need only the score)."""
+        return np.asarray(self._every_row(X).scores["score"].to_numpy())
 
     def decision_function(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
         """``score - threshold_``: positive means anomalous."""
