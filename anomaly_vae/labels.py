@@ -12,7 +12,7 @@ import pandas as pd
 from anomaly_vae.errors import ConfigError
 
 _TRUE = {"1", "true", "yes", "y", "t", "anomaly", "anomalous", "abnormal", "outlier", "fault"}
-_FALSE = {"0", "false", "no", "n", "f", "normal", "ok", "nominal", "inlier", ""}
+_FALSE = {"0", "false", "no", "n", "f", "normal", "ok", "nominal", "inlier"}
 
 
 def label_to_binary(
@@ -33,6 +33,7 @@ def label_to_binary(
             values = values.where(~(values < 0) & ~_fractional(values))
         return (values != 0).astype("Int64").where(values.notna())
     text = series.astype("string").str.strip().str.lower()
+    text = text.mask(text == "")  # a cell of blanks is an empty cell: no label, not 'normal'
     out = pd.Series(pd.NA, index=series.index, dtype="Int64")
     out[text.isin(list(_TRUE)).fillna(False).to_numpy(dtype=bool)] = 1
     out[text.isin(list(_FALSE)).fillna(False).to_numpy(dtype=bool)] = 0

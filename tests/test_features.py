@@ -583,3 +583,15 @@ def test_a_single_column_name_where_a_list_goes_is_a_list_of_one() -> None:
     )
     with pytest.raises(ValidationError):
         ColumnsConfig.model_validate({"ignore": 3})
+
+
+def test_a_label_cell_of_blanks_is_no_label() -> None:
+    # '  ' (a CSV cell of spaces) read as 'normal' after trimming, where an empty cell is no
+    # label: the same row counted as a normal one in the metrics.
+    from anomaly_vae.labels import label_to_binary
+
+    labels = pd.Series(["1", "  ", "normal", None, "anomaly"])
+    out = label_to_binary(labels, name="label")
+    assert out.tolist()[0] == 1
+    assert out.isna().tolist() == [False, True, False, True, False]
+    assert out.dropna().tolist() == [1, 0, 1]
