@@ -117,15 +117,16 @@ class Scorer:
         indicators = indicator_blocks(layout)
         self.block_weight = torch.as_tensor(~indicators, dtype=torch.float32, device=device)
         self.skip_blocks = frozenset(int(b) - layout.n_numeric for b in np.flatnonzero(indicators))
-        # The categorical blocks that may be a gap (all zeros: a missing value of a column
-        # that had none in training), and which inputs each is made of.
+        # Every categorical block as (block number, start, stop in x); those that may be a gap
+        # (all zeros: a missing value of a column that had none in training, not an
+        # indicator), and which inputs each is made of.
         k = layout.n_numeric
-        self.cat_spans: list[tuple[int, int]] = []
+        self.cat_blocks: list[tuple[int, int, int]] = []
         offset = k
         for b, size in enumerate(layout.cat_sizes):
-            if not indicators[k + b]:
-                self.cat_spans.append((offset, offset + size))
+            self.cat_blocks.append((k + b, offset, offset + size))
             offset += size
+        self.cat_spans = [(lo, hi) for b, lo, hi in self.cat_blocks if not indicators[b]]
         members = torch.zeros(layout.input_dim - k, len(self.cat_spans))
         for i, (lo, hi) in enumerate(self.cat_spans):
             members[lo - k : hi - k, i] = 1.0
@@ -285,11 +286,6 @@ class Scorer:
         model = self.model
         model.eval()
         k = self.lik_layout.n_numeric
-        spans = []  # categorical blocks: (block number, start, stop in x)
-        start = k
-        for b, size in enumerate(self.lik_layout.cat_sizes):
-            spans.append((k + b, start, start + size))
-            start += size
         rows_per_pass = max(ROW_BLOCK, self.batch_size // m // ROW_BLOCK * ROW_BLOCK)
         to = rows_per_pass if self.fixed_rows else None
         for first in range(0, n, rows_per_pass):
@@ -313,7 +309,7 @@ class Scorer:
                 xs[:, :k] = xs[:, :k].masked_fill(numeric_gone, 0.0)  # the median
                 obs_s = obs_s.masked_fill(numeric_gone, 0.0)
             guess = decoded.repeat_interleave(m, dim=0)
-            for block, lo, hi in spans:
+            for block, lo, hi in self.cat_blocks:
                 owned = gone[:, block]
                 if bool(owned.any()):
                     xs[owned, lo:hi] = torch.softmax(guess[owned, lo:hi], dim=-1)
@@ -345,10 +341,9 @@ def indicator_blocks(layout: FeatureLayout) -> np.ndarray:
 def imputable_inputs(layout: FeatureLayout) -> np.ndarray:
     """``bool[n_numeric]``: the numeric inputs whose column has no missing-indicator block (it
     had no missing value in training), where ``Scorer.impute`` fills a gap."""
-    k = layout.n_numeric
-    numeric_columns = set(layout.block_columns[:k])
-    flagged = {c for c in layout.block_columns[k:] if c in numeric_columns}
-    return np.array([c not in flagged for c in layout.block_columns[:k]], dtype=bool)
+    flagged = {layout.block_columns[b] for b in np.flatnonzero(indicator_blocks(layout))}
+    numeric = layout.block_columns[: layout.n_numeric]
+    return np.array([c not in flagged for c in numeric], dtype=bool)
 
 
 def _padded(array: np.ndarray, device: torch.device, *, to: int | None = None) -> Tensor:

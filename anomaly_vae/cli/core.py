@@ -424,7 +424,7 @@ def _score_file(
     if pipeline:
         file_cfg = PipelineConfig.from_yaml(pipeline)
         cfg = file_cfg.over(model.config_, source=pipeline)
-        warn_trained_settings(pipeline, file_cfg, model.config_, scoring=False)
+        warn_trained_settings(pipeline, file_cfg, model.config_)
         _apply_scoring_section(model, file_cfg, pipeline)
     if chunk_size is not None and chunk_size < 1:
         raise ConfigError(f"--chunk-size must be >= 1, got {chunk_size}")
@@ -543,18 +543,10 @@ def _check_outputs(data: Path, out: Path | None, rejects: Path) -> None:
     check_writable(rejects)
 
 
-# Scoring settings a pipeline file may change at scoring time; the others are the model's own.
-SCORING_TIME_SETTINGS = frozenset({"chunk_size"})
-
-
-def warn_trained_settings(
-    pipeline: Path, file_cfg: PipelineConfig, model: PipelineConfig, *, scoring: bool = True
-) -> None:
+def warn_trained_settings(pipeline: Path, file_cfg: PipelineConfig, model: PipelineConfig) -> None:
     """Name the settings of a pipeline file given to ``score`` or ``stream`` that the model does
-    not take: a model scores with the window and the scoring settings (K, score kind, top
-    features, threads...) it was trained with, whatever the file says, and under its name.
-    ``scoring=False``: the caller deals with the scoring section (``score`` applies part of
-    it, ``_apply_scoring_section``)."""
+    not take: a model scores with the window it was trained with, whatever the file says, and
+    under its name. (Its ``scoring:`` section: ``_apply_scoring_section``.)"""
     if "name" in file_cfg.model_fields_set and file_cfg.name != model.name:
         # Results, thresholds and alerts are kept under the name the model was trained with.
         logger.warning(
@@ -576,25 +568,6 @@ def warn_trained_settings(
             pipeline,
             _window_text(file_cfg.window),
             _window_text(model.window),
-        )
-    if not scoring or "scoring" not in file_cfg.model_fields_set:
-        return
-    given, own = file_cfg.scoring, model.scoring
-    changed = sorted(
-        name
-        for name in given.model_fields_set - SCORING_TIME_SETTINGS
-        if getattr(given, name) != getattr(own, name)
-    )
-    if changed:
-        logger.warning(
-            "%s: %s differ%s from the model's (%s); the model's %s used (scoring settings are "
-            "set when training, all but %s)",
-            pipeline,
-            ", ".join(f"scoring.{name} {getattr(given, name)!r}" for name in changed),
-            "s" if len(changed) == 1 else "",
-            ", ".join(f"{getattr(own, name)!r}" for name in changed),
-            "is" if len(changed) == 1 else "are",
-            ", ".join(sorted(SCORING_TIME_SETTINGS)),
         )
 
 

@@ -186,7 +186,7 @@ def stream(
         # only kafka: and model_dir:) keeps the model's columns, entity and alert rule.
         merged = file_cfg.over(cfg, source=pipeline or "the pipeline file")
         if pipeline is not None and label is None:  # a child's supervisor said it already
-            warn_trained_settings(pipeline, file_cfg, model.config_, scoring=False)
+            warn_trained_settings(pipeline, file_cfg, model.config_)
         cfg.kafka = merged.kafka
         cfg.columns = merged.columns
         cfg.alerts = merged.alerts
