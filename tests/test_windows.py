@@ -19,7 +19,6 @@ from anomaly_vae.errors import ConfigError, SchemaError
 from anomaly_vae.features import EncodedBatch
 from anomaly_vae.jobs.stream import StreamBatch, StreamScorer, WriteResult
 from anomaly_vae.sources.kafka import Message
-from anomaly_vae.storage.engine import create_database_engine, parse_database_url
 from anomaly_vae.windows import (
     LATE,
     OK,
@@ -31,6 +30,7 @@ from anomaly_vae.windows import (
     entity_to_bytes,
     event_seconds,
 )
+from tests.conftest import query
 from tests.test_cli import run_inline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -569,12 +569,7 @@ def scored_into_sqlite(
     args = ("score", str(export), "--model-dir", str(tmp_path / "m"), "--db", url, "-q")
     done = run_inline(capsys, *args)
     assert done.returncode == 0, done.stderr
-    engine = create_database_engine(parse_database_url(url))
-    try:
-        with engine.connect() as connection:
-            rows = list(connection.exec_driver_sql(sql).all())
-    finally:
-        engine.dispose()
+    rows = query(url, sql)
     return data, url, rows
 
 
@@ -641,12 +636,7 @@ def test_numeric_entities_with_a_gap_keep_their_windows_across_chunks(
     one, chunked = (pd.read_csv(tmp_path / name) for name in ("one.csv", "chunked.csv"))
     assert (one["window_status"] == chunked["window_status"]).all()
     assert np.array_equal(one["score"].to_numpy(), chunked["score"].to_numpy())
-    engine = create_database_engine(parse_database_url(url))
-    try:
-        with engine.connect() as connection:
-            keys = connection.exec_driver_sql("SELECT DISTINCT entity_key FROM scores").all()
-    finally:
-        engine.dispose()
+    keys = query(url, "SELECT DISTINCT entity_key FROM scores")
     # The row with no pump is a reject (a window needs its entity), not an entity of None.
     assert {k for (k,) in keys} == {"1", "2", "3", "4"}
     assert len(one) == 239
@@ -829,12 +819,7 @@ def test_numeric_dates_are_read_in_the_models_order_in_every_chunk_and_stored_al
     scored = pd.read_csv(out)  # scores as the CSV writes them (float32 text)
     assert scored["window_status"].tolist() == whole.scores["window_status"].tolist()
     assert np.allclose(scored["score"].to_numpy(), whole.scores["score"].to_numpy(), rtol=1e-6)
-    engine = create_database_engine(parse_database_url(url))
-    try:
-        with engine.connect() as connection:
-            rows = connection.exec_driver_sql("SELECT source_key, event_time FROM scores").all()
-    finally:
-        engine.dispose()
+    rows = query(url, "SELECT source_key, event_time FROM scores")
     stored = {int(key.rsplit(":", 1)[1]): pd.Timestamp(t) for key, t in rows}
     assert len(stored) == 600
     for i in (0, 99, 100, 240, 599):
@@ -931,12 +916,7 @@ def test_epoch_micro_and_nanoseconds_give_the_same_windows_as_iso_times(
     args = ["score", str(export), "--model-dir", str(tmp_path / "m"), "--db", url, "-q"]
     done = run_inline(capsys, *args)
     assert done.returncode == 0, done.stderr
-    engine = create_database_engine(parse_database_url(url))
-    try:
-        with engine.connect() as connection:
-            rows = connection.exec_driver_sql("SELECT source_key, event_time FROM scores").all()
-    finally:
-        engine.dispose()
+    rows = query(url, "SELECT source_key, event_time FROM scores")
     stored = {int(key.rsplit(":", 1)[1]): pd.Timestamp(t) for key, t in rows}
     assert len(stored) == len(data)
     for i in (0, 57, 119):
