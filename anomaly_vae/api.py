@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from anomaly_vae._version import __version__
-from anomaly_vae.config import AlertsConfig
+from anomaly_vae.config import AlertsConfig, NoBooleanNumbers
 from anomaly_vae.errors import ConfigError, InputFileError, NotFoundError, SchemaError
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.storage.engine import DatabaseTarget
@@ -95,7 +95,7 @@ class ApiSettings:
 
 
 # ====================================================================== schemas
-class _Schema(BaseModel):
+class _Schema(NoBooleanNumbers):
     model_config = ConfigDict(extra="forbid")
 
 

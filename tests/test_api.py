@@ -358,6 +358,20 @@ def test_a_nan_or_infinity_in_a_body_is_a_422(server: Server) -> None:
     assert len(server.client.get("/models/pumps/thresholds").json()) == 1
 
 
+def test_a_boolean_where_a_number_belongs_is_a_422(server: Server) -> None:
+    # pydantic reads true as 1: a fixed threshold of 'true' became 1.0 and k 'true' became 1.
+    for body in (
+        {"warning": {"policy": "value", "value": True}, "reason": "r"},
+        {"warning": {"policy": "quantile", "quantile": False}, "reason": "r"},
+        {"alert_rule": {"k": True}, "reason": "r"},
+    ):
+        method = server.client.post if "warning" in body else server.client.patch
+        response = method("/models/pumps/thresholds", json=body, headers=AUTH)
+        assert response.status_code == 422, response.text
+        assert "boolean" in response.text
+    assert len(server.client.get("/models/pumps/thresholds").json()) == 1
+
+
 def test_scoring_records_now_under_the_threshold_in_force(
     server: Server,
     pump_model: tuple[AnomalyVAE, Path],

@@ -1210,6 +1210,29 @@ def test_a_pipeline_key_set_twice_is_refused_with_both_lines(
         PipelineConfig.from_yaml(shipped)
 
 
+def test_a_boolean_where_a_number_belongs_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # pydantic reads true as 1: 'epochs: true' trained one epoch, 'learning_rate: yes' (YAML
+    # 1.1's boolean) set 1.0, and 'hidden_dims: [true, 8]' built a layer of width 1.
+    data = tmp_path / "normal.csv"
+    make_pump_data(40, seed=1).to_csv(data, index=False)
+    pipeline = tmp_path / "bool.yaml"
+    args = ["train", str(data), "--model-dir", str(tmp_path / "m"), "--pipeline", str(pipeline)]
+    for text, where in (
+        ("training:\n  epochs: true\n", "training: epochs"),
+        ("training:\n  learning_rate: yes\n", "training: learning_rate"),
+        ("model:\n  hidden_dims: [true, 8]\n", "model: hidden_dims"),
+        ("alerts:\n  k: on\n  n: 3\n", "alerts: k"),
+    ):
+        pipeline.write_text(text)
+        assert_user_error(run_inline(capsys, *args), f"{where}: expected")
+        assert not (tmp_path / "m").exists()
+    # A boolean setting still takes a boolean, and a number a number.
+    pipeline.write_text("training:\n  epochs: 1\n  progress: false\n  mixed_precision: no\n")
+    assert run_inline(capsys, *args, "-q").returncode == 0
+
+
 def test_a_feature_column_empty_in_every_row_is_named_in_the_summary(
     trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

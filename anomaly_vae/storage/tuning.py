@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ConfigDict,
     Field,
     TypeAdapter,
@@ -36,7 +35,7 @@ from pydantic import (
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection, Row
 
-from anomaly_vae.config import AlertsConfig, format_validation_error
+from anomaly_vae.config import AlertsConfig, NoBooleanNumbers, format_validation_error
 from anomaly_vae.errors import ConfigError, InputFileError, NotFoundError
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.storage.alerting import ACTIVE_STATES, seed_states, seed_tracker
@@ -68,7 +67,7 @@ UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
 """A datetime field or query parameter: a date or a time without a time zone is UTC."""
 
 
-class _Spec(BaseModel):
+class _Spec(NoBooleanNumbers):
     model_config = ConfigDict(extra="forbid")
 
 
