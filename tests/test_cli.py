@@ -854,6 +854,30 @@ def test_demo_writes_its_files_as_its_pipeline_reads_them(
     assert len(pd.read_csv(work / "scores.csv")) > 990
 
 
+def test_demo_from_an_installed_package_writes_its_own_pipeline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Installed from a wheel there is no pipelines/ folder: 'anomaly-vae demo' stopped with
+    # "pipeline file pipelines/pumps.yaml not found".
+    from anomaly_vae.cli import core
+    from anomaly_vae.datasets import PUMP_PIPELINE_TEXT
+
+    monkeypatch.setattr(core, "REPO_PIPELINES", tmp_path / "no-such-folder")
+    monkeypatch.chdir(tmp_path)
+    args = ["demo", "--workdir", "d", "--rows", "500", "--epochs", "2", "-q"]
+    result = run_inline(capsys, *args)
+    assert result.returncode == 0, result.stderr
+    assert "wrote the demo's pipeline to d/pipeline.yaml" in result.stdout
+    assert "flagged as anomalous" in result.stdout
+    assert (tmp_path / "d" / "pipeline.yaml").read_text() == PUMP_PIPELINE_TEXT
+    meta = json.loads((tmp_path / "d" / "model" / "model.json").read_text())
+    assert meta["name"] == "pumps"
+    # The demo's own pipeline is the repository's example, comments aside.
+    own = PipelineConfig.from_yaml(tmp_path / "d" / "pipeline.yaml")
+    example = PipelineConfig.from_yaml(REPO / "pipelines" / "pumps.yaml")
+    assert own.model_dump() == example.model_dump()
+
+
 def test_info_and_help(trained: Path) -> None:
     result = run("info", "--model-dir", str(trained / "model"))
     assert result.returncode == 0

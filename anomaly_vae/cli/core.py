@@ -779,7 +779,10 @@ def demo(
     workdir: Path = typer.Option(Path("demo"), "--workdir", help="Where to write the demo files."),
     rows: int = typer.Option(20_000, "--rows", help="Normal rows to train on."),
     pipeline: Path | None = typer.Option(
-        None, "--pipeline", help="Pipeline YAML file (default: pipelines/pumps.yaml)."
+        None,
+        "--pipeline",
+        help="Pipeline YAML file (default: pipelines/pumps.yaml, or the demo's own pipeline, "
+        "written to the workdir, where there is none).",
     ),
     epochs: int | None = typer.Option(None, "--epochs", help="Fewer epochs for a quicker demo."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -795,10 +798,6 @@ def demo(
 
     if rows < 100:
         raise ConfigError(f"--rows must be at least 100, got {rows}")
-    pipeline = pipeline or _find_pipeline("pumps.yaml")
-    cfg = PipelineConfig.from_yaml(pipeline)
-    if epochs is not None:
-        cfg.training.epochs = epochs
     existing = _existing_ancestor(workdir)
     if not existing.is_dir():
         # mkdir's own "File exists (demo)" did not say that the path is a file.
@@ -806,6 +805,18 @@ def demo(
             f"--workdir {workdir}: {existing} is a file, not a directory: give a directory for "
             "the demo's files (it is created when missing)"
         )
+    pipeline = pipeline or _find_pipeline("pumps.yaml")
+    if pipeline is None:
+        # An installed package has no pipelines/ folder: the demo writes its own pipeline.
+        from anomaly_vae.datasets import PUMP_PIPELINE_TEXT
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        pipeline = workdir / "pipeline.yaml"
+        pipeline.write_text(PUMP_PIPELINE_TEXT, encoding="utf-8")
+        typer.echo(f"no pipelines/pumps.yaml here: wrote the demo's pipeline to {pipeline}")
+    cfg = PipelineConfig.from_yaml(pipeline)
+    if epochs is not None:
+        cfg.training.epochs = epochs
     workdir.mkdir(parents=True, exist_ok=True)
     normal_csv, export_csv = workdir / "normal.csv", workdir / "export.csv"
 
@@ -872,9 +883,11 @@ def demo(
         typer.echo(top[cols].to_string(index=False))
 
 
-def _find_pipeline(name: str) -> Path:
+def _find_pipeline(name: str) -> Path | None:
+    """``pipelines/NAME`` in the working directory or in the source checkout this package runs
+    from; ``None`` when neither has it (an installed package)."""
     for folder in (Path.cwd() / "pipelines", REPO_PIPELINES):
         candidate = folder / name
         if candidate.is_file():
             return candidate
-    raise ConfigError(f"pipeline file pipelines/{name} not found: pass --pipeline PATH")
+    return None
