@@ -878,10 +878,34 @@ def test_demo_from_an_installed_package_writes_its_own_pipeline(
     assert own.model_dump() == example.model_dump()
 
 
+def test_an_export_unlike_the_training_data_is_named_as_such(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A model trained on one machine scoring another's export flagged every row, and the
+    # summary said only "1147 flagged": no hint that the data, not the machine, had changed.
+    frame = make_pump_data(300, seed=5)
+    shifted = frame.assign(vibration=frame["vibration"] * 4)
+    args = ["--model-dir", str(trained / "model"), "--pipeline", str(PIPELINE), "-q"]
+    shifted.to_csv(tmp_path / "other.csv", index=False)
+    out = tmp_path / "other.scores.csv"
+    result = run_inline(capsys, "score", str(tmp_path / "other.csv"), *args, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stdout.splitlines() if "crossed the threshold" in x)
+    assert "is likely unlike the training data" in line
+    assert "the column that stands out most often is 'vibration'" in line
+    # An export like the training data says nothing of the kind.
+    frame.to_csv(tmp_path / "same.csv", index=False)
+    out = tmp_path / "same.scores.csv"
+    result = run_inline(capsys, "score", str(tmp_path / "same.csv"), *args, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "crossed the threshold" not in result.stdout
+
+
 def test_info_and_help(trained: Path) -> None:
     result = run("info", "--model-dir", str(trained / "model"))
     assert result.returncode == 0
-    assert "feature station: categorical" in result.stdout
+    assert "feature station: categorical (3 values learned: east, north, south)" in result.stdout
+    assert "feature vibration: numeric (training median " in result.stdout
     result = run("--help")
     assert result.returncode == 0
     assert "train" in result.stdout

@@ -719,8 +719,21 @@ def info(
     model = AnomalyVAE.load(model_dir)
     s = model.training_summary_
     typer.echo(f"model '{model.name}' version {str(model.model_hash_)[:12]} ({model_dir})")
+    from anomaly_vae.features import MISSING
+
+    pre = model.preprocessor_
     for col in model.schema_.columns:
-        typer.echo(f"  feature {col.name}: {col.kind}")
+        if col.name in pre.center:
+            detail = (
+                f" (training median {pre.center[col.name]:.6g}, scale {pre.scale[col.name]:.4g})"
+            )
+        elif col.name in pre.categories:
+            known = [c for c in pre.categories[col.name] if c != MISSING]
+            shown = ", ".join(known[:8]) + (", ..." if len(known) > 8 else "")
+            detail = f" ({len(known)} values learned: {shown})"
+        else:
+            detail = ""
+        typer.echo(f"  feature {col.name}: {col.kind}{detail}")
     examples = "rows"
     if model.config_.window is not None and s.get("windows") is not None:
         examples = f"full windows of {s.get('rows', '?')} rows"
