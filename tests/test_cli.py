@@ -891,7 +891,7 @@ def test_an_export_unlike_the_training_data_is_named_as_such(
     result = run_inline(capsys, "score", str(tmp_path / "other.csv"), *args, "--out", str(out))
     assert result.returncode == 0, result.stderr
     line = next(x for x in result.stdout.splitlines() if "crossed the threshold" in x)
-    assert "is likely unlike the training data" in line
+    assert "unless most of this export is anomalous, it is as a whole unlike the training" in line
     assert "the column that stands out most often is 'vibration'" in line
     # An export like the training data says nothing of the kind.
     frame.to_csv(tmp_path / "same.csv", index=False)

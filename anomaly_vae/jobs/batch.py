@@ -176,7 +176,7 @@ class BatchSummary:
         unlike the training data. Say so, and which column stands out most often."""
         line = (
             f"{self.rows_flagged / self.rows_scored:.0%} of the scored rows crossed the threshold: "
-            "anomalies are rare, so this export as a whole is likely unlike the training data "
+            "unless most of this export is anomalous, it is as a whole unlike the training data "
             "(another machine or site, other units, a changed process, or training rows that "
             "were not representative)"
         )
