@@ -799,6 +799,13 @@ def _score_records(
         kept_frame = pd.DataFrame({name: [] for name in features})
     else:
         kept_frame = pd.DataFrame.from_records([records[i] for i in kept], index=kept)
+    if window is not None:
+        # A window field no record has is each record's missing value (rejected with its
+        # reason), as when some records lack it: it was a 422 for the whole request, and
+        # when no record had every feature, one that named the entity field, not them.
+        for name in (window.entity, window.time):
+            if name and name not in kept_frame.columns:
+                kept_frame[name] = pd.Series([None] * len(kept_frame), index=kept_frame.index)
     scored = model.score_batch(kept_frame, threshold=warning, source="request")
     for index, reason in scored.rejects["reason"].items():
         rejects.append(RejectedRecord(index=int(index), reason=str(reason)))

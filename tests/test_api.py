@@ -849,3 +849,27 @@ def test_an_integer_too_large_for_a_number_is_a_reject_not_a_500(score_client: A
         assert set(rejects) == {2, 4}, rejects
         assert f"field '{field}': an integer of 401 digits is not a finite number" == rejects[2]
         assert sorted(s["index"] for s in response.json()["scores"]) == [0, 1, 3, 5]
+
+
+def test_a_window_field_no_record_has_rejects_each_record(score_client: Any) -> None:
+    # A record without 'ts' among others was rejected ("window time column 'ts': missing"),
+    # but the same record alone, or every record without it, was a 422 for the request; and
+    # records that all lacked a feature got a 422 naming the entity field, not the feature.
+    for field, reason in (
+        ("ts", "window time column 'ts': missing"),
+        ("pump_id", "window entity column 'pump_id': missing"),
+    ):
+        for n in (1, 3):
+            records = pump_records(n)
+            for record in records:
+                del record[field]
+            response = score_client.post("/models/pumps-windows/score", json={"records": records})
+            assert response.status_code == 200, response.text
+            assert response.json()["scores"] == []
+            assert response.json()["rejects"] == [{"index": i, "reason": reason} for i in range(n)]
+    records = pump_records(3)
+    for record in records:
+        del record["flow"]
+    response = score_client.post("/models/pumps-windows/score", json={"records": records})
+    assert response.status_code == 200, response.text
+    assert [r["reason"] for r in response.json()["rejects"]] == ["feature field 'flow' missing"] * 3
