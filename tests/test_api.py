@@ -873,3 +873,18 @@ def test_a_window_field_no_record_has_rejects_each_record(score_client: Any) -> 
     response = score_client.post("/models/pumps-windows/score", json={"records": records})
     assert response.status_code == 200, response.text
     assert [r["reason"] for r in response.json()["rejects"]] == ["feature field 'flow' missing"] * 3
+
+
+def test_a_time_out_of_range_in_utc_is_a_422_not_an_outage(score_client: Any) -> None:
+    # 0001-01-01T00:00:00+01:00 is a valid datetime, but not in UTC: the driver raised
+    # OverflowError and the API answered 503 "the results database ... is unavailable".
+    for path, params in (
+        ("/anomalies", {"since": "0001-01-01T00:00:00+01:00"}),
+        ("/alerts", {"since": "9999-12-31T23:59:59-05:00"}),
+        ("/anomalies", {"since": "2026-01-01", "until": "9999-12-31T23:00:00-05:00"}),
+    ):
+        response = score_client.get(path, params=params)
+        assert response.status_code == 422, response.text
+        assert "out of range once converted to UTC" in json.dumps(response.json())
+    in_range = score_client.get("/anomalies", params={"since": "0001-01-01T00:00:00Z"})
+    assert in_range.status_code == 200, in_range.text
