@@ -25,12 +25,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DataError, SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from anomaly_vae._version import __version__
 from anomaly_vae.config import AlertsConfig, NoBooleanNumbers
@@ -405,24 +407,37 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
     for error, status in (
         (NotFoundError, 404),
         (ModelUnavailableError, 409),
-        (SchemaError, 422),
         (ConfigError, 400),
         (InputFileError, 400),
     ):
         app.add_exception_handler(error, _detail_response(status))
+
+    @app.exception_handler(SchemaError)
+    async def _schema(_request: Request, exc: SchemaError) -> JSONResponse:
+        return _unprocessable(str(exc))
 
     @app.exception_handler(DataError)
     async def _unstorable(_request: Request, exc: DataError) -> JSONResponse:
         # The database refused a value of the request (PostgreSQL: a NUL character in text,
         # a number out of a column's range): the client's to fix, not an outage (503).
         why = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
-        return JSONResponse(
-            {
-                "detail": "a value in this request cannot go to the results database: "
-                f"{why[0] if why else 'refused'}; send it without that value"
-            },
-            status_code=422,
+        return _unprocessable(
+            "a value in this request cannot go to the results database: "
+            f"{why[0] if why else 'refused'}; send it without that value"
         )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        # A body that is not JSON Python can read (not UTF-8, nested too deep, an integer of
+        # over 4,300 digits) was FastAPI's 400 "There was an error parsing the body", where
+        # JSON with a syntax error is a 422 (json_invalid): both are malformed bodies.
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            return _unprocessable(
+                f"the body cannot be read as JSON: {_parse_failure(exc.__cause__)}",
+                loc=["body"],
+                kind="json_invalid",
+            )
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(SQLAlchemyError)
     async def _database(_request: Request, exc: SQLAlchemyError) -> JSONResponse:
@@ -648,6 +663,29 @@ def _database_trouble(exc: SQLAlchemyError, target: DatabaseTarget) -> str:
     if any(s in text for s in ("permission denied", "must be owner", "read-only transaction")):
         return f"the results database refused this: {connection_error(exc, target)}"
     return f"the results database ({target.where}) is unavailable"
+
+
+def _unprocessable(
+    message: str, loc: list[str | int] | None = None, kind: str = "value_error"
+) -> JSONResponse:
+    """A 422 in the shape of FastAPI's validation errors (``HTTPValidationError``: a list of
+    ``{type, loc, msg}`` in ``detail``), as the OpenAPI schema documents every 422: the
+    database's refusals and schema errors came as a bare string, which a client generated
+    from the schema could not read. ``loc``: ``[]`` where the part of the request is not
+    known."""
+    return JSONResponse(
+        {"detail": [{"type": kind, "loc": loc or [], "msg": message}]}, status_code=422
+    )
+
+
+def _parse_failure(cause: BaseException | None) -> str:
+    if isinstance(cause, UnicodeDecodeError):
+        return "it is not UTF-8"
+    if isinstance(cause, RecursionError):
+        return "it is nested too deep"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "a number in it has too many digits"
+    return "it is not valid JSON"
 
 
 def _detail_response(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:

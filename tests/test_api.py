@@ -670,7 +670,10 @@ def test_a_nul_character_in_a_request_is_the_clients_error_not_an_outage(
         assert response.status_code < 500, response.text
         if scored_db.startswith("postgresql"):
             assert response.status_code == 422, response.text
-            detail = response.json()["detail"]
+            # A 422 in the shape the schema documents for every 422 (HTTPValidationError).
+            (error,) = response.json()["detail"]
+            assert set(error) == {"type", "loc", "msg"}
+            detail = error["msg"]
             assert "cannot go to the results database" in detail
             assert "NUL" in detail
     assert api.get("/health").status_code == 200
@@ -888,3 +891,46 @@ def test_a_time_out_of_range_in_utc_is_a_422_not_an_outage(score_client: Any) ->
         assert "out of range once converted to UTC" in json.dumps(response.json())
     in_range = score_client.get("/anomalies", params={"since": "0001-01-01T00:00:00Z"})
     assert in_range.status_code == 200, in_range.text
+
+
+def test_every_error_body_has_the_shape_the_schema_documents(score_client: Any) -> None:
+    # Every 422 is documented as HTTPValidationError ({"detail": [{loc, msg, type}, ...]}) and
+    # every other error as ErrorDetail ({"detail": "..."}); a body that is not UTF-8 or is
+    # nested too deep was an undocumented 400 "There was an error parsing the body", and the
+    # database's refusals (PostgreSQL: a NUL in text) 422s with a string in "detail".
+    schema = score_client.get("/openapi.json").json()
+    score = "/models/pumps/score"
+    json_type = {"content-type": "application/json"}
+    requests = [
+        ("post", score, {"content": b'{"records": [{"rpm": "\xff"}]}'}),
+        ("post", score, {"content": b'{"records": [{"rpm": 1}]}'[:-1]}),
+        ("post", score, {"content": b"[" * 100_000 + b"]" * 100_000}),
+        ("post", score, {"content": b'{"records": [{"rpm": ' + b"9" * 5000 + b"}]}"}),
+        ("post", score, {"json": {"records": []}}),
+        ("post", "/models/nope/score", {"json": {"records": [{}]}}),
+        ("get", "/models/nope", {}),
+        ("get", "/anomalies", {"params": {"limit": 0}}),
+        ("get", "/alerts/12345", {}),
+        ("post", "/alerts/12345/resolve", {"json": {}}),
+    ]
+    for method, path, kwargs in requests:
+        headers = json_type if "content" in kwargs else {}
+        response = score_client.request(method, path, headers=headers, **kwargs)
+        template = "/alerts/{alert_id}" if path.startswith("/alerts/") else path
+        template = template + "/resolve" if path.endswith("/resolve") else template
+        template = "/models/{name}/score" if path.endswith("/score") else template
+        template = "/models/{name}" if path == "/models/nope" else template
+        documented = schema["paths"][template][method]["responses"]
+        status = str(response.status_code)
+        assert status in documented, (path, status, response.text)
+        ref = documented[status]["content"]["application/json"]["schema"]["$ref"]
+        detail = response.json()["detail"]
+        if ref.endswith("/HTTPValidationError"):
+            assert isinstance(detail, list), response.text
+            assert detail, response.text
+            assert all({"type", "loc", "msg"} <= set(error) for error in detail)
+        else:
+            assert ref.endswith("/ErrorDetail")
+            assert isinstance(detail, str), response.text
+    bad = score_client.post(score, content=b'{"records": [{"a": "\xff"}]}', headers=json_type)
+    assert bad.json()["detail"][0]["msg"] == "the body cannot be read as JSON: it is not UTF-8"
