@@ -901,7 +901,7 @@ def test_every_error_body_has_the_shape_the_schema_documents(score_client: Any) 
     schema = score_client.get("/openapi.json").json()
     score = "/models/pumps/score"
     json_type = {"content-type": "application/json"}
-    requests = [
+    requests: list[tuple[str, str, dict[str, Any]]] = [
         ("post", score, {"content": b'{"records": [{"rpm": "\xff"}]}'}),
         ("post", score, {"content": b'{"records": [{"rpm": 1}]}'[:-1]}),
         ("post", score, {"content": b"[" * 100_000 + b"]" * 100_000}),
