@@ -588,11 +588,24 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         conn: Conn,
         model: str | None = None,
         entity: str | None = None,
-        since: UtcDatetime | None = None,
-        until: UtcDatetime | None = None,
+        since: Annotated[
+            UtcDatetime | None,
+            Query(
+                description="Records whose time (event time, else scoring time) is at or "
+                "after this (ISO 8601; without a time zone: UTC)"
+            ),
+        ] = None,
+        until: Annotated[
+            UtcDatetime | None,
+            Query(
+                description="Records whose time is before this (ISO 8601; without a time zone: UTC)"
+            ),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
     ) -> list[AnomalyPublic]:
-        """Flagged records, newest first (event time, else scoring time)."""
+        """Flagged records, newest first (event time, else scoring time). ``alert_state``:
+        the state of the alert the record opened (null for a record that joined an alert or
+        opened none)."""
         _require_model(conn, model)
         rows = repo.list_anomalies(
             conn, model_name=model, since=since, until=until, entity=entity, limit=limit
@@ -605,10 +618,17 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         state: Literal["open", "acknowledged", "resolved", "active"] | None = None,
         model: str | None = None,
         entity: str | None = None,
-        since: UtcDatetime | None = None,
+        since: Annotated[
+            UtcDatetime | None,
+            Query(
+                description="Alerts opened (``opened_at``: when the scorer wrote them, not "
+                "the event time in ``time``) at or after this (ISO 8601; without a time zone: UTC)"
+            ),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
     ) -> list[AlertPublic]:
-        """Alerts, newest first; ``state=active``: open or acknowledged."""
+        """Alerts, newest opened first (``opened_at``); ``state=active``: open or
+        acknowledged."""
         _require_model(conn, model)
         rows = list_alerts(
             conn, state=state, model_name=model, entity=entity, since=since, limit=limit

@@ -934,3 +934,20 @@ def test_every_error_body_has_the_shape_the_schema_documents(score_client: Any) 
             assert isinstance(detail, str), response.text
     bad = score_client.post(score, content=b'{"records": [{"a": "\xff"}]}', headers=json_type)
     assert bad.json()["detail"][0]["msg"] == "the body cannot be read as JSON: it is not UTF-8"
+
+
+def test_the_schema_says_what_since_compares_with(score_client: Any) -> None:
+    # /alerts?since= filters on opened_at (when the scorer opened the alert), /anomalies?since=
+    # on the record's event time: nothing in /docs said which, and the alerts' "time" field
+    # is the event time, so a client filtering alerts of a replayed day got every one.
+    schema = score_client.get("/openapi.json").json()["paths"]
+
+    def described(path: str, name: str) -> str:
+        (param,) = [p for p in schema[path]["get"]["parameters"] if p["name"] == name]
+        return str(param.get("description", ""))
+
+    assert "opened_at" in described("/alerts", "since")
+    assert "event time" in described("/anomalies", "since")
+    assert "UTC" in described("/anomalies", "until")
+    naive = score_client.get("/anomalies", params={"since": "2000-01-01T00:00:00", "limit": 1})
+    assert naive.status_code == 200, naive.text
