@@ -300,6 +300,7 @@ _ERRORS = {
     403: "The API serves read-only: no ANOMALY_VAE_API_TOKEN where it runs",
     404: "No such model, model version or alert",
     409: "The registered model version's directory cannot be loaded on this server",
+    500: "A fault in the server (logged there with its traceback; the answer carries none)",
     413: f"A request body over {MAX_BODY_BYTES // 2**20} MiB",
     503: "The results database is unavailable",
 }
@@ -390,7 +391,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         version=__version__,
         description="Thresholds, alerts, anomalies and models of the anomaly-vae results "
         "database. Writes need `Authorization: Bearer <token>` (ANOMALY_VAE_API_TOKEN).",
-        responses=_errors(503),
+        responses=_errors(500, 503),
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -438,6 +439,19 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
                 kind="json_invalid",
             )
         return await http_exception_handler(request, exc)
+
+    @app.exception_handler(Exception)
+    async def _fault(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette answered a fault with the plain text "Internal Server Error", no JSON, so
+        # the one error that has no message broke a client reading "detail". The traceback
+        # still goes to the server's log (Starlette re-raises after this answer).
+        return JSONResponse(
+            {
+                "detail": f"internal error ({type(exc).__name__}) answering "
+                f"{request.method} {request.url.path}: see the server's log"
+            },
+            status_code=500,
+        )
 
     @app.exception_handler(SQLAlchemyError)
     async def _database(_request: Request, exc: SQLAlchemyError) -> JSONResponse:

@@ -951,3 +951,36 @@ def test_the_schema_says_what_since_compares_with(score_client: Any) -> None:
     assert "UTC" in described("/anomalies", "until")
     naive = score_client.get("/anomalies", params={"since": "2000-01-01T00:00:00", "limit": 1})
     assert naive.status_code == 200, naive.text
+
+
+def test_a_fault_in_the_server_is_a_json_500_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An unexpected exception came back as the plain text "Internal Server Error": the one
+    # error without the documented {"detail": ...} body (a client parsing JSON failed on it).
+    from fastapi.testclient import TestClient
+
+    from anomaly_vae.api import ApiSettings, create_app
+    from anomaly_vae.storage.engine import DatabaseTarget
+
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    assert run_inline(capsys, "db", "upgrade", "--db", url).returncode == 0
+    target = DatabaseTarget(parse_database_url(url), "--db")
+    engine = create_database_engine(target.url)
+    app = create_app(ApiSettings(database=target, token=None), engine)
+
+    def fault() -> None:  # a route with a bug, on the real app
+        raise ZeroDivisionError("secret internals")
+
+    app.add_api_route("/fault", fault)
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            response = client.get("/fault")
+            schema = client.get("/openapi.json").json()
+    finally:
+        engine.dispose()
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/json"
+    detail = response.json()["detail"]
+    assert detail == "internal error (ZeroDivisionError) answering GET /fault: see the server's log"
+    assert "500" in schema["paths"]["/health"]["get"]["responses"]
