@@ -874,6 +874,13 @@ def _score_records(
         kept_frame = pd.DataFrame({name: [] for name in features})
     else:
         kept_frame = pd.DataFrame.from_records([records[i] for i in kept], index=kept)
+        # Only the fields the model reads: another field is ignored, even one named as a
+        # column the scorer sets itself (a stream's '_entity', the message key), which took
+        # the place of a windowed model's entity field and mixed the entities' windows.
+        read = {*features, *(n for n in (model.config_.columns.entity,) if n)}
+        if window is not None:
+            read |= {n for n in (window.entity, window.time) if n}
+        kept_frame = kept_frame[[c for c in kept_frame.columns if c in read]]
     if window is not None:
         # A window field no record has is each record's missing value (rejected with its
         # reason), as when some records lack it: it was a 422 for the whole request, and

@@ -984,3 +984,18 @@ def test_a_fault_in_the_server_is_a_json_500_without_a_traceback(
     detail = response.json()["detail"]
     assert detail == "internal error (ZeroDivisionError) answering GET /fault: see the server's log"
     assert "500" in schema["paths"]["/health"]["get"]["responses"]
+
+
+def test_a_field_named_as_a_scorer_column_is_ignored_like_any_other(score_client: Any) -> None:
+    # A record's '_entity' field (the name of the column the stream scorer fills from the
+    # message key) took the place of the windowed model's entity field: every pump in one
+    # window, and other scores than the same records without that field get.
+    records = pump_records(80)
+    plain = score_client.post("/models/pumps-windows/score", json={"records": records})
+    extra = [
+        {**r, "_entity": "one", "_event_time": 5, "_source_key": "x", "note": "é"} for r in records
+    ]
+    mixed = score_client.post("/models/pumps-windows/score", json={"records": extra})
+    assert plain.status_code == mixed.status_code == 200, mixed.text
+    assert mixed.json()["scores"] == plain.json()["scores"]
+    assert mixed.json()["rejects"] == plain.json()["rejects"] == []
