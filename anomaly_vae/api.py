@@ -580,12 +580,16 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         tags=["models"],
         responses=_errors(400, 404, 409, 413),
     )
-    def score(name: str, body: ScoreRequest, conn: Conn) -> Response:
+    def score(name: str, body: ScoreRequest, request: Request) -> Response:
         """Score records now with a registered model version, loaded from its model directory
         on this server, under the threshold in force. Nothing is written."""
-        version = _registered_version(conn, name, body.version)
-        row = repo.threshold_in_force(conn, model_name=name)
-        conn.rollback()  # no transaction held while the model scores
+        # A connection of its own, back in the pool before the model loads and scores: held
+        # to the end of the request (the Conn dependency), 15 requests scoring at once took
+        # every pooled connection, and /health and every listing waited 30 s, then answered
+        # 503 "the results database is unavailable".
+        with request.app.state.engine.connect() as conn:
+            version = _registered_version(conn, name, body.version)
+            row = repo.threshold_in_force(conn, model_name=name)
         model = models_loaded.get(version.path, version.content_hash, name)
         warning = float(row.warning) if row is not None else float(model.threshold_)
         critical = None if row is None or row.critical is None else float(row.critical)

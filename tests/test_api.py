@@ -999,3 +999,46 @@ def test_a_field_named_as_a_scorer_column_is_ignored_like_any_other(score_client
     assert plain.status_code == mixed.status_code == 200, mixed.text
     assert mixed.json()["scores"] == plain.json()["scores"]
     assert mixed.json()["rejects"] == plain.json()["rejects"] == []
+
+
+def test_scoring_holds_no_database_connection_while_the_model_scores(
+    score_client: Any, tmp_path: Path
+) -> None:
+    # The score endpoint held its pooled connection to the end of the request: with the pool
+    # taken by requests scoring, /health and the listings waited for one, then answered 503
+    # "the results database is unavailable". A pool of one connection shows it.
+    import threading
+
+    from fastapi.testclient import TestClient
+    from sqlalchemy import create_engine, event
+
+    from anomaly_vae.api import ApiSettings, create_app
+    from anomaly_vae.storage.engine import DatabaseTarget, _sqlite_pragmas
+
+    url = f"sqlite:///{tmp_path / 'results.db'}"  # what score_client registered the models in
+    target = DatabaseTarget(parse_database_url(url), "--db")
+    engine = create_engine(target.url, pool_size=1, max_overflow=0, pool_timeout=0.5)
+    event.listen(engine, "connect", _sqlite_pragmas)
+    app = create_app(ApiSettings(database=target, token=None), engine)
+    records = pump_records(10_000)
+    scored: list[int] = []
+    health: list[int] = []
+    try:
+        with TestClient(app) as scorer, TestClient(app) as monitor:
+            assert scorer.post("/models/pumps-windows/score", json={"records": records[:5]})
+            thread = threading.Thread(
+                target=lambda: scored.append(
+                    scorer.post(
+                        "/models/pumps-windows/score", json={"records": records}
+                    ).status_code
+                )
+            )
+            thread.start()
+            while thread.is_alive():
+                health.append(monitor.get("/health").status_code)
+            thread.join()
+    finally:
+        engine.dispose()
+    assert scored == [200]
+    assert health, "the scoring request ended before /health was asked"
+    assert set(health) == {200}, health
