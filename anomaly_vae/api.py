@@ -972,7 +972,12 @@ def _act(
     body: AlertAction,
 ) -> AlertPublic:
     with conn.begin():
-        act_on_alert(conn, alert_id=alert_id, action=action, by=body.by, note=body.note)
+        try:
+            act_on_alert(conn, alert_id=alert_id, action=action, by=body.by, note=body.note)
+        except NotFoundError:
+            # As GET /alerts/{id} says it: the shared message sent API clients to a command
+            # ('see anomaly-vae alerts list').
+            raise NotFoundError(f"no alert {alert_id}") from None
     return AlertPublic.model_validate(list_alerts(conn, alert_id=alert_id, limit=1)[0])
 
 

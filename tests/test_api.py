@@ -1042,3 +1042,29 @@ def test_scoring_holds_no_database_connection_while_the_model_scores(
     assert scored == [200]
     assert health, "the scoring request ended before /health was asked"
     assert set(health) == {200}, health
+
+
+def test_an_unknown_alert_is_the_same_404_to_read_or_act_on(tmp_path: Path) -> None:
+    # GET /alerts/7 said "no alert 7"; acknowledging or resolving it pointed an API client to
+    # a command line ("no alert 7: see 'anomaly-vae alerts list'").
+    from fastapi.testclient import TestClient
+
+    from anomaly_vae.api import ApiSettings, create_app
+    from anomaly_vae.storage.engine import DatabaseTarget
+    from anomaly_vae.storage.migrate import upgrade
+
+    target = DatabaseTarget(parse_database_url(f"sqlite:///{tmp_path / 'r.db'}"), "--db")
+    engine = create_database_engine(target.url)
+    upgrade(engine)
+    try:
+        app = create_app(ApiSettings(database=target, token=TOKEN), engine)
+        with TestClient(app) as client:
+            answers = [
+                client.get("/alerts/7"),
+                client.post("/alerts/7/acknowledge", headers=AUTH),
+                client.post("/alerts/7/resolve", json={"by": "me"}, headers=AUTH),
+            ]
+    finally:
+        engine.dispose()
+    assert [a.status_code for a in answers] == [404, 404, 404]
+    assert {a.json()["detail"] for a in answers} == {"no alert 7"}
