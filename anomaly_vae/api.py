@@ -591,6 +591,15 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
             version = _registered_version(conn, name, body.version)
             row = repo.threshold_in_force(conn, model_name=name)
         model = models_loaded.get(version.path, version.content_hash, name)
+        if (
+            row is not None
+            and row.parameters.get("from") == repo.FROM_CALIBRATION
+            and row.parameters.get("model_version") != version.version
+        ):
+            # The threshold in force is another version's calibration (the version scored
+            # last): on this version's score scale it flagged too much or too little. Its own
+            # calibration instead, as 'score --db' with this version would put in force.
+            row = None
         warning = float(row.warning) if row is not None else float(model.threshold_)
         critical = None if row is None or row.critical is None else float(row.critical)
         result = _score_records(model, body.records, warning, critical, row, version)

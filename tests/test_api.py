@@ -1068,3 +1068,43 @@ def test_an_unknown_alert_is_the_same_404_to_read_or_act_on(tmp_path: Path) -> N
         engine.dispose()
     assert [a.status_code for a in answers] == [404, 404, 404]
     assert {a.json()["detail"] for a in answers} == {"no alert 7"}
+
+
+def test_a_version_pinned_is_not_scored_under_another_versions_calibration(
+    score_client: Any,
+    pump_model: tuple[AnomalyVAE, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Scoring a second version of 'pumps' puts its calibrated threshold in force; a request
+    # pinned to the first version was flagged at the second's threshold (another model's
+    # score scale), not its own.
+    from anomaly_vae.config import PipelineConfig
+
+    first, _ = pump_model
+    cfg = PipelineConfig.from_yaml(Path(__file__).resolve().parents[1] / "pipelines" / "pumps.yaml")
+    cfg.training.epochs = 2
+    cfg.training.progress = False
+    second = AnomalyVAE(config=cfg).fit(make_pump_data(800, seed=3))
+    second.save(tmp_path / "second")
+    export = tmp_path / "second.csv"
+    make_pump_data(40, seed=9).to_csv(export, index=False)
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    result = run_inline(
+        capsys, "score", str(export), "--model-dir", str(tmp_path / "second"), "--db", url, "-q"
+    )
+    assert result.returncode == 0, result.stderr
+    assert second.threshold_ != first.threshold_
+    first_version, second_version = str(first.model_hash_)[:12], str(second.model_hash_)[:12]
+    records = pump_records(20)
+    newest = score_client.post("/models/pumps/score", json={"records": records}).json()
+    assert newest["model_version"] == second_version
+    assert newest["threshold"] == pytest.approx(second.threshold_)
+    pinned = score_client.post(
+        "/models/pumps/score", json={"records": records, "version": first_version}
+    ).json()
+    assert pinned["model_version"] == first_version
+    assert pinned["threshold"] == pytest.approx(first.threshold_)
+    assert pinned["threshold_version"] is None
+    expected = first.score_batch(pd.DataFrame.from_records(records), threshold=first.threshold_)
+    assert [s["is_anomaly"] for s in pinned["scores"]] == expected.scores["is_anomaly"].tolist()
