@@ -276,7 +276,10 @@ class RejectedRecord(BaseModel):
 
 class ScoreResponse(BaseModel):
     """Scores under the threshold in force (nothing is stored: the stream and batch jobs
-    store theirs); every record is either in ``scores`` or in ``rejects``, by its index."""
+    store theirs); every record is either in ``scores`` or in ``rejects``, by its index.
+    ``threshold_version`` is null where no stored version applies: the model's own calibrated
+    threshold (a name with no threshold, or a version pinned while another version's
+    calibration is in force)."""
 
     model: str
     model_version: str
