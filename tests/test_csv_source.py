@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -36,6 +38,50 @@ def test_blank_lines_do_not_shift_the_rows_of_lines_with_too_many_fields(tmp_pat
     assert [json.loads(raw)[0] for raw in rejects["raw"]] == ["5", "10"]
     assert frame["id"].tolist() == [i for i in range(12) if i not in (5, 10)]
     assert frame.index.tolist() == frame["id"].tolist()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz", ".csv.zip"])
+def test_lines_with_fewer_fields_than_the_header_are_rejected_not_padded(
+    tmp_path: Path, suffix: str
+) -> None:
+    # The parser padded a short line with blanks, which were then scored as missing values
+    # filled in: a line cut in two (an unquoted line break in a value) became two records.
+    # Such a line is a reject with its fields, as one with too many fields is, whatever the
+    # blank lines, quoted line breaks and chunks around it; a blank last field is no gap.
+    lines = ["id,note,value,site"]
+    lines += [f'{i},"a\nb",{i}.5,north' for i in range(3)]
+    lines += ["3,x,3.5,", "", "4,cut", "here,4.5,south", "5,x,5.5,south,extra", "6,x", "7,x,7.5,"]
+    text = "\n".join(lines) + "\n"
+    path = tmp_path / f"short{suffix}"
+    if suffix == ".csv.gz":
+        path.write_bytes(gzip.compress(text.encode()))
+    elif suffix == ".csv.zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("short.csv", text)
+    else:
+        path.write_text(text)
+    for chunk_size in (2, 100):
+        frame, rejects = read_all(CsvSource(path, chunk_size=chunk_size))
+        assert frame.index.tolist() == [0, 1, 2, 3, 8]
+        assert [int(v) for v in frame["id"]] == [0, 1, 2, 3, 7]
+        assert frame["site"].isna().tolist() == [False, False, False, True, True]
+        assert rejects.index.tolist() == [4, 5, 6, 7]
+        assert str(rejects.loc[4, "reason"]).startswith("line 7: expected 4 fields, saw 2")
+        assert json.loads(str(rejects.loc[4, "raw"])) == ["4", "cut"]
+        assert json.loads(str(rejects.loc[5, "raw"])) == ["here", "4.5", "south"]
+        assert rejects.loc[6, "reason"] == "line 9: expected 4 fields, saw 5"
+        assert json.loads(str(rejects.loc[7, "raw"])) == ["6", "x"]
+
+
+def test_a_header_ending_with_a_separator_needs_no_last_field(tmp_path: Path) -> None:
+    # "a,b,c," over "1,2,3": the empty name at the end is the separator's, not a column the
+    # lines left out; a line shorter than the named columns is still a reject.
+    path = tmp_path / "header.csv"
+    path.write_text("id,temp,site,\n0,20.5,north\n1,21.0\n2,19.5,south,\n")
+    frame, rejects = read_all(CsvSource(path))
+    assert frame["id"].tolist() == [0, 2]
+    assert rejects.index.tolist() == [1]
+    assert str(rejects.loc[1, "reason"]).startswith("line 3: expected 3 fields, saw 2")
 
 
 @pytest.mark.parametrize("sep", ["||", "", "\n", '"'])

@@ -1,8 +1,9 @@
 """Chunked CSV reading with clear errors: memory stays bounded whatever the file size.
 
 Each chunk is a DataFrame indexed by the 0-based data row number (the header is not a row).
-Lines with more fields than the header are not lost: they come back as rejects with their row
-number and reason, and the row numbers of the lines after them stay right.
+Lines with more or fewer fields than the header are not lost, nor padded: they come back as
+rejects with their row number and reason, and the row numbers of the lines after them stay
+right.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import contextlib
 import csv
 import gzip
 import hashlib
+import io
 import json
 import lzma
 import re
 import warnings
+import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +71,7 @@ _ENCODING_HINT = (
 @dataclass
 class CsvChunk:
     frame: pd.DataFrame  # indexed by data row number
-    rejects: pd.DataFrame  # structural rejects (too many fields): reason, raw; indexed by row
+    rejects: pd.DataFrame  # structural rejects (too many or too few fields): reason, raw; by row
 
 
 @dataclass
@@ -206,8 +209,17 @@ class CsvSource:
         dtype = {name: str for name in self.header() if name in text} if text else None
         next_row = 0
         raw_lines: _LineFinder | None = None  # the text of lines with too many fields
+        short_lines: _LineFinder | None = None  # ... and of those with too few
+        names = self._raw_header or []
+        width = len(names)
+        # Fields a line needs: the header's, less empty names at its end (a header written
+        # with a trailing separator, "a,b,c,", over lines without one).
+        required = width
+        while required > 1 and not names[required - 1].strip():
+            required -= 1
         with open(self.path, "rb") as handle, contextlib.ExitStack() as stack:
             stack.callback(lambda: raw_lines.close() if raw_lines else None)
+            stack.callback(lambda: short_lines.close() if short_lines else None)
             self._handle = handle
             reader = self._read(
                 handle=handle, chunksize=self.chunk_size, usecols=usecols, dtype=dtype
@@ -239,19 +251,42 @@ class CsvSource:
                         ) from None
                 self._check_first_line(caught, len(frame.columns))
                 bad_lines, reasons = _bad_lines(caught)
+                # The parser pads a line with fewer fields than the header with blanks, which
+                # would be scored as missing values: such a line can only be one whose last
+                # field is blank, and those are counted on the raw text.
+                last = frame[frame.columns[-1]] if len(frame.columns) == width else None
+                padded = last is not None and bool(last.isna().any())
                 if bad_lines and raw_lines is None:
                     raw_lines = _LineFinder(
+                        self.path, self.encoding, self.sep, skip_space=self.spaced()
+                    )
+                if padded and short_lines is None:
+                    # A second reader: this one goes by data row, the first by line number.
+                    short_lines = _LineFinder(
                         self.path, self.encoding, self.sep, skip_space=self.spaced()
                     )
                 found = raw_lines.lines(bad_lines) if raw_lines else []
                 bad_rows = [row for row, _ in found]
                 rows = _row_numbers(next_row, len(frame), bad_rows)
                 frame.index = pd.Index(rows, name="row")
+                raws = [raw for _, raw in found]
+                if padded and short_lines is not None and last is not None:
+                    blank_last = frame.index[last.isna().to_numpy()].tolist()
+                    short = short_lines.short_rows(blank_last, required)
+                    if short:
+                        frame = frame.drop(index=[row for row, *_ in short])
+                        for row, line_no, count, raw in short:
+                            bad_rows.append(row)
+                            reasons.append(
+                                f"line {line_no}: expected {required} fields, saw {count} (a "
+                                "line cut short, or a value with a line break and no quotes?)"
+                            )
+                            raws.append(raw)
                 rejects = pd.DataFrame(
-                    {"reason": reasons, "raw": [raw for _, raw in found]},
+                    {"reason": reasons, "raw": raws},
                     index=pd.Index(bad_rows, name="row"),
                     dtype=object,
-                )
+                ).sort_index()
                 if self.decimal != ".":
                     _parse_decimal_marks(frame, self.decimal, skip=text)
                 next_row = (int(rows[-1]) + 1) if len(rows) else next_row + len(bad_rows)
@@ -348,8 +383,8 @@ class _LineFinder:
     """The data row number and the fields (as a JSON list) of given records of a possibly
     compressed file (the parser's "line N": the header is record 1 when no blank line comes
     before it), read by Python's csv module on a second handle that only moves forward: used
-    for the rare lines the parser skips, so that their values land in the rejects under the
-    row number they have in the file.
+    for the lines the parser skips (too many fields) or pads (too few), so that their values
+    land in the rejects under the row number they have in the file.
 
     The parser counts blank lines in its "line N" but skips them as rows, so the data row is
     the number of non-blank records before the line, less the header."""
@@ -365,14 +400,38 @@ class _LineFinder:
             opener = bz2.open
         elif name.endswith(".xz"):
             opener = lzma.open
+        elif name.endswith(".zip"):
+            opener = _open_zip_member
         self._handle: IO[str] | None = None
         self._records: Iterator[list[str]] = iter(())
-        if not name.endswith((".zip", ".zst", ".tar")) and len(sep) == 1:
-            self._handle = opener(path, "rt", encoding=encoding, errors="replace", newline="")
-            self._records = csv.reader(self._handle, delimiter=sep, skipinitialspace=skip_space)
+        if not name.endswith((".zst", ".tar")) and len(sep) == 1:
+            try:
+                self._handle = opener(path, "rt", encoding=encoding, errors="replace", newline="")
+            except (OSError, zipfile.BadZipFile, ValueError):
+                self._handle = None
+            if self._handle is not None:
+                self._records = csv.reader(self._handle, delimiter=sep, skipinitialspace=skip_space)
         self._at = 0  # records read so far
         self._blank = 0  # blank ones among them (no row of the parser's)
-        self._lost = False  # the records could not be followed: rows from line numbers
+        self._lost = self._handle is None  # cannot be followed: rows from line numbers
+
+    def _advance(self) -> list[str] | None:
+        """The next record's fields (None at the end, or when the file cannot be followed);
+        counts it, and counts it blank when it is one (spaces or tabs alone: no row)."""
+        if self._lost:
+            return None
+        try:
+            fields = next(self._records)
+        except (StopIteration, csv.Error):
+            self._lost = True
+            return None
+        self._at += 1
+        if len(fields) <= 1 and not "".join(fields).strip(" \t"):
+            self._blank += 1
+        return fields
+
+    def _text(self, fields: list[str]) -> str:
+        return json.dumps(fields, ensure_ascii=False)[: self.MAX_CHARS]
 
     def lines(self, numbers: list[int]) -> list[tuple[int, str | None]]:
         """(data row, fields as JSON text) of records ``numbers`` (1-based, increasing, after
@@ -381,23 +440,53 @@ class _LineFinder:
         out: list[tuple[int, str | None]] = []
         for number in numbers:
             text: str | None = None
-            while not self._lost and self._at < number:
-                try:
-                    fields = next(self._records)
-                except (StopIteration, csv.Error):
-                    self._lost = True
+            while self._at < number:
+                fields = self._advance()
+                if fields is None:
                     break
-                self._at += 1
                 if self._at == number:
-                    text = json.dumps(fields, ensure_ascii=False)[: self.MAX_CHARS]
-                elif len(fields) <= 1 and not "".join(fields).strip(" \t"):
-                    self._blank += 1  # spaces or tabs alone, not separators: no row
+                    text = self._text(fields)
             out.append((number - 2 - self._blank, text))
+        return out
+
+    def short_rows(self, rows: list[int], required: int) -> list[tuple[int, int, int, str]]:
+        """(data row, line number, fields, fields as JSON text) of those of the data rows
+        ``rows`` (increasing, after any asked before) that have fewer than ``required``
+        fields; none when the file cannot be followed."""
+        out: list[tuple[int, int, int, str]] = []
+        for row in rows:
+            while True:
+                blank_before = self._blank
+                fields = self._advance()
+                if fields is None:
+                    return out
+                if self._blank > blank_before:
+                    continue
+                at_row = self._at - 2 - self._blank
+                if at_row == row:
+                    if len(fields) < required:
+                        out.append((row, self._at, len(fields), self._text(fields)))
+                    break
+                if at_row > row:  # not where the parser has it: stop checking
+                    self._lost = True
+                    return out
         return out
 
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
+
+
+def _open_zip_member(path: Path, mode: str, **text: Any) -> IO[str]:
+    """The one file of a zip archive as text (the member pandas reads)."""
+    archive = zipfile.ZipFile(path)
+    names = archive.namelist()
+    if len(names) != 1:
+        archive.close()
+        raise ValueError(f"{path}: {len(names)} files in the archive")
+    member = archive.open(names[0])
+    archive.close()  # the member keeps the file open until it is closed itself
+    return io.TextIOWrapper(member, **text)
 
 
 def _parse_decimal_marks(frame: pd.DataFrame, decimal: str, *, skip: set[str]) -> None:
