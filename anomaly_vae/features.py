@@ -651,6 +651,18 @@ def _near_names_hint(missing: list[str], header: list[str], features: list[str])
     )
 
 
+_NEEDS_QUOTES = re.compile(r'[:;"\r\n]')
+
+
+def feature_name_text(name: str) -> str:
+    """A column name as ``top_features`` text writes it (``name:share;name:share``): as it is,
+    or, when it holds a ``:``, ``;``, ``"`` or a line break, in double quotes with each ``"``
+    doubled (``"temp:in":0.61;flow:0.30``), so that the text splits one way only."""
+    if _NEEDS_QUOTES.search(name):
+        return '"' + name.replace('"', '""') + '"'
+    return name
+
+
 def looks_like_data(header: Sequence[str]) -> bool:
     """Whether a header line holds values rather than names: half or more of them numbers with
     a fraction, or true / false (whole numbers not counted: 0, 1, 2... are names pandas gives
