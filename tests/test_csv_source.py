@@ -73,6 +73,24 @@ def test_lines_with_fewer_fields_than_the_header_are_rejected_not_padded(
         assert json.loads(str(rejects.loc[7, "raw"])) == ["6", "x"]
 
 
+@pytest.mark.parametrize("chunk_size", [1, 2, 3, 4, 7])
+def test_a_line_with_too_many_fields_after_the_last_chunk_is_still_a_reject(
+    tmp_path: Path, chunk_size: int
+) -> None:
+    # The parser reports such a line in the call that reads past it: after the rows of the
+    # last chunk that call has no rows, and the line was lost without a word ("5 rows read"
+    # of 6), with --chunk-size 1 or 2 wherever the line was at a chunk's end.
+    path = tmp_path / "long.csv"
+    rows = [f"{i},{i}.5,north" for i in range(6)]
+    rows[2] += ",extra"
+    rows[5] += ",x,y"
+    path.write_text("id,value,site\n" + "\n".join(rows) + "\n")
+    frame, rejects = read_all(CsvSource(path, chunk_size=chunk_size))
+    assert frame.index.tolist() == [0, 1, 3, 4]
+    assert rejects.index.tolist() == [2, 5]
+    assert json.loads(str(rejects.loc[5, "raw"])) == ["5", "5.5", "north", "x", "y"]
+
+
 def test_a_header_ending_with_a_separator_needs_no_last_field(tmp_path: Path) -> None:
     # "a,b,c," over "1,2,3": the empty name at the end is the separator's, not a column the
     # lines left out; a line shorter than the named columns is still a reject.

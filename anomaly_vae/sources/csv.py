@@ -227,14 +227,23 @@ class CsvSource:
             assert not isinstance(reader, pd.DataFrame)
             # A small first chunk: what follows it (scoring, writing) starts sooner.
             first: int | None = min(self.chunk_size, FIRST_CHUNK_ROWS)
-            while True:
+            previous: pd.DataFrame | None = None
+            ended = False
+            while not ended:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", pd.errors.ParserWarning)
                     try:
                         frame = reader.get_chunk(first) if first else next(reader)
                         first = None
                     except StopIteration:
-                        break
+                        # The parser may skip lines with too many fields in this last call
+                        # (the line after a chunk's last row): they are still rejects.
+                        ended = True
+                        frame = (
+                            previous.iloc[:0]
+                            if previous is not None
+                            else pd.DataFrame(columns=self.header())
+                        )
                     except pd.errors.ParserError as exc:
                         raise InputFileError(
                             f"{self.label}: malformed CSV: {_first_line(exc)}"
@@ -251,6 +260,9 @@ class CsvSource:
                         ) from None
                 self._check_first_line(caught, len(frame.columns))
                 bad_lines, reasons = _bad_lines(caught)
+                if ended and not bad_lines:
+                    break
+                previous = frame
                 # The parser pads a line with fewer fields than the header with blanks, which
                 # would be scored as missing values: such a line can only be one whose last
                 # field is blank, and those are counted on the raw text.
