@@ -821,6 +821,41 @@ def test_too_many_fields_is_a_reject_not_a_crash(trained: Path) -> None:
     assert scores.set_index("row").loc[10, "event_id"] == frame.loc[10, "event_id"]
 
 
+def test_escape_formulas_keeps_copied_text_from_running_in_a_spreadsheet(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An id '=HYPERLINK(...)' or '@SUM(...)' from an untrusted export was written as it came:
+    # a formula to Excel. With --escape-formulas such text gets a ' before it; numbers such
+    # as -5 and +4917 stay numbers; without the option nothing is rewritten.
+    frame = make_pump_data(6, seed=6)
+    frame["event_id"] = frame["event_id"].astype(object)
+    ids = ['=HYPERLINK("http://x","y")', "-5", "+4917", "@SUM(A1)", "-2+3", "\tcmd"]
+    frame["event_id"] = ids
+    frame["pump_id"] = ["P1", "P2", "-P3", "P4", "P1", "P2"]
+    data = trained / "formulas.csv"
+    frame.to_csv(data, index=False)
+    model = str(trained / "model")
+    plain, escaped = trained / "formulas.plain.csv", trained / "formulas.escaped.csv"
+    for out, extra in ((plain, []), (escaped, ["--escape-formulas"])):
+        result = run_inline(
+            capsys, "score", str(data), "--model-dir", model, "--out", str(out), *extra
+        )
+        assert result.returncode == 0, result.stderr
+    read = {"keep_default_na": False, "dtype": str}
+    assert pd.read_csv(plain, **read)["event_id"].tolist() == ids
+    out = pd.read_csv(escaped, **read)
+    assert out["event_id"].tolist() == [
+        '\'=HYPERLINK("http://x","y")',
+        "-5",
+        "+4917",
+        "'@SUM(A1)",
+        "'-2+3",
+        "'\tcmd",
+    ]
+    assert out["pump_id"].tolist() == ["P1", "P2", "'-P3", "P4", "P1", "P2"]
+    assert out["score"].tolist() == pd.read_csv(plain, **read)["score"].tolist()
+
+
 def test_demo_runs(tmp_path: Path) -> None:
     result = run(
         "demo", "--workdir", str(tmp_path / "d"), "--rows", "2000", "--epochs", "10", cwd=tmp_path

@@ -330,6 +330,13 @@ def score(
         help="Write results to this database (also when $ANOMALY_VAE_DATABASE_URL or the "
         "--pipeline file's database.url is set); then CSV output only with --out.",
     ),
+    escape_formulas: bool = typer.Option(
+        False,
+        "--escape-formulas",
+        help="In the scores CSV, put a ' before a copied value (id, entity, time, label) or "
+        "top_features text that begins with =, +, -, @, a tab or a carriage return and is not "
+        "a number, so that a spreadsheet shows it as text instead of running it as a formula.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more."),
 ) -> None:
@@ -355,6 +362,7 @@ def score(
             device=device,
             db=db,
             quiet=quiet,
+            escape_formulas=escape_formulas,
         )
 
 
@@ -407,6 +415,7 @@ def _score_file(
     device: str | None,
     db: str | None,
     quiet: bool,
+    escape_formulas: bool = False,
 ) -> None:
     """``score`` on a file; ``shown`` names it in messages (``<stdin>``)."""
     from anomaly_vae.estimator import AnomalyVAE
@@ -471,10 +480,11 @@ def _score_file(
                 threshold=threshold,
                 quiet=quiet,
                 target_display=target.display,
+                escape_formulas=escape_formulas,
             )
         _print_summary(summary, err=to_stdout)
         return
-    score_writer = CsvScoreWriter(out)
+    score_writer = CsvScoreWriter(out, escape_formulas=escape_formulas)
     rejects_writer = CsvRejectsWriter(rejects)
     summary = score_csv(
         model,
@@ -635,6 +645,7 @@ def _score_into_database(
     threshold: float | None,
     quiet: bool,
     target_display: str,
+    escape_formulas: bool = False,
 ) -> BatchSummary:
     """Register the model and the run, then score chunk by chunk, one transaction each."""
     from anomaly_vae.jobs.batch import CsvRejectsWriter, CsvScoreWriter, Sink, score_csv
@@ -666,7 +677,11 @@ def _score_into_database(
     rejects_writer = None
     if csv_paths is not None:
         rejects_writer = CsvRejectsWriter(csv_paths[1])
-        sinks = [CsvScoreWriter(csv_paths[0]), rejects_writer, sink]
+        sinks = [
+            CsvScoreWriter(csv_paths[0], escape_formulas=escape_formulas),
+            rejects_writer,
+            sink,
+        ]
     summary = score_csv(
         model,
         source,
