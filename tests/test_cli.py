@@ -841,10 +841,13 @@ def test_escape_formulas_keeps_copied_text_from_running_in_a_spreadsheet(
             capsys, "score", str(data), "--model-dir", model, "--out", str(out), *extra
         )
         assert result.returncode == 0, result.stderr
-    read = {"keep_default_na": False, "dtype": str}
-    assert pd.read_csv(plain, **read)["event_id"].tolist() == ids
-    out = pd.read_csv(escaped, **read)
-    assert out["event_id"].tolist() == [
+
+    def read(path: Path) -> pd.DataFrame:
+        return pd.read_csv(path, keep_default_na=False, dtype=str)
+
+    assert read(plain)["event_id"].tolist() == ids
+    got = read(escaped)
+    assert got["event_id"].tolist() == [
         '\'=HYPERLINK("http://x","y")',
         "-5",
         "+4917",
@@ -852,8 +855,8 @@ def test_escape_formulas_keeps_copied_text_from_running_in_a_spreadsheet(
         "'-2+3",
         "'\tcmd",
     ]
-    assert out["pump_id"].tolist() == ["P1", "P2", "'-P3", "P4", "P1", "P2"]
-    assert out["score"].tolist() == pd.read_csv(plain, **read)["score"].tolist()
+    assert got["pump_id"].tolist() == ["P1", "P2", "'-P3", "P4", "P1", "P2"]
+    assert got["score"].tolist() == read(plain)["score"].tolist()
 
 
 def test_demo_runs(tmp_path: Path) -> None:
