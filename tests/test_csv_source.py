@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import tarfile
 import zipfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import zstandard
 from pydantic import ValidationError
 
 from anomaly_vae.config import CsvConfig
@@ -40,7 +42,7 @@ def test_blank_lines_do_not_shift_the_rows_of_lines_with_too_many_fields(tmp_pat
     assert frame.index.tolist() == frame["id"].tolist()
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".csv.gz", ".csv.zip"])
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz", ".csv.zip", ".csv.zst", ".tar", ".tar.gz"])
 def test_lines_with_fewer_fields_than_the_header_are_rejected_not_padded(
     tmp_path: Path, suffix: str
 ) -> None:
@@ -58,6 +60,14 @@ def test_lines_with_fewer_fields_than_the_header_are_rejected_not_padded(
     elif suffix == ".csv.zip":
         with zipfile.ZipFile(path, "w") as archive:
             archive.writestr("short.csv", text)
+    elif suffix == ".csv.zst":
+        path.write_bytes(zstandard.ZstdCompressor().compress(text.encode()))
+    elif suffix.startswith(".tar"):
+        # Read by pandas as the archive's one file; the raw lines were read as gzip text
+        # (tar headers and all) or not at all.
+        (tmp_path / "short.csv").write_text(text)
+        with tarfile.open(path, "w:gz" if suffix.endswith(".gz") else "w") as archive:
+            archive.add(tmp_path / "short.csv", arcname="short.csv")
     else:
         path.write_text(text)
     for chunk_size in (2, 100):

@@ -18,6 +18,7 @@ import io
 import json
 import lzma
 import re
+import tarfile
 import warnings
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -406,7 +407,9 @@ class _LineFinder:
     def __init__(self, path: Path, encoding: str, sep: str, *, skip_space: bool = False) -> None:
         name = path.name.lower()
         opener: Any = open
-        if name.endswith(".gz"):
+        if name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
+            opener = _open_tar_member  # as pandas reads them: the archive's one file
+        elif name.endswith(".gz"):
             opener = gzip.open
         elif name.endswith(".bz2"):
             opener = bz2.open
@@ -414,12 +417,14 @@ class _LineFinder:
             opener = lzma.open
         elif name.endswith(".zip"):
             opener = _open_zip_member
+        elif name.endswith(".zst"):
+            opener = _open_zstd
         self._handle: IO[str] | None = None
         self._records: Iterator[list[str]] = iter(())
-        if not name.endswith((".zst", ".tar")) and len(sep) == 1:
+        if len(sep) == 1:
             try:
                 self._handle = opener(path, "rt", encoding=encoding, errors="replace", newline="")
-            except (OSError, zipfile.BadZipFile, ValueError):
+            except (OSError, zipfile.BadZipFile, tarfile.TarError, ValueError, ImportError):
                 self._handle = None
             if self._handle is not None:
                 self._records = csv.reader(self._handle, delimiter=sep, skipinitialspace=skip_space)
@@ -487,6 +492,37 @@ class _LineFinder:
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
+
+
+class _ArchiveText(io.TextIOWrapper):
+    """An archive member as text that closes its archive with it."""
+
+    archive: Any = None
+
+    def close(self) -> None:
+        super().close()
+        if self.archive is not None:
+            self.archive.close()
+
+
+def _open_tar_member(path: Path, mode: str, **text: Any) -> IO[str]:
+    """The one file of a tar archive (compressed or not) as text, as pandas reads it."""
+    archive = tarfile.open(path, "r:*")  # noqa: SIM115  closed with the text handle
+    files = [member for member in archive.getmembers() if member.isfile()]
+    member = archive.extractfile(files[0]) if len(files) == 1 else None
+    if member is None:
+        archive.close()
+        raise ValueError(f"{path}: {len(files)} files in the archive")
+    wrapper = _ArchiveText(member, **text)
+    wrapper.archive = archive
+    return wrapper
+
+
+def _open_zstd(path: Path, mode: str, **text: Any) -> IO[str]:
+    import zstandard
+
+    handle: IO[str] = zstandard.open(path, mode, **text)
+    return handle
 
 
 def _open_zip_member(path: Path, mode: str, **text: Any) -> IO[str]:
