@@ -859,6 +859,34 @@ def test_escape_formulas_keeps_copied_text_from_running_in_a_spreadsheet(
     assert got["score"].tolist() == read(plain)["score"].tolist()
 
 
+@pytest.mark.parametrize("out", ["-", "scores.csv"])
+def test_rejects_to_standard_output_is_refused_not_a_file_named_dash(
+    trained: Path,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    out: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # '--rejects -' wrote the rejects to a file named '-' in the working directory, and the
+    # summary said "wrote - (2 rejected rows with reasons)".
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "export.csv"
+    make_pump_data(20, seed=6).to_csv(data, index=False)
+    result = run_inline(
+        capsys,
+        "score",
+        str(data),
+        "--model-dir",
+        str(trained / "model"),
+        "--out",
+        out,
+        "--rejects",
+        "-",
+    )
+    assert_user_error(result, "--rejects -", "give a file name")
+    assert not (tmp_path / "-").exists()
+
+
 def test_demo_runs(tmp_path: Path) -> None:
     result = run(
         "demo", "--workdir", str(tmp_path / "d"), "--rows", "2000", "--epochs", "10", cwd=tmp_path

@@ -536,7 +536,13 @@ def _apply_scoring_section(
 
 def _check_outputs(data: Path, out: Path | None, rejects: Path) -> None:
     """The scores file (None: standard output) and the rejects file must be neither the input,
-    which is still being read while they are written, nor each other."""
+    which is still being read while they are written, nor each other; nor is the rejects file
+    standard output (it was written to a file named '-')."""
+    if _is_dash(rejects):
+        raise ConfigError(
+            "--rejects -: the rejects cannot go to standard output (the scores can, with "
+            "--out -); give a file name, e.g. --rejects rejects.csv"
+        )
     if out is not None and out.resolve() == data.resolve():
         raise ConfigError(f"--out {out} would overwrite the input: choose another file")
     if rejects.resolve() == data.resolve():
