@@ -887,6 +887,35 @@ def test_rejects_to_standard_output_is_refused_not_a_file_named_dash(
     assert not (tmp_path / "-").exists()
 
 
+def test_train_counts_malformed_lines_with_the_rows_rejected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A line cut short and one with an extra field were left out of training (a warning said
+    # so), and the summary still said "0 rows rejected".
+    text = make_pump_data(300, seed=1).to_csv(index=False).splitlines()
+    text[10] = ",".join(text[10].split(",")[:5])
+    text[20] += ",x"
+    data = tmp_path / "normal.csv"
+    data.write_text("\n".join(text) + "\n")
+    result = run_inline(
+        capsys,
+        "train",
+        str(data),
+        "--model-dir",
+        str(tmp_path / "model"),
+        "--pipeline",
+        str(PIPELINE),
+        "--epochs",
+        "2",
+        "-q",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "on 298 rows of" in result.stdout
+    assert "2 rows rejected (2 malformed lines: more or fewer fields than the header)" in (
+        result.stdout
+    )
+
+
 def test_demo_runs(tmp_path: Path) -> None:
     result = run(
         "demo", "--workdir", str(tmp_path / "d"), "--rows", "2000", "--epochs", "10", cwd=tmp_path

@@ -135,7 +135,12 @@ def read_training_csv(
         logger.warning("%s: %d malformed lines left out of training", path, n_bad)
     if not frames or sum(len(f) for f in frames) == 0:
         raise InputFileError(f"{path} has a header but no data rows: nothing to train on")
-    return pd.concat(frames)
+    frame = pd.concat(frames)
+    frame.attrs[MALFORMED_LINES] = n_bad  # counted with the rows rejected in the summary
+    return frame
+
+
+MALFORMED_LINES = "anomaly_vae.malformed_lines"
 
 
 @app.command()
@@ -211,7 +216,7 @@ def train(
         label_to_binary(frame[cfg.columns.label], name=cfg.columns.label, source=str(shown))
     model = AnomalyVAE(config=cfg, verbose=_show_progress(quiet)).fit(frame)
     digest = model.save(model_dir)
-    _print_training(model, shown, model_dir, digest)
+    _print_training(model, shown, model_dir, digest, malformed=frame.attrs.get(MALFORMED_LINES, 0))
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -248,14 +253,24 @@ def _require_column(name: str | None, columns: list[str], option: str, data: Pat
         raise ConfigError(f"{option} {name!r}: {data} has no such column (columns: {shown})")
 
 
-def _print_training(model: AnomalyVAE, data: Path, model_dir: Path, digest: str) -> None:
+def _print_training(
+    model: AnomalyVAE, data: Path, model_dir: Path, digest: str, *, malformed: int = 0
+) -> None:
+    """The training summary; ``malformed``: lines of the file with more or fewer fields than
+    the header, left out before the model saw the rows (it counts the rows it rejected)."""
     s = model.training_summary_
     schema = model.schema_
     labelled = s.get("rows_labelled_anomalous", 0)
     left_out = f", {labelled} labelled anomalous rows left out" if labelled else ""
+    bad_lines = (
+        f" ({malformed} malformed line{'s' if malformed > 1 else ''}: more or fewer fields than "
+        "the header)"
+        if malformed
+        else ""
+    )
     features = (
         f"{len(schema.numeric)} numeric, {len(schema.categorical)} categorical features; "
-        f"{s['rows_rejected']} rows rejected{left_out}"
+        f"{s['rows_rejected'] + malformed} rows rejected{bad_lines}{left_out}"
     )
     window = model.config_.window
     if window is not None:
@@ -862,7 +877,9 @@ def demo(
     )
     model = AnomalyVAE(config=cfg, verbose=_show_progress(quiet)).fit(frame)
     digest = model.save(workdir / "model")
-    _print_training(model, normal_csv, workdir / "model", digest)
+    _print_training(
+        model, normal_csv, workdir / "model", digest, malformed=frame.attrs.get(MALFORMED_LINES, 0)
+    )
 
     out = workdir / "scores.csv"
     rejects = workdir / "scores.rejects.csv"
