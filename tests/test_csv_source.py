@@ -101,6 +101,18 @@ def test_a_line_with_too_many_fields_after_the_last_chunk_is_still_a_reject(
     assert json.loads(str(rejects.loc[5, "raw"])) == ["5", "5.5", "north", "x", "y"]
 
 
+@pytest.mark.parametrize("sep", [",", ";"])
+def test_an_excel_separator_hint_before_the_header_is_named(tmp_path: Path, sep: str) -> None:
+    # "sep=;" (a line some tools write for Excel) was read as the header, and the error said
+    # the first data line had more fields than it: "fix or remove that line", the wrong one.
+    path = tmp_path / "hint.csv"
+    path.write_text(f"sep={sep}\r\nid{sep}temp\r\n0{sep}1\r\n")
+    with pytest.raises(InputFileError, match=rf"hint\.csv: the first line is 'sep={sep}', a "):
+        CsvSource(path, sep=sep).header()
+    with pytest.raises(InputFileError, match=f"remove that line .*--sep '{sep}'"):
+        list(CsvSource(path, sep="," if sep == ";" else ";").chunks())
+
+
 def test_a_header_ending_with_a_separator_needs_no_last_field(tmp_path: Path) -> None:
     # "a,b,c," over "1,2,3": the empty name at the end is the separator's, not a column the
     # lines left out; a line shorter than the named columns is still a reject.

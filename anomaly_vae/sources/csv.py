@@ -61,6 +61,7 @@ def _other_format(head: bytes) -> str | None:
     return None
 
 
+_SEP_HINT = re.compile(r"^sep=.?$", re.IGNORECASE)
 _BAD_LINE = re.compile(r"[Ss]kipping line (\d+): (.*)")
 _FIRST_LINE_TOO_LONG = "Length of header or names does not match length of data"
 _ENCODING_HINT = (
@@ -342,6 +343,15 @@ class CsvSource:
         if self._spaced is None:
             self._spaced = False
             names = self._header_line()
+            line = self.sep.join(names).strip().lstrip("\ufeff")
+            if _SEP_HINT.match(line):
+                # Excel's separator hint ("sep=;"), written by some tools before the header:
+                # read as the header, it made the error "the first data line has more fields".
+                raise InputFileError(
+                    f"{self.label}: the first line is {line!r}, a separator hint for Excel, not "
+                    f"a header: remove that line (give the separator with --sep "
+                    f"'{line[4:] or self.sep}', csv.sep in a pipeline)"
+                )
             self._spaced = self.sep != " " and any(n[:1] in (" ", "\t") for n in names[1:])
             # The header's names as the data will be read: past the spaces, when skipped.
             self._raw_header = self._header_line() if self._spaced else names
