@@ -113,6 +113,17 @@ def test_an_excel_separator_hint_before_the_header_is_named(tmp_path: Path, sep:
         list(CsvSource(path, sep="," if sep == ";" else ";").chunks())
 
 
+def test_a_semicolon_export_with_decimal_commas_read_with_commas_gets_the_separator_hint(
+    tmp_path: Path,
+) -> None:
+    # Excel's German export read with the default ',': the header is one column and the first
+    # data line, split at its decimal commas, longer; the error blamed that line.
+    path = tmp_path / "excel.csv"
+    path.write_text("id;temp;site\r\n0;20,5;north\r\n1;21,0;south\r\n")
+    with pytest.raises(InputFileError, match=r"it looks ';'-separated: try --sep ';' \(and --dec"):
+        CsvSource(path).header()
+
+
 def test_a_header_ending_with_a_separator_needs_no_last_field(tmp_path: Path) -> None:
     # "a,b,c," over "1,2,3": the empty name at the end is the separator's, not a column the
     # lines left out; a line shorter than the named columns is still a reject.

@@ -323,6 +323,16 @@ class CsvSource:
         if extra and not "".join(extra).strip():
             self._trailing_sep = True
             return
+        names = self._raw_header or []
+        for sep, shown in ((";", ";"), ("\t", "\\t"), ("|", "|"), (",", ",")):
+            if len(names) == 1 and sep != self.sep and sep in names[0]:
+                # A ';' export with decimal commas read with ',': its one-column header is
+                # followed by lines of many fields. Said as the separator it is.
+                raise InputFileError(
+                    f"{self.label}: only one column found in the header "
+                    f"({names[0][:60]!r}); it looks '{shown}'-separated: try --sep '{shown}'"
+                    + (" (and --decimal ',' for numbers written 1,5)" if sep == ";" else "")
+                )
         raise InputFileError(
             f"{self.label}: the first data line has more fields than the header ({columns} "
             "columns), so the lines cannot be matched to the columns: fix or remove that "
