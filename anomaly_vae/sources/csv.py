@@ -412,6 +412,9 @@ def compressed_suffix(head: bytes) -> str | None:
     return None
 
 
+_MAX_FIELD = 2**31 - 1
+
+
 class _LineFinder:
     """The data row number and the fields (as a JSON list) of given records of a possibly
     compressed file (the parser's "line N": the header is record 1 when no blank line comes
@@ -447,6 +450,9 @@ class _LineFinder:
             except (OSError, zipfile.BadZipFile, tarfile.TarError, ValueError, ImportError):
                 self._handle = None
             if self._handle is not None:
+                # The csv module refuses a field over 128 KiB (a text blob the parser reads),
+                # after which the lines could no longer be followed.
+                csv.field_size_limit(max(csv.field_size_limit(), _MAX_FIELD))
                 self._records = csv.reader(self._handle, delimiter=sep, skipinitialspace=skip_space)
         self._at = 0  # records read so far
         self._blank = 0  # blank ones among them (no row of the parser's)
