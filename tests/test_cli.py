@@ -916,6 +916,42 @@ def test_train_counts_malformed_lines_with_the_rows_rejected(
     )
 
 
+def test_a_label_or_id_column_named_in_another_case_is_pointed_out(
+    trained: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # An export with 'Label' for the pipeline's 'label' was scored without metrics and without
+    # a word; 'Event_ID' for 'event_id' was warned about without saying it was there.
+    frame = make_pump_data(40, anomaly_rate=0.1, seed=6)
+    data = tmp_path / "export.csv"
+    frame.rename(columns={"label": "Label", "event_id": "Event_ID"}).to_csv(data, index=False)
+    result = run_inline(
+        capsys,
+        "score",
+        str(data),
+        "--model-dir",
+        str(trained / "model"),
+        "--out",
+        str(tmp_path / "s.csv"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "no label column 'label': no detection metrics; 'Label' is there" in result.stderr
+    assert "no id column 'event_id'" in result.stderr
+    assert "'Event_ID' is there: names differ only in spaces or case" in result.stderr
+    # A file with no label column at all (a production export) gets no such warning.
+    frame.drop(columns=["label"]).to_csv(data, index=False)
+    result = run_inline(
+        capsys,
+        "score",
+        str(data),
+        "--model-dir",
+        str(trained / "model"),
+        "--out",
+        str(tmp_path / "s.csv"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "label column" not in result.stderr
+
+
 def test_demo_runs(tmp_path: Path) -> None:
     result = run(
         "demo", "--workdir", str(tmp_path / "d"), "--rows", "2000", "--epochs", "10", cwd=tmp_path

@@ -479,7 +479,7 @@ def _score_file(
     header = source.header()
     model.check_columns(header, source=source.label)
     _require_column(label_column, header, "--label-column", shown)
-    _warn_missing_passthrough(cfg, header, source.label)
+    _warn_missing_passthrough(cfg, header, source.label, label_column=label_column)
     if target is not None:
         from anomaly_vae.cli.db import connected
 
@@ -609,10 +609,27 @@ def _window_text(window: WindowConfig | None) -> str:
     return "{" + ", ".join(f"{key}: {value}" for key, value in shown.items()) + "}"
 
 
-def _warn_missing_passthrough(cfg: PipelineConfig, header: list[str], label: str) -> None:
+def _warn_missing_passthrough(
+    cfg: PipelineConfig, header: list[str], label: str, *, label_column: str | None = None
+) -> None:
     """The pipeline's id, entity and timestamp columns are not needed to score, but without
     them the scores carry only the row number, alerts are not kept per entity and scores carry
-    no event time: say so once."""
+    no event time: say so once, naming a column of the file that differs from the name only in
+    spaces or case. A label column is often absent (production exports have none): said only
+    when such a near name is there, as the detection metrics are then missing."""
+    from anomaly_vae.features import name_key
+
+    near = {name_key(name): name for name in header}
+
+    def hint(name: str) -> str:
+        other = near.get(name_key(name))
+        return (
+            f"; {other!r} is there: names differ only in spaces or case (rename the file's "
+            "column, or give the name in the pipeline)"
+            if other
+            else ""
+        )
+
     ids = [("id", name, "the scores carry the row number but not it") for name in cfg.columns.id]
     for what, name, loss in (
         *ids,
@@ -621,13 +638,19 @@ def _warn_missing_passthrough(cfg: PipelineConfig, header: list[str], label: str
     ):
         if name and name not in header:
             logger.warning(
-                "%s has no %s column %r (columns.%s in the pipeline): %s",
+                "%s has no %s column %r (columns.%s in the pipeline): %s%s",
                 label,
                 what,
                 name,
                 what,
                 loss,
+                hint(name),
             )
+    wanted = label_column or cfg.columns.label
+    if wanted and wanted not in header and hint(wanted):
+        logger.warning(
+            "%s has no label column %r: no detection metrics%s", label, wanted, hint(wanted)
+        )
 
 
 def _add_csv_outputs(
