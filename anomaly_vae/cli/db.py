@@ -434,8 +434,10 @@ def _text(value: Any) -> str:
         return f"{value:.6g}"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, list):  # top features
-        return ";".join(f"{pair[0]}:{float(pair[1]):.2f}" for pair in value)
+    if isinstance(value, list):  # top features, written as the scores file writes them
+        from anomaly_vae.features import feature_name_text
+
+        return ";".join(f"{feature_name_text(str(pair[0]))}:{float(pair[1]):.2f}" for pair in value)
     return str(value)
 
 
