@@ -44,6 +44,7 @@ from anomaly_vae.storage.tuning import (
     act_on_alert,
     alert_rule_of,
     list_alerts,
+    model_in_use,
     preview_threshold,
     set_threshold,
 )
@@ -687,10 +688,11 @@ def _json_safe(value: Any) -> Any:
 
 
 def _registered_version(conn: Connection, name: str, version: str | None) -> Any:
-    """The newest registered version of ``name``, or the one whose version is ``version``."""
+    """The version of ``name`` in use (``tuning.model_in_use``: the one scored last, whose
+    threshold is in force), or the one whose version is ``version``."""
     rows = repo.registered_versions(conn, name=name)
     if version is None:
-        return rows[0]
+        return model_in_use(conn, name=name)
     exact = [row for row in rows if row.version == version or row.content_hash == version]
     matches = exact or [row for row in rows if row.content_hash.startswith(version.lower())]
     if len(matches) > 1:

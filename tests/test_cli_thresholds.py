@@ -554,3 +554,61 @@ def test_an_export_labels_its_records_for_preview_and_tune_as_score_reads_them(
         "none of the labels",
         "is read as the scored export itself, its rows keyed by its content hash",
     )
+
+
+def test_after_a_rollback_policies_previews_and_the_api_use_the_version_scored_last(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Version A scores, a newer version B scores, then A is rolled back to (scored again):
+    # A's calibrated threshold is in force. 'set --quantile' computed from B's held-out
+    # scores (the newest registered), so A flagged at a level calibrated on another network;
+    # show, preview and the API's scoring spoke of B too.
+    from anomaly_vae.config import PipelineConfig
+    from tests.test_api import AUTH, TOKEN, start_server, stop
+
+    model_a, dir_a = pump_model
+    cfg = PipelineConfig.from_yaml(Path(__file__).parents[1] / "pipelines" / "pumps.yaml")
+    cfg.training.epochs = 2
+    model_b = AnomalyVAE(config=cfg, seed=5).fit(make_pump_data(1000, seed=2))
+    dir_b = tmp_path / "pumps-b"
+    model_b.save(dir_b)
+    assert model_b.name == model_a.name == "pumps"
+    assert model_a.model_hash_ is not None
+    version_a = model_a.model_hash_[:12]
+    db = ("--db", db_url)
+    for model_dir in (dir_a, dir_b, dir_a):  # A, then B, then back to A
+        ok(capsys, "score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    shown = as_json(capsys, "thresholds", "show", "pumps", *db)
+    assert isinstance(shown, dict)
+    assert shown["warning"] == pytest.approx(model_a.threshold_)  # A's calibrated threshold
+    assert shown["model_version"] == version_a
+    assert shown["normal_false_alarm_rate"] == pytest.approx(0.005, abs=0.002)
+
+    ok(capsys, "thresholds", "set", "pumps", "--quantile", "0.99", "--reason", "r", *db)
+    shown = as_json(capsys, "thresholds", "show", "pumps", *db)
+    assert isinstance(shown, dict)
+    assert shown["warning"] == pytest.approx(np.quantile(model_a.calibration_, 0.99))
+    assert shown["parameters"]["model_version"] == version_a
+    preview = as_json(capsys, "thresholds", "preview", "pumps", *db)
+    assert isinstance(preview, dict)
+    assert preview["model_version"] == version_a
+
+    server = start_server(db_url, TOKEN)
+    try:
+        change = server.client.patch(
+            "/models/pumps/thresholds",
+            json={"warning": {"policy": "quantile", "quantile": 0.98}, "reason": "api"},
+            headers=AUTH,
+        )
+        assert change.status_code == 201, change.text
+        assert change.json()["warning"] == pytest.approx(np.quantile(model_a.calibration_, 0.98))
+        records = json.loads(pd.read_csv(export).head(5).to_json(orient="records"))
+        scored = server.client.post("/models/pumps/score", json={"records": records})
+        assert scored.status_code == 200, scored.text
+        assert scored.json()["model_version"] == version_a
+    finally:
+        stop(server)

@@ -267,10 +267,10 @@ def thresholds_show(
 
     from anomaly_vae.cli.db import connected
     from anomaly_vae.storage import repository as repo
-    from anomaly_vae.storage.tuning import latest_model
+    from anomaly_vae.storage.tuning import model_in_use
 
     with connected(_target(db, pipeline)) as connection:
-        version = latest_model(connection, name=model)
+        version = model_in_use(connection, name=model)
         row = repo.threshold_in_force(connection, model_name=model)
         try:
             normal = repo.calibration_scores(connection, model_id=version.id)

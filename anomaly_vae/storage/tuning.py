@@ -40,7 +40,7 @@ from anomaly_vae.config import AlertsConfig, format_validation_error
 from anomaly_vae.errors import ConfigError, InputFileError, NotFoundError
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.storage.alerting import ACTIVE_STATES, seed_states, seed_tracker
-from anomaly_vae.storage.tables import Alert, Model, Score
+from anomaly_vae.storage.tables import Alert, Model, Score, ScoringRun
 from anomaly_vae.thresholds import (
     AlertRule,
     AlertTracker,
@@ -132,15 +132,25 @@ def policy_spec(data: dict[str, Any]) -> PolicySpec:
 
 
 # ======================================================================= models
-def latest_model(connection: Connection, *, name: str) -> Row[Any]:
-    """The newest registered version of the model ``name`` (its scores and calibration are
-    what policies and previews use)."""
+def model_in_use(connection: Connection, *, name: str) -> Row[Any]:
+    """The version of the model ``name`` in use: the one that started the newest scoring run
+    (batch job or stream session), else the newest registered. After a rollback (an older
+    version scored again) it is that older version, whose calibrated threshold is in force:
+    policies compute from its held-out normal scores, previews and tuning replay its scores."""
     row: Row[Any] | None = connection.execute(
         select(Model)
+        .join(ScoringRun, ScoringRun.model_id == Model.id)
         .where(Model.name == name)
-        .order_by(Model.registered_at.desc(), Model.id.desc())
+        .order_by(ScoringRun.started_at.desc(), ScoringRun.id.desc())
         .limit(1)
     ).first()
+    if row is None:  # registered without a run (not by this package): the newest registered
+        row = connection.execute(
+            select(Model)
+            .where(Model.name == name)
+            .order_by(Model.registered_at.desc(), Model.id.desc())
+            .limit(1)
+        ).first()
     if row is None:
         raise NotFoundError(
             f"no model named {name!r} is registered (a model is registered when it first "
@@ -297,7 +307,7 @@ def set_threshold(
         raise ConfigError(
             'a threshold change needs who made it (--by, "created_by" in the API), not a blank'
         )
-    model = latest_model(connection, name=model_name)
+    model = model_in_use(connection, name=model_name)
     repo.lock_thresholds(connection, model_name=model_name)  # `current` stays the one in force
     current = repo.threshold_in_force(connection, model_name=model_name)
     version = _apply_change(connection, model, current, change)
@@ -453,9 +463,10 @@ def preview_threshold(
     until: datetime | None = None,
     labels: LabelSet | None = None,
 ) -> ThresholdPreview:
-    """What ``change`` (against the version in force) would have done to the newest model
-    version's stored scores in [since, until): records flagged, alerts opened (per day, per
-    entity), escalations and resolutions, and precision / recall / F1 where ``labels`` say.
+    """What ``change`` (against the version in force) would have done to the stored scores of
+    the model version in use (:func:`model_in_use`) in [since, until): records flagged, alerts
+    opened (per day, per entity), escalations and resolutions, and precision / recall / F1
+    where ``labels`` say.
 
     With ``since``, every entity starts from the state it was in then (its records before
     ``since`` as they were decided, and its alert in progress then), as the write path would
@@ -465,7 +476,7 @@ def preview_threshold(
             f"until ({until.isoformat()}) is not after since ({since.isoformat()}): "
             "the period holds no scores"
         )
-    model = latest_model(connection, name=model_name)
+    model = model_in_use(connection, name=model_name)
     repo.lock_thresholds(connection, model_name=model_name)  # `current` stays the one in force
     current = repo.threshold_in_force(connection, model_name=model_name)
     version = _apply_change(connection, model, current, change)
@@ -756,7 +767,7 @@ def tune(
     since: datetime | None = None,
 ) -> Tuned:
     """The threshold that is best for ``objective`` on the labelled stored scores."""
-    model = latest_model(connection, name=model_name)
+    model = model_in_use(connection, name=model_name)
     frame = stored_scores(connection, model_id=model.id, since=since)
     values = labels.for_scores(frame)
     known = np.isfinite(values)
