@@ -612,3 +612,33 @@ def test_after_a_rollback_policies_previews_and_the_api_use_the_version_scored_l
         assert scored.json()["model_version"] == version_a
     finally:
         stop(server)
+
+
+def test_scoring_a_file_again_after_a_new_threshold_says_its_stored_flags_are_kept(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Rows are idempotent on their key: after 'tune --apply' (or 'set') the same file scored
+    # again kept every stored is_anomaly / severity of the old threshold, while the summary
+    # said "N flagged (threshold <new>)" and "0 score rows added (N already there)", nothing
+    # about the stored flags disagreeing with the threshold it just named.
+    model, model_dir = pump_model
+    db = ("--db", db_url)
+    score = ("score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    ok(capsys, *score)
+    scores = model.score(pd.read_csv(export))["score"].to_numpy()
+    higher = float(np.quantile(scores, 0.99))
+    changed = int(((scores > model.threshold_) & (scores <= higher)).sum())
+    assert changed > 0
+    out = ok(capsys, "thresholds", "set", "pumps", "--value", str(higher), "--reason", "r", *db)
+    assert "applies to records scored from now on" in out
+    assert "stored scores keep their is_anomaly / severity" in out
+    again = ok(capsys, *score)
+    assert f"({len(scores)} already there, kept as first scored: {changed} of them keep " in again
+    assert "thresholds preview pumps" in again
+    # Scored a third time under the same threshold: nothing differs but the same rows.
+    ok(capsys, "thresholds", "set", "pumps", "--value", str(model.threshold_), "--reason", "r", *db)
+    third = ok(capsys, *score)
+    assert f"({len(scores)} already there, kept as first scored)" in third

@@ -50,6 +50,14 @@ CRITICAL_HELP = (
 )
 
 
+# What a new version changes, said after each one: it is not retroactive.
+NOT_RETROACTIVE = (
+    "  it applies to records scored from now on (running stream scorers within "
+    "kafka.threshold_refresh_s); stored scores keep their is_anomaly / severity and past alerts "
+    "stay, even when the same file is scored again: 'thresholds preview' replays stored scores "
+    "under it"
+)
+
 # Options that several commands share, declared once.
 ModelArg = Annotated[str, typer.Argument(help=MODEL_HELP)]
 DbOpt = Annotated[str | None, typer.Option("--db", help=DB_HELP)]
@@ -400,6 +408,7 @@ def thresholds_set(
         f"{model}: threshold v{row.version} in force ({row.policy}): warning {row.warning:.6g}"
         f"{critical_text}; alert rule {shown['alert_rule']}"
     )
+    typer.echo(NOT_RETROACTIVE)
 
 
 @thresholds_app.command("preview")
@@ -635,6 +644,7 @@ def thresholds_tune(
     )
     if applied is not None:
         typer.echo(f"  now in force as threshold v{applied.version}")
+        typer.echo(NOT_RETROACTIVE)
     else:
         typer.echo("  not applied: add --apply to put it in force")
 
