@@ -305,7 +305,8 @@ class AlertRule:
 
     An alert opens when at least ``k`` of the entity's last ``n`` records crossed the warning
     threshold, unless the entity's previous alert opened less than ``cooldown_s`` seconds
-    before; while it is open, further crossings join it (its severity rises to critical if a
+    before (or after: a record older than it, from a backfill, within ``cooldown_s`` of it);
+    while it is open, further crossings join it (its severity rises to critical if a
     record crosses the critical threshold); it resolves after ``resolve_after`` consecutive
     normal records.
     """
@@ -473,7 +474,10 @@ class AlertTracker:
                 rule.cooldown_s > 0
                 and state.last_opened is not None
                 and not math.isnan(now)
-                and now - state.last_opened < rule.cooldown_s
+                # Within the cool-down of the previous alert on either side: a record older
+                # than it (a backfill, a late record) is not "before" it by a negative time,
+                # which kept a whole backfill of older data from opening any alert.
+                and abs(now - state.last_opened) < rule.cooldown_s
             ):
                 continue
             state.open_severity = sev
