@@ -642,3 +642,20 @@ def test_scoring_a_file_again_after_a_new_threshold_says_its_stored_flags_are_ke
     ok(capsys, "thresholds", "set", "pumps", "--value", str(model.threshold_), "--reason", "r", *db)
     third = ok(capsys, *score)
     assert f"({len(scores)} already there, kept as first scored)" in third
+
+
+def test_a_preview_table_shows_the_proposed_and_the_current_alert_rule(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 'preview --debounce 3/5' printed the proposed and current levels only: the one thing
+    # the operator changed was nowhere in the table (the JSON had it).
+    _, model_dir = pump_model
+    db = ("--db", db_url)
+    ok(capsys, "score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    out = ok(capsys, "thresholds", "preview", "pumps", "--debounce", "3/5", "--cooldown", "60", *db)
+    assert "proposed: warning" in out
+    assert "; alert rule 3 of 5 records, cool-down 60 s, resolved after 1 normal record" in out
+    assert "; alert rule 1 of 1 record, resolved after 1 normal record\n" in out  # in force

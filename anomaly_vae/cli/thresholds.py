@@ -503,11 +503,17 @@ def _print_preview(summary: dict[str, Any], plot: Path | None) -> None:
         f"{summary['model']} (model version {summary['model_version']}), "
         f"{summary['records']:,} stored scores{period}"
     )
-    crit = f", critical {proposed['critical']:.6g}" if proposed["critical"] is not None else ""
-    typer.echo(f"  proposed: warning {proposed['warning']:.6g}{crit}")
+    from anomaly_vae.thresholds import AlertRule
+
+    def levels(shown: dict[str, Any]) -> str:
+        crit = f", critical {shown['critical']:.6g}" if shown["critical"] is not None else ""
+        rule = AlertRule.from_dict(shown["alert_rule"]).describe()
+        return f"warning {shown['warning']:.6g}{crit}; alert rule {rule}"
+
+    # The rule too: a preview of --debounce / --cooldown / --resolve-after showed only levels.
+    typer.echo(f"  proposed: {levels(proposed)}")
     if current is not None:
-        crit = f", critical {current['critical']:.6g}" if current["critical"] is not None else ""
-        typer.echo(f"  in force: warning {current['warning']:.6g}{crit}")
+        typer.echo(f"  in force: {levels(current)}")
     typer.echo(
         f"  would flag {summary['flagged']:,} records and open {summary['alerts']:,} alerts "
         f"({summary['escalations']} escalated, {summary['resolutions']} resolved by the rule); "
