@@ -659,3 +659,20 @@ def test_a_preview_table_shows_the_proposed_and_the_current_alert_rule(
     assert "proposed: warning" in out
     assert "; alert rule 3 of 5 records, cool-down 60 s, resolved after 1 normal record" in out
     assert "; alert rule 1 of 1 record, resolved after 1 normal record\n" in out  # in force
+
+
+@pytest.mark.parametrize("budget", ["nan", "inf", "-1"])
+def test_an_alerts_per_day_budget_that_is_not_a_positive_number_is_one_line(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+    budget: str,
+) -> None:
+    # 'tune --alerts-per-day nan' ended in "ValueError: cannot convert float NaN to integer"
+    # (inf in an OverflowError), a traceback instead of the error -1 got.
+    _, model_dir = pump_model
+    db = ("--db", db_url)
+    ok(capsys, "score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    tune = ("thresholds", "tune", "pumps", "--labels", str(export), "--alerts-per-day", budget)
+    assert_user_error(cli(capsys, *tune, *db), "--alerts-per-day", "positive, finite")
