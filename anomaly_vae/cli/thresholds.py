@@ -231,7 +231,7 @@ def _since(text: str | None, option: str = "--since") -> datetime | None:
 
 
 def _who(by: str | None) -> str:
-    if by:
+    if by is not None:  # given: a blank one ('--by ""') is refused, not replaced by the user
         return by
     try:
         return getpass.getuser()
