@@ -674,3 +674,28 @@ def test_an_alerts_per_day_budget_that_is_not_a_positive_number_is_one_line(
     ok(capsys, "score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
     tune = ("thresholds", "tune", "pumps", "--labels", str(export), "--alerts-per-day", budget)
     assert_user_error(cli(capsys, *tune, *db), "--alerts-per-day", "positive, finite")
+
+
+def test_tune_refuses_an_empty_reason_and_apply_options_without_apply(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 'tune --apply --reason ""' put the tuned threshold in force with the default reason
+    # ('set --reason ""' is refused), and '--reason', '--by' or '--no-critical' without
+    # --apply were ignored in silence: the operator believed something had been recorded.
+    _, model_dir = pump_model
+    db = ("--db", db_url)
+    ok(capsys, "score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    tune = ("thresholds", "tune", "pumps", "--labels", str(export), "--objective", "f1")
+    assert_user_error(cli(capsys, *tune, "--apply", "--reason", "", *db), "needs a reason")
+    assert_user_error(cli(capsys, *tune, "--reason", "r", *db), "--reason goes with --apply")
+    assert_user_error(
+        cli(capsys, *tune, "--by", "al", "--no-critical", *db), "--by and --no-critical go with"
+    )
+    history = as_json(capsys, "thresholds", "history", "pumps", *db)
+    assert isinstance(history, list)
+    assert len(history) == 1  # nothing was applied
+    applied = ok(capsys, *tune, "--apply", "--reason", "after review", "--by", "al", *db)
+    assert "now in force as threshold v2" in applied

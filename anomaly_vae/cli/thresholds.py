@@ -614,6 +614,21 @@ def thresholds_tune(
         if max_false_alarm_rate is not None
         else "alerts_per_day"
     )
+    if not apply:  # not ignored in silence: nothing is put in force without --apply
+        given = [
+            name
+            for name, v in (
+                ("--reason", reason),
+                ("--by", by),
+                ("--no-critical", no_critical or None),
+            )
+            if v is not None
+        ]
+        if given:
+            raise ConfigError(
+                f"{' and '.join(given)} go{'es' if len(given) == 1 else ''} with --apply: "
+                "add --apply to put the tuned threshold in force"
+            )
     label_set = read_labels(labels, label_column=label_column, key_column=key_column, sep=sep)
     with connected(_target(db, pipeline)) as connection, connection.begin():
         tuned = tune(
@@ -632,7 +647,8 @@ def thresholds_tune(
                 model_name=model,
                 change=replace(tuned_change(tuned, labels=label_set), clear_critical=no_critical),
                 created_by=_who(by),
-                reason=reason or f"tuned on {labels.name} ({kind})",
+                # an empty --reason is refused as in 'set', not replaced by this one
+                reason=reason if reason is not None else f"tuned on {labels.name} ({kind})",
             )
     out = tuned.as_dict()
     if applied is not None:
