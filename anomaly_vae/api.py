@@ -46,6 +46,7 @@ from anomaly_vae.storage.tuning import (
     list_alerts,
     model_in_use,
     preview_threshold,
+    rollback_threshold,
     set_threshold,
 )
 from anomaly_vae.thresholds import AlertRule
@@ -159,6 +160,15 @@ class ThresholdUpdate(_Schema):
     warning: PolicySpec | None = None
     critical: PolicySpec | None = None
     alert_rule: AlertRuleUpdate | None = None
+    reason: str = Field(min_length=1, max_length=2000)
+    created_by: str = Field(default="api", min_length=1, max_length=200)
+
+
+class ThresholdRollback(_Schema):
+    """Put an earlier threshold version back in force (as a new version, its levels and alert
+    rule as they were)."""
+
+    version: int = Field(ge=1)
     reason: str = Field(min_length=1, max_length=2000)
     created_by: str = Field(default="api", min_length=1, max_length=200)
 
@@ -524,6 +534,35 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         if not given:
             raise ConfigError("nothing to change: give warning, critical or alert_rule")
         return _new_version(conn, name, body)
+
+    @app.post(
+        "/models/{name}/thresholds/rollback",
+        response_model=ThresholdPublic,
+        status_code=201,
+        tags=["thresholds"],
+        dependencies=[Writer],
+        responses=_errors(400, 401, 403, 404, 413),
+    )
+    def rollback_threshold_version(
+        name: str, body: ThresholdRollback, conn: Conn
+    ) -> ThresholdPublic:
+        """Put an earlier threshold version back in force, as a new version."""
+        with conn.begin():
+            row = rollback_threshold(
+                conn,
+                model_name=name,
+                to_version=body.version,
+                created_by=body.created_by,
+                reason=body.reason,
+            )
+        logger.info(
+            "model %s: threshold v%d (back to v%d) set by %s",
+            name,
+            row.version,
+            body.version,
+            body.created_by,
+        )
+        return _threshold(row)
 
     @app.post(
         "/models/{name}/thresholds/preview",

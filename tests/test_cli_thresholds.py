@@ -699,3 +699,55 @@ def test_tune_refuses_an_empty_reason_and_apply_options_without_apply(
     assert len(history) == 1  # nothing was applied
     applied = ok(capsys, *tune, "--apply", "--reason", "after review", "--by", "al", *db)
     assert "now in force as threshold v2" in applied
+
+
+def test_rollback_puts_an_earlier_version_back_in_force_as_a_new_version(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # There was no way back after a bad 'tune --apply' but to retype every level and rule
+    # setting of the version before it with 'set'.
+    _, model_dir = pump_model
+    db = ("--db", db_url)
+    ok(capsys, "score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    set_ = ("thresholds", "set", "pumps", "--value", "30", "--critical", "60", "--debounce", "2/3")
+    ok(capsys, *set_, "--cooldown", "120", "--reason", "good one", *db)
+    ok(
+        capsys,
+        "thresholds",
+        "set",
+        "pumps",
+        "--value",
+        "1",
+        "--no-critical",
+        "--reason",
+        "bad",
+        *db,
+    )
+    out = ok(capsys, "thresholds", "rollback", "pumps", "--to", "2", "--reason", "undo", *db)
+    assert "threshold v4 in force, the levels of v2 (value): warning 30, critical 60" in out
+    assert "2 of 3 records, cool-down 120 s" in out
+    shown = as_json(capsys, "thresholds", "show", "pumps", *db)
+    assert isinstance(shown, dict)
+    assert (shown["version"], shown["warning"], shown["critical"]) == (4, 30.0, 60.0)
+    assert shown["parameters"]["rolled_back_to"] == 2
+    assert shown["reason"] == "undo"
+    rollback = ("thresholds", "rollback", "pumps", "--reason", "r")
+    assert_user_error(cli(capsys, *rollback, "--to", "9", *db), "no threshold v9", "v1 to v4")
+    assert_user_error(cli(capsys, *rollback, "--to", "4", *db), "is the one in force")
+    assert_user_error(
+        cli(capsys, "thresholds", "rollback", "pumps", "--to", "1", "--reason", " ", *db),
+        "needs a reason",
+    )
+    assert_user_error(
+        cli(capsys, "thresholds", "rollback", "pumsp", "--to", "1", "--reason", "r", *db),
+        "no model named 'pumsp'",
+    )
+    # Back to the calibrated v1: an operator's version now, not replaced by scoring again.
+    ok(capsys, *rollback, "--to", "1", *db)
+    ok(capsys, "score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    history = as_json(capsys, "thresholds", "history", "pumps", *db)
+    assert isinstance(history, list)
+    assert [h["version"] for h in history] == [5, 4, 3, 2, 1]

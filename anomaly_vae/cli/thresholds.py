@@ -411,6 +411,43 @@ def thresholds_set(
     typer.echo(NOT_RETROACTIVE)
 
 
+@thresholds_app.command("rollback")
+def thresholds_rollback(
+    model: ModelArg,
+    to: int = typer.Option(
+        ..., "--to", help="The threshold version to put back in force (see 'history')."
+    ),
+    reason: str = typer.Option(..., "--reason", help="Why (kept in the history)."),
+    by: str | None = typer.Option(None, "--by", help="Who (default: your user name)."),
+    db: DbOpt = None,
+    pipeline: PipelineOpt = None,
+) -> None:
+    """Put an earlier threshold version back in force, as a new version: its levels (as they
+    were, not recomputed), critical level and alert rule."""
+    setup_logging(False)
+    from anomaly_vae.cli.db import connected
+    from anomaly_vae.storage.tuning import model_in_use, rollback_threshold
+
+    with connected(_target(db, pipeline)) as connection, connection.begin():
+        row = rollback_threshold(
+            connection, model_name=model, to_version=to, created_by=_who(by), reason=reason
+        )
+        shown = _threshold_dict(row)
+        in_use = model_in_use(connection, name=model).version
+    computed_for = row.parameters.get("model_version")
+    critical_text = f", critical {row.critical:.6g}" if row.critical is not None else ""
+    typer.echo(
+        f"{model}: threshold v{row.version} in force, the levels of v{to} ({row.policy}): "
+        f"warning {row.warning:.6g}{critical_text}; alert rule {shown['alert_rule']}"
+    )
+    if computed_for is not None and computed_for != in_use:
+        typer.echo(
+            f"  note: v{to} was computed for model version {computed_for}, the version in use "
+            f"is {in_use}: check it with 'anomaly-vae thresholds show {model}'"
+        )
+    typer.echo(NOT_RETROACTIVE)
+
+
 @thresholds_app.command("preview")
 def thresholds_preview(
     model: ModelArg,

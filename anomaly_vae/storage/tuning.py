@@ -324,6 +324,59 @@ def set_threshold(
     )
 
 
+def rollback_threshold(
+    connection: Connection,
+    *,
+    model_name: str,
+    to_version: int,
+    created_by: str,
+    reason: str,
+) -> Row[Any]:
+    """Put an earlier threshold version back in force: a new version with its policy, levels
+    (as they were, not recomputed), parameters and alert rule, ``rolled_back_to`` naming it.
+    It is an operator's version (a newer model version's calibration does not replace it).
+    Runs in the caller's transaction."""
+    if not reason or not reason.strip():
+        raise ConfigError(
+            'a threshold change needs a reason (--reason, "reason" in the API): say why, for '
+            "the history"
+        )
+    if not created_by or not created_by.strip():
+        raise ConfigError(
+            'a threshold change needs who made it (--by, "created_by" in the API), not a blank'
+        )
+    repo.registered_versions(connection, name=model_name, hint=": see 'anomaly-vae models list'")
+    repo.lock_thresholds(connection, model_name=model_name)
+    versions = {int(r.version): r for r in repo.list_thresholds(connection, model_name=model_name)}
+    if to_version not in versions:
+        known = f"v{min(versions)} to v{max(versions)}" if versions else "none"
+        raise NotFoundError(
+            f"model {model_name!r} has no threshold v{to_version} (stored: {known}): see "
+            f"'anomaly-vae thresholds history {model_name}'"
+        )
+    if to_version == max(versions):
+        raise ConfigError(
+            f"threshold v{to_version} of model {model_name!r} is the one in force: nothing to "
+            "roll back"
+        )
+    old = versions[to_version]
+    parameters = {
+        k: v for k, v in old.parameters.items() if not (k == "from" and v == repo.FROM_CALIBRATION)
+    }
+    parameters["rolled_back_to"] = to_version
+    return repo.add_threshold(
+        connection,
+        model_name=model_name,
+        policy=old.policy,
+        warning=float(old.warning),
+        critical=None if old.critical is None else float(old.critical),
+        parameters=parameters,
+        alert_rule=AlertRule.from_dict(old.alert_rule).to_dict(),
+        created_by=created_by.strip(),
+        reason=reason.strip(),
+    )
+
+
 def _computed(
     connection: Connection, model_id: int, spec: PolicySpec | ComputedThreshold
 ) -> ComputedThreshold:
