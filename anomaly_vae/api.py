@@ -129,6 +129,8 @@ class ThresholdPublic(BaseModel):
 class ModelDetail(BaseModel):
     name: str
     versions: list[ModelPublic]
+    # The version in use (scored last): the one policies, previews and scoring use.
+    in_use: str
     threshold: ThresholdPublic | None
 
 
@@ -477,7 +479,10 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
             raise NotFoundError(f"no model named {name!r} is registered")
         row = repo.threshold_in_force(conn, model_name=name)
         return ModelDetail(
-            name=name, versions=versions, threshold=None if row is None else _threshold(row)
+            name=name,
+            versions=versions,
+            in_use=model_in_use(conn, name=name).version,
+            threshold=None if row is None else _threshold(row),
         )
 
     # ------------------------------------------------------------------ thresholds

@@ -594,9 +594,15 @@ def test_after_a_rollback_policies_previews_and_the_api_use_the_version_scored_l
     preview = as_json(capsys, "thresholds", "preview", "pumps", *db)
     assert isinstance(preview, dict)
     assert preview["model_version"] == version_a
+    # 'models show' and GET /models/{name} say which version that is.
+    shown_models = ok(capsys, "models", "show", "pumps", *db)
+    in_use = [line for line in shown_models.splitlines() if "in use (scored last)" in line]
+    assert len(in_use) == 1
+    assert f"version {version_a} " in in_use[0]
 
     server = start_server(db_url, TOKEN)
     try:
+        assert server.client.get("/models/pumps").json()["in_use"] == version_a
         change = server.client.patch(
             "/models/pumps/thresholds",
             json={"warning": {"policy": "quantile", "quantile": 0.98}, "reason": "api"},
