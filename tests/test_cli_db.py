@@ -66,7 +66,7 @@ def test_score_twice_keeps_one_row_per_record(
     assert not [p for p in tmp_path.iterdir() if ".csv" in p.name]
     second = cli(capsys, "score", str(export), "--model-dir", str(model_dir), "--db", db_url)
     assert second.returncode == 0, second.stderr
-    assert "0 score rows added (1499 already there)" in second.stdout
+    assert "0 score rows added (1499 already there, kept as first scored)" in second.stdout
     assert count(db_url, "scores") == 1499
     assert count(db_url, "dead_letters") == 1
     assert count(db_url, "models") == 1

@@ -739,9 +739,21 @@ def _score_into_database(
     if csv_paths is not None and rejects_writer is not None:
         _add_csv_outputs(summary, csv_paths[0], csv_paths[1], rejects_writer)
     already = sink.written - sink.inserted
+    kept = ""
+    if already:
+        # Rows are idempotent on their key: a re-scored record keeps what it was first given.
+        kept = f" ({already} already there, kept as first scored"
+        if sink.kept_with_other_flags:
+            kept += (
+                f": {sink.kept_with_other_flags} of them keep another is_anomaly / severity than "
+                f"this run's threshold {run.threshold:.4g} gives, the one of their first "
+                "scoring; stored flags are never rewritten: 'anomaly-vae thresholds preview "
+                f"{model.name}' replays stored scores under the threshold in force"
+            )
+        kept += ")"
     summary.outputs.append(
         f"{target_display}: run {run.run_id}, {sink.inserted} score rows added"
-        + (f" ({already} already there)" if already else "")
+        + kept
         + f", {sink.dead_letters} rejected rows in dead_letters, "
         f"{sink.alerts_opened} alerts opened (model {model.name} version {run.model_version})"
         + (

@@ -117,6 +117,9 @@ class StreamStats:
     flagged: int = 0
     rejected: int = 0
     gaps: int = 0  # scored with a missing feature value filled in
+    # Scored records already stored (a replay: another group, a reset offset): kept as first
+    # scored, their stored is_anomaly / severity not rewritten whatever this session flagged.
+    already_stored: int = 0
     batches: int = 0
     commits_failed: int = 0
     write_retries: int = 0
@@ -417,6 +420,7 @@ class StreamScorer:
         self._publish(batch, result, records)
         self.stats.consumed += len(records)
         self.stats.scored += len(batch.scores.scores)
+        self.stats.already_stored += max(0, len(batch.scores.scores) - result.scores_written)
         self.stats.flagged += int(batch.scores.scores["is_anomaly"].sum())
         self.stats.rejected += len(batch.rejects)
         self.stats.gaps += batch.scores.gaps
