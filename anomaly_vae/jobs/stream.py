@@ -47,6 +47,7 @@ from anomaly_vae.sources.kafka import (
     message_text,
     messages_by_key,
     next_offsets,
+    options_for,
     redacted,
 )
 from anomaly_vae.training import torch_threads
@@ -213,7 +214,7 @@ class StreamScorer:
             from kafka import KafkaConsumer
 
             return KafkaConsumer(
-                **options,
+                **options_for(options, KafkaConsumer),
                 group_id=kafka.group_id,
                 enable_auto_commit=False,
                 auto_offset_reset=kafka.auto_offset_reset,
@@ -246,7 +247,7 @@ class StreamScorer:
                     return self._producer_factory()
                 from kafka import KafkaProducer
 
-                return KafkaProducer(**options, acks="all", linger_ms=5)
+                return KafkaProducer(**options_for(options, KafkaProducer), acks="all", linger_ms=5)
 
             self._producer = connect_with_retry(
                 make_producer,
