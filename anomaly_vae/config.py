@@ -233,6 +233,11 @@ class KafkaConfig(_Strict):
         """Kafka's rule for topic names, checked before any client (which raises mid-run)."""
         if value is None:
             return value
+        if any(c in value for c in ",*?[]()|^$+"):
+            raise ValueError(
+                f"{value!r} is not one Kafka topic name: a scorer reads one topic, named "
+                "exactly (no list, no pattern); run one scorer per topic"
+            )
         if not _TOPIC_NAME.fullmatch(value) or value in (".", ".."):
             raise ValueError(
                 f"{value!r} is not a Kafka topic name: 1 to 249 of ASCII letters, digits, "

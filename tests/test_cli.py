@@ -871,6 +871,10 @@ def test_info_and_help(trained: Path) -> None:
         ("--session-timeout-ms", "5", "--session-timeout-ms 5: Input should be greater"),
         ("--topic", "bad topic!", "'bad topic!' is not a Kafka topic name"),
         ("--dead-letter-topic", "dead/letters", "'dead/letters' is not a Kafka topic name"),
+        # Several topics or a pattern: said so, not that the name has a wrong character; and
+        # no pydantic "Value error, " before the reason.
+        ("--topic", "pumps,fans", "--topic pumps,fans: 'pumps,fans' is not one Kafka topic"),
+        ("--topic", "sensors.*", "a scorer reads one topic, named exactly (no list, no pattern)"),
     ],
 )
 def test_a_bad_stream_option_is_one_line_naming_the_option(
