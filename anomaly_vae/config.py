@@ -560,8 +560,34 @@ def format_validation_error(exc: ValidationError) -> str:
         if got_text and _may_be_secret(err["loc"]):
             got_text = " (value not shown: it may hold a secret)"
         message = err["msg"].removeprefix("Value error, ")  # pydantic's prefix, no news
+        if err["type"] == "extra_forbidden":
+            message += _unknown_key_hint(exc.title, err["loc"])
         parts.append(f"{loc}: {message}{got_text}")
     return "; ".join(parts)
+
+
+def _unknown_key_hint(title: str, loc: tuple[int | str, ...]) -> str:
+    """For a key a section does not have: the section's key it may be a misspelling of, or,
+    under kafka, that a kafka-python option goes under kafka.client ('' when neither)."""
+    import difflib
+
+    section: Any = {cls.__name__: cls for cls in _Strict.__subclasses__()}.get(title)
+    for part in loc[:-1]:
+        field = section.model_fields.get(part) if section is not None else None
+        if field is None:
+            return ""
+        kinds = [field.annotation, *getattr(field.annotation, "__args__", ())]
+        section = next((k for k in kinds if isinstance(k, type) and issubclass(k, _Strict)), None)
+    if section is None:
+        return ""
+    name = str(loc[-1])
+    if section is KafkaConfig and name in kafka_client_option_names():
+        where = f": {name} is a kafka-python option, which goes under kafka.client"
+        if name == "sasl_plain_password":
+            where += " (or in the environment variable ANOMALY_VAE_KAFKA_SASL_PASSWORD)"
+        return where
+    close = difflib.get_close_matches(name, list(section.model_fields), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 Device = Literal["auto", "cpu", "cuda"]

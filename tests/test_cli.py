@@ -1297,3 +1297,28 @@ def test_a_demo_workdir_that_is_a_file_is_named(
         result = run_inline(capsys, "demo", "--workdir", str(workdir), "--rows", "100")
         assert_user_error(result, f"--workdir {workdir}: {taken} is a file, not a directory")
     assert taken.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("colums:\n  id: [x]\n", "colums: Extra inputs are not permitted (did you mean columns?)"),
+        ("training:\n  epoch: 3\n", "training.epoch: Extra inputs are not permitted (did you mean"),
+        ("kafka:\n  bootstrap_server: h:9092\n", "(did you mean bootstrap_servers?)"),
+        ("window:\n  size: 3\n  lateness: 3\n", "(did you mean lateness_s?)"),
+        (
+            "kafka:\n  security_protocol: SSL\n",
+            "security_protocol is a kafka-python option, which goes under kafka.client",
+        ),
+    ],
+)
+def test_a_misspelt_or_misplaced_pipeline_key_is_named_with_the_key_meant(
+    text: str, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "kafka.bootstrap_server: Extra inputs are not permitted" left the reader to find the
+    # spelling the file needed, and a client option one level too high was not told where
+    # it goes.
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(text)
+    result = run_inline(capsys, "runs", "list", "--pipeline", str(pipeline))
+    assert_user_error(result, f"pipeline file {pipeline}", needle)
