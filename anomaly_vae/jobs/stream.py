@@ -658,7 +658,9 @@ class StreamScorer:
         logger.info(
             "%.0f records/s, lag %s, %d scored, %d flagged, %d rejected%s",
             rate,
-            self.stats.lag,
+            # Not known before partitions are assigned (a group join takes seconds), nor for
+            # a partition not fetched from yet: 'lag 0' said the scorer was caught up.
+            "unknown" if self.stats.lag is None else self.stats.lag,
             self.stats.scored,
             self.stats.flagged,
             self.stats.rejected,
@@ -675,7 +677,10 @@ class StreamScorer:
         consumer = self._consumer
         total = 0
         try:
-            for tp in consumer.assignment():
+            assignment = consumer.assignment()
+            if not assignment:
+                return None
+            for tp in assignment:
                 high = consumer.highwater(tp)
                 if high is None:
                     return None
@@ -821,7 +826,8 @@ def _rebalance_listener(scorer: StreamScorer) -> Any:
                 # records after the last commit, and the idempotent writes (and a windowed
                 # model's stored sequence numbers) turn the replay into no change.
                 scorer._commit(wait=False)
-            logger.info("partitions revoked: %s", _names(revoked))
+            if revoked:  # the first join revokes nothing: no line
+                logger.info("partitions revoked: %s", _names(revoked))
 
         def on_partitions_assigned(self, assigned: Any) -> None:
             scorer._windows_moved.set()
