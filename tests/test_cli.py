@@ -1050,6 +1050,10 @@ def test_info_and_help(trained: Path) -> None:
         ("--session-timeout-ms", "5", "--session-timeout-ms 5: Input should be greater"),
         ("--topic", "bad topic!", "'bad topic!' is not a Kafka topic name"),
         ("--dead-letter-topic", "dead/letters", "'dead/letters' is not a Kafka topic name"),
+        # Several topics or a pattern: said so, not that the name has a wrong character; and
+        # no pydantic "Value error, " before the reason.
+        ("--topic", "pumps,fans", "--topic pumps,fans: 'pumps,fans' is not one Kafka topic"),
+        ("--topic", "sensors.*", "a scorer reads one topic, named exactly (no list, no pattern)"),
     ],
 )
 def test_a_bad_stream_option_is_one_line_naming_the_option(
@@ -1495,3 +1499,28 @@ def test_a_demo_workdir_that_is_a_file_is_named(
         result = run_inline(capsys, "demo", "--workdir", str(workdir), "--rows", "100")
         assert_user_error(result, f"--workdir {workdir}: {taken} is a file, not a directory")
     assert taken.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("colums:\n  id: [x]\n", "colums: Extra inputs are not permitted (did you mean columns?)"),
+        ("training:\n  epoch: 3\n", "training.epoch: Extra inputs are not permitted (did you mean"),
+        ("kafka:\n  bootstrap_server: h:9092\n", "(did you mean bootstrap_servers?)"),
+        ("window:\n  size: 3\n  lateness: 3\n", "(did you mean lateness_s?)"),
+        (
+            "kafka:\n  security_protocol: SSL\n",
+            "security_protocol is a kafka-python option, which goes under kafka.client",
+        ),
+    ],
+)
+def test_a_misspelt_or_misplaced_pipeline_key_is_named_with_the_key_meant(
+    text: str, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "kafka.bootstrap_server: Extra inputs are not permitted" left the reader to find the
+    # spelling the file needed, and a client option one level too high was not told where
+    # it goes.
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(text)
+    result = run_inline(capsys, "runs", "list", "--pipeline", str(pipeline))
+    assert_user_error(result, f"pipeline file {pipeline}", needle)

@@ -269,6 +269,33 @@ def test_every_message_comes_out_exactly_once(broker: DevBroker, stream_model: A
     assert set(scored["_entity"]) == {"P1", "P2", "P3", "P4"}
 
 
+def test_the_lag_is_unknown_until_partitions_are_assigned(
+    broker: DevBroker, stream_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The progress line said 'lag 0' (caught up) while the group join was still pending and
+    # no partition was assigned, and scoring_runs.lag (the API's /metrics gauge) held 0; the
+    # first join also logged 'partitions revoked: []'.
+    topic = create_topic(broker.bootstrap)
+    values, keys = pump_values(30, seed=14)
+    produce(broker.bootstrap, topic, values, keys)
+    cfg = stream_config(stream_model, broker.bootstrap, topic, metrics_interval_s=0.2)
+    reported: list[int | None] = []
+    caplog.set_level("INFO", logger="anomaly_vae")
+    scorer = StreamScorer(
+        stream_model, cfg, MemorySink([]), on_metrics=lambda stats, _: reported.append(stats.lag)
+    )
+    stats = scorer.run(idle_timeout=2.0)
+    assert stats.scored == 30
+    lines = [r.getMessage() for r in caplog.records if r.name == "anomaly_vae.jobs.stream"]
+    assigned = next(i for i, line in enumerate(lines) if line.startswith("partitions assigned"))
+    before = [line for line in lines[:assigned] if "records/s" in line]
+    assert before, lines  # the join takes seconds: progress lines come before it
+    assert all("lag unknown," in line for line in before)
+    assert reported[0] is None
+    assert "partitions revoked: []" not in lines
+    assert any("records/s, lag 0, 30 scored" in line for line in lines[assigned:])
+
+
 def test_stop_and_resume_replays_nothing_and_loses_nothing(
     broker: DevBroker, stream_model: AnomalyVAE
 ) -> None:

@@ -205,7 +205,7 @@ def stream(
             try:
                 setattr(kafka, name, value)
             except ValidationError as exc:
-                problems = "; ".join(e["msg"] for e in exc.errors())
+                problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
                 raise ConfigError(f"{flag} {value}: {problems}") from None
     if not kafka.topic:
         # Before the database: a stream run registered there would stay 'running' for good.

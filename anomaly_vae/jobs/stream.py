@@ -47,6 +47,7 @@ from anomaly_vae.sources.kafka import (
     message_text,
     messages_by_key,
     next_offsets,
+    options_for,
     redacted,
 )
 from anomaly_vae.training import torch_threads
@@ -216,7 +217,7 @@ class StreamScorer:
             from kafka import KafkaConsumer
 
             return KafkaConsumer(
-                **options,
+                **options_for(options, KafkaConsumer),
                 group_id=kafka.group_id,
                 enable_auto_commit=False,
                 auto_offset_reset=kafka.auto_offset_reset,
@@ -249,7 +250,7 @@ class StreamScorer:
                     return self._producer_factory()
                 from kafka import KafkaProducer
 
-                return KafkaProducer(**options, acks="all", linger_ms=5)
+                return KafkaProducer(**options_for(options, KafkaProducer), acks="all", linger_ms=5)
 
             self._producer = connect_with_retry(
                 make_producer,
@@ -661,7 +662,9 @@ class StreamScorer:
         logger.info(
             "%.0f records/s, lag %s, %d scored, %d flagged, %d rejected%s",
             rate,
-            self.stats.lag,
+            # Not known before partitions are assigned (a group join takes seconds), nor for
+            # a partition not fetched from yet: 'lag 0' said the scorer was caught up.
+            "unknown" if self.stats.lag is None else self.stats.lag,
             self.stats.scored,
             self.stats.flagged,
             self.stats.rejected,
@@ -678,7 +681,10 @@ class StreamScorer:
         consumer = self._consumer
         total = 0
         try:
-            for tp in consumer.assignment():
+            assignment = consumer.assignment()
+            if not assignment:
+                return None
+            for tp in assignment:
                 high = consumer.highwater(tp)
                 if high is None:
                     return None
@@ -824,7 +830,8 @@ def _rebalance_listener(scorer: StreamScorer) -> Any:
                 # records after the last commit, and the idempotent writes (and a windowed
                 # model's stored sequence numbers) turn the replay into no change.
                 scorer._commit(wait=False)
-            logger.info("partitions revoked: %s", _names(revoked))
+            if revoked:  # the first join revokes nothing: no line
+                logger.info("partitions revoked: %s", _names(revoked))
 
         def on_partitions_assigned(self, assigned: Any) -> None:
             scorer._windows_moved.set()
