@@ -17,6 +17,7 @@ import hmac
 import json
 import logging
 import math
+import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -794,6 +795,16 @@ class ModelUnavailableError(NotFoundError):
     """A registered model version whose directory this server cannot load (409)."""
 
 
+def _huge_integer_reason(name: str, value: object) -> str | None:
+    """Why an integer too large for a float (beyond about 1.8e308) cannot be read."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _FLOAT_MAX:
+        return f"field {name!r}: an integer of {len(str(abs(value)))} digits is not a finite number"
+    return None
+
+
+_FLOAT_MAX = int(sys.float_info.max)
+
+
 def _score_records(
     model: Any,
     records: list[dict[str, Any]],
@@ -809,6 +820,10 @@ def _score_records(
 
     features = model.schema_.names
     numeric = model.schema_.numeric
+    window = model.config_.window
+    # Read as numbers: an integer past float's range (JSON has no limit; Python's reader
+    # takes 10**400) made pandas raise OverflowError, a 500.
+    as_numbers = [*numeric, *([window.time] if window is not None and window.time else [])]
     rejects = []
     for i, record in enumerate(records):
         reason: str | None
@@ -817,6 +832,9 @@ def _score_records(
         else:  # as the Kafka decoder: a NaN is poison, not a missing value (that is null)
             reason = next(
                 (why for f in numeric if (why := non_finite_reason(f, record[f])) is not None),
+                None,
+            ) or next(
+                (why for f in as_numbers if (why := _huge_integer_reason(f, record.get(f)))),
                 None,
             )
         if reason is not None:
@@ -827,6 +845,13 @@ def _score_records(
         kept_frame = pd.DataFrame({name: [] for name in features})
     else:
         kept_frame = pd.DataFrame.from_records([records[i] for i in kept], index=kept)
+    if window is not None:
+        # A window field no record has is each record's missing value (rejected with its
+        # reason), as when some records lack it: it was a 422 for the whole request, and
+        # when no record had every feature, one that named the entity field, not them.
+        for name in (window.entity, window.time):
+            if name and name not in kept_frame.columns:
+                kept_frame[name] = pd.Series([None] * len(kept_frame), index=kept_frame.index)
     scored = model.score_batch(kept_frame, threshold=warning, source="request")
     for index, reason in scored.rejects["reason"].items():
         rejects.append(RejectedRecord(index=int(index), reason=str(reason)))

@@ -59,8 +59,15 @@ FROM_STORED_SCORES = "stored scores"
 
 # ==================================================================== policy specs
 def as_utc(value: datetime) -> datetime:
-    """A time without a time zone is UTC (as ``--since`` on the command line)."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    """A time without a time zone is UTC (as ``--since`` on the command line). One that is
+    out of range once in UTC (0001-01-01T00:00+01:00) is refused here: the database driver
+    raised OverflowError, which the API answered as the database being unavailable (503)."""
+    value = value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    try:
+        value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("out of range once converted to UTC") from None
+    return value
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
