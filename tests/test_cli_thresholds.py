@@ -83,13 +83,18 @@ def test_thresholds_and_alerts_from_the_command_line(
     assert isinstance(shown, dict)
     assert shown["warning"] == pytest.approx(np.quantile(normal, 0.99))
     assert shown["critical"] == pytest.approx(evt_threshold(normal, 1e-4).threshold)
-    assert shown["alert_rule"].startswith("2 of 3 records, cool-down 60 s")
+    # The rule as its settings, as the HTTP API gives it (it was the description alone).
+    assert shown["alert_rule"] == {"k": 2, "n": 3, "cooldown_s": 60.0, "resolve_after": 1}
+    assert shown["alert_rule_text"].startswith("2 of 3 records, cool-down 60 s")
+    history = as_json(capsys, "thresholds", "history", "pumps", *db)
+    assert isinstance(history, list)
+    assert history[0]["alert_rule"] == shown["alert_rule"]
     ok(capsys, "thresholds", "set", "pumps", "--false-alarm-rate", "0.02", "--reason", "r", *db)
     shown = as_json(capsys, "thresholds", "show", "pumps", *db)
     assert isinstance(shown, dict)
     assert shown["warning"] == pytest.approx(np.quantile(normal, 0.98))
     assert shown["critical"] is not None  # carried over, as is the rule
-    assert shown["alert_rule"].startswith("2 of 3")
+    assert shown["alert_rule_text"].startswith("2 of 3")
     ok(
         capsys,
         "thresholds",

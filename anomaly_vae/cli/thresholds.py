@@ -245,20 +245,27 @@ def _target(db: str | None, pipeline: Path | None) -> Any:
     return database_target(db, pipeline)
 
 
-def _threshold_dict(row: Any) -> dict[str, Any]:
+def _threshold_dict(row: Any, *, json_form: bool = False) -> dict[str, Any]:
+    """A threshold version for output. ``json_form``: the alert rule as its settings (``k``,
+    ``n``, ``cooldown_s``, ``resolve_after``, as the HTTP API gives it) with the description
+    beside it as ``alert_rule_text``; otherwise the description alone (tables, CSV)."""
     from anomaly_vae.thresholds import AlertRule
 
-    return {
+    rule = AlertRule.from_dict(row.alert_rule)
+    out = {
         "version": row.version,
         "policy": row.policy,
         "warning": row.warning,
         "critical": row.critical,
-        "alert_rule": AlertRule.from_dict(row.alert_rule).describe(),
+        "alert_rule": rule.to_dict() if json_form else rule.describe(),
         "created_at": row.created_at,
         "created_by": row.created_by,
         "reason": row.reason,
         "parameters": row.parameters,
     }
+    if json_form:
+        out["alert_rule_text"] = rule.describe()
+    return out
 
 
 # ====================================================================== thresholds
@@ -286,7 +293,7 @@ def thresholds_show(
             normal = None
     if row is None:
         raise ConfigError(f"model {model!r} has no threshold yet: score with it, or set one")
-    shown = _threshold_dict(row)
+    shown = _threshold_dict(row, json_form=fmt is ReportFormat.json)
     shown["model_version"] = version.version
     if normal is not None:
         shown["normal_false_alarm_rate"] = float(np.mean(normal > row.warning))
@@ -322,7 +329,10 @@ def thresholds_history(
     with connected(_target(db, pipeline)) as connection:
         # not "no thresholds stored" for a misspelt name
         repo.registered_versions(connection, name=model, hint=": see 'anomaly-vae models list'")
-        rows = [_threshold_dict(r) for r in repo.list_thresholds(connection, model_name=model)]
+        rows = [
+            _threshold_dict(r, json_form=fmt is OutputFormat.json)
+            for r in repo.list_thresholds(connection, model_name=model)
+        ]
     columns = [
         "version",
         "policy",
