@@ -964,9 +964,15 @@ def _date_bytes(days: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def _time_of_day_bytes() -> np.ndarray:
-    """``HH:MM:SS`` for each second of a day: an (86400, 8) byte table."""
-    text = "".join(f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}" for s in range(86_400))
-    return np.frombuffer(text.encode("ascii"), dtype=np.uint8).reshape(86_400, 8)
+    """``HH:MM:SS`` for each second of a day: an (86400, 8) byte table, built with numpy (a
+    Python loop over the 86,400 seconds took 0.1 s of the first write of every scorer)."""
+    seconds = np.arange(86_400)
+    out = np.empty((86_400, 8), dtype=np.uint8)
+    for start, value in ((0, seconds // 3600), (3, seconds // 60 % 60), (6, seconds % 60)):
+        out[:, start] = value // 10 + ord("0")
+        out[:, start + 1] = value % 10 + ord("0")
+    out[:, 2] = out[:, 5] = ord(":")
+    return out
 
 
 @lru_cache(maxsize=1)
