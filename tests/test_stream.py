@@ -86,6 +86,18 @@ def test_decode_entities_from_odd_keys_and_fields() -> None:
     assert reasons["t:0:3"] == "entity field 'dev' is a JSON object: expected text or a number"
 
 
+def test_decode_keeps_entities_apart_that_python_calls_equal() -> None:
+    # Entity texts are worked out once per distinct value in a batch: true and 1 (equal as
+    # dict keys) must still be two entities, 1 and 1.0 and "1" one, and a key one per bytes.
+    values = ["true", "1", "1.0", '"1"', "true", "null", '"P2"', "2.5"]
+    messages = [
+        msg(b'{"a": 1, "b": 2, "dev": ' + v.encode() + b"}", i, key=b"K" if v == "null" else None)
+        for i, v in enumerate(values)
+    ]
+    out = decode_messages(messages, features=FEATURES, fields=["dev"], entity_field="dev")
+    assert out.frame["_entity"].tolist() == ["True", "1", "1", "1", "True", "K", "P2", "2.5"]
+
+
 def test_decode_event_time_from_field_or_kafka() -> None:
     messages = [
         msg(b'{"a": 1, "b": 2, "ts": "2026-11-01T10:00:00Z"}', 0),
