@@ -58,6 +58,7 @@ def test_lines_with_fewer_fields_than_the_header_are_rejected_not_padded(
     lines = ["id,note,value,site"]
     lines += [f'{i},"a\nb",{i}.5,north' for i in range(3)]
     lines += ["3,x,3.5,", "", "4,cut", "here,4.5,south", "5,x,5.5,south,extra", "6,x", "7,x,7.5,"]
+    lines += ["8,x,8.5,south,"]
     # A field over the csv module's 128 KiB limit stopped the re-reading of the lines after it.
     lines[1] = lines[1].replace('"a\nb"', '"' + "a" * 200_000 + '"')
     text = "\n".join(lines) + "\n"
@@ -82,11 +83,15 @@ def test_lines_with_fewer_fields_than_the_header_are_rejected_not_padded(
         assert frame.index.tolist() == [0, 1, 2, 3, 8]
         assert [int(v) for v in frame["id"]] == [0, 1, 2, 3, 7]
         assert frame["site"].isna().tolist() == [False, False, False, True, True]
-        assert rejects.index.tolist() == [4, 5, 6, 7]
+        assert rejects.index.tolist() == [4, 5, 6, 7, 9]
         assert str(rejects.loc[4, "reason"]).startswith("line 7: expected 4 fields, saw 2")
         assert json.loads(str(rejects.loc[4, "raw"])) == ["4", "cut"]
         assert json.loads(str(rejects.loc[5, "raw"])) == ["here", "4.5", "south"]
         assert rejects.loc[6, "reason"] == "line 9: expected 4 fields, saw 5"
+        assert rejects.loc[9, "reason"] == (
+            "line 12: expected 4 fields, saw 5 (the extra fields are empty: a separator at the "
+            "end of the line? remove it)"
+        )
         assert json.loads(str(rejects.loc[7, "raw"])) == ["6", "x"]
 
 

@@ -298,6 +298,10 @@ class CsvSource:
                 rows = _row_numbers(next_row, len(frame), bad_rows)
                 frame.index = pd.Index(rows, name="row")
                 raws = [raw for _, raw in found]
+                reasons = [
+                    reason + _empty_extra_hint(raw, width)
+                    for reason, raw in zip(reasons, raws, strict=True)
+                ]
                 if padded and short_lines is not None and last is not None:
                     blank_last = frame.index[last.isna().to_numpy()].tolist()
                     short = short_lines.short_rows(blank_last, required)
@@ -603,6 +607,20 @@ def _parse_decimal_marks(frame: pd.DataFrame, decimal: str, *, skip: set[str]) -
 def _decimal_number_pattern(decimal: str) -> re.Pattern[str]:
     mark = re.escape(decimal)
     return re.compile(rf"^\s*[-+]?(?:\d+{mark}?\d*|{mark}\d+)(?:[eE][-+]?\d+)?\s*$")
+
+
+def _empty_extra_hint(raw: str | None, width: int) -> str:
+    """For a line with more fields than the header whose extra fields are all empty: the
+    likely cause (a separator at the end of that line), which the reason then says."""
+    try:
+        fields = json.loads(raw) if raw else None
+    except ValueError:  # cut at MAX_CHARS
+        return ""
+    if not isinstance(fields, list) or len(fields) <= width:
+        return ""
+    if "".join(str(f) for f in fields[width:]).strip():
+        return ""
+    return " (the extra fields are empty: a separator at the end of the line? remove it)"
 
 
 def _first_line(exc: BaseException) -> str:
