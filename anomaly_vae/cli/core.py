@@ -756,7 +756,12 @@ def _score_into_database(
 
 def _stem(path: Path) -> str:
     name = path.name
-    for suffix in (".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz", ".csv"):
+    for suffix in (
+        *(f".csv{c}" for c in (".gz", ".bz2", ".zip", ".xz", ".zst")),
+        *(f"{t}{c}" for t in (".csv.tar", ".tar") for c in (".gz", ".bz2", ".xz", "")),
+        ".tgz",
+        ".csv",
+    ):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
