@@ -739,11 +739,13 @@ def _score_into_database(
     if csv_paths is not None and rejects_writer is not None:
         _add_csv_outputs(summary, csv_paths[0], csv_paths[1], rejects_writer)
     already = sink.written - sink.inserted
+    dead_already = sink.dead_letters - sink.dead_letters_inserted
     summary.outputs.append(
         f"{target_display}: run {run.run_id}, {sink.inserted} score rows added"
         + (f" ({already} already there)" if already else "")
-        + f", {sink.dead_letters} rejected rows in dead_letters, "
-        f"{sink.alerts_opened} alerts opened (model {model.name} version {run.model_version})"
+        + f", {sink.dead_letters_inserted} rejected rows added to dead_letters"
+        + (f" ({dead_already} already there)" if dead_already else "")
+        + f", {sink.alerts_opened} alerts opened (model {model.name} version {run.model_version})"
         + (
             f"; {sink.unread_times} scores without an event time (their {cfg.columns.timestamp!r} "
             "is not a time)"

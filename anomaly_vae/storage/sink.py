@@ -179,6 +179,7 @@ class DatabaseSink:
         self.written = 0
         self.alerts_opened = 0
         self.dead_letters = 0
+        self.dead_letters_inserted = 0  # of them, not already stored (a file scored again)
         self.unread_times = 0  # scores stored without an event time: their time not readable
         self._finished = False
 
@@ -197,6 +198,7 @@ class DatabaseSink:
         self.inserted += counts.scores_inserted
         self.alerts_opened += counts.alerts_opened
         self.dead_letters += counts.dead_letters_given
+        self.dead_letters_inserted += counts.dead_letters_inserted
 
     def records(self, chunk: ScoredChunk) -> pd.DataFrame:
         """The chunk's scored rows as ``write_results`` takes them."""
