@@ -1013,10 +1013,58 @@ def test_demo_writes_its_files_as_its_pipeline_reads_them(
     assert len(pd.read_csv(work / "scores.csv")) > 990
 
 
+def test_demo_from_an_installed_package_writes_its_own_pipeline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Installed from a wheel there is no pipelines/ folder: 'anomaly-vae demo' stopped with
+    # "pipeline file pipelines/pumps.yaml not found".
+    from anomaly_vae.cli import core
+    from anomaly_vae.datasets import PUMP_PIPELINE_TEXT
+
+    monkeypatch.setattr(core, "REPO_PIPELINES", tmp_path / "no-such-folder")
+    monkeypatch.chdir(tmp_path)
+    args = ["demo", "--workdir", "d", "--rows", "500", "--epochs", "2", "-q"]
+    result = run_inline(capsys, *args)
+    assert result.returncode == 0, result.stderr
+    assert "wrote the demo's pipeline to d/pipeline.yaml" in result.stdout
+    assert "flagged as anomalous" in result.stdout
+    assert (tmp_path / "d" / "pipeline.yaml").read_text() == PUMP_PIPELINE_TEXT
+    meta = json.loads((tmp_path / "d" / "model" / "model.json").read_text())
+    assert meta["name"] == "pumps"
+    # The demo's own pipeline is the repository's example, comments aside.
+    own = PipelineConfig.from_yaml(tmp_path / "d" / "pipeline.yaml")
+    example = PipelineConfig.from_yaml(REPO / "pipelines" / "pumps.yaml")
+    assert own.model_dump() == example.model_dump()
+
+
+def test_an_export_unlike_the_training_data_is_named_as_such(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A model trained on one machine scoring another's export flagged every row, and the
+    # summary said only "1147 flagged": no hint that the data, not the machine, had changed.
+    frame = make_pump_data(300, seed=5)
+    shifted = frame.assign(vibration=frame["vibration"] * 4)
+    args = ["--model-dir", str(trained / "model"), "--pipeline", str(PIPELINE), "-q"]
+    shifted.to_csv(tmp_path / "other.csv", index=False)
+    out = tmp_path / "other.scores.csv"
+    result = run_inline(capsys, "score", str(tmp_path / "other.csv"), *args, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stdout.splitlines() if "crossed the threshold" in x)
+    assert "unless most of this export is anomalous, it is as a whole unlike the training" in line
+    assert "the column that stands out most often is 'vibration'" in line
+    # An export like the training data says nothing of the kind.
+    frame.to_csv(tmp_path / "same.csv", index=False)
+    out = tmp_path / "same.scores.csv"
+    result = run_inline(capsys, "score", str(tmp_path / "same.csv"), *args, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "crossed the threshold" not in result.stdout
+
+
 def test_info_and_help(trained: Path) -> None:
     result = run("info", "--model-dir", str(trained / "model"))
     assert result.returncode == 0
-    assert "feature station: categorical" in result.stdout
+    assert "feature station: categorical (3 values learned: east, north, south)" in result.stdout
+    assert "feature vibration: numeric (training median " in result.stdout
     result = run("--help")
     assert result.returncode == 0
     assert "train" in result.stdout
@@ -1030,6 +1078,10 @@ def test_info_and_help(trained: Path) -> None:
         ("--session-timeout-ms", "5", "--session-timeout-ms 5: Input should be greater"),
         ("--topic", "bad topic!", "'bad topic!' is not a Kafka topic name"),
         ("--dead-letter-topic", "dead/letters", "'dead/letters' is not a Kafka topic name"),
+        # Several topics or a pattern: said so, not that the name has a wrong character; and
+        # no pydantic "Value error, " before the reason.
+        ("--topic", "pumps,fans", "--topic pumps,fans: 'pumps,fans' is not one Kafka topic"),
+        ("--topic", "sensors.*", "a scorer reads one topic, named exactly (no list, no pattern)"),
     ],
 )
 def test_a_bad_stream_option_is_one_line_naming_the_option(
@@ -1369,6 +1421,29 @@ def test_a_pipeline_key_set_twice_is_refused_with_both_lines(
         PipelineConfig.from_yaml(shipped)
 
 
+def test_a_boolean_where_a_number_belongs_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # pydantic reads true as 1: 'epochs: true' trained one epoch, 'learning_rate: yes' (YAML
+    # 1.1's boolean) set 1.0, and 'hidden_dims: [true, 8]' built a layer of width 1.
+    data = tmp_path / "normal.csv"
+    make_pump_data(40, seed=1).to_csv(data, index=False)
+    pipeline = tmp_path / "bool.yaml"
+    args = ["train", str(data), "--model-dir", str(tmp_path / "m"), "--pipeline", str(pipeline)]
+    for text, where in (
+        ("training:\n  epochs: true\n", "training: epochs"),
+        ("training:\n  learning_rate: yes\n", "training: learning_rate"),
+        ("model:\n  hidden_dims: [true, 8]\n", "model: hidden_dims"),
+        ("alerts:\n  k: on\n  n: 3\n", "alerts: k"),
+    ):
+        pipeline.write_text(text)
+        assert_user_error(run_inline(capsys, *args), f"{where}: expected")
+        assert not (tmp_path / "m").exists()
+    # A boolean setting still takes a boolean, and a number a number.
+    pipeline.write_text("training:\n  epochs: 1\n  progress: false\n  mixed_precision: no\n")
+    assert run_inline(capsys, *args, "-q").returncode == 0
+
+
 def test_a_feature_column_empty_in_every_row_is_named_in_the_summary(
     trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1452,3 +1527,28 @@ def test_a_demo_workdir_that_is_a_file_is_named(
         result = run_inline(capsys, "demo", "--workdir", str(workdir), "--rows", "100")
         assert_user_error(result, f"--workdir {workdir}: {taken} is a file, not a directory")
     assert taken.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("colums:\n  id: [x]\n", "colums: Extra inputs are not permitted (did you mean columns?)"),
+        ("training:\n  epoch: 3\n", "training.epoch: Extra inputs are not permitted (did you mean"),
+        ("kafka:\n  bootstrap_server: h:9092\n", "(did you mean bootstrap_servers?)"),
+        ("window:\n  size: 3\n  lateness: 3\n", "(did you mean lateness_s?)"),
+        (
+            "kafka:\n  security_protocol: SSL\n",
+            "security_protocol is a kafka-python option, which goes under kafka.client",
+        ),
+    ],
+)
+def test_a_misspelt_or_misplaced_pipeline_key_is_named_with_the_key_meant(
+    text: str, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "kafka.bootstrap_server: Extra inputs are not permitted" left the reader to find the
+    # spelling the file needed, and a client option one level too high was not told where
+    # it goes.
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(text)
+    result = run_inline(capsys, "runs", "list", "--pipeline", str(pipeline))
+    assert_user_error(result, f"pipeline file {pipeline}", needle)

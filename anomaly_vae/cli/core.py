@@ -739,10 +739,22 @@ def _score_into_database(
     if csv_paths is not None and rejects_writer is not None:
         _add_csv_outputs(summary, csv_paths[0], csv_paths[1], rejects_writer)
     already = sink.written - sink.inserted
+    kept = ""
+    if already:
+        # Rows are idempotent on their key: a re-scored record keeps what it was first given.
+        kept = f" ({already} already there, kept as first scored"
+        if sink.kept_with_other_flags:
+            kept += (
+                f": {sink.kept_with_other_flags} of them keep another is_anomaly / severity than "
+                f"this run's threshold {run.threshold:.4g} gives, the one of their first "
+                "scoring; stored flags are never rewritten: 'anomaly-vae thresholds preview "
+                f"{model.name}' replays stored scores under the threshold in force"
+            )
+        kept += ")"
     dead_already = sink.dead_letters - sink.dead_letters_inserted
     summary.outputs.append(
         f"{target_display}: run {run.run_id}, {sink.inserted} score rows added"
-        + (f" ({already} already there)" if already else "")
+        + kept
         + f", {sink.dead_letters_inserted} rejected rows added to dead_letters"
         + (f" ({dead_already} already there)" if dead_already else "")
         + f", {sink.alerts_opened} alerts opened (model {model.name} version {run.model_version})"
@@ -785,8 +797,21 @@ def info(
     model = AnomalyVAE.load(model_dir)
     s = model.training_summary_
     typer.echo(f"model '{model.name}' version {str(model.model_hash_)[:12]} ({model_dir})")
+    from anomaly_vae.features import MISSING
+
+    pre = model.preprocessor_
     for col in model.schema_.columns:
-        typer.echo(f"  feature {col.name}: {col.kind}")
+        if col.name in pre.center:
+            detail = (
+                f" (training median {pre.center[col.name]:.6g}, scale {pre.scale[col.name]:.4g})"
+            )
+        elif col.name in pre.categories:
+            known = [c for c in pre.categories[col.name] if c != MISSING]
+            shown = ", ".join(known[:8]) + (", ..." if len(known) > 8 else "")
+            detail = f" ({len(known)} values learned: {shown})"
+        else:
+            detail = ""
+        typer.echo(f"  feature {col.name}: {col.kind}{detail}")
     examples = "rows"
     if model.config_.window is not None and s.get("windows") is not None:
         examples = f"full windows of {s.get('rows', '?')} rows"
@@ -845,7 +870,10 @@ def demo(
     workdir: Path = typer.Option(Path("demo"), "--workdir", help="Where to write the demo files."),
     rows: int = typer.Option(20_000, "--rows", help="Normal rows to train on."),
     pipeline: Path | None = typer.Option(
-        None, "--pipeline", help="Pipeline YAML file (default: pipelines/pumps.yaml)."
+        None,
+        "--pipeline",
+        help="Pipeline YAML file (default: pipelines/pumps.yaml, or the demo's own pipeline, "
+        "written to the workdir, where there is none).",
     ),
     epochs: int | None = typer.Option(None, "--epochs", help="Fewer epochs for a quicker demo."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -861,10 +889,6 @@ def demo(
 
     if rows < 100:
         raise ConfigError(f"--rows must be at least 100, got {rows}")
-    pipeline = pipeline or _find_pipeline("pumps.yaml")
-    cfg = PipelineConfig.from_yaml(pipeline)
-    if epochs is not None:
-        cfg.training.epochs = epochs
     existing = _existing_ancestor(workdir)
     if not existing.is_dir():
         # mkdir's own "File exists (demo)" did not say that the path is a file.
@@ -872,6 +896,18 @@ def demo(
             f"--workdir {workdir}: {existing} is a file, not a directory: give a directory for "
             "the demo's files (it is created when missing)"
         )
+    pipeline = pipeline or _find_pipeline("pumps.yaml")
+    if pipeline is None:
+        # An installed package has no pipelines/ folder: the demo writes its own pipeline.
+        from anomaly_vae.datasets import PUMP_PIPELINE_TEXT
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        pipeline = workdir / "pipeline.yaml"
+        pipeline.write_text(PUMP_PIPELINE_TEXT, encoding="utf-8")
+        typer.echo(f"no pipelines/pumps.yaml here: wrote the demo's pipeline to {pipeline}")
+    cfg = PipelineConfig.from_yaml(pipeline)
+    if epochs is not None:
+        cfg.training.epochs = epochs
     workdir.mkdir(parents=True, exist_ok=True)
     normal_csv, export_csv = workdir / "normal.csv", workdir / "export.csv"
 
@@ -940,9 +976,11 @@ def demo(
         typer.echo(top[cols].to_string(index=False))
 
 
-def _find_pipeline(name: str) -> Path:
+def _find_pipeline(name: str) -> Path | None:
+    """``pipelines/NAME`` in the working directory or in the source checkout this package runs
+    from; ``None`` when neither has it (an installed package)."""
     for folder in (Path.cwd() / "pipelines", REPO_PIPELINES):
         candidate = folder / name
         if candidate.is_file():
             return candidate
-    raise ConfigError(f"pipeline file pipelines/{name} not found: pass --pipeline PATH")
+    return None

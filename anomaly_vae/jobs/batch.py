@@ -72,6 +72,24 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+# The summary says that most rows crossed the threshold from this many scored rows on.
+MOST_FLAGGED_MIN_ROWS = 100
+
+
+def _count_top_columns(counts: dict[str, int], batch: ScoreBatch, flagged: np.ndarray) -> None:
+    """Adds, per feature column, the flagged records of ``batch`` it lifts most."""
+    raw = batch.raw_contributions
+    if raw is None or not flagged.any() or raw.shape[0] != len(flagged) or raw.shape[1] == 0:
+        return
+    lifted = raw[flagged]
+    if batch.baseline is not None:
+        lifted = lifted - batch.baseline[None, :]
+    for column, n in enumerate(np.bincount(lifted.argmax(axis=1), minlength=raw.shape[1])):
+        if n:
+            name = batch.feature_names[column]
+            counts[name] = counts.get(name, 0) + int(n)
+
+
 @dataclass
 class BatchSummary:
     source: str
@@ -92,6 +110,8 @@ class BatchSummary:
     bad_labels: int = 0  # label values that are no label (left out of the metrics)
     first_bad_label: str = ""  # "row N: 'value'"
     negative_labels: int = 0  # of bad_labels, negative numbers (scikit-learn's -1 = outlier)
+    # Per feature column, the flagged records it lifts most (for the "most rows flagged" line).
+    top_columns: dict[str, int] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         rate = self.rows_read / self.seconds if self.seconds > 0 else 0.0
@@ -122,6 +142,8 @@ class BatchSummary:
                 f"no row could be scored: all {self.rows_rejected} were rejected (the first, "
                 f"{self.first_reject}); each row's reason is written with the rejects"
             )
+        if self.rows_scored >= MOST_FLAGGED_MIN_ROWS and self.rows_flagged > self.rows_scored / 2:
+            out.append(self._most_flagged_line())
         if self.bad_labels:
             out.append(
                 f"label column {self.label_column!r}: {self.bad_labels} value"
@@ -148,6 +170,24 @@ class BatchSummary:
             out.append(self._window_line(self.windows))
         out.extend(f"wrote {path}" for path in self.outputs)
         return out
+
+    def _most_flagged_line(self) -> str:
+        """Most records over the threshold: anomalies are rare, so the export as a whole is
+        unlike the training data. Say so, and which column stands out most often."""
+        line = (
+            f"{self.rows_flagged / self.rows_scored:.0%} of the scored rows crossed the threshold: "
+            "unless most of this export is anomalous, it is as a whole unlike the training data "
+            "(another machine or site, other units, a changed process, or training rows that "
+            "were not representative)"
+        )
+        if self.top_columns:
+            name, count = max(self.top_columns.items(), key=lambda item: item[1])
+            line += (
+                f"; the column that stands out most often is {name!r} (first in {count} of the "
+                f"{self.rows_flagged} flagged rows): compare its values with the training data's "
+                "('anomaly-vae info' shows each column's training median)"
+            )
+        return line + "; if this export is mostly normal, retrain on data like it"
 
     @staticmethod
     def _window_line(w: WindowCounters) -> str:
@@ -402,7 +442,9 @@ def score_csv(
                 if not seen_values.all():
                     seen_values += frame[feature_names].notna().sum().to_numpy()
                 summary.rows_scored += len(batch.scores)
-                summary.rows_flagged += int(batch.scores["is_anomaly"].sum())
+                flagged = batch.scores["is_anomaly"].to_numpy(dtype=bool)
+                summary.rows_flagged += int(flagged.sum())
+                _count_top_columns(summary.top_columns, batch, flagged)
                 summary.rows_rejected += len(rejects)
                 summary.rows_with_gaps += batch.gaps
                 if label is not None:

@@ -329,6 +329,20 @@ def client_options(cfg: KafkaConfig) -> dict[str, Any]:
     return options
 
 
+def options_for(options: dict[str, Any], client: type) -> dict[str, Any]:
+    """``options`` without those only the other kind of client takes: kafka.client holds
+    consumer and producer options together (fetch_max_bytes, compression_type), and
+    kafka-python refuses any option its class does not know (the dead-letter producer stopped
+    the scorer with a traceback over a consumer's fetch_max_bytes). A name neither knows stays,
+    for the client to refuse by name."""
+    from kafka import KafkaConsumer, KafkaProducer
+
+    kinds = (set(KafkaConsumer.DEFAULT_CONFIG), set(KafkaProducer.DEFAULT_CONFIG))
+    either = kinds[0] | kinds[1]
+    own = set(getattr(client, "DEFAULT_CONFIG", either))
+    return {k: v for k, v in options.items() if k in own or k not in either}
+
+
 # kafka-python options whose values are never secrets, shown as they are in the log line;
 # the value of any other option (a password, a token provider, and a misspelt secret such as
 # sasl_plain_pasword, which no list of secret words catches) is logged as ***.
