@@ -952,6 +952,34 @@ def test_a_label_or_id_column_named_in_another_case_is_pointed_out(
     assert "label column" not in result.stderr
 
 
+@pytest.mark.parametrize("suffix", [".csv.zst", ".tar", ".tar.gz"])
+def test_the_default_scores_name_drops_every_compression_suffix(
+    trained: Path,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    suffix: str,
+) -> None:
+    # export.csv.zst was scored into export.csv.scores.csv, export.tar.gz into
+    # export.tar.scores.csv: README says NAME is the file name without .csv and compression.
+    import tarfile
+
+    import zstandard
+
+    monkeypatch.chdir(tmp_path)
+    plain = tmp_path / "export.csv"
+    make_pump_data(20, seed=6).to_csv(plain, index=False)
+    data = tmp_path / f"export{suffix}"
+    if suffix == ".csv.zst":
+        data.write_bytes(zstandard.ZstdCompressor().compress(plain.read_bytes()))
+    else:
+        with tarfile.open(data, "w:gz" if suffix.endswith(".gz") else "w") as archive:
+            archive.add(plain, arcname="export.csv")
+    result = run_inline(capsys, "score", str(data), "--model-dir", str(trained / "model"))
+    assert result.returncode == 0, result.stderr
+    assert len(pd.read_csv(tmp_path / "export.scores.csv")) == 20
+
+
 def test_demo_runs(tmp_path: Path) -> None:
     result = run(
         "demo", "--workdir", str(tmp_path / "d"), "--rows", "2000", "--epochs", "10", cwd=tmp_path

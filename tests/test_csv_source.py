@@ -26,6 +26,11 @@ def read_all(source: CsvSource) -> tuple[pd.DataFrame, pd.DataFrame]:
     )
 
 
+def read_all_text(source: CsvSource, text: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    chunks = list(source.chunks(text_columns=text))
+    return pd.concat([c.frame for c in chunks]), pd.concat([c.rejects for c in chunks])
+
+
 def test_blank_lines_do_not_shift_the_rows_of_lines_with_too_many_fields(tmp_path: Path) -> None:
     # The parser skips blank lines but counts them in its "line N": a reject after one was
     # given the next row's number, and the scored row after it the reject's.
@@ -53,6 +58,7 @@ def test_lines_with_fewer_fields_than_the_header_are_rejected_not_padded(
     lines = ["id,note,value,site"]
     lines += [f'{i},"a\nb",{i}.5,north' for i in range(3)]
     lines += ["3,x,3.5,", "", "4,cut", "here,4.5,south", "5,x,5.5,south,extra", "6,x", "7,x,7.5,"]
+    lines += ["8,x,8.5,south,"]
     # A field over the csv module's 128 KiB limit stopped the re-reading of the lines after it.
     lines[1] = lines[1].replace('"a\nb"', '"' + "a" * 200_000 + '"')
     text = "\n".join(lines) + "\n"
@@ -77,11 +83,15 @@ def test_lines_with_fewer_fields_than_the_header_are_rejected_not_padded(
         assert frame.index.tolist() == [0, 1, 2, 3, 8]
         assert [int(v) for v in frame["id"]] == [0, 1, 2, 3, 7]
         assert frame["site"].isna().tolist() == [False, False, False, True, True]
-        assert rejects.index.tolist() == [4, 5, 6, 7]
+        assert rejects.index.tolist() == [4, 5, 6, 7, 9]
         assert str(rejects.loc[4, "reason"]).startswith("line 7: expected 4 fields, saw 2")
         assert json.loads(str(rejects.loc[4, "raw"])) == ["4", "cut"]
         assert json.loads(str(rejects.loc[5, "raw"])) == ["here", "4.5", "south"]
         assert rejects.loc[6, "reason"] == "line 9: expected 4 fields, saw 5"
+        assert rejects.loc[9, "reason"] == (
+            "line 12: expected 4 fields, saw 5 (the extra fields are empty: a separator at the "
+            "end of the line? remove it)"
+        )
         assert json.loads(str(rejects.loc[7, "raw"])) == ["6", "x"]
 
 
@@ -124,6 +134,21 @@ def test_a_semicolon_export_with_decimal_commas_read_with_commas_gets_the_separa
     path.write_text("id;temp;site\r\n0;20,5;north\r\n1;21,0;south\r\n")
     with pytest.raises(InputFileError, match=r"it looks ';'-separated: try --sep ';' \(and --dec"):
         CsvSource(path).header()
+
+
+def test_key_columns_keep_words_that_other_columns_read_as_missing(tmp_path: Path) -> None:
+    # An id 'NA' (or 'null', a pump named 'None') was copied as an empty cell, and a windowed
+    # model rejected its records for a missing entity; the rejects' raw values said null.
+    path = tmp_path / "keys.csv"
+    path.write_text("id,pump,value,note\nNA,None,NA,NA\nnull,P1,1.5,x\n,N/A,2.5,null\n007,,n/a,\n")
+    frame, _ = read_all_text(CsvSource(path, chunk_size=2), ["id", "pump"])
+    assert frame["id"].tolist()[:2] == ["NA", "null"]
+    assert pd.isna(frame["id"].iloc[2])
+    assert frame["id"].iloc[3] == "007"
+    assert frame["pump"].tolist()[:3] == ["None", "P1", "N/A"]
+    assert pd.isna(frame["pump"].iloc[3])
+    assert frame["value"].isna().tolist() == [True, False, False, True]
+    assert frame["note"].isna().tolist() == [True, False, True, True]
 
 
 def test_a_header_ending_with_a_separator_needs_no_last_field(tmp_path: Path) -> None:

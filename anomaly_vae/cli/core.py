@@ -751,11 +751,13 @@ def _score_into_database(
                 f"{model.name}' replays stored scores under the threshold in force"
             )
         kept += ")"
+    dead_already = sink.dead_letters - sink.dead_letters_inserted
     summary.outputs.append(
         f"{target_display}: run {run.run_id}, {sink.inserted} score rows added"
         + kept
-        + f", {sink.dead_letters} rejected rows in dead_letters, "
-        f"{sink.alerts_opened} alerts opened (model {model.name} version {run.model_version})"
+        + f", {sink.dead_letters_inserted} rejected rows added to dead_letters"
+        + (f" ({dead_already} already there)" if dead_already else "")
+        + f", {sink.alerts_opened} alerts opened (model {model.name} version {run.model_version})"
         + (
             f"; {sink.unread_times} scores without an event time (their {cfg.columns.timestamp!r} "
             "is not a time)"
@@ -768,7 +770,12 @@ def _score_into_database(
 
 def _stem(path: Path) -> str:
     name = path.name
-    for suffix in (".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz", ".csv"):
+    for suffix in (
+        *(f".csv{c}" for c in (".gz", ".bz2", ".zip", ".xz", ".zst")),
+        *(f"{t}{c}" for t in (".csv.tar", ".tar") for c in (".gz", ".bz2", ".xz", "")),
+        ".tgz",
+        ".csv",
+    ):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem

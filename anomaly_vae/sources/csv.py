@@ -28,6 +28,7 @@ from typing import IO, Any
 
 import numpy as np
 import pandas as pd
+from pandas._libs.parsers import STR_NA_VALUES
 
 from anomaly_vae.errors import InputFileError
 from anomaly_vae.features import looks_like_data
@@ -61,6 +62,9 @@ def _other_format(head: bytes) -> str | None:
     return None
 
 
+# What the parser reads as a missing value by default (pandas' list, which it applies to the
+# columns other than the key columns).
+_NA_WORDS = sorted(STR_NA_VALUES)
 _SEP_HINT = re.compile(r"^sep=.?$", re.IGNORECASE)
 _BAD_LINE = re.compile(r"[Ss]kipping line (\d+): (.*)")
 _FIRST_LINE_TOO_LONG = "Length of header or names does not match length of data"
@@ -204,11 +208,17 @@ class CsvSource:
 
         ``text_columns`` (ids, entities, timestamps: copied or used as keys, never features) are
         read as the text the file holds, not as whatever type each chunk's values suggest: an
-        id ``007`` stays ``007``, and an entity is the same key in every chunk."""
+        id ``007`` stays ``007``, and an entity is the same key in every chunk; only an empty
+        cell is missing there (an id ``NA`` or ``null``, a pump named ``None``, stays what it
+        is: the other columns read such words as missing values)."""
         self.check()
         self.spaced()
         text = set(text_columns)
-        dtype = {name: str for name in self.header() if name in text} if text else None
+        header = self.header() if text else []
+        dtype = {name: str for name in header if name in text} if text else None
+        na_values: dict[str, list[str]] | None = None
+        if dtype:
+            na_values = {name: [""] if name in dtype else _NA_WORDS for name in header}
         next_row = 0
         raw_lines: _LineFinder | None = None  # the text of lines with too many fields
         short_lines: _LineFinder | None = None  # ... and of those with too few
@@ -224,7 +234,11 @@ class CsvSource:
             stack.callback(lambda: short_lines.close() if short_lines else None)
             self._handle = handle
             reader = self._read(
-                handle=handle, chunksize=self.chunk_size, usecols=usecols, dtype=dtype
+                handle=handle,
+                chunksize=self.chunk_size,
+                usecols=usecols,
+                dtype=dtype,
+                **({"na_values": na_values, "keep_default_na": False} if na_values else {}),
             )
             assert not isinstance(reader, pd.DataFrame)
             # A small first chunk: what follows it (scoring, writing) starts sooner.
@@ -284,6 +298,10 @@ class CsvSource:
                 rows = _row_numbers(next_row, len(frame), bad_rows)
                 frame.index = pd.Index(rows, name="row")
                 raws = [raw for _, raw in found]
+                reasons = [
+                    reason + _empty_extra_hint(raw, width)
+                    for reason, raw in zip(reasons, raws, strict=True)
+                ]
                 if padded and short_lines is not None and last is not None:
                     blank_last = frame.index[last.isna().to_numpy()].tolist()
                     short = short_lines.short_rows(blank_last, required)
@@ -589,6 +607,20 @@ def _parse_decimal_marks(frame: pd.DataFrame, decimal: str, *, skip: set[str]) -
 def _decimal_number_pattern(decimal: str) -> re.Pattern[str]:
     mark = re.escape(decimal)
     return re.compile(rf"^\s*[-+]?(?:\d+{mark}?\d*|{mark}\d+)(?:[eE][-+]?\d+)?\s*$")
+
+
+def _empty_extra_hint(raw: str | None, width: int) -> str:
+    """For a line with more fields than the header whose extra fields are all empty: the
+    likely cause (a separator at the end of that line), which the reason then says."""
+    try:
+        fields = json.loads(raw) if raw else None
+    except ValueError:  # cut at MAX_CHARS
+        return ""
+    if not isinstance(fields, list) or len(fields) <= width:
+        return ""
+    if "".join(str(f) for f in fields[width:]).strip():
+        return ""
+    return " (the extra fields are empty: a separator at the end of the line? remove it)"
 
 
 def _first_line(exc: BaseException) -> str:
