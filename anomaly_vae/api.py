@@ -47,7 +47,9 @@ from anomaly_vae.storage.tuning import (
     act_on_alert,
     alert_rule_of,
     list_alerts,
+    model_in_use,
     preview_threshold,
+    rollback_threshold,
     set_threshold,
 )
 from anomaly_vae.thresholds import AlertRule
@@ -130,6 +132,8 @@ class ThresholdPublic(BaseModel):
 class ModelDetail(BaseModel):
     name: str
     versions: list[ModelPublic]
+    # The version in use (scored last): the one policies, previews and scoring use.
+    in_use: str
     threshold: ThresholdPublic | None
 
 
@@ -161,6 +165,15 @@ class ThresholdUpdate(_Schema):
     warning: PolicySpec | None = None
     critical: PolicySpec | None = None
     alert_rule: AlertRuleUpdate | None = None
+    reason: str = Field(min_length=1, max_length=2000)
+    created_by: str = Field(default="api", min_length=1, max_length=200)
+
+
+class ThresholdRollback(_Schema):
+    """Put an earlier threshold version back in force (as a new version, its levels and alert
+    rule as they were)."""
+
+    version: int = Field(ge=1)
     reason: str = Field(min_length=1, max_length=2000)
     created_by: str = Field(default="api", min_length=1, max_length=200)
 
@@ -499,7 +512,10 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
             raise NotFoundError(f"no model named {name!r} is registered")
         row = repo.threshold_in_force(conn, model_name=name)
         return ModelDetail(
-            name=name, versions=versions, threshold=None if row is None else _threshold(row)
+            name=name,
+            versions=versions,
+            in_use=model_in_use(conn, name=name).version,
+            threshold=None if row is None else _threshold(row),
         )
 
     # ------------------------------------------------------------------ thresholds
@@ -556,6 +572,35 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         if not given:
             raise ConfigError("nothing to change: give warning, critical or alert_rule")
         return _new_version(conn, name, body)
+
+    @app.post(
+        "/models/{name}/thresholds/rollback",
+        response_model=ThresholdPublic,
+        status_code=201,
+        tags=["thresholds"],
+        dependencies=[Writer],
+        responses=_errors(400, 401, 403, 404, 413),
+    )
+    def rollback_threshold_version(
+        name: str, body: ThresholdRollback, conn: Conn
+    ) -> ThresholdPublic:
+        """Put an earlier threshold version back in force, as a new version."""
+        with conn.begin():
+            row = rollback_threshold(
+                conn,
+                model_name=name,
+                to_version=body.version,
+                created_by=body.created_by,
+                reason=body.reason,
+            )
+        logger.info(
+            "model %s: threshold v%d (back to v%d) set by %s",
+            name,
+            row.version,
+            body.version,
+            body.created_by,
+        )
+        return _threshold(row)
 
     @app.post(
         "/models/{name}/thresholds/preview",
@@ -779,10 +824,11 @@ def _json_safe(value: Any) -> Any:
 
 
 def _registered_version(conn: Connection, name: str, version: str | None) -> Any:
-    """The newest registered version of ``name``, or the one whose version is ``version``."""
+    """The version of ``name`` in use (``tuning.model_in_use``: the one scored last, whose
+    threshold is in force), or the one whose version is ``version``."""
     rows = repo.registered_versions(conn, name=name)
     if version is None:
-        return rows[0]
+        return model_in_use(conn, name=name)
     exact = [row for row in rows if row.version == version or row.content_hash == version]
     matches = exact or [row for row in rows if row.content_hash.startswith(version.lower())]
     if len(matches) > 1:

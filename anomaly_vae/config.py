@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -259,12 +260,31 @@ class KafkaConfig(_Strict):
     processes: int = Field(default=1, ge=1)  # scorer processes in the group, on one machine
     client: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("client")
+    @classmethod
+    def _client_option_names(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """In a pipeline file (``PipelineConfig.from_yaml``), refuse a client option that
+        kafka-python does not know (a misspelt ``sasl_plain_pasword`` went into model.json in
+        clear, no secret's word in its name) or that the scorer sets itself (``group_id``
+        crashed the consumer with a TypeError). A model directory's stored settings are not
+        checked here: a model saved before this check still loads."""
+        if value and (info.context or {}).get("pipeline_file"):
+            problem = client_option_problem(value)
+            if problem:
+                raise ValueError(problem)
+        return value
+
     @field_validator("topic", "alerts_topic", "dead_letter_topic")
     @classmethod
     def _kafka_topic_name(cls, value: str | None) -> str | None:
         """Kafka's rule for topic names, checked before any client (which raises mid-run)."""
         if value is None:
             return value
+        if any(c in value for c in ",*?[]()|^$+"):
+            raise ValueError(
+                f"{value!r} is not one Kafka topic name: a scorer reads one topic, named "
+                "exactly (no list, no pattern); run one scorer per topic"
+            )
         if not _TOPIC_NAME.fullmatch(value) or value in (".", ".."):
             raise ValueError(
                 f"{value!r} is not a Kafka topic name: 1 to 249 of ASCII letters, digits, "
@@ -287,6 +307,75 @@ class KafkaConfig(_Strict):
                     f"{flag} {value} (kafka.{name}) is the topic being scored: what is "
                     "published there would be consumed again; name another topic"
                 )
+
+
+# kafka.client options the scorer sets itself, from its own settings: what to set instead.
+_OWNED_CLIENT_OPTIONS = {
+    "bootstrap_servers": "kafka.bootstrap_servers (--bootstrap)",
+    "client_id": "kafka.client_id",
+    "group_id": "kafka.group_id (--group)",
+    "auto_offset_reset": "kafka.auto_offset_reset",
+    "session_timeout_ms": "kafka.session_timeout_ms (--session-timeout-ms)",
+    "heartbeat_interval_ms": "kafka.heartbeat_interval_ms",
+    "max_poll_interval_ms": "kafka.max_poll_interval_ms",
+    "max_poll_records": "kafka.max_batch_records (--batch-size)",
+}
+# ... and those no setting changes: why.
+_FIXED_CLIENT_OPTIONS = {
+    "enable_auto_commit": "the scorer commits offsets once a batch is written",
+    "acks": "alerts and dead letters are sent with acks=all",
+    "linger_ms": "the scorer's producer sets it",
+}
+for _name in ("key_deserializer", "value_deserializer", "key_serializer", "value_serializer"):
+    _FIXED_CLIENT_OPTIONS[_name] = "the scorer reads and writes raw bytes"
+# kafka-python options that take a Python object, which a YAML file cannot give.
+_OBJECT_CLIENT_OPTIONS = frozenset(
+    {
+        "selector",
+        "ssl_context",
+        "kafka_client",
+        "partitioner",
+        "metric_reporters",
+        "sasl_oauth_token_provider",
+        "default_offset_commit_callback",
+        "partition_assignment_strategy",
+    }
+)
+
+
+def kafka_client_option_names() -> frozenset[str]:
+    """Every option kafka-python's consumer or producer takes (the scorer runs both)."""
+    from kafka import KafkaConsumer, KafkaProducer
+
+    return frozenset(KafkaConsumer.DEFAULT_CONFIG) | frozenset(KafkaProducer.DEFAULT_CONFIG)
+
+
+def client_option_problem(client: dict[str, Any]) -> str | None:
+    """What is wrong with the names of ``kafka.client``'s options, or None. Names only: a
+    value may be a secret."""
+    import difflib
+
+    known = kafka_client_option_names()
+    problems = []
+    for name in map(str, client):
+        if name in _OWNED_CLIENT_OPTIONS:
+            problems.append(
+                f"{name} is set by the scorer itself: set {_OWNED_CLIENT_OPTIONS[name]} instead"
+            )
+        elif name in _FIXED_CLIENT_OPTIONS:
+            problems.append(
+                f"{name} is set by the scorer itself ({_FIXED_CLIENT_OPTIONS[name]}): leave it out"
+            )
+        elif name in _OBJECT_CLIENT_OPTIONS:
+            problems.append(f"{name} takes a Python object, which a pipeline file cannot give")
+        elif name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append(
+                f"{name} is not a kafka-python client option{hint}: fix its spelling (the "
+                "options of kafka-python's KafkaConsumer and KafkaProducer)"
+            )
+    return "; ".join(problems) or None
 
 
 class AlertsConfig(_Strict):
@@ -444,7 +533,7 @@ class PipelineConfig(_Strict):
         if not isinstance(data, dict):
             raise ConfigError(f"pipeline file {path} must hold a mapping at the top level")
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(data, context={"pipeline_file": True})
         except ValidationError as exc:
             raise ConfigError(f"pipeline file {path}: {format_validation_error(exc)}") from None
 
@@ -517,9 +606,35 @@ def format_validation_error(exc: ValidationError) -> str:
         got_text = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
         if got_text and _may_be_secret(err["loc"]):
             got_text = " (value not shown: it may hold a secret)"
-        message = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for a ValueError
+        message = err["msg"].removeprefix("Value error, ")  # pydantic's prefix, no news
+        if err["type"] == "extra_forbidden":
+            message += _unknown_key_hint(exc.title, err["loc"])
         parts.append(f"{loc}: {message}{got_text}")
     return "; ".join(parts)
+
+
+def _unknown_key_hint(title: str, loc: tuple[int | str, ...]) -> str:
+    """For a key a section does not have: the section's key it may be a misspelling of, or,
+    under kafka, that a kafka-python option goes under kafka.client ('' when neither)."""
+    import difflib
+
+    section: Any = {cls.__name__: cls for cls in _Strict.__subclasses__()}.get(title)
+    for part in loc[:-1]:
+        field = section.model_fields.get(part) if section is not None else None
+        if field is None:
+            return ""
+        kinds = [field.annotation, *getattr(field.annotation, "__args__", ())]
+        section = next((k for k in kinds if isinstance(k, type) and issubclass(k, _Strict)), None)
+    if section is None:
+        return ""
+    name = str(loc[-1])
+    if section is KafkaConfig and name in kafka_client_option_names():
+        where = f": {name} is a kafka-python option, which goes under kafka.client"
+        if name == "sasl_plain_password":
+            where += " (or in the environment variable ANOMALY_VAE_KAFKA_SASL_PASSWORD)"
+        return where
+    close = difflib.get_close_matches(name, list(section.model_fields), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 Device = Literal["auto", "cpu", "cuda"]

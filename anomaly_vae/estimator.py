@@ -775,6 +775,15 @@ class AnomalyVAE(BaseEstimator):
         """1 for anomalous rows (score above ``threshold_``), 0 for normal ones."""
         return (self.anomaly_score(X) > self.threshold_).astype(np.int64)
 
+    def fit_predict(self, X: pd.DataFrame | np.ndarray, y: Any = None) -> np.ndarray:
+        """``fit(X)`` then ``predict(X)``: 1 for the training rows above the threshold."""
+        return self.fit(X, y).predict(X)
+
+    def score_samples(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """scikit-learn's outlier-detector convention (``IsolationForest``, ``OneClassSVM``):
+        higher means more normal, so this is ``-anomaly_score(X)``."""
+        return -self.anomaly_score(X)
+
     def score_arrays(
         self, X: pd.DataFrame | np.ndarray, *, mode: str = "full", importance_weighted: bool = False
     ) -> ScoreArrays:
@@ -1181,19 +1190,31 @@ def _lower_first(text: str) -> str:
 
 
 # Words in a kafka.client option's name that mark it as a secret (sasl_plain_password,
-# ssl_password, an OAuth token...): never written to model.json.
+# ssl_password, an OAuth token...), and options whose value may hold one (a proxy URL's
+# user:password): never written to model.json.
 _SECRET_OPTION_WORDS = ("password", "secret", "token")
+_SECRET_OPTIONS = frozenset({"proxy_url", "socks5_proxy"})
 
 
 def _storable_config(config: PipelineConfig) -> dict[str, Any]:
     """The pipeline as model.json keeps it: without the database section (where results go,
     not part of the model; its URL may hold a password) and without secrets among the Kafka
     client options (a model directory is copied and shared; the stream scorer takes the SASL
-    password from ANOMALY_VAE_KAFKA_SASL_PASSWORD, others from ``stream --pipeline``)."""
+    password from ANOMALY_VAE_KAFKA_SASL_PASSWORD, others from ``stream --pipeline``). Only
+    options kafka-python knows are written: a misspelt secret (``sasl_plain_pasword``) has no
+    secret's word in its name."""
+    from anomaly_vae.config import kafka_client_option_names
+
     data = config.model_dump(mode="json", exclude={"database"})
     client = (data.get("kafka") or {}).get("client") or {}
-    secrets = sorted(k for k in client if any(w in k.lower() for w in _SECRET_OPTION_WORDS))
-    for name in secrets:
+    known = kafka_client_option_names() if client else frozenset()
+    secrets = sorted(
+        k
+        for k in client
+        if k in _SECRET_OPTIONS or any(w in k.lower() for w in _SECRET_OPTION_WORDS)
+    )
+    unknown = sorted(k for k in client if k not in known and k not in secrets)
+    for name in secrets + unknown:
         del client[name]
     if secrets:
         logger.warning(
@@ -1201,5 +1222,11 @@ def _storable_config(config: PipelineConfig) -> dict[str, Any]:
             "takes the SASL password from ANOMALY_VAE_KAFKA_SASL_PASSWORD, any other secret "
             "from 'stream --pipeline FILE'",
             ", ".join(secrets),
+        )
+    if unknown:
+        logger.warning(
+            "kafka.client %s not written to the model directory: not a kafka-python client "
+            "option (misspelt? it may hold a secret)",
+            ", ".join(unknown),
         )
     return data

@@ -773,10 +773,56 @@ def test_the_openapi_schema_documents_the_413_where_a_request_has_a_body(tmp_pat
         for method, operation in operations.items()
         if "requestBody" in operation
     ]
-    assert len(with_body) == 6  # thresholds POST / PATCH / preview, score, acknowledge, resolve
+    # thresholds POST / PATCH / preview / rollback, score, acknowledge, resolve
+    assert len(with_body) == 7
     for path, method, responses in with_body:
         assert "413" in responses, (method, path)
         assert f"{MAX_BODY_BYTES // 2**20} MiB" in responses["413"]["description"]
+
+
+def test_a_rollback_over_http_puts_an_earlier_version_back_in_force(server: Server) -> None:
+    # The CLI's 'thresholds rollback' has its API twin: POST .../thresholds/rollback.
+    api = server.client
+    first = api.get("/models/pumps/threshold").json()
+    changed = api.post(
+        "/models/pumps/thresholds",
+        json={
+            "warning": {"policy": "value", "value": 1.0},
+            "alert_rule": {"k": 2, "n": 4},
+            "reason": "too low",
+        },
+        headers=AUTH,
+    )
+    assert changed.status_code == 201, changed.text
+    back = api.post(
+        "/models/pumps/thresholds/rollback",
+        json={"version": first["version"], "reason": "undo", "created_by": "ops"},
+        headers=AUTH,
+    )
+    assert back.status_code == 201, back.text
+    body = back.json()
+    assert body["version"] == first["version"] + 2
+    assert (body["warning"], body["critical"], body["alert_rule"]) == (
+        first["warning"],
+        first["critical"],
+        first["alert_rule"],
+    )
+    assert body["parameters"]["rolled_back_to"] == first["version"]
+    assert body["created_by"] == "ops"
+    assert api.get("/models/pumps/threshold").json()["version"] == body["version"]
+    rollback = "/models/pumps/thresholds/rollback"
+    missing = api.post(rollback, json={"version": 99, "reason": "r"}, headers=AUTH)
+    assert missing.status_code == 404
+    assert "no threshold v99" in missing.json()["detail"]
+    same = api.post(rollback, json={"version": body["version"], "reason": "r"}, headers=AUTH)
+    assert same.status_code == 400
+    assert "is the one in force" in same.json()["detail"]
+    unknown = api.post(
+        "/models/nope/thresholds/rollback", json={"version": 1, "reason": "r"}, headers=AUTH
+    )
+    assert unknown.status_code == 404
+    assert api.post(rollback, json={"version": 1, "reason": "r"}).status_code == 401
+    assert api.post(rollback, json={"version": 0, "reason": "r"}, headers=AUTH).status_code == 422
 
 
 # ================================================ scoring over FastAPI's TestClient (SQLite)

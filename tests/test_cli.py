@@ -821,6 +821,165 @@ def test_too_many_fields_is_a_reject_not_a_crash(trained: Path) -> None:
     assert scores.set_index("row").loc[10, "event_id"] == frame.loc[10, "event_id"]
 
 
+def test_escape_formulas_keeps_copied_text_from_running_in_a_spreadsheet(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An id '=HYPERLINK(...)' or '@SUM(...)' from an untrusted export was written as it came:
+    # a formula to Excel. With --escape-formulas such text gets a ' before it; numbers such
+    # as -5 and +4917 stay numbers; without the option nothing is rewritten.
+    frame = make_pump_data(6, seed=6)
+    frame["event_id"] = frame["event_id"].astype(object)
+    ids = ['=HYPERLINK("http://x","y")', "-5", "+4917", "@SUM(A1)", "-2+3", "\tcmd"]
+    frame["event_id"] = ids
+    frame["pump_id"] = ["P1", "P2", "-P3", "P4", "P1", "P2"]
+    data = trained / "formulas.csv"
+    frame.to_csv(data, index=False)
+    model = str(trained / "model")
+    plain, escaped = trained / "formulas.plain.csv", trained / "formulas.escaped.csv"
+    for out, extra in ((plain, []), (escaped, ["--escape-formulas"])):
+        result = run_inline(
+            capsys, "score", str(data), "--model-dir", model, "--out", str(out), *extra
+        )
+        assert result.returncode == 0, result.stderr
+
+    def read(path: Path) -> pd.DataFrame:
+        return pd.read_csv(path, keep_default_na=False, dtype=str)
+
+    assert read(plain)["event_id"].tolist() == ids
+    got = read(escaped)
+    assert got["event_id"].tolist() == [
+        '\'=HYPERLINK("http://x","y")',
+        "-5",
+        "+4917",
+        "'@SUM(A1)",
+        "'-2+3",
+        "'\tcmd",
+    ]
+    assert got["pump_id"].tolist() == ["P1", "P2", "'-P3", "P4", "P1", "P2"]
+    assert got["score"].tolist() == read(plain)["score"].tolist()
+
+
+@pytest.mark.parametrize("out", ["-", "scores.csv"])
+def test_rejects_to_standard_output_is_refused_not_a_file_named_dash(
+    trained: Path,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    out: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # '--rejects -' wrote the rejects to a file named '-' in the working directory, and the
+    # summary said "wrote - (2 rejected rows with reasons)".
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "export.csv"
+    make_pump_data(20, seed=6).to_csv(data, index=False)
+    result = run_inline(
+        capsys,
+        "score",
+        str(data),
+        "--model-dir",
+        str(trained / "model"),
+        "--out",
+        out,
+        "--rejects",
+        "-",
+    )
+    assert_user_error(result, "--rejects -", "give a file name")
+    assert not (tmp_path / "-").exists()
+
+
+def test_train_counts_malformed_lines_with_the_rows_rejected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A line cut short and one with an extra field were left out of training (a warning said
+    # so), and the summary still said "0 rows rejected".
+    text = make_pump_data(300, seed=1).to_csv(index=False).splitlines()
+    text[10] = ",".join(text[10].split(",")[:5])
+    text[20] += ",x"
+    data = tmp_path / "normal.csv"
+    data.write_text("\n".join(text) + "\n")
+    result = run_inline(
+        capsys,
+        "train",
+        str(data),
+        "--model-dir",
+        str(tmp_path / "model"),
+        "--pipeline",
+        str(PIPELINE),
+        "--epochs",
+        "2",
+        "-q",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "on 298 rows of" in result.stdout
+    assert "2 rows rejected (2 malformed lines: more or fewer fields than the header)" in (
+        result.stdout
+    )
+
+
+def test_a_label_or_id_column_named_in_another_case_is_pointed_out(
+    trained: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # An export with 'Label' for the pipeline's 'label' was scored without metrics and without
+    # a word; 'Event_ID' for 'event_id' was warned about without saying it was there.
+    frame = make_pump_data(40, anomaly_rate=0.1, seed=6)
+    data = tmp_path / "export.csv"
+    frame.rename(columns={"label": "Label", "event_id": "Event_ID"}).to_csv(data, index=False)
+    result = run_inline(
+        capsys,
+        "score",
+        str(data),
+        "--model-dir",
+        str(trained / "model"),
+        "--out",
+        str(tmp_path / "s.csv"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "no label column 'label': no detection metrics; 'Label' is there" in result.stderr
+    assert "no id column 'event_id'" in result.stderr
+    assert "'Event_ID' is there: names differ only in spaces or case" in result.stderr
+    # A file with no label column at all (a production export) gets no such warning.
+    frame.drop(columns=["label"]).to_csv(data, index=False)
+    result = run_inline(
+        capsys,
+        "score",
+        str(data),
+        "--model-dir",
+        str(trained / "model"),
+        "--out",
+        str(tmp_path / "s.csv"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "label column" not in result.stderr
+
+
+@pytest.mark.parametrize("suffix", [".csv.zst", ".tar", ".tar.gz"])
+def test_the_default_scores_name_drops_every_compression_suffix(
+    trained: Path,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    suffix: str,
+) -> None:
+    # export.csv.zst was scored into export.csv.scores.csv, export.tar.gz into
+    # export.tar.scores.csv: README says NAME is the file name without .csv and compression.
+    import tarfile
+
+    import zstandard
+
+    monkeypatch.chdir(tmp_path)
+    plain = tmp_path / "export.csv"
+    make_pump_data(20, seed=6).to_csv(plain, index=False)
+    data = tmp_path / f"export{suffix}"
+    if suffix == ".csv.zst":
+        data.write_bytes(zstandard.ZstdCompressor().compress(plain.read_bytes()))
+    else:
+        with tarfile.open(data, "w:gz" if suffix.endswith(".gz") else "w") as archive:
+            archive.add(plain, arcname="export.csv")
+    result = run_inline(capsys, "score", str(data), "--model-dir", str(trained / "model"))
+    assert result.returncode == 0, result.stderr
+    assert len(pd.read_csv(tmp_path / "export.scores.csv")) == 20
+
+
 def test_demo_runs(tmp_path: Path) -> None:
     result = run(
         "demo", "--workdir", str(tmp_path / "d"), "--rows", "2000", "--epochs", "10", cwd=tmp_path
@@ -919,6 +1078,10 @@ def test_info_and_help(trained: Path) -> None:
         ("--session-timeout-ms", "5", "--session-timeout-ms 5: Input should be greater"),
         ("--topic", "bad topic!", "'bad topic!' is not a Kafka topic name"),
         ("--dead-letter-topic", "dead/letters", "'dead/letters' is not a Kafka topic name"),
+        # Several topics or a pattern: said so, not that the name has a wrong character; and
+        # no pydantic "Value error, " before the reason.
+        ("--topic", "pumps,fans", "--topic pumps,fans: 'pumps,fans' is not one Kafka topic"),
+        ("--topic", "sensors.*", "a scorer reads one topic, named exactly (no list, no pattern)"),
     ],
 )
 def test_a_bad_stream_option_is_one_line_naming_the_option(
@@ -1364,3 +1527,28 @@ def test_a_demo_workdir_that_is_a_file_is_named(
         result = run_inline(capsys, "demo", "--workdir", str(workdir), "--rows", "100")
         assert_user_error(result, f"--workdir {workdir}: {taken} is a file, not a directory")
     assert taken.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("colums:\n  id: [x]\n", "colums: Extra inputs are not permitted (did you mean columns?)"),
+        ("training:\n  epoch: 3\n", "training.epoch: Extra inputs are not permitted (did you mean"),
+        ("kafka:\n  bootstrap_server: h:9092\n", "(did you mean bootstrap_servers?)"),
+        ("window:\n  size: 3\n  lateness: 3\n", "(did you mean lateness_s?)"),
+        (
+            "kafka:\n  security_protocol: SSL\n",
+            "security_protocol is a kafka-python option, which goes under kafka.client",
+        ),
+    ],
+)
+def test_a_misspelt_or_misplaced_pipeline_key_is_named_with_the_key_meant(
+    text: str, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "kafka.bootstrap_server: Extra inputs are not permitted" left the reader to find the
+    # spelling the file needed, and a client option one level too high was not told where
+    # it goes.
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(text)
+    result = run_inline(capsys, "runs", "list", "--pipeline", str(pipeline))
+    assert_user_error(result, f"pipeline file {pipeline}", needle)

@@ -62,11 +62,13 @@ def test_score_twice_keeps_one_row_per_record(
     first = cli(capsys, "score", str(export), "--model-dir", str(model_dir), "--db", db_url)
     assert first.returncode == 0, first.stderr
     assert "1499 score rows added" in first.stdout
-    assert "1 rejected rows in dead_letters" in first.stdout
+    assert "1 rejected rows added to dead_letters, " in first.stdout
     assert not [p for p in tmp_path.iterdir() if ".csv" in p.name]
     second = cli(capsys, "score", str(export), "--model-dir", str(model_dir), "--db", db_url)
     assert second.returncode == 0, second.stderr
-    assert "0 score rows added (1499 already there)" in second.stdout
+    assert "0 score rows added (1499 already there, kept as first scored)" in second.stdout
+    # The reject was counted as written again ("1 rejected rows in dead_letters").
+    assert "0 rejected rows added to dead_letters (1 already there)" in second.stdout
     assert count(db_url, "scores") == 1499
     assert count(db_url, "dead_letters") == 1
     assert count(db_url, "models") == 1

@@ -121,15 +121,17 @@ def test_a_model_json_with_a_huge_integer_is_one_line(
     assert_user_error(run_inline(capsys, "info", "--model-dir", str(tampered)), "is corrupt")
 
 
-def test_a_misspelt_kafka_secret_never_reaches_the_log(
+def test_a_kafka_client_secret_never_reaches_the_log(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # 'connecting to Kafka: {...}' showed every kafka.client value but those whose name holds
-    # a secret's word: a misspelt sasl_plain_pasword went to the log in clear.
+    # a secret's word: a misspelt sasl_plain_pasword (now refused by name, below) or a proxy
+    # URL with a password went to the log in clear.
     pipeline = tmp_path / "p.yaml"
     pipeline.write_text(
         f"model_dir: {tiny_model_dir}\nkafka:\n  bootstrap_servers: 127.0.0.1:1\n  topic: t\n"
-        f"  client:\n    security_protocol: SASL_PLAINTEXT\n    sasl_plain_pasword: {SECRET}\n"
+        f"  client:\n    security_protocol: SASL_PLAINTEXT\n"
+        f"    proxy_url: socks5://bob:{SECRET}@127.0.0.1:1\n"
     )
     db = f"sqlite:///{tmp_path / 'r.db'}"
     result = run_inline(
@@ -139,3 +141,81 @@ def test_a_misspelt_kafka_secret_never_reaches_the_log(
     assert "connecting to Kafka" in result.stderr
     assert "'security_protocol': 'SASL_PLAINTEXT'" in result.stderr  # harmless: shown
     assert SECRET not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("command", ["train", "stream"])
+def test_a_misspelt_kafka_client_option_is_refused_by_name(
+    command: str, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A misspelt sasl_plain_pasword has no secret's word in its name: 'train' wrote it into
+    # model.json in clear, and only the stream's Kafka client refused it, later.
+    import numpy as np
+    import pandas as pd
+
+    data = tmp_path / "normal.csv"
+    rng = np.random.default_rng(0)
+    pd.DataFrame(rng.normal(size=(200, 3)), columns=["a", "b", "c"]).to_csv(data, index=False)
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(
+        f"model_dir: {tiny_model_dir}\ntraining:\n  epochs: 1\n"
+        "kafka:\n  bootstrap_servers: 127.0.0.1:1\n  topic: t\n"
+        f"  client:\n    sasl_mechanism: PLAIN\n    sasl_plain_pasword: {SECRET}\n"
+    )
+    model_dir = tmp_path / "model"
+    args = {
+        "train": ["train", str(data), "--model-dir", str(model_dir), "--pipeline", str(pipeline)],
+        "stream": ["stream", "--pipeline", str(pipeline), "--idle-timeout", "2"],
+    }[command]
+    result = run_inline(capsys, *args)
+    assert_user_error(
+        result, "kafka.client", "sasl_plain_pasword", "did you mean sasl_plain_password?"
+    )
+    assert SECRET not in result.stderr + result.stdout
+    assert not model_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "instead"),
+    [("group_id", "kafka.group_id (--group)"), ("max_poll_records", "kafka.max_batch_records")],
+)
+def test_a_kafka_client_option_the_scorer_sets_is_refused_with_the_setting_to_use(
+    option: str,
+    instead: str,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # kafka.client.group_id stopped the stream with a TypeError traceback (the consumer got
+    # the option twice).
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(
+        f"model_dir: {tiny_model_dir}\nkafka:\n  bootstrap_servers: 127.0.0.1:1\n  topic: t\n"
+        f"  client:\n    {option}: 10\n"
+    )
+    result = run_inline(capsys, "stream", "--pipeline", str(pipeline), "--idle-timeout", "2")
+    assert_user_error(result, f"kafka.client: {option} is set by the scorer", instead)
+
+
+def test_kafka_client_options_that_may_hold_a_secret_are_never_saved_with_the_model(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Built in Python (no pipeline file to refuse it), a misspelt secret and a proxy URL with
+    # its password went into model.json: only kafka-python's options that hold no secret are.
+    from anomaly_vae import AnomalyVAE
+    from anomaly_vae.config import PipelineConfig
+    from tests.conftest import correlated_normal
+
+    client = {
+        "security_protocol": "SASL_SSL",
+        "sasl_plain_pasword": SECRET,
+        "proxy_url": f"socks5://bob:{SECRET}@proxy:1080",
+        "ssl_keyfile": "/etc/key.pem",
+    }
+    cfg = PipelineConfig.model_validate({"kafka": {"topic": "t", "client": client}})
+    AnomalyVAE(config=cfg, epochs=1).fit(correlated_normal(200, seed=0)).save(tmp_path / "m")
+    assert SECRET not in (tmp_path / "m" / "model.json").read_text()
+    saved = AnomalyVAE.load(tmp_path / "m").config_.kafka.client
+    assert saved == {"security_protocol": "SASL_SSL", "ssl_keyfile": "/etc/key.pem"}
+    assert "kafka.client proxy_url not written" in caplog.text
+    assert "kafka.client sasl_plain_pasword not written" in caplog.text
+    assert SECRET not in caplog.text

@@ -276,19 +276,25 @@ def models_show(
     """A model's versions and its threshold history (the newest version is in force)."""
     setup_logging(False)
     from anomaly_vae.storage import repository as repo
+    from anomaly_vae.storage.tuning import model_in_use
 
     with connected(database_target(db, pipeline)) as connection:
         versions = repo.registered_versions(
             connection, name=name, hint=": see 'anomaly-vae models list'"
         )
         thresholds = repo.list_thresholds(connection, model_name=name)
+        in_use = model_in_use(connection, name=name).id
     typer.echo(f"model {name}: {len(versions)} version(s)")
     for v in versions:
         summary = v.training_summary or {}
         examples = "rows" if summary.get("windows") is None else "full windows"
+        # The one thresholds policies, previews and tuning use: not always the newest
+        # registered (after a rollback to an older version).
+        used = "; in use (scored last)" if v.id == in_use else ""
         typer.echo(
             f"  version {v.version} ({v.score_kind}), trained {_text(v.created_at)} on "
             f"{summary.get('rows_train', '?')} {examples}, registered {_text(v.registered_at)}"
+            f"{used}"
         )
         typer.echo(f"    path {v.path}; calibrated threshold {v.calibration.get('threshold'):.6g}")
         features = v.feature_schema.get("columns", [])
@@ -434,8 +440,10 @@ def _text(value: Any) -> str:
         return f"{value:.6g}"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, list):  # top features
-        return ";".join(f"{pair[0]}:{float(pair[1]):.2f}" for pair in value)
+    if isinstance(value, list):  # top features, written as the scores file writes them
+        from anomaly_vae.features import feature_name_text
+
+        return ";".join(f"{feature_name_text(str(pair[0]))}:{float(pair[1]):.2f}" for pair in value)
     return str(value)
 
 

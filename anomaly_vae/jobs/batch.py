@@ -211,9 +211,10 @@ class CsvScoreWriter:
     ``DataFrame.to_csv``; float scores are written as float32 (7 significant digits).
     """
 
-    def __init__(self, path: Path, *, sep: str = ",") -> None:
+    def __init__(self, path: Path, *, sep: str = ",", escape_formulas: bool = False) -> None:
         self.path = Path(path)
         self.sep = sep
+        self.escape_formulas = escape_formulas
         self._stdout = str(path) == "-"  # standard output: written, flushed, never closed
         # Written under a '.partial' name and renamed when the run succeeds: a run that fails
         # part way leaves no file under the name asked for that looks complete. Only a regular
@@ -240,6 +241,8 @@ class CsvScoreWriter:
         frame = chunk.output
         floats = [c for c in ("score", "recon_error", "percentile", "nll_iw") if c in frame]
         frame = frame.astype(dict.fromkeys(floats, "float32"))
+        if self.escape_formulas:
+            frame = escape_formulas(frame)
         options = pacsv.WriteOptions(include_header=self._header, delimiter=self.sep)
         try:
             # One thread: a pool per chunk costs more than it saves on a few columns.
@@ -275,6 +278,36 @@ class CsvScoreWriter:
             )
         else:
             os.replace(self.partial, self.path)
+
+
+# What a spreadsheet takes a cell starting with for a formula (OWASP's "CSV injection" list).
+_FORMULA_START = r"^[=+\-@\t\r]"
+
+
+def escape_formulas(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with a ``'`` put before each text value that a spreadsheet would run as a
+    formula (it begins with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return), as OWASP
+    advises; a number (``-5``, ``+4917``) is left as it is. Only text columns (copied ids,
+    entities, times, labels; top features) are looked at; scores are numbers."""
+    out = frame
+    for name in frame.columns:
+        column = frame[name]
+        if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+            continue
+        text = column.astype("string")
+        risky = text.str.contains(_FORMULA_START, regex=True, na=False).to_numpy(dtype=bool)
+        if not risky.any():
+            continue
+        numbers = pd.to_numeric(text[risky].str.strip(), errors="coerce").notna().to_numpy()
+        hit = np.flatnonzero(risky)[~numbers]
+        if not len(hit):
+            continue
+        values = column.to_numpy(dtype=object).copy()
+        values[hit] = ["'" + str(v) for v in values[hit]]
+        if out is frame:
+            out = frame.copy()
+        out[name] = pd.Series(values, index=frame.index, dtype=object)
+    return out
 
 
 class CsvRejectsWriter:
