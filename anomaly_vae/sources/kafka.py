@@ -391,10 +391,17 @@ def connect_with_retry(
     stop: threading.Event | None = None,
     backoff_max_s: float = 30.0,
     give_up_after_s: float | None = None,
+    stalled_after_s: float = 30.0,
+    settings_hint: str = "",
 ) -> Any:
     """Call ``factory()`` until the broker answers, backing off 0.5 s, 1 s, 2 s... (capped).
 
     Logs each retry with the bootstrap address. Returns None if ``stop`` is set meanwhile.
+    ``factory()`` runs in a thread of its own: kafka-python's bootstrap timeout does not cover
+    a TLS handshake, and a client set to SSL against a plaintext listener waited for the
+    broker's answer for good (neither ``--idle-timeout`` nor SIGTERM stopped it). A call that
+    has not returned after ``stalled_after_s`` is a ConfigError. ``settings_hint`` ends the
+    error's line: which client settings to check besides the address.
     """
     from kafka.errors import KafkaConfigurationError, KafkaError
 
@@ -402,15 +409,25 @@ def connect_with_retry(
     started = time.monotonic()
     while True:
         try:
-            return factory()
+            made, client = _call_unless_stalled(factory, stop, stalled_after_s)
+            if not made:
+                return None  # stopped
+            return client
         except KafkaConfigurationError as exc:
             raise ConfigError(f"Kafka client settings are invalid: {exc}") from None
+        except _StalledError:
+            raise ConfigError(
+                f"Kafka broker at {bootstrap} connected but gave no answer in "
+                f"{stalled_after_s:.0f} s: check that kafka.client.security_protocol matches "
+                "the broker's listener (a TLS client waits for good on a plaintext one)"
+            ) from None
         except (KafkaError, OSError) as exc:
             waited = time.monotonic() - started
             if give_up_after_s is not None and waited >= give_up_after_s:
                 raise ConfigError(
                     f"Kafka broker at {bootstrap} not reachable after {waited:.0f} s "
                     f"({type(exc).__name__}): check --bootstrap and that the broker runs"
+                    f"{settings_hint}"
                 ) from None
             logger.warning(
                 "%s: broker at %s not reachable (%s); retrying in %.1f s",
@@ -425,6 +442,43 @@ def connect_with_retry(
             else:
                 time.sleep(delay)
             delay = min(backoff_max_s, delay * 2)
+
+
+class _StalledError(Exception):
+    """A client's constructor has not returned in time (a TLS handshake left waiting)."""
+
+
+def _call_unless_stalled(
+    factory: Any, stop: threading.Event | None, stalled_after_s: float
+) -> tuple[bool, Any]:
+    """``(True, factory())`` from a daemon thread; ``(False, None)`` once ``stop`` is set (the
+    thread, waiting on a socket, is left behind: the process is stopping); _StalledError
+    after ``stalled_after_s``. The factory's own exception is raised here."""
+    box: dict[str, Any] = {}
+    done, abandoned = threading.Event(), threading.Event()
+
+    def call() -> None:
+        try:
+            box["client"] = factory()
+            if abandoned.is_set():  # made after all, for nobody: closed, not left open
+                box["client"].close()
+        except BaseException as exc:  # handed over to the caller's thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=call, name="kafka-connect", daemon=True).start()
+    deadline = time.monotonic() + stalled_after_s
+    while not done.wait(0.2):
+        if stop is not None and stop.is_set():
+            abandoned.set()
+            return False, None
+        if time.monotonic() >= deadline:
+            abandoned.set()
+            raise _StalledError
+    if "error" in box:
+        raise box["error"]
+    return True, box["client"]
 
 
 def flatten(polled: dict[Any, list[Any]]) -> list[Any]:
