@@ -113,7 +113,7 @@ def decode_messages(
         try:
             obj = loads(value)
         except orjson.JSONDecodeError as exc:
-            reject(msg, key, f"invalid JSON: {str(exc).splitlines()[0]}")
+            reject(msg, key, _invalid_json_reason(value, exc))
             continue
         if not isinstance(obj, dict):
             reject(msg, key, f"top level is a JSON {_json_type(obj)}, expected an object")
@@ -214,6 +214,21 @@ def non_finite_reason(name: str, value: object) -> str | None:
     if isinstance(value, float) and math.isnan(value):
         return f"field {name!r}: NaN is not a number (null is a missing value)"
     return None
+
+
+def _invalid_json_reason(value: bytes, exc: Exception) -> str:
+    """Why a message is not JSON. For bytes that are not UTF-8, where and which (orjson says
+    'str is not valid UTF-8: surrogates not allowed' at char 0, wherever the byte was: a
+    producer writing Latin-1 or cp1252 text could not tell what was wrong)."""
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        byte = value[bad.start : bad.start + 1].hex()
+        return (
+            f"invalid JSON: not UTF-8 text (byte 0x{byte} at byte {bad.start}): JSON messages "
+            "must be UTF-8 (a producer writing Latin-1 or cp1252 text must encode it as UTF-8)"
+        )
+    return f"invalid JSON: {str(exc).splitlines()[0]}"
 
 
 def missing_fields_reason(names: Sequence[str]) -> str:
