@@ -219,3 +219,50 @@ def test_kafka_client_options_that_may_hold_a_secret_are_never_saved_with_the_mo
     assert "kafka.client proxy_url not written" in caplog.text
     assert "kafka.client sasl_plain_pasword not written" in caplog.text
     assert SECRET not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("client", "needle"),
+    [
+        ("request_timeout_ms: abc", "(request_timeout_ms)"),
+        ("client_dns_lookup: foo", "client_dns_lookup must be one of"),
+        (
+            f"proxy_url: 'socks5://bob:{SECRET}@127.0.0.1:1'\n    client_dns_lookup: foo",
+            "(proxy_url",
+        ),
+    ],
+)
+def test_a_kafka_client_value_the_client_refuses_is_one_line(
+    client: str,
+    needle: str,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # kafka-python refuses a wrong value with a TypeError or ValueError: the stream ended in
+    # its traceback.
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(
+        f"model_dir: {tiny_model_dir}\nkafka:\n  bootstrap_servers: 127.0.0.1:1\n  topic: t\n"
+        f"  client:\n    {client}\n"
+    )
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    result = run_inline(
+        capsys, "stream", "--pipeline", str(pipeline), "--db", db, "--idle-timeout", "2"
+    )
+    assert_user_error(result, "Kafka client settings are invalid", needle, "check kafka.client")
+    assert SECRET not in result.stderr + result.stdout
+
+
+def test_api_version_from_a_pipeline_file_is_a_list_the_client_takes() -> None:
+    # YAML has no tuples; kafka-python refused api_version: [2, 5] ("api_version must be
+    # tuple"), the only way a pipeline file can write it.
+    from kafka import KafkaConsumer
+
+    from anomaly_vae.config import KafkaConfig
+    from anomaly_vae.sources.kafka import client_options
+
+    options = client_options(KafkaConfig(client={"api_version": [2, 5]}))
+    assert options["api_version"] == (2, 5)
+    # Accepted, not refused (with a broker version given, no connection is made here).
+    KafkaConsumer(**options).close()

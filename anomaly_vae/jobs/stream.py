@@ -49,6 +49,7 @@ from anomaly_vae.sources.kafka import (
     next_offsets,
     options_for,
     redacted,
+    secret_values,
 )
 from anomaly_vae.training import torch_threads
 from anomaly_vae.windows import WindowCounters, WindowState
@@ -234,6 +235,7 @@ class StreamScorer:
         stalled_after_s = bootstrap_s + 15.0
         if give_up_after_s is not None:  # --idle-timeout: no longer than it, give or take
             stalled_after_s = min(stalled_after_s, max(give_up_after_s, bootstrap_s + 2.0))
+        hidden = secret_values(options)
         protocol = str(options.get("security_protocol", "PLAINTEXT"))
         hint = (
             f"; and kafka.client's security settings (security_protocol {protocol}: "
@@ -250,6 +252,8 @@ class StreamScorer:
             give_up_after_s=give_up_after_s,
             stalled_after_s=stalled_after_s,
             settings_hint=hint,
+            hidden=hidden,
+            client_names=", ".join(map(str, kafka.client)),
         )
         if consumer is None:
             return False
@@ -273,6 +277,8 @@ class StreamScorer:
                 give_up_after_s=give_up_after_s,
                 stalled_after_s=stalled_after_s,
                 settings_hint=hint,
+                hidden=hidden,
+                client_names=", ".join(map(str, kafka.client)),
             )
         return True
 

@@ -338,6 +338,10 @@ def client_options(cfg: KafkaConfig) -> dict[str, Any]:
         "bootstrap_timeout_ms": 5000,
     }
     options.update(cfg.client)
+    if isinstance(options.get("api_version"), list):
+        # YAML has no tuples: api_version: [2, 5] is a list, which kafka-python refuses
+        # ("api_version must be tuple") though it is the only way a pipeline file can say it.
+        options["api_version"] = tuple(options["api_version"])
     password = os.environ.get(PASSWORD_ENV)
     if password:
         options["sasl_plain_password"] = password
@@ -393,6 +397,21 @@ _LOGGED_OPTIONS = frozenset(
 )
 
 
+def secret_values(options: dict[str, Any]) -> list[str]:
+    """The text of option values that are, or may hold, a secret (a password, a token, a
+    proxy URL's user:password), never to be shown in an error message."""
+    return [
+        str(value)
+        for name, value in options.items()
+        if isinstance(value, str)
+        and value
+        and (
+            name in ("proxy_url", "socks5_proxy")
+            or any(word in name.lower() for word in ("password", "secret", "token"))
+        )
+    ]
+
+
 def redacted(options: dict[str, Any]) -> dict[str, Any]:
     """Options safe to log: the value of any option not known to be harmless is ``***``."""
     return {k: (v if k in _LOGGED_OPTIONS else "***") for k, v in options.items()}
@@ -408,6 +427,8 @@ def connect_with_retry(
     give_up_after_s: float | None = None,
     stalled_after_s: float = 30.0,
     settings_hint: str = "",
+    hidden: Iterable[str] = (),
+    client_names: str = "",
 ) -> Any:
     """Call ``factory()`` until the broker answers, backing off 0.5 s, 1 s, 2 s... (capped).
 
@@ -416,7 +437,10 @@ def connect_with_retry(
     a TLS handshake, and a client set to SSL against a plaintext listener waited for the
     broker's answer for good (neither ``--idle-timeout`` nor SIGTERM stopped it). A call that
     has not returned after ``stalled_after_s`` is a ConfigError. ``settings_hint`` ends the
-    error's line: which client settings to check besides the address.
+    error's line: which client settings to check besides the address. A client refusing its
+    settings (kafka-python raises TypeError or ValueError for a wrong value, with a traceback)
+    is a ConfigError too, any of the ``hidden`` values (secrets) in its text as ``***``, with
+    ``client_names`` (the kafka.client options given) to say which settings to check.
     """
     from kafka.errors import KafkaConfigurationError, KafkaError
 
@@ -428,8 +452,15 @@ def connect_with_retry(
             if not made:
                 return None  # stopped
             return client
-        except KafkaConfigurationError as exc:
-            raise ConfigError(f"Kafka client settings are invalid: {exc}") from None
+        except (KafkaConfigurationError, TypeError, ValueError, AssertionError) as exc:
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            for secret in hidden:
+                if secret:
+                    text = text.replace(secret, "***")
+            raise ConfigError(
+                f"Kafka client settings are invalid: {text}: check kafka.client in the "
+                f"pipeline{f' ({client_names})' if client_names else ''}"
+            ) from None
         except _StalledError:
             raise ConfigError(
                 f"Kafka broker at {bootstrap} connected but gave no answer in "
