@@ -175,6 +175,31 @@ def test_a_misspelt_kafka_client_option_is_refused_by_name(
 
 
 @pytest.mark.parametrize(
+    ("client", "needle"),
+    [
+        ("security_protocol: SASL_SSl", "security_protocol 'SASL_SSl' is not one of PLAINTEXT"),
+        ("sasl_mechanism: SCRAM-SHA256", "sasl_mechanism 'SCRAM-SHA256' is not one of"),
+    ],
+)
+def test_a_misspelt_security_protocol_is_refused_not_read_as_plaintext(
+    client: str,
+    needle: str,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # kafka-python takes any security_protocol it does not know as PLAINTEXT: SASL_SSl (a
+    # typo) connected without TLS and without SASL, and the scorer said nothing.
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(
+        f"model_dir: {tiny_model_dir}\nkafka:\n  bootstrap_servers: 127.0.0.1:1\n  topic: t\n"
+        f"  client:\n    {client}\n"
+    )
+    result = run_inline(capsys, "stream", "--pipeline", str(pipeline), "--idle-timeout", "2")
+    assert_user_error(result, f"pipeline file {pipeline}: kafka.client: {needle}")
+
+
+@pytest.mark.parametrize(
     ("option", "instead"),
     [("group_id", "kafka.group_id (--group)"), ("max_poll_records", "kafka.max_batch_records")],
 )
