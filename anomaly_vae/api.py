@@ -17,6 +17,7 @@ import hmac
 import json
 import logging
 import math
+import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,7 +33,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from anomaly_vae._version import __version__
-from anomaly_vae.config import AlertsConfig
+from anomaly_vae.config import AlertsConfig, NoBooleanNumbers
 from anomaly_vae.errors import ConfigError, InputFileError, NotFoundError, SchemaError
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.storage.engine import DatabaseTarget
@@ -44,7 +45,9 @@ from anomaly_vae.storage.tuning import (
     act_on_alert,
     alert_rule_of,
     list_alerts,
+    model_in_use,
     preview_threshold,
+    rollback_threshold,
     set_threshold,
 )
 from anomaly_vae.thresholds import AlertRule
@@ -95,7 +98,7 @@ class ApiSettings:
 
 
 # ====================================================================== schemas
-class _Schema(BaseModel):
+class _Schema(NoBooleanNumbers):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -127,6 +130,8 @@ class ThresholdPublic(BaseModel):
 class ModelDetail(BaseModel):
     name: str
     versions: list[ModelPublic]
+    # The version in use (scored last): the one policies, previews and scoring use.
+    in_use: str
     threshold: ThresholdPublic | None
 
 
@@ -158,6 +163,15 @@ class ThresholdUpdate(_Schema):
     warning: PolicySpec | None = None
     critical: PolicySpec | None = None
     alert_rule: AlertRuleUpdate | None = None
+    reason: str = Field(min_length=1, max_length=2000)
+    created_by: str = Field(default="api", min_length=1, max_length=200)
+
+
+class ThresholdRollback(_Schema):
+    """Put an earlier threshold version back in force (as a new version, its levels and alert
+    rule as they were)."""
+
+    version: int = Field(ge=1)
     reason: str = Field(min_length=1, max_length=2000)
     created_by: str = Field(default="api", min_length=1, max_length=200)
 
@@ -466,7 +480,10 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
             raise NotFoundError(f"no model named {name!r} is registered")
         row = repo.threshold_in_force(conn, model_name=name)
         return ModelDetail(
-            name=name, versions=versions, threshold=None if row is None else _threshold(row)
+            name=name,
+            versions=versions,
+            in_use=model_in_use(conn, name=name).version,
+            threshold=None if row is None else _threshold(row),
         )
 
     # ------------------------------------------------------------------ thresholds
@@ -523,6 +540,35 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         if not given:
             raise ConfigError("nothing to change: give warning, critical or alert_rule")
         return _new_version(conn, name, body)
+
+    @app.post(
+        "/models/{name}/thresholds/rollback",
+        response_model=ThresholdPublic,
+        status_code=201,
+        tags=["thresholds"],
+        dependencies=[Writer],
+        responses=_errors(400, 401, 403, 404, 413),
+    )
+    def rollback_threshold_version(
+        name: str, body: ThresholdRollback, conn: Conn
+    ) -> ThresholdPublic:
+        """Put an earlier threshold version back in force, as a new version."""
+        with conn.begin():
+            row = rollback_threshold(
+                conn,
+                model_name=name,
+                to_version=body.version,
+                created_by=body.created_by,
+                reason=body.reason,
+            )
+        logger.info(
+            "model %s: threshold v%d (back to v%d) set by %s",
+            name,
+            row.version,
+            body.version,
+            body.created_by,
+        )
+        return _threshold(row)
 
     @app.post(
         "/models/{name}/thresholds/preview",
@@ -687,10 +733,11 @@ def _json_safe(value: Any) -> Any:
 
 
 def _registered_version(conn: Connection, name: str, version: str | None) -> Any:
-    """The newest registered version of ``name``, or the one whose version is ``version``."""
+    """The version of ``name`` in use (``tuning.model_in_use``: the one scored last, whose
+    threshold is in force), or the one whose version is ``version``."""
     rows = repo.registered_versions(conn, name=name)
     if version is None:
-        return rows[0]
+        return model_in_use(conn, name=name)
     exact = [row for row in rows if row.version == version or row.content_hash == version]
     matches = exact or [row for row in rows if row.content_hash.startswith(version.lower())]
     if len(matches) > 1:
@@ -748,6 +795,16 @@ class ModelUnavailableError(NotFoundError):
     """A registered model version whose directory this server cannot load (409)."""
 
 
+def _huge_integer_reason(name: str, value: object) -> str | None:
+    """Why an integer too large for a float (beyond about 1.8e308) cannot be read."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _FLOAT_MAX:
+        return f"field {name!r}: an integer of {len(str(abs(value)))} digits is not a finite number"
+    return None
+
+
+_FLOAT_MAX = int(sys.float_info.max)
+
+
 def _score_records(
     model: Any,
     records: list[dict[str, Any]],
@@ -763,6 +820,10 @@ def _score_records(
 
     features = model.schema_.names
     numeric = model.schema_.numeric
+    window = model.config_.window
+    # Read as numbers: an integer past float's range (JSON has no limit; Python's reader
+    # takes 10**400) made pandas raise OverflowError, a 500.
+    as_numbers = [*numeric, *([window.time] if window is not None and window.time else [])]
     rejects = []
     for i, record in enumerate(records):
         reason: str | None
@@ -771,6 +832,9 @@ def _score_records(
         else:  # as the Kafka decoder: a NaN is poison, not a missing value (that is null)
             reason = next(
                 (why for f in numeric if (why := non_finite_reason(f, record[f])) is not None),
+                None,
+            ) or next(
+                (why for f in as_numbers if (why := _huge_integer_reason(f, record.get(f)))),
                 None,
             )
         if reason is not None:
@@ -781,6 +845,13 @@ def _score_records(
         kept_frame = pd.DataFrame({name: [] for name in features})
     else:
         kept_frame = pd.DataFrame.from_records([records[i] for i in kept], index=kept)
+    if window is not None:
+        # A window field no record has is each record's missing value (rejected with its
+        # reason), as when some records lack it: it was a 422 for the whole request, and
+        # when no record had every feature, one that named the entity field, not them.
+        for name in (window.entity, window.time):
+            if name and name not in kept_frame.columns:
+                kept_frame[name] = pd.Series([None] * len(kept_frame), index=kept_frame.index)
     scored = model.score_batch(kept_frame, threshold=warning, source="request")
     for index, reason in scored.rejects["reason"].items():
         rejects.append(RejectedRecord(index=int(index), reason=str(reason)))

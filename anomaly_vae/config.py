@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import codecs
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +30,52 @@ from anomaly_vae.errors import ConfigError
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
-class _Strict(BaseModel):
+def _wants_number(annotation: Any) -> bool:
+    """Whether a field of this type takes a number and not a boolean (``int``, ``float``,
+    ``int | None``, ...)."""
+    if annotation in (int, float):
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bool(args) and all(_wants_number(a) for a in args)
+    return False
+
+
+def _wants_numbers(annotation: Any) -> bool:
+    """Whether a field of this type is a list of numbers (``list[int]``)."""
+    return typing.get_origin(annotation) is list and all(
+        _wants_number(a) for a in typing.get_args(annotation)
+    )
+
+
+class NoBooleanNumbers(BaseModel):
+    """Refuses ``true`` / ``false`` where a number is expected. pydantic reads a boolean as 1 or
+    0 there, so ``epochs: true`` trained one epoch and ``learning_rate: yes`` (YAML 1.1's
+    boolean) set 1.0, silently."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for name, value in data.items():
+            field = cls.model_fields.get(name) if isinstance(name, str) else None
+            if field is None:
+                continue
+            if isinstance(value, bool) and _wants_number(field.annotation):
+                raise ValueError(
+                    f"{name}: expected a number, got a boolean (true/false, yes/no, on/off)"
+                )
+            if (
+                isinstance(value, list)
+                and _wants_numbers(field.annotation)
+                and any(isinstance(v, bool) for v in value)
+            ):
+                raise ValueError(f"{name}: expected numbers, got a boolean in {value}")
+        return data
+
+
+class _Strict(NoBooleanNumbers):
     # No infinity or NaN in any setting: YAML reads ".inf" and ".nan" as floats, and every
     # number here is a size, a rate or a duration (lateness_s: .inf would fail deep in the
     # window code; learning_rate: .inf would train a model of NaN weights).

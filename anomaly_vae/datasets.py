@@ -26,6 +26,29 @@ STATIONS = ["north", "south", "east"]
 FLEET_SEED = 10_007
 
 
+# The columns of the pipeline that goes with this data (``pipelines/pumps.yaml`` sets the same,
+# with comments; a test keeps the two equal). ``anomaly-vae demo`` writes it out when it runs
+# where no ``pipelines/pumps.yaml`` is found, as from an installed package.
+PUMP_PIPELINE_TEXT = """\
+# The pipeline of the pump data that `anomaly-vae demo` generates; every setting not named here
+# keeps its default. A commented example of every section: pipelines/pumps.yaml in the
+# anomaly-vae repository.
+name: pumps
+columns:
+  id: [event_id]
+  timestamp: ts
+  entity: pump_id
+  label: label
+  ignore: [anomaly_kind]
+  categorical: [station]
+alerts:
+  k: 1
+  n: 1
+  cooldown_s: 0
+  resolve_after: 1
+"""
+
+
 def pump_constants(n_pumps: int) -> tuple[np.ndarray, np.ndarray]:
     """Each pump's size (0.9 to 1.1) and demand-cycle phase, fixed by its number alone: pump
     P3 is the same machine in every data set (training rows, an export, the simulator's stream),

@@ -775,6 +775,15 @@ class AnomalyVAE(BaseEstimator):
         """1 for anomalous rows (score above ``threshold_``), 0 for normal ones."""
         return (self.anomaly_score(X) > self.threshold_).astype(np.int64)
 
+    def fit_predict(self, X: pd.DataFrame | np.ndarray, y: Any = None) -> np.ndarray:
+        """``fit(X)`` then ``predict(X)``: 1 for the training rows above the threshold."""
+        return self.fit(X, y).predict(X)
+
+    def score_samples(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """scikit-learn's outlier-detector convention (``IsolationForest``, ``OneClassSVM``):
+        higher means more normal, so this is ``-anomaly_score(X)``."""
+        return -self.anomaly_score(X)
+
     def score_arrays(
         self, X: pd.DataFrame | np.ndarray, *, mode: str = "full", importance_weighted: bool = False
     ) -> ScoreArrays:

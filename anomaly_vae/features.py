@@ -626,7 +626,8 @@ def _separator_hint(header: list[str], expected: list[str]) -> str:
     return "; only one column was found: is the separator right (--sep)?"
 
 
-def _name_key(name: str) -> str:
+def name_key(name: str) -> str:
+    """A column name as compared for "differs only in spaces or case" hints."""
     return " ".join(unicodedata.normalize("NFKC", name).split()).casefold()
 
 
@@ -636,11 +637,11 @@ def _near_names_hint(missing: list[str], header: list[str], features: list[str])
     present: dict[str, list[str]] = {}
     for name in header:
         if name not in features:  # a feature of its own is not another's misspelling
-            present.setdefault(_name_key(name), []).append(name)
+            present.setdefault(name_key(name), []).append(name)
     pairs = [
         f"{name!r} is {present[key][0]!r} there"
         for name in missing
-        if len(present.get(key := _name_key(name), [])) == 1
+        if len(present.get(key := name_key(name), [])) == 1
     ]
     if not pairs:
         return ""
@@ -649,6 +650,18 @@ def _near_names_hint(missing: list[str], header: list[str], features: list[str])
         f"; {shown}: names differ only in spaces or case; rename the file's columns as the "
         "model has them, or retrain the model on files with these names"
     )
+
+
+_NEEDS_QUOTES = re.compile(r'[:;"\r\n]')
+
+
+def feature_name_text(name: str) -> str:
+    """A column name as ``top_features`` text writes it (``name:share;name:share``): as it is,
+    or, when it holds a ``:``, ``;``, ``"`` or a line break, in double quotes with each ``"``
+    doubled (``"temp:in":0.61;flow:0.30``), so that the text splits one way only."""
+    if _NEEDS_QUOTES.search(name):
+        return '"' + name.replace('"', '""') + '"'
+    return name
 
 
 def looks_like_data(header: Sequence[str]) -> bool:

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from anomaly_vae.features import EncodedBatch, FeatureLayout
+from anomaly_vae.features import EncodedBatch, FeatureLayout, feature_name_text
 from anomaly_vae.model import (
     LOG_2PI,
     VAE,
@@ -471,10 +471,14 @@ def top_features_json(
 
 @functools.lru_cache(maxsize=16)
 def _piece_texts(names: tuple[str, ...]) -> Any:
-    """'col:0.00' to 'col:1.00' for every column, in column order (101 per column)."""
+    """'col:0.00' to 'col:1.00' for every column, in column order (101 per column); a name
+    holding ':', ';' or '"' in double quotes (``feature_name_text``)."""
     import pyarrow as pa
 
-    return pa.array([f"{name}:{h / 100:.2f}" for name in names for h in range(101)], pa.string())
+    return pa.array(
+        [f"{feature_name_text(name)}:{h / 100:.2f}" for name in names for h in range(101)],
+        pa.string(),
+    )
 
 
 @functools.cache

@@ -239,13 +239,20 @@ def tune_from_labels(
         best = int(np.flatnonzero(score == score.max())[0])
     elif objective == "max_false_alarm_rate":
         if max_false_alarm_rate is None or not 0.0 <= max_false_alarm_rate < 1.0:
-            raise ConfigError("max_false_alarm_rate must be given, between 0 and 1")
+            raise ConfigError(
+                "max_false_alarm_rate (--max-false-alarm-rate) must be at least 0 and below 1, "
+                f"got {max_false_alarm_rate}"
+            )
         allowed = valid & (far <= max_false_alarm_rate + 1e-12)
         score = np.where(allowed, recall, -1.0)
         best = int(np.flatnonzero(score == score.max())[0])
     elif objective == "alerts_per_day":
-        if alerts_per_day is None or alerts_per_day <= 0:
-            raise ConfigError("alerts_per_day must be given and positive")
+        if alerts_per_day is None or not (0 < alerts_per_day < math.inf):
+            # NaN and infinity too: they ended in a traceback from math.floor below
+            raise ConfigError(
+                "alerts_per_day (--alerts-per-day) must be a positive, finite number of flagged "
+                f"records a day, got {alerts_per_day}"
+            )
         if timestamps is None:
             raise ConfigError("alerts_per_day needs the records' timestamps")
         times = pd.to_datetime(pd.Series(timestamps), utc=True, errors="coerce")
@@ -305,7 +312,8 @@ class AlertRule:
 
     An alert opens when at least ``k`` of the entity's last ``n`` records crossed the warning
     threshold, unless the entity's previous alert opened less than ``cooldown_s`` seconds
-    before; while it is open, further crossings join it (its severity rises to critical if a
+    before (or after: a record older than it, from a backfill, within ``cooldown_s`` of it);
+    while it is open, further crossings join it (its severity rises to critical if a
     record crosses the critical threshold); it resolves after ``resolve_after`` consecutive
     normal records.
     """
@@ -473,7 +481,10 @@ class AlertTracker:
                 rule.cooldown_s > 0
                 and state.last_opened is not None
                 and not math.isnan(now)
-                and now - state.last_opened < rule.cooldown_s
+                # Within the cool-down of the previous alert on either side: a record older
+                # than it (a backfill, a late record) is not "before" it by a negative time,
+                # which kept a whole backfill of older data from opening any alert.
+                and abs(now - state.last_opened) < rule.cooldown_s
             ):
                 continue
             state.open_severity = sev

@@ -56,7 +56,7 @@ from sklearn.svm import OneClassSVM
 
 from anomaly_vae import AnomalyVAE
 from anomaly_vae._version import __version__
-from benchmarks.suite import write_result
+from benchmarks.suite import check_file, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -520,8 +520,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--check", type=Path, help="only check that a result file is well formed")
     args = parser.parse_args(argv)
     if args.check:
-        check_result(json.loads(args.check.read_text()))
-        print(f"{args.check}: well formed")
+        check_file(args.check, check_result)
         return
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)

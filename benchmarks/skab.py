@@ -321,6 +321,20 @@ def in_alert(crossed: np.ndarray, rule: AlertRule) -> np.ndarray:
     return out
 
 
+def in_alert_from_onset(crossed: np.ndarray, rule: AlertRule) -> np.ndarray:
+    """As ``in_alert``, each alert dated back to its onset: the first crossing among the ``n``
+    records that opened it (the anomaly began there; the rule only confirmed it later). A
+    general rule, decided when the alert opens, not a window-specific shift; the end of an
+    alert is where the rule resolves it, as in ``in_alert``."""
+    out = in_alert(crossed, rule)
+    starts = np.flatnonzero(np.diff(np.concatenate([[0], out])) == 1)
+    for opened in starts:
+        first = max(0, opened - rule.n + 1)
+        onset = first + int(np.argmax(crossed[first : opened + 1] > 0))
+        out[onset:opened] = 1
+    return out
+
+
 def dated_back(flags: np.ndarray, rows: int) -> np.ndarray:
     """``flags`` moved ``rows`` rows earlier: a decision taken ``rows`` rows late, dated to the
     row it is about (the last ``rows`` rows of a run cannot be confirmed and stay 0)."""
@@ -403,9 +417,15 @@ def policies(
         late = next(name for name in rules if name.endswith("(Conv-AE's rule)"))
         causal = next(name for name in rules if name.endswith("(causal)"))
         q999 = float(np.quantile(fitted.training_errors, 0.999))
+        m = fitted.window - 1
+        onset = f"persistence {m}, dated to its onset (the first crossing of the {m})"
+        rules[onset] = lambda crossed: in_alert_from_onset(
+            crossed, AlertRule(k=m, n=m, resolve_after=1)
+        )
         for label, factor, rule in (
             ("(4/3)^2", 16.0 / 9.0, late),
             ("(4/3)^2", 16.0 / 9.0, causal),
+            ("(4/3)^2", 16.0 / 9.0, onset),
             ("4/3", 4.0 / 3.0, late),
         ):
             crossed = (scores > factor * q999).astype(np.int64)

@@ -162,6 +162,26 @@ SUITE: list[Benchmark] = [
 ]
 
 
+def check_file(path: Path, check: Callable[[dict[str, Any]], None]) -> None:
+    """``--check PATH``: ``check`` the result file at ``path`` and say it is well formed, or exit
+    with one line that names the file and what is wrong (not a traceback)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SystemExit(f"error: {path}: cannot read it: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"error: {path}: not a JSON result file: {exc}") from None
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        raise SystemExit(f"error: {path}: a result file holds a JSON object, not a {kind}")
+    try:
+        check(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        what = f"missing or wrong key {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise SystemExit(f"error: {path}: {what}") from None
+    print(f"{path}: well formed")
+
+
 def write_result(folder: Path, stem: str, result: dict[str, Any], markdown: str) -> Path:
     """``<stem>.json`` and ``<stem>.md`` in ``folder`` (created); the JSON file's path."""
     folder.mkdir(parents=True, exist_ok=True)

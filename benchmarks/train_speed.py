@@ -29,7 +29,6 @@ Writes benchmarks/results/train_speed.json and train_speed.md (train_speed_quick
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import sys
@@ -49,7 +48,7 @@ from anomaly_vae import AnomalyVAE
 from anomaly_vae._version import __version__
 from anomaly_vae.config import PipelineConfig
 from benchmarks.speed import N_FEATURES, synthetic
-from benchmarks.suite import write_result
+from benchmarks.suite import check_file, write_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL_ROWS, QUICK_ROWS = 200_000, 20_000
@@ -337,8 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--check", type=Path, help="only check that a result file is well formed")
     args = parser.parse_args(argv)
     if args.check:
-        check_result(json.loads(args.check.read_text()))
-        print(f"{args.check}: well formed")
+        check_file(args.check, check_result)
         return
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU here")

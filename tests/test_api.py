@@ -358,6 +358,20 @@ def test_a_nan_or_infinity_in_a_body_is_a_422(server: Server) -> None:
     assert len(server.client.get("/models/pumps/thresholds").json()) == 1
 
 
+def test_a_boolean_where_a_number_belongs_is_a_422(server: Server) -> None:
+    # pydantic reads true as 1: a fixed threshold of 'true' became 1.0 and k 'true' became 1.
+    for body in (
+        {"warning": {"policy": "value", "value": True}, "reason": "r"},
+        {"warning": {"policy": "quantile", "quantile": False}, "reason": "r"},
+        {"alert_rule": {"k": True}, "reason": "r"},
+    ):
+        method = server.client.post if "warning" in body else server.client.patch
+        response = method("/models/pumps/thresholds", json=body, headers=AUTH)
+        assert response.status_code == 422, response.text
+        assert "boolean" in response.text
+    assert len(server.client.get("/models/pumps/thresholds").json()) == 1
+
+
 def test_scoring_records_now_under_the_threshold_in_force(
     server: Server,
     pump_model: tuple[AnomalyVAE, Path],
@@ -756,7 +770,167 @@ def test_the_openapi_schema_documents_the_413_where_a_request_has_a_body(tmp_pat
         for method, operation in operations.items()
         if "requestBody" in operation
     ]
-    assert len(with_body) == 6  # thresholds POST / PATCH / preview, score, acknowledge, resolve
+    # thresholds POST / PATCH / preview / rollback, score, acknowledge, resolve
+    assert len(with_body) == 7
     for path, method, responses in with_body:
         assert "413" in responses, (method, path)
         assert f"{MAX_BODY_BYTES // 2**20} MiB" in responses["413"]["description"]
+
+
+def test_a_rollback_over_http_puts_an_earlier_version_back_in_force(server: Server) -> None:
+    # The CLI's 'thresholds rollback' has its API twin: POST .../thresholds/rollback.
+    api = server.client
+    first = api.get("/models/pumps/threshold").json()
+    changed = api.post(
+        "/models/pumps/thresholds",
+        json={
+            "warning": {"policy": "value", "value": 1.0},
+            "alert_rule": {"k": 2, "n": 4},
+            "reason": "too low",
+        },
+        headers=AUTH,
+    )
+    assert changed.status_code == 201, changed.text
+    back = api.post(
+        "/models/pumps/thresholds/rollback",
+        json={"version": first["version"], "reason": "undo", "created_by": "ops"},
+        headers=AUTH,
+    )
+    assert back.status_code == 201, back.text
+    body = back.json()
+    assert body["version"] == first["version"] + 2
+    assert (body["warning"], body["critical"], body["alert_rule"]) == (
+        first["warning"],
+        first["critical"],
+        first["alert_rule"],
+    )
+    assert body["parameters"]["rolled_back_to"] == first["version"]
+    assert body["created_by"] == "ops"
+    assert api.get("/models/pumps/threshold").json()["version"] == body["version"]
+    rollback = "/models/pumps/thresholds/rollback"
+    missing = api.post(rollback, json={"version": 99, "reason": "r"}, headers=AUTH)
+    assert missing.status_code == 404
+    assert "no threshold v99" in missing.json()["detail"]
+    same = api.post(rollback, json={"version": body["version"], "reason": "r"}, headers=AUTH)
+    assert same.status_code == 400
+    assert "is the one in force" in same.json()["detail"]
+    unknown = api.post(
+        "/models/nope/thresholds/rollback", json={"version": 1, "reason": "r"}, headers=AUTH
+    )
+    assert unknown.status_code == 404
+    assert api.post(rollback, json={"version": 1, "reason": "r"}).status_code == 401
+    assert api.post(rollback, json={"version": 0, "reason": "r"}, headers=AUTH).status_code == 422
+
+
+# ================================================ scoring over FastAPI's TestClient (SQLite)
+@pytest.fixture(scope="module")
+def windowed_pumps(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small windowed model (pipelines/pumps_windows.yaml), saved."""
+    from anomaly_vae.config import PipelineConfig
+
+    cfg = PipelineConfig.from_yaml(
+        Path(__file__).resolve().parents[1] / "pipelines" / "pumps_windows.yaml"
+    )
+    cfg.training.epochs = 3
+    cfg.training.progress = False
+    model = AnomalyVAE(config=cfg).fit(make_pump_data(800, n_pumps=4, seed=1))
+    path = tmp_path_factory.mktemp("models") / "pumps-windows"
+    model.save(path)
+    return path
+
+
+@pytest.fixture
+def score_client(
+    pump_model: tuple[AnomalyVAE, Path],
+    windowed_pumps: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> Iterator[Any]:
+    """FastAPI's TestClient on a SQLite database where 'pumps' and 'pumps-windows' are
+    registered (each scored an export)."""
+    from fastapi.testclient import TestClient
+
+    from anomaly_vae.api import ApiSettings, create_app
+    from anomaly_vae.storage.engine import DatabaseTarget
+
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    export = tmp_path / "export.csv"
+    make_pump_data(40, n_pumps=4, seed=8).to_csv(export, index=False)
+    for model_dir in (pump_model[1], windowed_pumps):
+        result = run_inline(
+            capsys, "score", str(export), "--model-dir", str(model_dir), "--db", url, "--quiet"
+        )
+        assert result.returncode == 0, result.stderr
+    target = DatabaseTarget(parse_database_url(url), "--db")
+    engine = create_database_engine(target.url)
+    try:
+        with TestClient(create_app(ApiSettings(database=target, token=None), engine)) as client:
+            yield client
+    finally:
+        engine.dispose()
+
+
+def pump_records(n: int) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = json.loads(
+        make_pump_data(n, n_pumps=4, seed=12).to_json(orient="records")
+    )
+    return records
+
+
+def test_an_integer_too_large_for_a_number_is_a_reject_not_a_500(score_client: Any) -> None:
+    # {"rpm": 1000...0} (400 digits) is valid JSON; pandas raised OverflowError reading it:
+    # a 500 with no body a client could read, and the other records unscored.
+    huge = "1" + "0" * 400
+    for model, field in (("pumps", "rpm"), ("pumps", "flow"), ("pumps-windows", "ts")):
+        records = pump_records(6)
+        records[2][field] = "HUGE"
+        records[4][field] = "HUGE"
+        body = json.dumps({"records": records}).replace('"HUGE"', huge, 1)
+        body = body.replace('"HUGE"', "-" + huge, 1)
+        response = score_client.post(
+            f"/models/{model}/score", content=body, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 200, response.text
+        rejects = {r["index"]: r["reason"] for r in response.json()["rejects"]}
+        assert set(rejects) == {2, 4}, rejects
+        assert f"field '{field}': an integer of 401 digits is not a finite number" == rejects[2]
+        assert sorted(s["index"] for s in response.json()["scores"]) == [0, 1, 3, 5]
+
+
+def test_a_window_field_no_record_has_rejects_each_record(score_client: Any) -> None:
+    # A record without 'ts' among others was rejected ("window time column 'ts': missing"),
+    # but the same record alone, or every record without it, was a 422 for the request; and
+    # records that all lacked a feature got a 422 naming the entity field, not the feature.
+    for field, reason in (
+        ("ts", "window time column 'ts': missing"),
+        ("pump_id", "window entity column 'pump_id': missing"),
+    ):
+        for n in (1, 3):
+            records = pump_records(n)
+            for record in records:
+                del record[field]
+            response = score_client.post("/models/pumps-windows/score", json={"records": records})
+            assert response.status_code == 200, response.text
+            assert response.json()["scores"] == []
+            assert response.json()["rejects"] == [{"index": i, "reason": reason} for i in range(n)]
+    records = pump_records(3)
+    for record in records:
+        del record["flow"]
+    response = score_client.post("/models/pumps-windows/score", json={"records": records})
+    assert response.status_code == 200, response.text
+    assert [r["reason"] for r in response.json()["rejects"]] == ["feature field 'flow' missing"] * 3
+
+
+def test_a_time_out_of_range_in_utc_is_a_422_not_an_outage(score_client: Any) -> None:
+    # 0001-01-01T00:00:00+01:00 is a valid datetime, but not in UTC: the driver raised
+    # OverflowError and the API answered 503 "the results database ... is unavailable".
+    for path, params in (
+        ("/anomalies", {"since": "0001-01-01T00:00:00+01:00"}),
+        ("/alerts", {"since": "9999-12-31T23:59:59-05:00"}),
+        ("/anomalies", {"since": "2026-01-01", "until": "9999-12-31T23:00:00-05:00"}),
+    ):
+        response = score_client.get(path, params=params)
+        assert response.status_code == 422, response.text
+        assert "out of range once converted to UTC" in json.dumps(response.json())
+    in_range = score_client.get("/anomalies", params={"since": "0001-01-01T00:00:00Z"})
+    assert in_range.status_code == 200, in_range.text

@@ -4,6 +4,8 @@ reconstruction of the other columns."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -109,3 +111,40 @@ def test_contribution_shares_lift_over_the_baseline() -> None:
     unlifted = contribution_shares(raw[:1], None)[0]
     np.testing.assert_allclose(unlifted, [0.5, 1 / 6, 1 / 3], rtol=1e-6)
     assert raw[0, 0] == 3.0  # the input is left alone
+
+
+def parse_top_features(text: str) -> list[tuple[str, float]]:
+    """``top_features`` text as README documents it: pieces NAME:SHARE joined by ';', a name
+    holding ':', ';' or '"' in double quotes with '"' doubled."""
+    piece = re.compile(r'(?:"((?:[^"]|"")*)"|([^:;"]*)):(\d\.\d\d)(;|$)')
+    out: list[tuple[str, float]] = []
+    at = 0
+    while at < len(text):
+        match = piece.match(text, at)
+        assert match is not None, (text, at)
+        quoted, plain, share, _ = match.groups()
+        out.append((quoted.replace('""', '"') if quoted is not None else plain, float(share)))
+        at = match.end()
+    return out
+
+
+def test_column_names_with_separators_are_quoted_in_the_top_features_text() -> None:
+    # 'total;eur:1' read back as the two columns 'total' and 'eur', the share as ':1:0.61'.
+    names = {"total": "total;eur:1", "unit_price": "price:unit", "qty": 'qty "n"'}
+    cfg = PipelineConfig(name="orders")
+    cfg.training.seed = 3
+    cfg.training.epochs = 30
+    model = AnomalyVAE(config=cfg).fit(orders(1500, seed=1).rename(columns=names))
+    test = orders(40, seed=2).rename(columns=names)
+    test["total;eur:1"] *= 30.0
+    texts = model.score(test)["top_features"].tolist()
+    parsed = [parse_top_features(t) for t in texts]
+    assert all(name in model.schema_.names for row in parsed for name, _ in row)
+    assert {name for row in parsed for name, _ in row} >= {"total;eur:1"}
+    assert np.mean([row[0][0] == "total;eur:1" for row in parsed]) >= 0.9
+    assert parse_top_features("weight_kg:0.70;region:0.30") == [("weight_kg", 0.7), ("region", 0.3)]
+
+    from anomaly_vae.cli.db import _text
+
+    stored = [["total;eur:1", 0.6123], ['qty "n"', 0.3], ["discount", 0.08]]
+    assert _text(stored) == '"total;eur:1":0.61;"qty ""n""":0.30;discount:0.08'

@@ -62,6 +62,36 @@ def test_skab_persistence_rules_match_their_definitions() -> None:
     assert causal[104:160].all()
 
 
+def test_skab_onset_rule_flags_whole_runs_of_m_crossings() -> None:
+    """The persistence alert dated to its onset: with k = n = m and resolve after 1, a row is
+    flagged exactly when it lies in a run of at least m consecutive crossings."""
+    import numpy as np
+
+    from anomaly_vae.thresholds import AlertRule
+    from benchmarks.skab import in_alert_from_onset
+
+    m = 5
+    rng = np.random.default_rng(4)
+    crossed = (rng.random(500) < 0.7).astype(np.int64)
+    crossed[200:260] = 1
+    got = in_alert_from_onset(crossed, AlertRule(k=m, n=m, resolve_after=1))
+    want = np.zeros_like(crossed)
+    start = None
+    for i, c in enumerate([*crossed.tolist(), 0]):
+        if c and start is None:
+            start = i
+        elif not c and start is not None:
+            if i - start >= m:
+                want[start:i] = 1
+            start = None
+    assert got.tolist() == want.tolist()
+    assert got[200:260].all()
+    # A k-of-n rule: the alert starts at the first crossing of the n records that opened it.
+    crossed = np.array([0, 0, 1, 0, 1, 1, 0, 0, 0, 0])
+    got = in_alert_from_onset(crossed, AlertRule(k=3, n=4, resolve_after=2))
+    assert got.tolist() == [0, 0, 1, 1, 1, 1, 1, 0, 0, 0]
+
+
 def test_train_speed_like_for_like_ratio_per_row_counts_the_held_out_rows() -> None:
     from benchmarks.train_speed import markdown, ratios
 

@@ -821,6 +821,165 @@ def test_too_many_fields_is_a_reject_not_a_crash(trained: Path) -> None:
     assert scores.set_index("row").loc[10, "event_id"] == frame.loc[10, "event_id"]
 
 
+def test_escape_formulas_keeps_copied_text_from_running_in_a_spreadsheet(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An id '=HYPERLINK(...)' or '@SUM(...)' from an untrusted export was written as it came:
+    # a formula to Excel. With --escape-formulas such text gets a ' before it; numbers such
+    # as -5 and +4917 stay numbers; without the option nothing is rewritten.
+    frame = make_pump_data(6, seed=6)
+    frame["event_id"] = frame["event_id"].astype(object)
+    ids = ['=HYPERLINK("http://x","y")', "-5", "+4917", "@SUM(A1)", "-2+3", "\tcmd"]
+    frame["event_id"] = ids
+    frame["pump_id"] = ["P1", "P2", "-P3", "P4", "P1", "P2"]
+    data = trained / "formulas.csv"
+    frame.to_csv(data, index=False)
+    model = str(trained / "model")
+    plain, escaped = trained / "formulas.plain.csv", trained / "formulas.escaped.csv"
+    for out, extra in ((plain, []), (escaped, ["--escape-formulas"])):
+        result = run_inline(
+            capsys, "score", str(data), "--model-dir", model, "--out", str(out), *extra
+        )
+        assert result.returncode == 0, result.stderr
+
+    def read(path: Path) -> pd.DataFrame:
+        return pd.read_csv(path, keep_default_na=False, dtype=str)
+
+    assert read(plain)["event_id"].tolist() == ids
+    got = read(escaped)
+    assert got["event_id"].tolist() == [
+        '\'=HYPERLINK("http://x","y")',
+        "-5",
+        "+4917",
+        "'@SUM(A1)",
+        "'-2+3",
+        "'\tcmd",
+    ]
+    assert got["pump_id"].tolist() == ["P1", "P2", "'-P3", "P4", "P1", "P2"]
+    assert got["score"].tolist() == read(plain)["score"].tolist()
+
+
+@pytest.mark.parametrize("out", ["-", "scores.csv"])
+def test_rejects_to_standard_output_is_refused_not_a_file_named_dash(
+    trained: Path,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    out: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # '--rejects -' wrote the rejects to a file named '-' in the working directory, and the
+    # summary said "wrote - (2 rejected rows with reasons)".
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "export.csv"
+    make_pump_data(20, seed=6).to_csv(data, index=False)
+    result = run_inline(
+        capsys,
+        "score",
+        str(data),
+        "--model-dir",
+        str(trained / "model"),
+        "--out",
+        out,
+        "--rejects",
+        "-",
+    )
+    assert_user_error(result, "--rejects -", "give a file name")
+    assert not (tmp_path / "-").exists()
+
+
+def test_train_counts_malformed_lines_with_the_rows_rejected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A line cut short and one with an extra field were left out of training (a warning said
+    # so), and the summary still said "0 rows rejected".
+    text = make_pump_data(300, seed=1).to_csv(index=False).splitlines()
+    text[10] = ",".join(text[10].split(",")[:5])
+    text[20] += ",x"
+    data = tmp_path / "normal.csv"
+    data.write_text("\n".join(text) + "\n")
+    result = run_inline(
+        capsys,
+        "train",
+        str(data),
+        "--model-dir",
+        str(tmp_path / "model"),
+        "--pipeline",
+        str(PIPELINE),
+        "--epochs",
+        "2",
+        "-q",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "on 298 rows of" in result.stdout
+    assert "2 rows rejected (2 malformed lines: more or fewer fields than the header)" in (
+        result.stdout
+    )
+
+
+def test_a_label_or_id_column_named_in_another_case_is_pointed_out(
+    trained: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # An export with 'Label' for the pipeline's 'label' was scored without metrics and without
+    # a word; 'Event_ID' for 'event_id' was warned about without saying it was there.
+    frame = make_pump_data(40, anomaly_rate=0.1, seed=6)
+    data = tmp_path / "export.csv"
+    frame.rename(columns={"label": "Label", "event_id": "Event_ID"}).to_csv(data, index=False)
+    result = run_inline(
+        capsys,
+        "score",
+        str(data),
+        "--model-dir",
+        str(trained / "model"),
+        "--out",
+        str(tmp_path / "s.csv"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "no label column 'label': no detection metrics; 'Label' is there" in result.stderr
+    assert "no id column 'event_id'" in result.stderr
+    assert "'Event_ID' is there: names differ only in spaces or case" in result.stderr
+    # A file with no label column at all (a production export) gets no such warning.
+    frame.drop(columns=["label"]).to_csv(data, index=False)
+    result = run_inline(
+        capsys,
+        "score",
+        str(data),
+        "--model-dir",
+        str(trained / "model"),
+        "--out",
+        str(tmp_path / "s.csv"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "label column" not in result.stderr
+
+
+@pytest.mark.parametrize("suffix", [".csv.zst", ".tar", ".tar.gz"])
+def test_the_default_scores_name_drops_every_compression_suffix(
+    trained: Path,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    suffix: str,
+) -> None:
+    # export.csv.zst was scored into export.csv.scores.csv, export.tar.gz into
+    # export.tar.scores.csv: README says NAME is the file name without .csv and compression.
+    import tarfile
+
+    import zstandard
+
+    monkeypatch.chdir(tmp_path)
+    plain = tmp_path / "export.csv"
+    make_pump_data(20, seed=6).to_csv(plain, index=False)
+    data = tmp_path / f"export{suffix}"
+    if suffix == ".csv.zst":
+        data.write_bytes(zstandard.ZstdCompressor().compress(plain.read_bytes()))
+    else:
+        with tarfile.open(data, "w:gz" if suffix.endswith(".gz") else "w") as archive:
+            archive.add(plain, arcname="export.csv")
+    result = run_inline(capsys, "score", str(data), "--model-dir", str(trained / "model"))
+    assert result.returncode == 0, result.stderr
+    assert len(pd.read_csv(tmp_path / "export.scores.csv")) == 20
+
+
 def test_demo_runs(tmp_path: Path) -> None:
     result = run(
         "demo", "--workdir", str(tmp_path / "d"), "--rows", "2000", "--epochs", "10", cwd=tmp_path
@@ -854,10 +1013,58 @@ def test_demo_writes_its_files_as_its_pipeline_reads_them(
     assert len(pd.read_csv(work / "scores.csv")) > 990
 
 
+def test_demo_from_an_installed_package_writes_its_own_pipeline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Installed from a wheel there is no pipelines/ folder: 'anomaly-vae demo' stopped with
+    # "pipeline file pipelines/pumps.yaml not found".
+    from anomaly_vae.cli import core
+    from anomaly_vae.datasets import PUMP_PIPELINE_TEXT
+
+    monkeypatch.setattr(core, "REPO_PIPELINES", tmp_path / "no-such-folder")
+    monkeypatch.chdir(tmp_path)
+    args = ["demo", "--workdir", "d", "--rows", "500", "--epochs", "2", "-q"]
+    result = run_inline(capsys, *args)
+    assert result.returncode == 0, result.stderr
+    assert "wrote the demo's pipeline to d/pipeline.yaml" in result.stdout
+    assert "flagged as anomalous" in result.stdout
+    assert (tmp_path / "d" / "pipeline.yaml").read_text() == PUMP_PIPELINE_TEXT
+    meta = json.loads((tmp_path / "d" / "model" / "model.json").read_text())
+    assert meta["name"] == "pumps"
+    # The demo's own pipeline is the repository's example, comments aside.
+    own = PipelineConfig.from_yaml(tmp_path / "d" / "pipeline.yaml")
+    example = PipelineConfig.from_yaml(REPO / "pipelines" / "pumps.yaml")
+    assert own.model_dump() == example.model_dump()
+
+
+def test_an_export_unlike_the_training_data_is_named_as_such(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A model trained on one machine scoring another's export flagged every row, and the
+    # summary said only "1147 flagged": no hint that the data, not the machine, had changed.
+    frame = make_pump_data(300, seed=5)
+    shifted = frame.assign(vibration=frame["vibration"] * 4)
+    args = ["--model-dir", str(trained / "model"), "--pipeline", str(PIPELINE), "-q"]
+    shifted.to_csv(tmp_path / "other.csv", index=False)
+    out = tmp_path / "other.scores.csv"
+    result = run_inline(capsys, "score", str(tmp_path / "other.csv"), *args, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stdout.splitlines() if "crossed the threshold" in x)
+    assert "unless most of this export is anomalous, it is as a whole unlike the training" in line
+    assert "the column that stands out most often is 'vibration'" in line
+    # An export like the training data says nothing of the kind.
+    frame.to_csv(tmp_path / "same.csv", index=False)
+    out = tmp_path / "same.scores.csv"
+    result = run_inline(capsys, "score", str(tmp_path / "same.csv"), *args, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "crossed the threshold" not in result.stdout
+
+
 def test_info_and_help(trained: Path) -> None:
     result = run("info", "--model-dir", str(trained / "model"))
     assert result.returncode == 0
-    assert "feature station: categorical" in result.stdout
+    assert "feature station: categorical (3 values learned: east, north, south)" in result.stdout
+    assert "feature vibration: numeric (training median " in result.stdout
     result = run("--help")
     assert result.returncode == 0
     assert "train" in result.stdout
@@ -1212,6 +1419,29 @@ def test_a_pipeline_key_set_twice_is_refused_with_both_lines(
     assert run_inline(capsys, *args, "-q").returncode == 0
     for shipped in sorted((REPO / "pipelines").glob("*.yaml")):
         PipelineConfig.from_yaml(shipped)
+
+
+def test_a_boolean_where_a_number_belongs_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # pydantic reads true as 1: 'epochs: true' trained one epoch, 'learning_rate: yes' (YAML
+    # 1.1's boolean) set 1.0, and 'hidden_dims: [true, 8]' built a layer of width 1.
+    data = tmp_path / "normal.csv"
+    make_pump_data(40, seed=1).to_csv(data, index=False)
+    pipeline = tmp_path / "bool.yaml"
+    args = ["train", str(data), "--model-dir", str(tmp_path / "m"), "--pipeline", str(pipeline)]
+    for text, where in (
+        ("training:\n  epochs: true\n", "training: epochs"),
+        ("training:\n  learning_rate: yes\n", "training: learning_rate"),
+        ("model:\n  hidden_dims: [true, 8]\n", "model: hidden_dims"),
+        ("alerts:\n  k: on\n  n: 3\n", "alerts: k"),
+    ):
+        pipeline.write_text(text)
+        assert_user_error(run_inline(capsys, *args), f"{where}: expected")
+        assert not (tmp_path / "m").exists()
+    # A boolean setting still takes a boolean, and a number a number.
+    pipeline.write_text("training:\n  epochs: 1\n  progress: false\n  mixed_precision: no\n")
+    assert run_inline(capsys, *args, "-q").returncode == 0
 
 
 def test_a_feature_column_empty_in_every_row_is_named_in_the_summary(

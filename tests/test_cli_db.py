@@ -62,11 +62,13 @@ def test_score_twice_keeps_one_row_per_record(
     first = cli(capsys, "score", str(export), "--model-dir", str(model_dir), "--db", db_url)
     assert first.returncode == 0, first.stderr
     assert "1499 score rows added" in first.stdout
-    assert "1 rejected rows in dead_letters" in first.stdout
+    assert "1 rejected rows added to dead_letters, " in first.stdout
     assert not [p for p in tmp_path.iterdir() if ".csv" in p.name]
     second = cli(capsys, "score", str(export), "--model-dir", str(model_dir), "--db", db_url)
     assert second.returncode == 0, second.stderr
-    assert "0 score rows added (1499 already there)" in second.stdout
+    assert "0 score rows added (1499 already there, kept as first scored)" in second.stdout
+    # The reject was counted as written again ("1 rejected rows in dead_letters").
+    assert "0 rejected rows added to dead_letters (1 already there)" in second.stdout
     assert count(db_url, "scores") == 1499
     assert count(db_url, "dead_letters") == 1
     assert count(db_url, "models") == 1
@@ -543,3 +545,78 @@ def test_a_job_that_fails_part_way_records_its_rows_and_why(
     assert rows_read == stored
     assert error.startswith("the job stopped before the end of the file: ")
     assert "utf-8" in error.lower()
+
+
+def test_prune_deletes_old_rows_but_those_alerts_point_to_and_flagged_ones(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import update
+
+    from anomaly_vae.storage.tables import DeadLetter
+
+    _, model_dir = pump_model
+    scored = cli(capsys, "score", str(export), "--model-dir", str(model_dir), "--db", db_url)
+    assert scored.returncode == 0, scored.stderr
+    ids = sorted(r[0] for r in query(db_url, "SELECT id FROM scores"))
+    middle = ids[len(ids) // 2]
+    # The first half of the rows (and the dead letter) written 40 days ago.
+    old = datetime.now(timezone.utc) - timedelta(days=40)
+    engine = create_database_engine(parse_database_url(db_url))
+    try:
+        with engine.begin() as connection:
+            connection.execute(update(Score).where(Score.id < middle).values(scored_at=old))
+            connection.execute(update(DeadLetter).values(rejected_at=old))
+    finally:
+        engine.dispose()
+    pointed = {
+        v
+        for row in query(
+            db_url, "SELECT score_id, escalated_score_id, resolved_score_id FROM alerts"
+        )
+        for v in row
+        if v is not None
+    }
+    flagged = {r[0] for r in query(db_url, "SELECT id FROM scores WHERE is_anomaly")}
+    old_ids = {i for i in ids if i < middle}
+    assert old_ids & pointed  # the test means something: old rows that alerts point to
+    assert (old_ids & flagged) - pointed  # and old flagged rows no alert points to
+    alerts = count(db_url, "alerts")
+
+    dry = cli(capsys, "db", "prune", "--older-than", "30d", "--dry-run", "--db", db_url)
+    assert dry.returncode == 0, dry.stderr
+    expected = len(old_ids - pointed - flagged)
+    assert f"would delete {expected:,} score rows and 1 dead letters" in dry.stdout
+    assert count(db_url, "scores") == len(ids)
+
+    pruned = cli(capsys, "db", "prune", "--older-than", "30d", "--batch", "97", "--db", db_url)
+    assert pruned.returncode == 0, pruned.stderr
+    assert f"deleted {expected:,} score rows and 1 dead letters" in pruned.stdout
+    assert f"kept {len(old_ids & (pointed | flagged)):,} older score rows" in pruned.stdout
+    left = {r[0] for r in query(db_url, "SELECT id FROM scores")}
+    assert left == (set(ids) - old_ids) | (old_ids & (pointed | flagged))
+    assert count(db_url, "dead_letters") == 0
+    assert count(db_url, "alerts") == alerts
+    again = cli(capsys, "db", "prune", "--older-than", "30d", "--db", db_url)
+    assert "deleted 0 score rows and 0 dead letters" in again.stdout
+
+    # --include-flagged: old flagged rows go too, unless an alert points to them.
+    cli(capsys, "db", "prune", "--older-than", "30d", "--include-flagged", "--db", db_url)
+    left = {r[0] for r in query(db_url, "SELECT id FROM scores")}
+    assert left == (set(ids) - old_ids) | (old_ids & pointed)
+    assert count(db_url, "alerts") == alerts
+    assert {
+        r[0]
+        for r in query(db_url, "SELECT count(*) FROM alerts a JOIN scores s ON s.id = a.score_id")
+    } == {alerts}
+
+    # A misspelt model name or a bad age is one line, and deletes nothing.
+    args = ["db", "prune", "--older-than", "30d", "--db", db_url]
+    assert_user_error(cli(capsys, *args, "--model", "pumsp"), "pumsp")
+    assert_user_error(
+        cli(capsys, "db", "prune", "--older-than", "30 days", "--db", db_url), "not a duration"
+    )

@@ -83,13 +83,18 @@ def test_thresholds_and_alerts_from_the_command_line(
     assert isinstance(shown, dict)
     assert shown["warning"] == pytest.approx(np.quantile(normal, 0.99))
     assert shown["critical"] == pytest.approx(evt_threshold(normal, 1e-4).threshold)
-    assert shown["alert_rule"].startswith("2 of 3 records, cool-down 60 s")
+    # The rule as its settings, as the HTTP API gives it (it was the description alone).
+    assert shown["alert_rule"] == {"k": 2, "n": 3, "cooldown_s": 60.0, "resolve_after": 1}
+    assert shown["alert_rule_text"].startswith("2 of 3 records, cool-down 60 s")
+    history = as_json(capsys, "thresholds", "history", "pumps", *db)
+    assert isinstance(history, list)
+    assert history[0]["alert_rule"] == shown["alert_rule"]
     ok(capsys, "thresholds", "set", "pumps", "--false-alarm-rate", "0.02", "--reason", "r", *db)
     shown = as_json(capsys, "thresholds", "show", "pumps", *db)
     assert isinstance(shown, dict)
     assert shown["warning"] == pytest.approx(np.quantile(normal, 0.98))
     assert shown["critical"] is not None  # carried over, as is the rule
-    assert shown["alert_rule"].startswith("2 of 3")
+    assert shown["alert_rule_text"].startswith("2 of 3")
     ok(
         capsys,
         "thresholds",
@@ -429,16 +434,14 @@ def test_a_blank_name_on_an_alert_action_is_refused(
     assert isinstance(alerts, list)
     assert alerts
     alert_id = str(alerts[0]["id"])
-    for action in ("ack", "resolve"):
-        assert_user_error(cli(capsys, "alerts", action, alert_id, "--by", "  ", *db), "blank")
-    after = as_json(capsys, "alerts", "list", "--limit", "1", *db)
-    assert after == alerts
-    assert_user_error(
-        cli(
-            capsys, "thresholds", "set", "pumps", "--value", "9", "--reason", "r", "--by", " ", *db
-        ),
-        "needs who made it",
-    )
+    # An empty --by too: it was taken as no --by, and the OS user name recorded instead.
+    for blank in ("  ", ""):
+        for action in ("ack", "resolve"):
+            assert_user_error(cli(capsys, "alerts", action, alert_id, "--by", blank, *db), "blank")
+        after = as_json(capsys, "alerts", "list", "--limit", "1", *db)
+        assert after == alerts
+        set_ = ("thresholds", "set", "pumps", "--value", "9", "--reason", "r", "--by", blank)
+        assert_user_error(cli(capsys, *set_, *db), "needs who made it")
 
 
 def test_the_one_threshold_reports_take_table_or_json_not_csv(
@@ -554,3 +557,208 @@ def test_an_export_labels_its_records_for_preview_and_tune_as_score_reads_them(
         "none of the labels",
         "is read as the scored export itself, its rows keyed by its content hash",
     )
+
+
+def test_after_a_rollback_policies_previews_and_the_api_use_the_version_scored_last(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Version A scores, a newer version B scores, then A is rolled back to (scored again):
+    # A's calibrated threshold is in force. 'set --quantile' computed from B's held-out
+    # scores (the newest registered), so A flagged at a level calibrated on another network;
+    # show, preview and the API's scoring spoke of B too.
+    from anomaly_vae.config import PipelineConfig
+    from tests.test_api import AUTH, TOKEN, start_server, stop
+
+    model_a, dir_a = pump_model
+    cfg = PipelineConfig.from_yaml(Path(__file__).parents[1] / "pipelines" / "pumps.yaml")
+    cfg.training.epochs = 2
+    model_b = AnomalyVAE(config=cfg, seed=5).fit(make_pump_data(1000, seed=2))
+    dir_b = tmp_path / "pumps-b"
+    model_b.save(dir_b)
+    assert model_b.name == model_a.name == "pumps"
+    assert model_a.model_hash_ is not None
+    version_a = model_a.model_hash_[:12]
+    db = ("--db", db_url)
+    for model_dir in (dir_a, dir_b, dir_a):  # A, then B, then back to A
+        ok(capsys, "score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    shown = as_json(capsys, "thresholds", "show", "pumps", *db)
+    assert isinstance(shown, dict)
+    assert shown["warning"] == pytest.approx(model_a.threshold_)  # A's calibrated threshold
+    assert shown["model_version"] == version_a
+    assert shown["normal_false_alarm_rate"] == pytest.approx(0.005, abs=0.002)
+
+    ok(capsys, "thresholds", "set", "pumps", "--quantile", "0.99", "--reason", "r", *db)
+    shown = as_json(capsys, "thresholds", "show", "pumps", *db)
+    assert isinstance(shown, dict)
+    assert shown["warning"] == pytest.approx(np.quantile(model_a.calibration_, 0.99))
+    assert shown["parameters"]["model_version"] == version_a
+    preview = as_json(capsys, "thresholds", "preview", "pumps", *db)
+    assert isinstance(preview, dict)
+    assert preview["model_version"] == version_a
+    # 'models show' and GET /models/{name} say which version that is.
+    shown_models = ok(capsys, "models", "show", "pumps", *db)
+    in_use = [line for line in shown_models.splitlines() if "in use (scored last)" in line]
+    assert len(in_use) == 1
+    assert f"version {version_a} " in in_use[0]
+
+    server = start_server(db_url, TOKEN)
+    try:
+        assert server.client.get("/models/pumps").json()["in_use"] == version_a
+        change = server.client.patch(
+            "/models/pumps/thresholds",
+            json={"warning": {"policy": "quantile", "quantile": 0.98}, "reason": "api"},
+            headers=AUTH,
+        )
+        assert change.status_code == 201, change.text
+        assert change.json()["warning"] == pytest.approx(np.quantile(model_a.calibration_, 0.98))
+        records = json.loads(pd.read_csv(export).head(5).to_json(orient="records"))
+        scored = server.client.post("/models/pumps/score", json={"records": records})
+        assert scored.status_code == 200, scored.text
+        assert scored.json()["model_version"] == version_a
+    finally:
+        stop(server)
+
+
+def test_scoring_a_file_again_after_a_new_threshold_says_its_stored_flags_are_kept(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Rows are idempotent on their key: after 'tune --apply' (or 'set') the same file scored
+    # again kept every stored is_anomaly / severity of the old threshold, while the summary
+    # said "N flagged (threshold <new>)" and "0 score rows added (N already there)", nothing
+    # about the stored flags disagreeing with the threshold it just named.
+    model, model_dir = pump_model
+    db = ("--db", db_url)
+    score = ("score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    ok(capsys, *score)
+    scores = model.score(pd.read_csv(export))["score"].to_numpy()
+    higher = float(np.quantile(scores, 0.99))
+    changed = int(((scores > model.threshold_) & (scores <= higher)).sum())
+    assert changed > 0
+    out = ok(capsys, "thresholds", "set", "pumps", "--value", str(higher), "--reason", "r", *db)
+    assert "applies to records scored from now on" in out
+    assert "stored scores keep their is_anomaly / severity" in out
+    again = ok(capsys, *score)
+    assert f"({len(scores)} already there, kept as first scored: {changed} of them keep " in again
+    assert "thresholds preview pumps" in again
+    # Scored a third time under the same threshold: nothing differs but the same rows.
+    ok(capsys, "thresholds", "set", "pumps", "--value", str(model.threshold_), "--reason", "r", *db)
+    third = ok(capsys, *score)
+    assert f"({len(scores)} already there, kept as first scored)" in third
+
+
+def test_a_preview_table_shows_the_proposed_and_the_current_alert_rule(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 'preview --debounce 3/5' printed the proposed and current levels only: the one thing
+    # the operator changed was nowhere in the table (the JSON had it).
+    _, model_dir = pump_model
+    db = ("--db", db_url)
+    ok(capsys, "score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    out = ok(capsys, "thresholds", "preview", "pumps", "--debounce", "3/5", "--cooldown", "60", *db)
+    assert "proposed: warning" in out
+    assert "; alert rule 3 of 5 records, cool-down 60 s, resolved after 1 normal record" in out
+    assert "; alert rule 1 of 1 record, resolved after 1 normal record\n" in out  # in force
+
+
+@pytest.mark.parametrize("budget", ["nan", "inf", "-1"])
+def test_an_alerts_per_day_budget_that_is_not_a_positive_number_is_one_line(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+    budget: str,
+) -> None:
+    # 'tune --alerts-per-day nan' ended in "ValueError: cannot convert float NaN to integer"
+    # (inf in an OverflowError), a traceback instead of the error -1 got.
+    _, model_dir = pump_model
+    db = ("--db", db_url)
+    ok(capsys, "score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    tune = ("thresholds", "tune", "pumps", "--labels", str(export), "--alerts-per-day", budget)
+    assert_user_error(cli(capsys, *tune, *db), "--alerts-per-day", "positive, finite")
+
+
+def test_tune_refuses_an_empty_reason_and_apply_options_without_apply(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 'tune --apply --reason ""' put the tuned threshold in force with the default reason
+    # ('set --reason ""' is refused), and '--reason', '--by' or '--no-critical' without
+    # --apply were ignored in silence: the operator believed something had been recorded.
+    _, model_dir = pump_model
+    db = ("--db", db_url)
+    ok(capsys, "score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    tune = ("thresholds", "tune", "pumps", "--labels", str(export), "--objective", "f1")
+    assert_user_error(cli(capsys, *tune, "--apply", "--reason", "", *db), "needs a reason")
+    assert_user_error(cli(capsys, *tune, "--reason", "r", *db), "--reason goes with --apply")
+    assert_user_error(
+        cli(capsys, *tune, "--by", "al", "--no-critical", *db), "--by and --no-critical go with"
+    )
+    history = as_json(capsys, "thresholds", "history", "pumps", *db)
+    assert isinstance(history, list)
+    assert len(history) == 1  # nothing was applied
+    applied = ok(capsys, *tune, "--apply", "--reason", "after review", "--by", "al", *db)
+    assert "now in force as threshold v2" in applied
+
+
+def test_rollback_puts_an_earlier_version_back_in_force_as_a_new_version(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # There was no way back after a bad 'tune --apply' but to retype every level and rule
+    # setting of the version before it with 'set'.
+    _, model_dir = pump_model
+    db = ("--db", db_url)
+    ok(capsys, "score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    set_ = ("thresholds", "set", "pumps", "--value", "30", "--critical", "60", "--debounce", "2/3")
+    ok(capsys, *set_, "--cooldown", "120", "--reason", "good one", *db)
+    ok(
+        capsys,
+        "thresholds",
+        "set",
+        "pumps",
+        "--value",
+        "1",
+        "--no-critical",
+        "--reason",
+        "bad",
+        *db,
+    )
+    out = ok(capsys, "thresholds", "rollback", "pumps", "--to", "2", "--reason", "undo", *db)
+    assert "threshold v4 in force, the levels of v2 (value): warning 30, critical 60" in out
+    assert "2 of 3 records, cool-down 120 s" in out
+    shown = as_json(capsys, "thresholds", "show", "pumps", *db)
+    assert isinstance(shown, dict)
+    assert (shown["version"], shown["warning"], shown["critical"]) == (4, 30.0, 60.0)
+    assert shown["parameters"]["rolled_back_to"] == 2
+    assert shown["reason"] == "undo"
+    rollback = ("thresholds", "rollback", "pumps", "--reason", "r")
+    assert_user_error(cli(capsys, *rollback, "--to", "9", *db), "no threshold v9", "v1 to v4")
+    assert_user_error(cli(capsys, *rollback, "--to", "4", *db), "is the one in force")
+    assert_user_error(
+        cli(capsys, "thresholds", "rollback", "pumps", "--to", "1", "--reason", " ", *db),
+        "needs a reason",
+    )
+    assert_user_error(
+        cli(capsys, "thresholds", "rollback", "pumsp", "--to", "1", "--reason", "r", *db),
+        "no model named 'pumsp'",
+    )
+    # Back to the calibrated v1: an operator's version now, not replaced by scoring again.
+    ok(capsys, *rollback, "--to", "1", *db)
+    ok(capsys, "score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    history = as_json(capsys, "thresholds", "history", "pumps", *db)
+    assert isinstance(history, list)
+    assert [h["version"] for h in history] == [5, 4, 3, 2, 1]

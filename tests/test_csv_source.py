@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import tarfile
+import zipfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import zstandard
 from pydantic import ValidationError
 
 from anomaly_vae.config import CsvConfig
@@ -20,6 +24,11 @@ def read_all(source: CsvSource) -> tuple[pd.DataFrame, pd.DataFrame]:
         pd.concat([c.frame for c in chunks]),
         pd.concat([c.rejects for c in chunks]),
     )
+
+
+def read_all_text(source: CsvSource, text: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    chunks = list(source.chunks(text_columns=text))
+    return pd.concat([c.frame for c in chunks]), pd.concat([c.rejects for c in chunks])
 
 
 def test_blank_lines_do_not_shift_the_rows_of_lines_with_too_many_fields(tmp_path: Path) -> None:
@@ -36,6 +45,121 @@ def test_blank_lines_do_not_shift_the_rows_of_lines_with_too_many_fields(tmp_pat
     assert [json.loads(raw)[0] for raw in rejects["raw"]] == ["5", "10"]
     assert frame["id"].tolist() == [i for i in range(12) if i not in (5, 10)]
     assert frame.index.tolist() == frame["id"].tolist()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz", ".csv.zip", ".csv.zst", ".tar", ".tar.gz"])
+def test_lines_with_fewer_fields_than_the_header_are_rejected_not_padded(
+    tmp_path: Path, suffix: str
+) -> None:
+    # The parser padded a short line with blanks, which were then scored as missing values
+    # filled in: a line cut in two (an unquoted line break in a value) became two records.
+    # Such a line is a reject with its fields, as one with too many fields is, whatever the
+    # blank lines, quoted line breaks and chunks around it; a blank last field is no gap.
+    lines = ["id,note,value,site"]
+    lines += [f'{i},"a\nb",{i}.5,north' for i in range(3)]
+    lines += ["3,x,3.5,", "", "4,cut", "here,4.5,south", "5,x,5.5,south,extra", "6,x", "7,x,7.5,"]
+    lines += ["8,x,8.5,south,"]
+    # A field over the csv module's 128 KiB limit stopped the re-reading of the lines after it.
+    lines[1] = lines[1].replace('"a\nb"', '"' + "a" * 200_000 + '"')
+    text = "\n".join(lines) + "\n"
+    path = tmp_path / f"short{suffix}"
+    if suffix == ".csv.gz":
+        path.write_bytes(gzip.compress(text.encode()))
+    elif suffix == ".csv.zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("short.csv", text)
+    elif suffix == ".csv.zst":
+        path.write_bytes(zstandard.ZstdCompressor().compress(text.encode()))
+    elif suffix.startswith(".tar"):
+        # Read by pandas as the archive's one file; the raw lines were read as gzip text
+        # (tar headers and all) or not at all.
+        (tmp_path / "short.csv").write_text(text)
+        with tarfile.open(path, "w:gz" if suffix.endswith(".gz") else "w") as archive:
+            archive.add(tmp_path / "short.csv", arcname="short.csv")
+    else:
+        path.write_text(text)
+    for chunk_size in (2, 100):
+        frame, rejects = read_all(CsvSource(path, chunk_size=chunk_size))
+        assert frame.index.tolist() == [0, 1, 2, 3, 8]
+        assert [int(v) for v in frame["id"]] == [0, 1, 2, 3, 7]
+        assert frame["site"].isna().tolist() == [False, False, False, True, True]
+        assert rejects.index.tolist() == [4, 5, 6, 7, 9]
+        assert str(rejects.loc[4, "reason"]).startswith("line 7: expected 4 fields, saw 2")
+        assert json.loads(str(rejects.loc[4, "raw"])) == ["4", "cut"]
+        assert json.loads(str(rejects.loc[5, "raw"])) == ["here", "4.5", "south"]
+        assert rejects.loc[6, "reason"] == "line 9: expected 4 fields, saw 5"
+        assert rejects.loc[9, "reason"] == (
+            "line 12: expected 4 fields, saw 5 (the extra fields are empty: a separator at the "
+            "end of the line? remove it)"
+        )
+        assert json.loads(str(rejects.loc[7, "raw"])) == ["6", "x"]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 3, 4, 7])
+def test_a_line_with_too_many_fields_after_the_last_chunk_is_still_a_reject(
+    tmp_path: Path, chunk_size: int
+) -> None:
+    # The parser reports such a line in the call that reads past it: after the rows of the
+    # last chunk that call has no rows, and the line was lost without a word ("5 rows read"
+    # of 6), with --chunk-size 1 or 2 wherever the line was at a chunk's end.
+    path = tmp_path / "long.csv"
+    rows = [f"{i},{i}.5,north" for i in range(6)]
+    rows[2] += ",extra"
+    rows[5] += ",x,y"
+    path.write_text("id,value,site\n" + "\n".join(rows) + "\n")
+    frame, rejects = read_all(CsvSource(path, chunk_size=chunk_size))
+    assert frame.index.tolist() == [0, 1, 3, 4]
+    assert rejects.index.tolist() == [2, 5]
+    assert json.loads(str(rejects.loc[5, "raw"])) == ["5", "5.5", "north", "x", "y"]
+
+
+@pytest.mark.parametrize("sep", [",", ";"])
+def test_an_excel_separator_hint_before_the_header_is_named(tmp_path: Path, sep: str) -> None:
+    # "sep=;" (a line some tools write for Excel) was read as the header, and the error said
+    # the first data line had more fields than it: "fix or remove that line", the wrong one.
+    path = tmp_path / "hint.csv"
+    path.write_text(f"sep={sep}\r\nid{sep}temp\r\n0{sep}1\r\n")
+    with pytest.raises(InputFileError, match=rf"hint\.csv: the first line is 'sep={sep}', a "):
+        CsvSource(path, sep=sep).header()
+    with pytest.raises(InputFileError, match=f"remove that line .*--sep '{sep}'"):
+        list(CsvSource(path, sep="," if sep == ";" else ";").chunks())
+
+
+def test_a_semicolon_export_with_decimal_commas_read_with_commas_gets_the_separator_hint(
+    tmp_path: Path,
+) -> None:
+    # Excel's German export read with the default ',': the header is one column and the first
+    # data line, split at its decimal commas, longer; the error blamed that line.
+    path = tmp_path / "excel.csv"
+    path.write_text("id;temp;site\r\n0;20,5;north\r\n1;21,0;south\r\n")
+    with pytest.raises(InputFileError, match=r"it looks ';'-separated: try --sep ';' \(and --dec"):
+        CsvSource(path).header()
+
+
+def test_key_columns_keep_words_that_other_columns_read_as_missing(tmp_path: Path) -> None:
+    # An id 'NA' (or 'null', a pump named 'None') was copied as an empty cell, and a windowed
+    # model rejected its records for a missing entity; the rejects' raw values said null.
+    path = tmp_path / "keys.csv"
+    path.write_text("id,pump,value,note\nNA,None,NA,NA\nnull,P1,1.5,x\n,N/A,2.5,null\n007,,n/a,\n")
+    frame, _ = read_all_text(CsvSource(path, chunk_size=2), ["id", "pump"])
+    assert frame["id"].tolist()[:2] == ["NA", "null"]
+    assert pd.isna(frame["id"].iloc[2])
+    assert frame["id"].iloc[3] == "007"
+    assert frame["pump"].tolist()[:3] == ["None", "P1", "N/A"]
+    assert pd.isna(frame["pump"].iloc[3])
+    assert frame["value"].isna().tolist() == [True, False, False, True]
+    assert frame["note"].isna().tolist() == [True, False, True, True]
+
+
+def test_a_header_ending_with_a_separator_needs_no_last_field(tmp_path: Path) -> None:
+    # "a,b,c," over "1,2,3": the empty name at the end is the separator's, not a column the
+    # lines left out; a line shorter than the named columns is still a reject.
+    path = tmp_path / "header.csv"
+    path.write_text("id,temp,site,\n0,20.5,north\n1,21.0\n2,19.5,south,\n")
+    frame, rejects = read_all(CsvSource(path))
+    assert frame["id"].tolist() == [0, 2]
+    assert rejects.index.tolist() == [1]
+    assert str(rejects.loc[1, "reason"]).startswith("line 3: expected 3 fields, saw 2")
 
 
 @pytest.mark.parametrize("sep", ["||", "", "\n", '"'])

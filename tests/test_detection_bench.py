@@ -148,3 +148,32 @@ def test_committed_results_are_well_formed(stem: str, check: Any) -> None:
     if not path.exists():
         pytest.skip(f"{path.name} not written yet")
     check(json.loads(path.read_text()))
+
+
+def test_check_names_the_file_and_the_fault_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # '--check' on a missing, non-JSON or incomplete file ended in a traceback.
+    missing = tmp_path / "missing.json"
+    garbled = tmp_path / "garbled.json"
+    garbled.write_text("{not json")
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    partial = tmp_path / "partial.json"
+    partial.write_text('{"date": "today"}')
+    cases = (
+        (missing, "cannot read it"),
+        (garbled, "not a JSON result file"),
+        (listed, "holds a JSON object, not a list"),
+        (partial, "missing key 'machine'"),
+    )
+    for main in (detection.main, train_speed.main):
+        for path, what in cases:
+            with pytest.raises(SystemExit) as stop:
+                main(["--check", str(path)])
+            message = str(stop.value.code)
+            assert message.startswith(f"error: {path}: "), message
+            assert what in message, message
+            assert "\n" not in message
+    detection.main(["--check", str(Path(detection.__file__).parent / "results" / "detection.json")])
+    assert "well formed" in capsys.readouterr().out

@@ -66,6 +66,18 @@ def test_api_directions(trained_model: AnomalyVAE) -> None:
     predicted = trained_model.predict(frame)
     assert np.array_equal(predicted, (decision > 0).astype(int))
     assert decision[labels == 1].mean() > decision[labels == 0].mean()
+    # scikit-learn's outlier detectors: score_samples higher = more normal. It was missing,
+    # as was fit_predict (AttributeError for code written against IsolationForest).
+    samples = trained_model.score_samples(frame)
+    assert np.array_equal(samples, -trained_model.anomaly_score(frame))
+    assert samples[labels == 1].mean() < samples[labels == 0].mean()
+
+
+def test_fit_predict_is_fit_then_predict() -> None:
+    x = correlated_normal(300, seed=0).drop(columns="kind").to_numpy()
+    flags = AnomalyVAE(epochs=3, seed=1).fit_predict(x)
+    assert np.array_equal(flags, AnomalyVAE(epochs=3, seed=1).fit(x).predict(x))
+    assert set(np.unique(flags)) <= {0, 1}
 
 
 def test_top_features_name_the_broken_column(trained_model: AnomalyVAE) -> None:

@@ -98,6 +98,18 @@ def test_decode_entities_from_odd_keys_and_fields() -> None:
     assert reasons["t:0:3"] == "entity field 'dev' is a JSON object: expected text or a number"
 
 
+def test_decode_keeps_entities_apart_that_python_calls_equal() -> None:
+    # Entity texts are worked out once per distinct value in a batch: true and 1 (equal as
+    # dict keys) must still be two entities, 1 and 1.0 and "1" one, and a key one per bytes.
+    values = ["true", "1", "1.0", '"1"', "true", "null", '"P2"', "2.5"]
+    messages = [
+        msg(b'{"a": 1, "b": 2, "dev": ' + v.encode() + b"}", i, key=b"K" if v == "null" else None)
+        for i, v in enumerate(values)
+    ]
+    out = decode_messages(messages, features=FEATURES, fields=["dev"], entity_field="dev")
+    assert out.frame["_entity"].tolist() == ["True", "1", "1", "1", "True", "K", "P2", "2.5"]
+
+
 def test_decode_event_time_from_field_or_kafka() -> None:
     messages = [
         msg(b'{"a": 1, "b": 2, "ts": "2026-11-01T10:00:00Z"}', 0),
@@ -306,6 +318,41 @@ def test_the_lag_is_unknown_until_partitions_are_assigned(
     assert reported[0] is None
     assert "partitions revoked: []" not in lines
     assert any("records/s, lag 0, 30 scored" in line for line in lines[assigned:])
+
+
+def test_a_stream_mostly_over_the_threshold_is_named_unlike_the_training_data(
+    broker: DevBroker, stream_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A model scoring another site's stream flagged every record, and the progress line said
+    # only "300 flagged": no hint that the data, not every pump, had changed.
+    topic = create_topic(broker.bootstrap)
+    values, keys = pump_values(300, seed=15)
+    shifted = []
+    for value in values:
+        record = json.loads(value)
+        if record["vibration"] is not None:
+            record["vibration"] *= 4
+        shifted.append(json.dumps(record).encode())
+    produce(broker.bootstrap, topic, shifted, keys)
+    cfg = stream_config(stream_model, broker.bootstrap, topic, metrics_interval_s=0.2)
+    caplog.set_level("INFO", logger="anomaly_vae")
+    stats = StreamScorer(stream_model, cfg, MemorySink([])).run(idle_timeout=2.0)
+    assert stats.scored == 300
+    assert stats.flagged > 150
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelname == "WARNING" and "crossed the threshold" in r.getMessage()
+    ]
+    assert len(warnings) == 1, warnings  # once, not on every progress line
+    assert "unless most of the stream is anomalous, it is unlike" in warnings[0]
+    # A stream like the training data says nothing of the kind.
+    caplog.clear()
+    topic = create_topic(broker.bootstrap)
+    produce(broker.bootstrap, topic, values, keys)
+    cfg = stream_config(stream_model, broker.bootstrap, topic, metrics_interval_s=0.2)
+    assert StreamScorer(stream_model, cfg, MemorySink([])).run(idle_timeout=2.0).scored == 300
+    assert not [r for r in caplog.records if "crossed the threshold" in r.getMessage()]
 
 
 def test_stop_and_resume_replays_nothing_and_loses_nothing(

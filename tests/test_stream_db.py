@@ -819,6 +819,46 @@ def test_a_sqlite_file_locked_past_the_busy_timeout_is_retried(
     assert not dead
 
 
+def test_a_replayed_topic_says_its_records_keep_their_stored_flags(
+    broker: DevBroker,
+    db_url: str,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A topic read again (another group, a reset offset) after a new threshold: the session
+    # said "300 scored, 300 flagged" while none of its rows was stored (keyed by offset) and
+    # the stored flags stayed those of the first reading, without a word.
+    from tests.test_cli import run_inline
+
+    _, model_dir = pump_model
+    topic = create_topic(broker.bootstrap)
+    values, keys = pump_messages(300, seed=31)
+    produce(broker.bootstrap, topic, values, keys)
+    args = ["stream", "--model-dir", str(model_dir), "--bootstrap", broker.bootstrap]
+    args += [
+        "--topic",
+        topic,
+        "--db",
+        db_url,
+        "--idle-timeout",
+        "3",
+        "--session-timeout-ms",
+        "6000",
+    ]
+    first = run_inline(capsys, *args, "--group", fresh_name("first"))
+    assert first.returncode == 0, first.stderr
+    assert "300 scored" in first.stdout
+    assert "already stored" not in first.stdout
+    change = ("thresholds", "set", "pumps", "--value", "-1000", "--reason", "r", "--db", db_url)
+    assert run_inline(capsys, *change).returncode == 0
+    again = run_inline(capsys, *args, "--group", fresh_name("again"))
+    assert again.returncode == 0, again.stderr
+    assert "300 scored, 300 flagged" in again.stdout
+    assert "300 of the records scored were already stored (a replay): kept as first" in again.stdout
+    flagged = query(db_url, "SELECT COUNT(*) FROM scores WHERE is_anomaly")[0][0]
+    assert flagged < 100  # as first scored
+
+
 def test_consumer_and_producer_options_in_kafka_client_go_to_their_own_client(
     broker: DevBroker, sqlite_url: str, pump_model: tuple[AnomalyVAE, Path], tmp_path: Path
 ) -> None:

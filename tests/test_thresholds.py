@@ -134,6 +134,23 @@ def test_alert_rule_debounce_cooldown_and_resolve() -> None:
     assert kinds == [("open", 4), ("resolve", 7), ("open", 10)]
 
 
+def test_a_backfill_older_than_the_last_alert_is_not_in_its_cool_down() -> None:
+    # Records older than the entity's last alert (a backfill of last week's export after
+    # today's stream) got a negative time since that alert, always "less than cooldown_s":
+    # with any cool-down the whole backfill opened no alert at all.
+    rule = AlertRule(k=1, n=1, cooldown_s=60, resolve_after=1)
+    tracker = AlertTracker(rule)
+    t0 = pd.Timestamp("2026-11-20T00:00:00Z")
+    tracker.seed("p1", last_opened=t0.timestamp())
+    day_before = [t0 - pd.Timedelta(days=1) + pd.Timedelta(seconds=10 * i) for i in range(3)]
+    events = tracker.update(["p1"] * 3, np.array([1, 0, 0]), day_before)
+    assert [(e.kind, e.index) for e in events] == [("open", 0), ("resolve", 1)]
+    # ... while a late record within the cool-down of an alert, on either side, opens none.
+    tracker.seed("p2", last_opened=t0.timestamp())
+    late = [t0 - pd.Timedelta(seconds=30), t0 + pd.Timedelta(seconds=30)]
+    assert tracker.update(["p2", "p2"], np.array([1, 1]), late) == []
+
+
 def test_alerts_are_per_entity_and_escalate() -> None:
     tracker = AlertTracker(AlertRule())
     events = tracker.update(["a", "b", "a", "b"], np.array([1, 0, 2, 0]))

@@ -135,7 +135,12 @@ def read_training_csv(
         logger.warning("%s: %d malformed lines left out of training", path, n_bad)
     if not frames or sum(len(f) for f in frames) == 0:
         raise InputFileError(f"{path} has a header but no data rows: nothing to train on")
-    return pd.concat(frames)
+    frame = pd.concat(frames)
+    frame.attrs[MALFORMED_LINES] = n_bad  # counted with the rows rejected in the summary
+    return frame
+
+
+MALFORMED_LINES = "anomaly_vae.malformed_lines"
 
 
 @app.command()
@@ -211,7 +216,7 @@ def train(
         label_to_binary(frame[cfg.columns.label], name=cfg.columns.label, source=str(shown))
     model = AnomalyVAE(config=cfg, verbose=_show_progress(quiet)).fit(frame)
     digest = model.save(model_dir)
-    _print_training(model, shown, model_dir, digest)
+    _print_training(model, shown, model_dir, digest, malformed=frame.attrs.get(MALFORMED_LINES, 0))
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -248,14 +253,24 @@ def _require_column(name: str | None, columns: list[str], option: str, data: Pat
         raise ConfigError(f"{option} {name!r}: {data} has no such column (columns: {shown})")
 
 
-def _print_training(model: AnomalyVAE, data: Path, model_dir: Path, digest: str) -> None:
+def _print_training(
+    model: AnomalyVAE, data: Path, model_dir: Path, digest: str, *, malformed: int = 0
+) -> None:
+    """The training summary; ``malformed``: lines of the file with more or fewer fields than
+    the header, left out before the model saw the rows (it counts the rows it rejected)."""
     s = model.training_summary_
     schema = model.schema_
     labelled = s.get("rows_labelled_anomalous", 0)
     left_out = f", {labelled} labelled anomalous rows left out" if labelled else ""
+    bad_lines = (
+        f" ({malformed} malformed line{'s' if malformed > 1 else ''}: more or fewer fields than "
+        "the header)"
+        if malformed
+        else ""
+    )
     features = (
         f"{len(schema.numeric)} numeric, {len(schema.categorical)} categorical features; "
-        f"{s['rows_rejected']} rows rejected{left_out}"
+        f"{s['rows_rejected'] + malformed} rows rejected{bad_lines}{left_out}"
     )
     window = model.config_.window
     if window is not None:
@@ -330,6 +345,13 @@ def score(
         help="Write results to this database (also when $ANOMALY_VAE_DATABASE_URL or the "
         "--pipeline file's database.url is set); then CSV output only with --out.",
     ),
+    escape_formulas: bool = typer.Option(
+        False,
+        "--escape-formulas",
+        help="In the scores CSV, put a ' before a copied value (id, entity, time, label) or "
+        "top_features text that begins with =, +, -, @, a tab or a carriage return and is not "
+        "a number, so that a spreadsheet shows it as text instead of running it as a formula.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more."),
 ) -> None:
@@ -355,6 +377,7 @@ def score(
             device=device,
             db=db,
             quiet=quiet,
+            escape_formulas=escape_formulas,
         )
 
 
@@ -407,6 +430,7 @@ def _score_file(
     device: str | None,
     db: str | None,
     quiet: bool,
+    escape_formulas: bool = False,
 ) -> None:
     """``score`` on a file; ``shown`` names it in messages (``<stdin>``)."""
     from anomaly_vae.estimator import AnomalyVAE
@@ -455,7 +479,7 @@ def _score_file(
     header = source.header()
     model.check_columns(header, source=source.label)
     _require_column(label_column, header, "--label-column", shown)
-    _warn_missing_passthrough(cfg, header, source.label)
+    _warn_missing_passthrough(cfg, header, source.label, label_column=label_column)
     if target is not None:
         from anomaly_vae.cli.db import connected
 
@@ -471,10 +495,11 @@ def _score_file(
                 threshold=threshold,
                 quiet=quiet,
                 target_display=target.display,
+                escape_formulas=escape_formulas,
             )
         _print_summary(summary, err=to_stdout)
         return
-    score_writer = CsvScoreWriter(out)
+    score_writer = CsvScoreWriter(out, escape_formulas=escape_formulas)
     rejects_writer = CsvRejectsWriter(rejects)
     summary = score_csv(
         model,
@@ -526,7 +551,13 @@ def _apply_scoring_section(
 
 def _check_outputs(data: Path, out: Path | None, rejects: Path) -> None:
     """The scores file (None: standard output) and the rejects file must be neither the input,
-    which is still being read while they are written, nor each other."""
+    which is still being read while they are written, nor each other; nor is the rejects file
+    standard output (it was written to a file named '-')."""
+    if _is_dash(rejects):
+        raise ConfigError(
+            "--rejects -: the rejects cannot go to standard output (the scores can, with "
+            "--out -); give a file name, e.g. --rejects rejects.csv"
+        )
     if out is not None and out.resolve() == data.resolve():
         raise ConfigError(f"--out {out} would overwrite the input: choose another file")
     if rejects.resolve() == data.resolve():
@@ -578,10 +609,27 @@ def _window_text(window: WindowConfig | None) -> str:
     return "{" + ", ".join(f"{key}: {value}" for key, value in shown.items()) + "}"
 
 
-def _warn_missing_passthrough(cfg: PipelineConfig, header: list[str], label: str) -> None:
+def _warn_missing_passthrough(
+    cfg: PipelineConfig, header: list[str], label: str, *, label_column: str | None = None
+) -> None:
     """The pipeline's id, entity and timestamp columns are not needed to score, but without
     them the scores carry only the row number, alerts are not kept per entity and scores carry
-    no event time: say so once."""
+    no event time: say so once, naming a column of the file that differs from the name only in
+    spaces or case. A label column is often absent (production exports have none): said only
+    when such a near name is there, as the detection metrics are then missing."""
+    from anomaly_vae.features import name_key
+
+    near = {name_key(name): name for name in header}
+
+    def hint(name: str) -> str:
+        other = near.get(name_key(name))
+        return (
+            f"; {other!r} is there: names differ only in spaces or case (rename the file's "
+            "column, or give the name in the pipeline)"
+            if other
+            else ""
+        )
+
     ids = [("id", name, "the scores carry the row number but not it") for name in cfg.columns.id]
     for what, name, loss in (
         *ids,
@@ -590,13 +638,19 @@ def _warn_missing_passthrough(cfg: PipelineConfig, header: list[str], label: str
     ):
         if name and name not in header:
             logger.warning(
-                "%s has no %s column %r (columns.%s in the pipeline): %s",
+                "%s has no %s column %r (columns.%s in the pipeline): %s%s",
                 label,
                 what,
                 name,
                 what,
                 loss,
+                hint(name),
             )
+    wanted = label_column or cfg.columns.label
+    if wanted and wanted not in header and hint(wanted):
+        logger.warning(
+            "%s has no label column %r: no detection metrics%s", label, wanted, hint(wanted)
+        )
 
 
 def _add_csv_outputs(
@@ -635,6 +689,7 @@ def _score_into_database(
     threshold: float | None,
     quiet: bool,
     target_display: str,
+    escape_formulas: bool = False,
 ) -> BatchSummary:
     """Register the model and the run, then score chunk by chunk, one transaction each."""
     from anomaly_vae.jobs.batch import CsvRejectsWriter, CsvScoreWriter, Sink, score_csv
@@ -666,7 +721,11 @@ def _score_into_database(
     rejects_writer = None
     if csv_paths is not None:
         rejects_writer = CsvRejectsWriter(csv_paths[1])
-        sinks = [CsvScoreWriter(csv_paths[0]), rejects_writer, sink]
+        sinks = [
+            CsvScoreWriter(csv_paths[0], escape_formulas=escape_formulas),
+            rejects_writer,
+            sink,
+        ]
     summary = score_csv(
         model,
         source,
@@ -680,11 +739,25 @@ def _score_into_database(
     if csv_paths is not None and rejects_writer is not None:
         _add_csv_outputs(summary, csv_paths[0], csv_paths[1], rejects_writer)
     already = sink.written - sink.inserted
+    kept = ""
+    if already:
+        # Rows are idempotent on their key: a re-scored record keeps what it was first given.
+        kept = f" ({already} already there, kept as first scored"
+        if sink.kept_with_other_flags:
+            kept += (
+                f": {sink.kept_with_other_flags} of them keep another is_anomaly / severity than "
+                f"this run's threshold {run.threshold:.4g} gives, the one of their first "
+                "scoring; stored flags are never rewritten: 'anomaly-vae thresholds preview "
+                f"{model.name}' replays stored scores under the threshold in force"
+            )
+        kept += ")"
+    dead_already = sink.dead_letters - sink.dead_letters_inserted
     summary.outputs.append(
         f"{target_display}: run {run.run_id}, {sink.inserted} score rows added"
-        + (f" ({already} already there)" if already else "")
-        + f", {sink.dead_letters} rejected rows in dead_letters, "
-        f"{sink.alerts_opened} alerts opened (model {model.name} version {run.model_version})"
+        + kept
+        + f", {sink.dead_letters_inserted} rejected rows added to dead_letters"
+        + (f" ({dead_already} already there)" if dead_already else "")
+        + f", {sink.alerts_opened} alerts opened (model {model.name} version {run.model_version})"
         + (
             f"; {sink.unread_times} scores without an event time (their {cfg.columns.timestamp!r} "
             "is not a time)"
@@ -697,7 +770,12 @@ def _score_into_database(
 
 def _stem(path: Path) -> str:
     name = path.name
-    for suffix in (".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz", ".csv"):
+    for suffix in (
+        *(f".csv{c}" for c in (".gz", ".bz2", ".zip", ".xz", ".zst")),
+        *(f"{t}{c}" for t in (".csv.tar", ".tar") for c in (".gz", ".bz2", ".xz", "")),
+        ".tgz",
+        ".csv",
+    ):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
@@ -719,8 +797,21 @@ def info(
     model = AnomalyVAE.load(model_dir)
     s = model.training_summary_
     typer.echo(f"model '{model.name}' version {str(model.model_hash_)[:12]} ({model_dir})")
+    from anomaly_vae.features import MISSING
+
+    pre = model.preprocessor_
     for col in model.schema_.columns:
-        typer.echo(f"  feature {col.name}: {col.kind}")
+        if col.name in pre.center:
+            detail = (
+                f" (training median {pre.center[col.name]:.6g}, scale {pre.scale[col.name]:.4g})"
+            )
+        elif col.name in pre.categories:
+            known = [c for c in pre.categories[col.name] if c != MISSING]
+            shown = ", ".join(known[:8]) + (", ..." if len(known) > 8 else "")
+            detail = f" ({len(known)} values learned: {shown})"
+        else:
+            detail = ""
+        typer.echo(f"  feature {col.name}: {col.kind}{detail}")
     examples = "rows"
     if model.config_.window is not None and s.get("windows") is not None:
         examples = f"full windows of {s.get('rows', '?')} rows"
@@ -779,7 +870,10 @@ def demo(
     workdir: Path = typer.Option(Path("demo"), "--workdir", help="Where to write the demo files."),
     rows: int = typer.Option(20_000, "--rows", help="Normal rows to train on."),
     pipeline: Path | None = typer.Option(
-        None, "--pipeline", help="Pipeline YAML file (default: pipelines/pumps.yaml)."
+        None,
+        "--pipeline",
+        help="Pipeline YAML file (default: pipelines/pumps.yaml, or the demo's own pipeline, "
+        "written to the workdir, where there is none).",
     ),
     epochs: int | None = typer.Option(None, "--epochs", help="Fewer epochs for a quicker demo."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -795,10 +889,6 @@ def demo(
 
     if rows < 100:
         raise ConfigError(f"--rows must be at least 100, got {rows}")
-    pipeline = pipeline or _find_pipeline("pumps.yaml")
-    cfg = PipelineConfig.from_yaml(pipeline)
-    if epochs is not None:
-        cfg.training.epochs = epochs
     existing = _existing_ancestor(workdir)
     if not existing.is_dir():
         # mkdir's own "File exists (demo)" did not say that the path is a file.
@@ -806,6 +896,18 @@ def demo(
             f"--workdir {workdir}: {existing} is a file, not a directory: give a directory for "
             "the demo's files (it is created when missing)"
         )
+    pipeline = pipeline or _find_pipeline("pumps.yaml")
+    if pipeline is None:
+        # An installed package has no pipelines/ folder: the demo writes its own pipeline.
+        from anomaly_vae.datasets import PUMP_PIPELINE_TEXT
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        pipeline = workdir / "pipeline.yaml"
+        pipeline.write_text(PUMP_PIPELINE_TEXT, encoding="utf-8")
+        typer.echo(f"no pipelines/pumps.yaml here: wrote the demo's pipeline to {pipeline}")
+    cfg = PipelineConfig.from_yaml(pipeline)
+    if epochs is not None:
+        cfg.training.epochs = epochs
     workdir.mkdir(parents=True, exist_ok=True)
     normal_csv, export_csv = workdir / "normal.csv", workdir / "export.csv"
 
@@ -841,7 +943,9 @@ def demo(
     )
     model = AnomalyVAE(config=cfg, verbose=_show_progress(quiet)).fit(frame)
     digest = model.save(workdir / "model")
-    _print_training(model, normal_csv, workdir / "model", digest)
+    _print_training(
+        model, normal_csv, workdir / "model", digest, malformed=frame.attrs.get(MALFORMED_LINES, 0)
+    )
 
     out = workdir / "scores.csv"
     rejects = workdir / "scores.rejects.csv"
@@ -872,9 +976,11 @@ def demo(
         typer.echo(top[cols].to_string(index=False))
 
 
-def _find_pipeline(name: str) -> Path:
+def _find_pipeline(name: str) -> Path | None:
+    """``pipelines/NAME`` in the working directory or in the source checkout this package runs
+    from; ``None`` when neither has it (an installed package)."""
     for folder in (Path.cwd() / "pipelines", REPO_PIPELINES):
         candidate = folder / name
         if candidate.is_file():
             return candidate
-    raise ConfigError(f"pipeline file pipelines/{name} not found: pass --pipeline PATH")
+    return None

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -173,6 +173,83 @@ def db_current(
     typer.echo(f"{target.display}: revision {current or 'none'} (latest {head}): {state}")
 
 
+_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+
+
+def parse_age(text: str, option: str = "--older-than") -> timedelta:
+    """A duration: a whole number and a unit, s, m, h, d or w ('30d', '12h')."""
+    value = text.strip().lower()
+    unit = value[-1:] if value[-1:] in _DURATION else ""
+    number = value[: -len(unit)] if unit else value
+    if not unit or not number.isdigit():
+        raise ConfigError(
+            f"{option} {text!r} is not a duration: use a whole number and a unit, "
+            "s, m, h, d or w (e.g. 30d, 12h)"
+        )
+    return timedelta(seconds=int(number) * _DURATION[unit])
+
+
+@db_app.command("prune")
+def db_prune(
+    older_than: str | None = typer.Option(
+        None, "--older-than", help="Delete what was written longer ago than this: 30d, 12h, 2w."
+    ),
+    before: str | None = typer.Option(
+        None, "--before", help="Or: delete what was written before this date or time (UTC)."
+    ),
+    model: str | None = typer.Option(None, "--model", help="Only this model name's rows."),
+    include_flagged: bool = typer.Option(
+        False, "--include-flagged", help="Delete old flagged rows too (kept by default)."
+    ),
+    keep_dead_letters: bool = typer.Option(
+        False, "--keep-dead-letters", help="Delete old score rows only, no dead letters."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Count what would go; delete nothing."),
+    batch: int = typer.Option(50_000, "--batch", help="Rows (ids) per transaction.", min=1),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+) -> None:
+    """Delete old score rows and dead letters (retention). Rows that alerts point to are always
+    kept, and flagged rows unless --include-flagged; models, thresholds, alerts and runs stay."""
+    setup_logging(False)
+    from anomaly_vae.storage import repository as repo
+    from anomaly_vae.storage.retention import prune
+
+    if (older_than is None) == (before is None):
+        raise ConfigError("give one of --older-than (e.g. 30d) or --before (a date or time)")
+    cutoff = (
+        datetime.now(timezone.utc) - parse_age(older_than)
+        if older_than is not None
+        else parse_since(before or "", "--before")
+    )
+    target = database_target(db, pipeline)
+    with connected(target) as connection:
+        if model is not None:  # not "0 deleted" for a misspelt name
+            repo.registered_versions(connection, name=model, hint=": see 'anomaly-vae models list'")
+        result = prune(
+            connection,
+            before=cutoff,
+            model_name=model,
+            keep_flagged=not include_flagged,
+            dead_letters=not keep_dead_letters,
+            batch=batch,
+            dry_run=dry_run,
+        )
+    verb = "would delete" if dry_run else "deleted"
+    when = cutoff.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    parts = [f"{result.scores_deleted:,} score rows"]
+    if not keep_dead_letters:
+        parts.append(f"{result.dead_letters_deleted:,} dead letters")
+    kept = "flagged or pointed to by an alert" if not include_flagged else "pointed to by an alert"
+    typer.echo(
+        f"{target.display}: {verb} {' and '.join(parts)} written before {when}"
+        f"{f' (model {model})' if model else ''}; kept {result.scores_kept:,} older score rows "
+        f"({kept})"
+    )
+    if not dry_run and target.is_sqlite and result.scores_deleted:
+        typer.echo("SQLite reuses the freed space; to shrink the file run: sqlite3 FILE 'VACUUM'")
+
+
 # ==================================================================== models ...
 @models_app.command("list")
 def models_list(
@@ -199,19 +276,25 @@ def models_show(
     """A model's versions and its threshold history (the newest version is in force)."""
     setup_logging(False)
     from anomaly_vae.storage import repository as repo
+    from anomaly_vae.storage.tuning import model_in_use
 
     with connected(database_target(db, pipeline)) as connection:
         versions = repo.registered_versions(
             connection, name=name, hint=": see 'anomaly-vae models list'"
         )
         thresholds = repo.list_thresholds(connection, model_name=name)
+        in_use = model_in_use(connection, name=name).id
     typer.echo(f"model {name}: {len(versions)} version(s)")
     for v in versions:
         summary = v.training_summary or {}
         examples = "rows" if summary.get("windows") is None else "full windows"
+        # The one thresholds policies, previews and tuning use: not always the newest
+        # registered (after a rollback to an older version).
+        used = "; in use (scored last)" if v.id == in_use else ""
         typer.echo(
             f"  version {v.version} ({v.score_kind}), trained {_text(v.created_at)} on "
             f"{summary.get('rows_train', '?')} {examples}, registered {_text(v.registered_at)}"
+            f"{used}"
         )
         typer.echo(f"    path {v.path}; calibrated threshold {v.calibration.get('threshold'):.6g}")
         features = v.feature_schema.get("columns", [])
@@ -357,8 +440,10 @@ def _text(value: Any) -> str:
         return f"{value:.6g}"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, list):  # top features
-        return ";".join(f"{pair[0]}:{float(pair[1]):.2f}" for pair in value)
+    if isinstance(value, list):  # top features, written as the scores file writes them
+        from anomaly_vae.features import feature_name_text
+
+        return ";".join(f"{feature_name_text(str(pair[0]))}:{float(pair[1]):.2f}" for pair in value)
     return str(value)
 
 

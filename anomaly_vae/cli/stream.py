@@ -275,6 +275,13 @@ def stream(
         + (f", {stats.gaps} with a missing value filled in" if stats.gaps else "")
         + f" ({stats.batches} batches)"
     )
+    if stats.already_stored:
+        typer.echo(
+            f"{shown}{stats.already_stored} of the records scored were already stored (a "
+            "replay): kept as first scored, their is_anomaly / severity are not rewritten by "
+            f"this session's threshold; 'anomaly-vae thresholds preview {model.name}' replays "
+            "stored scores under the threshold in force"
+        )
     windows = scorer.window_counters()
     if windows is not None:
         typer.echo(

@@ -50,6 +50,14 @@ CRITICAL_HELP = (
 )
 
 
+# What a new version changes, said after each one: it is not retroactive.
+NOT_RETROACTIVE = (
+    "  it applies to records scored from now on (running stream scorers within "
+    "kafka.threshold_refresh_s); stored scores keep their is_anomaly / severity and past alerts "
+    "stay, even when the same file is scored again: 'thresholds preview' replays stored scores "
+    "under it"
+)
+
 # Options that several commands share, declared once.
 ModelArg = Annotated[str, typer.Argument(help=MODEL_HELP)]
 DbOpt = Annotated[str | None, typer.Option("--db", help=DB_HELP)]
@@ -223,7 +231,7 @@ def _since(text: str | None, option: str = "--since") -> datetime | None:
 
 
 def _who(by: str | None) -> str:
-    if by:
+    if by is not None:  # given: a blank one ('--by ""') is refused, not replaced by the user
         return by
     try:
         return getpass.getuser()
@@ -237,20 +245,27 @@ def _target(db: str | None, pipeline: Path | None) -> Any:
     return database_target(db, pipeline)
 
 
-def _threshold_dict(row: Any) -> dict[str, Any]:
+def _threshold_dict(row: Any, *, json_form: bool = False) -> dict[str, Any]:
+    """A threshold version for output. ``json_form``: the alert rule as its settings (``k``,
+    ``n``, ``cooldown_s``, ``resolve_after``, as the HTTP API gives it) with the description
+    beside it as ``alert_rule_text``; otherwise the description alone (tables, CSV)."""
     from anomaly_vae.thresholds import AlertRule
 
-    return {
+    rule = AlertRule.from_dict(row.alert_rule)
+    out = {
         "version": row.version,
         "policy": row.policy,
         "warning": row.warning,
         "critical": row.critical,
-        "alert_rule": AlertRule.from_dict(row.alert_rule).describe(),
+        "alert_rule": rule.to_dict() if json_form else rule.describe(),
         "created_at": row.created_at,
         "created_by": row.created_by,
         "reason": row.reason,
         "parameters": row.parameters,
     }
+    if json_form:
+        out["alert_rule_text"] = rule.describe()
+    return out
 
 
 # ====================================================================== thresholds
@@ -267,10 +282,10 @@ def thresholds_show(
 
     from anomaly_vae.cli.db import connected
     from anomaly_vae.storage import repository as repo
-    from anomaly_vae.storage.tuning import latest_model
+    from anomaly_vae.storage.tuning import model_in_use
 
     with connected(_target(db, pipeline)) as connection:
-        version = latest_model(connection, name=model)
+        version = model_in_use(connection, name=model)
         row = repo.threshold_in_force(connection, model_name=model)
         try:
             normal = repo.calibration_scores(connection, model_id=version.id)
@@ -278,7 +293,7 @@ def thresholds_show(
             normal = None
     if row is None:
         raise ConfigError(f"model {model!r} has no threshold yet: score with it, or set one")
-    shown = _threshold_dict(row)
+    shown = _threshold_dict(row, json_form=fmt is ReportFormat.json)
     shown["model_version"] = version.version
     if normal is not None:
         shown["normal_false_alarm_rate"] = float(np.mean(normal > row.warning))
@@ -314,7 +329,10 @@ def thresholds_history(
     with connected(_target(db, pipeline)) as connection:
         # not "no thresholds stored" for a misspelt name
         repo.registered_versions(connection, name=model, hint=": see 'anomaly-vae models list'")
-        rows = [_threshold_dict(r) for r in repo.list_thresholds(connection, model_name=model)]
+        rows = [
+            _threshold_dict(r, json_form=fmt is OutputFormat.json)
+            for r in repo.list_thresholds(connection, model_name=model)
+        ]
     columns = [
         "version",
         "policy",
@@ -400,6 +418,44 @@ def thresholds_set(
         f"{model}: threshold v{row.version} in force ({row.policy}): warning {row.warning:.6g}"
         f"{critical_text}; alert rule {shown['alert_rule']}"
     )
+    typer.echo(NOT_RETROACTIVE)
+
+
+@thresholds_app.command("rollback")
+def thresholds_rollback(
+    model: ModelArg,
+    to: int = typer.Option(
+        ..., "--to", help="The threshold version to put back in force (see 'history')."
+    ),
+    reason: str = typer.Option(..., "--reason", help="Why (kept in the history)."),
+    by: str | None = typer.Option(None, "--by", help="Who (default: your user name)."),
+    db: DbOpt = None,
+    pipeline: PipelineOpt = None,
+) -> None:
+    """Put an earlier threshold version back in force, as a new version: its levels (as they
+    were, not recomputed), critical level and alert rule."""
+    setup_logging(False)
+    from anomaly_vae.cli.db import connected
+    from anomaly_vae.storage.tuning import model_in_use, rollback_threshold
+
+    with connected(_target(db, pipeline)) as connection, connection.begin():
+        row = rollback_threshold(
+            connection, model_name=model, to_version=to, created_by=_who(by), reason=reason
+        )
+        shown = _threshold_dict(row)
+        in_use = model_in_use(connection, name=model).version
+    computed_for = row.parameters.get("model_version")
+    critical_text = f", critical {row.critical:.6g}" if row.critical is not None else ""
+    typer.echo(
+        f"{model}: threshold v{row.version} in force, the levels of v{to} ({row.policy}): "
+        f"warning {row.warning:.6g}{critical_text}; alert rule {shown['alert_rule']}"
+    )
+    if computed_for is not None and computed_for != in_use:
+        typer.echo(
+            f"  note: v{to} was computed for model version {computed_for}, the version in use "
+            f"is {in_use}: check it with 'anomaly-vae thresholds show {model}'"
+        )
+    typer.echo(NOT_RETROACTIVE)
 
 
 @thresholds_app.command("preview")
@@ -494,11 +550,17 @@ def _print_preview(summary: dict[str, Any], plot: Path | None) -> None:
         f"{summary['model']} (model version {summary['model_version']}), "
         f"{summary['records']:,} stored scores{period}"
     )
-    crit = f", critical {proposed['critical']:.6g}" if proposed["critical"] is not None else ""
-    typer.echo(f"  proposed: warning {proposed['warning']:.6g}{crit}")
+    from anomaly_vae.thresholds import AlertRule
+
+    def levels(shown: dict[str, Any]) -> str:
+        crit = f", critical {shown['critical']:.6g}" if shown["critical"] is not None else ""
+        rule = AlertRule.from_dict(shown["alert_rule"]).describe()
+        return f"warning {shown['warning']:.6g}{crit}; alert rule {rule}"
+
+    # The rule too: a preview of --debounce / --cooldown / --resolve-after showed only levels.
+    typer.echo(f"  proposed: {levels(proposed)}")
     if current is not None:
-        crit = f", critical {current['critical']:.6g}" if current["critical"] is not None else ""
-        typer.echo(f"  in force: warning {current['warning']:.6g}{crit}")
+        typer.echo(f"  in force: {levels(current)}")
     typer.echo(
         f"  would flag {summary['flagged']:,} records and open {summary['alerts']:,} alerts "
         f"({summary['escalations']} escalated, {summary['resolutions']} resolved by the rule); "
@@ -599,6 +661,21 @@ def thresholds_tune(
         if max_false_alarm_rate is not None
         else "alerts_per_day"
     )
+    if not apply:  # not ignored in silence: nothing is put in force without --apply
+        given = [
+            name
+            for name, v in (
+                ("--reason", reason),
+                ("--by", by),
+                ("--no-critical", no_critical or None),
+            )
+            if v is not None
+        ]
+        if given:
+            raise ConfigError(
+                f"{' and '.join(given)} go{'es' if len(given) == 1 else ''} with --apply: "
+                "add --apply to put the tuned threshold in force"
+            )
     label_set = read_labels(labels, label_column=label_column, key_column=key_column, sep=sep)
     with connected(_target(db, pipeline)) as connection, connection.begin():
         tuned = tune(
@@ -617,7 +694,8 @@ def thresholds_tune(
                 model_name=model,
                 change=replace(tuned_change(tuned, labels=label_set), clear_critical=no_critical),
                 created_by=_who(by),
-                reason=reason or f"tuned on {labels.name} ({kind})",
+                # an empty --reason is refused as in 'set', not replaced by this one
+                reason=reason if reason is not None else f"tuned on {labels.name} ({kind})",
             )
     out = tuned.as_dict()
     if applied is not None:
@@ -635,6 +713,7 @@ def thresholds_tune(
     )
     if applied is not None:
         typer.echo(f"  now in force as threshold v{applied.version}")
+        typer.echo(NOT_RETROACTIVE)
     else:
         typer.echo("  not applied: add --apply to put it in force")
 

@@ -72,6 +72,24 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+# The summary says that most rows crossed the threshold from this many scored rows on.
+MOST_FLAGGED_MIN_ROWS = 100
+
+
+def _count_top_columns(counts: dict[str, int], batch: ScoreBatch, flagged: np.ndarray) -> None:
+    """Adds, per feature column, the flagged records of ``batch`` it lifts most."""
+    raw = batch.raw_contributions
+    if raw is None or not flagged.any() or raw.shape[0] != len(flagged) or raw.shape[1] == 0:
+        return
+    lifted = raw[flagged]
+    if batch.baseline is not None:
+        lifted = lifted - batch.baseline[None, :]
+    for column, n in enumerate(np.bincount(lifted.argmax(axis=1), minlength=raw.shape[1])):
+        if n:
+            name = batch.feature_names[column]
+            counts[name] = counts.get(name, 0) + int(n)
+
+
 @dataclass
 class BatchSummary:
     source: str
@@ -92,6 +110,8 @@ class BatchSummary:
     bad_labels: int = 0  # label values that are no label (left out of the metrics)
     first_bad_label: str = ""  # "row N: 'value'"
     negative_labels: int = 0  # of bad_labels, negative numbers (scikit-learn's -1 = outlier)
+    # Per feature column, the flagged records it lifts most (for the "most rows flagged" line).
+    top_columns: dict[str, int] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         rate = self.rows_read / self.seconds if self.seconds > 0 else 0.0
@@ -122,6 +142,8 @@ class BatchSummary:
                 f"no row could be scored: all {self.rows_rejected} were rejected (the first, "
                 f"{self.first_reject}); each row's reason is written with the rejects"
             )
+        if self.rows_scored >= MOST_FLAGGED_MIN_ROWS and self.rows_flagged > self.rows_scored / 2:
+            out.append(self._most_flagged_line())
         if self.bad_labels:
             out.append(
                 f"label column {self.label_column!r}: {self.bad_labels} value"
@@ -149,6 +171,24 @@ class BatchSummary:
         out.extend(f"wrote {path}" for path in self.outputs)
         return out
 
+    def _most_flagged_line(self) -> str:
+        """Most records over the threshold: anomalies are rare, so the export as a whole is
+        unlike the training data. Say so, and which column stands out most often."""
+        line = (
+            f"{self.rows_flagged / self.rows_scored:.0%} of the scored rows crossed the threshold: "
+            "unless most of this export is anomalous, it is as a whole unlike the training data "
+            "(another machine or site, other units, a changed process, or training rows that "
+            "were not representative)"
+        )
+        if self.top_columns:
+            name, count = max(self.top_columns.items(), key=lambda item: item[1])
+            line += (
+                f"; the column that stands out most often is {name!r} (first in {count} of the "
+                f"{self.rows_flagged} flagged rows): compare its values with the training data's "
+                "('anomaly-vae info' shows each column's training median)"
+            )
+        return line + "; if this export is mostly normal, retrain on data like it"
+
     @staticmethod
     def _window_line(w: WindowCounters) -> str:
         line = (
@@ -171,9 +211,10 @@ class CsvScoreWriter:
     ``DataFrame.to_csv``; float scores are written as float32 (7 significant digits).
     """
 
-    def __init__(self, path: Path, *, sep: str = ",") -> None:
+    def __init__(self, path: Path, *, sep: str = ",", escape_formulas: bool = False) -> None:
         self.path = Path(path)
         self.sep = sep
+        self.escape_formulas = escape_formulas
         self._stdout = str(path) == "-"  # standard output: written, flushed, never closed
         # Written under a '.partial' name and renamed when the run succeeds: a run that fails
         # part way leaves no file under the name asked for that looks complete. Only a regular
@@ -200,6 +241,8 @@ class CsvScoreWriter:
         frame = chunk.output
         floats = [c for c in ("score", "recon_error", "percentile", "nll_iw") if c in frame]
         frame = frame.astype(dict.fromkeys(floats, "float32"))
+        if self.escape_formulas:
+            frame = escape_formulas(frame)
         options = pacsv.WriteOptions(include_header=self._header, delimiter=self.sep)
         try:
             # One thread: a pool per chunk costs more than it saves on a few columns.
@@ -235,6 +278,36 @@ class CsvScoreWriter:
             )
         else:
             os.replace(self.partial, self.path)
+
+
+# What a spreadsheet takes a cell starting with for a formula (OWASP's "CSV injection" list).
+_FORMULA_START = r"^[=+\-@\t\r]"
+
+
+def escape_formulas(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with a ``'`` put before each text value that a spreadsheet would run as a
+    formula (it begins with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return), as OWASP
+    advises; a number (``-5``, ``+4917``) is left as it is. Only text columns (copied ids,
+    entities, times, labels; top features) are looked at; scores are numbers."""
+    out = frame
+    for name in frame.columns:
+        column = frame[name]
+        if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+            continue
+        text = column.astype("string")
+        risky = text.str.contains(_FORMULA_START, regex=True, na=False).to_numpy(dtype=bool)
+        if not risky.any():
+            continue
+        numbers = pd.to_numeric(text[risky].str.strip(), errors="coerce").notna().to_numpy()
+        hit = np.flatnonzero(risky)[~numbers]
+        if not len(hit):
+            continue
+        values = column.to_numpy(dtype=object).copy()
+        values[hit] = ["'" + str(v) for v in values[hit]]
+        if out is frame:
+            out = frame.copy()
+        out[name] = pd.Series(values, index=frame.index, dtype=object)
+    return out
 
 
 class CsvRejectsWriter:
@@ -369,7 +442,9 @@ def score_csv(
                 if not seen_values.all():
                     seen_values += frame[feature_names].notna().sum().to_numpy()
                 summary.rows_scored += len(batch.scores)
-                summary.rows_flagged += int(batch.scores["is_anomaly"].sum())
+                flagged = batch.scores["is_anomaly"].to_numpy(dtype=bool)
+                summary.rows_flagged += int(flagged.sum())
+                _count_top_columns(summary.top_columns, batch, flagged)
                 summary.rows_rejected += len(rejects)
                 summary.rows_with_gaps += batch.gaps
                 if label is not None:

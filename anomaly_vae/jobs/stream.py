@@ -119,6 +119,9 @@ class StreamStats:
     flagged: int = 0
     rejected: int = 0
     gaps: int = 0  # scored with a missing feature value filled in
+    # Scored records already stored (a replay: another group, a reset offset): kept as first
+    # scored, their stored is_anomaly / severity not rewritten whatever this session flagged.
+    already_stored: int = 0
     batches: int = 0
     commits_failed: int = 0
     write_retries: int = 0
@@ -173,6 +176,10 @@ class StreamScorer:
         # Called every metrics interval with the counters and the recent rate (records/s):
         # how lag and latency, which only this process knows, reach the database and the API.
         self._on_metrics = on_metrics
+        # (scored, flagged) at the last progress line, and whether most records of an interval
+        # crossed the threshold (said once when it starts, once when it ends).
+        self._interval_base = (0, 0)
+        self._mostly_flagged = False
         self.stop_event = threading.Event()
         self.stats = StreamStats()
         self._threshold = ThresholdInForce(value=model.threshold_)
@@ -441,6 +448,7 @@ class StreamScorer:
         self._publish(batch, result, records)
         self.stats.consumed += len(records)
         self.stats.scored += len(batch.scores.scores)
+        self.stats.already_stored += max(0, len(batch.scores.scores) - result.scores_written)
         self.stats.flagged += int(batch.scores.scores["is_anomaly"].sum())
         self.stats.rejected += len(batch.rejects)
         self.stats.gaps += batch.scores.gaps
@@ -689,12 +697,41 @@ class StreamScorer:
             self.stats.rejected,
             f", {self.stats.gaps} with a missing value filled in" if self.stats.gaps else "",
         )
+        self._say_if_mostly_flagged()
         if self._on_metrics is not None:
             try:
                 self._on_metrics(self.stats, rate)
             except Exception as exc:  # reporting must never stop the scoring
                 logger.warning("could not report the metrics: %s", _first_line(exc))
         return self.stats.consumed, now
+
+    def _say_if_mostly_flagged(self) -> None:
+        """A warning when more than half the records scored since the last progress line
+        crossed the threshold (anomalies are rare: the stream is likely unlike the training
+        data), and a line when that ends; nothing in between."""
+        scored = self.stats.scored - self._interval_base[0]
+        flagged = self.stats.flagged - self._interval_base[1]
+        self._interval_base = (self.stats.scored, self.stats.flagged)
+        if scored < MOSTLY_FLAGGED_MIN_RECORDS:
+            return
+        mostly = flagged > scored / 2
+        if mostly and not self._mostly_flagged:
+            logger.warning(
+                "%.0f%% of the %d records scored since the last progress line crossed the "
+                "threshold: unless most of the stream is anomalous, it is unlike the model's "
+                "training data (another site, other units, a changed process); see which "
+                "columns the newest anomalies name (anomaly-vae anomalies list), and retrain on "
+                "normal data like it if the stream is normal",
+                100.0 * flagged / scored,
+                scored,
+            )
+        elif self._mostly_flagged and not mostly:
+            logger.info(
+                "%.0f%% of the records scored since the last progress line crossed the "
+                "threshold: no longer most of them",
+                100.0 * flagged / scored,
+            )
+        self._mostly_flagged = mostly
 
     def _lag(self) -> int | None:
         consumer = self._consumer
@@ -711,6 +748,10 @@ class StreamScorer:
         except Exception:
             return None
         return total
+
+
+# The progress line says that most records cross the threshold from this many records on.
+MOSTLY_FLAGGED_MIN_RECORDS = 100
 
 
 class _StoppedError(Exception):

@@ -1,8 +1,9 @@
 """Chunked CSV reading with clear errors: memory stays bounded whatever the file size.
 
 Each chunk is a DataFrame indexed by the 0-based data row number (the header is not a row).
-Lines with more fields than the header are not lost: they come back as rejects with their row
-number and reason, and the row numbers of the lines after them stay right.
+Lines with more or fewer fields than the header are not lost, nor padded: they come back as
+rejects with their row number and reason, and the row numbers of the lines after them stay
+right.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import contextlib
 import csv
 import gzip
 import hashlib
+import io
 import json
 import lzma
 import re
+import tarfile
 import warnings
+import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +28,7 @@ from typing import IO, Any
 
 import numpy as np
 import pandas as pd
+from pandas._libs.parsers import STR_NA_VALUES
 
 from anomaly_vae.errors import InputFileError
 from anomaly_vae.features import looks_like_data
@@ -57,6 +62,10 @@ def _other_format(head: bytes) -> str | None:
     return None
 
 
+# What the parser reads as a missing value by default (pandas' list, which it applies to the
+# columns other than the key columns).
+_NA_WORDS = sorted(STR_NA_VALUES)
+_SEP_HINT = re.compile(r"^sep=.?$", re.IGNORECASE)
 _BAD_LINE = re.compile(r"[Ss]kipping line (\d+): (.*)")
 _FIRST_LINE_TOO_LONG = "Length of header or names does not match length of data"
 _ENCODING_HINT = (
@@ -68,7 +77,7 @@ _ENCODING_HINT = (
 @dataclass
 class CsvChunk:
     frame: pd.DataFrame  # indexed by data row number
-    rejects: pd.DataFrame  # structural rejects (too many fields): reason, raw; indexed by row
+    rejects: pd.DataFrame  # structural rejects (too many or too few fields): reason, raw; by row
 
 
 @dataclass
@@ -199,30 +208,58 @@ class CsvSource:
 
         ``text_columns`` (ids, entities, timestamps: copied or used as keys, never features) are
         read as the text the file holds, not as whatever type each chunk's values suggest: an
-        id ``007`` stays ``007``, and an entity is the same key in every chunk."""
+        id ``007`` stays ``007``, and an entity is the same key in every chunk; only an empty
+        cell is missing there (an id ``NA`` or ``null``, a pump named ``None``, stays what it
+        is: the other columns read such words as missing values)."""
         self.check()
         self.spaced()
         text = set(text_columns)
-        dtype = {name: str for name in self.header() if name in text} if text else None
+        header = self.header() if text else []
+        dtype = {name: str for name in header if name in text} if text else None
+        na_values: dict[str, list[str]] | None = None
+        if dtype:
+            na_values = {name: [""] if name in dtype else _NA_WORDS for name in header}
         next_row = 0
         raw_lines: _LineFinder | None = None  # the text of lines with too many fields
+        short_lines: _LineFinder | None = None  # ... and of those with too few
+        names = self._raw_header or []
+        width = len(names)
+        # Fields a line needs: the header's, less empty names at its end (a header written
+        # with a trailing separator, "a,b,c,", over lines without one).
+        required = width
+        while required > 1 and not names[required - 1].strip():
+            required -= 1
         with open(self.path, "rb") as handle, contextlib.ExitStack() as stack:
             stack.callback(lambda: raw_lines.close() if raw_lines else None)
+            stack.callback(lambda: short_lines.close() if short_lines else None)
             self._handle = handle
             reader = self._read(
-                handle=handle, chunksize=self.chunk_size, usecols=usecols, dtype=dtype
+                handle=handle,
+                chunksize=self.chunk_size,
+                usecols=usecols,
+                dtype=dtype,
+                **({"na_values": na_values, "keep_default_na": False} if na_values else {}),
             )
             assert not isinstance(reader, pd.DataFrame)
             # A small first chunk: what follows it (scoring, writing) starts sooner.
             first: int | None = min(self.chunk_size, FIRST_CHUNK_ROWS)
-            while True:
+            previous: pd.DataFrame | None = None
+            ended = False
+            while not ended:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", pd.errors.ParserWarning)
                     try:
                         frame = reader.get_chunk(first) if first else next(reader)
                         first = None
                     except StopIteration:
-                        break
+                        # The parser may skip lines with too many fields in this last call
+                        # (the line after a chunk's last row): they are still rejects.
+                        ended = True
+                        frame = (
+                            previous.iloc[:0]
+                            if previous is not None
+                            else pd.DataFrame(columns=self.header())
+                        )
                     except pd.errors.ParserError as exc:
                         raise InputFileError(
                             f"{self.label}: malformed CSV: {_first_line(exc)}"
@@ -239,19 +276,49 @@ class CsvSource:
                         ) from None
                 self._check_first_line(caught, len(frame.columns))
                 bad_lines, reasons = _bad_lines(caught)
+                if ended and not bad_lines:
+                    break
+                previous = frame
+                # The parser pads a line with fewer fields than the header with blanks, which
+                # would be scored as missing values: such a line can only be one whose last
+                # field is blank, and those are counted on the raw text.
+                last = frame[frame.columns[-1]] if len(frame.columns) == width else None
+                padded = last is not None and bool(last.isna().any())
                 if bad_lines and raw_lines is None:
                     raw_lines = _LineFinder(
+                        self.path, self.encoding, self.sep, skip_space=self.spaced()
+                    )
+                if padded and short_lines is None:
+                    # A second reader: this one goes by data row, the first by line number.
+                    short_lines = _LineFinder(
                         self.path, self.encoding, self.sep, skip_space=self.spaced()
                     )
                 found = raw_lines.lines(bad_lines) if raw_lines else []
                 bad_rows = [row for row, _ in found]
                 rows = _row_numbers(next_row, len(frame), bad_rows)
                 frame.index = pd.Index(rows, name="row")
+                raws = [raw for _, raw in found]
+                reasons = [
+                    reason + _empty_extra_hint(raw, width)
+                    for reason, raw in zip(reasons, raws, strict=True)
+                ]
+                if padded and short_lines is not None and last is not None:
+                    blank_last = frame.index[last.isna().to_numpy()].tolist()
+                    short = short_lines.short_rows(blank_last, required)
+                    if short:
+                        frame = frame.drop(index=[row for row, *_ in short])
+                        for row, line_no, count, raw in short:
+                            bad_rows.append(row)
+                            reasons.append(
+                                f"line {line_no}: expected {required} fields, saw {count} (a "
+                                "line cut short, or a value with a line break and no quotes?)"
+                            )
+                            raws.append(raw)
                 rejects = pd.DataFrame(
-                    {"reason": reasons, "raw": [raw for _, raw in found]},
+                    {"reason": reasons, "raw": raws},
                     index=pd.Index(bad_rows, name="row"),
                     dtype=object,
-                )
+                ).sort_index()
                 if self.decimal != ".":
                     _parse_decimal_marks(frame, self.decimal, skip=text)
                 next_row = (int(rows[-1]) + 1) if len(rows) else next_row + len(bad_rows)
@@ -274,6 +341,16 @@ class CsvSource:
         if extra and not "".join(extra).strip():
             self._trailing_sep = True
             return
+        names = self._raw_header or []
+        for sep, shown in ((";", ";"), ("\t", "\\t"), ("|", "|"), (",", ",")):
+            if len(names) == 1 and sep != self.sep and sep in names[0]:
+                # A ';' export with decimal commas read with ',': its one-column header is
+                # followed by lines of many fields. Said as the separator it is.
+                raise InputFileError(
+                    f"{self.label}: only one column found in the header "
+                    f"({names[0][:60]!r}); it looks '{shown}'-separated: try --sep '{shown}'"
+                    + (" (and --decimal ',' for numbers written 1,5)" if sep == ";" else "")
+                )
         raise InputFileError(
             f"{self.label}: the first data line has more fields than the header ({columns} "
             "columns), so the lines cannot be matched to the columns: fix or remove that "
@@ -294,6 +371,15 @@ class CsvSource:
         if self._spaced is None:
             self._spaced = False
             names = self._header_line()
+            line = self.sep.join(names).strip().lstrip("\ufeff")
+            if _SEP_HINT.match(line):
+                # Excel's separator hint ("sep=;"), written by some tools before the header:
+                # read as the header, it made the error "the first data line has more fields".
+                raise InputFileError(
+                    f"{self.label}: the first line is {line!r}, a separator hint for Excel, not "
+                    f"a header: remove that line (give the separator with --sep "
+                    f"'{line[4:] or self.sep}', csv.sep in a pipeline)"
+                )
             self._spaced = self.sep != " " and any(n[:1] in (" ", "\t") for n in names[1:])
             # The header's names as the data will be read: past the spaces, when skipped.
             self._raw_header = self._header_line() if self._spaced else names
@@ -344,12 +430,15 @@ def compressed_suffix(head: bytes) -> str | None:
     return None
 
 
+_MAX_FIELD = 2**31 - 1
+
+
 class _LineFinder:
     """The data row number and the fields (as a JSON list) of given records of a possibly
     compressed file (the parser's "line N": the header is record 1 when no blank line comes
     before it), read by Python's csv module on a second handle that only moves forward: used
-    for the rare lines the parser skips, so that their values land in the rejects under the
-    row number they have in the file.
+    for the lines the parser skips (too many fields) or pads (too few), so that their values
+    land in the rejects under the row number they have in the file.
 
     The parser counts blank lines in its "line N" but skips them as rows, so the data row is
     the number of non-blank records before the line, less the header."""
@@ -359,20 +448,51 @@ class _LineFinder:
     def __init__(self, path: Path, encoding: str, sep: str, *, skip_space: bool = False) -> None:
         name = path.name.lower()
         opener: Any = open
-        if name.endswith(".gz"):
+        if name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
+            opener = _open_tar_member  # as pandas reads them: the archive's one file
+        elif name.endswith(".gz"):
             opener = gzip.open
         elif name.endswith(".bz2"):
             opener = bz2.open
         elif name.endswith(".xz"):
             opener = lzma.open
+        elif name.endswith(".zip"):
+            opener = _open_zip_member
+        elif name.endswith(".zst"):
+            opener = _open_zstd
         self._handle: IO[str] | None = None
         self._records: Iterator[list[str]] = iter(())
-        if not name.endswith((".zip", ".zst", ".tar")) and len(sep) == 1:
-            self._handle = opener(path, "rt", encoding=encoding, errors="replace", newline="")
-            self._records = csv.reader(self._handle, delimiter=sep, skipinitialspace=skip_space)
+        if len(sep) == 1:
+            try:
+                self._handle = opener(path, "rt", encoding=encoding, errors="replace", newline="")
+            except (OSError, zipfile.BadZipFile, tarfile.TarError, ValueError, ImportError):
+                self._handle = None
+            if self._handle is not None:
+                # The csv module refuses a field over 128 KiB (a text blob the parser reads),
+                # after which the lines could no longer be followed.
+                csv.field_size_limit(max(csv.field_size_limit(), _MAX_FIELD))
+                self._records = csv.reader(self._handle, delimiter=sep, skipinitialspace=skip_space)
         self._at = 0  # records read so far
         self._blank = 0  # blank ones among them (no row of the parser's)
-        self._lost = False  # the records could not be followed: rows from line numbers
+        self._lost = self._handle is None  # cannot be followed: rows from line numbers
+
+    def _advance(self) -> list[str] | None:
+        """The next record's fields (None at the end, or when the file cannot be followed);
+        counts it, and counts it blank when it is one (spaces or tabs alone: no row)."""
+        if self._lost:
+            return None
+        try:
+            fields = next(self._records)
+        except (StopIteration, csv.Error):
+            self._lost = True
+            return None
+        self._at += 1
+        if len(fields) <= 1 and not "".join(fields).strip(" \t"):
+            self._blank += 1
+        return fields
+
+    def _text(self, fields: list[str]) -> str:
+        return json.dumps(fields, ensure_ascii=False)[: self.MAX_CHARS]
 
     def lines(self, numbers: list[int]) -> list[tuple[int, str | None]]:
         """(data row, fields as JSON text) of records ``numbers`` (1-based, increasing, after
@@ -381,23 +501,84 @@ class _LineFinder:
         out: list[tuple[int, str | None]] = []
         for number in numbers:
             text: str | None = None
-            while not self._lost and self._at < number:
-                try:
-                    fields = next(self._records)
-                except (StopIteration, csv.Error):
-                    self._lost = True
+            while self._at < number:
+                fields = self._advance()
+                if fields is None:
                     break
-                self._at += 1
                 if self._at == number:
-                    text = json.dumps(fields, ensure_ascii=False)[: self.MAX_CHARS]
-                elif len(fields) <= 1 and not "".join(fields).strip(" \t"):
-                    self._blank += 1  # spaces or tabs alone, not separators: no row
+                    text = self._text(fields)
             out.append((number - 2 - self._blank, text))
+        return out
+
+    def short_rows(self, rows: list[int], required: int) -> list[tuple[int, int, int, str]]:
+        """(data row, line number, fields, fields as JSON text) of those of the data rows
+        ``rows`` (increasing, after any asked before) that have fewer than ``required``
+        fields; none when the file cannot be followed."""
+        out: list[tuple[int, int, int, str]] = []
+        for row in rows:
+            while True:
+                blank_before = self._blank
+                fields = self._advance()
+                if fields is None:
+                    return out
+                if self._blank > blank_before:
+                    continue
+                at_row = self._at - 2 - self._blank
+                if at_row == row:
+                    if len(fields) < required:
+                        out.append((row, self._at, len(fields), self._text(fields)))
+                    break
+                if at_row > row:  # not where the parser has it: stop checking
+                    self._lost = True
+                    return out
         return out
 
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
+
+
+class _ArchiveText(io.TextIOWrapper):
+    """An archive member as text that closes its archive with it."""
+
+    archive: Any = None
+
+    def close(self) -> None:
+        super().close()
+        if self.archive is not None:
+            self.archive.close()
+
+
+def _open_tar_member(path: Path, mode: str, **text: Any) -> IO[str]:
+    """The one file of a tar archive (compressed or not) as text, as pandas reads it."""
+    archive = tarfile.open(path, "r:*")  # noqa: SIM115  closed with the text handle
+    files = [member for member in archive.getmembers() if member.isfile()]
+    member = archive.extractfile(files[0]) if len(files) == 1 else None
+    if member is None:
+        archive.close()
+        raise ValueError(f"{path}: {len(files)} files in the archive")
+    wrapper = _ArchiveText(member, **text)
+    wrapper.archive = archive
+    return wrapper
+
+
+def _open_zstd(path: Path, mode: str, **text: Any) -> IO[str]:
+    import zstandard
+
+    handle: IO[str] = zstandard.open(path, mode, **text)
+    return handle
+
+
+def _open_zip_member(path: Path, mode: str, **text: Any) -> IO[str]:
+    """The one file of a zip archive as text (the member pandas reads)."""
+    archive = zipfile.ZipFile(path)
+    names = archive.namelist()
+    if len(names) != 1:
+        archive.close()
+        raise ValueError(f"{path}: {len(names)} files in the archive")
+    member = archive.open(names[0])
+    archive.close()  # the member keeps the file open until it is closed itself
+    return io.TextIOWrapper(member, **text)
 
 
 def _parse_decimal_marks(frame: pd.DataFrame, decimal: str, *, skip: set[str]) -> None:
@@ -426,6 +607,20 @@ def _parse_decimal_marks(frame: pd.DataFrame, decimal: str, *, skip: set[str]) -
 def _decimal_number_pattern(decimal: str) -> re.Pattern[str]:
     mark = re.escape(decimal)
     return re.compile(rf"^\s*[-+]?(?:\d+{mark}?\d*|{mark}\d+)(?:[eE][-+]?\d+)?\s*$")
+
+
+def _empty_extra_hint(raw: str | None, width: int) -> str:
+    """For a line with more fields than the header whose extra fields are all empty: the
+    likely cause (a separator at the end of that line), which the reason then says."""
+    try:
+        fields = json.loads(raw) if raw else None
+    except ValueError:  # cut at MAX_CHARS
+        return ""
+    if not isinstance(fields, list) or len(fields) <= width:
+        return ""
+    if "".join(str(f) for f in fields[width:]).strip():
+        return ""
+    return " (the extra fields are empty: a separator at the end of the line? remove it)"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -101,40 +101,65 @@ def decode_messages(
         reject_rows.append((key, reason, raw, msg.topic, msg.partition, msg.offset))
 
     loads = orjson.loads
+    # Entities repeat (a few machines, many records each): each distinct key or field value is
+    # turned into its text once per batch, not once per message.
+    key_texts: dict[bytes, str | None] = {}
+    field_texts: dict[Any, str | None] = {}
     for msg in messages:
-        key = f"{msg.topic}:{msg.partition}:{msg.offset}"  # source_key(), inlined: per message
         value = msg.value
         if value is None:
-            reject(msg, key, "empty message (no value)")
+            reject(
+                msg, source_key(msg.topic, msg.partition, msg.offset), "empty message (no value)"
+            )
             continue
         if len(value) > max_bytes:
-            reject(msg, key, f"message of {len(value)} bytes is over max_message_bytes={max_bytes}")
+            reason = f"message of {len(value)} bytes is over max_message_bytes={max_bytes}"
+            reject(msg, source_key(msg.topic, msg.partition, msg.offset), reason)
             continue
         try:
             obj = loads(value)
         except orjson.JSONDecodeError as exc:
-            reject(msg, key, _invalid_json_reason(value, exc))
+            reason = _invalid_json_reason(value, exc)
+            reject(msg, source_key(msg.topic, msg.partition, msg.offset), reason)
             continue
-        if not isinstance(obj, dict):
-            reject(msg, key, f"top level is a JSON {_json_type(obj)}, expected an object")
+        if type(obj) is not dict:
+            reason = f"top level is a JSON {_json_type(obj)}, expected an object"
+            reject(msg, source_key(msg.topic, msg.partition, msg.offset), reason)
             continue
-        if not wanted <= obj.keys():
-            reject(msg, key, missing_fields_reason(sorted(wanted.difference(obj.keys()))))
+        if not obj.keys() >= wanted:
+            reason = missing_fields_reason(sorted(wanted.difference(obj.keys())))
+            reject(msg, source_key(msg.topic, msg.partition, msg.offset), reason)
             continue
-        entity = obj.get(entity_field) if entity_field else None
-        if isinstance(entity, (list, dict)):
-            reason = (
-                f"entity field {entity_field!r} is a JSON {_json_type(entity)}: "
-                "expected text or a number"
-            )
-            reject(msg, key, reason)
-            continue
+        text: str | None = None
+        if entity_field:
+            entity = obj.get(entity_field)
+            if entity is not None:
+                if isinstance(entity, (list, dict)):
+                    reason = (
+                        f"entity field {entity_field!r} is a JSON {_json_type(entity)}: "
+                        "expected text or a number"
+                    )
+                    reject(msg, source_key(msg.topic, msg.partition, msg.offset), reason)
+                    continue
+                # True and 1 are equal keys of a dict, and their texts differ.
+                cached = (type(entity), entity)
+                if cached in field_texts:
+                    text = field_texts[cached]
+                else:
+                    text = field_texts[cached] = entity_text(entity)
+        else:
+            entity = None
+        if entity is None and key_is_entity and (raw_key := msg.key) is not None:
+            if raw_key in key_texts:
+                text = key_texts[raw_key]
+            else:
+                # Bytes that are not UTF-8 as escapes: two different keys stay two entities.
+                text = key_texts[raw_key] = entity_text(
+                    raw_key.decode("utf-8", errors="backslashreplace")
+                )
         objects.append(obj)
-        keys.append(key)
-        if entity is None and key_is_entity and msg.key is not None:
-            # Bytes that are not UTF-8 as escapes: two different keys stay two entities.
-            entity = msg.key.decode("utf-8", errors="backslashreplace")
-        entities.append(entity_text(entity))
+        keys.append(f"{msg.topic}:{msg.partition}:{msg.offset}")  # source_key(), inlined
+        entities.append(text)
         stamps.append(int(msg.timestamp))
     frame = pd.DataFrame(
         {

@@ -179,15 +179,20 @@ class DatabaseSink:
         self.written = 0
         self.alerts_opened = 0
         self.dead_letters = 0
+        self.dead_letters_inserted = 0  # of them, not already stored (a file scored again)
         self.unread_times = 0  # scores stored without an event time: their time not readable
+        # Rows already stored (a file scored before) whose stored is_anomaly / severity differ
+        # from what this run's threshold gives: they are kept as first scored, never rewritten.
+        self.kept_with_other_flags = 0
         self._finished = False
 
     def write(self, chunk: ScoredChunk) -> None:
+        records = self.records(chunk)
         counts = repo.write_results(
             self.connection,
             run_id=self.run.run_id,
             model_id=self.run.model_id,
-            records=self.records(chunk),
+            records=records,
             rejects=self.rejects(chunk),
             threshold_id=self.run.threshold_id,
             alert_rule=self.run.alert_rule,
@@ -197,6 +202,11 @@ class DatabaseSink:
         self.inserted += counts.scores_inserted
         self.alerts_opened += counts.alerts_opened
         self.dead_letters += counts.dead_letters_given
+        self.dead_letters_inserted += counts.dead_letters_inserted
+        if counts.scores_inserted < counts.scores_given:  # a file scored before: rows kept
+            self.kept_with_other_flags += repo.kept_with_other_flags(
+                self.connection, model_id=self.run.model_id, run_id=self.run.run_id, records=records
+            )
 
     def records(self, chunk: ScoredChunk) -> pd.DataFrame:
         """The chunk's scored rows as ``write_results`` takes them."""

@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ConfigDict,
     Field,
     TypeAdapter,
@@ -36,11 +35,11 @@ from pydantic import (
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection, Row
 
-from anomaly_vae.config import AlertsConfig, format_validation_error
+from anomaly_vae.config import AlertsConfig, NoBooleanNumbers, format_validation_error
 from anomaly_vae.errors import ConfigError, InputFileError, NotFoundError
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.storage.alerting import ACTIVE_STATES, seed_states, seed_tracker
-from anomaly_vae.storage.tables import Alert, Model, Score
+from anomaly_vae.storage.tables import Alert, Model, Score, ScoringRun
 from anomaly_vae.thresholds import (
     AlertRule,
     AlertTracker,
@@ -60,15 +59,22 @@ FROM_STORED_SCORES = "stored scores"
 
 # ==================================================================== policy specs
 def as_utc(value: datetime) -> datetime:
-    """A time without a time zone is UTC (as ``--since`` on the command line)."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    """A time without a time zone is UTC (as ``--since`` on the command line). One that is
+    out of range once in UTC (0001-01-01T00:00+01:00) is refused here: the database driver
+    raised OverflowError, which the API answered as the database being unavailable (503)."""
+    value = value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    try:
+        value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("out of range once converted to UTC") from None
+    return value
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
 """A datetime field or query parameter: a date or a time without a time zone is UTC."""
 
 
-class _Spec(BaseModel):
+class _Spec(NoBooleanNumbers):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -132,15 +138,25 @@ def policy_spec(data: dict[str, Any]) -> PolicySpec:
 
 
 # ======================================================================= models
-def latest_model(connection: Connection, *, name: str) -> Row[Any]:
-    """The newest registered version of the model ``name`` (its scores and calibration are
-    what policies and previews use)."""
+def model_in_use(connection: Connection, *, name: str) -> Row[Any]:
+    """The version of the model ``name`` in use: the one that started the newest scoring run
+    (batch job or stream session), else the newest registered. After a rollback (an older
+    version scored again) it is that older version, whose calibrated threshold is in force:
+    policies compute from its held-out normal scores, previews and tuning replay its scores."""
     row: Row[Any] | None = connection.execute(
         select(Model)
+        .join(ScoringRun, ScoringRun.model_id == Model.id)
         .where(Model.name == name)
-        .order_by(Model.registered_at.desc(), Model.id.desc())
+        .order_by(ScoringRun.started_at.desc(), ScoringRun.id.desc())
         .limit(1)
     ).first()
+    if row is None:  # registered without a run (not by this package): the newest registered
+        row = connection.execute(
+            select(Model)
+            .where(Model.name == name)
+            .order_by(Model.registered_at.desc(), Model.id.desc())
+            .limit(1)
+        ).first()
     if row is None:
         raise NotFoundError(
             f"no model named {name!r} is registered (a model is registered when it first "
@@ -297,7 +313,7 @@ def set_threshold(
         raise ConfigError(
             'a threshold change needs who made it (--by, "created_by" in the API), not a blank'
         )
-    model = latest_model(connection, name=model_name)
+    model = model_in_use(connection, name=model_name)
     repo.lock_thresholds(connection, model_name=model_name)  # `current` stays the one in force
     current = repo.threshold_in_force(connection, model_name=model_name)
     version = _apply_change(connection, model, current, change)
@@ -309,6 +325,59 @@ def set_threshold(
         critical=version.critical,
         parameters=version.parameters,
         alert_rule=version.rule.to_dict(),
+        created_by=created_by.strip(),
+        reason=reason.strip(),
+    )
+
+
+def rollback_threshold(
+    connection: Connection,
+    *,
+    model_name: str,
+    to_version: int,
+    created_by: str,
+    reason: str,
+) -> Row[Any]:
+    """Put an earlier threshold version back in force: a new version with its policy, levels
+    (as they were, not recomputed), parameters and alert rule, ``rolled_back_to`` naming it.
+    It is an operator's version (a newer model version's calibration does not replace it).
+    Runs in the caller's transaction."""
+    if not reason or not reason.strip():
+        raise ConfigError(
+            'a threshold change needs a reason (--reason, "reason" in the API): say why, for '
+            "the history"
+        )
+    if not created_by or not created_by.strip():
+        raise ConfigError(
+            'a threshold change needs who made it (--by, "created_by" in the API), not a blank'
+        )
+    repo.registered_versions(connection, name=model_name, hint=": see 'anomaly-vae models list'")
+    repo.lock_thresholds(connection, model_name=model_name)
+    versions = {int(r.version): r for r in repo.list_thresholds(connection, model_name=model_name)}
+    if to_version not in versions:
+        known = f"v{min(versions)} to v{max(versions)}" if versions else "none"
+        raise NotFoundError(
+            f"model {model_name!r} has no threshold v{to_version} (stored: {known}): see "
+            f"'anomaly-vae thresholds history {model_name}'"
+        )
+    if to_version == max(versions):
+        raise ConfigError(
+            f"threshold v{to_version} of model {model_name!r} is the one in force: nothing to "
+            "roll back"
+        )
+    old = versions[to_version]
+    parameters = {
+        k: v for k, v in old.parameters.items() if not (k == "from" and v == repo.FROM_CALIBRATION)
+    }
+    parameters["rolled_back_to"] = to_version
+    return repo.add_threshold(
+        connection,
+        model_name=model_name,
+        policy=old.policy,
+        warning=float(old.warning),
+        critical=None if old.critical is None else float(old.critical),
+        parameters=parameters,
+        alert_rule=AlertRule.from_dict(old.alert_rule).to_dict(),
         created_by=created_by.strip(),
         reason=reason.strip(),
     )
@@ -453,9 +522,10 @@ def preview_threshold(
     until: datetime | None = None,
     labels: LabelSet | None = None,
 ) -> ThresholdPreview:
-    """What ``change`` (against the version in force) would have done to the newest model
-    version's stored scores in [since, until): records flagged, alerts opened (per day, per
-    entity), escalations and resolutions, and precision / recall / F1 where ``labels`` say.
+    """What ``change`` (against the version in force) would have done to the stored scores of
+    the model version in use (:func:`model_in_use`) in [since, until): records flagged, alerts
+    opened (per day, per entity), escalations and resolutions, and precision / recall / F1
+    where ``labels`` say.
 
     With ``since``, every entity starts from the state it was in then (its records before
     ``since`` as they were decided, and its alert in progress then), as the write path would
@@ -465,7 +535,7 @@ def preview_threshold(
             f"until ({until.isoformat()}) is not after since ({since.isoformat()}): "
             "the period holds no scores"
         )
-    model = latest_model(connection, name=model_name)
+    model = model_in_use(connection, name=model_name)
     repo.lock_thresholds(connection, model_name=model_name)  # `current` stays the one in force
     current = repo.threshold_in_force(connection, model_name=model_name)
     version = _apply_change(connection, model, current, change)
@@ -756,7 +826,7 @@ def tune(
     since: datetime | None = None,
 ) -> Tuned:
     """The threshold that is best for ``objective`` on the labelled stored scores."""
-    model = latest_model(connection, name=model_name)
+    model = model_in_use(connection, name=model_name)
     frame = stored_scores(connection, model_id=model.id, since=since)
     values = labels.for_scores(frame)
     known = np.isfinite(values)
