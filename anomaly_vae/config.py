@@ -375,7 +375,26 @@ def client_option_problem(client: dict[str, Any]) -> str | None:
                 f"{name} is not a kafka-python client option{hint}: fix its spelling (the "
                 "options of kafka-python's KafkaConsumer and KafkaProducer)"
             )
+    protocol = client.get("security_protocol")
+    if protocol is not None and protocol not in _SECURITY_PROTOCOLS:
+        # kafka-python takes any other text as PLAINTEXT: a typo (SASL_SSl) connected
+        # without TLS and without SASL, not a word said.
+        problems.append(
+            f"security_protocol {protocol!r} is not one of {', '.join(_SECURITY_PROTOCOLS)} "
+            "(kafka-python would connect without TLS or SASL)"
+        )
+    mechanism = client.get("sasl_mechanism")
+    if mechanism is not None:
+        from kafka.net.sasl import SASL_MECHANISMS
+
+        if mechanism not in SASL_MECHANISMS:
+            problems.append(
+                f"sasl_mechanism {mechanism!r} is not one of {', '.join(sorted(SASL_MECHANISMS))}"
+            )
     return "; ".join(problems) or None
+
+
+_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 
 
 class AlertsConfig(_Strict):

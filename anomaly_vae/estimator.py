@@ -1009,8 +1009,11 @@ def _window_keys(
     entities = np.asarray([t or "" for t in texts], dtype=object)
     reasons = np.full(n, None, dtype=object)
     if window.entity:
+        # A stream's record: the field may come from the message key too, so say where to
+        # put it ("missing" alone read as if the field had to be in the JSON).
+        where = " (neither a field of the message nor its key)" if "_entity" in rows else ""
         for i in np.flatnonzero(np.asarray([not t for t in texts], dtype=bool)):  # None or ""
-            reasons[i] = f"window entity column {window.entity!r}: missing"
+            reasons[i] = f"window entity column {window.entity!r}: missing{where}"
     if not window.time:
         return entities, None, reasons
     if window.time not in rows.columns:

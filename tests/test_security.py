@@ -175,6 +175,31 @@ def test_a_misspelt_kafka_client_option_is_refused_by_name(
 
 
 @pytest.mark.parametrize(
+    ("client", "needle"),
+    [
+        ("security_protocol: SASL_SSl", "security_protocol 'SASL_SSl' is not one of PLAINTEXT"),
+        ("sasl_mechanism: SCRAM-SHA256", "sasl_mechanism 'SCRAM-SHA256' is not one of"),
+    ],
+)
+def test_a_misspelt_security_protocol_is_refused_not_read_as_plaintext(
+    client: str,
+    needle: str,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # kafka-python takes any security_protocol it does not know as PLAINTEXT: SASL_SSl (a
+    # typo) connected without TLS and without SASL, and the scorer said nothing.
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(
+        f"model_dir: {tiny_model_dir}\nkafka:\n  bootstrap_servers: 127.0.0.1:1\n  topic: t\n"
+        f"  client:\n    {client}\n"
+    )
+    result = run_inline(capsys, "stream", "--pipeline", str(pipeline), "--idle-timeout", "2")
+    assert_user_error(result, f"pipeline file {pipeline}: kafka.client: {needle}")
+
+
+@pytest.mark.parametrize(
     ("option", "instead"),
     [("group_id", "kafka.group_id (--group)"), ("max_poll_records", "kafka.max_batch_records")],
 )
@@ -219,3 +244,50 @@ def test_kafka_client_options_that_may_hold_a_secret_are_never_saved_with_the_mo
     assert "kafka.client proxy_url not written" in caplog.text
     assert "kafka.client sasl_plain_pasword not written" in caplog.text
     assert SECRET not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("client", "needle"),
+    [
+        ("request_timeout_ms: abc", "(request_timeout_ms)"),
+        ("client_dns_lookup: foo", "client_dns_lookup must be one of"),
+        (
+            f"proxy_url: 'socks5://bob:{SECRET}@127.0.0.1:1'\n    client_dns_lookup: foo",
+            "(proxy_url",
+        ),
+    ],
+)
+def test_a_kafka_client_value_the_client_refuses_is_one_line(
+    client: str,
+    needle: str,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # kafka-python refuses a wrong value with a TypeError or ValueError: the stream ended in
+    # its traceback.
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(
+        f"model_dir: {tiny_model_dir}\nkafka:\n  bootstrap_servers: 127.0.0.1:1\n  topic: t\n"
+        f"  client:\n    {client}\n"
+    )
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    result = run_inline(
+        capsys, "stream", "--pipeline", str(pipeline), "--db", db, "--idle-timeout", "2"
+    )
+    assert_user_error(result, "Kafka client settings are invalid", needle, "check kafka.client")
+    assert SECRET not in result.stderr + result.stdout
+
+
+def test_api_version_from_a_pipeline_file_is_a_list_the_client_takes() -> None:
+    # YAML has no tuples; kafka-python refused api_version: [2, 5] ("api_version must be
+    # tuple"), the only way a pipeline file can write it.
+    from kafka import KafkaConsumer
+
+    from anomaly_vae.config import KafkaConfig
+    from anomaly_vae.sources.kafka import client_options
+
+    options = client_options(KafkaConfig(client={"api_version": [2, 5]}))
+    assert options["api_version"] == (2, 5)
+    # Accepted, not refused (with a broker version given, no connection is made here).
+    KafkaConsumer(**options).close()

@@ -54,6 +54,18 @@ def test_decode_sorts_poison_from_records() -> None:
     assert set(out.rejects["offset"]) == {1, 2, 3, 4, 5, 6}
 
 
+def test_a_message_that_is_not_utf8_says_so_and_where() -> None:
+    # orjson's reason, "str is not valid UTF-8: surrogates not allowed: line 1 column 1 (char
+    # 0)", named no byte and pointed at the start whatever the place of the bad byte: a
+    # producer writing cp1252 text ('été' as 0xe9) could not tell what to fix.
+    messages = [msg('{"a": 1, "b": 2, "site": "été"}'.encode("cp1252"), 0), msg(b"{\xff", 1)]
+    reasons = decode_messages(messages, features=FEATURES).rejects["reason"].to_dict()
+    assert reasons["t:0:0"].startswith(
+        "invalid JSON: not UTF-8 text (byte 0xe9 at byte 26): JSON messages must be UTF-8"
+    )
+    assert reasons["t:0:1"].startswith("invalid JSON: not UTF-8 text (byte 0xff at byte 1)")
+
+
 @pytest.mark.parametrize("text", ["NaN", "inf", "-Infinity"])
 def test_a_non_finite_text_is_poison_when_the_batch_has_no_number_in_that_field(
     text: str,

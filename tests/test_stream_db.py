@@ -893,3 +893,71 @@ def test_consumer_and_producer_options_in_kafka_client_go_to_their_own_client(
     assert "stream stopped: 6 messages, 5 scored, " in out
     assert ", 1 rejected" in out
     assert [r.value for r in consume_all_records(broker.bootstrap, dlq_topic)] == [b"{not json"]
+
+
+def _tls_pipeline(tmp_path: Path) -> Path:
+    pipeline = tmp_path / "tls.yaml"
+    pipeline.write_text("kafka:\n  client:\n    security_protocol: SSL\n")
+    return pipeline
+
+
+def test_a_tls_client_against_a_plaintext_broker_is_one_line_not_a_hang(
+    broker: DevBroker, sqlite_url: str, pump_model: tuple[AnomalyVAE, Path], tmp_path: Path
+) -> None:
+    # security_protocol SSL against a plaintext listener: kafka-python's bootstrap waited for
+    # the TLS handshake's answer for good, past --idle-timeout (and SIGTERM, below).
+    _, model_dir = pump_model
+    topic = fresh_name("t")
+    proc = scorer_process(
+        model_dir,
+        sqlite_url,
+        broker.bootstrap,
+        topic,
+        fresh_name("g"),
+        "--pipeline",
+        str(_tls_pipeline(tmp_path)),
+        "--idle-timeout",
+        "2",
+    )
+    try:
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    assert proc.returncode == 2, out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, out
+    assert f"Kafka broker at {broker.bootstrap} connected but gave no answer" in errors[0]
+    assert "kafka.client.security_protocol" in errors[0]
+    assert "Traceback" not in out
+    assert query(sqlite_url, "SELECT status FROM scoring_runs") == [("failed",)]
+
+
+def test_sigterm_stops_a_scorer_whose_tls_handshake_never_ends(
+    broker: DevBroker, sqlite_url: str, pump_model: tuple[AnomalyVAE, Path], tmp_path: Path
+) -> None:
+    _, model_dir = pump_model
+    proc = scorer_process(
+        model_dir,
+        sqlite_url,
+        broker.bootstrap,
+        fresh_name("t"),
+        fresh_name("g"),
+        "--pipeline",
+        str(_tls_pipeline(tmp_path)),
+    )
+    try:
+        wait_for(
+            lambda: (
+                Path(sqlite_url.removeprefix("sqlite:///")).exists()
+                and query(sqlite_url, "SELECT count(*) FROM scoring_runs") == [(1,)]
+            ),
+            90,
+            "the stream run",
+        )
+        time.sleep(2)  # into the handshake
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert "stream stopped: 0 messages" in out

@@ -334,7 +334,12 @@ def test_a_record_with_no_entity_is_rejected_not_put_in_a_series_of_its_own(
     assert set(batch.rejects["reason"]) == {"window entity column 'pump_id': missing"}
     assert len(batch.scores) == 58
     stream = data.assign(_entity=data["pump_id"].where(data["pump_id"] != "", None))
-    assert list(window_model.score_batch(stream).rejects.index) == [5, 9]
+    rejects = window_model.score_batch(stream).rejects
+    assert list(rejects.index) == [5, 9]
+    # A message may give its entity as its key: the reason says where it was looked for.
+    assert set(rejects["reason"]) == {
+        "window entity column 'pump_id': missing (neither a field of the message nor its key)"
+    }
 
 
 def test_a_record_with_no_time_is_rejected_as_missing_with_strict_json(

@@ -49,6 +49,7 @@ from anomaly_vae.sources.kafka import (
     next_offsets,
     options_for,
     redacted,
+    secret_values,
 )
 from anomaly_vae.training import torch_threads
 from anomaly_vae.windows import WindowCounters, WindowState
@@ -235,6 +236,20 @@ class StreamScorer:
                 max_poll_records=kafka.max_batch_records,
             )
 
+        # A client's constructor returns within its bootstrap timeout (connected or not);
+        # one still waiting well after it is stuck (a TLS handshake with a plaintext listener).
+        bootstrap_s = float(options.get("bootstrap_timeout_ms", 5000)) / 1000.0
+        stalled_after_s = bootstrap_s + 15.0
+        if give_up_after_s is not None:  # --idle-timeout: no longer than it, give or take
+            stalled_after_s = min(stalled_after_s, max(give_up_after_s, bootstrap_s + 2.0))
+        hidden = secret_values(options)
+        protocol = str(options.get("security_protocol", "PLAINTEXT"))
+        hint = (
+            f"; and kafka.client's security settings (security_protocol {protocol}: "
+            "kafka-python's lines above give the cause)"
+            if protocol != "PLAINTEXT"
+            else ""
+        )
         consumer = connect_with_retry(
             make_consumer,
             what="consumer",
@@ -242,6 +257,10 @@ class StreamScorer:
             stop=self.stop_event,
             backoff_max_s=kafka.connect_backoff_max_s,
             give_up_after_s=give_up_after_s,
+            stalled_after_s=stalled_after_s,
+            settings_hint=hint,
+            hidden=hidden,
+            client_names=", ".join(map(str, kafka.client)),
         )
         if consumer is None:
             return False
@@ -263,6 +282,10 @@ class StreamScorer:
                 stop=self.stop_event,
                 backoff_max_s=kafka.connect_backoff_max_s,
                 give_up_after_s=give_up_after_s,
+                stalled_after_s=stalled_after_s,
+                settings_hint=hint,
+                hidden=hidden,
+                client_names=", ".join(map(str, kafka.client)),
             )
         return True
 

@@ -119,7 +119,7 @@ def decode_messages(
         try:
             obj = loads(value)
         except orjson.JSONDecodeError as exc:
-            reason = f"invalid JSON: {str(exc).splitlines()[0]}"
+            reason = _invalid_json_reason(value, exc)
             reject(msg, source_key(msg.topic, msg.partition, msg.offset), reason)
             continue
         if type(obj) is not dict:
@@ -241,6 +241,21 @@ def non_finite_reason(name: str, value: object) -> str | None:
     return None
 
 
+def _invalid_json_reason(value: bytes, exc: Exception) -> str:
+    """Why a message is not JSON. For bytes that are not UTF-8, where and which (orjson says
+    'str is not valid UTF-8: surrogates not allowed' at char 0, wherever the byte was: a
+    producer writing Latin-1 or cp1252 text could not tell what was wrong)."""
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        byte = value[bad.start : bad.start + 1].hex()
+        return (
+            f"invalid JSON: not UTF-8 text (byte 0x{byte} at byte {bad.start}): JSON messages "
+            "must be UTF-8 (a producer writing Latin-1 or cp1252 text must encode it as UTF-8)"
+        )
+    return f"invalid JSON: {str(exc).splitlines()[0]}"
+
+
 def missing_fields_reason(names: Sequence[str]) -> str:
     """The reason a record without these feature fields is rejected (in the order given)."""
     shown = ", ".join(repr(name) for name in names)
@@ -348,6 +363,10 @@ def client_options(cfg: KafkaConfig) -> dict[str, Any]:
         "bootstrap_timeout_ms": 5000,
     }
     options.update(cfg.client)
+    if isinstance(options.get("api_version"), list):
+        # YAML has no tuples: api_version: [2, 5] is a list, which kafka-python refuses
+        # ("api_version must be tuple") though it is the only way a pipeline file can say it.
+        options["api_version"] = tuple(options["api_version"])
     password = os.environ.get(PASSWORD_ENV)
     if password:
         options["sasl_plain_password"] = password
@@ -403,6 +422,21 @@ _LOGGED_OPTIONS = frozenset(
 )
 
 
+def secret_values(options: dict[str, Any]) -> list[str]:
+    """The text of option values that are, or may hold, a secret (a password, a token, a
+    proxy URL's user:password), never to be shown in an error message."""
+    return [
+        str(value)
+        for name, value in options.items()
+        if isinstance(value, str)
+        and value
+        and (
+            name in ("proxy_url", "socks5_proxy")
+            or any(word in name.lower() for word in ("password", "secret", "token"))
+        )
+    ]
+
+
 def redacted(options: dict[str, Any]) -> dict[str, Any]:
     """Options safe to log: the value of any option not known to be harmless is ``***``."""
     return {k: (v if k in _LOGGED_OPTIONS else "***") for k, v in options.items()}
@@ -416,10 +450,22 @@ def connect_with_retry(
     stop: threading.Event | None = None,
     backoff_max_s: float = 30.0,
     give_up_after_s: float | None = None,
+    stalled_after_s: float = 30.0,
+    settings_hint: str = "",
+    hidden: Iterable[str] = (),
+    client_names: str = "",
 ) -> Any:
     """Call ``factory()`` until the broker answers, backing off 0.5 s, 1 s, 2 s... (capped).
 
     Logs each retry with the bootstrap address. Returns None if ``stop`` is set meanwhile.
+    ``factory()`` runs in a thread of its own: kafka-python's bootstrap timeout does not cover
+    a TLS handshake, and a client set to SSL against a plaintext listener waited for the
+    broker's answer for good (neither ``--idle-timeout`` nor SIGTERM stopped it). A call that
+    has not returned after ``stalled_after_s`` is a ConfigError. ``settings_hint`` ends the
+    error's line: which client settings to check besides the address. A client refusing its
+    settings (kafka-python raises TypeError or ValueError for a wrong value, with a traceback)
+    is a ConfigError too, any of the ``hidden`` values (secrets) in its text as ``***``, with
+    ``client_names`` (the kafka.client options given) to say which settings to check.
     """
     from kafka.errors import KafkaConfigurationError, KafkaError
 
@@ -427,15 +473,32 @@ def connect_with_retry(
     started = time.monotonic()
     while True:
         try:
-            return factory()
-        except KafkaConfigurationError as exc:
-            raise ConfigError(f"Kafka client settings are invalid: {exc}") from None
+            made, client = _call_unless_stalled(factory, stop, stalled_after_s)
+            if not made:
+                return None  # stopped
+            return client
+        except (KafkaConfigurationError, TypeError, ValueError, AssertionError) as exc:
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            for secret in hidden:
+                if secret:
+                    text = text.replace(secret, "***")
+            raise ConfigError(
+                f"Kafka client settings are invalid: {text}: check kafka.client in the "
+                f"pipeline{f' ({client_names})' if client_names else ''}"
+            ) from None
+        except _StalledError:
+            raise ConfigError(
+                f"Kafka broker at {bootstrap} connected but gave no answer in "
+                f"{stalled_after_s:.0f} s: check that kafka.client.security_protocol matches "
+                "the broker's listener (a TLS client waits for good on a plaintext one)"
+            ) from None
         except (KafkaError, OSError) as exc:
             waited = time.monotonic() - started
             if give_up_after_s is not None and waited >= give_up_after_s:
                 raise ConfigError(
                     f"Kafka broker at {bootstrap} not reachable after {waited:.0f} s "
                     f"({type(exc).__name__}): check --bootstrap and that the broker runs"
+                    f"{settings_hint}"
                 ) from None
             logger.warning(
                 "%s: broker at %s not reachable (%s); retrying in %.1f s",
@@ -450,6 +513,43 @@ def connect_with_retry(
             else:
                 time.sleep(delay)
             delay = min(backoff_max_s, delay * 2)
+
+
+class _StalledError(Exception):
+    """A client's constructor has not returned in time (a TLS handshake left waiting)."""
+
+
+def _call_unless_stalled(
+    factory: Any, stop: threading.Event | None, stalled_after_s: float
+) -> tuple[bool, Any]:
+    """``(True, factory())`` from a daemon thread; ``(False, None)`` once ``stop`` is set (the
+    thread, waiting on a socket, is left behind: the process is stopping); _StalledError
+    after ``stalled_after_s``. The factory's own exception is raised here."""
+    box: dict[str, Any] = {}
+    done, abandoned = threading.Event(), threading.Event()
+
+    def call() -> None:
+        try:
+            box["client"] = factory()
+            if abandoned.is_set():  # made after all, for nobody: closed, not left open
+                box["client"].close()
+        except BaseException as exc:  # handed over to the caller's thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=call, name="kafka-connect", daemon=True).start()
+    deadline = time.monotonic() + stalled_after_s
+    while not done.wait(0.2):
+        if stop is not None and stop.is_set():
+            abandoned.set()
+            return False, None
+        if time.monotonic() >= deadline:
+            abandoned.set()
+            raise _StalledError
+    if "error" in box:
+        raise box["error"]
+    return True, box["client"]
 
 
 def flatten(polled: dict[Any, list[Any]]) -> list[Any]:
