@@ -570,8 +570,13 @@ class AnomalyVAE(BaseEstimator):
         threshold: float | None = None,
         source: str = "input",
         windows: WindowState | None = None,
+        entity_column: str | None = None,
     ) -> ScoreBatch:
         """Validate and score records; invalid rows come back in ``rejects``, not as errors.
+
+        ``entity_column``: the column of ``X`` that holds each record's entity in place of the
+        pipeline's entity column (the stream scorer's ``_entity``, from a field or the message
+        key). Without it, a column of that name in the input is one more column, unread.
 
         A windowed model (``window`` in the pipeline) scores each record with its entity's
         previous records from ``windows`` (``new_window_state()``; records in arrival order,
@@ -592,9 +597,9 @@ class AnomalyVAE(BaseEstimator):
                 raise ConfigError(f"threshold must be a finite number, got {threshold!r}")
         frame = _as_frame(X, expected=list(self.feature_names_in_), width=self._array_columns())
         clean, rejects = self.schema_.validate(frame, source=source)
-        clean, rejects = self._reject_bad_entities(frame, clean, rejects)
+        clean, rejects = self._reject_bad_entities(frame, clean, rejects, entity_column)
         if self.config_.window is not None:
-            return self._score_windows(frame, clean, rejects, threshold, windows)
+            return self._score_windows(frame, clean, rejects, threshold, windows, entity_column)
         encoded = self.preprocessor_.transform(clean)
         arrays = self._scorer().score(encoded)
         scores = self._score_frame(arrays, clean.index, threshold)
@@ -611,12 +616,16 @@ class AnomalyVAE(BaseEstimator):
         return int(missing.sum())
 
     def _reject_bad_entities(
-        self, frame: pd.DataFrame, clean: pd.DataFrame, rejects: pd.DataFrame
+        self,
+        frame: pd.DataFrame,
+        clean: pd.DataFrame,
+        rejects: pd.DataFrame,
+        entity_column: str | None = None,
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Records whose entity key cannot be stored (``entity_problem``: too long, a NUL
         character) join the rejects, so that one such record never fails a database write.
-        The entity is ``_entity`` (a stream source's) or the pipeline's entity column."""
-        column = "_entity" if "_entity" in frame.columns else self.config_.columns.entity
+        The entity is ``entity_column`` (a stream source's) or the pipeline's entity column."""
+        column = entity_column or self.config_.columns.entity
         if not column or column not in frame.columns or not len(clean):
             return clean, rejects
         series = frame[column]
@@ -641,6 +650,7 @@ class AnomalyVAE(BaseEstimator):
         rejects: pd.DataFrame,
         threshold: float | None,
         windows: WindowState | None,
+        entity_column: str | None = None,
     ) -> ScoreBatch:
         """``score_batch`` for a windowed model: records without an event time are rejected,
         the others get their window from ``windows`` and are scored by the one ``Scorer``."""
@@ -651,7 +661,7 @@ class AnomalyVAE(BaseEstimator):
         state = windows if windows is not None else self.new_window_state()
         assert state is not None
         rows = frame.loc[clean.index]
-        entities, times, reasons = _window_keys(rows, cfg)
+        entities, times, reasons = _window_keys(rows, cfg, entity_column=entity_column)
         bad = reasons != None  # noqa: E711 - elementwise on an object array
         if bad.any():
             extra = _rejects_of(rows.iloc[np.flatnonzero(bad)], reasons[bad].tolist())
@@ -984,17 +994,17 @@ def _rejects_of(rows: pd.DataFrame, reasons: list[str]) -> pd.DataFrame:
 
 
 def _window_keys(
-    rows: pd.DataFrame, cfg: PipelineConfig
+    rows: pd.DataFrame, cfg: PipelineConfig, *, entity_column: str | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Entity (text; ``_entity`` when a stream source gave one, else the entity column, else
-    one series), event time in seconds (None: arrival order), and for each row the reason it
-    cannot be windowed, or None: its time is missing or not a time, or the window names an
-    entity column and the row has none (it would join an unnamed series of its own)."""
+    """Entity (text; ``entity_column`` when a stream source gave one, else the window's entity
+    column, else one series), event time in seconds (None: arrival order), and for each row
+    the reason it cannot be windowed, or None: its time is missing or not a time, or the window
+    names an entity column and the row has none (it would join an unnamed series of its own)."""
     window = cfg.window
     assert window is not None
     n = len(rows)
-    if "_entity" in rows.columns:
-        raw = rows["_entity"]
+    if entity_column is not None:
+        raw = rows[entity_column]
     elif window.entity and window.entity in rows.columns:
         raw = rows[window.entity]
     elif window.entity:
@@ -1011,7 +1021,7 @@ def _window_keys(
     if window.entity:
         # A stream's record: the field may come from the message key too, so say where to
         # put it ("missing" alone read as if the field had to be in the JSON).
-        where = " (neither a field of the message nor its key)" if "_entity" in rows else ""
+        where = " (neither a field of the message nor its key)" if entity_column else ""
         for i in np.flatnonzero(np.asarray([not t for t in texts], dtype=bool)):  # None or ""
             reasons[i] = f"window entity column {window.entity!r}: missing{where}"
     if not window.time:

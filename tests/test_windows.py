@@ -297,6 +297,24 @@ def test_windowed_scores_do_not_depend_on_how_the_input_is_cut(window_model: Ano
     assert (joined["window_status"] == whole.scores["window_status"]).all()
 
 
+def test_a_column_named_like_the_stream_entity_is_not_read_as_the_entity(
+    window_model: AnomalyVAE, tmp_path: Path
+) -> None:
+    # An export (or a training file) with a column named '_entity', the name of the column the
+    # stream scorer fills from the message key, had it replace the window's entity column:
+    # every pump's records made one series, and 195 of 400 records were flagged instead of 28.
+    data = make_pump_data(300, seed=5, anomaly_rate=0.05)
+    plain = window_model.score_batch(data).scores
+    odd = window_model.score_batch(data.assign(_entity="SAME")).scores
+    assert np.array_equal(plain["score"].to_numpy(), odd["score"].to_numpy())
+    cfg = window_model.config_.model_copy(deep=True)
+    training = make_pump_data(800, seed=1)
+    refit = AnomalyVAE(config=cfg).fit(training.assign(_entity="SAME"))
+    # Trained on the pumps' own series: as many full windows as without the column.
+    again = AnomalyVAE(config=cfg).fit(training)
+    assert refit.training_summary_["windows"] == again.training_summary_["windows"]
+
+
 def test_warming_up_records_are_scored_not_flagged_and_named(window_model: AnomalyVAE) -> None:
     data = make_pump_data(200, seed=6, anomaly_rate=0.1)
     batch = window_model.score_batch(data, threshold=-1e9)

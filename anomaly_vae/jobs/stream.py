@@ -489,7 +489,11 @@ class StreamScorer:
         frame = decoded.frame
         windows = self._window_state()
         scored = self.model.score_batch(
-            frame, threshold=threshold.value, source="message", windows=windows
+            frame,
+            threshold=threshold.value,
+            source="message",
+            windows=windows,
+            entity_column=ENTITY,
         )
         if windows is not None and windows.split and not self._warned_split:
             self._warn_split(windows)
