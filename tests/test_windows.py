@@ -352,7 +352,7 @@ def test_a_record_with_no_entity_is_rejected_not_put_in_a_series_of_its_own(
     assert set(batch.rejects["reason"]) == {"window entity column 'pump_id': missing"}
     assert len(batch.scores) == 58
     stream = data.assign(_entity=data["pump_id"].where(data["pump_id"] != "", None))
-    rejects = window_model.score_batch(stream).rejects
+    rejects = window_model.score_batch(stream, entity_column="_entity").rejects
     assert list(rejects.index) == [5, 9]
     # A message may give its entity as its key: the reason says where it was looked for.
     assert set(rejects["reason"]) == {
