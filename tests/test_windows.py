@@ -101,6 +101,25 @@ def test_gap_longer_than_the_limit_restarts_the_window() -> None:
     assert st.counters.gaps == 1
 
 
+def test_lateness_and_gap_limits_are_exact() -> None:
+    # The other tests sit far from the limits: a record 0.5 s past lateness_s put in order, or
+    # a gap 0.5 s over max_gap_s not restarting the window, passed them all.
+    st = state(3, lateness_s=10.0)
+    st.assemble(rows([1, 2, 3]), ["a"] * 3, np.array([0.0, 10.0, 30.0]))
+    at_limit = st.assemble(rows([4]), ["a"], np.array([20.0]))  # exactly 10 s behind
+    assert at_limit.status.tolist() == [OK]
+    assert windows_of(at_limit) == [[1, 2, 4]]
+    past = st.assemble(rows([5]), ["a"], np.array([19.5]))  # 10.5 s behind
+    assert past.status.tolist() == [LATE]
+    assert windows_of(past) == [[5, 5, 5]]
+
+    st = state(2, max_gap_s=60.0)
+    out = st.assemble(rows([1, 2, 3]), ["a"] * 3, np.array([0.0, 60.0, 120.5]))
+    assert windows_of(out) == [[1, 1], [1, 2], [3, 3]]  # 60 s apart: no gap; 60.5 s: a gap
+    assert out.status.tolist() == [WARMING_UP, OK, WARMING_UP]
+    assert st.counters.gaps == 1
+
+
 def test_duplicate_timestamps_keep_arrival_order() -> None:
     st = state(3)
     out = st.assemble(rows([1, 2, 3, 4]), ["a"] * 4, np.array([0.0, 5.0, 5.0, 5.0]))
