@@ -359,6 +359,39 @@ def test_database_outage_is_retried_without_commit(
     assert len(sink.keys()) == 50
 
 
+@dataclass
+class RefusingSink(MemorySink):
+    """Writes ``good`` batches, then refuses one with an error that is not worth retrying."""
+
+    good: int = 2
+
+    def write(self, batch: StreamBatch) -> WriteResult:
+        if len(self.batches) >= self.good:
+            raise ValueError("refused (simulated)")
+        return super().write(batch)
+
+
+def test_a_refused_write_commits_nothing_of_its_batch(
+    broker: DevBroker, stream_model: AnomalyVAE
+) -> None:
+    # The batch a write failed on must stay uncommitted (scored again on restart): committing
+    # its offsets once the run had failed passed every test, the records silently lost.
+    topic = create_topic(broker.bootstrap)
+    values, keys = pump_values(100, seed=16)
+    produce(broker.bootstrap, topic, values, keys)
+    cfg = stream_config(stream_model, broker.bootstrap, topic, max_batch_records=20)
+    first = RefusingSink([])
+    with pytest.raises(ValueError, match="refused"):
+        StreamScorer(stream_model, cfg, first).run(idle_timeout=3.0)
+    written = first.keys()
+    assert 0 < len(written) < 100  # two batches of up to 20
+    assert committed_total(broker.bootstrap, cfg.kafka.group_id, topic, 1) == len(written)
+    second = MemorySink([])
+    StreamScorer(stream_model, cfg, second).run(idle_timeout=3.0)
+    all_keys = written + second.keys()
+    assert len(all_keys) == len(set(all_keys)) == 100
+
+
 def test_a_rejected_record_keeps_only_the_message_fields(stream_model: AnomalyVAE) -> None:
     # The raw JSON of a record that failed validation held the decoder's own columns
     # (_source_key, _entity, _event_time) besides the message's fields.
