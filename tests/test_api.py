@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -448,17 +449,27 @@ def test_scoring_records_now_under_the_threshold_in_force(
     flagged = [s for s in scored if s["is_anomaly"]]
     assert flagged
     assert all(s["severity"] == "warning" and s["top_features"] for s in flagged)
-    # A new threshold applies to the next request, without a restart.
+    # A new threshold applies to the next request, without a restart; with a critical level,
+    # the records above it are critical (a response that ignored it passed every test).
     lowest = min(s["score"] for s in scored)
+    middle = float(np.median([s["score"] for s in scored]))
     change = api.post(
         "/models/pumps/thresholds",
-        json={"warning": {"policy": "value", "value": lowest - 1}, "reason": "test"},
+        json={
+            "warning": {"policy": "value", "value": lowest - 1},
+            "critical": {"policy": "value", "value": middle},
+            "reason": "test",
+        },
         headers=AUTH,
     )
     assert change.status_code == 201, change.text
     again = api.post("/models/pumps/score", json={"records": records}).json()
     assert again["threshold_version"] == in_force["version"] + 1
+    assert again["critical"] == middle
     assert all(s["is_anomaly"] for s in again["scores"])
+    levels = [(s["severity"], s["score"] > middle) for s in again["scores"]]
+    assert {level for level, _ in levels} == {"warning", "critical"}
+    assert all((level == "critical") == above for level, above in levels)
     # Unknown names and versions are 404; an empty or oversized body 422.
     assert api.post("/models/nope/score", json={"records": records}).status_code == 404
     unknown = api.post("/models/pumps/score", json={"records": records, "version": "abc"})
