@@ -330,6 +330,26 @@ def test_warming_up_records_are_scored_not_flagged_and_named(window_model: Anoma
     assert names <= set(window_model.schema_.names)
 
 
+def test_only_records_with_a_full_window_get_a_stored_severity(window_model: AnomalyVAE) -> None:
+    # The severity written to scores.severity (CSV jobs, the stream, the API): a warming-up
+    # record over the threshold got 'warning' beside its is_anomaly 0, and no test noticed.
+    from anomaly_vae.storage.sink import severity_labels
+
+    data = make_pump_data(200, seed=6, anomaly_rate=0.1)
+    scores = window_model.score_batch(data, threshold=-1e9).scores
+    status = scores["window_status"].to_numpy()
+    middle = float(scores["score"].median())
+    levels = severity_labels(scores, -1e9, middle)
+    assert (status == "warming_up").any()
+    assert all(level is None for level in levels[status != "ok"])
+    above = scores["score"].to_numpy() > middle
+    ok = status == "ok"
+    assert (levels[ok & above] == "critical").all()
+    assert (levels[ok & ~above] == "warning").all()
+    assert (ok & above).any()
+    assert (ok & ~above).any()
+
+
 def test_records_without_a_valid_time_are_rejected_with_a_reason(window_model: AnomalyVAE) -> None:
     data = make_pump_data(50, seed=7)
     data.loc[3, "ts"] = "not a time"
