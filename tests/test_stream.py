@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -442,6 +442,44 @@ def test_sigterm_like_stop_finishes_the_batch(broker: DevBroker, stream_model: A
     assert time.monotonic() - stopped_at < 5.0
     assert len(sink.keys()) == 40
     assert committed_total(broker.bootstrap, cfg.kafka.group_id, topic, 1) == 40
+
+
+@dataclass
+class SlowSink(MemorySink):
+    """Says when a write begins, then takes a while to finish it."""
+
+    started: threading.Event = field(default_factory=threading.Event)
+
+    def write(self, batch: StreamBatch) -> WriteResult:
+        self.started.set()
+        time.sleep(1.0)
+        return super().write(batch)
+
+
+def test_a_stop_during_a_write_finishes_and_commits_the_batches_in_hand(
+    broker: DevBroker, stream_model: AnomalyVAE
+) -> None:
+    # The test above stops once every record is written and committed: a stop that made the
+    # batches in hand committable without writing them (records lost) passed it.
+    topic = create_topic(broker.bootstrap)
+    values, keys = pump_values(40, seed=17)
+    produce(broker.bootstrap, topic, values, keys)
+    cfg = stream_config(stream_model, broker.bootstrap, topic, max_batch_records=10)
+    sink = SlowSink([])
+    scorer = StreamScorer(stream_model, cfg, sink)
+    runner = threading.Thread(target=scorer.run)
+    runner.start()
+    assert sink.started.wait(30)
+    scorer.stop()  # while the first batch is being written
+    runner.join(timeout=30)
+    assert not runner.is_alive()
+    written = sink.keys()
+    assert written
+    assert len(written) == len(set(written))
+    assert committed_total(broker.bootstrap, cfg.kafka.group_id, topic, 1) == len(written)
+    rest = MemorySink([])
+    StreamScorer(stream_model, cfg, rest).run(idle_timeout=3.0)
+    assert sorted(written + rest.keys()) == sorted(f"{topic}:0:{i}" for i in range(40))
 
 
 @dataclass
