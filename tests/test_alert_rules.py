@@ -181,6 +181,48 @@ def test_replayed_and_overlapping_batches_open_nothing_twice(db_url: str) -> Non
     assert [g[:3] for g in got] == expected(frame)
 
 
+def test_a_replay_cut_differently_judges_only_its_new_rows(db_url: str) -> None:
+    # Half of a replayed batch already stored: only the other half may move the rule. Judging
+    # the stored crossing again (as if every row were new) opened a second alert for it.
+    rule = AlertRule(k=1, n=1, cooldown_s=0.0, resolve_after=1)
+    t0 = pd.Timestamp("2026-11-20T00:00Z")
+    scores = np.asarray([12.0, 1.0, 1.0, 1.0])
+    frame = pd.DataFrame(
+        {
+            "source_key": [f"k{i}" for i in range(4)],
+            "entity_key": ["P1"] * 4,
+            "event_time": [t0 + pd.Timedelta(seconds=i) for i in range(4)],
+            "score": scores,
+            "recon_error": np.zeros(4),
+            "percentile": np.zeros(4),
+            "is_anomaly": scores > 10,
+        }
+    )
+    engine = engine_for(db_url)
+    try:
+        with engine.connect() as connection:
+            model_id, run_id = start(connection, rule)
+            first = repo.write_results(
+                connection,
+                run_id=run_id,
+                model_id=model_id,
+                records=frame.iloc[:2],
+                alert_rule=rule,
+            )
+            assert (first.alerts_opened, first.alerts_resolved) == (1, 1)
+            before = decisions(connection)
+            _, second_run = start(connection, rule)
+            again = repo.write_results(
+                connection, run_id=second_run, model_id=model_id, records=frame, alert_rule=rule
+            )
+            assert again.scores_inserted == 2
+            assert (again.alerts_opened, again.alerts_resolved) == (0, 0)
+            assert decisions(connection) == before
+    finally:
+        engine.dispose()
+    assert before == [("k0", "k1", "warning", "resolved")]
+
+
 def test_operators_acknowledge_and_resolve(db_url: str) -> None:
     rule = AlertRule(k=1, n=1, cooldown_s=0.0, resolve_after=3)
     t0 = pd.Timestamp("2026-11-20T00:00Z")

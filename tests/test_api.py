@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -218,20 +219,12 @@ def test_read_set_preview_and_act_over_http(server: Server) -> None:
     assert api.get("/anomalies", params={"limit": 0}).status_code == 422
     alerts = api.get("/alerts", params={"model": "pumps", "limit": 500}).json()
     assert alerts
+    # The rule resolves every alert after one normal record: all are resolved here (acting on
+    # an open one: test_an_open_alert_is_acknowledged_then_resolved_over_http).
+    assert {a["state"] for a in alerts} == {"resolved"}
     alert_id = alerts[0]["id"]
     assert api.post(f"/alerts/{alert_id}/acknowledge").status_code == 401
-    if alerts[0]["state"] == "open":
-        acked = api.post(f"/alerts/{alert_id}/acknowledge", json={"by": "bob"}, headers=AUTH)
-        assert acked.status_code == 200, acked.text
-        assert (acked.json()["state"], acked.json()["acknowledged_by"]) == ("acknowledged", "bob")
-    resolved = api.post(
-        f"/alerts/{alert_id}/resolve", json={"by": "bob", "note": "fixed"}, headers=AUTH
-    )
-    if alerts[0]["state"] == "resolved":
-        assert resolved.status_code == 400
-    else:
-        assert resolved.status_code == 200, resolved.text
-        assert api.get(f"/alerts/{alert_id}").json()["state"] == "resolved"
+    assert api.post(f"/alerts/{alert_id}/acknowledge", headers=AUTH).status_code == 400
     again = api.post(f"/alerts/{alert_id}/resolve", headers=AUTH)
     assert again.status_code == 400
     assert "already resolved" in again.json()["detail"]
@@ -248,13 +241,56 @@ def test_read_set_preview_and_act_over_http(server: Server) -> None:
     thresholds = {s.labels["severity"]: s.value for s in families["anomaly_vae_threshold"].samples}
     assert thresholds == {"warning": v2["warning"]}
     assert sum(s.value for s in families["anomaly_vae_alerts"].samples) == len(alerts)
-    # Every state is a series, 0 where no alert is in it (none is acknowledged here: one was
-    # acknowledged, then resolved), rather than a series that vanishes.
+    # Every state is a series, 0 where no alert is in it (none is open or acknowledged
+    # here), rather than a series that vanishes.
     by_state = {s.labels["state"]: s.value for s in families["anomaly_vae_alerts"].samples}
     assert set(by_state) == {"open", "acknowledged", "resolved"}
     assert by_state["acknowledged"] == 0
 
     assert TOKEN not in stop(server)
+
+
+def test_an_open_alert_is_acknowledged_then_resolved_over_http(
+    scored_db: str,
+    pump_model: tuple[AnomalyVAE, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The test above only ever met resolved alerts (it acted in a branch of the newest one's
+    # state): an acknowledge endpoint that resolved the alert instead passed every test.
+    _, model_dir = pump_model
+    db = ("--db", scored_db)
+    rule = ("thresholds", "set", "pumps", "--resolve-after", "1000000", "--reason", "r", *db)
+    assert run_inline(capsys, *rule).returncode == 0
+    export = tmp_path / "more.csv"
+    make_pump_data(300, anomaly_rate=0.1, seed=9).to_csv(export, index=False)
+    score = ("score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    assert run_inline(capsys, *score).returncode == 0
+    server = start_server(scored_db, TOKEN)
+    try:
+        api = server.client
+        alerts = api.get("/alerts", params={"model": "pumps", "state": "open"}).json()
+        assert alerts
+        alert_id = alerts[0]["id"]
+        acked = api.post(f"/alerts/{alert_id}/acknowledge", json={"by": "bob"}, headers=AUTH)
+        assert acked.status_code == 200, acked.text
+        assert (acked.json()["state"], acked.json()["acknowledged_by"]) == ("acknowledged", "bob")
+        assert acked.json()["resolved_at"] is None
+        assert api.get(f"/alerts/{alert_id}").json()["state"] == "acknowledged"
+        twice = api.post(f"/alerts/{alert_id}/acknowledge", headers=AUTH)
+        assert twice.status_code == 400, twice.text
+        resolved = api.post(
+            f"/alerts/{alert_id}/resolve", json={"by": "carol", "note": "fixed"}, headers=AUTH
+        )
+        assert resolved.status_code == 200, resolved.text
+        body = resolved.json()
+        assert (body["state"], body["resolved_by"], body["note"]) == ("resolved", "carol", "fixed")
+        assert body["acknowledged_by"] == "bob"
+        states = {a["id"]: a["state"] for a in api.get("/alerts", params={"limit": 500}).json()}
+        assert states[alert_id] == "resolved"
+        assert sum(s == "open" for s in states.values()) == len(alerts) - 1
+    finally:
+        stop(server)
 
 
 def test_without_a_token_the_api_is_read_only(scored_db: str) -> None:
@@ -413,17 +449,27 @@ def test_scoring_records_now_under_the_threshold_in_force(
     flagged = [s for s in scored if s["is_anomaly"]]
     assert flagged
     assert all(s["severity"] == "warning" and s["top_features"] for s in flagged)
-    # A new threshold applies to the next request, without a restart.
+    # A new threshold applies to the next request, without a restart; with a critical level,
+    # the records above it are critical (a response that ignored it passed every test).
     lowest = min(s["score"] for s in scored)
+    middle = float(np.median([s["score"] for s in scored]))
     change = api.post(
         "/models/pumps/thresholds",
-        json={"warning": {"policy": "value", "value": lowest - 1}, "reason": "test"},
+        json={
+            "warning": {"policy": "value", "value": lowest - 1},
+            "critical": {"policy": "value", "value": middle},
+            "reason": "test",
+        },
         headers=AUTH,
     )
     assert change.status_code == 201, change.text
     again = api.post("/models/pumps/score", json={"records": records}).json()
     assert again["threshold_version"] == in_force["version"] + 1
+    assert again["critical"] == middle
     assert all(s["is_anomaly"] for s in again["scores"])
+    levels = [(s["severity"], s["score"] > middle) for s in again["scores"]]
+    assert {level for level, _ in levels} == {"warning", "critical"}
+    assert all((level == "critical") == above for level, above in levels)
     # Unknown names and versions are 404; an empty or oversized body 422.
     assert api.post("/models/nope/score", json={"records": records}).status_code == 404
     unknown = api.post("/models/pumps/score", json={"records": records, "version": "abc"})

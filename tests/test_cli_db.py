@@ -71,6 +71,17 @@ def test_score_twice_keeps_one_row_per_record(
     assert "0 rejected rows added to dead_letters (1 already there)" in second.stdout
     assert count(db_url, "scores") == 1499
     assert count(db_url, "dead_letters") == 1
+    # The dead letter names its row, why it was refused, and holds the row as it came (no
+    # test read the stored raw text: a sink that stored none passed).
+    [(key, reason, raw)] = query(db_url, "SELECT source_key, reason, raw FROM dead_letters")
+    assert str(key).endswith(":3")  # the 4th data row (0-based 3)
+    assert "flow" in str(reason)
+    assert "oops" in str(reason)
+    header, row = (line.split(",") for line in export.read_text().splitlines()[0:5:4])
+    stored = json.loads(str(raw))
+    assert stored["flow"] == "oops"
+    given = {c: v for c, v in zip(header, row, strict=True) if v != ""}
+    assert {c: str(v) for c, v in stored.items() if v is not None} == given
     assert count(db_url, "models") == 1
     flagged = int(first.stdout.split(" scored, ")[1].split(" flagged")[0])
     # The alert rule (one alert per run of crossings of a pump) opened some; the second

@@ -651,6 +651,16 @@ def test_scoring_a_file_again_after_a_new_threshold_says_its_stored_flags_are_ke
     ok(capsys, "thresholds", "set", "pumps", "--value", str(model.threshold_), "--reason", "r", *db)
     third = ok(capsys, *score)
     assert f"({len(scores)} already there, kept as first scored)" in third
+    # A critical level added under the same warning threshold: is_anomaly agrees with every
+    # stored row, the severity of those now over the critical level does not.
+    critical = float(np.quantile(scores[scores > model.threshold_], 0.5))
+    escalated = int((scores > critical).sum())
+    assert escalated > 0
+    ok(capsys, "thresholds", "set", "pumps", "--critical", str(critical), "--reason", "r", *db)
+    fourth = ok(capsys, *score)
+    assert f"kept as first scored: {escalated} of them keep another is_anomaly / severity" in (
+        fourth
+    )
 
 
 def test_a_preview_table_shows_the_proposed_and_the_current_alert_rule(

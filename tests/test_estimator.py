@@ -265,6 +265,22 @@ def test_score_batch_refuses_a_threshold_that_is_no_number(trained_model: Anomal
     assert flagged.tolist() == [1] * 5
 
 
+def test_a_record_is_flagged_only_when_its_score_is_above_the_threshold(
+    trained_model: AnomalyVAE,
+) -> None:
+    # README: a record crosses a threshold when its score is above it. No test put a score
+    # exactly at the threshold: flagging at '>=' passed every test.
+    frame = correlated_normal(20, seed=7)
+    scores = trained_model.score(frame)["score"].to_numpy()
+    order = np.argsort(scores)
+    at = float(scores[order[10]])
+    flagged = trained_model.score_batch(frame, threshold=at).scores["is_anomaly"].to_numpy()
+    assert flagged.tolist() == (scores > at).astype(int).tolist()
+    assert flagged[order[10]] == 0  # at the threshold: not above it
+    assert flagged[order[11:]].all()
+    assert not flagged[order[:11]].any()
+
+
 def test_constructor_only_stores() -> None:
     model = AnomalyVAE(latent_dim=-5, device="no-such-device")
     assert model.get_params()["latent_dim"] == -5

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -383,6 +383,39 @@ def test_database_outage_is_retried_without_commit(
     assert len(sink.keys()) == 50
 
 
+@dataclass
+class RefusingSink(MemorySink):
+    """Writes ``good`` batches, then refuses one with an error that is not worth retrying."""
+
+    good: int = 2
+
+    def write(self, batch: StreamBatch) -> WriteResult:
+        if len(self.batches) >= self.good:
+            raise ValueError("refused (simulated)")
+        return super().write(batch)
+
+
+def test_a_refused_write_commits_nothing_of_its_batch(
+    broker: DevBroker, stream_model: AnomalyVAE
+) -> None:
+    # The batch a write failed on must stay uncommitted (scored again on restart): committing
+    # its offsets once the run had failed passed every test, the records silently lost.
+    topic = create_topic(broker.bootstrap)
+    values, keys = pump_values(100, seed=16)
+    produce(broker.bootstrap, topic, values, keys)
+    cfg = stream_config(stream_model, broker.bootstrap, topic, max_batch_records=20)
+    first = RefusingSink([])
+    with pytest.raises(ValueError, match="refused"):
+        StreamScorer(stream_model, cfg, first).run(idle_timeout=3.0)
+    written = first.keys()
+    assert 0 < len(written) < 100  # two batches of up to 20
+    assert committed_total(broker.bootstrap, cfg.kafka.group_id, topic, 1) == len(written)
+    second = MemorySink([])
+    StreamScorer(stream_model, cfg, second).run(idle_timeout=3.0)
+    all_keys = written + second.keys()
+    assert len(all_keys) == len(set(all_keys)) == 100
+
+
 def test_a_rejected_record_keeps_only_the_message_fields(stream_model: AnomalyVAE) -> None:
     # The raw JSON of a record that failed validation held the decoder's own columns
     # (_source_key, _entity, _event_time) besides the message's fields.
@@ -433,6 +466,44 @@ def test_sigterm_like_stop_finishes_the_batch(broker: DevBroker, stream_model: A
     assert time.monotonic() - stopped_at < 5.0
     assert len(sink.keys()) == 40
     assert committed_total(broker.bootstrap, cfg.kafka.group_id, topic, 1) == 40
+
+
+@dataclass
+class SlowSink(MemorySink):
+    """Says when a write begins, then takes a while to finish it."""
+
+    started: threading.Event = field(default_factory=threading.Event)
+
+    def write(self, batch: StreamBatch) -> WriteResult:
+        self.started.set()
+        time.sleep(1.0)
+        return super().write(batch)
+
+
+def test_a_stop_during_a_write_finishes_and_commits_the_batches_in_hand(
+    broker: DevBroker, stream_model: AnomalyVAE
+) -> None:
+    # The test above stops once every record is written and committed: a stop that made the
+    # batches in hand committable without writing them (records lost) passed it.
+    topic = create_topic(broker.bootstrap)
+    values, keys = pump_values(40, seed=17)
+    produce(broker.bootstrap, topic, values, keys)
+    cfg = stream_config(stream_model, broker.bootstrap, topic, max_batch_records=10)
+    sink = SlowSink([])
+    scorer = StreamScorer(stream_model, cfg, sink)
+    runner = threading.Thread(target=scorer.run)
+    runner.start()
+    assert sink.started.wait(30)
+    scorer.stop()  # while the first batch is being written
+    runner.join(timeout=30)
+    assert not runner.is_alive()
+    written = sink.keys()
+    assert written
+    assert len(written) == len(set(written))
+    assert committed_total(broker.bootstrap, cfg.kafka.group_id, topic, 1) == len(written)
+    rest = MemorySink([])
+    StreamScorer(stream_model, cfg, rest).run(idle_timeout=3.0)
+    assert sorted(written + rest.keys()) == sorted(f"{topic}:0:{i}" for i in range(40))
 
 
 @dataclass

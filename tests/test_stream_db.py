@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
@@ -461,13 +462,16 @@ def test_threshold_changed_while_running_applies_to_later_records(
         first, first_keys = pump_messages(300, seed=24)
         produce(broker.bootstrap, topic, first, first_keys)
         wait_for(lambda: len(stored_keys(db_url)[0]) >= 300, 60, "the first records")
+        # A critical level too: the stream's severities must follow it (a sink that left it
+        # out, every flagged record 'warning', passed every test).
+        critical = float(np.median([r[0] for r in query(db_url, "SELECT score FROM scores")]))
         with engine.connect() as connection, connection.begin():
             repo.add_threshold(
                 connection,
                 model_name=model.name,
                 policy="value",
                 warning=-1e9,
-                critical=None,
+                critical=critical,
                 parameters={},
                 created_by="test",
                 reason="lower it while running",
@@ -480,13 +484,16 @@ def test_threshold_changed_while_running_applies_to_later_records(
         scorer.stop()
         thread.join(timeout=20)
         engine.dispose()
-    rows = query(db_url, "SELECT source_key, is_anomaly FROM scores")
-    flags = {str(k): bool(v) for k, v in rows}
+    rows = query(db_url, "SELECT source_key, is_anomaly, score, severity FROM scores")
+    flags = {str(k): bool(v) for k, v, _, _ in rows}
     offsets = {k: int(k.rsplit(":", 1)[1]) for k in flags}
     early = [flags[k] for k in flags if offsets[k] < 300]
     late = [flags[k] for k in flags if offsets[k] >= 300]
     assert sum(early) < 0.2 * len(early)  # the calibrated threshold
     assert all(late)  # everything crosses the lowered threshold
+    levels = [(sev, score > critical) for k, _, score, sev in rows if offsets[str(k)] >= 300]
+    assert {sev for sev, _ in levels} == {"warning", "critical"}
+    assert all((sev == "critical") == above for sev, above in levels)
 
 
 @pytest.fixture
@@ -511,7 +518,8 @@ def test_message_from_another_client_scores_the_same_whatever_its_compression(
     """librdkafka (confluent-kafka, kcat) with each codec a producer may set: kafka-python
     decodes snappy, lz4 and zstd only with their libraries installed (dependencies)."""
     db_url = sqlite_url
-    confluent = pytest.importorskip("confluent_kafka")
+    import confluent_kafka as confluent  # a dev dependency: missing, the test must fail
+
     _model, model_dir = pump_model
     topic = create_topic(broker.bootstrap)
     payload = pump_messages(1, seed=26)[0][0]

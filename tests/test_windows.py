@@ -101,6 +101,25 @@ def test_gap_longer_than_the_limit_restarts_the_window() -> None:
     assert st.counters.gaps == 1
 
 
+def test_lateness_and_gap_limits_are_exact() -> None:
+    # The other tests sit far from the limits: a record 0.5 s past lateness_s put in order, or
+    # a gap 0.5 s over max_gap_s not restarting the window, passed them all.
+    st = state(3, lateness_s=10.0)
+    st.assemble(rows([1, 2, 3]), ["a"] * 3, np.array([0.0, 10.0, 30.0]))
+    at_limit = st.assemble(rows([4]), ["a"], np.array([20.0]))  # exactly 10 s behind
+    assert at_limit.status.tolist() == [OK]
+    assert windows_of(at_limit) == [[1, 2, 4]]
+    past = st.assemble(rows([5]), ["a"], np.array([19.5]))  # 10.5 s behind
+    assert past.status.tolist() == [LATE]
+    assert windows_of(past) == [[5, 5, 5]]
+
+    st = state(2, max_gap_s=60.0)
+    out = st.assemble(rows([1, 2, 3]), ["a"] * 3, np.array([0.0, 60.0, 120.5]))
+    assert windows_of(out) == [[1, 1], [1, 2], [3, 3]]  # 60 s apart: no gap; 60.5 s: a gap
+    assert out.status.tolist() == [WARMING_UP, OK, WARMING_UP]
+    assert st.counters.gaps == 1
+
+
 def test_duplicate_timestamps_keep_arrival_order() -> None:
     st = state(3)
     out = st.assemble(rows([1, 2, 3, 4]), ["a"] * 4, np.array([0.0, 5.0, 5.0, 5.0]))
@@ -327,6 +346,26 @@ def test_warming_up_records_are_scored_not_flagged_and_named(window_model: Anoma
     names = {name for row in batch.top_features_list(3) for name, _ in row}
     assert names
     assert names <= set(window_model.schema_.names)
+
+
+def test_only_records_with_a_full_window_get_a_stored_severity(window_model: AnomalyVAE) -> None:
+    # The severity written to scores.severity (CSV jobs, the stream, the API): a warming-up
+    # record over the threshold got 'warning' beside its is_anomaly 0, and no test noticed.
+    from anomaly_vae.storage.sink import severity_labels
+
+    data = make_pump_data(200, seed=6, anomaly_rate=0.1)
+    scores = window_model.score_batch(data, threshold=-1e9).scores
+    status = scores["window_status"].to_numpy()
+    middle = float(scores["score"].median())
+    levels = severity_labels(scores, -1e9, middle)
+    assert (status == "warming_up").any()
+    assert all(level is None for level in levels[status != "ok"])
+    above = scores["score"].to_numpy() > middle
+    ok = status == "ok"
+    assert (levels[ok & above] == "critical").all()
+    assert (levels[ok & ~above] == "warning").all()
+    assert (ok & above).any()
+    assert (ok & ~above).any()
 
 
 def test_records_without_a_valid_time_are_rejected_with_a_reason(window_model: AnomalyVAE) -> None:
