@@ -22,7 +22,12 @@ from sqlalchemy import func, inspect, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from anomaly_vae.errors import DatabaseConnectionError, DatabaseURLError, SchemaVersionError
+from anomaly_vae.errors import (
+    ConfigError,
+    DatabaseConnectionError,
+    DatabaseURLError,
+    SchemaVersionError,
+)
 from anomaly_vae.scoring import top_features_json, top_features_list
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.storage.engine import (
@@ -366,7 +371,7 @@ def test_write_results_names_missing_columns(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
     engine = engine_for(url)
     upgrade(engine)
-    with engine.connect() as connection, pytest.raises(Exception, match="'is_anomaly'"):
+    with engine.connect() as connection, pytest.raises(ConfigError, match="'is_anomaly'"):
         repo.write_results(
             connection,
             run_id=1,
