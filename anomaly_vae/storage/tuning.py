@@ -294,6 +294,19 @@ def _apply_change(
     return _Version(policy, value, critical, parameters, rule)
 
 
+def _check_reason_and_author(reason: str, created_by: str) -> None:
+    """A threshold change needs a reason and an author, neither blank."""
+    if not reason or not reason.strip():
+        raise ConfigError(
+            'a threshold change needs a reason (--reason, "reason" in the API): say why, for '
+            "the history"
+        )
+    if not created_by or not created_by.strip():
+        raise ConfigError(
+            'a threshold change needs who made it (--by, "created_by" in the API), not a blank'
+        )
+
+
 def set_threshold(
     connection: Connection,
     *,
@@ -304,15 +317,7 @@ def set_threshold(
 ) -> Row[Any]:
     """Append a threshold version for ``model_name`` (in force from now on; live scorers pick
     it up within ``kafka.threshold_refresh_s``). Runs in the caller's transaction."""
-    if not reason or not reason.strip():
-        raise ConfigError(
-            'a threshold change needs a reason (--reason, "reason" in the API): say why, for '
-            "the history"
-        )
-    if not created_by or not created_by.strip():
-        raise ConfigError(
-            'a threshold change needs who made it (--by, "created_by" in the API), not a blank'
-        )
+    _check_reason_and_author(reason, created_by)
     model = model_in_use(connection, name=model_name)
     repo.lock_thresholds(connection, model_name=model_name)  # `current` stays the one in force
     current = repo.threshold_in_force(connection, model_name=model_name)
@@ -342,15 +347,7 @@ def rollback_threshold(
     (as they were, not recomputed), parameters and alert rule, ``rolled_back_to`` naming it.
     It is an operator's version (a newer model version's calibration does not replace it).
     Runs in the caller's transaction."""
-    if not reason or not reason.strip():
-        raise ConfigError(
-            'a threshold change needs a reason (--reason, "reason" in the API): say why, for '
-            "the history"
-        )
-    if not created_by or not created_by.strip():
-        raise ConfigError(
-            'a threshold change needs who made it (--by, "created_by" in the API), not a blank'
-        )
+    _check_reason_and_author(reason, created_by)
     repo.registered_versions(connection, name=model_name, hint=": see 'anomaly-vae models list'")
     repo.lock_thresholds(connection, model_name=model_name)
     versions = {int(r.version): r for r in repo.list_thresholds(connection, model_name=model_name)}
