@@ -703,13 +703,27 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
                 "the event time in ``time``) at or after this (ISO 8601; without a time zone: UTC)"
             ),
         ] = None,
+        until: Annotated[
+            UtcDatetime | None,
+            Query(
+                description="Alerts opened (``opened_at``) before this (ISO 8601; without a "
+                "time zone: UTC): with ``since``, a period; with ``limit``, the page before the "
+                "oldest ``opened_at`` seen"
+            ),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
     ) -> list[AlertPublic]:
         """Alerts, newest opened first (``opened_at``); ``state=active``: open or
         acknowledged."""
         _require_model(conn, model)
         rows = list_alerts(
-            conn, state=state, model_name=model, entity=entity, since=since, limit=limit
+            conn,
+            state=state,
+            model_name=model,
+            entity=entity,
+            since=since,
+            until=until,
+            limit=limit,
         )
         return [AlertPublic.model_validate(r) for r in rows]
 

@@ -231,6 +231,12 @@ def test_read_set_preview_and_act_over_http(server: Server) -> None:
     assert api.get("/alerts/999999").status_code == 404
     assert api.post("/alerts/999999/resolve", headers=AUTH).status_code == 404
     assert api.get("/alerts", params={"state": "gone"}).status_code == 422
+    # 'until' bounds when they opened, as for /anomalies (there was no way to page back).
+    assert api.get("/alerts", params={"until": "2000-01-01"}).json() == []
+    everything = api.get("/alerts", params={"until": "2100-01-01", "limit": 500}).json()
+    assert [a["id"] for a in everything] == [a["id"] for a in alerts]
+    opened = alerts[-1]["opened_at"]
+    assert api.get("/alerts", params={"since": opened, "until": opened}).json() == []
 
     # Metrics in the Prometheus text format.
     metrics = api.get("/metrics")

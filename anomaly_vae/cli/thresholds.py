@@ -727,6 +727,7 @@ def alerts_list(
     model: str | None = typer.Option(None, "--model", help="Only this model name."),
     entity: str | None = typer.Option(None, "--entity", help="Only this entity."),
     since: str | None = typer.Option(None, "--since", help="Opened from this date or time on."),
+    until: str | None = typer.Option(None, "--until", help="Opened before this date or time."),
     limit: int = typer.Option(50, "--limit", help="At most this many alerts."),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
     db: DbOpt = None,
@@ -749,6 +750,7 @@ def alerts_list(
             model_name=model,
             entity=entity,
             since=_since(since),
+            until=_since(until, "--until"),
             limit=limit,
         )
     columns = [

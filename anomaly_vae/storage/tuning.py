@@ -933,10 +933,12 @@ def list_alerts(
     model_name: str | None = None,
     entity: str | None = None,
     since: datetime | None = None,
+    until: datetime | None = None,
     limit: int = 50,
     alert_id: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Alerts, newest first, with their model, opening record and rule."""
+    """Alerts, newest first, with their model, opening record and rule; ``since`` / ``until``
+    bound when they opened (``opened_at`` in [since, until))."""
     if alert_id is not None and alert_id not in _ALERT_IDS:
         return []
     when = func.coalesce(Score.event_time, Score.scored_at)
@@ -977,6 +979,8 @@ def list_alerts(
         stmt = stmt.where(Alert.entity_key == entity)
     if since is not None:
         stmt = stmt.where(Alert.opened_at >= since)
+    if until is not None:
+        stmt = stmt.where(Alert.opened_at < until)
     if alert_id is not None:
         stmt = stmt.where(Alert.id == alert_id)
     return [dict(row._mapping) for row in connection.execute(stmt)]
