@@ -223,8 +223,8 @@ def test_thresholds_and_alerts_from_the_command_line(
     assert [(a["id"], a["acknowledged_by"]) for a in by_hand] == [(int(first), "bob")]
     assert len(resolved) > 1  # the first export's alerts, resolved by the rule
     assert "no alerts" in ok(capsys, "alerts", "list", "--until", "2000-01-01", *db)
-    later = as_json(capsys, "alerts", "list", "--state", "resolved", "--until", "2100-01-01", *db)
-    assert later == resolved
+    paged = as_json(capsys, "alerts", "list", "--state", "resolved", "--until", "2100-01-01", *db)
+    assert paged == resolved
     assert_user_error(cli(capsys, "alerts", "resolve", "999999", *db), "no alert 999999")
     huge = str(2**64)  # beyond a 64-bit id: the driver's OverflowError was a traceback
     assert_user_error(cli(capsys, "alerts", "ack", huge, *db), f"no alert {huge}")
