@@ -188,8 +188,28 @@ def test_n_messages_in_n_rows_out_with_poison(
     n_alerts = query(db_url, "SELECT count(*) FROM alerts")[0][0]
     assert n_alerts > 0
     published = consume_all_records(broker.bootstrap, alerts_topic)
-    assert len(published) == n_alerts
-    assert {"alert_id", "entity_key", "score", "source_key"} <= set(json.loads(published[0].value))
+    events = [json.loads(m.value) for m in published]
+    # One message per alert opened, and one per alert the rule resolved or escalated (they
+    # were not published: a consumer mirroring the alerts never saw one end).
+    assert sorted(e["alert_id"] for e in events if e["event"] == "opened") == sorted(
+        r[0] for r in query(db_url, "SELECT id FROM alerts")
+    )
+    resolved = query(db_url, "SELECT id FROM alerts WHERE resolved_by = 'alert-rule'")
+    assert resolved  # the rule resolves after one normal record: the test means something
+    assert sorted(e["alert_id"] for e in events if e["event"] == "resolved") == sorted(
+        r[0] for r in resolved
+    )
+    escalated = query(db_url, "SELECT id FROM alerts WHERE escalated_at IS NOT NULL")
+    assert sorted(e["alert_id"] for e in events if e["event"] == "escalated") == sorted(
+        r[0] for r in escalated
+    )
+    assert len(published) == n_alerts + len(resolved) + len(escalated)
+    assert {"alert_id", "entity_key", "score", "source_key", "state", "resolved_at"} <= set(
+        events[0]
+    )
+    for alert_id in {e["alert_id"] for e in events}:
+        kinds = [e["event"] for e in events if e["alert_id"] == alert_id]
+        assert kinds[0] == "opened"  # in order, in the entity's partition
     # Keyed by entity, so that one entity's alerts stay in order in one partition.
     assert all(m.key == json.loads(m.value)["entity_key"].encode() for m in published)
     # The dead-letter topic gets each message as it came (key, bytes, own headers), with the

@@ -42,8 +42,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect, Row
 
 from anomaly_vae.errors import ConfigError, NotFoundError
+from anomaly_vae.storage.alerting import AlertChanges, apply_alert_rule, not_written_by
 from anomaly_vae.storage.alerting import alert_details as fetch_alert_details
-from anomaly_vae.storage.alerting import apply_alert_rule, not_written_by
 from anomaly_vae.storage.tables import (
     Alert,
     DeadLetter,
@@ -474,9 +474,29 @@ class WriteCounts:
     dead_letters_given: int
     dead_letters_inserted: int
     alerts_opened: int
+    # What the alert rule did, for the alerts topic: an entry per alert opened, escalated or
+    # resolved (``event``), with the alert's row as it stands after the write.
     alerts: tuple[dict[str, Any], ...] = ()
     alerts_escalated: int = 0
     alerts_resolved: int = 0
+
+
+def _alert_events(connection: Connection, changes: AlertChanges) -> list[dict[str, Any]]:
+    """What the alert rule did in one write, for the alerts topic: one entry per alert opened,
+    escalated or resolved (``event``), with the alert as it stands at the end of the write, in
+    that order (an alert opened and resolved in one write gives both, opened first)."""
+    happened = [
+        *(("opened", i) for i in changes.opened),
+        *(("escalated", i) for i in changes.escalated),
+        *(("resolved", i) for i in changes.resolved),
+    ]
+    if not happened:
+        return []
+    details = {
+        int(row["alert_id"]): row
+        for row in fetch_alert_details(connection, alert_ids=sorted({i for _, i in happened}))
+    }
+    return [{"event": event, **details[i]} for event, i in happened if i in details]
 
 
 def write_results(
@@ -507,8 +527,8 @@ def write_results(
     ``rejects`` has ``source_key``, ``reason`` and
     ``raw`` (text). The run's counts grow in the same transaction. ``window_states`` (a windowed
     model's serialised state per entity after this batch) is stored in the same transaction.
-    ``alert_details=False`` leaves ``WriteCounts.alerts`` empty (the alerts opened are still
-    counted): a caller that publishes nothing need not read them back.
+    ``alert_details=False`` leaves ``WriteCounts.alerts`` empty (the alerts opened, escalated
+    and resolved are still counted): a caller that publishes nothing need not read them back.
 
     The call begins and commits its own transaction, so the rows are durable when it returns
     (a stream scorer commits its offsets after it). ``connection`` must have no transaction
@@ -537,7 +557,7 @@ def write_results(
             now=now,
             history_filter=not_written_by(run_id, now),
         )
-        opened = fetch_alert_details(connection, alert_ids=changes.opened) if alert_details else []
+        events = _alert_events(connection, changes) if alert_details else []
         if window_states:
             save_window_states(connection, model_id=model_id, states=window_states, now=now)
         connection.execute(
@@ -557,7 +577,7 @@ def write_results(
         dead_letters_given=n_rejects,
         dead_letters_inserted=dead_inserted,
         alerts_opened=len(changes.opened),
-        alerts=tuple(opened),
+        alerts=tuple(events),
         alerts_escalated=len(changes.escalated),
         alerts_resolved=len(changes.resolved),
     )
