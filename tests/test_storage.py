@@ -304,8 +304,13 @@ def test_write_results_is_idempotent_and_atomic(db_url: str) -> None:
             )
             # P1 crosses three times in a row: one alert (the default rule), escalated to
             # critical by its third record; P0 never crosses.
-            assert first.alerts_opened == len(first.alerts) == 1
-            assert [a["entity_key"] for a in first.alerts] == ["P1"]
+            assert first.alerts_opened == 1
+            # The alerts topic's entries: the opening, then the escalation, of P1's alert.
+            assert [(a["event"], a["entity_key"]) for a in first.alerts] == [
+                ("opened", "P1"),
+                ("escalated", "P1"),
+            ]
+            assert first.alerts[1]["severity"] == "critical"
             assert dataclasses.replace(first, alerts=()) == repo.WriteCounts(
                 6, 6, 3, 1, 1, 1, alerts_escalated=1
             )
