@@ -44,6 +44,17 @@ def _finite(scores: Iterable[float] | np.ndarray, what: str) -> np.ndarray:
     return arr
 
 
+# From this many scored records on, more than half of them over the threshold is said to be
+# a sign of data unlike the training data (the summary of ``score``, the stream's progress line).
+MOST_CROSSED_MIN_RECORDS = 100
+
+
+def most_crossed(scored: int, flagged: int) -> bool:
+    """Whether ``flagged`` of ``scored`` records is most of enough of them to say so: anomalies
+    are rare, so the data as a whole is likely unlike the training data."""
+    return scored >= MOST_CROSSED_MIN_RECORDS and flagged > scored / 2
+
+
 def quantile_threshold(normal_scores: Iterable[float] | np.ndarray, quantile: float) -> float:
     """The ``quantile`` of held-out normal scores: ``1 - quantile`` of normal records cross."""
     if not 0.0 < quantile < 1.0:

@@ -31,6 +31,7 @@ from anomaly_vae.errors import ConfigError
 from anomaly_vae.estimator import AnomalyVAE, ScoreBatch, label_to_binary
 from anomaly_vae.jobs.memory import reuse_freed_memory
 from anomaly_vae.sources.csv import CsvSource
+from anomaly_vae.thresholds import most_crossed
 from anomaly_vae.training import torch_threads
 from anomaly_vae.windows import WindowCounters
 
@@ -70,10 +71,6 @@ class Sink(Protocol):
     def write(self, chunk: ScoredChunk) -> None: ...
 
     def close(self) -> None: ...
-
-
-# The summary says that most rows crossed the threshold from this many scored rows on.
-MOST_FLAGGED_MIN_ROWS = 100
 
 
 def _count_top_columns(counts: dict[str, int], batch: ScoreBatch, flagged: np.ndarray) -> None:
@@ -142,7 +139,7 @@ class BatchSummary:
                 f"no row could be scored: all {self.rows_rejected} were rejected (the first, "
                 f"{self.first_reject}); each row's reason is written with the rejects"
             )
-        if self.rows_scored >= MOST_FLAGGED_MIN_ROWS and self.rows_flagged > self.rows_scored / 2:
+        if most_crossed(self.rows_scored, self.rows_flagged):
             out.append(self._most_flagged_line())
         if self.bad_labels:
             out.append(
