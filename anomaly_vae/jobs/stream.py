@@ -17,6 +17,7 @@ the endless loop testable; the batch in hand is always finished and committed fi
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import signal
@@ -51,6 +52,7 @@ from anomaly_vae.sources.kafka import (
     redacted,
     secret_values,
 )
+from anomaly_vae.thresholds import MOST_CROSSED_MIN_RECORDS, most_crossed
 from anomaly_vae.training import torch_threads
 from anomaly_vae.windows import WindowCounters, WindowState
 
@@ -250,9 +252,9 @@ class StreamScorer:
             if protocol != "PLAINTEXT"
             else ""
         )
-        consumer = connect_with_retry(
-            make_consumer,
-            what="consumer",
+        # Both clients are connected with the same patience and the same hints.
+        connect = functools.partial(
+            connect_with_retry,
             bootstrap=kafka.bootstrap_servers,
             stop=self.stop_event,
             backoff_max_s=kafka.connect_backoff_max_s,
@@ -262,6 +264,7 @@ class StreamScorer:
             hidden=hidden,
             client_names=", ".join(map(str, kafka.client)),
         )
+        consumer = connect(make_consumer, what="consumer")
         if consumer is None:
             return False
         self._consumer = consumer
@@ -275,18 +278,7 @@ class StreamScorer:
 
                 return KafkaProducer(**options_for(options, KafkaProducer), acks="all", linger_ms=5)
 
-            self._producer = connect_with_retry(
-                make_producer,
-                what="producer",
-                bootstrap=kafka.bootstrap_servers,
-                stop=self.stop_event,
-                backoff_max_s=kafka.connect_backoff_max_s,
-                give_up_after_s=give_up_after_s,
-                stalled_after_s=stalled_after_s,
-                settings_hint=hint,
-                hidden=hidden,
-                client_names=", ".join(map(str, kafka.client)),
-            )
+            self._producer = connect(make_producer, what="producer")
         return True
 
     def run(
@@ -716,9 +708,9 @@ class StreamScorer:
         scored = self.stats.scored - self._interval_base[0]
         flagged = self.stats.flagged - self._interval_base[1]
         self._interval_base = (self.stats.scored, self.stats.flagged)
-        if scored < MOSTLY_FLAGGED_MIN_RECORDS:
+        if scored < MOST_CROSSED_MIN_RECORDS:
             return
-        mostly = flagged > scored / 2
+        mostly = most_crossed(scored, flagged)
         if mostly and not self._mostly_flagged:
             logger.warning(
                 "%.0f%% of the %d records scored since the last progress line crossed the "
@@ -752,10 +744,6 @@ class StreamScorer:
         except Exception:
             return None
         return total
-
-
-# The progress line says that most records cross the threshold from this many records on.
-MOSTLY_FLAGGED_MIN_RECORDS = 100
 
 
 class _StoppedError(Exception):
