@@ -90,12 +90,7 @@ def prune(
         condition = and_(old, not_(Score.id.in_(referenced)))
         if keep_flagged:
             condition = and_(condition, not_(Score.is_anomaly))
-        if dry_run:
-            deleted = (
-                connection.scalar(select(func.count()).select_from(Score).where(condition)) or 0
-            )
-        else:
-            deleted = connection.execute(delete(Score).where(condition)).rowcount
+        deleted = _delete_or_count(connection, Score, condition, dry_run=dry_run)
         result.scores_deleted += deleted
         left = connection.scalar(select(func.count()).select_from(Score).where(old)) or 0
         result.scores_kept += left - (deleted if dry_run else 0)
@@ -110,16 +105,25 @@ def prune(
                 DeadLetter.rejected_at < before,
                 of_model(DeadLetter.model_id),
             )
-            if dry_run:
-                deleted = (
-                    connection.scalar(select(func.count()).select_from(DeadLetter).where(condition))
-                    or 0
-                )
-            else:
-                deleted = connection.execute(delete(DeadLetter).where(condition)).rowcount
-            result.dead_letters_deleted += deleted
+            result.dead_letters_deleted += _delete_or_count(
+                connection, DeadLetter, condition, dry_run=dry_run
+            )
             connection.commit()
     return result
+
+
+def _delete_or_count(
+    connection: Connection,
+    table: type[Score] | type[DeadLetter],
+    condition: ColumnElement[bool],
+    *,
+    dry_run: bool,
+) -> int:
+    """Delete the rows of ``table`` that meet ``condition``, or with ``dry_run`` count them;
+    how many."""
+    if dry_run:
+        return connection.scalar(select(func.count()).select_from(table).where(condition)) or 0
+    return connection.execute(delete(table).where(condition)).rowcount
 
 
 def _ranges(
