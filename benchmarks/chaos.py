@@ -29,7 +29,14 @@ from anomaly_vae import AnomalyVAE
 from anomaly_vae.config import PipelineConfig
 from anomaly_vae.datasets import make_pump_data
 from anomaly_vae.devbroker import DevBroker
-from benchmarks.stream import migrated, payloads, postgres_scratch, produce
+from benchmarks.stream import (
+    create_topic,
+    migrated,
+    payloads,
+    postgres_scratch,
+    produce,
+    stream_command,
+)
 
 POISON_EVERY = 997
 PARTITIONS = 8
@@ -90,15 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     train = make_pump_data(5_000, seed=1).drop(columns=["ts"])
     model = AnomalyVAE(config=cfg, verbose=False).fit(train)
     with tempfile.TemporaryDirectory(prefix="anomaly-vae-chaos-") as tmp, DevBroker() as broker:
-        from kafka import KafkaAdminClient
-        from kafka.admin import NewTopic
-
         model_dir = Path(tmp) / "model"
         model.save(model_dir)
-        topic = f"chaos-{uuid.uuid4().hex[:8]}"
-        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
-        admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)])
-        admin.close()
+        topic = create_topic(broker.bootstrap, partitions=PARTITIONS, prefix="chaos")
         values = payloads(args.messages, seed=3)
         poison = range(0, args.messages, POISON_EVERY)
         for i in poison:
@@ -110,28 +111,18 @@ def main(argv: list[str] | None = None) -> int:
             migrated(url)
         else:
             url = migrated(f"sqlite:///{Path(tmp) / 'results.db'}")
-        command = [
-            sys.executable,
-            "-m",
-            "anomaly_vae",
-            "stream",
-            "--model-dir",
-            str(model_dir),
-            "--db",
+        group = f"chaos-{uuid.uuid4().hex[:8]}"
+        command = stream_command(
+            model_dir,
             url,
-            "--bootstrap",
             broker.bootstrap,
-            "--topic",
             topic,
-            "--group",
-            f"chaos-{uuid.uuid4().hex[:8]}",
-            "--session-timeout-ms",
-            "6000",
+            group,
             "--processes",
             "2",
             "--batch-size",
             "2000",
-        ]
+        )
         try:
             for kill in range(args.kills):
                 process = subprocess.Popen(

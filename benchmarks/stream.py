@@ -73,15 +73,42 @@ def produce(bootstrap: str, topic: str, values: list[bytes], *, rate: float | No
     return time.perf_counter() - started
 
 
-def create_topic(bootstrap: str) -> str:
+def create_topic(bootstrap: str, *, partitions: int = PARTITIONS, prefix: str = "bench") -> str:
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
-    name = f"bench-{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(name, num_partitions=PARTITIONS, replication_factor=1)])
+    admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
     admin.close()
     return name
+
+
+def stream_command(
+    model_dir: Path, url: str, bootstrap: str, topic: str, group: str, *options: str
+) -> list[str]:
+    """``anomaly-vae stream`` as users run it, in a group of its own, with ``options``."""
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "anomaly_vae",
+        "stream",
+        "--model-dir",
+        str(model_dir),
+        "--db",
+        url,
+        "--bootstrap",
+        bootstrap,
+        "--topic",
+        topic,
+        "--group",
+        group,
+        "--session-timeout-ms",
+        "6000",
+        *options,
+    ]
 
 
 class CpuClock:
@@ -227,34 +254,23 @@ def scorer_processes(
     done; the rate from the database: the rows written after the first batch over the time from
     the first batch's write to the last one's."""
     import subprocess
-    import sys
 
     from sqlalchemy import text
 
     from anomaly_vae.storage.engine import create_database_engine, parse_database_url
 
-    command = [
-        sys.executable,
-        "-m",
-        "anomaly_vae",
-        "stream",
-        "--model-dir",
-        str(model_dir),
-        "--db",
+    group = f"scorers-{uuid.uuid4().hex[:8]}"
+    command = stream_command(
+        model_dir,
         url,
-        "--bootstrap",
         bootstrap,
-        "--topic",
         topic,
-        "--group",
-        f"scorers-{uuid.uuid4().hex[:8]}",
-        "--session-timeout-ms",
-        "6000",
+        group,
         "--idle-timeout",
         "4",
         "--processes",
         str(processes),
-    ]
+    )
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"stream --processes {processes} failed: {done.stderr[-2000:]}")
