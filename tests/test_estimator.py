@@ -702,18 +702,8 @@ def test_a_model_trained_on_cuda_loads_on_a_machine_without_a_gpu(
     # 'device: cuda' in the training pipeline is stored with the model: loading it where there
     # is no GPU failed ("device 'cuda' was asked for..."), for 'info' and 'stream' too, which
     # have no --device to override it.
-    path = tmp_path / "m"
-    trained_model.save(path)
-    meta = json.loads((path / "model.json").read_text())
-    meta["config"]["training"]["device"] = "cuda"
-    (path / "model.json").write_text(json.dumps(meta))
-    with caplog.at_level(logging.WARNING):
-        loaded = AnomalyVAE.load(path)
-    assert loaded.device_.type == "cpu"
-    assert "was trained with device 'cuda'; there is no CUDA GPU here" in caplog.text
-    frame, _ = with_anomalies(100, 10, seed=9)
-    np.testing.assert_allclose(
-        loaded.score(frame)["score"], trained_model.score(frame)["score"], rtol=1e-5
+    path = _loads_on_the_cpu(
+        trained_model, tmp_path, caplog, "cuda", "there is no CUDA GPU here", rows=100
     )
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         AnomalyVAE.load(path, device="cuda")  # asked for: still refused
@@ -724,19 +714,34 @@ def test_a_model_trained_on_apple_mps_loads_elsewhere_on_the_cpu(
     trained_model: AnomalyVAE, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A model trained on a Mac with device 'mps' failed to load anywhere else.
+    _loads_on_the_cpu(trained_model, tmp_path, caplog, "mps", "there is no Apple MPS here", rows=50)
+
+
+def _loads_on_the_cpu(
+    trained_model: AnomalyVAE,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    device: str,
+    said: str,
+    *,
+    rows: int,
+) -> Path:
+    """``trained_model`` saved as if trained with ``device``: it loads on the CPU, says so
+    (``said``), and scores as before. Returns the model directory."""
     path = tmp_path / "m"
     trained_model.save(path)
     meta = json.loads((path / "model.json").read_text())
-    meta["config"]["training"]["device"] = "mps"
+    meta["config"]["training"]["device"] = device
     (path / "model.json").write_text(json.dumps(meta))
     with caplog.at_level(logging.WARNING):
         loaded = AnomalyVAE.load(path)
     assert loaded.device_.type == "cpu"
-    assert "was trained with device 'mps'; there is no Apple MPS here" in caplog.text
-    frame, _ = with_anomalies(50, 5, seed=9)
+    assert f"was trained with device {device!r}; {said}" in caplog.text
+    frame, _ = with_anomalies(rows, rows // 10, seed=9)
     np.testing.assert_allclose(
         loaded.score(frame)["score"], trained_model.score(frame)["score"], rtol=1e-5
     )
+    return path
 
 
 def test_a_label_column_not_in_the_training_data_is_warned_about(

@@ -3,6 +3,7 @@ traceback (README, "Security notes")."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -190,12 +191,7 @@ def test_a_misspelt_security_protocol_is_refused_not_read_as_plaintext(
 ) -> None:
     # kafka-python takes any security_protocol it does not know as PLAINTEXT: SASL_SSl (a
     # typo) connected without TLS and without SASL, and the scorer said nothing.
-    pipeline = tmp_path / "p.yaml"
-    pipeline.write_text(
-        f"model_dir: {tiny_model_dir}\nkafka:\n  bootstrap_servers: 127.0.0.1:1\n  topic: t\n"
-        f"  client:\n    {client}\n"
-    )
-    result = run_inline(capsys, "stream", "--pipeline", str(pipeline), "--idle-timeout", "2")
+    result, pipeline = _stream_with_client(client, tiny_model_dir, tmp_path, capsys)
     assert_user_error(result, f"pipeline file {pipeline}: kafka.client: {needle}")
 
 
@@ -212,13 +208,22 @@ def test_a_kafka_client_option_the_scorer_sets_is_refused_with_the_setting_to_us
 ) -> None:
     # kafka.client.group_id stopped the stream with a TypeError traceback (the consumer got
     # the option twice).
+    result, _ = _stream_with_client(f"{option}: 10", tiny_model_dir, tmp_path, capsys)
+    assert_user_error(result, f"kafka.client: {option} is set by the scorer", instead)
+
+
+def _stream_with_client(
+    client: str, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """``stream --pipeline`` with ``client`` (one YAML line) under ``kafka.client``."""
     pipeline = tmp_path / "p.yaml"
     pipeline.write_text(
-        f"model_dir: {tiny_model_dir}\nkafka:\n  bootstrap_servers: 127.0.0.1:1\n  topic: t\n"
-        f"  client:\n    {option}: 10\n"
+        f"model_dir: {model_dir}\nkafka:\n  bootstrap_servers: 127.0.0.1:1\n  topic: t\n"
+        f"  client:\n    {client}\n"
     )
-    result = run_inline(capsys, "stream", "--pipeline", str(pipeline), "--idle-timeout", "2")
-    assert_user_error(result, f"kafka.client: {option} is set by the scorer", instead)
+    return run_inline(
+        capsys, "stream", "--pipeline", str(pipeline), "--idle-timeout", "2"
+    ), pipeline
 
 
 def test_kafka_client_options_that_may_hold_a_secret_are_never_saved_with_the_model(
