@@ -38,6 +38,7 @@ from anomaly_vae._version import __version__
 from anomaly_vae.config import AlertsConfig, NoBooleanNumbers
 from anomaly_vae.errors import ConfigError, InputFileError, NotFoundError, SchemaError
 from anomaly_vae.storage import repository as repo
+from anomaly_vae.storage.dead_letters import DeadLetterFilter, list_dead_letters, summarize
 from anomaly_vae.storage.engine import DatabaseTarget
 from anomaly_vae.storage.tables import ALERT_STATES, Alert, Model, ScoringRun, Threshold
 from anomaly_vae.storage.tuning import (
@@ -229,6 +230,39 @@ class AnomalyPublic(BaseModel):
     severity: str | None
     top_features: list[Any] | None
     alert_state: str | None
+
+
+class DeadLetterPublic(BaseModel):
+    id: int
+    rejected_at: datetime
+    run_id: int
+    run_kind: str
+    model: str
+    model_version: str
+    source_key: str
+    reason: str
+    raw: str | None = Field(
+        description="The record as received: the message or line text, or the JSON text of "
+        "the row's values (Kafka messages over 10 kB are stored cut)"
+    )
+
+
+class DeadLetterReason(BaseModel):
+    reason: str = Field(
+        description="The reason with the record's own value and numbers masked (… and N)"
+    )
+    count: int
+    example: str = Field(description="One full reason of the group")
+    example_source_key: str
+    first_rejected_at: datetime
+    last_rejected_at: datetime
+    runs: list[int]
+
+
+# The dead-letter endpoints' filters (module level: their annotations are read by name).
+_DL_SINCE = Query(description="Rejected at or after this (ISO 8601; without a time zone: UTC)")
+_DL_UNTIL = Query(description="Rejected before this (ISO 8601; without a time zone: UTC)")
+_DL_REASON = Query(description="Only reasons containing this text (letter case ignored)")
 
 
 class AlertPublic(BaseModel):
@@ -689,6 +723,83 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
             conn, model_name=model, since=since, until=until, entity=entity, limit=limit
         )
         return [AnomalyPublic.model_validate(r._asdict()) for r in rows]
+
+    # ----------------------------------------------------------------- dead letters
+    def _dead_letter_filter(
+        conn: Connection,
+        model: str | None,
+        run: int | None,
+        since: datetime | None,
+        until: datetime | None,
+        reason: str | None,
+        before_id: int | None = None,
+    ) -> DeadLetterFilter:
+        _require_model(conn, model)
+        return DeadLetterFilter(
+            model_name=model,
+            run_id=run,
+            since=since,
+            until=until,
+            reason=reason,
+            before_id=before_id,
+        )
+
+    @app.get(
+        "/dead-letters",
+        response_model=list[DeadLetterPublic],
+        tags=["dead letters"],
+        responses=_errors(404),
+    )
+    def dead_letters(
+        conn: Conn,
+        model: str | None = None,
+        run: int | None = None,
+        since: Annotated[UtcDatetime | None, _DL_SINCE] = None,
+        until: Annotated[UtcDatetime | None, _DL_UNTIL] = None,
+        reason: Annotated[str | None, _DL_REASON] = None,
+        before_id: Annotated[
+            int | None,
+            Query(description="Only ids below this: the next page after the last ``id`` seen"),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
+    ) -> list[DeadLetterPublic]:
+        """Records that could not be scored, newest first (by ``id``), with the reason and
+        the record as received."""
+        where = _dead_letter_filter(conn, model, run, since, until, reason, before_id)
+        return [
+            DeadLetterPublic.model_validate(row)
+            for row in list_dead_letters(conn, where, limit=limit)
+        ]
+
+    @app.get(
+        "/dead-letters/summary",
+        response_model=list[DeadLetterReason],
+        tags=["dead letters"],
+        responses=_errors(404),
+    )
+    def dead_letter_summary(
+        conn: Conn,
+        model: str | None = None,
+        run: int | None = None,
+        since: Annotated[UtcDatetime | None, _DL_SINCE] = None,
+        until: Annotated[UtcDatetime | None, _DL_UNTIL] = None,
+        reason: Annotated[str | None, _DL_REASON] = None,
+    ) -> list[DeadLetterReason]:
+        """Records that could not be scored, counted by reason (the record's own value and
+        numbers masked), most common first."""
+        where = _dead_letter_filter(conn, model, run, since, until, reason)
+        return [
+            DeadLetterReason(
+                reason=c.pattern,
+                count=c.count,
+                example=c.example_reason,
+                example_source_key=c.example_source_key,
+                first_rejected_at=c.first_rejected_at,
+                last_rejected_at=c.last_rejected_at,
+                runs=list(c.runs),
+            )
+            for c in summarize(conn, where)
+        ]
 
     @app.get("/alerts", response_model=list[AlertPublic], tags=["alerts"], responses=_errors(404))
     def alerts(

@@ -36,7 +36,12 @@ runs_app = typer.Typer(help="Scoring runs (batch jobs, stream sessions).", no_ar
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 app.add_typer(anomalies_app, name="anomalies")
+dead_letters_app = typer.Typer(
+    help="Records that could not be scored (dead letters): list, count by reason, export.",
+    no_args_is_help=True,
+)
 app.add_typer(runs_app, name="runs")
+app.add_typer(dead_letters_app, name="dead-letters")
 
 DB_HELP = (
     "Database URL (sqlite:///file.db or postgresql://user:password@host:5432/db); "
@@ -404,6 +409,221 @@ def runs_list(
         "source",
     ]
     emit(rows, columns, fmt, empty="no scoring runs yet")
+
+
+# ============================================================== dead letters ...
+class ExportFormat(str, Enum):
+    jsonl = "jsonl"
+    csv = "csv"
+
+
+DEAD_LETTER_COLUMNS = [
+    "id",
+    "rejected_at",
+    "run_id",
+    "run_kind",
+    "model",
+    "model_version",
+    "source_key",
+    "reason",
+    "raw",
+]
+
+
+def _dead_letter_filter(
+    connection: Connection,
+    *,
+    model: str | None,
+    run: int | None,
+    since: str | None,
+    until: str | None,
+    reason: str | None,
+    before_id: int | None = None,
+) -> Any:
+    from anomaly_vae.storage import repository as repo
+    from anomaly_vae.storage.dead_letters import DeadLetterFilter
+
+    if model is not None:  # not "no dead letters" for a misspelt name
+        repo.registered_versions(connection, name=model, hint=": see 'anomaly-vae models list'")
+    return DeadLetterFilter(
+        model_name=model,
+        run_id=run,
+        since=parse_since(since) if since else None,
+        until=parse_since(until, "--until") if until else None,
+        reason=reason,
+        before_id=before_id,
+    )
+
+
+_MODEL_OPTION = typer.Option(None, "--model", help="Only this model name.")
+_RUN_OPTION = typer.Option(None, "--run", help="Only this scoring run (see 'runs list').")
+_SINCE_OPTION = typer.Option(
+    None, "--since", help="Only rejected from this date or time on (YYYY-MM-DD, ISO 8601)."
+)
+_UNTIL_OPTION = typer.Option(
+    None, "--until", help="Only rejected before this date or time (YYYY-MM-DD, ISO 8601)."
+)
+_REASON_OPTION = typer.Option(
+    None, "--reason", help="Only reasons containing this text (letter case ignored)."
+)
+
+
+@dead_letters_app.command("list")
+def dead_letters_list(
+    model: str | None = _MODEL_OPTION,
+    run: int | None = _RUN_OPTION,
+    since: str | None = _SINCE_OPTION,
+    until: str | None = _UNTIL_OPTION,
+    reason: str | None = _REASON_OPTION,
+    before_id: int | None = typer.Option(
+        None, "--before-id", help="Only ids below this: the next page after the last id shown."
+    ),
+    limit: int = typer.Option(50, "--limit", help="At most this many rows."),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+) -> None:
+    """Rejected records, newest first, with the reason and the record as received (cut to
+    80 characters in the table; whole in csv and json)."""
+    setup_logging(False)
+    from anomaly_vae.storage.dead_letters import list_dead_letters
+
+    if limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    with connected(database_target(db, pipeline)) as connection:
+        where = _dead_letter_filter(
+            connection,
+            model=model,
+            run=run,
+            since=since,
+            until=until,
+            reason=reason,
+            before_id=before_id,
+        )
+        rows = list_dead_letters(connection, where, limit=limit)
+    if fmt is OutputFormat.table:
+        rows = [
+            {**row, "raw": _cut(row["raw"], 80), "reason": _cut(row["reason"], 100)} for row in rows
+        ]
+    emit(rows, DEAD_LETTER_COLUMNS, fmt, empty="no dead letters found")
+    if fmt is OutputFormat.table and len(rows) == limit:
+        typer.echo(f"(more may follow: --before-id {rows[-1]['id']} shows the next page)")
+
+
+@dead_letters_app.command("summary")
+def dead_letters_summary(
+    model: str | None = _MODEL_OPTION,
+    run: int | None = _RUN_OPTION,
+    since: str | None = _SINCE_OPTION,
+    until: str | None = _UNTIL_OPTION,
+    reason: str | None = _REASON_OPTION,
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+) -> None:
+    """Rejected records counted by reason, most common first. Reasons that differ only in
+    the record's own value or in numbers (row, offset, byte count) count together, shown with
+    one full example."""
+    setup_logging(False)
+    from anomaly_vae.storage.dead_letters import summarize
+
+    with connected(database_target(db, pipeline)) as connection:
+        where = _dead_letter_filter(
+            connection, model=model, run=run, since=since, until=until, reason=reason
+        )
+        counts = summarize(connection, where)
+    rows: list[dict[str, Any]] = [
+        {
+            "count": c.count,
+            "reason": c.pattern,
+            "example": c.example_reason,
+            "example_source_key": c.example_source_key,
+            "first_rejected_at": c.first_rejected_at,
+            "last_rejected_at": c.last_rejected_at,
+            "runs": ",".join(str(r) for r in c.runs),
+        }
+        for c in counts
+    ]
+    columns = list(rows[0]) if rows else ["count", "reason"]
+    if fmt is OutputFormat.table:
+        columns = ["count", "reason", "example_source_key", "last_rejected_at", "runs"]
+        rows = [{**row, "reason": _cut(row["reason"], 100)} for row in rows]
+    emit(rows, columns, fmt, empty="no dead letters found")
+    if fmt is OutputFormat.table and rows:
+        typer.echo(f"{sum(c.count for c in counts):,} dead letters in all")
+
+
+@dead_letters_app.command("export")
+def dead_letters_export(
+    out: str = typer.Option(
+        ..., "--out", "-o", help="File to write (- for standard output); replaced if it exists."
+    ),
+    model: str | None = _MODEL_OPTION,
+    run: int | None = _RUN_OPTION,
+    since: str | None = _SINCE_OPTION,
+    until: str | None = _UNTIL_OPTION,
+    reason: str | None = _REASON_OPTION,
+    fmt: ExportFormat = typer.Option(
+        ExportFormat.jsonl, "--format", help="jsonl (one JSON object per line) or csv."
+    ),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+) -> None:
+    """Every matching rejected record, newest first, whole: for a look in other tools, or to
+    fix and send again (the ``raw`` field is the record as received; Kafka messages over
+    10 kB were stored cut). Reads the table a page at a time, whatever its size."""
+    setup_logging(False)
+    from anomaly_vae.storage.dead_letters import iter_dead_letters
+
+    target = database_target(db, pipeline)
+    written = 0
+    with connected(target) as connection:
+        where = _dead_letter_filter(
+            connection, model=model, run=run, since=since, until=until, reason=reason
+        )
+        with _output(out) as stream:
+            writer = csv.writer(stream, lineterminator="\n") if fmt is ExportFormat.csv else None
+            if writer is not None:
+                writer.writerow(DEAD_LETTER_COLUMNS)
+            for row in iter_dead_letters(connection, where):
+                if writer is not None:
+                    writer.writerow([_csv(row[c]) for c in DEAD_LETTER_COLUMNS])
+                else:
+                    record = {c: _json(row[c]) for c in DEAD_LETTER_COLUMNS}
+                    stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+                written += 1
+    if out != "-":
+        typer.echo(f"wrote {written:,} dead letters to {out}")
+
+
+@contextmanager
+def _output(out: str) -> Iterator[Any]:
+    """Standard output for ``-``, else the file (UTF-8), written to a temporary name and
+    moved into place only when complete: a failed export leaves no half file behind."""
+    if out == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise ConfigError(f"--out {out} is a directory: give a file name")
+    if not path.parent.exists():
+        raise ConfigError(f"--out {out}: the directory {path.parent} does not exist")
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with partial.open("w", encoding="utf-8", newline="") as handle:
+            yield handle
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _cut(text: str | None, width: int) -> str | None:
+    """One line of at most ``width`` characters, for a table cell."""
+    if text is None:
+        return None
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 # ==================================================================== output
