@@ -505,7 +505,10 @@ def dead_letters_list(
         rows = [
             {**row, "raw": _cut(row["raw"], 80), "reason": _cut(row["reason"], 100)} for row in rows
         ]
-    emit(rows, DEAD_LETTER_COLUMNS, fmt, empty="no dead letters found")
+    columns = DEAD_LETTER_COLUMNS
+    if fmt is OutputFormat.table:  # the run's kind and the model version: in csv and json
+        columns = [c for c in columns if c not in ("run_kind", "model_version")]
+    emit(rows, columns, fmt, empty="no dead letters found")
     if fmt is OutputFormat.table and len(rows) == limit:
         typer.echo(f"(more may follow: --before-id {rows[-1]['id']} shows the next page)")
 
