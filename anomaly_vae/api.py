@@ -220,6 +220,7 @@ class ThresholdPreviewPublic(BaseModel):
 
 
 class AnomalyPublic(BaseModel):
+    id: int = Field(description="The score row's id: ``before_id`` for the next page")
     time: datetime
     model: str
     model_version: str
@@ -713,6 +714,13 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
                 description="Records whose time is before this (ISO 8601; without a time zone: UTC)"
             ),
         ] = None,
+        before_id: Annotated[
+            int | None,
+            Query(
+                description="The ``id`` of the last record of a page: the records after it "
+                "in this order (the next page; ``until`` would skip the rest of that time)"
+            ),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
     ) -> list[AnomalyPublic]:
         """Flagged records, newest first (event time, else scoring time). ``alert_state``:
@@ -720,7 +728,13 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         opened none)."""
         _require_model(conn, model)
         rows = repo.list_anomalies(
-            conn, model_name=model, since=since, until=until, entity=entity, limit=limit
+            conn,
+            model_name=model,
+            since=since,
+            until=until,
+            entity=entity,
+            limit=limit,
+            before_id=before_id,
         )
         return [AnomalyPublic.model_validate(r._asdict()) for r in rows]
 

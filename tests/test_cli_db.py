@@ -631,3 +631,42 @@ def test_prune_deletes_old_rows_but_those_alerts_point_to_and_flagged_ones(
     assert_user_error(
         cli(capsys, "db", "prune", "--older-than", "30 days", "--db", db_url), "not a duration"
     )
+
+
+def test_anomalies_page_by_id_without_skipping_records_of_one_time(
+    db_url: str,
+    pump_model: tuple[AnomalyVAE, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Records that share a time (one export's readings of one moment; a batch job's records
+    without event times share their scoring time): paging with --until the last time seen
+    skipped all the rest of that time; --before-id the last id gives every record once."""
+    _, model_dir = pump_model
+    frame = make_pump_data(400, anomaly_rate=0.1, seed=5)
+    frame["ts"] = "2026-11-01T00:00:00Z"
+    export = tmp_path / "same_time.csv"
+    frame.to_csv(export, index=False)
+    scored = cli(capsys, "score", str(export), "--model-dir", str(model_dir), "--db", db_url, "-q")
+    assert scored.returncode == 0, scored.stderr
+
+    def page(*args: str) -> list[dict[str, object]]:
+        result = cli(capsys, "anomalies", "list", "--db", db_url, "--format", "json", *args)
+        assert result.returncode == 0, result.stderr
+        rows: list[dict[str, object]] = json.loads(result.stdout)
+        return rows
+
+    everything = page("--limit", "1000")
+    assert len(everything) > 12
+    assert len({row["time"] for row in everything}) == 1
+    seen: list[object] = []
+    after: list[str] = []
+    while True:
+        rows = page("--limit", "5", *after)
+        seen += [row["source_key"] for row in rows]
+        if len(rows) < 5:
+            break
+        after = ["--before-id", str(rows[-1]["id"])]
+    assert seen == [row["source_key"] for row in everything]
+    table = cli(capsys, "anomalies", "list", "--db", db_url, "--limit", "5")
+    assert f"--before-id {everything[4]['id']} shows the next page" in table.stdout

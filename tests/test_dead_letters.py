@@ -219,3 +219,43 @@ def test_api_lists_pages_and_summarises(api: Any) -> None:
     assert len(summary[0]["runs"]) == 2
     assert api.get("/dead-letters", params={"model": "nope"}).status_code == 404
     assert api.get("/dead-letters", params={"limit": 0}).status_code == 422
+
+
+def test_api_anomalies_page_by_id_through_records_of_one_time(
+    db_url: str,
+    pump_model: tuple[AnomalyVAE, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """GET /anomalies?before_id=: the next page, also where every record has the same time
+    (``until`` = the last time seen skipped the rest of them)."""
+    from fastapi.testclient import TestClient
+
+    from anomaly_vae.api import ApiSettings, create_app
+    from anomaly_vae.storage.engine import DatabaseTarget
+
+    frame = make_pump_data(300, anomaly_rate=0.1, seed=6)
+    frame["ts"] = "2026-11-01T00:00:00Z"
+    export = tmp_path / "same_time.csv"
+    frame.to_csv(export, index=False)
+    scored = run_inline(
+        capsys, "score", str(export), "--model-dir", str(pump_model[1]), "--db", db_url, "-q"
+    )
+    assert scored.returncode == 0, scored.stderr
+    target = DatabaseTarget(parse_database_url(db_url), "--db")
+    engine = create_database_engine(target.url)
+    try:
+        with TestClient(create_app(ApiSettings(database=target, token=None), engine)) as api:
+            everything = api.get("/anomalies", params={"limit": 1000}).json()
+            assert len(everything) > 8
+            pages: list[Any] = []
+            params: dict[str, Any] = {"limit": 4}
+            while True:
+                rows = api.get("/anomalies", params=params).json()
+                pages += rows
+                if len(rows) < 4:
+                    break
+                params = {"limit": 4, "before_id": rows[-1]["id"]}
+    finally:
+        engine.dispose()
+    assert [r["source_key"] for r in pages] == [r["source_key"] for r in everything]

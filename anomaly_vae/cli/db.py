@@ -329,6 +329,11 @@ def anomalies_list(
         None, "--until", help="Only records before this date or time (YYYY-MM-DD, ISO 8601)."
     ),
     entity: str | None = typer.Option(None, "--entity", help="Only this entity."),
+    before_id: int | None = typer.Option(
+        None,
+        "--before-id",
+        help="Only the rows after this id: the next page after the last id shown.",
+    ),
     limit: int = typer.Option(50, "--limit", help="At most this many rows."),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
@@ -348,10 +353,17 @@ def anomalies_list(
         rows = [
             row._asdict()
             for row in repo.list_anomalies(
-                connection, model_name=model, since=start, until=end, entity=entity, limit=limit
+                connection,
+                model_name=model,
+                since=start,
+                until=end,
+                entity=entity,
+                limit=limit,
+                before_id=before_id,
             )
         ]
     columns = [
+        "id",
         "time",
         "model",
         "model_version",
@@ -364,6 +376,8 @@ def anomalies_list(
         "source_key",
     ]
     emit(rows, columns, fmt, empty="no anomalies found")
+    if fmt is OutputFormat.table and len(rows) == limit:
+        typer.echo(f"(more may follow: --before-id {rows[-1]['id']} shows the next page)")
 
 
 def parse_since(text: str, option: str = "--since") -> datetime:

@@ -29,10 +29,12 @@ import pandas as pd
 from sqlalchemy import (
     Insert,
     Table,
+    and_,
     bindparam,
     column,
     func,
     insert,
+    or_,
     select,
     table,
     text,
@@ -40,6 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect, Row
+from sqlalchemy.orm import aliased
 
 from anomaly_vae.errors import ConfigError, NotFoundError
 from anomaly_vae.storage.alerting import AlertChanges, apply_alert_rule, not_written_by
@@ -1027,14 +1030,19 @@ def list_anomalies(
     until: datetime | None = None,
     entity: str | None = None,
     limit: int = 50,
+    before_id: int | None = None,
 ) -> list[Row[Any]]:
     """Flagged records, newest first: when (event time, else scoring time), which model,
     entity and key, score, percentile, severity, top features and the alert's state.
 
-    ``since`` compares with the event time where there is one, else the scoring time."""
+    ``since`` compares with the event time where there is one, else the scoring time.
+    ``before_id`` (the ``id`` of the last row of a page) gives the rows after it in this
+    order: the next page. ``until`` set to the last time seen would skip the rest of the rows
+    of that time, and a batch job's records without event times share one scoring time."""
     when = func.coalesce(Score.event_time, Score.scored_at)
     stmt = (
         select(
+            Score.id,
             when.label("time"),
             Model.name.label("model"),
             Model.version.label("model_version"),
@@ -1061,6 +1069,14 @@ def list_anomalies(
         stmt = stmt.where(when < until)
     if entity is not None:
         stmt = stmt.where(Score.entity_key == entity)
+    if before_id is not None:
+        last = aliased(Score)
+        last_when = (
+            select(func.coalesce(last.event_time, last.scored_at))
+            .where(last.id == before_id)
+            .scalar_subquery()
+        )
+        stmt = stmt.where(or_(when < last_when, and_(when == last_when, Score.id < before_id)))
     return list(connection.execute(stmt))
 
 
