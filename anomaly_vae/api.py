@@ -233,6 +233,30 @@ class AnomalyPublic(BaseModel):
     alert_state: str | None
 
 
+class RunPublic(BaseModel):
+    id: int
+    kind: str
+    status: str
+    model: str
+    model_version: str
+    source: str
+    started_at: datetime
+    finished_at: datetime | None
+    rows_read: int | None
+    rows_scored: int
+    rows_flagged: int
+    rows_rejected: int
+    rows_inserted: int
+    threshold_value: float
+    threshold_id: int | None
+    error: str | None = Field(description="Why a failed run stopped")
+    lag: int | None = Field(description="A stream run's consumer lag, as last reported")
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+    records_per_s: float | None
+    metrics_at: datetime | None = Field(description="When the stream run last reported")
+
+
 class DeadLetterPublic(BaseModel):
     id: int
     rejected_at: datetime
@@ -737,6 +761,34 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
             before_id=before_id,
         )
         return [AnomalyPublic.model_validate(r._asdict()) for r in rows]
+
+    # ------------------------------------------------------------------------- runs
+    @app.get("/runs", response_model=list[RunPublic], tags=["runs"], responses=_errors(404))
+    def runs(
+        conn: Conn,
+        kind: Literal["batch", "stream"] | None = None,
+        status: Literal["running", "succeeded", "failed"] | None = None,
+        model: str | None = None,
+        before_id: Annotated[
+            int | None,
+            Query(description="Only runs before this id: the next page after the last seen"),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 20,
+    ) -> list[RunPublic]:
+        """Scoring runs (batch jobs, stream sessions), newest first: counts, status, the
+        error a failed run ended with, a stream run's last reported lag, latency and rate."""
+        _require_model(conn, model)
+        rows = repo.list_runs(
+            conn, limit=limit, kind=kind, status=status, model_name=model, before_id=before_id
+        )
+        return [RunPublic.model_validate(r._asdict()) for r in rows]
+
+    @app.get("/runs/{run_id}", response_model=RunPublic, tags=["runs"], responses=_errors(404))
+    def run(run_id: int, conn: Conn) -> RunPublic:
+        rows = repo.list_runs(conn, run_id=run_id, limit=1)
+        if not rows:
+            raise NotFoundError(f"no scoring run {run_id}")
+        return RunPublic.model_validate(rows[0]._asdict())
 
     # ----------------------------------------------------------------- dead letters
     def _dead_letter_filter(

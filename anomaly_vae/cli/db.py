@@ -392,37 +392,110 @@ def parse_since(text: str, option: str = "--since") -> datetime:
 
 
 # ====================================================================== runs ...
+class RunKind(str, Enum):
+    batch = "batch"
+    stream = "stream"
+
+
+class RunStatus(str, Enum):
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+RUN_COLUMNS = [
+    "id",
+    "kind",
+    "status",
+    "model",
+    "model_version",
+    "started_at",
+    "finished_at",
+    "rows_read",
+    "rows_scored",
+    "rows_flagged",
+    "rows_rejected",
+    "rows_inserted",
+    "source",
+]
+# What a run's row holds beyond the listing's columns (runs show, csv and json).
+RUN_DETAIL_COLUMNS = [
+    *RUN_COLUMNS,
+    "threshold_value",
+    "threshold_id",
+    "error",
+    "lag",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "records_per_s",
+    "metrics_at",
+]
+
+
 @runs_app.command("list")
 def runs_list(
+    kind: RunKind | None = typer.Option(None, "--kind", help="Only batch or stream runs."),
+    status: RunStatus | None = typer.Option(
+        None, "--status", help="Only running, succeeded or failed runs."
+    ),
+    model: str | None = typer.Option(None, "--model", help="Only this model name."),
+    before_id: int | None = typer.Option(
+        None, "--before-id", help="Only runs before this id: the next page after the last shown."
+    ),
     limit: int = typer.Option(20, "--limit", help="At most this many runs."),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
     pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
 ) -> None:
-    """Scoring runs, newest first, with their counts and status."""
+    """Scoring runs, newest first, with their counts and status (csv and json: also the
+    error a failed run ended with, and a stream run's last lag, latency and rate)."""
     setup_logging(False)
     from anomaly_vae.storage import repository as repo
 
     if limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
     with connected(database_target(db, pipeline)) as connection:
-        rows = [row._asdict() for row in repo.list_runs(connection, limit=limit)]
-    columns = [
-        "id",
-        "kind",
-        "status",
-        "model",
-        "model_version",
-        "started_at",
-        "finished_at",
-        "rows_read",
-        "rows_scored",
-        "rows_flagged",
-        "rows_rejected",
-        "rows_inserted",
-        "source",
-    ]
-    emit(rows, columns, fmt, empty="no scoring runs yet")
+        if model is not None:  # not "no scoring runs" for a misspelt name
+            repo.registered_versions(connection, name=model, hint=": see 'anomaly-vae models list'")
+        rows = [
+            row._asdict()
+            for row in repo.list_runs(
+                connection,
+                limit=limit,
+                kind=kind.value if kind else None,
+                status=status.value if status else None,
+                model_name=model,
+                before_id=before_id,
+            )
+        ]
+    columns = RUN_COLUMNS if fmt is OutputFormat.table else RUN_DETAIL_COLUMNS
+    emit(rows, columns, fmt, empty="no scoring runs found")
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: int = typer.Argument(..., help="The run's id (see 'runs list')."),
+    fmt: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table or json."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+) -> None:
+    """One run: what it scored, with which model and threshold, its counts, how it ended
+    (the error of a failed run) and a stream run's last reported lag, latency and rate."""
+    setup_logging(False)
+    from anomaly_vae.errors import NotFoundError
+    from anomaly_vae.storage import repository as repo
+
+    with connected(database_target(db, pipeline)) as connection:
+        rows = repo.list_runs(connection, run_id=run_id, limit=1)
+    if not rows:
+        raise NotFoundError(f"no scoring run {run_id}: see 'anomaly-vae runs list'")
+    row = rows[0]._asdict()
+    if fmt is ReportFormat.json:
+        typer.echo(json.dumps({c: _json(row[c]) for c in RUN_DETAIL_COLUMNS}, indent=1))
+        return
+    width = max(len(c) for c in RUN_DETAIL_COLUMNS)
+    for c in RUN_DETAIL_COLUMNS:
+        typer.echo(f"{c.ljust(width)}  {_text(row[c])}".rstrip())
 
 
 # ============================================================== dead letters ...

@@ -439,31 +439,58 @@ def report_run_metrics(
     )
 
 
-def list_runs(connection: Connection, *, limit: int = 20) -> list[Row[Any]]:
-    """The latest runs, newest first, with their model's name and version."""
-    return list(
-        connection.execute(
-            select(
-                ScoringRun.id,
-                ScoringRun.kind,
-                ScoringRun.status,
-                Model.name.label("model"),
-                Model.version.label("model_version"),
-                ScoringRun.source,
-                ScoringRun.started_at,
-                ScoringRun.finished_at,
-                ScoringRun.rows_read,
-                ScoringRun.rows_scored,
-                ScoringRun.rows_flagged,
-                ScoringRun.rows_rejected,
-                ScoringRun.rows_inserted,
-                ScoringRun.threshold_value,
-            )
-            .join(Model, Model.id == ScoringRun.model_id)
-            .order_by(ScoringRun.started_at.desc(), ScoringRun.id.desc())
-            .limit(limit)
+def list_runs(
+    connection: Connection,
+    *,
+    limit: int = 20,
+    kind: str | None = None,
+    status: str | None = None,
+    model_name: str | None = None,
+    run_id: int | None = None,
+    before_id: int | None = None,
+) -> list[Row[Any]]:
+    """The latest runs, newest first (by id: the order they started in), with their model's
+    name and version, counts, end, error and (a stream run's) last reported lag, latency and
+    rate. ``before_id``: the runs before that one (the next page)."""
+    stmt = (
+        select(
+            ScoringRun.id,
+            ScoringRun.kind,
+            ScoringRun.status,
+            Model.name.label("model"),
+            Model.version.label("model_version"),
+            ScoringRun.source,
+            ScoringRun.started_at,
+            ScoringRun.finished_at,
+            ScoringRun.rows_read,
+            ScoringRun.rows_scored,
+            ScoringRun.rows_flagged,
+            ScoringRun.rows_rejected,
+            ScoringRun.rows_inserted,
+            ScoringRun.threshold_value,
+            ScoringRun.threshold_id,
+            ScoringRun.error,
+            ScoringRun.lag,
+            ScoringRun.latency_p50_ms,
+            ScoringRun.latency_p99_ms,
+            ScoringRun.records_per_s,
+            ScoringRun.metrics_at,
         )
+        .join(Model, Model.id == ScoringRun.model_id)
+        .order_by(ScoringRun.id.desc())
+        .limit(limit)
     )
+    if kind is not None:
+        stmt = stmt.where(ScoringRun.kind == kind)
+    if status is not None:
+        stmt = stmt.where(ScoringRun.status == status)
+    if model_name is not None:
+        stmt = stmt.where(Model.name == model_name)
+    if run_id is not None:
+        stmt = stmt.where(ScoringRun.id == run_id)
+    if before_id is not None:
+        stmt = stmt.where(ScoringRun.id < before_id)
+    return list(connection.execute(stmt))
 
 
 # ================================================================= the write path
