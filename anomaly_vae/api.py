@@ -888,6 +888,14 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
                 "oldest ``opened_at`` seen"
             ),
         ] = None,
+        before_id: Annotated[
+            int | None,
+            Query(
+                description="The ``id`` of the last alert of a page: the alerts after it in "
+                "this order (the next page; ``until`` would skip the rest of the alerts opened "
+                "at that time)"
+            ),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
     ) -> list[AlertPublic]:
         """Alerts, newest opened first (``opened_at``); ``state=active``: open or
@@ -901,6 +909,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
             since=since,
             until=until,
             limit=limit,
+            before_id=before_id,
         )
         return [AlertPublic.model_validate(r) for r in rows]
 

@@ -728,6 +728,11 @@ def alerts_list(
     entity: str | None = typer.Option(None, "--entity", help="Only this entity."),
     since: str | None = typer.Option(None, "--since", help="Opened from this date or time on."),
     until: str | None = typer.Option(None, "--until", help="Opened before this date or time."),
+    before_id: int | None = typer.Option(
+        None,
+        "--before-id",
+        help="Only the alerts after this id: the next page after the last shown.",
+    ),
     limit: int = typer.Option(50, "--limit", help="At most this many alerts."),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
     db: DbOpt = None,
@@ -752,6 +757,7 @@ def alerts_list(
             since=_since(since),
             until=_since(until, "--until"),
             limit=limit,
+            before_id=before_id,
         )
     columns = [
         "id",
