@@ -27,10 +27,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sqlalchemy import (
+    BigInteger,
     Insert,
     Table,
     and_,
     bindparam,
+    cast,
     column,
     func,
     insert,
@@ -327,9 +329,19 @@ def list_thresholds(connection: Connection, *, model_name: str) -> list[Row[Any]
 
 
 def list_models(connection: Connection) -> list[Row[Any]]:
-    """Registered model versions, newest first, with how many records each scored."""
+    """Registered model versions, newest first, with how many score rows each has stored:
+    the sum over its runs of the rows they inserted less those pruned since (kept in the
+    writes' and the prune's transactions), not a count of the whole scores table."""
     counts = (
-        select(Score.model_id, func.count().label("scores")).group_by(Score.model_id).subquery()
+        select(
+            ScoringRun.model_id,
+            # PostgreSQL's sum of bigints is a numeric (a Decimal): back to an integer.
+            cast(func.sum(ScoringRun.rows_inserted - ScoringRun.rows_pruned), BigInteger).label(
+                "scores"
+            ),
+        )
+        .group_by(ScoringRun.model_id)
+        .subquery()
     )
     return list(
         connection.execute(
