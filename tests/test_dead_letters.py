@@ -219,3 +219,62 @@ def test_api_lists_pages_and_summarises(api: Any) -> None:
     assert len(summary[0]["runs"]) == 2
     assert api.get("/dead-letters", params={"model": "nope"}).status_code == 404
     assert api.get("/dead-letters", params={"limit": 0}).status_code == 422
+
+
+def test_csv_escapes_formulas_when_asked(
+    rejected: str,
+    pump_model: tuple[AnomalyVAE, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Raw records and entities come from the data: a spreadsheet runs a cell that begins with
+    = + - @ as a formula. --escape-formulas prefixes such text with ' (a number stays)."""
+    engine = create_database_engine(parse_database_url(rejected))
+    try:
+        with engine.begin() as connection:
+            ids = [r[0] for r in connection.exec_driver_sql("SELECT id FROM dead_letters")]
+            for row_id, raw in zip(
+                ids[:3], ['=HYPERLINK("http://x")', "-12.5", "@SUM(A1)"], strict=True
+            ):
+                connection.exec_driver_sql(
+                    "UPDATE dead_letters SET raw = ? WHERE id = ?"
+                    if rejected.startswith("sqlite")
+                    else "UPDATE dead_letters SET raw = %s WHERE id = %s",
+                    (raw, row_id),
+                )
+    finally:
+        engine.dispose()
+
+    def raws(*extra: str) -> set[str]:
+        result = run_inline(
+            capsys, "dead-letters", "export", "--db", rejected, "-o", "-", "--format", "csv", *extra
+        )
+        assert result.returncode == 0, result.stderr
+        return {row["raw"] for row in csv.DictReader(io.StringIO(result.stdout))}
+
+    assert {'=HYPERLINK("http://x")', "-12.5", "@SUM(A1)"} <= raws()
+    escaped = raws("--escape-formulas")
+    assert {'\'=HYPERLINK("http://x")', "-12.5", "'@SUM(A1)"} <= escaped
+    listed = run_inline(
+        capsys, "dead-letters", "list", "--db", rejected, "--format", "csv", "--escape-formulas"
+    )
+    assert "'@SUM(A1)" in listed.stdout
+
+    # anomalies list: an entity from the data that starts a formula.
+    frame = make_pump_data(300, anomaly_rate=0.2, seed=9)
+    frame["pump_id"] = "=cmd|' /C calc'!A0"
+    export = tmp_path / "formula.csv"
+    frame.to_csv(export, index=False)
+    scored = run_inline(
+        capsys, "score", str(export), "--model-dir", str(pump_model[1]), "--db", rejected, "-q"
+    )
+    assert scored.returncode == 0, scored.stderr
+    for command in (("anomalies", "list"), ("alerts", "list")):
+        args = [*command, "--db", rejected, "--format", "csv", "--limit", "5"]
+        plain = run_inline(capsys, *args)
+        assert plain.returncode == 0, plain.stderr
+        entities = {row["entity_key"] for row in csv.DictReader(io.StringIO(plain.stdout))}
+        assert entities == {"=cmd|' /C calc'!A0"}, command
+        safe = run_inline(capsys, *args, "--escape-formulas")
+        entities = {row["entity_key"] for row in csv.DictReader(io.StringIO(safe.stdout))}
+        assert entities == {"'=cmd|' /C calc'!A0"}, command

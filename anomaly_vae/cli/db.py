@@ -49,6 +49,11 @@ DB_HELP = (
     "else sqlite:///anomaly_vae.db"
 )
 PIPELINE_HELP = "Pipeline YAML file whose database.url to use."
+ESCAPE_FORMULAS_HELP = (
+    "With --format csv: put a ' before a text value that begins with =, +, -, @, a tab or a "
+    "carriage return and is not a number, so that a spreadsheet shows it as text instead of "
+    "running it as a formula (entities, keys and raw records come from the data)."
+)
 
 
 class OutputFormat(str, Enum):
@@ -336,6 +341,7 @@ def anomalies_list(
     ),
     limit: int = typer.Option(50, "--limit", help="At most this many rows."),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
+    escape: bool = typer.Option(False, "--escape-formulas", help=ESCAPE_FORMULAS_HELP),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
     pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
 ) -> None:
@@ -375,7 +381,7 @@ def anomalies_list(
         "top_features",
         "source_key",
     ]
-    emit(rows, columns, fmt, empty="no anomalies found")
+    emit(rows, columns, fmt, empty="no anomalies found", escape_formulas=escape)
     if fmt is OutputFormat.table and len(rows) == limit:
         typer.echo(f"(more may follow: --before-id {rows[-1]['id']} shows the next page)")
 
@@ -567,6 +573,7 @@ def dead_letters_list(
     ),
     limit: int = typer.Option(50, "--limit", help="At most this many rows."),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
+    escape: bool = typer.Option(False, "--escape-formulas", help=ESCAPE_FORMULAS_HELP),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
     pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
 ) -> None:
@@ -595,7 +602,7 @@ def dead_letters_list(
     columns = DEAD_LETTER_COLUMNS
     if fmt is OutputFormat.table:  # the run's kind and the model version: in csv and json
         columns = [c for c in columns if c not in ("run_kind", "model_version")]
-    emit(rows, columns, fmt, empty="no dead letters found")
+    emit(rows, columns, fmt, empty="no dead letters found", escape_formulas=escape)
     if fmt is OutputFormat.table and len(rows) == limit:
         typer.echo(f"(more may follow: --before-id {rows[-1]['id']} shows the next page)")
 
@@ -656,6 +663,7 @@ def dead_letters_export(
     fmt: ExportFormat = typer.Option(
         ExportFormat.jsonl, "--format", help="jsonl (one JSON object per line) or csv."
     ),
+    escape: bool = typer.Option(False, "--escape-formulas", help=ESCAPE_FORMULAS_HELP),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
     pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
 ) -> None:
@@ -677,7 +685,7 @@ def dead_letters_export(
                 writer.writerow(DEAD_LETTER_COLUMNS)
             for row in iter_dead_letters(connection, where):
                 if writer is not None:
-                    writer.writerow([_csv(row[c]) for c in DEAD_LETTER_COLUMNS])
+                    writer.writerow([csv_cell(row[c], escape) for c in DEAD_LETTER_COLUMNS])
                 else:
                     record = {c: _json(row[c]) for c in DEAD_LETTER_COLUMNS}
                     stream.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -718,9 +726,15 @@ def _cut(text: str | None, width: int) -> str | None:
 
 # ==================================================================== output
 def emit(
-    rows: list[dict[str, Any]], columns: Sequence[str], fmt: OutputFormat, *, empty: str
+    rows: list[dict[str, Any]],
+    columns: Sequence[str],
+    fmt: OutputFormat,
+    *,
+    empty: str,
+    escape_formulas: bool = False,
 ) -> None:
-    """Rows as an aligned table, CSV or JSON on standard output."""
+    """Rows as an aligned table, CSV or JSON on standard output. ``escape_formulas``: CSV
+    text values a spreadsheet would run as formulas get a leading ``'``."""
     if fmt is OutputFormat.json:
         typer.echo(json.dumps([{c: _json(row[c]) for c in columns} for row in rows], indent=1))
         return
@@ -728,7 +742,7 @@ def emit(
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(columns)
         for row in rows:
-            writer.writerow([_csv(row[c]) for c in columns])
+            writer.writerow([csv_cell(row[c], escape_formulas) for c in columns])
         sys.stdout.flush()
         return
     if not rows:
@@ -761,6 +775,18 @@ def _json(value: Any) -> Any:
     if isinstance(value, (datetime, date)):
         return value.isoformat()
     return value
+
+
+def csv_cell(value: Any, escape_formulas: bool = False) -> Any:
+    """A value as a CSV cell; with ``escape_formulas``, text that a spreadsheet would run as a
+    formula (OWASP's CSV injection list; not a number such as -5) gets a leading ``'``."""
+    cell = _csv(value)
+    if escape_formulas and isinstance(cell, str) and cell[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        try:
+            float(cell.strip())
+        except ValueError:
+            return "'" + cell
+    return cell
 
 
 def _csv(value: Any) -> Any:

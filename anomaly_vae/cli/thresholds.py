@@ -27,6 +27,7 @@ import typer
 from anomaly_vae.cli import app, setup_logging
 from anomaly_vae.cli.db import (
     DB_HELP,
+    ESCAPE_FORMULAS_HELP,
     PIPELINE_HELP,
     OutputFormat,
     ReportFormat,
@@ -735,6 +736,7 @@ def alerts_list(
     ),
     limit: int = typer.Option(50, "--limit", help="At most this many alerts."),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
+    escape: bool = typer.Option(False, "--escape-formulas", help=ESCAPE_FORMULAS_HELP),
     db: DbOpt = None,
     pipeline: PipelineOpt = None,
 ) -> None:
@@ -772,7 +774,7 @@ def alerts_list(
         "resolved_by",
         "source_key",
     ]
-    emit(rows, columns, fmt, empty="no alerts found")
+    emit(rows, columns, fmt, empty="no alerts found", escape_formulas=escape)
 
 
 def _act(
