@@ -927,14 +927,22 @@ class AnomalyVAE(BaseEstimator):
             if est.feature_baseline_.shape != (len(est.schema_.names),):
                 raise ValueError("feature_baseline does not match the schema")
             est.training_summary_ = dict(meta.get("training", {}))
+            layout = est._layout()
         except ModelFileError:
             raise
-        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, ValidationError) as exc:
+        except (
+            AttributeError,  # a list or a string where model.json holds an object
+            KeyError,
+            IndexError,
+            TypeError,
+            ValueError,
+            RuntimeError,
+            ValidationError,
+        ) as exc:
             raise ModelFileError(
                 f"{path}: the model description is inconsistent ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}): retrain the model"
             ) from None
-        layout = est._layout()
         if layout.n_numeric != model.n_numeric or list(layout.cat_sizes) != model.cat_sizes:
             raise ModelFileError(f"{path}: the weights do not fit the stored feature layout")
         if (
@@ -943,7 +951,15 @@ class AnomalyVAE(BaseEstimator):
             or not math.isfinite(est.threshold_)
         ):
             raise ModelFileError(f"{path}: the stored calibration is empty or not finite")
-        est.device_ = resolve_device(cfg.training.device)
+        try:
+            est.device_ = resolve_device(cfg.training.device)
+        except ConfigError as exc:
+            if device is not None:
+                raise  # the caller's device= argument, not the file
+            raise ModelFileError(
+                f"{path}: model.json names the training device {cfg.training.device!r}, which "
+                f"cannot score here ({exc}): load it with device='cpu' (score --device cpu)"
+            ) from None
         est.model_ = model.to(est.device_).eval()  # a loaded model is ready where it scores
         est.latent_dim_ = model.latent_dim
         est.n_features_in_ = len(est.schema_.names)

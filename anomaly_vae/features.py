@@ -86,6 +86,10 @@ class FeatureSchema:
             if item["kind"] not in ("numeric", "categorical"):
                 raise ValueError(f"unknown column kind {item['kind']!r}")
             cols.append(FeatureColumn(name=str(item["name"]), kind=item["kind"]))
+        names = [c.name for c in cols]
+        if len(set(names)) != len(names):
+            twice = next(n for n in names if names.count(n) > 1)
+            raise ValueError(f"feature column {twice!r} is listed more than once")
         return cls(columns=cols)
 
     # ------------------------------------------------------------------ inference
@@ -914,6 +918,9 @@ class Preprocessor:
         for name in schema.numeric:
             if name not in pre.center or name not in pre.scale:
                 raise ValueError(f"no scaling stored for numeric column {name!r}")
+        for name in pre.with_indicator:
+            if name not in schema.numeric:
+                raise ValueError(f"a missing-value indicator for {name!r}, not a numeric column")
         for name in schema.categorical:
             if name not in pre.categories:
                 raise ValueError(f"no categories stored for categorical column {name!r}")
