@@ -146,9 +146,10 @@ class ScoreBatch:
 class AnomalyVAE(BaseEstimator):
     """A variational autoencoder anomaly detector for tabular records.
 
-    Parameters left as ``None`` take their value from ``config`` (a ``PipelineConfig``), else the
-    built-in default. ``columns`` (a ``ColumnsConfig`` or a dict of its fields) says which
-    columns are ids, timestamps, labels, ignored, or forced numeric/categorical.
+    Parameters left as ``None`` take their value from ``config`` (a ``PipelineConfig``, or a dict
+    of its sections: ``{"model": {"latent_dim": 4}}``), else the built-in default. ``columns`` (a
+    ``ColumnsConfig`` or a dict of its fields) says which columns are ids, timestamps, labels,
+    ignored, or forced numeric/categorical.
 
     Fitted attributes end in ``_``: ``schema_``, ``preprocessor_``, ``model_``, ``threshold_``,
     ``calibration_`` (sorted held-out normal scores), ``config_``, ``training_summary_``,
@@ -171,7 +172,7 @@ class AnomalyVAE(BaseEstimator):
         device: str | None = None,
         seed: int | None = None,
         verbose: bool = False,
-        config: PipelineConfig | None = None,
+        config: PipelineConfig | dict[str, Any] | None = None,
     ) -> None:
         self.hidden_dims = hidden_dims
         self.latent_dim = latent_dim
@@ -189,13 +190,28 @@ class AnomalyVAE(BaseEstimator):
         self.config = config
 
     # ================================================================ configuration
+    def _config(self) -> PipelineConfig | None:
+        """The ``config`` parameter as a PipelineConfig (a dict is validated as one)."""
+        config = self.config
+        if config is None or isinstance(config, PipelineConfig):
+            return config
+        if isinstance(config, dict):
+            try:
+                return PipelineConfig.model_validate(config)
+            except ValidationError as exc:
+                raise ConfigError(
+                    f"The 'config' parameter: {format_validation_error(exc)}"
+                ) from None
+        # 'dict' object has no attribute 'model_copy' was all a dict got.
+        raise ConfigError(
+            "The 'config' parameter must be a PipelineConfig or a dict of its sections "
+            f"(PipelineConfig.from_yaml(path) reads a pipeline file). Got {type(config).__name__} "
+            "instead."
+        )
+
     def _resolve_config(self) -> PipelineConfig:
-        base = self.config.model_copy(deep=True) if self.config is not None else PipelineConfig()
-        if not isinstance(base, PipelineConfig):
-            raise ConfigError(
-                "The 'config' parameter must be a PipelineConfig. "
-                f"Got {type(base).__name__} instead."
-            )
+        config = self._config()
+        base = config.model_copy(deep=True) if config is not None else PipelineConfig()
         sections: dict[str, dict[str, Any]] = {
             "model": base.model.model_dump(),
             "training": base.training.model_dump(),
@@ -970,7 +986,7 @@ class AnomalyVAE(BaseEstimator):
 
     @property
     def name(self) -> str:
-        cfg = getattr(self, "config_", None) or self.config
+        cfg = getattr(self, "config_", None) or self._config()
         return cfg.name if cfg is not None else "default"
 
 

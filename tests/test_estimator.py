@@ -179,6 +179,24 @@ def test_parameter_errors_name_the_parameter() -> None:
         AnomalyVAE(columns={"bogus": 1}).fit(data)
 
 
+def test_config_may_be_a_dict_of_sections_as_columns_may() -> None:
+    # config={"model": {...}} failed with "'dict' object has no attribute 'model_copy'" (a
+    # traceback from inside fit), while columns= took a dict.
+    from sklearn.base import clone
+
+    data = correlated_normal(60, seed=0)
+    model = AnomalyVAE(epochs=1, seed=0, config={"name": "pumps", "model": {"latent_dim": 3}})
+    assert model.name == "pumps"
+    model.fit(data)
+    assert model.latent_dim_ == 3
+    assert model.name == "pumps"
+    assert clone(model).get_params()["config"] == {"name": "pumps", "model": {"latent_dim": 3}}
+    with pytest.raises(ConfigError, match=r"The 'config' parameter: model.latnet_dim: Extra"):
+        AnomalyVAE(config={"model": {"latnet_dim": 3}}).fit(data)
+    with pytest.raises(ConfigError, match=r"must be a PipelineConfig or a dict.*Got str"):
+        AnomalyVAE(config="pipelines/pumps.yaml").fit(data)  # type: ignore[arg-type]
+
+
 def test_scikit_learn_default_scoring_says_to_give_a_scoring() -> None:
     # cross_val_score / GridSearchCV without 'scoring' call score(X, y) for a metric: it failed
     # with "score() takes 2 positional arguments but 3 were given", every fold became NaN and
