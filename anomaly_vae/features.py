@@ -130,7 +130,12 @@ class FeatureSchema:
                 cols.append(FeatureColumn(name, "categorical"))
                 continue
             explicit = columns.features is not None
-            if not explicit and _looks_like_label(name, sample[name]):
+            column = sample[name]
+            if len(frame) > len(column) and not column.notna().any():
+                # Values only past the sampled rows (a sensor added later): judge those, not
+                # call the column "empty in the training data".
+                column = frame[name].dropna().head(INFER_SAMPLE_ROWS)
+            if not explicit and _looks_like_label(name, column):
                 logger.warning(
                     "column %r looks like a label (its name, values 0/1) and is not used as a "
                     "feature: a label as a feature scores the labelled records by their label; "
@@ -141,7 +146,7 @@ class FeatureSchema:
                     name,
                 )
                 continue
-            kind = _infer_kind(sample[name], name, columns.max_categories, explicit=explicit)
+            kind = _infer_kind(column, name, columns.max_categories, explicit=explicit)
             if kind is not None:
                 cols.append(FeatureColumn(name, kind))
         if not cols:
@@ -415,6 +420,16 @@ def _infer_kind(
         return None
     text = non_null.astype(str).str.strip()
     given = non_null[~text.str.lower().isin(["", *_NA_WORDS])]
+    if len(given) == 0:
+        # Only blanks and NA words ('', 'n/a'): as a category it had no value but "missing",
+        # and every value a later record has there scored as unknown.
+        if explicit:
+            return "numeric"
+        logger.warning(
+            "column %r is empty in the training data (only blank or NA text) and is not used",
+            name,
+        )
+        return None
     parsed = pd.to_numeric(given, errors="coerce")
     if len(given) and parsed.notna().mean() >= NUMERIC_PARSE_SHARE:
         return "numeric"
@@ -805,7 +820,10 @@ class Preprocessor:
             else:
                 center = float(np.median(present))
                 scale = robust_scale(present)
-                if len(present) > 1 and present.min() == present.max():
+                if len(present) == 1:
+                    # One value in the whole column: no spread either (it was not named).
+                    constant.append(f"{name}={present[0]:g} in its only non-missing row")
+                elif present.min() == present.max():
                     constant.append(f"{name}={present[0]:g}")
             pre.center[name] = center
             pre.scale[name] = scale
