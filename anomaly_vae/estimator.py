@@ -153,7 +153,9 @@ class AnomalyVAE(BaseEstimator):
 
     Fitted attributes end in ``_``: ``schema_``, ``preprocessor_``, ``model_``, ``threshold_``,
     ``calibration_`` (sorted held-out normal scores), ``config_``, ``training_summary_``,
-    ``n_features_in_``, ``feature_names_in_``, ``model_hash_`` (after save or load).
+    ``n_features_in_`` (the columns of an array X, every one read by position; the feature
+    columns of a DataFrame), ``feature_names_in_`` (the feature columns the model reads; an
+    array's are ``x0``, ``x1``...), ``model_hash_`` (after save or load).
     """
 
     def __init__(
@@ -345,7 +347,9 @@ class AnomalyVAE(BaseEstimator):
         self.model_ = model
         self.latent_dim_ = latent
         self.device_ = device
-        self.n_features_in_ = len(schema.names)
+        # An array's width (its columns are read by position, a column left out too), a
+        # DataFrame's feature columns (read by name).
+        self.n_features_in_ = len(schema.names) if isinstance(X, pd.DataFrame) else frame.shape[1]
         self.feature_names_in_ = np.asarray(schema.names, dtype=object)
         self._scorers: dict[tuple[Any, ...], Scorer] = {}
         calib_batch = val if len(val_idx) else train
@@ -978,7 +982,7 @@ class AnomalyVAE(BaseEstimator):
             ) from None
         est.model_ = model.to(est.device_).eval()  # a loaded model is ready where it scores
         est.latent_dim_ = model.latent_dim
-        est.n_features_in_ = len(est.schema_.names)
+        est.n_features_in_ = est._array_columns() or len(est.schema_.names)
         est.feature_names_in_ = np.asarray(est.schema_.names, dtype=object)
         est._scorers = {}
         est.model_hash_ = digest
@@ -1148,6 +1152,16 @@ def _as_frame(
     the model's features, when it has as many). ``width``: the columns of the array a model
     was fitted on, which an array (or pd.DataFrame(array)) to score must have."""
     if isinstance(X, pd.DataFrame):
+        if isinstance(X.columns, pd.MultiIndex):
+            # Each name became the text of a tuple, "('x', 'a')", and then a KeyError.
+            raise ConfigError(
+                f"X has {X.columns.nlevels}-level column names (a MultiIndex, such as "
+                f"{X.columns[0]!r}); AnomalyVAE reads columns by one name each: flatten them, "
+                "e.g. X.columns = ['_'.join(map(str, c)) for c in X.columns]"
+            )
+        complex_columns = [str(c) for c, d in X.dtypes.items() if d.kind == "c"]
+        if complex_columns:
+            raise ConfigError(_complex_message(f"column {complex_columns[0]!r} of X"))
         positional = list(X.columns) == list(range(X.shape[1]))
         if width is not None and positional:
             # A model fitted on an array (its columns x0, x1...) and a frame made from one
@@ -1188,12 +1202,22 @@ def _as_frame(
     if array.ndim != 2:
         what = f"an array of shape {array.shape}" if array.ndim else f"a {type(X).__name__}"
         raise ConfigError(f"X must be a DataFrame or a 2-D array; got {what}")
+    if array.dtype.kind == "c":
+        raise ConfigError(_complex_message("X"))
     if width is not None:
         _check_width(array.shape[1], width)
     names = _array_names(array.shape[1])
     if expected is not None and len(expected) == array.shape[1]:
         names = list(expected)
     return pd.DataFrame(array, columns=names)
+
+
+def _complex_message(what: str) -> str:
+    # Cast to float with a ComplexWarning, the imaginary parts silently dropped.
+    return (
+        f"{what} holds complex numbers, which AnomalyVAE does not read: pass the parts as two "
+        "real columns (X.real, X.imag) or the magnitude (np.abs(X))"
+    )
 
 
 def _check_width(given: int, width: int) -> None:

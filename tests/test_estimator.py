@@ -518,6 +518,37 @@ def test_frames_with_integer_column_names() -> None:
     assert len(scores) == 5
 
 
+def test_n_features_in_is_the_width_of_the_array_to_score(tmp_path: Path) -> None:
+    # A column left out in training (empty, or a row counter) made n_features_in_ 2 for a
+    # 3-column array, and an array of n_features_in_ columns was then refused for its width.
+    rng = np.random.default_rng(0)
+    x = np.column_stack([rng.normal(size=300), np.full(300, np.nan), rng.normal(size=300)])
+    model = AnomalyVAE(epochs=1, seed=0).fit(x)
+    assert model.n_features_in_ == 3
+    assert list(model.feature_names_in_) == ["x0", "x2"]
+    assert model.predict(np.zeros((2, model.n_features_in_))).shape == (2,)
+    model.save(tmp_path / "m")
+    assert load_model(tmp_path / "m").n_features_in_ == 3
+
+
+def test_multi_level_or_complex_columns_are_refused_with_what_to_do(
+    trained_model: AnomalyVAE,
+) -> None:
+    frame = correlated_normal(20, seed=1)
+    nested = frame.set_axis(pd.MultiIndex.from_product([["s"], frame.columns]), axis=1)
+    # A KeyError "('s', 'a')" from deep inside pandas.
+    with pytest.raises(ConfigError, match=r"2-level column names.*flatten them"):
+        trained_model.score(nested)
+    with pytest.raises(ConfigError, match=r"2-level column names"):
+        AnomalyVAE(epochs=1).fit(nested)
+    # The imaginary parts were dropped with a ComplexWarning, and the model trained.
+    waves = np.exp(1j * np.arange(60)).reshape(30, 2)
+    with pytest.raises(ConfigError, match=r"^X holds complex numbers.*np.abs"):
+        AnomalyVAE(epochs=1).fit(waves)
+    with pytest.raises(ConfigError, match=r"column 'w' of X holds complex numbers"):
+        AnomalyVAE(epochs=1).fit(pd.DataFrame({"a": waves[:, 0].real, "w": waves[:, 1]}))
+
+
 def test_batch_job_scores_with_its_own_thread_count(
     trained_model: AnomalyVAE, tmp_path: Path
 ) -> None:
