@@ -128,7 +128,8 @@ class ScoreBatch:
         # No contributions: a zero-width matrix, which top_features_text turns into "" per row.
         contributions = self.contributions
         if contributions is None:
-            contributions = np.zeros((len(self.scores), 0), dtype=np.float32)
+            empty = np.zeros((len(self.scores), 0), dtype=np.float32)
+            return top_features_text(empty, [], k, arrow=arrow)
         return top_features_text(contributions, self.feature_names, k, arrow=arrow)
 
     def top_features_json(self, k: int) -> np.ndarray:
