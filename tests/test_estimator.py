@@ -824,3 +824,23 @@ def test_a_score_tied_with_calibration_scores_is_placed_among_them(
     assert model.percentile(np.array([-1.0, 0.0, 1.0])).tolist() == [0.0, 50.0, 100.0]
     model.calibration_ = np.arange(100.0)
     assert model.percentile(np.array([49.5, 99.5])).tolist() == [50.0, 100.0]
+
+
+def test_the_readme_python_example_runs_as_written(tmp_path: Path) -> None:
+    # It used normal_df, export_df and messy_df without making them: a NameError as written.
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = readme.split("```python\n")[1:]
+    assert blocks, "README.md has no python example"
+    for block in blocks:
+        code = block.split("\n```", 1)[0]
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert "column 'flow': 'n/a?' is not a number" in done.stdout
+    assert (tmp_path / "models" / "pumps" / "model.json").is_file()
