@@ -1187,7 +1187,9 @@ def _as_frame(
         # np.asarray of a sparse matrix is a 0-d object array: "got an array of shape ()".
         raise ConfigError(
             f"X is a scipy sparse {type(X).__name__}; AnomalyVAE reads dense rows: pass "
-            "X.toarray() (a missing value is NaN, not an absent entry)"
+            "X.toarray() (a missing value is NaN, not an absent entry); in a Pipeline, make the "
+            "step before it dense (OneHotEncoder(sparse_output=False)), or leave text columns "
+            "to AnomalyVAE, which encodes them itself"
         )
     if isinstance(X, pd.Series):
         raise ConfigError(

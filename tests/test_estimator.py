@@ -826,6 +826,20 @@ def test_a_score_tied_with_calibration_scores_is_placed_among_them(
     assert model.percentile(np.array([49.5, 99.5])).tolist() == [50.0, 100.0]
 
 
+def test_a_sparse_step_before_it_in_a_pipeline_is_named_with_the_fix() -> None:
+    # "pass X.toarray()" was all the message said, and inside a Pipeline there is no X to call
+    # it on: a OneHotEncoder's default sparse output is the usual cause.
+    from sklearn.compose import make_column_transformer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=60), "c": [f"k{i % 20}" for i in range(60)]})
+    encode = make_column_transformer((StandardScaler(), ["a"]), (OneHotEncoder(), ["c"]))
+    with pytest.raises(ConfigError, match=r"sparse csr_matrix.*OneHotEncoder\(sparse_output=False"):
+        make_pipeline(encode, AnomalyVAE(epochs=1)).fit(frame)
+
+
 def test_the_readme_python_example_runs_as_written(tmp_path: Path) -> None:
     # It used normal_df, export_df and messy_df without making them: a NameError as written.
     import subprocess
