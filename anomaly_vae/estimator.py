@@ -1163,6 +1163,17 @@ def _as_frame(
         complex_columns = [str(c) for c, d in X.dtypes.items() if d.kind == "c"]
         if complex_columns:
             raise ConfigError(_complex_message(f"column {complex_columns[0]!r} of X"))
+        # Arrow text (read_csv / read_parquet with dtype_backend="pyarrow": string, dictionary)
+        # as Python objects: pd.to_numeric turns such a column into Arrow doubles whose NaN is
+        # no missing value, so every text value counted as a number, the column was taken as
+        # numeric and every row rejected. Arrow numbers, booleans and times stay as they are.
+        arrow_text = {
+            c: object
+            for c, d in X.dtypes.items()
+            if isinstance(d, pd.ArrowDtype) and d.kind not in "biufmM"
+        }
+        if arrow_text:
+            return _as_frame(X.astype(arrow_text), expected, width)
         positional = list(X.columns) == list(range(X.shape[1]))
         if width is not None and positional:
             # A model fitted on an array (its columns x0, x1...) and a frame made from one

@@ -840,6 +840,35 @@ def test_a_sparse_step_before_it_in_a_pipeline_is_named_with_the_fix() -> None:
         make_pipeline(encode, AnomalyVAE(epochs=1)).fit(frame)
 
 
+def test_frames_read_with_the_pyarrow_backend_keep_their_text_columns() -> None:
+    # pd.to_numeric of an Arrow string column gives Arrow doubles whose NaN is no missing
+    # value: 'mode' was taken as numeric and every training row rejected ("'on' is not a
+    # number"), so read_csv(..., dtype_backend="pyarrow") could not be fitted at all.
+    import io
+
+    import pyarrow as pa
+
+    rng = np.random.default_rng(0)
+    text = pd.DataFrame(
+        {
+            "a": rng.normal(size=200),
+            "mode": rng.choice(["on", "off", "idle"], 200),
+            "zone": rng.choice(["n", "s"], 200),
+        }
+    ).to_csv(index=False)
+    frame = pd.read_csv(io.StringIO(text), dtype_backend="pyarrow")
+    frame["zone"] = frame["zone"].astype(pd.ArrowDtype(pa.dictionary(pa.int32(), pa.string())))
+    model = AnomalyVAE(epochs=1, seed=0).fit(frame)
+    assert model.schema_.numeric == ["a"]
+    assert model.schema_.categorical == ["mode", "zone"]
+    plain = frame.astype({"a": float, "mode": object, "zone": object})
+    np.testing.assert_array_equal(model.anomaly_score(frame), model.anomaly_score(plain))
+    bad = frame.head(2).astype({"a": pd.ArrowDtype(pa.string())})
+    bad.loc[1, "a"] = "high"
+    reasons = model.score_batch(bad).rejects["reason"].tolist()
+    assert reasons == ["column 'a': 'high' is not a number"]
+
+
 def test_the_readme_python_example_runs_as_written(tmp_path: Path) -> None:
     # It used normal_df, export_df and messy_df without making them: a NameError as written.
     import subprocess
