@@ -413,7 +413,9 @@ def _infer_kind(
             )
             return None
         return "numeric"
-    if pd.api.types.is_datetime64_any_dtype(series):
+    # A Period column (pd.period_range, .dt.to_period) is times too: pd.to_numeric read it as
+    # its ordinals, a numeric feature that every later period lies outside of.
+    if pd.api.types.is_datetime64_any_dtype(series) or isinstance(series.dtype, pd.PeriodDtype):
         if explicit:
             raise SchemaError(f"column {name!r} holds timestamps, which cannot be a feature")
         logger.warning("column %r holds timestamps and is not used as a feature", name)

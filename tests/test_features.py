@@ -373,6 +373,16 @@ def test_a_column_with_one_value_in_training_is_named(caplog: pytest.LogCaptureF
     )
 
 
+def test_a_period_column_is_a_time_not_a_feature(caplog: pytest.LogCaptureFixture) -> None:
+    # Read as its ordinals (19723, 19724...), a day column was a numeric feature, and every
+    # record of a later day lay outside anything seen in training.
+    frame = _frame().assign(day=pd.period_range("2024-01-01", periods=len(_frame()), freq="D"))
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig(label="label"))
+    assert "day" not in schema.names
+    assert "column 'day' holds timestamps and is not used as a feature" in caplog.text
+
+
 def test_a_column_constant_in_training_is_named(caplog: pytest.LogCaptureFixture) -> None:
     # It stayed a feature scaled by 1 in its own units, without a word: a later change of a
     # setpoint flagged every record, and nobody had been told the column never moved.
