@@ -251,7 +251,14 @@ class AnomalyVAE(BaseEstimator):
                     f"The 'columns' parameter: {format_validation_error(exc)}"
                 ) from None
         extra = base.model_dump(exclude={"model", "training", "scoring", "columns"})
-        resolved = PipelineConfig(columns=columns, **built, **extra)
+        try:
+            resolved = PipelineConfig(columns=columns, **built, **extra)
+        except ValidationError as exc:
+            # A rule across sections (window.entity against columns.entity, a conv encoder
+            # without a window) was pydantic's multi-line error.
+            raise ConfigError(
+                f"The parameters do not fit together: {format_validation_error(exc)}"
+            ) from None
         if resolved.scoring.score_kind == "nll_iw":
             resolved.scoring.importance_weighted = True
         return resolved

@@ -197,6 +197,17 @@ def test_config_may_be_a_dict_of_sections_as_columns_may() -> None:
         AnomalyVAE(config="pipelines/pumps.yaml").fit(data)  # type: ignore[arg-type]
 
 
+def test_parameters_that_contradict_each_other_are_one_config_error() -> None:
+    # columns= naming another entity than the config's window came out of fit as pydantic's
+    # multi-line ValidationError.
+    from anomaly_vae.config import PipelineConfig
+
+    data = correlated_normal(60, seed=0)
+    windowed = PipelineConfig.model_validate({"window": {"size": 2, "entity": "b"}})
+    with pytest.raises(ConfigError, match=r"^The parameters do not fit together: .*window\.entity"):
+        AnomalyVAE(columns={"entity": "a"}, config=windowed).fit(data)
+
+
 def test_scikit_learn_default_scoring_says_to_give_a_scoring() -> None:
     # cross_val_score / GridSearchCV without 'scoring' call score(X, y) for a metric: it failed
     # with "score() takes 2 positional arguments but 3 were given", every fold became NaN and
