@@ -806,12 +806,14 @@ class AnomalyVAE(BaseEstimator):
         return np.asarray(self._every_row(X).scores["score"].to_numpy())
 
     def decision_function(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """``score - threshold_``: positive means anomalous."""
+        """``score - threshold_``: positive means anomalous (a windowed model's records that
+        are not ``ok``, never flagged, have theirs too: ``predict`` gives them 0)."""
         return self.anomaly_score(X) - self.threshold_
 
     def predict(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """1 for anomalous rows (score above ``threshold_``), 0 for normal ones."""
-        return (self.anomaly_score(X) > self.threshold_).astype(np.int64)
+        """1 for anomalous rows (score above ``threshold_``), 0 for normal ones: ``score(X)``'s
+        ``is_anomaly``, so a windowed model's ``warming_up`` and ``late`` records are 0."""
+        return self._every_row(X).scores["is_anomaly"].to_numpy().astype(np.int64)
 
     def fit_predict(self, X: pd.DataFrame | np.ndarray, y: Any = None) -> np.ndarray:
         """``fit(X)`` then ``predict(X)``: 1 for the training rows above the threshold."""
