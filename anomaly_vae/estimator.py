@@ -128,7 +128,8 @@ class ScoreBatch:
         # No contributions: a zero-width matrix, which top_features_text turns into "" per row.
         contributions = self.contributions
         if contributions is None:
-            contributions = np.zeros((len(self.scores), 0), dtype=np.float32)
+            empty = np.zeros((len(self.scores), 0), dtype=np.float32)
+            return top_features_text(empty, [], k, arrow=arrow)
         return top_features_text(contributions, self.feature_names, k, arrow=arrow)
 
     def top_features_json(self, k: int) -> np.ndarray:
@@ -146,13 +147,16 @@ class ScoreBatch:
 class AnomalyVAE(BaseEstimator):
     """A variational autoencoder anomaly detector for tabular records.
 
-    Parameters left as ``None`` take their value from ``config`` (a ``PipelineConfig``), else the
-    built-in default. ``columns`` (a ``ColumnsConfig`` or a dict of its fields) says which
-    columns are ids, timestamps, labels, ignored, or forced numeric/categorical.
+    Parameters left as ``None`` take their value from ``config`` (a ``PipelineConfig``, or a dict
+    of its sections: ``{"model": {"latent_dim": 4}}``), else the built-in default. ``columns`` (a
+    ``ColumnsConfig`` or a dict of its fields) says which columns are ids, timestamps, labels,
+    ignored, or forced numeric/categorical.
 
     Fitted attributes end in ``_``: ``schema_``, ``preprocessor_``, ``model_``, ``threshold_``,
     ``calibration_`` (sorted held-out normal scores), ``config_``, ``training_summary_``,
-    ``n_features_in_``, ``feature_names_in_``, ``model_hash_`` (after save or load).
+    ``n_features_in_`` (the columns of an array X, every one read by position; the feature
+    columns of a DataFrame), ``feature_names_in_`` (the feature columns the model reads; an
+    array's are ``x0``, ``x1``...), ``model_hash_`` (after save or load).
     """
 
     def __init__(
@@ -171,7 +175,7 @@ class AnomalyVAE(BaseEstimator):
         device: str | None = None,
         seed: int | None = None,
         verbose: bool = False,
-        config: PipelineConfig | None = None,
+        config: PipelineConfig | dict[str, Any] | None = None,
     ) -> None:
         self.hidden_dims = hidden_dims
         self.latent_dim = latent_dim
@@ -189,13 +193,28 @@ class AnomalyVAE(BaseEstimator):
         self.config = config
 
     # ================================================================ configuration
+    def _config(self) -> PipelineConfig | None:
+        """The ``config`` parameter as a PipelineConfig (a dict is validated as one)."""
+        config = self.config
+        if config is None or isinstance(config, PipelineConfig):
+            return config
+        if isinstance(config, dict):
+            try:
+                return PipelineConfig.model_validate(config)
+            except ValidationError as exc:
+                raise ConfigError(
+                    f"The 'config' parameter: {format_validation_error(exc)}"
+                ) from None
+        # 'dict' object has no attribute 'model_copy' was all a dict got.
+        raise ConfigError(
+            "The 'config' parameter must be a PipelineConfig or a dict of its sections "
+            f"(PipelineConfig.from_yaml(path) reads a pipeline file). Got {type(config).__name__} "
+            "instead."
+        )
+
     def _resolve_config(self) -> PipelineConfig:
-        base = self.config.model_copy(deep=True) if self.config is not None else PipelineConfig()
-        if not isinstance(base, PipelineConfig):
-            raise ConfigError(
-                "The 'config' parameter must be a PipelineConfig. "
-                f"Got {type(base).__name__} instead."
-            )
+        config = self._config()
+        base = config.model_copy(deep=True) if config is not None else PipelineConfig()
         sections: dict[str, dict[str, Any]] = {
             "model": base.model.model_dump(),
             "training": base.training.model_dump(),
@@ -232,7 +251,14 @@ class AnomalyVAE(BaseEstimator):
                     f"The 'columns' parameter: {format_validation_error(exc)}"
                 ) from None
         extra = base.model_dump(exclude={"model", "training", "scoring", "columns"})
-        resolved = PipelineConfig(columns=columns, **built, **extra)
+        try:
+            resolved = PipelineConfig(columns=columns, **built, **extra)
+        except ValidationError as exc:
+            # A rule across sections (window.entity against columns.entity, a conv encoder
+            # without a window) was pydantic's multi-line error.
+            raise ConfigError(
+                f"The parameters do not fit together: {format_validation_error(exc)}"
+            ) from None
         if resolved.scoring.score_kind == "nll_iw":
             resolved.scoring.importance_weighted = True
         return resolved
@@ -329,7 +355,9 @@ class AnomalyVAE(BaseEstimator):
         self.model_ = model
         self.latent_dim_ = latent
         self.device_ = device
-        self.n_features_in_ = len(schema.names)
+        # An array's width (its columns are read by position, a column left out too), a
+        # DataFrame's feature columns (read by name).
+        self.n_features_in_ = len(schema.names) if isinstance(X, pd.DataFrame) else frame.shape[1]
         self.feature_names_in_ = np.asarray(schema.names, dtype=object)
         self._scorers: dict[tuple[Any, ...], Scorer] = {}
         calib_batch = val if len(val_idx) else train
@@ -778,12 +806,14 @@ class AnomalyVAE(BaseEstimator):
         return np.asarray(self._every_row(X).scores["score"].to_numpy())
 
     def decision_function(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """``score - threshold_``: positive means anomalous."""
+        """``score - threshold_``: positive means anomalous (a windowed model's records that
+        are not ``ok``, never flagged, have theirs too: ``predict`` gives them 0)."""
         return self.anomaly_score(X) - self.threshold_
 
     def predict(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """1 for anomalous rows (score above ``threshold_``), 0 for normal ones."""
-        return (self.anomaly_score(X) > self.threshold_).astype(np.int64)
+        """1 for anomalous rows (score above ``threshold_``), 0 for normal ones: ``score(X)``'s
+        ``is_anomaly``, so a windowed model's ``warming_up`` and ``late`` records are 0."""
+        return self._every_row(X).scores["is_anomaly"].to_numpy().astype(np.int64)
 
     def fit_predict(self, X: pd.DataFrame | np.ndarray, y: Any = None) -> np.ndarray:
         """``fit(X)`` then ``predict(X)``: 1 for the training rows above the threshold."""
@@ -927,14 +957,22 @@ class AnomalyVAE(BaseEstimator):
             if est.feature_baseline_.shape != (len(est.schema_.names),):
                 raise ValueError("feature_baseline does not match the schema")
             est.training_summary_ = dict(meta.get("training", {}))
+            layout = est._layout()
         except ModelFileError:
             raise
-        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, ValidationError) as exc:
+        except (
+            AttributeError,  # a list or a string where model.json holds an object
+            KeyError,
+            IndexError,
+            TypeError,
+            ValueError,
+            RuntimeError,
+            ValidationError,
+        ) as exc:
             raise ModelFileError(
                 f"{path}: the model description is inconsistent ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}): retrain the model"
             ) from None
-        layout = est._layout()
         if layout.n_numeric != model.n_numeric or list(layout.cat_sizes) != model.cat_sizes:
             raise ModelFileError(f"{path}: the weights do not fit the stored feature layout")
         if (
@@ -943,10 +981,18 @@ class AnomalyVAE(BaseEstimator):
             or not math.isfinite(est.threshold_)
         ):
             raise ModelFileError(f"{path}: the stored calibration is empty or not finite")
-        est.device_ = resolve_device(cfg.training.device)
+        try:
+            est.device_ = resolve_device(cfg.training.device)
+        except ConfigError as exc:
+            if device is not None:
+                raise  # the caller's device= argument, not the file
+            raise ModelFileError(
+                f"{path}: model.json names the training device {cfg.training.device!r}, which "
+                f"cannot score here ({exc}): load it with device='cpu' (score --device cpu)"
+            ) from None
         est.model_ = model.to(est.device_).eval()  # a loaded model is ready where it scores
         est.latent_dim_ = model.latent_dim
-        est.n_features_in_ = len(est.schema_.names)
+        est.n_features_in_ = est._array_columns() or len(est.schema_.names)
         est.feature_names_in_ = np.asarray(est.schema_.names, dtype=object)
         est._scorers = {}
         est.model_hash_ = digest
@@ -954,7 +1000,7 @@ class AnomalyVAE(BaseEstimator):
 
     @property
     def name(self) -> str:
-        cfg = getattr(self, "config_", None) or self.config
+        cfg = getattr(self, "config_", None) or self._config()
         return cfg.name if cfg is not None else "default"
 
 
@@ -1116,6 +1162,27 @@ def _as_frame(
     the model's features, when it has as many). ``width``: the columns of the array a model
     was fitted on, which an array (or pd.DataFrame(array)) to score must have."""
     if isinstance(X, pd.DataFrame):
+        if isinstance(X.columns, pd.MultiIndex):
+            # Each name became the text of a tuple, "('x', 'a')", and then a KeyError.
+            raise ConfigError(
+                f"X has {X.columns.nlevels}-level column names (a MultiIndex, such as "
+                f"{X.columns[0]!r}); AnomalyVAE reads columns by one name each: flatten them, "
+                "e.g. X.columns = ['_'.join(map(str, c)) for c in X.columns]"
+            )
+        complex_columns = [str(c) for c, d in X.dtypes.items() if d.kind == "c"]
+        if complex_columns:
+            raise ConfigError(_complex_message(f"column {complex_columns[0]!r} of X"))
+        # Arrow text (read_csv / read_parquet with dtype_backend="pyarrow": string, dictionary)
+        # as Python objects: pd.to_numeric turns such a column into Arrow doubles whose NaN is
+        # no missing value, so every text value counted as a number, the column was taken as
+        # numeric and every row rejected. Arrow numbers, booleans and times stay as they are.
+        arrow_text = {
+            c: object
+            for c, d in X.dtypes.items()
+            if isinstance(d, pd.ArrowDtype) and d.kind not in "biufmM"
+        }
+        if arrow_text:
+            return _as_frame(X.astype(arrow_text), expected, width)
         positional = list(X.columns) == list(range(X.shape[1]))
         if width is not None and positional:
             # A model fitted on an array (its columns x0, x1...) and a frame made from one
@@ -1140,7 +1207,9 @@ def _as_frame(
         # np.asarray of a sparse matrix is a 0-d object array: "got an array of shape ()".
         raise ConfigError(
             f"X is a scipy sparse {type(X).__name__}; AnomalyVAE reads dense rows: pass "
-            "X.toarray() (a missing value is NaN, not an absent entry)"
+            "X.toarray() (a missing value is NaN, not an absent entry); in a Pipeline, make the "
+            "step before it dense (OneHotEncoder(sparse_output=False)), or leave text columns "
+            "to AnomalyVAE, which encodes them itself"
         )
     if isinstance(X, pd.Series):
         raise ConfigError(
@@ -1156,12 +1225,22 @@ def _as_frame(
     if array.ndim != 2:
         what = f"an array of shape {array.shape}" if array.ndim else f"a {type(X).__name__}"
         raise ConfigError(f"X must be a DataFrame or a 2-D array; got {what}")
+    if array.dtype.kind == "c":
+        raise ConfigError(_complex_message("X"))
     if width is not None:
         _check_width(array.shape[1], width)
     names = _array_names(array.shape[1])
     if expected is not None and len(expected) == array.shape[1]:
         names = list(expected)
     return pd.DataFrame(array, columns=names)
+
+
+def _complex_message(what: str) -> str:
+    # Cast to float with a ComplexWarning, the imaginary parts silently dropped.
+    return (
+        f"{what} holds complex numbers, which AnomalyVAE does not read: pass the parts as two "
+        "real columns (X.real, X.imag) or the magnitude (np.abs(X))"
+    )
 
 
 def _check_width(given: int, width: int) -> None:

@@ -86,6 +86,10 @@ class FeatureSchema:
             if item["kind"] not in ("numeric", "categorical"):
                 raise ValueError(f"unknown column kind {item['kind']!r}")
             cols.append(FeatureColumn(name=str(item["name"]), kind=item["kind"]))
+        names = [c.name for c in cols]
+        if len(set(names)) != len(names):
+            twice = next(n for n in names if names.count(n) > 1)
+            raise ValueError(f"feature column {twice!r} is listed more than once")
         return cls(columns=cols)
 
     # ------------------------------------------------------------------ inference
@@ -126,7 +130,12 @@ class FeatureSchema:
                 cols.append(FeatureColumn(name, "categorical"))
                 continue
             explicit = columns.features is not None
-            if not explicit and _looks_like_label(name, sample[name]):
+            column = sample[name]
+            if len(frame) > len(column) and not column.notna().any():
+                # Values only past the sampled rows (a sensor added later): judge those, not
+                # call the column "empty in the training data".
+                column = frame[name].dropna().head(INFER_SAMPLE_ROWS)
+            if not explicit and _looks_like_label(name, column):
                 logger.warning(
                     "column %r looks like a label (its name, values 0/1) and is not used as a "
                     "feature: a label as a feature scores the labelled records by their label; "
@@ -137,7 +146,7 @@ class FeatureSchema:
                     name,
                 )
                 continue
-            kind = _infer_kind(sample[name], name, columns.max_categories, explicit=explicit)
+            kind = _infer_kind(column, name, columns.max_categories, explicit=explicit)
             if kind is not None:
                 cols.append(FeatureColumn(name, kind))
         if not cols:
@@ -404,13 +413,25 @@ def _infer_kind(
             )
             return None
         return "numeric"
-    if pd.api.types.is_datetime64_any_dtype(series):
+    # A Period column (pd.period_range, .dt.to_period) is times too: pd.to_numeric read it as
+    # its ordinals, a numeric feature that every later period lies outside of.
+    if pd.api.types.is_datetime64_any_dtype(series) or isinstance(series.dtype, pd.PeriodDtype):
         if explicit:
             raise SchemaError(f"column {name!r} holds timestamps, which cannot be a feature")
         logger.warning("column %r holds timestamps and is not used as a feature", name)
         return None
     text = non_null.astype(str).str.strip()
     given = non_null[~text.str.lower().isin(["", *_NA_WORDS])]
+    if len(given) == 0:
+        # Only blanks and NA words ('', 'n/a'): as a category it had no value but "missing",
+        # and every value a later record has there scored as unknown.
+        if explicit:
+            return "numeric"
+        logger.warning(
+            "column %r is empty in the training data (only blank or NA text) and is not used",
+            name,
+        )
+        return None
     parsed = pd.to_numeric(given, errors="coerce")
     if len(given) and parsed.notna().mean() >= NUMERIC_PARSE_SHARE:
         return "numeric"
@@ -801,7 +822,10 @@ class Preprocessor:
             else:
                 center = float(np.median(present))
                 scale = robust_scale(present)
-                if len(present) > 1 and present.min() == present.max():
+                if len(present) == 1:
+                    # One value in the whole column: no spread either (it was not named).
+                    constant.append(f"{name}={present[0]:g} in its only non-missing row")
+                elif present.min() == present.max():
                     constant.append(f"{name}={present[0]:g}")
             pre.center[name] = center
             pre.scale[name] = scale
@@ -914,6 +938,9 @@ class Preprocessor:
         for name in schema.numeric:
             if name not in pre.center or name not in pre.scale:
                 raise ValueError(f"no scaling stored for numeric column {name!r}")
+        for name in pre.with_indicator:
+            if name not in schema.numeric:
+                raise ValueError(f"a missing-value indicator for {name!r}, not a numeric column")
         for name in schema.categorical:
             if name not in pre.categories:
                 raise ValueError(f"no categories stored for categorical column {name!r}")

@@ -325,6 +325,64 @@ def test_categories_compare_as_text() -> None:
     assert enc.x[2, 0] == 1.0  # unknown
 
 
+def test_a_column_with_values_only_past_the_inferred_rows_is_a_feature(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The kinds are inferred from the first INFER_SAMPLE_ROWS rows: a sensor added later (NaN
+    # before) was left out as "empty in the training data", which it was not.
+    from anomaly_vae.features import INFER_SAMPLE_ROWS
+
+    n = INFER_SAMPLE_ROWS + 50
+    rng = np.random.default_rng(0)
+    late = np.full(n, np.nan)
+    late[-50:] = rng.normal(size=50)
+    mode = np.full(n, None, dtype=object)
+    mode[-50:] = ["ab"[i % 2] for i in range(50)]
+    frame = pd.DataFrame({"temp": rng.normal(size=n), "late": late, "mode": mode})
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.numeric == ["temp", "late"]
+    assert schema.categorical == ["mode"]
+    assert "empty" not in caplog.text
+
+
+def test_a_text_column_of_blanks_only_is_empty_not_a_category(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A DataFrame keeps '' as text (a CSV reads it as missing): a column of '' and 'n/a' became
+    # a category whose only value was "missing", so every value there later scored as unknown.
+    frame = pd.DataFrame({"temp": np.arange(40) % 7 + 20.0, "kind": ["", "n/a", " "] * 13 + [""]})
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.names == ["temp"]
+    assert "'kind' is empty in the training data (only blank or NA text)" in caplog.text
+
+
+def test_a_column_with_one_value_in_training_is_named(caplog: pytest.LogCaptureFixture) -> None:
+    # One non-missing value has no spread, as a constant column: it was scaled by 1 in its own
+    # units without the warning a constant column gets.
+    frame = _frame()
+    frame["probe"] = np.nan
+    frame.loc[frame.index[0], "probe"] = 1500.0
+    schema = FeatureSchema.infer(frame, ColumnsConfig(label="label"))
+    clean, _ = schema.validate(frame)
+    with caplog.at_level(logging.WARNING):
+        Preprocessor.fit(clean, schema)
+    assert "never change in the training rows (probe=1500 in its only non-missing row)" in (
+        caplog.text
+    )
+
+
+def test_a_period_column_is_a_time_not_a_feature(caplog: pytest.LogCaptureFixture) -> None:
+    # Read as its ordinals (19723, 19724...), a day column was a numeric feature, and every
+    # record of a later day lay outside anything seen in training.
+    frame = _frame().assign(day=pd.period_range("2024-01-01", periods=len(_frame()), freq="D"))
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig(label="label"))
+    assert "day" not in schema.names
+    assert "column 'day' holds timestamps and is not used as a feature" in caplog.text
+
+
 def test_a_column_constant_in_training_is_named(caplog: pytest.LogCaptureFixture) -> None:
     # It stayed a feature scaled by 1 in its own units, without a word: a later change of a
     # setpoint flagged every record, and nobody had been told the column never moved.

@@ -348,6 +348,19 @@ def test_warming_up_records_are_scored_not_flagged_and_named(window_model: Anoma
     assert names <= set(window_model.schema_.names)
 
 
+def test_predict_never_flags_a_record_without_a_full_window(window_model: AnomalyVAE) -> None:
+    # predict compared the score with threshold_ alone: a warming-up record with a high score
+    # was 1 there while score(X)["is_anomaly"] (and the CSV, the database) said 0.
+    data = make_pump_data(200, seed=6)
+    data.loc[:7, "flow"] *= 5.0  # the first records of each pump: warming up, and far off
+    scores = window_model.score(data)
+    warming = (scores["window_status"] == "warming_up").to_numpy()
+    assert (window_model.decision_function(data)[warming] > 0).any()
+    flags = window_model.predict(data)
+    assert (flags[warming] == 0).all()
+    np.testing.assert_array_equal(flags, scores["is_anomaly"].to_numpy())
+
+
 def test_only_records_with_a_full_window_get_a_stored_severity(window_model: AnomalyVAE) -> None:
     # The severity written to scores.severity (CSV jobs, the stream, the API): a warming-up
     # record over the threshold got 'warning' beside its is_anomaly 0, and no test noticed.
