@@ -443,9 +443,15 @@ class AnomalyVAE(BaseEstimator):
         assembled = state.assemble(encoded, entities.tolist(), times)
         full = assembled.status == OK
         if int(full.sum()) < MIN_TRAINING_ROWS:
-            # Say what cut the windows short: too few rows, gaps, or a file out of time order.
+            # Say what cut the windows short: rows with no time or entity, too few rows, gaps,
+            # or a file out of time order.
             counts = state.counters
             why = []
+            if bad.any():
+                why.append(
+                    f"{int(bad.sum())} of {len(bad)} rows have no valid event time or no entity "
+                    f"(first: row {clean.index[np.flatnonzero(bad)[0]]}: {reasons[bad][0]})"
+                )
             if counts.gaps:
                 why.append(
                     f"{counts.gaps} gaps over window.max_gap_s ({cfg.window.max_gap_s:g} s) "
@@ -491,9 +497,12 @@ class AnomalyVAE(BaseEstimator):
         have = {str(c) for c in present}
         for what, name in (("time", window.time), ("entity", window.entity)):
             if name and name not in have:
+                # A model scores with the window it was trained with: a scoring pipeline
+                # without window.{what} changes nothing, so say what does.
                 raise SchemaError(
-                    f"{source}: the window's {what} column {name!r} is missing: add it, or "
-                    f"remove window.{what} from the pipeline"
+                    f"{source}: the window's {what} column {name!r} is missing: add it (the "
+                    f"model was trained with window.{what}: {name}; a model without it needs "
+                    "training again)"
                 )
 
     def new_window_state(self) -> WindowState | None:

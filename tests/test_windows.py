@@ -720,6 +720,44 @@ def test_too_few_training_windows_says_whether_gaps_or_time_order_cut_them() -> 
         AnomalyVAE(config=cfg).fit(data.iloc[::-1])
 
 
+def test_too_few_training_windows_for_want_of_times_says_so() -> None:
+    # A training file whose times could not be read said only "gives 0 full windows ...: give
+    # it more rows per entity or a smaller window.size", as if the file were too short.
+    data = make_pump_data(400, seed=2)
+    data["ts"] = "yesterday"
+    cfg = PipelineConfig.from_yaml(REPO / "pipelines" / "pumps_windows.yaml")
+    cfg.training.epochs = 1
+    cfg.training.progress = False
+    with pytest.raises(
+        SchemaError,
+        match=r"400 of 400 rows have no valid event time or no entity \(first: row 0: window "
+        r"time column 'ts': 'yesterday' is not a time\)",
+    ):
+        AnomalyVAE(config=cfg).fit(data)
+
+
+@pytest.mark.parametrize("column", ["pump_id", "ts"])
+def test_a_training_file_without_the_windows_column_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], column: str
+) -> None:
+    # "the window's entity column 'pump_id' is not in the input" named no file.
+    train = tmp_path / "train.csv"
+    make_pump_data(200, seed=2).drop(columns=[column]).to_csv(train, index=False)
+    done = run_inline(
+        capsys,
+        "train",
+        str(train),
+        "--model-dir",
+        str(tmp_path / "m"),
+        "--pipeline",
+        str(REPO / "pipelines" / "pumps_windows.yaml"),
+    )
+    assert done.returncode == 2
+    what = "entity" if column == "pump_id" else "time"
+    assert f"{train}: the window's {what} column {column!r} is missing (columns: " in done.stderr
+    assert f"remove window.{what} from the pipeline" in done.stderr
+
+
 def test_late_training_rows_are_not_left_out_silently(caplog: pytest.LogCaptureFixture) -> None:
     # A training file whose second half runs backwards in time trained on half its rows and
     # said "0 rows rejected".
@@ -792,6 +830,10 @@ def test_an_export_without_the_windows_entity_or_time_column_is_refused_before_a
         done.stderr
     )
     assert f"{column!r} is missing" in done.stderr
+    # The model scores with the window it was trained with: a scoring pipeline without
+    # window.entity changes nothing, so the message must not send the user there.
+    assert "remove window." not in done.stderr
+    assert "the model was trained with window." in done.stderr
     assert not out.exists()
     with pytest.raises(SchemaError, match="entity column 'pump_id'"):
         window_model.score_batch(make_pump_data(20, seed=9).drop(columns=["pump_id"]))

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from anomaly_vae.cli import app, setup_logging
 from anomaly_vae.config import CsvConfig, PipelineConfig, WindowConfig
-from anomaly_vae.errors import ConfigError, InputFileError
+from anomaly_vae.errors import ConfigError, InputFileError, SchemaError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -211,6 +211,7 @@ def train(
         )
     # A misspelt label would train on the labelled anomalies without a word.
     _require_column(label_column, list(frame.columns), "--label-column", shown)
+    _require_window_columns(cfg, list(frame.columns), shown)
     if cfg.columns.label and cfg.columns.label in frame:
         # Checked here too, so that an odd label value is named with the file it is in.
         label_to_binary(frame[cfg.columns.label], name=cfg.columns.label, source=str(shown))
@@ -251,6 +252,21 @@ def _require_column(name: str | None, columns: list[str], option: str, data: Pat
     if name and name not in columns:
         shown = ", ".join(repr(c) for c in columns[:20]) + (", ..." if len(columns) > 20 else "")
         raise ConfigError(f"{option} {name!r}: {data} has no such column (columns: {shown})")
+
+
+def _require_window_columns(cfg: PipelineConfig, columns: list[str], data: Path) -> None:
+    """The window's entity and time columns must be in the training file (named with it)."""
+    if cfg.window is None:
+        return
+    for what, name in (("entity", cfg.window.entity), ("time", cfg.window.time)):
+        if name and name not in columns:
+            listed = ", ".join(repr(c) for c in columns[:20])
+            shown = listed + (", ..." if len(columns) > 20 else "")
+            raise SchemaError(
+                f"{data}: the window's {what} column {name!r} is missing (columns: {shown}): "
+                f"add it, or remove window.{what} from the pipeline"
+                + (" (one series for all records)" if what == "entity" else " (arrival order)")
+            )
 
 
 def _print_training(
