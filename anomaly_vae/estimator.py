@@ -285,14 +285,14 @@ class AnomalyVAE(BaseEstimator):
         unwindowed = 0  # rows with no valid event time or no entity (a windowed model's)
         if cfg.window is not None:
             _decide_date_order(frame.loc[clean.index], cfg)
-            encoded, layout, unwindowed = self._training_windows(frame, clean, encoded, pre, cfg)
-            n_examples = encoded.x.shape[0]
-            # Windows overlap: hold out the latest ones, not a random sample of them.
-            n_val = min(
-                max(round(n_examples * cfg.training.validation_fraction), 1), n_examples - 1
+            encoded, layout, unwindowed, keys = self._training_windows(
+                frame, clean, encoded, pre, cfg
             )
-            train_idx = np.arange(n_examples - n_val)
-            val_idx = np.arange(n_examples - n_val, n_examples)
+            n_examples = encoded.x.shape[0]
+            # Windows overlap: hold out the latest ones, not a random sample of them; the
+            # latest of each entity, not the file's last rows (one entity's in a file sorted
+            # by entity, the slowest sampled one's in a file sorted by time).
+            train_idx, val_idx = latest_per_entity(*keys, fraction=cfg.training.validation_fraction)
         else:
             train_idx, val_idx = split_indices(
                 n_examples, cfg.training.validation_fraction, cfg.training.seed
@@ -420,9 +420,10 @@ class AnomalyVAE(BaseEstimator):
         encoded: EncodedBatch,
         pre: Preprocessor,
         cfg: PipelineConfig,
-    ) -> tuple[EncodedBatch, FeatureLayout, int]:
-        """Full windows of the training rows (file order, per entity, the scoring rules), and
-        how many rows were left out for want of a valid event time or an entity."""
+    ) -> tuple[EncodedBatch, FeatureLayout, int, tuple[np.ndarray, np.ndarray]]:
+        """Full windows of the training rows (file order, per entity, the scoring rules), how
+        many rows were left out for want of a valid event time or an entity, and each window's
+        entity and time (arrival position when the window has no time column)."""
         assert cfg.window is not None
         entities, times, reasons = _window_keys(frame.loc[clean.index], cfg)
         bad = reasons != None  # noqa: E711 - elementwise on an object array
@@ -478,7 +479,9 @@ class AnomalyVAE(BaseEstimator):
                 cfg.window.lateness_s,
             )
         flat = flatten_windows(assembled.x[full], assembled.observed[full], layout.n_numeric)
-        return flat, window_layout(layout, cfg.window.size), int(bad.sum())
+        when = np.arange(len(entities), dtype=np.float64) if times is None else times
+        keys = (np.asarray(entities, dtype=object)[full], np.asarray(when)[full])
+        return flat, window_layout(layout, cfg.window.size), int(bad.sum()), keys
 
     @property
     def windowed(self) -> bool:
@@ -1000,6 +1003,32 @@ def _rejects_of(rows: pd.DataFrame, reasons: list[str]) -> pd.DataFrame:
         {"reason": reasons, "raw": [row_json(r) for r in rows.to_dict("records")]},
         index=rows.index,
     )
+
+
+def latest_per_entity(
+    entities: np.ndarray, times: np.ndarray, *, fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """A (train, validation) split of windows that holds out the latest ``fraction`` of each
+    entity's windows by event time: each window's place in its entity's series (1/n for its
+    first of n, 1 for its last) ranks it, and the ``round(fraction * total)`` latest places go
+    to validation (at least one, and one left to train). Every entity is trained on and
+    calibrated with, whatever order the file is in."""
+    n = len(entities)
+    if n < 2:
+        return np.arange(n), np.arange(0)
+    n_val = min(max(round(n * fraction), 1), n - 1)
+    codes = pd.factorize(pd.Series(entities, dtype=object))[0]
+    order = np.lexsort((np.arange(n), times, codes))  # by entity, then time, then arrival
+    sorted_codes = codes[order]
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+    counts = np.diff(np.r_[starts, n])
+    rank = np.arange(n) - np.repeat(starts, counts)  # place in the entity's series, from 0
+    place = np.empty(n, dtype=np.float64)
+    place[order] = (rank + 1) / np.repeat(counts, counts)
+    held = np.argsort(-place, kind="stable")[:n_val]
+    mask = np.zeros(n, dtype=bool)
+    mask[held] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
 def _window_keys(

@@ -16,6 +16,7 @@ from anomaly_vae import AnomalyVAE
 from anomaly_vae.config import KafkaConfig, PipelineConfig
 from anomaly_vae.datasets import make_pump_data
 from anomaly_vae.errors import ConfigError, SchemaError
+from anomaly_vae.estimator import latest_per_entity
 from anomaly_vae.features import EncodedBatch
 from anomaly_vae.jobs.stream import StreamBatch, StreamScorer, WriteResult
 from anomaly_vae.sources.kafka import Message
@@ -756,6 +757,60 @@ def test_a_training_file_without_the_windows_column_is_named(
     what = "entity" if column == "pump_id" else "time"
     assert f"{train}: the window's {what} column {column!r} is missing (columns: " in done.stderr
     assert f"remove window.{what} from the pipeline" in done.stderr
+
+
+def test_held_out_windows_are_the_latest_of_every_entity() -> None:
+    # A file sorted by entity: the held-out windows were the file's last ones, all of pump C.
+    entities = np.asarray(["A"] * 10 + ["B"] * 10 + ["C"] * 5, dtype=object)
+    times = np.r_[np.arange(10.0), np.arange(10.0)[::-1], np.arange(5.0)]
+    train, held = latest_per_entity(entities, times, fraction=0.2)
+    assert len(held) == 5
+    assert sorted([*train, *held]) == list(range(25))
+    assert sorted(zip(entities[held], times[held], strict=True)) == [
+        ("A", 8.0),
+        ("A", 9.0),
+        ("B", 8.0),
+        ("B", 9.0),
+        ("C", 4.0),
+    ]
+    assert latest_per_entity(entities[:1], times[:1], fraction=0.2)[1].tolist() == []
+
+
+def _three_pumps(first: int, n: int, seed: int) -> pd.DataFrame:
+    """Pumps P0 and P1 whose flow rises with their temperature, P2 whose flow falls."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for k, sign in enumerate([1.0, 1.0, -1.0]):
+        i = np.arange(first, first + n)
+        wave = np.sin(i / 8)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "pump": f"P{k}",
+                    "ts": 1_790_000_000 + i * 10,
+                    "temp": 50 + 5 * wave + rng.normal(0, 0.1, n),
+                    "flow": 10 + sign * 2 * wave + rng.normal(0, 0.1, n),
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_a_file_sorted_by_entity_trains_on_every_entity() -> None:
+    # Training held out the file's last windows: in a file sorted by entity, all of the last
+    # pump's, so the model never learnt it (its normal records scored like anomalies) and the
+    # threshold was calibrated on that one pump alone.
+    cfg = PipelineConfig.model_validate(
+        {
+            "window": {"size": 4, "entity": "pump", "time": "ts"},
+            "training": {"epochs": 30, "progress": False},
+        }
+    )
+    model = AnomalyVAE(config=cfg).fit(_three_pumps(0, 300, seed=1))
+    fresh = _three_pumps(300, 100, seed=2)
+    scores = model.score_batch(fresh).scores
+    median = scores["score"].groupby(fresh["pump"]).median()
+    assert median["P2"] < 1.3 * median["P0"], median.to_dict()
 
 
 def test_late_training_rows_are_not_left_out_silently(caplog: pytest.LogCaptureFixture) -> None:
