@@ -116,6 +116,9 @@ class ScoreBatch:
     baseline: np.ndarray | None = None
     # Scored records with at least one feature value missing (filled in by the scorer).
     gaps: int = 0
+    # A windowed model's order of numeric dates (05/11/2026) its times were read in (True: day
+    # first), None when none was needed: what the stored event times are read in too.
+    day_first: bool | None = None
 
     @cached_property
     def contributions(self) -> np.ndarray | None:
@@ -673,7 +676,10 @@ class AnomalyVAE(BaseEstimator):
         state = windows if windows is not None else self.new_window_state()
         assert state is not None
         rows = frame.loc[clean.index]
-        entities, times, reasons = _window_keys(rows, cfg, entity_column=entity_column)
+        day_first = _run_date_order(rows, cfg, state)
+        entities, times, reasons = _window_keys(
+            rows, cfg, entity_column=entity_column, day_first=day_first
+        )
         bad = reasons != None  # noqa: E711 - elementwise on an object array
         if bad.any():
             extra = _rejects_of(rows.iloc[np.flatnonzero(bad)], reasons[bad].tolist())
@@ -691,7 +697,9 @@ class AnomalyVAE(BaseEstimator):
         scores["window_status"] = assembled.status_names()
         scores.loc[assembled.status != OK, "is_anomaly"] = np.int8(0)
         self._explain_flagged(arrays, scores, flat)
-        return self._batch(arrays, scores, rejects, gaps=self._gaps(clean, encoded))
+        batch = self._batch(arrays, scores, rejects, gaps=self._gaps(clean, encoded))
+        batch.day_first = day_first
+        return batch
 
     def _explain_flagged(
         self, arrays: ScoreArrays, scores: pd.DataFrame, encoded: EncodedBatch
@@ -1032,14 +1040,21 @@ def latest_per_entity(
 
 
 def _window_keys(
-    rows: pd.DataFrame, cfg: PipelineConfig, *, entity_column: str | None = None
+    rows: pd.DataFrame,
+    cfg: PipelineConfig,
+    *,
+    entity_column: str | None = None,
+    day_first: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Entity (text; ``entity_column`` when a stream source gave one, else the window's entity
     column, else one series), event time in seconds (None: arrival order), and for each row
     the reason it cannot be windowed, or None: its time is missing or not a time, or the window
-    names an entity column and the row has none (it would join an unnamed series of its own)."""
+    names an entity column and the row has none (it would join an unnamed series of its own).
+    ``day_first``: the order of numeric dates when the model has none (``_run_date_order``)."""
     window = cfg.window
     assert window is not None
+    if window.day_first is not None:
+        day_first = window.day_first
     n = len(rows)
     if entity_column is not None:
         raw = rows[entity_column]
@@ -1070,8 +1085,8 @@ def _window_keys(
             "window.time from the pipeline"
         )
     values = rows[window.time].tolist()
-    times, bad = event_seconds(values, day_first=window.day_first)
-    order = None if window.day_first is None else ("day" if window.day_first else "month")
+    times, bad = event_seconds(values, day_first=day_first)
+    order = None if day_first is None else ("day" if day_first else "month")
     for i in np.flatnonzero(bad):
         if reasons[i] is None:
             value = values[i]
@@ -1080,19 +1095,41 @@ def _window_keys(
             elif (
                 order is not None
                 and isinstance(value, str)
-                and contradicts_date_order(pd.Series([value]), bool(window.day_first))[0]
+                and contradicts_date_order(pd.Series([value]), bool(day_first))[0]
             ):
                 why = (
                     f"{value!r} cannot be read {order} first, the order this model reads "
-                    f"numeric dates in (window.day_first: {str(window.day_first).lower()}, "
-                    "from its pipeline or its training data's times): train it with "
-                    f"window.day_first: {str(not window.day_first).lower()}, or write times "
+                    f"numeric dates in (window.day_first: {str(day_first).lower()}, "
+                    f"{_order_origin(window.day_first)}): train it with "
+                    f"window.day_first: {str(not day_first).lower()}, or write times "
                     "as ISO 8601"
                 )
             else:
                 why = f"{value!r} is not a time"
             reasons[i] = f"window time column {window.time!r}: {why}"
     return entities, times, reasons
+
+
+def _order_origin(model_order: bool | None) -> str:
+    if model_order is not None:
+        return "from its pipeline or its training data's times"
+    return "decided by the first such times of this run, the training data having none"
+
+
+def _run_date_order(rows: pd.DataFrame, cfg: PipelineConfig, state: WindowState) -> bool | None:
+    """The order numeric dates are read in for ``rows``: the model's (``window.day_first``);
+    for a model trained without numeric dates (ISO 8601 or epoch times), the order the first
+    batch of this run that holds some decides (``numeric_date_order``), kept in ``state`` for
+    every later chunk or Kafka batch. Decided batch by batch, an export's chunk with days up
+    to 12 only was read month first and the next one day first: its records late, the scores
+    depending on --chunk-size."""
+    window = cfg.window
+    assert window is not None
+    if window.day_first is not None:
+        return window.day_first
+    if state.day_first is None and window.time and window.time in rows.columns:
+        state.day_first = numeric_date_order(rows[window.time].tolist())
+    return state.day_first
 
 
 def _decide_date_order(rows: pd.DataFrame, cfg: PipelineConfig) -> None:

@@ -985,6 +985,66 @@ def test_numeric_dates_are_read_in_the_models_order_in_every_chunk_and_stored_al
         assert stored[i].tz_localize(None) == truth[i].tz_localize(None), i
 
 
+def test_a_model_trained_on_iso_times_reads_numeric_dates_in_one_order_for_the_whole_run(
+    window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A model trained on ISO 8601 times has no order of numeric dates, so each chunk of an
+    # export decided its own: 30/11/2026 day first, the next chunk's 01/12/2026 (a day and a
+    # month up to 12) month first, 12 January: every record after the first chunk was 'late'
+    # (never flagged), the scores depended on --chunk-size and the stored times were wrong.
+    assert window_model.config_.window is not None
+    assert window_model.config_.window.day_first is None
+    data = make_pump_data(600, seed=5, anomaly_rate=0.05, start="2026-11-30T23:58:00Z")
+    truth = pd.to_datetime(data["ts"], utc=True).dt.floor("s")
+    export = _day_first_times(data)
+    assert export["ts"].iloc[0].startswith("30/11/2026")
+    assert export["ts"].iloc[100:].str.startswith("01/12/2026").all()
+    whole = window_model.score_batch(export, windows=window_model.new_window_state())
+    assert set(whole.scores["window_status"]) == {"ok", "warming_up"}
+    st = window_model.new_window_state()
+    parts = [
+        window_model.score_batch(export.iloc[i : i + 100], windows=st) for i in range(0, 600, 100)
+    ]
+    joined = pd.concat([p.scores for p in parts])
+    assert joined["window_status"].tolist() == whole.scores["window_status"].tolist()
+    assert np.array_equal(joined["score"].to_numpy(), whole.scores["score"].to_numpy())
+
+    window_model.save(tmp_path / "m")
+    path = tmp_path / "export.csv"
+    export.to_csv(path, index=False)
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    args = [
+        "score",
+        str(path),
+        "--model-dir",
+        str(tmp_path / "m"),
+        "--out",
+        str(tmp_path / "s.csv"),
+    ]
+    done = run_inline(capsys, *args, "--chunk-size", "100", "--db", url, "-q")
+    assert done.returncode == 0, done.stderr
+    assert "0 late" in done.stdout
+    rows = query(url, "SELECT source_key, event_time FROM scores")
+    stored = {int(key.rsplit(":", 1)[1]): pd.Timestamp(t) for key, t in rows}
+    for i in (0, 99, 100, 350, 599):
+        assert stored[i].tz_localize(None) == truth[i].tz_localize(None), i
+
+    # Kafka micro-batches alike: the scores, and the event times the sink stores.
+    records = export.astype(object).where(export.notna(), None).to_dict(orient="records")
+    messages = [
+        Message("t", 0, i, str(r["pump_id"]).encode(), json.dumps(r).encode(), 0)
+        for i, r in enumerate(records)
+    ]
+    cfg = window_model.config_.model_copy(deep=True)
+    cfg.kafka = KafkaConfig(topic="t")
+    scorer = StreamScorer(window_model, cfg, _StateStore())
+    batches = [scorer.score_records(messages[i : i + 100]) for i in range(0, 600, 100)]
+    streamed = np.concatenate([b.scores.scores["score"].to_numpy() for b in batches])
+    assert np.array_equal(streamed, whole.scores["score"].to_numpy())
+    times = pd.concat([b.records["_event_time"] for b in batches], ignore_index=True)
+    assert times.dt.tz_localize(None).tolist() == truth.dt.tz_localize(None).tolist()
+
+
 def test_a_date_that_contradicts_the_models_order_is_rejected_saying_what_to_do() -> None:
     # A model trained on dates that are day first only by convention (no day above 12 in the
     # training file) reads them month first, said at training; an export then holding
