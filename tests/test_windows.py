@@ -813,6 +813,27 @@ def test_a_file_sorted_by_entity_trains_on_every_entity() -> None:
     assert median["P2"] < 1.3 * median["P0"], median.to_dict()
 
 
+def test_a_window_of_one_record_is_described_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Training said "... full windows of 1 records ...: the first 0 of each entity, after a
+    # gap, or late" and info "window: 1 records per entity".
+    train = tmp_path / "train.csv"
+    make_pump_data(200, seed=2).to_csv(train, index=False)
+    pipeline = tmp_path / "pipeline.yaml"
+    text = (REPO / "pipelines" / "pumps_windows.yaml").read_text()
+    pipeline.write_text(text.replace("epochs: null", "epochs: 1").replace("size: 8 ", "size: 1 "))
+    model = str(tmp_path / "m")
+    done = run_inline(
+        capsys, "train", str(train), "--model-dir", model, "--pipeline", str(pipeline)
+    )
+    assert done.returncode == 0, done.stderr
+    assert "full windows of 1 record from 200 rows" in done.stdout
+    assert "0 rows without a full window: late)" in done.stdout
+    info = run_inline(capsys, "info", "--model-dir", model)
+    assert "window: 1 record per entity (column 'pump_id')" in info.stdout
+
+
 def test_late_training_rows_are_not_left_out_silently(caplog: pytest.LogCaptureFixture) -> None:
     # A training file whose second half runs backwards in time trained on half its rows and
     # said "0 rows rejected".

@@ -293,10 +293,16 @@ def _print_training(
         # Examples are windows: a row with no full window of its entity's records before it
         # (warming up, after a gap, late) trains nothing, and the counts said "rows".
         short = s["rows"] - s["rows_rejected"] - s["windows"]
+        # A window of one record is full from the first record on: only a late row has none.
+        causes = (
+            "late"
+            if window.size == 1
+            else f"the first {window.size - 1} of each entity, after a gap, or late"
+        )
         typer.echo(
-            f"trained '{model.name}' on {s['windows']} full windows of {window.size} records "
-            f"from {s['rows']} rows of {data} ({features}; {short} rows without a full window: "
-            f"the first {window.size - 1} of each entity, after a gap, or late)"
+            f"trained '{model.name}' on {s['windows']} full windows of {window.size} "
+            f"record{'' if window.size == 1 else 's'} from {s['rows']} rows of {data} "
+            f"({features}; {short} rows without a full window: {causes})"
         )
     else:
         typer.echo(
@@ -853,7 +859,7 @@ def _pipeline_lines(cfg: PipelineConfig) -> list[str]:
     if window is not None:
         gap = f", a gap over {window.max_gap_s:g} s restarts it" if window.max_gap_s else ""
         lines.append(
-            f"window: {window.size} records per "
+            f"window: {window.size} record{'' if window.size == 1 else 's'} per "
             + (f"entity (column {window.entity!r})" if window.entity else "series (one for all)")
             + (f", in event time (column {window.time!r})" if window.time else ", arrival order")
             + f", lateness {window.lateness_s:g} s{gap}"
