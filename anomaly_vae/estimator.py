@@ -116,6 +116,9 @@ class ScoreBatch:
     baseline: np.ndarray | None = None
     # Scored records with at least one feature value missing (filled in by the scorer).
     gaps: int = 0
+    # A windowed model's order of numeric dates (05/11/2026) its times were read in (True: day
+    # first), None when none was needed: what the stored event times are read in too.
+    day_first: bool | None = None
 
     @cached_property
     def contributions(self) -> np.ndarray | None:
@@ -311,14 +314,14 @@ class AnomalyVAE(BaseEstimator):
         unwindowed = 0  # rows with no valid event time or no entity (a windowed model's)
         if cfg.window is not None:
             _decide_date_order(frame.loc[clean.index], cfg)
-            encoded, layout, unwindowed = self._training_windows(frame, clean, encoded, pre, cfg)
-            n_examples = encoded.x.shape[0]
-            # Windows overlap: hold out the latest ones, not a random sample of them.
-            n_val = min(
-                max(round(n_examples * cfg.training.validation_fraction), 1), n_examples - 1
+            encoded, layout, unwindowed, keys = self._training_windows(
+                frame, clean, encoded, pre, cfg
             )
-            train_idx = np.arange(n_examples - n_val)
-            val_idx = np.arange(n_examples - n_val, n_examples)
+            n_examples = encoded.x.shape[0]
+            # Windows overlap: hold out the latest ones, not a random sample of them; the
+            # latest of each entity, not the file's last rows (one entity's in a file sorted
+            # by entity, the slowest sampled one's in a file sorted by time).
+            train_idx, val_idx = latest_per_entity(*keys, fraction=cfg.training.validation_fraction)
         else:
             train_idx, val_idx = split_indices(
                 n_examples, cfg.training.validation_fraction, cfg.training.seed
@@ -448,9 +451,10 @@ class AnomalyVAE(BaseEstimator):
         encoded: EncodedBatch,
         pre: Preprocessor,
         cfg: PipelineConfig,
-    ) -> tuple[EncodedBatch, FeatureLayout, int]:
-        """Full windows of the training rows (file order, per entity, the scoring rules), and
-        how many rows were left out for want of a valid event time or an entity."""
+    ) -> tuple[EncodedBatch, FeatureLayout, int, tuple[np.ndarray, np.ndarray]]:
+        """Full windows of the training rows (file order, per entity, the scoring rules), how
+        many rows were left out for want of a valid event time or an entity, and each window's
+        entity and time (arrival position when the window has no time column)."""
         assert cfg.window is not None
         entities, times, reasons = _window_keys(frame.loc[clean.index], cfg)
         bad = reasons != None  # noqa: E711 - elementwise on an object array
@@ -471,9 +475,15 @@ class AnomalyVAE(BaseEstimator):
         assembled = state.assemble(encoded, entities.tolist(), times)
         full = assembled.status == OK
         if int(full.sum()) < MIN_TRAINING_ROWS:
-            # Say what cut the windows short: too few rows, gaps, or a file out of time order.
+            # Say what cut the windows short: rows with no time or entity, too few rows, gaps,
+            # or a file out of time order.
             counts = state.counters
             why = []
+            if bad.any():
+                why.append(
+                    f"{int(bad.sum())} of {len(bad)} rows have no valid event time or no entity "
+                    f"(first: row {clean.index[np.flatnonzero(bad)[0]]}: {reasons[bad][0]})"
+                )
             if counts.gaps:
                 why.append(
                     f"{counts.gaps} gaps over window.max_gap_s ({cfg.window.max_gap_s:g} s) "
@@ -500,7 +510,9 @@ class AnomalyVAE(BaseEstimator):
                 cfg.window.lateness_s,
             )
         flat = flatten_windows(assembled.x[full], assembled.observed[full], layout.n_numeric)
-        return flat, window_layout(layout, cfg.window.size), int(bad.sum())
+        when = np.arange(len(entities), dtype=np.float64) if times is None else times
+        keys = (np.asarray(entities, dtype=object)[full], np.asarray(when)[full])
+        return flat, window_layout(layout, cfg.window.size), int(bad.sum()), keys
 
     @property
     def windowed(self) -> bool:
@@ -519,9 +531,12 @@ class AnomalyVAE(BaseEstimator):
         have = {str(c) for c in present}
         for what, name in (("time", window.time), ("entity", window.entity)):
             if name and name not in have:
+                # A model scores with the window it was trained with: a scoring pipeline
+                # without window.{what} changes nothing, so say what does.
                 raise SchemaError(
-                    f"{source}: the window's {what} column {name!r} is missing: add it, or "
-                    f"remove window.{what} from the pipeline"
+                    f"{source}: the window's {what} column {name!r} is missing: add it (the "
+                    f"model was trained with window.{what}: {name}; a model without it needs "
+                    "training again)"
                 )
 
     def new_window_state(self) -> WindowState | None:
@@ -689,7 +704,10 @@ class AnomalyVAE(BaseEstimator):
         state = windows if windows is not None else self.new_window_state()
         assert state is not None
         rows = frame.loc[clean.index]
-        entities, times, reasons = _window_keys(rows, cfg, entity_column=entity_column)
+        day_first = _run_date_order(rows, cfg, state)
+        entities, times, reasons = _window_keys(
+            rows, cfg, entity_column=entity_column, day_first=day_first
+        )
         bad = reasons != None  # noqa: E711 - elementwise on an object array
         if bad.any():
             extra = _rejects_of(rows.iloc[np.flatnonzero(bad)], reasons[bad].tolist())
@@ -707,7 +725,9 @@ class AnomalyVAE(BaseEstimator):
         scores["window_status"] = assembled.status_names()
         scores.loc[assembled.status != OK, "is_anomaly"] = np.int8(0)
         self._explain_flagged(arrays, scores, flat)
-        return self._batch(arrays, scores, rejects, gaps=self._gaps(clean, encoded))
+        batch = self._batch(arrays, scores, rejects, gaps=self._gaps(clean, encoded))
+        batch.day_first = day_first
+        return batch
 
     def _explain_flagged(
         self, arrays: ScoreArrays, scores: pd.DataFrame, encoded: EncodedBatch
@@ -1039,15 +1059,48 @@ def _rejects_of(rows: pd.DataFrame, reasons: list[str]) -> pd.DataFrame:
     )
 
 
+def latest_per_entity(
+    entities: np.ndarray, times: np.ndarray, *, fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """A (train, validation) split of windows that holds out the latest ``fraction`` of each
+    entity's windows by event time: each window's place in its entity's series (1/n for its
+    first of n, 1 for its last) ranks it, and the ``round(fraction * total)`` latest places go
+    to validation (at least one, and one left to train). Every entity is trained on and
+    calibrated with, whatever order the file is in."""
+    n = len(entities)
+    if n < 2:
+        return np.arange(n), np.arange(0)
+    n_val = min(max(round(n * fraction), 1), n - 1)
+    codes = pd.factorize(pd.Series(entities, dtype=object))[0]
+    order = np.lexsort((np.arange(n), times, codes))  # by entity, then time, then arrival
+    sorted_codes = codes[order]
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+    counts = np.diff(np.r_[starts, n])
+    rank = np.arange(n) - np.repeat(starts, counts)  # place in the entity's series, from 0
+    place = np.empty(n, dtype=np.float64)
+    place[order] = (rank + 1) / np.repeat(counts, counts)
+    held = np.argsort(-place, kind="stable")[:n_val]
+    mask = np.zeros(n, dtype=bool)
+    mask[held] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
 def _window_keys(
-    rows: pd.DataFrame, cfg: PipelineConfig, *, entity_column: str | None = None
+    rows: pd.DataFrame,
+    cfg: PipelineConfig,
+    *,
+    entity_column: str | None = None,
+    day_first: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Entity (text; ``entity_column`` when a stream source gave one, else the window's entity
     column, else one series), event time in seconds (None: arrival order), and for each row
     the reason it cannot be windowed, or None: its time is missing or not a time, or the window
-    names an entity column and the row has none (it would join an unnamed series of its own)."""
+    names an entity column and the row has none (it would join an unnamed series of its own).
+    ``day_first``: the order of numeric dates when the model has none (``_run_date_order``)."""
     window = cfg.window
     assert window is not None
+    if window.day_first is not None:
+        day_first = window.day_first
     n = len(rows)
     if entity_column is not None:
         raw = rows[entity_column]
@@ -1078,8 +1131,8 @@ def _window_keys(
             "window.time from the pipeline"
         )
     values = rows[window.time].tolist()
-    times, bad = event_seconds(values, day_first=window.day_first)
-    order = None if window.day_first is None else ("day" if window.day_first else "month")
+    times, bad = event_seconds(values, day_first=day_first)
+    order = None if day_first is None else ("day" if day_first else "month")
     for i in np.flatnonzero(bad):
         if reasons[i] is None:
             value = values[i]
@@ -1088,19 +1141,41 @@ def _window_keys(
             elif (
                 order is not None
                 and isinstance(value, str)
-                and contradicts_date_order(pd.Series([value]), bool(window.day_first))[0]
+                and contradicts_date_order(pd.Series([value]), bool(day_first))[0]
             ):
                 why = (
                     f"{value!r} cannot be read {order} first, the order this model reads "
-                    f"numeric dates in (window.day_first: {str(window.day_first).lower()}, "
-                    "from its pipeline or its training data's times): train it with "
-                    f"window.day_first: {str(not window.day_first).lower()}, or write times "
+                    f"numeric dates in (window.day_first: {str(day_first).lower()}, "
+                    f"{_order_origin(window.day_first)}): train it with "
+                    f"window.day_first: {str(not day_first).lower()}, or write times "
                     "as ISO 8601"
                 )
             else:
                 why = f"{value!r} is not a time"
             reasons[i] = f"window time column {window.time!r}: {why}"
     return entities, times, reasons
+
+
+def _order_origin(model_order: bool | None) -> str:
+    if model_order is not None:
+        return "from its pipeline or its training data's times"
+    return "decided by the first such times of this run, the training data having none"
+
+
+def _run_date_order(rows: pd.DataFrame, cfg: PipelineConfig, state: WindowState) -> bool | None:
+    """The order numeric dates are read in for ``rows``: the model's (``window.day_first``);
+    for a model trained without numeric dates (ISO 8601 or epoch times), the order the first
+    batch of this run that holds some decides (``numeric_date_order``), kept in ``state`` for
+    every later chunk or Kafka batch. Decided batch by batch, an export's chunk with days up
+    to 12 only was read month first and the next one day first: its records late, the scores
+    depending on --chunk-size."""
+    window = cfg.window
+    assert window is not None
+    if window.day_first is not None:
+        return window.day_first
+    if state.day_first is None and window.time and window.time in rows.columns:
+        state.day_first = numeric_date_order(rows[window.time].tolist())
+    return state.day_first
 
 
 def _decide_date_order(rows: pd.DataFrame, cfg: PipelineConfig) -> None:

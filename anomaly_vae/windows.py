@@ -149,6 +149,10 @@ class WindowState:
     # Entities whose records came from more than one source stream (Kafka partition): their
     # window is whole only while one scorer reads every one of those streams.
     split: set[str] = field(default_factory=set)
+    # The order numeric dates (05/11/2026) are read in for a model that has none of its own
+    # (trained on ISO 8601 or epoch times), decided by the first batch holding such dates and
+    # kept for the rest of the run (True: day first); see ``estimator._run_date_order``.
+    day_first: bool | None = None
 
     # ------------------------------------------------------------------ feeding
     def assemble(

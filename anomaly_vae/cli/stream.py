@@ -286,6 +286,7 @@ def stream(
     if windows is not None:
         typer.echo(
             f"{shown}windows: {windows.warming_up} warming up, {windows.late} late (scored on "
-            f"their own), {windows.replayed} replayed, {windows.gaps} gaps, "
+            f"their own), {windows.replayed} replayed, {windows.gaps} "
+            f"gap{'' if windows.gaps == 1 else 's'}, "
             f"{windows.dropped_from_buffer} dropped from full reorder buffers"
         )

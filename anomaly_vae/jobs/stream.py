@@ -472,7 +472,7 @@ class StreamScorer:
             fields=[c for c in columns.passthrough() if c],
             entity_field=entity_field,
             time_field=columns.timestamp,
-            day_first=None if self.cfg.window is None else self.cfg.window.day_first,
+            day_first=self._date_order(),
             key_is_entity=kafka.key_is_entity,
             max_bytes=kafka.max_message_bytes,
             numeric=self.model.schema_.numeric,
@@ -548,6 +548,17 @@ class StreamScorer:
             windows.clear()
         windows.loader = getattr(self.sink, "load_window_states", None)
         return windows
+
+    def _date_order(self) -> bool | None:
+        """The order numeric dates (05/11/2026) are read in: the model's, else the one this
+        scorer's windows took from the first batch holding such dates (the stored event times
+        are read as the windows read them)."""
+        window = self.cfg.window
+        if window is None:
+            return None
+        if window.day_first is not None or self._windows is None:
+            return window.day_first
+        return self._windows.day_first
 
     def window_counters(self) -> WindowCounters | None:
         """A windowed model's counts since start: warming up, late, replayed, gaps."""
