@@ -1206,3 +1206,28 @@ def test_a_version_pinned_is_not_scored_under_another_versions_calibration(
     assert pinned["threshold_version"] is None
     expected = first.score_batch(pd.DataFrame.from_records(records), threshold=first.threshold_)
     assert [s["is_anomaly"] for s in pinned["scores"]] == expected.scores["is_anomaly"].tolist()
+
+
+def test_the_server_log_has_one_line_format(tmp_path: Path) -> None:
+    """Every line the server logs (uvicorn's start-up, request and shutdown lines too) is
+    'LEVEL logger: message', as the other commands log: uvicorn's own format ("INFO:     ...")
+    was mixed in."""
+    import re
+
+    url = f"sqlite:///{tmp_path / 'api.db'}"
+    upgraded = subprocess.run(
+        [sys.executable, "-m", "anomaly_vae", "db", "upgrade", "--db", url],
+        capture_output=True,
+        text=True,
+    )
+    assert upgraded.returncode == 0, upgraded.stderr
+    server = start_server(url, None)
+    try:
+        assert server.client.get("/health").status_code == 200
+    finally:
+        out = stop(server)
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert any("uvicorn.access" in line and "GET /health" in line for line in lines), out
+    layout = re.compile(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: ")
+    odd = [line for line in lines if not layout.match(line)]
+    assert not odd, out

@@ -45,8 +45,17 @@ def serve(
             if settings.read_only
             else "writes need the token",
         )
+        # log_config=None: uvicorn's lines (start-up, shutdown, one per request) go through
+        # the root logger set up above, in the format of every other line. Its own config
+        # printed them as "INFO:     ..." beside "INFO anomaly_vae.api: ...": two formats in
+        # one log, and the access lines named no logger to filter on.
         uvicorn.run(
-            create_app(settings, engine), host=host, port=port, log_level="info", access_log=True
+            create_app(settings, engine),
+            host=host,
+            port=port,
+            log_level="info",
+            access_log=True,
+            log_config=None,
         )
 
 
