@@ -617,6 +617,8 @@ def test_a_database_that_refuses_writes_says_why_not_unavailable(
     role_url = make_url(url).set(username=role).render_as_string(False)
     server = start_server(role_url, TOKEN)
     try:
+        # /health says so (it said read_only false: a token is set), as does the start-up log.
+        health = server.client.get("/health").json()
         assert server.client.get("/models/pumps/thresholds").status_code == 200
         change = server.client.post(
             "/models/pumps/thresholds",
@@ -627,12 +629,16 @@ def test_a_database_that_refuses_writes_says_why_not_unavailable(
             capsys, "thresholds", "set", "pumps", "--value", "40", "--reason", "x", "--db", role_url
         )
     finally:
-        stop(server)
+        log = stop(server)
         with engine.begin() as connection:
             connection.exec_driver_sql(f"DROP OWNED BY {role}")
             connection.exec_driver_sql(f"DROP ROLE {role}")
         engine.dispose()
     assert change.status_code == 503, change.text
+    assert health["read_only"] is True, health
+    expected = "may not change thresholds" if denial == "privilege" else "read-only transactions"
+    assert expected in health["read_only_reason"], health
+    assert f"takes no changes: the database user '{role}'" in log, log
     detail = change.json()["detail"]
     if denial == "privilege":
         assert "permission denied for table thresholds" in detail

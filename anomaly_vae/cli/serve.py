@@ -36,6 +36,18 @@ def serve(
 
     settings = ApiSettings.from_environment(database_target(db, pipeline), os.environ)
     with opened(settings.database) as engine:
+        if not settings.read_only:
+            from anomaly_vae.api import database_refuses_changes
+
+            with engine.connect() as connection:
+                refused = database_refuses_changes(connection)
+            if refused:
+                logger.warning(
+                    "%s takes no changes: %s; writes with the token will get 503 (GET /health "
+                    "says read_only)",
+                    settings.database.display,
+                    refused,
+                )
         logger.info(
             "serving http://%s:%d (docs at /docs) on %s, %s",
             host,
