@@ -390,7 +390,10 @@ class Health(BaseModel):
     status: Literal["ok"]
     version: str
     database: str
+    # No change can be made through this server: no token configured, or the database takes
+    # no changes from its user (a missing privilege, a read-only role, a standby).
     read_only: bool
+    read_only_reason: str | None = None
 
 
 # ================================================================== dependencies
@@ -538,11 +541,16 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
     def health(conn: Conn) -> Health:
         """Up, and the database answers."""
         conn.execute(select(1))
+        refused = database_refuses_changes(conn)
+        reason = (
+            f"no {TOKEN_ENV} where the server runs" if settings.read_only else None
+        ) or refused
         return Health(
             status="ok",
             version=__version__,
             database=settings.database.display,
-            read_only=settings.read_only,
+            read_only=reason is not None,
+            read_only_reason=reason,
         )
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["service"])
@@ -948,6 +956,33 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         return _act(conn, alert_id, "resolve", body or AlertAction())
 
     return app
+
+
+def database_refuses_changes(conn: Connection) -> str | None:
+    """Why the database takes no changes from the API's user (None: it takes them). Only
+    PostgreSQL is asked: a standby, a read-only role (``default_transaction_read_only``), or
+    a user without the privileges the API's writes need (a new threshold version, an alert
+    acknowledged or resolved)."""
+    if conn.dialect.name != "postgresql":
+        return None
+    user, standby, read_only, privileged = conn.exec_driver_sql(
+        "SELECT current_user, pg_is_in_recovery(), current_setting('transaction_read_only'), "
+        "has_table_privilege('thresholds', 'SELECT, INSERT') "
+        "AND has_sequence_privilege(pg_get_serial_sequence('thresholds', 'id'), 'USAGE') "
+        "AND has_table_privilege('alerts', 'SELECT, UPDATE')"
+    ).one()
+    if standby:
+        return "the database is a standby (read-only): point the URL at the primary"
+    if read_only == "on":
+        return (
+            f"the database user {user!r} has read-only transactions (default_transaction_read_only)"
+        )
+    if not privileged:
+        return (
+            f"the database user {user!r} may not change thresholds or alerts (INSERT on "
+            "thresholds and its id sequence, UPDATE on alerts)"
+        )
+    return None
 
 
 def _database_trouble(exc: SQLAlchemyError, target: DatabaseTarget) -> str:

@@ -670,3 +670,67 @@ def test_models_list_counts_stored_rows_of_a_database_pruned_before_the_counter(
     left = count(db_url, "scores")
     assert 900 < left < 1499
     assert stored_per_models_list(capsys, db_url) == left
+
+
+def test_two_upgrades_at_once_take_turns(empty_db_url: str) -> None:
+    """Two 'db upgrade' at once (two deploy jobs) on a fresh database: the second waits for
+    the first and finds the schema at head. It read "no schema" while the first had not
+    committed, then failed with PostgreSQL's "Key (typname, typnamespace)=(alembic_version,
+    2200) already exists" (shown as "cannot connect to PostgreSQL") or SQLite's "database is
+    locked"."""
+    import threading
+
+    from alembic import command
+    from sqlalchemy import event
+
+    from anomaly_vae.storage import migrate
+
+    url = parse_database_url(empty_db_url)
+    first, second = create_database_engine(url), create_database_engine(url)
+    sqlite = url.get_backend_name() == "sqlite"
+    started = threading.Event()  # SQLite: the second migration has begun its transaction
+
+    if sqlite:
+
+        def trace(dbapi_connection: object, _record: object) -> None:
+            def seen(statement: str) -> None:
+                if "alembic_version" in statement or statement.startswith("BEGIN IMMEDIATE"):
+                    started.set()
+
+            dbapi_connection.set_trace_callback(seen)  # type: ignore[attr-defined]
+
+        event.listen(second, "connect", trace)
+
+    def second_is_waiting() -> bool:
+        if sqlite:
+            return started.is_set()
+        waiting = query(
+            empty_db_url,
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE NOT l.granted AND a.datname = current_database()",
+        )
+        return waiting[0][0] > 0
+
+    outcome: list[object] = []
+
+    def upgrade_second() -> None:
+        try:
+            outcome.append(migrate.upgrade(second))
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=upgrade_second)
+    try:
+        with migrate.migrating(first) as connection:
+            command.upgrade(migrate.alembic_config(connection), "head")
+            thread.start()
+            deadline = time.monotonic() + 60
+            while not second_is_waiting():  # it blocks until this transaction ends
+                assert thread.is_alive(), f"the second upgrade did not wait: {outcome}"
+                assert time.monotonic() < deadline, "the second upgrade never started"
+                time.sleep(0.05)
+        thread.join(90)
+    finally:
+        first.dispose()
+        second.dispose()
+    assert outcome == [("0005", "0005")], outcome

@@ -989,3 +989,37 @@ def test_sigterm_stops_a_scorer_whose_tls_handshake_never_ends(
         proc.kill()
     assert proc.returncode == 0, out
     assert "stream stopped: 0 messages" in out
+
+
+def test_database_trouble_is_logged_on_one_line(
+    tmp_path: Path, pump_model: tuple[AnomalyVAE, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database outage while streaming: the warnings for the threshold refresh and for the
+    run's end are one line each. They showed SQLAlchemy's whole message, its driver hint and
+    "(Background on this error at: https://sqlalche.me/...)" on lines of their own, which a
+    log shipper reads as separate events."""
+    import logging
+
+    from anomaly_vae.storage.migrate import upgrade
+
+    model, model_dir = pump_model
+    path = tmp_path / "results.db"
+    engine = create_database_engine(parse_database_url(f"sqlite:///{path}"))
+    upgrade(engine)
+    cfg = model.config_.model_copy(deep=True)
+    cfg.kafka = KafkaConfig(bootstrap_servers="127.0.0.1:1", topic="t", group_id="g")
+    sink = StreamDatabaseSink(engine, model=model, model_dir=model_dir, source="kafka:t")
+    scorer = StreamScorer(
+        model, cfg, sink, thresholds=DatabaseThresholdSource(engine, model_name=model.name)
+    )
+    engine.dispose()
+    path.unlink()
+    path.mkdir()  # the database is gone: every connection fails
+    with caplog.at_level(logging.WARNING):
+        scorer._current_threshold()
+        sink.close()
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("could not read the threshold in force" in m for m in messages), messages
+    assert any("could not record the end of stream run" in m for m in messages), messages
+    assert all("\n" not in m for m in messages), messages
+    engine.dispose()

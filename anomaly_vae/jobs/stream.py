@@ -417,7 +417,7 @@ class StreamScorer:
                 logger.warning("closing the consumer: %s", exc)
         record_failure = getattr(self.sink, "record_failure", None)
         if failure is not None and record_failure is not None:
-            record_failure(_first_line(failure))  # the session's run: failed, not succeeded
+            record_failure(first_line(failure))  # the session's run: failed, not succeeded
         self.sink.close()
 
     # ------------------------------------------------------------------ one batch
@@ -576,7 +576,7 @@ class StreamScorer:
                 logger.warning(
                     "could not read the threshold in force (keeping %s): %s",
                     self._threshold.value,
-                    exc,
+                    first_line(exc),
                 )
             else:
                 if self._threshold.version is None and latest.version is not None:
@@ -611,7 +611,7 @@ class StreamScorer:
                     "writing a batch of %d records failed (%s); nothing committed, "
                     "retrying in %.1f s",
                     len(batch.records) + len(batch.rejects),
-                    _first_line(exc),
+                    first_line(exc),
                     delay,
                 )
                 if self.stop_event.wait(delay):
@@ -673,9 +673,7 @@ class StreamScorer:
             # The records come again (to us or to the partition's new owner) and the idempotent
             # writes absorb them: a failed commit costs time, never data.
             self.stats.commits_failed += 1
-            logger.warning(
-                "offset commit failed (%s); the batch will be replayed", _first_line(exc)
-            )
+            logger.warning("offset commit failed (%s); the batch will be replayed", first_line(exc))
             return
         self._pending.clear()
 
@@ -685,7 +683,7 @@ class StreamScorer:
             logger.info(
                 "offset commit before a rebalance failed (%s): the partitions' new owner "
                 "replays the records after the last commit",
-                _first_line(response),
+                first_line(response),
             )
 
     def _log_metrics(self, previous: tuple[int, float]) -> tuple[int, float]:
@@ -709,7 +707,7 @@ class StreamScorer:
             try:
                 self._on_metrics(self.stats, rate)
             except Exception as exc:  # reporting must never stop the scoring
-                logger.warning("could not report the metrics: %s", _first_line(exc))
+                logger.warning("could not report the metrics: %s", first_line(exc))
         return self.stats.consumed, now
 
     def _say_if_mostly_flagged(self) -> None:
@@ -917,7 +915,7 @@ def _log_failed_sends(sent: list[tuple[str, Any]]) -> None:
             "database (alerts, dead_letters)",
             len(errors),
             topic,
-            _first_line(errors[0]),
+            first_line(errors[0]),
         )
 
 
@@ -929,7 +927,9 @@ def _reindexed(batch: ScoreBatch) -> ScoreBatch:
     return replace(batch, scores=batch.scores.reset_index(drop=True))
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The exception's message as one log line: SQLAlchemy's adds the driver's hint and
+    "(Background on this error at: ...)" on lines of their own."""
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
