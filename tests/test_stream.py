@@ -723,6 +723,12 @@ def test_an_output_topic_that_is_the_scored_topic_is_refused_before_anything_sta
         (["--partitions", "0"], "--partitions must be >= 1, got 0"),
         (["--count", "-1"], "--count must be >= 1, got -1"),
         (["--duration", "-1"], "--duration must be a number of seconds > 0"),
+        # NaN was a ValueError traceback from pandas; inf gave every record one event time.
+        (["--rate", "nan"], "--rate must be a number of messages per second > 0, got nan"),
+        (["--rate", "inf"], "--rate must be a number of messages per second > 0, got inf"),
+        # The dev broker created these; the scorer then refused to read them.
+        (["--topic", "pumps,fans"], "--topic pumps,fans: 'pumps,fans' is not one Kafka topic"),
+        (["--topic", "bad/name"], "--topic bad/name: 'bad/name' is not a Kafka topic name"),
     ],
 )
 def test_simulate_options_out_of_range_are_refused_before_connecting(
@@ -732,6 +738,20 @@ def test_simulate_options_out_of_range_are_refused_before_connecting(
     done = run_inline(capsys, "simulate", "--bootstrap", "127.0.0.1:1", *args)
     assert done.returncode == 2
     assert f"error: {message}" in done.stderr
+
+
+def test_simulate_says_when_an_existing_topic_keeps_its_own_partitions(
+    broker: DevBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --partitions 2 on a topic of 4 partitions was ignored without a word.
+    topic = create_topic(broker.bootstrap, partitions=4)
+    args = ["simulate", "--bootstrap", broker.bootstrap, "--topic", topic, "--count", "1"]
+    done = run_inline(capsys, *args, "--partitions", "2")
+    assert done.returncode == 0, done.stderr
+    assert f"topic {topic} exists with 4 partitions: --partitions 2 applies only" in done.stdout
+    done = run_inline(capsys, *args, "--partitions", "4")  # as asked: nothing to say
+    assert done.returncode == 0, done.stderr
+    assert "exists" not in done.stdout
 
 
 def test_the_simulated_stream_has_the_pumps_the_demo_trains_on(stream_model: AnomalyVAE) -> None:
