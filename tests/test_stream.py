@@ -39,6 +39,7 @@ def test_decode_sorts_poison_from_records() -> None:
         msg(b'{"a": 1, "b": "' + b"x" * 200 + b'"}', 5),
         msg(b'{"a": "NaN", "b": 1}', 6),
         msg(b'{"a": null, "b": "oops"}', 7),
+        msg(b"", 8),
     ]
     out = decode_messages(messages, features=FEATURES, fields=["dev"], max_bytes=100)
     assert out.frame[SOURCE_KEY].tolist() == ["t:0:0", "t:0:7"]
@@ -47,11 +48,14 @@ def test_decode_sorts_poison_from_records() -> None:
     assert reasons["t:0:1"].startswith("invalid JSON")
     assert reasons["t:0:2"] == "top level is a JSON array, expected an object"
     assert reasons["t:0:3"] == "feature field 'b' missing"
-    assert reasons["t:0:4"] == "empty message (no value)"
+    # Kafka's words: "empty message (no value)" was a tombstone, and an empty value was
+    # orjson's "Input is a zero-length, empty document: line 1 column 1 (char 0)".
+    assert reasons["t:0:4"] == "null value (a tombstone): no JSON object to score"
+    assert reasons["t:0:8"] == "empty value (0 bytes): expected a JSON object"
     assert "over max_message_bytes=100" in reasons["t:0:5"]
     assert reasons["t:0:6"] == "field 'a': 'NaN' is not a finite number"
     assert out.rejects.loc["t:0:1", "raw"] == "{not json"
-    assert set(out.rejects["offset"]) == {1, 2, 3, 4, 5, 6}
+    assert set(out.rejects["offset"]) == {1, 2, 3, 4, 5, 6, 8}
 
 
 def test_a_message_that_is_not_utf8_says_so_and_where() -> None:
