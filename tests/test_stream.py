@@ -324,6 +324,31 @@ def test_the_lag_is_unknown_until_partitions_are_assigned(
     assert any("records/s, lag 0, 30 scored" in line for line in lines[assigned:])
 
 
+def test_a_new_group_says_it_reads_the_topic_from_its_earliest_offset(
+    broker: DevBroker, stream_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A new group on a topic with history scored all of it (kafka.auto_offset_reset:
+    # earliest), alerts included, and no line said where reading started or why.
+    topic = create_topic(broker.bootstrap, partitions=2)
+    values, keys = pump_values(20, seed=15)
+    produce(broker.bootstrap, topic, values, keys)
+    cfg = stream_config(stream_model, broker.bootstrap, topic)
+    caplog.set_level("INFO", logger="anomaly_vae")
+    assert StreamScorer(stream_model, cfg, MemorySink([])).run(idle_timeout=2.0).scored == 20
+    lines = [r.getMessage() for r in caplog.records if r.name == "anomaly_vae.jobs.stream"]
+    group = cfg.kafka.group_id
+    assert (
+        f"group {group} has no committed offset on 2 of the 2 partition(s) assigned "
+        f"({topic}:0, {topic}:1): reading them from their earliest retained offset"
+        in "\n".join(lines)
+    ), lines
+    caplog.clear()
+    produce(broker.bootstrap, topic, values[:3], keys[:3])
+    assert StreamScorer(stream_model, cfg, MemorySink([])).run(idle_timeout=2.0).scored == 3
+    lines = [r.getMessage() for r in caplog.records if r.name == "anomaly_vae.jobs.stream"]
+    assert f"group {group} resumes from its committed offsets on 2 partition(s)" in lines
+
+
 def test_a_stream_mostly_over_the_threshold_is_named_unlike_the_training_data(
     broker: DevBroker, stream_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -305,7 +305,7 @@ class StreamScorer:
         kafka = self.cfg.kafka
         worker = self._worker = _BatchWorker(self)
         started = last_record = time.monotonic()
-        assigned = paused = False
+        assigned = paused = said_where = False
         assignment: set[Any] = set()
         polled_total = 0
         # The idle clock starts once partitions are assigned (a group join takes a while).
@@ -351,6 +351,9 @@ class StreamScorer:
                         assignment = current
                         assigned = bool(current)
                         started = last_record = now
+                        if current and not said_where:
+                            said_where = True
+                            self._say_where_reading_starts(current)
                     if records:
                         last_record = now
                         polled_total += len(records)
@@ -395,6 +398,41 @@ class StreamScorer:
             worker.abort()
             self._close(failure)
         return self.stats
+
+    def _say_where_reading_starts(self, partitions: set[Any]) -> None:
+        """Once, at the first assignment: whether the group resumes from committed offsets,
+        or (a new group) starts where ``kafka.auto_offset_reset`` says: a new group on a topic
+        with history scored days of it, alerts included, without a word on why."""
+        kafka = self.cfg.kafka
+        try:
+            committed = {tp: self._consumer.committed(tp) for tp in partitions}
+        except Exception as exc:  # a line for the operator is not worth stopping for
+            logger.debug("could not read the committed offsets: %s", _first_line(exc))
+            return
+        fresh = [tp for tp, offset in committed.items() if offset is None]
+        if not fresh:
+            logger.info(
+                "group %s resumes from its committed offsets on %d partition(s)",
+                kafka.group_id,
+                len(partitions),
+            )
+            return
+        where = (
+            "from their earliest retained offset: the records already in them are scored, "
+            "however old (kafka.auto_offset_reset: earliest; 'latest' scores only new ones)"
+            if kafka.auto_offset_reset == "earliest"
+            else "from their end: the records already in them are not scored "
+            "(kafka.auto_offset_reset: latest)"
+        )
+        logger.info(
+            "group %s has no committed offset on %d of the %d partition(s) assigned (%s): "
+            "reading them %s",
+            kafka.group_id,
+            len(fresh),
+            len(partitions),
+            ", ".join(_names(fresh)),
+            where,
+        )
 
     def _collect(self, worker: _BatchWorker) -> None:
         for offsets in worker.completed():
