@@ -653,12 +653,16 @@ class StreamScorer:
         sent: list[tuple[str, Any]] = []  # (topic, future): a failed send is only known here
         if kafka.alerts_topic:
             for alert in result.alerts:
-                # Keyed by entity: one entity's alerts land in one partition, in order.
+                # Keyed by entity: one entity's alerts land in one partition, in order. Without
+                # an entity the model's records are one series, keyed by the model's name: a
+                # null key spread one alert's opened and resolved over partitions, which a
+                # consumer could then read in either order.
                 entity = alert.get("entity_key")
+                key = alert.get("model") if entity is None else entity
                 future = producer.send(
                     kafka.alerts_topic,
                     orjson.dumps(alert, default=str),
-                    key=None if entity is None else str(entity).encode("utf-8"),
+                    key=None if key is None else str(key).encode("utf-8"),
                 )
                 sent.append((kafka.alerts_topic, future))
         if kafka.dead_letter_topic and len(batch.rejects):
