@@ -349,6 +349,14 @@ def test_a_new_group_says_it_reads_the_topic_from_its_earliest_offset(
     assert f"group {group} resumes from its committed offsets on 2 partition(s)" in lines
 
 
+def test_partitions_are_named_in_their_order_in_the_log() -> None:
+    # 'partitions assigned' on a topic of 12 read t:0, t:1, t:10, t:11, t:2...
+    from anomaly_vae.jobs.stream import _names
+
+    assigned = {TopicPartition("t", p) for p in range(12)} | {TopicPartition("s", 2)}
+    assert _names(assigned) == ["s:2"] + [f"t:{p}" for p in range(12)]
+
+
 def test_a_stream_mostly_over_the_threshold_is_named_unlike_the_training_data(
     broker: DevBroker, stream_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -953,7 +953,12 @@ def _log_failed_sends(sent: list[tuple[str, Any]]) -> None:
 
 
 def _names(partitions: Any) -> list[str]:
-    return sorted(f"{tp.topic}:{tp.partition}" for tp in partitions)
+    """``topic:partition`` in partition order (as text, 12 partitions read 0, 1, 10, 11, 2...)."""
+    return [f"{tp.topic}:{tp.partition}" for tp in sorted(partitions, key=_partition_order)]
+
+
+def _partition_order(tp: Any) -> tuple[str, int]:
+    return (tp.topic, tp.partition)
 
 
 def _reindexed(batch: ScoreBatch) -> ScoreBatch:
