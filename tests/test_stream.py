@@ -766,6 +766,7 @@ def test_an_output_topic_that_is_the_scored_topic_is_refused_before_anything_sta
         # The dev broker created these; the scorer then refused to read them.
         (["--topic", "pumps,fans"], "--topic pumps,fans: 'pumps,fans' is not one Kafka topic"),
         (["--topic", "bad/name"], "--topic bad/name: 'bad/name' is not a Kafka topic name"),
+        (["--seed", "-1"], "--seed must be >= 0, got -1"),  # was numpy's ValueError traceback
     ],
 )
 def test_simulate_options_out_of_range_are_refused_before_connecting(

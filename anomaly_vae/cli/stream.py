@@ -87,6 +87,8 @@ def simulate(
             raise ConfigError(f"{flag} must be >= 1, got {number}")
     if duration is not None and not duration > 0:
         raise ConfigError(f"--duration must be a number of seconds > 0, got {duration}")
+    if seed < 0:  # numpy's traceback, once the topic was created and the producer started
+        raise ConfigError(f"--seed must be >= 0, got {seed}")
     options = client_options(KafkaConfig(bootstrap_servers=bootstrap, client_id="anomaly-vae-sim"))
     admin = connect_with_retry(
         lambda: KafkaAdminClient(**options), what="admin", bootstrap=bootstrap, give_up_after_s=30
