@@ -517,6 +517,51 @@ class SlowSink(MemorySink):
         return super().write(batch)
 
 
+@dataclass
+class GatedSink(MemorySink):
+    """Holds each write until ``release`` is set."""
+
+    started: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+    def write(self, batch: StreamBatch) -> WriteResult:
+        self.started.set()
+        assert self.release.wait(60)
+        return super().write(batch)
+
+
+def test_the_lag_counts_the_records_fetched_but_not_yet_written(
+    broker: DevBroker, stream_model: AnomalyVAE
+) -> None:
+    # The lag was the end of the partitions less the fetch position: 'lag 0' (and the /metrics
+    # gauge at 0) while the batches in flight, up to 3 x 20,000 records, were not yet written.
+    topic = create_topic(broker.bootstrap)
+    values, keys = pump_values(30, seed=18)
+    produce(broker.bootstrap, topic, values, keys)
+    cfg = stream_config(stream_model, broker.bootstrap, topic, metrics_interval_s=0.1)
+    sink = GatedSink([])
+    seen_while_writing = threading.Event()
+    lags: list[int | None] = []
+
+    def report(stats: object, _rate: float) -> None:
+        if sink.started.is_set() and not sink.release.is_set():
+            lags.append(scorer.stats.lag)
+            seen_while_writing.set()
+
+    scorer = StreamScorer(stream_model, cfg, sink, on_metrics=report)
+    runner = threading.Thread(target=scorer.run, kwargs={"idle_timeout": 2.0})
+    runner.start()
+    try:
+        assert sink.started.wait(60)
+        assert seen_while_writing.wait(30)
+    finally:
+        sink.release.set()
+        runner.join(timeout=60)
+    assert lags[0] == 30, lags
+    assert scorer.stats.scored == 30
+    assert scorer.stats.lag == 0
+
+
 def test_a_stop_during_a_write_finishes_and_commits_the_batches_in_hand(
     broker: DevBroker, stream_model: AnomalyVAE
 ) -> None:

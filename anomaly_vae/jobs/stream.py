@@ -187,6 +187,8 @@ class StreamScorer:
         self._threshold = ThresholdInForce(value=model.threshold_)
         self._threshold_checked = -math.inf
         self._pending: dict[tuple[str, int], int] = {}
+        # Records handed to the worker; less stats.consumed (written), those still in flight.
+        self._submitted = 0
         self._consumer: Any = None
         self._producer: Any = None
         self._worker: _BatchWorker | None = None
@@ -357,6 +359,7 @@ class StreamScorer:
                     if records:
                         last_record = now
                         polled_total += len(records)
+                        self._submitted += len(records)
                         worker.submit(records)
                     elif worker.in_flight:
                         last_record = now  # not idle while a batch is still being written
@@ -772,8 +775,11 @@ class StreamScorer:
         self._mostly_flagged = mostly
 
     def _lag(self) -> int | None:
+        """Records not yet durable: behind the fetch position of the assigned partitions, plus
+        those fetched and still being scored or written (up to IN_FLIGHT batches: 'lag 0'
+        was said while a backlog of tens of thousands was still to be written)."""
         consumer = self._consumer
-        total = 0
+        total = max(0, self._submitted - self.stats.consumed)
         try:
             assignment = consumer.assignment()
             if not assignment:
