@@ -280,16 +280,9 @@ class KafkaConfig(_Strict):
         """Kafka's rule for topic names, checked before any client (which raises mid-run)."""
         if value is None:
             return value
-        if any(c in value for c in ",*?[]()|^$+"):
-            raise ValueError(
-                f"{value!r} is not one Kafka topic name: a scorer reads one topic, named "
-                "exactly (no list, no pattern); run one scorer per topic"
-            )
-        if not _TOPIC_NAME.fullmatch(value) or value in (".", ".."):
-            raise ValueError(
-                f"{value!r} is not a Kafka topic name: 1 to 249 of ASCII letters, digits, "
-                "'.', '_' and '-'"
-            )
+        problem = topic_name_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     def check_output_topics(self) -> None:
@@ -307,6 +300,23 @@ class KafkaConfig(_Strict):
                     f"{flag} {value} (kafka.{name}) is the topic being scored: what is "
                     "published there would be consumed again; name another topic"
                 )
+
+
+def topic_name_problem(value: str) -> str | None:
+    """What keeps ``value`` from being one Kafka topic name (Kafka's rule), or None: checked
+    before any client, which raises mid-run (and a broker that takes any name, as the dev
+    broker does, would create a topic no scorer may read)."""
+    if any(c in value for c in ",*?[]()|^$+"):
+        return (
+            f"{value!r} is not one Kafka topic name: a scorer reads one topic, named "
+            "exactly (no list, no pattern); run one scorer per topic"
+        )
+    if not _TOPIC_NAME.fullmatch(value) or value in (".", ".."):
+        return (
+            f"{value!r} is not a Kafka topic name: 1 to 249 of ASCII letters, digits, "
+            "'.', '_' and '-'"
+        )
+    return None
 
 
 # kafka.client options the scorer sets itself, from its own settings: what to set instead.

@@ -525,13 +525,21 @@ class WriteCounts:
 
 def _alert_events(connection: Connection, changes: AlertChanges) -> list[dict[str, Any]]:
     """What the alert rule did in one write, for the alerts topic: one entry per alert opened,
-    escalated or resolved (``event``), with the alert as it stands at the end of the write, in
-    that order (an alert opened and resolved in one write gives both, opened first)."""
-    happened = [
-        *(("opened", i) for i in changes.opened),
-        *(("escalated", i) for i in changes.escalated),
-        *(("resolved", i) for i in changes.resolved),
-    ]
+    escalated or resolved (``event``), with the alert as it stands at the end of the write.
+
+    In the order they happened to each entity: alert by alert (ids grow as alerts open, and an
+    entity has one active alert at a time), each one's opened, escalated, resolved. Every
+    opening first, then every resolution, told a consumer of the topic that an entity had a
+    new alert open while its previous one was still open."""
+    rank = {"opened": 0, "escalated": 1, "resolved": 2}
+    happened = sorted(
+        [
+            *(("opened", i) for i in changes.opened),
+            *(("escalated", i) for i in changes.escalated),
+            *(("resolved", i) for i in changes.resolved),
+        ],
+        key=lambda event: (event[1], rank[event[0]]),
+    )
     if not happened:
         return []
     details = {
