@@ -307,18 +307,33 @@ def run(
     return out
 
 
+def merge_problem(
+    previous: dict[str, Any], datasets: list[str], seeds: list[int], methods: list[str]
+) -> str | None:
+    """Why ``previous`` cannot be merged with a run of these sets, seeds and methods (None: it
+    can). Checked before any fit: it was found only after the whole run, which was then lost."""
+    if previous.get("seeds") != seeds:
+        return f"the previous result has seeds {previous.get('seeds')}, not {seeds}: give --seeds"
+    kept = [m for m in previous.get("methods", []) if m not in methods]
+    for protocol in PROTOCOLS:
+        for name in datasets:
+            old = previous.get("protocols", {}).get(protocol, {}).get(name)
+            if old is None or any(m not in old["methods"] for m in kept):
+                return f"the previous result lacks {protocol}/{name}"
+    return None
+
+
 def merge(
     previous: dict[str, Any], protocols: dict[str, Any], methods: list[str], seeds: list[int]
 ) -> tuple[dict[str, Any], list[str]]:
     """The methods of ``previous`` that were not run now, beside the ones that were."""
-    if previous["seeds"] != seeds:
-        raise SystemExit(f"--merge: the previous result has seeds {previous['seeds']}, not {seeds}")
+    problem = merge_problem(previous, list(protocols["resampled"]), seeds, methods)
+    if problem:
+        raise SystemExit(f"--merge: {problem}")
     kept = [m for m in previous["methods"] if m not in methods]
     for protocol, sets in protocols.items():
         for name, entry in sets.items():
-            old = previous["protocols"].get(protocol, {}).get(name)
-            if old is None or any(m not in old["methods"] for m in kept):
-                raise SystemExit(f"--merge: the previous result lacks {protocol}/{name}")
+            old = previous["protocols"][protocol][name]
             entry["methods"] = {
                 **{m: old["methods"][m] for m in kept},
                 **entry["methods"],
@@ -545,17 +560,29 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [m for m in methods if m not in DETECTORS]
     if unknown:
         parser.error(f"unknown method(s) {unknown}: choose from {', '.join(DETECTORS)}")
-    if args.merge and not args.merge.is_file():
-        parser.error(f"--merge {args.merge}: no such file (a previous result, e.g. detection.json)")
+    previous = None
+    if args.merge:
+        if not args.merge.is_file():
+            parser.error(
+                f"--merge {args.merge}: no such file (a previous result, e.g. detection.json)"
+            )
+        try:
+            previous = json.loads(args.merge.read_text())
+        except json.JSONDecodeError as exc:
+            parser.error(f"--merge {args.merge}: not a result file ({exc})")
     if "pyod-vae" in methods and not pyod_available():
         print("PyOD is not installed: the pyod-vae column is left out", file=sys.stderr)
         methods.remove("pyod-vae")
     if "anomaly-vae" not in methods:
         methods.insert(0, "anomaly-vae")
+    if previous is not None:
+        problem = merge_problem(previous, datasets, seeds, methods)
+        if problem:
+            parser.error(f"--merge {args.merge}: {problem}")
     started = time.perf_counter()
     protocols = run(datasets, seeds, methods, args.data)
-    if args.merge:
-        protocols, methods = merge(json.loads(args.merge.read_text()), protocols, methods, seeds)
+    if previous is not None:
+        protocols, methods = merge(previous, protocols, methods, seeds)
     published = published_table()
     result: dict[str, Any] = {
         "benchmark": "detection",

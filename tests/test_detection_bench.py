@@ -134,6 +134,34 @@ def test_unknown_methods_seeds_or_merge_file_stop_before_any_fit(
     assert fitted == []
 
 
+def test_a_merge_file_that_cannot_be_merged_stops_before_any_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # '--merge detection.json --seeds 0' (or a set the file lacks) ran every fit, then stopped
+    # with the mismatch: the whole run (~35 min at full size) was lost.
+    fitted: list[str] = []
+    monkeypatch.setitem(detection.DETECTORS, "anomaly-vae", lambda *a: fitted.append("vae"))
+    old = tmp_path / "old.json"
+    old.write_text((RESULTS / "detection.json").read_text())
+    base = ["--data", str(tmp_path), "--out", str(tmp_path / "out"), "--merge", str(old)]
+    with pytest.raises(SystemExit) as stopped:
+        detection.main([*base, "--datasets", "thyroid", "--seeds", "0"])
+    assert stopped.value.code == 2
+    assert "has seeds [0, 1, 2, 3, 4], not [0]" in capsys.readouterr().err
+    lacking = json.loads(old.read_text())
+    del lacking["protocols"]["plain"]["cardio"]
+    old.write_text(json.dumps(lacking))
+    with pytest.raises(SystemExit) as stopped:
+        detection.main([*base, "--datasets", "thyroid,cardio"])
+    assert stopped.value.code == 2
+    assert "old.json: the previous result lacks plain/cardio" in capsys.readouterr().err
+    old.write_text("{not json")
+    with pytest.raises(SystemExit) as stopped:
+        detection.main([*base, "--datasets", "thyroid"])
+    assert "old.json: not a result file" in capsys.readouterr().err
+    assert fitted == []
+
+
 @pytest.mark.parametrize(
     ("stem", "check"),
     [
