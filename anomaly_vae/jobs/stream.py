@@ -410,7 +410,7 @@ class StreamScorer:
         try:
             committed = {tp: self._consumer.committed(tp) for tp in partitions}
         except Exception as exc:  # a line for the operator is not worth stopping for
-            logger.debug("could not read the committed offsets: %s", _first_line(exc))
+            logger.debug("could not read the committed offsets: %s", first_line(exc))
             return
         fresh = [tp for tp, offset in committed.items() if offset is None]
         if not fresh:
