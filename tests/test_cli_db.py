@@ -125,8 +125,9 @@ def test_score_twice_keeps_one_row_per_record(
 
     table = cli(capsys, "anomalies", "list", "--db", db_url, "--limit", "5")
     lines = table.stdout.splitlines()
-    assert lines[0].split()[:3] == ["time", "model", "model_version"]
-    assert len(lines) == 6
+    assert lines[0].split()[:4] == ["id", "time", "model", "model_version"]
+    assert len(lines) == 7  # the header, 5 rows, and how to get the next page
+    assert lines[-1].startswith("(more may follow: --before-id ")
     as_json = json.loads(
         cli(
             capsys, "anomalies", "list", "--db", db_url, "--format", "json", "--limit", "500"
