@@ -269,16 +269,16 @@ def test_commands_refuse_a_database_behind_the_migrations(
     assert "revision none" in cli(capsys, "db", "current", "--db", empty_db_url).stdout
     upgraded = cli(capsys, "db", "upgrade", "--db", empty_db_url)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "migrated from empty to 0005" in upgraded.stdout
-    assert "already at revision 0005" in cli(capsys, "db", "upgrade", "--db", empty_db_url).stdout
+    assert "migrated from empty to 0006" in upgraded.stdout
+    assert "already at revision 0006" in cli(capsys, "db", "upgrade", "--db", empty_db_url).stdout
     assert "up to date" in cli(capsys, "db", "current", "--db", empty_db_url).stdout
     assert cli(capsys, "runs", "list", "--db", empty_db_url).stdout.strip() == "no scoring runs yet"
     down = cli(capsys, "db", "downgrade", "base", "--db", empty_db_url)
-    assert "down from 0005 to base" in down.stdout
+    assert "down from 0006 to base" in down.stdout
 
 
 def test_a_sqlite_url_without_a_file_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    # 'db upgrade --db sqlite:///' said "schema migrated from empty to 0005" (in memory), then
+    # 'db upgrade --db sqlite:///' said "schema migrated from empty to 0006" (in memory), then
     # 'score --db sqlite:///' said to run 'db upgrade --db sqlite:///': a loop.
     for args in (("db", "upgrade"), ("runs", "list")):
         assert_user_error(
@@ -289,8 +289,8 @@ def test_a_sqlite_url_without_a_file_is_refused(capsys: pytest.CaptureFixture[st
 def test_an_unknown_revision_is_one_line(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     for args in (("downgrade", "bogus"), ("downgrade", "+1"), ("upgrade", "--revision", "0009")):
         result = cli(capsys, "db", *args, "--db", db_url)
-        assert_user_error(result, "cannot migrate", "revisions: base, 0001,", "0005, head")
-    assert "revision 0005" in cli(capsys, "db", "current", "--db", db_url).stdout
+        assert_user_error(result, "cannot migrate", "revisions: base, 0001,", "0006, head")
+    assert "revision 0006" in cli(capsys, "db", "current", "--db", db_url).stdout
 
 
 def test_a_database_a_newer_version_migrated_is_not_called_behind(
@@ -307,12 +307,12 @@ def test_a_database_a_newer_version_migrated_is_not_called_behind(
         engine.dispose()
     current = cli(capsys, "db", "current", "--db", db_url)
     assert current.returncode == 0, current.stderr
-    assert "revision ffff9999 (latest 0005): newer than this anomaly-vae knows" in current.stdout
+    assert "revision ffff9999 (latest 0006): newer than this anomaly-vae knows" in current.stdout
     assert "behind" not in current.stdout
     for args in (("upgrade",), ("downgrade", "-1")):
         assert_user_error(
             cli(capsys, "db", *args, "--db", db_url),
-            "at schema revision ffff9999, newer than this anomaly-vae knows (head 0005)",
+            "at schema revision ffff9999, newer than this anomaly-vae knows (head 0006)",
             "upgrade anomaly-vae",
         )
     assert "revision ffff9999" in cli(capsys, "db", "current", "--db", db_url).stdout
@@ -332,8 +332,8 @@ def test_downgrade_minus_one_is_one_step_down(
     # As its help says ('an id, -1, or base'): not "No such option: -1".
     down = cli(capsys, "db", "downgrade", "-1", "--db", db_url)
     assert down.returncode == 0, down.stderr
-    assert "down from 0005 to 0004" in down.stdout
-    assert "from 0004 to 0005" in cli(capsys, "db", "upgrade", "--db", db_url).stdout
+    assert "down from 0006 to 0005" in down.stdout
+    assert "from 0005 to 0006" in cli(capsys, "db", "upgrade", "--db", db_url).stdout
 
 
 def test_score_creates_a_missing_sqlite_database(

@@ -475,7 +475,8 @@ def runs_list(
             )
         ]
     columns = RUN_COLUMNS if fmt is OutputFormat.table else RUN_DETAIL_COLUMNS
-    emit(rows, columns, fmt, empty="no scoring runs found")
+    filtered = any(v is not None for v in (kind, status, model, before_id))
+    emit(rows, columns, fmt, empty="no scoring runs found" if filtered else "no scoring runs yet")
 
 
 @runs_app.command("show")
