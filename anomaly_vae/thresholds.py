@@ -154,9 +154,14 @@ class TuneResult:
 
 
 def confusion_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
-    """Precision, recall, F1 and false-alarm rate of ``score > threshold`` against 0/1 labels."""
-    flagged = scores > threshold
-    positive = labels == 1
+    """Precision, recall, F1 and false-alarm rate of ``score > threshold`` against 0/1 labels
+    (read as ``label_to_binary`` reads them: -1 / 1 refused, a missing label left out)."""
+    given = label_to_binary(pd.Series(np.asarray(labels).ravel()), name="labels")
+    if len(given) != len(scores):
+        raise ConfigError(f"{len(scores)} scores but {len(given)} labels")
+    known = given.notna().to_numpy()
+    flagged = np.asarray(scores, dtype=np.float64)[known] > threshold
+    positive = given.to_numpy()[known] == 1
     tp = int(np.sum(flagged & positive))
     fp = int(np.sum(flagged & ~positive))
     fn = int(np.sum(~flagged & positive))
