@@ -774,6 +774,9 @@ class Preprocessor:
     scale: dict[str, float] = field(default_factory=dict)
     with_indicator: list[str] = field(default_factory=list)
     categories: dict[str, list[str]] = field(default_factory=dict)
+    # Per categorical column, how many distinct training values beyond max_categories were
+    # left to the unknown category (0 or absent: none).
+    other_values: dict[str, int] = field(default_factory=dict)
     # Values never seen in training already named in a warning, per column (not saved).
     _warned: dict[str, set[str]] = field(default_factory=dict, repr=False, compare=False)
 
@@ -792,13 +795,20 @@ class Preprocessor:
         warned.update(new)
         known = [c for c in cats if c != MISSING]
         shown = ", ".join(repr(c) for c in known[:10]) + (", ..." if len(known) > 10 else "")
+        other = self.other_values.get(name, 0)
         logger.warning(
             "column %r: %s not among the values learned in training, scored as the unknown "
             "category (a novelty, usually flagged); known values: %s. If it is a known value "
-            "spelled differently, fix the input or retrain with it",
+            "spelled differently, fix the input or retrain with it%s",
             name,
             ", ".join(repr(v) for v in new),
             shown or "none",
+            (
+                f" (or it is one of the {other} rarer training values past "
+                "columns.max_categories, which share the unknown category)"
+                if other
+                else ""
+            ),
         )
 
     # ------------------------------------------------------------------- fitting
@@ -835,6 +845,22 @@ class Preprocessor:
             counts = pd.Series(clean[name]).fillna(MISSING).value_counts()
             kept = [str(v) for v in counts.index[: max_categories - 1]]
             pre.categories[name] = sorted(kept)
+            if len(counts) > len(kept):
+                # A column forced categorical (columns.categorical) with more values than
+                # max_categories: the rarer ones score as unknown, seen in training or not.
+                pre.other_values[name] = len(counts) - len(kept)
+                logger.warning(
+                    "column %r has %d distinct values in training; the %d most frequent are "
+                    "its categories, the other %d (%d rows, such as %r) share the unknown "
+                    "category with values never seen: raise columns.max_categories to keep "
+                    "them apart",
+                    name,
+                    len(counts),
+                    len(kept),
+                    len(counts) - len(kept),
+                    int(counts.iloc[len(kept) :].sum()),
+                    str(counts.index[len(kept)]),
+                )
         if constant:
             # A column that never moved in training has no spread to scale by: any other value
             # there stands out by its distance in the column's own units.
@@ -924,6 +950,7 @@ class Preprocessor:
             "scale": self.scale,
             "with_indicator": self.with_indicator,
             "categories": self.categories,
+            "other_values": self.other_values,
         }
 
     @classmethod
@@ -934,6 +961,8 @@ class Preprocessor:
             scale={str(k): float(v) for k, v in data["scale"].items()},
             with_indicator=[str(v) for v in data["with_indicator"]],
             categories={str(k): [str(c) for c in v] for k, v in data["categories"].items()},
+            # Model files from before this was recorded have none.
+            other_values={str(k): int(v) for k, v in data.get("other_values", {}).items()},
         )
         for name in schema.numeric:
             if name not in pre.center or name not in pre.scale:

@@ -383,6 +383,31 @@ def test_a_period_column_is_a_time_not_a_feature(caplog: pytest.LogCaptureFixtur
     assert "column 'day' holds timestamps and is not used as a feature" in caplog.text
 
 
+def test_training_values_past_max_categories_are_named_not_called_novel(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A forced categorical column with more values than max_categories left the rarer ones to
+    # the unknown category without a word at fit, and scoring one of them then said it was
+    # "not among the values learned in training (a novelty)": it had been in training.
+    frame = pd.DataFrame({"zone": [f"z{i % 30}" for i in range(300)] + ["rare"] * 1})
+    columns = ColumnsConfig(categorical=["zone"], max_categories=10)
+    schema = FeatureSchema.infer(frame, columns)
+    clean, _ = schema.validate(frame)
+    with caplog.at_level(logging.WARNING):
+        pre = Preprocessor.fit(clean, schema, max_categories=columns.max_categories)
+    assert "column 'zone' has 31 distinct values in training; the 9 most frequent" in caplog.text
+    assert "the other 22 (" in caplog.text
+    caplog.clear()
+    loaded = Preprocessor.from_dict(json.loads(json.dumps(pre.to_dict())), schema)
+    with caplog.at_level(logging.WARNING):
+        loaded.transform(schema.validate(pd.DataFrame({"zone": ["rare"]}))[0])
+    assert "or it is one of the 22 rarer training values past columns.max_categories" in (
+        caplog.text
+    )
+    older = {k: v for k, v in pre.to_dict().items() if k != "other_values"}
+    assert Preprocessor.from_dict(older, schema).other_values == {}
+
+
 def test_a_column_constant_in_training_is_named(caplog: pytest.LogCaptureFixture) -> None:
     # It stayed a feature scaled by 1 in its own units, without a word: a later change of a
     # setpoint flagged every record, and nobody had been told the column never moved.
