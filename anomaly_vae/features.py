@@ -257,6 +257,17 @@ def row_json(row: dict[Any, Any]) -> str:
 
 def _to_float(series: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Parse a column as float64; return (values, bad-row mask or None, reason per row)."""
+    if pd.api.types.is_datetime64_any_dtype(series) or isinstance(series.dtype, pd.PeriodDtype):
+        # Read as nanoseconds (1.7e18) a time in a numeric column scored absurdly high and was
+        # flagged, explained by that column alone: reject it, as a time held as text is.
+        given = series.notna().to_numpy()
+        reasons = np.full(len(series), "", dtype=object)
+        for i in np.flatnonzero(given):
+            reasons[i] = (
+                f"column {name!r}: {_short(str(series.iloc[i]))} is a time, not a number (a "
+                "numeric column in training: was the column parsed as dates?)"
+            )
+        return np.full(len(series), np.nan), given, reasons
     if pd.api.types.is_bool_dtype(series):
         values = series.astype("float64").to_numpy()
     elif pd.api.types.is_numeric_dtype(series):

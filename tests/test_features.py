@@ -408,6 +408,23 @@ def test_training_values_past_max_categories_are_named_not_called_novel(
     assert Preprocessor.from_dict(older, schema).other_values == {}
 
 
+def test_a_time_in_a_numeric_column_is_rejected_not_read_as_nanoseconds() -> None:
+    # A column parsed as dates (read_csv(parse_dates=...)) where training had numbers was read
+    # as nanoseconds since 1970: every record scored ~5e7 and was flagged, 'b:1.00'.
+    frame = _frame()
+    schema = FeatureSchema.infer(frame, ColumnsConfig(label="label"))
+    numeric = schema.numeric[0]
+    export = frame.head(3).copy()
+    export[numeric] = pd.to_datetime(pd.Series(["2024-01-01", None, "2024-01-03"]))
+    clean, rejects = schema.validate(export)
+    assert list(rejects.index) == [0, 2]
+    assert rejects["reason"].iloc[0] == (
+        f"column {numeric!r}: '2024-01-01 00:00:00' is a time, not a number (a numeric column "
+        "in training: was the column parsed as dates?)"
+    )
+    assert list(clean.index) == [1]
+
+
 def test_a_column_constant_in_training_is_named(caplog: pytest.LogCaptureFixture) -> None:
     # It stayed a feature scaled by 1 in its own units, without a word: a later change of a
     # setpoint flagged every record, and nobody had been told the column never moved.
