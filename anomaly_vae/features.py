@@ -852,10 +852,13 @@ class Preprocessor:
             pre.scale[name] = scale
             if len(present) < len(values):
                 pre.with_indicator.append(name)
+        one_value: list[str] = []
         for name in schema.categorical:
             counts = pd.Series(clean[name]).fillna(MISSING).value_counts()
             kept = [str(v) for v in counts.index[: max_categories - 1]]
             pre.categories[name] = sorted(kept)
+            if len(counts) == 1 and counts.index[0] != MISSING:
+                one_value.append(f"{name}={str(counts.index[0])!r}")
             if len(counts) > len(kept):
                 # A column forced categorical (columns.categorical) with more values than
                 # max_categories: the rarer ones score as unknown, seen in training or not.
@@ -872,6 +875,16 @@ class Preprocessor:
                     int(counts.iloc[len(kept) :].sum()),
                     str(counts.index[len(kept)]),
                 )
+        if one_value:
+            # As a numeric column that never moved: only the unknown category is left for any
+            # other value, a novelty to the model (a new site, a second firmware version).
+            logger.warning(
+                "%d categorical column(s) hold one value in every training row (%s): a record "
+                "with another value there scores as anomalous; drop them (columns.ignore) if "
+                "they do not matter",
+                len(one_value),
+                ", ".join(one_value[:5]) + (", ..." if len(one_value) > 5 else ""),
+            )
         if constant:
             # A column that never moved in training has no spread to scale by: any other value
             # there stands out by its distance in the column's own units.

@@ -437,6 +437,22 @@ def test_a_column_constant_in_training_is_named(caplog: pytest.LogCaptureFixture
     assert "temp" not in caplog.text
 
 
+def test_a_categorical_column_with_one_value_in_training_is_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A numeric column that never changed was named; a text one (one site, one firmware) was
+    # not, and a record with any other value there was then a novelty without a word at fit.
+    frame = _frame().assign(site="north")
+    schema = FeatureSchema.infer(frame, ColumnsConfig(label="label"))
+    assert "site" in schema.categorical
+    clean, _ = schema.validate(frame)
+    with caplog.at_level(logging.WARNING):
+        Preprocessor.fit(clean, schema)
+    assert "1 categorical column(s) hold one value in every training row (site='north')" in (
+        caplog.text
+    )
+
+
 def test_a_record_without_any_feature_value_is_rejected_not_invented() -> None:
     # Every feature empty or null (a JSON message of nulls, a CSV row of empty cells): filled
     # in from the training data, it was scored as a record nobody sent, and often flagged.
