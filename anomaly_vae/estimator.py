@@ -244,8 +244,11 @@ class AnomalyVAE(BaseEstimator):
         columns = base.columns
         if self.columns is not None:
             try:
+                # A copy: the pipeline's rules fill in columns.entity / timestamp from its
+                # window, which changed the caller's object (a parameter fit must not touch,
+                # and one that another model given it then read too).
                 columns = (
-                    self.columns
+                    self.columns.model_copy(deep=True)
                     if isinstance(self.columns, ColumnsConfig)
                     else ColumnsConfig.model_validate(self.columns)
                 )

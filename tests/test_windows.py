@@ -349,6 +349,21 @@ def test_warming_up_records_are_scored_not_flagged_and_named(window_model: Anoma
     assert names <= set(window_model.schema_.names)
 
 
+def test_fit_leaves_the_columns_parameter_as_given() -> None:
+    # The window's entity and time were written into the caller's ColumnsConfig: the parameter
+    # changed under fit (scikit-learn's rule), and a row model given the same object after it
+    # left pump_id out of its features without a word.
+    from anomaly_vae.config import ColumnsConfig
+
+    data = make_pump_data(400, seed=1)
+    columns = ColumnsConfig(id=["event_id"], label="label", ignore=["anomaly_kind", "ts"])
+    windowed = {"window": {"size": 2, "entity": "pump_id"}}
+    AnomalyVAE(epochs=1, seed=0, columns=columns, config=windowed).fit(data)
+    assert columns.entity is None
+    row_model = AnomalyVAE(epochs=1, seed=0, columns=columns).fit(data)
+    assert "pump_id" in row_model.schema_.names
+
+
 def test_predict_never_flags_a_record_without_a_full_window(window_model: AnomalyVAE) -> None:
     # predict compared the score with threshold_ alone: a warming-up record with a high score
     # was 1 there while score(X)["is_anomaly"] (and the CSV, the database) said 0.
