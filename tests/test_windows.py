@@ -275,6 +275,24 @@ def test_window_columns_must_agree_with_the_columns_section() -> None:
         path.unlink()
 
 
+def test_window_entity_and_time_must_be_two_columns(tmp_path: Path) -> None:
+    # window: {entity: machine, time: machine} was accepted: every record of an entity at the
+    # same instant (its id read as epoch seconds), windows in arrival order, without a word.
+    path = tmp_path / "pipeline.yaml"
+    for text in (
+        "window: {size: 8, entity: machine, time: machine}\n",
+        "columns: {entity: machine, timestamp: machine}\nwindow: {size: 8}\n",
+    ):
+        path.write_text(text)
+        with pytest.raises(ConfigError) as caught:
+            PipelineConfig.from_yaml(path)
+        assert str(caught.value) == (
+            f"pipeline file {path}: window.entity and window.time both name 'machine': the time "
+            "is the column of each record's event time, another column (leave window.time out "
+            "for arrival order)"
+        )
+
+
 @pytest.mark.parametrize(
     "section",
     [
