@@ -646,22 +646,39 @@ def _time_text(text: pd.Series, *, day_first: bool | None = None) -> pd.Series:
     in one order for these values (``_day_first``)."""
     import pandas as pd
 
-    parsed = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
+    parsed = _in_nanoseconds(pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601"))
     missed = parsed.isna()
     if missed.any():
         rest = text[missed]
-        parsed[missed] = pd.to_datetime(
-            rest,
-            utc=True,
-            errors="coerce",
-            format="mixed",
-            dayfirst=_day_first(rest) if day_first is None else day_first,
+        parsed[missed] = _in_nanoseconds(
+            pd.to_datetime(
+                rest,
+                utc=True,
+                errors="coerce",
+                format="mixed",
+                dayfirst=_day_first(rest) if day_first is None else day_first,
+            )
         )
         if day_first is not None:
             wrong = contradicts_date_order(rest, day_first)
             if wrong.any():
                 parsed = parsed.mask(parsed.index.isin(rest.index[wrong]))
     return parsed
+
+
+def _in_nanoseconds(parsed: pd.Series) -> pd.Series:
+    """Parsed times in nanoseconds, as every event time is kept; NaT where a time does not fit
+    (before 1677 or after 2262), as for an epoch number past them. pandas gives each parse the
+    unit its text needs: seconds for '2026-11-02 10:00:00', microseconds for '...,123'. Mixed,
+    the second parse could not be put into the first (a TypeError: the job died on an export
+    of '05/11/2026 10:00:00.5' or Python logging's '2026-11-02 10:00:00,123'); a year 3000 was
+    read as 1830 (seconds that overflowed nanoseconds) or killed the job with OutOfBounds."""
+    import pandas as pd
+
+    low = pd.Timestamp.min.tz_localize("UTC")
+    high = pd.Timestamp.max.tz_localize("UTC")
+    fits = parsed.isna() | ((parsed >= low) & (parsed <= high))
+    return parsed.where(fits).dt.as_unit("ns")
 
 
 def contradicts_date_order(text: pd.Series, day_first: bool) -> np.ndarray:

@@ -1084,6 +1084,55 @@ def test_a_model_trained_on_iso_times_reads_numeric_dates_in_one_order_for_the_w
     assert times.dt.tz_localize(None).tolist() == truth.dt.tz_localize(None).tolist()
 
 
+@pytest.mark.parametrize(
+    "layout",
+    ["%Y-%m-%d %H:%M:%S,%f", "%d/%m/%Y %H:%M:%S.%f", "%a, %d %b %Y %H:%M:%S.%f +0000"],
+)
+def test_times_with_fractions_of_a_second_in_other_layouts_are_read(
+    window_model: AnomalyVAE, layout: str
+) -> None:
+    # Python logging's "2026-11-02 10:00:00,123" (or any layout but ISO 8601 with a fraction
+    # of a second) killed the job: a TypeError from pandas, the two parses' units mixed.
+    data = make_pump_data(120, seed=6, start="2026-11-13T10:00:00.250Z")
+    stamps = pd.to_datetime(data["ts"], utc=True)
+    written = data.assign(ts=stamps.dt.strftime(layout))
+    iso = window_model.score_batch(data, windows=window_model.new_window_state())
+    other = window_model.score_batch(written, windows=window_model.new_window_state())
+    assert len(other.rejects) == 0
+    assert np.array_equal(other.scores["score"].to_numpy(), iso.scores["score"].to_numpy())
+    seconds, bad = event_seconds(written["ts"].tolist())
+    assert not bad.any()
+    epoch = (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy()
+    assert np.allclose(seconds, epoch, rtol=0, atol=1e-3)
+
+
+def test_a_time_text_past_what_an_event_time_holds_is_rejected(window_model: AnomalyVAE) -> None:
+    # '3000-01-01T00:00:00Z' was windowed at 1830 (its seconds overflowed nanoseconds), and
+    # the stored event time (score --db, a Kafka message) died with an OutOfBoundsDatetime
+    # traceback: one such message stopped the stream scorer, again after each restart.
+    from anomaly_vae.windows import event_timestamps
+
+    data = make_pump_data(40, seed=6)
+    data["ts"] = data["ts"].astype(object)
+    data.loc[[5, 9], "ts"] = ["3000-01-01T00:00:00Z", "1600-01-01 10:00:00.5"]
+    _, bad = event_seconds(data["ts"].tolist())
+    assert bad.tolist() == [i in (5, 9) for i in range(40)]
+    assert event_timestamps(data["ts"]).isna().tolist() == bad.tolist()
+    batch = window_model.score_batch(data)
+    assert sorted(batch.rejects.index) == [5, 9]
+    assert batch.rejects["reason"].str.endswith("is not a time").all()
+    records = data.astype(object).where(data.notna(), None).to_dict(orient="records")
+    messages = [
+        Message("t", 0, i, str(r["pump_id"]).encode(), json.dumps(r).encode(), 0)
+        for i, r in enumerate(records)
+    ]
+    cfg = window_model.config_.model_copy(deep=True)
+    cfg.kafka = KafkaConfig(topic="t")
+    streamed = StreamScorer(window_model, cfg, _StateStore()).score_records(messages)
+    assert len(streamed.scores.scores) == 38
+    assert len(streamed.rejects) == 2
+
+
 def test_a_date_that_contradicts_the_models_order_is_rejected_saying_what_to_do() -> None:
     # A model trained on dates that are day first only by convention (no day above 12 in the
     # training file) reads them month first, said at training; an export then holding
