@@ -494,7 +494,7 @@ def event_seconds(
     text. ``day_first``: the order of numeric dates (``_time_text``)."""
     import pandas as pd
 
-    raw = pd.Series(list(values), dtype=object)
+    raw = _comma_decimals(pd.Series(list(values), dtype=object))
     out = np.full(len(raw), np.nan, dtype=np.float64)
     # true / false (JSON) are not times, as event_timestamps reads them: not 1 and 0 seconds.
     flags = raw.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(dtype=bool)
@@ -513,6 +513,28 @@ def event_seconds(
         out[np.flatnonzero(rest)] = seconds
     bad = ~(np.abs(out) < _MAX_SECONDS)  # NaN, or past what a stored event time holds
     return out, bad
+
+
+# Epoch seconds (or ms...) written with a decimal comma, as a ';' export with decimal commas
+# writes a fraction of a second: 1793577600,25. Nine digits or more before the comma: no
+# thousands separator ("1,793") nor anything else is read so.
+_COMMA_EPOCH = re.compile(r"\s*[-+]?\d{9,},\d+\s*")
+
+
+def _comma_decimals(raw: pd.Series) -> pd.Series:
+    """``raw`` with epoch numbers written with a decimal comma as numbers in text with a
+    decimal point; they were 'not a time' (every record of such an export rejected)."""
+    is_text = raw.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
+    if not is_text.any():
+        return raw
+    text = raw[is_text].astype(object)
+    hit = text.map(lambda v: _COMMA_EPOCH.fullmatch(v) is not None).to_numpy(dtype=bool)
+    if not hit.any():
+        return raw
+    out = raw.astype(object).copy()
+    rows = text.index[hit]
+    out[rows] = [str(v).replace(",", ".") for v in text[hit]]
+    return out
 
 
 _warned_compact = False
@@ -604,6 +626,8 @@ def event_timestamps(
     import pandas as pd
 
     raw = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
+    if not pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+        raw = _comma_decimals(raw)
     out = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns, UTC]")
     if pd.api.types.is_bool_dtype(raw):
         return out

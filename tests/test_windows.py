@@ -1106,6 +1106,32 @@ def test_times_with_fractions_of_a_second_in_other_layouts_are_read(
     assert np.allclose(seconds, epoch, rtol=0, atol=1e-3)
 
 
+def test_epoch_seconds_with_a_decimal_comma_are_times(
+    window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A ';' export with decimal commas writes a fraction of a second as 1793577600,25: every
+    # record was rejected ("'1793577600,25' is not a time").
+    data = make_pump_data(120, seed=6, start="2026-11-13T10:00:00.250Z")
+    stamps = pd.to_datetime(data["ts"], utc=True)
+    epoch = (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+    window_model.save(tmp_path / "m")
+    export = tmp_path / "export.csv"
+    data.assign(ts=epoch).to_csv(export, sep=";", decimal=",", index=False)
+    assert "1794564000,25;" in export.read_text()
+    out = tmp_path / "scores.csv"
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    args = ["score", str(export), "--model-dir", str(tmp_path / "m"), "--out", str(out)]
+    done = run_inline(capsys, *args, "--sep", ";", "--decimal", ",", "--db", url, "-q")
+    assert done.returncode == 0, done.stderr
+    assert "120 scored" in done.stdout
+    scored = pd.read_csv(out)
+    iso = window_model.score_batch(data, windows=window_model.new_window_state()).scores
+    assert scored["window_status"].tolist() == iso["window_status"].tolist()
+    assert np.allclose(scored["score"].to_numpy(), iso["score"].to_numpy(), rtol=1e-6)
+    stored = query(url, "SELECT event_time FROM scores ORDER BY id LIMIT 1")[0][0]
+    assert pd.Timestamp(stored) == stamps[0].tz_localize(None)
+
+
 def test_a_time_text_past_what_an_event_time_holds_is_rejected(window_model: AnomalyVAE) -> None:
     # '3000-01-01T00:00:00Z' was windowed at 1830 (its seconds overflowed nanoseconds), and
     # the stored event time (score --db, a Kafka message) died with an OutOfBoundsDatetime
