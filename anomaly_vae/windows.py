@@ -635,7 +635,10 @@ def event_timestamps(
         numeric = raw.astype("float64")
         text_rows = pd.Series(False, index=raw.index)
     else:
-        present = raw.notna() & ~raw.map(lambda v: isinstance(v, bool))
+        # as bool: mapped over an empty column of text, map keeps its text dtype, and '&'
+        # with it is deprecated in pandas 3 (a warning; an error to come).
+        flags = raw.map(lambda v: isinstance(v, bool)).astype(bool)
+        present = raw.notna() & ~flags
         numeric = pd.to_numeric(raw.where(present), errors="coerce")
         text_rows = present & numeric.isna()
     is_num = numeric.notna() & np.isfinite(numeric)

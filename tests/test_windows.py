@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -1130,6 +1131,24 @@ def test_epoch_seconds_with_a_decimal_comma_are_times(
     assert np.allclose(scored["score"].to_numpy(), iso["score"].to_numpy(), rtol=1e-6)
     stored = query(url, "SELECT event_time FROM scores ORDER BY id LIMIT 1")[0][0]
     assert pd.Timestamp(stored) == stamps[0].tz_localize(None)
+
+
+def test_a_batch_job_whose_every_time_is_unreadable_stores_its_rejects(
+    window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Every row rejected for its time: the sink read the event times of no row, an empty
+    # column of text, with a pandas deprecation warning that pandas 4 turns into an error.
+    window_model.save(tmp_path / "m")
+    export = tmp_path / "export.csv"
+    make_pump_data(30, seed=6).assign(ts="yesterday").to_csv(export, index=False)
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    args = ["score", str(export), "--model-dir", str(tmp_path / "m"), "--db", url, "-q"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        done = run_inline(capsys, *args)
+    assert done.returncode == 0, done.stderr
+    assert "30 rejected rows added to dead_letters" in done.stdout
+    assert query(url, "SELECT count(*) FROM dead_letters") == [(30,)]
 
 
 def test_a_time_text_past_what_an_event_time_holds_is_rejected(window_model: AnomalyVAE) -> None:
