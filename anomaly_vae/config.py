@@ -518,6 +518,14 @@ class PipelineConfig(_Strict):
                 self.columns.__dict__[column_field] = mine
             if theirs and not mine:
                 window.__dict__[field_name] = theirs
+        if window.entity and window.entity == window.time:
+            # Accepted, every record of an entity had the entity as its time: one instant, the
+            # windows in arrival order, gaps and lateness meaningless, without a word.
+            raise ValueError(
+                f"window.entity and window.time both name {window.entity!r}: the time is the "
+                "column of each record's event time, another column (leave window.time out for "
+                "arrival order)"
+            )
         return self
 
     @field_validator("kafka", mode="before")
@@ -630,7 +638,9 @@ def format_validation_error(exc: ValidationError) -> str:
     """One line from a pydantic error: 'training.epochs: Input should be >= 1 (got 0)'."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "value"
+        # A check of the whole file (two sections that disagree) has no place: its message
+        # names the settings itself ("value: window.entity and ..." read as a setting 'value').
+        loc = ".".join(str(p) for p in err["loc"])
         got = err.get("input")
         got_text = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
         if got_text and _may_be_secret(err["loc"]):
@@ -638,7 +648,7 @@ def format_validation_error(exc: ValidationError) -> str:
         message = err["msg"].removeprefix("Value error, ")  # pydantic's prefix, no news
         if err["type"] == "extra_forbidden":
             message += _unknown_key_hint(exc.title, err["loc"])
-        parts.append(f"{loc}: {message}{got_text}")
+        parts.append(f"{loc}: {message}{got_text}" if loc else f"{message}{got_text}")
     return "; ".join(parts)
 
 

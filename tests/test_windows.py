@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +274,24 @@ def test_window_columns_must_agree_with_the_columns_section() -> None:
             PipelineConfig.from_yaml(path)
     finally:
         path.unlink()
+
+
+def test_window_entity_and_time_must_be_two_columns(tmp_path: Path) -> None:
+    # window: {entity: machine, time: machine} was accepted: every record of an entity at the
+    # same instant (its id read as epoch seconds), windows in arrival order, without a word.
+    path = tmp_path / "pipeline.yaml"
+    for text in (
+        "window: {size: 8, entity: machine, time: machine}\n",
+        "columns: {entity: machine, timestamp: machine}\nwindow: {size: 8}\n",
+    ):
+        path.write_text(text)
+        with pytest.raises(ConfigError) as caught:
+            PipelineConfig.from_yaml(path)
+        assert str(caught.value) == (
+            f"pipeline file {path}: window.entity and window.time both name 'machine': the time "
+            "is the column of each record's event time, another column (leave window.time out "
+            "for arrival order)"
+        )
 
 
 @pytest.mark.parametrize(
@@ -1092,6 +1111,99 @@ def test_a_model_trained_on_iso_times_reads_numeric_dates_in_one_order_for_the_w
     assert np.array_equal(streamed, whole.scores["score"].to_numpy())
     times = pd.concat([b.records["_event_time"] for b in batches], ignore_index=True)
     assert times.dt.tz_localize(None).tolist() == truth.dt.tz_localize(None).tolist()
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["%Y-%m-%d %H:%M:%S,%f", "%d/%m/%Y %H:%M:%S.%f", "%a, %d %b %Y %H:%M:%S.%f +0000"],
+)
+def test_times_with_fractions_of_a_second_in_other_layouts_are_read(
+    window_model: AnomalyVAE, layout: str
+) -> None:
+    # Python logging's "2026-11-02 10:00:00,123" (or any layout but ISO 8601 with a fraction
+    # of a second) killed the job: a TypeError from pandas, the two parses' units mixed.
+    data = make_pump_data(120, seed=6, start="2026-11-13T10:00:00.250Z")
+    stamps = pd.to_datetime(data["ts"], utc=True)
+    written = data.assign(ts=stamps.dt.strftime(layout))
+    iso = window_model.score_batch(data, windows=window_model.new_window_state())
+    other = window_model.score_batch(written, windows=window_model.new_window_state())
+    assert len(other.rejects) == 0
+    assert np.array_equal(other.scores["score"].to_numpy(), iso.scores["score"].to_numpy())
+    seconds, bad = event_seconds(written["ts"].tolist())
+    assert not bad.any()
+    epoch = (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy()
+    assert np.allclose(seconds, epoch, rtol=0, atol=1e-3)
+
+
+def test_epoch_seconds_with_a_decimal_comma_are_times(
+    window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A ';' export with decimal commas writes a fraction of a second as 1793577600,25: every
+    # record was rejected ("'1793577600,25' is not a time").
+    data = make_pump_data(120, seed=6, start="2026-11-13T10:00:00.250Z")
+    stamps = pd.to_datetime(data["ts"], utc=True)
+    epoch = (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+    window_model.save(tmp_path / "m")
+    export = tmp_path / "export.csv"
+    data.assign(ts=epoch).to_csv(export, sep=";", decimal=",", index=False)
+    assert "1794564000,25;" in export.read_text()
+    out = tmp_path / "scores.csv"
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    args = ["score", str(export), "--model-dir", str(tmp_path / "m"), "--out", str(out)]
+    done = run_inline(capsys, *args, "--sep", ";", "--decimal", ",", "--db", url, "-q")
+    assert done.returncode == 0, done.stderr
+    assert "120 scored" in done.stdout
+    scored = pd.read_csv(out)
+    iso = window_model.score_batch(data, windows=window_model.new_window_state()).scores
+    assert scored["window_status"].tolist() == iso["window_status"].tolist()
+    assert np.allclose(scored["score"].to_numpy(), iso["score"].to_numpy(), rtol=1e-6)
+    stored = query(url, "SELECT event_time FROM scores ORDER BY id LIMIT 1")[0][0]
+    assert pd.Timestamp(stored) == stamps[0].tz_localize(None)
+
+
+def test_a_batch_job_whose_every_time_is_unreadable_stores_its_rejects(
+    window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Every row rejected for its time: the sink read the event times of no row, an empty
+    # column of text, with a pandas deprecation warning that pandas 4 turns into an error.
+    window_model.save(tmp_path / "m")
+    export = tmp_path / "export.csv"
+    make_pump_data(30, seed=6).assign(ts="yesterday").to_csv(export, index=False)
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    args = ["score", str(export), "--model-dir", str(tmp_path / "m"), "--db", url, "-q"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        done = run_inline(capsys, *args)
+    assert done.returncode == 0, done.stderr
+    assert "30 rejected rows added to dead_letters" in done.stdout
+    assert query(url, "SELECT count(*) FROM dead_letters") == [(30,)]
+
+
+def test_a_time_text_past_what_an_event_time_holds_is_rejected(window_model: AnomalyVAE) -> None:
+    # '3000-01-01T00:00:00Z' was windowed at 1830 (its seconds overflowed nanoseconds), and
+    # the stored event time (score --db, a Kafka message) died with an OutOfBoundsDatetime
+    # traceback: one such message stopped the stream scorer, again after each restart.
+    from anomaly_vae.windows import event_timestamps
+
+    data = make_pump_data(40, seed=6)
+    data["ts"] = data["ts"].astype(object)
+    data.loc[[5, 9], "ts"] = ["3000-01-01T00:00:00Z", "1600-01-01 10:00:00.5"]
+    _, bad = event_seconds(data["ts"].tolist())
+    assert bad.tolist() == [i in (5, 9) for i in range(40)]
+    assert event_timestamps(data["ts"]).isna().tolist() == bad.tolist()
+    batch = window_model.score_batch(data)
+    assert sorted(batch.rejects.index) == [5, 9]
+    assert batch.rejects["reason"].str.endswith("is not a time").all()
+    records = data.astype(object).where(data.notna(), None).to_dict(orient="records")
+    messages = [
+        Message("t", 0, i, str(r["pump_id"]).encode(), json.dumps(r).encode(), 0)
+        for i, r in enumerate(records)
+    ]
+    cfg = window_model.config_.model_copy(deep=True)
+    cfg.kafka = KafkaConfig(topic="t")
+    streamed = StreamScorer(window_model, cfg, _StateStore()).score_records(messages)
+    assert len(streamed.scores.scores) == 38
+    assert len(streamed.rejects) == 2
 
 
 def test_a_date_that_contradicts_the_models_order_is_rejected_saying_what_to_do() -> None:
