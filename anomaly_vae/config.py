@@ -258,6 +258,10 @@ class KafkaConfig(_Strict):
     threshold_refresh_s: float = Field(default=2.0, gt=0)
     num_threads: int = Field(default=1, ge=1)
     processes: int = Field(default=1, ge=1)  # scorer processes in the group, on one machine
+    # A windowed model: the entities whose windows a scorer keeps in memory. Past it, those
+    # fed least recently (their state stored with their scores) are dropped, and read back
+    # from the database when they come again: memory stays bounded when entity ids churn.
+    max_window_entities: int = Field(default=200_000, ge=1)
     client: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("client")

@@ -46,7 +46,7 @@ import logging
 import math
 import re
 import struct
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -211,6 +211,7 @@ class WindowState:
                         status,
                     )
             self._prune(ent)
+            self.entities[key] = self.entities.pop(key)  # the most recently fed come last
             self.dirty.add(key)
             if len(ent.last_seq) > 1:
                 self.split.add(key)
@@ -379,6 +380,24 @@ class WindowState:
         out = {key: entity_to_bytes(self.entities[key]) for key in sorted(self.dirty)}
         self.dirty.clear()
         return out
+
+    def evict(self, limit: int, keep: Collection[str] = ()) -> int:
+        """Forget the entities fed least recently until at most ``limit`` are left, never one
+        in ``keep`` (its state not yet stored) nor one changed since ``take_dirty``; the loader
+        reads a forgotten entity's stored state back when it comes again. Nothing is forgotten
+        without a loader. Returns how many were."""
+        excess = len(self.entities) - limit
+        if excess <= 0 or self.loader is None:
+            return 0
+        gone: list[str] = []
+        for key in self.entities:  # oldest first
+            if len(gone) == excess:
+                break
+            if key not in keep and key not in self.dirty:
+                gone.append(key)
+        for key in gone:
+            del self.entities[key]
+        return len(gone)
 
     def clear(self) -> None:
         """Forget every entity (their stored state is loaded again when they come back)."""

@@ -205,3 +205,27 @@ def test_rebalance_between_two_scorers_scores_as_if_uninterrupted(
     assert len(per_run) == 2
     assert all(int(str(n[0])) > 0 for n in per_run), (out1[-1000:], out2[-1000:])
     assert_same_scores(stored_scores(url), keys, reference_scores(model, frame))
+
+
+def test_windows_dropped_from_memory_are_read_back_and_score_as_if_kept(
+    broker: DevBroker, tmp_path: Path, window_model: tuple[AnomalyVAE, Path]
+) -> None:
+    """kafka.max_window_entities bounds the windows a scorer keeps in memory (entity ids that
+    churn grew it without end): past it, the least recently fed are dropped and read back
+    from the database when they come again, so the scores are those of an uninterrupted run."""
+    model, model_dir = window_model
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    _migrated(lambda: url)
+    frame = messy_pumps(1500, seed=44, n_pumps=12)
+    pipeline = tmp_path / "small.yaml"
+    pipeline.write_text("kafka:\n  max_window_entities: 4\n")
+    topic = create_topic(broker.bootstrap, partitions=3)
+    keys = produce_keyed(broker.bootstrap, topic, frame)
+    proc = scorer_process(
+        model_dir, url, broker.bootstrap, topic, fresh_name("g"),
+        "--pipeline", str(pipeline), "--idle-timeout", "3", "--batch-size", "60",
+    )  # fmt: skip
+    output, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, output
+    assert "were dropped from memory (over kafka.max_window_entities=4)" in output
+    assert_same_scores(stored_scores(url), keys, reference_scores(model, frame))

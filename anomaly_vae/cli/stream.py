@@ -308,3 +308,10 @@ def stream(
             f"gap{'' if windows.gaps == 1 else 's'}, "
             f"{windows.dropped_from_buffer} dropped from full reorder buffers"
         )
+    if scorer.windows_evicted:
+        typer.echo(
+            f"{shown}windows of {scorer.windows_evicted} entities fed least recently were "
+            f"dropped from memory (over kafka.max_window_entities="
+            f"{scorer.cfg.kafka.max_window_entities}) and read back from the database when "
+            "their entity came again"
+        )

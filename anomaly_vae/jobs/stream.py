@@ -17,6 +17,7 @@ the endless loop testable; the batch in hand is always finished and committed fi
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import math
@@ -196,6 +197,11 @@ class StreamScorer:
         # partitions move, then read back from the sink for each entity as it comes.
         self._windows = model.new_window_state()
         self._windows_moved = threading.Event()
+        # Entities whose state a batch on its way to the sink holds (how many such batches):
+        # never evicted from memory before that batch is written (``_window_state``).
+        self._unwritten: collections.Counter[str] = collections.Counter()
+        self._unwritten_lock = threading.Lock()
+        self.windows_evicted = 0
         self._warned_split = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -478,6 +484,10 @@ class StreamScorer:
         except _StoppedError as exc:
             exc.records = len(records)
             raise
+        if batch.window_states:
+            with self._unwritten_lock:
+                self._unwritten.subtract(batch.window_states.keys())
+                self._unwritten += collections.Counter()  # drops the zeros
         self._publish(batch, result, records)
         self.stats.consumed += len(records)
         self.stats.scored += len(batch.scores.scores)
@@ -557,8 +567,17 @@ class StreamScorer:
             critical=threshold.critical,
             threshold_id=threshold.id,
             alert_rule=threshold.alert_rule,
-            window_states=None if windows is None else windows.take_dirty(),
+            window_states=self._take_window_states(windows),
         )
+
+    def _take_window_states(self, windows: WindowState | None) -> dict[str, bytes] | None:
+        """The batch's changed window states, their entities marked as not yet written."""
+        if windows is None:
+            return None
+        states = windows.take_dirty()
+        with self._unwritten_lock:
+            self._unwritten.update(states.keys())
+        return states
 
     def _warn_split(self, windows: WindowState) -> None:
         """Say once that an entity's messages come from more than one partition: each scorer
@@ -588,6 +607,15 @@ class StreamScorer:
             self._windows_moved.clear()
             windows.clear()
         windows.loader = getattr(self.sink, "load_window_states", None)
+        limit = self.cfg.kafka.max_window_entities
+        if len(windows.entities) > limit:
+            # Down to nine tenths, not to the limit: one pass per many batches, not each.
+            with self._unwritten_lock:
+                unwritten = set(self._unwritten)
+            evicted = windows.evict(limit * 9 // 10, keep=unwritten)
+            if evicted:
+                self.windows_evicted += evicted
+                logger.debug("forgot the windows of %d entities fed least recently", evicted)
         return windows
 
     def _date_order(self) -> bool | None:
