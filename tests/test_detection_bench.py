@@ -205,3 +205,12 @@ def test_check_names_the_file_and_the_fault_in_one_line(
             assert "\n" not in message
     detection.main(["--check", str(Path(detection.__file__).parent / "results" / "detection.json")])
     assert "well formed" in capsys.readouterr().out
+
+
+def test_markdown_goals_line_rounds_the_average_as_the_table_does() -> None:
+    # The committed `plain` average is 90.551: the table said 90.6 and the goals line 90.5 (the
+    # goals' average rounded to 2 decimals first, 90.55, then to 1).
+    result = json.loads((RESULTS / "detection.json").read_text())
+    text = detection.markdown(result, detection.published_table())
+    assert "| **average** | 90.6 |" in text
+    assert "Goals (`plain`): anomaly-vae average 90.6; best peer run here knn 90.2;" in text
