@@ -298,6 +298,8 @@ def thresholds_show(
     if normal is not None:
         shown["normal_false_alarm_rate"] = float(np.mean(normal > row.warning))
     if fmt is ReportFormat.json:
+        # ISO 8601, as 'history --format json' and the API write it (str() gave a space)
+        shown["created_at"] = row.created_at.isoformat()
         typer.echo(json.dumps(shown, default=str, indent=1))
         return
     critical = f", critical {row.critical:.6g}" if row.critical is not None else ""
