@@ -250,6 +250,24 @@ def test_killed_run_then_rerun_stores_every_row_exactly_once(
     assert runs[1].rows_inserted == 11_998 - after_kill
 
 
+def test_db_current_and_downgrade_leave_no_empty_file_where_there_was_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 'db current' in the wrong folder left an empty anomaly_vae.db there (SQLite creates the
+    # file on connecting), after which the list commands said "no anomaly-vae schema yet"
+    # rather than "no database file"; 'db downgrade base' did too, and said it migrated.
+    path = tmp_path / "results.db"
+    url = f"sqlite:///{path}"
+    current = cli(capsys, "db", "current", "--db", url)
+    assert current.returncode == 0, current.stderr
+    assert "revision none, no file yet (latest 0005): run 'anomaly-vae db upgrade" in current.stdout
+    assert_user_error(
+        cli(capsys, "db", "downgrade", "base", "--db", url), "results.db: nothing to downgrade"
+    )
+    assert not path.exists()
+    assert_user_error(cli(capsys, "runs", "list", "--db", url), "no database file")
+
+
 def test_commands_refuse_a_database_behind_the_migrations(
     empty_db_url: str,
     export: Path,
