@@ -315,9 +315,9 @@ def score(
     pipeline: Path | None = typer.Option(
         None,
         "--pipeline",
-        help="Pipeline YAML whose columns, csv, alerts and database sections (and "
-        "scoring.chunk_size) replace the model's; the model's window and other scoring "
-        "settings stay.",
+        help="Pipeline YAML: the sections it sets (columns, csv, alerts, database...) replace "
+        "the model's, and of scoring: top_features, batch_size, num_threads and chunk_size; the "
+        "model's window and other scoring settings stay.",
     ),
     sep: str | None = typer.Option(None, "--sep", help="CSV separator (default: the model's)."),
     decimal: str | None = typer.Option(
