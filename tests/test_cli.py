@@ -887,6 +887,22 @@ def test_rejects_to_standard_output_is_refused_not_a_file_named_dash(
     assert not (tmp_path / "-").exists()
 
 
+def test_one_rejected_row_is_named_in_the_singular(
+    trained: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # The summary said "wrote scores.rejects.csv (1 rejected rows with reasons)".
+    text = make_pump_data(20, seed=6).to_csv(index=False).splitlines()
+    text[3] = ",".join(text[3].split(",")[:5])
+    data = tmp_path / "export.csv"
+    data.write_text("\n".join(text) + "\n")
+    out = tmp_path / "scores.csv"
+    result = run_inline(
+        capsys, "score", str(data), "--model-dir", str(trained / "model"), "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "scores.rejects.csv (1 rejected row with its reason)" in result.stdout
+
+
 def test_train_counts_malformed_lines_with_the_rows_rejected(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

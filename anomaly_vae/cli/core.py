@@ -658,7 +658,12 @@ def _add_csv_outputs(
 ) -> None:
     summary.outputs.append("the scores to standard output" if _is_dash(out) else str(out))
     if rejects_writer.count:
-        summary.outputs.append(f"{rejects} ({rejects_writer.count} rejected rows with reasons)")
+        summary.outputs.append(f"{rejects} ({_rejected_rows(rejects_writer.count)})")
+
+
+def _rejected_rows(n: int) -> str:
+    """'1 rejected row with its reason' (it said '1 rejected rows with reasons')."""
+    return "1 rejected row with its reason" if n == 1 else f"{n:,} rejected rows with reasons"
 
 
 def _score_database(
@@ -961,7 +966,7 @@ def demo(
     )
     summary.outputs.append(str(out))
     if writer.count:
-        summary.outputs.append(f"{rejects} ({writer.count} rejected rows with reasons)")
+        summary.outputs.append(f"{rejects} ({_rejected_rows(writer.count)})")
     _print_summary(summary)
 
     scores = pd.read_csv(out)  # written by CsvScoreWriter: always ',' and '.'
