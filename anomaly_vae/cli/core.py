@@ -462,8 +462,10 @@ def _score_file(
         out = Path("-")  # a filter: standard input in, standard output out
     out = out or Path(stem + ".scores.csv")
     to_stdout = _is_dash(out)
-    # Scores to standard output: the rejects still go to a file, in the working directory.
-    rejects = rejects or default_rejects_path(Path(stem + ".scores.csv") if to_stdout else out)
+    # Scores to standard output, or to a device or pipe (/dev/null: it wrote
+    # /dev/null.rejects.csv): the rejects still go to a file, in the working directory.
+    special = to_stdout or (out.exists() and not out.is_file())
+    rejects = rejects or default_rejects_path(Path(stem + ".scores.csv") if special else out)
     if csv_out:
         _check_outputs(data, None if to_stdout else out, rejects)
     csv_cfg = _csv_with(cfg.csv, sep=_sep(sep) or None, decimal=decimal, encoding=encoding)
