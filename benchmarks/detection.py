@@ -583,6 +583,15 @@ def main(argv: list[str] | None = None) -> None:
         problem = merge_problem(previous, datasets, seeds, methods)
         if problem:
             parser.error(f"--merge {args.merge}: {problem}")
+    # Outside the project's machines a clone has no ../shared/data: that was a traceback.
+    missing = [DATASETS[d] for d in datasets if not (args.data / DATASETS[d]).is_file()]
+    if missing:
+        parser.error(
+            f"--data {args.data}: no {', '.join(missing)}: give --data, the folder of the "
+            "ADBench .npz files (see ../shared/data/README.md)"
+        )
+    if not PUBLISHED.is_file():
+        parser.error(f"no published table {PUBLISHED} (see ../shared/data/README.md)")
     started = time.perf_counter()
     protocols = run(datasets, seeds, methods, args.data)
     if previous is not None:

@@ -134,6 +134,21 @@ def test_unknown_methods_seeds_or_merge_file_stop_before_any_fit(
     assert fitted == []
 
 
+def test_missing_data_files_are_one_line_before_any_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A clone without ../shared/data died with a FileNotFoundError traceback.
+    fitted: list[str] = []
+    monkeypatch.setitem(detection.DETECTORS, "anomaly-vae", lambda *a: fitted.append("vae"))
+    with pytest.raises(SystemExit) as stopped:
+        detection.main(["--quick", "--data", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "no 38_thyroid.npz, 6_cardio.npz, 18_Ionosphere.npz: give --data" in err
+    assert "Traceback" not in err
+    assert fitted == []
+
+
 def test_a_merge_file_that_cannot_be_merged_stops_before_any_fit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
