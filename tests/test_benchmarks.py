@@ -199,3 +199,22 @@ def test_speed_and_db_write_quick_runs_write_their_quick_files(
         "speed_quick.json",
         "speed_quick.md",
     ]
+
+
+def test_skab_calibrate_and_score_terms_name_missing_data_in_one_line(
+    tmp_path: Path, capsys: Any
+) -> None:
+    # A clone without ../shared/data: both died with a FileNotFoundError traceback.
+    import pytest
+
+    from benchmarks import score_terms, skab_calibrate
+
+    for main, args, needle in (
+        (skab_calibrate.main, ["--detector", "vae-rowwise"], "anomaly-free.csv"),
+        (score_terms.main, ["--datasets", "cardio"], "no 6_cardio.npz: give --data"),
+    ):
+        with pytest.raises(SystemExit) as stopped:
+            main([*args, "--data", str(tmp_path)])
+        assert stopped.value.code == 2
+        assert needle in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
