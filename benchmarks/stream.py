@@ -354,8 +354,10 @@ def migrated(url: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--messages", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="30,000 messages (CI)")
+    parser.add_argument(
+        "--messages", type=int, default=None, help="messages produced (default 200,000)"
+    )
     parser.add_argument(
         "--postgres",
         default="postgresql://postgres@127.0.0.1:5432/postgres",
