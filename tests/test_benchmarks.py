@@ -218,3 +218,27 @@ def test_skab_calibrate_and_score_terms_name_missing_data_in_one_line(
         assert stopped.value.code == 2
         assert needle in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_stream_benchmark_counts_the_postgresql_server_only_for_postgresql() -> None:
+    # A SQLite run counted every 'postgres' process on the machine (another session's work on
+    # a shared server) as its database CPU: "0.3 µs in the PostgreSQL server" of a SQLite run.
+    import itertools
+
+    from benchmarks.stream import CpuClock
+
+    ticks = itertools.count(1)
+
+    class BusyServer(CpuClock):
+        """Every process a 'postgres' one, each read later than the last: a busy server."""
+
+        @staticmethod
+        def _seconds(pid: int | str) -> tuple[str, float]:
+            return "postgres", float(next(ticks))
+
+    sqlite_run = BusyServer(None)
+    sqlite_run.start()
+    assert sqlite_run.stop(1_000)["database_cpu_us_per_msg"] == 0.0
+    postgres_run = BusyServer(None, database=True)
+    postgres_run.start()
+    assert postgres_run.stop(1_000)["database_cpu_us_per_msg"] > 0.0
