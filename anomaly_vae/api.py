@@ -38,6 +38,7 @@ from anomaly_vae._version import __version__
 from anomaly_vae.config import AlertsConfig, NoBooleanNumbers
 from anomaly_vae.errors import ConfigError, InputFileError, NotFoundError, SchemaError
 from anomaly_vae.storage import repository as repo
+from anomaly_vae.storage.dead_letters import DeadLetterFilter, list_dead_letters, summarize
 from anomaly_vae.storage.engine import DatabaseTarget
 from anomaly_vae.storage.tables import ALERT_STATES, Alert, Model, ScoringRun, Threshold
 from anomaly_vae.storage.tuning import (
@@ -219,6 +220,7 @@ class ThresholdPreviewPublic(BaseModel):
 
 
 class AnomalyPublic(BaseModel):
+    id: int = Field(description="The score row's id: ``before_id`` for the next page")
     time: datetime
     model: str
     model_version: str
@@ -229,6 +231,63 @@ class AnomalyPublic(BaseModel):
     severity: str | None
     top_features: list[Any] | None
     alert_state: str | None
+
+
+class RunPublic(BaseModel):
+    id: int
+    kind: str
+    status: str
+    model: str
+    model_version: str
+    source: str
+    started_at: datetime
+    finished_at: datetime | None
+    rows_read: int | None
+    rows_scored: int
+    rows_flagged: int
+    rows_rejected: int
+    rows_inserted: int
+    threshold_value: float
+    threshold_id: int | None
+    error: str | None = Field(description="Why a failed run stopped")
+    lag: int | None = Field(description="A stream run's consumer lag, as last reported")
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+    records_per_s: float | None
+    metrics_at: datetime | None = Field(description="When the stream run last reported")
+
+
+class DeadLetterPublic(BaseModel):
+    id: int
+    rejected_at: datetime
+    run_id: int
+    run_kind: str
+    model: str
+    model_version: str
+    source_key: str
+    reason: str
+    raw: str | None = Field(
+        description="The record as received: the message or line text, or the JSON text of "
+        "the row's values (Kafka messages over 10 kB are stored cut)"
+    )
+
+
+class DeadLetterReason(BaseModel):
+    reason: str = Field(
+        description="The reason with the record's own value and numbers masked (… and N)"
+    )
+    count: int
+    example: str = Field(description="One full reason of the group")
+    example_source_key: str
+    first_rejected_at: datetime
+    last_rejected_at: datetime
+    runs: list[int]
+
+
+# The dead-letter endpoints' filters (module level: their annotations are read by name).
+_DL_SINCE = Query(description="Rejected at or after this (ISO 8601; without a time zone: UTC)")
+_DL_UNTIL = Query(description="Rejected before this (ISO 8601; without a time zone: UTC)")
+_DL_REASON = Query(description="Only reasons containing this text (letter case ignored)")
 
 
 class AlertPublic(BaseModel):
@@ -331,7 +390,10 @@ class Health(BaseModel):
     status: Literal["ok"]
     version: str
     database: str
+    # No change can be made through this server: no token configured, or the database takes
+    # no changes from its user (a missing privilege, a read-only role, a standby).
     read_only: bool
+    read_only_reason: str | None = None
 
 
 # ================================================================== dependencies
@@ -479,11 +541,16 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
     def health(conn: Conn) -> Health:
         """Up, and the database answers."""
         conn.execute(select(1))
+        refused = database_refuses_changes(conn)
+        reason = (
+            f"no {TOKEN_ENV} where the server runs" if settings.read_only else None
+        ) or refused
         return Health(
             status="ok",
             version=__version__,
             database=settings.database.display,
-            read_only=settings.read_only,
+            read_only=reason is not None,
+            read_only_reason=reason,
         )
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["service"])
@@ -679,6 +746,13 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
                 description="Records whose time is before this (ISO 8601; without a time zone: UTC)"
             ),
         ] = None,
+        before_id: Annotated[
+            int | None,
+            Query(
+                description="The ``id`` of the last record of a page: the records after it "
+                "in this order (the next page; ``until`` would skip the rest of that time)"
+            ),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
     ) -> list[AnomalyPublic]:
         """Flagged records, newest first (event time, else scoring time). ``alert_state``:
@@ -686,9 +760,120 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         opened none)."""
         _require_model(conn, model)
         rows = repo.list_anomalies(
-            conn, model_name=model, since=since, until=until, entity=entity, limit=limit
+            conn,
+            model_name=model,
+            since=since,
+            until=until,
+            entity=entity,
+            limit=limit,
+            before_id=before_id,
         )
         return [AnomalyPublic.model_validate(r._asdict()) for r in rows]
+
+    # ------------------------------------------------------------------------- runs
+    @app.get("/runs", response_model=list[RunPublic], tags=["runs"], responses=_errors(404))
+    def runs(
+        conn: Conn,
+        kind: Literal["batch", "stream"] | None = None,
+        status: Literal["running", "succeeded", "failed"] | None = None,
+        model: str | None = None,
+        before_id: Annotated[
+            int | None,
+            Query(description="Only runs before this id: the next page after the last seen"),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 20,
+    ) -> list[RunPublic]:
+        """Scoring runs (batch jobs, stream sessions), newest first: counts, status, the
+        error a failed run ended with, a stream run's last reported lag, latency and rate."""
+        _require_model(conn, model)
+        rows = repo.list_runs(
+            conn, limit=limit, kind=kind, status=status, model_name=model, before_id=before_id
+        )
+        return [RunPublic.model_validate(r._asdict()) for r in rows]
+
+    @app.get("/runs/{run_id}", response_model=RunPublic, tags=["runs"], responses=_errors(404))
+    def run(run_id: int, conn: Conn) -> RunPublic:
+        rows = repo.list_runs(conn, run_id=run_id, limit=1)
+        if not rows:
+            raise NotFoundError(f"no scoring run {run_id}")
+        return RunPublic.model_validate(rows[0]._asdict())
+
+    # ----------------------------------------------------------------- dead letters
+    def _dead_letter_filter(
+        conn: Connection,
+        model: str | None,
+        run: int | None,
+        since: datetime | None,
+        until: datetime | None,
+        reason: str | None,
+        before_id: int | None = None,
+    ) -> DeadLetterFilter:
+        _require_model(conn, model)
+        return DeadLetterFilter(
+            model_name=model,
+            run_id=run,
+            since=since,
+            until=until,
+            reason=reason,
+            before_id=before_id,
+        )
+
+    @app.get(
+        "/dead-letters",
+        response_model=list[DeadLetterPublic],
+        tags=["dead letters"],
+        responses=_errors(404),
+    )
+    def dead_letters(
+        conn: Conn,
+        model: str | None = None,
+        run: int | None = None,
+        since: Annotated[UtcDatetime | None, _DL_SINCE] = None,
+        until: Annotated[UtcDatetime | None, _DL_UNTIL] = None,
+        reason: Annotated[str | None, _DL_REASON] = None,
+        before_id: Annotated[
+            int | None,
+            Query(description="Only ids below this: the next page after the last ``id`` seen"),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
+    ) -> list[DeadLetterPublic]:
+        """Records that could not be scored, newest first (by ``id``), with the reason and
+        the record as received."""
+        where = _dead_letter_filter(conn, model, run, since, until, reason, before_id)
+        return [
+            DeadLetterPublic.model_validate(row)
+            for row in list_dead_letters(conn, where, limit=limit)
+        ]
+
+    @app.get(
+        "/dead-letters/summary",
+        response_model=list[DeadLetterReason],
+        tags=["dead letters"],
+        responses=_errors(404),
+    )
+    def dead_letter_summary(
+        conn: Conn,
+        model: str | None = None,
+        run: int | None = None,
+        since: Annotated[UtcDatetime | None, _DL_SINCE] = None,
+        until: Annotated[UtcDatetime | None, _DL_UNTIL] = None,
+        reason: Annotated[str | None, _DL_REASON] = None,
+    ) -> list[DeadLetterReason]:
+        """Records that could not be scored, counted by reason (the record's own value and
+        numbers masked), most common first."""
+        where = _dead_letter_filter(conn, model, run, since, until, reason)
+        return [
+            DeadLetterReason(
+                reason=c.pattern,
+                count=c.count,
+                example=c.example_reason,
+                example_source_key=c.example_source_key,
+                first_rejected_at=c.first_rejected_at,
+                last_rejected_at=c.last_rejected_at,
+                runs=list(c.runs),
+            )
+            for c in summarize(conn, where)
+        ]
 
     @app.get("/alerts", response_model=list[AlertPublic], tags=["alerts"], responses=_errors(404))
     def alerts(
@@ -711,6 +896,14 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
                 "oldest ``opened_at`` seen"
             ),
         ] = None,
+        before_id: Annotated[
+            int | None,
+            Query(
+                description="The ``id`` of the last alert of a page: the alerts after it in "
+                "this order (the next page; ``until`` would skip the rest of the alerts opened "
+                "at that time)"
+            ),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
     ) -> list[AlertPublic]:
         """Alerts, newest opened first (``opened_at``); ``state=active``: open or
@@ -724,6 +917,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
             since=since,
             until=until,
             limit=limit,
+            before_id=before_id,
         )
         return [AlertPublic.model_validate(r) for r in rows]
 
@@ -762,6 +956,33 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         return _act(conn, alert_id, "resolve", body or AlertAction())
 
     return app
+
+
+def database_refuses_changes(conn: Connection) -> str | None:
+    """Why the database takes no changes from the API's user (None: it takes them). Only
+    PostgreSQL is asked: a standby, a read-only role (``default_transaction_read_only``), or
+    a user without the privileges the API's writes need (a new threshold version, an alert
+    acknowledged or resolved)."""
+    if conn.dialect.name != "postgresql":
+        return None
+    user, standby, read_only, privileged = conn.exec_driver_sql(
+        "SELECT current_user, pg_is_in_recovery(), current_setting('transaction_read_only'), "
+        "has_table_privilege('thresholds', 'SELECT, INSERT') "
+        "AND has_sequence_privilege(pg_get_serial_sequence('thresholds', 'id'), 'USAGE') "
+        "AND has_table_privilege('alerts', 'SELECT, UPDATE')"
+    ).one()
+    if standby:
+        return "the database is a standby (read-only): point the URL at the primary"
+    if read_only == "on":
+        return (
+            f"the database user {user!r} has read-only transactions (default_transaction_read_only)"
+        )
+    if not privileged:
+        return (
+            f"the database user {user!r} may not change thresholds or alerts (INSERT on "
+            "thresholds and its id sequence, UPDATE on alerts)"
+        )
+    return None
 
 
 def _database_trouble(exc: SQLAlchemyError, target: DatabaseTarget) -> str:

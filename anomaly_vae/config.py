@@ -280,16 +280,9 @@ class KafkaConfig(_Strict):
         """Kafka's rule for topic names, checked before any client (which raises mid-run)."""
         if value is None:
             return value
-        if any(c in value for c in ",*?[]()|^$+"):
-            raise ValueError(
-                f"{value!r} is not one Kafka topic name: a scorer reads one topic, named "
-                "exactly (no list, no pattern); run one scorer per topic"
-            )
-        if not _TOPIC_NAME.fullmatch(value) or value in (".", ".."):
-            raise ValueError(
-                f"{value!r} is not a Kafka topic name: 1 to 249 of ASCII letters, digits, "
-                "'.', '_' and '-'"
-            )
+        problem = topic_name_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     def check_output_topics(self) -> None:
@@ -307,6 +300,23 @@ class KafkaConfig(_Strict):
                     f"{flag} {value} (kafka.{name}) is the topic being scored: what is "
                     "published there would be consumed again; name another topic"
                 )
+
+
+def topic_name_problem(value: str) -> str | None:
+    """What keeps ``value`` from being one Kafka topic name (Kafka's rule), or None: checked
+    before any client, which raises mid-run (and a broker that takes any name, as the dev
+    broker does, would create a topic no scorer may read)."""
+    if any(c in value for c in ",*?[]()|^$+"):
+        return (
+            f"{value!r} is not one Kafka topic name: a scorer reads one topic, named "
+            "exactly (no list, no pattern); run one scorer per topic"
+        )
+    if not _TOPIC_NAME.fullmatch(value) or value in (".", ".."):
+        return (
+            f"{value!r} is not a Kafka topic name: 1 to 249 of ASCII letters, digits, "
+            "'.', '_' and '-'"
+        )
+    return None
 
 
 # kafka.client options the scorer sets itself, from its own settings: what to set instead.
@@ -508,6 +518,14 @@ class PipelineConfig(_Strict):
                 self.columns.__dict__[column_field] = mine
             if theirs and not mine:
                 window.__dict__[field_name] = theirs
+        if window.entity and window.entity == window.time:
+            # Accepted, every record of an entity had the entity as its time: one instant, the
+            # windows in arrival order, gaps and lateness meaningless, without a word.
+            raise ValueError(
+                f"window.entity and window.time both name {window.entity!r}: the time is the "
+                "column of each record's event time, another column (leave window.time out for "
+                "arrival order)"
+            )
         return self
 
     @field_validator("kafka", mode="before")
@@ -620,7 +638,9 @@ def format_validation_error(exc: ValidationError) -> str:
     """One line from a pydantic error: 'training.epochs: Input should be >= 1 (got 0)'."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "value"
+        # A check of the whole file (two sections that disagree) has no place: its message
+        # names the settings itself ("value: window.entity and ..." read as a setting 'value').
+        loc = ".".join(str(p) for p in err["loc"])
         got = err.get("input")
         got_text = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
         if got_text and _may_be_secret(err["loc"]):
@@ -628,7 +648,7 @@ def format_validation_error(exc: ValidationError) -> str:
         message = err["msg"].removeprefix("Value error, ")  # pydantic's prefix, no news
         if err["type"] == "extra_forbidden":
             message += _unknown_key_hint(exc.title, err["loc"])
-        parts.append(f"{loc}: {message}{got_text}")
+        parts.append(f"{loc}: {message}{got_text}" if loc else f"{message}{got_text}")
     return "; ".join(parts)
 
 

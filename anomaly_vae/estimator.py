@@ -116,6 +116,9 @@ class ScoreBatch:
     baseline: np.ndarray | None = None
     # Scored records with at least one feature value missing (filled in by the scorer).
     gaps: int = 0
+    # A windowed model's order of numeric dates (05/11/2026) its times were read in (True: day
+    # first), None when none was needed: what the stored event times are read in too.
+    day_first: bool | None = None
 
     @cached_property
     def contributions(self) -> np.ndarray | None:
@@ -128,7 +131,8 @@ class ScoreBatch:
         # No contributions: a zero-width matrix, which top_features_text turns into "" per row.
         contributions = self.contributions
         if contributions is None:
-            contributions = np.zeros((len(self.scores), 0), dtype=np.float32)
+            empty = np.zeros((len(self.scores), 0), dtype=np.float32)
+            return top_features_text(empty, [], k, arrow=arrow)
         return top_features_text(contributions, self.feature_names, k, arrow=arrow)
 
     def top_features_json(self, k: int) -> np.ndarray:
@@ -146,13 +150,16 @@ class ScoreBatch:
 class AnomalyVAE(BaseEstimator):
     """A variational autoencoder anomaly detector for tabular records.
 
-    Parameters left as ``None`` take their value from ``config`` (a ``PipelineConfig``), else the
-    built-in default. ``columns`` (a ``ColumnsConfig`` or a dict of its fields) says which
-    columns are ids, timestamps, labels, ignored, or forced numeric/categorical.
+    Parameters left as ``None`` take their value from ``config`` (a ``PipelineConfig``, or a dict
+    of its sections: ``{"model": {"latent_dim": 4}}``), else the built-in default. ``columns`` (a
+    ``ColumnsConfig`` or a dict of its fields) says which columns are ids, timestamps, labels,
+    ignored, or forced numeric/categorical.
 
     Fitted attributes end in ``_``: ``schema_``, ``preprocessor_``, ``model_``, ``threshold_``,
     ``calibration_`` (sorted held-out normal scores), ``config_``, ``training_summary_``,
-    ``n_features_in_``, ``feature_names_in_``, ``model_hash_`` (after save or load).
+    ``n_features_in_`` (the columns of an array X, every one read by position; the feature
+    columns of a DataFrame), ``feature_names_in_`` (the feature columns the model reads; an
+    array's are ``x0``, ``x1``...), ``model_hash_`` (after save or load).
     """
 
     def __init__(
@@ -171,7 +178,7 @@ class AnomalyVAE(BaseEstimator):
         device: str | None = None,
         seed: int | None = None,
         verbose: bool = False,
-        config: PipelineConfig | None = None,
+        config: PipelineConfig | dict[str, Any] | None = None,
     ) -> None:
         self.hidden_dims = hidden_dims
         self.latent_dim = latent_dim
@@ -189,13 +196,28 @@ class AnomalyVAE(BaseEstimator):
         self.config = config
 
     # ================================================================ configuration
+    def _config(self) -> PipelineConfig | None:
+        """The ``config`` parameter as a PipelineConfig (a dict is validated as one)."""
+        config = self.config
+        if config is None or isinstance(config, PipelineConfig):
+            return config
+        if isinstance(config, dict):
+            try:
+                return PipelineConfig.model_validate(config)
+            except ValidationError as exc:
+                raise ConfigError(
+                    f"The 'config' parameter: {format_validation_error(exc)}"
+                ) from None
+        # 'dict' object has no attribute 'model_copy' was all a dict got.
+        raise ConfigError(
+            "The 'config' parameter must be a PipelineConfig or a dict of its sections "
+            f"(PipelineConfig.from_yaml(path) reads a pipeline file). Got {type(config).__name__} "
+            "instead."
+        )
+
     def _resolve_config(self) -> PipelineConfig:
-        base = self.config.model_copy(deep=True) if self.config is not None else PipelineConfig()
-        if not isinstance(base, PipelineConfig):
-            raise ConfigError(
-                "The 'config' parameter must be a PipelineConfig. "
-                f"Got {type(base).__name__} instead."
-            )
+        config = self._config()
+        base = config.model_copy(deep=True) if config is not None else PipelineConfig()
         sections: dict[str, dict[str, Any]] = {
             "model": base.model.model_dump(),
             "training": base.training.model_dump(),
@@ -222,8 +244,11 @@ class AnomalyVAE(BaseEstimator):
         columns = base.columns
         if self.columns is not None:
             try:
+                # A copy: the pipeline's rules fill in columns.entity / timestamp from its
+                # window, which changed the caller's object (a parameter fit must not touch,
+                # and one that another model given it then read too).
                 columns = (
-                    self.columns
+                    self.columns.model_copy(deep=True)
                     if isinstance(self.columns, ColumnsConfig)
                     else ColumnsConfig.model_validate(self.columns)
                 )
@@ -232,7 +257,14 @@ class AnomalyVAE(BaseEstimator):
                     f"The 'columns' parameter: {format_validation_error(exc)}"
                 ) from None
         extra = base.model_dump(exclude={"model", "training", "scoring", "columns"})
-        resolved = PipelineConfig(columns=columns, **built, **extra)
+        try:
+            resolved = PipelineConfig(columns=columns, **built, **extra)
+        except ValidationError as exc:
+            # A rule across sections (window.entity against columns.entity, a conv encoder
+            # without a window) was pydantic's multi-line error.
+            raise ConfigError(
+                f"The parameters do not fit together: {format_validation_error(exc)}"
+            ) from None
         if resolved.scoring.score_kind == "nll_iw":
             resolved.scoring.importance_weighted = True
         return resolved
@@ -285,14 +317,14 @@ class AnomalyVAE(BaseEstimator):
         unwindowed = 0  # rows with no valid event time or no entity (a windowed model's)
         if cfg.window is not None:
             _decide_date_order(frame.loc[clean.index], cfg)
-            encoded, layout, unwindowed = self._training_windows(frame, clean, encoded, pre, cfg)
-            n_examples = encoded.x.shape[0]
-            # Windows overlap: hold out the latest ones, not a random sample of them.
-            n_val = min(
-                max(round(n_examples * cfg.training.validation_fraction), 1), n_examples - 1
+            encoded, layout, unwindowed, keys = self._training_windows(
+                frame, clean, encoded, pre, cfg
             )
-            train_idx = np.arange(n_examples - n_val)
-            val_idx = np.arange(n_examples - n_val, n_examples)
+            n_examples = encoded.x.shape[0]
+            # Windows overlap: hold out the latest ones, not a random sample of them; the
+            # latest of each entity, not the file's last rows (one entity's in a file sorted
+            # by entity, the slowest sampled one's in a file sorted by time).
+            train_idx, val_idx = latest_per_entity(*keys, fraction=cfg.training.validation_fraction)
         else:
             train_idx, val_idx = split_indices(
                 n_examples, cfg.training.validation_fraction, cfg.training.seed
@@ -329,7 +361,9 @@ class AnomalyVAE(BaseEstimator):
         self.model_ = model
         self.latent_dim_ = latent
         self.device_ = device
-        self.n_features_in_ = len(schema.names)
+        # An array's width (its columns are read by position, a column left out too), a
+        # DataFrame's feature columns (read by name).
+        self.n_features_in_ = len(schema.names) if isinstance(X, pd.DataFrame) else frame.shape[1]
         self.feature_names_in_ = np.asarray(schema.names, dtype=object)
         self._scorers: dict[tuple[Any, ...], Scorer] = {}
         calib_batch = val if len(val_idx) else train
@@ -420,9 +454,10 @@ class AnomalyVAE(BaseEstimator):
         encoded: EncodedBatch,
         pre: Preprocessor,
         cfg: PipelineConfig,
-    ) -> tuple[EncodedBatch, FeatureLayout, int]:
-        """Full windows of the training rows (file order, per entity, the scoring rules), and
-        how many rows were left out for want of a valid event time or an entity."""
+    ) -> tuple[EncodedBatch, FeatureLayout, int, tuple[np.ndarray, np.ndarray]]:
+        """Full windows of the training rows (file order, per entity, the scoring rules), how
+        many rows were left out for want of a valid event time or an entity, and each window's
+        entity and time (arrival position when the window has no time column)."""
         assert cfg.window is not None
         entities, times, reasons = _window_keys(frame.loc[clean.index], cfg)
         bad = reasons != None  # noqa: E711 - elementwise on an object array
@@ -443,9 +478,15 @@ class AnomalyVAE(BaseEstimator):
         assembled = state.assemble(encoded, entities.tolist(), times)
         full = assembled.status == OK
         if int(full.sum()) < MIN_TRAINING_ROWS:
-            # Say what cut the windows short: too few rows, gaps, or a file out of time order.
+            # Say what cut the windows short: rows with no time or entity, too few rows, gaps,
+            # or a file out of time order.
             counts = state.counters
             why = []
+            if bad.any():
+                why.append(
+                    f"{int(bad.sum())} of {len(bad)} rows have no valid event time or no entity "
+                    f"(first: row {clean.index[np.flatnonzero(bad)[0]]}: {reasons[bad][0]})"
+                )
             if counts.gaps:
                 why.append(
                     f"{counts.gaps} gaps over window.max_gap_s ({cfg.window.max_gap_s:g} s) "
@@ -472,7 +513,9 @@ class AnomalyVAE(BaseEstimator):
                 cfg.window.lateness_s,
             )
         flat = flatten_windows(assembled.x[full], assembled.observed[full], layout.n_numeric)
-        return flat, window_layout(layout, cfg.window.size), int(bad.sum())
+        when = np.arange(len(entities), dtype=np.float64) if times is None else times
+        keys = (np.asarray(entities, dtype=object)[full], np.asarray(when)[full])
+        return flat, window_layout(layout, cfg.window.size), int(bad.sum()), keys
 
     @property
     def windowed(self) -> bool:
@@ -491,9 +534,12 @@ class AnomalyVAE(BaseEstimator):
         have = {str(c) for c in present}
         for what, name in (("time", window.time), ("entity", window.entity)):
             if name and name not in have:
+                # A model scores with the window it was trained with: a scoring pipeline
+                # without window.{what} changes nothing, so say what does.
                 raise SchemaError(
-                    f"{source}: the window's {what} column {name!r} is missing: add it, or "
-                    f"remove window.{what} from the pipeline"
+                    f"{source}: the window's {what} column {name!r} is missing: add it (the "
+                    f"model was trained with window.{what}: {name}; a model without it needs "
+                    "training again)"
                 )
 
     def new_window_state(self) -> WindowState | None:
@@ -661,7 +707,10 @@ class AnomalyVAE(BaseEstimator):
         state = windows if windows is not None else self.new_window_state()
         assert state is not None
         rows = frame.loc[clean.index]
-        entities, times, reasons = _window_keys(rows, cfg, entity_column=entity_column)
+        day_first = _run_date_order(rows, cfg, state)
+        entities, times, reasons = _window_keys(
+            rows, cfg, entity_column=entity_column, day_first=day_first
+        )
         bad = reasons != None  # noqa: E711 - elementwise on an object array
         if bad.any():
             extra = _rejects_of(rows.iloc[np.flatnonzero(bad)], reasons[bad].tolist())
@@ -679,7 +728,9 @@ class AnomalyVAE(BaseEstimator):
         scores["window_status"] = assembled.status_names()
         scores.loc[assembled.status != OK, "is_anomaly"] = np.int8(0)
         self._explain_flagged(arrays, scores, flat)
-        return self._batch(arrays, scores, rejects, gaps=self._gaps(clean, encoded))
+        batch = self._batch(arrays, scores, rejects, gaps=self._gaps(clean, encoded))
+        batch.day_first = day_first
+        return batch
 
     def _explain_flagged(
         self, arrays: ScoreArrays, scores: pd.DataFrame, encoded: EncodedBatch
@@ -778,12 +829,14 @@ class AnomalyVAE(BaseEstimator):
         return np.asarray(self._every_row(X).scores["score"].to_numpy())
 
     def decision_function(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """``score - threshold_``: positive means anomalous."""
+        """``score - threshold_``: positive means anomalous (a windowed model's records that
+        are not ``ok``, never flagged, have theirs too: ``predict`` gives them 0)."""
         return self.anomaly_score(X) - self.threshold_
 
     def predict(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """1 for anomalous rows (score above ``threshold_``), 0 for normal ones."""
-        return (self.anomaly_score(X) > self.threshold_).astype(np.int64)
+        """1 for anomalous rows (score above ``threshold_``), 0 for normal ones: ``score(X)``'s
+        ``is_anomaly``, so a windowed model's ``warming_up`` and ``late`` records are 0."""
+        return self._every_row(X).scores["is_anomaly"].to_numpy().astype(np.int64)
 
     def fit_predict(self, X: pd.DataFrame | np.ndarray, y: Any = None) -> np.ndarray:
         """``fit(X)`` then ``predict(X)``: 1 for the training rows above the threshold."""
@@ -927,14 +980,22 @@ class AnomalyVAE(BaseEstimator):
             if est.feature_baseline_.shape != (len(est.schema_.names),):
                 raise ValueError("feature_baseline does not match the schema")
             est.training_summary_ = dict(meta.get("training", {}))
+            layout = est._layout()
         except ModelFileError:
             raise
-        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, ValidationError) as exc:
+        except (
+            AttributeError,  # a list or a string where model.json holds an object
+            KeyError,
+            IndexError,
+            TypeError,
+            ValueError,
+            RuntimeError,
+            ValidationError,
+        ) as exc:
             raise ModelFileError(
                 f"{path}: the model description is inconsistent ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}): retrain the model"
             ) from None
-        layout = est._layout()
         if layout.n_numeric != model.n_numeric or list(layout.cat_sizes) != model.cat_sizes:
             raise ModelFileError(f"{path}: the weights do not fit the stored feature layout")
         if (
@@ -943,10 +1004,18 @@ class AnomalyVAE(BaseEstimator):
             or not math.isfinite(est.threshold_)
         ):
             raise ModelFileError(f"{path}: the stored calibration is empty or not finite")
-        est.device_ = resolve_device(cfg.training.device)
+        try:
+            est.device_ = resolve_device(cfg.training.device)
+        except ConfigError as exc:
+            if device is not None:
+                raise  # the caller's device= argument, not the file
+            raise ModelFileError(
+                f"{path}: model.json names the training device {cfg.training.device!r}, which "
+                f"cannot score here ({exc}): load it with device='cpu' (score --device cpu)"
+            ) from None
         est.model_ = model.to(est.device_).eval()  # a loaded model is ready where it scores
         est.latent_dim_ = model.latent_dim
-        est.n_features_in_ = len(est.schema_.names)
+        est.n_features_in_ = est._array_columns() or len(est.schema_.names)
         est.feature_names_in_ = np.asarray(est.schema_.names, dtype=object)
         est._scorers = {}
         est.model_hash_ = digest
@@ -954,7 +1023,7 @@ class AnomalyVAE(BaseEstimator):
 
     @property
     def name(self) -> str:
-        cfg = getattr(self, "config_", None) or self.config
+        cfg = getattr(self, "config_", None) or self._config()
         return cfg.name if cfg is not None else "default"
 
 
@@ -993,15 +1062,48 @@ def _rejects_of(rows: pd.DataFrame, reasons: list[str]) -> pd.DataFrame:
     )
 
 
+def latest_per_entity(
+    entities: np.ndarray, times: np.ndarray, *, fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """A (train, validation) split of windows that holds out the latest ``fraction`` of each
+    entity's windows by event time: each window's place in its entity's series (1/n for its
+    first of n, 1 for its last) ranks it, and the ``round(fraction * total)`` latest places go
+    to validation (at least one, and one left to train). Every entity is trained on and
+    calibrated with, whatever order the file is in."""
+    n = len(entities)
+    if n < 2:
+        return np.arange(n), np.arange(0)
+    n_val = min(max(round(n * fraction), 1), n - 1)
+    codes = pd.factorize(pd.Series(entities, dtype=object))[0]
+    order = np.lexsort((np.arange(n), times, codes))  # by entity, then time, then arrival
+    sorted_codes = codes[order]
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+    counts = np.diff(np.r_[starts, n])
+    rank = np.arange(n) - np.repeat(starts, counts)  # place in the entity's series, from 0
+    place = np.empty(n, dtype=np.float64)
+    place[order] = (rank + 1) / np.repeat(counts, counts)
+    held = np.argsort(-place, kind="stable")[:n_val]
+    mask = np.zeros(n, dtype=bool)
+    mask[held] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
 def _window_keys(
-    rows: pd.DataFrame, cfg: PipelineConfig, *, entity_column: str | None = None
+    rows: pd.DataFrame,
+    cfg: PipelineConfig,
+    *,
+    entity_column: str | None = None,
+    day_first: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Entity (text; ``entity_column`` when a stream source gave one, else the window's entity
     column, else one series), event time in seconds (None: arrival order), and for each row
     the reason it cannot be windowed, or None: its time is missing or not a time, or the window
-    names an entity column and the row has none (it would join an unnamed series of its own)."""
+    names an entity column and the row has none (it would join an unnamed series of its own).
+    ``day_first``: the order of numeric dates when the model has none (``_run_date_order``)."""
     window = cfg.window
     assert window is not None
+    if window.day_first is not None:
+        day_first = window.day_first
     n = len(rows)
     if entity_column is not None:
         raw = rows[entity_column]
@@ -1032,8 +1134,8 @@ def _window_keys(
             "window.time from the pipeline"
         )
     values = rows[window.time].tolist()
-    times, bad = event_seconds(values, day_first=window.day_first)
-    order = None if window.day_first is None else ("day" if window.day_first else "month")
+    times, bad = event_seconds(values, day_first=day_first)
+    order = None if day_first is None else ("day" if day_first else "month")
     for i in np.flatnonzero(bad):
         if reasons[i] is None:
             value = values[i]
@@ -1042,19 +1144,41 @@ def _window_keys(
             elif (
                 order is not None
                 and isinstance(value, str)
-                and contradicts_date_order(pd.Series([value]), bool(window.day_first))[0]
+                and contradicts_date_order(pd.Series([value]), bool(day_first))[0]
             ):
                 why = (
                     f"{value!r} cannot be read {order} first, the order this model reads "
-                    f"numeric dates in (window.day_first: {str(window.day_first).lower()}, "
-                    "from its pipeline or its training data's times): train it with "
-                    f"window.day_first: {str(not window.day_first).lower()}, or write times "
+                    f"numeric dates in (window.day_first: {str(day_first).lower()}, "
+                    f"{_order_origin(window.day_first)}): train it with "
+                    f"window.day_first: {str(not day_first).lower()}, or write times "
                     "as ISO 8601"
                 )
             else:
                 why = f"{value!r} is not a time"
             reasons[i] = f"window time column {window.time!r}: {why}"
     return entities, times, reasons
+
+
+def _order_origin(model_order: bool | None) -> str:
+    if model_order is not None:
+        return "from its pipeline or its training data's times"
+    return "decided by the first such times of this run, the training data having none"
+
+
+def _run_date_order(rows: pd.DataFrame, cfg: PipelineConfig, state: WindowState) -> bool | None:
+    """The order numeric dates are read in for ``rows``: the model's (``window.day_first``);
+    for a model trained without numeric dates (ISO 8601 or epoch times), the order the first
+    batch of this run that holds some decides (``numeric_date_order``), kept in ``state`` for
+    every later chunk or Kafka batch. Decided batch by batch, an export's chunk with days up
+    to 12 only was read month first and the next one day first: its records late, the scores
+    depending on --chunk-size."""
+    window = cfg.window
+    assert window is not None
+    if window.day_first is not None:
+        return window.day_first
+    if state.day_first is None and window.time and window.time in rows.columns:
+        state.day_first = numeric_date_order(rows[window.time].tolist())
+    return state.day_first
 
 
 def _decide_date_order(rows: pd.DataFrame, cfg: PipelineConfig) -> None:
@@ -1116,6 +1240,27 @@ def _as_frame(
     the model's features, when it has as many). ``width``: the columns of the array a model
     was fitted on, which an array (or pd.DataFrame(array)) to score must have."""
     if isinstance(X, pd.DataFrame):
+        if isinstance(X.columns, pd.MultiIndex):
+            # Each name became the text of a tuple, "('x', 'a')", and then a KeyError.
+            raise ConfigError(
+                f"X has {X.columns.nlevels}-level column names (a MultiIndex, such as "
+                f"{X.columns[0]!r}); AnomalyVAE reads columns by one name each: flatten them, "
+                "e.g. X.columns = ['_'.join(map(str, c)) for c in X.columns]"
+            )
+        complex_columns = [str(c) for c, d in X.dtypes.items() if d.kind == "c"]
+        if complex_columns:
+            raise ConfigError(_complex_message(f"column {complex_columns[0]!r} of X"))
+        # Arrow text (read_csv / read_parquet with dtype_backend="pyarrow": string, dictionary)
+        # as Python objects: pd.to_numeric turns such a column into Arrow doubles whose NaN is
+        # no missing value, so every text value counted as a number, the column was taken as
+        # numeric and every row rejected. Arrow numbers, booleans and times stay as they are.
+        arrow_text = {
+            c: object
+            for c, d in X.dtypes.items()
+            if isinstance(d, pd.ArrowDtype) and d.kind not in "biufmM"
+        }
+        if arrow_text:
+            return _as_frame(X.astype(arrow_text), expected, width)
         positional = list(X.columns) == list(range(X.shape[1]))
         if width is not None and positional:
             # A model fitted on an array (its columns x0, x1...) and a frame made from one
@@ -1140,7 +1285,9 @@ def _as_frame(
         # np.asarray of a sparse matrix is a 0-d object array: "got an array of shape ()".
         raise ConfigError(
             f"X is a scipy sparse {type(X).__name__}; AnomalyVAE reads dense rows: pass "
-            "X.toarray() (a missing value is NaN, not an absent entry)"
+            "X.toarray() (a missing value is NaN, not an absent entry); in a Pipeline, make the "
+            "step before it dense (OneHotEncoder(sparse_output=False)), or leave text columns "
+            "to AnomalyVAE, which encodes them itself"
         )
     if isinstance(X, pd.Series):
         raise ConfigError(
@@ -1156,12 +1303,22 @@ def _as_frame(
     if array.ndim != 2:
         what = f"an array of shape {array.shape}" if array.ndim else f"a {type(X).__name__}"
         raise ConfigError(f"X must be a DataFrame or a 2-D array; got {what}")
+    if array.dtype.kind == "c":
+        raise ConfigError(_complex_message("X"))
     if width is not None:
         _check_width(array.shape[1], width)
     names = _array_names(array.shape[1])
     if expected is not None and len(expected) == array.shape[1]:
         names = list(expected)
     return pd.DataFrame(array, columns=names)
+
+
+def _complex_message(what: str) -> str:
+    # Cast to float with a ComplexWarning, the imaginary parts silently dropped.
+    return (
+        f"{what} holds complex numbers, which AnomalyVAE does not read: pass the parts as two "
+        "real columns (X.real, X.imag) or the magnitude (np.abs(X))"
+    )
 
 
 def _check_width(given: int, width: int) -> None:

@@ -86,6 +86,10 @@ class FeatureSchema:
             if item["kind"] not in ("numeric", "categorical"):
                 raise ValueError(f"unknown column kind {item['kind']!r}")
             cols.append(FeatureColumn(name=str(item["name"]), kind=item["kind"]))
+        names = [c.name for c in cols]
+        if len(set(names)) != len(names):
+            twice = next(n for n in names if names.count(n) > 1)
+            raise ValueError(f"feature column {twice!r} is listed more than once")
         return cls(columns=cols)
 
     # ------------------------------------------------------------------ inference
@@ -126,7 +130,12 @@ class FeatureSchema:
                 cols.append(FeatureColumn(name, "categorical"))
                 continue
             explicit = columns.features is not None
-            if not explicit and _looks_like_label(name, sample[name]):
+            column = sample[name]
+            if len(frame) > len(column) and not column.notna().any():
+                # Values only past the sampled rows (a sensor added later): judge those, not
+                # call the column "empty in the training data".
+                column = frame[name].dropna().head(INFER_SAMPLE_ROWS)
+            if not explicit and _looks_like_label(name, column):
                 logger.warning(
                     "column %r looks like a label (its name, values 0/1) and is not used as a "
                     "feature: a label as a feature scores the labelled records by their label; "
@@ -137,7 +146,7 @@ class FeatureSchema:
                     name,
                 )
                 continue
-            kind = _infer_kind(sample[name], name, columns.max_categories, explicit=explicit)
+            kind = _infer_kind(column, name, columns.max_categories, explicit=explicit)
             if kind is not None:
                 cols.append(FeatureColumn(name, kind))
         if not cols:
@@ -248,6 +257,17 @@ def row_json(row: dict[Any, Any]) -> str:
 
 def _to_float(series: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Parse a column as float64; return (values, bad-row mask or None, reason per row)."""
+    if pd.api.types.is_datetime64_any_dtype(series) or isinstance(series.dtype, pd.PeriodDtype):
+        # Read as nanoseconds (1.7e18) a time in a numeric column scored absurdly high and was
+        # flagged, explained by that column alone: reject it, as a time held as text is.
+        given = series.notna().to_numpy()
+        reasons = np.full(len(series), "", dtype=object)
+        for i in np.flatnonzero(given):
+            reasons[i] = (
+                f"column {name!r}: {_short(str(series.iloc[i]))} is a time, not a number (a "
+                "numeric column in training: was the column parsed as dates?)"
+            )
+        return np.full(len(series), np.nan), given, reasons
     if pd.api.types.is_bool_dtype(series):
         values = series.astype("float64").to_numpy()
     elif pd.api.types.is_numeric_dtype(series):
@@ -404,13 +424,25 @@ def _infer_kind(
             )
             return None
         return "numeric"
-    if pd.api.types.is_datetime64_any_dtype(series):
+    # A Period column (pd.period_range, .dt.to_period) is times too: pd.to_numeric read it as
+    # its ordinals, a numeric feature that every later period lies outside of.
+    if pd.api.types.is_datetime64_any_dtype(series) or isinstance(series.dtype, pd.PeriodDtype):
         if explicit:
             raise SchemaError(f"column {name!r} holds timestamps, which cannot be a feature")
         logger.warning("column %r holds timestamps and is not used as a feature", name)
         return None
     text = non_null.astype(str).str.strip()
     given = non_null[~text.str.lower().isin(["", *_NA_WORDS])]
+    if len(given) == 0:
+        # Only blanks and NA words ('', 'n/a'): as a category it had no value but "missing",
+        # and every value a later record has there scored as unknown.
+        if explicit:
+            return "numeric"
+        logger.warning(
+            "column %r is empty in the training data (only blank or NA text) and is not used",
+            name,
+        )
+        return None
     parsed = pd.to_numeric(given, errors="coerce")
     if len(given) and parsed.notna().mean() >= NUMERIC_PARSE_SHARE:
         return "numeric"
@@ -753,6 +785,9 @@ class Preprocessor:
     scale: dict[str, float] = field(default_factory=dict)
     with_indicator: list[str] = field(default_factory=list)
     categories: dict[str, list[str]] = field(default_factory=dict)
+    # Per categorical column, how many distinct training values beyond max_categories were
+    # left to the unknown category (0 or absent: none).
+    other_values: dict[str, int] = field(default_factory=dict)
     # Values never seen in training already named in a warning, per column (not saved).
     _warned: dict[str, set[str]] = field(default_factory=dict, repr=False, compare=False)
 
@@ -771,13 +806,20 @@ class Preprocessor:
         warned.update(new)
         known = [c for c in cats if c != MISSING]
         shown = ", ".join(repr(c) for c in known[:10]) + (", ..." if len(known) > 10 else "")
+        other = self.other_values.get(name, 0)
         logger.warning(
             "column %r: %s not among the values learned in training, scored as the unknown "
             "category (a novelty, usually flagged); known values: %s. If it is a known value "
-            "spelled differently, fix the input or retrain with it",
+            "spelled differently, fix the input or retrain with it%s",
             name,
             ", ".join(repr(v) for v in new),
             shown or "none",
+            (
+                f" (or it is one of the {other} rarer training values past "
+                "columns.max_categories, which share the unknown category)"
+                if other
+                else ""
+            ),
         )
 
     # ------------------------------------------------------------------- fitting
@@ -801,16 +843,48 @@ class Preprocessor:
             else:
                 center = float(np.median(present))
                 scale = robust_scale(present)
-                if len(present) > 1 and present.min() == present.max():
+                if len(present) == 1:
+                    # One value in the whole column: no spread either (it was not named).
+                    constant.append(f"{name}={present[0]:g} in its only non-missing row")
+                elif present.min() == present.max():
                     constant.append(f"{name}={present[0]:g}")
             pre.center[name] = center
             pre.scale[name] = scale
             if len(present) < len(values):
                 pre.with_indicator.append(name)
+        one_value: list[str] = []
         for name in schema.categorical:
             counts = pd.Series(clean[name]).fillna(MISSING).value_counts()
             kept = [str(v) for v in counts.index[: max_categories - 1]]
             pre.categories[name] = sorted(kept)
+            if len(counts) == 1 and counts.index[0] != MISSING:
+                one_value.append(f"{name}={str(counts.index[0])!r}")
+            if len(counts) > len(kept):
+                # A column forced categorical (columns.categorical) with more values than
+                # max_categories: the rarer ones score as unknown, seen in training or not.
+                pre.other_values[name] = len(counts) - len(kept)
+                logger.warning(
+                    "column %r has %d distinct values in training; the %d most frequent are "
+                    "its categories, the other %d (%d rows, such as %r) share the unknown "
+                    "category with values never seen: raise columns.max_categories to keep "
+                    "them apart",
+                    name,
+                    len(counts),
+                    len(kept),
+                    len(counts) - len(kept),
+                    int(counts.iloc[len(kept) :].sum()),
+                    str(counts.index[len(kept)]),
+                )
+        if one_value:
+            # As a numeric column that never moved: only the unknown category is left for any
+            # other value, a novelty to the model (a new site, a second firmware version).
+            logger.warning(
+                "%d categorical column(s) hold one value in every training row (%s): a record "
+                "with another value there scores as anomalous; drop them (columns.ignore) if "
+                "they do not matter",
+                len(one_value),
+                ", ".join(one_value[:5]) + (", ..." if len(one_value) > 5 else ""),
+            )
         if constant:
             # A column that never moved in training has no spread to scale by: any other value
             # there stands out by its distance in the column's own units.
@@ -900,6 +974,7 @@ class Preprocessor:
             "scale": self.scale,
             "with_indicator": self.with_indicator,
             "categories": self.categories,
+            "other_values": self.other_values,
         }
 
     @classmethod
@@ -910,10 +985,15 @@ class Preprocessor:
             scale={str(k): float(v) for k, v in data["scale"].items()},
             with_indicator=[str(v) for v in data["with_indicator"]],
             categories={str(k): [str(c) for c in v] for k, v in data["categories"].items()},
+            # Model files from before this was recorded have none.
+            other_values={str(k): int(v) for k, v in data.get("other_values", {}).items()},
         )
         for name in schema.numeric:
             if name not in pre.center or name not in pre.scale:
                 raise ValueError(f"no scaling stored for numeric column {name!r}")
+        for name in pre.with_indicator:
+            if name not in schema.numeric:
+                raise ValueError(f"a missing-value indicator for {name!r}, not a numeric column")
         for name in schema.categorical:
             if name not in pre.categories:
                 raise ValueError(f"no categories stored for categorical column {name!r}")

@@ -381,6 +381,22 @@ def contribution_shares(raw: np.ndarray, baseline: np.ndarray | None) -> np.ndar
     return lifted
 
 
+def _top_shape(contributions: np.ndarray, names: list[str], k: int) -> tuple[int, int]:
+    """(rows, k capped at the columns) of a contributions matrix, or a ValueError
+    that says what is wrong (k=-1 failed inside pyarrow; a names list of the wrong length
+    put one column's name on another's share)."""
+    if np.ndim(contributions) != 2:
+        raise ValueError(
+            f"contributions must be 2-D (records x columns), got shape {np.shape(contributions)}"
+        )
+    n, width = contributions.shape
+    if len(names) != width:
+        raise ValueError(f"{len(names)} names for {width} contribution columns")
+    if int(k) < 0:
+        raise ValueError(f"k must be 0 or more, got {k}")
+    return n, min(int(k), width)
+
+
 def _top_k(contributions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Column indices and shares of the k largest contributions per row, largest first."""
     width = contributions.shape[1]
@@ -411,17 +427,17 @@ def top_features_text(
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    n, width = contributions.shape
-    k = min(k, width)
+    n, k = _top_shape(contributions, names, k)
     if n == 0 or k == 0:
         if arrow:
             return pd.arrays.ArrowExtensionArray(pa.array([""] * n, pa.string()))
         return np.full(n, "", dtype=object)
     cols, shares = _top_k(contributions, k)
-    hundredths = np.clip(np.rint(shares * 100.0), 0, 100).astype(np.int64)
+    below = ~(shares >= min_share)  # NaN too: a share that is no number is left out
+    hundredths = np.clip(np.rint(np.nan_to_num(shares) * 100.0), 0, 100).astype(np.int64)
     table = _piece_texts(tuple(names))
     pieces = [
-        pc.take(table, pa.array(cols[:, j] * 101 + hundredths[:, j], mask=shares[:, j] < min_share))
+        pc.take(table, pa.array(cols[:, j] * 101 + hundredths[:, j], mask=below[:, j]))
         for j in range(k)
     ]
     # Shares are sorted, so the pieces left out (null) are always the last ones: join with ""
@@ -443,20 +459,22 @@ def top_features_json(
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    n, width = contributions.shape
-    k = min(k, width)
+    n, k = _top_shape(contributions, names, k)
     if n == 0 or k == 0:
         return np.full(n, "[]", dtype=object)
     cols, shares = _top_k(contributions, k)
     prefixes = pa.array(["[" + json.dumps(name) + "," for name in names], pa.string())
     numbers = _share_texts()
-    ten_thousandths = np.clip(np.rint(shares.astype(np.float64) * 10_000.0), 0, 10_000)
+    below = ~(shares >= min_share)  # NaN too
+    ten_thousandths = np.clip(
+        np.rint(np.nan_to_num(shares.astype(np.float64)) * 10_000.0), 0, 10_000
+    )
     pieces = [
         pc.binary_join_element_wise(
             pc.take(prefixes, cols[:, j]),
             pc.take(
                 numbers,
-                pa.array(ten_thousandths[:, j].astype(np.int64), mask=shares[:, j] < min_share),
+                pa.array(ten_thousandths[:, j].astype(np.int64), mask=below[:, j]),
             ),
             "",
         )
@@ -493,8 +511,7 @@ def top_features_list(
     contributions: np.ndarray, names: list[str], k: int, *, min_share: float = 0.005
 ) -> list[list[tuple[str, float]]]:
     """The same as ``top_features_text`` as Python lists of (column, share), for JSON sinks."""
-    n, width = contributions.shape
-    k = min(k, width)
+    n, k = _top_shape(contributions, names, k)
     if n == 0 or k == 0:
         return [[] for _ in range(n)]
     order, shares = _top_k(contributions, k)

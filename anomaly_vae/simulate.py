@@ -108,3 +108,14 @@ def ensure_topic(admin: Any, topic: str, partitions: int) -> bool:
     except TopicAlreadyExistsError:
         return False
     return True
+
+
+def topic_partitions(admin: Any, topic: str) -> int | None:
+    """How many partitions ``topic`` has, or None when the broker does not say."""
+    try:
+        described = admin.describe_topics([topic])
+    except Exception:  # a broker without DescribeTopics: the count is only worth a note
+        return None
+    if not described or described[0].get("error_code"):
+        return None
+    return len(described[0].get("partitions") or []) or None

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly_vae.errors import ConfigError
+from anomaly_vae.labels import label_to_binary
 
 PolicyKind = Literal["value", "quantile", "false_alarm_rate", "contamination", "evt", "labels"]
 SEVERITY_NORMAL, SEVERITY_WARNING, SEVERITY_CRITICAL = 0, 1, 2
@@ -153,9 +154,14 @@ class TuneResult:
 
 
 def confusion_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
-    """Precision, recall, F1 and false-alarm rate of ``score > threshold`` against 0/1 labels."""
-    flagged = scores > threshold
-    positive = labels == 1
+    """Precision, recall, F1 and false-alarm rate of ``score > threshold`` against 0/1 labels
+    (read as ``label_to_binary`` reads them: -1 / 1 refused, a missing label left out)."""
+    given = label_to_binary(pd.Series(np.asarray(labels).ravel()), name="labels")
+    if len(given) != len(scores):
+        raise ConfigError(f"{len(scores)} scores but {len(given)} labels")
+    known = given.notna().to_numpy()
+    flagged = np.asarray(scores, dtype=np.float64)[known] > threshold
+    positive = given.to_numpy()[known] == 1
     tp = int(np.sum(flagged & positive))
     fp = int(np.sum(flagged & ~positive))
     fn = int(np.sum(~flagged & positive))
@@ -206,13 +212,17 @@ def tune_from_labels(
     they count as missed anomalies or true negatives, not as records to rank.
     """
     s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64)
-    if len(s) != len(y):
-        raise ConfigError(f"{len(s)} scores but {len(y)} labels")
+    # Read as every label is (labels.label_to_binary): scikit-learn's -1 / 1 was taken as
+    # "1 = anomaly, -1 = not", so every normal record counted as the anomaly to find (with a
+    # perfect F1), and a NaN became a huge negative integer. A missing label is left out.
+    given = label_to_binary(pd.Series(np.asarray(labels).ravel()), name="labels")
+    if len(s) != len(given):
+        raise ConfigError(f"{len(s)} scores but {len(given)} labels")
+    y = given.fillna(0).to_numpy(dtype=np.int64)
     can = np.ones(len(s), dtype=bool) if flaggable is None else np.asarray(flaggable, dtype=bool)
     if len(can) != len(s):
         raise ConfigError(f"{len(s)} scores but {len(can)} flaggable marks")
-    keep = np.isfinite(s)
+    keep = np.isfinite(s) & given.notna().to_numpy()
     s, y, can = s[keep], y[keep], can[keep]
     if len(s) == 0:
         raise ConfigError("no labelled scores to tune on")

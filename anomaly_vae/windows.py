@@ -149,6 +149,10 @@ class WindowState:
     # Entities whose records came from more than one source stream (Kafka partition): their
     # window is whole only while one scorer reads every one of those streams.
     split: set[str] = field(default_factory=set)
+    # The order numeric dates (05/11/2026) are read in for a model that has none of its own
+    # (trained on ISO 8601 or epoch times), decided by the first batch holding such dates and
+    # kept for the rest of the run (True: day first); see ``estimator._run_date_order``.
+    day_first: bool | None = None
 
     # ------------------------------------------------------------------ feeding
     def assemble(
@@ -490,7 +494,7 @@ def event_seconds(
     text. ``day_first``: the order of numeric dates (``_time_text``)."""
     import pandas as pd
 
-    raw = pd.Series(list(values), dtype=object)
+    raw = _comma_decimals(pd.Series(list(values), dtype=object))
     out = np.full(len(raw), np.nan, dtype=np.float64)
     # true / false (JSON) are not times, as event_timestamps reads them: not 1 and 0 seconds.
     flags = raw.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(dtype=bool)
@@ -509,6 +513,28 @@ def event_seconds(
         out[np.flatnonzero(rest)] = seconds
     bad = ~(np.abs(out) < _MAX_SECONDS)  # NaN, or past what a stored event time holds
     return out, bad
+
+
+# Epoch seconds (or ms...) written with a decimal comma, as a ';' export with decimal commas
+# writes a fraction of a second: 1793577600,25. Nine digits or more before the comma: no
+# thousands separator ("1,793") nor anything else is read so.
+_COMMA_EPOCH = re.compile(r"\s*[-+]?\d{9,},\d+\s*")
+
+
+def _comma_decimals(raw: pd.Series) -> pd.Series:
+    """``raw`` with epoch numbers written with a decimal comma as numbers in text with a
+    decimal point; they were 'not a time' (every record of such an export rejected)."""
+    is_text = raw.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
+    if not is_text.any():
+        return raw
+    text = raw[is_text].astype(object)
+    hit = text.map(lambda v: _COMMA_EPOCH.fullmatch(v) is not None).to_numpy(dtype=bool)
+    if not hit.any():
+        return raw
+    out = raw.astype(object).copy()
+    rows = text.index[hit]
+    out[rows] = [str(v).replace(",", ".") for v in text[hit]]
+    return out
 
 
 _warned_compact = False
@@ -600,6 +626,8 @@ def event_timestamps(
     import pandas as pd
 
     raw = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
+    if not pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+        raw = _comma_decimals(raw)
     out = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns, UTC]")
     if pd.api.types.is_bool_dtype(raw):
         return out
@@ -607,7 +635,10 @@ def event_timestamps(
         numeric = raw.astype("float64")
         text_rows = pd.Series(False, index=raw.index)
     else:
-        present = raw.notna() & ~raw.map(lambda v: isinstance(v, bool))
+        # as bool: mapped over an empty column of text, map keeps its text dtype, and '&'
+        # with it is deprecated in pandas 3 (a warning; an error to come).
+        flags = raw.map(lambda v: isinstance(v, bool)).astype(bool)
+        present = raw.notna() & ~flags
         numeric = pd.to_numeric(raw.where(present), errors="coerce")
         text_rows = present & numeric.isna()
     is_num = numeric.notna() & np.isfinite(numeric)
@@ -642,22 +673,39 @@ def _time_text(text: pd.Series, *, day_first: bool | None = None) -> pd.Series:
     in one order for these values (``_day_first``)."""
     import pandas as pd
 
-    parsed = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
+    parsed = _in_nanoseconds(pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601"))
     missed = parsed.isna()
     if missed.any():
         rest = text[missed]
-        parsed[missed] = pd.to_datetime(
-            rest,
-            utc=True,
-            errors="coerce",
-            format="mixed",
-            dayfirst=_day_first(rest) if day_first is None else day_first,
+        parsed[missed] = _in_nanoseconds(
+            pd.to_datetime(
+                rest,
+                utc=True,
+                errors="coerce",
+                format="mixed",
+                dayfirst=_day_first(rest) if day_first is None else day_first,
+            )
         )
         if day_first is not None:
             wrong = contradicts_date_order(rest, day_first)
             if wrong.any():
                 parsed = parsed.mask(parsed.index.isin(rest.index[wrong]))
     return parsed
+
+
+def _in_nanoseconds(parsed: pd.Series) -> pd.Series:
+    """Parsed times in nanoseconds, as every event time is kept; NaT where a time does not fit
+    (before 1677 or after 2262), as for an epoch number past them. pandas gives each parse the
+    unit its text needs: seconds for '2026-11-02 10:00:00', microseconds for '...,123'. Mixed,
+    the second parse could not be put into the first (a TypeError: the job died on an export
+    of '05/11/2026 10:00:00.5' or Python logging's '2026-11-02 10:00:00,123'); a year 3000 was
+    read as 1830 (seconds that overflowed nanoseconds) or killed the job with OutOfBounds."""
+    import pandas as pd
+
+    low = pd.Timestamp.min.tz_localize("UTC")
+    high = pd.Timestamp.max.tz_localize("UTC")
+    fits = parsed.isna() | ((parsed >= low) & (parsed <= high))
+    return parsed.where(fits).dt.as_unit("ns")
 
 
 def contradicts_date_order(text: pd.Series, day_first: bool) -> np.ndarray:

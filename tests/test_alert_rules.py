@@ -422,6 +422,37 @@ def test_alert_details_are_read_back_only_when_wanted(db_url: str) -> None:
     assert [g[:3] for g in stored] == expected(frame)
 
 
+def test_alert_events_of_one_write_come_in_the_order_they_happened(db_url: str) -> None:
+    # Every 'opened' came before every 'resolved': a consumer of the alerts topic saw P0's
+    # second alert open while its first was still open.
+    rule = AlertRule(k=2, n=3, cooldown_s=0.0, resolve_after=2)
+    scores = [12.0, 12.0, 1.0, 1.0, 1.0, 12.0, 12.0]
+    frame = pd.DataFrame(
+        {
+            "source_key": [f"t:0:{i}" for i in range(len(scores))],
+            "entity_key": "P0",
+            "event_time": pd.Timestamp("2026-11-20T00:00Z")
+            + pd.to_timedelta(10 * np.arange(len(scores)), "s"),
+            "score": scores,
+            "recon_error": 0.0,
+            "percentile": 0.0,
+            "is_anomaly": [s > 10 for s in scores],
+            "severity": ["warning" if s > 10 else None for s in scores],
+        }
+    )
+    engine = engine_for(db_url)
+    try:
+        with engine.connect() as connection:
+            model_id, run_id = start(connection, rule)
+            counts = repo.write_results(
+                connection, run_id=run_id, model_id=model_id, records=frame, alert_rule=rule
+            )
+    finally:
+        engine.dispose()
+    events = [(alert["event"], alert["source_key"]) for alert in counts.alerts]
+    assert events == [("opened", "t:0:1"), ("resolved", "t:0:1"), ("opened", "t:0:6")]
+
+
 def test_a_key_twice_in_one_batch_is_stored_and_judged_once(db_url: str) -> None:
     frame = stream_of_records(90, seed=9)
     doubled = pd.concat([frame.iloc[:45], frame.iloc[40:45], frame.iloc[45:]], ignore_index=True)

@@ -617,6 +617,8 @@ def test_a_database_that_refuses_writes_says_why_not_unavailable(
     role_url = make_url(url).set(username=role).render_as_string(False)
     server = start_server(role_url, TOKEN)
     try:
+        # /health says so (it said read_only false: a token is set), as does the start-up log.
+        health = server.client.get("/health").json()
         assert server.client.get("/models/pumps/thresholds").status_code == 200
         change = server.client.post(
             "/models/pumps/thresholds",
@@ -627,12 +629,16 @@ def test_a_database_that_refuses_writes_says_why_not_unavailable(
             capsys, "thresholds", "set", "pumps", "--value", "40", "--reason", "x", "--db", role_url
         )
     finally:
-        stop(server)
+        log = stop(server)
         with engine.begin() as connection:
             connection.exec_driver_sql(f"DROP OWNED BY {role}")
             connection.exec_driver_sql(f"DROP ROLE {role}")
         engine.dispose()
     assert change.status_code == 503, change.text
+    assert health["read_only"] is True, health
+    expected = "may not change thresholds" if denial == "privilege" else "read-only transactions"
+    assert expected in health["read_only_reason"], health
+    assert f"takes no changes: the database user '{role}'" in log, log
     detail = change.json()["detail"]
     if denial == "privilege":
         assert "permission denied for table thresholds" in detail
@@ -1206,3 +1212,28 @@ def test_a_version_pinned_is_not_scored_under_another_versions_calibration(
     assert pinned["threshold_version"] is None
     expected = first.score_batch(pd.DataFrame.from_records(records), threshold=first.threshold_)
     assert [s["is_anomaly"] for s in pinned["scores"]] == expected.scores["is_anomaly"].tolist()
+
+
+def test_the_server_log_has_one_line_format(tmp_path: Path) -> None:
+    """Every line the server logs (uvicorn's start-up, request and shutdown lines too) is
+    'LEVEL logger: message', as the other commands log: uvicorn's own format ("INFO:     ...")
+    was mixed in."""
+    import re
+
+    url = f"sqlite:///{tmp_path / 'api.db'}"
+    upgraded = subprocess.run(
+        [sys.executable, "-m", "anomaly_vae", "db", "upgrade", "--db", url],
+        capture_output=True,
+        text=True,
+    )
+    assert upgraded.returncode == 0, upgraded.stderr
+    server = start_server(url, None)
+    try:
+        assert server.client.get("/health").status_code == 200
+    finally:
+        out = stop(server)
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert any("uvicorn.access" in line and "GET /health" in line for line in lines), out
+    layout = re.compile(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: ")
+    odd = [line for line in lines if not layout.match(line)]
+    assert not odd, out

@@ -148,3 +148,27 @@ def test_column_names_with_separators_are_quoted_in_the_top_features_text() -> N
 
     stored = [["total;eur:1", 0.6123], ['qty "n"', 0.3], ["discount", 0.08]]
     assert _text(stored) == '"total;eur:1":0.61;"qty ""n""":0.30;discount:0.08'
+
+
+def test_top_features_helpers_leave_out_a_nan_share_and_refuse_a_bad_k() -> None:
+    # top_features_text / _json are public helpers: a NaN share failed inside pyarrow ("Index
+    # -9223372036854775808 out of bounds"), k=-1 with "'StringScalar' object has no attribute
+    # 'to_numpy'", and a names list one short put no name at all to a column's share.
+    from anomaly_vae.scoring import top_features_json, top_features_list, top_features_text
+
+    shares = np.array([[np.nan, 0.75, 0.25], [0.5, 0.5, 0.0]], dtype=np.float32)
+    names = ["a", "b", "c"]
+    assert top_features_text(shares, names, 3).tolist() == ["b:0.75;c:0.25", "a:0.50;b:0.50"]
+    assert top_features_json(shares, names, 5).tolist() == [
+        '[["b",0.7500],["c",0.2500]]',
+        '[["a",0.5000],["b",0.5000]]',
+    ]
+    assert top_features_list(shares, names, 3) == [
+        [("b", 0.75), ("c", 0.25)],
+        [("a", 0.5), ("b", 0.5)],
+    ]
+    for helper in (top_features_text, top_features_json, top_features_list):
+        with pytest.raises(ValueError, match="k must be 0 or more, got -1"):
+            helper(shares, names, -1)
+        with pytest.raises(ValueError, match="2 names for 3 contribution columns"):
+            helper(shares, names[:2], 2)

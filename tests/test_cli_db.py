@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 
 from anomaly_vae import AnomalyVAE
 from anomaly_vae.datasets import make_pump_data
+from anomaly_vae.storage import migrate
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.storage.engine import create_database_engine, parse_database_url
 from anomaly_vae.storage.tables import Score, ScoringRun
@@ -125,8 +126,9 @@ def test_score_twice_keeps_one_row_per_record(
 
     table = cli(capsys, "anomalies", "list", "--db", db_url, "--limit", "5")
     lines = table.stdout.splitlines()
-    assert lines[0].split()[:3] == ["time", "model", "model_version"]
-    assert len(lines) == 6
+    assert lines[0].split()[:4] == ["id", "time", "model", "model_version"]
+    assert len(lines) == 7  # the header, 5 rows, and how to get the next page
+    assert lines[-1].startswith("(more may follow: --before-id ")
     as_json = json.loads(
         cli(
             capsys, "anomalies", "list", "--db", db_url, "--format", "json", "--limit", "500"
@@ -260,7 +262,9 @@ def test_db_current_and_downgrade_leave_no_empty_file_where_there_was_none(
     url = f"sqlite:///{path}"
     current = cli(capsys, "db", "current", "--db", url)
     assert current.returncode == 0, current.stderr
-    assert "revision none, no file yet (latest 0005): run 'anomaly-vae db upgrade" in current.stdout
+    head = migrate.head_revision()
+    want = f"revision none, no file yet (latest {head}): run 'anomaly-vae db upgrade"
+    assert want in current.stdout
     assert_user_error(
         cli(capsys, "db", "downgrade", "base", "--db", url), "results.db: nothing to downgrade"
     )
@@ -286,16 +290,16 @@ def test_commands_refuse_a_database_behind_the_migrations(
     assert "revision none" in cli(capsys, "db", "current", "--db", empty_db_url).stdout
     upgraded = cli(capsys, "db", "upgrade", "--db", empty_db_url)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "migrated from empty to 0005" in upgraded.stdout
-    assert "already at revision 0005" in cli(capsys, "db", "upgrade", "--db", empty_db_url).stdout
+    assert "migrated from empty to 0006" in upgraded.stdout
+    assert "already at revision 0006" in cli(capsys, "db", "upgrade", "--db", empty_db_url).stdout
     assert "up to date" in cli(capsys, "db", "current", "--db", empty_db_url).stdout
     assert cli(capsys, "runs", "list", "--db", empty_db_url).stdout.strip() == "no scoring runs yet"
     down = cli(capsys, "db", "downgrade", "base", "--db", empty_db_url)
-    assert "down from 0005 to base" in down.stdout
+    assert "down from 0006 to base" in down.stdout
 
 
 def test_a_sqlite_url_without_a_file_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    # 'db upgrade --db sqlite:///' said "schema migrated from empty to 0005" (in memory), then
+    # 'db upgrade --db sqlite:///' said "schema migrated from empty to 0006" (in memory), then
     # 'score --db sqlite:///' said to run 'db upgrade --db sqlite:///': a loop.
     for args in (("db", "upgrade"), ("runs", "list")):
         assert_user_error(
@@ -306,8 +310,8 @@ def test_a_sqlite_url_without_a_file_is_refused(capsys: pytest.CaptureFixture[st
 def test_an_unknown_revision_is_one_line(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     for args in (("downgrade", "bogus"), ("downgrade", "+1"), ("upgrade", "--revision", "0009")):
         result = cli(capsys, "db", *args, "--db", db_url)
-        assert_user_error(result, "cannot migrate", "revisions: base, 0001,", "0005, head")
-    assert "revision 0005" in cli(capsys, "db", "current", "--db", db_url).stdout
+        assert_user_error(result, "cannot migrate", "revisions: base, 0001,", "0006, head")
+    assert "revision 0006" in cli(capsys, "db", "current", "--db", db_url).stdout
 
 
 def test_a_database_a_newer_version_migrated_is_not_called_behind(
@@ -324,12 +328,12 @@ def test_a_database_a_newer_version_migrated_is_not_called_behind(
         engine.dispose()
     current = cli(capsys, "db", "current", "--db", db_url)
     assert current.returncode == 0, current.stderr
-    assert "revision ffff9999 (latest 0005): newer than this anomaly-vae knows" in current.stdout
+    assert "revision ffff9999 (latest 0006): newer than this anomaly-vae knows" in current.stdout
     assert "behind" not in current.stdout
     for args in (("upgrade",), ("downgrade", "-1")):
         assert_user_error(
             cli(capsys, "db", *args, "--db", db_url),
-            "at schema revision ffff9999, newer than this anomaly-vae knows (head 0005)",
+            "at schema revision ffff9999, newer than this anomaly-vae knows (head 0006)",
             "upgrade anomaly-vae",
         )
     assert "revision ffff9999" in cli(capsys, "db", "current", "--db", db_url).stdout
@@ -349,8 +353,8 @@ def test_downgrade_minus_one_is_one_step_down(
     # As its help says ('an id, -1, or base'): not "No such option: -1".
     down = cli(capsys, "db", "downgrade", "-1", "--db", db_url)
     assert down.returncode == 0, down.stderr
-    assert "down from 0005 to 0004" in down.stdout
-    assert "from 0004 to 0005" in cli(capsys, "db", "upgrade", "--db", db_url).stdout
+    assert "down from 0006 to 0005" in down.stdout
+    assert "from 0005 to 0006" in cli(capsys, "db", "upgrade", "--db", db_url).stdout
 
 
 def test_score_creates_a_missing_sqlite_database(
@@ -632,11 +636,13 @@ def test_prune_deletes_old_rows_but_those_alerts_point_to_and_flagged_ones(
     assert count(db_url, "alerts") == alerts
     again = cli(capsys, "db", "prune", "--older-than", "30d", "--db", db_url)
     assert "deleted 0 score rows and 0 dead letters" in again.stdout
+    assert stored_per_models_list(capsys, db_url) == len(left)  # the dry run counted nothing
 
     # --include-flagged: old flagged rows go too, unless an alert points to them.
     cli(capsys, "db", "prune", "--older-than", "30d", "--include-flagged", "--db", db_url)
     left = {r[0] for r in query(db_url, "SELECT id FROM scores")}
     assert left == (set(ids) - old_ids) | (old_ids & pointed)
+    assert stored_per_models_list(capsys, db_url) == len(left)
     assert count(db_url, "alerts") == alerts
     assert {
         r[0]
@@ -649,3 +655,105 @@ def test_prune_deletes_old_rows_but_those_alerts_point_to_and_flagged_ones(
     assert_user_error(
         cli(capsys, "db", "prune", "--older-than", "30 days", "--db", db_url), "not a duration"
     )
+
+
+def stored_per_models_list(capsys: pytest.CaptureFixture[str], db_url: str) -> int:
+    """The score rows ``models list`` says are stored, summed over the model versions."""
+    listed = cli(capsys, "models", "list", "--db", db_url, "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    return sum(int(row["scores"]) for row in json.loads(listed.stdout))
+
+
+def test_models_list_counts_stored_rows_of_a_database_pruned_before_the_counter(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """models list sums the runs' counters instead of counting the scores table; a database
+    that lost rows before scoring_runs.rows_pruned existed (an older prune, a delete by hand)
+    gets the counter filled in by the migration, so the sum is still what is stored."""
+    from anomaly_vae.storage.migrate import downgrade, upgrade
+
+    _, model_dir = pump_model
+    for chunk in ("400", "700"):  # two runs; the second stores nothing new
+        scored = cli(capsys, "score", str(export), "--model-dir", str(model_dir), "--db", db_url,
+                     "--chunk-size", chunk)  # fmt: skip
+        assert scored.returncode == 0, scored.stderr
+    assert stored_per_models_list(capsys, db_url) == count(db_url, "scores") == 1499
+    engine = create_database_engine(parse_database_url(db_url))
+    try:
+        downgrade(engine, "0005")
+        with engine.begin() as connection:
+            connection.exec_driver_sql("DELETE FROM scores WHERE (id / 3) * 3 = id")
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    left = count(db_url, "scores")
+    assert 900 < left < 1499
+    assert stored_per_models_list(capsys, db_url) == left
+
+
+def test_two_upgrades_at_once_take_turns(empty_db_url: str) -> None:
+    """Two 'db upgrade' at once (two deploy jobs) on a fresh database: the second waits for
+    the first and finds the schema at head. It read "no schema" while the first had not
+    committed, then failed with PostgreSQL's "Key (typname, typnamespace)=(alembic_version,
+    2200) already exists" (shown as "cannot connect to PostgreSQL") or SQLite's "database is
+    locked"."""
+    import threading
+
+    from alembic import command
+    from sqlalchemy import event
+
+    from anomaly_vae.storage import migrate
+
+    url = parse_database_url(empty_db_url)
+    first, second = create_database_engine(url), create_database_engine(url)
+    sqlite = url.get_backend_name() == "sqlite"
+    started = threading.Event()  # SQLite: the second migration has begun its transaction
+
+    if sqlite:
+
+        def trace(dbapi_connection: object, _record: object) -> None:
+            def seen(statement: str) -> None:
+                if "alembic_version" in statement or statement.startswith("BEGIN IMMEDIATE"):
+                    started.set()
+
+            dbapi_connection.set_trace_callback(seen)  # type: ignore[attr-defined]
+
+        event.listen(second, "connect", trace)
+
+    def second_is_waiting() -> bool:
+        if sqlite:
+            return started.is_set()
+        waiting = query(
+            empty_db_url,
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE NOT l.granted AND a.datname = current_database()",
+        )
+        return waiting[0][0] > 0
+
+    outcome: list[object] = []
+
+    def upgrade_second() -> None:
+        try:
+            outcome.append(migrate.upgrade(second))
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=upgrade_second)
+    try:
+        with migrate.migrating(first) as connection:
+            command.upgrade(migrate.alembic_config(connection), "head")
+            thread.start()
+            deadline = time.monotonic() + 60
+            while not second_is_waiting():  # it blocks until this transaction ends
+                assert thread.is_alive(), f"the second upgrade did not wait: {outcome}"
+                assert time.monotonic() < deadline, "the second upgrade never started"
+                time.sleep(0.05)
+        thread.join(90)
+    finally:
+        first.dispose()
+        second.dispose()
+    head = migrate.head_revision()
+    assert outcome == [(head, head)], outcome

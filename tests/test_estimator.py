@@ -179,6 +179,35 @@ def test_parameter_errors_name_the_parameter() -> None:
         AnomalyVAE(columns={"bogus": 1}).fit(data)
 
 
+def test_config_may_be_a_dict_of_sections_as_columns_may() -> None:
+    # config={"model": {...}} failed with "'dict' object has no attribute 'model_copy'" (a
+    # traceback from inside fit), while columns= took a dict.
+    from sklearn.base import clone
+
+    data = correlated_normal(60, seed=0)
+    model = AnomalyVAE(epochs=1, seed=0, config={"name": "pumps", "model": {"latent_dim": 3}})
+    assert model.name == "pumps"
+    model.fit(data)
+    assert model.latent_dim_ == 3
+    assert model.name == "pumps"
+    assert clone(model).get_params()["config"] == {"name": "pumps", "model": {"latent_dim": 3}}
+    with pytest.raises(ConfigError, match=r"The 'config' parameter: model.latnet_dim: Extra"):
+        AnomalyVAE(config={"model": {"latnet_dim": 3}}).fit(data)
+    with pytest.raises(ConfigError, match=r"must be a PipelineConfig or a dict.*Got str"):
+        AnomalyVAE(config="pipelines/pumps.yaml").fit(data)  # type: ignore[arg-type]
+
+
+def test_parameters_that_contradict_each_other_are_one_config_error() -> None:
+    # columns= naming another entity than the config's window came out of fit as pydantic's
+    # multi-line ValidationError.
+    from anomaly_vae.config import PipelineConfig
+
+    data = correlated_normal(60, seed=0)
+    windowed = PipelineConfig.model_validate({"window": {"size": 2, "entity": "b"}})
+    with pytest.raises(ConfigError, match=r"^The parameters do not fit together: .*window\.entity"):
+        AnomalyVAE(columns={"entity": "a"}, config=windowed).fit(data)
+
+
 def test_scikit_learn_default_scoring_says_to_give_a_scoring() -> None:
     # cross_val_score / GridSearchCV without 'scoring' call score(X, y) for a metric: it failed
     # with "score() takes 2 positional arguments but 3 were given", every fold became NaN and
@@ -500,6 +529,37 @@ def test_frames_with_integer_column_names() -> None:
     assert len(scores) == 5
 
 
+def test_n_features_in_is_the_width_of_the_array_to_score(tmp_path: Path) -> None:
+    # A column left out in training (empty, or a row counter) made n_features_in_ 2 for a
+    # 3-column array, and an array of n_features_in_ columns was then refused for its width.
+    rng = np.random.default_rng(0)
+    x = np.column_stack([rng.normal(size=300), np.full(300, np.nan), rng.normal(size=300)])
+    model = AnomalyVAE(epochs=1, seed=0).fit(x)
+    assert model.n_features_in_ == 3
+    assert list(model.feature_names_in_) == ["x0", "x2"]
+    assert model.predict(np.zeros((2, model.n_features_in_))).shape == (2,)
+    model.save(tmp_path / "m")
+    assert load_model(tmp_path / "m").n_features_in_ == 3
+
+
+def test_multi_level_or_complex_columns_are_refused_with_what_to_do(
+    trained_model: AnomalyVAE,
+) -> None:
+    frame = correlated_normal(20, seed=1)
+    nested = frame.set_axis(pd.MultiIndex.from_product([["s"], frame.columns]), axis=1)
+    # A KeyError "('s', 'a')" from deep inside pandas.
+    with pytest.raises(ConfigError, match=r"2-level column names.*flatten them"):
+        trained_model.score(nested)
+    with pytest.raises(ConfigError, match=r"2-level column names"):
+        AnomalyVAE(epochs=1).fit(nested)
+    # The imaginary parts were dropped with a ComplexWarning, and the model trained.
+    waves = np.exp(1j * np.arange(60)).reshape(30, 2)
+    with pytest.raises(ConfigError, match=r"^X holds complex numbers.*np.abs"):
+        AnomalyVAE(epochs=1).fit(waves)
+    with pytest.raises(ConfigError, match=r"column 'w' of X holds complex numbers"):
+        AnomalyVAE(epochs=1).fit(pd.DataFrame({"a": waves[:, 0].real, "w": waves[:, 1]}))
+
+
 def test_batch_job_scores_with_its_own_thread_count(
     trained_model: AnomalyVAE, tmp_path: Path
 ) -> None:
@@ -775,3 +835,66 @@ def test_a_score_tied_with_calibration_scores_is_placed_among_them(
     assert model.percentile(np.array([-1.0, 0.0, 1.0])).tolist() == [0.0, 50.0, 100.0]
     model.calibration_ = np.arange(100.0)
     assert model.percentile(np.array([49.5, 99.5])).tolist() == [50.0, 100.0]
+
+
+def test_a_sparse_step_before_it_in_a_pipeline_is_named_with_the_fix() -> None:
+    # "pass X.toarray()" was all the message said, and inside a Pipeline there is no X to call
+    # it on: a OneHotEncoder's default sparse output is the usual cause.
+    from sklearn.compose import make_column_transformer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=60), "c": [f"k{i % 20}" for i in range(60)]})
+    encode = make_column_transformer((StandardScaler(), ["a"]), (OneHotEncoder(), ["c"]))
+    with pytest.raises(ConfigError, match=r"sparse csr_matrix.*OneHotEncoder\(sparse_output=False"):
+        make_pipeline(encode, AnomalyVAE(epochs=1)).fit(frame)
+
+
+def test_frames_read_with_the_pyarrow_backend_keep_their_text_columns() -> None:
+    # pd.to_numeric of an Arrow string column gives Arrow doubles whose NaN is no missing
+    # value: 'mode' was taken as numeric and every training row rejected ("'on' is not a
+    # number"), so read_csv(..., dtype_backend="pyarrow") could not be fitted at all.
+    import io
+
+    import pyarrow as pa
+
+    rng = np.random.default_rng(0)
+    text = pd.DataFrame(
+        {
+            "a": rng.normal(size=200),
+            "mode": rng.choice(["on", "off", "idle"], 200),
+            "zone": rng.choice(["n", "s"], 200),
+        }
+    ).to_csv(index=False)
+    frame = pd.read_csv(io.StringIO(text), dtype_backend="pyarrow")
+    frame["zone"] = frame["zone"].astype(pd.ArrowDtype(pa.dictionary(pa.int32(), pa.string())))
+    model = AnomalyVAE(epochs=1, seed=0).fit(frame)
+    assert model.schema_.numeric == ["a"]
+    assert model.schema_.categorical == ["mode", "zone"]
+    plain = frame.astype({"a": float, "mode": object, "zone": object})
+    np.testing.assert_array_equal(model.anomaly_score(frame), model.anomaly_score(plain))
+    bad = frame.head(2).astype({"a": pd.ArrowDtype(pa.string())})
+    bad.loc[1, "a"] = "high"
+    reasons = model.score_batch(bad).rejects["reason"].tolist()
+    assert reasons == ["column 'a': 'high' is not a number"]
+
+
+def test_the_readme_python_example_runs_as_written(tmp_path: Path) -> None:
+    # It used normal_df, export_df and messy_df without making them: a NameError as written.
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = readme.split("```python\n")[1:]
+    assert blocks, "README.md has no python example"
+    for block in blocks:
+        code = block.split("\n```", 1)[0]
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert "column 'flow': 'n/a?' is not a number" in done.stdout
+    assert (tmp_path / "models" / "pumps" / "model.json").is_file()

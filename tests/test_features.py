@@ -325,6 +325,106 @@ def test_categories_compare_as_text() -> None:
     assert enc.x[2, 0] == 1.0  # unknown
 
 
+def test_a_column_with_values_only_past_the_inferred_rows_is_a_feature(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The kinds are inferred from the first INFER_SAMPLE_ROWS rows: a sensor added later (NaN
+    # before) was left out as "empty in the training data", which it was not.
+    from anomaly_vae.features import INFER_SAMPLE_ROWS
+
+    n = INFER_SAMPLE_ROWS + 50
+    rng = np.random.default_rng(0)
+    late = np.full(n, np.nan)
+    late[-50:] = rng.normal(size=50)
+    mode = np.full(n, None, dtype=object)
+    mode[-50:] = ["ab"[i % 2] for i in range(50)]
+    frame = pd.DataFrame({"temp": rng.normal(size=n), "late": late, "mode": mode})
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.numeric == ["temp", "late"]
+    assert schema.categorical == ["mode"]
+    assert "empty" not in caplog.text
+
+
+def test_a_text_column_of_blanks_only_is_empty_not_a_category(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A DataFrame keeps '' as text (a CSV reads it as missing): a column of '' and 'n/a' became
+    # a category whose only value was "missing", so every value there later scored as unknown.
+    frame = pd.DataFrame({"temp": np.arange(40) % 7 + 20.0, "kind": ["", "n/a", " "] * 13 + [""]})
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.names == ["temp"]
+    assert "'kind' is empty in the training data (only blank or NA text)" in caplog.text
+
+
+def test_a_column_with_one_value_in_training_is_named(caplog: pytest.LogCaptureFixture) -> None:
+    # One non-missing value has no spread, as a constant column: it was scaled by 1 in its own
+    # units without the warning a constant column gets.
+    frame = _frame()
+    frame["probe"] = np.nan
+    frame.loc[frame.index[0], "probe"] = 1500.0
+    schema = FeatureSchema.infer(frame, ColumnsConfig(label="label"))
+    clean, _ = schema.validate(frame)
+    with caplog.at_level(logging.WARNING):
+        Preprocessor.fit(clean, schema)
+    assert "never change in the training rows (probe=1500 in its only non-missing row)" in (
+        caplog.text
+    )
+
+
+def test_a_period_column_is_a_time_not_a_feature(caplog: pytest.LogCaptureFixture) -> None:
+    # Read as its ordinals (19723, 19724...), a day column was a numeric feature, and every
+    # record of a later day lay outside anything seen in training.
+    frame = _frame().assign(day=pd.period_range("2024-01-01", periods=len(_frame()), freq="D"))
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig(label="label"))
+    assert "day" not in schema.names
+    assert "column 'day' holds timestamps and is not used as a feature" in caplog.text
+
+
+def test_training_values_past_max_categories_are_named_not_called_novel(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A forced categorical column with more values than max_categories left the rarer ones to
+    # the unknown category without a word at fit, and scoring one of them then said it was
+    # "not among the values learned in training (a novelty)": it had been in training.
+    frame = pd.DataFrame({"zone": [f"z{i % 30}" for i in range(300)] + ["rare"] * 1})
+    columns = ColumnsConfig(categorical=["zone"], max_categories=10)
+    schema = FeatureSchema.infer(frame, columns)
+    clean, _ = schema.validate(frame)
+    with caplog.at_level(logging.WARNING):
+        pre = Preprocessor.fit(clean, schema, max_categories=columns.max_categories)
+    assert "column 'zone' has 31 distinct values in training; the 9 most frequent" in caplog.text
+    assert "the other 22 (" in caplog.text
+    caplog.clear()
+    loaded = Preprocessor.from_dict(json.loads(json.dumps(pre.to_dict())), schema)
+    with caplog.at_level(logging.WARNING):
+        loaded.transform(schema.validate(pd.DataFrame({"zone": ["rare"]}))[0])
+    assert "or it is one of the 22 rarer training values past columns.max_categories" in (
+        caplog.text
+    )
+    older = {k: v for k, v in pre.to_dict().items() if k != "other_values"}
+    assert Preprocessor.from_dict(older, schema).other_values == {}
+
+
+def test_a_time_in_a_numeric_column_is_rejected_not_read_as_nanoseconds() -> None:
+    # A column parsed as dates (read_csv(parse_dates=...)) where training had numbers was read
+    # as nanoseconds since 1970: every record scored ~5e7 and was flagged, 'b:1.00'.
+    frame = _frame()
+    schema = FeatureSchema.infer(frame, ColumnsConfig(label="label"))
+    numeric = schema.numeric[0]
+    export = frame.head(3).copy()
+    export[numeric] = pd.to_datetime(pd.Series(["2024-01-01", None, "2024-01-03"]))
+    clean, rejects = schema.validate(export)
+    assert list(rejects.index) == [0, 2]
+    assert rejects["reason"].iloc[0] == (
+        f"column {numeric!r}: '2024-01-01 00:00:00' is a time, not a number (a numeric column "
+        "in training: was the column parsed as dates?)"
+    )
+    assert list(clean.index) == [1]
+
+
 def test_a_column_constant_in_training_is_named(caplog: pytest.LogCaptureFixture) -> None:
     # It stayed a feature scaled by 1 in its own units, without a word: a later change of a
     # setpoint flagged every record, and nobody had been told the column never moved.
@@ -335,6 +435,22 @@ def test_a_column_constant_in_training_is_named(caplog: pytest.LogCaptureFixture
         Preprocessor.fit(clean, schema)
     assert "1 numeric column(s) never change in the training rows (setpoint=5)" in caplog.text
     assert "temp" not in caplog.text
+
+
+def test_a_categorical_column_with_one_value_in_training_is_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A numeric column that never changed was named; a text one (one site, one firmware) was
+    # not, and a record with any other value there was then a novelty without a word at fit.
+    frame = _frame().assign(site="north")
+    schema = FeatureSchema.infer(frame, ColumnsConfig(label="label"))
+    assert "site" in schema.categorical
+    clean, _ = schema.validate(frame)
+    with caplog.at_level(logging.WARNING):
+        Preprocessor.fit(clean, schema)
+    assert "1 categorical column(s) hold one value in every training row (site='north')" in (
+        caplog.text
+    )
 
 
 def test_a_record_without_any_feature_value_is_rejected_not_invented() -> None:

@@ -3,8 +3,11 @@ traceback (README, "Security notes")."""
 
 from __future__ import annotations
 
+import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -296,3 +299,59 @@ def test_api_version_from_a_pipeline_file_is_a_list_the_client_takes() -> None:
     assert options["api_version"] == (2, 5)
     # Accepted, not refused (with a broker version given, no connection is made here).
     KafkaConsumer(**options).close()
+
+
+def _edit_model_json(source: Path, target: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
+    import json
+    import shutil
+
+    shutil.copytree(source, target)
+    meta_path = target / "model.json"
+    meta = json.loads(meta_path.read_text())
+    edit(meta)
+    meta_path.write_text(json.dumps(meta))
+    return target
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        # A list where model.json holds an object: AttributeError ('list' object has no
+        # attribute 'items') escaped as a traceback.
+        ("center_list", "inconsistent (AttributeError"),
+        ("categories_list", "inconsistent (AttributeError"),
+        # An indicator for a column the schema lacks: KeyError escaped from the layout.
+        ("indicator_unknown", "not a numeric column"),
+        # A feature named twice: loaded and scored one column as two.
+        ("column_twice", "listed more than once"),
+        # A device torch does not score on: a ConfigError that did not name the file.
+        ("device_xla", "training device 'xla'"),
+    ],
+)
+def test_a_tampered_model_json_is_refused_in_one_line(
+    case: str,
+    expected: str,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from anomaly_vae import AnomalyVAE
+    from anomaly_vae.errors import ModelFileError
+
+    def edit(meta: dict[str, Any]) -> None:
+        if case == "center_list":
+            meta["preprocessor"]["center"] = [0.0, 0.0, 0.0]
+        elif case == "categories_list":
+            meta["preprocessor"]["categories"] = ["x"]
+        elif case == "indicator_unknown":
+            meta["preprocessor"]["with_indicator"] = ["zz"]
+        elif case == "column_twice":
+            meta["schema"]["columns"][1]["name"] = meta["schema"]["columns"][0]["name"]
+        elif case == "device_xla":
+            meta["config"]["training"]["device"] = "xla"
+
+    tampered = _edit_model_json(tiny_model_dir, tmp_path / case, edit)
+    with pytest.raises(ModelFileError, match=re.escape(expected)) as caught:
+        AnomalyVAE.load(tampered)
+    assert str(tampered) in str(caught.value)
+    assert_user_error(run_inline(capsys, "info", "--model-dir", str(tampered)), str(tampered))

@@ -39,6 +39,7 @@ def test_decode_sorts_poison_from_records() -> None:
         msg(b'{"a": 1, "b": "' + b"x" * 200 + b'"}', 5),
         msg(b'{"a": "NaN", "b": 1}', 6),
         msg(b'{"a": null, "b": "oops"}', 7),
+        msg(b"", 8),
     ]
     out = decode_messages(messages, features=FEATURES, fields=["dev"], max_bytes=100)
     assert out.frame[SOURCE_KEY].tolist() == ["t:0:0", "t:0:7"]
@@ -47,11 +48,14 @@ def test_decode_sorts_poison_from_records() -> None:
     assert reasons["t:0:1"].startswith("invalid JSON")
     assert reasons["t:0:2"] == "top level is a JSON array, expected an object"
     assert reasons["t:0:3"] == "feature field 'b' missing"
-    assert reasons["t:0:4"] == "empty message (no value)"
+    # Kafka's words: "empty message (no value)" was a tombstone, and an empty value was
+    # orjson's "Input is a zero-length, empty document: line 1 column 1 (char 0)".
+    assert reasons["t:0:4"] == "null value (a tombstone): no JSON object to score"
+    assert reasons["t:0:8"] == "empty value (0 bytes): expected a JSON object"
     assert "over max_message_bytes=100" in reasons["t:0:5"]
     assert reasons["t:0:6"] == "field 'a': 'NaN' is not a finite number"
     assert out.rejects.loc["t:0:1", "raw"] == "{not json"
-    assert set(out.rejects["offset"]) == {1, 2, 3, 4, 5, 6}
+    assert set(out.rejects["offset"]) == {1, 2, 3, 4, 5, 6, 8}
 
 
 def test_a_message_that_is_not_utf8_says_so_and_where() -> None:
@@ -320,6 +324,39 @@ def test_the_lag_is_unknown_until_partitions_are_assigned(
     assert any("records/s, lag 0, 30 scored" in line for line in lines[assigned:])
 
 
+def test_a_new_group_says_it_reads_the_topic_from_its_earliest_offset(
+    broker: DevBroker, stream_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A new group on a topic with history scored all of it (kafka.auto_offset_reset:
+    # earliest), alerts included, and no line said where reading started or why.
+    topic = create_topic(broker.bootstrap, partitions=2)
+    values, keys = pump_values(20, seed=15)
+    produce(broker.bootstrap, topic, values, keys)
+    cfg = stream_config(stream_model, broker.bootstrap, topic)
+    caplog.set_level("INFO", logger="anomaly_vae")
+    assert StreamScorer(stream_model, cfg, MemorySink([])).run(idle_timeout=2.0).scored == 20
+    lines = [r.getMessage() for r in caplog.records if r.name == "anomaly_vae.jobs.stream"]
+    group = cfg.kafka.group_id
+    assert (
+        f"group {group} has no committed offset on 2 of the 2 partition(s) assigned "
+        f"({topic}:0, {topic}:1): reading them from their earliest retained offset"
+        in "\n".join(lines)
+    ), lines
+    caplog.clear()
+    produce(broker.bootstrap, topic, values[:3], keys[:3])
+    assert StreamScorer(stream_model, cfg, MemorySink([])).run(idle_timeout=2.0).scored == 3
+    lines = [r.getMessage() for r in caplog.records if r.name == "anomaly_vae.jobs.stream"]
+    assert f"group {group} resumes from its committed offsets on 2 partition(s)" in lines
+
+
+def test_partitions_are_named_in_their_order_in_the_log() -> None:
+    # 'partitions assigned' on a topic of 12 read t:0, t:1, t:10, t:11, t:2...
+    from anomaly_vae.jobs.stream import _names
+
+    assigned = {TopicPartition("t", p) for p in range(12)} | {TopicPartition("s", 2)}
+    assert _names(assigned) == ["s:2"] + [f"t:{p}" for p in range(12)]
+
+
 def test_a_stream_mostly_over_the_threshold_is_named_unlike_the_training_data(
     broker: DevBroker, stream_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -478,6 +515,51 @@ class SlowSink(MemorySink):
         self.started.set()
         time.sleep(1.0)
         return super().write(batch)
+
+
+@dataclass
+class GatedSink(MemorySink):
+    """Holds each write until ``release`` is set."""
+
+    started: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+    def write(self, batch: StreamBatch) -> WriteResult:
+        self.started.set()
+        assert self.release.wait(60)
+        return super().write(batch)
+
+
+def test_the_lag_counts_the_records_fetched_but_not_yet_written(
+    broker: DevBroker, stream_model: AnomalyVAE
+) -> None:
+    # The lag was the end of the partitions less the fetch position: 'lag 0' (and the /metrics
+    # gauge at 0) while the batches in flight, up to 3 x 20,000 records, were not yet written.
+    topic = create_topic(broker.bootstrap)
+    values, keys = pump_values(30, seed=18)
+    produce(broker.bootstrap, topic, values, keys)
+    cfg = stream_config(stream_model, broker.bootstrap, topic, metrics_interval_s=0.1)
+    sink = GatedSink([])
+    seen_while_writing = threading.Event()
+    lags: list[int | None] = []
+
+    def report(stats: object, _rate: float) -> None:
+        if sink.started.is_set() and not sink.release.is_set():
+            lags.append(scorer.stats.lag)
+            seen_while_writing.set()
+
+    scorer = StreamScorer(stream_model, cfg, sink, on_metrics=report)
+    runner = threading.Thread(target=scorer.run, kwargs={"idle_timeout": 2.0})
+    runner.start()
+    try:
+        assert sink.started.wait(60)
+        assert seen_while_writing.wait(30)
+    finally:
+        sink.release.set()
+        runner.join(timeout=60)
+    assert lags[0] == 30, lags
+    assert scorer.stats.scored == 30
+    assert scorer.stats.lag == 0
 
 
 def test_a_stop_during_a_write_finishes_and_commits_the_batches_in_hand(
@@ -723,6 +805,13 @@ def test_an_output_topic_that_is_the_scored_topic_is_refused_before_anything_sta
         (["--partitions", "0"], "--partitions must be >= 1, got 0"),
         (["--count", "-1"], "--count must be >= 1, got -1"),
         (["--duration", "-1"], "--duration must be a number of seconds > 0"),
+        # NaN was a ValueError traceback from pandas; inf gave every record one event time.
+        (["--rate", "nan"], "--rate must be a number of messages per second > 0, got nan"),
+        (["--rate", "inf"], "--rate must be a number of messages per second > 0, got inf"),
+        # The dev broker created these; the scorer then refused to read them.
+        (["--topic", "pumps,fans"], "--topic pumps,fans: 'pumps,fans' is not one Kafka topic"),
+        (["--topic", "bad/name"], "--topic bad/name: 'bad/name' is not a Kafka topic name"),
+        (["--seed", "-1"], "--seed must be >= 0, got -1"),  # was numpy's ValueError traceback
     ],
 )
 def test_simulate_options_out_of_range_are_refused_before_connecting(
@@ -732,6 +821,20 @@ def test_simulate_options_out_of_range_are_refused_before_connecting(
     done = run_inline(capsys, "simulate", "--bootstrap", "127.0.0.1:1", *args)
     assert done.returncode == 2
     assert f"error: {message}" in done.stderr
+
+
+def test_simulate_says_when_an_existing_topic_keeps_its_own_partitions(
+    broker: DevBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --partitions 2 on a topic of 4 partitions was ignored without a word.
+    topic = create_topic(broker.bootstrap, partitions=4)
+    args = ["simulate", "--bootstrap", broker.bootstrap, "--topic", topic, "--count", "1"]
+    done = run_inline(capsys, *args, "--partitions", "2")
+    assert done.returncode == 0, done.stderr
+    assert f"topic {topic} exists with 4 partitions: --partitions 2 applies only" in done.stdout
+    done = run_inline(capsys, *args, "--partitions", "4")  # as asked: nothing to say
+    assert done.returncode == 0, done.stderr
+    assert "exists" not in done.stdout
 
 
 def test_the_simulated_stream_has_the_pumps_the_demo_trains_on(stream_model: AnomalyVAE) -> None:

@@ -562,6 +562,47 @@ def test_message_from_another_client_scores_the_same_whatever_its_compression(
     assert all(row[1:] == rows[0][1:] for row in rows)
 
 
+def test_alerts_without_an_entity_keep_their_order_in_one_partition(
+    broker: DevBroker, sqlite_url: str, pump_model: tuple[AnomalyVAE, Path]
+) -> None:
+    # Records with neither the entity field nor a message key: their alerts were published
+    # with a null key, so one alert's 'opened' and 'resolved' went to different partitions
+    # of the alerts topic and a consumer could read them in either order.
+    model, model_dir = pump_model
+    topic = create_topic(broker.bootstrap)
+    alerts_topic = create_topic(broker.bootstrap, partitions=4)
+    frame = make_pump_data(300, anomaly_rate=0.2, seed=3).drop(columns="pump_id")
+    records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+    produce(broker.bootstrap, topic, [json.dumps(r).encode() for r in records])
+    proc = scorer_process(
+        model_dir,
+        sqlite_url,
+        broker.bootstrap,
+        topic,
+        fresh_name("g"),
+        "--idle-timeout",
+        "3",
+        "--alerts-topic",
+        alerts_topic,
+    )
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    consumer = KafkaConsumer(
+        alerts_topic,
+        bootstrap_servers=broker.bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=3000,
+    )
+    try:
+        published = [(m.partition, m.key, json.loads(m.value)) for m in consumer]
+    finally:
+        consumer.close()
+    assert any(alert["event"] == "resolved" for _, _, alert in published), out
+    assert {alert["entity_key"] for _, _, alert in published} == {None}
+    assert {key for _, key, _ in published} == {model.name.encode()}
+    assert len({partition for partition, _, _ in published}) == 1
+
+
 # ------------------------------------------------------------------- broker restart
 @pytest.fixture
 def durable_broker(tmp_path: Path) -> Iterator[tuple[DevBroker, dict[str, str]]]:
@@ -989,3 +1030,37 @@ def test_sigterm_stops_a_scorer_whose_tls_handshake_never_ends(
         proc.kill()
     assert proc.returncode == 0, out
     assert "stream stopped: 0 messages" in out
+
+
+def test_database_trouble_is_logged_on_one_line(
+    tmp_path: Path, pump_model: tuple[AnomalyVAE, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database outage while streaming: the warnings for the threshold refresh and for the
+    run's end are one line each. They showed SQLAlchemy's whole message, its driver hint and
+    "(Background on this error at: https://sqlalche.me/...)" on lines of their own, which a
+    log shipper reads as separate events."""
+    import logging
+
+    from anomaly_vae.storage.migrate import upgrade
+
+    model, model_dir = pump_model
+    path = tmp_path / "results.db"
+    engine = create_database_engine(parse_database_url(f"sqlite:///{path}"))
+    upgrade(engine)
+    cfg = model.config_.model_copy(deep=True)
+    cfg.kafka = KafkaConfig(bootstrap_servers="127.0.0.1:1", topic="t", group_id="g")
+    sink = StreamDatabaseSink(engine, model=model, model_dir=model_dir, source="kafka:t")
+    scorer = StreamScorer(
+        model, cfg, sink, thresholds=DatabaseThresholdSource(engine, model_name=model.name)
+    )
+    engine.dispose()
+    path.unlink()
+    path.mkdir()  # the database is gone: every connection fails
+    with caplog.at_level(logging.WARNING):
+        scorer._current_threshold()
+        sink.close()
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("could not read the threshold in force" in m for m in messages), messages
+    assert any("could not record the end of stream run" in m for m in messages), messages
+    assert all("\n" not in m for m in messages), messages
+    engine.dispose()

@@ -113,6 +113,37 @@ def test_tuned_alert_budget_per_day() -> None:
     assert np.sum(scores > result.threshold) >= 19
 
 
+def test_tuning_reads_labels_as_the_rest_of_the_package_does() -> None:
+    # scikit-learn's -1 / 1 labels were read as "1 = anomaly": every normal record became the
+    # anomaly to find and the result claimed a perfect F1 at a threshold below every score; a
+    # NaN label (no label) became a huge negative integer, counted as a normal record.
+    scores = np.r_[np.linspace(0.0, 1.0, 90), np.linspace(2.0, 3.0, 10)]
+    labels = np.r_[np.zeros(90), np.ones(10)]
+    best = tune_from_labels(scores, labels)
+    assert 1.0 < best.threshold < 2.0
+    with pytest.raises(ConfigError, match=r"negative value -1 .*scikit-learn"):
+        tune_from_labels(scores, np.where(labels == 1, -1, 1))
+    words = tune_from_labels(scores, np.where(labels == 1, "anomaly", "normal"))
+    assert words.threshold == best.threshold
+    unlabelled = labels.copy()
+    unlabelled[::7] = np.nan  # left out, not taken for normal records
+    partly = tune_from_labels(scores, unlabelled)
+    assert partly.f1 == 1.0
+    assert 1.0 < partly.threshold < 2.0
+
+
+def test_preview_and_confusion_refuse_minus_one_labels() -> None:
+    # -1 (scikit-learn's outlier) counted as a normal record and 1 (its inlier) as the anomaly:
+    # precision and recall of the opposite question, without a word.
+    scores = np.r_[np.zeros(8), np.full(2, 5.0)]
+    labels = np.r_[np.zeros(8), np.ones(2)]
+    assert confusion_at(scores, labels, 1.0)["f1"] == 1.0
+    with pytest.raises(ConfigError, match=r"negative value -1"):
+        confusion_at(scores, np.where(labels == 1, -1, 1), 1.0)
+    with pytest.raises(ConfigError, match=r"negative value -1"):
+        preview(pd.DataFrame({"score": scores}), Thresholds(1.0), labels=labels * 2 - 1)
+
+
 def test_severity_levels() -> None:
     t = Thresholds(warning=1.0, critical=5.0)
     assert t.severity(np.array([0.5, 1.0, 1.5, 5.0, 9.0])).tolist() == [0, 0, 1, 1, 2]

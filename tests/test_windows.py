@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from anomaly_vae import AnomalyVAE
 from anomaly_vae.config import KafkaConfig, PipelineConfig
 from anomaly_vae.datasets import make_pump_data
 from anomaly_vae.errors import ConfigError, SchemaError
+from anomaly_vae.estimator import latest_per_entity
 from anomaly_vae.features import EncodedBatch
 from anomaly_vae.jobs.stream import StreamBatch, StreamScorer, WriteResult
 from anomaly_vae.sources.kafka import Message
@@ -274,6 +276,24 @@ def test_window_columns_must_agree_with_the_columns_section() -> None:
         path.unlink()
 
 
+def test_window_entity_and_time_must_be_two_columns(tmp_path: Path) -> None:
+    # window: {entity: machine, time: machine} was accepted: every record of an entity at the
+    # same instant (its id read as epoch seconds), windows in arrival order, without a word.
+    path = tmp_path / "pipeline.yaml"
+    for text in (
+        "window: {size: 8, entity: machine, time: machine}\n",
+        "columns: {entity: machine, timestamp: machine}\nwindow: {size: 8}\n",
+    ):
+        path.write_text(text)
+        with pytest.raises(ConfigError) as caught:
+            PipelineConfig.from_yaml(path)
+        assert str(caught.value) == (
+            f"pipeline file {path}: window.entity and window.time both name 'machine': the time "
+            "is the column of each record's event time, another column (leave window.time out "
+            "for arrival order)"
+        )
+
+
 @pytest.mark.parametrize(
     "section",
     [
@@ -346,6 +366,34 @@ def test_warming_up_records_are_scored_not_flagged_and_named(window_model: Anoma
     names = {name for row in batch.top_features_list(3) for name, _ in row}
     assert names
     assert names <= set(window_model.schema_.names)
+
+
+def test_fit_leaves_the_columns_parameter_as_given() -> None:
+    # The window's entity and time were written into the caller's ColumnsConfig: the parameter
+    # changed under fit (scikit-learn's rule), and a row model given the same object after it
+    # left pump_id out of its features without a word.
+    from anomaly_vae.config import ColumnsConfig
+
+    data = make_pump_data(400, seed=1)
+    columns = ColumnsConfig(id=["event_id"], label="label", ignore=["anomaly_kind", "ts"])
+    windowed = {"window": {"size": 2, "entity": "pump_id"}}
+    AnomalyVAE(epochs=1, seed=0, columns=columns, config=windowed).fit(data)
+    assert columns.entity is None
+    row_model = AnomalyVAE(epochs=1, seed=0, columns=columns).fit(data)
+    assert "pump_id" in row_model.schema_.names
+
+
+def test_predict_never_flags_a_record_without_a_full_window(window_model: AnomalyVAE) -> None:
+    # predict compared the score with threshold_ alone: a warming-up record with a high score
+    # was 1 there while score(X)["is_anomaly"] (and the CSV, the database) said 0.
+    data = make_pump_data(200, seed=6)
+    data.loc[:7, "flow"] *= 5.0  # the first records of each pump: warming up, and far off
+    scores = window_model.score(data)
+    warming = (scores["window_status"] == "warming_up").to_numpy()
+    assert (window_model.decision_function(data)[warming] > 0).any()
+    flags = window_model.predict(data)
+    assert (flags[warming] == 0).all()
+    np.testing.assert_array_equal(flags, scores["is_anomaly"].to_numpy())
 
 
 def test_only_records_with_a_full_window_get_a_stored_severity(window_model: AnomalyVAE) -> None:
@@ -720,6 +768,119 @@ def test_too_few_training_windows_says_whether_gaps_or_time_order_cut_them() -> 
         AnomalyVAE(config=cfg).fit(data.iloc[::-1])
 
 
+def test_too_few_training_windows_for_want_of_times_says_so() -> None:
+    # A training file whose times could not be read said only "gives 0 full windows ...: give
+    # it more rows per entity or a smaller window.size", as if the file were too short.
+    data = make_pump_data(400, seed=2)
+    data["ts"] = "yesterday"
+    cfg = PipelineConfig.from_yaml(REPO / "pipelines" / "pumps_windows.yaml")
+    cfg.training.epochs = 1
+    cfg.training.progress = False
+    with pytest.raises(
+        SchemaError,
+        match=r"400 of 400 rows have no valid event time or no entity \(first: row 0: window "
+        r"time column 'ts': 'yesterday' is not a time\)",
+    ):
+        AnomalyVAE(config=cfg).fit(data)
+
+
+@pytest.mark.parametrize("column", ["pump_id", "ts"])
+def test_a_training_file_without_the_windows_column_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], column: str
+) -> None:
+    # "the window's entity column 'pump_id' is not in the input" named no file.
+    train = tmp_path / "train.csv"
+    make_pump_data(200, seed=2).drop(columns=[column]).to_csv(train, index=False)
+    done = run_inline(
+        capsys,
+        "train",
+        str(train),
+        "--model-dir",
+        str(tmp_path / "m"),
+        "--pipeline",
+        str(REPO / "pipelines" / "pumps_windows.yaml"),
+    )
+    assert done.returncode == 2
+    what = "entity" if column == "pump_id" else "time"
+    assert f"{train}: the window's {what} column {column!r} is missing (columns: " in done.stderr
+    assert f"remove window.{what} from the pipeline" in done.stderr
+
+
+def test_held_out_windows_are_the_latest_of_every_entity() -> None:
+    # A file sorted by entity: the held-out windows were the file's last ones, all of pump C.
+    entities = np.asarray(["A"] * 10 + ["B"] * 10 + ["C"] * 5, dtype=object)
+    times = np.r_[np.arange(10.0), np.arange(10.0)[::-1], np.arange(5.0)]
+    train, held = latest_per_entity(entities, times, fraction=0.2)
+    assert len(held) == 5
+    assert sorted([*train, *held]) == list(range(25))
+    assert sorted(zip(entities[held], times[held], strict=True)) == [
+        ("A", 8.0),
+        ("A", 9.0),
+        ("B", 8.0),
+        ("B", 9.0),
+        ("C", 4.0),
+    ]
+    assert latest_per_entity(entities[:1], times[:1], fraction=0.2)[1].tolist() == []
+
+
+def _three_pumps(first: int, n: int, seed: int) -> pd.DataFrame:
+    """Pumps P0 and P1 whose flow rises with their temperature, P2 whose flow falls."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for k, sign in enumerate([1.0, 1.0, -1.0]):
+        i = np.arange(first, first + n)
+        wave = np.sin(i / 8)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "pump": f"P{k}",
+                    "ts": 1_790_000_000 + i * 10,
+                    "temp": 50 + 5 * wave + rng.normal(0, 0.1, n),
+                    "flow": 10 + sign * 2 * wave + rng.normal(0, 0.1, n),
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_a_file_sorted_by_entity_trains_on_every_entity() -> None:
+    # Training held out the file's last windows: in a file sorted by entity, all of the last
+    # pump's, so the model never learnt it (its normal records scored like anomalies) and the
+    # threshold was calibrated on that one pump alone.
+    cfg = PipelineConfig.model_validate(
+        {
+            "window": {"size": 4, "entity": "pump", "time": "ts"},
+            "training": {"epochs": 30, "progress": False},
+        }
+    )
+    model = AnomalyVAE(config=cfg).fit(_three_pumps(0, 300, seed=1))
+    fresh = _three_pumps(300, 100, seed=2)
+    scores = model.score_batch(fresh).scores
+    median = scores["score"].groupby(fresh["pump"]).median()
+    assert median["P2"] < 1.3 * median["P0"], median.to_dict()
+
+
+def test_a_window_of_one_record_is_described_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Training said "... full windows of 1 records ...: the first 0 of each entity, after a
+    # gap, or late" and info "window: 1 records per entity".
+    train = tmp_path / "train.csv"
+    make_pump_data(200, seed=2).to_csv(train, index=False)
+    pipeline = tmp_path / "pipeline.yaml"
+    text = (REPO / "pipelines" / "pumps_windows.yaml").read_text()
+    pipeline.write_text(text.replace("epochs: null", "epochs: 1").replace("size: 8 ", "size: 1 "))
+    model = str(tmp_path / "m")
+    done = run_inline(
+        capsys, "train", str(train), "--model-dir", model, "--pipeline", str(pipeline)
+    )
+    assert done.returncode == 0, done.stderr
+    assert "full windows of 1 record from 200 rows" in done.stdout
+    assert "0 rows without a full window: late)" in done.stdout
+    info = run_inline(capsys, "info", "--model-dir", model)
+    assert "window: 1 record per entity (column 'pump_id')" in info.stdout
+
+
 def test_late_training_rows_are_not_left_out_silently(caplog: pytest.LogCaptureFixture) -> None:
     # A training file whose second half runs backwards in time trained on half its rows and
     # said "0 rows rejected".
@@ -792,6 +953,10 @@ def test_an_export_without_the_windows_entity_or_time_column_is_refused_before_a
         done.stderr
     )
     assert f"{column!r} is missing" in done.stderr
+    # The model scores with the window it was trained with: a scoring pipeline without
+    # window.entity changes nothing, so the message must not send the user there.
+    assert "remove window." not in done.stderr
+    assert "the model was trained with window." in done.stderr
     assert not out.exists()
     with pytest.raises(SchemaError, match="entity column 'pump_id'"):
         window_model.score_batch(make_pump_data(20, seed=9).drop(columns=["pump_id"]))
@@ -886,6 +1051,159 @@ def test_numeric_dates_are_read_in_the_models_order_in_every_chunk_and_stored_al
     assert len(stored) == 600
     for i in (0, 99, 100, 240, 599):
         assert stored[i].tz_localize(None) == truth[i].tz_localize(None), i
+
+
+def test_a_model_trained_on_iso_times_reads_numeric_dates_in_one_order_for_the_whole_run(
+    window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A model trained on ISO 8601 times has no order of numeric dates, so each chunk of an
+    # export decided its own: 30/11/2026 day first, the next chunk's 01/12/2026 (a day and a
+    # month up to 12) month first, 12 January: every record after the first chunk was 'late'
+    # (never flagged), the scores depended on --chunk-size and the stored times were wrong.
+    assert window_model.config_.window is not None
+    assert window_model.config_.window.day_first is None
+    data = make_pump_data(600, seed=5, anomaly_rate=0.05, start="2026-11-30T23:58:00Z")
+    truth = pd.to_datetime(data["ts"], utc=True).dt.floor("s")
+    export = _day_first_times(data)
+    assert export["ts"].iloc[0].startswith("30/11/2026")
+    assert export["ts"].iloc[100:].str.startswith("01/12/2026").all()
+    whole = window_model.score_batch(export, windows=window_model.new_window_state())
+    assert set(whole.scores["window_status"]) == {"ok", "warming_up"}
+    st = window_model.new_window_state()
+    parts = [
+        window_model.score_batch(export.iloc[i : i + 100], windows=st) for i in range(0, 600, 100)
+    ]
+    joined = pd.concat([p.scores for p in parts])
+    assert joined["window_status"].tolist() == whole.scores["window_status"].tolist()
+    assert np.array_equal(joined["score"].to_numpy(), whole.scores["score"].to_numpy())
+
+    window_model.save(tmp_path / "m")
+    path = tmp_path / "export.csv"
+    export.to_csv(path, index=False)
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    args = [
+        "score",
+        str(path),
+        "--model-dir",
+        str(tmp_path / "m"),
+        "--out",
+        str(tmp_path / "s.csv"),
+    ]
+    done = run_inline(capsys, *args, "--chunk-size", "100", "--db", url, "-q")
+    assert done.returncode == 0, done.stderr
+    assert "0 late" in done.stdout
+    rows = query(url, "SELECT source_key, event_time FROM scores")
+    stored = {int(key.rsplit(":", 1)[1]): pd.Timestamp(t) for key, t in rows}
+    for i in (0, 99, 100, 350, 599):
+        assert stored[i].tz_localize(None) == truth[i].tz_localize(None), i
+
+    # Kafka micro-batches alike: the scores, and the event times the sink stores.
+    records = export.astype(object).where(export.notna(), None).to_dict(orient="records")
+    messages = [
+        Message("t", 0, i, str(r["pump_id"]).encode(), json.dumps(r).encode(), 0)
+        for i, r in enumerate(records)
+    ]
+    cfg = window_model.config_.model_copy(deep=True)
+    cfg.kafka = KafkaConfig(topic="t")
+    scorer = StreamScorer(window_model, cfg, _StateStore())
+    batches = [scorer.score_records(messages[i : i + 100]) for i in range(0, 600, 100)]
+    streamed = np.concatenate([b.scores.scores["score"].to_numpy() for b in batches])
+    assert np.array_equal(streamed, whole.scores["score"].to_numpy())
+    times = pd.concat([b.records["_event_time"] for b in batches], ignore_index=True)
+    assert times.dt.tz_localize(None).tolist() == truth.dt.tz_localize(None).tolist()
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["%Y-%m-%d %H:%M:%S,%f", "%d/%m/%Y %H:%M:%S.%f", "%a, %d %b %Y %H:%M:%S.%f +0000"],
+)
+def test_times_with_fractions_of_a_second_in_other_layouts_are_read(
+    window_model: AnomalyVAE, layout: str
+) -> None:
+    # Python logging's "2026-11-02 10:00:00,123" (or any layout but ISO 8601 with a fraction
+    # of a second) killed the job: a TypeError from pandas, the two parses' units mixed.
+    data = make_pump_data(120, seed=6, start="2026-11-13T10:00:00.250Z")
+    stamps = pd.to_datetime(data["ts"], utc=True)
+    written = data.assign(ts=stamps.dt.strftime(layout))
+    iso = window_model.score_batch(data, windows=window_model.new_window_state())
+    other = window_model.score_batch(written, windows=window_model.new_window_state())
+    assert len(other.rejects) == 0
+    assert np.array_equal(other.scores["score"].to_numpy(), iso.scores["score"].to_numpy())
+    seconds, bad = event_seconds(written["ts"].tolist())
+    assert not bad.any()
+    epoch = (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy()
+    assert np.allclose(seconds, epoch, rtol=0, atol=1e-3)
+
+
+def test_epoch_seconds_with_a_decimal_comma_are_times(
+    window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A ';' export with decimal commas writes a fraction of a second as 1793577600,25: every
+    # record was rejected ("'1793577600,25' is not a time").
+    data = make_pump_data(120, seed=6, start="2026-11-13T10:00:00.250Z")
+    stamps = pd.to_datetime(data["ts"], utc=True)
+    epoch = (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+    window_model.save(tmp_path / "m")
+    export = tmp_path / "export.csv"
+    data.assign(ts=epoch).to_csv(export, sep=";", decimal=",", index=False)
+    assert "1794564000,25;" in export.read_text()
+    out = tmp_path / "scores.csv"
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    args = ["score", str(export), "--model-dir", str(tmp_path / "m"), "--out", str(out)]
+    done = run_inline(capsys, *args, "--sep", ";", "--decimal", ",", "--db", url, "-q")
+    assert done.returncode == 0, done.stderr
+    assert "120 scored" in done.stdout
+    scored = pd.read_csv(out)
+    iso = window_model.score_batch(data, windows=window_model.new_window_state()).scores
+    assert scored["window_status"].tolist() == iso["window_status"].tolist()
+    assert np.allclose(scored["score"].to_numpy(), iso["score"].to_numpy(), rtol=1e-6)
+    stored = query(url, "SELECT event_time FROM scores ORDER BY id LIMIT 1")[0][0]
+    assert pd.Timestamp(stored) == stamps[0].tz_localize(None)
+
+
+def test_a_batch_job_whose_every_time_is_unreadable_stores_its_rejects(
+    window_model: AnomalyVAE, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Every row rejected for its time: the sink read the event times of no row, an empty
+    # column of text, with a pandas deprecation warning that pandas 4 turns into an error.
+    window_model.save(tmp_path / "m")
+    export = tmp_path / "export.csv"
+    make_pump_data(30, seed=6).assign(ts="yesterday").to_csv(export, index=False)
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    args = ["score", str(export), "--model-dir", str(tmp_path / "m"), "--db", url, "-q"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        done = run_inline(capsys, *args)
+    assert done.returncode == 0, done.stderr
+    assert "30 rejected rows added to dead_letters" in done.stdout
+    assert query(url, "SELECT count(*) FROM dead_letters") == [(30,)]
+
+
+def test_a_time_text_past_what_an_event_time_holds_is_rejected(window_model: AnomalyVAE) -> None:
+    # '3000-01-01T00:00:00Z' was windowed at 1830 (its seconds overflowed nanoseconds), and
+    # the stored event time (score --db, a Kafka message) died with an OutOfBoundsDatetime
+    # traceback: one such message stopped the stream scorer, again after each restart.
+    from anomaly_vae.windows import event_timestamps
+
+    data = make_pump_data(40, seed=6)
+    data["ts"] = data["ts"].astype(object)
+    data.loc[[5, 9], "ts"] = ["3000-01-01T00:00:00Z", "1600-01-01 10:00:00.5"]
+    _, bad = event_seconds(data["ts"].tolist())
+    assert bad.tolist() == [i in (5, 9) for i in range(40)]
+    assert event_timestamps(data["ts"]).isna().tolist() == bad.tolist()
+    batch = window_model.score_batch(data)
+    assert sorted(batch.rejects.index) == [5, 9]
+    assert batch.rejects["reason"].str.endswith("is not a time").all()
+    records = data.astype(object).where(data.notna(), None).to_dict(orient="records")
+    messages = [
+        Message("t", 0, i, str(r["pump_id"]).encode(), json.dumps(r).encode(), 0)
+        for i, r in enumerate(records)
+    ]
+    cfg = window_model.config_.model_copy(deep=True)
+    cfg.kafka = KafkaConfig(topic="t")
+    streamed = StreamScorer(window_model, cfg, _StateStore()).score_records(messages)
+    assert len(streamed.scores.scores) == 38
+    assert len(streamed.rejects) == 2
 
 
 def test_a_date_that_contradicts_the_models_order_is_rejected_saying_what_to_do() -> None:

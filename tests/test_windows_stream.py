@@ -150,6 +150,7 @@ def test_csv_export_and_kafka_give_the_same_scores_record_for_record(
     assert proc.returncode == 0, output
     late = int((batch["window_status"] == "late").sum())
     assert f", {late} late (scored on their own)" in output  # counted by the stream scorer too
+    assert ", 1 gap, " in output  # pump 0's silence; it said "1 gaps"
     assert_same_scores(stored_scores(url), keys, batch)
     flagged = {str(k): bool(v) for k, v in query(url, "SELECT source_key, is_anomaly FROM scores")}
     assert [flagged[k] for k in keys] == batch["is_anomaly"].astype(bool).tolist()

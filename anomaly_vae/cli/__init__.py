@@ -56,8 +56,38 @@ def setup_logging(verbose: bool = False, *, prefix: str = "") -> None:
     )
     # kafka-python logs every connection at INFO: keep its warnings, not its chatter.
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    # ... but one of its INFO lines says records were skipped: raised to a warning.
+    fetcher = logging.getLogger("kafka.consumer.fetcher")
+    fetcher.setLevel(logging.INFO)
+    for old in [f for f in fetcher.filters if isinstance(f, OffsetOutOfRange)]:
+        fetcher.removeFilter(old)
+    fetcher.addFilter(OffsetOutOfRange())
     for handler in logging.getLogger().handlers:
         handler.addFilter(KafkaRepeats())
+
+
+class OffsetOutOfRange(logging.Filter):
+    """kafka-python's fetcher, at INFO: only its line saying a fetch offset is out of range,
+    as a WARNING that says what it means. A group's committed offset that retention deleted
+    before the records were scored is reset by ``auto_offset_reset`` (earliest: the oldest
+    record still held), and the deleted records are never scored: that was said at INFO, under
+    the level kept for kafka-python, so the skip went without a word."""
+
+    TEMPLATE = "Fetch offset %s is out of range for topic-partition %s"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        if record.msg != self.TEMPLATE:
+            return False
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = (
+            self.TEMPLATE + ": the group's committed offset is no longer in the partition "
+            "(retention deleted the records before they were scored, or the topic was created "
+            "again); reading goes on where kafka.auto_offset_reset says, and records deleted "
+            "were not scored"
+        )
+        return True
 
 
 class KafkaRepeats(logging.Filter):

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from anomaly_vae.cli import app, setup_logging
 from anomaly_vae.config import CsvConfig, PipelineConfig, WindowConfig
-from anomaly_vae.errors import ConfigError, InputFileError
+from anomaly_vae.errors import ConfigError, InputFileError, SchemaError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -211,6 +211,7 @@ def train(
         )
     # A misspelt label would train on the labelled anomalies without a word.
     _require_column(label_column, list(frame.columns), "--label-column", shown)
+    _require_window_columns(cfg, list(frame.columns), shown)
     if cfg.columns.label and cfg.columns.label in frame:
         # Checked here too, so that an odd label value is named with the file it is in.
         label_to_binary(frame[cfg.columns.label], name=cfg.columns.label, source=str(shown))
@@ -253,6 +254,21 @@ def _require_column(name: str | None, columns: list[str], option: str, data: Pat
         raise ConfigError(f"{option} {name!r}: {data} has no such column (columns: {shown})")
 
 
+def _require_window_columns(cfg: PipelineConfig, columns: list[str], data: Path) -> None:
+    """The window's entity and time columns must be in the training file (named with it)."""
+    if cfg.window is None:
+        return
+    for what, name in (("entity", cfg.window.entity), ("time", cfg.window.time)):
+        if name and name not in columns:
+            listed = ", ".join(repr(c) for c in columns[:20])
+            shown = listed + (", ..." if len(columns) > 20 else "")
+            raise SchemaError(
+                f"{data}: the window's {what} column {name!r} is missing (columns: {shown}): "
+                f"add it, or remove window.{what} from the pipeline"
+                + (" (one series for all records)" if what == "entity" else " (arrival order)")
+            )
+
+
 def _print_training(
     model: AnomalyVAE, data: Path, model_dir: Path, digest: str, *, malformed: int = 0
 ) -> None:
@@ -277,10 +293,16 @@ def _print_training(
         # Examples are windows: a row with no full window of its entity's records before it
         # (warming up, after a gap, late) trains nothing, and the counts said "rows".
         short = s["rows"] - s["rows_rejected"] - s["windows"]
+        # A window of one record is full from the first record on: only a late row has none.
+        causes = (
+            "late"
+            if window.size == 1
+            else f"the first {window.size - 1} of each entity, after a gap, or late"
+        )
         typer.echo(
-            f"trained '{model.name}' on {s['windows']} full windows of {window.size} records "
-            f"from {s['rows']} rows of {data} ({features}; {short} rows without a full window: "
-            f"the first {window.size - 1} of each entity, after a gap, or late)"
+            f"trained '{model.name}' on {s['windows']} full windows of {window.size} "
+            f"record{'' if window.size == 1 else 's'} from {s['rows']} rows of {data} "
+            f"({features}; {short} rows without a full window: {causes})"
         )
     else:
         typer.echo(
@@ -844,7 +866,7 @@ def _pipeline_lines(cfg: PipelineConfig) -> list[str]:
     if window is not None:
         gap = f", a gap over {window.max_gap_s:g} s restarts it" if window.max_gap_s else ""
         lines.append(
-            f"window: {window.size} records per "
+            f"window: {window.size} record{'' if window.size == 1 else 's'} per "
             + (f"entity (column {window.entity!r})" if window.entity else "series (one for all)")
             + (f", in event time (column {window.time!r})" if window.time else ", arrival order")
             + f", lateness {window.lateness_s:g} s{gap}"

@@ -36,7 +36,12 @@ runs_app = typer.Typer(help="Scoring runs (batch jobs, stream sessions).", no_ar
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 app.add_typer(anomalies_app, name="anomalies")
+dead_letters_app = typer.Typer(
+    help="Records that could not be scored (dead letters): list, count by reason, export.",
+    no_args_is_help=True,
+)
 app.add_typer(runs_app, name="runs")
+app.add_typer(dead_letters_app, name="dead-letters")
 
 DB_HELP = (
     "Database URL (sqlite:///file.db or postgresql://user:password@host:5432/db); "
@@ -44,6 +49,11 @@ DB_HELP = (
     "else sqlite:///anomaly_vae.db"
 )
 PIPELINE_HELP = "Pipeline YAML file whose database.url to use."
+ESCAPE_FORMULAS_HELP = (
+    "With --format csv: put a ' before a text value that begins with =, +, -, @, a tab or a "
+    "carriage return and is not a number, so that a spreadsheet shows it as text instead of "
+    "running it as a formula (entities, keys and raw records come from the data)."
+)
 
 
 class OutputFormat(str, Enum):
@@ -340,8 +350,14 @@ def anomalies_list(
         None, "--until", help="Only records before this date or time (YYYY-MM-DD, ISO 8601)."
     ),
     entity: str | None = typer.Option(None, "--entity", help="Only this entity."),
+    before_id: int | None = typer.Option(
+        None,
+        "--before-id",
+        help="Only the rows after this id: the next page after the last id shown.",
+    ),
     limit: int = typer.Option(50, "--limit", help="At most this many rows."),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
+    escape: bool = typer.Option(False, "--escape-formulas", help=ESCAPE_FORMULAS_HELP),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
     pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
 ) -> None:
@@ -359,10 +375,17 @@ def anomalies_list(
         rows = [
             row._asdict()
             for row in repo.list_anomalies(
-                connection, model_name=model, since=start, until=end, entity=entity, limit=limit
+                connection,
+                model_name=model,
+                since=start,
+                until=end,
+                entity=entity,
+                limit=limit,
+                before_id=before_id,
             )
         ]
     columns = [
+        "id",
         "time",
         "model",
         "model_version",
@@ -374,7 +397,9 @@ def anomalies_list(
         "top_features",
         "source_key",
     ]
-    emit(rows, columns, fmt, empty="no anomalies found")
+    emit(rows, columns, fmt, empty="no anomalies found", escape_formulas=escape)
+    if fmt is OutputFormat.table and len(rows) == limit:
+        typer.echo(f"(more may follow: --before-id {rows[-1]['id']} shows the next page)")
 
 
 def parse_since(text: str, option: str = "--since") -> datetime:
@@ -389,44 +414,344 @@ def parse_since(text: str, option: str = "--since") -> datetime:
 
 
 # ====================================================================== runs ...
+class RunKind(str, Enum):
+    batch = "batch"
+    stream = "stream"
+
+
+class RunStatus(str, Enum):
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+RUN_COLUMNS = [
+    "id",
+    "kind",
+    "status",
+    "model",
+    "model_version",
+    "started_at",
+    "finished_at",
+    "rows_read",
+    "rows_scored",
+    "rows_flagged",
+    "rows_rejected",
+    "rows_inserted",
+    "source",
+]
+# What a run's row holds beyond the listing's columns (runs show, csv and json).
+RUN_DETAIL_COLUMNS = [
+    *RUN_COLUMNS,
+    "threshold_value",
+    "threshold_id",
+    "error",
+    "lag",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "records_per_s",
+    "metrics_at",
+]
+
+
 @runs_app.command("list")
 def runs_list(
+    kind: RunKind | None = typer.Option(None, "--kind", help="Only batch or stream runs."),
+    status: RunStatus | None = typer.Option(
+        None, "--status", help="Only running, succeeded or failed runs."
+    ),
+    model: str | None = typer.Option(None, "--model", help="Only this model name."),
+    before_id: int | None = typer.Option(
+        None, "--before-id", help="Only runs before this id: the next page after the last shown."
+    ),
     limit: int = typer.Option(20, "--limit", help="At most this many runs."),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
     pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
 ) -> None:
-    """Scoring runs, newest first, with their counts and status."""
+    """Scoring runs, newest first, with their counts and status (csv and json: also the
+    error a failed run ended with, and a stream run's last lag, latency and rate)."""
     setup_logging(False)
     from anomaly_vae.storage import repository as repo
 
     if limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
     with connected(database_target(db, pipeline)) as connection:
-        rows = [row._asdict() for row in repo.list_runs(connection, limit=limit)]
-    columns = [
-        "id",
-        "kind",
-        "status",
-        "model",
-        "model_version",
-        "started_at",
-        "finished_at",
-        "rows_read",
-        "rows_scored",
-        "rows_flagged",
-        "rows_rejected",
-        "rows_inserted",
-        "source",
+        if model is not None:  # not "no scoring runs" for a misspelt name
+            repo.registered_versions(connection, name=model, hint=": see 'anomaly-vae models list'")
+        rows = [
+            row._asdict()
+            for row in repo.list_runs(
+                connection,
+                limit=limit,
+                kind=kind.value if kind else None,
+                status=status.value if status else None,
+                model_name=model,
+                before_id=before_id,
+            )
+        ]
+    columns = RUN_COLUMNS if fmt is OutputFormat.table else RUN_DETAIL_COLUMNS
+    filtered = any(v is not None for v in (kind, status, model, before_id))
+    emit(rows, columns, fmt, empty="no scoring runs found" if filtered else "no scoring runs yet")
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: int = typer.Argument(..., help="The run's id (see 'runs list')."),
+    fmt: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table or json."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+) -> None:
+    """One run: what it scored, with which model and threshold, its counts, how it ended
+    (the error of a failed run) and a stream run's last reported lag, latency and rate."""
+    setup_logging(False)
+    from anomaly_vae.errors import NotFoundError
+    from anomaly_vae.storage import repository as repo
+
+    with connected(database_target(db, pipeline)) as connection:
+        rows = repo.list_runs(connection, run_id=run_id, limit=1)
+    if not rows:
+        raise NotFoundError(f"no scoring run {run_id}: see 'anomaly-vae runs list'")
+    row = rows[0]._asdict()
+    if fmt is ReportFormat.json:
+        typer.echo(json.dumps({c: _json(row[c]) for c in RUN_DETAIL_COLUMNS}, indent=1))
+        return
+    width = max(len(c) for c in RUN_DETAIL_COLUMNS)
+    for c in RUN_DETAIL_COLUMNS:
+        typer.echo(f"{c.ljust(width)}  {_text(row[c])}".rstrip())
+
+
+# ============================================================== dead letters ...
+class ExportFormat(str, Enum):
+    jsonl = "jsonl"
+    csv = "csv"
+
+
+DEAD_LETTER_COLUMNS = [
+    "id",
+    "rejected_at",
+    "run_id",
+    "run_kind",
+    "model",
+    "model_version",
+    "source_key",
+    "reason",
+    "raw",
+]
+
+
+def _dead_letter_filter(
+    connection: Connection,
+    *,
+    model: str | None,
+    run: int | None,
+    since: str | None,
+    until: str | None,
+    reason: str | None,
+    before_id: int | None = None,
+) -> Any:
+    from anomaly_vae.storage import repository as repo
+    from anomaly_vae.storage.dead_letters import DeadLetterFilter
+
+    if model is not None:  # not "no dead letters" for a misspelt name
+        repo.registered_versions(connection, name=model, hint=": see 'anomaly-vae models list'")
+    return DeadLetterFilter(
+        model_name=model,
+        run_id=run,
+        since=parse_since(since) if since else None,
+        until=parse_since(until, "--until") if until else None,
+        reason=reason,
+        before_id=before_id,
+    )
+
+
+_MODEL_OPTION = typer.Option(None, "--model", help="Only this model name.")
+_RUN_OPTION = typer.Option(None, "--run", help="Only this scoring run (see 'runs list').")
+_SINCE_OPTION = typer.Option(
+    None, "--since", help="Only rejected from this date or time on (YYYY-MM-DD, ISO 8601)."
+)
+_UNTIL_OPTION = typer.Option(
+    None, "--until", help="Only rejected before this date or time (YYYY-MM-DD, ISO 8601)."
+)
+_REASON_OPTION = typer.Option(
+    None, "--reason", help="Only reasons containing this text (letter case ignored)."
+)
+
+
+@dead_letters_app.command("list")
+def dead_letters_list(
+    model: str | None = _MODEL_OPTION,
+    run: int | None = _RUN_OPTION,
+    since: str | None = _SINCE_OPTION,
+    until: str | None = _UNTIL_OPTION,
+    reason: str | None = _REASON_OPTION,
+    before_id: int | None = typer.Option(
+        None, "--before-id", help="Only ids below this: the next page after the last id shown."
+    ),
+    limit: int = typer.Option(50, "--limit", help="At most this many rows."),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
+    escape: bool = typer.Option(False, "--escape-formulas", help=ESCAPE_FORMULAS_HELP),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+) -> None:
+    """Rejected records, newest first, with the reason and the record as received (cut to
+    80 characters in the table; whole in csv and json)."""
+    setup_logging(False)
+    from anomaly_vae.storage.dead_letters import list_dead_letters
+
+    if limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    with connected(database_target(db, pipeline)) as connection:
+        where = _dead_letter_filter(
+            connection,
+            model=model,
+            run=run,
+            since=since,
+            until=until,
+            reason=reason,
+            before_id=before_id,
+        )
+        rows = list_dead_letters(connection, where, limit=limit)
+    if fmt is OutputFormat.table:
+        rows = [
+            {**row, "raw": _cut(row["raw"], 80), "reason": _cut(row["reason"], 100)} for row in rows
+        ]
+    columns = DEAD_LETTER_COLUMNS
+    if fmt is OutputFormat.table:  # the run's kind and the model version: in csv and json
+        columns = [c for c in columns if c not in ("run_kind", "model_version")]
+    emit(rows, columns, fmt, empty="no dead letters found", escape_formulas=escape)
+    if fmt is OutputFormat.table and len(rows) == limit:
+        typer.echo(f"(more may follow: --before-id {rows[-1]['id']} shows the next page)")
+
+
+@dead_letters_app.command("summary")
+def dead_letters_summary(
+    model: str | None = _MODEL_OPTION,
+    run: int | None = _RUN_OPTION,
+    since: str | None = _SINCE_OPTION,
+    until: str | None = _UNTIL_OPTION,
+    reason: str | None = _REASON_OPTION,
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+) -> None:
+    """Rejected records counted by reason, most common first. Reasons that differ only in
+    the record's own value or in numbers (row, offset, byte count) count together, shown with
+    one full example."""
+    setup_logging(False)
+    from anomaly_vae.storage.dead_letters import summarize
+
+    with connected(database_target(db, pipeline)) as connection:
+        where = _dead_letter_filter(
+            connection, model=model, run=run, since=since, until=until, reason=reason
+        )
+        counts = summarize(connection, where)
+    rows: list[dict[str, Any]] = [
+        {
+            "count": c.count,
+            "reason": c.pattern,
+            "example": c.example_reason,
+            "example_source_key": c.example_source_key,
+            "first_rejected_at": c.first_rejected_at,
+            "last_rejected_at": c.last_rejected_at,
+            "runs": ",".join(str(r) for r in c.runs),
+        }
+        for c in counts
     ]
-    emit(rows, columns, fmt, empty="no scoring runs yet")
+    columns = list(rows[0]) if rows else ["count", "reason"]
+    if fmt is OutputFormat.table:
+        columns = ["count", "reason", "example_source_key", "last_rejected_at", "runs"]
+        rows = [{**row, "reason": _cut(row["reason"], 100)} for row in rows]
+    emit(rows, columns, fmt, empty="no dead letters found")
+    if fmt is OutputFormat.table and rows:
+        typer.echo(f"{sum(c.count for c in counts):,} dead letters in all")
+
+
+@dead_letters_app.command("export")
+def dead_letters_export(
+    out: str = typer.Option(
+        ..., "--out", "-o", help="File to write (- for standard output); replaced if it exists."
+    ),
+    model: str | None = _MODEL_OPTION,
+    run: int | None = _RUN_OPTION,
+    since: str | None = _SINCE_OPTION,
+    until: str | None = _UNTIL_OPTION,
+    reason: str | None = _REASON_OPTION,
+    fmt: ExportFormat = typer.Option(
+        ExportFormat.jsonl, "--format", help="jsonl (one JSON object per line) or csv."
+    ),
+    escape: bool = typer.Option(False, "--escape-formulas", help=ESCAPE_FORMULAS_HELP),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+) -> None:
+    """Every matching rejected record, newest first, whole: for a look in other tools, or to
+    fix and send again (the ``raw`` field is the record as received; Kafka messages over
+    10 kB were stored cut). Reads the table a page at a time, whatever its size."""
+    setup_logging(False)
+    from anomaly_vae.storage.dead_letters import iter_dead_letters
+
+    target = database_target(db, pipeline)
+    written = 0
+    with connected(target) as connection:
+        where = _dead_letter_filter(
+            connection, model=model, run=run, since=since, until=until, reason=reason
+        )
+        with _output(out) as stream:
+            writer = csv.writer(stream, lineterminator="\n") if fmt is ExportFormat.csv else None
+            if writer is not None:
+                writer.writerow(DEAD_LETTER_COLUMNS)
+            for row in iter_dead_letters(connection, where):
+                if writer is not None:
+                    writer.writerow([csv_cell(row[c], escape) for c in DEAD_LETTER_COLUMNS])
+                else:
+                    record = {c: _json(row[c]) for c in DEAD_LETTER_COLUMNS}
+                    stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+                written += 1
+    if out != "-":
+        typer.echo(f"wrote {written:,} dead letters to {out}")
+
+
+@contextmanager
+def _output(out: str) -> Iterator[Any]:
+    """Standard output for ``-``, else the file (UTF-8), written to a temporary name and
+    moved into place only when complete: a failed export leaves no half file behind."""
+    if out == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise ConfigError(f"--out {out} is a directory: give a file name")
+    if not path.parent.exists():
+        raise ConfigError(f"--out {out}: the directory {path.parent} does not exist")
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with partial.open("w", encoding="utf-8", newline="") as handle:
+            yield handle
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _cut(text: str | None, width: int) -> str | None:
+    """One line of at most ``width`` characters, for a table cell."""
+    if text is None:
+        return None
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 # ==================================================================== output
 def emit(
-    rows: list[dict[str, Any]], columns: Sequence[str], fmt: OutputFormat, *, empty: str
+    rows: list[dict[str, Any]],
+    columns: Sequence[str],
+    fmt: OutputFormat,
+    *,
+    empty: str,
+    escape_formulas: bool = False,
 ) -> None:
-    """Rows as an aligned table, CSV or JSON on standard output."""
+    """Rows as an aligned table, CSV or JSON on standard output. ``escape_formulas``: CSV
+    text values a spreadsheet would run as formulas get a leading ``'``."""
     if fmt is OutputFormat.json:
         typer.echo(json.dumps([{c: _json(row[c]) for c in columns} for row in rows], indent=1))
         return
@@ -434,7 +759,7 @@ def emit(
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(columns)
         for row in rows:
-            writer.writerow([_csv(row[c]) for c in columns])
+            writer.writerow([csv_cell(row[c], escape_formulas) for c in columns])
         sys.stdout.flush()
         return
     if not rows:
@@ -467,6 +792,18 @@ def _json(value: Any) -> Any:
     if isinstance(value, (datetime, date)):
         return value.isoformat()
     return value
+
+
+def csv_cell(value: Any, escape_formulas: bool = False) -> Any:
+    """A value as a CSV cell; with ``escape_formulas``, text that a spreadsheet would run as a
+    formula (OWASP's CSV injection list; not a number such as -5) gets a leading ``'``."""
+    cell = _csv(value)
+    if escape_formulas and isinstance(cell, str) and cell[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        try:
+            float(cell.strip())
+        except ValueError:
+            return "'" + cell
+    return cell
 
 
 def _csv(value: Any) -> Any:

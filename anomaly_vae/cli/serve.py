@@ -36,6 +36,18 @@ def serve(
 
     settings = ApiSettings.from_environment(database_target(db, pipeline), os.environ)
     with opened(settings.database) as engine:
+        if not settings.read_only:
+            from anomaly_vae.api import database_refuses_changes
+
+            with engine.connect() as connection:
+                refused = database_refuses_changes(connection)
+            if refused:
+                logger.warning(
+                    "%s takes no changes: %s; writes with the token will get 503 (GET /health "
+                    "says read_only)",
+                    settings.database.display,
+                    refused,
+                )
         logger.info(
             "serving http://%s:%d (docs at /docs) on %s, %s",
             host,
@@ -45,8 +57,17 @@ def serve(
             if settings.read_only
             else "writes need the token",
         )
+        # log_config=None: uvicorn's lines (start-up, shutdown, one per request) go through
+        # the root logger set up above, in the format of every other line. Its own config
+        # printed them as "INFO:     ..." beside "INFO anomaly_vae.api: ...": two formats in
+        # one log, and the access lines named no logger to filter on.
         uvicorn.run(
-            create_app(settings, engine), host=host, port=port, log_level="info", access_log=True
+            create_app(settings, engine),
+            host=host,
+            port=port,
+            log_level="info",
+            access_log=True,
+            log_config=None,
         )
 
 

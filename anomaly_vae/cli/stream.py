@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 from pathlib import Path
@@ -58,20 +59,27 @@ def simulate(
     pumps: int = typer.Option(
         4, "--pumps", help="Number of pumps (entities): P1 to PN, the demo's model knows 4."
     ),
-    partitions: int = typer.Option(4, "--partitions", help="Partitions if the topic is created."),
+    partitions: int | None = typer.Option(
+        None,
+        "--partitions",
+        help="Partitions if the topic is created (default 4); an existing topic keeps its own.",
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
 ) -> None:
     """Produce a multi-sensor pump stream with labelled injected anomalies."""
     setup_logging(True)
     from kafka import KafkaAdminClient, KafkaProducer
 
-    from anomaly_vae.config import KafkaConfig
-    from anomaly_vae.simulate import ensure_topic
+    from anomaly_vae.config import KafkaConfig, topic_name_problem
+    from anomaly_vae.simulate import ensure_topic, topic_partitions
     from anomaly_vae.simulate import simulate as run_simulation
     from anomaly_vae.sources.kafka import client_options, connect_with_retry
 
-    if rate <= 0:
-        raise ConfigError(f"--rate must be > 0, got {rate}")
+    if not 0 < rate < math.inf:  # NaN too: it was a traceback from pandas, inf a 0 s interval
+        raise ConfigError(f"--rate must be a number of messages per second > 0, got {rate}")
+    problem = topic_name_problem(topic)
+    if problem:  # the dev broker creates any name; a scorer then refuses to read it
+        raise ConfigError(f"--topic {topic}: {problem}")
     if not 0 <= anomaly_rate < 0.5:
         raise ConfigError(f"--anomaly-rate must be in [0, 0.5), got {anomaly_rate}")
     for flag, number in (("--pumps", pumps), ("--partitions", partitions), ("--count", count)):
@@ -79,12 +87,22 @@ def simulate(
             raise ConfigError(f"{flag} must be >= 1, got {number}")
     if duration is not None and not duration > 0:
         raise ConfigError(f"--duration must be a number of seconds > 0, got {duration}")
+    if seed < 0:  # numpy's traceback, once the topic was created and the producer started
+        raise ConfigError(f"--seed must be >= 0, got {seed}")
     options = client_options(KafkaConfig(bootstrap_servers=bootstrap, client_id="anomaly-vae-sim"))
     admin = connect_with_retry(
         lambda: KafkaAdminClient(**options), what="admin", bootstrap=bootstrap, give_up_after_s=30
     )
-    if ensure_topic(admin, topic, partitions):
-        typer.echo(f"created topic {topic} with {partitions} partitions")
+    spread = 4 if partitions is None else partitions
+    if ensure_topic(admin, topic, spread):
+        typer.echo(f"created topic {topic} with {spread} partitions")
+    elif partitions is not None and (has := topic_partitions(admin, topic)) != partitions:
+        # It was silently ignored: the stream then had another spread than asked for.
+        typer.echo(
+            f"topic {topic} exists{'' if has is None else f' with {has} partitions'}: "
+            f"--partitions {partitions} applies only to a topic simulate creates (add "
+            "partitions with kafka-topics.sh --alter, or name a new --topic)"
+        )
     admin.close()
     producer = KafkaProducer(**options, linger_ms=5, batch_size=256 * 1024)
     stop = threading.Event()
@@ -289,6 +307,7 @@ def stream(
     if windows is not None:
         typer.echo(
             f"{shown}windows: {windows.warming_up} warming up, {windows.late} late (scored on "
-            f"their own), {windows.replayed} replayed, {windows.gaps} gaps, "
+            f"their own), {windows.replayed} replayed, {windows.gaps} "
+            f"gap{'' if windows.gaps == 1 else 's'}, "
             f"{windows.dropped_from_buffer} dropped from full reorder buffers"
         )

@@ -27,6 +27,7 @@ import typer
 from anomaly_vae.cli import app, setup_logging
 from anomaly_vae.cli.db import (
     DB_HELP,
+    ESCAPE_FORMULAS_HELP,
     PIPELINE_HELP,
     OutputFormat,
     ReportFormat,
@@ -731,8 +732,14 @@ def alerts_list(
     entity: str | None = typer.Option(None, "--entity", help="Only this entity."),
     since: str | None = typer.Option(None, "--since", help="Opened from this date or time on."),
     until: str | None = typer.Option(None, "--until", help="Opened before this date or time."),
+    before_id: int | None = typer.Option(
+        None,
+        "--before-id",
+        help="Only the alerts after this id: the next page after the last shown.",
+    ),
     limit: int = typer.Option(50, "--limit", help="At most this many alerts."),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
+    escape: bool = typer.Option(False, "--escape-formulas", help=ESCAPE_FORMULAS_HELP),
     db: DbOpt = None,
     pipeline: PipelineOpt = None,
 ) -> None:
@@ -755,6 +762,7 @@ def alerts_list(
             since=_since(since),
             until=_since(until, "--until"),
             limit=limit,
+            before_id=before_id,
         )
     columns = [
         "id",
@@ -769,7 +777,7 @@ def alerts_list(
         "resolved_by",
         "source_key",
     ]
-    emit(rows, columns, fmt, empty="no alerts found")
+    emit(rows, columns, fmt, empty="no alerts found", escape_formulas=escape)
 
 
 def _act(

@@ -187,6 +187,8 @@ class StreamScorer:
         self._threshold = ThresholdInForce(value=model.threshold_)
         self._threshold_checked = -math.inf
         self._pending: dict[tuple[str, int], int] = {}
+        # Records handed to the worker; less stats.consumed (written), those still in flight.
+        self._submitted = 0
         self._consumer: Any = None
         self._producer: Any = None
         self._worker: _BatchWorker | None = None
@@ -305,7 +307,7 @@ class StreamScorer:
         kafka = self.cfg.kafka
         worker = self._worker = _BatchWorker(self)
         started = last_record = time.monotonic()
-        assigned = paused = False
+        assigned = paused = said_where = False
         assignment: set[Any] = set()
         polled_total = 0
         # The idle clock starts once partitions are assigned (a group join takes a while).
@@ -351,9 +353,13 @@ class StreamScorer:
                         assignment = current
                         assigned = bool(current)
                         started = last_record = now
+                        if current and not said_where:
+                            said_where = True
+                            self._say_where_reading_starts(current)
                     if records:
                         last_record = now
                         polled_total += len(records)
+                        self._submitted += len(records)
                         worker.submit(records)
                     elif worker.in_flight:
                         last_record = now  # not idle while a batch is still being written
@@ -396,6 +402,41 @@ class StreamScorer:
             self._close(failure)
         return self.stats
 
+    def _say_where_reading_starts(self, partitions: set[Any]) -> None:
+        """Once, at the first assignment: whether the group resumes from committed offsets,
+        or (a new group) starts where ``kafka.auto_offset_reset`` says: a new group on a topic
+        with history scored days of it, alerts included, without a word on why."""
+        kafka = self.cfg.kafka
+        try:
+            committed = {tp: self._consumer.committed(tp) for tp in partitions}
+        except Exception as exc:  # a line for the operator is not worth stopping for
+            logger.debug("could not read the committed offsets: %s", first_line(exc))
+            return
+        fresh = [tp for tp, offset in committed.items() if offset is None]
+        if not fresh:
+            logger.info(
+                "group %s resumes from its committed offsets on %d partition(s)",
+                kafka.group_id,
+                len(partitions),
+            )
+            return
+        where = (
+            "from their earliest retained offset: the records already in them are scored, "
+            "however old (kafka.auto_offset_reset: earliest; 'latest' scores only new ones)"
+            if kafka.auto_offset_reset == "earliest"
+            else "from their end: the records already in them are not scored "
+            "(kafka.auto_offset_reset: latest)"
+        )
+        logger.info(
+            "group %s has no committed offset on %d of the %d partition(s) assigned (%s): "
+            "reading them %s",
+            kafka.group_id,
+            len(fresh),
+            len(partitions),
+            ", ".join(_names(fresh)),
+            where,
+        )
+
     def _collect(self, worker: _BatchWorker) -> None:
         for offsets in worker.completed():
             for key, offset in offsets.items():
@@ -417,7 +458,7 @@ class StreamScorer:
                 logger.warning("closing the consumer: %s", exc)
         record_failure = getattr(self.sink, "record_failure", None)
         if failure is not None and record_failure is not None:
-            record_failure(_first_line(failure))  # the session's run: failed, not succeeded
+            record_failure(first_line(failure))  # the session's run: failed, not succeeded
         self.sink.close()
 
     # ------------------------------------------------------------------ one batch
@@ -472,7 +513,7 @@ class StreamScorer:
             fields=[c for c in columns.passthrough() if c],
             entity_field=entity_field,
             time_field=columns.timestamp,
-            day_first=None if self.cfg.window is None else self.cfg.window.day_first,
+            day_first=self._date_order(),
             key_is_entity=kafka.key_is_entity,
             max_bytes=kafka.max_message_bytes,
             numeric=self.model.schema_.numeric,
@@ -549,6 +590,17 @@ class StreamScorer:
         windows.loader = getattr(self.sink, "load_window_states", None)
         return windows
 
+    def _date_order(self) -> bool | None:
+        """The order numeric dates (05/11/2026) are read in: the model's, else the one this
+        scorer's windows took from the first batch holding such dates (the stored event times
+        are read as the windows read them)."""
+        window = self.cfg.window
+        if window is None:
+            return None
+        if window.day_first is not None or self._windows is None:
+            return window.day_first
+        return self._windows.day_first
+
     def window_counters(self) -> WindowCounters | None:
         """A windowed model's counts since start: warming up, late, replayed, gaps."""
         return None if self._windows is None else self._windows.counters
@@ -565,7 +617,7 @@ class StreamScorer:
                 logger.warning(
                     "could not read the threshold in force (keeping %s): %s",
                     self._threshold.value,
-                    exc,
+                    first_line(exc),
                 )
             else:
                 if self._threshold.version is None and latest.version is not None:
@@ -600,7 +652,7 @@ class StreamScorer:
                     "writing a batch of %d records failed (%s); nothing committed, "
                     "retrying in %.1f s",
                     len(batch.records) + len(batch.rejects),
-                    _first_line(exc),
+                    first_line(exc),
                     delay,
                 )
                 if self.stop_event.wait(delay):
@@ -615,12 +667,16 @@ class StreamScorer:
         sent: list[tuple[str, Any]] = []  # (topic, future): a failed send is only known here
         if kafka.alerts_topic:
             for alert in result.alerts:
-                # Keyed by entity: one entity's alerts land in one partition, in order.
+                # Keyed by entity: one entity's alerts land in one partition, in order. Without
+                # an entity the model's records are one series, keyed by the model's name: a
+                # null key spread one alert's opened and resolved over partitions, which a
+                # consumer could then read in either order.
                 entity = alert.get("entity_key")
+                key = alert.get("model") if entity is None else entity
                 future = producer.send(
                     kafka.alerts_topic,
                     orjson.dumps(alert, default=str),
-                    key=None if entity is None else str(entity).encode("utf-8"),
+                    key=None if key is None else str(key).encode("utf-8"),
                 )
                 sent.append((kafka.alerts_topic, future))
         if kafka.dead_letter_topic and len(batch.rejects):
@@ -662,9 +718,7 @@ class StreamScorer:
             # The records come again (to us or to the partition's new owner) and the idempotent
             # writes absorb them: a failed commit costs time, never data.
             self.stats.commits_failed += 1
-            logger.warning(
-                "offset commit failed (%s); the batch will be replayed", _first_line(exc)
-            )
+            logger.warning("offset commit failed (%s); the batch will be replayed", first_line(exc))
             return
         self._pending.clear()
 
@@ -674,7 +728,7 @@ class StreamScorer:
             logger.info(
                 "offset commit before a rebalance failed (%s): the partitions' new owner "
                 "replays the records after the last commit",
-                _first_line(response),
+                first_line(response),
             )
 
     def _log_metrics(self, previous: tuple[int, float]) -> tuple[int, float]:
@@ -698,7 +752,7 @@ class StreamScorer:
             try:
                 self._on_metrics(self.stats, rate)
             except Exception as exc:  # reporting must never stop the scoring
-                logger.warning("could not report the metrics: %s", _first_line(exc))
+                logger.warning("could not report the metrics: %s", first_line(exc))
         return self.stats.consumed, now
 
     def _say_if_mostly_flagged(self) -> None:
@@ -730,8 +784,11 @@ class StreamScorer:
         self._mostly_flagged = mostly
 
     def _lag(self) -> int | None:
+        """Records not yet durable: behind the fetch position of the assigned partitions, plus
+        those fetched and still being scored or written (up to IN_FLIGHT batches: 'lag 0'
+        was said while a backlog of tens of thousands was still to be written)."""
         consumer = self._consumer
-        total = 0
+        total = max(0, self._submitted - self.stats.consumed)
         try:
             assignment = consumer.assignment()
             if not assignment:
@@ -906,19 +963,26 @@ def _log_failed_sends(sent: list[tuple[str, Any]]) -> None:
             "database (alerts, dead_letters)",
             len(errors),
             topic,
-            _first_line(errors[0]),
+            first_line(errors[0]),
         )
 
 
 def _names(partitions: Any) -> list[str]:
-    return sorted(f"{tp.topic}:{tp.partition}" for tp in partitions)
+    """``topic:partition`` in partition order (as text, 12 partitions read 0, 1, 10, 11, 2...)."""
+    return [f"{tp.topic}:{tp.partition}" for tp in sorted(partitions, key=_partition_order)]
+
+
+def _partition_order(tp: Any) -> tuple[str, int]:
+    return (tp.topic, tp.partition)
 
 
 def _reindexed(batch: ScoreBatch) -> ScoreBatch:
     return replace(batch, scores=batch.scores.reset_index(drop=True))
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The exception's message as one log line: SQLAlchemy's adds the driver's hint and
+    "(Background on this error at: ...)" on lines of their own."""
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
 

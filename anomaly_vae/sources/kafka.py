@@ -107,10 +107,15 @@ def decode_messages(
     field_texts: dict[Any, str | None] = {}
     for msg in messages:
         value = msg.value
-        if value is None:
-            reject(
-                msg, source_key(msg.topic, msg.partition, msg.offset), "empty message (no value)"
+        if not value:
+            # Kafka's words: a null value is a tombstone (a compacted topic's delete marker);
+            # an empty one was "invalid JSON: Input is a zero-length, empty document".
+            reason = (
+                "null value (a tombstone): no JSON object to score"
+                if value is None
+                else "empty value (0 bytes): expected a JSON object"
             )
+            reject(msg, source_key(msg.topic, msg.partition, msg.offset), reason)
             continue
         if len(value) > max_bytes:
             reason = f"message of {len(value)} bytes is over max_message_bytes={max_bytes}"

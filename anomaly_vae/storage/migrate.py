@@ -107,9 +107,20 @@ def _known_revision(revision: str) -> Iterator[None]:
         ) from None
 
 
+# The key of the PostgreSQL advisory lock a migration holds: 'anomaly-vae' as a number.
+MIGRATION_LOCK_KEY = int.from_bytes(b"anom-vae", "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
 @contextmanager
 def migrating(engine: Engine) -> Iterator[Connection]:
     """A connection in one transaction for a migration: all of it or nothing.
+
+    Two migrations at once (two deploy jobs, or an operator beside one) take turns: the
+    second waits for the first to commit, then reads the revision it left (PostgreSQL: a
+    transaction-level advisory lock taken before the revision is read; SQLite: the write lock,
+    ``BEGIN IMMEDIATE``). Without it both read "no schema" and the second failed part way
+    with PostgreSQL's "Key (typname, typnamespace)=(alembic_version, 2200) already exists"
+    (shown as "cannot connect") or SQLite's "database is locked".
 
     SQLite: batch mode copies a table and drops the old one, which fails with foreign keys on
     while other tables' rows refer to it, so they are off during the migration (checked
@@ -119,12 +130,16 @@ def migrating(engine: Engine) -> Iterator[Connection]:
     with engine.connect() as connection:
         if connection.dialect.name != "sqlite":
             with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    connection.exec_driver_sql(
+                        f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
+                    )
                 yield connection
             return
         connection.exec_driver_sql("PRAGMA foreign_keys=OFF")  # no effect in a transaction
         connection.commit()
         try:
-            connection.exec_driver_sql("BEGIN")
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
             try:
                 yield connection
                 broken = connection.exec_driver_sql("PRAGMA foreign_key_check").first()

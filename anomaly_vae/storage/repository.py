@@ -27,12 +27,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sqlalchemy import (
+    BigInteger,
     Insert,
     Table,
+    and_,
     bindparam,
+    cast,
     column,
     func,
     insert,
+    or_,
     select,
     table,
     text,
@@ -40,6 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect, Row
+from sqlalchemy.orm import aliased
 
 from anomaly_vae.errors import ConfigError, NotFoundError
 from anomaly_vae.storage.alerting import AlertChanges, apply_alert_rule, not_written_by
@@ -324,9 +329,19 @@ def list_thresholds(connection: Connection, *, model_name: str) -> list[Row[Any]
 
 
 def list_models(connection: Connection) -> list[Row[Any]]:
-    """Registered model versions, newest first, with how many records each scored."""
+    """Registered model versions, newest first, with how many score rows each has stored:
+    the sum over its runs of the rows they inserted less those pruned since (kept in the
+    writes' and the prune's transactions), not a count of the whole scores table."""
     counts = (
-        select(Score.model_id, func.count().label("scores")).group_by(Score.model_id).subquery()
+        select(
+            ScoringRun.model_id,
+            # PostgreSQL's sum of bigints is a numeric (a Decimal): back to an integer.
+            cast(func.sum(ScoringRun.rows_inserted - ScoringRun.rows_pruned), BigInteger).label(
+                "scores"
+            ),
+        )
+        .group_by(ScoringRun.model_id)
+        .subquery()
     )
     return list(
         connection.execute(
@@ -436,31 +451,58 @@ def report_run_metrics(
     )
 
 
-def list_runs(connection: Connection, *, limit: int = 20) -> list[Row[Any]]:
-    """The latest runs, newest first, with their model's name and version."""
-    return list(
-        connection.execute(
-            select(
-                ScoringRun.id,
-                ScoringRun.kind,
-                ScoringRun.status,
-                Model.name.label("model"),
-                Model.version.label("model_version"),
-                ScoringRun.source,
-                ScoringRun.started_at,
-                ScoringRun.finished_at,
-                ScoringRun.rows_read,
-                ScoringRun.rows_scored,
-                ScoringRun.rows_flagged,
-                ScoringRun.rows_rejected,
-                ScoringRun.rows_inserted,
-                ScoringRun.threshold_value,
-            )
-            .join(Model, Model.id == ScoringRun.model_id)
-            .order_by(ScoringRun.started_at.desc(), ScoringRun.id.desc())
-            .limit(limit)
+def list_runs(
+    connection: Connection,
+    *,
+    limit: int = 20,
+    kind: str | None = None,
+    status: str | None = None,
+    model_name: str | None = None,
+    run_id: int | None = None,
+    before_id: int | None = None,
+) -> list[Row[Any]]:
+    """The latest runs, newest first (by id: the order they started in), with their model's
+    name and version, counts, end, error and (a stream run's) last reported lag, latency and
+    rate. ``before_id``: the runs before that one (the next page)."""
+    stmt = (
+        select(
+            ScoringRun.id,
+            ScoringRun.kind,
+            ScoringRun.status,
+            Model.name.label("model"),
+            Model.version.label("model_version"),
+            ScoringRun.source,
+            ScoringRun.started_at,
+            ScoringRun.finished_at,
+            ScoringRun.rows_read,
+            ScoringRun.rows_scored,
+            ScoringRun.rows_flagged,
+            ScoringRun.rows_rejected,
+            ScoringRun.rows_inserted,
+            ScoringRun.threshold_value,
+            ScoringRun.threshold_id,
+            ScoringRun.error,
+            ScoringRun.lag,
+            ScoringRun.latency_p50_ms,
+            ScoringRun.latency_p99_ms,
+            ScoringRun.records_per_s,
+            ScoringRun.metrics_at,
         )
+        .join(Model, Model.id == ScoringRun.model_id)
+        .order_by(ScoringRun.id.desc())
+        .limit(limit)
     )
+    if kind is not None:
+        stmt = stmt.where(ScoringRun.kind == kind)
+    if status is not None:
+        stmt = stmt.where(ScoringRun.status == status)
+    if model_name is not None:
+        stmt = stmt.where(Model.name == model_name)
+    if run_id is not None:
+        stmt = stmt.where(ScoringRun.id == run_id)
+    if before_id is not None:
+        stmt = stmt.where(ScoringRun.id < before_id)
+    return list(connection.execute(stmt))
 
 
 # ================================================================= the write path
@@ -483,13 +525,21 @@ class WriteCounts:
 
 def _alert_events(connection: Connection, changes: AlertChanges) -> list[dict[str, Any]]:
     """What the alert rule did in one write, for the alerts topic: one entry per alert opened,
-    escalated or resolved (``event``), with the alert as it stands at the end of the write, in
-    that order (an alert opened and resolved in one write gives both, opened first)."""
-    happened = [
-        *(("opened", i) for i in changes.opened),
-        *(("escalated", i) for i in changes.escalated),
-        *(("resolved", i) for i in changes.resolved),
-    ]
+    escalated or resolved (``event``), with the alert as it stands at the end of the write.
+
+    In the order they happened to each entity: alert by alert (ids grow as alerts open, and an
+    entity has one active alert at a time), each one's opened, escalated, resolved. Every
+    opening first, then every resolution, told a consumer of the topic that an entity had a
+    new alert open while its previous one was still open."""
+    rank = {"opened": 0, "escalated": 1, "resolved": 2}
+    happened = sorted(
+        [
+            *(("opened", i) for i in changes.opened),
+            *(("escalated", i) for i in changes.escalated),
+            *(("resolved", i) for i in changes.resolved),
+        ],
+        key=lambda event: (event[1], rank[event[0]]),
+    )
     if not happened:
         return []
     details = {
@@ -1027,14 +1077,19 @@ def list_anomalies(
     until: datetime | None = None,
     entity: str | None = None,
     limit: int = 50,
+    before_id: int | None = None,
 ) -> list[Row[Any]]:
     """Flagged records, newest first: when (event time, else scoring time), which model,
     entity and key, score, percentile, severity, top features and the alert's state.
 
-    ``since`` compares with the event time where there is one, else the scoring time."""
+    ``since`` compares with the event time where there is one, else the scoring time.
+    ``before_id`` (the ``id`` of the last row of a page) gives the rows after it in this
+    order: the next page. ``until`` set to the last time seen would skip the rest of the rows
+    of that time, and a batch job's records without event times share one scoring time."""
     when = func.coalesce(Score.event_time, Score.scored_at)
     stmt = (
         select(
+            Score.id,
             when.label("time"),
             Model.name.label("model"),
             Model.version.label("model_version"),
@@ -1061,6 +1116,14 @@ def list_anomalies(
         stmt = stmt.where(when < until)
     if entity is not None:
         stmt = stmt.where(Score.entity_key == entity)
+    if before_id is not None:
+        last = aliased(Score)
+        last_when = (
+            select(func.coalesce(last.event_time, last.scored_at))
+            .where(last.id == before_id)
+            .scalar_subquery()
+        )
+        stmt = stmt.where(or_(when < last_when, and_(when == last_when, Score.id < before_id)))
     return list(connection.execute(stmt))
 
 

@@ -35,10 +35,11 @@ from sqlalchemy import (
     select,
     true,
     union,
+    update,
 )
 from sqlalchemy.engine import Connection
 
-from anomaly_vae.storage.tables import Alert, DeadLetter, Model, Score
+from anomaly_vae.storage.tables import Alert, DeadLetter, Model, Score, ScoringRun
 
 DEFAULT_BATCH = 50_000
 
@@ -90,6 +91,8 @@ def prune(
         condition = and_(old, not_(Score.id.in_(referenced)))
         if keep_flagged:
             condition = and_(condition, not_(Score.is_anomaly))
+        if not dry_run:
+            _count_pruned_by_run(connection, condition)
         deleted = _delete_or_count(connection, Score, condition, dry_run=dry_run)
         result.scores_deleted += deleted
         left = connection.scalar(select(func.count()).select_from(Score).where(old)) or 0
@@ -110,6 +113,20 @@ def prune(
             )
             connection.commit()
     return result
+
+
+def _count_pruned_by_run(connection: Connection, condition: ColumnElement[bool]) -> None:
+    """Add the score rows about to be deleted to their runs' ``rows_pruned``, in the delete's
+    transaction: a model's stored rows stay the sum over its runs (``list_models``)."""
+    per_run = connection.execute(
+        select(Score.run_id, func.count()).where(condition).group_by(Score.run_id)
+    ).all()
+    for run_id, n in per_run:
+        connection.execute(
+            update(ScoringRun)
+            .where(ScoringRun.id == run_id)
+            .values(rows_pruned=ScoringRun.rows_pruned + n)
+        )
 
 
 def _delete_or_count(

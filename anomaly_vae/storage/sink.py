@@ -230,7 +230,9 @@ class DatabaseSink:
         if self.timestamp_column and self.timestamp_column in frame:
             # Epoch numbers are seconds (or ms), as for a Kafka message; .array: no boxing.
             given = frame.loc[rows, self.timestamp_column]
-            times = event_timestamps(given, day_first=self.day_first)
+            # A model with no order of its own reads them in the one its windows took.
+            order = self.day_first if self.day_first is not None else chunk.batch.day_first
+            times = event_timestamps(given, day_first=order)
             self._note_unread_times(given, times)
             data["event_time"] = times.array
         return pd.DataFrame(data)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from anomaly_vae.jobs.stream import ThresholdInForce, WriteResult
+from anomaly_vae.jobs.stream import ThresholdInForce, WriteResult, first_line
 from anomaly_vae.sources.kafka import ENTITY, EVENT_TIME, SOURCE_KEY
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.storage.sink import model_version_of, severity_labels
@@ -154,7 +154,9 @@ class StreamDatabaseSink:
                     error=self.error,
                 )
         except Exception as exc:  # the database may be the reason we stop
-            logger.warning("could not record the end of stream run %d: %s", self.run_id, exc)
+            logger.warning(
+                "could not record the end of stream run %d: %s", self.run_id, first_line(exc)
+            )
 
 
 class DatabaseThresholdSource:

@@ -165,6 +165,9 @@ class ScoringRun(Base):
     rows_flagged: Mapped[int] = mapped_column(BigInteger, default=0)
     rows_rejected: Mapped[int] = mapped_column(BigInteger, default=0)
     rows_inserted: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Of the score rows this run inserted, how many ``db prune`` deleted since: a model's
+    # stored rows are the sum of rows_inserted - rows_pruned over its runs (no count of scores).
+    rows_pruned: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     error: Mapped[str | None] = mapped_column(Text)
     # What only the scorer process knows, reported every metrics interval by a stream run (so
     # that the API process can serve it): consumer lag, produce-to-row latency, rate.

@@ -32,8 +32,9 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.engine import Connection, Row
+from sqlalchemy.orm import aliased
 
 from anomaly_vae.config import AlertsConfig, NoBooleanNumbers, format_validation_error
 from anomaly_vae.errors import ConfigError, InputFileError, NotFoundError
@@ -936,9 +937,12 @@ def list_alerts(
     until: datetime | None = None,
     limit: int = 50,
     alert_id: int | None = None,
+    before_id: int | None = None,
 ) -> list[dict[str, Any]]:
     """Alerts, newest first, with their model, opening record and rule; ``since`` / ``until``
-    bound when they opened (``opened_at`` in [since, until))."""
+    bound when they opened (``opened_at`` in [since, until)). ``before_id`` (the last ``id``
+    of a page) gives the alerts after it in this order: the next page, where ``until`` = the
+    last ``opened_at`` seen would skip the rest of the alerts that one write opened."""
     if alert_id is not None and alert_id not in _ALERT_IDS:
         return []
     when = func.coalesce(Score.event_time, Score.scored_at)
@@ -983,4 +987,13 @@ def list_alerts(
         stmt = stmt.where(Alert.opened_at < until)
     if alert_id is not None:
         stmt = stmt.where(Alert.id == alert_id)
+    if before_id is not None:
+        last = aliased(Alert)
+        last_opened = select(last.opened_at).where(last.id == before_id).scalar_subquery()
+        stmt = stmt.where(
+            or_(
+                Alert.opened_at < last_opened,
+                and_(Alert.opened_at == last_opened, Alert.id < before_id),
+            )
+        )
     return [dict(row._mapping) for row in connection.execute(stmt)]
