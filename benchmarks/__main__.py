@@ -20,9 +20,15 @@ from benchmarks.suite import RESULTS, SUITE, check_folder
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the quick modes (CI, < 10 min)")
-    parser.add_argument("--out", type=Path, default=None, help="results folder")
-    parser.add_argument("--only", default="", help="comma-separated benchmark names")
+    parser.add_argument(
+        "--quick", action="store_true", help="the quick modes (CI, < 10 min), into *_quick.* files"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="results folder (default: benchmarks/results)"
+    )
+    parser.add_argument(
+        "--only", default="", help=f"comma-separated, from: {', '.join(b.name for b in SUITE)}"
+    )
     args = parser.parse_args(argv)
     out = args.out or RESULTS
     wanted = [name for name in args.only.split(",") if name]

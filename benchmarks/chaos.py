@@ -75,15 +75,21 @@ def counts(url: str) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=60_000)
-    parser.add_argument("--kills", type=int, default=6)
-    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument(
+        "--messages", type=int, default=60_000, help="messages produced (default 60,000)"
+    )
+    parser.add_argument(
+        "--kills", type=int, default=6, help="SIGKILLs of the scorer processes (default 6)"
+    )
+    parser.add_argument(
+        "--database", choices=("sqlite", "postgresql"), default="sqlite", help="results database"
+    )
     parser.add_argument(
         "--postgres",
         default="postgresql://postgres@127.0.0.1:5432/postgres",
         help="admin URL where a scratch database is created (--database postgresql)",
     )
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=7, help="the times between kills")
     args = parser.parse_args(argv)
     if args.messages < 1 or args.kills < 0:
         parser.error("--messages must be >= 1 and --kills >= 0")

@@ -18,7 +18,8 @@ Repetitions alternate between the methods, fresh keys each time; medians are rep
 
     python -m benchmarks.db_write [--rows 100000] [--repeat 3] [--postgres URL]
 
-Prints a Markdown table and writes benchmarks/results/db_write.json.
+Prints a Markdown table and writes benchmarks/results/db_write.json (db_write_quick.json with
+--quick).
 """
 
 from __future__ import annotations
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=None, help="rows per batch (100,000)")
     parser.add_argument("--repeat", type=int, default=None, help="repeats, the median kept (3)")
     parser.add_argument("--quick", action="store_true", help="20,000 rows, one repeat (CI)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for db_write.json")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument(
         "--postgres",
         default=os.environ.get(
@@ -270,7 +271,8 @@ def main(argv: list[str] | None = None) -> None:
         for method, m in result["methods"].items():
             print(f"| {db} | {method} | {m['rows_per_s']:,} | {100 * m['vs_bare']:.0f} % |")
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "db_write.json"
+    # A quick run never replaces the committed full-size result (it wrote db_write.json too).
+    path = args.out / ("db_write_quick.json" if args.quick else "db_write.json")
     path.write_text(json.dumps(results, indent=1) + "\n")
     print(f"\nwrote {path}")
 

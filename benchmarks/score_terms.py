@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
 from anomaly_vae import AnomalyVAE
-from benchmarks.detection import load, make_split
+from benchmarks.detection import DATA, DATASETS, load, make_split
 
 K = 5
 
@@ -70,8 +71,8 @@ def _standardised(train: np.ndarray, test: np.ndarray) -> np.ndarray:
     return np.asarray((test - q50) / max(q75 - q25, 1e-12))
 
 
-def terms(name: str, seed: int) -> dict[str, float]:
-    x, y = load(name)
+def terms(name: str, seed: int, data: Path = DATA) -> dict[str, float]:
+    x, y = load(name, data)
     split = make_split(x, y, seed, "plain")
     model = AnomalyVAE(seed=seed, verbose=False).fit(split.x_train)
     elbo = _standardised(model.anomaly_score(split.x_train), model.anomaly_score(split.x_test))
@@ -112,11 +113,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="cardio,satellite,wilt,vowels,mnist,annthyroid")
     parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--data", type=Path, default=DATA, help="the adbench folder")
     args = parser.parse_args(argv)
+    names = args.datasets.split(",")
+    unknown = [n for n in names if n not in DATASETS]
+    if unknown:
+        parser.error(f"unknown data set(s) {unknown}: choose from {', '.join(DATASETS)}")
+    missing = [DATASETS[n] for n in names if not (args.data / DATASETS[n]).is_file()]
+    if missing:  # a clone without ../shared/data: it was a traceback
+        parser.error(
+            f"--data {args.data}: no {', '.join(missing)}: give --data, the folder of the "
+            "ADBench .npz files (see ../shared/data/README.md)"
+        )
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
-    for name in args.datasets.split(","):
-        runs = pd.DataFrame([terms(name, seed) for seed in seeds])
+    for name in names:
+        runs = pd.DataFrame([terms(name, seed, args.data) for seed in seeds])
         print(name, "  ".join(f"{k} {v:.1f}" for k, v in runs.mean().items()), flush=True)
     return 0
 

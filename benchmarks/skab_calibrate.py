@@ -84,11 +84,14 @@ def false_alarms(detector: str, data: Path, seed: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--data", type=Path, default=DATA, help="the SKAB folder")
     parser.add_argument("--detector", action="append", choices=sorted(DETECTORS))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = parser.parse_args(argv)
+    free = args.data / "anomaly-free" / "anomaly-free.csv"
+    if not free.is_file():  # a clone without ../shared/data: it was a traceback
+        parser.error(f"--data {args.data}: no {free}: see ../shared/data/README.md")
     torch.set_num_threads(1)
     path = args.out / "skab_calibration.json"
     result: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}

@@ -9,7 +9,8 @@
 
     python -m benchmarks.speed [--quick] [--device cpu|cuda] [--rows 2000000,8000000]
 
-Writes ``benchmarks/results/speed.json`` and ``speed.md``.
+Writes ``benchmarks/results/speed.json`` and ``speed.md`` (``speed_quick.*`` with ``--quick``,
+``speed-cuda.*`` on a GPU).
 """
 
 from __future__ import annotations
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes (CI)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--rows", default=None, help="CSV sizes, e.g. 2000000,8000000")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU here")
@@ -314,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         "model_scoring": scoring,
         "csv_scoring": csv_rows,
     }
-    suffix = "" if args.device == "cpu" else f"-{args.device}"
+    # A quick run never replaces the committed full-size result (it wrote speed.json too).
+    suffix = ("" if args.device == "cpu" else f"-{args.device}") + ("_quick" if args.quick else "")
     path = write_result(args.out, f"speed{suffix}", result, to_markdown(result))
     print(f"wrote {path} and .md", flush=True)
     return 0

@@ -131,9 +131,9 @@ def _problems_of(
 
 
 SUITE: list[Benchmark] = [
-    Benchmark("speed", "speed", "speed", check_speed),
-    Benchmark("db_write", "db_write", "db_write", check_db_write),
-    Benchmark("stream", "stream", "stream", check_stream),
+    Benchmark("speed", "speed", "speed", check_speed, quick_stem="speed_quick"),
+    Benchmark("db_write", "db_write", "db_write", check_db_write, quick_stem="db_write_quick"),
+    Benchmark("stream", "stream", "stream", check_stream, quick_stem="stream_quick"),
     Benchmark("skab", "skab", "skab", check_skab, quick_stem="skab_quick"),
     Benchmark(
         "skab_windows",

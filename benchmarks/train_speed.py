@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="leave out the run in PyOD's shape (batch 32: minutes on a GPU, launch-bound)",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument("--check", type=Path, help="only check that a result file is well formed")
     args = parser.parse_args(argv)
     if args.check:

@@ -172,3 +172,73 @@ def test_skab_counts_every_row_as_the_published_notebooks_do(
     assert (test_only["tp"], test_only["fp"], test_only["fn"], test_only["tn"]) == (100, 0, 0, 300)
     assert (every["tp"], every["fp"], every["fn"], every["tn"]) == (100, 2, 0, 1098)
     assert every["FAR_pct"] == 100.0 * 2 / 1100
+
+
+def test_no_quick_mode_writes_over_a_full_result() -> None:
+    # speed, db_write and stream --quick wrote speed.json, db_write.json and stream.json: run
+    # as the READMEs show them (default --out, benchmarks/results/), the quick numbers replaced
+    # the committed full-size results.
+    for bench in SUITE:
+        assert bench.path(RESULTS, quick=True) != bench.path(RESULTS, quick=False), bench.name
+
+
+def test_speed_and_db_write_quick_runs_write_their_quick_files(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    from benchmarks import db_write, speed
+
+    row = {"case": "c", "rows_per_s": 1.0, "vs_plain_forward": 1.0}
+    monkeypatch.setattr(speed, "fitted_model", lambda device: None)
+    monkeypatch.setattr(speed, "model_scoring", lambda model, rows, repeat: [row])
+    monkeypatch.setattr(speed, "csv_scoring", lambda model, sizes, workdir, device: [])
+    speed.main(["--quick", "--out", str(tmp_path)])
+    monkeypatch.setattr(db_write, "measure", lambda url, rows, repeat: {"methods": {}})
+    db_write.main(["--quick", "--postgres", "", "--out", str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "db_write_quick.json",
+        "speed_quick.json",
+        "speed_quick.md",
+    ]
+
+
+def test_skab_calibrate_and_score_terms_name_missing_data_in_one_line(
+    tmp_path: Path, capsys: Any
+) -> None:
+    # A clone without ../shared/data: both died with a FileNotFoundError traceback.
+    import pytest
+
+    from benchmarks import score_terms, skab_calibrate
+
+    for main, args, needle in (
+        (skab_calibrate.main, ["--detector", "vae-rowwise"], "anomaly-free.csv"),
+        (score_terms.main, ["--datasets", "cardio"], "no 6_cardio.npz: give --data"),
+    ):
+        with pytest.raises(SystemExit) as stopped:
+            main([*args, "--data", str(tmp_path)])
+        assert stopped.value.code == 2
+        assert needle in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_stream_benchmark_counts_the_postgresql_server_only_for_postgresql() -> None:
+    # A SQLite run counted every 'postgres' process on the machine (another session's work on
+    # a shared server) as its database CPU: "0.3 µs in the PostgreSQL server" of a SQLite run.
+    import itertools
+
+    from benchmarks.stream import CpuClock
+
+    ticks = itertools.count(1)
+
+    class BusyServer(CpuClock):
+        """Every process a 'postgres' one, each read later than the last: a busy server."""
+
+        @staticmethod
+        def _seconds(pid: int | str) -> tuple[str, float]:
+            return "postgres", float(next(ticks))
+
+    sqlite_run = BusyServer(None)
+    sqlite_run.start()
+    assert sqlite_run.stop(1_000)["database_cpu_us_per_msg"] == 0.0
+    postgres_run = BusyServer(None, database=True)
+    postgres_run.start()
+    assert postgres_run.stop(1_000)["database_cpu_us_per_msg"] > 0.0

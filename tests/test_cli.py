@@ -620,6 +620,48 @@ def test_a_pipe_as_input_is_named_as_one_not_as_empty(
     assert_user_error(score_inline(capsys, trained, pipe, tmp_path / "scores.csv"), message)
 
 
+def test_scores_to_a_pipe_put_the_default_rejects_file_in_the_working_directory(
+    trained: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # '--out /dev/null' wrote /dev/null.rejects.csv (a file in /dev, or an error where /dev is
+    # not writable); a named pipe got a PIPE.rejects.csv beside it. Such an output is not a
+    # file to sit beside: the rejects go where they go for '--out -'.
+    import contextlib
+    import threading
+
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "export.csv"
+    make_pump_data(300, seed=6).to_csv(data, index=False)
+    text = data.read_text().splitlines()
+    text[5] = ",".join(text[5].split(",")[:5])  # one row to reject
+    data.write_text("\n".join(text) + "\n")
+    (tmp_path / "pipes").mkdir()
+    pipe = tmp_path / "pipes" / "scores"
+    os.mkfifo(pipe)
+    received: list[bytes] = []
+
+    def read() -> None:
+        with open(pipe, "rb") as reader:
+            received.append(reader.read())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        result = score_inline(capsys, trained, data, pipe)
+    finally:
+        # a reader still waiting for a writer (the run failed before writing) gets an end
+        with contextlib.suppress(OSError):
+            os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join()
+    assert result.returncode == 0, result.stderr
+    assert received[0].startswith(b'"row",')
+    assert (tmp_path / "export.scores.rejects.csv").is_file()
+    assert sorted(p.name for p in (tmp_path / "pipes").iterdir()) == ["scores"]
+
+
 def test_a_threshold_that_is_not_a_finite_number_is_refused(
     trained: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -886,6 +928,22 @@ def test_rejects_to_standard_output_is_refused_not_a_file_named_dash(
     )
     assert_user_error(result, "--rejects -", "give a file name")
     assert not (tmp_path / "-").exists()
+
+
+def test_one_rejected_row_is_named_in_the_singular(
+    trained: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # The summary said "wrote scores.rejects.csv (1 rejected rows with reasons)".
+    text = make_pump_data(20, seed=6).to_csv(index=False).splitlines()
+    text[3] = ",".join(text[3].split(",")[:5])
+    data = tmp_path / "export.csv"
+    data.write_text("\n".join(text) + "\n")
+    out = tmp_path / "scores.csv"
+    result = run_inline(
+        capsys, "score", str(data), "--model-dir", str(trained / "model"), "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "scores.rejects.csv (1 rejected row with its reason)" in result.stdout
 
 
 def test_train_counts_malformed_lines_with_the_rows_rejected(

@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 
 from anomaly_vae import AnomalyVAE
 from anomaly_vae.datasets import make_pump_data
+from anomaly_vae.storage import migrate
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.storage.engine import create_database_engine, parse_database_url
 from anomaly_vae.storage.tables import Score, ScoringRun
@@ -249,6 +250,26 @@ def test_killed_run_then_rerun_stores_every_row_exactly_once(
     assert [r.status for r in runs] == ["running", "succeeded"]  # the killed run says so
     assert runs[0].rows_inserted == after_kill  # counts committed with the rows
     assert runs[1].rows_inserted == 11_998 - after_kill
+
+
+def test_db_current_and_downgrade_leave_no_empty_file_where_there_was_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 'db current' in the wrong folder left an empty anomaly_vae.db there (SQLite creates the
+    # file on connecting), after which the list commands said "no anomaly-vae schema yet"
+    # rather than "no database file"; 'db downgrade base' did too, and said it migrated.
+    path = tmp_path / "results.db"
+    url = f"sqlite:///{path}"
+    current = cli(capsys, "db", "current", "--db", url)
+    assert current.returncode == 0, current.stderr
+    head = migrate.head_revision()
+    want = f"revision none, no file yet (latest {head}): run 'anomaly-vae db upgrade"
+    assert want in current.stdout
+    assert_user_error(
+        cli(capsys, "db", "downgrade", "base", "--db", url), "results.db: nothing to downgrade"
+    )
+    assert not path.exists()
+    assert_user_error(cli(capsys, "runs", "list", "--db", url), "no database file")
 
 
 def test_commands_refuse_a_database_behind_the_migrations(

@@ -467,6 +467,25 @@ def test_the_one_threshold_reports_take_table_or_json_not_csv(
         assert not (tmp_path / "none.db").exists()
 
 
+def test_show_as_json_writes_its_time_as_history_does(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 'show --format json' wrote "2026-11-27 18:30:44.199675+00:00" (str of the datetime),
+    # 'history --format json' and the API "2026-11-27T18:30:44.199675+00:00".
+    _, model_dir = pump_model
+    db = ("--db", db_url)
+    ok(capsys, "score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    shown = as_json(capsys, "thresholds", "show", "pumps", *db)
+    history = as_json(capsys, "thresholds", "history", "pumps", *db)
+    assert isinstance(shown, dict)
+    assert isinstance(history, list)
+    assert "T" in shown["created_at"]
+    assert shown["created_at"] == history[0]["created_at"]
+
+
 def test_preview_reads_per_record_labels_under_another_key_column(
     db_url: str,
     export: Path,

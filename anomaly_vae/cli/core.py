@@ -337,9 +337,9 @@ def score(
     pipeline: Path | None = typer.Option(
         None,
         "--pipeline",
-        help="Pipeline YAML whose columns, csv, alerts and database sections (and "
-        "scoring.chunk_size) replace the model's; the model's window and other scoring "
-        "settings stay.",
+        help="Pipeline YAML: the sections it sets (columns, csv, alerts, database...) replace "
+        "the model's, and of scoring: top_features, batch_size, num_threads and chunk_size; the "
+        "model's window and other scoring settings stay.",
     ),
     sep: str | None = typer.Option(None, "--sep", help="CSV separator (default: the model's)."),
     decimal: str | None = typer.Option(
@@ -484,8 +484,10 @@ def _score_file(
         out = Path("-")  # a filter: standard input in, standard output out
     out = out or Path(stem + ".scores.csv")
     to_stdout = _is_dash(out)
-    # Scores to standard output: the rejects still go to a file, in the working directory.
-    rejects = rejects or default_rejects_path(Path(stem + ".scores.csv") if to_stdout else out)
+    # Scores to standard output, or to a device or pipe (/dev/null: it wrote
+    # /dev/null.rejects.csv): the rejects still go to a file, in the working directory.
+    special = to_stdout or (out.exists() and not out.is_file())
+    rejects = rejects or default_rejects_path(Path(stem + ".scores.csv") if special else out)
     if csv_out:
         _check_outputs(data, None if to_stdout else out, rejects)
     csv_cfg = _csv_with(cfg.csv, sep=_sep(sep) or None, decimal=decimal, encoding=encoding)
@@ -680,7 +682,12 @@ def _add_csv_outputs(
 ) -> None:
     summary.outputs.append("the scores to standard output" if _is_dash(out) else str(out))
     if rejects_writer.count:
-        summary.outputs.append(f"{rejects} ({rejects_writer.count} rejected rows with reasons)")
+        summary.outputs.append(f"{rejects} ({_rejected_rows(rejects_writer.count)})")
+
+
+def _rejected_rows(n: int) -> str:
+    """'1 rejected row with its reason' (it said '1 rejected rows with reasons')."""
+    return "1 rejected row with its reason" if n == 1 else f"{n:,} rejected rows with reasons"
 
 
 def _score_database(
@@ -983,7 +990,7 @@ def demo(
     )
     summary.outputs.append(str(out))
     if writer.count:
-        summary.outputs.append(f"{rejects} ({writer.count} rejected rows with reasons)")
+        summary.outputs.append(f"{rejects} ({_rejected_rows(writer.count)})")
     _print_summary(summary)
 
     scores = pd.read_csv(out)  # written by CsvScoreWriter: always ',' and '.'

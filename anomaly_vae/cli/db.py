@@ -154,6 +154,8 @@ def db_downgrade(
     from anomaly_vae.storage import migrate
 
     target = database_target(db, pipeline)
+    if _missing_sqlite_file(target):  # connecting would leave an empty file behind
+        raise ConfigError(f"there is no database file {target.url.database}: nothing to downgrade")
     with opened(target, check_schema=False) as engine:
         before, after = migrate.downgrade(engine, revision)
     typer.echo(f"{target.display}: schema migrated down from {before} to {after or 'base'}")
@@ -171,6 +173,12 @@ def db_current(
 
     target = database_target(db, pipeline)
     head = migrate.head_revision()
+    if _missing_sqlite_file(target):  # connecting would leave an empty file behind
+        typer.echo(
+            f"{target.display}: revision none, no file yet (latest {head}): "
+            f"run '{upgrade_hint(target)}' to create it"
+        )
+        return
     with connected(target, check_schema=False) as connection:
         current = migrate.current_revision(connection)
     if current == head:
@@ -181,6 +189,14 @@ def db_current(
     else:
         state = f"behind: run '{upgrade_hint(target)}'"
     typer.echo(f"{target.display}: revision {current or 'none'} (latest {head}): {state}")
+
+
+def _missing_sqlite_file(target: DatabaseTarget) -> bool:
+    """A SQLite URL naming a file that does not exist (SQLite would create it, empty)."""
+    name = target.url.database
+    if not target.is_sqlite or name in (None, "", ":memory:"):
+        return False
+    return not Path(name).expanduser().exists()
 
 
 _DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}

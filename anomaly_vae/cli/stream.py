@@ -142,12 +142,13 @@ def stream(
         None, "--dead-letter-topic", help="Publish rejected messages here."
     ),
     max_messages: int | None = typer.Option(
-        None, "--max-messages", help="Stop after this many messages."
+        None, "--max-messages", help="Stop after this many messages (not with --processes)."
     ),
     idle_timeout: float | None = typer.Option(
         None,
         "--idle-timeout",
-        help="Stop after this many seconds without a message (an error: without a broker).",
+        help="Stop after this many seconds without a message; a broker that cannot be reached "
+        "for this long is an error (exit status 2).",
     ),
     batch_size: int | None = typer.Option(
         None,
@@ -157,7 +158,9 @@ def stream(
     session_timeout_ms: int | None = typer.Option(
         None, "--session-timeout-ms", help="Consumer group session timeout (default 10000)."
     ),
-    threads: int | None = typer.Option(None, "--threads", help="Torch threads (default 1)."),
+    threads: int | None = typer.Option(
+        None, "--threads", help="Torch threads per process (default: kafka.num_threads, 1)."
+    ),
     processes: int | None = typer.Option(
         None,
         "--processes",

@@ -299,6 +299,8 @@ def thresholds_show(
     if normal is not None:
         shown["normal_false_alarm_rate"] = float(np.mean(normal > row.warning))
     if fmt is ReportFormat.json:
+        # ISO 8601, as 'history --format json' and the API write it (str() gave a space)
+        shown["created_at"] = row.created_at.isoformat()
         typer.echo(json.dumps(shown, default=str, indent=1))
         return
     critical = f", critical {row.critical:.6g}" if row.critical is not None else ""
@@ -637,7 +639,8 @@ def thresholds_tune(
     or of all when entity is empty, with event time in [start, end] are anomalous, the rest
     normal); 'source_key,label' per record; 'entity,time,label' per record by event time;
     otherwise the scored export file itself with its label column (rows keyed as 'score --db'
-    stored them). Labels are 1/0 (true/false, yes/no)."""
+    stored them). A label is 1 / 0, true / false, anomaly / normal, fault / ok...; a blank cell
+    is no label, -1 is refused."""
     setup_logging(False)
     from anomaly_vae.cli.db import connected
     from anomaly_vae.storage.tuning import read_labels, set_threshold, tune, tuned_change
