@@ -1170,14 +1170,17 @@ def _score_records(
     if not kept:  # nothing to score: every record lacks a feature field
         kept_frame = pd.DataFrame({name: [] for name in features})
     else:
-        kept_frame = pd.DataFrame.from_records([records[i] for i in kept], index=kept)
         # Only the fields the model reads: another field is ignored, even one named as a
         # column the scorer sets itself (a stream's '_entity', the message key), which took
         # the place of a windowed model's entity field and mixed the entities' windows.
+        # Dropped from each record before the frame is built: a frame of every field of every
+        # record (names all different) had records x fields cells, billions in one request.
         read = {*features, *(n for n in (model.config_.columns.entity,) if n)}
         if window is not None:
             read |= {n for n in (window.entity, window.time) if n}
-        kept_frame = kept_frame[[c for c in kept_frame.columns if c in read]]
+        kept_frame = pd.DataFrame.from_records(
+            [{k: v for k, v in records[i].items() if k in read} for i in kept], index=kept
+        )
     if window is not None:
         # A window field no record has is each record's missing value (rejected with its
         # reason), as when some records lack it: it was a 422 for the whole request, and

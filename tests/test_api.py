@@ -1237,3 +1237,25 @@ def test_the_server_log_has_one_line_format(tmp_path: Path) -> None:
     layout = re.compile(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: ")
     odd = [line for line in lines if not layout.match(line)]
     assert not odd, out
+
+
+def test_many_fields_the_model_does_not_read_cost_no_memory(score_client: Any) -> None:
+    # Every field of every record became a column of one DataFrame before the unread ones
+    # were dropped: 300 records of 100 fields each, all names different, made a frame of
+    # 300 x 30,000 cells (a body of 10,000 such records, within the 32 MiB limit, one of
+    # billions: one unauthenticated request took all the server's memory).
+    import tracemalloc
+
+    records = pump_records(300)
+    extra = [{**r, **{f"x{i}_{j}": 0 for j in range(100)}} for i, r in enumerate(records)]
+    plain = score_client.post("/models/pumps/score", json={"records": records})
+    tracemalloc.start()
+    try:
+        mixed = score_client.post("/models/pumps/score", json={"records": extra})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert plain.status_code == mixed.status_code == 200, mixed.text
+    assert mixed.json()["scores"] == plain.json()["scores"]
+    # The body itself (about 3 MB of JSON, parsed) is most of what remains.
+    assert peak < 60 * 2**20, f"{peak / 2**20:.0f} MiB traced while scoring"
