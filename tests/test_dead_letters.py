@@ -278,3 +278,21 @@ def test_csv_escapes_formulas_when_asked(
         safe = run_inline(capsys, *args, "--escape-formulas")
         entities = {row["entity_key"] for row in csv.DictReader(io.StringIO(safe.stdout))}
         assert entities == {"'=cmd|' /C calc'!A0"}, command
+
+
+def test_export_never_writes_through_a_link_at_its_partial_name(
+    rejected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The export was written to OUT.partial opened for writing as it found it: a symbolic
+    # link planted there (by anyone who can write to the folder, /tmp say) had the dead
+    # letters, raw text of the records included, overwrite the file it pointed to.
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n", encoding="utf-8")
+    out = tmp_path / "dead.jsonl"
+    (tmp_path / "dead.jsonl.partial").symlink_to(victim)
+    result = run_inline(capsys, "dead-letters", "export", "--db", rejected, "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert victim.read_text(encoding="utf-8") == "keep me\n"
+    assert not out.is_symlink()
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 8
+    assert not list(tmp_path.glob("*.partial"))

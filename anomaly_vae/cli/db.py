@@ -725,8 +725,19 @@ def _output(out: str) -> Iterator[Any]:
     if not path.parent.exists():
         raise ConfigError(f"--out {out}: the directory {path.parent} does not exist")
     partial = path.with_name(path.name + ".partial")
+    # A new file of our own ('x': O_EXCL, which never follows a link): whatever is at the
+    # '.partial' name goes first. Opened as it was found, a symbolic link planted there (in
+    # /tmp, say) had the export overwrite the file it pointed to.
     try:
-        with partial.open("w", encoding="utf-8", newline="") as handle:
+        partial.unlink(missing_ok=True)
+        handle = partial.open("x", encoding="utf-8", newline="")
+    except OSError as exc:
+        raise ConfigError(
+            f"--out {out}: cannot create {partial}: {exc.strerror or exc}; "
+            "write to a folder only you can write to"
+        ) from None
+    try:
+        with handle:
             yield handle
         partial.replace(path)
     finally:
