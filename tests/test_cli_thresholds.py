@@ -4,6 +4,8 @@ and acknowledging and resolving alerts."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 from pathlib import Path
@@ -794,3 +796,37 @@ def test_rollback_puts_an_earlier_version_back_in_force_as_a_new_version(
     history = as_json(capsys, "thresholds", "history", "pumps", *db)
     assert isinstance(history, list)
     assert [h["version"] for h in history] == [5, 4, 3, 2, 1]
+
+
+def test_threshold_history_as_csv_can_escape_formulas(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A threshold's reason and author are free text from whoever sets one (over the API: any
+    # holder of the token); 'thresholds history --format csv' wrote them as they came, a
+    # formula to a spreadsheet, with no --escape-formulas as 'alerts list' and the other
+    # listings of such text have.
+    db = ("--db", db_url)
+    ok(capsys, "score", str(export), "--model-dir", str(pump_model[1]), *db, "--quiet")
+    reason, by = '=HYPERLINK("http://x","y")', "@SUM(A1)"
+    ok(
+        capsys,
+        "thresholds",
+        "set",
+        "pumps",
+        "--quantile",
+        "0.99",
+        "--reason",
+        reason,
+        "--by",
+        by,
+        *db,
+    )
+    args = ("thresholds", "history", "pumps", *db, "--format", "csv")
+    plain = list(csv.DictReader(io.StringIO(ok(capsys, *args))))
+    assert (plain[0]["reason"], plain[0]["created_by"]) == (reason, by)
+    escaped = list(csv.DictReader(io.StringIO(ok(capsys, *args, "--escape-formulas"))))
+    assert (escaped[0]["reason"], escaped[0]["created_by"]) == ("'" + reason, "'" + by)
+    assert escaped[0]["warning"] == plain[0]["warning"]

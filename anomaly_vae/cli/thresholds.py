@@ -321,6 +321,7 @@ def thresholds_show(
 def thresholds_history(
     model: ModelArg,
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
+    escape: bool = typer.Option(False, "--escape-formulas", help=ESCAPE_FORMULAS_HELP),
     db: DbOpt = None,
     pipeline: PipelineOpt = None,
 ) -> None:
@@ -346,7 +347,14 @@ def thresholds_history(
         "created_by",
         "reason",
     ]
-    emit(rows, columns, fmt, empty=f"no thresholds stored for model {model!r}")
+    # The reason and the author are free text of whoever set the version (an API client).
+    emit(
+        rows,
+        columns,
+        fmt,
+        empty=f"no thresholds stored for model {model!r}",
+        escape_formulas=escape,
+    )
 
 
 @thresholds_app.command("set")
