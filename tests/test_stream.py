@@ -862,3 +862,22 @@ def test_the_simulated_stream_has_the_pumps_the_demo_trains_on(stream_model: Ano
     steps = abs(rpm[1:] - rpm[:-1])
     boundary = BLOCK // 4 - 1  # P1's last reading of the first block, then its first of the next
     assert steps[boundary] < 5 * float(pd.Series(steps).median()) + 40
+
+
+@pytest.mark.parametrize("field", ["rpm", "station", "event_id"])
+def test_a_value_nested_deep_is_a_dead_letter_not_a_crash(
+    stream_model: AnomalyVAE, field: str
+) -> None:
+    # A field of a message holding arrays 1,000 deep (orjson reads up to 1,024) raised
+    # RecursionError where its text was taken (pandas' astype, repr for the reason): the
+    # scorer stopped on one hostile message, and on restart read it again.
+    cfg = stream_config(stream_model, "127.0.0.1:9", "t")
+    record = make_pump_data(2, seed=5).astype(object).to_dict(orient="records")
+    deep = json.dumps({**record[0], field: "X"}).replace('"X"', "[" * 1000 + "]" * 1000)
+    messages = [msg(deep.encode(), 0, key=b"P1"), msg(json.dumps(record[1]).encode(), 1)]
+    out = StreamScorer(stream_model, cfg, MemorySink([])).score_records(messages)
+    assert out.records[SOURCE_KEY].tolist() == ["t:0:1"]
+    assert out.rejects.loc["t:0:0", "reason"] == (
+        f"field {field!r}: a JSON array nested over 32 deep: expected a number or text"
+    )
+    assert out.rejects.loc["t:0:0", "raw"] == deep

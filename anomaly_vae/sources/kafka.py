@@ -135,6 +135,10 @@ def decode_messages(
             reason = missing_fields_reason(sorted(wanted.difference(obj.keys())))
             reject(msg, source_key(msg.topic, msg.partition, msg.offset), reason)
             continue
+        deep = next((why for name in keep if (why := too_deep_reason(name, obj.get(name)))), None)
+        if deep is not None:
+            reject(msg, source_key(msg.topic, msg.partition, msg.offset), deep)
+            continue
         text: str | None = None
         if entity_field:
             entity = obj.get(entity_field)
@@ -244,6 +248,33 @@ def non_finite_reason(name: str, value: object) -> str | None:
     if isinstance(value, float) and math.isnan(value):
         return f"field {name!r}: NaN is not a number (null is a missing value)"
     return None
+
+
+# How deep a field's arrays and objects may nest. orjson reads 1,024 levels, and a value
+# nested some 1,000 deep raised RecursionError wherever its text was taken (pandas, repr): one
+# hostile message stopped the scorer. No feature or copied field is a structure.
+MAX_VALUE_DEPTH = 32
+
+
+def too_deep_reason(name: str, value: object) -> str | None:
+    """Why a field's JSON value nests arrays or objects over ``MAX_VALUE_DEPTH`` deep, else
+    None (measured without recursion)."""
+    if not isinstance(value, (list, dict)):
+        return None
+    level: list[Any] = [value]
+    for _ in range(MAX_VALUE_DEPTH):
+        level = [
+            child
+            for item in level
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, (list, dict))
+        ]
+        if not level:
+            return None
+    return (
+        f"field {name!r}: a JSON {_json_type(value)} nested over {MAX_VALUE_DEPTH} deep: "
+        "expected a number or text"
+    )
 
 
 def _invalid_json_reason(value: bytes, exc: Exception) -> str:
