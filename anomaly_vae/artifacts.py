@@ -25,6 +25,10 @@ FORMAT_NAME = "anomaly-vae-model"
 FORMAT_VERSION = 1
 META_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
+# A model.json over this is refused before it is read: a real one holds some thousand
+# calibration scores and the preprocessing state (kilobytes to a few megabytes), and one padded
+# to gigabytes took all the memory of whatever loaded the directory.
+MAX_META_BYTES = 64 * 2**20
 
 
 def save_artifact(
@@ -71,7 +75,16 @@ def load_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
         missing = META_FILE if not meta_path.is_file() else WEIGHTS_FILE
         raise ModelFileError(f"{directory} is not a model directory: {missing} is missing")
     try:
-        raw = meta_path.read_bytes()
+        size = meta_path.stat().st_size
+        if size > MAX_META_BYTES:
+            raise ModelFileError(
+                f"{meta_path} is over {MAX_META_BYTES // 2**20} MiB ({size:,} bytes): not a "
+                "model description anomaly-vae wrote; restore the directory or retrain the model"
+            )
+        with open(meta_path, "rb") as handle:
+            raw = handle.read(MAX_META_BYTES + 1)  # it may have grown since
+        if len(raw) > MAX_META_BYTES:
+            raise ModelFileError(f"{meta_path} is over {MAX_META_BYTES // 2**20} MiB")
         actual = _sha256_file(weights_path)
     except OSError as exc:
         raise ModelFileError(

@@ -355,3 +355,25 @@ def test_a_tampered_model_json_is_refused_in_one_line(
         AnomalyVAE.load(tampered)
     assert str(tampered) in str(caught.value)
     assert_user_error(run_inline(capsys, "info", "--model-dir", str(tampered)), str(tampered))
+
+
+def test_an_oversized_model_json_is_refused_before_it_is_read(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # model.json was read whole, whatever its size: padded with white space (valid JSON) to
+    # gigabytes, a model directory took all the memory of whatever loaded it ('info', the
+    # scorers, the API). A real one is some kilobytes to a few megabytes.
+    import shutil
+
+    from anomaly_vae import AnomalyVAE
+    from anomaly_vae.artifacts import MAX_META_BYTES
+    from anomaly_vae.errors import ModelFileError
+
+    padded = tmp_path / "padded"
+    shutil.copytree(tiny_model_dir, padded)
+    with open(padded / "model.json", "ab") as handle:
+        handle.write(b" " * (MAX_META_BYTES + 1))
+    expected = f"is over {MAX_META_BYTES // 2**20} MiB"
+    with pytest.raises(ModelFileError, match=re.escape(expected)):
+        AnomalyVAE.load(padded)
+    assert_user_error(run_inline(capsys, "info", "--model-dir", str(padded)), expected)
