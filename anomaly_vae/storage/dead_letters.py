@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
+from anomaly_vae.storage.repository import id_bound
 from anomaly_vae.storage.tables import DeadLetter, Model, ScoringRun
 
 DEFAULT_LIMIT = 50
@@ -60,7 +61,7 @@ def _select(where: DeadLetterFilter) -> Any:  # a Select of the listing's column
     if where.model_name is not None:
         stmt = stmt.where(Model.name == where.model_name)
     if where.run_id is not None:
-        stmt = stmt.where(DeadLetter.run_id == where.run_id)
+        stmt = stmt.where(DeadLetter.run_id == id_bound(where.run_id))
     if where.since is not None:
         stmt = stmt.where(DeadLetter.rejected_at >= where.since)
     if where.until is not None:
@@ -70,7 +71,7 @@ def _select(where: DeadLetterFilter) -> Any:  # a Select of the listing's column
         pattern = "%" + re.sub(r"([\\%_])", r"\\\1", where.reason.lower()) + "%"
         stmt = stmt.where(func.lower(DeadLetter.reason).like(pattern, escape="\\"))
     if where.before_id is not None:
-        stmt = stmt.where(DeadLetter.id < where.before_id)
+        stmt = stmt.where(DeadLetter.id < id_bound(where.before_id))
     return stmt
 
 

@@ -77,6 +77,17 @@ CALIBRATED_POLICY = "quantile"
 FROM_CALIBRATION = "model calibration"
 
 
+# Row ids are 64-bit integers. A number beyond that range (an API client's before_id of 30
+# digits) made the drivers raise (SQLite: OverflowError, a 500): it is taken as the nearest id
+# there can be, which no row has, so that what is below it is every row.
+ID_MIN, ID_MAX = -(2**63), 2**63 - 1
+
+
+def id_bound(value: int) -> int:
+    """``value`` within the range of a row id (see ``ID_MIN``)."""
+    return min(max(value, ID_MIN), ID_MAX)
+
+
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -499,9 +510,9 @@ def list_runs(
     if model_name is not None:
         stmt = stmt.where(Model.name == model_name)
     if run_id is not None:
-        stmt = stmt.where(ScoringRun.id == run_id)
+        stmt = stmt.where(ScoringRun.id == id_bound(run_id))
     if before_id is not None:
-        stmt = stmt.where(ScoringRun.id < before_id)
+        stmt = stmt.where(ScoringRun.id < id_bound(before_id))
     return list(connection.execute(stmt))
 
 
@@ -1117,6 +1128,7 @@ def list_anomalies(
     if entity is not None:
         stmt = stmt.where(Score.entity_key == entity)
     if before_id is not None:
+        before_id = id_bound(before_id)
         last = aliased(Score)
         last_when = (
             select(func.coalesce(last.event_time, last.scored_at))
