@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import tarfile
 import zipfile
 from pathlib import Path
@@ -341,3 +342,26 @@ def test_a_link_planted_at_the_partial_name_is_not_written_through(
     score_csv(model, CsvSource(data), sinks=[CsvScoreWriter(out)])  # type: ignore[arg-type]
     assert victim.read_text() == "keep me\n"
     assert len(pd.read_csv(out)) == 20
+
+
+def test_a_hard_link_planted_at_the_partial_name_is_not_written_through(
+    pump_model: tuple[object, Path], tmp_path: Path
+) -> None:
+    # Only a symbolic link at NAME.partial was removed: a hard link to another file there
+    # (a folder others can write to; the file theirs or, where the system lets them link
+    # it, anyone's) was opened for writing as found, and the scores replaced that file's
+    # content. The partial file is created new now, whatever was at its name.
+    from anomaly_vae.datasets import make_pump_data
+    from anomaly_vae.jobs.batch import CsvScoreWriter, score_csv
+
+    model, _ = pump_model
+    data = tmp_path / "export.csv"
+    make_pump_data(20, seed=5).to_csv(data, index=False)
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me\n")
+    for name in ("scores.csv", "scores.csv.gz"):
+        os.link(victim, tmp_path / f"{name}.partial")
+        out = tmp_path / name
+        score_csv(model, CsvSource(data), sinks=[CsvScoreWriter(out)])  # type: ignore[arg-type]
+        assert victim.read_text() == "keep me\n"
+        assert len(pd.read_csv(out)) == 20

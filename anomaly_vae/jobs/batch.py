@@ -219,14 +219,15 @@ class CsvScoreWriter:
         # written as it is (renaming over /dev/null made it a file).
         direct = self.path.is_symlink() or (self.path.exists() and not self.path.is_file())
         self.partial = self.path if direct else self.path.with_name(self.path.name + ".partial")
-        if not direct and self.partial.is_symlink():
-            # A link planted under the predictable '.partial' name would have the scores
-            # overwrite the file it points to: the name is ours, the link goes.
+        if not direct and (self.partial.is_symlink() or self.partial.is_file()):
+            # A link planted under the predictable '.partial' name (symbolic, or a hard link
+            # to another file) would have the scores overwrite the file it points to: the
+            # name is ours, what is there goes, and the file is created new (O_EXCL).
             self.partial.unlink()
         self._handle = (
             sys.stdout.buffer
             if self._stdout
-            else _open_for_write(self.partial, binary=True, like=self.path)
+            else _open_for_write(self.partial, binary=True, like=self.path, new=not direct)
         )
         self._header = True
         self.rows = 0
@@ -332,8 +333,11 @@ class CsvRejectsWriter:
             self._handle.close()
 
 
-def _open_for_write(path: Path, *, binary: bool = False, like: Path | None = None) -> Any:
-    """``path`` opened for writing, compressed as the name ``like`` (default ``path``) says."""
+def _open_for_write(
+    path: Path, *, binary: bool = False, like: Path | None = None, new: bool = False
+) -> Any:
+    """``path`` opened for writing, compressed as the name ``like`` (default ``path``) says;
+    ``new``: a file created here (O_EXCL: what appeared at that name meanwhile is an error)."""
     check_writable(path if like is None else like)
     # A name ending in .gz, .bz2 or .xz gets what it says (it was plain text under that name).
     opener: Any = {
@@ -343,9 +347,10 @@ def _open_for_write(path: Path, *, binary: bool = False, like: Path | None = Non
     }.get((path if like is None else like).suffix.lower(), open)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        mode = "x" if new else "w"
         if binary:
-            return opener(path, "wb")
-        return opener(path, "wt", encoding="utf-8", newline="")
+            return opener(path, mode + "b")
+        return opener(path, mode + "t", encoding="utf-8", newline="")
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
 
