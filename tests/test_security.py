@@ -377,3 +377,24 @@ def test_an_oversized_model_json_is_refused_before_it_is_read(
     with pytest.raises(ModelFileError, match=re.escape(expected)):
         AnomalyVAE.load(padded)
     assert_user_error(run_inline(capsys, "info", "--model-dir", str(padded)), expected)
+
+
+@pytest.mark.parametrize(
+    ("command", "empty"),
+    [
+        (("runs", "list"), "no scoring runs found"),
+        (("anomalies", "list"), "no anomalies found"),
+        (("alerts", "list"), "no alerts found"),
+        (("dead-letters", "list"), "no dead letters found"),
+    ],
+)
+def test_a_limit_or_id_beyond_64_bits_is_no_traceback(
+    command: tuple[str, ...], empty: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --limit (and --before-id) went to SQLite as given: OverflowError and a traceback.
+    db = f"sqlite:///{tmp_path / 'results.db'}"
+    assert run_inline(capsys, "db", "upgrade", "--db", db).returncode == 0
+    big = "9" * 25
+    result = run_inline(capsys, *command, "--db", db, "--limit", big, "--before-id", big)
+    assert result.returncode == 0, result.stderr
+    assert empty in result.stdout

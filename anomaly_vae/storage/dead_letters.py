@@ -80,7 +80,7 @@ def list_dead_letters(
 ) -> list[dict[str, Any]]:
     """The newest ``limit`` dead letters that ``where`` selects, newest first. The next page:
     the same filter with ``before_id`` set to the last row's ``id``."""
-    return [row._asdict() for row in connection.execute(_select(where).limit(limit))]
+    return [row._asdict() for row in connection.execute(_select(where).limit(id_bound(limit)))]
 
 
 def iter_dead_letters(

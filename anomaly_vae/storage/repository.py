@@ -78,13 +78,14 @@ FROM_CALIBRATION = "model calibration"
 
 
 # Row ids are 64-bit integers. A number beyond that range (an API client's before_id of 30
-# digits) made the drivers raise (SQLite: OverflowError, a 500): it is taken as the nearest id
-# there can be, which no row has, so that what is below it is every row.
+# digits, a --limit of 25) made the drivers raise (SQLite: OverflowError, a 500 or a
+# traceback): it is taken as the nearest id there can be, which no row has, so that what is
+# below it is every row (and a limit as large, no limit).
 ID_MIN, ID_MAX = -(2**63), 2**63 - 1
 
 
 def id_bound(value: int) -> int:
-    """``value`` within the range of a row id (see ``ID_MIN``)."""
+    """``value`` within the range of a row id or a row count (see ``ID_MIN``)."""
     return min(max(value, ID_MIN), ID_MAX)
 
 
@@ -501,7 +502,7 @@ def list_runs(
         )
         .join(Model, Model.id == ScoringRun.model_id)
         .order_by(ScoringRun.id.desc())
-        .limit(limit)
+        .limit(id_bound(limit))
     )
     if kind is not None:
         stmt = stmt.where(ScoringRun.kind == kind)
@@ -1117,7 +1118,7 @@ def list_anomalies(
         .outerjoin(Alert, Alert.score_id == Score.id)
         .where(Score.is_anomaly.is_(True))
         .order_by(when.desc(), Score.id.desc())
-        .limit(limit)
+        .limit(id_bound(limit))
     )
     if model_name is not None:
         stmt = stmt.where(Model.name == model_name)

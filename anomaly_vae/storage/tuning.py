@@ -970,7 +970,7 @@ def list_alerts(
         .join(Score, Score.id == Alert.score_id)
         .join(Model, Model.id == Alert.model_id)
         .order_by(Alert.opened_at.desc(), Alert.id.desc())
-        .limit(limit)
+        .limit(repo.id_bound(limit))
     )
     if state is not None:
         if state == "active":
