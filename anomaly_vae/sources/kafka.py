@@ -135,10 +135,13 @@ def decode_messages(
             reason = missing_fields_reason(sorted(wanted.difference(obj.keys())))
             reject(msg, source_key(msg.topic, msg.partition, msg.offset), reason)
             continue
-        deep = next((why for name in keep if (why := too_deep_reason(name, obj.get(name)))), None)
-        if deep is not None:
-            reject(msg, source_key(msg.topic, msg.partition, msg.offset), deep)
-            continue
+        # Only a message with that many brackets can nest so deep (counted in C: the check
+        # per field cost a third of the decoding time of every message).
+        if value.count(b"[") + value.count(b"{") > MAX_VALUE_DEPTH:
+            deep = next((w for name in keep if (w := too_deep_reason(name, obj.get(name)))), None)
+            if deep is not None:
+                reject(msg, source_key(msg.topic, msg.partition, msg.offset), deep)
+                continue
         text: str | None = None
         if entity_field:
             entity = obj.get(entity_field)
