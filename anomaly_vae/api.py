@@ -661,7 +661,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
                 reason=body.reason,
             )
         logger.info(
-            "model %s: threshold v%d (back to v%d) set by %s",
+            "model %s: threshold v%d (back to v%d) set by %r",
             name,
             row.version,
             body.version,
@@ -1257,7 +1257,7 @@ def _new_version(
             created_by=body.created_by,
             reason=body.reason,
         )
-    logger.info("model %s: threshold v%d set by %s", name, row.version, body.created_by)
+    logger.info("model %s: threshold v%d set by %r", name, row.version, body.created_by)
     return _threshold(row)
 
 

@@ -1280,3 +1280,20 @@ def test_an_id_beyond_64_bits_in_a_query_is_an_answer_not_a_500(score_client: An
     unknown = score_client.get(f"/runs/{big}")
     assert unknown.status_code == 404
     assert unknown.json() == {"detail": f"no scoring run {big}"}
+
+
+def test_a_name_sent_in_a_request_cannot_forge_a_server_log_line(server: Server) -> None:
+    # 'created_by' went into the server's log line as it came: with a line break in it, a
+    # client wrote a line of its own making ("WARNING anomaly_vae.api: ...") into the log.
+    forged = "alice\nWARNING anomaly_vae.api: forged line"
+    for path, body in (
+        ("/models/pumps/thresholds", {"warning": {"policy": "quantile", "quantile": 0.99}}),
+        ("/models/pumps/thresholds/rollback", {"version": 1}),
+    ):
+        sent = {**body, "reason": "r", "created_by": forged}
+        response = server.client.post(path, json=sent, headers=AUTH)
+        assert response.status_code == 201, response.text
+        assert response.json()["created_by"] == forged  # stored as sent
+    out = stop(server)
+    assert "set by 'alice\\nWARNING anomaly_vae.api: forged line'" in out, out
+    assert not [line for line in out.splitlines() if line.startswith("WARNING anomaly_vae.api")]
