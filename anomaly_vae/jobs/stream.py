@@ -196,6 +196,10 @@ class StreamScorer:
         # partitions move, then read back from the sink for each entity as it comes.
         self._windows = model.new_window_state()
         self._windows_moved = threading.Event()
+        # Set from partitions revoked to partitions assigned (kafka-python's IO thread), and
+        # when the last assignment came (monotonic): the idle clock starts again from there.
+        self._rebalancing = threading.Event()
+        self._assigned_at = -math.inf
         self._warned_split = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -356,13 +360,18 @@ class StreamScorer:
                         if current and not said_where:
                             said_where = True
                             self._say_where_reading_starts(current)
+                    # A rebalance that gave back the same partitions changes no assignment.
+                    last_record = max(last_record, self._assigned_at)
                     if records:
                         last_record = now
                         polled_total += len(records)
                         self._submitted += len(records)
                         worker.submit(records)
-                    elif worker.in_flight:
-                        last_record = now  # not idle while a batch is still being written
+                    elif worker.in_flight or self._rebalancing.is_set():
+                        # Not idle while a batch is still being written, nor while the group
+                        # rebalances: the poll that ran it took seconds, and a scorer stopped
+                        # for 'no message' half way through it.
+                        last_record = now
                     elif idle_timeout is not None and (
                         (assigned and now - last_record >= idle_timeout)
                         or (not assigned and now - started >= idle_timeout + join_grace)
@@ -925,6 +934,8 @@ def _rebalance_listener(scorer: StreamScorer) -> Any:
 
     class ScorerRebalanceListener(AsyncConsumerRebalanceListener):
         async def on_partitions_revoked(self, revoked: Any) -> None:
+            if revoked:
+                scorer._rebalancing.set()
             worker = scorer._worker
             if worker is not None:
                 began = time.monotonic()
@@ -953,6 +964,8 @@ def _rebalance_listener(scorer: StreamScorer) -> Any:
 
         async def on_partitions_assigned(self, assigned: Any) -> None:
             scorer._windows_moved.set()
+            scorer._assigned_at = time.monotonic()
+            scorer._rebalancing.clear()
             logger.info("partitions assigned: %s", _names(assigned))
 
     return ScorerRebalanceListener()
