@@ -695,3 +695,45 @@ def test_two_upgrades_at_once_take_turns(empty_db_url: str) -> None:
         first.dispose()
         second.dispose()
     assert outcome == [("0005", "0005")], outcome
+
+
+def test_a_statement_the_server_refuses_is_not_called_a_connection_failure(
+    postgres_databases: object, export: Path, pump_model: tuple[AnomalyVAE, Path]
+) -> None:
+    """Connected, and PostgreSQL answered a statement with an error: a lock_timeout (or a
+    statement_timeout) was "cannot connect ...: no answer within 10 s: check the host, port and
+    firewall", a constraint an administrator added "cannot connect ...: DETAIL: Failing row
+    contains (...)". (Commands in processes of their own, as an operator runs them.)"""
+    from anomaly_vae.storage.migrate import upgrade
+
+    def command(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "anomaly_vae", *args], capture_output=True, text=True
+        )
+
+    url = str(postgres_databases())  # type: ignore[operator]
+    engine = create_database_engine(parse_database_url(url))
+    try:
+        upgrade(engine)
+        name = parse_database_url(url).database
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"ALTER DATABASE \"{name}\" SET lock_timeout = '200ms'")
+        with engine.connect() as holder, holder.begin():
+            holder.exec_driver_sql("LOCK TABLE scoring_runs IN ACCESS EXCLUSIVE MODE")
+            locked = command("runs", "list", "--db", url)
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "ALTER TABLE scoring_runs ADD CONSTRAINT no_exports "
+                "CHECK (strpos(source, 'export') = 0) NOT VALID"
+            )
+        _, model_dir = pump_model
+        refused = command("score", str(export), "--model-dir", str(model_dir), "--db", url)
+    finally:
+        engine.dispose()
+    assert_user_error(
+        locked, "refused a statement: canceling statement due to lock timeout", "holds a lock"
+    )
+    assert_user_error(refused, "refused a statement", 'violates check constraint "no_exports"')
+    for result in (locked, refused):
+        assert "cannot connect" not in result.stderr
+        assert "firewall" not in result.stderr

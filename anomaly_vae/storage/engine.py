@@ -297,6 +297,20 @@ def connection_error(exc: BaseException, target: DatabaseTarget) -> DatabaseConn
             "transaction: a standby?): point the URL at the primary"
         )
         return DatabaseConnectionError(_scrub(message, target))
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate and not sqlstate.startswith(_CONNECTION_SQLSTATES):
+        # Connected, and the server answered a statement with an error (a timeout the user or
+        # database sets, a lock, a constraint): not "cannot connect", nor "no answer within
+        # 10 s: check the firewall", which a statement_timeout was shown as.
+        first = text.splitlines()[0].strip() if text else type(orig).__name__
+        server_detail = getattr(getattr(orig, "diag", None), "message_detail", None)
+        if server_detail:
+            first += f" ({str(server_detail).strip()[:200]})"
+        message = (
+            f"PostgreSQL at {where} ({target.display}) refused a statement: {first}"
+            f"{_STATEMENT_HINTS.get(sqlstate, '')}"
+        )
+        return DatabaseConnectionError(_scrub(message, target))
     if "password authentication failed" in lower or "no password supplied" in lower:
         why = f"password authentication failed for user {user!r}: check the password in the URL"
     elif "does not exist" in lower and "database" in lower:
@@ -333,6 +347,19 @@ def connection_error(exc: BaseException, target: DatabaseTarget) -> DatabaseConn
         why = _last_line(text)
     message = f"cannot connect to PostgreSQL at {where} ({target.display}): {why}"
     return DatabaseConnectionError(_scrub(message, target))
+
+
+# SQLSTATE classes of errors in connecting (connection exception, invalid authorization,
+# invalid catalog name: no such database, operator intervention: the server shutting down).
+_CONNECTION_SQLSTATES = ("08", "28", "3D", "57P")
+_STATEMENT_HINTS = {
+    "57014": ": a statement_timeout of this user or database (ALTER ROLE ... SET "
+    "statement_timeout), or a cancel; raise it for anomaly-vae's user, or run the command again",
+    "55P03": ": another session holds a lock on the table (lock_timeout); run the command "
+    "again once it is done",
+    "40P01": ": a deadlock with another session; run the command again",
+    "40001": ": a conflict with another session; run the command again",
+}
 
 
 def _last_line(text: str) -> str:
