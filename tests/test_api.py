@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -1237,3 +1238,24 @@ def test_the_server_log_has_one_line_format(tmp_path: Path) -> None:
     layout = re.compile(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: ")
     odd = [line for line in lines if not layout.match(line)]
     assert not odd, out
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_server_with_exit_status_0(tmp_path: Path, signum: int) -> None:
+    """SIGTERM (a service manager) or Ctrl-C: uvicorn shuts down in order, and the process
+    exits 0, as 'stream' does after the same orderly stop. It raised the signal again once
+    stopped: exit status 143 for SIGTERM (killed by it), 130 for Ctrl-C."""
+    url = f"sqlite:///{tmp_path / 'api.db'}"
+    upgraded = subprocess.run(
+        [sys.executable, "-m", "anomaly_vae", "db", "upgrade", "--db", url],
+        capture_output=True,
+        text=True,
+    )
+    assert upgraded.returncode == 0, upgraded.stderr
+    server = start_server(url, None)
+    server.client.close()
+    server.process.send_signal(signum)
+    out, _ = server.process.communicate(timeout=30)
+    assert server.process.returncode == 0, out
+    assert f"stopped on signal {int(signum)}" in out
+    assert "Traceback" not in out
