@@ -556,6 +556,11 @@ def test_a_job_that_fails_part_way_records_its_rows_and_why(
     assert rows_read == stored
     assert error.startswith("the job stopped before the end of the file: ")
     assert "utf-8" in error.lower()
+    # 'runs list' says why, too: the error was only in the table (psql).
+    (listed,) = json.loads(cli(capsys, "runs", "list", "--db", url, "--format", "json").stdout)
+    assert listed["status"] == "failed"
+    assert listed["error"] == error
+    assert error in cli(capsys, "runs", "list", "--db", url).stdout
 
 
 def test_prune_deletes_old_rows_but_those_alerts_point_to_and_flagged_ones(

@@ -402,6 +402,8 @@ def runs_list(
         "rows_rejected",
         "rows_inserted",
         "source",
+        # Why a failed run failed (the job's one-line error): it was only in the table.
+        "error",
     ]
     emit(rows, columns, fmt, empty="no scoring runs yet")
 

@@ -455,6 +455,7 @@ def list_runs(connection: Connection, *, limit: int = 20) -> list[Row[Any]]:
                 ScoringRun.rows_rejected,
                 ScoringRun.rows_inserted,
                 ScoringRun.threshold_value,
+                ScoringRun.error,
             )
             .join(Model, Model.id == ScoringRun.model_id)
             .order_by(ScoringRun.started_at.desc(), ScoringRun.id.desc())
