@@ -742,3 +742,22 @@ def test_a_statement_the_server_refuses_is_not_called_a_connection_failure(
     for result in (locked, refused):
         assert "cannot connect" not in result.stderr
         assert "firewall" not in result.stderr
+
+
+def test_migrations_that_do_nothing_say_so(
+    empty_db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'db downgrade base' on an empty database said "schema migrated down from None to base";
+    'db upgrade --revision 0001' on a database at 0002 said "schema already at revision 0002"."""
+    nothing = cli(capsys, "db", "downgrade", "base", "--db", empty_db_url)
+    assert nothing.returncode == 0, nothing.stderr
+    assert "no anomaly-vae schema there: nothing to migrate down" in nothing.stdout
+    assert "None" not in nothing.stdout
+    up = cli(capsys, "db", "upgrade", "--revision", "0002", "--db", empty_db_url)
+    assert "from empty to 0002" in up.stdout
+    below = cli(capsys, "db", "upgrade", "--revision", "0001", "--db", empty_db_url)
+    assert below.returncode == 0, below.stderr
+    assert "schema at revision 0002, not below 0001: nothing done" in below.stdout
+    assert "anomaly-vae db downgrade 0001" in below.stdout
+    again = cli(capsys, "db", "upgrade", "--revision", "0002", "--db", empty_db_url)
+    assert "schema already at revision 0002" in again.stdout

@@ -125,7 +125,14 @@ def db_upgrade(
     target = database_target(db, pipeline)
     with opened(target, check_schema=False) as engine:
         before, after = migrate.upgrade(engine, revision)
-    if before == after:
+    if before == after and revision not in ("head", after) and after is not None:
+        # Alembic does nothing when asked "up" to a revision below the current one; this
+        # said "already at revision 0002" for '--revision 0001', as if 0001 were the current.
+        typer.echo(
+            f"{target.display}: schema at revision {after}, not below {revision}: nothing done "
+            f"(to go down to it: anomaly-vae db downgrade {revision})"
+        )
+    elif before == after:
         typer.echo(f"{target.display}: schema already at revision {after}")
     else:
         typer.echo(f"{target.display}: schema migrated from {before or 'empty'} to {after}")
@@ -146,6 +153,9 @@ def db_downgrade(
     target = database_target(db, pipeline)
     with opened(target, check_schema=False) as engine:
         before, after = migrate.downgrade(engine, revision)
+    if before is None:  # it said "migrated down from None to base"
+        typer.echo(f"{target.display}: no anomaly-vae schema there: nothing to migrate down")
+        return
     typer.echo(f"{target.display}: schema migrated down from {before} to {after or 'base'}")
 
 
