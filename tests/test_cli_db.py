@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -265,7 +266,12 @@ def test_commands_refuse_a_database_behind_the_migrations(
         assert_user_error(result, "run 'anomaly-vae db upgrade --db")
     if empty_db_url.startswith("sqlite:///"):  # refused without leaving an empty file behind
         assert not Path(empty_db_url.removeprefix("sqlite:///")).exists()
-    assert "revision none" in cli(capsys, "db", "current", "--db", empty_db_url).stdout
+    if empty_db_url.startswith("sqlite:///"):  # no file: said so, and none left behind
+        current = cli(capsys, "db", "current", "--db", empty_db_url)
+        assert_user_error(current, "there is no database file", "db upgrade --db")
+        assert not Path(empty_db_url.removeprefix("sqlite:///")).exists()
+    else:
+        assert "revision none" in cli(capsys, "db", "current", "--db", empty_db_url).stdout
     upgraded = cli(capsys, "db", "upgrade", "--db", empty_db_url)
     assert upgraded.returncode == 0, upgraded.stderr
     assert "migrated from empty to 0005" in upgraded.stdout
@@ -749,6 +755,8 @@ def test_migrations_that_do_nothing_say_so(
 ) -> None:
     """'db downgrade base' on an empty database said "schema migrated down from None to base";
     'db upgrade --revision 0001' on a database at 0002 said "schema already at revision 0002"."""
+    if empty_db_url.startswith("sqlite:///"):  # a file with no schema in it
+        sqlite3.connect(empty_db_url.removeprefix("sqlite:///")).close()
     nothing = cli(capsys, "db", "downgrade", "base", "--db", empty_db_url)
     assert nothing.returncode == 0, nothing.stderr
     assert "no anomaly-vae schema there: nothing to migrate down" in nothing.stdout
@@ -761,3 +769,16 @@ def test_migrations_that_do_nothing_say_so(
     assert "anomaly-vae db downgrade 0001" in below.stdout
     again = cli(capsys, "db", "upgrade", "--revision", "0002", "--db", empty_db_url)
     assert "schema already at revision 0002" in again.stdout
+
+
+def test_current_and_downgrade_leave_no_empty_sqlite_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'db current' or 'db downgrade' on a SQLite path with no file (a typo) created an empty
+    file there and said "revision none ... behind" or "nothing to migrate down"; now they
+    say there is no such file, as the list commands do."""
+    url = f"sqlite:///{tmp_path / 'typo.db'}"
+    for args in (("current",), ("downgrade", "base")):
+        result = cli(capsys, "db", *args, "--db", url)
+        assert_user_error(result, "there is no database file", "typo.db", "db upgrade --db")
+    assert not (tmp_path / "typo.db").exists()

@@ -149,8 +149,10 @@ def db_downgrade(
     """Migrate the schema down ('base' drops every table and its data)."""
     setup_logging(verbose)
     from anomaly_vae.storage import migrate
+    from anomaly_vae.storage.engine import require_sqlite_file
 
     target = database_target(db, pipeline)
+    require_sqlite_file(target)  # not an empty file left under a mistyped name
     with opened(target, check_schema=False) as engine:
         before, after = migrate.downgrade(engine, revision)
     if before is None:  # it said "migrated down from None to base"
@@ -167,9 +169,10 @@ def db_current(
     """Show the schema revision of the database and whether it is current."""
     setup_logging(False)
     from anomaly_vae.storage import migrate
-    from anomaly_vae.storage.engine import upgrade_hint
+    from anomaly_vae.storage.engine import require_sqlite_file, upgrade_hint
 
     target = database_target(db, pipeline)
+    require_sqlite_file(target)  # not an empty file left under a mistyped name
     head = migrate.head_revision()
     with connected(target, check_schema=False) as connection:
         current = migrate.current_revision(connection)

@@ -206,10 +206,7 @@ def open_database(
             )
         if check_schema and not path.exists():
             if not create_missing:  # say so, rather than leave an empty file
-                raise SchemaVersionError(
-                    f"there is no database file {target.url.database} yet: "
-                    f"run '{upgrade_hint(target)}' to create it"
-                )
+                require_sqlite_file(target)
             _create_sqlite(target)
     engine = create_database_engine(target.url)
     try:
@@ -226,6 +223,18 @@ def open_database(
         raise
     logger.info("using database %s (from %s)", target.display, target.origin)
     return engine
+
+
+def require_sqlite_file(target: DatabaseTarget) -> None:
+    """Refuse a SQLite URL whose file does not exist, saying how to create it: connecting
+    would leave an empty file under that name (a typo'd path among them)."""
+    if not target.is_sqlite or target.url.database in (None, "", ":memory:"):
+        return
+    if not Path(str(target.url.database)).expanduser().exists():
+        raise SchemaVersionError(
+            f"there is no database file {target.url.database} yet: "
+            f"run '{upgrade_hint(target)}' to create it"
+        )
 
 
 def _create_sqlite(target: DatabaseTarget) -> None:
