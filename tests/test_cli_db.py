@@ -782,3 +782,31 @@ def test_current_and_downgrade_leave_no_empty_sqlite_file(
         result = cli(capsys, "db", *args, "--db", url)
         assert_user_error(result, "there is no database file", "typo.db", "db upgrade --db")
     assert not (tmp_path / "typo.db").exists()
+
+
+def test_an_empty_database_url_variable_is_refused_not_replaced_by_the_default(
+    tmp_path: Path,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ANOMALY_VAE_DATABASE_URL set to nothing (a secret not injected): the commands took the
+    default SQLite file in the working directory in its place, without a word; a scorer wrote
+    its results there (and a stream committed its offsets)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ANOMALY_VAE_DATABASE_URL", " ")
+    _, model_dir = pump_model
+    for args in (
+        ("db", "upgrade"),
+        ("runs", "list"),
+        ("score", str(export), "--model-dir", str(model_dir), "--out", "s.csv"),
+    ):
+        assert_user_error(
+            cli(capsys, *args), "ANOMALY_VAE_DATABASE_URL is set but empty", "or unset it"
+        )
+    assert not (tmp_path / "anomaly_vae.db").exists()
+    assert not (tmp_path / "s.csv").exists()
+    # --db still wins over the (empty) variable.
+    url = f"sqlite:///{tmp_path / 'given.db'}"
+    assert cli(capsys, "db", "upgrade", "--db", url).returncode == 0

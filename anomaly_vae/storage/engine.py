@@ -105,6 +105,15 @@ def resolve_database_url(
     """Pick the URL by precedence (``--db``, environment, pipeline file, default) and parse it."""
     if cli_url:
         return DatabaseTarget(parse_database_url(cli_url, origin="--db"), "--db")
+    if ENV_VAR in environ and not environ[ENV_VAR].strip():
+        # Set, but to nothing (a secret that was not injected, a template left empty): the
+        # default SQLite file in the working directory took its place without a word, and a
+        # stream scorer wrote there and committed its offsets.
+        fallback = "the pipeline file's database.url" if pipeline_url else DEFAULT_URL
+        raise DatabaseURLError(
+            f"{ENV_VAR} is set but empty: set it to the database URL (e.g. "
+            f"postgresql://user:password@host:5432/anomalies), or unset it to use {fallback}"
+        )
     if environ.get(ENV_VAR):
         return DatabaseTarget(parse_database_url(environ[ENV_VAR], origin=ENV_VAR), ENV_VAR)
     if pipeline_url:
