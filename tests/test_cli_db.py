@@ -784,7 +784,9 @@ def test_current_and_downgrade_leave_no_empty_sqlite_file(
     assert not (tmp_path / "typo.db").exists()
 
 
+@pytest.mark.parametrize("value", ["", " "])
 def test_an_empty_database_url_variable_is_refused_not_replaced_by_the_default(
+    value: str,
     tmp_path: Path,
     export: Path,
     pump_model: tuple[AnomalyVAE, Path],
@@ -795,7 +797,7 @@ def test_an_empty_database_url_variable_is_refused_not_replaced_by_the_default(
     default SQLite file in the working directory in its place, without a word; a scorer wrote
     its results there (and a stream committed its offsets)."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("ANOMALY_VAE_DATABASE_URL", " ")
+    monkeypatch.setenv("ANOMALY_VAE_DATABASE_URL", value)
     _, model_dir = pump_model
     for args in (
         ("db", "upgrade"),
