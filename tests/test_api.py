@@ -1259,3 +1259,43 @@ def test_a_signal_stops_the_server_with_exit_status_0(tmp_path: Path, signum: in
     assert server.process.returncode == 0, out
     assert f"stopped on signal {int(signum)}" in out
     assert "Traceback" not in out
+
+
+def test_metrics_say_the_database_is_down_rather_than_fail_the_scrape(
+    postgres_databases: Callable[[], str],
+) -> None:
+    """The database gone while the API serves: /metrics answers 200 with
+    anomaly_vae_database_up 0 (it answered 503, so the scrape failed and a monitor saw the
+    API down, not its database); /health still answers 503."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    from anomaly_vae.storage.migrate import upgrade
+    from tests.conftest import POSTGRES_ADMIN_URL
+
+    url = postgres_databases()
+    engine = create_database_engine(parse_database_url(url))
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    server = start_server(url, None)
+    try:
+        up = {f.name: f for f in text_string_to_metric_families(server.client.get("/metrics").text)}
+        assert up["anomaly_vae_database_up"].samples[0].value == 1
+        admin = create_engine(make_url(POSTGRES_ADMIN_URL), isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as connection:
+                name = parse_database_url(url).database
+                connection.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+        finally:
+            admin.dispose()
+        down = server.client.get("/metrics")
+        health = server.client.get("/health")
+    finally:
+        stop(server)
+    assert down.status_code == 200, down.text
+    families = {f.name: f for f in text_string_to_metric_families(down.text)}
+    assert families["anomaly_vae_database_up"].samples[0].value == 0
+    assert health.status_code == 503
+    assert "unavailable" in health.json()["detail"]
