@@ -328,9 +328,15 @@ def test_a_database_a_newer_version_migrated_is_not_called_behind(
 def test_db_current_names_the_database_to_upgrade(
     db_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    assert cli(capsys, "db", "current", "--db", db_url, "--check").returncode == 0
     assert cli(capsys, "db", "downgrade", "-1", "--db", db_url).returncode == 0
     behind = cli(capsys, "db", "current", "--db", db_url).stdout
     assert "behind: run 'anomaly-vae db upgrade --db " in behind
+    # --check: a deploy step can gate on it (without, 'db current' reports and exits 0).
+    assert cli(capsys, "db", "current", "--db", db_url).returncode == 0
+    gated = cli(capsys, "db", "current", "--db", db_url, "--check")
+    assert gated.returncode == 1
+    assert "behind: run" in gated.stdout
 
 
 def test_downgrade_minus_one_is_one_step_down(

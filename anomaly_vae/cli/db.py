@@ -175,6 +175,11 @@ def db_downgrade(
 def db_current(
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
     pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+    check: bool = typer.Option(
+        False,
+        "--check",
+        help="Exit with status 1 unless the schema is up to date (a deploy step's gate).",
+    ),
 ) -> None:
     """Show the schema revision of the database and whether it is current."""
     setup_logging(False)
@@ -194,6 +199,8 @@ def db_current(
     else:
         state = f"behind: run '{upgrade_hint(target)}'"
     typer.echo(f"{target.display}: revision {current or 'none'} (latest {head}): {state}")
+    if check and current != head:
+        raise typer.Exit(1)
 
 
 _DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
