@@ -554,12 +554,18 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         )
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["service"])
-    def metrics(conn: Conn) -> PlainTextResponse:
-        """Prometheus text format: records scored / flagged / rejected, alerts, thresholds in
-        force, and each running stream scorer's lag, latency and rate."""
-        return PlainTextResponse(
-            prometheus_text(conn), media_type="text/plain; version=0.0.4; charset=utf-8"
-        )
+    def metrics(request: Request) -> PlainTextResponse:
+        """Prometheus text format: whether the database answered, records scored / flagged /
+        rejected, alerts, thresholds in force, and each running stream scorer's lag, latency
+        and rate. With the database down, a 200 with ``anomaly_vae_database_up 0``: a 503
+        failed the scrape, and the monitor saw the API down, not its database."""
+        try:
+            with request.app.state.engine.connect() as conn:
+                text = prometheus_text(conn)
+        except SQLAlchemyError as exc:
+            logger.warning("database error: %s", str(exc).splitlines()[0][:300])
+            text = _database_up_text(False)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     # ---------------------------------------------------------------------- models
     @app.get("/models", response_model=list[ModelPublic], tags=["models"])
@@ -1293,6 +1299,19 @@ def _threshold(row: Any) -> ThresholdPublic:
 
 
 # ======================================================================= metrics
+def _database_up_text(up: bool) -> str:
+    out = _Exposition()
+    _database_up(out, up)
+    return out.text()
+
+
+def _database_up(out: _Exposition, up: bool) -> None:
+    out.family(
+        "anomaly_vae_database_up", "gauge", "1 when the results database answered this scrape."
+    )
+    out.lines.append(f"anomaly_vae_database_up {int(up)}")
+
+
 def prometheus_text(conn: Connection) -> str:
     """The metrics in Prometheus' text exposition format (version 0.0.4)."""
     out = _Exposition()
@@ -1406,6 +1425,7 @@ def prometheus_text(conn: Connection) -> str:
             {"model": row.name, "run": str(row.id)},
             (now - row.metrics_at).total_seconds(),
         )
+    _database_up(out, True)
     return out.text()
 
 

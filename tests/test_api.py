@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -1297,3 +1298,64 @@ def test_a_name_sent_in_a_request_cannot_forge_a_server_log_line(server: Server)
     out = stop(server)
     assert "set by 'alice\\nWARNING anomaly_vae.api: forged line'" in out, out
     assert not [line for line in out.splitlines() if line.startswith("WARNING anomaly_vae.api")]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_server_with_exit_status_0(tmp_path: Path, signum: int) -> None:
+    """SIGTERM (a service manager) or Ctrl-C: uvicorn shuts down in order, and the process
+    exits 0, as 'stream' does after the same orderly stop. It raised the signal again once
+    stopped: exit status 143 for SIGTERM (killed by it), 130 for Ctrl-C."""
+    url = f"sqlite:///{tmp_path / 'api.db'}"
+    upgraded = subprocess.run(
+        [sys.executable, "-m", "anomaly_vae", "db", "upgrade", "--db", url],
+        capture_output=True,
+        text=True,
+    )
+    assert upgraded.returncode == 0, upgraded.stderr
+    server = start_server(url, None)
+    server.client.close()
+    server.process.send_signal(signum)
+    out, _ = server.process.communicate(timeout=30)
+    assert server.process.returncode == 0, out
+    assert f"stopped on signal {int(signum)}" in out
+    assert "Traceback" not in out
+
+
+def test_metrics_say_the_database_is_down_rather_than_fail_the_scrape(
+    postgres_databases: Callable[[], str],
+) -> None:
+    """The database gone while the API serves: /metrics answers 200 with
+    anomaly_vae_database_up 0 (it answered 503, so the scrape failed and a monitor saw the
+    API down, not its database); /health still answers 503."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    from anomaly_vae.storage.migrate import upgrade
+    from tests.conftest import POSTGRES_ADMIN_URL
+
+    url = postgres_databases()
+    engine = create_database_engine(parse_database_url(url))
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    server = start_server(url, None)
+    try:
+        up = {f.name: f for f in text_string_to_metric_families(server.client.get("/metrics").text)}
+        assert up["anomaly_vae_database_up"].samples[0].value == 1
+        admin = create_engine(make_url(POSTGRES_ADMIN_URL), isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as connection:
+                name = parse_database_url(url).database
+                connection.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+        finally:
+            admin.dispose()
+        down = server.client.get("/metrics")
+        health = server.client.get("/health")
+    finally:
+        stop(server)
+    assert down.status_code == 200, down.text
+    families = {f.name: f for f in text_string_to_metric_families(down.text)}
+    assert families["anomaly_vae_database_up"].samples[0].value == 0
+    assert health.status_code == 503
+    assert "unavailable" in health.json()["detail"]

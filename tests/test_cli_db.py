@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -252,26 +253,6 @@ def test_killed_run_then_rerun_stores_every_row_exactly_once(
     assert runs[1].rows_inserted == 11_998 - after_kill
 
 
-def test_db_current_and_downgrade_leave_no_empty_file_where_there_was_none(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # 'db current' in the wrong folder left an empty anomaly_vae.db there (SQLite creates the
-    # file on connecting), after which the list commands said "no anomaly-vae schema yet"
-    # rather than "no database file"; 'db downgrade base' did too, and said it migrated.
-    path = tmp_path / "results.db"
-    url = f"sqlite:///{path}"
-    current = cli(capsys, "db", "current", "--db", url)
-    assert current.returncode == 0, current.stderr
-    head = migrate.head_revision()
-    want = f"revision none, no file yet (latest {head}): run 'anomaly-vae db upgrade"
-    assert want in current.stdout
-    assert_user_error(
-        cli(capsys, "db", "downgrade", "base", "--db", url), "results.db: nothing to downgrade"
-    )
-    assert not path.exists()
-    assert_user_error(cli(capsys, "runs", "list", "--db", url), "no database file")
-
-
 def test_commands_refuse_a_database_behind_the_migrations(
     empty_db_url: str,
     export: Path,
@@ -287,7 +268,12 @@ def test_commands_refuse_a_database_behind_the_migrations(
         assert_user_error(result, "run 'anomaly-vae db upgrade --db")
     if empty_db_url.startswith("sqlite:///"):  # refused without leaving an empty file behind
         assert not Path(empty_db_url.removeprefix("sqlite:///")).exists()
-    assert "revision none" in cli(capsys, "db", "current", "--db", empty_db_url).stdout
+    if empty_db_url.startswith("sqlite:///"):  # no file: said so, and none left behind
+        current = cli(capsys, "db", "current", "--db", empty_db_url)
+        assert_user_error(current, "there is no database file", "db upgrade --db")
+        assert not Path(empty_db_url.removeprefix("sqlite:///")).exists()
+    else:
+        assert "revision none" in cli(capsys, "db", "current", "--db", empty_db_url).stdout
     upgraded = cli(capsys, "db", "upgrade", "--db", empty_db_url)
     assert upgraded.returncode == 0, upgraded.stderr
     assert "migrated from empty to 0006" in upgraded.stdout
@@ -342,9 +328,15 @@ def test_a_database_a_newer_version_migrated_is_not_called_behind(
 def test_db_current_names_the_database_to_upgrade(
     db_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    assert cli(capsys, "db", "current", "--db", db_url, "--check").returncode == 0
     assert cli(capsys, "db", "downgrade", "-1", "--db", db_url).returncode == 0
     behind = cli(capsys, "db", "current", "--db", db_url).stdout
     assert "behind: run 'anomaly-vae db upgrade --db " in behind
+    # --check: a deploy step can gate on it (without, 'db current' reports and exits 0).
+    assert cli(capsys, "db", "current", "--db", db_url).returncode == 0
+    gated = cli(capsys, "db", "current", "--db", db_url, "--check")
+    assert gated.returncode == 1
+    assert "behind: run" in gated.stdout
 
 
 def test_downgrade_minus_one_is_one_step_down(
@@ -578,6 +570,11 @@ def test_a_job_that_fails_part_way_records_its_rows_and_why(
     assert rows_read == stored
     assert error.startswith("the job stopped before the end of the file: ")
     assert "utf-8" in error.lower()
+    # 'runs list' says why, too: the error was only in the table (psql).
+    (listed,) = json.loads(cli(capsys, "runs", "list", "--db", url, "--format", "json").stdout)
+    assert listed["status"] == "failed"
+    assert listed["error"] == error
+    assert error in cli(capsys, "runs", "list", "--db", url).stdout
 
 
 def test_prune_deletes_old_rows_but_those_alerts_point_to_and_flagged_ones(
@@ -705,8 +702,6 @@ def test_two_upgrades_at_once_take_turns(empty_db_url: str) -> None:
     from alembic import command
     from sqlalchemy import event
 
-    from anomaly_vae.storage import migrate
-
     url = parse_database_url(empty_db_url)
     first, second = create_database_engine(url), create_database_engine(url)
     sqlite = url.get_backend_name() == "sqlite"
@@ -757,3 +752,109 @@ def test_two_upgrades_at_once_take_turns(empty_db_url: str) -> None:
         second.dispose()
     head = migrate.head_revision()
     assert outcome == [(head, head)], outcome
+
+
+def test_a_statement_the_server_refuses_is_not_called_a_connection_failure(
+    postgres_databases: object, export: Path, pump_model: tuple[AnomalyVAE, Path]
+) -> None:
+    """Connected, and PostgreSQL answered a statement with an error: a lock_timeout (or a
+    statement_timeout) was "cannot connect ...: no answer within 10 s: check the host, port and
+    firewall", a constraint an administrator added "cannot connect ...: DETAIL: Failing row
+    contains (...)". (Commands in processes of their own, as an operator runs them.)"""
+    from anomaly_vae.storage.migrate import upgrade
+
+    def command(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "anomaly_vae", *args], capture_output=True, text=True
+        )
+
+    url = str(postgres_databases())  # type: ignore[operator]
+    engine = create_database_engine(parse_database_url(url))
+    try:
+        upgrade(engine)
+        name = parse_database_url(url).database
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"ALTER DATABASE \"{name}\" SET lock_timeout = '200ms'")
+        with engine.connect() as holder, holder.begin():
+            holder.exec_driver_sql("LOCK TABLE scoring_runs IN ACCESS EXCLUSIVE MODE")
+            locked = command("runs", "list", "--db", url)
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "ALTER TABLE scoring_runs ADD CONSTRAINT no_exports "
+                "CHECK (strpos(source, 'export') = 0) NOT VALID"
+            )
+        _, model_dir = pump_model
+        refused = command("score", str(export), "--model-dir", str(model_dir), "--db", url)
+    finally:
+        engine.dispose()
+    assert_user_error(
+        locked, "refused a statement: canceling statement due to lock timeout", "holds a lock"
+    )
+    assert_user_error(refused, "refused a statement", 'violates check constraint "no_exports"')
+    for result in (locked, refused):
+        assert "cannot connect" not in result.stderr
+        assert "firewall" not in result.stderr
+
+
+def test_migrations_that_do_nothing_say_so(
+    empty_db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'db downgrade base' on an empty database said "schema migrated down from None to base";
+    'db upgrade --revision 0001' on a database at 0002 said "schema already at revision 0002"."""
+    if empty_db_url.startswith("sqlite:///"):  # a file with no schema in it
+        sqlite3.connect(empty_db_url.removeprefix("sqlite:///")).close()
+    nothing = cli(capsys, "db", "downgrade", "base", "--db", empty_db_url)
+    assert nothing.returncode == 0, nothing.stderr
+    assert "no anomaly-vae schema there: nothing to migrate down" in nothing.stdout
+    assert "None" not in nothing.stdout
+    up = cli(capsys, "db", "upgrade", "--revision", "0002", "--db", empty_db_url)
+    assert "from empty to 0002" in up.stdout
+    below = cli(capsys, "db", "upgrade", "--revision", "0001", "--db", empty_db_url)
+    assert below.returncode == 0, below.stderr
+    assert "schema at revision 0002, not below 0001: nothing done" in below.stdout
+    assert "anomaly-vae db downgrade 0001" in below.stdout
+    again = cli(capsys, "db", "upgrade", "--revision", "0002", "--db", empty_db_url)
+    assert "schema already at revision 0002" in again.stdout
+
+
+def test_current_and_downgrade_leave_no_empty_sqlite_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'db current' or 'db downgrade' on a SQLite path with no file (a typo) created an empty
+    file there and said "revision none ... behind" or "nothing to migrate down"; now they
+    say there is no such file, as the list commands do."""
+    url = f"sqlite:///{tmp_path / 'typo.db'}"
+    for args in (("current",), ("downgrade", "base")):
+        result = cli(capsys, "db", *args, "--db", url)
+        assert_user_error(result, "there is no database file", "typo.db", "db upgrade --db")
+    assert not (tmp_path / "typo.db").exists()
+
+
+@pytest.mark.parametrize("value", ["", " "])
+def test_an_empty_database_url_variable_is_refused_not_replaced_by_the_default(
+    value: str,
+    tmp_path: Path,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ANOMALY_VAE_DATABASE_URL set to nothing (a secret not injected): the commands took the
+    default SQLite file in the working directory in its place, without a word; a scorer wrote
+    its results there (and a stream committed its offsets)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ANOMALY_VAE_DATABASE_URL", value)
+    _, model_dir = pump_model
+    for args in (
+        ("db", "upgrade"),
+        ("runs", "list"),
+        ("score", str(export), "--model-dir", str(model_dir), "--out", "s.csv"),
+    ):
+        assert_user_error(
+            cli(capsys, *args), "ANOMALY_VAE_DATABASE_URL is set but empty", "or unset it"
+        )
+    assert not (tmp_path / "anomaly_vae.db").exists()
+    assert not (tmp_path / "s.csv").exists()
+    # --db still wins over the (empty) variable.
+    url = f"sqlite:///{tmp_path / 'given.db'}"
+    assert cli(capsys, "db", "upgrade", "--db", url).returncode == 0

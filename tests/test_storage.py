@@ -497,8 +497,11 @@ def test_url_precedence() -> None:
         None, environ={}, pipeline_url="sqlite:///p.db", pipeline_path="pipe.yaml"
     )
     assert (chosen.origin, chosen.url.database) == ("pipeline file pipe.yaml", "p.db")
-    chosen = resolve_database_url(None, environ={ENV_VAR: ""})
+    chosen = resolve_database_url(None, environ={})
     assert (chosen.origin, chosen.display) == ("default", DEFAULT_URL)
+    # Set but empty (a secret not injected) is refused, not replaced by the default.
+    with pytest.raises(DatabaseURLError, match="is set but empty"):
+        resolve_database_url(None, environ={ENV_VAR: ""})
 
 
 @pytest.mark.parametrize(

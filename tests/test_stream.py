@@ -562,6 +562,95 @@ def test_the_lag_counts_the_records_fetched_but_not_yet_written(
     assert scorer.stats.lag == 0
 
 
+def test_a_rebalance_while_batches_are_written_leaves_the_heartbeats_running(
+    broker: DevBroker, stream_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The rebalance listener waited for the batches in flight on kafka-python's IO thread,
+    # blocking its event loop (heartbeats included: up to 30 s, past a 10 s session timeout),
+    # and kafka-python told the operator that 'Sync listeners block the consumer event loop'
+    # and that a task 'is blocking the event loop'.
+    topic = create_topic(broker.bootstrap, partitions=2)
+    values, keys = pump_values(200, seed=19)
+    produce(broker.bootstrap, topic, values, keys)
+    cfg = stream_config(stream_model, broker.bootstrap, topic, max_batch_records=10)
+    sink = SlowSink([])
+    scorer = StreamScorer(stream_model, cfg, sink)
+    caplog.set_level("INFO", logger="anomaly_vae")
+    runner = threading.Thread(target=scorer.run)
+    runner.start()
+    other = None
+    try:
+        assert sink.started.wait(60)  # batches are being written (a second each)
+        other = KafkaConsumer(
+            topic,
+            bootstrap_servers=broker.bootstrap,
+            group_id=cfg.kafka.group_id,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+            enable_auto_commit=False,
+        )
+        deadline = time.monotonic() + 60
+        while not other.assignment() and time.monotonic() < deadline:
+            other.poll(timeout_ms=200)
+        assert other.assignment()  # the group rebalanced: one partition each
+    finally:
+        if other is not None:
+            other.close()
+        scorer.stop()
+        runner.join(timeout=60)
+    assert not runner.is_alive()
+    mine = [r.getMessage() for r in caplog.records if r.name == "anomaly_vae.jobs.stream"]
+    assert any(line.startswith("partitions revoked") for line in mine), mine
+    blocked = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("kafka.")
+        and ("blocking the event loop" in r.getMessage() or "Sync listeners" in r.getMessage())
+    ]
+    assert not blocked, blocked
+
+
+def test_an_idle_timeout_does_not_stop_a_scorer_in_the_middle_of_a_rebalance(
+    broker: DevBroker, stream_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The poll that runs a rebalance takes seconds (the batches in flight written, the join):
+    # the idle clock ran meanwhile, and the scorer stopped for 'no message for 1.5 s' between
+    # its partitions revoked and assigned, leaving the group mid-rebalance.
+    topic = create_topic(broker.bootstrap, partitions=2)
+    values, keys = pump_values(200, seed=20)
+    produce(broker.bootstrap, topic, values, keys)
+    cfg = stream_config(stream_model, broker.bootstrap, topic, max_batch_records=10)
+    sink = SlowSink([])
+    scorer = StreamScorer(stream_model, cfg, sink)
+    caplog.set_level("INFO", logger="anomaly_vae")
+    runner = threading.Thread(target=scorer.run, kwargs={"idle_timeout": 1.5})
+    runner.start()
+    other = None
+    try:
+        assert sink.started.wait(60)
+        other = KafkaConsumer(
+            topic,
+            bootstrap_servers=broker.bootstrap,
+            group_id=cfg.kafka.group_id,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+            enable_auto_commit=False,
+        )
+        deadline = time.monotonic() + 60
+        while not other.assignment() and time.monotonic() < deadline and runner.is_alive():
+            other.poll(timeout_ms=200)
+    finally:
+        if other is not None:
+            other.close()
+        runner.join(timeout=120)
+    assert not runner.is_alive()
+    lines = [r.getMessage() for r in caplog.records if r.name == "anomaly_vae.jobs.stream"]
+    revoked = next(i for i, line in enumerate(lines) if line.startswith("partitions revoked"))
+    after = [line.split(":")[0] for line in lines[revoked + 1 :]]
+    assert "partitions assigned" in after, lines
+    assert after.index("partitions assigned") < after.index("no message for 1.5 s"), lines
+
+
 def test_a_stop_during_a_write_finishes_and_commits_the_batches_in_hand(
     broker: DevBroker, stream_model: AnomalyVAE
 ) -> None:

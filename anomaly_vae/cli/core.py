@@ -701,7 +701,7 @@ def _score_database(
     from anomaly_vae.storage.engine import ENV_VAR
 
     pipeline_url = cfg.database.url if cfg.database else None
-    if not (db or os.environ.get(ENV_VAR) or pipeline_url):
+    if not (db or ENV_VAR in os.environ or pipeline_url):  # set but empty: refused there
         return None
     return database_target(db, pipeline, pipeline_url=pipeline_url)
 

@@ -135,7 +135,14 @@ def db_upgrade(
     target = database_target(db, pipeline)
     with opened(target, check_schema=False) as engine:
         before, after = migrate.upgrade(engine, revision)
-    if before == after:
+    if before == after and revision not in ("head", after) and after is not None:
+        # Alembic does nothing when asked "up" to a revision below the current one; this
+        # said "already at revision 0002" for '--revision 0001', as if 0001 were the current.
+        typer.echo(
+            f"{target.display}: schema at revision {after}, not below {revision}: nothing done "
+            f"(to go down to it: anomaly-vae db downgrade {revision})"
+        )
+    elif before == after:
         typer.echo(f"{target.display}: schema already at revision {after}")
     else:
         typer.echo(f"{target.display}: schema migrated from {before or 'empty'} to {after}")
@@ -152,12 +159,15 @@ def db_downgrade(
     """Migrate the schema down ('base' drops every table and its data)."""
     setup_logging(verbose)
     from anomaly_vae.storage import migrate
+    from anomaly_vae.storage.engine import require_sqlite_file
 
     target = database_target(db, pipeline)
-    if _missing_sqlite_file(target):  # connecting would leave an empty file behind
-        raise ConfigError(f"there is no database file {target.url.database}: nothing to downgrade")
+    require_sqlite_file(target)  # not an empty file left under a mistyped name
     with opened(target, check_schema=False) as engine:
         before, after = migrate.downgrade(engine, revision)
+    if before is None:  # it said "migrated down from None to base"
+        typer.echo(f"{target.display}: no anomaly-vae schema there: nothing to migrate down")
+        return
     typer.echo(f"{target.display}: schema migrated down from {before} to {after or 'base'}")
 
 
@@ -165,20 +175,20 @@ def db_downgrade(
 def db_current(
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
     pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+    check: bool = typer.Option(
+        False,
+        "--check",
+        help="Exit with status 1 unless the schema is up to date (a deploy step's gate).",
+    ),
 ) -> None:
     """Show the schema revision of the database and whether it is current."""
     setup_logging(False)
     from anomaly_vae.storage import migrate
-    from anomaly_vae.storage.engine import upgrade_hint
+    from anomaly_vae.storage.engine import require_sqlite_file, upgrade_hint
 
     target = database_target(db, pipeline)
+    require_sqlite_file(target)  # not an empty file left under a mistyped name
     head = migrate.head_revision()
-    if _missing_sqlite_file(target):  # connecting would leave an empty file behind
-        typer.echo(
-            f"{target.display}: revision none, no file yet (latest {head}): "
-            f"run '{upgrade_hint(target)}' to create it"
-        )
-        return
     with connected(target, check_schema=False) as connection:
         current = migrate.current_revision(connection)
     if current == head:
@@ -189,14 +199,8 @@ def db_current(
     else:
         state = f"behind: run '{upgrade_hint(target)}'"
     typer.echo(f"{target.display}: revision {current or 'none'} (latest {head}): {state}")
-
-
-def _missing_sqlite_file(target: DatabaseTarget) -> bool:
-    """A SQLite URL naming a file that does not exist (SQLite would create it, empty)."""
-    name = target.url.database
-    if not target.is_sqlite or name in (None, "", ":memory:"):
-        return False
-    return not Path(name).expanduser().exists()
+    if check and current != head:
+        raise typer.Exit(1)
 
 
 _DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
@@ -439,13 +443,13 @@ RUN_COLUMNS = [
     "rows_rejected",
     "rows_inserted",
     "source",
+    "error",  # why a failed run failed (the job's one-line error)
 ]
 # What a run's row holds beyond the listing's columns (runs show, csv and json).
 RUN_DETAIL_COLUMNS = [
     *RUN_COLUMNS,
     "threshold_value",
     "threshold_id",
-    "error",
     "lag",
     "latency_p50_ms",
     "latency_p99_ms",

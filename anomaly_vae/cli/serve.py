@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from pathlib import Path
 
 import typer
@@ -61,14 +62,29 @@ def serve(
         # the root logger set up above, in the format of every other line. Its own config
         # printed them as "INFO:     ..." beside "INFO anomaly_vae.api: ...": two formats in
         # one log, and the access lines named no logger to filter on.
-        uvicorn.run(
-            create_app(settings, engine),
-            host=host,
-            port=port,
-            log_level="info",
-            access_log=True,
-            log_config=None,
-        )
+        # uvicorn shuts down gracefully on SIGTERM / SIGINT, then raises the signal again for
+        # the handler it found: Python's default, so a SIGTERM ended the process as killed by
+        # it (exit status 143) and Ctrl-C as interrupted (130), where 'stream' exits 0 after
+        # the same orderly stop. This handler takes the signal raised again.
+        stopped: list[int] = []
+        previous = {
+            signum: signal.signal(signum, lambda signum, _frame: stopped.append(signum))
+            for signum in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            uvicorn.run(
+                create_app(settings, engine),
+                host=host,
+                port=port,
+                log_level="info",
+                access_log=True,
+                log_config=None,
+            )
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+    if stopped:
+        logger.info("stopped on signal %d", stopped[0])
 
 
 def _check_can_listen(host: str, port: int) -> None:

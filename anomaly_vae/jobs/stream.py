@@ -202,6 +202,10 @@ class StreamScorer:
         self._unwritten: collections.Counter[str] = collections.Counter()
         self._unwritten_lock = threading.Lock()
         self.windows_evicted = 0
+        # Set from partitions revoked to partitions assigned (kafka-python's IO thread), and
+        # when the last assignment came (monotonic): the idle clock starts again from there.
+        self._rebalancing = threading.Event()
+        self._assigned_at = -math.inf
         self._warned_split = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -362,13 +366,18 @@ class StreamScorer:
                         if current and not said_where:
                             said_where = True
                             self._say_where_reading_starts(current)
+                    # A rebalance that gave back the same partitions changes no assignment.
+                    last_record = max(last_record, self._assigned_at)
                     if records:
                         last_record = now
                         polled_total += len(records)
                         self._submitted += len(records)
                         worker.submit(records)
-                    elif worker.in_flight:
-                        last_record = now  # not idle while a batch is still being written
+                    elif worker.in_flight or self._rebalancing.is_set():
+                        # Not idle while a batch is still being written, nor while the group
+                        # rebalances: the poll that ran it took seconds, and a scorer stopped
+                        # for 'no message' half way through it.
+                        last_record = now
                     elif idle_timeout is not None and (
                         (assigned and now - last_record >= idle_timeout)
                         or (not assigned and now - started >= idle_timeout + join_grace)
@@ -948,33 +957,84 @@ class _BatchWorker:
 
 
 def _rebalance_listener(scorer: StreamScorer) -> Any:
-    """Commit what is durable before partitions move to another scorer."""
-    from kafka import ConsumerRebalanceListener
+    """Commit what is durable before partitions move to another scorer.
 
-    class Listener(ConsumerRebalanceListener):
-        def on_partitions_revoked(self, revoked: Any) -> None:
+    The listener runs on kafka-python's IO thread, in its event loop, which also sends the
+    group's heartbeats: a listener that blocks there while the batches in flight are written
+    (seconds; up to 30 s with a slow database) left the member without heartbeats past its
+    session timeout, and kafka-python logged to the operator that 'Sync listeners block the
+    consumer event loop (including heartbeats)'. So the listener is a coroutine, and waits
+    for the writer in short sleeps of that loop."""
+    from kafka import AsyncConsumerRebalanceListener
+
+    _quiet_slow_listener_warning()
+
+    class ScorerRebalanceListener(AsyncConsumerRebalanceListener):
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            if revoked:
+                scorer._rebalancing.set()
             worker = scorer._worker
-            if worker is not None and not worker.drain(timeout=30.0):
-                logger.warning(
-                    "batches still being written while partitions move: they will "
-                    "be replayed by the new owner, and the replay adds no duplicate"
-                )
             if worker is not None:
+                began = time.monotonic()
+                while worker.in_flight > 0 and time.monotonic() < began + 30.0:
+                    await _event_loop_sleep(0.05)
+                if time.monotonic() - began >= 1.0:
+                    logger.info(
+                        "waited %.1f s for the batches in flight to be written before "
+                        "handing partitions over (heartbeats went on meanwhile)",
+                        time.monotonic() - began,
+                    )
+                if worker.in_flight > 0:
+                    logger.warning(
+                        "batches still being written while partitions move: they will "
+                        "be replayed by the new owner, and the replay adds no duplicate"
+                    )
                 scorer._collect(worker)
             if scorer._pending:
-                # The listener runs on kafka-python's IO thread, where a blocking commit is
-                # refused: commit without waiting. Should it fail, the new owner replays the
-                # records after the last commit, and the idempotent writes (and a windowed
-                # model's stored sequence numbers) turn the replay into no change.
+                # A blocking commit is refused on the IO thread: commit without waiting.
+                # Should it fail, the new owner replays the records after the last commit,
+                # and the idempotent writes (and a windowed model's stored sequence numbers)
+                # turn the replay into no change.
                 scorer._commit(wait=False)
             if revoked:  # the first join revokes nothing: no line
                 logger.info("partitions revoked: %s", _names(revoked))
 
-        def on_partitions_assigned(self, assigned: Any) -> None:
+        async def on_partitions_assigned(self, assigned: Any) -> None:
             scorer._windows_moved.set()
+            scorer._assigned_at = time.monotonic()
+            scorer._rebalancing.clear()
             logger.info("partitions assigned: %s", _names(assigned))
 
-    return Listener()
+    return ScorerRebalanceListener()
+
+
+class _SlowListenerWarning(logging.Filter):
+    """kafka-python 3 times every rebalance listener and, past 1 s, warns that 'Sync listeners
+    block the consumer event loop (including heartbeats)', async ones too: false of the
+    scorer's (a coroutine that sleeps on the loop), and it sent operators looking for a fault."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            isinstance(record.msg, str)
+            and record.msg.startswith("Rebalance listener %s.%s for group %s took")
+            and bool(record.args)
+            and isinstance(record.args, tuple)
+            and record.args[0] == "ScorerRebalanceListener"
+        )
+
+
+def _quiet_slow_listener_warning() -> None:
+    coordinator = logging.getLogger("kafka.coordinator.consumer")
+    if not any(isinstance(f, _SlowListenerWarning) for f in coordinator.filters):
+        coordinator.addFilter(_SlowListenerWarning())
+
+
+def _event_loop_sleep(seconds: float) -> Any:
+    """What a coroutine on kafka-python's event loop awaits to sleep there, letting the loop's
+    other tasks (heartbeats) run meanwhile: the loop's own sleep event (kafka-python 3)."""
+    from kafka.net.selector import KernelEvent
+
+    return KernelEvent("_sleep", seconds)
 
 
 def _log_failed_sends(sent: list[tuple[str, Any]]) -> None:

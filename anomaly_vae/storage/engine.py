@@ -105,6 +105,15 @@ def resolve_database_url(
     """Pick the URL by precedence (``--db``, environment, pipeline file, default) and parse it."""
     if cli_url:
         return DatabaseTarget(parse_database_url(cli_url, origin="--db"), "--db")
+    if ENV_VAR in environ and not environ[ENV_VAR].strip():
+        # Set, but to nothing (a secret that was not injected, a template left empty): the
+        # default SQLite file in the working directory took its place without a word, and a
+        # stream scorer wrote there and committed its offsets.
+        fallback = "the pipeline file's database.url" if pipeline_url else DEFAULT_URL
+        raise DatabaseURLError(
+            f"{ENV_VAR} is set but empty: set it to the database URL (e.g. "
+            f"postgresql://user:password@host:5432/anomalies), or unset it to use {fallback}"
+        )
     if environ.get(ENV_VAR):
         return DatabaseTarget(parse_database_url(environ[ENV_VAR], origin=ENV_VAR), ENV_VAR)
     if pipeline_url:
@@ -206,10 +215,7 @@ def open_database(
             )
         if check_schema and not path.exists():
             if not create_missing:  # say so, rather than leave an empty file
-                raise SchemaVersionError(
-                    f"there is no database file {target.url.database} yet: "
-                    f"run '{upgrade_hint(target)}' to create it"
-                )
+                require_sqlite_file(target)
             _create_sqlite(target)
     engine = create_database_engine(target.url)
     try:
@@ -226,6 +232,18 @@ def open_database(
         raise
     logger.info("using database %s (from %s)", target.display, target.origin)
     return engine
+
+
+def require_sqlite_file(target: DatabaseTarget) -> None:
+    """Refuse a SQLite URL whose file does not exist, saying how to create it: connecting
+    would leave an empty file under that name (a typo'd path among them)."""
+    if not target.is_sqlite or target.url.database in (None, "", ":memory:"):
+        return
+    if not Path(str(target.url.database)).expanduser().exists():
+        raise SchemaVersionError(
+            f"there is no database file {target.url.database} yet: "
+            f"run '{upgrade_hint(target)}' to create it"
+        )
 
 
 def _create_sqlite(target: DatabaseTarget) -> None:
@@ -297,6 +315,20 @@ def connection_error(exc: BaseException, target: DatabaseTarget) -> DatabaseConn
             "transaction: a standby?): point the URL at the primary"
         )
         return DatabaseConnectionError(_scrub(message, target))
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate and not sqlstate.startswith(_CONNECTION_SQLSTATES):
+        # Connected, and the server answered a statement with an error (a timeout the user or
+        # database sets, a lock, a constraint): not "cannot connect", nor "no answer within
+        # 10 s: check the firewall", which a statement_timeout was shown as.
+        first = text.splitlines()[0].strip() if text else type(orig).__name__
+        server_detail = getattr(getattr(orig, "diag", None), "message_detail", None)
+        if server_detail:
+            first += f" ({str(server_detail).strip()[:200]})"
+        message = (
+            f"PostgreSQL at {where} ({target.display}) refused a statement: {first}"
+            f"{_STATEMENT_HINTS.get(sqlstate, '')}"
+        )
+        return DatabaseConnectionError(_scrub(message, target))
     if "password authentication failed" in lower or "no password supplied" in lower:
         why = f"password authentication failed for user {user!r}: check the password in the URL"
     elif "does not exist" in lower and "database" in lower:
@@ -333,6 +365,19 @@ def connection_error(exc: BaseException, target: DatabaseTarget) -> DatabaseConn
         why = _last_line(text)
     message = f"cannot connect to PostgreSQL at {where} ({target.display}): {why}"
     return DatabaseConnectionError(_scrub(message, target))
+
+
+# SQLSTATE classes of errors in connecting (connection exception, invalid authorization,
+# invalid catalog name: no such database, operator intervention: the server shutting down).
+_CONNECTION_SQLSTATES = ("08", "28", "3D", "57P")
+_STATEMENT_HINTS = {
+    "57014": ": a statement_timeout of this user or database (ALTER ROLE ... SET "
+    "statement_timeout), or a cancel; raise it for anomaly-vae's user, or run the command again",
+    "55P03": ": another session holds a lock on the table (lock_timeout); run the command "
+    "again once it is done",
+    "40P01": ": a deadlock with another session; run the command again",
+    "40001": ": a conflict with another session; run the command again",
+}
 
 
 def _last_line(text: str) -> str:
