@@ -51,6 +51,7 @@ from anomaly_vae.labels import label_to_binary
 from anomaly_vae.model import VAE, LikelihoodLayout
 from anomaly_vae.scoring import (
     SCORE_KINDS,
+    SCORE_REVISION,
     ScoreArrays,
     Scorer,
     contribution_shares,
@@ -366,6 +367,7 @@ class AnomalyVAE(BaseEstimator):
         self.n_features_in_ = len(schema.names) if isinstance(X, pd.DataFrame) else frame.shape[1]
         self.feature_names_in_ = np.asarray(schema.names, dtype=object)
         self._scorers: dict[tuple[Any, ...], Scorer] = {}
+        self.score_revision_ = SCORE_REVISION
         calib_batch = val if len(val_idx) else train
         arrays = self._scorer().score(calib_batch)
         calibration = np.sort(arrays.primary(self.score_kind_))
@@ -590,6 +592,7 @@ class AnomalyVAE(BaseEstimator):
                 contributions=mode == "full" and cfg.top_features > 0,
                 mode="recon" if mode == "recon" else "full",
                 mixed_precision=self.config_.training.mixed_precision,
+                indicators_in_recon_error=self.score_revision_ < 2,
             )
             self._scorers[key] = scorer
         return scorer
@@ -879,6 +882,7 @@ class AnomalyVAE(BaseEstimator):
             # may hold a password): it is never written to model.json.
             "config": _storable_config(self.config_),
             "score_kind": self.score_kind_,
+            "score_revision": self.score_revision_,
             "schema": self.schema_.to_dict(),
             "preprocessor": self.preprocessor_.to_dict(),
             "network": {
@@ -929,6 +933,14 @@ class AnomalyVAE(BaseEstimator):
             est.score_kind_ = str(meta["score_kind"])
             if est.score_kind_ not in SCORE_KINDS:
                 raise ValueError(f"unknown score kind {est.score_kind_!r}")
+            # Scored as it was calibrated: a model saved before a change of the score keeps
+            # the computation its threshold and percentiles were made with.
+            est.score_revision_ = int(meta.get("score_revision", 1))
+            if not 1 <= est.score_revision_ <= SCORE_REVISION:
+                raise ModelFileError(
+                    f"{path}: the model's score_revision {est.score_revision_} is newer than "
+                    f"this anomaly-vae knows ({SCORE_REVISION}): upgrade anomaly-vae"
+                )
             est.schema_ = FeatureSchema.from_dict(meta["schema"])
             est.preprocessor_ = Preprocessor.from_dict(meta["preprocessor"], est.schema_)
             _check_scaling(est.preprocessor_)

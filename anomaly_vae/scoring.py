@@ -68,6 +68,13 @@ class ScoreArrays:
         raise ValueError(f"unknown score kind {kind!r}; use one of {SCORE_KINDS}")
 
 
+# How scores are computed, saved in model.json as ``score_revision``, since a model's calibration
+# (its threshold and the held-out scores behind percentiles) holds only under the computation it
+# was made with. 1 (model files without the key): missing-indicator blocks count in every score;
+# 2: they are inputs only. Revision-1 models keep them in the reconstruction error only.
+SCORE_REVISION = 2
+
+
 class Scorer:
     """Scores encoded batches with one model on one device.
 
@@ -88,6 +95,7 @@ class Scorer:
         contributions: bool = True,
         mode: Literal["full", "recon"] = "full",
         mixed_precision: bool = False,
+        indicators_in_recon_error: bool = False,
     ) -> None:
         self.model = model
         self.layout = layout
@@ -113,10 +121,16 @@ class Scorer:
         self.imputable = torch.as_tensor(
             imputable_inputs(layout), dtype=torch.bool, device=device
         ).view(1, -1)
-        # Missing-indicator blocks are inputs, not evidence: they leave every score term.
+        # Missing-indicator blocks are inputs, not evidence: they leave every score term. But
+        # the reconstruction error is a mean over the blocks, so leaving them out rescales it
+        # for every record: a model saved before (``SCORE_REVISION`` 1,
+        # ``indicators_in_recon_error``) keeps them in it, as its threshold and percentiles were
+        # calibrated (else a recon_error model flagged twice as many normal records). The
+        # negative ELBO is a sum: it loses only their small terms, and keeps the fix for gaps.
         indicators = indicator_blocks(layout)
         self.block_weight = torch.as_tensor(~indicators, dtype=torch.float32, device=device)
-        self.skip_blocks = frozenset(int(b) - layout.n_numeric for b in np.flatnonzero(indicators))
+        skipped = np.zeros_like(indicators) if indicators_in_recon_error else indicators
+        self.skip_blocks = frozenset(int(b) - layout.n_numeric for b in np.flatnonzero(skipped))
         # Every categorical block as (block number, start, stop in x); those that may be a gap
         # (all zeros: a missing value of a column that had none in training, not an
         # indicator), and which inputs each is made of.

@@ -527,3 +527,66 @@ def test_an_alert_changed_between_the_read_and_the_update_is_said_not_claimed(
     finally:
         engine.dispose()
         other.dispose()
+
+
+def test_an_acknowledgement_note_stays_when_the_alert_is_resolved(db_url: str) -> None:
+    """An operator acknowledges an alert with a note ('ticket 123: bearing'); the rule resolving
+    it, or a person resolving it with a note of their own, replaced that note: the alerts of a
+    database upgraded with acknowledged alerts in it lost their notes at the first normal
+    records. The resolver's note now follows it."""
+    from anomaly_vae.storage.tuning import act_on_alert
+
+    rule = AlertRule(k=1, n=1, cooldown_s=0.0, resolve_after=1)
+    t0 = pd.Timestamp("2026-11-20T00:00Z")
+
+    def batch(first: int, entity: str, scores: list[float]) -> pd.DataFrame:
+        n = len(scores)
+        s = np.asarray(scores)
+        return pd.DataFrame(
+            {
+                "source_key": [f"{entity}-{first + i}" for i in range(n)],
+                "entity_key": [entity] * n,
+                "event_time": [t0 + pd.Timedelta(seconds=first + i) for i in range(n)],
+                "score": s,
+                "recon_error": np.zeros(n),
+                "percentile": np.zeros(n),
+                "is_anomaly": s > 10,
+            }
+        )
+
+    engine = engine_for(db_url)
+    try:
+        with engine.connect() as connection:
+            model_id, run_id = start(connection, rule)
+
+            def write(frame: pd.DataFrame) -> repo.WriteCounts:
+                return repo.write_results(
+                    connection, run_id=run_id, model_id=model_id, records=frame, alert_rule=rule
+                )
+
+            assert write(batch(0, "P1", [12.0])).alerts_opened == 1
+            assert write(batch(0, "P2", [12.0])).alerts_opened == 1
+            ids = dict(connection.execute(select(Alert.entity_key, Alert.id)).all())
+            connection.rollback()  # end the read's transaction
+            with connection.begin():
+                for entity in ("P1", "P2"):
+                    act_on_alert(
+                        connection,
+                        alert_id=ids[entity],
+                        action="acknowledge",
+                        by="carol",
+                        note=f"ticket {entity}: bearing",
+                    )
+            assert write(batch(1, "P1", [1.0])).alerts_resolved == 1  # by the rule
+            with connection.begin():
+                act_on_alert(
+                    connection, alert_id=ids["P2"], action="resolve", by="dave", note="replaced"
+                )
+            notes = dict(connection.execute(select(Alert.entity_key, Alert.note)).all())
+            connection.rollback()
+    finally:
+        engine.dispose()
+    assert notes == {
+        "P1": "ticket P1: bearing; resolved by the alert rule after 1 normal record",
+        "P2": "ticket P2: bearing; replaced",
+    }

@@ -316,12 +316,18 @@ def test_a_database_a_newer_version_migrated_is_not_called_behind(
     assert current.returncode == 0, current.stderr
     assert "revision ffff9999 (latest 0006): newer than this anomaly-vae knows" in current.stdout
     assert "behind" not in current.stdout
+    # Both ways out: a newer anomaly-vae, or (one who went back to this version) the newer
+    # one's 'db downgrade' to this version's head; "upgrade anomaly-vae" alone named no way back.
+    assert "'anomaly-vae db downgrade 0006'" in current.stdout
     for args in (("upgrade",), ("downgrade", "-1")):
         assert_user_error(
             cli(capsys, "db", *args, "--db", db_url),
             "at schema revision ffff9999, newer than this anomaly-vae knows (head 0006)",
-            "upgrade anomaly-vae",
+            "upgrade anomaly-vae, or, to keep this version, migrate the database back with the "
+            "newer one: 'anomaly-vae db downgrade 0006'",
         )
+    listed = cli(capsys, "models", "list", "--db", db_url)
+    assert_user_error(listed, "newer than this anomaly-vae knows", "db downgrade 0006")
     assert "revision ffff9999" in cli(capsys, "db", "current", "--db", db_url).stdout
 
 

@@ -195,7 +195,7 @@ def db_current(
         state = "up to date"
     elif not migrate.is_known_revision(current):
         # Not "behind": 'db upgrade' cannot migrate a revision this version has no script for.
-        state = "newer than this anomaly-vae knows: upgrade anomaly-vae"
+        state = f"newer than this anomaly-vae knows: {migrate.newer_schema_way_out()}"
     else:
         state = f"behind: run '{upgrade_hint(target)}'"
     typer.echo(f"{target.display}: revision {current or 'none'} (latest {head}): {state}")

@@ -61,6 +61,9 @@ from anomaly_vae.thresholds import (
 )
 
 RULE_RESOLVER = "alert-rule"  # alerts.resolved_by when the rule resolved an alert
+# Between the notes of one alert (an operator's when acknowledging, then the resolver's): a
+# note is added to, never replaced.
+NOTE_SEPARATOR = "; "
 ACTIVE_STATES = ("open", "acknowledged")
 LOCK_BUCKETS = 256  # advisory locks per model on PostgreSQL: bounded, whatever the entities
 _KEYS_PER_QUERY = 500
@@ -195,7 +198,9 @@ def apply_alert_rule(
                 resolved_at=now,
                 resolved_by=RULE_RESOLVER,
                 resolved_score_id=bindparam("score"),
-                note=f"resolved by the alert rule after {rule.resolve_after} normal "
+                # After the note an operator left (acknowledging it), not in its place.
+                note=func.coalesce(Alert.note + NOTE_SEPARATOR, "")
+                + f"resolved by the alert rule after {rule.resolve_after} normal "
                 f"record{'s' if rule.resolve_after > 1 else ''}",
             ),
             resolutions,

@@ -54,10 +54,19 @@ def is_known_revision(revision: str | None) -> bool:
 
 
 def newer_schema_message(what: str, revision: str) -> str:
-    """What to say of a database a newer anomaly-vae migrated (to a revision unknown here)."""
+    """What to say of a database a newer anomaly-vae migrated (to a revision unknown here): the
+    two ways out, since one who went back to this version (a bad release) meant not to upgrade
+    it again, and 'upgrade anomaly-vae' alone left them no way back to the data."""
     return (
         f"{what} is at schema revision {revision}, newer than this anomaly-vae knows "
-        f"(head {head_revision()}): upgrade anomaly-vae"
+        f"(head {head_revision()}): {newer_schema_way_out()}"
+    )
+
+
+def newer_schema_way_out() -> str:
+    return (
+        "upgrade anomaly-vae, or, to keep this version, migrate the database back with the "
+        f"newer one: 'anomaly-vae db downgrade {head_revision()}'"
     )
 
 

@@ -39,7 +39,12 @@ from sqlalchemy.orm import aliased
 from anomaly_vae.config import AlertsConfig, NoBooleanNumbers, format_validation_error
 from anomaly_vae.errors import ConfigError, InputFileError, NotFoundError
 from anomaly_vae.storage import repository as repo
-from anomaly_vae.storage.alerting import ACTIVE_STATES, seed_states, seed_tracker
+from anomaly_vae.storage.alerting import (
+    ACTIVE_STATES,
+    NOTE_SEPARATOR,
+    seed_states,
+    seed_tracker,
+)
 from anomaly_vae.storage.tables import Alert, Model, Score, ScoringRun
 from anomaly_vae.thresholds import (
     AlertRule,
@@ -912,7 +917,8 @@ def act_on_alert(
             raise ConfigError(f"alert {alert_id} is already resolved")
         values = {"state": "resolved", "resolved_at": now, "resolved_by": by}
     if note:
-        values["note"] = note
+        # After the note of the acknowledgement, not in its place.
+        values["note"] = f"{row.note}{NOTE_SEPARATOR}{note}" if row.note else note
     changed = connection.execute(
         update(Alert).where(Alert.id == alert_id, Alert.state == row.state).values(**values)
     )
