@@ -13,6 +13,7 @@ Nothing is built at import time: :class:`ApiSettings` is read once at start-up a
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import logging
@@ -805,25 +806,6 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         return RunPublic.model_validate(rows[0]._asdict())
 
     # ----------------------------------------------------------------- dead letters
-    def _dead_letter_filter(
-        conn: Connection,
-        model: str | None,
-        run: int | None,
-        since: datetime | None,
-        until: datetime | None,
-        reason: str | None,
-        before_id: int | None = None,
-    ) -> DeadLetterFilter:
-        _require_model(conn, model)
-        return DeadLetterFilter(
-            model_name=model,
-            run_id=run,
-            since=since,
-            until=until,
-            reason=reason,
-            before_id=before_id,
-        )
-
     @app.get(
         "/dead-letters",
         response_model=list[DeadLetterPublic],
@@ -832,11 +814,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
     )
     def dead_letters(
         conn: Conn,
-        model: str | None = None,
-        run: int | None = None,
-        since: Annotated[UtcDatetime | None, _DL_SINCE] = None,
-        until: Annotated[UtcDatetime | None, _DL_UNTIL] = None,
-        reason: Annotated[str | None, _DL_REASON] = None,
+        where: DeadLetterQuery,
         before_id: Annotated[
             int | None,
             Query(description="Only ids below this: the next page after the last ``id`` seen"),
@@ -845,10 +823,10 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
     ) -> list[DeadLetterPublic]:
         """Records that could not be scored, newest first (by ``id``), with the reason and
         the record as received."""
-        where = _dead_letter_filter(conn, model, run, since, until, reason, before_id)
+        page = dataclasses.replace(where, before_id=before_id)
         return [
             DeadLetterPublic.model_validate(row)
-            for row in list_dead_letters(conn, where, limit=limit)
+            for row in list_dead_letters(conn, page, limit=limit)
         ]
 
     @app.get(
@@ -857,17 +835,9 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         tags=["dead letters"],
         responses=_errors(404),
     )
-    def dead_letter_summary(
-        conn: Conn,
-        model: str | None = None,
-        run: int | None = None,
-        since: Annotated[UtcDatetime | None, _DL_SINCE] = None,
-        until: Annotated[UtcDatetime | None, _DL_UNTIL] = None,
-        reason: Annotated[str | None, _DL_REASON] = None,
-    ) -> list[DeadLetterReason]:
+    def dead_letter_summary(conn: Conn, where: DeadLetterQuery) -> list[DeadLetterReason]:
         """Records that could not be scored, counted by reason (the record's own value and
         numbers masked), most common first."""
-        where = _dead_letter_filter(conn, model, run, since, until, reason)
         return [
             DeadLetterReason(
                 reason=c.pattern,
@@ -1039,6 +1009,22 @@ def _require_model(conn: Connection, name: str | None) -> None:
     as a clean bill for a misspelt name."""
     if name is not None:
         repo.registered_versions(conn, name=name)
+
+
+def dead_letter_filter(
+    conn: Conn,
+    model: str | None = None,
+    run: int | None = None,
+    since: Annotated[UtcDatetime | None, _DL_SINCE] = None,
+    until: Annotated[UtcDatetime | None, _DL_UNTIL] = None,
+    reason: Annotated[str | None, _DL_REASON] = None,
+) -> DeadLetterFilter:
+    """The dead-letter endpoints' filters (a dependency: one declaration for both)."""
+    _require_model(conn, model)
+    return DeadLetterFilter(model_name=model, run_id=run, since=since, until=until, reason=reason)
+
+
+DeadLetterQuery = Annotated[DeadLetterFilter, Depends(dead_letter_filter)]
 
 
 def _short_input(error: Any) -> Any:

@@ -6,6 +6,7 @@ import os
 import secrets
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -262,3 +263,24 @@ def password_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
             timeout=60,
         )
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def api_client(db_url: str) -> Iterator[Any]:
+    """FastAPI's TestClient on the database at ``db_url``, no token (the API in process)."""
+    from fastapi.testclient import TestClient
+
+    from anomaly_vae.api import ApiSettings, create_app
+    from anomaly_vae.storage.engine import (
+        DatabaseTarget,
+        create_database_engine,
+        parse_database_url,
+    )
+
+    target = DatabaseTarget(parse_database_url(db_url), "--db")
+    engine = create_database_engine(target.url)
+    try:
+        with TestClient(create_app(ApiSettings(database=target, token=None), engine)) as client:
+            yield client
+    finally:
+        engine.dispose()

@@ -23,6 +23,7 @@ from anomaly_vae import AnomalyVAE
 from anomaly_vae.datasets import make_pump_data
 from anomaly_vae.devbroker import free_port
 from anomaly_vae.storage.engine import create_database_engine, parse_database_url
+from tests.conftest import api_client
 from tests.test_cli import run_inline
 
 pytestmark = pytest.mark.integration
@@ -910,10 +911,6 @@ def score_client(
 ) -> Iterator[Any]:
     """FastAPI's TestClient on a SQLite database where 'pumps' and 'pumps-windows' are
     registered (each scored an export)."""
-    from fastapi.testclient import TestClient
-
-    from anomaly_vae.api import ApiSettings, create_app
-    from anomaly_vae.storage.engine import DatabaseTarget
 
     url = f"sqlite:///{tmp_path / 'results.db'}"
     export = tmp_path / "export.csv"
@@ -923,13 +920,8 @@ def score_client(
             capsys, "score", str(export), "--model-dir", str(model_dir), "--db", url, "--quiet"
         )
         assert result.returncode == 0, result.stderr
-    target = DatabaseTarget(parse_database_url(url), "--db")
-    engine = create_database_engine(target.url)
-    try:
-        with TestClient(create_app(ApiSettings(database=target, token=None), engine)) as client:
-            yield client
-    finally:
-        engine.dispose()
+    with api_client(url) as client:
+        yield client
 
 
 def pump_records(n: int) -> list[dict[str, Any]]:

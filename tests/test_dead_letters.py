@@ -17,7 +17,7 @@ from anomaly_vae import AnomalyVAE
 from anomaly_vae.datasets import make_pump_data
 from anomaly_vae.storage.dead_letters import reason_pattern
 from anomaly_vae.storage.engine import create_database_engine, parse_database_url
-from tests.conftest import query
+from tests.conftest import api_client, query
 from tests.test_cli import assert_user_error, run_inline
 
 pytestmark = pytest.mark.integration
@@ -191,18 +191,8 @@ def test_bad_requests_are_one_line(
 
 @pytest.fixture
 def api(rejected: str) -> Iterator[Any]:
-    from fastapi.testclient import TestClient
-
-    from anomaly_vae.api import ApiSettings, create_app
-    from anomaly_vae.storage.engine import DatabaseTarget
-
-    target = DatabaseTarget(parse_database_url(rejected), "--db")
-    engine = create_database_engine(target.url)
-    try:
-        with TestClient(create_app(ApiSettings(database=target, token=None), engine)) as client:
-            yield client
-    finally:
-        engine.dispose()
+    with api_client(rejected) as client:
+        yield client
 
 
 def test_api_lists_pages_and_summarises(api: Any) -> None:

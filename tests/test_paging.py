@@ -14,7 +14,7 @@ import pytest
 
 from anomaly_vae import AnomalyVAE
 from anomaly_vae.datasets import make_pump_data
-from anomaly_vae.storage.engine import create_database_engine, parse_database_url
+from tests.conftest import api_client
 from tests.test_cli import run_inline
 
 pytestmark = pytest.mark.integration
@@ -80,18 +80,8 @@ def test_cli_pages_anomalies_and_alerts_by_id(
 
 @pytest.fixture
 def api(one_moment: str) -> Iterator[Any]:
-    from fastapi.testclient import TestClient
-
-    from anomaly_vae.api import ApiSettings, create_app
-    from anomaly_vae.storage.engine import DatabaseTarget
-
-    target = DatabaseTarget(parse_database_url(one_moment), "--db")
-    engine = create_database_engine(target.url)
-    try:
-        with TestClient(create_app(ApiSettings(database=target, token=None), engine)) as client:
-            yield client
-    finally:
-        engine.dispose()
+    with api_client(one_moment) as client:
+        yield client
 
 
 def test_api_pages_anomalies_and_alerts_by_id(api: Any) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from anomaly_vae import AnomalyVAE
 from anomaly_vae.datasets import make_pump_data
-from anomaly_vae.storage.engine import create_database_engine, parse_database_url
+from tests.conftest import api_client
 from tests.test_cli import assert_user_error, run_inline
 
 pytestmark = pytest.mark.integration
@@ -88,29 +88,19 @@ def test_runs_list_filters_pages_and_show(runs_db: str, capsys: pytest.CaptureFi
 
 
 def test_api_runs(runs_db: str) -> None:
-    from fastapi.testclient import TestClient
-
-    from anomaly_vae.api import ApiSettings, create_app
-    from anomaly_vae.storage.engine import DatabaseTarget
-
-    target = DatabaseTarget(parse_database_url(runs_db), "--db")
-    engine = create_database_engine(target.url)
-    try:
-        with TestClient(create_app(ApiSettings(database=target, token=None), engine)) as api:
-            everything = api.get("/runs").json()
-            assert [r["id"] for r in everything] == [3, 2, 1]
-            assert everything[0]["status"] == "failed"
-            assert "utf-8" in everything[0]["error"].lower()
-            assert [r["id"] for r in api.get("/runs", params={"status": "succeeded"}).json()] == [
-                2,
-                1,
-            ]
-            assert [r["id"] for r in api.get("/runs", params={"before_id": 2}).json()] == [1]
-            one = api.get("/runs/2")
-            assert one.status_code == 200
-            assert one.json()["rows_scored"] == 300
-            assert api.get("/runs/99").status_code == 404
-            assert api.get("/runs", params={"model": "nope"}).status_code == 404
-            assert api.get("/runs", params={"kind": "cron"}).status_code == 422
-    finally:
-        engine.dispose()
+    with api_client(runs_db) as api:
+        everything = api.get("/runs").json()
+        assert [r["id"] for r in everything] == [3, 2, 1]
+        assert everything[0]["status"] == "failed"
+        assert "utf-8" in everything[0]["error"].lower()
+        assert [r["id"] for r in api.get("/runs", params={"status": "succeeded"}).json()] == [
+            2,
+            1,
+        ]
+        assert [r["id"] for r in api.get("/runs", params={"before_id": 2}).json()] == [1]
+        one = api.get("/runs/2")
+        assert one.status_code == 200
+        assert one.json()["rows_scored"] == 300
+        assert api.get("/runs/99").status_code == 404
+        assert api.get("/runs", params={"model": "nope"}).status_code == 404
+        assert api.get("/runs", params={"kind": "cron"}).status_code == 422

@@ -120,6 +120,20 @@ def connected(
         yield connection
 
 
+def require_model(connection: Connection, model: str | None) -> None:
+    """A filter on a model name nobody registered is a one-line error naming it, not an
+    empty list (which reads as a clean bill for a misspelt name)."""
+    if model is not None:
+        from anomaly_vae.storage import repository as repo
+
+        repo.registered_versions(connection, name=model, hint=": see 'anomaly-vae models list'")
+
+
+def require_limit(limit: int) -> None:
+    if limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
+
+
 # ======================================================================== db ...
 @db_app.command("upgrade")
 def db_upgrade(
@@ -242,7 +256,6 @@ def db_prune(
     """Delete old score rows and dead letters (retention). Rows that alerts point to are always
     kept, and flagged rows unless --include-flagged; models, thresholds, alerts and runs stay."""
     setup_logging(False)
-    from anomaly_vae.storage import repository as repo
     from anomaly_vae.storage.retention import prune
 
     if (older_than is None) == (before is None):
@@ -254,8 +267,7 @@ def db_prune(
     )
     target = database_target(db, pipeline)
     with connected(target) as connection:
-        if model is not None:  # not "0 deleted" for a misspelt name
-            repo.registered_versions(connection, name=model, hint=": see 'anomaly-vae models list'")
+        require_model(connection, model)
         result = prune(
             connection,
             before=cutoff,
@@ -369,13 +381,11 @@ def anomalies_list(
     setup_logging(False)
     from anomaly_vae.storage import repository as repo
 
-    if limit < 1:
-        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    require_limit(limit)
     start = parse_since(since) if since else None
     end = parse_since(until, "--until") if until else None
     with connected(database_target(db, pipeline)) as connection:
-        if model is not None:  # not "no anomalies found" for a misspelt name
-            repo.registered_versions(connection, name=model, hint=": see 'anomaly-vae models list'")
+        require_model(connection, model)
         rows = [
             row._asdict()
             for row in repo.list_anomalies(
@@ -478,11 +488,9 @@ def runs_list(
     setup_logging(False)
     from anomaly_vae.storage import repository as repo
 
-    if limit < 1:
-        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    require_limit(limit)
     with connected(database_target(db, pipeline)) as connection:
-        if model is not None:  # not "no scoring runs" for a misspelt name
-            repo.registered_versions(connection, name=model, hint=": see 'anomaly-vae models list'")
+        require_model(connection, model)
         rows = [
             row._asdict()
             for row in repo.list_runs(
@@ -554,11 +562,9 @@ def _dead_letter_filter(
     reason: str | None,
     before_id: int | None = None,
 ) -> Any:
-    from anomaly_vae.storage import repository as repo
     from anomaly_vae.storage.dead_letters import DeadLetterFilter
 
-    if model is not None:  # not "no dead letters" for a misspelt name
-        repo.registered_versions(connection, name=model, hint=": see 'anomaly-vae models list'")
+    require_model(connection, model)
     return DeadLetterFilter(
         model_name=model,
         run_id=run,
@@ -603,8 +609,7 @@ def dead_letters_list(
     setup_logging(False)
     from anomaly_vae.storage.dead_letters import list_dead_letters
 
-    if limit < 1:
-        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    require_limit(limit)
     with connected(database_target(db, pipeline)) as connection:
         where = _dead_letter_filter(
             connection,

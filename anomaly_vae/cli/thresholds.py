@@ -33,6 +33,8 @@ from anomaly_vae.cli.db import (
     ReportFormat,
     emit,
     parse_since,
+    require_limit,
+    require_model,
 )
 from anomaly_vae.errors import ConfigError
 
@@ -754,14 +756,11 @@ def alerts_list(
     """Alerts, newest first."""
     setup_logging(False)
     from anomaly_vae.cli.db import connected
-    from anomaly_vae.storage import repository as repo
     from anomaly_vae.storage.tuning import list_alerts
 
-    if limit < 1:
-        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    require_limit(limit)
     with connected(_target(db, pipeline)) as connection:
-        if model is not None:  # not "no alerts found" for a misspelt name
-            repo.registered_versions(connection, name=model, hint=": see 'anomaly-vae models list'")
+        require_model(connection, model)
         rows = list_alerts(
             connection,
             state=state.value if state else None,
