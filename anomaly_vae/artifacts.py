@@ -81,7 +81,7 @@ def load_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
                 f"{meta_path} is over {MAX_META_BYTES // 2**20} MiB ({size:,} bytes): not a "
                 "model description anomaly-vae wrote; restore the directory or retrain the model"
             )
-        with open(meta_path, "rb") as handle:
+        with meta_path.open("rb") as handle:
             raw = handle.read(MAX_META_BYTES + 1)  # it may have grown since
         if len(raw) > MAX_META_BYTES:
             raise ModelFileError(f"{meta_path} is over {MAX_META_BYTES // 2**20} MiB")
