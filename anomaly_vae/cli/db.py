@@ -621,12 +621,11 @@ def dead_letters_list(
             before_id=before_id,
         )
         rows = list_dead_letters(connection, where, limit=limit)
-    if fmt is OutputFormat.table:
+    columns = DEAD_LETTER_COLUMNS
+    if fmt is OutputFormat.table:  # cut to a line; the run's kind and model version: csv, json
         rows = [
             {**row, "raw": _cut(row["raw"], 80), "reason": _cut(row["reason"], 100)} for row in rows
         ]
-    columns = DEAD_LETTER_COLUMNS
-    if fmt is OutputFormat.table:  # the run's kind and the model version: in csv and json
         columns = [c for c in columns if c not in ("run_kind", "model_version")]
     emit(rows, columns, fmt, empty="no dead letters found", escape_formulas=escape)
     if fmt is OutputFormat.table and len(rows) == limit:

@@ -495,8 +495,7 @@ class StreamScorer:
             raise
         if batch.window_states:
             with self._unwritten_lock:
-                self._unwritten.subtract(batch.window_states.keys())
-                self._unwritten += collections.Counter()  # drops the zeros
+                self._unwritten -= collections.Counter(batch.window_states.keys())
         self._publish(batch, result, records)
         self.stats.consumed += len(records)
         self.stats.scored += len(batch.scores.scores)

@@ -12,6 +12,7 @@ skipping one (ids are unique and grow with the time a row was written).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -93,7 +94,7 @@ def iter_dead_letters(
     while True:
         rows = list_dead_letters(
             connection,
-            DeadLetterFilter(**{**where.__dict__, "before_id": before}),
+            dataclasses.replace(where, before_id=before),
             limit=page,
         )
         yield from rows
