@@ -239,7 +239,10 @@ def test_written_values_come_back_exactly(db_url: str) -> None:
     batch = records(keys, scores)
     batch["entity_key"] = pd.Series(awkward, dtype=object)
     batch.loc[3, "event_time"] = pd.NaT
+    batch.loc[0, "event_time"] = pd.Timestamp("1969-07-20T20:17:40.123456Z")  # before 1970
+    batch.loc[1, "event_time"] = pd.Timestamp("2026-11-20T10:11:12.000001+05:30")
     batch["top_features"] = [None, '[["a,\\"b\\"",0.5]]', None, '[["é",1.0]]', None]
+    written_at = datetime(2026, 11, 27, 21, 30, 5, 987654, tzinfo=timezone.utc)
     rejects = pd.DataFrame(
         {
             "source_key": ["topic:0:9", "topic:0:10"],
@@ -251,7 +254,12 @@ def test_written_values_come_back_exactly(db_url: str) -> None:
         with engine.connect() as connection:
             model_id, run_id, _ = start(connection, model_version())
             repo.write_results(
-                connection, run_id=run_id, model_id=model_id, records=batch, rejects=rejects
+                connection,
+                run_id=run_id,
+                model_id=model_id,
+                records=batch,
+                rejects=rejects,
+                scored_at=written_at,
             )
             rows = connection.execute(select(Score).order_by(Score.id)).all()
             dead = connection.execute(select(DeadLetter).order_by(DeadLetter.id)).all()
@@ -260,7 +268,11 @@ def test_written_values_come_back_exactly(db_url: str) -> None:
         assert [r.entity_key for r in rows] == awkward
         assert [r.score for r in rows] == scores
         assert rows[3].event_time is None
-        assert rows[0].event_time is not None
+        # To the microsecond, in UTC, whatever the offset given.
+        assert rows[0].event_time == datetime(1969, 7, 20, 20, 17, 40, 123456, tzinfo=timezone.utc)
+        assert rows[1].event_time == datetime(2026, 11, 20, 4, 41, 12, 1, tzinfo=timezone.utc)
+        assert {r.scored_at for r in rows} == {written_at}
+        assert {d.rejected_at for d in dead} == {written_at}
         assert [r.is_anomaly for r in rows] == [False, False, False, True, False]
         assert rows[1].top_features == [['a,"b"', 0.5]]
         assert rows[0].top_features is None
