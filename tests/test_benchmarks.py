@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from benchmarks.suite import RESULTS, SUITE, check_folder
 
 
@@ -242,3 +244,22 @@ def test_the_stream_benchmark_counts_the_postgresql_server_only_for_postgresql()
     postgres_run = BusyServer(None, database=True)
     postgres_run.start()
     assert postgres_run.stop(1_000)["database_cpu_us_per_msg"] > 0.0
+
+
+def test_the_stream_benchmark_takes_the_steady_rate_while_every_process_writes() -> None:
+    """Two processes: the second writes its first batch 1 s after the first, and the first
+    runs out of messages 1 s before the second: the steady rate counts only what both wrote
+    between 1 s and 5 s; the whole-run rate counts every row after the first batch over 6 s."""
+    from benchmarks.stream import multi_process_rates
+
+    t0 = 1_795_000_000.0
+    writes = [(1, t0 + s, 1000) for s in range(6)] + [(2, t0 + s, 500) for s in range(1, 7)]
+    writes = [(run, pd.Timestamp(at, unit="s", tz="UTC"), rows) for run, at, rows in writes]
+    rates = multi_process_rates(writes, processes=2)
+    assert rates["messages"] == 9000
+    assert rates["rate"] == (9000 - 1000) / 6
+    # Writes inside (1 s, 5 s]: run 1 at 2, 3, 4, 5 s and run 2 at 2, 3, 4, 5 s.
+    assert rates["steady_seconds"] == 4
+    assert rates["steady_rate"] == (4 * 1000 + 4 * 500) / 4
+    # One process of the two never wrote: no steady rate.
+    assert multi_process_rates(writes[:6], processes=2)["steady_rate"] is None
