@@ -779,3 +779,66 @@ def test_a_new_version_reading_other_features_under_the_same_name_is_warned(
             assert sum("other features" in r.getMessage() for r in caplog.records) == 1
     finally:
         engine.dispose()
+
+
+def assert_probes_unique_index(connection: Connection, model_id: int, keys: list[str]) -> None:
+    from anomaly_vae.storage.alerting import _score_ids, _score_ids_statement
+
+    raw = connection.connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cursor:
+        cursor.execute(
+            "EXPLAIN " + _score_ids_statement(), {"model_id": model_id, "keys": keys}, prepare=False
+        )
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    # A probe of the unique index per key (an index scan or a one-key bitmap), never a scan
+    # of the table or of the model's rows through the entity index.
+    assert "Index Cond: ((source_key)::text = (k.key)::text)" in plan, plan
+    assert "uq_scores_source_key_model_id" in plan, plan
+    assert "Seq Scan on scores" not in plan, plan
+    assert "ix_scores_model_id_entity_key" not in plan, plan
+    ids = _score_ids(connection, model_id, keys)
+    assert sorted(ids) == sorted(keys)
+    connection.rollback()
+
+
+def test_score_id_lookups_probe_the_unique_index_whatever_the_statistics(
+    postgres_databases: Callable[[], str],
+) -> None:
+    """The alert rule looks up the ids of the rows that opened or resolved alerts: one probe
+    of the unique index per key, also when the table's statistics are older than its rows (a
+    table filled since its last analysis; a new model's id, which the statistics have never
+    seen). Planned from such statistics, a lookup by ``model_id`` read every row of the
+    model, a cost that grew with the table."""
+    from anomaly_vae.storage.alerting import _score_ids
+
+    url = postgres_databases()
+    engine = engine_for(url)
+    try:
+        upgrade(engine)
+        n = 20_000
+        with engine.connect() as connection:
+            connection.exec_driver_sql("ALTER TABLE scores SET (autovacuum_enabled = false)")
+            connection.commit()
+            first, run_id, _ = start(connection, model_version())
+            second, other_run, _ = start(connection, model_version("valves", "b" * 64))
+            wanted = [f"sensors:0:{i}" for i in range(0, n, n // 200)]
+            # Never analysed; then statistics that know the first model's rows only.
+            for model_id, run, checked in ((first, run_id, [first]), (second, other_run, [])):
+                keys = [f"sensors:0:{i}" for i in range(n)]
+                batch = records(keys, [1.0] * n)
+                batch["event_time"] = pd.Timestamp("2026-11-20", tz="UTC")
+                repo.write_results(connection, run_id=run, model_id=model_id, records=batch)
+                for model in checked or [first, second]:
+                    assert_probes_unique_index(connection, model, wanted)
+                connection.exec_driver_sql("ANALYZE scores")
+                connection.commit()
+            connection.rollback()
+            both = (
+                _score_ids(connection, first, wanted[:3]),
+                _score_ids(connection, second, wanted[:3]),
+            )
+            assert set(both[0].values()).isdisjoint(both[1].values())  # each model's own rows
+            connection.rollback()
+    finally:
+        engine.dispose()

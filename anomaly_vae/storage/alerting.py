@@ -35,7 +35,6 @@ import pandas as pd
 from sqlalchemy import (
     ColumnElement,
     and_,
-    any_,
     bindparam,
     func,
     insert,
@@ -319,14 +318,20 @@ def _score_ids(connection: Connection, model_id: int, keys: list[str]) -> dict[s
 
 @lru_cache(maxsize=1)
 def _score_ids_statement() -> str:
-    from sqlalchemy.dialects.postgresql import ARRAY
-    from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
-
-    stmt = select(Score.source_key, Score.id).where(
-        Score.model_id == bindparam("model_id"),
-        Score.source_key == any_(bindparam("keys", type_=ARRAY(Score.source_key.type))),
+    """One probe of the unique index (source_key, model_id) per key, as a lateral join (its
+    ``OFFSET 0`` keeps the planner from turning it into a join of two sets), the model
+    checked on the row found (``model_id + 0``: a condition no index on ``model_id`` can
+    serve). The planner then has one index to use, whatever the table's statistics say.
+    ``source_key = ANY(keys) AND model_id = m``, planned from statistics older than the
+    batch (a table filled since its last analysis; a new model's id, which they have never
+    seen, so that it looks like a few rows), read every row of the model through the entity
+    index instead, or the whole table: a lookup that grew with the table (7 ms at 10,000
+    rows, 30 ms at 120,000, for 200 keys)."""
+    return (
+        "SELECT k.key, s.id FROM unnest(CAST(%(keys)s AS varchar[])) AS k(key) "
+        "CROSS JOIN LATERAL (SELECT scores.id FROM scores WHERE scores.source_key = k.key "
+        "AND scores.model_id + 0 = %(model_id)s OFFSET 0) AS s"
     )
-    return str(stmt.compile(dialect=psycopg_dialect()))
 
 
 def _open_all(connection: Connection, rows: list[dict[str, Any]]) -> list[int]:
