@@ -590,3 +590,50 @@ def test_an_acknowledgement_note_stays_when_the_alert_is_resolved(db_url: str) -
         "P1": "ticket P1: bearing; resolved by the alert rule after 1 normal record",
         "P2": "ticket P2: bearing; replaced",
     }
+
+
+def test_the_newest_alert_of_an_entity_is_one_index_probe(db_url: str) -> None:
+    """The alert rule reads each entity's newest alert on every write: a backward probe of
+    (model_id, entity_key, id) per entity, LIMIT 1, never a read of all the alerts an entity
+    ever had (the largest id by GROUP BY did that, a cost that grew with its history)."""
+    from sqlalchemy import event
+
+    from anomaly_vae.storage.alerting import _newest_alerts, not_written_by
+
+    engine = engine_for(db_url)
+    rule = AlertRule(k=1, n=1, cooldown_s=0.0, resolve_after=1)
+    try:
+        with engine.connect() as connection:
+            frame = stream_of_records(600, seed=4)
+            model_id, run_id = write_in_batches(connection, frame, 200, rule)
+            many = connection.execute(select(Alert.entity_key)).scalars().all()
+            connection.rollback()
+            assert len(many) > 30  # each entity has a history of alerts
+            seen: list[str] = []
+
+            def keep(conn: object, cursor: object, statement: str, *args: object) -> None:
+                if "FROM alerts" in statement:
+                    seen.append(statement)
+
+            event.listen(engine, "before_cursor_execute", keep)
+            newest = _newest_alerts(
+                connection,
+                model_id,
+                ["P0", "P1", None],
+                not_written_by(run_id, datetime.now(timezone.utc)),
+                None,
+            )
+            event.remove(engine, "before_cursor_execute", keep)
+            connection.rollback()
+            ids = connection.execute(select(Alert.id, Alert.entity_key)).all()
+            connection.rollback()
+            for entity in ("P0", "P1"):
+                assert newest[entity]["id"] == max(i for i, e in ids if e == entity)
+            assert None not in newest  # no alert without an entity
+            (statement,) = seen
+            # One LIMIT 1 per entity, newest id first, and no GROUP BY over their alerts.
+            assert statement.count("LIMIT") == 3
+            assert statement.count("ORDER BY alerts.id DESC") == 3
+            assert "GROUP BY" not in statement
+    finally:
+        engine.dispose()

@@ -40,7 +40,6 @@ from sqlalchemy import (
     insert,
     literal,
     not_,
-    or_,
     select,
     text,
     union_all,
@@ -464,34 +463,39 @@ def _newest_alerts(
     """Each entity's newest alert opened by a record that ``history_filter`` keeps (any
     record when None), and whether it was in progress (now, or at ``as_of`` when given: not
     yet resolved then)."""
-    named = [e for e in entities if e is not None]
-    conditions: list[ColumnElement[bool]] = []
-    if named:
-        conditions.append(Alert.entity_key.in_(named))
-    if None in entities:
-        conditions.append(Alert.entity_key.is_(None))
-    if not conditions:
+    if not entities:
         return {}
-    who = or_(*conditions)
-    newest = select(func.max(Alert.id)).where(Alert.model_id == model_id, who)
-    if history_filter is not None:
-        newest = newest.join(Score, Score.id == Alert.score_id).where(history_filter)
-    newest = newest.group_by(Alert.entity_key)
     resolving = aliased(Score)
-    rows = connection.execute(
-        select(
-            Alert.id,
-            Alert.entity_key,
-            Alert.state,
-            Alert.severity,
-            Alert.score_id,
-            func.coalesce(Score.event_time, Score.scored_at).label("opened_time"),
-            func.coalesce(resolving.event_time, Alert.resolved_at).label("resolved_time"),
+    rows: list[Any] = []
+    for start in range(0, len(entities), _ENTITIES_PER_QUERY):
+        # Each entity's newest alert by a backward probe of the index (model_id, entity_key,
+        # id), LIMIT 1: the largest id of all the entity's alerts (a GROUP BY) read every alert
+        # it ever had, on every write.
+        parts = []
+        for entity in entities[start : start + _ENTITIES_PER_QUERY]:
+            part = select(Alert.id).where(
+                Alert.model_id == model_id, _entity_is(Alert.entity_key, entity)
+            )
+            if history_filter is not None:
+                part = part.join(Score, Score.id == Alert.score_id).where(history_filter)
+            parts.append(select(part.order_by(Alert.id.desc()).limit(1).subquery()))
+        newest = parts[0] if len(parts) == 1 else union_all(*parts)
+        rows.extend(
+            connection.execute(
+                select(
+                    Alert.id,
+                    Alert.entity_key,
+                    Alert.state,
+                    Alert.severity,
+                    Alert.score_id,
+                    func.coalesce(Score.event_time, Score.scored_at).label("opened_time"),
+                    func.coalesce(resolving.event_time, Alert.resolved_at).label("resolved_time"),
+                )
+                .join(Score, Score.id == Alert.score_id)
+                .outerjoin(resolving, resolving.id == Alert.resolved_score_id)
+                .where(Alert.id.in_(newest))
+            )
         )
-        .join(Score, Score.id == Alert.score_id)
-        .outerjoin(resolving, resolving.id == Alert.resolved_score_id)
-        .where(Alert.id.in_(newest))
-    )
     out: dict[str | None, dict[str, Any]] = {}
     for row in rows:
         active = row.state in ACTIVE_STATES

@@ -232,6 +232,8 @@ class Alert(Base):
         CheckConstraint(_in("state", ALERT_STATES), name="state"),
         CheckConstraint(_in("severity", SEVERITIES), name="severity"),
         Index(None, "state", "opened_at"),
+        # An entity's newest alert, which the alert rule reads on every write.
+        Index(None, "model_id", "entity_key", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigIdType, primary_key=True)
