@@ -842,3 +842,34 @@ def test_score_id_lookups_probe_the_unique_index_whatever_the_statistics(
             connection.rollback()
     finally:
         engine.dispose()
+
+
+def test_without_pgpq_postgresql_gets_the_same_rows_through_csv(
+    postgres_databases: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pgpq has no wheel for every platform (none for Linux on ARM): without it, the same
+    rows go to PostgreSQL as CSV, fresh batches and replays alike, and come back the same."""
+    assert repo._copy_format.__wrapped__() == "binary"  # not cached: what this machine has
+    with monkeypatch.context() as patched:
+        patched.setitem(sys.modules, "pgpq", None)  # import pgpq raises ImportError
+        assert repo._copy_format.__wrapped__() == "csv"
+    formats: list[str] = []
+    payload = repo._copy_payload
+
+    def spy(table_name: str, columns: repo.Columns, copy_format: str) -> bytes:
+        formats.append(copy_format)
+        return payload(table_name, columns, copy_format)
+
+    monkeypatch.setattr(repo, "_copy_format", lambda: "csv")
+    monkeypatch.setattr(repo, "_copy_payload", spy)
+    for check in (
+        test_written_values_come_back_exactly,
+        test_write_results_is_idempotent_and_atomic,
+    ):
+        url = postgres_databases()
+        engine = engine_for(url)
+        upgrade(engine)
+        engine.dispose()
+        check(url)
+    assert formats
+    assert set(formats) == {"csv"}
