@@ -530,7 +530,9 @@ def main(argv: list[str] | None = None) -> int:
                         "latency_rate": half,
                         "processes": args.processes if multi else 1,
                         "processes_rate": multi.get("rate", run["rate"]),
-                        "processes_steady_rate": multi.get("steady_rate") or run["rate"],
+                        # No overlap of the processes' writes: the whole run's rate.
+                        "processes_steady_rate": multi.get("steady_rate")
+                        or multi.get("rate", run["rate"]),
                         "processes_steady_seconds": multi.get("steady_seconds"),
                         **lat,
                     }

@@ -24,7 +24,7 @@ that arrives after later records of its entity is judged after them.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -443,14 +443,20 @@ def _last_records(
         parts.append(select(part.limit(limit).subquery()))
     names = list(entities)
     out: dict[str | None, list[Any]] = {}
-    for start in range(0, len(parts), _ENTITIES_PER_QUERY):
-        chunk = parts[start : start + _ENTITIES_PER_QUERY]
-        stmt = chunk[0] if len(chunk) == 1 else union_all(*chunk)
+    for stmt in _unions(parts):
         for row in connection.execute(stmt):
             out.setdefault(names[row.entity_position], []).append(row)
     for rows in out.values():  # a UNION ALL promises no order: newest first again
         rows.sort(key=lambda r: (r.event_time is not None, r.event_time or 0, r.id), reverse=True)
     return out
+
+
+def _unions(parts: list[Any]) -> Iterator[Any]:
+    """Per-entity queries as statements of at most ``_ENTITIES_PER_QUERY`` each (a UNION ALL
+    of them, or the one alone)."""
+    for start in range(0, len(parts), _ENTITIES_PER_QUERY):
+        chunk = parts[start : start + _ENTITIES_PER_QUERY]
+        yield chunk[0] if len(chunk) == 1 else union_all(*chunk)
 
 
 def _newest_alerts(
@@ -465,21 +471,20 @@ def _newest_alerts(
     yet resolved then)."""
     if not entities:
         return {}
+    # Each entity's newest alert by a backward probe of the index (model_id, entity_key, id),
+    # LIMIT 1: the largest id of all the entity's alerts (a GROUP BY) read every alert it ever
+    # had, on every write.
+    parts = []
+    for entity in entities:
+        part = select(Alert.id).where(
+            Alert.model_id == model_id, _entity_is(Alert.entity_key, entity)
+        )
+        if history_filter is not None:
+            part = part.join(Score, Score.id == Alert.score_id).where(history_filter)
+        parts.append(select(part.order_by(Alert.id.desc()).limit(1).subquery()))
     resolving = aliased(Score)
     rows: list[Any] = []
-    for start in range(0, len(entities), _ENTITIES_PER_QUERY):
-        # Each entity's newest alert by a backward probe of the index (model_id, entity_key,
-        # id), LIMIT 1: the largest id of all the entity's alerts (a GROUP BY) read every alert
-        # it ever had, on every write.
-        parts = []
-        for entity in entities[start : start + _ENTITIES_PER_QUERY]:
-            part = select(Alert.id).where(
-                Alert.model_id == model_id, _entity_is(Alert.entity_key, entity)
-            )
-            if history_filter is not None:
-                part = part.join(Score, Score.id == Alert.score_id).where(history_filter)
-            parts.append(select(part.order_by(Alert.id.desc()).limit(1).subquery()))
-        newest = parts[0] if len(parts) == 1 else union_all(*parts)
+    for newest in _unions(parts):
         rows.extend(
             connection.execute(
                 select(

@@ -937,7 +937,7 @@ def _copy_payload(table_name: str, columns: Columns, copy_format: str) -> bytes:
         sink = pa.BufferOutputStream()
         options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
         pacsv.write_csv(frame, sink, write_options=options)
-        return bytes(sink.getvalue().to_pybytes())
+        return sink.getvalue().to_pybytes()
     from pgpq import ArrowToPostgresBinaryEncoder
 
     encoder = ArrowToPostgresBinaryEncoder.new_with_encoders(schema, _binary_encoders(table_name))
