@@ -324,6 +324,34 @@ def test_the_lag_is_unknown_until_partitions_are_assigned(
     assert any("records/s, lag 0, 30 scored" in line for line in lines[assigned:])
 
 
+def test_a_topic_not_on_the_broker_is_named_with_the_ones_close_to_it(
+    broker: DevBroker, stream_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A mistyped --topic on a broker that does not create topics on demand (most production
+    # clusters) left the scorer polling without a word. The check runs before the subscription,
+    # so it also speaks on the test broker, which creates the topic on subscription.
+    real = create_topic(broker.bootstrap)
+    typo = real[:-1] + ("x" if real[-1] != "x" else "y")
+    caplog.set_level("INFO", logger="anomaly_vae")
+    cfg = stream_config(stream_model, broker.bootstrap, typo)
+    StreamScorer(stream_model, cfg, MemorySink([])).run(idle_timeout=1.0)
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "anomaly_vae.jobs.stream" and r.levelname == "WARNING"
+    ]
+    said = [line for line in warnings if line.startswith(f"topic {typo!r} does not exist")]
+    assert said, warnings
+    assert f"did you mean {real!r}" in said[0]  # the closest first
+    assert "check --topic / kafka.topic" in said[0]
+
+    caplog.clear()
+    produce(broker.bootstrap, real, *pump_values(5, seed=16))
+    cfg = stream_config(stream_model, broker.bootstrap, real)
+    assert StreamScorer(stream_model, cfg, MemorySink([])).run(idle_timeout=2.0).scored == 5
+    assert not [r for r in caplog.records if "does not exist" in r.getMessage()]
+
+
 def test_a_new_group_says_it_reads_the_topic_from_its_earliest_offset(
     broker: DevBroker, stream_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -18,6 +18,7 @@ the endless loop testable; the batch in hand is always finished and committed fi
 from __future__ import annotations
 
 import collections
+import difflib
 import functools
 import logging
 import math
@@ -280,6 +281,8 @@ class StreamScorer:
         if consumer is None:
             return False
         self._consumer = consumer
+        # Before subscribing: a broker that creates topics on demand creates it on subscription.
+        self._say_if_topic_missing(consumer)
         consumer.subscribe([kafka.topic], listener=_rebalance_listener(self))
         if kafka.alerts_topic or kafka.dead_letter_topic:
 
@@ -317,7 +320,7 @@ class StreamScorer:
         kafka = self.cfg.kafka
         worker = self._worker = _BatchWorker(self)
         started = last_record = time.monotonic()
-        assigned = paused = said_where = False
+        assigned = paused = said_where = rechecked = False
         assignment: set[Any] = set()
         polled_total = 0
         # The idle clock starts once partitions are assigned (a group join takes a while).
@@ -368,6 +371,9 @@ class StreamScorer:
                             self._say_where_reading_starts(current)
                     # A rebalance that gave back the same partitions changes no assignment.
                     last_record = max(last_record, self._assigned_at)
+                    if not assigned and not rechecked and now - started >= join_grace:
+                        rechecked = True  # still nothing: was the topic created meanwhile?
+                        self._say_if_topic_missing(consumer)
                     if records:
                         last_record = now
                         polled_total += len(records)
@@ -384,7 +390,7 @@ class StreamScorer:
                     ):
                         if assigned:
                             logger.info("no message for %.1f s: stopping", idle_timeout)
-                        else:
+                        elif not self._say_if_topic_missing(consumer, then="stopping"):
                             logger.warning(
                                 "no partition of %s was assigned to this scorer in %.1f s: "
                                 "stopping (the group %r may be rebalancing, or its other "
@@ -416,6 +422,44 @@ class StreamScorer:
             worker.abort()
             self._close(failure)
         return self.stats
+
+    def _say_if_topic_missing(self, consumer: Any, *, then: str = "waiting for it") -> bool:
+        """Warn when the topic is not on the broker: a name mistyped, or a topic not created
+        yet, on a broker that does not create topics on demand (``auto.create.topics.enable``
+        off, as most production clusters run), otherwise left the scorer waiting without a
+        word. Names close to it are suggested. True when missing; False when present or
+        when the broker does not say (the topic list may need rights the scorer lacks)."""
+        topic = self.cfg.kafka.topic
+        if topic is None:
+            return False
+        try:
+            topics = {str(t) for t in consumer.topics()}
+        except Exception as exc:  # a check, never a reason to stop
+            logger.debug("could not list the broker's topics: %s", first_line(exc))
+            return False
+        if topic in topics:
+            return False
+        visible = sorted(t for t in topics if not t.startswith("__"))
+        close = difflib.get_close_matches(topic, visible, n=3, cutoff=0.6)
+        if close:
+            hint = "did you mean " + " or ".join(repr(t) for t in close) + "?"
+        elif visible:
+            shown = ", ".join(visible[:10]) + (
+                f" and {len(visible) - 10} more" if len(visible) > 10 else ""
+            )
+            hint = f"the broker has: {shown}"
+        else:
+            hint = "the broker has no topic yet"
+        logger.warning(
+            "topic %r does not exist on %s (%s): %s; a broker that creates topics on demand "
+            "creates it on subscription, one that does not (auto.create.topics.enable=false) "
+            "needs it created first; check --topic / kafka.topic",
+            topic,
+            self.cfg.kafka.bootstrap_servers,
+            hint,
+            then,
+        )
+        return True
 
     def _say_where_reading_starts(self, partitions: set[Any]) -> None:
         """Once, at the first assignment: whether the group resumes from committed offsets,
