@@ -329,6 +329,63 @@ def multi_process_rates(writes: list[tuple[int, Any, int]], *, processes: int) -
     return out
 
 
+def processes_rounds(
+    model_dir: Path,
+    url: str,
+    bootstrap: str,
+    values: list[bytes],
+    *,
+    processes: int,
+    rounds: int,
+    label: str,
+) -> list[dict[str, Any]]:
+    """``stream --processes N`` ``rounds`` times, each on a topic of its own holding
+    ``MULTI_REPEAT`` times ``values``, each between two bare reads of that same topic (as many
+    messages, about as long as the scorer's run: a short bare read is the noisiest number of
+    the benchmark). Each round's ratios are against the mean of its two bare reads."""
+    out = []
+    for i in range(rounds):
+        topic = create_topic(bootstrap)
+        produce(bootstrap, topic, values * MULTI_REPEAT)
+        total = len(values) * MULTI_REPEAT
+        before, _ = bare_consume(bootstrap, topic, total)
+        multi = scorer_processes(model_dir, url, bootstrap, topic, processes)
+        after, _ = bare_consume(bootstrap, topic, total)
+        bare = (before + after) / 2
+        steady = multi["steady_rate"] or multi["rate"]  # no overlap: the whole run's
+        out.append(
+            {
+                "bares": [before, after],
+                "bare_rate": bare,
+                "rate": multi["rate"],
+                "steady_rate": steady,
+                "steady_seconds": multi.get("steady_seconds"),
+                "ratio": multi["rate"] / bare,
+                "steady_ratio": steady / bare,
+            }
+        )
+        print(
+            f"  (b) stream --processes {processes} into {label}, round {i + 1}/{rounds}: "
+            f"{steady:,.0f} messages/s while all wrote ({steady / bare:.0%} of the bare reads "
+            f"of its topic around it, {before:,.0f} and {after:,.0f}); "
+            f"{multi['rate']:,.0f} messages/s over the whole run ({multi['rate'] / bare:.0%})",
+            flush=True,
+        )
+    return out
+
+
+def summarise_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the median steady ratio (the lower middle one of an even count)."""
+    ordered = sorted(rounds, key=lambda r: r["steady_ratio"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def _rounds_text(rounds: list[dict[str, Any]]) -> str:
+    if len(rounds) < 2:
+        return ""
+    return "; rounds " + ", ".join(f"{r['steady_ratio']:.0%}" for r in rounds)
+
+
 def latency(url: str, topic: str) -> dict[str, float]:
     from anomaly_vae.storage.engine import create_database_engine, parse_database_url
 
@@ -401,9 +458,16 @@ def main(argv: list[str] | None = None) -> int:
         default=os.cpu_count() or 1,
         help="also run 'stream --processes N' (default: the cores; 1 skips it)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="N-process measurements per database, the median reported (default 3; 1 --quick)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = parser.parse_args(argv)
     n = args.messages or (30_000 if args.quick else 200_000)
+    args.rounds = max(1, args.rounds or (1 if args.quick else 3))
     torch.set_num_threads(1)
     print(f"stream benchmark: {n:,} messages, {PARTITIONS} partitions", flush=True)
     cfg = PipelineConfig(name="bench-pumps")
@@ -445,8 +509,11 @@ def main(argv: list[str] | None = None) -> int:
                 targets.append(("PostgreSQL", migrated(url), drop))
             except Exception as exc:  # the benchmark still reports SQLite
                 print(f"  PostgreSQL skipped: {type(exc).__name__}: {exc}", flush=True)
-        for label, url, drop in targets:
+        for index, (label, url, drop) in enumerate(targets):
             try:
+                if index:  # a bare read just before this scorer run too
+                    bare_again()
+                before = bares[-1]
                 run = scorer_run(
                     model,
                     model_dir,
@@ -456,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
                     n,
                     clock=CpuClock(pid, database=label == "PostgreSQL"),
                 )
-                single_bare = (bares[-1] + bare_again()) / 2
+                single_bare = (before + bare_again()) / 2
                 server = (
                     f", {run['database_cpu_us_per_msg']:.1f} µs in the PostgreSQL server"
                     if label == "PostgreSQL"
@@ -470,30 +537,27 @@ def main(argv: list[str] | None = None) -> int:
                     f"{run['broker_cpu_us_per_msg']:.1f} µs in the broker{server}",
                     flush=True,
                 )
-                multi_bare = single_bare
-                multi: dict[str, Any] = {}
+                rounds: list[dict[str, Any]] = []
                 if args.processes > 1:
-                    multi_topic = create_topic(broker.bootstrap)
-                    # Four times the messages (the same values at other offsets): the seconds
-                    # while every process writes are then many batches long.
-                    produce(broker.bootstrap, multi_topic, values * MULTI_REPEAT)
-                    multi = scorer_processes(
-                        model_dir, url, broker.bootstrap, multi_topic, args.processes
+                    rounds = processes_rounds(
+                        model_dir,
+                        url,
+                        broker.bootstrap,
+                        values,
+                        processes=args.processes,
+                        rounds=args.rounds,
+                        label=label,
                     )
-                    multi_bare = (bares[-1] + bare_again()) / 2
-                    steady = multi["steady_rate"]
-                    print(
-                        f"  (b) stream --processes {args.processes} into {label}: "
-                        + (
-                            f"{steady:,.0f} messages/s while all wrote "
-                            f"({steady / multi_bare:.0%} of the bare runs around it); "
-                            if steady is not None
-                            else ""
-                        )
-                        + f"{multi['rate']:,.0f} messages/s over the whole run "
-                        f"({multi['rate'] / multi_bare:.0%})",
-                        flush=True,
-                    )
+                    multi = summarise_rounds(rounds)
+                else:
+                    multi = {
+                        "rate": run["rate"],
+                        "steady_rate": run["rate"],
+                        "ratio": run["rate"] / single_bare,
+                        "steady_ratio": run["rate"] / single_bare,
+                        "bare_rate": single_bare,
+                        "steady_seconds": None,
+                    }
                 half = 0.5 * run["rate"]
                 lat_topic = create_topic(broker.bootstrap)
                 seconds = 8.0 if args.quick else 20.0
@@ -520,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
                     {
                         "database": label,
                         "bare_rate": single_bare,
-                        "processes_bare_rate": multi_bare,
+                        "processes_bare_rate": multi["bare_rate"],
                         "bare_cpu_us_per_msg": bare_cpu["cpu_us_per_msg"],
                         "scorer_rate": run["rate"],
                         "scorer_cpu_us_per_msg": run["cpu_us_per_msg"],
@@ -528,21 +592,20 @@ def main(argv: list[str] | None = None) -> int:
                         "database_cpu_us_per_msg": run["database_cpu_us_per_msg"],
                         "ratio": run["rate"] / single_bare,
                         "latency_rate": half,
-                        "processes": args.processes if multi else 1,
-                        "processes_rate": multi.get("rate", run["rate"]),
-                        # No overlap of the processes' writes: the whole run's rate.
-                        "processes_steady_rate": multi.get("steady_rate")
-                        or multi.get("rate", run["rate"]),
-                        "processes_steady_seconds": multi.get("steady_seconds"),
+                        "processes": args.processes if rounds else 1,
+                        # The median round's (by the steady ratio); every round below.
+                        "processes_rate": multi["rate"],
+                        "processes_steady_rate": multi["steady_rate"],
+                        "processes_steady_seconds": multi["steady_seconds"],
+                        "processes_ratio": multi["ratio"],
+                        "processes_steady_ratio": multi["steady_ratio"],
+                        "processes_rounds": rounds,
                         **lat,
                     }
                 )
             finally:
                 if drop is not None:
                     drop()
-    for r in rows:
-        r["processes_ratio"] = r["processes_rate"] / r["processes_bare_rate"]
-        r["processes_steady_ratio"] = r["processes_steady_rate"] / r["processes_bare_rate"]
     result = {
         "benchmark": "stream",
         "quick": args.quick,
@@ -589,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['database_cpu_us_per_msg']:.1f} | {cores / 1e6:.2f} | "
             f"N={r['processes']}: {r['processes_steady_rate']:,.0f}, "
             f"**{r['processes_steady_ratio']:.0%}** (whole run {r['processes_rate']:,.0f}, "
-            f"{r['processes_ratio']:.0%}) |"
+            f"{r['processes_ratio']:.0%}){_rounds_text(r['processes_rounds'])} |"
         )
     lines += [
         "",
@@ -603,10 +666,12 @@ def main(argv: list[str] | None = None) -> int:
         "first one's last) over that time, and in brackets every row after the first batch "
         "over the whole run (which includes the start, before every process has its "
         "partitions, and the tail, when one has run out of messages). The machine's speed "
-        "drifts from minute to minute, so the bare rate is measured again after each scorer "
-        "run, and each scorer rate is compared with the mean of the two bare runs around it "
-        "(the bare column: those of the one-process run; the N-process run's are in the JSON). "
-        f"Bare runs in order: {', '.join(f'{v:,.0f}' for v in bares)} msg/s.",
+        "drifts from minute to minute, so each scorer rate is compared with the mean of two "
+        "bare reads around it: the one-process run with reads of its topic, each N-process "
+        f"round ({args.rounds} per database, each on a topic of its own) with reads of that "
+        "topic, as many messages, about as long as the scorer's run; the round with the "
+        "median ratio is shown, every round's ratio in the list (its bare reads in the JSON). "
+        f"One-process bare reads in order: {', '.join(f'{v:,.0f}' for v in bares)} msg/s.",
     ]
     (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out / stem}.json and .md", flush=True)
