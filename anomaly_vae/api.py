@@ -51,6 +51,7 @@ from anomaly_vae.storage.tuning import (
     list_alerts,
     model_in_use,
     preview_threshold,
+    replay_limit,
     rollback_threshold,
     set_threshold,
 )
@@ -70,6 +71,9 @@ MAX_ECHOED_INPUT = 200  # characters of a rejected input shown back in a 422
 # A request body over this is refused (413) before it is read whole: 10,000 records to score
 # of a few kilobytes each fit several times over.
 MAX_BODY_BYTES = 32 * 2**20
+# Stored scores one request may replay (a threshold preview needs no token): about 1 GiB of
+# the server's memory at most; `serve --max-replay-scores` changes it.
+DEFAULT_MAX_REPLAY_SCORES = 2_000_000
 
 
 # ===================================================================== settings
@@ -79,6 +83,8 @@ class ApiSettings:
 
     database: DatabaseTarget
     token: str | None
+    # The most stored scores one request replays (a preview, a contamination threshold).
+    max_replay_scores: int | None = DEFAULT_MAX_REPLAY_SCORES
 
     @property
     def read_only(self) -> bool:
@@ -626,9 +632,12 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         dependencies=[Writer],
         responses=_errors(400, 401, 403, 404, 413),
     )
-    def create_threshold(name: str, body: ThresholdCreate, conn: Conn) -> ThresholdPublic:
+    def create_threshold(
+        name: str, body: ThresholdCreate, conn: Conn, request: Request
+    ) -> ThresholdPublic:
         """Put a new threshold version in force (live scorers apply it within seconds)."""
-        return _new_version(conn, name, body)
+        with replay_limit(request.app.state.settings.max_replay_scores):
+            return _new_version(conn, name, body)
 
     @app.patch(
         "/models/{name}/thresholds",
@@ -638,14 +647,17 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         dependencies=[Writer],
         responses=_errors(400, 401, 403, 404, 413),
     )
-    def update_threshold(name: str, body: ThresholdUpdate, conn: Conn) -> ThresholdPublic:
+    def update_threshold(
+        name: str, body: ThresholdUpdate, conn: Conn, request: Request
+    ) -> ThresholdPublic:
         """A new version changing only what is given (e.g. just the alert rule)."""
         given = {"warning", "critical", "alert_rule"} & body.model_fields_set
         if body.alert_rule is None or not body.alert_rule.model_dump(exclude_none=True):
             given.discard("alert_rule")  # null or {} changes no setting
         if not given:
             raise ConfigError("nothing to change: give warning, critical or alert_rule")
-        return _new_version(conn, name, body)
+        with replay_limit(request.app.state.settings.max_replay_scores):
+            return _new_version(conn, name, body)
 
     @app.post(
         "/models/{name}/thresholds/rollback",
@@ -682,15 +694,18 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         tags=["thresholds"],
         responses=_errors(400, 404, 413),
     )
-    def preview(name: str, body: ThresholdPreviewRequest, conn: Conn) -> ThresholdPreviewPublic:
+    def preview(
+        name: str, body: ThresholdPreviewRequest, conn: Conn, request: Request
+    ) -> ThresholdPreviewPublic:
         """What a threshold and alert rule would have done to the stored scores (read-only)."""
-        result = preview_threshold(
-            conn,
-            model_name=name,
-            change=_change(body),
-            since=body.since,
-            until=body.until,
-        )
+        with replay_limit(request.app.state.settings.max_replay_scores):
+            result = preview_threshold(
+                conn,
+                model_name=name,
+                change=_change(body),
+                since=body.since,
+                until=body.until,
+            )
         return ThresholdPreviewPublic.model_validate(result.as_dict())
 
     # --------------------------------------------------------------------- scoring

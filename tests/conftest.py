@@ -266,8 +266,9 @@ def password_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
 
 
 @contextmanager
-def api_client(db_url: str) -> Iterator[Any]:
-    """FastAPI's TestClient on the database at ``db_url``, no token (the API in process)."""
+def api_client(db_url: str, **settings: Any) -> Iterator[Any]:
+    """FastAPI's TestClient on the database at ``db_url``, no token (the API in process);
+    ``settings``: other ``ApiSettings`` fields."""
     from fastapi.testclient import TestClient
 
     from anomaly_vae.api import ApiSettings, create_app
@@ -280,7 +281,8 @@ def api_client(db_url: str) -> Iterator[Any]:
     target = DatabaseTarget(parse_database_url(db_url), "--db")
     engine = create_database_engine(target.url)
     try:
-        with TestClient(create_app(ApiSettings(database=target, token=None), engine)) as client:
+        app = create_app(ApiSettings(database=target, token=None, **settings), engine)
+        with TestClient(app) as client:
             yield client
     finally:
         engine.dispose()

@@ -793,6 +793,39 @@ def test_a_patch_changes_only_the_alert_rule_settings_it_names(server: Server) -
     }
 
 
+def test_a_preview_over_the_replay_limit_is_a_400_that_says_how_to_narrow(
+    scored_db: str,
+) -> None:
+    # A preview needs no token, and it read every stored score of its period into the
+    # server's memory, however many: one request over a year of a busy stream took the server.
+    quantile = {"warning": {"policy": "quantile", "quantile": 0.9}}
+    contamination = {"warning": {"policy": "contamination", "contamination": 0.05}}
+    with api_client(scored_db, max_replay_scores=799) as client:
+        for body in (quantile, contamination):  # the replay, and a threshold from the scores
+            refused = client.post("/models/pumps/thresholds/preview", json=body)
+            assert refused.status_code == 400, refused.text
+            detail = refused.json()["detail"]
+            assert "model pumps version " in detail
+            assert "has more than 799 stored scores in all" in detail
+            assert "since / until" in detail
+            assert "--max-replay-scores" in detail
+        since = client.post(
+            "/models/pumps/thresholds/preview", json={**quantile, "since": "2000-01-01"}
+        )
+        assert "more than 799 stored scores since 2000-01-01T00:00:00" in since.json()["detail"]
+    with api_client(scored_db, max_replay_scores=800) as client:  # exactly the limit: served
+        for body in (quantile, contamination):
+            served = client.post("/models/pumps/thresholds/preview", json=body)
+            assert served.status_code == 200, served.text
+            assert served.json()["records"] == 800
+
+
+def test_serve_refuses_a_replay_limit_under_one(capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_inline(capsys, "serve", "--max-replay-scores", "0")
+    assert result.returncode == 2
+    assert "--max-replay-scores must be >= 1, got 0" in result.stderr
+
+
 def test_a_preview_until_at_or_before_since_is_a_400(server: Server) -> None:
     body = {"since": "2026-11-13", "until": "2026-11-13"}
     response = server.client.post("/models/pumps/thresholds/preview", json=body)

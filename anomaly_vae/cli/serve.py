@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -22,6 +23,13 @@ def serve(
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
     pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+    max_replay_scores: int | None = typer.Option(
+        None,
+        "--max-replay-scores",
+        help="The most stored scores one request replays (a threshold preview, a "
+        "contamination threshold; default 2,000,000, about 1 GiB of memory); a longer "
+        "period is refused with how to narrow it.",
+    ),
 ) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs). Changes need the bearer token in
     ANOMALY_VAE_API_TOKEN; without it the API is read-only."""
@@ -35,7 +43,11 @@ def serve(
     from anomaly_vae.api import ApiSettings, create_app
     from anomaly_vae.cli.db import database_target, opened
 
+    if max_replay_scores is not None and max_replay_scores < 1:
+        raise ConfigError(f"--max-replay-scores must be >= 1, got {max_replay_scores}")
     settings = ApiSettings.from_environment(database_target(db, pipeline), os.environ)
+    if max_replay_scores is not None:
+        settings = dataclasses.replace(settings, max_replay_scores=max_replay_scores)
     with opened(settings.database) as engine:
         if not settings.read_only:
             from anomaly_vae.api import database_refuses_changes

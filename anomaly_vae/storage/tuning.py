@@ -16,7 +16,9 @@ functions of ``anomaly_vae.thresholds``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -407,6 +409,23 @@ def alert_rule_of(data: dict[str, Any] | AlertsConfig | None) -> AlertRule:
 
 
 # ================================================================ stored scores
+# The most stored scores one call of stored_scores reads (None: no limit), set around a
+# request by replay_limit: the API's previews need no token, and a period of a hundred million
+# scores would otherwise be read into the server's memory whole.
+_REPLAY_LIMIT: ContextVar[int | None] = ContextVar("replay_limit", default=None)
+
+
+@contextmanager
+def replay_limit(limit: int | None) -> Iterator[None]:
+    """Within it, a preview, a tuning or a contamination threshold that would read more than
+    ``limit`` stored scores is refused with a ConfigError that says so (and how to narrow)."""
+    token = _REPLAY_LIMIT.set(limit)
+    try:
+        yield
+    finally:
+        _REPLAY_LIMIT.reset(token)
+
+
 def stored_scores(
     connection: Connection,
     *,
@@ -438,7 +457,26 @@ def stored_scores(
         stmt = stmt.where(when >= since)
     if until is not None:
         stmt = stmt.where(when < until)
+    limit = _REPLAY_LIMIT.get()
+    if limit is not None:
+        stmt = stmt.limit(limit + 1)
     rows = connection.execute(stmt).all()
+    if limit is not None and len(rows) > limit:
+        model = connection.execute(
+            select(Model.name, Model.version).where(Model.id == model_id)
+        ).one()
+        period = "".join(
+            (
+                f" since {since.isoformat()}" if since is not None else "",
+                f" until {until.isoformat()}" if until is not None else "",
+            )
+        )
+        raise ConfigError(
+            f"model {model.name} version {model.version} has more than {limit:,} stored scores"
+            f"{period or ' in all'}, the most this server replays in one request: give a "
+            "shorter period (since / until), or start the server with a higher "
+            "--max-replay-scores"
+        )
     frame = pd.DataFrame(
         rows,
         columns=[
