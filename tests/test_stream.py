@@ -352,6 +352,34 @@ def test_a_topic_not_on_the_broker_is_named_with_the_ones_close_to_it(
     assert not [r for r in caplog.records if "does not exist" in r.getMessage()]
 
 
+def test_the_topic_check_gives_up_on_a_broker_that_never_answers(
+    stream_model: AnomalyVAE, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The check asks the broker for its topics; a broker that takes the connection and never
+    # answers must not hold the scorer (its own client, in a thread, waited on for a while).
+    import socket
+
+    from anomaly_vae.jobs import stream as stream_job
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # connections are taken by the kernel; nothing ever answers
+    try:
+        monkeypatch.setattr(stream_job, "TOPIC_CHECK_TIMEOUT_S", 1.0)
+        cfg = stream_config(stream_model, f"127.0.0.1:{silent.getsockname()[1]}", "t")
+        scorer = StreamScorer(stream_model, cfg, MemorySink([]))
+        started = time.monotonic()
+        assert scorer._broker_topics() is None
+        assert time.monotonic() - started < 3.0
+        scorer.stop()  # a stop is not kept waiting either
+        monkeypatch.setattr(stream_job, "TOPIC_CHECK_TIMEOUT_S", 60.0)
+        started = time.monotonic()
+        assert scorer._say_if_topic_missing() is False  # unknown: nothing said
+        assert time.monotonic() - started < 3.0
+    finally:
+        silent.close()
+
+
 def test_a_new_group_says_it_reads_the_topic_from_its_earliest_offset(
     broker: DevBroker, stream_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
 ) -> None:

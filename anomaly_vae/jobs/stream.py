@@ -282,7 +282,7 @@ class StreamScorer:
             return False
         self._consumer = consumer
         # Before subscribing: a broker that creates topics on demand creates it on subscription.
-        self._say_if_topic_missing(consumer)
+        self._say_if_topic_missing()
         consumer.subscribe([kafka.topic], listener=_rebalance_listener(self))
         if kafka.alerts_topic or kafka.dead_letter_topic:
 
@@ -373,7 +373,7 @@ class StreamScorer:
                     last_record = max(last_record, self._assigned_at)
                     if not assigned and not rechecked and now - started >= join_grace:
                         rechecked = True  # still nothing: was the topic created meanwhile?
-                        self._say_if_topic_missing(consumer)
+                        self._say_if_topic_missing()
                     if records:
                         last_record = now
                         polled_total += len(records)
@@ -390,7 +390,7 @@ class StreamScorer:
                     ):
                         if assigned:
                             logger.info("no message for %.1f s: stopping", idle_timeout)
-                        elif not self._say_if_topic_missing(consumer, then="stopping"):
+                        elif not self._say_if_topic_missing(then="stopping"):
                             logger.warning(
                                 "no partition of %s was assigned to this scorer in %.1f s: "
                                 "stopping (the group %r may be rebalancing, or its other "
@@ -423,7 +423,37 @@ class StreamScorer:
             self._close(failure)
         return self.stats
 
-    def _say_if_topic_missing(self, consumer: Any, *, then: str = "waiting for it") -> bool:
+    def _broker_topics(self) -> set[str] | None:
+        """The broker's topic names, asked by a client of its own (no group: it joins and
+        commits nothing) in a daemon thread, so that a metadata request that never finishes
+        cannot hold the scorer or its consumer; None when the broker does not say within
+        ``TOPIC_CHECK_TIMEOUT_S``, when the scorer is stopped meanwhile, or when a test's
+        stand-in consumer has no broker to ask."""
+        if self._consumer_factory is not None:
+            return None
+        from kafka import KafkaConsumer
+
+        options = options_for(client_options(self.cfg.kafka), KafkaConsumer)
+        found: list[set[str]] = []
+
+        def ask() -> None:
+            try:
+                client = KafkaConsumer(**options)
+                try:
+                    found.append({str(t) for t in client.topics()})
+                finally:
+                    client.close()
+            except Exception as exc:  # a check, never a reason to stop
+                logger.debug("could not list the broker's topics: %s", first_line(exc))
+
+        thread = threading.Thread(target=ask, name="topic-check", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + TOPIC_CHECK_TIMEOUT_S
+        while thread.is_alive() and time.monotonic() < deadline and not self.stop_event.is_set():
+            thread.join(0.1)  # a stop (SIGTERM) meanwhile is not kept waiting
+        return found[0] if found else None
+
+    def _say_if_topic_missing(self, *, then: str = "waiting for it") -> bool:
         """Warn when the topic is not on the broker: a name mistyped, or a topic not created
         yet, on a broker that does not create topics on demand (``auto.create.topics.enable``
         off, as most production clusters run), otherwise left the scorer waiting without a
@@ -432,12 +462,8 @@ class StreamScorer:
         topic = self.cfg.kafka.topic
         if topic is None:
             return False
-        try:
-            topics = {str(t) for t in consumer.topics()}
-        except Exception as exc:  # a check, never a reason to stop
-            logger.debug("could not list the broker's topics: %s", first_line(exc))
-            return False
-        if topic in topics:
+        topics = self._broker_topics()
+        if topics is None or topic in topics:
             return False
         visible = sorted(t for t in topics if not t.startswith("__"))
         close = difflib.get_close_matches(topic, visible, n=3, cutoff=0.6)
@@ -894,6 +920,7 @@ class _Failed:
     exc: BaseException
 
 
+TOPIC_CHECK_TIMEOUT_S = 10.0  # how long the scorer waits for the broker's list of topics
 IN_FLIGHT = 3  # batches between poll and commit: one being written, one scored, one waiting
 _SENTINEL = object()
 
