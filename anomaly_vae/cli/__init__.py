@@ -54,6 +54,9 @@ def setup_logging(verbose: bool = False, *, prefix: str = "") -> None:
         stream=sys.stderr,
         force=True,
     )
+    # A level an earlier command of this process set (serve quiets alembic) does not carry
+    # over to this one: a --verbose stream run after an in-process serve showed no alembic line.
+    logging.getLogger("alembic").setLevel(logging.NOTSET)
     # kafka-python logs every connection at INFO: keep its warnings, not its chatter.
     logging.getLogger("kafka").setLevel(logging.WARNING)
     # ... but one of its INFO lines says records were skipped: raised to a warning.

@@ -36,6 +36,8 @@ def serve(
     setup_logging(True)
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port must be 0 to 65535, got {port}")
+    if max_replay_scores is not None and max_replay_scores < 1:
+        raise ConfigError(f"--max-replay-scores must be >= 1, got {max_replay_scores}")
     _check_can_listen(host, port)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     import uvicorn
@@ -43,8 +45,6 @@ def serve(
     from anomaly_vae.api import ApiSettings, create_app
     from anomaly_vae.cli.db import database_target, opened
 
-    if max_replay_scores is not None and max_replay_scores < 1:
-        raise ConfigError(f"--max-replay-scores must be >= 1, got {max_replay_scores}")
     settings = ApiSettings.from_environment(database_target(db, pipeline), os.environ)
     if max_replay_scores is not None:
         settings = dataclasses.replace(settings, max_replay_scores=max_replay_scores)
