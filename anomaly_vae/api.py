@@ -316,6 +316,10 @@ class AlertPublic(BaseModel):
     threshold_id: int | None
     rule: dict[str, Any] | None
     note: str | None
+    # When the anomaly began: the time of the first record that crossed among those that
+    # opened the alert (``time`` is the record that completed the rule); None for alerts
+    # opened before the database recorded it.
+    onset_time: datetime | None = None
 
 
 class AlertAction(_Schema):

@@ -399,13 +399,21 @@ def _whole(value: Any) -> int:
 @dataclass
 class AlertEvent:
     """``kind``: 'open', 'escalate' (to critical) or 'resolve'; ``index``: the record's position
-    in the input that caused it."""
+    in the input that caused it.
+
+    An opening also says where the anomaly began, its onset: the first record that crossed
+    among the ``n`` that opened it (the rule only confirmed it later). ``onset_index`` is that
+    record's position in this input; when it came before this input (a record the entity was
+    seeded with), ``onset_index`` is None and ``onset_ref`` is the reference it was seeded
+    with (``AlertTracker.seed``'s ``refs``: a stored score's id)."""
 
     kind: Literal["open", "escalate", "resolve"]
     entity: str
     index: int
     time: pd.Timestamp | None
     severity: int
+    onset_index: int | None = None
+    onset_ref: Any = None
 
 
 @dataclass
@@ -414,6 +422,9 @@ class _EntityState:
     open_severity: int = 0
     normal_streak: int = 0
     last_opened: float | None = None
+    # Beside ``recent``: where each of those records is, (True, position in the input being
+    # judged) or (False, the reference it was seeded with); read for an opening's onset.
+    where: deque[tuple[bool, Any]] = field(default_factory=deque)
 
 
 @dataclass
@@ -435,16 +446,23 @@ class AlertTracker:
         open_severity: int = SEVERITY_NORMAL,
         normal_streak: int = 0,
         last_opened: float | None = None,
+        refs: Sequence[Any] = (),
     ) -> None:
         """Start ``entity`` from a known state instead of a blank one: its last records'
         crossings (oldest first), the severity of its open alert (0: none), the normal records
         since that alert's last crossing, and when (epoch seconds) its last alert opened.
+        ``refs``: what names each of the ``recent`` records (a stored score's id), given back
+        as an opening's ``onset_ref`` when the anomaly began at one of them.
         This is how the write path carries the rule across batches and processes."""
+        flags = [bool(c) for c in recent]
+        names = list(refs) if len(refs) == len(flags) else [None] * len(flags)
+        n = self.rule.n
         self.states[entity] = _EntityState(
-            recent=deque((bool(c) for c in recent), maxlen=self.rule.n),
+            recent=deque(flags, maxlen=n),
             open_severity=int(open_severity),
             normal_streak=int(normal_streak) if open_severity else 0,
             last_opened=last_opened,
+            where=deque(((False, ref) for ref in names), maxlen=n),
         )
 
     def update(
@@ -477,10 +495,11 @@ class AlertTracker:
             entity = "" if entity_raw is None or entity_raw != entity_raw else str(entity_raw)
             state = self.states.get(entity)
             if state is None:
-                state = _EntityState(recent=deque(maxlen=rule.n))
+                state = _EntityState(recent=deque(maxlen=rule.n), where=deque(maxlen=rule.n))
                 self.states[entity] = state
             crossed = sev > 0
             state.recent.append(crossed)
+            state.where.append((True, i))
             if state.open_severity > 0:
                 if crossed:
                     state.normal_streak = 0
@@ -511,7 +530,22 @@ class AlertTracker:
             state.open_severity = sev
             state.normal_streak = 0
             state.last_opened = None if math.isnan(now) else now
-            events.append(AlertEvent("open", entity, i, when(i), sev))
+            # The onset: the first crossing among the records that opened it. ``where`` runs
+            # beside ``recent``; records skipped as changing nothing are all-normal stretches,
+            # so the crossings in ``recent`` are always the records ``where`` names.
+            first = next(j for j, c in enumerate(state.recent) if c)
+            here, ref = state.where[first] if first < len(state.where) else (True, i)
+            events.append(
+                AlertEvent(
+                    "open",
+                    entity,
+                    i,
+                    when(i),
+                    sev,
+                    onset_index=ref if here else None,
+                    onset_ref=None if here else ref,
+                )
+            )
         return events
 
     def _worth_visiting(self, entities: Sequence[Any], levels: list[int]) -> list[int]:

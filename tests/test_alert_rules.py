@@ -637,3 +637,55 @@ def test_the_newest_alert_of_an_entity_is_one_index_probe(db_url: str) -> None:
             assert "GROUP BY" not in statement
     finally:
         engine.dispose()
+
+
+def test_an_alert_records_where_its_anomaly_began_whatever_the_batches(db_url: str) -> None:
+    """Under k of n, the record that opens an alert confirms an anomaly that began up to n - 1
+    records earlier: the alert stores that onset (the first crossing among the n), the same
+    whether the records came in one write or one by one (the onset then lies in an earlier
+    write, read back from the stored records), and it is read back as ``onset_time``."""
+    from anomaly_vae.storage.tuning import list_alerts
+    from anomaly_vae.thresholds import AlertTracker
+
+    rule = AlertRule(k=2, n=4, cooldown_s=0.0, resolve_after=2)
+    frame = stream_of_records(600, seed=21)
+    events = AlertTracker(rule).update(
+        frame["entity_key"].tolist(), THRESHOLDS.severity(frame["score"].to_numpy())
+    )
+    want = [
+        (frame["source_key"].iloc[e.index], frame["source_key"].iloc[e.onset_index])
+        for e in events
+        if e.kind == "open" and e.onset_index is not None
+    ]
+    assert len(want) == sum(e.kind == "open" for e in events) > 5
+    assert any(opened != onset for opened, onset in want)  # the rule does confirm later
+    for size in (len(frame), 7, 1):
+        engine = engine_for(db_url)
+        try:
+            with engine.connect() as connection:
+                name = f"pumps{size}"
+                model_id, run_id = start(connection, rule, name=name)
+                for begin in range(0, len(frame), size):
+                    repo.write_results(
+                        connection,
+                        run_id=run_id,
+                        model_id=model_id,
+                        records=frame.iloc[begin : begin + size],
+                        alert_rule=rule,
+                    )
+                got = connection.exec_driver_sql(
+                    "SELECT o.source_key, s.source_key FROM alerts a JOIN scores o ON "
+                    "o.id = a.score_id LEFT JOIN scores s ON s.id = a.onset_score_id "
+                    f"WHERE a.model_id = {model_id} ORDER BY a.id"
+                ).all()
+                connection.rollback()
+                listed = list_alerts(connection, model_name=name, limit=1000)
+        finally:
+            engine.dispose()
+        assert [(str(a), str(b)) for a, b in got] == want, size
+        times = dict(zip(frame["source_key"], frame["event_time"], strict=True))
+        onset_of = dict(want)
+        for alert in listed:
+            onset_time = pd.Timestamp(alert["onset_time"])
+            onset_time = onset_time.tz_localize("UTC") if onset_time.tzinfo is None else onset_time
+            assert onset_time == times[onset_of[alert["source_key"]]]

@@ -290,3 +290,25 @@ def test_label_times_are_read_as_stored_event_times_are(tmp_path: Path) -> None:
 
 def labels_of(values: np.ndarray) -> list[float]:
     return [float(v) for v in values]
+
+
+def test_an_opening_names_the_first_crossing_among_the_records_that_opened_it() -> None:
+    from anomaly_vae.thresholds import AlertRule, AlertTracker
+
+    rule = AlertRule(k=3, n=5, resolve_after=2)
+    tracker = AlertTracker(rule)
+    # Crossings at 1, 3 and 4 (the 3rd of the last 5 at 4): the anomaly began at 1.
+    events = tracker.update(["a"] * 6, np.array([0, 1, 0, 1, 1, 1]))
+    assert [(e.kind, e.index, e.onset_index, e.onset_ref) for e in events] == [("open", 4, 1, None)]
+    # The onset in records seeded from storage: named by the reference they were seeded with.
+    seeded = AlertTracker(rule)
+    seeded.seed("a", recent=[False, True, False, True], refs=[10, 11, 12, 13])
+    events = seeded.update(["a", "a"], np.array([1, 1]))
+    assert [(e.kind, e.index, e.onset_index, e.onset_ref) for e in events] == [
+        ("open", 0, None, 11)
+    ]
+    # k = 1: the opening record is its own onset.
+    single = AlertTracker(AlertRule())
+    assert [(e.index, e.onset_index) for e in single.update(["a", "b"], np.array([0, 2]))] == [
+        (1, 1)
+    ]

@@ -777,6 +777,7 @@ def alerts_list(
         "severity",
         "model",
         "entity_key",
+        "onset_time",
         "time",
         "score",
         "opened_at",

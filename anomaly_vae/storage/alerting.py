@@ -133,11 +133,18 @@ def apply_alert_rule(
     )
     if not events:
         return changes
-    # Each event's record, by its position in ``records``: only these keys are read.
+    # Each event's record, by its position in ``records``: only these keys are read; and
+    # each opening's onset record when it is in this batch (else its stored id, seeded).
     where = todo["position"].to_numpy()[[e.index for e in events]]
     event_keys = _as_text(records["source_key"].iloc[where]).tolist()
-    score_ids = _score_ids(connection, model_id, sorted(set(event_keys)))
+    onsets = [e for e in events if e.kind == "open" and e.onset_index is not None]
+    onset_at = todo["position"].to_numpy()[[int(e.onset_index or 0) for e in onsets]]
+    onset_keys = _as_text(records["source_key"].iloc[onset_at]).tolist() if onsets else []
+    score_ids = _score_ids(connection, model_id, sorted(set(event_keys) | set(onset_keys)))
     score_of = {id(e): score_ids[key] for e, key in zip(events, event_keys, strict=True)}
+    onset_of: dict[int, int | None] = {
+        id(e): score_ids[key] for e, key in zip(onsets, onset_keys, strict=True)
+    }
     entities = {_tracker_key(e): e for e in candidates}
     # Few statements, whatever the events: every opening in one insert (ids back, in order),
     # then every escalation and every resolution in one executemany each.
@@ -154,6 +161,7 @@ def apply_alert_rule(
                 "severity": SEVERITY_NAMES[e.severity],
                 "rule": rule.to_dict(),
                 "opened_at": now,
+                "onset_score_id": onset_of.get(id(e), e.onset_ref),
             }
             for e in openings
         ],
@@ -349,6 +357,7 @@ class EntityState:
     """Where an entity stands for the alert rule (see ``AlertTracker.seed``)."""
 
     recent: tuple[bool, ...] = ()
+    recent_ids: tuple[int, ...] = ()  # the score ids of the ``recent`` records
     open_severity: int = SEVERITY_NORMAL
     normal_streak: int = 0
     last_opened: float | None = None
@@ -395,6 +404,7 @@ def seed_states(
                     streak += 1
         out[entity] = EntityState(
             recent=tuple(level > 0 for level in levels[-rule.n :]),
+            recent_ids=tuple(int(r.id) for r in rows[-rule.n :]),
             open_severity=open_severity,
             normal_streak=min(streak, rule.resolve_after),
             last_opened=last_opened,
@@ -409,6 +419,7 @@ def seed_tracker(tracker: AlertTracker, states: dict[str | None, EntityState]) -
         tracker.seed(
             _tracker_key(entity),
             recent=state.recent,
+            refs=state.recent_ids,
             open_severity=state.open_severity,
             normal_streak=state.normal_streak,
             last_opened=state.last_opened,
@@ -544,6 +555,7 @@ def not_written_by(run_id: int, now: datetime) -> ColumnElement[bool]:
 def alert_details(connection: Connection, *, alert_ids: Sequence[int]) -> list[dict[str, Any]]:
     """Alerts with the key, score and event time of the score row that opened them."""
     out: list[dict[str, Any]] = []
+    onset = aliased(Score)
     query = (
         select(
             Alert.id.label("alert_id"),
@@ -560,8 +572,10 @@ def alert_details(connection: Connection, *, alert_ids: Sequence[int]) -> list[d
             Score.score,
             Score.event_time,
             Score.top_features,
+            func.coalesce(onset.event_time, onset.scored_at).label("onset_time"),
         )
         .join(Score, Score.id == Alert.score_id)
+        .outerjoin(onset, onset.id == Alert.onset_score_id)
         .join(Model, Model.id == Alert.model_id)
         .where(Alert.id.in_(bindparam("ids", expanding=True)))
         .order_by(Alert.id)

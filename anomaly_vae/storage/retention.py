@@ -85,7 +85,12 @@ def prune(
         referenced = union(
             *(
                 select(column).where(column >= lo, column < hi)
-                for column in (Alert.score_id, Alert.escalated_score_id, Alert.resolved_score_id)
+                for column in (
+                    Alert.score_id,
+                    Alert.escalated_score_id,
+                    Alert.resolved_score_id,
+                    Alert.onset_score_id,
+                )
             )
         )
         condition = and_(old, not_(Score.id.in_(referenced)))

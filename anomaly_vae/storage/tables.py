@@ -225,7 +225,8 @@ class Alert(Base):
     k of the entity's last n records crossed the threshold in force, outside the cool-down).
     State moves open -> acknowledged -> resolved (by a person, or by the rule after enough
     normal records: ``resolved_by`` is then ``alert-rule`` and ``resolved_score_id`` the record);
-    a critical record escalates an open warning (``escalated_at``, ``escalated_score_id``)."""
+    a critical record escalates an open warning (``escalated_at``, ``escalated_score_id``);
+    ``onset_score_id`` is the record where the anomaly began (the rule's first crossing)."""
 
     __tablename__ = "alerts"
     __table_args__ = (
@@ -257,6 +258,9 @@ class Alert(Base):
     resolved_score_id: Mapped[int | None] = mapped_column(
         ForeignKey("scores.id", ondelete="SET NULL")
     )
+    # Where the anomaly began: the first record that crossed among the n that opened the
+    # alert (the rule confirmed it at ``score_id``); the same record when k = 1.
+    onset_score_id: Mapped[int | None] = mapped_column(ForeignKey("scores.id", ondelete="SET NULL"))
 
 
 class DeadLetter(Base):

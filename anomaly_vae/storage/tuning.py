@@ -990,6 +990,7 @@ def list_alerts(
     if alert_id is not None and alert_id not in _ALERT_IDS:
         return []
     when = func.coalesce(Score.event_time, Score.scored_at)
+    onset = aliased(Score)
     stmt = (
         select(
             Alert.id,
@@ -1010,9 +1011,11 @@ def list_alerts(
             Alert.threshold_id,
             Alert.rule,
             Alert.note,
+            func.coalesce(onset.event_time, onset.scored_at).label("onset_time"),
         )
         .join(Score, Score.id == Alert.score_id)
         .join(Model, Model.id == Alert.model_id)
+        .outerjoin(onset, onset.id == Alert.onset_score_id)
         .order_by(Alert.opened_at.desc(), Alert.id.desc())
         .limit(repo.id_bound(limit))
     )
