@@ -176,6 +176,70 @@ def test_skab_counts_every_row_as_the_published_notebooks_do(
     assert every["FAR_pct"] == 100.0 * 2 / 1100
 
 
+def test_skab_drift_margin_is_read_from_the_training_rows_alone(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The drift margin is the median over the files of how far a model fitted to a file's
+    first 200 rows rises on its next 200 (largest error there over the 0.999 quantile of its
+    training errors); the test rows are never scored for it, and the threshold is that margin
+    times the full model's own 0.999 quantile."""
+    import numpy as np
+    import pandas as pd
+
+    from benchmarks import skab
+
+    rows = 600
+    folder = tmp_path / "valve1"
+    folder.mkdir()
+    labels = np.zeros(rows, dtype=np.int64)
+    labels[450:560] = 1
+    rises = {"0": 2.0, "1": 3.0, "2": 10.0}  # the later training rows' error / the training q
+    for name, rise in rises.items():
+        frame = pd.DataFrame(
+            {
+                "datetime": pd.date_range("2020-01-01", periods=rows, freq="s").astype(str),
+                "a": np.full(rows, rise),
+                "anomaly": labels.astype(np.float64),
+                "changepoint": 0.0,
+            }
+        )
+        frame.to_csv(folder / f"{name}.csv", sep=";", index=False)
+    seen: list[int] = []
+
+    def detector(train: pd.DataFrame, seed: int, quick: bool) -> skab.Fitted:
+        rise = float(train["a"].iloc[0])
+
+        def score_all(test: pd.DataFrame) -> np.ndarray:
+            seen.append(len(train) + len(test))
+            scores = np.ones(len(train) + len(test))
+            scores[len(train) :] = rise  # the rows after the training rows drift up
+            scores[450:560] = 100.0  # the labelled anomaly (only in the full file's rows)
+            return scores
+
+        errors = np.ones(50)
+        return skab.Fitted(
+            score_all=score_all,
+            normal_scores=np.random.default_rng(seed).uniform(0.5, 1.0, 200),
+            window=3,
+            training_errors=errors,
+            train_rows=len(train),
+        )
+
+    monkeypatch.setitem(skab.DETECTORS, "fake-drift", detector)
+    result = skab.run(tmp_path, "fake-drift", quick=False, seed=0)
+    assert result["drift_ratios"] == [2.0, 3.0, 10.0]
+    assert result["drift_margin"] == 3.0
+    # The calibration models score the 400 training rows only; the full models every row.
+    assert seen[:3] == [400, 400, 400]
+    assert seen[3:] == [rows] * 3
+    onset = next(k for k in result["every_row"] if k.startswith("drift margin (3.00)"))
+    # File 2's drift (10 > 3 x 1) and the three anomalies cross; the other files' drift not.
+    counts = result["every_row"][onset]
+    assert counts["tp"] == 3 * 110
+    assert counts["fn"] == 0
+    assert counts["fp"] == rows - 400 - 110
+
+
 def test_no_quick_mode_writes_over_a_full_result() -> None:
     # speed, db_write and stream --quick wrote speed.json, db_write.json and stream.json: run
     # as the READMEs show them (default --out, benchmarks/results/), the quick numbers replaced
