@@ -530,6 +530,33 @@ def test_timestamps_that_are_not_times_are_counted_and_named_not_dropped_silentl
     assert query(url, "SELECT count(*) FROM scores WHERE event_time IS NULL") == [(3,)]
 
 
+def test_numeric_dates_of_a_model_without_windows_are_read_in_one_order_for_the_whole_run(
+    pump_model: tuple[AnomalyVAE, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A model without a window has no order of numeric dates: each chunk decided its own, so
+    # after a chunk of 20/11/2026 (day first), the next chunk's 05/11/2026 (no number above 12)
+    # was stored as 11 May: the stored event times depended on --chunk-size. The order the
+    # first chunk holding numeric dates decides is kept for the run, as for windowed models.
+    _, model_dir = pump_model
+    frame = make_pump_data(20, seed=3)
+    frame["ts"] = [f"20/11/2026 10:{i:02d}:00" for i in range(10)] + [
+        f"05/11/2026 10:{i:02d}:00" for i in range(10)
+    ]
+    path = tmp_path / "dates.csv"
+    frame.to_csv(path, index=False)
+    stored: dict[str, dict[int, str]] = {}
+    for chunk in ("10", "50000"):
+        url = f"sqlite:///{tmp_path / f'dates{chunk}.db'}"
+        args = ["score", str(path), "--model-dir", str(model_dir), "--db", url, "-q"]
+        result = cli(capsys, *args, "--chunk-size", chunk)
+        assert result.returncode == 0, result.stderr
+        rows = query(url, "SELECT source_key, event_time FROM scores")
+        stored[chunk] = {int(k.rsplit(":", 1)[1]): str(t)[:10] for k, t in rows}
+    assert stored["10"] == stored["50000"]
+    assert stored["10"][0] == "2026-11-20"
+    assert stored["10"][19] == "2026-11-05"
+
+
 def test_a_row_whose_entity_is_too_long_to_store_is_rejected_not_a_traceback(
     db_url: str,
     pump_model: tuple[AnomalyVAE, Path],

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 from anomaly_vae._version import __version__
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.thresholds import SEVERITY_NAMES, AlertRule, Thresholds
-from anomaly_vae.windows import entity_text, event_timestamps
+from anomaly_vae.windows import entity_text, event_timestamps, numeric_date_order
 
 if TYPE_CHECKING:
     from anomaly_vae.estimator import AnomalyVAE
@@ -175,6 +175,7 @@ class DatabaseSink:
         self.entity_column = entity_column
         self.timestamp_column = timestamp_column
         self.day_first = day_first  # a windowed model's order of numeric dates
+        self._run_day_first: bool | None = None  # else this run's, once a chunk decided it
         self.inserted = 0
         self.written = 0
         self.alerts_opened = 0
@@ -230,8 +231,17 @@ class DatabaseSink:
         if self.timestamp_column and self.timestamp_column in frame:
             # Epoch numbers are seconds (or ms), as for a Kafka message; .array: no boxing.
             given = frame.loc[rows, self.timestamp_column]
-            # A model with no order of its own reads them in the one its windows took.
+            # A model with no order of its own reads them in the one its windows took; one
+            # without windows in the order the first chunk holding numeric dates decides, kept
+            # for the whole run (decided chunk by chunk, 05/11/2026 was 11 May in one chunk
+            # and 20/11/2026 20 November in the next: the stored times hung on --chunk-size).
             order = self.day_first if self.day_first is not None else chunk.batch.day_first
+            if order is None:
+                order = self._run_day_first = (
+                    self._run_day_first
+                    if self._run_day_first is not None
+                    else numeric_date_order(given.tolist())
+                )
             times = event_timestamps(given, day_first=order)
             self._note_unread_times(given, times)
             data["event_time"] = times.array
