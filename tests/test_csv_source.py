@@ -365,3 +365,28 @@ def test_a_hard_link_planted_at_the_partial_name_is_not_written_through(
         score_csv(model, CsvSource(data), sinks=[CsvScoreWriter(out)])  # type: ignore[arg-type]
         assert victim.read_text() == "keep me\n"
         assert len(pd.read_csv(out)) == 20
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_a_utf8_file_with_a_byte_order_mark_is_read_as_utf8_whatever_the_encoding_given(
+    tmp_path: Path, suffix: str
+) -> None:
+    # Excel's "CSV UTF-8" starts the file with a byte order mark. Read with the cp1252 a model
+    # trained on older exports remembers, the mark became part of the first column's name
+    # ('ï»¿temp': "feature column 'temp' missing") and every accented value mojibake ('SÃ¼d',
+    # an unknown category, flagged). The mark says the file is UTF-8.
+    text = "temp,station\n1.5,Süd\n2.5,Nörd\n3.5\n"
+    data = b"\xef\xbb\xbf" + text.encode("utf-8")
+    path = tmp_path / f"bom{suffix}"
+    path.write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
+    source = CsvSource(path, encoding="cp1252")
+    assert source.header() == ["temp", "station"]
+    frame, rejects = read_all(source)
+    assert frame["station"].tolist() == ["Süd", "Nörd"]
+    assert frame["temp"].tolist() == [1.5, 2.5]
+    assert json.loads(rejects["raw"].iloc[0]) == ["3.5"]
+    # Without a mark, cp1252 is read as cp1252.
+    plain = tmp_path / "plain.csv"
+    plain.write_bytes(text.encode("cp1252"))
+    frame, _ = read_all(CsvSource(plain, encoding="cp1252"))
+    assert frame["station"].tolist() == ["Süd", "Nörd"]

@@ -131,6 +131,7 @@ class CsvSource:
             )
         if self.size == 0:
             raise InputFileError(f"{self.label} is empty: expected a header line and data rows")
+        self._utf8_if_marked()
         if self.compressed:
             return
         with open(self.path, "rb") as handle:
@@ -173,6 +174,23 @@ class CsvSource:
             )
         if not head.strip():
             raise InputFileError(f"{self.label} is empty: expected a header line and data rows")
+
+    def _utf8_if_marked(self) -> None:
+        """A file that starts with UTF-8's byte order mark (Excel's "CSV UTF-8") is UTF-8,
+        whatever encoding was given: read as cp1252 (a model trained on older exports keeps
+        it), the mark became part of the first column's name and accented text mojibake."""
+        try:
+            if codecs.lookup(self.encoding).name in ("utf-8", "utf-8-sig"):
+                return  # the parser drops the mark itself
+        except LookupError:
+            return  # said by the checks that follow
+        try:
+            with _text_opener(self.path)(self.path, "rt", encoding="latin-1", newline="") as text:
+                head = text.read(3)
+        except (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError, ValueError, ImportError):
+            return  # said when the file is read
+        if head == codecs.BOM_UTF8.decode("latin-1"):
+            self.encoding = "utf-8-sig"
 
     def header(self) -> list[str]:
         """The column names, read without loading data."""
@@ -433,6 +451,25 @@ def compressed_suffix(head: bytes) -> str | None:
 _MAX_FIELD = 2**31 - 1
 
 
+def _text_opener(path: Path) -> Any:
+    """What opens ``path`` as text the way pandas reads its data (decompressed, the one file
+    of an archive), by its name."""
+    name = path.name.lower()
+    if name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
+        return _open_tar_member  # as pandas reads them: the archive's one file
+    if name.endswith(".gz"):
+        return gzip.open
+    if name.endswith(".bz2"):
+        return bz2.open
+    if name.endswith(".xz"):
+        return lzma.open
+    if name.endswith(".zip"):
+        return _open_zip_member
+    if name.endswith(".zst"):
+        return _open_zstd
+    return open
+
+
 class _LineFinder:
     """The data row number and the fields (as a JSON list) of given records of a possibly
     compressed file (the parser's "line N": the header is record 1 when no blank line comes
@@ -446,20 +483,7 @@ class _LineFinder:
     MAX_CHARS = 10_000
 
     def __init__(self, path: Path, encoding: str, sep: str, *, skip_space: bool = False) -> None:
-        name = path.name.lower()
-        opener: Any = open
-        if name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
-            opener = _open_tar_member  # as pandas reads them: the archive's one file
-        elif name.endswith(".gz"):
-            opener = gzip.open
-        elif name.endswith(".bz2"):
-            opener = bz2.open
-        elif name.endswith(".xz"):
-            opener = lzma.open
-        elif name.endswith(".zip"):
-            opener = _open_zip_member
-        elif name.endswith(".zst"):
-            opener = _open_zstd
+        opener = _text_opener(path)
         self._handle: IO[str] | None = None
         self._records: Iterator[list[str]] = iter(())
         if len(sep) == 1:
