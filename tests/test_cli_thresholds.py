@@ -395,6 +395,46 @@ def test_an_export_written_with_semicolons_labels_its_own_records(
     assert preview["labelled_records"] == 600
 
 
+def test_a_cp1252_export_with_a_malformed_line_labels_its_own_records(
+    db_url: str,
+    pump_model: tuple[AnomalyVAE, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # An export 'score --encoding cp1252' stored could not label its own records: 'tune' and
+    # 'preview' had no --encoding ("'utf-8' codec can't decode byte 0xe9"), and re-encoding the
+    # file changes its content hash, its keys. A line with too many fields, which 'score'
+    # rejects and goes on, made the whole labels file "not a readable CSV".
+    from sklearn.metrics import precision_score, recall_score
+
+    _, model_dir = pump_model
+    db = ("--db", db_url)
+    data = make_pump_data(600, anomaly_rate=0.05, seed=11)
+    data["station"] = data["station"].map({"north": "Nörd"}).fillna("Süd")
+    lines = data.to_csv(index=False).splitlines()
+    lines.insert(8, lines[8] + ",extra")  # data row 7: a reject, the rows after it move on
+    export = tmp_path / "export_cp1252.csv"
+    export.write_bytes(("\n".join(lines) + "\n").encode("cp1252"))
+    out = tmp_path / "scores.csv"
+    score = ("score", str(export), "--model-dir", str(model_dir), "--encoding", "cp1252", *db)
+    assert "600 scored" in ok(capsys, *score, "--out", str(out), "-q")
+    scores = pd.read_csv(out)
+    assert 7 not in scores["row"].tolist()  # the malformed line's row
+    tune = ("thresholds", "tune", "pumps", "--labels", str(export), "--objective", "f1", *db)
+    assert_user_error(cli(capsys, *tune), "not utf-8 text", "--encoding")
+    tuned = as_json(capsys, *tune, "--encoding", "cp1252")
+    assert isinstance(tuned, dict)
+    assert tuned["labelled_records"] == 600
+    preview = ("thresholds", "preview", "pumps", "--labels", str(export), *db)
+    shown = as_json(capsys, *preview, "--encoding", "cp1252")
+    assert isinstance(shown, dict)
+    assert shown["labelled_records"] == 600
+    # Each record has its own label, those after the rejected line too: as 'score' read them.
+    truth, flagged = scores["label"].to_numpy(), scores["is_anomaly"].to_numpy()
+    assert shown["metrics"]["precision"] == pytest.approx(precision_score(truth, flagged))
+    assert shown["metrics"]["recall"] == pytest.approx(recall_score(truth, flagged))
+
+
 def test_a_plot_path_matplotlib_cannot_write_is_one_line_before_any_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

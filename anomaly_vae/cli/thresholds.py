@@ -100,6 +100,14 @@ CooldownOpt = Annotated[
 ]
 KeyColumnOpt = Annotated[str, typer.Option("--key-column", help="The labels file's key column.")]
 LabelsSepOpt = Annotated[str, typer.Option("--sep", help="The labels file's separator.")]
+LabelsEncodingOpt = Annotated[
+    str,
+    typer.Option(
+        "--encoding",
+        help="The labels file's text encoding (cp1252 for an export 'score --encoding cp1252' "
+        "read).",
+    ),
+]
 ResolveAfterOpt = Annotated[
     int | None,
     typer.Option(
@@ -500,6 +508,7 @@ def thresholds_preview(
     ),
     key_column: KeyColumnOpt = "source_key",
     sep: LabelsSepOpt = ",",
+    encoding: LabelsEncodingOpt = "utf-8",
     plot: Path | None = typer.Option(
         None, "--plot", help="Also draw the preview to this PNG file."
     ),
@@ -527,7 +536,13 @@ def thresholds_preview(
     )
     critical_spec = _critical(critical, start)
     label_set = (
-        read_labels(labels, label_column=label_column, key_column=key_column, sep=sep)
+        read_labels(
+            labels,
+            label_column=label_column,
+            key_column=key_column,
+            sep=sep,
+            encoding=encoding,
+        )
         if labels
         else None
     )
@@ -622,6 +637,7 @@ def thresholds_tune(
     ),
     key_column: KeyColumnOpt = "source_key",
     sep: LabelsSepOpt = ",",
+    encoding: LabelsEncodingOpt = "utf-8",
     since: str | None = typer.Option(
         None, "--since", help="Stored scores from this date or time on."
     ),
@@ -690,7 +706,13 @@ def thresholds_tune(
                 f"{' and '.join(given)} go{'es' if len(given) == 1 else ''} with --apply: "
                 "add --apply to put the tuned threshold in force"
             )
-    label_set = read_labels(labels, label_column=label_column, key_column=key_column, sep=sep)
+    label_set = read_labels(
+        labels,
+        label_column=label_column,
+        key_column=key_column,
+        sep=sep,
+        encoding=encoding,
+    )
     with connected(_target(db, pipeline)) as connection, connection.begin():
         tuned = tune(
             connection,

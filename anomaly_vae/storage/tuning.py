@@ -708,8 +708,9 @@ def read_labels(
     label_column: str = "label",
     key_column: str = "source_key",
     sep: str = ",",
+    encoding: str = "utf-8",
 ) -> LabelSet:
-    """Labels from a CSV file, by its header:
+    """Labels from a CSV file (``sep``, ``encoding``), by its header:
 
     * ``start``, ``end`` (and optionally ``entity``): incident windows; the records of that
       entity (of every entity when empty) with event time in [start, end] are anomalous, all
@@ -718,7 +719,9 @@ def read_labels(
       (``file-sha256:<hex>:<row>``, ``topic:partition:offset``);
     * ``entity``, ``time`` and ``label``: one label per record by entity and event time;
     * otherwise the scored export itself with its label column: rows keyed by the file's
-      content hash and row number, as ``score --db`` stored them.
+      content hash and row number, as ``score --db`` stored them (the file read as ``score``
+      reads it: a line with more or fewer fields than the header has no label, as it has no
+      score, and the rows after it keep their numbers).
 
     Labels are 1 (anomalous) or 0 (normal); true/false and yes/no are read too.
     """
@@ -727,11 +730,28 @@ def read_labels(
     path = Path(path)
     if not path.is_file():
         raise InputFileError(f"labels file {path} does not exist")
-    try:
-        frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise InputFileError(f"labels file {path} is not a readable CSV: {exc}") from None
-    columns = {c.strip().lower(): c for c in frame.columns}
+    source = CsvSource(path, sep=sep, encoding=encoding, label=f"labels file {path}")
+    header = source.header()
+    columns = {c.strip().lower(): c for c in header}
+    export = not (
+        ("start" in columns and "end" in columns)
+        or (
+            label_column.lower() in columns and (key_column.lower() in columns or "time" in columns)
+        )
+    )
+    if export and label_column.lower() in columns:
+        # The scored export itself: its rows numbered as 'score' numbered them.
+        name = columns[label_column.lower()]
+        given = [
+            chunk.frame[name].fillna("")
+            for chunk in source.chunks(usecols=[name], text_columns=[name])
+        ]
+        frame = pd.DataFrame({name: pd.concat(given) if given else pd.Series([], dtype=str)})
+    else:
+        try:
+            frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding=encoding)
+        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+            raise InputFileError(f"labels file {path} is not a readable CSV: {exc}") from None
     if "start" in columns and "end" in columns:
         windows = pd.DataFrame(
             {
@@ -766,10 +786,8 @@ def read_labels(
             }
         )
         return LabelSet(str(path), "entity_time", by_time)
-    prefix = repo.csv_source_key_prefix(CsvSource(path, sep=sep).sha256())
-    rows = pd.DataFrame(
-        {"source_key": [f"{prefix}{i}" for i in range(len(frame))], "label": labels}
-    )
+    prefix = repo.csv_source_key_prefix(source.sha256())
+    rows = pd.DataFrame({"source_key": [f"{prefix}{i}" for i in frame.index], "label": labels})
     hint = (
         f" ({path} has no {key_column!r} or time column, so it is read as the scored export "
         "itself, its rows keyed by its content hash: score exactly this file with --db, or "
@@ -821,8 +839,9 @@ def _binary(values: pd.Series, path: Path) -> np.ndarray:
     binary = label_to_binary(given.reset_index(drop=True), name="label", strict=False)
     bad = given.notna().to_numpy() & binary.isna().to_numpy()
     if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        value = values.iloc[row]
+        at = int(np.flatnonzero(bad)[0])
+        row = int(values.index[at])  # the data row (the export's, as 'score' numbers them)
+        value = values.iloc[at]
         negative = pd.to_numeric(pd.Series([value]), errors="coerce").lt(0).iloc[0]
         why = (
             "a -1 / 1 label, as scikit-learn's predict gives, is ambiguous: write 1 for "
