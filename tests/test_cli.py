@@ -191,6 +191,33 @@ def test_chunked_scoring_equals_whole(trained: Path) -> None:
     assert whole.read_bytes() == chunked.read_bytes()
 
 
+def test_a_rejects_file_of_an_earlier_run_does_not_stay_beside_a_run_that_rejected_none(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The rejects file is written only when a row is rejected: the export scored again once
+    # fixed wrote new scores and left the first run's scores.rejects.csv beside them, naming
+    # rows this run scored (a job that checks for the file saw rejects that were not there).
+    bad = make_pump_data(40, seed=4).astype({"flow": object})
+    bad.loc[3, "flow"] = "oops"
+    export = tmp_path / "export.csv"
+    out = tmp_path / "scores.csv"
+    chosen = tmp_path / "chosen-rejects.csv"
+    for more, rejects in (
+        ((), tmp_path / "scores.rejects.csv"),
+        (("--rejects", str(chosen)), chosen),
+    ):
+        bad.to_csv(export, index=False)
+        assert score_inline(capsys, trained, export, out, *more).returncode == 0
+        assert pd.read_csv(rejects)["row"].tolist() == [3]
+        make_pump_data(40, seed=4).to_csv(export, index=False)
+        result = score_inline(capsys, trained, export, out, *more)
+        assert result.returncode == 0, result.stderr
+        assert "40 scored" in result.stdout
+        assert not rejects.exists()
+        assert "rejects.csv" not in result.stdout
+    assert len(pd.read_csv(out)) == 40
+
+
 def test_semicolon_file_with_sep(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return run_inline(capsys, *args)

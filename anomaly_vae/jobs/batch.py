@@ -329,8 +329,13 @@ class CsvRejectsWriter:
         self.count += len(frame)
 
     def close(self) -> None:
+        """Called in a ``finally``. A run that rejected no row removes the rejects file an
+        earlier run left at this name (a regular file, not a link or a device): beside this
+        run's scores it named rows this run scored."""
         if self._handle is not None:
             self._handle.close()
+        elif sys.exc_info()[0] is None and not self.path.is_symlink() and self.path.is_file():
+            self.path.unlink()
 
 
 def _open_for_write(
