@@ -844,6 +844,66 @@ def test_score_id_lookups_probe_the_unique_index_whatever_the_statistics(
         engine.dispose()
 
 
+def test_stored_flags_of_a_file_scored_again_are_read_by_probes_of_the_unique_index(
+    postgres_databases: Callable[[], str],
+) -> None:
+    """A file scored again ('score --db' after an interrupted run, or twice) counts the rows
+    already stored whose flags differ from this run's. That lookup by ``model_id`` and a list
+    of keys, planned from statistics older than the rows (a table filled since its last
+    analysis), read every row of the model for each 500 keys: re-scoring 300,000 stored rows
+    took over a minute against 4 s for the first run, and grew with the table. One probe of
+    the unique index per key, whatever the statistics say."""
+    from anomaly_vae.storage.repository import _kept_flags_statement
+
+    url = postgres_databases()
+    engine = engine_for(url)
+    try:
+        upgrade(engine)
+        n = 20_000
+        with engine.connect() as connection:
+            connection.exec_driver_sql("ALTER TABLE scores SET (autovacuum_enabled = false)")
+            connection.commit()
+            model_id, run_id, _ = start(connection, model_version())
+            keys = [f"export:{i}" for i in range(n)]
+            repo.write_results(
+                connection, run_id=run_id, model_id=model_id, records=records(keys, [1.0] * n)
+            )
+            _, again, _ = start(connection, model_version())
+            asked = [*keys[::100], "export:not-stored"]
+            raw = connection.connection.driver_connection
+            assert raw is not None
+            with raw.cursor() as cursor:
+                cursor.execute(
+                    "EXPLAIN " + _kept_flags_statement(),
+                    {"model_id": model_id, "run_id": again, "keys": asked},
+                    prepare=False,
+                )
+                plan = "\n".join(row[0] for row in cursor.fetchall())
+            connection.rollback()
+            assert "Index Cond: ((source_key)::text = (k.key)::text)" in plan, plan
+            assert "uq_scores_source_key_model_id" in plan, plan
+            assert "Seq Scan on scores" not in plan, plan
+            assert "ix_scores_model_id_entity_key" not in plan, plan
+            # Stored unflagged; now 5 of them flagged, one with a severity: 5 differ.
+            now = records(asked, [1.0] * len(asked))
+            now["severity"] = None
+            now.loc[:4, "is_anomaly"] = True
+            now.loc[0, "severity"] = "critical"
+            kept = repo.kept_with_other_flags(
+                connection, model_id=model_id, run_id=again, records=now
+            )
+            assert kept == 5
+            # The run's own rows are not counted as stored before it.
+            assert (
+                repo.kept_with_other_flags(
+                    connection, model_id=model_id, run_id=run_id, records=now
+                )
+                == 0
+            )
+    finally:
+        engine.dispose()
+
+
 def test_without_pgpq_postgresql_gets_the_same_rows_through_csv(
     postgres_databases: Callable[[], str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
