@@ -1387,3 +1387,38 @@ def test_dates_written_as_digits_are_pointed_out(caplog: pytest.LogCaptureFixtur
     with caplog.at_level(logging.WARNING, logger="anomaly_vae.windows"):
         event_seconds([20261112230000, 20261112230100])
     assert "times like 20261112230000" in caplog.text
+
+
+def test_precision_and_recall_against_labels_count_the_records_flagged_not_the_scores(
+    window_model: AnomalyVAE, tmp_path: Path
+) -> None:
+    # 'score --label-column' with a windowed model: warming-up and late records are never
+    # flagged, but precision and recall "at the threshold" counted every score above it, so
+    # a summary read "0 flagged ... precision 0.281, recall 1.000 at the threshold". They
+    # are those of the is_anomaly the scores file holds.
+    from sklearn.metrics import precision_score, recall_score
+
+    from anomaly_vae.jobs.batch import CsvScoreWriter, score_csv
+    from anomaly_vae.sources.csv import CsvSource
+
+    data = make_pump_data(400, seed=5, anomaly_rate=0.05)
+    export = tmp_path / "export.csv"
+    data.iloc[::-1].to_csv(export, index=False)  # newest first: most records late
+    out = tmp_path / "scores.csv"
+    summary = score_csv(
+        window_model,
+        CsvSource(export),
+        sinks=[CsvScoreWriter(out)],
+        passthrough=["label"],
+        label_column="label",
+    )
+    scores = pd.read_csv(out)
+    assert (scores["window_status"] == "late").sum() > 300
+    late = scores["window_status"] == "late"
+    assert (scores.loc[late, "score"] > summary.threshold).any()  # above it, yet not flagged
+    truth, flagged = scores["label"].to_numpy(), scores["is_anomaly"].to_numpy()
+    assert summary.metrics is not None
+    assert summary.metrics["recall"] == pytest.approx(recall_score(truth, flagged))
+    assert summary.metrics["precision"] == pytest.approx(
+        precision_score(truth, flagged, zero_division=0.0)
+    )

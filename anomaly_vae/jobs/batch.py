@@ -411,6 +411,7 @@ def score_csv(
     summary = BatchSummary(source=source.label, threshold=limit, label_column=label)
     scores_seen: list[np.ndarray] = []
     labels_seen: list[np.ndarray] = []
+    flags_seen: list[np.ndarray] = []  # is_anomaly as written (a window's late: never)
     bar = tqdm(
         total=None if source.compressed else source.size,
         unit="B",
@@ -473,6 +474,7 @@ def score_csv(
                         summary.negative_labels += int((numbers < 0).sum())
                     scores_seen.append(batch.scores["score"].to_numpy())
                     labels_seen.append(labels.to_numpy(dtype="float64", na_value=np.nan))
+                    flags_seen.append(flagged)
                 bar.update(max(0, source.position() - bar.n) if not source.compressed else 0)
             writer.finish()
             if summary.rows_read:
@@ -491,7 +493,7 @@ def score_csv(
         summary.metrics, summary.metrics_note = label_metrics(
             np.concatenate(scores_seen) if scores_seen else np.empty(0),
             np.concatenate(labels_seen) if labels_seen else np.empty(0),
-            limit,
+            np.concatenate(flags_seen) if flags_seen else np.empty(0, dtype=bool),
         )
     return summary
 
@@ -646,9 +648,12 @@ def _output_frame(frame: pd.DataFrame, batch: ScoreBatch, columns: OutputColumns
 
 
 def label_metrics(
-    scores: np.ndarray, labels: np.ndarray, threshold: float
+    scores: np.ndarray, labels: np.ndarray, flags: np.ndarray
 ) -> tuple[dict[str, float] | None, str]:
-    """ROC-AUC, PR-AUC, precision and recall at ``threshold``; (None, why) when undefined."""
+    """ROC-AUC, PR-AUC (of ``scores``), precision and recall of ``flags`` (is_anomaly as
+    written: the threshold crossed, and for a windowed model a full window; a warming-up or
+    late record above the threshold is not flagged, and was counted as one); (None, why) when
+    undefined."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     known = ~np.isnan(labels)
@@ -661,7 +666,7 @@ def label_metrics(
     if y.min() == y.max():
         kind = "anomalies" if y[0] == 1 else "normal rows"
         return None, f"the label column holds only {kind}: ROC-AUC and PR-AUC need both classes"
-    flagged = s > threshold
+    flagged = flags.astype(bool)[known]
     tp = int(np.sum(flagged & (y == 1)))
     precision = tp / int(flagged.sum()) if flagged.any() else 0.0
     recall = tp / int(np.sum(y == 1))
