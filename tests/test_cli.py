@@ -474,6 +474,50 @@ def test_outputs_named_gz_are_gzip_files(trained: Path, capsys: pytest.CaptureFi
     assert (trained / "packed.scores.rejects.csv").exists()
 
 
+def test_outputs_named_zst_are_zstd_files_and_zip_or_tar_names_are_refused(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --out scores.csv.zst (or .zip, .tar.gz) was plain text under that name, as .gz had been:
+    # zstd -d and unzip refused it, and so did 'score' reading it back (by its name).
+    import zstandard
+
+    export = make_pump_data(40, seed=7).astype({"flow": object})
+    export.loc[3, "flow"] = "offline"
+    data = trained / "to-zstd.csv"
+    export.to_csv(data, index=False)
+    model = str(trained / "model")
+    plain, packed = trained / "plain-z.scores.csv", trained / "packed-z.scores.csv.zst"
+    for out in (plain, packed):
+        result = run_inline(capsys, "score", str(data), "--model-dir", model, "--out", str(out))
+        assert result.returncode == 0, result.stderr
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(packed.read_bytes()) == (
+        plain.read_bytes()
+    )
+    rejects = trained / "z.rejects.csv.zst"
+    result = run_inline(
+        capsys,
+        "score",
+        str(data),
+        "--model-dir",
+        model,
+        "--out",
+        str(plain),
+        "--rejects",
+        str(rejects),
+    )
+    assert result.returncode == 0, result.stderr
+    assert b"offline" in zstandard.ZstdDecompressor().decompressobj().decompress(
+        rejects.read_bytes()
+    )
+    for name in ("s.csv.zip", "s.tar.gz", "s.tar", "s.tgz"):
+        refused = run_inline(
+            capsys, "score", str(data), "--model-dir", model, "--out", str(trained / name)
+        )
+        assert_user_error(refused, name, ".gz")
+        assert not (trained / name).exists()
+        assert not (trained / f"{name}.partial").exists()
+
+
 def test_outputs_that_would_overwrite_the_input_or_each_other_are_refused(
     trained: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -344,11 +344,13 @@ def _open_for_write(
     """``path`` opened for writing, compressed as the name ``like`` (default ``path``) says;
     ``new``: a file created here (O_EXCL: what appeared at that name meanwhile is an error)."""
     check_writable(path if like is None else like)
-    # A name ending in .gz, .bz2 or .xz gets what it says (it was plain text under that name).
+    # A name ending in .gz, .bz2, .xz or .zst gets what it says (it was plain text under that
+    # name); an archive's (.zip, .tar) is refused by check_writable.
     opener: Any = {
         ".gz": functools.partial(gzip.open, compresslevel=6),  # 9, the default, is 3x slower
         ".bz2": bz2.open,
         ".xz": lzma.open,
+        ".zst": _zstd_open,
     }.get((path if like is None else like).suffix.lower(), open)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -360,10 +362,22 @@ def _open_for_write(
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
 
 
+def _zstd_open(path: Path, mode: str, **text: Any) -> Any:
+    import zstandard
+
+    return zstandard.open(path, mode, **text)
+
+
 def check_writable(path: Path) -> None:
-    """Refuse, in one line, an output path that is a directory or lies under a file."""
+    """Refuse, in one line, an output path that is a directory or lies under a file, or that
+    is named as an archive (.zip, .tar): it would be plain text under that name."""
     if path.is_dir():
         raise ConfigError(f"cannot write {path}: it is a directory (give a file name)")
+    if path.name.lower().endswith((".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz")):
+        raise ConfigError(
+            f"cannot write {path}: an archive (.zip, .tar) is not written; name it .csv, or "
+            ".csv.gz, .csv.bz2, .csv.xz or .csv.zst to have it compressed"
+        )
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -373,7 +387,7 @@ def check_writable(path: Path) -> None:
 
 def default_rejects_path(out: Path) -> Path:
     name = out.name
-    for suffix in (".csv.gz", ".csv.bz2", ".csv.xz", ".csv"):
+    for suffix in (".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zst", ".csv"):
         if name.endswith(suffix):
             return out.with_name(name[: -len(suffix)] + ".rejects.csv")
     return out.with_name(name + ".rejects.csv")
