@@ -781,9 +781,9 @@ def _day_first(text: pd.Series) -> bool:
         _warned_ambiguous_dates = True
         logging.getLogger(__name__).warning(
             "times like %r could put the day or the month first and none has a number above "
-            "12 to tell: read month first; if they are day first, set window.day_first: true "
-            "in the pipeline the model is trained with, or write times as ISO 8601 "
-            "(2026-11-05 10:00) to be sure",
+            "12 to tell: read month first; if they are day first, write times as ISO 8601 "
+            "(2026-11-05 10:00) to be sure, or, for a model with a window, set "
+            "window.day_first: true in the pipeline it is trained with",
             str(text[known].iloc[0]),
         )
     return False

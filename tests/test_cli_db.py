@@ -557,6 +557,34 @@ def test_numeric_dates_of_a_model_without_windows_are_read_in_one_order_for_the_
     assert stored["10"][19] == "2026-11-05"
 
 
+def test_the_ambiguous_dates_warning_does_not_send_a_model_without_a_window_to_window_settings(
+    pump_model: tuple[AnomalyVAE, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # "set window.day_first: true in the pipeline the model is trained with": for a model
+    # without a window that is no way out ('window: {day_first: true}' is refused, window.size
+    # required, and a window with a size is another model). Writing ISO 8601 is.
+    from anomaly_vae import windows
+
+    monkeypatch.setattr(windows, "_warned_ambiguous_dates", False)
+    _, model_dir = pump_model
+    frame = make_pump_data(10, seed=3)
+    frame["ts"] = [f"05/11/2026 10:{i:02d}:00" for i in range(10)]
+    path = tmp_path / "ambiguous.csv"
+    frame.to_csv(path, index=False)
+    url = f"sqlite:///{tmp_path / 'ambiguous.db'}"
+    result = cli(capsys, "score", str(path), "--model-dir", str(model_dir), "--db", url, "-q")
+    assert result.returncode == 0, result.stderr
+    assert "could put the day or the month first" in result.stderr
+    assert "write times as ISO 8601" in result.stderr
+    assert "set window.day_first: true in the pipeline the model is trained with" not in (
+        result.stderr
+    )
+    assert "a model with a window" in result.stderr
+
+
 def test_a_row_whose_entity_is_too_long_to_store_is_rejected_not_a_traceback(
     db_url: str,
     pump_model: tuple[AnomalyVAE, Path],
