@@ -170,6 +170,35 @@ def test_export_writes_every_row_whole(
     assert sorted(keys) == sorted(stored)
 
 
+def test_an_export_named_gz_or_zst_is_compressed_and_one_named_zip_is_refused(
+    rejected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # '-o dead.jsonl.gz' wrote plain text under that name (as 'score --out' once did): zcat,
+    # pandas and jq's gzip input refused it.
+    import gzip
+
+    import zstandard
+
+    plain = tmp_path / "dead.jsonl"
+    assert (
+        run_inline(capsys, "dead-letters", "export", "--db", rejected, "-o", str(plain)).returncode
+        == 0
+    )
+    for name, unpack in (
+        ("dead.jsonl.gz", gzip.decompress),
+        ("dead.jsonl.zst", lambda b: zstandard.ZstdDecompressor().decompressobj().decompress(b)),
+    ):
+        out = tmp_path / name
+        result = run_inline(capsys, "dead-letters", "export", "--db", rejected, "-o", str(out))
+        assert result.returncode == 0, result.stderr
+        assert unpack(out.read_bytes()) == plain.read_bytes()
+    refused = run_inline(
+        capsys, "dead-letters", "export", "--db", rejected, "-o", str(tmp_path / "dead.zip")
+    )
+    assert_user_error(refused, "dead.zip", ".gz")
+    assert not list(tmp_path.glob("dead.zip*"))
+
+
 def test_bad_requests_are_one_line(
     rejected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -9,6 +9,7 @@ database whose schema is not current, saying to run ``anomaly-vae db upgrade``.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import sys
@@ -732,21 +733,46 @@ def _output(out: str) -> Iterator[Any]:
         raise ConfigError(f"--out {out} is a directory: give a file name")
     if not path.parent.exists():
         raise ConfigError(f"--out {out}: the directory {path.parent} does not exist")
+    suffix = path.suffix.lower()
+    if path.name.lower().endswith((".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz")):
+        raise ConfigError(
+            f"--out {out}: an archive (.zip, .tar) is not written; name it .jsonl or .csv, "
+            "or with .gz, .bz2, .xz or .zst after that to have it compressed"
+        )
     partial = path.with_name(path.name + ".partial")
     # A new file of our own ('x': O_EXCL, which never follows a link): whatever is at the
     # '.partial' name goes first. Opened as it was found, a symbolic link planted there (in
     # /tmp, say) had the export overwrite the file it pointed to.
     try:
         partial.unlink(missing_ok=True)
-        handle = partial.open("x", encoding="utf-8", newline="")
+        raw = partial.open("xb")
     except OSError as exc:
         raise ConfigError(
             f"--out {out}: cannot create {partial}: {exc.strerror or exc}; "
             "write to a folder only you can write to"
         ) from None
     try:
-        with handle:
-            yield handle
+        with raw:
+            # A name ending in .gz, .bz2, .xz or .zst gets what it says (it was plain text).
+            binary: Any = raw
+            if suffix == ".gz":
+                import gzip
+
+                binary = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6)
+            elif suffix == ".bz2":
+                import bz2
+
+                binary = bz2.BZ2File(raw, mode="wb")
+            elif suffix == ".xz":
+                import lzma
+
+                binary = lzma.LZMAFile(raw, mode="wb")  # noqa: SIM115  closed with the text handle
+            elif suffix == ".zst":
+                import zstandard
+
+                binary = zstandard.ZstdCompressor().stream_writer(raw, closefd=False)
+            with io.TextIOWrapper(binary, encoding="utf-8", newline="") as handle:
+                yield handle
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)
