@@ -1026,3 +1026,25 @@ def test_a_value_nested_deep_is_a_dead_letter_not_a_crash(
         f"field {field!r}: a JSON array nested over 32 deep: expected a number or text"
     )
     assert out.rejects.loc["t:0:0", "raw"] == deep
+
+
+def test_a_model_without_windows_reads_numeric_dates_in_one_order_for_the_run(
+    stream_model: AnomalyVAE,
+) -> None:
+    # Decided batch by batch, a batch holding 20/11/2026 was read day first and the next one,
+    # holding only 05/11/2026, month first: its record stored on 11 May. Now the first batch
+    # holding numeric dates decides for the rest of the run, as a batch job's first chunk does.
+    assert stream_model.config_.window is None
+    cfg = stream_config(stream_model, "127.0.0.1:9", "t")
+    scorer = StreamScorer(stream_model, cfg, MemorySink([]))
+    record = make_pump_data(1, seed=5).astype(object).to_dict(orient="records")[0]
+    times = []
+    for offset, ts in enumerate(["2026-11-19T10:00:00Z", "20/11/2026 10:00", "05/11/2026 10:00"]):
+        record["ts"] = ts
+        batch = scorer.score_records([msg(json.dumps(record).encode(), offset, key=b"P1")])
+        times.append(pd.Timestamp(batch.records["_event_time"].iloc[0]))
+    assert times == [
+        pd.Timestamp("2026-11-19T10:00Z"),
+        pd.Timestamp("2026-11-20T10:00Z"),
+        pd.Timestamp("2026-11-05T10:00Z"),
+    ]

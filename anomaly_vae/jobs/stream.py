@@ -198,6 +198,9 @@ class StreamScorer:
         # partitions move, then read back from the sink for each entity as it comes.
         self._windows = model.new_window_state()
         self._windows_moved = threading.Event()
+        # A model without windows: the order of numeric dates the first batch holding some
+        # decided, for the rest of the run (``_date_order``).
+        self._run_day_first: bool | None = None
         # Entities whose state a batch on its way to the sink holds (how many such batches):
         # never evicted from memory before that batch is written (``_window_state``).
         self._unwritten: collections.Counter[str] = collections.Counter()
@@ -606,6 +609,8 @@ class StreamScorer:
             max_bytes=kafka.max_message_bytes,
             numeric=self.model.schema_.numeric,
         )
+        if self.cfg.window is None and self._run_day_first is None:
+            self._run_day_first = decoded.day_first  # kept once a batch decided it
         threshold = self._current_threshold()
         frame = decoded.frame
         windows = self._window_state()
@@ -702,7 +707,11 @@ class StreamScorer:
         are read as the windows read them)."""
         window = self.cfg.window
         if window is None:
-            return None
+            # A model without windows: the order the first batch holding numeric dates
+            # decided, kept for the rest of the run, as a batch job keeps its first chunk's
+            # (decided batch by batch, 05/11/2026 was 11 May in one batch and 5 November in
+            # the next, after a batch holding 20/11/2026).
+            return self._run_day_first
         if window.day_first is not None or self._windows is None:
             return window.day_first
         return self._windows.day_first

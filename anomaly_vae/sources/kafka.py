@@ -25,7 +25,7 @@ import pandas as pd
 
 from anomaly_vae.config import KafkaConfig
 from anomaly_vae.errors import ConfigError
-from anomaly_vae.windows import entity_text, event_timestamps
+from anomaly_vae.windows import entity_text, event_timestamps, numeric_date_order
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,9 @@ class DecodedBatch:
 
     frame: pd.DataFrame
     rejects: pd.DataFrame
+    # The order numeric dates (05/11/2026) of the time field were read in: the one given, else
+    # the one this batch's values decide (None when it holds none), for the caller to keep.
+    day_first: bool | None = None
 
 
 def decode_messages(
@@ -218,13 +221,15 @@ def decode_messages(
         stamps = [s for s, ok in zip(stamps, keep_rows, strict=True) if ok]
     frame[SOURCE_KEY] = keys
     frame[ENTITY] = pd.Series(entities, index=frame.index, dtype=object)
+    if day_first is None and time_field and time_field in frame.columns and len(frame):
+        day_first = numeric_date_order(frame[time_field].tolist())
     frame[EVENT_TIME] = _event_times(
         frame, time_field, np.asarray(stamps, dtype=np.int64), day_first=day_first
     )
     rejects = pd.DataFrame(
         reject_rows, columns=[SOURCE_KEY, "reason", "raw", "topic", "partition", "offset"]
     ).set_index(SOURCE_KEY)
-    return DecodedBatch(frame=frame, rejects=rejects)
+    return DecodedBatch(frame=frame, rejects=rejects, day_first=day_first)
 
 
 def _event_times(
