@@ -1709,3 +1709,27 @@ def test_kafka_python_saying_an_offset_is_out_of_range_is_a_warning(
         "TopicPartition(topic='pumps', partition=3): the group's committed offset is no longer"
     )
     assert "records deleted were not scored" in lines[0]
+
+
+def test_a_rejected_row_keeps_the_columns_the_model_does_not_use_as_written(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Columns neither features nor keys were parsed by type: a rejected row's raw record (the
+    # rejects file, the dead letters) held an ignored code 007 as 7 and 1e400 as "inf".
+    data = make_pump_data(20, anomaly_rate=0.0, seed=12)
+    column = str(data.select_dtypes("float").columns[0])
+    data[column] = data[column].astype(object)
+    data.loc[3, column] = "oops"
+    data["code"] = "007"
+    data["big"] = "1e400"
+    data["note"] = "NA"
+    path = trained / "unused-columns.csv"
+    data.to_csv(path, index=False)
+    out = path.with_suffix(".scores.csv")
+    result = score_inline(capsys, trained, path, out)
+    assert result.returncode == 0, result.stderr
+    rejects = pd.read_csv(path.with_suffix(".scores.rejects.csv"))
+    assert rejects["row"].tolist() == [3]
+    raw = json.loads(rejects["raw"].iloc[0])
+    assert (raw["code"], raw["big"], raw["note"], raw[column]) == ("007", "1e400", "NA", "oops")
+    assert len(pd.read_csv(out)) == 19

@@ -443,7 +443,13 @@ def score_csv(
             features = set(model.schema_.names)
             feature_names = list(model.schema_.names)
             seen_values = np.zeros(len(feature_names), dtype=np.int64)
-            text = [c for c in key_columns(model.config_, passthrough) if c not in features]
+            # Every column that is not a feature (nor the label, read as labels are) is read
+            # as the text the file holds: besides the key columns, ignored and unknown ones,
+            # which only a rejected row's raw record shows, and shows as written (an ignored
+            # code 007 went to the dead letters as 7, and 1e400 as "inf").
+            keys = key_columns(model.config_, passthrough)
+            others = [c for c in header if c != label and c not in keys]
+            text = [c for c in dict.fromkeys([*keys, *others]) if c not in features]
             chunks = source.chunks(text_columns=text)
             for chunk in _in_background(chunks, depth=2):
                 frame = chunk.frame
