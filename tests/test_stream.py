@@ -352,6 +352,20 @@ def test_a_topic_not_on_the_broker_is_named_with_the_ones_close_to_it(
     assert not [r for r in caplog.records if "does not exist" in r.getMessage()]
 
 
+def test_the_topic_check_logs_nothing_about_a_missing_group(
+    broker: DevBroker, stream_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The topic check's own client has no group: kafka-python then warned "group_id is None:
+    # disabling auto-commit" at every start, to a user who had given --group.
+    topic = create_topic(broker.bootstrap)
+    caplog.set_level("INFO")
+    scorer = StreamScorer(
+        stream_model, stream_config(stream_model, broker.bootstrap, topic), MemorySink([])
+    )
+    assert topic in (scorer._broker_topics() or set())
+    assert not [r for r in caplog.records if "group_id is None" in r.getMessage()]
+
+
 def test_the_topic_check_gives_up_on_a_broker_that_never_answers(
     stream_model: AnomalyVAE, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -437,6 +437,9 @@ class StreamScorer:
         from kafka import KafkaConsumer
 
         options = options_for(client_options(self.cfg.kafka), KafkaConsumer)
+        # No group, so no auto-commit: said here, kafka-python warns "group_id is None:
+        # disabling auto-commit" otherwise, at every start of a scorer given a group.
+        options["enable_auto_commit"] = False
         found: list[set[str]] = []
 
         def ask() -> None:
