@@ -45,6 +45,7 @@ from anomaly_vae.features import (
     FeatureLayout,
     FeatureSchema,
     Preprocessor,
+    _short,
     row_json,
 )
 from anomaly_vae.labels import label_to_binary
@@ -1159,14 +1160,15 @@ def _window_keys(
                 and contradicts_date_order(pd.Series([value]), bool(day_first))[0]
             ):
                 why = (
-                    f"{value!r} cannot be read {order} first, the order this model reads "
+                    f"{_short(value)} cannot be read {order} first, the order this model reads "
                     f"numeric dates in (window.day_first: {str(day_first).lower()}, "
                     f"{_order_origin(window.day_first)}): train it with "
                     f"window.day_first: {str(not day_first).lower()}, or write times "
                     "as ISO 8601"
                 )
             else:
-                why = f"{value!r} is not a time"
+                # Cut as a feature's bad value is: a long text made a reason as long.
+                why = f"{_short(value)} is not a time"
             reasons[i] = f"window time column {window.time!r}: {why}"
     return entities, times, reasons
 

@@ -1365,6 +1365,22 @@ def test_a_true_or_false_time_is_rejected_not_read_as_1970(window_model: Anomaly
     assert len(batch.scores) == 38
 
 
+def test_a_long_time_text_is_not_repeated_whole_in_its_reason(window_model: AnomalyVAE) -> None:
+    # A time field of 500,000 characters gave a reason of 500,041: a dead letter's reason
+    # (and the dead-letter topic's header) of half a megabyte, echoed whole by the API, where
+    # a feature's bad value is cut ("column 'flow': 'yyy...' is not a number").
+    data = make_pump_data(10, seed=7).astype({"ts": object})
+    data.loc[2, "ts"] = "x" * 500_000
+    data.loc[4, "ts"] = "13/" + "1" * 500_000
+    batch = window_model.score_batch(data)
+    assert list(batch.rejects.index) == [2, 4]
+    for reason in batch.rejects["reason"]:
+        assert len(reason) < 400, reason[:200]
+    reason = str(batch.rejects.loc[2, "reason"])
+    assert reason.startswith("window time column 'ts': 'xxx")
+    assert reason.endswith("...' is not a time")
+
+
 def test_dates_written_as_digits_are_pointed_out(caplog: pytest.LogCaptureFixture) -> None:
     """20261112 (or 20261112230000) read as an epoch time is August 1970 (or the year 2612):
     windows, gaps and lateness come out wrong without a word. A warning says so, once; real
