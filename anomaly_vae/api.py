@@ -1152,7 +1152,11 @@ def _score_records(
 ) -> ScoreResponse:
     import pandas as pd
 
-    from anomaly_vae.sources.kafka import missing_fields_reason, non_finite_reason
+    from anomaly_vae.sources.kafka import (
+        entity_type_reason,
+        missing_fields_reason,
+        non_finite_reason,
+    )
     from anomaly_vae.storage.sink import severity_labels
 
     features = model.schema_.names
@@ -1161,18 +1165,33 @@ def _score_records(
     # Read as numbers: an integer past float's range (JSON has no limit; Python's reader
     # takes 10**400) made pandas raise OverflowError, a 500.
     as_numbers = [*numeric, *([window.time] if window is not None and window.time else [])]
+    # An array or object is no entity: the stream rejects it; its text was taken as one here.
+    entity_fields = list(
+        dict.fromkeys(
+            n
+            for n in (model.config_.columns.entity, window.entity if window is not None else None)
+            if n
+        )
+    )
     rejects = []
     for i, record in enumerate(records):
         reason: str | None
         if not set(features) <= record.keys():
             reason = missing_fields_reason([f for f in features if f not in record])
         else:  # as the Kafka decoder: a NaN is poison, not a missing value (that is null)
-            reason = next(
-                (why for f in numeric if (why := non_finite_reason(f, record[f])) is not None),
-                None,
-            ) or next(
-                (why for f in as_numbers if (why := _huge_integer_reason(f, record.get(f)))),
-                None,
+            reason = (
+                next(
+                    (why for f in numeric if (why := non_finite_reason(f, record[f])) is not None),
+                    None,
+                )
+                or next(
+                    (why for f in as_numbers if (why := _huge_integer_reason(f, record.get(f)))),
+                    None,
+                )
+                or next(
+                    (why for f in entity_fields if (why := entity_type_reason(f, record.get(f)))),
+                    None,
+                )
             )
         if reason is not None:
             rejects.append(RejectedRecord(index=i, reason=reason))

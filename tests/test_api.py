@@ -984,6 +984,35 @@ def test_an_integer_too_large_for_a_number_is_a_reject_not_a_500(score_client: A
         assert sorted(s["index"] for s in response.json()["scores"]) == [0, 1, 3, 5]
 
 
+def test_an_entity_that_is_an_array_or_object_is_rejected_as_the_stream_rejects_it(
+    score_client: Any,
+) -> None:
+    # {"pump_id": ["P1"]} was windowed as the entity "['P1']" (and {"k": 1} as "{'k': 1}"),
+    # where the stream scorer dead-letters the same message.
+    from anomaly_vae.sources.kafka import Message, decode_messages
+
+    for model in ("pumps-windows", "pumps"):
+        records = pump_records(4)
+        records[1]["pump_id"] = ["P1"]
+        records[2]["pump_id"] = {"k": 1}
+        response = score_client.post(f"/models/{model}/score", json={"records": records})
+        assert response.status_code == 200, response.text
+        assert response.json()["rejects"] == [
+            {
+                "index": 1,
+                "reason": "entity field 'pump_id' is a JSON array: expected text or a number",
+            },
+            {
+                "index": 2,
+                "reason": "entity field 'pump_id' is a JSON object: expected text or a number",
+            },
+        ]
+        assert [s["index"] for s in response.json()["scores"]] == [0, 3]
+    messages = [Message("t", 0, i, None, json.dumps(r).encode(), 0) for i, r in enumerate(records)]
+    decoded = decode_messages(messages, features=["flow"], entity_field="pump_id")
+    assert sorted(decoded.rejects["reason"]) == [r["reason"] for r in response.json()["rejects"]]
+
+
 def test_a_window_field_no_record_has_rejects_each_record(score_client: Any) -> None:
     # A record without 'ts' among others was rejected ("window time column 'ts': missing"),
     # but the same record alone, or every record without it, was a 422 for the request; and

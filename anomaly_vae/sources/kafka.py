@@ -149,12 +149,8 @@ def decode_messages(
         if entity_field:
             entity = obj.get(entity_field)
             if entity is not None:
-                if isinstance(entity, (list, dict)):
-                    reason = (
-                        f"entity field {entity_field!r} is a JSON {_json_type(entity)}: "
-                        "expected text or a number"
-                    )
-                    reject(msg, source_key(msg.topic, msg.partition, msg.offset), reason)
+                if (why := entity_type_reason(entity_field, entity)) is not None:
+                    reject(msg, source_key(msg.topic, msg.partition, msg.offset), why)
                     continue
                 # True and 1 are equal keys of a dict, and their texts differ.
                 cached = (type(entity), entity)
@@ -298,6 +294,14 @@ def _invalid_json_reason(value: bytes, exc: Exception) -> str:
             "must be UTF-8 (a producer writing Latin-1 or cp1252 text must encode it as UTF-8)"
         )
     return f"invalid JSON: {str(exc).splitlines()[0]}"
+
+
+def entity_type_reason(name: str, value: object) -> str | None:
+    """Why an entity field's JSON value cannot name an entity (an array or an object: its
+    text would be an entity nobody sends), else None."""
+    if isinstance(value, (list, dict)):
+        return f"entity field {name!r} is a JSON {_json_type(value)}: expected text or a number"
+    return None
 
 
 def missing_fields_reason(names: Sequence[str]) -> str:
