@@ -715,6 +715,16 @@ def test_prune_deletes_old_rows_but_those_alerts_point_to_and_flagged_ones(
     )
 
 
+def test_prune_with_an_age_beyond_the_calendar_is_one_line(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --older-than 999999999d (and 100000000000d) was a traceback: OverflowError: date value
+    # out of range (or timedelta's "days=...; must have magnitude <= 999999999").
+    for age in ("999999999d", "100000000000d"):
+        result = cli(capsys, "db", "prune", "--older-than", age, "--dry-run", "--db", db_url)
+        assert_user_error(result, f"--older-than {age!r} reaches back before the year 1")
+
+
 def stored_per_models_list(capsys: pytest.CaptureFixture[str], db_url: str) -> int:
     """The score rows ``models list`` says are stored, summed over the model versions."""
     listed = cli(capsys, "models", "list", "--db", db_url, "--format", "json")

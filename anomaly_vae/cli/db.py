@@ -261,11 +261,16 @@ def db_prune(
 
     if (older_than is None) == (before is None):
         raise ConfigError("give one of --older-than (e.g. 30d) or --before (a date or time)")
-    cutoff = (
-        datetime.now(timezone.utc) - parse_age(older_than)
-        if older_than is not None
-        else parse_since(before or "", "--before")
-    )
+    if older_than is not None:
+        try:
+            cutoff = datetime.now(timezone.utc) - parse_age(older_than)
+        except OverflowError:  # was a traceback: "date value out of range"
+            raise ConfigError(
+                f"--older-than {older_than!r} reaches back before the year 1: give a shorter "
+                "age, or --before DATE"
+            ) from None
+    else:
+        cutoff = parse_since(before or "", "--before")
     target = database_target(db, pipeline)
     with connected(target) as connection:
         require_model(connection, model)
