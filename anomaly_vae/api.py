@@ -36,7 +36,7 @@ from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from anomaly_vae._version import __version__
-from anomaly_vae.config import AlertsConfig, NoBooleanNumbers
+from anomaly_vae.config import MAX_ALERT_RULE_RECORDS, AlertsConfig, NoBooleanNumbers
 from anomaly_vae.errors import ConfigError, InputFileError, NotFoundError, SchemaError
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.storage.dead_letters import DeadLetterFilter, list_dead_letters, summarize
@@ -159,10 +159,10 @@ class ThresholdCreate(_Schema):
 class AlertRuleUpdate(_Schema):
     """Settings of the alert rule in force to change; those left out keep their value."""
 
-    k: int | None = Field(default=None, ge=1)
-    n: int | None = Field(default=None, ge=1)
+    k: int | None = Field(default=None, ge=1, le=MAX_ALERT_RULE_RECORDS)
+    n: int | None = Field(default=None, ge=1, le=MAX_ALERT_RULE_RECORDS)
     cooldown_s: float | None = Field(default=None, ge=0.0)
-    resolve_after: int | None = Field(default=None, ge=1)
+    resolve_after: int | None = Field(default=None, ge=1, le=MAX_ALERT_RULE_RECORDS)
 
 
 class ThresholdUpdate(_Schema):

@@ -411,6 +411,10 @@ def client_option_problem(client: dict[str, Any]) -> str | None:
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 
 
+# The most records an alert rule's k, n or resolve_after may count.
+MAX_ALERT_RULE_RECORDS = 1_000_000
+
+
 class AlertsConfig(_Strict):
     """The alert rule (``thresholds.AlertRule``): an alert opens when ``k`` of an entity's last
     ``n`` records crossed the threshold, unless its previous alert opened less than
@@ -418,10 +422,12 @@ class AlertsConfig(_Strict):
     records in a row. The pipeline's rule goes with the thresholds calibrated from a model;
     once an operator sets a threshold or rule (CLI or API), theirs stays in force."""
 
-    k: int = Field(default=1, ge=1)
-    n: int = Field(default=1, ge=1)
+    # At most MAX_ALERT_RULE_RECORDS: the rule reads each entity's last max(n, resolve_after)
+    # stored records, and a count past 64 bits was a traceback at the next write.
+    k: int = Field(default=1, ge=1, le=MAX_ALERT_RULE_RECORDS)
+    n: int = Field(default=1, ge=1, le=MAX_ALERT_RULE_RECORDS)
     cooldown_s: float = Field(default=0.0, ge=0.0)
-    resolve_after: int = Field(default=1, ge=1)
+    resolve_after: int = Field(default=1, ge=1, le=MAX_ALERT_RULE_RECORDS)
 
     @model_validator(mode="after")
     def _k_within_n(self) -> AlertsConfig:

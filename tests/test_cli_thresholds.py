@@ -761,6 +761,29 @@ def test_an_alerts_per_day_budget_that_is_not_a_positive_number_is_one_line(
     assert_user_error(cli(capsys, *tune, *db), "--alerts-per-day", "positive, finite")
 
 
+def test_an_alert_rule_beyond_what_the_database_can_count_is_refused(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # '--debounce 1/99999999999999999999' (or '--resolve-after' as large) was put in force,
+    # and every later 'score --db' with a flagged record ended in a traceback (OverflowError:
+    # Python int too large to convert to SQLite INTEGER; PostgreSQL: bigint out of range): the
+    # alert rule reads the entity's last max(n, resolve_after) records.
+    _, model_dir = pump_model
+    db = ("--db", db_url)
+    ok(capsys, "score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    set_ = ("thresholds", "set", "pumps", "--value", "30", "--reason", "r", *db)
+    huge = "99999999999999999999"
+    assert_user_error(cli(capsys, *set_, "--debounce", f"1/{huge}"), "n: Input should be less")
+    assert_user_error(cli(capsys, *set_, "--resolve-after", huge), "resolve_after: Input")
+    ok(capsys, *set_, "--debounce", "2/1000000", "--resolve-after", "1000000")
+    export_again = export.parent / "again.csv"
+    export_again.write_bytes(export.read_bytes() + b"\n")  # new keys: scored, not replayed
+    ok(capsys, "score", str(export_again), "--model-dir", str(model_dir), *db, "--quiet")
+
+
 def test_tune_refuses_an_empty_reason_and_apply_options_without_apply(
     db_url: str,
     export: Path,
