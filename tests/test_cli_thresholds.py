@@ -489,6 +489,32 @@ def test_a_blank_name_on_an_alert_action_is_refused(
         assert_user_error(cli(capsys, *set_, *db), "needs who made it")
 
 
+def test_a_name_longer_than_the_database_keeps_is_refused(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # '--by' of 201 characters was stored whole by SQLite and refused by PostgreSQL with
+    # "value too long for type character varying(200)", naming no option (the API says 422).
+    _, model_dir = pump_model
+    db = ("--db", db_url)
+    ok(capsys, "score", str(export), "--model-dir", str(model_dir), *db, "--quiet")
+    alerts = as_json(capsys, "alerts", "list", "--limit", "1", *db)
+    assert isinstance(alerts, list)
+    assert alerts
+    long = "x" * 201
+    said = "is 201 characters long: at most 200"
+    set_ = ("thresholds", "set", "pumps", "--value", "9", "--reason", "r", "--by", long)
+    assert_user_error(cli(capsys, *set_, *db), "--by", said)
+    ack = ("alerts", "ack", str(alerts[0]["id"]), "--by", long)
+    assert_user_error(cli(capsys, *ack, *db), "--by", said)
+    ok(capsys, *set_[:-1], "x" * 200, *db)
+    history = as_json(capsys, "thresholds", "history", "pumps", *db)
+    assert isinstance(history, list)
+    assert history[0]["created_by"] == "x" * 200
+
+
 def test_the_one_threshold_reports_take_table_or_json_not_csv(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -313,6 +313,20 @@ def _check_reason_and_author(reason: str, created_by: str) -> None:
         raise ConfigError(
             'a threshold change needs who made it (--by, "created_by" in the API), not a blank'
         )
+    _check_name_length(created_by, '--by, "created_by" in the API')
+
+
+# The longest name of who made a change or took an action (String(200) in storage.tables):
+# a longer --by was stored whole by SQLite and refused by PostgreSQL as "value too long for
+# type character varying(200)", naming no option.
+NAME_MAX_CHARS = 200
+
+
+def _check_name_length(name: str, where: str) -> None:
+    if len(name) > NAME_MAX_CHARS:
+        raise ConfigError(
+            f"who made it ({where}) is {len(name):,} characters long: at most {NAME_MAX_CHARS}"
+        )
 
 
 def set_threshold(
@@ -953,6 +967,7 @@ def act_on_alert(
             f'who takes the action on alert {alert_id} is blank: give a name (--by, "by" in '
             "the API)"
         )
+    _check_name_length(by, '--by, "by" in the API')
     row = None
     if alert_id in _ALERT_IDS:
         row = connection.execute(select(Alert).where(Alert.id == alert_id)).first()
