@@ -114,6 +114,20 @@ def test_decode_keeps_entities_apart_that_python_calls_equal() -> None:
     assert out.frame["_entity"].tolist() == ["True", "1", "1", "1", "True", "K", "P2", "2.5"]
 
 
+def test_decode_takes_an_empty_entity_as_none_as_a_csv_cell_is() -> None:
+    # {"dev": ""} was the entity '' (stored so, where a CSV export's empty cell is no entity,
+    # NULL), even beside a key, which {"dev": null} falls back to; an empty key was '' too.
+    messages = [
+        msg(b'{"a": 1, "b": 2, "dev": ""}', 0, key=b"P1"),
+        msg(b'{"a": 1, "b": 2, "dev": ""}', 1),
+        msg(b'{"a": 1, "b": 2}', 2, key=b""),
+        msg(b'{"a": 1, "b": 2, "dev": null}', 3, key=b"P1"),
+    ]
+    out = decode_messages(messages, features=FEATURES, fields=["dev"], entity_field="dev")
+    assert out.frame["_entity"].tolist() == ["P1", None, None, "P1"]
+    assert out.rejects.empty
+
+
 def test_decode_event_time_from_field_or_kafka() -> None:
     messages = [
         msg(b'{"a": 1, "b": 2, "ts": "2026-11-01T10:00:00Z"}', 0),

@@ -1206,6 +1206,26 @@ def test_a_time_text_past_what_an_event_time_holds_is_rejected(window_model: Ano
     assert len(streamed.rejects) == 2
 
 
+def test_an_empty_entity_field_beside_a_key_is_windowed_by_the_key(
+    window_model: AnomalyVAE,
+) -> None:
+    # {"pump_id": ""} with the key P1 was rejected: "window entity column 'pump_id': missing
+    # (neither a field of the message nor its key)", where {"pump_id": null} with that key
+    # was windowed as P1.
+    data = make_pump_data(12, seed=6)
+    records = data.astype(object).where(data.notna(), None).to_dict(orient="records")
+    messages = []
+    for i, r in enumerate(records):
+        key = str(r["pump_id"]).encode()
+        value = {**r, "pump_id": "" if i == 5 else None if i == 7 else r["pump_id"]}
+        messages.append(Message("t", 0, i, key, json.dumps(value).encode(), 0))
+    cfg = window_model.config_.model_copy(deep=True)
+    cfg.kafka = KafkaConfig(topic="t")
+    streamed = StreamScorer(window_model, cfg, _StateStore()).score_records(messages)
+    assert len(streamed.rejects) == 0, streamed.rejects["reason"].tolist()
+    assert streamed.records["_entity"].tolist() == [str(r["pump_id"]) for r in records]
+
+
 def test_a_date_that_contradicts_the_models_order_is_rejected_saying_what_to_do() -> None:
     # A model trained on dates that are day first only by convention (no day above 12 in the
     # training file) reads them month first, said at training; an export then holding

@@ -158,9 +158,9 @@ def decode_messages(
                     text = field_texts[cached]
                 else:
                     text = field_texts[cached] = entity_text(entity)
-        else:
-            entity = None
-        if entity is None and key_is_entity and (raw_key := msg.key) is not None:
+        # An empty text is no entity, as an empty CSV cell is (and as a windowed model reads
+        # it): the key is taken instead, as for a null; it was the entity ''.
+        if not text and key_is_entity and (raw_key := msg.key) is not None:
             if raw_key in key_texts:
                 text = key_texts[raw_key]
             else:
@@ -170,7 +170,7 @@ def decode_messages(
                 )
         objects.append(obj)
         keys.append(f"{msg.topic}:{msg.partition}:{msg.offset}")  # source_key(), inlined
-        entities.append(text)
+        entities.append(text or None)
         stamps.append(int(msg.timestamp))
     frame = pd.DataFrame(
         {
