@@ -433,6 +433,39 @@ def test_a_new_group_says_it_reads_the_topic_from_its_earliest_offset(
     assert f"group {group} resumes from its committed offsets on 2 partition(s)" in lines
 
 
+def test_a_change_of_only_the_rule_or_critical_level_is_said_in_the_log(
+    stream_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A new version changing only the alert rule (PATCH {"alert_rule": {"k": 3, "n": 3}}) or
+    # the critical level was logged as "threshold in force is now 3 (version 3, was 3)": the
+    # operator could not tell the scorer had taken the change.
+    from anomaly_vae.jobs.stream import ThresholdInForce
+
+    versions = iter(
+        [
+            ThresholdInForce(value=3.0, version=2, alert_rule={"k": 1, "n": 1}),
+            ThresholdInForce(value=3.0, version=3, alert_rule={"k": 3, "n": 3}),
+            ThresholdInForce(value=3.0, version=4, critical=6.0, alert_rule={"k": 3, "n": 3}),
+        ]
+    )
+
+    class Source:
+        def current(self) -> ThresholdInForce:
+            return next(versions)
+
+    cfg = stream_config(stream_model, "127.0.0.1:1", "t", threshold_refresh_s=1e-9)
+    scorer = StreamScorer(stream_model, cfg, MemorySink([]), thresholds=Source())
+    caplog.set_level("INFO", logger="anomaly_vae.jobs.stream")
+    for _ in range(3):
+        scorer._current_threshold()
+    lines = [r.getMessage() for r in caplog.records if "threshold in force" in r.getMessage()]
+    assert lines[1] == (
+        "threshold in force is now 3 (version 3, was 3): alert rule 3 of 3 records, resolved "
+        "after 1 normal record (was 1 of 1 record, resolved after 1 normal record)"
+    )
+    assert lines[2] == "threshold in force is now 3 (version 4, was 3): critical 6 (was none)"
+
+
 def test_partitions_are_named_in_their_order_in_the_log() -> None:
     # 'partitions assigned' on a topic of 12 read t:0, t:1, t:10, t:11, t:2...
     from anomaly_vae.jobs.stream import _names

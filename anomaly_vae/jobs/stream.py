@@ -54,7 +54,7 @@ from anomaly_vae.sources.kafka import (
     redacted,
     secret_values,
 )
-from anomaly_vae.thresholds import MOST_CROSSED_MIN_RECORDS, most_crossed
+from anomaly_vae.thresholds import MOST_CROSSED_MIN_RECORDS, AlertRule, most_crossed
 from anomaly_vae.training import torch_threads
 from anomaly_vae.windows import WindowCounters, WindowState
 
@@ -108,6 +108,19 @@ class ThresholdInForce:
     critical: float | None = None
     id: int | None = None
     alert_rule: dict[str, Any] | None = None
+
+
+def _other_changes(before: ThresholdInForce, after: ThresholdInForce) -> str:
+    """What a new threshold version changes beside the warning level, for the log line: a
+    version changing only the alert rule or the critical level read "now 3 (was 3)"."""
+    said = []
+    if after.critical != before.critical:
+        shown = ["none" if c is None else f"{c:.6g}" for c in (after.critical, before.critical)]
+        said.append(f"critical {shown[0]} (was {shown[1]})")
+    rules = [AlertRule.from_dict(r) for r in (after.alert_rule, before.alert_rule)]
+    if rules[0] != rules[1]:
+        said.append(f"alert rule {rules[0].describe()} (was {rules[1].describe()})")
+    return "".join(f"{'; ' if i else ': '}{text}" for i, text in enumerate(said))
 
 
 class ThresholdSource(Protocol):
@@ -748,10 +761,11 @@ class StreamScorer:
                     or latest.value != self._threshold.value
                 ):
                     logger.info(
-                        "threshold in force is now %.6g (version %s, was %.6g)",
+                        "threshold in force is now %.6g (version %s, was %.6g)%s",
                         latest.value,
                         latest.version,
                         self._threshold.value,
+                        _other_changes(self._threshold, latest),
                     )
                 self._threshold = latest
         return self._threshold
