@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -122,6 +123,9 @@ def test_score_twice_keeps_one_row_per_record(
     shown = cli(capsys, "models", "show", "pumps", "--db", db_url)
     assert "v1 quantile: warning" in shown.stdout
     assert "features: station (categorical)" in shown.stdout
+    # The rows held out are said beside those trained on, as 'info' says them: "trained on
+    # 2400 rows" alone read as rows of the training file lost.
+    assert re.search(r"trained .+ on \d+ rows \(\+\d+ held out\)", shown.stdout), shown.stdout
     missing = cli(capsys, "models", "show", "nope", "--db", db_url)
     assert_user_error(missing, "no model named 'nope'")
 

@@ -339,10 +339,14 @@ def models_show(
         # The one thresholds policies, previews and tuning use: not always the newest
         # registered (after a rollback to an older version).
         used = "; in use (scored last)" if v.id == in_use else ""
+        # As 'info' says it: the rows trained on and those held out (which 'train' counted
+        # together, so "trained on 2400 rows" read as 600 of its 3000 rows lost).
+        held = summary.get("rows_validation")
+        held_text = f" (+{held} held out)" if held is not None else ""
         typer.echo(
             f"  version {v.version} ({v.score_kind}), trained {_text(v.created_at)} on "
-            f"{summary.get('rows_train', '?')} {examples}, registered {_text(v.registered_at)}"
-            f"{used}"
+            f"{summary.get('rows_train', '?')} {examples}{held_text}, registered "
+            f"{_text(v.registered_at)}{used}"
         )
         typer.echo(f"    path {v.path}; calibrated threshold {v.calibration.get('threshold'):.6g}")
         features = v.feature_schema.get("columns", [])
