@@ -83,9 +83,13 @@ def start(connection: Connection, rule: AlertRule = RULE, name: str = "pumps") -
 
 
 def write_in_batches(
-    connection: Connection, frame: pd.DataFrame, size: int, rule: AlertRule = RULE
+    connection: Connection,
+    frame: pd.DataFrame,
+    size: int,
+    rule: AlertRule = RULE,
+    name: str = "pumps",
 ) -> tuple[int, int]:
-    model_id, run_id = start(connection, rule)
+    model_id, run_id = start(connection, rule, name)
     for begin in range(0, len(frame), size):
         repo.write_results(
             connection,
@@ -664,15 +668,7 @@ def test_an_alert_records_where_its_anomaly_began_whatever_the_batches(db_url: s
         try:
             with engine.connect() as connection:
                 name = f"pumps{size}"
-                model_id, run_id = start(connection, rule, name=name)
-                for begin in range(0, len(frame), size):
-                    repo.write_results(
-                        connection,
-                        run_id=run_id,
-                        model_id=model_id,
-                        records=frame.iloc[begin : begin + size],
-                        alert_rule=rule,
-                    )
+                model_id, _ = write_in_batches(connection, frame, size, rule, name)
                 got = connection.exec_driver_sql(
                     "SELECT o.source_key, s.source_key FROM alerts a JOIN scores o ON "
                     "o.id = a.score_id LEFT JOIN scores s ON s.id = a.onset_score_id "
