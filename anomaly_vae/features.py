@@ -43,6 +43,9 @@ UNKNOWN = "<unknown>"
 MISSING = "<missing>"
 # A standardised value beyond this is as anomalous as it gets; clipping keeps float32 finite.
 CLIP = 1e4
+# A numeric column whose values differ by less than this share of their size has no spread
+# (rounding noise on 0.3, or the float64 neighbours of 1e18): it is scaled as a constant one.
+RELATIVE_SPREAD_FLOOR = 1e-9
 # Rows sampled to infer column kinds: enough to be sure, cheap on wide files.
 INFER_SAMPLE_ROWS = 20_000
 NUMERIC_PARSE_SHARE = 0.95
@@ -743,12 +746,16 @@ def robust_scale(present: np.ndarray) -> float:
     # "No spread" is relative to the values' size: a column of picoamps (1e-13) has a real
     # spread far under any absolute cut-off, while rounding noise on 0.3 is not a spread.
     size = float(np.max(np.abs([q01, q99])))
-    floor = 1e-9 * size if math.isfinite(size) and size > 0 else 0.0
+    floor = RELATIVE_SPREAD_FLOOR * size if math.isfinite(size) and size > 0 else 0.0
     if not math.isfinite(scale) or scale <= floor:
         with np.errstate(over="ignore", invalid="ignore"):
             scale = float(np.std(present))
     if not math.isfinite(scale) or scale <= floor:
-        scale = 1.0
+        # No spread: one unit, so that any other value stands out. Values that do differ,
+        # but only under the floor (1e18 and its float64 neighbours, 128 apart), are scaled
+        # by the floor: by 1 their rounding steps were hundreds of standard units, and every
+        # normal record scored as far out as an anomaly.
+        scale = 1.0 if present.min() == present.max() else max(1.0, floor)
     return scale
 
 
@@ -848,6 +855,11 @@ class Preprocessor:
                     constant.append(f"{name}={present[0]:g} in its only non-missing row")
                 elif present.min() == present.max():
                     constant.append(f"{name}={present[0]:g}")
+                else:
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        rounding = np.ptp(present) <= RELATIVE_SPREAD_FLOOR * np.abs(present).max()
+                    if rounding:
+                        constant.append(f"{name}={center:g} to within 1e-9 of it")
             pre.center[name] = center
             pre.scale[name] = scale
             if len(present) < len(values):

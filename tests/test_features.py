@@ -159,6 +159,27 @@ def test_a_column_of_tiny_values_keeps_its_spread() -> None:
     assert robust_scale(np.zeros(50)) == 1.0
 
 
+def test_huge_values_that_differ_only_by_rounding_are_not_scaled_by_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Values near 1e18 (an epoch in nanoseconds, a 64-bit counter) whose spread is under the
+    # relative floor count as no spread; the fallback scale of 1 then made their float64
+    # rounding steps (128 apart) hundreds of standard units, clipped at 1e4: every normal
+    # record scored far above the others (a threshold of 166 nats where 6 was usual), and the
+    # column was not named as constant.
+    rng = np.random.default_rng(0)
+    values = 1e18 + rng.integers(0, 1000, 400).astype(np.float64)
+    assert np.ptp(values) / robust_scale(values) < 1e-3
+    frame = pd.DataFrame({"a": rng.normal(size=400), "big": values})
+    schema = FeatureSchema.infer(frame, ColumnsConfig())
+    clean, _ = schema.validate(frame)
+    with caplog.at_level(logging.WARNING):
+        pre = Preprocessor.fit(clean, schema)
+    assert np.abs(pre.transform(clean).x[:, 1]).max() < 1e-3
+    assert "never change in the training rows (big=1e+18 to within 1e-9 of it)" in caplog.text
+    assert robust_scale(np.full(100, 1e18)) == 1.0  # constant: any other value stands out
+
+
 def test_explicit_kinds_and_ignore() -> None:
     cols = ColumnsConfig(ignore=["note", "ts", "label"], categorical=["id"], numeric=["temp"])
     schema = FeatureSchema.infer(_frame(), cols)
