@@ -118,6 +118,7 @@ class FeatureSchema:
                     f"column {name!r} is both a feature and an ignored/id/label column: pick one"
                 )
         _warn_absent([*columns.ignore, *columns.id], present)
+        _warn_absent_keys(columns, present)
         candidates = (
             list(columns.features)
             if columns.features is not None
@@ -643,6 +644,23 @@ def _warn_absent(names: Iterable[str], present: list[str]) -> None:
                 "but the training data has no such column%s",
                 name,
                 hint,
+            )
+
+
+def _warn_absent_keys(columns: ColumnsConfig, present: list[str]) -> None:
+    """The entity and timestamp columns are not features either: a misspelt one left the
+    column meant among the features (pump ids as categories), which only scoring named."""
+    import difflib
+
+    for what, name in (("entity", columns.entity), ("timestamp", columns.timestamp)):
+        if name and name not in present:
+            close = difflib.get_close_matches(name, present, n=1)
+            logger.warning(
+                "the %s column %r (columns.%s) is not in the training data%s",
+                what,
+                name,
+                what,
+                f"; did you mean {close[0]!r}?" if close else "",
             )
 
 

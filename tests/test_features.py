@@ -138,6 +138,26 @@ def test_a_misspelt_column_to_leave_out_is_named_with_the_closest(
     assert "did you mean 'temp'?" in caplog.text
 
 
+def test_a_misspelt_entity_or_timestamp_column_is_named_at_fit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # columns.entity: modee trained with 'mode' as a categorical feature without a word (only
+    # scoring said the file had no entity column 'modee'), as ids and ignored columns were told.
+    frame = _frame()
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(
+            frame, ColumnsConfig(label="label", entity="modee", timestamp="tss")
+        )
+    assert "mode" in schema.categorical
+    assert "entity column 'modee' (columns.entity) is not in the training data" in caplog.text
+    assert "did you mean 'mode'?" in caplog.text
+    assert "timestamp column 'tss' (columns.timestamp) is not in the training data" in (caplog.text)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        FeatureSchema.infer(frame, ColumnsConfig(label="label", entity="mode", timestamp="ts"))
+    assert "not in the training data" not in caplog.text
+
+
 def test_an_empty_column_of_a_csv_is_not_a_feature(caplog: pytest.LogCaptureFixture) -> None:
     text = "temp,empty,mode\n" + "".join(f"{20 + i % 7},,{'ab'[i % 2]}\n" for i in range(50))
     frame = pd.read_csv(io.StringIO(text))  # the empty column is read as float NaN
