@@ -889,21 +889,25 @@ class Preprocessor:
             pre.categories[name] = sorted(kept)
             if len(counts) == 1 and counts.index[0] != MISSING:
                 one_value.append(f"{name}={str(counts.index[0])!r}")
-            if len(counts) > len(kept):
+            # Blanks cut from the kept values are gaps (filled in, as in a column that had
+            # none), not values that share the unknown category: not counted or named here.
+            cut = counts.iloc[len(kept) :]
+            cut = cut[cut.index != MISSING]
+            if len(cut):
                 # A column forced categorical (columns.categorical) with more values than
                 # max_categories: the rarer ones score as unknown, seen in training or not.
-                pre.other_values[name] = len(counts) - len(kept)
+                pre.other_values[name] = len(cut)
                 logger.warning(
                     "column %r has %d distinct values in training; the %d most frequent are "
                     "its categories, the other %d (%d rows, such as %r) share the unknown "
                     "category with values never seen: raise columns.max_categories to keep "
                     "them apart",
                     name,
-                    len(counts),
-                    len(kept),
-                    len(counts) - len(kept),
-                    int(counts.iloc[len(kept) :].sum()),
-                    str(counts.index[len(kept)]),
+                    len(counts) - int(MISSING in counts.index),
+                    len(kept) - int(MISSING in kept),
+                    len(cut),
+                    int(cut.sum()),
+                    str(cut.index[0]),
                 )
         if one_value:
             # As a numeric column that never moved: only the unknown category is left for any

@@ -449,6 +449,35 @@ def test_training_values_past_max_categories_are_named_not_called_novel(
     assert Preprocessor.from_dict(older, schema).other_values == {}
 
 
+def test_blanks_past_max_categories_are_not_called_a_value_sharing_the_unknown_category(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 9 values and a few blanks under max_categories=10: the blanks took the tenth place, were
+    # cut, and fit warned that "the other 1 (3 rows, such as '<missing>') share the unknown
+    # category", naming the internal marker; the blanks are gaps, filled in, not unknown.
+    zone = pd.Series([f"z{i % 9}" for i in range(300)], dtype=object)
+    zone[:3] = None
+    frame = pd.DataFrame({"zone": zone, "temp": np.linspace(10.0, 20.0, 300)})
+    columns = ColumnsConfig(categorical=["zone"], max_categories=10)
+    schema = FeatureSchema.infer(frame, columns)
+    clean, _ = schema.validate(frame)
+    with caplog.at_level(logging.WARNING):
+        pre = Preprocessor.fit(clean, schema, max_categories=columns.max_categories)
+    assert "<missing>" not in caplog.text
+    assert "share the unknown category" not in caplog.text
+    assert pre.other_values == {}
+    encoded = pre.transform(clean)
+    assert encoded.x[:3, 1:].sum() == 0  # a gap: the block stays empty, to be filled in
+    # With a real value cut too, the blanks are not counted among the values cut.
+    frame.loc[3, "zone"] = "rare"
+    clean, _ = schema.validate(frame)
+    with caplog.at_level(logging.WARNING):
+        pre = Preprocessor.fit(clean, schema, max_categories=columns.max_categories)
+    assert "has 10 distinct values in training; the 9 most frequent" in caplog.text
+    assert "the other 1 (1 rows, such as 'rare')" in caplog.text
+    assert pre.other_values == {"zone": 1}
+
+
 def test_a_time_in_a_numeric_column_is_rejected_not_read_as_nanoseconds() -> None:
     # A column parsed as dates (read_csv(parse_dates=...)) where training had numbers was read
     # as nanoseconds since 1970: every record scored ~5e7 and was flagged, 'b:1.00'.
