@@ -1031,4 +1031,8 @@ class Preprocessor:
         for name in schema.categorical:
             if name not in pre.categories:
                 raise ValueError(f"no categories stored for categorical column {name!r}")
+            cats = pre.categories[name]
+            if len(set(cats)) < len(cats):
+                twice = next(c for c in cats if cats.count(c) > 1)
+                raise ValueError(f"category {twice!r} of column {name!r} is listed twice")
         return pre

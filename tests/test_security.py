@@ -357,6 +357,30 @@ def test_a_tampered_model_json_is_refused_in_one_line(
     assert_user_error(run_inline(capsys, "info", "--model-dir", str(tampered)), str(tampered))
 
 
+def test_a_category_listed_twice_in_model_json_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Loaded ('info' showed it) and then 'score' died in pandas' get_indexer with a traceback
+    # (InvalidIndexError: Reindexing only valid with uniquely valued Index objects).
+    import numpy as np
+    import pandas as pd
+
+    from anomaly_vae import AnomalyVAE
+    from anomaly_vae.errors import ModelFileError
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=200), "mode": rng.choice(["x", "y", "z"], 200)})
+    AnomalyVAE(epochs=1, seed=0, hidden_dims=(8,)).fit(frame).save(tmp_path / "model")
+
+    def edit(meta: dict[str, Any]) -> None:
+        meta["preprocessor"]["categories"]["mode"] = ["x", "x", "z"]
+
+    tampered = _edit_model_json(tmp_path / "model", tmp_path / "twice", edit)
+    with pytest.raises(ModelFileError, match="category 'x' of column 'mode' is listed twice"):
+        AnomalyVAE.load(tampered)
+    assert_user_error(run_inline(capsys, "info", "--model-dir", str(tampered)), str(tampered))
+
+
 def test_an_oversized_model_json_is_refused_before_it_is_read(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
