@@ -400,6 +400,31 @@ def test_write_results_names_missing_columns(tmp_path: Path) -> None:
     engine.dispose()
 
 
+def test_a_model_directory_moved_and_scored_again_is_registered_at_its_new_path(
+    db_url: str,
+) -> None:
+    # The row kept the first directory a version was scored from: after 'mv models/pumps
+    # models/pumps-v3' and scoring from there, 'models list' showed the old path and the API's
+    # POST /models/{name}/score answered 409 (the directory is not there) for the version
+    # just scored.
+    from anomaly_vae.storage.tables import Model
+
+    engine = engine_for(db_url)
+    try:
+        with engine.begin() as connection:
+            first = repo.register_model(connection, model=model_version())
+            moved = dataclasses.replace(model_version(), path="/models/pumps-v3")
+            assert repo.register_model(connection, model=moved) == first
+            path = connection.execute(select(Model.path).where(Model.id == first)).scalar_one()
+            assert path == "/models/pumps-v3"
+            # A registration without a directory (nothing to load) leaves the known one.
+            repo.register_model(connection, model=dataclasses.replace(moved, path=None))
+            path = connection.execute(select(Model.path).where(Model.id == first)).scalar_one()
+            assert path == "/models/pumps-v3"
+    finally:
+        engine.dispose()
+
+
 def test_thresholds_are_versioned_and_the_newest_is_in_force(db_url: str) -> None:
     engine = engine_for(db_url)
     try:

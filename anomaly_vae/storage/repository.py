@@ -150,8 +150,14 @@ def register_model(connection: Connection, *, model: ModelVersion) -> int:
     )
     connection.execute(stmt)
     row = connection.execute(
-        select(Model.id, Model.calibration).where(Model.content_hash == model.content_hash)
+        select(Model.id, Model.path, Model.calibration).where(
+            Model.content_hash == model.content_hash
+        )
     ).one()
+    if model.path and row.path != model.path:
+        # The directory was moved (or copied) and scored from there: where it is now is where
+        # the API loads it from, not where it was first scored.
+        connection.execute(update(Model).where(Model.id == row.id).values(path=model.path))
     if "scores" not in row.calibration and "scores" in model.calibration:
         # Registered by an older version without its calibration scores: add them (the same
         # model files, so the same scores: nothing recorded about the past changes).
