@@ -274,6 +274,11 @@ def _to_float(series: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray | No
         return np.full(len(series), np.nan), given, reasons
     if pd.api.types.is_bool_dtype(series):
         values = series.astype("float64").to_numpy()
+    elif getattr(series.dtype, "kind", "") == "m":  # timedelta64, or pyarrow's duration
+        # Durations in seconds: as numbers they were counts of the dtype's unit (ns, us, s),
+        # so frames of two resolutions disagreed by up to 1e9, and NaT was -9.2e18 (pyarrow's
+        # durations were rejected as "not a number").
+        values = series.dt.total_seconds().to_numpy(dtype="float64", na_value=np.nan)
     elif pd.api.types.is_numeric_dtype(series):
         values = series.to_numpy(dtype="float64", na_value=np.nan)
     else:

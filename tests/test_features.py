@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
@@ -493,6 +494,26 @@ def test_a_time_in_a_numeric_column_is_rejected_not_read_as_nanoseconds() -> Non
         "in training: was the column parsed as dates?)"
     )
     assert list(clean.index) == [1]
+
+
+def test_a_duration_column_is_read_as_seconds_whatever_its_resolution() -> None:
+    # A timedelta column (end - start) was read in its dtype's unit: 5.4e10 at [ns], 5.4e7 at
+    # [us] (pandas' default for to_timedelta), 54 at [s]. The same durations in a frame of
+    # another resolution than training's were then numbers a billion times apart.
+    durations = pd.to_timedelta([54, 3, 120, None], unit="s")
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0]})
+    schema = FeatureSchema.infer(frame.assign(wait=durations), ColumnsConfig())
+    assert schema.numeric == ["a", "wait"]
+    for unit in ("ns", "us", "ms", "s"):
+        clean, rejects = schema.validate(
+            frame.assign(wait=durations.astype(f"timedelta64[{unit}]"))
+        )
+        assert rejects.empty
+        np.testing.assert_array_equal(clean["wait"].to_numpy(), [54.0, 3.0, 120.0, np.nan])
+    arrow = pd.Series([54_000, 3_000, 120_000, None]).astype(pd.ArrowDtype(pa.duration("ms")))
+    clean, rejects = schema.validate(frame.assign(wait=arrow))
+    assert rejects.empty
+    np.testing.assert_array_equal(clean["wait"].to_numpy(), [54.0, 3.0, 120.0, np.nan])
 
 
 def test_a_column_constant_in_training_is_named(caplog: pytest.LogCaptureFixture) -> None:
