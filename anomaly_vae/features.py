@@ -870,6 +870,13 @@ class Preprocessor:
             present = values[~np.isnan(values)]
             if len(present) == 0:
                 center, scale = 0.0, 1.0
+                # Named a feature (columns.numeric / features), else inference left it out.
+                logger.warning(
+                    "numeric column %r has no value in any training row: the model learns "
+                    "nothing from it, and every record it scores has it as a missing value "
+                    "filled in; train on data that has it, or leave it out of the features",
+                    name,
+                )
             else:
                 center = float(np.median(present))
                 scale = robust_scale(present)

@@ -168,6 +168,13 @@ def test_an_empty_column_of_a_csv_is_not_a_feature(caplog: pytest.LogCaptureFixt
     assert "'empty' is empty in the training data and is not used" in caplog.text
     explicit = FeatureSchema.infer(frame, ColumnsConfig(numeric=["temp", "empty"]))
     assert "empty" in explicit.numeric  # named by the user: kept
+    # ... and said at fit: it trained nothing, and every scored record then counted as
+    # "scored with a missing value filled in", the export called incomplete.
+    clean, _ = explicit.validate(frame)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        Preprocessor.fit(clean, explicit)
+    assert "numeric column 'empty' has no value in any training row" in caplog.text
 
 
 def test_a_column_of_tiny_values_keeps_its_spread() -> None:
