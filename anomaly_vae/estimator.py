@@ -285,9 +285,10 @@ class AnomalyVAE(BaseEstimator):
             return self._fit(cfg, X, y)
 
     def _fit(self, cfg: PipelineConfig, X: pd.DataFrame | np.ndarray, y: Any) -> AnomalyVAE:
-        frame = _as_frame(X)
-        rows = len(frame)
-        frame = self._drop_labelled_anomalies(frame, y, cfg.columns)
+        given = _as_frame(X)
+        rows = len(given)
+        anomalous = self._labelled_anomalies(given, y, cfg.columns)
+        frame = given.loc[~anomalous]
         n_labelled = rows - len(frame)
         if len(frame) < MIN_TRAINING_ROWS:  # before the columns are judged on no rows at all
             labelled = f" ({n_labelled} labelled anomalous left out)" if n_labelled else ""
@@ -319,8 +320,13 @@ class AnomalyVAE(BaseEstimator):
         unwindowed = 0  # rows with no valid event time or no entity (a windowed model's)
         if cfg.window is not None:
             _decide_date_order(frame.loc[clean.index], cfg)
+            left_out = _Labelled(
+                rows=given.iloc[np.flatnonzero(anomalous)],
+                positions=np.flatnonzero(anomalous),
+                kept_positions=np.flatnonzero(~anomalous),
+            )
             encoded, layout, unwindowed, keys = self._training_windows(
-                frame, clean, encoded, pre, cfg
+                frame, clean, encoded, pre, cfg, left_out
             )
             n_examples = encoded.x.shape[0]
             # Windows overlap: hold out the latest ones, not a random sample of them; the
@@ -412,9 +418,10 @@ class AnomalyVAE(BaseEstimator):
         self.model_hash_: str | None = None
         return self
 
-    def _drop_labelled_anomalies(
+    def _labelled_anomalies(
         self, frame: pd.DataFrame, y: Any, columns: ColumnsConfig
-    ) -> pd.DataFrame:
+    ) -> np.ndarray:
+        """Which rows of ``frame`` are labelled anomalous (``y``, or ``columns.label``)."""
         labels = None
         if y is not None:
             values = np.asarray(y)
@@ -444,11 +451,11 @@ class AnomalyVAE(BaseEstimator):
                 f"; did you mean {close[0]!r}?" if close else "",
             )
         if labels is None:
-            return frame
-        anomalous = labels.fillna(0).to_numpy() == 1
+            return np.zeros(len(frame), dtype=bool)
+        anomalous = np.asarray(labels.fillna(0).to_numpy() == 1, dtype=bool)
         if anomalous.any():
             logger.info("left %d labelled anomalies out of training", int(anomalous.sum()))
-        return frame.loc[~anomalous]
+        return anomalous
 
     def _training_windows(
         self,
@@ -457,12 +464,19 @@ class AnomalyVAE(BaseEstimator):
         encoded: EncodedBatch,
         pre: Preprocessor,
         cfg: PipelineConfig,
+        labelled: _Labelled,
     ) -> tuple[EncodedBatch, FeatureLayout, int, tuple[np.ndarray, np.ndarray]]:
         """Full windows of the training rows (file order, per entity, the scoring rules), how
         many rows were left out for want of a valid event time or an entity, and each window's
-        entity and time (arrival position when the window has no time column)."""
+        entity and time (arrival position when the window has no time column). No window
+        spans a labelled anomaly left out of training: the entity's window starts again after
+        it."""
         assert cfg.window is not None
         entities, times, reasons = _window_keys(frame.loc[clean.index], cfg)
+        if frame.index.is_unique:
+            positions = labelled.kept_positions[frame.index.get_indexer(clean.index)]
+        else:  # rows found by label, as above: their order is the file's
+            positions = labelled.kept_positions[: len(clean)]
         bad = reasons != None  # noqa: E711 - elementwise on an object array
         if bad.any():
             logger.warning(
@@ -476,9 +490,27 @@ class AnomalyVAE(BaseEstimator):
             encoded = EncodedBatch(encoded.x[keep], encoded.observed[keep])
             entities = entities[keep]
             times = None if times is None else times[keep]
+            positions = positions[keep]
+        series = entities
+        if len(labelled.rows):
+            # Each stretch of an entity between labelled anomalies is a series of its own.
+            marks_entities, marks_times, marks_bad = _window_keys(labelled.rows, cfg)
+            ok = marks_bad == None  # noqa: E711 - elementwise on an object array
+            before = _labelled_before(
+                entities,
+                positions.astype(np.float64) if times is None else times,
+                positions,
+                marks_entities[ok],
+                (labelled.positions.astype(np.float64) if marks_times is None else marks_times)[ok],
+                labelled.positions[ok],
+            )
+            series = np.asarray(
+                [f"{e}\x00{k}" if k else e for e, k in zip(entities, before, strict=True)],
+                dtype=object,
+            )
         layout = pre.layout
         state = WindowState(cfg.window.spec(), width=layout.input_dim, n_numeric=layout.n_numeric)
-        assembled = state.assemble(encoded, entities.tolist(), times)
+        assembled = state.assemble(encoded, series.tolist(), times)
         full = assembled.status == OK
         if int(full.sum()) < MIN_TRAINING_ROWS:
             # Say what cut the windows short: rows with no time or entity, too few rows, gaps,
@@ -1171,6 +1203,44 @@ def _window_keys(
                 why = f"{_short(value)} is not a time"
             reasons[i] = f"window time column {window.time!r}: {why}"
     return entities, times, reasons
+
+
+@dataclass
+class _Labelled:
+    """The rows left out of training as labelled anomalies, with their positions in the
+    training data, and the positions of the rows kept."""
+
+    rows: pd.DataFrame
+    positions: np.ndarray
+    kept_positions: np.ndarray
+
+
+def _labelled_before(
+    entities: np.ndarray,
+    order: np.ndarray,
+    positions: np.ndarray,
+    marks_entities: np.ndarray,
+    marks_order: np.ndarray,
+    marks_positions: np.ndarray,
+) -> np.ndarray:
+    """For each row, how many labelled anomalous rows (the marks) of its entity come before
+    it: in event time (``order``; the position in the file without a time), ties in file
+    order."""
+    counts = np.zeros(len(entities), dtype=np.int64)
+    for key in set(marks_entities.tolist()):
+        rows = np.flatnonzero(entities == key)
+        if not len(rows):
+            continue
+        mine = marks_entities == key
+        sort = np.lexsort((marks_positions[mine], marks_order[mine]))
+        mark_t, mark_p = marks_order[mine][sort], marks_positions[mine][sort]
+        t, p = order[rows], positions[rows]
+        lo = np.searchsorted(mark_t, t, side="left")
+        hi = np.searchsorted(mark_t, t, side="right")
+        counts[rows] = lo
+        for j in np.flatnonzero(hi > lo):  # marks at the same time: those earlier in the file
+            counts[rows[j]] += int(np.sum(mark_p[lo[j] : hi[j]] < p[j]))
+    return counts
 
 
 def _order_origin(model_order: bool | None) -> str:

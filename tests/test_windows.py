@@ -823,6 +823,37 @@ def test_held_out_windows_are_the_latest_of_every_entity() -> None:
     assert latest_per_entity(entities[:1], times[:1], fraction=0.2)[1].tolist() == []
 
 
+@pytest.mark.parametrize("timed", [True, False])
+def test_training_windows_never_span_labelled_anomalies_left_out(timed: bool) -> None:
+    # The labelled rows were dropped before the windows were built: the records on either
+    # side of an anomaly made windows that never occurred (a jump in time and value), trained
+    # as normal. Such windows are left out; the entity's window starts again after it.
+    n, size = 60, 5
+    label = np.zeros(n, dtype=int)
+    label[30:34] = 1
+    frame = pd.DataFrame(
+        {
+            "dev": ["A"] * n,
+            "t": 1_790_000_000 + 10 * np.arange(n),
+            "x": np.sin(np.arange(n) / 5) + 5 * label,
+            "y": np.cos(np.arange(n) / 7),
+            "label": label,
+        }
+    )
+    window: dict[str, Any] = {"size": size, "entity": "dev"}
+    if timed:
+        window["time"] = "t"
+    else:
+        frame = frame.drop(columns=["t"])
+    model = AnomalyVAE(
+        config={"columns": {"label": "label"}, "window": window}, epochs=1, seed=0
+    ).fit(frame)
+    summary = model.training_summary_
+    assert summary["rows_labelled_anomalous"] == 4
+    # 56 normal rows: the first 4 of the entity and the first 4 after the anomaly warm up.
+    assert summary["windows"] == 56 - 2 * (size - 1)
+
+
 def _three_pumps(first: int, n: int, seed: int) -> pd.DataFrame:
     """Pumps P0 and P1 whose flow rises with their temperature, P2 whose flow falls."""
     rng = np.random.default_rng(seed)

@@ -297,7 +297,9 @@ def _print_training(
         causes = (
             "late"
             if window.size == 1
-            else f"the first {window.size - 1} of each entity, after a gap, or late"
+            else f"the first {window.size - 1} of each entity, after a gap"
+            + (", after a labelled anomaly" if s["rows_labelled_anomalous"] else "")
+            + ", or late"
         )
         typer.echo(
             f"trained '{model.name}' on {s['windows']} full windows of {window.size} "
