@@ -1037,9 +1037,15 @@ class AnomalyVAE(BaseEstimator):
             RuntimeError,
             ValidationError,
         ) as exc:
+            # pydantic's first line names no setting ("1 validation error for PipelineConfig").
+            detail = (
+                format_validation_error(exc)
+                if isinstance(exc, ValidationError)
+                else (str(exc).splitlines()[0] if str(exc) else "")
+            )
             raise ModelFileError(
                 f"{path}: the model description is inconsistent ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}): retrain the model"
+                f"{detail}): retrain the model"
             ) from None
         if layout.n_numeric != model.n_numeric or list(layout.cat_sizes) != model.cat_sizes:
             raise ModelFileError(f"{path}: the weights do not fit the stored feature layout")

@@ -326,6 +326,9 @@ def _edit_model_json(source: Path, target: Path, edit: Callable[[dict[str, Any]]
         ("column_twice", "listed more than once"),
         # A device torch does not score on: a ConfigError that did not name the file.
         ("device_xla", "training device 'xla'"),
+        # A setting out of range: "ValidationError: 1 validation error for PipelineConfig",
+        # which named neither the setting nor the value.
+        ("n_samples_zero", "scoring.n_samples: Input should be greater than or equal to 1"),
     ],
 )
 def test_a_tampered_model_json_is_refused_in_one_line(
@@ -349,6 +352,8 @@ def test_a_tampered_model_json_is_refused_in_one_line(
             meta["schema"]["columns"][1]["name"] = meta["schema"]["columns"][0]["name"]
         elif case == "device_xla":
             meta["config"]["training"]["device"] = "xla"
+        elif case == "n_samples_zero":
+            meta["config"]["scoring"]["n_samples"] = 0
 
     tampered = _edit_model_json(tiny_model_dir, tmp_path / case, edit)
     with pytest.raises(ModelFileError, match=re.escape(expected)) as caught:
