@@ -432,6 +432,16 @@ def _infer_kind(
                 name,
             )
             return None
+        since = _epoch_times_range(non_null)
+        if not explicit and since is not None:
+            logger.warning(
+                "column %r looks like epoch times (numbers in time order, read as %s) and is "
+                "not used as a feature; name it as columns.timestamp to keep it in the output, "
+                "or list it under columns.features to use it anyway",
+                name,
+                since,
+            )
+            return None
         return "numeric"
     # A Period column (pd.period_range, .dt.to_period) is times too: pd.to_numeric read it as
     # its ordinals, a numeric feature that every later period lies outside of.
@@ -578,6 +588,32 @@ def _looks_like_row_id(values: pd.Series) -> bool:
         return True
     distinct = np.unique(arr)
     return len(distinct) == len(arr) and distinct[-1] - distinct[0] + 1 <= 2 * len(arr)
+
+
+# Epoch times from 2000 to 2100, in seconds, milliseconds, microseconds or nanoseconds.
+_EPOCH_SECONDS = (946_684_800.0, 4_102_444_800.0)
+
+
+def _epoch_times_range(values: pd.Series) -> str | None:
+    """'2026-11-01 to 2026-11-02 (epoch seconds)' for numbers that run in time order (ties
+    allowed: records that share a time) and all lie between 2000 and 2100 as epoch seconds,
+    milliseconds, microseconds or nanoseconds; else None. Not unique, such a column is no row
+    id, and as a feature every later export lies outside its training range."""
+    if len(values) < 100 or pd.api.types.is_bool_dtype(values):
+        return None
+    arr = values.to_numpy(dtype="float64", na_value=np.nan)
+    if not np.all((arr >= _EPOCH_SECONDS[0]) & (arr <= _EPOCH_SECONDS[1] * 1e9)):  # NaN too
+        return None
+    if not np.all(np.diff(arr) >= 0) or arr[0] == arr[-1]:
+        return None
+    for unit, scale in (("seconds", 1.0), ("ms", 1e3), ("us", 1e6), ("ns", 1e9)):
+        low, high = _EPOCH_SECONDS[0] * scale, _EPOCH_SECONDS[1] * scale
+        if low <= arr[0] and arr[-1] <= high:
+            first, last = (
+                pd.Timestamp(float(v) / scale, unit="s").date() for v in (arr[0], arr[-1])
+            )
+            return f"{first} to {last} in epoch {unit}"
+    return None
 
 
 # A date as text: 2026-11-01, 2026/11/01, 11/1/26, 01.11.2026, with or without a time of day

@@ -600,17 +600,38 @@ def test_ids_that_are_not_one_contiguous_run_are_still_row_identifiers(
     assert "'order_id' looks like a row identifier" in caplog.text
 
 
+@pytest.mark.parametrize("unit", [1, 1000, 10**9])
+def test_epoch_times_shared_by_several_records_are_timestamps_not_features(
+    unit: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Epoch seconds (ms, ns) in time order with records sharing a time (four pumps reporting
+    # at once) are not unique, so not a row id: the column was a numeric feature, and every
+    # record of an export a day later was flagged, 'epoch:0.96' its top feature.
+    rng = np.random.default_rng(0)
+    seconds = 1_793_491_200 + 10 * (np.arange(400) // 4)
+    frame = pd.DataFrame({"epoch": seconds * unit, "temp": rng.normal(20, 2, 400)})
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.names == ["temp"]
+    assert "'epoch' looks like epoch times" in caplog.text
+    assert "2026-11-01" in caplog.text
+
+
 def test_whole_number_measurements_stay_features() -> None:
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(
         {
             "rpm": rng.integers(1000, 3000, 500),  # repeats, no order
             "cents": rng.permutation(np.arange(0, 50_000, 37))[:500],  # unique but sparse
+            # In the range of epoch seconds, but in no order: a measurement.
+            "bytes": rng.integers(1_000_000_000, 4_000_000_000, 500),
+            # In order, but far from any epoch range.
+            "batch": np.arange(500) // 10,
             "temp": rng.normal(20, 2, 500),
         }
     )
     schema = FeatureSchema.infer(frame, ColumnsConfig())
-    assert schema.numeric == ["rpm", "cents", "temp"]
+    assert schema.numeric == ["rpm", "cents", "bytes", "batch", "temp"]
 
 
 def test_a_code_read_as_a_number_is_the_category_it_was_as_text() -> None:
