@@ -238,7 +238,8 @@ def test_read_set_preview_and_act_over_http(server: Server) -> None:
     everything = api.get("/alerts", params={"until": "2100-01-01", "limit": 500}).json()
     assert [a["id"] for a in everything] == [a["id"] for a in alerts]
     opened = alerts[-1]["opened_at"]
-    assert api.get("/alerts", params={"since": opened, "until": opened}).json() == []
+    # An empty period is a mistake, said as for previews (it answered [], "no alerts").
+    assert api.get("/alerts", params={"since": opened, "until": opened}).status_code == 400
 
     # Metrics in the Prometheus text format.
     metrics = api.get("/metrics")
@@ -831,6 +832,21 @@ def test_a_preview_until_at_or_before_since_is_a_400(server: Server) -> None:
     response = server.client.post("/models/pumps/thresholds/preview", json=body)
     assert response.status_code == 400, response.text
     assert "is not after since" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "path", ["/anomalies", "/alerts", "/dead-letters", "/dead-letters/summary"]
+)
+def test_a_listing_until_at_or_before_since_is_a_400_as_for_a_preview(
+    server: Server, path: str
+) -> None:
+    # The listings answered [] for a period that holds nothing (until before since, the two
+    # swapped), which read as "no anomalies"; the preview endpoint said it was a mistake.
+    response = server.client.get(path, params={"since": "2026-11-14", "until": "2026-11-13"})
+    assert response.status_code == 400, response.text
+    assert "is not after since" in response.json()["detail"]
+    ok = server.client.get(path, params={"since": "2026-11-13", "until": "2026-11-14"})
+    assert ok.status_code == 200, ok.text
 
 
 def test_a_request_body_over_the_limit_is_a_413_whole_or_in_chunks(server: Server) -> None:

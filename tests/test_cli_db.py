@@ -167,6 +167,12 @@ def test_score_twice_keeps_one_row_per_record(
     assert_user_error(other, "no model named 'other' is registered")  # not "none found"
     bad_since = cli(capsys, "anomalies", "list", "--db", db_url, "--since", "yesterday")
     assert_user_error(bad_since, "--since 'yesterday'")
+    # Swapped --since and --until hold nothing: said, not listed as "no anomalies found".
+    for command in (("anomalies", "list"), ("alerts", "list"), ("dead-letters", "list")):
+        swapped = cli(
+            capsys, *command, "--db", db_url, "--since", "2026-11-14", "--until", "2026-11-13"
+        )
+        assert_user_error(swapped, "is not after since")
     # --until and --entity, as GET /anomalies has them (and 'alerts list' has --entity).
     earlier = json.loads(
         cli(

@@ -41,6 +41,11 @@ class DeadLetterFilter:
     reason: str | None = None
     before_id: int | None = None
 
+    def __post_init__(self) -> None:
+        from anomaly_vae.storage.repository import check_period
+
+        check_period(self.since, self.until)
+
 
 def _select(where: DeadLetterFilter) -> Any:  # a Select of the listing's columns
     stmt = (

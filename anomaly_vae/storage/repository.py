@@ -1212,6 +1212,22 @@ def _json_texts(series: pd.Series | None, n: int) -> list[Any]:
 
 
 # ====================================================================== queries
+def check_period(since: datetime | None, until: datetime | None) -> None:
+    """A ConfigError (a 400 in the API, one line in the CLI) when ``until`` is not after
+    ``since``: such a period holds nothing, and an empty answer read as "nothing happened"."""
+    if since is None or until is None:
+        return
+    try:
+        empty = until <= since
+    except TypeError:  # one with a time zone, one without: the query decides
+        return
+    if empty:
+        raise ConfigError(
+            f"until ({until.isoformat()}) is not after since ({since.isoformat()}): the "
+            "period holds nothing; give the earlier time as since"
+        )
+
+
 def list_anomalies(
     connection: Connection,
     *,
@@ -1229,6 +1245,7 @@ def list_anomalies(
     ``before_id`` (the ``id`` of the last row of a page) gives the rows after it in this
     order: the next page. ``until`` set to the last time seen would skip the rest of the rows
     of that time, and a batch job's records without event times share one scoring time."""
+    check_period(since, until)
     when = func.coalesce(Score.event_time, Score.scored_at)
     stmt = (
         select(

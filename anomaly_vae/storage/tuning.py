@@ -585,11 +585,7 @@ def preview_threshold(
     With ``since``, every entity starts from the state it was in then (its records before
     ``since`` as they were decided, and its alert in progress then), as the write path would
     have: so the preview of a threshold set at ``since`` is what then happened."""
-    if since is not None and until is not None and until <= since:
-        raise ConfigError(
-            f"until ({until.isoformat()}) is not after since ({since.isoformat()}): "
-            "the period holds no scores"
-        )
+    repo.check_period(since, until)
     model = model_in_use(connection, name=model_name)
     repo.lock_thresholds(connection, model_name=model_name)  # `current` stays the one in force
     current = repo.threshold_in_force(connection, model_name=model_name)
@@ -1021,6 +1017,7 @@ def list_alerts(
     bound when they opened (``opened_at`` in [since, until)). ``before_id`` (the last ``id``
     of a page) gives the alerts after it in this order: the next page, where ``until`` = the
     last ``opened_at`` seen would skip the rest of the alerts that one write opened."""
+    repo.check_period(since, until)
     if alert_id is not None and alert_id not in _ALERT_IDS:
         return []
     when = func.coalesce(Score.event_time, Score.scored_at)
