@@ -525,7 +525,7 @@ def event_seconds(
         _warn_compact_dates(number)
     rest = ~is_num & raw.notna().to_numpy() & ~flags
     if rest.any():
-        parsed = _time_text(raw[rest].astype(str), day_first=day_first)
+        parsed, _ = _time_text(raw[rest].astype(str), day_first=day_first)
         ok = parsed.notna().to_numpy()
         ns = parsed.to_numpy(dtype="datetime64[ns]").astype(np.int64)
         seconds = np.where(ok, ns / 1e9, np.nan)
@@ -635,13 +635,24 @@ def entity_problem(text: str | None) -> str | None:
 def event_timestamps(
     values: pd.Series | Sequence[object], *, day_first: bool | None = None
 ) -> pd.Series:
+    """Event times as UTC timestamps: the first of ``event_times_in_order``."""
+    return event_times_in_order(values, day_first=day_first)[0]
+
+
+def event_times_in_order(
+    values: pd.Series | Sequence[object], *, day_first: bool | None = None
+) -> tuple[pd.Series, bool | None]:
     """Event times as UTC timestamps (a ``datetime64[ns, UTC]`` Series indexed like
     ``values``), NaT where a value is not a time: what the ``event_time`` of a stored score is.
     Numbers (or numbers in text) are seconds since the epoch, or milliseconds when above 1e11
     (past the year 5138 in seconds), microseconds above 1e14, nanoseconds above 1e17; a number
     past the year 2262 (beyond a 64-bit nanosecond time) is not a time; other text is ISO 8601
     (naive = UTC) or another layout pandas reads, numeric dates in the order ``day_first`` gives
-    (``_time_text``). Used alike for CSV rows and Kafka messages."""
+    (``_time_text``). Used alike for CSV rows and Kafka messages.
+
+    Beside the times, the order numeric dates were read in: ``day_first`` when given, else the
+    one these values' numeric dates decided (None when they hold none), for a caller that
+    keeps it for the rest of a run (a batch job's chunks, a stream's batches)."""
     import pandas as pd
 
     raw = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
@@ -649,7 +660,7 @@ def event_timestamps(
         raw = _comma_decimals(raw)
     out = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns, UTC]")
     if pd.api.types.is_bool_dtype(raw):
-        return out
+        return out, day_first
     if pd.api.types.is_numeric_dtype(raw):
         numeric = raw.astype("float64")
         text_rows = pd.Series(False, index=raw.index)
@@ -678,38 +689,43 @@ def event_timestamps(
                 out[rows[pick]] = pd.to_datetime(
                     number[pick], unit=unit, utc=True, errors="coerce"
                 ).dt.as_unit("ns")
+    order = day_first
     if text_rows.any():
-        out[text_rows] = _time_text(raw[text_rows].astype(str), day_first=day_first)
-    return out
+        out[text_rows], order = _time_text(raw[text_rows].astype(str), day_first=day_first)
+    return out, order
 
 
-def _time_text(text: pd.Series, *, day_first: bool | None = None) -> pd.Series:
+def _time_text(text: pd.Series, *, day_first: bool | None = None) -> tuple[pd.Series, bool | None]:
     """Times written as text, UTC (naive = UTC); NaT where the text is not a time. ISO 8601
     first (fast), then the other layouts pandas reads ("2026-11-01 10:00:00+02:00", RFC 2822,
     "05/11/2026 10:00"...) for what that missed, numeric dates day first when ``day_first``,
     month first when False (a date that cannot be read in that order, 13/11/2026 month first,
     is not a time: read the other way it would be out of order with the others), and when None
-    in one order for these values (``_day_first``)."""
+    in one order for these values (``numeric_date_order``). With the times, that order (None
+    when no numeric date was read and none was given)."""
     import pandas as pd
 
     parsed = _in_nanoseconds(pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601"))
     missed = parsed.isna()
+    order = day_first
     if missed.any():
         rest = text[missed]
+        if order is None:
+            order = numeric_date_order(rest)  # ISO 8601 holds no numeric date: only these
         parsed[missed] = _in_nanoseconds(
             pd.to_datetime(
                 rest,
                 utc=True,
                 errors="coerce",
                 format="mixed",
-                dayfirst=_day_first(rest) if day_first is None else day_first,
+                dayfirst=_day_first(rest) if order is None else order,
             )
         )
         if day_first is not None:
             wrong = contradicts_date_order(rest, day_first)
             if wrong.any():
                 parsed = parsed.mask(parsed.index.isin(rest.index[wrong]))
-    return parsed
+    return parsed, order
 
 
 def _in_nanoseconds(parsed: pd.Series) -> pd.Series:

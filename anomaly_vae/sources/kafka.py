@@ -25,7 +25,7 @@ import pandas as pd
 
 from anomaly_vae.config import KafkaConfig
 from anomaly_vae.errors import ConfigError
-from anomaly_vae.windows import entity_text, event_timestamps, numeric_date_order
+from anomaly_vae.windows import entity_text, event_times_in_order
 
 logger = logging.getLogger(__name__)
 
@@ -217,9 +217,7 @@ def decode_messages(
         stamps = [s for s, ok in zip(stamps, keep_rows, strict=True) if ok]
     frame[SOURCE_KEY] = keys
     frame[ENTITY] = pd.Series(entities, index=frame.index, dtype=object)
-    if day_first is None and time_field and time_field in frame.columns and len(frame):
-        day_first = numeric_date_order(frame[time_field].tolist())
-    frame[EVENT_TIME] = _event_times(
+    frame[EVENT_TIME], day_first = _event_times(
         frame, time_field, np.asarray(stamps, dtype=np.int64), day_first=day_first
     )
     rejects = pd.DataFrame(
@@ -234,13 +232,15 @@ def _event_times(
     stamps: np.ndarray,
     *,
     day_first: bool | None = None,
-) -> pd.Series:
+) -> tuple[pd.Series, bool | None]:
+    """The records' event times (the time field, else the Kafka timestamp) and the order the
+    field's numeric dates were read in (``event_times_in_order``)."""
     kafka_time = pd.to_datetime(stamps, unit="ms", utc=True)
     if not time_field or time_field not in frame.columns or len(frame) == 0:
-        return pd.Series(kafka_time, index=frame.index)
-    parsed = event_timestamps(frame[time_field], day_first=day_first)
+        return pd.Series(kafka_time, index=frame.index), day_first
+    parsed, order = event_times_in_order(frame[time_field], day_first=day_first)
     parsed = pd.Series(parsed, index=frame.index)
-    return parsed.where(parsed.notna(), pd.Series(kafka_time, index=frame.index))
+    return parsed.where(parsed.notna(), pd.Series(kafka_time, index=frame.index)), order
 
 
 def non_finite_reason(name: str, value: object) -> str | None:

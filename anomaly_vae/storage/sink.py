@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 from anomaly_vae._version import __version__
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.thresholds import SEVERITY_NAMES, AlertRule, Thresholds
-from anomaly_vae.windows import entity_text, event_timestamps, numeric_date_order
+from anomaly_vae.windows import entity_text, event_times_in_order
 
 if TYPE_CHECKING:
     from anomaly_vae.estimator import AnomalyVAE
@@ -237,12 +237,10 @@ class DatabaseSink:
             # and 20/11/2026 20 November in the next: the stored times hung on --chunk-size).
             order = self.day_first if self.day_first is not None else chunk.batch.day_first
             if order is None:
-                order = self._run_day_first = (
-                    self._run_day_first
-                    if self._run_day_first is not None
-                    else numeric_date_order(given.tolist())
-                )
-            times = event_timestamps(given, day_first=order)
+                order = self._run_day_first
+            times, used = event_times_in_order(given, day_first=order)
+            if order is None:
+                self._run_day_first = used  # None until a chunk holds numeric dates
             self._note_unread_times(given, times)
             data["event_time"] = times.array
         return pd.DataFrame(data)
