@@ -534,7 +534,7 @@ class AlertTracker:
             # beside ``recent``; records skipped as changing nothing are all-normal stretches,
             # so the crossings in ``recent`` are always the records ``where`` names.
             first = next(j for j, c in enumerate(state.recent) if c)
-            here, ref = state.where[first] if first < len(state.where) else (True, i)
+            here, ref = state.where[first]
             events.append(
                 AlertEvent(
                     "open",
