@@ -1,3 +1,3 @@
-from anomaly_vae.cli import main
+from anomaly_vae.console import main
 
 main()

@@ -389,6 +389,32 @@ def test_help_and_the_database_commands_do_not_load_torch(tmp_path: Path) -> Non
     assert anomaly_vae.AnomalyVAE.__name__ == "AnomalyVAE"  # still there, when asked for
 
 
+def test_a_ctrl_c_while_the_command_line_loads_is_one_line_not_a_traceback() -> None:
+    # The console script imported anomaly_vae.cli (typer, pydantic: a few tenths of a second)
+    # outside any handler: a Ctrl-C in that window printed an import traceback, where one
+    # during a command prints "interrupted" and exits 130. Here the interrupt comes from the
+    # import of typer itself, as a Ctrl-C would.
+    code = (
+        "import sys\n"
+        "class Interrupting:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'typer':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupting())\n"
+        "import runpy\n"
+        "runpy.run_module('anomaly_vae', run_name='__main__')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "interrupted\n"
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "anomaly-vae"]
+    assert script.value == "anomaly_vae.console:main"  # the installed command goes the same way
+
+
 def test_bad_input_in_a_subprocess_exits_2_with_one_line(trained: Path) -> None:
     bad = trained / "garbage.csv"
     bad.write_bytes(b"\x00\x01\x02binary")
