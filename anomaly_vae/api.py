@@ -63,8 +63,8 @@ TOKEN_ENV = "ANOMALY_VAE_API_TOKEN"
 MIN_TOKEN_LENGTH = 16
 _PLACEHOLDERS = {"changeme", "change-me", "changethis", "secret", "token", "password", "xxx"}
 # A stream run's metrics older than this are not served as current (a scorer killed hard
-# leaves its run 'running').
-STALE_METRICS_S = 600
+# leaves its run 'running'); `runs list` calls such a run silent.
+STALE_METRICS_S = repo.SILENT_STREAM_S
 MAX_SCORE_RECORDS = 10_000  # per POST /models/{name}/score
 MODEL_CACHE_SIZE = 4  # model versions kept loaded for scoring
 MAX_ECHOED_INPUT = 200  # characters of a rejected input shown back in a 422

@@ -104,3 +104,51 @@ def test_api_runs(runs_db: str) -> None:
         assert api.get("/runs/99").status_code == 404
         assert api.get("/runs", params={"model": "nope"}).status_code == 404
         assert api.get("/runs", params={"kind": "cron"}).status_code == 422
+
+
+def test_a_running_stream_run_that_stopped_reporting_is_listed_as_silent(
+    runs_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A scorer killed hard, or one whose database was down when it stopped, cannot record its
+    # end: its run stayed 'running' in `runs list` for ever, like one scoring right now.
+    from datetime import timedelta
+
+    from sqlalchemy import select, update
+
+    from anomaly_vae.storage import repository as repo
+    from anomaly_vae.storage.engine import create_database_engine, parse_database_url
+    from anomaly_vae.storage.tables import Model, ScoringRun
+
+    engine = create_database_engine(parse_database_url(runs_db))
+    with engine.begin() as connection:
+        model_id = connection.execute(select(Model.id)).scalars().first()
+        assert model_id is not None
+        ids = [
+            repo.start_run(
+                connection, kind="stream", source="pumps", model_id=model_id, threshold_value=5.0
+            )
+            for _ in range(3)
+        ]
+        long_ago = repo.utc_now() - timedelta(hours=5)
+        # one reported 5 h ago and went quiet, one never reported since it started 5 h ago,
+        # one is scoring now
+        connection.execute(
+            update(ScoringRun).where(ScoringRun.id == ids[0]).values(metrics_at=long_ago)
+        )
+        connection.execute(
+            update(ScoringRun).where(ScoringRun.id == ids[1]).values(started_at=long_ago)
+        )
+        connection.execute(
+            update(ScoringRun).where(ScoringRun.id == ids[2]).values(metrics_at=repo.utc_now())
+        )
+    engine.dispose()
+    table = run_inline(capsys, "runs", "list", "--db", runs_db, "--kind", "stream")
+    assert table.returncode == 0, table.stderr
+    lines = {line.split()[0]: line for line in table.stdout.splitlines()[1:]}
+    assert "running (silent 5 h)" in lines[str(ids[0])]
+    assert "running (silent 5 h)" in lines[str(ids[1])]
+    assert "silent" not in lines[str(ids[2])]
+    assert " running " in lines[str(ids[2])]
+    # scripts read the status as stored, with metrics_at beside it
+    listed = runs_json(capsys, "list", "--db", runs_db, "--kind", "stream")
+    assert {r["status"] for r in listed} == {"running"}

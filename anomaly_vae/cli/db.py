@@ -513,6 +513,12 @@ def runs_list(
             )
         ]
     columns = RUN_COLUMNS if fmt is OutputFormat.table else RUN_DETAIL_COLUMNS
+    if fmt is OutputFormat.table:
+        now = repo.utc_now()
+        for row in rows:
+            silent = repo.stream_run_silence(row, now)
+            if silent is not None:
+                row["status"] = f"running (silent {_duration_text(silent)})"
     filtered = any(v is not None for v in (kind, status, model, before_id))
     emit(rows, columns, fmt, empty="no scoring runs found" if filtered else "no scoring runs yet")
 
@@ -840,6 +846,16 @@ def _text(value: Any) -> str:
 
         return ";".join(f"{feature_name_text(str(pair[0]))}:{float(pair[1]):.2f}" for pair in value)
     return str(value)
+
+
+def _duration_text(seconds: float) -> str:
+    """``35 min``, ``5 h``, ``3 d``: how long, to the unit that reads best."""
+    minutes = seconds / 60
+    if minutes < 120:
+        return f"{minutes:.0f} min"
+    if minutes < 48 * 60:
+        return f"{minutes / 60:.0f} h"
+    return f"{minutes / 1440:.0f} d"
 
 
 def _json(value: Any) -> Any:

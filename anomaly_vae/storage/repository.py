@@ -469,6 +469,26 @@ def report_run_metrics(
     )
 
 
+# A running stream session reports every kafka.metrics_interval_s (10 s by default): one that
+# has not for this long has stopped without recording its end (killed, or its database was
+# down when it stopped), or cannot reach the database.
+SILENT_STREAM_S = 600.0
+
+
+def stream_run_silence(row: Mapping[str, Any], now: datetime) -> float | None:
+    """Seconds since a ``running`` stream run last reported (or started, before its first
+    report) when that is over :data:`SILENT_STREAM_S`; else None."""
+    if row.get("kind") != "stream" or row.get("status") != "running":
+        return None
+    heard = row.get("metrics_at") or row.get("started_at")
+    if heard is None:
+        return None
+    if heard.tzinfo is None:  # SQLite hands times back naive; they are stored in UTC
+        heard = heard.replace(tzinfo=timezone.utc)
+    silent = (now - heard).total_seconds()
+    return silent if silent > SILENT_STREAM_S else None
+
+
 def list_runs(
     connection: Connection,
     *,
