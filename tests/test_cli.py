@@ -415,6 +415,32 @@ def test_a_ctrl_c_while_the_command_line_loads_is_one_line_not_a_traceback() -> 
     assert script.value == "anomaly_vae.console:main"  # the installed command goes the same way
 
 
+def test_scoring_a_file_without_a_database_does_not_load_sqlalchemy(
+    trained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `score` looked for ANOMALY_VAE_DATABASE_URL by importing storage.engine, which loaded
+    # SQLAlchemy (about half a second) for every run that writes only a CSV.
+    monkeypatch.delenv("ANOMALY_VAE_DATABASE_URL", raising=False)
+    frame = make_pump_data(50, seed=12)
+    path = trained / "plain.csv"
+    frame.to_csv(path, index=False)
+    code = (
+        "import sys\n"
+        "from anomaly_vae.cli import main\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "print('LOADED', sorted(m for m in sys.modules if m.split('.')[0] == 'sqlalchemy')[:3])\n"
+    )
+    args = ["score", str(path), "--model-dir", str(trained / "model"), "--out", "-", "-q"]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "LOADED []" in done.stdout, done.stdout[-500:]
+
+
 def test_bad_input_in_a_subprocess_exits_2_with_one_line(trained: Path) -> None:
     bad = trained / "garbage.csv"
     bad.write_bytes(b"\x00\x01\x02binary")

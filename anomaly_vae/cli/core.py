@@ -700,7 +700,7 @@ def _score_database(
     import os
 
     from anomaly_vae.cli.db import database_target
-    from anomaly_vae.storage.engine import ENV_VAR
+    from anomaly_vae.storage import ENV_VAR
 
     pipeline_url = cfg.database.url if cfg.database else None
     if not (db or ENV_VAR in os.environ or pipeline_url):  # set but empty: refused there

@@ -24,10 +24,10 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from anomaly_vae.errors import DatabaseConnectionError, DatabaseURLError, SchemaVersionError
+from anomaly_vae.storage import ENV_VAR
 
 logger = logging.getLogger(__name__)
 
-ENV_VAR = "ANOMALY_VAE_DATABASE_URL"
 DEFAULT_URL = "sqlite:///anomaly_vae.db"
 CONNECT_TIMEOUT_S = 10
 SQLITE_BUSY_TIMEOUT_MS = 30_000
