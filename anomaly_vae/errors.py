@@ -40,6 +40,11 @@ class ModelFileError(AnomalyVAEError):
     """A model directory is missing, corrupt, or of an unknown format version."""
 
 
+class TrainingError(AnomalyVAEError):
+    """Training ended with a model no better than the untrained network (it diverged): no
+    model is kept."""
+
+
 class NotFittedError(AnomalyVAEError, ValueError, AttributeError):
     """The estimator is used before ``fit`` (or ``load``). Also a ValueError and an
     AttributeError, as scikit-learn's own: ``hasattr``, ``dir()`` and tab completion on an

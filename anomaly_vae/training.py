@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from anomaly_vae.config import TrainingConfig
+from anomaly_vae.errors import TrainingError
 from anomaly_vae.features import EncodedBatch
 from anomaly_vae.model import (
     LATENT_LOG_VAR_MAX,
@@ -70,6 +71,11 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"device {name!r} is not supported: use 'auto', 'cpu' or 'cuda'")
     return device
+
+
+# Training has diverged when its best validation loss is above the untrained network's by
+# more than that loss's own size, or by this many nats.
+DIVERGED_MARGIN_NATS = 10.0
 
 
 def auto_batch_size(n_train: int) -> int:
@@ -121,9 +127,10 @@ def fit_vae(
     val_eps = fixed_noise(1, model.latent_dim, seed=cfg.seed)[0].to(device)
 
     flat = _FlatParameters(model)
-    optimizer = _FlatAdam(
-        flat.param, auto_learning_rate(cfg, epochs * steps_per_epoch), cfg.weight_decay
-    )
+    learning_rate = auto_learning_rate(cfg, epochs * steps_per_epoch)
+    optimizer = _FlatAdam(flat.param, learning_rate, cfg.weight_decay)
+    # What the untrained network scores: a trained one that does no better has diverged.
+    untrained_loss = _validation_loss(model, x_val, o_val, layout, val_eps, beta)
     use_amp = cfg.mixed_precision and device.type == "cuda"
 
     def autocast() -> AbstractContextManager[object]:
@@ -209,6 +216,20 @@ def fit_vae(
                 break
     bar.close()
     flat.release()
+    if not math.isfinite(best_loss) or (
+        math.isfinite(untrained_loss)
+        and best_loss > untrained_loss + max(abs(untrained_loss), DIVERGED_MARGIN_NATS)
+    ):
+        # A learning rate far too high blows the weights up in the first steps: the model
+        # was saved all the same, with a threshold of 1e33 nats, and scored every record as
+        # noise. Nothing is kept; the one line says what to change. (A run of an epoch or
+        # two can end a little above the untrained network's loss: that is not divergence.)
+        raise TrainingError(
+            f"training diverged: the best validation loss ({best_loss:.4g} nats, epoch "
+            f"{best_epoch}) is far above the untrained network's ({untrained_loss:.4g}); "
+            f"lower training.learning_rate (the run used {learning_rate:.3g}), or look for "
+            "columns with extreme values"
+        )
     model.load_state_dict(best_state)
     model.eval()
     return TrainResult(

@@ -1793,3 +1793,27 @@ def test_a_rejected_row_keeps_the_columns_the_model_does_not_use_as_written(
     raw = json.loads(rejects["raw"].iloc[0])
     assert (raw["code"], raw["big"], raw["note"], raw[column]) == ("007", "1e400", "NA", "oops")
     assert len(pd.read_csv(out)) == 19
+
+
+def test_a_training_that_diverges_is_one_line_and_saves_no_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # learning_rate: 10 blew the weights up in the first steps: the model was saved all the
+    # same (validation loss 2.7e32 nats, threshold 1.1e33) and scored every record as noise.
+    # A few epochs at a sane rate still train (they may end near the untrained loss).
+    data = tmp_path / "normal.csv"
+    make_pump_data(600, seed=3, anomaly_rate=0.0).to_csv(data, index=False)
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("name: pumps\ntraining:\n  learning_rate: 10\n  epochs: 8\n")
+    model_dir = tmp_path / "model"
+    result = run_inline(
+        capsys, "train", str(data), "--model-dir", str(model_dir), "--pipeline", str(pipeline)
+    )
+    assert_user_error(result, "training diverged", "learning_rate", "the run used 10")
+    assert not model_dir.exists()
+    for epochs in ("1", "2"):
+        short = run_inline(
+            capsys, "train", str(data), "--model-dir", str(tmp_path / f"m{epochs}"),
+            "--epochs", epochs, "-q",
+        )  # fmt: skip
+        assert short.returncode == 0, short.stderr
