@@ -9,6 +9,8 @@ import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -1333,8 +1335,17 @@ def test_a_broker_that_is_down_gives_each_kafka_python_line_once(
     _, model_dir = pump_model
     args = ["stream", "--model-dir", str(model_dir), "--bootstrap", f"127.0.0.1:{port}"]
     args += ["--topic", "t", "--db", f"sqlite:///{tmp_path / 'results.db'}"]
+    before = set(threading.enumerate())
     result = run_inline(capsys, *args, "--idle-timeout", "6")
     assert_user_error(result, f"broker at 127.0.0.1:{port} not reachable")
+    # Each failed attempt left kafka-python's network thread behind, reconnecting and logging
+    # for as long as the process lived (a scorer waiting out an outage: one per attempt).
+    deadline = time.monotonic() + 5
+    while (left := [t.name for t in set(threading.enumerate()) - before if t.is_alive()]) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+    assert not [name for name in left if name.startswith("kafka")], left
     kafka_lines = [
         re.sub(r"[0-9.]+", "N", line)
         for line in result.stderr.splitlines()

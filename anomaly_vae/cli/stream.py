@@ -75,7 +75,7 @@ def simulate(
     from anomaly_vae.config import KafkaConfig, topic_name_problem
     from anomaly_vae.simulate import ensure_topic, topic_partitions
     from anomaly_vae.simulate import simulate as run_simulation
-    from anomaly_vae.sources.kafka import client_options, connect_with_retry
+    from anomaly_vae.sources.kafka import client_options, connect_with_retry, new_client
 
     if not 0 < rate < math.inf:  # NaN too: it was a traceback from pandas, inf a 0 s interval
         raise ConfigError(f"--rate must be a number of messages per second > 0, got {rate}")
@@ -93,7 +93,10 @@ def simulate(
         raise ConfigError(f"--seed must be >= 0, got {seed}")
     options = client_options(KafkaConfig(bootstrap_servers=bootstrap, client_id="anomaly-vae-sim"))
     admin = connect_with_retry(
-        lambda: KafkaAdminClient(**options), what="admin", bootstrap=bootstrap, give_up_after_s=30
+        lambda: new_client(KafkaAdminClient, **options),
+        what="admin",
+        bootstrap=bootstrap,
+        give_up_after_s=30,
     )
     spread = 4 if partitions is None else partitions
     if ensure_topic(admin, topic, spread):
@@ -106,7 +109,7 @@ def simulate(
             "partitions with kafka-topics.sh --alter, or name a new --topic)"
         )
     admin.close()
-    producer = KafkaProducer(**options, linger_ms=5, batch_size=256 * 1024)
+    producer = new_client(KafkaProducer, **options, linger_ms=5, batch_size=256 * 1024)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda _s, _f: stop.set())
     signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())

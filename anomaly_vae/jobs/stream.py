@@ -49,6 +49,7 @@ from anomaly_vae.sources.kafka import (
     flatten,
     message_text,
     messages_by_key,
+    new_client,
     next_offsets,
     options_for,
     redacted,
@@ -252,7 +253,8 @@ class StreamScorer:
                 return self._consumer_factory()
             from kafka import KafkaConsumer
 
-            return KafkaConsumer(
+            return new_client(
+                KafkaConsumer,
                 **options_for(options, KafkaConsumer),
                 group_id=kafka.group_id,
                 enable_auto_commit=False,
@@ -307,7 +309,9 @@ class StreamScorer:
                     return self._producer_factory()
                 from kafka import KafkaProducer
 
-                return KafkaProducer(**options_for(options, KafkaProducer), acks="all", linger_ms=5)
+                return new_client(
+                    KafkaProducer, **options_for(options, KafkaProducer), acks="all", linger_ms=5
+                )
 
             self._producer = connect(make_producer, what="producer")
         return True
@@ -457,7 +461,7 @@ class StreamScorer:
 
         def ask() -> None:
             try:
-                client = KafkaConsumer(**options)
+                client = new_client(KafkaConsumer, **options)
                 try:
                     found.append({str(t) for t in client.topics()})
                 finally:

@@ -470,6 +470,37 @@ _LOGGED_OPTIONS = frozenset(
 )
 
 
+def new_client(client: type, **options: Any) -> Any:
+    """``client(**options)`` (KafkaConsumer, KafkaProducer, KafkaAdminClient) that leaves
+    nothing running when its constructor fails.
+
+    kafka-python starts a client's network thread before its bootstrap, and a bootstrap that
+    fails (no broker) raises out of the constructor with that thread still running: it went on
+    reconnecting, logging "Connection failed" every few seconds, and a scorer waiting for a
+    broker that is down left one such thread behind per attempt. The network clients this
+    constructor makes (through its own ``kafka_client`` setting) are closed here before the
+    error goes on."""
+    made: list[Any] = []
+    default_factory = getattr(client, "DEFAULT_CONFIG", {}).get("kafka_client")
+    factory = options.pop("kafka_client", default_factory)
+    if factory is None:  # a client without the setting: nothing to track
+        return client(**options)
+
+    def tracked(*args: Any, **kwargs: Any) -> Any:
+        made.append(factory(*args, **kwargs))
+        return made[-1]
+
+    try:
+        return client(**options, kafka_client=tracked)
+    except BaseException:
+        for network in made:
+            try:
+                network.close()
+            except Exception as exc:  # closing is best effort; the first error goes on
+                logger.debug("closing a failed client's network: %s", exc)
+        raise
+
+
 def secret_values(options: dict[str, Any]) -> list[str]:
     """The text of option values that are, or may hold, a secret (a password, a token, a
     proxy URL's user:password), never to be shown in an error message."""
