@@ -946,7 +946,7 @@ class AnomalyVAE(BaseEstimator):
         """Load a model directory written by ``save``. Never executes code from the files."""
         meta, weights, digest = load_artifact(path)
         try:
-            cfg = PipelineConfig.model_validate(meta["config"])
+            cfg = PipelineConfig.model_validate(meta["config"], context={"stored": True})
             if device is not None:
                 cfg.training.device = device
             elif missing := _missing_device(cfg.training.device):

@@ -425,6 +425,38 @@ def test_a_model_directory_moved_and_scored_again_is_registered_at_its_new_path(
         engine.dispose()
 
 
+def test_a_model_name_longer_than_the_database_holds_is_refused_in_one_line(
+    db_url: str, tmp_path: Path
+) -> None:
+    # 'name:' of 250 characters trained, scored to CSV and into SQLite (which stores any
+    # length), and PostgreSQL refused the first 'score --db' with "value too long for type
+    # character varying(200)", naming neither the name nor what to do.
+    from pydantic import ValidationError
+
+    from anomaly_vae.cli.core import load_pipeline
+    from anomaly_vae.config import MODEL_NAME_MAX_CHARS, PipelineConfig
+
+    long_name = "n" * (MODEL_NAME_MAX_CHARS + 50)
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(f"name: {long_name}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="name is 250 characters long: at most 200"):
+        PipelineConfig.from_yaml(pipeline)
+    with pytest.raises(ValidationError):
+        PipelineConfig(name=long_name)
+    # A model directory saved before the check still loads; a directory's long name is cut.
+    assert PipelineConfig.model_validate({"name": long_name}, context={"stored": True})
+    assert load_pipeline(None, default_name=long_name).name == "n" * MODEL_NAME_MAX_CHARS
+    engine = engine_for(db_url)
+    try:
+        with engine.begin() as connection:
+            with pytest.raises(ConfigError, match="is 250 characters long: the database holds"):
+                repo.register_model(connection, model=model_version(name=long_name))
+            exact = model_version(name="n" * MODEL_NAME_MAX_CHARS)
+            assert repo.register_model(connection, model=exact)
+    finally:
+        engine.dispose()
+
+
 def test_thresholds_are_versioned_and_the_newest_is_in_force(db_url: str) -> None:
     engine = engine_for(db_url)
     try:

@@ -46,6 +46,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect, Row
 from sqlalchemy.orm import aliased
 
+from anomaly_vae.config import MODEL_NAME_MAX_CHARS
 from anomaly_vae.errors import ConfigError, NotFoundError
 from anomaly_vae.storage.alerting import AlertChanges, apply_alert_rule, not_written_by
 from anomaly_vae.storage.alerting import alert_details as fetch_alert_details
@@ -130,6 +131,14 @@ class ModelVersion:
 
 def register_model(connection: Connection, *, model: ModelVersion) -> int:
     """Record a model version (once per content hash); returns its ``models.id``."""
+    if len(model.name) > MODEL_NAME_MAX_CHARS:
+        # A model saved before training refused such a name: PostgreSQL would refuse it here
+        # as "value too long for type character varying(200)", naming nothing.
+        raise ConfigError(
+            f"model name {model.name[:40]!r}... is {len(model.name)} characters long: the "
+            f"database holds at most {MODEL_NAME_MAX_CHARS}; retrain it with a shorter 'name:' "
+            "in its pipeline file"
+        )
     known = connection.execute(
         select(Model.id).where(Model.content_hash == model.content_hash)
     ).first()
