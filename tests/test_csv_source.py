@@ -118,6 +118,30 @@ def test_a_reject_names_the_line_an_editor_shows_after_a_header_with_line_breaks
         assert rejects.loc[3, "reason"] == "line 8: expected 3 fields, saw 4"
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_a_quote_never_closed_is_named_by_its_line_and_data_row(
+    tmp_path: Path, suffix: str
+) -> None:
+    # The run stopped with the parser's "EOF inside string starting at row 7": its count of
+    # records from 0, blank lines counted, a quoted line break not, which is neither the data
+    # row (4) of the scores file nor the line (9) an editor shows.
+    lines = ["id,note,value", "", '0,"a\nb",1.5', "1,x,2.5", "", "2,y,3.5", "3,z,4.5"]
+    lines += ['4,"never closed,5.5', "5,w,6.5", "6,v,7.5"]
+    text = "\n".join(lines) + "\n"
+    path = tmp_path / f"quote{suffix}"
+    path.write_bytes(gzip.compress(text.encode()) if suffix == ".csv.gz" else text.encode())
+    with pytest.raises(InputFileError) as error:
+        read_all(CsvSource(path, chunk_size=2))
+    assert str(error.value) == (
+        f'{path}: a quote (") opened on line 9 (data row 4) is never closed, so the rest of the '
+        'file reads as one value: close it, or write a quote inside a value as two ("")'
+    )
+    header = tmp_path / "header.csv"
+    header.write_text('id,"note,value\n0,a,1.5\n')
+    with pytest.raises(InputFileError, match=r"opened in the header \(line 1\) is never closed"):
+        CsvSource(header).header()
+
+
 @pytest.mark.parametrize("chunk_size", [1, 2, 3, 4, 7])
 def test_a_line_with_too_many_fields_after_the_last_chunk_is_still_a_reject(
     tmp_path: Path, chunk_size: int

@@ -67,6 +67,7 @@ def _other_format(head: bytes) -> str | None:
 _NA_WORDS = sorted(STR_NA_VALUES)
 _SEP_HINT = re.compile(r"^sep=.?$", re.IGNORECASE)
 _BAD_LINE = re.compile(r"[Ss]kipping line (\d+): (.*)")
+_UNCLOSED_QUOTE = re.compile(r"EOF inside string starting at row (\d+)")
 _FIRST_LINE_TOO_LONG = "Length of header or names does not match length of data"
 _ENCODING_HINT = (
     "if it uses another encoding, give it with --encoding (Excel on Windows writes cp1252; "
@@ -279,9 +280,7 @@ class CsvSource:
                             else pd.DataFrame(columns=self.header())
                         )
                     except pd.errors.ParserError as exc:
-                        raise InputFileError(
-                            f"{self.label}: malformed CSV: {_first_line(exc)}"
-                        ) from None
+                        raise self._malformed(exc) from None
                     except UnicodeDecodeError as exc:
                         raise InputFileError(
                             f"{self.label} is not {self.encoding} text ({exc.reason} at byte "
@@ -417,6 +416,32 @@ class CsvSource:
         first = self._read(nrows=1, header=None, dtype=str, keep_default_na=False)
         return [str(v) for v in first.iloc[0].tolist()] if len(first) else []
 
+    def _malformed(self, exc: pd.errors.ParserError) -> InputFileError:
+        """The parser's error as one line. A quote never closed is found on the file's lines:
+        the parser names it as "EOF inside string starting at row N", N its own count of
+        records from 0 (the header, blank lines and quoted line breaks counted its way), which
+        is neither a data row nor a line a user can go to."""
+        text = _first_line(exc)
+        match = _UNCLOSED_QUOTE.search(text)
+        if match is None:
+            return InputFileError(f"{self.label}: malformed CSV: {text}")
+        record = int(match.group(1)) + 1  # 1-based, as _LineFinder counts them
+        finder = _LineFinder(self.path, self.encoding, self.sep, skip_space=bool(self._spaced))
+        try:
+            ((row, line, _),) = finder.lines([record])
+        finally:
+            finder.close()
+        if record == 1:
+            where = "in the header (line 1)"
+        elif line is None:
+            where = f"in data row {row}"
+        else:
+            where = f"on line {line} (data row {row})"
+        return InputFileError(
+            f'{self.label}: a quote (") opened {where} is never closed, so the rest of the '
+            'file reads as one value: close it, or write a quote inside a value as two ("")'
+        )
+
     def _read(self, handle: IO[bytes] | None = None, **kwargs: Any) -> Any:
         source: Any = handle if handle is not None else self.path
         options: dict[str, Any] = {
@@ -438,7 +463,7 @@ class CsvSource:
                 f"{self.label} is empty: expected a header line and data rows"
             ) from None
         except pd.errors.ParserError as exc:
-            raise InputFileError(f"{self.label}: malformed CSV: {_first_line(exc)}") from None
+            raise self._malformed(exc) from None
         except UnicodeDecodeError:
             raise InputFileError(
                 f"{self.label} is not {self.encoding} text: is it a CSV file? {_ENCODING_HINT}"
