@@ -126,6 +126,7 @@ def start_batch_run(
                 in_force.critical,
                 int(in_force.id),
             )
+            note_other_version(in_force, version, override=", or give --threshold")
         else:
             value, critical, threshold_id = float(threshold), None, None
         run_id = repo.start_run(
@@ -148,6 +149,39 @@ def start_batch_run(
         threshold=value,
         critical=None if critical is None else float(critical),
         alert_rule=AlertRule.from_dict(in_force.alert_rule),
+    )
+
+
+def note_other_version(in_force: Any, version: repo.ModelVersion, *, override: str = "") -> None:
+    """Warn when the threshold in force was computed from another version's scores (an
+    operator's quantile, false-alarm rate, EVT, contamination or tuned level, which scoring
+    never replaces): a retrained model's scores have a scale of their own, and the run
+    flagged by the old level without a word, its "most rows crossed the threshold" line
+    blaming the export."""
+    computed_for = (in_force.parameters or {}).get("model_version")
+    if not computed_for or computed_for == version.version:
+        return
+    scores = np.asarray(version.calibration.get("scores") or [], dtype=np.float64)
+    crossing = (
+        f": {100 * float(np.mean(scores > float(in_force.warning))):.3g} % of its held-out "
+        "normal records cross it"
+        if len(scores)
+        else ""
+    )
+    logger.warning(
+        "threshold v%d of %r (%s, set by %s) was computed from the scores of model version "
+        "%s, and this run scores version %s, whose scores have a scale of their own%s; set "
+        "one for this version ('anomaly-vae thresholds set %s ... --reason ...', or "
+        "'thresholds preview' it first)%s",
+        in_force.version,
+        version.name,
+        in_force.policy,
+        in_force.created_by,
+        computed_for,
+        version.version,
+        crossing,
+        version.name,
+        override,
     )
 
 
