@@ -153,6 +153,7 @@ class FeatureSchema:
             kind = _infer_kind(column, name, columns.max_categories, explicit=explicit)
             if kind is not None:
                 cols.append(FeatureColumn(name, kind))
+        _warn_nameless([c.name for c in cols])
         if not cols:
             raise SchemaError(
                 "no feature columns left after leaving out ids, labels and ignored columns "
@@ -173,6 +174,8 @@ class FeatureSchema:
             hint = _no_header_hint(header)
         if not hint:
             hint = _near_names_hint(missing, header, self.names)
+        if not hint:
+            hint = _nameless_hint(missing, header)
         plural = "s" if len(missing) > 1 else ""
         raise SchemaError(
             f"{source}: feature column{plural} {_preview(missing, limit=20)} "
@@ -723,6 +726,49 @@ def _separator_hint(header: list[str], expected: list[str]) -> str:
 def name_key(name: str) -> str:
     """A column name as compared for "differs only in spaces or case" hints."""
     return " ".join(unicodedata.normalize("NFKC", name).split()).casefold()
+
+
+# pandas' name for a column whose header cell is blank: "Unnamed: N", N its 0-based position.
+_NAMELESS = re.compile(r"Unnamed: (\d+)")
+
+
+def _warn_nameless(features: list[str]) -> None:
+    """Feature columns with a blank header cell: pandas names them by their position, so an
+    export with a column added or moved before one lacks it ("feature column 'Unnamed: 1'
+    missing"), which nobody named."""
+    nameless = [name for name in features if _NAMELESS.fullmatch(name)]
+    if nameless:
+        logger.warning(
+            "feature column%s %s ha%s no name in the header (a blank cell: pandas names it "
+            "after its position), so an export with its columns in another order would lack "
+            "%s: give %s a name in the header",
+            "s" if len(nameless) > 1 else "",
+            _preview(nameless),
+            "ve" if len(nameless) > 1 else "s",
+            "them" if len(nameless) > 1 else "it",
+            "them" if len(nameless) > 1 else "it",
+        )
+
+
+def _nameless_hint(missing: list[str], header: list[str]) -> str:
+    """For missing 'Unnamed: N' columns: what the name is, and where the file's nameless
+    columns are instead."""
+    nameless = [name for name in missing if _NAMELESS.fullmatch(name)]
+    if not nameless:
+        return ""
+    match = _NAMELESS.fullmatch(nameless[0])
+    assert match is not None
+    here = [name for name in header if _NAMELESS.fullmatch(name)]
+    where = (
+        f"; this file's column{'s' if len(here) > 1 else ''} with no name: {_preview(here)}"
+        if here
+        else "; this file has no column without a name"
+    )
+    return (
+        f"; {nameless[0]!r} is column {int(match.group(1)) + 1} of the training file, whose "
+        f"header cell was blank (pandas names such a column after its position){where}: keep "
+        "the training file's column order, or name the column in both files and retrain"
+    )
 
 
 def _near_names_hint(missing: list[str], header: list[str], features: list[str]) -> str:

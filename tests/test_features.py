@@ -278,6 +278,39 @@ def test_missing_feature_column_names_it_and_suggests_separator() -> None:
         schema.check_columns(["a\tb"], source="x.csv")
 
 
+def test_a_feature_column_with_a_blank_header_cell_is_warned_about_and_explained_when_missing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A blank header cell ("a,,b") is read as 'Unnamed: 1', a name made from its position:
+    # trained on as a feature without a word, then an export with a column added before it
+    # ('Unnamed: 2' there) was refused for "feature column 'Unnamed: 1' missing", a name the
+    # user never wrote.
+    rng = np.random.default_rng(0)
+    lines = ["a,,b"] + [",".join(f"{v:.3f}" for v in rng.normal(size=3)) for _ in range(50)]
+    frame = pd.read_csv(io.StringIO("\n".join(lines)))
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.numeric == ["a", "Unnamed: 1", "b"]
+    assert (
+        "feature column 'Unnamed: 1' has no name in the header (a blank cell: pandas names it "
+        "after its position), so an export with its columns in another order would lack it: "
+        "give it a name in the header"
+    ) in caplog.text
+    export = pd.read_csv(io.StringIO("c,a,,b\n1,2,3,4\n"))
+    with pytest.raises(SchemaError) as caught:
+        schema.check_columns(export.columns, source="x.csv")
+    assert str(caught.value).endswith(
+        "; 'Unnamed: 1' is column 2 of the training file, whose header cell was blank (pandas "
+        "names such a column after its position); this file's column with no name: "
+        "'Unnamed: 2': keep the training file's column order, or name the column in both "
+        "files and retrain"
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        FeatureSchema.infer(frame.rename(columns={"Unnamed: 1": "flow"}), ColumnsConfig())
+    assert "no name in the header" not in caplog.text
+
+
 def test_a_file_without_a_header_line_or_another_schema_is_said_in_a_short_line() -> None:
     names = [f"s{i}" for i in range(300)]
     schema = FeatureSchema.infer(pd.DataFrame({n: [1.0, 2.0] for n in names}), ColumnsConfig())
