@@ -173,6 +173,8 @@ class FeatureSchema:
         if not hint and len(missing) == len(self.names):
             hint = _no_header_hint(header)
         if not hint:
+            hint = _encoding_hint(missing, header)
+        if not hint:
             hint = _near_names_hint(missing, header, self.names)
         if not hint:
             hint = _nameless_hint(missing, header)
@@ -728,6 +730,37 @@ def name_key(name: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", name).split()).casefold()
 
 
+def _encoding_hint(missing: list[str], header: list[str]) -> str:
+    """Missing names that are in ``header`` as UTF-8 bytes read in a one-byte encoding
+    ('Total (€)' as 'Total (â‚¬)'): a model trained on a cp1252 export reads every later file
+    as cp1252 unless told, and an export saved as UTF-8 lost its non-ASCII columns."""
+    wanted = set(missing)
+    for name in header:
+        for fixed in _utf8_readings(name):
+            if fixed in wanted:
+                return f"; {fixed!r} is {name!r} there, {_UTF8_MISREAD}"
+    return ""
+
+
+_UTF8_MISREAD = (
+    "UTF-8 text read in another encoding: give --encoding utf-8 (csv.encoding in a pipeline)"
+)
+
+
+def _utf8_readings(text: str) -> list[str]:
+    """What ``text`` says if it is UTF-8 bytes decoded as cp1252 or latin-1 ('â‚¬' for '€');
+    none when it is not (plain ASCII, or bytes that are no UTF-8)."""
+    out: list[str] = []
+    for encoding in ("cp1252", "latin-1"):
+        try:
+            fixed = text.encode(encoding).decode("utf-8")
+        except UnicodeError:
+            continue
+        if fixed != text and fixed not in out:
+            out.append(fixed)
+    return out
+
+
 # pandas' name for a column whose header cell is blank: "Unnamed: N", N its 0-based position.
 _NAMELESS = re.compile(r"Unnamed: (\d+)")
 
@@ -919,10 +952,19 @@ class Preprocessor:
         known = [c for c in cats if c != MISSING]
         shown = ", ".join(repr(c) for c in known[:10]) + (", ..." if len(known) > 10 else "")
         other = self.other_values.get(name, 0)
+        misread = next(
+            (
+                f"; {value!r} is {fixed!r}, {_UTF8_MISREAD}"
+                for value in new
+                for fixed in _utf8_readings(value)
+                if fixed in known
+            ),
+            "",
+        )
         logger.warning(
             "column %r: %s not among the values learned in training, scored as the unknown "
             "category (a novelty, usually flagged); known values: %s. If it is a known value "
-            "spelled differently, fix the input or retrain with it%s",
+            "spelled differently, fix the input or retrain with it%s%s",
             name,
             ", ".join(repr(v) for v in new),
             shown or "none",
@@ -932,6 +974,7 @@ class Preprocessor:
                 if other
                 else ""
             ),
+            misread,
         )
 
     # ------------------------------------------------------------------- fitting

@@ -311,6 +311,37 @@ def test_a_feature_column_with_a_blank_header_cell_is_warned_about_and_explained
     assert "no name in the header" not in caplog.text
 
 
+def test_utf8_text_read_as_cp1252_is_named_as_such(caplog: pytest.LogCaptureFixture) -> None:
+    # A model trained on a cp1252 export (--encoding cp1252) reads later files as cp1252; an
+    # export then saved as UTF-8 read 'Total (€)' as 'Total (â‚¬)': "feature column 'Total (€)'
+    # missing" with both names shown and nothing said of the encoding, and 'Zürich' became
+    # an unknown category 'ZÃ¼rich' beside the known 'Zürich'.
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {"Total (€)": rng.normal(size=60), "city": rng.choice(["Zürich", "Bern"], 60)}
+    )
+    schema = FeatureSchema.infer(frame, ColumnsConfig())
+    misread = "Total (€)".encode().decode("cp1252")
+    with pytest.raises(SchemaError) as caught:
+        schema.check_columns([misread, "city"], source="x.csv")
+    assert str(caught.value).endswith(
+        f"; 'Total (€)' is {misread!r} there, UTF-8 text read in another encoding: give "
+        "--encoding utf-8 (csv.encoding in a pipeline)"
+    )
+    pre = Preprocessor.fit(schema.validate(frame)[0], schema)
+    city = "Zürich".encode().decode("cp1252")
+    with caplog.at_level(logging.WARNING):
+        pre.transform(schema.validate(pd.DataFrame({"Total (€)": [0.0], "city": [city]}))[0])
+    assert (
+        f"; {city!r} is 'Zürich', UTF-8 text read in another encoding: give --encoding utf-8"
+    ) in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        pre.transform(schema.validate(pd.DataFrame({"Total (€)": [0.0], "city": ["Genf"]}))[0])
+    assert "not among the values learned" in caplog.text
+    assert "another encoding" not in caplog.text
+
+
 def test_a_file_without_a_header_line_or_another_schema_is_said_in_a_short_line() -> None:
     names = [f"s{i}" for i in range(300)]
     schema = FeatureSchema.infer(pd.DataFrame({n: [1.0, 2.0] for n in names}), ColumnsConfig())
