@@ -64,6 +64,7 @@ from anomaly_vae.training import fit_vae, resolve_device, split_indices, torch_t
 from anomaly_vae.windows import (
     ENTITY_MAX_CHARS,
     OK,
+    OUT_OF_RANGE_TIME,
     WindowState,
     contradicts_date_order,
     entity_problem,
@@ -71,6 +72,7 @@ from anomaly_vae.windows import (
     event_seconds,
     flatten_windows,
     numeric_date_order,
+    out_of_range_time,
     window_layout,
 )
 
@@ -1204,6 +1206,8 @@ def _window_keys(
                     f"window.day_first: {str(not day_first).lower()}, or write times "
                     "as ISO 8601"
                 )
+            elif out_of_range_time(value):
+                why = f"{_short(value)} {OUT_OF_RANGE_TIME}"
             else:
                 # Cut as a feature's bad value is: a long text made a reason as long.
                 why = f"{_short(value)} is not a time"

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 from anomaly_vae._version import __version__
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.thresholds import SEVERITY_NAMES, AlertRule, Thresholds
-from anomaly_vae.windows import entity_text, event_times_in_order
+from anomaly_vae.windows import entity_text, event_times_in_order, out_of_range_time
 
 if TYPE_CHECKING:
     from anomaly_vae.estimator import AnomalyVAE
@@ -288,15 +288,27 @@ class DatabaseSink:
             return
         if not self.unread_times:
             row = given.index[unread][0]
-            logger.warning(
-                "%s: the timestamp column %r holds values that are not times (first: %r at data "
-                "row %s); such scores are stored without an event time. Write ISO 8601 "
-                "(2026-11-20T09:00:00+01:00) or epoch seconds",
-                self.source,
-                self.timestamp_column,
-                given[row],
-                row,
-            )
+            far = next((v for v in given[unread] if out_of_range_time(v)), None)
+            if far is not None:
+                logger.warning(
+                    "%s: the timestamp column %r holds dates outside the years 1677 to 2262 "
+                    "that a time can be read in (first: %r at data row %s); such scores are "
+                    "stored without an event time",
+                    self.source,
+                    self.timestamp_column,
+                    far,
+                    given.index[unread & given.map(out_of_range_time).to_numpy(dtype=bool)][0],
+                )
+            else:
+                logger.warning(
+                    "%s: the timestamp column %r holds values that are not times (first: %r at "
+                    "data row %s); such scores are stored without an event time. Write ISO "
+                    "8601 (2026-11-20T09:00:00+01:00) or epoch seconds",
+                    self.source,
+                    self.timestamp_column,
+                    given[row],
+                    row,
+                )
         self.unread_times += int(unread.sum())
 
     def rejects(self, chunk: ScoredChunk) -> pd.DataFrame:
