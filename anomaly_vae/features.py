@@ -647,9 +647,13 @@ def _looks_like_comma_numbers(values: pd.Series) -> bool:
     return bool(with_comma.any() and numbers.mean() >= NUMERIC_PARSE_SHARE)
 
 
-# A number with thousands separators, a currency sign or a percent sign: 12,345.67, $1,200, 12.5%
+# A number with thousands separators, a currency sign or a percent sign: 12,345.67, $1,200,
+# 12.5%; or as a decimal-comma export writes them: 1.927,62, 12.345, 1 200,5 €, 12,5 %.
 _FORMATTED_NUMBER = re.compile(
-    r"^\s*[-+]?[$€£]?\s*(?:\d{1,3}(?:[,\u00a0 ']\d{3})+|\d+)(?:\.\d+)?\s*%?\s*$"
+    r"^\s*[-+]?[$€£]?\s*(?:"
+    r"(?:\d{1,3}(?:[,\u00a0 ']\d{3})+|\d+)(?:\.\d+)?"
+    r"|(?:\d{1,3}(?:[.\u00a0 ']\d{3})+|\d+)(?:,\d+)?"
+    r")\s*[%€]?\s*$"
 )
 
 

@@ -128,6 +128,33 @@ def test_numbers_with_thousands_separators_or_units_are_named_as_such(
     assert "columns.categorical" not in caplog.text
 
 
+def test_numbers_with_thousands_separators_of_a_decimal_comma_export_are_named_as_such(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A ';' export with decimal commas read with --decimal ',': amounts under 1,000 come as
+    # numbers, those above keep their thousands dot as text ('1.927,62'). The column was said
+    # to hold "numbers but 50% of its values are text", to be listed under columns.numeric,
+    # which rejects every amount over 1,000.
+    rng = np.random.default_rng(0)
+    amounts = rng.gamma(2, 600, 500)
+    written = [
+        round(v, 2)
+        if v < 1000
+        else f"{int(v) // 1000}.{int(v) % 1000:03d},{int(v * 100) % 100:02d}"
+        for v in amounts
+    ]
+    frame = pd.DataFrame({"amount": pd.Series(written, dtype=object), "units": amounts // 7})
+    assert 0.2 < frame["amount"].map(lambda v: isinstance(v, str)).mean() < 0.8
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.names == ["units"]
+    example = next(v for v in written if isinstance(v, str))
+    assert (
+        f"'amount' holds numbers written with thousands separators or a unit ('{example}')"
+    ) in caplog.text
+    assert "values are text" not in caplog.text
+
+
 def test_a_misspelt_column_to_leave_out_is_named_with_the_closest(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
