@@ -759,7 +759,11 @@ def read_labels(
         frame = pd.DataFrame({name: pd.concat(given) if given else pd.Series([], dtype=str)})
     else:
         try:
-            frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding=encoding)
+            # The source's encoding: UTF-8 for a file with UTF-8's byte order mark, whatever
+            # was given (read as cp1252, the mark became part of the first name: a traceback).
+            frame = pd.read_csv(
+                path, sep=sep, dtype=str, keep_default_na=False, encoding=source.encoding
+            )
         except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
             raise InputFileError(f"labels file {path} is not a readable CSV: {exc}") from None
     if "start" in columns and "end" in columns:
