@@ -304,6 +304,19 @@ def test_a_labels_file_with_a_byte_order_mark_is_read_whatever_the_encoding_give
     assert list(labels.frame["entity"]) == ["Pü1"]
 
 
+def test_a_labels_file_with_spaces_after_its_separators_is_read(tmp_path: Path) -> None:
+    # "entity, start, end", as some tools write it: the header was read without the spaces
+    # and the rows with them (' start'), and 'thresholds tune' ended in a KeyError traceback.
+    from anomaly_vae.storage.tuning import read_labels
+
+    path = tmp_path / "incidents.csv"
+    path.write_text("entity, start, end\nP1, 1700000000, 1700000060\n")
+    labels = read_labels(path)
+    assert labels.kind == "windows"
+    assert list(labels.frame["entity"]) == ["P1"]
+    assert len(labels.frame["start"].dropna()) == 1
+
+
 def labels_of(values: np.ndarray) -> list[float]:
     return [float(v) for v in values]
 

@@ -759,10 +759,17 @@ def read_labels(
         frame = pd.DataFrame({name: pd.concat(given) if given else pd.Series([], dtype=str)})
     else:
         try:
-            # The source's encoding: UTF-8 for a file with UTF-8's byte order mark, whatever
-            # was given (read as cp1252, the mark became part of the first name: a traceback).
+            # Read as the source read the header: its encoding (UTF-8 for a file with UTF-8's
+            # byte order mark, whatever was given), and spaces after the separators skipped
+            # when the header has them ("entity, start, end"). Otherwise the names here were
+            # not the header's ('ï»¿entity', ' start'): a KeyError traceback.
             frame = pd.read_csv(
-                path, sep=sep, dtype=str, keep_default_na=False, encoding=source.encoding
+                path,
+                sep=sep,
+                dtype=str,
+                keep_default_na=False,
+                encoding=source.encoding,
+                skipinitialspace=source.spaced(),
             )
         except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
             raise InputFileError(f"labels file {path} is not a readable CSV: {exc}") from None
