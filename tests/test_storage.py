@@ -527,6 +527,31 @@ def test_a_run_under_a_threshold_computed_for_another_model_version_is_warned_ab
         engine.dispose()
 
 
+def test_an_unregistered_model_name_is_answered_with_the_closest_registered_one(
+    db_url: str,
+) -> None:
+    # 'models show Pumps' said only "no model named 'Pumps' is registered", with 'pumps'
+    # registered: letter case, or a typo, left the user to compare names by eye.
+    from anomaly_vae.errors import NotFoundError
+
+    engine = engine_for(db_url)
+    try:
+        with engine.begin() as connection:
+            repo.register_model(connection, model=model_version(name="pumps"))
+            repo.register_model(connection, model=model_version("Pumps-B", "b" * 64))
+            for asked, meant in (("PUMPS", "pumps"), ("pumsp", "pumps"), ("pumps-b", "Pumps-B")):
+                with pytest.raises(NotFoundError) as caught:
+                    repo.registered_versions(connection, name=asked)
+                assert str(caught.value) == (
+                    f"no model named {asked!r} is registered (did you mean {meant!r}?)"
+                )
+            with pytest.raises(NotFoundError) as caught:
+                repo.registered_versions(connection, name="fans")
+            assert str(caught.value) == "no model named 'fans' is registered"
+    finally:
+        engine.dispose()
+
+
 def test_thresholds_are_versioned_and_the_newest_is_in_force(db_url: str) -> None:
     engine = engine_for(db_url)
     try:

@@ -402,8 +402,21 @@ def registered_versions(connection: Connection, *, name: str, hint: str = "") ->
     misspelt name must not read as an empty, clean result. ``hint`` ends the message."""
     versions = model_versions(connection, name=name)
     if not versions:
-        raise NotFoundError(f"no model named {name!r} is registered{hint}")
+        raise NotFoundError(
+            f"no model named {name!r} is registered{closest_model_name(connection, name)}{hint}"
+        )
     return versions
+
+
+def closest_model_name(connection: Connection, name: str) -> str:
+    """'; did you mean 'pumps'?' for the registered name closest to ``name`` (letter case
+    first: 'Pumps' for 'pumps'), or nothing."""
+    import difflib
+
+    names = list(connection.execute(select(Model.name).distinct()).scalars())
+    same = [n for n in names if n.lower() == name.lower()]
+    close = same or difflib.get_close_matches(name, names, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 # ========================================================================== runs

@@ -167,8 +167,9 @@ def model_in_use(connection: Connection, *, name: str) -> Row[Any]:
         ).first()
     if row is None:
         raise NotFoundError(
-            f"no model named {name!r} is registered (a model is registered when it first "
-            "scores into this database): 'anomaly-vae models list' or GET /models lists them"
+            f"no model named {name!r} is registered{repo.closest_model_name(connection, name)} "
+            "(a model is registered when it first scores into this database): 'anomaly-vae "
+            "models list' or GET /models lists them"
         )
     return row
 
