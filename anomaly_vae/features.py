@@ -437,6 +437,15 @@ def _infer_kind(
                 name,
             )
             return None
+        if not explicit and _looks_like_named_id(name, non_null):
+            logger.warning(
+                "column %r looks like an identifier (its name, and a different whole number in "
+                "each of its %d rows) and is not used as a feature; list it under "
+                "columns.features to use it anyway",
+                name,
+                len(non_null),
+            )
+            return None
         since = _epoch_times_range(non_null)
         if not explicit and since is not None:
             logger.warning(
@@ -593,6 +602,27 @@ def _looks_like_row_id(values: pd.Series) -> bool:
         return True
     distinct = np.unique(arr)
     return len(distinct) == len(arr) and distinct[-1] - distinct[0] + 1 <= 2 * len(arr)
+
+
+# A name that says identifier: customer_id, txn-ID, order no, CustomerId, invoiceNumber.
+_ID_NAME = re.compile(r"(?:^|[\s_.\-#/])(?:id|ids|uuid|guid|key|no|nr|num|number)$")
+_ID_NAME_CAMEL = re.compile(r"[a-z0-9](?:Id|ID|Uuid|UUID|Guid|GUID|Key|No|Nr|Num|Number)$")
+
+
+def _looks_like_named_id(name: str, values: pd.Series) -> bool:
+    """Whole numbers, a different one in each row, in a column named like an identifier
+    (customer_id, txnId): ids drawn at random are in no sequence, so the row-id rule missed
+    them, and as a feature every later customer outside the training range scored as
+    anomalous."""
+    text = name.strip()
+    if not (_ID_NAME.search(text.casefold()) or _ID_NAME_CAMEL.search(text)):
+        return False
+    if len(values) < MIN_ID_ROWS or pd.api.types.is_bool_dtype(values):
+        return False
+    arr = values.to_numpy(dtype="float64", na_value=np.nan)
+    if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+        return False
+    return len(np.unique(arr)) == len(arr)
 
 
 # Epoch times from 2000 to 2100, in seconds, milliseconds, microseconds or nanoseconds.

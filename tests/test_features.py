@@ -104,6 +104,36 @@ def test_a_numeric_column_with_some_text_points_to_columns_numeric(
     assert "columns.categorical" not in caplog.text
 
 
+def test_whole_number_ids_in_no_sequence_are_left_out_by_their_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # customer_id and txnId drawn at random (no sequence, so not row numbers) were numeric
+    # features without a word: every later customer outside the training range of ids scored
+    # as anomalous.
+    rng = np.random.default_rng(0)
+    n = 300
+    frame = pd.DataFrame(
+        {
+            "customer_id": rng.choice(np.arange(100_000, 999_999), n, replace=False),
+            "txnId": rng.choice(np.arange(10**9, 2 * 10**9), n, replace=False),
+            "store_id": rng.integers(1, 20, n),  # repeats: a code, not an id
+            "bytes": rng.choice(np.arange(10**6), n, replace=False),  # unique, not named so
+            "amount": rng.gamma(2, 50, n),
+        }
+    )
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.names == ["store_id", "bytes", "amount"]
+    for name in ("customer_id", "txnId"):
+        assert (
+            f"column {name!r} looks like an identifier (its name, and a different whole number "
+            f"in each of its {n} rows) and is not used as a feature"
+        ) in caplog.text
+    # Named as features, they are features.
+    explicit = FeatureSchema.infer(frame, ColumnsConfig(features=["customer_id", "amount"]))
+    assert explicit.names == ["customer_id", "amount"]
+
+
 def test_numbers_with_thousands_separators_or_units_are_named_as_such(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
