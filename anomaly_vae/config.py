@@ -492,6 +492,10 @@ class DatabaseConfig(_Strict):
         return value
 
 
+# The longest model name (models.name and thresholds.model_name are String(200)).
+MODEL_NAME_MAX_CHARS = 200
+
+
 class PipelineConfig(_Strict):
     """One pipeline file: what an operator edits to change columns, model, threshold, I/O."""
 
@@ -546,9 +550,19 @@ class PipelineConfig(_Strict):
 
     @field_validator("name")
     @classmethod
-    def _safe_name(cls, value: str) -> str:
+    def _safe_name(cls, value: str, info: ValidationInfo) -> str:
         if not value or not all(c.isalnum() or c in "-_." for c in value):
             raise ValueError(f"name must be letters, digits, '-', '_' or '.', got {value!r}")
+        # The database keeps a name in String(200) columns: a longer one trained and scored to
+        # CSV, and SQLite stored it, but PostgreSQL refused the first 'score --db' with "value
+        # too long for type character varying(200)". A model directory saved before this check
+        # still loads (context 'stored').
+        stored = isinstance(info.context, dict) and info.context.get("stored")
+        if len(value) > MODEL_NAME_MAX_CHARS and not stored:
+            raise ValueError(
+                f"name is {len(value)} characters long: at most {MODEL_NAME_MAX_CHARS} (the "
+                "results database keeps a model's name in that many)"
+            )
         return value
 
     @classmethod

@@ -64,6 +64,7 @@ from anomaly_vae.training import fit_vae, resolve_device, split_indices, torch_t
 from anomaly_vae.windows import (
     ENTITY_MAX_CHARS,
     OK,
+    OUT_OF_RANGE_TIME,
     WindowState,
     contradicts_date_order,
     entity_problem,
@@ -71,6 +72,7 @@ from anomaly_vae.windows import (
     event_seconds,
     flatten_windows,
     numeric_date_order,
+    out_of_range_time,
     window_layout,
 )
 
@@ -946,7 +948,7 @@ class AnomalyVAE(BaseEstimator):
         """Load a model directory written by ``save``. Never executes code from the files."""
         meta, weights, digest = load_artifact(path)
         try:
-            cfg = PipelineConfig.model_validate(meta["config"])
+            cfg = PipelineConfig.model_validate(meta["config"], context={"stored": True})
             if device is not None:
                 cfg.training.device = device
             elif missing := _missing_device(cfg.training.device):
@@ -1204,6 +1206,8 @@ def _window_keys(
                     f"window.day_first: {str(not day_first).lower()}, or write times "
                     "as ISO 8601"
                 )
+            elif out_of_range_time(value):
+                why = f"{_short(value)} {OUT_OF_RANGE_TIME}"
             else:
                 # Cut as a feature's bad value is: a long text made a reason as long.
                 why = f"{_short(value)} is not a time"

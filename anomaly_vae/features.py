@@ -153,6 +153,7 @@ class FeatureSchema:
             kind = _infer_kind(column, name, columns.max_categories, explicit=explicit)
             if kind is not None:
                 cols.append(FeatureColumn(name, kind))
+        _warn_nameless([c.name for c in cols])
         if not cols:
             raise SchemaError(
                 "no feature columns left after leaving out ids, labels and ignored columns "
@@ -172,7 +173,11 @@ class FeatureSchema:
         if not hint and len(missing) == len(self.names):
             hint = _no_header_hint(header)
         if not hint:
+            hint = _encoding_hint(missing, header)
+        if not hint:
             hint = _near_names_hint(missing, header, self.names)
+        if not hint:
+            hint = _nameless_hint(missing, header)
         plural = "s" if len(missing) > 1 else ""
         raise SchemaError(
             f"{source}: feature column{plural} {_preview(missing, limit=20)} "
@@ -432,6 +437,15 @@ def _infer_kind(
                 name,
             )
             return None
+        if not explicit and _looks_like_named_id(name, non_null):
+            logger.warning(
+                "column %r looks like an identifier (its name, and a different whole number in "
+                "each of its %d rows) and is not used as a feature; list it under "
+                "columns.features to use it anyway",
+                name,
+                len(non_null),
+            )
+            return None
         since = _epoch_times_range(non_null)
         if not explicit and since is not None:
             logger.warning(
@@ -590,6 +604,27 @@ def _looks_like_row_id(values: pd.Series) -> bool:
     return len(distinct) == len(arr) and distinct[-1] - distinct[0] + 1 <= 2 * len(arr)
 
 
+# A name that says identifier: customer_id, txn-ID, order no, CustomerId, invoiceNumber.
+_ID_NAME = re.compile(r"(?:^|[\s_.\-#/])(?:id|ids|uuid|guid|key|no|nr|num|number)$")
+_ID_NAME_CAMEL = re.compile(r"[a-z0-9](?:Id|ID|Uuid|UUID|Guid|GUID|Key|No|Nr|Num|Number)$")
+
+
+def _looks_like_named_id(name: str, values: pd.Series) -> bool:
+    """Whole numbers, a different one in each row, in a column named like an identifier
+    (customer_id, txnId): ids drawn at random are in no sequence, so the row-id rule missed
+    them, and as a feature every later customer outside the training range scored as
+    anomalous."""
+    text = name.strip()
+    if not (_ID_NAME.search(text.casefold()) or _ID_NAME_CAMEL.search(text)):
+        return False
+    if len(values) < MIN_ID_ROWS or pd.api.types.is_bool_dtype(values):
+        return False
+    arr = values.to_numpy(dtype="float64", na_value=np.nan)
+    if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+        return False
+    return len(np.unique(arr)) == len(arr)
+
+
 # Epoch times from 2000 to 2100, in seconds, milliseconds, microseconds or nanoseconds.
 _EPOCH_SECONDS = (946_684_800.0, 4_102_444_800.0)
 
@@ -642,9 +677,13 @@ def _looks_like_comma_numbers(values: pd.Series) -> bool:
     return bool(with_comma.any() and numbers.mean() >= NUMERIC_PARSE_SHARE)
 
 
-# A number with thousands separators, a currency sign or a percent sign: 12,345.67, $1,200, 12.5%
+# A number with thousands separators, a currency sign or a percent sign: 12,345.67, $1,200,
+# 12.5%; or as a decimal-comma export writes them: 1.927,62, 12.345, 1 200,5 €, 12,5 %.
 _FORMATTED_NUMBER = re.compile(
-    r"^\s*[-+]?[$€£]?\s*(?:\d{1,3}(?:[,\u00a0 ']\d{3})+|\d+)(?:\.\d+)?\s*%?\s*$"
+    r"^\s*[-+]?[$€£]?\s*(?:"
+    r"(?:\d{1,3}(?:[,\u00a0 ']\d{3})+|\d+)(?:\.\d+)?"
+    r"|(?:\d{1,3}(?:[.\u00a0 ']\d{3})+|\d+)(?:,\d+)?"
+    r")\s*[%€]?\s*$"
 )
 
 
@@ -723,6 +762,80 @@ def _separator_hint(header: list[str], expected: list[str]) -> str:
 def name_key(name: str) -> str:
     """A column name as compared for "differs only in spaces or case" hints."""
     return " ".join(unicodedata.normalize("NFKC", name).split()).casefold()
+
+
+def _encoding_hint(missing: list[str], header: list[str]) -> str:
+    """Missing names that are in ``header`` as UTF-8 bytes read in a one-byte encoding
+    ('Total (€)' as 'Total (â‚¬)'): a model trained on a cp1252 export reads every later file
+    as cp1252 unless told, and an export saved as UTF-8 lost its non-ASCII columns."""
+    wanted = set(missing)
+    for name in header:
+        for fixed in _utf8_readings(name):
+            if fixed in wanted:
+                return f"; {fixed!r} is {name!r} there, {_UTF8_MISREAD}"
+    return ""
+
+
+_UTF8_MISREAD = (
+    "UTF-8 text read in another encoding: give --encoding utf-8 (csv.encoding in a pipeline)"
+)
+
+
+def _utf8_readings(text: str) -> list[str]:
+    """What ``text`` says if it is UTF-8 bytes decoded as cp1252 or latin-1 ('â‚¬' for '€');
+    none when it is not (plain ASCII, or bytes that are no UTF-8)."""
+    out: list[str] = []
+    for encoding in ("cp1252", "latin-1"):
+        try:
+            fixed = text.encode(encoding).decode("utf-8")
+        except UnicodeError:
+            continue
+        if fixed != text and fixed not in out:
+            out.append(fixed)
+    return out
+
+
+# pandas' name for a column whose header cell is blank: "Unnamed: N", N its 0-based position.
+_NAMELESS = re.compile(r"Unnamed: (\d+)")
+
+
+def _warn_nameless(features: list[str]) -> None:
+    """Feature columns with a blank header cell: pandas names them by their position, so an
+    export with a column added or moved before one lacks it ("feature column 'Unnamed: 1'
+    missing"), which nobody named."""
+    nameless = [name for name in features if _NAMELESS.fullmatch(name)]
+    if nameless:
+        logger.warning(
+            "feature column%s %s ha%s no name in the header (a blank cell: pandas names it "
+            "after its position), so an export with its columns in another order would lack "
+            "%s: give %s a name in the header",
+            "s" if len(nameless) > 1 else "",
+            _preview(nameless),
+            "ve" if len(nameless) > 1 else "s",
+            "them" if len(nameless) > 1 else "it",
+            "them" if len(nameless) > 1 else "it",
+        )
+
+
+def _nameless_hint(missing: list[str], header: list[str]) -> str:
+    """For missing 'Unnamed: N' columns: what the name is, and where the file's nameless
+    columns are instead."""
+    nameless = [name for name in missing if _NAMELESS.fullmatch(name)]
+    if not nameless:
+        return ""
+    match = _NAMELESS.fullmatch(nameless[0])
+    assert match is not None
+    here = [name for name in header if _NAMELESS.fullmatch(name)]
+    where = (
+        f"; this file's column{'s' if len(here) > 1 else ''} with no name: {_preview(here)}"
+        if here
+        else "; this file has no column without a name"
+    )
+    return (
+        f"; {nameless[0]!r} is column {int(match.group(1)) + 1} of the training file, whose "
+        f"header cell was blank (pandas names such a column after its position){where}: keep "
+        "the training file's column order, or name the column in both files and retrain"
+    )
 
 
 def _near_names_hint(missing: list[str], header: list[str], features: list[str]) -> str:
@@ -873,10 +986,19 @@ class Preprocessor:
         known = [c for c in cats if c != MISSING]
         shown = ", ".join(repr(c) for c in known[:10]) + (", ..." if len(known) > 10 else "")
         other = self.other_values.get(name, 0)
+        misread = next(
+            (
+                f"; {value!r} is {fixed!r}, {_UTF8_MISREAD}"
+                for value in new
+                for fixed in _utf8_readings(value)
+                if fixed in known
+            ),
+            "",
+        )
         logger.warning(
             "column %r: %s not among the values learned in training, scored as the unknown "
             "category (a novelty, usually flagged); known values: %s. If it is a known value "
-            "spelled differently, fix the input or retrain with it%s",
+            "spelled differently, fix the input or retrain with it%s%s",
             name,
             ", ".join(repr(v) for v in new),
             shown or "none",
@@ -886,6 +1008,7 @@ class Preprocessor:
                 if other
                 else ""
             ),
+            misread,
         )
 
     # ------------------------------------------------------------------- fitting

@@ -639,6 +639,28 @@ def event_timestamps(
     return event_times_in_order(values, day_first=day_first)[0]
 
 
+def out_of_range_time(value: object) -> bool:
+    """Whether ``value``, which ``event_times_in_order`` read as no time, is an ISO 8601 date
+    outside the times it can hold (1677-09-21 to 2262-04-11, a 64-bit nanosecond time), such
+    as the '9999-12-31' an export writes for "no end": "not a time, write ISO 8601" would
+    say the opposite of what is wrong with it."""
+    if not isinstance(value, str):
+        return False
+    from datetime import datetime
+
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+OUT_OF_RANGE_TIME = "is a date outside the years 1677 to 2262 that a time can be read in"
+
+
 def event_times_in_order(
     values: pd.Series | Sequence[object], *, day_first: bool | None = None
 ) -> tuple[pd.Series, bool | None]:

@@ -740,19 +740,23 @@ def test_a_nul_character_in_a_request_is_the_clients_error_not_an_outage(
     assert api.get("/health").status_code == 200
 
 
+# The registered name closest to a misspelt one is named (letter case first).
+PUMSP_NOT_REGISTERED = "no model named 'pumsp' is registered (did you mean 'pumps'?)"
+
+
 def test_listing_by_an_unregistered_model_name_is_a_404(server: Server) -> None:
     # An empty list for a misspelt name read as "no anomalies, no alerts": a clean bill.
     for path in ("/anomalies", "/alerts"):
         response = server.client.get(path, params={"model": "pumsp"})
         assert response.status_code == 404, response.text
-        assert response.json()["detail"] == "no model named 'pumsp' is registered"
+        assert response.json()["detail"] == PUMSP_NOT_REGISTERED
         assert server.client.get(path, params={"model": "pumps"}).status_code == 200
     # The thresholds of a name nobody registered: an empty history read as "never set", and
     # the threshold in force as "model 'pumsp' has no threshold".
     for path in ("/models/{}/thresholds", "/models/{}/threshold"):
         response = server.client.get(path.format("pumsp"))
         assert response.status_code == 404, response.text
-        assert response.json()["detail"] == "no model named 'pumsp' is registered"
+        assert response.json()["detail"] == PUMSP_NOT_REGISTERED
         assert server.client.get(path.format("pumps")).status_code == 200
 
 

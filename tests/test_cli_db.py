@@ -540,6 +540,26 @@ def test_timestamps_that_are_not_times_are_counted_and_named_not_dropped_silentl
     assert query(url, "SELECT count(*) FROM scores WHERE event_time IS NULL") == [(3,)]
 
 
+def test_event_times_past_the_years_a_time_holds_are_named_so(
+    pump_model: tuple[AnomalyVAE, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # '9999-12-31T23:59:59' is ISO 8601, past 2262: the warning called it "not a time" and
+    # said to write ISO 8601.
+    _, model_dir = pump_model
+    frame = make_pump_data(10, seed=3)
+    frame.loc[6, "ts"] = "9999-12-31T23:59:59"
+    path = tmp_path / "far.csv"
+    frame.to_csv(path, index=False)
+    url = f"sqlite:///{tmp_path / 'far.db'}"
+    result = cli(capsys, "score", str(path), "--model-dir", str(model_dir), "--db", url)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "'ts' holds dates outside the years 1677 to 2262 that a time can be read in (first: "
+        "'9999-12-31T23:59:59' at data row 6); such scores are stored without an event time"
+    ) in result.stderr
+    assert "Write ISO 8601" not in result.stderr
+
+
 def test_numeric_dates_of_a_model_without_windows_are_read_in_one_order_for_the_whole_run(
     pump_model: tuple[AnomalyVAE, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

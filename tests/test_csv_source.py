@@ -85,15 +85,61 @@ def test_lines_with_fewer_fields_than_the_header_are_rejected_not_padded(
         assert [int(v) for v in frame["id"]] == [0, 1, 2, 3, 7]
         assert frame["site"].isna().tolist() == [False, False, False, True, True]
         assert rejects.index.tolist() == [4, 5, 6, 7, 9]
-        assert str(rejects.loc[4, "reason"]).startswith("line 7: expected 4 fields, saw 2")
+        # Lines as an editor numbers them: the two quoted line breaks above count.
+        assert str(rejects.loc[4, "reason"]).startswith("line 9: expected 4 fields, saw 2")
         assert json.loads(str(rejects.loc[4, "raw"])) == ["4", "cut"]
         assert json.loads(str(rejects.loc[5, "raw"])) == ["here", "4.5", "south"]
-        assert rejects.loc[6, "reason"] == "line 9: expected 4 fields, saw 5"
+        assert rejects.loc[6, "reason"] == "line 11: expected 4 fields, saw 5"
         assert rejects.loc[9, "reason"] == (
-            "line 12: expected 4 fields, saw 5 (the extra fields are empty: a separator at the "
+            "line 14: expected 4 fields, saw 5 (the extra fields are empty: a separator at the "
             "end of the line? remove it)"
         )
         assert json.loads(str(rejects.loc[7, "raw"])) == ["6", "x"]
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_a_reject_names_the_line_an_editor_shows_after_a_header_with_line_breaks(
+    tmp_path: Path, newline: str
+) -> None:
+    # Excel writes a header cell with a line break (Alt+Enter: "Temp<newline>(C)") in quotes.
+    # The reasons named the parser's record number, "line 4" for the line an editor shows as
+    # line 6, two lines off for every reject in the file; a quoted value with a line break
+    # added one more to every later reject.
+    lines = ['"Temp\n(C)","Flow\n(l/min)",note', "1.5,2.5,a", '2.5,3.5,"b\nc"']
+    lines += ["3.5,4.5", "4.5,5.5,d,extra", "5.5,6.5,e"]
+    path = tmp_path / "excel.csv"
+    text = "".join(line.replace("\n", newline) + newline for line in lines)
+    path.write_bytes(text.encode())
+    for chunk_size in (1, 100):
+        frame, rejects = read_all(CsvSource(path, chunk_size=chunk_size))
+        assert frame.index.tolist() == [0, 1, 4]
+        assert rejects.index.tolist() == [2, 3]
+        assert str(rejects.loc[2, "reason"]).startswith("line 7: expected 3 fields, saw 2")
+        assert rejects.loc[3, "reason"] == "line 8: expected 3 fields, saw 4"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_a_quote_never_closed_is_named_by_its_line_and_data_row(
+    tmp_path: Path, suffix: str
+) -> None:
+    # The run stopped with the parser's "EOF inside string starting at row 7": its count of
+    # records from 0, blank lines counted, a quoted line break not, which is neither the data
+    # row (4) of the scores file nor the line (9) an editor shows.
+    lines = ["id,note,value", "", '0,"a\nb",1.5', "1,x,2.5", "", "2,y,3.5", "3,z,4.5"]
+    lines += ['4,"never closed,5.5', "5,w,6.5", "6,v,7.5"]
+    text = "\n".join(lines) + "\n"
+    path = tmp_path / f"quote{suffix}"
+    path.write_bytes(gzip.compress(text.encode()) if suffix == ".csv.gz" else text.encode())
+    with pytest.raises(InputFileError) as error:
+        read_all(CsvSource(path, chunk_size=2))
+    assert str(error.value) == (
+        f'{path}: a quote (") opened on line 9 (data row 4) is never closed, so the rest of the '
+        'file reads as one value: close it, or write a quote inside a value as two ("")'
+    )
+    header = tmp_path / "header.csv"
+    header.write_text('id,"note,value\n0,a,1.5\n')
+    with pytest.raises(InputFileError, match=r"opened in the header \(line 1\) is never closed"):
+        CsvSource(header).header()
 
 
 @pytest.mark.parametrize("chunk_size", [1, 2, 3, 4, 7])

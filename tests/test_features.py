@@ -104,6 +104,36 @@ def test_a_numeric_column_with_some_text_points_to_columns_numeric(
     assert "columns.categorical" not in caplog.text
 
 
+def test_whole_number_ids_in_no_sequence_are_left_out_by_their_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # customer_id and txnId drawn at random (no sequence, so not row numbers) were numeric
+    # features without a word: every later customer outside the training range of ids scored
+    # as anomalous.
+    rng = np.random.default_rng(0)
+    n = 300
+    frame = pd.DataFrame(
+        {
+            "customer_id": rng.choice(np.arange(100_000, 999_999), n, replace=False),
+            "txnId": rng.choice(np.arange(10**9, 2 * 10**9), n, replace=False),
+            "store_id": rng.integers(1, 20, n),  # repeats: a code, not an id
+            "bytes": rng.choice(np.arange(10**6), n, replace=False),  # unique, not named so
+            "amount": rng.gamma(2, 50, n),
+        }
+    )
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.names == ["store_id", "bytes", "amount"]
+    for name in ("customer_id", "txnId"):
+        assert (
+            f"column {name!r} looks like an identifier (its name, and a different whole number "
+            f"in each of its {n} rows) and is not used as a feature"
+        ) in caplog.text
+    # Named as features, they are features.
+    explicit = FeatureSchema.infer(frame, ColumnsConfig(features=["customer_id", "amount"]))
+    assert explicit.names == ["customer_id", "amount"]
+
+
 def test_numbers_with_thousands_separators_or_units_are_named_as_such(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -126,6 +156,33 @@ def test_numbers_with_thousands_separators_or_units_are_named_as_such(
     assert f"'margin' {said} ('{frame.margin[0]}')" in caplog.text
     assert "plain numbers" in caplog.text
     assert "columns.categorical" not in caplog.text
+
+
+def test_numbers_with_thousands_separators_of_a_decimal_comma_export_are_named_as_such(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A ';' export with decimal commas read with --decimal ',': amounts under 1,000 come as
+    # numbers, those above keep their thousands dot as text ('1.927,62'). The column was said
+    # to hold "numbers but 50% of its values are text", to be listed under columns.numeric,
+    # which rejects every amount over 1,000.
+    rng = np.random.default_rng(0)
+    amounts = rng.gamma(2, 600, 500)
+    written = [
+        round(v, 2)
+        if v < 1000
+        else f"{int(v) // 1000}.{int(v) % 1000:03d},{int(v * 100) % 100:02d}"
+        for v in amounts
+    ]
+    frame = pd.DataFrame({"amount": pd.Series(written, dtype=object), "units": amounts // 7})
+    assert 0.2 < frame["amount"].map(lambda v: isinstance(v, str)).mean() < 0.8
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.names == ["units"]
+    example = next(v for v in written if isinstance(v, str))
+    assert (
+        f"'amount' holds numbers written with thousands separators or a unit ('{example}')"
+    ) in caplog.text
+    assert "values are text" not in caplog.text
 
 
 def test_a_misspelt_column_to_leave_out_is_named_with_the_closest(
@@ -276,6 +333,70 @@ def test_missing_feature_column_names_it_and_suggests_separator() -> None:
     # One backslash, as the user types it (the hint showed '\\t').
     with pytest.raises(SchemaError, match=r"looks '\\t'-separated: try --sep '\\t'"):
         schema.check_columns(["a\tb"], source="x.csv")
+
+
+def test_a_feature_column_with_a_blank_header_cell_is_warned_about_and_explained_when_missing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A blank header cell ("a,,b") is read as 'Unnamed: 1', a name made from its position:
+    # trained on as a feature without a word, then an export with a column added before it
+    # ('Unnamed: 2' there) was refused for "feature column 'Unnamed: 1' missing", a name the
+    # user never wrote.
+    rng = np.random.default_rng(0)
+    lines = ["a,,b"] + [",".join(f"{v:.3f}" for v in rng.normal(size=3)) for _ in range(50)]
+    frame = pd.read_csv(io.StringIO("\n".join(lines)))
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.numeric == ["a", "Unnamed: 1", "b"]
+    assert (
+        "feature column 'Unnamed: 1' has no name in the header (a blank cell: pandas names it "
+        "after its position), so an export with its columns in another order would lack it: "
+        "give it a name in the header"
+    ) in caplog.text
+    export = pd.read_csv(io.StringIO("c,a,,b\n1,2,3,4\n"))
+    with pytest.raises(SchemaError) as caught:
+        schema.check_columns(export.columns, source="x.csv")
+    assert str(caught.value).endswith(
+        "; 'Unnamed: 1' is column 2 of the training file, whose header cell was blank (pandas "
+        "names such a column after its position); this file's column with no name: "
+        "'Unnamed: 2': keep the training file's column order, or name the column in both "
+        "files and retrain"
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        FeatureSchema.infer(frame.rename(columns={"Unnamed: 1": "flow"}), ColumnsConfig())
+    assert "no name in the header" not in caplog.text
+
+
+def test_utf8_text_read_as_cp1252_is_named_as_such(caplog: pytest.LogCaptureFixture) -> None:
+    # A model trained on a cp1252 export (--encoding cp1252) reads later files as cp1252; an
+    # export then saved as UTF-8 read 'Total (€)' as 'Total (â‚¬)': "feature column 'Total (€)'
+    # missing" with both names shown and nothing said of the encoding, and 'Zürich' became
+    # an unknown category 'ZÃ¼rich' beside the known 'Zürich'.
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {"Total (€)": rng.normal(size=60), "city": rng.choice(["Zürich", "Bern"], 60)}
+    )
+    schema = FeatureSchema.infer(frame, ColumnsConfig())
+    misread = "Total (€)".encode().decode("cp1252")
+    with pytest.raises(SchemaError) as caught:
+        schema.check_columns([misread, "city"], source="x.csv")
+    assert str(caught.value).endswith(
+        f"; 'Total (€)' is {misread!r} there, UTF-8 text read in another encoding: give "
+        "--encoding utf-8 (csv.encoding in a pipeline)"
+    )
+    pre = Preprocessor.fit(schema.validate(frame)[0], schema)
+    city = "Zürich".encode().decode("cp1252")
+    with caplog.at_level(logging.WARNING):
+        pre.transform(schema.validate(pd.DataFrame({"Total (€)": [0.0], "city": [city]}))[0])
+    assert (
+        f"; {city!r} is 'Zürich', UTF-8 text read in another encoding: give --encoding utf-8"
+    ) in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        pre.transform(schema.validate(pd.DataFrame({"Total (€)": [0.0], "city": ["Genf"]}))[0])
+    assert "not among the values learned" in caplog.text
+    assert "another encoding" not in caplog.text
 
 
 def test_a_file_without_a_header_line_or_another_schema_is_said_in_a_short_line() -> None:

@@ -3,6 +3,7 @@ ORM metadata, idempotent bulk writes, thresholds, URL precedence and one-line er
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -22,6 +23,7 @@ from sqlalchemy import func, inspect, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
+from anomaly_vae import AnomalyVAE
 from anomaly_vae.errors import (
     ConfigError,
     DatabaseConnectionError,
@@ -421,6 +423,131 @@ def test_a_model_directory_moved_and_scored_again_is_registered_at_its_new_path(
             repo.register_model(connection, model=dataclasses.replace(moved, path=None))
             path = connection.execute(select(Model.path).where(Model.id == first)).scalar_one()
             assert path == "/models/pumps-v3"
+    finally:
+        engine.dispose()
+
+
+def test_a_model_name_longer_than_the_database_holds_is_refused_in_one_line(
+    db_url: str, tmp_path: Path
+) -> None:
+    # 'name:' of 250 characters trained, scored to CSV and into SQLite (which stores any
+    # length), and PostgreSQL refused the first 'score --db' with "value too long for type
+    # character varying(200)", naming neither the name nor what to do.
+    from pydantic import ValidationError
+
+    from anomaly_vae.cli.core import load_pipeline
+    from anomaly_vae.config import MODEL_NAME_MAX_CHARS, PipelineConfig
+
+    long_name = "n" * (MODEL_NAME_MAX_CHARS + 50)
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(f"name: {long_name}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="name is 250 characters long: at most 200"):
+        PipelineConfig.from_yaml(pipeline)
+    with pytest.raises(ValidationError):
+        PipelineConfig(name=long_name)
+    # A model directory saved before the check still loads; a directory's long name is cut.
+    assert PipelineConfig.model_validate({"name": long_name}, context={"stored": True})
+    assert load_pipeline(None, default_name=long_name).name == "n" * MODEL_NAME_MAX_CHARS
+    engine = engine_for(db_url)
+    try:
+        with engine.begin() as connection:
+            with pytest.raises(ConfigError, match="is 250 characters long: the database holds"):
+                repo.register_model(connection, model=model_version(name=long_name))
+            exact = model_version(name="n" * MODEL_NAME_MAX_CHARS)
+            assert repo.register_model(connection, model=exact)
+    finally:
+        engine.dispose()
+
+
+def test_a_run_under_a_threshold_computed_for_another_model_version_is_warned_about(
+    db_url: str, tmp_path: Path, trained_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An operator set '--false-alarm-rate 0.5' on one version; a retrained version (its scores
+    # on a scale of their own) was then scored under that level without a word: 62 % of an
+    # export flagged, 468 alerts opened, and the summary blamed the export ("unlike the
+    # training data").
+    from anomaly_vae.storage.sink import model_version_of, start_batch_run
+
+    model = copy.deepcopy(trained_model)
+    model.save(tmp_path / "model")
+    version = model_version_of(model, path=tmp_path / "model")
+    warning = float(np.quantile(version.calibration["scores"], 0.5))
+    engine = engine_for(db_url)
+    try:
+        with engine.connect() as connection:
+
+            def start(threshold: float | None = None) -> None:
+                start_batch_run(
+                    connection,
+                    model=model,
+                    model_dir=tmp_path / "model",
+                    source="export.csv",
+                    source_sha256="0" * 64,
+                    threshold=threshold,
+                )
+
+            start()
+            with connection.begin():
+                repo.add_threshold(
+                    connection,
+                    model_name=model.name,
+                    policy="false_alarm_rate",
+                    warning=warning,
+                    parameters={"model_version": "0123456789ab", "rate": 0.001},
+                    created_by="ops",
+                    reason="before the retraining",
+                )
+            with caplog.at_level(logging.WARNING):
+                start()
+            assert (
+                f"threshold v2 of {model.name!r} (false_alarm_rate, set by ops) was computed "
+                f"from the scores of model version 0123456789ab, and this run scores version "
+                f"{version.version}, whose scores have a scale of their own: 50 % of its "
+                f"held-out normal records cross it; set one for this version ('anomaly-vae "
+                f"thresholds set {model.name} ... --reason ...', or 'thresholds preview' it "
+                "first), or give --threshold"
+            ) in caplog.text
+            caplog.clear()
+            # Computed for this version, or a level given for the run: nothing to say.
+            with connection.begin():
+                repo.add_threshold(
+                    connection,
+                    model_name=model.name,
+                    policy="false_alarm_rate",
+                    warning=warning,
+                    parameters={"model_version": version.version, "rate": 0.5},
+                    created_by="ops",
+                    reason="again",
+                )
+            with caplog.at_level(logging.WARNING):
+                start()
+                start(threshold=1.0)
+            assert "was computed from the scores" not in caplog.text
+    finally:
+        engine.dispose()
+
+
+def test_an_unregistered_model_name_is_answered_with_the_closest_registered_one(
+    db_url: str,
+) -> None:
+    # 'models show Pumps' said only "no model named 'Pumps' is registered", with 'pumps'
+    # registered: letter case, or a typo, left the user to compare names by eye.
+    from anomaly_vae.errors import NotFoundError
+
+    engine = engine_for(db_url)
+    try:
+        with engine.begin() as connection:
+            repo.register_model(connection, model=model_version(name="pumps"))
+            repo.register_model(connection, model=model_version("Pumps-B", "b" * 64))
+            for asked, meant in (("PUMPS", "pumps"), ("pumsp", "pumps"), ("pumps-b", "Pumps-B")):
+                with pytest.raises(NotFoundError) as caught:
+                    repo.registered_versions(connection, name=asked)
+                assert str(caught.value) == (
+                    f"no model named {asked!r} is registered (did you mean {meant!r}?)"
+                )
+            with pytest.raises(NotFoundError) as caught:
+                repo.registered_versions(connection, name="fans")
+            assert str(caught.value) == "no model named 'fans' is registered"
     finally:
         engine.dispose()
 

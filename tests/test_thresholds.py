@@ -288,6 +288,35 @@ def test_label_times_are_read_as_stored_event_times_are(tmp_path: Path) -> None:
         read_labels(empty)
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "cp1252"])
+def test_a_labels_file_with_a_byte_order_mark_is_read_whatever_the_encoding_given(
+    tmp_path: Path, encoding: str
+) -> None:
+    # Excel's "CSV UTF-8" starts with the byte order mark: with --encoding cp1252 (as the
+    # export was scored with) the header was read without it and the rows with it as
+    # 'ï»¿entity', and 'thresholds tune' ended in a KeyError traceback.
+    from anomaly_vae.storage.tuning import read_labels
+
+    path = tmp_path / "incidents.csv"
+    path.write_bytes(b"\xef\xbb\xbfentity,start,end\nP\xc3\xbc1,1700000000,1700000060\n")
+    labels = read_labels(path, encoding=encoding)
+    assert labels.kind == "windows"
+    assert list(labels.frame["entity"]) == ["Pü1"]
+
+
+def test_a_labels_file_with_spaces_after_its_separators_is_read(tmp_path: Path) -> None:
+    # "entity, start, end", as some tools write it: the header was read without the spaces
+    # and the rows with them (' start'), and 'thresholds tune' ended in a KeyError traceback.
+    from anomaly_vae.storage.tuning import read_labels
+
+    path = tmp_path / "incidents.csv"
+    path.write_text("entity, start, end\nP1, 1700000000, 1700000060\n")
+    labels = read_labels(path)
+    assert labels.kind == "windows"
+    assert list(labels.frame["entity"]) == ["P1"]
+    assert len(labels.frame["start"].dropna()) == 1
+
+
 def labels_of(values: np.ndarray) -> list[float]:
     return [float(v) for v in values]
 

@@ -1224,7 +1224,11 @@ def test_a_time_text_past_what_an_event_time_holds_is_rejected(window_model: Ano
     assert event_timestamps(data["ts"]).isna().tolist() == bad.tolist()
     batch = window_model.score_batch(data)
     assert sorted(batch.rejects.index) == [5, 9]
-    assert batch.rejects["reason"].str.endswith("is not a time").all()
+    assert (
+        batch.rejects["reason"]
+        .str.endswith("is a date outside the years 1677 to 2262 that a time can be read in")
+        .all()
+    )
     records = data.astype(object).where(data.notna(), None).to_dict(orient="records")
     messages = [
         Message("t", 0, i, str(r["pump_id"]).encode(), json.dumps(r).encode(), 0)
@@ -1414,6 +1418,34 @@ def test_a_true_or_false_time_is_rejected_not_read_as_1970(window_model: Anomaly
     assert list(batch.rejects.index) == [3, 9]
     assert batch.rejects.loc[3, "reason"] == "window time column 'ts': True is not a time"
     assert len(batch.scores) == 38
+
+
+def test_a_date_past_the_years_a_time_holds_is_named_so_not_called_no_time(
+    window_model: AnomalyVAE,
+) -> None:
+    # '9999-12-31T00:00:00Z' (an export's "no end") is ISO 8601 but past 2262, the last year
+    # a 64-bit nanosecond time reaches: its reason said "is not a time", and the batch
+    # database sink's warning "Write ISO 8601", which it was.
+    from anomaly_vae.windows import out_of_range_time
+
+    data = make_pump_data(12, seed=7).astype({"ts": object})
+    data.loc[2, "ts"] = "9999-12-31T00:00:00Z"
+    data.loc[4, "ts"] = "0001-01-01"
+    data.loc[6, "ts"] = "2026-13-01T00:00:00Z"
+    batch = window_model.score_batch(data)
+    assert list(batch.rejects.index) == [2, 4, 6]
+    far = "is a date outside the years 1677 to 2262 that a time can be read in"
+    assert (
+        batch.rejects.loc[2, "reason"] == f"window time column 'ts': '9999-12-31T00:00:00Z' {far}"
+    )
+    assert batch.rejects.loc[4, "reason"] == f"window time column 'ts': '0001-01-01' {far}"
+    assert str(batch.rejects.loc[6, "reason"]).endswith("'2026-13-01T00:00:00Z' is not a time")
+    assert [out_of_range_time(v) for v in ("2300-01-01 10:00", "yesterday", 1e30, None)] == [
+        True,
+        False,
+        False,
+        False,
+    ]
 
 
 def test_a_long_time_text_is_not_repeated_whole_in_its_reason(window_model: AnomalyVAE) -> None:

@@ -14,7 +14,7 @@ import typer
 from pydantic import ValidationError
 
 from anomaly_vae.cli import app, setup_logging
-from anomaly_vae.config import CsvConfig, PipelineConfig, WindowConfig
+from anomaly_vae.config import MODEL_NAME_MAX_CHARS, CsvConfig, PipelineConfig, WindowConfig
 from anomaly_vae.errors import ConfigError, InputFileError, SchemaError
 
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ def load_pipeline(path: Path | None, *, default_name: str = "default") -> Pipeli
     (the model directory's name), with or without a file: two models never share the name
     'default', and with it their thresholds and results in the database."""
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in default_name) or "default"
+    safe = safe[:MODEL_NAME_MAX_CHARS]  # a directory's name may be longer than the database's
     if path is None:
         return PipelineConfig(name=safe)
     cfg = PipelineConfig.from_yaml(path)

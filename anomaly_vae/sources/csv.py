@@ -67,6 +67,7 @@ def _other_format(head: bytes) -> str | None:
 _NA_WORDS = sorted(STR_NA_VALUES)
 _SEP_HINT = re.compile(r"^sep=.?$", re.IGNORECASE)
 _BAD_LINE = re.compile(r"[Ss]kipping line (\d+): (.*)")
+_UNCLOSED_QUOTE = re.compile(r"EOF inside string starting at row (\d+)")
 _FIRST_LINE_TOO_LONG = "Length of header or names does not match length of data"
 _ENCODING_HINT = (
     "if it uses another encoding, give it with --encoding (Excel on Windows writes cp1252; "
@@ -279,9 +280,7 @@ class CsvSource:
                             else pd.DataFrame(columns=self.header())
                         )
                     except pd.errors.ParserError as exc:
-                        raise InputFileError(
-                            f"{self.label}: malformed CSV: {_first_line(exc)}"
-                        ) from None
+                        raise self._malformed(exc) from None
                     except UnicodeDecodeError as exc:
                         raise InputFileError(
                             f"{self.label} is not {self.encoding} text ({exc.reason} at byte "
@@ -293,7 +292,7 @@ class CsvSource:
                             f"{self.label} cannot be read: {_first_line(exc)}"
                         ) from None
                 self._check_first_line(caught, len(frame.columns))
-                bad_lines, reasons = _bad_lines(caught)
+                bad_lines, messages = _bad_lines(caught)
                 if ended and not bad_lines:
                     break
                 previous = frame
@@ -311,14 +310,23 @@ class CsvSource:
                     short_lines = _LineFinder(
                         self.path, self.encoding, self.sep, skip_space=self.spaced()
                     )
-                found = raw_lines.lines(bad_lines) if raw_lines else []
-                bad_rows = [row for row, _ in found]
+                found = (
+                    raw_lines.lines(bad_lines)
+                    if raw_lines
+                    else [(number - 2, None, None) for number in bad_lines]
+                )
+                bad_rows = [row for row, _, _ in found]
                 rows = _row_numbers(next_row, len(frame), bad_rows)
                 frame.index = pd.Index(rows, name="row")
-                raws = [raw for _, raw in found]
+                raws = [raw for _, _, raw in found]
+                # The line where the record starts in the file, as an editor numbers it (the
+                # parser's "line N" counts records: a quoted value or header name holding a
+                # line break put every later line number off).
                 reasons = [
-                    reason + _empty_extra_hint(raw, width)
-                    for reason, raw in zip(reasons, raws, strict=True)
+                    f"line {line or number}: {message}" + _empty_extra_hint(raw, width)
+                    for number, (_, line, raw), message in zip(
+                        bad_lines, found, messages, strict=True
+                    )
                 ]
                 if padded and short_lines is not None and last is not None:
                     blank_last = frame.index[last.isna().to_numpy()].tolist()
@@ -408,6 +416,32 @@ class CsvSource:
         first = self._read(nrows=1, header=None, dtype=str, keep_default_na=False)
         return [str(v) for v in first.iloc[0].tolist()] if len(first) else []
 
+    def _malformed(self, exc: pd.errors.ParserError) -> InputFileError:
+        """The parser's error as one line. A quote never closed is found on the file's lines:
+        the parser names it as "EOF inside string starting at row N", N its own count of
+        records from 0 (the header, blank lines and quoted line breaks counted its way), which
+        is neither a data row nor a line a user can go to."""
+        text = _first_line(exc)
+        match = _UNCLOSED_QUOTE.search(text)
+        if match is None:
+            return InputFileError(f"{self.label}: malformed CSV: {text}")
+        record = int(match.group(1)) + 1  # 1-based, as _LineFinder counts them
+        finder = _LineFinder(self.path, self.encoding, self.sep, skip_space=bool(self._spaced))
+        try:
+            ((row, line, _),) = finder.lines([record])
+        finally:
+            finder.close()
+        if record == 1:
+            where = "in the header (line 1)"
+        elif line is None:
+            where = f"in data row {row}"
+        else:
+            where = f"on line {line} (data row {row})"
+        return InputFileError(
+            f'{self.label}: a quote (") opened {where} is never closed, so the rest of the '
+            'file reads as one value: close it, or write a quote inside a value as two ("")'
+        )
+
     def _read(self, handle: IO[bytes] | None = None, **kwargs: Any) -> Any:
         source: Any = handle if handle is not None else self.path
         options: dict[str, Any] = {
@@ -429,7 +463,7 @@ class CsvSource:
                 f"{self.label} is empty: expected a header line and data rows"
             ) from None
         except pd.errors.ParserError as exc:
-            raise InputFileError(f"{self.label}: malformed CSV: {_first_line(exc)}") from None
+            raise self._malformed(exc) from None
         except UnicodeDecodeError:
             raise InputFileError(
                 f"{self.label} is not {self.encoding} text: is it a CSV file? {_ENCODING_HINT}"
@@ -471,11 +505,13 @@ def _text_opener(path: Path) -> Any:
 
 
 class _LineFinder:
-    """The data row number and the fields (as a JSON list) of given records of a possibly
-    compressed file (the parser's "line N": the header is record 1 when no blank line comes
-    before it), read by Python's csv module on a second handle that only moves forward: used
-    for the lines the parser skips (too many fields) or pads (too few), so that their values
-    land in the rejects under the row number they have in the file.
+    """The data row number, the line it starts on and the fields (as a JSON list) of given
+    records of a possibly compressed file (the parser's "line N": the header is record 1 when
+    no blank line comes before it), read by Python's csv module on a second handle that only
+    moves forward: used for the lines the parser skips (too many fields) or pads (too few), so
+    that their values land in the rejects under the row number they have in the file, and the
+    reason names the line an editor shows (a record is several lines when a quoted value
+    holds a line break).
 
     The parser counts blank lines in its "line N" but skips them as rows, so the data row is
     the number of non-blank records before the line, less the header."""
@@ -486,6 +522,7 @@ class _LineFinder:
         opener = _text_opener(path)
         self._handle: IO[str] | None = None
         self._records: Iterator[list[str]] = iter(())
+        self._reader: Any = None  # the csv reader: its line_num counts the lines read
         if len(sep) == 1:
             try:
                 self._handle = opener(path, "rt", encoding=encoding, errors="replace", newline="")
@@ -495,8 +532,10 @@ class _LineFinder:
                 # The csv module refuses a field over 128 KiB (a text blob the parser reads),
                 # after which the lines could no longer be followed.
                 csv.field_size_limit(max(csv.field_size_limit(), _MAX_FIELD))
-                self._records = csv.reader(self._handle, delimiter=sep, skipinitialspace=skip_space)
+                self._reader = csv.reader(self._handle, delimiter=sep, skipinitialspace=skip_space)
+                self._records = self._reader
         self._at = 0  # records read so far
+        self._start = 0  # the line (1-based) the record read last starts on
         self._blank = 0  # blank ones among them (no row of the parser's)
         self._lost = self._handle is None  # cannot be followed: rows from line numbers
 
@@ -505,12 +544,14 @@ class _LineFinder:
         counts it, and counts it blank when it is one (spaces or tabs alone: no row)."""
         if self._lost:
             return None
+        start = self._reader.line_num + 1 if self._reader is not None else 0
         try:
             fields = next(self._records)
         except (StopIteration, csv.Error):
             self._lost = True
             return None
         self._at += 1
+        self._start = start
         if len(fields) <= 1 and not "".join(fields).strip(" \t"):
             self._blank += 1
         return fields
@@ -518,20 +559,22 @@ class _LineFinder:
     def _text(self, fields: list[str]) -> str:
         return json.dumps(fields, ensure_ascii=False)[: self.MAX_CHARS]
 
-    def lines(self, numbers: list[int]) -> list[tuple[int, str | None]]:
-        """(data row, fields as JSON text) of records ``numbers`` (1-based, increasing, after
-        any asked before); when the file cannot be followed, the row as if no line were
-        blank and no text."""
-        out: list[tuple[int, str | None]] = []
+    def lines(self, numbers: list[int]) -> list[tuple[int, int | None, str | None]]:
+        """(data row, line it starts on, fields as JSON text) of records ``numbers`` (1-based,
+        increasing, after any asked before); when the file cannot be followed, the row as if
+        no line were blank, and no line or text."""
+        out: list[tuple[int, int | None, str | None]] = []
         for number in numbers:
             text: str | None = None
+            line: int | None = None
             while self._at < number:
                 fields = self._advance()
                 if fields is None:
                     break
                 if self._at == number:
                     text = self._text(fields)
-            out.append((number - 2 - self._blank, text))
+                    line = self._start
+            out.append((number - 2 - self._blank, line, text))
         return out
 
     def short_rows(self, rows: list[int], required: int) -> list[tuple[int, int, int, str]]:
@@ -550,7 +593,7 @@ class _LineFinder:
                 at_row = self._at - 2 - self._blank
                 if at_row == row:
                     if len(fields) < required:
-                        out.append((row, self._at, len(fields), self._text(fields)))
+                        out.append((row, self._start, len(fields), self._text(fields)))
                     break
                 if at_row > row:  # not where the parser has it: stop checking
                     self._lost = True
@@ -653,17 +696,17 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _bad_lines(caught: list[warnings.WarningMessage]) -> tuple[list[int], list[str]]:
-    """The parser's numbers of the lines it skipped (the header's is 1), with the reasons."""
+    """The parser's numbers of the lines it skipped (records: the header's is 1), with what
+    it said of each."""
     lines: list[int] = []
-    reasons: list[str] = []
+    messages: list[str] = []
     for item in caught:
         for line in str(item.message).splitlines():
             match = _BAD_LINE.search(line)
             if match:
-                line_no = int(match.group(1))
-                lines.append(line_no)
-                reasons.append(f"line {line_no}: {match.group(2).strip()}")
-    return lines, reasons
+                lines.append(int(match.group(1)))
+                messages.append(match.group(2).strip())
+    return lines, messages
 
 
 def _row_numbers(start: int, count: int, bad_rows: list[int]) -> np.ndarray:

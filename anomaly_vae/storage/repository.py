@@ -46,6 +46,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect, Row
 from sqlalchemy.orm import aliased
 
+from anomaly_vae.config import MODEL_NAME_MAX_CHARS
 from anomaly_vae.errors import ConfigError, NotFoundError
 from anomaly_vae.storage.alerting import AlertChanges, apply_alert_rule, not_written_by
 from anomaly_vae.storage.alerting import alert_details as fetch_alert_details
@@ -130,6 +131,14 @@ class ModelVersion:
 
 def register_model(connection: Connection, *, model: ModelVersion) -> int:
     """Record a model version (once per content hash); returns its ``models.id``."""
+    if len(model.name) > MODEL_NAME_MAX_CHARS:
+        # A model saved before training refused such a name: PostgreSQL would refuse it here
+        # as "value too long for type character varying(200)", naming nothing.
+        raise ConfigError(
+            f"model name {model.name[:40]!r}... is {len(model.name)} characters long: the "
+            f"database holds at most {MODEL_NAME_MAX_CHARS}; retrain it with a shorter 'name:' "
+            "in its pipeline file"
+        )
     known = connection.execute(
         select(Model.id).where(Model.content_hash == model.content_hash)
     ).first()
@@ -393,8 +402,21 @@ def registered_versions(connection: Connection, *, name: str, hint: str = "") ->
     misspelt name must not read as an empty, clean result. ``hint`` ends the message."""
     versions = model_versions(connection, name=name)
     if not versions:
-        raise NotFoundError(f"no model named {name!r} is registered{hint}")
+        raise NotFoundError(
+            f"no model named {name!r} is registered{closest_model_name(connection, name)}{hint}"
+        )
     return versions
+
+
+def closest_model_name(connection: Connection, name: str) -> str:
+    """'; did you mean 'pumps'?' for the registered name closest to ``name`` (letter case
+    first: 'Pumps' for 'pumps'), or nothing."""
+    import difflib
+
+    names = list(connection.execute(select(Model.name).distinct()).scalars())
+    same = [n for n in names if n.lower() == name.lower()]
+    close = same or difflib.get_close_matches(name, names, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 # ========================================================================== runs

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 from anomaly_vae._version import __version__
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.thresholds import SEVERITY_NAMES, AlertRule, Thresholds
-from anomaly_vae.windows import entity_text, event_times_in_order
+from anomaly_vae.windows import entity_text, event_times_in_order, out_of_range_time
 
 if TYPE_CHECKING:
     from anomaly_vae.estimator import AnomalyVAE
@@ -126,6 +126,7 @@ def start_batch_run(
                 in_force.critical,
                 int(in_force.id),
             )
+            note_other_version(in_force, version, override=", or give --threshold")
         else:
             value, critical, threshold_id = float(threshold), None, None
         run_id = repo.start_run(
@@ -148,6 +149,39 @@ def start_batch_run(
         threshold=value,
         critical=None if critical is None else float(critical),
         alert_rule=AlertRule.from_dict(in_force.alert_rule),
+    )
+
+
+def note_other_version(in_force: Any, version: repo.ModelVersion, *, override: str = "") -> None:
+    """Warn when the threshold in force was computed from another version's scores (an
+    operator's quantile, false-alarm rate, EVT, contamination or tuned level, which scoring
+    never replaces): a retrained model's scores have a scale of their own, and the run
+    flagged by the old level without a word, its "most rows crossed the threshold" line
+    blaming the export."""
+    computed_for = (in_force.parameters or {}).get("model_version")
+    if not computed_for or computed_for == version.version:
+        return
+    scores = np.asarray(version.calibration.get("scores") or [], dtype=np.float64)
+    crossing = (
+        f": {100 * float(np.mean(scores > float(in_force.warning))):.3g} % of its held-out "
+        "normal records cross it"
+        if len(scores)
+        else ""
+    )
+    logger.warning(
+        "threshold v%d of %r (%s, set by %s) was computed from the scores of model version "
+        "%s, and this run scores version %s, whose scores have a scale of their own%s; set "
+        "one for this version ('anomaly-vae thresholds set %s ... --reason ...', or "
+        "'thresholds preview' it first)%s",
+        in_force.version,
+        version.name,
+        in_force.policy,
+        in_force.created_by,
+        computed_for,
+        version.version,
+        crossing,
+        version.name,
+        override,
     )
 
 
@@ -254,15 +288,27 @@ class DatabaseSink:
             return
         if not self.unread_times:
             row = given.index[unread][0]
-            logger.warning(
-                "%s: the timestamp column %r holds values that are not times (first: %r at data "
-                "row %s); such scores are stored without an event time. Write ISO 8601 "
-                "(2026-11-20T09:00:00+01:00) or epoch seconds",
-                self.source,
-                self.timestamp_column,
-                given[row],
-                row,
-            )
+            far = next((v for v in given[unread] if out_of_range_time(v)), None)
+            if far is not None:
+                logger.warning(
+                    "%s: the timestamp column %r holds dates outside the years 1677 to 2262 "
+                    "that a time can be read in (first: %r at data row %s); such scores are "
+                    "stored without an event time",
+                    self.source,
+                    self.timestamp_column,
+                    far,
+                    given.index[unread & given.map(out_of_range_time).to_numpy(dtype=bool)][0],
+                )
+            else:
+                logger.warning(
+                    "%s: the timestamp column %r holds values that are not times (first: %r at "
+                    "data row %s); such scores are stored without an event time. Write ISO "
+                    "8601 (2026-11-20T09:00:00+01:00) or epoch seconds",
+                    self.source,
+                    self.timestamp_column,
+                    given[row],
+                    row,
+                )
         self.unread_times += int(unread.sum())
 
     def rejects(self, chunk: ScoredChunk) -> pd.DataFrame:

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from anomaly_vae.jobs.stream import ThresholdInForce, WriteResult, first_line
 from anomaly_vae.sources.kafka import ENTITY, EVENT_TIME, SOURCE_KEY
 from anomaly_vae.storage import repository as repo
-from anomaly_vae.storage.sink import model_version_of, severity_labels
+from anomaly_vae.storage.sink import model_version_of, note_other_version, severity_labels
 from anomaly_vae.storage.window_states import load_window_states
 from anomaly_vae.thresholds import AlertRule
 
@@ -52,6 +52,7 @@ class StreamDatabaseSink:
             in_force = repo.ensure_calibrated_threshold(
                 connection, model=version, created_by="anomaly-vae stream", alert_rule=alert_rule
             )
+            note_other_version(in_force, version)
             self.run_id = repo.start_run(
                 connection,
                 kind="stream",

@@ -167,8 +167,9 @@ def model_in_use(connection: Connection, *, name: str) -> Row[Any]:
         ).first()
     if row is None:
         raise NotFoundError(
-            f"no model named {name!r} is registered (a model is registered when it first "
-            "scores into this database): 'anomaly-vae models list' or GET /models lists them"
+            f"no model named {name!r} is registered{repo.closest_model_name(connection, name)} "
+            "(a model is registered when it first scores into this database): 'anomaly-vae "
+            "models list' or GET /models lists them"
         )
     return row
 
@@ -759,7 +760,18 @@ def read_labels(
         frame = pd.DataFrame({name: pd.concat(given) if given else pd.Series([], dtype=str)})
     else:
         try:
-            frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding=encoding)
+            # Read as the source read the header: its encoding (UTF-8 for a file with UTF-8's
+            # byte order mark, whatever was given), and spaces after the separators skipped
+            # when the header has them ("entity, start, end"). Otherwise the names here were
+            # not the header's ('ï»¿entity', ' start'): a KeyError traceback.
+            frame = pd.read_csv(
+                path,
+                sep=sep,
+                dtype=str,
+                keep_default_na=False,
+                encoding=source.encoding,
+                skipinitialspace=source.spaced(),
+            )
         except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
             raise InputFileError(f"labels file {path} is not a readable CSV: {exc}") from None
     if "start" in columns and "end" in columns:
