@@ -600,6 +600,33 @@ def test_a_rejected_record_keeps_the_message_as_it_came(stream_model: AnomalyVAE
     assert out.rejects.loc["t:0:0", "raw"] == value.decode()
 
 
+def test_a_category_sent_as_a_json_array_or_object_is_a_dead_letter(
+    stream_model: AnomalyVAE,
+) -> None:
+    # A producer nesting a categorical field ({"station": {"name": "north"}}) had it scored as
+    # the unknown category "{'name': 'north'}" (Python's text of the dict): flagged, explained
+    # by 'station', and the warning named a value nobody sent. It is a reject, as a number
+    # field holding one is.
+    cfg = stream_config(stream_model, "127.0.0.1:9", "t")
+    record = make_pump_data(1, seed=4).astype(object).to_dict(orient="records")[0]
+    values = [
+        json.dumps({**record, "station": {"name": record["station"]}}).encode(),
+        json.dumps({**record, "station": [record["station"]]}).encode(),
+        json.dumps(record).encode(),
+    ]
+    out = StreamScorer(stream_model, cfg, MemorySink([])).score_records(
+        [msg(v, i) for i, v in enumerate(values)]
+    )
+    assert str(out.rejects.loc["t:0:0", "reason"]) == (
+        "column 'station': {'name': 'north'} is an object, not a category (text or a number)"
+    )
+    assert str(out.rejects.loc["t:0:1", "reason"]).startswith(
+        "column 'station': ['north'] is an array"
+    )
+    assert out.rejects.loc["t:0:0", "raw"] == values[0].decode()
+    assert out.records["_source_key"].tolist() == ["t:0:2"]
+
+
 def test_sigterm_like_stop_finishes_the_batch(broker: DevBroker, stream_model: AnomalyVAE) -> None:
     topic = create_topic(broker.bootstrap)
     cfg = stream_config(stream_model, broker.bootstrap, topic)
