@@ -208,6 +208,8 @@ class FeatureSchema:
                     problems.append((bad, reasons))
             else:
                 out[col.name] = _to_category_text(series)
+                if (structured := _structured_values(series, col.name)) is not None:
+                    problems.append(structured)
         bad_any = np.zeros(n, dtype=bool)
         for bad, _ in problems:
             bad_any |= bad
@@ -328,6 +330,29 @@ def _to_float(series: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray | No
 def _short(value: object, limit: int = 40) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "...'"
+
+
+def _structured_values(series: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The rows of a categorical column holding a list or a dict (a JSON array or object from
+    a Kafka message or an API client), with the reason, else None. Their text (``"['x']"``,
+    ``"{'id': 'north'}"``) was scored as an unknown category: flagged, explained by that
+    column, though the producer had only nested the value."""
+    # Lists and dicts make pandas infer "mixed": text, numbers and booleans are not scanned.
+    if series.dtype != object or not pd.api.types.infer_dtype(series, skipna=True).startswith(
+        "mixed"
+    ):
+        return None
+    raw = series.to_numpy(dtype=object)
+    hit = np.fromiter((isinstance(v, (list, dict)) for v in raw), dtype=bool, count=len(raw))
+    if not hit.any():
+        return None
+    reasons = np.full(len(raw), "", dtype=object)
+    for i in np.flatnonzero(hit):
+        kind = "an array" if isinstance(raw[i], list) else "an object"
+        reasons[i] = (
+            f"column {name!r}: {_short(raw[i])} is {kind}, not a category (text or a number)"
+        )
+    return hit, reasons
 
 
 def _to_category_text(series: pd.Series) -> np.ndarray:

@@ -495,6 +495,20 @@ def test_categories_compare_as_text() -> None:
     assert enc.x[2, 0] == 1.0  # unknown
 
 
+def test_a_list_or_dict_in_a_categorical_column_is_rejected_not_an_unknown_category() -> None:
+    # A JSON array or object (a Kafka message, an API record) was read as the category
+    # "['x']", unknown, so the record was flagged for a value nobody sent.
+    train = pd.DataFrame({"c": ["a", "b", "c"] * 10, "x": np.arange(30.0)})
+    schema = FeatureSchema.infer(train, ColumnsConfig(categorical=["c"]))
+    test = pd.DataFrame({"c": [["a"], {"id": "a"}, "a", 3, None], "x": [1.0] * 5})
+    clean, rejects = schema.validate(test)
+    assert clean.index.tolist() == [2, 3, 4]
+    assert rejects["reason"].tolist() == [
+        "column 'c': ['a'] is an array, not a category (text or a number)",
+        "column 'c': {'id': 'a'} is an object, not a category (text or a number)",
+    ]
+
+
 def test_a_column_with_values_only_past_the_inferred_rows_is_a_feature(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

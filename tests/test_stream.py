@@ -139,6 +139,47 @@ def test_decode_event_time_from_field_or_kafka() -> None:
     assert times[1] == pd.Timestamp(1_700_000_000_000, unit="ms", tz="UTC")
 
 
+def test_decode_counts_the_time_fields_that_are_not_times() -> None:
+    # A null or blank time takes the Kafka timestamp quietly; so did "garbage", true or an
+    # object, which the stored event time then hid (a batch job names such a value).
+    messages = [
+        msg(b'{"a": 1, "b": 2, "ts": "2026-11-01T10:00:00Z"}', 0),
+        msg(b'{"a": 1, "b": 2, "ts": null}', 1),
+        msg(b'{"a": 1, "b": 2, "ts": " "}', 2),
+        msg(b'{"a": 1, "b": 2, "ts": "garbage"}', 3),
+        msg(b'{"a": 1, "b": 2, "ts": true}', 4),
+        msg(b'{"a": 1, "b": 2}', 5),
+    ]
+    out = decode_messages(messages, features=FEATURES, fields=["ts"], time_field="ts")
+    assert out.unread_times == 2
+    assert out.first_unread_time == ("t:0:3", "garbage")
+    kafka_time = pd.Timestamp(1_700_000_000_000, unit="ms", tz="UTC")
+    assert out.frame["_event_time"].tolist()[1:] == [kafka_time] * 5
+
+
+def test_a_time_field_that_is_not_a_time_is_named_once_by_the_scorer(
+    stream_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = stream_config(stream_model, "127.0.0.1:9", "t")
+    record = make_pump_data(1, seed=4).astype(object).to_dict(orient="records")[0]
+    values = [
+        json.dumps({**record, "ts": "28/13/2026 25:00"}).encode(),
+        json.dumps({**record, "ts": "yesterday"}).encode(),
+        json.dumps(record).encode(),
+    ]
+    scorer = StreamScorer(stream_model, cfg, MemorySink([]))
+    caplog.set_level("WARNING", logger="anomaly_vae")
+    scorer.score_records([msg(v, i) for i, v in enumerate(values)])
+    scorer.score_records([msg(values[1], 3)])
+    lines = [r.getMessage() for r in caplog.records if "not times" in r.getMessage()]
+    assert lines == [
+        "the timestamp field 'ts' holds values that are not times (first: '28/13/2026 25:00' "
+        "at t:0:0); such records are stored with the Kafka message's timestamp as their event "
+        "time. Write ISO 8601 (2026-11-20T09:00:00+01:00) or epoch seconds"
+    ]
+    assert scorer.unread_times == 3
+
+
 def test_decode_event_time_numbers_beside_text_are_epoch_seconds() -> None:
     # One batch with an ISO time and epoch numbers: the numbers were read as nanoseconds
     # (1970-01-01 00:00:01.79...) once the column held text as well.
@@ -598,6 +639,33 @@ def test_a_rejected_record_keeps_the_message_as_it_came(stream_model: AnomalyVAE
     out = StreamScorer(stream_model, cfg, MemorySink([])).score_records([msg(value, 0)])
     assert str(out.rejects.loc["t:0:0", "reason"]).startswith("column 'rpm': {'value': 1500")
     assert out.rejects.loc["t:0:0", "raw"] == value.decode()
+
+
+def test_a_category_sent_as_a_json_array_or_object_is_a_dead_letter(
+    stream_model: AnomalyVAE,
+) -> None:
+    # A producer nesting a categorical field ({"station": {"name": "north"}}) had it scored as
+    # the unknown category "{'name': 'north'}" (Python's text of the dict): flagged, explained
+    # by 'station', and the warning named a value nobody sent. It is a reject, as a number
+    # field holding one is.
+    cfg = stream_config(stream_model, "127.0.0.1:9", "t")
+    record = make_pump_data(1, seed=4).astype(object).to_dict(orient="records")[0]
+    values = [
+        json.dumps({**record, "station": {"name": record["station"]}}).encode(),
+        json.dumps({**record, "station": [record["station"]]}).encode(),
+        json.dumps(record).encode(),
+    ]
+    out = StreamScorer(stream_model, cfg, MemorySink([])).score_records(
+        [msg(v, i) for i, v in enumerate(values)]
+    )
+    assert str(out.rejects.loc["t:0:0", "reason"]) == (
+        "column 'station': {'name': 'north'} is an object, not a category (text or a number)"
+    )
+    assert str(out.rejects.loc["t:0:1", "reason"]).startswith(
+        "column 'station': ['north'] is an array"
+    )
+    assert out.rejects.loc["t:0:0", "raw"] == values[0].decode()
+    assert out.records["_source_key"].tolist() == ["t:0:2"]
 
 
 def test_sigterm_like_stop_finishes_the_batch(broker: DevBroker, stream_model: AnomalyVAE) -> None:

@@ -308,6 +308,11 @@ def stream(
             f"this session's threshold; 'anomaly-vae thresholds preview {model.name}' replays "
             "stored scores under the threshold in force"
         )
+    if scorer.unread_times:
+        typer.echo(
+            f"{shown}{scorer.unread_times} records stored with the Kafka timestamp as their "
+            f"event time: their {scorer.cfg.columns.timestamp!r} is not a time"
+        )
     windows = scorer.window_counters()
     if windows is not None:
         typer.echo(

@@ -225,6 +225,9 @@ class StreamScorer:
         self._rebalancing = threading.Event()
         self._assigned_at = -math.inf
         self._warned_split = False
+        # Records whose time field held something that is not a time (a model without
+        # windows stores the Kafka timestamp for them; a windowed one rejects them).
+        self.unread_times = 0
 
     # ------------------------------------------------------------------ lifecycle
     def install_signal_handlers(self) -> None:
@@ -631,6 +634,8 @@ class StreamScorer:
         )
         if self.cfg.window is None and self._run_day_first is None:
             self._run_day_first = decoded.day_first  # kept once a batch decided it
+        if self.cfg.window is None and decoded.first_unread_time is not None:
+            self._note_unread_times(decoded.unread_times, *decoded.first_unread_time)
         threshold = self._current_threshold()
         frame = decoded.frame
         windows = self._window_state()
@@ -672,6 +677,22 @@ class StreamScorer:
             alert_rule=threshold.alert_rule,
             window_states=self._take_window_states(windows),
         )
+
+    def _note_unread_times(self, count: int, key: str, value: Any) -> None:
+        """Count the records whose time field is not a time; the first is named once. They
+        were stored with the Kafka timestamp as their event time without a word: a backfill's
+        record then sat at 'now' among last week's, in the lists and in the alert rule's
+        order."""
+        if not self.unread_times:
+            logger.warning(
+                "the timestamp field %r holds values that are not times (first: %s at %s); "
+                "such records are stored with the Kafka message's timestamp as their event "
+                "time. Write ISO 8601 (2026-11-20T09:00:00+01:00) or epoch seconds",
+                self.cfg.columns.timestamp,
+                _short_value(value),
+                key,
+            )
+        self.unread_times += count
 
     def _take_window_states(self, windows: WindowState | None) -> dict[str, bytes] | None:
         """The batch's changed window states, their entities marked as not yet written."""
@@ -1153,6 +1174,11 @@ def _log_failed_sends(sent: list[tuple[str, Any]]) -> None:
             topic,
             first_line(errors[0]),
         )
+
+
+def _short_value(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _names(partitions: Any) -> list[str]:

@@ -75,6 +75,10 @@ class DecodedBatch:
     # The order numeric dates (05/11/2026) of the time field were read in: the one given, else
     # the one this batch's values decide (None when it holds none), for the caller to keep.
     day_first: bool | None = None
+    # Messages whose time field holds something that is not a time (not a null or blank):
+    # how many, and the first one's source key and value. They take the Kafka timestamp.
+    unread_times: int = 0
+    first_unread_time: tuple[str, Any] | None = None
 
 
 def decode_messages(
@@ -217,13 +221,23 @@ def decode_messages(
         stamps = [s for s, ok in zip(stamps, keep_rows, strict=True) if ok]
     frame[SOURCE_KEY] = keys
     frame[ENTITY] = pd.Series(entities, index=frame.index, dtype=object)
-    frame[EVENT_TIME], day_first = _event_times(
+    frame[EVENT_TIME], day_first, unread = _event_times(
         frame, time_field, np.asarray(stamps, dtype=np.int64), day_first=day_first
     )
     rejects = pd.DataFrame(
         reject_rows, columns=[SOURCE_KEY, "reason", "raw", "topic", "partition", "offset"]
     ).set_index(SOURCE_KEY)
-    return DecodedBatch(frame=frame, rejects=rejects, day_first=day_first)
+    first_unread = None
+    if unread.any() and time_field is not None:
+        at = int(np.flatnonzero(unread)[0])
+        first_unread = (keys[at], frame[time_field].iloc[at])
+    return DecodedBatch(
+        frame=frame,
+        rejects=rejects,
+        day_first=day_first,
+        unread_times=int(unread.sum()),
+        first_unread_time=first_unread,
+    )
 
 
 def _event_times(
@@ -232,15 +246,25 @@ def _event_times(
     stamps: np.ndarray,
     *,
     day_first: bool | None = None,
-) -> tuple[pd.Series, bool | None]:
-    """The records' event times (the time field, else the Kafka timestamp) and the order the
-    field's numeric dates were read in (``event_times_in_order``)."""
+) -> tuple[pd.Series, bool | None, np.ndarray]:
+    """The records' event times (the time field, else the Kafka timestamp), the order the
+    field's numeric dates were read in (``event_times_in_order``), and which records' field
+    held a value that is not a time (neither null nor blank text: ``"garbage"``, ``true``)."""
     kafka_time = pd.to_datetime(stamps, unit="ms", utc=True)
     if not time_field or time_field not in frame.columns or len(frame) == 0:
-        return pd.Series(kafka_time, index=frame.index), day_first
-    parsed, order = event_times_in_order(frame[time_field], day_first=day_first)
+        return pd.Series(kafka_time, index=frame.index), day_first, np.zeros(len(frame), bool)
+    given = frame[time_field]
+    parsed, order = event_times_in_order(given, day_first=day_first)
     parsed = pd.Series(parsed, index=frame.index)
-    return parsed.where(parsed.notna(), pd.Series(kafka_time, index=frame.index)), order
+    missing = parsed.isna().to_numpy()
+    # Only non-null values left unread are looked at (a producer that never sends the
+    # field leaves every row missing: no loop over the batch for them).
+    unread = missing & given.notna().to_numpy()
+    if unread.any():
+        values = given.to_numpy(dtype=object)
+        for i in np.flatnonzero(unread):
+            unread[i] = not (isinstance(values[i], str) and not values[i].strip())
+    return parsed.where(~missing, pd.Series(kafka_time, index=frame.index)), order, unread
 
 
 def non_finite_reason(name: str, value: object) -> str | None:
