@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -458,6 +459,61 @@ def test_thresholds_are_versioned_and_the_newest_is_in_force(db_url: str) -> Non
             history = repo.list_thresholds(connection, model_name="pumps")
             assert [t.version for t in history] == [3, 2, 1]
             assert repo.list_thresholds(connection, model_name="other") == []
+    finally:
+        engine.dispose()
+
+
+def test_an_operators_threshold_chosen_for_another_model_version_is_named(db_url: str) -> None:
+    # A retrained model keeps the operator's threshold of its name (by design), whose level
+    # was chosen on the old version's scores: a scorer restarted on the new version applied
+    # it without a word. The start now says so; a version it was chosen for says nothing.
+    engine = engine_for(db_url)
+    try:
+        v1, v2 = model_version(), model_version(content_hash="b" * 64)
+        with engine.begin() as connection:
+            v1_id = repo.register_model(connection, model=v1)
+            repo.ensure_calibrated_threshold(connection, model=v1, created_by="test")
+            repo.start_run(
+                connection, kind="batch", source="a.csv", model_id=v1_id, threshold_value=10.0
+            )
+        with engine.begin() as connection:
+            value = repo.add_threshold(
+                connection,
+                model_name="pumps",
+                policy="value",
+                warning=20.0,
+                parameters={"value": 20.0},
+                created_by="alice",
+                reason="fewer alerts",
+            )
+            v2_id = repo.register_model(connection, model=v2)
+
+            def check(row: Any, model_id: int, version: str) -> str | None:
+                return repo.threshold_for_another_version(
+                    connection, threshold=row, model_id=model_id, model_version=version
+                )
+
+            assert check(value, v1_id, v1.version) is None
+            said = check(value, v2_id, v2.version)
+            assert said is not None
+            assert said.startswith(
+                "threshold version 2 of 'pumps' in force (value, warning 20, by alice) was set "
+                f"before model version {v2.version} first scored here: a retrained model's "
+                "scores have a scale of their own"
+            )
+            computed = repo.add_threshold(
+                connection,
+                model_name="pumps",
+                policy="quantile",
+                warning=12.0,
+                parameters={"quantile": 0.999, "model_version": v1.version},
+                created_by="alice",
+                reason="q",
+            )
+            assert check(computed, v1_id, v1.version) is None
+            said = check(computed, v2_id, v2.version)
+            assert said is not None
+            assert f"was computed for model version {v1.version}, not for {v2.version}" in said
     finally:
         engine.dispose()
 

@@ -470,6 +470,39 @@ def scorer_thread(
     return scorer, thread, engine
 
 
+def test_a_scorer_on_a_retrained_model_names_the_operators_threshold_of_the_old_one(
+    sqlite_url: str, pump_model: tuple[AnomalyVAE, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    import copy
+
+    model, model_dir = pump_model
+    engine = create_database_engine(parse_database_url(sqlite_url))
+    try:
+        StreamDatabaseSink(engine, model=model, model_dir=model_dir, source="kafka:t")
+        with engine.connect() as connection, connection.begin():
+            repo.add_threshold(
+                connection,
+                model_name=model.name,
+                policy="value",
+                warning=20.0,
+                created_by="alice",
+                reason="fewer alerts",
+            )
+        caplog.set_level("WARNING", logger="anomaly_vae")
+        StreamDatabaseSink(engine, model=model, model_dir=model_dir, source="kafka:t")
+        assert not caplog.records  # the version the level was chosen on
+        retrained = copy.copy(model)
+        retrained.model_hash_ = "e" * 64
+        StreamDatabaseSink(engine, model=retrained, model_dir=model_dir, source="kafka:t")
+        [line] = [r.getMessage() for r in caplog.records]
+        assert line.startswith(
+            f"threshold version 2 of {model.name!r} in force (value, warning 20, by alice) was "
+            "set before model version eeeeeeeeeeee first scored here"
+        )
+    finally:
+        engine.dispose()
+
+
 def test_threshold_changed_while_running_applies_to_later_records(
     broker: DevBroker, db_url: str, pump_model: tuple[AnomalyVAE, Path]
 ) -> None:

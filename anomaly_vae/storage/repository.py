@@ -335,6 +335,57 @@ def ensure_calibrated_threshold(
     )
 
 
+def threshold_for_another_version(
+    connection: Connection, *, threshold: Row[Any], model_id: int, model_version: str
+) -> str | None:
+    """A warning when the threshold in force was chosen for another version of the model
+    than the one about to score (``model_id``, ``model_version``), else None.
+
+    A calibrated threshold follows the version scored (``ensure_calibrated_threshold``); an
+    operator's stays in force for a retrained model, whose scores have a scale of their own,
+    and a scorer restarted on the new version applied it without a word (flagging nothing, or
+    everything). Chosen for another version: one whose parameters name another
+    ``model_version`` (quantile, EVT, contamination, tuned, and their rollbacks), or, for a
+    level given as a value, one set before this version ever scored here."""
+    params = threshold.parameters or {}
+    if params.get("from") == FROM_CALIBRATION:
+        return None
+    named = params.get("model_version")
+    if named is not None:
+        if named == model_version:
+            return None
+        chosen = f"computed for model version {named}, not for {model_version}"
+    else:
+        set_at = threshold.created_at
+        if (back_to := params.get("rolled_back_to")) is not None:
+            set_at = (
+                connection.scalar(
+                    select(Threshold.created_at).where(
+                        Threshold.model_name == threshold.model_name,
+                        Threshold.version == back_to,
+                    )
+                )
+                or set_at
+            )
+        scored_before = connection.scalar(
+            select(func.count())
+            .select_from(ScoringRun)
+            .where(ScoringRun.model_id == model_id, ScoringRun.started_at < set_at)
+        )
+        if scored_before:
+            return None
+        chosen = f"set before model version {model_version} first scored here"
+    return (
+        f"threshold version {threshold.version} of {threshold.model_name!r} in force "
+        f"({threshold.policy}, warning {float(threshold.warning):.6g}, by "
+        f"{threshold.created_by}) was {chosen}: a retrained "
+        "model's scores have a scale of their own, so it may flag far more or fewer records. "
+        f"'anomaly-vae thresholds preview {threshold.model_name}' shows what it flags once "
+        f"this version has scores; 'anomaly-vae thresholds set {threshold.model_name} "
+        "--quantile 0.995 --reason ...' puts one of this version's in force"
+    )
+
+
 def list_thresholds(connection: Connection, *, model_name: str) -> list[Row[Any]]:
     """Every threshold version of ``model_name``, newest first."""
     return list(

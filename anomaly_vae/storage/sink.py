@@ -126,6 +126,11 @@ def start_batch_run(
                 in_force.critical,
                 int(in_force.id),
             )
+            other = repo.threshold_for_another_version(
+                connection, threshold=in_force, model_id=model_id, model_version=version.version
+            )
+            if other is not None:
+                logger.warning("%s (or give --threshold)", other)
         else:
             value, critical, threshold_id = float(threshold), None, None
         run_id = repo.start_run(

@@ -52,6 +52,12 @@ class StreamDatabaseSink:
             in_force = repo.ensure_calibrated_threshold(
                 connection, model=version, created_by="anomaly-vae stream", alert_rule=alert_rule
             )
+            other = repo.threshold_for_another_version(
+                connection,
+                threshold=in_force,
+                model_id=self.model_id,
+                model_version=version.version,
+            )
             self.run_id = repo.start_run(
                 connection,
                 kind="stream",
@@ -66,6 +72,8 @@ class StreamDatabaseSink:
         logger.info(
             "stream run %d: model %s version %s", self.run_id, version.name, version.version
         )
+        if other is not None:
+            logger.warning("%s", other)
 
     def write(self, batch: StreamBatch) -> WriteResult:
         records = self.records(batch)
