@@ -1128,6 +1128,40 @@ def test_the_schema_says_what_since_compares_with(score_client: Any) -> None:
     assert naive.status_code == 200, naive.text
 
 
+def test_a_time_typed_into_a_url_with_its_offset_keeps_the_plus(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # curl "...?since=2026-11-28T08:00:00+02:00": a query string decodes '+' as a space, and
+    # the list endpoints answered 422 quoting "2026-11-28T08:00:00 02:00", an input the user
+    # never typed. The offset after a space is read as the '+' it was.
+    from fastapi.testclient import TestClient
+
+    from anomaly_vae.api import ApiSettings, create_app
+    from anomaly_vae.storage.engine import DatabaseTarget
+
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    assert run_inline(capsys, "db", "upgrade", "--db", url).returncode == 0
+    target = DatabaseTarget(parse_database_url(url), "--db")
+    engine = create_database_engine(target.url)
+    app = create_app(ApiSettings(database=target, token=None), engine)
+    try:
+        with TestClient(app) as client:
+            for path in ("/alerts", "/anomalies", "/dead-letters", "/dead-letters/summary"):
+                same = client.get(f"{path}?since=2026-11-28T08:00:00+02:00&until=2026-11-28T06:00Z")
+                assert same.status_code == 400, (path, same.text)
+                assert same.json()["detail"].startswith(
+                    "until (2026-11-28T06:00:00+00:00) is not after since "
+                    "(2026-11-28T08:00:00+02:00)"
+                )
+                later = client.get(f"{path}?since=2026-11-28 08:00:00.5+0530")
+                assert later.status_code == 200, (path, later.text)
+            # A space that is no offset's stays an error.
+            bad = client.get("/alerts?since=2026-11-28T08:00:00 abc")
+            assert bad.status_code == 422
+    finally:
+        engine.dispose()
+
+
 def test_a_fault_in_the_server_is_a_json_500_without_a_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
