@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
@@ -436,9 +437,23 @@ def get_connection(request: Request) -> Iterator[Connection]:
         yield connection
 
 
-def require_writer(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+# The token as OpenAPI's bearer scheme: /docs has its "Authorize" button, and a generated
+# client sends the header. As a header parameter named Authorization (which OpenAPI says
+# to ignore), /docs had no field for it and every change tried there was a 401.
+_BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="token",
+    description=f"The token set in {TOKEN_ENV} where the server runs (changes only)",
+)
+
+
+def require_writer(
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)] = None,
+) -> None:
     """Refuse writes without the configured bearer token (403 when none is configured)."""
     settings: ApiSettings = request.app.state.settings
+    authorization = request.headers.get("authorization")
     if settings.token is None:
         raise HTTPException(
             403, f"this API serves read-only: set {TOKEN_ENV} where it runs to allow changes"

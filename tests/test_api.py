@@ -1162,6 +1162,42 @@ def test_a_time_typed_into_a_url_with_its_offset_keeps_the_plus(
         engine.dispose()
 
 
+def test_the_schema_declares_the_token_so_docs_can_send_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The token was a header parameter named Authorization, which OpenAPI tells tools to
+    # ignore: /docs had no field and no Authorize button for it (every change tried there
+    # was a 401), and a client generated from the schema never sent it.
+    from fastapi.testclient import TestClient
+
+    from anomaly_vae.api import ApiSettings, create_app
+    from anomaly_vae.storage.engine import DatabaseTarget
+
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    assert run_inline(capsys, "db", "upgrade", "--db", url).returncode == 0
+    target = DatabaseTarget(parse_database_url(url), "--db")
+    engine = create_database_engine(target.url)
+    app = create_app(ApiSettings(database=target, token=TOKEN), engine)
+    try:
+        with TestClient(app) as client:
+            schema = client.get("/openapi.json").json()
+            change = {"alert_rule": {"cooldown_s": 60}, "reason": "r"}
+            without = client.patch("/models/pumps/thresholds", json=change)
+            given = client.patch("/models/pumps/thresholds", json=change, headers=AUTH)
+    finally:
+        engine.dispose()
+    (scheme,) = schema["components"]["securitySchemes"].values()
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    (name,) = schema["components"]["securitySchemes"]
+    writes = schema["paths"]["/models/{name}/thresholds"]["patch"]
+    assert writes["security"] == [{name: []}]
+    assert all(p["name"].lower() != "authorization" for p in writes.get("parameters", []))
+    assert "security" not in schema["paths"]["/alerts"]["get"]
+    assert schema["paths"]["/alerts/{alert_id}/acknowledge"]["post"]["security"] == [{name: []}]
+    assert without.status_code == 401
+    assert given.status_code == 404  # past the token: no model of that name
+
+
 def test_a_fault_in_the_server_is_a_json_500_without_a_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
