@@ -464,8 +464,7 @@ def test_a_new_group_says_it_reads_the_topic_from_its_earliest_offset(
     group = cfg.kafka.group_id
     assert (
         f"group {group} has no committed offset on 2 of the 2 partition(s) assigned "
-        f"({topic}:0, {topic}:1): reading them from their earliest retained offset"
-        in "\n".join(lines)
+        f"({topic}:0-1): reading them from their earliest retained offset" in "\n".join(lines)
     ), lines
     caplog.clear()
     produce(broker.bootstrap, topic, values[:3], keys[:3])
@@ -511,8 +510,13 @@ def test_partitions_are_named_in_their_order_in_the_log() -> None:
     # 'partitions assigned' on a topic of 12 read t:0, t:1, t:10, t:11, t:2...
     from anomaly_vae.jobs.stream import _names
 
+    # A run of partitions is one range: 64 partitions made three log lines of some 700
+    # characters at each assignment (t:0, t:1, ..., t:63).
     assigned = {TopicPartition("t", p) for p in range(12)} | {TopicPartition("s", 2)}
-    assert _names(assigned) == ["s:2"] + [f"t:{p}" for p in range(12)]
+    assert _names(assigned) == ["s:2", "t:0-11"]
+    gaps = {TopicPartition("t", p) for p in (0, 1, 2, 5, 7, 8, 10)}
+    assert _names(gaps) == ["t:0-2", "t:5", "t:7-8", "t:10"]
+    assert _names({TopicPartition("t", p) for p in range(64)}) == ["t:0-63"]
 
 
 def test_a_stream_mostly_over_the_threshold_is_named_unlike_the_training_data(

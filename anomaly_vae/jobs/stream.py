@@ -1178,8 +1178,26 @@ def _short_value(value: Any, limit: int = 60) -> str:
 
 
 def _names(partitions: Any) -> list[str]:
-    """``topic:partition`` in partition order (as text, 12 partitions read 0, 1, 10, 11, 2...)."""
-    return [f"{tp.topic}:{tp.partition}" for tp in sorted(partitions, key=_partition_order)]
+    """``topic:partition`` in partition order (as text, 12 partitions read 0, 1, 10, 11, 2...),
+    a run of consecutive partitions as one range (``sensors:0-63``): a topic of 64 partitions
+    made three log lines of some 700 characters at every assignment, 256 of 3,500."""
+    out: list[str] = []
+    run: list[Any] = []
+    for tp in sorted(partitions, key=_partition_order):
+        if run and (tp.topic != run[-1].topic or tp.partition != run[-1].partition + 1):
+            out.append(_range_name(run))
+            run = []
+        run.append(tp)
+    if run:
+        out.append(_range_name(run))
+    return out
+
+
+def _range_name(run: list[Any]) -> str:
+    first, last = run[0], run[-1]
+    if first.partition == last.partition:
+        return f"{first.topic}:{first.partition}"
+    return f"{first.topic}:{first.partition}-{last.partition}"
 
 
 def _partition_order(tp: Any) -> tuple[str, int]:
