@@ -1213,7 +1213,9 @@ def _score_records(
     for i, record in enumerate(records):
         reason: str | None
         if not set(features) <= record.keys():
-            reason = missing_fields_reason([f for f in features if f not in record])
+            reason = missing_fields_reason(
+                [f for f in features if f not in record], [k for k in record if k not in features]
+            )
         else:  # as the Kafka decoder: a NaN is poison, not a missing value (that is null)
             reason = (
                 next(

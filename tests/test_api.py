@@ -1051,6 +1051,14 @@ def test_a_window_field_no_record_has_rejects_each_record(score_client: Any) -> 
     response = score_client.post("/models/pumps-windows/score", json={"records": records})
     assert response.status_code == 200, response.text
     assert [r["reason"] for r in response.json()["rejects"]] == ["feature field 'flow' missing"] * 3
+    # A field named in another letter case is named beside the reason, as the stream does.
+    records = pump_records(1)
+    records[0]["Flow"] = records[0].pop("flow")
+    response = score_client.post("/models/pumps-windows/score", json={"records": records})
+    assert response.json()["rejects"][0]["reason"] == (
+        "feature field 'flow' missing (the record has 'Flow': field names must match exactly, "
+        "letter case too)"
+    )
 
 
 def test_a_time_out_of_range_in_utc_is_a_422_not_an_outage(score_client: Any) -> None:

@@ -19,7 +19,7 @@ from anomaly_vae.config import KafkaConfig, PipelineConfig
 from anomaly_vae.datasets import make_pump_data
 from anomaly_vae.devbroker import DevBroker
 from anomaly_vae.jobs.stream import StreamBatch, StreamScorer, WriteResult
-from anomaly_vae.sources.kafka import SOURCE_KEY, Message, decode_messages
+from anomaly_vae.sources.kafka import SOURCE_KEY, Message, decode_messages, near_names
 from tests.conftest import create_topic, fresh_name
 from tests.test_cli import run_inline
 
@@ -127,6 +127,29 @@ def test_decode_takes_an_empty_entity_as_none_as_a_csv_cell_is() -> None:
     out = decode_messages(messages, features=FEATURES, fields=["dev"], entity_field="dev")
     assert out.frame["_entity"].tolist() == ["P1", None, None, "P1"]
     assert out.rejects.empty
+
+
+def test_a_missing_feature_field_names_the_field_the_message_has_instead() -> None:
+    # A producer writing "A" or "b " had every message rejected as "feature field 'a'
+    # missing", read as if the sensor had sent nothing.
+    messages = [
+        msg(b'{"A": 1, "b": 2}', 0),
+        msg(b'{"A": 1, "b ": 2, "note": "x"}', 1),
+        msg(b'{"aa": 1, "b": 2}', 2),
+        msg(b'{"b": 2, "zzz": 1}', 3),
+        msg(b'{"A": 3, "b": 4}', 4),
+    ]
+    reasons = decode_messages(messages, features=FEATURES).rejects["reason"].to_dict()
+    case = "field names must match exactly, letter case too"
+    assert reasons["t:0:0"] == f"feature field 'a' missing (the record has 'A': {case})"
+    assert (
+        reasons["t:0:1"] == f"feature fields 'a', 'b' missing (the record has 'A' and 'b ': {case})"
+    )
+    assert reasons["t:0:2"] == "feature field 'a' missing"  # 'aa' is another name
+    assert reasons["t:0:3"] == "feature field 'a' missing"
+    assert reasons["t:0:4"] == reasons["t:0:0"]
+    # A close spelling is named too.
+    assert near_names(["pressure_in", "rpm"], ["presure_in", "station"]) == ["presure_in"]
 
 
 def test_decode_event_time_from_field_or_kafka() -> None:

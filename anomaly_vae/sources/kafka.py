@@ -111,6 +111,7 @@ def decode_messages(
     # Entities repeat (a few machines, many records each): each distinct key or field value is
     # turned into its text once per batch, not once per message.
     key_texts: dict[bytes, str | None] = {}
+    missing_reasons: dict[tuple[tuple[str, ...], frozenset[Any]], str] = {}
     field_texts: dict[Any, str | None] = {}
     for msg in messages:
         value = msg.value
@@ -139,7 +140,12 @@ def decode_messages(
             reject(msg, source_key(msg.topic, msg.partition, msg.offset), reason)
             continue
         if not obj.keys() >= wanted:
-            reason = missing_fields_reason(sorted(wanted.difference(obj.keys())))
+            missing = sorted(wanted.difference(obj.keys()))
+            # One producer's messages share their field names: one search per batch.
+            shape = (tuple(missing), frozenset(obj.keys()))
+            if shape not in missing_reasons:
+                missing_reasons[shape] = missing_fields_reason(missing, obj.keys() - wanted)
+            reason = missing_reasons[shape]
             reject(msg, source_key(msg.topic, msg.partition, msg.offset), reason)
             continue
         # Only a message with that many brackets can nest so deep (counted in C: the check
@@ -328,10 +334,38 @@ def entity_type_reason(name: str, value: object) -> str | None:
     return None
 
 
-def missing_fields_reason(names: Sequence[str]) -> str:
-    """The reason a record without these feature fields is rejected (in the order given)."""
+def missing_fields_reason(names: Sequence[str], present: Iterable[Any] = ()) -> str:
+    """The reason a record without these feature fields is rejected (in the order given),
+    naming the record's other fields (``present``: not the features it has) that look meant
+    for them: a producer writing 'RPM' or 'rpm ' had every message rejected as "feature field
+    'rpm' missing", which read as if the value were absent."""
     shown = ", ".join(repr(name) for name in names)
-    return f"feature field{'s' if len(names) > 1 else ''} {shown} missing"
+    reason = f"feature field{'s' if len(names) > 1 else ''} {shown} missing"
+    near = near_names(names, present)
+    if near:
+        have = " and ".join(repr(name) for name in near)
+        reason += f" (the record has {have}: field names must match exactly, letter case too)"
+    return reason
+
+
+def near_names(names: Sequence[str], present: Iterable[Any]) -> list[str]:
+    """The names among ``present`` that differ from one of ``names`` only in letter case and
+    spaces, or are close to it in spelling, one per name, in the order of ``names``."""
+    import difflib
+
+    others = [str(k) for k in present if k not in names]
+    folded: dict[str, str] = {}
+    for other in others:
+        folded.setdefault(other.strip().casefold(), other)
+    out: list[str] = []
+    for name in names:
+        match = folded.get(name.strip().casefold())
+        if match is None:
+            close = difflib.get_close_matches(name, others, n=1, cutoff=0.8)
+            match = close[0] if close else None
+        if match is not None and match not in out:
+            out.append(match)
+    return out
 
 
 def _json_type(obj: object) -> str:
