@@ -204,6 +204,23 @@ def test_a_time_field_that_is_not_a_time_is_named_once_by_the_scorer(
     assert scorer.unread_times == 3
 
 
+def test_a_message_without_a_kafka_timestamp_has_no_event_time_rather_than_1969() -> None:
+    # Kafka's -1 is "no timestamp" (the v0 record format, a producer that set none); read as
+    # milliseconds, the record's event time was stored as 1969-12-31T23:59:59.999.
+    messages = [
+        Message("t", 0, 0, None, b'{"a": 1, "b": 2}', -1),
+        Message("t", 0, 1, None, b'{"a": 1, "b": 2, "ts": "2026-11-01T10:00:00Z"}', -1),
+        msg(b'{"a": 1, "b": 2}', 2),
+    ]
+    out = decode_messages(messages, features=FEATURES, fields=["ts"], time_field="ts")
+    times = out.frame["_event_time"].tolist()
+    assert pd.isna(times[0])
+    assert times[1] == pd.Timestamp("2026-11-01T10:00:00Z")
+    assert times[2] == pd.Timestamp(1_700_000_000_000, unit="ms", tz="UTC")
+    bare = decode_messages(messages[:1], features=FEATURES)
+    assert pd.isna(bare.frame["_event_time"].iloc[0])
+
+
 def test_decode_event_time_numbers_beside_text_are_epoch_seconds() -> None:
     # One batch with an ISO time and epoch numbers: the numbers were read as nanoseconds
     # (1970-01-01 00:00:01.79...) once the column held text as well.

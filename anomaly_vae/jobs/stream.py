@@ -601,7 +601,8 @@ class StreamScorer:
         now_ms = time.time() * 1000.0
         # About 100 records a batch are enough for the latency percentiles.
         sample = records[:: max(1, len(records) // 100)]
-        stamps = [float(r.timestamp) for r in sample if getattr(r, "timestamp", None)]
+        # -1: the record has no timestamp (Kafka's convention), no latency to take.
+        stamps = [float(t) for r in sample if (t := getattr(r, "timestamp", None)) and t > 0]
         if stamps:
             self.stats.latency_ms.extend([now_ms - s for s in stamps])
             if len(self.stats.latency_ms) > 20_000:

@@ -256,9 +256,13 @@ def _event_times(
     """The records' event times (the time field, else the Kafka timestamp), the order the
     field's numeric dates were read in (``event_times_in_order``), and which records' field
     held a value that is not a time (neither null nor blank text: ``"garbage"``, ``true``)."""
-    kafka_time = pd.to_datetime(stamps, unit="ms", utc=True)
+    # -1 is Kafka's "no timestamp" (a record of the v0 format, a producer that set none):
+    # read as a time it stored the event at 1969-12-31T23:59:59.999.
+    kafka_time = pd.Series(pd.to_datetime(stamps, unit="ms", utc=True), index=frame.index)
+    if len(stamps) and stamps.min() < 0:
+        kafka_time = kafka_time.where(stamps >= 0)
     if not time_field or time_field not in frame.columns or len(frame) == 0:
-        return pd.Series(kafka_time, index=frame.index), day_first, np.zeros(len(frame), bool)
+        return kafka_time, day_first, np.zeros(len(frame), bool)
     given = frame[time_field]
     parsed, order = event_times_in_order(given, day_first=day_first)
     parsed = pd.Series(parsed, index=frame.index)
@@ -270,7 +274,7 @@ def _event_times(
         values = given.to_numpy(dtype=object)
         for i in np.flatnonzero(unread):
             unread[i] = not (isinstance(values[i], str) and not values[i].strip())
-    return parsed.where(~missing, pd.Series(kafka_time, index=frame.index)), order, unread
+    return parsed.where(~missing, kafka_time), order, unread
 
 
 def non_finite_reason(name: str, value: object) -> str | None:
