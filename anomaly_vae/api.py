@@ -18,18 +18,20 @@ import hmac
 import json
 import logging
 import math
+import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DataError, SQLAlchemyError
@@ -292,6 +294,26 @@ class DeadLetterReason(BaseModel):
 
 
 # The dead-letter endpoints' filters (module level: their annotations are read by name).
+# A time's UTC offset after a space: the '+' of "+02:00" that a URL's query decodes as a
+# space (curl "...?since=2026-11-28T08:00:00+02:00", as typed, without %2B).
+_SPACED_OFFSET = re.compile(
+    r"^(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}(?::?\d{2})?)$"
+)
+
+
+def _plus_from_query(value: object) -> object:
+    """``2026-11-28T08:00:00 02:00`` as ``...+02:00``: in a query string an unescaped '+' is
+    a space, so a time typed with its offset into a URL came as a 422 quoting the input with
+    a space where the user had written '+'."""
+    if isinstance(value, str) and (match := _SPACED_OFFSET.match(value.strip())):
+        return f"{match.group(1)}+{match.group(2)}"
+    return value
+
+
+UtcQueryDatetime = Annotated[UtcDatetime, BeforeValidator(_plus_from_query)]
+"""A time in a query parameter: ``UtcDatetime``, a '+' of its offset decoded as a space read
+as the '+' it was."""
+
 _DL_SINCE = Query(description="Rejected at or after this (ISO 8601; without a time zone: UTC)")
 _DL_UNTIL = Query(description="Rejected before this (ISO 8601; without a time zone: UTC)")
 _DL_REASON = Query(description="Only reasons containing this text (letter case ignored)")
@@ -415,9 +437,23 @@ def get_connection(request: Request) -> Iterator[Connection]:
         yield connection
 
 
-def require_writer(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+# The token as OpenAPI's bearer scheme: /docs has its "Authorize" button, and a generated
+# client sends the header. As a header parameter named Authorization (which OpenAPI says
+# to ignore), /docs had no field for it and every change tried there was a 401.
+_BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="token",
+    description=f"The token set in {TOKEN_ENV} where the server runs (changes only)",
+)
+
+
+def require_writer(
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)] = None,
+) -> None:
     """Refuse writes without the configured bearer token (403 when none is configured)."""
     settings: ApiSettings = request.app.state.settings
+    authorization = request.headers.get("authorization")
     if settings.token is None:
         raise HTTPException(
             403, f"this API serves read-only: set {TOKEN_ENV} where it runs to allow changes"
@@ -760,14 +796,14 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         model: str | None = None,
         entity: str | None = None,
         since: Annotated[
-            UtcDatetime | None,
+            UtcQueryDatetime | None,
             Query(
                 description="Records whose time (event time, else scoring time) is at or "
                 "after this (ISO 8601; without a time zone: UTC)"
             ),
         ] = None,
         until: Annotated[
-            UtcDatetime | None,
+            UtcQueryDatetime | None,
             Query(
                 description="Records whose time is before this (ISO 8601; without a time zone: UTC)"
             ),
@@ -877,14 +913,14 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         model: str | None = None,
         entity: str | None = None,
         since: Annotated[
-            UtcDatetime | None,
+            UtcQueryDatetime | None,
             Query(
                 description="Alerts opened (``opened_at``: when the scorer wrote them, not "
                 "the event time in ``time``) at or after this (ISO 8601; without a time zone: UTC)"
             ),
         ] = None,
         until: Annotated[
-            UtcDatetime | None,
+            UtcQueryDatetime | None,
             Query(
                 description="Alerts opened (``opened_at``) before this (ISO 8601; without a "
                 "time zone: UTC): with ``since``, a period; with ``limit``, the page before the "
@@ -1034,8 +1070,8 @@ def dead_letter_filter(
     conn: Conn,
     model: str | None = None,
     run: int | None = None,
-    since: Annotated[UtcDatetime | None, _DL_SINCE] = None,
-    until: Annotated[UtcDatetime | None, _DL_UNTIL] = None,
+    since: Annotated[UtcQueryDatetime | None, _DL_SINCE] = None,
+    until: Annotated[UtcQueryDatetime | None, _DL_UNTIL] = None,
     reason: Annotated[str | None, _DL_REASON] = None,
 ) -> DeadLetterFilter:
     """The dead-letter endpoints' filters (a dependency: one declaration for both)."""
@@ -1177,7 +1213,9 @@ def _score_records(
     for i, record in enumerate(records):
         reason: str | None
         if not set(features) <= record.keys():
-            reason = missing_fields_reason([f for f in features if f not in record])
+            reason = missing_fields_reason(
+                [f for f in features if f not in record], [k for k in record if k not in features]
+            )
         else:  # as the Kafka decoder: a NaN is poison, not a missing value (that is null)
             reason = (
                 next(

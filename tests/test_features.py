@@ -293,12 +293,14 @@ def test_a_number_with_a_decimal_comma_is_rejected_with_the_option_to_read_it() 
     # with "'99,5' is not a number" and nothing said how to read the file.
     schema = FeatureSchema.infer(pd.DataFrame({"a": [1.0, 2.0] * 20}), ColumnsConfig())
     _, rejects = schema.validate(pd.DataFrame({"a": ["99,5", "1.5x", "-0,25"]}))
-    assert (
-        rejects.loc[0, "reason"]
-        == "column 'a': '99,5' is not a number (a decimal comma? a CSV is read with --decimal ',')"
+    # The hint says what a number is, too: a Kafka message or an API record (the same
+    # validation) has no --decimal to give, and the hint named only that option.
+    hint = (
+        "(a decimal comma? a number is written with a point; a CSV with decimal commas is "
+        "read with --decimal ',')"
     )
+    assert rejects.loc[0, "reason"] == f"column 'a': '99,5' is not a number {hint}"
     assert rejects.loc[1, "reason"] == "column 'a': '1.5x' is not a number"
-    hint = "(a decimal comma? a CSV is read with --decimal ',')"
     assert str(rejects.loc[2, "reason"]).endswith(hint)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from anomaly_vae.config import KafkaConfig, PipelineConfig
 from anomaly_vae.datasets import make_pump_data
 from anomaly_vae.devbroker import DevBroker
 from anomaly_vae.jobs.stream import StreamBatch, StreamScorer, WriteResult
-from anomaly_vae.sources.kafka import SOURCE_KEY, Message, decode_messages
+from anomaly_vae.sources.kafka import SOURCE_KEY, Message, decode_messages, near_names
 from tests.conftest import create_topic, fresh_name
 from tests.test_cli import run_inline
 
@@ -128,6 +129,29 @@ def test_decode_takes_an_empty_entity_as_none_as_a_csv_cell_is() -> None:
     assert out.rejects.empty
 
 
+def test_a_missing_feature_field_names_the_field_the_message_has_instead() -> None:
+    # A producer writing "A" or "b " had every message rejected as "feature field 'a'
+    # missing", read as if the sensor had sent nothing.
+    messages = [
+        msg(b'{"A": 1, "b": 2}', 0),
+        msg(b'{"A": 1, "b ": 2, "note": "x"}', 1),
+        msg(b'{"aa": 1, "b": 2}', 2),
+        msg(b'{"b": 2, "zzz": 1}', 3),
+        msg(b'{"A": 3, "b": 4}', 4),
+    ]
+    reasons = decode_messages(messages, features=FEATURES).rejects["reason"].to_dict()
+    case = "field names must match exactly, letter case too"
+    assert reasons["t:0:0"] == f"feature field 'a' missing (the record has 'A': {case})"
+    assert (
+        reasons["t:0:1"] == f"feature fields 'a', 'b' missing (the record has 'A' and 'b ': {case})"
+    )
+    assert reasons["t:0:2"] == "feature field 'a' missing"  # 'aa' is another name
+    assert reasons["t:0:3"] == "feature field 'a' missing"
+    assert reasons["t:0:4"] == reasons["t:0:0"]
+    # A close spelling is named too.
+    assert near_names(["pressure_in", "rpm"], ["presure_in", "station"]) == ["presure_in"]
+
+
 def test_decode_event_time_from_field_or_kafka() -> None:
     messages = [
         msg(b'{"a": 1, "b": 2, "ts": "2026-11-01T10:00:00Z"}', 0),
@@ -178,6 +202,23 @@ def test_a_time_field_that_is_not_a_time_is_named_once_by_the_scorer(
         "time. Write ISO 8601 (2026-11-20T09:00:00+01:00) or epoch seconds"
     ]
     assert scorer.unread_times == 3
+
+
+def test_a_message_without_a_kafka_timestamp_has_no_event_time_rather_than_1969() -> None:
+    # Kafka's -1 is "no timestamp" (the v0 record format, a producer that set none); read as
+    # milliseconds, the record's event time was stored as 1969-12-31T23:59:59.999.
+    messages = [
+        Message("t", 0, 0, None, b'{"a": 1, "b": 2}', -1),
+        Message("t", 0, 1, None, b'{"a": 1, "b": 2, "ts": "2026-11-01T10:00:00Z"}', -1),
+        msg(b'{"a": 1, "b": 2}', 2),
+    ]
+    out = decode_messages(messages, features=FEATURES, fields=["ts"], time_field="ts")
+    times = out.frame["_event_time"].tolist()
+    assert pd.isna(times[0])
+    assert times[1] == pd.Timestamp("2026-11-01T10:00:00Z")
+    assert times[2] == pd.Timestamp(1_700_000_000_000, unit="ms", tz="UTC")
+    bare = decode_messages(messages[:1], features=FEATURES)
+    assert pd.isna(bare.frame["_event_time"].iloc[0])
 
 
 def test_decode_event_time_numbers_beside_text_are_epoch_seconds() -> None:
@@ -464,8 +505,7 @@ def test_a_new_group_says_it_reads_the_topic_from_its_earliest_offset(
     group = cfg.kafka.group_id
     assert (
         f"group {group} has no committed offset on 2 of the 2 partition(s) assigned "
-        f"({topic}:0, {topic}:1): reading them from their earliest retained offset"
-        in "\n".join(lines)
+        f"({topic}:0-1): reading them from their earliest retained offset" in "\n".join(lines)
     ), lines
     caplog.clear()
     produce(broker.bootstrap, topic, values[:3], keys[:3])
@@ -511,8 +551,48 @@ def test_partitions_are_named_in_their_order_in_the_log() -> None:
     # 'partitions assigned' on a topic of 12 read t:0, t:1, t:10, t:11, t:2...
     from anomaly_vae.jobs.stream import _names
 
+    # A run of partitions is one range: 64 partitions made three log lines of some 700
+    # characters at each assignment (t:0, t:1, ..., t:63).
     assigned = {TopicPartition("t", p) for p in range(12)} | {TopicPartition("s", 2)}
-    assert _names(assigned) == ["s:2"] + [f"t:{p}" for p in range(12)]
+    assert _names(assigned) == ["s:2", "t:0-11"]
+    gaps = {TopicPartition("t", p) for p in (0, 1, 2, 5, 7, 8, 10)}
+    assert _names(gaps) == ["t:0-2", "t:5", "t:7-8", "t:10"]
+    assert _names({TopicPartition("t", p) for p in range(64)}) == ["t:0-63"]
+
+
+def test_kafka_pythons_slow_task_warning_under_a_second_is_not_shown(
+    stream_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
+) -> None:
+    # kafka-python times each step of its event loop in wall time, which in a scorer includes
+    # waiting for the interpreter lock held by the scoring thread: on a busy machine every
+    # start on a topic of 64 partitions logged 'Task ... ran for 0.229s ... It is blocking the
+    # event loop ... Other pollers will time out', no fault, nothing to do (at the group join,
+    # before any rebalance listener). A stall of a second or more still shows.
+    from anomaly_vae.errors import ConfigError
+
+    selector = logging.getLogger("kafka.net.selector")
+    for installed in list(selector.filters):  # as a fresh process starts
+        selector.removeFilter(installed)
+    template = (
+        "Task <kafka.net.selector.Task object at 0x7f> ran for %s (>0.100s threshold). It is "
+        "blocking the event loop -- likely a tight sync loop inside a coroutine. Other "
+        "pollers will time out."
+    )
+
+    def consumer() -> object:  # the client's constructor: where the join's lines come from
+        selector.warning(template % "0.316s")
+        selector.warning(template % "2.500s")
+        selector.warning("another warning")
+        raise ValueError("no client in this test")
+
+    cfg = stream_config(stream_model, "127.0.0.1:9", "t")
+    scorer = StreamScorer(stream_model, cfg, MemorySink([]), consumer_factory=consumer)
+    caplog.set_level("WARNING", logger="kafka")
+    with pytest.raises(ConfigError):
+        scorer.run(idle_timeout=1.0)
+    shown = [r.getMessage()[:40] for r in caplog.records if r.name == "kafka.net.selector"]
+    assert shown == ["Task <kafka.net.selector.Task object at ", "another warning"]
+    assert "2.500s" in caplog.records[0].getMessage()
 
 
 def test_a_stream_mostly_over_the_threshold_is_named_unlike_the_training_data(

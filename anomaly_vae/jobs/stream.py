@@ -22,6 +22,7 @@ import difflib
 import functools
 import logging
 import math
+import re
 import signal
 import threading
 import time
@@ -331,6 +332,7 @@ class StreamScorer:
         With ``idle_timeout``, a broker that does not answer for that long stops the session
         with a ConfigError, as a topic without messages for that long stops it.
         """
+        _quiet_slow_listener_warning()  # before the first client: a join warned already
         try:
             connected = self._connect(give_up_after_s=idle_timeout)
         except BaseException as exc:
@@ -603,7 +605,8 @@ class StreamScorer:
         now_ms = time.time() * 1000.0
         # About 100 records a batch are enough for the latency percentiles.
         sample = records[:: max(1, len(records) // 100)]
-        stamps = [float(r.timestamp) for r in sample if getattr(r, "timestamp", None)]
+        # -1: the record has no timestamp (Kafka's convention), no latency to take.
+        stamps = [float(t) for r in sample if (t := getattr(r, "timestamp", None)) and t > 0]
         if stamps:
             self.stats.latency_ms.extend([now_ms - s for s in stamps])
             if len(self.stats.latency_ms) > 20_000:
@@ -1148,6 +1151,30 @@ def _quiet_slow_listener_warning() -> None:
     coordinator = logging.getLogger("kafka.coordinator.consumer")
     if not any(isinstance(f, _SlowListenerWarning) for f in coordinator.filters):
         coordinator.addFilter(_SlowListenerWarning())
+    selector = logging.getLogger("kafka.net.selector")
+    if not any(isinstance(f, _SlowTaskWarning) for f in selector.filters):
+        selector.addFilter(_SlowTaskWarning())
+
+
+class _SlowTaskWarning(logging.Filter):
+    """kafka-python 3 warns when a step of its event loop takes over 0.1 s of wall time ('Task
+    ... ran for 0.229s (>0.100s threshold). It is blocking the event loop ... Other pollers
+    will time out'). In a scorer the step shares the interpreter lock with the scoring and
+    writing threads, so a busy machine made it at a group join (every start on a topic of 64
+    partitions here) or a rebalance: no fault, and nothing to do. Under ``STALL_S`` such a line
+    is DEBUG (left out unless kafka-python's own DEBUG lines are on); a longer stall, which
+    could cost heartbeats, stays a WARNING."""
+
+    STALL_S = 1.0
+    _ELAPSED = re.compile(r"^Task .* ran for ([0-9.]+)s \(>[0-9.]+s threshold\)")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and isinstance(record.msg, str):
+            match = self._ELAPSED.match(record.msg)
+            if match is not None and float(match.group(1)) < self.STALL_S:
+                record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+                return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
 
 
 def _event_loop_sleep(seconds: float) -> Any:
@@ -1182,8 +1209,26 @@ def _short_value(value: Any, limit: int = 60) -> str:
 
 
 def _names(partitions: Any) -> list[str]:
-    """``topic:partition`` in partition order (as text, 12 partitions read 0, 1, 10, 11, 2...)."""
-    return [f"{tp.topic}:{tp.partition}" for tp in sorted(partitions, key=_partition_order)]
+    """``topic:partition`` in partition order (as text, 12 partitions read 0, 1, 10, 11, 2...),
+    a run of consecutive partitions as one range (``sensors:0-63``): a topic of 64 partitions
+    made three log lines of some 700 characters at every assignment, 256 of 3,500."""
+    out: list[str] = []
+    run: list[Any] = []
+    for tp in sorted(partitions, key=_partition_order):
+        if run and (tp.topic != run[-1].topic or tp.partition != run[-1].partition + 1):
+            out.append(_range_name(run))
+            run = []
+        run.append(tp)
+    if run:
+        out.append(_range_name(run))
+    return out
+
+
+def _range_name(run: list[Any]) -> str:
+    first, last = run[0], run[-1]
+    if first.partition == last.partition:
+        return f"{first.topic}:{first.partition}"
+    return f"{first.topic}:{first.partition}-{last.partition}"
 
 
 def _partition_order(tp: Any) -> tuple[str, int]:

@@ -111,6 +111,7 @@ def decode_messages(
     # Entities repeat (a few machines, many records each): each distinct key or field value is
     # turned into its text once per batch, not once per message.
     key_texts: dict[bytes, str | None] = {}
+    missing_reasons: dict[tuple[tuple[str, ...], frozenset[Any]], str] = {}
     field_texts: dict[Any, str | None] = {}
     for msg in messages:
         value = msg.value
@@ -139,7 +140,12 @@ def decode_messages(
             reject(msg, source_key(msg.topic, msg.partition, msg.offset), reason)
             continue
         if not obj.keys() >= wanted:
-            reason = missing_fields_reason(sorted(wanted.difference(obj.keys())))
+            missing = sorted(wanted.difference(obj.keys()))
+            # One producer's messages share their field names: one search per batch.
+            shape = (tuple(missing), frozenset(obj.keys()))
+            if shape not in missing_reasons:
+                missing_reasons[shape] = missing_fields_reason(missing, obj.keys() - wanted)
+            reason = missing_reasons[shape]
             reject(msg, source_key(msg.topic, msg.partition, msg.offset), reason)
             continue
         # Only a message with that many brackets can nest so deep (counted in C: the check
@@ -250,9 +256,13 @@ def _event_times(
     """The records' event times (the time field, else the Kafka timestamp), the order the
     field's numeric dates were read in (``event_times_in_order``), and which records' field
     held a value that is not a time (neither null nor blank text: ``"garbage"``, ``true``)."""
-    kafka_time = pd.to_datetime(stamps, unit="ms", utc=True)
+    # -1 is Kafka's "no timestamp" (a record of the v0 format, a producer that set none):
+    # read as a time it stored the event at 1969-12-31T23:59:59.999.
+    kafka_time = pd.Series(pd.to_datetime(stamps, unit="ms", utc=True), index=frame.index)
+    if len(stamps) and stamps.min() < 0:
+        kafka_time = kafka_time.where(stamps >= 0)
     if not time_field or time_field not in frame.columns or len(frame) == 0:
-        return pd.Series(kafka_time, index=frame.index), day_first, np.zeros(len(frame), bool)
+        return kafka_time, day_first, np.zeros(len(frame), bool)
     given = frame[time_field]
     parsed, order = event_times_in_order(given, day_first=day_first)
     parsed = pd.Series(parsed, index=frame.index)
@@ -264,7 +274,7 @@ def _event_times(
         values = given.to_numpy(dtype=object)
         for i in np.flatnonzero(unread):
             unread[i] = not (isinstance(values[i], str) and not values[i].strip())
-    return parsed.where(~missing, pd.Series(kafka_time, index=frame.index)), order, unread
+    return parsed.where(~missing, kafka_time), order, unread
 
 
 def non_finite_reason(name: str, value: object) -> str | None:
@@ -328,10 +338,38 @@ def entity_type_reason(name: str, value: object) -> str | None:
     return None
 
 
-def missing_fields_reason(names: Sequence[str]) -> str:
-    """The reason a record without these feature fields is rejected (in the order given)."""
+def missing_fields_reason(names: Sequence[str], present: Iterable[Any] = ()) -> str:
+    """The reason a record without these feature fields is rejected (in the order given),
+    naming the record's other fields (``present``: not the features it has) that look meant
+    for them: a producer writing 'RPM' or 'rpm ' had every message rejected as "feature field
+    'rpm' missing", which read as if the value were absent."""
     shown = ", ".join(repr(name) for name in names)
-    return f"feature field{'s' if len(names) > 1 else ''} {shown} missing"
+    reason = f"feature field{'s' if len(names) > 1 else ''} {shown} missing"
+    near = near_names(names, present)
+    if near:
+        have = " and ".join(repr(name) for name in near)
+        reason += f" (the record has {have}: field names must match exactly, letter case too)"
+    return reason
+
+
+def near_names(names: Sequence[str], present: Iterable[Any]) -> list[str]:
+    """The names among ``present`` that differ from one of ``names`` only in letter case and
+    spaces, or are close to it in spelling, one per name, in the order of ``names``."""
+    import difflib
+
+    others = [str(k) for k in present if k not in names]
+    folded: dict[str, str] = {}
+    for other in others:
+        folded.setdefault(other.strip().casefold(), other)
+    out: list[str] = []
+    for name in names:
+        match = folded.get(name.strip().casefold())
+        if match is None:
+            close = difflib.get_close_matches(name, others, n=1, cutoff=0.8)
+            match = close[0] if close else None
+        if match is not None and match not in out:
+            out.append(match)
+    return out
 
 
 def _json_type(obj: object) -> str:
