@@ -450,6 +450,10 @@ def _infer_kind(
             raise SchemaError(f"column {name!r} holds timestamps, which cannot be a feature")
         logger.warning("column %r holds timestamps and is not used as a feature", name)
         return None
+    # A pandas category column (astype("category"), pd.cut) says what it is: categories, even
+    # when they are numbers (zones 10 / 20 / 30, codes "01", "02"), which were read as one
+    # numeric feature, ordered and scaled.
+    declared = isinstance(series.dtype, pd.CategoricalDtype)
     text = non_null.astype(str).str.strip()
     given = non_null[~text.str.lower().isin(["", *_NA_WORDS])]
     if len(given) == 0:
@@ -463,9 +467,9 @@ def _infer_kind(
         )
         return None
     parsed = pd.to_numeric(given, errors="coerce")
-    if len(given) and parsed.notna().mean() >= NUMERIC_PARSE_SHARE:
+    if not declared and len(given) and parsed.notna().mean() >= NUMERIC_PARSE_SHARE:
         return "numeric"
-    if not explicit and _looks_like_comma_numbers(given):
+    if not explicit and not declared and _looks_like_comma_numbers(given):
         example = str(given[given.astype(str).str.contains(",")].iloc[0])
         logger.warning(
             "column %r holds numbers written with a comma (%r) and is not used as a feature: "
@@ -506,7 +510,7 @@ def _infer_kind(
     )
     if explicit:
         raise SchemaError(f"{message}: raise max_categories or drop it from the features")
-    formatted = _formatted_number_example(given)
+    formatted = None if declared else _formatted_number_example(given)
     if formatted is not None:
         # "12,345.67", "12.5%": numbers a thousands separator or a unit keeps as text.
         logger.warning(
@@ -518,7 +522,7 @@ def _infer_kind(
         )
         return None
     share = float(parsed.notna().mean()) if len(given) else 0.0
-    if share >= 0.5:
+    if share >= 0.5 and not declared:
         # Mostly numbers with some text ("offline"): categories are not what it needs.
         example = str(given[parsed.isna()].iloc[0])
         logger.warning(

@@ -668,6 +668,33 @@ def test_a_code_read_as_a_number_is_the_category_it_was_as_text() -> None:
     assert (other[:, unknown_slot] == 1.0).all()
 
 
+def test_a_pandas_category_column_of_numbers_is_categorical() -> None:
+    # df["zone"].astype("category") with zones 10 / 20 / 30 (or codes "01", "02") was read as
+    # one numeric feature, ordered and scaled: zone 20 "between" 10 and 30, a new zone 25
+    # a normal value, and 40 only mildly unusual.
+    rng = np.random.default_rng(0)
+    train = pd.DataFrame(
+        {
+            "temp": rng.normal(20, 2, 300),
+            "zone": pd.Categorical(rng.choice([10, 20, 30], 300)),
+            "code": pd.Categorical(rng.choice(["01", "02", "03"], 300)),
+        }
+    )
+    schema = FeatureSchema.infer(train, ColumnsConfig())
+    assert schema.categorical == ["zone", "code"]
+    pre = Preprocessor.fit(schema.validate(train)[0], schema)
+    assert sorted(pre.categories["zone"]) == ["10", "20", "30"]
+    # Scored as the plain numbers or text an export holds, a zone is the same category.
+    plain = pd.DataFrame({"temp": [20.0, 20.0], "zone": [10, 30], "code": ["01", "03"]})
+    np.testing.assert_array_equal(
+        pre.transform(schema.validate(plain)[0]).x,
+        pre.transform(schema.validate(plain.astype(train.dtypes.to_dict()))[0]).x,
+    )
+    unknown_slot = len(schema.numeric)
+    new_zone = pre.transform(schema.validate(plain.assign(zone=[25, 40]))[0]).x
+    assert (new_zone[:, unknown_slot] == 1.0).all()
+
+
 def test_a_number_two_categories_stand_for_stays_unknown() -> None:
     train = pd.DataFrame({"temp": np.arange(40.0) % 7, "code": ["7", "007", "B"] * 13 + ["B"]})
     schema = FeatureSchema.infer(train, ColumnsConfig(categorical=["code"]))
