@@ -22,7 +22,9 @@ import torch
 from pydantic import BaseModel, ValidationError
 from scipy import sparse
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 
+from anomaly_vae import errors
 from anomaly_vae._version import __version__
 from anomaly_vae.artifacts import WEIGHTS_FILE, load_artifact, save_artifact
 from anomaly_vae.config import (
@@ -37,7 +39,6 @@ from anomaly_vae.errors import (
     ConfigError,
     InvalidRecordsError,
     ModelFileError,
-    NotFittedError,
     SchemaError,
 )
 from anomaly_vae.features import (
@@ -96,6 +97,12 @@ _PARAM_FIELDS: dict[str, tuple[str, str]] = {
     "score_kind": ("scoring", "score_kind"),
     "threshold_quantile": ("scoring", "threshold_quantile"),
 }
+
+
+class NotFittedError(errors.NotFittedError, SklearnNotFittedError):
+    """``errors.NotFittedError`` that is scikit-learn's too: code written for any estimator
+    (``except sklearn.exceptions.NotFittedError``, ``check_estimator``) catches it. Defined
+    here, not in ``errors``, which must not import scikit-learn (the CLI's light commands)."""
 
 
 @dataclass

@@ -321,6 +321,20 @@ def test_constructor_only_stores() -> None:
     assert not hasattr(model, "windowed")
 
 
+def test_an_unfitted_model_raises_scikit_learns_not_fitted_error_too() -> None:
+    # Code written for any scikit-learn estimator (and check_estimator) catches
+    # sklearn.exceptions.NotFittedError; ours was not one, so it went through.
+    from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+
+    model = AnomalyVAE()
+    frame = correlated_normal(5, seed=0)
+    for method in ("score", "score_batch", "predict", "decision_function", "score_samples"):
+        with pytest.raises(SklearnNotFittedError, match="not fitted: call fit"):
+            getattr(model, method)(frame)
+    with pytest.raises(NotFittedError):  # still the package's own, as documented
+        model.save("never-written")
+
+
 def test_score_raises_on_invalid_rows_and_score_batch_keeps_them(trained_model: AnomalyVAE) -> None:
     frame = correlated_normal(10, seed=9).astype({"s1": object})
     frame.loc[4, "s1"] = "broken"
