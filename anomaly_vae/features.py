@@ -283,6 +283,17 @@ def _to_float(series: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray | No
         values = series.to_numpy(dtype="float64", na_value=np.nan)
     else:
         parsed = pd.to_numeric(series, errors="coerce")
+        if parsed.dtype.kind == "c":
+            # One complex value among the objects (1+2j) made pandas parse the column as
+            # complex, and every other value it could not read came back as whatever memory
+            # held (6.9e-310, 2e-323), scored as a number: parse without the complex values,
+            # which are rejected below as no number, as a complex column is refused.
+            is_complex = np.fromiter(
+                (isinstance(v, (complex, np.complexfloating)) for v in series.tolist()),
+                dtype=bool,
+                count=len(series),
+            )
+            parsed = pd.to_numeric(series.mask(is_complex), errors="coerce")
         values = parsed.to_numpy(dtype="float64", na_value=np.nan)
         given = series.notna().to_numpy()
         text = series.astype("string").str.strip()

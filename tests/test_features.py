@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from anomaly_vae.config import ColumnsConfig
 from anomaly_vae.errors import SchemaError
-from anomaly_vae.features import CLIP, FeatureSchema, Preprocessor, robust_scale
+from anomaly_vae.features import CLIP, FeatureColumn, FeatureSchema, Preprocessor, robust_scale
 
 
 def _frame() -> pd.DataFrame:
@@ -229,6 +229,22 @@ def test_numeric_text_column_is_numeric_and_bad_cells_are_rejected_with_reasons(
     assert np.isnan(clean["a"].loc[3])
     assert np.isnan(clean["a"].loc[5])
     assert len(clean) + len(rejects) == len(frame)
+
+
+def test_a_complex_value_among_objects_does_not_turn_other_bad_values_into_numbers() -> None:
+    # One complex value in an object column made pandas parse it as complex: 'oops' and '  '
+    # came back as whatever memory held (6.9e-310) and were scored as numbers.
+    schema = FeatureSchema([FeatureColumn("a", "numeric"), FeatureColumn("b", "numeric")])
+    values = pd.Series([1.5, 1 + 2j, "oops", "2", "  ", None], dtype=object)
+    frame = pd.DataFrame({"a": values, "b": 1.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor a ComplexWarning about imaginary parts dropped
+        clean, rejects = schema.validate(frame)
+    assert list(rejects.index) == [1, 2]
+    assert rejects.loc[1, "reason"] == "column 'a': (1+2j) is not a number"
+    assert rejects.loc[2, "reason"] == "column 'a': 'oops' is not a number"
+    assert clean["a"].tolist()[:2] == [1.5, 2.0]
+    assert clean["a"].iloc[2:].isna().all()
 
 
 def test_a_number_with_a_decimal_comma_is_rejected_with_the_option_to_read_it() -> None:
