@@ -34,8 +34,10 @@ MAX_META_BYTES = 64 * 2**20
 def save_artifact(
     path: str | Path, *, metadata: dict[str, Any], weights: dict[str, torch.Tensor]
 ) -> str:
-    """Write a model directory atomically enough (temp files, then rename); return its hash."""
-    directory = Path(path)
+    """Write a model directory atomically enough (temp files, then rename); return its hash.
+    A leading ``~`` is the user's home, as pandas reads it (``save("~/models/pumps")`` made a
+    directory named ``~`` in the working directory)."""
+    directory = Path(path).expanduser()
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -57,8 +59,9 @@ def save_artifact(
 
 
 def load_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], str]:
-    """Read and check a model directory: ``(metadata, weights, content hash)``."""
-    directory = Path(path)
+    """Read and check a model directory: ``(metadata, weights, content hash)``; a leading
+    ``~`` is the user's home."""
+    directory = Path(path).expanduser()
     meta_path = directory / META_FILE
     weights_path = directory / WEIGHTS_FILE
     if directory.exists() and not directory.is_dir():

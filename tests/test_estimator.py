@@ -378,6 +378,24 @@ def test_missing_directory_and_corrupt_files(trained_model: AnomalyVAE, tmp_path
         AnomalyVAE.load(path)
 
 
+def test_a_model_path_starting_with_a_tilde_is_in_the_home_directory(
+    trained_model: AnomalyVAE, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # model.save("~/models/pumps") in a notebook made a directory named "~" in the working
+    # directory (pandas' to_csv("~/...") writes to the home directory).
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    trained_model.save("~/models/pumps")
+    assert (home / "models" / "pumps" / "model.json").is_file()
+    assert not (work / "~").exists()
+    frame = correlated_normal(5, seed=3)
+    loaded = load_model("~/models/pumps")
+    np.testing.assert_array_equal(loaded.anomaly_score(frame), trained_model.anomaly_score(frame))
+
+
 def test_a_deeply_nested_model_json_is_corrupt_not_a_recursion_error(
     trained_model: AnomalyVAE, tmp_path: Path
 ) -> None:
