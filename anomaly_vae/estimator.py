@@ -1443,12 +1443,26 @@ def _rows(n: int) -> str:
 
 def _param_message(exc: ValidationError, section: str) -> str:
     err = exc.errors()[0]
-    field_name = str(err["loc"][0]) if err["loc"] else section
+    message = _lower_first(err["msg"])
+    value = err.get("input")
+    if err["loc"]:
+        field_name = str(err["loc"][0])
+    else:
+        # A rule on the whole section (a boolean where a number goes) names the field first,
+        # "latent_dim: expected a number...", and its input is the section: the message was
+        # "The model.model setting latent_dim: ... Got {'hidden_dims': [128, 64], ...} instead."
+        field_name, named, rest = message.partition(": ")
+        if not (named and isinstance(value, dict) and field_name in value):
+            return f"The {section} settings: {message}"
+        message, value = rest, value[field_name]
     param = next(
         (p for p, (s, f) in _PARAM_FIELDS.items() if s == section and f == field_name), None
     )
     label = f"The {param!r} parameter" if param else f"The {section}.{field_name} setting"
-    return f"{label} {_lower_first(err['msg'])}. Got {err.get('input')!r} instead."
+    # "must be greater than or equal to 1" reads on from the label; a rule's own sentence
+    # ("every hidden width must be >= 1, got [0]") after a colon, its value said once.
+    joined = f"{label} {message}" if message.startswith("must ") else f"{label}: {message}"
+    return joined + ("." if repr(value) in message else f". Got {value!r} instead.")
 
 
 def _lower_first(text: str) -> str:

@@ -179,6 +179,25 @@ def test_parameter_errors_name_the_parameter() -> None:
         AnomalyVAE(columns={"bogus": 1}).fit(data)
 
 
+def test_a_boolean_or_a_rule_broken_by_a_parameter_is_named_as_that_parameter() -> None:
+    # latent_dim=True (a grid of flags) read "The model.model setting latent_dim: expected a
+    # number, got a boolean (...). Got {'hidden_dims': [128, 64], 'latent_dim': True, ...}
+    # instead."; hidden_dims=[0] "The 'hidden_dims' parameter every hidden width must be >= 1,
+    # got [0]. Got [0] instead."
+    data = correlated_normal(50, seed=0)
+    with pytest.raises(ConfigError) as caught:
+        AnomalyVAE(latent_dim=True).fit(data)
+    assert str(caught.value) == (
+        "The 'latent_dim' parameter: expected a number, got a boolean (true/false, yes/no, "
+        "on/off). Got True instead."
+    )
+    with pytest.raises(ConfigError) as caught:
+        AnomalyVAE(hidden_dims=[0]).fit(data)
+    assert str(caught.value) == (
+        "The 'hidden_dims' parameter: every hidden width must be >= 1, got [0]."
+    )
+
+
 def test_config_may_be_a_dict_of_sections_as_columns_may() -> None:
     # config={"model": {...}} failed with "'dict' object has no attribute 'model_copy'" (a
     # traceback from inside fit), while columns= took a dict.
