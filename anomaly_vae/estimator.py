@@ -293,6 +293,19 @@ class AnomalyVAE(BaseEstimator):
 
     def _fit(self, cfg: PipelineConfig, X: pd.DataFrame | np.ndarray, y: Any) -> AnomalyVAE:
         given = _as_frame(X)
+        window = cfg.window
+        _refuse_columns_in_index(
+            given,
+            [
+                *(cfg.columns.features or []),
+                *cfg.columns.numeric,
+                *cfg.columns.categorical,
+                cfg.columns.label,
+                window.time if window else None,
+                window.entity if window else None,
+            ],
+            source="training data",
+        )
         rows = len(given)
         anomalous = self._labelled_anomalies(given, y, cfg.columns)
         frame = given.loc[~anomalous]
@@ -685,6 +698,17 @@ class AnomalyVAE(BaseEstimator):
                 # NaN compared as never crossed: every record normal, without a word.
                 raise ConfigError(f"threshold must be a finite number, got {threshold!r}")
         frame = _as_frame(X, expected=list(self.feature_names_in_), width=self._array_columns())
+        window = self.config_.window
+        _refuse_columns_in_index(
+            frame,
+            [*self.schema_.names, *((window.time, window.entity) if window else ())],
+            source=source,
+        )
+        if window is not None and entity_column is None:
+            # The model's own message for a window column missing ("the model was trained
+            # with window.time: ts"), not the one for a pipeline at training time ("remove
+            # window.time from the pipeline", which changes nothing at scoring).
+            self.check_columns(frame.columns, source=source)
         clean, rejects = self.schema_.validate(frame, source=source)
         clean, rejects = self._reject_bad_entities(frame, clean, rejects, entity_column)
         if self.config_.window is not None:
@@ -1408,6 +1432,20 @@ def _as_frame(
     if expected is not None and len(expected) == array.shape[1]:
         names = list(expected)
     return pd.DataFrame(array, columns=names)
+
+
+def _refuse_columns_in_index(frame: pd.DataFrame, names: list[str | None], *, source: str) -> None:
+    """SchemaError when a column the model reads is not among X's columns but names a level
+    of its index (df.set_index("ts")): it was only called missing."""
+    levels = {str(n) for n in frame.index.names if n is not None}
+    if not levels:
+        return
+    for name in names:
+        if name and name in levels and name not in frame.columns:
+            raise SchemaError(
+                f"{source}: column {name!r} is the index of X, not a column: pass "
+                "X.reset_index() (AnomalyVAE reads columns, never the index)"
+            )
 
 
 def _complex_message(what: str) -> str:

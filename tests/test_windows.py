@@ -326,6 +326,22 @@ def window_model() -> AnomalyVAE:
     return AnomalyVAE(config=cfg).fit(make_pump_data(1600, seed=1))
 
 
+def test_a_column_set_as_the_index_is_named_as_the_index(window_model: AnomalyVAE) -> None:
+    # df.set_index("ts") (a time series' usual shape) was "the window's time column 'ts' is
+    # not in the input: add it, or remove window.time from the pipeline": the column is there,
+    # as the index, and a scoring pipeline does not change the model's window.
+    data = make_pump_data(60, seed=5)
+    for column in ("ts", "pump_id", "station"):  # the window's time, its entity, a feature
+        with pytest.raises(SchemaError, match=rf"column '{column}' is the index of X, not a col"):
+            window_model.score(data.set_index(column))
+    with pytest.raises(SchemaError, match=r"training data: column 'ts' is the index of X"):
+        AnomalyVAE(config=window_model.config_).fit(data.set_index("ts"))
+    with pytest.raises(SchemaError) as caught:
+        window_model.score(data.drop(columns=["ts"]))
+    assert "the model was trained with window.time: ts" in str(caught.value)
+    assert "remove window." not in str(caught.value)
+
+
 def test_windowed_scores_do_not_depend_on_how_the_input_is_cut(window_model: AnomalyVAE) -> None:
     data = make_pump_data(300, seed=5, anomaly_rate=0.05)
     whole = window_model.score_batch(data, windows=window_model.new_window_state())
