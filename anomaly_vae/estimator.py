@@ -447,6 +447,18 @@ class AnomalyVAE(BaseEstimator):
             values = np.asarray(y)
             if values.ndim == 2 and values.shape[1] == 1:
                 values = values[:, 0]  # a column vector, or a one-column DataFrame, as sklearn
+            if values.ndim == 0:
+                # fit(df, "label"): the label column's name where its values go ("got shape ()").
+                hint = (
+                    f": to name X's label column, pass columns={{'label': {y!r}}} to AnomalyVAE "
+                    f"(or y=X[{y!r}])"
+                    if isinstance(y, str)
+                    else ""
+                )
+                raise ConfigError(
+                    f"y must be one label per row (a 1-D array, a list or a Series); got the "
+                    f"single value {_short(y)}{hint}"
+                )
             if values.ndim != 1:
                 raise ConfigError(
                     f"y must be one label per row (a 1-D array, a list or a Series); got shape "

@@ -155,6 +155,20 @@ def test_y_as_a_column_vector_or_a_one_column_frame_is_read_as_labels() -> None:
         AnomalyVAE(epochs=1).fit(x, np.c_[y, y])
 
 
+def test_the_label_columns_name_given_as_y_says_how_to_name_it() -> None:
+    # fit(df, "label") was "y must be one label per row (...); got shape ()".
+    data = correlated_normal(50, seed=0).assign(label=0)
+    with pytest.raises(ConfigError) as caught:
+        AnomalyVAE(epochs=1).fit(data, "label")
+    assert str(caught.value) == (
+        "y must be one label per row (a 1-D array, a list or a Series); got the single value "
+        "'label': to name X's label column, pass columns={'label': 'label'} to AnomalyVAE "
+        "(or y=X['label'])"
+    )
+    with pytest.raises(ConfigError, match=r"got the single value 0$"):
+        AnomalyVAE(epochs=1).fit(data, 0)
+
+
 def test_too_few_training_rows_is_said_as_such() -> None:
     # An empty frame (or one whose rows are all labelled anomalous) was reported as "column
     # ... is empty" for every column and then "no feature columns left".
