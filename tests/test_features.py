@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from anomaly_vae.config import ColumnsConfig
+from anomaly_vae.config import ColumnsConfig, PipelineConfig
 from anomaly_vae.errors import SchemaError
 from anomaly_vae.features import CLIP, FeatureColumn, FeatureSchema, Preprocessor, robust_scale
 
@@ -860,7 +860,25 @@ def test_a_single_column_name_where_a_list_goes_is_a_list_of_one() -> None:
         ["rpm"],
     )
     with pytest.raises(ValidationError):
-        ColumnsConfig.model_validate({"ignore": 3})
+        ColumnsConfig.model_validate({"ignore": True})  # no name (a number is: see below)
+
+
+def test_a_column_named_by_a_number_can_be_named_in_the_columns_settings() -> None:
+    # pd.DataFrame(array) has columns 0, 1, 2, read as "0", "1", "2"; columns={"ignore": [0]}
+    # was "ignore.0: Input should be a valid string (got 0)", and a CSV header "2019" in a
+    # pipeline file ("label: 2019", a number to YAML) too.
+    cfg = ColumnsConfig.model_validate(
+        {"ignore": [0, np.int64(1)], "features": np.array([2, 3]), "label": 2019, "id": 7}
+    )
+    assert (cfg.ignore, cfg.features, cfg.label, cfg.id) == (["0", "1"], ["2", "3"], "2019", ["7"])
+    frame = pd.DataFrame(np.random.default_rng(0).normal(size=(50, 4))).rename(columns=str)
+    schema = FeatureSchema.infer(frame, ColumnsConfig.model_validate({"ignore": [0]}))
+    assert schema.names == ["1", "2", "3"]
+    window = PipelineConfig.model_validate({"window": {"size": 3, "entity": 1, "time": 2}}).window
+    assert window is not None
+    assert (window.entity, window.time) == ("1", "2")
+    with pytest.raises(ValidationError):
+        ColumnsConfig.model_validate({"label": True})
 
 
 def test_a_label_cell_of_blanks_is_no_label() -> None:
