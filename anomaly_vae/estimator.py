@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
@@ -292,7 +293,10 @@ class AnomalyVAE(BaseEstimator):
             return self._fit(cfg, X, y)
 
     def _fit(self, cfg: PipelineConfig, X: pd.DataFrame | np.ndarray, y: Any) -> AnomalyVAE:
-        given = _as_frame(X)
+        unread = set(cfg.columns.non_features())
+        if cfg.columns.features is not None and isinstance(X, pd.DataFrame):
+            unread |= {str(c) for c in X.columns} - set(cfg.columns.features)
+        given = _as_frame(X, unread=unread)
         window = cfg.window
         _refuse_columns_in_index(
             given,
@@ -1367,53 +1371,77 @@ def _sorted_quantiles(sorted_values: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 def _as_frame(
-    X: pd.DataFrame | np.ndarray, expected: list[str] | None = None, width: int | None = None
+    X: pd.DataFrame | np.ndarray,
+    expected: list[str] | None = None,
+    width: int | None = None,
+    *,
+    unread: Collection[str] = (),
 ) -> pd.DataFrame:
     """X as a frame with text column names; an array's columns are x0, x1... (or ``expected``,
     the model's features, when it has as many). ``width``: the columns of the array a model
-    was fitted on, which an array (or pd.DataFrame(array)) to score must have."""
-    if isinstance(X, pd.DataFrame):
-        if isinstance(X.columns, pd.MultiIndex):
-            # Each name became the text of a tuple, "('x', 'a')", and then a KeyError.
-            raise ConfigError(
-                f"X has {X.columns.nlevels}-level column names (a MultiIndex, such as "
-                f"{X.columns[0]!r}); AnomalyVAE reads columns by one name each: flatten them, "
-                "e.g. X.columns = ['_'.join(map(str, c)) for c in X.columns]"
-            )
-        complex_columns = [str(c) for c, d in X.dtypes.items() if d.kind == "c"]
-        if complex_columns:
-            raise ConfigError(_complex_message(f"column {complex_columns[0]!r} of X"))
-        # Arrow text (read_csv / read_parquet with dtype_backend="pyarrow": string, dictionary)
-        # as Python objects: pd.to_numeric turns such a column into Arrow doubles whose NaN is
-        # no missing value, so every text value counted as a number, the column was taken as
-        # numeric and every row rejected. Arrow numbers, booleans and times stay as they are.
-        arrow_text = {
-            c: object
-            for c, d in X.dtypes.items()
-            if isinstance(d, pd.ArrowDtype) and d.kind not in "biufmM"
-        }
-        if arrow_text:
-            return _as_frame(X.astype(arrow_text), expected, width)
-        positional = list(X.columns) == list(range(X.shape[1]))
-        if width is not None and positional:
-            # A model fitted on an array (its columns x0, x1...) and a frame made from one
-            # (pd.DataFrame(array): columns 0, 1...): the same columns, by position.
-            _check_width(X.shape[1], width)
-            return X.set_axis(_array_names(width), axis=1)
-        if expected is not None and expected == _array_names(len(expected)) and positional:
-            return X.set_axis(_array_names(X.shape[1]), axis=1)
-        frame = X if all(isinstance(c, str) for c in X.columns) else X.rename(columns=str)
-        # Column names are text everywhere else (schemas, CSV headers, JSON messages); a name
-        # twice would make frame[name] two columns (pandas then fails deep inside).
-        if not frame.columns.is_unique:
-            names = [str(c) for c in frame.columns]
-            twice = next(n for n in names if names.count(n) > 1)
-            where = [i + 1 for i, n in enumerate(names) if n == twice]
-            raise ConfigError(
-                f"X has the column name {twice!r} more than once (columns "
-                f"{', '.join(map(str, where))}): rename or remove all but one"
-            )
-        return frame
+    was fitted on, which an array (or pd.DataFrame(array)) to score must have. A column of
+    complex numbers is refused when the model may read it: one of ``expected`` (scoring),
+    else any not in ``unread`` (training: ignored, id, label... columns)."""
+    if not isinstance(X, pd.DataFrame):
+        return _array_frame(X, expected, width)
+    frame = _frame_of(X, expected, width)
+    read = set(expected) if expected is not None else None
+    complex_columns = [
+        c
+        for c, d in frame.dtypes.items()
+        if d.kind == "c" and (c in read if read is not None else c not in unread)
+    ]
+    if complex_columns:
+        # An extra column the model never reads (columns.ignore, or not a feature) was
+        # refused too, though extra columns are otherwise left alone.
+        raise ConfigError(_complex_message(f"column {complex_columns[0]!r} of X"))
+    return frame
+
+
+def _frame_of(X: pd.DataFrame, expected: list[str] | None, width: int | None) -> pd.DataFrame:
+    """``_as_frame`` of a DataFrame, before its complex columns are looked at."""
+    if isinstance(X.columns, pd.MultiIndex):
+        # Each name became the text of a tuple, "('x', 'a')", and then a KeyError.
+        raise ConfigError(
+            f"X has {X.columns.nlevels}-level column names (a MultiIndex, such as "
+            f"{X.columns[0]!r}); AnomalyVAE reads columns by one name each: flatten them, "
+            "e.g. X.columns = ['_'.join(map(str, c)) for c in X.columns]"
+        )
+    # Arrow text (read_csv / read_parquet with dtype_backend="pyarrow": string, dictionary)
+    # as Python objects: pd.to_numeric turns such a column into Arrow doubles whose NaN is
+    # no missing value, so every text value counted as a number, the column was taken as
+    # numeric and every row rejected. Arrow numbers, booleans and times stay as they are.
+    arrow_text = {
+        c: object
+        for c, d in X.dtypes.items()
+        if isinstance(d, pd.ArrowDtype) and d.kind not in "biufmM"
+    }
+    if arrow_text:
+        return _frame_of(X.astype(arrow_text), expected, width)
+    positional = list(X.columns) == list(range(X.shape[1]))
+    if width is not None and positional:
+        # A model fitted on an array (its columns x0, x1...) and a frame made from one
+        # (pd.DataFrame(array): columns 0, 1...): the same columns, by position.
+        _check_width(X.shape[1], width)
+        return X.set_axis(_array_names(width), axis=1)
+    if expected is not None and expected == _array_names(len(expected)) and positional:
+        return X.set_axis(_array_names(X.shape[1]), axis=1)
+    frame = X if all(isinstance(c, str) for c in X.columns) else X.rename(columns=str)
+    # Column names are text everywhere else (schemas, CSV headers, JSON messages); a name
+    # twice would make frame[name] two columns (pandas then fails deep inside).
+    if not frame.columns.is_unique:
+        names = [str(c) for c in frame.columns]
+        twice = next(n for n in names if names.count(n) > 1)
+        where = [i + 1 for i, n in enumerate(names) if n == twice]
+        raise ConfigError(
+            f"X has the column name {twice!r} more than once (columns "
+            f"{', '.join(map(str, where))}): rename or remove all but one"
+        )
+    return frame
+
+
+def _array_frame(X: Any, expected: list[str] | None, width: int | None) -> pd.DataFrame:
+    """``_as_frame`` of anything but a DataFrame: a 2-D array, or what refuses one."""
     if sparse.issparse(X):
         # np.asarray of a sparse matrix is a 0-d object array: "got an array of shape ()".
         raise ConfigError(

@@ -626,6 +626,22 @@ def test_multi_level_or_complex_columns_are_refused_with_what_to_do(
         AnomalyVAE(epochs=1).fit(pd.DataFrame({"a": waves[:, 0].real, "w": waves[:, 1]}))
 
 
+def test_a_complex_column_the_model_never_reads_is_left_alone(trained_model: AnomalyVAE) -> None:
+    # Extra columns are ignored, but one of complex numbers (an FFT kept beside the features)
+    # was refused: at scoring, and at fit even when columns.ignore named it.
+    frame = correlated_normal(40, seed=1)
+    spectrum = np.fft.fft(frame["s0"].to_numpy())
+    scores = trained_model.score(frame.assign(spectrum=spectrum))
+    np.testing.assert_array_equal(scores["score"], trained_model.score(frame)["score"])
+    model = AnomalyVAE(epochs=1, columns={"ignore": ["spectrum"]}).fit(
+        frame.assign(spectrum=spectrum)
+    )
+    assert "spectrum" not in model.feature_names_in_
+    # A column the model reads still is refused.
+    with pytest.raises(ConfigError, match=r"column 's0' of X holds complex numbers"):
+        trained_model.score(frame.assign(s0=spectrum))
+
+
 def test_batch_job_scores_with_its_own_thread_count(
     trained_model: AnomalyVAE, tmp_path: Path
 ) -> None:
