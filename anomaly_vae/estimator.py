@@ -641,7 +641,12 @@ class AnomalyVAE(BaseEstimator):
     # ======================================================================= scoring
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
-            raise NotFittedError("this AnomalyVAE is not fitted: call fit() or AnomalyVAE.load()")
+            # "or AnomalyVAE.load()" read as if model.load(path) filled this model; it returns
+            # a new one, and model.load(path) alone left the model it was called on unfitted.
+            raise NotFittedError(
+                "this AnomalyVAE is not fitted: call fit(X), or load a fitted one with "
+                "model = load_model(path) (load returns a new model, it does not fill this one)"
+            )
 
     def _scorer(self, *, mode: str = "full", importance_weighted: bool | None = None) -> Scorer:
         cfg = self.config_.scoring

@@ -368,6 +368,21 @@ def test_an_unfitted_model_raises_scikit_learns_not_fitted_error_too() -> None:
         model.save("never-written")
 
 
+def test_load_called_on_a_model_says_it_returns_a_new_one(
+    trained_model: AnomalyVAE, tmp_path: Path
+) -> None:
+    # model = AnomalyVAE(); model.load(path); model.predict(X) said "not fitted: call fit() or
+    # AnomalyVAE.load()", which is what the user had just done: load returns a new model.
+    trained_model.save(tmp_path / "m")
+    model = AnomalyVAE()
+    assert model.load(tmp_path / "m") is not model
+    with pytest.raises(NotFittedError) as caught:
+        model.predict(correlated_normal(5, seed=0))
+    assert "model = load_model(path) (load returns a new model, it does not fill this one)" in (
+        str(caught.value)
+    )
+
+
 def test_score_raises_on_invalid_rows_and_score_batch_keeps_them(trained_model: AnomalyVAE) -> None:
     frame = correlated_normal(10, seed=9).astype({"s1": object})
     frame.loc[4, "s1"] = "broken"
