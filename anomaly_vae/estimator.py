@@ -287,9 +287,16 @@ class AnomalyVAE(BaseEstimator):
         out of training. Rows with unparseable values are left out with a warning.
         """
         cfg = self._resolve_config()
+        device = resolve_device(cfg.training.device)
+        # Training seeds torch's global generator (training.seed): without the fork, every fit
+        # left it in the same state, so the caller's own torch.rand / randn after each fit
+        # drew the same numbers every time, and a sequence they had seeded was replaced.
+        cuda: list[int] = []
+        if device.type == "cuda":
+            cuda = [device.index if device.index is not None else torch.cuda.current_device()]
         # One torch thread unless configured: the network is small, so more threads gain
         # little, and they lose badly (10x seen) when other work shares the cores.
-        with torch_threads(cfg.training.num_threads or 1):
+        with torch.random.fork_rng(devices=cuda), torch_threads(cfg.training.num_threads or 1):
             return self._fit(cfg, X, y)
 
     def _fit(self, cfg: PipelineConfig, X: pd.DataFrame | np.ndarray, y: Any) -> AnomalyVAE:

@@ -109,6 +109,21 @@ def test_training_is_reproducible() -> None:
     assert not torch.equal(a.model_.enc_mu.weight, c.model_.enc_mu.weight)
 
 
+def test_fit_leaves_the_callers_torch_random_numbers_alone() -> None:
+    # fit seeded torch's global generator with training.seed and left it so: the caller's
+    # torch.rand after every fit gave the same numbers (a bootstrap loop's "random" noise was
+    # one draw), and a sequence the caller had seeded was replaced.
+    data = correlated_normal(100, seed=1)
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    AnomalyVAE(epochs=1, seed=0).fit(data)
+    assert torch.equal(torch.rand(4), expected)
+    after_one = torch.rand(4)
+    AnomalyVAE(epochs=1, seed=0).fit(data)
+    assert not torch.equal(torch.rand(4), after_one)
+
+
 def test_labelled_anomalies_are_left_out_of_training() -> None:
     frame, labels = with_anomalies(300, 40, seed=2)
     frame["label"] = labels.astype(int)
