@@ -332,8 +332,8 @@ class AnomalyVAE(BaseEstimator):
         if len(rejects):
             first = rejects.iloc[0]
             logger.warning(
-                "%d training rows left out (first: row %s: %s)",
-                len(rejects),
+                "%s left out of training (first: row %s: %s)",
+                _rows(len(rejects)),
                 rejects.index[0],
                 first["reason"],
             )
@@ -910,10 +910,18 @@ class AnomalyVAE(BaseEstimator):
         batch = self.score_batch(X)
         if len(batch.rejects):
             first_row = batch.rejects.index[0]
+            reason = batch.rejects.iloc[0]["reason"]
+            # "1 rows cannot be scored (first: ...); fix them" for the one bad row.
+            one = len(batch.rejects) == 1
             raise InvalidRecordsError(
-                f"{len(batch.rejects)} rows cannot be scored (first: row {first_row}: "
-                f"{batch.rejects.iloc[0]['reason']}); fix them, or call score_batch() to get "
-                "the others scored and the rejects listed",
+                (
+                    f"1 row cannot be scored (row {first_row}: {reason}); fix it, or call "
+                    "score_batch() to get the others scored and the reject listed"
+                    if one
+                    else f"{len(batch.rejects)} rows cannot be scored (first: row {first_row}: "
+                    f"{reason}); fix them, or call score_batch() to get the others scored and "
+                    "the rejects listed"
+                ),
                 rejects=batch.rejects,
             )
         return batch
@@ -950,7 +958,11 @@ class AnomalyVAE(BaseEstimator):
         frame = _as_frame(X, expected=list(self.feature_names_in_), width=self._array_columns())
         clean, rejects = self.schema_.validate(frame)
         if len(rejects):
-            raise InvalidRecordsError(f"{len(rejects)} rows cannot be scored", rejects=rejects)
+            raise InvalidRecordsError(
+                f"{_rows(len(rejects))} cannot be scored (first: row {rejects.index[0]}: "
+                f"{rejects.iloc[0]['reason']})",
+                rejects=rejects,
+            )
         encoded = self.preprocessor_.transform(clean)
         state = self.new_window_state()
         if state is not None:

@@ -406,6 +406,18 @@ def test_score_raises_on_invalid_rows_and_score_batch_keeps_them(trained_model: 
     batch = trained_model.score_batch(frame)
     assert list(batch.rejects.index) == [4]
     assert len(batch.scores) == 9
+    # One bad row was "1 rows cannot be scored (first: ...); fix them", and score_arrays
+    # said only "1 rows cannot be scored", naming neither row nor reason.
+    with pytest.raises(InvalidRecordsError) as caught:
+        trained_model.predict(frame)
+    assert str(caught.value).startswith(
+        "1 row cannot be scored (row 4: column 's1': 'broken' is not a number); fix it, or "
+    )
+    with pytest.raises(InvalidRecordsError, match=r"^1 row cannot be scored \(first: row 4: col"):
+        trained_model.score_arrays(frame)
+    frame.loc[6, "s1"] = "broken too"
+    with pytest.raises(InvalidRecordsError, match=r"^2 rows cannot be scored \(first: row 4:"):
+        trained_model.score(frame)
 
 
 def test_importance_weighted_score_kind(tmp_path: Path) -> None:
