@@ -1479,7 +1479,28 @@ def _array_frame(X: Any, expected: list[str] | None, width: int | None) -> pd.Da
             "X is a Series; a record to score is a one-row DataFrame: pass df.iloc[[i]] "
             "(not df.iloc[i]), or series.to_frame().T"
         )
-    array = np.asarray(X)
+    # Records as JSON gives them (the API's and the stream's form) were "X must be a
+    # DataFrame or a 2-D array; got a dict" or "... of shape (1,)", with no word of the fix.
+    if isinstance(X, dict):
+        raise ConfigError(
+            "X is a dict; pass pd.DataFrame([X]) for one record (its keys the column names), "
+            "or pd.DataFrame(X) for a dict of columns"
+        )
+    if isinstance(X, (list, tuple)) and X and all(isinstance(r, dict) for r in X):
+        raise ConfigError(
+            "X is a list of dicts (records); pass pd.DataFrame(X), whose columns are their keys"
+        )
+    try:
+        array = np.asarray(X)
+    except ValueError as exc:
+        why = (
+            "its rows have different numbers of values"
+            if "inhomogeneous" in str(exc)  # numpy's word for ragged rows
+            else str(exc).splitlines()[0]
+        )
+        raise ConfigError(
+            f"X cannot be read as a 2-D array: {why}; pass rows of equal length, or a DataFrame"
+        ) from None
     if array.ndim == 1 and array.dtype != object:
         raise ConfigError(
             f"X must be 2-D (rows x features); got one row of {array.shape[0]} values: pass "

@@ -286,8 +286,16 @@ def test_input_of_the_wrong_shape_says_what_to_pass(trained_model: AnomalyVAE) -
         trained_model.score(frame.iloc[0])  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"one row of 8 values: pass X\.reshape\(1, -1\)"):
         AnomalyVAE(epochs=1).fit(numeric.to_numpy()[0])
-    with pytest.raises(ConfigError, match=r"got a dict"):
+    # A dict or a list of records (JSON's shape) was "got a dict" / "got an array of shape
+    # (1,)", rows of unequal length numpy's own ValueError.
+    with pytest.raises(ConfigError, match=r"X is a dict; pass pd\.DataFrame\(\[X\]\) for one"):
         trained_model.score({"s0": 1.0})  # type: ignore[arg-type]
+    records = frame.to_dict("records")
+    with pytest.raises(ConfigError, match=r"list of dicts \(records\); pass pd\.DataFrame\(X\)"):
+        trained_model.score(records)  # type: ignore[arg-type]
+    assert len(trained_model.score(pd.DataFrame(records))) == 5
+    with pytest.raises(ConfigError, match=r"rows have different numbers of values"):
+        trained_model.score([[1.0, 2.0], [3.0]])  # type: ignore[arg-type]
     assert len(trained_model.score(frame.iloc[[0]])) == 1
     with pytest.raises(ConfigError, match=r"The 'hidden_dims' parameter must be a valid list"):
         AnomalyVAE(hidden_dims=64).fit(numeric)  # type: ignore[arg-type]
