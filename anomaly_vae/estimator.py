@@ -737,9 +737,24 @@ class AnomalyVAE(BaseEstimator):
             # with window.time: ts"), not the one for a pipeline at training time ("remove
             # window.time from the pipeline", which changes nothing at scoring).
             self.check_columns(frame.columns, source=source)
+        if window is not None and not frame.index.is_unique:
+            # Rows of pd.concat(...) without ignore_index: scored by position, their labels
+            # given back (fit takes such a frame; scoring it was "a windowed model scores
+            # frames with a unique index", with no word of what to do).
+            labels = frame.index
+            batch = self.score_batch(
+                frame.reset_index(drop=True),
+                threshold=threshold,
+                source=source,
+                windows=windows,
+                entity_column=entity_column,
+            )
+            batch.scores.index = labels.take(batch.scores.index.to_numpy(dtype=np.int64))
+            batch.rejects.index = labels.take(batch.rejects.index.to_numpy(dtype=np.int64))
+            return batch
         clean, rejects = self.schema_.validate(frame, source=source)
         clean, rejects = self._reject_bad_entities(frame, clean, rejects, entity_column)
-        if self.config_.window is not None:
+        if window is not None:
             return self._score_windows(frame, clean, rejects, threshold, windows, entity_column)
         encoded = self.preprocessor_.transform(clean)
         arrays = self._scorer().score(encoded)
