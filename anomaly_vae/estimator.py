@@ -1463,8 +1463,20 @@ def _frame_of(X: pd.DataFrame, expected: list[str] | None, width: int | None) ->
         # (pd.DataFrame(array): columns 0, 1...): the same columns, by position.
         _check_width(X.shape[1], width)
         return X.set_axis(_array_names(width), axis=1)
-    if expected is not None and expected == _array_names(len(expected)) and positional:
+    array_names = expected is not None and expected == _array_names(len(expected))
+    if array_names and positional:
         return X.set_axis(_array_names(X.shape[1]), axis=1)
+    fitted_on_array = width is not None or array_names  # (width: None in older model files)
+    if fitted_on_array and not {str(c) for c in X.columns} & set(expected or ()):
+        # fit(df.to_numpy()) then score(df), as scikit-learn code often does: "feature
+        # columns 'x0', 'x1' missing (columns found: 'a', 'b')" said nothing of why.
+        raise SchemaError(
+            f"X has named columns ({_names_preview(X.columns)}), but the model was fitted on an "
+            f"array, whose {width or len(expected or ())} columns are read by position (x0, "
+            "x1...): "
+            "pass X.to_numpy() with the columns in the order of training, or fit on the "
+            "DataFrame to have its columns read by name"
+        )
     frame = X if all(isinstance(c, str) for c in X.columns) else X.rename(columns=str)
     # Column names are text everywhere else (schemas, CSV headers, JSON messages); a name
     # twice would make frame[name] two columns (pandas then fails deep inside).
@@ -1477,6 +1489,12 @@ def _frame_of(X: pd.DataFrame, expected: list[str] | None, width: int | None) ->
             f"{', '.join(map(str, where))}): rename or remove all but one"
         )
     return frame
+
+
+def _names_preview(columns: Any, limit: int = 5) -> str:
+    names = [repr(str(c)) for c in columns]
+    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def _array_frame(X: Any, expected: list[str] | None, width: int | None) -> pd.DataFrame:

@@ -309,9 +309,18 @@ def test_a_model_fitted_on_an_array_scores_a_frame_made_from_one() -> None:
     expected = model.anomaly_score(x[:20])
     np.testing.assert_array_equal(model.anomaly_score(pd.DataFrame(x[:20])), expected)
     np.testing.assert_array_equal(model.predict(pd.DataFrame(x[:20])), model.predict(x[:20]))
-    # Columns named otherwise are still read by name.
-    with pytest.raises(SchemaError, match=r"feature columns 'x0'"):
-        model.score(pd.DataFrame(x[:5], columns=[f"c{i}" for i in range(x.shape[1])]))
+    # Columns named otherwise are not read by position: refused, saying why (fit(df.to_numpy())
+    # then score(df) was "feature columns 'x0', ... missing (columns found: 'c0', ...)").
+    named = pd.DataFrame(x[:5], columns=[f"c{i}" for i in range(x.shape[1])])
+    with pytest.raises(SchemaError) as caught:
+        model.score(named)
+    assert str(caught.value) == (
+        "X has named columns ('c0', 'c1', 'c2', 'c3', 'c4', ... (8 in all)), but the model was "
+        "fitted on an array, whose 8 columns are read by position (x0, x1...): pass "
+        "X.to_numpy() with the columns in the order of training, or fit on the DataFrame to "
+        "have its columns read by name"
+    )
+    np.testing.assert_array_equal(model.anomaly_score(named.to_numpy()), expected[:5])
 
 
 def test_an_array_of_another_width_than_the_fitted_one_is_refused(tmp_path: Path) -> None:
