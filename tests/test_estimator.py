@@ -488,6 +488,28 @@ def test_a_model_path_starting_with_a_tilde_is_in_the_home_directory(
     np.testing.assert_array_equal(loaded.anomaly_score(frame), trained_model.anomaly_score(frame))
 
 
+def test_loading_the_folder_of_a_model_names_the_model_directory_in_it(
+    trained_model: AnomalyVAE, tmp_path: Path
+) -> None:
+    # load_model("models") for models/pumps was only "models is not a model directory:
+    # model.json is missing".
+    trained_model.save(tmp_path / "models" / "pumps")
+    with pytest.raises(ModelFileError) as caught:
+        load_model(tmp_path / "models")
+    assert str(caught.value) == (
+        f"{tmp_path / 'models'} is not a model directory: model.json is missing; it holds the "
+        f"model directory {tmp_path / 'models' / 'pumps'}: pass that"
+    )
+    trained_model.save(tmp_path / "models" / "valves")
+    with pytest.raises(
+        ModelFileError, match=r"holds the model directories .*pumps, .*valves: pass"
+    ):
+        load_model(tmp_path / "models")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelFileError, match=r"model\.json is missing$"):
+        load_model(tmp_path / "empty")
+
+
 def test_a_deeply_nested_model_json_is_corrupt_not_a_recursion_error(
     trained_model: AnomalyVAE, tmp_path: Path
 ) -> None:
