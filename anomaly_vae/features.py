@@ -545,6 +545,17 @@ def _infer_kind(
             example,
         )
         return None
+    if n_distinct == len(non_null) and not text.str.contains(r"\s").any():
+        # Order ids, transaction ids, UUIDs (one word each, unlike free text): "has 5000
+        # distinct text values ... list it under columns.categorical to use it" pointed at
+        # making an identifier a feature.
+        logger.warning(
+            "column %r has a different value in each of its %d rows, like an identifier, and "
+            "is not used as a feature; name it under columns.id to keep it in the output",
+            name,
+            n_distinct,
+        )
+        return None
     logger.warning(
         "%s and is not used as a feature; list it under columns.categorical to use it", message
     )

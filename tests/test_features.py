@@ -847,6 +847,31 @@ def test_text_ids_of_a_small_file_are_no_categories(caplog: pytest.LogCaptureFix
     assert "order" in few.categorical
 
 
+def test_text_ids_of_a_large_file_are_named_as_ids_not_sent_to_columns_categorical(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Past max_categories, a transaction id column was "has 500 distinct text values (more
+    # than max_categories=50) ...; list it under columns.categorical to use it": advice to
+    # make an identifier a feature. Free text (words with spaces) keeps that message.
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "txn": [f"T{i:06d}" for i in rng.permutation(500)],
+            "note": [f"free text {i}" for i in range(500)],
+            "amount": rng.normal(50, 5, 500),
+        }
+    )
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.names == ["amount"]
+    assert (
+        "column 'txn' has a different value in each of its 500 rows, like an identifier, and "
+        "is not used as a feature; name it under columns.id to keep it in the output"
+    ) in caplog.text
+    assert "'txn' has 500 distinct text values" not in caplog.text
+    assert "'note' has 500 distinct text values" in caplog.text
+
+
 def test_a_single_column_name_where_a_list_goes_is_a_list_of_one() -> None:
     # 'ignore: note' in a pipeline file was "Input should be a valid list"; a name alone
     # means that one column.
