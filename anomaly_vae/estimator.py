@@ -1421,6 +1421,11 @@ def _as_frame(
     was fitted on, which an array (or pd.DataFrame(array)) to score must have. A column of
     complex numbers is refused when the model may read it: one of ``expected`` (scoring),
     else any not in ``unread`` (training: ignored, id, label... columns)."""
+    if not isinstance(X, pd.DataFrame) and _is_named_table(X):
+        # A pyarrow Table or RecordBatch (a polars DataFrame too) has column names, but went
+        # through np.asarray: its columns were read by position, so a table whose columns came
+        # in another order than training was scored on the wrong columns without a word.
+        X = X.to_pandas()  # type: ignore[attr-defined]
     if not isinstance(X, pd.DataFrame):
         return _array_frame(X, expected, width)
     frame = _frame_of(X, expected, width)
@@ -1435,6 +1440,12 @@ def _as_frame(
         # refused too, though extra columns are otherwise left alone.
         raise ConfigError(_complex_message(f"column {complex_columns[0]!r} of X"))
     return frame
+
+
+def _is_named_table(X: Any) -> bool:
+    """A table with named columns that converts itself to pandas (pyarrow's Table and
+    RecordBatch, polars' DataFrame: a ``schema`` and ``to_pandas``), not a one-column array."""
+    return callable(getattr(X, "to_pandas", None)) and hasattr(X, "schema")
 
 
 def _frame_of(X: pd.DataFrame, expected: list[str] | None, width: int | None) -> pd.DataFrame:

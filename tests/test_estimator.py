@@ -1043,6 +1043,24 @@ def test_frames_read_with_the_pyarrow_backend_keep_their_text_columns() -> None:
     assert reasons == ["column 'a': 'high' is not a number"]
 
 
+def test_an_arrow_table_is_read_by_column_name_not_by_position(
+    trained_model: AnomalyVAE,
+) -> None:
+    # A pyarrow Table went through np.asarray and was read by position: with its columns in
+    # another order than training, every record was scored on the wrong columns, silently.
+    import pyarrow as pa
+
+    frame = correlated_normal(20, seed=4)
+    shuffled = frame[list(reversed(frame.columns))]
+    expected = trained_model.anomaly_score(frame)
+    table = pa.Table.from_pandas(shuffled, preserve_index=False)
+    np.testing.assert_array_equal(trained_model.anomaly_score(table), expected)
+    batch = table.to_batches()[0]
+    np.testing.assert_array_equal(trained_model.anomaly_score(batch), expected)
+    with pytest.raises(SchemaError, match=r"feature column 's0' missing"):
+        trained_model.score(table.drop_columns(["s0"]))
+
+
 def test_the_readme_python_example_runs_as_written(tmp_path: Path) -> None:
     # It used normal_df, export_df and messy_df without making them: a NameError as written.
     import subprocess
