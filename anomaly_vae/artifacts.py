@@ -34,8 +34,10 @@ MAX_META_BYTES = 64 * 2**20
 def save_artifact(
     path: str | Path, *, metadata: dict[str, Any], weights: dict[str, torch.Tensor]
 ) -> str:
-    """Write a model directory atomically enough (temp files, then rename); return its hash."""
-    directory = Path(path)
+    """Write a model directory atomically enough (temp files, then rename); return its hash.
+    A leading ``~`` is the user's home, as pandas reads it (``save("~/models/pumps")`` made a
+    directory named ``~`` in the working directory)."""
+    directory = Path(path).expanduser()
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -57,8 +59,9 @@ def save_artifact(
 
 
 def load_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], str]:
-    """Read and check a model directory: ``(metadata, weights, content hash)``."""
-    directory = Path(path)
+    """Read and check a model directory: ``(metadata, weights, content hash)``; a leading
+    ``~`` is the user's home."""
+    directory = Path(path).expanduser()
     meta_path = directory / META_FILE
     weights_path = directory / WEIGHTS_FILE
     if directory.exists() and not directory.is_dir():
@@ -73,7 +76,9 @@ def load_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
         )
     if not meta_path.is_file() or not weights_path.is_file():
         missing = META_FILE if not meta_path.is_file() else WEIGHTS_FILE
-        raise ModelFileError(f"{directory} is not a model directory: {missing} is missing")
+        raise ModelFileError(
+            f"{directory} is not a model directory: {missing} is missing{_inner_models(directory)}"
+        )
     try:
         size = meta_path.stat().st_size
         if size > MAX_META_BYTES:
@@ -116,6 +121,25 @@ def load_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelFileError(f"{weights_path} cannot be read ({exc}): retrain the model") from None
     return meta, weights, content_hash(raw.rstrip(b"\n"))
+
+
+def _inner_models(directory: Path) -> str:
+    """'; it holds the model directory ...' when ``directory`` is the folder of the models
+    (load_model("models") for models/pumps), else ''."""
+    try:
+        inner = sorted(
+            p
+            for p in directory.iterdir()
+            if (p / META_FILE).is_file() and (p / WEIGHTS_FILE).is_file()
+        )
+    except OSError:
+        return ""
+    if not inner:
+        return ""
+    names = ", ".join(str(p) for p in inner[:3]) + (", ..." if len(inner) > 3 else "")
+    if len(inner) == 1:
+        return f"; it holds the model directory {names}: pass that"
+    return f"; it holds the model directories {names}: pass one of those"
 
 
 def content_hash(meta_bytes: bytes) -> str:

@@ -8,6 +8,7 @@ settings are built once at the edge (CLI, API) and passed down.
 from __future__ import annotations
 
 import codecs
+import numbers
 import re
 import types
 import typing
@@ -153,6 +154,16 @@ class ScoringConfig(_Strict):
     num_threads: int | None = Field(default=None, ge=1)
 
 
+def column_name(value: Any) -> Any:
+    """A column named by a number is that number's text, as every column name is read (a
+    frame's columns go through ``str``): ``pd.DataFrame(array)``'s ``0``, or a CSV header's
+    ``2019``, which YAML reads as a number. Anything else is left to validation (a boolean
+    stays refused)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
 class ColumnsConfig(_Strict):
     """Which columns are features, identifiers, timestamps or labels.
 
@@ -173,8 +184,17 @@ class ColumnsConfig(_Strict):
     @field_validator("features", "numeric", "categorical", "ignore", "id", mode="before")
     @classmethod
     def _one_name_is_a_list_of_one(cls, value: Any) -> Any:
-        """``ignore: note`` is ``ignore: [note]`` (it was "Input should be a valid list")."""
-        return [value] if isinstance(value, str) else value
+        """``ignore: note`` is ``ignore: [note]`` (it was "Input should be a valid list"); a
+        name that is a number is its text (``column_name``)."""
+        if isinstance(value, str) or column_name(value) is not value:
+            return [column_name(value)]
+        items = value.tolist() if hasattr(value, "tolist") else value  # an array, an Index
+        return [column_name(v) for v in items] if isinstance(items, (list, tuple)) else value
+
+    @field_validator("timestamp", "entity", "label", mode="before")
+    @classmethod
+    def _a_number_is_its_text(cls, value: Any) -> Any:
+        return column_name(value)
 
     @model_validator(mode="after")
     def _no_overlap(self) -> ColumnsConfig:
@@ -462,6 +482,11 @@ class WindowConfig(_Strict):
     max_gap_s: float | None = Field(default=None, gt=0.0)
     max_buffered: int = Field(default=1000, ge=0)
     day_first: bool | None = None
+
+    @field_validator("entity", "time", mode="before")
+    @classmethod
+    def _a_number_is_its_text(cls, value: Any) -> Any:
+        return column_name(value)
 
     def spec(self) -> Any:
         from anomaly_vae.windows import WindowSpec

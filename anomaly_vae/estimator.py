@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
@@ -22,7 +23,9 @@ import torch
 from pydantic import BaseModel, ValidationError
 from scipy import sparse
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 
+from anomaly_vae import errors
 from anomaly_vae._version import __version__
 from anomaly_vae.artifacts import WEIGHTS_FILE, load_artifact, save_artifact
 from anomaly_vae.config import (
@@ -37,7 +40,6 @@ from anomaly_vae.errors import (
     ConfigError,
     InvalidRecordsError,
     ModelFileError,
-    NotFittedError,
     SchemaError,
 )
 from anomaly_vae.features import (
@@ -98,6 +100,12 @@ _PARAM_FIELDS: dict[str, tuple[str, str]] = {
     "score_kind": ("scoring", "score_kind"),
     "threshold_quantile": ("scoring", "threshold_quantile"),
 }
+
+
+class NotFittedError(errors.NotFittedError, SklearnNotFittedError):
+    """``errors.NotFittedError`` that is scikit-learn's too: code written for any estimator
+    (``except sklearn.exceptions.NotFittedError``, ``check_estimator``) catches it. Defined
+    here, not in ``errors``, which must not import scikit-learn (the CLI's light commands)."""
 
 
 @dataclass
@@ -281,13 +289,36 @@ class AnomalyVAE(BaseEstimator):
         out of training. Rows with unparseable values are left out with a warning.
         """
         cfg = self._resolve_config()
+        device = resolve_device(cfg.training.device)
+        # Training seeds torch's global generator (training.seed): without the fork, every fit
+        # left it in the same state, so the caller's own torch.rand / randn after each fit
+        # drew the same numbers every time, and a sequence they had seeded was replaced.
+        cuda: list[int] = []
+        if device.type == "cuda":
+            cuda = [device.index if device.index is not None else torch.cuda.current_device()]
         # One torch thread unless configured: the network is small, so more threads gain
         # little, and they lose badly (10x seen) when other work shares the cores.
-        with torch_threads(cfg.training.num_threads or 1):
+        with torch.random.fork_rng(devices=cuda), torch_threads(cfg.training.num_threads or 1):
             return self._fit(cfg, X, y)
 
     def _fit(self, cfg: PipelineConfig, X: pd.DataFrame | np.ndarray, y: Any) -> AnomalyVAE:
-        given = _as_frame(X)
+        unread = set(cfg.columns.non_features())
+        if cfg.columns.features is not None and isinstance(X, pd.DataFrame):
+            unread |= {str(c) for c in X.columns} - set(cfg.columns.features)
+        given = _as_frame(X, unread=unread)
+        window = cfg.window
+        _refuse_columns_in_index(
+            given,
+            [
+                *(cfg.columns.features or []),
+                *cfg.columns.numeric,
+                *cfg.columns.categorical,
+                cfg.columns.label,
+                window.time if window else None,
+                window.entity if window else None,
+            ],
+            source="training data",
+        )
         rows = len(given)
         anomalous = self._labelled_anomalies(given, y, cfg.columns)
         frame = given.loc[~anomalous]
@@ -303,8 +334,8 @@ class AnomalyVAE(BaseEstimator):
         if len(rejects):
             first = rejects.iloc[0]
             logger.warning(
-                "%d training rows left out (first: row %s: %s)",
-                len(rejects),
+                "%s left out of training (first: row %s: %s)",
+                _rows(len(rejects)),
                 rejects.index[0],
                 first["reason"],
             )
@@ -429,6 +460,18 @@ class AnomalyVAE(BaseEstimator):
             values = np.asarray(y)
             if values.ndim == 2 and values.shape[1] == 1:
                 values = values[:, 0]  # a column vector, or a one-column DataFrame, as sklearn
+            if values.ndim == 0:
+                # fit(df, "label"): the label column's name where its values go ("got shape ()").
+                hint = (
+                    f": to name X's label column, pass columns={{'label': {y!r}}} to AnomalyVAE "
+                    f"(or y=X[{y!r}])"
+                    if isinstance(y, str)
+                    else ""
+                )
+                raise ConfigError(
+                    f"y must be one label per row (a 1-D array, a list or a Series); got the "
+                    f"single value {_short(y)}{hint}"
+                )
             if values.ndim != 1:
                 raise ConfigError(
                     f"y must be one label per row (a 1-D array, a list or a Series); got shape "
@@ -607,7 +650,12 @@ class AnomalyVAE(BaseEstimator):
     # ======================================================================= scoring
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
-            raise NotFittedError("this AnomalyVAE is not fitted: call fit() or AnomalyVAE.load()")
+            # "or AnomalyVAE.load()" read as if model.load(path) filled this model; it returns
+            # a new one, and model.load(path) alone left the model it was called on unfitted.
+            raise NotFittedError(
+                "this AnomalyVAE is not fitted: call fit(X), or load a fitted one with "
+                "model = load_model(path) (load returns a new model, it does not fill this one)"
+            )
 
     def _scorer(self, *, mode: str = "full", importance_weighted: bool | None = None) -> Scorer:
         cfg = self.config_.scoring
@@ -680,9 +728,35 @@ class AnomalyVAE(BaseEstimator):
                 # NaN compared as never crossed: every record normal, without a word.
                 raise ConfigError(f"threshold must be a finite number, got {threshold!r}")
         frame = _as_frame(X, expected=list(self.feature_names_in_), width=self._array_columns())
+        window = self.config_.window
+        _refuse_columns_in_index(
+            frame,
+            [*self.schema_.names, *((window.time, window.entity) if window else ())],
+            source=source,
+        )
+        if window is not None and entity_column is None:
+            # The model's own message for a window column missing ("the model was trained
+            # with window.time: ts"), not the one for a pipeline at training time ("remove
+            # window.time from the pipeline", which changes nothing at scoring).
+            self.check_columns(frame.columns, source=source)
+        if window is not None and not frame.index.is_unique:
+            # Rows of pd.concat(...) without ignore_index: scored by position, their labels
+            # given back (fit takes such a frame; scoring it was "a windowed model scores
+            # frames with a unique index", with no word of what to do).
+            labels = frame.index
+            batch = self.score_batch(
+                frame.reset_index(drop=True),
+                threshold=threshold,
+                source=source,
+                windows=windows,
+                entity_column=entity_column,
+            )
+            batch.scores.index = labels.take(batch.scores.index.to_numpy(dtype=np.int64))
+            batch.rejects.index = labels.take(batch.rejects.index.to_numpy(dtype=np.int64))
+            return batch
         clean, rejects = self.schema_.validate(frame, source=source)
         clean, rejects = self._reject_bad_entities(frame, clean, rejects, entity_column)
-        if self.config_.window is not None:
+        if window is not None:
             return self._score_windows(frame, clean, rejects, threshold, windows, entity_column)
         encoded = self.preprocessor_.transform(clean)
         arrays = self._scorer().score(encoded)
@@ -853,10 +927,18 @@ class AnomalyVAE(BaseEstimator):
         batch = self.score_batch(X)
         if len(batch.rejects):
             first_row = batch.rejects.index[0]
+            reason = batch.rejects.iloc[0]["reason"]
+            # "1 rows cannot be scored (first: ...); fix them" for the one bad row.
+            one = len(batch.rejects) == 1
             raise InvalidRecordsError(
-                f"{len(batch.rejects)} rows cannot be scored (first: row {first_row}: "
-                f"{batch.rejects.iloc[0]['reason']}); fix them, or call score_batch() to get "
-                "the others scored and the rejects listed",
+                (
+                    f"1 row cannot be scored (row {first_row}: {reason}); fix it, or call "
+                    "score_batch() to get the others scored and the reject listed"
+                    if one
+                    else f"{len(batch.rejects)} rows cannot be scored (first: row {first_row}: "
+                    f"{reason}); fix them, or call score_batch() to get the others scored and "
+                    "the rejects listed"
+                ),
                 rejects=batch.rejects,
             )
         return batch
@@ -893,7 +975,11 @@ class AnomalyVAE(BaseEstimator):
         frame = _as_frame(X, expected=list(self.feature_names_in_), width=self._array_columns())
         clean, rejects = self.schema_.validate(frame)
         if len(rejects):
-            raise InvalidRecordsError(f"{len(rejects)} rows cannot be scored", rejects=rejects)
+            raise InvalidRecordsError(
+                f"{_rows(len(rejects))} cannot be scored (first: row {rejects.index[0]}: "
+                f"{rejects.iloc[0]['reason']})",
+                rejects=rejects,
+            )
         encoded = self.preprocessor_.transform(clean)
         state = self.new_window_state()
         if state is not None:
@@ -1328,53 +1414,106 @@ def _sorted_quantiles(sorted_values: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 def _as_frame(
-    X: pd.DataFrame | np.ndarray, expected: list[str] | None = None, width: int | None = None
+    X: pd.DataFrame | np.ndarray,
+    expected: list[str] | None = None,
+    width: int | None = None,
+    *,
+    unread: Collection[str] = (),
 ) -> pd.DataFrame:
     """X as a frame with text column names; an array's columns are x0, x1... (or ``expected``,
     the model's features, when it has as many). ``width``: the columns of the array a model
-    was fitted on, which an array (or pd.DataFrame(array)) to score must have."""
-    if isinstance(X, pd.DataFrame):
-        if isinstance(X.columns, pd.MultiIndex):
-            # Each name became the text of a tuple, "('x', 'a')", and then a KeyError.
-            raise ConfigError(
-                f"X has {X.columns.nlevels}-level column names (a MultiIndex, such as "
-                f"{X.columns[0]!r}); AnomalyVAE reads columns by one name each: flatten them, "
-                "e.g. X.columns = ['_'.join(map(str, c)) for c in X.columns]"
-            )
-        complex_columns = [str(c) for c, d in X.dtypes.items() if d.kind == "c"]
-        if complex_columns:
-            raise ConfigError(_complex_message(f"column {complex_columns[0]!r} of X"))
-        # Arrow text (read_csv / read_parquet with dtype_backend="pyarrow": string, dictionary)
-        # as Python objects: pd.to_numeric turns such a column into Arrow doubles whose NaN is
-        # no missing value, so every text value counted as a number, the column was taken as
-        # numeric and every row rejected. Arrow numbers, booleans and times stay as they are.
-        arrow_text = {
-            c: object
-            for c, d in X.dtypes.items()
-            if isinstance(d, pd.ArrowDtype) and d.kind not in "biufmM"
-        }
-        if arrow_text:
-            return _as_frame(X.astype(arrow_text), expected, width)
-        positional = list(X.columns) == list(range(X.shape[1]))
-        if width is not None and positional:
-            # A model fitted on an array (its columns x0, x1...) and a frame made from one
-            # (pd.DataFrame(array): columns 0, 1...): the same columns, by position.
-            _check_width(X.shape[1], width)
-            return X.set_axis(_array_names(width), axis=1)
-        if expected is not None and expected == _array_names(len(expected)) and positional:
-            return X.set_axis(_array_names(X.shape[1]), axis=1)
-        frame = X if all(isinstance(c, str) for c in X.columns) else X.rename(columns=str)
-        # Column names are text everywhere else (schemas, CSV headers, JSON messages); a name
-        # twice would make frame[name] two columns (pandas then fails deep inside).
-        if not frame.columns.is_unique:
-            names = [str(c) for c in frame.columns]
-            twice = next(n for n in names if names.count(n) > 1)
-            where = [i + 1 for i, n in enumerate(names) if n == twice]
-            raise ConfigError(
-                f"X has the column name {twice!r} more than once (columns "
-                f"{', '.join(map(str, where))}): rename or remove all but one"
-            )
-        return frame
+    was fitted on, which an array (or pd.DataFrame(array)) to score must have. A column of
+    complex numbers is refused when the model may read it: one of ``expected`` (scoring),
+    else any not in ``unread`` (training: ignored, id, label... columns)."""
+    if not isinstance(X, pd.DataFrame) and _is_named_table(X):
+        # A pyarrow Table or RecordBatch (a polars DataFrame too) has column names, but went
+        # through np.asarray: its columns were read by position, so a table whose columns came
+        # in another order than training was scored on the wrong columns without a word.
+        X = X.to_pandas()  # type: ignore[attr-defined]
+    if not isinstance(X, pd.DataFrame):
+        return _array_frame(X, expected, width)
+    frame = _frame_of(X, expected, width)
+    read = set(expected) if expected is not None else None
+    complex_columns = [
+        c
+        for c, d in frame.dtypes.items()
+        if d.kind == "c" and (c in read if read is not None else c not in unread)
+    ]
+    if complex_columns:
+        # An extra column the model never reads (columns.ignore, or not a feature) was
+        # refused too, though extra columns are otherwise left alone.
+        raise ConfigError(_complex_message(f"column {complex_columns[0]!r} of X"))
+    return frame
+
+
+def _is_named_table(X: Any) -> bool:
+    """A table with named columns that converts itself to pandas (pyarrow's Table and
+    RecordBatch, polars' DataFrame: a ``schema`` and ``to_pandas``), not a one-column array."""
+    return callable(getattr(X, "to_pandas", None)) and hasattr(X, "schema")
+
+
+def _frame_of(X: pd.DataFrame, expected: list[str] | None, width: int | None) -> pd.DataFrame:
+    """``_as_frame`` of a DataFrame, before its complex columns are looked at."""
+    if isinstance(X.columns, pd.MultiIndex):
+        # Each name became the text of a tuple, "('x', 'a')", and then a KeyError.
+        raise ConfigError(
+            f"X has {X.columns.nlevels}-level column names (a MultiIndex, such as "
+            f"{X.columns[0]!r}); AnomalyVAE reads columns by one name each: flatten them, "
+            "e.g. X.columns = ['_'.join(map(str, c)) for c in X.columns]"
+        )
+    # Arrow text (read_csv / read_parquet with dtype_backend="pyarrow": string, dictionary)
+    # as Python objects: pd.to_numeric turns such a column into Arrow doubles whose NaN is
+    # no missing value, so every text value counted as a number, the column was taken as
+    # numeric and every row rejected. Arrow numbers, booleans and times stay as they are.
+    arrow_text = {
+        c: object
+        for c, d in X.dtypes.items()
+        if isinstance(d, pd.ArrowDtype) and d.kind not in "biufmM"
+    }
+    if arrow_text:
+        return _frame_of(X.astype(arrow_text), expected, width)
+    positional = list(X.columns) == list(range(X.shape[1]))
+    if width is not None and positional:
+        # A model fitted on an array (its columns x0, x1...) and a frame made from one
+        # (pd.DataFrame(array): columns 0, 1...): the same columns, by position.
+        _check_width(X.shape[1], width)
+        return X.set_axis(_array_names(width), axis=1)
+    array_names = expected is not None and expected == _array_names(len(expected))
+    if array_names and positional:
+        return X.set_axis(_array_names(X.shape[1]), axis=1)
+    fitted_on_array = width is not None or array_names  # (width: None in older model files)
+    if fitted_on_array and not {str(c) for c in X.columns} & set(expected or ()):
+        # fit(df.to_numpy()) then score(df), as scikit-learn code often does: "feature
+        # columns 'x0', 'x1' missing (columns found: 'a', 'b')" said nothing of why.
+        raise SchemaError(
+            f"X has named columns ({_names_preview(X.columns)}), but the model was fitted on an "
+            f"array, whose {width or len(expected or ())} columns are read by position (x0, "
+            "x1...): "
+            "pass X.to_numpy() with the columns in the order of training, or fit on the "
+            "DataFrame to have its columns read by name"
+        )
+    frame = X if all(isinstance(c, str) for c in X.columns) else X.rename(columns=str)
+    # Column names are text everywhere else (schemas, CSV headers, JSON messages); a name
+    # twice would make frame[name] two columns (pandas then fails deep inside).
+    if not frame.columns.is_unique:
+        names = [str(c) for c in frame.columns]
+        twice = next(n for n in names if names.count(n) > 1)
+        where = [i + 1 for i, n in enumerate(names) if n == twice]
+        raise ConfigError(
+            f"X has the column name {twice!r} more than once (columns "
+            f"{', '.join(map(str, where))}): rename or remove all but one"
+        )
+    return frame
+
+
+def _names_preview(columns: Any, limit: int = 5) -> str:
+    names = [repr(str(c)) for c in columns]
+    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _array_frame(X: Any, expected: list[str] | None, width: int | None) -> pd.DataFrame:
+    """``_as_frame`` of anything but a DataFrame: a 2-D array, or what refuses one."""
     if sparse.issparse(X):
         # np.asarray of a sparse matrix is a 0-d object array: "got an array of shape ()".
         raise ConfigError(
@@ -1388,7 +1527,28 @@ def _as_frame(
             "X is a Series; a record to score is a one-row DataFrame: pass df.iloc[[i]] "
             "(not df.iloc[i]), or series.to_frame().T"
         )
-    array = np.asarray(X)
+    # Records as JSON gives them (the API's and the stream's form) were "X must be a
+    # DataFrame or a 2-D array; got a dict" or "... of shape (1,)", with no word of the fix.
+    if isinstance(X, dict):
+        raise ConfigError(
+            "X is a dict; pass pd.DataFrame([X]) for one record (its keys the column names), "
+            "or pd.DataFrame(X) for a dict of columns"
+        )
+    if isinstance(X, (list, tuple)) and X and all(isinstance(r, dict) for r in X):
+        raise ConfigError(
+            "X is a list of dicts (records); pass pd.DataFrame(X), whose columns are their keys"
+        )
+    try:
+        array = np.asarray(X)
+    except ValueError as exc:
+        why = (
+            "its rows have different numbers of values"
+            if "inhomogeneous" in str(exc)  # numpy's word for ragged rows
+            else str(exc).splitlines()[0]
+        )
+        raise ConfigError(
+            f"X cannot be read as a 2-D array: {why}; pass rows of equal length, or a DataFrame"
+        ) from None
     if array.ndim == 1 and array.dtype != object:
         raise ConfigError(
             f"X must be 2-D (rows x features); got one row of {array.shape[0]} values: pass "
@@ -1405,6 +1565,20 @@ def _as_frame(
     if expected is not None and len(expected) == array.shape[1]:
         names = list(expected)
     return pd.DataFrame(array, columns=names)
+
+
+def _refuse_columns_in_index(frame: pd.DataFrame, names: list[str | None], *, source: str) -> None:
+    """SchemaError when a column the model reads is not among X's columns but names a level
+    of its index (df.set_index("ts")): it was only called missing."""
+    levels = {str(n) for n in frame.index.names if n is not None}
+    if not levels:
+        return
+    for name in names:
+        if name and name in levels and name not in frame.columns:
+            raise SchemaError(
+                f"{source}: column {name!r} is the index of X, not a column: pass "
+                "X.reset_index() (AnomalyVAE reads columns, never the index)"
+            )
 
 
 def _complex_message(what: str) -> str:
@@ -1440,12 +1614,26 @@ def _rows(n: int) -> str:
 
 def _param_message(exc: ValidationError, section: str) -> str:
     err = exc.errors()[0]
-    field_name = str(err["loc"][0]) if err["loc"] else section
+    message = _lower_first(err["msg"])
+    value = err.get("input")
+    if err["loc"]:
+        field_name = str(err["loc"][0])
+    else:
+        # A rule on the whole section (a boolean where a number goes) names the field first,
+        # "latent_dim: expected a number...", and its input is the section: the message was
+        # "The model.model setting latent_dim: ... Got {'hidden_dims': [128, 64], ...} instead."
+        field_name, named, rest = message.partition(": ")
+        if not (named and isinstance(value, dict) and field_name in value):
+            return f"The {section} settings: {message}"
+        message, value = rest, value[field_name]
     param = next(
         (p for p, (s, f) in _PARAM_FIELDS.items() if s == section and f == field_name), None
     )
     label = f"The {param!r} parameter" if param else f"The {section}.{field_name} setting"
-    return f"{label} {_lower_first(err['msg'])}. Got {err.get('input')!r} instead."
+    # "must be greater than or equal to 1" reads on from the label; a rule's own sentence
+    # ("every hidden width must be >= 1, got [0]") after a colon, its value said once.
+    joined = f"{label} {message}" if message.startswith("must ") else f"{label}: {message}"
+    return joined + ("." if repr(value) in message else f". Got {value!r} instead.")
 
 
 def _lower_first(text: str) -> str:

@@ -290,6 +290,17 @@ def _to_float(series: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray | No
         values = series.to_numpy(dtype="float64", na_value=np.nan)
     else:
         parsed = pd.to_numeric(series, errors="coerce")
+        if parsed.dtype.kind == "c":
+            # One complex value among the objects (1+2j) made pandas parse the column as
+            # complex, and every other value it could not read came back as whatever memory
+            # held (6.9e-310, 2e-323), scored as a number: parse without the complex values,
+            # which are rejected below as no number, as a complex column is refused.
+            is_complex = np.fromiter(
+                (isinstance(v, (complex, np.complexfloating)) for v in series.tolist()),
+                dtype=bool,
+                count=len(series),
+            )
+            parsed = pd.to_numeric(series.mask(is_complex), errors="coerce")
         values = parsed.to_numpy(dtype="float64", na_value=np.nan)
         given = series.notna().to_numpy()
         text = series.astype("string").str.strip()
@@ -493,6 +504,10 @@ def _infer_kind(
             raise SchemaError(f"column {name!r} holds timestamps, which cannot be a feature")
         logger.warning("column %r holds timestamps and is not used as a feature", name)
         return None
+    # A pandas category column (astype("category"), pd.cut) says what it is: categories, even
+    # when they are numbers (zones 10 / 20 / 30, codes "01", "02"), which were read as one
+    # numeric feature, ordered and scaled.
+    declared = isinstance(series.dtype, pd.CategoricalDtype)
     text = non_null.astype(str).str.strip()
     given = non_null[~text.str.lower().isin(["", *_NA_WORDS])]
     if len(given) == 0:
@@ -506,9 +521,9 @@ def _infer_kind(
         )
         return None
     parsed = pd.to_numeric(given, errors="coerce")
-    if len(given) and parsed.notna().mean() >= NUMERIC_PARSE_SHARE:
+    if not declared and len(given) and parsed.notna().mean() >= NUMERIC_PARSE_SHARE:
         return "numeric"
-    if not explicit and _looks_like_comma_numbers(given):
+    if not explicit and not declared and _looks_like_comma_numbers(given):
         example = str(given[given.astype(str).str.contains(",")].iloc[0])
         logger.warning(
             "column %r holds numbers written with a comma (%r) and is not used as a feature: "
@@ -549,7 +564,7 @@ def _infer_kind(
     )
     if explicit:
         raise SchemaError(f"{message}: raise max_categories or drop it from the features")
-    formatted = _formatted_number_example(given)
+    formatted = None if declared else _formatted_number_example(given)
     if formatted is not None:
         # "12,345.67", "12.5%": numbers a thousands separator or a unit keeps as text.
         logger.warning(
@@ -561,7 +576,7 @@ def _infer_kind(
         )
         return None
     share = float(parsed.notna().mean()) if len(given) else 0.0
-    if share >= 0.5:
+    if share >= 0.5 and not declared:
         # Mostly numbers with some text ("offline"): categories are not what it needs.
         example = str(given[parsed.isna()].iloc[0])
         logger.warning(
@@ -571,6 +586,17 @@ def _infer_kind(
             name,
             100 * (1 - share),
             example,
+        )
+        return None
+    if n_distinct == len(non_null) and not text.str.contains(r"\s").any():
+        # Order ids, transaction ids, UUIDs (one word each, unlike free text): "has 5000
+        # distinct text values ... list it under columns.categorical to use it" pointed at
+        # making an identifier a feature.
+        logger.warning(
+            "column %r has a different value in each of its %d rows, like an identifier, and "
+            "is not used as a feature; name it under columns.id to keep it in the output",
+            name,
+            n_distinct,
         )
         return None
     logger.warning(

@@ -109,6 +109,21 @@ def test_training_is_reproducible() -> None:
     assert not torch.equal(a.model_.enc_mu.weight, c.model_.enc_mu.weight)
 
 
+def test_fit_leaves_the_callers_torch_random_numbers_alone() -> None:
+    # fit seeded torch's global generator with training.seed and left it so: the caller's
+    # torch.rand after every fit gave the same numbers (a bootstrap loop's "random" noise was
+    # one draw), and a sequence the caller had seeded was replaced.
+    data = correlated_normal(100, seed=1)
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    AnomalyVAE(epochs=1, seed=0).fit(data)
+    assert torch.equal(torch.rand(4), expected)
+    after_one = torch.rand(4)
+    AnomalyVAE(epochs=1, seed=0).fit(data)
+    assert not torch.equal(torch.rand(4), after_one)
+
+
 def test_labelled_anomalies_are_left_out_of_training() -> None:
     frame, labels = with_anomalies(300, 40, seed=2)
     frame["label"] = labels.astype(int)
@@ -155,6 +170,20 @@ def test_y_as_a_column_vector_or_a_one_column_frame_is_read_as_labels() -> None:
         AnomalyVAE(epochs=1).fit(x, np.c_[y, y])
 
 
+def test_the_label_columns_name_given_as_y_says_how_to_name_it() -> None:
+    # fit(df, "label") was "y must be one label per row (...); got shape ()".
+    data = correlated_normal(50, seed=0).assign(label=0)
+    with pytest.raises(ConfigError) as caught:
+        AnomalyVAE(epochs=1).fit(data, "label")
+    assert str(caught.value) == (
+        "y must be one label per row (a 1-D array, a list or a Series); got the single value "
+        "'label': to name X's label column, pass columns={'label': 'label'} to AnomalyVAE "
+        "(or y=X['label'])"
+    )
+    with pytest.raises(ConfigError, match=r"got the single value 0$"):
+        AnomalyVAE(epochs=1).fit(data, 0)
+
+
 def test_too_few_training_rows_is_said_as_such() -> None:
     # An empty frame (or one whose rows are all labelled anomalous) was reported as "column
     # ... is empty" for every column and then "no feature columns left".
@@ -177,6 +206,25 @@ def test_parameter_errors_name_the_parameter() -> None:
         AnomalyVAE(score_kind="nope").fit(data)
     with pytest.raises(ConfigError, match="columns"):
         AnomalyVAE(columns={"bogus": 1}).fit(data)
+
+
+def test_a_boolean_or_a_rule_broken_by_a_parameter_is_named_as_that_parameter() -> None:
+    # latent_dim=True (a grid of flags) read "The model.model setting latent_dim: expected a
+    # number, got a boolean (...). Got {'hidden_dims': [128, 64], 'latent_dim': True, ...}
+    # instead."; hidden_dims=[0] "The 'hidden_dims' parameter every hidden width must be >= 1,
+    # got [0]. Got [0] instead."
+    data = correlated_normal(50, seed=0)
+    with pytest.raises(ConfigError) as caught:
+        AnomalyVAE(latent_dim=True).fit(data)
+    assert str(caught.value) == (
+        "The 'latent_dim' parameter: expected a number, got a boolean (true/false, yes/no, "
+        "on/off). Got True instead."
+    )
+    with pytest.raises(ConfigError) as caught:
+        AnomalyVAE(hidden_dims=[0]).fit(data)
+    assert str(caught.value) == (
+        "The 'hidden_dims' parameter: every hidden width must be >= 1, got [0]."
+    )
 
 
 def test_config_may_be_a_dict_of_sections_as_columns_may() -> None:
@@ -238,8 +286,16 @@ def test_input_of_the_wrong_shape_says_what_to_pass(trained_model: AnomalyVAE) -
         trained_model.score(frame.iloc[0])  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"one row of 8 values: pass X\.reshape\(1, -1\)"):
         AnomalyVAE(epochs=1).fit(numeric.to_numpy()[0])
-    with pytest.raises(ConfigError, match=r"got a dict"):
+    # A dict or a list of records (JSON's shape) was "got a dict" / "got an array of shape
+    # (1,)", rows of unequal length numpy's own ValueError.
+    with pytest.raises(ConfigError, match=r"X is a dict; pass pd\.DataFrame\(\[X\]\) for one"):
         trained_model.score({"s0": 1.0})  # type: ignore[arg-type]
+    records = frame.to_dict("records")
+    with pytest.raises(ConfigError, match=r"list of dicts \(records\); pass pd\.DataFrame\(X\)"):
+        trained_model.score(records)  # type: ignore[arg-type]
+    assert len(trained_model.score(pd.DataFrame(records))) == 5
+    with pytest.raises(ConfigError, match=r"rows have different numbers of values"):
+        trained_model.score([[1.0, 2.0], [3.0]])  # type: ignore[arg-type]
     assert len(trained_model.score(frame.iloc[[0]])) == 1
     with pytest.raises(ConfigError, match=r"The 'hidden_dims' parameter must be a valid list"):
         AnomalyVAE(hidden_dims=64).fit(numeric)  # type: ignore[arg-type]
@@ -253,9 +309,18 @@ def test_a_model_fitted_on_an_array_scores_a_frame_made_from_one() -> None:
     expected = model.anomaly_score(x[:20])
     np.testing.assert_array_equal(model.anomaly_score(pd.DataFrame(x[:20])), expected)
     np.testing.assert_array_equal(model.predict(pd.DataFrame(x[:20])), model.predict(x[:20]))
-    # Columns named otherwise are still read by name.
-    with pytest.raises(SchemaError, match=r"feature columns 'x0'"):
-        model.score(pd.DataFrame(x[:5], columns=[f"c{i}" for i in range(x.shape[1])]))
+    # Columns named otherwise are not read by position: refused, saying why (fit(df.to_numpy())
+    # then score(df) was "feature columns 'x0', ... missing (columns found: 'c0', ...)").
+    named = pd.DataFrame(x[:5], columns=[f"c{i}" for i in range(x.shape[1])])
+    with pytest.raises(SchemaError) as caught:
+        model.score(named)
+    assert str(caught.value) == (
+        "X has named columns ('c0', 'c1', 'c2', 'c3', 'c4', ... (8 in all)), but the model was "
+        "fitted on an array, whose 8 columns are read by position (x0, x1...): pass "
+        "X.to_numpy() with the columns in the order of training, or fit on the DataFrame to "
+        "have its columns read by name"
+    )
+    np.testing.assert_array_equal(model.anomaly_score(named.to_numpy()), expected[:5])
 
 
 def test_an_array_of_another_width_than_the_fitted_one_is_refused(tmp_path: Path) -> None:
@@ -321,6 +386,35 @@ def test_constructor_only_stores() -> None:
     assert not hasattr(model, "windowed")
 
 
+def test_an_unfitted_model_raises_scikit_learns_not_fitted_error_too() -> None:
+    # Code written for any scikit-learn estimator (and check_estimator) catches
+    # sklearn.exceptions.NotFittedError; ours was not one, so it went through.
+    from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+
+    model = AnomalyVAE()
+    frame = correlated_normal(5, seed=0)
+    for method in ("score", "score_batch", "predict", "decision_function", "score_samples"):
+        with pytest.raises(SklearnNotFittedError, match="not fitted: call fit"):
+            getattr(model, method)(frame)
+    with pytest.raises(NotFittedError):  # still the package's own, as documented
+        model.save("never-written")
+
+
+def test_load_called_on_a_model_says_it_returns_a_new_one(
+    trained_model: AnomalyVAE, tmp_path: Path
+) -> None:
+    # model = AnomalyVAE(); model.load(path); model.predict(X) said "not fitted: call fit() or
+    # AnomalyVAE.load()", which is what the user had just done: load returns a new model.
+    trained_model.save(tmp_path / "m")
+    model = AnomalyVAE()
+    assert model.load(tmp_path / "m") is not model
+    with pytest.raises(NotFittedError) as caught:
+        model.predict(correlated_normal(5, seed=0))
+    assert "model = load_model(path) (load returns a new model, it does not fill this one)" in (
+        str(caught.value)
+    )
+
+
 def test_score_raises_on_invalid_rows_and_score_batch_keeps_them(trained_model: AnomalyVAE) -> None:
     frame = correlated_normal(10, seed=9).astype({"s1": object})
     frame.loc[4, "s1"] = "broken"
@@ -329,6 +423,18 @@ def test_score_raises_on_invalid_rows_and_score_batch_keeps_them(trained_model: 
     batch = trained_model.score_batch(frame)
     assert list(batch.rejects.index) == [4]
     assert len(batch.scores) == 9
+    # One bad row was "1 rows cannot be scored (first: ...); fix them", and score_arrays
+    # said only "1 rows cannot be scored", naming neither row nor reason.
+    with pytest.raises(InvalidRecordsError) as caught:
+        trained_model.predict(frame)
+    assert str(caught.value).startswith(
+        "1 row cannot be scored (row 4: column 's1': 'broken' is not a number); fix it, or "
+    )
+    with pytest.raises(InvalidRecordsError, match=r"^1 row cannot be scored \(first: row 4: col"):
+        trained_model.score_arrays(frame)
+    frame.loc[6, "s1"] = "broken too"
+    with pytest.raises(InvalidRecordsError, match=r"^2 rows cannot be scored \(first: row 4:"):
+        trained_model.score(frame)
 
 
 def test_importance_weighted_score_kind(tmp_path: Path) -> None:
@@ -362,6 +468,46 @@ def test_missing_directory_and_corrupt_files(trained_model: AnomalyVAE, tmp_path
     (path / "model.json").write_text("{not json")
     with pytest.raises(ModelFileError, match="corrupt"):
         AnomalyVAE.load(path)
+
+
+def test_a_model_path_starting_with_a_tilde_is_in_the_home_directory(
+    trained_model: AnomalyVAE, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # model.save("~/models/pumps") in a notebook made a directory named "~" in the working
+    # directory (pandas' to_csv("~/...") writes to the home directory).
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    trained_model.save("~/models/pumps")
+    assert (home / "models" / "pumps" / "model.json").is_file()
+    assert not (work / "~").exists()
+    frame = correlated_normal(5, seed=3)
+    loaded = load_model("~/models/pumps")
+    np.testing.assert_array_equal(loaded.anomaly_score(frame), trained_model.anomaly_score(frame))
+
+
+def test_loading_the_folder_of_a_model_names_the_model_directory_in_it(
+    trained_model: AnomalyVAE, tmp_path: Path
+) -> None:
+    # load_model("models") for models/pumps was only "models is not a model directory:
+    # model.json is missing".
+    trained_model.save(tmp_path / "models" / "pumps")
+    with pytest.raises(ModelFileError) as caught:
+        load_model(tmp_path / "models")
+    assert str(caught.value) == (
+        f"{tmp_path / 'models'} is not a model directory: model.json is missing; it holds the "
+        f"model directory {tmp_path / 'models' / 'pumps'}: pass that"
+    )
+    trained_model.save(tmp_path / "models" / "valves")
+    with pytest.raises(
+        ModelFileError, match=r"holds the model directories .*pumps, .*valves: pass"
+    ):
+        load_model(tmp_path / "models")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelFileError, match=r"model\.json is missing$"):
+        load_model(tmp_path / "empty")
 
 
 def test_a_deeply_nested_model_json_is_corrupt_not_a_recursion_error(
@@ -559,6 +705,22 @@ def test_multi_level_or_complex_columns_are_refused_with_what_to_do(
         AnomalyVAE(epochs=1).fit(waves)
     with pytest.raises(ConfigError, match=r"column 'w' of X holds complex numbers"):
         AnomalyVAE(epochs=1).fit(pd.DataFrame({"a": waves[:, 0].real, "w": waves[:, 1]}))
+
+
+def test_a_complex_column_the_model_never_reads_is_left_alone(trained_model: AnomalyVAE) -> None:
+    # Extra columns are ignored, but one of complex numbers (an FFT kept beside the features)
+    # was refused: at scoring, and at fit even when columns.ignore named it.
+    frame = correlated_normal(40, seed=1)
+    spectrum = np.fft.fft(frame["s0"].to_numpy())
+    scores = trained_model.score(frame.assign(spectrum=spectrum))
+    np.testing.assert_array_equal(scores["score"], trained_model.score(frame)["score"])
+    model = AnomalyVAE(epochs=1, columns={"ignore": ["spectrum"]}).fit(
+        frame.assign(spectrum=spectrum)
+    )
+    assert "spectrum" not in model.feature_names_in_
+    # A column the model reads still is refused.
+    with pytest.raises(ConfigError, match=r"column 's0' of X holds complex numbers"):
+        trained_model.score(frame.assign(s0=spectrum))
 
 
 def test_batch_job_scores_with_its_own_thread_count(
@@ -879,6 +1041,24 @@ def test_frames_read_with_the_pyarrow_backend_keep_their_text_columns() -> None:
     bad.loc[1, "a"] = "high"
     reasons = model.score_batch(bad).rejects["reason"].tolist()
     assert reasons == ["column 'a': 'high' is not a number"]
+
+
+def test_an_arrow_table_is_read_by_column_name_not_by_position(
+    trained_model: AnomalyVAE,
+) -> None:
+    # A pyarrow Table went through np.asarray and was read by position: with its columns in
+    # another order than training, every record was scored on the wrong columns, silently.
+    import pyarrow as pa
+
+    frame = correlated_normal(20, seed=4)
+    shuffled = frame[list(reversed(frame.columns))]
+    expected = trained_model.anomaly_score(frame)
+    table = pa.Table.from_pandas(shuffled, preserve_index=False)
+    np.testing.assert_array_equal(trained_model.anomaly_score(table), expected)
+    batch = table.to_batches()[0]
+    np.testing.assert_array_equal(trained_model.anomaly_score(batch), expected)
+    with pytest.raises(SchemaError, match=r"feature column 's0' missing"):
+        trained_model.score(table.drop_columns(["s0"]))
 
 
 def test_the_readme_python_example_runs_as_written(tmp_path: Path) -> None:

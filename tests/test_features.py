@@ -12,9 +12,9 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from anomaly_vae.config import ColumnsConfig
+from anomaly_vae.config import ColumnsConfig, PipelineConfig
 from anomaly_vae.errors import SchemaError
-from anomaly_vae.features import CLIP, FeatureSchema, Preprocessor, robust_scale
+from anomaly_vae.features import CLIP, FeatureColumn, FeatureSchema, Preprocessor, robust_scale
 
 
 def _frame() -> pd.DataFrame:
@@ -286,6 +286,22 @@ def test_numeric_text_column_is_numeric_and_bad_cells_are_rejected_with_reasons(
     assert np.isnan(clean["a"].loc[3])
     assert np.isnan(clean["a"].loc[5])
     assert len(clean) + len(rejects) == len(frame)
+
+
+def test_a_complex_value_among_objects_does_not_turn_other_bad_values_into_numbers() -> None:
+    # One complex value in an object column made pandas parse it as complex: 'oops' and '  '
+    # came back as whatever memory held (6.9e-310) and were scored as numbers.
+    schema = FeatureSchema([FeatureColumn("a", "numeric"), FeatureColumn("b", "numeric")])
+    values = pd.Series([1.5, 1 + 2j, "oops", "2", "  ", None], dtype=object)
+    frame = pd.DataFrame({"a": values, "b": 1.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor a ComplexWarning about imaginary parts dropped
+        clean, rejects = schema.validate(frame)
+    assert list(rejects.index) == [1, 2]
+    assert rejects.loc[1, "reason"] == "column 'a': (1+2j) is not a number"
+    assert rejects.loc[2, "reason"] == "column 'a': 'oops' is not a number"
+    assert clean["a"].tolist()[:2] == [1.5, 2.0]
+    assert clean["a"].iloc[2:].isna().all()
 
 
 def test_a_number_with_a_decimal_comma_is_rejected_with_the_option_to_read_it() -> None:
@@ -805,6 +821,33 @@ def test_a_code_read_as_a_number_is_the_category_it_was_as_text() -> None:
     assert (other[:, unknown_slot] == 1.0).all()
 
 
+def test_a_pandas_category_column_of_numbers_is_categorical() -> None:
+    # df["zone"].astype("category") with zones 10 / 20 / 30 (or codes "01", "02") was read as
+    # one numeric feature, ordered and scaled: zone 20 "between" 10 and 30, a new zone 25
+    # a normal value, and 40 only mildly unusual.
+    rng = np.random.default_rng(0)
+    train = pd.DataFrame(
+        {
+            "temp": rng.normal(20, 2, 300),
+            "zone": pd.Categorical(rng.choice([10, 20, 30], 300)),
+            "code": pd.Categorical(rng.choice(["01", "02", "03"], 300)),
+        }
+    )
+    schema = FeatureSchema.infer(train, ColumnsConfig())
+    assert schema.categorical == ["zone", "code"]
+    pre = Preprocessor.fit(schema.validate(train)[0], schema)
+    assert sorted(pre.categories["zone"]) == ["10", "20", "30"]
+    # Scored as the plain numbers or text an export holds, a zone is the same category.
+    plain = pd.DataFrame({"temp": [20.0, 20.0], "zone": [10, 30], "code": ["01", "03"]})
+    np.testing.assert_array_equal(
+        pre.transform(schema.validate(plain)[0]).x,
+        pre.transform(schema.validate(plain.astype(train.dtypes.to_dict()))[0]).x,
+    )
+    unknown_slot = len(schema.numeric)
+    new_zone = pre.transform(schema.validate(plain.assign(zone=[25, 40]))[0]).x
+    assert (new_zone[:, unknown_slot] == 1.0).all()
+
+
 def test_a_number_two_categories_stand_for_stays_unknown() -> None:
     train = pd.DataFrame({"temp": np.arange(40.0) % 7, "code": ["7", "007", "B"] * 13 + ["B"]})
     schema = FeatureSchema.infer(train, ColumnsConfig(categorical=["code"]))
@@ -941,6 +984,31 @@ def test_text_ids_of_a_small_file_are_no_categories(caplog: pytest.LogCaptureFix
     assert "order" in few.categorical
 
 
+def test_text_ids_of_a_large_file_are_named_as_ids_not_sent_to_columns_categorical(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Past max_categories, a transaction id column was "has 500 distinct text values (more
+    # than max_categories=50) ...; list it under columns.categorical to use it": advice to
+    # make an identifier a feature. Free text (words with spaces) keeps that message.
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "txn": [f"T{i:06d}" for i in rng.permutation(500)],
+            "note": [f"free text {i}" for i in range(500)],
+            "amount": rng.normal(50, 5, 500),
+        }
+    )
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.names == ["amount"]
+    assert (
+        "column 'txn' has a different value in each of its 500 rows, like an identifier, and "
+        "is not used as a feature; name it under columns.id to keep it in the output"
+    ) in caplog.text
+    assert "'txn' has 500 distinct text values" not in caplog.text
+    assert "'note' has 500 distinct text values" in caplog.text
+
+
 def test_a_single_column_name_where_a_list_goes_is_a_list_of_one() -> None:
     # 'ignore: note' in a pipeline file was "Input should be a valid list"; a name alone
     # means that one column.
@@ -954,7 +1022,25 @@ def test_a_single_column_name_where_a_list_goes_is_a_list_of_one() -> None:
         ["rpm"],
     )
     with pytest.raises(ValidationError):
-        ColumnsConfig.model_validate({"ignore": 3})
+        ColumnsConfig.model_validate({"ignore": True})  # no name (a number is: see below)
+
+
+def test_a_column_named_by_a_number_can_be_named_in_the_columns_settings() -> None:
+    # pd.DataFrame(array) has columns 0, 1, 2, read as "0", "1", "2"; columns={"ignore": [0]}
+    # was "ignore.0: Input should be a valid string (got 0)", and a CSV header "2019" in a
+    # pipeline file ("label: 2019", a number to YAML) too.
+    cfg = ColumnsConfig.model_validate(
+        {"ignore": [0, np.int64(1)], "features": np.array([2, 3]), "label": 2019, "id": 7}
+    )
+    assert (cfg.ignore, cfg.features, cfg.label, cfg.id) == (["0", "1"], ["2", "3"], "2019", ["7"])
+    frame = pd.DataFrame(np.random.default_rng(0).normal(size=(50, 4))).rename(columns=str)
+    schema = FeatureSchema.infer(frame, ColumnsConfig.model_validate({"ignore": [0]}))
+    assert schema.names == ["1", "2", "3"]
+    window = PipelineConfig.model_validate({"window": {"size": 3, "entity": 1, "time": 2}}).window
+    assert window is not None
+    assert (window.entity, window.time) == ("1", "2")
+    with pytest.raises(ValidationError):
+        ColumnsConfig.model_validate({"label": True})
 
 
 def test_a_label_cell_of_blanks_is_no_label() -> None:

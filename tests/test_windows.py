@@ -326,6 +326,40 @@ def window_model() -> AnomalyVAE:
     return AnomalyVAE(config=cfg).fit(make_pump_data(1600, seed=1))
 
 
+def test_a_column_set_as_the_index_is_named_as_the_index(window_model: AnomalyVAE) -> None:
+    # df.set_index("ts") (a time series' usual shape) was "the window's time column 'ts' is
+    # not in the input: add it, or remove window.time from the pipeline": the column is there,
+    # as the index, and a scoring pipeline does not change the model's window.
+    data = make_pump_data(60, seed=5)
+    for column in ("ts", "pump_id", "station"):  # the window's time, its entity, a feature
+        with pytest.raises(SchemaError, match=rf"column '{column}' is the index of X, not a col"):
+            window_model.score(data.set_index(column))
+    with pytest.raises(SchemaError, match=r"training data: column 'ts' is the index of X"):
+        AnomalyVAE(config=window_model.config_).fit(data.set_index("ts"))
+    with pytest.raises(SchemaError) as caught:
+        window_model.score(data.drop(columns=["ts"]))
+    assert "the model was trained with window.time: ts" in str(caught.value)
+    assert "remove window." not in str(caught.value)
+
+
+def test_a_frame_with_repeated_index_labels_is_scored_in_order(window_model: AnomalyVAE) -> None:
+    # pd.concat of two exports without ignore_index (labels 0..29 twice): fit takes such a
+    # frame, scoring it was "a windowed model scores frames with a unique index".
+    data = make_pump_data(60, seed=5).astype({"flow": object})
+    data.loc[7, "flow"] = "n/a?"
+    joined = pd.concat(
+        [data.iloc[:30].reset_index(drop=True), data.iloc[30:].reset_index(drop=True)]
+    )
+    assert not joined.index.is_unique
+    expected = window_model.score_batch(data)
+    got = window_model.score_batch(joined)
+    assert got.scores.index.tolist() == joined.index[expected.scores.index].tolist()
+    np.testing.assert_array_equal(got.scores["score"], expected.scores["score"])
+    assert (got.scores["window_status"].to_numpy() == expected.scores["window_status"]).all()
+    assert got.rejects.index.tolist() == [7]
+    assert got.rejects["reason"].tolist() == expected.rejects["reason"].tolist()
+
+
 def test_windowed_scores_do_not_depend_on_how_the_input_is_cut(window_model: AnomalyVAE) -> None:
     data = make_pump_data(300, seed=5, anomaly_rate=0.05)
     whole = window_model.score_batch(data, windows=window_model.new_window_state())
