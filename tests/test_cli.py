@@ -1282,6 +1282,31 @@ def test_info_and_help(trained: Path) -> None:
     assert "score" in result.stdout
 
 
+def test_info_quotes_names_and_values_with_line_breaks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A header cell written with Alt+Enter ("Temp<line break>(C)") printed as two lines of
+    # 'info', the second one starting "(C): numeric".
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "Temp\n(C)": rng.normal(20, 2, 200),
+            "mode": rng.choice(["auto", "manual\nlocal"], 200),
+            "flow": rng.normal(5, 1, 200),
+        }
+    )
+    AnomalyVAE(epochs=1, seed=0).fit(frame).save(tmp_path / "model")
+    result = run_inline(capsys, "info", "--model-dir", str(tmp_path / "model"))
+    assert result.returncode == 0, result.stderr
+    assert "  feature 'Temp\\n(C)': numeric (training median " in result.stdout
+    assert "values learned: auto, 'manual\\nlocal')" in result.stdout
+    assert "  feature flow: numeric" in result.stdout
+    assert all(
+        line.startswith(("model ", "  ", "trained", "score", "csv"))
+        for line in (result.stdout.splitlines())
+    ), result.stdout
+
+
 @pytest.mark.parametrize(
     ("option", "value", "needle"),
     [

@@ -317,6 +317,20 @@ def test_a_labels_file_with_spaces_after_its_separators_is_read(tmp_path: Path) 
     assert len(labels.frame["start"].dropna()) == 1
 
 
+def test_a_cooldown_is_given_in_seconds_or_with_a_unit() -> None:
+    # 'thresholds set --cooldown 1h' was "Invalid value for '--cooldown': Input should be a
+    # valid number", where 'db prune --older-than' takes 30d and 12h.
+    from anomaly_vae.cli.thresholds import _rule
+
+    for given, seconds in (("300", 300.0), ("0.5", 0.5), ("5m", 300.0), ("1h", 3600.0)):
+        assert _rule(None, None, given, None).cooldown_s == seconds
+    assert _rule({"k": 2, "n": 3}, None, "2d", None).k == 2  # the rest of the rule kept
+    with pytest.raises(ConfigError, match=r"--cooldown '1x' is not a duration: give seconds"):
+        _rule(None, None, "1x", None)
+    with pytest.raises(ConfigError, match="cooldown_s: Input should be greater than or equal"):
+        _rule(None, None, "-5", None)
+
+
 def labels_of(values: np.ndarray) -> list[float]:
     return [float(v) for v in values]
 

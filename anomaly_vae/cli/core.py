@@ -831,6 +831,11 @@ def info(
     typer.echo(f"model '{model.name}' version {str(model.model_hash_)[:12]} ({model_dir})")
     from anomaly_vae.features import MISSING
 
+    def text(value: str) -> str:
+        # A name or value with a line break (a header cell written with Alt+Enter) or another
+        # control character is quoted: printed as it is, it split the line in two.
+        return value if value.isprintable() else repr(value)
+
     pre = model.preprocessor_
     for col in model.schema_.columns:
         if col.name in pre.center:
@@ -838,12 +843,12 @@ def info(
                 f" (training median {pre.center[col.name]:.6g}, scale {pre.scale[col.name]:.4g})"
             )
         elif col.name in pre.categories:
-            known = [c for c in pre.categories[col.name] if c != MISSING]
+            known = [text(c) for c in pre.categories[col.name] if c != MISSING]
             shown = ", ".join(known[:8]) + (", ..." if len(known) > 8 else "")
             detail = f" ({len(known)} values learned: {shown})"
         else:
             detail = ""
-        typer.echo(f"  feature {col.name}: {col.kind}{detail}")
+        typer.echo(f"  feature {text(col.name)}: {col.kind}{detail}")
     examples = "rows"
     if model.config_.window is not None and s.get("windows") is not None:
         examples = f"full windows of {s.get('rows', '?')} rows"

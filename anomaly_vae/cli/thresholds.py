@@ -95,8 +95,12 @@ DebounceOpt = Annotated[
     typer.Option("--debounce", help="Alert rule: K/N, alert when K of the last N records cross."),
 ]
 CooldownOpt = Annotated[
-    float | None,
-    typer.Option("--cooldown", help="Alert rule: seconds between two alerts of an entity."),
+    str | None,
+    typer.Option(
+        "--cooldown",
+        help="Alert rule: time between two alerts of an entity, in seconds (300) or with a "
+        "unit (5m, 1h, 2d).",
+    ),
 ]
 KeyColumnOpt = Annotated[str, typer.Option("--key-column", help="The labels file's key column.")]
 LabelsSepOpt = Annotated[str, typer.Option("--sep", help="The labels file's separator.")]
@@ -215,7 +219,7 @@ def _critical(text: str | None, since: datetime | None) -> Any:
 def _rule(
     current: dict[str, Any] | None,
     debounce: str | None,
-    cooldown: float | None,
+    cooldown: str | None,
     resolve_after: int | None,
 ) -> Any:
     """The alert rule with the options given changed (None: no option given)."""
@@ -231,10 +235,28 @@ def _rule(
             raise ConfigError(f"--debounce {debounce!r}: write K/N, e.g. 2/3 (2 of the last 3)")
         data["k"], data["n"] = int(k), int(n)
     if cooldown is not None:
-        data["cooldown_s"] = cooldown
+        data["cooldown_s"] = _cooldown_seconds(cooldown)
     if resolve_after is not None:
         data["resolve_after"] = resolve_after
     return alert_rule_of(data)
+
+
+def _cooldown_seconds(text: str) -> float:
+    """--cooldown: seconds (300, 0.5), or a duration with a unit as 'db prune --older-than'
+    takes it (5m, 1h, 2d): '1h' was "Input should be a valid number"."""
+    from anomaly_vae.cli.db import parse_age
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return parse_age(text, "--cooldown").total_seconds()
+    except ConfigError:
+        raise ConfigError(
+            f"--cooldown {text!r} is not a duration: give seconds (300) or a whole number and "
+            "a unit, s, m, h, d or w (5m, 1h)"
+        ) from None
 
 
 def _since(text: str | None, option: str = "--since") -> datetime | None:
