@@ -324,6 +324,14 @@ class KafkaConfig(_Strict):
                     f"{flag} {value} (kafka.{name}) is the topic being scored: what is "
                     "published there would be consumed again; name another topic"
                 )
+        # One topic for both: a consumer of the alerts read rejected sensor messages among
+        # them (the dead letters are the messages as they came, not alert events).
+        if self.alerts_topic is not None and self.alerts_topic == self.dead_letter_topic:
+            raise ConfigError(
+                f"--alerts-topic and --dead-letter-topic (kafka.alerts_topic, "
+                f"kafka.dead_letter_topic) are both {self.alerts_topic}: the alerts' consumers "
+                "would receive the rejected messages among the alert events; name two topics"
+            )
 
 
 def topic_name_problem(value: str) -> str | None:

@@ -1152,6 +1152,24 @@ def test_an_output_topic_that_is_the_scored_topic_is_refused_before_anything_sta
         StreamScorer(pump_model[0], looped, MemorySink([]))
 
 
+def test_one_topic_for_alerts_and_dead_letters_is_refused(
+    pump_model: tuple[AnomalyVAE, object],
+) -> None:
+    # The dead letters are the rejected messages as they came: an alerts consumer reading
+    # the same topic got sensor records among its alert events.
+    from anomaly_vae.errors import ConfigError
+
+    shared = stream_config(
+        pump_model[0], "127.0.0.1:1", "sensors", alerts_topic="events", dead_letter_topic="events"
+    )
+    with pytest.raises(ConfigError, match="are both events: the alerts' consumers would"):
+        StreamScorer(pump_model[0], shared, MemorySink([]))
+    apart = stream_config(
+        pump_model[0], "127.0.0.1:1", "sensors", alerts_topic="alerts", dead_letter_topic="dlq"
+    )
+    StreamScorer(pump_model[0], apart, MemorySink([]))
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
