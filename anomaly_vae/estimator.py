@@ -1426,6 +1426,10 @@ def _as_frame(
         # through np.asarray: its columns were read by position, so a table whose columns came
         # in another order than training was scored on the wrong columns without a word.
         X = X.to_pandas()  # type: ignore[attr-defined]
+    elif isinstance(X, np.ndarray) and X.dtype.names:
+        # A structured or record array (df.to_records()): its fields are named columns, one
+        # element a record; it was "got one row of 3 values" for three records.
+        X = pd.DataFrame(X)
     if not isinstance(X, pd.DataFrame):
         return _array_frame(X, expected, width)
     frame = _frame_of(X, expected, width)

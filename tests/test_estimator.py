@@ -1061,6 +1061,16 @@ def test_an_arrow_table_is_read_by_column_name_not_by_position(
         trained_model.score(table.drop_columns(["s0"]))
 
 
+def test_a_record_array_is_read_by_field_name(trained_model: AnomalyVAE) -> None:
+    # df.to_records() (a structured array: one element per record, named fields) was
+    # "X must be 2-D (rows x features); got one row of 20 values".
+    frame = correlated_normal(20, seed=4)
+    records = frame[list(reversed(frame.columns))].to_records(index=False)
+    np.testing.assert_array_equal(
+        trained_model.anomaly_score(records), trained_model.anomaly_score(frame)
+    )
+
+
 def test_the_readme_python_example_runs_as_written(tmp_path: Path) -> None:
     # It used normal_df, export_df and messy_df without making them: a NameError as written.
     import subprocess
