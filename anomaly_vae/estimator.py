@@ -300,6 +300,9 @@ class AnomalyVAE(BaseEstimator):
             return self._fit(cfg, X, y)
 
     def _fit(self, cfg: PipelineConfig, X: pd.DataFrame | np.ndarray, y: Any) -> AnomalyVAE:
+        # A pyarrow table fitted as the DataFrame it is (its columns read by name at scoring,
+        # not as an array's by position).
+        X = _named_columns_as_frame(X)
         unread = set(cfg.columns.non_features())
         if cfg.columns.features is not None and isinstance(X, pd.DataFrame):
             unread |= {str(c) for c in X.columns} - set(cfg.columns.features)
@@ -1421,15 +1424,7 @@ def _as_frame(
     was fitted on, which an array (or pd.DataFrame(array)) to score must have. A column of
     complex numbers is refused when the model may read it: one of ``expected`` (scoring),
     else any not in ``unread`` (training: ignored, id, label... columns)."""
-    if not isinstance(X, pd.DataFrame) and _is_named_table(X):
-        # A pyarrow Table or RecordBatch (a polars DataFrame too) has column names, but went
-        # through np.asarray: its columns were read by position, so a table whose columns came
-        # in another order than training was scored on the wrong columns without a word.
-        X = X.to_pandas()  # type: ignore[attr-defined]
-    elif isinstance(X, np.ndarray) and X.dtype.names:
-        # A structured or record array (df.to_records()): its fields are named columns, one
-        # element a record; it was "got one row of 3 values" for three records.
-        X = pd.DataFrame(X)
+    X = _named_columns_as_frame(X)
     if not isinstance(X, pd.DataFrame):
         return _array_frame(X, expected, width)
     frame = _frame_of(X, expected, width)
@@ -1446,10 +1441,21 @@ def _as_frame(
     return frame
 
 
-def _is_named_table(X: Any) -> bool:
-    """A table with named columns that converts itself to pandas (pyarrow's Table and
-    RecordBatch, polars' DataFrame: a ``schema`` and ``to_pandas``), not a one-column array."""
-    return callable(getattr(X, "to_pandas", None)) and hasattr(X, "schema")
+def _named_columns_as_frame(X: Any) -> Any:
+    """X as a DataFrame when its columns have names though it is none, else X itself."""
+    if isinstance(X, pd.DataFrame):
+        return X
+    if callable(getattr(X, "to_pandas", None)) and hasattr(X, "schema"):
+        # A pyarrow Table or RecordBatch (a polars DataFrame too: a schema and to_pandas, not
+        # a one-column array) went through np.asarray: its columns were read by position, so
+        # a table whose columns came in another order than training was scored on the wrong
+        # columns without a word.
+        return X.to_pandas()
+    if isinstance(X, np.ndarray) and X.dtype.names:
+        # A structured or record array (df.to_records()): its fields are named columns, one
+        # element a record; it was "got one row of 3 values" for three records.
+        return pd.DataFrame(X)
+    return X
 
 
 def _frame_of(X: pd.DataFrame, expected: list[str] | None, width: int | None) -> pd.DataFrame:

@@ -1061,6 +1061,19 @@ def test_an_arrow_table_is_read_by_column_name_not_by_position(
         trained_model.score(table.drop_columns(["s0"]))
 
 
+def test_a_model_fitted_on_an_arrow_table_is_one_fitted_on_a_frame() -> None:
+    # fit(pa.Table) read the table by name but recorded it as an array (array_columns), so
+    # scoring took the model for an array model: pd.DataFrame(array) read by position.
+    import pyarrow as pa
+
+    frame = correlated_normal(200, seed=4).drop(columns="kind")
+    model = AnomalyVAE(epochs=1, seed=0).fit(pa.Table.from_pandas(frame, preserve_index=False))
+    assert model.training_summary_["array_columns"] is None
+    assert list(model.feature_names_in_) == list(frame.columns)
+    with pytest.raises(SchemaError, match=r"feature columns 's0', 's1'"):
+        model.score(pd.DataFrame(frame.to_numpy()[:5]))  # columns 0, 1...: not its names
+
+
 def test_a_record_array_is_read_by_field_name(trained_model: AnomalyVAE) -> None:
     # df.to_records() (a structured array: one element per record, named fields) was
     # "X must be 2-D (rows x features); got one row of 20 values".
