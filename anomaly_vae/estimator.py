@@ -942,7 +942,26 @@ class AnomalyVAE(BaseEstimator):
                 ),
                 rejects=batch.rejects,
             )
+        if len(batch.scores) > 1:
+            self._warn_empty_features(X)
         return batch
+
+    def _warn_empty_features(self, X: pd.DataFrame | np.ndarray) -> None:
+        """A warning naming feature columns with no value in any row of X: every record was
+        scored with the value filled in, as ``score`` CSV jobs say in their summary (a join
+        that lost a sensor's column gave plausible scores in Python without a word)."""
+        frame = _as_frame(X, expected=list(self.feature_names_in_), width=self._array_columns())
+        empty = [n for n in self.schema_.names if frame[n].isna().all()]
+        if empty:
+            many = len(empty) > 1
+            logger.warning(
+                "feature column%s %s had no value in any of the %d rows: the records were "
+                "scored without %s (as missing values); is the input complete?",
+                "s" if many else "",
+                ", ".join(repr(n) for n in empty[:10]) + (", ..." if len(empty) > 10 else ""),
+                len(frame),
+                "them" if many else "it",
+            )
 
     def anomaly_score(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
         """The score of each row as an array; higher means more anomalous (no top-features

@@ -850,6 +850,25 @@ def test_a_record_with_a_gap_scores_the_same_alone_and_in_any_batch(
     )
 
 
+def test_a_feature_column_empty_in_every_row_is_warned_about(
+    trained_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A join that lost a sensor's values: every record scored with it filled in, and the CSV
+    # job's summary says so, but score() in Python said nothing.
+    frame = correlated_normal(20, seed=6).assign(s3=np.nan)
+    with caplog.at_level(logging.WARNING, logger="anomaly_vae.estimator"):
+        trained_model.score(frame)
+    assert (
+        "feature column 's3' had no value in any of the 20 rows: the records were scored "
+        "without it (as missing values); is the input complete?"
+    ) in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="anomaly_vae.estimator"):
+        trained_model.predict(frame.iloc[[0]])  # one record with a gap: an ordinary gap
+        trained_model.predict(correlated_normal(20, seed=6))
+    assert "had no value" not in caplog.text
+
+
 def test_a_gap_is_filled_from_the_other_columns(trained_model: AnomalyVAE) -> None:
     """``Scorer.impute`` puts the model's guess in the gap: close to the value that was
     there on data the model knows, where the median is not."""
