@@ -950,8 +950,19 @@ class AnomalyVAE(BaseEstimator):
         """A warning naming feature columns with no value in any row of X: every record was
         scored with the value filled in, as ``score`` CSV jobs say in their summary (a join
         that lost a sensor's column gave plausible scores in Python without a word)."""
-        frame = _as_frame(X, expected=list(self.feature_names_in_), width=self._array_columns())
-        empty = [n for n in self.schema_.names if frame[n].isna().all()]
+        if isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype.kind == "f":
+            # Not through _as_frame: a DataFrame of a large array may be a copy of it.
+            names = [n for n in _array_names(X.shape[1]) if n in set(self.schema_.names)]
+            columns = [int(n[1:]) for n in names]
+            if len(self.schema_.names) == X.shape[1]:
+                names, columns = list(self.schema_.names), list(range(X.shape[1]))
+            blank = np.isnan(X).all(axis=0)  # a boolean per value, not a copy of X
+            empty = [n for n, c in zip(names, columns, strict=True) if blank[c]]
+        elif isinstance(X, pd.DataFrame):
+            frame = _as_frame(X, expected=list(self.feature_names_in_), width=self._array_columns())
+            empty = [n for n in self.schema_.names if frame[n].isna().all()]
+        else:
+            return
         if empty:
             many = len(empty) > 1
             logger.warning(
@@ -959,7 +970,7 @@ class AnomalyVAE(BaseEstimator):
                 "scored without %s (as missing values); is the input complete?",
                 "s" if many else "",
                 ", ".join(repr(n) for n in empty[:10]) + (", ..." if len(empty) > 10 else ""),
-                len(frame),
+                len(X),
                 "them" if many else "it",
             )
 

@@ -867,6 +867,14 @@ def test_a_feature_column_empty_in_every_row_is_warned_about(
         trained_model.predict(frame.iloc[[0]])  # one record with a gap: an ordinary gap
         trained_model.predict(correlated_normal(20, seed=6))
     assert "had no value" not in caplog.text
+    # An array, read by position (without a copy of it to find out).
+    x = correlated_normal(300, seed=0).drop(columns="kind").to_numpy()
+    on_array = AnomalyVAE(epochs=1, seed=0).fit(x)
+    gapped = x[:10].copy()
+    gapped[:, 2] = np.nan
+    with caplog.at_level(logging.WARNING, logger="anomaly_vae.estimator"):
+        on_array.score(gapped)
+    assert "feature column 'x2' had no value in any of the 10 rows" in caplog.text
 
 
 def test_a_gap_is_filled_from_the_other_columns(trained_model: AnomalyVAE) -> None:
