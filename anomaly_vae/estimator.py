@@ -302,6 +302,9 @@ class AnomalyVAE(BaseEstimator):
             return self._fit(cfg, X, y)
 
     def _fit(self, cfg: PipelineConfig, X: pd.DataFrame | np.ndarray, y: Any) -> AnomalyVAE:
+        # A pyarrow table fitted as the DataFrame it is (its columns read by name at scoring,
+        # not as an array's by position).
+        X = _named_columns_as_frame(X)
         unread = set(cfg.columns.non_features())
         if cfg.columns.features is not None and isinstance(X, pd.DataFrame):
             unread |= {str(c) for c in X.columns} - set(cfg.columns.features)
@@ -941,7 +944,37 @@ class AnomalyVAE(BaseEstimator):
                 ),
                 rejects=batch.rejects,
             )
+        if len(batch.scores) > 1:
+            self._warn_empty_features(X)
         return batch
+
+    def _warn_empty_features(self, X: pd.DataFrame | np.ndarray) -> None:
+        """A warning naming feature columns with no value in any row of X: every record was
+        scored with the value filled in, as ``score`` CSV jobs say in their summary (a join
+        that lost a sensor's column gave plausible scores in Python without a word)."""
+        if isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype.kind == "f":
+            # Not through _as_frame: a DataFrame of a large array may be a copy of it.
+            names = [n for n in _array_names(X.shape[1]) if n in set(self.schema_.names)]
+            columns = [int(n[1:]) for n in names]
+            if len(self.schema_.names) == X.shape[1]:
+                names, columns = list(self.schema_.names), list(range(X.shape[1]))
+            blank = np.isnan(X).all(axis=0)  # a boolean per value, not a copy of X
+            empty = [n for n, c in zip(names, columns, strict=True) if blank[c]]
+        elif isinstance(X, pd.DataFrame):
+            frame = _as_frame(X, expected=list(self.feature_names_in_), width=self._array_columns())
+            empty = [n for n in self.schema_.names if frame[n].isna().all()]
+        else:
+            return
+        if empty:
+            many = len(empty) > 1
+            logger.warning(
+                "feature column%s %s had no value in any of the %d rows: the records were "
+                "scored without %s (as missing values); is the input complete?",
+                "s" if many else "",
+                ", ".join(repr(n) for n in empty[:10]) + (", ..." if len(empty) > 10 else ""),
+                len(X),
+                "them" if many else "it",
+            )
 
     def anomaly_score(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
         """The score of each row as an array; higher means more anomalous (no top-features
@@ -1425,11 +1458,7 @@ def _as_frame(
     was fitted on, which an array (or pd.DataFrame(array)) to score must have. A column of
     complex numbers is refused when the model may read it: one of ``expected`` (scoring),
     else any not in ``unread`` (training: ignored, id, label... columns)."""
-    if not isinstance(X, pd.DataFrame) and _is_named_table(X):
-        # A pyarrow Table or RecordBatch (a polars DataFrame too) has column names, but went
-        # through np.asarray: its columns were read by position, so a table whose columns came
-        # in another order than training was scored on the wrong columns without a word.
-        X = X.to_pandas()  # type: ignore[attr-defined]
+    X = _named_columns_as_frame(X)
     if not isinstance(X, pd.DataFrame):
         return _array_frame(X, expected, width)
     frame = _frame_of(X, expected, width)
@@ -1446,10 +1475,21 @@ def _as_frame(
     return frame
 
 
-def _is_named_table(X: Any) -> bool:
-    """A table with named columns that converts itself to pandas (pyarrow's Table and
-    RecordBatch, polars' DataFrame: a ``schema`` and ``to_pandas``), not a one-column array."""
-    return callable(getattr(X, "to_pandas", None)) and hasattr(X, "schema")
+def _named_columns_as_frame(X: Any) -> Any:
+    """X as a DataFrame when its columns have names though it is none, else X itself."""
+    if isinstance(X, pd.DataFrame):
+        return X
+    if callable(getattr(X, "to_pandas", None)) and hasattr(X, "schema"):
+        # A pyarrow Table or RecordBatch (a polars DataFrame too: a schema and to_pandas, not
+        # a one-column array) went through np.asarray: its columns were read by position, so
+        # a table whose columns came in another order than training was scored on the wrong
+        # columns without a word.
+        return X.to_pandas()
+    if isinstance(X, np.ndarray) and X.dtype.names:
+        # A structured or record array (df.to_records()): its fields are named columns, one
+        # element a record; it was "got one row of 3 values" for three records.
+        return pd.DataFrame(X)
+    return X
 
 
 def _frame_of(X: pd.DataFrame, expected: list[str] | None, width: int | None) -> pd.DataFrame:

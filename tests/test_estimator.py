@@ -850,6 +850,33 @@ def test_a_record_with_a_gap_scores_the_same_alone_and_in_any_batch(
     )
 
 
+def test_a_feature_column_empty_in_every_row_is_warned_about(
+    trained_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A join that lost a sensor's values: every record scored with it filled in, and the CSV
+    # job's summary says so, but score() in Python said nothing.
+    frame = correlated_normal(20, seed=6).assign(s3=np.nan)
+    with caplog.at_level(logging.WARNING, logger="anomaly_vae.estimator"):
+        trained_model.score(frame)
+    assert (
+        "feature column 's3' had no value in any of the 20 rows: the records were scored "
+        "without it (as missing values); is the input complete?"
+    ) in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="anomaly_vae.estimator"):
+        trained_model.predict(frame.iloc[[0]])  # one record with a gap: an ordinary gap
+        trained_model.predict(correlated_normal(20, seed=6))
+    assert "had no value" not in caplog.text
+    # An array, read by position (without a copy of it to find out).
+    x = correlated_normal(300, seed=0).drop(columns="kind").to_numpy()
+    on_array = AnomalyVAE(epochs=1, seed=0).fit(x)
+    gapped = x[:10].copy()
+    gapped[:, 2] = np.nan
+    with caplog.at_level(logging.WARNING, logger="anomaly_vae.estimator"):
+        on_array.score(gapped)
+    assert "feature column 'x2' had no value in any of the 10 rows" in caplog.text
+
+
 def test_a_gap_is_filled_from_the_other_columns(trained_model: AnomalyVAE) -> None:
     """``Scorer.impute`` puts the model's guess in the gap: close to the value that was
     there on data the model knows, where the median is not."""
@@ -1059,6 +1086,29 @@ def test_an_arrow_table_is_read_by_column_name_not_by_position(
     np.testing.assert_array_equal(trained_model.anomaly_score(batch), expected)
     with pytest.raises(SchemaError, match=r"feature column 's0' missing"):
         trained_model.score(table.drop_columns(["s0"]))
+
+
+def test_a_model_fitted_on_an_arrow_table_is_one_fitted_on_a_frame() -> None:
+    # fit(pa.Table) read the table by name but recorded it as an array (array_columns), so
+    # scoring took the model for an array model: pd.DataFrame(array) read by position.
+    import pyarrow as pa
+
+    frame = correlated_normal(200, seed=4).drop(columns="kind")
+    model = AnomalyVAE(epochs=1, seed=0).fit(pa.Table.from_pandas(frame, preserve_index=False))
+    assert model.training_summary_["array_columns"] is None
+    assert list(model.feature_names_in_) == list(frame.columns)
+    with pytest.raises(SchemaError, match=r"feature columns 's0', 's1'"):
+        model.score(pd.DataFrame(frame.to_numpy()[:5]))  # columns 0, 1...: not its names
+
+
+def test_a_record_array_is_read_by_field_name(trained_model: AnomalyVAE) -> None:
+    # df.to_records() (a structured array: one element per record, named fields) was
+    # "X must be 2-D (rows x features); got one row of 20 values".
+    frame = correlated_normal(20, seed=4)
+    records = frame[list(reversed(frame.columns))].to_records(index=False)
+    np.testing.assert_array_equal(
+        trained_model.anomaly_score(records), trained_model.anomaly_score(frame)
+    )
 
 
 def test_the_readme_python_example_runs_as_written(tmp_path: Path) -> None:
