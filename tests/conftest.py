@@ -267,8 +267,8 @@ def password_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
 
 @contextmanager
 def api_client(db_url: str, **settings: Any) -> Iterator[Any]:
-    """FastAPI's TestClient on the database at ``db_url``, no token (the API in process);
-    ``settings``: other ``ApiSettings`` fields."""
+    """FastAPI's TestClient on the database at ``db_url``, no token unless given (the API in
+    process); ``settings``: other ``ApiSettings`` fields."""
     from fastapi.testclient import TestClient
 
     from anomaly_vae.api import ApiSettings, create_app
@@ -281,7 +281,8 @@ def api_client(db_url: str, **settings: Any) -> Iterator[Any]:
     target = DatabaseTarget(parse_database_url(db_url), "--db")
     engine = create_database_engine(target.url)
     try:
-        app = create_app(ApiSettings(database=target, token=None, **settings), engine)
+        settings.setdefault("token", None)
+        app = create_app(ApiSettings(database=target, **settings), engine)
         with TestClient(app) as client:
             yield client
     finally:

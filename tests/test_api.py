@@ -1146,32 +1146,20 @@ def test_a_time_typed_into_a_url_with_its_offset_keeps_the_plus(
     # curl "...?since=2026-11-28T08:00:00+02:00": a query string decodes '+' as a space, and
     # the list endpoints answered 422 quoting "2026-11-28T08:00:00 02:00", an input the user
     # never typed. The offset after a space is read as the '+' it was.
-    from fastapi.testclient import TestClient
-
-    from anomaly_vae.api import ApiSettings, create_app
-    from anomaly_vae.storage.engine import DatabaseTarget
-
     url = f"sqlite:///{tmp_path / 'results.db'}"
     assert run_inline(capsys, "db", "upgrade", "--db", url).returncode == 0
-    target = DatabaseTarget(parse_database_url(url), "--db")
-    engine = create_database_engine(target.url)
-    app = create_app(ApiSettings(database=target, token=None), engine)
-    try:
-        with TestClient(app) as client:
-            for path in ("/alerts", "/anomalies", "/dead-letters", "/dead-letters/summary"):
-                same = client.get(f"{path}?since=2026-11-28T08:00:00+02:00&until=2026-11-28T06:00Z")
-                assert same.status_code == 400, (path, same.text)
-                assert same.json()["detail"].startswith(
-                    "until (2026-11-28T06:00:00+00:00) is not after since "
-                    "(2026-11-28T08:00:00+02:00)"
-                )
-                later = client.get(f"{path}?since=2026-11-28 08:00:00.5+0530")
-                assert later.status_code == 200, (path, later.text)
-            # A space that is no offset's stays an error.
-            bad = client.get("/alerts?since=2026-11-28T08:00:00 abc")
-            assert bad.status_code == 422
-    finally:
-        engine.dispose()
+    with api_client(url) as client:
+        for path in ("/alerts", "/anomalies", "/dead-letters", "/dead-letters/summary"):
+            same = client.get(f"{path}?since=2026-11-28T08:00:00+02:00&until=2026-11-28T06:00Z")
+            assert same.status_code == 400, (path, same.text)
+            assert same.json()["detail"].startswith(
+                "until (2026-11-28T06:00:00+00:00) is not after since (2026-11-28T08:00:00+02:00)"
+            )
+            later = client.get(f"{path}?since=2026-11-28 08:00:00.5+0530")
+            assert later.status_code == 200, (path, later.text)
+        # A space that is no offset's stays an error.
+        bad = client.get("/alerts?since=2026-11-28T08:00:00 abc")
+        assert bad.status_code == 422
 
 
 def test_the_schema_declares_the_token_so_docs_can_send_it(
@@ -1180,24 +1168,13 @@ def test_the_schema_declares_the_token_so_docs_can_send_it(
     # The token was a header parameter named Authorization, which OpenAPI tells tools to
     # ignore: /docs had no field and no Authorize button for it (every change tried there
     # was a 401), and a client generated from the schema never sent it.
-    from fastapi.testclient import TestClient
-
-    from anomaly_vae.api import ApiSettings, create_app
-    from anomaly_vae.storage.engine import DatabaseTarget
-
     url = f"sqlite:///{tmp_path / 'results.db'}"
     assert run_inline(capsys, "db", "upgrade", "--db", url).returncode == 0
-    target = DatabaseTarget(parse_database_url(url), "--db")
-    engine = create_database_engine(target.url)
-    app = create_app(ApiSettings(database=target, token=TOKEN), engine)
-    try:
-        with TestClient(app) as client:
-            schema = client.get("/openapi.json").json()
-            change = {"alert_rule": {"cooldown_s": 60}, "reason": "r"}
-            without = client.patch("/models/pumps/thresholds", json=change)
-            given = client.patch("/models/pumps/thresholds", json=change, headers=AUTH)
-    finally:
-        engine.dispose()
+    with api_client(url, token=TOKEN) as client:
+        schema = client.get("/openapi.json").json()
+        change = {"alert_rule": {"cooldown_s": 60}, "reason": "r"}
+        without = client.patch("/models/pumps/thresholds", json=change)
+        given = client.patch("/models/pumps/thresholds", json=change, headers=AUTH)
     (scheme,) = schema["components"]["securitySchemes"].values()
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
     (name,) = schema["components"]["securitySchemes"]
