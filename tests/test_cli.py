@@ -1872,3 +1872,25 @@ def test_a_training_that_diverges_is_one_line_and_saves_no_model(
             "--epochs", epochs, "-q",
         )  # fmt: skip
         assert short.returncode == 0, short.stderr
+
+
+def test_an_empty_sep_is_refused_not_taken_as_not_given(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --sep "" (a script's --sep "$SEP" with SEP unset) was read as no --sep at all: ',' for
+    # train, the model's separator for score, without a word.
+    export = trained / "sep.csv"
+    make_pump_data(20, seed=5).to_csv(export, index=False)
+    model = str(trained / "model")
+    assert_user_error(
+        run_inline(capsys, "score", str(export), "--model-dir", model, "--sep", ""),
+        "--sep is empty",
+    )
+    target = str(trained / "m-sep")
+    assert_user_error(
+        run_inline(capsys, "train", str(export), "--model-dir", target, "--sep", ""),
+        "--sep is empty",
+    )
+    assert not (trained / "m-sep").exists()
+    comma = run_inline(capsys, "score", str(export), "--model-dir", model, "--sep", ",", "-q")
+    assert comma.returncode == 0, comma.stderr

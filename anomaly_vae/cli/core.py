@@ -42,6 +42,10 @@ def _show_progress(quiet: bool) -> bool:
 def _sep(value: str | None) -> str | None:
     if value is None:
         return None
+    if value == "":
+        # It was taken as "not given": ',' for train, the model's separator for score, where a
+        # quoting mistake in a script (--sep "$SEP" with SEP unset) deserves a word.
+        raise ConfigError("--sep is empty: give the separator, e.g. --sep ';' or --sep tab")
     return "\t" if value in ("\\t", "tab", "TAB") else value
 
 
@@ -197,9 +201,7 @@ def train(
             raise ConfigError(f"--seed {seed}: {problems}") from None
     if device:
         cfg.training.device = device
-    cfg.csv = _csv_with(
-        cfg.csv, sep=None if sep is None else _sep(sep) or ",", decimal=decimal, encoding=encoding
-    )
+    cfg.csv = _csv_with(cfg.csv, sep=_sep(sep), decimal=decimal, encoding=encoding)
     shown = _shown(data)
     with _input_file(data) as path:
         frame = read_training_csv(
@@ -493,7 +495,7 @@ def _score_file(
     rejects = rejects or default_rejects_path(Path(stem + ".scores.csv") if special else out)
     if csv_out:
         _check_outputs(data, None if to_stdout else out, rejects)
-    csv_cfg = _csv_with(cfg.csv, sep=_sep(sep) or None, decimal=decimal, encoding=encoding)
+    csv_cfg = _csv_with(cfg.csv, sep=_sep(sep), decimal=decimal, encoding=encoding)
     source = CsvSource(
         data,
         sep=csv_cfg.sep,
