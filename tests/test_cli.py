@@ -1892,5 +1892,8 @@ def test_an_empty_sep_is_refused_not_taken_as_not_given(
         "--sep is empty",
     )
     assert not (trained / "m-sep").exists()
-    comma = run_inline(capsys, "score", str(export), "--model-dir", model, "--sep", ",", "-q")
+    out = str(trained / "sep.scores.csv")
+    comma = run_inline(
+        capsys, "score", str(export), "--model-dir", model, "--sep", ",", "--out", out, "-q"
+    )
     assert comma.returncode == 0, comma.stderr
