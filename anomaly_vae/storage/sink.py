@@ -288,16 +288,17 @@ class DatabaseSink:
             return
         if not self.unread_times:
             row = given.index[unread][0]
-            far = next((v for v in given[unread] if out_of_range_time(v)), None)
-            if far is not None:
+            cells = given[unread]
+            far = cells.index[cells.map(out_of_range_time).to_numpy(dtype=bool)]
+            if len(far):
                 logger.warning(
                     "%s: the timestamp column %r holds dates outside the years 1677 to 2262 "
                     "that a time can be read in (first: %r at data row %s); such scores are "
                     "stored without an event time",
                     self.source,
                     self.timestamp_column,
-                    far,
-                    given.index[unread & given.map(out_of_range_time).to_numpy(dtype=bool)][0],
+                    given[far[0]],
+                    far[0],
                 )
             else:
                 logger.warning(
