@@ -25,6 +25,7 @@ import pandas as pd
 
 from anomaly_vae.config import KafkaConfig
 from anomaly_vae.errors import ConfigError
+from anomaly_vae.features import name_key
 from anomaly_vae.windows import entity_text, event_times_in_order
 
 logger = logging.getLogger(__name__)
@@ -354,16 +355,17 @@ def missing_fields_reason(names: Sequence[str], present: Iterable[Any] = ()) -> 
 
 def near_names(names: Sequence[str], present: Iterable[Any]) -> list[str]:
     """The names among ``present`` that differ from one of ``names`` only in letter case and
-    spaces, or are close to it in spelling, one per name, in the order of ``names``."""
+    spaces (``features.name_key``, as a CSV's missing-column hint compares them), or are close
+    to it in spelling, one per name, in the order of ``names``."""
     import difflib
 
     others = [str(k) for k in present if k not in names]
     folded: dict[str, str] = {}
     for other in others:
-        folded.setdefault(other.strip().casefold(), other)
+        folded.setdefault(name_key(other), other)
     out: list[str] = []
     for name in names:
-        match = folded.get(name.strip().casefold())
+        match = folded.get(name_key(name))
         if match is None:
             close = difflib.get_close_matches(name, others, n=1, cutoff=0.8)
             match = close[0] if close else None
