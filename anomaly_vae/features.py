@@ -343,8 +343,11 @@ def _to_float(series: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray | No
 
 
 def _short(value: object, limit: int = 40) -> str:
+    """``repr(value)``, cut to about ``limit`` characters (a text's closing quote kept)."""
     text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "...'"
+    if len(text) <= limit:
+        return text
+    return text[: limit - 3] + "..." + (text[-1] if text[-1] in "'\"" else "")
 
 
 def _structured_values(series: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray] | None:

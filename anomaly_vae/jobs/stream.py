@@ -38,6 +38,7 @@ import pandas as pd
 
 from anomaly_vae.config import PipelineConfig
 from anomaly_vae.estimator import AnomalyVAE, ScoreBatch
+from anomaly_vae.features import _short
 from anomaly_vae.sources.kafka import (
     ENTITY,
     EVENT_TIME,
@@ -692,7 +693,7 @@ class StreamScorer:
                 "such records are stored with the Kafka message's timestamp as their event "
                 "time. Write ISO 8601 (2026-11-20T09:00:00+01:00) or epoch seconds",
                 self.cfg.columns.timestamp,
-                _short_value(value),
+                _short(value, 60),
                 key,
             )
         self.unread_times += count
@@ -1201,11 +1202,6 @@ def _log_failed_sends(sent: list[tuple[str, Any]]) -> None:
             topic,
             first_line(errors[0]),
         )
-
-
-def _short_value(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _names(partitions: Any) -> list[str]:
