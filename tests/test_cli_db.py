@@ -3,6 +3,7 @@ score twice, crash part way and score again, list what was stored."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -213,6 +214,39 @@ def test_score_twice_keeps_one_row_per_record(
     assert len(one) == sum(a["entity_key"] == entity for a in as_json)
     bad_until = cli(capsys, "anomalies", "list", "--db", db_url, "--until", "tomorrow")
     assert_user_error(bad_until, "--until 'tomorrow'")
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".zip"])
+def test_an_export_and_its_compressed_copy_are_the_same_records(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    suffix: str,
+) -> None:
+    """Keys hash the data, not the container: the same rows scored again from a gzip or zip
+    copy (renamed, too) are the records already stored, not a second set of them."""
+    import gzip
+    import zipfile
+
+    _, model_dir = pump_model
+    packed = tmp_path / f"renamed.csv{suffix}"
+    if suffix == ".gz":
+        packed.write_bytes(gzip.compress(export.read_bytes()))
+    else:
+        with zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.write(export, "inside.csv")
+    out = ["--model-dir", str(model_dir), "--db", db_url, "--out", str(tmp_path / "s.csv")]
+    first = cli(capsys, "score", str(export), *out)
+    assert first.returncode == 0, first.stderr
+    again = cli(capsys, "score", str(packed), *out)
+    assert again.returncode == 0, again.stderr
+    assert "0 score rows added (1499 already there, kept as first scored)" in again.stdout
+    assert count(db_url, "scores") == 1499
+    assert count(db_url, "dead_letters") == 1
+    digests = {row[0] for row in query(db_url, "SELECT source_sha256 FROM scoring_runs")}
+    assert digests == {hashlib.sha256(export.read_bytes()).hexdigest()}
 
 
 def test_killed_run_then_rerun_stores_every_row_exactly_once(

@@ -384,7 +384,20 @@ class CsvSource:
         )
 
     def sha256(self) -> str:
+        """The SHA-256 of the data: of the file's bytes, decompressed when the file is
+        compressed or an archive (what the parser reads), so that an export and its ``.gz``
+        give the same record keys."""
         digest = hashlib.sha256()
+        if self.compressed:
+            opener = _text_opener(self.path)
+            try:
+                with opener(self.path, "rt", encoding="latin-1", newline="") as text:
+                    handle = text.buffer
+                    for block in iter(lambda: handle.read(1 << 22), b""):
+                        digest.update(block)
+            except (OSError, EOFError, ValueError, zipfile.BadZipFile, tarfile.TarError) as exc:
+                raise InputFileError(f"{self.label} cannot be read: {_first_line(exc)}") from None
+            return digest.hexdigest()
         with open(self.path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 22), b""):
                 digest.update(block)
