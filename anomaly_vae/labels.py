@@ -11,8 +11,14 @@ import pandas as pd
 
 from anomaly_vae.errors import ConfigError
 
-_TRUE = {"1", "true", "yes", "y", "t", "anomaly", "anomalous", "abnormal", "outlier", "fault"}
-_FALSE = {"0", "false", "no", "n", "f", "normal", "ok", "nominal", "inlier"}
+# Words public data sets use (intrusion and fraud sets: BENIGN / MALICIOUS, attack, fraud).
+_TRUE = {
+    "1", "true", "yes", "y", "t", "anomaly", "anomalous", "abnormal", "outlier", "fault",
+    "faulty", "failure", "malicious", "attack", "fraud", "fraudulent", "defect", "defective",
+}  # fmt: skip
+_FALSE = {
+    "0", "false", "no", "n", "f", "normal", "ok", "nominal", "inlier", "benign", "legitimate",
+}  # fmt: skip
 
 
 def label_to_binary(
@@ -50,8 +56,9 @@ def label_to_binary(
         first = series[unknown]
         raise ConfigError(
             f"{_where(source)}label column {name!r} has value {first.iloc[0]!r} (row "
-            f"{first.index[0]}), which is neither normal (0, false, normal) nor anomalous (1, "
-            "true, anomaly): correct it, or leave the cell empty (no label)"
+            f"{first.index[0]}), which is neither normal (0, false, normal, benign) nor anomalous "
+            "(1, true, anomaly, malicious): correct it, or leave the cell empty (no label); a "
+            "column of attack or fault names needs mapping to 1 / 0 first"
         )
     return out
 

@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from anomaly_vae.config import ColumnsConfig, PipelineConfig
-from anomaly_vae.errors import SchemaError
+from anomaly_vae.errors import ConfigError, SchemaError
 from anomaly_vae.features import CLIP, FeatureColumn, FeatureSchema, Preprocessor, robust_scale
 
 
@@ -1053,3 +1053,13 @@ def test_a_label_cell_of_blanks_is_no_label() -> None:
     assert out.tolist()[0] == 1
     assert out.isna().tolist() == [False, True, False, True, False]
     assert out.dropna().tolist() == [1, 0, 1]
+
+
+def test_label_words_of_intrusion_and_fraud_sets_are_read() -> None:
+    # CIC-IDS style labels (BENIGN / MALICIOUS) and fraud flags were refused as unknown words.
+    from anomaly_vae.labels import label_to_binary
+
+    labels = pd.Series(["BENIGN", "Malicious", " attack ", "fraud", "legitimate", "faulty"])
+    assert label_to_binary(labels, name="label").tolist() == [0, 1, 1, 1, 0, 1]
+    with pytest.raises(ConfigError, match=r"'DDoS' \(row 1\).*mapping to 1 / 0"):
+        label_to_binary(pd.Series(["BENIGN", "DDoS"]), name="label")
