@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -581,15 +582,36 @@ def _validation_loss(
     return total / x.shape[0]
 
 
+# torch's thread count is one setting for the whole process. The blocks that change it, in
+# any thread, are kept in order of entry: the count is the newest open block's, and the count
+# from before the first block comes back when the last one closes. (Each block putting back
+# what it found left a process at 1 thread after two fits in threads overlapped: the second
+# found the first's 1 and put it back last.)
+_threads_lock = threading.Lock()
+_threads_open: list[tuple[object, int]] = []
+_threads_before: int | None = None
+
+
 @contextmanager
 def torch_threads(num_threads: int) -> Iterator[None]:
     """Run the block with ``num_threads`` torch threads, then restore the count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(num_threads))
+    global _threads_before
+    token = object()
+    with _threads_lock:
+        if not _threads_open:
+            _threads_before = torch.get_num_threads()
+        _threads_open.append((token, int(num_threads)))
+        torch.set_num_threads(int(num_threads))
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        with _threads_lock:
+            _threads_open[:] = [entry for entry in _threads_open if entry[0] is not token]
+            if _threads_open:
+                torch.set_num_threads(_threads_open[-1][1])
+            elif _threads_before is not None:
+                torch.set_num_threads(_threads_before)
+                _threads_before = None
 
 
 def split_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -136,3 +136,46 @@ def test_written_out_step_is_not_used_where_it_does_not_apply() -> None:
         n_numeric=24, cat_sizes=[], hidden_dims=[8], latent_dim=2, encoder="conv", window_steps=8
     )
     assert _MlpStep.for_model(conv) is None
+
+
+_OVERLAPPING_FITS = """
+import threading, torch
+from anomaly_vae.training import torch_threads
+torch.set_num_threads(3)
+first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+def first():
+    with torch_threads(1):
+        first_in.set()
+        second_in.wait(10)
+    first_out.set()
+def second():
+    first_in.wait(10)
+    with torch_threads(1):
+        second_in.set()
+        first_out.wait(10)
+threads = [threading.Thread(target=first), threading.Thread(target=second)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join(20)
+after_threads = torch.get_num_threads()
+with torch_threads(4):
+    with torch_threads(1):
+        innermost = torch.get_num_threads()
+    outer = torch.get_num_threads()
+print(after_threads, innermost, outer, torch.get_num_threads())
+"""
+
+
+def test_overlapping_thread_settings_give_back_the_count_from_before() -> None:
+    # Two fits in threads, each in torch_threads(1): the second saved the first's 1 and put it
+    # back last, so the process stayed at 1 thread after both. (In a fresh interpreter: under
+    # pytest a thread's setting may stay its own, and the fault does not show.)
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _OVERLAPPING_FITS], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["3", "1", "4", "3"]
