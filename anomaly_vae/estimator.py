@@ -34,6 +34,7 @@ from anomaly_vae.config import (
     PipelineConfig,
     ScoringConfig,
     TrainingConfig,
+    WindowConfig,
     format_validation_error,
 )
 from anomaly_vae.errors import (
@@ -842,6 +843,8 @@ class AnomalyVAE(BaseEstimator):
         scores = self._score_frame(arrays, clean.index, threshold)
         scores["window_status"] = assembled.status_names()
         scores.loc[assembled.status != OK, "is_anomaly"] = np.int8(0)
+        if windows is None:
+            _warn_if_out_of_order(scores["window_status"], cfg.window, entity_column)
         self._explain_flagged(arrays, scores, flat)
         batch = self._batch(arrays, scores, rejects, gaps=self._gaps(clean, encoded))
         batch.day_first = day_first
@@ -1444,6 +1447,28 @@ def _sorted_quantiles(sorted_values: np.ndarray, q: np.ndarray) -> np.ndarray:
     40k scores)."""
     positions = q * (len(sorted_values) - 1)
     return np.interp(positions, np.arange(len(sorted_values)), sorted_values)
+
+
+def _warn_if_out_of_order(
+    status: pd.Series, window: WindowConfig, entity_column: str | None
+) -> None:
+    """A one-off windowed call reads its rows in the order given: a frame out of time order
+    (shuffled, or sorted by another column) has many ``late`` records, never flagged. Say so
+    and what to do, as ``score`` does for a file."""
+    late = int((status == "late").sum())
+    if late <= max(10, 0.01 * len(status)):
+        return
+    keys = [k for k in (entity_column or window.entity, window.time) if k]
+    order = f"sort it first, e.g. frame.sort_values({keys!r}), " if keys else ""
+    logger.warning(
+        "%d of %d records were late (scored alone, never flagged): the rows are read in the "
+        "order given, each entity's in time order; is the frame in time order? %sor raise "
+        "window.lateness_s (%g s)",
+        late,
+        len(status),
+        order,
+        window.lateness_s,
+    )
 
 
 def _as_frame(

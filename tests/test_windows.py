@@ -342,6 +342,24 @@ def test_a_column_set_as_the_index_is_named_as_the_index(window_model: AnomalyVA
     assert "remove window." not in str(caught.value)
 
 
+def test_a_shuffled_frame_is_named_as_out_of_order(
+    window_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
+) -> None:
+    # score() reads rows in the order given: a shuffled frame came back mostly 'late' (never
+    # flagged) without a word; the CLI says so for a file.
+    data = make_pump_data(400, seed=5)
+    with caplog.at_level("WARNING", logger="anomaly_vae.estimator"):
+        window_model.score(data)
+    assert "were late" not in caplog.text
+    shuffled = data.sample(frac=1.0, random_state=0)
+    with caplog.at_level("WARNING", logger="anomaly_vae.estimator"):
+        scores = window_model.score(shuffled)
+    late = int((scores["window_status"] == "late").sum())
+    assert late > 10
+    assert f"{late} of 400 records were late" in caplog.text
+    assert "frame.sort_values(['pump_id', 'ts'])" in caplog.text
+
+
 def test_a_frame_with_repeated_index_labels_is_scored_in_order(window_model: AnomalyVAE) -> None:
     # pd.concat of two exports without ignore_index (labels 0..29 twice): fit takes such a
     # frame, scoring it was "a windowed model scores frames with a unique index".
