@@ -49,11 +49,26 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
+def _silu(h: Tensor) -> Tensor:
+    """SiLU, in place when no gradient is recorded (scoring: ``inference_mode`` / ``no_grad``):
+    the same numbers, without a second activation-sized tensor to write and read, which made
+    the activations a third of a scoring pass's time. Every caller hands it a layer's fresh
+    output, which nothing else holds."""
+    return nn.functional.silu(h, inplace=not torch.is_grad_enabled())
+
+
+class SiLU(nn.SiLU):
+    """``nn.SiLU`` that works in place when no gradient is recorded (see ``_silu``)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return _silu(input)
+
+
 def _mlp(sizes: Sequence[int], dropout: float) -> nn.Sequential:
     layers: list[nn.Module] = []
     for fan_in, fan_out in itertools.pairwise(sizes):
         layers.append(nn.Linear(fan_in, fan_out))
-        layers.append(nn.SiLU())
+        layers.append(SiLU())
         if dropout > 0:
             layers.append(Dropout(dropout))
     return nn.Sequential(*layers)
@@ -168,7 +183,7 @@ class VAE(nn.Module):
         self._channels = channels
 
     def _act(self, h: Tensor) -> Tensor:
-        h = nn.functional.silu(h)
+        h = _silu(h)
         if self._conv_dropout > 0:
             h = nn.functional.dropout(h, self._conv_dropout, self.training)
         return h

@@ -11,6 +11,7 @@ from anomaly_vae.features import EncodedBatch, FeatureLayout
 from anomaly_vae.model import (
     VAE,
     LikelihoodLayout,
+    SiLU,
     feature_nll,
     fixed_noise,
     gaussian_log_prob,
@@ -216,3 +217,36 @@ def test_conv_vae_needs_whole_window_steps() -> None:
         )
     with pytest.raises(ValueError, match="encoder"):
         VAE(n_numeric=2, cat_sizes=[], hidden_dims=[8], latent_dim=2, encoder="lstm")
+
+
+@pytest.mark.parametrize("encoder", ["mlp", "conv"])
+def test_scoring_passes_give_the_numbers_of_a_training_pass_with_activations_in_place(
+    encoder: str,
+) -> None:
+    # Without gradients the activations work in place (a scoring pass wrote and read a second
+    # activation-sized tensor per layer); the outputs are those of a pass with gradients.
+    torch.manual_seed(0)
+    steps = 4 if encoder == "conv" else 1
+    vae = VAE(
+        n_numeric=3 * steps,
+        cat_sizes=[2] * steps,
+        hidden_dims=[16, 8],
+        latent_dim=2,
+        encoder=encoder,
+        window_steps=steps,
+        conv_channels=(4, 2),
+        conv_kernel=3,
+    ).eval()
+    x = torch.randn(64, vae.input_dim)
+    mu_grad, log_var_grad = vae.encode(x)
+    out_grad = vae.decode(mu_grad)
+    with torch.inference_mode():
+        mu, log_var = vae.encode(x)
+        out = vae.decode(mu)
+        h = torch.randn(5, 7)
+        assert SiLU()(h) is h  # in place
+    assert torch.equal(mu, mu_grad.detach())
+    assert torch.equal(log_var, log_var_grad.detach())
+    assert torch.equal(out, out_grad.detach())
+    h = torch.randn(5, 7, requires_grad=True)
+    assert SiLU()(h) is not h  # with gradients: a new tensor, the input kept for backward
