@@ -286,12 +286,12 @@ def test_commands_refuse_a_database_behind_the_migrations(
         assert "revision none" in cli(capsys, "db", "current", "--db", empty_db_url).stdout
     upgraded = cli(capsys, "db", "upgrade", "--db", empty_db_url)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "migrated from empty to 0008" in upgraded.stdout
-    assert "already at revision 0008" in cli(capsys, "db", "upgrade", "--db", empty_db_url).stdout
+    assert "migrated from empty to 0009" in upgraded.stdout
+    assert "already at revision 0009" in cli(capsys, "db", "upgrade", "--db", empty_db_url).stdout
     assert "up to date" in cli(capsys, "db", "current", "--db", empty_db_url).stdout
     assert cli(capsys, "runs", "list", "--db", empty_db_url).stdout.strip() == "no scoring runs yet"
     down = cli(capsys, "db", "downgrade", "base", "--db", empty_db_url)
-    assert "down from 0008 to base" in down.stdout
+    assert "down from 0009 to base" in down.stdout
 
 
 def test_a_sqlite_url_without_a_file_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
@@ -304,10 +304,10 @@ def test_a_sqlite_url_without_a_file_is_refused(capsys: pytest.CaptureFixture[st
 
 
 def test_an_unknown_revision_is_one_line(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    for args in (("downgrade", "bogus"), ("downgrade", "+1"), ("upgrade", "--revision", "0009")):
+    for args in (("downgrade", "bogus"), ("downgrade", "+1"), ("upgrade", "--revision", "0010")):
         result = cli(capsys, "db", *args, "--db", db_url)
-        assert_user_error(result, "cannot migrate", "revisions: base, 0001,", "0008, head")
-    assert "revision 0008" in cli(capsys, "db", "current", "--db", db_url).stdout
+        assert_user_error(result, "cannot migrate", "revisions: base, 0001,", "0009, head")
+    assert "revision 0009" in cli(capsys, "db", "current", "--db", db_url).stdout
 
 
 def test_a_database_a_newer_version_migrated_is_not_called_behind(
@@ -324,20 +324,20 @@ def test_a_database_a_newer_version_migrated_is_not_called_behind(
         engine.dispose()
     current = cli(capsys, "db", "current", "--db", db_url)
     assert current.returncode == 0, current.stderr
-    assert "revision ffff9999 (latest 0008): newer than this anomaly-vae knows" in current.stdout
+    assert "revision ffff9999 (latest 0009): newer than this anomaly-vae knows" in current.stdout
     assert "behind" not in current.stdout
     # Both ways out: a newer anomaly-vae, or (one who went back to this version) the newer
     # one's 'db downgrade' to this version's head; "upgrade anomaly-vae" alone named no way back.
-    assert "'anomaly-vae db downgrade 0008'" in current.stdout
+    assert "'anomaly-vae db downgrade 0009'" in current.stdout
     for args in (("upgrade",), ("downgrade", "-1")):
         assert_user_error(
             cli(capsys, "db", *args, "--db", db_url),
-            "at schema revision ffff9999, newer than this anomaly-vae knows (head 0008)",
+            "at schema revision ffff9999, newer than this anomaly-vae knows (head 0009)",
             "upgrade anomaly-vae, or, to keep this version, migrate the database back with the "
-            "newer one: 'anomaly-vae db downgrade 0008'",
+            "newer one: 'anomaly-vae db downgrade 0009'",
         )
     listed = cli(capsys, "models", "list", "--db", db_url)
-    assert_user_error(listed, "newer than this anomaly-vae knows", "db downgrade 0008")
+    assert_user_error(listed, "newer than this anomaly-vae knows", "db downgrade 0009")
     assert "revision ffff9999" in cli(capsys, "db", "current", "--db", db_url).stdout
 
 
@@ -361,8 +361,8 @@ def test_downgrade_minus_one_is_one_step_down(
     # As its help says ('an id, -1, or base'): not "No such option: -1".
     down = cli(capsys, "db", "downgrade", "-1", "--db", db_url)
     assert down.returncode == 0, down.stderr
-    assert "down from 0008 to 0007" in down.stdout
-    assert "from 0007 to 0008" in cli(capsys, "db", "upgrade", "--db", db_url).stdout
+    assert "down from 0009 to 0008" in down.stdout
+    assert "from 0008 to 0009" in cli(capsys, "db", "upgrade", "--db", db_url).stdout
 
 
 def test_score_creates_a_missing_sqlite_database(

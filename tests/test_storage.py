@@ -112,13 +112,19 @@ def test_migrated_schema_equals_the_orm_metadata(db_url: str) -> None:
 def test_downgrade_to_base_and_back_up(db_url: str) -> None:
     engine = engine_for(db_url)
     try:
-        assert downgrade(engine, "base") == ("0008", None)
+        assert downgrade(engine, "base") == ("0009", None)
         assert set(inspect(engine).get_table_names()) == set()  # alembic_version too
-        assert upgrade(engine) == (None, "0008")
+        assert upgrade(engine) == (None, "0009")
         assert schema_differences(engine) == []
-        assert {"models", "scores", "alerts", "dead_letters", "thresholds", "scoring_runs"} <= set(
-            inspect(engine).get_table_names()
-        )
+        assert {
+            "models",
+            "scores",
+            "alerts",
+            "dead_letters",
+            "thresholds",
+            "scoring_runs",
+            "alert_outbox",
+        } <= set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
 
@@ -140,8 +146,8 @@ def test_downgrade_and_upgrade_keep_the_data_of_a_used_database(db_url: str) -> 
                 rejects=None,
             )
         assert written.alerts_opened >= 1
-        assert downgrade(engine, "0001") == ("0008", "0001")
-        assert upgrade(engine) == ("0001", "0008")
+        assert downgrade(engine, "0001") == ("0009", "0001")
+        assert upgrade(engine) == ("0001", "0009")
         assert schema_differences(engine) == []
         with engine.connect() as connection:
             stored = connection.execute(select(Score.source_key).order_by(Score.id)).scalars()
@@ -881,7 +887,7 @@ def test_upgrade_from_0001_keeps_the_thresholds(db_url: str) -> None:
                 "parameters, created_by, reason, created_at) VALUES ('pumps', 1, 'value', 9.5, "
                 "NULL, '{}', 'ops', 'before 0002', '2026-11-01 00:00:00+00:00')"
             )
-        assert upgrade(engine) == ("0001", "0008")
+        assert upgrade(engine) == ("0001", "0009")
         assert schema_differences(engine) == []
         with engine.connect() as connection:
             row = repo.threshold_in_force(connection, model_name="pumps")
