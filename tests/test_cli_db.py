@@ -755,6 +755,43 @@ def test_prune_with_an_age_beyond_the_calendar_is_one_line(
         assert_user_error(result, f"--older-than {age!r} reaches back before the year 1")
 
 
+def test_prune_deletes_alert_events_left_unpublished_in_the_outbox(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A scorer with --alerts-topic killed before it published, and no scorer of that model
+    # with the topic since: its events wait in the outbox for good unless pruned.
+    from datetime import datetime, timedelta, timezone
+
+    from anomaly_vae.storage import outbox
+
+    now = datetime.now(timezone.utc)
+    engine = create_database_engine(parse_database_url(db_url))
+    try:
+        with engine.begin() as connection:
+            for name, age in (("pumps", 40), ("fans", 31), ("pumps", 1)):
+                outbox.add_events(
+                    connection,
+                    model_name=name,
+                    run_id=1,
+                    events=[{"event": "opened", "alert_id": 1, "entity_key": "P1"}],
+                    now=now - timedelta(days=age),
+                )
+    finally:
+        engine.dispose()
+    dry = cli(capsys, "db", "prune", "--older-than", "30d", "--dry-run", "--db", db_url)
+    assert dry.returncode == 0, dry.stderr
+    assert (
+        "would delete 0 score rows, 0 dead letters and 2 alert events never published "
+        "(alert outbox) written before"
+    ) in dry.stdout
+    assert count(db_url, "alert_outbox") == 3
+    done = cli(capsys, "db", "prune", "--older-than", "30d", "--db", db_url)
+    assert "deleted 0 score rows, 0 dead letters and 2 alert events never" in done.stdout
+    assert query(db_url, "SELECT model_name FROM alert_outbox") == [("pumps",)]
+    again = cli(capsys, "db", "prune", "--older-than", "30d", "--db", db_url)
+    assert "deleted 0 score rows and 0 dead letters written before" in again.stdout
+
+
 def stored_per_models_list(capsys: pytest.CaptureFixture[str], db_url: str) -> int:
     """The score rows ``models list`` says are stored, summed over the model versions."""
     listed = cli(capsys, "models", "list", "--db", db_url, "--format", "json")
