@@ -284,6 +284,8 @@ def stream(
             model_dir=directory,
             source=f"kafka:{kafka.topic}",
             alert_rule=cfg.alerts.model_dump() if cfg.alerts else None,
+            # Alert events wait in the outbox until published: only when there is a topic.
+            outbox=bool(kafka.alerts_topic),
         )
         scorer = StreamScorer(
             model,

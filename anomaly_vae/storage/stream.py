@@ -2,7 +2,9 @@
 
 ``StreamDatabaseSink`` writes each micro-batch (scores, rejects, alerts) in one transaction
 through ``repository.write_results``, keyed ``topic:partition:offset`` + model, so a replayed
-batch adds nothing twice. It takes a fresh pooled connection per batch: after a database
+batch adds nothing twice; with ``outbox=True`` (an alerts topic) the batch's alert events go to
+``alert_outbox`` in that transaction too, until the scorer has published them
+(``storage.outbox``). It takes a fresh pooled connection per batch: after a database
 outage the next write simply reconnects. ``DatabaseThresholdSource`` tells the scorer the
 threshold in force, which an operator may change at any time.
 """
@@ -10,15 +12,16 @@ threshold in force, which an operator may change at any time.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from anomaly_vae.jobs.stream import ThresholdInForce, WriteResult, first_line
+from anomaly_vae.jobs.stream import AlertMessage, ThresholdInForce, WriteResult, first_line
 from anomaly_vae.sources.kafka import ENTITY, EVENT_TIME, SOURCE_KEY
+from anomaly_vae.storage import outbox as alert_outbox
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.storage.sink import model_version_of, note_other_version, severity_labels
 from anomaly_vae.storage.window_states import load_window_states
@@ -42,8 +45,11 @@ class StreamDatabaseSink:
         model_dir: Path | str | None,
         source: str,
         alert_rule: dict[str, Any] | None = None,
+        outbox: bool = False,
     ) -> None:
         self.engine = engine
+        # With an alerts topic: the alert events go to the outbox with their batch.
+        self.outbox = outbox
         self.model = model
         self.top_features = model.config_.scoring.top_features
         version = model_version_of(model, path=model_dir)
@@ -62,6 +68,7 @@ class StreamDatabaseSink:
                 threshold_id=int(in_force.id),
             )
         self.model_version = version.version
+        self.model_name = version.name
         self.stats: StreamStats | None = None
         self.error: str | None = None
         logger.info(
@@ -81,12 +88,33 @@ class StreamDatabaseSink:
                 threshold_id=batch.threshold_id,
                 alert_rule=AlertRule.from_dict(batch.alert_rule),
                 window_states=batch.window_states,
+                outbox_model=self.model_name if self.outbox else None,
             )
         return WriteResult(
             scores_written=counts.scores_inserted,
             rejects_written=counts.dead_letters_inserted,
-            alerts=[_public(alert) for alert in counts.alerts],
+            alerts=[alert_outbox.json_ready(alert) for alert in counts.alerts],
+            messages=[_message(event) for event in counts.outbox],
         )
+
+    def outbox_pending(self, after_id: int, limit: int) -> list[AlertMessage]:
+        """The model name's alert events not yet published (rows after ``after_id``), oldest
+        first: those a scorer killed after its commit left, and those the broker refused."""
+        with self.engine.connect() as connection:
+            events = alert_outbox.pending(
+                connection, model_name=self.model_name, after_id=after_id, limit=limit
+            )
+        return [_message(event) for event in events]
+
+    def outbox_published(self, ids: list[int]) -> None:
+        """Delete the outbox rows of events the broker has acknowledged."""
+        with self.engine.connect() as connection, connection.begin():
+            alert_outbox.remove(connection, ids)
+
+    def outbox_left(self) -> tuple[int, datetime | None]:
+        """How many of the model name's alert events wait in the outbox, and the oldest's time."""
+        with self.engine.connect() as connection:
+            return alert_outbox.count(connection, model_name=self.model_name)
 
     def records(self, batch: StreamBatch) -> pd.DataFrame:
         scores = batch.scores.scores
@@ -181,14 +209,9 @@ class DatabaseThresholdSource:
         )
 
 
-def _public(alert: dict[str, Any]) -> dict[str, Any]:
-    """An alert as JSON-ready values for the alerts topic."""
-    out: dict[str, Any] = {}
-    for key, value in alert.items():
-        if hasattr(value, "isoformat"):
-            out[key] = value.isoformat()
-        elif isinstance(value, (np.floating, np.integer)):
-            out[key] = value.item()
-        else:
-            out[key] = value
-    return out
+def _message(event: alert_outbox.OutboxEvent) -> AlertMessage:
+    return AlertMessage(
+        key=None if event.key is None else event.key.encode("utf-8"),
+        value=event.value.encode("utf-8"),
+        outbox_id=event.id,
+    )
