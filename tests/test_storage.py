@@ -456,6 +456,28 @@ def test_alert_events_wait_in_the_outbox_only_when_asked(db_url: str) -> None:
         engine.dispose()
 
 
+def test_scorers_of_a_model_take_turns_at_publishing_the_outbox(db_url: str) -> None:
+    # Scorers started together (--processes N) each published every leftover event at start:
+    # on PostgreSQL they now take turns, the next finding the rows the first deleted.
+    engine = engine_for(db_url)
+    try:
+        with outbox.publishing_turn(engine, model_name="pumps") as first:
+            if engine.dialect.name != "postgresql":
+                assert first is False  # SQLite: no lock (one writer at a time anyway)
+                return
+            assert first is True
+            started = time.monotonic()
+            with outbox.publishing_turn(engine, model_name="pumps", wait_s=0.5) as second:
+                assert second is False  # waited, then goes on without it
+            assert time.monotonic() - started >= 0.5
+            with outbox.publishing_turn(engine, model_name="fans", wait_s=0) as other:
+                assert other is True  # another model's turn is its own
+        with outbox.publishing_turn(engine, model_name="pumps", wait_s=0) as after:
+            assert after is True
+    finally:
+        engine.dispose()
+
+
 def test_write_results_names_missing_columns(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
     engine = engine_for(url)

@@ -20,6 +20,7 @@ the endless loop testable; the batch in hand is always finished and committed fi
 from __future__ import annotations
 
 import collections
+import contextlib
 import difflib
 import functools
 import logging
@@ -988,7 +989,11 @@ class StreamScorer:
         events wait there, which this scorer leaves as they are."""
         if self.cfg.kafka.alerts_topic:
             if self._producer is not None:
-                self._publish_outbox()
+                # Scorers of the model started together take turns (the sink's lock), so that
+                # each sends what the one before left, not all of them everything.
+                turn = getattr(self.sink, "outbox_turn", None)
+                with turn() if turn is not None else contextlib.nullcontext():
+                    self._publish_outbox()
             return
         left = getattr(self.sink, "outbox_left", None)
         if left is None:

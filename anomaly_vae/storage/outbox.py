@@ -13,16 +13,19 @@ Nothing here imports the scorer (nor torch): the CLI's ``db prune`` reads it too
 
 from __future__ import annotations
 
+import hashlib
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 import orjson
-from sqlalchemy import delete, func, insert, select
-from sqlalchemy.engine import Connection
+from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy.engine import Connection, Engine
 
 from anomaly_vae.storage.tables import AlertOutboxRow
 
@@ -139,4 +142,46 @@ def count(connection: Connection, *, model_name: str | None = None) -> tuple[int
     return int(n or 0), oldest
 
 
-__all__ = ["OutboxEvent", "add_events", "count", "json_ready", "message_key", "pending", "remove"]
+@contextmanager
+def publishing_turn(engine: Engine, *, model_name: str, wait_s: float = 60.0) -> Iterator[bool]:
+    """Held while a scorer publishes what the outbox holds at its start, so that the scorers
+    of one model started together (``--processes N``) take turns: the next finds the rows the
+    first published deleted, rather than sending each event N times. PostgreSQL: a
+    session-level advisory lock on a hash of the model name, on a connection of its own,
+    waited for at most ``wait_s`` (then the scorer goes on without it: copies at worst, which
+    ``event_id`` tells apart). SQLite: none (yields False). Yields whether it holds the lock."""
+    if engine.dialect.name != "postgresql":
+        yield False
+        return
+    digest = hashlib.sha256(f"anomaly-vae alert outbox {model_name}".encode()).digest()
+    key = int.from_bytes(digest[:8], "big", signed=True)
+    with engine.connect() as connection:
+        deadline = time.monotonic() + wait_s
+        held = False
+        while True:
+            held = bool(connection.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}))
+            connection.commit()
+            if held or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+        try:
+            yield held
+        finally:
+            if held:
+                try:
+                    connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    connection.commit()
+                except Exception:  # the lock ends with its session: the connection's close
+                    connection.invalidate()
+
+
+__all__ = [
+    "OutboxEvent",
+    "add_events",
+    "count",
+    "json_ready",
+    "message_key",
+    "pending",
+    "publishing_turn",
+    "remove",
+]

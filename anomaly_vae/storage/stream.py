@@ -12,6 +12,8 @@ threshold in force, which an operator may change at any time.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,6 +112,27 @@ class StreamDatabaseSink:
         """Delete the outbox rows of events the broker has acknowledged."""
         with self.engine.connect() as connection, connection.begin():
             alert_outbox.remove(connection, ids)
+
+    @contextmanager
+    def outbox_turn(self) -> Iterator[None]:
+        """Held while the scorer publishes what the outbox holds at its start: scorers of the
+        model started together take turns (PostgreSQL), so each leftover goes once. Trouble
+        taking it (the database) is no reason not to publish: copies at worst."""
+        with ExitStack() as stack:
+            try:
+                held = stack.enter_context(
+                    alert_outbox.publishing_turn(self.engine, model_name=self.model_name)
+                )
+            except Exception as exc:
+                logger.debug("no turn at the alert outbox: %s", first_line(exc))
+                held = True
+            if not held and self.engine.dialect.name == "postgresql":
+                logger.info(
+                    "another scorer of %s has been publishing the alert outbox for a minute: "
+                    "publishing it too (a consumer drops copies by event_id)",
+                    self.model_name,
+                )
+            yield
 
     def outbox_left(self) -> tuple[int, datetime | None]:
         """How many of the model name's alert events wait in the outbox, and the oldest's time."""
