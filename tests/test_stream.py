@@ -1062,9 +1062,6 @@ class _OutboxSink(MemorySink):
         for i in ids:
             self.rows.pop(i, None)
 
-    def outbox_left(self) -> tuple[int, None]:
-        return len(self.rows), None
-
 
 class _FlakyProducer:
     """The broker refuses the first ``refuse`` records, then takes every one (in order)."""

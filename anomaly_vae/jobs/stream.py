@@ -115,8 +115,9 @@ class StreamSink(Protocol):
 
     A sink with an alert outbox (``storage.stream.StreamDatabaseSink`` given ``outbox=True``)
     also has ``outbox_pending(after_id, limit) -> list[AlertMessage]`` (the model's events not
-    yet published, oldest first), ``outbox_published(ids)`` (delete them) and
-    ``outbox_left() -> (count, oldest)``; the scorer looks for them by name."""
+    yet published, oldest first), ``outbox_published(ids)`` (delete them) and ``outbox_turn()``
+    (a context held while publishing what it holds at start); the scorer looks for them by
+    name."""
 
     def write(self, batch: StreamBatch) -> WriteResult: ...
 
@@ -984,38 +985,15 @@ class StreamScorer:
         self._outbox_unremoved = []
 
     def _start_outbox(self) -> None:
-        """At start: with an alerts topic, publish what the outbox holds for this model (a
-        scorer killed between its commit and its publish left it); without one, say how many
-        events wait there, which this scorer leaves as they are."""
-        if self.cfg.kafka.alerts_topic:
-            if self._producer is not None:
-                # Scorers of the model started together take turns (the sink's lock), so that
-                # each sends what the one before left, not all of them everything.
-                turn = getattr(self.sink, "outbox_turn", None)
-                with turn() if turn is not None else contextlib.nullcontext():
-                    self._publish_outbox()
-            return
-        left = getattr(self.sink, "outbox_left", None)
-        if left is None:
-            return
-        try:
-            count, oldest = left()
-        except Exception as exc:  # a word for the operator is not worth stopping for
-            logger.debug("could not count the alert outbox: %s", first_line(exc))
-            return
-        if count:
-            logger.warning(
-                "%d alert event(s) of model %s wait in the alert outbox, unpublished, the "
-                "oldest written %s (a scorer with --alerts-topic stopped before publishing "
-                "them): this scorer has no --alerts-topic and leaves them; the next one with "
-                "--alerts-topic publishes them first, and 'anomaly-vae db prune' deletes them "
-                "once older than its --older-than",
-                count,
-                self.model.name,
-                oldest.isoformat(timespec="seconds")
-                if oldest is not None
-                else "at an unknown time",
-            )
+        """At start, with an alerts topic: publish what the outbox holds for this model (a
+        scorer killed between its commit and its publish left it). Without one the sink has
+        said how many events wait there, which this scorer leaves as they are."""
+        if self.cfg.kafka.alerts_topic and self._producer is not None:
+            # Scorers of the model started together take turns (the sink's lock), so that each
+            # sends what the one before left, not all of them everything.
+            turn = getattr(self.sink, "outbox_turn", None)
+            with turn() if turn is not None else contextlib.nullcontext():
+                self._publish_outbox()
 
     def _commit(self, *, wait: bool = True) -> None:
         from kafka.errors import KafkaError

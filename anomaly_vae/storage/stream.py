@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +68,7 @@ class StreamDatabaseSink:
                 threshold_value=float(in_force.warning),
                 threshold_id=int(in_force.id),
             )
+            left = None if outbox else alert_outbox.count(connection, model_name=version.name)
         self.model_version = version.version
         self.model_name = version.name
         self.stats: StreamStats | None = None
@@ -76,6 +76,20 @@ class StreamDatabaseSink:
         logger.info(
             "stream run %d: model %s version %s", self.run_id, version.name, version.version
         )
+        if left is not None and left[0]:
+            count, oldest = left
+            logger.warning(
+                "%d alert event(s) of model %s wait in the alert outbox, unpublished, the "
+                "oldest written %s (a scorer with --alerts-topic stopped before publishing "
+                "them): this scorer has no --alerts-topic and leaves them; the next one with "
+                "--alerts-topic publishes them first, and 'anomaly-vae db prune' deletes them "
+                "once older than its --older-than",
+                count,
+                version.name,
+                oldest.isoformat(timespec="seconds")
+                if oldest is not None
+                else "at an unknown time",
+            )
 
     def write(self, batch: StreamBatch) -> WriteResult:
         records = self.records(batch)
@@ -133,11 +147,6 @@ class StreamDatabaseSink:
                     self.model_name,
                 )
             yield
-
-    def outbox_left(self) -> tuple[int, datetime | None]:
-        """How many of the model name's alert events wait in the outbox, and the oldest's time."""
-        with self.engine.connect() as connection:
-            return alert_outbox.count(connection, model_name=self.model_name)
 
     def records(self, batch: StreamBatch) -> pd.DataFrame:
         scores = batch.scores.scores
