@@ -153,7 +153,12 @@ def stream(
     topic: str | None = typer.Option(None, "--topic", help="Topic to score."),
     group: str | None = typer.Option(None, "--group", help="Consumer group id."),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
-    alerts_topic: str | None = typer.Option(None, "--alerts-topic", help="Publish alerts here."),
+    alerts_topic: str | None = typer.Option(
+        None,
+        "--alerts-topic",
+        help="Publish alert events here (at least once: each carries an event_id to drop "
+        "copies by).",
+    ),
     dead_letter_topic: str | None = typer.Option(
         None, "--dead-letter-topic", help="Publish rejected messages here."
     ),
