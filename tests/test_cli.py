@@ -1543,6 +1543,8 @@ def test_the_help_of_stream_dev_broker_and_score_says_what_the_options_take(
     # ... and that the default scores file is written in the working directory, not beside DATA.
     assert "current directory" in option_help("score", "--out", "--rejects")
     db_help = option_help("stream", "--db", "--alerts-topic")
+    # ... and that the alerts topic is at least once, with an event_id to drop copies by.
+    assert "event_id" in option_help("stream", "--alerts-topic", "--dead-letter-topic")
     assert "sqlite:///file.db" in db_help
     assert "$ANOMALY_VAE_DATABASE_URL" in db_help
     assert "127.0.0.1" not in option_help("dev-broker", "--port", "--host")

@@ -320,12 +320,12 @@ def test_commands_refuse_a_database_behind_the_migrations(
         assert "revision none" in cli(capsys, "db", "current", "--db", empty_db_url).stdout
     upgraded = cli(capsys, "db", "upgrade", "--db", empty_db_url)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "migrated from empty to 0008" in upgraded.stdout
-    assert "already at revision 0008" in cli(capsys, "db", "upgrade", "--db", empty_db_url).stdout
+    assert "migrated from empty to 0009" in upgraded.stdout
+    assert "already at revision 0009" in cli(capsys, "db", "upgrade", "--db", empty_db_url).stdout
     assert "up to date" in cli(capsys, "db", "current", "--db", empty_db_url).stdout
     assert cli(capsys, "runs", "list", "--db", empty_db_url).stdout.strip() == "no scoring runs yet"
     down = cli(capsys, "db", "downgrade", "base", "--db", empty_db_url)
-    assert "down from 0008 to base" in down.stdout
+    assert "down from 0009 to base" in down.stdout
 
 
 def test_a_sqlite_url_without_a_file_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
@@ -338,10 +338,10 @@ def test_a_sqlite_url_without_a_file_is_refused(capsys: pytest.CaptureFixture[st
 
 
 def test_an_unknown_revision_is_one_line(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    for args in (("downgrade", "bogus"), ("downgrade", "+1"), ("upgrade", "--revision", "0009")):
+    for args in (("downgrade", "bogus"), ("downgrade", "+1"), ("upgrade", "--revision", "0010")):
         result = cli(capsys, "db", *args, "--db", db_url)
-        assert_user_error(result, "cannot migrate", "revisions: base, 0001,", "0008, head")
-    assert "revision 0008" in cli(capsys, "db", "current", "--db", db_url).stdout
+        assert_user_error(result, "cannot migrate", "revisions: base, 0001,", "0009, head")
+    assert "revision 0009" in cli(capsys, "db", "current", "--db", db_url).stdout
 
 
 def test_a_database_a_newer_version_migrated_is_not_called_behind(
@@ -358,20 +358,20 @@ def test_a_database_a_newer_version_migrated_is_not_called_behind(
         engine.dispose()
     current = cli(capsys, "db", "current", "--db", db_url)
     assert current.returncode == 0, current.stderr
-    assert "revision ffff9999 (latest 0008): newer than this anomaly-vae knows" in current.stdout
+    assert "revision ffff9999 (latest 0009): newer than this anomaly-vae knows" in current.stdout
     assert "behind" not in current.stdout
     # Both ways out: a newer anomaly-vae, or (one who went back to this version) the newer
     # one's 'db downgrade' to this version's head; "upgrade anomaly-vae" alone named no way back.
-    assert "'anomaly-vae db downgrade 0008'" in current.stdout
+    assert "'anomaly-vae db downgrade 0009'" in current.stdout
     for args in (("upgrade",), ("downgrade", "-1")):
         assert_user_error(
             cli(capsys, "db", *args, "--db", db_url),
-            "at schema revision ffff9999, newer than this anomaly-vae knows (head 0008)",
+            "at schema revision ffff9999, newer than this anomaly-vae knows (head 0009)",
             "upgrade anomaly-vae, or, to keep this version, migrate the database back with the "
-            "newer one: 'anomaly-vae db downgrade 0008'",
+            "newer one: 'anomaly-vae db downgrade 0009'",
         )
     listed = cli(capsys, "models", "list", "--db", db_url)
-    assert_user_error(listed, "newer than this anomaly-vae knows", "db downgrade 0008")
+    assert_user_error(listed, "newer than this anomaly-vae knows", "db downgrade 0009")
     assert "revision ffff9999" in cli(capsys, "db", "current", "--db", db_url).stdout
 
 
@@ -395,8 +395,8 @@ def test_downgrade_minus_one_is_one_step_down(
     # As its help says ('an id, -1, or base'): not "No such option: -1".
     down = cli(capsys, "db", "downgrade", "-1", "--db", db_url)
     assert down.returncode == 0, down.stderr
-    assert "down from 0008 to 0007" in down.stdout
-    assert "from 0007 to 0008" in cli(capsys, "db", "upgrade", "--db", db_url).stdout
+    assert "down from 0009 to 0008" in down.stdout
+    assert "from 0008 to 0009" in cli(capsys, "db", "upgrade", "--db", db_url).stdout
 
 
 def test_score_creates_a_missing_sqlite_database(
@@ -787,6 +787,43 @@ def test_prune_with_an_age_beyond_the_calendar_is_one_line(
     for age in ("999999999d", "100000000000d"):
         result = cli(capsys, "db", "prune", "--older-than", age, "--dry-run", "--db", db_url)
         assert_user_error(result, f"--older-than {age!r} reaches back before the year 1")
+
+
+def test_prune_deletes_alert_events_left_unpublished_in_the_outbox(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A scorer with --alerts-topic killed before it published, and no scorer of that model
+    # with the topic since: its events wait in the outbox for good unless pruned.
+    from datetime import datetime, timedelta, timezone
+
+    from anomaly_vae.storage import outbox
+
+    now = datetime.now(timezone.utc)
+    engine = create_database_engine(parse_database_url(db_url))
+    try:
+        with engine.begin() as connection:
+            for name, age in (("pumps", 40), ("fans", 31), ("pumps", 1)):
+                outbox.add_events(
+                    connection,
+                    model_name=name,
+                    run_id=1,
+                    events=[{"event": "opened", "alert_id": 1, "entity_key": "P1"}],
+                    now=now - timedelta(days=age),
+                )
+    finally:
+        engine.dispose()
+    dry = cli(capsys, "db", "prune", "--older-than", "30d", "--dry-run", "--db", db_url)
+    assert dry.returncode == 0, dry.stderr
+    assert (
+        "would delete 0 score rows, 0 dead letters and 2 alert events never published "
+        "(alert outbox) written before"
+    ) in dry.stdout
+    assert count(db_url, "alert_outbox") == 3
+    done = cli(capsys, "db", "prune", "--older-than", "30d", "--db", db_url)
+    assert "deleted 0 score rows, 0 dead letters and 2 alert events never" in done.stdout
+    assert query(db_url, "SELECT model_name FROM alert_outbox") == [("pumps",)]
+    again = cli(capsys, "db", "prune", "--older-than", "30d", "--db", db_url)
+    assert "deleted 0 score rows and 0 dead letters written before" in again.stdout
 
 
 def stored_per_models_list(capsys: pytest.CaptureFixture[str], db_url: str) -> int:

@@ -31,6 +31,7 @@ from anomaly_vae.errors import (
     SchemaVersionError,
 )
 from anomaly_vae.scoring import top_features_json, top_features_list
+from anomaly_vae.storage import outbox
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.storage.engine import (
     DEFAULT_URL,
@@ -112,13 +113,19 @@ def test_migrated_schema_equals_the_orm_metadata(db_url: str) -> None:
 def test_downgrade_to_base_and_back_up(db_url: str) -> None:
     engine = engine_for(db_url)
     try:
-        assert downgrade(engine, "base") == ("0008", None)
+        assert downgrade(engine, "base") == ("0009", None)
         assert set(inspect(engine).get_table_names()) == set()  # alembic_version too
-        assert upgrade(engine) == (None, "0008")
+        assert upgrade(engine) == (None, "0009")
         assert schema_differences(engine) == []
-        assert {"models", "scores", "alerts", "dead_letters", "thresholds", "scoring_runs"} <= set(
-            inspect(engine).get_table_names()
-        )
+        assert {
+            "models",
+            "scores",
+            "alerts",
+            "dead_letters",
+            "thresholds",
+            "scoring_runs",
+            "alert_outbox",
+        } <= set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
 
@@ -140,8 +147,8 @@ def test_downgrade_and_upgrade_keep_the_data_of_a_used_database(db_url: str) -> 
                 rejects=None,
             )
         assert written.alerts_opened >= 1
-        assert downgrade(engine, "0001") == ("0008", "0001")
-        assert upgrade(engine) == ("0001", "0008")
+        assert downgrade(engine, "0001") == ("0009", "0001")
+        assert upgrade(engine) == ("0001", "0009")
         assert schema_differences(engine) == []
         with engine.connect() as connection:
             stored = connection.execute(select(Score.source_key).order_by(Score.id)).scalars()
@@ -382,6 +389,91 @@ def test_write_results_is_idempotent_and_atomic(db_url: str) -> None:
                 )
             assert repo.count_rows(connection, table="scores") == 7
             assert repo.count_rows(connection, table="alerts") == 2
+    finally:
+        engine.dispose()
+
+
+def test_alert_events_wait_in_the_outbox_only_when_asked(db_url: str) -> None:
+    # The alerts topic is at least once: a batch's alert events are written to the outbox in
+    # its transaction (the scorer deletes them once the broker has them), each with an
+    # event_id a consumer can drop a second copy by. Without outbox_model (no alerts topic),
+    # nothing is written there: the table does not grow.
+    engine = engine_for(db_url)
+    keys = [f"topic:0:{i}" for i in range(6)]
+    try:
+        with engine.connect() as connection:
+            model_id, run_id, threshold_id = start(connection, model_version())
+            quiet = repo.write_results(
+                connection,
+                run_id=run_id,
+                model_id=model_id,
+                records=records(keys[:2], [1.0, 12.0]),  # P1 crosses: an alert opens
+                threshold_id=threshold_id,
+            )
+            assert quiet.alerts_opened == 1
+            assert quiet.outbox == ()
+            assert repo.count_rows(connection, table="alert_outbox") == 0
+            connection.rollback()
+            told = repo.write_results(
+                connection,
+                run_id=run_id,
+                model_id=model_id,
+                # P0 crosses (its alert opens), P1 is normal (its alert resolves), P0 again
+                records=records(keys[2:5], [11.0, 2.0, 13.0]),
+                threshold_id=threshold_id,
+                outbox_model="pumps",
+            )
+            events = [json.loads(e.value) for e in told.outbox]
+            assert [(e["event"], e["entity_key"]) for e in events] == [
+                (a["event"], a["entity_key"]) for a in told.alerts
+            ]
+            assert [(e["event"], e["entity_key"]) for e in events] == [
+                ("resolved", "P1"),
+                ("opened", "P0"),
+            ]
+            assert [e.key for e in told.outbox] == [e["entity_key"] for e in events]
+            ids = [e["event_id"] for e in events]
+            assert len(set(ids)) == 2
+            assert all(len(i) == 36 for i in ids)
+            assert [e.event_id for e in told.outbox] == ids
+            assert [e.id for e in told.outbox] == sorted(e.id for e in told.outbox)
+            assert events[0]["opened_at"].endswith("+00:00")  # JSON text, times in ISO 8601
+            assert outbox.pending(connection, model_name="pumps") == list(told.outbox)
+            assert outbox.pending(connection, model_name="fans") == []
+            after_first = outbox.pending(connection, model_name="pumps", after_id=told.outbox[0].id)
+            assert after_first == list(told.outbox[1:])
+            n, oldest = outbox.count(connection, model_name="pumps")
+            assert n == 2
+            assert oldest is not None
+            assert oldest.tzinfo is not None
+            connection.rollback()
+            with connection.begin():
+                assert outbox.remove(connection, [told.outbox[0].id, told.outbox[0].id]) == 1
+            assert outbox.pending(connection, model_name="pumps") == list(told.outbox[1:])
+            assert outbox.count(connection)[0] == 1
+            connection.rollback()
+    finally:
+        engine.dispose()
+
+
+def test_scorers_of_a_model_take_turns_at_publishing_the_outbox(db_url: str) -> None:
+    # Scorers started together (--processes N) each published every leftover event at start:
+    # on PostgreSQL they now take turns, the next finding the rows the first deleted.
+    engine = engine_for(db_url)
+    try:
+        with outbox.publishing_turn(engine, model_name="pumps") as first:
+            if engine.dialect.name != "postgresql":
+                assert first is False  # SQLite: no lock (one writer at a time anyway)
+                return
+            assert first is True
+            started = time.monotonic()
+            with outbox.publishing_turn(engine, model_name="pumps", wait_s=0.5) as second:
+                assert second is False  # waited, then goes on without it
+            assert time.monotonic() - started >= 0.5
+            with outbox.publishing_turn(engine, model_name="fans", wait_s=0) as other:
+                assert other is True  # another model's turn is its own
+        with outbox.publishing_turn(engine, model_name="pumps", wait_s=0) as after:
+            assert after is True
     finally:
         engine.dispose()
 
@@ -881,7 +973,7 @@ def test_upgrade_from_0001_keeps_the_thresholds(db_url: str) -> None:
                 "parameters, created_by, reason, created_at) VALUES ('pumps', 1, 'value', 9.5, "
                 "NULL, '{}', 'ops', 'before 0002', '2026-11-01 00:00:00+00:00')"
             )
-        assert upgrade(engine) == ("0001", "0008")
+        assert upgrade(engine) == ("0001", "0009")
         assert schema_differences(engine) == []
         with engine.connect() as connection:
             row = repo.threshold_in_force(connection, model_name="pumps")

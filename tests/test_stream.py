@@ -18,7 +18,7 @@ from anomaly_vae import AnomalyVAE
 from anomaly_vae.config import KafkaConfig, PipelineConfig
 from anomaly_vae.datasets import make_pump_data
 from anomaly_vae.devbroker import DevBroker
-from anomaly_vae.jobs.stream import StreamBatch, StreamScorer, WriteResult
+from anomaly_vae.jobs.stream import AlertMessage, StreamBatch, StreamScorer, WriteResult
 from anomaly_vae.sources.kafka import SOURCE_KEY, Message, decode_messages, near_names
 from tests.conftest import create_topic, fresh_name
 from tests.test_cli import run_inline
@@ -1045,6 +1045,88 @@ def test_a_dead_letter_the_broker_refuses_is_logged_not_lost_without_a_word(
     assert len(errors) == 1
     assert errors[0].startswith("2 record(s) could not be published to topic t.dlq")
     assert "TopicAuthorizationFailedError" in errors[0]
+
+
+@dataclass
+class _OutboxSink(MemorySink):
+    """A sink with an alert outbox in memory (``StreamDatabaseSink(outbox=True)``'s methods)."""
+
+    rows: dict[int, AlertMessage] = field(default_factory=dict)
+    reads: int = 0
+
+    def outbox_pending(self, after_id: int, limit: int) -> list[AlertMessage]:
+        self.reads += 1
+        return [self.rows[i] for i in sorted(self.rows) if i > after_id][:limit]
+
+    def outbox_published(self, ids: list[int]) -> None:
+        for i in ids:
+            self.rows.pop(i, None)
+
+
+class _FlakyProducer:
+    """The broker refuses the first ``refuse`` records, then takes every one (in order)."""
+
+    def __init__(self, refuse: int) -> None:
+        self.refuse = refuse
+        self.taken: list[bytes] = []
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None, **_: object) -> object:
+        from kafka.errors import NotLeaderForPartitionError
+        from kafka.future import Future
+
+        if self.refuse > 0:
+            self.refuse -= 1
+            return Future().failure(NotLeaderForPartitionError(topic))
+        self.taken.append(value)
+        return Future().success(None)
+
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
+
+def test_an_alert_event_the_broker_refuses_is_sent_again_before_the_entitys_next(
+    stream_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The alerts topic is at least once: an event the broker refuses (its retries ran out)
+    # stays in the outbox and goes out, oldest first, with the next batch, before that batch's
+    # own; it was logged and lost before.
+    cfg = stream_config(stream_model, "127.0.0.1:9", "t", alerts_topic="alerts")
+    sink = _OutboxSink([])
+    scorer = StreamScorer(stream_model, cfg, sink)
+    producer = _FlakyProducer(refuse=1)
+    scorer._producer = producer
+    scorer._start_outbox()  # nothing left from before
+    records = [msg(b"[1]", 0)]
+    batch = scorer.score_records(records)
+    events = {
+        i: AlertMessage(key=b"P1" if i != 2 else b"P2", value=f"event {i}".encode(), outbox_id=i)
+        for i in range(1, 5)
+    }
+
+    def publish(*ids: int) -> None:
+        sink.rows.update({i: events[i] for i in ids})  # written with the batch
+        scorer._publish(batch, WriteResult(messages=[events[i] for i in ids]), records)
+
+    with caplog.at_level("ERROR", logger="anomaly_vae.jobs.stream"):
+        publish(1, 2)
+    assert producer.taken == [b"event 2"]
+    assert list(sink.rows) == [1]  # refused: kept
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        "1 alert event(s) could not be published to topic alerts (first: "
+        "[Error 6] NotLeaderForPartitionError: alerts); they stay in the alert outbox and are "
+        "sent again, oldest first, with the next batch"
+    ]
+    reads = sink.reads
+    publish(3)
+    assert producer.taken == [b"event 2", b"event 1", b"event 3"]  # P1's in order
+    assert sink.rows == {}
+    assert sink.reads > reads
+    reads = sink.reads
+    publish(4)  # caught up: the batch's own, without reading the outbox
+    assert producer.taken[-1] == b"event 4"
+    assert sink.reads == reads
+    assert sink.rows == {}
 
 
 class _RecordingSink(MemorySink):

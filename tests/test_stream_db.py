@@ -8,6 +8,7 @@ a message from another Kafka client.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -204,6 +205,10 @@ def test_n_messages_in_n_rows_out_with_poison(
         r[0] for r in escalated
     )
     assert len(published) == n_alerts + len(resolved) + len(escalated)
+    # Each with an event_id of its own (a consumer drops a copy sent twice by it); the outbox
+    # rows they waited in are deleted once the broker had them.
+    assert len({e["event_id"] for e in events}) == len(events)
+    assert query(db_url, "SELECT count(*) FROM alert_outbox") == [(0,)]
     assert {"alert_id", "entity_key", "score", "source_key", "state", "resolved_at"} <= set(
         events[0]
     )
@@ -268,6 +273,102 @@ def test_sigkill_mid_stream_then_restart_scores_every_record_once(
     assert len(scores) == len(set(scores)) == 4000, out[-3000:]
     assert not dead
     assert set(scores) == expected_keys(topic, partition_counts(broker.bootstrap, topic))
+
+
+class _KilledError(Exception):
+    pass
+
+
+class _KilledAfterTheCommit(StreamScorer):
+    """Dies as a SIGKILL between a batch's commit and its publish would, at the first batch
+    with alert events: the batch is written (its events in the outbox with it), nothing of it
+    is sent and its offsets are not committed."""
+
+    def _publish(self, batch: Any, result: Any, records: list[Any]) -> None:
+        if result.alerts:
+            raise _KilledError("killed after the commit (simulated)")
+        super()._publish(batch, result, records)
+
+
+def outbox_rows(url: str) -> list[tuple[Any, ...]]:
+    return query(url, "SELECT id, event_id, message_key, payload FROM alert_outbox ORDER BY id")
+
+
+def test_alert_events_of_a_scorer_killed_after_its_commit_are_published_by_the_next(
+    broker: DevBroker,
+    postgres_databases: object,
+    pump_model: tuple[AnomalyVAE, Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The alerts topic was at most once: a scorer killed between the batch's commit and the
+    # producer's flush never published that batch's events, and the next one did not either
+    # (the records are stored: nothing is decided again). Now the events wait in the outbox,
+    # written in the batch's transaction, and the next scorer with the topic sends them first.
+    url = _migrated(postgres_databases)
+    model, model_dir = pump_model
+    topic = create_topic(broker.bootstrap, partitions=1)
+    alerts_topic = create_topic(broker.bootstrap, partitions=2)
+    values, keys = pump_messages(600, seed=41)
+    produce(broker.bootstrap, topic, values, keys)
+    group = fresh_name("g")
+
+    def config(alerts: str | None) -> Any:
+        cfg = model.config_.model_copy(deep=True)
+        cfg.kafka = KafkaConfig(
+            bootstrap_servers=broker.bootstrap,
+            topic=topic,
+            group_id=group,
+            alerts_topic=alerts,
+            max_batch_records=100,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+        )
+        return cfg
+
+    def sink(engine: Any, outbox: bool) -> StreamDatabaseSink:
+        return StreamDatabaseSink(
+            engine, model=model, model_dir=model_dir, source=f"kafka:{topic}", outbox=outbox
+        )
+
+    engine = create_database_engine(parse_database_url(url))
+    try:
+        with pytest.raises(_KilledError):
+            _KilledAfterTheCommit(model, config(alerts_topic), sink(engine, True)).run(
+                idle_timeout=3.0
+            )
+        left = outbox_rows(url)
+        assert left  # the killed batch's events, written with it
+        sent_before = consume_all_records(broker.bootstrap, alerts_topic)
+        assert not {json.loads(m.value)["event_id"] for m in sent_before} & {r[1] for r in left}
+        # A scorer without the topic leaves them, says so, and writes none of its own there.
+        alerts_before = query(url, "SELECT count(*) FROM alerts")[0][0]
+        with caplog.at_level(logging.WARNING, logger="anomaly_vae.storage.stream"):
+            StreamScorer(model, config(None), sink(engine, False)).run(idle_timeout=3.0)
+        assert query(url, "SELECT count(*) FROM alerts")[0][0] > alerts_before
+        warned = [r.getMessage() for r in caplog.records if "alert outbox" in r.getMessage()]
+        assert len(warned) == 1
+        assert warned[0].startswith(f"{len(left)} alert event(s) of model {model.name} wait")
+        assert outbox_rows(url) == left
+        assert query(url, "SELECT count(*) FROM scores")[0][0] == 600
+        # The next scorer with the topic publishes them before anything else.
+        StreamScorer(model, config(alerts_topic), sink(engine, True)).run(idle_timeout=3.0)
+    finally:
+        engine.dispose()
+    assert outbox_rows(url) == []
+    published = consume_all_records(broker.bootstrap, alerts_topic)
+    late = [m for m in published if json.loads(m.value)["event_id"] in {r[1] for r in left}]
+    # As they were written, key and JSON; an entity's in the order they happened (one
+    # partition per entity; the consumer reads partitions in no set order among themselves).
+    assert sorted((m.key.decode(), m.value.decode()) for m in late) == sorted(
+        (r[2], r[3]) for r in left
+    )
+    for key in {r[2] for r in left}:
+        assert [m.value.decode() for m in late if m.key.decode() == key] == [
+            r[3] for r in left if r[2] == key
+        ]
+    # Each sent once here (a consumer drops a second copy by its event_id).
+    ids = [json.loads(m.value)["event_id"] for m in published]
+    assert len(ids) == len(set(ids)) == len(sent_before) + len(left)
 
 
 def test_two_scorer_processes_in_one_group_score_every_record_once(

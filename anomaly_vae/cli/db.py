@@ -254,8 +254,9 @@ def db_prune(
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
     pipeline: Path | None = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
 ) -> None:
-    """Delete old score rows and dead letters (retention). Rows that alerts point to are always
-    kept, and flagged rows unless --include-flagged; models, thresholds, alerts and runs stay."""
+    """Delete old score rows and dead letters (retention), and alert events left unpublished in
+    the alert outbox. Rows that alerts point to are always kept, and flagged rows unless
+    --include-flagged; models, thresholds, alerts and runs stay."""
     setup_logging(False)
     from anomaly_vae.storage.retention import prune
 
@@ -288,14 +289,21 @@ def db_prune(
     parts = [f"{result.scores_deleted:,} score rows"]
     if not keep_dead_letters:
         parts.append(f"{result.dead_letters_deleted:,} dead letters")
+    if result.outbox_deleted:  # said only when some: a scorer that never had an alerts topic
+        parts.append(f"{result.outbox_deleted:,} alert events never published (alert outbox)")
     kept = "flagged or pointed to by an alert" if not include_flagged else "pointed to by an alert"
     typer.echo(
-        f"{target.display}: {verb} {' and '.join(parts)} written before {when}"
+        f"{target.display}: {verb} {_and_list(parts)} written before {when}"
         f"{f' (model {model})' if model else ''}; kept {result.scores_kept:,} older score rows "
         f"({kept})"
     )
     if not dry_run and target.is_sqlite and result.scores_deleted:
         typer.echo("SQLite reuses the freed space; to shrink the file run: sqlite3 FILE 'VACUUM'")
+
+
+def _and_list(parts: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
 
 
 # ==================================================================== models ...

@@ -153,7 +153,12 @@ def stream(
     topic: str | None = typer.Option(None, "--topic", help="Topic to score."),
     group: str | None = typer.Option(None, "--group", help="Consumer group id."),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
-    alerts_topic: str | None = typer.Option(None, "--alerts-topic", help="Publish alerts here."),
+    alerts_topic: str | None = typer.Option(
+        None,
+        "--alerts-topic",
+        help="Publish alert events here (at least once: each carries an event_id to drop "
+        "copies by).",
+    ),
     dead_letter_topic: str | None = typer.Option(
         None, "--dead-letter-topic", help="Publish rejected messages here."
     ),
@@ -284,6 +289,8 @@ def stream(
             model_dir=directory,
             source=f"kafka:{kafka.topic}",
             alert_rule=cfg.alerts.model_dump() if cfg.alerts else None,
+            # Alert events wait in the outbox until published: only when there is a topic.
+            outbox=bool(kafka.alerts_topic),
         )
         scorer = StreamScorer(
             model,

@@ -7,7 +7,9 @@ Order of a batch, which is what makes it lose nothing and double nothing:
 3. score (one function for batch and stream: ``AnomalyVAE.score_batch``);
 4. the sink writes scores, alerts and rejects in one transaction, idempotently keyed by
    ``topic:partition:offset`` + model version; a failure here is retried, nothing is committed;
-5. alerts and rejects are published to their topics when configured (at least once);
+5. alerts and rejects are published to their topics when configured (at least once: the
+   alert events were written to the outbox in the batch's transaction, and their rows are
+   deleted only once the broker has them; a scorer starts by publishing what a killed one left);
 6. only then are the offsets committed. A crash anywhere before replays at most this batch, and
    the idempotent keys turn the replay into no duplicate rows.
 
@@ -18,6 +20,7 @@ the endless loop testable; the batch in hand is always finished and committed fi
 from __future__ import annotations
 
 import collections
+import contextlib
 import difflib
 import functools
 import logging
@@ -86,15 +89,35 @@ class StreamBatch:
     window_states: dict[str, bytes] | None = None
 
 
+@dataclass(frozen=True)
+class AlertMessage:
+    """An alert event for the alerts topic: its key and JSON value (``event_id`` included).
+    ``outbox_id``: the outbox row that keeps it until the broker has it, whose order it is
+    published in; None from a sink without an outbox (published once, after the commit)."""
+
+    key: bytes | None
+    value: bytes
+    outbox_id: int | None = None
+
+
 @dataclass
 class WriteResult:
     scores_written: int = 0
     rejects_written: int = 0
     alerts: list[dict[str, Any]] = field(default_factory=list)
+    # The alert events as messages, in the order they happened; when given they are what is
+    # published (else ``alerts``, each keyed by its entity or model).
+    messages: list[AlertMessage] = field(default_factory=list)
 
 
 class StreamSink(Protocol):
-    """Where scored batches go. ``write`` returns only once the batch is durable."""
+    """Where scored batches go. ``write`` returns only once the batch is durable.
+
+    A sink with an alert outbox (``storage.stream.StreamDatabaseSink`` given ``outbox=True``)
+    also has ``outbox_pending(after_id, limit) -> list[AlertMessage]`` (the model's events not
+    yet published, oldest first), ``outbox_published(ids)`` (delete them) and ``outbox_turn()``
+    (a context held while publishing what it holds at start); the scorer looks for them by
+    name."""
 
     def write(self, batch: StreamBatch) -> WriteResult: ...
 
@@ -210,6 +233,12 @@ class StreamScorer:
         self._consumer: Any = None
         self._producer: Any = None
         self._worker: _BatchWorker | None = None
+        # The alert outbox: events may wait there (left by a scorer killed after its commit,
+        # or refused by the broker) and go out, oldest first, before this scorer's next ones;
+        # the newest row this scorer wrote; rows published whose delete failed (retried).
+        self._outbox_behind = True
+        self._outbox_newest = 0
+        self._outbox_unremoved: list[int] = []
         # A windowed model's per-entity state (None for a row-wise model); forgotten when
         # partitions move, then read back from the sink for each entity as it comes.
         self._windows = model.new_window_state()
@@ -342,6 +371,11 @@ class StreamScorer:
         if not connected:  # stopped (a signal) while waiting for the broker
             self._close()
             return self.stats
+        try:
+            self._start_outbox()
+        except BaseException as exc:
+            self._close(exc)
+            raise
         consumer = self._consumer
         kafka = self.cfg.kafka
         worker = self._worker = _BatchWorker(self)
@@ -565,6 +599,7 @@ class StreamScorer:
                 self._producer.close(timeout=5)
             except Exception as exc:  # closing must not hide the real outcome
                 logger.warning("closing the producer: %s", exc)
+        self._remove_published([])  # published events whose delete failed: once more
         if self._consumer is not None:
             try:
                 self._consumer.close(autocommit=False)
@@ -826,20 +861,21 @@ class StreamScorer:
         if producer is None:
             return
         sent: list[tuple[str, Any]] = []  # (topic, future): a failed send is only known here
+        alerts: list[tuple[AlertMessage, Any]] = []
         if kafka.alerts_topic:
-            for alert in result.alerts:
-                # Keyed by entity: one entity's alerts land in one partition, in order. Without
-                # an entity the model's records are one series, keyed by the model's name: a
-                # null key spread one alert's opened and resolved over partitions, which a
-                # consumer could then read in either order.
-                entity = alert.get("entity_key")
-                key = alert.get("model") if entity is None else entity
-                future = producer.send(
-                    kafka.alerts_topic,
-                    orjson.dumps(alert, default=str),
-                    key=None if key is None else str(key).encode("utf-8"),
-                )
-                sent.append((kafka.alerts_topic, future))
+            messages = result.messages or [_alert_message(alert) for alert in result.alerts]
+            ids = [m.outbox_id for m in messages if m.outbox_id is not None]
+            self._outbox_newest = max([self._outbox_newest, *ids])
+            if ids and self._outbox_behind:
+                # Events wait in the outbox (left by a killed scorer, or refused by the
+                # broker): this batch's go out after them, oldest first, so that an entity's
+                # events keep their order.
+                self._publish_outbox(until=self._outbox_newest)
+                messages = [m for m in messages if m.outbox_id is None]
+            elif self._outbox_behind and hasattr(self.sink, "outbox_pending"):
+                self._publish_outbox(until=self._outbox_newest or None)
+            for message in messages:
+                alerts.append((message, self._send_alert(message)))
         if kafka.dead_letter_topic and len(batch.rejects):
             originals = messages_by_key(records, batch.rejects.index)
             # What the producer may send, less room for the record's key and headers.
@@ -854,7 +890,110 @@ class StreamScorer:
                 )
                 sent.append((kafka.dead_letter_topic, future))
         producer.flush(timeout=30)
+        self._alerts_sent(alerts)
         _log_failed_sends(sent)
+
+    def _send_alert(self, message: AlertMessage) -> Any:
+        return self._producer.send(self.cfg.kafka.alerts_topic, message.value, key=message.key)
+
+    def _alerts_sent(self, alerts: list[tuple[AlertMessage, Any]]) -> bool:
+        """After the flush: delete the outbox rows of the events the broker acknowledged; an
+        event it refused (or did not acknowledge in time) stays there, and the outbox is
+        published again, oldest first, with the next batch. True when every one went."""
+        if not alerts:
+            return True
+        published = [m.outbox_id for m, f in alerts if f.succeeded() and m.outbox_id is not None]
+        self._remove_published(published)
+        failed = [(m, f) for m, f in alerts if not f.succeeded()]
+        if not failed:
+            return True
+        kept = [m for m, _ in failed if m.outbox_id is not None]
+        if kept:
+            self._outbox_behind = True
+        first = failed[0][1]
+        logger.error(
+            "%d alert event(s) could not be published to topic %s (first: %s); %s",
+            len(failed),
+            self.cfg.kafka.alerts_topic,
+            first_line(first.exception)
+            if getattr(first, "exception", None) is not None
+            else "not acknowledged in time",
+            "they stay in the alert outbox and are sent again, oldest first, with the next batch"
+            if len(kept) == len(failed)
+            else "they are in the database (alerts)",
+        )
+        return False
+
+    def _publish_outbox(self, *, until: int | None = None) -> bool:
+        """Publish the events waiting in the sink's outbox for this model, oldest first (up to
+        row ``until``), a page at a time, each page flushed and its rows deleted before the
+        next; stop at the first page the broker does not wholly take. True when none is left."""
+        pending = getattr(self.sink, "outbox_pending", None)
+        if pending is None or self._producer is None or not self.cfg.kafka.alerts_topic:
+            self._outbox_behind = False
+            return True
+        after, total = 0, 0
+        while True:
+            try:
+                page = [
+                    m
+                    for m in pending(after, OUTBOX_PAGE)
+                    if until is None or (m.outbox_id is not None and m.outbox_id <= until)
+                ]
+            except Exception as exc:  # the database: its events go out with a later batch
+                logger.warning(
+                    "could not read the alert outbox (%s): its events are published with a "
+                    "later batch",
+                    first_line(exc),
+                )
+                return False
+            if page:
+                alerts = [(m, self._send_alert(m)) for m in page]
+                self._producer.flush(timeout=30)
+                if not self._alerts_sent(alerts):
+                    return False
+                total += len(page)
+            if len(page) < OUTBOX_PAGE:
+                break
+            after = int(page[-1].outbox_id or 0)
+        self._outbox_behind = False
+        if total:
+            logger.info(
+                "published %d alert event(s) that waited in the alert outbox (left by a "
+                "scorer stopped before it published them, or refused by the broker)",
+                total,
+            )
+        return True
+
+    def _remove_published(self, ids: list[int]) -> None:
+        """Delete the outbox rows of published events; a failed delete is tried again with
+        the next batch (until then a scorer started anew sends them again, same event_id)."""
+        self._outbox_unremoved.extend(ids)
+        remove = getattr(self.sink, "outbox_published", None)
+        if not self._outbox_unremoved or remove is None:
+            return
+        try:
+            remove(self._outbox_unremoved)
+        except Exception as exc:
+            logger.warning(
+                "could not delete %d published alert event(s) from the alert outbox (%s): "
+                "tried again with the next batch",
+                len(self._outbox_unremoved),
+                first_line(exc),
+            )
+            return
+        self._outbox_unremoved = []
+
+    def _start_outbox(self) -> None:
+        """At start, with an alerts topic: publish what the outbox holds for this model (a
+        scorer killed between its commit and its publish left it). Without one the sink has
+        said how many events wait there, which this scorer leaves as they are."""
+        if self.cfg.kafka.alerts_topic and self._producer is not None:
+            # Scorers of the model started together take turns (the sink's lock), so that each
+            # sends what the one before left, not all of them everything.
+            turn = getattr(self.sink, "outbox_turn", None)
+            with turn() if turn is not None else contextlib.nullcontext():
+                self._publish_outbox()
 
     def _commit(self, *, wait: bool = True) -> None:
         from kafka.errors import KafkaError
@@ -977,6 +1116,7 @@ class _Failed:
 
 TOPIC_CHECK_TIMEOUT_S = 10.0  # how long the scorer waits for the broker's list of topics
 IN_FLIGHT = 3  # batches between poll and commit: one being written, one scored, one waiting
+OUTBOX_PAGE = 500  # alert events published (and flushed) at a time from the outbox
 _SENTINEL = object()
 
 
@@ -1186,6 +1326,19 @@ def _event_loop_sleep(seconds: float) -> Any:
     return KernelEvent("_sleep", seconds)
 
 
+def _alert_message(alert: dict[str, Any]) -> AlertMessage:
+    """An alert event of a sink without an outbox as a message. Keyed by entity: one entity's
+    alerts land in one partition, in order. Without an entity the model's records are one
+    series, keyed by the model's name: a null key spread one alert's opened and resolved over
+    partitions, which a consumer could then read in either order."""
+    entity = alert.get("entity_key")
+    key = alert.get("model") if entity is None else entity
+    return AlertMessage(
+        key=None if key is None else str(key).encode("utf-8"),
+        value=orjson.dumps(alert, default=str),
+    )
+
+
 def _log_failed_sends(sent: list[tuple[str, Any]]) -> None:
     """A record the producer gave up on (the broker refused it, or its retries ran out) is
     only known from its future: ``flush`` returns as well. Say so, per topic, rather than
@@ -1268,6 +1421,7 @@ __all__ = [
     "ENTITY",
     "EVENT_TIME",
     "SOURCE_KEY",
+    "AlertMessage",
     "StreamBatch",
     "StreamScorer",
     "StreamSink",

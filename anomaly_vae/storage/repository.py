@@ -50,6 +50,7 @@ from anomaly_vae.config import MODEL_NAME_MAX_CHARS
 from anomaly_vae.errors import ConfigError, NotFoundError
 from anomaly_vae.storage.alerting import AlertChanges, apply_alert_rule, not_written_by
 from anomaly_vae.storage.alerting import alert_details as fetch_alert_details
+from anomaly_vae.storage.outbox import OutboxEvent, add_events
 from anomaly_vae.storage.tables import (
     Alert,
     DeadLetter,
@@ -581,6 +582,9 @@ class WriteCounts:
     alerts: tuple[dict[str, Any], ...] = ()
     alerts_escalated: int = 0
     alerts_resolved: int = 0
+    # With ``outbox_model``: the rows the alert events were written to in ``alert_outbox``
+    # (in the order they happened), which the caller publishes and then deletes.
+    outbox: tuple[OutboxEvent, ...] = ()
 
 
 def _alert_events(connection: Connection, changes: AlertChanges) -> list[dict[str, Any]]:
@@ -621,6 +625,7 @@ def write_results(
     scored_at: datetime | None = None,
     window_states: Mapping[str, bytes] | None = None,
     alert_details: bool = True,
+    outbox_model: str | None = None,
 ) -> WriteCounts:
     """Write a batch of scored records, their rejects and the alerts they open, in ONE
     transaction; rows whose ``(source_key, model_id)`` is already stored are left as they are.
@@ -639,6 +644,9 @@ def write_results(
     model's serialised state per entity after this batch) is stored in the same transaction.
     ``alert_details=False`` leaves ``WriteCounts.alerts`` empty (the alerts opened, escalated
     and resolved are still counted): a caller that publishes nothing need not read them back.
+    ``outbox_model`` (a model name; with ``alert_details``): the alert events are also written to
+    ``alert_outbox`` under that name, in the same transaction (``WriteCounts.outbox``), for a
+    caller that publishes them at least once (``storage.outbox``); None writes none there.
 
     The call begins and commits its own transaction, so the rows are durable when it returns
     (a stream scorer commits its offsets after it). ``connection`` must have no transaction
@@ -668,6 +676,11 @@ def write_results(
             history_filter=not_written_by(run_id, now),
         )
         events = _alert_events(connection, changes) if alert_details else []
+        outbox: list[OutboxEvent] = []
+        if outbox_model is not None and events:
+            outbox = add_events(
+                connection, model_name=outbox_model, run_id=run_id, events=events, now=now
+            )
         if window_states:
             save_window_states(connection, model_id=model_id, states=window_states, now=now)
         connection.execute(
@@ -690,6 +703,7 @@ def write_results(
         alerts=tuple(events),
         alerts_escalated=len(changes.escalated),
         alerts_resolved=len(changes.resolved),
+        outbox=tuple(outbox),
     )
 
 

@@ -1,4 +1,5 @@
-"""Retention: delete old score rows and dead letters (``anomaly-vae db prune``).
+"""Retention: delete old score rows and dead letters (``anomaly-vae db prune``), and alert
+events left unpublished in the outbox.
 
 A stream scorer writes one ``scores`` row per record, forever; this bounds the table. Rows are
 deleted in ranges of ids, one transaction per range, so that a prune of a large table never
@@ -14,6 +15,11 @@ Kept, whatever their age:
 * flagged score rows, unless ``keep_flagged=False`` (they are few, and what ``anomalies list``
   and the API show);
 * the models, thresholds, alerts, scoring runs and windowed models' state.
+
+The alert outbox holds only events not yet published (a scorer deletes each row once the
+broker has it): those older than the cut-off were left by a scorer that stopped before
+publishing them, and no scorer of their model with an alerts topic has run since (one that
+does publishes them first). They are deleted with the rest; the alerts table keeps the alerts.
 
 A record replayed after its row was pruned (a consumer group reset to old offsets, a CSV
 scored again) is stored again: the idempotent source key only dedupes rows still there.
@@ -39,7 +45,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-from anomaly_vae.storage.tables import Alert, DeadLetter, Model, Score, ScoringRun
+from anomaly_vae.storage.tables import (
+    Alert,
+    AlertOutboxRow,
+    DeadLetter,
+    Model,
+    Score,
+    ScoringRun,
+)
 
 DEFAULT_BATCH = 50_000
 
@@ -52,6 +65,8 @@ class PruneResult:
     scores_deleted: int = 0
     scores_kept: int = 0  # older than the cut-off, kept: flagged, or pointed to by an alert
     dead_letters_deleted: int = 0
+    # Alert events left unpublished in the outbox (no scorer with the alerts topic since).
+    outbox_deleted: int = 0
     dry_run: bool = False
 
 
@@ -117,6 +132,15 @@ def prune(
                 connection, DeadLetter, condition, dry_run=dry_run
             )
             connection.commit()
+
+    # Alert events never published (few: published ones are deleted at once).
+    unpublished = AlertOutboxRow.created_at < before
+    if model_name is not None:
+        unpublished = and_(unpublished, AlertOutboxRow.model_name == model_name)
+    result.outbox_deleted = _delete_or_count(
+        connection, AlertOutboxRow, unpublished, dry_run=dry_run
+    )
+    connection.commit()
     return result
 
 
@@ -136,7 +160,7 @@ def _count_pruned_by_run(connection: Connection, condition: ColumnElement[bool])
 
 def _delete_or_count(
     connection: Connection,
-    table: type[Score] | type[DeadLetter],
+    table: type[Score] | type[DeadLetter] | type[AlertOutboxRow],
     condition: ColumnElement[bool],
     *,
     dry_run: bool,

@@ -2,7 +2,9 @@
 
 ``StreamDatabaseSink`` writes each micro-batch (scores, rejects, alerts) in one transaction
 through ``repository.write_results``, keyed ``topic:partition:offset`` + model, so a replayed
-batch adds nothing twice. It takes a fresh pooled connection per batch: after a database
+batch adds nothing twice; with ``outbox=True`` (an alerts topic) the batch's alert events go to
+``alert_outbox`` in that transaction too, until the scorer has published them
+(``storage.outbox``). It takes a fresh pooled connection per batch: after a database
 outage the next write simply reconnects. ``DatabaseThresholdSource`` tells the scorer the
 threshold in force, which an operator may change at any time.
 """
@@ -10,15 +12,17 @@ threshold in force, which an operator may change at any time.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from anomaly_vae.jobs.stream import ThresholdInForce, WriteResult, first_line
+from anomaly_vae.jobs.stream import AlertMessage, ThresholdInForce, WriteResult, first_line
 from anomaly_vae.sources.kafka import ENTITY, EVENT_TIME, SOURCE_KEY
+from anomaly_vae.storage import outbox as alert_outbox
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.storage.sink import model_version_of, note_other_version, severity_labels
 from anomaly_vae.storage.window_states import load_window_states
@@ -42,8 +46,11 @@ class StreamDatabaseSink:
         model_dir: Path | str | None,
         source: str,
         alert_rule: dict[str, Any] | None = None,
+        outbox: bool = False,
     ) -> None:
         self.engine = engine
+        # With an alerts topic: the alert events go to the outbox with their batch.
+        self.outbox = outbox
         self.model = model
         self.top_features = model.config_.scoring.top_features
         version = model_version_of(model, path=model_dir)
@@ -61,12 +68,28 @@ class StreamDatabaseSink:
                 threshold_value=float(in_force.warning),
                 threshold_id=int(in_force.id),
             )
+            left = None if outbox else alert_outbox.count(connection, model_name=version.name)
         self.model_version = version.version
+        self.model_name = version.name
         self.stats: StreamStats | None = None
         self.error: str | None = None
         logger.info(
             "stream run %d: model %s version %s", self.run_id, version.name, version.version
         )
+        if left is not None and left[0]:
+            count, oldest = left
+            logger.warning(
+                "%d alert event(s) of model %s wait in the alert outbox, unpublished, the "
+                "oldest written %s (a scorer with --alerts-topic stopped before publishing "
+                "them): this scorer has no --alerts-topic and leaves them; the next one with "
+                "--alerts-topic publishes them first, and 'anomaly-vae db prune' deletes them "
+                "once older than its --older-than",
+                count,
+                version.name,
+                oldest.isoformat(timespec="seconds")
+                if oldest is not None
+                else "at an unknown time",
+            )
 
     def write(self, batch: StreamBatch) -> WriteResult:
         records = self.records(batch)
@@ -81,12 +104,49 @@ class StreamDatabaseSink:
                 threshold_id=batch.threshold_id,
                 alert_rule=AlertRule.from_dict(batch.alert_rule),
                 window_states=batch.window_states,
+                outbox_model=self.model_name if self.outbox else None,
             )
         return WriteResult(
             scores_written=counts.scores_inserted,
             rejects_written=counts.dead_letters_inserted,
-            alerts=[_public(alert) for alert in counts.alerts],
+            alerts=[alert_outbox.json_ready(alert) for alert in counts.alerts],
+            messages=[_message(event) for event in counts.outbox],
         )
+
+    def outbox_pending(self, after_id: int, limit: int) -> list[AlertMessage]:
+        """The model name's alert events not yet published (rows after ``after_id``), oldest
+        first: those a scorer killed after its commit left, and those the broker refused."""
+        with self.engine.connect() as connection:
+            events = alert_outbox.pending(
+                connection, model_name=self.model_name, after_id=after_id, limit=limit
+            )
+        return [_message(event) for event in events]
+
+    def outbox_published(self, ids: list[int]) -> None:
+        """Delete the outbox rows of events the broker has acknowledged."""
+        with self.engine.connect() as connection, connection.begin():
+            alert_outbox.remove(connection, ids)
+
+    @contextmanager
+    def outbox_turn(self) -> Iterator[None]:
+        """Held while the scorer publishes what the outbox holds at its start: scorers of the
+        model started together take turns (PostgreSQL), so each leftover goes once. Trouble
+        taking it (the database) is no reason not to publish: copies at worst."""
+        with ExitStack() as stack:
+            try:
+                held = stack.enter_context(
+                    alert_outbox.publishing_turn(self.engine, model_name=self.model_name)
+                )
+            except Exception as exc:
+                logger.debug("no turn at the alert outbox: %s", first_line(exc))
+                held = True
+            if not held and self.engine.dialect.name == "postgresql":
+                logger.info(
+                    "another scorer of %s has been publishing the alert outbox for a minute: "
+                    "publishing it too (a consumer drops copies by event_id)",
+                    self.model_name,
+                )
+            yield
 
     def records(self, batch: StreamBatch) -> pd.DataFrame:
         scores = batch.scores.scores
@@ -181,14 +241,9 @@ class DatabaseThresholdSource:
         )
 
 
-def _public(alert: dict[str, Any]) -> dict[str, Any]:
-    """An alert as JSON-ready values for the alerts topic."""
-    out: dict[str, Any] = {}
-    for key, value in alert.items():
-        if hasattr(value, "isoformat"):
-            out[key] = value.isoformat()
-        elif isinstance(value, (np.floating, np.integer)):
-            out[key] = value.item()
-        else:
-            out[key] = value
-    return out
+def _message(event: alert_outbox.OutboxEvent) -> AlertMessage:
+    return AlertMessage(
+        key=None if event.key is None else event.key.encode("utf-8"),
+        value=event.value.encode("utf-8"),
+        outbox_id=event.id,
+    )

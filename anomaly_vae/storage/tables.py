@@ -16,6 +16,8 @@ Tables:
 - ``dead_letters``: every rejected record with its raw content and reason, unique on
   (source_key, model_id).
 - ``window_states``: a windowed model's recent records per entity (the stream scorer's state).
+- ``alert_outbox``: alert events written with their batch, waiting to be published to the alerts
+  topic (deleted once the broker has them).
 """
 
 from __future__ import annotations
@@ -291,3 +293,25 @@ class WindowStateRow(Base):
     entity_key: Mapped[str] = mapped_column(String(200), primary_key=True)
     state: Mapped[bytes] = mapped_column(LargeBinary)
     updated_at: Mapped[datetime]
+
+
+class AlertOutboxRow(Base):
+    """An alert event (opened, escalated, resolved) of a stream scorer with an alerts topic,
+    written in the transaction that changed the alert and deleted once the broker has
+    acknowledged its message: what makes the topic at least once. ``payload`` is the message's
+    JSON text as published, ``event_id`` (a UUID, also in the payload) included, so that a
+    consumer can drop a message sent twice; ``message_key`` the Kafka key (the entity, else
+    the model's name). Rows are published oldest first (by ``id``) per model name, so a new
+    version of a model publishes what a killed scorer of the previous one left."""
+
+    __tablename__ = "alert_outbox"
+    __table_args__ = (Index(None, "model_name", "id"),)
+
+    id: Mapped[int] = mapped_column(BigIdType, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(36))
+    model_name: Mapped[str] = mapped_column(String(200))
+    # scoring_runs.id of the scorer that wrote it (plain id, as scores.run_id: diagnosis only).
+    run_id: Mapped[int] = mapped_column(Integer)
+    message_key: Mapped[str | None] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(index=True)
