@@ -870,7 +870,12 @@ def test_rollback_puts_an_earlier_version_back_in_force_as_a_new_version(
     assert shown["reason"] == "undo"
     rollback = ("thresholds", "rollback", "pumps", "--reason", "r")
     assert_user_error(cli(capsys, *rollback, "--to", "9", *db), "no threshold v9", "v1 to v4")
-    assert_user_error(cli(capsys, *rollback, "--to", "4", *db), "is the one in force")
+    # Nothing to change, not an error (a script's retry): no version is added.
+    same = ok(capsys, *rollback, "--to", "4", *db)
+    assert "unchanged, no new version: threshold v4 (value): warning 30" in same
+    assert "the version in force already has them: it is the one in force" in same
+    retried = ok(capsys, *rollback, "--to", "2", *db)
+    assert "the version in force already has the settings of v2" in retried
     assert_user_error(
         cli(capsys, "thresholds", "rollback", "pumps", "--to", "1", "--reason", " ", *db),
         "needs a reason",
@@ -885,6 +890,32 @@ def test_rollback_puts_an_earlier_version_back_in_force_as_a_new_version(
     history = as_json(capsys, "thresholds", "history", "pumps", *db)
     assert isinstance(history, list)
     assert [h["version"] for h in history] == [5, 4, 3, 2, 1]
+
+
+def test_setting_the_threshold_in_force_again_adds_no_version(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 'thresholds set' run twice (a deploy script, a retry) added a second, identical version.
+    db = ("--db", db_url)
+    ok(capsys, "score", str(export), "--model-dir", str(pump_model[1]), *db, "--quiet")
+    set_ = ("thresholds", "set", "pumps", "--quantile", "0.99", "--debounce", "2/3", *db)
+    first = ok(capsys, *set_, "--reason", "after incident 42")
+    assert "threshold v2 in force (quantile)" in first
+    again = ok(capsys, *set_, "--reason", "after incident 42")
+    assert "pumps: unchanged, no new version: threshold v2 (quantile): warning" in again
+    assert "the version in force already has these settings" in again
+    assert "it applies to records scored from now on" not in again
+    # What is given is compared with what is in force, not with the command line before.
+    assert "unchanged" in ok(
+        capsys, "thresholds", "set", "pumps", "--cooldown", "0", *db, "--reason", "r"
+    )
+    history = as_json(capsys, "thresholds", "history", "pumps", *db)
+    assert isinstance(history, list)
+    assert [h["version"] for h in history] == [2, 1]
+    assert "threshold v3 in force" in ok(capsys, *set_, "--cooldown", "5m", "--reason", "r")
 
 
 def test_threshold_history_as_csv_can_escape_formulas(

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -635,6 +636,64 @@ def test_two_writers_of_a_threshold_version_take_turns(db_url: str) -> None:
     finally:
         engine.dispose()
         other.dispose()
+
+
+def test_a_threshold_change_that_changes_nothing_adds_no_version(db_url: str) -> None:
+    """A change retried (a PATCH resent by a client, a script run twice) added a version
+    each time, identical to the one in force: the history filled with copies, and live
+    scorers were told of a change that was none."""
+    from anomaly_vae.storage.tuning import (
+        ThresholdChange,
+        ValuePolicy,
+        rollback_threshold,
+        set_threshold,
+    )
+
+    engine = engine_for(db_url)
+    try:
+        with engine.begin() as connection:
+            repo.register_model(connection, model=model_version())
+            repo.ensure_calibrated_threshold(connection, model=model_version(), created_by="t")
+
+        def change(**given: Any) -> Any:
+            with engine.begin() as connection:
+                return set_threshold(
+                    connection,
+                    model_name="pumps",
+                    change=ThresholdChange(**given),
+                    created_by="ops",
+                    reason="r",
+                )
+
+        def rollback(to: int) -> Any:
+            with engine.begin() as connection:
+                return rollback_threshold(
+                    connection, model_name="pumps", to_version=to, created_by="ops", reason="r"
+                )
+
+        # The rule in force restated on the calibrated threshold: it stays the calibrated one.
+        restated = change(alert_rule_changes={"k": 1})
+        assert (restated.created, restated.row.version) == (False, 1)
+        assert restated.row.parameters["from"] == repo.FROM_CALIBRATION
+        first = change(warning=ValuePolicy(value=12.0), alert_rule_changes={"cooldown_s": 60})
+        again = change(warning=ValuePolicy(value=12.0), alert_rule_changes={"cooldown_s": 60})
+        assert (first.created, first.row.version) == (True, 2)
+        assert (again.created, again.row.version) == (False, 2)
+        assert again.row.reason == "r"
+        assert change(alert_rule_changes={"cooldown_s": 60.0}).created is False
+        assert change(clear_critical=True).created is False  # there is none
+        assert change(alert_rule_changes={"cooldown_s": 120}).row.version == 3
+        back = rollback(2)
+        assert (back.created, back.row.version) == (True, 4)
+        retried = rollback(2)  # v4 is v2's settings already
+        assert (retried.created, retried.row.version) == (False, 4)
+        in_force = rollback(4)  # the version in force itself: nothing to do, not an error
+        assert (in_force.created, in_force.row.version) == (False, 4)
+        with engine.connect() as connection:
+            history = repo.list_thresholds(connection, model_name="pumps")
+        assert [t.version for t in history] == [4, 3, 2, 1]
+    finally:
+        engine.dispose()
 
 
 def test_top_features_json_matches_the_lists() -> None:

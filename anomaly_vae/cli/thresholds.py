@@ -446,7 +446,7 @@ def thresholds_set(
                 "--contamination, --evt --risk), --critical / --no-critical, or an alert rule "
                 "option (--debounce, --cooldown, --resolve-after)"
             )
-        row = set_threshold(
+        written = set_threshold(
             connection,
             model_name=model,
             change=ThresholdChange(
@@ -455,13 +455,36 @@ def thresholds_set(
             created_by=_who(by),
             reason=reason,
         )
-        shown = _threshold_dict(row)
+    _say_written(model, written)
+    if written.created:
+        typer.echo(NOT_RETROACTIVE)
+
+
+def _say_written(model: str, written: Any, *, rolled_back_to: int | None = None) -> None:
+    """What a set or rollback did: the version it added, or that the one in force already
+    had those settings (nothing added: a command run twice adds one version, not two)."""
+    row = written.row
+    shown = _threshold_dict(row)
     critical_text = f", critical {row.critical:.6g}" if row.critical is not None else ""
-    typer.echo(
-        f"{model}: threshold v{row.version} in force ({row.policy}): warning {row.warning:.6g}"
-        f"{critical_text}; alert rule {shown['alert_rule']}"
+    levels = (
+        f"({row.policy}): warning {row.warning:.6g}{critical_text}; alert rule "
+        f"{shown['alert_rule']}"
     )
-    typer.echo(NOT_RETROACTIVE)
+    if not written.created:
+        what = (
+            "these settings"
+            if rolled_back_to is None
+            else "them: it is the one in force"
+            if rolled_back_to == row.version
+            else f"the settings of v{rolled_back_to}"
+        )
+        typer.echo(
+            f"{model}: unchanged, no new version: threshold v{row.version} {levels}; the "
+            f"version in force already has {what}"
+        )
+        return
+    of = f", the levels of v{rolled_back_to}" if rolled_back_to is not None else ""
+    typer.echo(f"{model}: threshold v{row.version} in force{of} {levels}")
 
 
 @thresholds_app.command("rollback")
@@ -482,17 +505,15 @@ def thresholds_rollback(
     from anomaly_vae.storage.tuning import model_in_use, rollback_threshold
 
     with connected(_target(db, pipeline)) as connection, connection.begin():
-        row = rollback_threshold(
+        written = rollback_threshold(
             connection, model_name=model, to_version=to, created_by=_who(by), reason=reason
         )
-        shown = _threshold_dict(row)
         in_use = model_in_use(connection, name=model).version
+    _say_written(model, written, rolled_back_to=to)
+    if not written.created:
+        return
+    row = written.row
     computed_for = row.parameters.get("model_version")
-    critical_text = f", critical {row.critical:.6g}" if row.critical is not None else ""
-    typer.echo(
-        f"{model}: threshold v{row.version} in force, the levels of v{to} ({row.policy}): "
-        f"warning {row.warning:.6g}{critical_text}; alert rule {shown['alert_rule']}"
-    )
     if computed_for is not None and computed_for != in_use:
         typer.echo(
             f"  note: v{to} was computed for model version {computed_for}, the version in use "
@@ -757,7 +778,9 @@ def thresholds_tune(
             )
     out = tuned.as_dict()
     if applied is not None:
-        out["applied_version"] = applied.version
+        out["applied_version"] = applied.row.version
+        # False: the version in force already had this threshold (tuned again, the same result)
+        out["new_version"] = applied.created
     if fmt is ReportFormat.json:
         typer.echo(json.dumps(out, default=str, indent=1))
         return
@@ -769,8 +792,13 @@ def thresholds_tune(
         f"records: precision {out['precision']:.3f}, recall {out['recall']:.3f}, F1 "
         f"{out['f1']:.3f}, false-alarm rate {out['false_alarm_rate']:.4f}{per_day}"
     )
-    if applied is not None:
-        typer.echo(f"  now in force as threshold v{applied.version}")
+    if applied is not None and not applied.created:
+        typer.echo(
+            f"  unchanged: threshold v{applied.row.version} in force already has it; no new "
+            "version added"
+        )
+    elif applied is not None:
+        typer.echo(f"  now in force as threshold v{applied.row.version}")
         typer.echo(NOT_RETROACTIVE)
     else:
         typer.echo("  not applied: add --apply to put it in force")

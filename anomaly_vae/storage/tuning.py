@@ -330,6 +330,52 @@ def _check_name_length(name: str, where: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class ThresholdWrite:
+    """What a change did: ``row`` is the version in force after it; ``created`` is False when
+    the version in force already had the settings asked for (a retried request, a script run
+    twice), so no version was added."""
+
+    row: Row[Any]
+    created: bool
+
+
+# Parameters that say where a version came from, not what it does: a change that differs from
+# the version in force only in them changes nothing (a rule restated on a calibrated threshold,
+# a rollback to the levels already in force).
+_PROVENANCE = ("rolled_back_to",)
+
+
+def _settings(parameters: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {
+        k: v
+        for k, v in (parameters or {}).items()
+        if k not in _PROVENANCE and not (k == "from" and v == repo.FROM_CALIBRATION)
+    }
+
+
+def _in_force_already(
+    current: Row[Any] | None,
+    *,
+    policy: str,
+    warning: float,
+    critical: float | None,
+    parameters: Mapping[str, Any],
+    rule: AlertRule,
+) -> bool:
+    """The version in force has these levels, policy, parameters and alert rule."""
+    if current is None:
+        return False
+    return (
+        current.policy == policy
+        and float(current.warning) == float(warning)
+        and (None if current.critical is None else float(current.critical))
+        == (None if critical is None else float(critical))
+        and _settings(current.parameters) == _settings(parameters)
+        and AlertRule.from_dict(current.alert_rule).to_dict() == rule.to_dict()
+    )
+
+
 def set_threshold(
     connection: Connection,
     *,
@@ -337,15 +383,26 @@ def set_threshold(
     change: ThresholdChange,
     created_by: str,
     reason: str,
-) -> Row[Any]:
+) -> ThresholdWrite:
     """Append a threshold version for ``model_name`` (in force from now on; live scorers pick
-    it up within ``kafka.threshold_refresh_s``). Runs in the caller's transaction."""
+    it up within ``kafka.threshold_refresh_s``), unless the version in force already has the
+    settings it gives (then nothing is added: ``created`` False). Runs in the caller's
+    transaction."""
     _check_reason_and_author(reason, created_by)
     model = model_in_use(connection, name=model_name)
     repo.lock_thresholds(connection, model_name=model_name)  # `current` stays the one in force
     current = repo.threshold_in_force(connection, model_name=model_name)
     version = _apply_change(connection, model, current, change)
-    return repo.add_threshold(
+    if current is not None and _in_force_already(
+        current,
+        policy=version.policy,
+        warning=version.warning,
+        critical=version.critical,
+        parameters=version.parameters,
+        rule=version.rule,
+    ):
+        return ThresholdWrite(current, created=False)
+    row = repo.add_threshold(
         connection,
         model_name=model_name,
         policy=version.policy,
@@ -356,6 +413,7 @@ def set_threshold(
         created_by=created_by.strip(),
         reason=reason.strip(),
     )
+    return ThresholdWrite(row, created=True)
 
 
 def rollback_threshold(
@@ -365,11 +423,13 @@ def rollback_threshold(
     to_version: int,
     created_by: str,
     reason: str,
-) -> Row[Any]:
+) -> ThresholdWrite:
     """Put an earlier threshold version back in force: a new version with its policy, levels
     (as they were, not recomputed), parameters and alert rule, ``rolled_back_to`` naming it.
     It is an operator's version (a newer model version's calibration does not replace it).
-    Runs in the caller's transaction."""
+    When the version in force already has those settings (it is that version, or a rollback
+    to it, a request retried), nothing is added (``created`` False). Runs in the caller's
+    transaction."""
     _check_reason_and_author(reason, created_by)
     repo.registered_versions(connection, name=model_name, hint=": see 'anomaly-vae models list'")
     repo.lock_thresholds(connection, model_name=model_name)
@@ -380,27 +440,35 @@ def rollback_threshold(
             f"model {model_name!r} has no threshold v{to_version} (stored: {known}): see "
             f"'anomaly-vae thresholds history {model_name}'"
         )
-    if to_version == max(versions):
-        raise ConfigError(
-            f"threshold v{to_version} of model {model_name!r} is the one in force: nothing to "
-            "roll back"
-        )
     old = versions[to_version]
+    current = versions[max(versions)]
     parameters = {
         k: v for k, v in old.parameters.items() if not (k == "from" and v == repo.FROM_CALIBRATION)
     }
     parameters["rolled_back_to"] = to_version
-    return repo.add_threshold(
+    critical = None if old.critical is None else float(old.critical)
+    rule = AlertRule.from_dict(old.alert_rule)
+    if _in_force_already(
+        current,
+        policy=old.policy,
+        warning=float(old.warning),
+        critical=critical,
+        parameters=parameters,
+        rule=rule,
+    ):
+        return ThresholdWrite(current, created=False)
+    row = repo.add_threshold(
         connection,
         model_name=model_name,
         policy=old.policy,
         warning=float(old.warning),
-        critical=None if old.critical is None else float(old.critical),
+        critical=critical,
         parameters=parameters,
-        alert_rule=AlertRule.from_dict(old.alert_rule).to_dict(),
+        alert_rule=rule.to_dict(),
         created_by=created_by.strip(),
         reason=reason.strip(),
     )
+    return ThresholdWrite(row, created=True)
 
 
 def _computed(
