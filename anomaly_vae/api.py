@@ -128,6 +128,10 @@ class ModelPublic(BaseModel):
 class ThresholdPublic(BaseModel):
     """One threshold version of a model name (the newest is in force)."""
 
+    id: int = Field(
+        description="The version's row id: what alerts' and runs' ``threshold_id`` name, and "
+        "``before_id`` for the next page of the history"
+    )
     model: str
     version: int
     policy: str
@@ -678,10 +682,23 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         tags=["thresholds"],
         responses=_errors(404),
     )
-    def threshold_history(name: str, conn: Conn) -> list[ThresholdPublic]:
-        """Every threshold version, newest (in force) first."""
+    def threshold_history(
+        name: str,
+        conn: Conn,
+        before_id: Annotated[
+            int | None,
+            Query(
+                description="The ``id`` of the last version of a page: the versions after it "
+                "in this order (the next page)"
+            ),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
+    ) -> list[ThresholdPublic]:
+        """Threshold versions, newest (in force) first; ``limit`` at a time, the next page
+        with ``before_id`` = the last ``id`` seen."""
         _require_model(conn, name)
-        return [_threshold(r) for r in repo.list_thresholds(conn, model_name=name)]
+        rows = repo.list_thresholds(conn, model_name=name, limit=limit, before_id=before_id)
+        return [_threshold(r) for r in rows]
 
     @app.post(
         "/models/{name}/thresholds",
@@ -1380,6 +1397,7 @@ def _act(
 
 def _threshold(row: Any) -> ThresholdPublic:
     return ThresholdPublic(
+        id=row.id,
         model=row.model_name,
         version=row.version,
         policy=row.policy,

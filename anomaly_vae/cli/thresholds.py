@@ -286,6 +286,7 @@ def _threshold_dict(row: Any, *, json_form: bool = False) -> dict[str, Any]:
 
     rule = AlertRule.from_dict(row.alert_rule)
     out = {
+        "id": row.id,
         "version": row.version,
         "policy": row.policy,
         "warning": row.warning,
@@ -352,24 +353,35 @@ def thresholds_show(
 @thresholds_app.command("history")
 def thresholds_history(
     model: ModelArg,
+    before_id: int | None = typer.Option(
+        None,
+        "--before-id",
+        help="Only the versions after this id: the next page after the last shown.",
+    ),
+    limit: int = typer.Option(50, "--limit", help="At most this many versions."),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
     escape: bool = typer.Option(False, "--escape-formulas", help=ESCAPE_FORMULAS_HELP),
     db: DbOpt = None,
     pipeline: PipelineOpt = None,
 ) -> None:
-    """Every threshold version of MODEL, newest (in force) first: who, why, when."""
+    """Threshold versions of MODEL, newest (in force) first: who, why, when (--limit at a
+    time; --before-id the last id shown for the next page)."""
     setup_logging(False)
     from anomaly_vae.cli.db import connected
     from anomaly_vae.storage import repository as repo
 
+    require_limit(limit)
     with connected(_target(db, pipeline)) as connection:
         # not "no thresholds stored" for a misspelt name
         repo.registered_versions(connection, name=model, hint=": see 'anomaly-vae models list'")
         rows = [
             _threshold_dict(r, json_form=fmt is OutputFormat.json)
-            for r in repo.list_thresholds(connection, model_name=model)
+            for r in repo.list_thresholds(
+                connection, model_name=model, limit=limit, before_id=before_id
+            )
         ]
     columns = [
+        "id",
         "version",
         "policy",
         "warning",
@@ -384,9 +396,12 @@ def thresholds_history(
         rows,
         columns,
         fmt,
-        empty=f"no thresholds stored for model {model!r}",
+        empty=f"no thresholds stored for model {model!r}"
+        + (f" before id {before_id}" if before_id is not None else ""),
         escape_formulas=escape,
     )
+    if fmt is OutputFormat.table and len(rows) == limit:
+        typer.echo(f"(more may follow: --before-id {rows[-1]['id']} shows the next page)")
 
 
 @thresholds_app.command("set")

@@ -344,15 +344,27 @@ def ensure_calibrated_threshold(
     )
 
 
-def list_thresholds(connection: Connection, *, model_name: str) -> list[Row[Any]]:
-    """Every threshold version of ``model_name``, newest first."""
-    return list(
-        connection.execute(
-            select(Threshold)
-            .where(Threshold.model_name == model_name)
-            .order_by(Threshold.version.desc())
-        )
+def list_thresholds(
+    connection: Connection,
+    *,
+    model_name: str,
+    limit: int | None = None,
+    before_id: int | None = None,
+) -> list[Row[Any]]:
+    """The threshold versions of ``model_name``, newest first (every one, unless ``limit``).
+    ``before_id`` (the last ``id`` of a page) gives the versions after it in this order, the
+    next page: a name's versions are added one at a time under ``lock_thresholds``, so its
+    ids grow with its version numbers."""
+    stmt = (
+        select(Threshold)
+        .where(Threshold.model_name == model_name)
+        .order_by(Threshold.version.desc(), Threshold.id.desc())
     )
+    if before_id is not None:
+        stmt = stmt.where(Threshold.id < id_bound(before_id))
+    if limit is not None:
+        stmt = stmt.limit(id_bound(limit))
+    return list(connection.execute(stmt))
 
 
 def list_models(connection: Connection) -> list[Row[Any]]:
