@@ -348,6 +348,14 @@ def thresholds_show(
             f"  on held-out normal data of model version {version.version}: "
             f"{100 * shown['normal_false_alarm_rate']:.3g} % of records cross it"
         )
+    set_for = (row.parameters or {}).get("model_version")
+    if set_for and set_for != version.version:
+        # As 'score --db' and 'stream' warn of it (storage.sink.note_other_version).
+        typer.echo(
+            f"  note: set for model version {set_for}; the version in use is "
+            f"{version.version}, whose scores have a scale of their own: set one for it "
+            f"('anomaly-vae thresholds set {model} ... --reason ...')"
+        )
 
 
 @thresholds_app.command("history")
@@ -531,7 +539,7 @@ def thresholds_rollback(
     computed_for = row.parameters.get("model_version")
     if computed_for is not None and computed_for != in_use:
         typer.echo(
-            f"  note: v{to} was computed for model version {computed_for}, the version in use "
+            f"  note: v{to} was set for model version {computed_for}, the version in use "
             f"is {in_use}: check it with 'anomaly-vae thresholds show {model}'"
         )
     typer.echo(NOT_RETROACTIVE)

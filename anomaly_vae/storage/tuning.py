@@ -188,7 +188,10 @@ def compute_threshold(
     model = connection.execute(select(Model.name, Model.version).where(Model.id == model_id)).one()
     base = {"model_version": model.version}
     if isinstance(spec, ValuePolicy):
-        return ComputedThreshold(spec.value, "value", {"value": spec.value})
+        # The version in use when the value was chosen (by looking at its scores): a retrained
+        # version scores on a scale of its own, and scoring under a value set for another
+        # version is warned about as for a computed level (sink.note_other_version).
+        return ComputedThreshold(spec.value, "value", {**base, "value": spec.value})
     if isinstance(spec, ContaminationPolicy):
         stored = stored_scores(connection, model_id=model_id, since=spec.since)
         # A windowed model's warming-up and late records are never flagged: not in the top C.
