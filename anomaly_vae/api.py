@@ -31,6 +31,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
@@ -77,6 +78,8 @@ MAX_BODY_BYTES = 32 * 2**20
 # Stored scores one request may replay (a threshold preview needs no token): about 1 GiB of
 # the server's memory at most; `serve --max-replay-scores` changes it.
 DEFAULT_MAX_REPLAY_SCORES = 2_000_000
+# Where /docs and /redoc load their scripts and styles from (served by this app).
+DOCS_ASSETS_URL = "/docs-assets"
 
 
 # ===================================================================== settings
@@ -534,7 +537,11 @@ class _BodyLimit:
 # ========================================================================== app
 def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
     """The API on ``engine`` (built and checked by the caller)."""
-    app = FastAPI(
+    # /docs (Swagger UI) and /redoc with their scripts, styles and icon served by this app
+    # from the fastapi-offline package: FastAPI's own pages load them from a CDN, and were
+    # blank on a machine without internet access (a plant network, an air-gapped site).
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS_URL,
         title="anomaly-vae",
         version=__version__,
         description="Thresholds, alerts, anomalies and models of the anomaly-vae results "

@@ -669,6 +669,35 @@ def openapi_schema(tmp_path: Path) -> dict[str, Any]:
         engine.dispose()
 
 
+def test_the_docs_pages_load_nothing_from_another_host(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # /docs and /redoc loaded Swagger UI and ReDoc from a CDN: on a machine without internet
+    # access (where such a service often runs) both pages stayed blank.
+    import re
+
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    assert run_inline(capsys, "db", "upgrade", "--db", url).returncode == 0
+    with api_client(url) as client:
+        for page in ("/docs", "/redoc"):
+            html = client.get(page)
+            assert html.status_code == 200, page
+            # No URL with a host of its own (comments aside): every asset is this server's.
+            links = re.findall(r"(?:src|href)=[\"']?([^\"' >]+)", html.text)
+            assert "//" not in re.sub(r"<!--.*?-->", "", html.text, flags=re.S), (page, links)
+            assets = re.findall(r"(?:src|href)=[\"'](/[^\"']+)", html.text) + re.findall(
+                r"url: '(/[^']+)'", html.text
+            )
+            assert any(a.endswith(".js") for a in assets), (page, assets)
+            for asset in assets:
+                served = client.get(asset)
+                assert served.status_code == 200, (page, asset)
+                assert served.content, (page, asset)
+        assert "SwaggerUIBundle" in client.get("/docs-assets/swagger-ui-bundle.js").text
+        # Not part of the API: the schema lists no asset path.
+        assert not [p for p in client.get("/openapi.json").json()["paths"] if "assets" in p]
+
+
 def test_the_openapi_schema_documents_the_error_responses(tmp_path: Path) -> None:
     # Only 200 and 422 were documented: a client generated from /openapi.json knew nothing of
     # the 401 / 403 / 404 / 409 / 503 the README lists, nor of their {"detail": ...} body.
