@@ -216,13 +216,37 @@ def test_thresholds_and_alerts_from_the_command_line(
     assert {a["source_key"].split(":")[1] for a in alerts} == {_sha256(second)}
     assert all(a["model"] == "pumps" for a in alerts)
     first = str(alerts[0]["id"])
-    assert "is now acknowledged" in ok(capsys, "alerts", "ack", first, "--by", "bob", *db)
-    assert_user_error(cli(capsys, "alerts", "ack", first, *db), f"alert {first} is acknowledged")
+    ack = ("alerts", "ack", first, "--by", "bob", "--note", "on it", *db)
+    assert "is now acknowledged" in ok(capsys, *ack)
+    # Acted on twice: who did it and when, what to do, and that the note was not kept.
+    assert_user_error(
+        cli(capsys, "alerts", "ack", first, "--note", "me too", *db),
+        f"alert {first} is already acknowledged (by bob at 20",
+        "nothing to do; resolve it once it is dealt with; the note given was not added",
+    )
     assert "is now resolved" in ok(capsys, "alerts", "resolve", first, "--note", "pump fixed", *db)
+    assert_user_error(
+        cli(capsys, "alerts", "resolve", first, *db),
+        f"alert {first} is already resolved (by ",
+        "nothing to do",
+    )
+    assert_user_error(
+        cli(capsys, "alerts", "ack", first, *db),
+        f"alert {first} is already resolved",
+        "only an open alert can be acknowledged",
+    )
     resolved = as_json(capsys, "alerts", "list", "--state", "resolved", *db)
     assert isinstance(resolved, list)
     by_hand = [a for a in resolved if a["resolved_by"] != "alert-rule"]
     assert [(a["id"], a["acknowledged_by"]) for a in by_hand] == [(int(first), "bob")]
+    # The notes, when each action was taken and the threshold version: 'alerts list' showed
+    # none of them (only the API did), so a note written with 'alerts ack' was seen nowhere.
+    assert by_hand[0]["note"] == "on it; pump fixed"
+    assert by_hand[0]["acknowledged_at"] <= by_hand[0]["resolved_at"]
+    history = as_json(capsys, "thresholds", "history", "pumps", *db)
+    assert isinstance(history, list)
+    assert by_hand[0]["threshold_id"] == history[0]["id"]
+    assert "on it; pump fixed" in ok(capsys, "alerts", "list", "--state", "resolved", *db)
     assert len(resolved) > 1  # the first export's alerts, resolved by the rule
     assert "no alerts" in ok(capsys, "alerts", "list", "--until", "2000-01-01", *db)
     paged = as_json(capsys, "alerts", "list", "--state", "resolved", "--until", "2100-01-01", *db)

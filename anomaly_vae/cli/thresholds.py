@@ -880,6 +880,13 @@ def alerts_list(
         "resolved_by",
         "source_key",
     ]
+    if fmt is not OutputFormat.table:
+        # What the API gives too: when each action was taken and the alert's threshold version
+        # (its id, as 'thresholds history' shows it).
+        columns += ["acknowledged_at", "resolved_at", "escalated_at", "threshold_id"]
+    # The acknowledger's and resolver's notes: kept with the alert, and shown nowhere else
+    # on the command line (a table shows it on one line, last).
+    columns.append("note")
     emit(rows, columns, fmt, empty="no alerts found", escape_formulas=escape)
 
 

@@ -1053,10 +1053,20 @@ def act_on_alert(
     if row is None:
         raise NotFoundError(f"no alert {alert_id}: see 'anomaly-vae alerts list'")
     now = repo.utc_now()
+    # Said when an action is refused with a note: it is not kept anywhere.
+    unsaved = "; the note given was not added" if note else ""
     if action == "acknowledge":
+        if row.state == "acknowledged":
+            raise ConfigError(
+                f"alert {alert_id} is already acknowledged "
+                f"({_by_when(row.acknowledged_by, row.acknowledged_at)}): nothing to do; "
+                f"resolve it once it is dealt with{unsaved}"
+            )
         if row.state != "open":
             raise ConfigError(
-                f"alert {alert_id} is {row.state}: only an open alert can be acknowledged"
+                f"alert {alert_id} is already resolved "
+                f"({_by_when(row.resolved_by, row.resolved_at)}): only an open alert can be "
+                f"acknowledged; the entity's next crossings open a new one{unsaved}"
             )
         values: dict[str, Any] = {
             "state": "acknowledged",
@@ -1065,7 +1075,10 @@ def act_on_alert(
         }
     else:
         if row.state == "resolved":
-            raise ConfigError(f"alert {alert_id} is already resolved")
+            raise ConfigError(
+                f"alert {alert_id} is already resolved "
+                f"({_by_when(row.resolved_by, row.resolved_at)}): nothing to do{unsaved}"
+            )
         values = {"state": "resolved", "resolved_at": now, "resolved_by": by}
     if note:
         # After the note of the acknowledgement, not in its place.
@@ -1082,6 +1095,16 @@ def act_on_alert(
             "look at it again ('anomaly-vae alerts list')"
         )
     return connection.execute(select(Alert).where(Alert.id == alert_id)).one()
+
+
+def _by_when(by: str | None, when: datetime | None) -> str:
+    """'by alice at 2026-11-28 10:40Z': who took an alert's last action, and when."""
+    at = (
+        when.astimezone(timezone.utc).strftime(" at %Y-%m-%d %H:%MZ")
+        if when is not None and when.tzinfo is not None
+        else (when.strftime(" at %Y-%m-%d %H:%MZ") if when is not None else "")
+    )
+    return f"by {by or 'unknown'}{at}"
 
 
 def list_alerts(
