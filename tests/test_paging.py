@@ -147,6 +147,16 @@ def test_the_threshold_history_pages_as_the_other_listings_do(
     assert refused.returncode == 2
     assert "--limit must be >= 1" in refused.stderr
 
+    # 'models show' lists the newest ten and says how to see the rest.
+    shown = run_inline(capsys, "models", "show", "pumps", "--db", one_moment)
+    assert shown.returncode == 0, shown.stderr
+    words = [line.split()[0] for line in shown.stdout.splitlines() if line.startswith("  v")]
+    listed = [w for w in words if w[1:].isdigit()]  # not the model versions' lines
+    assert listed == [f"v{v}" for v in range(11, 1, -1)]
+    assert f"'anomaly-vae thresholds history pumps --before-id {everything[9]['id']}'" in (
+        shown.stdout
+    )
+
     with api_client(one_moment) as api:
 
         def get(params: dict[str, Any]) -> list[dict[str, Any]]:
