@@ -392,6 +392,12 @@ def test_preview_until_is_named_and_checked_against_since(
     shown = as_json(capsys, *preview, "--since", "2000-01-01", "--until", "2100-01-01")
     assert isinstance(shown, dict)
     assert shown["records"] == 1200
+    # A period with no stored score said only "would flag 0 records": not that the scores
+    # lie elsewhere, nor where.
+    empty = ok(capsys, *preview, "--since", "2030-01-01")
+    assert "0 stored scores since 2030-01-01" in empty
+    assert "none in that period: the 1,200 stored scores of model version " in empty
+    assert "run from 2026-" in empty
 
 
 def test_an_export_written_with_semicolons_labels_its_own_records(

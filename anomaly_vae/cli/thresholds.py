@@ -625,6 +625,11 @@ def thresholds_preview(
             until=end,
             labels=label_set,
         )
+        none_hint = (
+            _no_scores_hint(connection, model, period=start is not None or end is not None)
+            if result.result.records == 0
+            else None
+        )
     if plot is not None:
         from anomaly_vae.plots import preview_plot
 
@@ -634,6 +639,37 @@ def thresholds_preview(
         typer.echo(json.dumps(summary, default=str, indent=1))
         return
     _print_preview(summary, plot)
+    if none_hint:
+        typer.echo(none_hint)
+
+
+def _no_scores_hint(connection: Any, model: str, *, period: bool) -> str:
+    """Why a preview replayed nothing: the model version in use has no stored scores, or
+    none in the period asked for (with the period its scores cover)."""
+    from sqlalchemy import func, select
+
+    from anomaly_vae.storage.tables import Score
+    from anomaly_vae.storage.tuning import model_in_use
+
+    version = model_in_use(connection, name=model)
+    when = func.coalesce(Score.event_time, Score.scored_at)
+    count, first, last = connection.execute(
+        select(func.count(), func.min(when), func.max(when)).where(Score.model_id == version.id)
+    ).one()
+    if not count:
+        return (
+            f"  model version {version.version} (in use) has no stored scores: score with it "
+            "into this database first (score --db, stream)"
+        )
+    if not period:  # (cannot be: with no period every stored score is replayed)
+        return ""
+    from anomaly_vae.cli.db import _text
+
+    return (
+        f"  none in that period: the {count:,} stored scores of model version "
+        f"{version.version} run from {_text(first)} to {_text(last)} (give --since / --until "
+        "within that)"
+    )
 
 
 def _print_preview(summary: dict[str, Any], plot: Path | None) -> None:
