@@ -174,3 +174,15 @@ def test_the_threshold_history_pages_as_the_other_listings_do(
         # The id links a version to the alerts and runs that name it (threshold_id).
         runs = api.get("/runs").json()
         assert runs[0]["threshold_id"] == api_all[-1]["id"]  # scored under the calibrated v1
+        # Threshold and run ids are PostgreSQL int4s: an id past that range (which no row
+        # has) was a 422 'integer out of range ... send it without that value' there.
+        past = 3_000_000_000
+        assert get({"before_id": past, "limit": 100}) == api_all
+        assert [run["id"] for run in api.get("/runs", params={"before_id": past}).json()] == [
+            run["id"] for run in runs
+        ]
+        assert api.get(f"/runs/{past}").status_code == 404
+        assert api.get("/dead-letters", params={"run": past}).json() == []
+    unknown = run_inline(capsys, "runs", "show", str(past), "--db", one_moment)
+    assert unknown.returncode == 2
+    assert f"no scoring run {past}" in unknown.stderr
