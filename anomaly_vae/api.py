@@ -31,6 +31,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
@@ -47,6 +48,7 @@ from anomaly_vae.storage.tables import ALERT_STATES, Alert, Model, ScoringRun, T
 from anomaly_vae.storage.tuning import (
     PolicySpec,
     ThresholdChange,
+    ThresholdWrite,
     UtcDatetime,
     act_on_alert,
     alert_rule_of,
@@ -76,6 +78,8 @@ MAX_BODY_BYTES = 32 * 2**20
 # Stored scores one request may replay (a threshold preview needs no token): about 1 GiB of
 # the server's memory at most; `serve --max-replay-scores` changes it.
 DEFAULT_MAX_REPLAY_SCORES = 2_000_000
+# Where /docs and /redoc load their scripts and styles from (served by this app).
+DOCS_ASSETS_URL = "/docs-assets"
 
 
 # ===================================================================== settings
@@ -127,6 +131,10 @@ class ModelPublic(BaseModel):
 class ThresholdPublic(BaseModel):
     """One threshold version of a model name (the newest is in force)."""
 
+    id: int = Field(
+        description="The version's row id: what alerts' and runs' ``threshold_id`` name, and "
+        "``before_id`` for the next page of the history"
+    )
     model: str
     version: int
     policy: str
@@ -137,6 +145,24 @@ class ThresholdPublic(BaseModel):
     created_by: str
     reason: str
     created_at: datetime
+
+
+class ThresholdWritten(ThresholdPublic):
+    """The version in force after a change: a new one (201, ``created`` true), or, when the
+    version in force already had the settings asked for (a request retried), that version
+    unchanged (200, ``created`` false: no version was added)."""
+
+    created: bool
+
+
+# What a change answers when nothing changed (the 201 is documented by status_code).
+_UNCHANGED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": ThresholdWritten,
+        "description": "Nothing changed: the version in force already has these settings "
+        "(``created`` false; no version added), as when a request is retried",
+    }
+}
 
 
 class ModelDetail(BaseModel):
@@ -511,7 +537,11 @@ class _BodyLimit:
 # ========================================================================== app
 def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
     """The API on ``engine`` (built and checked by the caller)."""
-    app = FastAPI(
+    # /docs (Swagger UI) and /redoc with their scripts, styles and icon served by this app
+    # from the fastapi-offline package: FastAPI's own pages load them from a CDN, and were
+    # blank on a machine without internet access (a plant network, an air-gapped site).
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS_URL,
         title="anomaly-vae",
         version=__version__,
         description="Thresholds, alerts, anomalies and models of the anomaly-vae results "
@@ -659,74 +689,92 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         tags=["thresholds"],
         responses=_errors(404),
     )
-    def threshold_history(name: str, conn: Conn) -> list[ThresholdPublic]:
-        """Every threshold version, newest (in force) first."""
+    def threshold_history(
+        name: str,
+        conn: Conn,
+        before_id: Annotated[
+            int | None,
+            Query(
+                description="The ``id`` of the last version of a page: the versions after it "
+                "in this order (the next page)"
+            ),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
+    ) -> list[ThresholdPublic]:
+        """Threshold versions, newest (in force) first; ``limit`` at a time, the next page
+        with ``before_id`` = the last ``id`` seen."""
         _require_model(conn, name)
-        return [_threshold(r) for r in repo.list_thresholds(conn, model_name=name)]
+        rows = repo.list_thresholds(conn, model_name=name, limit=limit, before_id=before_id)
+        return [_threshold(r) for r in rows]
 
     @app.post(
         "/models/{name}/thresholds",
-        response_model=ThresholdPublic,
+        response_model=ThresholdWritten,
         status_code=201,
         tags=["thresholds"],
         dependencies=[Writer],
-        responses=_errors(400, 401, 403, 404, 413),
+        responses={**_UNCHANGED, **_errors(400, 401, 403, 404, 413)},
     )
     def create_threshold(
-        name: str, body: ThresholdCreate, conn: Conn, request: Request
-    ) -> ThresholdPublic:
-        """Put a new threshold version in force (live scorers apply it within seconds)."""
+        name: str, body: ThresholdCreate, conn: Conn, request: Request, response: Response
+    ) -> ThresholdWritten:
+        """Put a new threshold version in force (live scorers apply it within seconds); 200
+        and no new version when the version in force already has these settings."""
         with replay_limit(request.app.state.settings.max_replay_scores):
-            return _new_version(conn, name, body)
+            return _new_version(conn, name, body, response)
 
     @app.patch(
         "/models/{name}/thresholds",
-        response_model=ThresholdPublic,
+        response_model=ThresholdWritten,
         status_code=201,
         tags=["thresholds"],
         dependencies=[Writer],
-        responses=_errors(400, 401, 403, 404, 413),
+        responses={**_UNCHANGED, **_errors(400, 401, 403, 404, 413)},
     )
     def update_threshold(
-        name: str, body: ThresholdUpdate, conn: Conn, request: Request
-    ) -> ThresholdPublic:
-        """A new version changing only what is given (e.g. just the alert rule)."""
+        name: str, body: ThresholdUpdate, conn: Conn, request: Request, response: Response
+    ) -> ThresholdWritten:
+        """A new version changing only what is given (e.g. just the alert rule); 200 and no
+        new version when that changes nothing (a retried request)."""
         given = {"warning", "critical", "alert_rule"} & body.model_fields_set
         if body.alert_rule is None or not body.alert_rule.model_dump(exclude_none=True):
             given.discard("alert_rule")  # null or {} changes no setting
         if not given:
             raise ConfigError("nothing to change: give warning, critical or alert_rule")
         with replay_limit(request.app.state.settings.max_replay_scores):
-            return _new_version(conn, name, body)
+            return _new_version(conn, name, body, response)
 
     @app.post(
         "/models/{name}/thresholds/rollback",
-        response_model=ThresholdPublic,
+        response_model=ThresholdWritten,
         status_code=201,
         tags=["thresholds"],
         dependencies=[Writer],
-        responses=_errors(400, 401, 403, 404, 413),
+        responses={**_UNCHANGED, **_errors(400, 401, 403, 404, 413)},
     )
     def rollback_threshold_version(
-        name: str, body: ThresholdRollback, conn: Conn
-    ) -> ThresholdPublic:
-        """Put an earlier threshold version back in force, as a new version."""
+        name: str, body: ThresholdRollback, conn: Conn, response: Response
+    ) -> ThresholdWritten:
+        """Put an earlier threshold version back in force, as a new version; 200 and no new
+        version when the version in force already has its settings (it is that version, or a
+        rollback to it: a retried request)."""
         with conn.begin():
-            row = rollback_threshold(
+            written = rollback_threshold(
                 conn,
                 model_name=name,
                 to_version=body.version,
                 created_by=body.created_by,
                 reason=body.reason,
             )
-        logger.info(
-            "model %s: threshold v%d (back to v%d) set by %r",
-            name,
-            row.version,
-            body.version,
-            body.created_by,
-        )
-        return _threshold(row)
+        if written.created:
+            logger.info(
+                "model %s: threshold v%d (back to v%d) set by %r",
+                name,
+                written.row.version,
+                body.version,
+                body.created_by,
+            )
+        return _written(written, response)
 
     @app.post(
         "/models/{name}/thresholds/preview",
@@ -1315,18 +1363,27 @@ def _change(body: ThresholdCreate | ThresholdUpdate | ThresholdPreviewRequest) -
 
 
 def _new_version(
-    conn: Connection, name: str, body: ThresholdCreate | ThresholdUpdate
-) -> ThresholdPublic:
+    conn: Connection, name: str, body: ThresholdCreate | ThresholdUpdate, response: Response
+) -> ThresholdWritten:
     with conn.begin():
-        row = set_threshold(
+        written = set_threshold(
             conn,
             model_name=name,
             change=_change(body),
             created_by=body.created_by,
             reason=body.reason,
         )
-    logger.info("model %s: threshold v%d set by %r", name, row.version, body.created_by)
-    return _threshold(row)
+    if written.created:
+        logger.info("model %s: threshold v%d set by %r", name, written.row.version, body.created_by)
+    return _written(written, response)
+
+
+def _written(written: ThresholdWrite, response: Response) -> ThresholdWritten:
+    """A change's answer: 201 with the new version, or 200 with the version in force that
+    already had the settings asked for."""
+    if not written.created:
+        response.status_code = 200
+    return ThresholdWritten(**_threshold(written.row).model_dump(), created=written.created)
 
 
 def _act(
@@ -1347,6 +1404,7 @@ def _act(
 
 def _threshold(row: Any) -> ThresholdPublic:
     return ThresholdPublic(
+        id=row.id,
         model=row.model_name,
         version=row.version,
         policy=row.policy,

@@ -669,6 +669,35 @@ def openapi_schema(tmp_path: Path) -> dict[str, Any]:
         engine.dispose()
 
 
+def test_the_docs_pages_load_nothing_from_another_host(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # /docs and /redoc loaded Swagger UI and ReDoc from a CDN: on a machine without internet
+    # access (where such a service often runs) both pages stayed blank.
+    import re
+
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    assert run_inline(capsys, "db", "upgrade", "--db", url).returncode == 0
+    with api_client(url) as client:
+        for page in ("/docs", "/redoc"):
+            html = client.get(page)
+            assert html.status_code == 200, page
+            # No URL with a host of its own (comments aside): every asset is this server's.
+            links = re.findall(r"(?:src|href)=[\"']?([^\"' >]+)", html.text)
+            assert "//" not in re.sub(r"<!--.*?-->", "", html.text, flags=re.S), (page, links)
+            assets = re.findall(r"(?:src|href)=[\"'](/[^\"']+)", html.text) + re.findall(
+                r"url: '(/[^']+)'", html.text
+            )
+            assert any(a.endswith(".js") for a in assets), (page, assets)
+            for asset in assets:
+                served = client.get(asset)
+                assert served.status_code == 200, (page, asset)
+                assert served.content, (page, asset)
+        assert "SwaggerUIBundle" in client.get("/docs-assets/swagger-ui-bundle.js").text
+        # Not part of the API: the schema lists no asset path.
+        assert not [p for p in client.get("/openapi.json").json()["paths"] if "assets" in p]
+
+
 def test_the_openapi_schema_documents_the_error_responses(tmp_path: Path) -> None:
     # Only 200 and 422 were documented: a client generated from /openapi.json knew nothing of
     # the 401 / 403 / 404 / 409 / 503 the README lists, nor of their {"detail": ...} body.
@@ -893,6 +922,28 @@ def test_the_openapi_schema_documents_the_413_where_a_request_has_a_body(tmp_pat
         assert f"{MAX_BODY_BYTES // 2**20} MiB" in responses["413"]["description"]
 
 
+def test_a_retried_threshold_change_adds_no_version(scored_db: str) -> None:
+    # A client that sent its PATCH (or POST) again, after a timeout say, added a second
+    # version identical to the first: the history filled with copies of one change.
+    with api_client(scored_db, token=TOKEN) as api:
+        change = {"alert_rule": {"cooldown_s": 600}, "reason": "quieter", "created_by": "ops"}
+        first = api.patch("/models/pumps/thresholds", json=change, headers=AUTH)
+        assert first.status_code == 201, first.text
+        assert (first.json()["version"], first.json()["created"]) == (2, True)
+        again = api.patch("/models/pumps/thresholds", json=change, headers=AUTH)
+        assert again.status_code == 200, again.text
+        assert again.json() == first.json() | {"created": False}
+        body = {"warning": {"policy": "value", "value": 40.0}, "reason": "r"}
+        assert api.post("/models/pumps/thresholds", json=body, headers=AUTH).status_code == 201
+        retried = api.post("/models/pumps/thresholds", json=body, headers=AUTH)
+        assert retried.status_code == 200, retried.text
+        assert (retried.json()["version"], retried.json()["created"]) == (3, False)
+        assert [t["version"] for t in api.get("/models/pumps/thresholds").json()] == [3, 2, 1]
+        responses = api.get("/openapi.json").json()["paths"]["/models/{name}/thresholds"]
+        assert {"200", "201"} <= set(responses["patch"]["responses"])
+        assert {"200", "201"} <= set(responses["post"]["responses"])
+
+
 def test_a_rollback_over_http_puts_an_earlier_version_back_in_force(server: Server) -> None:
     # The CLI's 'thresholds rollback' has its API twin: POST .../thresholds/rollback.
     api = server.client
@@ -927,9 +978,13 @@ def test_a_rollback_over_http_puts_an_earlier_version_back_in_force(server: Serv
     missing = api.post(rollback, json={"version": 99, "reason": "r"}, headers=AUTH)
     assert missing.status_code == 404
     assert "no threshold v99" in missing.json()["detail"]
-    same = api.post(rollback, json={"version": body["version"], "reason": "r"}, headers=AUTH)
-    assert same.status_code == 400
-    assert "is the one in force" in same.json()["detail"]
+    assert body["created"] is True
+    # The version in force, or a retry of the rollback: nothing to add, a 200 saying so.
+    for version in (body["version"], first["version"]):
+        same = api.post(rollback, json={"version": version, "reason": "r"}, headers=AUTH)
+        assert same.status_code == 200, same.text
+        assert (same.json()["version"], same.json()["created"]) == (body["version"], False)
+    assert api.get("/models/pumps/threshold").json()["version"] == body["version"]
     unknown = api.post(
         "/models/nope/thresholds/rollback", json={"version": 1, "reason": "r"}, headers=AUTH
     )

@@ -216,13 +216,37 @@ def test_thresholds_and_alerts_from_the_command_line(
     assert {a["source_key"].split(":")[1] for a in alerts} == {_sha256(second)}
     assert all(a["model"] == "pumps" for a in alerts)
     first = str(alerts[0]["id"])
-    assert "is now acknowledged" in ok(capsys, "alerts", "ack", first, "--by", "bob", *db)
-    assert_user_error(cli(capsys, "alerts", "ack", first, *db), f"alert {first} is acknowledged")
+    ack = ("alerts", "ack", first, "--by", "bob", "--note", "on it", *db)
+    assert "is now acknowledged" in ok(capsys, *ack)
+    # Acted on twice: who did it and when, what to do, and that the note was not kept.
+    assert_user_error(
+        cli(capsys, "alerts", "ack", first, "--note", "me too", *db),
+        f"alert {first} is already acknowledged (by bob at 20",
+        "nothing to do; resolve it once it is dealt with; the note given was not added",
+    )
     assert "is now resolved" in ok(capsys, "alerts", "resolve", first, "--note", "pump fixed", *db)
+    assert_user_error(
+        cli(capsys, "alerts", "resolve", first, *db),
+        f"alert {first} is already resolved (by ",
+        "nothing to do",
+    )
+    assert_user_error(
+        cli(capsys, "alerts", "ack", first, *db),
+        f"alert {first} is already resolved",
+        "only an open alert can be acknowledged",
+    )
     resolved = as_json(capsys, "alerts", "list", "--state", "resolved", *db)
     assert isinstance(resolved, list)
     by_hand = [a for a in resolved if a["resolved_by"] != "alert-rule"]
     assert [(a["id"], a["acknowledged_by"]) for a in by_hand] == [(int(first), "bob")]
+    # The notes, when each action was taken and the threshold version: 'alerts list' showed
+    # none of them (only the API did), so a note written with 'alerts ack' was seen nowhere.
+    assert by_hand[0]["note"] == "on it; pump fixed"
+    assert by_hand[0]["acknowledged_at"] <= by_hand[0]["resolved_at"]
+    history = as_json(capsys, "thresholds", "history", "pumps", *db)
+    assert isinstance(history, list)
+    assert by_hand[0]["threshold_id"] == history[0]["id"]
+    assert "on it; pump fixed" in ok(capsys, "alerts", "list", "--state", "resolved", *db)
     assert len(resolved) > 1  # the first export's alerts, resolved by the rule
     assert "no alerts" in ok(capsys, "alerts", "list", "--until", "2000-01-01", *db)
     paged = as_json(capsys, "alerts", "list", "--state", "resolved", "--until", "2100-01-01", *db)
@@ -368,6 +392,12 @@ def test_preview_until_is_named_and_checked_against_since(
     shown = as_json(capsys, *preview, "--since", "2000-01-01", "--until", "2100-01-01")
     assert isinstance(shown, dict)
     assert shown["records"] == 1200
+    # A period with no stored score said only "would flag 0 records": not that the scores
+    # lie elsewhere, nor where.
+    empty = ok(capsys, *preview, "--since", "2030-01-01")
+    assert "0 stored scores since 2030-01-01" in empty
+    assert "none in that period: the 1,200 stored scores of model version " in empty
+    assert "run from 2026-" in empty
 
 
 def test_an_export_written_with_semicolons_labels_its_own_records(
@@ -870,7 +900,12 @@ def test_rollback_puts_an_earlier_version_back_in_force_as_a_new_version(
     assert shown["reason"] == "undo"
     rollback = ("thresholds", "rollback", "pumps", "--reason", "r")
     assert_user_error(cli(capsys, *rollback, "--to", "9", *db), "no threshold v9", "v1 to v4")
-    assert_user_error(cli(capsys, *rollback, "--to", "4", *db), "is the one in force")
+    # Nothing to change, not an error (a script's retry): no version is added.
+    same = ok(capsys, *rollback, "--to", "4", *db)
+    assert "unchanged, no new version: threshold v4 (value): warning 30" in same
+    assert "the version in force already has them: it is the one in force" in same
+    retried = ok(capsys, *rollback, "--to", "2", *db)
+    assert "the version in force already has the settings of v2" in retried
     assert_user_error(
         cli(capsys, "thresholds", "rollback", "pumps", "--to", "1", "--reason", " ", *db),
         "needs a reason",
@@ -885,6 +920,32 @@ def test_rollback_puts_an_earlier_version_back_in_force_as_a_new_version(
     history = as_json(capsys, "thresholds", "history", "pumps", *db)
     assert isinstance(history, list)
     assert [h["version"] for h in history] == [5, 4, 3, 2, 1]
+
+
+def test_setting_the_threshold_in_force_again_adds_no_version(
+    db_url: str,
+    export: Path,
+    pump_model: tuple[AnomalyVAE, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 'thresholds set' run twice (a deploy script, a retry) added a second, identical version.
+    db = ("--db", db_url)
+    ok(capsys, "score", str(export), "--model-dir", str(pump_model[1]), *db, "--quiet")
+    set_ = ("thresholds", "set", "pumps", "--quantile", "0.99", "--debounce", "2/3", *db)
+    first = ok(capsys, *set_, "--reason", "after incident 42")
+    assert "threshold v2 in force (quantile)" in first
+    again = ok(capsys, *set_, "--reason", "after incident 42")
+    assert "pumps: unchanged, no new version: threshold v2 (quantile): warning" in again
+    assert "the version in force already has these settings" in again
+    assert "it applies to records scored from now on" not in again
+    # What is given is compared with what is in force, not with the command line before.
+    assert "unchanged" in ok(
+        capsys, "thresholds", "set", "pumps", "--cooldown", "0", *db, "--reason", "r"
+    )
+    history = as_json(capsys, "thresholds", "history", "pumps", *db)
+    assert isinstance(history, list)
+    assert [h["version"] for h in history] == [2, 1]
+    assert "threshold v3 in force" in ok(capsys, *set_, "--cooldown", "5m", "--reason", "r")
 
 
 def test_threshold_history_as_csv_can_escape_formulas(

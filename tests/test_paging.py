@@ -1,7 +1,8 @@
 """Paging through anomalies and alerts that share a time: a batch export's records of one
 moment share an event time, and the alerts one write opens share ``opened_at``. Paging with
 ``until`` = the last time seen skipped the rest of that time; ``before_id`` = the last id seen
-gives every row once. CLI and API, on SQLite and PostgreSQL."""
+gives every row once. The threshold history pages the same way. CLI and API, on SQLite and
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -96,3 +97,92 @@ def test_api_pages_anomalies_and_alerts_by_id(api: Any) -> None:
         everything = get({"limit": 1000})
         assert len(everything) > 10, path
         assert walk(get, 4) == [row["id"] for row in everything], path
+
+
+def add_threshold_versions(db_url: str, count: int) -> None:
+    from anomaly_vae.storage.engine import create_database_engine, parse_database_url
+    from anomaly_vae.storage.tuning import ThresholdChange, ValuePolicy, set_threshold
+
+    engine = create_database_engine(parse_database_url(db_url))
+    try:
+        for i in range(count):
+            with engine.begin() as connection:
+                set_threshold(
+                    connection,
+                    model_name="pumps",
+                    change=ThresholdChange(warning=ValuePolicy(value=20.0 + i)),
+                    created_by="ops",
+                    reason=f"step {i}",
+                )
+    finally:
+        engine.dispose()
+
+
+def test_the_threshold_history_pages_as_the_other_listings_do(
+    one_moment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GET /models/{name}/thresholds answered every version at once and ignored ?limit=, and
+    # 'thresholds history' had neither --limit nor --before-id: a name whose threshold a
+    # tuning job sets every hour has thousands of versions.
+    add_threshold_versions(one_moment, 10)  # v2 to v11, after the calibrated v1
+
+    def cli_get(params: dict[str, Any]) -> list[dict[str, Any]]:
+        args = ["thresholds", "history", "pumps", "--db", one_moment, "--format", "json"]
+        for name, value in params.items():
+            args += ["--" + name.replace("_", "-"), str(value)]
+        result = run_inline(capsys, *args)
+        assert result.returncode == 0, result.stderr
+        rows: list[dict[str, Any]] = json.loads(result.stdout)
+        return rows
+
+    everything = cli_get({"limit": 1000})
+    assert [row["version"] for row in everything] == list(range(11, 0, -1))
+    assert walk(cli_get, 4) == [row["id"] for row in everything]
+    assert len(cli_get({"limit": 3})) == 3
+    table = run_inline(capsys, "thresholds", "history", "pumps", "--db", one_moment, "--limit", "3")
+    assert f"--before-id {everything[2]['id']} shows the next page" in table.stdout
+    refused = run_inline(
+        capsys, "thresholds", "history", "pumps", "--db", one_moment, "--limit", "0"
+    )
+    assert refused.returncode == 2
+    assert "--limit must be >= 1" in refused.stderr
+
+    # 'models show' lists the newest ten and says how to see the rest.
+    shown = run_inline(capsys, "models", "show", "pumps", "--db", one_moment)
+    assert shown.returncode == 0, shown.stderr
+    words = [line.split()[0] for line in shown.stdout.splitlines() if line.startswith("  v")]
+    listed = [w for w in words if w[1:].isdigit()]  # not the model versions' lines
+    assert listed == [f"v{v}" for v in range(11, 1, -1)]
+    assert f"'anomaly-vae thresholds history pumps --before-id {everything[9]['id']}'" in (
+        shown.stdout
+    )
+
+    with api_client(one_moment) as api:
+
+        def get(params: dict[str, Any]) -> list[dict[str, Any]]:
+            response = api.get("/models/pumps/thresholds", params=params)
+            assert response.status_code == 200, response.text
+            rows: list[dict[str, Any]] = response.json()
+            return rows
+
+        api_all = get({"limit": 1000})
+        assert [row["id"] for row in api_all] == [row["id"] for row in everything]
+        assert walk(get, 4) == [row["id"] for row in api_all]
+        assert len(get({"limit": 3})) == 3
+        assert len(get({})) == 11  # the default page (50) holds them all
+        assert api.get("/models/pumps/thresholds", params={"limit": 0}).status_code == 422
+        # The id links a version to the alerts and runs that name it (threshold_id).
+        runs = api.get("/runs").json()
+        assert runs[0]["threshold_id"] == api_all[-1]["id"]  # scored under the calibrated v1
+        # Threshold and run ids are PostgreSQL int4s: an id past that range (which no row
+        # has) was a 422 'integer out of range ... send it without that value' there.
+        past = 3_000_000_000
+        assert get({"before_id": past, "limit": 100}) == api_all
+        assert [run["id"] for run in api.get("/runs", params={"before_id": past}).json()] == [
+            run["id"] for run in runs
+        ]
+        assert api.get(f"/runs/{past}").status_code == 404
+        assert api.get("/dead-letters", params={"run": past}).json() == []
+    unknown = run_inline(capsys, "runs", "show", str(past), "--db", one_moment)
+    assert unknown.returncode == 2
+    assert f"no scoring run {past}" in unknown.stderr

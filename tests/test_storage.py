@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -619,6 +620,80 @@ def test_a_run_under_a_threshold_computed_for_another_model_version_is_warned_ab
         engine.dispose()
 
 
+def test_a_value_set_for_another_model_version_is_warned_about_as_a_computed_one(
+    db_url: str,
+    tmp_path: Path,
+    trained_model: AnomalyVAE,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 'thresholds set --value 41.7', chosen by looking at one version's scores, stayed in
+    # force after a retraining (as it should: scoring never replaces an operator's version)
+    # without the warning a quantile set for the old version gets: a fixed value names no
+    # model version, so nothing said that the new version's scores have a scale of their own.
+    from anomaly_vae.storage.sink import model_version_of, start_batch_run
+    from anomaly_vae.storage.tuning import ThresholdChange, ValuePolicy, set_threshold
+    from tests.test_cli import run_inline
+
+    model = copy.deepcopy(trained_model)
+    model.save(tmp_path / "model")
+    version = model_version_of(model, path=tmp_path / "model")
+    old = model_version(name=model.name, content_hash="b" * 64)
+    warning = float(np.quantile(version.calibration["scores"], 0.5))
+    engine = engine_for(db_url)
+    try:
+        with engine.connect() as connection:
+
+            def set_value() -> None:
+                with connection.begin():
+                    set_threshold(
+                        connection,
+                        model_name=model.name,
+                        change=ThresholdChange(warning=ValuePolicy(value=warning)),
+                        created_by="ops",
+                        reason="by eye",
+                    )
+
+            def start() -> None:
+                start_batch_run(
+                    connection,
+                    model=model,
+                    model_dir=tmp_path / "model",
+                    source="export.csv",
+                    source_sha256="0" * 64,
+                )
+
+            with connection.begin():
+                repo.register_model(connection, model=old)  # the version in use
+            set_value()
+            with caplog.at_level(logging.WARNING):
+                start()  # the retrained version
+            assert (
+                f"threshold v1 of {model.name!r} (value, set by ops) was set by hand while "
+                f"model version {old.version} was in use, and this run scores version "
+                f"{version.version}, whose scores have a scale of their own: 50 % of its "
+                "held-out normal records cross it; set one for this version"
+            ) in caplog.text
+            shown = run_inline(capsys, "thresholds", "show", model.name, "--db", db_url)
+            assert shown.returncode == 0, shown.stderr
+            assert (
+                f"note: set for model version {old.version}; the version in use is "
+                f"{version.version}"
+            ) in shown.stdout
+            caplog.clear()
+            set_value()  # the same value, now set for the version in use: a new version
+            with caplog.at_level(logging.WARNING):
+                start()
+            assert "was set by hand" not in caplog.text
+            history = repo.list_thresholds(connection, model_name=model.name)
+            assert [t.parameters["model_version"] for t in history] == [
+                version.version,
+                old.version,
+            ]
+    finally:
+        engine.dispose()
+
+
 def test_an_unregistered_model_name_is_answered_with_the_closest_registered_one(
     db_url: str,
 ) -> None:
@@ -727,6 +802,64 @@ def test_two_writers_of_a_threshold_version_take_turns(db_url: str) -> None:
     finally:
         engine.dispose()
         other.dispose()
+
+
+def test_a_threshold_change_that_changes_nothing_adds_no_version(db_url: str) -> None:
+    """A change retried (a PATCH resent by a client, a script run twice) added a version
+    each time, identical to the one in force: the history filled with copies, and live
+    scorers were told of a change that was none."""
+    from anomaly_vae.storage.tuning import (
+        ThresholdChange,
+        ValuePolicy,
+        rollback_threshold,
+        set_threshold,
+    )
+
+    engine = engine_for(db_url)
+    try:
+        with engine.begin() as connection:
+            repo.register_model(connection, model=model_version())
+            repo.ensure_calibrated_threshold(connection, model=model_version(), created_by="t")
+
+        def change(**given: Any) -> Any:
+            with engine.begin() as connection:
+                return set_threshold(
+                    connection,
+                    model_name="pumps",
+                    change=ThresholdChange(**given),
+                    created_by="ops",
+                    reason="r",
+                )
+
+        def rollback(to: int) -> Any:
+            with engine.begin() as connection:
+                return rollback_threshold(
+                    connection, model_name="pumps", to_version=to, created_by="ops", reason="r"
+                )
+
+        # The rule in force restated on the calibrated threshold: it stays the calibrated one.
+        restated = change(alert_rule_changes={"k": 1})
+        assert (restated.created, restated.row.version) == (False, 1)
+        assert restated.row.parameters["from"] == repo.FROM_CALIBRATION
+        first = change(warning=ValuePolicy(value=12.0), alert_rule_changes={"cooldown_s": 60})
+        again = change(warning=ValuePolicy(value=12.0), alert_rule_changes={"cooldown_s": 60})
+        assert (first.created, first.row.version) == (True, 2)
+        assert (again.created, again.row.version) == (False, 2)
+        assert again.row.reason == "r"
+        assert change(alert_rule_changes={"cooldown_s": 60.0}).created is False
+        assert change(clear_critical=True).created is False  # there is none
+        assert change(alert_rule_changes={"cooldown_s": 120}).row.version == 3
+        back = rollback(2)
+        assert (back.created, back.row.version) == (True, 4)
+        retried = rollback(2)  # v4 is v2's settings already
+        assert (retried.created, retried.row.version) == (False, 4)
+        in_force = rollback(4)  # the version in force itself: nothing to do, not an error
+        assert (in_force.created, in_force.row.version) == (False, 4)
+        with engine.connect() as connection:
+            history = repo.list_thresholds(connection, model_name="pumps")
+        assert [t.version for t in history] == [4, 3, 2, 1]
+    finally:
+        engine.dispose()
 
 
 def test_top_features_json_matches_the_lists() -> None:

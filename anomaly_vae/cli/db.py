@@ -130,6 +130,10 @@ def require_model(connection: Connection, model: str | None) -> None:
         repo.registered_versions(connection, name=model, hint=": see 'anomaly-vae models list'")
 
 
+# Threshold versions 'models show' lists (the newest; 'thresholds history' pages the rest).
+MODELS_SHOW_THRESHOLDS = 10
+
+
 def require_limit(limit: int) -> None:
     if limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
@@ -338,7 +342,10 @@ def models_show(
         versions = repo.registered_versions(
             connection, name=name, hint=": see 'anomaly-vae models list'"
         )
-        thresholds = repo.list_thresholds(connection, model_name=name)
+        # The newest few: a name whose threshold a job tunes every hour has thousands.
+        thresholds = repo.list_thresholds(
+            connection, model_name=name, limit=MODELS_SHOW_THRESHOLDS + 1
+        )
         in_use = model_in_use(connection, name=name).id
     typer.echo(f"model {name}: {len(versions)} version(s)")
     for v in versions:
@@ -365,11 +372,17 @@ def models_show(
         typer.echo("thresholds: none yet")
         return
     typer.echo("thresholds (newest first; the first is in force):")
-    for t in thresholds:
+    shown = thresholds[:MODELS_SHOW_THRESHOLDS]
+    for t in shown:
         critical = f", critical {t.critical:.6g}" if t.critical is not None else ""
         typer.echo(
             f"  v{t.version} {t.policy}: warning {t.warning:.6g}{critical}, "
             f"{_text(t.created_at)} by {t.created_by}: {t.reason}"
+        )
+    if len(thresholds) > len(shown):
+        typer.echo(
+            f"  (older versions: 'anomaly-vae thresholds history {name} --before-id "
+            f"{shown[-1].id}')"
         )
 
 

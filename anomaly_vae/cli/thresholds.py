@@ -286,6 +286,7 @@ def _threshold_dict(row: Any, *, json_form: bool = False) -> dict[str, Any]:
 
     rule = AlertRule.from_dict(row.alert_rule)
     out = {
+        "id": row.id,
         "version": row.version,
         "policy": row.policy,
         "warning": row.warning,
@@ -347,29 +348,48 @@ def thresholds_show(
             f"  on held-out normal data of model version {version.version}: "
             f"{100 * shown['normal_false_alarm_rate']:.3g} % of records cross it"
         )
+    set_for = (row.parameters or {}).get("model_version")
+    if set_for and set_for != version.version:
+        # As 'score --db' and 'stream' warn of it (storage.sink.note_other_version).
+        typer.echo(
+            f"  note: set for model version {set_for}; the version in use is "
+            f"{version.version}, whose scores have a scale of their own: set one for it "
+            f"('anomaly-vae thresholds set {model} ... --reason ...')"
+        )
 
 
 @thresholds_app.command("history")
 def thresholds_history(
     model: ModelArg,
+    before_id: int | None = typer.Option(
+        None,
+        "--before-id",
+        help="Only the versions after this id: the next page after the last shown.",
+    ),
+    limit: int = typer.Option(50, "--limit", help="At most this many versions."),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, csv or json."),
     escape: bool = typer.Option(False, "--escape-formulas", help=ESCAPE_FORMULAS_HELP),
     db: DbOpt = None,
     pipeline: PipelineOpt = None,
 ) -> None:
-    """Every threshold version of MODEL, newest (in force) first: who, why, when."""
+    """Threshold versions of MODEL, newest (in force) first: who, why, when (--limit at a
+    time; --before-id the last id shown for the next page)."""
     setup_logging(False)
     from anomaly_vae.cli.db import connected
     from anomaly_vae.storage import repository as repo
 
+    require_limit(limit)
     with connected(_target(db, pipeline)) as connection:
         # not "no thresholds stored" for a misspelt name
         repo.registered_versions(connection, name=model, hint=": see 'anomaly-vae models list'")
         rows = [
             _threshold_dict(r, json_form=fmt is OutputFormat.json)
-            for r in repo.list_thresholds(connection, model_name=model)
+            for r in repo.list_thresholds(
+                connection, model_name=model, limit=limit, before_id=before_id
+            )
         ]
     columns = [
+        "id",
         "version",
         "policy",
         "warning",
@@ -384,9 +404,12 @@ def thresholds_history(
         rows,
         columns,
         fmt,
-        empty=f"no thresholds stored for model {model!r}",
+        empty=f"no thresholds stored for model {model!r}"
+        + (f" before id {before_id}" if before_id is not None else ""),
         escape_formulas=escape,
     )
+    if fmt is OutputFormat.table and len(rows) == limit:
+        typer.echo(f"(more may follow: --before-id {rows[-1]['id']} shows the next page)")
 
 
 @thresholds_app.command("set")
@@ -446,7 +469,7 @@ def thresholds_set(
                 "--contamination, --evt --risk), --critical / --no-critical, or an alert rule "
                 "option (--debounce, --cooldown, --resolve-after)"
             )
-        row = set_threshold(
+        written = set_threshold(
             connection,
             model_name=model,
             change=ThresholdChange(
@@ -455,13 +478,36 @@ def thresholds_set(
             created_by=_who(by),
             reason=reason,
         )
-        shown = _threshold_dict(row)
+    _say_written(model, written)
+    if written.created:
+        typer.echo(NOT_RETROACTIVE)
+
+
+def _say_written(model: str, written: Any, *, rolled_back_to: int | None = None) -> None:
+    """What a set or rollback did: the version it added, or that the one in force already
+    had those settings (nothing added: a command run twice adds one version, not two)."""
+    row = written.row
+    shown = _threshold_dict(row)
     critical_text = f", critical {row.critical:.6g}" if row.critical is not None else ""
-    typer.echo(
-        f"{model}: threshold v{row.version} in force ({row.policy}): warning {row.warning:.6g}"
-        f"{critical_text}; alert rule {shown['alert_rule']}"
+    levels = (
+        f"({row.policy}): warning {row.warning:.6g}{critical_text}; alert rule "
+        f"{shown['alert_rule']}"
     )
-    typer.echo(NOT_RETROACTIVE)
+    if not written.created:
+        what = (
+            "these settings"
+            if rolled_back_to is None
+            else "them: it is the one in force"
+            if rolled_back_to == row.version
+            else f"the settings of v{rolled_back_to}"
+        )
+        typer.echo(
+            f"{model}: unchanged, no new version: threshold v{row.version} {levels}; the "
+            f"version in force already has {what}"
+        )
+        return
+    of = f", the levels of v{rolled_back_to}" if rolled_back_to is not None else ""
+    typer.echo(f"{model}: threshold v{row.version} in force{of} {levels}")
 
 
 @thresholds_app.command("rollback")
@@ -482,20 +528,18 @@ def thresholds_rollback(
     from anomaly_vae.storage.tuning import model_in_use, rollback_threshold
 
     with connected(_target(db, pipeline)) as connection, connection.begin():
-        row = rollback_threshold(
+        written = rollback_threshold(
             connection, model_name=model, to_version=to, created_by=_who(by), reason=reason
         )
-        shown = _threshold_dict(row)
         in_use = model_in_use(connection, name=model).version
+    _say_written(model, written, rolled_back_to=to)
+    if not written.created:
+        return
+    row = written.row
     computed_for = row.parameters.get("model_version")
-    critical_text = f", critical {row.critical:.6g}" if row.critical is not None else ""
-    typer.echo(
-        f"{model}: threshold v{row.version} in force, the levels of v{to} ({row.policy}): "
-        f"warning {row.warning:.6g}{critical_text}; alert rule {shown['alert_rule']}"
-    )
     if computed_for is not None and computed_for != in_use:
         typer.echo(
-            f"  note: v{to} was computed for model version {computed_for}, the version in use "
+            f"  note: v{to} was set for model version {computed_for}, the version in use "
             f"is {in_use}: check it with 'anomaly-vae thresholds show {model}'"
         )
     typer.echo(NOT_RETROACTIVE)
@@ -581,6 +625,11 @@ def thresholds_preview(
             until=end,
             labels=label_set,
         )
+        none_hint = (
+            _no_scores_hint(connection, model, period=start is not None or end is not None)
+            if result.result.records == 0
+            else None
+        )
     if plot is not None:
         from anomaly_vae.plots import preview_plot
 
@@ -590,6 +639,37 @@ def thresholds_preview(
         typer.echo(json.dumps(summary, default=str, indent=1))
         return
     _print_preview(summary, plot)
+    if none_hint:
+        typer.echo(none_hint)
+
+
+def _no_scores_hint(connection: Any, model: str, *, period: bool) -> str:
+    """Why a preview replayed nothing: the model version in use has no stored scores, or
+    none in the period asked for (with the period its scores cover)."""
+    from sqlalchemy import func, select
+
+    from anomaly_vae.storage.tables import Score
+    from anomaly_vae.storage.tuning import model_in_use
+
+    version = model_in_use(connection, name=model)
+    when = func.coalesce(Score.event_time, Score.scored_at)
+    count, first, last = connection.execute(
+        select(func.count(), func.min(when), func.max(when)).where(Score.model_id == version.id)
+    ).one()
+    if not count:
+        return (
+            f"  model version {version.version} (in use) has no stored scores: score with it "
+            "into this database first (score --db, stream)"
+        )
+    if not period:  # (cannot be: with no period every stored score is replayed)
+        return ""
+    from anomaly_vae.cli.db import _text
+
+    return (
+        f"  none in that period: the {count:,} stored scores of model version "
+        f"{version.version} run from {_text(first)} to {_text(last)} (give --since / --until "
+        "within that)"
+    )
 
 
 def _print_preview(summary: dict[str, Any], plot: Path | None) -> None:
@@ -757,7 +837,9 @@ def thresholds_tune(
             )
     out = tuned.as_dict()
     if applied is not None:
-        out["applied_version"] = applied.version
+        out["applied_version"] = applied.row.version
+        # False: the version in force already had this threshold (tuned again, the same result)
+        out["new_version"] = applied.created
     if fmt is ReportFormat.json:
         typer.echo(json.dumps(out, default=str, indent=1))
         return
@@ -769,8 +851,13 @@ def thresholds_tune(
         f"records: precision {out['precision']:.3f}, recall {out['recall']:.3f}, F1 "
         f"{out['f1']:.3f}, false-alarm rate {out['false_alarm_rate']:.4f}{per_day}"
     )
-    if applied is not None:
-        typer.echo(f"  now in force as threshold v{applied.version}")
+    if applied is not None and not applied.created:
+        typer.echo(
+            f"  unchanged: threshold v{applied.row.version} in force already has it; no new "
+            "version added"
+        )
+    elif applied is not None:
+        typer.echo(f"  now in force as threshold v{applied.row.version}")
         typer.echo(NOT_RETROACTIVE)
     else:
         typer.echo("  not applied: add --apply to put it in force")
@@ -829,6 +916,13 @@ def alerts_list(
         "resolved_by",
         "source_key",
     ]
+    if fmt is not OutputFormat.table:
+        # What the API gives too: when each action was taken and the alert's threshold version
+        # (its id, as 'thresholds history' shows it).
+        columns += ["acknowledged_at", "resolved_at", "escalated_at", "threshold_id"]
+    # The acknowledger's and resolver's notes: kept with the alert, and shown nowhere else
+    # on the command line (a table shows it on one line, last).
+    columns.append("note")
     emit(rows, columns, fmt, empty="no alerts found", escape_formulas=escape)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
-from anomaly_vae.storage.repository import id_bound
+from anomaly_vae.storage.repository import id_bound, int_id_is
 from anomaly_vae.storage.tables import DeadLetter, Model, ScoringRun
 
 DEFAULT_LIMIT = 50
@@ -67,7 +67,7 @@ def _select(where: DeadLetterFilter) -> Any:  # a Select of the listing's column
     if where.model_name is not None:
         stmt = stmt.where(Model.name == where.model_name)
     if where.run_id is not None:
-        stmt = stmt.where(DeadLetter.run_id == id_bound(where.run_id))
+        stmt = stmt.where(int_id_is(DeadLetter.run_id, where.run_id))
     if where.since is not None:
         stmt = stmt.where(DeadLetter.rejected_at >= where.since)
     if where.until is not None:

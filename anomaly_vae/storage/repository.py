@@ -34,6 +34,7 @@ from sqlalchemy import (
     bindparam,
     cast,
     column,
+    false,
     func,
     insert,
     or_,
@@ -89,6 +90,24 @@ ID_MIN, ID_MAX = -(2**63), 2**63 - 1
 def id_bound(value: int) -> int:
     """``value`` within the range of a row id or a row count (see ``ID_MIN``)."""
     return min(max(value, ID_MIN), ID_MAX)
+
+
+# The ids of models, thresholds and scoring runs (and the columns naming them) are Integer:
+# PostgreSQL's int4. A run id or a before_id past that range (3,000,000,000) made PostgreSQL
+# refuse the query, 'integer out of range': a 422 telling the API client to leave the value
+# out, or a refused statement on the command line, where any other unknown id finds nothing.
+INT_ID_MIN, INT_ID_MAX = -(2**31), 2**31 - 1
+
+
+def int_id_bound(value: int) -> int:
+    """``value`` within the range of an Integer id column, as a bound for ``<`` (past the
+    range: every id, or none)."""
+    return min(max(value, INT_ID_MIN), INT_ID_MAX)
+
+
+def int_id_is(column: Any, value: int) -> Any:
+    """``column == value`` for an Integer id column: false for a value no such id can have."""
+    return column == value if INT_ID_MIN <= value <= INT_ID_MAX else false()
 
 
 def utc_now() -> datetime:
@@ -345,15 +364,27 @@ def ensure_calibrated_threshold(
     )
 
 
-def list_thresholds(connection: Connection, *, model_name: str) -> list[Row[Any]]:
-    """Every threshold version of ``model_name``, newest first."""
-    return list(
-        connection.execute(
-            select(Threshold)
-            .where(Threshold.model_name == model_name)
-            .order_by(Threshold.version.desc())
-        )
+def list_thresholds(
+    connection: Connection,
+    *,
+    model_name: str,
+    limit: int | None = None,
+    before_id: int | None = None,
+) -> list[Row[Any]]:
+    """The threshold versions of ``model_name``, newest first (every one, unless ``limit``).
+    ``before_id`` (the last ``id`` of a page) gives the versions after it in this order, the
+    next page: a name's versions are added one at a time under ``lock_thresholds``, so its
+    ids grow with its version numbers."""
+    stmt = (
+        select(Threshold)
+        .where(Threshold.model_name == model_name)
+        .order_by(Threshold.version.desc(), Threshold.id.desc())
     )
+    if before_id is not None:
+        stmt = stmt.where(Threshold.id < int_id_bound(before_id))
+    if limit is not None:
+        stmt = stmt.limit(id_bound(limit))
+    return list(connection.execute(stmt))
 
 
 def list_models(connection: Connection) -> list[Row[Any]]:
@@ -560,9 +591,9 @@ def list_runs(
     if model_name is not None:
         stmt = stmt.where(Model.name == model_name)
     if run_id is not None:
-        stmt = stmt.where(ScoringRun.id == id_bound(run_id))
+        stmt = stmt.where(int_id_is(ScoringRun.id, run_id))
     if before_id is not None:
-        stmt = stmt.where(ScoringRun.id < id_bound(before_id))
+        stmt = stmt.where(ScoringRun.id < int_id_bound(before_id))
     return list(connection.execute(stmt))
 
 

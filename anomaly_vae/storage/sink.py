@@ -153,11 +153,12 @@ def start_batch_run(
 
 
 def note_other_version(in_force: Any, version: repo.ModelVersion, *, override: str = "") -> None:
-    """Warn when the threshold in force was computed from another version's scores (an
-    operator's quantile, false-alarm rate, EVT, contamination or tuned level, which scoring
-    never replaces): a retrained model's scores have a scale of their own, and the run
-    flagged by the old level without a word, its "most rows crossed the threshold" line
-    blaming the export."""
+    """Warn when the threshold in force was set for another model version: computed from its
+    scores (an operator's quantile, false-alarm rate, EVT, contamination or tuned level), or a
+    fixed value set while it was in use; scoring never replaces either. A retrained model's
+    scores have a scale of their own, and the run flagged by the old level without a word,
+    its "most rows crossed the threshold" line blaming the export. (A value set before values
+    recorded their model version names none: nothing is said of it.)"""
     computed_for = (in_force.parameters or {}).get("model_version")
     if not computed_for or computed_for == version.version:
         return
@@ -168,9 +169,15 @@ def note_other_version(in_force: Any, version: repo.ModelVersion, *, override: s
         if len(scores)
         else ""
     )
+    how = (
+        "was set by hand while model version %s was in use"
+        if in_force.policy == "value"
+        else "was computed from the scores of model version %s"
+    )
     logger.warning(
-        "threshold v%d of %r (%s, set by %s) was computed from the scores of model version "
-        "%s, and this run scores version %s, whose scores have a scale of their own%s; set "
+        "threshold v%d of %r (%s, set by %s) "
+        + how
+        + ", and this run scores version %s, whose scores have a scale of their own%s; set "
         "one for this version ('anomaly-vae thresholds set %s ... --reason ...', or "
         "'thresholds preview' it first)%s",
         in_force.version,

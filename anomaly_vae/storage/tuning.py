@@ -188,7 +188,10 @@ def compute_threshold(
     model = connection.execute(select(Model.name, Model.version).where(Model.id == model_id)).one()
     base = {"model_version": model.version}
     if isinstance(spec, ValuePolicy):
-        return ComputedThreshold(spec.value, "value", {"value": spec.value})
+        # The version in use when the value was chosen (by looking at its scores): a retrained
+        # version scores on a scale of its own, and scoring under a value set for another
+        # version is warned about as for a computed level (sink.note_other_version).
+        return ComputedThreshold(spec.value, "value", {**base, "value": spec.value})
     if isinstance(spec, ContaminationPolicy):
         stored = stored_scores(connection, model_id=model_id, since=spec.since)
         # A windowed model's warming-up and late records are never flagged: not in the top C.
@@ -330,6 +333,52 @@ def _check_name_length(name: str, where: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class ThresholdWrite:
+    """What a change did: ``row`` is the version in force after it; ``created`` is False when
+    the version in force already had the settings asked for (a retried request, a script run
+    twice), so no version was added."""
+
+    row: Row[Any]
+    created: bool
+
+
+# Parameters that say where a version came from, not what it does: a change that differs from
+# the version in force only in them changes nothing (a rule restated on a calibrated threshold,
+# a rollback to the levels already in force).
+_PROVENANCE = ("rolled_back_to",)
+
+
+def _settings(parameters: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {
+        k: v
+        for k, v in (parameters or {}).items()
+        if k not in _PROVENANCE and not (k == "from" and v == repo.FROM_CALIBRATION)
+    }
+
+
+def _in_force_already(
+    current: Row[Any] | None,
+    *,
+    policy: str,
+    warning: float,
+    critical: float | None,
+    parameters: Mapping[str, Any],
+    rule: AlertRule,
+) -> bool:
+    """The version in force has these levels, policy, parameters and alert rule."""
+    if current is None:
+        return False
+    return (
+        current.policy == policy
+        and float(current.warning) == float(warning)
+        and (None if current.critical is None else float(current.critical))
+        == (None if critical is None else float(critical))
+        and _settings(current.parameters) == _settings(parameters)
+        and AlertRule.from_dict(current.alert_rule).to_dict() == rule.to_dict()
+    )
+
+
 def set_threshold(
     connection: Connection,
     *,
@@ -337,15 +386,26 @@ def set_threshold(
     change: ThresholdChange,
     created_by: str,
     reason: str,
-) -> Row[Any]:
+) -> ThresholdWrite:
     """Append a threshold version for ``model_name`` (in force from now on; live scorers pick
-    it up within ``kafka.threshold_refresh_s``). Runs in the caller's transaction."""
+    it up within ``kafka.threshold_refresh_s``), unless the version in force already has the
+    settings it gives (then nothing is added: ``created`` False). Runs in the caller's
+    transaction."""
     _check_reason_and_author(reason, created_by)
     model = model_in_use(connection, name=model_name)
     repo.lock_thresholds(connection, model_name=model_name)  # `current` stays the one in force
     current = repo.threshold_in_force(connection, model_name=model_name)
     version = _apply_change(connection, model, current, change)
-    return repo.add_threshold(
+    if current is not None and _in_force_already(
+        current,
+        policy=version.policy,
+        warning=version.warning,
+        critical=version.critical,
+        parameters=version.parameters,
+        rule=version.rule,
+    ):
+        return ThresholdWrite(current, created=False)
+    row = repo.add_threshold(
         connection,
         model_name=model_name,
         policy=version.policy,
@@ -356,6 +416,7 @@ def set_threshold(
         created_by=created_by.strip(),
         reason=reason.strip(),
     )
+    return ThresholdWrite(row, created=True)
 
 
 def rollback_threshold(
@@ -365,11 +426,13 @@ def rollback_threshold(
     to_version: int,
     created_by: str,
     reason: str,
-) -> Row[Any]:
+) -> ThresholdWrite:
     """Put an earlier threshold version back in force: a new version with its policy, levels
     (as they were, not recomputed), parameters and alert rule, ``rolled_back_to`` naming it.
     It is an operator's version (a newer model version's calibration does not replace it).
-    Runs in the caller's transaction."""
+    When the version in force already has those settings (it is that version, or a rollback
+    to it, a request retried), nothing is added (``created`` False). Runs in the caller's
+    transaction."""
     _check_reason_and_author(reason, created_by)
     repo.registered_versions(connection, name=model_name, hint=": see 'anomaly-vae models list'")
     repo.lock_thresholds(connection, model_name=model_name)
@@ -380,27 +443,35 @@ def rollback_threshold(
             f"model {model_name!r} has no threshold v{to_version} (stored: {known}): see "
             f"'anomaly-vae thresholds history {model_name}'"
         )
-    if to_version == max(versions):
-        raise ConfigError(
-            f"threshold v{to_version} of model {model_name!r} is the one in force: nothing to "
-            "roll back"
-        )
     old = versions[to_version]
+    current = versions[max(versions)]
     parameters = {
         k: v for k, v in old.parameters.items() if not (k == "from" and v == repo.FROM_CALIBRATION)
     }
     parameters["rolled_back_to"] = to_version
-    return repo.add_threshold(
+    critical = None if old.critical is None else float(old.critical)
+    rule = AlertRule.from_dict(old.alert_rule)
+    if _in_force_already(
+        current,
+        policy=old.policy,
+        warning=float(old.warning),
+        critical=critical,
+        parameters=parameters,
+        rule=rule,
+    ):
+        return ThresholdWrite(current, created=False)
+    row = repo.add_threshold(
         connection,
         model_name=model_name,
         policy=old.policy,
         warning=float(old.warning),
-        critical=None if old.critical is None else float(old.critical),
+        critical=critical,
         parameters=parameters,
-        alert_rule=AlertRule.from_dict(old.alert_rule).to_dict(),
+        alert_rule=rule.to_dict(),
         created_by=created_by.strip(),
         reason=reason.strip(),
     )
+    return ThresholdWrite(row, created=True)
 
 
 def _computed(
@@ -982,10 +1053,20 @@ def act_on_alert(
     if row is None:
         raise NotFoundError(f"no alert {alert_id}: see 'anomaly-vae alerts list'")
     now = repo.utc_now()
+    # Said when an action is refused with a note: it is not kept anywhere.
+    unsaved = "; the note given was not added" if note else ""
     if action == "acknowledge":
+        if row.state == "acknowledged":
+            raise ConfigError(
+                f"alert {alert_id} is already acknowledged "
+                f"({_by_when(row.acknowledged_by, row.acknowledged_at)}): nothing to do; "
+                f"resolve it once it is dealt with{unsaved}"
+            )
         if row.state != "open":
             raise ConfigError(
-                f"alert {alert_id} is {row.state}: only an open alert can be acknowledged"
+                f"alert {alert_id} is already resolved "
+                f"({_by_when(row.resolved_by, row.resolved_at)}): only an open alert can be "
+                f"acknowledged; the entity's next crossings open a new one{unsaved}"
             )
         values: dict[str, Any] = {
             "state": "acknowledged",
@@ -994,7 +1075,10 @@ def act_on_alert(
         }
     else:
         if row.state == "resolved":
-            raise ConfigError(f"alert {alert_id} is already resolved")
+            raise ConfigError(
+                f"alert {alert_id} is already resolved "
+                f"({_by_when(row.resolved_by, row.resolved_at)}): nothing to do{unsaved}"
+            )
         values = {"state": "resolved", "resolved_at": now, "resolved_by": by}
     if note:
         # After the note of the acknowledgement, not in its place.
@@ -1011,6 +1095,16 @@ def act_on_alert(
             "look at it again ('anomaly-vae alerts list')"
         )
     return connection.execute(select(Alert).where(Alert.id == alert_id)).one()
+
+
+def _by_when(by: str | None, when: datetime | None) -> str:
+    """'by alice at 2026-11-28 10:40Z': who took an alert's last action, and when."""
+    at = (
+        when.astimezone(timezone.utc).strftime(" at %Y-%m-%d %H:%MZ")
+        if when is not None and when.tzinfo is not None
+        else (when.strftime(" at %Y-%m-%d %H:%MZ") if when is not None else "")
+    )
+    return f"by {by or 'unknown'}{at}"
 
 
 def list_alerts(
