@@ -575,6 +575,20 @@ class PipelineConfig(_Strict):
             )
         return self
 
+    @field_validator("thresholds")
+    @classmethod
+    def _no_thresholds_section(cls, value: Any, info: ValidationInfo) -> Any:
+        # Nothing reads it: a file with `thresholds: {value: 41.7}` trained and scored at the
+        # calibrated threshold without a word. A model directory that stored one still loads.
+        if value is not None and (info.context or {}).get("pipeline_file"):
+            raise ValueError(
+                "a pipeline file does not set thresholds, and this section would be ignored: "
+                "the model's calibrated threshold is scoring.threshold_quantile (when training), "
+                "an operator's is set with 'anomaly-vae thresholds set' (or score --threshold), "
+                "and the alert rule goes under alerts:"
+            )
+        return value
+
     @field_validator("kafka", mode="before")
     @classmethod
     def _empty_kafka_section(cls, value: Any) -> Any:

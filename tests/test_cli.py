@@ -1668,6 +1668,33 @@ def test_a_pipeline_key_set_twice_is_refused_with_both_lines(
         PipelineConfig.from_yaml(shipped)
 
 
+def test_a_thresholds_section_in_a_pipeline_file_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Nothing reads a 'thresholds:' section: a file with 'thresholds: {value: 41.7}' trained a
+    # model flagging at its calibrated threshold, and stored the section, without a word.
+    data = tmp_path / "normal.csv"
+    make_pump_data(40, seed=1).to_csv(data, index=False)
+    pipeline = tmp_path / "thresholds.yaml"
+    pipeline.write_text("training:\n  epochs: 1\nthresholds:\n  value: 41.7\n")
+    args = ["train", str(data), "--model-dir", str(tmp_path / "m"), "--pipeline", str(pipeline)]
+    result = run_inline(capsys, *args)
+    assert_user_error(
+        result,
+        f"pipeline file {pipeline}: thresholds: a pipeline file does not set thresholds",
+        "scoring.threshold_quantile",
+        "'anomaly-vae thresholds set'",
+    )
+    assert not (tmp_path / "m").exists()
+    pipeline.write_text("training:\n  epochs: 1\nthresholds:\n")  # empty: nothing to lose
+    assert PipelineConfig.from_yaml(pipeline).thresholds is None
+    # A model directory that stored one (saved before the check) still loads.
+    stored = PipelineConfig.model_validate(
+        {"thresholds": {"value": 41.7}}, context={"stored": True}
+    )
+    assert stored.thresholds == {"value": 41.7}
+
+
 def test_a_boolean_where_a_number_belongs_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
