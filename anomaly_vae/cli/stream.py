@@ -86,8 +86,14 @@ def simulate(
     from anomaly_vae.config import KafkaConfig, topic_name_problem
     from anomaly_vae.simulate import ensure_topic, topic_partitions
     from anomaly_vae.simulate import simulate as run_simulation
-    from anomaly_vae.sources.kafka import client_options, connect_with_retry, new_client
+    from anomaly_vae.sources.kafka import (
+        client_options,
+        connect_with_retry,
+        new_client,
+        quiet_slow_task_warning,
+    )
 
+    quiet_slow_task_warning()  # a step of its event loop over 0.1 s is no fault, as in stream
     if not 0 < rate < math.inf:  # NaN too: it was a traceback from pandas, inf a 0 s interval
         raise ConfigError(f"--rate must be a number of messages per second > 0, got {rate}")
     problem = topic_name_problem(topic)

@@ -25,7 +25,6 @@ import difflib
 import functools
 import logging
 import math
-import re
 import signal
 import threading
 import time
@@ -57,6 +56,7 @@ from anomaly_vae.sources.kafka import (
     new_client,
     next_offsets,
     options_for,
+    quiet_slow_task_warning,
     redacted,
     secret_values,
 )
@@ -1292,30 +1292,7 @@ def _quiet_slow_listener_warning() -> None:
     coordinator = logging.getLogger("kafka.coordinator.consumer")
     if not any(isinstance(f, _SlowListenerWarning) for f in coordinator.filters):
         coordinator.addFilter(_SlowListenerWarning())
-    selector = logging.getLogger("kafka.net.selector")
-    if not any(isinstance(f, _SlowTaskWarning) for f in selector.filters):
-        selector.addFilter(_SlowTaskWarning())
-
-
-class _SlowTaskWarning(logging.Filter):
-    """kafka-python 3 warns when a step of its event loop takes over 0.1 s of wall time ('Task
-    ... ran for 0.229s (>0.100s threshold). It is blocking the event loop ... Other pollers
-    will time out'). In a scorer the step shares the interpreter lock with the scoring and
-    writing threads, so a busy machine made it at a group join (every start on a topic of 64
-    partitions here) or a rebalance: no fault, and nothing to do. Under ``STALL_S`` such a line
-    is DEBUG (left out unless kafka-python's own DEBUG lines are on); a longer stall, which
-    could cost heartbeats, stays a WARNING."""
-
-    STALL_S = 1.0
-    _ELAPSED = re.compile(r"^Task .* ran for ([0-9.]+)s \(>[0-9.]+s threshold\)")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.WARNING and isinstance(record.msg, str):
-            match = self._ELAPSED.match(record.msg)
-            if match is not None and float(match.group(1)) < self.STALL_S:
-                record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-                return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
-        return True
+    quiet_slow_task_warning()
 
 
 def _event_loop_sleep(seconds: float) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -713,3 +714,34 @@ def next_offsets(records: Iterable[Any]) -> dict[tuple[str, int], int]:
         if offset > get(key, -1):
             out[key] = offset
     return out
+
+
+class SlowTaskWarning(logging.Filter):
+    """kafka-python 3 warns when a step of its event loop takes over 0.1 s of wall time ('Task
+    ... ran for 0.229s (>0.100s threshold). It is blocking the event loop ... Other pollers
+    will time out'). In a scorer the step shares the interpreter lock with the scoring and
+    writing threads, so a busy machine made it at a group join (every start on a topic of 64
+    partitions here) or a rebalance: no fault, and nothing to do. Under ``STALL_S`` such a line
+    is DEBUG (left out unless kafka-python's own DEBUG lines are on); a longer stall, which
+    could cost heartbeats, stays a WARNING."""
+
+    STALL_S = 1.0
+    _ELAPSED = re.compile(r"^Task .* ran for ([0-9.]+)s \(>[0-9.]+s threshold\)")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and isinstance(record.msg, str):
+            match = self._ELAPSED.match(record.msg)
+            if match is not None and float(match.group(1)) < self.STALL_S:
+                record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+                return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def quiet_slow_task_warning() -> None:
+    """Install :class:`SlowTaskWarning` on kafka-python's event-loop logger, once: the stream
+    scorer does, and so does ``simulate``, whose producer shares the interpreter with the
+    simulation (a broker not up yet made 'Task ... ran for 0.164s ... Other pollers will time
+    out' among its retry lines)."""
+    selector = logging.getLogger("kafka.net.selector")
+    if not any(isinstance(f, SlowTaskWarning) for f in selector.filters):
+        selector.addFilter(SlowTaskWarning())
