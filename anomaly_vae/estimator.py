@@ -73,6 +73,7 @@ from anomaly_vae.windows import (
     entity_problem,
     entity_text,
     event_seconds,
+    far_epoch_reason,
     flatten_windows,
     numeric_date_order,
     out_of_range_time,
@@ -1330,6 +1331,8 @@ def _window_keys(
                 )
             elif out_of_range_time(value):
                 why = f"{_short(value)} {OUT_OF_RANGE_TIME}"
+            elif (far := far_epoch_reason(value)) is not None:
+                why = f"{_short(value)} {far}"
             else:
                 # Cut as a feature's bad value is: a long text made a reason as long.
                 why = f"{_short(value)} is not a time"

@@ -578,12 +578,21 @@ def _warn_compact_dates(number: np.ndarray) -> None:
         return
     _warned_compact = True
     example = int(whole[compact][0])
+    seconds = example / float(_epoch_divisors(np.array([float(example)]))[0])
+    # 20261112230000 in ms is the year 2612, past what a time holds: no time at all (a window
+    # rejects the record), where the warning said it was read as that year.
+    read_as = (
+        f"{pd.Timestamp(seconds, unit='s')}"
+        if seconds < _MAX_SECONDS
+        else f"the year {pd.Timestamp(seconds, unit='s').year}, past the year 2262 that a time can "
+        "be read in: no time at all, and a windowed model rejects such records"
+    )
     logging.getLogger(__name__).warning(
         "times like %d look like dates written as digits (YYYYMMDD or YYYYMMDDhhmmss), but a "
         "number is read as an epoch time (%s): write them as ISO 8601 (%s) for windows, gaps "
         "and lateness to be right",
         example,
-        pd.Timestamp(example / float(_epoch_divisors(np.array([float(example)]))[0]), unit="s"),
+        read_as,
         pd.Timestamp(str(example)[:8]).date().isoformat(),
     )
 
@@ -659,6 +668,50 @@ def out_of_range_time(value: object) -> bool:
 
 
 OUT_OF_RANGE_TIME = "is a date outside the years 1677 to 2262 that a time can be read in"
+
+
+def far_epoch_reason(value: object) -> str | None:
+    """Why a number (or a number in text), which ``event_seconds`` read as no time, is none: as
+    an epoch time (seconds, or ms, us, ns by magnitude) it is past the years a time holds. A
+    date written as digits with a time of day (20261112230000) is such a number (milliseconds:
+    the year 2612): its reason said "is not a time", beside the warning that it was read as
+    the year 2612. None for any other value."""
+    if isinstance(value, (bool, np.bool_)) or value is None:
+        return None
+    try:
+        if isinstance(value, str):
+            text = value.strip()
+            number = float(text.replace(",", ".") if _COMMA_EPOCH.fullmatch(text) else text)
+        else:
+            number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(number):
+        return None
+    divisor = float(_epoch_divisors(np.array([number]))[0])
+    if abs(number / divisor) < _MAX_SECONDS:
+        return None
+    day = _compact_day(number)
+    if day is not None:
+        return (
+            "looks like a date written as digits, but a number is read as an epoch time, "
+            f"this one past the year 2262 that a time can be read in: write times as ISO 8601 "
+            f"({day})"
+        )
+    return "is an epoch time past the year 2262 that a time can be read in"
+
+
+def _compact_day(number: float) -> str | None:
+    """YYYY-MM-DD when ``number`` is a date written as digits (YYYYMMDD or YYYYMMDDhhmmss)."""
+    if number != math.floor(number) or number <= 0:
+        return None
+    whole = int(number)
+    if whole < 10**8 or 10**13 <= whole < 10**14:
+        text = str(whole)[:8]
+        year, month, dom = int(text[:4]), int(text[4:6]), int(text[6:8])
+        if 1900 <= year <= 2200 and 1 <= month <= 12 and 1 <= dom <= 31:
+            return f"{year:04d}-{month:02d}-{dom:02d}"
+    return None
 
 
 def event_times_in_order(

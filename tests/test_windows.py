@@ -1419,7 +1419,7 @@ def test_an_epoch_number_past_what_an_event_time_holds_is_rejected(
     data.loc[4, "ts"] = 9e16  # microseconds: the year 4822, past a 64-bit nanosecond time
     batch = window_model.score_batch(data)
     assert list(batch.rejects.index) == [4]
-    assert "is not a time" in batch.rejects.iloc[0]["reason"]
+    assert "is an epoch time past the year 2262" in batch.rejects.iloc[0]["reason"]
 
 
 def test_training_says_how_many_rows_made_windows_and_how_many_were_left_out(
@@ -1538,6 +1538,33 @@ def test_dates_written_as_digits_are_pointed_out(caplog: pytest.LogCaptureFixtur
     with caplog.at_level(logging.WARNING, logger="anomaly_vae.windows"):
         event_seconds([20261112230000, 20261112230100])
     assert "times like 20261112230000" in caplog.text
+    # In milliseconds the year 2612: past what a time holds, so no time, not a time in 2612.
+    assert "(the year 2612, past the year 2262 that a time can be read in: no time" in caplog.text
+
+
+def test_a_number_past_the_years_a_time_holds_is_named_so_not_called_no_time(
+    window_model: AnomalyVAE,
+) -> None:
+    # 20261112230000 (a date written as digits with its time of day) is an epoch time in ms,
+    # the year 2612: every record was rejected with "'20261112230000' is not a time" beside
+    # a warning that it was read as 2612, and no word of the year 2262.
+    data = make_pump_data(12, seed=7).astype({"ts": object})
+    data.loc[2, "ts"] = 20261112230000
+    data.loc[4, "ts"] = "20261112230000"
+    data.loc[6, "ts"] = 1e30
+    data.loc[8, "ts"] = 20261112  # August 1970: a time (the warning says what it is)
+    batch = window_model.score_batch(data)
+    assert list(batch.rejects.index) == [2, 4, 6]
+    digits = (
+        "looks like a date written as digits, but a number is read as an epoch time, this one "
+        "past the year 2262 that a time can be read in: write times as ISO 8601 (2026-11-12)"
+    )
+    assert batch.rejects.loc[2, "reason"] == f"window time column 'ts': 20261112230000 {digits}"
+    assert batch.rejects.loc[4, "reason"] == f"window time column 'ts': '20261112230000' {digits}"
+    assert batch.rejects.loc[6, "reason"] == (
+        "window time column 'ts': 1e+30 is an epoch time past the year 2262 that a time can be "
+        "read in"
+    )
 
 
 def test_precision_and_recall_against_labels_count_the_records_flagged_not_the_scores(
