@@ -710,6 +710,39 @@ def score_inline(
     return run_inline(capsys, "score", str(export), "--model-dir", model, "--out", str(out), *more)
 
 
+def test_scores_or_rejects_into_a_file_of_the_model_directory_are_refused(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # '--out models/pumps/model.json' wrote the scores over the model's own file: the run
+    # succeeded, and the model was gone ("model.json is corrupt").
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(trained / "model", model)
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    export = tmp_path / "export.csv"
+    make_pump_data(30, seed=6).to_csv(export, index=False)
+    args = ["score", str(export), "--model-dir", str(model)]
+    result = run_inline(capsys, *args, "--out", str(model / "model.json"))
+    assert_user_error(
+        result, f"--out {model / 'model.json'} is a file of the model directory {model}"
+    )
+    result = run_inline(
+        capsys,
+        *args,
+        "--out",
+        str(tmp_path / "scores.csv"),
+        "--rejects",
+        str(model / "weights.safetensors"),
+    )
+    assert_user_error(result, "--rejects", "would destroy the model")
+    assert {p.name: p.read_bytes() for p in model.iterdir()} == before
+    # Beside them in the directory is another file: written as asked.
+    result = run_inline(capsys, *args, "--out", str(model / "scores.csv"), "-q")
+    assert result.returncode == 0, result.stderr
+    assert run_inline(capsys, "info", "--model-dir", str(model)).returncode == 0
+
+
 def test_a_header_with_a_column_name_twice_is_refused(
     trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

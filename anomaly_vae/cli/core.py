@@ -494,7 +494,7 @@ def _score_file(
     special = to_stdout or (out.exists() and not out.is_file())
     rejects = rejects or default_rejects_path(Path(stem + ".scores.csv") if special else out)
     if csv_out:
-        _check_outputs(data, None if to_stdout else out, rejects)
+        _check_outputs(data, None if to_stdout else out, rejects, model_dir)
     csv_cfg = _csv_with(cfg.csv, sep=_sep(sep), decimal=decimal, encoding=encoding)
     source = CsvSource(
         data,
@@ -578,10 +578,12 @@ def _apply_scoring_section(
         )
 
 
-def _check_outputs(data: Path, out: Path | None, rejects: Path) -> None:
+def _check_outputs(data: Path, out: Path | None, rejects: Path, model_dir: Path) -> None:
     """The scores file (None: standard output) and the rejects file must be neither the input,
-    which is still being read while they are written, nor each other; nor is the rejects file
-    standard output (it was written to a file named '-')."""
+    which is still being read while they are written, nor each other, nor a file of the model
+    directory; nor is the rejects file standard output (it was written to a file named '-')."""
+    from anomaly_vae.artifacts import META_FILE, WEIGHTS_FILE
+
     if _is_dash(rejects):
         raise ConfigError(
             "--rejects -: the rejects cannot go to standard output (the scores can, with "
@@ -591,6 +593,15 @@ def _check_outputs(data: Path, out: Path | None, rejects: Path) -> None:
         raise ConfigError(f"--out {out} would overwrite the input: choose another file")
     if rejects.resolve() == data.resolve():
         raise ConfigError(f"--rejects {rejects} would overwrite the input: choose another file")
+    # '--out models/pumps/model.json' replaced the model's own file with the scores: the
+    # model was gone ("model.json is corrupt") once the run had succeeded.
+    model_files = {(model_dir / name).resolve() for name in (META_FILE, WEIGHTS_FILE)}
+    for flag, path in (("--out", out), ("--rejects", rejects)):
+        if path is not None and path.resolve() in model_files:
+            raise ConfigError(
+                f"{flag} {path} is a file of the model directory {model_dir}: writing there "
+                "would destroy the model; choose another file"
+            )
     if out is not None and rejects.resolve() == out.resolve():
         raise ConfigError(
             f"--rejects {rejects} is the scores file (--out): the rejects would overwrite the "
