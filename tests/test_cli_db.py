@@ -420,6 +420,26 @@ def test_score_creates_a_missing_sqlite_database(
     assert not (tmp_path / "other.db").exists()
 
 
+def test_the_upgrade_command_said_for_a_pipelines_database_names_the_pipeline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database named by a pipeline file's database.url: the command said was 'anomaly-vae
+    db upgrade', which, run as said, created the default anomaly_vae.db and left the pipeline's
+    database missing (or behind) as before."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ANOMALY_VAE_DATABASE_URL", raising=False)
+    pipeline = tmp_path / "results.yaml"
+    pipeline.write_text("database:\n  url: sqlite:///piped.db\n")
+    hint = f"run 'anomaly-vae db upgrade --pipeline {pipeline}' to create it"
+    assert_user_error(cli(capsys, "runs", "list", "--pipeline", str(pipeline)), hint)
+    assert_user_error(cli(capsys, "db", "current", "--pipeline", str(pipeline)), hint)
+    assert cli(capsys, "db", "upgrade", "--pipeline", str(pipeline)).returncode == 0
+    assert cli(capsys, "db", "downgrade", "0007", "--pipeline", str(pipeline)).returncode == 0
+    behind = cli(capsys, "runs", "list", "--pipeline", str(pipeline))
+    assert_user_error(behind, f"run 'anomaly-vae db upgrade --pipeline {pipeline}' to migrate it")
+    assert not (tmp_path / "anomaly_vae.db").exists()
+
+
 def test_upgrade_from_another_directory_uses_the_env_url(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -117,7 +117,7 @@ def resolve_database_url(
     if environ.get(ENV_VAR):
         return DatabaseTarget(parse_database_url(environ[ENV_VAR], origin=ENV_VAR), ENV_VAR)
     if pipeline_url:
-        origin = f"pipeline file {pipeline_path}" if pipeline_path else "the pipeline"
+        origin = f"{PIPELINE_ORIGIN}{pipeline_path}" if pipeline_path else "the pipeline"
         return DatabaseTarget(parse_database_url(pipeline_url, origin=origin), origin)
     return DatabaseTarget(parse_database_url(DEFAULT_URL, origin="default"), "default")
 
@@ -165,10 +165,24 @@ def parse_database_url(text: str, *, origin: str = "--db") -> URL:
     return url
 
 
+PIPELINE_ORIGIN = "pipeline file "
+
+
 def upgrade_hint(target: DatabaseTarget) -> str:
-    """The command that creates or migrates ``target`` (its URL shown with ``--db`` only when
-    that is where it came from; the password masked)."""
-    return "anomaly-vae db upgrade" + (f" --db {target.display}" if target.origin == "--db" else "")
+    """The command that creates or migrates ``target``: with ``--db`` (the password masked) when
+    that is where its URL came from, with ``--pipeline FILE`` when a pipeline file named it.
+    Without the file, the command as said ('anomaly-vae db upgrade') created the default
+    anomaly_vae.db beside it and left the pipeline's database as it was."""
+    if target.origin == "--db":
+        return f"anomaly-vae db upgrade --db {target.display}"
+    if target.origin.startswith(PIPELINE_ORIGIN):
+        import shlex
+
+        path = target.origin.removeprefix(PIPELINE_ORIGIN)
+        return f"anomaly-vae db upgrade --pipeline {shlex.quote(path)}"
+    if target.origin not in (ENV_VAR, "default"):  # a pipeline built in code: its URL
+        return f"anomaly-vae db upgrade --db {target.display}"
+    return "anomaly-vae db upgrade"
 
 
 def create_database_engine(url: URL) -> Engine:
