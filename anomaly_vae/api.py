@@ -282,6 +282,7 @@ class RunPublic(BaseModel):
     rows_flagged: int
     rows_rejected: int
     rows_inserted: int
+    rows_pruned: int = Field(description="Of rows_inserted, the score rows db prune deleted since")
     threshold_value: float
     threshold_id: int | None
     error: str | None = Field(description="Why a failed run stopped")

@@ -776,6 +776,11 @@ def test_prune_deletes_old_rows_but_those_alerts_point_to_and_flagged_ones(
     assert left == (set(ids) - old_ids) | (old_ids & (pointed | flagged))
     assert count(db_url, "dead_letters") == 0
     assert count(db_url, "alerts") == alerts
+    # The run says how many of its rows are gone ('runs show' said 'rows_inserted' alone).
+    (run_id,) = query(db_url, "SELECT id FROM scoring_runs")[0]
+    shown = cli(capsys, "runs", "show", str(run_id), "--format", "json", "--db", db_url)
+    assert json.loads(shown.stdout)["rows_pruned"] == expected
+    assert json.loads(shown.stdout)["rows_inserted"] == len(ids)
     again = cli(capsys, "db", "prune", "--older-than", "30d", "--db", db_url)
     assert "deleted 0 score rows and 0 dead letters" in again.stdout
     assert stored_per_models_list(capsys, db_url) == len(left)  # the dry run counted nothing

@@ -101,6 +101,7 @@ def test_api_runs(runs_db: str) -> None:
         one = api.get("/runs/2")
         assert one.status_code == 200
         assert one.json()["rows_scored"] == 300
+        assert one.json()["rows_pruned"] == 0  # of rows_inserted, deleted by db prune since
         assert api.get("/runs/99").status_code == 404
         assert api.get("/runs", params={"model": "nope"}).status_code == 404
         assert api.get("/runs", params={"kind": "cron"}).status_code == 422

@@ -489,6 +489,9 @@ RUN_COLUMNS = [
 # What a run's row holds beyond the listing's columns (runs show, csv and json).
 RUN_DETAIL_COLUMNS = [
     *RUN_COLUMNS,
+    # of rows_inserted, those db prune deleted since: 'runs show' said 998 inserted of a run
+    # whose rows were gone, where 'models list' counted what is left
+    "rows_pruned",
     "threshold_value",
     "threshold_id",
     "lag",

@@ -571,6 +571,7 @@ def list_runs(
             ScoringRun.rows_flagged,
             ScoringRun.rows_rejected,
             ScoringRun.rows_inserted,
+            ScoringRun.rows_pruned,
             ScoringRun.threshold_value,
             ScoringRun.threshold_id,
             ScoringRun.error,
