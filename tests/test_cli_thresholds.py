@@ -465,6 +465,33 @@ def test_a_cp1252_export_with_a_malformed_line_labels_its_own_records(
     assert shown["metrics"]["recall"] == pytest.approx(recall_score(truth, flagged))
 
 
+def test_a_labels_files_errors_name_only_the_options_that_read_it(tmp_path: Path) -> None:
+    # 'thresholds tune --labels export.csv' said "give it with --encoding (...; csv.encoding in
+    # a pipeline)", but a pipeline's csv section is not read for labels, and of a ';' file
+    # "try --sep ';' (and --decimal ',' ...)", an option tune and preview do not have.
+    from anomaly_vae.errors import InputFileError
+    from anomaly_vae.storage.tuning import read_labels
+
+    cp1252 = tmp_path / "labels_cp1252.csv"
+    cp1252.write_bytes("entity,start,end,Störung\nP1,2026-11-01,2026-11-02,1\n".encode("cp1252"))
+    with pytest.raises(InputFileError) as raised:
+        read_labels(cp1252)
+    assert "give it with --encoding" in str(raised.value)
+    assert "pipeline" not in str(raised.value)
+    semicolons = tmp_path / "labels_semicolons.csv"
+    semicolons.write_text("entity;start;end\nP1;2026-11-01;2026-11-02\n")
+    with pytest.raises(InputFileError) as raised:
+        read_labels(semicolons)
+    assert "try --sep ';'" in str(raised.value)
+    assert "--decimal" not in str(raised.value)
+    hinted = tmp_path / "labels_hint.csv"
+    hinted.write_text("sep=;\nentity;start;end\n")
+    with pytest.raises(InputFileError) as raised:
+        read_labels(hinted, sep=";")
+    assert "--sep ';'" in str(raised.value)
+    assert "pipeline" not in str(raised.value)
+
+
 def test_a_plot_path_matplotlib_cannot_write_is_one_line_before_any_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

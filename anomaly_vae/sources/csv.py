@@ -73,6 +73,9 @@ _ENCODING_HINT = (
     "if it uses another encoding, give it with --encoding (Excel on Windows writes cp1252; "
     "csv.encoding in a pipeline)"
 )
+_LABELS_ENCODING_HINT = (
+    "if it uses another encoding, give it with --encoding (Excel on Windows writes cp1252)"
+)
 
 
 @dataclass
@@ -91,6 +94,10 @@ class CsvSource:
     chunk_size: int = 100_000
     decimal: str = "."
     label: str = ""
+    # Whether a message may point to --decimal and a pipeline's csv section: the labels file of
+    # thresholds preview / tune has neither (only --sep and --encoding), and its errors said
+    # "csv.encoding in a pipeline", which a --pipeline given there does not apply to labels.
+    pipeline_hints: bool = True
     _handle: IO[bytes] | None = field(default=None, init=False, repr=False)
     _spaced: bool | None = field(default=None, init=False, repr=False)
     _raw_header: list[str] | None = field(default=None, init=False, repr=False)
@@ -99,6 +106,10 @@ class CsvSource:
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         self.label = self.label or str(self.path)
+
+    @property
+    def _encoding_hint(self) -> str:
+        return _ENCODING_HINT if self.pipeline_hints else _LABELS_ENCODING_HINT
 
     @property
     def compressed(self) -> bool:
@@ -158,8 +169,8 @@ class CsvSource:
                 )
             if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
                 raise InputFileError(
-                    f"{self.label} is UTF-16 text, not {self.encoding}: give --encoding utf-16 "
-                    "(csv.encoding: utf-16 in a pipeline)"
+                    f"{self.label} is UTF-16 text, not {self.encoding}: give --encoding utf-16"
+                    + (" (csv.encoding: utf-16 in a pipeline)" if self.pipeline_hints else "")
                 )
             for magic, kind, suffix in _COMPRESSED_MAGIC:
                 if head.startswith(magic):
@@ -171,7 +182,7 @@ class CsvSource:
                 raise InputFileError(f"{self.label} is not a CSV text file (it holds binary data)")
             raise InputFileError(
                 f"{self.label} is not {self.encoding} text (bad byte at offset {bad_at}): "
-                f"is it a CSV file? {_ENCODING_HINT}"
+                f"is it a CSV file? {self._encoding_hint}"
             )
         if not head.strip():
             raise InputFileError(f"{self.label} is empty: expected a header line and data rows")
@@ -285,7 +296,7 @@ class CsvSource:
                         raise InputFileError(
                             f"{self.label} is not {self.encoding} text ({exc.reason} at byte "
                             f"{exc.start} of a block, at data row {next_row} or after): "
-                            f"{_ENCODING_HINT}"
+                            f"{self._encoding_hint}"
                         ) from None
                     except (ValueError, OSError, EOFError) as exc:
                         raise InputFileError(
@@ -375,7 +386,11 @@ class CsvSource:
                 raise InputFileError(
                     f"{self.label}: only one column found in the header "
                     f"({names[0][:60]!r}); it looks '{shown}'-separated: try --sep '{shown}'"
-                    + (" (and --decimal ',' for numbers written 1,5)" if sep == ";" else "")
+                    + (
+                        " (and --decimal ',' for numbers written 1,5)"
+                        if sep == ";" and self.pipeline_hints
+                        else ""
+                    )
                 )
         raise InputFileError(
             f"{self.label}: the first data line has more fields than the header ({columns} "
@@ -417,7 +432,8 @@ class CsvSource:
                 raise InputFileError(
                     f"{self.label}: the first line is {line!r}, a separator hint for Excel, not "
                     f"a header: remove that line (give the separator with --sep "
-                    f"'{line[4:] or self.sep}', csv.sep in a pipeline)"
+                    f"'{line[4:] or self.sep}'"
+                    + (", csv.sep in a pipeline)" if self.pipeline_hints else ")")
                 )
             self._spaced = self.sep != " " and any(n[:1] in (" ", "\t") for n in names[1:])
             # The header's names as the data will be read: past the spaces, when skipped.
@@ -479,7 +495,7 @@ class CsvSource:
             raise self._malformed(exc) from None
         except UnicodeDecodeError:
             raise InputFileError(
-                f"{self.label} is not {self.encoding} text: is it a CSV file? {_ENCODING_HINT}"
+                f"{self.label} is not {self.encoding} text: is it a CSV file? {self._encoding_hint}"
             ) from None
         except ValueError as exc:
             raise InputFileError(f"{self.label} cannot be read: {_first_line(exc)}") from None

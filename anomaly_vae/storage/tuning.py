@@ -812,7 +812,9 @@ def read_labels(
     path = Path(path)
     if not path.is_file():
         raise InputFileError(f"labels file {path} does not exist")
-    source = CsvSource(path, sep=sep, encoding=encoding, label=f"labels file {path}")
+    source = CsvSource(
+        path, sep=sep, encoding=encoding, label=f"labels file {path}", pipeline_hints=False
+    )
     header = source.header()
     columns = {c.strip().lower(): c for c in header}
     export = not (
