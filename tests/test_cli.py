@@ -316,7 +316,12 @@ def test_standard_input_and_output_with_dash(trained: Path) -> None:
         assert rejects["row"].tolist() == [5]
     assert not (trained / "-").exists()
     trained_on_stdin = subprocess.run(
-        [sys.executable, "-m", "anomaly_vae", "train", "-", "--model-dir", "m-stdin", "-q"],
+        # Two epochs: what is tested is reading standard input, not the fit (the default
+        # number made this the slowest test of the suite).
+        [
+            *(sys.executable, "-m", "anomaly_vae", "train", "-", "--model-dir", "m-stdin"),
+            *("-q", "--epochs", "2"),
+        ],
         input=(trained / "normal.csv").read_bytes(),
         capture_output=True,
         cwd=trained,
