@@ -27,10 +27,10 @@ typecheck: venv
 	$(VENV)/bin/mypy
 
 # Tests run in PYTEST_WORKERS processes (each with its own broker, models and databases): much
-# of the suite waits on a broker, a database or a child process, so two workers on two cores
-# finish in about 4/5 of the time of one. PYTEST_WORKERS=0 runs them in this process. The 25
+# of the suite waits on a broker, a database or a child process (group rebalances, restarts),
+# so more workers than cores fill those waits. PYTEST_WORKERS=0 runs them in this process. The 25
 # slowest tests are listed at the end: where to look when CI slows down.
-PYTEST_WORKERS ?= 2
+PYTEST_WORKERS ?= 3
 unit: venv
 	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist worksteal --durations=25
 
