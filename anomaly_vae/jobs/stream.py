@@ -1304,14 +1304,13 @@ def _event_loop_sleep(seconds: float) -> Any:
 
 
 def _alert_message(alert: dict[str, Any]) -> AlertMessage:
-    """An alert event of a sink without an outbox as a message. Keyed by entity: one entity's
-    alerts land in one partition, in order. Without an entity the model's records are one
-    series, keyed by the model's name: a null key spread one alert's opened and resolved over
-    partitions, which a consumer could then read in either order."""
-    entity = alert.get("entity_key")
-    key = alert.get("model") if entity is None else entity
+    """An alert event of a sink without an outbox as a message, keyed as the outbox keys one
+    (``storage.outbox.message_key``: the entity, else the model's name)."""
+    from anomaly_vae.storage.outbox import message_key
+
+    key = message_key(alert)
     return AlertMessage(
-        key=None if key is None else str(key).encode("utf-8"),
+        key=None if key is None else key.encode("utf-8"),
         value=orjson.dumps(alert, default=str),
     )
 
