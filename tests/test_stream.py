@@ -471,6 +471,7 @@ def test_the_topic_check_gives_up_on_a_broker_that_never_answers(
 
     from anomaly_vae.jobs import stream as stream_job
 
+    before = {t.ident for t in threading.enumerate()}
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen()  # connections are taken by the kernel; nothing ever answers
@@ -486,6 +487,16 @@ def test_the_topic_check_gives_up_on_a_broker_that_never_answers(
         started = time.monotonic()
         assert scorer._say_if_topic_missing() is False  # unknown: nothing said
         assert time.monotonic() - started < 3.0
+
+        # The clients given up on are closed: no thread of theirs goes on reconnecting to
+        # that broker for the rest of the process (it logged errors once the port closed).
+        def left() -> list[str]:
+            return [t.name for t in threading.enumerate() if t.ident not in before]
+
+        deadline = time.monotonic() + 1.0  # on their own they went on for seconds
+        while left() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not left()
     finally:
         silent.close()
 

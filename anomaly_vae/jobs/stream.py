@@ -487,9 +487,9 @@ class StreamScorer:
         """The broker's topic names, asked by a client of its own (no group: it joins and
         commits nothing) in a daemon thread, so that a metadata request that never finishes
         cannot hold the scorer or its consumer; None when the broker does not say within
-        ``TOPIC_CHECK_TIMEOUT_S``, when the scorer is stopped meanwhile, or when a test's
-        stand-in consumer has no broker to ask."""
-        if self._consumer_factory is not None:
+        ``TOPIC_CHECK_TIMEOUT_S``, when the scorer is stopped (before or meanwhile), or when a
+        test's stand-in consumer has no broker to ask."""
+        if self._consumer_factory is not None or self.stop_event.is_set():
             return None
         from kafka import KafkaConsumer
 
@@ -498,10 +498,11 @@ class StreamScorer:
         # disabling auto-commit" otherwise, at every start of a scorer given a group.
         options["enable_auto_commit"] = False
         found: list[set[str]] = []
+        networks: list[Any] = []  # the check client's network: closed when it is given up on
 
         def ask() -> None:
             try:
-                client = new_client(KafkaConsumer, **options)
+                client = new_client(KafkaConsumer, networks=networks, **options)
                 try:
                     found.append({str(t) for t in client.topics()})
                 finally:
@@ -514,6 +515,15 @@ class StreamScorer:
         deadline = time.monotonic() + TOPIC_CHECK_TIMEOUT_S
         while thread.is_alive() and time.monotonic() < deadline and not self.stop_event.is_set():
             thread.join(0.1)  # a stop (SIGTERM) meanwhile is not kept waiting
+        if thread.is_alive():
+            # Given up on: its client went on reconnecting to a broker that never answered, a
+            # thread left behind for the life of the process. Closing its network ends the
+            # wait (the thread's call raises, and the thread ends).
+            for network in list(networks):
+                try:
+                    network.close()
+                except Exception as exc:  # best effort: the check is over either way
+                    logger.debug("closing the topic check's client: %s", first_line(exc))
         return found[0] if found else None
 
     def _say_if_topic_missing(self, *, then: str = "waiting for it") -> bool:

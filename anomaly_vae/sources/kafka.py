@@ -535,7 +535,7 @@ _LOGGED_OPTIONS = frozenset(
 )
 
 
-def new_client(client: type, **options: Any) -> Any:
+def new_client(client: type, *, networks: list[Any] | None = None, **options: Any) -> Any:
     """``client(**options)`` (KafkaConsumer, KafkaProducer, KafkaAdminClient) that leaves
     nothing running when its constructor fails.
 
@@ -544,8 +544,12 @@ def new_client(client: type, **options: Any) -> Any:
     reconnecting, logging "Connection failed" every few seconds, and a scorer waiting for a
     broker that is down left one such thread behind per attempt. The network clients this
     constructor makes (through its own ``kafka_client`` setting) are closed here before the
-    error goes on."""
-    made: list[Any] = []
+    error goes on.
+
+    ``networks``, when given, receives those network clients as they are made: closing one
+    from another thread ends a bootstrap or a request that waits on a broker that never
+    answers (the constructor or the call raises), and its network thread with it."""
+    made: list[Any] = [] if networks is None else networks
     default_factory = getattr(client, "DEFAULT_CONFIG", {}).get("kafka_client")
     factory = options.pop("kafka_client", default_factory)
     if factory is None:  # a client without the setting: nothing to track
