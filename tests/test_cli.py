@@ -131,9 +131,18 @@ def test_a_decimal_comma_export_trains_and_scores_like_the_dot_one(
         out = path.with_suffix(".scores.csv")
         result = score_inline(capsys, trained, path, out, *more)
         assert result.returncode == 0, result.stderr
-        results.append(pd.read_csv(out))
+        # The scores are written as the export was read: ';' and decimal commas, which the
+        # spreadsheet that wrote the export reads as numbers (with ',' and '.' it saw text).
+        dialect = {"sep": ";", "decimal": ","} if more else {}
+        results.append(pd.read_csv(out, **dialect))
+    header, line = (trained / "comma.scores.csv").read_text().replace('"', "").splitlines()[:2]
+    score = line.split(";")[header.split(";").index("score")]
+    assert "," in score, line
+    assert "." not in score, line
+    assert results[1]["score"].dtype == np.float64  # read back as numbers
     assert len(results[1]) == len(data)
     assert np.array_equal(results[0]["score"].to_numpy(), results[1]["score"].to_numpy())
+    assert np.array_equal(results[0]["percentile"].to_numpy(), results[1]["percentile"].to_numpy())
     for model_dir, path, more in (
         ("m-dot", dot, ()),
         ("m-comma", comma, ("--sep", ";", "--decimal", ",")),
@@ -167,8 +176,9 @@ def test_a_decimal_comma_export_with_a_stray_text_value_rejects_only_that_row(
         out = path.with_suffix(".scores.csv")
         result = score_inline(capsys, trained, path, out, *more)
         assert result.returncode == 0, result.stderr
-        results.append(pd.read_csv(out).set_index("row"))
-    rejects = pd.read_csv(comma.with_suffix(".scores.rejects.csv"))
+        dialect = {"sep": ";", "decimal": ","} if more else {}
+        results.append(pd.read_csv(out, **dialect).set_index("row"))
+    rejects = pd.read_csv(comma.with_suffix(".scores.rejects.csv"), sep=";")
     assert rejects["row"].tolist() == [5]
     assert "'n/a (sensor offline)' is not a number" in rejects["reason"].iloc[0]
     expected = results[0].drop(index=5)["score"]
@@ -245,7 +255,7 @@ def test_semicolon_file_with_sep(trained: Path, capsys: pytest.CaptureFixture[st
         ";",
     )
     assert result.returncode == 0, result.stderr
-    assert len(pd.read_csv(trained / "semi.scores.csv")) == 50
+    assert len(pd.read_csv(trained / "semi.scores.csv", sep=";")) == 50
 
 
 def test_a_file_with_spaces_after_its_commas_scores_as_the_plain_file(
@@ -1259,7 +1269,9 @@ def test_demo_writes_its_files_as_its_pipeline_reads_them(
     header, first = (work / "normal.csv").read_text().splitlines()[:2]
     assert header.startswith("event_id;ts;pump_id;")
     assert "," in first.split(";")[4]  # rpm, with a decimal comma
-    assert len(pd.read_csv(work / "scores.csv")) > 990
+    scores = pd.read_csv(work / "scores.csv", sep=";", decimal=",")  # as the export
+    assert len(scores) > 990
+    assert scores["score"].dtype == "float64"
 
 
 def test_demo_from_an_installed_package_writes_its_own_pipeline(

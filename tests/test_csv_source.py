@@ -436,3 +436,61 @@ def test_a_utf8_file_with_a_byte_order_mark_is_read_as_utf8_whatever_the_encodin
     plain.write_bytes(text.encode("cp1252"))
     frame, _ = read_all(CsvSource(plain, encoding="cp1252"))
     assert frame["station"].tolist() == ["Süd", "Nörd"]
+
+
+def test_a_scores_file_takes_the_exports_separator_and_decimal_mark(
+    pump_model: tuple[object, object], tmp_path: Path
+) -> None:
+    # A ';' export with decimal commas got its scores as ',' and '0.25': the spreadsheet that
+    # wrote the export opened them as one column of text. The score columns (nan and inf too)
+    # are written with the export's mark, on both paths of the writer (pyarrow, and pandas
+    # for a column pyarrow cannot type); text columns are written as they are.
+    import numpy as np
+
+    from anomaly_vae.jobs.batch import CsvRejectsWriter, CsvScoreWriter, ScoredChunk
+
+    class Chunk:
+        def __init__(self, output: pd.DataFrame) -> None:
+            self.output = output
+            self.rejects = pd.DataFrame(
+                {"reason": ["'x;y' is not a number"], "raw": ["1;x;y"]},
+                index=pd.Index([7], name="row"),
+            )
+
+    scores = pd.DataFrame(
+        {
+            "row": [0, 1, 2],
+            "id": ["a.1", "b,2", "c"],
+            "score": [0.25, np.nan, np.inf],
+            "recon_error": [1.5, 2.0, 1e-7],
+            "percentile": [12.5, 50.0, 99.75],
+            "is_anomaly": [False, False, True],
+            "top_features": ["temp:0.61;flow:0.30", "", "temp:1.00"],
+        }
+    )
+    mixed = scores.assign(id=pd.Series(["a.1", 2, b"c"], dtype=object))  # pandas' path
+    for name, frame in (("arrow", scores), ("pandas", mixed)):
+        out = tmp_path / f"{name}.csv"
+        writer = CsvScoreWriter(out, sep=";", decimal=",")
+        writer.write(Chunk(frame))  # type: ignore[arg-type]
+        writer.close()
+        back = pd.read_csv(out, sep=";", decimal=",")
+        assert back["score"].iloc[0] == 0.25, name
+        assert np.isnan(back["score"].iloc[1]), name
+        assert back["score"].iloc[2] == np.inf, name
+        assert back["percentile"].tolist() == [12.5, 50.0, 99.75], name
+        assert back["recon_error"].tolist() == [1.5, 2.0, 1e-7], name
+        assert back["top_features"].iloc[0] == "temp:0.61;flow:0.30", name
+        assert str(back["id"].iloc[0]) == "a.1", name
+        assert "0,25" in out.read_text(), name
+        assert "0.25" not in out.read_text(), name
+    rejects = tmp_path / "rejects.csv"
+    writer_r = CsvRejectsWriter(rejects, sep=";")
+    writer_r.write(Chunk(scores))  # type: ignore[arg-type]
+    writer_r.close()
+    assert pd.read_csv(rejects, sep=";").to_dict("records") == [
+        {"row": 7, "reason": "'x;y' is not a number", "raw": "1;x;y"}
+    ]
+    with pytest.raises(ValueError, match="cannot also be the separator"):
+        CsvScoreWriter(tmp_path / "x.csv", sep=",", decimal=",")
+    assert ScoredChunk  # the type the writers are given

@@ -1236,7 +1236,7 @@ def test_epoch_seconds_with_a_decimal_comma_are_times(
     done = run_inline(capsys, *args, "--sep", ";", "--decimal", ",", "--db", url, "-q")
     assert done.returncode == 0, done.stderr
     assert "120 scored" in done.stdout
-    scored = pd.read_csv(out)
+    scored = pd.read_csv(out, sep=";", decimal=",")  # written as the export was read
     iso = window_model.score_batch(data, windows=window_model.new_window_state()).scores
     assert scored["window_status"].tolist() == iso["window_status"].tolist()
     assert np.allclose(scored["score"].to_numpy(), iso["score"].to_numpy(), rtol=1e-6)

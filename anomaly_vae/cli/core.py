@@ -528,8 +528,11 @@ def _score_file(
             )
         _print_summary(summary, err=to_stdout)
         return
-    score_writer = CsvScoreWriter(out, escape_formulas=escape_formulas)
-    rejects_writer = CsvRejectsWriter(rejects)
+    # Written as the export was read: its separator and decimal mark.
+    score_writer = CsvScoreWriter(
+        out, sep=source.sep, decimal=source.decimal, escape_formulas=escape_formulas
+    )
+    rejects_writer = CsvRejectsWriter(rejects, sep=source.sep)
     summary = score_csv(
         model,
         source,
@@ -765,9 +768,14 @@ def _score_into_database(
     sinks: list[Sink] = [sink]
     rejects_writer = None
     if csv_paths is not None:
-        rejects_writer = CsvRejectsWriter(csv_paths[1])
+        rejects_writer = CsvRejectsWriter(csv_paths[1], sep=source.sep)
         sinks = [
-            CsvScoreWriter(csv_paths[0], escape_formulas=escape_formulas),
+            CsvScoreWriter(
+                csv_paths[0],
+                sep=source.sep,
+                decimal=source.decimal,
+                escape_formulas=escape_formulas,
+            ),
             rejects_writer,
             sink,
         ]
@@ -1000,11 +1008,11 @@ def demo(
     out = workdir / "scores.csv"
     rejects = workdir / "scores.rejects.csv"
     typer.echo(f"\n$ anomaly-vae score {export_csv} --model-dir {workdir / 'model'} --out {out}")
-    writer = CsvRejectsWriter(rejects)
+    writer = CsvRejectsWriter(rejects, sep=cfg.csv.sep)
     summary = score_csv(
         model,
         CsvSource(export_csv, sep=cfg.csv.sep, encoding=cfg.csv.encoding, decimal=cfg.csv.decimal),
-        sinks=[CsvScoreWriter(out), writer],
+        sinks=[CsvScoreWriter(out, sep=cfg.csv.sep, decimal=cfg.csv.decimal), writer],
         passthrough=cfg.columns.passthrough(),
         label_column=cfg.columns.label,
         progress=_show_progress(quiet),
@@ -1014,7 +1022,7 @@ def demo(
         summary.outputs.append(f"{rejects} ({_rejected_rows(writer.count)})")
     _print_summary(summary)
 
-    scores = pd.read_csv(out)  # written by CsvScoreWriter: always ',' and '.'
+    scores = pd.read_csv(out, sep=cfg.csv.sep, decimal=cfg.csv.decimal)  # as the export
     top = scores.sort_values("score", ascending=False).head(5)
     typer.echo("\nthe five most anomalous records:")
     with pd.option_context("display.width", 160, "display.max_columns", 20):

@@ -206,11 +206,20 @@ class CsvScoreWriter:
 
     pyarrow's CSV writer does the formatting in C, several times faster than
     ``DataFrame.to_csv``; float scores are written as float32 (7 significant digits).
+
+    ``sep`` and ``decimal``: the export's own (``score`` writes the scores as it read the
+    export: a ``;`` file with decimal commas gets ``;`` and ``0,25``, which the spreadsheet
+    that wrote it reads as numbers; written with ``,`` and ``0.25`` it saw one column of text).
     """
 
-    def __init__(self, path: Path, *, sep: str = ",", escape_formulas: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, sep: str = ",", decimal: str = ".", escape_formulas: bool = False
+    ) -> None:
+        if decimal == sep:
+            raise ValueError(f"the decimal mark {decimal!r} cannot also be the separator")
         self.path = Path(path)
         self.sep = sep
+        self.decimal = decimal
         self.escape_formulas = escape_formulas
         self._stdout = str(path) == "-"  # standard output: written, flushed, never closed
         # Written under a '.partial' name and renamed when the run succeeds: a run that fails
@@ -245,10 +254,14 @@ class CsvScoreWriter:
         try:
             # One thread: a pool per chunk costs more than it saves on a few columns.
             table = pa.Table.from_pandas(frame, preserve_index=False, nthreads=1)
+            if self.decimal != ".":
+                table = _decimal_marks(table, floats, self.decimal)
             pacsv.write_csv(table, self._handle, write_options=options)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             # A column pyarrow cannot type (mixed Python objects): let pandas format it.
-            text = frame.to_csv(sep=self.sep, index=False, header=self._header)
+            text = frame.to_csv(
+                sep=self.sep, decimal=self.decimal, index=False, header=self._header
+            )
             self._handle.write(text.encode("utf-8"))
         self._header = False
         self.rows += len(frame)
@@ -276,6 +289,19 @@ class CsvScoreWriter:
             )
         else:
             os.replace(self.partial, self.path)
+
+
+def _decimal_marks(table: Any, names: list[str], decimal: str) -> Any:
+    """``table`` with its float columns ``names`` as text with ``decimal`` for the point (the
+    same digits pyarrow's CSV writer gives a float: ``0.25`` -> ``0,25``, ``1e-7`` as it is)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for name in names:
+        i = table.schema.get_field_index(name)
+        text = pc.replace_substring(pc.cast(table.column(i), pa.string()), ".", decimal)
+        table = table.set_column(i, name, text)
+    return table
 
 
 # What a spreadsheet takes a cell starting with for a formula (OWASP's "CSV injection" list).
@@ -311,8 +337,9 @@ def escape_formulas(frame: pd.DataFrame) -> pd.DataFrame:
 class CsvRejectsWriter:
     """Writes rejected rows (row, reason, raw) to a CSV file; created only if there are any."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, sep: str = ",") -> None:
         self.path = Path(path)
+        self.sep = sep  # the export's own, as the scores file's
         self._handle: Any = None
         self.count = 0
 
@@ -325,7 +352,9 @@ class CsvRejectsWriter:
         else:
             header = False
         frame = chunk.rejects.rename_axis("row").reset_index()
-        frame.to_csv(self._handle, index=False, header=header, columns=["row", "reason", "raw"])
+        frame.to_csv(
+            self._handle, sep=self.sep, index=False, header=header, columns=["row", "reason", "raw"]
+        )
         self.count += len(frame)
 
     def close(self) -> None:
