@@ -41,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from anomaly_vae._version import __version__
 from anomaly_vae.config import MAX_ALERT_RULE_RECORDS, AlertsConfig, NoBooleanNumbers
 from anomaly_vae.errors import ConfigError, InputFileError, NotFoundError, SchemaError
+from anomaly_vae.storage import outbox as alert_outbox
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.storage.dead_letters import DeadLetterFilter, list_dead_letters, summarize
 from anomaly_vae.storage.engine import DatabaseTarget
@@ -634,9 +635,10 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
     @app.get("/metrics", response_class=PlainTextResponse, tags=["service"])
     def metrics(request: Request) -> PlainTextResponse:
         """Prometheus text format: whether the database answered, records scored / flagged /
-        rejected, alerts, thresholds in force, and each running stream scorer's lag, latency
-        and rate. With the database down, a 200 with ``anomaly_vae_database_up 0``: a 503
-        failed the scrape, and the monitor saw the API down, not its database."""
+        rejected, alerts, alert events waiting in the outbox, thresholds in force, and each
+        running stream scorer's lag, latency and rate. With the database down, a 200 with
+        ``anomaly_vae_database_up 0``: a 503 failed the scrape, and the monitor saw the API
+        down, not its database."""
         try:
             with request.app.state.engine.connect() as conn:
                 text = prometheus_text(conn)
@@ -1436,6 +1438,7 @@ def _database_up(out: _Exposition, up: bool) -> None:
 def prometheus_text(conn: Connection) -> str:
     """The metrics in Prometheus' text exposition format (version 0.0.4)."""
     out = _Exposition()
+    now = repo.utc_now()
     runs = conn.execute(
         select(
             Model.name,
@@ -1471,6 +1474,30 @@ def prometheus_text(conn: Connection) -> str:
         for state in ALERT_STATES:
             value = per_state.get((model, state), 0)
             out.sample("anomaly_vae_alerts", {"model": model, "state": state}, value)
+    # The alert outbox: events a stream scorer with an alerts topic wrote but has not yet seen
+    # the broker acknowledge. 0 for every model while the scorers keep up; a number that
+    # grows, or an oldest event that ages, is a backlog that is not draining.
+    waiting = alert_outbox.counts_by_model(conn)
+    out.family(
+        "anomaly_vae_alert_outbox_events",
+        "gauge",
+        "Alert events in alert_outbox waiting to be published to the alerts topic.",
+    )
+    for model in sorted(set(names) | set(waiting)):
+        out.sample(
+            "anomaly_vae_alert_outbox_events", {"model": model}, waiting.get(model, (0, None))[0]
+        )
+    out.family(
+        "anomaly_vae_alert_outbox_oldest_age_seconds",
+        "gauge",
+        "Seconds since the oldest alert event waiting in alert_outbox was written.",
+    )
+    for model, (_, oldest) in sorted(waiting.items()):
+        out.sample(
+            "anomaly_vae_alert_outbox_oldest_age_seconds",
+            {"model": model},
+            max((now - oldest).total_seconds(), 0.0),
+        )
     newest = (
         select(Threshold.model_name, func.max(Threshold.version).label("version"))
         .group_by(Threshold.model_name)
@@ -1492,7 +1519,6 @@ def prometheus_text(conn: Connection) -> str:
     out.family("anomaly_vae_threshold_version", "gauge", "Version of the threshold in force.")
     for model, _, _, version in thresholds:
         out.sample("anomaly_vae_threshold_version", {"model": model}, version)
-    now = repo.utc_now()
     streams = [
         row
         for row in conn.execute(

@@ -1543,3 +1543,43 @@ def test_metrics_say_the_database_is_down_rather_than_fail_the_scrape(
     assert families["anomaly_vae_database_up"].samples[0].value == 0
     assert health.status_code == 503
     assert "unavailable" in health.json()["detail"]
+
+
+def test_metrics_show_the_alert_outbox_backlog_per_model(db_url: str) -> None:
+    """Alert events waiting in alert_outbox (a scorer that cannot publish to its alerts
+    topic) are a gauge per model, 0 for a registered model with none waiting, with the age of
+    the oldest: a backlog that does not drain was invisible."""
+    from datetime import timedelta
+
+    from anomaly_vae.storage import outbox
+    from anomaly_vae.storage import repository as repo
+    from tests.test_storage import model_version
+
+    now = repo.utc_now()
+    engine = create_database_engine(parse_database_url(db_url))
+    try:
+        with engine.begin() as connection:
+            repo.register_model(connection, model=model_version("fans", "b" * 64))
+            for age_s in (600, 5):
+                outbox.add_events(
+                    connection,
+                    model_name="pumps",
+                    run_id=1,
+                    events=[{"event": "opened", "alert_id": 1, "entity_key": "P1"}] * 2,
+                    now=now - timedelta(seconds=age_s),
+                )
+    finally:
+        engine.dispose()
+    with api_client(db_url) as client:
+        text = client.get("/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    waiting = {
+        s.labels["model"]: s.value for s in families["anomaly_vae_alert_outbox_events"].samples
+    }
+    assert waiting == {"fans": 0, "pumps": 4}
+    ages = {
+        s.labels["model"]: s.value
+        for s in families["anomaly_vae_alert_outbox_oldest_age_seconds"].samples
+    }
+    assert set(ages) == {"pumps"}
+    assert 600 <= ages["pumps"] < 700
