@@ -172,6 +172,11 @@ class ModelDetail(BaseModel):
     # The version in use (scored last): the one policies, previews and scoring use.
     in_use: str
     threshold: ThresholdPublic | None
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What an operator should know: the threshold in force set for another "
+        "model version than the one in use (its scores have a scale of their own)",
+    )
 
 
 class ThresholdCreate(_Schema):
@@ -421,6 +426,12 @@ class ScoreResponse(BaseModel):
     threshold_version: int | None
     scores: list[ScoredRecord]
     rejects: list[RejectedRecord]
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What the caller should know about these scores: the threshold in force "
+        "set for another model version than the one scored (its scores have a scale of their "
+        "own, so the decisions may flag too much or too little), as 'score --db' warns",
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -664,11 +675,14 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         if not versions:
             raise NotFoundError(f"no model named {name!r} is registered")
         row = repo.threshold_in_force(conn, model_name=name)
+        in_use = model_in_use(conn, name=name)
+        note = None if row is None else _other_version_note(row, in_use, "scoring uses")
         return ModelDetail(
             name=name,
             versions=versions,
-            in_use=model_in_use(conn, name=name).version,
+            in_use=in_use.version,
             threshold=None if row is None else _threshold(row),
+            warnings=[] if note is None else [note],
         )
 
     # ------------------------------------------------------------------ thresholds
@@ -831,6 +845,9 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         warning = float(row.warning) if row is not None else float(model.threshold_)
         critical = None if row is None or row.critical is None else float(row.critical)
         result = _score_records(model, body.records, warning, critical, row, version)
+        note = None if row is None else _other_version_note(row, version, "this request scores")
+        if note is not None:
+            result.warnings.append(note)
         # Serialised once, as built: through response_model FastAPI dumped the 10,000
         # ScoredRecords to dicts, validated them again and then serialised them.
         return Response(result.model_dump_json(), media_type="application/json")
@@ -1154,6 +1171,19 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
     return value
+
+
+def _other_version_note(threshold: Any, version: Any, scoring: str) -> str | None:
+    """``storage.sink.other_version_note`` with the API's way to set a threshold."""
+    from anomaly_vae.storage.sink import other_version_note
+
+    return other_version_note(
+        threshold,
+        version,
+        scoring=scoring,
+        how_to_set=f"POST /models/{version.name}/thresholds, or 'anomaly-vae thresholds set "
+        f"{version.name} ... --reason ...'; preview it first",
+    )
 
 
 def _registered_version(conn: Connection, name: str, version: str | None) -> Any:

@@ -1583,3 +1583,58 @@ def test_metrics_show_the_alert_outbox_backlog_per_model(db_url: str) -> None:
     }
     assert set(ages) == {"pumps"}
     assert 600 <= ages["pumps"] < 700
+
+
+def test_a_threshold_set_for_another_model_version_is_a_warning_in_the_answers(
+    pump_model: tuple[AnomalyVAE, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'score --db' warns when the threshold in force was computed for (or set by hand while)
+    another model version was in use; POST /models/{name}/score scored under it, and GET
+    /models/{name} showed it, without a sign."""
+    from sqlalchemy import select
+
+    from anomaly_vae.storage import repository as repo
+    from anomaly_vae.storage.tables import Model
+
+    _, model_dir = pump_model
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    export = tmp_path / "export.csv"
+    make_pump_data(40, seed=8).to_csv(export, index=False)
+    result = run_inline(
+        capsys, "score", str(export), "--model-dir", str(model_dir), "--db", url, "--quiet"
+    )
+    assert result.returncode == 0, result.stderr
+    records = pump_records(4)
+    with api_client(url) as client:
+        # The calibrated threshold of the version scored: nothing to say.
+        assert client.get("/models/pumps").json()["warnings"] == []
+        assert (
+            client.post("/models/pumps/score", json={"records": records}).json()["warnings"] == []
+        )
+        engine = create_database_engine(parse_database_url(url))
+        try:
+            with engine.begin() as connection:
+                version = connection.execute(select(Model.version)).scalar_one()
+                repo.add_threshold(
+                    connection,
+                    model_name="pumps",
+                    policy="false_alarm_rate",
+                    warning=1e9,
+                    parameters={"model_version": "0123456789ab", "rate": 0.001},
+                    created_by="ops",
+                    reason="before the retraining",
+                )
+        finally:
+            engine.dispose()
+        said = (
+            "threshold v2 of 'pumps' (false_alarm_rate, set by ops) was computed from the "
+            "scores of model version 0123456789ab, and {} version "
+            f"{version}, whose scores have a scale of their own: 0 % of its held-out normal "
+            "records cross it; set one for this version (POST /models/pumps/thresholds, or "
+            "'anomaly-vae thresholds set pumps ... --reason ...'; preview it first)"
+        )
+        detail = client.get("/models/pumps").json()
+        assert detail["warnings"] == [said.format("scoring uses")]
+        scored = client.post("/models/pumps/score", json={"records": records}).json()
+        assert scored["threshold_version"] == 2
+        assert scored["warnings"] == [said.format("this request scores")]
