@@ -151,8 +151,9 @@ def test_thresholds_and_alerts_from_the_command_line(
     assert history[4]["reason"] == "after incident 42"
     assert history[0]["warning"] == 12.5
 
-    # Preview: a lower threshold flags more; contamination flags its share; a plot is drawn.
-    plot = tmp_path / "preview.png"
+    # Preview: a lower threshold flags more; contamination flags its share; a plot is drawn,
+    # its folder created as '--out' creates one (a folder that did not exist was refused).
+    plot = tmp_path / "plots" / "today" / "preview.png"
     preview = as_json(
         capsys, "thresholds", "preview", "pumps", "--quantile", "0.9", "--plot", str(plot), *db
     )
@@ -504,10 +505,15 @@ def test_a_plot_path_matplotlib_cannot_write_is_one_line_before_any_work(
         "'.txt' is not a picture format; use .png",
     )
     assert_user_error(cli(capsys, *preview, "--plot", str(tmp_path)), "is a folder")
+    (tmp_path / "a-file").write_text("")
     assert_user_error(
-        cli(capsys, *preview, "--plot", str(tmp_path / "nope" / "p.png")), "does not exist"
+        cli(capsys, *preview, "--plot", str(tmp_path / "a-file" / "p.png")),
+        "a-file is a file, not a folder",
     )
-    assert not list(tmp_path.iterdir())
+    # A folder that does not exist is created only when the picture is written: not by a
+    # preview that failed (here: no database).
+    assert cli(capsys, *preview, "--plot", str(tmp_path / "nope" / "p.png")).returncode != 0
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
 
 
 def test_set_since_without_contamination_is_refused(
