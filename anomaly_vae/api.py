@@ -377,6 +377,15 @@ class AlertPublic(BaseModel):
     onset_time: datetime | None = None
 
 
+class AlertActed(AlertPublic):
+    """The alert after an action. ``changed`` is false when the same operator had already
+    taken this action (a request retried: nothing was changed), as ``message`` says
+    ("alert 7 is already acknowledged by alice at ..."); true with "alert 7 is now ..."."""
+
+    changed: bool
+    message: str
+
+
 class AlertAction(_Schema):
     by: str = Field(default="api", min_length=1, max_length=200)
     note: str | None = Field(default=None, max_length=2000)
@@ -1034,24 +1043,26 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
 
     @app.post(
         "/alerts/{alert_id}/acknowledge",
-        response_model=AlertPublic,
+        response_model=AlertActed,
         tags=["alerts"],
         dependencies=[Writer],
         responses=_errors(400, 401, 403, 404, 413),
     )
-    def acknowledge(alert_id: int, conn: Conn, body: AlertAction | None = None) -> AlertPublic:
-        """Acknowledge an open alert."""
+    def acknowledge(alert_id: int, conn: Conn, body: AlertAction | None = None) -> AlertActed:
+        """Acknowledge an open alert; acknowledged again by the same ``by`` (a retried
+        request), nothing changes and the answer says so (``changed`` false)."""
         return _act(conn, alert_id, "acknowledge", body or AlertAction())
 
     @app.post(
         "/alerts/{alert_id}/resolve",
-        response_model=AlertPublic,
+        response_model=AlertActed,
         tags=["alerts"],
         dependencies=[Writer],
         responses=_errors(400, 401, 403, 404, 413),
     )
-    def resolve(alert_id: int, conn: Conn, body: AlertAction | None = None) -> AlertPublic:
-        """Resolve an alert."""
+    def resolve(alert_id: int, conn: Conn, body: AlertAction | None = None) -> AlertActed:
+        """Resolve an alert; resolved again by the same ``by`` (a retried request), nothing
+        changes and the answer says so (``changed`` false)."""
         return _act(conn, alert_id, "resolve", body or AlertAction())
 
     return app
@@ -1424,15 +1435,16 @@ def _act(
     alert_id: int,
     action: Literal["acknowledge", "resolve"],
     body: AlertAction,
-) -> AlertPublic:
+) -> AlertActed:
     with conn.begin():
         try:
-            act_on_alert(conn, alert_id=alert_id, action=action, by=body.by, note=body.note)
+            acted = act_on_alert(conn, alert_id=alert_id, action=action, by=body.by, note=body.note)
         except NotFoundError:
             # As GET /alerts/{id} says it: the shared message sent API clients to a command
             # ('see anomaly-vae alerts list').
             raise NotFoundError(f"no alert {alert_id}") from None
-    return AlertPublic.model_validate(list_alerts(conn, alert_id=alert_id, limit=1)[0])
+    alert = AlertPublic.model_validate(list_alerts(conn, alert_id=alert_id, limit=1)[0])
+    return AlertActed(**alert.model_dump(), changed=acted.changed, message=acted.message)
 
 
 def _threshold(row: Any) -> ThresholdPublic:

@@ -285,9 +285,25 @@ def test_an_open_alert_is_acknowledged_then_resolved_over_http(
         assert acked.status_code == 200, acked.text
         assert (acked.json()["state"], acked.json()["acknowledged_by"]) == ("acknowledged", "bob")
         assert acked.json()["resolved_at"] is None
+        assert (acked.json()["changed"], acked.json()["message"]) == (
+            True,
+            f"alert {alert_id} is now acknowledged",
+        )
         assert api.get(f"/alerts/{alert_id}").json()["state"] == "acknowledged"
+        # Another operator (here the default "api"): refused, as before.
         twice = api.post(f"/alerts/{alert_id}/acknowledge", headers=AUTH)
         assert twice.status_code == 400, twice.text
+        assert "already acknowledged (by bob at" in twice.json()["detail"]
+        # The same operator again (a retried request): a success that changes nothing (it
+        # was a 400, and a client retrying after a timeout could not tell it had worked).
+        retried = api.post(f"/alerts/{alert_id}/acknowledge", json={"by": "bob"}, headers=AUTH)
+        assert retried.status_code == 200, retried.text
+        assert retried.json()["changed"] is False
+        when = acked.json()["acknowledged_at"][:16].replace("T", " ")
+        assert retried.json()["message"] == (
+            f"alert {alert_id} is already acknowledged by bob at {when}Z: nothing changed"
+        )
+        assert retried.json()["acknowledged_at"] == acked.json()["acknowledged_at"]
         resolved = api.post(
             f"/alerts/{alert_id}/resolve", json={"by": "carol", "note": "fixed"}, headers=AUTH
         )
@@ -295,6 +311,17 @@ def test_an_open_alert_is_acknowledged_then_resolved_over_http(
         body = resolved.json()
         assert (body["state"], body["resolved_by"], body["note"]) == ("resolved", "carol", "fixed")
         assert body["acknowledged_by"] == "bob"
+        again = api.post(
+            f"/alerts/{alert_id}/resolve", json={"by": "carol", "note": "fixed"}, headers=AUTH
+        )
+        assert again.status_code == 200, again.text
+        assert (again.json()["changed"], again.json()["note"]) == (False, "fixed")
+        # The same operator with another note: refused, the note not added (as before).
+        other_note = api.post(
+            f"/alerts/{alert_id}/resolve", json={"by": "carol", "note": "more"}, headers=AUTH
+        )
+        assert other_note.status_code == 400, other_note.text
+        assert "the note given was not added" in other_note.json()["detail"]
         states = {a["id"]: a["state"] for a in api.get("/alerts", params={"limit": 500}).json()}
         assert states[alert_id] == "resolved"
         assert sum(s == "open" for s in states.values()) == len(alerts) - 1

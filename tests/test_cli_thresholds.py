@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -225,9 +226,23 @@ def test_thresholds_and_alerts_from_the_command_line(
         f"alert {first} is already acknowledged (by bob at 20",
         "nothing to do; resolve it once it is dealt with; the note given was not added",
     )
+    # The same action by the same operator, repeated (a script run twice): a success that
+    # changes nothing and says so (it was an error, exit status 2).
+    assert f"alert {first} is already acknowledged by bob at 20" in ok(
+        capsys, "alerts", "ack", first, "--by", "bob", *db
+    )
     assert "is now resolved" in ok(capsys, "alerts", "resolve", first, "--note", "pump fixed", *db)
+    repeated = ok(capsys, "alerts", "resolve", first, *db)
+    assert re.search(
+        rf"^alert {first} is already resolved by \S+ at 20\d\d-\d\d-\d\d \d\d:\d\dZ: "
+        r"nothing changed \(",
+        repeated,
+    ), repeated
+    assert "is already resolved by" in ok(
+        capsys, "alerts", "resolve", first, "--note", "pump fixed", *db
+    )
     assert_user_error(
-        cli(capsys, "alerts", "resolve", first, *db),
+        cli(capsys, "alerts", "resolve", first, "--by", "someone-else", *db),
         f"alert {first} is already resolved (by ",
         "nothing to do",
     )
