@@ -41,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from anomaly_vae._version import __version__
 from anomaly_vae.config import MAX_ALERT_RULE_RECORDS, AlertsConfig, NoBooleanNumbers
 from anomaly_vae.errors import ConfigError, InputFileError, NotFoundError, SchemaError
+from anomaly_vae.storage import outbox as alert_outbox
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.storage.dead_letters import DeadLetterFilter, list_dead_letters, summarize
 from anomaly_vae.storage.engine import DatabaseTarget
@@ -171,6 +172,11 @@ class ModelDetail(BaseModel):
     # The version in use (scored last): the one policies, previews and scoring use.
     in_use: str
     threshold: ThresholdPublic | None
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What an operator should know: the threshold in force set for another "
+        "model version than the one in use (its scores have a scale of their own)",
+    )
 
 
 class ThresholdCreate(_Schema):
@@ -371,6 +377,15 @@ class AlertPublic(BaseModel):
     onset_time: datetime | None = None
 
 
+class AlertActed(AlertPublic):
+    """The alert after an action. ``changed`` is false when the same operator had already
+    taken this action (a request retried: nothing was changed), as ``message`` says
+    ("alert 7 is already acknowledged by alice at ..."); true with "alert 7 is now ..."."""
+
+    changed: bool
+    message: str
+
+
 class AlertAction(_Schema):
     by: str = Field(default="api", min_length=1, max_length=200)
     note: str | None = Field(default=None, max_length=2000)
@@ -420,6 +435,12 @@ class ScoreResponse(BaseModel):
     threshold_version: int | None
     scores: list[ScoredRecord]
     rejects: list[RejectedRecord]
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What the caller should know about these scores: the threshold in force "
+        "set for another model version than the one scored (its scores have a scale of their "
+        "own, so the decisions may flag too much or too little), as 'score --db' warns",
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -634,9 +655,10 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
     @app.get("/metrics", response_class=PlainTextResponse, tags=["service"])
     def metrics(request: Request) -> PlainTextResponse:
         """Prometheus text format: whether the database answered, records scored / flagged /
-        rejected, alerts, thresholds in force, and each running stream scorer's lag, latency
-        and rate. With the database down, a 200 with ``anomaly_vae_database_up 0``: a 503
-        failed the scrape, and the monitor saw the API down, not its database."""
+        rejected, alerts, alert events waiting in the outbox, thresholds in force, and each
+        running stream scorer's lag, latency and rate. With the database down, a 200 with
+        ``anomaly_vae_database_up 0``: a 503 failed the scrape, and the monitor saw the API
+        down, not its database."""
         try:
             with request.app.state.engine.connect() as conn:
                 text = prometheus_text(conn)
@@ -662,11 +684,14 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         if not versions:
             raise NotFoundError(f"no model named {name!r} is registered")
         row = repo.threshold_in_force(conn, model_name=name)
+        in_use = model_in_use(conn, name=name)
+        note = None if row is None else _other_version_note(row, in_use, "scoring uses")
         return ModelDetail(
             name=name,
             versions=versions,
-            in_use=model_in_use(conn, name=name).version,
+            in_use=in_use.version,
             threshold=None if row is None else _threshold(row),
+            warnings=[] if note is None else [note],
         )
 
     # ------------------------------------------------------------------ thresholds
@@ -829,6 +854,9 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         warning = float(row.warning) if row is not None else float(model.threshold_)
         critical = None if row is None or row.critical is None else float(row.critical)
         result = _score_records(model, body.records, warning, critical, row, version)
+        note = None if row is None else _other_version_note(row, version, "this request scores")
+        if note is not None:
+            result.warnings.append(note)
         # Serialised once, as built: through response_model FastAPI dumped the 10,000
         # ScoredRecords to dicts, validated them again and then serialised them.
         return Response(result.model_dump_json(), media_type="application/json")
@@ -1015,24 +1043,26 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
 
     @app.post(
         "/alerts/{alert_id}/acknowledge",
-        response_model=AlertPublic,
+        response_model=AlertActed,
         tags=["alerts"],
         dependencies=[Writer],
         responses=_errors(400, 401, 403, 404, 413),
     )
-    def acknowledge(alert_id: int, conn: Conn, body: AlertAction | None = None) -> AlertPublic:
-        """Acknowledge an open alert."""
+    def acknowledge(alert_id: int, conn: Conn, body: AlertAction | None = None) -> AlertActed:
+        """Acknowledge an open alert; acknowledged again by the same ``by`` (a retried
+        request), nothing changes and the answer says so (``changed`` false)."""
         return _act(conn, alert_id, "acknowledge", body or AlertAction())
 
     @app.post(
         "/alerts/{alert_id}/resolve",
-        response_model=AlertPublic,
+        response_model=AlertActed,
         tags=["alerts"],
         dependencies=[Writer],
         responses=_errors(400, 401, 403, 404, 413),
     )
-    def resolve(alert_id: int, conn: Conn, body: AlertAction | None = None) -> AlertPublic:
-        """Resolve an alert."""
+    def resolve(alert_id: int, conn: Conn, body: AlertAction | None = None) -> AlertActed:
+        """Resolve an alert; resolved again by the same ``by`` (a retried request), nothing
+        changes and the answer says so (``changed`` false)."""
         return _act(conn, alert_id, "resolve", body or AlertAction())
 
     return app
@@ -1152,6 +1182,19 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
     return value
+
+
+def _other_version_note(threshold: Any, version: Any, scoring: str) -> str | None:
+    """``storage.sink.other_version_note`` with the API's way to set a threshold."""
+    from anomaly_vae.storage.sink import other_version_note
+
+    return other_version_note(
+        threshold,
+        version,
+        scoring=scoring,
+        how_to_set=f"POST /models/{version.name}/thresholds, or 'anomaly-vae thresholds set "
+        f"{version.name} ... --reason ...'; preview it first",
+    )
 
 
 def _registered_version(conn: Connection, name: str, version: str | None) -> Any:
@@ -1392,15 +1435,16 @@ def _act(
     alert_id: int,
     action: Literal["acknowledge", "resolve"],
     body: AlertAction,
-) -> AlertPublic:
+) -> AlertActed:
     with conn.begin():
         try:
-            act_on_alert(conn, alert_id=alert_id, action=action, by=body.by, note=body.note)
+            acted = act_on_alert(conn, alert_id=alert_id, action=action, by=body.by, note=body.note)
         except NotFoundError:
             # As GET /alerts/{id} says it: the shared message sent API clients to a command
             # ('see anomaly-vae alerts list').
             raise NotFoundError(f"no alert {alert_id}") from None
-    return AlertPublic.model_validate(list_alerts(conn, alert_id=alert_id, limit=1)[0])
+    alert = AlertPublic.model_validate(list_alerts(conn, alert_id=alert_id, limit=1)[0])
+    return AlertActed(**alert.model_dump(), changed=acted.changed, message=acted.message)
 
 
 def _threshold(row: Any) -> ThresholdPublic:
@@ -1436,6 +1480,7 @@ def _database_up(out: _Exposition, up: bool) -> None:
 def prometheus_text(conn: Connection) -> str:
     """The metrics in Prometheus' text exposition format (version 0.0.4)."""
     out = _Exposition()
+    now = repo.utc_now()
     runs = conn.execute(
         select(
             Model.name,
@@ -1471,6 +1516,30 @@ def prometheus_text(conn: Connection) -> str:
         for state in ALERT_STATES:
             value = per_state.get((model, state), 0)
             out.sample("anomaly_vae_alerts", {"model": model, "state": state}, value)
+    # The alert outbox: events a stream scorer with an alerts topic wrote but has not yet seen
+    # the broker acknowledge. 0 for every model while the scorers keep up; a number that
+    # grows, or an oldest event that ages, is a backlog that is not draining.
+    waiting = alert_outbox.counts_by_model(conn)
+    out.family(
+        "anomaly_vae_alert_outbox_events",
+        "gauge",
+        "Alert events in alert_outbox waiting to be published to the alerts topic.",
+    )
+    for model in sorted(set(names) | set(waiting)):
+        out.sample(
+            "anomaly_vae_alert_outbox_events", {"model": model}, waiting.get(model, (0, None))[0]
+        )
+    out.family(
+        "anomaly_vae_alert_outbox_oldest_age_seconds",
+        "gauge",
+        "Seconds since the oldest alert event waiting in alert_outbox was written.",
+    )
+    for model, (_, oldest) in sorted(waiting.items()):
+        out.sample(
+            "anomaly_vae_alert_outbox_oldest_age_seconds",
+            {"model": model},
+            max((now - oldest).total_seconds(), 0.0),
+        )
     newest = (
         select(Threshold.model_name, func.max(Threshold.version).label("version"))
         .group_by(Threshold.model_name)
@@ -1492,7 +1561,6 @@ def prometheus_text(conn: Connection) -> str:
     out.family("anomaly_vae_threshold_version", "gauge", "Version of the threshold in force.")
     for model, _, _, version in thresholds:
         out.sample("anomaly_vae_threshold_version", {"model": model}, version)
-    now = repo.utc_now()
     streams = [
         row
         for row in conn.execute(

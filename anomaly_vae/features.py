@@ -55,6 +55,17 @@ MIN_ID_ROWS = 20
 _NA_WORDS = ["nan", "na", "n/a", "null", "none"]
 
 
+class AmbiguousNumber(str):
+    """A cell of a decimal-comma file (``--decimal ','``) written ``122.456``: where ',' is
+    the decimal mark, '.' is usually the thousands separator (122456), but it may be a
+    decimal point (122.456). The CSV reader leaves the text as it is (an ignored or
+    categorical column reads it as before) and marks it with this type; a numeric feature
+    column rejects it (``_to_float``) rather than read either number in silence. ``mark``:
+    the decimal mark the file was read with."""
+
+    mark: str = ","
+
+
 @dataclass(frozen=True)
 class FeatureColumn:
     name: str
@@ -318,9 +329,14 @@ def _to_float(series: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray | No
                     unparsed &= ~hit
             # A 'nan' or 'NaN' string is a missing value, not garbage.
             unparsed &= ~np.isin(lowered, _NA_WORDS)
-        if unparsed.any():
+        # Read by pandas as a number, but '.' may be the thousands separator (see
+        # AmbiguousNumber): rejected rather than read either way in silence.
+        ambiguous = _ambiguous_numbers(series)
+        if unparsed.any() or ambiguous.any():
             reasons = np.full(len(series), "", dtype=object)
             raw = series.to_numpy(dtype=object)
+            for i in np.flatnonzero(ambiguous):
+                reasons[i] = _ambiguous_reason(name, raw[i])
             for i in np.flatnonzero(unparsed):
                 reasons[i] = f"column {name!r}: {_short(raw[i])} is not a number"
                 if _COMMA_NUMBER_RE.match(str(raw[i])):
@@ -329,10 +345,18 @@ def _to_float(series: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray | No
                         " (a decimal comma? a number is written with a point; a CSV with "
                         "decimal commas is read with --decimal ',')"
                     )
-            inf = np.isinf(values)
+                elif _POINT_GROUPED_RE.match(str(raw[i])):
+                    # 1.234,5 or 1.234.567 in a decimal-comma file: thousands separators,
+                    # which are not read (a lone 122.456 could be either: see AmbiguousNumber).
+                    reasons[i] += (
+                        " ('.' as a thousands separator is not read: write the number "
+                        "without it, e.g. "
+                        f"{_short(str(raw[i]).strip().replace('.', ''))})"
+                    )
+            inf = np.isinf(values) & ~ambiguous
             for i in np.flatnonzero(inf):
                 reasons[i] = f"column {name!r}: {values[i]} is not a finite number"
-            return values, unparsed | inf, reasons
+            return values, unparsed | ambiguous | inf, reasons
     inf = np.isinf(values)
     if inf.any():
         reasons = np.full(len(series), "", dtype=object)
@@ -340,6 +364,29 @@ def _to_float(series: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray | No
             reasons[i] = f"column {name!r}: {values[i]} is not a finite number"
         return values, inf, reasons
     return values, None, np.empty(0, dtype=object)
+
+
+def _ambiguous_numbers(series: pd.Series) -> np.ndarray:
+    """Which values of a column are ``AmbiguousNumber`` cells (only an object column holds
+    them: the CSV reader's)."""
+    if series.dtype != object:
+        return np.zeros(len(series), dtype=bool)
+    return np.fromiter(
+        (type(v) is AmbiguousNumber for v in series.tolist()), dtype=bool, count=len(series)
+    )
+
+
+def _ambiguous_reason(name: str, value: object) -> str:
+    text = str(value).strip()
+    sign = text[0] if text[:1] in "+-" else ""
+    whole, _, part = text.lstrip("+-").partition(".")
+    mark = getattr(value, "mark", ",")
+    return (
+        f"column {name!r}: {text!r} is ambiguous in a file read with --decimal '{mark}': "
+        f"'.' there is usually the thousands separator ({sign}{whole}{part}), but it may be "
+        f"a decimal point ({sign}{whole}.{part}); write it without the '.' "
+        f"({sign}{whole}{part}) or with the decimal mark ({sign}{whole}{mark}{part})"
+    )
 
 
 def _short(value: object, limit: int = 40) -> str:
@@ -718,6 +765,10 @@ _DATE_TEXT = (
 # A number written with a decimal (or thousands) comma: 99,5 or -0,25.
 _COMMA_NUMBER = r"^\s*[-+]?\d*,\d+\s*$"
 _COMMA_NUMBER_RE = re.compile(_COMMA_NUMBER)
+# Points as thousands separators, as a decimal-comma export writes them: 1.234,5 or 1.234.567.
+_POINT_GROUPED_RE = re.compile(
+    r"^\s*[-+]?\d{1,3}(?:\.\d{3})+,\d+\s*$|^\s*[-+]?\d{1,3}(?:\.\d{3}){2,}\s*$"
+)
 
 
 def _looks_like_date_text(values: pd.Series) -> bool:

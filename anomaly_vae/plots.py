@@ -20,7 +20,9 @@ CURRENT, PROPOSED = "#1f5fbf", "#d62728"
 
 def plot_path(path: Path | str) -> Path:
     """The file a picture asked for as ``path`` is written to, checked before any work: a
-    picture format matplotlib writes (no suffix: ``.png``), in a folder that exists."""
+    picture format matplotlib writes (no suffix: ``.png``), not a folder, not under a file.
+    A folder that does not exist is created when the picture is written, as ``score --out``
+    creates its folder (``jobs.batch.check_writable``'s rules)."""
     from matplotlib.backend_bases import FigureCanvasBase
 
     from anomaly_vae.errors import ConfigError, InputFileError
@@ -36,8 +38,11 @@ def plot_path(path: Path | str) -> Path:
             f"--plot {path}: {path.suffix!r} is not a picture format; use .png, or one of "
             f"{', '.join('.' + f for f in sorted(formats))}"
         )
-    if not path.parent.is_dir():
-        raise InputFileError(f"--plot {path}: folder {path.parent} does not exist")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputFileError(f"--plot {path}: {parent} is a file, not a folder")
+            break
     return path
 
 
@@ -48,7 +53,15 @@ def preview_plot(preview: ThresholdPreview, path: Path | str) -> Path:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
+    from anomaly_vae.errors import InputFileError
+
     path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputFileError(
+            f"--plot {path}: cannot create folder {path.parent}: {exc.strerror}"
+        ) from None
     frame = preview.scores
     scores = frame["score"].to_numpy(dtype=np.float64)
     levels = _levels(preview)

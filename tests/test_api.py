@@ -285,9 +285,25 @@ def test_an_open_alert_is_acknowledged_then_resolved_over_http(
         assert acked.status_code == 200, acked.text
         assert (acked.json()["state"], acked.json()["acknowledged_by"]) == ("acknowledged", "bob")
         assert acked.json()["resolved_at"] is None
+        assert (acked.json()["changed"], acked.json()["message"]) == (
+            True,
+            f"alert {alert_id} is now acknowledged",
+        )
         assert api.get(f"/alerts/{alert_id}").json()["state"] == "acknowledged"
+        # Another operator (here the default "api"): refused, as before.
         twice = api.post(f"/alerts/{alert_id}/acknowledge", headers=AUTH)
         assert twice.status_code == 400, twice.text
+        assert "already acknowledged (by bob at" in twice.json()["detail"]
+        # The same operator again (a retried request): a success that changes nothing (it
+        # was a 400, and a client retrying after a timeout could not tell it had worked).
+        retried = api.post(f"/alerts/{alert_id}/acknowledge", json={"by": "bob"}, headers=AUTH)
+        assert retried.status_code == 200, retried.text
+        assert retried.json()["changed"] is False
+        when = acked.json()["acknowledged_at"][:16].replace("T", " ")
+        assert retried.json()["message"] == (
+            f"alert {alert_id} is already acknowledged by bob at {when}Z: nothing changed"
+        )
+        assert retried.json()["acknowledged_at"] == acked.json()["acknowledged_at"]
         resolved = api.post(
             f"/alerts/{alert_id}/resolve", json={"by": "carol", "note": "fixed"}, headers=AUTH
         )
@@ -295,6 +311,17 @@ def test_an_open_alert_is_acknowledged_then_resolved_over_http(
         body = resolved.json()
         assert (body["state"], body["resolved_by"], body["note"]) == ("resolved", "carol", "fixed")
         assert body["acknowledged_by"] == "bob"
+        again = api.post(
+            f"/alerts/{alert_id}/resolve", json={"by": "carol", "note": "fixed"}, headers=AUTH
+        )
+        assert again.status_code == 200, again.text
+        assert (again.json()["changed"], again.json()["note"]) == (False, "fixed")
+        # The same operator with another note: refused, the note not added (as before).
+        other_note = api.post(
+            f"/alerts/{alert_id}/resolve", json={"by": "carol", "note": "more"}, headers=AUTH
+        )
+        assert other_note.status_code == 400, other_note.text
+        assert "the note given was not added" in other_note.json()["detail"]
         states = {a["id"]: a["state"] for a in api.get("/alerts", params={"limit": 500}).json()}
         assert states[alert_id] == "resolved"
         assert sum(s == "open" for s in states.values()) == len(alerts) - 1
@@ -1543,3 +1570,98 @@ def test_metrics_say_the_database_is_down_rather_than_fail_the_scrape(
     assert families["anomaly_vae_database_up"].samples[0].value == 0
     assert health.status_code == 503
     assert "unavailable" in health.json()["detail"]
+
+
+def test_metrics_show_the_alert_outbox_backlog_per_model(db_url: str) -> None:
+    """Alert events waiting in alert_outbox (a scorer that cannot publish to its alerts
+    topic) are a gauge per model, 0 for a registered model with none waiting, with the age of
+    the oldest: a backlog that does not drain was invisible."""
+    from datetime import timedelta
+
+    from anomaly_vae.storage import outbox
+    from anomaly_vae.storage import repository as repo
+    from tests.test_storage import model_version
+
+    now = repo.utc_now()
+    engine = create_database_engine(parse_database_url(db_url))
+    try:
+        with engine.begin() as connection:
+            repo.register_model(connection, model=model_version("fans", "b" * 64))
+            for age_s in (600, 5):
+                outbox.add_events(
+                    connection,
+                    model_name="pumps",
+                    run_id=1,
+                    events=[{"event": "opened", "alert_id": 1, "entity_key": "P1"}] * 2,
+                    now=now - timedelta(seconds=age_s),
+                )
+    finally:
+        engine.dispose()
+    with api_client(db_url) as client:
+        text = client.get("/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    waiting = {
+        s.labels["model"]: s.value for s in families["anomaly_vae_alert_outbox_events"].samples
+    }
+    assert waiting == {"fans": 0, "pumps": 4}
+    ages = {
+        s.labels["model"]: s.value
+        for s in families["anomaly_vae_alert_outbox_oldest_age_seconds"].samples
+    }
+    assert set(ages) == {"pumps"}
+    assert 600 <= ages["pumps"] < 700
+
+
+def test_a_threshold_set_for_another_model_version_is_a_warning_in_the_answers(
+    pump_model: tuple[AnomalyVAE, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'score --db' warns when the threshold in force was computed for (or set by hand while)
+    another model version was in use; POST /models/{name}/score scored under it, and GET
+    /models/{name} showed it, without a sign."""
+    from sqlalchemy import select
+
+    from anomaly_vae.storage import repository as repo
+    from anomaly_vae.storage.tables import Model
+
+    _, model_dir = pump_model
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    export = tmp_path / "export.csv"
+    make_pump_data(40, seed=8).to_csv(export, index=False)
+    result = run_inline(
+        capsys, "score", str(export), "--model-dir", str(model_dir), "--db", url, "--quiet"
+    )
+    assert result.returncode == 0, result.stderr
+    records = pump_records(4)
+    with api_client(url) as client:
+        # The calibrated threshold of the version scored: nothing to say.
+        assert client.get("/models/pumps").json()["warnings"] == []
+        assert (
+            client.post("/models/pumps/score", json={"records": records}).json()["warnings"] == []
+        )
+        engine = create_database_engine(parse_database_url(url))
+        try:
+            with engine.begin() as connection:
+                version = connection.execute(select(Model.version)).scalar_one()
+                repo.add_threshold(
+                    connection,
+                    model_name="pumps",
+                    policy="false_alarm_rate",
+                    warning=1e9,
+                    parameters={"model_version": "0123456789ab", "rate": 0.001},
+                    created_by="ops",
+                    reason="before the retraining",
+                )
+        finally:
+            engine.dispose()
+        said = (
+            "threshold v2 of 'pumps' (false_alarm_rate, set by ops) was computed from the "
+            "scores of model version 0123456789ab, and {} version "
+            f"{version}, whose scores have a scale of their own: 0 % of its held-out normal "
+            "records cross it; set one for this version (POST /models/pumps/thresholds, or "
+            "'anomaly-vae thresholds set pumps ... --reason ...'; preview it first)"
+        )
+        detail = client.get("/models/pumps").json()
+        assert detail["warnings"] == [said.format("scoring uses")]
+        scored = client.post("/models/pumps/score", json={"records": records}).json()
+        assert scored["threshold_version"] == 2
+        assert scored["warnings"] == [said.format("this request scores")]

@@ -1055,3 +1055,68 @@ def test_an_empty_database_url_variable_is_refused_not_replaced_by_the_default(
     # --db still wins over the (empty) variable.
     url = f"sqlite:///{tmp_path / 'given.db'}"
     assert cli(capsys, "db", "upgrade", "--db", url).returncode == 0
+
+
+def test_a_relative_sqlite_url_says_which_file_it_opened(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'database: {url: sqlite:///scores.db}' in pipelines/ops.yaml opens scores.db in the
+    working directory, not beside the pipeline file; run from another directory (a cron job),
+    a command opened (or created) another file without a word. It now says which file, as a
+    warning when the URL came from a pipeline file or the environment; the file is the same."""
+    import logging
+
+    from anomaly_vae.storage.engine import DatabaseTarget, open_database
+
+    work = tmp_path / "work"
+    (tmp_path / "pipelines").mkdir()
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("ANOMALY_VAE_DATABASE_URL", raising=False)
+    pipeline = tmp_path / "pipelines" / "ops.yaml"
+    pipeline.write_text("database:\n  url: sqlite:///scores.db\n")
+    said = (
+        "WARNING anomaly_vae.storage.engine: SQLite database sqlite:///scores.db (from "
+        f"pipeline file {pipeline}) is a relative path: opening {work / 'scores.db'}, relative "
+        f"to the working directory {work}, not to the pipeline file's folder; write an "
+        f"absolute path (sqlite:///{work / 'scores.db'}) to open the same file from any "
+        "directory\n"
+    )
+    for args in (("db", "upgrade"), ("runs", "list")):
+        result = cli(capsys, *args, "--pipeline", str(pipeline))
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.count(said) == 1, result.stderr  # one line, at the start
+    assert (work / "scores.db").exists()
+    assert not (tmp_path / "pipelines" / "scores.db").exists()
+    # From the environment: a warning too.
+    monkeypatch.setenv("ANOMALY_VAE_DATABASE_URL", "sqlite:///scores.db")
+    from_env = cli(capsys, "runs", "list")
+    assert "(from ANOMALY_VAE_DATABASE_URL) is a relative path" in from_env.stderr
+    monkeypatch.delenv("ANOMALY_VAE_DATABASE_URL")
+    # Typed as --db where it runs: an info line, shown with -v; an absolute path: nothing.
+    typed = cli(capsys, "runs", "list", "--db", "sqlite:///scores.db")
+    assert typed.returncode == 0, typed.stderr
+    assert "relative path" not in typed.stderr
+    for url, said in (("sqlite:///scores.db", True), (f"sqlite:///{work / 'scores.db'}", False)):
+        target = DatabaseTarget(parse_database_url(url), "--db")
+        logger = logging.getLogger("anomaly_vae.storage.engine")
+        records: list[logging.LogRecord] = []
+        handler = logging.Handler(logging.INFO)
+        handler.emit = records.append  # type: ignore[method-assign]
+        logger.addHandler(handler)
+        old_level = logger.level
+        logger.setLevel(logging.INFO)
+        try:
+            open_database(target).dispose()
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(old_level)
+        relative = [
+            (r.levelno, r.getMessage()) for r in records if "is a relative path" in r.getMessage()
+        ]
+        expected = (
+            f"SQLite database {url} (from --db) is a relative path: opening "
+            f"{work / 'scores.db'}, relative to the working directory {work}; write an absolute "
+            f"path (sqlite:///{work / 'scores.db'}) to open the same file from any directory"
+        )
+        assert relative == ([(logging.INFO, expected)] if said else [])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -151,8 +152,9 @@ def test_thresholds_and_alerts_from_the_command_line(
     assert history[4]["reason"] == "after incident 42"
     assert history[0]["warning"] == 12.5
 
-    # Preview: a lower threshold flags more; contamination flags its share; a plot is drawn.
-    plot = tmp_path / "preview.png"
+    # Preview: a lower threshold flags more; contamination flags its share; a plot is drawn,
+    # its folder created as '--out' creates one (a folder that did not exist was refused).
+    plot = tmp_path / "plots" / "today" / "preview.png"
     preview = as_json(
         capsys, "thresholds", "preview", "pumps", "--quantile", "0.9", "--plot", str(plot), *db
     )
@@ -224,9 +226,23 @@ def test_thresholds_and_alerts_from_the_command_line(
         f"alert {first} is already acknowledged (by bob at 20",
         "nothing to do; resolve it once it is dealt with; the note given was not added",
     )
+    # The same action by the same operator, repeated (a script run twice): a success that
+    # changes nothing and says so (it was an error, exit status 2).
+    assert f"alert {first} is already acknowledged by bob at 20" in ok(
+        capsys, "alerts", "ack", first, "--by", "bob", *db
+    )
     assert "is now resolved" in ok(capsys, "alerts", "resolve", first, "--note", "pump fixed", *db)
+    repeated = ok(capsys, "alerts", "resolve", first, *db)
+    assert re.search(
+        rf"^alert {first} is already resolved by \S+ at 20\d\d-\d\d-\d\d \d\d:\d\dZ: "
+        r"nothing changed \(",
+        repeated,
+    ), repeated
+    assert "is already resolved by" in ok(
+        capsys, "alerts", "resolve", first, "--note", "pump fixed", *db
+    )
     assert_user_error(
-        cli(capsys, "alerts", "resolve", first, *db),
+        cli(capsys, "alerts", "resolve", first, "--by", "someone-else", *db),
         f"alert {first} is already resolved (by ",
         "nothing to do",
     )
@@ -504,10 +520,15 @@ def test_a_plot_path_matplotlib_cannot_write_is_one_line_before_any_work(
         "'.txt' is not a picture format; use .png",
     )
     assert_user_error(cli(capsys, *preview, "--plot", str(tmp_path)), "is a folder")
+    (tmp_path / "a-file").write_text("")
     assert_user_error(
-        cli(capsys, *preview, "--plot", str(tmp_path / "nope" / "p.png")), "does not exist"
+        cli(capsys, *preview, "--plot", str(tmp_path / "a-file" / "p.png")),
+        "a-file is a file, not a folder",
     )
-    assert not list(tmp_path.iterdir())
+    # A folder that does not exist is created only when the picture is written: not by a
+    # preview that failed (here: no database).
+    assert cli(capsys, *preview, "--plot", str(tmp_path / "nope" / "p.png")).returncode != 0
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
 
 
 def test_set_since_without_contamination_is_refused(

@@ -494,3 +494,30 @@ def test_a_scores_file_takes_the_exports_separator_and_decimal_mark(
     with pytest.raises(ValueError, match="cannot also be the separator"):
         CsvScoreWriter(tmp_path / "x.csv", sep=",", decimal=",")
     assert ScoredChunk  # the type the writers are given
+
+
+def test_a_point_that_may_be_a_thousands_separator_is_marked_in_a_decimal_comma_file(
+    tmp_path: Path,
+) -> None:
+    # With --decimal ',', '.' is usually the thousands separator: '122.456' may be 122456,
+    # and was read as 122.456 in silence. It is kept as its text, marked as ambiguous (a
+    # numeric feature rejects it); what can be read one way only still reads.
+    from anomaly_vae.features import AmbiguousNumber
+
+    path = tmp_path / "comma.csv"
+    cells = ["1.234,5", "122.456", "1.5", "1e3", "1,5", "0.456", "1234.567", "-9.000", "n/a"]
+    path.write_text("id;flow\n" + "".join(f"{i};{v}\n" for i, v in enumerate(cells)))
+    frame, rejects = read_all(CsvSource(path, sep=";", decimal=","))
+    assert rejects.empty
+    read = dict(zip(cells, frame["flow"].tolist(), strict=True))
+    assert [v for v in cells if isinstance(read[v], AmbiguousNumber)] == ["122.456", "-9.000"]
+    assert read["122.456"] == "122.456"  # the text as written
+    assert read["1e3"] == 1000.0
+    assert read["1,5"] == 1.5
+    # Plain text, as before: the features read 1.5, 0.456 and 1234.567, and reject 1.234,5.
+    assert [type(read[v]) for v in ("1.5", "1.234,5", "0.456", "1234.567")] == [str] * 4
+    # A file whose decimal mark is '.': nothing is ambiguous.
+    dot = tmp_path / "dot.csv"
+    dot.write_text("id;flow\n0;122.456\n1;n/a\n")
+    frame, _ = read_all(CsvSource(dot, sep=";"))
+    assert not any(isinstance(v, AmbiguousNumber) for v in frame["flow"].tolist())

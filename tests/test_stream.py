@@ -1095,6 +1095,9 @@ class _OutboxSink(MemorySink):
         for i in ids:
             self.rows.pop(i, None)
 
+    def outbox_waiting(self) -> int:
+        return len(self.rows)
+
 
 class _FlakyProducer:
     """The broker refuses the first ``refuse`` records, then takes every one (in order)."""
@@ -1160,6 +1163,27 @@ def test_an_alert_event_the_broker_refuses_is_sent_again_before_the_entitys_next
     assert producer.taken[-1] == b"event 4"
     assert sink.reads == reads
     assert sink.rows == {}
+
+
+def test_the_progress_line_says_how_many_alert_events_wait_in_the_outbox(
+    stream_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A broker refusing the alerts topic left events piling up in the outbox, and the
+    # scorer's progress line (its metrics, every kafka.metrics_interval_s) said nothing.
+    def progress(sink: _OutboxSink, **kafka: object) -> str:
+        cfg = stream_config(stream_model, "127.0.0.1:9", "t", **kafka)
+        scorer = StreamScorer(stream_model, cfg, sink)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="anomaly_vae.jobs.stream"):
+            scorer._log_metrics((0, time.monotonic() - 1))
+        return next(r.getMessage() for r in caplog.records if "records/s" in r.getMessage())
+
+    waiting = _OutboxSink([])
+    waiting.rows = {i: AlertMessage(key=b"P1", value=b"e", outbox_id=i) for i in (1, 2)}
+    line = progress(waiting, alerts_topic="alerts")
+    assert line.endswith(", 0 rejected, 2 alert event(s) waiting in the alert outbox"), line
+    assert progress(_OutboxSink([]), alerts_topic="alerts").endswith(", 0 rejected")
+    assert progress(waiting).endswith(", 0 rejected")  # no alerts topic: not its outbox
 
 
 class _RecordingSink(MemorySink):

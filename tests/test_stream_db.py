@@ -342,8 +342,10 @@ def test_alert_events_of_a_scorer_killed_after_its_commit_are_published_by_the_n
         assert not {json.loads(m.value)["event_id"] for m in sent_before} & {r[1] for r in left}
         # A scorer without the topic leaves them, says so, and writes none of its own there.
         alerts_before = query(url, "SELECT count(*) FROM alerts")[0][0]
+        quiet = sink(engine, False)
         with caplog.at_level(logging.WARNING, logger="anomaly_vae.storage.stream"):
-            StreamScorer(model, config(None), sink(engine, False)).run(idle_timeout=3.0)
+            StreamScorer(model, config(None), quiet).run(idle_timeout=3.0)
+        assert quiet.outbox_waiting() == len(left)  # the progress line's count
         assert query(url, "SELECT count(*) FROM alerts")[0][0] > alerts_before
         warned = [r.getMessage() for r in caplog.records if "alert outbox" in r.getMessage()]
         assert len(warned) == 1

@@ -971,6 +971,17 @@ def demo(
 
     # The files are written as the pipeline's csv section says, so that it reads them back.
     def write(frame: pd.DataFrame, path: Path) -> None:
+        if cfg.csv.decimal != ".":
+            # to_csv writes the decimal mark only in float columns: the numbers of a column
+            # that holds text too (flow, below) came out as 144.749 in a decimal-comma file,
+            # which its reader rejects as ambiguous (144749?).
+            frame = frame.copy()
+            for name in frame.columns:
+                if frame[name].dtype == "O":
+                    frame[name] = [
+                        str(v).replace(".", cfg.csv.decimal) if isinstance(v, float) else v
+                        for v in frame[name].tolist()
+                    ]
         frame.to_csv(
             path, index=False, sep=cfg.csv.sep, decimal=cfg.csv.decimal, encoding=cfg.csv.encoding
         )

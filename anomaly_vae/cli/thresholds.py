@@ -939,7 +939,11 @@ def _act(
     from anomaly_vae.storage.tuning import act_on_alert
 
     with connected(_target(db, pipeline)) as connection, connection.begin():
-        row = act_on_alert(connection, alert_id=alert_id, action=action, by=_who(by), note=note)
+        acted = act_on_alert(connection, alert_id=alert_id, action=action, by=_who(by), note=note)
+    row = acted.row
+    if not acted.changed:  # the same action by the same operator, repeated: no error
+        typer.echo(f"{acted.message} ({row.entity_key or 'no entity'}, {row.severity})")
+        return
     typer.echo(
         f"alert {row.id} ({row.entity_key or 'no entity'}, {row.severity}) is now {row.state}"
     )

@@ -115,9 +115,10 @@ class StreamSink(Protocol):
 
     A sink with an alert outbox (``storage.stream.StreamDatabaseSink`` given ``outbox=True``)
     also has ``outbox_pending(after_id, limit) -> list[AlertMessage]`` (the model's events not
-    yet published, oldest first), ``outbox_published(ids)`` (delete them) and ``outbox_turn()``
-    (a context held while publishing what it holds at start); the scorer looks for them by
-    name."""
+    yet published, oldest first), ``outbox_published(ids)`` (delete them), ``outbox_turn()``
+    (a context held while publishing what it holds at start) and ``outbox_waiting() -> int``
+    (how many of the model's events wait there: the progress line says it); the scorer looks
+    for them by name."""
 
     def write(self, batch: StreamBatch) -> WriteResult: ...
 
@@ -1047,7 +1048,7 @@ class StreamScorer:
         rate = (self.stats.consumed - count) / max(now - then, 1e-9)
         self.stats.lag = self._lag()
         logger.info(
-            "%.0f records/s, lag %s, %d scored, %d flagged, %d rejected%s",
+            "%.0f records/s, lag %s, %d scored, %d flagged, %d rejected%s%s",
             rate,
             # Not known before partitions are assigned (a group join takes seconds), nor for
             # a partition not fetched from yet: 'lag 0' said the scorer was caught up.
@@ -1056,6 +1057,7 @@ class StreamScorer:
             self.stats.flagged,
             self.stats.rejected,
             f", {self.stats.gaps} with a missing value filled in" if self.stats.gaps else "",
+            self._outbox_backlog(),
         )
         self._say_if_mostly_flagged()
         if self._on_metrics is not None:
@@ -1064,6 +1066,20 @@ class StreamScorer:
             except Exception as exc:  # reporting must never stop the scoring
                 logger.warning("could not report the metrics: %s", first_line(exc))
         return self.stats.consumed, now
+
+    def _outbox_backlog(self) -> str:
+        """For the progress line, with an alerts topic: the model's alert events waiting in
+        the outbox when there are any (a backlog that does not drain: the broker refuses them,
+        or they wait for a scorer that can publish); GET /metrics serves the same count."""
+        waiting = getattr(self.sink, "outbox_waiting", None)
+        if waiting is None or not self.cfg.kafka.alerts_topic:
+            return ""
+        try:
+            n = int(waiting())
+        except Exception as exc:  # reporting must never stop the scoring
+            logger.debug("could not count the alert outbox: %s", first_line(exc))
+            return ""
+        return f", {n} alert event(s) waiting in the alert outbox" if n else ""
 
     def _say_if_mostly_flagged(self) -> None:
         """A warning when more than half the records scored since the last progress line

@@ -31,7 +31,7 @@ import pandas as pd
 from pandas._libs.parsers import STR_NA_VALUES
 
 from anomaly_vae.errors import InputFileError
-from anomaly_vae.features import looks_like_data
+from anomaly_vae.features import AmbiguousNumber, looks_like_data
 
 FIRST_CHUNK_ROWS = 5000
 _COMPRESSED = (".gz", ".bz2", ".zip", ".xz", ".zst", ".tar")
@@ -685,8 +685,17 @@ def _parse_decimal_marks(frame: pd.DataFrame, decimal: str, *, skip: set[str]) -
     the chunk would be rejected for its decimal comma. Here the numbers of such a column are
     read as the parser reads them, and only the stray values stay text (and are rejected), so
     that a row's fate does not depend on the chunk it falls in. ``skip``: columns read as text
-    on purpose (ids, entities, timestamps)."""
+    on purpose (ids, entities, timestamps).
+
+    A value that reads as a number with '.' and 3 digits after it alone (``122.456``, not
+    ``0.456`` nor ``1.5``) is ambiguous where ',' is the decimal mark: '.' is usually the
+    thousands separator there (122456), yet pandas would read 122.456. Its text is kept,
+    marked as an ``AmbiguousNumber``, which a numeric feature column rejects naming the
+    value and what to write instead (a column not read as a number, ignored or categorical,
+    keeps it as text). Other values with a point (``1.5``, ``1234.5``, ``0.456``) and
+    exponents (``1e3``) can be read one way only, and are."""
     pattern = _decimal_number_pattern(decimal)
+    ambiguous = _AMBIGUOUS_POINT if decimal == "," else None
     for name in frame.columns:
         column = frame[name]
         if name in skip or not (
@@ -694,10 +703,21 @@ def _parse_decimal_marks(frame: pd.DataFrame, decimal: str, *, skip: set[str]) -
         ):
             continue
         hit = column.str.match(pattern, na=False).to_numpy(dtype=bool)
-        if hit.any():
+        unsure = (
+            column.str.match(ambiguous, na=False).to_numpy(dtype=bool)
+            if ambiguous is not None
+            else np.zeros(len(column), dtype=bool)
+        )
+        if hit.any() or unsure.any():
             values = column.to_numpy(dtype=object).copy()
             values[hit] = [float(v.strip().replace(decimal, ".")) for v in values[hit]]
+            values[unsure] = [AmbiguousNumber(v) for v in values[unsure]]
             frame[name] = pd.Series(values, index=frame.index, dtype=object)
+
+
+# With ',' as the decimal mark: one '.' with exactly 3 digits after it, a first group of 1 to
+# 3 digits not starting with 0: 122.456, -1.000 (thousands, or a decimal point?).
+_AMBIGUOUS_POINT = re.compile(r"^\s*[-+]?[1-9]\d{0,2}\.\d{3}\s*$")
 
 
 def _decimal_number_pattern(decimal: str) -> re.Pattern[str]:

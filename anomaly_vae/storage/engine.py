@@ -222,6 +222,7 @@ def open_database(
     """
     if target.is_sqlite and target.url.database not in (None, "", ":memory:"):
         path = Path(target.url.database).expanduser().resolve()
+        say_relative_sqlite(target, path)
         if not path.parent.is_dir():
             raise DatabaseConnectionError(
                 f"cannot open the SQLite database {target.url.database}: folder {path.parent} "
@@ -246,6 +247,30 @@ def open_database(
         raise
     logger.info("using database %s (from %s)", target.display, target.origin)
     return engine
+
+
+def say_relative_sqlite(target: DatabaseTarget, path: Path) -> None:
+    """One line naming the file a relative SQLite URL opens, ``path`` (``sqlite:///scores.db``
+    is relative to the working directory, wherever the URL was written: a pipeline file's
+    ``database.url`` too, not the pipeline file's folder). A warning when the URL came from a
+    pipeline file or the environment, written once and read from other directories (a cron
+    job, a service: another file, silently); else (``--db`` typed where it runs, the
+    documented default) an info line, shown with ``-v``."""
+    if Path(str(target.url.database)).expanduser().is_absolute():
+        return
+    piped = target.origin.startswith(PIPELINE_ORIGIN)
+    logger.log(
+        logging.WARNING if piped or target.origin == ENV_VAR else logging.INFO,
+        "SQLite database %s (from %s) is a relative path: opening %s, relative to the working "
+        "directory %s%s; write an absolute path (sqlite:///%s) to open the same file from any "
+        "directory",
+        target.display,
+        target.origin,
+        path,
+        Path.cwd(),
+        ", not to the pipeline file's folder" if piped else "",
+        path,
+    )
 
 
 def require_sqlite_file(target: DatabaseTarget) -> None:

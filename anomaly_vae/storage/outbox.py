@@ -142,6 +142,16 @@ def count(connection: Connection, *, model_name: str | None = None) -> tuple[int
     return int(n or 0), oldest
 
 
+def counts_by_model(connection: Connection) -> dict[str, tuple[int, datetime]]:
+    """Per model name with events waiting: how many, and when the oldest was written."""
+    query = (
+        select(AlertOutboxRow.model_name, func.count(), func.min(AlertOutboxRow.created_at))
+        .group_by(AlertOutboxRow.model_name)
+        .order_by(AlertOutboxRow.model_name)
+    )
+    return {str(name): (int(n), oldest) for name, n, oldest in connection.execute(query)}
+
+
 @contextmanager
 def publishing_turn(engine: Engine, *, model_name: str, wait_s: float = 60.0) -> Iterator[bool]:
     """Held while a scorer publishes what the outbox holds at its start, so that the scorers
@@ -179,6 +189,7 @@ __all__ = [
     "OutboxEvent",
     "add_events",
     "count",
+    "counts_by_model",
     "json_ready",
     "message_key",
     "pending",

@@ -152,17 +152,27 @@ def start_batch_run(
     )
 
 
-def note_other_version(in_force: Any, version: repo.ModelVersion, *, override: str = "") -> None:
-    """Warn when the threshold in force was set for another model version: computed from its
-    scores (an operator's quantile, false-alarm rate, EVT, contamination or tuned level), or a
-    fixed value set while it was in use; scoring never replaces either. A retrained model's
-    scores have a scale of their own, and the run flagged by the old level without a word,
-    its "most rows crossed the threshold" line blaming the export. (A value set before values
-    recorded their model version names none: nothing is said of it.)"""
+def other_version_note(
+    in_force: Any,
+    version: Any,
+    *,
+    scoring: str = "this run scores",
+    how_to_set: str = "",
+    override: str = "",
+) -> str | None:
+    """What to say when the threshold in force was set for another model version than
+    ``version`` (a ``repo.ModelVersion`` or a ``models`` row): computed from its scores (an
+    operator's quantile, false-alarm rate, EVT, contamination or tuned level), or a fixed
+    value set while it was in use; scoring never replaces either. A retrained model's scores
+    have a scale of their own, and a run flagged by the old level without a word, its "most
+    rows crossed the threshold" line blaming the export. None when there is nothing to say
+    (a value set before values recorded their model version names none). ``scoring``: who
+    scores version N ("this run scores", "this request scores"); ``how_to_set``: the way to
+    set one (default: the CLI's)."""
     computed_for = (in_force.parameters or {}).get("model_version")
     if not computed_for or computed_for == version.version:
-        return
-    scores = np.asarray(version.calibration.get("scores") or [], dtype=np.float64)
+        return None
+    scores = np.asarray((version.calibration or {}).get("scores") or [], dtype=np.float64)
     crossing = (
         f": {100 * float(np.mean(scores > float(in_force.warning))):.3g} % of its held-out "
         "normal records cross it"
@@ -170,26 +180,27 @@ def note_other_version(in_force: Any, version: repo.ModelVersion, *, override: s
         else ""
     )
     how = (
-        "was set by hand while model version %s was in use"
+        f"was set by hand while model version {computed_for} was in use"
         if in_force.policy == "value"
-        else "was computed from the scores of model version %s"
+        else f"was computed from the scores of model version {computed_for}"
     )
-    logger.warning(
-        "threshold v%d of %r (%s, set by %s) "
-        + how
-        + ", and this run scores version %s, whose scores have a scale of their own%s; set "
-        "one for this version ('anomaly-vae thresholds set %s ... --reason ...', or "
-        "'thresholds preview' it first)%s",
-        in_force.version,
-        version.name,
-        in_force.policy,
-        in_force.created_by,
-        computed_for,
-        version.version,
-        crossing,
-        version.name,
-        override,
+    setting = how_to_set or (
+        f"'anomaly-vae thresholds set {version.name} ... --reason ...', or "
+        "'thresholds preview' it first"
     )
+    return (
+        f"threshold v{in_force.version} of {version.name!r} ({in_force.policy}, set by "
+        f"{in_force.created_by}) {how}, and {scoring} version {version.version}, whose scores "
+        f"have a scale of their own{crossing}; set one for this version ({setting}){override}"
+    )
+
+
+def note_other_version(in_force: Any, version: repo.ModelVersion, *, override: str = "") -> None:
+    """Warn (a log line) when the threshold in force was set for another model version (see
+    ``other_version_note``)."""
+    note = other_version_note(in_force, version, override=override)
+    if note is not None:
+        logger.warning("%s", note)
 
 
 class DatabaseSink:

@@ -122,6 +122,11 @@ class StreamDatabaseSink:
             )
         return [_message(event) for event in events]
 
+    def outbox_waiting(self) -> int:
+        """How many of the model name's alert events wait in the outbox, unpublished."""
+        with self.engine.connect() as connection:
+            return alert_outbox.count(connection, model_name=self.model_name)[0]
+
     def outbox_published(self, ids: list[int]) -> None:
         """Delete the outbox rows of events the broker has acknowledged."""
         with self.engine.connect() as connection, connection.begin():

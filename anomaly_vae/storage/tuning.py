@@ -1032,6 +1032,17 @@ ALERT_ACTIONS = {"acknowledge": "acknowledged", "resolve": "resolved"}
 _ALERT_IDS = range(-(2**63), 2**63)
 
 
+@dataclass(frozen=True)
+class AlertActed:
+    """What an alert action did: ``row`` is the alert after it; ``changed`` is False when the
+    same operator had already taken that action (a command or request repeated: nothing was
+    changed), which ``message`` then says ("already acknowledged by alice at ...")."""
+
+    row: Row[Any]
+    changed: bool
+    message: str
+
+
 def act_on_alert(
     connection: Connection,
     *,
@@ -1039,9 +1050,12 @@ def act_on_alert(
     action: Literal["acknowledge", "resolve"],
     by: str,
     note: str | None = None,
-) -> Row[Any]:
-    """Acknowledge or resolve an alert (in the caller's transaction); returns it.
-    Acknowledging a resolved alert, or anything twice, is refused with a clear message."""
+) -> AlertActed:
+    """Acknowledge or resolve an alert (in the caller's transaction). The same action repeated
+    by the operator who took it (with no note, or the note it added) changes nothing and
+    succeeds, saying so: a retried request or a script run twice is no error. Acknowledging a
+    resolved alert, or an action another operator (or the alert rule) already took, or one
+    repeated with another note, is refused with a clear message."""
     by = by.strip()
     if not by:  # the audit trail would say nothing
         raise ConfigError(
@@ -1055,6 +1069,20 @@ def act_on_alert(
     if row is None:
         raise NotFoundError(f"no alert {alert_id}: see 'anomaly-vae alerts list'")
     now = repo.utc_now()
+    state = ALERT_ACTIONS[action]
+    took = (
+        (row.acknowledged_by, row.acknowledged_at)
+        if action == "acknowledge"
+        else (row.resolved_by, row.resolved_at)
+    )
+    kept = row.note or ""
+    same_note = not note or kept == note or kept.endswith(f"{NOTE_SEPARATOR}{note}")
+    if row.state == state and took[0] == by and same_note:
+        return AlertActed(
+            row,
+            changed=False,
+            message=f"alert {alert_id} is already {state} {_by_when(*took)}: nothing changed",
+        )
     # Said when an action is refused with a note: it is not kept anywhere.
     unsaved = "; the note given was not added" if note else ""
     if action == "acknowledge":
@@ -1096,7 +1124,8 @@ def act_on_alert(
             f"alert {alert_id} changed meanwhile (it was {row.state}, it is now {now_state}): "
             "look at it again ('anomaly-vae alerts list')"
         )
-    return connection.execute(select(Alert).where(Alert.id == alert_id)).one()
+    acted = connection.execute(select(Alert).where(Alert.id == alert_id)).one()
+    return AlertActed(acted, changed=True, message=f"alert {alert_id} is now {state}")
 
 
 def _by_when(by: str | None, when: datetime | None) -> str:
