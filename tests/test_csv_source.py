@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import tarfile
 import zipfile
 from pathlib import Path
@@ -181,6 +182,69 @@ def test_a_semicolon_export_with_decimal_commas_read_with_commas_gets_the_separa
     path.write_text("id;temp;site\r\n0;20,5;north\r\n1;21,0;south\r\n")
     with pytest.raises(InputFileError, match=r"it looks ';'-separated: try --sep ';' \(and --dec"):
         CsvSource(path).header()
+
+
+def test_a_semicolon_export_whose_header_names_hold_commas_is_not_read_with_commas(
+    tmp_path: Path,
+) -> None:
+    # "Temperatur, °C;Druck, bar;Pumpe" over "20,94;986,0;P0": split at ',', the header and
+    # every line had three fields, so the file was read without an error, its columns cut at
+    # the decimal commas ('Temperatur' holding 20, '°C;Druck' holding '94;986'), and a model
+    # was trained on them.
+    path = tmp_path / "excel.csv"
+    lines = ["Temperatur, °C;Druck, bar;Pumpe"]
+    lines += [f"{20 + i % 3},{i % 10};{1000 + i},5;P{i % 2}" for i in range(30)]
+    path.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    with pytest.raises(
+        InputFileError,
+        match=r"excel\.csv: the file looks ';'-separated, not ','-separated \(split at ';', "
+        r"each line .*try --sep ';' \(and --decimal ','",
+    ):
+        CsvSource(path).header()
+    with pytest.raises(InputFileError, match="looks ';'-separated"):
+        list(CsvSource(path).chunks())
+    frame, rejects = read_all(CsvSource(path, sep=";", decimal=","))
+    assert frame.columns.tolist() == ["Temperatur, °C", "Druck, bar", "Pumpe"]
+    assert frame["Druck, bar"].iloc[1] == 1001.5
+    assert rejects.empty
+
+
+@pytest.mark.parametrize(("sep", "shown"), [("\t", "\\t"), ("|", "|")])
+def test_a_file_whose_header_name_holds_a_comma_gets_its_own_separator_hint(
+    tmp_path: Path, sep: str, shown: str
+) -> None:
+    # A tab- (or '|'-) separated file with "Flow, l/s" in its header, read with ',': the
+    # header had two fields, every data line one; each row was rejected ("expected 2 fields,
+    # saw 1") and training said the file had "a header but no data rows".
+    path = tmp_path / "export.txt"
+    path.write_text(
+        f"id{sep}Flow, l/s{sep}site\n" + "".join(f"{i}{sep}{i}.5{sep}P1\n" for i in range(5))
+    )
+    with pytest.raises(
+        InputFileError,
+        match=rf"the file looks '{re.escape(shown)}'-separated, not ','-separated \(split at ',', "
+        rf"no data line has the header's 2 fields; split at '{re.escape(shown)}', every line "
+        rf"has 3\): try --sep '{re.escape(shown)}'$",
+    ):
+        CsvSource(path).header()
+    assert CsvSource(path, sep=sep).header() == ["id", "Flow, l/s", "site"]
+
+
+def test_a_comma_file_with_other_separators_in_its_values_is_read_as_it_is(
+    tmp_path: Path,
+) -> None:
+    # No hint where the file's own separator splits every line as the header: a name with a
+    # ';' or a '|' and values holding them stay a ',' file.
+    path = tmp_path / "tags.csv"
+    path.write_text(
+        "id,tags;labels,ratio|pct\n"
+        + "".join(f"{i},a;b,{i}|{i}\n" for i in range(5))
+        + "".join(f'{i},"1,5;2,5",0\n' for i in range(5, 8))
+    )
+    assert CsvSource(path).header() == ["id", "tags;labels", "ratio|pct"]
+    frame, rejects = read_all(CsvSource(path))
+    assert len(frame) == 8
+    assert rejects.empty
 
 
 def test_key_columns_keep_words_that_other_columns_read_as_missing(tmp_path: Path) -> None:

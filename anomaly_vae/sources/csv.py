@@ -69,6 +69,9 @@ _SEP_HINT = re.compile(r"^sep=.?$", re.IGNORECASE)
 _BAD_LINE = re.compile(r"[Ss]kipping line (\d+): (.*)")
 _UNCLOSED_QUOTE = re.compile(r"EOF inside string starting at row (\d+)")
 _FIRST_LINE_TOO_LONG = "Length of header or names does not match length of data"
+# Data records read to tell a file's separator from another one.
+_SEP_SAMPLE = 50
+_DECIMAL_COMMA = re.compile(r"^\s*[-+]?\d+,\d+\s*$")
 _ENCODING_HINT = (
     "if it uses another encoding, give it with --encoding (Excel on Windows writes cp1252; "
     "csv.encoding in a pipeline)"
@@ -435,10 +438,102 @@ class CsvSource:
                     f"'{line[4:] or self.sep}'"
                     + (", csv.sep in a pipeline)" if self.pipeline_hints else ")")
                 )
+            self._check_separator(names)
             self._spaced = self.sep != " " and any(n[:1] in (" ", "\t") for n in names[1:])
             # The header's names as the data will be read: past the spaces, when skipped.
             self._raw_header = self._header_line() if self._spaced else names
         return self._spaced
+
+    def _sample(self, sep: str) -> list[int]:
+        """The field counts of the header and of up to ``_SEP_SAMPLE`` data records after it
+        (blank lines skipped), the file split at ``sep`` (quotes honoured)."""
+        try:
+            handle = _text_opener(self.path)(
+                self.path, "rt", encoding=self.encoding, errors="replace", newline=""
+            )
+        except (OSError, zipfile.BadZipFile, tarfile.TarError, ValueError, ImportError):
+            return []
+        counts: list[int] = []
+        csv.field_size_limit(max(csv.field_size_limit(), _MAX_FIELD))
+        with handle:
+            try:
+                for fields in csv.reader(handle, delimiter=sep):
+                    if len(fields) <= 1 and not "".join(fields).strip(" \t"):
+                        continue
+                    counts.append(len(fields))
+                    if len(counts) > _SEP_SAMPLE:
+                        break
+            except (csv.Error, OSError, EOFError, ValueError):
+                pass
+        return counts
+
+    def _check_separator(self, names: list[str]) -> None:
+        """Refuse a file that another separator splits into the header's columns when this one
+        does not: a tab-separated file whose header holds a comma (``Flow, l/s``) read with
+        ',' gave every data line one field and the header two, and every row was rejected
+        ("expected 2 fields, saw 1"); a ';' export with decimal commas whose header names hold
+        commas (``Temperatur, °C;Druck, bar``) was read with ',' without any error, its
+        columns cut at the decimal commas (``20`` and ``94;986``) and a model trained on
+        them. A one-column header is said by the checks that read it."""
+        if len(self.sep) != 1 or len(names) < 2:
+            return
+        own = self._sample(self.sep)
+        if len(own) < 2:
+            return
+        own_broken = all(n != own[0] for n in own[1:])
+        header_line = self.sep.join(names)
+        for candidate, shown in ((";", ";"), ("\t", "\\t"), ("|", "|"), (",", ",")):
+            if candidate in (self.sep, self.decimal) or candidate not in header_line:
+                continue
+            if candidate == "," and not own_broken:
+                continue  # decimal commas in a ';' file: the other way round is not told
+            counts = self._sample(candidate)
+            if len(counts) < 2 or counts[0] < 2 or any(n != counts[0] for n in counts[1:]):
+                continue
+            if own_broken:
+                why = (
+                    f"split at '{self.sep}', no data line has the header's {own[0]} fields; "
+                    f"split at '{shown}', every line has {counts[0]}"
+                )
+            elif candidate == ";" and self._decimal_commas():
+                why = f"split at '{shown}', each line has numbers written with decimal commas"
+            else:
+                continue
+            decimal = (
+                " (and --decimal ',' for numbers written 1,5)"
+                if candidate == ";" and self.pipeline_hints and self._decimal_commas()
+                else ""
+            )
+            raise InputFileError(
+                f"{self.label}: the file looks '{shown}'-separated, not "
+                f"'{_shown_sep(self.sep)}'-separated ({why}): try --sep '{shown}'{decimal}"
+            )
+
+    def _decimal_commas(self) -> bool:
+        """Whether every sampled data line, split at ';', has a number written with a decimal
+        comma (``20,94``)."""
+        try:
+            handle = _text_opener(self.path)(
+                self.path, "rt", encoding=self.encoding, errors="replace", newline=""
+            )
+        except (OSError, zipfile.BadZipFile, tarfile.TarError, ValueError, ImportError):
+            return False
+        seen = 0
+        with handle:
+            try:
+                reader = csv.reader(handle, delimiter=";")
+                next(reader, None)  # the header
+                for fields in reader:
+                    if len(fields) <= 1 and not "".join(fields).strip(" \t"):
+                        continue
+                    if not any(_DECIMAL_COMMA.match(f) for f in fields):
+                        return False
+                    seen += 1
+                    if seen >= _SEP_SAMPLE:
+                        break
+            except (csv.Error, OSError, EOFError, ValueError):
+                return False
+        return seen > 0
 
     def _header_line(self) -> list[str]:
         """The header line's fields as written (no names made up or made unique by pandas)."""
@@ -743,3 +838,7 @@ def _row_numbers(start: int, count: int, bad_rows: list[int]) -> np.ndarray:
         return np.arange(start, start + count, dtype=np.int64)
     candidates = np.arange(start, start + count + len(bad_rows), dtype=np.int64)
     return np.setdiff1d(candidates, np.asarray(bad_rows, dtype=np.int64))[:count]
+
+
+def _shown_sep(sep: str) -> str:
+    return "\\t" if sep == "\t" else sep
