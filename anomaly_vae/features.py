@@ -493,14 +493,21 @@ def _infer_kind(
     if pd.api.types.is_bool_dtype(series):
         return "numeric"
     if pd.api.types.is_numeric_dtype(series):
-        if not explicit and _looks_like_row_id(non_null):
+        if explicit:
+            return "numeric"
+        since = _epoch_times_range(non_null)
+        # Epoch times before row ids (not before ids named so): a time per record, in order,
+        # also runs in sequence like a row id, and was named one ("list it under
+        # columns.features"), not a time to name as columns.timestamp. Numbers that count by
+        # one are row ids, whatever their range.
+        if _looks_like_row_id(non_null) and (since is None or _counts_by_one(non_null)):
             logger.warning(
                 "column %r looks like a row identifier (unique whole numbers in sequence) and is "
                 "not used as a feature; list it under columns.features to use it anyway",
                 name,
             )
             return None
-        if not explicit and _looks_like_named_id(name, non_null):
+        if _looks_like_named_id(name, non_null):
             logger.warning(
                 "column %r looks like an identifier (its name, and a different whole number in "
                 "each of its %d rows) and is not used as a feature; list it under "
@@ -509,8 +516,7 @@ def _infer_kind(
                 len(non_null),
             )
             return None
-        since = _epoch_times_range(non_null)
-        if not explicit and since is not None:
+        if since is not None:
             logger.warning(
                 "column %r looks like epoch times (numbers in time order, read as %s) and is "
                 "not used as a feature; name it as columns.timestamp to keep it in the output, "
@@ -662,6 +668,14 @@ def _looks_like_label(name: str, values: pd.Series) -> bool:
     if not 0 < len(distinct) <= 4:
         return False
     return {str(v).strip().casefold() for v in distinct} <= _LABEL_VALUES
+
+
+def _counts_by_one(values: pd.Series) -> bool:
+    """Whole numbers that go up (or down) by exactly one from row to row: 1001, 1002..."""
+    arr = values.to_numpy(dtype="float64", na_value=np.nan)
+    with np.errstate(over="ignore", invalid="ignore"):
+        steps = np.diff(arr)
+    return bool(len(steps)) and bool(np.all(steps == 1) or np.all(steps == -1))
 
 
 def _looks_like_row_id(values: pd.Series) -> bool:

@@ -770,6 +770,29 @@ def test_epoch_times_shared_by_several_records_are_timestamps_not_features(
     assert "2026-11-01" in caplog.text
 
 
+def test_unique_epoch_times_in_order_are_named_as_times_not_row_ids(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # One record a minute, each time once: unique whole numbers in order, which the row-id
+    # rule took first, so the warning called the column "a row identifier" and said to list
+    # it under columns.features, not to name it as columns.timestamp. Numbers that count by
+    # one stay row ids, whatever their range.
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "ts": 1_793_491_200 + 60 * np.arange(400),
+            "record": 1_793_491_200 + np.arange(400),
+            "temp": rng.normal(20, 2, 400),
+        }
+    )
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.names == ["temp"]
+    assert "'ts' looks like epoch times (numbers in time order, read as 2026-11-01" in caplog.text
+    assert "'ts' looks like a row identifier" not in caplog.text
+    assert "'record' looks like a row identifier" in caplog.text
+
+
 def test_whole_number_measurements_stay_features() -> None:
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(
