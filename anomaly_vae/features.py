@@ -197,13 +197,12 @@ class FeatureSchema:
         """
         self.check_columns(frame.columns, source=source)
         n = len(frame)
-        decimal = str(frame.attrs.get(DECIMAL_MARK_ATTR, "."))
         problems: list[tuple[np.ndarray, np.ndarray]] = []  # (bad row mask, reason per row)
         out: dict[str, Any] = {}
         for col in self.columns:
             series = frame[col.name]
             if col.kind == "numeric":
-                values, bad, reasons = _to_float(series, col.name, decimal=decimal)
+                values, bad, reasons = _to_float(series, col.name)
                 out[col.name] = values
                 if bad is not None:
                     problems.append((bad, reasons))
@@ -267,11 +266,8 @@ def row_json(row: dict[Any, Any]) -> str:
     return json.dumps(clean, ensure_ascii=False, allow_nan=False)
 
 
-def _to_float(
-    series: pd.Series, name: str, *, decimal: str = "."
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Parse a column as float64; return (values, bad-row mask or None, reason per row).
-    ``decimal``: the decimal mark of the CSV file the text came from (``DECIMAL_MARK_ATTR``)."""
+def _to_float(series: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Parse a column as float64; return (values, bad-row mask or None, reason per row)."""
     if pd.api.types.is_datetime64_any_dtype(series) or isinstance(series.dtype, pd.PeriodDtype):
         # Read as nanoseconds (1.7e18) a time in a numeric column scored absurdly high and was
         # flagged, explained by that column alone: reject it, as a time held as text is.
@@ -322,26 +318,10 @@ def _to_float(
                     unparsed &= ~hit
             # A 'nan' or 'NaN' string is a missing value, not garbage.
             unparsed &= ~np.isin(lowered, _NA_WORDS)
-        grouped = np.zeros(len(series), dtype=bool)
-        if decimal != ".":
-            # In a file read with --decimal ',', '1.050' is 1050 written with a thousands
-            # separator (as Excel writes "#.##0"): parsed here with '.' as the decimal mark it
-            # was 1.05, and such a column mixed 1.05 (for 1050) with 758 without a word.
-            # Rejected: which of the two it is, the file does not say.
-            grouped = given & text.str.match(_DOT_GROUPED).fillna(False).to_numpy(dtype=bool)
-            unparsed |= grouped
         if unparsed.any():
             reasons = np.full(len(series), "", dtype=object)
             raw = series.to_numpy(dtype=object)
             for i in np.flatnonzero(unparsed):
-                if grouped[i]:
-                    reasons[i] = (
-                        f"column {name!r}: {_short(raw[i])}: a '.' in a number of a file read "
-                        f"with the decimal mark {decimal!r} is a thousands separator or a "
-                        "decimal point, which the file does not say: export the numbers "
-                        "without thousands separators"
-                    )
-                    continue
                 reasons[i] = f"column {name!r}: {_short(raw[i])} is not a number"
                 if _COMMA_NUMBER_RE.match(str(raw[i])):
                     # Not only a CSV's: a Kafka message or an API record has no --decimal.
@@ -749,11 +729,6 @@ _DATE_TEXT = (
     r"^\s*(?:\d{4}([-/.])\d{1,2}\1\d{1,2}|\d{1,2}([-/])\d{1,2}\2\d{2,4}|\d{1,2}\.\d{1,2}\.\d{4})"
     r"(?:[T ]\d.*)?$"
 )
-# The CSV file's decimal mark, when not '.', in a frame's attrs (CsvSource sets it on each
-# chunk): a number with '.' in such a file is not read with '.' as the decimal mark.
-DECIMAL_MARK_ATTR = "anomaly_vae.decimal"
-# Thousands grouped with points: 1.050, -12.345.678, 1.050,25.
-_DOT_GROUPED = r"^\s*[-+]?\d{1,3}(?:\.\d{3})+(?:,\d*)?\s*$"
 # A number written with a decimal (or thousands) comma: 99,5 or -0,25.
 _COMMA_NUMBER = r"^\s*[-+]?\d*,\d+\s*$"
 _COMMA_NUMBER_RE = re.compile(_COMMA_NUMBER)

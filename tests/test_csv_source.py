@@ -15,10 +15,8 @@ import pytest
 import zstandard
 from pydantic import ValidationError
 
-from anomaly_vae.cli.core import read_training_csv
-from anomaly_vae.config import ColumnsConfig, CsvConfig
+from anomaly_vae.config import CsvConfig
 from anomaly_vae.errors import InputFileError
-from anomaly_vae.features import FeatureSchema
 from anomaly_vae.sources.csv import CsvSource
 
 
@@ -247,37 +245,6 @@ def test_a_comma_file_with_other_separators_in_its_values_is_read_as_it_is(
     frame, rejects = read_all(CsvSource(path))
     assert len(frame) == 8
     assert rejects.empty
-
-
-def test_a_number_with_a_thousands_point_in_a_decimal_comma_file_is_rejected_not_misread(
-    tmp_path: Path,
-) -> None:
-    # Excel's German export writes 1050 as "1.050" (format #.##0): read with --decimal ',',
-    # the parser left such a column as text and the feature parser read "1.050" with '.' as
-    # the decimal mark, 1.05, beside 758 for 758: the column was scored (and trained on)
-    # with a thousand times too small a value, without a word.
-    path = tmp_path / "de.csv"
-    path.write_text("id;menge;preis\nA0;1.050;8,37\nA1;758;9,24\nA2;-12.345.678;1,5\nA3;20.5;2\n")
-    chunks = list(CsvSource(path, sep=";", decimal=",", chunk_size=2).chunks(text_columns=["id"]))
-    schema = FeatureSchema.infer(
-        pd.DataFrame({"menge": [1.0, 2.0, 3.0], "preis": [1.0, 2.0, 3.0]}), ColumnsConfig()
-    )
-    clean, rejects = zip(*(schema.validate(c.frame) for c in chunks), strict=True)
-    scored = pd.concat(clean)
-    rejected = pd.concat(rejects)
-    assert scored["menge"].to_dict() == {1: 758.0, 3: 20.5}  # a point that groups nothing
-    assert rejected.index.tolist() == [0, 2]
-    assert rejected.loc[0, "reason"] == (
-        "column 'menge': '1.050': a '.' in a number of a file read with the decimal mark ',' "
-        "is a thousands separator or a decimal point, which the file does not say: export the "
-        "numbers without thousands separators"
-    )
-    assert "'-12.345.678': a '.' in a number" in rejected.loc[2, "reason"]
-    # Training reads the whole file as one frame: the mark stays with it.
-    frame = read_training_csv(path, sep=";", encoding="utf-8", decimal=",", text_columns=["id"])
-    assert schema.validate(frame)[1].index.tolist() == [0, 2]
-    # A record from Kafka or the API has no decimal comma: "1.050" is 1.05 there.
-    assert schema.validate(pd.DataFrame({"menge": ["1.050"], "preis": [1.0]}))[0].iloc[0, 0] == 1.05
 
 
 def test_key_columns_keep_words_that_other_columns_read_as_missing(tmp_path: Path) -> None:

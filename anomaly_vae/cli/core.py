@@ -141,7 +141,6 @@ def read_training_csv(
     if not frames or sum(len(f) for f in frames) == 0:
         raise InputFileError(f"{path} has a header but no data rows: nothing to train on")
     frame = pd.concat(frames)
-    frame.attrs.update(frames[0].attrs)  # the file's decimal mark, which numbers depend on
     frame.attrs[MALFORMED_LINES] = n_bad  # counted with the rows rejected in the summary
     return frame
 

@@ -31,7 +31,7 @@ import pandas as pd
 from pandas._libs.parsers import STR_NA_VALUES
 
 from anomaly_vae.errors import InputFileError
-from anomaly_vae.features import DECIMAL_MARK_ATTR, looks_like_data
+from anomaly_vae.features import looks_like_data
 
 FIRST_CHUNK_ROWS = 5000
 _COMPRESSED = (".gz", ".bz2", ".zip", ".xz", ".zst", ".tar")
@@ -361,7 +361,6 @@ class CsvSource:
                 ).sort_index()
                 if self.decimal != ".":
                     _parse_decimal_marks(frame, self.decimal, skip=text)
-                    frame.attrs[DECIMAL_MARK_ATTR] = self.decimal
                 next_row = (int(rows[-1]) + 1) if len(rows) else next_row + len(bad_rows)
                 if len(bad_rows) and len(rows):
                     next_row = max(next_row, int(max(bad_rows)) + 1)
