@@ -282,6 +282,36 @@ def test_a_separator_that_is_not_one_character_is_refused(sep: str) -> None:
     assert CsvConfig(sep="\t").sep == "\t"
 
 
+@pytest.mark.parametrize(
+    ("above", "first"),
+    [
+        ("Report generated 2026-11-01\n\n", "'Report generated 2026-11-01') has 1 field"),
+        ("# exported by SCADA v2\n# plant 3, line 2\n", "'# exported by SCADA v2') has 1 field"),
+        ("Exported by SCADA, v2\n", "'Exported by SCADA, v2') has 2 fields"),
+    ],
+)
+def test_a_title_or_comment_lines_above_the_header_are_named_not_the_header(
+    tmp_path: Path, above: str, first: str
+) -> None:
+    # The error said "the first data line has more fields than the header (1 columns): fix or
+    # remove that line", and that line was the header itself.
+    path = tmp_path / "report.csv"
+    lines = "".join(f"{i},{20 + i / 10},north\n" for i in range(5))
+    path.write_text(above + "id,temp,site\n" + lines)
+    header_line = above.count("\n") + 1
+    message = (
+        rf"report\.csv: line 1 \({re.escape(first)}, and the lines from line {header_line} on "
+        rf"3: is the header line {header_line} \('id,temp,site'\), below a title or comment "
+        r"lines\? remove the lines above it$"
+    )
+    with pytest.raises(InputFileError, match=message):
+        CsvSource(path).header()
+    with pytest.raises(InputFileError, match=message):
+        list(CsvSource(path).chunks())
+    path.write_text("id,temp,site\n" + lines)
+    assert CsvSource(path).header() == ["id", "temp", "site"]
+
+
 def test_a_first_data_line_with_too_many_fields_is_refused_not_taken_for_an_index(
     tmp_path: Path,
 ) -> None:

@@ -395,6 +395,8 @@ class CsvSource:
                         else ""
                     )
                 )
+        if below := self._header_below():
+            raise InputFileError(below)
         raise InputFileError(
             f"{self.label}: the first data line has more fields than the header ({columns} "
             "columns), so the lines cannot be matched to the columns: fix or remove that "
@@ -447,25 +449,53 @@ class CsvSource:
     def _sample(self, sep: str) -> list[int]:
         """The field counts of the header and of up to ``_SEP_SAMPLE`` data records after it
         (blank lines skipped), the file split at ``sep`` (quotes honoured)."""
+        return [count for _, count, _ in self._records(sep)]
+
+    def _records(self, sep: str) -> list[tuple[int, int, str]]:
+        """(line it starts on, field count, first 60 characters) of the first record and of up
+        to ``_SEP_SAMPLE`` records after it, blank lines skipped, the file split at ``sep``."""
         try:
             handle = _text_opener(self.path)(
                 self.path, "rt", encoding=self.encoding, errors="replace", newline=""
             )
         except (OSError, zipfile.BadZipFile, tarfile.TarError, ValueError, ImportError):
             return []
-        counts: list[int] = []
+        out: list[tuple[int, int, str]] = []
         csv.field_size_limit(max(csv.field_size_limit(), _MAX_FIELD))
         with handle:
+            reader = csv.reader(handle, delimiter=sep)
             try:
-                for fields in csv.reader(handle, delimiter=sep):
+                while len(out) <= _SEP_SAMPLE:
+                    start = reader.line_num + 1
+                    fields = next(reader, None)
+                    if fields is None:
+                        break
                     if len(fields) <= 1 and not "".join(fields).strip(" \t"):
                         continue
-                    counts.append(len(fields))
-                    if len(counts) > _SEP_SAMPLE:
-                        break
+                    out.append((start, len(fields), sep.join(fields)[:60].lstrip("\ufeff")))
             except (csv.Error, OSError, EOFError, ValueError):
                 pass
-        return counts
+        return out
+
+    def _header_below(self) -> str:
+        """When the first lines are a title or comments above the header ("Report of
+        2026-11-01", "# exported by ..."): the records from some line on all have one count
+        of fields, more than the first line's. Then what to do, else ""."""
+        if len(self.sep) != 1:
+            return ""
+        records = self._records(self.sep)
+        if len(records) < 3:
+            return ""
+        first = records[0][1]
+        for at, (line, count, text) in enumerate(records[1:-1], start=1):
+            if count > first and all(n == count for _, n, _ in records[at:]):
+                return (
+                    f"{self.label}: line 1 ({records[0][2]!r}) has {first} field"
+                    f"{'s' if first > 1 else ''}, and the lines from line {line} on {count}: "
+                    f"is the header line {line} ({text!r}), below a title or comment lines? "
+                    f"remove the lines above it"
+                )
+        return ""
 
     def _check_separator(self, names: list[str]) -> None:
         """Refuse a file that another separator splits into the header's columns when this one
