@@ -152,6 +152,29 @@ def test_a_missing_feature_field_names_the_field_the_message_has_instead() -> No
     assert near_names(["pressure_in", "rpm"], ["presure_in", "station"]) == ["presure_in"]
 
 
+def test_a_missing_feature_field_nested_in_an_object_says_fields_are_read_at_the_top() -> None:
+    # {"data": {"a": 1, "b": 2}} and {"sensor": {"temp": 1}} for a feature 'sensor.temp' (a
+    # CSV flattened by pandas.json_normalize): "feature fields 'a', 'b' missing", though the
+    # message held both, said nothing of why they were not read.
+    messages = [
+        msg(b'{"data": {"a": 1, "b": 2}, "id": 7}', 0),
+        msg(b'{"b": 2, "data": {"z": 1}}', 2),
+    ]
+    reasons = decode_messages(messages, features=FEATURES).rejects["reason"].to_dict()
+    assert reasons["t:0:0"] == (
+        "feature fields 'a', 'b' missing (the record's object 'data' holds them: fields are read "
+        "at the top level of the record, not inside an object; send them there)"
+    )
+    assert reasons["t:0:2"] == "feature field 'a' missing"
+    nested = [msg(b'{"sensor": {"temp": 20.5, "flow": 1}, "b": 2}', 3)]
+    out = decode_messages(nested, features=["sensor.temp", "b"])
+    assert out.rejects["reason"].tolist() == [
+        "feature field 'sensor.temp' missing (the record has 'sensor.temp' nested, in the object "
+        "'sensor': fields are read at the top level of the record, by their whole name; send "
+        '"sensor.temp": VALUE there)'
+    ]
+
+
 def test_decode_event_time_from_field_or_kafka() -> None:
     messages = [
         msg(b'{"a": 1, "b": 2, "ts": "2026-11-01T10:00:00Z"}', 0),

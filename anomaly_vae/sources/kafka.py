@@ -16,7 +16,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,7 +113,7 @@ def decode_messages(
     # Entities repeat (a few machines, many records each): each distinct key or field value is
     # turned into its text once per batch, not once per message.
     key_texts: dict[bytes, str | None] = {}
-    missing_reasons: dict[tuple[tuple[str, ...], frozenset[Any]], str] = {}
+    missing_reasons: dict[tuple[tuple[str, ...], frozenset[Any], frozenset[Any]], str] = {}
     field_texts: dict[Any, str | None] = {}
     for msg in messages:
         value = msg.value
@@ -144,9 +144,12 @@ def decode_messages(
         if not obj.keys() >= wanted:
             missing = sorted(wanted.difference(obj.keys()))
             # One producer's messages share their field names: one search per batch.
-            shape = (tuple(missing), frozenset(obj.keys()))
+            nested = frozenset(k for k, v in obj.items() if type(v) is dict)
+            shape = (tuple(missing), frozenset(obj.keys()), nested)
             if shape not in missing_reasons:
-                missing_reasons[shape] = missing_fields_reason(missing, obj.keys() - wanted)
+                missing_reasons[shape] = missing_fields_reason(
+                    missing, obj.keys() - wanted, record=obj
+                )
             reason = missing_reasons[shape]
             reject(msg, source_key(msg.topic, msg.partition, msg.offset), reason)
             continue
@@ -340,18 +343,46 @@ def entity_type_reason(name: str, value: object) -> str | None:
     return None
 
 
-def missing_fields_reason(names: Sequence[str], present: Iterable[Any] = ()) -> str:
+def missing_fields_reason(
+    names: Sequence[str], present: Iterable[Any] = (), *, record: Mapping[Any, Any] | None = None
+) -> str:
     """The reason a record without these feature fields is rejected (in the order given),
     naming the record's other fields (``present``: not the features it has) that look meant
     for them: a producer writing 'RPM' or 'rpm ' had every message rejected as "feature field
-    'rpm' missing", which read as if the value were absent."""
+    'rpm' missing", which read as if the value were absent. ``record``: the record itself,
+    whose JSON objects may hold the fields (``{"data": {...}}``, ``{"sensor": {"temp": ..}}``
+    for a feature ``sensor.temp``), which are not read there: said so."""
     shown = ", ".join(repr(name) for name in names)
     reason = f"feature field{'s' if len(names) > 1 else ''} {shown} missing"
     near = near_names(names, present)
     if near:
         have = " and ".join(repr(name) for name in near)
         reason += f" (the record has {have}: field names must match exactly, letter case too)"
+    elif record is not None and (inside := _nested_hint(names, record)):
+        reason += inside
     return reason
+
+
+def _nested_hint(names: Sequence[str], record: Mapping[Any, Any]) -> str:
+    """Where the record's JSON objects hold the missing fields, what to send instead."""
+    for key, value in record.items():
+        if isinstance(value, dict) and sum(name in value for name in names) * 2 >= len(names):
+            return (
+                f" (the record's object {str(key)!r} holds them: fields are read at the top "
+                "level of the record, not inside an object; send them there)"
+            )
+    for name in names:
+        parts = name.split(".")
+        node: Any = record
+        for part in parts:
+            node = node.get(part) if isinstance(node, dict) else None
+        if len(parts) > 1 and node is not None and isinstance(record.get(parts[0]), dict):
+            return (
+                f" (the record has {name!r} nested, in the object {parts[0]!r}: fields are read "
+                f'at the top level of the record, by their whole name; send "{name}": '
+                "VALUE there)"
+            )
+    return ""
 
 
 def near_names(names: Sequence[str], present: Iterable[Any]) -> list[str]:
