@@ -828,6 +828,13 @@ def _separator_hint(header: list[str], expected: list[str]) -> str:
     for sep, label in ((";", ";"), ("\t", "\\t"), ("|", "|"), (",", ",")):
         if sep in only and any(e in only.split(sep) for e in expected):
             return f"; the header looks '{label}'-separated: try --sep '{label}'"
+    if any(e in only.split() for e in expected):
+        if re.search(r"\S {2,}\S|^ +\S", only):
+            return (
+                "; the header looks like a table with its columns aligned by spaces, not CSV: "
+                "save it as CSV (values separated by commas, or one space: --sep ' ')"
+            )
+        return "; the header looks separated by spaces: try --sep ' '"
     return "; only one column was found: is the separator right (--sep)?"
 
 

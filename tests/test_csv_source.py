@@ -15,6 +15,7 @@ import pytest
 import zstandard
 from pydantic import ValidationError
 
+from anomaly_vae.cli.core import read_training_csv
 from anomaly_vae.config import CsvConfig
 from anomaly_vae.errors import InputFileError
 from anomaly_vae.sources.csv import CsvSource
@@ -310,6 +311,65 @@ def test_a_title_or_comment_lines_above_the_header_are_named_not_the_header(
         list(CsvSource(path).chunks())
     path.write_text("id,temp,site\n" + lines)
     assert CsvSource(path).header() == ["id", "temp", "site"]
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "call"),
+    [
+        (
+            '{"temp": 19.7, "site": "a,b"}\n{"temp": 18.2, "site": "c"}\n',
+            "JSON lines",
+            "lines=True",
+        ),
+        ('[{"temp": 19.7, "site": "a"},\n {"temp": 18.2, "site": "c"}]\n', "a JSON document", ""),
+        ('[\n  {\n    "temp": 19.7\n  }\n]\n', "a JSON document", ""),
+    ],
+)
+def test_a_json_file_is_named_as_json_not_read_as_csv(
+    tmp_path: Path, text: str, kind: str, call: str
+) -> None:
+    # JSON lines read as CSV: '{"temp": 19.7' was a column, ' "site": "a' another, and a model
+    # was trained on them (one categorical feature of garbage, "model saved").
+    path = tmp_path / "records.json"
+    path.write_text(text)
+    with pytest.raises(InputFileError, match=rf"records\.json is {kind}.*, not CSV text") as raised:
+        CsvSource(path).header()
+    assert f"pd.read_json(FILE{', ' + call if call else ''}).to_csv(OUT" in str(raised.value)
+    with pytest.raises(InputFileError, match="not CSV text"):
+        read_training_csv(path, sep=",", encoding="utf-8")
+
+
+def test_a_file_separated_or_aligned_by_spaces_is_named_as_such(tmp_path: Path) -> None:
+    # Read with ',', the header was one column 'temp pressure site' of text values, and
+    # training said "no feature columns left after leaving out ids, labels and ignored
+    # columns", nothing of the separator.
+    spaced = tmp_path / "spaced.txt"
+    spaced.write_text("temp pressure site\n" + "".join(f"{i}.5 10{i}.0 north\n" for i in range(5)))
+    with pytest.raises(InputFileError, match=r"the lines look separated by spaces: try --sep ' '$"):
+        read_training_csv(spaced, sep=",", encoding="utf-8")
+    assert CsvSource(spaced, sep=" ").header() == ["temp", "pressure", "site"]
+    aligned = tmp_path / "aligned.txt"
+    aligned.write_text(
+        "  temp  pressure  site\n" + "".join(f"{i}.50    100{i}.0  north\n" for i in range(5))
+    )
+    with pytest.raises(InputFileError, match="a table with its columns aligned by spaces, not C"):
+        read_training_csv(aligned, sep=",", encoding="utf-8")
+    # A file of one column whose name holds a space is one.
+    single = tmp_path / "single.csv"
+    single.write_text("flow rate\n" + "".join(f"{i}.5\n" for i in range(12)))
+    assert len(read_training_csv(single, sep=",", encoding="utf-8")) == 12
+
+
+def test_a_one_column_header_over_lines_split_at_commas_in_values_is_no_title_line(
+    tmp_path: Path,
+) -> None:
+    # The title-line rule needs a header of names over a column of numbers: a space-separated
+    # file whose values hold a comma ("$1,911.37") has lines of two runs of text under ','.
+    path = tmp_path / "report.txt"
+    path.write_text("id amount site\n" + "".join(f"{i} $1,{i}11.37 north\n" for i in range(5)))
+    with pytest.raises(InputFileError) as raised:
+        CsvSource(path).header()
+    assert "title" not in str(raised.value)
 
 
 def test_a_first_data_line_with_too_many_fields_is_refused_not_taken_for_an_index(

@@ -351,6 +351,11 @@ def test_missing_feature_column_names_it_and_suggests_separator() -> None:
     # One backslash, as the user types it (the hint showed '\\t').
     with pytest.raises(SchemaError, match=r"looks '\\t'-separated: try --sep '\\t'"):
         schema.check_columns(["a\tb"], source="x.csv")
+    # An export separated (or aligned) by spaces: it said "is the separator right (--sep)?".
+    with pytest.raises(SchemaError, match=r"the header looks separated by spaces: try --sep ' '$"):
+        schema.check_columns(["a b"], source="x.txt")
+    with pytest.raises(SchemaError, match=r"aligned by spaces, not CSV: save it as CSV"):
+        schema.check_columns(["   a    b"], source="x.txt")
 
 
 def test_a_feature_column_with_a_blank_header_cell_is_warned_about_and_explained_when_missing(

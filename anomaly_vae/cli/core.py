@@ -119,6 +119,18 @@ def read_training_csv(
                     f"{path}: only one column found ({only[:60]!r}); the header looks "
                     f"'{label}'-separated: try --sep '{label}'"
                 )
+        table = source.space_table() if " " in only else None
+        if table == "spaced":
+            raise InputFileError(
+                f"{path}: only one column found ({only[:60]!r}); the lines look separated by "
+                "spaces: try --sep ' '"
+            )
+        if table == "aligned":
+            raise InputFileError(
+                f"{path}: only one column found ({only[:60]!r}); the lines look like a table "
+                "with its columns aligned by spaces, not CSV: save it as CSV (values separated "
+                "by commas, or one space: --sep ' ')"
+            )
     from anomaly_vae.features import looks_like_data
 
     if looks_like_data(header):

@@ -69,6 +69,13 @@ _SEP_HINT = re.compile(r"^sep=.?$", re.IGNORECASE)
 _BAD_LINE = re.compile(r"[Ss]kipping line (\d+): (.*)")
 _UNCLOSED_QUOTE = re.compile(r"EOF inside string starting at row (\d+)")
 _FIRST_LINE_TOO_LONG = "Length of header or names does not match length of data"
+_SPACE_TABLE_HINT = {
+    "spaced": "the lines look separated by spaces: try --sep ' '",
+    "aligned": (
+        "the lines look like a table with its columns aligned by spaces, not CSV: save it as "
+        "CSV (values separated by commas, or one space: --sep ' ')"
+    ),
+}
 # Data records read to tell a file's separator from another one.
 _SEP_SAMPLE = 50
 _DECIMAL_COMMA = re.compile(r"^\s*[-+]?\d+,\d+\s*$")
@@ -395,6 +402,11 @@ class CsvSource:
                         else ""
                     )
                 )
+        if len(names) == 1 and " " in names[0] and (table := self.space_table()):
+            raise InputFileError(
+                f"{self.label}: only one column found in the header ({names[0][:60]!r}); "
+                + _SPACE_TABLE_HINT[table]
+            )
         if below := self._header_below():
             raise InputFileError(below)
         raise InputFileError(
@@ -440,6 +452,15 @@ class CsvSource:
                     f"'{line[4:] or self.sep}'"
                     + (", csv.sep in a pipeline)" if self.pipeline_hints else ")")
                 )
+            if line.startswith(("{", "[")) and (kind := self._json_kind()):
+                # JSON lines read as CSV: '{"temp":19.7' a column, '"region":"east"}' another,
+                # and a model was trained on them.
+                lines = ", lines=True" if "lines" in kind else ""
+                raise InputFileError(
+                    f"{self.label} is {kind}, not CSV text: anomaly-vae reads CSV files (a "
+                    "header line, then one line per record); convert it, e.g. with pandas: "
+                    f"pd.read_json(FILE{lines}).to_csv(OUT, index=False)"
+                )
             self._check_separator(names)
             self._spaced = self.sep != " " and any(n[:1] in (" ", "\t") for n in names[1:])
             # The header's names as the data will be read: past the spaces, when skipped.
@@ -449,18 +470,18 @@ class CsvSource:
     def _sample(self, sep: str) -> list[int]:
         """The field counts of the header and of up to ``_SEP_SAMPLE`` data records after it
         (blank lines skipped), the file split at ``sep`` (quotes honoured)."""
-        return [count for _, count, _ in self._records(sep)]
+        return [len(fields) for _, fields in self._records(sep)]
 
-    def _records(self, sep: str) -> list[tuple[int, int, str]]:
-        """(line it starts on, field count, first 60 characters) of the first record and of up
-        to ``_SEP_SAMPLE`` records after it, blank lines skipped, the file split at ``sep``."""
+    def _records(self, sep: str) -> list[tuple[int, list[str]]]:
+        """(line it starts on, fields) of the first record and of up to ``_SEP_SAMPLE``
+        records after it, blank lines skipped, the file split at ``sep``."""
         try:
             handle = _text_opener(self.path)(
                 self.path, "rt", encoding=self.encoding, errors="replace", newline=""
             )
         except (OSError, zipfile.BadZipFile, tarfile.TarError, ValueError, ImportError):
             return []
-        out: list[tuple[int, int, str]] = []
+        out: list[tuple[int, list[str]]] = []
         csv.field_size_limit(max(csv.field_size_limit(), _MAX_FIELD))
         with handle:
             reader = csv.reader(handle, delimiter=sep)
@@ -472,10 +493,56 @@ class CsvSource:
                         break
                     if len(fields) <= 1 and not "".join(fields).strip(" \t"):
                         continue
-                    out.append((start, len(fields), sep.join(fields)[:60].lstrip("\ufeff")))
+                    out.append((start, fields))
             except (csv.Error, OSError, EOFError, ValueError):
                 pass
         return out
+
+    def _first_lines(self, count: int) -> list[str]:
+        """Up to ``count`` non-blank lines from the start of the file, as text."""
+        out: list[str] = []
+        try:
+            with _text_opener(self.path)(
+                self.path, "rt", encoding=self.encoding, errors="replace", newline=""
+            ) as handle:
+                for line in handle:
+                    if line.strip():
+                        out.append(line.rstrip("\r\n").lstrip("\ufeff"))
+                        if len(out) >= count:
+                            break
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile, tarfile.TarError, ImportError):
+            return out
+        return out
+
+    def _json_kind(self) -> str | None:
+        """'JSON lines' or 'a JSON document' when the file is one, else None."""
+        lines = self._first_lines(2)
+        if not lines:
+            return None
+        first = lines[0].strip()
+        if first in ("{", "[") or (first.startswith("[") and not first.endswith("]")):
+            return "a JSON document"
+        try:
+            parsed = json.loads(first)
+        except ValueError:
+            return None
+        if isinstance(parsed, dict):
+            return "JSON lines (one JSON object a line)"
+        return "a JSON document" if isinstance(parsed, list) else None
+
+    def space_table(self) -> str | None:
+        """For a file read as one column: 'aligned' when its lines are a table of columns
+        aligned with runs of spaces (a fixed-width text export), 'spaced' when one space
+        separates as many values on every line, else None."""
+        lines = self._first_lines(_SEP_SAMPLE + 1)
+        counts = {len(line.split()) for line in lines}
+        if len(lines) < 2 or len(counts) != 1 or counts.pop() < 2:
+            return None
+        if any(re.search(r"\S {2,}\S|^ +\S", line) for line in lines):
+            return "aligned"
+        return (
+            "spaced" if all(len(line.split(" ")) == len(line.split()) for line in lines) else None
+        )
 
     def _header_below(self) -> str:
         """When the first lines are a title or comments above the header ("Report of
@@ -486,15 +553,25 @@ class CsvSource:
         records = self._records(self.sep)
         if len(records) < 3:
             return ""
-        first = records[0][1]
-        for at, (line, count, text) in enumerate(records[1:-1], start=1):
-            if count > first and all(n == count for _, n, _ in records[at:]):
-                return (
-                    f"{self.label}: line 1 ({records[0][2]!r}) has {first} field"
-                    f"{'s' if first > 1 else ''}, and the lines from line {line} on {count}: "
-                    f"is the header line {line} ({text!r}), below a title or comment lines? "
-                    f"remove the lines above it"
-                )
+        first = len(records[0][1])
+        for at, (line, fields) in enumerate(records[1:-1], start=1):
+            count = len(fields)
+            below = [f for _, f in records[at + 1 :]]
+            if count <= first or any(len(f) != count for f in below):
+                continue
+            # A header above data: names, over a column of numbers (not a file whose
+            # separator is another, each of its lines a few runs of text).
+            numbers = [all(_is_number(f[i]) for f in below) for i in range(count)]
+            if any(_is_number(name) for name in fields) or not any(numbers):
+                return ""
+            text = self.sep.join(fields)[:60]
+            return (
+                f"{self.label}: line 1 ({self.sep.join(records[0][1])[:60].lstrip(chr(0xFEFF))!r}) "
+                f"has {first} field"
+                f"{'s' if first > 1 else ''}, and the lines from line {line} on {count}: "
+                f"is the header line {line} ({text!r}), below a title or comment lines? "
+                f"remove the lines above it"
+            )
         return ""
 
     def _check_separator(self, names: list[str]) -> None:
@@ -868,6 +945,14 @@ def _row_numbers(start: int, count: int, bad_rows: list[int]) -> np.ndarray:
         return np.arange(start, start + count, dtype=np.int64)
     candidates = np.arange(start, start + count + len(bad_rows), dtype=np.int64)
     return np.setdiff1d(candidates, np.asarray(bad_rows, dtype=np.int64))[:count]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _shown_sep(sep: str) -> str:
