@@ -924,11 +924,28 @@ def _near_names_hint(missing: list[str], header: list[str], features: list[str])
     for name in header:
         if name not in features:  # a feature of its own is not another's misspelling
             present.setdefault(name_key(name), []).append(name)
-    pairs = [
-        f"{name!r} is {present[key][0]!r} there"
+    found = {
+        name: present[key][0]
         for name in missing
         if len(present.get(key := name_key(name), [])) == 1
-    ]
+    }
+    forms = {
+        name: other
+        for name, other in found.items()
+        if unicodedata.normalize("NFC", name) == unicodedata.normalize("NFC", other)
+    }
+    if forms:
+        # 'Température' and 'Température', one with é, one with e and a combining accent (as
+        # macOS tools may write it): "names differ only in spaces or case" quoted two names
+        # that look the same.
+        name, other = next(iter(forms.items()))
+        return (
+            f"; {name!r} is there with its accented letters written as other Unicode code "
+            f"points ({other!a} in the file, {name!a} in the model: one composed, "
+            "one decomposed, NFC / NFD); rename the file's columns as the model has them (save "
+            "the file's text in Unicode NFC), or retrain the model on files with these names"
+        )
+    pairs = [f"{name!r} is {other!r} there" for name, other in found.items()]
     if not pairs:
         return ""
     shown = ", ".join(pairs[:5]) + (", ..." if len(pairs) > 5 else "")

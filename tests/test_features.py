@@ -358,6 +358,24 @@ def test_missing_feature_column_names_it_and_suggests_separator() -> None:
         schema.check_columns(["   a    b"], source="x.txt")
 
 
+def test_a_column_name_in_another_unicode_form_is_shown_by_its_code_points() -> None:
+    # An export whose header writes é as e and a combining accent (NFD, as macOS tools may):
+    # the error said "'Température' is 'Température' there: names differ only in spaces or
+    # case", two names that look the same.
+    composed = "Temp\u00e9rature"
+    schema = FeatureSchema.infer(
+        pd.DataFrame({composed: [1.0, 2.0] * 5, "b": [2.0, 3.0] * 5}), ColumnsConfig()
+    )
+    with pytest.raises(SchemaError) as raised:
+        schema.check_columns(["Tempe\u0301rature", "b"], source="x.csv")
+    assert (
+        "is there with its accented letters written as other Unicode code points "
+        "('Tempe\\u0301rature' in the file, 'Temp\\xe9rature' in the model: one composed, one "
+        "decomposed, NFC / NFD)"
+    ) in str(raised.value)
+    assert "spaces or case" not in str(raised.value)
+
+
 def test_a_feature_column_with_a_blank_header_cell_is_warned_about_and_explained_when_missing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
