@@ -418,10 +418,13 @@ def _number_key(text: str) -> str | None:
 
 def _loose_key(text: str) -> str:
     """What a category is matched by when it is not found as it is: a number's key (``'007'``,
-    ``'7.0'`` and ``7`` are ``'7'``), other text without the spaces around it."""
+    ``'7.0'`` and ``7`` are ``'7'``), other text without the spaces around it and with its
+    accented letters in one Unicode form (NFC: ``'Köln'`` with ``ö`` one code point or ``o``
+    and a combining accent, as macOS tools may write it, which looked the same and was an
+    unknown category, scored as a novelty)."""
     stripped = text.strip()
     number = _number_key(stripped)
-    return number if number is not None else stripped
+    return number if number is not None else unicodedata.normalize("NFC", stripped)
 
 
 def _match_loosely(codes: np.ndarray, values: np.ndarray, cats: list[str]) -> None:
