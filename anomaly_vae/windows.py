@@ -661,10 +661,13 @@ def out_of_range_time(value: object) -> bool:
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
     try:
-        datetime.fromisoformat(text)
+        parsed = datetime.fromisoformat(text)
     except ValueError:
         return False
-    return True
+    # Python reads forms of ISO 8601 that the time reader does not (a week date, 2026-W01):
+    # those are in range, and were said to be dates outside the years 1677 to 2262.
+    # 1677 and 2262 hold times from or up to a day in them: a date there not read is past it.
+    return not 1677 < parsed.year < 2262
 
 
 OUT_OF_RANGE_TIME = "is a date outside the years 1677 to 2262 that a time can be read in"

@@ -31,6 +31,7 @@ from anomaly_vae.windows import (
     entity_from_bytes,
     entity_to_bytes,
     event_seconds,
+    out_of_range_time,
 )
 from tests.conftest import query
 from tests.test_cli import run_inline
@@ -1600,3 +1601,15 @@ def test_precision_and_recall_against_labels_count_the_records_flagged_not_the_s
     assert summary.metrics["precision"] == pytest.approx(
         precision_score(truth, flagged, zero_division=0.0)
     )
+
+
+def test_only_dates_past_the_years_a_time_holds_are_called_out_of_range() -> None:
+    # An ISO week date ('2026-W01') or ordinal date ('2026-001'), which Python reads and the
+    # time reader does not, was "a date outside the years 1677 to 2262 that a time can be read
+    # in" (the warning of 'score --db', a windowed model's reject reason).
+    assert out_of_range_time("9999-12-31")
+    assert out_of_range_time("1600-01-01T00:00:00Z")
+    assert out_of_range_time("2262-04-12")
+    assert not out_of_range_time("2026-W01")
+    assert not out_of_range_time("2026-001")
+    assert not out_of_range_time("yesterday")
