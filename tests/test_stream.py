@@ -175,6 +175,29 @@ def test_a_missing_feature_field_nested_in_an_object_says_fields_are_read_at_the
     ]
 
 
+def test_a_python_dict_or_a_csv_line_sent_as_a_message_is_named_in_the_reason() -> None:
+    # A Python producer sending str(record) ("{'a': 1}") or a CSV line ("19.7,1002.1") had
+    # "invalid JSON: unexpected character, expected a string key: line 1 column 2", which
+    # said nothing of what to send instead.
+    messages = [
+        msg(b"{'a': 1.5, 'b': 2}", 0),
+        msg(b"19.7,1002.1,east", 1),
+        msg(b'{"a": 1,}', 2),
+    ]
+    reasons = decode_messages(messages, features=FEATURES).rejects["reason"].to_dict()
+    assert reasons["t:0:0"].endswith(
+        " (names in single quotes, as Python's str() of a dict writes them: send "
+        "json.dumps(record))"
+    )
+    assert reasons["t:0:1"] == (
+        "invalid JSON: unexpected content after document: line 1 column 5 (char 4) (a CSV "
+        'line? a message is one JSON object: {"temp": 19.7, "site": "north"})'
+    )
+    assert (
+        reasons["t:0:2"] == "invalid JSON: trailing comma is not allowed: line 1 column 8 (char 7)"
+    )
+
+
 def test_decode_event_time_from_field_or_kafka() -> None:
     messages = [
         msg(b'{"a": 1, "b": 2, "ts": "2026-11-01T10:00:00Z"}', 0),

@@ -332,7 +332,19 @@ def _invalid_json_reason(value: bytes, exc: Exception) -> str:
             f"invalid JSON: not UTF-8 text (byte 0x{byte} at byte {bad.start}): JSON messages "
             "must be UTF-8 (a producer writing Latin-1 or cp1252 text must encode it as UTF-8)"
         )
-    return f"invalid JSON: {str(exc).splitlines()[0]}"
+    reason = f"invalid JSON: {str(exc).splitlines()[0]}"
+    text = value[:400].decode("utf-8", errors="ignore").strip()
+    if text.startswith(("{'", "{ '", "[{'")) or (text.startswith("{") and "': " in text):
+        # Python's str() of a dict, a producer's common slip: "unexpected character".
+        return reason + (
+            " (names in single quotes, as Python's str() of a dict writes them: send "
+            "json.dumps(record))"
+        )
+    if not text.startswith(("{", "[", '"')) and ("," in text or ";" in text):
+        return reason + (
+            ' (a CSV line? a message is one JSON object: {"temp": 19.7, "site": "north"})'
+        )
+    return reason
 
 
 def entity_type_reason(name: str, value: object) -> str | None:
