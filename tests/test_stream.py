@@ -150,6 +150,16 @@ def test_a_missing_feature_field_names_the_field_the_message_has_instead() -> No
     assert reasons["t:0:4"] == reasons["t:0:0"]
     # A close spelling is named too.
     assert near_names(["pressure_in", "rpm"], ["presure_in", "station"]) == ["presure_in"]
+    # The same name with its accents in another Unicode form (NFD): "letter case too" said
+    # nothing of a difference no one can see.
+    nfd = decode_messages(
+        [msg('{"Tempe\u0301rature": 1, "b": 2}'.encode(), 5)], features=["Température", "b"]
+    )
+    assert nfd.rejects["reason"].tolist() == [
+        "feature field 'Température' missing (the record has 'Tempe\\u0301rature', the same "
+        "name with its accents written as other Unicode code points: send field names in "
+        "Unicode NFC)"
+    ]
 
 
 def test_a_missing_feature_field_nested_in_an_object_says_fields_are_read_at_the_top() -> None:

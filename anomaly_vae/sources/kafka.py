@@ -16,6 +16,7 @@ import os
 import re
 import threading
 import time
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -367,7 +368,15 @@ def missing_fields_reason(
     shown = ", ".join(repr(name) for name in names)
     reason = f"feature field{'s' if len(names) > 1 else ''} {shown} missing"
     near = near_names(names, present)
-    if near:
+    nfc = {unicodedata.normalize("NFC", name) for name in names}
+    forms = [name for name in near if unicodedata.normalize("NFC", name) in nfc]
+    if forms:
+        # The same name to the eye: "letter case too" said nothing of the difference.
+        reason += (
+            f" (the record has {forms[0]!a}, the same name with its accents written as other "
+            "Unicode code points: send field names in Unicode NFC)"
+        )
+    elif near:
         have = " and ".join(repr(name) for name in near)
         reason += f" (the record has {have}: field names must match exactly, letter case too)"
     elif record is not None and (inside := _nested_hint(names, record)):
