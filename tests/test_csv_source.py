@@ -248,6 +248,29 @@ def test_a_comma_file_with_other_separators_in_its_values_is_read_as_it_is(
     assert rejects.empty
 
 
+@pytest.mark.parametrize("order", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_a_byte_order_mark_is_named_with_the_encoding_to_give(
+    tmp_path: Path, order: str
+) -> None:
+    # SQL Server's 'bcp -w' writes UTF-16 with no byte order mark: "is not a CSV text file
+    # (it holds binary data)", nothing of the encoding.
+    path = tmp_path / "bcp.csv"
+    path.write_bytes("id,temp,site\n0,20.5,Köln\n1,21.0,Bonn\n".encode(order))
+    with pytest.raises(
+        InputFileError,
+        match=rf"bcp\.csv looks like UTF-16 text without a byte order mark, not utf-8: give "
+        rf"--encoding {order} \(csv\.encoding: {order} in a pipeline\)$",
+    ):
+        CsvSource(path).header()
+    frame, rejects = read_all(CsvSource(path, encoding=order))
+    assert frame["site"].tolist() == ["Köln", "Bonn"]
+    assert rejects.empty
+    binary = tmp_path / "blob.csv"
+    binary.write_bytes(b"id,temp\n\x00\x01\x02\x00\x00\x00" * 20)
+    with pytest.raises(InputFileError, match=r"it holds binary data"):
+        CsvSource(binary).header()
+
+
 def test_key_columns_keep_words_that_other_columns_read_as_missing(tmp_path: Path) -> None:
     # An id 'NA' (or 'null', a pump named 'None') was copied as an empty cell, and a windowed
     # model rejected its records for a missing entity; the rejects' raw values said null.

@@ -182,6 +182,14 @@ class CsvSource:
                     f"{self.label} is UTF-16 text, not {self.encoding}: give --encoding utf-16"
                     + (" (csv.encoding: utf-16 in a pipeline)" if self.pipeline_hints else "")
                 )
+            if (order := _utf16_without_mark(head)) is not None:
+                # SQL Server's bcp -w writes UTF-16 with no byte order mark: a NUL after every
+                # character, which was "not a CSV text file (it holds binary data)".
+                raise InputFileError(
+                    f"{self.label} looks like UTF-16 text without a byte order mark, not "
+                    f"{self.encoding}: give --encoding {order}"
+                    + (f" (csv.encoding: {order} in a pipeline)" if self.pipeline_hints else "")
+                )
             for magic, kind, suffix in _COMPRESSED_MAGIC:
                 if head.startswith(magic):
                     raise InputFileError(
@@ -945,6 +953,24 @@ def _row_numbers(start: int, count: int, bad_rows: list[int]) -> np.ndarray:
         return np.arange(start, start + count, dtype=np.int64)
     candidates = np.arange(start, start + count + len(bad_rows), dtype=np.int64)
     return np.setdiff1d(candidates, np.asarray(bad_rows, dtype=np.int64))[:count]
+
+
+def _utf16_without_mark(head: bytes) -> str | None:
+    """'utf-16-le' or 'utf-16-be' when ``head`` is such text without a byte order mark: NUL
+    bytes in nearly every odd (little-endian ASCII) or even (big-endian) position, none in
+    the others; else None."""
+    sample = head[:4096]
+    if len(sample) < 8:
+        return None
+    even, odd = sample[0::2], sample[1::2]
+    for zeros, other, order in ((odd, even, "utf-16-le"), (even, odd, "utf-16-be")):
+        if zeros.count(0) >= 0.9 * len(zeros) and other.count(0) == 0:
+            try:
+                sample[: len(sample) // 2 * 2].decode(order)
+            except UnicodeDecodeError:
+                continue
+            return order
+    return None
 
 
 def _is_number(text: str) -> bool:
