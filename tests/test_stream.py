@@ -206,6 +206,12 @@ def test_a_python_dict_or_a_csv_line_sent_as_a_message_is_named_in_the_reason() 
     assert (
         reasons["t:0:2"] == "invalid JSON: trailing comma is not allowed: line 1 column 8 (char 7)"
     )
+    # A producer batching records into one array: "expected an object" said nothing of it.
+    batched = decode_messages([msg(b'[{"a": 1, "b": 2}, {"a": 3, "b": 4}]', 3)], features=FEATURES)
+    assert batched.rejects["reason"].tolist() == [
+        "top level is a JSON array, expected an object (an array of 2 objects: send one record "
+        "per message, each its own JSON object)"
+    ]
 
 
 def test_decode_event_time_from_field_or_kafka() -> None:

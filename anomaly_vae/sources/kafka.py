@@ -140,6 +140,12 @@ def decode_messages(
             continue
         if type(obj) is not dict:
             reason = f"top level is a JSON {_json_type(obj)}, expected an object"
+            if type(obj) is list and obj and all(type(item) is dict for item in obj):
+                # A producer batching records: the array is not split into records.
+                reason += (
+                    f" (an array of {len(obj)} objects: send one record per message, each "
+                    "its own JSON object)"
+                )
             reject(msg, source_key(msg.topic, msg.partition, msg.offset), reason)
             continue
         if not obj.keys() >= wanted:
