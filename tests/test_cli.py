@@ -1728,6 +1728,14 @@ def test_a_pipeline_file_indented_with_a_tab_says_so_and_other_syntax_quotes_not
     assert "hunter2" not in str(raised.value)
 
 
+def test_a_model_named_after_a_folder_named_in_nfd_is_named_in_nfc() -> None:
+    # macOS names a folder 'pumps-é' with e and a combining accent (NFD): the model was
+    # named 'pumps-e-' (the accent, no letter, made a '-'), not the 'pumps-é' typed later.
+    from anomaly_vae.cli.core import load_pipeline
+
+    assert load_pipeline(None, default_name="pumps-e\u0301").name == "pumps-\u00e9"
+
+
 def test_a_thresholds_section_in_a_pipeline_file_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
