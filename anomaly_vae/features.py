@@ -155,9 +155,19 @@ class FeatureSchema:
                 cols.append(FeatureColumn(name, kind))
         _warn_nameless([c.name for c in cols])
         if not cols:
+            judged = candidates  # none forced numeric or categorical: those are features
             raise SchemaError(
                 "no feature columns left after leaving out ids, labels and ignored columns "
                 f"(columns in the data: {_preview(present)})"
+                + (
+                    # Left out as ids, times, empty or of too many values: the warnings above
+                    # said why, the error only blamed ids, labels and ignored columns.
+                    f"; {_preview(judged, limit=5)} were judged no features (the warnings "
+                    "above say why): list those to use under columns.features, or "
+                    "columns.categorical for text of many values"
+                    if judged and columns.features is None
+                    else ""
+                )
             )
         return cls(columns=cols)
 

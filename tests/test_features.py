@@ -342,6 +342,30 @@ def test_float_infinity_in_numeric_dtype_is_rejected() -> None:
     assert list(rejects.index) == [1, 2]
 
 
+def test_no_feature_left_names_the_columns_judged_no_features(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Two text columns of too many values: "no feature columns left after leaving out ids,
+    # labels and ignored columns", though none was an id, a label or ignored.
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "city": rng.choice([f"city{i}" for i in range(80)], 400),
+            "note": rng.choice([f"n{i}" for i in range(90)], 400),
+            "skip": rng.normal(size=400),
+        }
+    )
+    with pytest.raises(SchemaError) as raised:
+        FeatureSchema.infer(frame, ColumnsConfig(ignore=["skip"]))
+    assert str(raised.value).endswith(
+        "; 'city', 'note' were judged no features (the warnings above say why): list those to "
+        "use under columns.features, or columns.categorical for text of many values"
+    )
+    with pytest.raises(SchemaError) as raised:
+        FeatureSchema.infer(frame[["skip"]], ColumnsConfig(ignore=["skip"]))
+    assert "judged" not in str(raised.value)
+
+
 def test_missing_feature_column_names_it_and_suggests_separator() -> None:
     schema = FeatureSchema.infer(pd.DataFrame({"a": [1.0] * 5, "b": [2.0] * 5}), ColumnsConfig())
     with pytest.raises(SchemaError, match=r"feature column 'b' missing"):
