@@ -1306,7 +1306,9 @@ def _score_records(
         reason: str | None
         if not set(features) <= record.keys():
             reason = missing_fields_reason(
-                [f for f in features if f not in record], [k for k in record if k not in features]
+                [f for f in features if f not in record],
+                [k for k in record if k not in features],
+                record=record,
             )
         else:  # as the Kafka decoder: a NaN is poison, not a missing value (that is null)
             reason = (

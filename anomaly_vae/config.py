@@ -633,8 +633,15 @@ class PipelineConfig(_Strict):
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark is not None else ""
+            # Not the parser's words, which may quote the file (an alias '*hunter2' given as a
+            # password); but a tab, which YAML does not indent with, is said as such: "fix its
+            # syntax" left a file that looks right in an editor unexplained.
+            tab = "'\\t'" in str(getattr(exc, "problem", "") or "")
+            problem = "a tab character: YAML indents with spaces, not tabs" if tab else ""
             raise ConfigError(
-                f"pipeline file {path}{where} is not valid YAML: fix its syntax"
+                f"pipeline file {path}{where} is not valid YAML"
+                + (f" ({problem})" if problem else "")
+                + ": fix its syntax"
             ) from None
         if data is None:
             data = {}

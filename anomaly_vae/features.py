@@ -166,9 +166,19 @@ class FeatureSchema:
                 cols.append(FeatureColumn(name, kind))
         _warn_nameless([c.name for c in cols])
         if not cols:
+            judged = candidates  # none forced numeric or categorical: those are features
             raise SchemaError(
                 "no feature columns left after leaving out ids, labels and ignored columns "
                 f"(columns in the data: {_preview(present)})"
+                + (
+                    # Left out as ids, times, empty or of too many values: the warnings above
+                    # said why, the error only blamed ids, labels and ignored columns.
+                    f"; {_preview(judged, limit=5)} were judged no features (the warnings "
+                    "above say why): list those to use under columns.features, or "
+                    "columns.categorical for text of many values"
+                    if judged and columns.features is None
+                    else ""
+                )
             )
         return cls(columns=cols)
 
@@ -465,10 +475,13 @@ def _number_key(text: str) -> str | None:
 
 def _loose_key(text: str) -> str:
     """What a category is matched by when it is not found as it is: a number's key (``'007'``,
-    ``'7.0'`` and ``7`` are ``'7'``), other text without the spaces around it."""
+    ``'7.0'`` and ``7`` are ``'7'``), other text without the spaces around it and with its
+    accented letters in one Unicode form (NFC: ``'Köln'`` with ``ö`` one code point or ``o``
+    and a combining accent, as macOS tools may write it, which looked the same and was an
+    unknown category, scored as a novelty)."""
     stripped = text.strip()
     number = _number_key(stripped)
-    return number if number is not None else stripped
+    return number if number is not None else unicodedata.normalize("NFC", stripped)
 
 
 def _match_loosely(codes: np.ndarray, values: np.ndarray, cats: list[str]) -> None:
@@ -520,14 +533,21 @@ def _infer_kind(
     if pd.api.types.is_bool_dtype(series):
         return "numeric"
     if pd.api.types.is_numeric_dtype(series):
-        if not explicit and _looks_like_row_id(non_null):
+        if explicit:
+            return "numeric"
+        since = _epoch_times_range(non_null)
+        # Epoch times before row ids (not before ids named so): a time per record, in order,
+        # also runs in sequence like a row id, and was named one ("list it under
+        # columns.features"), not a time to name as columns.timestamp. Numbers that count by
+        # one are row ids, whatever their range.
+        if _looks_like_row_id(non_null) and (since is None or _counts_by_one(non_null)):
             logger.warning(
                 "column %r looks like a row identifier (unique whole numbers in sequence) and is "
                 "not used as a feature; list it under columns.features to use it anyway",
                 name,
             )
             return None
-        if not explicit and _looks_like_named_id(name, non_null):
+        if _looks_like_named_id(name, non_null):
             logger.warning(
                 "column %r looks like an identifier (its name, and a different whole number in "
                 "each of its %d rows) and is not used as a feature; list it under "
@@ -536,8 +556,7 @@ def _infer_kind(
                 len(non_null),
             )
             return None
-        since = _epoch_times_range(non_null)
-        if not explicit and since is not None:
+        if since is not None:
             logger.warning(
                 "column %r looks like epoch times (numbers in time order, read as %s) and is "
                 "not used as a feature; name it as columns.timestamp to keep it in the output, "
@@ -689,6 +708,14 @@ def _looks_like_label(name: str, values: pd.Series) -> bool:
     if not 0 < len(distinct) <= 4:
         return False
     return {str(v).strip().casefold() for v in distinct} <= _LABEL_VALUES
+
+
+def _counts_by_one(values: pd.Series) -> bool:
+    """Whole numbers that go up (or down) by exactly one from row to row: 1001, 1002..."""
+    arr = values.to_numpy(dtype="float64", na_value=np.nan)
+    with np.errstate(over="ignore", invalid="ignore"):
+        steps = np.diff(arr)
+    return bool(len(steps)) and bool(np.all(steps == 1) or np.all(steps == -1))
 
 
 def _looks_like_row_id(values: pd.Series) -> bool:
@@ -865,6 +892,13 @@ def _separator_hint(header: list[str], expected: list[str]) -> str:
     for sep, label in ((";", ";"), ("\t", "\\t"), ("|", "|"), (",", ",")):
         if sep in only and any(e in only.split(sep) for e in expected):
             return f"; the header looks '{label}'-separated: try --sep '{label}'"
+    if any(e in only.split() for e in expected):
+        if re.search(r"\S {2,}\S|^ +\S", only):
+            return (
+                "; the header looks like a table with its columns aligned by spaces, not CSV: "
+                "save it as CSV (values separated by commas, or one space: --sep ' ')"
+            )
+        return "; the header looks separated by spaces: try --sep ' '"
     return "; only one column was found: is the separator right (--sep)?"
 
 
@@ -954,11 +988,28 @@ def _near_names_hint(missing: list[str], header: list[str], features: list[str])
     for name in header:
         if name not in features:  # a feature of its own is not another's misspelling
             present.setdefault(name_key(name), []).append(name)
-    pairs = [
-        f"{name!r} is {present[key][0]!r} there"
+    found = {
+        name: present[key][0]
         for name in missing
         if len(present.get(key := name_key(name), [])) == 1
-    ]
+    }
+    forms = {
+        name: other
+        for name, other in found.items()
+        if unicodedata.normalize("NFC", name) == unicodedata.normalize("NFC", other)
+    }
+    if forms:
+        # 'Température' and 'Température', one with é, one with e and a combining accent (as
+        # macOS tools may write it): "names differ only in spaces or case" quoted two names
+        # that look the same.
+        name, other = next(iter(forms.items()))
+        return (
+            f"; {name!r} is there with its accented letters written as other Unicode code "
+            f"points ({other!a} in the file, {name!a} in the model: one composed, "
+            "one decomposed, NFC / NFD); rename the file's columns as the model has them (save "
+            "the file's text in Unicode NFC), or retrain the model on files with these names"
+        )
+    pairs = [f"{name!r} is {other!r} there" for name, other in found.items()]
     if not pairs:
         return ""
     shown = ", ".join(pairs[:5]) + (", ..." if len(pairs) > 5 else "")

@@ -523,6 +523,7 @@ def event_seconds(
     out[is_num] = number / _epoch_divisors(number)
     if len(number):
         _warn_compact_dates(number)
+        _warn_excel_serials(number)
     rest = ~is_num & raw.notna().to_numpy() & ~flags
     if rest.any():
         parsed, _ = _time_text(raw[rest].astype(str), day_first=day_first)
@@ -597,6 +598,36 @@ def _warn_compact_dates(number: np.ndarray) -> None:
     )
 
 
+_warned_excel = False
+# Excel's serial dates (days since 1899-12-30) of 1970-01-01 and 2099-12-31.
+_EXCEL_SERIALS = (25_569.0, 73_050.0)
+
+
+def _warn_excel_serials(number: np.ndarray) -> None:
+    """Once per process: a warning when most numbers read as epoch times are in the range of
+    Excel's serial dates (45292.5 is 2024-01-01 12:00 there), which as epoch seconds are a
+    few hours of 1970-01-01: a column an Excel user left in the "General" format."""
+    import pandas as pd
+
+    global _warned_excel
+    if _warned_excel or not len(number):
+        return
+    serial = (number >= _EXCEL_SERIALS[0]) & (number <= _EXCEL_SERIALS[1])
+    if serial.sum() * 2 <= len(number):
+        return
+    _warned_excel = True
+    example = float(number[serial][0])
+    as_excel = pd.Timestamp("1899-12-30") + pd.Timedelta(days=example)
+    logging.getLogger(__name__).warning(
+        "times like %s are read as epoch seconds, %s: if they are Excel serial dates (days "
+        "since 1899-12-30, %s), write them as ISO 8601 (format the column as a date in Excel "
+        "before saving) for the stored event times, windows, gaps and lateness to be right",
+        f"{example:g}",
+        pd.Timestamp(example, unit="s"),
+        as_excel.round("s"),
+    )
+
+
 _WHOLE_FLOAT_TEXT = re.compile(r"(-?\d+)\.0+")
 
 
@@ -661,10 +692,13 @@ def out_of_range_time(value: object) -> bool:
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
     try:
-        datetime.fromisoformat(text)
+        parsed = datetime.fromisoformat(text)
     except ValueError:
         return False
-    return True
+    # Python reads forms of ISO 8601 that the time reader does not (a week date, 2026-W01):
+    # those are in range, and were said to be dates outside the years 1677 to 2262.
+    # 1677 and 2262 hold times from or up to a day in them: a date there not read is past it.
+    return not 1677 < parsed.year < 2262
 
 
 OUT_OF_RANGE_TIME = "is a date outside the years 1677 to 2262 that a time can be read in"
@@ -749,6 +783,10 @@ def event_times_in_order(
     is_num = numeric.notna() & np.isfinite(numeric)
     if is_num.any():
         number = numeric[is_num]
+        # score --db stores these times: a date written as digits or an Excel serial date
+        # was stored as a time in 1970 without a word (the windows' reader warned).
+        _warn_compact_dates(number.to_numpy(dtype=np.float64))
+        _warn_excel_serials(number.to_numpy(dtype=np.float64))
         divisors = _epoch_divisors(number.to_numpy(dtype=np.float64))
         fits = np.abs(number.to_numpy(dtype=np.float64) / divisors) < _MAX_SECONDS
         rows = number.index

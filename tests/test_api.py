@@ -1145,6 +1145,14 @@ def test_a_window_field_no_record_has_rejects_each_record(score_client: Any) -> 
         "feature field 'flow' missing (the record has 'Flow': field names must match exactly, "
         "letter case too)"
     )
+    # And one nested in an object, which is not read there, as the stream says.
+    records = pump_records(1)
+    records[0]["readings"] = {"flow": records[0].pop("flow")}
+    response = score_client.post("/models/pumps-windows/score", json={"records": records})
+    assert response.json()["rejects"][0]["reason"] == (
+        "feature field 'flow' missing (the record's object 'readings' holds them: fields are "
+        "read at the top level of the record, not inside an object; send them there)"
+    )
 
 
 def test_a_time_out_of_range_in_utc_is_a_422_not_an_outage(score_client: Any) -> None:

@@ -1768,6 +1768,36 @@ def test_a_pipeline_key_set_twice_is_refused_with_both_lines(
         PipelineConfig.from_yaml(shipped)
 
 
+def test_a_pipeline_file_indented_with_a_tab_says_so_and_other_syntax_quotes_nothing(
+    tmp_path: Path,
+) -> None:
+    # "is not valid YAML: fix its syntax" for a file that looks right in an editor: its
+    # indent was a tab. Other syntax errors still quote nothing of the file (the parser's
+    # words may: an alias '*hunter2' written as a password is "found undefined alias").
+    from anomaly_vae.errors import ConfigError
+
+    pipeline = tmp_path / "tab.yaml"
+    pipeline.write_text("columns:\n\tignore: [temp]\n")
+    with pytest.raises(ConfigError) as raised:
+        PipelineConfig.from_yaml(pipeline)
+    assert str(raised.value) == (
+        f"pipeline file {pipeline} (line 2) is not valid YAML (a tab character: YAML indents "
+        "with spaces, not tabs): fix its syntax"
+    )
+    pipeline.write_text("database:\n  url: *hunter2\n")
+    with pytest.raises(ConfigError) as raised:
+        PipelineConfig.from_yaml(pipeline)
+    assert "hunter2" not in str(raised.value)
+
+
+def test_a_model_named_after_a_folder_named_in_nfd_is_named_in_nfc() -> None:
+    # macOS names a folder 'pumps-é' with e and a combining accent (NFD): the model was
+    # named 'pumps-e-' (the accent, no letter, made a '-'), not the 'pumps-é' typed later.
+    from anomaly_vae.cli.core import load_pipeline
+
+    assert load_pipeline(None, default_name="pumps-e\u0301").name == "pumps-\u00e9"
+
+
 def test_a_thresholds_section_in_a_pipeline_file_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

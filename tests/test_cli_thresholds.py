@@ -500,6 +500,12 @@ def test_a_labels_files_errors_name_only_the_options_that_read_it(tmp_path: Path
         read_labels(semicolons)
     assert "try --sep ';'" in str(raised.value)
     assert "--decimal" not in str(raised.value)
+    tabs = tmp_path / "labels_tabs.tsv"
+    tabs.write_text("entity\tstart\tend\nP1\t2026-11-01\t2026-11-02\n")
+    with pytest.raises(InputFileError) as raised:
+        read_labels(tabs)
+    # It said "looks '\\t'-separated: try --sep '\t'", the separator shown as a repr's repr.
+    assert str(raised.value).endswith("; the header looks '\\t'-separated: try --sep '\\t'")
     hinted = tmp_path / "labels_hint.csv"
     hinted.write_text("sep=;\nentity;start;end\n")
     with pytest.raises(InputFileError) as raised:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import tarfile
 import zipfile
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import zstandard
 from pydantic import ValidationError
 
+from anomaly_vae.cli.core import read_training_csv
 from anomaly_vae.config import CsvConfig
 from anomaly_vae.errors import InputFileError
 from anomaly_vae.sources.csv import CsvSource
@@ -183,6 +185,92 @@ def test_a_semicolon_export_with_decimal_commas_read_with_commas_gets_the_separa
         CsvSource(path).header()
 
 
+def test_a_semicolon_export_whose_header_names_hold_commas_is_not_read_with_commas(
+    tmp_path: Path,
+) -> None:
+    # "Temperatur, °C;Druck, bar;Pumpe" over "20,94;986,0;P0": split at ',', the header and
+    # every line had three fields, so the file was read without an error, its columns cut at
+    # the decimal commas ('Temperatur' holding 20, '°C;Druck' holding '94;986'), and a model
+    # was trained on them.
+    path = tmp_path / "excel.csv"
+    lines = ["Temperatur, °C;Druck, bar;Pumpe"]
+    lines += [f"{20 + i % 3},{i % 10};{1000 + i},5;P{i % 2}" for i in range(30)]
+    path.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    with pytest.raises(
+        InputFileError,
+        match=r"excel\.csv: the file looks ';'-separated, not ','-separated \(split at ';', "
+        r"each line .*try --sep ';' \(and --decimal ','",
+    ):
+        CsvSource(path).header()
+    with pytest.raises(InputFileError, match="looks ';'-separated"):
+        list(CsvSource(path).chunks())
+    frame, rejects = read_all(CsvSource(path, sep=";", decimal=","))
+    assert frame.columns.tolist() == ["Temperatur, °C", "Druck, bar", "Pumpe"]
+    assert frame["Druck, bar"].iloc[1] == 1001.5
+    assert rejects.empty
+
+
+@pytest.mark.parametrize(("sep", "shown"), [("\t", "\\t"), ("|", "|")])
+def test_a_file_whose_header_name_holds_a_comma_gets_its_own_separator_hint(
+    tmp_path: Path, sep: str, shown: str
+) -> None:
+    # A tab- (or '|'-) separated file with "Flow, l/s" in its header, read with ',': the
+    # header had two fields, every data line one; each row was rejected ("expected 2 fields,
+    # saw 1") and training said the file had "a header but no data rows".
+    path = tmp_path / "export.txt"
+    path.write_text(
+        f"id{sep}Flow, l/s{sep}site\n" + "".join(f"{i}{sep}{i}.5{sep}P1\n" for i in range(5))
+    )
+    with pytest.raises(
+        InputFileError,
+        match=rf"the file looks '{re.escape(shown)}'-separated, not ','-separated \(split at ',', "
+        rf"no data line has the header's 2 fields; split at '{re.escape(shown)}', every line "
+        rf"has 3\): try --sep '{re.escape(shown)}'$",
+    ):
+        CsvSource(path).header()
+    assert CsvSource(path, sep=sep).header() == ["id", "Flow, l/s", "site"]
+
+
+def test_a_comma_file_with_other_separators_in_its_values_is_read_as_it_is(
+    tmp_path: Path,
+) -> None:
+    # No hint where the file's own separator splits every line as the header: a name with a
+    # ';' or a '|' and values holding them stay a ',' file.
+    path = tmp_path / "tags.csv"
+    path.write_text(
+        "id,tags;labels,ratio|pct\n"
+        + "".join(f"{i},a;b,{i}|{i}\n" for i in range(5))
+        + "".join(f'{i},"1,5;2,5",0\n' for i in range(5, 8))
+    )
+    assert CsvSource(path).header() == ["id", "tags;labels", "ratio|pct"]
+    frame, rejects = read_all(CsvSource(path))
+    assert len(frame) == 8
+    assert rejects.empty
+
+
+@pytest.mark.parametrize("order", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_a_byte_order_mark_is_named_with_the_encoding_to_give(
+    tmp_path: Path, order: str
+) -> None:
+    # SQL Server's 'bcp -w' writes UTF-16 with no byte order mark: "is not a CSV text file
+    # (it holds binary data)", nothing of the encoding.
+    path = tmp_path / "bcp.csv"
+    path.write_bytes("id,temp,site\n0,20.5,Köln\n1,21.0,Bonn\n".encode(order))
+    with pytest.raises(
+        InputFileError,
+        match=rf"bcp\.csv looks like UTF-16 text without a byte order mark, not utf-8: give "
+        rf"--encoding {order} \(csv\.encoding: {order} in a pipeline\)$",
+    ):
+        CsvSource(path).header()
+    frame, rejects = read_all(CsvSource(path, encoding=order))
+    assert frame["site"].tolist() == ["Köln", "Bonn"]
+    assert rejects.empty
+    binary = tmp_path / "blob.csv"
+    binary.write_bytes(b"id,temp\n\x00\x01\x02\x00\x00\x00" * 20)
+    with pytest.raises(InputFileError, match=r"it holds binary data"):
+        CsvSource(binary).header()
+
+
 def test_key_columns_keep_words_that_other_columns_read_as_missing(tmp_path: Path) -> None:
     # An id 'NA' (or 'null', a pump named 'None') was copied as an empty cell, and a windowed
     # model rejected its records for a missing entity; the rejects' raw values said null.
@@ -216,6 +304,95 @@ def test_a_separator_that_is_not_one_character_is_refused(sep: str) -> None:
     with pytest.raises(ValidationError, match=r"csv\.sep must be one character"):
         CsvConfig(sep=sep)
     assert CsvConfig(sep="\t").sep == "\t"
+
+
+@pytest.mark.parametrize(
+    ("above", "first"),
+    [
+        ("Report generated 2026-11-01\n\n", "'Report generated 2026-11-01') has 1 field"),
+        ("# exported by SCADA v2\n# plant 3, line 2\n", "'# exported by SCADA v2') has 1 field"),
+        ("Exported by SCADA, v2\n", "'Exported by SCADA, v2') has 2 fields"),
+    ],
+)
+def test_a_title_or_comment_lines_above_the_header_are_named_not_the_header(
+    tmp_path: Path, above: str, first: str
+) -> None:
+    # The error said "the first data line has more fields than the header (1 columns): fix or
+    # remove that line", and that line was the header itself.
+    path = tmp_path / "report.csv"
+    lines = "".join(f"{i},{20 + i / 10},north\n" for i in range(5))
+    path.write_text(above + "id,temp,site\n" + lines)
+    header_line = above.count("\n") + 1
+    message = (
+        rf"report\.csv: line 1 \({re.escape(first)}, and the lines from line {header_line} on "
+        rf"3: is the header line {header_line} \('id,temp,site'\), below a title or comment "
+        r"lines\? remove the lines above it$"
+    )
+    with pytest.raises(InputFileError, match=message):
+        CsvSource(path).header()
+    with pytest.raises(InputFileError, match=message):
+        list(CsvSource(path).chunks())
+    path.write_text("id,temp,site\n" + lines)
+    assert CsvSource(path).header() == ["id", "temp", "site"]
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "call"),
+    [
+        (
+            '{"temp": 19.7, "site": "a,b"}\n{"temp": 18.2, "site": "c"}\n',
+            "JSON lines",
+            "lines=True",
+        ),
+        ('[{"temp": 19.7, "site": "a"},\n {"temp": 18.2, "site": "c"}]\n', "a JSON document", ""),
+        ('[\n  {\n    "temp": 19.7\n  }\n]\n', "a JSON document", ""),
+    ],
+)
+def test_a_json_file_is_named_as_json_not_read_as_csv(
+    tmp_path: Path, text: str, kind: str, call: str
+) -> None:
+    # JSON lines read as CSV: '{"temp": 19.7' was a column, ' "site": "a' another, and a model
+    # was trained on them (one categorical feature of garbage, "model saved").
+    path = tmp_path / "records.json"
+    path.write_text(text)
+    with pytest.raises(InputFileError, match=rf"records\.json is {kind}.*, not CSV text") as raised:
+        CsvSource(path).header()
+    assert f"pd.read_json(FILE{', ' + call if call else ''}).to_csv(OUT" in str(raised.value)
+    with pytest.raises(InputFileError, match="not CSV text"):
+        read_training_csv(path, sep=",", encoding="utf-8")
+
+
+def test_a_file_separated_or_aligned_by_spaces_is_named_as_such(tmp_path: Path) -> None:
+    # Read with ',', the header was one column 'temp pressure site' of text values, and
+    # training said "no feature columns left after leaving out ids, labels and ignored
+    # columns", nothing of the separator.
+    spaced = tmp_path / "spaced.txt"
+    spaced.write_text("temp pressure site\n" + "".join(f"{i}.5 10{i}.0 north\n" for i in range(5)))
+    with pytest.raises(InputFileError, match=r"the lines look separated by spaces: try --sep ' '$"):
+        read_training_csv(spaced, sep=",", encoding="utf-8")
+    assert CsvSource(spaced, sep=" ").header() == ["temp", "pressure", "site"]
+    aligned = tmp_path / "aligned.txt"
+    aligned.write_text(
+        "  temp  pressure  site\n" + "".join(f"{i}.50    100{i}.0  north\n" for i in range(5))
+    )
+    with pytest.raises(InputFileError, match="a table with its columns aligned by spaces, not C"):
+        read_training_csv(aligned, sep=",", encoding="utf-8")
+    # A file of one column whose name holds a space is one.
+    single = tmp_path / "single.csv"
+    single.write_text("flow rate\n" + "".join(f"{i}.5\n" for i in range(12)))
+    assert len(read_training_csv(single, sep=",", encoding="utf-8")) == 12
+
+
+def test_a_one_column_header_over_lines_split_at_commas_in_values_is_no_title_line(
+    tmp_path: Path,
+) -> None:
+    # The title-line rule needs a header of names over a column of numbers: a space-separated
+    # file whose values hold a comma ("$1,911.37") has lines of two runs of text under ','.
+    path = tmp_path / "report.txt"
+    path.write_text("id amount site\n" + "".join(f"{i} $1,{i}11.37 north\n" for i in range(5)))
+    with pytest.raises(InputFileError) as raised:
+        CsvSource(path).header()
+    assert "title" not in str(raised.value)
 
 
 def test_a_first_data_line_with_too_many_fields_is_refused_not_taken_for_an_index(

@@ -342,6 +342,30 @@ def test_float_infinity_in_numeric_dtype_is_rejected() -> None:
     assert list(rejects.index) == [1, 2]
 
 
+def test_no_feature_left_names_the_columns_judged_no_features(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Two text columns of too many values: "no feature columns left after leaving out ids,
+    # labels and ignored columns", though none was an id, a label or ignored.
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "city": rng.choice([f"city{i}" for i in range(80)], 400),
+            "note": rng.choice([f"n{i}" for i in range(90)], 400),
+            "skip": rng.normal(size=400),
+        }
+    )
+    with pytest.raises(SchemaError) as raised:
+        FeatureSchema.infer(frame, ColumnsConfig(ignore=["skip"]))
+    assert str(raised.value).endswith(
+        "; 'city', 'note' were judged no features (the warnings above say why): list those to "
+        "use under columns.features, or columns.categorical for text of many values"
+    )
+    with pytest.raises(SchemaError) as raised:
+        FeatureSchema.infer(frame[["skip"]], ColumnsConfig(ignore=["skip"]))
+    assert "judged" not in str(raised.value)
+
+
 def test_missing_feature_column_names_it_and_suggests_separator() -> None:
     schema = FeatureSchema.infer(pd.DataFrame({"a": [1.0] * 5, "b": [2.0] * 5}), ColumnsConfig())
     with pytest.raises(SchemaError, match=r"feature column 'b' missing"):
@@ -351,6 +375,29 @@ def test_missing_feature_column_names_it_and_suggests_separator() -> None:
     # One backslash, as the user types it (the hint showed '\\t').
     with pytest.raises(SchemaError, match=r"looks '\\t'-separated: try --sep '\\t'"):
         schema.check_columns(["a\tb"], source="x.csv")
+    # An export separated (or aligned) by spaces: it said "is the separator right (--sep)?".
+    with pytest.raises(SchemaError, match=r"the header looks separated by spaces: try --sep ' '$"):
+        schema.check_columns(["a b"], source="x.txt")
+    with pytest.raises(SchemaError, match=r"aligned by spaces, not CSV: save it as CSV"):
+        schema.check_columns(["   a    b"], source="x.txt")
+
+
+def test_a_column_name_in_another_unicode_form_is_shown_by_its_code_points() -> None:
+    # An export whose header writes é as e and a combining accent (NFD, as macOS tools may):
+    # the error said "'Température' is 'Température' there: names differ only in spaces or
+    # case", two names that look the same.
+    composed = "Temp\u00e9rature"
+    schema = FeatureSchema.infer(
+        pd.DataFrame({composed: [1.0, 2.0] * 5, "b": [2.0, 3.0] * 5}), ColumnsConfig()
+    )
+    with pytest.raises(SchemaError) as raised:
+        schema.check_columns(["Tempe\u0301rature", "b"], source="x.csv")
+    assert (
+        "is there with its accented letters written as other Unicode code points "
+        "('Tempe\\u0301rature' in the file, 'Temp\\xe9rature' in the model: one composed, one "
+        "decomposed, NFC / NFD)"
+    ) in str(raised.value)
+    assert "spaces or case" not in str(raised.value)
 
 
 def test_a_feature_column_with_a_blank_header_cell_is_warned_about_and_explained_when_missing(
@@ -770,6 +817,29 @@ def test_epoch_times_shared_by_several_records_are_timestamps_not_features(
     assert "2026-11-01" in caplog.text
 
 
+def test_unique_epoch_times_in_order_are_named_as_times_not_row_ids(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # One record a minute, each time once: unique whole numbers in order, which the row-id
+    # rule took first, so the warning called the column "a row identifier" and said to list
+    # it under columns.features, not to name it as columns.timestamp. Numbers that count by
+    # one stay row ids, whatever their range.
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "ts": 1_793_491_200 + 60 * np.arange(400),
+            "record": 1_793_491_200 + np.arange(400),
+            "temp": rng.normal(20, 2, 400),
+        }
+    )
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.names == ["temp"]
+    assert "'ts' looks like epoch times (numbers in time order, read as 2026-11-01" in caplog.text
+    assert "'ts' looks like a row identifier" not in caplog.text
+    assert "'record' looks like a row identifier" in caplog.text
+
+
 def test_whole_number_measurements_stay_features() -> None:
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(
@@ -785,6 +855,27 @@ def test_whole_number_measurements_stay_features() -> None:
     )
     schema = FeatureSchema.infer(frame, ColumnsConfig())
     assert schema.numeric == ["rpm", "cents", "bytes", "batch", "temp"]
+
+
+def test_a_category_with_its_accents_in_another_unicode_form_is_the_same_category(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 'Köln' written as o and a combining diaeresis (NFD, as macOS tools may) was an unknown
+    # category, scored as a novelty, with a warning naming 'Köln' among the known values,
+    # the same to the eye. Either form learnt, the other is matched.
+    composed, decomposed = "K\u00f6ln", "Ko\u0308ln"
+    rng = np.random.default_rng(0)
+    for learnt, given in ((composed, decomposed), (decomposed, composed)):
+        cities = rng.choice([learnt, "Bonn"], 200)
+        train = pd.DataFrame({"temp": rng.normal(20, 2, 200), "city": cities})
+        schema = FeatureSchema.infer(train, ColumnsConfig())
+        pre = Preprocessor.fit(schema.validate(train)[0], schema)
+        same = pd.DataFrame({"temp": [20.0, 21.0], "city": [learnt, "Bonn"]})
+        other = same.assign(city=[given, "Bonn"])
+        with caplog.at_level(logging.WARNING):
+            got = pre.transform(schema.validate(other)[0]).x
+        np.testing.assert_array_equal(got, pre.transform(schema.validate(same)[0]).x)
+        assert "not among the values learned" not in caplog.text
 
 
 def test_a_code_read_as_a_number_is_the_category_it_was_as_text() -> None:

@@ -150,6 +150,68 @@ def test_a_missing_feature_field_names_the_field_the_message_has_instead() -> No
     assert reasons["t:0:4"] == reasons["t:0:0"]
     # A close spelling is named too.
     assert near_names(["pressure_in", "rpm"], ["presure_in", "station"]) == ["presure_in"]
+    # The same name with its accents in another Unicode form (NFD): "letter case too" said
+    # nothing of a difference no one can see.
+    nfd = decode_messages(
+        [msg('{"Tempe\u0301rature": 1, "b": 2}'.encode(), 5)], features=["Température", "b"]
+    )
+    assert nfd.rejects["reason"].tolist() == [
+        "feature field 'Température' missing (the record has 'Tempe\\u0301rature', the same "
+        "name with its accents written as other Unicode code points: send field names in "
+        "Unicode NFC)"
+    ]
+
+
+def test_a_missing_feature_field_nested_in_an_object_says_fields_are_read_at_the_top() -> None:
+    # {"data": {"a": 1, "b": 2}} and {"sensor": {"temp": 1}} for a feature 'sensor.temp' (a
+    # CSV flattened by pandas.json_normalize): "feature fields 'a', 'b' missing", though the
+    # message held both, said nothing of why they were not read.
+    messages = [
+        msg(b'{"data": {"a": 1, "b": 2}, "id": 7}', 0),
+        msg(b'{"b": 2, "data": {"z": 1}}', 2),
+    ]
+    reasons = decode_messages(messages, features=FEATURES).rejects["reason"].to_dict()
+    assert reasons["t:0:0"] == (
+        "feature fields 'a', 'b' missing (the record's object 'data' holds them: fields are read "
+        "at the top level of the record, not inside an object; send them there)"
+    )
+    assert reasons["t:0:2"] == "feature field 'a' missing"
+    nested = [msg(b'{"sensor": {"temp": 20.5, "flow": 1}, "b": 2}', 3)]
+    out = decode_messages(nested, features=["sensor.temp", "b"])
+    assert out.rejects["reason"].tolist() == [
+        "feature field 'sensor.temp' missing (the record has 'sensor.temp' nested, in the object "
+        "'sensor': fields are read at the top level of the record, by their whole name; send "
+        '"sensor.temp": VALUE there)'
+    ]
+
+
+def test_a_python_dict_or_a_csv_line_sent_as_a_message_is_named_in_the_reason() -> None:
+    # A Python producer sending str(record) ("{'a': 1}") or a CSV line ("19.7,1002.1") had
+    # "invalid JSON: unexpected character, expected a string key: line 1 column 2", which
+    # said nothing of what to send instead.
+    messages = [
+        msg(b"{'a': 1.5, 'b': 2}", 0),
+        msg(b"19.7,1002.1,east", 1),
+        msg(b'{"a": 1,}', 2),
+    ]
+    reasons = decode_messages(messages, features=FEATURES).rejects["reason"].to_dict()
+    assert reasons["t:0:0"].endswith(
+        " (names in single quotes, as Python's str() of a dict writes them: send "
+        "json.dumps(record))"
+    )
+    assert reasons["t:0:1"] == (
+        "invalid JSON: unexpected content after document: line 1 column 5 (char 4) (a CSV "
+        'line? a message is one JSON object: {"temp": 19.7, "site": "north"})'
+    )
+    assert (
+        reasons["t:0:2"] == "invalid JSON: trailing comma is not allowed: line 1 column 8 (char 7)"
+    )
+    # A producer batching records into one array: "expected an object" said nothing of it.
+    batched = decode_messages([msg(b'[{"a": 1, "b": 2}, {"a": 3, "b": 4}]', 3)], features=FEATURES)
+    assert batched.rejects["reason"].tolist() == [
+        "top level is a JSON array, expected an object (an array of 2 objects: send one record "
+        "per message, each its own JSON object)"
+    ]
 
 
 def test_decode_event_time_from_field_or_kafka() -> None:

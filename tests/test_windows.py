@@ -31,6 +31,7 @@ from anomaly_vae.windows import (
     entity_from_bytes,
     entity_to_bytes,
     event_seconds,
+    out_of_range_time,
 )
 from tests.conftest import query
 from tests.test_cli import run_inline
@@ -1542,6 +1543,35 @@ def test_dates_written_as_digits_are_pointed_out(caplog: pytest.LogCaptureFixtur
     assert "(the year 2612, past the year 2262 that a time can be read in: no time" in caplog.text
 
 
+def test_numeric_event_times_of_score_db_and_excel_serial_dates_are_pointed_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """'score --db' stores a model's timestamp column through event_times_in_order, which
+    gave no word for 20260101 (stored as 1970-08-23) nor for Excel's serial dates (45292.5,
+    2024-01-01 12:00, stored as 1970-01-01 12:34:52)."""
+    import anomaly_vae.windows as windows_module
+    from anomaly_vae.windows import event_times_in_order
+
+    windows_module._warned_compact = False
+    windows_module._warned_excel = False
+    with caplog.at_level(logging.WARNING, logger="anomaly_vae.windows"):
+        event_times_in_order(pd.Series([1_764_000_000, 1_764_000_060, "2026-11-01"]))
+        assert caplog.text == ""
+        event_times_in_order(pd.Series(["20260101", "20260102"]))
+        assert "times like 20260101 look like dates written as digits" in caplog.text
+        caplog.clear()
+        event_times_in_order(pd.Series([45292.5, 45292.75, 45293]))
+        assert caplog.text.rstrip().endswith(
+            "times like 45292.5 are read as epoch seconds, 1970-01-01 12:34:52.500000: if they "
+            "are Excel serial dates (days since 1899-12-30, 2024-01-01 12:00:00), write them "
+            "as ISO 8601 (format the column as a date in Excel before saving) for the stored "
+            "event times, windows, gaps and lateness to be right"
+        )
+        caplog.clear()
+        event_times_in_order(pd.Series([45292.5]))
+        assert caplog.text == ""  # once
+
+
 def test_a_number_past_the_years_a_time_holds_is_named_so_not_called_no_time(
     window_model: AnomalyVAE,
 ) -> None:
@@ -1600,3 +1630,15 @@ def test_precision_and_recall_against_labels_count_the_records_flagged_not_the_s
     assert summary.metrics["precision"] == pytest.approx(
         precision_score(truth, flagged, zero_division=0.0)
     )
+
+
+def test_only_dates_past_the_years_a_time_holds_are_called_out_of_range() -> None:
+    # An ISO week date ('2026-W01') or ordinal date ('2026-001'), which Python reads and the
+    # time reader does not, was "a date outside the years 1677 to 2262 that a time can be read
+    # in" (the warning of 'score --db', a windowed model's reject reason).
+    assert out_of_range_time("9999-12-31")
+    assert out_of_range_time("1600-01-01T00:00:00Z")
+    assert out_of_range_time("2262-04-12")
+    assert not out_of_range_time("2026-W01")
+    assert not out_of_range_time("2026-001")
+    assert not out_of_range_time("yesterday")

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import sys
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -80,6 +81,9 @@ def load_pipeline(path: Path | None, *, default_name: str = "default") -> Pipeli
     """The pipeline file (or the defaults); a model it does not name is named ``default_name``
     (the model directory's name), with or without a file: two models never share the name
     'default', and with it their thresholds and results in the database."""
+    # In Unicode NFC: macOS names folders in NFD ('e' and a combining accent, which is no
+    # letter), and 'pumps-é' became 'pumps-e-', not the name typed later.
+    default_name = unicodedata.normalize("NFC", default_name)
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in default_name) or "default"
     safe = safe[:MODEL_NAME_MAX_CHARS]  # a directory's name may be longer than the database's
     if path is None:
@@ -119,6 +123,18 @@ def read_training_csv(
                     f"{path}: only one column found ({only[:60]!r}); the header looks "
                     f"'{label}'-separated: try --sep '{label}'"
                 )
+        table = source.space_table() if " " in only else None
+        if table == "spaced":
+            raise InputFileError(
+                f"{path}: only one column found ({only[:60]!r}); the lines look separated by "
+                "spaces: try --sep ' '"
+            )
+        if table == "aligned":
+            raise InputFileError(
+                f"{path}: only one column found ({only[:60]!r}); the lines look like a table "
+                "with its columns aligned by spaces, not CSV: save it as CSV (values separated "
+                "by commas, or one space: --sep ' ')"
+            )
     from anomaly_vae.features import looks_like_data
 
     if looks_like_data(header):

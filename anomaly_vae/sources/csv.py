@@ -69,6 +69,16 @@ _SEP_HINT = re.compile(r"^sep=.?$", re.IGNORECASE)
 _BAD_LINE = re.compile(r"[Ss]kipping line (\d+): (.*)")
 _UNCLOSED_QUOTE = re.compile(r"EOF inside string starting at row (\d+)")
 _FIRST_LINE_TOO_LONG = "Length of header or names does not match length of data"
+_SPACE_TABLE_HINT = {
+    "spaced": "the lines look separated by spaces: try --sep ' '",
+    "aligned": (
+        "the lines look like a table with its columns aligned by spaces, not CSV: save it as "
+        "CSV (values separated by commas, or one space: --sep ' ')"
+    ),
+}
+# Data records read to tell a file's separator from another one.
+_SEP_SAMPLE = 50
+_DECIMAL_COMMA = re.compile(r"^\s*[-+]?\d+,\d+\s*$")
 _ENCODING_HINT = (
     "if it uses another encoding, give it with --encoding (Excel on Windows writes cp1252; "
     "csv.encoding in a pipeline)"
@@ -171,6 +181,14 @@ class CsvSource:
                 raise InputFileError(
                     f"{self.label} is UTF-16 text, not {self.encoding}: give --encoding utf-16"
                     + (" (csv.encoding: utf-16 in a pipeline)" if self.pipeline_hints else "")
+                )
+            if (order := _utf16_without_mark(head)) is not None:
+                # SQL Server's bcp -w writes UTF-16 with no byte order mark: a NUL after every
+                # character, which was "not a CSV text file (it holds binary data)".
+                raise InputFileError(
+                    f"{self.label} looks like UTF-16 text without a byte order mark, not "
+                    f"{self.encoding}: give --encoding {order}"
+                    + (f" (csv.encoding: {order} in a pipeline)" if self.pipeline_hints else "")
                 )
             for magic, kind, suffix in _COMPRESSED_MAGIC:
                 if head.startswith(magic):
@@ -392,6 +410,13 @@ class CsvSource:
                         else ""
                     )
                 )
+        if len(names) == 1 and " " in names[0] and (table := self.space_table()):
+            raise InputFileError(
+                f"{self.label}: only one column found in the header ({names[0][:60]!r}); "
+                + _SPACE_TABLE_HINT[table]
+            )
+        if below := self._header_below():
+            raise InputFileError(below)
         raise InputFileError(
             f"{self.label}: the first data line has more fields than the header ({columns} "
             "columns), so the lines cannot be matched to the columns: fix or remove that "
@@ -435,10 +460,195 @@ class CsvSource:
                     f"'{line[4:] or self.sep}'"
                     + (", csv.sep in a pipeline)" if self.pipeline_hints else ")")
                 )
+            if line.startswith(("{", "[")) and (kind := self._json_kind()):
+                # JSON lines read as CSV: '{"temp":19.7' a column, '"region":"east"}' another,
+                # and a model was trained on them.
+                lines = ", lines=True" if "lines" in kind else ""
+                raise InputFileError(
+                    f"{self.label} is {kind}, not CSV text: anomaly-vae reads CSV files (a "
+                    "header line, then one line per record); convert it, e.g. with pandas: "
+                    f"pd.read_json(FILE{lines}).to_csv(OUT, index=False)"
+                )
+            self._check_separator(names)
             self._spaced = self.sep != " " and any(n[:1] in (" ", "\t") for n in names[1:])
             # The header's names as the data will be read: past the spaces, when skipped.
             self._raw_header = self._header_line() if self._spaced else names
         return self._spaced
+
+    def _sample(self, sep: str) -> list[int]:
+        """The field counts of the header and of up to ``_SEP_SAMPLE`` data records after it
+        (blank lines skipped), the file split at ``sep`` (quotes honoured)."""
+        return [len(fields) for _, fields in self._records(sep)]
+
+    def _records(self, sep: str) -> list[tuple[int, list[str]]]:
+        """(line it starts on, fields) of the first record and of up to ``_SEP_SAMPLE``
+        records after it, blank lines skipped, the file split at ``sep``."""
+        try:
+            handle = _text_opener(self.path)(
+                self.path, "rt", encoding=self.encoding, errors="replace", newline=""
+            )
+        except (OSError, zipfile.BadZipFile, tarfile.TarError, ValueError, ImportError):
+            return []
+        out: list[tuple[int, list[str]]] = []
+        csv.field_size_limit(max(csv.field_size_limit(), _MAX_FIELD))
+        with handle:
+            reader = csv.reader(handle, delimiter=sep)
+            try:
+                while len(out) <= _SEP_SAMPLE:
+                    start = reader.line_num + 1
+                    fields = next(reader, None)
+                    if fields is None:
+                        break
+                    if len(fields) <= 1 and not "".join(fields).strip(" \t"):
+                        continue
+                    out.append((start, fields))
+            except (csv.Error, OSError, EOFError, ValueError):
+                pass
+        return out
+
+    def _first_lines(self, count: int) -> list[str]:
+        """Up to ``count`` non-blank lines from the start of the file, as text."""
+        out: list[str] = []
+        try:
+            with _text_opener(self.path)(
+                self.path, "rt", encoding=self.encoding, errors="replace", newline=""
+            ) as handle:
+                for line in handle:
+                    if line.strip():
+                        out.append(line.rstrip("\r\n").lstrip("\ufeff"))
+                        if len(out) >= count:
+                            break
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile, tarfile.TarError, ImportError):
+            return out
+        return out
+
+    def _json_kind(self) -> str | None:
+        """'JSON lines' or 'a JSON document' when the file is one, else None."""
+        lines = self._first_lines(2)
+        if not lines:
+            return None
+        first = lines[0].strip()
+        if first in ("{", "[") or (first.startswith("[") and not first.endswith("]")):
+            return "a JSON document"
+        try:
+            parsed = json.loads(first)
+        except ValueError:
+            return None
+        if isinstance(parsed, dict):
+            return "JSON lines (one JSON object a line)"
+        return "a JSON document" if isinstance(parsed, list) else None
+
+    def space_table(self) -> str | None:
+        """For a file read as one column: 'aligned' when its lines are a table of columns
+        aligned with runs of spaces (a fixed-width text export), 'spaced' when one space
+        separates as many values on every line, else None."""
+        lines = self._first_lines(_SEP_SAMPLE + 1)
+        counts = {len(line.split()) for line in lines}
+        if len(lines) < 2 or len(counts) != 1 or counts.pop() < 2:
+            return None
+        if any(re.search(r"\S {2,}\S|^ +\S", line) for line in lines):
+            return "aligned"
+        return (
+            "spaced" if all(len(line.split(" ")) == len(line.split()) for line in lines) else None
+        )
+
+    def _header_below(self) -> str:
+        """When the first lines are a title or comments above the header ("Report of
+        2026-11-01", "# exported by ..."): the records from some line on all have one count
+        of fields, more than the first line's. Then what to do, else ""."""
+        if len(self.sep) != 1:
+            return ""
+        records = self._records(self.sep)
+        if len(records) < 3:
+            return ""
+        first = len(records[0][1])
+        for at, (line, fields) in enumerate(records[1:-1], start=1):
+            count = len(fields)
+            below = [f for _, f in records[at + 1 :]]
+            if count <= first or any(len(f) != count for f in below):
+                continue
+            # A header above data: names, over a column of numbers (not a file whose
+            # separator is another, each of its lines a few runs of text).
+            numbers = [all(_is_number(f[i]) for f in below) for i in range(count)]
+            if any(_is_number(name) for name in fields) or not any(numbers):
+                return ""
+            text = self.sep.join(fields)[:60]
+            return (
+                f"{self.label}: line 1 ({self.sep.join(records[0][1])[:60].lstrip(chr(0xFEFF))!r}) "
+                f"has {first} field"
+                f"{'s' if first > 1 else ''}, and the lines from line {line} on {count}: "
+                f"is the header line {line} ({text!r}), below a title or comment lines? "
+                f"remove the lines above it"
+            )
+        return ""
+
+    def _check_separator(self, names: list[str]) -> None:
+        """Refuse a file that another separator splits into the header's columns when this one
+        does not: a tab-separated file whose header holds a comma (``Flow, l/s``) read with
+        ',' gave every data line one field and the header two, and every row was rejected
+        ("expected 2 fields, saw 1"); a ';' export with decimal commas whose header names hold
+        commas (``Temperatur, °C;Druck, bar``) was read with ',' without any error, its
+        columns cut at the decimal commas (``20`` and ``94;986``) and a model trained on
+        them. A one-column header is said by the checks that read it."""
+        if len(self.sep) != 1 or len(names) < 2:
+            return
+        own = self._sample(self.sep)
+        if len(own) < 2:
+            return
+        own_broken = all(n != own[0] for n in own[1:])
+        header_line = self.sep.join(names)
+        for candidate, shown in ((";", ";"), ("\t", "\\t"), ("|", "|"), (",", ",")):
+            if candidate in (self.sep, self.decimal) or candidate not in header_line:
+                continue
+            if candidate == "," and not own_broken:
+                continue  # decimal commas in a ';' file: the other way round is not told
+            counts = self._sample(candidate)
+            if len(counts) < 2 or counts[0] < 2 or any(n != counts[0] for n in counts[1:]):
+                continue
+            if own_broken:
+                why = (
+                    f"split at '{self.sep}', no data line has the header's {own[0]} fields; "
+                    f"split at '{shown}', every line has {counts[0]}"
+                )
+            elif candidate == ";" and self._decimal_commas():
+                why = f"split at '{shown}', each line has numbers written with decimal commas"
+            else:
+                continue
+            decimal = (
+                " (and --decimal ',' for numbers written 1,5)"
+                if candidate == ";" and self.pipeline_hints and self._decimal_commas()
+                else ""
+            )
+            raise InputFileError(
+                f"{self.label}: the file looks '{shown}'-separated, not "
+                f"'{_shown_sep(self.sep)}'-separated ({why}): try --sep '{shown}'{decimal}"
+            )
+
+    def _decimal_commas(self) -> bool:
+        """Whether every sampled data line, split at ';', has a number written with a decimal
+        comma (``20,94``)."""
+        try:
+            handle = _text_opener(self.path)(
+                self.path, "rt", encoding=self.encoding, errors="replace", newline=""
+            )
+        except (OSError, zipfile.BadZipFile, tarfile.TarError, ValueError, ImportError):
+            return False
+        seen = 0
+        with handle:
+            try:
+                reader = csv.reader(handle, delimiter=";")
+                next(reader, None)  # the header
+                for fields in reader:
+                    if len(fields) <= 1 and not "".join(fields).strip(" \t"):
+                        continue
+                    if not any(_DECIMAL_COMMA.match(f) for f in fields):
+                        return False
+                    seen += 1
+                    if seen >= _SEP_SAMPLE:
+                        break
+            except (csv.Error, OSError, EOFError, ValueError):
+                return False
+        return seen > 0
 
     def _header_line(self) -> list[str]:
         """The header line's fields as written (no names made up or made unique by pandas)."""
@@ -763,3 +973,33 @@ def _row_numbers(start: int, count: int, bad_rows: list[int]) -> np.ndarray:
         return np.arange(start, start + count, dtype=np.int64)
     candidates = np.arange(start, start + count + len(bad_rows), dtype=np.int64)
     return np.setdiff1d(candidates, np.asarray(bad_rows, dtype=np.int64))[:count]
+
+
+def _utf16_without_mark(head: bytes) -> str | None:
+    """'utf-16-le' or 'utf-16-be' when ``head`` is such text without a byte order mark: NUL
+    bytes in nearly every odd (little-endian ASCII) or even (big-endian) position, none in
+    the others; else None."""
+    sample = head[:4096]
+    if len(sample) < 8:
+        return None
+    even, odd = sample[0::2], sample[1::2]
+    for zeros, other, order in ((odd, even, "utf-16-le"), (even, odd, "utf-16-be")):
+        if zeros.count(0) >= 0.9 * len(zeros) and other.count(0) == 0:
+            try:
+                sample[: len(sample) // 2 * 2].decode(order)
+            except UnicodeDecodeError:
+                continue
+            return order
+    return None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _shown_sep(sep: str) -> str:
+    return "\\t" if sep == "\t" else sep

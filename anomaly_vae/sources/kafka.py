@@ -16,7 +16,8 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,7 +114,7 @@ def decode_messages(
     # Entities repeat (a few machines, many records each): each distinct key or field value is
     # turned into its text once per batch, not once per message.
     key_texts: dict[bytes, str | None] = {}
-    missing_reasons: dict[tuple[tuple[str, ...], frozenset[Any]], str] = {}
+    missing_reasons: dict[tuple[tuple[str, ...], frozenset[Any], frozenset[Any]], str] = {}
     field_texts: dict[Any, str | None] = {}
     for msg in messages:
         value = msg.value
@@ -139,14 +140,23 @@ def decode_messages(
             continue
         if type(obj) is not dict:
             reason = f"top level is a JSON {_json_type(obj)}, expected an object"
+            if type(obj) is list and obj and all(type(item) is dict for item in obj):
+                # A producer batching records: the array is not split into records.
+                reason += (
+                    f" (an array of {len(obj)} objects: send one record per message, each "
+                    "its own JSON object)"
+                )
             reject(msg, source_key(msg.topic, msg.partition, msg.offset), reason)
             continue
         if not obj.keys() >= wanted:
             missing = sorted(wanted.difference(obj.keys()))
             # One producer's messages share their field names: one search per batch.
-            shape = (tuple(missing), frozenset(obj.keys()))
+            nested = frozenset(k for k, v in obj.items() if type(v) is dict)
+            shape = (tuple(missing), frozenset(obj.keys()), nested)
             if shape not in missing_reasons:
-                missing_reasons[shape] = missing_fields_reason(missing, obj.keys() - wanted)
+                missing_reasons[shape] = missing_fields_reason(
+                    missing, obj.keys() - wanted, record=obj
+                )
             reason = missing_reasons[shape]
             reject(msg, source_key(msg.topic, msg.partition, msg.offset), reason)
             continue
@@ -329,7 +339,19 @@ def _invalid_json_reason(value: bytes, exc: Exception) -> str:
             f"invalid JSON: not UTF-8 text (byte 0x{byte} at byte {bad.start}): JSON messages "
             "must be UTF-8 (a producer writing Latin-1 or cp1252 text must encode it as UTF-8)"
         )
-    return f"invalid JSON: {str(exc).splitlines()[0]}"
+    reason = f"invalid JSON: {str(exc).splitlines()[0]}"
+    text = value[:400].decode("utf-8", errors="ignore").strip()
+    if text.startswith(("{'", "{ '", "[{'")) or (text.startswith("{") and "': " in text):
+        # Python's str() of a dict, a producer's common slip: "unexpected character".
+        return reason + (
+            " (names in single quotes, as Python's str() of a dict writes them: send "
+            "json.dumps(record))"
+        )
+    if not text.startswith(("{", "[", '"')) and ("," in text or ";" in text):
+        return reason + (
+            ' (a CSV line? a message is one JSON object: {"temp": 19.7, "site": "north"})'
+        )
+    return reason
 
 
 def entity_type_reason(name: str, value: object) -> str | None:
@@ -340,18 +362,54 @@ def entity_type_reason(name: str, value: object) -> str | None:
     return None
 
 
-def missing_fields_reason(names: Sequence[str], present: Iterable[Any] = ()) -> str:
+def missing_fields_reason(
+    names: Sequence[str], present: Iterable[Any] = (), *, record: Mapping[Any, Any] | None = None
+) -> str:
     """The reason a record without these feature fields is rejected (in the order given),
     naming the record's other fields (``present``: not the features it has) that look meant
     for them: a producer writing 'RPM' or 'rpm ' had every message rejected as "feature field
-    'rpm' missing", which read as if the value were absent."""
+    'rpm' missing", which read as if the value were absent. ``record``: the record itself,
+    whose JSON objects may hold the fields (``{"data": {...}}``, ``{"sensor": {"temp": ..}}``
+    for a feature ``sensor.temp``), which are not read there: said so."""
     shown = ", ".join(repr(name) for name in names)
     reason = f"feature field{'s' if len(names) > 1 else ''} {shown} missing"
     near = near_names(names, present)
-    if near:
+    nfc = {unicodedata.normalize("NFC", name) for name in names}
+    forms = [name for name in near if unicodedata.normalize("NFC", name) in nfc]
+    if forms:
+        # The same name to the eye: "letter case too" said nothing of the difference.
+        reason += (
+            f" (the record has {forms[0]!a}, the same name with its accents written as other "
+            "Unicode code points: send field names in Unicode NFC)"
+        )
+    elif near:
         have = " and ".join(repr(name) for name in near)
         reason += f" (the record has {have}: field names must match exactly, letter case too)"
+    elif record is not None and (inside := _nested_hint(names, record)):
+        reason += inside
     return reason
+
+
+def _nested_hint(names: Sequence[str], record: Mapping[Any, Any]) -> str:
+    """Where the record's JSON objects hold the missing fields, what to send instead."""
+    for key, value in record.items():
+        if isinstance(value, dict) and sum(name in value for name in names) * 2 >= len(names):
+            return (
+                f" (the record's object {str(key)!r} holds them: fields are read at the top "
+                "level of the record, not inside an object; send them there)"
+            )
+    for name in names:
+        parts = name.split(".")
+        node: Any = record
+        for part in parts:
+            node = node.get(part) if isinstance(node, dict) else None
+        if len(parts) > 1 and node is not None and isinstance(record.get(parts[0]), dict):
+            return (
+                f" (the record has {name!r} nested, in the object {parts[0]!r}: fields are read "
+                f'at the top level of the record, by their whole name; send "{name}": '
+                "VALUE there)"
+            )
+    return ""
 
 
 def near_names(names: Sequence[str], present: Iterable[Any]) -> list[str]:

@@ -899,7 +899,7 @@ def _separator_hint(header: list[str], sep: str, expected: list[str]) -> str:
     wanted = {e.lower() for e in expected}
     for other, shown in ((";", ";"), ("\t", "\\t"), ("|", "|"), (",", ",")):
         if other != sep and wanted & {n.strip() for n in header[0].split(other)}:
-            return f"; the header looks {shown!r}-separated: try --sep '{shown}'"
+            return f"; the header looks '{shown}'-separated: try --sep '{shown}'"
     return ""
 
 
