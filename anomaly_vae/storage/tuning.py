@@ -1203,6 +1203,7 @@ def list_alerts(
     if alert_id is not None:
         stmt = stmt.where(Alert.id == alert_id)
     if before_id is not None:
+        repo.require_page_cursor(connection, Alert.id, before_id, "alert")
         before_id = repo.id_bound(before_id)
         last = aliased(Alert)
         last_opened = select(last.opened_at).where(last.id == before_id).scalar_subquery()
