@@ -556,6 +556,64 @@ class _BodyLimit:
         await self.app(scope, limited, send)
 
 
+def _known_query_parameters(request: Request) -> None:
+    """Refuse a query parameter the endpoint does not read (a 422 naming it and the ones it
+    reads). They were ignored: ``/runs?since=...`` listed every run, ``/anomalies?state=open``
+    every flagged record, ``/dead-letters/summary?limit=5`` every reason, each a 200 that
+    looked like the filter applied, and a misspelt ``befor_id`` gave the first page again."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if (
+        dependant is None
+        or not request.query_params
+        or not getattr(route, "include_in_schema", True)
+    ):
+        return
+    known: set[str] = set()
+    pending = [dependant]
+    while pending:  # the endpoint's own parameters and its dependencies' (DeadLetterQuery)
+        node = pending.pop()
+        known.update(param.alias for param in node.query_params)
+        pending.extend(node.dependencies)
+    unknown = [name for name in dict.fromkeys(request.query_params) if name not in known]
+    if not unknown:
+        return
+    reads = ", ".join(sorted(known)) if known else "no query parameters"
+    raise RequestValidationError(
+        [
+            {
+                "type": "extra_forbidden",
+                "loc": ("query", name),
+                "msg": f"unknown query parameter {name!r}: {request.url.path} reads {reads}",
+                "input": request.query_params.get(name),
+            }
+            for name in unknown
+        ]
+    )
+
+
+class _HeadAsGet:
+    """ASGI middleware: a HEAD request is answered as the GET of that path would be, with its
+    status and headers and no body. FastAPI's routes take only the methods they name, so
+    ``HEAD /health`` (an uptime check, ``curl -I``, a load balancer's probe) was a 405, which
+    read as the service down; HTTP requires HEAD wherever GET is served."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
 # ========================================================================== app
 def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
     """The API on ``engine`` (built and checked by the caller)."""
@@ -569,16 +627,21 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         description="Thresholds, alerts, anomalies and models of the anomaly-vae results "
         "database. Writes need `Authorization: Bearer <token>` (ANOMALY_VAE_API_TOKEN).",
         responses=_errors(500, 503),
+        dependencies=[Depends(_known_query_parameters)],
     )
     app.state.settings = settings
     app.state.engine = engine
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(_HeadAsGet)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's own handler echoes the input, and a NaN or an infinity in it (JSON allows
         # neither) made the response itself fail: a 500 instead of the 422.
-        detail = [_short_input(error) for error in _json_safe(jsonable_encoder(exc.errors()))]
+        detail = [
+            _short_input(_body_shape(error, request.headers.get("content-type")))
+            for error in _json_safe(jsonable_encoder(exc.errors()))
+        ]
         return JSONResponse({"detail": detail}, status_code=422)
 
     # A user's error as its one-line message in "detail" (the most specific class wins).
@@ -614,6 +677,18 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
                 f"the body cannot be read as JSON: {_parse_failure(exc.__cause__)}",
                 loc=["body"],
                 kind="json_invalid",
+            )
+        # Starlette's own answers for a path or a method nothing serves were the bare words
+        # "Not Found" / "Method Not Allowed": say which, and where the endpoints are listed.
+        where = f"{request.method} {request.url.path}"
+        if exc.status_code == 404 and exc.detail == "Not Found":
+            exc = StarletteHTTPException(
+                404, f"no endpoint {where}: the endpoints are listed at /docs", exc.headers
+            )
+        elif exc.status_code == 405 and exc.detail == "Method Not Allowed":
+            allow = (exc.headers or {}).get("Allow", "")
+            exc = StarletteHTTPException(
+                405, f"{where}: that path takes {allow or 'other methods'}", exc.headers
             )
         return await http_exception_handler(request, exc)
 
@@ -1119,6 +1194,35 @@ def _unprocessable(
     return JSONResponse(
         {"detail": [{"type": kind, "loc": loc or [], "msg": message}]}, status_code=422
     )
+
+
+def _body_shape(error: Any, content_type: str | None) -> Any:
+    """A whole body of the wrong kind said "Input should be a valid dictionary or object to
+    extract fields from": for JSON sent as ``text/plain``, form-encoded or with no
+    Content-Type (which FastAPI does not read as JSON: curl's ``-d`` sends a form), and for a
+    JSON array or string where an object belongs. The message now says which, and what to send."""
+    if error.get("type") != "model_attributes_type" or list(error.get("loc", ())) != ["body"]:
+        return error
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        sent = f"as {media!r}" if media else "with no Content-Type"
+        msg = (
+            f"the body came {sent}, which is not read as JSON: send JSON with the header "
+            "'Content-Type: application/json' (curl: -H 'Content-Type: application/json' "
+            "or --json)"
+        )
+    else:
+        value = error.get("input")
+        kind = {list: "an array", str: "a string", bool: "a boolean"}.get(type(value), "null")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            kind = "a number"
+        msg = (
+            f"the body is {kind}: send a JSON object ({{...}}) with the fields this request "
+            "takes (see /docs)"
+        )
+    return {**error, "msg": msg}
 
 
 def _parse_failure(cause: BaseException | None) -> str:

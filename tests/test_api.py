@@ -1665,3 +1665,105 @@ def test_a_threshold_set_for_another_model_version_is_a_warning_in_the_answers(
         scored = client.post("/models/pumps/score", json={"records": records}).json()
         assert scored["threshold_version"] == 2
         assert scored["warnings"] == [said.format("this request scores")]
+
+
+def test_a_query_parameter_the_endpoint_does_not_read_is_a_422(score_client: Any) -> None:
+    # Unknown query parameters were ignored: /runs has no since, /anomalies no state, the
+    # summary no limit, and /models/{name}/score takes its version in the body, so each of
+    # these answered 200 as if the filter (or the version) applied.
+    cases = {
+        "/runs?since=2026-01-01": ("since", "before_id, kind, limit, model, status"),
+        "/anomalies?state=open": ("state", "before_id, entity, limit, model, since, until"),
+        "/dead-letters/summary?limit=5": ("limit", "model, reason, run, since, until"),
+        "/alerts?befor_id=3": (
+            "befor_id",
+            "before_id, entity, limit, model, since, state, until",
+        ),
+        "/health?verbose=1": ("verbose", "no query parameters"),
+    }
+    for url, (name, reads) in cases.items():
+        response = score_client.get(url)
+        assert response.status_code == 422, (url, response.text)
+        path = url.split("?")[0]
+        assert response.json()["detail"] == [
+            {
+                "type": "extra_forbidden",
+                "loc": ["query", name],
+                "msg": f"unknown query parameter {name!r}: {path} reads {reads}",
+                "input": url.split("=")[1],
+            }
+        ]
+    pinned = score_client.post(
+        "/models/pumps/score?version=0000", json={"records": pump_records(1)}
+    )
+    assert pinned.status_code == 422, pinned.text
+    assert pinned.json()["detail"][0]["loc"] == ["query", "version"]
+    # Parameters the endpoint reads, its dependencies' included, still work; so do the docs.
+    assert score_client.get("/dead-letters/summary?reason=x&run=1").status_code == 200
+    assert score_client.get("/alerts?state=active&limit=2").status_code == 200
+    assert score_client.get("/docs?x=1").status_code == 200
+
+
+def test_head_is_answered_as_get_without_a_body(score_client: Any) -> None:
+    # HEAD /health (curl -I, an uptime check, a load balancer's probe) was a 405 Method Not
+    # Allowed, read as the service being down: every GET path answers HEAD.
+    for path in ("/health", "/metrics", "/models", "/alerts?limit=1", "/no-such-path"):
+        get = score_client.get(path)
+        head = score_client.head(path)
+        assert head.status_code == get.status_code, path
+        assert head.content == b"", path
+        assert head.headers["content-type"] == get.headers["content-type"], path
+        if path != "/metrics":  # its ages may change between the two
+            assert head.headers["content-length"] == get.headers["content-length"], path
+    # A path that serves no GET still says which methods it takes.
+    score_post = score_client.head("/models/pumps/score")
+    assert score_post.status_code == 405
+    assert score_post.headers["allow"] == "POST"
+
+
+def test_a_body_of_the_wrong_kind_says_what_to_send(score_client: Any) -> None:
+    # JSON sent as text/plain, as a form (curl -d) or with no Content-Type, and a JSON array
+    # where an object belongs, were all "Input should be a valid dictionary or object to
+    # extract fields from", which says nothing of the header or the shape to send.
+    body = json.dumps({"records": pump_records(1)})
+    for content_type, sent in (
+        ("text/plain", "as 'text/plain'"),
+        ("application/x-www-form-urlencoded", "as 'application/x-www-form-urlencoded'"),
+        ("", "with no Content-Type"),
+    ):
+        response = score_client.post(
+            "/models/pumps/score", content=body, headers={"content-type": content_type}
+        )
+        assert response.status_code == 422, response.text
+        (error,) = response.json()["detail"]
+        assert error["loc"] == ["body"]
+        assert error["msg"].startswith(f"the body came {sent}, which is not read as JSON: ")
+        assert "'Content-Type: application/json'" in error["msg"]
+    for value, kind in (([{"a": 1}], "an array"), ("x", "a string"), (5, "a number")):
+        response = score_client.post("/models/pumps/score", json=value)
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["msg"] == (
+            f"the body is {kind}: send a JSON object ({{...}}) with the fields this request "
+            "takes (see /docs)"
+        )
+    # JSON under a +json media type, or with a charset, is read as JSON.
+    for content_type in ("application/json; charset=utf-8", "application/ld+json"):
+        response = score_client.post(
+            "/models/pumps/score", content=body, headers={"content-type": content_type}
+        )
+        assert response.status_code == 200, response.text
+
+
+def test_a_path_or_method_nothing_serves_says_which(score_client: Any) -> None:
+    # They were the bare words "Not Found" / "Method Not Allowed".
+    missing = score_client.post("/alerts//acknowledge", json={})
+    assert missing.status_code == 404
+    assert missing.json() == {
+        "detail": "no endpoint POST /alerts//acknowledge: the endpoints are listed at /docs"
+    }
+    wrong = score_client.get("/models/pumps/score")
+    assert wrong.status_code == 405
+    assert wrong.headers["allow"] == "POST"
+    assert wrong.json() == {"detail": "GET /models/pumps/score: that path takes POST"}
+    # An unknown model or alert keeps its own message.
+    assert score_client.get("/models/nope").json()["detail"].startswith("no model named 'nope'")
