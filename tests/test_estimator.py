@@ -284,6 +284,16 @@ def test_input_of_the_wrong_shape_says_what_to_pass(trained_model: AnomalyVAE) -
         trained_model.score(sparse.csr_matrix(numeric.to_numpy()))
     with pytest.raises(ConfigError, match=r"X is a Series.*df\.iloc\[\[i\]\]"):
         trained_model.score(frame.iloc[0])  # type: ignore[arg-type]
+    # A column given to fit (or score) was told to pass a one-row frame, a training set of
+    # one record: it is a column, to pass as a one-column frame.
+    for call in (AnomalyVAE(epochs=1).fit, trained_model.score):
+        with pytest.raises(ConfigError) as column:
+            call(frame["s0"])
+        assert str(column.value) == (
+            "X is a Series (one column 's0'); AnomalyVAE reads a DataFrame: pass "
+            "series.to_frame() for one feature (df[['name']], not df['name']), or df.iloc[[i]] "
+            "for one record"
+        )
     with pytest.raises(ConfigError, match=r"one row of 8 values: pass X\.reshape\(1, -1\)"):
         AnomalyVAE(epochs=1).fit(numeric.to_numpy()[0])
     # A dict or a list of records (JSON's shape) was "got a dict" / "got an array of shape
