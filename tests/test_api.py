@@ -1767,3 +1767,30 @@ def test_a_path_or_method_nothing_serves_says_which(score_client: Any) -> None:
     assert wrong.json() == {"detail": "GET /models/pumps/score: that path takes POST"}
     # An unknown model or alert keeps its own message.
     assert score_client.get("/models/nope").json()["detail"].startswith("no model named 'nope'")
+
+
+def test_a_number_where_a_time_belongs_is_not_read_as_unix_seconds(score_client: Any) -> None:
+    # since=20261128 (ISO 8601's basic form of 2026-11-28, which --since reads so) was Unix
+    # seconds to pydantic, 1970-08-23: every stored row, a 200 that looked filtered; -1 was
+    # 1969, 99999999999999 milliseconds in the year 5138. The same in a preview's body.
+    basic = score_client.post("/models/pumps/thresholds/preview", json={"since": "20261128"})
+    assert basic.status_code == 200, basic.text
+    assert basic.json()["since"] == "2026-11-28T00:00:00Z"
+    assert score_client.get("/alerts", params={"since": "20261128"}).status_code == 200
+    for path, value in (
+        ("/anomalies", "1700000000"),
+        ("/alerts", "-1"),
+        ("/dead-letters", "99999999999999"),
+        ("/dead-letters/summary", "1e10"),
+    ):
+        response = score_client.get(path, params={"until": value})
+        assert response.status_code == 422, (path, response.text)
+        (error,) = response.json()["detail"]
+        assert error["loc"] == ["query", "until"]
+        assert error["msg"] == (
+            f"Value error, {value!r} is a number, not a time: give an ISO 8601 date or time "
+            "(2026-11-28, 2026-11-28T08:00:00+02:00)"
+        )
+    preview = score_client.post("/models/pumps/thresholds/preview", json={"since": 1700000000})
+    assert preview.status_code == 422, preview.text
+    assert preview.json()["detail"][0]["loc"] == ["body", "since"]
