@@ -1301,6 +1301,9 @@ def _other_version_note(threshold: Any, version: Any, scoring: str) -> str | Non
     )
 
 
+MIN_VERSION_PREFIX = 4
+
+
 def _registered_version(conn: Connection, name: str, version: str | None) -> Any:
     """The version of ``name`` in use (``tuning.model_in_use``: the one scored last, whose
     threshold is in force), or the one whose version is ``version``."""
@@ -1308,7 +1311,10 @@ def _registered_version(conn: Connection, name: str, version: str | None) -> Any
     if version is None:
         return model_in_use(conn, name=name)
     exact = [row for row in rows if row.version == version or row.content_hash == version]
-    matches = exact or [row for row in rows if row.content_hash.startswith(version.lower())]
+    # A prefix of at least 4 digits, as git takes one: "1" or "2" (a version number, a
+    # threshold version) matched whichever hash began with that digit, and scored it.
+    prefix = version.lower() if len(version) >= MIN_VERSION_PREFIX else None
+    matches = exact or [row for row in rows if prefix and row.content_hash.startswith(prefix)]
     if len(matches) > 1:
         shown = ", ".join(r.version for r in matches[:10])
         raise ConfigError(
@@ -1318,7 +1324,12 @@ def _registered_version(conn: Connection, name: str, version: str | None) -> Any
     if matches:
         return matches[0]
     known = ", ".join(r.version for r in rows[:10])
-    raise NotFoundError(f"model {name!r} has no version {version!r} (registered: {known})")
+    short = (
+        f"; a prefix of its content hash needs at least {MIN_VERSION_PREFIX} digits"
+        if prefix is None
+        else ""
+    )
+    raise NotFoundError(f"model {name!r} has no version {version!r} (registered: {known}){short}")
 
 
 class _ModelCache:

@@ -1794,3 +1794,24 @@ def test_a_number_where_a_time_belongs_is_not_read_as_unix_seconds(score_client:
     preview = score_client.post("/models/pumps/thresholds/preview", json={"since": 1700000000})
     assert preview.status_code == 422, preview.text
     assert preview.json()["detail"][0]["loc"] == ["body", "since"]
+
+
+def test_a_version_of_one_to_three_digits_names_none(score_client: Any) -> None:
+    # "version": "1" (a version number, a threshold version) matched whichever content hash
+    # began with that digit and scored that model version, a 200 for a version never named.
+    newest = score_client.get("/models/pumps").json()["versions"][0]["version"]
+    record = pump_records(1)
+    for short in (newest[:1], newest[:3]):
+        response = score_client.post(
+            "/models/pumps/score", json={"records": record, "version": short}
+        )
+        assert response.status_code == 404, response.text
+        assert response.json()["detail"] == (
+            f"model 'pumps' has no version {short!r} (registered: {newest}); a prefix of its "
+            "content hash needs at least 4 digits"
+        )
+    pinned = score_client.post(
+        "/models/pumps/score", json={"records": record, "version": newest[:4]}
+    )
+    assert pinned.status_code == 200, pinned.text
+    assert pinned.json()["model_version"] == newest
