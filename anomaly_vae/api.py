@@ -41,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from anomaly_vae._version import __version__
 from anomaly_vae.config import MAX_ALERT_RULE_RECORDS, AlertsConfig, NoBooleanNumbers
 from anomaly_vae.errors import ConfigError, InputFileError, NotFoundError, SchemaError
+from anomaly_vae.features import MISSING, collect_unseen_values
 from anomaly_vae.storage import outbox as alert_outbox
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.storage.dead_letters import DeadLetterFilter, list_dead_letters, summarize
@@ -439,7 +440,8 @@ class ScoreResponse(BaseModel):
         default_factory=list,
         description="What the caller should know about these scores: the threshold in force "
         "set for another model version than the one scored (its scores have a scale of their "
-        "own, so the decisions may flag too much or too little), as 'score --db' warns",
+        "own, so the decisions may flag too much or too little), as 'score --db' warns; a "
+        "field's values outside the categories learned in training (scored as a novelty)",
     )
 
 
@@ -1463,7 +1465,8 @@ def _score_records(
         for name in (window.entity, window.time):
             if name and name not in kept_frame.columns:
                 kept_frame[name] = pd.Series([None] * len(kept_frame), index=kept_frame.index)
-    scored = model.score_batch(kept_frame, threshold=warning, source="request")
+    with collect_unseen_values() as unseen:
+        scored = model.score_batch(kept_frame, threshold=warning, source="request")
     for index, reason in scored.rejects["reason"].items():
         rejects.append(RejectedRecord(index=int(index), reason=str(reason)))
     table = scored.scores
@@ -1503,6 +1506,24 @@ def _score_records(
         threshold_version=None if threshold_row is None else int(threshold_row.version),
         scores=out,
         rejects=sorted(rejects, key=lambda r: r.index),
+        warnings=[_unseen_note(model, name, values) for name, values in unseen.items()],
+    )
+
+
+def _unseen_note(model: Any, name: str, values: Mapping[str, None]) -> str:
+    """A field's values outside its learned categories, as the scorer's log warns of them: a
+    record with 'North' for 'north' scored as a novelty, and the response said nothing (the
+    log named each value once per server process)."""
+    new = list(values)
+    shown = ", ".join(repr(v) for v in new[:5]) + (
+        f" and {len(new) - 5} more" if len(new) > 5 else ""
+    )
+    known = [c for c in model.preprocessor_.categories.get(name, []) if c != MISSING]
+    listed = ", ".join(repr(c) for c in known[:10]) + (", ..." if len(known) > 10 else "")
+    return (
+        f"field {name!r}: {shown} not among the values learned in training, scored as the "
+        f"unknown category (a novelty, usually flagged); known values: {listed or 'none'}. "
+        "If it is a known value spelled differently, fix the input or retrain with it"
     )
 
 

@@ -1815,3 +1815,24 @@ def test_a_version_of_one_to_three_digits_names_none(score_client: Any) -> None:
     )
     assert pinned.status_code == 200, pinned.text
     assert pinned.json()["model_version"] == newest
+
+
+def test_a_category_never_seen_in_training_is_named_in_the_warnings(score_client: Any) -> None:
+    # 'North' for 'north' scored as the unknown category (a novelty) and the response's
+    # warnings were empty: only the server's log named it, once per process.
+    records = pump_records(3)
+    known = records[0]["station"]
+    records[0]["station"] = known.upper()
+    records[2]["station"] = "nowhere"
+    for _ in range(2):  # every request, not only the first the process sees
+        response = score_client.post("/models/pumps/score", json={"records": records})
+        assert response.status_code == 200, response.text
+        (note,) = response.json()["warnings"]
+        assert note.startswith(
+            f"field 'station': {known.upper()!r}, 'nowhere' not among the values learned in "
+            "training, scored as the unknown category (a novelty, usually flagged); known "
+            "values: "
+        )
+        assert repr(known) in note
+    clean = score_client.post("/models/pumps/score", json={"records": pump_records(3)})
+    assert clean.json()["warnings"] == []
