@@ -460,6 +460,7 @@ _ERRORS = {
     409: "The registered model version's directory cannot be loaded on this server",
     500: "A fault in the server (logged there with its traceback; the answer carries none)",
     413: f"A request body over {MAX_BODY_BYTES // 2**20} MiB",
+    415: "A request body sent compressed (Content-Encoding): send it uncompressed",
     503: "The results database is unavailable",
 }
 
@@ -539,7 +540,21 @@ class _BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        headers = dict(scope.get("headers") or [])
+        coding = headers.get(b"content-encoding", b"").decode("latin-1").strip().lower()
+        if coding not in ("", "identity"):
+            # A gzip body was read as the JSON text itself: "it is not UTF-8", and a body
+            # merely labelled so (br) was read as if the header were not there.
+            response = JSONResponse(
+                {
+                    "detail": f"the body is sent with Content-Encoding {coding!r}, which this "
+                    "API does not decode: send it uncompressed, without that header"
+                },
+                status_code=415,
+            )
+            await response(scope, receive, send)
+            return
+        length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > self.limit:
             response = JSONResponse({"detail": self._detail()}, status_code=413)
             await response(scope, receive, send)
@@ -816,7 +831,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         status_code=201,
         tags=["thresholds"],
         dependencies=[Writer],
-        responses={**_UNCHANGED, **_errors(400, 401, 403, 404, 413)},
+        responses={**_UNCHANGED, **_errors(400, 401, 403, 404, 413, 415)},
     )
     def create_threshold(
         name: str, body: ThresholdCreate, conn: Conn, request: Request, response: Response
@@ -832,7 +847,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         status_code=201,
         tags=["thresholds"],
         dependencies=[Writer],
-        responses={**_UNCHANGED, **_errors(400, 401, 403, 404, 413)},
+        responses={**_UNCHANGED, **_errors(400, 401, 403, 404, 413, 415)},
     )
     def update_threshold(
         name: str, body: ThresholdUpdate, conn: Conn, request: Request, response: Response
@@ -853,7 +868,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         status_code=201,
         tags=["thresholds"],
         dependencies=[Writer],
-        responses={**_UNCHANGED, **_errors(400, 401, 403, 404, 413)},
+        responses={**_UNCHANGED, **_errors(400, 401, 403, 404, 413, 415)},
     )
     def rollback_threshold_version(
         name: str, body: ThresholdRollback, conn: Conn, response: Response
@@ -883,7 +898,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         "/models/{name}/thresholds/preview",
         response_model=ThresholdPreviewPublic,
         tags=["thresholds"],
-        responses=_errors(400, 404, 413),
+        responses=_errors(400, 404, 413, 415),
     )
     def preview(
         name: str, body: ThresholdPreviewRequest, conn: Conn, request: Request
@@ -906,7 +921,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         "/models/{name}/score",
         response_model=ScoreResponse,
         tags=["models"],
-        responses=_errors(400, 404, 409, 413),
+        responses=_errors(400, 404, 409, 413, 415),
     )
     def score(name: str, body: ScoreRequest, request: Request) -> Response:
         """Score records now with a registered model version, loaded from its model directory
@@ -1123,7 +1138,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         response_model=AlertActed,
         tags=["alerts"],
         dependencies=[Writer],
-        responses=_errors(400, 401, 403, 404, 413),
+        responses=_errors(400, 401, 403, 404, 413, 415),
     )
     def acknowledge(alert_id: int, conn: Conn, body: AlertAction | None = None) -> AlertActed:
         """Acknowledge an open alert; acknowledged again by the same ``by`` (a retried
@@ -1135,7 +1150,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         response_model=AlertActed,
         tags=["alerts"],
         dependencies=[Writer],
-        responses=_errors(400, 401, 403, 404, 413),
+        responses=_errors(400, 401, 403, 404, 413, 415),
     )
     def resolve(alert_id: int, conn: Conn, body: AlertAction | None = None) -> AlertActed:
         """Resolve an alert; resolved again by the same ``by`` (a retried request), nothing

@@ -946,6 +946,7 @@ def test_the_openapi_schema_documents_the_413_where_a_request_has_a_body(tmp_pat
     assert len(with_body) == 7
     for path, method, responses in with_body:
         assert "413" in responses, (method, path)
+        assert "415" in responses, (method, path)
         assert f"{MAX_BODY_BYTES // 2**20} MiB" in responses["413"]["description"]
 
 
@@ -1836,3 +1837,28 @@ def test_a_category_never_seen_in_training_is_named_in_the_warnings(score_client
         assert repr(known) in note
     clean = score_client.post("/models/pumps/score", json={"records": pump_records(3)})
     assert clean.json()["warnings"] == []
+
+
+def test_a_compressed_body_is_a_415_that_says_to_send_it_uncompressed(score_client: Any) -> None:
+    # A gzip body (Content-Encoding: gzip) was read as the JSON text itself: a 422 "it is not
+    # UTF-8"; one labelled br but sent plain was read as if the header were not there.
+    import gzip
+
+    body = json.dumps({"records": pump_records(1)}).encode()
+    for coding, content in (("gzip", gzip.compress(body)), ("br", body)):
+        response = score_client.post(
+            "/models/pumps/score",
+            content=content,
+            headers={"content-type": "application/json", "content-encoding": coding},
+        )
+        assert response.status_code == 415, response.text
+        assert response.json() == {
+            "detail": f"the body is sent with Content-Encoding {coding!r}, which this API does "
+            "not decode: send it uncompressed, without that header"
+        }
+    plain = score_client.post(
+        "/models/pumps/score",
+        content=body,
+        headers={"content-type": "application/json", "content-encoding": "identity"},
+    )
+    assert plain.status_code == 200, plain.text
