@@ -573,7 +573,7 @@ class _BodyLimit:
         await self.app(scope, limited, send)
 
 
-def _known_query_parameters(request: Request) -> None:
+async def _known_query_parameters(request: Request) -> None:
     """Refuse a query parameter the endpoint does not read (a 422 naming it and the ones it
     reads). They were ignored: ``/runs?since=...`` listed every run, ``/anomalies?state=open``
     every flagged record, ``/dead-letters/summary?limit=5`` every reason, each a 200 that
