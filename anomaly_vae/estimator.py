@@ -1641,6 +1641,16 @@ def _array_frame(X: Any, expected: list[str] | None, width: int | None) -> pd.Da
         _check_width(array.shape[1], width)
     names = _array_names(array.shape[1])
     if expected is not None and len(expected) == array.shape[1]:
+        if width is None and list(expected) != names:
+            # A model fitted on a DataFrame read an array's columns as its own, by position,
+            # without a word (scikit-learn warns of it): columns in another order were scored
+            # as the wrong features.
+            logger.warning(
+                "X is an array, but the model was fitted on a DataFrame: its %d columns are "
+                "read by position as %s; pass a DataFrame to have them read by name",
+                len(names),
+                _names_preview(expected),
+            )
         names = list(expected)
     return pd.DataFrame(array, columns=names)
 

@@ -1210,3 +1210,24 @@ def test_a_model_file_of_a_newer_score_revision_is_refused_in_one_line(
     (newer / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ModelFileError, match="score_revision 99 is newer than this anomaly-vae"):
         load_model(newer)
+
+
+def test_an_array_given_to_a_model_fitted_on_a_dataframe_is_warned_of(
+    trained_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its columns were read as the model's by position without a word (scikit-learn warns
+    # "X does not have valid feature names"): an array of the columns in another order was
+    # scored as the wrong features.
+    frame = correlated_normal(5, seed=3)
+    columns = list(trained_model.feature_names_in_)
+    with caplog.at_level(logging.WARNING):
+        by_name = trained_model.score(frame)
+    assert "X is an array" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        by_position = trained_model.score(frame[columns].to_numpy())
+    assert by_position["score"].tolist() == by_name["score"].tolist()
+    assert (
+        f"X is an array, but the model was fitted on a DataFrame: its {len(columns)} columns "
+        "are read by position as 's0', 's1', 's2'"
+    ) in caplog.text
+    assert "pass a DataFrame to have them read by name" in caplog.text
