@@ -1231,3 +1231,26 @@ def test_an_array_given_to_a_model_fitted_on_a_dataframe_is_warned_of(
         "are read by position as 's0', 's1', 's2'"
     ) in caplog.text
     assert "pass a DataFrame to have them read by name" in caplog.text
+
+
+def test_an_empty_model_path_is_refused_not_the_working_directory(
+    trained_model: AnomalyVAE, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # save("") (an unset variable, say) wrote model.json and weights.safetensors into the
+    # working directory without a word; load_model("") read whatever model was there.
+    from anomaly_vae import load_model
+    from anomaly_vae.errors import ModelFileError
+
+    monkeypatch.chdir(tmp_path)
+    for path in ("", "  "):
+        with pytest.raises(ModelFileError) as saving:
+            trained_model.save(path)
+        assert str(saving.value) == (
+            'the model directory to save to is an empty path: give the directory ("." for '
+            "the working directory)"
+        )
+        with pytest.raises(ModelFileError, match="the model directory to load is an empty path"):
+            load_model(path)
+    assert list(tmp_path.iterdir()) == []
+    trained_model.save(".")  # the working directory, asked for
+    assert load_model(".").threshold_ == trained_model.threshold_
