@@ -704,8 +704,12 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
             )
         elif exc.status_code == 405 and exc.detail == "Method Not Allowed":
             allow = (exc.headers or {}).get("Allow", "")
+            if "GET" in allow.split(", ") and "HEAD" not in allow:
+                allow += ", HEAD"  # served by _HeadAsGet wherever GET is
             exc = StarletteHTTPException(
-                405, f"{where}: that path takes {allow or 'other methods'}", exc.headers
+                405,
+                f"{where}: that path takes {allow or 'other methods'}",
+                {**(exc.headers or {}), "Allow": allow} if allow else exc.headers,
             )
         return await http_exception_handler(request, exc)
 

@@ -1766,6 +1766,11 @@ def test_a_path_or_method_nothing_serves_says_which(score_client: Any) -> None:
     assert wrong.status_code == 405
     assert wrong.headers["allow"] == "POST"
     assert wrong.json() == {"detail": "GET /models/pumps/score: that path takes POST"}
+    # A GET path takes HEAD too, and its Allow header says so.
+    options = score_client.options("/health")
+    assert options.status_code == 405
+    assert options.headers["allow"] == "GET, HEAD"
+    assert options.json() == {"detail": "OPTIONS /health: that path takes GET, HEAD"}
     # An unknown model or alert keeps its own message.
     assert score_client.get("/models/nope").json()["detail"].startswith("no model named 'nope'")
 
