@@ -41,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from anomaly_vae._version import __version__
 from anomaly_vae.config import MAX_ALERT_RULE_RECORDS, AlertsConfig, NoBooleanNumbers
 from anomaly_vae.errors import ConfigError, InputFileError, NotFoundError, SchemaError
+from anomaly_vae.features import MISSING, collect_unseen_values
 from anomaly_vae.storage import outbox as alert_outbox
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.storage.dead_letters import DeadLetterFilter, list_dead_letters, summarize
@@ -439,7 +440,8 @@ class ScoreResponse(BaseModel):
         default_factory=list,
         description="What the caller should know about these scores: the threshold in force "
         "set for another model version than the one scored (its scores have a scale of their "
-        "own, so the decisions may flag too much or too little), as 'score --db' warns",
+        "own, so the decisions may flag too much or too little), as 'score --db' warns; a "
+        "field's values outside the categories learned in training (scored as a novelty)",
     )
 
 
@@ -458,6 +460,7 @@ _ERRORS = {
     409: "The registered model version's directory cannot be loaded on this server",
     500: "A fault in the server (logged there with its traceback; the answer carries none)",
     413: f"A request body over {MAX_BODY_BYTES // 2**20} MiB",
+    415: "A request body sent compressed (Content-Encoding): send it uncompressed",
     503: "The results database is unavailable",
 }
 
@@ -537,7 +540,21 @@ class _BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        headers = dict(scope.get("headers") or [])
+        coding = headers.get(b"content-encoding", b"").decode("latin-1").strip().lower()
+        if coding not in ("", "identity"):
+            # A gzip body was read as the JSON text itself: "it is not UTF-8", and a body
+            # merely labelled so (br) was read as if the header were not there.
+            response = JSONResponse(
+                {
+                    "detail": f"the body is sent with Content-Encoding {coding!r}, which this "
+                    "API does not decode: send it uncompressed, without that header"
+                },
+                status_code=415,
+            )
+            await response(scope, receive, send)
+            return
+        length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > self.limit:
             response = JSONResponse({"detail": self._detail()}, status_code=413)
             await response(scope, receive, send)
@@ -556,6 +573,64 @@ class _BodyLimit:
         await self.app(scope, limited, send)
 
 
+async def _known_query_parameters(request: Request) -> None:
+    """Refuse a query parameter the endpoint does not read (a 422 naming it and the ones it
+    reads). They were ignored: ``/runs?since=...`` listed every run, ``/anomalies?state=open``
+    every flagged record, ``/dead-letters/summary?limit=5`` every reason, each a 200 that
+    looked like the filter applied, and a misspelt ``befor_id`` gave the first page again."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if (
+        dependant is None
+        or not request.query_params
+        or not getattr(route, "include_in_schema", True)
+    ):
+        return
+    known: set[str] = set()
+    pending = [dependant]
+    while pending:  # the endpoint's own parameters and its dependencies' (DeadLetterQuery)
+        node = pending.pop()
+        known.update(param.alias for param in node.query_params)
+        pending.extend(node.dependencies)
+    unknown = [name for name in dict.fromkeys(request.query_params) if name not in known]
+    if not unknown:
+        return
+    reads = ", ".join(sorted(known)) if known else "no query parameters"
+    raise RequestValidationError(
+        [
+            {
+                "type": "extra_forbidden",
+                "loc": ("query", name),
+                "msg": f"unknown query parameter {name!r}: {request.url.path} reads {reads}",
+                "input": request.query_params.get(name),
+            }
+            for name in unknown
+        ]
+    )
+
+
+class _HeadAsGet:
+    """ASGI middleware: a HEAD request is answered as the GET of that path would be, with its
+    status and headers and no body. FastAPI's routes take only the methods they name, so
+    ``HEAD /health`` (an uptime check, ``curl -I``, a load balancer's probe) was a 405, which
+    read as the service down; HTTP requires HEAD wherever GET is served."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
 # ========================================================================== app
 def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
     """The API on ``engine`` (built and checked by the caller)."""
@@ -569,16 +644,21 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         description="Thresholds, alerts, anomalies and models of the anomaly-vae results "
         "database. Writes need `Authorization: Bearer <token>` (ANOMALY_VAE_API_TOKEN).",
         responses=_errors(500, 503),
+        dependencies=[Depends(_known_query_parameters)],
     )
     app.state.settings = settings
     app.state.engine = engine
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(_HeadAsGet)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's own handler echoes the input, and a NaN or an infinity in it (JSON allows
         # neither) made the response itself fail: a 500 instead of the 422.
-        detail = [_short_input(error) for error in _json_safe(jsonable_encoder(exc.errors()))]
+        detail = [
+            _short_input(_body_shape(error, request.headers.get("content-type")))
+            for error in _json_safe(jsonable_encoder(exc.errors()))
+        ]
         return JSONResponse({"detail": detail}, status_code=422)
 
     # A user's error as its one-line message in "detail" (the most specific class wins).
@@ -614,6 +694,22 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
                 f"the body cannot be read as JSON: {_parse_failure(exc.__cause__)}",
                 loc=["body"],
                 kind="json_invalid",
+            )
+        # Starlette's own answers for a path or a method nothing serves were the bare words
+        # "Not Found" / "Method Not Allowed": say which, and where the endpoints are listed.
+        where = f"{request.method} {request.url.path}"
+        if exc.status_code == 404 and exc.detail == "Not Found":
+            exc = StarletteHTTPException(
+                404, f"no endpoint {where}: the endpoints are listed at /docs", exc.headers
+            )
+        elif exc.status_code == 405 and exc.detail == "Method Not Allowed":
+            allow = (exc.headers or {}).get("Allow", "")
+            if "GET" in allow.split(", ") and "HEAD" not in allow:
+                allow += ", HEAD"  # served by _HeadAsGet wherever GET is
+            exc = StarletteHTTPException(
+                405,
+                f"{where}: that path takes {allow or 'other methods'}",
+                {**(exc.headers or {}), "Allow": allow} if allow else exc.headers,
             )
         return await http_exception_handler(request, exc)
 
@@ -739,7 +835,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         status_code=201,
         tags=["thresholds"],
         dependencies=[Writer],
-        responses={**_UNCHANGED, **_errors(400, 401, 403, 404, 413)},
+        responses={**_UNCHANGED, **_errors(400, 401, 403, 404, 413, 415)},
     )
     def create_threshold(
         name: str, body: ThresholdCreate, conn: Conn, request: Request, response: Response
@@ -755,7 +851,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         status_code=201,
         tags=["thresholds"],
         dependencies=[Writer],
-        responses={**_UNCHANGED, **_errors(400, 401, 403, 404, 413)},
+        responses={**_UNCHANGED, **_errors(400, 401, 403, 404, 413, 415)},
     )
     def update_threshold(
         name: str, body: ThresholdUpdate, conn: Conn, request: Request, response: Response
@@ -776,7 +872,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         status_code=201,
         tags=["thresholds"],
         dependencies=[Writer],
-        responses={**_UNCHANGED, **_errors(400, 401, 403, 404, 413)},
+        responses={**_UNCHANGED, **_errors(400, 401, 403, 404, 413, 415)},
     )
     def rollback_threshold_version(
         name: str, body: ThresholdRollback, conn: Conn, response: Response
@@ -806,7 +902,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         "/models/{name}/thresholds/preview",
         response_model=ThresholdPreviewPublic,
         tags=["thresholds"],
-        responses=_errors(400, 404, 413),
+        responses=_errors(400, 404, 413, 415),
     )
     def preview(
         name: str, body: ThresholdPreviewRequest, conn: Conn, request: Request
@@ -829,7 +925,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         "/models/{name}/score",
         response_model=ScoreResponse,
         tags=["models"],
-        responses=_errors(400, 404, 409, 413),
+        responses=_errors(400, 404, 409, 413, 415),
     )
     def score(name: str, body: ScoreRequest, request: Request) -> Response:
         """Score records now with a registered model version, loaded from its model directory
@@ -1046,7 +1142,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         response_model=AlertActed,
         tags=["alerts"],
         dependencies=[Writer],
-        responses=_errors(400, 401, 403, 404, 413),
+        responses=_errors(400, 401, 403, 404, 413, 415),
     )
     def acknowledge(alert_id: int, conn: Conn, body: AlertAction | None = None) -> AlertActed:
         """Acknowledge an open alert; acknowledged again by the same ``by`` (a retried
@@ -1058,7 +1154,7 @@ def create_app(settings: ApiSettings, engine: Engine) -> FastAPI:
         response_model=AlertActed,
         tags=["alerts"],
         dependencies=[Writer],
-        responses=_errors(400, 401, 403, 404, 413),
+        responses=_errors(400, 401, 403, 404, 413, 415),
     )
     def resolve(alert_id: int, conn: Conn, body: AlertAction | None = None) -> AlertActed:
         """Resolve an alert; resolved again by the same ``by`` (a retried request), nothing
@@ -1119,6 +1215,35 @@ def _unprocessable(
     return JSONResponse(
         {"detail": [{"type": kind, "loc": loc or [], "msg": message}]}, status_code=422
     )
+
+
+def _body_shape(error: Any, content_type: str | None) -> Any:
+    """A whole body of the wrong kind said "Input should be a valid dictionary or object to
+    extract fields from": for JSON sent as ``text/plain``, form-encoded or with no
+    Content-Type (which FastAPI does not read as JSON: curl's ``-d`` sends a form), and for a
+    JSON array or string where an object belongs. The message now says which, and what to send."""
+    if error.get("type") != "model_attributes_type" or list(error.get("loc", ())) != ["body"]:
+        return error
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        sent = f"as {media!r}" if media else "with no Content-Type"
+        msg = (
+            f"the body came {sent}, which is not read as JSON: send JSON with the header "
+            "'Content-Type: application/json' (curl: -H 'Content-Type: application/json' "
+            "or --json)"
+        )
+    else:
+        value = error.get("input")
+        kind = {list: "an array", str: "a string", bool: "a boolean"}.get(type(value), "null")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            kind = "a number"
+        msg = (
+            f"the body is {kind}: send a JSON object ({{...}}) with the fields this request "
+            "takes (see /docs)"
+        )
+    return {**error, "msg": msg}
 
 
 def _parse_failure(cause: BaseException | None) -> str:
@@ -1197,6 +1322,9 @@ def _other_version_note(threshold: Any, version: Any, scoring: str) -> str | Non
     )
 
 
+MIN_VERSION_PREFIX = 4
+
+
 def _registered_version(conn: Connection, name: str, version: str | None) -> Any:
     """The version of ``name`` in use (``tuning.model_in_use``: the one scored last, whose
     threshold is in force), or the one whose version is ``version``."""
@@ -1204,7 +1332,10 @@ def _registered_version(conn: Connection, name: str, version: str | None) -> Any
     if version is None:
         return model_in_use(conn, name=name)
     exact = [row for row in rows if row.version == version or row.content_hash == version]
-    matches = exact or [row for row in rows if row.content_hash.startswith(version.lower())]
+    # A prefix of at least 4 digits, as git takes one: "1" or "2" (a version number, a
+    # threshold version) matched whichever hash began with that digit, and scored it.
+    prefix = version.lower() if len(version) >= MIN_VERSION_PREFIX else None
+    matches = exact or [row for row in rows if prefix and row.content_hash.startswith(prefix)]
     if len(matches) > 1:
         shown = ", ".join(r.version for r in matches[:10])
         raise ConfigError(
@@ -1214,7 +1345,12 @@ def _registered_version(conn: Connection, name: str, version: str | None) -> Any
     if matches:
         return matches[0]
     known = ", ".join(r.version for r in rows[:10])
-    raise NotFoundError(f"model {name!r} has no version {version!r} (registered: {known})")
+    short = (
+        f"; a prefix of its content hash needs at least {MIN_VERSION_PREFIX} digits"
+        if prefix is None
+        else ""
+    )
+    raise NotFoundError(f"model {name!r} has no version {version!r} (registered: {known}){short}")
 
 
 class _ModelCache:
@@ -1350,7 +1486,8 @@ def _score_records(
         for name in (window.entity, window.time):
             if name and name not in kept_frame.columns:
                 kept_frame[name] = pd.Series([None] * len(kept_frame), index=kept_frame.index)
-    scored = model.score_batch(kept_frame, threshold=warning, source="request")
+    with collect_unseen_values() as unseen:
+        scored = model.score_batch(kept_frame, threshold=warning, source="request")
     for index, reason in scored.rejects["reason"].items():
         rejects.append(RejectedRecord(index=int(index), reason=str(reason)))
     table = scored.scores
@@ -1390,6 +1527,24 @@ def _score_records(
         threshold_version=None if threshold_row is None else int(threshold_row.version),
         scores=out,
         rejects=sorted(rejects, key=lambda r: r.index),
+        warnings=[_unseen_note(model, name, values) for name, values in unseen.items()],
+    )
+
+
+def _unseen_note(model: Any, name: str, values: Mapping[str, None]) -> str:
+    """A field's values outside its learned categories, as the scorer's log warns of them: a
+    record with 'North' for 'north' scored as a novelty, and the response said nothing (the
+    log named each value once per server process)."""
+    new = list(values)
+    shown = ", ".join(repr(v) for v in new[:5]) + (
+        f" and {len(new) - 5} more" if len(new) > 5 else ""
+    )
+    known = [c for c in model.preprocessor_.categories.get(name, []) if c != MISSING]
+    listed = ", ".join(repr(c) for c in known[:10]) + (", ..." if len(known) > 10 else "")
+    return (
+        f"field {name!r}: {shown} not among the values learned in training, scored as the "
+        f"unknown category (a novelty, usually flagged); known values: {listed or 'none'}. "
+        "If it is a known value spelled differently, fix the input or retrain with it"
     )
 
 

@@ -31,13 +31,25 @@ WEIGHTS_FILE = "weights.safetensors"
 MAX_META_BYTES = 64 * 2**20
 
 
+def _directory(path: str | Path, doing: str) -> Path:
+    """``path`` as a directory, a leading ``~`` the user's home. An empty text is refused:
+    as a Path it is the working directory, so ``save("")`` (an unset variable, say) wrote
+    model.json and weights.safetensors there without a word."""
+    if isinstance(path, str) and not path.strip():
+        raise ModelFileError(
+            f"the model directory to {doing} is an empty path: give the directory "
+            '("." for the working directory)'
+        )
+    return Path(path).expanduser()
+
+
 def save_artifact(
     path: str | Path, *, metadata: dict[str, Any], weights: dict[str, torch.Tensor]
 ) -> str:
     """Write a model directory atomically enough (temp files, then rename); return its hash.
     A leading ``~`` is the user's home, as pandas reads it (``save("~/models/pumps")`` made a
     directory named ``~`` in the working directory)."""
-    directory = Path(path).expanduser()
+    directory = _directory(path, "save to")
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -61,7 +73,7 @@ def save_artifact(
 def load_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], str]:
     """Read and check a model directory: ``(metadata, weights, content hash)``; a leading
     ``~`` is the user's home."""
-    directory = Path(path).expanduser()
+    directory = _directory(path, "load")
     meta_path = directory / META_FILE
     weights_path = directory / WEIGHTS_FILE
     if directory.exists() and not directory.is_dir():

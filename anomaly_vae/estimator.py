@@ -1591,9 +1591,19 @@ def _array_frame(X: Any, expected: list[str] | None, width: int | None) -> pd.Da
             "to AnomalyVAE, which encodes them itself"
         )
     if isinstance(X, pd.Series):
+        # A record (df.iloc[i]: its index the column names) or a column (df["flow"]); fit's
+        # Series, which has no expected names (and one record is too few to train on), was
+        # told to pass a one-row frame, which would be a training set of one row.
+        if expected is not None and set(expected) <= {str(name) for name in X.index}:
+            raise ConfigError(
+                "X is a Series; a record to score is a one-row DataFrame: pass df.iloc[[i]] "
+                "(not df.iloc[i]), or series.to_frame().T"
+            )
+        column = f"column {str(X.name)!r}" if X.name is not None else "column"
         raise ConfigError(
-            "X is a Series; a record to score is a one-row DataFrame: pass df.iloc[[i]] "
-            "(not df.iloc[i]), or series.to_frame().T"
+            f"X is a Series (one {column}); AnomalyVAE reads a DataFrame: pass "
+            "series.to_frame() for one feature (df[['name']], not df['name']), or df.iloc[[i]] "
+            "for one record"
         )
     # Records as JSON gives them (the API's and the stream's form) were "X must be a
     # DataFrame or a 2-D array; got a dict" or "... of shape (1,)", with no word of the fix.
@@ -1631,6 +1641,16 @@ def _array_frame(X: Any, expected: list[str] | None, width: int | None) -> pd.Da
         _check_width(array.shape[1], width)
     names = _array_names(array.shape[1])
     if expected is not None and len(expected) == array.shape[1]:
+        if width is None and list(expected) != names:
+            # A model fitted on a DataFrame read an array's columns as its own, by position,
+            # without a word (scikit-learn warns of it): columns in another order were scored
+            # as the wrong features.
+            logger.warning(
+                "X is an array, but the model was fitted on a DataFrame: its %d columns are "
+                "read by position as %s; pass a DataFrame to have them read by name",
+                len(names),
+                _names_preview(expected),
+            )
         names = list(expected)
     return pd.DataFrame(array, columns=names)
 

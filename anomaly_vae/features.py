@@ -26,7 +26,9 @@ import logging
 import math
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -37,6 +39,27 @@ from anomaly_vae.config import ColumnsConfig
 from anomaly_vae.errors import ConfigError, SchemaError
 
 logger = logging.getLogger(__name__)
+
+# Values outside the learned categories that transform met, per column, while a
+# ``collect_unseen_values`` block runs in this context (thread, task).
+_UNSEEN_VALUES: ContextVar[dict[str, dict[str, None]] | None] = ContextVar(
+    "unseen_values", default=None
+)
+
+
+@contextmanager
+def collect_unseen_values() -> Iterator[dict[str, dict[str, None]]]:
+    """Every value outside a column's learned categories that ``Preprocessor.transform`` meets
+    in this block, per column, in order of appearance: the log's warning names each value once
+    per process (five per column), so a caller answering for its own records (the API) names
+    them itself."""
+    found: dict[str, dict[str, None]] = {}
+    token = _UNSEEN_VALUES.set(found)
+    try:
+        yield found
+    finally:
+        _UNSEEN_VALUES.reset(token)
+
 
 ColumnKind = Literal["numeric", "categorical"]
 UNKNOWN = "<unknown>"
@@ -1318,6 +1341,9 @@ class Preprocessor:
             unseen = (codes == 0) & ~missing
             if unseen.any():
                 self._warn_unseen(name, values[unseen], cats)
+                sink = _UNSEEN_VALUES.get()
+                if sink is not None:
+                    sink.setdefault(name, {}).update(dict.fromkeys(map(str, values[unseen])))
             if missing.any() and MISSING not in cats:
                 # No missing value in training: a gap, not an unknown value. The block stays
                 # empty and ``scoring.Scorer.impute`` fills it from the other columns.

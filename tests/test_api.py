@@ -946,6 +946,7 @@ def test_the_openapi_schema_documents_the_413_where_a_request_has_a_body(tmp_pat
     assert len(with_body) == 7
     for path, method, responses in with_body:
         assert "413" in responses, (method, path)
+        assert "415" in responses, (method, path)
         assert f"{MAX_BODY_BYTES // 2**20} MiB" in responses["413"]["description"]
 
 
@@ -1491,10 +1492,10 @@ def test_an_id_beyond_64_bits_in_a_query_is_an_answer_not_a_500(score_client: An
     for path in ("/runs", "/dead-letters"):
         assert score_client.get(f"{path}?before_id={big}").json() == everything[path]
         assert score_client.get(f"{path}?before_id=-{big}").json() == []
-    for path in ("/anomalies", "/alerts"):  # the id of no row: no page after it
+    for path in ("/anomalies", "/alerts"):  # the id of no row: a 400 saying so (test_paging)
         response = score_client.get(f"{path}?before_id={big}")
-        assert response.status_code == 200, response.text
-        assert response.json() == []
+        assert response.status_code == 400, response.text
+        assert response.json()["detail"].startswith(f"before_id {big}: no ")
     assert score_client.get(f"/dead-letters?run={big}").json() == []
     assert score_client.get(f"/dead-letters/summary?run=-{big}").json() == []
     unknown = score_client.get(f"/runs/{big}")
@@ -1673,3 +1674,204 @@ def test_a_threshold_set_for_another_model_version_is_a_warning_in_the_answers(
         scored = client.post("/models/pumps/score", json={"records": records}).json()
         assert scored["threshold_version"] == 2
         assert scored["warnings"] == [said.format("this request scores")]
+
+
+def test_a_query_parameter_the_endpoint_does_not_read_is_a_422(score_client: Any) -> None:
+    # Unknown query parameters were ignored: /runs has no since, /anomalies no state, the
+    # summary no limit, and /models/{name}/score takes its version in the body, so each of
+    # these answered 200 as if the filter (or the version) applied.
+    cases = {
+        "/runs?since=2026-01-01": ("since", "before_id, kind, limit, model, status"),
+        "/anomalies?state=open": ("state", "before_id, entity, limit, model, since, until"),
+        "/dead-letters/summary?limit=5": ("limit", "model, reason, run, since, until"),
+        "/alerts?befor_id=3": (
+            "befor_id",
+            "before_id, entity, limit, model, since, state, until",
+        ),
+        "/health?verbose=1": ("verbose", "no query parameters"),
+    }
+    for url, (name, reads) in cases.items():
+        response = score_client.get(url)
+        assert response.status_code == 422, (url, response.text)
+        path = url.split("?")[0]
+        assert response.json()["detail"] == [
+            {
+                "type": "extra_forbidden",
+                "loc": ["query", name],
+                "msg": f"unknown query parameter {name!r}: {path} reads {reads}",
+                "input": url.split("=")[1],
+            }
+        ]
+    pinned = score_client.post(
+        "/models/pumps/score?version=0000", json={"records": pump_records(1)}
+    )
+    assert pinned.status_code == 422, pinned.text
+    assert pinned.json()["detail"][0]["loc"] == ["query", "version"]
+    # Parameters the endpoint reads, its dependencies' included, still work; so do the docs.
+    assert score_client.get("/dead-letters/summary?reason=x&run=1").status_code == 200
+    assert score_client.get("/alerts?state=active&limit=2").status_code == 200
+    assert score_client.get("/docs?x=1").status_code == 200
+
+
+def test_head_is_answered_as_get_without_a_body(score_client: Any) -> None:
+    # HEAD /health (curl -I, an uptime check, a load balancer's probe) was a 405 Method Not
+    # Allowed, read as the service being down: every GET path answers HEAD.
+    for path in ("/health", "/metrics", "/models", "/alerts?limit=1", "/no-such-path"):
+        get = score_client.get(path)
+        head = score_client.head(path)
+        assert head.status_code == get.status_code, path
+        assert head.content == b"", path
+        assert head.headers["content-type"] == get.headers["content-type"], path
+        if path != "/metrics":  # its ages may change between the two
+            assert head.headers["content-length"] == get.headers["content-length"], path
+    # A path that serves no GET still says which methods it takes.
+    score_post = score_client.head("/models/pumps/score")
+    assert score_post.status_code == 405
+    assert score_post.headers["allow"] == "POST"
+
+
+def test_a_body_of_the_wrong_kind_says_what_to_send(score_client: Any) -> None:
+    # JSON sent as text/plain, as a form (curl -d) or with no Content-Type, and a JSON array
+    # where an object belongs, were all "Input should be a valid dictionary or object to
+    # extract fields from", which says nothing of the header or the shape to send.
+    body = json.dumps({"records": pump_records(1)})
+    for content_type, sent in (
+        ("text/plain", "as 'text/plain'"),
+        ("application/x-www-form-urlencoded", "as 'application/x-www-form-urlencoded'"),
+        ("", "with no Content-Type"),
+    ):
+        response = score_client.post(
+            "/models/pumps/score", content=body, headers={"content-type": content_type}
+        )
+        assert response.status_code == 422, response.text
+        (error,) = response.json()["detail"]
+        assert error["loc"] == ["body"]
+        assert error["msg"].startswith(f"the body came {sent}, which is not read as JSON: ")
+        assert "'Content-Type: application/json'" in error["msg"]
+    for value, kind in (([{"a": 1}], "an array"), ("x", "a string"), (5, "a number")):
+        response = score_client.post("/models/pumps/score", json=value)
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["msg"] == (
+            f"the body is {kind}: send a JSON object ({{...}}) with the fields this request "
+            "takes (see /docs)"
+        )
+    # JSON under a +json media type, or with a charset, is read as JSON.
+    for content_type in ("application/json; charset=utf-8", "application/ld+json"):
+        response = score_client.post(
+            "/models/pumps/score", content=body, headers={"content-type": content_type}
+        )
+        assert response.status_code == 200, response.text
+
+
+def test_a_path_or_method_nothing_serves_says_which(score_client: Any) -> None:
+    # They were the bare words "Not Found" / "Method Not Allowed".
+    missing = score_client.post("/alerts//acknowledge", json={})
+    assert missing.status_code == 404
+    assert missing.json() == {
+        "detail": "no endpoint POST /alerts//acknowledge: the endpoints are listed at /docs"
+    }
+    wrong = score_client.get("/models/pumps/score")
+    assert wrong.status_code == 405
+    assert wrong.headers["allow"] == "POST"
+    assert wrong.json() == {"detail": "GET /models/pumps/score: that path takes POST"}
+    # A GET path takes HEAD too, and its Allow header says so.
+    options = score_client.options("/health")
+    assert options.status_code == 405
+    assert options.headers["allow"] == "GET, HEAD"
+    assert options.json() == {"detail": "OPTIONS /health: that path takes GET, HEAD"}
+    # An unknown model or alert keeps its own message.
+    assert score_client.get("/models/nope").json()["detail"].startswith("no model named 'nope'")
+
+
+def test_a_number_where_a_time_belongs_is_not_read_as_unix_seconds(score_client: Any) -> None:
+    # since=20261128 (ISO 8601's basic form of 2026-11-28, which --since reads so) was Unix
+    # seconds to pydantic, 1970-08-23: every stored row, a 200 that looked filtered; -1 was
+    # 1969, 99999999999999 milliseconds in the year 5138. The same in a preview's body.
+    basic = score_client.post("/models/pumps/thresholds/preview", json={"since": "20261128"})
+    assert basic.status_code == 200, basic.text
+    assert basic.json()["since"] == "2026-11-28T00:00:00Z"
+    assert score_client.get("/alerts", params={"since": "20261128"}).status_code == 200
+    for path, value in (
+        ("/anomalies", "1700000000"),
+        ("/alerts", "-1"),
+        ("/dead-letters", "99999999999999"),
+        ("/dead-letters/summary", "1e10"),
+    ):
+        response = score_client.get(path, params={"until": value})
+        assert response.status_code == 422, (path, response.text)
+        (error,) = response.json()["detail"]
+        assert error["loc"] == ["query", "until"]
+        assert error["msg"] == (
+            f"Value error, {value!r} is a number, not a time: give an ISO 8601 date or time "
+            "(2026-11-28, 2026-11-28T08:00:00+02:00)"
+        )
+    preview = score_client.post("/models/pumps/thresholds/preview", json={"since": 1700000000})
+    assert preview.status_code == 422, preview.text
+    assert preview.json()["detail"][0]["loc"] == ["body", "since"]
+
+
+def test_a_version_of_one_to_three_digits_names_none(score_client: Any) -> None:
+    # "version": "1" (a version number, a threshold version) matched whichever content hash
+    # began with that digit and scored that model version, a 200 for a version never named.
+    newest = score_client.get("/models/pumps").json()["versions"][0]["version"]
+    record = pump_records(1)
+    for short in (newest[:1], newest[:3]):
+        response = score_client.post(
+            "/models/pumps/score", json={"records": record, "version": short}
+        )
+        assert response.status_code == 404, response.text
+        assert response.json()["detail"] == (
+            f"model 'pumps' has no version {short!r} (registered: {newest}); a prefix of its "
+            "content hash needs at least 4 digits"
+        )
+    pinned = score_client.post(
+        "/models/pumps/score", json={"records": record, "version": newest[:4]}
+    )
+    assert pinned.status_code == 200, pinned.text
+    assert pinned.json()["model_version"] == newest
+
+
+def test_a_category_never_seen_in_training_is_named_in_the_warnings(score_client: Any) -> None:
+    # 'North' for 'north' scored as the unknown category (a novelty) and the response's
+    # warnings were empty: only the server's log named it, once per process.
+    records = pump_records(3)
+    known = records[0]["station"]
+    records[0]["station"] = known.upper()
+    records[2]["station"] = "nowhere"
+    for _ in range(2):  # every request, not only the first the process sees
+        response = score_client.post("/models/pumps/score", json={"records": records})
+        assert response.status_code == 200, response.text
+        (note,) = response.json()["warnings"]
+        assert note.startswith(
+            f"field 'station': {known.upper()!r}, 'nowhere' not among the values learned in "
+            "training, scored as the unknown category (a novelty, usually flagged); known "
+            "values: "
+        )
+        assert repr(known) in note
+    clean = score_client.post("/models/pumps/score", json={"records": pump_records(3)})
+    assert clean.json()["warnings"] == []
+
+
+def test_a_compressed_body_is_a_415_that_says_to_send_it_uncompressed(score_client: Any) -> None:
+    # A gzip body (Content-Encoding: gzip) was read as the JSON text itself: a 422 "it is not
+    # UTF-8"; one labelled br but sent plain was read as if the header were not there.
+    import gzip
+
+    body = json.dumps({"records": pump_records(1)}).encode()
+    for coding, content in (("gzip", gzip.compress(body)), ("br", body)):
+        response = score_client.post(
+            "/models/pumps/score",
+            content=content,
+            headers={"content-type": "application/json", "content-encoding": coding},
+        )
+        assert response.status_code == 415, response.text
+        assert response.json() == {
+            "detail": f"the body is sent with Content-Encoding {coding!r}, which this API does "
+            "not decode: send it uncompressed, without that header"
+        }
+    plain = score_client.post(
+        "/models/pumps/score",
+        content=body,
+        headers={"content-type": "application/json", "content-encoding": "identity"},
+    )
+    assert plain.status_code == 200, plain.text

@@ -284,6 +284,16 @@ def test_input_of_the_wrong_shape_says_what_to_pass(trained_model: AnomalyVAE) -
         trained_model.score(sparse.csr_matrix(numeric.to_numpy()))
     with pytest.raises(ConfigError, match=r"X is a Series.*df\.iloc\[\[i\]\]"):
         trained_model.score(frame.iloc[0])  # type: ignore[arg-type]
+    # A column given to fit (or score) was told to pass a one-row frame, a training set of
+    # one record: it is a column, to pass as a one-column frame.
+    for call in (AnomalyVAE(epochs=1).fit, trained_model.score):
+        with pytest.raises(ConfigError) as column:
+            call(frame["s0"])
+        assert str(column.value) == (
+            "X is a Series (one column 's0'); AnomalyVAE reads a DataFrame: pass "
+            "series.to_frame() for one feature (df[['name']], not df['name']), or df.iloc[[i]] "
+            "for one record"
+        )
     with pytest.raises(ConfigError, match=r"one row of 8 values: pass X\.reshape\(1, -1\)"):
         AnomalyVAE(epochs=1).fit(numeric.to_numpy()[0])
     # A dict or a list of records (JSON's shape) was "got a dict" / "got an array of shape
@@ -1200,3 +1210,47 @@ def test_a_model_file_of_a_newer_score_revision_is_refused_in_one_line(
     (newer / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ModelFileError, match="score_revision 99 is newer than this anomaly-vae"):
         load_model(newer)
+
+
+def test_an_array_given_to_a_model_fitted_on_a_dataframe_is_warned_of(
+    trained_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its columns were read as the model's by position without a word (scikit-learn warns
+    # "X does not have valid feature names"): an array of the columns in another order was
+    # scored as the wrong features.
+    frame = correlated_normal(5, seed=3)
+    columns = list(trained_model.feature_names_in_)
+    with caplog.at_level(logging.WARNING):
+        by_name = trained_model.score(frame)
+    assert "X is an array" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        by_position = trained_model.score(frame[columns].to_numpy())
+    assert by_position["score"].tolist() == by_name["score"].tolist()
+    assert (
+        f"X is an array, but the model was fitted on a DataFrame: its {len(columns)} columns "
+        "are read by position as 's0', 's1', 's2'"
+    ) in caplog.text
+    assert "pass a DataFrame to have them read by name" in caplog.text
+
+
+def test_an_empty_model_path_is_refused_not_the_working_directory(
+    trained_model: AnomalyVAE, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # save("") (an unset variable, say) wrote model.json and weights.safetensors into the
+    # working directory without a word; load_model("") read whatever model was there.
+    from anomaly_vae import load_model
+    from anomaly_vae.errors import ModelFileError
+
+    monkeypatch.chdir(tmp_path)
+    for path in ("", "  "):
+        with pytest.raises(ModelFileError) as saving:
+            trained_model.save(path)
+        assert str(saving.value) == (
+            'the model directory to save to is an empty path: give the directory ("." for '
+            "the working directory)"
+        )
+        with pytest.raises(ModelFileError, match="the model directory to load is an empty path"):
+            load_model(path)
+    assert list(tmp_path.iterdir()) == []
+    trained_model.save(".")  # the working directory, asked for
+    assert load_model(".").threshold_ == trained_model.threshold_

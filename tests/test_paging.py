@@ -186,3 +186,28 @@ def test_the_threshold_history_pages_as_the_other_listings_do(
     unknown = run_inline(capsys, "runs", "show", str(past), "--db", one_moment)
     assert unknown.returncode == 2
     assert f"no scoring run {past}" in unknown.stderr
+
+
+def test_a_before_id_that_names_no_row_is_refused_not_an_empty_page(
+    one_moment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Anomalies and alerts page by (time, id) from the row before_id names: an id that names
+    # none (mistyped, an alert id given to /anomalies, a pruned row) gave an empty page, a 200
+    # that a client paging through took for the end of the list.
+    with api_client(one_moment) as api:
+        for path, what in (("/anomalies", "flagged record"), ("/alerts", "alert")):
+            rows = api.get(path, params={"limit": 1000}).json()
+            missing = max(row["id"] for row in rows) + 1000
+            response = api.get(path, params={"before_id": missing})
+            assert response.status_code == 400, response.text
+            assert response.json()["detail"] == (
+                f"before_id {missing}: no {what} has that id; give the id of the last {what} "
+                "of the page before (or leave before_id out for the newest)"
+            )
+            # An id that names a row still pages after it.
+            assert api.get(path, params={"before_id": rows[0]["id"]}).json()[0] == rows[1]
+    for command in ("anomalies", "alerts"):
+        result = run_inline(capsys, command, "list", "--db", one_moment, "--before-id", "99999999")
+        assert result.returncode == 2, result.stdout
+        assert "before_id 99999999: no " in result.stderr
+        assert "Traceback" not in result.stderr

@@ -99,6 +99,17 @@ def id_bound(value: int) -> int:
 INT_ID_MIN, INT_ID_MAX = -(2**31), 2**31 - 1
 
 
+def require_page_cursor(connection: Connection, id_column: Any, before_id: int, what: str) -> None:
+    """Refuse a ``before_id`` that names no row of a listing paged by (time, id): the page
+    after it starts at that row's time, and with no such row every page was empty, which a
+    client read as the end of the list (a mistyped id, one of another list, a pruned row)."""
+    if connection.scalar(select(id_column).where(id_column == id_bound(before_id))) is None:
+        raise ConfigError(
+            f"before_id {before_id}: no {what} has that id; give the id of the last {what} "
+            "of the page before (or leave before_id out for the newest)"
+        )
+
+
 def int_id_bound(value: int) -> int:
     """``value`` within the range of an Integer id column, as a bound for ``<`` (past the
     range: every id, or none)."""
@@ -1365,6 +1376,7 @@ def list_anomalies(
     if entity is not None:
         stmt = stmt.where(Score.entity_key == entity)
     if before_id is not None:
+        require_page_cursor(connection, Score.id, before_id, "flagged record")
         before_id = id_bound(before_id)
         last = aliased(Score)
         last_when = (

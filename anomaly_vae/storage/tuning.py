@@ -16,6 +16,7 @@ functions of ``anomaly_vae.thresholds``.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -28,6 +29,7 @@ import numpy as np
 import pandas as pd
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     ConfigDict,
     Field,
     TypeAdapter,
@@ -78,8 +80,31 @@ def as_utc(value: datetime) -> datetime:
     return value
 
 
-UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
-"""A datetime field or query parameter: a date or a time without a time zone is UTC."""
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def time_not_number(value: object) -> object:
+    """A number where a time belongs is read as ISO 8601 text, as ``--since`` reads it
+    (``20261128``: the basic form of 2026-11-28), or refused. Pydantic took it as Unix
+    seconds (or milliseconds), so ``since=20261128`` was 1970-08-23, every stored row, and
+    ``since=-1`` 1969: a 200 that looked filtered."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return value
+    text = str(value).strip()
+    if not _PLAIN_NUMBER.fullmatch(text):
+        return value
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is a number, not a time: give an ISO 8601 date or time "
+            "(2026-11-28, 2026-11-28T08:00:00+02:00)"
+        ) from None
+
+
+UtcDatetime = Annotated[datetime, BeforeValidator(time_not_number), AfterValidator(as_utc)]
+"""A datetime field or query parameter: a date or a time without a time zone is UTC; a
+number is not a time (Unix seconds), unless it is an ISO 8601 basic date (20261128)."""
 
 
 class _Spec(NoBooleanNumbers):
@@ -1203,6 +1228,7 @@ def list_alerts(
     if alert_id is not None:
         stmt = stmt.where(Alert.id == alert_id)
     if before_id is not None:
+        repo.require_page_cursor(connection, Alert.id, before_id, "alert")
         before_id = repo.id_bound(before_id)
         last = aliased(Alert)
         last_opened = select(last.opened_at).where(last.id == before_id).scalar_subquery()
