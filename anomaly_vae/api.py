@@ -573,6 +573,10 @@ class _BodyLimit:
         await self.app(scope, limited, send)
 
 
+# The service's own endpoints, which read no query parameter and ignore any they are given.
+UNFILTERED_PATHS = frozenset({"/health", "/metrics"})
+
+
 async def _known_query_parameters(request: Request) -> None:
     """Refuse a query parameter the endpoint does not read (a 422 naming it and the ones it
     reads). They were ignored: ``/runs?since=...`` listed every run, ``/anomalies?state=open``
@@ -584,6 +588,9 @@ async def _known_query_parameters(request: Request) -> None:
         dependant is None
         or not request.query_params
         or not getattr(route, "include_in_schema", True)
+        # Probes and scrapers add parameters of their own (a cache buster, a scrape's
+        # ?name[]=): refused, the service read as down; nothing there is filtered.
+        or request.url.path in UNFILTERED_PATHS
     ):
         return
     known: set[str] = set()
