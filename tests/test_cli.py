@@ -133,8 +133,8 @@ def test_a_decimal_comma_export_trains_and_scores_like_the_dot_one(
         assert result.returncode == 0, result.stderr
         # The scores are written as the export was read: ';' and decimal commas, which the
         # spreadsheet that wrote the export reads as numbers (with ',' and '.' it saw text).
-        dialect = {"sep": ";", "decimal": ","} if more else {}
-        results.append(pd.read_csv(out, **dialect))
+        dialect = (";", ",") if more else (",", ".")
+        results.append(pd.read_csv(out, sep=dialect[0], decimal=dialect[1]))
     header, line = (trained / "comma.scores.csv").read_text().replace('"', "").splitlines()[:2]
     score = line.split(";")[header.split(";").index("score")]
     assert "," in score, line
@@ -176,8 +176,8 @@ def test_a_decimal_comma_export_with_a_stray_text_value_rejects_only_that_row(
         out = path.with_suffix(".scores.csv")
         result = score_inline(capsys, trained, path, out, *more)
         assert result.returncode == 0, result.stderr
-        dialect = {"sep": ";", "decimal": ","} if more else {}
-        results.append(pd.read_csv(out, **dialect).set_index("row"))
+        dialect = (";", ",") if more else (",", ".")
+        results.append(pd.read_csv(out, sep=dialect[0], decimal=dialect[1]).set_index("row"))
     rejects = pd.read_csv(comma.with_suffix(".scores.rejects.csv"), sep=";")
     assert rejects["row"].tolist() == [5]
     assert "'n/a (sensor offline)' is not a number" in rejects["reason"].iloc[0]
@@ -213,8 +213,8 @@ def test_a_number_with_a_point_that_may_be_a_thousands_separator_is_a_reject_not
         out = path.with_suffix(".scores.csv")
         result = score_inline(capsys, trained, path, out, *more)
         assert result.returncode == 0, result.stderr
-        dialect = {"sep": ";", "decimal": ","} if more else {}  # written as the export
-        results.append(pd.read_csv(out, **dialect).set_index("row"))
+        dialect = (";", ",") if more else (",", ".")  # written as the export
+        results.append(pd.read_csv(out, sep=dialect[0], decimal=dialect[1]).set_index("row"))
     rejects = pd.read_csv(comma.with_suffix(".scores.rejects.csv"), sep=";").set_index("row")
     assert rejects.index.tolist() == [2, 3]
     assert rejects.loc[2, "reason"] == (

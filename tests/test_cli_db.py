@@ -1097,12 +1097,15 @@ def test_a_relative_sqlite_url_says_which_file_it_opened(
     typed = cli(capsys, "runs", "list", "--db", "sqlite:///scores.db")
     assert typed.returncode == 0, typed.stderr
     assert "relative path" not in typed.stderr
-    for url, said in (("sqlite:///scores.db", True), (f"sqlite:///{work / 'scores.db'}", False)):
+    for url, expected_line in (
+        ("sqlite:///scores.db", True),
+        (f"sqlite:///{work / 'scores.db'}", False),
+    ):
         target = DatabaseTarget(parse_database_url(url), "--db")
         logger = logging.getLogger("anomaly_vae.storage.engine")
         records: list[logging.LogRecord] = []
         handler = logging.Handler(logging.INFO)
-        handler.emit = records.append  # type: ignore[method-assign]
+        handler.emit = records.append  # type: ignore[method-assign, assignment]
         logger.addHandler(handler)
         old_level = logger.level
         logger.setLevel(logging.INFO)
@@ -1119,4 +1122,4 @@ def test_a_relative_sqlite_url_says_which_file_it_opened(
             f"{work / 'scores.db'}, relative to the working directory {work}; write an absolute "
             f"path (sqlite:///{work / 'scores.db'}) to open the same file from any directory"
         )
-        assert relative == ([(logging.INFO, expected)] if said else [])
+        assert relative == ([(logging.INFO, expected)] if expected_line else [])

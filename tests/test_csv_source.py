@@ -624,7 +624,7 @@ def test_a_scores_file_takes_the_exports_separator_and_decimal_mark(
     # for a column pyarrow cannot type); text columns are written as they are.
     import numpy as np
 
-    from anomaly_vae.jobs.batch import CsvRejectsWriter, CsvScoreWriter, ScoredChunk
+    from anomaly_vae.jobs.batch import CsvRejectsWriter, CsvScoreWriter
 
     class Chunk:
         def __init__(self, output: pd.DataFrame) -> None:
@@ -670,7 +670,6 @@ def test_a_scores_file_takes_the_exports_separator_and_decimal_mark(
     ]
     with pytest.raises(ValueError, match="cannot also be the separator"):
         CsvScoreWriter(tmp_path / "x.csv", sep=",", decimal=",")
-    assert ScoredChunk  # the type the writers are given
 
 
 def test_a_point_that_may_be_a_thousands_separator_is_marked_in_a_decimal_comma_file(

@@ -288,7 +288,7 @@ def test_input_of_the_wrong_shape_says_what_to_pass(trained_model: AnomalyVAE) -
     # one record: it is a column, to pass as a one-column frame.
     for call in (AnomalyVAE(epochs=1).fit, trained_model.score):
         with pytest.raises(ConfigError) as column:
-            call(frame["s0"])
+            call(frame["s0"])  # type: ignore[arg-type]
         assert str(column.value) == (
             "X is a Series (one column 's0'); AnomalyVAE reads a DataFrame: pass "
             "series.to_frame() for one feature (df[['name']], not df['name']), or df.iloc[[i]] "
