@@ -386,6 +386,14 @@ def _to_float(series: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray | No
                         "without it, e.g. "
                         f"{_short(str(raw[i]).strip().replace('.', ''))})"
                     )
+                elif _is_number(str(raw[i]).replace(_MINUS_SIGN, "-")):
+                    # '−3' (U+2212), as word processors, spreadsheets' typographic formats
+                    # and some reports write a negative number: said, not guessed.
+                    reasons[i] += (
+                        " (its '−' is the Unicode minus sign U+2212, not the hyphen-minus '-' "
+                        "a number is written with: write "
+                        f"{_short(str(raw[i]).strip().replace(_MINUS_SIGN, '-'))})"
+                    )
             inf = np.isinf(values) & ~ambiguous
             for i in np.flatnonzero(inf):
                 reasons[i] = f"column {name!r}: {values[i]} is not a finite number"
@@ -397,6 +405,18 @@ def _to_float(series: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray | No
             reasons[i] = f"column {name!r}: {values[i]} is not a finite number"
         return values, inf, reasons
     return values, None, np.empty(0, dtype=object)
+
+
+_MINUS_SIGN = "\u2212"
+
+
+def _is_number(text: str) -> bool:
+    """Whether ``text`` reads as a number (Python's float: the readings pandas takes too)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _ambiguous_numbers(series: pd.Series) -> np.ndarray:

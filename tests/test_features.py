@@ -320,6 +320,19 @@ def test_a_number_with_a_decimal_comma_is_rejected_with_the_option_to_read_it() 
     assert str(rejects.loc[2, "reason"]).endswith(hint)
 
 
+def test_a_number_with_a_unicode_minus_sign_is_rejected_with_what_to_write() -> None:
+    # '−3' (U+2212, as word processors and typographic report formats write a negative
+    # number) was "'−3' is not a number": the same to the eye as '-3'. Rejected, not guessed.
+    schema = FeatureSchema.infer(pd.DataFrame({"a": [1.0, 2.0] * 20}), ColumnsConfig())
+    _, rejects = schema.validate(pd.DataFrame({"a": ["\u22123", "\u2212", " \u22121.5e2 "]}))
+    assert rejects.loc[0, "reason"] == (
+        "column 'a': '\u22123' is not a number (its '\u2212' is the Unicode minus sign U+2212, "
+        "not the hyphen-minus '-' a number is written with: write '-3')"
+    )
+    assert rejects.loc[1, "reason"] == "column 'a': '\u2212' is not a number"
+    assert str(rejects.loc[2, "reason"]).endswith("write '-1.5e2')")
+
+
 def test_boolean_column_with_one_stray_value_rejects_only_that_row() -> None:
     # A True/False column is numeric (pandas reads it as bool). When one chunk of an export
     # holds a stray value, pandas reads that chunk's column as text: the True/False rows must
