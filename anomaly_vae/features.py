@@ -386,7 +386,7 @@ def _to_float(series: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray | No
                         "without it, e.g. "
                         f"{_short(str(raw[i]).strip().replace('.', ''))})"
                     )
-                elif _is_number(str(raw[i]).replace(_MINUS_SIGN, "-")):
+                elif is_number(str(raw[i]).replace(_MINUS_SIGN, "-")):
                     # '−3' (U+2212), as word processors, spreadsheets' typographic formats
                     # and some reports write a negative number: said, not guessed.
                     reasons[i] += (
@@ -410,7 +410,7 @@ def _to_float(series: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray | No
 _MINUS_SIGN = "\u2212"
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
     """Whether ``text`` reads as a number (Python's float: the readings pandas takes too)."""
     try:
         float(text)

@@ -31,7 +31,7 @@ import pandas as pd
 from pandas._libs.parsers import STR_NA_VALUES
 
 from anomaly_vae.errors import InputFileError
-from anomaly_vae.features import AmbiguousNumber, looks_like_data
+from anomaly_vae.features import AmbiguousNumber, is_number, looks_like_data
 
 FIRST_CHUNK_ROWS = 5000
 _COMPRESSED = (".gz", ".bz2", ".zip", ".xz", ".zst", ".tar")
@@ -569,8 +569,8 @@ class CsvSource:
                 continue
             # A header above data: names, over a column of numbers (not a file whose
             # separator is another, each of its lines a few runs of text).
-            numbers = [all(_is_number(f[i]) for f in below) for i in range(count)]
-            if any(_is_number(name) for name in fields) or not any(numbers):
+            numbers = [all(is_number(f[i]) for f in below) for i in range(count)]
+            if any(is_number(name) for name in fields) or not any(numbers):
                 return ""
             text = self.sep.join(fields)[:60]
             return (
@@ -991,14 +991,6 @@ def _utf16_without_mark(head: bytes) -> str | None:
                 continue
             return order
     return None
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _shown_sep(sep: str) -> str:
