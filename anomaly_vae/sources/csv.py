@@ -605,18 +605,19 @@ class CsvSource:
             counts = self._sample(candidate)
             if len(counts) < 2 or counts[0] < 2 or any(n != counts[0] for n in counts[1:]):
                 continue
+            commas = candidate == ";" and self._decimal_commas()  # read once, said twice
             if own_broken:
                 why = (
                     f"split at '{self.sep}', no data line has the header's {own[0]} fields; "
                     f"split at '{shown}', every line has {counts[0]}"
                 )
-            elif candidate == ";" and self._decimal_commas():
+            elif commas:
                 why = f"split at '{shown}', each line has numbers written with decimal commas"
             else:
                 continue
             decimal = (
                 " (and --decimal ',' for numbers written 1,5)"
-                if candidate == ";" and self.pipeline_hints and self._decimal_commas()
+                if commas and self.pipeline_hints
                 else ""
             )
             raise InputFileError(
@@ -627,28 +628,8 @@ class CsvSource:
     def _decimal_commas(self) -> bool:
         """Whether every sampled data line, split at ';', has a number written with a decimal
         comma (``20,94``)."""
-        try:
-            handle = _text_opener(self.path)(
-                self.path, "rt", encoding=self.encoding, errors="replace", newline=""
-            )
-        except (OSError, zipfile.BadZipFile, tarfile.TarError, ValueError, ImportError):
-            return False
-        seen = 0
-        with handle:
-            try:
-                reader = csv.reader(handle, delimiter=";")
-                next(reader, None)  # the header
-                for fields in reader:
-                    if len(fields) <= 1 and not "".join(fields).strip(" \t"):
-                        continue
-                    if not any(_DECIMAL_COMMA.match(f) for f in fields):
-                        return False
-                    seen += 1
-                    if seen >= _SEP_SAMPLE:
-                        break
-            except (csv.Error, OSError, EOFError, ValueError):
-                return False
-        return seen > 0
+        data = [fields for _, fields in self._records(";")[1:]]
+        return bool(data) and all(any(_DECIMAL_COMMA.match(f) for f in fields) for fields in data)
 
     def _header_line(self) -> list[str]:
         """The header line's fields as written (no names made up or made unique by pandas)."""
