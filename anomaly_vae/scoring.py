@@ -146,6 +146,17 @@ class Scorer:
             members[lo - k : hi - k, i] = 1.0
         self.cat_members = members.to(device)
         self.autocast = mixed_precision and device.type == "cuda"
+        # The default (K=1 at the posterior mean, the full ELBO, no importance weights) has its
+        # own path, ``_score_at_mean``: the same terms in fewer tensor passes.
+        self.one_pass = self.at_mean and mode == "full" and not importance_weighted
+        # Each block its own column (numeric columns only, no missing indicators): the
+        # per-block terms are the per-column contributions as they are.
+        self.blocks_are_columns = layout.block_columns == list(range(self.n_columns))
+        self.weighted_blocks = [
+            (b, lo, hi, float(self.block_weight[b]), b - k not in self.skip_blocks)
+            for b, lo, hi in self.cat_blocks
+        ]
+        self.members_np = members.numpy() if self.cat_spans else None
 
     @torch.inference_mode()
     def score(self, batch: EncodedBatch) -> ScoreArrays:
@@ -159,13 +170,17 @@ class Scorer:
         }
         self.model.eval()
         to = self.batch_size if self.fixed_rows else None
+        complete = self.one_pass and self._complete(batch)
         for start in range(0, n, self.batch_size):
             stop = min(n, start + self.batch_size)
             x = _padded(batch.x[start:stop], self.device, to=to)
             obs = _padded(batch.observed[start:stop], self.device, to=to)
             rows = stop - start
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-                out = self._score_block(x, obs, rows)
+                if self.one_pass:
+                    out = self._score_at_mean(x, obs, rows, complete=complete)
+                else:
+                    out = self._score_block(x, obs, rows)
             for key, value in out.items():
                 parts[key].append(value[:rows].float().cpu().numpy())
         return ScoreArrays(
@@ -233,6 +248,80 @@ class Scorer:
         x = x.clone()
         x[rows] = sub[:n]
         return x
+
+    def _complete(self, batch: EncodedBatch) -> bool:
+        """Whether ``batch`` has no gap for ``impute`` to fill: every numeric value observed and
+        no categorical block left empty. Checked once for the whole batch, on the host."""
+        if not bool(batch.observed.all()):
+            return False
+        if self.members_np is None or not len(batch.x):
+            return True
+        k = self.lik_layout.n_numeric
+        return bool((batch.x[:, k:] @ self.members_np).all())
+
+    def _score_at_mean(
+        self, x: Tensor, obs: Tensor, n_valid: int, *, complete: bool
+    ) -> dict[str, Tensor]:
+        """``_score_block`` for K=1 at the posterior mean (the default): the same terms (the
+        reconstruction error, the negative ELBO, the KL and the per-column excess), each
+        computed once. ``complete``: no gap anywhere in the batch (``_complete``), so the
+        imputation and the masks by ``obs`` are left out."""
+        model, layout = self.model, self.lik_layout
+        if not complete:
+            x = self.impute(x, obs, n_valid)
+        mu, log_var = model.encode(x)
+        out = model.decode(mu)
+        kl = kl_divergence(mu, log_var)
+        k = layout.n_numeric
+        rows = x.shape[0]
+        nll_parts: list[Tensor] = []
+        excess_parts: list[Tensor] = []
+        total = torch.zeros(rows, dtype=out.dtype, device=out.device)
+        count: Tensor | float = 0.0
+        gaps: Tensor | None = None
+        if k:
+            noise_log_var = model.noise_log_var()
+            diff = x[:, :k] - out[:, :k]
+            sq = 0.5 * diff * diff * torch.exp(-noise_log_var)
+            const = 0.5 * (LOG_2PI + noise_log_var)
+            if complete:
+                total = total + (diff * diff).sum(dim=-1)
+                count = float(k)
+                excess_parts.append(sq)
+                nll_parts.append(sq + const)
+            else:
+                masked = diff * obs
+                total = total + (masked * masked).sum(dim=-1)
+                count = obs.sum(dim=-1)
+                excess_parts.append(sq * obs)
+                nll_parts.append((sq + const) * obs)
+                # A missing value counts as a typical one (see ``_score_block``).
+                entropy = 0.5 * (LOG_2PI + 1.0 + noise_log_var)
+                gaps = ((1.0 - obs) * entropy).sum(dim=-1)
+        for _, lo, hi, weight, in_recon in self.weighted_blocks:
+            logits = out[:, lo:hi]
+            term = -(x[:, lo:hi] * torch.log_softmax(logits, dim=-1)).sum(dim=-1, keepdim=True)
+            if weight != 1.0:
+                term = term * weight
+            excess_parts.append(term)
+            nll_parts.append(term)
+            if in_recon:
+                probs_diff = x[:, lo:hi] - torch.softmax(logits, dim=-1)
+                total = total + (probs_diff * probs_diff).sum(dim=-1)
+                count = count + (hi - lo)
+        recon = total / (count.clamp(min=1.0) if isinstance(count, Tensor) else max(count, 1.0))
+        nll = nll_parts[0] if len(nll_parts) == 1 else torch.cat(nll_parts, dim=-1)
+        nll_sum = nll.sum(dim=-1) if gaps is None else nll.sum(dim=-1) + gaps
+        result = {"neg_elbo": nll_sum + kl, "recon_error": recon, "kl": kl}
+        if self.want_contributions:
+            excess = excess_parts[0] if len(excess_parts) == 1 else torch.cat(excess_parts, -1)
+            if self.blocks_are_columns:
+                result["contrib"] = excess
+            else:
+                per_col = torch.zeros(rows, self.n_columns, dtype=excess.dtype, device=x.device)
+                per_col.index_add_(1, self.block_index, excess)
+                result["contrib"] = per_col
+        return result
 
     def _score_block(self, x: Tensor, obs: Tensor, n_valid: int) -> dict[str, Tensor]:
         model, layout = self.model, self.lik_layout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -250,3 +251,57 @@ def test_scoring_passes_give_the_numbers_of_a_training_pass_with_activations_in_
     assert torch.equal(out, out_grad.detach())
     h = torch.randn(5, 7, requires_grad=True)
     assert SiLU()(h) is not h  # with gradients: a new tensor, the input kept for backward
+
+
+@pytest.mark.parametrize("indicators_in_recon_error", [False, True])
+@pytest.mark.parametrize("layout_kind", ["numeric", "mixed"])
+@pytest.mark.parametrize("gaps", [False, True])
+def test_the_default_one_pass_scores_as_the_general_path_bit_for_bit(
+    layout_kind: str, gaps: bool, indicators_in_recon_error: bool
+) -> None:
+    """K=1 at the posterior mean has its own path (``Scorer._score_at_mean``): every array it
+    gives equals the general path's, with and without gaps, categorical blocks and
+    missing-indicator blocks (weighted 0, left out of the reconstruction error or not)."""
+    torch.manual_seed(1)
+    if layout_kind == "numeric":
+        layout = FeatureLayout(
+            n_numeric=4, cat_sizes=[], block_columns=[0, 1, 2, 3], column_names=list("abcd")
+        )
+    else:  # a, b, c numeric; d categorical (3 values + unknown); c has a missing indicator
+        layout = FeatureLayout(
+            n_numeric=3, cat_sizes=[4, 2], block_columns=[0, 1, 2, 3, 2], column_names=list("abcd")
+        )
+    model = VAE(
+        n_numeric=layout.n_numeric, cat_sizes=layout.cat_sizes, hidden_dims=[8], latent_dim=2
+    ).eval()
+    n = 300
+    x = torch.randn(n, layout.input_dim)
+    observed = torch.ones(n, layout.n_numeric)
+    if layout_kind == "mixed":
+        x[:, 3:7] = torch.nn.functional.one_hot(torch.randint(0, 4, (n,)), 4).float()
+        x[:, 7:9] = torch.nn.functional.one_hot(torch.randint(0, 2, (n,)), 2).float()
+    if gaps:
+        observed[::7, 0] = 0.0
+        x[::7, 0] = 0.0
+        if layout_kind == "mixed":
+            x[::11, 3:7] = 0.0  # an empty categorical block: a gap the model fills
+    batch = EncodedBatch(x=x.numpy(), observed=observed.numpy())
+
+    def scorer() -> Scorer:
+        return Scorer(
+            model,
+            layout,
+            n_samples=1,
+            seed=0,
+            device=torch.device("cpu"),
+            batch_size=128,
+            indicators_in_recon_error=indicators_in_recon_error,
+        )
+
+    fast = scorer()
+    assert fast.one_pass
+    general = scorer()
+    general.one_pass = False
+    a, b = fast.score(batch), general.score(batch)
+    for name in ("neg_elbo", "recon_error", "kl", "contributions"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
