@@ -1167,3 +1167,44 @@ def test_label_words_of_intrusion_and_fraud_sets_are_read() -> None:
     assert label_to_binary(labels, name="label").tolist() == [0, 1, 1, 1, 0, 1]
     with pytest.raises(ConfigError, match=r"'DDoS' \(row 1\).*mapping to 1 / 0"):
         label_to_binary(pd.Series(["BENIGN", "DDoS"]), name="label")
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["none", "nan", "inf", "-inf", "all-missing", "huge", "object"],
+)
+def test_numeric_validation_in_one_pass_gives_what_the_column_pass_gives(change: str) -> None:
+    """A frame of numbers only (a parsed CSV's) is validated in one 2-D pass
+    (``FeatureSchema._validate_numbers``): the clean frame, the rejects and their reasons are
+    those of the column-by-column pass, which a frame of another kind still takes."""
+    schema = FeatureSchema([FeatureColumn("a", "numeric"), FeatureColumn("b", "numeric")])
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {"b": rng.integers(0, 9, 20), "a": rng.normal(size=20), "id": [f"r{i}" for i in range(20)]},
+        index=pd.RangeIndex(100, 120),
+    )
+    if change == "nan":
+        frame.loc[103, "a"] = np.nan
+    elif change in ("inf", "-inf"):
+        frame.loc[104, "a"] = float(change)
+    elif change == "all-missing":
+        frame["b"] = frame["b"].astype("float64")
+        frame.loc[105, ["a", "b"]] = np.nan
+    elif change == "huge":
+        frame.loc[106, "a"] = 1e308
+        frame.loc[107, "a"] = -1e308
+    elif change == "object":
+        frame["a"] = frame["a"].astype(object)
+    fast = schema._validate_numbers(frame)
+    assert (fast is None) == (change in ("inf", "-inf", "all-missing", "object"))
+    clean, rejects = schema.validate(frame, source="x.csv")
+    column_wise = frame.astype({"a": object, "b": object})  # never the one-pass path
+    assert schema._validate_numbers(column_wise) is None
+    clean_cols, rejects_cols = schema.validate(column_wise, source="x.csv")
+    pd.testing.assert_frame_equal(clean, clean_cols.astype("float64"))
+    assert list(clean.columns) == ["a", "b"]
+    assert all(dtype == np.float64 for dtype in clean.dtypes)
+    pd.testing.assert_frame_equal(rejects, rejects_cols)
+    if fast is not None:
+        pd.testing.assert_frame_equal(fast, clean)
+        assert len(rejects) == 0
