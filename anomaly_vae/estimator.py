@@ -696,9 +696,18 @@ class AnomalyVAE(BaseEstimator):
         some of them is placed in the middle of those (a model trained on constant data has
         them all equal, and a normal record was at 100)."""
         self._check_fitted()
-        below = np.searchsorted(self.calibration_, scores, side="left")
-        upto = np.searchsorted(self.calibration_, scores, side="right")
-        return 50.0 * (below + upto) / len(self.calibration_)
+        calibration = self.calibration_
+        given = np.asarray(scores)
+        flat = given.reshape(-1)
+        below = np.searchsorted(calibration, flat, side="left")
+        upto = below.copy()
+        # Equal to a held-out score (rare but for constant data): only those need the second
+        # search, for where the equal ones end.
+        if len(calibration):
+            inside = np.minimum(below, len(calibration) - 1)
+            if len(tied := np.flatnonzero(calibration[inside] == flat)):
+                upto[tied] = np.searchsorted(calibration, flat[tied], side="right")
+        return (50.0 * (below + upto) / len(calibration)).reshape(given.shape)[()]
 
     def score_batch(
         self,
@@ -773,6 +782,9 @@ class AnomalyVAE(BaseEstimator):
         """How many of the records in ``clean`` miss a feature value."""
         if not len(clean):
             return 0
+        categorical = self.schema_.categorical
+        if not categorical and (not encoded.observed.size or encoded.observed.min() > 0):
+            return 0  # the usual case, without a row-wise pass
         missing = (encoded.observed == 0).any(axis=1)
         for name in self.schema_.categorical:
             missing |= clean[name].isna().to_numpy()

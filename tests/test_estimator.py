@@ -1035,6 +1035,13 @@ def test_a_score_tied_with_calibration_scores_is_placed_among_them(
     assert model.percentile(np.array([-1.0, 0.0, 1.0])).tolist() == [0.0, 50.0, 100.0]
     model.calibration_ = np.arange(100.0)
     assert model.percentile(np.array([49.5, 99.5])).tolist() == [50.0, 100.0]
+    # Ties at several values, one above them all, any shape (only tied scores are looked up
+    # a second time).
+    model.calibration_ = np.array([0.0, 0.0, 1.0, 1.0, 1.0, 2.0])
+    got = model.percentile(np.array([[0.0, 1.0], [2.0, 3.0]]))
+    assert got.shape == (2, 2)
+    assert got.ravel() == pytest.approx([100 / 6, 350 / 6, 550 / 6, 100.0])
+    assert model.percentile(np.float64(1.0)) == pytest.approx(350 / 6)
 
 
 def test_a_sparse_step_before_it_in_a_pipeline_is_named_with_the_fix() -> None:
