@@ -84,7 +84,9 @@ def load_pipeline(path: Path | None, *, default_name: str = "default") -> Pipeli
     # In Unicode NFC: macOS names folders in NFD ('e' and a combining accent, which is no
     # letter), and 'pumps-é' became 'pumps-e-', not the name typed later.
     default_name = unicodedata.normalize("NFC", default_name)
-    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in default_name) or "default"
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in default_name)
+    if not safe.strip("."):  # none, or a directory named '...': no name the API can serve
+        safe = "default"
     safe = safe[:MODEL_NAME_MAX_CHARS]  # a directory's name may be longer than the database's
     if path is None:
         return PipelineConfig(name=safe)
