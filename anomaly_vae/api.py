@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from anomaly_vae._version import __version__
 from anomaly_vae.config import MAX_ALERT_RULE_RECORDS, AlertsConfig, NoBooleanNumbers
 from anomaly_vae.errors import ConfigError, InputFileError, NotFoundError, SchemaError
-from anomaly_vae.features import MISSING, collect_unseen_values
+from anomaly_vae.features import collect_unseen_values
 from anomaly_vae.storage import outbox as alert_outbox
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.storage.dead_letters import DeadLetterFilter, list_dead_letters, summarize
@@ -1534,24 +1534,13 @@ def _score_records(
         threshold_version=None if threshold_row is None else int(threshold_row.version),
         scores=out,
         rejects=sorted(rejects, key=lambda r: r.index),
-        warnings=[_unseen_note(model, name, values) for name, values in unseen.items()],
-    )
-
-
-def _unseen_note(model: Any, name: str, values: Mapping[str, None]) -> str:
-    """A field's values outside its learned categories, as the scorer's log warns of them: a
-    record with 'North' for 'north' scored as a novelty, and the response said nothing (the
-    log named each value once per server process)."""
-    new = list(values)
-    shown = ", ".join(repr(v) for v in new[:5]) + (
-        f" and {len(new) - 5} more" if len(new) > 5 else ""
-    )
-    known = [c for c in model.preprocessor_.categories.get(name, []) if c != MISSING]
-    listed = ", ".join(repr(c) for c in known[:10]) + (", ..." if len(known) > 10 else "")
-    return (
-        f"field {name!r}: {shown} not among the values learned in training, scored as the "
-        f"unknown category (a novelty, usually flagged); known values: {listed or 'none'}. "
-        "If it is a known value spelled differently, fix the input or retrain with it"
+        warnings=[
+            # The scorer's log names each value once per process; the response names a
+            # request's own, in the same words ('North' for 'north' was scored as a novelty
+            # and the response said nothing).
+            model.preprocessor_.unseen_note(name, values, noun="field")
+            for name, values in unseen.items()
+        ],
     )
 
 

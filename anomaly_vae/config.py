@@ -527,6 +527,15 @@ class DatabaseConfig(_Strict):
 
 # The longest model name (models.name and thresholds.model_name are String(200)).
 MODEL_NAME_MAX_CHARS = 200
+# What a model name may be made of, as the errors say it.
+MODEL_NAME_RULE = "letters, digits, '-', '_' or '.', and not only dots"
+
+
+def only_dots(name: str) -> bool:
+    """Whether ``name`` is only dots ('.', '..'): the HTTP API cannot serve such a model at
+    /models/{name}, as clients and proxies resolve the segments '.' and '..' away
+    ('/models/../score' is sent as '/score'), so it is refused when a model is named."""
+    return bool(name) and not name.strip(".")
 
 
 class PipelineConfig(_Strict):
@@ -599,12 +608,20 @@ class PipelineConfig(_Strict):
     @classmethod
     def _safe_name(cls, value: str, info: ValidationInfo) -> str:
         if not value or not all(c.isalnum() or c in "-_." for c in value):
-            raise ValueError(f"name must be letters, digits, '-', '_' or '.', got {value!r}")
+            # The value itself is shown by format_validation_error ("(got 'a b')").
+            raise ValueError(f"name must be {MODEL_NAME_RULE}")
+        stored = isinstance(info.context, dict) and info.context.get("stored")
+        if only_dots(value) and not stored:
+            # Trained, saved and scored to CSV, and registered by 'score --db', but the HTTP
+            # API's /models/{name} never reached it. A model saved before this check still
+            # loads; registering it is refused (repository.register_model).
+            raise ValueError(
+                f"name must be {MODEL_NAME_RULE}: the HTTP API cannot reach /models/{value}"
+            )
         # The database keeps a name in String(200) columns: a longer one trained and scored to
         # CSV, and SQLite stored it, but PostgreSQL refused the first 'score --db' with "value
         # too long for type character varying(200)". A model directory saved before this check
         # still loads (context 'stored').
-        stored = isinstance(info.context, dict) and info.context.get("stored")
         if len(value) > MODEL_NAME_MAX_CHARS and not stored:
             raise ValueError(
                 f"name is {len(value)} characters long: at most {MODEL_NAME_MAX_CHARS} (the "

@@ -1197,7 +1197,7 @@ class Preprocessor:
     # Values never seen in training already named in a warning, per column (not saved).
     _warned: dict[str, set[str]] = field(default_factory=dict, repr=False, compare=False)
 
-    def _warn_unseen(self, name: str, values: np.ndarray, cats: list[str]) -> None:
+    def _warn_unseen(self, name: str, values: np.ndarray) -> None:
         """A warning naming values of ``name`` outside the categories learned in training (each
         value once, up to five per column): they score as the ``<unknown>`` category, which
         usually flags the record, and a different spelling of a known value is the usual
@@ -1210,32 +1210,42 @@ class Preprocessor:
         if not new:
             return
         warned.update(new)
-        known = [c for c in cats if c != MISSING]
-        shown = ", ".join(repr(c) for c in known[:10]) + (", ..." if len(known) > 10 else "")
+        logger.warning("%s", self.unseen_note(name, new))
+
+    def unseen_note(self, name: str, values: Iterable[str], *, noun: str = "column") -> str:
+        """The text that names ``values`` of ``name`` outside its learned categories (the first
+        five, then how many more): the log's warning (``noun`` "column") and the HTTP API's
+        (``noun`` "field") alike. It lists the known values, says when the column had rarer
+        training values past ``columns.max_categories`` (which share the unknown category),
+        and names a value that is a known one as UTF-8 text read in another encoding."""
+        new = list(dict.fromkeys(values))
+        shown = new[:5]
+        listed = ", ".join(repr(v) for v in shown) + (
+            f" and {len(new) - 5} more" if len(new) > 5 else ""
+        )
+        known = [c for c in self.categories.get(name, []) if c != MISSING]
+        known_text = ", ".join(repr(c) for c in known[:10]) + (", ..." if len(known) > 10 else "")
         other = self.other_values.get(name, 0)
+        rarer = (
+            f" (or it is one of the {other} rarer training values past "
+            "columns.max_categories, which share the unknown category)"
+            if other
+            else ""
+        )
         misread = next(
             (
                 f"; {value!r} is {fixed!r}, {_UTF8_MISREAD}"
-                for value in new
+                for value in shown
                 for fixed in _utf8_readings(value)
                 if fixed in known
             ),
             "",
         )
-        logger.warning(
-            "column %r: %s not among the values learned in training, scored as the unknown "
-            "category (a novelty, usually flagged); known values: %s. If it is a known value "
-            "spelled differently, fix the input or retrain with it%s%s",
-            name,
-            ", ".join(repr(v) for v in new),
-            shown or "none",
-            (
-                f" (or it is one of the {other} rarer training values past "
-                "columns.max_categories, which share the unknown category)"
-                if other
-                else ""
-            ),
-            misread,
+        return (
+            f"{noun} {name!r}: {listed} not among the values learned in training, scored as the "
+            f"unknown category (a novelty, usually flagged); known values: "
+            f"{known_text or 'none'}. If it is a known value spelled differently, fix the input "
+            f"or retrain with it{rarer}{misread}"
         )
 
     # ------------------------------------------------------------------- fitting
@@ -1387,7 +1397,7 @@ class Preprocessor:
                 _match_loosely(codes, values, cats)
             unseen = (codes == 0) & ~missing
             if unseen.any():
-                self._warn_unseen(name, values[unseen], cats)
+                self._warn_unseen(name, values[unseen])
                 sink = _UNSEEN_VALUES.get()
                 if sink is not None:
                     sink.setdefault(name, {}).update(dict.fromkeys(map(str, values[unseen])))

@@ -557,28 +557,52 @@ def _comma_decimals(raw: pd.Series) -> pd.Series:
     return out
 
 
-_warned_compact = False
+# The kinds of time (below) that numbers read as epoch times were already said to look like,
+# in this process: each is warned of once.
+_warned_times: set[str] = set()
+
+
+def _warn_if_most_look_like(
+    kind: str,
+    number: np.ndarray,
+    matches: Callable[[np.ndarray], np.ndarray],
+    message: Callable[[float], str],
+) -> None:
+    """Once per process for each ``kind``: a warning when most of ``number`` (numbers read as
+    epoch times) are ``matches(number)``, the values among them that look like another kind
+    of time; ``message`` makes its text from the first of them."""
+    if kind in _warned_times or not len(number):
+        return
+    found = matches(number)
+    if len(found) * 2 <= len(number):
+        return
+    _warned_times.add(kind)
+    logging.getLogger(__name__).warning("%s", message(float(found[0])))
 
 
 def _warn_compact_dates(number: np.ndarray) -> None:
     """Once per process: a warning when most numbers read as epoch times are dates written as
     digits (20261112, 20261112230000). They are read as epoch seconds (August 1970) or
     milliseconds (the year 2612), so the windows' gaps and lateness are wrong."""
-    import pandas as pd
+    _warn_if_most_look_like("compact dates", number, _compact_dates, _compact_dates_message)
 
-    global _warned_compact
-    if _warned_compact:
-        return
+
+def _compact_dates(number: np.ndarray) -> np.ndarray:
+    """The numbers among ``number`` that read as YYYYMMDD or YYYYMMDDhhmmss."""
     whole = number[(number == np.floor(number)) & (number > 0)]
     day = np.where(whole < 1e9, whole, np.floor(whole / 1e6))  # YYYYMMDD[hhmmss] -> YYYYMMDD
     digits = np.where((whole < 1e9) | ((whole >= 1e13) & (whole < 1e14)), day, 0.0)
     year, month, dom = digits // 10_000, digits // 100 % 100, digits % 100
     compact = (year >= 1900) & (year <= 2200) & (month >= 1) & (month <= 12) & (dom >= 1)
     compact &= dom <= 31
-    if compact.sum() * 2 <= len(number):
-        return
-    _warned_compact = True
-    example = int(whole[compact][0])
+    found: np.ndarray = whole[compact]
+    return found
+
+
+def _compact_dates_message(first: float) -> str:
+    import pandas as pd
+
+    example = int(first)
     seconds = example / float(_epoch_divisors(np.array([float(example)]))[0])
     # 20261112230000 in ms is the year 2612, past what a time holds: no time at all (a window
     # rejects the record), where the warning said it was read as that year.
@@ -588,17 +612,14 @@ def _warn_compact_dates(number: np.ndarray) -> None:
         else f"the year {pd.Timestamp(seconds, unit='s').year}, past the year 2262 that a time can "
         "be read in: no time at all, and a windowed model rejects such records"
     )
-    logging.getLogger(__name__).warning(
-        "times like %d look like dates written as digits (YYYYMMDD or YYYYMMDDhhmmss), but a "
-        "number is read as an epoch time (%s): write them as ISO 8601 (%s) for windows, gaps "
-        "and lateness to be right",
-        example,
-        read_as,
-        pd.Timestamp(str(example)[:8]).date().isoformat(),
+    return (
+        f"times like {example} look like dates written as digits (YYYYMMDD or YYYYMMDDhhmmss), "
+        f"but a number is read as an epoch time ({read_as}): write them as ISO 8601 "
+        f"({pd.Timestamp(str(example)[:8]).date().isoformat()}) for windows, gaps and lateness "
+        "to be right"
     )
 
 
-_warned_excel = False
 # Excel's serial dates (days since 1899-12-30) of 1970-01-01 and 2099-12-31.
 _EXCEL_SERIALS = (25_569.0, 73_050.0)
 
@@ -607,24 +628,23 @@ def _warn_excel_serials(number: np.ndarray) -> None:
     """Once per process: a warning when most numbers read as epoch times are in the range of
     Excel's serial dates (45292.5 is 2024-01-01 12:00 there), which as epoch seconds are a
     few hours of 1970-01-01: a column an Excel user left in the "General" format."""
+    _warn_if_most_look_like(
+        "excel serials",
+        number,
+        lambda n: n[(n >= _EXCEL_SERIALS[0]) & (n <= _EXCEL_SERIALS[1])],
+        _excel_serials_message,
+    )
+
+
+def _excel_serials_message(example: float) -> str:
     import pandas as pd
 
-    global _warned_excel
-    if _warned_excel or not len(number):
-        return
-    serial = (number >= _EXCEL_SERIALS[0]) & (number <= _EXCEL_SERIALS[1])
-    if serial.sum() * 2 <= len(number):
-        return
-    _warned_excel = True
-    example = float(number[serial][0])
     as_excel = pd.Timestamp("1899-12-30") + pd.Timedelta(days=example)
-    logging.getLogger(__name__).warning(
-        "times like %s are read as epoch seconds, %s: if they are Excel serial dates (days "
-        "since 1899-12-30, %s), write them as ISO 8601 (format the column as a date in Excel "
-        "before saving) for the stored event times, windows, gaps and lateness to be right",
-        f"{example:g}",
-        pd.Timestamp(example, unit="s"),
-        as_excel.round("s"),
+    return (
+        f"times like {example:g} are read as epoch seconds, {pd.Timestamp(example, unit='s')}: "
+        f"if they are Excel serial dates (days since 1899-12-30, {as_excel.round('s')}), write "
+        "them as ISO 8601 (format the column as a date in Excel before saving) for the stored "
+        "event times, windows, gaps and lateness to be right"
     )
 
 

@@ -1855,6 +1855,51 @@ def test_a_category_never_seen_in_training_is_named_in_the_warnings(score_client
     assert clean.json()["warnings"] == []
 
 
+def test_the_unseen_value_warning_is_the_scorers_with_rarer_values_and_misread_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The API built its own copy of the scorer's warning, without its clauses: a value that
+    # may be one of the rarer training values past columns.max_categories was called a
+    # novelty, and 'ZÃ¼rich' (UTF-8 read as cp1252) was not named as 'Zürich'.
+    from anomaly_vae.config import PipelineConfig
+
+    cfg = PipelineConfig.from_yaml(Path(__file__).resolve().parents[1] / "pipelines" / "pumps.yaml")
+    cfg.name = "cities"
+    cfg.training.epochs = 1
+    cfg.training.progress = False
+    cfg.columns.max_categories = 4
+    data = make_pump_data(400, n_pumps=4, seed=1)
+    data["station"] = data["station"].replace({"north": "Zürich"})
+    data.loc[data.index[:3], "station"] = ["r1", "r2", "r3"]
+    model = AnomalyVAE(config=cfg).fit(data)
+    assert model.preprocessor_.other_values == {"station": 3}
+    model.save(tmp_path / "cities")
+    export = tmp_path / "export.csv"
+    make_pump_data(20, n_pumps=4, seed=8).to_csv(export, index=False)
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    result = run_inline(
+        capsys, "score", str(export), "--model-dir", str(tmp_path / "cities"), "--db", url, "-q"
+    )
+    assert result.returncode == 0, result.stderr
+    records = pump_records(2)
+    misread = "Zürich".encode().decode("cp1252")
+    records[0]["station"] = misread
+    records[1]["station"] = "r2"
+    with api_client(url) as client:
+        response = client.post("/models/cities/score", json={"records": records})
+    assert response.status_code == 200, response.text
+    known = ", ".join(repr(c) for c in model.preprocessor_.categories["station"])
+    assert response.json()["warnings"] == [
+        f"field 'station': {misread!r}, 'r2' not among the values learned in training, scored "
+        f"as the unknown category (a novelty, usually flagged); known values: {known}. If it "
+        "is a known value spelled differently, fix the input or retrain with it (or it is one "
+        "of the 3 rarer training values past columns.max_categories, which share the unknown "
+        f"category); {misread!r} is 'Zürich', UTF-8 text read in another encoding: give "
+        "--encoding utf-8 (csv.encoding in a pipeline)"
+    ]
+    assert "'Zürich'" in known
+
+
 def test_a_compressed_body_is_a_415_that_says_to_send_it_uncompressed(score_client: Any) -> None:
     # A gzip body (Content-Encoding: gzip) was read as the JSON text itself: a 422 "it is not
     # UTF-8"; one labelled br but sent plain was read as if the header were not there.

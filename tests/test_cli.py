@@ -746,6 +746,35 @@ def test_a_tab_separated_file_gets_the_tab_hint(
     assert_user_error(result, "looks '\\t'-separated: try --sep '\\t'")
 
 
+def test_an_explicit_sep_is_trusted_for_a_one_column_header_holding_a_comma(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A ';' export of one column, 'Temperatur, °C' over 12,5: with --sep ';' given, train
+    # still said "the header looks ','-separated: try --sep ','", which splits the name.
+    data = tmp_path / "temperatures.csv"
+    lines = ["Temperatur, °C"] + [f"{12 + i % 5},{i % 10}" for i in range(300)]
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    pipeline = tmp_path / "semicolons.yaml"
+    pipeline.write_text('csv:\n  sep: ";"\n  decimal: ","\n')
+    for model, given in (
+        ("m-sep", ("--sep", ";", "--decimal", ",")),
+        ("m-pipeline", ("--pipeline", str(pipeline))),
+    ):
+        model_dir = tmp_path / model
+        args = ["train", str(data), "--model-dir", str(model_dir), "--epochs", "1", "-q"]
+        result = run_inline(capsys, *args, *given)
+        assert result.returncode == 0, result.stderr
+        schema = json.loads((model_dir / "model.json").read_text())["schema"]
+        assert schema["columns"] == [{"kind": "numeric", "name": "Temperatur, °C"}]
+    # Not given, the default ',' is still questioned when the header holds a ';'.
+    semicolons = tmp_path / "guessed.csv"
+    semicolons.write_text("temp;flow\n" + "".join(f"{i};{i % 7}\n" for i in range(30)))
+    result = run_inline(capsys, "train", str(semicolons), "--model-dir", str(tmp_path / "m"))
+    assert_user_error(
+        result, "only one column found ('temp;flow'); the header looks ';'-separated: try --sep ';'"
+    )
+
+
 def test_training_on_a_file_without_a_header_line_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

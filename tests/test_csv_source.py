@@ -210,6 +210,38 @@ def test_a_semicolon_export_whose_header_names_hold_commas_is_not_read_with_comm
     assert rejects.empty
 
 
+def test_the_checks_read_the_start_of_the_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The separator check sampled the first lines split at ',', again at ';', and once more
+    # for decimal commas; the header below a title, JSON and a space-aligned table each read
+    # them again: up to five readings of the same lines.
+    import anomaly_vae.sources.csv as csv_module
+
+    path = tmp_path / "excel.csv"
+    lines = ["Temperatur, °C;Druck, bar;Pumpe"]
+    lines += [f"{20 + i % 3},{i % 10};{1000 + i},5;P{i % 2}" for i in range(30)]
+    path.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    opened: list[Path] = []
+    opener = csv_module._text_opener
+
+    def counting(target: Path) -> object:
+        open_text = opener(target)
+
+        def open_counted(*args: object, **kwargs: object) -> object:
+            opened.append(target)
+            return open_text(*args, **kwargs)
+
+        return open_counted
+
+    monkeypatch.setattr(csv_module, "_text_opener", counting)
+    source = CsvSource(path)
+    with pytest.raises(InputFileError, match="looks ';'-separated"):
+        source.header()
+    assert source.space_table() is None
+    assert len(opened) == 1
+
+
 @pytest.mark.parametrize(("sep", "shown"), [("\t", "\\t"), ("|", "|")])
 def test_a_file_whose_header_name_holds_a_comma_gets_its_own_separator_hint(
     tmp_path: Path, sep: str, shown: str

@@ -467,9 +467,14 @@ def test_utf8_text_read_as_cp1252_is_named_as_such(caplog: pytest.LogCaptureFixt
     city = "Zürich".encode().decode("cp1252")
     with caplog.at_level(logging.WARNING):
         pre.transform(schema.validate(pd.DataFrame({"Total (€)": [0.0], "city": [city]}))[0])
-    assert (
-        f"; {city!r} is 'Zürich', UTF-8 text read in another encoding: give --encoding utf-8"
-    ) in caplog.text
+    (warned,) = [r.getMessage() for r in caplog.records if "learned in training" in r.getMessage()]
+    assert warned == (
+        f"column 'city': {city!r} not among the values learned in training, scored as the "
+        "unknown category (a novelty, usually flagged); known values: "
+        f"{', '.join(map(repr, pre.categories['city']))}. If it is a known value spelled "
+        f"differently, fix the input or retrain with it; {city!r} is 'Zürich', UTF-8 text read "
+        "in another encoding: give --encoding utf-8 (csv.encoding in a pipeline)"
+    )
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         pre.transform(schema.validate(pd.DataFrame({"Total (€)": [0.0], "city": ["Genf"]}))[0])
@@ -663,9 +668,18 @@ def test_training_values_past_max_categories_are_named_not_called_novel(
     loaded = Preprocessor.from_dict(json.loads(json.dumps(pre.to_dict())), schema)
     with caplog.at_level(logging.WARNING):
         loaded.transform(schema.validate(pd.DataFrame({"zone": ["rare"]}))[0])
-    assert "or it is one of the 22 rarer training values past columns.max_categories" in (
-        caplog.text
+    (warned,) = [r.getMessage() for r in caplog.records]
+    assert warned == (
+        "column 'zone': 'rare' not among the values learned in training, scored as the unknown "
+        "category (a novelty, usually flagged); known values: 'z0', 'z1', 'z2', 'z3', 'z4', "
+        "'z5', 'z6', 'z7', 'z8'. If it is a known value spelled differently, fix the input or "
+        "retrain with it (or it is one of the 22 rarer training values past "
+        "columns.max_categories, which share the unknown category)"
     )
+    # The HTTP API's warning is the same text (Preprocessor.unseen_note), naming a field.
+    assert loaded.unseen_note("zone", ["rare"], noun="field") == "field" + warned[len("column") :]
+    many = loaded.unseen_note("zone", [f"v{i}" for i in range(7)])
+    assert many.startswith("column 'zone': 'v0', 'v1', 'v2', 'v3', 'v4' and 2 more not among")
     older = {k: v for k, v in pre.to_dict().items() if k != "other_values"}
     assert Preprocessor.from_dict(older, schema).other_values == {}
 

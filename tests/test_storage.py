@@ -552,6 +552,46 @@ def test_a_model_name_longer_than_the_database_holds_is_refused_in_one_line(
         engine.dispose()
 
 
+@pytest.mark.parametrize("name", [".", "..", "..."])
+def test_a_model_name_of_only_dots_is_refused_as_the_api_cannot_serve_it(
+    db_url: str, tmp_path: Path, name: str
+) -> None:
+    # 'name: ..' trained, saved, scored and was registered by 'score --db', but GET
+    # /models/.. is sent as GET / by HTTP clients (dot segments resolved): never served.
+    from pydantic import ValidationError
+
+    from anomaly_vae.cli.core import load_pipeline
+    from anomaly_vae.config import PipelineConfig
+
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(f"name: '{name}'\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        PipelineConfig.from_yaml(pipeline)
+    assert str(raised.value) == (
+        f"pipeline file {pipeline}: name: name must be letters, digits, '-', '_' or '.', and "
+        f"not only dots: the HTTP API cannot reach /models/{name} (got {name!r})"
+    )
+    assert "\n" not in str(raised.value)
+    with pytest.raises(ValidationError):
+        PipelineConfig(name=name)
+    assert PipelineConfig(name=f"pumps{name}v2").name == f"pumps{name}v2"
+    # A model directory saved before the check still loads (and scores to CSV); registering
+    # it is refused; a directory so named gives no such name.
+    assert PipelineConfig.model_validate({"name": name}, context={"stored": True})
+    assert load_pipeline(None, default_name=name).name == "default"
+    engine = engine_for(db_url)
+    try:
+        with engine.begin() as connection, pytest.raises(ConfigError) as refused:
+            repo.register_model(connection, model=model_version(name=name))
+    finally:
+        engine.dispose()
+    assert str(refused.value) == (
+        f"model name {name!r} cannot be served by the HTTP API (/models/{name}): a model name "
+        "must be letters, digits, '-', '_' or '.', and not only dots; retrain it with another "
+        "'name:' in its pipeline file"
+    )
+
+
 def test_a_run_under_a_threshold_computed_for_another_model_version_is_warned_about(
     db_url: str, tmp_path: Path, trained_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1524,18 +1524,21 @@ def test_dates_written_as_digits_are_pointed_out(caplog: pytest.LogCaptureFixtur
     import anomaly_vae.windows as windows_module
     from anomaly_vae.windows import event_seconds
 
-    windows_module._warned_compact = False
+    windows_module._warned_times.clear()
     with caplog.at_level(logging.WARNING, logger="anomaly_vae.windows"):
         event_seconds([1_764_000_000, 1_764_000_060])
         event_seconds([1_764_000_000_000, 1_764_000_060_000])
         assert "written as digits" not in caplog.text
         event_seconds([20261112, 20261113, 20261114])
-        assert "times like 20261112 look like dates written as digits" in caplog.text
-        assert "(2026-11-12)" in caplog.text
+        assert caplog.text.rstrip().endswith(
+            "times like 20261112 look like dates written as digits (YYYYMMDD or "
+            "YYYYMMDDhhmmss), but a number is read as an epoch time (1970-08-23 12:05:12): "
+            "write them as ISO 8601 (2026-11-12) for windows, gaps and lateness to be right"
+        )
         caplog.clear()
         event_seconds([20261112, 20261113])
         assert caplog.text == ""  # once
-    windows_module._warned_compact = False
+    windows_module._warned_times.clear()
     with caplog.at_level(logging.WARNING, logger="anomaly_vae.windows"):
         event_seconds([20261112230000, 20261112230100])
     assert "times like 20261112230000" in caplog.text
@@ -1552,8 +1555,7 @@ def test_numeric_event_times_of_score_db_and_excel_serial_dates_are_pointed_out(
     import anomaly_vae.windows as windows_module
     from anomaly_vae.windows import event_times_in_order
 
-    windows_module._warned_compact = False
-    windows_module._warned_excel = False
+    windows_module._warned_times.clear()
     with caplog.at_level(logging.WARNING, logger="anomaly_vae.windows"):
         event_times_in_order(pd.Series([1_764_000_000, 1_764_000_060, "2026-11-01"]))
         assert caplog.text == ""

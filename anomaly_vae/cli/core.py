@@ -84,7 +84,9 @@ def load_pipeline(path: Path | None, *, default_name: str = "default") -> Pipeli
     # In Unicode NFC: macOS names folders in NFD ('e' and a combining accent, which is no
     # letter), and 'pumps-é' became 'pumps-e-', not the name typed later.
     default_name = unicodedata.normalize("NFC", default_name)
-    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in default_name) or "default"
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in default_name)
+    if not safe.strip("."):  # none, or a directory named '...': no name the API can serve
+        safe = "default"
     safe = safe[:MODEL_NAME_MAX_CHARS]  # a directory's name may be longer than the database's
     if path is None:
         return PipelineConfig(name=safe)
@@ -102,10 +104,14 @@ def read_training_csv(
     decimal: str = ".",
     label: str = "",
     text_columns: list[str] | None = None,
+    sep_given: bool = False,
 ) -> pd.DataFrame:
     """Read a whole training file (training needs it in memory) with the CSV source's checks;
     ``label`` names it in messages (default: the path); ``text_columns`` (ids, entity,
-    timestamp) are read as text, as scoring reads them."""
+    timestamp) are read as text, as scoring reads them. ``sep_given``: the separator was
+    given (--sep, or csv.sep in the pipeline), not the default ','; a one-column header is
+    then not refused as looking otherwise separated (a ';' file of one column 'Temperatur,
+    °C' over values 12,5 is one column)."""
     import pandas as pd
 
     from anomaly_vae.sources.csv import CsvSource
@@ -118,13 +124,13 @@ def read_training_csv(
     if len(header) == 1:
         only = header[0]
         for candidate, label in ((";", ";"), ("\t", "\\t"), ("|", "|"), (",", ",")):
-            if candidate != sep and candidate in only:
+            if candidate != sep and candidate in only and not sep_given:
                 raise InputFileError(
                     f"{path}: only one column found ({only[:60]!r}); the header looks "
                     f"'{label}'-separated: try --sep '{label}'"
                 )
         table = source.space_table() if " " in only else None
-        if table == "spaced":
+        if table == "spaced" and not sep_given:
             raise InputFileError(
                 f"{path}: only one column found ({only[:60]!r}); the lines look separated by "
                 "spaces: try --sep ' '"
@@ -217,6 +223,7 @@ def train(
             raise ConfigError(f"--seed {seed}: {problems}") from None
     if device:
         cfg.training.device = device
+    sep_given = sep is not None or "sep" in cfg.csv.model_fields_set
     cfg.csv = _csv_with(cfg.csv, sep=_sep(sep), decimal=decimal, encoding=encoding)
     shown = _shown(data)
     with _input_file(data) as path:
@@ -227,6 +234,7 @@ def train(
             decimal=cfg.csv.decimal,
             label=str(shown),
             text_columns=key_columns(cfg),
+            sep_given=sep_given,
         )
     # A misspelt label would train on the labelled anomalies without a word.
     _require_column(label_column, list(frame.columns), "--label-column", shown)

@@ -112,6 +112,7 @@ class CsvSource:
     _spaced: bool | None = field(default=None, init=False, repr=False)
     _raw_header: list[str] | None = field(default=None, init=False, repr=False)
     _trailing_sep: bool = field(default=False, init=False, repr=False)
+    _head: _HeadLines | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -263,6 +264,7 @@ class CsvSource:
         self.spaced()
         text = set(text_columns)
         header = self.header() if text else []
+        self._head = None  # the checks are done: their sampled lines are not kept while reading
         dtype = {name: str for name in header if name in text} if text else None
         na_values: dict[str, list[str]] | None = None
         if dtype:
@@ -480,45 +482,43 @@ class CsvSource:
         (blank lines skipped), the file split at ``sep`` (quotes honoured)."""
         return [len(fields) for _, fields in self._records(sep)]
 
+    def _head_lines(self) -> _HeadLines:
+        """The first lines of the file as text, read once for every check that samples them
+        (the separator, decimal commas, a header below a title, JSON, a space-aligned table):
+        each read them from the file again, up to five times."""
+        if self._head is None or self._head.encoding != self.encoding:
+            self._head = _HeadLines(self.path, self.encoding)
+        return self._head
+
     def _records(self, sep: str) -> list[tuple[int, list[str]]]:
         """(line it starts on, fields) of the first record and of up to ``_SEP_SAMPLE``
         records after it, blank lines skipped, the file split at ``sep``."""
-        try:
-            handle = _text_opener(self.path)(
-                self.path, "rt", encoding=self.encoding, errors="replace", newline=""
-            )
-        except (OSError, zipfile.BadZipFile, tarfile.TarError, ValueError, ImportError):
-            return []
         out: list[tuple[int, list[str]]] = []
         csv.field_size_limit(max(csv.field_size_limit(), _MAX_FIELD))
-        with handle:
-            reader = csv.reader(handle, delimiter=sep)
-            try:
-                while len(out) <= _SEP_SAMPLE:
-                    start = reader.line_num + 1
-                    fields = next(reader, None)
-                    if fields is None:
-                        break
-                    if len(fields) <= 1 and not "".join(fields).strip(" \t"):
-                        continue
-                    out.append((start, fields))
-            except (csv.Error, OSError, EOFError, ValueError):
-                pass
+        reader = csv.reader(iter(self._head_lines()), delimiter=sep)
+        try:
+            while len(out) <= _SEP_SAMPLE:
+                start = reader.line_num + 1
+                fields = next(reader, None)
+                if fields is None:
+                    break
+                if len(fields) <= 1 and not "".join(fields).strip(" \t"):
+                    continue
+                out.append((start, fields))
+        except (csv.Error, *_HEAD_ERRORS):
+            pass
         return out
 
     def _first_lines(self, count: int) -> list[str]:
         """Up to ``count`` non-blank lines from the start of the file, as text."""
         out: list[str] = []
         try:
-            with _text_opener(self.path)(
-                self.path, "rt", encoding=self.encoding, errors="replace", newline=""
-            ) as handle:
-                for line in handle:
-                    if line.strip():
-                        out.append(line.rstrip("\r\n").lstrip("\ufeff"))
-                        if len(out) >= count:
-                            break
-        except (OSError, EOFError, ValueError, zipfile.BadZipFile, tarfile.TarError, ImportError):
+            for line in self._head_lines():
+                if line.strip():
+                    out.append(line.rstrip("\r\n").lstrip("\ufeff"))
+                    if len(out) >= count:
+                        break
+        except _HEAD_ERRORS:
             return out
         return out
 
@@ -722,6 +722,61 @@ def _text_opener(path: Path) -> Any:
     if name.endswith(".zst"):
         return _open_zstd
     return open
+
+
+# What opening or reading a file's text may raise (a file gone, a broken archive or
+# compressed stream, zstandard not installed): the sampled lines end there.
+_HEAD_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile, tarfile.TarError, ImportError)
+
+
+class _HeadLines:
+    """The first lines of a possibly compressed file as text (``errors="replace"``, line ends
+    kept, as ``csv.reader`` reads a file opened with ``newline=""``), read from the file once
+    and iterated as often as asked. Lines are read as far as an iteration goes, a block at a
+    time: the file is opened for each block (and the lines before it skipped), so no handle is
+    left open between iterations. An error opening or reading the file is raised where it
+    came, to every iteration that gets that far."""
+
+    # Lines read at a time: the checks sample up to 51 records or non-blank lines, so one
+    # block holds them unless blank lines or quoted line breaks abound.
+    BLOCK = 128
+
+    def __init__(self, path: Path, encoding: str) -> None:
+        self.path = path
+        self.encoding = encoding
+        self._lines: list[str] = []
+        self._end = False
+        self._error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        at = 0
+        while True:
+            while at < len(self._lines):
+                yield self._lines[at]
+                at += 1
+            if self._error is not None:
+                raise self._error
+            if self._end:
+                return
+            self._read_block()
+
+    def _read_block(self) -> None:
+        have = len(self._lines)
+        try:
+            with _text_opener(self.path)(
+                self.path, "rt", encoding=self.encoding, errors="replace", newline=""
+            ) as handle:
+                for _ in range(have):
+                    if not handle.readline():
+                        break
+                for _ in range(self.BLOCK):
+                    line = handle.readline()
+                    if not line:
+                        self._end = True
+                        break
+                    self._lines.append(line)
+        except _HEAD_ERRORS as exc:
+            self._error = exc
 
 
 class _LineFinder:

@@ -47,7 +47,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect, Row
 from sqlalchemy.orm import aliased
 
-from anomaly_vae.config import MODEL_NAME_MAX_CHARS
+from anomaly_vae.config import MODEL_NAME_MAX_CHARS, MODEL_NAME_RULE, only_dots
 from anomaly_vae.errors import ConfigError, NotFoundError
 from anomaly_vae.storage.alerting import AlertChanges, apply_alert_rule, not_written_by
 from anomaly_vae.storage.alerting import alert_details as fetch_alert_details
@@ -169,6 +169,14 @@ def register_model(connection: Connection, *, model: ModelVersion) -> int:
             f"model name {model.name[:40]!r}... is {len(model.name)} characters long: the "
             f"database holds at most {MODEL_NAME_MAX_CHARS}; retrain it with a shorter 'name:' "
             "in its pipeline file"
+        )
+    if only_dots(model.name):
+        # A model saved before its name was checked: registered, its scores and thresholds
+        # stored, but the HTTP API's /models/{name} never reached it.
+        raise ConfigError(
+            f"model name {model.name!r} cannot be served by the HTTP API (/models/{model.name}): "
+            f"a model name must be {MODEL_NAME_RULE}; retrain it with another 'name:' in its "
+            "pipeline file"
         )
     known = connection.execute(
         select(Model.id).where(Model.content_hash == model.content_hash)
