@@ -170,7 +170,7 @@ class Scorer:
         }
         self.model.eval()
         to = self.batch_size if self.fixed_rows else None
-        complete = self.one_pass and self._complete(batch)
+        complete = self._complete(batch)
         for start in range(0, n, self.batch_size):
             stop = min(n, start + self.batch_size)
             x = _padded(batch.x[start:stop], self.device, to=to)
@@ -180,7 +180,7 @@ class Scorer:
                 if self.one_pass:
                     out = self._score_at_mean(x, obs, rows, complete=complete)
                 else:
-                    out = self._score_block(x, obs, rows)
+                    out = self._score_block(x, obs, rows, complete=complete)
             for key, value in out.items():
                 parts[key].append(value[:rows].float().cpu().numpy())
         return ScoreArrays(
@@ -323,9 +323,12 @@ class Scorer:
                 result["contrib"] = per_col
         return result
 
-    def _score_block(self, x: Tensor, obs: Tensor, n_valid: int) -> dict[str, Tensor]:
+    def _score_block(
+        self, x: Tensor, obs: Tensor, n_valid: int, *, complete: bool = False
+    ) -> dict[str, Tensor]:
         model, layout = self.model, self.lik_layout
-        x = self.impute(x, obs, n_valid)
+        if not complete:  # else nothing to fill in
+            x = self.impute(x, obs, n_valid)
         mu, log_var = model.encode(x)
         at_mu = model.decode(mu)
         recon = reconstruction_error(x, obs, at_mu, layout, self.skip_blocks)
