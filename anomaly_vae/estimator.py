@@ -54,6 +54,7 @@ from anomaly_vae.features import (
 from anomaly_vae.labels import label_to_binary
 from anomaly_vae.model import VAE, LikelihoodLayout
 from anomaly_vae.scoring import (
+    IMPUTE_ROUNDS,
     SCORE_KINDS,
     SCORE_REVISION,
     ScoreArrays,
@@ -868,9 +869,10 @@ class AnomalyVAE(BaseEstimator):
     ) -> None:
         """Flagged records get their leading columns' contributions by leaving each column out
         (``Scorer.leave_one_out``): the ``LOO_COLUMNS`` columns with the largest one-pass
-        contributions, or every column when there are few, one extra network pass each. At
-        most half the batch's own model work (and at least 1,024 records) is spent so; past
-        that, the highest scores first, and the others keep the one-pass split.
+        contributions, or every column when there are few, up to 1 + ``IMPUTE_ROUNDS``
+        network passes each. At most half the batch's own model work (and at least 1,024
+        records) is spent so; past that, the highest scores first, and the others keep the
+        one-pass split.
         """
         contributions = arrays.contributions
         if contributions is None or not len(scores):
@@ -880,7 +882,11 @@ class AnomalyVAE(BaseEstimator):
             return
         width = contributions.shape[1]
         tried = min(width, LOO_COLUMNS)
-        budget = max(1024, len(scores) // (2 * tried))
+        # A column tried costs up to 1 + IMPUTE_ROUNDS network passes (a numeric column left
+        # out is a gap, filled in as one): counted as one, a batch with many records flagged
+        # (drift, a new threshold) took three times its own model work again, in the stream
+        # scorer just when it was needed to keep up.
+        budget = max(1024, len(scores) // (2 * tried * (1 + IMPUTE_ROUNDS)))
         if len(flagged) > budget:
             primary = scores["score"].to_numpy()[flagged]
             flagged = np.sort(flagged[np.argsort(-primary, kind="stable")[:budget]])
