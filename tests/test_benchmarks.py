@@ -267,17 +267,18 @@ def test_speed_and_db_write_quick_runs_write_their_quick_files(
     ]
 
 
-def test_skab_calibrate_and_score_terms_name_missing_data_in_one_line(
+def test_skab_calibrate_score_terms_and_prior_mixture_name_missing_data_in_one_line(
     tmp_path: Path, capsys: Any
 ) -> None:
     # A clone without ../shared/data: both died with a FileNotFoundError traceback.
     import pytest
 
-    from benchmarks import score_terms, skab_calibrate
+    from benchmarks import prior_mixture, score_terms, skab_calibrate
 
     for main, args, needle in (
         (skab_calibrate.main, ["--detector", "vae-rowwise"], "anomaly-free.csv"),
         (score_terms.main, ["--datasets", "cardio"], "no 6_cardio.npz: give --data"),
+        (prior_mixture.main, ["--datasets", "cardio"], "no 6_cardio.npz: give --data"),
     ):
         with pytest.raises(SystemExit) as stopped:
             main([*args, "--data", str(tmp_path)])
