@@ -989,6 +989,12 @@ def _encoding_hint(missing: list[str], header: list[str]) -> str:
 _UTF8_MISREAD = (
     "UTF-8 text read in another encoding: give --encoding utf-8 (csv.encoding in a pipeline)"
 )
+# The same for a field of a JSON request: JSON is UTF-8, so the client decoded the text in
+# another encoding before it sent it (no --encoding reaches that).
+_UTF8_MISREAD_FIELD = (
+    "UTF-8 text decoded in another encoding before it was sent: send the text as its source "
+    "wrote it"
+)
 
 
 def _utf8_readings(text: str) -> list[str]:
@@ -1232,12 +1238,28 @@ class Preprocessor:
             if other
             else ""
         )
+        advice = _UTF8_MISREAD_FIELD if noun == "field" else _UTF8_MISREAD
         misread = next(
             (
-                f"; {value!r} is {fixed!r}, {_UTF8_MISREAD}"
+                f"; {value!r} is {fixed!r}, {advice}"
                 for value in shown
                 for fixed in _utf8_readings(value)
                 if fixed in known
+            ),
+            "",
+        )
+        # 'Yes' where training had 'yes': named, as the known values listed may not show it
+        # (ten at most). Not matched in silence: 'A' and 'a' may be two grades or codes.
+        by_case: dict[str, list[str]] = {}
+        for category in known:
+            by_case.setdefault(category.casefold(), []).append(category)
+        cased = next(
+            (
+                f"; {value!r} differs from the known {by_case[value.casefold()][0]!r} only in "
+                "case (categories are matched exactly: write it as in training, or retrain with "
+                "both)"
+                for value in shown
+                if len(by_case.get(value.casefold(), [])) == 1
             ),
             "",
         )
@@ -1245,7 +1267,7 @@ class Preprocessor:
             f"{noun} {name!r}: {listed} not among the values learned in training, scored as the "
             f"unknown category (a novelty, usually flagged); known values: "
             f"{known_text or 'none'}. If it is a known value spelled differently, fix the input "
-            f"or retrain with it{rarer}{misread}"
+            f"or retrain with it{rarer}{misread}{cased}"
         )
 
     # ------------------------------------------------------------------- fitting

@@ -1894,8 +1894,8 @@ def test_the_unseen_value_warning_is_the_scorers_with_rarer_values_and_misread_t
         f"as the unknown category (a novelty, usually flagged); known values: {known}. If it "
         "is a known value spelled differently, fix the input or retrain with it (or it is one "
         "of the 3 rarer training values past columns.max_categories, which share the unknown "
-        f"category); {misread!r} is 'Zürich', UTF-8 text read in another encoding: give "
-        "--encoding utf-8 (csv.encoding in a pipeline)"
+        f"category); {misread!r} is 'Zürich', UTF-8 text decoded in another encoding before "
+        "it was sent: send the text as its source wrote it"
     ]
     assert "'Zürich'" in known
 

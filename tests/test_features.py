@@ -1222,3 +1222,30 @@ def test_numeric_validation_in_one_pass_gives_what_the_column_pass_gives(change:
     if fast is not None:
         pd.testing.assert_frame_equal(fast, clean)
         assert len(rejects) == 0
+
+
+def test_a_category_that_differs_only_in_case_is_named(caplog: pytest.LogCaptureFixture) -> None:
+    # 'Yes' where training had 'yes' was an unknown category like any other: with more than
+    # ten known values the list in the warning did not even show 'yes'.
+    rng = np.random.default_rng(0)
+    values = ["yes", "no", *[f"code{i}" for i in range(12)]]
+    frame = pd.DataFrame({"x": rng.normal(size=140), "answer": values * 10})
+    schema = FeatureSchema.infer(frame, ColumnsConfig())
+    pre = Preprocessor.fit(schema.validate(frame)[0], schema)
+    with caplog.at_level(logging.WARNING):
+        pre.transform(schema.validate(pd.DataFrame({"x": [1.0], "answer": ["Yes"]}))[0])
+    (warned,) = [r.getMessage() for r in caplog.records if "learned in training" in r.getMessage()]
+    assert warned.endswith(
+        "; 'Yes' differs from the known 'yes' only in case (categories are matched exactly: "
+        "write it as in training, or retrain with both)"
+    )
+    assert "'yes'" not in warned.split("known values:")[1].split(". If")[0]  # not listed
+    # Two known values it could be ('Ab' and 'aB'): no guess.
+    frame = pd.DataFrame({"x": rng.normal(size=40), "grade": ["Ab", "aB", "B", "b"] * 10})
+    schema = FeatureSchema.infer(frame, ColumnsConfig())
+    pre = Preprocessor.fit(schema.validate(frame)[0], schema)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        pre.transform(schema.validate(pd.DataFrame({"x": [1.0], "grade": ["AB"]}))[0])
+    assert "not among the values learned" in caplog.text
+    assert "only in case" not in caplog.text
