@@ -521,6 +521,42 @@ def versions() -> str:
     return ", ".join(parts)
 
 
+def unknown_sets(names: list[str]) -> str | None:
+    """The error for data set names this suite does not know, or None."""
+    unknown = [n for n in names if n not in DATASETS]
+    if unknown:
+        return f"unknown data set(s) {unknown}: choose from {', '.join(DATASETS)}"
+    return None
+
+
+def missing_files(names: list[str], data: Path) -> str | None:
+    """The error for data sets whose file is not in ``data``, or None. Outside the project's
+    machines a clone has no ../shared/data: that was a traceback."""
+    missing = [DATASETS[n] for n in names if not (data / DATASETS[n]).is_file()]
+    if missing:
+        return (
+            f"--data {data}: no {', '.join(missing)}: give --data, the folder of the ADBench "
+            ".npz files (see ../shared/data/README.md)"
+        )
+    return None
+
+
+def experiment_args(
+    description: str, default_sets: str, argv: list[str] | None
+) -> argparse.Namespace:
+    """The arguments of an experiment script over these data sets (``score_terms``,
+    ``prior_mixture``): ``--datasets``, ``--seeds``, ``--data``, checked (one line on error)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--datasets", default=default_sets)
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--data", type=Path, default=DATA, help="the adbench folder")
+    args = parser.parse_args(argv)
+    names = args.datasets.split(",")
+    if problem := unknown_sets(names) or missing_files(names, args.data):
+        parser.error(problem)
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", help=f"comma-separated, from: {', '.join(DATASETS)}")
@@ -548,9 +584,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.datasets
         else list(QUICK_DATASETS if args.quick else DATASETS)
     )
-    unknown = [d for d in datasets if d not in DATASETS]
-    if unknown:
-        parser.error(f"unknown data set(s) {unknown}: choose from {', '.join(DATASETS)}")
+    if problem := unknown_sets(datasets):
+        parser.error(problem)
     try:
         seeds = (
             [int(s) for s in args.seeds.split(",")]
@@ -583,13 +618,8 @@ def main(argv: list[str] | None = None) -> None:
         problem = merge_problem(previous, datasets, seeds, methods)
         if problem:
             parser.error(f"--merge {args.merge}: {problem}")
-    # Outside the project's machines a clone has no ../shared/data: that was a traceback.
-    missing = [DATASETS[d] for d in datasets if not (args.data / DATASETS[d]).is_file()]
-    if missing:
-        parser.error(
-            f"--data {args.data}: no {', '.join(missing)}: give --data, the folder of the "
-            "ADBench .npz files (see ../shared/data/README.md)"
-        )
+    if problem := missing_files(datasets, args.data):
+        parser.error(problem)
     if not PUBLISHED.is_file():
         parser.error(f"no published table {PUBLISHED} (see ../shared/data/README.md)")
     started = time.perf_counter()

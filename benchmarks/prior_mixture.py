@@ -23,7 +23,6 @@ mixture weights end above 5 %, the range of the learned log-variances, and the f
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from collections.abc import Iterator
@@ -40,7 +39,7 @@ from torch import Tensor, nn
 
 from anomaly_vae import AnomalyVAE, estimator, training
 from anomaly_vae.model import VAE, LikelihoodLayout, feature_nll, fixed_noise, gaussian_log_prob
-from benchmarks.detection import DATA, DATASETS, load, make_split
+from benchmarks.detection import DATA, experiment_args, load, make_split
 
 COMPONENTS = 10
 DEFAULT_SETS = "cardio,satellite,wilt,annthyroid,thyroid,vowels,mammography"
@@ -179,21 +178,8 @@ def compare(name: str, seed: int, data: Path = DATA) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default=DEFAULT_SETS)
-    parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--data", type=Path, default=DATA, help="the adbench folder")
-    args = parser.parse_args(argv)
+    args = experiment_args(__doc__.splitlines()[0], DEFAULT_SETS, argv)
     names = args.datasets.split(",")
-    unknown = [n for n in names if n not in DATASETS]
-    if unknown:
-        parser.error(f"unknown data set(s) {unknown}: choose from {', '.join(DATASETS)}")
-    missing = [DATASETS[n] for n in names if not (args.data / DATASETS[n]).is_file()]
-    if missing:
-        parser.error(
-            f"--data {args.data}: no {', '.join(missing)}: give --data, the folder of the "
-            "ADBench .npz files (see ../shared/data/README.md)"
-        )
     torch.set_num_threads(1)
     # Each small set's fit warns that its threshold rests on few held-out rows: not used here.
     logging.getLogger("anomaly_vae").setLevel(logging.ERROR)

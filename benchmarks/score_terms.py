@@ -17,7 +17,6 @@ mean over seeds.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import NearestNeighbors
 
 from anomaly_vae import AnomalyVAE
-from benchmarks.detection import DATA, DATASETS, load, make_split
+from benchmarks.detection import DATA, experiment_args, load, make_split
 
 K = 5
 
@@ -133,21 +132,10 @@ def _bic_mixture(z: np.ndarray, seed: int, most: int = 8) -> GaussianMixture:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default="cardio,satellite,wilt,vowels,mnist,annthyroid")
-    parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--data", type=Path, default=DATA, help="the adbench folder")
-    args = parser.parse_args(argv)
+    args = experiment_args(
+        __doc__.splitlines()[0], "cardio,satellite,wilt,vowels,mnist,annthyroid", argv
+    )
     names = args.datasets.split(",")
-    unknown = [n for n in names if n not in DATASETS]
-    if unknown:
-        parser.error(f"unknown data set(s) {unknown}: choose from {', '.join(DATASETS)}")
-    missing = [DATASETS[n] for n in names if not (args.data / DATASETS[n]).is_file()]
-    if missing:  # a clone without ../shared/data: it was a traceback
-        parser.error(
-            f"--data {args.data}: no {', '.join(missing)}: give --data, the folder of the "
-            "ADBench .npz files (see ../shared/data/README.md)"
-        )
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
     for name in names:

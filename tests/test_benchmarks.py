@@ -279,6 +279,9 @@ def test_skab_calibrate_score_terms_and_prior_mixture_name_missing_data_in_one_l
         (skab_calibrate.main, ["--detector", "vae-rowwise"], "anomaly-free.csv"),
         (score_terms.main, ["--datasets", "cardio"], "no 6_cardio.npz: give --data"),
         (prior_mixture.main, ["--datasets", "cardio"], "no 6_cardio.npz: give --data"),
+        # A name the suite does not know: said before any file is looked for (a KeyError).
+        (score_terms.main, ["--datasets", "cardio,nope"], "unknown data set(s) ['nope']"),
+        (prior_mixture.main, ["--datasets", "nope"], "unknown data set(s) ['nope']"),
     ):
         with pytest.raises(SystemExit) as stopped:
             main([*args, "--data", str(tmp_path)])
