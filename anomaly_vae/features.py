@@ -952,20 +952,35 @@ def _preview(names: Sequence[str], limit: int = 8) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
+# The separators a header read as one column is tried with, each as a message shows it (a
+# tab as '\t'): the CSV source's checks, training's, and the hints of a missing column.
+SEPARATOR_CANDIDATES = ((";", ";"), ("\t", "\\t"), ("|", "|"), (",", ","))
+# A line of a table whose columns are aligned by runs of spaces (or indented).
+ALIGNED_BY_SPACES = re.compile(r"\S {2,}\S|^ +\S")
+
+
+def space_table_hint(kind: str, subject: str) -> str:
+    """What to do with a text table read as one column: ``kind`` 'aligned' (columns aligned
+    by runs of spaces) or 'spaced' (one space between values); ``subject`` says what looks
+    so ("the lines look", "the header looks")."""
+    if kind == "aligned":
+        return (
+            f"{subject} like a table with its columns aligned by spaces, not CSV: save it as "
+            "CSV (values separated by commas, or one space: --sep ' ')"
+        )
+    return f"{subject} separated by spaces: try --sep ' '"
+
+
 def _separator_hint(header: list[str], expected: list[str]) -> str:
     if len(header) != 1:
         return ""
     only = header[0]
-    for sep, label in ((";", ";"), ("\t", "\\t"), ("|", "|"), (",", ",")):
+    for sep, label in SEPARATOR_CANDIDATES:
         if sep in only and any(e in only.split(sep) for e in expected):
             return f"; the header looks '{label}'-separated: try --sep '{label}'"
     if any(e in only.split() for e in expected):
-        if re.search(r"\S {2,}\S|^ +\S", only):
-            return (
-                "; the header looks like a table with its columns aligned by spaces, not CSV: "
-                "save it as CSV (values separated by commas, or one space: --sep ' ')"
-            )
-        return "; the header looks separated by spaces: try --sep ' '"
+        kind = "aligned" if ALIGNED_BY_SPACES.search(only) else "spaced"
+        return "; " + space_table_hint(kind, "the header looks")
     return "; only one column was found: is the separator right (--sep)?"
 
 

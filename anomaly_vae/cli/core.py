@@ -114,6 +114,7 @@ def read_training_csv(
     °C' over values 12,5 is one column)."""
     import pandas as pd
 
+    from anomaly_vae.features import SEPARATOR_CANDIDATES, looks_like_data, space_table_hint
     from anomaly_vae.sources.csv import CsvSource
 
     source = CsvSource(
@@ -123,26 +124,18 @@ def read_training_csv(
     header = source.header()
     if len(header) == 1:
         only = header[0]
-        for candidate, label in ((";", ";"), ("\t", "\\t"), ("|", "|"), (",", ",")):
+        for candidate, shown in SEPARATOR_CANDIDATES:
             if candidate != sep and candidate in only and not sep_given:
                 raise InputFileError(
                     f"{path}: only one column found ({only[:60]!r}); the header looks "
-                    f"'{label}'-separated: try --sep '{label}'"
+                    f"'{shown}'-separated: try --sep '{shown}'"
                 )
         table = source.space_table() if " " in only else None
-        if table == "spaced" and not sep_given:
+        if table == "aligned" or (table == "spaced" and not sep_given):
             raise InputFileError(
-                f"{path}: only one column found ({only[:60]!r}); the lines look separated by "
-                "spaces: try --sep ' '"
+                f"{path}: only one column found ({only[:60]!r}); "
+                + space_table_hint(table, "the lines look")
             )
-        if table == "aligned":
-            raise InputFileError(
-                f"{path}: only one column found ({only[:60]!r}); the lines look like a table "
-                "with its columns aligned by spaces, not CSV: save it as CSV (values separated "
-                "by commas, or one space: --sep ' ')"
-            )
-    from anomaly_vae.features import looks_like_data
-
     if looks_like_data(header):
         logger.warning(
             "%s: the first line looks like data, not column names (%s): the model's columns "

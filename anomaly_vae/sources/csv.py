@@ -31,7 +31,14 @@ import pandas as pd
 from pandas._libs.parsers import STR_NA_VALUES
 
 from anomaly_vae.errors import InputFileError
-from anomaly_vae.features import AmbiguousNumber, is_number, looks_like_data
+from anomaly_vae.features import (
+    ALIGNED_BY_SPACES,
+    SEPARATOR_CANDIDATES,
+    AmbiguousNumber,
+    is_number,
+    looks_like_data,
+    space_table_hint,
+)
 
 FIRST_CHUNK_ROWS = 5000
 _COMPRESSED = (".gz", ".bz2", ".zip", ".xz", ".zst", ".tar")
@@ -69,13 +76,6 @@ _SEP_HINT = re.compile(r"^sep=.?$", re.IGNORECASE)
 _BAD_LINE = re.compile(r"[Ss]kipping line (\d+): (.*)")
 _UNCLOSED_QUOTE = re.compile(r"EOF inside string starting at row (\d+)")
 _FIRST_LINE_TOO_LONG = "Length of header or names does not match length of data"
-_SPACE_TABLE_HINT = {
-    "spaced": "the lines look separated by spaces: try --sep ' '",
-    "aligned": (
-        "the lines look like a table with its columns aligned by spaces, not CSV: save it as "
-        "CSV (values separated by commas, or one space: --sep ' ')"
-    ),
-}
 # Data records read to tell a file's separator from another one.
 _SEP_SAMPLE = 50
 _DECIMAL_COMMA = re.compile(r"^\s*[-+]?\d+,\d+\s*$")
@@ -415,7 +415,7 @@ class CsvSource:
         if len(names) == 1 and " " in names[0] and (table := self.space_table()):
             raise InputFileError(
                 f"{self.label}: only one column found in the header ({names[0][:60]!r}); "
-                + _SPACE_TABLE_HINT[table]
+                + space_table_hint(table, "the lines look")
             )
         if below := self._header_below():
             raise InputFileError(below)
@@ -546,7 +546,7 @@ class CsvSource:
         counts = {len(line.split()) for line in lines}
         if len(lines) < 2 or len(counts) != 1 or counts.pop() < 2:
             return None
-        if any(re.search(r"\S {2,}\S|^ +\S", line) for line in lines):
+        if any(ALIGNED_BY_SPACES.search(line) for line in lines):
             return "aligned"
         return (
             "spaced" if all(len(line.split(" ")) == len(line.split()) for line in lines) else None
@@ -597,15 +597,17 @@ class CsvSource:
             return
         own_broken = all(n != own[0] for n in own[1:])
         header_line = self.sep.join(names)
-        for candidate, shown in ((";", ";"), ("\t", "\\t"), ("|", "|"), (",", ",")):
+        for candidate, shown in SEPARATOR_CANDIDATES:
             if candidate in (self.sep, self.decimal) or candidate not in header_line:
                 continue
             if candidate == "," and not own_broken:
                 continue  # decimal commas in a ';' file: the other way round is not told
-            counts = self._sample(candidate)
+            records = self._records(candidate)
+            counts = [len(fields) for _, fields in records]
             if len(counts) < 2 or counts[0] < 2 or any(n != counts[0] for n in counts[1:]):
                 continue
-            commas = candidate == ";" and self._decimal_commas()  # read once, said twice
+            # Its data lines, split already, read once and said twice below.
+            commas = candidate == ";" and _decimal_commas([f for _, f in records[1:]])
             if own_broken:
                 why = (
                     f"split at '{self.sep}', no data line has the header's {own[0]} fields; "
@@ -624,12 +626,6 @@ class CsvSource:
                 f"{self.label}: the file looks '{shown}'-separated, not "
                 f"'{_shown_sep(self.sep)}'-separated ({why}): try --sep '{shown}'{decimal}"
             )
-
-    def _decimal_commas(self) -> bool:
-        """Whether every sampled data line, split at ';', has a number written with a decimal
-        comma (``20,94``)."""
-        data = [fields for _, fields in self._records(";")[1:]]
-        return bool(data) and all(any(_DECIMAL_COMMA.match(f) for f in fields) for fields in data)
 
     def _header_line(self) -> list[str]:
         """The header line's fields as written (no names made up or made unique by pandas)."""
@@ -1027,6 +1023,12 @@ def _utf16_without_mark(head: bytes) -> str | None:
                 continue
             return order
     return None
+
+
+def _decimal_commas(data: list[list[str]]) -> bool:
+    """Whether every one of these data lines (split at ';') has a number written with a
+    decimal comma (``20,94``)."""
+    return bool(data) and all(any(_DECIMAL_COMMA.match(f) for f in fields) for fields in data)
 
 
 def _shown_sep(sep: str) -> str:

@@ -922,7 +922,9 @@ def _separator_hint(header: list[str], sep: str, expected: list[str]) -> str:
     if len(header) != 1:
         return ""
     wanted = {e.lower() for e in expected}
-    for other, shown in ((";", ";"), ("\t", "\\t"), ("|", "|"), (",", ",")):
+    from anomaly_vae.features import SEPARATOR_CANDIDATES
+
+    for other, shown in SEPARATOR_CANDIDATES:
         if other != sep and wanted & {n.strip() for n in header[0].split(other)}:
             return f"; the header looks '{shown}'-separated: try --sep '{shown}'"
     return ""
