@@ -787,7 +787,7 @@ class AnomalyVAE(BaseEstimator):
         if not categorical and (not encoded.observed.size or encoded.observed.min() > 0):
             return 0  # the usual case, without a row-wise pass
         missing = (encoded.observed == 0).any(axis=1)
-        for name in self.schema_.categorical:
+        for name in categorical:
             missing |= clean[name].isna().to_numpy()
         return int(missing.sum())
 
