@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import uuid
@@ -23,6 +24,22 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _cli_logging_ends_with_the_test() -> Iterator[None]:
+    """The CLI run in this process (``run_inline``) logs to the stderr pytest captured for
+    that test (``setup_logging``: a root handler on ``sys.stderr``); once the test ends that
+    stream is closed, and every later line of any test in this worker went to it and printed
+    a 'Logging error' traceback instead, on whatever thread logged: kafka-python's IO thread
+    spent 1.5 s on them in a rebalance and warned that a task was blocking its event loop.
+    A command's logging ends with it, as it does with the process of a real run."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in [h for h in root.handlers if type(h) is logging.StreamHandler]:
+        root.removeHandler(handler)
+    root.setLevel(level)
 
 
 def correlated_normal(n: int, *, seed: int, n_features: int = 8) -> pd.DataFrame:
