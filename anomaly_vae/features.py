@@ -410,7 +410,9 @@ def _to_float(series: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray | No
                         "without it, e.g. "
                         f"{_short(str(raw[i]).strip().replace('.', ''))})"
                     )
-                elif is_number(str(raw[i]).replace(_MINUS_SIGN, "-")):
+                elif _MINUS_SIGN in str(raw[i]) and _parses_as_number(
+                    str(raw[i]).replace(_MINUS_SIGN, "-")
+                ):
                     # '−3' (U+2212), as word processors, spreadsheets' typographic formats
                     # and some reports write a negative number: said, not guessed.
                     reasons[i] += (
@@ -441,6 +443,16 @@ def is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _parses_as_number(text: str) -> bool:
+    """Whether ``text`` reads as a number the way a column's values are read (pandas'
+    parser), not Python's float: that one also takes '1_000' and digits of other scripts
+    ('١٢٣'), which a column still rejects."""
+    import pandas as pd
+
+    parsed = pd.to_numeric(pd.Series([text], dtype=object), errors="coerce")
+    return bool(parsed.notna().iloc[0])
 
 
 def _ambiguous_numbers(series: pd.Series) -> np.ndarray:

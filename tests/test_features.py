@@ -333,6 +333,19 @@ def test_a_number_with_a_unicode_minus_sign_is_rejected_with_what_to_write() -> 
     assert str(rejects.loc[2, "reason"]).endswith("write '-1.5e2')")
 
 
+def test_a_value_python_reads_as_a_number_is_not_said_to_hold_a_unicode_minus() -> None:
+    # '1_000' and '١٢٣' (Arabic-Indic digits) are numbers to Python's float, not to the
+    # column's parser: their reason said "its '−' is the Unicode minus sign U+2212" and told
+    # to write the same value again, though neither holds a '−'.
+    schema = FeatureSchema.infer(pd.DataFrame({"a": [1.0, 2.0] * 20}), ColumnsConfig())
+    _, rejects = schema.validate(
+        pd.DataFrame({"a": ["1_000", "\u0661\u0662\u0663", "\u22121_000"]})
+    )
+    assert rejects.loc[0, "reason"] == "column 'a': '1_000' is not a number"
+    assert rejects.loc[1, "reason"] == "column 'a': '\u0661\u0662\u0663' is not a number"
+    assert rejects.loc[2, "reason"] == "column 'a': '\u22121_000' is not a number"
+
+
 def test_boolean_column_with_one_stray_value_rejects_only_that_row() -> None:
     # A True/False column is numeric (pandas reads it as bool). When one chunk of an export
     # holds a stray value, pandas reads that chunk's column as text: the True/False rows must
