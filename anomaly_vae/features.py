@@ -685,7 +685,13 @@ def _infer_kind(
     # Dates written as text are timestamps even when there are few of them (a month of days):
     # as categories, every later date would be an unknown value, scored as anomalous.
     few = n_distinct <= max_categories
-    if (not few or _looks_like_date_text(non_null)) and _looks_like_time(non_null):
+    # Whole numbers with thousands separators are times to dateutil ('3,126,000': 1 March of
+    # the year 126): such a column was said to look like timestamps.
+    if (
+        (not few or _looks_like_date_text(non_null))
+        and _looks_like_time(non_null)
+        and (declared or _formatted_number_example(given) is None)
+    ):
         if explicit:
             raise SchemaError(f"column {name!r} holds timestamps, which cannot be a feature")
         logger.warning(

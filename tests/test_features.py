@@ -158,6 +158,27 @@ def test_numbers_with_thousands_separators_or_units_are_named_as_such(
     assert "columns.categorical" not in caplog.text
 
 
+def test_whole_numbers_with_thousands_separators_are_not_said_to_be_timestamps(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # dateutil reads '3,126,000' as 1 March of the year 126: a column of whole amounts written
+    # with thousands separators was said to "look like timestamps", to be named as
+    # columns.timestamp.
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "pressure": [f"{v:,d}" for v in rng.integers(2_000, 4_000, 500) * 1000],
+            "units": rng.integers(100, 5000, 500),
+        }
+    )
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.names == ["units"]
+    said = "holds numbers written with thousands separators or a unit"
+    assert f"'pressure' {said} ('{frame.pressure[0]}')" in caplog.text
+    assert "timestamps" not in caplog.text
+
+
 def test_numbers_with_thousands_separators_of_a_decimal_comma_export_are_named_as_such(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
