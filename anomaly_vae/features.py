@@ -410,6 +410,13 @@ def _to_float(series: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray | No
                         "without it, e.g. "
                         f"{_short(str(raw[i]).strip().replace('.', ''))})"
                     )
+                elif _COMMA_GROUPED_RE.match(str(raw[i])):
+                    # 1,234.5 or 1,234,567, as a spreadsheet's number format writes them.
+                    reasons[i] += (
+                        " (',' as a thousands separator is not read: write the number "
+                        "without it, e.g. "
+                        f"{_short(str(raw[i]).strip().replace(',', ''))})"
+                    )
                 elif _MINUS_SIGN in str(raw[i]) and _parses_as_number(
                     str(raw[i]).replace(_MINUS_SIGN, "-")
                 ):
@@ -880,6 +887,11 @@ _COMMA_NUMBER_RE = re.compile(_COMMA_NUMBER)
 # Points as thousands separators, as a decimal-comma export writes them: 1.234,5 or 1.234.567.
 _POINT_GROUPED_RE = re.compile(
     r"^\s*[-+]?\d{1,3}(?:\.\d{3})+,\d+\s*$|^\s*[-+]?\d{1,3}(?:\.\d{3}){2,}\s*$"
+)
+# Commas as thousands separators, as a spreadsheet's number format writes them: 1,234.5 or
+# 1,234,567 (a lone 1,234 is _COMMA_NUMBER's: it may be a decimal comma).
+_COMMA_GROUPED_RE = re.compile(
+    r"^\s*[-+]?\d{1,3}(?:,\d{3})+\.\d+\s*$|^\s*[-+]?\d{1,3}(?:,\d{3}){2,}\s*$"
 )
 
 

@@ -341,6 +341,19 @@ def test_a_number_with_a_decimal_comma_is_rejected_with_the_option_to_read_it() 
     assert str(rejects.loc[2, "reason"]).endswith(hint)
 
 
+def test_a_number_with_thousands_commas_is_rejected_with_what_to_write() -> None:
+    # '9,970.0' and '1,234,567', as a spreadsheet's number format exports them: the reason was
+    # only "is not a number", and every row of such an export was rejected so.
+    schema = FeatureSchema.infer(pd.DataFrame({"a": [1.0, 2.0] * 20}), ColumnsConfig())
+    _, rejects = schema.validate(pd.DataFrame({"a": ["9,970.0", " -1,234,567 ", "1,23,4.5"]}))
+    assert rejects.loc[0, "reason"] == (
+        "column 'a': '9,970.0' is not a number (',' as a thousands separator is not read: "
+        "write the number without it, e.g. '9970.0')"
+    )
+    assert str(rejects.loc[1, "reason"]).endswith("e.g. '-1234567')")
+    assert rejects.loc[2, "reason"] == "column 'a': '1,23,4.5' is not a number"
+
+
 def test_a_number_with_a_unicode_minus_sign_is_rejected_with_what_to_write() -> None:
     # '−3' (U+2212, as word processors and typographic report formats write a negative
     # number) was "'−3' is not a number": the same to the eye as '-3'. Rejected, not guessed.
