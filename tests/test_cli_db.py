@@ -440,6 +440,24 @@ def test_the_upgrade_command_said_for_a_pipelines_database_names_the_pipeline(
     assert not (tmp_path / "anomaly_vae.db").exists()
 
 
+def test_the_upgrade_command_said_for_a_path_with_spaces_runs_as_said(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --db URL whose path holds spaces: the command said was 'db upgrade --db
+    sqlite:///.../my results/r.db' unquoted, which pasted into a shell gave three arguments."""
+    import shlex
+
+    (tmp_path / "my results").mkdir()
+    url = f"sqlite:///{tmp_path / 'my results' / 'r.db'}"
+    result = cli(capsys, "runs", "list", "--db", url)
+    said = re.search(r"run '(anomaly-vae db upgrade .*)' to create it", result.stderr)
+    assert said is not None, result.stderr
+    command = shlex.split(said.group(1))
+    assert command[-2:] == ["--db", url]
+    assert cli(capsys, *command[1:]).returncode == 0
+    assert (tmp_path / "my results" / "r.db").exists()
+
+
 def test_upgrade_from_another_directory_uses_the_env_url(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -172,16 +172,18 @@ def upgrade_hint(target: DatabaseTarget) -> str:
     """The command that creates or migrates ``target``: with ``--db`` (the password masked) when
     that is where its URL came from, with ``--pipeline FILE`` when a pipeline file named it.
     Without the file, the command as said ('anomaly-vae db upgrade') created the default
-    anomaly_vae.db beside it and left the pipeline's database as it was."""
-    if target.origin == "--db":
-        return f"anomaly-vae db upgrade --db {target.display}"
-    if target.origin.startswith(PIPELINE_ORIGIN):
-        import shlex
+    anomaly_vae.db beside it and left the pipeline's database as it was. The URL or path is
+    quoted for the shell where it needs it: 'sqlite:///dir with spaces/a.db' pasted as it was
+    gave ``db upgrade`` three arguments."""
+    import shlex
 
+    if target.origin == "--db":
+        return f"anomaly-vae db upgrade --db {shlex.quote(target.display)}"
+    if target.origin.startswith(PIPELINE_ORIGIN):
         path = target.origin.removeprefix(PIPELINE_ORIGIN)
         return f"anomaly-vae db upgrade --pipeline {shlex.quote(path)}"
     if target.origin not in (ENV_VAR, "default"):  # a pipeline built in code: its URL
-        return f"anomaly-vae db upgrade --db {target.display}"
+        return f"anomaly-vae db upgrade --db {shlex.quote(target.display)}"
     return "anomaly-vae db upgrade"
 
 
