@@ -82,9 +82,13 @@ def load_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
             "'anomaly-vae train' wrote (with model.json and weights.safetensors)"
         )
     if not directory.is_dir():
+        import shlex
+
+        # Quoted for the shell where it needs it: 'my models/pumps' pasted as said was two
+        # arguments.
         raise ModelFileError(
             f"model directory {directory} does not exist: train one with "
-            f"'anomaly-vae train DATA.csv --model-dir {directory}'"
+            f"'anomaly-vae train DATA.csv --model-dir {shlex.quote(str(directory))}'"
         )
     if not meta_path.is_file() or not weights_path.is_file():
         missing = META_FILE if not meta_path.is_file() else WEIGHTS_FILE

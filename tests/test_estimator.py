@@ -4,6 +4,7 @@ import copy
 import json
 import logging
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -478,6 +479,21 @@ def test_missing_directory_and_corrupt_files(trained_model: AnomalyVAE, tmp_path
     (path / "model.json").write_text("{not json")
     with pytest.raises(ModelFileError, match="corrupt"):
         AnomalyVAE.load(path)
+
+
+def test_the_train_command_said_for_a_missing_model_directory_quotes_its_path(
+    tmp_path: Path,
+) -> None:
+    # 'my models/pumps' was said as "--model-dir .../my models/pumps": two arguments when
+    # pasted into a shell.
+    import shlex
+
+    missing = tmp_path / "my models" / "pumps"
+    with pytest.raises(ModelFileError) as caught:
+        load_model(missing)
+    said = re.search(r"train one with '(.*)'$", str(caught.value))
+    assert said is not None, str(caught.value)
+    assert shlex.split(said.group(1))[-2:] == ["--model-dir", str(missing)]
 
 
 def test_a_model_path_starting_with_a_tilde_is_in_the_home_directory(
