@@ -911,11 +911,12 @@ def _looks_like_comma_numbers(values: pd.Series) -> bool:
 
 
 # A number with thousands separators, a currency sign or a percent sign: 12,345.67, $1,200,
-# 12.5%; or as a decimal-comma export writes them: 1.927,62, 12.345, 1 200,5 €, 12,5 %.
+# 12.5%; or as a decimal-comma export writes them: 1.927,62, 12.345, 1 200,5 €, 12,5 %. The
+# spaces may be no-break ones, U+00A0 or the narrow U+202F that French formats write.
 _FORMATTED_NUMBER = re.compile(
     r"^\s*[-+]?[$€£]?\s*(?:"
-    r"(?:\d{1,3}(?:[,\u00a0 ']\d{3})+|\d+)(?:\.\d+)?"
-    r"|(?:\d{1,3}(?:[.\u00a0 ']\d{3})+|\d+)(?:,\d+)?"
+    r"(?:\d{1,3}(?:[,\u00a0\u202f ']\d{3})+|\d+)(?:\.\d+)?"
+    r"|(?:\d{1,3}(?:[.\u00a0\u202f ']\d{3})+|\d+)(?:,\d+)?"
     r")\s*[%€]?\s*$"
 )
 

@@ -179,6 +179,28 @@ def test_whole_numbers_with_thousands_separators_are_not_said_to_be_timestamps(
     assert "timestamps" not in caplog.text
 
 
+def test_numbers_with_narrow_no_break_spaces_as_thousands_separators_are_named_as_such(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # French formats group thousands with U+202F ('10\u202f850,0'): such a column, read with
+    # --decimal ',', was said to "look like timestamps" (dateutil reads some of them as dates),
+    # or to hold "distinct text values" to list under columns.categorical.
+    rng = np.random.default_rng(0)
+    amounts = rng.integers(5_000, 15_000, 500)
+    frame = pd.DataFrame(
+        {
+            "flow": [f"{v // 1000}\u202f{v % 1000:03d},{v % 10}" for v in amounts],
+            "units": rng.integers(100, 5000, 500),
+        }
+    )
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.names == ["units"]
+    said = "holds numbers written with thousands separators or a unit"
+    assert f"'flow' {said} ({frame.flow[0]!r})" in caplog.text
+    assert "timestamps" not in caplog.text
+
+
 def test_numbers_with_thousands_separators_of_a_decimal_comma_export_are_named_as_such(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
