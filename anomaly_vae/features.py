@@ -417,6 +417,15 @@ def _to_float(series: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray | No
                         "without it, e.g. "
                         f"{_short(str(raw[i]).strip().replace(',', ''))})"
                     )
+                elif grouped := _SPACE_GROUPED_RE.match(str(raw[i])):
+                    # 1 234,5 (a space, or a no-break one, as French and other formats
+                    # write them) or 1'234.50 (Swiss).
+                    mark = grouped.group(1)
+                    reasons[i] += (
+                        f" ({mark!r} as a thousands separator is not read: write the number "
+                        "without it, e.g. "
+                        f"{_short(str(raw[i]).strip().replace(mark, ''))})"
+                    )
                 elif _MINUS_SIGN in str(raw[i]) and _parses_as_number(
                     str(raw[i]).replace(_MINUS_SIGN, "-")
                 ):
@@ -892,6 +901,11 @@ _POINT_GROUPED_RE = re.compile(
 # 1,234,567 (a lone 1,234 is _COMMA_NUMBER's: it may be a decimal comma).
 _COMMA_GROUPED_RE = re.compile(
     r"^\s*[-+]?\d{1,3}(?:,\d{3})+\.\d+\s*$|^\s*[-+]?\d{1,3}(?:,\d{3}){2,}\s*$"
+)
+# Spaces (plain, no-break U+00A0 or narrow no-break U+202F) or apostrophes as thousands
+# separators: 1 234,5, 1 234 567, 1'234.50.
+_SPACE_GROUPED_RE = re.compile(
+    r"^\s*[-+]?\d{1,3}([ \u00a0\u202f'])\d{3}(?:\1\d{3})*(?:[.,]\d+)?\s*$"
 )
 
 

@@ -376,6 +376,25 @@ def test_a_number_with_thousands_commas_is_rejected_with_what_to_write() -> None
     assert rejects.loc[2, "reason"] == "column 'a': '1,23,4.5' is not a number"
 
 
+def test_a_number_with_spaces_as_thousands_separators_is_rejected_with_what_to_write() -> None:
+    # '1 234,5' (a space, U+00A0 or U+202F, as French formats group thousands) and Swiss
+    # "1'234.50": the reason was only "is not a number".
+    schema = FeatureSchema.infer(pd.DataFrame({"a": [1.0, 2.0] * 20}), ColumnsConfig())
+    values = ["1 234,5", "10\u202f850,0", "-1\u00a0234\u00a0567", "1'234.50", "1 23"]
+    _, rejects = schema.validate(pd.DataFrame({"a": values}))
+    assert rejects.loc[0, "reason"] == (
+        "column 'a': '1 234,5' is not a number (' ' as a thousands separator is not read: "
+        "write the number without it, e.g. '1234,5')"
+    )
+    assert str(rejects.loc[1, "reason"]).endswith(
+        "('\\u202f' as a thousands separator is not read: write the number without it, "
+        "e.g. '10850,0')"
+    )
+    assert str(rejects.loc[2, "reason"]).endswith("e.g. '-1234567')")
+    assert str(rejects.loc[3, "reason"]).endswith("e.g. '1234.50')")
+    assert rejects.loc[4, "reason"] == "column 'a': '1 23' is not a number"
+
+
 def test_a_number_with_a_unicode_minus_sign_is_rejected_with_what_to_write() -> None:
     # '−3' (U+2212, as word processors and typographic report formats write a negative
     # number) was "'−3' is not a number": the same to the eye as '-3'. Rejected, not guessed.
