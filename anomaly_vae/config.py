@@ -234,9 +234,13 @@ class CsvConfig(_Strict):
                 f"',', ';', '|' or a tab ('\\t'); got {self.sep!r}"
             )
         if self.decimal == self.sep:
+            # A model trained on a decimal-comma export keeps decimal ',': scoring a ','-
+            # separated export with it, --sep ',' alone (which the missing-column error
+            # suggests) came here, and nothing said to give the decimal mark too.
             raise ValueError(
                 f"csv.decimal and csv.sep are both {self.sep!r}: a decimal-comma export is "
-                "usually ';'-separated (sep: ';')"
+                "usually ';'-separated (sep: ';'), and a ','-separated one writes decimal "
+                "points (decimal: '.', --decimal '.')"
             )
         try:
             text_encoding = getattr(codecs.lookup(self.encoding), "_is_text_encoding", True)

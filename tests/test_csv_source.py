@@ -329,6 +329,14 @@ def test_a_header_ending_with_a_separator_needs_no_last_field(tmp_path: Path) ->
     assert str(rejects.loc[1, "reason"]).startswith("line 3: expected 3 fields, saw 2")
 
 
+def test_a_comma_as_both_separator_and_decimal_mark_says_to_give_the_decimal_point() -> None:
+    # A model trained on a ';' export with decimal commas keeps decimal ',': scoring a
+    # ','-separated export with --sep ',' (what the missing-column error suggests) was refused
+    # with only "a decimal-comma export is usually ';'-separated", nothing about --decimal '.'.
+    with pytest.raises(ValidationError, match=r"both ','.*decimal: '\.', --decimal '\.'"):
+        CsvConfig(sep=",", decimal=",")
+
+
 @pytest.mark.parametrize("sep", ["||", "", "\n", '"'])
 def test_a_separator_that_is_not_one_character_is_refused(sep: str) -> None:
     # '||' was read as a regular expression that splits between every character: the error
