@@ -1738,7 +1738,7 @@ def test_an_export_whose_every_row_is_rejected_says_why_in_the_summary(
     assert "column 'flow': " in lines[1]
     assert "is not a number" in lines[1]
     assert lines[2] == "no row was scored: no detection metrics"
-    assert "label column has no values" not in result.stdout
+    assert "the label column has no value" not in result.stdout
 
 
 def test_the_scoring_section_of_a_pipeline_given_to_score_is_applied_or_warned_about(
@@ -1946,7 +1946,11 @@ def test_a_label_column_of_fractions_is_left_out_of_the_metrics(
     result = score_inline(capsys, trained, tmp_path / "frac.csv", tmp_path / "s.csv")
     assert result.returncode == 0, result.stderr
     assert "label column 'label': 300 values are neither normal" in result.stdout
-    assert "the label column has no values: no detection metrics" in result.stdout
+    # It has 300 values, none of them a label: "the label column has no values" said otherwise.
+    assert (
+        "the label column has no value read as normal or anomalous: no detection metrics"
+        in result.stdout
+    )
     assert "labelled anomalies" not in result.stdout
 
 

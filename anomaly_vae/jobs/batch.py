@@ -711,7 +711,12 @@ def label_metrics(
     if len(scores) == 0:
         return None, "no row was scored: no detection metrics"
     if len(y) == 0:
-        return None, "the label column has no values: no detection metrics"
+        # Not "has no values": its values may all be ones read as no label ('maybe', 0.62),
+        # which the line before this one counts.
+        return (
+            None,
+            "the label column has no value read as normal or anomalous: no detection metrics",
+        )
     if y.min() == y.max():
         kind = "anomalies" if y[0] == 1 else "normal rows"
         return None, f"the label column holds only {kind}: ROC-AUC and PR-AUC need both classes"
