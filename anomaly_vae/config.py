@@ -302,6 +302,18 @@ class KafkaConfig(_Strict):
                 raise ValueError(problem)
         return value
 
+    @field_validator("group_id")
+    @classmethod
+    def _group_name(cls, value: str, info: ValidationInfo) -> str:
+        """An empty (or blank) group id: the dev broker took it, Apache Kafka (2.2 on) refuses
+        it when the scorer joins the group, mid-run; refused before any client. A model
+        directory's stored settings are not checked: a model saved with one still loads."""
+        if not value.strip() and not (info.context or {}).get("stored"):
+            raise ValueError(
+                "a consumer group needs a name: Apache Kafka refuses an empty group id"
+            )
+        return value
+
     @field_validator("topic", "alerts_topic", "dead_letter_topic")
     @classmethod
     def _kafka_topic_name(cls, value: str | None) -> str | None:

@@ -1447,6 +1447,10 @@ def test_info_quotes_names_and_values_with_line_breaks(
         # no pydantic "Value error, " before the reason.
         ("--topic", "pumps,fans", "--topic pumps,fans: 'pumps,fans' is not one Kafka topic"),
         ("--topic", "sensors.*", "a scorer reads one topic, named exactly (no list, no pattern)"),
+        # An empty group id was taken (the dev broker takes it; Apache Kafka refuses it when
+        # the scorer joins the group).
+        ("--group", "", "--group : a consumer group needs a name: Apache Kafka refuses"),
+        ("--group", " ", "a consumer group needs a name"),
     ],
 )
 def test_a_bad_stream_option_is_one_line_naming_the_option(
