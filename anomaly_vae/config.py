@@ -302,6 +302,16 @@ class KafkaConfig(_Strict):
                 raise ValueError(problem)
         return value
 
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _broker_addresses(cls, value: str, info: ValidationInfo) -> str:
+        """Checked before any client (``bootstrap_problem``); a model directory's stored
+        settings are not: a model saved with such an address still loads."""
+        problem = bootstrap_problem(value)
+        if problem and not (info.context or {}).get("stored"):
+            raise ValueError(problem)
+        return value
+
     @field_validator("group_id")
     @classmethod
     def _group_name(cls, value: str, info: ValidationInfo) -> str:
@@ -364,6 +374,26 @@ def topic_name_problem(value: str) -> str | None:
             f"{value!r} is not a Kafka topic name: 1 to 249 of ASCII letters, digits, "
             "'.', '_' and '-'"
         )
+    return None
+
+
+def bootstrap_problem(value: str) -> str | None:
+    """What keeps ``value`` from being a list of broker addresses (``host:port``, several
+    separated by commas), or None: checked before any client. No address at all was
+    kafka-python's IndexError traceback, and a port that is not a number its ValueError,
+    said to be a fault of kafka.client."""
+    addresses = [part.strip() for part in value.split(",") if part.strip()]
+    if not addresses:
+        return "no broker address: give host:port, e.g. localhost:9092 (several separated by ',')"
+    for address in addresses:
+        if address.count(":") != 1:  # a host alone (port 9092), or an IPv6 address
+            continue
+        port = address.rpartition(":")[2]
+        if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            return (
+                f"{address!r} is not a broker address: its port {port!r} is not a number from "
+                "1 to 65535 (host:port, e.g. localhost:9092)"
+            )
     return None
 
 

@@ -1451,6 +1451,10 @@ def test_info_quotes_names_and_values_with_line_breaks(
         # the scorer joins the group).
         ("--group", "", "--group : a consumer group needs a name: Apache Kafka refuses"),
         ("--group", " ", "a consumer group needs a name"),
+        # No address was kafka-python's IndexError traceback; a port that is not a number
+        # its ValueError, said to be a fault of kafka.client in the pipeline.
+        ("--bootstrap", "", "--bootstrap : no broker address: give host:port"),
+        ("--bootstrap", "localhost:abc", "its port 'abc' is not a number from 1 to 65535"),
     ],
 )
 def test_a_bad_stream_option_is_one_line_naming_the_option(

@@ -1387,6 +1387,9 @@ def test_one_topic_for_alerts_and_dead_letters_is_refused(
         (["--topic", "pumps,fans"], "--topic pumps,fans: 'pumps,fans' is not one Kafka topic"),
         (["--topic", "bad/name"], "--topic bad/name: 'bad/name' is not a Kafka topic name"),
         (["--seed", "-1"], "--seed must be >= 0, got -1"),  # was numpy's ValueError traceback
+        # kafka-python's IndexError traceback (no address) or ValueError (a port not a number).
+        (["--bootstrap", ""], "--bootstrap : no broker address: give host:port"),
+        (["--bootstrap", "h:x"], "--bootstrap h:x: 'h:x' is not a broker address: its port 'x'"),
     ],
 )
 def test_simulate_options_out_of_range_are_refused_before_connecting(

@@ -83,7 +83,7 @@ def simulate(
     setup_logging(True)
     from kafka import KafkaAdminClient, KafkaProducer
 
-    from anomaly_vae.config import KafkaConfig, topic_name_problem
+    from anomaly_vae.config import KafkaConfig, bootstrap_problem, topic_name_problem
     from anomaly_vae.simulate import ensure_topic, topic_partitions
     from anomaly_vae.simulate import simulate as run_simulation
     from anomaly_vae.sources.kafka import (
@@ -99,6 +99,9 @@ def simulate(
     problem = topic_name_problem(topic)
     if problem:  # the dev broker creates any name; a scorer then refuses to read it
         raise ConfigError(f"--topic {topic}: {problem}")
+    problem = bootstrap_problem(bootstrap)
+    if problem:
+        raise ConfigError(f"--bootstrap {bootstrap}: {problem}")
     if not 0 <= anomaly_rate < 0.5:
         raise ConfigError(f"--anomaly-rate must be in [0, 0.5), got {anomaly_rate}")
     for flag, number in (("--pumps", pumps), ("--partitions", partitions), ("--count", count)):
