@@ -1353,6 +1353,26 @@ def test_demo_writes_its_files_as_its_pipeline_reads_them(
     assert scores["score"].dtype == "float64"
 
 
+def test_the_commands_the_demo_shows_are_quoted_for_the_shell(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # '$ anomaly-vae train my demo/normal.csv --model-dir my demo/model ...': a workdir with a
+    # space made each path two arguments when the line was pasted into a shell.
+    import shlex
+
+    work = tmp_path / "my demo"
+    args = ["demo", "--workdir", str(work), "--rows", "500", "--epochs", "2"]
+    result = run_inline(capsys, *args)
+    assert result.returncode == 0, result.stderr
+    shown = [shlex.split(line[2:]) for line in result.stdout.splitlines() if line[:2] == "$ "]
+    assert [words[:3] for words in shown] == [
+        ["anomaly-vae", "train", str(work / "normal.csv")],
+        ["anomaly-vae", "score", str(work / "export.csv")],
+    ]
+    assert shown[0][3:5] == ["--model-dir", str(work / "model")]
+    assert shown[1][3:] == ["--model-dir", str(work / "model"), "--out", str(work / "scores.csv")]
+
+
 def test_demo_from_an_installed_package_writes_its_own_pipeline(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import shlex
 import sys
 import unicodedata
 from collections.abc import Iterator
@@ -1017,9 +1018,10 @@ def demo(
     write(export, export_csv)
     typer.echo(f"wrote {normal_csv} ({rows} normal rows) and {export_csv} ({len(export)} rows)")
 
-    typer.echo(
-        f"\n$ anomaly-vae train {normal_csv} --model-dir {workdir / 'model'} --pipeline {pipeline}"
-    )
+    # The commands as a shell takes them: 'my demo/normal.csv' unquoted was two arguments.
+    model_dir = str(workdir / "model")
+    train_cmd = ["anomaly-vae", "train", str(normal_csv), "--model-dir", model_dir]
+    typer.echo("\n$ " + shlex.join([*train_cmd, "--pipeline", str(pipeline)]))
     frame = read_training_csv(
         normal_csv,
         sep=cfg.csv.sep,
@@ -1035,7 +1037,8 @@ def demo(
 
     out = workdir / "scores.csv"
     rejects = workdir / "scores.rejects.csv"
-    typer.echo(f"\n$ anomaly-vae score {export_csv} --model-dir {workdir / 'model'} --out {out}")
+    score_cmd = ["anomaly-vae", "score", str(export_csv), "--model-dir", model_dir]
+    typer.echo("\n$ " + shlex.join([*score_cmd, "--out", str(out)]))
     writer = CsvRejectsWriter(rejects, sep=cfg.csv.sep)
     summary = score_csv(
         model,
