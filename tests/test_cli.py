@@ -1250,6 +1250,29 @@ def test_train_counts_malformed_lines_with_the_rows_rejected(
     )
 
 
+def test_train_names_a_repeated_header_line_among_the_rows_rejected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Two exports joined with their headers: the second header was counted as 'a malformed
+    # line: more or fewer fields than the header' (it has as many), and the event ids of its
+    # chunk were text, so the id column was trained on as a feature.
+    text = make_pump_data(300, seed=1).to_csv(index=False).splitlines()
+    text.insert(151, text[0])
+    text[20] += ",x"
+    data = tmp_path / "joined.csv"
+    data.write_text("\n".join(text) + "\n")
+    result = run_inline(
+        capsys, "train", str(data), "--model-dir", str(tmp_path / "model"), "--epochs", "2", "-q"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "on 299 rows of" in result.stdout
+    assert (
+        "2 rows rejected (1 malformed line: more or fewer fields than the header; 1 repeated "
+        "header line: files joined with their headers?)"
+    ) in result.stdout
+    assert "event_id" not in AnomalyVAE.load(tmp_path / "model").schema_.names
+
+
 def test_a_label_or_id_column_named_in_another_case_is_pointed_out(
     trained: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -737,3 +737,31 @@ def test_a_point_that_may_be_a_thousands_separator_is_marked_in_a_decimal_comma_
     dot.write_text("id;flow\n0;122.456\n1;n/a\n")
     frame, _ = read_all(CsvSource(dot, sep=";"))
     assert not any(isinstance(v, AmbiguousNumber) for v in frame["flow"].tolist())
+
+
+@pytest.mark.parametrize("chunk_size", [3, 100])
+def test_a_header_line_repeated_in_the_data_is_one_reject_saying_so(
+    tmp_path: Path, chunk_size: int
+) -> None:
+    # Two exports joined with their headers ('cat a.csv b.csv'): the second header was a row
+    # rejected as 'not a number' in every column, and it left its chunk's numeric columns as
+    # text (an id column of whole numbers was then trained on as a feature).
+    lines = ["id,site,value,note"] + [f"{i},north,{i}.25,x{i}" for i in range(4)]
+    lines += ["id,site,value,note"] + [f"{i},south,{i}.5," for i in range(4, 8)]
+    joined, alone = tmp_path / "joined.csv", tmp_path / "alone.csv"
+    joined.write_text("\n".join(lines) + "\n")
+    alone.write_text("\n".join(lines[:5] + lines[6:]) + "\n")
+    frame, rejects = read_all(CsvSource(joined, chunk_size=chunk_size))
+    assert rejects.index.tolist() == [4]
+    assert str(rejects.loc[4, "reason"]).startswith("the header line again, not a record")
+    assert json.loads(str(rejects.loc[4, "raw"])) == ["id", "site", "value", "note"]
+    assert frame.index.tolist() == [0, 1, 2, 3, 5, 6, 7, 8]  # the file's data row numbers
+    expected, _ = read_all(CsvSource(alone, chunk_size=chunk_size))
+    pd.testing.assert_frame_equal(frame.reset_index(drop=True), expected.reset_index(drop=True))
+    # A row that only starts like the header is a record as before; text columns stay text.
+    lines[5] = "id,site,7.75,note"
+    joined.write_text("\n".join(lines) + "\n")
+    frame, rejects = read_all_text(CsvSource(joined, chunk_size=chunk_size), ["id"])
+    assert rejects.empty
+    assert frame.loc[4, "value"] == 7.75
+    assert frame["id"].tolist()[4] == "id"

@@ -116,7 +116,7 @@ def read_training_csv(
     import pandas as pd
 
     from anomaly_vae.features import SEPARATOR_CANDIDATES, looks_like_data, space_table_hint
-    from anomaly_vae.sources.csv import CsvSource
+    from anomaly_vae.sources.csv import REPEATED_HEADER, CsvSource
 
     source = CsvSource(
         path, sep=sep, encoding=encoding, chunk_size=200_000, decimal=decimal, label=label
@@ -145,11 +145,12 @@ def read_training_csv(
             ", ".join(repr(name) for name in header[:5]) + (", ..." if len(header) > 5 else ""),
         )
     frames = []
-    n_bad = 0
+    n_bad = n_headers = 0
     for chunk in source.chunks(text_columns=text_columns or ()):
         frames.append(chunk.frame)
         if len(chunk.rejects):
             n_bad += len(chunk.rejects)
+            n_headers += int((chunk.rejects["reason"] == REPEATED_HEADER).sum())
             if n_bad == len(chunk.rejects):
                 logger.warning("%s: %s (row left out)", path, chunk.rejects.iloc[0]["reason"])
     if n_bad:
@@ -157,7 +158,8 @@ def read_training_csv(
     if not frames or sum(len(f) for f in frames) == 0:
         raise InputFileError(f"{path} has a header but no data rows: nothing to train on")
     frame = pd.concat(frames)
-    frame.attrs[MALFORMED_LINES] = n_bad  # counted with the rows rejected in the summary
+    # Counted with the rows rejected in the summary.
+    frame.attrs[MALFORMED_LINES] = {"fields": n_bad - n_headers, "headers": n_headers}
     return frame
 
 
@@ -238,7 +240,7 @@ def train(
         label_to_binary(frame[cfg.columns.label], name=cfg.columns.label, source=str(shown))
     model = AnomalyVAE(config=cfg, verbose=_show_progress(quiet)).fit(frame)
     digest = model.save(model_dir)
-    _print_training(model, shown, model_dir, digest, malformed=frame.attrs.get(MALFORMED_LINES, 0))
+    _print_training(model, shown, model_dir, digest, malformed=frame.attrs.get(MALFORMED_LINES))
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -291,23 +293,36 @@ def _require_window_columns(cfg: PipelineConfig, columns: list[str], data: Path)
 
 
 def _print_training(
-    model: AnomalyVAE, data: Path, model_dir: Path, digest: str, *, malformed: int = 0
+    model: AnomalyVAE,
+    data: Path,
+    model_dir: Path,
+    digest: str,
+    *,
+    malformed: dict[str, int] | None = None,
 ) -> None:
-    """The training summary; ``malformed``: lines of the file with more or fewer fields than
-    the header, left out before the model saw the rows (it counts the rows it rejected)."""
+    """The training summary; ``malformed`` (``read_training_csv``'s count): lines of the file
+    left out before the model saw the rows (it counts the rows it rejected), those with more
+    or fewer fields than the header and the header line repeated."""
     s = model.training_summary_
     schema = model.schema_
     labelled = s.get("rows_labelled_anomalous", 0)
     left_out = f", {labelled} labelled anomalous rows left out" if labelled else ""
-    bad_lines = (
-        f" ({malformed} malformed line{'s' if malformed > 1 else ''}: more or fewer fields than "
-        "the header)"
-        if malformed
-        else ""
-    )
+    fields, headers = (malformed or {}).get("fields", 0), (malformed or {}).get("headers", 0)
+    said = []
+    if fields:
+        said.append(
+            f"{fields} malformed line{'s' if fields > 1 else ''}: more or fewer fields than the "
+            "header"
+        )
+    if headers:
+        said.append(
+            f"{headers} repeated header line{'s' if headers > 1 else ''}: files joined with "
+            "their headers?"
+        )
+    bad_lines = f" ({'; '.join(said)})" if said else ""
     features = (
         f"{len(schema.numeric)} numeric, {len(schema.categorical)} categorical features; "
-        f"{s['rows_rejected'] + malformed} rows rejected{bad_lines}{left_out}"
+        f"{s['rows_rejected'] + fields + headers} rows rejected{bad_lines}{left_out}"
     )
     window = model.config_.window
     if window is not None:
@@ -1032,7 +1047,7 @@ def demo(
     model = AnomalyVAE(config=cfg, verbose=_show_progress(quiet)).fit(frame)
     digest = model.save(workdir / "model")
     _print_training(
-        model, normal_csv, workdir / "model", digest, malformed=frame.attrs.get(MALFORMED_LINES, 0)
+        model, normal_csv, workdir / "model", digest, malformed=frame.attrs.get(MALFORMED_LINES)
     )
 
     out = workdir / "scores.csv"

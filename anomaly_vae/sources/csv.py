@@ -371,6 +371,16 @@ class CsvSource:
                                 "line cut short, or a value with a line break and no quotes?)"
                             )
                             raws.append(raw)
+                if repeated := _repeated_header_rows(frame):
+                    # Exports joined one after another ('cat a.csv b.csv'): the second file's
+                    # header is a line of text where numbers belong; said as what it is, not
+                    # as 'not a number' in every column, and the columns it turned to text
+                    # are numbers again, as in a file without it.
+                    frame = _numbers_again(frame.drop(index=repeated), skip=text)
+                    for row in repeated:
+                        bad_rows.append(row)
+                        reasons.append(REPEATED_HEADER)
+                        raws.append(json.dumps(names, ensure_ascii=False))
                 rejects = pd.DataFrame(
                     {"reason": reasons, "raw": raws},
                     index=pd.Index(bad_rows, name="row"),
@@ -399,7 +409,7 @@ class CsvSource:
             self._trailing_sep = True
             return
         names = self._raw_header or []
-        for sep, shown in ((";", ";"), ("\t", "\\t"), ("|", "|"), (",", ",")):
+        for sep, shown in SEPARATOR_CANDIDATES:
             if len(names) == 1 and sep != self.sep and sep in names[0]:
                 # A ';' export with decimal commas read with ',': its one-column header is
                 # followed by lines of many fields. Said as the separator it is.
@@ -998,6 +1008,48 @@ def _bad_lines(caught: list[warnings.WarningMessage]) -> tuple[list[int], list[s
                 lines.append(int(match.group(1)))
                 messages.append(match.group(2).strip())
     return lines, messages
+
+
+REPEATED_HEADER = (
+    "the header line again, not a record (files joined one after another, each with its "
+    "header?): left out"
+)
+
+
+def _repeated_header_rows(frame: pd.DataFrame) -> list[Any]:
+    """The rows of ``frame`` that are the header line again: every field its column's name
+    (a blank where the header's name is blank). Only a text column can hold its own name, so
+    a chunk whose first column the parser read as numbers has none (one comparison a chunk)."""
+    if not len(frame) or not len(frame.columns):
+        return []
+    first = frame.columns[0]
+    column = frame[first]
+    if not pd.api.types.is_string_dtype(column.dtype):
+        return []
+    candidates = frame.index[(column == first).to_numpy(dtype=bool, na_value=False)]
+    rows = []
+    for row in candidates:
+        values = frame.loc[row]
+        if all(
+            (str(value) == str(name))
+            or (pd.isna(value) and (not str(name).strip() or str(name).startswith("Unnamed: ")))
+            for name, value in values.items()
+        ):
+            rows.append(row)
+    return rows
+
+
+def _numbers_again(frame: pd.DataFrame, *, skip: set[str]) -> pd.DataFrame:
+    """``frame`` with each text column (but those in ``skip``, read as text on purpose) whose
+    every value reads as a number turned into numbers, as the parser reads such a column."""
+    for name in frame.columns:
+        column = frame[name]
+        if name in skip or not pd.api.types.is_string_dtype(column.dtype):
+            continue
+        numbers = pd.to_numeric(column, errors="coerce")
+        if not (numbers.isna() & column.notna()).any():
+            frame[name] = numbers
+    return frame
 
 
 def _row_numbers(start: int, count: int, bad_rows: list[int]) -> np.ndarray:
