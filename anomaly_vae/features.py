@@ -708,6 +708,19 @@ def _infer_kind(
         and _looks_like_time(non_null)
         and (declared or _formatted_number_example(given) is None)
     ):
+        if clock := _clock_time_example(non_null):
+            # '00:05:30' alone: a duration or a time of day, which the date parser reads as
+            # today at that time. Naming it as columns.timestamp, as said of dates, cannot
+            # work (a record's time is a date), and a feature needs a number.
+            said = (
+                f"column {name!r} holds times of day or durations ({clock!r}), not dates, "
+                "which cannot be a feature as they are: export them as numbers (seconds, or "
+                "hours such as 5.5) to use them"
+            )
+            if explicit:
+                raise SchemaError(said)
+            logger.warning("%s; it is not used as a feature", said)
+            return None
         if explicit:
             raise SchemaError(f"column {name!r} holds timestamps, which cannot be a feature")
         logger.warning(
@@ -947,6 +960,19 @@ def _formatted_number_example(values: pd.Series) -> str | None:
     if not written.any() or fits.mean() < NUMERIC_PARSE_SHARE:
         return None
     return str(text[written].iloc[0])
+
+
+# A time of day or a duration without a date: 7:05, 00:05:30, 125:00:00.5.
+_CLOCK_TIME = re.compile(r"^\s*\d{1,3}:[0-5]\d(?::[0-5]\d(?:[.,]\d+)?)?\s*$")
+
+
+def _clock_time_example(values: pd.Series) -> str | None:
+    """One of ``values`` when they are times of day or durations without a date (all of the
+    first 200), else None."""
+    head = values.astype(str).head(200)
+    if len(head) and bool(head.str.match(_CLOCK_TIME).all()):
+        return str(head.iloc[0]).strip()
+    return None
 
 
 def _looks_like_time(values: pd.Series) -> bool:

@@ -179,6 +179,39 @@ def test_whole_numbers_with_thousands_separators_are_not_said_to_be_timestamps(
     assert "timestamps" not in caplog.text
 
 
+def test_times_of_day_and_durations_are_not_said_to_be_timestamps_to_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A run time written 00:05:30 (the date parser reads it as today at that time) was said
+    # to "look like timestamps", to be named as columns.timestamp, which cannot work: a
+    # record's time is a date. What to do with it is to give it as a number.
+    rng = np.random.default_rng(1)
+    seconds = rng.integers(0, 20_000, 500)
+    frame = pd.DataFrame(
+        {
+            "run_time": [f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}" for s in seconds],
+            "shift_start": [
+                f"{h}:{m:02d}" for h, m in zip(seconds % 24, seconds % 60, strict=True)
+            ],
+            "stamp": pd.date_range("2025-01-01", periods=500, freq="min").strftime(
+                "%Y-%m-%d %H:%M"
+            ),
+            "temp": rng.normal(20, 2, 500),
+        }
+    )
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.names == ["temp"]
+    said = "holds times of day or durations ({!r}), not dates, which cannot be a feature"
+    assert f"'run_time' {said.format(frame.run_time[0])}" in caplog.text
+    assert f"'shift_start' {said.format(frame.shift_start[0])}" in caplog.text
+    assert "export them as numbers (seconds, or hours such as 5.5)" in caplog.text
+    assert "'stamp' looks like timestamps" in caplog.text  # a date in it: one
+    assert "'run_time' looks like" not in caplog.text
+    with pytest.raises(SchemaError, match="'run_time' holds times of day or durations"):
+        FeatureSchema.infer(frame, ColumnsConfig(features=["run_time", "temp"]))
+
+
 def test_numbers_with_narrow_no_break_spaces_as_thousands_separators_are_named_as_such(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
