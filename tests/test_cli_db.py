@@ -212,6 +212,17 @@ def test_score_twice_keeps_one_row_per_record(
     assert one
     assert {a["entity_key"] for a in one} == {entity}
     assert len(one) == sum(a["entity_key"] == entity for a in as_json)
+    # An entity typed in another case ('p1' for 'P1') listed nothing, without a word.
+    typed = entity.swapcase()
+    for command, kind in (("anomalies", "flagged records"), ("alerts", "alerts")):
+        cased = cli(capsys, command, "list", "--db", db_url, "--entity", typed)
+        assert cased.returncode == 0, cased.stderr
+        assert cased.stdout.strip() == (
+            f"no {command} found for entity {typed!r}; the {kind} hold {entity!r} (--entity "
+            "matches exactly, case included)"
+        )
+        unknown = cli(capsys, command, "list", "--db", db_url, "--entity", "no-such-pump")
+        assert unknown.stdout.strip() == f"no {command} found"
     bad_until = cli(capsys, "anomalies", "list", "--db", db_url, "--until", "tomorrow")
     assert_user_error(bad_until, "--until 'tomorrow'")
 

@@ -429,6 +429,9 @@ def anomalies_list(
                 before_id=before_id,
             )
         ]
+        empty = "no anomalies found"
+        if not rows and entity is not None:
+            empty += entity_case_hint(connection, entity)
     columns = [
         "id",
         "time",
@@ -442,9 +445,23 @@ def anomalies_list(
         "top_features",
         "source_key",
     ]
-    emit(rows, columns, fmt, empty="no anomalies found", escape_formulas=escape)
+    emit(rows, columns, fmt, empty=empty, escape_formulas=escape)
     if fmt is OutputFormat.table and len(rows) == limit:
         typer.echo(f"(more may follow: --before-id {rows[-1]['id']} shows the next page)")
+
+
+def entity_case_hint(connection: Connection, entity: str, *, alerts: bool = False) -> str:
+    """For a list that ``--entity`` left empty: the keys that are ``entity`` but for case or
+    spaces ('p4' asked, 'P4' stored), said after the empty line; entities match exactly."""
+    from anomaly_vae.storage import repository as repo
+
+    others = repo.entities_in_another_case(connection, entity, alerts=alerts)
+    if not others:
+        return ""
+    return (
+        f" for entity {entity!r}; the {'alerts' if alerts else 'flagged records'} hold "
+        f"{', '.join(repr(o) for o in others)} (--entity matches exactly, case included)"
+    )
 
 
 def parse_since(text: str, option: str = "--since") -> datetime:

@@ -886,7 +886,7 @@ def alerts_list(
 ) -> None:
     """Alerts, newest first."""
     setup_logging(False)
-    from anomaly_vae.cli.db import connected
+    from anomaly_vae.cli.db import connected, entity_case_hint
     from anomaly_vae.storage.tuning import list_alerts
 
     require_limit(limit)
@@ -902,6 +902,9 @@ def alerts_list(
             limit=limit,
             before_id=before_id,
         )
+        empty = "no alerts found"
+        if not rows and entity is not None:
+            empty += entity_case_hint(connection, entity, alerts=True)
     columns = [
         "id",
         "state",
@@ -923,7 +926,7 @@ def alerts_list(
     # The acknowledger's and resolver's notes: kept with the alert, and shown nowhere else
     # on the command line (a table shows it on one line, last).
     columns.append("note")
-    emit(rows, columns, fmt, empty="no alerts found", escape_formulas=escape)
+    emit(rows, columns, fmt, empty=empty, escape_formulas=escape)
 
 
 def _act(

@@ -1335,6 +1335,26 @@ def check_period(since: datetime | None, until: datetime | None) -> None:
         )
 
 
+def entities_in_another_case(
+    connection: Connection, entity: str, *, alerts: bool = False, limit: int = 3
+) -> list[str]:
+    """The entity keys of the flagged records (``alerts``: of the alerts) that are ``entity``
+    but for its case or surrounding spaces ('P4' for 'p4', 'P4 ' for 'P4'): what a filter that
+    matches keys exactly and found nothing says the user may have meant. Flagged records only:
+    the partial index holds them, not the unflagged majority."""
+    column = Alert.entity_key if alerts else Score.entity_key
+    stmt = (
+        select(column)
+        .where(func.lower(func.trim(column)) == entity.strip().lower(), column != entity)
+        .distinct()
+        .order_by(column)
+        .limit(limit)
+    )
+    if not alerts:
+        stmt = stmt.where(Score.is_anomaly.is_(True))
+    return [str(key) for key in connection.scalars(stmt)]
+
+
 def list_anomalies(
     connection: Connection,
     *,
