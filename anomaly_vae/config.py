@@ -378,21 +378,33 @@ def topic_name_problem(value: str) -> str | None:
 
 
 def bootstrap_problem(value: str) -> str | None:
-    """What keeps ``value`` from being a list of broker addresses (``host:port``, several
-    separated by commas), or None: checked before any client. No address at all was
-    kafka-python's IndexError traceback, and a port that is not a number its ValueError,
-    said to be a fault of kafka.client."""
-    addresses = [part.strip() for part in value.split(",") if part.strip()]
-    if not addresses:
-        return "no broker address: give host:port, e.g. localhost:9092 (several separated by ',')"
-    for address in addresses:
-        if address.count(":") != 1:  # a host alone (port 9092), or an IPv6 address
-            continue
-        port = address.rpartition(":")[2]
-        if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+    """What keeps ``value`` from being Kafka bootstrap addresses (``host:port``, several
+    separated by commas, as kafka-python reads them), or None: checked before any client
+    (``KafkaConfig``'s validator). An empty list was an IndexError traceback out of
+    kafka-python's bootstrap, a port that is not a number "Kafka client settings are invalid
+    ... check kafka.client", and addresses separated by spaces one host name, retried until
+    the broker was called unreachable."""
+    entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+    if not entries:
+        return "no broker address: give host:port (several separated by commas)"
+    for entry in entries:
+        address = re.sub("^.*://", "", entry)  # kafka-python drops a PLAINTEXT:// prefix
+        if address.startswith("["):  # an IPv6 literal: [::1]:9092
+            host, _, rest = address[1:].partition("]")
+            port = rest[1:] if rest else None
+        elif address.count(":") == 1:
+            host, _, port = address.partition(":")
+        else:  # a host alone (port 9092), or an IPv6 literal without brackets
+            host, port = address, None
+        if not host or any(c.isspace() for c in host):
             return (
-                f"{address!r} is not a broker address: its port {port!r} is not a number from "
-                "1 to 65535 (host:port, e.g. localhost:9092)"
+                f"{entry!r} is not a broker address: write host:port, several separated by "
+                "commas (localhost:9092,broker2:9092)"
+            )
+        if port is not None and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            return (
+                f"{entry!r} is not a broker address: its port {port!r} is not a number from 1 "
+                "to 65535"
             )
     return None
 

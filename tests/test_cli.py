@@ -1498,6 +1498,9 @@ def test_info_quotes_names_and_values_with_line_breaks(
         # its ValueError, said to be a fault of kafka.client in the pipeline.
         ("--bootstrap", "", "--bootstrap : no broker address: give host:port"),
         ("--bootstrap", "localhost:abc", "its port 'abc' is not a number from 1 to 65535"),
+        # Addresses separated by a space were one host name, retried until the broker was
+        # called unreachable.
+        ("--bootstrap", "a:9092 b:9092", "'a:9092 b:9092' is not a broker address: write host"),
     ],
 )
 def test_a_bad_stream_option_is_one_line_naming_the_option(
