@@ -358,6 +358,9 @@ def test_write_results_is_idempotent_and_atomic(db_url: str) -> None:
             assert repo.count_rows(connection, table="dead_letters") == 1
             run = connection.execute(select(ScoringRun).where(ScoringRun.id == run_id)).one()
             assert (run.rows_scored, run.rows_inserted, run.rows_rejected) == (15, 7, 2)
+            # Rows read grow batch by batch too (they stayed 0 until the run was finished: a
+            # stream scorer killed part way said 0 read beside thousands scored).
+            assert run.rows_read == 17
             stored = connection.execute(select(Score).where(Score.source_key == keys[1])).one()
             assert stored.top_features == [["rpm", 1.0]]
             # 01:01 in Berlin (UTC+1) is 00:01 UTC; both dialects give it back aware, in UTC.

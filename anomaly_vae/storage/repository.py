@@ -738,6 +738,9 @@ def write_results(
             update(ScoringRun)
             .where(ScoringRun.id == run_id)
             .values(
+                # Read grows with the rest: a stream run (or a job) killed part way said 0 rows
+                # read beside thousands scored, its only end the final count written on close.
+                rows_read=ScoringRun.rows_read + len(records) + n_rejects,
                 rows_scored=ScoringRun.rows_scored + len(records),
                 rows_flagged=ScoringRun.rows_flagged + len(flagged_keys),
                 rows_rejected=ScoringRun.rows_rejected + n_rejects,
