@@ -266,6 +266,26 @@ def test_a_time_field_that_is_not_a_time_is_named_once_by_the_scorer(
     assert scorer.unread_times == 3
 
 
+def test_a_time_field_out_of_the_readable_years_is_not_called_not_a_time(
+    stream_model: AnomalyVAE, caplog: pytest.LogCaptureFixture
+) -> None:
+    # '9999-12-31' (an export's "no end") is ISO 8601, as asked; the scorer said it was not a
+    # time and to write ISO 8601, where a batch job names the years a time can be read in.
+    cfg = stream_config(stream_model, "127.0.0.1:9", "t")
+    record = make_pump_data(1, seed=4).astype(object).to_dict(orient="records")[0]
+    value = json.dumps({**record, "ts": "9999-12-31T00:00:00Z"}).encode()
+    scorer = StreamScorer(stream_model, cfg, MemorySink([]))
+    caplog.set_level("WARNING", logger="anomaly_vae")
+    scorer.score_records([msg(value, 0)])
+    lines = [r.getMessage() for r in caplog.records if "'ts'" in r.getMessage()]
+    assert lines == [
+        "the timestamp field 'ts' holds dates outside the years 1677 to 2262 that a time can be "
+        "read in (first: '9999-12-31T00:00:00Z' at t:0:0); such records are stored with the "
+        "Kafka message's timestamp as their event time"
+    ]
+    assert scorer.unread_times == 1
+
+
 def test_a_message_without_a_kafka_timestamp_has_no_event_time_rather_than_1969() -> None:
     # Kafka's -1 is "no timestamp" (the v0 record format, a producer that set none); read as
     # milliseconds, the record's event time was stored as 1969-12-31T23:59:59.999.
