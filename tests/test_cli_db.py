@@ -214,15 +214,15 @@ def test_score_twice_keeps_one_row_per_record(
     assert len(one) == sum(a["entity_key"] == entity for a in as_json)
     # An entity typed in another case ('p1' for 'P1') listed nothing, without a word.
     typed = entity.swapcase()
-    for command, kind in (("anomalies", "flagged records"), ("alerts", "alerts")):
-        cased = cli(capsys, command, "list", "--db", db_url, "--entity", typed)
+    for listed_kind, kind in (("anomalies", "flagged records"), ("alerts", "alerts")):
+        cased = cli(capsys, listed_kind, "list", "--db", db_url, "--entity", typed)
         assert cased.returncode == 0, cased.stderr
         assert cased.stdout.strip() == (
-            f"no {command} found for entity {typed!r}; the {kind} hold {entity!r} (--entity "
+            f"no {listed_kind} found for entity {typed!r}; the {kind} hold {entity!r} (--entity "
             "matches exactly, case included)"
         )
-        unknown = cli(capsys, command, "list", "--db", db_url, "--entity", "no-such-pump")
-        assert unknown.stdout.strip() == f"no {command} found"
+        unknown = cli(capsys, listed_kind, "list", "--db", db_url, "--entity", "no-such-pump")
+        assert unknown.stdout.strip() == f"no {listed_kind} found"
     bad_until = cli(capsys, "anomalies", "list", "--db", db_url, "--until", "tomorrow")
     assert_user_error(bad_until, "--until 'tomorrow'")
 
