@@ -940,11 +940,20 @@ def _looks_like_comma_numbers(values: pd.Series) -> bool:
 # A number with thousands separators, a currency sign or a percent sign: 12,345.67, $1,200,
 # 12.5%; or as a decimal-comma export writes them: 1.927,62, 12.345, 1 200,5 €, 12,5 %. The
 # spaces may be no-break ones, U+00A0 or the narrow U+202F that French formats write.
+# Units a number may be written with ('12.5 kg', '230V', 'USD 12.00'): named, not any word
+# ('12 Jan' is a date).
+_UNITS = (
+    "kg|g|mg|t|lb|lbs|oz|km|m|cm|mm|µm|mi|ft|in|l|L|ml|mL|h|min|s|ms|µs|V|kV|mV|A|mA|W|kW|MW|"
+    "Wh|kWh|MWh|Hz|kHz|MHz|GHz|bar|mbar|Pa|hPa|kPa|MPa|psi|°C|°F|°|K|rpm|dB|Nm|N|kN|J|kJ|"
+    "m/s|km/h|mph|m³|m3|m²|m2|l/min|L/min|m³/h|m3/h|ppm|ppb|pcs"
+)
+_CURRENCY_CODES = "USD|EUR|GBP|CHF|JPY|CNY|CAD|AUD|SEK|NOK|DKK|PLN|CZK|INR"
 _FORMATTED_NUMBER = re.compile(
-    r"^\s*[-+]?[$€£]?\s*(?:"
+    rf"^\s*[-+]?(?:[$€£]|(?:{_CURRENCY_CODES})\s)?\s*(?:"
     r"(?:\d{1,3}(?:[,\u00a0\u202f ']\d{3})+|\d+)(?:\.\d+)?"
     r"|(?:\d{1,3}(?:[.\u00a0\u202f ']\d{3})+|\d+)(?:,\d+)?"
-    r")\s*[%€]?\s*$"
+    rf")\s*(?:[%€]|(?:{_UNITS})(?![\w/]))?\s*$",
+    re.IGNORECASE,
 )
 
 

@@ -192,6 +192,41 @@ def test_numbers_with_thousands_separators_are_named_as_such_not_as_timestamps(
     assert "timestamps" not in caplog.text
 
 
+def test_numbers_written_with_a_unit_or_currency_code_are_named_as_such(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # '12.5 kg', '230 V', 'USD 1,200.00': such a column was said to hold "distinct text values
+    # (more than max_categories)", to raise max_categories or list under columns.categorical,
+    # where it needs to be exported as plain numbers. A day and month ('12 Jan') is a date.
+    rng = np.random.default_rng(2)
+    values = rng.gamma(4, 30, 500)
+    frame = pd.DataFrame(
+        {
+            "weight": [f"{v:.1f} kg" for v in values],
+            "voltage": [f"{int(v) + 200}V" for v in values],
+            "price": [f"USD {v * 10:,.2f}" for v in values],
+            "day": [
+                f"{d} {m}"
+                for d, m in zip(
+                    rng.integers(1, 29, 500),
+                    rng.choice(["Jan", "Feb", "Mar", "Apr", "May", "Jun"], 500),
+                    strict=True,
+                )
+            ],
+            "note": [f"{int(v)} days" for v in values],
+            "temp": rng.normal(20, 2, 500),
+        }
+    )
+    with caplog.at_level(logging.WARNING):
+        schema = FeatureSchema.infer(frame, ColumnsConfig())
+    assert schema.names == ["temp"]
+    said = "holds numbers written with thousands separators or a unit"
+    for name in ("weight", "voltage", "price"):
+        assert f"'{name}' {said} ({frame[name][0]!r})" in caplog.text
+    assert "'day' looks like timestamps" in caplog.text
+    assert f"'note' {said}" not in caplog.text  # a word, not a unit
+
+
 def test_times_of_day_and_durations_are_not_said_to_be_timestamps_to_name(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
