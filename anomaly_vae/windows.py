@@ -721,7 +721,9 @@ def out_of_range_time(value: object) -> bool:
     return not 1677 < parsed.year < 2262
 
 
-OUT_OF_RANGE_TIME = "is a date outside the years 1677 to 2262 that a time can be read in"
+# The years a time can be read in (a 64-bit nanosecond time), as every message says them.
+TIME_YEARS = "the years 1677 to 2262 that a time can be read in"
+OUT_OF_RANGE_TIME = f"is a date outside {TIME_YEARS}"
 
 
 def far_epoch_reason(value: object) -> str | None:

@@ -62,7 +62,7 @@ from anomaly_vae.sources.kafka import (
 )
 from anomaly_vae.thresholds import MOST_CROSSED_MIN_RECORDS, AlertRule, most_crossed
 from anomaly_vae.training import torch_threads
-from anomaly_vae.windows import WindowCounters, WindowState, out_of_range_time
+from anomaly_vae.windows import TIME_YEARS, WindowCounters, WindowState, out_of_range_time
 
 logger = logging.getLogger(__name__)
 
@@ -737,10 +737,10 @@ class StreamScorer:
             # '9999-12-31' (an export's "no end") is a time, written as asked: "not a time,
             # write ISO 8601" said the opposite of what is wrong with it, as batch jobs say.
             logger.warning(
-                "the timestamp field %r holds dates outside the years 1677 to 2262 that a time "
-                "can be read in (first: %s at %s); such records are stored with the Kafka "
-                "message's timestamp as their event time",
+                "the timestamp field %r holds dates outside %s (first: %s at %s); such records "
+                "are stored with the Kafka message's timestamp as their event time",
                 self.cfg.columns.timestamp,
+                TIME_YEARS,
                 _short(value, 60),
                 key,
             )

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 from anomaly_vae._version import __version__
 from anomaly_vae.storage import repository as repo
 from anomaly_vae.thresholds import SEVERITY_NAMES, AlertRule, Thresholds
-from anomaly_vae.windows import entity_text, event_times_in_order, out_of_range_time
+from anomaly_vae.windows import TIME_YEARS, entity_text, event_times_in_order, out_of_range_time
 
 if TYPE_CHECKING:
     from anomaly_vae.estimator import AnomalyVAE
@@ -310,11 +310,11 @@ class DatabaseSink:
             far = cells.index[cells.map(out_of_range_time).to_numpy(dtype=bool)]
             if len(far):
                 logger.warning(
-                    "%s: the timestamp column %r holds dates outside the years 1677 to 2262 "
-                    "that a time can be read in (first: %r at data row %s); such scores are "
-                    "stored without an event time",
+                    "%s: the timestamp column %r holds dates outside %s (first: %r at data "
+                    "row %s); such scores are stored without an event time",
                     self.source,
                     self.timestamp_column,
+                    TIME_YEARS,
                     given[far[0]],
                     far[0],
                 )
