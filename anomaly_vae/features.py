@@ -978,14 +978,14 @@ _CLOCK_TIME = re.compile(r"^\s*\d{1,3}:[0-5]\d(?::[0-5]\d(?:[.,]\d+)?)?\s*$")
 def _clock_time_example(values: pd.Series) -> str | None:
     """One of ``values`` when they are times of day or durations without a date (all of the
     first 200), else None."""
-    head = values.astype(str).head(200)
+    head = values.head(200).astype(str)
     if len(head) and bool(head.str.match(_CLOCK_TIME).all()):
         return str(head.iloc[0]).strip()
     return None
 
 
 def _looks_like_time(values: pd.Series) -> bool:
-    head = values.astype(str).head(200)
+    head = values.head(200).astype(str)
     try:
         parsed = pd.to_datetime(head, errors="coerce", format="mixed")
     except (ValueError, TypeError):

@@ -377,10 +377,9 @@ class CsvSource:
                     # as 'not a number' in every column, and the columns it turned to text
                     # are numbers again, as in a file without it.
                     frame = _numbers_again(frame.drop(index=repeated), skip=text)
-                    for row in repeated:
-                        bad_rows.append(row)
-                        reasons.append(REPEATED_HEADER)
-                        raws.append(json.dumps(names, ensure_ascii=False))
+                    bad_rows += repeated
+                    reasons += [REPEATED_HEADER] * len(repeated)
+                    raws += [json.dumps(names, ensure_ascii=False)] * len(repeated)
                 rejects = pd.DataFrame(
                     {"reason": reasons, "raw": raws},
                     index=pd.Index(bad_rows, name="row"),
